@@ -39,6 +39,9 @@ ffibuilder.cdef(
     int svcxdp_is_prime(uint32_t n);
     int svcxdp_maglev_build(const struct svcxdp_maglev_backend *backends, uint32_t n,
                             uint32_t m, uint64_t seed, uint32_t *table);
+    int svcxdp_maglev_build_flat(const uint8_t *keys, const uint32_t *key_off,
+                                 const uint32_t *ids, const uint32_t *weights, uint32_t n,
+                                 uint32_t m, uint64_t seed, uint32_t *table);
 
     uint32_t svcxdp_ffi_jhash_3words(uint32_t a, uint32_t b, uint32_t c, uint32_t seed);
     uint32_t svcxdp_ffi_flow_hash(uint32_t saddr, uint32_t sport, uint32_t dport,

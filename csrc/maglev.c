@@ -18,8 +18,6 @@
 #define K3 0x165667b19e3779f9ULL
 #define SKIP_SEED_XOR 0x27d4eb2f165667c5ULL /* second, independent seed */
 
-#define FREE UINT32_MAX /* unclaimed slot while filling */
-
 /* murmur3's 64-bit finaliser: a bijection with full avalanche. */
 static inline uint64_t fmix64(uint64_t x)
 {
@@ -100,6 +98,7 @@ int svcxdp_maglev_build(const struct svcxdp_maglev_backend *backends, uint32_t n
 			uint32_t m, uint64_t seed, uint32_t *table)
 {
 	struct walker *w;
+	uint64_t *used;
 	uint32_t k = 0, filled = 0;
 	uint64_t max_w = 0;
 
@@ -147,8 +146,12 @@ int svcxdp_maglev_build(const struct svcxdp_maglev_backend *backends, uint32_t n
 		return 0;
 	}
 
-	for (uint32_t i = 0; i < m; i++)
-		table[i] = FREE;
+	/* Occupancy as a bitmap: M/8 bytes stay in L1 while the walk probes. */
+	used = calloc(((size_t)m + 63) / 64, sizeof(*used));
+	if (!used) {
+		free(w);
+		return SVCXDP_MAGLEV_ENOMEM;
+	}
 
 	/*
 	 * Rounds over the sorted backends. A backend takes a turn whenever its
@@ -167,11 +170,12 @@ int svcxdp_maglev_build(const struct svcxdp_maglev_backend *backends, uint32_t n
 				continue;
 			x->cum -= max_w;
 
-			while (table[pos] != FREE) {
+			while (used[pos >> 6] & (1ULL << (pos & 63))) {
 				pos += x->skip;
 				if (pos >= m)
 					pos -= m;
 			}
+			used[pos >> 6] |= 1ULL << (pos & 63);
 			table[pos] = i;
 			pos += x->skip;
 			if (pos >= m)
@@ -186,6 +190,36 @@ done:
 	/* Slots hold sorted indices while filling; turn them into ids. */
 	for (uint32_t i = 0; i < m; i++)
 		table[i] = w[table[i]].b->id;
+	free(used);
 	free(w);
 	return (int)k;
+}
+
+int svcxdp_maglev_build_flat(const uint8_t *keys, const uint32_t *key_off,
+			     const uint32_t *ids, const uint32_t *weights, uint32_t n,
+			     uint32_t m, uint64_t seed, uint32_t *table)
+{
+	struct svcxdp_maglev_backend *b;
+	int rc;
+
+	if (n && (!keys || !key_off || !ids || !weights))
+		return SVCXDP_MAGLEV_EINVAL_ARG;
+	if (n > INT32_MAX)
+		return SVCXDP_MAGLEV_EINVAL_ARG;
+	b = malloc((size_t)(n ? n : 1) * sizeof(*b));
+	if (!b)
+		return SVCXDP_MAGLEV_ENOMEM;
+	for (uint32_t i = 0; i < n; i++) {
+		if (key_off[i + 1] < key_off[i]) {
+			free(b);
+			return SVCXDP_MAGLEV_EINVAL_ARG;
+		}
+		b[i].key = keys + key_off[i];
+		b[i].key_len = key_off[i + 1] - key_off[i];
+		b[i].id = ids[i];
+		b[i].weight = weights[i];
+	}
+	rc = svcxdp_maglev_build(b, n, m, seed, table);
+	free(b);
+	return rc;
 }

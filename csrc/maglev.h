@@ -59,4 +59,12 @@ int svcxdp_is_prime(uint32_t n);
 int svcxdp_maglev_build(const struct svcxdp_maglev_backend *backends, uint32_t n,
 			uint32_t m, uint64_t seed, uint32_t *table);
 
+/*
+ * The same from flat arrays, for callers that hold keys as one buffer
+ * (the cffi wrapper): backend i's key is keys[key_off[i] .. key_off[i+1]).
+ */
+int svcxdp_maglev_build_flat(const uint8_t *keys, const uint32_t *key_off,
+			     const uint32_t *ids, const uint32_t *weights, uint32_t n,
+			     uint32_t m, uint64_t seed, uint32_t *table);
+
 #endif /* SVCXDP_MAGLEV_H */

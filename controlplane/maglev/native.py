@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 from array import array
 from collections.abc import Sequence
+from itertools import accumulate
 
 from controlplane._csrc import ffi, lib
 
@@ -74,22 +75,26 @@ def maglev_perm(key: bytes, seed: int, m: int) -> tuple[int, int]:
 def build_table(backends: Sequence[MaglevBackend], m: int, seed: int = DEFAULT_MAGLEV_SEED) -> array:
     """Maglev table of m backend ids (array('I')); all EMPTY without active backends.
 
-    Raises ValueError for an invalid m, a duplicate key; warns
+    Raises ValueError for an invalid m or a duplicate key; warns
     (MaglevSizeWarning) when m < 100·N.
     """
-    active = active_sorted(list(backends))  # Python-side checks give clear messages
+    active = [b for b in backends if b.weight > 0]  # C sorts; no Python sort on the hot path
     validate_table_size(m, len(active))
+    offsets = array("I", [0])
+    offsets.extend(accumulate(len(b.key) for b in active))
+    blob = b"".join(b.key for b in active) + b"\0"  # never empty, so never a NULL buffer
+    ids = array("I", [b.backend_id for b in active])
+    weights = array("I", [b.weight for b in active])
     table = array("I", bytes(4 * m))
-    cbackends = ffi.new("struct svcxdp_maglev_backend[]", max(len(active), 1))
-    keys = []  # keeps the key buffers alive during the call
-    for cb, b in zip(cbackends, active):
-        key = ffi.from_buffer("uint8_t[]", b.key)
-        keys.append(key)
-        cb.key = key
-        cb.key_len = len(b.key)
-        cb.id = b.backend_id
-        cb.weight = b.weight
-    rc = lib.svcxdp_maglev_build(cbackends, len(active), m, seed, ffi.from_buffer("uint32_t[]", table))
+    rc = lib.svcxdp_maglev_build_flat(
+        ffi.from_buffer("uint8_t[]", blob), _u32(offsets), _u32(ids), _u32(weights),
+        len(active), m, seed, _u32(table))
+    if rc == lib.SVCXDP_MAGLEV_EDUP_KEY:
+        active_sorted(active)  # raises with the keys and ids named
     if rc < 0:
         raise ValueError(f"maglev build failed: {_ERRORS.get(rc, rc)}")
     return table
+
+
+def _u32(a: array):
+    return ffi.from_buffer("uint32_t[]", a)
