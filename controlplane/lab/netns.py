@@ -1,0 +1,150 @@
+"""Network namespace helpers: create, delete, enter, run a command inside, find its processes.
+
+Every function refuses names that do not start with `svcxdp`, so no helper here can touch
+a namespace the project did not create.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pyroute2 import IPRoute
+from pyroute2 import netns as _pr2netns
+
+from controlplane.lab.plan import PREFIX
+
+NETNS_RUN_DIR = Path("/run/netns")
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class NetnsError(RuntimeError):
+    pass
+
+
+def check_name(name: str) -> str:
+    if not name.startswith(PREFIX) or "/" in name:
+        raise NetnsError(f"refusing to touch network namespace {name!r}: not a {PREFIX} name")
+    return name
+
+
+def path(name: str) -> Path:
+    return NETNS_RUN_DIR / check_name(name)
+
+
+def exists(name: str) -> bool:
+    return path(name).exists()
+
+
+def list_names(prefix: str = PREFIX) -> list[str]:
+    """Namespaces under /run/netns whose name starts with `prefix`."""
+    if not NETNS_RUN_DIR.is_dir():
+        return []
+    return sorted(p.name for p in NETNS_RUN_DIR.iterdir() if p.name.startswith(prefix))
+
+
+def create(name: str) -> bool:
+    """Create the namespace if missing; True if it was created now."""
+    if exists(name):
+        return False
+    _pr2netns.create(check_name(name))
+    return True
+
+
+def delete(name: str) -> bool:
+    """Remove the namespace's name; the kernel frees it (and its links) with its last process."""
+    if not exists(name):
+        return False
+    _pr2netns.remove(check_name(name))
+    return True
+
+
+def inode(name: str) -> int | None:
+    try:
+        return path(name).stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
+def pid_netns_inode(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+
+
+def pids(name: str) -> list[int]:
+    """Processes living in the namespace (what `ip netns pids` does, without a fork)."""
+    ino = inode(name)
+    if ino is None:
+        return []
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and pid_netns_inode(int(entry)) == ino:
+            found.append(int(entry))
+    return sorted(found)
+
+
+def iproute(name: str) -> IPRoute:
+    """A netlink socket bound to the namespace (the namespace must exist)."""
+    return IPRoute(netns=check_name(name), flags=0)
+
+
+def call_in(name: str, fn: Callable[..., T], *args: Any) -> T:
+    """Run fn in a helper thread switched into the namespace.
+
+    setns(CLONE_NEWNET) only moves the calling thread, so the rest of the process stays
+    where it was; sockets fn creates keep the namespace after the thread ends.
+    """
+    result: dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            fd = os.open(path(name), os.O_RDONLY)
+            try:
+                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns({name}): {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            result["value"] = fn(*args)
+        except BaseException as exc:  # re-raised in the caller's thread
+            result["error"] = exc
+
+    t = threading.Thread(target=body, name=f"netns-{name}", daemon=True)
+    t.start()
+    t.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def sysctl(name: str, settings: dict[str, str | int]) -> None:
+    """Write net.* sysctls inside the namespace (keys like 'net.ipv4.ip_forward')."""
+
+    def write() -> None:
+        for key, value in settings.items():
+            p = Path("/proc/sys") / key.replace(".", "/")
+            if p.exists():  # e.g. no IPv6 in this kernel
+                p.write_text(f"{value}\n")
+
+    call_in(name, write)
+
+
+def command(name: str, argv: Sequence[str]) -> list[str]:
+    return ["ip", "netns", "exec", check_name(name), *argv]
+
+
+def run(name: str, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess:
+    return subprocess.run(command(name, argv), **kwargs)
+
+
+def popen(name: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
+    return subprocess.Popen(command(name, argv), **kwargs)

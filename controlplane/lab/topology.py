@@ -1,0 +1,451 @@
+"""The lab: an `outside` host, nodes and pods as network namespaces, recorded in state.
+
+    lab = Lab(state_dir)                 # state under <state_dir>/lab/
+    lab.up(nodes=2)                      # idempotent; never removes nodes
+    pod = lab.add_pod("web-1", "node1", "nginx:1.25", [PortSpec(80)])
+    lab.exec("web-1", ["busybox", "wget", "-qO-", "http://10.244.2.2/"])
+    lab.down()                           # removes exactly what the state records
+
+Topology (node N, N >= 1):
+    svcxdp-outside   bridge svcxdp-br0 192.168.1.100/24, port svcxdp-nN per node
+    svcxdp-nodeN     eth0 192.168.1.(30+N)/24, forwarding on, 10.244.M.0/24 via node M,
+                     default via outside; per pod a veth vp<hash> holding 10.244.N.1/32
+                     and a /32 route to the pod
+    svcxdp-pod-NAME  eth0 10.244.N.x/32, default via 10.244.N.1
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controlplane.lab import netns, plan, procs, servers, wiring
+from controlplane.lab.hooks import NodeProcessProvider
+from controlplane.lab.images import server_for
+from controlplane.lab.state import (
+    LabState,
+    NodeRecord,
+    OutsideRecord,
+    PodRecord,
+    PortSpec,
+    ProcessRecord,
+    StateStore,
+)
+
+ETC_NETNS = Path("/etc/netns")
+
+
+class LabError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    index: int
+    netns: str
+    ip: str
+    pod_cidr: str
+    gateway: str
+    ext_ifname: str
+    ext_ifindex: int
+
+
+@dataclass(frozen=True)
+class PodHandle:
+    name: str
+    netns: str
+    node: str
+    ip: str
+    image: str
+    host_ifname: str  # node side of the veth, in the node's namespace
+    host_ifindex: int
+    pod_ifname: str  # "eth0", in the pod's namespace
+    pod_ifindex: int
+    pid: int | None  # the pod's server process, None for client-only images
+    server: str
+    ports: tuple[PortSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class AttachPoint:
+    """An interface the agent attaches XDP to, and the veth peer that needs a program too
+    (native XDP on veth only delivers XDP_TX/REDIRECT frames to a peer that has one)."""
+
+    node: str
+    netns: str
+    ifname: str
+    ifindex: int
+    role: str  # "pod" (node side of a pod veth) | "external" (the node's eth0)
+    peer_netns: str
+    peer_ifname: str
+    peer_ifindex: int
+    pod: str | None = None
+    pod_ip: str | None = None
+
+
+@dataclass
+class LabStatus:
+    up: bool
+    state_dir: str
+    prefix: str
+    outside: OutsideRecord | None
+    nodes: list[NodeInfo] = field(default_factory=list)
+    pods: list[PodHandle] = field(default_factory=list)
+    processes: list[ProcessRecord] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # recorded namespaces that are gone
+    dead: list[str] = field(default_factory=list)  # recorded processes that are gone
+
+
+def _ports(ports: Iterable[PortSpec | int | tuple | dict]) -> list[PortSpec]:
+    out = []
+    for p in ports:
+        if isinstance(p, PortSpec):
+            out.append(p)
+        elif isinstance(p, int):
+            out.append(PortSpec(p))
+        elif isinstance(p, dict):
+            out.append(PortSpec(int(p.get("containerPort") or p["port"]), str(p.get("protocol", "TCP")).upper(), p.get("name")))
+        else:
+            out.append(PortSpec(int(p[0]), str(p[1]).upper() if len(p) > 1 else "TCP"))
+    return out
+
+
+def _node_info(n: NodeRecord) -> NodeInfo:
+    return NodeInfo(n.name, n.index, n.netns, n.ip, n.pod_cidr, n.gateway, n.ext_ifname, n.ext_ifindex)
+
+
+def _pod_handle(p: PodRecord) -> PodHandle:
+    return PodHandle(
+        p.name, p.netns, p.node, p.ip, p.image, p.host_ifname, p.host_ifindex,
+        p.pod_ifname, p.pod_ifindex, p.pid, p.server, tuple(p.ports),
+    )
+
+
+class Lab:
+    def __init__(self, state_dir: str | Path | None = None, prefix: str = plan.PREFIX) -> None:
+        self.store = StateStore(state_dir)
+        self.prefix = plan.check_prefix(prefix)
+
+    # -- state ----------------------------------------------------------------------------
+    def _load(self) -> LabState:
+        state = self.store.load()
+        if state is None:
+            return LabState(prefix=self.prefix)
+        self.prefix = state.prefix  # a lab keeps the names it was made with
+        return state
+
+    def _require_up(self) -> LabState:
+        state = self.store.load()
+        if state is None or state.outside is None or not state.nodes:
+            raise LabError(f"the lab is not up (state dir {self.store.state_dir}); run `svcctl lab up`")
+        self.prefix = state.prefix
+        return state
+
+    # -- nodes ----------------------------------------------------------------------------
+    def up(self, nodes: int = 1, node_processes: NodeProcessProvider | None = None) -> LabStatus:
+        """Create what is missing for `nodes` nodes; existing nodes, pods and processes stay."""
+        if not 1 <= nodes <= plan.MAX_NODES:
+            raise LabError(f"--nodes must be between 1 and {plan.MAX_NODES}")
+        with self.store.locked():
+            state = self._load()
+            self._up_outside(state)
+            for index in range(1, nodes + 1):
+                self._up_node(state, index)
+            self._mesh(state)
+            if node_processes is not None:
+                self._start_node_processes(state, node_processes)
+            self.store.save(state)
+        return self.status()
+
+    def _up_outside(self, state: LabState) -> None:
+        if state.outside is None:
+            state.outside = OutsideRecord(
+                netns=plan.outside_netns(self.prefix), bridge=plan.BRIDGE_IFNAME,
+                ip=plan.OUTSIDE_IP, bridge_mac=plan.BRIDGE_MAC,
+            )
+            self.store.save(state)  # recorded before it exists
+        o = state.outside
+        if netns.create(o.netns):
+            wiring.prepare(o.netns, router=False)
+        wiring.make_bridge(o.netns, o.bridge, o.bridge_mac, o.ip, plan.LAN_PREFIXLEN)
+
+    def _up_node(self, state: LabState, index: int) -> None:
+        name = plan.node_name(index)
+        rec = state.nodes.get(name)
+        if rec is None:
+            rec = NodeRecord(
+                name=name, index=index, netns=plan.node_netns(self.prefix, index), ip=plan.node_ip(index),
+                pod_cidr=plan.pod_cidr(index), gateway=plan.pod_gateway(index),
+                ext_ifname=plan.NODE_EXT_IFNAME, ext_mac=plan.node_mac(index),
+                ext_peer_ifname=plan.node_uplink_peer(index),
+            )
+            state.nodes[name] = rec
+            self.store.save(state)
+        if netns.create(rec.netns):
+            wiring.prepare(rec.netns, router=True)
+        assert state.outside is not None
+        node_end, port_end = wiring.make_uplink(
+            state.outside.netns, state.outside.bridge, rec.ext_peer_ifname,
+            rec.netns, rec.ext_ifname, rec.ext_mac, rec.ip, plan.LAN_PREFIXLEN,
+        )
+        rec.ext_ifindex, rec.ext_peer_ifindex = node_end.ifindex, port_end.ifindex
+
+    def _mesh(self, state: LabState) -> None:
+        """Routes between nodes' pod CIDRs and permanent neighbours across the LAN."""
+        assert state.outside is not None
+        o = state.outside
+        nodes = list(state.nodes.values())
+        for n in nodes:
+            routes = {m.pod_cidr: m.ip for m in nodes if m is not n}
+            routes["0.0.0.0/0"] = o.ip  # stays in the lab: outside has no other link
+            wiring.set_routes(n.netns, routes)
+            neigh = {m.ip: m.ext_mac for m in nodes if m is not n}
+            neigh[o.ip] = o.bridge_mac
+            wiring.set_neighbours(n.netns, n.ext_ifname, neigh)
+        wiring.set_neighbours(o.netns, o.bridge, {n.ip: n.ext_mac for n in nodes})
+
+    def _start_node_processes(self, state: LabState, provider: NodeProcessProvider) -> None:
+        for rec in state.nodes.values():
+            for spec in provider(_node_info(rec), self):
+                current = next((p for p in state.processes if p.node == rec.name and p.name == spec.name), None)
+                if current and procs.alive(current.pid, current.netns):
+                    continue
+                if current:
+                    state.processes.remove(current)
+                log = self.store.logs / f"{rec.name}-{spec.name}.log"
+                pid = procs.start(rec.netns, spec.argv, log, spec.env)
+                state.processes.append(ProcessRecord(spec.name, rec.name, rec.netns, pid, list(spec.argv), str(log)))
+                self.store.save(state)
+
+    def down(self, on_down: Callable[[Lab], None] | None = None) -> list[str]:
+        """Stop every recorded process, remove every recorded namespace (their links go with
+        them) and the lab's state folder. Returns the namespaces removed."""
+        removed: list[str] = []
+        with self.store.locked():
+            state = self.store.load()
+            if state is not None:
+                self.prefix = state.prefix
+                if on_down is not None:
+                    on_down(self)
+                for p in state.processes:
+                    procs.stop(p.pid, p.netns)
+                for pod in list(state.pods.values()):
+                    self._teardown_pod(pod)
+                    removed.append(pod.netns)
+                names = [n.netns for n in state.nodes.values()]
+                names += [state.outside.netns] if state.outside else []
+                for ns in names:
+                    if self._remove_netns(ns):
+                        removed.append(ns)
+                if state.made_etc_netns:
+                    _rmdir_if_empty(ETC_NETNS)
+            # Namespaces with this lab's names that an interrupted run never recorded.
+            for ns in self._own_namespaces():
+                if self._remove_netns(ns):
+                    removed.append(ns)
+            shutil.rmtree(self.store.root, ignore_errors=True)
+        _rmdir_if_empty(self.store.state_dir)  # shared with other layers: only if empty
+        return sorted(set(removed))
+
+    def _own_namespaces(self) -> list[str]:
+        pat = re.compile(rf"^{re.escape(self.prefix)}-(node\d+|outside|pod-.+)$")
+        return [n for n in netns.list_names(self.prefix) if pat.match(n)]
+
+    @staticmethod
+    def _remove_netns(ns: str) -> bool:
+        if not netns.exists(ns):
+            return False
+        procs.stop_all_in(ns)  # the namespace is ours, so everything in it is too
+        return netns.delete(ns)
+
+    # -- pods -----------------------------------------------------------------------------
+    def add_pod(
+        self,
+        name: str,
+        node: str | None = None,
+        image: str = "busybox",
+        ports: Iterable[PortSpec | int | tuple | dict] = (),
+        *,
+        timeout: float = 10.0,
+    ) -> PodHandle:
+        """Make a pod namespace on `node` (default: the node with fewest pods), wire it, start
+        the server its image stands for and wait until its ports answer."""
+        port_specs = _ports(ports)
+        with self.store.locked():
+            state = self._require_up()
+            existing = state.pods.get(name)
+            if existing is not None:
+                if existing.phase == "Running" and netns.exists(existing.netns):
+                    return _pod_handle(existing)
+                self._teardown_pod(existing)  # half-made: start over
+                del state.pods[name]
+            node_rec = self._schedule(state, node)
+            ip = self._allocate_ip(state, node_rec)
+            spec = server_for(image, port_specs)
+            rec = PodRecord(
+                name=name, netns=plan.pod_netns(self.prefix, name), node=node_rec.name, ip=ip, image=image,
+                ports=port_specs, host_ifname=plan.pod_host_ifname(name), server=spec.kind,
+            )
+            if any(p.netns == rec.netns for p in state.pods.values()):
+                raise LabError(f"pod {name!r}: namespace {rec.netns} already used by another pod")
+            state.pods[name] = rec
+            self.store.save(state)  # recorded before anything exists
+            try:
+                self._build_pod(state, rec, node_rec, spec, timeout)
+            except BaseException:
+                self._teardown_pod(rec)
+                state.pods.pop(name, None)
+                self.store.save(state)
+                raise
+            return _pod_handle(rec)
+
+    def _build_pod(self, state: LabState, rec: PodRecord, node: NodeRecord, spec: Any, timeout: float) -> None:
+        netns.create(rec.netns)
+        wiring.prepare(rec.netns, router=False)
+        host, pod = wiring.make_pod_link(node.netns, rec.netns, rec.host_ifname, rec.pod_ifname, node.gateway, rec.ip)
+        rec.host_ifindex, rec.host_mac, rec.pod_ifindex, rec.pod_mac = host.ifindex, host.mac, pod.ifindex, pod.mac
+        state.made_etc_netns |= self._write_etc(rec)
+        self.store.save(state)
+        log = self.store.logs / f"pod-{rec.name}.log"
+        rec.pid = servers.start(spec, rec.name, rec.netns, log, self.store.data / rec.name)
+        self.store.save(state)
+        servers.wait_ready(spec, rec.netns, rec.ip, rec.pid, log, timeout)
+        rec.phase = "Running"
+        self.store.save(state)
+
+    def _write_etc(self, rec: PodRecord) -> bool:
+        """/etc/netns/<ns>/{resolv.conf,hosts}: `ip netns exec` mounts them over /etc, so pod
+        commands use cluster DNS and know their own name, as in a real pod."""
+        made_root = not ETC_NETNS.exists()
+        d = ETC_NETNS / rec.netns
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "resolv.conf").write_text(
+            f"search default.svc.cluster.local svc.cluster.local cluster.local\n"
+            f"nameserver {plan.CLUSTER_DNS}\noptions ndots:5\n"
+        )
+        (d / "hosts").write_text(f"127.0.0.1\tlocalhost\n{rec.ip}\t{rec.name}\n")
+        rec.etc_dir = str(d)
+        return made_root
+
+    def _teardown_pod(self, rec: PodRecord) -> None:
+        procs.stop(rec.pid, rec.netns)
+        self._remove_netns(rec.netns)  # its veth (and the node side) goes with it
+        if rec.etc_dir and Path(rec.etc_dir).parent == ETC_NETNS and Path(rec.etc_dir).name == rec.netns:
+            shutil.rmtree(rec.etc_dir, ignore_errors=True)
+        shutil.rmtree(self.store.data / rec.name, ignore_errors=True)
+
+    def remove_pod(self, name: str) -> bool:
+        with self.store.locked():
+            state = self.store.load()
+            rec = state.pods.get(name) if state else None
+            if state is None or rec is None:
+                return False
+            self._teardown_pod(rec)
+            del state.pods[name]
+            self.store.save(state)
+            return True
+
+    def _schedule(self, state: LabState, node: str | None) -> NodeRecord:
+        if node is not None:
+            if node not in state.nodes:
+                raise LabError(f"no node {node!r} in the lab (nodes: {', '.join(sorted(state.nodes))})")
+            return state.nodes[node]
+        load = {n: 0 for n in state.nodes}
+        for p in state.pods.values():
+            load[p.node] = load.get(p.node, 0) + 1
+        return min(state.nodes.values(), key=lambda n: (load[n.name], n.index))
+
+    @staticmethod
+    def _allocate_ip(state: LabState, node: NodeRecord) -> str:
+        """Next free host after the last one handed out (like host-local IPAM), so a freed IP
+        is not given to the next pod at once."""
+        used = {p.ip for p in state.pods.values() if p.node == node.name}
+        span = plan.POD_HOST_LAST - plan.POD_HOST_FIRST + 1
+        for step in range(1, span + 1):
+            host = plan.POD_HOST_FIRST + (node.last_host - plan.POD_HOST_FIRST + step) % span
+            ip = plan.pod_ip(node.index, host)
+            if ip not in used:
+                node.last_host = host
+                return ip
+        raise LabError(f"{node.name}: pod CIDR {node.pod_cidr} is full")
+
+    # -- queries --------------------------------------------------------------------------
+    def status(self) -> LabStatus:
+        state = self.store.load()
+        if state is None:
+            return LabStatus(False, str(self.store.state_dir), self.prefix, None)
+        missing = [ns for ns in state.netns_names() if not netns.exists(ns)]
+        dead = [f"{p.node}/{p.name}" for p in state.processes if not procs.alive(p.pid, p.netns)]
+        dead += [f"pod/{p.name}" for p in state.pods.values() if p.pid and not procs.alive(p.pid, p.netns)]
+        return LabStatus(
+            up=state.outside is not None and bool(state.nodes) and not missing,
+            state_dir=str(self.store.state_dir), prefix=state.prefix, outside=state.outside,
+            nodes=sorted((_node_info(n) for n in state.nodes.values()), key=lambda n: n.index),
+            pods=[_pod_handle(p) for p in state.pods.values()],
+            processes=list(state.processes), missing=missing, dead=dead,
+        )
+
+    def nodes(self) -> list[NodeInfo]:
+        return self.status().nodes
+
+    def pod(self, name: str) -> PodHandle | None:
+        state = self.store.load()
+        rec = state.pods.get(name) if state else None
+        return _pod_handle(rec) if rec else None
+
+    def pods(self, node: str | None = None) -> list[PodHandle]:
+        state = self.store.load()
+        if state is None:
+            return []
+        return [_pod_handle(p) for p in state.pods.values() if node is None or p.node == node]
+
+    def attach_points(self, node: str | None = None) -> list[AttachPoint]:
+        """Where the agent attaches XDP on each node: every pod veth's node side, and eth0."""
+        state = self.store.load()
+        if state is None or state.outside is None:
+            return []
+        points = []
+        for n in state.nodes.values():
+            if node is not None and n.name != node:
+                continue
+            points.append(AttachPoint(
+                n.name, n.netns, n.ext_ifname, n.ext_ifindex, "external",
+                state.outside.netns, n.ext_peer_ifname, n.ext_peer_ifindex,
+            ))
+            for p in state.pods.values():
+                if p.node == n.name and p.phase == "Running":
+                    points.append(AttachPoint(
+                        n.name, n.netns, p.host_ifname, p.host_ifindex, "pod",
+                        p.netns, p.pod_ifname, p.pod_ifindex, p.name, p.ip,
+                    ))
+        return points
+
+    def netns_for(self, host: str) -> str:
+        """A pod name, a node name (`node1`), `outside`, or one of the lab's namespace names."""
+        state = self._require_up()
+        if host == "outside":
+            assert state.outside is not None
+            return state.outside.netns
+        if host in state.nodes:
+            return state.nodes[host].netns
+        if host in state.pods:
+            return state.pods[host].netns
+        if host in state.netns_names():
+            return host
+        raise LabError(f"no pod, node or host named {host!r} in the lab")
+
+    def exec(self, host: str, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess:
+        """subprocess.run(argv) inside host's namespace (kwargs go to subprocess.run)."""
+        return netns.run(self.netns_for(host), argv, **kwargs)
+
+
+def _rmdir_if_empty(d: Path) -> None:
+    try:
+        d.rmdir()
+    except OSError:
+        pass
