@@ -9,6 +9,7 @@ import sys
 # Modules that contribute subcommands, in help order. Each has register(subparsers).
 COMMAND_MODULES = [
     "controlplane.demo",
+    "controlplane.lab.commands",
 ]
 
 

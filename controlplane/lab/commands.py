@@ -1,0 +1,152 @@
+"""svcctl lab up|down|status|add-pod|remove-pod and svcctl exec."""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from dataclasses import asdict
+
+from controlplane.lab import hooks, netns
+from controlplane.lab.state import PortSpec
+from controlplane.lab.topology import Lab, LabError, LabStatus
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--state-dir", default=None,
+        help="state folder (default $SVCXDP_STATE_DIR or /var/lib/svcxdp); the lab uses <dir>/lab",
+    )
+
+    lab = sub.add_parser("lab", help="the embedded runtime: nodes and pods as network namespaces")
+    lsub = lab.add_subparsers(dest="lab_command", metavar="ACTION")
+    lab.set_defaults(func=lambda a: (lab.print_help(), 2)[1])
+
+    p = lsub.add_parser("up", parents=[common], help="create the lab (idempotent)")
+    p.add_argument("--nodes", type=int, default=1, help="number of nodes (default 1; never shrinks)")
+    p.add_argument("--no-node-processes", action="store_true", help="do not start per-node processes (agents)")
+    p.set_defaults(func=cmd_up)
+
+    p = lsub.add_parser("down", parents=[common], help="remove every namespace, process and file the lab made")
+    p.set_defaults(func=cmd_down)
+
+    p = lsub.add_parser("status", parents=[common], help="what is up")
+    p.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    p.set_defaults(func=cmd_status)
+
+    p = lsub.add_parser("add-pod", parents=[common], help="start a pod by hand (for debugging; the agent makes pods)")
+    p.add_argument("name")
+    p.add_argument("--image", default="busybox")
+    p.add_argument("--node", default=None, help="default: the node with fewest pods")
+    p.add_argument("--port", action="append", default=[], metavar="PORT[/PROTO]", help="container port, e.g. 80 or 53/UDP")
+    p.set_defaults(func=cmd_add_pod)
+
+    p = lsub.add_parser("remove-pod", parents=[common], help="remove a pod by hand")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_remove_pod)
+
+    p = sub.add_parser("exec", parents=[common], help="run a command in a pod, a node (node1) or outside")
+    p.add_argument("-i", "--stdin", action="store_true", help="pass stdin to the command")
+    p.add_argument("-t", "--tty", action="store_true", help="interactive terminal (ours is inherited)")
+    p.add_argument("host", help="pod name, node name (node1) or outside")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+    p.set_defaults(func=cmd_exec)
+
+
+def _guard(fn):
+    """Lab failures become `error: ...` and exit 1 (cli's CommandError would be imported twice
+    under `python -m controlplane.cli`)."""
+
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except (LabError, netns.NetnsError, RuntimeError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+
+    return wrapped
+
+
+@_guard
+def cmd_up(args: argparse.Namespace) -> int:
+    provider = None if args.no_node_processes else hooks.node_processes
+    _print_status(Lab(args.state_dir).up(nodes=args.nodes, node_processes=provider))
+    return 0
+
+
+@_guard
+def cmd_down(args: argparse.Namespace) -> int:
+    removed = Lab(args.state_dir).down(on_down=hooks.on_lab_down)
+    print(f"lab down: removed {len(removed)} namespaces" + (f" ({', '.join(removed)})" if removed else ""))
+    return 0
+
+
+@_guard
+def cmd_status(args: argparse.Namespace) -> int:
+    status = Lab(args.state_dir).status()
+    if args.output == "json":
+        print(json.dumps(asdict(status), indent=2))
+    else:
+        _print_status(status)
+    return 0 if status.up else 1
+
+
+def _parse_port(text: str) -> PortSpec:
+    port, _, proto = text.partition("/")
+    return PortSpec(int(port), (proto or "TCP").upper())
+
+
+@_guard
+def cmd_add_pod(args: argparse.Namespace) -> int:
+    pod = Lab(args.state_dir).add_pod(args.name, args.node, args.image, [_parse_port(p) for p in args.port])
+    print(f"pod/{pod.name} running on {pod.node}: {pod.ip} ({pod.server}, netns {pod.netns})")
+    return 0
+
+
+@_guard
+def cmd_remove_pod(args: argparse.Namespace) -> int:
+    if not Lab(args.state_dir).remove_pod(args.name):
+        raise LabError(f"no pod {args.name!r} in the lab")
+    print(f"pod/{args.name} removed")
+    return 0
+
+
+@_guard
+def cmd_exec(args: argparse.Namespace) -> int:
+    if not args.command:
+        raise LabError("usage: svcctl exec HOST -- CMD [ARGS...]")
+    ns = Lab(args.state_dir).netns_for(args.host)
+    # Output goes straight to our stdout/stderr; stdin only with -i, as kubectl exec.
+    proc = subprocess.run(netns.command(ns, args.command), stdin=None if args.stdin else subprocess.DEVNULL)
+    return proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+
+
+def _print_status(s: LabStatus) -> None:
+    if s.outside is None:
+        print(f"lab: down (state {s.state_dir})")
+        return
+    print(f"lab: {'up' if s.up else 'DEGRADED'} (prefix {s.prefix}, state {s.state_dir}/lab)")
+    print(f"outside  {s.outside.netns}  {s.outside.ip}/24 on {s.outside.bridge}")
+    rows = [("NODE", "NETNS", "IP", "POD CIDR", "EXTERNAL", "PODS")]
+    for n in s.nodes:
+        count = sum(1 for p in s.pods if p.node == n.name)
+        rows.append((n.name, n.netns, n.ip, n.pod_cidr, f"{n.ext_ifname}#{n.ext_ifindex}", str(count)))
+    _table(rows)
+    if s.pods:
+        rows = [("POD", "NODE", "IP", "IMAGE", "SERVER", "PID", "NODE VETH")]
+        for p in sorted(s.pods, key=lambda p: p.name):
+            rows.append((p.name, p.node, p.ip, p.image, p.server, str(p.pid or "-"), f"{p.host_ifname}#{p.host_ifindex}"))
+        _table(rows)
+    for proc in s.processes:
+        print(f"process {proc.node}/{proc.name} pid {proc.pid}: {' '.join(proc.argv)}")
+    for ns in s.missing:
+        print(f"missing namespace: {ns}")
+    for d in s.dead:
+        print(f"not running: {d}")
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
