@@ -1,0 +1,267 @@
+"""Dataclass <-> Kubernetes JSON codec.
+
+API objects are plain dataclasses. A field `foo_bar` maps to the JSON key `fooBar`, unless the
+field declares its key with `jfield("fooBAR")`. Absent keys decode to the field's default
+(usually None, so "unset" and "set to the zero value" stay distinguishable, as with Go
+pointers). Keys a class does not model land in its `extra` dict and are written back by
+`encode`, so a manifest round-trips without losing fields we do not understand.
+
+`decode(cls, data)` raises DecodeError with a Go-style message when a value has the wrong JSON
+type; `encode(obj)` omits None, empty strings, empty lists and empty dicts (Go's omitempty).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+
+# A Kubernetes IntOrString (targetPort, ...): an int, or a string naming a port.
+IntOrString = typing.Union[int, str]
+
+_Decoder = Callable[[Any, str], Any]
+_Encoder = Callable[[Any], Any]
+
+
+class DecodeError(ValueError):
+    """A JSON value of the wrong type, reported the way the apiserver's decoder does."""
+
+    def __init__(self, struct: str, path: str, expected: str, value: Any) -> None:
+        self.struct = struct
+        self.path = path
+        self.expected = expected
+        self.got = _json_kind(value)
+        super().__init__(
+            f"json: cannot unmarshal {self.got} into Go struct field {struct}.{path} of type {expected}"
+        )
+
+
+def jfield(json_name: str, default: Any = None, **kwargs: Any) -> Any:
+    """A dataclass field whose JSON key is `json_name` (for keys like `clusterIP`)."""
+    if "default_factory" in kwargs:
+        return dataclasses.field(metadata={"json": json_name}, **kwargs)
+    return dataclasses.field(default=default, metadata={"json": json_name}, **kwargs)
+
+
+def extra_field() -> Any:
+    """The catch-all for unknown keys; every codec dataclass has one named `extra`."""
+    return dataclasses.field(default_factory=dict, repr=False, compare=True)
+
+
+def camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return "null" if value is None else type(value).__name__
+
+
+def _go_type(tp: Any) -> str:
+    if tp is str:
+        return "string"
+    if tp is bool:
+        return "bool"
+    if tp is int:
+        return "int32"
+    if tp is float:
+        return "float64"
+    if tp is IntOrString:
+        return "intstr.IntOrString"
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _go_type(args[0]) if len(args) == 1 else "interface {}"
+    if origin is list:
+        return "[]" + _go_type(typing.get_args(tp)[0])
+    if origin is dict:
+        return "map[string]" + _go_type(typing.get_args(tp)[1])
+    if dataclasses.is_dataclass(tp):
+        return tp.__name__
+    return "interface {}"
+
+
+class _Plan:
+    """Per-class decode/encode tables, built once from the type hints."""
+
+    __slots__ = ("cls", "by_key", "fields", "has_extra")
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+        hints = typing.get_type_hints(cls)
+        self.by_key: dict[str, tuple[str, _Decoder]] = {}
+        self.fields: list[tuple[str, str, _Encoder]] = []
+        self.has_extra = False
+        for f in dataclasses.fields(cls):
+            if f.name == "extra":
+                self.has_extra = True
+                continue
+            key = f.metadata.get("json", camel(f.name))
+            tp = hints[f.name]
+            self.by_key[key] = (f.name, _decoder(tp, cls.__name__, key))
+            self.fields.append((f.name, key, _encoder(tp)))
+
+
+_PLANS: dict[type, _Plan] = {}
+
+
+def _plan(cls: type) -> _Plan:
+    plan = _PLANS.get(cls)
+    if plan is None:
+        plan = _PLANS[cls] = _Plan(cls)
+    return plan
+
+
+def _decoder(tp: Any, struct: str, key: str) -> _Decoder:
+    if tp is Any:
+        return lambda v, path: v
+    if tp is IntOrString:
+        def dec_intstr(v: Any, path: str) -> Any:
+            if isinstance(v, bool) or not isinstance(v, (int, str)):
+                raise DecodeError(struct, path, "intstr.IntOrString", v)
+            return v
+        return dec_intstr
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        inner = _decoder(args[0] if len(args) == 1 else Any, struct, key)
+        return lambda v, path: None if v is None else inner(v, path)
+    if tp is str:
+        def dec_str(v: Any, path: str) -> Any:
+            if not isinstance(v, str):
+                raise DecodeError(struct, path, "string", v)
+            return v
+        return dec_str
+    if tp is bool:
+        def dec_bool(v: Any, path: str) -> Any:
+            if not isinstance(v, bool):
+                raise DecodeError(struct, path, "bool", v)
+            return v
+        return dec_bool
+    if tp is int:
+        def dec_int(v: Any, path: str) -> Any:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
+                raise DecodeError(struct, path, "int32", v)
+            return int(v)
+        return dec_int
+    if tp is float:
+        def dec_float(v: Any, path: str) -> Any:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise DecodeError(struct, path, "float64", v)
+            return float(v)
+        return dec_float
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        item = _decoder(item_tp, struct, key)
+        go = _go_type(tp)
+
+        def dec_list(v: Any, path: str) -> Any:
+            if v is None:
+                return None
+            if not isinstance(v, list):
+                raise DecodeError(struct, path, go, v)
+            return [item(x, path) for x in v]
+        return dec_list
+    if origin is dict:
+        _, val_tp = typing.get_args(tp)
+        val = _decoder(val_tp, struct, key)
+        go = _go_type(tp)
+
+        def dec_dict(v: Any, path: str) -> Any:
+            if v is None:
+                return None
+            if not isinstance(v, dict):
+                raise DecodeError(struct, path, go, v)
+            return {str(k): val(x, path) for k, x in v.items()}
+        return dec_dict
+    if dataclasses.is_dataclass(tp):
+        def dec_obj(v: Any, path: str) -> Any:
+            if not isinstance(v, dict):
+                raise DecodeError(struct, path, tp.__name__, v)
+            return _decode_obj(tp, v, path)
+        return dec_obj
+    raise TypeError(f"codec: unsupported field type {tp!r} in {struct}")
+
+
+def _encoder(tp: Any) -> _Encoder:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return _encoder(args[0])
+        return _encode_any
+    if origin is list:
+        item = _encoder(typing.get_args(tp)[0])
+        return lambda v: [item(x) for x in v]
+    if origin is dict:
+        val = _encoder(typing.get_args(tp)[1])
+        return lambda v: {k: val(x) for k, x in v.items()}
+    if dataclasses.is_dataclass(tp):
+        return encode
+    if tp in (str, int, bool, float):
+        return lambda v: v
+    return _encode_any
+
+
+def _encode_any(v: Any) -> Any:
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return encode(v)
+    if isinstance(v, list):
+        return [_encode_any(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _encode_any(x) for k, x in v.items()}
+    return v
+
+
+def _decode_obj(cls: type[T], data: dict, path: str) -> T:
+    plan = _plan(cls)
+    kwargs: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    by_key = plan.by_key
+    for key, value in data.items():
+        entry = by_key.get(key)
+        if entry is None:
+            extra[key] = value
+            continue
+        attr, dec = entry
+        kwargs[attr] = dec(value, f"{path}.{key}" if path else key)
+    if extra and plan.has_extra:
+        kwargs["extra"] = extra
+    return cls(**kwargs)
+
+
+def decode(cls: type[T], data: dict, path: str = "") -> T:
+    """Build a `cls` from a JSON-shaped dict; raises DecodeError on a mistyped value."""
+    if not isinstance(data, dict):
+        raise DecodeError(cls.__name__, path or cls.__name__, cls.__name__, data)
+    return _decode_obj(cls, data, path)
+
+
+def encode(obj: Any) -> dict[str, Any]:
+    """The JSON-shaped dict of a codec dataclass, with omitempty semantics and extras kept."""
+    plan = _plan(type(obj))
+    out: dict[str, Any] = {}
+    for attr, key, enc in plan.fields:
+        value = getattr(obj, attr)
+        if value is None or value == "" or value == [] or value == {}:
+            continue
+        encoded = enc(value)
+        if encoded == {}:
+            continue
+        out[key] = encoded
+    if plan.has_extra and obj.extra:
+        for key, value in obj.extra.items():
+            out.setdefault(key, value)
+    return out

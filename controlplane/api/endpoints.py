@@ -1,0 +1,124 @@
+"""core/v1 Endpoints and discovery.k8s.io/v1 EndpointSlice.
+
+For the agent: an EndpointSlice belongs to the Service named by its
+`kubernetes.io/service-name` label; each `Endpoint` has `addresses` (one IP), `conditions`
+(ready / serving / terminating; None means "true" for ready and serving), `node_name`,
+`target_ref` (the pod) and the slice's `ports` give the port number for each service-port
+name (named target ports resolve per pod, so different slices may carry different numbers).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .codec import extra_field, jfield
+from .meta import ApiObject
+
+LABEL_SERVICE_NAME = "kubernetes.io/service-name"
+LABEL_MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
+LABEL_SKIP_MIRROR = "endpointslice.kubernetes.io/skip-mirror"
+MANAGED_BY_CONTROLLER = "endpointslice-controller.k8s.io"
+MANAGED_BY_MIRRORING = "endpointslicemirroring-controller.k8s.io"
+ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
+MAX_ENDPOINTS_PER_SLICE = 100
+
+
+@dataclass
+class ObjectReference:
+    kind: str | None = None
+    namespace: str | None = None
+    name: str | None = None
+    uid: str | None = None
+    api_version: str | None = None
+    resource_version: str | None = None
+    extra: dict[str, Any] = extra_field()
+
+
+# core/v1 Endpoints -----------------------------------------------------------------------
+@dataclass
+class EndpointAddress:
+    ip: str | None = None
+    hostname: str | None = None
+    node_name: str | None = None
+    target_ref: ObjectReference | None = None
+    extra: dict[str, Any] = extra_field()
+
+
+@dataclass
+class EndpointPort:
+    """A port of an Endpoints subset or of an EndpointSlice (same shape in both APIs)."""
+
+    name: str | None = None
+    port: int | None = None
+    protocol: str | None = None
+    app_protocol: str | None = None
+    extra: dict[str, Any] = extra_field()
+
+
+@dataclass
+class EndpointSubset:
+    addresses: list[EndpointAddress] | None = None
+    not_ready_addresses: list[EndpointAddress] | None = None
+    ports: list[EndpointPort] | None = None
+    extra: dict[str, Any] = extra_field()
+
+
+@dataclass
+class Endpoints(ApiObject):
+    KIND: ClassVar[str] = "Endpoints"
+    RESOURCE: ClassVar[str] = "endpoints"
+
+    subsets: list[EndpointSubset] | None = None
+
+
+# discovery.k8s.io/v1 EndpointSlice ------------------------------------------------------
+@dataclass
+class EndpointConditions:
+    ready: bool | None = None
+    serving: bool | None = None
+    terminating: bool | None = None
+    extra: dict[str, Any] = extra_field()
+
+
+@dataclass
+class Endpoint:
+    addresses: list[str] | None = None
+    conditions: EndpointConditions = field(default_factory=EndpointConditions)
+    hostname: str | None = None
+    target_ref: ObjectReference | None = None
+    node_name: str | None = None
+    zone: str | None = None
+    extra: dict[str, Any] = extra_field()
+
+    @property
+    def ready(self) -> bool:
+        return self.conditions.ready is not False
+
+    @property
+    def serving(self) -> bool:
+        c = self.conditions
+        return c.serving if c.serving is not None else self.ready
+
+    @property
+    def terminating(self) -> bool:
+        return bool(self.conditions.terminating)
+
+    @property
+    def pod_name(self) -> str | None:
+        ref = self.target_ref
+        return ref.name if ref and ref.kind == "Pod" else None
+
+
+@dataclass
+class EndpointSlice(ApiObject):
+    KIND: ClassVar[str] = "EndpointSlice"
+    GROUP: ClassVar[str] = "discovery.k8s.io"
+    RESOURCE: ClassVar[str] = "endpointslices"
+
+    address_type: str | None = None
+    endpoints: list[Endpoint] | None = None
+    ports: list[EndpointPort] | None = None
+
+    @property
+    def service_name(self) -> str | None:
+        return self.labels.get(LABEL_SERVICE_NAME)

@@ -1,0 +1,117 @@
+"""Endpoints and EndpointSlice validation."""
+from __future__ import annotations
+
+import ipaddress
+
+from ..endpoints import ADDRESS_TYPES, EndpointPort, Endpoints, EndpointSlice
+from ..field_errors import ErrorType, FieldError, duplicate, invalid, not_supported, required
+from ..service import PROTOCOLS
+from . import names
+
+from .meta import validate_object_meta
+
+MAX_SLICE_ENDPOINTS = 1000
+MAX_SLICE_PORTS = 100
+
+
+def _special_ip(ip: str) -> str | None:
+    addr = ipaddress.ip_address(ip)
+    if addr.is_unspecified:
+        return "may not be unspecified (0.0.0.0)"
+    if addr.is_loopback:
+        return "may not be in the loopback range (127.0.0.0/8, ::1/128)"
+    if addr.is_link_local:
+        return "may not be in the link-local range (169.254.0.0/16, fe80::/10)"
+    if addr.is_multicast:
+        return "may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)"
+    return None
+
+
+def _validate_ip(ip: str | None, path: str) -> list[FieldError]:
+    if not ip:
+        return [required(path)]
+    bad = names.ip_address(ip)
+    if bad:
+        return [invalid(path, ip, m) for m in bad]
+    special = _special_ip(ip)
+    return [invalid(path, ip, special)] if special else []
+
+
+def _validate_ports(ports: list[EndpointPort], path: str, require_name: bool) -> list[FieldError]:
+    errs: list[FieldError] = []
+    seen: set[str] = set()
+    for i, p in enumerate(ports):
+        ppath = f"{path}[{i}]"
+        if require_name and not p.name:
+            errs.append(required(f"{ppath}.name"))
+        elif p.name:
+            errs.extend(invalid(f"{ppath}.name", p.name, m) for m in names.dns1123_label(p.name))
+            if p.name in seen:
+                errs.append(duplicate(f"{ppath}.name", p.name))
+            seen.add(p.name)
+        if p.port is not None:
+            errs.extend(invalid(f"{ppath}.port", p.port, m) for m in names.port_number(p.port))
+        if p.protocol not in PROTOCOLS:
+            errs.append(not_supported(f"{ppath}.protocol", p.protocol or "", PROTOCOLS))
+    return errs
+
+
+def validate_endpoints(ep: Endpoints) -> list[FieldError]:
+    errs = validate_object_meta(ep.metadata, True, names.dns1123_subdomain)
+    for i, subset in enumerate(ep.subsets or []):
+        spath = f"subsets[{i}]"
+        if not subset.addresses and not subset.not_ready_addresses:
+            errs.append(required(spath, "must specify `addresses` or `notReadyAddresses`"))
+        for field_name, addrs in (("addresses", subset.addresses), ("notReadyAddresses", subset.not_ready_addresses)):
+            for j, addr in enumerate(addrs or []):
+                errs.extend(_validate_ip(addr.ip, f"{spath}.{field_name}[{j}].ip"))
+                if addr.hostname:
+                    errs.extend(invalid(f"{spath}.{field_name}[{j}].hostname", addr.hostname, m)
+                                for m in names.dns1123_label(addr.hostname))
+        ports = subset.ports or []
+        for j, p in enumerate(ports):
+            if p.port is None:
+                errs.append(required(f"{spath}.ports[{j}].port"))
+        errs.extend(_validate_ports(ports, f"{spath}.ports", len(ports) > 1))
+    return errs
+
+
+def validate_endpointslice(es: EndpointSlice) -> list[FieldError]:
+    errs = validate_object_meta(es.metadata, True, names.dns1123_subdomain)
+    at = es.address_type or ""
+    if not at:
+        errs.append(required("addressType"))
+    elif at not in ADDRESS_TYPES:
+        errs.append(not_supported("addressType", at, ADDRESS_TYPES))
+    endpoints = es.endpoints or []
+    if len(endpoints) > MAX_SLICE_ENDPOINTS:
+        errs.append(FieldError(ErrorType.TOO_MANY, "endpoints", len(endpoints), f"must have at most {MAX_SLICE_ENDPOINTS} items"))
+    for i, ep in enumerate(endpoints):
+        apath = f"endpoints[{i}].addresses"
+        addrs = ep.addresses or []
+        if not addrs:
+            errs.append(required(apath, "must contain at least 1 address"))
+        elif len(addrs) > 1:
+            errs.append(FieldError(ErrorType.TOO_MANY, apath, len(addrs), "must have at most 1 items"))
+        for j, addr in enumerate(addrs):
+            if at == "IPv4":
+                try:
+                    ok = isinstance(ipaddress.ip_address(addr), ipaddress.IPv4Address)
+                except ValueError:
+                    ok = False
+                if not ok:
+                    errs.append(invalid(f"{apath}[{j}]", addr, "must be a valid IPv4 address"))
+            elif at == "IPv6":
+                try:
+                    ok = isinstance(ipaddress.ip_address(addr), ipaddress.IPv6Address)
+                except ValueError:
+                    ok = False
+                if not ok:
+                    errs.append(invalid(f"{apath}[{j}]", addr, "must be a valid IPv6 address"))
+            elif at == "FQDN":
+                errs.extend(invalid(f"{apath}[{j}]", addr, m) for m in names.dns1123_subdomain(addr))
+    ports = es.ports or []
+    if len(ports) > MAX_SLICE_PORTS:
+        errs.append(FieldError(ErrorType.TOO_MANY, "ports", len(ports), f"must have at most {MAX_SLICE_PORTS} items"))
+    errs.extend(_validate_ports(ports, "ports", False))
+    return errs

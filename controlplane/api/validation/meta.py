@@ -1,0 +1,48 @@
+"""ObjectMeta checks shared by every kind: name, namespace, labels, annotations."""
+from __future__ import annotations
+
+from typing import Callable
+
+from ..field_errors import FieldError, invalid, required, too_long
+from ..meta import ObjectMeta
+from . import names
+
+NameCheck = Callable[[str], list[str]]
+_TOTAL_ANNOTATION_SIZE_LIMIT = 256 * 1024
+
+
+def validate_labels(labels: dict[str, str] | None, path: str) -> list[FieldError]:
+    errs: list[FieldError] = []
+    for key, value in (labels or {}).items():
+        errs.extend(invalid(path, key, m) for m in names.qualified_name(key))
+        errs.extend(invalid(path, value, m) for m in names.label_value(value))
+    return errs
+
+
+def validate_annotations(annotations: dict[str, str] | None, path: str) -> list[FieldError]:
+    errs: list[FieldError] = []
+    total = 0
+    for key, value in (annotations or {}).items():
+        errs.extend(invalid(path, key, m) for m in names.qualified_name(key.lower()))
+        total += len(key) + len(value)
+    if total > _TOTAL_ANNOTATION_SIZE_LIMIT:
+        errs.append(too_long(path, _TOTAL_ANNOTATION_SIZE_LIMIT))
+    return errs
+
+
+def validate_object_meta(meta: ObjectMeta, namespaced: bool, name_check: NameCheck,
+                         path: str = "metadata") -> list[FieldError]:
+    errs: list[FieldError] = []
+    if not meta.name:
+        if not meta.generate_name:
+            errs.append(required(f"{path}.name", "name or generateName is required"))
+    else:
+        errs.extend(invalid(f"{path}.name", meta.name, m) for m in name_check(meta.name))
+    if namespaced:
+        if not meta.namespace:
+            errs.append(required(f"{path}.namespace"))
+        else:
+            errs.extend(invalid(f"{path}.namespace", meta.namespace, m) for m in names.dns1123_label(meta.namespace))
+    errs.extend(validate_labels(meta.labels, f"{path}.labels"))
+    errs.extend(validate_annotations(meta.annotations, f"{path}.annotations"))
+    return errs

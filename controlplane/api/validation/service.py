@@ -1,0 +1,183 @@
+"""Service validation (pkg/apis/core/validation: ValidateService, ValidateServiceUpdate).
+
+Runs on a defaulted Service (see api.defaults). Range checks for nodePorts and clusterIPs
+against the configured ranges belong to the allocators, as in the apiserver.
+"""
+from __future__ import annotations
+
+import json
+
+from ..field_errors import (FieldError, GoValue, duplicate, forbidden, invalid, not_supported,
+                            required)
+from ..service import (AFFINITY_CLIENT_IP, AFFINITY_NONE, CLUSTER_IP, EXTERNAL_NAME,
+                       LOAD_BALANCER, MAX_AFFINITY_TIMEOUT, NODE_PORT, POLICY_CLUSTER,
+                       POLICY_LOCAL, PROTOCOLS, SERVICE_TYPES, HEADLESS, Service, ServicePort)
+from . import names
+from .meta import validate_labels, validate_object_meta
+
+
+def _go_service_port(protocol: str, port: int = 0, node_port: int = 0) -> GoValue:
+    return GoValue(
+        f'core.ServicePort{{Name:"", Protocol:{json.dumps(protocol)}, AppProtocol:(*string)(nil), '
+        f'Port:{port}, TargetPort:intstr.IntOrString{{Type:0, IntVal:0, StrVal:""}}, NodePort:{node_port}}}'
+    )
+
+
+def externally_accessible(svc: Service) -> bool:
+    return svc.type in (LOAD_BALANCER, NODE_PORT) or (svc.type == CLUSTER_IP and bool(svc.spec.external_ips))
+
+
+def _validate_port(sp: ServicePort, require_name: bool, path: str, seen_names: set[str]) -> list[FieldError]:
+    errs: list[FieldError] = []
+    if require_name and not sp.name:
+        errs.append(required(f"{path}.name"))
+    elif sp.name:
+        errs.extend(invalid(f"{path}.name", sp.name, m) for m in names.dns1123_label(sp.name))
+        if sp.name in seen_names:
+            errs.append(duplicate(f"{path}.name", sp.name))
+        seen_names.add(sp.name)
+    port = sp.port or 0
+    errs.extend(invalid(f"{path}.port", port, m) for m in names.port_number(port))
+    if not sp.protocol:
+        errs.append(required(f"{path}.protocol"))
+    elif sp.protocol not in PROTOCOLS:
+        errs.append(not_supported(f"{path}.protocol", sp.protocol, PROTOCOLS))
+    tp = sp.target_port
+    if isinstance(tp, int):
+        errs.extend(invalid(f"{path}.targetPort", tp, m) for m in names.port_number(tp))
+    elif isinstance(tp, str):
+        errs.extend(invalid(f"{path}.targetPort", tp, m) for m in names.port_name(tp))
+    if sp.node_port:
+        errs.extend(invalid(f"{path}.nodePort", sp.node_port, m) for m in names.port_number(sp.node_port))
+    if sp.app_protocol:
+        errs.extend(invalid(f"{path}.appProtocol", sp.app_protocol, m) for m in names.qualified_name(sp.app_protocol))
+    return errs
+
+
+def validate_service(svc: Service) -> list[FieldError]:
+    spec = svc.spec
+    errs = validate_object_meta(svc.metadata, True, names.dns1035_label)
+    ports = spec.ports or []
+    stype = svc.type
+
+    if stype not in SERVICE_TYPES:
+        errs.append(not_supported("spec.type", stype, SERVICE_TYPES))
+
+    if not ports and not svc.is_headless and stype != EXTERNAL_NAME:
+        errs.append(required("spec.ports"))
+
+    if stype == EXTERNAL_NAME:
+        if spec.cluster_ip or spec.cluster_ips:
+            errs.append(forbidden("spec.clusterIPs", "may not be set for ExternalName services"))
+        cname = (spec.external_name or "").removesuffix(".")
+        if cname:
+            errs.extend(invalid("spec.externalName", cname, m) for m in names.dns1123_subdomain(cname))
+        else:
+            errs.append(required("spec.externalName"))
+    else:
+        ip = spec.cluster_ip or ""
+        if ip and ip != HEADLESS:
+            errs.extend(invalid("spec.clusterIPs[0]", ip, m) for m in names.ip_address(ip))
+
+    seen: set[str] = set()
+    for i, sp in enumerate(ports):
+        errs.extend(_validate_port(sp, len(ports) > 1, f"spec.ports[{i}]", seen))
+
+    if spec.selector:
+        errs.extend(validate_labels(spec.selector, "spec.selector"))
+
+    affinity = spec.session_affinity or ""
+    if affinity not in (AFFINITY_CLIENT_IP, AFFINITY_NONE):
+        errs.append(not_supported("spec.sessionAffinity", affinity, (AFFINITY_CLIENT_IP, AFFINITY_NONE)))
+    if affinity == AFFINITY_CLIENT_IP:
+        errs.extend(_validate_client_ip_affinity(svc))
+    elif affinity == AFFINITY_NONE and spec.session_affinity_config is not None:
+        errs.append(forbidden("spec.sessionAffinityConfig", "must not be set when session affinity is None"))
+
+    for i, ip in enumerate(spec.external_ips or []):
+        errs.extend(invalid(f"spec.externalIPs[{i}]", ip, m) for m in names.ip_address(ip))
+
+    if stype in (NODE_PORT, LOAD_BALANCER) and svc.is_headless:
+        errs.append(invalid("spec.clusterIPs[0]", HEADLESS, f"may not be set to 'None' for {stype} services"))
+
+    if stype == CLUSTER_IP:
+        for i, sp in enumerate(ports):
+            if sp.node_port:
+                errs.append(forbidden(f"spec.ports[{i}].nodePort", "may not be used when `type` is 'ClusterIP'"))
+
+    seen_node_ports: set[tuple[str, int]] = set()
+    seen_ports: set[tuple[str, int]] = set()
+    for i, sp in enumerate(ports):
+        protocol, port = sp.protocol or "", sp.port or 0
+        if sp.node_port:
+            key = (protocol, sp.node_port)
+            if key in seen_node_ports:
+                errs.append(duplicate(f"spec.ports[{i}].nodePort", sp.node_port))
+            seen_node_ports.add(key)
+        key = (protocol, port)
+        if key in seen_ports:
+            errs.append(duplicate(f"spec.ports[{i}]", _go_service_port(protocol, port)))
+        seen_ports.add(key)
+
+    ranges = spec.load_balancer_source_ranges or []
+    if ranges:
+        if stype != LOAD_BALANCER:
+            errs.append(forbidden("spec.loadBalancerSourceRanges", "may only be used when `type` is 'LoadBalancer'"))
+        for value in ranges:
+            if names.cidr(value.strip()):
+                errs.append(invalid("spec.loadBalancerSourceRanges", value,
+                                    "must be a list of IP ranges. For example, 10.240.0.0/24,10.250.0.0/24 "))
+    if spec.load_balancer_ip and stype != LOAD_BALANCER:
+        errs.append(forbidden("spec.loadBalancerIP", "may only be used when `type` is 'LoadBalancer'"))
+
+    errs.extend(_validate_traffic_policies(svc))
+    return errs
+
+
+def _validate_client_ip_affinity(svc: Service) -> list[FieldError]:
+    cfg = svc.spec.session_affinity_config
+    path = "spec.sessionAffinityConfig"
+    if cfg is None:
+        return [required(path, "when session affinity type is ClientIP")]
+    if cfg.client_ip is None:
+        return [required(f"{path}.clientIP")]
+    timeout = cfg.client_ip.timeout_seconds
+    if timeout is None:
+        return [required(f"{path}.clientIP.timeoutSeconds")]
+    if timeout <= 0 or timeout > MAX_AFFINITY_TIMEOUT:
+        return [invalid(f"{path}.clientIP.timeoutSeconds", timeout,
+                        f"must be greater than 0 and less than {MAX_AFFINITY_TIMEOUT}")]
+    return []
+
+
+def _validate_traffic_policies(svc: Service) -> list[FieldError]:
+    spec = svc.spec
+    errs: list[FieldError] = []
+    policies = (POLICY_CLUSTER, POLICY_LOCAL)
+    if externally_accessible(svc):
+        if not spec.external_traffic_policy:
+            errs.append(required("spec.externalTrafficPolicy"))
+        elif spec.external_traffic_policy not in policies:
+            errs.append(not_supported("spec.externalTrafficPolicy", spec.external_traffic_policy, policies))
+    elif spec.external_traffic_policy:
+        errs.append(invalid("spec.externalTrafficPolicy", spec.external_traffic_policy,
+                            "may only be set for externally-accessible services"))
+    if spec.health_check_node_port:
+        if svc.type != LOAD_BALANCER or spec.external_traffic_policy != POLICY_LOCAL:
+            errs.append(invalid("spec.healthCheckNodePort", spec.health_check_node_port,
+                                "may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'"))
+    if svc.type != EXTERNAL_NAME:
+        itp = spec.internal_traffic_policy
+        if not itp:
+            errs.append(required("spec.internalTrafficPolicy"))
+        elif itp not in policies:
+            errs.append(not_supported("spec.internalTrafficPolicy", itp, policies))
+    return errs
+
+
+def validate_service_update(new: Service, old: Service) -> list[FieldError]:
+    errs = validate_service(new)
+    if EXTERNAL_NAME not in (new.type, old.type):
+        if (new.spec.cluster_ip or "") != (old.spec.cluster_ip or ""):
+            errs.append(invalid("spec.clusterIP", new.spec.cluster_ip or "", "field is immutable"))
+    return errs
