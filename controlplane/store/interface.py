@@ -1,0 +1,116 @@
+"""The store seam: what the registry, the controllers, the CLI and the agent may rely on.
+
+`Store` is a Protocol; `SqliteStore` (store.sqlite) is the embedded implementation, and an
+etcd- or Kubernetes-API-backed source can implement the same methods later.
+
+Semantics, in Kubernetes terms:
+- Objects are keyed by (kind, namespace, name); cluster-scoped kinds use namespace "".
+- Every write takes the next value of one store-wide counter as the object's
+  `metadata.resourceVersion`; `create` also sets `uid` and `creationTimestamp`.
+- `update(obj)` is refused with api.errors.Conflict when `obj.metadata.resourceVersion` is
+  set and is not the stored one (optimistic concurrency). An update that changes nothing is
+  not written and does not produce an event.
+- `transaction()` groups writes: all of them commit, or none (an exception inside the block
+  rolls back). Reads inside the block see the block's own writes.
+- The change feed: `changes_since(rv)` returns the ADDED / MODIFIED / DELETED events after
+  resourceVersion `rv`, oldest first; `wait_for_change(rv, timeout)` blocks until the store's
+  resourceVersion passes `rv`; `watch(rv)` iterates events forever (or until `stop()` or a
+  timeout). History is compacted: asking for an rv older than the oldest kept raises
+  api.errors.Gone, and the consumer relists (`list` returns the rv to resume from).
+- Claims are small (pool, value) -> owner reservations the allocators use (cluster IPs,
+  node ports). They commit together with the objects of the same transaction.
+"""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Protocol, TypeVar
+
+from controlplane.api.meta import ApiObject
+from controlplane.api.selectors import Selector
+
+T = TypeVar("T", bound=ApiObject)
+
+ADDED = "ADDED"
+MODIFIED = "MODIFIED"
+DELETED = "DELETED"
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    type: str                 # ADDED | MODIFIED | DELETED
+    object: ApiObject         # the object after the change (for DELETED: its last state)
+    resource_version: int     # the store resourceVersion of this change
+
+
+@dataclass(frozen=True)
+class ObjectList:
+    items: list[ApiObject]
+    resource_version: int     # watch from here to see every later change
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be opened (missing permissions, bad path, corrupt file)."""
+
+
+class StoreReader(Protocol):
+    def get(self, cls: type[T], namespace: str, name: str) -> T:
+        """The object, or api.errors.NotFound."""
+
+    def try_get(self, cls: type[T], namespace: str, name: str) -> T | None: ...
+
+    def list(self, cls: type[T], namespace: str | None = None,
+             selector: Selector | None = None) -> list[T]:
+        """Objects of a kind, sorted by (namespace, name). namespace=None means all."""
+
+    def list_with_version(self, cls: type[ApiObject], namespace: str | None = None,
+                          selector: Selector | None = None) -> ObjectList: ...
+
+    def current_resource_version(self) -> int: ...
+
+
+class StoreWriter(StoreReader, Protocol):
+    def create(self, obj: T) -> T:
+        """Insert; api.errors.AlreadyExists if the key is taken. Returns the stored copy."""
+
+    def update(self, obj: T) -> T:
+        """Replace; NotFound if missing, Conflict on a stale resourceVersion."""
+
+    def delete(self, cls: type[T], namespace: str, name: str,
+               resource_version: int | None = None) -> T:
+        """Remove and return the last state; NotFound if missing, Conflict if the
+        precondition resourceVersion is given and stale."""
+
+    def claim(self, pool: str, value: str, owner: str) -> bool:
+        """Reserve `value` in `pool` for `owner`; False if someone else holds it
+        (True if `owner` already holds it)."""
+
+    def release(self, pool: str, value: str) -> None: ...
+
+    def claim_owner(self, pool: str, value: str) -> str | None: ...
+
+    def claims(self, pool: str) -> dict[str, str]:
+        """All reservations of a pool: value -> owner."""
+
+    def get_setting(self, key: str) -> str | None: ...
+
+    def put_setting(self, key: str, value: str) -> None: ...
+
+
+class Store(StoreWriter, Protocol):
+    def transaction(self) -> AbstractContextManager[StoreWriter]:
+        """All-or-nothing group of writes (nested calls join the outer transaction)."""
+
+    def changes_since(self, resource_version: int, kinds: Iterable[type[ApiObject]] | None = None,
+                      limit: int | None = None) -> list[WatchEvent]: ...
+
+    def wait_for_change(self, resource_version: int, timeout: float) -> int:
+        """Block until the store's resourceVersion exceeds `resource_version` or `timeout`
+        seconds pass; returns the current resourceVersion."""
+
+    def watch(self, resource_version: int, kinds: Iterable[type[ApiObject]] | None = None,
+              timeout: float | None = None, stop: Callable[[], bool] | None = None) -> Iterator[WatchEvent]:
+        """Follow the change feed from `resource_version`. Ends when `stop()` returns True or
+        no event arrived for `timeout` seconds (never, if timeout is None)."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,393 @@
+"""SqliteStore: the embedded store, one SQLite file in WAL mode.
+
+Tables: `objects` (one row per object: kind, namespace, name, uid, rv, labels JSON, object
+JSON), `changes` (the change feed: one row per write, keyed by resourceVersion), `claims`
+(allocator reservations) and `meta` (the resourceVersion counter, the compaction mark and
+settings). Writes run in `BEGIN IMMEDIATE` transactions with a busy timeout, so several
+processes can write to the same file safely; readers never block writers (WAL).
+
+One SqliteStore object may be shared by threads (a lock serialises its connection), but a
+follower thread that blocks in `watch` is best given its own `SqliteStore(path)`.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+from controlplane.api.errors import AlreadyExists, Conflict, Gone, NotFound
+from controlplane.api.kinds import kind_class
+from controlplane.api.meta import ApiObject, format_timestamp, now
+from controlplane.api.selectors import Selector
+
+from .interface import ADDED, DELETED, MODIFIED, ObjectList, StoreUnavailable, WatchEvent
+
+T = TypeVar("T", bound=ApiObject)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (
+    kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+    uid TEXT NOT NULL, rv INTEGER NOT NULL, labels TEXT NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (kind, namespace, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS changes (
+    rv INTEGER PRIMARY KEY, type TEXT NOT NULL, kind TEXT NOT NULL,
+    namespace TEXT NOT NULL, name TEXT NOT NULL, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS claims (
+    pool TEXT NOT NULL, value TEXT NOT NULL, owner TEXT NOT NULL,
+    PRIMARY KEY (pool, value)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+INSERT OR IGNORE INTO meta (key, value) VALUES ('rv', '0'), ('compacted', '0');
+"""
+
+DEFAULT_HISTORY = 100_000
+
+# In-process wake-ups: writers notify waiters of the same file without waiting for a poll.
+_CONDITIONS: dict[str, threading.Condition] = {}
+_CONDITIONS_LOCK = threading.Lock()
+
+
+def _condition_for(path: str) -> threading.Condition:
+    with _CONDITIONS_LOCK:
+        cond = _CONDITIONS.get(path)
+        if cond is None:
+            cond = _CONDITIONS[path] = threading.Condition()
+        return cond
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+class _Transaction:
+    """Context manager for SqliteStore.transaction(); nested uses join the outer one."""
+
+    def __init__(self, store: "SqliteStore") -> None:
+        self.store = store
+        self.outer = False
+
+    def __enter__(self) -> "SqliteStore":
+        store = self.store
+        store._lock.acquire()
+        if store._depth == 0:
+            self.outer = True
+            store._conn.execute("BEGIN IMMEDIATE")
+            store._rv = store._start_rv = int(store._meta("rv"))
+        store._depth += 1
+        return store
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        store = self.store
+        try:
+            store._depth -= 1
+            if not self.outer:
+                return
+            changed = False
+            if exc_type is not None:
+                store._conn.execute("ROLLBACK")
+            else:
+                try:
+                    if store._rv != store._start_rv:
+                        changed = True
+                        store._conn.execute("UPDATE meta SET value=? WHERE key='rv'", (str(store._rv),))
+                        store._maybe_compact()
+                    store._conn.execute("COMMIT")
+                except BaseException:
+                    store._conn.execute("ROLLBACK")
+                    raise
+            store._rv = store._start_rv = None
+            if changed:
+                cond = _condition_for(store.path)
+                with cond:
+                    cond.notify_all()
+        finally:
+            store._lock.release()
+
+
+class SqliteStore:
+    """The embedded Store implementation (see store.interface for the contract)."""
+
+    def __init__(self, path: str | Path, history: int = DEFAULT_HISTORY, poll_interval: float = 0.001) -> None:
+        self.path = str(Path(path).resolve())
+        self.history = history
+        self.poll_interval = poll_interval
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._rv: int | None = None
+        self._start_rv: int | None = None
+        try:
+            self._conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=False)
+            self._conn.execute("PRAGMA busy_timeout=30000")
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            with self._lock:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for stmt in SCHEMA.strip().split(";"):
+                        if stmt.strip():
+                            self._conn.execute(stmt)
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open store {self.path}: {exc}") from exc
+
+    # ---------------------------------------------------------------- plumbing
+    def reopen(self) -> "SqliteStore":
+        """A second handle (own connection) on the same file, e.g. for a watcher thread."""
+        return SqliteStore(self.path, self.history, self.poll_interval)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def transaction(self) -> _Transaction:
+        return _Transaction(self)
+
+    def _meta(self, key: str) -> str:
+        row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else "0"
+
+    def _next_rv(self) -> int:
+        assert self._rv is not None, "writes must run inside a transaction"
+        self._rv += 1
+        return self._rv
+
+    def _maybe_compact(self) -> None:
+        assert self._rv is not None
+        compacted = int(self._meta("compacted"))
+        if self._rv - compacted > self.history + max(1, self.history // 10):
+            mark = self._rv - self.history
+            self._conn.execute("DELETE FROM changes WHERE rv <= ?", (mark,))
+            self._conn.execute("UPDATE meta SET value=? WHERE key='compacted'", (str(mark),))
+
+    @staticmethod
+    def _ns(cls: type[ApiObject], namespace: str | None) -> str:
+        return (namespace or "") if cls.NAMESPACED else ""
+
+    @staticmethod
+    def _decode(kind: str, data: str) -> ApiObject:
+        return kind_class(kind).from_dict(json.loads(data))
+
+    def _record(self, event: str, obj: ApiObject, rv: int, data: str) -> None:
+        self._conn.execute(
+            "INSERT INTO changes (rv, type, kind, namespace, name, data) VALUES (?,?,?,?,?,?)",
+            (rv, event, obj.KIND, obj.namespace, obj.name, data),
+        )
+
+    # ---------------------------------------------------------------- reads
+    def current_resource_version(self) -> int:
+        with self._lock:
+            if self._depth and self._rv is not None:
+                return self._rv
+            return int(self._meta("rv"))
+
+    def get(self, cls: type[T], namespace: str, name: str) -> T:
+        obj = self.try_get(cls, namespace, name)
+        if obj is None:
+            raise NotFound(cls.RESOURCE, name)
+        return obj
+
+    def try_get(self, cls: type[T], namespace: str, name: str) -> T | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT data FROM objects WHERE kind=? AND namespace=? AND name=?",
+                (cls.KIND, self._ns(cls, namespace), name),
+            ).fetchone()
+        return None if row is None else cls.from_dict(json.loads(row[0]))
+
+    def list(self, cls: type[T], namespace: str | None = None, selector: Selector | None = None) -> list[T]:
+        return self.list_with_version(cls, namespace, selector).items  # type: ignore[return-value]
+
+    def list_with_version(self, cls: type[ApiObject], namespace: str | None = None,
+                          selector: Selector | None = None) -> ObjectList:
+        if selector is not None and selector.match_nothing:
+            return ObjectList([], self.current_resource_version())
+        with self._lock:
+            own_txn = self._depth == 0
+            if own_txn:
+                self._conn.execute("BEGIN")
+            try:
+                rv = self._rv if self._rv is not None else int(self._meta("rv"))
+                if namespace is None or not cls.NAMESPACED:
+                    rows = self._conn.execute(
+                        "SELECT labels, data FROM objects WHERE kind=? ORDER BY namespace, name", (cls.KIND,)
+                    ).fetchall()
+                else:
+                    rows = self._conn.execute(
+                        "SELECT labels, data FROM objects WHERE kind=? AND namespace=? ORDER BY name",
+                        (cls.KIND, namespace),
+                    ).fetchall()
+            finally:
+                if own_txn:
+                    self._conn.execute("COMMIT")
+        loads = json.loads
+        from_dict = cls.from_dict
+        if selector is None or selector.empty:
+            items = [from_dict(loads(data)) for _, data in rows]
+        else:
+            items = [from_dict(loads(data)) for labels, data in rows if selector.matches(loads(labels))]
+        return ObjectList(items, rv)
+
+    # ---------------------------------------------------------------- writes
+    def _serialize(self, obj: ApiObject, rv: int) -> str:
+        obj.metadata.resource_version = str(rv)
+        return _dumps(obj.to_dict())
+
+    def create(self, obj: T) -> T:
+        if obj.NAMESPACED and not obj.metadata.namespace:
+            raise ValueError(f"{obj.KIND} {obj.name!r}: namespace required")
+        if not obj.NAMESPACED:
+            obj.metadata.namespace = None
+        with self.transaction():
+            ns = obj.namespace
+            exists = self._conn.execute(
+                "SELECT 1 FROM objects WHERE kind=? AND namespace=? AND name=?", (obj.KIND, ns, obj.name)
+            ).fetchone()
+            if exists:
+                raise AlreadyExists(obj.RESOURCE, obj.name)
+            rv = self._next_rv()
+            obj.metadata.uid = str(uuid.uuid4())
+            obj.metadata.creation_timestamp = obj.metadata.creation_timestamp or format_timestamp(now())
+            data = self._serialize(obj, rv)
+            self._conn.execute(
+                "INSERT INTO objects (kind, namespace, name, uid, rv, labels, data) VALUES (?,?,?,?,?,?,?)",
+                (obj.KIND, ns, obj.name, obj.metadata.uid, rv, _dumps(obj.labels), data),
+            )
+            self._record(ADDED, obj, rv, data)
+        return obj
+
+    def update(self, obj: T) -> T:
+        if not obj.NAMESPACED:
+            obj.metadata.namespace = None
+        with self.transaction():
+            ns = obj.namespace
+            row = self._conn.execute(
+                "SELECT uid, rv, data FROM objects WHERE kind=? AND namespace=? AND name=?",
+                (obj.KIND, ns, obj.name),
+            ).fetchone()
+            if row is None:
+                raise NotFound(obj.RESOURCE, obj.name)
+            uid, stored_rv, stored_data = row
+            asked = obj.metadata.resource_version
+            if asked and int(asked) != stored_rv:
+                raise Conflict(obj.RESOURCE, obj.name)
+            stored_meta = json.loads(stored_data)["metadata"]
+            obj.metadata.uid = uid
+            obj.metadata.creation_timestamp = stored_meta.get("creationTimestamp")
+            if self._serialize(obj, stored_rv) == stored_data:
+                return obj  # no-op update: nothing written, no event
+            rv = self._next_rv()
+            data = self._serialize(obj, rv)
+            self._conn.execute(
+                "UPDATE objects SET rv=?, labels=?, data=? WHERE kind=? AND namespace=? AND name=?",
+                (rv, _dumps(obj.labels), data, obj.KIND, ns, obj.name),
+            )
+            self._record(MODIFIED, obj, rv, data)
+        return obj
+
+    def delete(self, cls: type[T], namespace: str, name: str, resource_version: int | None = None) -> T:
+        ns = self._ns(cls, namespace)
+        with self.transaction():
+            row = self._conn.execute(
+                "SELECT rv, data FROM objects WHERE kind=? AND namespace=? AND name=?", (cls.KIND, ns, name)
+            ).fetchone()
+            if row is None:
+                raise NotFound(cls.RESOURCE, name)
+            if resource_version is not None and resource_version != row[0]:
+                raise Conflict(cls.RESOURCE, name)
+            obj = cls.from_dict(json.loads(row[1]))
+            rv = self._next_rv()
+            data = self._serialize(obj, rv)
+            self._conn.execute("DELETE FROM objects WHERE kind=? AND namespace=? AND name=?", (cls.KIND, ns, name))
+            self._record(DELETED, obj, rv, data)
+        return obj
+
+    # ---------------------------------------------------------------- claims and settings
+    def claim(self, pool: str, value: str, owner: str) -> bool:
+        with self.transaction():
+            current = self.claim_owner(pool, value)
+            if current is not None:
+                return current == owner
+            self._conn.execute("INSERT INTO claims (pool, value, owner) VALUES (?,?,?)", (pool, value, owner))
+            return True
+
+    def release(self, pool: str, value: str) -> None:
+        with self.transaction():
+            self._conn.execute("DELETE FROM claims WHERE pool=? AND value=?", (pool, value))
+
+    def claim_owner(self, pool: str, value: str) -> str | None:
+        with self._lock:
+            row = self._conn.execute("SELECT owner FROM claims WHERE pool=? AND value=?", (pool, value)).fetchone()
+        return row[0] if row else None
+
+    def claims(self, pool: str) -> dict[str, str]:
+        with self._lock:
+            rows = self._conn.execute("SELECT value, owner FROM claims WHERE pool=?", (pool,)).fetchall()
+        return dict(rows)
+
+    def get_setting(self, key: str) -> str | None:
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM meta WHERE key=?", ("setting:" + key,)).fetchone()
+        return row[0] if row else None
+
+    def put_setting(self, key: str, value: str) -> None:
+        with self.transaction():
+            self._conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?,?)", ("setting:" + key, value))
+
+    # ---------------------------------------------------------------- change feed
+    def changes_since(self, resource_version: int, kinds: Iterable[type[ApiObject]] | None = None,
+                      limit: int | None = None) -> list[WatchEvent]:
+        kind_names = sorted({k.KIND for k in kinds}) if kinds is not None else None
+        sql = "SELECT rv, type, kind, data FROM changes WHERE rv > ?"
+        params: list[Any] = [resource_version]
+        if kind_names is not None:
+            sql += f" AND kind IN ({','.join('?' * len(kind_names))})"
+            params.extend(kind_names)
+        sql += " ORDER BY rv"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        with self._lock:
+            compacted = int(self._meta("compacted"))
+            if resource_version < compacted:
+                raise Gone(resource_version, compacted)
+            rows = self._conn.execute(sql, params).fetchall()
+        return [WatchEvent(etype, self._decode(kind, data), rv) for rv, etype, kind, data in rows]
+
+    def wait_for_change(self, resource_version: int, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        cond = _condition_for(self.path)
+        while True:
+            current = self.current_resource_version()
+            remaining = deadline - time.monotonic()
+            if current > resource_version or remaining <= 0:
+                return current
+            with cond:
+                cond.wait(min(self.poll_interval, remaining))
+
+    def watch(self, resource_version: int, kinds: Iterable[type[ApiObject]] | None = None,
+              timeout: float | None = None, stop: Callable[[], bool] | None = None) -> Iterator[WatchEvent]:
+        kinds = list(kinds) if kinds is not None else None
+        rv = resource_version
+        idle_since = time.monotonic()
+        while not (stop and stop()):
+            events = self.changes_since(rv, kinds, limit=1000)
+            if events:
+                for event in events:
+                    yield event
+                rv = events[-1].resource_version
+                idle_since = time.monotonic()
+                continue
+            # Filtered-out changes still move the feed forward.
+            current = self.current_resource_version()
+            if kinds is not None and current > rv and not self.changes_since(rv, kinds, limit=1):
+                rv = current
+            if timeout is not None and time.monotonic() - idle_since >= timeout:
+                return
+            wait = 0.05 if timeout is None else max(0.0, min(0.05, timeout - (time.monotonic() - idle_since)))
+            self.wait_for_change(rv, wait)
