@@ -1,0 +1,89 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
+/*
+ * conntrack.h — flow state: idle timeouts on a coarse monotonic clock and TCP close
+ * tracking. An entry is refreshed at most once a second, so an established flow
+ * costs a compare, not a store, on most packets.
+ */
+#ifndef SVCXDP_CONNTRACK_H
+#define SVCXDP_CONNTRACK_H
+
+#include "maps.h"
+
+#ifndef SVCXDP_TCP_TIMEOUT_S
+#define SVCXDP_TCP_TIMEOUT_S SVCXDP_DEFAULT_TCP_TIMEOUT_S
+#endif
+#ifndef SVCXDP_TCP_CLOSE_TIMEOUT_S
+#define SVCXDP_TCP_CLOSE_TIMEOUT_S SVCXDP_DEFAULT_TCP_CLOSE_TIMEOUT_S
+#endif
+#ifndef SVCXDP_UDP_TIMEOUT_S
+#define SVCXDP_UDP_TIMEOUT_S SVCXDP_DEFAULT_UDP_TIMEOUT_S
+#endif
+
+#define SVCXDP_NSEC_PER_SEC 1000000000ULL
+#define CT_REFRESH_NS SVCXDP_NSEC_PER_SEC
+
+/* TCP flag bits as they sit in byte 13 of the TCP header. */
+#define TCPF_FIN 0x01
+#define TCPF_SYN 0x02
+#define TCPF_RST 0x04
+#define TCPF_ACK 0x10
+
+static __always_inline __u64 ct_timeout_ns(__u8 proto, __u8 flags)
+{
+	if (proto == IPPROTO_TCP) {
+		if (flags & SVCXDP_CT_F_CLOSING)
+			return SVCXDP_TCP_CLOSE_TIMEOUT_S * SVCXDP_NSEC_PER_SEC;
+		return SVCXDP_TCP_TIMEOUT_S * SVCXDP_NSEC_PER_SEC;
+	}
+	return SVCXDP_UDP_TIMEOUT_S * SVCXDP_NSEC_PER_SEC;
+}
+
+static __always_inline int ct_alive(const struct ct_value *v, __u64 now, __u8 proto)
+{
+	return now - v->last_seen <= ct_timeout_ns(proto, v->flags);
+}
+
+/* A bare SYN on a flow that was closing is a new connection reusing the tuple. */
+static __always_inline int ct_reopened(const struct ct_value *v, __u8 tcp_flags)
+{
+	return (v->flags & SVCXDP_CT_F_CLOSING) &&
+	       (tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN;
+}
+
+static __always_inline void ct_touch(struct ct_value *v, __u64 now, __u8 tcp_flags)
+{
+	if (now - v->last_seen > CT_REFRESH_NS)
+		v->last_seen = now;
+	if ((tcp_flags & (TCPF_FIN | TCPF_RST)) && !(v->flags & SVCXDP_CT_F_CLOSING))
+		v->flags |= SVCXDP_CT_F_CLOSING;
+}
+
+/* Record both directions of a new flow. The reply key is what the backend's
+ * answer carries: backend -> client. */
+static __always_inline void ct_create(const struct ct_key *fwd, __be32 vip, __be16 vport,
+				      const struct backend *b, __u32 backend_id,
+				      __u32 svc_id, __u64 now, __u8 tcp_flags)
+{
+	struct ct_value v = {};
+	v.last_seen = now;
+	v.backend_id = backend_id;
+	v.svc_id = svc_id;
+	v.nat_ip = b->ip;
+	v.nat_port = b->port;
+	if (tcp_flags & (TCPF_FIN | TCPF_RST))
+		v.flags = SVCXDP_CT_F_CLOSING;
+	conntrack.update((struct ct_key *)fwd, &v);
+
+	struct ct_key rk = {};
+	rk.src = b->ip;
+	rk.dst = fwd->src;
+	rk.sport = b->port;
+	rk.dport = fwd->sport;
+	rk.proto = fwd->proto;
+	rk.dir = SVCXDP_CT_DIR_REPLY;
+	v.nat_ip = vip;
+	v.nat_port = vport;
+	conntrack.update(&rk, &v);
+}
+
+#endif /* SVCXDP_CONNTRACK_H */

@@ -1,0 +1,97 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
+/*
+ * icmp.h — ICMP errors that quote a translated flow are translated too, so that
+ * the client learns "port unreachable" or "fragmentation needed" about the VIP it
+ * talked to, and the backend about the client it really talks to.
+ * Quoted headers with IP options are left alone (passed untranslated).
+ * The quoted transport checksum is not updated: receivers match the quote by
+ * addresses and ports and do not verify it.
+ */
+#ifndef SVCXDP_ICMP_H
+#define SVCXDP_ICMP_H
+
+#include "nat.h"
+#include "conntrack.h"
+
+static __always_inline int icmp_is_error(__u8 type)
+{
+	return type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED ||
+	       type == ICMP_PARAMETERPROB || type == ICMP_SOURCE_QUENCH;
+}
+
+/* Rewrite one quoted address + port and keep both the quoted IP checksum and the
+ * ICMP checksum (which covers the quote) right. */
+static __always_inline void icmp_rewrite_quote(struct icmphdr *icmp, struct iphdr *in,
+					       __be32 *addr, __be16 *port,
+					       __be32 new_addr, __be16 new_port)
+{
+	__be32 old_addr = *addr;
+	__u16 old_check = in->check;
+	*addr = new_addr;
+	csum_replace4(&in->check, old_addr, new_addr);
+	csum_replace4(&icmp->checksum, old_addr, new_addr);
+	csum_replace2(&icmp->checksum, old_check, in->check);
+	csum_replace2(&icmp->checksum, *port, new_port);
+	*port = new_port;
+}
+
+static __always_inline int handle_icmp(struct cursor *c, struct iphdr *ip, struct events *ev)
+{
+	struct icmphdr *icmp = c->pos;
+	if ((void *)(icmp + 1) > c->end) {
+		ev->main = SVCXDP_CNT_DROP_MALFORMED;
+		return XDP_DROP;
+	}
+	if (!icmp_is_error(icmp->type))
+		goto pass;
+	struct iphdr *in = (void *)(icmp + 1);
+	if ((void *)(in + 1) > c->end || in->ihl != 5)
+		goto pass;
+	if (in->protocol != IPPROTO_TCP && in->protocol != IPPROTO_UDP)
+		goto pass;
+	__be16 *ports = (void *)(in + 1);
+	if ((void *)(ports + 2) > c->end)
+		goto pass;
+
+	struct ct_key k = {};
+	k.src = in->daddr;
+	k.dst = in->saddr;
+	k.sport = ports[1];
+	k.dport = ports[0];
+	k.proto = in->protocol;
+
+	/* Error from the backend's side about client -> backend: the quote's reverse
+	 * is a reply entry holding the VIP. */
+	k.dir = SVCXDP_CT_DIR_REPLY;
+	struct ct_value *v = conntrack.lookup(&k);
+	if (v) {
+		__be32 backend_ip = in->daddr;
+		icmp_rewrite_quote(icmp, in, &in->daddr, &ports[1], v->nat_ip, v->nat_port);
+		if (ip->saddr == backend_ip) {
+			ip->saddr = v->nat_ip;
+			csum_replace4(&ip->check, backend_ip, v->nat_ip);
+		}
+		ev->main = SVCXDP_CNT_ICMP_NAT;
+		return XDP_PASS;
+	}
+
+	/* Error from the client's side about a reply VIP -> client: the quote's
+	 * reverse is the forward entry holding the backend. */
+	k.dir = SVCXDP_CT_DIR_FORWARD;
+	v = conntrack.lookup(&k);
+	if (v) {
+		__be32 vip = in->saddr;
+		icmp_rewrite_quote(icmp, in, &in->saddr, &ports[0], v->nat_ip, v->nat_port);
+		if (ip->daddr == vip) {
+			ip->daddr = v->nat_ip;
+			csum_replace4(&ip->check, vip, v->nat_ip);
+		}
+		ev->main = SVCXDP_CNT_ICMP_NAT;
+		return XDP_PASS;
+	}
+pass:
+	ev->main = SVCXDP_CNT_PASS_NON_SERVICE;
+	return XDP_PASS;
+}
+
+#endif /* SVCXDP_ICMP_H */

@@ -1,0 +1,68 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
+/*
+ * maps.h — every map of the datapath, one definition each.
+ * Sizes come from -D cflags set by controlplane/dataplane/program.py; with
+ * SVCXDP_PIN_DIR defined the maps are pinned there (bcc reuses a pinned map whose
+ * path exists, which is how a restarted agent adopts the live dataplane).
+ */
+#ifndef SVCXDP_MAPS_H
+#define SVCXDP_MAPS_H
+
+#include "svcxdp.h"
+
+#ifndef SVCXDP_MAX_SERVICES
+#define SVCXDP_MAX_SERVICES SVCXDP_DEFAULT_MAX_SERVICES
+#endif
+#ifndef SVCXDP_MAX_BACKENDS
+#define SVCXDP_MAX_BACKENDS SVCXDP_DEFAULT_MAX_BACKENDS
+#endif
+#ifndef SVCXDP_MAX_SLOTS
+#define SVCXDP_MAX_SLOTS SVCXDP_DEFAULT_MAX_SLOTS
+#endif
+#ifndef SVCXDP_CT_SIZE
+#define SVCXDP_CT_SIZE SVCXDP_DEFAULT_CT_SIZE
+#endif
+#ifndef SVCXDP_FRAG_SIZE
+#define SVCXDP_FRAG_SIZE SVCXDP_DEFAULT_FRAG_SIZE
+#endif
+
+#ifdef SVCXDP_PIN_DIR
+#define SVCXDP_MAP(type, K, V, name, max) \
+	BPF_TABLE_PINNED(type, K, V, name, max, SVCXDP_PIN_DIR "/" #name)
+#else
+#define SVCXDP_MAP(type, K, V, name, max) BPF_TABLE(type, K, V, name, max)
+#endif
+
+/* (VIP, port, proto, scope) -> service: the only lookup non-reply traffic pays. */
+SVCXDP_MAP("hash", struct svc_key, struct svc_value, services, SVCXDP_MAX_SERVICES);
+/* (svc_id, slot 1..count) -> backend id, for random and round-robin picks. */
+SVCXDP_MAP("hash", struct slot_key, __u32, slots, SVCXDP_MAX_SLOTS);
+/* backend id -> address; an array because ids are dense and id 0 is reserved. */
+SVCXDP_MAP("array", __u32, struct backend, backends, SVCXDP_MAX_BACKENDS);
+/* Both directions of every service flow; LRU so a full table evicts the oldest. */
+SVCXDP_MAP("lru_hash", struct ct_key, struct ct_value, conntrack, SVCXDP_CT_SIZE);
+/* How the first fragment of a datagram was translated, for the later ones. */
+SVCXDP_MAP("lru_hash", struct frag_key, struct frag_value, fragments, SVCXDP_FRAG_SIZE);
+/* Round-robin cursor per service id (atomic add, exact order across CPUs). */
+SVCXDP_MAP("array", __u32, struct rr_state, rr_state, SVCXDP_MAX_SERVICES);
+/* Per-service packets, bytes, new flows, rejects. */
+SVCXDP_MAP("percpu_array", __u32, struct svc_stats, svc_stats, SVCXDP_MAX_SERVICES);
+/* Datapath-wide counters, SVCXDP_CNT_*. */
+SVCXDP_MAP("percpu_array", __u32, __u64, counters, SVCXDP_CNT_MAX);
+
+/* Handlers record what happened in an events word; the entry point bumps the
+ * counters once per packet. (Counting at every branch made clang keep the helper
+ * address in a register and emit indirect calls, which the verifier rejects.) */
+struct events {
+	__u32 main;   /* SVCXDP_CNT_* of the path taken */
+	__u32 extra;  /* a second, rarer event, or SVCXDP_CNT_MAX */
+};
+
+static __always_inline void counters_bump(__u32 idx)
+{
+	__u64 *v = counters.lookup(&idx);
+	if (v)
+		*v += 1;
+}
+
+#endif /* SVCXDP_MAPS_H */

@@ -1,0 +1,170 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
+/*
+ * reject.h — answering for a service that has no endpoints, as kube-proxy's REJECT
+ * rules do: TCP gets a RST, UDP an ICMP port unreachable, sent straight back out of
+ * the interface (XDP_TX) so the client sees "connection refused" at once.
+ * Both replies are built from scratch at fixed offsets, so IP or TCP options in the
+ * offending packet do not matter.
+ */
+#ifndef SVCXDP_REJECT_H
+#define SVCXDP_REJECT_H
+
+#include "csum.h"
+#include "conntrack.h"
+
+#define REPLY_TTL 64
+
+/* The verifier forbids arithmetic on data_end, so the frame length comes from
+ * bpf_xdp_get_buff_len() (Linux 5.18), which bcc 0.26 does not declare. */
+static __u64 (*xdp_buff_len)(struct xdp_md *ctx) = (void *)188; /* BPF_FUNC_xdp_get_buff_len */
+#define ICMP_QUOTE_MAX_WORDS 38  /* (8 + 60 + 8) / 2: ICMP header + max IP header + 8 */
+
+static __always_inline void swap_macs(struct ethhdr *eth)
+{
+	unsigned char tmp[ETH_ALEN];
+	__builtin_memcpy(tmp, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, tmp, ETH_ALEN);
+}
+
+static __always_inline void fill_reply_ip(struct iphdr *ip, __u8 proto, __u16 tot_len,
+					  __be32 saddr, __be32 daddr)
+{
+	ip->version = 4;
+	ip->ihl = 5;
+	ip->tos = 0;
+	ip->tot_len = bpf_htons(tot_len);
+	ip->id = 0;
+	ip->frag_off = bpf_htons(0x4000); /* DF */
+	ip->ttl = REPLY_TTL;
+	ip->protocol = proto;
+	ip->saddr = saddr;
+	ip->daddr = daddr;
+	ip->check = ipv4_hdr_csum(ip);
+}
+
+/* l3_off is 14 or 18 (one VLAN tag). */
+static __always_inline int reject_tcp(struct xdp_md *ctx, __u32 l3_off, struct iphdr *ip,
+				      struct tcphdr *tcp)
+{
+	if ((void *)(tcp + 1) > (void *)(long)ctx->data_end)
+		return XDP_DROP; /* re-proven: the verifier lost the range on the way here */
+	__u8 in_flags = ((__u8 *)tcp)[13];
+	if (in_flags & TCPF_RST)
+		return XDP_DROP; /* never answer a RST */
+
+	__be32 saddr = ip->saddr, daddr = ip->daddr;
+	__be16 sport = tcp->source, dport = tcp->dest;
+	__u32 in_seq = bpf_ntohl(tcp->seq), in_ack = bpf_ntohl(tcp->ack_seq);
+	__u32 paylen = bpf_ntohs(ip->tot_len) - ip->ihl * 4 - tcp->doff * 4;
+
+	/* RFC 793 reset generation: echo the peer's ACK as our sequence number, or
+	 * acknowledge everything the segment occupied. */
+	__u32 seq = 0, ack = 0;
+	__u8 flags = TCPF_RST;
+	if (in_flags & TCPF_ACK) {
+		seq = in_ack;
+	} else {
+		ack = in_seq + paylen + ((in_flags & TCPF_SYN) ? 1 : 0) + ((in_flags & TCPF_FIN) ? 1 : 0);
+		flags |= TCPF_ACK;
+	}
+
+	int cur = xdp_buff_len(ctx);
+	int want = l3_off + sizeof(struct iphdr) + sizeof(struct tcphdr);
+	if (bpf_xdp_adjust_tail(ctx, want - cur))
+		return XDP_DROP;
+
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	if (l3_off > 18)
+		return XDP_DROP;
+	struct ethhdr *eth = data;
+	struct iphdr *nip = data + l3_off;
+	struct tcphdr *ntcp = (void *)(nip + 1);
+	if ((void *)(eth + 1) > end || (void *)(ntcp + 1) > end)
+		return XDP_DROP;
+
+	swap_macs(eth);
+	fill_reply_ip(nip, IPPROTO_TCP, sizeof(*nip) + sizeof(*ntcp), daddr, saddr);
+
+	__builtin_memset(ntcp, 0, sizeof(*ntcp));
+	ntcp->source = dport;
+	ntcp->dest = sport;
+	ntcp->seq = bpf_htonl(seq);
+	ntcp->ack_seq = bpf_htonl(ack);
+	ntcp->doff = 5;
+	((__u8 *)ntcp)[13] = flags;
+
+	/* Pseudo header + header; words summed as they sit in memory. */
+	__u32 sum = (daddr & 0xffff) + (daddr >> 16) + (saddr & 0xffff) + (saddr >> 16);
+	sum += bpf_htons(IPPROTO_TCP) + bpf_htons(sizeof(*ntcp));
+	__u16 *w = (__u16 *)ntcp;
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		sum += w[i];
+	ntcp->check = ~csum_fold32(sum);
+	return XDP_TX;
+}
+
+/* ICMP destination unreachable / port unreachable quoting the IP header and the
+ * first 8 bytes of the datagram (RFC 792). Grows the head by 28 bytes for the new
+ * IP and ICMP headers, then trims the tail to the quote. */
+static __always_inline int reject_udp(struct xdp_md *ctx, __u32 l3_off, __u32 ihl_bytes)
+{
+	const int grow = sizeof(struct iphdr) + sizeof(struct icmphdr);
+	if (l3_off > 18 || ihl_bytes > 60)
+		return XDP_DROP;
+	if (bpf_xdp_adjust_head(ctx, -grow))
+		return XDP_DROP;
+
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	if (data + grow + 18 > end)
+		return XDP_DROP;
+	/* Move the L2 header (with its VLAN tag, if any) to the new front. */
+	if (l3_off == 18)
+		__builtin_memcpy(data, data + grow, 18);
+	else
+		__builtin_memcpy(data, data + grow, 14);
+
+	__u32 quote = ihl_bytes + 8;
+	int cur = xdp_buff_len(ctx);
+	int want = l3_off + grow + quote;
+	if (want > cur)
+		return XDP_DROP;
+	if (bpf_xdp_adjust_tail(ctx, want - cur))
+		return XDP_DROP;
+
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *nip = data + l3_off;
+	struct icmphdr *icmp = (void *)(nip + 1);
+	struct iphdr *orig = (void *)(icmp + 1);
+	if ((void *)(eth + 1) > end || (void *)(orig + 1) > end)
+		return XDP_DROP;
+
+	swap_macs(eth);
+	fill_reply_ip(nip, IPPROTO_ICMP, grow + quote, orig->daddr, orig->saddr);
+	icmp->type = ICMP_DEST_UNREACH;
+	icmp->code = ICMP_PORT_UNREACH;
+	icmp->checksum = 0;
+	icmp->un.gateway = 0;
+
+	__u32 sum = 0;
+	__u16 *w = (__u16 *)icmp;
+	__u32 nwords = (sizeof(*icmp) + quote) / 2;
+	/* Unrolled: each word sits at a constant offset the verifier can check. */
+#pragma unroll
+	for (int i = 0; i < ICMP_QUOTE_MAX_WORDS; i++) {
+		if (i < nwords) {
+			if ((void *)(w + i + 1) > end)
+				return XDP_DROP;
+			sum += w[i];
+		}
+	}
+	icmp->checksum = ~csum_fold32(sum);
+	return XDP_TX;
+}
+
+#endif /* SVCXDP_REJECT_H */

@@ -1,0 +1,269 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
+/*
+ * svcxdp.c — Kubernetes Services in XDP.
+ *
+ * Per packet: parse; if the destination is a service (VIP, port, protocol), keep or
+ * create its conntrack entry, pick a backend for a new flow, and DNAT; otherwise,
+ * if it is a backend's reply to a tracked flow, reverse-NAT it to the VIP. Services
+ * without endpoints are rejected with a RST / ICMP port unreachable. Everything
+ * else passes untouched.
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/icmp.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/udp.h>
+
+#include "svcxdp.h"
+#include "parse.h"
+#include "csum.h"
+#include "maps.h"
+#include "conntrack.h"
+#include "select.h"
+#include "nat.h"
+#include "reject.h"
+#include "icmp.h"
+#include "fib.h"
+
+/* What the transport parser found. */
+struct l4_info {
+	__be16 *sport;
+	__be16 *dport;
+	struct l4_csum csum;
+	__u8 tcp_flags;
+};
+
+/* Bytes accounted per packet: L2 header plus the IP datagram (no padding). */
+static __always_inline __u64 frame_bytes(struct iphdr *ip, __u32 l3_off)
+{
+	return l3_off + bpf_ntohs(ip->tot_len);
+}
+
+static __always_inline void svc_account(__u32 svc_id, __u64 bytes, int new_flow, int reject)
+{
+	struct svc_stats *s = svc_stats.lookup(&svc_id);
+	if (!s)
+		return;
+	s->packets += 1;
+	s->bytes += bytes;
+	s->new_flows += new_flow;
+	s->rejects += reject;
+}
+
+/* The first fragment of a datagram records its translation for the later ones. */
+static __always_inline void frag_record(struct iphdr *ip, __be32 orig_src, __be32 orig_dst,
+					__be32 nat_ip, __u8 dir)
+{
+	if (!(ip->frag_off & bpf_htons(IP_MF)))
+		return;
+	struct frag_key k = {};
+	k.src = orig_src;
+	k.dst = orig_dst;
+	k.id = ip->id;
+	k.proto = ip->protocol;
+	struct frag_value v = {};
+	v.nat_ip = nat_ip;
+	v.dir = dir;
+	fragments.update(&k, &v);
+}
+
+static __always_inline int handle_later_fragment(struct iphdr *ip, struct events *ev)
+{
+	struct frag_key k = {};
+	k.src = ip->saddr;
+	k.dst = ip->daddr;
+	k.id = ip->id;
+	k.proto = ip->protocol;
+	struct frag_value *v = fragments.lookup(&k);
+	if (!v) {
+		ev->main = SVCXDP_CNT_FRAG_UNKNOWN;
+		return XDP_PASS;
+	}
+	struct l4_csum none = {};
+	if (v->dir == SVCXDP_CT_DIR_FORWARD)
+		nat_dst(ip, NULL, &none, v->nat_ip, 0);
+	else
+		nat_src(ip, NULL, &none, v->nat_ip, 0);
+	ev->main = SVCXDP_CNT_FRAG_NAT;
+	return XDP_PASS;
+}
+
+static __always_inline int handle_reply(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *ip,
+					struct l4_info *l4, __u32 l3_off, int vlan,
+					struct events *ev)
+{
+	struct ct_key k = {};
+	k.src = ip->saddr;
+	k.dst = ip->daddr;
+	k.sport = *l4->sport;
+	k.dport = *l4->dport;
+	k.proto = ip->protocol;
+	k.dir = SVCXDP_CT_DIR_REPLY;
+	struct ct_value *v = conntrack.lookup(&k);
+	__u64 now = bpf_ktime_get_coarse_ns();
+	if (!v || !ct_alive(v, now, k.proto)) {
+		ev->main = SVCXDP_CNT_PASS_NON_SERVICE;
+		return XDP_PASS;
+	}
+	ct_touch(v, now, l4->tcp_flags);
+	__be32 orig_src = ip->saddr;
+	nat_src(ip, l4->sport, &l4->csum, v->nat_ip, v->nat_port);
+	frag_record(ip, orig_src, ip->daddr, v->nat_ip, SVCXDP_CT_DIR_REPLY);
+	svc_account(v->svc_id, frame_bytes(ip, l3_off), 0, 0);
+	ev->main = SVCXDP_CNT_REVNAT;
+	return forward(ctx, eth, ip, vlan, ev);
+}
+
+/* Is the conntrack entry's backend still a live member of its service? */
+static __always_inline int ct_backend_valid(const struct ct_value *v)
+{
+	__u32 id = v->backend_id;
+	struct backend *b = backends.lookup(&id);
+	return b && b->state != SVCXDP_BACKEND_UNUSED && b->svc_id == v->svc_id &&
+	       b->ip == v->nat_ip && b->port == v->nat_port;
+}
+
+static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth,
+					  struct iphdr *ip, struct l4_info *l4,
+					  struct svc_value *svc, __u32 l3_off, int vlan,
+					  struct events *ev)
+{
+	__u64 bytes = frame_bytes(ip, l3_off);
+	struct ct_key k = {};
+	k.src = ip->saddr;
+	k.dst = ip->daddr;
+	k.sport = *l4->sport;
+	k.dport = *l4->dport;
+	k.proto = ip->protocol;
+	k.dir = SVCXDP_CT_DIR_FORWARD;
+
+	__u64 now = bpf_ktime_get_coarse_ns();
+	__be32 nat_ip;
+	__be16 nat_port;
+	struct ct_value *v = conntrack.lookup(&k);
+	if (v && ct_alive(v, now, k.proto) && !ct_reopened(v, l4->tcp_flags)) {
+		if (ct_backend_valid(v)) {
+			ct_touch(v, now, l4->tcp_flags);
+			nat_ip = v->nat_ip;
+			nat_port = v->nat_port;
+			ev->main = SVCXDP_CNT_CT_HIT;
+			svc_account(svc->svc_id, bytes, 0, 0);
+			goto dnat;
+		}
+		/* Its backend was removed: choose again, never send to a dead address. */
+		ev->extra = SVCXDP_CNT_CT_STALE;
+	}
+
+	if (svc->count == 0) {
+		svc_account(svc->svc_id, bytes, 0, 1);
+		ev->main = SVCXDP_CNT_REJECT;
+		/* Constant L2 lengths keep the rebuilt headers at offsets the verifier
+		 * can check. */
+		if (ip->protocol == IPPROTO_TCP) {
+			struct tcphdr *tcp = (struct tcphdr *)l4->sport;
+			if (vlan)
+				return reject_tcp(ctx, ETH_HLEN + 4, ip, tcp);
+			return reject_tcp(ctx, ETH_HLEN, ip, tcp);
+		}
+		if (vlan)
+			return reject_udp(ctx, ETH_HLEN + 4, ip->ihl * 4);
+		return reject_udp(ctx, ETH_HLEN, ip->ihl * 4);
+	}
+
+	__u32 backend_id = select_backend(svc);
+	struct backend *b = backends.lookup(&backend_id);
+	if (!b || b->state == SVCXDP_BACKEND_UNUSED || backend_id == SVCXDP_BACKEND_ID_INVALID) {
+		ev->main = SVCXDP_CNT_SLOT_MISS;
+		return XDP_DROP;
+	}
+	ct_create(&k, ip->daddr, *l4->dport, b, backend_id, svc->svc_id, now, l4->tcp_flags);
+	nat_ip = b->ip;
+	nat_port = b->port;
+	ev->main = SVCXDP_CNT_CT_NEW;
+	svc_account(svc->svc_id, bytes, 1, 0);
+
+dnat:;
+	__be32 orig_dst = ip->daddr;
+	nat_dst(ip, l4->dport, &l4->csum, nat_ip, nat_port);
+	frag_record(ip, ip->saddr, orig_dst, nat_ip, SVCXDP_CT_DIR_FORWARD);
+	return forward(ctx, eth, ip, vlan, ev);
+}
+
+static __always_inline int process(struct xdp_md *ctx, struct events *ev)
+{
+	void *data = (void *)(long)ctx->data;
+	struct cursor c = { .pos = data, .end = (void *)(long)ctx->data_end };
+	struct ethhdr *eth;
+	struct iphdr *ip;
+
+	int proto = parse_eth(&c, &eth);
+	if (proto < 0) {
+		ev->main = SVCXDP_CNT_DROP_MALFORMED;
+		return XDP_DROP;
+	}
+	if (proto != ETH_P_IP_BE) {
+		ev->main = SVCXDP_CNT_PASS_NON_IP;
+		return XDP_PASS;
+	}
+	__u32 l3_off = c.pos - data;
+	int vlan = l3_off != sizeof(struct ethhdr);
+
+	int l4proto = parse_ipv4(&c, &ip);
+	if (l4proto < 0) {
+		ev->main = SVCXDP_CNT_DROP_MALFORMED;
+		return XDP_DROP;
+	}
+	if (ip_is_later_fragment(ip))
+		return handle_later_fragment(ip, ev);
+	if (l4proto == IPPROTO_ICMP)
+		return handle_icmp(&c, ip, ev);
+
+	struct l4_info l4 = {};
+	__u32 l4_len = bpf_ntohs(ip->tot_len) - ip->ihl * 4;
+	if (l4proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = c.pos;
+		if ((void *)(tcp + 1) > c.end || l4_len < sizeof(*tcp) || tcp->doff < 5) {
+			ev->main = SVCXDP_CNT_DROP_MALFORMED;
+			return XDP_DROP;
+		}
+		l4.sport = &tcp->source;
+		l4.dport = &tcp->dest;
+		l4.csum.check = &tcp->check;
+		l4.tcp_flags = ((__u8 *)tcp)[13];
+	} else if (l4proto == IPPROTO_UDP) {
+		struct udphdr *udp = c.pos;
+		if ((void *)(udp + 1) > c.end || l4_len < sizeof(*udp)) {
+			ev->main = SVCXDP_CNT_DROP_MALFORMED;
+			return XDP_DROP;
+		}
+		l4.sport = &udp->source;
+		l4.dport = &udp->dest;
+		l4.csum.check = &udp->check;
+		l4.csum.is_udp = 1;
+	} else {
+		ev->main = SVCXDP_CNT_PASS_NON_SERVICE;
+		return XDP_PASS;
+	}
+
+	struct svc_key sk = {};
+	sk.vip = ip->daddr;
+	sk.port = *l4.dport;
+	sk.proto = l4proto;
+	sk.scope = SVCXDP_SCOPE_CLUSTER;
+	struct svc_value *svc = services.lookup(&sk);
+	if (svc)
+		return handle_service(ctx, eth, ip, &l4, svc, l3_off, vlan, ev);
+	return handle_reply(ctx, eth, ip, &l4, l3_off, vlan, ev);
+}
+
+int svcxdp_main(struct xdp_md *ctx)
+{
+	struct events ev = { .main = SVCXDP_CNT_MAX, .extra = SVCXDP_CNT_MAX };
+	int verdict = process(ctx, &ev);
+	counters_bump(ev.main);
+	if (ev.extra < SVCXDP_CNT_MAX)
+		counters_bump(ev.extra);
+	return verdict;
+}

@@ -1,0 +1,167 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
+/*
+ * svcxdp.h — the one definition of every map key, value and constant.
+ *
+ * The XDP program includes this file; the Python control plane reads the very same
+ * layouts through bcc's generated Table.Key/Leaf types and the #define constants
+ * through controlplane/dataplane/layout.py, which parses this file. Nothing here is
+ * written a second time anywhere else.
+ *
+ * Addresses and ports are stored in network byte order, exactly as they sit in a
+ * packet, so the datapath compares and copies them without swapping.
+ *
+ * Constants are plain `#define SVCXDP_<NAME> <integer>` lines so that the Python
+ * parser stays trivial: keep them that way.
+ */
+#ifndef SVCXDP_H
+#define SVCXDP_H
+
+/* ---- service scopes (svc_key.scope) ----------------------------------------- */
+#define SVCXDP_SCOPE_CLUSTER 0   /* ClusterIP: traffic from pods and nodes */
+#define SVCXDP_SCOPE_EXTERNAL 1  /* NodePort / externalIPs / LoadBalancer (later) */
+
+/* ---- backend selection algorithms (svc_value.algorithm) ---------------------- */
+#define SVCXDP_ALG_RANDOM 0      /* kube-proxy iptables/nftables: uniform random */
+#define SVCXDP_ALG_RR 1          /* ipvs default: exact round robin */
+#define SVCXDP_ALG_MAGLEV 2      /* consistent hashing (csrc/maglev.c) */
+#define SVCXDP_ALG_WRR 3
+#define SVCXDP_ALG_SH 4
+#define SVCXDP_ALG_DH 5
+#define SVCXDP_ALG_LC 6
+#define SVCXDP_ALG_WLC 7
+#define SVCXDP_ALG_SED 8
+#define SVCXDP_ALG_NQ 9
+
+/* ---- service flags (svc_value.flags) ------------------------------------------ */
+#define SVCXDP_SVC_F_AFFINITY 1  /* sessionAffinity: ClientIP */
+
+/* ---- backend states (backend.state); 0 marks an unused slot of the array ------ */
+#define SVCXDP_BACKEND_UNUSED 0
+#define SVCXDP_BACKEND_ACTIVE 1
+#define SVCXDP_BACKEND_TERMINATING 2  /* existing flows drain, no new ones */
+
+/* Backend id 0 is reserved: "no backend". Real ids start at 1. */
+#define SVCXDP_BACKEND_ID_INVALID 0
+
+/* ---- conntrack ---------------------------------------------------------------- */
+#define SVCXDP_CT_DIR_FORWARD 0  /* client -> VIP:port, value holds the backend */
+#define SVCXDP_CT_DIR_REPLY 1    /* backend -> client, value holds the VIP:port */
+#define SVCXDP_CT_F_CLOSING 1    /* TCP FIN or RST seen: short timeout */
+
+/* ---- global counters (index into the `counters` per-CPU array) ---------------- */
+#define SVCXDP_CNT_PASS_NON_IP 0       /* not IPv4: passed untouched */
+#define SVCXDP_CNT_PASS_NON_SERVICE 1  /* IPv4 not for a service and not a reply */
+#define SVCXDP_CNT_DNAT 2              /* packets DNATed to a backend */
+#define SVCXDP_CNT_REVNAT 3            /* replies reverse-NATed to the VIP */
+#define SVCXDP_CNT_CT_NEW 4            /* new flows created */
+#define SVCXDP_CNT_CT_HIT 5            /* forward packets of known flows */
+#define SVCXDP_CNT_CT_STALE 6          /* flows whose backend vanished: reselected */
+#define SVCXDP_CNT_REJECT 7            /* RST / ICMP unreachable sent (no endpoints) */
+#define SVCXDP_CNT_DROP_MALFORMED 8    /* truncated or inconsistent headers */
+#define SVCXDP_CNT_FRAG_NAT 9          /* non-first fragments translated */
+#define SVCXDP_CNT_FRAG_UNKNOWN 10     /* non-first fragment of no known flow: passed */
+#define SVCXDP_CNT_ICMP_NAT 11         /* ICMP errors quoting a NATed flow, translated */
+#define SVCXDP_CNT_SLOT_MISS 12        /* service slot without backend: dropped */
+#define SVCXDP_CNT_FIB_REDIRECT 13     /* forwarded by bpf_redirect after a FIB lookup */
+#define SVCXDP_CNT_MAX 16
+
+/* ---- default sizes and timeouts (overridable with -D cflags from Python) ------ */
+#define SVCXDP_DEFAULT_MAX_SERVICES 65536
+#define SVCXDP_DEFAULT_MAX_BACKENDS 262144
+#define SVCXDP_DEFAULT_MAX_SLOTS 262144
+#define SVCXDP_DEFAULT_CT_SIZE 1048576
+#define SVCXDP_DEFAULT_FRAG_SIZE 8192
+#define SVCXDP_DEFAULT_TCP_TIMEOUT_S 21600   /* established TCP: 6 h, as Cilium */
+#define SVCXDP_DEFAULT_TCP_CLOSE_TIMEOUT_S 10 /* after FIN/RST */
+#define SVCXDP_DEFAULT_UDP_TIMEOUT_S 60      /* UDP idle */
+
+/* Key of the `services` map: one entry per (VIP, port, protocol, scope). */
+struct svc_key {
+	__be32 vip;
+	__be16 port;
+	__u8 proto;   /* IPPROTO_TCP / IPPROTO_UDP */
+	__u8 scope;   /* SVCXDP_SCOPE_* */
+};
+
+struct svc_value {
+	__u32 svc_id;            /* index for slots, stats, rr state; never 0 */
+	__u16 count;             /* backends in slots 1..count; 0 = reject */
+	__u8 algorithm;          /* SVCXDP_ALG_* */
+	__u8 flags;              /* SVCXDP_SVC_F_* */
+	__u32 affinity_timeout;  /* seconds, with SVCXDP_SVC_F_AFFINITY */
+	__u32 reserved;          /* room for maglev table size, weights generation */
+};
+
+/* Key of the `slots` map: slot 1..count of a service -> backend id. */
+struct slot_key {
+	__u32 svc_id;
+	__u32 slot;
+};
+
+/* Value of the `backends` array, indexed by backend id. One entry per
+ * (service, endpoint address) so that a flow can check its backend still serves
+ * its service with one lookup. */
+struct backend {
+	__be32 ip;
+	__be16 port;
+	__u8 state;    /* SVCXDP_BACKEND_* */
+	__u8 proto;
+	__u32 svc_id;
+	__u16 weight;
+	__u16 reserved;
+};
+
+/* Conntrack: both directions of a service flow, so that either direction is
+ * translated with a single lookup. */
+struct ct_key {
+	__be32 src;
+	__be32 dst;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 dir;      /* SVCXDP_CT_DIR_* */
+	__u16 reserved;
+};
+
+struct ct_value {
+	__u64 last_seen;  /* bpf_ktime_get_coarse_ns() of the last refresh */
+	__be32 nat_ip;    /* forward: backend ip; reply: VIP */
+	__be16 nat_port;  /* forward: backend port; reply: service port */
+	__u8 flags;       /* SVCXDP_CT_F_* */
+	__u8 reserved;
+	__u32 backend_id;
+	__u32 svc_id;
+};
+
+/* Non-first IPv4 fragments carry no ports: the first fragment records how its
+ * datagram was translated, keyed by what every fragment carries. */
+struct frag_key {
+	__be32 src;
+	__be32 dst;
+	__be16 id;
+	__u8 proto;
+	__u8 reserved;
+};
+
+struct frag_value {
+	__be32 nat_ip;   /* new destination (forward) or source (reply) address */
+	__u8 dir;        /* SVCXDP_CT_DIR_* */
+	__u8 reserved[3];
+};
+
+/* Round-robin cursor, one per service id; the lock makes the order exact when
+ * several CPUs take new flows at once (bcc's clang cannot emit atomic fetch-add). */
+struct rr_state {
+	struct bpf_spin_lock lock;
+	__u32 next;
+};
+
+/* Per-service counters (per-CPU array indexed by svc_id). */
+struct svc_stats {
+	__u64 packets;
+	__u64 bytes;
+	__u64 new_flows;
+	__u64 rejects;
+};
+
+#endif /* SVCXDP_H */

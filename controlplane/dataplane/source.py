@@ -1,0 +1,52 @@
+"""Assemble the XDP program's source for bcc.
+
+bcc rewrites map method calls (`services.lookup(&k)`) only in its main file, not in
+headers it #includes. The program is split by concern into headers under bpf/, so
+this module inlines every local `#include "..."` (once each, recursively) and hands
+bcc a single translation unit. System includes (`<...>`) are left to bcc.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BPF_DIR = REPO_ROOT / "bpf"
+CSRC_DIR = REPO_ROOT / "csrc"
+MAIN_SOURCE = BPF_DIR / "svcxdp.c"
+SHARED_HEADER = BPF_DIR / "svcxdp.h"
+
+_LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
+
+
+def _resolve(name: str, including_dir: Path, search: tuple[Path, ...]) -> Path:
+    for base in (including_dir, *search):
+        candidate = (base / name).resolve()
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"#include \"{name}\" not found from {including_dir}")
+
+
+def inline_local_includes(path: Path, search: tuple[Path, ...] = (BPF_DIR, CSRC_DIR),
+                          _seen: set[Path] | None = None) -> str:
+    """Return the text of `path` with each local include replaced by its text."""
+    seen = _seen if _seen is not None else set()
+    path = path.resolve()
+    if path in seen:
+        return ""
+    seen.add(path)
+    out: list[str] = []
+    for line in path.read_text().splitlines():
+        m = _LOCAL_INCLUDE.match(line)
+        if m:
+            target = _resolve(m.group(1), path.parent, search)
+            out.append(f"/* ---- {target.name} ---- */")
+            out.append(inline_local_includes(target, search, seen))
+            out.append(f"/* ---- end {target.name} ---- */")
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def program_text() -> str:
+    return inline_local_includes(MAIN_SOURCE)
