@@ -30,7 +30,7 @@ def start(ns: str, argv: Sequence[str], log: Path, env: Mapping[str, str] | None
             stderr=subprocess.STDOUT,
             start_new_session=True,  # survives the svcctl that started it; no tty signals
             close_fds=True,
-            env=dict(env) if env is not None else None,
+            env={**os.environ, **env} if env else None,  # extra variables on top of ours
         )
     # Keep the Popen alive in a module list so it is reaped when the process ends.
     _children[proc.pid] = proc
