@@ -69,6 +69,7 @@ class PodHandle:
     pid: int | None  # the pod's server process, None for client-only images
     server: str
     ports: tuple[PortSpec, ...] = ()
+    phase: str = "Running"  # add_pod returns once the server answers: Running and Ready
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ def _node_info(n: NodeRecord) -> NodeInfo:
 def _pod_handle(p: PodRecord) -> PodHandle:
     return PodHandle(
         p.name, p.netns, p.node, p.ip, p.image, p.host_ifname, p.host_ifindex,
-        p.pod_ifname, p.pod_ifindex, p.pid, p.server, tuple(p.ports),
+        p.pod_ifname, p.pod_ifindex, p.pid, p.server, tuple(p.ports), p.phase,
     )
 
 
@@ -397,6 +398,13 @@ class Lab:
         state = self.store.load()
         rec = state.pods.get(name) if state else None
         return _pod_handle(rec) if rec else None
+
+    def pod_alive(self, name: str) -> bool:
+        """The pod's namespace exists and its server (if it has one) is still running."""
+        pod = self.pod(name)
+        if pod is None or pod.phase != "Running" or not netns.exists(pod.netns):
+            return False
+        return pod.pid is None or procs.alive(pod.pid, pod.netns)
 
     def pods(self, node: str | None = None) -> list[PodHandle]:
         state = self.store.load()
