@@ -250,7 +250,8 @@ class Lab:
                 if self._remove_netns(ns):
                     removed.append(ns)
             shutil.rmtree(self.store.root, ignore_errors=True)
-        _rmdir_if_empty(self.store.state_dir)  # shared with other layers: only if empty
+        if self.store.state_dir.name.startswith(plan.PREFIX):  # ours by name, and only if empty
+            _rmdir_if_empty(self.store.state_dir)
         return sorted(set(removed))
 
     def _own_namespaces(self) -> list[str]:
