@@ -51,18 +51,17 @@
 /* ---- global counters (index into the `counters` per-CPU array) ---------------- */
 #define SVCXDP_CNT_PASS_NON_IP 0       /* not IPv4: passed untouched */
 #define SVCXDP_CNT_PASS_NON_SERVICE 1  /* IPv4 not for a service and not a reply */
-#define SVCXDP_CNT_DNAT 2              /* packets DNATed to a backend */
-#define SVCXDP_CNT_REVNAT 3            /* replies reverse-NATed to the VIP */
-#define SVCXDP_CNT_CT_NEW 4            /* new flows created */
-#define SVCXDP_CNT_CT_HIT 5            /* forward packets of known flows */
-#define SVCXDP_CNT_CT_STALE 6          /* flows whose backend vanished: reselected */
-#define SVCXDP_CNT_REJECT 7            /* RST / ICMP unreachable sent (no endpoints) */
-#define SVCXDP_CNT_DROP_MALFORMED 8    /* truncated or inconsistent headers */
-#define SVCXDP_CNT_FRAG_NAT 9          /* non-first fragments translated */
-#define SVCXDP_CNT_FRAG_UNKNOWN 10     /* non-first fragment of no known flow: passed */
-#define SVCXDP_CNT_ICMP_NAT 11         /* ICMP errors quoting a NATed flow, translated */
-#define SVCXDP_CNT_SLOT_MISS 12        /* service slot without backend: dropped */
-#define SVCXDP_CNT_FIB_REDIRECT 13     /* forwarded by bpf_redirect after a FIB lookup */
+#define SVCXDP_CNT_REVNAT 2            /* replies reverse-NATed to the VIP */
+#define SVCXDP_CNT_CT_NEW 3            /* new flows created */
+#define SVCXDP_CNT_CT_HIT 4            /* forward packets of known flows */
+#define SVCXDP_CNT_CT_STALE 5          /* flows whose backend vanished: reselected */
+#define SVCXDP_CNT_REJECT 6            /* RST / ICMP unreachable sent (no endpoints) */
+#define SVCXDP_CNT_DROP_MALFORMED 7    /* truncated or inconsistent headers */
+#define SVCXDP_CNT_FRAG_NAT 8          /* non-first fragments translated */
+#define SVCXDP_CNT_FRAG_UNKNOWN 9     /* non-first fragment of no known flow: passed */
+#define SVCXDP_CNT_ICMP_NAT 10         /* ICMP errors quoting a NATed flow, translated */
+#define SVCXDP_CNT_SLOT_MISS 11        /* service slot without backend: dropped */
+#define SVCXDP_CNT_FIB_REDIRECT 12     /* forwarded by bpf_redirect after a FIB lookup */
 #define SVCXDP_CNT_MAX 16
 
 /* ---- default sizes and timeouts (overridable with -D cflags from Python) ------ */

@@ -1,0 +1,67 @@
+"""Attaching XDP programs to interfaces by index, in the root or a lab namespace.
+
+bcc's attach_xdp() resolves names in the caller's namespace only; pyroute2's
+IPRoute(netns=...) opens the netlink socket inside the namespace, while the
+program fd is resolved in this process, so one process can serve many namespaces.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl.ifinfmsg import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE
+
+MODES = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
+
+
+class AttachError(RuntimeError):
+    pass
+
+
+@contextmanager
+def _ipr(netns: str | None) -> Iterator[IPRoute]:
+    ipr = IPRoute(netns=netns, flags=0) if netns else IPRoute()
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def _index(ipr: IPRoute, ifname: str, netns: str | None) -> int:
+    found = ipr.link_lookup(ifname=ifname)
+    if not found:
+        where = f"network namespace {netns}" if netns else "the root namespace"
+        raise AttachError(f"interface {ifname!r} not found in {where}")
+    return found[0]
+
+
+def attach_xdp(prog_fd: int, ifname: str, netns: str | None = None, mode: str = "native") -> int:
+    """Attach (or atomically replace) the XDP program on ifname; returns the ifindex."""
+    if mode not in MODES:
+        raise AttachError(f"XDP mode {mode!r}: expected one of {', '.join(MODES)}")
+    with _ipr(netns) as ipr:
+        idx = _index(ipr, ifname, netns)
+        ipr.link("set", index=idx,
+                 xdp={"attrs": [("IFLA_XDP_FD", prog_fd), ("IFLA_XDP_FLAGS", MODES[mode])]})
+        return idx
+
+
+def detach_xdp(ifname: str, netns: str | None = None, mode: str = "native") -> None:
+    with _ipr(netns) as ipr:
+        idx = _index(ipr, ifname, netns)
+        ipr.link("set", index=idx,
+                 xdp={"attrs": [("IFLA_XDP_FD", -1), ("IFLA_XDP_FLAGS", MODES[mode])]})
+
+
+def attached_prog_id(ifname: str, netns: str | None = None) -> int | None:
+    """The id of the XDP program attached to ifname, or None."""
+    with _ipr(netns) as ipr:
+        idx = _index(ipr, ifname, netns)
+        link = ipr.get_links(idx)[0]
+        xdp = link.get_attr("IFLA_XDP")
+        if not xdp:
+            return None
+        prog = xdp.get_attr("IFLA_XDP_PROG_ID") or xdp.get_attr("IFLA_XDP_DRV_PROG_ID") \
+            or xdp.get_attr("IFLA_XDP_SKB_PROG_ID")
+        return prog or None

@@ -1,0 +1,64 @@
+"""How a dataplane instance is built: map sizes, timeouts, forwarding mode, pins."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .layout import const
+
+PIN_ROOT = Path("/sys/fs/bpf/svcxdp")
+_INSTANCE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class DataplaneConfig:
+    """Compile-time settings of one dataplane instance (one node)."""
+
+    instance: str = "default"
+    max_services: int = const("DEFAULT_MAX_SERVICES")
+    max_backends: int = const("DEFAULT_MAX_BACKENDS")
+    max_slots: int = const("DEFAULT_MAX_SLOTS")
+    ct_size: int = const("DEFAULT_CT_SIZE")
+    frag_size: int = const("DEFAULT_FRAG_SIZE")
+    tcp_timeout_s: int = const("DEFAULT_TCP_TIMEOUT_S")
+    tcp_close_timeout_s: int = const("DEFAULT_TCP_CLOSE_TIMEOUT_S")
+    udp_timeout_s: int = const("DEFAULT_UDP_TIMEOUT_S")
+    fib_redirect: bool = False
+    pin: bool = True
+    pin_root: Path = PIN_ROOT
+
+    def __post_init__(self) -> None:
+        if not _INSTANCE.match(self.instance):
+            raise ConfigError(f"instance {self.instance!r}: must be 1-40 lower-case letters, digits or '-'")
+        for name in ("max_services", "max_backends", "max_slots", "ct_size", "frag_size",
+                     "tcp_timeout_s", "tcp_close_timeout_s", "udp_timeout_s"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
+
+    @property
+    def pin_dir(self) -> Path:
+        return self.pin_root / self.instance
+
+    def cflags(self) -> list[str]:
+        flags = [
+            f"-DSVCXDP_MAX_SERVICES={self.max_services}",
+            f"-DSVCXDP_MAX_BACKENDS={self.max_backends}",
+            f"-DSVCXDP_MAX_SLOTS={self.max_slots}",
+            f"-DSVCXDP_CT_SIZE={self.ct_size}",
+            f"-DSVCXDP_FRAG_SIZE={self.frag_size}",
+            f"-DSVCXDP_TCP_TIMEOUT_S={self.tcp_timeout_s}ULL",
+            f"-DSVCXDP_TCP_CLOSE_TIMEOUT_S={self.tcp_close_timeout_s}ULL",
+            f"-DSVCXDP_UDP_TIMEOUT_S={self.udp_timeout_s}ULL",
+            "-Wno-unused-function",
+        ]
+        if self.fib_redirect:
+            flags.append("-DSVCXDP_FIB_REDIRECT=1")
+        if self.pin:
+            flags.append(f'-DSVCXDP_PIN_DIR="{self.pin_dir}"')
+        return flags

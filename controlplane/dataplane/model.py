@@ -1,0 +1,120 @@
+"""What the dataplane serves, in its own terms: frontends (VIP, port, protocol) and
+the backends behind each. Kubernetes objects are turned into these by the layer
+above; the map writer turns these into map entries."""
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass, field
+
+from .layout import ALGORITHMS, const
+
+PROTOCOLS = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP}
+SCOPES = {"cluster": const("SCOPE_CLUSTER"), "external": const("SCOPE_EXTERNAL")}
+BACKEND_STATES = {"active": const("BACKEND_ACTIVE"), "terminating": const("BACKEND_TERMINATING")}
+MAX_AFFINITY_TIMEOUT = 86400
+
+
+class ModelError(ValueError):
+    pass
+
+
+def ip_to_be32(ip: str) -> int:
+    """The u32 whose in-memory bytes are the address in network order."""
+    return int.from_bytes(ipaddress.IPv4Address(ip).packed, "little")
+
+
+def be32_to_ip(value: int) -> str:
+    return str(ipaddress.IPv4Address(value.to_bytes(4, "little")))
+
+
+def port_to_be16(port: int) -> int:
+    return socket.htons(port)
+
+
+def be16_to_port(value: int) -> int:
+    return socket.ntohs(value)
+
+
+def _check_ip(ip: str, what: str) -> None:
+    try:
+        ipaddress.IPv4Address(ip)
+    except ValueError:
+        raise ModelError(f"{what}: {ip!r} is not an IPv4 address") from None
+
+
+def _check_port(port: int, what: str) -> None:
+    if not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ModelError(f"{what}: port {port!r} must be 1-65535")
+
+
+@dataclass(frozen=True, order=True)
+class Frontend:
+    vip: str
+    port: int
+    protocol: str = "TCP"
+    scope: str = "cluster"
+
+    def __post_init__(self) -> None:
+        _check_ip(self.vip, "frontend vip")
+        _check_port(self.port, f"frontend {self.vip}")
+        if self.protocol not in PROTOCOLS:
+            raise ModelError(f"frontend {self.vip}:{self.port}: protocol {self.protocol!r} is not "
+                             f"served by the XDP dataplane (TCP, UDP)")
+        if self.scope not in SCOPES:
+            raise ModelError(f"frontend {self.vip}:{self.port}: scope {self.scope!r} unknown")
+
+    def __str__(self) -> str:
+        return f"{self.vip}:{self.port}/{self.protocol}"
+
+
+@dataclass(frozen=True, order=True)
+class Backend:
+    ip: str
+    port: int
+    state: str = "active"
+    weight: int = 1
+
+    def __post_init__(self) -> None:
+        _check_ip(self.ip, "backend ip")
+        _check_port(self.port, f"backend {self.ip}")
+        if self.state not in BACKEND_STATES:
+            raise ModelError(f"backend {self.ip}:{self.port}: state {self.state!r} unknown")
+        if not isinstance(self.weight, int) or not 0 <= self.weight <= 65535:
+            raise ModelError(f"backend {self.ip}:{self.port}: weight {self.weight!r} must be 0-65535")
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.ip, self.port)
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """Desired state of one frontend."""
+
+    frontend: Frontend
+    backends: tuple[Backend, ...] = field(default_factory=tuple)
+    algorithm: str = "random"
+    affinity_timeout: int = 0  # seconds; 0 = no ClientIP affinity
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "backends", tuple(sorted(self.backends)))
+        if self.algorithm not in ALGORITHMS:
+            raise ModelError(f"service {self.frontend}: algorithm {self.algorithm!r} unknown "
+                             f"(known: {', '.join(sorted(ALGORITHMS))})")
+        if not 0 <= self.affinity_timeout <= MAX_AFFINITY_TIMEOUT:
+            raise ModelError(f"service {self.frontend}: affinity timeout {self.affinity_timeout} "
+                             f"must be 0-{MAX_AFFINITY_TIMEOUT}")
+        seen: set[tuple[str, int]] = set()
+        for b in self.backends:
+            if b.address in seen:
+                raise ModelError(f"service {self.frontend}: backend {b.ip}:{b.port} listed twice")
+            seen.add(b.address)
+
+    def slot_backends(self) -> tuple[Backend, ...]:
+        """Who takes new flows: ready backends, or — only when none is ready —
+        the terminating ones (kube-proxy's fallback, KEP-1669)."""
+        active = tuple(b for b in self.backends if b.state == "active" and b.weight > 0)
+        if active:
+            return active
+        return tuple(b for b in self.backends if b.state == "terminating" and b.weight > 0)

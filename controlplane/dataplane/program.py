@@ -1,0 +1,133 @@
+"""Compile, load and pin the XDP dataplane with bcc; open its maps.
+
+A Dataplane is one instance of the program and its maps. With pinning on, maps
+live at /sys/fs/bpf/svcxdp/<instance>/<map>; loading again (an agent restart)
+adopts them as they are, so nothing a running flow depends on is flushed.
+"""
+from __future__ import annotations
+
+import ctypes as ct
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bcc import BPF
+
+from . import attach as _attach
+from .config import DataplaneConfig
+from .layout import COUNTER_NAMES
+from .libbpf import map_info, prog_id
+from .source import program_text
+
+ENTRY = "svcxdp_main"
+MAP_NAMES = ("services", "slots", "backends", "conntrack", "fragments", "rr_state",
+             "svc_stats", "counters")
+
+
+class DataplaneError(RuntimeError):
+    pass
+
+
+def _check_pinned_layout(bpf: BPF, config: DataplaneConfig) -> None:
+    """A pinned map from an older build with another layout must not be reused."""
+    expected_max = {
+        "services": config.max_services, "slots": config.max_slots,
+        "backends": config.max_backends, "conntrack": config.ct_size,
+        "fragments": config.frag_size, "rr_state": config.max_services,
+        "svc_stats": config.max_services,
+    }
+    for name in MAP_NAMES:
+        table = bpf[name]
+        info = map_info(table.map_fd)
+        want = (ct.sizeof(table.Key), ct.sizeof(table.Leaf) if name not in ("svc_stats", "counters")
+                else info.value_size)
+        got = (info.key_size, info.value_size)
+        problems = []
+        if got != want:
+            problems.append(f"key/value size {got} != {want}")
+        if name in expected_max and info.max_entries != expected_max[name]:
+            problems.append(f"max_entries {info.max_entries} != {expected_max[name]}")
+        if problems:
+            raise DataplaneError(
+                f"pinned map {config.pin_dir / name} does not match this build ({'; '.join(problems)}); "
+                f"remove the old dataplane with `svcctl dataplane reset --instance {config.instance}`")
+
+
+@dataclass
+class Dataplane:
+    config: DataplaneConfig
+    bpf: BPF
+    prog_fd: int
+    attached: list[tuple[str, str | None, str]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, config: DataplaneConfig | None = None) -> "Dataplane":
+        config = config or DataplaneConfig()
+        if config.pin:
+            os.makedirs(config.pin_dir, exist_ok=True)
+        try:
+            bpf = BPF(text=program_text(), cflags=config.cflags())
+            fn = bpf.load_func(ENTRY, BPF.XDP)
+        except Exception as exc:  # bcc raises bare Exception on compile/verify errors
+            raise DataplaneError(f"building the XDP program failed: {exc}") from exc
+        if config.pin:
+            _check_pinned_layout(bpf, config)
+        return cls(config=config, bpf=bpf, prog_fd=fn.fd)
+
+    # ---- maps -------------------------------------------------------------------
+    def table(self, name: str):
+        return self.bpf[name]
+
+    @property
+    def prog_id(self) -> int:
+        return prog_id(self.prog_fd)
+
+    def counters(self) -> dict[str, int]:
+        table = self.bpf["counters"]
+        out = {}
+        for idx, name in COUNTER_NAMES.items():
+            out[name] = int(table.sum(table.Key(idx)).value)
+        return out
+
+    def service_stats(self, svc_id: int) -> dict[str, int]:
+        table = self.bpf["svc_stats"]
+        per_cpu = table[table.Key(svc_id)]
+        fields = ("packets", "bytes", "new_flows", "rejects")
+        return {f: sum(getattr(v, f) for v in per_cpu) for f in fields}
+
+    # ---- interfaces ---------------------------------------------------------------
+    def attach(self, ifname: str, netns: str | None = None, mode: str = "native") -> int:
+        idx = _attach.attach_xdp(self.prog_fd, ifname, netns, mode)
+        if (ifname, netns, mode) not in self.attached:
+            self.attached.append((ifname, netns, mode))
+        return idx
+
+    def detach(self, ifname: str, netns: str | None = None, mode: str = "native") -> None:
+        _attach.detach_xdp(ifname, netns, mode)
+        if (ifname, netns, mode) in self.attached:
+            self.attached.remove((ifname, netns, mode))
+
+    def close(self) -> None:
+        """Release this process's handles. Attached programs and pinned maps stay."""
+        self.bpf.cleanup()
+
+
+def reset(config: DataplaneConfig) -> bool:
+    """Remove an instance's pinned maps (the dataplane's state). True if any existed."""
+    pin_dir = Path(config.pin_dir)
+    if not pin_dir.exists():
+        return False
+    for entry in pin_dir.iterdir():
+        entry.unlink()
+    pin_dir.rmdir()
+    return True
+
+
+FLOOR_PROGRAM = "int xdp_floor(struct xdp_md *ctx) { return XDP_PASS; }"
+
+
+def load_floor_program() -> tuple[BPF, int]:
+    """An empty XDP program: the floor every per-packet cost is measured against."""
+    bpf = BPF(text=FLOOR_PROGRAM)
+    return bpf, bpf.load_func("xdp_floor", BPF.XDP).fd
+

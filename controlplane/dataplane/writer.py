@@ -1,0 +1,289 @@
+"""Typed, ordered writes of services and backends into the dataplane maps.
+
+Update order (DESIGN.md) so that no packet ever sees a half-written service:
+  1. backends a service will use are written first,
+  2. then its slots and per-service state,
+  3. then the service entry (the only thing the datapath finds it by),
+  4. and only after the entry's count has shrunk are surplus slots deleted and
+     removed backends retired.
+Capacity is checked before the first write, so a full map leaves nothing behind.
+Identifiers are allocated here and rebuilt from the maps when a writer adopts a
+running dataplane, so a restarted agent continues where the last one stopped.
+"""
+from __future__ import annotations
+
+import ctypes as ct
+from collections import deque
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from .layout import ALGORITHMS, const
+from .model import (BACKEND_STATES, PROTOCOLS, SCOPES, Backend, Frontend, ServiceState,
+                    be16_to_port, be32_to_ip, ip_to_be32, port_to_be16)
+from .program import Dataplane
+
+UNUSED = const("BACKEND_UNUSED")
+F_AFFINITY = const("SVC_F_AFFINITY")
+_PROTO_NAMES = {v: k for k, v in PROTOCOLS.items()}
+_SCOPE_NAMES = {v: k for k, v in SCOPES.items()}
+_STATE_NAMES = {v: k for k, v in BACKEND_STATES.items()}
+_ALG_NAMES = {v: k for k, v in ALGORITHMS.items()}
+
+
+class CapacityError(RuntimeError):
+    """A map is full; raised before anything was written."""
+
+
+class IdAllocator:
+    """Ids 1..limit-1; fresh ids first, freed ids reused oldest-first, so an id
+    is reused as late as possible (a flow can never mistake a new backend for
+    the one it had)."""
+
+    def __init__(self, limit: int, what: str) -> None:
+        self.limit = limit
+        self.what = what
+        self._next = 1
+        self._free: deque[int] = deque()
+        self._used: set[int] = set()
+
+    @property
+    def available(self) -> int:
+        return (self.limit - self._next) + len(self._free)
+
+    def claim(self, ident: int) -> None:
+        """Mark an id found in the maps as taken (adoption)."""
+        self._used.add(ident)
+        if ident >= self._next:
+            self._free.extend(i for i in range(self._next, ident) if i not in self._used)
+            self._next = ident + 1
+
+    def allocate(self) -> int:
+        if self._next < self.limit:
+            ident = self._next
+            self._next += 1
+        elif self._free:
+            ident = self._free.popleft()
+        else:
+            raise CapacityError(f"{self.what} full")
+        self._used.add(ident)
+        return ident
+
+    def release(self, ident: int) -> None:
+        if ident in self._used:
+            self._used.discard(ident)
+            self._free.append(ident)
+
+
+@dataclass
+class _Installed:
+    svc_id: int
+    state: ServiceState
+    backend_ids: dict[tuple[str, int], int]
+    slot_count: int
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    added: int
+    updated: int
+    removed: int
+    unchanged: int
+
+
+def _batch_update(table, items: Sequence[tuple[object, object]]) -> None:
+    if not items:
+        return
+    n = len(items)
+    keys = (table.Key * n)(*[k for k, _ in items])
+    values = (table.Leaf * n)(*[v for _, v in items])
+    table.items_update_batch(keys, values)
+
+
+class MapWriter:
+    def __init__(self, dp: Dataplane) -> None:
+        self.dp = dp
+        cfg = dp.config
+        self.services = dp.table("services")
+        self.slots = dp.table("slots")
+        self.backends = dp.table("backends")
+        self.rr_state = dp.table("rr_state")
+        self.svc_stats = dp.table("svc_stats")
+        self.max_slots = cfg.max_slots
+        self._svc_ids = IdAllocator(cfg.max_services, f"services map (max_services={cfg.max_services})")
+        self._backend_ids = IdAllocator(cfg.max_backends, f"backends map (max_backends={cfg.max_backends})")
+        self._installed: dict[Frontend, _Installed] = {}
+        self._slots_used = 0
+        self._adopt()
+
+    # ---- reading what the maps hold ---------------------------------------------
+    def _adopt(self) -> None:
+        by_svc: dict[int, dict[tuple[str, int], tuple[int, Backend]]] = {}
+        for key, b in self.backends.items_lookup_batch():
+            if b.state == UNUSED:
+                continue
+            ident = int(key.value) if hasattr(key, "value") else int(key)
+            backend = Backend(be32_to_ip(b.ip), be16_to_port(b.port), _STATE_NAMES[b.state], b.weight)
+            by_svc.setdefault(b.svc_id, {})[backend.address] = (ident, backend)
+        for key, v in self.services.items():
+            fe = Frontend(be32_to_ip(key.vip), be16_to_port(key.port), _PROTO_NAMES[key.proto],
+                          _SCOPE_NAMES[key.scope])
+            members = by_svc.get(v.svc_id, {})
+            state = ServiceState(
+                fe, tuple(b for _, b in members.values()), _ALG_NAMES.get(v.algorithm, "random"),
+                v.affinity_timeout if v.flags & F_AFFINITY else 0)
+            self._installed[fe] = _Installed(v.svc_id, state,
+                                             {addr: i for addr, (i, _) in members.items()}, v.count)
+            self._svc_ids.claim(v.svc_id)
+            for ident, _ in members.values():
+                self._backend_ids.claim(ident)
+            self._slots_used += v.count
+
+    def installed(self) -> dict[Frontend, ServiceState]:
+        return {fe: inst.state for fe, inst in self._installed.items()}
+
+    def svc_id(self, frontend: Frontend) -> int | None:
+        inst = self._installed.get(frontend)
+        return inst.svc_id if inst else None
+
+    def backend_id(self, frontend: Frontend, ip: str, port: int) -> int | None:
+        inst = self._installed.get(frontend)
+        return inst.backend_ids.get((ip, port)) if inst else None
+
+    # ---- writing --------------------------------------------------------------------
+    def _svc_key(self, fe: Frontend):
+        k = self.services.Key()
+        k.vip = ip_to_be32(fe.vip)
+        k.port = port_to_be16(fe.port)
+        k.proto = PROTOCOLS[fe.protocol]
+        k.scope = SCOPES[fe.scope]
+        return k
+
+    def _backend_leaf(self, b: Backend, svc_id: int, proto: int):
+        leaf = self.backends.Leaf()
+        leaf.ip = ip_to_be32(b.ip)
+        leaf.port = port_to_be16(b.port)
+        leaf.state = BACKEND_STATES[b.state]
+        leaf.proto = proto
+        leaf.svc_id = svc_id
+        leaf.weight = b.weight
+        return leaf
+
+    def _check_capacity(self, state: ServiceState, old: _Installed | None) -> None:
+        if old is None and self._svc_ids.available < 1:
+            raise CapacityError(f"cannot add {state.frontend}: {self._svc_ids.what} full")
+        new_addrs = {b.address for b in state.backends}
+        needed = len(new_addrs - set(old.backend_ids if old else ()))
+        if needed > self._backend_ids.available:
+            raise CapacityError(f"cannot add {needed} backends for {state.frontend}: "
+                                f"{self._backend_ids.what} has {self._backend_ids.available} left")
+        slots_after = self._slots_used - (old.slot_count if old else 0) + len(state.slot_backends())
+        if slots_after > self.max_slots:
+            raise CapacityError(f"cannot program {state.frontend}: slots map "
+                                f"(max_slots={self.max_slots}) would need {slots_after} entries")
+
+    def upsert(self, state: ServiceState) -> int:
+        """Install or update one frontend; returns its service id."""
+        fe = state.frontend
+        old = self._installed.get(fe)
+        if old is not None and old.state == state:
+            return old.svc_id
+        self._check_capacity(state, old)
+        proto = PROTOCOLS[fe.protocol]
+        svc_id = old.svc_id if old else self._svc_ids.allocate()
+
+        # 1. backends
+        ids = dict(old.backend_ids) if old else {}
+        old_by_addr = {b.address: b for b in old.state.backends} if old else {}
+        backend_writes = []
+        for b in state.backends:
+            if b.address not in ids:
+                ids[b.address] = self._backend_ids.allocate()
+            if old_by_addr.get(b.address) != b:
+                backend_writes.append((self.backends.Key(ids[b.address]),
+                                       self._backend_leaf(b, svc_id, proto)))
+        _batch_update(self.backends, backend_writes)
+
+        # 2. slots, then per-service state for a new service
+        slot_ids = [ids[b.address] for b in state.slot_backends()]
+        old_slot_ids = ([old.backend_ids[b.address] for b in old.state.slot_backends()]
+                        if old else [])
+        slot_writes = []
+        for i, bid in enumerate(slot_ids):
+            if i >= len(old_slot_ids) or old_slot_ids[i] != bid:
+                k = self.slots.Key()
+                k.svc_id = svc_id
+                k.slot = i + 1
+                slot_writes.append((k, ct.c_uint(bid)))
+        _batch_update(self.slots, slot_writes)
+        if old is None:
+            self.rr_state[self.rr_state.Key(svc_id)] = self.rr_state.Leaf()
+            self.svc_stats[self.svc_stats.Key(svc_id)] = self.svc_stats.Leaf()
+
+        # 3. the service entry: from here on packets use the new state
+        v = self.services.Leaf()
+        v.svc_id = svc_id
+        v.count = len(slot_ids)
+        v.algorithm = ALGORITHMS[state.algorithm]
+        v.flags = F_AFFINITY if state.affinity_timeout else 0
+        v.affinity_timeout = state.affinity_timeout
+        self.services[self._svc_key(fe)] = v
+
+        # 4. shrink: surplus slots, then backends that left the service
+        for slot in range(len(slot_ids) + 1, len(old_slot_ids) + 1):
+            k = self.slots.Key()
+            k.svc_id = svc_id
+            k.slot = slot
+            try:
+                del self.slots[k]
+            except KeyError:
+                pass
+        keep = {b.address for b in state.backends}
+        for addr in [a for a in ids if a not in keep]:
+            self.backends[self.backends.Key(ids[addr])] = self.backends.Leaf()
+            self._backend_ids.release(ids.pop(addr))
+
+        self._slots_used += len(slot_ids) - (old.slot_count if old else 0)
+        self._installed[fe] = _Installed(svc_id, state, ids, len(slot_ids))
+        return svc_id
+
+    def delete(self, frontend: Frontend) -> bool:
+        inst = self._installed.pop(frontend, None)
+        if inst is None:
+            return False
+        try:
+            del self.services[self._svc_key(frontend)]
+        except KeyError:
+            pass
+        for slot in range(1, inst.slot_count + 1):
+            k = self.slots.Key()
+            k.svc_id = inst.svc_id
+            k.slot = slot
+            try:
+                del self.slots[k]
+            except KeyError:
+                pass
+        for bid in inst.backend_ids.values():
+            self.backends[self.backends.Key(bid)] = self.backends.Leaf()
+            self._backend_ids.release(bid)
+        self._svc_ids.release(inst.svc_id)
+        self._slots_used -= inst.slot_count
+        return True
+
+    def sync(self, states: Iterable[ServiceState]) -> SyncResult:
+        """Make the maps hold exactly `states`: the diff, applied in order."""
+        desired = {s.frontend: s for s in states}
+        removed = 0
+        for fe in [fe for fe in self._installed if fe not in desired]:
+            removed += self.delete(fe)
+        added = updated = unchanged = 0
+        for fe, state in desired.items():
+            old = self._installed.get(fe)
+            if old is None:
+                added += 1
+            elif old.state == state:
+                unchanged += 1
+                continue
+            else:
+                updated += 1
+            self.upsert(state)
+        return SyncResult(added, updated, removed, unchanged)
