@@ -245,18 +245,25 @@ class Lab:
                         removed.append(ns)
                 if state.made_etc_netns:
                     _rmdir_if_empty(ETC_NETNS)
-            # Namespaces with this lab's names that an interrupted run never recorded.
+            # Namespaces (and /etc/netns entries) with this lab's names that an interrupted
+            # run never recorded or never removed.
             for ns in self._own_namespaces():
                 if self._remove_netns(ns):
                     removed.append(ns)
+            if ETC_NETNS.is_dir():
+                for d in ETC_NETNS.iterdir():
+                    if self._own_name(d.name):
+                        shutil.rmtree(d, ignore_errors=True)
             shutil.rmtree(self.store.root, ignore_errors=True)
         if self.store.state_dir.name.startswith(plan.PREFIX):  # ours by name, and only if empty
             _rmdir_if_empty(self.store.state_dir)
         return sorted(set(removed))
 
+    def _own_name(self, name: str) -> bool:
+        return re.match(rf"^{re.escape(self.prefix)}-(node\d+|outside|pod-.+)$", name) is not None
+
     def _own_namespaces(self) -> list[str]:
-        pat = re.compile(rf"^{re.escape(self.prefix)}-(node\d+|outside|pod-.+)$")
-        return [n for n in netns.list_names(self.prefix) if pat.match(n)]
+        return [n for n in netns.list_names(self.prefix) if self._own_name(n)]
 
     @staticmethod
     def _remove_netns(ns: str) -> bool:
@@ -284,7 +291,7 @@ class Lab:
             if existing is not None:
                 if existing.phase == "Running" and netns.exists(existing.netns):
                     return _pod_handle(existing)
-                self._teardown_pod(existing)  # half-made: start over
+                self._teardown_pod(existing, state)  # half-made: start over
                 del state.pods[name]
             node_rec = self._schedule(state, node)
             ip = self._allocate_ip(state, node_rec)
@@ -300,7 +307,7 @@ class Lab:
             try:
                 self._build_pod(state, rec, node_rec, spec, timeout)
             except BaseException:
-                self._teardown_pod(rec)
+                self._teardown_pod(rec, state)
                 state.pods.pop(name, None)
                 self.store.save(state)
                 raise
@@ -334,9 +341,12 @@ class Lab:
         rec.etc_dir = str(d)
         return made_root
 
-    def _teardown_pod(self, rec: PodRecord) -> None:
+    def _teardown_pod(self, rec: PodRecord, state: LabState | None = None) -> None:
         procs.stop(rec.pid, rec.netns)
-        self._remove_netns(rec.netns)  # its veth (and the node side) goes with it
+        node = state.nodes.get(rec.node) if state else None
+        if node is not None and rec.host_ifname:
+            wiring.delete_link(node.netns, rec.host_ifname)  # the node side goes at once
+        self._remove_netns(rec.netns)
         if rec.etc_dir and Path(rec.etc_dir).parent == ETC_NETNS and Path(rec.etc_dir).name == rec.netns:
             shutil.rmtree(rec.etc_dir, ignore_errors=True)
         shutil.rmtree(self.store.data / rec.name, ignore_errors=True)
@@ -347,7 +357,7 @@ class Lab:
             rec = state.pods.get(name) if state else None
             if state is None or rec is None:
                 return False
-            self._teardown_pod(rec)
+            self._teardown_pod(rec, state)
             del state.pods[name]
             self.store.save(state)
             return True

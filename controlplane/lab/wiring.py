@@ -129,6 +129,18 @@ def set_neighbours(ns: str, ifname: str, entries: dict[str, str]) -> None:
             ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=idx, state=PERMANENT)
 
 
+def delete_link(ns: str, ifname: str) -> bool:
+    """Delete a link (a veth takes its peer along) now, rather than when the kernel gets round
+    to freeing a deleted namespace, which it does later, in a work queue."""
+    if not netns.exists(ns):
+        return False
+    with netns.iproute(ns) as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if found:
+            ipr.link("del", index=found[0])
+        return bool(found)
+
+
 def make_pod_link(
     node_ns: str, pod_ns: str, host_ifname: str, pod_ifname: str, gateway: str, pod_ip: str
 ) -> tuple[LinkInfo, LinkInfo]:
