@@ -37,7 +37,7 @@ def _check_pinned_layout(bpf: BPF, config: DataplaneConfig) -> None:
         "svc_stats": config.max_services,
     }
     for name in MAP_NAMES:
-        table = bpf[name]
+        table = bpf[name.encode()]
         info = map_info(table.map_fd)
         want = (ct.sizeof(table.Key), ct.sizeof(table.Leaf) if name not in ("svc_stats", "counters")
                 else info.value_size)
@@ -66,8 +66,8 @@ class Dataplane:
         if config.pin:
             os.makedirs(config.pin_dir, exist_ok=True)
         try:
-            bpf = BPF(text=program_text(), cflags=config.cflags())
-            fn = bpf.load_func(ENTRY, BPF.XDP)
+            bpf = BPF(text=program_text().encode(), cflags=config.cflags())
+            fn = bpf.load_func(ENTRY.encode(), BPF.XDP)
         except Exception as exc:  # bcc raises bare Exception on compile/verify errors
             raise DataplaneError(f"building the XDP program failed: {exc}") from exc
         if config.pin:
@@ -76,21 +76,21 @@ class Dataplane:
 
     # ---- maps -------------------------------------------------------------------
     def table(self, name: str):
-        return self.bpf[name]
+        return self.bpf[name.encode()]
 
     @property
     def prog_id(self) -> int:
         return prog_id(self.prog_fd)
 
     def counters(self) -> dict[str, int]:
-        table = self.bpf["counters"]
+        table = self.table("counters")
         out = {}
         for idx, name in COUNTER_NAMES.items():
             out[name] = int(table.sum(table.Key(idx)).value)
         return out
 
     def service_stats(self, svc_id: int) -> dict[str, int]:
-        table = self.bpf["svc_stats"]
+        table = self.table("svc_stats")
         per_cpu = table[table.Key(svc_id)]
         fields = ("packets", "bytes", "new_flows", "rejects")
         return {f: sum(getattr(v, f) for v in per_cpu) for f in fields}
@@ -128,6 +128,6 @@ FLOOR_PROGRAM = "int xdp_floor(struct xdp_md *ctx) { return XDP_PASS; }"
 
 def load_floor_program() -> tuple[BPF, int]:
     """An empty XDP program: the floor every per-packet cost is measured against."""
-    bpf = BPF(text=FLOOR_PROGRAM)
-    return bpf, bpf.load_func("xdp_floor", BPF.XDP).fd
+    bpf = BPF(text=FLOOR_PROGRAM.encode())
+    return bpf, bpf.load_func(b"xdp_floor", BPF.XDP).fd
 

@@ -1,0 +1,42 @@
+"""Packet tests: the real XDP program, loaded once, fed scapy packets through
+BPF_PROG_TEST_RUN. Root only."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from controlplane.dataplane.config import DataplaneConfig
+
+from .harness import Harness
+
+pytestmark = pytest.mark.root
+
+# Small conntrack keeps loading quick; unpinned so nothing outlives the run.
+TEST_CONFIG = DataplaneConfig(instance="pytest", ct_size=65536, frag_size=1024,
+                              max_services=4096, max_backends=16384, max_slots=16384, pin=False)
+
+
+def pytest_collection_modifyitems(config, items):
+    here = os.path.dirname(__file__)
+    for item in items:
+        if str(item.fspath).startswith(here):
+            item.add_marker(pytest.mark.root)
+
+
+@pytest.fixture(scope="session")
+def loaded_dataplane():
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    from controlplane.dataplane.program import Dataplane
+    dp = Dataplane.load(TEST_CONFIG)
+    yield dp
+    dp.close()
+
+
+@pytest.fixture
+def xdp(loaded_dataplane) -> Harness:
+    h = Harness(loaded_dataplane)
+    h.reset()
+    yield h
+    h.reset()

@@ -1,0 +1,73 @@
+"""A loaded dataplane plus everything a packet test needs: typed map writes,
+one call to run a scapy packet through the real program, counter deltas."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from scapy.layers.l2 import Ether
+
+from controlplane.dataplane.model import Backend, Frontend, ServiceState
+from controlplane.dataplane.program import Dataplane
+from controlplane.dataplane.testrun import TestRunner
+from controlplane.dataplane.writer import MapWriter
+
+CLIENT_MAC = "02:00:00:00:00:01"
+NODE_MAC = "02:00:00:00:00:02"
+CLIENT = "10.244.1.10"
+VIP = "10.96.0.100"
+BACKENDS = ("10.244.2.11", "10.244.2.12", "10.244.2.13")
+
+VERDICT = {"XDP_ABORTED": 0, "XDP_DROP": 1, "XDP_PASS": 2, "XDP_TX": 3, "XDP_REDIRECT": 4}
+
+
+@dataclass
+class Outcome:
+    verdict: str
+    raw: bytes
+
+    @property
+    def pkt(self) -> Ether:
+        return Ether(self.raw)
+
+
+@dataclass
+class Harness:
+    dp: Dataplane
+    writer: MapWriter = field(init=False)
+    runner: TestRunner = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.writer = MapWriter(self.dp)
+        self.runner = TestRunner(self.dp.prog_fd)
+
+    def send(self, pkt) -> Outcome:
+        res = self.runner.run(bytes(pkt))
+        return Outcome(res.verdict_name, res.data)
+
+    def service(self, vip: str = VIP, port: int = 80, protocol: str = "TCP",
+                backends=BACKENDS, backend_port: int = 8080, algorithm: str = "random",
+                states: dict[str, str] | None = None) -> Frontend:
+        fe = Frontend(vip, port, protocol)
+        states = states or {}
+        bs = tuple(Backend(ip, backend_port, states.get(ip, "active")) for ip in backends)
+        self.writer.upsert(ServiceState(fe, bs, algorithm))
+        return fe
+
+    def counters(self) -> dict[str, int]:
+        return self.dp.counters()
+
+    def reset(self) -> None:
+        """Between tests: no services, no flows."""
+        self.writer.sync([])
+        for name in ("conntrack", "fragments"):
+            table = self.dp.table(name)
+            keys = [k for k in table.keys()]
+            for k in keys:
+                try:
+                    del table[k]
+                except KeyError:
+                    pass
+
+
+def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before[k] for k in after if after[k] != before[k]}
