@@ -1,0 +1,63 @@
+"""Service update rules the apiserver applies before validating an update
+(pkg/registry/core/service/storage: patchAllocatedValues, dropTypeDependentFields)."""
+from __future__ import annotations
+
+from .service import EXTERNAL_NAME, LOAD_BALANCER, NODE_PORT, CLUSTER_IP, Service
+
+
+def needs_cluster_ip(svc: Service) -> bool:
+    return svc.type != EXTERNAL_NAME
+
+
+def needs_node_ports(svc: Service) -> bool:
+    if svc.type == NODE_PORT:
+        return True
+    return svc.type == LOAD_BALANCER and svc.spec.allocate_load_balancer_node_ports is not False
+
+
+def needs_health_check_node_port(svc: Service) -> bool:
+    return svc.type == LOAD_BALANCER and svc.spec.external_traffic_policy == "Local"
+
+
+def patch_allocated_values(new: Service, old: Service) -> None:
+    """Carry over values the user did not set but the server allocated (clusterIP, nodePorts
+    matched by port name, healthCheckNodePort)."""
+    if needs_cluster_ip(old) and needs_cluster_ip(new) and not new.spec.cluster_ip:
+        new.spec.cluster_ip = old.spec.cluster_ip
+        new.spec.cluster_ips = old.spec.cluster_ips
+    if needs_node_ports(old) and needs_node_ports(new):
+        used = set(old.node_ports) & set(new.node_ports)
+        by_name = {p.name or "": p.node_port for p in old.ports}
+        for port in new.ports:
+            if not port.node_port:
+                previous = by_name.get(port.name or "")
+                if previous and previous not in used:
+                    port.node_port = previous
+    if needs_health_check_node_port(old) and needs_health_check_node_port(new):
+        if not new.spec.health_check_node_port:
+            new.spec.health_check_node_port = old.spec.health_check_node_port
+
+
+def drop_type_dependent_fields(new: Service, old: Service) -> None:
+    """Clear fields the new type does not use, when the user left them as they were."""
+    if needs_cluster_ip(old) and not needs_cluster_ip(new):
+        if new.spec.cluster_ip == old.spec.cluster_ip:
+            new.spec.cluster_ip = None
+            new.spec.cluster_ips = None
+        new.spec.ip_families = None
+        new.spec.ip_family_policy = None
+        new.spec.internal_traffic_policy = None if new.spec.internal_traffic_policy == old.spec.internal_traffic_policy else new.spec.internal_traffic_policy
+    if needs_node_ports(old) and not needs_node_ports(new):
+        old_ports = [p.node_port for p in old.ports]
+        if [p.node_port for p in new.ports][: len(old_ports)] == old_ports[: len(new.ports)]:
+            for port in new.ports:
+                port.node_port = None
+    if needs_health_check_node_port(old) and not needs_health_check_node_port(new):
+        if new.spec.health_check_node_port == old.spec.health_check_node_port:
+            new.spec.health_check_node_port = None
+    if new.type != LOAD_BALANCER:
+        if new.spec.allocate_load_balancer_node_ports == old.spec.allocate_load_balancer_node_ports:
+            new.spec.allocate_load_balancer_node_ports = None
+    externally = new.type in (NODE_PORT, LOAD_BALANCER) or (new.type == CLUSTER_IP and new.spec.external_ips)
+    if not externally and new.spec.external_traffic_policy == old.spec.external_traffic_policy:
+        new.spec.external_traffic_policy = None

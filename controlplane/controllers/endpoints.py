@@ -1,0 +1,198 @@
+"""Endpoints + EndpointSlice controller, and the EndpointSlice mirroring controller.
+
+`reconcile_endpoints(store)` makes, for every Service with a selector (not ExternalName),
+an Endpoints object named after the Service and EndpointSlices labelled
+`kubernetes.io/service-name=<svc>` / managed-by `endpointslice-controller.k8s.io`, from the
+pods the selector matches (see endpoint_builder for the rules). Objects it manages for
+Services that are gone, have lost their selector, or became ExternalName are deleted.
+Services without a selector keep user-written Endpoints; `mirror` copies those into slices
+managed by `endpointslicemirroring-controller.k8s.io`. Writes happen only when content
+changes, so a second pass is a no-op.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+from controlplane.api.codec import encode
+from controlplane.api.endpoints import (LABEL_MANAGED_BY, LABEL_SERVICE_NAME, LABEL_SKIP_MIRROR,
+                                        MANAGED_BY_CONTROLLER, MANAGED_BY_MIRRORING, Endpoint,
+                                        EndpointConditions, EndpointPort, Endpoints, EndpointSlice)
+from controlplane.api.meta import ApiObject, ObjectMeta, OwnerReference
+from controlplane.api.pod import Pod
+from controlplane.api.selectors import Selector
+from controlplane.api.service import EXTERNAL_NAME, LABEL_HEADLESS, Service
+from controlplane.store.interface import Store, StoreWriter
+
+from .endpoint_builder import SliceContent, build_slices, build_subsets
+from .names import random_suffix
+
+
+def _owner(obj: ApiObject) -> OwnerReference:
+    return OwnerReference(api_version=obj.api_version_string(), kind=obj.KIND, name=obj.name,
+                          uid=obj.metadata.uid, controller=True, block_owner_deletion=True)
+
+
+def _managed_labels(svc: Service, managed_by: str | None) -> dict[str, str]:
+    labels = dict(svc.labels)
+    if svc.is_headless:
+        labels[LABEL_HEADLESS] = ""
+    labels[LABEL_SERVICE_NAME] = svc.name
+    if managed_by:
+        labels[LABEL_MANAGED_BY] = managed_by
+    return labels
+
+
+def _sync_endpoints(tx: StoreWriter, svc: Service, pods: list[Pod], live: Endpoints | None) -> int:
+    labels = dict(svc.labels)
+    if svc.is_headless:
+        labels[LABEL_HEADLESS] = ""
+    labels[LABEL_SKIP_MIRROR] = "true"
+    subsets = build_subsets(svc, pods) or None
+    if live is None:
+        tx.create(Endpoints(metadata=ObjectMeta(name=svc.name, namespace=svc.namespace, labels=labels), subsets=subsets))
+        return 1
+    if live.labels == labels and [encode(s) for s in live.subsets or []] == [encode(s) for s in subsets or []]:
+        return 0
+    live.metadata.labels = labels
+    live.subsets = subsets
+    tx.update(live)
+    return 1
+
+
+def _same_slice(live: EndpointSlice, want: SliceContent, labels: dict[str, str]) -> bool:
+    return (live.labels == labels
+            and [encode(p) for p in live.ports or []] == [encode(p) for p in want.ports]
+            and [encode(e) for e in live.endpoints or []] == [encode(e) for e in want.endpoints])
+
+
+def _sync_slices(tx: StoreWriter, owner: ApiObject, service_name: str, wanted: list[SliceContent],
+                 labels: dict[str, str], live: list[EndpointSlice], taken: set[str]) -> int:
+    """Make the slices of one owner match `wanted`, reusing slices with the same ports."""
+    writes = 0
+    unused = list(live)
+    todo: list[SliceContent] = []
+    for want in wanted:  # first pass: keep slices that already match exactly
+        match = next((s for s in unused if _same_slice(s, want, labels)), None)
+        if match is not None:
+            unused.remove(match)
+        else:
+            todo.append(want)
+    for want in todo:
+        key = want.port_key()
+        reuse = next((s for s in unused if SliceContent(s.ports or [], []).port_key() == key), None)
+        if reuse is None and unused:
+            reuse = unused[0]
+        if reuse is not None:
+            unused.remove(reuse)
+            reuse.metadata.labels = labels
+            reuse.ports = want.ports or None
+            reuse.endpoints = want.endpoints or None
+            tx.update(reuse)
+        else:
+            name = f"{service_name}-{random_suffix()}"
+            while name in taken:
+                name = f"{service_name}-{random_suffix()}"
+            taken.add(name)
+            tx.create(EndpointSlice(
+                metadata=ObjectMeta(name=name, generate_name=f"{service_name}-", namespace=owner.namespace,
+                                    labels=labels, owner_references=[_owner(owner)]),
+                address_type="IPv4", ports=want.ports or None, endpoints=want.endpoints or None))
+        writes += 1
+    for stale in unused:
+        tx.delete(EndpointSlice, stale.namespace, stale.name)
+        writes += 1
+    return writes
+
+
+def reconcile_endpoints(store: Store) -> int:
+    """One pass of the Endpoints and EndpointSlice controllers; returns the number of writes."""
+    writes = 0
+    with store.transaction() as tx:
+        services = {s.key: s for s in tx.list(Service)}
+        pods_by_ns: dict[str, list[Pod]] = defaultdict(list)
+        for pod in tx.list(Pod):
+            pods_by_ns[pod.namespace].append(pod)
+        managed_eps = {e.key: e for e in tx.list(Endpoints, selector=Selector.parse(f"{LABEL_SKIP_MIRROR}=true"))}
+        slices_by_svc: dict[str, list[EndpointSlice]] = defaultdict(list)
+        taken: set[str] = set()
+        for es in tx.list(EndpointSlice, selector=Selector.parse(f"{LABEL_MANAGED_BY}={MANAGED_BY_CONTROLLER}")):
+            slices_by_svc[f"{es.namespace}/{es.labels.get(LABEL_SERVICE_NAME, '')}"].append(es)
+            taken.add(es.name)
+        for key, svc in services.items():
+            if svc.type == EXTERNAL_NAME or not svc.has_selector:
+                continue
+            selector = Selector.from_labels(svc.spec.selector)
+            pods = [p for p in pods_by_ns[svc.namespace] if selector.matches(p.labels)]
+            writes += _sync_endpoints(tx, svc, pods, managed_eps.pop(key, None))
+            live_slices = []
+            for es in slices_by_svc.pop(key, []):
+                if _owned_by(es, svc):
+                    live_slices.append(es)
+                else:  # left over from an earlier Service of the same name
+                    tx.delete(EndpointSlice, es.namespace, es.name)
+                    writes += 1
+            writes += _sync_slices(tx, svc, svc.name, build_slices(svc, pods),
+                                   _managed_labels(svc, MANAGED_BY_CONTROLLER), live_slices, taken)
+        for leftover in managed_eps.values():  # service gone, selector removed, or ExternalName
+            tx.delete(Endpoints, leftover.namespace, leftover.name)
+            writes += 1
+        for slices in slices_by_svc.values():
+            for es in slices:
+                tx.delete(EndpointSlice, es.namespace, es.name)
+                writes += 1
+    return writes
+
+
+def _owned_by(es: EndpointSlice, owner: ApiObject) -> bool:
+    ref = es.metadata.controller_ref()
+    return ref is not None and ref.uid == owner.metadata.uid
+
+
+def _mirrored_content(ep: Endpoints) -> list[SliceContent]:
+    out: list[SliceContent] = []
+    for subset in ep.subsets or []:
+        ports = [EndpointPort(name=p.name, port=p.port, protocol=p.protocol or "TCP", app_protocol=p.app_protocol)
+                 for p in subset.ports or []]
+        endpoints = []
+        for ready, addrs in ((True, subset.addresses), (False, subset.not_ready_addresses)):
+            for a in addrs or []:
+                endpoints.append(Endpoint(addresses=[a.ip or ""], hostname=a.hostname, node_name=a.node_name,
+                                          target_ref=a.target_ref,
+                                          conditions=EndpointConditions(ready=ready, serving=ready, terminating=False)))
+        out.append(SliceContent(ports, endpoints))
+    return out
+
+
+def mirror_endpoints(store: Store) -> int:
+    """EndpointSlice mirroring: user-written Endpoints of selector-less Services -> slices."""
+    writes = 0
+    with store.transaction() as tx:
+        services = {s.key: s for s in tx.list(Service)}
+        mirrored: dict[str, list[EndpointSlice]] = defaultdict(list)
+        taken: set[str] = set()
+        for es in tx.list(EndpointSlice, selector=Selector.parse(f"{LABEL_MANAGED_BY}={MANAGED_BY_MIRRORING}")):
+            mirrored[f"{es.namespace}/{es.labels.get(LABEL_SERVICE_NAME, '')}"].append(es)
+            taken.add(es.name)
+        for ep in tx.list(Endpoints):
+            if ep.labels.get(LABEL_SKIP_MIRROR) == "true":
+                continue
+            svc = services.get(ep.key)
+            if svc is None or svc.has_selector or svc.type == EXTERNAL_NAME:
+                continue
+            labels = dict(ep.labels)
+            labels[LABEL_SERVICE_NAME] = ep.name
+            labels[LABEL_MANAGED_BY] = MANAGED_BY_MIRRORING
+            live = []
+            for es in mirrored.pop(ep.key, []):
+                if _owned_by(es, ep):
+                    live.append(es)
+                else:
+                    tx.delete(EndpointSlice, es.namespace, es.name)
+                    writes += 1
+            wanted = [c for c in _mirrored_content(ep) if c.endpoints]
+            writes += _sync_slices(tx, ep, ep.name, wanted, labels, live, taken)
+        for slices in mirrored.values():
+            for es in slices:
+                tx.delete(EndpointSlice, es.namespace, es.name)
+                writes += 1
+    return writes

@@ -1,0 +1,111 @@
+"""Allocating and releasing a Service's clusterIP, nodePorts and healthCheckNodePort inside a
+store transaction (what the apiserver's service REST storage does on create/update/delete)."""
+from __future__ import annotations
+
+from controlplane.api.field_errors import FieldError
+from controlplane.api.service import HEADLESS, Service
+from controlplane.api.service_update import needs_cluster_ip, needs_health_check_node_port, needs_node_ports
+from controlplane.store.interface import StoreWriter
+
+from .allocators import ClusterIPAllocator, NodePortAllocator
+from .config import ClusterConfig
+
+
+class ServiceAllocations:
+    """Per-transaction allocator pair. `allocate(svc, old)` fills in missing values on `svc`
+    and claims/releases the difference from `old`; it returns field errors for conflicts."""
+
+    def __init__(self, tx: StoreWriter, config: ClusterConfig) -> None:
+        self.tx = tx
+        self.config = config
+        self._ips: ClusterIPAllocator | None = None
+        self._ports: NodePortAllocator | None = None
+
+    @property
+    def ips(self) -> ClusterIPAllocator:
+        if self._ips is None:
+            self._ips = ClusterIPAllocator(self.tx, self.config)
+        return self._ips
+
+    @property
+    def ports(self) -> NodePortAllocator:
+        if self._ports is None:
+            self._ports = NodePortAllocator(self.tx, self.config)
+        return self._ports
+
+    @staticmethod
+    def _claimed_ip(svc: Service | None) -> str | None:
+        if svc is None or not needs_cluster_ip(svc):
+            return None
+        ip = svc.spec.cluster_ip
+        return ip if ip and ip != HEADLESS else None
+
+    @staticmethod
+    def _claimed_ports(svc: Service | None) -> set[int]:
+        if svc is None:
+            return set()
+        ports = set(svc.node_ports) if needs_node_ports(svc) else set()
+        if needs_health_check_node_port(svc) and svc.spec.health_check_node_port:
+            ports.add(svc.spec.health_check_node_port)
+        return ports
+
+    def allocate(self, svc: Service, old: Service | None = None) -> list[FieldError]:
+        errs: list[FieldError] = []
+        owner = svc.key
+        old_ip = self._claimed_ip(old)
+        if needs_cluster_ip(svc):
+            ip = svc.spec.cluster_ip
+            if not ip:
+                svc.spec.cluster_ip = self.ips.allocate(owner)
+            elif ip != HEADLESS and ip != old_ip:
+                err = self.ips.allocate_specific(ip, owner)
+                if err:
+                    errs.append(err)
+            svc.spec.cluster_ips = [svc.spec.cluster_ip] if svc.spec.cluster_ip else None
+        old_ports = self._claimed_ports(old)
+        held: set[int] = set()
+        if needs_node_ports(svc):
+            by_number: dict[int, int] = {}
+            for i, port in enumerate(svc.ports):
+                if not port.node_port:
+                    continue
+                if port.node_port not in old_ports and port.node_port not in held:
+                    err = self.ports.allocate_specific(port.node_port, owner, f"spec.ports[{i}].nodePort")
+                    if err:
+                        errs.append(err)
+                        continue
+                held.add(port.node_port)
+                by_number.setdefault(port.port or 0, port.node_port)
+            for port in svc.ports:
+                if port.node_port:
+                    continue
+                shared = by_number.get(port.port or 0)
+                if shared is None:
+                    shared = by_number[port.port or 0] = self.ports.allocate(owner)
+                    held.add(shared)
+                port.node_port = shared
+        if needs_health_check_node_port(svc):
+            hc = svc.spec.health_check_node_port
+            if not hc:
+                svc.spec.health_check_node_port = hc = self.ports.allocate(owner)
+            elif hc not in old_ports and hc not in held:
+                err = self.ports.allocate_specific(hc, owner, "spec.healthCheckNodePort")
+                if err:
+                    errs.append(err)
+            held.add(hc)
+        if errs:
+            return errs
+        new_ip = self._claimed_ip(svc)
+        if old_ip and old_ip != new_ip:
+            self.ips.release(old_ip)
+        for port in old_ports - held:
+            self.ports.release(str(port))
+        return []
+
+    def release(self, svc: Service) -> None:
+        ip = self._claimed_ip(svc)
+        if ip and self.ips.owner(ip) == svc.key:
+            self.ips.release(ip)
+        for port in self._claimed_ports(svc):
+            if self.ports.owner(str(port)) == svc.key:
+                self.ports.release(str(port))
