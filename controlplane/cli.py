@@ -10,6 +10,13 @@ import sys
 COMMAND_MODULES = [
     "controlplane.demo",
     "controlplane.lab.commands",
+    "controlplane.kubectl.apply",
+    "controlplane.kubectl.get",
+    "controlplane.kubectl.describe",
+    "controlplane.kubectl.delete",
+    "controlplane.kubectl.expose",
+    "controlplane.kubectl.run",
+    "controlplane.kubectl.scale",
 ]
 
 

@@ -128,7 +128,7 @@ class Registry:
         meta = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
         live = plan.live if plan else None
         return Failure(m, exc, "patching" if live is not None else "creating",
-                       str(meta.get("name") or ""), str(meta.get("namespace") or namespace))
+                       str(meta.get("name") or ""), str(meta.get("namespace") or ""))
 
     def _plan_manifest(self, tx: StoreWriter, m: Manifest, namespace: str, mode: str,
                        pending_namespaces: set[str]) -> _Plan:

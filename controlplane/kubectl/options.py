@@ -1,0 +1,27 @@
+"""Flags shared by the kubectl-shaped commands."""
+from __future__ import annotations
+
+import argparse
+
+
+def common_parent() -> argparse.ArgumentParser:
+    """--state-dir and -n/--namespace, accepted by every command."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--state-dir", default=None,
+                        help="store folder (default $SVCXDP_STATE_DIR or /var/lib/svcxdp)")
+    parent.add_argument("-n", "--namespace", default=None, help="namespace (default: default)")
+    return parent
+
+
+def add_output(parser: argparse.ArgumentParser, choices: tuple[str, ...] = ("wide", "json", "yaml", "name")) -> None:
+    parser.add_argument("-o", "--output", default=None, choices=choices, help="output format")
+
+
+def add_files(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    parser.add_argument("-f", "--filename", action="append", default=[], required=required,
+                        help="manifest file, directory, or - for stdin (repeatable)")
+    parser.add_argument("-R", "--recursive", action="store_true", help="walk directories recursively")
+
+
+def add_selector(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-l", "--selector", default=None, help="label selector, e.g. app=nginx,tier!=db")
