@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "controlplane.kubectl.expose",
     "controlplane.kubectl.run",
     "controlplane.kubectl.scale",
+    "controlplane.agent.commands",
 ]
 
 

@@ -113,6 +113,7 @@ class MapWriter:
         self._backend_ids = IdAllocator(cfg.max_backends, f"backends map (max_backends={cfg.max_backends})")
         self._installed: dict[Frontend, _Installed] = {}
         self._slots_used = 0
+        self.writes = 0  # map entries written or deleted by this writer, for logs and benches
         self._adopt()
 
     # ---- reading what the maps hold ---------------------------------------------
@@ -202,6 +203,7 @@ class MapWriter:
                 backend_writes.append((self.backends.Key(ids[b.address]),
                                        self._backend_leaf(b, svc_id, proto)))
         _batch_update(self.backends, backend_writes)
+        self.writes += len(backend_writes)
 
         # 2. slots, then per-service state for a new service
         slot_ids = [ids[b.address] for b in state.slot_backends()]
@@ -215,9 +217,11 @@ class MapWriter:
                 k.slot = i + 1
                 slot_writes.append((k, ct.c_uint(bid)))
         _batch_update(self.slots, slot_writes)
+        self.writes += len(slot_writes)
         if old is None:
             self.rr_state[self.rr_state.Key(svc_id)] = self.rr_state.Leaf()
             self.svc_stats[self.svc_stats.Key(svc_id)] = self.svc_stats.Leaf()
+            self.writes += 2
 
         # 3. the service entry: from here on packets use the new state
         v = self.services.Leaf()
@@ -227,6 +231,7 @@ class MapWriter:
         v.flags = F_AFFINITY if state.affinity_timeout else 0
         v.affinity_timeout = state.affinity_timeout
         self.services[self._svc_key(fe)] = v
+        self.writes += 1
 
         # 4. shrink: surplus slots, then backends that left the service
         for slot in range(len(slot_ids) + 1, len(old_slot_ids) + 1):
@@ -235,11 +240,13 @@ class MapWriter:
             k.slot = slot
             try:
                 del self.slots[k]
+                self.writes += 1
             except KeyError:
                 pass
         keep = {b.address for b in state.backends}
         for addr in [a for a in ids if a not in keep]:
             self.backends[self.backends.Key(ids[addr])] = self.backends.Leaf()
+            self.writes += 1
             self._backend_ids.release(ids.pop(addr))
 
         self._slots_used += len(slot_ids) - (old.slot_count if old else 0)
@@ -254,6 +261,7 @@ class MapWriter:
             del self.services[self._svc_key(frontend)]
         except KeyError:
             pass
+        self.writes += 1 + inst.slot_count + len(inst.backend_ids)
         for slot in range(1, inst.slot_count + 1):
             k = self.slots.Key()
             k.svc_id = inst.svc_id

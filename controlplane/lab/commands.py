@@ -35,6 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", choices=["text", "json"], default="text")
     p.set_defaults(func=cmd_status)
 
+    p = lsub.add_parser("kubelet", parents=[common],
+                        help="run the lab's pod runtime in the foreground (lab up starts it)")
+    p.set_defaults(func=lambda a: __import__("controlplane.lab.kubelet", fromlist=["run_kubelet"])
+                   .run_kubelet(a.state_dir))
+
     p = lsub.add_parser("add-pod", parents=[common], help="start a pod by hand (for debugging; the agent makes pods)")
     p.add_argument("name")
     p.add_argument("--image", default="busybox")

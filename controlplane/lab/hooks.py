@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from controlplane.lab.topology import Lab, NodeInfo
 
 # e.g. "controlplane.agent.lab" once the agent exists.
-NODE_PROCESS_MODULES: list[str] = []
+NODE_PROCESS_MODULES: list[str] = ["controlplane.agent.lab_hook"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,9 @@ class ProcessSpec:
     name: str  # unique per node, e.g. "agent"
     argv: list[str]
     env: dict[str, str] | None = field(default=None)
+    # Enter only the node's network namespace (nsenter), keeping the host's mounts:
+    # a BPF agent needs /sys/fs/bpf, which `ip netns exec` hides.
+    keep_mounts: bool = False
 
 
 NodeProcessProvider = Callable[["NodeInfo", "Lab"], list[ProcessSpec]]

@@ -142,9 +142,16 @@ def command(name: str, argv: Sequence[str]) -> list[str]:
     return ["ip", "netns", "exec", check_name(name), *argv]
 
 
+def command_keep_mounts(name: str, argv: Sequence[str]) -> list[str]:
+    """Enter only the network namespace. `ip netns exec` also remounts /sys for the
+    namespace, which hides bpffs (/sys/fs/bpf) and the pins a node agent keeps there."""
+    return ["nsenter", f"--net=/run/netns/{check_name(name)}", "--", *argv]
+
+
 def run(name: str, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess:
     return subprocess.run(command(name, argv), **kwargs)
 
 
-def popen(name: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
-    return subprocess.Popen(command(name, argv), **kwargs)
+def popen(name: str, argv: Sequence[str], keep_mounts: bool = False, **kwargs: Any) -> subprocess.Popen:
+    build = command_keep_mounts if keep_mounts else command
+    return subprocess.Popen(build(name, argv), **kwargs)

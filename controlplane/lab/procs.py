@@ -15,7 +15,8 @@ from pathlib import Path
 from controlplane.lab import netns
 
 
-def start(ns: str, argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -> int:
+def start(ns: str, argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None,
+          keep_mounts: bool = False) -> int:
     """Start argv in namespace ns, detached from our session, output to log; return its pid.
 
     `ip netns exec` execs argv in place, so the pid is the server's own pid.
@@ -25,6 +26,7 @@ def start(ns: str, argv: Sequence[str], log: Path, env: Mapping[str, str] | None
         proc = netns.popen(
             ns,
             argv,
+            keep_mounts=keep_mounts,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,

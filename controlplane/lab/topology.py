@@ -219,7 +219,7 @@ class Lab:
                 if current:
                     state.processes.remove(current)
                 log = self.store.logs / f"{rec.name}-{spec.name}.log"
-                pid = procs.start(rec.netns, spec.argv, log, spec.env)
+                pid = procs.start(rec.netns, spec.argv, log, spec.env, keep_mounts=spec.keep_mounts)
                 state.processes.append(ProcessRecord(spec.name, rec.name, rec.netns, pid, list(spec.argv), str(log)))
                 self.store.save(state)
 

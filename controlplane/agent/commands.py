@@ -1,0 +1,68 @@
+"""svcctl agent --node NAME: run the node agent in the foreground."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from controlplane.dataplane.layout import ALGORITHMS
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("agent", help="run the node agent: keep this node's XDP dataplane equal to the store")
+    p.add_argument("--node", required=True, help="the node this agent serves (e.g. node1)")
+    p.add_argument("--state-dir", help="store directory (env SVCXDP_STATE_DIR, default /var/lib/svcxdp)")
+    p.add_argument("--instance", help="dataplane instance: bpffs pins under /sys/fs/bpf/svcxdp/INSTANCE "
+                                      "(default: the node name)")
+    p.add_argument("--lb-algorithm", default="random", choices=sorted(ALGORITHMS),
+                   help="backend selection for services without a svcxdp.io/lb-algorithm annotation")
+    p.add_argument("--lab", action="store_true",
+                   help="attach to the interfaces of this node in the embedded lab (svcctl lab)")
+    p.add_argument("--xdp-mode", default="native", choices=["native", "generic"])
+    p.add_argument("--healthz-port", type=int, default=10256, help="0 disables the health server")
+    p.add_argument("--check-interval", type=float, default=30.0,
+                   help="seconds between consistency checks of the maps against the store")
+    p.add_argument("--fib-redirect", action="store_true",
+                   help="forward rewritten packets with a FIB lookup and bpf_redirect instead of the stack")
+    p.add_argument("--ct-size", type=int, help="conntrack entries (default 1048576)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from controlplane.dataplane.config import DataplaneConfig
+    from controlplane.dataplane.program import Dataplane
+    from controlplane.store.paths import open_store
+
+    from .agent import Agent
+    from .desired import NodeConfig
+    from .health import Health, serve
+    from .interfaces import InterfaceManager
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format=f"%(asctime)s agent[{args.node}] %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    log = logging.getLogger("svcxdp.agent")
+    extra = {"ct_size": args.ct_size} if args.ct_size else {}
+    config = DataplaneConfig(instance=args.instance or args.node, fib_redirect=args.fib_redirect, **extra)
+    store = open_store(args.state_dir)
+    dp = Dataplane.load(config)
+    log.info("dataplane loaded: prog id %d, maps pinned in %s", dp.prog_id, config.pin_dir)
+    interfaces = None
+    if args.lab:
+        from controlplane.lab.topology import Lab
+        lab = Lab(args.state_dir)
+        interfaces = InterfaceManager(dp, lambda: lab.attach_points(args.node), args.xdp_mode)
+    health = Health(args.node)
+    if args.healthz_port:
+        serve(health, port=args.healthz_port)
+    agent = Agent(store, NodeConfig(args.node, args.lb_algorithm), dp, interfaces, health,
+                  check_every_s=args.check_interval)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    agent.run(stop)
+    log.info("agent stopping; the dataplane stays attached and pinned")
+    return 0

@@ -1,0 +1,70 @@
+"""kube-proxy-style health endpoints: GET /healthz (200 while in sync, 503 when
+not) and GET /proxyMode, served from a thread of the agent."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+HEALTHZ_PORT = 10256
+PROXY_MODE = "xdp"
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Health:
+    """What the agent tells the health server."""
+
+    def __init__(self, node: str, stale_after_s: float = 10.0) -> None:
+        self.node = node
+        self.stale_after_s = stale_after_s
+        self.last_updated = 0.0     # last time the maps matched the store
+        self.in_sync = False
+        self._lock = threading.Lock()
+
+    def synced(self) -> None:
+        with self._lock:
+            self.last_updated = time.time()
+            self.in_sync = True
+
+    def out_of_sync(self) -> None:
+        with self._lock:
+            self.in_sync = False
+
+    def report(self) -> tuple[int, dict]:
+        with self._lock:
+            now = time.time()
+            healthy = self.in_sync and now - self.last_updated <= self.stale_after_s
+            body = {"lastUpdated": _iso(self.last_updated) if self.last_updated else "",
+                    "currentTime": _iso(now), "nodeName": self.node, "nodeHealthy": healthy}
+            return (200 if healthy else 503), body
+
+
+def serve(health: Health, host: str = "0.0.0.0", port: int = HEALTHZ_PORT) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+            if self.path.split("?")[0] == "/healthz":
+                code, body = health.report()
+                payload = json.dumps(body).encode()
+                ctype = "application/json"
+            elif self.path.split("?")[0] == "/proxyMode":
+                code, payload, ctype = 200, PROXY_MODE.encode(), "text/plain"
+            else:
+                code, payload, ctype = 404, b"404 page not found\n", "text/plain"
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, fmt: str, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="healthz", daemon=True).start()
+    return server

@@ -1,0 +1,62 @@
+"""Keeping the XDP program attached to every interface a node serves, as pods come
+and go. Each veth peer gets a pass-through XDP program too: native XDP on veth
+delivers XDP_TX frames (our RSTs and ICMP rejections) only to a peer that has one."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from controlplane.dataplane.attach import AttachError, attach_xdp
+from controlplane.dataplane.program import Dataplane, load_floor_program
+
+log = logging.getLogger("svcxdp.agent")
+
+
+class AttachTarget(Protocol):
+    netns: str
+    ifname: str
+    ifindex: int
+    peer_netns: str
+    peer_ifname: str
+
+
+@dataclass(frozen=True)
+class _Key:
+    netns: str
+    ifname: str
+    ifindex: int
+
+
+class InterfaceManager:
+    def __init__(self, dp: Dataplane, targets: Callable[[], list[AttachTarget]],
+                 mode: str = "native") -> None:
+        self.dp = dp
+        self.targets = targets
+        self.mode = mode
+        self._pass_bpf, self._pass_fd = load_floor_program()
+        self._attached: set[_Key] = set()
+
+    def refresh(self) -> int:
+        """Attach to targets not yet served; returns how many were attached now."""
+        current = {_Key(t.netns, t.ifname, t.ifindex): t for t in self.targets()}
+        self._attached &= set(current)  # gone interfaces need no detach
+        attached = 0
+        for key, t in current.items():
+            if key in self._attached:
+                continue
+            try:
+                if t.peer_netns and t.peer_ifname:
+                    attach_xdp(self._pass_fd, t.peer_ifname, t.peer_netns, self.mode)
+                attach_xdp(self.dp.prog_fd, t.ifname, t.netns, self.mode)
+            except (AttachError, OSError) as exc:  # e.g. a pod removed meanwhile
+                log.warning("attach to %s in %s failed: %s", t.ifname, t.netns, exc)
+                continue
+            self._attached.add(key)
+            attached += 1
+            log.info("XDP attached to %s (%s, ifindex %d)", t.ifname, t.netns, t.ifindex)
+        return attached
+
+    @property
+    def attached(self) -> int:
+        return len(self._attached)

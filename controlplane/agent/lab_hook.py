@@ -1,0 +1,32 @@
+"""How `svcctl lab up` runs an agent on every lab node (controlplane.lab.hooks)."""
+from __future__ import annotations
+
+import sys
+
+from controlplane.dataplane.config import DataplaneConfig
+from controlplane.dataplane.program import reset
+from controlplane.lab.hooks import ProcessSpec
+
+
+def instance_name(lab, node_name: str) -> str:
+    """Pins are per lab and node, so a test lab never touches the user's lab."""
+    return f"{lab.prefix}-{node_name}"
+
+
+def node_processes(node, lab) -> list[ProcessSpec]:
+    argv = [sys.executable, "-m", "controlplane.cli", "agent", "--node", node.name, "--lab",
+            "--state-dir", str(lab.store.state_dir), "--instance", instance_name(lab, node.name),
+            "--ct-size", "65536"]
+    specs = [ProcessSpec(name="agent", argv=argv, keep_mounts=True)]
+    if node.index == 1:
+        # One pod runtime for the whole lab; it lives with the first node. It must
+        # share the host's mounts: a pod's /run/netns entry is a bind mount.
+        specs.append(ProcessSpec(name="kubelet", argv=[
+            sys.executable, "-m", "controlplane.cli", "lab", "kubelet",
+            "--state-dir", str(lab.store.state_dir)], keep_mounts=True))
+    return specs
+
+
+def on_lab_down(lab) -> None:
+    for node in lab.nodes():
+        reset(DataplaneConfig(instance=instance_name(lab, node.name)))

@@ -1,0 +1,106 @@
+"""The lab's pod runtime: it follows the store and makes the pods that the
+deployment controller wants real — a namespace, an address, a server for the
+image — then reports their status so endpoints follow. One loop serves every
+lab node (it also does the scheduling: the node with the fewest pods)."""
+from __future__ import annotations
+
+import logging
+import threading
+
+from controlplane.api.pod import RUNNING, Pod
+from controlplane.controllers.manager import reconcile
+from controlplane.controllers.runtime import finish_pod, pods_to_start, pods_to_stop, set_pod_status
+from controlplane.store.interface import Store
+
+from .state import PortSpec
+from .topology import Lab, LabError
+
+log = logging.getLogger("svcxdp.kubelet")
+
+
+def lab_pod_name(pod: Pod) -> str:
+    """Pods are named per namespace; lab pods need one flat name."""
+    return pod.name if pod.namespace == "default" else f"{pod.name}.{pod.namespace}"
+
+
+def _ports(pod: Pod) -> list[PortSpec]:
+    out = []
+    for c in pod.containers:
+        for p in c.ports or []:
+            if p.container_port:
+                out.append(PortSpec(p.container_port, (p.protocol or "TCP").upper()))
+    return out
+
+
+def _image(pod: Pod) -> str:
+    return next((c.image for c in pod.containers if c.image), "busybox")
+
+
+class Kubelet:
+    def __init__(self, store: Store, lab: Lab) -> None:
+        self.store = store
+        self.lab = lab
+        self._started: set[str] = set()  # lab pods this kubelet made (not `run --rm` clients)
+
+    def sync_once(self) -> int:
+        """Start what should run, stop what should not; returns how many changed."""
+        changed = 0
+        nodes = {n.name: n for n in self.lab.nodes()}
+        for pod in pods_to_stop(self.store):
+            self.lab.remove_pod(lab_pod_name(pod))
+            self._started.discard(lab_pod_name(pod))
+            finish_pod(self.store, pod.namespace, pod.name, reconcile_after=False)
+            log.info("pod %s/%s stopped", pod.namespace, pod.name)
+            changed += 1
+        for pod in pods_to_start(self.store):
+            node = pod.node_name if pod.node_name in nodes else None
+            try:
+                handle = self.lab.add_pod(lab_pod_name(pod), node, _image(pod), _ports(pod))
+            except LabError as exc:
+                log.warning("pod %s/%s could not start: %s", pod.namespace, pod.name, exc)
+                continue
+            self._started.add(handle.name)
+            set_pod_status(self.store, pod.namespace, pod.name, phase=RUNNING, pod_ip=handle.ip,
+                           node_name=handle.node, host_ip=nodes[handle.node].ip, ready=True,
+                           reconcile_after=False)
+            log.info("pod %s/%s running on %s at %s", pod.namespace, pod.name, handle.node, handle.ip)
+            changed += 1
+        # Pods of ours whose object is gone (deleted outright) are stopped too.
+        wanted = {lab_pod_name(p) for p in self.store.list(Pod)}
+        for name in sorted(self._started - wanted):
+            self.lab.remove_pod(name)
+            self._started.discard(name)
+            changed += 1
+        if changed:
+            reconcile(self.store)
+        return changed
+
+    def run(self, stop: threading.Event, poll_s: float = 0.3) -> None:
+        rv = -1
+        while not stop.is_set():
+            current = self.store.wait_for_change(rv, timeout=poll_s)
+            if current == rv:
+                continue
+            try:
+                self.sync_once()
+                rv = self.store.current_resource_version()
+            except Exception:
+                log.exception("kubelet sync failed; retrying")
+                stop.wait(1.0)
+
+
+def run_kubelet(state_dir: str | None) -> int:
+    """Entry of the `svcctl lab kubelet` process that `lab up` starts."""
+    import logging as _logging
+    import signal
+    import sys
+
+    from controlplane.store.paths import open_store
+
+    _logging.basicConfig(level=_logging.INFO, stream=sys.stderr,
+                         format="%(asctime)s kubelet %(levelname)s %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    Kubelet(open_store(state_dir), Lab(state_dir)).run(stop)
+    return 0
