@@ -1,0 +1,149 @@
+"""Validation messages, checked against the apiserver's wording."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from controlplane.api import Invalid, object_from_dict
+from controlplane.api.defaults import apply_defaults
+from controlplane.api.validation import check, validate
+
+BASE = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x", "namespace": "default"},
+        "spec": {"selector": {"app": "x"}, "ports": [{"port": 80}]}}
+
+
+def service(**spec) -> dict:
+    doc = copy.deepcopy(BASE)
+    doc["spec"].update(spec)
+    return doc
+
+
+def errors_of(doc: dict) -> list[str]:
+    obj = object_from_dict(doc)
+    apply_defaults(obj)
+    return [str(e) for e in validate(obj)]
+
+
+def test_valid_service_has_no_errors() -> None:
+    assert errors_of(service()) == []
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 0}}},
+     "spec.sessionAffinityConfig.clientIP.timeoutSeconds: Invalid value: 0: must be greater than 0 and less than 86400"),
+    ({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 86401}}},
+     "spec.sessionAffinityConfig.clientIP.timeoutSeconds: Invalid value: 86401: must be greater than 0 and less than 86400"),
+    ({"sessionAffinity": "None", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 10}}},
+     "spec.sessionAffinityConfig: Forbidden: must not be set when session affinity is None"),
+    ({"sessionAffinity": "Sticky"},
+     'spec.sessionAffinity: Unsupported value: "Sticky": supported values: "ClientIP", "None"'),
+    ({"type": "NodePort", "clusterIP": "None"},
+     "spec.clusterIPs[0]: Invalid value: \"None\": may not be set to 'None' for NodePort services"),
+    ({"type": "LoadBalancer", "clusterIP": "None"},
+     "spec.clusterIPs[0]: Invalid value: \"None\": may not be set to 'None' for LoadBalancer services"),
+    ({"ports": [{"port": 80, "nodePort": 30080}]},
+     "spec.ports[0].nodePort: Forbidden: may not be used when `type` is 'ClusterIP'"),
+    ({"ports": [{"port": 0}]}, "spec.ports[0].port: Invalid value: 0: must be between 1 and 65535, inclusive"),
+    ({"ports": [{"port": 80, "protocol": "ICMP"}]},
+     'spec.ports[0].protocol: Unsupported value: "ICMP": supported values: "SCTP", "TCP", "UDP"'),
+    ({"ports": [{"name": "a", "port": 80}, {"port": 81}]}, "spec.ports[1].name: Required value"),
+    ({"ports": [{"name": "a", "port": 80}, {"name": "a", "port": 81}]}, 'spec.ports[1].name: Duplicate value: "a"'),
+    ({"ports": []}, "spec.ports: Required value"),
+    ({"type": "ExternalName"}, "spec.externalName: Required value"),
+    ({"type": "ExternalName", "externalName": "db.example.com", "clusterIP": "10.96.0.9"},
+     "spec.clusterIPs: Forbidden: may not be set for ExternalName services"),
+    ({"clusterIP": "10.96.0.300"},
+     'spec.clusterIPs[0]: Invalid value: "10.96.0.300": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)'),
+    ({"ports": [{"port": 80, "targetPort": "http--x"}]},
+     'spec.ports[0].targetPort: Invalid value: "http--x": must not contain consecutive hyphens'),
+    ({"loadBalancerSourceRanges": ["10.0.0.0/8"]},
+     "spec.loadBalancerSourceRanges: Forbidden: may only be used when `type` is 'LoadBalancer'"),
+    ({"externalTrafficPolicy": "Local"},
+     'spec.externalTrafficPolicy: Invalid value: "Local": may only be set for externally-accessible services'),
+])
+def test_service_rule(spec: dict, expected: str) -> None:
+    assert expected in errors_of(service(**spec))
+
+
+def test_duplicate_port_protocol_pair() -> None:
+    errs = errors_of(service(ports=[{"name": "a", "port": 80}, {"name": "b", "port": 80}]))
+    assert errs[0].startswith('spec.ports[1]: Duplicate value: core.ServicePort{Name:"", Protocol:"TCP"')
+    # the same number on TCP and UDP is fine
+    assert errors_of(service(ports=[{"name": "a", "port": 53, "protocol": "UDP"}, {"name": "b", "port": 53}])) == []
+
+
+def test_service_names_are_dns1035_labels() -> None:
+    doc = service()
+    doc["metadata"]["name"] = "1abc"
+    assert errors_of(doc) == [
+        'metadata.name: Invalid value: "1abc": a DNS-1035 label must consist of lower case alphanumeric characters '
+        "or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  "
+        "or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')"]
+
+
+def test_headless_service_may_have_no_ports_and_default_affinity_timeout() -> None:
+    assert errors_of(service(clusterIP="None", ports=None)) == []
+    obj = object_from_dict(service(sessionAffinity="ClientIP"))
+    apply_defaults(obj)
+    assert obj.affinity_timeout_seconds == 10800
+
+
+def test_invalid_error_names_object_and_lists_every_field() -> None:
+    obj = object_from_dict(service(ports=[{"port": 0, "protocol": "ICMP"}]))
+    apply_defaults(obj)
+    with pytest.raises(Invalid) as exc:
+        check(obj)
+    assert exc.value.kind == "Service" and exc.value.name == "x"
+    assert [e.field for e in exc.value.errors] == [
+        "spec.ports[0].port", "spec.ports[0].protocol", "spec.ports[0].targetPort"]  # targetPort defaults to port
+
+
+def test_cluster_ip_is_immutable_except_through_external_name() -> None:
+    old = object_from_dict(service(clusterIP="10.96.0.20"))
+    new = object_from_dict(service(clusterIP="10.96.0.21"))
+    for o in (old, new):
+        apply_defaults(o)
+    assert 'spec.clusterIP: Invalid value: "10.96.0.21": field is immutable' in [str(e) for e in validate(new, old)]
+
+
+DEPLOYMENT = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "default"},
+              "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                       "template": {"metadata": {"labels": {"app": "web"}},
+                                    "spec": {"containers": [{"name": "web", "image": "nginx",
+                                                             "ports": [{"name": "http", "containerPort": 80}]}]}}}}
+
+
+def deployment_errors(mutate) -> list[str]:
+    doc = copy.deepcopy(DEPLOYMENT)
+    mutate(doc)
+    return errors_of(doc)
+
+
+def test_deployment_rules() -> None:
+    assert deployment_errors(lambda d: None) == []
+    assert "spec.replicas: Invalid value: -1: must be greater than or equal to 0" in deployment_errors(
+        lambda d: d["spec"].update(replicas=-1))
+    assert 'spec.template.metadata.labels: Invalid value: map[string]string{"app":"other"}: `selector` does not match template `labels`' in \
+        deployment_errors(lambda d: d["spec"]["template"]["metadata"].update(labels={"app": "other"}))
+    assert "spec.template.spec.containers[0].image: Required value" in deployment_errors(
+        lambda d: d["spec"]["template"]["spec"]["containers"][0].pop("image"))
+    assert "spec.template.spec.containers[0].ports[0].containerPort: Invalid value: 70000: must be between 1 and 65535, inclusive" in \
+        deployment_errors(lambda d: d["spec"]["template"]["spec"]["containers"][0]["ports"][0].update(containerPort=70000))
+    assert "spec.selector: Required value" in deployment_errors(lambda d: d["spec"].pop("selector"))
+
+
+def test_endpointslice_rules() -> None:
+    doc = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"name": "s", "namespace": "default"}, "addressType": "IPv4",
+           "endpoints": [{"addresses": ["10.244.1.300"]}, {"addresses": []}]}
+    errs = errors_of(doc)
+    assert 'endpoints[0].addresses[0]: Invalid value: "10.244.1.300": must be a valid IPv4 address' in errs
+    assert "endpoints[1].addresses: Required value: must contain at least 1 address" in errs
+
+
+def test_endpoints_reject_loopback() -> None:
+    doc = {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "e", "namespace": "default"},
+           "subsets": [{"addresses": [{"ip": "127.0.0.1"}], "ports": [{"port": 80}]}]}
+    assert errors_of(doc) == [
+        'subsets[0].addresses[0].ip: Invalid value: "127.0.0.1": may not be in the loopback range (127.0.0.0/8, ::1/128)']

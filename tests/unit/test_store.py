@@ -1,0 +1,177 @@
+"""SqliteStore: CRUD, optimistic concurrency, transactions, change feed, durability,
+two writers at once."""
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from pathlib import Path
+
+import pytest
+
+from controlplane.api import AlreadyExists, Conflict, Gone, NotFound, ObjectMeta, Selector, Service
+from controlplane.api.pod import Pod
+from controlplane.store import ADDED, DELETED, MODIFIED, SqliteStore, open_store
+from controlplane.store.interface import StoreUnavailable
+
+
+def svc(name: str, ns: str = "default", **labels: str) -> Service:
+    return Service(metadata=ObjectMeta(name=name, namespace=ns, labels=labels or None))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteStore:
+    s = SqliteStore(tmp_path / "store.db")
+    yield s
+    s.close()
+
+
+def test_create_sets_identity_and_rejects_duplicates(store: SqliteStore) -> None:
+    created = store.create(svc("a"))
+    assert created.metadata.uid and created.metadata.creation_timestamp
+    assert created.resource_version == 1
+    with pytest.raises(AlreadyExists, match='services "a" already exists'):
+        store.create(svc("a"))
+    with pytest.raises(NotFound, match='services "b" not found'):
+        store.get(Service, "default", "b")
+
+
+def test_list_by_namespace_and_label_selector(store: SqliteStore) -> None:
+    store.create(svc("b", app="web"))
+    store.create(svc("a", app="db"))
+    store.create(svc("c", "other", app="web"))
+    assert [s.name for s in store.list(Service, "default")] == ["a", "b"]
+    assert [s.key for s in store.list(Service)] == ["default/a", "default/b", "other/c"]
+    assert [s.key for s in store.list(Service, None, Selector.parse("app=web"))] == ["default/b", "other/c"]
+
+
+def test_stale_update_is_a_conflict_and_noop_update_writes_nothing(store: SqliteStore) -> None:
+    store.create(svc("a"))
+    first = store.get(Service, "default", "a")
+    second = store.get(Service, "default", "a")
+    first.spec.selector = {"app": "a"}
+    store.update(first)
+    second.spec.selector = {"app": "b"}
+    with pytest.raises(Conflict, match='Operation cannot be fulfilled on services "a": the object has been modified'):
+        store.update(second)
+    rv = store.current_resource_version()
+    again = store.get(Service, "default", "a")
+    assert store.update(again).resource_version == rv
+    assert store.current_resource_version() == rv
+
+
+def test_transaction_is_all_or_nothing(store: SqliteStore) -> None:
+    with pytest.raises(RuntimeError):
+        with store.transaction() as tx:
+            tx.create(svc("a"))
+            tx.create(svc("b"))
+            assert tx.try_get(Service, "default", "a") is not None  # own writes are visible
+            raise RuntimeError("boom")
+    assert store.list(Service) == []
+    assert store.current_resource_version() == 0
+    assert store.changes_since(0) == []
+
+
+def test_change_feed_reports_every_write_in_order(store: SqliteStore) -> None:
+    store.create(svc("a"))
+    s = store.get(Service, "default", "a")
+    s.spec.selector = {"x": "y"}
+    store.update(s)
+    store.create(Pod(metadata=ObjectMeta(name="p", namespace="default")))
+    store.delete(Service, "default", "a")
+    events = store.changes_since(0)
+    assert [(e.type, e.object.KIND, e.resource_version) for e in events] == [
+        (ADDED, "Service", 1), (MODIFIED, "Service", 2), (ADDED, "Pod", 3), (DELETED, "Service", 4)]
+    assert events[-1].object.spec.selector == {"x": "y"}  # the last state of a deleted object
+    assert [e.type for e in store.changes_since(2, kinds=[Service])] == [DELETED]
+
+
+def test_watch_follows_writes_from_another_handle(store: SqliteStore) -> None:
+    follower = store.reopen()
+    got: list[str] = []
+    done = threading.Event()
+
+    def follow() -> None:
+        for event in follower.watch(0, kinds=[Service], timeout=5):
+            got.append(event.object.name)
+            if len(got) == 2:
+                done.set()
+                return
+
+    thread = threading.Thread(target=follow)
+    thread.start()
+    store.create(Pod(metadata=ObjectMeta(name="ignored", namespace="default")))
+    store.create(svc("a"))
+    store.create(svc("b"))
+    assert done.wait(5)
+    thread.join(5)
+    assert got == ["a", "b"]
+    follower.close()
+
+
+def test_wait_for_change_returns_at_timeout_without_changes(store: SqliteStore) -> None:
+    assert store.wait_for_change(0, 0.01) == 0
+
+
+def test_compacted_history_is_gone(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "small.db", history=10)
+    for i in range(30):
+        s.create(svc(f"s{i}"))
+    with pytest.raises(Gone, match="too old resource version"):
+        s.changes_since(0)
+    assert s.changes_since(29)[0].resource_version == 30
+    s.close()
+
+
+def test_data_survives_reopen(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "d.db")
+    s.create(svc("a"))
+    s.claim("pool", "v", "owner")
+    s.close()
+    again = SqliteStore(tmp_path / "d.db")
+    assert again.get(Service, "default", "a").name == "a"
+    assert again.claims("pool") == {"v": "owner"}
+    assert again.current_resource_version() == 1
+    again.close()
+
+
+def test_claims(store: SqliteStore) -> None:
+    assert store.claim("p", "1", "a")
+    assert store.claim("p", "1", "a")           # idempotent for the holder
+    assert not store.claim("p", "1", "b")
+    store.release("p", "1")
+    assert store.claim("p", "1", "b")
+
+
+def _writer(path: str, prefix: str, count: int) -> None:
+    s = SqliteStore(path)
+    for i in range(count):
+        s.create(svc(f"{prefix}-{i}"))
+        with s.transaction() as tx:  # read-modify-write under the write lock
+            n = int(tx.get_setting("counter") or 0)
+            tx.put_setting("counter", str(n + 1))
+    s.close()
+
+
+def test_two_processes_writing_at_once(tmp_path: Path) -> None:
+    path = str(tmp_path / "shared.db")
+    SqliteStore(path).close()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, p, 50)) for p in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    s = SqliteStore(path)
+    assert len(s.list(Service)) == 100
+    assert s.get_setting("counter") == "100"
+    assert [e.resource_version for e in s.changes_since(0)] == list(range(1, 101))
+    s.close()
+
+
+def test_open_store_reports_unwritable_state_dir(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StoreUnavailable, match="cannot create state directory"):
+        open_store(blocker / "sub")
+    assert open_store(tmp_path / "state").path.endswith("state/store.db")
