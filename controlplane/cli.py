@@ -31,7 +31,7 @@ class CommandError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="svcctl", description="Kubernetes Services on an XDP dataplane")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser
@@ -39,7 +39,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `svcctl exec HOST -- CMD ARGS` and `svcctl run NAME --rm -it ... -- CMD`: what follows
+    # `--` is the command, whatever it looks like, as with kubectl.
+    trailing = None
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, trailing = argv[:cut], argv[cut + 1:]
     args = parser.parse_args(argv)
+    if trailing is not None:
+        if not hasattr(args, "command") or args.command not in (None, []):
+            parser.error(f"{args.command or 'this command'}: unexpected arguments after --")
+        args.command = trailing
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
