@@ -1,0 +1,413 @@
+"""BPF-only per-packet cost of the XDP datapath, via BPF_PROG_TEST_RUN, in one run.
+
+What is measured: the kernel's own `duration` of one test-run call per packet
+(`repeat=1`), summed over a round of packets and divided by their number. That is
+the in-kernel cost of the program on one core, *timer overhead included* (each
+call brackets one program run with two clock reads); it is not NIC line rate.
+The floor is an empty XDP program measured exactly the same way, beside every
+configuration, and every ratio divides by the floor of its own configuration.
+
+Every round also interleaves one floor call after each path call and records
+their ratio ("paired ratio"): a second, drift-robust view of the same number.
+
+Why repeat=1: with repeat=N the kernel runs the program N times on the same
+buffer, so the second run sees an already-DNATed packet and takes another path
+(the "repeat trap", DESIGN.md). One call per packet hands the program a fresh
+copy of the frame every time.
+
+Paths (each a TCP packet, Ethernet + IPv4 + TCP, 54 bytes):
+  floor        empty XDP program, the established frame
+  non_service  pod-to-pod packet: services lookup misses, reply lookup misses
+  established  ACK of a tracked flow: conntrack hit, DNAT
+  reply        backend -> client of a tracked flow: reverse NAT
+  new_flow     SYN from a tuple never seen before: backend pick, two conntrack
+               inserts, DNAT (every packet of every round is a distinct tuple)
+
+Configurations: services x conntrack entries present. Services are written with
+the project's MapWriter (its time is recorded in extra_info). The default
+dataplane has max_services = 65,536 and service id 0 is reserved, so the most
+services the default maps hold is 65,535: that is the "65,536" row, measured on
+the production-sized maps (loading with max_services = 65,537 would double the
+hash table's buckets and measure a different table). Conntrack entries are
+500,000 flows x 2 directions = 1,000,000 live entries written with
+BPF_MAP_UPDATE_BATCH into the 1,048,576-entry LRU map; the new-flow rounds
+then fill it and make the LRU evict, as a full node would. Every configuration
+starts from a freshly loaded dataplane, so none inherits another's map history.
+
+Caveat: every measured packet goes to the same service and flow, so the lookups
+are cache-hot; what grows with the tables is the hash work and bucket walk, not
+cache misses. New flows are the exception: each inserts two fresh entries.
+
+Run:
+  .venv/bin/python -m pytest bench/bench_datapath.py --benchmark-only \
+      --benchmark-json=bench/results/datapath.json
+  .venv/bin/python bench/report.py bench/results/datapath.json
+Quick (< 1 min): SVCXDP_BENCH_QUICK=1 (services 1 and 65,535, fewer packets).
+"""
+from __future__ import annotations
+
+import ctypes as ct
+import errno
+import os
+import socket
+import statistics
+import struct
+import time
+from dataclasses import dataclass, field
+from itertools import repeat
+
+import pytest
+
+QUICK = os.environ.get("SVCXDP_BENCH_QUICK", "") not in ("", "0")
+SERVICES = (1, 65_535) if QUICK else (1, 1_000, 10_000, 65_535)
+CT_ENTRIES = (0, 1_000_000)
+PACKETS = 500 if QUICK else 2_000          # test-run calls per round
+ROUNDS = 10 if QUICK else 50               # measured rounds per benchmark
+WARMUP = 1 if QUICK else 2                 # unmeasured rounds first
+PATHS = ("floor", "non_service", "established", "reply", "new_flow")
+# Every configuration gets a freshly loaded dataplane (services written, conntrack
+# filled). Within one, new_flow runs last because it adds (and, at 1M, evicts)
+# conntrack entries.
+CASES = [(s, c, p) for s in SERVICES for c in CT_ENTRIES for p in PATHS]
+SUITE = "datapath"
+LABEL = ("in-kernel cost on one core via BPF_PROG_TEST_RUN (repeat=1 per packet, kernel "
+         "duration summed), timer overhead included; not NIC line rate")
+
+CLIENT_MAC, NODE_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02"
+CLIENT, CLIENT_PORT = "10.244.1.10", 40000
+VIP, VPORT = "10.96.0.100", 80
+BACKENDS = ("10.244.2.11", "10.244.2.12", "10.244.2.13")
+BACKEND_PORT = 8080
+OTHER_POD = "10.244.3.3"  # non-service destination
+CLOCK_MONOTONIC_COARSE = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)  # bpf_ktime_get_coarse_ns
+CT_FILL_CHUNK = 100_000
+
+
+def _root_and_bcc() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (BPF_PROG_TEST_RUN)"
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return "bcc is not importable (use the project venv)"
+    return None
+
+
+# ---- frames -------------------------------------------------------------------------
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+class NewFlowFrames:
+    """Distinct SYN frames from a template: every packet a tuple never used in
+    this session (sources 10.244.128.0/17, ports 2000-61999), checksums valid."""
+
+    PORTS = 60_000
+
+    def __init__(self, template: bytes) -> None:
+        self.template = bytearray(template)
+        self.next = 0
+
+    def take(self, n: int) -> list[bytes]:
+        out = []
+        t = self.template
+        for i in range(self.next, self.next + n):
+            src = struct.pack("!I", (10 << 24 | 244 << 16 | 128 << 8) + i // self.PORTS)
+            sport = 2000 + i % self.PORTS
+            t[26:30] = src
+            t[34:36] = struct.pack("!H", sport)
+            t[24:26] = b"\0\0"
+            t[24:26] = struct.pack("!H", _csum(bytes(t[14:34])))
+            t[50:52] = b"\0\0"
+            seg = bytes(t[34:])
+            pseudo = bytes(t[26:34]) + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(seg))
+            t[50:52] = struct.pack("!H", _csum(pseudo + seg))
+            out.append(bytes(t))
+        self.next += n
+        return out
+
+
+# ---- conntrack fill -------------------------------------------------------------------
+def _ct_fill_arrays(table, entries: int):
+    """`entries` live conntrack entries, half forward and half reply, as ctypes arrays
+    of the map's own Key/Leaf types (layout from bpf/svcxdp.h, via bcc)."""
+    from controlplane.dataplane.layout import const
+    assert ct.sizeof(table.Key) == 16 and ct.sizeof(table.Leaf) == 24, "ct layout changed"
+    kf = struct.Struct("=4s4sHHBBH")    # struct ct_key
+    vf = struct.Struct("=Q4sHBBII")     # struct ct_value
+    fwd, rep = const("CT_DIR_FORWARD"), const("CT_DIR_REPLY")
+    now = time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
+    kb, vb = bytearray(kf.size * entries), bytearray(vf.size * entries)
+    vport, bport = socket.htons(80), socket.htons(8080)
+    for f in range(entries // 2):
+        client = struct.pack("!I", (172 << 24 | 16 << 16) + (f >> 6))   # 172.16.0.0/12
+        cport = socket.htons(10000 + (f & 63))
+        vip = bytes((10, 100, (f >> 8) & 255, f & 255))
+        backend = bytes((10, 245, (f >> 8) & 255, f & 255))
+        kf.pack_into(kb, kf.size * 2 * f, client, vip, cport, vport, socket.IPPROTO_TCP, fwd, 0)
+        vf.pack_into(vb, vf.size * 2 * f, now, backend, bport, 0, 0, 1, 1)
+        kf.pack_into(kb, kf.size * (2 * f + 1), backend, client, bport, cport, socket.IPPROTO_TCP,
+                     rep, 0)
+        vf.pack_into(vb, vf.size * (2 * f + 1), now, vip, vport, 0, 0, 1, 1)
+    return ((table.Key * entries).from_buffer_copy(kb),
+            (table.Leaf * entries).from_buffer_copy(vb))
+
+
+def _ct_fill(table, keys, values) -> None:
+    n = len(keys)
+    ksz, vsz = ct.sizeof(table.Key), ct.sizeof(table.Leaf)
+    for off in range(0, n, CT_FILL_CHUNK):
+        c = min(CT_FILL_CHUNK, n - off)
+        table.items_update_batch((table.Key * c).from_buffer(keys, off * ksz),
+                                 (table.Leaf * c).from_buffer(values, off * vsz))
+
+
+def count_entries(table) -> int:
+    """Entries in a hash map, by BPF_MAP_LOOKUP_BATCH (bcc's own loop aliases its
+    batch token with the count, so it is not used here)."""
+    from bcc.libbcc import lib
+    n = 65536
+    keys, values = (table.Key * n)(), (table.Leaf * n)()
+    token_in, token_out = ct.c_uint32(0), ct.c_uint32(0)
+    total, first = 0, True
+    while True:
+        cnt = ct.c_uint32(n)
+        res = lib.bpf_lookup_batch(table.map_fd, None if first else ct.byref(token_in),
+                                   ct.byref(token_out), ct.byref(keys), ct.byref(values),
+                                   ct.byref(cnt))
+        err = ct.get_errno()
+        total += cnt.value
+        if res != 0:
+            if err == errno.ENOENT:
+                return total
+            raise OSError(err, f"BPF_MAP_LOOKUP_BATCH: {os.strerror(err)}")
+        token_in.value = token_out.value
+        first = False
+
+
+# ---- the environment: one dataplane, one floor, brought to each configuration ----------
+def _quartiles(xs: list[float]) -> tuple[float, float, float]:
+    if len(xs) == 1:
+        return xs[0], xs[0], xs[0]
+    q = statistics.quantiles(xs, n=4, method="inclusive")
+    return q[0], q[1], q[2]
+
+
+@dataclass
+class Env:
+    config: object
+    floor_bpf: object
+    floor_runner: object
+    states: list
+    frames: dict[str, bytes]
+    new_flows: NewFlowFrames
+    cpu: int | None
+    dp: object = None
+    runner: object = None
+    key: tuple | None = None
+    setup: dict = field(default_factory=dict)
+    floor_ns: dict = field(default_factory=dict)   # (services, ct) -> floor median
+    _ct_arrays: tuple | None = None
+
+    def ensure(self, services: int, ct_entries: int) -> None:
+        """A freshly loaded dataplane per configuration, so no configuration inherits
+        another's map history (an LRU emptied by a bulk delete keeps its free list
+        scattered over memory, which made later new flows slower: see report)."""
+        if self.key == (services, ct_entries):
+            return
+        from controlplane.dataplane.program import Dataplane
+        from controlplane.dataplane.testrun import TestRunner
+        from controlplane.dataplane.writer import MapWriter
+        self.close()
+        info: dict = {}
+        t = time.perf_counter()
+        self.dp = Dataplane.load(self.config)
+        info["load_s"] = round(time.perf_counter() - t, 3)
+        self.runner = TestRunner(self.dp.prog_fd)
+        t = time.perf_counter()
+        result = MapWriter(self.dp).sync(self.states[:services])
+        info["writer_sync_s"] = round(time.perf_counter() - t, 3)
+        info["writer_sync_added"] = result.added
+        conntrack = self.dp.table("conntrack")
+        if ct_entries:
+            if self._ct_arrays is None or len(self._ct_arrays[0]) != ct_entries:
+                t = time.perf_counter()
+                self._ct_arrays = _ct_fill_arrays(conntrack, ct_entries)
+                info["ct_build_s"] = round(time.perf_counter() - t, 3)
+            t = time.perf_counter()
+            _ct_fill(conntrack, *self._ct_arrays)
+            info["ct_fill_s"] = round(time.perf_counter() - t, 3)
+        self._make_test_flow()
+        present = count_entries(conntrack)
+        info["ct_present_at_start"] = present
+        assert present >= ct_entries, f"conntrack holds {present} < {ct_entries} (LRU evicted early?)"
+        self.key = (services, ct_entries)
+        self.setup = info
+
+    def close(self) -> None:
+        if self.dp is not None:
+            self.dp.close()
+            self.dp = self.runner = self.key = None
+
+    def _make_test_flow(self) -> None:
+        """The established and reply frames' flow: created by a SYN, answered by its backend."""
+        from scapy.layers.inet import IP, TCP
+        from scapy.layers.l2 import Ether
+        out = self.runner.run(self.frames["syn"])
+        assert out.verdict_name == "XDP_PASS", out
+        pkt = Ether(out.data)
+        backend_ip, backend_port = pkt[IP].dst, pkt[TCP].dport
+        assert backend_ip in BACKENDS and backend_port == BACKEND_PORT, pkt.summary()
+        reply = (Ether(src=NODE_MAC, dst=CLIENT_MAC)
+                 / IP(src=backend_ip, dst=CLIENT, ttl=64, id=2)
+                 / TCP(sport=backend_port, dport=CLIENT_PORT, flags="SA", seq=5000, ack=1001))
+        self.frames["reply"] = bytes(reply)
+        # Sanity: each path does what its name says (verdict and rewrite).
+        est = Ether(self.runner.run(self.frames["established"]).data)
+        assert (est[IP].dst, est[TCP].dport) == (backend_ip, backend_port), est.summary()
+        rep = Ether(self.runner.run(self.frames["reply"]).data)
+        assert (rep[IP].src, rep[TCP].sport) == (VIP, VPORT), rep.summary()
+        ns = self.runner.run(self.frames["non_service"])
+        assert ns.verdict_name == "XDP_PASS" and ns.data == self.frames["non_service"]
+
+
+def _service_states():
+    from controlplane.dataplane.model import Backend, Frontend, ServiceState
+    target = ServiceState(Frontend(VIP, VPORT, "TCP"),
+                          tuple(Backend(ip, BACKEND_PORT) for ip in BACKENDS), "random")
+    fillers = [ServiceState(Frontend(f"10.100.{i >> 8}.{i & 255}", 80, "TCP"),
+                            (Backend(f"10.245.{i >> 8}.{i & 255}", 8080),
+                             Backend(f"10.246.{i >> 8}.{i & 255}", 8080)), "random")
+               for i in range(1, max(SERVICES))]
+    return [target] + fillers   # the measured service is written first: svc_id 1 throughout
+
+
+def _frames() -> dict[str, bytes]:
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+
+    def fwd(flags, src=CLIENT, dst=VIP, sport=CLIENT_PORT):
+        return bytes(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=src, dst=dst, ttl=64, id=1)
+                     / TCP(sport=sport, dport=VPORT, flags=flags, seq=1000, ack=0 if flags == "S" else 1))
+
+    return {"syn": fwd("S"), "established": fwd("A"), "non_service": fwd("A", dst=OTHER_POD),
+            "new_flow_template": fwd("S", src="10.244.128.0", sport=2000)}
+
+
+@pytest.fixture(scope="module")
+def env():
+    reason = _root_and_bcc()
+    if reason:
+        pytest.skip(reason)
+    from scapy.layers.l2 import Ether
+
+    from controlplane.dataplane.config import DataplaneConfig
+    from controlplane.dataplane.program import load_floor_program
+    from controlplane.dataplane.testrun import TestRunner
+
+    config = DataplaneConfig(instance="bench", pin=False)   # production sizes, nothing pinned
+    assert config.ct_size >= 1_048_576 and config.max_services > max(SERVICES)
+    # One core: the test-run executes on the calling thread's CPU.
+    old_affinity = os.sched_getaffinity(0)
+    cpu = max(old_affinity)
+    os.sched_setaffinity(0, {cpu})
+    floor_bpf, floor_fd = load_floor_program()
+    frames = _frames()
+    new_flows = NewFlowFrames(frames["new_flow_template"])
+    probe = new_flows.take(1)[0]
+    check = Ether(probe)
+    del check["IP"].chksum, check["TCP"].chksum
+    assert bytes(check) == probe, "new-flow frame checksums are wrong"
+    e = Env(config=config, floor_bpf=floor_bpf, floor_runner=TestRunner(floor_fd),
+            states=_service_states(), frames=frames, new_flows=new_flows, cpu=cpu)
+    try:
+        yield e
+    finally:
+        os.sched_setaffinity(0, old_affinity)
+        e.close()
+        floor_bpf.cleanup()
+
+
+# ---- the benchmark -------------------------------------------------------------------
+EXPECTED_COUNTER = {"non_service": "pass_non_service", "established": "ct_hit",
+                    "reply": "revnat", "new_flow": "ct_new"}
+
+
+def _case_id(case) -> str:
+    s, c, p = case
+    return f"{p}-svc{s}-ct{c}"
+
+
+@pytest.mark.benchmark(disable_gc=True)
+@pytest.mark.parametrize("services,ct_entries,path", CASES, ids=[_case_id(c) for c in CASES])
+def test_datapath(benchmark, env, services, ct_entries, path):
+    env.ensure(services, ct_entries)
+    benchmark.group = f"datapath services={services} conntrack={ct_entries}"
+    runner = env.floor_runner if path == "floor" else env.runner
+    duration = runner.duration_ns
+    total_rounds = ROUNDS + WARMUP
+
+    if path == "new_flow":
+        batches = iter([env.new_flows.take(PACKETS) for _ in range(total_rounds)])
+    else:
+        frame = env.frames["established" if path == "floor" else path]
+        batches = repeat([frame] * PACKETS)
+    per_round: list[float] = []
+    per_packet: list[int] = []
+    paired_ratio: list[float] = []
+    floor_duration, floor_frame = env.floor_runner.duration_ns, env.frames["established"]
+
+    def one_round():
+        # Each path packet is followed by one floor packet, so every round also
+        # yields a ratio against a floor measured at the same moment (robust to
+        # the drift of a shared machine). The floor calls are not in `ds`.
+        ds, fs = [], []
+        for f in next(batches):
+            ds.append(duration(f))
+            fs.append(floor_duration(floor_frame))
+        per_packet.extend(ds)
+        per_round.append(sum(ds) / len(ds))
+        paired_ratio.append(sum(ds) / sum(fs))
+
+    load_before = os.getloadavg()[0]
+    before = env.dp.counters()
+    benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP)
+    after = env.dp.counters()
+
+    # Correctness, not timing: every packet of every round took the path named.
+    if path != "floor":
+        name = EXPECTED_COUNTER[path]
+        got = after[name] - before[name]
+        assert got == PACKETS * total_rounds, f"{path}: {name} rose by {got}, expected {PACKETS * total_rounds}"
+        for other in ("ct_stale", "slot_miss", "drop_malformed", "reject"):
+            assert after[other] == before[other], f"{path}: unexpected {other}"
+
+    measured = per_round[WARMUP:]
+    p25, med, p75 = _quartiles(measured)
+    r25, rmed, r75 = _quartiles(paired_ratio[WARMUP:])
+    pp = sorted(per_packet[WARMUP * PACKETS:])
+    info = {
+        "suite": SUITE, "path": path, "services": services, "ct_entries": ct_entries,
+        "ns_per_pkt_median": round(med, 2), "ns_per_pkt_p25": round(p25, 2),
+        "ns_per_pkt_p75": round(p75, 2), "mpps_one_core": round(1000.0 / med, 3),
+        "paired_ratio_median": round(rmed, 3), "paired_ratio_p25": round(r25, 3),
+        "paired_ratio_p75": round(r75, 3),
+        "per_call_ns_p50": pp[len(pp) // 2], "per_call_ns_p99": pp[int(0.99 * (len(pp) - 1))],
+        "packets_per_round": PACKETS, "rounds": ROUNDS, "warmup_rounds": WARMUP,
+        "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "frame_bytes": len(env.frames["syn"]), "cpu": env.cpu, "quick": QUICK,
+        "method": LABEL, **{f"setup_{k}": v for k, v in env.setup.items()},
+    }
+    if path == "floor":
+        env.floor_ns[(services, ct_entries)] = med
+    else:
+        floor = env.floor_ns.get((services, ct_entries))
+        if floor:
+            info["floor_ns_median"] = round(floor, 2)
+            info["ratio_to_floor"] = round(med / floor, 3)
+    benchmark.extra_info.update(info)
