@@ -21,7 +21,7 @@ T = TypeVar("T")
 # A Kubernetes IntOrString (targetPort, ...): an int, or a string naming a port.
 IntOrString = typing.Union[int, str]
 
-_Decoder = Callable[[Any, str], Any]
+_Decoder = Callable[[Any], Any]
 _Encoder = Callable[[Any], Any]
 
 
@@ -29,13 +29,17 @@ class DecodeError(ValueError):
     """A JSON value of the wrong type, reported the way the apiserver's decoder does."""
 
     def __init__(self, struct: str, path: str, expected: str, value: Any) -> None:
+        super().__init__(struct, path)
         self.struct = struct
-        self.path = path
+        self.path = path          # grows outwards as the error passes enclosing objects
         self.expected = expected
         self.got = _json_kind(value)
-        super().__init__(
-            f"json: cannot unmarshal {self.got} into Go struct field {struct}.{path} of type {expected}"
-        )
+
+    def prefix(self, key: str) -> None:
+        self.path = f"{key}.{self.path}" if self.path else key
+
+    def __str__(self) -> str:
+        return f"json: cannot unmarshal {self.got} into Go struct field {self.struct}.{self.path} of type {self.expected}"
 
 
 def jfield(json_name: str, default: Any = None, **kwargs: Any) -> Any:
@@ -110,7 +114,7 @@ class _Plan:
                 continue
             key = f.metadata.get("json", camel(f.name))
             tp = hints[f.name]
-            self.by_key[key] = (f.name, _decoder(tp, cls.__name__, key))
+            self.by_key[key] = (f.name, _decoder(tp, cls.__name__))
             self.fields.append((f.name, key, _encoder(tp)))
 
 
@@ -124,73 +128,87 @@ def _plan(cls: type) -> _Plan:
     return plan
 
 
-def _decoder(tp: Any, struct: str, key: str) -> _Decoder:
+def _decoder(tp: Any, struct: str) -> _Decoder:
+    """A one-argument converter for values of type `tp`; raises DecodeError (with an empty
+    path that enclosing objects extend) on a JSON type mismatch."""
     if tp is Any:
-        return lambda v, path: v
+        return lambda v: v
     if tp is IntOrString:
-        def dec_intstr(v: Any, path: str) -> Any:
+        def dec_intstr(v: Any) -> Any:
             if isinstance(v, bool) or not isinstance(v, (int, str)):
-                raise DecodeError(struct, path, "intstr.IntOrString", v)
+                raise DecodeError(struct, "", "intstr.IntOrString", v)
             return v
         return dec_intstr
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        inner = _decoder(args[0] if len(args) == 1 else Any, struct, key)
-        return lambda v, path: None if v is None else inner(v, path)
+        if len(args) != 1:
+            return lambda v: v
+        inner = _decoder(args[0], struct)
+        return lambda v: None if v is None else inner(v)
     if tp is str:
-        def dec_str(v: Any, path: str) -> Any:
-            if not isinstance(v, str):
-                raise DecodeError(struct, path, "string", v)
+        def dec_str(v: Any) -> Any:
+            if v.__class__ is not str and not isinstance(v, str):
+                raise DecodeError(struct, "", "string", v)
             return v
         return dec_str
     if tp is bool:
-        def dec_bool(v: Any, path: str) -> Any:
+        def dec_bool(v: Any) -> Any:
             if not isinstance(v, bool):
-                raise DecodeError(struct, path, "bool", v)
+                raise DecodeError(struct, "", "bool", v)
             return v
         return dec_bool
     if tp is int:
-        def dec_int(v: Any, path: str) -> Any:
+        def dec_int(v: Any) -> Any:
+            if v.__class__ is int:
+                return v
             if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
-                raise DecodeError(struct, path, "int32", v)
+                raise DecodeError(struct, "", "int32", v)
             return int(v)
         return dec_int
     if tp is float:
-        def dec_float(v: Any, path: str) -> Any:
+        def dec_float(v: Any) -> Any:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise DecodeError(struct, path, "float64", v)
+                raise DecodeError(struct, "", "float64", v)
             return float(v)
         return dec_float
     if origin is list:
         (item_tp,) = typing.get_args(tp)
-        item = _decoder(item_tp, struct, key)
+        item = _decoder(item_tp, struct)
         go = _go_type(tp)
 
-        def dec_list(v: Any, path: str) -> Any:
+        def dec_list(v: Any) -> Any:
             if v is None:
                 return None
             if not isinstance(v, list):
-                raise DecodeError(struct, path, go, v)
-            return [item(x, path) for x in v]
+                raise DecodeError(struct, "", go, v)
+            return [item(x) for x in v]
         return dec_list
     if origin is dict:
         _, val_tp = typing.get_args(tp)
-        val = _decoder(val_tp, struct, key)
         go = _go_type(tp)
+        if val_tp is Any:
+            def dec_any_dict(v: Any) -> Any:
+                if v is None:
+                    return None
+                if not isinstance(v, dict):
+                    raise DecodeError(struct, "", go, v)
+                return dict(v)
+            return dec_any_dict
+        val = _decoder(val_tp, struct)
 
-        def dec_dict(v: Any, path: str) -> Any:
+        def dec_dict(v: Any) -> Any:
             if v is None:
                 return None
             if not isinstance(v, dict):
-                raise DecodeError(struct, path, go, v)
-            return {str(k): val(x, path) for k, x in v.items()}
+                raise DecodeError(struct, "", go, v)
+            return {str(k): val(x) for k, x in v.items()}
         return dec_dict
     if dataclasses.is_dataclass(tp):
-        def dec_obj(v: Any, path: str) -> Any:
+        def dec_obj(v: Any) -> Any:
             if not isinstance(v, dict):
-                raise DecodeError(struct, path, tp.__name__, v)
-            return _decode_obj(tp, v, path)
+                raise DecodeError(struct, "", tp.__name__, v)
+            return _decode_obj(tp, v)
         return dec_obj
     raise TypeError(f"codec: unsupported field type {tp!r} in {struct}")
 
@@ -225,28 +243,34 @@ def _encode_any(v: Any) -> Any:
     return v
 
 
-def _decode_obj(cls: type[T], data: dict, path: str) -> T:
-    plan = _plan(cls)
+def _decode_obj(cls: type[T], data: dict) -> T:
+    plan = _PLANS.get(cls) or _plan(cls)
     kwargs: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] | None = None
     by_key = plan.by_key
     for key, value in data.items():
         entry = by_key.get(key)
         if entry is None:
+            if extra is None:
+                extra = {}
             extra[key] = value
             continue
         attr, dec = entry
-        kwargs[attr] = dec(value, f"{path}.{key}" if path else key)
+        try:
+            kwargs[attr] = dec(value)
+        except DecodeError as exc:
+            exc.prefix(key)
+            raise
     if extra and plan.has_extra:
         kwargs["extra"] = extra
     return cls(**kwargs)
 
 
-def decode(cls: type[T], data: dict, path: str = "") -> T:
+def decode(cls: type[T], data: dict) -> T:
     """Build a `cls` from a JSON-shaped dict; raises DecodeError on a mistyped value."""
     if not isinstance(data, dict):
-        raise DecodeError(cls.__name__, path or cls.__name__, cls.__name__, data)
-    return _decode_obj(cls, data, path)
+        raise DecodeError(cls.__name__, "", cls.__name__, data)
+    return _decode_obj(cls, data)
 
 
 def encode(obj: Any) -> dict[str, Any]:

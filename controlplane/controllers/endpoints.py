@@ -167,15 +167,16 @@ def mirror_endpoints(store: Store) -> int:
     """EndpointSlice mirroring: user-written Endpoints of selector-less Services -> slices."""
     writes = 0
     with store.transaction() as tx:
-        services = {s.key: s for s in tx.list(Service)}
         mirrored: dict[str, list[EndpointSlice]] = defaultdict(list)
         taken: set[str] = set()
         for es in tx.list(EndpointSlice, selector=Selector.parse(f"{LABEL_MANAGED_BY}={MANAGED_BY_MIRRORING}")):
             mirrored[f"{es.namespace}/{es.labels.get(LABEL_SERVICE_NAME, '')}"].append(es)
             taken.add(es.name)
-        for ep in tx.list(Endpoints):
-            if ep.labels.get(LABEL_SKIP_MIRROR) == "true":
-                continue
+        user_endpoints = tx.list(Endpoints, selector=Selector.parse(f"{LABEL_SKIP_MIRROR}!=true"))
+        if not user_endpoints and not mirrored:
+            return 0
+        services = {s.key: s for s in tx.list(Service)}
+        for ep in user_endpoints:
             svc = services.get(ep.key)
             if svc is None or svc.has_selector or svc.type == EXTERNAL_NAME:
                 continue

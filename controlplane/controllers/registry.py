@@ -164,6 +164,7 @@ class Registry:
             pending_namespaces.add(new.name)
         elif new.NAMESPACED and new.namespace not in pending_namespaces:
             self._require_namespace(tx, new.namespace)
+            pending_namespaces.add(new.namespace)  # known to exist for the rest of the batch
         self._prepare(new, live)
         return _Plan(m, new, live, _key(new))
 

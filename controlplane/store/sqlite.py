@@ -245,19 +245,18 @@ class SqliteStore:
             obj.metadata.namespace = None
         with self.transaction():
             ns = obj.namespace
-            exists = self._conn.execute(
-                "SELECT 1 FROM objects WHERE kind=? AND namespace=? AND name=?", (obj.KIND, ns, obj.name)
-            ).fetchone()
-            if exists:
-                raise AlreadyExists(obj.RESOURCE, obj.name)
             rv = self._next_rv()
             obj.metadata.uid = str(uuid.uuid4())
             obj.metadata.creation_timestamp = obj.metadata.creation_timestamp or format_timestamp(now())
             data = self._serialize(obj, rv)
-            self._conn.execute(
-                "INSERT INTO objects (kind, namespace, name, uid, rv, labels, data) VALUES (?,?,?,?,?,?,?)",
-                (obj.KIND, ns, obj.name, obj.metadata.uid, rv, _dumps(obj.labels), data),
-            )
+            try:
+                self._conn.execute(
+                    "INSERT INTO objects (kind, namespace, name, uid, rv, labels, data) VALUES (?,?,?,?,?,?,?)",
+                    (obj.KIND, ns, obj.name, obj.metadata.uid, rv, _dumps(obj.labels), data),
+                )
+            except sqlite3.IntegrityError:
+                self._rv = rv - 1
+                raise AlreadyExists(obj.RESOURCE, obj.name) from None
             self._record(ADDED, obj, rv, data)
         return obj
 
