@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "controlplane.kubectl.run",
     "controlplane.kubectl.scale",
     "controlplane.agent.commands",
+    "controlplane.dataplane.commands",
 ]
 
 
@@ -64,4 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as `python -m controlplane.cli` (the lab starts agents so): dispatch through the
+    # imported module, so that every command module's CommandError is the one caught.
+    from controlplane.cli import main as _main
+    sys.exit(_main())

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import sys
 
-from controlplane.dataplane.config import DataplaneConfig
+from controlplane.dataplane.config import DataplaneConfig, node_instance
 from controlplane.dataplane.program import reset
 from controlplane.lab.hooks import ProcessSpec
 
 
 def instance_name(lab, node_name: str) -> str:
-    """Pins are per lab and node, so a test lab never touches the user's lab."""
-    return f"{lab.prefix}-{node_name}"
+    return node_instance(lab.prefix, node_name)
 
 
 def node_processes(node, lab) -> list[ProcessSpec]:

@@ -15,6 +15,12 @@ class ConfigError(ValueError):
     pass
 
 
+def node_instance(lab_prefix: str, node: str) -> str:
+    """The dataplane instance of a lab node: pins are per lab and node, so a test lab
+    never touches the user's lab."""
+    return f"{lab_prefix}-{node}"
+
+
 @dataclass(frozen=True)
 class DataplaneConfig:
     """Compile-time settings of one dataplane instance (one node)."""

@@ -1,0 +1,108 @@
+"""svcctl dataplane ...: look into (or remove) a node's pinned XDP dataplane."""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from .config import DataplaneConfig, node_instance
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("dataplane", help="inspect or reset a node's XDP dataplane (pinned maps)")
+    dsub = p.add_subparsers(dest="dataplane_command", metavar="ACTION")
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+    for name, helptext, func in (
+            ("stats", "datapath counters and per-service packets/bytes/new flows/rejects", cmd_stats),
+            ("services", "the services and backends the maps hold", cmd_services),
+            ("reset", "remove the pinned maps of an instance (its flows and services)", cmd_reset)):
+        c = dsub.add_parser(name, help=helptext)
+        who = c.add_mutually_exclusive_group(required=True)
+        who.add_argument("--node", help="a node of the lab in --state-dir (or, without a lab, an agent's --node)")
+        who.add_argument("--instance", help="a dataplane instance name (/sys/fs/bpf/svcxdp/INSTANCE)")
+        c.add_argument("--state-dir", help="state folder (default $SVCXDP_STATE_DIR or /var/lib/svcxdp)")
+        c.set_defaults(func=func)
+
+
+def _instance(args: argparse.Namespace) -> str:
+    if args.instance:
+        return args.instance
+    from controlplane.lab.topology import Lab
+    status = Lab(args.state_dir).status()
+    if status.outside is not None:
+        return node_instance(status.prefix, args.node)
+    return args.node
+
+
+def _open(args: argparse.Namespace):
+    from controlplane.cli import CommandError
+
+    from .program import Dataplane
+    config = DataplaneConfig(instance=_instance(args))
+    if not (Path(config.pin_dir) / "services").exists():
+        raise CommandError(f"no dataplane pinned at {config.pin_dir} (is the agent running?)")
+    # Loading with the pins adopts the live maps; the new program is never attached.
+    return Dataplane.load(_adopting(config))
+
+
+def _adopting(config: DataplaneConfig) -> DataplaneConfig:
+    """The pinned maps decide the sizes: read them so the layout check passes."""
+    from .libbpf import lib, map_info
+    sizes = {}
+    for field, name in (("max_services", "services"), ("max_slots", "slots"),
+                        ("max_backends", "backends"), ("ct_size", "conntrack"),
+                        ("frag_size", "fragments")):
+        fd = lib().bpf_obj_get(str(Path(config.pin_dir) / name).encode())
+        if fd >= 0:
+            sizes[field] = map_info(fd).max_entries
+            os.close(fd)
+    return replace(config, **sizes)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from .writer import MapWriter
+    dp = _open(args)
+    try:
+        counters = dp.counters()
+        print("DATAPATH COUNTER      PACKETS")
+        for name, value in counters.items():
+            print(f"{name:<21} {value}")
+        writer = MapWriter(dp)
+        rows = [("FRONTEND", "PACKETS", "BYTES", "NEW FLOWS", "REJECTS")]
+        for fe in sorted(writer.installed()):
+            s = dp.service_stats(writer.svc_id(fe))
+            rows.append((str(fe), str(s["packets"]), str(s["bytes"]), str(s["new_flows"]), str(s["rejects"])))
+        print()
+        _table(rows)
+        return 0
+    finally:
+        dp.close()
+
+
+def cmd_services(args: argparse.Namespace) -> int:
+    from .writer import MapWriter
+    dp = _open(args)
+    try:
+        rows = [("FRONTEND", "ALGORITHM", "AFFINITY", "BACKENDS")]
+        for fe, state in sorted(MapWriter(dp).installed().items()):
+            ends = ",".join(f"{b.ip}:{b.port}{'' if b.state == 'active' else '(' + b.state + ')'}"
+                            for b in state.backends) or "<none>"
+            rows.append((str(fe), state.algorithm, f"{state.affinity_timeout}s" if state.affinity_timeout else "None", ends))
+        _table(rows)
+        return 0
+    finally:
+        dp.close()
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    from .program import reset
+    config = DataplaneConfig(instance=_instance(args))
+    print(f"dataplane {config.instance}: {'removed ' + str(config.pin_dir) if reset(config) else 'nothing pinned'}")
+    return 0
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())

@@ -1,0 +1,145 @@
+"""The walkthrough demo: an embedded lab cluster whose nodes run the XDP agent,
+and the ClusterIP walkthrough replayed with svcctl and real clients. Every command
+is printed as a user would type it, followed by its real output."""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from controlplane.agent.lab_hook import instance_name
+from controlplane.dataplane.config import PIN_ROOT
+from controlplane.lab import hooks
+from controlplane.lab.topology import Lab
+from controlplane.store.paths import resolve_state_dir
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "walkthrough"
+DEMO_PREFIX = "svcxdp-demo"
+
+
+class Transcript:
+    def __init__(self, state_dir: Path) -> None:
+        self.env = {**os.environ, "SVCXDP_STATE_DIR": str(state_dir)}
+
+    def say(self, text: str) -> None:
+        print(f"\n## {text}", flush=True)
+
+    def svcctl(self, *args: str, show: bool = True, check: bool = True) -> str:
+        if show:
+            print(f"$ svcctl {shlex.join(args)}", flush=True)
+        proc = subprocess.run([sys.executable, "-m", "controlplane.cli", *args], env=self.env,
+                              capture_output=True, text=True, timeout=120)
+        out = proc.stdout + proc.stderr
+        if show and out:
+            print(out.rstrip(), flush=True)
+        if check and proc.returncode != 0:
+            raise SystemExit(f"demo: `svcctl {shlex.join(args)}` failed with exit code {proc.returncode}")
+        return proc.stdout
+
+    def wait(self, what: str, check, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            time.sleep(0.3)
+        raise SystemExit(f"demo: timed out waiting for {what}")
+
+    def get_json(self, *args: str) -> dict:
+        out = self.svcctl("get", *args, "-o", "json", show=False, check=False)
+        return json.loads(out) if out.strip() else {}
+
+    def ready_endpoints(self, service: str) -> int:
+        ep = self.get_json("endpoints", service)
+        return sum(len(s.get("addresses") or []) for s in ep.get("subsets") or [])
+
+    def cluster_ip(self, service: str) -> str:
+        return self.get_json("svc", service)["spec"]["clusterIP"]
+
+
+def _fresh_lab(state_dir: Path) -> Lab:
+    lab = Lab(state_dir, prefix=DEMO_PREFIX)
+    if lab.status().outside is not None:
+        print(f"(removing the previous demo lab in {state_dir})")
+        lab.down(on_down=hooks.on_lab_down)
+    if state_dir.exists():
+        shutil.rmtree(state_dir)
+    return Lab(state_dir, prefix=DEMO_PREFIX)
+
+
+def run_walkthrough(nodes: int = 2, keep: bool = False) -> int:
+    state_dir = resolve_state_dir(None) / "demo"
+    lab = _fresh_lab(state_dir)
+    t = Transcript(state_dir)
+    try:
+        t.say(f"An embedded cluster: {nodes} nodes and an outside host as network namespaces; "
+              "each node runs the svcxdp agent, which attaches the XDP dataplane")
+        lab.up(nodes=nodes, node_processes=hooks.node_processes)
+        t.svcctl("lab", "status")
+        t.wait("the agents", lambda: all((PIN_ROOT / instance_name(lab, n.name) / "services").exists()
+                                          for n in lab.nodes()))
+
+        t.say("kubectl run + expose: three nginx pods behind a ClusterIP")
+        t.svcctl("run", "nginx", "--image=nginx", "--replicas=3")
+        t.svcctl("expose", "deployment", "nginx", "--port=80")
+        t.wait("nginx endpoints", lambda: t.ready_endpoints("nginx") == 3)
+        t.svcctl("get", "pods", "-o", "wide")
+        t.svcctl("get", "svc")
+        t.svcctl("get", "endpoints")
+
+        t.say("A Deployment and Service from YAML: myapp")
+        print((EXAMPLES / "myapp.yaml").read_text().rstrip())
+        t.svcctl("apply", "-f", str(EXAMPLES / "myapp.yaml"))
+        t.wait("myapp endpoints", lambda: t.ready_endpoints("myapp") == 3)
+        t.svcctl("describe", "svc", "myapp")
+        vip = t.cluster_ip("myapp")
+
+        t.say(f"From a client pod, the ClusterIP {vip} answers (DNAT in XDP on the node)")
+        t.svcctl("run", "client", "--rm", "--image=busybox", "--", "wget", "-O", "-", "-q", f"http://{vip}/")
+        print(f"$ svcctl exec client -- sh -c 'for i in $(seq 1 12); do wget -qO- http://{vip}/hostname.html; done'")
+        lab.add_pod("client", "node1", "busybox")
+        answers = []
+        for _ in range(12):
+            p = lab.exec("client", ["busybox", "wget", "-qO-", f"http://{vip}/hostname.html"],
+                         capture_output=True, text=True, timeout=10)
+            answers.append(p.stdout.strip() or f"(failed: {p.stderr.strip()})")
+            print(answers[-1], flush=True)
+        spread = collections.Counter(answers)
+        print(f"-> {len(spread)} pods answered: " + ", ".join(f"{k} x{v}" for k, v in sorted(spread.items())))
+
+        t.say("redis behind a ClusterIP: redis-cli PING from a pod")
+        t.svcctl("apply", "-f", str(EXAMPLES / "redis.yaml"))
+        t.wait("redis endpoints", lambda: t.ready_endpoints("redis") == 1)
+        rvip = t.cluster_ip("redis")
+        print(f"$ svcctl exec client -- redis-cli -h {rvip} PING")
+        t.wait("redis", lambda: lab.exec("client", ["redis-cli", "-h", rvip, "PING"], capture_output=True,
+                                         text=True, timeout=10).stdout.strip() == "PONG")
+        print(lab.exec("client", ["redis-cli", "-h", rvip, "PING"], capture_output=True, text=True).stdout.rstrip())
+
+        t.say("Scale myapp to 0: the ClusterIP refuses at once (TCP RST from XDP), like kube-proxy's REJECT")
+        t.svcctl("scale", "deployment", "myapp-deploy", "--replicas=0")
+        t.wait("no myapp endpoints", lambda: t.ready_endpoints("myapp") == 0)
+        time.sleep(0.5)
+        p = lab.exec("client", ["curl", "-sS", "-m", "3", f"http://{vip}/"], capture_output=True, text=True)
+        print(f"$ svcctl exec client -- curl -sS -m 3 http://{vip}/\n{p.stderr.strip()}  (exit {p.returncode})")
+        t.svcctl("scale", "deployment", "myapp-deploy", "--replicas=3")
+
+        t.say("The agent's health, as kube-proxy's: /healthz on port 10256 inside the node")
+        p = lab.exec("node1", ["curl", "-s", "http://127.0.0.1:10256/healthz"], capture_output=True, text=True)
+        print(f"$ svcctl exec node1 -- curl -s http://127.0.0.1:10256/healthz\n{p.stdout}")
+        t.svcctl("dataplane", "stats", "--node", "node1", check=False)
+        if keep:
+            print(f"\nThe lab is still up. Try:\n  export SVCXDP_STATE_DIR={state_dir}\n"
+                  f"  svcctl get svc\n  svcctl exec client -- wget -qO- http://{vip}/\n"
+                  f"  svcctl lab down   # when done")
+        return 0
+    finally:
+        if not keep:
+            print("\n$ svcctl lab down")
+            lab.down(on_down=hooks.on_lab_down)
+            shutil.rmtree(state_dir, ignore_errors=True)
