@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -70,6 +71,10 @@ def command(fn: Callable[[argparse.Namespace, Session], int]) -> Callable[[argpa
             return 1
         except (InputError, ManifestError, UnknownResource, ConfigError) as exc:
             raise CommandError(str(exc)) from None
+        except BrokenPipeError:  # `svcctl get ... | head`: the reader left, which is fine
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return 0
         finally:
             store.close()
     return run

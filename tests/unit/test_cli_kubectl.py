@@ -166,6 +166,10 @@ def test_output_formats(capsys) -> None:
     svc = json.loads(out)
     assert svc["kind"] == "Service" and svc["spec"]["clusterIP"] == "10.97.97.97"
     assert svc["metadata"]["resourceVersion"] and svc["metadata"]["uid"]
+    _, out, _ = run(capsys, "get", "svc", "redis", "-o", "yaml")
+    assert re.search(r'^  resourceVersion: "\d+"$', out, re.M)            # quoted like go-yaml
+    assert "last-applied-configuration: |\n      {" in out                 # block scalar
+    assert yaml.safe_load(out)["spec"]["ports"] == [{"port": 6379, "protocol": "TCP", "targetPort": 6379}]
     _, out, _ = run(capsys, "get", "svc", "-o", "yaml")
     doc = yaml.safe_load(out)
     assert doc["kind"] == "List" and {i["metadata"]["name"] for i in doc["items"]} == {"kubernetes", "redis"}

@@ -10,10 +10,22 @@ from controlplane.api.meta import ApiObject
 
 from ..resources import for_object
 
-try:
-    _Dumper: Any = yaml.CSafeDumper
-except AttributeError:  # pragma: no cover
-    _Dumper = yaml.SafeDumper
+
+
+class _KubectlDumper(yaml.SafeDumper):
+    """Strings the way kubectl (go-yaml) writes them: multi-line ones as `|` blocks, ones
+    that would read back as another type ("15", timestamps, "true") in double quotes."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    if "\n" in data:
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|")
+    if data and dumper.resolve(yaml.ScalarNode, data, (True, False)) != "tag:yaml.org,2002:str":
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style='"')
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data)
+
+
+_KubectlDumper.add_representer(str, _represent_str)
 
 
 def as_document(objects: list[ApiObject], single: bool) -> dict[str, Any]:
@@ -29,7 +41,8 @@ def to_json(doc: dict[str, Any]) -> str:
 
 
 def to_yaml(doc: dict[str, Any]) -> str:
-    return yaml.dump(doc, Dumper=_Dumper, default_flow_style=False, sort_keys=True, allow_unicode=True).rstrip("\n")
+    return yaml.dump(doc, Dumper=_KubectlDumper, default_flow_style=False, sort_keys=True,
+                     allow_unicode=True, width=1 << 30).rstrip("\n")
 
 
 def to_names(objects: list[ApiObject]) -> str:
