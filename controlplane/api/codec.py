@@ -130,11 +130,14 @@ def _plan(cls: type) -> _Plan:
 
 def _decoder(tp: Any, struct: str) -> _Decoder:
     """A one-argument converter for values of type `tp`; raises DecodeError (with an empty
-    path that enclosing objects extend) on a JSON type mismatch."""
+    path that enclosing objects extend) on a JSON type mismatch. Every converter maps a JSON
+    null to None (all modelled fields are optional), so Optional[...] needs no extra layer."""
     if tp is Any:
         return lambda v: v
     if tp is IntOrString:
         def dec_intstr(v: Any) -> Any:
+            if v is None:
+                return None
             if isinstance(v, bool) or not isinstance(v, (int, str)):
                 raise DecodeError(struct, "", "intstr.IntOrString", v)
             return v
@@ -142,25 +145,24 @@ def _decoder(tp: Any, struct: str) -> _Decoder:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) != 1:
-            return lambda v: v
-        inner = _decoder(args[0], struct)
-        return lambda v: None if v is None else inner(v)
+        return _decoder(args[0], struct) if len(args) == 1 else (lambda v: v)
     if tp is str:
         def dec_str(v: Any) -> Any:
-            if v.__class__ is not str and not isinstance(v, str):
+            if v.__class__ is str or v is None:
+                return v
+            if not isinstance(v, str):
                 raise DecodeError(struct, "", "string", v)
             return v
         return dec_str
     if tp is bool:
         def dec_bool(v: Any) -> Any:
-            if not isinstance(v, bool):
-                raise DecodeError(struct, "", "bool", v)
-            return v
+            if v is None or v.__class__ is bool:
+                return v
+            raise DecodeError(struct, "", "bool", v)
         return dec_bool
     if tp is int:
         def dec_int(v: Any) -> Any:
-            if v.__class__ is int:
+            if v.__class__ is int or v is None:
                 return v
             if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
                 raise DecodeError(struct, "", "int32", v)
@@ -168,14 +170,27 @@ def _decoder(tp: Any, struct: str) -> _Decoder:
         return dec_int
     if tp is float:
         def dec_float(v: Any) -> Any:
+            if v is None:
+                return None
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise DecodeError(struct, "", "float64", v)
             return float(v)
         return dec_float
     if origin is list:
         (item_tp,) = typing.get_args(tp)
-        item = _decoder(item_tp, struct)
         go = _go_type(tp)
+        if item_tp is str:
+            def dec_str_list(v: Any) -> Any:
+                if v is None:
+                    return None
+                if v.__class__ is not list or any(x.__class__ is not str for x in v):
+                    if not isinstance(v, list):
+                        raise DecodeError(struct, "", go, v)
+                    bad = next(x for x in v if not isinstance(x, str))
+                    raise DecodeError(struct, "", "string", bad)
+                return list(v)
+            return dec_str_list
+        item = _decoder(item_tp, struct)
 
         def dec_list(v: Any) -> Any:
             if v is None:
@@ -206,7 +221,9 @@ def _decoder(tp: Any, struct: str) -> _Decoder:
         return dec_dict
     if dataclasses.is_dataclass(tp):
         def dec_obj(v: Any) -> Any:
-            if not isinstance(v, dict):
+            if v is None:
+                return None
+            if v.__class__ is not dict and not isinstance(v, dict):
                 raise DecodeError(struct, "", tp.__name__, v)
             return _decode_obj(tp, v)
         return dec_obj
@@ -279,12 +296,19 @@ def encode(obj: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for attr, key, enc in plan.fields:
         value = getattr(obj, attr)
-        if value is None or value == "" or value == [] or value == {}:
+        if value is None:
             continue
-        encoded = enc(value)
-        if encoded == {}:
-            continue
-        out[key] = encoded
+        cls = value.__class__
+        if cls is str or cls is list or cls is dict:
+            if not value:
+                continue
+            out[key] = enc(value)
+        elif cls is int or cls is bool:
+            out[key] = value
+        else:
+            encoded = enc(value)
+            if encoded != {}:
+                out[key] = encoded
     if plan.has_extra and obj.extra:
         for key, value in obj.extra.items():
             out.setdefault(key, value)

@@ -95,11 +95,7 @@ def validate_endpointslice(es: EndpointSlice) -> list[FieldError]:
             errs.append(FieldError(ErrorType.TOO_MANY, apath, len(addrs), "must have at most 1 items"))
         for j, addr in enumerate(addrs):
             if at == "IPv4":
-                try:
-                    ok = isinstance(ipaddress.ip_address(addr), ipaddress.IPv4Address)
-                except ValueError:
-                    ok = False
-                if not ok:
+                if not names.is_ipv4(addr):
                     errs.append(invalid(f"{apath}[{j}]", addr, "must be a valid IPv4 address"))
             elif at == "IPv6":
                 try:
