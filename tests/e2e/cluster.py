@@ -113,11 +113,21 @@ def start_cluster(lab: Lab, nodes: int) -> Cluster:
     return cluster
 
 
+def _print_logs(lab: Lab, lines: int = 40) -> None:
+    """The node processes' logs: pytest shows them when a test fails."""
+    logs = lab.store.root / "logs"
+    for log in sorted(logs.glob("*.log")) if logs.is_dir() else []:
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        print(f"---- {log.name} (last {len(tail)} lines) ----", *tail, sep="\n")
+
+
 def stop_cluster(cluster: Cluster) -> list[str]:
     """Tear down; return what was left behind (must be nothing)."""
     lab = cluster.lab
-    pids = [p.pid for p in lab.status().processes] + [p.pid for p in lab.status().pods if p.pid]
-    nodes = lab.nodes()
+    status = lab.status()
+    pids = [p.pid for p in status.processes] + [p.pid for p in status.pods if p.pid]
+    nodes = lab.nodes() if status.outside is not None else []
+    _print_logs(lab)
     lab.down(on_down=hooks.on_lab_down)
     left = [f"pin {PIN_ROOT / instance_name(lab, n.name)}" for n in nodes
             if (PIN_ROOT / instance_name(lab, n.name)).exists()]

@@ -26,8 +26,9 @@ MANIFESTS = Path(__file__).resolve().parents[1] / "fixtures" / "manifests"
 def cluster(_lab_session_guard):
     state_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_PREFIX}-walk-state-"))
     lab = Lab(state_dir, prefix=f"{RUN_PREFIX}-walk")
-    c = start_cluster(lab, nodes=2)
+    c = Cluster(lab)
     try:
+        start_cluster(lab, nodes=2)
         yield c
     finally:
         left = stop_cluster(c) + lab_leftovers(lab)
