@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .codec import extra_field, jfield
+from .codec import extra_field
 from .meta import ApiObject
 
 LABEL_SERVICE_NAME = "kubernetes.io/service-name"

@@ -5,7 +5,7 @@ import datetime as _dt
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .codec import decode, encode, extra_field, jfield
+from .codec import decode, encode, extra_field
 
 
 @dataclass

@@ -6,13 +6,13 @@ import argparse
 from controlplane.api.deployment import Deployment
 from controlplane.api.meta import ApiObject, ObjectMeta
 from controlplane.api.pod import Container, Pod
-from controlplane.api.service import (AFFINITY_CLIENT_IP, Service, ServicePort, ServiceSpec)
+from controlplane.api.service import Service, ServicePort, ServiceSpec
 from controlplane.cli import CommandError
 
 from .options import common_parent
 from .printers.structured import render
 from .resources import lookup
-from .session import Session, command, parse_selector
+from .session import Session, command
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -107,8 +107,6 @@ def run_expose(args: argparse.Namespace, session: Session) -> int:
                          external_ips=[args.external_ip] if args.external_ip else None,
                          cluster_ip=args.cluster_ip),
     )
-    if svc.spec.session_affinity == AFFINITY_CLIENT_IP:
-        pass  # the default timeout (10800s) is filled in by defaulting
     if args.dry_run == "client":
         print(render([svc], args.output or "yaml", True))
         return 0
