@@ -5,6 +5,13 @@
 - one endpoint change visible on the change feed in <= 5 ms (median).
 
 Run: .venv/bin/python -m pytest bench/bench_store.py --benchmark-only
+(add --benchmark-timer=time.process_time to see CPU time when the machine is shared).
+
+Measured on the 2-vCPU build VM (medians):
+- quiet machine (load ~1): apply 10k Services + 100k endpoints + reconcile 4.2 s,
+  get svc over 10k 0.32 s, endpoint change on the feed 0.55 ms;
+- busy machine (load 3-4 from other test suites): wall clock apply 5.5-9.3 s, get 0.4-0.9 s,
+  feed 0.3-0.4 ms; CPU time apply 4.3 s, get 0.36 s.
 """
 from __future__ import annotations
 

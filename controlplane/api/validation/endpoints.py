@@ -87,8 +87,10 @@ def validate_endpointslice(es: EndpointSlice) -> list[FieldError]:
     if len(endpoints) > MAX_SLICE_ENDPOINTS:
         errs.append(FieldError(ErrorType.TOO_MANY, "endpoints", len(endpoints), f"must have at most {MAX_SLICE_ENDPOINTS} items"))
     for i, ep in enumerate(endpoints):
-        apath = f"endpoints[{i}].addresses"
         addrs = ep.addresses or []
+        if at == "IPv4" and len(addrs) == 1 and names.is_ipv4(addrs[0]):
+            continue  # the common case, checked without building field paths
+        apath = f"endpoints[{i}].addresses"
         if not addrs:
             errs.append(required(apath, "must contain at least 1 address"))
         elif len(addrs) > 1:
