@@ -352,7 +352,7 @@ def run_packet(raw: bytes, h: Harness, model: ReferenceDatapath, check_checksums
             assert all(after.values()), f"reply with a bad checksum: {_Ether(out)!r}"
 
 
-@settings(max_examples=1200, deadline=None, derandomize=False,
+@settings(max_examples=800, deadline=None, derandomize=False,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
 @given(services=initial_services, ops=operations)
