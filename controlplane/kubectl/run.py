@@ -18,29 +18,9 @@ from .options import common_parent
 from .session import Session, command
 
 
-class _RunParser(argparse.ArgumentParser):
-    """Takes everything after `--` as the client pod's command (argparse cannot place a
-    trailing positional list after options by itself)."""
-
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
-        args = list(args or [])
-        command: list[str] = []
-        if "--" in args:
-            cut = args.index("--")
-            args, command = args[:cut], args[cut + 1:]
-        namespace, extras = super().parse_known_args(args, namespace)
-        namespace.command = command
-        return namespace, extras
-
-
 def register(sub: argparse._SubParsersAction) -> None:
-    parser_class = sub._parser_class
-    sub._parser_class = _RunParser
-    try:
-        p = sub.add_parser("run", parents=[common_parent()],
-                           help="create a Deployment (or, with --rm -it, a temporary client pod in the lab)")
-    finally:
-        sub._parser_class = parser_class
+    p = sub.add_parser("run", parents=[common_parent()],
+                       help="create a Deployment (or, with --rm -it, a temporary client pod in the lab)")
     p.add_argument("name")
     p.add_argument("--image", default=None)
     p.add_argument("--replicas", type=int, default=1)
@@ -53,8 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-t", "--tty", action="store_true")
     p.add_argument("--node", default=None, help="lab node for a client pod")
     p.epilog = "svcctl run NAME --rm -it [--image busybox] -- CMD [ARGS...] runs a temporary client pod"
-    # Everything after `--` is positional for argparse, so "*" takes the command whole,
-    # while options after NAME (--image=..., --replicas=...) still parse as options.
+    # controlplane.cli.main splits argv at `--` and puts what follows in args.command.
     p.add_argument("command", nargs="*", help="-- CMD ARGS (client pod)")
     p.set_defaults(func=run_run)
 
