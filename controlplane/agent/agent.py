@@ -1,19 +1,21 @@
-"""The agent loop: full sync at start, then follow the store's change feed and
-apply only the difference; a periodic consistency check re-reads the maps and
-repairs drift. The dataplane is pinned, so a restarted agent adopts it."""
+"""The agent loop: a full sync at start, then the store's change feed drives
+incremental syncs that recompute only the services a change touched; a periodic
+consistency check re-reads the maps and repairs drift. The dataplane is pinned, so
+a restarted agent adopts it and flushes nothing."""
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from controlplane.controllers.service_view import load_service_views
+from controlplane.api.errors import Gone
 from controlplane.dataplane.model import Frontend, ServiceState
 from controlplane.dataplane.program import Dataplane
 from controlplane.dataplane.writer import MapWriter
 from controlplane.store.interface import Store
 
+from .cache import WATCHED_KINDS, ServiceCache, ServiceKey
 from .desired import Desired, NodeConfig, desired_state
 from .health import Health
 from .interfaces import InterfaceManager
@@ -23,14 +25,14 @@ log = logging.getLogger("svcxdp.agent")
 
 @dataclass
 class SyncReport:
-    added: list[str]
-    changed: list[str]
-    removed: list[str]
-    writes: int
-    took_ms: float
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    writes: int = 0
+    took_ms: float = 0.0
 
 
-def _describe(state: ServiceState) -> str:
+def _endpoints(state: ServiceState) -> str:
     active = sum(1 for b in state.backends if b.state == "active")
     return f"{active} endpoints, {state.algorithm}"
 
@@ -46,63 +48,121 @@ class Agent:
         self.interfaces = interfaces
         self.health = health or Health(node.name)
         self.check_every_s = check_every_s
+        self.cache = ServiceCache()
         self._owners: dict[Frontend, str] = {}
-        self._problems: tuple[str, ...] = ()
-        self.resource_version = 0
+        self._frontends: dict[ServiceKey, set[Frontend]] = {}
+        self._problems: dict[ServiceKey, tuple[str, ...]] = {}
 
+    @property
+    def resource_version(self) -> int:
+        return self.cache.resource_version
+
+    # ---- computing ------------------------------------------------------------------
     def desired(self) -> Desired:
-        return desired_state(load_service_views(self.store), self.node)
+        return desired_state(self.cache.views(), self.node)
 
-    def _name(self, fe: Frontend) -> str:
-        return f"{self._owners.get(fe, '?')} {fe}"
+    def _desired_for(self, key: ServiceKey) -> Desired:
+        view = self.cache.view(key)
+        return desired_state([view] if view else [], self.node)
 
-    def sync(self, reason: str) -> SyncReport:
-        start = time.perf_counter()
-        rv = self.store.current_resource_version()
-        want = self.desired()
-        self._owners.update(want.owners)
-        if want.problems != self._problems:
-            for p in want.problems:
+    def _note_problems(self, key: ServiceKey, problems: tuple[str, ...]) -> None:
+        if problems and problems != self._problems.get(key):
+            for p in problems:
                 log.warning("%s", p)
-            self._problems = want.problems
-        before = self.writer.installed()
-        desired = {s.frontend: s for s in want.states}
-        writes_before = self.writer.writes
-        self.writer.sync(want.states)
-        report = SyncReport(
-            added=[f"{self._name(fe)} ({_describe(s)})" for fe, s in desired.items() if fe not in before],
-            changed=[f"{self._name(fe)}: endpoints {len(before[fe].backends)} -> {len(s.backends)}"
-                     if before[fe].backends != s.backends else f"{self._name(fe)}: settings changed"
-                     for fe, s in desired.items() if fe in before and before[fe] != s],
-            removed=[self._name(fe) for fe in before if fe not in desired],
-            writes=self.writer.writes - writes_before,
-            took_ms=(time.perf_counter() - start) * 1000)
-        self.resource_version = rv
-        self.health.synced()
+        self._problems[key] = problems
+
+    def _apply(self, key: ServiceKey, want: Desired, report: SyncReport) -> None:
+        """Make one service's frontends in the maps equal `want`."""
+        installed = self.writer.installed()
+        new = {s.frontend: s for s in want.states}
+        self._owners.update(want.owners)
+        for fe in self._frontends.get(key, set()) - set(new):
+            if self.writer.delete(fe):
+                report.removed.append(f"{self._owners.get(fe, key)} {fe}")
+        for fe, state in new.items():
+            old = installed.get(fe)
+            if old == state:
+                continue
+            self.writer.upsert(state)
+            name = f"{want.owners.get(fe)} {fe}"
+            if old is None:
+                report.added.append(f"{name} ({_endpoints(state)})")
+            elif old.backends != state.backends:
+                report.changed.append(f"{name}: endpoints {len(old.backends)} -> {len(state.backends)}"
+                                      f" ({_endpoints(state)})")
+            else:
+                report.changed.append(f"{name}: settings changed ({_endpoints(state)})")
+        self._frontends[key] = set(new)
+        self._note_problems(key, want.problems)
+
+    def _log(self, reason: str, report: SyncReport, services: int) -> None:
         for line in report.added:
             log.info("service added: %s", line)
         for line in report.changed:
             log.info("service changed: %s", line)
         for line in report.removed:
             log.info("service removed: %s", line)
-        if report.writes or reason == "start":
-            log.info("sync (%s) at resourceVersion %d: %d services, %d map writes, took %.1f ms",
-                     reason, rv, len(desired), report.writes, report.took_ms)
+        if report.writes or reason != "change":
+            log.info("sync (%s) at resourceVersion %d: %d services touched, %d map writes, took %.1f ms",
+                     reason, self.resource_version, services, report.writes, report.took_ms)
+
+    # ---- syncing --------------------------------------------------------------------
+    def full_sync(self, reason: str) -> SyncReport:
+        start = time.perf_counter()
+        writes = self.writer.writes
+        self.cache = ServiceCache.load(self.store)
+        report = SyncReport()
+        keys = set(self.cache.services) | set(self._frontends)
+        # Frontends in the maps that no service owns (left by an earlier agent) go too.
+        owned = {fe for fes in self._frontends.values() for fe in fes}
+        want = self.desired()
+        wanted = {s.frontend for s in want.states}
+        for fe in set(self.writer.installed()) - owned - wanted:
+            self.writer.delete(fe)
+            report.removed.append(f"(unowned) {fe}")
+        for key in keys:
+            self._apply(key, self._desired_for(key), report)
+        report.writes = self.writer.writes - writes
+        report.took_ms = (time.perf_counter() - start) * 1000
+        self.health.synced()
+        self._log(reason, report, len(keys))
+        return report
+
+    def incremental_sync(self) -> SyncReport:
+        start = time.perf_counter()
+        writes = self.writer.writes
+        current = self.store.current_resource_version()
+        try:
+            events = self.store.changes_since(self.cache.resource_version, WATCHED_KINDS)
+        except Gone:
+            log.info("change feed compacted past resourceVersion %d: full resync", self.cache.resource_version)
+            return self.full_sync("relist")
+        touched = self.cache.apply(events)
+        self.cache.resource_version = max(self.cache.resource_version, current)
+        report = SyncReport()
+        for key in touched:
+            self._apply(key, self._desired_for(key), report)
+        report.writes = self.writer.writes - writes
+        report.took_ms = (time.perf_counter() - start) * 1000
+        self.health.synced()
+        if touched:
+            self._log("change", report, len(touched))
         return report
 
     def check_consistency(self) -> bool:
-        """Re-read the maps; if they differ from what this agent wrote, repair.
+        """Re-read the maps; if they differ from what the store wants, repair.
         Returns True when drift was found."""
         fresh = MapWriter(self.dp)
-        if fresh.installed() == self.writer.installed():
+        want = {s.frontend: s for s in self.desired().states}
+        if fresh.installed() == want:
             return False
-        log.warning("dataplane drift: the maps differ from the last sync; repairing")
+        log.warning("dataplane drift: the maps differ from the store; repairing")
         self.writer = fresh
-        self.sync("repair")
+        self.writer.sync(want.values())
         return True
 
     def run(self, stop: threading.Event, poll_s: float = 0.5) -> None:
-        self.sync("start")
+        self.full_sync("start")
         if self.interfaces:
             self.interfaces.refresh()
         next_check = time.monotonic() + self.check_every_s
@@ -111,7 +171,7 @@ class Agent:
             try:
                 if rv != self.resource_version:
                     self.health.out_of_sync()
-                    self.sync("change")
+                    self.incremental_sync()
                 else:
                     self.health.synced()
                 if self.interfaces:

@@ -1,0 +1,76 @@
+"""The agent's view of the store: Services and their EndpointSlices, kept current
+from the change feed, so a change recomputes only the services it touches."""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from controlplane.api.endpoints import LABEL_SERVICE_NAME, EndpointSlice
+from controlplane.api.service import Service
+from controlplane.controllers.service_view import ServiceView, build_service_view
+from controlplane.store.interface import DELETED, Store, WatchEvent
+
+ServiceKey = tuple[str, str]  # (namespace, name)
+WATCHED_KINDS = (Service, EndpointSlice)
+
+
+@dataclass
+class ServiceCache:
+    services: dict[ServiceKey, Service] = field(default_factory=dict)
+    # (namespace, service name) -> {slice name: slice}
+    slices: dict[ServiceKey, dict[str, EndpointSlice]] = field(default_factory=lambda: defaultdict(dict))
+    # (namespace, slice name) -> the service it was last filed under
+    slice_owner: dict[tuple[str, str], ServiceKey] = field(default_factory=dict)
+    resource_version: int = 0
+
+    @classmethod
+    def load(cls, store: Store) -> "ServiceCache":
+        """A consistent snapshot: list both kinds, then replay what changed meanwhile."""
+        rv = store.current_resource_version()
+        cache = cls(resource_version=rv)
+        for svc in store.list(Service):
+            cache.services[(svc.namespace, svc.name)] = svc
+        for es in store.list(EndpointSlice):
+            owner = es.labels.get(LABEL_SERVICE_NAME)
+            if owner:
+                cache.slices[(es.namespace, owner)][es.name] = es
+                cache.slice_owner[(es.namespace, es.name)] = (es.namespace, owner)
+        cache.apply(store.changes_since(rv, WATCHED_KINDS))
+        return cache
+
+    def apply(self, events: list[WatchEvent]) -> set[ServiceKey]:
+        """Fold events in; return the services whose view may have changed."""
+        touched: set[ServiceKey] = set()
+        for ev in events:
+            obj = ev.object
+            self.resource_version = max(self.resource_version, ev.resource_version)
+            if isinstance(obj, Service):
+                key = (obj.namespace, obj.name)
+                if ev.type == DELETED:
+                    self.services.pop(key, None)
+                else:
+                    self.services[key] = obj
+                touched.add(key)
+            elif isinstance(obj, EndpointSlice):
+                owner = obj.labels.get(LABEL_SERVICE_NAME)
+                slice_key = (obj.namespace, obj.name)
+                # A slice may have been relabelled: take it from its previous service.
+                previous = self.slice_owner.pop(slice_key, None)
+                if previous is not None:
+                    self.slices[previous].pop(obj.name, None)
+                    touched.add(previous)
+                if owner and ev.type != DELETED:
+                    key = (obj.namespace, owner)
+                    self.slices[key][obj.name] = obj
+                    self.slice_owner[slice_key] = key
+                    touched.add(key)
+        return touched
+
+    def view(self, key: ServiceKey) -> ServiceView | None:
+        svc = self.services.get(key)
+        if svc is None:
+            return None
+        return build_service_view(svc, list(self.slices.get(key, {}).values()))
+
+    def views(self) -> list[ServiceView]:
+        return [v for key in self.services if (v := self.view(key)) is not None]
