@@ -104,8 +104,8 @@ class Cluster:
         return [str(p) for n in self.lab.nodes() if (p := PIN_ROOT / instance_name(self.lab, n.name)).exists()]
 
 
-def start_cluster(lab: Lab, nodes: int) -> Cluster:
-    lab.up(nodes=nodes, node_processes=hooks.node_processes)
+def start_cluster(lab: Lab, nodes: int, node_processes=hooks.node_processes) -> Cluster:
+    lab.up(nodes=nodes, node_processes=node_processes)
     cluster = Cluster(lab)
     lab.add_pod(CLIENT, "node1", "busybox")
     wait_for("the agents to be healthy",
