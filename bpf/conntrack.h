@@ -8,6 +8,7 @@
 #define SVCXDP_CONNTRACK_H
 
 #include "maps.h"
+#include "lc.h"
 
 #ifndef SVCXDP_TCP_TIMEOUT_S
 #define SVCXDP_TCP_TIMEOUT_S SVCXDP_DEFAULT_TCP_TIMEOUT_S
@@ -50,19 +51,52 @@ static __always_inline int ct_reopened(const struct ct_value *v, __u8 tcp_flags)
 	       (tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN;
 }
 
-static __always_inline void ct_touch(struct ct_value *v, __u64 now, __u8 tcp_flags)
+/* Refresh an entry; returns 1 when this packet starts the close (first FIN/RST). */
+static __always_inline int ct_touch(struct ct_value *v, __u64 now, __u8 tcp_flags)
 {
 	if (now - v->last_seen > CT_REFRESH_NS)
 		v->last_seen = now;
-	if ((tcp_flags & (TCPF_FIN | TCPF_RST)) && !(v->flags & SVCXDP_CT_F_CLOSING))
+	if ((tcp_flags & (TCPF_FIN | TCPF_RST)) && !(v->flags & SVCXDP_CT_F_CLOSING)) {
 		v->flags |= SVCXDP_CT_F_CLOSING;
+		return 1;
+	}
+	return 0;
+}
+
+/* Give a counted flow's connection back to its backend, once (lc.h). */
+static __always_inline void ct_uncount(struct ct_value *v)
+{
+	if (!(v->flags & SVCXDP_CT_F_COUNTED))
+		return;
+	v->flags &= ~SVCXDP_CT_F_COUNTED;
+	conns_add(v->backend_id, -1);
+}
+
+/* The backend closed first: the count lives on the forward entry, found from the
+ * reply entry (the client's tuple towards the VIP). */
+static __always_inline void ct_uncount_from_reply(const struct ct_key *rk, struct ct_value *rv)
+{
+	if (!(rv->flags & SVCXDP_CT_F_COUNTED))
+		return;
+	rv->flags &= ~SVCXDP_CT_F_COUNTED;
+	struct ct_key fk = {};
+	fk.src = rk->dst;
+	fk.dst = rv->nat_ip;
+	fk.sport = rk->dport;
+	fk.dport = rv->nat_port;
+	fk.proto = rk->proto;
+	fk.dir = SVCXDP_CT_DIR_FORWARD;
+	struct ct_value *fv = conntrack.lookup(&fk);
+	if (fv && fv->backend_id == rv->backend_id)
+		ct_uncount(fv);
 }
 
 /* Record both directions of a new flow. The reply key is what the backend's
- * answer carries: backend -> client. */
+ * answer carries: backend -> client. With `counted`, the flow takes one of its
+ * backend's active-connection counts (unless it is closing already). */
 static __always_inline void ct_create(const struct ct_key *fwd, __be32 vip, __be16 vport,
 				      const struct backend *b, __u32 backend_id,
-				      __u32 svc_id, __u64 now, __u8 tcp_flags)
+				      __u32 svc_id, __u64 now, __u8 tcp_flags, int counted)
 {
 	struct ct_value v = {};
 	v.last_seen = now;
@@ -72,7 +106,11 @@ static __always_inline void ct_create(const struct ct_key *fwd, __be32 vip, __be
 	v.nat_port = b->port;
 	if (tcp_flags & (TCPF_FIN | TCPF_RST))
 		v.flags = SVCXDP_CT_F_CLOSING;
+	else if (counted)
+		v.flags = SVCXDP_CT_F_COUNTED;
 	conntrack.update((struct ct_key *)fwd, &v);
+	if (v.flags & SVCXDP_CT_F_COUNTED)
+		conns_add(backend_id, 1);
 
 	struct ct_key rk = {};
 	rk.src = b->ip;

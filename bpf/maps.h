@@ -45,8 +45,20 @@ SVCXDP_MAP("lru_hash", struct ct_key, struct ct_value, conntrack, SVCXDP_CT_SIZE
 SVCXDP_MAP("lru_hash", struct frag_key, struct frag_value, fragments, SVCXDP_FRAG_SIZE);
 /* Round-robin cursor per service id (atomic add, exact order across CPUs). */
 SVCXDP_MAP("array", __u32, struct rr_state, rr_state, SVCXDP_MAX_SERVICES);
+/* Active connections per backend id, for lc/wlc/sed/nq (see lc.h). An array of
+ * plain u32 updated with atomic adds; the writer zeroes an id when it hands it out. */
+SVCXDP_MAP("array", __u32, __u32, backend_conns, SVCXDP_MAX_BACKENDS);
+/* Maglev: svc_id -> that service's table, an ARRAY[M] of backend ids. Only Maglev
+ * services have an entry, so memory grows with them. The writer builds a new inner
+ * map and swaps it in with one update (maglev.h). Inner maps are not pinned: the
+ * pinned outer map holds them, and user space reaches them by id through it. The
+ * template below only gives the inner maps' shape (BPF_F_INNER_MAP: any size). */
+BPF_F_TABLE("array", __u32, __u32, maglev_inner, 1, SVCXDP_MAGLEV_INNER_FLAGS);
+SVCXDP_MAP("hash_of_maps$maglev_inner", __u32, int, maglev, SVCXDP_MAX_SERVICES);
 /* Per-service packets, bytes, new flows, rejects. */
 SVCXDP_MAP("percpu_array", __u32, struct svc_stats, svc_stats, SVCXDP_MAX_SERVICES);
+/* Scratch of the least-connections scan; per CPU, never pinned (no state). */
+BPF_PERCPU_ARRAY(lc_scratch, struct lc_best, 1);
 /* Datapath-wide counters, SVCXDP_CNT_*. */
 SVCXDP_MAP("percpu_array", __u32, __u64, counters, SVCXDP_CNT_MAX);
 

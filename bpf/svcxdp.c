@@ -107,7 +107,8 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct ethhdr *eth, 
 		ev->main = SVCXDP_CNT_PASS_NON_SERVICE;
 		return XDP_PASS;
 	}
-	ct_touch(v, now, l4->tcp_flags);
+	if (ct_touch(v, now, l4->tcp_flags))
+		ct_uncount_from_reply(&k, v);
 	__be32 orig_src = ip->saddr;
 	nat_src(ip, l4->sport, &l4->csum, v->nat_ip, v->nat_port);
 	frag_record(ip, orig_src, ip->daddr, v->nat_ip, SVCXDP_CT_DIR_REPLY);
@@ -145,7 +146,8 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 	struct ct_value *v = conntrack.lookup(&k);
 	if (v && ct_alive(v, now, k.proto) && !ct_reopened(v, l4->tcp_flags)) {
 		if (ct_backend_valid(v)) {
-			ct_touch(v, now, l4->tcp_flags);
+			if (ct_touch(v, now, l4->tcp_flags))
+				ct_uncount(v);
 			nat_ip = v->nat_ip;
 			nat_port = v->nat_port;
 			ev->main = SVCXDP_CNT_CT_HIT;
@@ -155,6 +157,10 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 		/* Its backend was removed: choose again, never send to a dead address. */
 		ev->extra = SVCXDP_CNT_CT_STALE;
 	}
+	/* An expired, reopened or stale flow is replaced below: it no longer holds a
+	 * connection of its old backend. */
+	if (v)
+		ct_uncount(v);
 
 	if (svc->count == 0) {
 		svc_account(svc->svc_id, bytes, 0, 1);
@@ -172,13 +178,14 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 		return reject_udp(ctx, ETH_HLEN, ip->ihl * 4);
 	}
 
-	__u32 backend_id = select_backend(svc);
+	__u32 backend_id = select_backend(svc, &k, ev);
 	struct backend *b = backends.lookup(&backend_id);
 	if (!b || b->state == SVCXDP_BACKEND_UNUSED || backend_id == SVCXDP_BACKEND_ID_INVALID) {
 		ev->main = SVCXDP_CNT_SLOT_MISS;
 		return XDP_DROP;
 	}
-	ct_create(&k, ip->daddr, *l4->dport, b, backend_id, svc->svc_id, now, l4->tcp_flags);
+	ct_create(&k, ip->daddr, *l4->dport, b, backend_id, svc->svc_id, now, l4->tcp_flags,
+		  alg_counts_conns(svc->algorithm));
 	nat_ip = b->ip;
 	nat_port = b->port;
 	ev->main = SVCXDP_CNT_CT_NEW;

@@ -24,13 +24,22 @@
 #define SVCXDP_ALG_RANDOM 0      /* kube-proxy iptables/nftables: uniform random */
 #define SVCXDP_ALG_RR 1          /* ipvs default: exact round robin */
 #define SVCXDP_ALG_MAGLEV 2      /* consistent hashing (csrc/maglev.c) */
-#define SVCXDP_ALG_WRR 3
-#define SVCXDP_ALG_SH 4
-#define SVCXDP_ALG_DH 5
-#define SVCXDP_ALG_LC 6
-#define SVCXDP_ALG_WLC 7
-#define SVCXDP_ALG_SED 8
-#define SVCXDP_ALG_NQ 9
+#define SVCXDP_ALG_WRR 3         /* rr over slots the writer expanded by weight */
+#define SVCXDP_ALG_SH 4          /* source-address hash */
+#define SVCXDP_ALG_DH 5          /* destination-address hash */
+#define SVCXDP_ALG_LC 6          /* least connections (LC..NQ: counted family) */
+#define SVCXDP_ALG_WLC 7         /* least connections / weight */
+#define SVCXDP_ALG_SED 8         /* shortest expected delay: (conns + 1) / weight */
+#define SVCXDP_ALG_NQ 9          /* never queue: an idle backend, else sed */
+
+/* ---- backend selection parameters --------------------------------------------- */
+/* The counted family compares at most this many slots per new flow (a bounded
+ * loop the verifier walks; 64 exceeds its budget). Larger services are sampled
+ * (lc.h). */
+#define SVCXDP_LC_MAX_SCAN 32
+/* Maglev inner tables are created with BPF_F_INNER_MAP so that each service's
+ * table may have its own size M (kernel >= 5.10). */
+#define SVCXDP_MAGLEV_INNER_FLAGS 4096
 
 /* ---- service flags (svc_value.flags) ------------------------------------------ */
 #define SVCXDP_SVC_F_AFFINITY 1  /* sessionAffinity: ClientIP */
@@ -47,6 +56,7 @@
 #define SVCXDP_CT_DIR_FORWARD 0  /* client -> VIP:port, value holds the backend */
 #define SVCXDP_CT_DIR_REPLY 1    /* backend -> client, value holds the VIP:port */
 #define SVCXDP_CT_F_CLOSING 1    /* TCP FIN or RST seen: short timeout */
+#define SVCXDP_CT_F_COUNTED 2    /* holds one of its backend's active-connection counts */
 
 /* ---- global counters (index into the `counters` per-CPU array) ---------------- */
 #define SVCXDP_CNT_PASS_NON_IP 0       /* not IPv4: passed untouched */
@@ -62,6 +72,7 @@
 #define SVCXDP_CNT_ICMP_NAT 10         /* ICMP errors quoting a NATed flow, translated */
 #define SVCXDP_CNT_SLOT_MISS 11        /* service slot without backend: dropped */
 #define SVCXDP_CNT_FIB_REDIRECT 12     /* forwarded by bpf_redirect after a FIB lookup */
+#define SVCXDP_CNT_MAGLEV_FALLBACK 13  /* Maglev table missing or mid-resize: hashed over slots */
 #define SVCXDP_CNT_MAX 16
 
 /* ---- default sizes and timeouts (overridable with -D cflags from Python) ------ */
@@ -88,10 +99,11 @@ struct svc_value {
 	__u8 algorithm;          /* SVCXDP_ALG_* */
 	__u8 flags;              /* SVCXDP_SVC_F_* */
 	__u32 affinity_timeout;  /* seconds, with SVCXDP_SVC_F_AFFINITY */
-	__u32 reserved;          /* room for maglev table size, weights generation */
+	__u32 table_size;        /* Maglev: entries M of its table; 0 otherwise */
 };
 
-/* Key of the `slots` map: slot 1..count of a service -> backend id. */
+/* Key of the `slots` map: slot 1..count of a service -> backend id. For wrr the
+ * writer expands weights into a cycle of slots, so count is the cycle length. */
 struct slot_key {
 	__u32 svc_id;
 	__u32 slot;
@@ -153,6 +165,17 @@ struct frag_value {
 struct rr_state {
 	struct bpf_spin_lock lock;
 	__u32 next;
+};
+
+/* The least-connections scan's running best (lc.h), kept in a per-CPU map value
+ * rather than in registers: the verifier tracks no values in map memory, so every
+ * path through an iteration reaches the next one in the same state and is pruned
+ * (in registers, a 32-slot scan multiplied the states past the verifier's budget). */
+struct lc_best {
+	__u64 conns;
+	__u64 weight;
+	__u32 id;
+	__u32 pad;
 };
 
 /* Per-service counters (per-CPU array indexed by svc_id). */

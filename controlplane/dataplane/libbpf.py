@@ -1,5 +1,8 @@
 """The few libbpf calls bcc 0.26 does not wrap, through cffi (ABI mode on libbpf.so.1).
 
+Besides test-run and object info: creating maps (Maglev inner tables are made
+from user space, not by bcc) and batch/element access to maps bcc never opened.
+
 bcc 0.26 has no Python test-run wrapper, and libbpf 1.x dropped the old
 `bpf_prog_test_run` symbol, so the `_opts` form is declared here, with the struct
 layout of libbpf 1.1 (`sz` first: libbpf checks it for compatibility).
@@ -7,6 +10,7 @@ layout of libbpf 1.1 (`sz` first: libbpf checks it for compatibility).
 from __future__ import annotations
 
 import os
+from array import array
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -59,6 +63,34 @@ int bpf_obj_get_info_by_fd(int bpf_fd, void *info, uint32_t *info_len);
 int bpf_obj_get(const char *pathname);
 int bpf_obj_pin(int fd, const char *pathname);
 int bpf_prog_get_fd_by_id(uint32_t id);
+
+struct bpf_map_create_opts {
+    size_t sz;
+    uint32_t btf_fd;
+    uint32_t btf_key_type_id;
+    uint32_t btf_value_type_id;
+    uint32_t btf_vmlinux_value_type_id;
+    uint32_t inner_map_fd;
+    uint32_t map_flags;
+    uint64_t map_extra;
+    uint32_t numa_node;
+    uint32_t map_ifindex;
+};
+int bpf_map_create(int map_type, const char *map_name, uint32_t key_size, uint32_t value_size,
+                   uint32_t max_entries, const struct bpf_map_create_opts *opts);
+struct bpf_map_batch_opts {
+    size_t sz;
+    uint64_t elem_flags;
+    uint64_t flags;
+};
+int bpf_map_update_batch(int fd, const void *keys, const void *values, uint32_t *count,
+                         const struct bpf_map_batch_opts *opts);
+int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys, void *values,
+                         uint32_t *count, const struct bpf_map_batch_opts *opts);
+int bpf_map_lookup_elem(int fd, const void *key, void *value);
+int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t flags);
+int bpf_map_delete_elem(int fd, const void *key);
+int bpf_map_get_fd_by_id(uint32_t id);
 """
 
 ffi = cffi.FFI()
@@ -95,3 +127,53 @@ def prog_id(fd: int) -> int:
     if lib().bpf_obj_get_info_by_fd(fd, info, size) != 0:
         raise OSError(ffi.errno, f"bpf_obj_get_info_by_fd({fd}): {os.strerror(ffi.errno)}")
     return info.id
+
+
+BPF_MAP_TYPE_ARRAY = 2
+
+
+def _check(rc: int, what: str) -> int:
+    """libbpf 1.x returns -errno (and sets errno)."""
+    if rc < 0:
+        err = -rc
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return rc
+
+
+def u32_array_map_create(name: str, entries: int, flags: int = 0) -> int:
+    """A new ARRAY map of u32 -> u32; returns its fd (the caller closes it)."""
+    opts = ffi.new("struct bpf_map_create_opts *")
+    opts.sz = ffi.sizeof("struct bpf_map_create_opts")
+    opts.map_flags = flags
+    return _check(lib().bpf_map_create(BPF_MAP_TYPE_ARRAY, name.encode(), 4, 4, entries, opts),
+                  f"bpf_map_create({name}, {entries} entries)")
+
+
+def u32_array_write(fd: int, values) -> None:
+    """values[i] -> key i for every i, in one batch (values: array('I') or bytes-like)."""
+    n = len(values)
+    if n == 0:
+        return
+    key_buf = array("I", range(n))
+    keys = ffi.from_buffer("uint32_t[]", key_buf)
+    vals = ffi.from_buffer("uint32_t[]", values)
+    count = ffi.new("uint32_t *", n)
+    opts = ffi.new("struct bpf_map_batch_opts *")
+    opts.sz = ffi.sizeof("struct bpf_map_batch_opts")
+    _check(lib().bpf_map_update_batch(fd, keys, vals, count, opts), "bpf_map_update_batch")
+
+
+def u32_array_read(fd: int, entries: int) -> list[int]:
+    """Every value of a u32 ARRAY map, in key order."""
+    out = ffi.new("uint32_t[]", entries)
+    val = ffi.new("uint32_t *")
+    key = ffi.new("uint32_t *")
+    for i in range(entries):
+        key[0] = i
+        _check(lib().bpf_map_lookup_elem(fd, key, val), "bpf_map_lookup_elem")
+        out[i] = val[0]
+    return list(out)
+
+
+def map_fd_by_id(map_id: int) -> int:
+    return _check(lib().bpf_map_get_fd_by_id(map_id), f"bpf_map_get_fd_by_id({map_id})")

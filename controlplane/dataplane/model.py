@@ -7,6 +7,9 @@ import ipaddress
 import socket
 from dataclasses import dataclass, field
 
+from controlplane.maglev.primes import DEFAULT_TABLE_SIZE, validate_table_size
+
+from . import wrr
 from .layout import ALGORITHMS, const
 
 PROTOCOLS = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP}
@@ -96,12 +99,23 @@ class ServiceState:
     backends: tuple[Backend, ...] = field(default_factory=tuple)
     algorithm: str = "random"
     affinity_timeout: int = 0  # seconds; 0 = no ClientIP affinity
+    # Maglev table size M (prime); None = the default. Always 0 for other algorithms,
+    # so that it never makes two otherwise equal states differ.
+    maglev_table_size: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backends", tuple(sorted(self.backends)))
         if self.algorithm not in ALGORITHMS:
             raise ModelError(f"service {self.frontend}: algorithm {self.algorithm!r} unknown "
                              f"(known: {', '.join(sorted(ALGORITHMS))})")
+        m = 0
+        if self.algorithm == "maglev":
+            m = DEFAULT_TABLE_SIZE if self.maglev_table_size is None else self.maglev_table_size
+            try:
+                validate_table_size(m)
+            except ValueError as exc:
+                raise ModelError(f"service {self.frontend}: {exc}") from None
+        object.__setattr__(self, "maglev_table_size", m)
         if not 0 <= self.affinity_timeout <= MAX_AFFINITY_TIMEOUT:
             raise ModelError(f"service {self.frontend}: affinity timeout {self.affinity_timeout} "
                              f"must be 0-{MAX_AFFINITY_TIMEOUT}")
@@ -118,3 +132,11 @@ class ServiceState:
         if active:
             return active
         return tuple(b for b in self.backends if b.state == "terminating" and b.weight > 0)
+
+    def slot_sequence(self) -> tuple[Backend, ...]:
+        """What the slots map holds, slot 1 first: the slot backends, or for wrr one
+        cycle of them expanded by weight (see wrr.py)."""
+        members = self.slot_backends()
+        if self.algorithm != "wrr" or not members:
+            return members
+        return tuple(members[i] for i in wrr.cycle([b.weight for b in members]))

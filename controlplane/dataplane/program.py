@@ -21,7 +21,7 @@ from .source import program_text
 
 ENTRY = "svcxdp_main"
 MAP_NAMES = ("services", "slots", "backends", "conntrack", "fragments", "rr_state",
-             "svc_stats", "counters")
+             "svc_stats", "counters", "backend_conns", "maglev")
 
 
 class DataplaneError(RuntimeError):
@@ -34,7 +34,8 @@ def _check_pinned_layout(bpf: BPF, config: DataplaneConfig) -> None:
         "services": config.max_services, "slots": config.max_slots,
         "backends": config.max_backends, "conntrack": config.ct_size,
         "fragments": config.frag_size, "rr_state": config.max_services,
-        "svc_stats": config.max_services,
+        "svc_stats": config.max_services, "backend_conns": config.max_backends,
+        "maglev": config.max_services,
     }
     for name in MAP_NAMES:
         table = bpf[name.encode()]

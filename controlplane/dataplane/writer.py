@@ -7,17 +7,24 @@ Update order (DESIGN.md) so that no packet ever sees a half-written service:
   4. and only after the entry's count has shrunk are surplus slots deleted and
      removed backends retired.
 Capacity is checked before the first write, so a full map leaves nothing behind.
+A Maglev service's table is built (csrc/maglev.c) and swapped in at step 2; it is
+removed after the entry when the service stops using Maglev or loses all backends.
 Identifiers are allocated here and rebuilt from the maps when a writer adopts a
 running dataplane, so a restarted agent continues where the last one stopped.
 """
 from __future__ import annotations
 
 import ctypes as ct
+import warnings
+from array import array
 from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from controlplane.maglev import MaglevBackend, MaglevSizeWarning, build_table
+
 from .layout import ALGORITHMS, const
+from .maglev_maps import MaglevMaps
 from .model import (BACKEND_STATES, PROTOCOLS, SCOPES, Backend, Frontend, ServiceState,
                     be16_to_port, be32_to_ip, ip_to_be32, port_to_be16)
 from .program import Dataplane
@@ -80,6 +87,31 @@ class _Installed:
     state: ServiceState
     backend_ids: dict[tuple[str, int], int]
     slot_count: int
+    table_ok: bool = True  # False: adopted Maglev service whose table is missing
+
+
+def _maglev_inputs(state: ServiceState, ids: dict[tuple[str, int], int]) -> tuple | None:
+    """Everything a service's Maglev table depends on; None when it has no table."""
+    if state.algorithm != "maglev":
+        return None
+    members = state.slot_backends()
+    if not members:
+        return None
+    return (state.maglev_table_size, tuple((b.address, ids[b.address], b.weight) for b in members))
+
+
+def maglev_table(state: ServiceState, ids: dict[tuple[str, int], int]) -> array | None:
+    """The table the writer installs for `state` (ids: address -> backend id); None
+    when the service has no table. Backends are keyed by (ip, port), so every node
+    orders and places them alike whatever its local ids."""
+    inputs = _maglev_inputs(state, ids)
+    if inputs is None:
+        return None
+    m, members = inputs
+    with warnings.catch_warnings():
+        # M < 100·N is the operator's choice (annotation); the agent reports it.
+        warnings.simplefilter("ignore", MaglevSizeWarning)
+        return build_table([MaglevBackend(addr, bid, w) for addr, bid, w in members], m)
 
 
 @dataclass(frozen=True)
@@ -108,6 +140,8 @@ class MapWriter:
         self.backends = dp.table("backends")
         self.rr_state = dp.table("rr_state")
         self.svc_stats = dp.table("svc_stats")
+        self.conns = dp.table("backend_conns")
+        self.maglev = MaglevMaps(dp.table("maglev"))
         self.max_slots = cfg.max_slots
         self._svc_ids = IdAllocator(cfg.max_services, f"services map (max_services={cfg.max_services})")
         self._backend_ids = IdAllocator(cfg.max_backends, f"backends map (max_backends={cfg.max_backends})")
@@ -129,11 +163,20 @@ class MapWriter:
             fe = Frontend(be32_to_ip(key.vip), be16_to_port(key.port), _PROTO_NAMES[key.proto],
                           _SCOPE_NAMES[key.scope])
             members = by_svc.get(v.svc_id, {})
-            state = ServiceState(
-                fe, tuple(b for _, b in members.values()), _ALG_NAMES.get(v.algorithm, "random"),
-                v.affinity_timeout if v.flags & F_AFFINITY else 0)
-            self._installed[fe] = _Installed(v.svc_id, state,
-                                             {addr: i for addr, (i, _) in members.items()}, v.count)
+            algorithm = _ALG_NAMES.get(v.algorithm, "random")
+            table_ok = True
+            m = v.table_size or None
+            try:
+                state = ServiceState(fe, tuple(b for _, b in members.values()), algorithm,
+                                     v.affinity_timeout if v.flags & F_AFFINITY else 0, m)
+            except ValueError:  # a table size this build refuses: rewrite at next sync
+                state = ServiceState(fe, tuple(b for _, b in members.values()), algorithm,
+                                     v.affinity_timeout if v.flags & F_AFFINITY else 0)
+                table_ok = False
+            ids = {addr: i for addr, (i, _) in members.items()}
+            if _maglev_inputs(state, ids) is not None and not self.maglev.has(v.svc_id):
+                table_ok = False  # the last agent stopped between table and entry
+            self._installed[fe] = _Installed(v.svc_id, state, ids, v.count, table_ok)
             self._svc_ids.claim(v.svc_id)
             for ident, _ in members.values():
                 self._backend_ids.claim(ident)
@@ -149,6 +192,22 @@ class MapWriter:
     def backend_id(self, frontend: Frontend, ip: str, port: int) -> int | None:
         inst = self._installed.get(frontend)
         return inst.backend_ids.get((ip, port)) if inst else None
+
+    def maglev_table(self, frontend: Frontend) -> list[int] | None:
+        """The Maglev table the datapath holds for a frontend (None without one)."""
+        inst = self._installed.get(frontend)
+        return self.maglev.read(inst.svc_id) if inst else None
+
+    def active_connections(self, frontend: Frontend) -> dict[tuple[str, int], int]:
+        """The datapath's active-connection count of each backend (lc family)."""
+        inst = self._installed.get(frontend)
+        if inst is None:
+            return {}
+        out = {}
+        for addr, bid in inst.backend_ids.items():
+            n = ct.c_int32(self.conns[self.conns.Key(bid)].value).value
+            out[addr] = max(n, 0)
+        return out
 
     # ---- writing --------------------------------------------------------------------
     def _svc_key(self, fe: Frontend):
@@ -177,7 +236,7 @@ class MapWriter:
         if needed > self._backend_ids.available:
             raise CapacityError(f"cannot add {needed} backends for {state.frontend}: "
                                 f"{self._backend_ids.what} has {self._backend_ids.available} left")
-        slots_after = self._slots_used - (old.slot_count if old else 0) + len(state.slot_backends())
+        slots_after = self._slots_used - (old.slot_count if old else 0) + len(state.slot_sequence())
         if slots_after > self.max_slots:
             raise CapacityError(f"cannot program {state.frontend}: slots map "
                                 f"(max_slots={self.max_slots}) would need {slots_after} entries")
@@ -186,7 +245,7 @@ class MapWriter:
         """Install or update one frontend; returns its service id."""
         fe = state.frontend
         old = self._installed.get(fe)
-        if old is not None and old.state == state:
+        if old is not None and old.state == state and old.table_ok:
             return old.svc_id
         self._check_capacity(state, old)
         proto = PROTOCOLS[fe.protocol]
@@ -196,18 +255,22 @@ class MapWriter:
         ids = dict(old.backend_ids) if old else {}
         old_by_addr = {b.address: b for b in old.state.backends} if old else {}
         backend_writes = []
+        fresh = []
         for b in state.backends:
             if b.address not in ids:
                 ids[b.address] = self._backend_ids.allocate()
+                fresh.append(ids[b.address])
             if old_by_addr.get(b.address) != b:
                 backend_writes.append((self.backends.Key(ids[b.address]),
                                        self._backend_leaf(b, svc_id, proto)))
+        # A new id starts with no connections (a reused one may hold a stale count).
+        _batch_update(self.conns, [(self.conns.Key(i), self.conns.Leaf(0)) for i in fresh])
         _batch_update(self.backends, backend_writes)
-        self.writes += len(backend_writes)
+        self.writes += len(backend_writes) + len(fresh)
 
         # 2. slots, then per-service state for a new service
-        slot_ids = [ids[b.address] for b in state.slot_backends()]
-        old_slot_ids = ([old.backend_ids[b.address] for b in old.state.slot_backends()]
+        slot_ids = [ids[b.address] for b in state.slot_sequence()]
+        old_slot_ids = ([old.backend_ids[b.address] for b in old.state.slot_sequence()]
                         if old else [])
         slot_writes = []
         for i, bid in enumerate(slot_ids):
@@ -222,6 +285,11 @@ class MapWriter:
             self.rr_state[self.rr_state.Key(svc_id)] = self.rr_state.Leaf()
             self.svc_stats[self.svc_stats.Key(svc_id)] = self.svc_stats.Leaf()
             self.writes += 2
+        new_table = _maglev_inputs(state, ids)
+        old_table = _maglev_inputs(old.state, old.backend_ids) if old else None
+        if new_table is not None and (new_table != old_table or not old.table_ok):
+            self.maglev.install(svc_id, maglev_table(state, ids))
+            self.writes += 1
 
         # 3. the service entry: from here on packets use the new state
         v = self.services.Leaf()
@@ -230,10 +298,15 @@ class MapWriter:
         v.algorithm = ALGORITHMS[state.algorithm]
         v.flags = F_AFFINITY if state.affinity_timeout else 0
         v.affinity_timeout = state.affinity_timeout
+        v.table_size = state.maglev_table_size
         self.services[self._svc_key(fe)] = v
         self.writes += 1
 
-        # 4. shrink: surplus slots, then backends that left the service
+        # 4. shrink: a table no longer used (other algorithm, no backends) goes first
+        if new_table is None and old is not None and old_table is not None:
+            self.writes += self.maglev.remove(svc_id)
+
+        # then surplus slots, then backends that left the service
         for slot in range(len(slot_ids) + 1, len(old_slot_ids) + 1):
             k = self.slots.Key()
             k.svc_id = svc_id
@@ -262,6 +335,7 @@ class MapWriter:
         except KeyError:
             pass
         self.writes += 1 + inst.slot_count + len(inst.backend_ids)
+        self.writes += self.maglev.remove(inst.svc_id)
         for slot in range(1, inst.slot_count + 1):
             k = self.slots.Key()
             k.svc_id = inst.svc_id
@@ -288,7 +362,7 @@ class MapWriter:
             old = self._installed.get(fe)
             if old is None:
                 added += 1
-            elif old.state == state:
+            elif old.state == state and old.table_ok:
                 unchanged += 1
                 continue
             else:
