@@ -14,35 +14,24 @@ SRC = os.path.relpath(HERE)
 
 ffibuilder = FFI()
 
+def header_declarations(path: str) -> str:
+    """maglev.h as cffi's cdef wants it: the same declarations, so nothing is written
+    twice. Preprocessor lines go, except #defines, whose values cffi reads itself."""
+    out = []
+    for line in open(path).read().splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#define SVCXDP_") and not stripped.startswith("#define SVCXDP_MAGLEV_H"):
+            out.append(f"#define {stripped.split()[1]} ...")
+        elif not stripped.startswith("#"):
+            out.append(line)
+    return "\n".join(out)
+
+
 ffibuilder.cdef(
-    """
+    header_declarations(os.path.join(HERE, "maglev.h"))
+    + """
     #define SVCXDP_FLOW_HASH_SEED_DEFAULT ...
-    #define SVCXDP_MAGLEV_EMPTY ...
-    #define SVCXDP_MAGLEV_MAX_M ...
-    #define SVCXDP_MAGLEV_EINVAL_M ...
-    #define SVCXDP_MAGLEV_EINVAL_ID ...
-    #define SVCXDP_MAGLEV_EDUP_KEY ...
-    #define SVCXDP_MAGLEV_ENOMEM ...
-    #define SVCXDP_MAGLEV_EINVAL_ARG ...
-    #define SVCXDP_MAGLEV_SEED_DEFAULT ...
-
-    struct svcxdp_maglev_backend {
-        const uint8_t *key;
-        uint32_t key_len;
-        uint32_t id;
-        uint32_t weight;
-    };
-
-    uint64_t svcxdp_key_hash64(const uint8_t *data, size_t len, uint64_t seed);
-    void svcxdp_maglev_perm(const uint8_t *key, size_t len, uint64_t seed, uint32_t m,
-                            uint32_t *offset, uint32_t *skip);
-    int svcxdp_is_prime(uint32_t n);
-    int svcxdp_maglev_build(const struct svcxdp_maglev_backend *backends, uint32_t n,
-                            uint32_t m, uint64_t seed, uint32_t *table);
-    int svcxdp_maglev_build_flat(const uint8_t *keys, const uint32_t *key_off,
-                                 const uint32_t *ids, const uint32_t *weights, uint32_t n,
-                                 uint32_t m, uint64_t seed, uint32_t *table);
-
+    /* Out-of-line copies of flowhash.h's inline functions (see set_source). */
     uint32_t svcxdp_ffi_jhash_3words(uint32_t a, uint32_t b, uint32_t c, uint32_t seed);
     uint32_t svcxdp_ffi_flow_hash(uint32_t saddr, uint32_t sport, uint32_t dport,
                                   uint32_t proto, uint32_t seed);

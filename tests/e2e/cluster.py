@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +121,22 @@ def _print_logs(lab: Lab, lines: int = 40) -> None:
     for log in sorted(logs.glob("*.log")) if logs.is_dir() else []:
         tail = log.read_text(errors="replace").splitlines()[-lines:]
         print(f"---- {log.name} (last {len(tail)} lines) ----", *tail, sep="\n")
+
+
+def cluster_for_module(tag: str, nodes: int = 2, node_processes=hooks.node_processes):
+    """The body of a module-scoped cluster fixture: up, yield, down, and assert that
+    nothing of it is left (namespaces, pins, processes, state)."""
+    from .conftest import RUN_PREFIX, lab_leftovers
+    state_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_PREFIX}-{tag}-state-"))
+    lab = Lab(state_dir, prefix=f"{RUN_PREFIX}-{tag}")
+    cluster = Cluster(lab)
+    try:
+        start_cluster(lab, nodes, node_processes)
+        yield cluster
+    finally:
+        left = stop_cluster(cluster) + lab_leftovers(lab)
+        shutil.rmtree(state_dir, ignore_errors=True)
+        assert not left, f"the cluster left things behind: {left}"
 
 
 def stop_cluster(cluster: Cluster) -> list[str]:

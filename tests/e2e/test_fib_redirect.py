@@ -3,17 +3,13 @@ the FIB and redirects the frame straight to the pod's veth (agent --fib-redirect
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from controlplane.lab import hooks
-from controlplane.lab.topology import Lab
 
-from .cluster import CLIENT, Cluster, start_cluster, stop_cluster
-from .conftest import RUN_PREFIX, lab_leftovers
+from .cluster import Cluster, cluster_for_module
 
 pytestmark = pytest.mark.root
 
@@ -27,16 +23,7 @@ def fib_redirect_agents(node, lab):
 
 @pytest.fixture(scope="module")
 def cluster(_lab_session_guard):
-    state_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_PREFIX}-fib-state-"))
-    lab = Lab(state_dir, prefix=f"{RUN_PREFIX}-fib")
-    c = Cluster(lab)
-    try:
-        start_cluster(lab, nodes=2, node_processes=fib_redirect_agents)
-        yield c
-    finally:
-        left = stop_cluster(c) + lab_leftovers(lab)
-        shutil.rmtree(state_dir, ignore_errors=True)
-        assert not left, f"the cluster left things behind: {left}"
+    yield from cluster_for_module("fib", node_processes=fib_redirect_agents)
 
 
 def _counter(cluster: Cluster, name: str) -> int:

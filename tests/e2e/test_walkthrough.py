@@ -2,20 +2,16 @@
 XDP agent, real clients in a pod, assertions on what the clients receive."""
 from __future__ import annotations
 
-import shutil
 import signal
 import os
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from controlplane.lab.topology import Lab
 
-from .cluster import CLIENT, Cluster, start_cluster, stop_cluster, wait_for
-from .conftest import RUN_PREFIX, lab_leftovers
+from .cluster import CLIENT, Cluster, cluster_for_module, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -24,16 +20,7 @@ MANIFESTS = Path(__file__).resolve().parents[1] / "fixtures" / "manifests"
 
 @pytest.fixture(scope="module")
 def cluster(_lab_session_guard):
-    state_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_PREFIX}-walk-state-"))
-    lab = Lab(state_dir, prefix=f"{RUN_PREFIX}-walk")
-    c = Cluster(lab)
-    try:
-        start_cluster(lab, nodes=2)
-        yield c
-    finally:
-        left = stop_cluster(c) + lab_leftovers(lab)
-        shutil.rmtree(state_dir, ignore_errors=True)
-        assert not left, f"the cluster left things behind: {left}"
+    yield from cluster_for_module("walk")
 
 
 def test_run_and_expose_nginx_answers_from_every_pod(cluster: Cluster):

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_Router_Alert, IPerror, UDPerror
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_Router_Alert
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Raw

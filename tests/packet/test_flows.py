@@ -6,7 +6,7 @@ import collections
 import time
 
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
@@ -102,7 +102,7 @@ def test_removed_backend_flows_are_reselected_never_sent_to_it(xdp: Harness):
 
 
 def test_terminating_backend_drains_but_takes_no_new_flows(xdp: Harness):
-    fe = xdp.service(algorithm="rr")
+    xdp.service(algorithm="rr")
     flows = {sport: backend_of(xdp, tcp(sport=sport)) for sport in range(45000, 45003)}
     draining = BACKENDS[1]
     xdp.service(algorithm="rr", states={draining: "terminating"})
