@@ -5,11 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from controlplane.api.validation.lb_annotations import (BACKEND_WEIGHTS, LB_ALGORITHM,
+                                                       MAGLEV_TABLE_SIZE, parse_backend_weights,
+                                                       parse_table_size)
 from controlplane.controllers.service_view import SCOPE_CLUSTER_IP, ServicePortView, ServiceView
 from controlplane.dataplane.layout import ALGORITHMS
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
+from controlplane.maglev.primes import DEFAULT_TABLE_SIZE, size_warning
 
-LB_ALGORITHM_ANNOTATION = "svcxdp.io/lb-algorithm"
+# Backend selection per service (validated at apply time by api.validation.lb_annotations):
+#   svcxdp.io/lb-algorithm: maglev        (else the node's --lb-algorithm)
+#   svcxdp.io/backend-weights: web-0=3,10.244.2.7=1   (pod name or IP; unlisted: 1)
+#   svcxdp.io/maglev-table-size: 65537    (Maglev M, prime; default 16381)
+LB_ALGORITHM_ANNOTATION = LB_ALGORITHM
+BACKEND_WEIGHTS_ANNOTATION = BACKEND_WEIGHTS
+MAGLEV_TABLE_SIZE_ANNOTATION = MAGLEV_TABLE_SIZE
 
 
 @dataclass(frozen=True)
@@ -37,12 +47,15 @@ def backend_state(ready: bool, serving: bool, terminating: bool) -> str | None:
     return None
 
 
-def _backends(port: ServicePortView) -> tuple[Backend, ...]:
+def _backends(port: ServicePortView, weights: dict[str, int] | None = None) -> tuple[Backend, ...]:
+    """Weights are looked up by pod name, then by IP; unlisted endpoints weigh 1."""
+    weights = weights or {}
     out = []
     for b in port.backends:
         state = backend_state(b.ready, b.serving, b.terminating)
         if state:
-            out.append(Backend(b.ip, b.port, state))
+            w = weights.get(b.pod_name or "", weights.get(b.ip, 1))
+            out.append(Backend(b.ip, b.port, state, w))
     return tuple(out)
 
 
@@ -60,17 +73,35 @@ def desired_state(views: Iterable[ServiceView], node: NodeConfig) -> Desired:
             problems.append(f"service {name}: annotation {LB_ALGORITHM_ANNOTATION}={algorithm!r} "
                             f"is not a known algorithm; using {node.default_algorithm}")
             algorithm = node.default_algorithm
+        weights: dict[str, int] = {}
+        if BACKEND_WEIGHTS_ANNOTATION in svc.annotations:
+            try:
+                weights = parse_backend_weights(svc.annotations[BACKEND_WEIGHTS_ANNOTATION])
+            except ValueError as exc:
+                problems.append(f"service {name}: annotation {BACKEND_WEIGHTS_ANNOTATION}: {exc}; "
+                                f"using weight 1 for every endpoint")
+        table_size = None
+        if algorithm == "maglev" and MAGLEV_TABLE_SIZE_ANNOTATION in svc.annotations:
+            try:
+                table_size = parse_table_size(svc.annotations[MAGLEV_TABLE_SIZE_ANNOTATION])
+            except ValueError as exc:
+                problems.append(f"service {name}: annotation {MAGLEV_TABLE_SIZE_ANNOTATION}: {exc}; "
+                                f"using the default size")
         affinity = view.affinity_timeout_seconds or 0
         for port in view.ports:
             if port.protocol not in ("TCP", "UDP"):
                 problems.append(f"service {name} port {port.port}/{port.protocol}: "
                                 f"not served by the XDP dataplane (TCP and UDP only)")
                 continue
-            backends = _backends(port)
+            backends = _backends(port, weights)
+            if algorithm == "maglev":
+                warn = size_warning(table_size or DEFAULT_TABLE_SIZE, len(backends))
+                if warn:
+                    problems.append(f"service {name} port {port.port}: {warn}")
             for ip, vport, scope in port.frontends:
                 if scope != SCOPE_CLUSTER_IP:
                     continue  # externalIPs, LoadBalancer and NodePort come with the external scope
                 fe = Frontend(ip, vport, port.protocol)
-                states.append(ServiceState(fe, backends, algorithm, affinity))
+                states.append(ServiceState(fe, backends, algorithm, affinity, table_size))
                 owners[fe] = f"{name}:{port.name or port.port}"
     return Desired(tuple(states), owners, tuple(problems))

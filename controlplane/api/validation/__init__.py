@@ -12,6 +12,7 @@ from ..pod import Pod
 from ..service import Service
 from . import names
 from .endpoints import validate_endpoints, validate_endpointslice
+from .lb_annotations import validate_lb_annotations
 from .meta import validate_object_meta
 from .service import validate_service, validate_service_update
 from .workloads import validate_deployment, validate_deployment_update, validate_pod
@@ -19,7 +20,7 @@ from .workloads import validate_deployment, validate_deployment_update, validate
 
 def validate(obj: ApiObject, old: ApiObject | None = None) -> list[FieldError]:
     if isinstance(obj, Service):
-        return validate_service_update(obj, old) if isinstance(old, Service) else validate_service(obj)
+        return (validate_service_update(obj, old) if isinstance(old, Service) else validate_service(obj)) + validate_lb_annotations(obj.metadata.annotations)
     if isinstance(obj, Deployment):
         return validate_deployment_update(obj, old) if isinstance(old, Deployment) else validate_deployment(obj)
     if isinstance(obj, Pod):
