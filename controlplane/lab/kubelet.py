@@ -41,10 +41,12 @@ class Kubelet:
         self.store = store
         self.lab = lab
         self._started: set[str] = set()  # lab pods this kubelet made (not `run --rm` clients)
+        self.retry = False  # a pod failed to start: try again without waiting for a change
 
     def sync_once(self) -> int:
         """Start what should run, stop what should not; returns how many changed."""
         changed = 0
+        self.retry = False
         nodes = {n.name: n for n in self.lab.nodes()}
         for pod in pods_to_stop(self.store):
             self.lab.remove_pod(lab_pod_name(pod))
@@ -57,7 +59,8 @@ class Kubelet:
             try:
                 handle = self.lab.add_pod(lab_pod_name(pod), node, _image(pod), _ports(pod))
             except LabError as exc:
-                log.warning("pod %s/%s could not start: %s", pod.namespace, pod.name, exc)
+                log.warning("pod %s/%s could not start (will retry): %s", pod.namespace, pod.name, exc)
+                self.retry = True
                 continue
             self._started.add(handle.name)
             set_pod_status(self.store, pod.namespace, pod.name, phase=RUNNING, pod_ip=handle.ip,
@@ -79,7 +82,7 @@ class Kubelet:
         rv = -1
         while not stop.is_set():
             current = self.store.wait_for_change(rv, timeout=poll_s)
-            if current == rv:
+            if current == rv and not self.retry:
                 continue
             try:
                 self.sync_once()
