@@ -17,6 +17,12 @@ Semantics, in Kubernetes terms:
   resourceVersion passes `rv`; `watch(rv)` iterates events forever (or until `stop()` or a
   timeout). History is compacted: asking for an rv older than the oldest kept raises
   api.errors.Gone, and the consumer relists (`list` returns the rv to resume from).
+- Every event carries `previous_labels`: the object's labels before the change (MODIFIED),
+  or its last labels (DELETED), so a consumer can tell which label selectors it left.
+- Indexes: `index_entries(cls, index, ...)` looks up (key, value) entries the store keeps
+  for every object's labels (INDEX_LABELS; `list` with an equality selector uses it), a
+  Service's `spec.selector` pairs (INDEX_SELECTOR) and a Pod's deletionTimestamp
+  (INDEX_DELETION, key ""). Lookups cost what they return, not the number of objects.
 - Claims are small (pool, value) -> owner reservations the allocators use (cluster IPs,
   node ports). They commit together with the objects of the same transaction.
 """
@@ -36,11 +42,27 @@ MODIFIED = "MODIFIED"
 DELETED = "DELETED"
 
 
+INDEX_LABELS = "labels"                # every kind: metadata.labels
+INDEX_SELECTOR = "selector"            # Service: spec.selector
+INDEX_DELETION = "deletionTimestamp"   # Pod: metadata.deletionTimestamp (key "")
+
+
 @dataclass(frozen=True)
 class WatchEvent:
     type: str                 # ADDED | MODIFIED | DELETED
     object: ApiObject         # the object after the change (for DELETED: its last state)
     resource_version: int     # the store resourceVersion of this change
+    # labels before the change (MODIFIED), the last labels (DELETED); None for ADDED, and
+    # for changes recorded by a store that did not keep them
+    previous_labels: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    namespace: str
+    name: str
+    key: str
+    value: str
 
 
 @dataclass(frozen=True)
@@ -67,6 +89,11 @@ class StoreReader(Protocol):
                           selector: Selector | None = None) -> ObjectList: ...
 
     def current_resource_version(self) -> int: ...
+
+    def index_entries(self, cls: type[ApiObject], index: str, namespace: str | None = None,
+                      key: str | None = None, value: str | None = None) -> list[IndexEntry]:
+        """Entries of `index` for objects of a kind, optionally only those with this `key`
+        (and `value`) in this namespace; sorted by (key, value, namespace, name)."""
 
 
 class StoreWriter(StoreReader, Protocol):

@@ -1,9 +1,10 @@
 """SqliteStore: the embedded store, one SQLite file in WAL mode.
 
 Tables: `objects` (one row per object: kind, namespace, name, uid, rv, labels JSON, object
-JSON), `changes` (the change feed: one row per write, keyed by resourceVersion), `claims`
-(allocator reservations) and `meta` (the resourceVersion counter, the compaction mark and
-settings). Writes run in `BEGIN IMMEDIATE` transactions with a busy timeout, so several
+JSON), `changes` (the change feed: one row per write, keyed by resourceVersion, with the
+labels before the write), `field_index` (label and field index entries, see store.indexes),
+`claims` (allocator reservations) and `meta` (the resourceVersion counter, the compaction
+mark and settings). Writes run in `BEGIN IMMEDIATE` transactions with a busy timeout, so several
 processes can write to the same file safely; readers never block writers (WAL).
 
 One SqliteStore object may be shared by threads (a lock serialises its connection), but a
@@ -22,9 +23,11 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 from controlplane.api.errors import AlreadyExists, Conflict, Gone, NotFound
 from controlplane.api.kinds import kind_class
 from controlplane.api.meta import ApiObject, format_timestamp, now
-from controlplane.api.selectors import Selector
+from controlplane.api.selectors import EQUALS, IN, Requirement, Selector
 
-from .interface import ADDED, DELETED, MODIFIED, ObjectList, StoreUnavailable, WatchEvent
+from . import indexes
+from .interface import (ADDED, DELETED, INDEX_LABELS, MODIFIED, IndexEntry, ObjectList, StoreUnavailable,
+                        WatchEvent)
 
 T = TypeVar("T", bound=ApiObject)
 
@@ -35,13 +38,13 @@ CREATE TABLE IF NOT EXISTS objects (
     PRIMARY KEY (kind, namespace, name)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS changes (
     rv INTEGER PRIMARY KEY, type TEXT NOT NULL, kind TEXT NOT NULL,
-    namespace TEXT NOT NULL, name TEXT NOT NULL, data TEXT NOT NULL);
+    namespace TEXT NOT NULL, name TEXT NOT NULL, data TEXT NOT NULL, prev_labels TEXT);
 CREATE TABLE IF NOT EXISTS claims (
     pool TEXT NOT NULL, value TEXT NOT NULL, owner TEXT NOT NULL,
     PRIMARY KEY (pool, value)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta (key, value) VALUES ('rv', '0'), ('compacted', '0');
-"""
+""" + indexes.SCHEMA + ";"
 
 DEFAULT_HISTORY = 100_000
 
@@ -129,6 +132,7 @@ class SqliteStore:
                     for stmt in SCHEMA.strip().split(";"):
                         if stmt.strip():
                             self._conn.execute(stmt)
+                    self._migrate()
                     self._conn.execute("COMMIT")
                 except BaseException:
                     self._conn.execute("ROLLBACK")
@@ -137,6 +141,16 @@ class SqliteStore:
             raise StoreUnavailable(f"cannot open store {self.path}: {exc}") from exc
 
     # ---------------------------------------------------------------- plumbing
+    def _migrate(self) -> None:
+        """Bring a store made by an earlier version up to this schema (inside BEGIN)."""
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(changes)")}
+        if "prev_labels" not in columns:
+            self._conn.execute("ALTER TABLE changes ADD COLUMN prev_labels TEXT")
+        if self._conn.execute("SELECT 1 FROM meta WHERE key='field_index'").fetchone() is None:
+            for stmt in indexes.backfill_sql():
+                self._conn.execute(stmt)
+            self._conn.execute("INSERT INTO meta (key, value) VALUES ('field_index', '1')")
+
     def reopen(self) -> "SqliteStore":
         """A second handle (own connection) on the same file, e.g. for a watcher thread."""
         return SqliteStore(self.path, self.history, self.poll_interval)
@@ -173,11 +187,22 @@ class SqliteStore:
     def _decode(kind: str, data: str) -> ApiObject:
         return kind_class(kind).from_dict(json.loads(data))
 
-    def _record(self, event: str, obj: ApiObject, rv: int, data: str) -> None:
+    def _record(self, event: str, obj: ApiObject, rv: int, data: str, prev_labels: str | None) -> None:
         self._conn.execute(
-            "INSERT INTO changes (rv, type, kind, namespace, name, data) VALUES (?,?,?,?,?,?)",
-            (rv, event, obj.KIND, obj.namespace, obj.name, data),
+            "INSERT INTO changes (rv, type, kind, namespace, name, data, prev_labels) VALUES (?,?,?,?,?,?,?)",
+            (rv, event, obj.KIND, obj.namespace, obj.name, data, prev_labels),
         )
+
+    def _reindex(self, kind: str, ns: str, name: str, old: set[indexes.Entry], new: set[indexes.Entry]) -> None:
+        gone, added = old - new, new - old
+        if gone:
+            self._conn.executemany(
+                "DELETE FROM field_index WHERE kind=? AND field=? AND key=? AND value=? AND namespace=? AND name=?",
+                [(kind, f, k, v, ns, name) for f, k, v in gone])
+        if added:
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO field_index (kind, field, key, value, namespace, name) VALUES (?,?,?,?,?,?)",
+                [(kind, f, k, v, ns, name) for f, k, v in added])
 
     # ---------------------------------------------------------------- reads
     def current_resource_version(self) -> int:
@@ -207,13 +232,23 @@ class SqliteStore:
                           selector: Selector | None = None) -> ObjectList:
         if selector is not None and selector.match_nothing:
             return ObjectList([], self.current_resource_version())
+        indexed = _indexed_requirement(selector)
         with self._lock:
             own_txn = self._depth == 0
             if own_txn:
                 self._conn.execute("BEGIN")
             try:
                 rv = self._rv if self._rv is not None else int(self._meta("rv"))
-                if namespace is None or not cls.NAMESPACED:
+                if indexed is not None:  # seek the label index, then check the whole selector
+                    sql = ("SELECT o.labels, o.data FROM field_index f JOIN objects o "
+                           "ON o.kind = f.kind AND o.namespace = f.namespace AND o.name = f.name "
+                           "WHERE f.kind=? AND f.field=? AND f.key=? AND f.value=?")
+                    params: list[Any] = [cls.KIND, INDEX_LABELS, indexed.key, indexed.values[0]]
+                    if namespace is not None and cls.NAMESPACED:
+                        sql += " AND f.namespace=?"
+                        params.append(namespace)
+                    rows = self._conn.execute(sql + " ORDER BY f.namespace, f.name", params).fetchall()
+                elif namespace is None or not cls.NAMESPACED:
                     rows = self._conn.execute(
                         "SELECT labels, data FROM objects WHERE kind=? ORDER BY namespace, name", (cls.KIND,)
                     ).fetchall()
@@ -233,10 +268,30 @@ class SqliteStore:
             items = [from_dict(loads(data)) for labels, data in rows if selector.matches(loads(labels))]
         return ObjectList(items, rv)
 
+    def index_entries(self, cls: type[ApiObject], index: str, namespace: str | None = None,
+                      key: str | None = None, value: str | None = None) -> list[IndexEntry]:
+        sql = "SELECT namespace, name, key, value FROM field_index WHERE kind=? AND field=?"
+        params: list[Any] = [cls.KIND, index]
+        if key is not None:
+            sql += " AND key=?"
+            params.append(key)
+            if value is not None:
+                sql += " AND value=?"
+                params.append(value)
+        elif value is not None:
+            raise ValueError("index_entries: a value needs a key")
+        if namespace is not None and cls.NAMESPACED:
+            sql += " AND namespace=?"
+            params.append(namespace)
+        with self._lock:
+            rows = self._conn.execute(sql + " ORDER BY key, value, namespace, name", params).fetchall()
+        return [IndexEntry(*row) for row in rows]
+
     # ---------------------------------------------------------------- writes
-    def _serialize(self, obj: ApiObject, rv: int) -> str:
+    def _serialize(self, obj: ApiObject, rv: int) -> tuple[str, dict[str, Any]]:
         obj.metadata.resource_version = str(rv)
-        return _dumps(obj.to_dict())
+        doc = obj.to_dict()
+        return _dumps(doc), doc
 
     def create(self, obj: T) -> T:
         if obj.NAMESPACED and not obj.metadata.namespace:
@@ -248,7 +303,7 @@ class SqliteStore:
             rv = self._next_rv()
             obj.metadata.uid = str(uuid.uuid4())
             obj.metadata.creation_timestamp = obj.metadata.creation_timestamp or format_timestamp(now())
-            data = self._serialize(obj, rv)
+            data, doc = self._serialize(obj, rv)
             try:
                 self._conn.execute(
                     "INSERT INTO objects (kind, namespace, name, uid, rv, labels, data) VALUES (?,?,?,?,?,?,?)",
@@ -257,7 +312,8 @@ class SqliteStore:
             except sqlite3.IntegrityError:
                 self._rv = rv - 1
                 raise AlreadyExists(obj.RESOURCE, obj.name) from None
-            self._record(ADDED, obj, rv, data)
+            self._reindex(obj.KIND, ns, obj.name, set(), indexes.entries(obj.KIND, doc))
+            self._record(ADDED, obj, rv, data, None)
         return obj
 
     def update(self, obj: T) -> T:
@@ -275,18 +331,20 @@ class SqliteStore:
             asked = obj.metadata.resource_version
             if asked and int(asked) != stored_rv:
                 raise Conflict(obj.RESOURCE, obj.name)
-            stored_meta = json.loads(stored_data)["metadata"]
+            stored_doc = json.loads(stored_data)
+            stored_meta = stored_doc["metadata"]
             obj.metadata.uid = uid
             obj.metadata.creation_timestamp = stored_meta.get("creationTimestamp")
-            if self._serialize(obj, stored_rv) == stored_data:
+            if self._serialize(obj, stored_rv)[0] == stored_data:
                 return obj  # no-op update: nothing written, no event
             rv = self._next_rv()
-            data = self._serialize(obj, rv)
+            data, doc = self._serialize(obj, rv)
             self._conn.execute(
                 "UPDATE objects SET rv=?, labels=?, data=? WHERE kind=? AND namespace=? AND name=?",
                 (rv, _dumps(obj.labels), data, obj.KIND, ns, obj.name),
             )
-            self._record(MODIFIED, obj, rv, data)
+            self._reindex(obj.KIND, ns, obj.name, indexes.entries(obj.KIND, stored_doc), indexes.entries(obj.KIND, doc))
+            self._record(MODIFIED, obj, rv, data, _dumps(stored_meta.get("labels") or {}))
         return obj
 
     def delete(self, cls: type[T], namespace: str, name: str, resource_version: int | None = None) -> T:
@@ -299,11 +357,14 @@ class SqliteStore:
                 raise NotFound(cls.RESOURCE, name)
             if resource_version is not None and resource_version != row[0]:
                 raise Conflict(cls.RESOURCE, name)
-            obj = cls.from_dict(json.loads(row[1]))
+            stored_doc = json.loads(row[1])
+            old_entries = indexes.entries(cls.KIND, stored_doc)
+            obj = cls.from_dict(stored_doc)
             rv = self._next_rv()
-            data = self._serialize(obj, rv)
+            data, _ = self._serialize(obj, rv)
             self._conn.execute("DELETE FROM objects WHERE kind=? AND namespace=? AND name=?", (cls.KIND, ns, name))
-            self._record(DELETED, obj, rv, data)
+            self._reindex(cls.KIND, ns, name, old_entries, set())
+            self._record(DELETED, obj, rv, data, _dumps(obj.labels))
         return obj
 
     # ---------------------------------------------------------------- claims and settings
@@ -342,7 +403,7 @@ class SqliteStore:
     def changes_since(self, resource_version: int, kinds: Iterable[type[ApiObject]] | None = None,
                       limit: int | None = None) -> list[WatchEvent]:
         kind_names = sorted({k.KIND for k in kinds}) if kinds is not None else None
-        sql = "SELECT rv, type, kind, data FROM changes WHERE rv > ?"
+        sql = "SELECT rv, type, kind, data, prev_labels FROM changes WHERE rv > ?"
         params: list[Any] = [resource_version]
         if kind_names is not None:
             sql += f" AND kind IN ({','.join('?' * len(kind_names))})"
@@ -356,7 +417,8 @@ class SqliteStore:
             if resource_version < compacted:
                 raise Gone(resource_version, compacted)
             rows = self._conn.execute(sql, params).fetchall()
-        return [WatchEvent(etype, self._decode(kind, data), rv) for rv, etype, kind, data in rows]
+        return [WatchEvent(etype, self._decode(kind, data), rv, None if prev is None else json.loads(prev))
+                for rv, etype, kind, data, prev in rows]
 
     def wait_for_change(self, resource_version: int, timeout: float) -> int:
         deadline = time.monotonic() + timeout
@@ -390,3 +452,13 @@ class SqliteStore:
                 return
             wait = 0.05 if timeout is None else max(0.0, min(0.05, timeout - (time.monotonic() - idle_since)))
             self.wait_for_change(rv, wait)
+
+
+def _indexed_requirement(selector: Selector | None) -> Requirement | None:
+    """The selector's first `key=value` requirement: `list` seeks the label index with it."""
+    if selector is None:
+        return None
+    for req in selector.requirements:
+        if req.operator in (EQUALS, IN) and len(req.values) == 1:
+            return req
+    return None

@@ -175,3 +175,55 @@ def test_open_store_reports_unwritable_state_dir(tmp_path: Path) -> None:
     with pytest.raises(StoreUnavailable, match="cannot create state directory"):
         open_store(blocker / "sub")
     assert open_store(tmp_path / "state").path.endswith("state/store.db")
+
+
+def test_label_and_field_indexes_follow_writes(store: SqliteStore) -> None:
+    from controlplane.store.interface import INDEX_DELETION, INDEX_LABELS, INDEX_SELECTOR
+    web = svc("web", app="web")
+    web.spec.selector = {"app": "web", "tier": "front"}
+    store.create(web)
+    store.create(svc("db", "other", app="web"))
+    assert [(e.namespace, e.name) for e in store.index_entries(Service, INDEX_LABELS, key="app", value="web")] == [
+        ("default", "web"), ("other", "db")]
+    assert [e.name for e in store.index_entries(Service, INDEX_SELECTOR, "default", "tier", "front")] == ["web"]
+    web = store.get(Service, "default", "web")
+    web.spec.selector = {"app": "web2"}
+    web.metadata.labels = {"app": "db"}
+    store.update(web)
+    assert [(e.key, e.value) for e in store.index_entries(Service, INDEX_SELECTOR, "default")] == [("app", "web2")]
+    assert [s.key for s in store.list(Service, None, Selector.parse("app=web"))] == ["other/db"]
+    assert [s.key for s in store.list(Service, None, Selector.parse("app=db,x!=y"))] == ["default/web"]
+    store.delete(Service, "default", "web")
+    assert store.index_entries(Service, INDEX_SELECTOR) == []
+    pod = Pod(metadata=ObjectMeta(name="p", namespace="default"))
+    store.create(pod)
+    assert store.index_entries(Pod, INDEX_DELETION) == []
+    pod = store.get(Pod, "default", "p")
+    pod.metadata.deletion_timestamp = "2030-01-01T00:00:00Z"
+    store.update(pod)
+    assert [(e.name, e.value) for e in store.index_entries(Pod, INDEX_DELETION)] == [("p", "2030-01-01T00:00:00Z")]
+
+
+def test_events_carry_the_labels_before_the_change(store: SqliteStore) -> None:
+    store.create(svc("a", app="one"))
+    a = store.get(Service, "default", "a")
+    a.metadata.labels = {"app": "two"}
+    store.update(a)
+    store.delete(Service, "default", "a")
+    assert [(e.type, e.previous_labels) for e in store.changes_since(0)] == [
+        (ADDED, None), (MODIFIED, {"app": "one"}), (DELETED, {"app": "two"})]
+
+
+def test_an_older_store_gets_its_index_built_on_open(tmp_path: Path) -> None:
+    from controlplane.store.interface import INDEX_LABELS, INDEX_SELECTOR
+    first = SqliteStore(tmp_path / "store.db")
+    web = svc("web", app="web")
+    web.spec.selector = {"app": "web"}
+    first.create(web)
+    first._conn.execute("DELETE FROM field_index")          # as made before the index existed
+    first._conn.execute("DELETE FROM meta WHERE key='field_index'")
+    first.close()
+    again = SqliteStore(tmp_path / "store.db")
+    assert [e.name for e in again.index_entries(Service, INDEX_LABELS, "default", "app", "web")] == ["web"]
+    assert [e.name for e in again.index_entries(Service, INDEX_SELECTOR, "default", "app", "web")] == ["web"]
+    again.close()
