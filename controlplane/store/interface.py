@@ -22,7 +22,7 @@ Semantics, in Kubernetes terms:
 - Indexes: `index_entries(cls, index, ...)` looks up (key, value) entries the store keeps
   for every object's labels (INDEX_LABELS; `list` with an equality selector uses it), a
   Service's `spec.selector` pairs (INDEX_SELECTOR) and a Pod's deletionTimestamp
-  (INDEX_DELETION, key ""). Lookups cost what they return, not the number of objects.
+  (INDEX_DELETION, key "") and ownerReferences uids (INDEX_OWNER, key ""). Lookups cost what they return, not the number of objects.
 - Claims are small (pool, value) -> owner reservations the allocators use (cluster IPs,
   node ports). They commit together with the objects of the same transaction.
 """
@@ -45,6 +45,7 @@ DELETED = "DELETED"
 INDEX_LABELS = "labels"                # every kind: metadata.labels
 INDEX_SELECTOR = "selector"            # Service: spec.selector
 INDEX_DELETION = "deletionTimestamp"   # Pod: metadata.deletionTimestamp (key "")
+INDEX_OWNER = "owner"                  # Pod: metadata.ownerReferences[].uid (key "")
 
 
 @dataclass(frozen=True)

@@ -227,3 +227,18 @@ def test_an_older_store_gets_its_index_built_on_open(tmp_path: Path) -> None:
     assert [e.name for e in again.index_entries(Service, INDEX_LABELS, "default", "app", "web")] == ["web"]
     assert [e.name for e in again.index_entries(Service, INDEX_SELECTOR, "default", "app", "web")] == ["web"]
     again.close()
+
+
+def test_pods_are_indexed_by_owner_uid(tmp_path: Path) -> None:
+    from controlplane.api.meta import OwnerReference
+    from controlplane.store.interface import INDEX_OWNER
+    store = SqliteStore(tmp_path / "store.db")
+    ref = OwnerReference(api_version="apps/v1", kind="Deployment", name="d", uid="uid-d", controller=True)
+    store.create(Pod(metadata=ObjectMeta(name="p", namespace="default", owner_references=[ref])))
+    assert [(e.name, e.value) for e in store.index_entries(Pod, INDEX_OWNER, "default", "", "uid-d")] == [("p", "uid-d")]
+    store._conn.execute("DELETE FROM field_index")
+    store._conn.execute("DELETE FROM meta WHERE key='field_index'")
+    store.close()
+    again = SqliteStore(tmp_path / "store.db")
+    assert [e.name for e in again.index_entries(Pod, INDEX_OWNER, "default", "", "uid-d")] == ["p"]
+    again.close()
