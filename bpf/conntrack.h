@@ -91,9 +91,23 @@ static __always_inline void ct_uncount_from_reply(const struct ct_key *rk, struc
 		ct_uncount(fv);
 }
 
-/* Record both directions of a new flow. The reply key is what the backend's
- * answer carries: backend -> client. With `counted`, the flow takes one of its
- * backend's active-connection counts (unless it is closing already). */
+/* Does a reply from this backend address need its own conntrack entry? Only when
+ * the address serves several frontends (or has no rev_nat entry at all, which the
+ * writer never leaves: it writes rev_nat before a backend can be chosen). */
+static __always_inline int ct_needs_reply_entry(const struct backend *b)
+{
+	struct revnat_key rk = {};
+	rk.ip = b->ip;
+	rk.port = b->port;
+	rk.proto = b->proto;
+	struct revnat_value *rn = rev_nat.lookup(&rk);
+	return !rn || (rn->flags & SVCXDP_REVNAT_F_SHARED);
+}
+
+/* Record a new flow: its forward entry, and a reply entry (backend -> client, the
+ * key the backend's answer carries) when ct_needs_reply_entry(). With `counted`,
+ * the flow takes one of its backend's active-connection counts (unless it is
+ * closing already). */
 static __always_inline void ct_create(const struct ct_key *fwd, __be32 vip, __be16 vport,
 				      const struct backend *b, __u32 backend_id,
 				      __u32 svc_id, __u64 now, __u8 tcp_flags, int counted)
@@ -111,6 +125,8 @@ static __always_inline void ct_create(const struct ct_key *fwd, __be32 vip, __be
 	conntrack.update((struct ct_key *)fwd, &v);
 	if (v.flags & SVCXDP_CT_F_COUNTED)
 		conns_add(backend_id, 1);
+	if (!ct_needs_reply_entry(b))
+		return;
 
 	struct ct_key rk = {};
 	rk.src = b->ip;
@@ -122,6 +138,59 @@ static __always_inline void ct_create(const struct ct_key *fwd, __be32 vip, __be
 	v.nat_ip = vip;
 	v.nat_port = vport;
 	conntrack.update(&rk, &v);
+}
+
+/* The flow a packet from backend:bport to client:cport answers. */
+struct reply_match {
+	struct ct_value *v;   /* the entry to refresh: the forward one, or a reply entry */
+	struct ct_key key;    /* v's key */
+	__be32 vip;           /* what the reply's source becomes */
+	__be16 vport;
+	__u8 via_reply_entry;
+};
+
+static __always_inline int ct_match_reply(__be32 backend, __be16 bport, __be32 client,
+					  __be16 cport, __u8 proto, struct reply_match *m)
+{
+	struct revnat_key rk = {};
+	rk.ip = backend;
+	rk.port = bport;
+	rk.proto = proto;
+	struct revnat_value *rn = rev_nat.lookup(&rk);
+	if (!rn)
+		return 0;  /* not a backend of any service: the common non-service case */
+	__builtin_memset(&m->key, 0, sizeof(m->key));
+	m->key.proto = proto;
+	if (rn->flags & SVCXDP_REVNAT_F_SHARED) {
+		m->key.src = backend;
+		m->key.dst = client;
+		m->key.sport = bport;
+		m->key.dport = cport;
+		m->key.dir = SVCXDP_CT_DIR_REPLY;
+		struct ct_value *v = conntrack.lookup(&m->key);
+		if (v) {
+			m->v = v;
+			m->vip = v->nat_ip;
+			m->vport = v->nat_port;
+			m->via_reply_entry = 1;
+			return 1;
+		}
+	}
+	/* The forward entry of client -> VIP:port, if it still points at this backend
+	 * (a stale reply from a backend the flow has left is not translated). */
+	m->key.src = client;
+	m->key.dst = rn->vip;
+	m->key.sport = cport;
+	m->key.dport = rn->vport;
+	m->key.dir = SVCXDP_CT_DIR_FORWARD;
+	struct ct_value *v = conntrack.lookup(&m->key);
+	if (!v || v->nat_ip != backend || v->nat_port != bport)
+		return 0;
+	m->v = v;
+	m->vip = rn->vip;
+	m->vport = rn->vport;
+	m->via_reply_entry = 0;
+	return 1;
 }
 
 #endif /* SVCXDP_CONNTRACK_H */

@@ -60,16 +60,15 @@ static __always_inline int handle_icmp(struct cursor *c, struct iphdr *ip, struc
 	k.dport = ports[0];
 	k.proto = in->protocol;
 
-	/* Error from the backend's side about client -> backend: the quote's reverse
-	 * is a reply entry holding the VIP. */
-	k.dir = SVCXDP_CT_DIR_REPLY;
-	struct ct_value *v = conntrack.lookup(&k);
-	if (v) {
+	/* Error from the backend's side about client -> backend: the flow it quotes
+	 * is found as its reply would be. */
+	struct reply_match m;
+	if (ct_match_reply(in->daddr, ports[1], in->saddr, ports[0], in->protocol, &m)) {
 		__be32 backend_ip = in->daddr;
-		icmp_rewrite_quote(icmp, in, &in->daddr, &ports[1], v->nat_ip, v->nat_port);
+		icmp_rewrite_quote(icmp, in, &in->daddr, &ports[1], m.vip, m.vport);
 		if (ip->saddr == backend_ip) {
-			ip->saddr = v->nat_ip;
-			csum_replace4(&ip->check, backend_ip, v->nat_ip);
+			ip->saddr = m.vip;
+			csum_replace4(&ip->check, backend_ip, m.vip);
 		}
 		ev->main = SVCXDP_CNT_ICMP_NAT;
 		return XDP_PASS;
@@ -78,7 +77,7 @@ static __always_inline int handle_icmp(struct cursor *c, struct iphdr *ip, struc
 	/* Error from the client's side about a reply VIP -> client: the quote's
 	 * reverse is the forward entry holding the backend. */
 	k.dir = SVCXDP_CT_DIR_FORWARD;
-	v = conntrack.lookup(&k);
+	struct ct_value *v = conntrack.lookup(&k);
 	if (v) {
 		__be32 vip = in->saddr;
 		icmp_rewrite_quote(icmp, in, &in->saddr, &ports[0], v->nat_ip, v->nat_port);

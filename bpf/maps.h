@@ -39,7 +39,10 @@ SVCXDP_MAP("hash", struct svc_key, struct svc_value, services, SVCXDP_MAX_SERVIC
 SVCXDP_MAP("hash", struct slot_key, __u32, slots, SVCXDP_MAX_SLOTS);
 /* backend id -> address; an array because ids are dense and id 0 is reserved. */
 SVCXDP_MAP("array", __u32, struct backend, backends, SVCXDP_MAX_BACKENDS);
-/* Both directions of every service flow; LRU so a full table evicts the oldest. */
+/* backend address -> the frontend its replies come from (see struct revnat_key). */
+SVCXDP_MAP("hash", struct revnat_key, struct revnat_value, rev_nat, SVCXDP_MAX_BACKENDS);
+/* Service flows (forward entries; reply entries for shared addresses); LRU so a
+ * full table evicts the oldest. */
 SVCXDP_MAP("lru_hash", struct ct_key, struct ct_value, conntrack, SVCXDP_CT_SIZE);
 /* How the first fragment of a datagram was translated, for the later ones. */
 SVCXDP_MAP("lru_hash", struct frag_key, struct frag_value, fragments, SVCXDP_FRAG_SIZE);

@@ -94,24 +94,26 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct ethhdr *eth, 
 					struct l4_info *l4, __u32 l3_off, int vlan,
 					struct events *ev)
 {
-	struct ct_key k = {};
-	k.src = ip->saddr;
-	k.dst = ip->daddr;
-	k.sport = *l4->sport;
-	k.dport = *l4->dport;
-	k.proto = ip->protocol;
-	k.dir = SVCXDP_CT_DIR_REPLY;
-	struct ct_value *v = conntrack.lookup(&k);
-	__u64 now = bpf_ktime_get_coarse_ns();
-	if (!v || !ct_alive(v, now, k.proto)) {
+	struct reply_match m;
+	if (!ct_match_reply(ip->saddr, *l4->sport, ip->daddr, *l4->dport, ip->protocol, &m)) {
 		ev->main = SVCXDP_CNT_PASS_NON_SERVICE;
 		return XDP_PASS;
 	}
-	if (ct_touch(v, now, l4->tcp_flags))
-		ct_uncount_from_reply(&k, v);
+	struct ct_value *v = m.v;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	if (!ct_alive(v, now, ip->protocol)) {
+		ev->main = SVCXDP_CNT_PASS_NON_SERVICE;
+		return XDP_PASS;
+	}
+	if (ct_touch(v, now, l4->tcp_flags)) {
+		if (m.via_reply_entry)
+			ct_uncount_from_reply(&m.key, v);
+		else
+			ct_uncount(v);
+	}
 	__be32 orig_src = ip->saddr;
-	nat_src(ip, l4->sport, &l4->csum, v->nat_ip, v->nat_port);
-	frag_record(ip, orig_src, ip->daddr, v->nat_ip, SVCXDP_CT_DIR_REPLY);
+	nat_src(ip, l4->sport, &l4->csum, m.vip, m.vport);
+	frag_record(ip, orig_src, ip->daddr, m.vip, SVCXDP_CT_DIR_REPLY);
 	svc_account(v->svc_id, frame_bytes(ip, l3_off), 0, 0);
 	ev->main = SVCXDP_CNT_REVNAT;
 	return forward(ctx, eth, ip, vlan, ev);

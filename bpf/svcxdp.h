@@ -56,6 +56,10 @@
 #define SVCXDP_CT_DIR_FORWARD 0  /* client -> VIP:port, value holds the backend */
 #define SVCXDP_CT_DIR_REPLY 1    /* backend -> client, value holds the VIP:port */
 #define SVCXDP_CT_F_CLOSING 1    /* TCP FIN or RST seen: short timeout */
+
+/* ---- reverse NAT (rev_nat.flags) ------------------------------------------------ */
+#define SVCXDP_REVNAT_F_SHARED 1  /* the address serves several frontends: flows to it
+				   * also record a reply entry in conntrack */
 #define SVCXDP_CT_F_COUNTED 2    /* holds one of its backend's active-connection counts */
 
 /* ---- global counters (index into the `counters` per-CPU array) ---------------- */
@@ -122,8 +126,26 @@ struct backend {
 	__u16 reserved;
 };
 
-/* Conntrack: both directions of a service flow, so that either direction is
- * translated with a single lookup. */
+/* Key of the `rev_nat` map: a backend's address. A reply from it is turned back
+ * into the frontend it serves, once its forward flow is found in conntrack, so a
+ * new flow writes one conntrack entry, not two. */
+struct revnat_key {
+	__be32 ip;
+	__be16 port;
+	__u8 proto;
+	__u8 reserved;
+};
+
+struct revnat_value {
+	__be32 vip;       /* the frontend the address answers for (the first, if shared) */
+	__be16 vport;
+	__u8 flags;       /* SVCXDP_REVNAT_F_* */
+	__u8 reserved;
+};
+
+/* Conntrack: the forward entry of a flow (client -> VIP:port, holding the backend);
+ * a reply entry (backend -> client, holding the VIP) only for backends whose
+ * address serves several frontends (SVCXDP_REVNAT_F_SHARED). */
 struct ct_key {
 	__be32 src;
 	__be32 dst;

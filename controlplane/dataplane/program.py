@@ -20,7 +20,7 @@ from .libbpf import map_info, prog_id
 from .source import program_text
 
 ENTRY = "svcxdp_main"
-MAP_NAMES = ("services", "slots", "backends", "conntrack", "fragments", "rr_state",
+MAP_NAMES = ("services", "slots", "backends", "rev_nat", "conntrack", "fragments", "rr_state",
              "svc_stats", "counters", "backend_conns", "maglev")
 
 
@@ -32,7 +32,7 @@ def _check_pinned_layout(bpf: BPF, config: DataplaneConfig) -> None:
     """A pinned map from an older build with another layout must not be reused."""
     expected_max = {
         "services": config.max_services, "slots": config.max_slots,
-        "backends": config.max_backends, "conntrack": config.ct_size,
+        "backends": config.max_backends, "rev_nat": config.max_backends, "conntrack": config.ct_size,
         "fragments": config.frag_size, "rr_state": config.max_services,
         "svc_stats": config.max_services, "backend_conns": config.max_backends,
         "maglev": config.max_services,

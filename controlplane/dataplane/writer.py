@@ -28,6 +28,7 @@ from .maglev_maps import MaglevMaps
 from .model import (BACKEND_STATES, PROTOCOLS, SCOPES, Backend, Frontend, ServiceState,
                     be16_to_port, be32_to_ip, ip_to_be32, port_to_be16)
 from .program import Dataplane
+from .revnat import RevNat
 
 UNUSED = const("BACKEND_UNUSED")
 F_AFFINITY = const("SVC_F_AFFINITY")
@@ -142,13 +143,23 @@ class MapWriter:
         self.svc_stats = dp.table("svc_stats")
         self.conns = dp.table("backend_conns")
         self.maglev = MaglevMaps(dp.table("maglev"))
+        self.revnat = RevNat(dp.table("rev_nat"))
         self.max_slots = cfg.max_slots
         self._svc_ids = IdAllocator(cfg.max_services, f"services map (max_services={cfg.max_services})")
         self._backend_ids = IdAllocator(cfg.max_backends, f"backends map (max_backends={cfg.max_backends})")
         self._installed: dict[Frontend, _Installed] = {}
         self._slots_used = 0
-        self.writes = 0  # map entries written or deleted by this writer, for logs and benches
+        self._writes = 0
         self._adopt()
+
+    @property
+    def writes(self) -> int:
+        """Map entries written or deleted by this writer, for logs and benches."""
+        return self._writes + self.revnat.writes
+
+    @writes.setter
+    def writes(self, total: int) -> None:
+        self._writes = total - self.revnat.writes
 
     # ---- reading what the maps hold ---------------------------------------------
     def _adopt(self) -> None:
@@ -181,6 +192,7 @@ class MapWriter:
             for ident, _ in members.values():
                 self._backend_ids.claim(ident)
             self._slots_used += v.count
+        self.revnat.adopt({fe: list(inst.backend_ids) for fe, inst in self._installed.items()})
 
     def installed(self) -> dict[Frontend, ServiceState]:
         return {fe: inst.state for fe, inst in self._installed.items()}
@@ -251,7 +263,8 @@ class MapWriter:
         proto = PROTOCOLS[fe.protocol]
         svc_id = old.svc_id if old else self._svc_ids.allocate()
 
-        # 1. backends
+        # 1. reverse NAT for new addresses, then backends
+        self.revnat.attach(fe, [b.address for b in state.backends])
         ids = dict(old.backend_ids) if old else {}
         old_by_addr = {b.address: b for b in old.state.backends} if old else {}
         backend_writes = []
@@ -317,10 +330,12 @@ class MapWriter:
             except KeyError:
                 pass
         keep = {b.address for b in state.backends}
-        for addr in [a for a in ids if a not in keep]:
+        gone = [a for a in ids if a not in keep]
+        for addr in gone:
             self.backends[self.backends.Key(ids[addr])] = self.backends.Leaf()
             self.writes += 1
             self._backend_ids.release(ids.pop(addr))
+        self.revnat.detach(fe, gone)
 
         self._slots_used += len(slot_ids) - (old.slot_count if old else 0)
         self._installed[fe] = _Installed(svc_id, state, ids, len(slot_ids))
@@ -347,6 +362,7 @@ class MapWriter:
         for bid in inst.backend_ids.values():
             self.backends[self.backends.Key(bid)] = self.backends.Leaf()
             self._backend_ids.release(bid)
+        self.revnat.detach(frontend, list(inst.backend_ids))
         self._svc_ids.release(inst.svc_id)
         self._slots_used -= inst.slot_count
         return True

@@ -144,6 +144,8 @@ class ReferenceDatapath:
         self.rr_next: dict[int, int] = {}
         self.conntrack: dict[CtKey, Flow] = {}
         self.fragments: dict[FragKey, tuple[str, int]] = {}
+        # backend (ip, port, proto) -> (VIP, port it answers for, shared by several frontends)
+        self.rev_nat: dict[tuple[str, int, int], tuple[str, int, bool]] = {}
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.svc_stats: dict[int, dict[str, int]] = {}
 
@@ -167,6 +169,8 @@ class ReferenceDatapath:
                 self.rr_next[s.svc_id] = 0
                 self.svc_stats[s.svc_id] = dict(packets=0, bytes=0, new_flows=0, rejects=0)
         self.services, self.backends = services, backends
+        self.rev_nat = {(ip, port, protos[proto]): (users[0].vip, users[0].port, len(users) > 1)
+                        for (ip, port, proto), users in writer.revnat.users.items()}
 
     def forward_flows(self) -> list[tuple[CtKey, Flow]]:
         return [(k, v) for k, v in self.conntrack.items() if k[5] == FWD]
@@ -244,20 +248,37 @@ class ReferenceDatapath:
             return [self._reply(ip, l4, sport, dport, tcp_flags, frame_bytes, done)]
         return self._service(pkt, ip, l3, l4, sport, dport, tcp_flags, svc, frame_bytes, done)
 
+    def _match_reply(self, backend, bport, client, cport, proto):
+        """The flow a packet backend:bport -> client:cport answers, and the VIP:port
+        it comes from: by the address's rev_nat entry and the flow's forward entry,
+        or, for an address several frontends share, by its own reply entry."""
+        rn = self.rev_nat.get((backend, bport, proto))
+        if rn is None:
+            return None
+        vip, vport, shared = rn
+        if shared:
+            flow = self.conntrack.get((backend, client, bport, cport, proto, REPLY))
+            if flow is not None:
+                return flow, flow.nat_ip, flow.nat_port
+        flow = self.conntrack.get((client, vip, cport, vport, proto, FWD))
+        if flow is None or (flow.nat_ip, flow.nat_port) != (backend, bport):
+            return None
+        return flow, vip, vport
+
     # A backend's answer to a tracked flow: source becomes VIP:port again.
     def _reply(self, ip, l4, sport, dport, tcp_flags, frame_bytes, done) -> Outcome:
-        key = (ip.src, ip.dst, sport, dport, ip.proto, REPLY)
-        flow = self.conntrack.get(key)
-        if flow is None:
+        match = self._match_reply(ip.src, sport, ip.dst, dport, ip.proto)
+        if match is None:
             return done("XDP_PASS", "no service, no flow", "pass_non_service")
+        flow, vip, vport = match
         orig_src = ip.src
-        ip.set_src(flow.nat_ip, l4)
-        if sport != flow.nat_port:
-            ip.set_port(l4, 0, flow.nat_port)
+        ip.set_src(vip, l4)
+        if sport != vport:
+            ip.set_port(l4, 0, vport)
 
         def effect() -> None:
             self._touch(flow, tcp_flags)
-            self._frag_record(ip, orig_src, ip.dst, flow.nat_ip, REPLY)
+            self._frag_record(ip, orig_src, ip.dst, vip, REPLY)
             self._account(flow.svc_id, frame_bytes)
         return done("XDP_PASS", "reverse NAT", "revnat", effect=effect)
 
@@ -308,8 +329,10 @@ class ReferenceDatapath:
                     self.rr_next[svc.svc_id] = rr_after
                 closing = bool(tcp_flags & (TCP_FIN | TCP_RST))
                 self.conntrack[key] = Flow(b.ip, b.port, bid, svc.svc_id, closing)
-                self.conntrack[(b.ip, ip.src, b.port, sport, ip.proto, REPLY)] = \
-                    Flow(ip.dst, dport, bid, svc.svc_id, closing)
+                rn = self.rev_nat.get((b.ip, b.port, ip.proto))
+                if rn is None or rn[2]:  # a shared address: replies need their own entry
+                    self.conntrack[(b.ip, ip.src, b.port, sport, ip.proto, REPLY)] = \
+                        Flow(ip.dst, dport, bid, svc.svc_id, closing)
                 self._account(svc.svc_id, frame_bytes, new=1)
             outcomes.append(self._dnat(bytearray(pkt), None, l4, dport, b.ip, b.port,
                                        f"new flow to {b.ip}:{b.port}", "ct_new", stale, new, done,
@@ -387,11 +410,12 @@ class ReferenceDatapath:
         qproto = pkt[q + 9]
 
         # From the backend's side, about client -> backend: show client -> VIP:port.
-        flow = self.conntrack.get((qdst, qsrc, qdport, qsport, qproto, REPLY))
-        if flow is not None:
-            self._rewrite_quote(pkt, l4, q, 16, 22, flow.nat_ip, flow.nat_port)
+        match = self._match_reply(qdst, qdport, qsrc, qsport, qproto)
+        if match is not None:
+            _, vip, vport = match
+            self._rewrite_quote(pkt, l4, q, 16, 22, vip, vport)
             if ip.src == qdst:
-                ip.set_src(flow.nat_ip, None)
+                ip.set_src(vip, None)
             return done("XDP_PASS", "ICMP error from the backend side", "icmp_nat")
         # From the client's side, about VIP -> client: show backend -> client.
         flow = self.conntrack.get((qdst, qsrc, qdport, qsport, qproto, FWD))

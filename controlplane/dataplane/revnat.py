@@ -1,0 +1,91 @@
+"""The `rev_nat` map: which frontend a backend address answers for.
+
+A reply from a backend is translated back to its frontend once the datapath finds
+the flow's forward conntrack entry, so a new flow costs one conntrack insert. An
+address used by several frontends (two services selecting the same pod and port)
+is marked shared: flows to it also record a reply entry, and the frontend written
+first stays the entry's own, so replies of flows made before the sharing still
+resolve. The writer calls `attach` before a backend can be chosen and `detach`
+after it can no longer be.
+"""
+from __future__ import annotations
+
+from .layout import const
+from .model import PROTOCOLS, Frontend, be16_to_port, be32_to_ip, ip_to_be32, port_to_be16
+
+F_SHARED = const("REVNAT_F_SHARED")
+Address = tuple[str, int, str]  # (ip, port, protocol)
+
+
+class RevNat:
+    def __init__(self, table) -> None:
+        self.table = table
+        self.users: dict[Address, list[Frontend]] = {}  # first = the entry's frontend
+        self.writes = 0
+
+    def _key(self, addr: Address):
+        k = self.table.Key()
+        k.ip = ip_to_be32(addr[0])
+        k.port = port_to_be16(addr[1])
+        k.proto = PROTOCOLS[addr[2]]
+        return k
+
+    def _write(self, addr: Address) -> None:
+        users = self.users.get(addr)
+        if not users:
+            try:
+                del self.table[self._key(addr)]
+            except KeyError:
+                pass
+        else:
+            v = self.table.Leaf()
+            v.vip = ip_to_be32(users[0].vip)
+            v.vport = port_to_be16(users[0].port)
+            v.flags = F_SHARED if len(users) > 1 else 0
+            self.table[self._key(addr)] = v
+        self.writes += 1
+
+    def attach(self, fe: Frontend, addresses: list[tuple[str, int]]) -> None:
+        for ip, port in addresses:
+            addr = (ip, port, fe.protocol)
+            users = self.users.setdefault(addr, [])
+            if fe not in users:
+                users.append(fe)
+                if len(users) <= 2:  # new entry, or it just became shared
+                    self._write(addr)
+
+    def detach(self, fe: Frontend, addresses: list[tuple[str, int]]) -> None:
+        for ip, port in addresses:
+            addr = (ip, port, fe.protocol)
+            users = self.users.get(addr, [])
+            if fe in users:
+                users.remove(fe)
+                if not users:
+                    del self.users[addr]
+                self._write(addr)
+
+    def adopt(self, installed: dict[Frontend, list[tuple[str, int]]]) -> None:
+        """Rebuild from the maps: each address's users, its own frontend first; then
+        repair entries that are missing, wrong or no longer used."""
+        primary: dict[Address, tuple[str, int]] = {}
+        names = {v: k for k, v in PROTOCOLS.items()}
+        for k, v in self.table.items():
+            addr = (be32_to_ip(k.ip), be16_to_port(k.port), names.get(k.proto, "?"))
+            primary[addr] = (be32_to_ip(v.vip), be16_to_port(v.vport))
+        for fe in sorted(installed):
+            for ip, port in installed[fe]:
+                self.users.setdefault((ip, port, fe.protocol), []).append(fe)
+        for addr, users in self.users.items():
+            first = primary.get(addr)
+            users.sort(key=lambda fe: (fe.vip, fe.port) != first)
+            if first != (users[0].vip, users[0].port) or self._stale_flag(addr):
+                self._write(addr)
+        for addr in set(primary) - set(self.users):
+            self._write(addr)  # no frontend uses it any more: delete
+
+    def _stale_flag(self, addr: Address) -> bool:
+        try:
+            v = self.table[self._key(addr)]
+        except KeyError:
+            return True
+        return bool(v.flags & F_SHARED) != (len(self.users[addr]) > 1)
