@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test test-unit test-root demo bench clean
+.PHONY: setup test test-unit test-root demo bench bench-quick clean
 
 setup:
 	@bash scripts/setup.sh
@@ -16,8 +16,13 @@ test-unit: setup
 demo: setup
 	$(VENV)/bin/svcctl demo
 
+# All five scenarios of issue 7 (~20 min): bench/results/latest.json, report.md, PNGs.
+# ARGS=--quick for a ~1-minute smoke run (written under bench/results/quick/).
 bench: setup
-	$(PY) -m pytest bench --benchmark-only --benchmark-json=bench/results/latest.json -q
+	$(PY) bench/run.py $(ARGS)
+
+bench-quick: setup
+	$(PY) bench/run.py --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

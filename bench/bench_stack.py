@@ -2,7 +2,10 @@
 
 Two identical chains of namespaces (bench/netlab.py): client -> node (forwarding) ->
 backend. In chain "x" the project's XDP program is attached natively to both veths of the
-node (as the agent attaches it to every pod veth); in chain "i" the node has no XDP and
+node (as the agent attaches it to every pod veth) — measured twice, as the default build
+(rewrite, then XDP_PASS into the node's stack, which forwards) and as the agent's
+`--fib-redirect` build (rewrite, FIB lookup, bpf_redirect to the egress veth; the
+backend veth's sink program makes it a valid redirect target); in chain "i" the node has no XDP and
 instead the iptables ruleset kube-proxy would write for the same services
 (bench/kubeproxy.py: KUBE-SERVICES -> KUBE-SVC-* -> KUBE-SEP-*, statistic --mode random),
 loaded with iptables-restore in that node namespace only. Both chains carry the same pass
@@ -25,7 +28,7 @@ Scenario 3 (TCP): a Python client (bench/tcpload.py) opening one short connectio
   Connections/s and connect-to-EOF latency p50/p99.
 
 Order: for each service count, both chains are programmed, then repetitions alternate
-which chain goes first (XDP, iptables, iptables, XDP, ...), so every ratio compares
+the order (XDP, XDP+FIB, iptables, then iptables, XDP+FIB, XDP, ...), so every ratio compares
 measurements taken back to back. Medians over repetitions; the spread is min-max.
 """
 from __future__ import annotations
@@ -59,6 +62,9 @@ UDP_PORT, TCP_PORT = 53, 80
 SUITE = "stack"
 TRAFGEN_MAX_PPS = 3_000_000            # bounds trafgen's packet count (-n) as a safety net
 
+# xdp: the default build (XDP_PASS to the node's stack after the rewrite); xdp_fib: the
+# agent's --fib-redirect build (FIB lookup + bpf_redirect straight to the egress veth).
+SIDES = ("xdp", "xdp_fib", "iptables")
 CASES = [(n, kind) for n in SERVICES for kind in ("udp", "tcp")]
 
 
@@ -117,6 +123,8 @@ class Stack:
         self.i = netlab.Topology("i")
         self.procs: list[subprocess.Popen] = []
         self.dp = self.writer = None
+        self.dp_fib = self.writer_fib = None
+        self.on_x = None
         self.bpfs = []
         self.sinks = {}
         self.programmed: tuple | None = None
@@ -134,6 +142,9 @@ class Stack:
         self.dp = Dataplane.load(DataplaneConfig(instance="bench-stack", pin=False))
         self.setup["xdp_load_s"] = round(time.perf_counter() - t0, 3)
         self.writer = MapWriter(self.dp)
+        self.dp_fib = Dataplane.load(DataplaneConfig(instance="bench-stack-fib", pin=False,
+                                                     fib_redirect=True))
+        self.writer_fib = MapWriter(self.dp_fib)
         floor_bpf, floor_fd = load_floor_program()
         self.bpfs.append(floor_bpf)
         for t in (self.x, self.i):
@@ -142,8 +153,7 @@ class Stack:
             self.sinks[t.tag] = sink_bpf
             attach_xdp(sink_fd, "be0", t.backend, "native")
             attach_xdp(floor_fd, "cl0", t.client, "native")
-        self.dp.attach("n-cl", self.x.node, "native")
-        self.dp.attach("n-be", self.x.node, "native")
+        self.use("xdp")
         for t in (self.x, self.i):
             p = subprocess.Popen(["ip", "netns", "exec", t.backend, sys.executable,
                                   str(HERE / "tcpload.py"), "server", str(netlab.BACKEND_PORT)],
@@ -164,10 +174,23 @@ class Stack:
             t.down()   # XDP programs and iptables rules go with the namespaces
         netlab.wait_gone([self.x.client, self.x.node, self.x.backend,
                           self.i.client, self.i.node, self.i.backend])
-        if self.dp is not None:
-            self.dp.close()
+        for dp in (self.dp, self.dp_fib):
+            if dp is not None:
+                dp.close()
         for b in self.bpfs:
             b.cleanup()
+
+    def use(self, side: str) -> netlab.Topology:
+        """The chain that measures `side`; for the XDP variants, (re)attach that program to
+        the node's two veths of chain x (an atomic replace)."""
+        if side == "iptables":
+            return self.i
+        if self.on_x != side:
+            dp = self.dp if side == "xdp" else self.dp_fib
+            dp.attach("n-cl", self.x.node, "native")
+            dp.attach("n-be", self.x.node, "native")
+            self.on_x = side
+        return self.x
 
     def program(self, n: int, kind: str) -> dict:
         """Both chains serve n services of `kind` (udp or tcp); returns set-up timings."""
@@ -182,6 +205,7 @@ class Stack:
         t0 = time.perf_counter()
         self.writer.sync(states)
         info["xdp_writer_sync_s"] = round(time.perf_counter() - t0, 3)
+        self.writer_fib.sync(states)
         rules = self.workdir / f"rules-{n}-{kind}.txt"
         rules.write_text(kubeproxy.full_ruleset(svcs, netlab.POD_CIDR))
         jumps = self.workdir / "jumps.txt"
@@ -267,16 +291,15 @@ def test_stack(benchmark, stack, services, kind):
     benchmark.group = f"stack {kind}"
     setup = stack.program(services, kind)
     flows_list = ("new", "established") if kind == "udp" else ("connections",)
-    runs: dict = {(side, f): [] for side in ("xdp", "iptables") for f in flows_list}
+    runs: dict = {(side, f): [] for side in SIDES for f in flows_list}
     loads = [os.getloadavg()[0]]
 
     def measure():
         for rep in range(REPS):
-            order = (("xdp", stack.x), ("iptables", stack.i))
-            if rep % 2:
-                order = order[::-1]
+            order = SIDES if rep % 2 == 0 else SIDES[::-1]
             for f in flows_list:
-                for side, topo in order:
+                for side in order:
+                    topo = stack.use(side)
                     if kind == "udp":
                         runs[(side, f)].append(stack.udp(topo, services, f))
                     else:
@@ -291,15 +314,20 @@ def test_stack(benchmark, stack, services, kind):
             **{f"setup_{k}": v for k, v in {**stack.setup, **setup}.items()}}
     results = {}
     for f in flows_list:
-        x, i = runs[("xdp", f)], runs[("iptables", f)]
+        x, xf, i = runs[("xdp", f)], runs[("xdp_fib", f)], runs[("iptables", f)]
         entry = {}
-        for side, rs in (("xdp", x), ("iptables", i)):
+        for side, rs in (("xdp", x), ("xdp_fib", xf), ("iptables", i)):
             entry[side] = {k: _summary([r.get(k) for r in rs]) for k in rs[0]
                            if k not in ("nf_conntrack_count",)}
             if "nf_conntrack_count" in rs[0]:
                 entry[side]["nf_conntrack_count"] = [r["nf_conntrack_count"] for r in rs]
         ratios = [a[metric] / b[metric] for a, b in zip(x, i) if b[metric]]
         entry["ratio"] = _summary(ratios)
+        entry["ratio_fib"] = _summary([a[metric] / b[metric] for a, b in zip(xf, i) if b[metric]])
+        if kind == "udp":
+            entry["softirq_ratio"] = _summary([b["softirq_ns_per_pkt"] / a["softirq_ns_per_pkt"]
+                                               for a, b in zip(x, i)
+                                               if a["softirq_ns_per_pkt"] and b["softirq_ns_per_pkt"]])
         xm, im = entry["xdp"][metric]["median"], entry["iptables"][metric]["median"]
         entry["ratio_of_medians"] = xm / im if im else None
         results[f] = entry

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Markdown report of the datapath benchmark (bench/bench_datapath.py).
+"""Markdown report of the datapath benchmark (bench/bench_datapath.py), and the full
+report of all five scenarios (`make bench`, bench/run.py).
 
 Reads a pytest-benchmark JSON file, prints the table and writes it as Markdown:
 
     .venv/bin/python bench/report.py [bench/results/datapath.json] [-o bench/results/datapath.md]
+    .venv/bin/python bench/report.py --all bench/results/latest.json   # report.md + PNGs
 
 Every figure comes from the benchmark's extra_info (the kernel-measured ns/packet
 of each round), not from pytest-benchmark's wall-clock stats, which include
@@ -167,12 +169,359 @@ def render(entries: list[dict], machine: dict | None = None, commit: dict | None
     return "\n".join(out) + "\n"
 
 
+# ==== the full report (make bench): all five scenarios, plots ===========================
+SCENARIO_TITLES = {
+    1: "BPF-only per-packet cost (test-run)",
+    2: "UDP through the kernel: XDP vs kube-proxy iptables",
+    3: "TCP connections through a ClusterIP: XDP vs kube-proxy iptables",
+    4: "Control-plane programming: store to maps vs iptables-restore",
+    5: "Memory: BPF maps and agent RSS",
+}
+STACK_TARGETS = {1: 2.0, 10_000: 10.0}      # XDP / iptables on new flows, at that many services
+CONTROL_FULL_TARGET_S = 0.5                  # 10,000 x 10
+CONTROL_CHANGE_TARGET_S = 0.010              # p99
+
+
+def _suite(entries: list[dict], suite: str) -> list[dict]:
+    return [e["extra_info"] for e in entries if e.get("extra_info", {}).get("suite") == suite]
+
+
+def _rng(d: dict, fmt: str = "{:,.0f}") -> str:
+    if d.get("median") is None:
+        return "—"
+    return (fmt.format(d["median"]) + " (" + fmt.format(d["min"]) + "–" + fmt.format(d["max"]) + ")")
+
+
+def _ms(x: float) -> str:
+    return f"{x * 1e3:,.1f} ms" if x < 1 else f"{x:,.2f} s"
+
+
+def plot_datapath(rows: list[dict], path: Path) -> bool:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    data = {(x["path"], x["services"], x["ct_entries"]): x for x in rows}
+    if not data:
+        return False
+    services = sorted({k[1] for k in data})
+    cts = sorted({k[2] for k in data})
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for p in PATH_ORDER:
+        for c, style in zip(cts, ("-", "--", ":")):
+            pts = [(s, data[(p, s, c)]) for s in services if (p, s, c) in data]
+            if not pts:
+                continue
+            xs = [s for s, _ in pts]
+            ys = [x["ns_per_pkt_median"] for _, x in pts]
+            lo = [x["ns_per_pkt_median"] - x["ns_per_pkt_p25"] for _, x in pts]
+            hi = [x["ns_per_pkt_p75"] - x["ns_per_pkt_median"] for _, x in pts]
+            ax.errorbar(xs, ys, yerr=[lo, hi], linestyle=style, marker="o", capsize=3,
+                        label=f"{PATH_LABEL[p]}, {c:,} conntrack")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("services")
+    ax.set_ylabel("ns per packet (median, p25–p75)")
+    ax.set_title("In-kernel cost on one core (BPF_PROG_TEST_RUN), not line rate", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_stack(rows: list[dict], path: Path) -> bool:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    udp = sorted((x for x in rows if x["scenario"] == "udp"), key=lambda x: x["services"])
+    tcp = sorted((x for x in rows if x["scenario"] == "tcp"), key=lambda x: x["services"])
+    if not udp and not tcp:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, items, metric, flows_list, ylabel in (
+            (axes[0], udp, "pps", ("new", "established"), "UDP packets/s delivered to backends"),
+            (axes[1], tcp, "cps", ("connections",), "TCP connections/s (one client)")):
+        for f in flows_list:
+            for side, color in (("xdp", "tab:blue"), ("xdp_fib", "tab:green"), ("iptables", "tab:red")):
+                pts = [(x["services"], x["results"][f][side][metric]) for x in items
+                       if f in x["results"] and x["results"][f][side][metric]["median"] is not None]
+                if not pts:
+                    continue
+                xs = [s for s, _ in pts]
+                ys = [d["median"] for _, d in pts]
+                err = [[d["median"] - d["min"] for _, d in pts], [d["max"] - d["median"] for _, d in pts]]
+                ax.errorbar(xs, ys, yerr=err, color=color, marker="o", capsize=3,
+                            linestyle="-" if f in ("new", "connections") else "--",
+                            label=f"{ {'xdp': 'XDP', 'xdp_fib': 'XDP+FIB', 'iptables': 'iptables'}[side]} {f}")
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_yscale("log")
+        ax.set_xlabel("services")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Through the kernel, same topology, one run (median, min–max)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _machine_line(machine: dict | None, commit: dict | None, when: str | None, extra: dict) -> str:
+    bits = []
+    if machine:
+        bits += [f"kernel {machine.get('kernel')}", f"CPU {machine.get('cpu_model')} ×{machine.get('cpu_count')}",
+                 f"bcc {machine.get('bcc_version')}", f"Python {machine.get('python_version')}"]
+    for k in ("iptables", "trafgen"):
+        if extra.get(k):
+            bits.append(extra[k])
+    if commit:
+        bits.append(f"commit {str(commit.get('id', ''))[:10]}" + (" (dirty)" if commit.get("dirty") else ""))
+    if when:
+        bits.append(when)
+    return "Machine: " + ", ".join(bits) + "."
+
+
+def render_all(data: dict, plot_dir: Path | None = None, plot_prefix: str = "") -> str:
+    entries = data.get("benchmarks", [])
+    extra = data.get("svcxdp", {})
+    out: list[str] = ["# svcxdp performance report\n"]
+    out.append(_machine_line(data.get("machine_info"), data.get("commit_info"), data.get("datetime"), extra))
+    out.append("")
+    if extra.get("quick"):
+        out.append("**Quick mode (smoke run): fewer sizes, shorter windows, one repetition. "
+                   "Do not quote these numbers.**\n")
+    if extra.get("durations_s"):
+        out.append("Run time per scenario: " + ", ".join(f"{k} {v:.0f} s" for k, v in extra["durations_s"].items())
+                   + ".\n")
+    out.append("The machine is shared (2 vCPUs; other work ran beside the benchmark — the 1-minute "
+               "load average is recorded per scenario). Every XDP/iptables ratio compares "
+               "measurements taken back to back in this run.\n")
+    stack = _suite(entries, "stack")
+    control = _suite(entries, "control")
+    memory = _suite(entries, "memory")
+    dp_rows = _suite(entries, "datapath")
+
+    # ---- summary --------------------------------------------------------------------
+    out.append("## Targets\n")
+    out.append("| target | measured | met |")
+    out.append("|---|---:|:-:|")
+    for x in sorted((x for x in stack if x["scenario"] == "udp"), key=lambda x: x["services"]):
+        t = STACK_TARGETS.get(x["services"])
+        r = x["results"]["new"]["ratio"]
+        if t is None or r["median"] is None:
+            continue
+        rf = x["results"]["new"]["ratio_fib"]
+        sr = x["results"]["new"]["softirq_ratio"]
+        svc = f"{x['services']:,} service" + ("s" if x["services"] != 1 else "")
+        out.append(f"| UDP new flows, XDP ≥ {t:g}× iptables (packets/s) at {svc} | "
+                   f"{r['median']:.2f}× ({r['min']:.2f}–{r['max']:.2f}) | {'yes' if r['median'] >= t else '**no**'} |")
+        if rf["median"] is not None:
+            out.append(f"| same, XDP with --fib-redirect | {rf['median']:.2f}× ({rf['min']:.2f}–{rf['max']:.2f}) | "
+                       f"{'yes' if rf['median'] >= t else '**no**'} |")
+        if sr["median"] is not None:
+            out.append(f"| (for reference) softirq CPU per packet, iptables / XDP, at {svc} | "
+                       f"{sr['median']:.2f}× ({sr['min']:.2f}–{sr['max']:.2f}) | {'≥' if sr['median'] >= t else '<'} {t:g}× |")
+    for x in control:
+        if x["services"] == 10_000:
+            v = x["stages_s"]["total"]["median"]
+            out.append(f"| 10,000 services × 10 endpoints, store → maps ≤ {CONTROL_FULL_TARGET_S} s | "
+                       f"{_ms(v)} | {'yes' if v <= CONTROL_FULL_TARGET_S else '**no**'} |")
+            v = x["change_xdp_s"]["p99"]
+            out.append(f"| one endpoint change at 10,000 services ≤ {CONTROL_CHANGE_TARGET_S * 1e3:g} ms p99 | "
+                       f"{_ms(v)} | {'yes' if v <= CONTROL_CHANGE_TARGET_S else '**no**'} |")
+    if dp_rows:
+        rows = _rows([{"extra_info": x} for x in dp_rows])
+        for p, limit in RATIO_TARGETS.items():
+            vals = [rows[k]["ratio_to_floor"] for k in rows if k[0] == p and "ratio_to_floor" in rows[k]]
+            if vals:
+                met = all(v <= limit for v in vals)
+                out.append(f"| BPF-only {PATH_LABEL[p]} ≤ {limit}× floor (all sizes) | "
+                           f"{min(vals):.2f}–{max(vals):.2f}× | {'yes' if met else '**no**'} |")
+    out.append("")
+
+    # ---- 1 ------------------------------------------------------------------------
+    if dp_rows:
+        out.append(f"## 1. {SCENARIO_TITLES[1]}\n")
+        if plot_dir is not None and plot_datapath(dp_rows, plot_dir / f"{plot_prefix}datapath.png"):
+            out.append(f"![ns per packet vs services]({plot_prefix}datapath.png)\n")
+        body = render([{"extra_info": x} for x in dp_rows])
+        body = body.replace("# svcxdp datapath: per-packet cost (BPF_PROG_TEST_RUN)\n", "")
+        body = body.replace("## Targets (checked here, never asserted in tests)", "### Targets, scenario 1")
+        out.append(body)
+
+    # ---- 2 ------------------------------------------------------------------------
+    udp = sorted((x for x in stack if x["scenario"] == "udp"), key=lambda x: x["services"])
+    tcp = sorted((x for x in stack if x["scenario"] == "tcp"), key=lambda x: x["services"])
+    if udp or tcp:
+        png = plot_dir is not None and plot_stack(stack, plot_dir / f"{plot_prefix}stack.png")
+    if udp:
+        x0 = udp[0]
+        out.append(f"## 2. {SCENARIO_TITLES[2]}\n")
+        if png:
+            out.append(f"![packets/s and connections/s vs services]({plot_prefix}stack.png)\n")
+        out.append(f"trafgen (one process, 60-byte UDP frames) in a client namespace → node namespace "
+                   f"(forwarding) → backend namespace; {x0['endpoints']} endpoints per service. **XDP**: "
+                   f"the project's program attached natively to both node veths, packets handed to the "
+                   f"node's stack (XDP_PASS) after DNAT, no iptables in the node. **XDP+FIB**: the same "
+                   f"program built as the agent's `--fib-redirect` (FIB lookup, bpf_redirect to the egress "
+                   f"veth). **iptables**: no XDP on "
+                   f"the node, kube-proxy's ruleset for the same services in the node namespace. *new*: "
+                   f"random source address and port, destinations walking every ClusterIP (iptables walks "
+                   f"half of KUBE-SERVICES on average); *established*: one flow. Delivered = counted by an "
+                   f"XDP sink on the backend veth over {x0['seconds']:g} s after {x0['warmup_s']:g} s warm-up; "
+                   f"{x0['reps']} repetitions alternating which dataplane goes first. Median (min–max); the "
+                   f"ratio is XDP/iptables per adjacent pair, median (min–max). Softirq ns/packet is "
+                   f"machine-wide /proc/stat softirq time / delivered packets (tick-sampled; an upper bound "
+                   f"for the node's share). trafgen and the softirq work share trafgen's core, so "
+                   f"delivered ≈ offered: the rate is what the whole path costs per packet.\n")
+        out.append("| services | flows | XDP pps | XDP+FIB pps | iptables pps | XDP / iptables | "
+                   "XDP+FIB / iptables | softirq ns/pkt XDP | softirq ns/pkt iptables | softirq iptables / XDP | "
+                   "load (1 min) |")
+        out.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        for x in udp:
+            for f in ("new", "established"):
+                e = x["results"].get(f)
+                if not e:
+                    continue
+                out.append(f"| {x['services']:,} | {f} | {_rng(e['xdp']['pps'])} | {_rng(e['xdp_fib']['pps'])} | "
+                           f"{_rng(e['iptables']['pps'])} | {_rng(e['ratio'], '{:.2f}')}× | "
+                           f"{_rng(e['ratio_fib'], '{:.2f}')}× | {_rng(e['xdp']['softirq_ns_per_pkt'])} | "
+                           f"{_rng(e['iptables']['softirq_ns_per_pkt'])} | {_rng(e['softirq_ratio'], '{:.2f}')}× | "
+                           f"{x['loadavg_1m'][0]:.1f}–{x['loadavg_1m'][-1]:.1f} |")
+        out.append("")
+        setup = "; ".join(f"{x['services']:,}: MapWriter.sync {x.get('setup_xdp_writer_sync_s', 0):.2f} s, "
+                          f"iptables-restore {x.get('setup_iptables_restore_s', 0):.2f} s "
+                          f"({x.get('setup_iptables_rules', 0):,} rules)" for x in udp)
+        out.append(f"Programming both sides: {setup}.")
+        cts = [c for x in udp for c in x["results"]["new"]["iptables"].get("nf_conntrack_count", []) if c]
+        if cts:
+            out.append(f" iptables conntrack entries in the node after a new-flow window: "
+                       f"{min(cts):,}–{max(cts):,} (nf_conntrack_max is 262,144 on this machine).")
+        out.append("")
+    if tcp:
+        x0 = tcp[0]
+        out.append(f"## 3. {SCENARIO_TITLES[3]}\n")
+        out.append(f"One Python client in the client namespace opens one connection after another "
+                   f"(HTTP request with `Connection: close`, read to EOF, RST on close) to a ClusterIP drawn "
+                   f"at random from all services; one Python server in the backend namespace. XDP also "
+                   f"reverse-NATs the replies on the node's backend veth. {x0['seconds']:g} s per window, "
+                   f"{x0['reps']} repetitions alternating. Python client and server costs dominate the "
+                   f"per-connection time, so this shows how much of a connection's latency the dataplane adds, "
+                   f"not the dataplane's ceiling.\n")
+        out.append("| services | XDP conn/s | XDP+FIB conn/s | iptables conn/s | XDP / iptables | "
+                   "XDP+FIB / iptables | p50 / p99 µs XDP | p50 / p99 µs XDP+FIB | p50 / p99 µs iptables | errors |")
+        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        for x in tcp:
+            e = x["results"]["connections"]
+            lat = lambda d: f"{d['lat_p50_us']['median']:,.0f} / {d['lat_p99_us']['median']:,.0f}"  # noqa: E731
+            errs = " / ".join(f"{sum(v or 0 for v in e[k]['errors']['values']):.0f}"
+                              for k in ("xdp", "xdp_fib", "iptables"))
+            out.append(f"| {x['services']:,} | {_rng(e['xdp']['cps'])} | {_rng(e['xdp_fib']['cps'])} | "
+                       f"{_rng(e['iptables']['cps'])} | {_rng(e['ratio'], '{:.2f}')}× | "
+                       f"{_rng(e['ratio_fib'], '{:.2f}')}× | {lat(e['xdp'])} | {lat(e['xdp_fib'])} | "
+                       f"{lat(e['iptables'])} | {errs} |")
+        out.append("")
+
+    # ---- 4 ------------------------------------------------------------------------
+    if control:
+        out.append(f"## 4. {SCENARIO_TITLES[4]}\n")
+        out.append("XDP: the agent's code path, `load_service_views(store)` → `desired_state` → "
+                   "`MapWriter.sync`, into empty maps. iptables: `iptables-restore` of the equivalent "
+                   "kube-proxy ruleset into a fresh namespace (flush mode — with this iptables-nft, "
+                   "`--noflush`, which kube-proxy uses, is far slower on large inputs). One change: an "
+                   "endpoint flips ready in the store, then `Agent.sync(\"change\")` (a full re-read of the "
+                   "store and a diff), beside one `iptables-restore --noflush` of the chains kube-proxy "
+                   "rewrites for it (KUBE-SERVICES in full plus the service's chains). Median (min–max).\n")
+        out.append("| services × endpoints | store → maps total | load_service_views | desired_state | "
+                   "MapWriter.sync | iptables-restore (full) | change p50 / p99 XDP | change p50 / p99 iptables |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for x in sorted(control, key=lambda x: x["services"]):
+            st = x["stages_s"]
+            fmt = lambda d: f"{_ms(d['median'])} ({_ms(d['min'])}–{_ms(d['max'])})"  # noqa: E731
+            out.append(f"| {x['services']:,} × {x['endpoints']} | {fmt(st['total'])} | "
+                       f"{_ms(st['load_service_views']['median'])} | {_ms(st['desired_state']['median'])} | "
+                       f"{_ms(st['writer_sync']['median'])} | {fmt(x['iptables_full_restore_s'])} | "
+                       f"{_ms(x['change_xdp_s']['median'])} / {_ms(x['change_xdp_s']['p99'])} | "
+                       f"{_ms(x['change_iptables_s']['median'])} / {_ms(x['change_iptables_s']['p99'])} |")
+        out.append("")
+        for x in control:
+            if "iptables_full_restore_noflush_s" in x:
+                out.append(f"For the record, `iptables-restore --noflush` of the {x['services']:,}-service ruleset "
+                           f"into an empty namespace took {x['iptables_full_restore_noflush_s']:.2f} s "
+                           f"(vs {_ms(x['iptables_full_restore_s']['median'])} in flush mode).\n")
+        big = max(control, key=lambda x: x["services"])
+        out.append(f"Change rounds: {big['change_xdp_s']['n']} per size; map writes per change "
+                   f"{big.get('change_map_writes')}. Profiles of one full sync and one change at "
+                   f"{big['services']:,} services: `control-profile.txt`.\n")
+
+    # ---- 5 ------------------------------------------------------------------------
+    maps = next((x for x in memory if x.get("kind") == "maps"), None)
+    agent = next((x for x in memory if x.get("kind") == "agent"), None)
+    if maps or agent:
+        out.append(f"## 5. {SCENARIO_TITLES[5]}\n")
+    if maps:
+        out.append("Kernel-accounted `memlock` of each map (`/proc/self/fdinfo`, as `bpftool map show`), "
+                   "production sizes; hash and LRU maps are preallocated, so this is paid at load.\n")
+        out.append("| map | max entries | key / value bytes | memlock | bytes per entry |")
+        out.append("|---|---:|---:|---:|---:|")
+        for name, m in maps["maps"].items():
+            out.append(f"| {name} | {m['max_entries']:,} | {m['key_size']} / {m['value_size']} | "
+                       f"{m['memlock'] / 2**20:,.2f} MiB | {m['bytes_per_entry']:,.1f} |")
+        out.append(f"| **total** | | | **{maps['total_memlock'] / 2**20:,.1f} MiB** | |")
+        out.append("")
+        out.append(f"Per service (services + rr_state + svc_stats on {maps['cpus']} CPUs): "
+                   f"{maps['per_service']:.0f} B; per backend (backends + slots): {maps['per_backend']:.0f} B; "
+                   f"per conntrack entry: {maps['per_ct_entry']:.0f} B ({maps['per_flow']:.0f} B per flow, two "
+                   f"entries). Maglev table: "
+                   + (f"map `{maps['maglev']}`." if maps.get("maglev") else
+                      "no Maglev map in the dataplane at this commit (nothing to measure).") + "\n")
+    if agent:
+        mib = lambda b: f"{b / 2**20:,.0f} MiB"  # noqa: E731
+        out.append(f"Agent at {agent['services']:,} services × {agent['endpoints']} endpoints "
+                   f"({agent['frontends']:,} frontends programmed, start sync {agent['sync_ms']:,.0f} ms): "
+                   f"RSS {mib(agent['after_sync']['VmRSS'])} (interpreter {mib(agent['start']['VmRSS'])}, "
+                   f"after loading the dataplane with bcc/LLVM {mib(agent['after_load']['VmRSS'])}, "
+                   f"peak {mib(agent['after_sync']['VmHWM'])}).\n")
+    return "\n".join(out) + "\n"
+
+
+def profile_text(data: dict) -> str:
+    parts = []
+    for x in _suite(data.get("benchmarks", []), "control"):
+        parts.append(f"==== {x['services']:,} services x {x['endpoints']} endpoints: one full sync "
+                     f"(load_service_views + desired_state + MapWriter.sync) ====\n{x['profile_full_sync']}")
+        parts.append(f"==== {x['services']:,} services: one endpoint change (store.update + "
+                     f"Agent.sync('change')) ====\n{x['profile_change']}")
+    return "\n".join(parts)
+
+
+def write_all(json_path: Path, out_dir: Path, prefix: str = "") -> Path:
+    data = json.loads(json_path.read_text())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = render_all(data, out_dir, prefix)
+    target = out_dir / f"{prefix}report.md"
+    target.write_text(md)
+    prof = profile_text(data)
+    if prof:
+        (out_dir / f"{prefix}control-profile.txt").write_text(prof)
+    return target
+
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("json", nargs="?", default=str(DEFAULT_JSON))
     ap.add_argument("-o", "--output", default=None,
                     help=f"Markdown file to write (default {DEFAULT_MD} when reading the default JSON)")
+    ap.add_argument("--all", action="store_true",
+                    help="the full report (all scenarios, plots) into the JSON's directory, "
+                         "or -o's directory")
     args = ap.parse_args(argv)
+    if args.all:
+        out_dir = Path(args.output).parent if args.output else Path(args.json).resolve().parent
+        print(f"wrote {write_all(Path(args.json), out_dir)}", file=sys.stderr)
+        return 0
     data = json.loads(Path(args.json).read_text())
     md = render(data.get("benchmarks", []), data.get("machine_info"), data.get("commit_info"),
                 data.get("datetime"))

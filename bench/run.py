@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""`make bench`: every scenario of issue 7 in one run, one JSON, one report.
+
+    .venv/bin/python bench/run.py [--quick] [--only 1,2,...]
+
+Runs the pytest-benchmark suites one scenario at a time (a progress line each), merges
+their JSON into bench/results/latest.json (machine info: kernel, CPU, bcc, Python; plus
+iptables and trafgen versions), and writes bench/results/report.md, the PNG plots and the
+control-plane profile. --quick (about a minute) writes under bench/results/quick/ instead,
+so a smoke run never overwrites the last full report. Namespaces named svcxdp-bench-*
+(only this bench creates them) are swept before and after the run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+# (number, label, pytest args). Scenarios 2 and 3 share one suite file.
+SCENARIOS = [
+    (1, "BPF-only per-packet cost (test-run)", ["bench/bench_datapath.py"]),
+    (2, "UDP through the kernel, XDP vs iptables", ["bench/bench_stack.py", "-k", "udp"]),
+    (3, "TCP connections through a ClusterIP, XDP vs iptables", ["bench/bench_stack.py", "-k", "tcp"]),
+    (4, "control plane: store to maps vs iptables-restore", ["bench/bench_control.py"]),
+    (5, "memory: BPF maps and agent RSS", ["bench/bench_memory.py"]),
+]
+EXTRA = [("store and Maglev suites", ["bench/bench_store.py", "bench/bench_maglev.py"])]
+
+
+def _version(argv: list[str]) -> str | None:
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    line = (r.stdout or r.stderr).strip().splitlines()
+    return line[0] if line else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
+    ap.add_argument("--only", default="", help="comma-separated scenario numbers (default: all)")
+    ap.add_argument("--no-extra", action="store_true", help="skip the store and Maglev suites")
+    args = ap.parse_args(argv)
+    only = {int(x) for x in args.only.split(",") if x.strip()}
+    out_dir = HERE / "results" / ("quick" if args.quick else "")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = out_dir / "bench.log"
+    env = dict(os.environ)
+    if args.quick:
+        env["SVCXDP_BENCH_QUICK"] = "1"
+
+    import netlab
+    stale = netlab.sweep_stale()
+    if stale:
+        print(f"[bench] removed stale namespaces from an earlier run: {', '.join(stale)}", flush=True)
+
+    runs = [(n, label, a) for n, label, a in SCENARIOS if not only or n in only]
+    if not args.quick and not only and not args.no_extra:
+        runs += [(None, label, a) for label, a in EXTRA]
+    merged: dict | None = None
+    durations: dict[str, float] = {}
+    failed: list[str] = []
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="svcxdp-bench-json-") as tmp, open(log_path, "w") as log:
+        for k, (n, label, pytest_args) in enumerate(runs, 1):
+            tag = f"{n}" if n else "extra"
+            print(f"[bench {k}/{len(runs)}] scenario {tag}: {label} ...", flush=True)
+            jpath = Path(tmp) / f"{k}.json"
+            t0 = time.monotonic()
+            cmd = [sys.executable, "-m", "pytest", *pytest_args, "--benchmark-only", "-q", "-s",
+                   "-p", "no:cacheprovider", f"--benchmark-json={jpath}"]
+            log.write(f"\n==== {' '.join(cmd)}\n")
+            log.flush()
+            try:
+                rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+            finally:
+                netlab.sweep_stale()
+            dt = time.monotonic() - t0
+            durations[tag] = dt
+            status = "ok" if rc == 0 else f"FAILED (pytest exit {rc}; see {log_path})"
+            if rc != 0:
+                failed.append(tag)
+            print(f"[bench {k}/{len(runs)}] scenario {tag}: {status} in {dt:.0f} s "
+                  f"(total {time.monotonic() - start:.0f} s)", flush=True)
+            if jpath.exists():
+                data = json.loads(jpath.read_text())
+                if merged is None:
+                    merged = data
+                else:
+                    merged["benchmarks"].extend(data["benchmarks"])
+    if merged is None:
+        print("[bench] no results", file=sys.stderr)
+        return 1
+    merged["svcxdp"] = {"quick": args.quick, "durations_s": durations, "failed": failed,
+                        "iptables": _version(["iptables", "--version"]),
+                        "trafgen": _version(["trafgen", "-v"])}
+    jpath = out_dir / "latest.json"
+    jpath.write_text(json.dumps(merged, indent=1))
+    import report
+    md = report.write_all(jpath, out_dir)
+    print(f"[bench] wrote {jpath.relative_to(ROOT)}, {md.relative_to(ROOT)} and plots in "
+          f"{time.monotonic() - start:.0f} s", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
