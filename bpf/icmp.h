@@ -35,10 +35,13 @@ static __always_inline void icmp_rewrite_quote(struct icmphdr *icmp, struct iphd
 	*port = new_port;
 }
 
-static __always_inline int handle_icmp(struct cursor *c, struct iphdr *ip, struct events *ev)
+/* l4_len: the ICMP message's length by the IP header; bytes past it (Ethernet
+ * padding) are never read as part of the quote. */
+static __always_inline int handle_icmp(struct cursor *c, struct iphdr *ip, __u32 l4_len,
+				       struct events *ev)
 {
 	struct icmphdr *icmp = c->pos;
-	if ((void *)(icmp + 1) > c->end) {
+	if ((void *)(icmp + 1) > c->end || l4_len < sizeof(*icmp)) {
 		ev->main = SVCXDP_CNT_DROP_MALFORMED;
 		return XDP_DROP;
 	}
@@ -50,7 +53,8 @@ static __always_inline int handle_icmp(struct cursor *c, struct iphdr *ip, struc
 	if (in->protocol != IPPROTO_TCP && in->protocol != IPPROTO_UDP)
 		goto pass;
 	__be16 *ports = (void *)(in + 1);
-	if ((void *)(ports + 2) > c->end)
+	if ((void *)(ports + 2) > c->end ||
+	    l4_len < sizeof(*icmp) + sizeof(*in) + 2 * sizeof(__be16))
 		goto pass;
 
 	struct ct_key k = {};

@@ -226,14 +226,17 @@ static __always_inline int process(struct xdp_md *ctx, struct events *ev)
 	}
 	if (ip_is_later_fragment(ip))
 		return handle_later_fragment(ip, ev);
+	/* What the datagram itself holds: Ethernet padding after it is not payload. */
+	__u32 l4_len = bpf_ntohs(ip->tot_len) - ip->ihl * 4;
 	if (l4proto == IPPROTO_ICMP)
-		return handle_icmp(&c, ip, ev);
+		return handle_icmp(&c, ip, l4_len, ev);
 
 	struct l4_info l4 = {};
-	__u32 l4_len = bpf_ntohs(ip->tot_len) - ip->ihl * 4;
 	if (l4proto == IPPROTO_TCP) {
 		struct tcphdr *tcp = c.pos;
-		if ((void *)(tcp + 1) > c.end || l4_len < sizeof(*tcp) || tcp->doff < 5) {
+		/* As the kernel would: a header that does not fit the segment is dropped. */
+		if ((void *)(tcp + 1) > c.end || l4_len < sizeof(*tcp) || tcp->doff < 5 ||
+		    tcp->doff * 4 > l4_len) {
 			ev->main = SVCXDP_CNT_DROP_MALFORMED;
 			return XDP_DROP;
 		}
@@ -243,7 +246,11 @@ static __always_inline int process(struct xdp_md *ctx, struct events *ev)
 		l4.tcp_flags = ((__u8 *)tcp)[13];
 	} else if (l4proto == IPPROTO_UDP) {
 		struct udphdr *udp = c.pos;
-		if ((void *)(udp + 1) > c.end || l4_len < sizeof(*udp)) {
+		__u32 udp_len = (void *)(udp + 1) > c.end ? 0 : bpf_ntohs(udp->len);
+		/* The UDP length must cover its header and fit the datagram, except in a
+		 * first fragment, whose length covers all the fragments. */
+		if ((void *)(udp + 1) > c.end || l4_len < sizeof(*udp) || udp_len < sizeof(*udp) ||
+		    (udp_len > l4_len && !(ip->frag_off & bpf_htons(IP_MF)))) {
 			ev->main = SVCXDP_CNT_DROP_MALFORMED;
 			return XDP_DROP;
 		}

@@ -36,25 +36,6 @@ IP_MF, IP_OFFSET = 0x2000, 0x1FFF
 TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
 ICMP_ERRORS = (3, 4, 11, 12)  # dest unreachable, source quench, time exceeded, parameter problem
 
-# Places where the program is known to differ from the semantics this model states
-# (reported, not yet fixed in bpf/). For each gap listed here the model follows the
-# program's current behaviour, so the randomised test stays green; the directed
-# reproducers in test_differential.py run the model with no gaps and are xfail
-# (strict) until bpf/ is fixed — then delete the entry here.
-KNOWN_PROGRAM_GAPS = frozenset({
-    # TCP data offset pointing past the end of the segment: malformed, should be
-    # dropped (the kernel discards it: tcp_v4_rcv, pskb_may_pull(doff * 4)); the
-    # program DNATs it, or for a service without endpoints answers with a RST whose
-    # ack is computed from a negative payload length.
-    "tcp_doff_beyond_segment",
-    # UDP length field below 8 or beyond the IP payload (unfragmented): malformed,
-    # should be dropped (the kernel's __udp4_lib_rcv: "short packet"); the program
-    # DNATs it, or answers it with ICMP port unreachable.
-    "udp_length_mismatch",
-    # ICMP header / quoted ports read from bytes after the IP datagram (Ethernet
-    # padding or trailer): the program bounds them by the frame, not by tot_len.
-    "icmp_beyond_datagram",
-})
 
 COUNTERS = ("pass_non_ip", "pass_non_service", "revnat", "ct_new", "ct_hit", "ct_stale",
             "reject", "drop_malformed", "frag_nat", "frag_unknown", "icmp_nat", "slot_miss")
@@ -137,8 +118,7 @@ class Outcome:
 
 
 class ReferenceDatapath:
-    def __init__(self, gaps: frozenset[str] = KNOWN_PROGRAM_GAPS) -> None:
-        self.gaps = gaps
+    def __init__(self) -> None:
         self.services: dict[tuple[str, int, int], Service] = {}
         self.backends: dict[int, BackendEntry] = {}
         self.rr_next: dict[int, int] = {}
@@ -221,13 +201,12 @@ class ReferenceDatapath:
             return [self._later_fragment(ip, done)]
         if ip.proto == ICMP:
             # The ICMP message ends where the datagram does; what follows is padding.
-            end = n if "icmp_beyond_datagram" in self.gaps else datagram_end
-            return [self._icmp(ip, l4, end, done)]
+            return [self._icmp(ip, l4, datagram_end, done)]
         l4_len = tot - hlen
         if ip.proto == TCP:
             if l4 + 20 > n or l4_len < 20 or (pkt[l4 + 12] >> 4) < 5:
                 return [done("XDP_DROP", "bad TCP header", "drop_malformed")]
-            if (pkt[l4 + 12] >> 4) * 4 > l4_len and "tcp_doff_beyond_segment" not in self.gaps:
+            if (pkt[l4 + 12] >> 4) * 4 > l4_len:
                 return [done("XDP_DROP", "TCP header longer than the segment", "drop_malformed")]
             tcp_flags = pkt[l4 + 13]
         elif ip.proto == UDP:
@@ -235,7 +214,7 @@ class ReferenceDatapath:
                 return [done("XDP_DROP", "bad UDP header", "drop_malformed")]
             ulen = int.from_bytes(pkt[l4 + 4:l4 + 6], "big")
             whole = not ip.frag_off & IP_MF  # a first fragment's length covers them all
-            if (ulen < 8 or (whole and ulen > l4_len)) and "udp_length_mismatch" not in self.gaps:
+            if (ulen < 8 or (whole and ulen > l4_len)):
                 return [done("XDP_DROP", "bad UDP length", "drop_malformed")]
             tcp_flags = 0
         else:
