@@ -8,6 +8,9 @@ not ready, then the youngest), as the ReplicaSet controller does.
 
 New pods are `Pending` with no node and no IP; the runtime (the lab) schedules and starts
 them and reports status through controllers.runtime.
+
+`reconcile_deployments` is the full pass; `sync_deployment_key` runs one Deployment from
+index lookups (its pods by owner uid), for the incremental manager.
 """
 from __future__ import annotations
 
@@ -17,9 +20,9 @@ from collections import defaultdict
 from controlplane.api.deployment import Deployment, DeploymentStatus
 from controlplane.api.meta import ObjectMeta, OwnerReference
 from controlplane.api.pod import PENDING, Pod, PodStatus
-from controlplane.store.interface import Store, StoreWriter
+from controlplane.store.interface import INDEX_OWNER, Store, StoreWriter
 
-from .names import random_suffix, template_hash
+from .names import Names, StoreNames, random_suffix, template_hash
 from .pod_lifecycle import terminate_pod
 
 LABEL_TEMPLATE_HASH = "pod-template-hash"
@@ -30,7 +33,7 @@ def owned_by(pod: Pod, owner_uid: str | None) -> bool:
     return ref is not None and owner_uid is not None and ref.uid == owner_uid
 
 
-def new_pod(dep: Deployment, hash_: str, taken: set[str]) -> Pod:
+def new_pod(dep: Deployment, hash_: str, taken: Names) -> Pod:
     template = dep.spec.template
     prefix = f"{dep.name}-{hash_}-"
     name = prefix + random_suffix()
@@ -83,8 +86,9 @@ def _status(dep: Deployment, active: list[Pod], current: list[Pod]) -> Deploymen
     return status
 
 
-def sync_deployment(tx: StoreWriter, dep: Deployment, pods: list[Pod]) -> int:
-    """One deployment's pass; `pods` are the namespace's pods. Returns the number of writes."""
+def sync_deployment(tx: StoreWriter, dep: Deployment, pods: list[Pod], taken: Names | None = None) -> int:
+    """One deployment's pass; `pods` are the namespace's pods (at least the ones it owns),
+    `taken` the pod names in use (default: the names of `pods`). Returns the number of writes."""
     writes = 0
     hash_ = template_hash(dep.spec.template)
     owned = [p for p in pods if owned_by(p, dep.metadata.uid)]
@@ -95,7 +99,8 @@ def sync_deployment(tx: StoreWriter, dep: Deployment, pods: list[Pod]) -> int:
             terminate_pod(tx, pod)
             writes += 1
     missing = dep.replicas - len(current)
-    taken = {p.name for p in pods}
+    if taken is None:
+        taken = {p.name for p in pods}
     if missing > 0:
         for _ in range(missing):
             pod = new_pod(dep, hash_, taken)
@@ -131,3 +136,19 @@ def reconcile_deployments(store: Store) -> int:
         for dep in deployments:
             writes += sync_deployment(tx, dep, pods_by_ns[dep.namespace])
     return writes
+
+
+def owned_pods(tx: StoreWriter, dep: Deployment) -> list[Pod]:
+    """The pods whose ownerReferences name this Deployment's uid (an index lookup)."""
+    if not dep.metadata.uid:
+        return []
+    names = [e.name for e in tx.index_entries(Pod, INDEX_OWNER, dep.namespace, "", dep.metadata.uid)]
+    return [p for p in (tx.try_get(Pod, dep.namespace, n) for n in names) if p is not None]
+
+
+def sync_deployment_key(tx: StoreWriter, namespace: str, name: str) -> int:
+    """Run one Deployment (if it exists); returns the number of writes."""
+    dep = tx.try_get(Deployment, namespace, name)
+    if dep is None:
+        return 0
+    return sync_deployment(tx, dep, owned_pods(tx, dep), StoreNames(tx, Pod, namespace))

@@ -8,6 +8,11 @@ Services that are gone, have lost their selector, or became ExternalName are del
 Services without a selector keep user-written Endpoints; `mirror` copies those into slices
 managed by `endpointslicemirroring-controller.k8s.io`. Writes happen only when content
 changes, so a second pass is a no-op.
+
+Each controller has a full pass (`reconcile_endpoints`, `mirror_endpoints`: list every
+object once) and a pass over one service (`sync_service_endpoints`,
+`mirror_service_endpoints`: index lookups only), which the incremental manager runs for the
+services a change touched. Both end in the same per-service function.
 """
 from __future__ import annotations
 
@@ -19,12 +24,12 @@ from controlplane.api.endpoints import (LABEL_MANAGED_BY, LABEL_SERVICE_NAME, LA
                                         EndpointConditions, EndpointPort, Endpoints, EndpointSlice)
 from controlplane.api.meta import ApiObject, ObjectMeta, OwnerReference
 from controlplane.api.pod import Pod
-from controlplane.api.selectors import Selector
+from controlplane.api.selectors import EQUALS, Requirement, Selector
 from controlplane.api.service import EXTERNAL_NAME, LABEL_HEADLESS, Service
 from controlplane.store.interface import Store, StoreWriter
 
 from .endpoint_builder import SliceContent, build_slices, build_subsets
-from .names import random_suffix
+from .names import Names, StoreNames, random_suffix
 
 
 def _owner(obj: ApiObject) -> OwnerReference:
@@ -66,7 +71,7 @@ def _same_slice(live: EndpointSlice, want: SliceContent, labels: dict[str, str])
 
 
 def _sync_slices(tx: StoreWriter, owner: ApiObject, service_name: str, wanted: list[SliceContent],
-                 labels: dict[str, str], live: list[EndpointSlice], taken: set[str]) -> int:
+                 labels: dict[str, str], live: list[EndpointSlice], taken: Names) -> int:
     """Make the slices of one owner match `wanted`, reusing slices with the same ports."""
     writes = 0
     unused = list(live)
@@ -104,8 +109,63 @@ def _sync_slices(tx: StoreWriter, owner: ApiObject, service_name: str, wanted: l
     return writes
 
 
+def _slices_of(service_name: str, managed_by: str) -> Selector:
+    """A service's slices made by one controller (service-name first: `list` seeks the
+    label index with the first key=value requirement)."""
+    return Selector((Requirement(LABEL_SERVICE_NAME, EQUALS, (service_name,)),
+                     Requirement(LABEL_MANAGED_BY, EQUALS, (managed_by,))))
+
+
+def _wants_endpoints(svc: Service | None) -> bool:
+    return svc is not None and svc.type != EXTERNAL_NAME and svc.has_selector
+
+
+def _is_managed(ep: Endpoints | None) -> bool:
+    return ep is not None and ep.labels.get(LABEL_SKIP_MIRROR) == "true"
+
+
+def _sync_service(tx: StoreWriter, namespace: str, name: str, svc: Service | None, pods: list[Pod],
+                  managed_ep: Endpoints | None, slices: list[EndpointSlice], taken: Names) -> int:
+    """The Endpoints and EndpointSlice controllers for one service key; `pods` are the pods
+    its selector matches, `managed_ep` / `slices` what the controller made for the key."""
+    writes = 0
+    if svc is None or not _wants_endpoints(svc):  # service gone, selector removed, or ExternalName
+        if managed_ep is not None:
+            tx.delete(Endpoints, namespace, name)
+            writes += 1
+        for es in slices:
+            tx.delete(EndpointSlice, es.namespace, es.name)
+            writes += 1
+        return writes
+    if managed_ep is None:  # a user-written Endpoints of that name is taken over, as Kubernetes does
+        managed_ep = tx.try_get(Endpoints, namespace, name)
+    writes += _sync_endpoints(tx, svc, pods, managed_ep)
+    live_slices = []
+    for es in slices:
+        if _owned_by(es, svc):
+            live_slices.append(es)
+        else:  # left over from an earlier Service of the same name
+            tx.delete(EndpointSlice, es.namespace, es.name)
+            writes += 1
+    writes += _sync_slices(tx, svc, svc.name, build_slices(svc, pods),
+                           _managed_labels(svc, MANAGED_BY_CONTROLLER), live_slices, taken)
+    return writes
+
+
+def sync_service_endpoints(tx: StoreWriter, namespace: str, name: str) -> int:
+    """The Endpoints and EndpointSlice controllers for one service; returns the writes."""
+    svc = tx.try_get(Service, namespace, name)
+    ep = tx.try_get(Endpoints, namespace, name)
+    slices = tx.list(EndpointSlice, namespace, _slices_of(name, MANAGED_BY_CONTROLLER))
+    pods: list[Pod] = []
+    if svc is not None and _wants_endpoints(svc):
+        pods = tx.list(Pod, namespace, Selector.from_labels(svc.spec.selector))
+    return _sync_service(tx, namespace, name, svc, pods, ep if _is_managed(ep) else None, slices,
+                         StoreNames(tx, EndpointSlice, namespace))
+
+
 def reconcile_endpoints(store: Store) -> int:
-    """One pass of the Endpoints and EndpointSlice controllers; returns the number of writes."""
+    """One full pass of the Endpoints and EndpointSlice controllers; returns the number of writes."""
     writes = 0
     with store.transaction() as tx:
         services = {s.key: s for s in tx.list(Service)}
@@ -118,28 +178,15 @@ def reconcile_endpoints(store: Store) -> int:
         for es in tx.list(EndpointSlice, selector=Selector.parse(f"{LABEL_MANAGED_BY}={MANAGED_BY_CONTROLLER}")):
             slices_by_svc[f"{es.namespace}/{es.labels.get(LABEL_SERVICE_NAME, '')}"].append(es)
             taken.add(es.name)
-        for key, svc in services.items():
-            if svc.type == EXTERNAL_NAME or not svc.has_selector:
-                continue
-            selector = Selector.from_labels(svc.spec.selector)
-            pods = [p for p in pods_by_ns[svc.namespace] if selector.matches(p.labels)]
-            writes += _sync_endpoints(tx, svc, pods, managed_eps.pop(key, None))
-            live_slices = []
-            for es in slices_by_svc.pop(key, []):
-                if _owned_by(es, svc):
-                    live_slices.append(es)
-                else:  # left over from an earlier Service of the same name
-                    tx.delete(EndpointSlice, es.namespace, es.name)
-                    writes += 1
-            writes += _sync_slices(tx, svc, svc.name, build_slices(svc, pods),
-                                   _managed_labels(svc, MANAGED_BY_CONTROLLER), live_slices, taken)
-        for leftover in managed_eps.values():  # service gone, selector removed, or ExternalName
-            tx.delete(Endpoints, leftover.namespace, leftover.name)
-            writes += 1
-        for slices in slices_by_svc.values():
-            for es in slices:
-                tx.delete(EndpointSlice, es.namespace, es.name)
-                writes += 1
+        for key in sorted(set(services) | set(managed_eps) | set(slices_by_svc)):
+            namespace, name = key.split("/", 1)
+            svc = services.get(key)
+            pods: list[Pod] = []
+            if svc is not None and _wants_endpoints(svc):
+                selector = Selector.from_labels(svc.spec.selector)
+                pods = [p for p in pods_by_ns[namespace] if selector.matches(p.labels)]
+            writes += _sync_service(tx, namespace, name, svc, pods, managed_eps.get(key),
+                                    slices_by_svc.get(key, []), taken)
     return writes
 
 
@@ -163,8 +210,44 @@ def _mirrored_content(ep: Endpoints) -> list[SliceContent]:
     return out
 
 
+def _mirror_service(tx: StoreWriter, svc: Service | None, user_ep: Endpoints | None,
+                    mirrored: list[EndpointSlice], taken: Names) -> int:
+    """The mirroring controller for one key: `user_ep` is the user-written Endpoints of the
+    key (if any), `mirrored` the slices mirroring made for it."""
+    writes = 0
+    if user_ep is None or svc is None or svc.has_selector or svc.type == EXTERNAL_NAME:
+        for es in mirrored:
+            tx.delete(EndpointSlice, es.namespace, es.name)
+            writes += 1
+        return writes
+    labels = dict(user_ep.labels)
+    labels[LABEL_SERVICE_NAME] = user_ep.name
+    labels[LABEL_MANAGED_BY] = MANAGED_BY_MIRRORING
+    live = []
+    for es in mirrored:
+        if _owned_by(es, user_ep):
+            live.append(es)
+        else:
+            tx.delete(EndpointSlice, es.namespace, es.name)
+            writes += 1
+    wanted = [c for c in _mirrored_content(user_ep) if c.endpoints]
+    return writes + _sync_slices(tx, user_ep, user_ep.name, wanted, labels, live, taken)
+
+
+def mirror_service_endpoints(tx: StoreWriter, namespace: str, name: str) -> int:
+    """EndpointSlice mirroring for one service key; returns the writes."""
+    ep = tx.try_get(Endpoints, namespace, name)
+    user_ep = None if ep is None or _is_managed(ep) else ep
+    mirrored = tx.list(EndpointSlice, namespace, _slices_of(name, MANAGED_BY_MIRRORING))
+    if user_ep is None and not mirrored:
+        return 0
+    svc = tx.try_get(Service, namespace, name)
+    return _mirror_service(tx, svc, user_ep, mirrored, StoreNames(tx, EndpointSlice, namespace))
+
+
 def mirror_endpoints(store: Store) -> int:
-    """EndpointSlice mirroring: user-written Endpoints of selector-less Services -> slices."""
+    """One full pass of EndpointSlice mirroring: user-written Endpoints of selector-less
+    Services -> slices."""
     writes = 0
     with store.transaction() as tx:
         mirrored: dict[str, list[EndpointSlice]] = defaultdict(list)
@@ -172,28 +255,10 @@ def mirror_endpoints(store: Store) -> int:
         for es in tx.list(EndpointSlice, selector=Selector.parse(f"{LABEL_MANAGED_BY}={MANAGED_BY_MIRRORING}")):
             mirrored[f"{es.namespace}/{es.labels.get(LABEL_SERVICE_NAME, '')}"].append(es)
             taken.add(es.name)
-        user_endpoints = tx.list(Endpoints, selector=Selector.parse(f"{LABEL_SKIP_MIRROR}!=true"))
+        user_endpoints = {e.key: e for e in tx.list(Endpoints, selector=Selector.parse(f"{LABEL_SKIP_MIRROR}!=true"))}
         if not user_endpoints and not mirrored:
             return 0
         services = {s.key: s for s in tx.list(Service)}
-        for ep in user_endpoints:
-            svc = services.get(ep.key)
-            if svc is None or svc.has_selector or svc.type == EXTERNAL_NAME:
-                continue
-            labels = dict(ep.labels)
-            labels[LABEL_SERVICE_NAME] = ep.name
-            labels[LABEL_MANAGED_BY] = MANAGED_BY_MIRRORING
-            live = []
-            for es in mirrored.pop(ep.key, []):
-                if _owned_by(es, ep):
-                    live.append(es)
-                else:
-                    tx.delete(EndpointSlice, es.namespace, es.name)
-                    writes += 1
-            wanted = [c for c in _mirrored_content(ep) if c.endpoints]
-            writes += _sync_slices(tx, ep, ep.name, wanted, labels, live, taken)
-        for slices in mirrored.values():
-            for es in slices:
-                tx.delete(EndpointSlice, es.namespace, es.name)
-                writes += 1
+        for key in sorted(set(user_endpoints) | set(mirrored)):
+            writes += _mirror_service(tx, services.get(key), user_endpoints.get(key), mirrored.get(key, []), taken)
     return writes
