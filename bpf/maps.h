@@ -26,6 +26,10 @@
 #define SVCXDP_FRAG_SIZE SVCXDP_DEFAULT_FRAG_SIZE
 #endif
 
+#ifndef SVCXDP_AFFINITY_SIZE
+#define SVCXDP_AFFINITY_SIZE SVCXDP_DEFAULT_AFFINITY_SIZE
+#endif
+
 #ifdef SVCXDP_PIN_DIR
 #define SVCXDP_MAP(type, K, V, name, max) \
 	BPF_TABLE_PINNED(type, K, V, name, max, SVCXDP_PIN_DIR "/" #name)
@@ -58,6 +62,10 @@ SVCXDP_MAP("array", __u32, __u32, backend_conns, SVCXDP_MAX_BACKENDS);
  * template below only gives the inner maps' shape (BPF_F_INNER_MAP: any size). */
 BPF_F_TABLE("array", __u32, __u32, maglev_inner, 1, SVCXDP_MAGLEV_INNER_FLAGS);
 SVCXDP_MAP("hash_of_maps$maglev_inner", __u32, int, maglev, SVCXDP_MAX_SERVICES);
+/* ClientIP affinity: (svc_id, client) -> backend and last use. LRU: a full map
+ * reclaims the least recently used entry (counted from user space: inserts
+ * minus entries present, see affinity.h). */
+SVCXDP_MAP("lru_hash", struct affinity_key, struct affinity_value, affinity, SVCXDP_AFFINITY_SIZE);
 /* Per-service packets, bytes, new flows, rejects. */
 SVCXDP_MAP("percpu_array", __u32, struct svc_stats, svc_stats, SVCXDP_MAX_SERVICES);
 /* Scratch of the least-connections scan; per CPU, never pinned (no state). */

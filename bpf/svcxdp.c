@@ -22,6 +22,7 @@
 #include "maps.h"
 #include "conntrack.h"
 #include "select.h"
+#include "affinity.h"
 #include "nat.h"
 #include "reject.h"
 #include "icmp.h"
@@ -180,12 +181,21 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 		return reject_udp(ctx, ETH_HLEN, ip->ihl * 4);
 	}
 
-	__u32 backend_id = select_backend(svc, &k, ev);
+	/* ClientIP affinity: the client's live entry wins; a fresh selection is
+	 * remembered (affinity.h). */
+	__u32 backend_id = SVCXDP_BACKEND_ID_INVALID;
+	if (svc->flags & SVCXDP_SVC_F_AFFINITY)
+		backend_id = affinity_get(svc, k.src, now);
+	int fresh = backend_id == SVCXDP_BACKEND_ID_INVALID;
+	if (fresh)
+		backend_id = select_backend(svc, &k, ev);
 	struct backend *b = backends.lookup(&backend_id);
 	if (!b || b->state == SVCXDP_BACKEND_UNUSED || backend_id == SVCXDP_BACKEND_ID_INVALID) {
 		ev->main = SVCXDP_CNT_SLOT_MISS;
 		return XDP_DROP;
 	}
+	if (fresh && (svc->flags & SVCXDP_SVC_F_AFFINITY))
+		affinity_put(svc, k.src, backend_id, now);
 	ct_create(&k, ip->daddr, *l4->dport, b, backend_id, svc->svc_id, now, l4->tcp_flags,
 		  alg_counts_conns(svc->algorithm));
 	nat_ip = b->ip;

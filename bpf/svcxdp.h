@@ -43,6 +43,8 @@
 
 /* ---- service flags (svc_value.flags) ------------------------------------------ */
 #define SVCXDP_SVC_F_AFFINITY 1  /* sessionAffinity: ClientIP */
+#define SVCXDP_SVC_F_TERMINATING_ONLY 2  /* no backend is ready: the slots hold the
+					  * terminating ones (kube-proxy's fallback) */
 
 /* ---- backend states (backend.state); 0 marks an unused slot of the array ------ */
 #define SVCXDP_BACKEND_UNUSED 0
@@ -77,7 +79,13 @@
 #define SVCXDP_CNT_SLOT_MISS 11        /* service slot without backend: dropped */
 #define SVCXDP_CNT_FIB_REDIRECT 12     /* forwarded by bpf_redirect after a FIB lookup */
 #define SVCXDP_CNT_MAGLEV_FALLBACK 13  /* Maglev table missing or mid-resize: hashed over slots */
-#define SVCXDP_CNT_MAX 16
+/* ClientIP affinity, one of these per new flow of an affinity service (affinity.h). */
+#define SVCXDP_CNT_AFFINITY_HIT 14     /* sent to the client's remembered backend */
+#define SVCXDP_CNT_AFFINITY_NEW 15     /* no entry for the client: selected, entry inserted */
+#define SVCXDP_CNT_AFFINITY_EXPIRED 16 /* entry idle past the timeout, or from before the
+					* service's last switch to ClientIP: reselected */
+#define SVCXDP_CNT_AFFINITY_STALE 17   /* its backend left the match set: rebalanced */
+#define SVCXDP_CNT_MAX 24
 
 /* ---- default sizes and timeouts (overridable with -D cflags from Python) ------ */
 #define SVCXDP_DEFAULT_MAX_SERVICES 65536
@@ -85,6 +93,7 @@
 #define SVCXDP_DEFAULT_MAX_SLOTS 262144
 #define SVCXDP_DEFAULT_CT_SIZE 1048576
 #define SVCXDP_DEFAULT_FRAG_SIZE 8192
+#define SVCXDP_DEFAULT_AFFINITY_SIZE 262144  /* client IPs x affinity services (docs/affinity.md) */
 #define SVCXDP_DEFAULT_TCP_TIMEOUT_S 21600   /* established TCP: 6 h, as Cilium */
 #define SVCXDP_DEFAULT_TCP_CLOSE_TIMEOUT_S 10 /* after FIN/RST */
 #define SVCXDP_DEFAULT_UDP_TIMEOUT_S 60      /* UDP idle */
@@ -104,6 +113,8 @@ struct svc_value {
 	__u8 flags;              /* SVCXDP_SVC_F_* */
 	__u32 affinity_timeout;  /* seconds, with SVCXDP_SVC_F_AFFINITY */
 	__u32 table_size;        /* Maglev: entries M of its table; 0 otherwise */
+	__u32 affinity_gen;      /* ClientIP period: affinity entries of another one are
+				  * ignored (a switch to None and back drops them, O(1)) */
 };
 
 /* Key of the `slots` map: slot 1..count of a service -> backend id. For wrr the
@@ -198,6 +209,20 @@ struct lc_best {
 	__u64 weight;
 	__u32 id;
 	__u32 pad;
+};
+
+/* ClientIP session affinity: one entry per (frontend, client address), written
+ * when a new flow of an affinity service selects a backend, refreshed by each later
+ * new flow that uses it (not per packet; docs/affinity.md). */
+struct affinity_key {
+	__u32 svc_id;
+	__be32 client;
+};
+
+struct affinity_value {
+	__u64 last_used;   /* bpf_ktime_get_coarse_ns() of the last new flow it served */
+	__u32 backend_id;
+	__u32 gen;         /* svc_value.affinity_gen when written */
 };
 
 /* Per-service counters (per-CPU array indexed by svc_id). */

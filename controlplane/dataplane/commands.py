@@ -52,7 +52,7 @@ def _adopting(config: DataplaneConfig) -> DataplaneConfig:
     sizes = {}
     for field, name in (("max_services", "services"), ("max_slots", "slots"),
                         ("max_backends", "backends"), ("ct_size", "conntrack"),
-                        ("frag_size", "fragments")):
+                        ("frag_size", "fragments"), ("affinity_size", "affinity")):
         fd = lib().bpf_obj_get(str(Path(config.pin_dir) / name).encode())
         if fd >= 0:
             sizes[field] = map_info(fd).max_entries

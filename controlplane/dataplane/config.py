@@ -31,6 +31,7 @@ class DataplaneConfig:
     max_slots: int = const("DEFAULT_MAX_SLOTS")
     ct_size: int = const("DEFAULT_CT_SIZE")
     frag_size: int = const("DEFAULT_FRAG_SIZE")
+    affinity_size: int = const("DEFAULT_AFFINITY_SIZE")  # ClientIP entries (docs/affinity.md)
     tcp_timeout_s: int = const("DEFAULT_TCP_TIMEOUT_S")
     tcp_close_timeout_s: int = const("DEFAULT_TCP_CLOSE_TIMEOUT_S")
     udp_timeout_s: int = const("DEFAULT_UDP_TIMEOUT_S")
@@ -41,7 +42,7 @@ class DataplaneConfig:
     def __post_init__(self) -> None:
         if not _INSTANCE.match(self.instance):
             raise ConfigError(f"instance {self.instance!r}: must be 1-40 lower-case letters, digits or '-'")
-        for name in ("max_services", "max_backends", "max_slots", "ct_size", "frag_size",
+        for name in ("max_services", "max_backends", "max_slots", "ct_size", "frag_size", "affinity_size",
                      "tcp_timeout_s", "tcp_close_timeout_s", "udp_timeout_s"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
@@ -58,6 +59,7 @@ class DataplaneConfig:
             f"-DSVCXDP_MAX_SLOTS={self.max_slots}",
             f"-DSVCXDP_CT_SIZE={self.ct_size}",
             f"-DSVCXDP_FRAG_SIZE={self.frag_size}",
+            f"-DSVCXDP_AFFINITY_SIZE={self.affinity_size}",
             f"-DSVCXDP_TCP_TIMEOUT_S={self.tcp_timeout_s}ULL",
             f"-DSVCXDP_TCP_CLOSE_TIMEOUT_S={self.tcp_close_timeout_s}ULL",
             f"-DSVCXDP_UDP_TIMEOUT_S={self.udp_timeout_s}ULL",

@@ -15,13 +15,14 @@ from bcc import BPF
 
 from . import attach as _attach
 from .config import DataplaneConfig
-from .layout import COUNTER_NAMES
+from .layout import COUNTER_NAMES, const
 from .libbpf import map_info, prog_id
 from .source import program_text
 
 ENTRY = "svcxdp_main"
+SVCXDP_CNT_MAX = const("CNT_MAX")
 MAP_NAMES = ("services", "slots", "backends", "rev_nat", "conntrack", "fragments", "rr_state",
-             "svc_stats", "counters", "backend_conns", "maglev")
+             "svc_stats", "counters", "backend_conns", "maglev", "affinity")
 
 
 class DataplaneError(RuntimeError):
@@ -35,7 +36,8 @@ def _check_pinned_layout(bpf: BPF, config: DataplaneConfig) -> None:
         "backends": config.max_backends, "rev_nat": config.max_backends, "conntrack": config.ct_size,
         "fragments": config.frag_size, "rr_state": config.max_services,
         "svc_stats": config.max_services, "backend_conns": config.max_backends,
-        "maglev": config.max_services,
+        "maglev": config.max_services, "affinity": config.affinity_size,
+        "counters": SVCXDP_CNT_MAX,
     }
     for name in MAP_NAMES:
         table = bpf[name.encode()]

@@ -24,6 +24,7 @@ from typing import Iterable, Sequence
 from controlplane.maglev import MaglevBackend, MaglevSizeWarning, build_table
 
 from .layout import ALGORITHMS, const
+from .affinity_maps import AffinityGenerations
 from .maglev_maps import MaglevMaps
 from .model import (BACKEND_STATES, PROTOCOLS, SCOPES, Backend, Frontend, ServiceState,
                     be16_to_port, be32_to_ip, ip_to_be32, port_to_be16)
@@ -32,6 +33,7 @@ from .revnat import RevNat
 
 UNUSED = const("BACKEND_UNUSED")
 F_AFFINITY = const("SVC_F_AFFINITY")
+F_TERMINATING_ONLY = const("SVC_F_TERMINATING_ONLY")
 _PROTO_NAMES = {v: k for k, v in PROTOCOLS.items()}
 _SCOPE_NAMES = {v: k for k, v in SCOPES.items()}
 _STATE_NAMES = {v: k for k, v in BACKEND_STATES.items()}
@@ -89,6 +91,7 @@ class _Installed:
     backend_ids: dict[tuple[str, int], int]
     slot_count: int
     table_ok: bool = True  # False: adopted Maglev service whose table is missing
+    affinity_gen: int = 0  # its ClientIP period (affinity_maps.py); 0 with affinity off
 
 
 def _maglev_inputs(state: ServiceState, ids: dict[tuple[str, int], int]) -> tuple | None:
@@ -143,6 +146,7 @@ class MapWriter:
         self.svc_stats = dp.table("svc_stats")
         self.conns = dp.table("backend_conns")
         self.maglev = MaglevMaps(dp.table("maglev"))
+        self.affinity = AffinityGenerations()
         self.revnat = RevNat(dp.table("rev_nat"))
         self.max_slots = cfg.max_slots
         self._svc_ids = IdAllocator(cfg.max_services, f"services map (max_services={cfg.max_services})")
@@ -187,7 +191,9 @@ class MapWriter:
             ids = {addr: i for addr, (i, _) in members.items()}
             if _maglev_inputs(state, ids) is not None and not self.maglev.has(v.svc_id):
                 table_ok = False  # the last agent stopped between table and entry
-            self._installed[fe] = _Installed(v.svc_id, state, ids, v.count, table_ok)
+            self._installed[fe] = _Installed(v.svc_id, state, ids, v.count, table_ok,
+                                             v.affinity_gen if v.flags & F_AFFINITY else 0)
+            self.affinity.claim(v.affinity_gen)
             self._svc_ids.claim(v.svc_id)
             for ident, _ in members.values():
                 self._backend_ids.claim(ident)
@@ -204,6 +210,15 @@ class MapWriter:
     def backend_id(self, frontend: Frontend, ip: str, port: int) -> int | None:
         inst = self._installed.get(frontend)
         return inst.backend_ids.get((ip, port)) if inst else None
+
+    def affinity_gen(self, frontend: Frontend) -> int:
+        """The frontend's current ClientIP period (0: affinity off or not installed)."""
+        inst = self._installed.get(frontend)
+        return inst.affinity_gen if inst else 0
+
+    def installed_ids(self) -> dict[Frontend, tuple[int, dict[tuple[str, int], int]]]:
+        """frontend -> (svc_id, address -> backend id), as the maps hold them."""
+        return {fe: (inst.svc_id, dict(inst.backend_ids)) for fe, inst in self._installed.items()}
 
     def maglev_table(self, frontend: Frontend) -> list[int] | None:
         """The Maglev table the datapath holds for a frontend (None without one)."""
@@ -309,9 +324,14 @@ class MapWriter:
         v.svc_id = svc_id
         v.count = len(slot_ids)
         v.algorithm = ALGORITHMS[state.algorithm]
-        v.flags = F_AFFINITY if state.affinity_timeout else 0
+        members = state.slot_backends()
+        v.flags = ((F_AFFINITY if state.affinity_timeout else 0) |
+                   (F_TERMINATING_ONLY if members and members[0].state == "terminating" else 0))
         v.affinity_timeout = state.affinity_timeout
         v.table_size = state.maglev_table_size
+        gen = self.affinity.for_update(state.affinity_timeout,
+                                       old.affinity_gen if old else 0)
+        v.affinity_gen = gen
         self.services[self._svc_key(fe)] = v
         self.writes += 1
 
@@ -338,7 +358,7 @@ class MapWriter:
         self.revnat.detach(fe, gone)
 
         self._slots_used += len(slot_ids) - (old.slot_count if old else 0)
-        self._installed[fe] = _Installed(svc_id, state, ids, len(slot_ids))
+        self._installed[fe] = _Installed(svc_id, state, ids, len(slot_ids), affinity_gen=gen)
         return svc_id
 
     def delete(self, frontend: Frontend) -> bool:

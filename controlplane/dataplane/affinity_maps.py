@@ -1,0 +1,163 @@
+"""ClientIP session affinity from user space: the `affinity` map (bpf/affinity.h).
+
+The datapath writes and refreshes the entries; the control plane never writes one.
+What it owns is each service's ClientIP *period* (`svc_value.affinity_gen`): a
+service switched to ClientIP gets a generation never used before, and the datapath
+ignores entries of another generation. So switching to None drops a service's
+entries at once, in one write of its service entry, without scanning a map that may
+hold a million clients; the dropped entries are overwritten by that client's next
+new flow or reclaimed by the LRU first (they are the least recently used).
+Generations come from one counter for all services, so a service id reused by a
+new service never meets its predecessor's entries either.
+
+Reading: entries come out in batches (bpf_map_lookup_batch), and their age is
+computed on the datapath's clock: bpf_ktime_get_coarse_ns() is
+CLOCK_MONOTONIC_COARSE.
+"""
+from __future__ import annotations
+
+import ctypes as ct
+import errno
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+from .libbpf import ffi, lib
+from .model import Frontend, be32_to_ip
+
+CLOCK_MONOTONIC_COARSE = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)  # Linux's number
+NSEC = 1_000_000_000
+_BATCH = 8192
+
+
+def coarse_now_ns() -> int:
+    """Now, on the clock the datapath stamps affinity and conntrack entries with."""
+    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
+
+
+class AffinityGenerations:
+    """Hands out ClientIP periods; continues after the largest one found in the maps."""
+
+    def __init__(self) -> None:
+        self._next = 1
+
+    def claim(self, gen: int) -> None:
+        self._next = max(self._next, gen + 1)
+
+    def for_update(self, timeout: int, old_gen: int) -> int:
+        """The generation a service entry gets: 0 with affinity off; the old one
+        while affinity stays on (a changed timeout keeps the entries); a new one
+        when affinity is switched on."""
+        if not timeout:
+            return 0
+        if old_gen:
+            return old_gen
+        gen = self._next
+        self._next = gen + 1 if gen < 0xFFFFFFFF else 1
+        return gen
+
+
+@dataclass(frozen=True)
+class AffinityEntry:
+    svc_id: int
+    client: str
+    backend_id: int
+    last_used_ns: int
+    gen: int
+
+
+def _batches(table) -> Iterator[tuple[ct.Array, ct.Array, int]]:
+    """(keys, values, count) chunks of a hash map, read with BPF_MAP_LOOKUP_BATCH."""
+    keys = (table.Key * _BATCH)()
+    values = (table.Leaf * _BATCH)()
+    token_in = ffi.new("uint8_t[8]")
+    token_out = ffi.new("uint8_t[8]")
+    count = ffi.new("uint32_t *")
+    opts = ffi.new("struct bpf_map_batch_opts *")
+    opts.sz = ffi.sizeof("struct bpf_map_batch_opts")
+    first = True
+    while True:
+        count[0] = _BATCH
+        rc = lib().bpf_map_lookup_batch(table.map_fd, ffi.NULL if first else token_in, token_out,
+                                        ffi.cast("void *", ct.addressof(keys)),
+                                        ffi.cast("void *", ct.addressof(values)), count, opts)
+        err = -rc if rc < 0 else 0
+        if err not in (0, errno.ENOENT):
+            raise OSError(err, f"bpf_map_lookup_batch(affinity): {errno.errorcode.get(err, err)}")
+        if count[0]:
+            yield keys, values, count[0]
+        if err == errno.ENOENT:
+            return
+        ffi.memmove(token_in, token_out, 8)
+        first = False
+
+
+def read_entries(table) -> list[AffinityEntry]:
+    """Every entry of the affinity map (a snapshot; the datapath keeps writing)."""
+    out = []
+    for keys, values, n in _batches(table):
+        for i in range(n):
+            k, v = keys[i], values[i]
+            out.append(AffinityEntry(k.svc_id, be32_to_ip(k.client), v.backend_id, v.last_used, v.gen))
+    return out
+
+
+def count_entries(table) -> int:
+    return sum(n for _, _, n in _batches(table))
+
+
+@dataclass(frozen=True)
+class AffinityStats:
+    capacity: int
+    entries: int     # present in the map, live or not
+    inserted: int    # new keys the datapath inserted (SVCXDP_CNT_AFFINITY_NEW)
+
+    @property
+    def evicted(self) -> int:
+        """Entries the LRU reclaimed: nothing else removes one, so every insert not
+        present any more was evicted. (Two CPUs inserting one key at once count
+        twice; that over-counts by one per such race.)"""
+        return max(self.inserted - self.entries, 0)
+
+
+def affinity_stats(dp) -> AffinityStats:
+    table = dp.table("affinity")
+    return AffinityStats(dp.config.affinity_size, count_entries(table),
+                         dp.counters()["affinity_new"])
+
+
+@dataclass(frozen=True)
+class Sticky:
+    """One client's live stickiness to a backend of a frontend."""
+    frontend: Frontend
+    client: str
+    backend: tuple[str, int] | None  # None: it left the service (the next flow rebalances)
+    remaining_s: float
+
+
+def live_entries(dp, writer, frontends: set[Frontend] | None = None,
+                 now_ns: int | None = None) -> list[Sticky]:
+    """Entries the datapath would still honour (current period, not timed out),
+    with their backend address and remaining time, sorted by frontend and client."""
+    now_ns = coarse_now_ns() if now_ns is None else now_ns
+    by_id: dict[int, tuple[Frontend, int, int, dict[int, tuple[str, int]]]] = {}
+    installed = writer.installed()
+    for fe, (svc_id, ids) in writer.installed_ids().items():
+        timeout = installed[fe].affinity_timeout
+        if not timeout or (frontends is not None and fe not in frontends):
+            continue
+        members = {b.address for b in installed[fe].slot_backends()}
+        by_id[svc_id] = (fe, writer.affinity_gen(fe), timeout,
+                         {bid: addr for addr, bid in ids.items() if addr in members})
+    out = []
+    for e in read_entries(dp.table("affinity")):
+        svc = by_id.get(e.svc_id)
+        if svc is None or e.gen != svc[1]:
+            continue
+        fe, _, timeout, backends = svc
+        remaining = timeout - (now_ns - e.last_used_ns) / NSEC
+        if remaining < 0:
+            continue
+        out.append(Sticky(fe, e.client, backends.get(e.backend_id), remaining))
+    out.sort(key=lambda s: (s.frontend, tuple(int(x) for x in s.client.split("."))))
+    return out
