@@ -9,7 +9,7 @@ memlock / max_entries. A service costs one entry in `services`, `rr_state` and `
 flow two conntrack entries (forward and reply).
 
 Agent RSS: a child process does what `svcctl agent` does at start (controlplane.agent:
-load the dataplane, unpinned here; Agent(store, node, dp).sync("start")) against a store
+load the dataplane, unpinned here; Agent(store, node, dp).full_sync("start")) against a store
 of N Services x 10 endpoints, and reports VmRSS after the load and after the sync, and
 VmHWM (peak). The health server thread and the interface manager are not started.
 """
@@ -59,7 +59,7 @@ CHILD = textwrap.dedent("""
     out["after_load"] = status()
     store = SqliteStore(sys.argv[1])
     agent = Agent(store, NodeConfig("node1"), dp)
-    rep = agent.sync("start")
+    rep = agent.full_sync("start")
     out["after_sync"] = status()
     out["frontends"] = len(agent.writer.installed())
     out["sync_ms"] = rep.took_ms

@@ -430,8 +430,8 @@ def render_all(data: dict, plot_dir: Path | None = None, plot_prefix: str = "") 
                    "`MapWriter.sync`, into empty maps. iptables: `iptables-restore` of the equivalent "
                    "kube-proxy ruleset into a fresh namespace (flush mode — with this iptables-nft, "
                    "`--noflush`, which kube-proxy uses, is far slower on large inputs). One change: an "
-                   "endpoint flips ready in the store, then `Agent.sync(\"change\")` (a full re-read of the "
-                   "store and a diff), beside one `iptables-restore --noflush` of the chains kube-proxy "
+                   "endpoint flips ready in the store, then `Agent.incremental_sync()` (the change feed, "
+                   "only the touched service recomputed), beside one `iptables-restore --noflush` of the chains kube-proxy "
                    "rewrites for it (KUBE-SERVICES in full plus the service's chains). Median (min–max).\n")
         out.append("| services × endpoints | store → maps total | load_service_views | desired_state | "
                    "MapWriter.sync | iptables-restore (full) | change p50 / p99 XDP | change p50 / p99 iptables |")
@@ -450,6 +450,10 @@ def render_all(data: dict, plot_dir: Path | None = None, plot_prefix: str = "") 
                 out.append(f"For the record, `iptables-restore --noflush` of the {x['services']:,}-service ruleset "
                            f"into an empty namespace took {x['iptables_full_restore_noflush_s']:.2f} s "
                            f"(vs {_ms(x['iptables_full_restore_s']['median'])} in flush mode).\n")
+        for x in sorted(control, key=lambda x: x["services"]):
+            if "agent_full_sync_s" in x:
+                out.append(f"The agent's own start at {x['services']:,} × {x['endpoints']} "
+                           f"(`Agent.full_sync`, into empty maps): {_ms(x['agent_full_sync_s'])}.\n")
         big = max(control, key=lambda x: x["services"])
         out.append(f"Change rounds: {big['change_xdp_s']['n']} per size; map writes per change "
                    f"{big.get('change_map_writes')}. Profiles of one full sync and one change at "
@@ -492,7 +496,7 @@ def profile_text(data: dict) -> str:
         parts.append(f"==== {x['services']:,} services x {x['endpoints']} endpoints: one full sync "
                      f"(load_service_views + desired_state + MapWriter.sync) ====\n{x['profile_full_sync']}")
         parts.append(f"==== {x['services']:,} services: one endpoint change (store.update + "
-                     f"Agent.sync('change')) ====\n{x['profile_change']}")
+                     f"Agent.incremental_sync()) ====\n{x['profile_change']}")
     return "\n".join(parts)
 
 
