@@ -12,6 +12,7 @@ COMMAND_MODULES = [
     "controlplane.lab.commands",
     "controlplane.kubectl.apply",
     "controlplane.kubectl.get",
+    "controlplane.kubectl.affinity",
     "controlplane.kubectl.describe",
     "controlplane.kubectl.delete",
     "controlplane.kubectl.expose",

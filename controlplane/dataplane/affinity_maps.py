@@ -22,8 +22,16 @@ import time
 from dataclasses import dataclass
 from typing import Iterator
 
+from .layout import const
 from .libbpf import ffi, lib
-from .model import Frontend, be32_to_ip
+from .model import PROTOCOLS, SCOPES, Frontend, be16_to_port, be32_to_ip
+
+F_AFFINITY = const("SVC_F_AFFINITY")
+F_TERMINATING_ONLY = const("SVC_F_TERMINATING_ONLY")
+ACTIVE = const("BACKEND_ACTIVE")
+TERMINATING = const("BACKEND_TERMINATING")
+PROTO_NAMES = {v: k for k, v in PROTOCOLS.items()}
+SCOPE_NAMES = {v: k for k, v in SCOPES.items()}
 
 CLOCK_MONOTONIC_COARSE = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)  # Linux's number
 NSEC = 1_000_000_000
@@ -131,33 +139,42 @@ class Sticky:
     """One client's live stickiness to a backend of a frontend."""
     frontend: Frontend
     client: str
-    backend: tuple[str, int] | None  # None: it left the service (the next flow rebalances)
+    backend: tuple[str, int] | None  # None: it left the match set (the next flow rebalances)
     remaining_s: float
 
 
-def live_entries(dp, writer, frontends: set[Frontend] | None = None,
-                 now_ns: int | None = None) -> list[Sticky]:
-    """Entries the datapath would still honour (current period, not timed out),
-    with their backend address and remaining time, sorted by frontend and client."""
+def _member(b, svc) -> bool:
+    """bpf/affinity.h's affinity_member(): would the datapath honour this backend?"""
+    if b.svc_id != svc.svc_id or b.weight == 0:
+        return False
+    return b.state == ACTIVE or (b.state == TERMINATING and bool(svc.flags & F_TERMINATING_ONLY))
+
+
+def live_entries(dp, frontends: set[Frontend] | None = None, now_ns: int | None = None) -> list[Sticky]:
+    """Entries the datapath would still honour (current period, not timed out), with
+    their backend address and remaining time, sorted by frontend and client. Reads
+    the maps only (never writes), so it is safe beside a running agent."""
     now_ns = coarse_now_ns() if now_ns is None else now_ns
-    by_id: dict[int, tuple[Frontend, int, int, dict[int, tuple[str, int]]]] = {}
-    installed = writer.installed()
-    for fe, (svc_id, ids) in writer.installed_ids().items():
-        timeout = installed[fe].affinity_timeout
-        if not timeout or (frontends is not None and fe not in frontends):
+    services, backends = dp.table("services"), dp.table("backends")
+    by_id = {}
+    for k, v in services.items():
+        if not v.flags & F_AFFINITY:
             continue
-        members = {b.address for b in installed[fe].slot_backends()}
-        by_id[svc_id] = (fe, writer.affinity_gen(fe), timeout,
-                         {bid: addr for addr, bid in ids.items() if addr in members})
+        fe = Frontend(be32_to_ip(k.vip), be16_to_port(k.port), PROTO_NAMES.get(k.proto, "TCP"),
+                      SCOPE_NAMES.get(k.scope, "cluster"))
+        if frontends is None or fe in frontends:
+            by_id[v.svc_id] = (fe, v)
     out = []
-    for e in read_entries(dp.table("affinity")):
-        svc = by_id.get(e.svc_id)
-        if svc is None or e.gen != svc[1]:
+    for e in read_entries(dp.table("affinity")) if by_id else ():
+        found = by_id.get(e.svc_id)
+        if found is None or e.gen != found[1].affinity_gen:
             continue
-        fe, _, timeout, backends = svc
-        remaining = timeout - (now_ns - e.last_used_ns) / NSEC
+        fe, svc = found
+        remaining = svc.affinity_timeout - (now_ns - e.last_used_ns) / NSEC
         if remaining < 0:
             continue
-        out.append(Sticky(fe, e.client, backends.get(e.backend_id), remaining))
+        b = backends[backends.Key(e.backend_id)]
+        addr = (be32_to_ip(b.ip), be16_to_port(b.port)) if _member(b, svc) else None
+        out.append(Sticky(fe, e.client, addr, remaining))
     out.sort(key=lambda s: (s.frontend, tuple(int(x) for x in s.client.split("."))))
     return out

@@ -61,6 +61,7 @@ def _adopting(config: DataplaneConfig) -> DataplaneConfig:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
+    from .affinity_maps import affinity_stats
     from .writer import MapWriter
     dp = _open(args)
     try:
@@ -68,6 +69,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print("DATAPATH COUNTER      PACKETS")
         for name, value in counters.items():
             print(f"{name:<21} {value}")
+        aff = affinity_stats(dp)
+        print(f"\nAFFINITY ENTRIES   {aff.entries} of {aff.capacity} (inserted {aff.inserted}, "
+              f"evicted by LRU {aff.evicted})")
         writer = MapWriter(dp)
         rows = [("FRONTEND", "PACKETS", "BYTES", "NEW FLOWS", "REJECTS")]
         for fe in sorted(writer.installed()):

@@ -216,10 +216,6 @@ class MapWriter:
         inst = self._installed.get(frontend)
         return inst.affinity_gen if inst else 0
 
-    def installed_ids(self) -> dict[Frontend, tuple[int, dict[tuple[str, int], int]]]:
-        """frontend -> (svc_id, address -> backend id), as the maps hold them."""
-        return {fe: (inst.svc_id, dict(inst.backend_ids)) for fe, inst in self._installed.items()}
-
     def maglev_table(self, frontend: Frontend) -> list[int] | None:
         """The Maglev table the datapath holds for a frontend (None without one)."""
         inst = self._installed.get(frontend)

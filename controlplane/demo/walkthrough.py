@@ -62,6 +62,55 @@ class Transcript:
         return self.get_json("svc", service)["spec"]["clusterIP"]
 
 
+MYAPP_CLIENT_IP = """apiVersion: v1
+kind: Service
+metadata:
+  name: myapp
+  namespace: default
+spec:
+  selector:
+    app: myapp
+    release: canary
+  type: ClusterIP
+  sessionAffinity: ClientIP
+  sessionAffinityConfig:
+    clientIP:
+      timeoutSeconds: 10
+  ports:
+  - port: 80
+    targetPort: 80
+"""
+
+
+def _affinity_section(t: Transcript, lab: Lab, state_dir: Path, vip: str) -> None:
+    """ClientIP affinity on myapp: the client's loop meets one pod; `get affinity`
+    shows the node's entry; back to None. Adds a few seconds, no waiting for expiry."""
+    t.say("sessionAffinity: ClientIP (timeoutSeconds: 10): the same loop now meets one pod")
+    manifest = state_dir / "myapp-client-ip.yaml"
+    manifest.write_text(MYAPP_CLIENT_IP)
+    print(MYAPP_CLIENT_IP.rstrip())
+    t.svcctl("apply", "-f", str(manifest))
+    client_ip = lab.pod("client").ip
+
+    def get(path: str) -> str:
+        return lab.exec("client", ["busybox", "wget", "-qO-", f"http://{vip}/{path}"],
+                        capture_output=True, text=True, timeout=10).stdout.strip()
+
+    def remembered() -> bool:  # node1's datapath has an entry for the client
+        get("hostname.html")
+        return client_ip in t.svcctl("get", "affinity", "myapp", "--node", "node1", show=False, check=False)
+    t.wait("node1 to remember the client", remembered)
+    print(f"$ svcctl exec client -- sh -c 'for i in $(seq 1 12); do wget -qO- http://{vip}/hostname.html; done'")
+    answers = [get("hostname.html") or "(failed)" for _ in range(12)]
+    print("\n".join(answers))
+    spread = collections.Counter(answers)
+    print(f"-> {len(spread)} pod answered: " + ", ".join(f"{k} x{v}" for k, v in sorted(spread.items())))
+    t.say("Which client sticks to which pod, and for how long (the node's XDP affinity map)")
+    t.svcctl("get", "affinity", "myapp", "--node", "node1")
+    t.say("Back to sessionAffinity: None: new connections spread again at once")
+    t.svcctl("apply", "-f", str(EXAMPLES / "myapp.yaml"))
+
+
 def _fresh_lab(state_dir: Path) -> Lab:
     lab = Lab(state_dir, prefix=DEMO_PREFIX)
     if lab.status().outside is not None:
@@ -111,6 +160,8 @@ def run_walkthrough(nodes: int = 2, keep: bool = False) -> int:
             print(answers[-1], flush=True)
         spread = collections.Counter(answers)
         print(f"-> {len(spread)} pods answered: " + ", ".join(f"{k} x{v}" for k, v in sorted(spread.items())))
+
+        _affinity_section(t, lab, state_dir, vip)
 
         t.say("redis behind a ClusterIP: redis-cli PING from a pod")
         t.svcctl("apply", "-f", str(EXAMPLES / "redis.yaml"))

@@ -163,12 +163,12 @@ def test_switching_none_and_back_to_client_ip(aff: Harness):
     aff.writer.upsert(svc("rr"))
     first = new_flow(aff, 20000)
     assert new_flow(aff, 20001) == first
-    assert [s.client for s in live_entries(aff.dp, aff.writer)] == [CLIENT]
+    assert [s.client for s in live_entries(aff.dp)] == [CLIENT]
     # None: new connections spread at once; the entries are dropped.
     aff.writer.upsert(svc("rr", timeout=0))
     assert aff.writer.affinity_gen(fe) == 0
     assert {new_flow(aff, 20010 + i) for i in range(6)} == set(BACKENDS)
-    assert live_entries(aff.dp, aff.writer) == []
+    assert live_entries(aff.dp) == []
     # ClientIP again: a new period, the old entry is not honoured.
     aff.writer.upsert(svc("rr"))
     before = aff.counters()
@@ -193,7 +193,7 @@ def test_two_services_do_not_share_entries(aff: Harness):
     assert affinity_counts(before, aff.counters()) == {"affinity_new": 2}
     assert {new_flow(aff, 20002 + i) for i in range(5)} == {a}
     assert {new_flow(aff, 20010 + i, vip=VIP2) for i in range(5)} == {b}
-    assert sorted(str(s.frontend) for s in live_entries(aff.dp, aff.writer)) == \
+    assert sorted(str(s.frontend) for s in live_entries(aff.dp)) == \
         [f"{VIP}:80/TCP", f"{VIP2}:80/TCP"]
 
 
@@ -215,12 +215,12 @@ def test_live_entries_show_backend_and_remaining_time(aff: Harness):
     aff.writer.upsert(svc("rr", timeout=30))
     first = new_flow(aff, 20000)
     new_flow(aff, 20000, client="10.244.1.99")
-    entries = live_entries(aff.dp, aff.writer)
+    entries = live_entries(aff.dp)
     assert [e.client for e in entries] == [CLIENT, "10.244.1.99"]
     assert entries[0].backend == (first, 8080)
     assert all(28.5 < e.remaining_s <= 30 for e in entries)
     aff.writer.upsert(svc("rr", timeout=30, backends=tuple(b for b in BACKENDS if b != first)))
-    assert live_entries(aff.dp, aff.writer)[0].backend is None  # left: rebalanced on next flow
+    assert live_entries(aff.dp)[0].backend is None  # left: rebalanced on next flow
 
 
 def test_adopting_writer_keeps_the_period(aff: Harness):

@@ -1,0 +1,147 @@
+"""svcctl get affinity [SERVICE] [--node NODE] [-n NS | -A]
+
+ClientIP session affinity as a node's XDP dataplane holds it: which client IP
+sticks to which pod of which Service, and for how much longer. Entries are per
+node (each node's datapath remembers the clients it served), read from the pinned
+`affinity` map; the remaining time is computed on the datapath's own clock.
+
+`get` belongs to controlplane.kubectl.get; this module adds the `affinity`
+resource to it (and --node) by wrapping that parser's function, so it must be
+registered after it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+
+from controlplane.cli import CommandError
+from controlplane.controllers.service_view import ServiceView, load_service_views
+from controlplane.dataplane.model import Frontend
+
+from .printers.age import human_duration
+from .printers.table import format_table
+from .session import Session, command, eprint
+
+RESOURCE_NAMES = ("affinity", "affinities", "sessionaffinity")
+HEADER = ["SERVICE", "CLIENT IP", "BACKEND", "REMAINING"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    get = sub.choices.get("get")
+    if get is None:
+        raise RuntimeError("controlplane.kubectl.affinity must be registered after controlplane.kubectl.get")
+    get.add_argument("--node", default=None,
+                     help="get affinity: the node whose dataplane to read (default: every node of the lab)")
+    objects = get.get_default("func")
+
+    def dispatch(args: argparse.Namespace) -> int:
+        if args.args and args.args[0].lower() in RESOURCE_NAMES:
+            return run_get_affinity(args)
+        if args.node:
+            raise CommandError("--node applies to `get affinity` only")
+        return objects(args)
+    get.set_defaults(func=dispatch)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who a frontend belongs to, for display."""
+    namespace: str
+    service: str
+    port: str                                    # "" when the service has one port
+    pods: dict[tuple[str, int], str] = field(default_factory=dict)  # (ip, port) -> pod
+
+    @property
+    def label(self) -> str:
+        return f"{self.service}:{self.port}" if self.port else self.service
+
+
+def owners(views: list[ServiceView]) -> dict[Frontend, Owner]:
+    out: dict[Frontend, Owner] = {}
+    for view in views:
+        several = len(view.ports) > 1
+        for port in view.ports:
+            if port.protocol not in ("TCP", "UDP"):
+                continue
+            pods = {(b.ip, b.port): b.pod_name for b in port.backends if b.pod_name}
+            label = (port.name or str(port.port)) if several else ""
+            for ip, vport, _scope in port.frontends:
+                out[Frontend(ip, vport, port.protocol)] = Owner(view.service.namespace, view.service.name,
+                                                                label, pods)
+    return out
+
+
+def rows(entries_by_node: dict[str, list], known: dict[Frontend, Owner], with_node: bool,
+         with_namespace: bool) -> list[list[str]]:
+    """Table rows (no header) for the entries whose frontend belongs to `known`."""
+    out = []
+    for node, entries in entries_by_node.items():
+        for e in entries:
+            owner = known.get(e.frontend)
+            if owner is None:
+                continue
+            if e.backend is None:
+                backend = "<left>"
+            else:
+                backend = owner.pods.get(e.backend) or f"{e.backend[0]}:{e.backend[1]}"
+            row = [owner.label, e.client, backend, human_duration(e.remaining_s)]
+            if with_namespace:
+                row.insert(0, owner.namespace)
+            if with_node:
+                row.insert(0, node)
+            out.append(row)
+    return out
+
+
+def _nodes(args: argparse.Namespace) -> list[str]:
+    if args.node:
+        return [args.node]
+    from controlplane.lab.topology import Lab
+    status = Lab(args.state_dir).status()
+    if status.outside is None:
+        raise CommandError("no lab is up: say which agent's dataplane to read with --node")
+    return [n.name for n in status.nodes]
+
+
+def read_node(node: str, state_dir: str | None, frontends: set[Frontend]) -> list:
+    """Live affinity entries of one node's dataplane, for `frontends`."""
+    from controlplane.dataplane.affinity_maps import live_entries
+    from controlplane.dataplane.commands import _open
+    dp = _open(argparse.Namespace(node=node, instance=None, state_dir=state_dir))
+    try:
+        return live_entries(dp, frontends)
+    finally:
+        dp.close()
+
+
+@command
+def run_get_affinity(args: argparse.Namespace, session: Session) -> int:
+    names = args.args[1:]
+    if len(names) > 1:
+        raise CommandError("get affinity takes at most one SERVICE name")
+    if args.output not in (None, "wide"):
+        raise CommandError("get affinity: only the table output (and -o wide) is supported")
+    namespace = None if args.all_namespaces else session.namespace
+    views = load_service_views(session.store, namespace)
+    if names:
+        views = [v for v in views if v.service.name == names[0]]
+        if not views:
+            eprint(f'Error from server (NotFound): services "{names[0]}" not found')
+            return 1
+    known = owners(views)
+    nodes = _nodes(args)
+    entries = {node: read_node(node, args.state_dir, set(known)) for node in nodes}
+    table = rows(entries, known, with_node=len(nodes) > 1 or args.output == "wide",
+                 with_namespace=args.all_namespaces)
+    if not table:
+        print("No affinity entries found" + (f" for service {names[0]}" if names else "") + ".",
+              file=sys.stderr)
+        return 0
+    header = list(HEADER)
+    if args.all_namespaces:
+        header.insert(0, "NAMESPACE")
+    if len(nodes) > 1 or args.output == "wide":
+        header.insert(0, "NODE")
+    print(format_table(table if args.no_headers else [header] + table))
+    return 0

@@ -1,0 +1,137 @@
+"""sessionAffinity: ClientIP end to end: the walkthrough's myapp behind a ClusterIP,
+real HTTP clients in a client pod, the XDP agents of a two-node lab; `svcctl get
+affinity` reads the node's map."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from .cluster import CLIENT, Cluster, cluster_for_module, wait_for
+
+pytestmark = pytest.mark.root
+
+MANIFESTS = Path(__file__).resolve().parents[1] / "fixtures" / "manifests"
+
+
+def myapp_service(timeout: int | None, algorithm: str | None = None) -> str:
+    """The myapp Service of the walkthrough, with ClientIP affinity (timeout) or None."""
+    annotations = f"\n  annotations:\n    svcxdp.io/lb-algorithm: {algorithm}" if algorithm else ""
+    affinity = (f"\n  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n"
+                f"      timeoutSeconds: {timeout}") if timeout else ""
+    return f"""apiVersion: v1
+kind: Service
+metadata:
+  name: myapp
+  namespace: default{annotations}
+spec:
+  selector:
+    app: myapp
+    release: canary
+  type: ClusterIP{affinity}
+  ports:
+  - port: 80
+    targetPort: 80
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster(_lab_session_guard):
+    yield from cluster_for_module("aff")
+
+
+@pytest.fixture(scope="module")
+def myapp(cluster: Cluster) -> str:
+    cluster.svcctl("apply", "-f", str(MANIFESTS / "myapp.yaml"))
+    cluster.wait_endpoints("myapp", 3)
+    vip = cluster.cluster_ip("myapp")
+    cluster.wait_http(f"http://{vip}/")
+    return vip
+
+
+def affinity_rows(cluster: Cluster) -> list[list[str]]:
+    """`svcctl get affinity myapp --node node1` (the client pod's node), header dropped."""
+    out = cluster.svcctl("get", "affinity", "myapp", "--node", "node1").stdout.splitlines()
+    if not out:
+        return []
+    assert out[0].split() == ["SERVICE", "CLIENT", "IP", "BACKEND", "REMAINING"]
+    return [line.split() for line in out[1:]]
+
+
+def client_ip(cluster: Cluster) -> str:
+    return cluster.lab.pod(CLIENT).ip
+
+
+def enable(cluster: Cluster, vip: str, timeout: int, algorithm: str | None = None) -> None:
+    """Apply the affinity variant and wait until node1's datapath remembers the client."""
+    cluster.svcctl("apply", "-f", "-", input=myapp_service(timeout, algorithm))
+    me = client_ip(cluster)
+
+    def programmed() -> bool:
+        cluster.hostnames(vip, 1)
+        return any(r[1] == me for r in affinity_rows(cluster))
+    wait_for("node1's dataplane to remember the client", programmed, timeout=60, every=0.5)
+
+
+def disable(cluster: Cluster, vip: str) -> None:
+    cluster.svcctl("apply", "-f", "-", input=myapp_service(None))
+    pods = set(cluster.pods("app=myapp"))
+    wait_for("requests spread over every pod again", lambda: set(cluster.hostnames(vip, 24)) == pods)
+
+
+def test_walkthrough_client_ip_10s_sticks_then_expires(cluster: Cluster, myapp: str):
+    vip = myapp
+    pods = cluster.pods("app=myapp")
+    enable(cluster, vip, 10)
+    answers = cluster.hostnames(vip, 24)
+    assert len(set(answers)) == 1, answers
+    (pod,) = set(answers)
+    assert pod in pods
+    rows = affinity_rows(cluster)
+    me = client_ip(cluster)
+    assert [r[:3] for r in rows if r[1] == me] == [["myapp", me, pod]]
+    remaining = next(r[3] for r in rows if r[1] == me)
+    assert remaining.endswith("s") and 0 <= int(remaining[:-1]) <= 10
+    # After more than 10 s of silence the client is selected afresh (random
+    # selection: over up to 5 trials some other pod answers).
+    previous, seen = pod, {pod}
+    for _ in range(5):
+        time.sleep(11)
+        fresh = cluster.hostnames(vip, 1)[0]
+        # ... and sticks again
+        assert set(cluster.hostnames(vip, 5)) == {fresh}
+        seen.add(fresh)
+        if fresh != previous:
+            break
+        previous = fresh
+    assert len(seen) > 1, f"after 5 idle periods still only {seen}"
+    disable(cluster, vip)
+
+
+def test_short_timeout_round_robin_moves_on_after_expiry(cluster: Cluster, myapp: str):
+    """CI-fast variant: 2 s, rr (so a fresh selection is the next pod, deterministically)."""
+    vip = myapp
+    enable(cluster, vip, 2, algorithm="rr")
+    first = set(cluster.hostnames(vip, 20))
+    assert len(first) == 1
+    time.sleep(3)
+    second = set(cluster.hostnames(vip, 10))
+    assert len(second) == 1 and second != first
+    stats = cluster.svcctl("dataplane", "stats", "--node", "node1").stdout
+    counters = dict(line.split()[:2] for line in stats.splitlines() if line.startswith("affinity_"))
+    assert int(counters["affinity_expired"]) >= 1 and int(counters["affinity_hit"]) >= 28
+    assert "AFFINITY ENTRIES" in stats
+    disable(cluster, vip)
+    assert affinity_rows(cluster) == []
+
+
+def test_removed_pod_rebalances_its_clients(cluster: Cluster, myapp: str):
+    vip = myapp
+    enable(cluster, vip, 60)
+    (pod,) = set(cluster.hostnames(vip, 5))
+    cluster.svcctl("delete", "pod", pod)
+    wait_for("another pod answering", lambda: pod not in cluster.hostnames(vip, 1))
+    assert len(set(cluster.hostnames(vip, 10))) == 1
+    cluster.wait_endpoints("myapp", 3)
+    disable(cluster, vip)
