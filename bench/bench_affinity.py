@@ -1,0 +1,214 @@
+"""Per-packet cost of a new flow of a ClientIP-affinity service, with 1,000,000
+affinity entries present, beside the floor, in one run (BPF_PROG_TEST_RUN,
+repeat=1 per packet, kernel duration summed; helpers from bench_datapath.py).
+
+Cases, each a SYN of a tuple never seen before (so conntrack always inserts):
+  none  the same service shape without affinity (random over 3 backends): the
+        plain new flow, for the difference
+  hit   a client with a live entry: affinity lookup, match-set check, refresh;
+        no selection. Clients are spread over the 1,000,000 entries, so the
+        lookups are not cache-hot
+  hit_hot  the same, but from 64 clients only (entries cache-hot): what the hit
+        costs in instructions rather than in cache misses
+  miss  a client with no entry: lookup, selection, insert into the LRU map
+Rounds interleave the floor and the three cases (rotating their order), so every
+ratio pairs measurements taken side by side. The dataplane has production sizes
+except affinity_size = 1,048,576 (the default 262,144 cannot hold a million).
+
+Run:
+  .venv/bin/python -m pytest bench/bench_affinity.py --benchmark-only -s \
+      --benchmark-json=bench/results/affinity.json
+Quick (< 1 min): SVCXDP_BENCH_QUICK=1.
+"""
+from __future__ import annotations
+
+import ctypes as ct
+import os
+import socket
+import struct
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_datapath import (BACKEND_PORT, BACKENDS, CLIENT_MAC, NODE_MAC, _csum,  # noqa: E402
+                            _quartiles, _root_and_bcc, count_entries)
+
+QUICK = os.environ.get("SVCXDP_BENCH_QUICK", "") not in ("", "0")
+ENTRIES = 1_000_000
+AFFINITY_SIZE = 1_048_576
+PACKETS = 500 if QUICK else 1_000   # new flows per round and case
+ROUNDS = 6 if QUICK else 20
+WARMUP = 1
+NEW_FLOW_TARGET = 4.0                # the dataplane's new-flow target, × floor
+SUITE = "affinity"
+VIP_NONE, VIP_AFF = "10.96.8.1", "10.96.8.2"
+FILLED_BASE = 172 << 24 | 16 << 16   # clients with entries: 172.16.0.0/12
+FRESH_BASE = 10 << 24 | 128 << 16    # clients never seen: 10.128.0.0/9
+CASES = ("none", "hit", "hit_hot", "miss")
+HOT = 64
+
+
+class Frames:
+    """SYN frames towards `vip`, each a tuple never used before: client addresses
+    from `client(n)`, source ports advancing whenever the addresses wrap. TCP and
+    IP checksums valid (bench_datapath's _csum)."""
+
+    def __init__(self, vip: str, client) -> None:
+        from scapy.layers.inet import IP, TCP
+        from scapy.layers.l2 import Ether
+        self.t = bytearray(bytes(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src="1.1.1.1", dst=vip, ttl=64, id=1)
+                                 / TCP(sport=2000, dport=80, flags="S", seq=1000)))
+        self.client = client
+        self.next = 0
+
+    def take(self, n: int) -> list[bytes]:
+        out, t = [], self.t
+        for i in range(self.next, self.next + n):
+            addr, sport = self.client(i)
+            t[26:30] = struct.pack("!I", addr)
+            t[34:36] = struct.pack("!H", sport)
+            t[24:26] = b"\0\0"
+            t[24:26] = struct.pack("!H", _csum(bytes(t[14:34])))
+            t[50:52] = b"\0\0"
+            seg = bytes(t[34:])
+            pseudo = bytes(t[26:34]) + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(seg))
+            t[50:52] = struct.pack("!H", _csum(pseudo + seg))
+            out.append(bytes(t))
+        self.next += n
+        return out
+
+
+def filled_client(i: int) -> tuple[int, int]:
+    """Strides over the million filled clients (7919 is prime to 10^6)."""
+    return FILLED_BASE + (i * 7919) % ENTRIES, 2000 + i // ENTRIES
+
+
+def hot_client(i: int) -> tuple[int, int]:
+    return FILLED_BASE + i % HOT, 10000 + i // HOT
+
+
+def fresh_client(i: int) -> tuple[int, int]:
+    return FRESH_BASE + i, 2000
+
+
+def fill_affinity(table, svc_id: int, backend_id: int, gen: int, now_ns: int) -> None:
+    """ENTRIES live entries (one backend), written by BPF_MAP_UPDATE_BATCH. Offsets
+    come from the map's own Key/Leaf types (bcc, from bpf/svcxdp.h)."""
+    K, V = table.Key, table.Leaf
+    ksz, vsz = ct.sizeof(K), ct.sizeof(V)
+    kb, vb = bytearray(ksz * ENTRIES), bytearray(vsz * ENTRIES)
+    for i in range(ENTRIES):
+        struct.pack_into("=I", kb, i * ksz + K.svc_id.offset, svc_id)
+        struct.pack_into("!I", kb, i * ksz + K.client.offset, FILLED_BASE + i)
+        struct.pack_into("=Q", vb, i * vsz + V.last_used.offset, now_ns)
+        struct.pack_into("=I", vb, i * vsz + V.backend_id.offset, backend_id)
+        struct.pack_into("=I", vb, i * vsz + V.gen.offset, gen)
+    chunk = 100_000
+    for off in range(0, ENTRIES, chunk):
+        c = min(chunk, ENTRIES - off)
+        table.items_update_batch((K * c).from_buffer(kb, off * ksz), (V * c).from_buffer(vb, off * vsz))
+
+
+@dataclass
+class Env:
+    dp: object
+    runner: object
+    floor_runner: object
+    floor_bpf: object
+    frames: dict
+    cpu: int
+    present: int
+
+
+@pytest.fixture(scope="module")
+def env():
+    reason = _root_and_bcc()
+    if reason:
+        pytest.skip(reason)
+    from controlplane.dataplane.affinity_maps import coarse_now_ns
+    from controlplane.dataplane.config import DataplaneConfig
+    from controlplane.dataplane.model import Backend, Frontend, ServiceState
+    from controlplane.dataplane.program import Dataplane, load_floor_program
+    from controlplane.dataplane.testrun import TestRunner
+    from controlplane.dataplane.writer import MapWriter
+
+    old_affinity = os.sched_getaffinity(0)
+    cpu = max(old_affinity)
+    os.sched_setaffinity(0, {cpu})   # test-run executes on the calling thread's CPU
+    floor_bpf, floor_fd = load_floor_program()
+    dp = Dataplane.load(DataplaneConfig(instance="bench-aff", pin=False, affinity_size=AFFINITY_SIZE))
+    writer = MapWriter(dp)
+    bs = tuple(Backend(ip, BACKEND_PORT) for ip in BACKENDS)
+    writer.upsert(ServiceState(Frontend(VIP_NONE, 80), bs, "random", 0))
+    aff = ServiceState(Frontend(VIP_AFF, 80), bs, "random", 10800)
+    svc_id = writer.upsert(aff)
+    fill_affinity(dp.table("affinity"), svc_id, writer.backend_id(aff.frontend, BACKENDS[0], BACKEND_PORT),
+                  writer.affinity_gen(aff.frontend), coarse_now_ns())
+    present = count_entries(dp.table("affinity"))
+    assert present >= ENTRIES, f"affinity map holds {present} < {ENTRIES}"
+    frames = {"floor": Frames(VIP_NONE, fresh_client), "none": Frames(VIP_NONE, fresh_client),
+              "hit": Frames(VIP_AFF, filled_client),
+              "hit_hot": Frames(VIP_AFF, hot_client), "miss": Frames(VIP_AFF, fresh_client)}
+    # floor/none share fresh clients with miss but another VIP: distinct tuples.
+    frames["miss"].next = 4_000_000
+    e = Env(dp, TestRunner(dp.prog_fd), TestRunner(floor_fd), floor_bpf, frames, cpu, present)
+    try:
+        yield e
+    finally:
+        os.sched_setaffinity(0, old_affinity)
+        dp.close()
+        floor_bpf.cleanup()
+
+
+@pytest.mark.benchmark(disable_gc=True)
+def test_new_flow_with_affinity(benchmark, env):
+    benchmark.group = "new flow with ClientIP affinity, 1,000,000 entries"
+    run, floor = env.runner.duration_ns, env.floor_runner.duration_ns
+    per_case: dict[str, list[float]] = {c: [] for c in CASES}
+    floor_rounds: list[float] = []
+
+    def one_round():
+        fl = [floor(f) for f in env.frames["floor"].take(PACKETS)]
+        floor_rounds.append(sum(fl) / len(fl))
+        start = len(floor_rounds) % len(CASES)
+        for case in CASES[start:] + CASES[:start]:
+            ds = [run(f) for f in env.frames[case].take(PACKETS)]
+            per_case[case].append(sum(ds) / len(ds))
+
+    before = env.dp.counters()
+    benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP)
+    after = env.dp.counters()
+    n = PACKETS * (ROUNDS + WARMUP)
+    assert after["ct_new"] - before["ct_new"] == len(CASES) * n, "not every packet was a new flow"
+    assert after["affinity_hit"] - before["affinity_hit"] == 2 * n, "not every hit-case packet hit"
+    assert after["affinity_new"] - before["affinity_new"] == n, "not every miss-case packet inserted"
+    for other in ("affinity_expired", "affinity_stale", "slot_miss", "reject", "drop_malformed"):
+        assert after[other] == before[other], f"unexpected {other}"
+
+    f = floor_rounds[WARMUP:]
+    _, fmed, _ = _quartiles(f)
+    base = per_case["none"][WARMUP:]
+    results = {}
+    lines = [f"floor (empty XDP): {fmed:.1f} ns/pkt; affinity entries present at start: {env.present}"]
+    for case, rounds in per_case.items():
+        a = rounds[WARMUP:]
+        p25, med, p75 = _quartiles(a)
+        _, rmed, _ = _quartiles([x / y for x, y in zip(a, f)])
+        _, extra, _ = _quartiles([x - y for x, y in zip(a, base)])
+        results[case] = {"ns_per_pkt_median": round(med, 1), "ns_per_pkt_p25": round(p25, 1),
+                         "ns_per_pkt_p75": round(p75, 1), "ratio_to_floor": round(rmed, 2),
+                         "ns_over_none": round(extra, 1), "target_met": rmed <= NEW_FLOW_TARGET}
+        lines.append(f"{case:>7}: {med:7.1f} ns/pkt  {rmed:5.2f}x floor  {extra:+7.1f} ns vs none  "
+                     f"(<= {NEW_FLOW_TARGET}x: {'met' if rmed <= NEW_FLOW_TARGET else 'not met'})")
+    benchmark.extra_info.update({
+        "suite": SUITE, "floor_ns_median": round(fmed, 1), "target_ratio": NEW_FLOW_TARGET,
+        "affinity_entries": env.present, "affinity_size": AFFINITY_SIZE, "cases": results,
+        "packets_per_round": PACKETS, "rounds": ROUNDS, "cpu": env.cpu, "quick": QUICK,
+        "load_avg_1m": os.getloadavg()[0],
+    })
+    print("\n" + "\n".join(lines))
