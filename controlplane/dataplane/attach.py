@@ -10,9 +10,14 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from pyroute2 import IPRoute
+from pyroute2 import config as _pr2config
 from pyroute2.netlink.rtnl.ifinfmsg import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE
 
 MODES = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
+
+# pyroute2 runs namespace work in a helper process and waits 2 s for it by default;
+# on a loaded 2-core machine that fails spuriously. Waiting longer costs nothing.
+_pr2config.default_communicate_timeout = max(_pr2config.default_communicate_timeout, 30)
 
 
 class AttachError(RuntimeError):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
+from pyroute2 import config as _pr2config
 from pyroute2 import netns as _pr2netns
 
 from controlplane.lab.plan import PREFIX
@@ -23,6 +24,10 @@ CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+# pyroute2 runs namespace work in a helper process and waits 2 s for it by default;
+# on a loaded 2-core machine that fails spuriously. Waiting longer costs nothing.
+_pr2config.default_communicate_timeout = max(_pr2config.default_communicate_timeout, 30)
 
 
 class NetnsError(RuntimeError):
