@@ -6,7 +6,7 @@ Map bytes are the kernel's own accounting, `memlock` in /proc/<pid>/fdinfo/<map 
 maps are preallocated, so the bytes are paid at load whatever the fill; per entry =
 memlock / max_entries. A service costs one entry in `services`, `rr_state` and `svc_stats`
 (per-CPU); a backend one in `backends` and (while it takes new flows) one in `slots`; a
-flow two conntrack entries (forward and reply).
+flow one or two conntrack entries (depending on the build).
 
 Agent RSS: a child process does what `svcctl agent` does at start (controlplane.agent:
 load the dataplane, unpinned here; Agent(store, node, dp).full_sync("start")) against a store
@@ -97,8 +97,8 @@ def test_map_memory(benchmark, root):
             "suite": SUITE, "kind": "maps", "maps": maps, "cpus": ncpu,
             "total_memlock": sum(m["memlock"] for m in maps.values()),
             "per_service": per["services"] + per["rr_state"] + per["svc_stats"],
-            "per_backend": per["backends"] + per["slots"],
-            "per_ct_entry": per["conntrack"], "per_flow": 2 * per["conntrack"],
+            "per_backend": sum(per.get(n, 0) for n in ("backends", "slots", "rev_nat", "backend_conns")),
+            "per_ct_entry": per["conntrack"],
             "maglev": next((n for n in maps if "maglev" in n), None),
         }
     finally:

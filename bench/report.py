@@ -474,12 +474,18 @@ def render_all(data: dict, plot_dir: Path | None = None, plot_prefix: str = "") 
                        f"{m['memlock'] / 2**20:,.2f} MiB | {m['bytes_per_entry']:,.1f} |")
         out.append(f"| **total** | | | **{maps['total_memlock'] / 2**20:,.1f} MiB** | |")
         out.append("")
-        out.append(f"Per service (services + rr_state + svc_stats on {maps['cpus']} CPUs): "
-                   f"{maps['per_service']:.0f} B; per backend (backends + slots): {maps['per_backend']:.0f} B; "
-                   f"per conntrack entry: {maps['per_ct_entry']:.0f} B ({maps['per_flow']:.0f} B per flow, two "
-                   f"entries). Maglev table: "
-                   + (f"map `{maps['maglev']}`." if maps.get("maglev") else
-                      "no Maglev map in the dataplane at this commit (nothing to measure).") + "\n")
+        per = {n: m["bytes_per_entry"] for n, m in maps["maps"].items()}
+        svc_maps = [n for n in ("services", "rr_state", "svc_stats") if n in per]
+        be_maps = [n for n in ("backends", "slots", "rev_nat", "backend_conns") if n in per]
+        out.append(f"Per service ({' + '.join(svc_maps)}; svc_stats per CPU on {maps['cpus']} CPUs): "
+                   f"{sum(per[n] for n in svc_maps):.0f} B; per backend ({' + '.join(be_maps)}): "
+                   f"{sum(per[n] for n in be_maps):.0f} B; per conntrack entry: {per['conntrack']:.0f} B; "
+                   + (f"per affinity entry: {per['affinity']:.0f} B; " if "affinity" in per else "")
+                   + ("Maglev: the `maglev` map's own preallocation is "
+                      f"{maps['maps']['maglev']['memlock'] / 2**20:.1f} MiB "
+                      f"({per['maglev']:.0f} B per entry); the bytes of one service's lookup table, if "
+                      "held outside it, are not measured here." if "maglev" in per else
+                      "no Maglev map in the dataplane at this commit.") + "\n")
     if agent:
         mib = lambda b: f"{b / 2**20:,.0f} MiB"  # noqa: E731
         out.append(f"Agent at {agent['services']:,} services × {agent['endpoints']} endpoints "
