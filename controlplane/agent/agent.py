@@ -73,14 +73,13 @@ class Agent:
 
     def _apply(self, key: ServiceKey, want: Desired, report: SyncReport) -> None:
         """Make one service's frontends in the maps equal `want`."""
-        installed = self.writer.installed()
         new = {s.frontend: s for s in want.states}
         self._owners.update(want.owners)
         for fe in self._frontends.get(key, set()) - set(new):
             if self.writer.delete(fe):
                 report.removed.append(f"{self._owners.get(fe, key)} {fe}")
         for fe, state in new.items():
-            old = installed.get(fe)
+            old = self.writer.installed_state(fe)
             if old == state:
                 continue
             self.writer.upsert(state)

@@ -22,6 +22,7 @@ class RevNat:
         self.table = table
         self.users: dict[Address, list[Frontend]] = {}  # first = the entry's frontend
         self.writes = 0
+        self._pending: dict[Address, None] = {}  # ordered set of entries to rewrite
 
     def _key(self, addr: Address):
         k = self.table.Key()
@@ -31,21 +32,36 @@ class RevNat:
         return k
 
     def _write(self, addr: Address) -> None:
-        users = self.users.get(addr)
-        if not users:
-            try:
-                del self.table[self._key(addr)]
-            except KeyError:
-                pass
-        else:
+        """Queue the entry's new value (or its deletion); `_flush` writes them."""
+        self._pending[addr] = None
+        self.writes += 1
+
+    def flush(self) -> None:
+        """Write what attach/detach(..., flush=False) queued, in one batch."""
+        self._flush()
+
+    def _flush(self) -> None:
+        upserts = []
+        for addr in self._pending:
+            users = self.users.get(addr)
+            if not users:
+                try:
+                    del self.table[self._key(addr)]
+                except KeyError:
+                    pass
+                continue
             v = self.table.Leaf()
             v.vip = ip_to_be32(users[0].vip)
             v.vport = port_to_be16(users[0].port)
             v.flags = F_SHARED if len(users) > 1 else 0
-            self.table[self._key(addr)] = v
-        self.writes += 1
+            upserts.append((self._key(addr), v))
+        self._pending.clear()
+        if upserts:
+            n = len(upserts)
+            self.table.items_update_batch((self.table.Key * n)(*[k for k, _ in upserts]),
+                                          (self.table.Leaf * n)(*[v for _, v in upserts]))
 
-    def attach(self, fe: Frontend, addresses: list[tuple[str, int]]) -> None:
+    def attach(self, fe: Frontend, addresses: list[tuple[str, int]], flush: bool = True) -> None:
         for ip, port in addresses:
             addr = (ip, port, fe.protocol)
             users = self.users.setdefault(addr, [])
@@ -53,8 +69,10 @@ class RevNat:
                 users.append(fe)
                 if len(users) <= 2:  # new entry, or it just became shared
                     self._write(addr)
+        if flush:
+            self._flush()
 
-    def detach(self, fe: Frontend, addresses: list[tuple[str, int]]) -> None:
+    def detach(self, fe: Frontend, addresses: list[tuple[str, int]], flush: bool = True) -> None:
         for ip, port in addresses:
             addr = (ip, port, fe.protocol)
             users = self.users.get(addr, [])
@@ -63,6 +81,8 @@ class RevNat:
                 if not users:
                     del self.users[addr]
                 self._write(addr)
+        if flush:
+            self._flush()
 
     def adopt(self, installed: dict[Frontend, list[tuple[str, int]]]) -> None:
         """Rebuild from the maps: each address's users, its own frontend first; then
@@ -82,6 +102,7 @@ class RevNat:
                 self._write(addr)
         for addr in set(primary) - set(self.users):
             self._write(addr)  # no frontend uses it any more: delete
+        self._flush()
 
     def _stale_flag(self, addr: Address) -> bool:
         try:

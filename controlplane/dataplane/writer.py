@@ -18,7 +18,7 @@ import ctypes as ct
 import warnings
 from array import array
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from controlplane.maglev import MaglevBackend, MaglevSizeWarning, build_table
@@ -92,6 +92,24 @@ class _Installed:
     slot_count: int
     table_ok: bool = True  # False: adopted Maglev service whose table is missing
     affinity_gen: int = 0  # its ClientIP period (affinity_maps.py); 0 with affinity off
+
+
+@dataclass
+class _Plan:
+    """What one upsert writes, computed before anything is written."""
+    state: ServiceState
+    old: _Installed | None
+    svc_id: int
+    ids: dict[tuple[str, int], int]
+    fresh: list[int] = field(default_factory=list)
+    backend_writes: list = field(default_factory=list)
+    slot_writes: list = field(default_factory=list)
+    slot_count: int = 0
+    old_slot_count: int = 0
+    install_table: bool = False
+    remove_table: bool = False
+    affinity_gen: int = 0
+    entry: object = None
 
 
 def _maglev_inputs(state: ServiceState, ids: dict[tuple[str, int], int]) -> tuple | None:
@@ -203,6 +221,12 @@ class MapWriter:
     def installed(self) -> dict[Frontend, ServiceState]:
         return {fe: inst.state for fe, inst in self._installed.items()}
 
+    def installed_state(self, frontend: Frontend) -> ServiceState | None:
+        """One frontend's state, without copying the whole table (the agent asks per
+        service on every change)."""
+        inst = self._installed.get(frontend)
+        return inst.state if inst else None
+
     def svc_id(self, frontend: Frontend) -> int | None:
         inst = self._installed.get(frontend)
         return inst.svc_id if inst else None
@@ -251,71 +275,111 @@ class MapWriter:
         leaf.weight = b.weight
         return leaf
 
-    def _check_capacity(self, state: ServiceState, old: _Installed | None) -> None:
-        if old is None and self._svc_ids.available < 1:
-            raise CapacityError(f"cannot add {state.frontend}: {self._svc_ids.what} full")
-        new_addrs = {b.address for b in state.backends}
-        needed = len(new_addrs - set(old.backend_ids if old else ()))
-        if needed > self._backend_ids.available:
-            raise CapacityError(f"cannot add {needed} backends for {state.frontend}: "
-                                f"{self._backend_ids.what} has {self._backend_ids.available} left")
-        slots_after = self._slots_used - (old.slot_count if old else 0) + len(state.slot_sequence())
-        if slots_after > self.max_slots:
-            raise CapacityError(f"cannot program {state.frontend}: slots map "
-                                f"(max_slots={self.max_slots}) would need {slots_after} entries")
-
     def upsert(self, state: ServiceState) -> int:
         """Install or update one frontend; returns its service id."""
+        return self.upsert_many([state])[0]
+
+    def upsert_many(self, states: Sequence[ServiceState]) -> list[int]:
+        """Install or update frontends in one ordered pass: the backends and slots of
+        all of them before any service entry, shrinking after. Batched per map, so a
+        full sync of thousands of services costs a few syscalls per map, not per
+        service. Capacity is checked for all before the first write."""
+        if len({s.frontend for s in states}) != len(states):
+            raise ValueError("upsert_many: a frontend appears twice")
+        plans = []
+        ids_out = []
+        for state in states:
+            old = self._installed.get(state.frontend)
+            if old is not None and old.state == state and old.table_ok:
+                ids_out.append(old.svc_id)
+                continue
+            plans.append((state, old))
+            ids_out.append(None)
+        self._check_capacity_all(plans)
+        made = [self._plan(state, old) for state, old in plans]
+
+        # 1. reverse NAT for new addresses, then backends (a fresh id starts with no
+        #    connections: a reused one may hold a stale count)
+        self.revnat.flush()
+        fresh = [i for p in made for i in p.fresh]
+        _batch_update(self.conns, [(self.conns.Key(i), self.conns.Leaf(0)) for i in fresh])
+        backend_writes = [w for p in made for w in p.backend_writes]
+        _batch_update(self.backends, backend_writes)
+        # 2. slots, then per-service state of new services, then Maglev tables
+        slot_writes = [w for p in made for w in p.slot_writes]
+        _batch_update(self.slots, slot_writes)
+        new_ids = [p.svc_id for p in made if p.old is None]
+        _batch_update(self.rr_state, [(self.rr_state.Key(i), self.rr_state.Leaf()) for i in new_ids])
+        for i in new_ids:  # per-CPU values: one write each
+            self.svc_stats[self.svc_stats.Key(i)] = self.svc_stats.Leaf()
+        for p in made:
+            if p.install_table:
+                self.maglev.install(p.svc_id, maglev_table(p.state, p.ids))
+        # 3. the service entries: from here on packets use the new states
+        _batch_update(self.services, [(self._svc_key(p.state.frontend), p.entry) for p in made])
+        self.writes += (len(fresh) + len(backend_writes) + len(slot_writes) + 2 * len(new_ids)
+                        + sum(p.install_table for p in made) + len(made))
+        # 4. shrink: tables no longer used, surplus slots, backends that left
+        for p in made:
+            self._shrink(p)
+        self.revnat.flush()
+
+        for p in made:
+            self._slots_used += p.slot_count - (p.old.slot_count if p.old else 0)
+            self._installed[p.state.frontend] = _Installed(p.svc_id, p.state, p.ids, p.slot_count,
+                                                           affinity_gen=p.affinity_gen)
+        it = iter(made)
+        return [i if i is not None else next(it).svc_id for i in ids_out]
+
+    def _check_capacity_all(self, plans: list[tuple[ServiceState, "_Installed | None"]]) -> None:
+        services = backends = 0
+        slots = self._slots_used
+        for state, old in plans:
+            services += old is None
+            if services > self._svc_ids.available:
+                raise CapacityError(f"cannot add {state.frontend}: {self._svc_ids.what} full")
+            backends += len({b.address for b in state.backends} - set(old.backend_ids if old else ()))
+            if backends > self._backend_ids.available:
+                raise CapacityError(f"cannot add {backends} backends (up to {state.frontend}): "
+                                    f"{self._backend_ids.what} has {self._backend_ids.available} left")
+            slots += len(state.slot_sequence()) - (old.slot_count if old else 0)
+            if slots > self.max_slots:
+                raise CapacityError(f"cannot program {state.frontend}: slots map "
+                                    f"(max_slots={self.max_slots}) would need {slots} entries")
+
+    def _plan(self, state: ServiceState, old: "_Installed | None") -> "_Plan":
+        """Ids and map entries for one frontend; nothing is written here except the
+        queued reverse-NAT entries of its new addresses."""
         fe = state.frontend
-        old = self._installed.get(fe)
-        if old is not None and old.state == state and old.table_ok:
-            return old.svc_id
-        self._check_capacity(state, old)
         proto = PROTOCOLS[fe.protocol]
         svc_id = old.svc_id if old else self._svc_ids.allocate()
-
-        # 1. reverse NAT for new addresses, then backends
-        self.revnat.attach(fe, [b.address for b in state.backends])
+        self.revnat.attach(fe, [b.address for b in state.backends], flush=False)
         ids = dict(old.backend_ids) if old else {}
         old_by_addr = {b.address: b for b in old.state.backends} if old else {}
-        backend_writes = []
-        fresh = []
+        plan = _Plan(state, old, svc_id, ids)
         for b in state.backends:
             if b.address not in ids:
                 ids[b.address] = self._backend_ids.allocate()
-                fresh.append(ids[b.address])
+                plan.fresh.append(ids[b.address])
             if old_by_addr.get(b.address) != b:
-                backend_writes.append((self.backends.Key(ids[b.address]),
-                                       self._backend_leaf(b, svc_id, proto)))
-        # A new id starts with no connections (a reused one may hold a stale count).
-        _batch_update(self.conns, [(self.conns.Key(i), self.conns.Leaf(0)) for i in fresh])
-        _batch_update(self.backends, backend_writes)
-        self.writes += len(backend_writes) + len(fresh)
-
-        # 2. slots, then per-service state for a new service
+                plan.backend_writes.append((self.backends.Key(ids[b.address]),
+                                            self._backend_leaf(b, svc_id, proto)))
         slot_ids = [ids[b.address] for b in state.slot_sequence()]
+        plan.old_slot_count = old.slot_count if old else 0
         old_slot_ids = ([old.backend_ids[b.address] for b in old.state.slot_sequence()]
                         if old else [])
-        slot_writes = []
         for i, bid in enumerate(slot_ids):
             if i >= len(old_slot_ids) or old_slot_ids[i] != bid:
                 k = self.slots.Key()
                 k.svc_id = svc_id
                 k.slot = i + 1
-                slot_writes.append((k, ct.c_uint(bid)))
-        _batch_update(self.slots, slot_writes)
-        self.writes += len(slot_writes)
-        if old is None:
-            self.rr_state[self.rr_state.Key(svc_id)] = self.rr_state.Leaf()
-            self.svc_stats[self.svc_stats.Key(svc_id)] = self.svc_stats.Leaf()
-            self.writes += 2
+                plan.slot_writes.append((k, ct.c_uint(bid)))
+        plan.slot_count = len(slot_ids)
         new_table = _maglev_inputs(state, ids)
         old_table = _maglev_inputs(old.state, old.backend_ids) if old else None
-        if new_table is not None and (new_table != old_table or not old.table_ok):
-            self.maglev.install(svc_id, maglev_table(state, ids))
-            self.writes += 1
+        plan.install_table = new_table is not None and (new_table != old_table or not old.table_ok)
+        plan.remove_table = new_table is None and old is not None and old_table is not None
 
-        # 3. the service entry: from here on packets use the new state
         v = self.services.Leaf()
         v.svc_id = svc_id
         v.count = len(slot_ids)
@@ -325,37 +389,31 @@ class MapWriter:
                    (F_TERMINATING_ONLY if members and members[0].state == "terminating" else 0))
         v.affinity_timeout = state.affinity_timeout
         v.table_size = state.maglev_table_size
-        gen = self.affinity.for_update(state.affinity_timeout,
-                                       old.affinity_gen if old else 0)
-        v.affinity_gen = gen
-        self.services[self._svc_key(fe)] = v
-        self.writes += 1
+        plan.affinity_gen = self.affinity.for_update(state.affinity_timeout,
+                                                     old.affinity_gen if old else 0)
+        v.affinity_gen = plan.affinity_gen
+        plan.entry = v
+        return plan
 
-        # 4. shrink: a table no longer used (other algorithm, no backends) goes first
-        if new_table is None and old is not None and old_table is not None:
-            self.writes += self.maglev.remove(svc_id)
-
-        # then surplus slots, then backends that left the service
-        for slot in range(len(slot_ids) + 1, len(old_slot_ids) + 1):
+    def _shrink(self, p: "_Plan") -> None:
+        if p.remove_table:
+            self.writes += self.maglev.remove(p.svc_id)
+        for slot in range(p.slot_count + 1, p.old_slot_count + 1):
             k = self.slots.Key()
-            k.svc_id = svc_id
+            k.svc_id = p.svc_id
             k.slot = slot
             try:
                 del self.slots[k]
                 self.writes += 1
             except KeyError:
                 pass
-        keep = {b.address for b in state.backends}
-        gone = [a for a in ids if a not in keep]
+        keep = {b.address for b in p.state.backends}
+        gone = [a for a in p.ids if a not in keep]
         for addr in gone:
-            self.backends[self.backends.Key(ids[addr])] = self.backends.Leaf()
+            self.backends[self.backends.Key(p.ids[addr])] = self.backends.Leaf()
             self.writes += 1
-            self._backend_ids.release(ids.pop(addr))
-        self.revnat.detach(fe, gone)
-
-        self._slots_used += len(slot_ids) - (old.slot_count if old else 0)
-        self._installed[fe] = _Installed(svc_id, state, ids, len(slot_ids), affinity_gen=gen)
-        return svc_id
+            self._backend_ids.release(p.ids.pop(addr))
+        self.revnat.detach(p.state.frontend, gone, flush=False)
 
     def delete(self, frontend: Frontend) -> bool:
         inst = self._installed.pop(frontend, None)
@@ -390,6 +448,7 @@ class MapWriter:
         for fe in [fe for fe in self._installed if fe not in desired]:
             removed += self.delete(fe)
         added = updated = unchanged = 0
+        changed = []
         for fe, state in desired.items():
             old = self._installed.get(fe)
             if old is None:
@@ -399,5 +458,6 @@ class MapWriter:
                 continue
             else:
                 updated += 1
-            self.upsert(state)
+            changed.append(state)
+        self.upsert_many(changed)
         return SyncResult(added, updated, removed, unchanged)
