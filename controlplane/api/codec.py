@@ -287,7 +287,11 @@ def decode(cls: type[T], data: dict) -> T:
     """Build a `cls` from a JSON-shaped dict; raises DecodeError on a mistyped value."""
     if not isinstance(data, dict):
         raise DecodeError(cls.__name__, "", cls.__name__, data)
-    return _decode_obj(cls, data)
+    fast = _COMPILED.get(cls) or compiled(cls)
+    try:
+        return fast(data)
+    except Mismatch:   # a value to convert or report: the generic decoder does that
+        return _decode_obj(cls, data)
 
 
 def encode(obj: Any) -> dict[str, Any]:
@@ -313,3 +317,7 @@ def encode(obj: Any) -> dict[str, Any]:
         for key, value in obj.extra.items():
             out.setdefault(key, value)
     return out
+
+
+# The straight-line decoders build on the helpers above, so they are imported last.
+from .codec_compile import _COMPILED, Mismatch, compiled  # noqa: E402
