@@ -11,6 +11,7 @@ after it can no longer be.
 from __future__ import annotations
 
 from .layout import const
+from .packing import Packer, batch_write
 from .model import PROTOCOLS, Frontend, be16_to_port, be32_to_ip, ip_to_be32, port_to_be16
 
 F_SHARED = const("REVNAT_F_SHARED")
@@ -20,6 +21,8 @@ Address = tuple[str, int, str]  # (ip, port, protocol)
 class RevNat:
     def __init__(self, table) -> None:
         self.table = table
+        self._keys = Packer(table.Key, ("ip", "port", "proto"))
+        self._values = Packer(table.Leaf, ("vip", "vport", "flags"))
         self.users: dict[Address, list[Frontend]] = {}  # first = the entry's frontend
         self.writes = 0
         self._pending: dict[Address, None] = {}  # ordered set of entries to rewrite
@@ -41,7 +44,7 @@ class RevNat:
         self._flush()
 
     def _flush(self) -> None:
-        upserts = []
+        keys, values = [], []
         for addr in self._pending:
             users = self.users.get(addr)
             if not users:
@@ -50,16 +53,11 @@ class RevNat:
                 except KeyError:
                     pass
                 continue
-            v = self.table.Leaf()
-            v.vip = ip_to_be32(users[0].vip)
-            v.vport = port_to_be16(users[0].port)
-            v.flags = F_SHARED if len(users) > 1 else 0
-            upserts.append((self._key(addr), v))
+            keys.append((ip_to_be32(addr[0]), port_to_be16(addr[1]), PROTOCOLS[addr[2]]))
+            values.append((ip_to_be32(users[0].vip), port_to_be16(users[0].port),
+                           F_SHARED if len(users) > 1 else 0))
         self._pending.clear()
-        if upserts:
-            n = len(upserts)
-            self.table.items_update_batch((self.table.Key * n)(*[k for k, _ in upserts]),
-                                          (self.table.Leaf * n)(*[v for _, v in upserts]))
+        batch_write(self.table, self._keys, self._values, keys, values)
 
     def attach(self, fe: Frontend, addresses: list[tuple[str, int]], flush: bool = True) -> None:
         for ip, port in addresses:

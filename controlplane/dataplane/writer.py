@@ -29,6 +29,7 @@ from .maglev_maps import MaglevMaps
 from .model import (BACKEND_STATES, PROTOCOLS, SCOPES, Backend, Frontend, ServiceState,
                     be16_to_port, be32_to_ip, ip_to_be32, port_to_be16)
 from .program import Dataplane
+from .packing import Packer, batch_write
 from .revnat import RevNat
 
 UNUSED = const("BACKEND_UNUSED")
@@ -109,7 +110,8 @@ class _Plan:
     install_table: bool = False
     remove_table: bool = False
     affinity_gen: int = 0
-    entry: object = None
+    entry_key: tuple = ()   # services map key, as packing.Packer rows
+    entry: tuple = ()       # services map value
 
 
 def _maglev_inputs(state: ServiceState, ids: dict[tuple[str, int], int]) -> tuple | None:
@@ -166,6 +168,18 @@ class MapWriter:
         self.maglev = MaglevMaps(dp.table("maglev"))
         self.affinity = AffinityGenerations()
         self.revnat = RevNat(dp.table("rev_nat"))
+        # Row packers for the batch writes (layouts from bcc's types, see packing.py).
+        self._pk = {
+            "id": Packer(self.backends.Key),
+            "backend": Packer(self.backends.Leaf, ("ip", "port", "state", "proto", "svc_id", "weight")),
+            "slot_key": Packer(self.slots.Key, ("svc_id", "slot")),
+            "slot": Packer(self.slots.Leaf),
+            "conns": Packer(self.conns.Leaf),
+            "rr": Packer(self.rr_state.Leaf, ("next",)),
+            "svc_key": Packer(self.services.Key, ("vip", "port", "proto", "scope")),
+            "svc": Packer(self.services.Leaf, ("svc_id", "count", "algorithm", "flags",
+                                               "affinity_timeout", "table_size", "affinity_gen")),
+        }
         self.max_slots = cfg.max_slots
         self._svc_ids = IdAllocator(cfg.max_services, f"services map (max_services={cfg.max_services})")
         self._backend_ids = IdAllocator(cfg.max_backends, f"backends map (max_backends={cfg.max_backends})")
@@ -300,25 +314,30 @@ class MapWriter:
 
         # 1. reverse NAT for new addresses, then backends (a fresh id starts with no
         #    connections: a reused one may hold a stale count)
+        pk = self._pk
         self.revnat.flush()
-        fresh = [i for p in made for i in p.fresh]
-        _batch_update(self.conns, [(self.conns.Key(i), self.conns.Leaf(0)) for i in fresh])
-        backend_writes = [w for p in made for w in p.backend_writes]
-        _batch_update(self.backends, backend_writes)
+        fresh = [(i,) for p in made for i in p.fresh]
+        n = batch_write(self.conns, pk["id"], pk["conns"], fresh, [(0,)] * len(fresh))
+        n += batch_write(self.backends, pk["id"], pk["backend"],
+                         [k for p in made for k, _ in p.backend_writes],
+                         [v for p in made for _, v in p.backend_writes])
         # 2. slots, then per-service state of new services, then Maglev tables
-        slot_writes = [w for p in made for w in p.slot_writes]
-        _batch_update(self.slots, slot_writes)
-        new_ids = [p.svc_id for p in made if p.old is None]
-        _batch_update(self.rr_state, [(self.rr_state.Key(i), self.rr_state.Leaf()) for i in new_ids])
-        for i in new_ids:  # per-CPU values: one write each
+        n += batch_write(self.slots, pk["slot_key"], pk["slot"],
+                         [k for p in made for k, _ in p.slot_writes],
+                         [v for p in made for _, v in p.slot_writes])
+        new_ids = [(p.svc_id,) for p in made if p.old is None]
+        n += batch_write(self.rr_state, pk["id"], pk["rr"], new_ids, [(0,)] * len(new_ids))
+        for (i,) in new_ids:  # per-CPU values: one write each
             self.svc_stats[self.svc_stats.Key(i)] = self.svc_stats.Leaf()
+        n += len(new_ids)
         for p in made:
             if p.install_table:
                 self.maglev.install(p.svc_id, maglev_table(p.state, p.ids))
+                n += 1
         # 3. the service entries: from here on packets use the new states
-        _batch_update(self.services, [(self._svc_key(p.state.frontend), p.entry) for p in made])
-        self.writes += (len(fresh) + len(backend_writes) + len(slot_writes) + 2 * len(new_ids)
-                        + sum(p.install_table for p in made) + len(made))
+        n += batch_write(self.services, pk["svc_key"], pk["svc"],
+                         [p.entry_key for p in made], [p.entry for p in made])
+        self.writes += n
         # 4. shrink: tables no longer used, surplus slots, backends that left
         for p in made:
             self._shrink(p)
@@ -362,37 +381,30 @@ class MapWriter:
                 ids[b.address] = self._backend_ids.allocate()
                 plan.fresh.append(ids[b.address])
             if old_by_addr.get(b.address) != b:
-                plan.backend_writes.append((self.backends.Key(ids[b.address]),
-                                            self._backend_leaf(b, svc_id, proto)))
+                plan.backend_writes.append(((ids[b.address],), (
+                    ip_to_be32(b.ip), port_to_be16(b.port), BACKEND_STATES[b.state], proto,
+                    svc_id, b.weight)))
         slot_ids = [ids[b.address] for b in state.slot_sequence()]
         plan.old_slot_count = old.slot_count if old else 0
         old_slot_ids = ([old.backend_ids[b.address] for b in old.state.slot_sequence()]
                         if old else [])
         for i, bid in enumerate(slot_ids):
             if i >= len(old_slot_ids) or old_slot_ids[i] != bid:
-                k = self.slots.Key()
-                k.svc_id = svc_id
-                k.slot = i + 1
-                plan.slot_writes.append((k, ct.c_uint(bid)))
+                plan.slot_writes.append(((svc_id, i + 1), (bid,)))
         plan.slot_count = len(slot_ids)
         new_table = _maglev_inputs(state, ids)
         old_table = _maglev_inputs(old.state, old.backend_ids) if old else None
         plan.install_table = new_table is not None and (new_table != old_table or not old.table_ok)
         plan.remove_table = new_table is None and old is not None and old_table is not None
 
-        v = self.services.Leaf()
-        v.svc_id = svc_id
-        v.count = len(slot_ids)
-        v.algorithm = ALGORITHMS[state.algorithm]
         members = state.slot_backends()
-        v.flags = ((F_AFFINITY if state.affinity_timeout else 0) |
-                   (F_TERMINATING_ONLY if members and members[0].state == "terminating" else 0))
-        v.affinity_timeout = state.affinity_timeout
-        v.table_size = state.maglev_table_size
+        flags = ((F_AFFINITY if state.affinity_timeout else 0) |
+                 (F_TERMINATING_ONLY if members and members[0].state == "terminating" else 0))
         plan.affinity_gen = self.affinity.for_update(state.affinity_timeout,
                                                      old.affinity_gen if old else 0)
-        v.affinity_gen = plan.affinity_gen
-        plan.entry = v
+        plan.entry_key = (ip_to_be32(fe.vip), port_to_be16(fe.port), proto, SCOPES[fe.scope])
+        plan.entry = (svc_id, len(slot_ids), ALGORITHMS[state.algorithm], flags,
+                      state.affinity_timeout, state.maglev_table_size, plan.affinity_gen)
         return plan
 
     def _shrink(self, p: "_Plan") -> None:
