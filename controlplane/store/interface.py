@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Protocol, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
 from controlplane.api.meta import ApiObject
 from controlplane.api.selectors import Selector
@@ -88,6 +88,9 @@ class StoreReader(Protocol):
 
     def list_with_version(self, cls: type[ApiObject], namespace: str | None = None,
                           selector: Selector | None = None) -> ObjectList: ...
+
+    def iter_documents(self, cls: type[ApiObject], namespace: str | None = None) -> Iterator[dict[str, Any]]:
+        """The stored JSON documents of a kind, undecoded, sorted by (namespace, name)."""
 
     def current_resource_version(self) -> int: ...
 

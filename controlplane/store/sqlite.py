@@ -26,6 +26,7 @@ from controlplane.api.meta import ApiObject, format_timestamp, now
 from controlplane.api.selectors import EQUALS, IN, Requirement, Selector
 
 from . import indexes
+from .gcpause import paused_gc
 from .interface import (ADDED, DELETED, INDEX_LABELS, MODIFIED, IndexEntry, ObjectList, StoreUnavailable,
                         WatchEvent)
 
@@ -262,11 +263,28 @@ class SqliteStore:
                     self._conn.execute("COMMIT")
         loads = json.loads
         from_dict = cls.from_dict
-        if selector is None or selector.empty:
-            items = [from_dict(loads(data)) for _, data in rows]
-        else:
-            items = [from_dict(loads(data)) for labels, data in rows if selector.matches(loads(labels))]
+        with paused_gc():
+            if selector is None or selector.empty:
+                items = [from_dict(loads(data)) for _, data in rows]
+            else:
+                items = [from_dict(loads(data)) for labels, data in rows if selector.matches(loads(labels))]
         return ObjectList(items, rv)
+
+    def iter_documents(self, cls: type[ApiObject], namespace: str | None = None) -> Iterator[dict[str, Any]]:
+        """The stored JSON of every object of a kind, sorted by (namespace, name), undecoded:
+        for bulk readers that need a few fields of many objects. The rows are read at once
+        (one consistent snapshot); each document is parsed when the caller reaches it, so a
+        reader that keeps only what it extracts never holds all of them. Each document is
+        parsed afresh: the caller owns (and may change) it."""
+        with self._lock:
+            if namespace is None or not cls.NAMESPACED:
+                rows = self._conn.execute(
+                    "SELECT data FROM objects WHERE kind=? ORDER BY namespace, name", (cls.KIND,)).fetchall()
+            else:
+                rows = self._conn.execute(
+                    "SELECT data FROM objects WHERE kind=? AND namespace=? ORDER BY name",
+                    (cls.KIND, namespace)).fetchall()
+        return map(json.loads, (data for data, in rows))
 
     def index_entries(self, cls: type[ApiObject], index: str, namespace: str | None = None,
                       key: str | None = None, value: str | None = None) -> list[IndexEntry]:

