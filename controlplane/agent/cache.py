@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 
 from controlplane.api.endpoints import LABEL_SERVICE_NAME, EndpointSlice
 from controlplane.api.service import Service
-from controlplane.controllers.service_view import ServiceView, build_service_view
+from controlplane.controllers.service_view import (ServiceView, SliceBackends, merge_backends, slice_backends,
+                                                   slice_document_backends, view_from_backends)
+from controlplane.store.gcpause import paused_gc
 from controlplane.store.interface import DELETED, Store, WatchEvent
 
 ServiceKey = tuple[str, str]  # (namespace, name)
@@ -17,24 +19,28 @@ WATCHED_KINDS = (Service, EndpointSlice)
 @dataclass
 class ServiceCache:
     services: dict[ServiceKey, Service] = field(default_factory=dict)
-    # (namespace, service name) -> {slice name: slice}
-    slices: dict[ServiceKey, dict[str, EndpointSlice]] = field(default_factory=lambda: defaultdict(dict))
+    # (namespace, service name) -> {slice name: the backends that slice lists}
+    slices: dict[ServiceKey, dict[str, SliceBackends]] = field(default_factory=lambda: defaultdict(dict))
     # (namespace, slice name) -> the service it was last filed under
     slice_owner: dict[tuple[str, str], ServiceKey] = field(default_factory=dict)
     resource_version: int = 0
 
     @classmethod
     def load(cls, store: Store) -> "ServiceCache":
-        """A consistent snapshot: list both kinds, then replay what changed meanwhile."""
+        """A consistent snapshot: list both kinds, then replay what changed meanwhile. The
+        slices are read as stored JSON (only their backends are kept)."""
         rv = store.current_resource_version()
         cache = cls(resource_version=rv)
-        for svc in store.list(Service):
-            cache.services[(svc.namespace, svc.name)] = svc
-        for es in store.list(EndpointSlice):
-            owner = es.labels.get(LABEL_SERVICE_NAME)
-            if owner:
-                cache.slices[(es.namespace, owner)][es.name] = es
-                cache.slice_owner[(es.namespace, es.name)] = (es.namespace, owner)
+        with paused_gc():
+            for svc in store.list(Service):
+                cache.services[(svc.namespace, svc.name)] = svc
+            for doc in store.iter_documents(EndpointSlice):
+                meta = doc.get("metadata") or {}
+                owner = (meta.get("labels") or {}).get(LABEL_SERVICE_NAME)
+                if owner:
+                    ns, name = meta.get("namespace") or "", meta.get("name") or ""
+                    cache.slices[(ns, owner)][name] = slice_document_backends(doc)
+                    cache.slice_owner[(ns, name)] = (ns, owner)
         cache.apply(store.changes_since(rv, WATCHED_KINDS))
         return cache
 
@@ -61,7 +67,7 @@ class ServiceCache:
                     touched.add(previous)
                 if owner and ev.type != DELETED:
                     key = (obj.namespace, owner)
-                    self.slices[key][obj.name] = obj
+                    self.slices[key][obj.name] = slice_backends(obj)
                     self.slice_owner[slice_key] = key
                     touched.add(key)
         return touched
@@ -70,7 +76,8 @@ class ServiceCache:
         svc = self.services.get(key)
         if svc is None:
             return None
-        return build_service_view(svc, list(self.slices.get(key, {}).values()))
+        return view_from_backends(svc, merge_backends(self.slices.get(key, {}).values()))
 
     def views(self) -> list[ServiceView]:
-        return [v for key in self.services if (v := self.view(key)) is not None]
+        with paused_gc():
+            return [v for key in self.services if (v := self.view(key)) is not None]
