@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ctypes as ct
 import os
-import socket
 import struct
 import sys
 from dataclasses import dataclass
@@ -35,8 +34,8 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_datapath import (BACKEND_PORT, BACKENDS, CLIENT_MAC, NODE_MAC, _csum,  # noqa: E402
-                            _quartiles, _root_and_bcc, count_entries)
+from bench_datapath import (BACKEND_PORT, BACKENDS, CLIENT_MAC, NODE_MAC,  # noqa: E402
+                            NewFlowFrames, _quartiles, _root_and_bcc, count_entries, on_one_cpu)
 
 QUICK = os.environ.get("SVCXDP_BENCH_QUICK", "") not in ("", "0")
 ENTRIES = 1_000_000
@@ -53,34 +52,11 @@ CASES = ("none", "hit", "hit_hot", "miss")
 HOT = 64
 
 
-class Frames:
-    """SYN frames towards `vip`, each a tuple never used before: client addresses
-    from `client(n)`, source ports advancing whenever the addresses wrap. TCP and
-    IP checksums valid (bench_datapath's _csum)."""
-
-    def __init__(self, vip: str, client) -> None:
-        from scapy.layers.inet import IP, TCP
-        from scapy.layers.l2 import Ether
-        self.t = bytearray(bytes(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src="1.1.1.1", dst=vip, ttl=64, id=1)
-                                 / TCP(sport=2000, dport=80, flags="S", seq=1000)))
-        self.client = client
-        self.next = 0
-
-    def take(self, n: int) -> list[bytes]:
-        out, t = [], self.t
-        for i in range(self.next, self.next + n):
-            addr, sport = self.client(i)
-            t[26:30] = struct.pack("!I", addr)
-            t[34:36] = struct.pack("!H", sport)
-            t[24:26] = b"\0\0"
-            t[24:26] = struct.pack("!H", _csum(bytes(t[14:34])))
-            t[50:52] = b"\0\0"
-            seg = bytes(t[34:])
-            pseudo = bytes(t[26:34]) + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(seg))
-            t[50:52] = struct.pack("!H", _csum(pseudo + seg))
-            out.append(bytes(t))
-        self.next += n
-        return out
+def syn_template(vip: str) -> bytes:
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+    return bytes(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src="1.1.1.1", dst=vip, ttl=64, id=1)
+                 / TCP(sport=2000, dport=80, flags="S", seq=1000))
 
 
 def filled_client(i: int) -> tuple[int, int]:
@@ -133,36 +109,33 @@ def env():
     from controlplane.dataplane.affinity_maps import coarse_now_ns
     from controlplane.dataplane.config import DataplaneConfig
     from controlplane.dataplane.model import Backend, Frontend, ServiceState
-    from controlplane.dataplane.program import Dataplane, load_floor_program
+    from controlplane.dataplane.program import Dataplane
     from controlplane.dataplane.testrun import TestRunner
     from controlplane.dataplane.writer import MapWriter
 
-    old_affinity = os.sched_getaffinity(0)
-    cpu = max(old_affinity)
-    os.sched_setaffinity(0, {cpu})   # test-run executes on the calling thread's CPU
-    floor_bpf, floor_fd = load_floor_program()
-    dp = Dataplane.load(DataplaneConfig(instance="bench-aff", pin=False, affinity_size=AFFINITY_SIZE))
-    writer = MapWriter(dp)
-    bs = tuple(Backend(ip, BACKEND_PORT) for ip in BACKENDS)
-    writer.upsert(ServiceState(Frontend(VIP_NONE, 80), bs, "random", 0))
-    aff = ServiceState(Frontend(VIP_AFF, 80), bs, "random", 10800)
-    svc_id = writer.upsert(aff)
-    fill_affinity(dp.table("affinity"), svc_id, writer.backend_id(aff.frontend, BACKENDS[0], BACKEND_PORT),
-                  writer.affinity_gen(aff.frontend), coarse_now_ns())
-    present = count_entries(dp.table("affinity"))
-    assert present >= ENTRIES, f"affinity map holds {present} < {ENTRIES}"
-    frames = {"floor": Frames(VIP_NONE, fresh_client), "none": Frames(VIP_NONE, fresh_client),
-              "hit": Frames(VIP_AFF, filled_client),
-              "hit_hot": Frames(VIP_AFF, hot_client), "miss": Frames(VIP_AFF, fresh_client)}
-    # floor/none share fresh clients with miss but another VIP: distinct tuples.
-    frames["miss"].next = 4_000_000
-    e = Env(dp, TestRunner(dp.prog_fd), TestRunner(floor_fd), floor_bpf, frames, cpu, present)
-    try:
-        yield e
-    finally:
-        os.sched_setaffinity(0, old_affinity)
-        dp.close()
-        floor_bpf.cleanup()
+    with on_one_cpu() as (cpu, floor_bpf, floor_fd):
+        dp = Dataplane.load(DataplaneConfig(instance="bench-aff", pin=False, affinity_size=AFFINITY_SIZE))
+        writer = MapWriter(dp)
+        bs = tuple(Backend(ip, BACKEND_PORT) for ip in BACKENDS)
+        writer.upsert(ServiceState(Frontend(VIP_NONE, 80), bs, "random", 0))
+        aff = ServiceState(Frontend(VIP_AFF, 80), bs, "random", 10800)
+        svc_id = writer.upsert(aff)
+        fill_affinity(dp.table("affinity"), svc_id, writer.backend_id(aff.frontend, BACKENDS[0], BACKEND_PORT),
+                      writer.affinity_gen(aff.frontend), coarse_now_ns())
+        present = count_entries(dp.table("affinity"))
+        assert present >= ENTRIES, f"affinity map holds {present} < {ENTRIES}"
+        frames = {"floor": NewFlowFrames(syn_template(VIP_NONE), fresh_client),
+                  "none": NewFlowFrames(syn_template(VIP_NONE), fresh_client),
+                  "hit": NewFlowFrames(syn_template(VIP_AFF), filled_client),
+                  "hit_hot": NewFlowFrames(syn_template(VIP_AFF), hot_client),
+                  "miss": NewFlowFrames(syn_template(VIP_AFF), fresh_client)}
+        # floor/none share fresh clients with miss but another VIP: distinct tuples.
+        frames["miss"].next = 4_000_000
+        e = Env(dp, TestRunner(dp.prog_fd), TestRunner(floor_fd), floor_bpf, frames, cpu, present)
+        try:
+            yield e
+        finally:
+            dp.close()
 
 
 @pytest.mark.benchmark(disable_gc=True)

@@ -26,7 +26,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_datapath import (BACKEND_PORT, BACKENDS, CLIENT_MAC, NODE_MAC, NewFlowFrames,  # noqa: E402
+from bench_datapath import (BACKEND_PORT, BACKENDS, CLIENT_MAC, NODE_MAC, NewFlowFrames, on_one_cpu,  # noqa: E402
                             _quartiles, _root_and_bcc)
 
 QUICK = os.environ.get("SVCXDP_BENCH_QUICK", "") not in ("", "0")
@@ -80,27 +80,22 @@ def env():
     if reason:
         pytest.skip(reason)
     from controlplane.dataplane.config import DataplaneConfig
-    from controlplane.dataplane.program import Dataplane, load_floor_program
+    from controlplane.dataplane.program import Dataplane
     from controlplane.dataplane.testrun import TestRunner
     from controlplane.dataplane.writer import MapWriter
 
-    old_affinity = os.sched_getaffinity(0)
-    cpu = max(old_affinity)
-    os.sched_setaffinity(0, {cpu})   # test-run executes on the calling thread's CPU
-    floor_bpf, floor_fd = load_floor_program()
-    dp = Dataplane.load(DataplaneConfig(instance="bench-alg", pin=False))
-    writer = MapWriter(dp)
-    e = Env(dp=dp, runner=TestRunner(dp.prog_fd), floor_runner=TestRunner(floor_fd),
-            floor_bpf=floor_bpf, cpu=cpu)
-    for case, st in _states():
-        writer.upsert(st)
-        e.frames[case] = NewFlowFrames(_template(st.frontend.vip))
-    try:
-        yield e
-    finally:
-        os.sched_setaffinity(0, old_affinity)
-        dp.close()
-        floor_bpf.cleanup()
+    with on_one_cpu() as (cpu, floor_bpf, floor_fd):
+        dp = Dataplane.load(DataplaneConfig(instance="bench-alg", pin=False))
+        writer = MapWriter(dp)
+        e = Env(dp=dp, runner=TestRunner(dp.prog_fd), floor_runner=TestRunner(floor_fd),
+                floor_bpf=floor_bpf, cpu=cpu)
+        for case, st in _states():
+            writer.upsert(st)
+            e.frames[case] = NewFlowFrames(_template(st.frontend.vip))
+        try:
+            yield e
+        finally:
+            dp.close()
 
 
 @pytest.mark.benchmark(disable_gc=True)

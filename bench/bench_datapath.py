@@ -46,6 +46,7 @@ Quick (< 1 min): SVCXDP_BENCH_QUICK=1 (services 1 and 65,535, fewer packets).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes as ct
 import errno
 import os
@@ -103,23 +104,28 @@ def _csum(data: bytes) -> int:
     return ~s & 0xFFFF
 
 
+def default_client(i: int) -> tuple[int, int]:
+    """Sources 10.244.128.0/17, ports 2000-61999: 60,000 ports per address."""
+    return (10 << 24 | 244 << 16 | 128 << 8) + i // NewFlowFrames.PORTS, 2000 + i % NewFlowFrames.PORTS
+
+
 class NewFlowFrames:
-    """Distinct SYN frames from a template: every packet a tuple never used in
-    this session (sources 10.244.128.0/17, ports 2000-61999), checksums valid."""
+    """Distinct SYN frames from a template: every packet a tuple never used in this
+    session (client address and port from `client(i)`), checksums valid."""
 
     PORTS = 60_000
 
-    def __init__(self, template: bytes) -> None:
+    def __init__(self, template: bytes, client=default_client) -> None:
         self.template = bytearray(template)
+        self.client = client
         self.next = 0
 
     def take(self, n: int) -> list[bytes]:
         out = []
         t = self.template
         for i in range(self.next, self.next + n):
-            src = struct.pack("!I", (10 << 24 | 244 << 16 | 128 << 8) + i // self.PORTS)
-            sport = 2000 + i % self.PORTS
-            t[26:30] = src
+            addr, sport = self.client(i)
+            t[26:30] = struct.pack("!I", addr)
             t[34:36] = struct.pack("!H", sport)
             t[24:26] = b"\0\0"
             t[24:26] = struct.pack("!H", _csum(bytes(t[14:34])))
@@ -130,6 +136,22 @@ class NewFlowFrames:
             out.append(bytes(t))
         self.next += n
         return out
+
+
+@contextlib.contextmanager
+def on_one_cpu():
+    """Pin this thread to one CPU (test-run executes on the caller's CPU) and load
+    the floor program; yields (cpu, floor bpf, floor prog fd)."""
+    from controlplane.dataplane.program import load_floor_program
+    old = os.sched_getaffinity(0)
+    cpu = max(old)
+    os.sched_setaffinity(0, {cpu})
+    floor_bpf, floor_fd = load_floor_program()
+    try:
+        yield cpu, floor_bpf, floor_fd
+    finally:
+        os.sched_setaffinity(0, old)
+        floor_bpf.cleanup()
 
 
 # ---- conntrack fill -------------------------------------------------------------------
@@ -307,30 +329,23 @@ def env():
     from scapy.layers.l2 import Ether
 
     from controlplane.dataplane.config import DataplaneConfig
-    from controlplane.dataplane.program import load_floor_program
     from controlplane.dataplane.testrun import TestRunner
 
     config = DataplaneConfig(instance="bench", pin=False)   # production sizes, nothing pinned
     assert config.ct_size >= 1_048_576 and config.max_services > max(SERVICES)
-    # One core: the test-run executes on the calling thread's CPU.
-    old_affinity = os.sched_getaffinity(0)
-    cpu = max(old_affinity)
-    os.sched_setaffinity(0, {cpu})
-    floor_bpf, floor_fd = load_floor_program()
-    frames = _frames()
-    new_flows = NewFlowFrames(frames["new_flow_template"])
-    probe = new_flows.take(1)[0]
-    check = Ether(probe)
-    del check["IP"].chksum, check["TCP"].chksum
-    assert bytes(check) == probe, "new-flow frame checksums are wrong"
-    e = Env(config=config, floor_bpf=floor_bpf, floor_runner=TestRunner(floor_fd),
-            states=_service_states(), frames=frames, new_flows=new_flows, cpu=cpu)
-    try:
-        yield e
-    finally:
-        os.sched_setaffinity(0, old_affinity)
-        e.close()
-        floor_bpf.cleanup()
+    with on_one_cpu() as (cpu, floor_bpf, floor_fd):
+        frames = _frames()
+        new_flows = NewFlowFrames(frames["new_flow_template"])
+        probe = new_flows.take(1)[0]
+        check = Ether(probe)
+        del check["IP"].chksum, check["TCP"].chksum
+        assert bytes(check) == probe, "new-flow frame checksums are wrong"
+        e = Env(config=config, floor_bpf=floor_bpf, floor_runner=TestRunner(floor_fd),
+                states=_service_states(), frames=frames, new_flows=new_flows, cpu=cpu)
+        try:
+            yield e
+        finally:
+            e.close()
 
 
 # ---- the benchmark -------------------------------------------------------------------

@@ -162,7 +162,7 @@ def render(entries: list[dict], machine: dict | None = None, commit: dict | None
         out.append("Set-up: " + "; ".join(notes) + ".\n")
     out.append("The 65,535-service row is the most the default maps hold (max_services = 65,536, "
                "id 0 reserved). Every packet goes to one service and one flow, so lookups are "
-               "cache-hot; new flows each insert two fresh conntrack entries (at 1,000,000 the "
+               "cache-hot; new flows each insert one fresh conntrack entry (at 1,000,000 the "
                "LRU is near full and evicts). Each configuration starts from a freshly loaded "
                "dataplane; conntrack \"0\" means only the measured flow (plus the new flows "
                "the new-flow rounds add as they run).")
