@@ -145,7 +145,7 @@ def test_long_lived_connection_survives_other_pods_going_away(cluster: Cluster):
         assert len(serving) == 1, serving
         others = [n for n in pods if n != serving[0]]
         cluster.svcctl("delete", "pod", *others)
-        wait_for("the others gone", lambda: not set(others) & set(cluster.pods("app=redis")))
+        wait_for("the others gone", lambda: not set(others) & set(cluster.pods("app=redis")), timeout=60)
         proc.stdin.write("go\n")
         proc.stdin.flush()
         assert proc.stdout.readline().strip() == "20"
