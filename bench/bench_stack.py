@@ -225,14 +225,20 @@ class Stack:
             trafgen_conf(cfg, n, flows)
         sink = self.sinks[topo.tag]
         limit = int(TRAFGEN_MAX_PPS * (SECONDS + WARMUP + 5))
-        p = subprocess.Popen(["ip", "netns", "exec", topo.client, "trafgen", "--no-sock-mem",
-                              "--notouch-irq", "--dev", "cl0", "--conf", str(cfg), "-P", "1",
-                              "-n", str(limit)], start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
+        for attempt in range(3):
+            p = subprocess.Popen(["ip", "netns", "exec", topo.client, "trafgen", "--no-sock-mem",
+                                  "--notouch-irq", "--dev", "cl0", "--conf", str(cfg), "-P", "1",
+                                  "-n", str(limit)], start_new_session=True,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             time.sleep(WARMUP)
-            if p.poll() is not None:
-                raise RuntimeError(f"trafgen exited early: {p.stderr.read()[-500:]}")
+            if p.poll() is None:
+                break
+            # trafgen sometimes gives up on a full TX ring at start ("Flushing TX_RING
+            # failed: Resource temporarily unavailable"): start it again, at most twice.
+            err = p.stderr.read()[-500:]
+            if attempt == 2 or "TX_RING" not in err:
+                raise RuntimeError(f"trafgen exited early: {err}")
+        try:
             tx0 = netlab.link_stats(topo.client, "cl0")
             c0, d0, t0 = netlab.cpu_times(), netlab.sink_delivered(sink), time.perf_counter()
             time.sleep(SECONDS)
