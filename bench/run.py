@@ -33,7 +33,8 @@ SCENARIOS = [
     (4, "control plane: store to maps vs iptables-restore", ["bench/bench_control.py"]),
     (5, "memory: BPF maps and agent RSS", ["bench/bench_memory.py"]),
 ]
-EXTRA = [("store and Maglev suites", ["bench/bench_store.py", "bench/bench_maglev.py"])]
+EXTRA = [("store and Maglev suites", ["bench/bench_store.py", "bench/bench_maglev.py"]),
+         ("apply -> first packet of a new endpoint, through the lab agent", ["bench/bench_agent_latency.py"])]
 
 
 def _version(argv: list[str]) -> str | None:
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="svcxdp-bench-json-") as tmp, open(log_path, "w") as log:
         for k, (n, label, pytest_args) in enumerate(runs, 1):
-            tag = f"{n}" if n else "extra"
+            tag = f"{n}" if n else f"extra {k - len(SCENARIOS)}"
             print(f"[bench {k}/{len(runs)}] scenario {tag}: {label} ...", flush=True)
             jpath = Path(tmp) / f"{k}.json"
             t0 = time.monotonic()
