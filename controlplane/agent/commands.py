@@ -27,6 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fib-redirect", action="store_true",
                    help="forward rewritten packets with a FIB lookup and bpf_redirect instead of the stack")
     p.add_argument("--ct-size", type=int, help="conntrack entries (default 1048576)")
+    p.add_argument("--tcp-timeout", type=int, metavar="S",
+                   help="idle timeout of an established TCP flow, seconds (default 21600)")
+    p.add_argument("--tcp-close-timeout", type=int, metavar="S",
+                   help="idle timeout of a TCP flow after FIN/RST, seconds (default 10)")
+    p.add_argument("--udp-timeout", type=int, metavar="S", help="idle timeout of a UDP flow, seconds (default 60)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=run)
 
@@ -45,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
                         format=f"%(asctime)s agent[{args.node}] %(levelname)s %(message)s",
                         stream=sys.stderr)
     log = logging.getLogger("svcxdp.agent")
-    extra = {"ct_size": args.ct_size} if args.ct_size else {}
+    sizes = {"ct_size": args.ct_size, "tcp_timeout_s": args.tcp_timeout,
+             "tcp_close_timeout_s": args.tcp_close_timeout, "udp_timeout_s": args.udp_timeout}
+    extra = {k: v for k, v in sizes.items() if v is not None}
     config = DataplaneConfig(instance=args.instance or args.node, fib_redirect=args.fib_redirect, **extra)
     store = open_store(args.state_dir)
     dp = Dataplane.load(config)
