@@ -22,9 +22,7 @@ Quick (< 1 min): SVCXDP_BENCH_QUICK=1.
 """
 from __future__ import annotations
 
-import ctypes as ct
 import os
-import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +33,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_datapath import (BACKEND_PORT, BACKENDS, CLIENT_MAC, NODE_MAC,  # noqa: E402
-                            NewFlowFrames, _quartiles, _root_and_bcc, count_entries, on_one_cpu)
+                            NewFlowFrames, _quartiles, _root_and_bcc, batch_fill, count_entries,
+                            on_one_cpu)
 
 QUICK = os.environ.get("SVCXDP_BENCH_QUICK", "") not in ("", "0")
 ENTRIES = 1_000_000
@@ -73,21 +72,14 @@ def fresh_client(i: int) -> tuple[int, int]:
 
 
 def fill_affinity(table, svc_id: int, backend_id: int, gen: int, now_ns: int) -> None:
-    """ENTRIES live entries (one backend), written by BPF_MAP_UPDATE_BATCH. Offsets
-    come from the map's own Key/Leaf types (bcc, from bpf/svcxdp.h)."""
-    K, V = table.Key, table.Leaf
-    ksz, vsz = ct.sizeof(K), ct.sizeof(V)
-    kb, vb = bytearray(ksz * ENTRIES), bytearray(vsz * ENTRIES)
-    for i in range(ENTRIES):
-        struct.pack_into("=I", kb, i * ksz + K.svc_id.offset, svc_id)
-        struct.pack_into("!I", kb, i * ksz + K.client.offset, FILLED_BASE + i)
-        struct.pack_into("=Q", vb, i * vsz + V.last_used.offset, now_ns)
-        struct.pack_into("=I", vb, i * vsz + V.backend_id.offset, backend_id)
-        struct.pack_into("=I", vb, i * vsz + V.gen.offset, gen)
-    chunk = 100_000
-    for off in range(0, ENTRIES, chunk):
-        c = min(chunk, ENTRIES - off)
-        table.items_update_batch((K * c).from_buffer(kb, off * ksz), (V * c).from_buffer(vb, off * vsz))
+    """ENTRIES live entries (one backend), written by BPF_MAP_UPDATE_BATCH; rows packed
+    with the map's own Key/Leaf types (packing.Packer, from bpf/svcxdp.h via bcc)."""
+    from controlplane.dataplane.packing import Packer
+    keys = Packer(table.Key, ("svc_id", "client")).array(
+        (svc_id, int.from_bytes((FILLED_BASE + i).to_bytes(4, "big"), "little")) for i in range(ENTRIES))
+    values = Packer(table.Leaf, ("last_used", "backend_id", "gen")).array(
+        (now_ns, backend_id, gen) for _ in range(ENTRIES))
+    batch_fill(table, keys, values)
 
 
 @dataclass

@@ -156,35 +156,36 @@ def on_one_cpu():
 
 # ---- conntrack fill -------------------------------------------------------------------
 def _ct_fill_arrays(table, entries: int):
-    """`entries` live conntrack entries, half forward and half reply, as ctypes arrays
-    of the map's own Key/Leaf types (layout from bpf/svcxdp.h, via bcc)."""
+    """`entries` live forward conntrack entries (a flow's replies are matched through
+    it), as ctypes arrays of the map's own Key/Leaf types: the rows are packed by
+    packing.Packer, whose formats come from bcc's types (bpf/svcxdp.h)."""
     from controlplane.dataplane.layout import const
-    assert ct.sizeof(table.Key) == 16 and ct.sizeof(table.Leaf) == 24, "ct layout changed"
-    kf = struct.Struct("=4s4sHHBBH")    # struct ct_key
-    vf = struct.Struct("=Q4sHBBII")     # struct ct_value
-    fwd, rep = const("CT_DIR_FORWARD"), const("CT_DIR_REPLY")
+    from controlplane.dataplane.packing import Packer
+    keys = Packer(table.Key, ("src", "dst", "sport", "dport", "proto", "dir"))
+    values = Packer(table.Leaf, ("last_seen", "nat_ip", "nat_port", "backend_id", "svc_id"))
+    fwd = const("CT_DIR_FORWARD")
     now = time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
-    kb, vb = bytearray(kf.size * entries), bytearray(vf.size * entries)
     vport, bport = socket.htons(80), socket.htons(8080)
-    for f in range(entries // 2):
-        client = struct.pack("!I", (172 << 24 | 16 << 16) + (f >> 6))   # 172.16.0.0/12
+
+    def be32(a: int, b: int, c: int, d: int) -> int:  # address bytes as the u32 in memory
+        return int.from_bytes(bytes((a, b, c, d)), "little")
+
+    krows, vrows = [], []
+    for f in range(entries):
+        client = be32(172, 16 + (f >> 22), (f >> 14) & 255, (f >> 6) & 255)  # 172.16.0.0/12
         cport = socket.htons(10000 + (f & 63))
-        vip = bytes((10, 100, (f >> 8) & 255, f & 255))
-        backend = bytes((10, 245, (f >> 8) & 255, f & 255))
-        kf.pack_into(kb, kf.size * 2 * f, client, vip, cport, vport, socket.IPPROTO_TCP, fwd, 0)
-        vf.pack_into(vb, vf.size * 2 * f, now, backend, bport, 0, 0, 1, 1)
-        kf.pack_into(kb, kf.size * (2 * f + 1), backend, client, bport, cport, socket.IPPROTO_TCP,
-                     rep, 0)
-        vf.pack_into(vb, vf.size * (2 * f + 1), now, vip, vport, 0, 0, 1, 1)
-    return ((table.Key * entries).from_buffer_copy(kb),
-            (table.Leaf * entries).from_buffer_copy(vb))
+        vip, backend = be32(10, 100, (f >> 8) & 255, f & 255), be32(10, 245, (f >> 8) & 255, f & 255)
+        krows.append((client, vip, cport, vport, socket.IPPROTO_TCP, fwd))
+        vrows.append((now, backend, bport, 1, 1))
+    return keys.array(krows), values.array(vrows)
 
 
-def _ct_fill(table, keys, values) -> None:
+def batch_fill(table, keys, values, chunk: int = CT_FILL_CHUNK) -> None:
+    """Write ctypes arrays of keys and values with BPF_MAP_UPDATE_BATCH, `chunk` at a time."""
     n = len(keys)
     ksz, vsz = ct.sizeof(table.Key), ct.sizeof(table.Leaf)
-    for off in range(0, n, CT_FILL_CHUNK):
-        c = min(CT_FILL_CHUNK, n - off)
+    for off in range(0, n, chunk):
+        c = min(chunk, n - off)
         table.items_update_batch((table.Key * c).from_buffer(keys, off * ksz),
                                  (table.Leaf * c).from_buffer(values, off * vsz))
 
@@ -262,7 +263,7 @@ class Env:
                 self._ct_arrays = _ct_fill_arrays(conntrack, ct_entries)
                 info["ct_build_s"] = round(time.perf_counter() - t, 3)
             t = time.perf_counter()
-            _ct_fill(conntrack, *self._ct_arrays)
+            batch_fill(conntrack, *self._ct_arrays)
             info["ct_fill_s"] = round(time.perf_counter() - t, 3)
         self._make_test_flow()
         present = count_entries(conntrack)
