@@ -63,6 +63,20 @@ static __always_inline int ct_touch(struct ct_value *v, __u64 now, __u8 tcp_flag
 	return 0;
 }
 
+/* Every byte of a conntrack key is a field (no padding), so setting them all makes
+ * a key the map can hash. */
+static __always_inline void ct_key_set(struct ct_key *k, __be32 src, __be32 dst, __be16 sport,
+				       __be16 dport, __u8 proto, __u8 dir)
+{
+	k->src = src;
+	k->dst = dst;
+	k->sport = sport;
+	k->dport = dport;
+	k->proto = proto;
+	k->dir = dir;
+	k->reserved = 0;
+}
+
 /* Give a counted flow's connection back to its backend, once (lc.h). */
 static __always_inline void ct_uncount(struct ct_value *v)
 {
@@ -79,13 +93,9 @@ static __always_inline void ct_uncount_from_reply(const struct ct_key *rk, struc
 	if (!(rv->flags & SVCXDP_CT_F_COUNTED))
 		return;
 	rv->flags &= ~SVCXDP_CT_F_COUNTED;
-	struct ct_key fk = {};
-	fk.src = rk->dst;
-	fk.dst = rv->nat_ip;
-	fk.sport = rk->dport;
-	fk.dport = rv->nat_port;
-	fk.proto = rk->proto;
-	fk.dir = SVCXDP_CT_DIR_FORWARD;
+	struct ct_key fk;
+	ct_key_set(&fk, rk->dst, rv->nat_ip, rk->dport, rv->nat_port, rk->proto,
+		   SVCXDP_CT_DIR_FORWARD);
 	struct ct_value *fv = conntrack.lookup(&fk);
 	if (fv && fv->backend_id == rv->backend_id)
 		ct_uncount(fv);
@@ -128,13 +138,8 @@ static __always_inline void ct_create(const struct ct_key *fwd, __be32 vip, __be
 	if (!ct_needs_reply_entry(b))
 		return;
 
-	struct ct_key rk = {};
-	rk.src = b->ip;
-	rk.dst = fwd->src;
-	rk.sport = b->port;
-	rk.dport = fwd->sport;
-	rk.proto = fwd->proto;
-	rk.dir = SVCXDP_CT_DIR_REPLY;
+	struct ct_key rk;
+	ct_key_set(&rk, b->ip, fwd->src, b->port, fwd->sport, fwd->proto, SVCXDP_CT_DIR_REPLY);
 	v.nat_ip = vip;
 	v.nat_port = vport;
 	conntrack.update(&rk, &v);
@@ -159,14 +164,8 @@ static __always_inline int ct_match_reply(__be32 backend, __be16 bport, __be32 c
 	struct revnat_value *rn = rev_nat.lookup(&rk);
 	if (!rn)
 		return 0;  /* not a backend of any service: the common non-service case */
-	__builtin_memset(&m->key, 0, sizeof(m->key));
-	m->key.proto = proto;
 	if (rn->flags & SVCXDP_REVNAT_F_SHARED) {
-		m->key.src = backend;
-		m->key.dst = client;
-		m->key.sport = bport;
-		m->key.dport = cport;
-		m->key.dir = SVCXDP_CT_DIR_REPLY;
+		ct_key_set(&m->key, backend, client, bport, cport, proto, SVCXDP_CT_DIR_REPLY);
 		struct ct_value *v = conntrack.lookup(&m->key);
 		if (v) {
 			m->v = v;
@@ -178,11 +177,7 @@ static __always_inline int ct_match_reply(__be32 backend, __be16 bport, __be32 c
 	}
 	/* The forward entry of client -> VIP:port, if it still points at this backend
 	 * (a stale reply from a backend the flow has left is not translated). */
-	m->key.src = client;
-	m->key.dst = rn->vip;
-	m->key.sport = cport;
-	m->key.dport = rn->vport;
-	m->key.dir = SVCXDP_CT_DIR_FORWARD;
+	ct_key_set(&m->key, client, rn->vip, cport, rn->vport, proto, SVCXDP_CT_DIR_FORWARD);
 	struct ct_value *v = conntrack.lookup(&m->key);
 	if (!v || v->nat_ip != backend || v->nat_port != bport)
 		return 0;

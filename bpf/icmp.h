@@ -57,13 +57,6 @@ static __always_inline int handle_icmp(struct cursor *c, struct iphdr *ip, __u32
 	    l4_len < sizeof(*icmp) + sizeof(*in) + 2 * sizeof(__be16))
 		goto pass;
 
-	struct ct_key k = {};
-	k.src = in->daddr;
-	k.dst = in->saddr;
-	k.sport = ports[1];
-	k.dport = ports[0];
-	k.proto = in->protocol;
-
 	/* Error from the backend's side about client -> backend: the flow it quotes
 	 * is found as its reply would be. */
 	struct reply_match m;
@@ -80,7 +73,8 @@ static __always_inline int handle_icmp(struct cursor *c, struct iphdr *ip, __u32
 
 	/* Error from the client's side about a reply VIP -> client: the quote's
 	 * reverse is the forward entry holding the backend. */
-	k.dir = SVCXDP_CT_DIR_FORWARD;
+	struct ct_key k;
+	ct_key_set(&k, in->daddr, in->saddr, ports[1], ports[0], in->protocol, SVCXDP_CT_DIR_FORWARD);
 	struct ct_value *v = conntrack.lookup(&k);
 	if (v) {
 		__be32 vip = in->saddr;

@@ -135,13 +135,9 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 					  struct events *ev)
 {
 	__u64 bytes = frame_bytes(ip, l3_off);
-	struct ct_key k = {};
-	k.src = ip->saddr;
-	k.dst = ip->daddr;
-	k.sport = *l4->sport;
-	k.dport = *l4->dport;
-	k.proto = ip->protocol;
-	k.dir = SVCXDP_CT_DIR_FORWARD;
+	struct ct_key k;
+	ct_key_set(&k, ip->saddr, ip->daddr, *l4->sport, *l4->dport, ip->protocol,
+		   SVCXDP_CT_DIR_FORWARD);
 
 	__u64 now = bpf_ktime_get_coarse_ns();
 	__be32 nat_ip;
