@@ -90,6 +90,11 @@ def test_every_algorithm_serves_a_real_service(cluster: Cluster):
         vip = cluster.cluster_ip(name)
         pods = set(cluster.pods("app=hashweb"))
         assert cluster.wait_http(f"http://{vip}/hostname.html").strip() in pods, algorithm
+    # ... and each was programmed with its own algorithm, not the node default.
+    table = cluster.svcctl("dataplane", "services", "--node", "node1").stdout
+    programmed = {line.split()[0]: line.split()[1] for line in table.splitlines()[1:]}
+    for algorithm in ALGORITHMS:
+        assert programmed[f"{cluster.cluster_ip(f'web-{algorithm}')}:80/TCP"] == algorithm
 
 
 def test_maglev_follows_its_table_and_keeps_clients_when_another_pod_goes(cluster: Cluster):
