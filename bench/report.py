@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -23,10 +24,11 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_JSON = HERE / "results" / "datapath.json"
 DEFAULT_MD = HERE / "results" / "datapath.md"
 
-PATH_ORDER = ("floor", "non_service", "established", "reply", "new_flow")
+PATH_ORDER = ("floor", "non_service", "established", "reply", "cold_line", "new_flow")
 PATH_LABEL = {"floor": "floor (empty XDP)", "non_service": "non-service packet",
               "established": "established flow", "reply": "reply (reverse NAT)",
-              "new_flow": "new flow"}
+              "cold_line": "ruler: one cold cache line", "new_flow": "new flow"}
+RULERS = ("floor", "cold_line")   # measuring sticks, not svcxdp paths
 RATIO_TARGETS = {"new_flow": 4.0, "established": 2.5}
 SCALE_TOLERANCE = 0.10
 LABEL = ("In-kernel cost on one core via BPF_PROG_TEST_RUN, timer overhead included; "
@@ -124,7 +126,7 @@ def render(entries: list[dict], machine: dict | None = None, commit: dict | None
     lo, hi = services[0], services[-1]
     if lo != hi:
         for c in cts:
-            for p in PATH_ORDER[1:]:
+            for p in (p for p in PATH_ORDER if p not in RULERS):
                 a, b = rows.get((p, lo, c)), rows.get((p, hi, c))
                 if a is None or b is None:
                     continue
@@ -137,6 +139,7 @@ def render(entries: list[dict], machine: dict | None = None, commit: dict | None
                            f"±{SCALE_TOLERANCE:.0%} | {_n(hi)} | {_n(c)} | {d:+.1%}{extra} | "
                            f"{'yes' if abs(d) <= SCALE_TOLERANCE else '**no**'} |")
     out.append("")
+    out.extend(_ruler_lines(rows, floors, services, cts))
 
     # ---- set-up facts ----------------------------------------------------------------
     notes = []
@@ -160,8 +163,8 @@ def render(entries: list[dict], machine: dict | None = None, commit: dict | None
                    f"shared, so other work ran beside the benchmark.\n")
     if notes:
         out.append("Set-up: " + "; ".join(notes) + ".\n")
-    out.append("The 65,535-service row is the most the default maps hold (max_services = 65,536, "
-               "id 0 reserved). Every packet goes to one service and one flow, so lookups are "
+    out.append("The 65,536-service row fills the default maps (max_services = 65,536). "
+               "Every packet goes to one service and one flow, so lookups are "
                "cache-hot; new flows each insert one fresh conntrack entry (at 1,000,000 the "
                "LRU is near full and evicts). Each configuration starts from a freshly loaded "
                "dataplane; conntrack \"0\" means only the measured flow (plus the new flows "
@@ -180,6 +183,29 @@ SCENARIO_TITLES = {
 STACK_TARGETS = {1: 2.0, 10_000: 10.0}      # XDP / iptables on new flows, at that many services
 CONTROL_FULL_TARGET_S = 0.5                  # 10,000 x 10
 CONTROL_CHANGE_TARGET_S = 0.010              # p99
+
+
+def _ruler_lines(rows: dict, floors: dict, services, cts) -> list[str]:
+    """What the new-flow target asks against what one cold memory access costs here."""
+    cold, est, new = [], [], []
+    for s in services:
+        for c in cts:
+            floor = floors.get((s, c))
+            x, e, n = rows.get(("cold_line", s, c)), rows.get(("established", s, c)), rows.get(("new_flow", s, c))
+            if floor and x and e and n:
+                cold.append(x["ns_per_pkt_median"] / floor)
+                est.append(e["ns_per_pkt_median"] / floor)
+                new.append((n["ns_per_pkt_median"] - x["ns_per_pkt_median"]) / floor)
+    if not cold:
+        return []
+    cold_m, est_m, new_m = (statistics.median(v) for v in (cold, est, new))
+    return [f"Ruler: a program that does nothing but touch one random 64-byte line of a "
+            f"table as large as the conntrack map's entry count costs {min(cold):.2f}–{max(cold):.2f}× "
+            f"the floor (median {cold_m:.2f}×): a flow never seen before has its state in no cache, so "
+            f"this is what any per-flow table pays for it on this machine. The established path's own "
+            f"work costs {est_m:.2f}× with its entry cache-hot, so a new flow cannot cost much less than "
+            f"about {cold_m + est_m - 1:.1f}× here, whatever the table. svcxdp's new flow costs "
+            f"{new_m:.2f}× the floor more than the ruler (median over configurations).\n"]
 
 
 def _suite(entries: list[dict], suite: str) -> list[dict]:

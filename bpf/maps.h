@@ -13,6 +13,9 @@
 #ifndef SVCXDP_MAX_SERVICES
 #define SVCXDP_MAX_SERVICES SVCXDP_DEFAULT_MAX_SERVICES
 #endif
+/* Service ids run 1..SVCXDP_MAX_SERVICES (0 means none), so the arrays indexed by
+ * id have one entry more. */
+#define SVCXDP_SVC_ID_SLOTS (SVCXDP_MAX_SERVICES + 1)
 #ifndef SVCXDP_MAX_BACKENDS
 #define SVCXDP_MAX_BACKENDS SVCXDP_DEFAULT_MAX_BACKENDS
 #endif
@@ -51,7 +54,7 @@ SVCXDP_MAP("lru_hash", struct ct_key, struct ct_value, conntrack, SVCXDP_CT_SIZE
 /* How the first fragment of a datagram was translated, for the later ones. */
 SVCXDP_MAP("lru_hash", struct frag_key, struct frag_value, fragments, SVCXDP_FRAG_SIZE);
 /* Round-robin cursor per service id (atomic add, exact order across CPUs). */
-SVCXDP_MAP("array", __u32, struct rr_state, rr_state, SVCXDP_MAX_SERVICES);
+SVCXDP_MAP("array", __u32, struct rr_state, rr_state, SVCXDP_SVC_ID_SLOTS);
 /* Active connections per backend id, for lc/wlc/sed/nq (see lc.h). An array of
  * plain u32 updated with atomic adds; the writer zeroes an id when it hands it out. */
 SVCXDP_MAP("array", __u32, __u32, backend_conns, SVCXDP_MAX_BACKENDS);
@@ -67,7 +70,7 @@ SVCXDP_MAP("hash_of_maps$maglev_inner", __u32, int, maglev, SVCXDP_MAX_SERVICES)
  * minus entries present, see affinity.h). */
 SVCXDP_MAP("lru_hash", struct affinity_key, struct affinity_value, affinity, SVCXDP_AFFINITY_SIZE);
 /* Per-service packets, bytes, new flows, rejects. */
-SVCXDP_MAP("percpu_array", __u32, struct svc_stats, svc_stats, SVCXDP_MAX_SERVICES);
+SVCXDP_MAP("percpu_array", __u32, struct svc_stats, svc_stats, SVCXDP_SVC_ID_SLOTS);
 /* Scratch of the least-connections scan; per CPU, never pinned (no state). */
 BPF_PERCPU_ARRAY(lc_scratch, struct lc_best, 1);
 /* Datapath-wide counters, SVCXDP_CNT_*. */

@@ -46,7 +46,7 @@ class CapacityError(RuntimeError):
 
 
 class IdAllocator:
-    """Ids 1..limit-1; fresh ids first, freed ids reused oldest-first, so an id
+    """Ids 1..limit-1 (0 means none); fresh ids first, freed ids reused oldest-first, so an id
     is reused as late as possible (a flow can never mistake a new backend for
     the one it had)."""
 
@@ -181,7 +181,8 @@ class MapWriter:
                                                "affinity_timeout", "table_size", "affinity_gen")),
         }
         self.max_slots = cfg.max_slots
-        self._svc_ids = IdAllocator(cfg.max_services, f"services map (max_services={cfg.max_services})")
+        # Service ids 1..max_services: the id-indexed maps have max_services + 1 entries.
+        self._svc_ids = IdAllocator(cfg.max_services + 1, f"services map (max_services={cfg.max_services})")
         self._backend_ids = IdAllocator(cfg.max_backends, f"backends map (max_backends={cfg.max_backends})")
         self._installed: dict[Frontend, _Installed] = {}
         self._slots_used = 0

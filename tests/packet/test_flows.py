@@ -218,6 +218,27 @@ def test_full_backend_map_is_refused_with_nothing_written(xdp: Harness):
     assert xdp.send(tcp(dst="10.96.9.9")).verdict == "XDP_PASS"  # still no such service
 
 
+def test_max_services_is_the_number_of_services_held():
+    """max_services=4 holds four services (ids 1..4, id 0 means none), each
+    working and counted; a fifth is refused naming the limit, nothing written."""
+    dp = Dataplane.load(DataplaneConfig(instance="pytest-svc-cap", pin=False, ct_size=1024,
+                                        max_services=4, max_backends=64, max_slots=64))
+    try:
+        h = Harness(dp)
+        vips = [f"10.96.7.{i}" for i in range(1, 5)]
+        fronts = [h.service(vip=v) for v in vips]
+        assert sorted(h.writer.svc_id(fe) for fe in fronts) == [1, 2, 3, 4]
+        for v, fe in zip(vips, fronts):
+            assert h.send(tcp(dst=v)).pkt[IP].dst in BACKENDS
+            assert dp.service_stats(h.writer.svc_id(fe))["new_flows"] == 1
+        with pytest.raises(CapacityError, match="max_services=4"):
+            h.service(vip="10.96.7.5")
+        assert len(list(dp.table("services").keys())) == 4
+        assert h.send(tcp(dst="10.96.7.5")).verdict == "XDP_PASS"
+    finally:
+        dp.close()
+
+
 def test_conntrack_idle_timeout_then_new_selection():
     """A dataplane with a 1 s UDP timeout: after 2 s idle a flow is new again."""
     dp = Dataplane.load(DataplaneConfig(instance="pytest-timeout", pin=False, ct_size=4096,
