@@ -11,8 +11,9 @@ Cases, each a SYN of a tuple never seen before (so conntrack always inserts):
   hit_hot  the same, but from 64 clients only (entries cache-hot): what the hit
         costs in instructions rather than in cache misses
   miss  a client with no entry: lookup, selection, insert into the LRU map
-Rounds interleave the floor and the three cases (rotating their order), so every
-ratio pairs measurements taken side by side. The dataplane has production sizes
+Rounds interleave the floor and the cases (rotating their order), so every
+ratio pairs measurements taken side by side; the cold_line ruler of
+bench_datapath.py runs beside the floor. The dataplane has production sizes
 except affinity_size = 1,048,576 (the default 262,144 cannot hold a million).
 
 Run:
@@ -34,7 +35,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_datapath import (BACKEND_PORT, BACKENDS, CLIENT_MAC, NODE_MAC,  # noqa: E402
                             NewFlowFrames, _quartiles, _root_and_bcc, batch_fill, count_entries,
-                            on_one_cpu)
+                            load_cold_line_program, on_one_cpu, ruler_summary)
 
 QUICK = os.environ.get("SVCXDP_BENCH_QUICK", "") not in ("", "0")
 ENTRIES = 1_000_000
@@ -91,6 +92,7 @@ class Env:
     frames: dict
     cpu: int
     present: int
+    ruler_runner: object
 
 
 @pytest.fixture(scope="module")
@@ -123,23 +125,30 @@ def env():
                   "miss": NewFlowFrames(syn_template(VIP_AFF), fresh_client)}
         # floor/none share fresh clients with miss but another VIP: distinct tuples.
         frames["miss"].next = 4_000_000
-        e = Env(dp, TestRunner(dp.prog_fd), TestRunner(floor_fd), floor_bpf, frames, cpu, present)
+        ruler_bpf, ruler_fd = load_cold_line_program(dp.config.ct_size)
+        e = Env(dp, TestRunner(dp.prog_fd), TestRunner(floor_fd), floor_bpf, frames, cpu, present,
+                TestRunner(ruler_fd))
         try:
             yield e
         finally:
             dp.close()
+            ruler_bpf.cleanup()
 
 
 @pytest.mark.benchmark(disable_gc=True)
 def test_new_flow_with_affinity(benchmark, env):
     benchmark.group = "new flow with ClientIP affinity, 1,000,000 entries"
     run, floor = env.runner.duration_ns, env.floor_runner.duration_ns
+    ruler = env.ruler_runner.duration_ns
     per_case: dict[str, list[float]] = {c: [] for c in CASES}
     floor_rounds: list[float] = []
+    ruler_rounds: list[float] = []
 
     def one_round():
         fl = [floor(f) for f in env.frames["floor"].take(PACKETS)]
         floor_rounds.append(sum(fl) / len(fl))
+        rl = [ruler(f) for f in env.frames["floor"].take(PACKETS)]
+        ruler_rounds.append(sum(rl) / len(rl))
         start = len(floor_rounds) % len(CASES)
         for case in CASES[start:] + CASES[:start]:
             ds = [run(f) for f in env.frames[case].take(PACKETS)]
@@ -159,7 +168,9 @@ def test_new_flow_with_affinity(benchmark, env):
     _, fmed, _ = _quartiles(f)
     base = per_case["none"][WARMUP:]
     results = {}
-    lines = [f"floor (empty XDP): {fmed:.1f} ns/pkt; affinity entries present at start: {env.present}"]
+    ruler_info, ruler_line = ruler_summary(ruler_rounds[WARMUP:], f)
+    lines = [f"floor (empty XDP): {fmed:.1f} ns/pkt; affinity entries present at start: {env.present}",
+             ruler_line]
     for case, rounds in per_case.items():
         a = rounds[WARMUP:]
         p25, med, p75 = _quartiles(a)
@@ -172,7 +183,7 @@ def test_new_flow_with_affinity(benchmark, env):
                      f"(<= {NEW_FLOW_TARGET}x: {'met' if rmed <= NEW_FLOW_TARGET else 'not met'})")
     benchmark.extra_info.update({
         "suite": SUITE, "floor_ns_median": round(fmed, 1), "target_ratio": NEW_FLOW_TARGET,
-        "affinity_entries": env.present, "affinity_size": AFFINITY_SIZE, "cases": results,
+        "affinity_entries": env.present, "affinity_size": AFFINITY_SIZE, **ruler_info, "cases": results,
         "packets_per_round": PACKETS, "rounds": ROUNDS, "cpu": env.cpu, "quick": QUICK,
         "load_avg_1m": os.getloadavg()[0],
     })

@@ -6,8 +6,10 @@ Every algorithm has its own service (own VIP, 3 backends, as bench_datapath's
 measured service) in one freshly loaded dataplane of production sizes, plus
 `lc-32` (32 backends: the longest least-connections scan) and `maglev-65537`.
 Each measured packet is a SYN of a tuple never seen before, so each one runs the
-algorithm, creates two conntrack entries and DNATs. Rounds alternate floor and
-algorithm packets, so every ratio pairs measurements taken side by side.
+algorithm, creates one conntrack entry and DNATs. Rounds alternate floor and
+algorithm packets, so every ratio pairs measurements taken side by side. The
+cold_line ruler of bench_datapath.py (one random cache line of a ct_size-line
+table) runs beside the floor: what a never-seen flow costs any per-flow table here.
 
 Run:
   .venv/bin/python -m pytest bench/bench_algorithms.py --benchmark-only \
@@ -26,8 +28,9 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_datapath import (BACKEND_PORT, BACKENDS, CLIENT_MAC, NODE_MAC, NewFlowFrames, on_one_cpu,  # noqa: E402
-                            _quartiles, _root_and_bcc)
+from bench_datapath import (BACKEND_PORT, BACKENDS, CLIENT_MAC, NODE_MAC, NewFlowFrames,  # noqa: E402
+                            _quartiles, _root_and_bcc, load_cold_line_program, on_one_cpu,
+                            ruler_summary)
 
 QUICK = os.environ.get("SVCXDP_BENCH_QUICK", "") not in ("", "0")
 PACKETS = 500 if QUICK else 1_000   # new flows per round and side
@@ -50,6 +53,7 @@ class Env:
     runner: object
     floor_runner: object
     floor_bpf: object
+    ruler_runner: object
     frames: dict[str, NewFlowFrames] = field(default_factory=dict)
     cpu: int | None = None
 
@@ -85,10 +89,12 @@ def env():
     from controlplane.dataplane.writer import MapWriter
 
     with on_one_cpu() as (cpu, floor_bpf, floor_fd):
-        dp = Dataplane.load(DataplaneConfig(instance="bench-alg", pin=False))
+        config = DataplaneConfig(instance="bench-alg", pin=False)
+        dp = Dataplane.load(config)
+        ruler_bpf, ruler_fd = load_cold_line_program(config.ct_size)
         writer = MapWriter(dp)
         e = Env(dp=dp, runner=TestRunner(dp.prog_fd), floor_runner=TestRunner(floor_fd),
-                floor_bpf=floor_bpf, cpu=cpu)
+                floor_bpf=floor_bpf, ruler_runner=TestRunner(ruler_fd), cpu=cpu)
         for case, st in _states():
             writer.upsert(st)
             e.frames[case] = NewFlowFrames(_template(st.frontend.vip))
@@ -96,6 +102,7 @@ def env():
             yield e
         finally:
             dp.close()
+            ruler_bpf.cleanup()
 
 
 @pytest.mark.benchmark(disable_gc=True)
@@ -105,8 +112,10 @@ def test_new_flow_per_algorithm(benchmark, env):
     (cases measured one after the other drifted by 30 % as the table filled)."""
     benchmark.group = "new flow per algorithm"
     run, floor = env.runner.duration_ns, env.floor_runner.duration_ns
+    ruler = env.ruler_runner.duration_ns
     per_case: dict[str, list[float]] = {c[0]: [] for c in CASES}
     floor_rounds: list[float] = []
+    ruler_rounds: list[float] = []
 
     order = list(env.frames)
 
@@ -115,6 +124,8 @@ def test_new_flow_per_algorithm(benchmark, env):
         # place in the round (cache state) is spread over all cases.
         fl = [floor(f) for f in env.frames["random"].take(PACKETS)]
         floor_rounds.append(sum(fl) / len(fl))
+        rl = [ruler(f) for f in env.frames["random"].take(PACKETS)]
+        ruler_rounds.append(sum(rl) / len(rl))
         start = len(floor_rounds) % len(order)
         for case in order[start:] + order[:start]:
             ds = [run(f) for f in env.frames[case].take(PACKETS)]
@@ -132,7 +143,8 @@ def test_new_flow_per_algorithm(benchmark, env):
     _, fmed, _ = _quartiles(f)
     base = per_case["random"][WARMUP:]
     results = {}
-    lines = [f"floor (empty XDP): {fmed:.1f} ns/pkt"]
+    ruler_info, ruler_line = ruler_summary(ruler_rounds[WARMUP:], f)
+    lines = [f"floor (empty XDP): {fmed:.1f} ns/pkt", ruler_line]
     for case, rounds in per_case.items():
         a = rounds[WARMUP:]
         _, med, _ = _quartiles(a)
@@ -144,6 +156,6 @@ def test_new_flow_per_algorithm(benchmark, env):
                      f"(<= {NEW_FLOW_TARGET}x: {'met' if rmed <= NEW_FLOW_TARGET else 'not met'})")
     benchmark.extra_info.update({
         "suite": SUITE, "floor_ns_median": round(fmed, 1), "target_ratio": NEW_FLOW_TARGET,
-        "cases": results, "packets_per_round": PACKETS, "rounds": ROUNDS, "cpu": env.cpu, "quick": QUICK,
+        **ruler_info, "cases": results, "packets_per_round": PACKETS, "rounds": ROUNDS, "cpu": env.cpu, "quick": QUICK,
     })
     print("\n" + "\n".join(lines))
