@@ -179,6 +179,7 @@ SCENARIO_TITLES = {
     3: "TCP connections through a ClusterIP: XDP vs kube-proxy iptables",
     4: "Control-plane programming: store to maps vs iptables-restore",
     5: "Memory: BPF maps and agent RSS",
+    6: "BPF-only new flow per algorithm and with ClientIP affinity (test-run)",
 }
 STACK_TARGETS = {1: 2.0, 10_000: 10.0}      # XDP / iptables on new flows, at that many services
 CONTROL_FULL_TARGET_S = 0.5                  # 10,000 x 10
@@ -308,6 +309,36 @@ def _machine_line(machine: dict | None, commit: dict | None, when: str | None, e
     return "Machine: " + ", ".join(bits) + "."
 
 
+NEW_FLOW_CASES_NOTE = {
+    "algorithms": "one service per algorithm (3 backends; lc-32: 32, the longest least-connections "
+                  "scan; maglev-65537: M = 65,537) in one production-sized dataplane",
+    "affinity": "a ClientIP service with 1,000,000 affinity entries present: none = the same "
+                "service without affinity; hit = a client with a live entry (spread over the "
+                "million, so cold); hit_hot = 64 clients (cache-hot); miss = a client without one",
+}
+
+
+def render_new_flow_cases(suites: dict[str, list[dict]]) -> list[str]:
+    """Scenario 6: bench_algorithms and bench_affinity, one table each."""
+    out: list[str] = []
+    for suite, rows in suites.items():
+        for x in rows:
+            floor = x["floor_ns_median"]
+            head = f"**{suite}** ({NEW_FLOW_CASES_NOTE[suite]}): floor {floor:.1f} ns"
+            if "ruler_ns_median" in x:
+                head += (f"; ruler (one cold cache line) {x['ruler_ns_median']:.1f} ns = "
+                         f"{x['ruler_ratio_to_floor']:.2f}× floor")
+            out.append(head + ".\n")
+            out.append("| case | median ns/pkt | ratio to floor (paired) | ≤ "
+                       f"{x['target_ratio']:g}× |")
+            out.append("|---|---:|---:|:-:|")
+            for case, r in x["cases"].items():
+                out.append(f"| {case} | {r['ns_per_pkt_median']:.1f} | {r['ratio_to_floor']:.2f}× | "
+                           f"{'yes' if r['target_met'] else '**no**'} |")
+            out.append("")
+    return out
+
+
 def render_all(data: dict, plot_dir: Path | None = None, plot_prefix: str = "") -> str:
     entries = data.get("benchmarks", [])
     extra = data.get("svcxdp", {})
@@ -327,6 +358,8 @@ def render_all(data: dict, plot_dir: Path | None = None, plot_prefix: str = "") 
     control = _suite(entries, "control")
     memory = _suite(entries, "memory")
     dp_rows = _suite(entries, "datapath")
+    new_flow_suites = {k: _suite(entries, k) for k in ("algorithms", "affinity")}
+    new_flow_suites = {k: v for k, v in new_flow_suites.items() if v}
 
     # ---- summary --------------------------------------------------------------------
     out.append("## Targets\n")
@@ -364,6 +397,12 @@ def render_all(data: dict, plot_dir: Path | None = None, plot_prefix: str = "") 
                 met = all(v <= limit for v in vals)
                 out.append(f"| BPF-only {PATH_LABEL[p]} ≤ {limit}× floor (all sizes) | "
                            f"{min(vals):.2f}–{max(vals):.2f}× | {'yes' if met else '**no**'} |")
+    for suite, rows in new_flow_suites.items():
+        ratios = [r["ratio_to_floor"] for x in rows for r in x["cases"].values()]
+        limit = rows[0]["target_ratio"]
+        out.append(f"| BPF-only new flow, every {'algorithm' if suite == 'algorithms' else 'affinity case'} "
+                   f"≤ {limit:g}× floor | {min(ratios):.2f}–{max(ratios):.2f}× | "
+                   f"{'yes' if max(ratios) <= limit else '**no**'} |")
     out.append("")
 
     # ---- 1 ------------------------------------------------------------------------
@@ -519,6 +558,13 @@ def render_all(data: dict, plot_dir: Path | None = None, plot_prefix: str = "") 
                    f"RSS {mib(agent['after_sync']['VmRSS'])} (interpreter {mib(agent['start']['VmRSS'])}, "
                    f"after loading the dataplane with bcc/LLVM {mib(agent['after_load']['VmRSS'])}, "
                    f"peak {mib(agent['after_sync']['VmHWM'])}).\n")
+    if new_flow_suites:
+        out.append(f"## 6. {SCENARIO_TITLES[6]}\n")
+        out.append("Same method as scenario 1 (one test-run call per packet, kernel duration summed, "
+                   "one core); every packet a SYN of a tuple never seen before; rounds interleave the "
+                   "floor, the ruler and the cases, rotating their order, and ratios pair each round "
+                   "with its floor.\n")
+        out.extend(render_new_flow_cases(new_flow_suites))
     return "\n".join(out) + "\n"
 
 

@@ -34,6 +34,8 @@ SCENARIOS = [
     (5, "memory: BPF maps and agent RSS", ["bench/bench_memory.py"]),
 ]
 EXTRA = [("store and Maglev suites", ["bench/bench_store.py", "bench/bench_maglev.py"]),
+         ("new flow per algorithm and with ClientIP affinity (test-run)",
+          ["bench/bench_algorithms.py", "bench/bench_affinity.py"]),
          ("apply -> first packet of a new endpoint, through the lab agent", ["bench/bench_agent_latency.py"])]
 
 
@@ -50,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
     ap.add_argument("--only", default="", help="comma-separated scenario numbers (default: all)")
-    ap.add_argument("--no-extra", action="store_true", help="skip the store and Maglev suites")
+    ap.add_argument("--no-extra", action="store_true",
+                    help="skip the extra suites (store, Maglev, per algorithm, affinity, agent latency)")
     args = ap.parse_args(argv)
     only = {int(x) for x in args.only.split(",") if x.strip()}
     out_dir = HERE / "results" / ("quick" if args.quick else "")
