@@ -110,8 +110,12 @@ def env():
     with on_one_cpu() as (cpu, floor_bpf, floor_fd):
         dp = Dataplane.load(DataplaneConfig(instance="bench-aff", pin=False, affinity_size=AFFINITY_SIZE))
         writer = MapWriter(dp)
+        # Backends of its own for each service: an address two frontends share makes
+        # every new flow write a reply entry as well (bpf/conntrack.h).
+        writer.upsert(ServiceState(Frontend(VIP_NONE, 80),
+                                   tuple(Backend(f"10.201.0.{i}", BACKEND_PORT) for i in (1, 2, 3)),
+                                   "random", 0))
         bs = tuple(Backend(ip, BACKEND_PORT) for ip in BACKENDS)
-        writer.upsert(ServiceState(Frontend(VIP_NONE, 80), bs, "random", 0))
         aff = ServiceState(Frontend(VIP_AFF, 80), bs, "random", 10800)
         svc_id = writer.upsert(aff)
         fill_affinity(dp.table("affinity"), svc_id, writer.backend_id(aff.frontend, BACKENDS[0], BACKEND_PORT),

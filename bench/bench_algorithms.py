@@ -2,9 +2,11 @@
 floor, in one run (BPF_PROG_TEST_RUN, repeat=1 per packet, kernel duration summed;
 method and helpers from bench_datapath.py).
 
-Every algorithm has its own service (own VIP, 3 backends, as bench_datapath's
-measured service) in one freshly loaded dataplane of production sizes, plus
-`lc-32` (32 backends: the longest least-connections scan) and `maglev-65537`.
+Every algorithm has its own service (own VIP, 3 backends of its own, as
+bench_datapath's measured service; backends shared between services would make
+every new flow write a reply entry as well) in one freshly loaded dataplane of
+production sizes, plus `lc-32` (32 backends: the longest least-connections scan)
+and `maglev-65537`.
 Each measured packet is a SYN of a tuple never seen before, so each one runs the
 algorithm, creates one conntrack entry and DNATs. Rounds alternate floor and
 algorithm packets, so every ratio pairs measurements taken side by side. The
@@ -28,7 +30,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_datapath import (BACKEND_PORT, BACKENDS, CLIENT_MAC, NODE_MAC, NewFlowFrames,  # noqa: E402
+from bench_datapath import (BACKEND_PORT, CLIENT_MAC, NODE_MAC, NewFlowFrames,  # noqa: E402
                             _quartiles, _root_and_bcc, load_cold_line_program, on_one_cpu,
                             ruler_summary)
 
@@ -62,7 +64,9 @@ def _states():
     from controlplane.dataplane.model import Backend, Frontend, ServiceState
     out = []
     for i, (case, alg, n, m) in enumerate(CASES):
-        ips = BACKENDS if n == 3 else tuple(f"10.245.{j // 250}.{1 + j % 250}" for j in range(n))
+        # Every service has backends of its own: an address two frontends share
+        # makes each new flow write a reply entry too (bpf/conntrack.h).
+        ips = tuple(f"10.{200 + i}.{j // 250}.{1 + j % 250}" for j in range(n))
         weights = (3, 2, 1) + (1,) * (n - 3)
         bs = tuple(Backend(ip, BACKEND_PORT, "active", w) for ip, w in zip(ips, weights))
         out.append((case, ServiceState(Frontend(f"10.96.7.{i + 1}", 80, "TCP"), bs, alg, 0, m)))
