@@ -410,7 +410,7 @@ def render_all(data: dict, plot_dir: Path | None = None, plot_prefix: str = "") 
         out.append(f"## 1. {SCENARIO_TITLES[1]}\n")
         if plot_dir is not None and plot_datapath(dp_rows, plot_dir / f"{plot_prefix}datapath.png"):
             out.append(f"![ns per packet vs services]({plot_prefix}datapath.png)\n")
-        body = render([{"extra_info": x} for x in dp_rows])
+        body = render([{"extra_info": x} for x in dp_rows], data.get("machine_info"))
         body = body.replace("# svcxdp datapath: per-packet cost (BPF_PROG_TEST_RUN)\n", "")
         body = body.replace("## Targets (checked here, never asserted in tests)", "### Targets, scenario 1")
         out.append(body)
