@@ -101,17 +101,16 @@ static __always_inline void ct_uncount_from_reply(const struct ct_key *rk, struc
 		ct_uncount(fv);
 }
 
-/* Does a reply from this backend address need its own conntrack entry? Only when
- * the address serves several frontends (or has no rev_nat entry at all, which the
- * writer never leaves: it writes rev_nat before a backend can be chosen). */
+/* Does a reply from this backend need its own conntrack entry? Only when its address
+ * serves several frontends (rev_nat then names just one of them). The writer keeps
+ * that answer in the backend entry, so a new flow pays no rev_nat lookup. While the
+ * writer is still rewriting the entries of an address that just became shared, a new
+ * flow may miss its reply entry: its replies are then matched through the forward
+ * entry, which works for the frontend rev_nat names, and the frontend that made the
+ * address shared is written with the flag before it can be chosen. */
 static __always_inline int ct_needs_reply_entry(const struct backend *b)
 {
-	struct revnat_key rk = {};
-	rk.ip = b->ip;
-	rk.port = b->port;
-	rk.proto = b->proto;
-	struct revnat_value *rn = rev_nat.lookup(&rk);
-	return !rn || (rn->flags & SVCXDP_REVNAT_F_SHARED);
+	return b->flags & SVCXDP_BACKEND_F_REPLY_ENTRY;
 }
 
 /* Record a new flow: its forward entry, and a reply entry (backend -> client, the

@@ -59,9 +59,12 @@
 #define SVCXDP_CT_DIR_REPLY 1    /* backend -> client, value holds the VIP:port */
 #define SVCXDP_CT_F_CLOSING 1    /* TCP FIN or RST seen: short timeout */
 
-/* ---- reverse NAT (rev_nat.flags) ------------------------------------------------ */
-#define SVCXDP_REVNAT_F_SHARED 1  /* the address serves several frontends: flows to it
-				   * also record a reply entry in conntrack */
+/* ---- reverse NAT (rev_nat.flags, backend.flags) ------------------------------------ */
+#define SVCXDP_REVNAT_F_SHARED 1  /* the address serves several frontends: a reply is
+				   * first looked up as a reply entry in conntrack */
+#define SVCXDP_BACKEND_F_REPLY_ENTRY 1  /* flows to this backend record a reply entry:
+					 * its address is shared (REVNAT_F_SHARED), kept here
+					 * by the writer so a new flow needs no rev_nat lookup */
 #define SVCXDP_CT_F_COUNTED 2    /* holds one of its backend's active-connection counts */
 
 /* ---- global counters (index into the `counters` per-CPU array) ---------------- */
@@ -134,7 +137,8 @@ struct backend {
 	__u8 proto;
 	__u32 svc_id;
 	__u16 weight;
-	__u16 reserved;
+	__u8 flags;    /* SVCXDP_BACKEND_F_* */
+	__u8 reserved;
 };
 
 /* Key of the `rev_nat` map: a backend's address. A reply from it is turned back

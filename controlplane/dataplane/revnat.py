@@ -6,7 +6,9 @@ address used by several frontends (two services selecting the same pod and port)
 is marked shared: flows to it also record a reply entry, and the frontend written
 first stays the entry's own, so replies of flows made before the sharing still
 resolve. The writer calls `attach` before a backend can be chosen and `detach`
-after it can no longer be.
+after it can no longer be. Whether an address is shared is also kept in its backend
+entries (so a new flow needs no rev_nat lookup); `take_sharing_changes` tells the
+writer which to rewrite.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ class RevNat:
         self.users: dict[Address, list[Frontend]] = {}  # first = the entry's frontend
         self.writes = 0
         self._pending: dict[Address, None] = {}  # ordered set of entries to rewrite
+        self._sharing_changed: dict[Address, None] = {}  # shared <-> not, since last taken
 
     def _key(self, addr: Address):
         k = self.table.Key()
@@ -67,6 +70,8 @@ class RevNat:
                 users.append(fe)
                 if len(users) <= 2:  # new entry, or it just became shared
                     self._write(addr)
+                if len(users) == 2:
+                    self._sharing_changed[addr] = None
         if flush:
             self._flush()
 
@@ -78,9 +83,23 @@ class RevNat:
                 users.remove(fe)
                 if not users:
                     del self.users[addr]
+                elif len(users) == 1:
+                    self._sharing_changed[addr] = None
                 self._write(addr)
         if flush:
             self._flush()
+
+    def shared(self, addr: Address) -> bool:
+        """Several frontends use the address: flows to it record reply entries
+        (the backend entries' SVCXDP_BACKEND_F_REPLY_ENTRY)."""
+        return len(self.users.get(addr, ())) > 1
+
+    def take_sharing_changes(self) -> list[Address]:
+        """Addresses that became shared or stopped being shared since the last call;
+        the writer rewrites their backend entries' flag."""
+        out = list(self._sharing_changed)
+        self._sharing_changed.clear()
+        return out
 
     def adopt(self, installed: dict[Frontend, list[tuple[str, int]]]) -> None:
         """Rebuild from the maps: each address's users, its own frontend first; then

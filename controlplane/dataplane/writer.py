@@ -35,6 +35,7 @@ from .revnat import RevNat
 UNUSED = const("BACKEND_UNUSED")
 F_AFFINITY = const("SVC_F_AFFINITY")
 F_TERMINATING_ONLY = const("SVC_F_TERMINATING_ONLY")
+F_REPLY_ENTRY = const("BACKEND_F_REPLY_ENTRY")
 _PROTO_NAMES = {v: k for k, v in PROTOCOLS.items()}
 _SCOPE_NAMES = {v: k for k, v in SCOPES.items()}
 _STATE_NAMES = {v: k for k, v in BACKEND_STATES.items()}
@@ -171,7 +172,8 @@ class MapWriter:
         # Row packers for the batch writes (layouts from bcc's types, see packing.py).
         self._pk = {
             "id": Packer(self.backends.Key),
-            "backend": Packer(self.backends.Leaf, ("ip", "port", "state", "proto", "svc_id", "weight")),
+            "backend": Packer(self.backends.Leaf, ("ip", "port", "state", "proto", "svc_id", "weight",
+                                                   "flags")),
             "slot_key": Packer(self.slots.Key, ("svc_id", "slot")),
             "slot": Packer(self.slots.Leaf),
             "conns": Packer(self.conns.Leaf),
@@ -201,10 +203,12 @@ class MapWriter:
     # ---- reading what the maps hold ---------------------------------------------
     def _adopt(self) -> None:
         by_svc: dict[int, dict[tuple[str, int], tuple[int, Backend]]] = {}
+        reply_flag: dict[int, bool] = {}
         for key, b in self.backends.items_lookup_batch():
             if b.state == UNUSED:
                 continue
             ident = int(key.value) if hasattr(key, "value") else int(key)
+            reply_flag[ident] = bool(b.flags & F_REPLY_ENTRY)
             backend = Backend(be32_to_ip(b.ip), be16_to_port(b.port), _STATE_NAMES[b.state], b.weight)
             by_svc.setdefault(b.svc_id, {})[backend.address] = (ident, backend)
         for key, v in self.services.items():
@@ -232,6 +236,26 @@ class MapWriter:
                 self._backend_ids.claim(ident)
             self._slots_used += v.count
         self.revnat.adopt({fe: list(inst.backend_ids) for fe, inst in self._installed.items()})
+        self.revnat.take_sharing_changes()
+        self._flag_drift = {
+            (*addr, fe.protocol) for fe, inst in self._installed.items()
+            for addr, bid in inst.backend_ids.items()
+            if reply_flag[bid] != self.revnat.shared((*addr, fe.protocol))}
+
+    @property
+    def reply_flag_drift(self) -> int:
+        """Addresses whose backend entries' reply-entry flag, as adopted, disagrees
+        with their sharing (see repair_reply_flags)."""
+        return len(self._flag_drift)
+
+    def repair_reply_flags(self) -> int:
+        """Rewrite the entries counted by reply_flag_drift (a dataplane written by an
+        older build, or an agent stopped between rev_nat and its backend entries).
+        Only a writer that owns the maps calls this; adopting never writes, so a
+        read-only command cannot race the agent. Returns the addresses repaired."""
+        drift, self._flag_drift = self._flag_drift, set()
+        self._rewrite_reply_flags(drift)
+        return len(drift)
 
     def installed(self) -> dict[Frontend, ServiceState]:
         return {fe: inst.state for fe, inst in self._installed.items()}
@@ -280,15 +304,28 @@ class MapWriter:
         k.scope = SCOPES[fe.scope]
         return k
 
-    def _backend_leaf(self, b: Backend, svc_id: int, proto: int):
-        leaf = self.backends.Leaf()
-        leaf.ip = ip_to_be32(b.ip)
-        leaf.port = port_to_be16(b.port)
-        leaf.state = BACKEND_STATES[b.state]
-        leaf.proto = proto
-        leaf.svc_id = svc_id
-        leaf.weight = b.weight
-        return leaf
+    def _backend_row(self, fe: Frontend, b: Backend, svc_id: int) -> tuple:
+        """A backend entry as packed by self._pk["backend"]."""
+        shared = self.revnat.shared((b.ip, b.port, fe.protocol))
+        return (ip_to_be32(b.ip), port_to_be16(b.port), BACKEND_STATES[b.state], PROTOCOLS[fe.protocol],
+                svc_id, b.weight, F_REPLY_ENTRY if shared else 0)
+
+    def _rewrite_reply_flags(self, addresses: Iterable[tuple[str, int, str]]) -> None:
+        """Give every backend entry of these addresses the flag that matches whether
+        the address is shared now. Safe at any time after rev_nat is written: a flow
+        made from a stale entry either records an unneeded reply entry or is matched
+        through its forward entry (bpf/conntrack.h, ct_needs_reply_entry)."""
+        keys, rows = [], []
+        for addr in addresses:
+            for fe in self.revnat.users.get(addr, ()):
+                inst = self._installed.get(fe)
+                bid = inst.backend_ids.get(addr[:2]) if inst else None
+                if bid is None:
+                    continue
+                b = next(b for b in inst.state.backends if b.address == addr[:2])
+                keys.append((bid,))
+                rows.append(self._backend_row(fe, b, inst.svc_id))
+        self.writes += batch_write(self.backends, self._pk["id"], self._pk["backend"], keys, rows)
 
     def upsert(self, state: ServiceState) -> int:
         """Install or update one frontend; returns its service id."""
@@ -348,6 +385,8 @@ class MapWriter:
             self._slots_used += p.slot_count - (p.old.slot_count if p.old else 0)
             self._installed[p.state.frontend] = _Installed(p.svc_id, p.state, p.ids, p.slot_count,
                                                            affinity_gen=p.affinity_gen)
+        # 5. addresses that became shared (or stopped being): their other entries
+        self._rewrite_reply_flags(self.revnat.take_sharing_changes())
         it = iter(made)
         return [i if i is not None else next(it).svc_id for i in ids_out]
 
@@ -382,9 +421,7 @@ class MapWriter:
                 ids[b.address] = self._backend_ids.allocate()
                 plan.fresh.append(ids[b.address])
             if old_by_addr.get(b.address) != b:
-                plan.backend_writes.append(((ids[b.address],), (
-                    ip_to_be32(b.ip), port_to_be16(b.port), BACKEND_STATES[b.state], proto,
-                    svc_id, b.weight)))
+                plan.backend_writes.append(((ids[b.address],), self._backend_row(fe, b, svc_id)))
         slot_ids = [ids[b.address] for b in state.slot_sequence()]
         plan.old_slot_count = old.slot_count if old else 0
         old_slot_ids = ([old.backend_ids[b.address] for b in old.state.slot_sequence()]
@@ -450,12 +487,14 @@ class MapWriter:
             self.backends[self.backends.Key(bid)] = self.backends.Leaf()
             self._backend_ids.release(bid)
         self.revnat.detach(frontend, list(inst.backend_ids))
+        self._rewrite_reply_flags(self.revnat.take_sharing_changes())
         self._svc_ids.release(inst.svc_id)
         self._slots_used -= inst.slot_count
         return True
 
     def sync(self, states: Iterable[ServiceState]) -> SyncResult:
         """Make the maps hold exactly `states`: the diff, applied in order."""
+        self.repair_reply_flags()
         desired = {s.frontend: s for s in states}
         removed = 0
         for fe in [fe for fe in self._installed if fe not in desired]:

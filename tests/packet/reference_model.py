@@ -309,7 +309,7 @@ class ReferenceDatapath:
                 closing = bool(tcp_flags & (TCP_FIN | TCP_RST))
                 self.conntrack[key] = Flow(b.ip, b.port, bid, svc.svc_id, closing)
                 rn = self.rev_nat.get((b.ip, b.port, ip.proto))
-                if rn is None or rn[2]:  # a shared address: replies need their own entry
+                if rn is not None and rn[2]:  # a shared address: replies need their own entry
                     self.conntrack[(b.ip, ip.src, b.port, sport, ip.proto, REPLY)] = \
                         Flow(ip.dst, dport, bid, svc.svc_id, closing)
                 self._account(svc.svc_id, frame_bytes, new=1)

@@ -1,0 +1,115 @@
+"""Two services selecting the same pod and port: a shared backend address.
+
+Replies carry only the backend's address, so for a shared one each flow also
+records a reply entry naming its own VIP. Whether to record one is read from the
+backend entry's reply-entry flag, which the writer keeps in step with the sharing
+(bpf/conntrack.h, ct_needs_reply_entry; controlplane/dataplane/revnat.py).
+"""
+from __future__ import annotations
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from controlplane.dataplane.layout import const
+from controlplane.dataplane.model import Frontend
+from controlplane.dataplane.writer import MapWriter
+
+from .harness import CLIENT, CLIENT_MAC, NODE_MAC, Harness
+
+pytestmark = pytest.mark.root
+
+POD, POD_PORT = "10.244.2.50", 8080
+VIP_A, VIP_B = "10.96.0.10", "10.96.0.11"
+F_REPLY_ENTRY = const("BACKEND_F_REPLY_ENTRY")
+
+
+def syn(vip: str, sport: int):
+    return Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=CLIENT, dst=vip) / TCP(sport=sport, dport=80, flags="S")
+
+
+def reply_from_pod(cport: int):
+    return Ether(src=NODE_MAC, dst=CLIENT_MAC) / IP(src=POD, dst=CLIENT) / TCP(sport=POD_PORT, dport=cport, flags="SA")
+
+
+def conntrack_entries(h: Harness) -> int:
+    return len(list(h.dp.table("conntrack").keys()))
+
+
+def backend_entry(h: Harness, fe: Frontend):
+    table = h.dp.table("backends")
+    return table, table.Key(h.writer.backend_id(fe, POD, POD_PORT))
+
+
+def reply_flag(h: Harness, fe: Frontend) -> bool:
+    table, key = backend_entry(h, fe)
+    return bool(table[key].flags & F_REPLY_ENTRY)
+
+
+def clear_reply_flag(h: Harness, fe: Frontend) -> None:
+    table, key = backend_entry(h, fe)
+    entry = table[key]
+    entry.flags = 0
+    table[key] = entry
+
+
+def assert_reply_goes_to(h: Harness, cport: int, vip: str) -> None:
+    out = h.send(reply_from_pod(cport))
+    assert (out.pkt[IP].src, out.pkt[TCP].sport) == (vip, 80), out.pkt.summary()
+
+
+def test_each_reply_returns_from_the_vip_its_flow_used(xdp: Harness):
+    a = xdp.service(vip=VIP_A, backends=(POD,))
+    assert not reply_flag(xdp, a)
+    xdp.send(syn(VIP_A, 41000))
+    assert conntrack_entries(xdp) == 1          # alone: the forward entry is enough
+
+    b = xdp.service(vip=VIP_B, backends=(POD,))
+    assert reply_flag(xdp, a) and reply_flag(xdp, b)   # both entries of the address
+    xdp.send(syn(VIP_B, 41001))
+    xdp.send(syn(VIP_A, 41002))
+    assert conntrack_entries(xdp) == 5          # + forward and reply entry each
+    for cport, vip in ((41000, VIP_A), (41001, VIP_B), (41002, VIP_A)):
+        assert_reply_goes_to(xdp, cport, vip)   # 41000 predates the sharing
+
+    xdp.writer.delete(b)
+    assert not reply_flag(xdp, a)               # alone again
+    xdp.send(syn(VIP_A, 41003))
+    assert conntrack_entries(xdp) == 6
+    assert_reply_goes_to(xdp, 41003, VIP_A)
+
+
+def test_sharing_ends_when_the_first_service_leaves(xdp: Harness):
+    a = xdp.service(vip=VIP_A, backends=(POD,))
+    b = xdp.service(vip=VIP_B, backends=(POD,))
+    xdp.writer.delete(a)
+    assert not reply_flag(xdp, b)
+    xdp.send(syn(VIP_B, 42000))
+    assert_reply_goes_to(xdp, 42000, VIP_B)     # rev_nat now names B
+
+
+def test_a_flow_made_before_its_flag_is_rewritten_is_still_answered(xdp: Harness):
+    """The writer sets the flag of the first service's entry after the second one
+    makes the address shared; a flow made in between has no reply entry and is
+    matched through its forward entry, since rev_nat names that first service."""
+    a = xdp.service(vip=VIP_A, backends=(POD,))
+    xdp.service(vip=VIP_B, backends=(POD,))
+    clear_reply_flag(xdp, a)
+    before = conntrack_entries(xdp)
+    xdp.send(syn(VIP_A, 43000))
+    assert conntrack_entries(xdp) == before + 1
+    assert_reply_goes_to(xdp, 43000, VIP_A)
+
+
+def test_adopting_writer_finds_a_wrong_flag_and_only_repair_writes_it(xdp: Harness):
+    """A dataplane from an older build (no flags), or an agent stopped mid-rewrite."""
+    xdp.service(vip=VIP_A, backends=(POD,))
+    b = xdp.service(vip=VIP_B, backends=(POD,))
+    clear_reply_flag(xdp, b)
+    adopted = MapWriter(xdp.dp)
+    assert adopted.reply_flag_drift == 1
+    assert not reply_flag(xdp, b)               # adopting alone never writes
+    assert adopted.repair_reply_flags() == 1
+    assert reply_flag(xdp, b) and adopted.reply_flag_drift == 0
+    xdp.send(syn(VIP_B, 44000))
+    assert_reply_goes_to(xdp, 44000, VIP_B)
