@@ -249,8 +249,8 @@ class MapWriter:
         return len(self._flag_drift)
 
     def repair_reply_flags(self) -> int:
-        """Rewrite the entries counted by reply_flag_drift (a dataplane written by an
-        older build, or an agent stopped between rev_nat and its backend entries).
+        """Rewrite the entries counted by reply_flag_drift (an agent stopped between
+        rev_nat and the backend entries, or maps edited by hand).
         Only a writer that owns the maps calls this; adopting never writes, so a
         read-only command cannot race the agent. Returns the addresses repaired."""
         drift, self._flag_drift = self._flag_drift, set()

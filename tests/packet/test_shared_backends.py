@@ -102,7 +102,7 @@ def test_a_flow_made_before_its_flag_is_rewritten_is_still_answered(xdp: Harness
 
 
 def test_adopting_writer_finds_a_wrong_flag_and_only_repair_writes_it(xdp: Harness):
-    """A dataplane from an older build (no flags), or an agent stopped mid-rewrite."""
+    """An agent stopped between rev_nat and the backend entries' flags."""
     xdp.service(vip=VIP_A, backends=(POD,))
     b = xdp.service(vip=VIP_B, backends=(POD,))
     clear_reply_flag(xdp, b)
