@@ -270,7 +270,7 @@ class Env:
     config: object
     floor_bpf: object
     floor_runner: object
-    cold_runner: object
+    ruler_runner: object
     states: list
     frames: dict[str, bytes]
     new_flows: NewFlowFrames
@@ -386,15 +386,15 @@ def env():
         check = Ether(probe)
         del check["IP"].chksum, check["TCP"].chksum
         assert bytes(check) == probe, "new-flow frame checksums are wrong"
-        cold_bpf, cold_fd = load_cold_line_program(config.ct_size)
+        ruler_bpf, ruler_fd = load_cold_line_program(config.ct_size)
         e = Env(config=config, floor_bpf=floor_bpf, floor_runner=TestRunner(floor_fd),
-                cold_runner=TestRunner(cold_fd), states=_service_states(), frames=frames,
+                ruler_runner=TestRunner(ruler_fd), states=_service_states(), frames=frames,
                 new_flows=new_flows, cpu=cpu)
         try:
             yield e
         finally:
             e.close()
-            cold_bpf.cleanup()
+            ruler_bpf.cleanup()
 
 
 # ---- the benchmark -------------------------------------------------------------------
@@ -412,7 +412,7 @@ def _case_id(case) -> str:
 def test_datapath(benchmark, env, services, ct_entries, path):
     env.ensure(services, ct_entries)
     benchmark.group = f"datapath services={services} conntrack={ct_entries}"
-    runner = {"floor": env.floor_runner, "cold_line": env.cold_runner}.get(path, env.runner)
+    runner = {"floor": env.floor_runner, "cold_line": env.ruler_runner}.get(path, env.runner)
     duration = runner.duration_ns
     total_rounds = ROUNDS + WARMUP
 
