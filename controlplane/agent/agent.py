@@ -111,7 +111,7 @@ class Agent:
         writes = self.writer.writes
         self.cache = ServiceCache.load(self.store)
         report = SyncReport()
-        self.writer.repair_reply_flags()
+        self.writer.repair_adopted()
         keys = set(self.cache.services) | set(self._frontends)
         # Frontends in the maps that no service owns (left by an earlier agent) go too.
         owned = {fe for fes in self._frontends.values() for fe in fes}
@@ -154,7 +154,7 @@ class Agent:
         Returns True when drift was found."""
         fresh = MapWriter(self.dp)
         want = {s.frontend: s for s in self.desired().states}
-        if fresh.installed() == want and not fresh.reply_flag_drift:
+        if fresh.installed() == want and not fresh.adoption_drift:
             return False
         log.warning("dataplane drift: the maps differ from the store; repairing")
         self.writer = fresh

@@ -101,9 +101,17 @@ class RevNat:
         self._sharing_changed.clear()
         return out
 
+    @property
+    def pending(self) -> int:
+        """Entries queued for rewriting and not yet flushed (after adopt: repairs)."""
+        return len(self._pending)
+
     def adopt(self, installed: dict[Frontend, list[tuple[str, int]]]) -> None:
-        """Rebuild from the maps: each address's users, its own frontend first; then
-        repair entries that are missing, wrong or no longer used."""
+        """Rebuild from the maps: each address's users, its own frontend first; queue
+        repairs of entries that are missing, wrong or no longer used. Nothing is
+        written here: a read-only user must never race the agent (it could see the
+        rev_nat entry of a service the agent is still writing as unused); the owning
+        writer's next flush writes them."""
         primary: dict[Address, tuple[str, int]] = {}
         names = {v: k for k, v in PROTOCOLS.items()}
         for k, v in self.table.items():
@@ -119,7 +127,6 @@ class RevNat:
                 self._write(addr)
         for addr in set(primary) - set(self.users):
             self._write(addr)  # no frontend uses it any more: delete
-        self._flush()
 
     def _stale_flag(self, addr: Address) -> bool:
         try:

@@ -243,19 +243,22 @@ class MapWriter:
             if reply_flag[bid] != self.revnat.shared((*addr, fe.protocol))}
 
     @property
-    def reply_flag_drift(self) -> int:
-        """Addresses whose backend entries' reply-entry flag, as adopted, disagrees
-        with their sharing (see repair_reply_flags)."""
-        return len(self._flag_drift)
+    def adoption_drift(self) -> int:
+        """Entries adoption found wrong and has not written: rev_nat entries missing,
+        stale or unused, and addresses whose backend entries' reply-entry flag
+        disagrees with their sharing (see repair_adopted)."""
+        return self.revnat.pending + len(self._flag_drift)
 
-    def repair_reply_flags(self) -> int:
-        """Rewrite the entries counted by reply_flag_drift (an agent stopped between
-        rev_nat and the backend entries, or maps edited by hand).
-        Only a writer that owns the maps calls this; adopting never writes, so a
-        read-only command cannot race the agent. Returns the addresses repaired."""
+    def repair_adopted(self) -> int:
+        """Write what adoption found wrong (an agent stopped between two steps of an
+        update, or maps edited by hand). Adopting alone never writes, so a read-only
+        command cannot race the agent; only the writer that owns the maps calls this.
+        Returns the number of repairs."""
+        n = self.adoption_drift
         drift, self._flag_drift = self._flag_drift, set()
+        self.revnat.flush()
         self._rewrite_reply_flags(drift)
-        return len(drift)
+        return n
 
     def installed(self) -> dict[Frontend, ServiceState]:
         return {fe: inst.state for fe, inst in self._installed.items()}
@@ -494,7 +497,7 @@ class MapWriter:
 
     def sync(self, states: Iterable[ServiceState]) -> SyncResult:
         """Make the maps hold exactly `states`: the diff, applied in order."""
-        self.repair_reply_flags()
+        self.repair_adopted()
         desired = {s.frontend: s for s in states}
         removed = 0
         for fe in [fe for fe in self._installed if fe not in desired]:

@@ -107,9 +107,26 @@ def test_adopting_writer_finds_a_wrong_flag_and_only_repair_writes_it(xdp: Harne
     b = xdp.service(vip=VIP_B, backends=(POD,))
     clear_reply_flag(xdp, b)
     adopted = MapWriter(xdp.dp)
-    assert adopted.reply_flag_drift == 1
+    assert adopted.adoption_drift == 1
     assert not reply_flag(xdp, b)               # adopting alone never writes
-    assert adopted.repair_reply_flags() == 1
-    assert reply_flag(xdp, b) and adopted.reply_flag_drift == 0
+    assert adopted.repair_adopted() == 1
+    assert reply_flag(xdp, b) and adopted.adoption_drift == 0
     xdp.send(syn(VIP_B, 44000))
     assert_reply_goes_to(xdp, 44000, VIP_B)
+
+
+def test_adopting_mid_update_never_deletes_the_agents_rev_nat_entry(xdp: Harness):
+    """A read-only command (svcctl dataplane stats) adopting the maps while the agent
+    has written a new service's rev_nat entry but not yet its service entry sees that
+    entry as unused. It must leave it alone."""
+    fe = xdp.service(vip=VIP_A, backends=(POD,))
+    services = xdp.dp.table("services")
+    key = xdp.writer._svc_key(fe)
+    entry = services[key]
+    del services[key]                           # as if not written yet
+    reader = MapWriter(xdp.dp)
+    assert reader.adoption_drift == 1           # it would delete the rev_nat entry ...
+    assert len(list(xdp.dp.table("rev_nat").keys())) == 1   # ... but only repair_adopted would
+    services[key] = entry                       # the agent goes on
+    xdp.send(syn(VIP_A, 45000))
+    assert_reply_goes_to(xdp, 45000, VIP_A)
