@@ -11,9 +11,8 @@ Cases, each a SYN of a tuple never seen before (so conntrack always inserts):
   hit_hot  the same, but from 64 clients only (entries cache-hot): what the hit
         costs in instructions rather than in cache misses
   miss  a client with no entry: lookup, selection, insert into the LRU map
-Rounds interleave the floor and the cases (rotating their order), so every
-ratio pairs measurements taken side by side; the cold_line ruler of
-bench_datapath.py runs beside the floor. The dataplane has production sizes
+Rounds interleave the floor, the cold-line ruler and the cases, rotating their
+order (interleaved.py), so every ratio pairs measurements taken side by side. The dataplane has production sizes
 except affinity_size = 1,048,576 (the default 262,144 cannot hold a million).
 
 Run:
@@ -34,8 +33,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_datapath import (BACKEND_PORT, BACKENDS, CLIENT_MAC, NODE_MAC,  # noqa: E402
-                            NewFlowFrames, _quartiles, _root_and_bcc, batch_fill, count_entries,
-                            load_cold_line_program, on_one_cpu, ruler_summary)
+                            NewFlowFrames, _root_and_bcc, batch_fill, count_entries,
+                            load_cold_line_program, on_one_cpu)
+from interleaved import InterleavedRounds  # noqa: E402
 
 QUICK = os.environ.get("SVCXDP_BENCH_QUICK", "") not in ("", "0")
 ENTRIES = 1_000_000
@@ -142,24 +142,11 @@ def env():
 @pytest.mark.benchmark(disable_gc=True)
 def test_new_flow_with_affinity(benchmark, env):
     benchmark.group = "new flow with ClientIP affinity, 1,000,000 entries"
-    run, floor = env.runner.duration_ns, env.floor_runner.duration_ns
-    ruler = env.ruler_runner.duration_ns
-    per_case: dict[str, list[float]] = {c: [] for c in CASES}
-    floor_rounds: list[float] = []
-    ruler_rounds: list[float] = []
-
-    def one_round():
-        fl = [floor(f) for f in env.frames["floor"].take(PACKETS)]
-        floor_rounds.append(sum(fl) / len(fl))
-        rl = [ruler(f) for f in env.frames["floor"].take(PACKETS)]
-        ruler_rounds.append(sum(rl) / len(rl))
-        start = len(floor_rounds) % len(CASES)
-        for case in CASES[start:] + CASES[:start]:
-            ds = [run(f) for f in env.frames[case].take(PACKETS)]
-            per_case[case].append(sum(ds) / len(ds))
-
+    cases = {c: env.frames[c] for c in CASES}
+    rounds = InterleavedRounds(env.runner.duration_ns, env.floor_runner.duration_ns,
+                               env.ruler_runner.duration_ns, cases, env.frames["floor"], PACKETS)
     before = env.dp.counters()
-    benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP)
+    benchmark.pedantic(rounds.one_round, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP)
     after = env.dp.counters()
     n = PACKETS * (ROUNDS + WARMUP)
     assert after["ct_new"] - before["ct_new"] == len(CASES) * n, "not every packet was a new flow"
@@ -168,27 +155,10 @@ def test_new_flow_with_affinity(benchmark, env):
     for other in ("affinity_expired", "affinity_stale", "slot_miss", "reject", "drop_malformed"):
         assert after[other] == before[other], f"unexpected {other}"
 
-    f = floor_rounds[WARMUP:]
-    _, fmed, _ = _quartiles(f)
-    base = per_case["none"][WARMUP:]
-    results = {}
-    ruler_info, ruler_line = ruler_summary(ruler_rounds[WARMUP:], f)
-    lines = [f"floor (empty XDP): {fmed:.1f} ns/pkt; affinity entries present at start: {env.present}",
-             ruler_line]
-    for case, rounds in per_case.items():
-        a = rounds[WARMUP:]
-        p25, med, p75 = _quartiles(a)
-        _, rmed, _ = _quartiles([x / y for x, y in zip(a, f)])
-        _, extra, _ = _quartiles([x - y for x, y in zip(a, base)])
-        results[case] = {"ns_per_pkt_median": round(med, 1), "ns_per_pkt_p25": round(p25, 1),
-                         "ns_per_pkt_p75": round(p75, 1), "ratio_to_floor": round(rmed, 2),
-                         "ns_over_none": round(extra, 1), "target_met": rmed <= NEW_FLOW_TARGET}
-        lines.append(f"{case:>7}: {med:7.1f} ns/pkt  {rmed:5.2f}x floor  {extra:+7.1f} ns vs none  "
-                     f"(<= {NEW_FLOW_TARGET}x: {'met' if rmed <= NEW_FLOW_TARGET else 'not met'})")
+    info, lines = rounds.summary(WARMUP, "none", NEW_FLOW_TARGET, width=7)
     benchmark.extra_info.update({
-        "suite": SUITE, "floor_ns_median": round(fmed, 1), "target_ratio": NEW_FLOW_TARGET,
-        "affinity_entries": env.present, "affinity_size": AFFINITY_SIZE, **ruler_info, "cases": results,
-        "packets_per_round": PACKETS, "rounds": ROUNDS, "cpu": env.cpu, "quick": QUICK,
-        "load_avg_1m": os.getloadavg()[0],
+        "suite": SUITE, **info, "affinity_entries": env.present, "affinity_size": AFFINITY_SIZE,
+        "rounds": ROUNDS, "cpu": env.cpu, "quick": QUICK, "load_avg_1m": os.getloadavg()[0],
     })
-    print("\n" + "\n".join(lines))
+    print(f"\nfloor (empty XDP): {info['floor_ns_median']:.1f} ns/pkt; affinity entries present at "
+          f"start: {env.present}\n" + "\n".join(lines))

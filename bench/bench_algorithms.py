@@ -8,10 +8,9 @@ every new flow write a reply entry as well) in one freshly loaded dataplane of
 production sizes, plus `lc-32` (32 backends: the longest least-connections scan)
 and `maglev-65537`.
 Each measured packet is a SYN of a tuple never seen before, so each one runs the
-algorithm, creates one conntrack entry and DNATs. Rounds alternate floor and
-algorithm packets, so every ratio pairs measurements taken side by side. The
-cold_line ruler of bench_datapath.py (one random cache line of a ct_size-line
-table) runs beside the floor: what a never-seen flow costs any per-flow table here.
+algorithm, creates one conntrack entry and DNATs. Rounds interleave the floor, the
+cold-line ruler and the cases (interleaved.py), so every ratio pairs measurements
+taken side by side.
 
 Run:
   .venv/bin/python -m pytest bench/bench_algorithms.py --benchmark-only \
@@ -30,9 +29,9 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_datapath import (BACKEND_PORT, CLIENT_MAC, NODE_MAC, NewFlowFrames,  # noqa: E402
-                            _quartiles, _root_and_bcc, load_cold_line_program, on_one_cpu,
-                            ruler_summary)
+from bench_datapath import (BACKEND_PORT, CLIENT_MAC, NODE_MAC, NewFlowFrames, _root_and_bcc,  # noqa: E402
+                            load_cold_line_program, on_one_cpu)
+from interleaved import InterleavedRounds  # noqa: E402
 
 QUICK = os.environ.get("SVCXDP_BENCH_QUICK", "") not in ("", "0")
 PACKETS = 500 if QUICK else 1_000   # new flows per round and side
@@ -56,6 +55,7 @@ class Env:
     floor_runner: object
     floor_bpf: object
     ruler_runner: object
+    spare: NewFlowFrames
     frames: dict[str, NewFlowFrames] = field(default_factory=dict)
     cpu: int | None = None
 
@@ -98,7 +98,8 @@ def env():
         ruler_bpf, ruler_fd = load_cold_line_program(config.ct_size)
         writer = MapWriter(dp)
         e = Env(dp=dp, runner=TestRunner(dp.prog_fd), floor_runner=TestRunner(floor_fd),
-                floor_bpf=floor_bpf, ruler_runner=TestRunner(ruler_fd), cpu=cpu)
+                floor_bpf=floor_bpf, ruler_runner=TestRunner(ruler_fd),
+                spare=NewFlowFrames(_template("10.96.6.1")), cpu=cpu)
         for case, st in _states():
             writer.upsert(st)
             e.frames[case] = NewFlowFrames(_template(st.frontend.vip))
@@ -111,55 +112,17 @@ def env():
 
 @pytest.mark.benchmark(disable_gc=True)
 def test_new_flow_per_algorithm(benchmark, env):
-    """One round = a batch through the floor, then a batch of new flows through
-    every case in turn; interleaving keeps every case at the same conntrack fill
-    (cases measured one after the other drifted by 30 % as the table filled)."""
     benchmark.group = "new flow per algorithm"
-    run, floor = env.runner.duration_ns, env.floor_runner.duration_ns
-    ruler = env.ruler_runner.duration_ns
-    per_case: dict[str, list[float]] = {c[0]: [] for c in CASES}
-    floor_rounds: list[float] = []
-    ruler_rounds: list[float] = []
-
-    order = list(env.frames)
-
-    def one_round():
-        # Floor first, then the cases, starting one later each round: a case's
-        # place in the round (cache state) is spread over all cases.
-        fl = [floor(f) for f in env.frames["random"].take(PACKETS)]
-        floor_rounds.append(sum(fl) / len(fl))
-        rl = [ruler(f) for f in env.frames["random"].take(PACKETS)]
-        ruler_rounds.append(sum(rl) / len(rl))
-        start = len(floor_rounds) % len(order)
-        for case in order[start:] + order[:start]:
-            ds = [run(f) for f in env.frames[case].take(PACKETS)]
-            per_case[case].append(sum(ds) / len(ds))
-
+    rounds = InterleavedRounds(env.runner.duration_ns, env.floor_runner.duration_ns,
+                               env.ruler_runner.duration_ns, env.frames, env.spare, PACKETS)
     before = env.dp.counters()
-    benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP)
+    benchmark.pedantic(rounds.one_round, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP)
     after = env.dp.counters()
     want = PACKETS * (ROUNDS + WARMUP) * len(CASES)   # the floor's frames never reach the dataplane
     assert after["ct_new"] - before["ct_new"] == want, "not every packet was a new flow"
     for other in ("slot_miss", "maglev_fallback", "reject", "drop_malformed"):
         assert after[other] == before[other], f"unexpected {other}"
 
-    f = floor_rounds[WARMUP:]
-    _, fmed, _ = _quartiles(f)
-    base = per_case["random"][WARMUP:]
-    results = {}
-    ruler_info, ruler_line = ruler_summary(ruler_rounds[WARMUP:], f)
-    lines = [f"floor (empty XDP): {fmed:.1f} ns/pkt", ruler_line]
-    for case, rounds in per_case.items():
-        a = rounds[WARMUP:]
-        _, med, _ = _quartiles(a)
-        _, rmed, _ = _quartiles([x / y for x, y in zip(a, f)])
-        _, extra, _ = _quartiles([x - y for x, y in zip(a, base)])
-        results[case] = {"ns_per_pkt_median": round(med, 1), "ratio_to_floor": round(rmed, 2),
-                         "ns_over_random": round(extra, 1), "target_met": rmed <= NEW_FLOW_TARGET}
-        lines.append(f"{case:>13}: {med:7.1f} ns/pkt  {rmed:5.2f}x floor  {extra:+7.1f} ns vs random  "
-                     f"(<= {NEW_FLOW_TARGET}x: {'met' if rmed <= NEW_FLOW_TARGET else 'not met'})")
-    benchmark.extra_info.update({
-        "suite": SUITE, "floor_ns_median": round(fmed, 1), "target_ratio": NEW_FLOW_TARGET,
-        **ruler_info, "cases": results, "packets_per_round": PACKETS, "rounds": ROUNDS, "cpu": env.cpu, "quick": QUICK,
-    })
-    print("\n" + "\n".join(lines))
+    info, lines = rounds.summary(WARMUP, "random", NEW_FLOW_TARGET, width=13)
+    benchmark.extra_info.update({"suite": SUITE, **info, "rounds": ROUNDS, "cpu": env.cpu, "quick": QUICK})
+    print(f"\nfloor (empty XDP): {info['floor_ns_median']:.1f} ns/pkt\n" + "\n".join(lines))
