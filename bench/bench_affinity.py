@@ -33,9 +33,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_datapath import (BACKEND_PORT, BACKENDS, CLIENT_MAC, NODE_MAC,  # noqa: E402
-                            NewFlowFrames, _root_and_bcc, batch_fill, count_entries,
-                            load_cold_line_program, on_one_cpu)
-from interleaved import InterleavedRounds  # noqa: E402
+                            NewFlowFrames, _root_and_bcc, batch_fill, count_entries)
+from interleaved import BenchDataplane, InterleavedRounds, bench_dataplane  # noqa: E402
 
 QUICK = os.environ.get("SVCXDP_BENCH_QUICK", "") not in ("", "0")
 ENTRIES = 1_000_000
@@ -85,14 +84,9 @@ def fill_affinity(table, svc_id: int, backend_id: int, gen: int, now_ns: int) ->
 
 @dataclass
 class Env:
-    dp: object
-    runner: object
-    floor_runner: object
-    floor_bpf: object
-    frames: dict
-    cpu: int
-    present: int
-    ruler_runner: object
+    bench: BenchDataplane
+    frames: dict[str, NewFlowFrames]   # per case, and "floor": tuples for the floor and the ruler
+    present: int                       # affinity entries when the run starts
 
 
 @pytest.fixture(scope="module")
@@ -103,13 +97,9 @@ def env():
     from controlplane.dataplane.affinity_maps import coarse_now_ns
     from controlplane.dataplane.config import DataplaneConfig
     from controlplane.dataplane.model import Backend, Frontend, ServiceState
-    from controlplane.dataplane.program import Dataplane
-    from controlplane.dataplane.testrun import TestRunner
-    from controlplane.dataplane.writer import MapWriter
 
-    with on_one_cpu() as (cpu, floor_bpf, floor_fd):
-        dp = Dataplane.load(DataplaneConfig(instance="bench-aff", pin=False, affinity_size=AFFINITY_SIZE))
-        writer = MapWriter(dp)
+    with bench_dataplane(DataplaneConfig(instance="bench-aff", pin=False, affinity_size=AFFINITY_SIZE)) as bench:
+        dp, writer = bench.dp, bench.writer
         # Backends of its own for each service: an address two frontends share makes
         # every new flow write a reply entry as well (bpf/conntrack.h).
         writer.upsert(ServiceState(Frontend(VIP_NONE, 80),
@@ -129,25 +119,18 @@ def env():
                   "miss": NewFlowFrames(syn_template(VIP_AFF), fresh_client)}
         # floor/none share fresh clients with miss but another VIP: distinct tuples.
         frames["miss"].next = 4_000_000
-        ruler_bpf, ruler_fd = load_cold_line_program(dp.config.ct_size)
-        e = Env(dp, TestRunner(dp.prog_fd), TestRunner(floor_fd), floor_bpf, frames, cpu, present,
-                TestRunner(ruler_fd))
-        try:
-            yield e
-        finally:
-            dp.close()
-            ruler_bpf.cleanup()
+        yield Env(bench, frames, present)
 
 
 @pytest.mark.benchmark(disable_gc=True)
 def test_new_flow_with_affinity(benchmark, env):
     benchmark.group = "new flow with ClientIP affinity, 1,000,000 entries"
     cases = {c: env.frames[c] for c in CASES}
-    rounds = InterleavedRounds(env.runner.duration_ns, env.floor_runner.duration_ns,
-                               env.ruler_runner.duration_ns, cases, env.frames["floor"], PACKETS)
-    before = env.dp.counters()
+    rounds = InterleavedRounds.of(env.bench, cases, env.frames["floor"], PACKETS)
+    dp = env.bench.dp
+    before = dp.counters()
     benchmark.pedantic(rounds.one_round, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP)
-    after = env.dp.counters()
+    after = dp.counters()
     n = PACKETS * (ROUNDS + WARMUP)
     assert after["ct_new"] - before["ct_new"] == len(CASES) * n, "not every packet was a new flow"
     assert after["affinity_hit"] - before["affinity_hit"] == 2 * n, "not every hit-case packet hit"
@@ -158,7 +141,7 @@ def test_new_flow_with_affinity(benchmark, env):
     info, lines = rounds.summary(WARMUP, "none", NEW_FLOW_TARGET, width=7)
     benchmark.extra_info.update({
         "suite": SUITE, **info, "affinity_entries": env.present, "affinity_size": AFFINITY_SIZE,
-        "rounds": ROUNDS, "cpu": env.cpu, "quick": QUICK, "load_avg_1m": os.getloadavg()[0],
+        "rounds": ROUNDS, "cpu": env.bench.cpu, "quick": QUICK, "load_avg_1m": os.getloadavg()[0],
     })
     print(f"\nfloor (empty XDP): {info['floor_ns_median']:.1f} ns/pkt; affinity entries present at "
           f"start: {env.present}\n" + "\n".join(lines))

@@ -29,9 +29,8 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_datapath import (BACKEND_PORT, CLIENT_MAC, NODE_MAC, NewFlowFrames, _root_and_bcc,  # noqa: E402
-                            load_cold_line_program, on_one_cpu)
-from interleaved import InterleavedRounds  # noqa: E402
+from bench_datapath import BACKEND_PORT, CLIENT_MAC, NODE_MAC, NewFlowFrames, _root_and_bcc  # noqa: E402
+from interleaved import BenchDataplane, InterleavedRounds, bench_dataplane  # noqa: E402
 
 QUICK = os.environ.get("SVCXDP_BENCH_QUICK", "") not in ("", "0")
 PACKETS = 500 if QUICK else 1_000   # new flows per round and side
@@ -50,14 +49,9 @@ CASES = [
 
 @dataclass
 class Env:
-    dp: object
-    runner: object
-    floor_runner: object
-    floor_bpf: object
-    ruler_runner: object
-    spare: NewFlowFrames
+    bench: BenchDataplane
+    spare: NewFlowFrames                  # tuples for the floor and the ruler
     frames: dict[str, NewFlowFrames] = field(default_factory=dict)
-    cpu: int | None = None
 
 
 def _states():
@@ -88,41 +82,28 @@ def env():
     if reason:
         pytest.skip(reason)
     from controlplane.dataplane.config import DataplaneConfig
-    from controlplane.dataplane.program import Dataplane
-    from controlplane.dataplane.testrun import TestRunner
-    from controlplane.dataplane.writer import MapWriter
 
-    with on_one_cpu() as (cpu, floor_bpf, floor_fd):
-        config = DataplaneConfig(instance="bench-alg", pin=False)
-        dp = Dataplane.load(config)
-        ruler_bpf, ruler_fd = load_cold_line_program(config.ct_size)
-        writer = MapWriter(dp)
-        e = Env(dp=dp, runner=TestRunner(dp.prog_fd), floor_runner=TestRunner(floor_fd),
-                floor_bpf=floor_bpf, ruler_runner=TestRunner(ruler_fd),
-                spare=NewFlowFrames(_template("10.96.6.1")), cpu=cpu)
+    with bench_dataplane(DataplaneConfig(instance="bench-alg", pin=False)) as bench:
+        e = Env(bench, spare=NewFlowFrames(_template("10.96.6.1")))
         for case, st in _states():
-            writer.upsert(st)
+            bench.writer.upsert(st)
             e.frames[case] = NewFlowFrames(_template(st.frontend.vip))
-        try:
-            yield e
-        finally:
-            dp.close()
-            ruler_bpf.cleanup()
+        yield e
 
 
 @pytest.mark.benchmark(disable_gc=True)
 def test_new_flow_per_algorithm(benchmark, env):
     benchmark.group = "new flow per algorithm"
-    rounds = InterleavedRounds(env.runner.duration_ns, env.floor_runner.duration_ns,
-                               env.ruler_runner.duration_ns, env.frames, env.spare, PACKETS)
-    before = env.dp.counters()
+    rounds = InterleavedRounds.of(env.bench, env.frames, env.spare, PACKETS)
+    dp = env.bench.dp
+    before = dp.counters()
     benchmark.pedantic(rounds.one_round, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP)
-    after = env.dp.counters()
+    after = dp.counters()
     want = PACKETS * (ROUNDS + WARMUP) * len(CASES)   # the floor's frames never reach the dataplane
     assert after["ct_new"] - before["ct_new"] == want, "not every packet was a new flow"
     for other in ("slot_miss", "maglev_fallback", "reject", "drop_malformed"):
         assert after[other] == before[other], f"unexpected {other}"
 
     info, lines = rounds.summary(WARMUP, "random", NEW_FLOW_TARGET, width=13)
-    benchmark.extra_info.update({"suite": SUITE, **info, "rounds": ROUNDS, "cpu": env.cpu, "quick": QUICK})
+    benchmark.extra_info.update({"suite": SUITE, **info, "rounds": ROUNDS, "cpu": env.bench.cpu, "quick": QUICK})
     print(f"\nfloor (empty XDP): {info['floor_ns_median']:.1f} ns/pkt\n" + "\n".join(lines))

@@ -10,12 +10,41 @@ filled. Each figure is the median over rounds; ratios pair a round with its floo
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
-from bench_datapath import NewFlowFrames, _quartiles, ruler_summary
+from bench_datapath import NewFlowFrames, _quartiles, load_cold_line_program, on_one_cpu, ruler_summary
 
 Run = Callable[[bytes], int]   # one test-run call: frame in, kernel ns out
+
+
+@dataclass
+class BenchDataplane:
+    """A freshly loaded, unpinned dataplane, with the floor and the ruler beside it,
+    this thread pinned to one CPU (test-run runs on the caller's CPU)."""
+    dp: object        # controlplane.dataplane.program.Dataplane
+    writer: object    # its MapWriter
+    run: Run
+    floor: Run
+    ruler: Run
+    cpu: int
+
+
+@contextlib.contextmanager
+def bench_dataplane(config) -> Iterator[BenchDataplane]:
+    from controlplane.dataplane.program import Dataplane
+    from controlplane.dataplane.testrun import TestRunner
+    from controlplane.dataplane.writer import MapWriter
+    with on_one_cpu() as (cpu, _floor_bpf, floor_fd):
+        dp = Dataplane.load(config)
+        ruler_bpf, ruler_fd = load_cold_line_program(config.ct_size)
+        try:
+            yield BenchDataplane(dp, MapWriter(dp), TestRunner(dp.prog_fd).duration_ns,
+                                 TestRunner(floor_fd).duration_ns, TestRunner(ruler_fd).duration_ns, cpu)
+        finally:
+            dp.close()
+            ruler_bpf.cleanup()
 
 
 @dataclass
@@ -32,6 +61,11 @@ class InterleavedRounds:
 
     def __post_init__(self) -> None:
         self.per_case = {c: [] for c in self.cases}
+
+    @classmethod
+    def of(cls, bench: BenchDataplane, cases: dict[str, NewFlowFrames], spare: NewFlowFrames,
+           packets: int) -> "InterleavedRounds":
+        return cls(bench.run, bench.floor, bench.ruler, cases, spare, packets)
 
     @staticmethod
     def _mean(run: Run, frames: list[bytes]) -> float:
