@@ -13,6 +13,7 @@ from controlplane.api.errors import Gone
 from controlplane.dataplane.model import Frontend, ServiceState
 from controlplane.dataplane.program import Dataplane
 from controlplane.dataplane.writer import MapWriter
+from controlplane.gcpause import paused_gc
 from controlplane.store.interface import Store
 
 from .cache import WATCHED_KINDS, ServiceCache, ServiceKey
@@ -71,19 +72,30 @@ class Agent:
                 log.warning("%s", p)
         self._problems[key] = problems
 
-    def _apply(self, key: ServiceKey, want: Desired, report: SyncReport) -> None:
-        """Make one service's frontends in the maps equal `want`."""
-        new = {s.frontend: s for s in want.states}
-        self._owners.update(want.owners)
-        for fe in self._frontends.get(key, set()) - set(new):
-            if self.writer.delete(fe):
-                report.removed.append(f"{self._owners.get(fe, key)} {fe}")
-        for fe, state in new.items():
-            old = self.writer.installed_state(fe)
-            if old == state:
-                continue
-            self.writer.upsert(state)
-            name = f"{want.owners.get(fe)} {fe}"
+    def _apply(self, wants: dict[ServiceKey, Desired], report: SyncReport) -> None:
+        """Make these services' frontends in the maps equal what they want: removals
+        first, then every addition and change in one ordered, batched pass of the
+        writer (a few syscalls per map, not per service)."""
+        pending: list[tuple[ServiceState, ServiceState | None, str]] = []
+        for key, want in wants.items():
+            new = {s.frontend: s for s in want.states}
+            self._owners.update(want.owners)
+            for fe in self._frontends.get(key, set()) - set(new):
+                if self.writer.delete(fe):
+                    report.removed.append(f"{self._owners.get(fe, key)} {fe}")
+            for fe, state in new.items():
+                old = self.writer.installed_state(fe)
+                if old != state:
+                    pending.append((state, old, f"{want.owners.get(fe)} {fe}"))
+            self._frontends[key] = set(new)
+            self._note_problems(key, want.problems)
+        states = [state for state, _, _ in pending]
+        if len({s.frontend for s in states}) == len(states):
+            self.writer.upsert_many(states)   # checks capacity for all before writing any
+        else:  # two services claim one frontend (a racing allocation): the later one wins
+            for state in states:
+                self.writer.upsert(state)
+        for state, old, name in pending:
             if old is None:
                 report.added.append(f"{name} ({_endpoints(state)})")
             elif old.backends != state.backends:
@@ -91,8 +103,6 @@ class Agent:
                                       f" ({_endpoints(state)})")
             else:
                 report.changed.append(f"{name}: settings changed ({_endpoints(state)})")
-        self._frontends[key] = set(new)
-        self._note_problems(key, want.problems)
 
     def _log(self, reason: str, report: SyncReport, services: int) -> None:
         for line in report.added:
@@ -107,21 +117,24 @@ class Agent:
 
     # ---- syncing --------------------------------------------------------------------
     def full_sync(self, reason: str) -> SyncReport:
+        with paused_gc():
+            return self._full_sync(reason)
+
+    def _full_sync(self, reason: str) -> SyncReport:
         start = time.perf_counter()
         writes = self.writer.writes
         self.cache = ServiceCache.load(self.store)
         report = SyncReport()
         self.writer.repair_adopted()
         keys = set(self.cache.services) | set(self._frontends)
+        wants = {key: self._desired_for(key) for key in keys}
         # Frontends in the maps that no service owns (left by an earlier agent) go too.
         owned = {fe for fes in self._frontends.values() for fe in fes}
-        want = self.desired()
-        wanted = {s.frontend for s in want.states}
+        wanted = {s.frontend for want in wants.values() for s in want.states}
         for fe in set(self.writer.installed()) - owned - wanted:
             self.writer.delete(fe)
             report.removed.append(f"(unowned) {fe}")
-        for key in keys:
-            self._apply(key, self._desired_for(key), report)
+        self._apply(wants, report)
         report.writes = self.writer.writes - writes
         report.took_ms = (time.perf_counter() - start) * 1000
         self.health.synced()
@@ -140,8 +153,7 @@ class Agent:
         touched = self.cache.apply(events)
         self.cache.resource_version = max(self.cache.resource_version, current)
         report = SyncReport()
-        for key in touched:
-            self._apply(key, self._desired_for(key), report)
+        self._apply({key: self._desired_for(key) for key in touched}, report)
         report.writes = self.writer.writes - writes
         report.took_ms = (time.perf_counter() - start) * 1000
         self.health.synced()

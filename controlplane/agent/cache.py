@@ -9,7 +9,7 @@ from controlplane.api.endpoints import LABEL_SERVICE_NAME, EndpointSlice
 from controlplane.api.service import Service
 from controlplane.controllers.service_view import (ServiceView, SliceBackends, merge_backends, slice_backends,
                                                    slice_document_backends, view_from_backends)
-from controlplane.store.gcpause import paused_gc
+from controlplane.gcpause import paused_gc
 from controlplane.store.interface import DELETED, Store, WatchEvent
 
 ServiceKey = tuple[str, str]  # (namespace, name)

@@ -11,6 +11,7 @@ from controlplane.api.validation.lb_annotations import (BACKEND_WEIGHTS, LB_ALGO
 from controlplane.controllers.service_view import SCOPE_CLUSTER_IP, ServicePortView, ServiceView
 from controlplane.dataplane.layout import ALGORITHMS
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
+from controlplane.gcpause import paused_gc
 from controlplane.maglev.primes import DEFAULT_TABLE_SIZE, size_warning
 
 # Backend selection per service (validated at apply time by api.validation.lb_annotations):
@@ -60,6 +61,11 @@ def _backends(port: ServicePortView, weights: dict[str, int] | None = None) -> t
 
 
 def desired_state(views: Iterable[ServiceView], node: NodeConfig) -> Desired:
+    with paused_gc():
+        return _desired_state(views, node)
+
+
+def _desired_state(views: Iterable[ServiceView], node: NodeConfig) -> Desired:
     states: list[ServiceState] = []
     owners: dict[Frontend, str] = {}
     problems: list[str] = []

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 from controlplane.api.endpoints import LABEL_SERVICE_NAME, EndpointSlice
 from controlplane.api.service import POLICY_CLUSTER, Service
-from controlplane.store.gcpause import paused_gc
+from controlplane.gcpause import paused_gc
 from controlplane.store.interface import StoreReader
 
 SCOPE_CLUSTER_IP = "clusterIP"

@@ -21,6 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+from controlplane.gcpause import paused_gc
 from controlplane.maglev import MaglevBackend, MaglevSizeWarning, build_table
 
 from .layout import ALGORITHMS, const
@@ -341,6 +342,10 @@ class MapWriter:
         service. Capacity is checked for all before the first write."""
         if len({s.frontend for s in states}) != len(states):
             raise ValueError("upsert_many: a frontend appears twice")
+        with paused_gc():
+            return self._upsert_many(states)
+
+    def _upsert_many(self, states: Sequence[ServiceState]) -> list[int]:
         plans = []
         ids_out = []
         for state in states:
@@ -497,6 +502,10 @@ class MapWriter:
 
     def sync(self, states: Iterable[ServiceState]) -> SyncResult:
         """Make the maps hold exactly `states`: the diff, applied in order."""
+        with paused_gc():
+            return self._sync(states)
+
+    def _sync(self, states: Iterable[ServiceState]) -> SyncResult:
         self.repair_adopted()
         desired = {s.frontend: s for s in states}
         removed = 0

@@ -26,7 +26,7 @@ from controlplane.api.meta import ApiObject, format_timestamp, now
 from controlplane.api.selectors import EQUALS, IN, Requirement, Selector
 
 from . import indexes
-from .gcpause import paused_gc
+from controlplane.gcpause import paused_gc
 from .interface import (ADDED, DELETED, INDEX_LABELS, MODIFIED, IndexEntry, ObjectList, StoreUnavailable,
                         WatchEvent)
 

@@ -1,9 +1,12 @@
-"""Pause Python's cyclic garbage collector around bulk decoding.
+"""Pause Python's cyclic garbage collector around bulk work.
 
-Decoding thousands of objects allocates millions of containers, none of them garbage; the
-collector's generation scans then cost more than the decoding (measured: 10,000 Services
-with their EndpointSlices read in 1.8 s with the collector running, 0.8 s without). Reference
-counting still frees everything as usual; only cycle detection waits until the block ends.
+Decoding thousands of objects, or turning them into desired state and map entries,
+allocates millions of containers, none of them garbage; the collector's generation scans
+then cost more than the work (measured: 10,000 Services with their EndpointSlices read in
+1.8 s with the collector running, 0.8 s without; desired state for them 0.83 s vs 0.29 s,
+the map writer's sync 1.73 s vs 1.24 s). Reference counting still frees everything as
+usual; only cycle detection waits until the block ends. Used by every layer (store,
+controllers, dataplane writer, agent), so it sits at the package root.
 """
 from __future__ import annotations
 
