@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from controlplane.api.errors import Gone
 from controlplane.dataplane.model import Frontend, ServiceState
 from controlplane.dataplane.program import Dataplane
-from controlplane.dataplane.writer import MapWriter
+from controlplane.dataplane.writer import CapacityError, MapWriter
 from controlplane.gcpause import paused_gc
 from controlplane.store.interface import Store
 
@@ -29,6 +29,7 @@ class SyncReport:
     added: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)   # frontends that do not fit the maps
     writes: int = 0
     took_ms: float = 0.0
 
@@ -53,6 +54,7 @@ class Agent:
         self._owners: dict[Frontend, str] = {}
         self._frontends: dict[ServiceKey, set[Frontend]] = {}
         self._problems: dict[ServiceKey, tuple[str, ...]] = {}
+        self._unprogrammed: set[Frontend] = set()   # wanted, but they do not fit the maps
 
     @property
     def resource_version(self) -> int:
@@ -81,6 +83,7 @@ class Agent:
             new = {s.frontend: s for s in want.states}
             self._owners.update(want.owners)
             for fe in self._frontends.get(key, set()) - set(new):
+                self._unprogrammed.discard(fe)
                 if self.writer.delete(fe):
                     report.removed.append(f"{self._owners.get(fe, key)} {fe}")
             for fe, state in new.items():
@@ -89,20 +92,45 @@ class Agent:
                     pending.append((state, old, f"{want.owners.get(fe)} {fe}"))
             self._frontends[key] = set(new)
             self._note_problems(key, want.problems)
-        states = [state for state, _, _ in pending]
-        if len({s.frontend for s in states}) == len(states):
-            self.writer.upsert_many(states)   # checks capacity for all before writing any
-        else:  # two services claim one frontend (a racing allocation): the later one wins
-            for state in states:
-                self.writer.upsert(state)
+        failed = self._upsert([state for state, _, _ in pending])
+        self._unprogrammed -= {state.frontend for state, _, _ in pending}
+        self._unprogrammed |= set(failed)
         for state, old, name in pending:
-            if old is None:
+            if state.frontend in failed:
+                report.failed.append(f"{name}: {failed[state.frontend]}")
+            elif old is None:
                 report.added.append(f"{name} ({_endpoints(state)})")
             elif old.backends != state.backends:
                 report.changed.append(f"{name}: endpoints {len(old.backends)} -> {len(state.backends)}"
                                       f" ({_endpoints(state)})")
             else:
                 report.changed.append(f"{name}: settings changed ({_endpoints(state)})")
+
+    def _upsert(self, states: list[ServiceState]) -> dict[Frontend, CapacityError]:
+        """Write `states` in one batch; if that does not fit (the writer checks all
+        before writing any) or two services claim one frontend, one by one, so one
+        service that does not fit blocks no other. Returns the ones that failed; they
+        are retried by the next sync that touches them and by the consistency check."""
+        if len({s.frontend for s in states}) == len(states):
+            try:
+                self.writer.upsert_many(states)
+                return {}
+            except CapacityError:
+                pass
+        failed: dict[Frontend, CapacityError] = {}
+        for state in states:   # a frontend listed twice: the later state wins
+            try:
+                self.writer.upsert(state)
+            except CapacityError as exc:
+                failed[state.frontend] = exc
+        return failed
+
+    def _report_health(self) -> None:
+        """/healthz answers 503 while a service could not be programmed."""
+        if self._unprogrammed:
+            self.health.out_of_sync()
+        else:
+            self.health.synced()
 
     def _log(self, reason: str, report: SyncReport, services: int) -> None:
         for line in report.added:
@@ -111,6 +139,8 @@ class Agent:
             log.info("service changed: %s", line)
         for line in report.removed:
             log.info("service removed: %s", line)
+        for line in report.failed:
+            log.error("service not programmed: %s", line)
         if report.writes or reason != "change":
             log.info("sync (%s) at resourceVersion %d: %d services touched, %d map writes, took %.1f ms",
                      reason, self.resource_version, services, report.writes, report.took_ms)
@@ -137,7 +167,7 @@ class Agent:
         self._apply(wants, report)
         report.writes = self.writer.writes - writes
         report.took_ms = (time.perf_counter() - start) * 1000
-        self.health.synced()
+        self._report_health()
         self._log(reason, report, len(keys))
         return report
 
@@ -156,17 +186,30 @@ class Agent:
         self._apply({key: self._desired_for(key) for key in touched}, report)
         report.writes = self.writer.writes - writes
         report.took_ms = (time.perf_counter() - start) * 1000
-        self.health.synced()
+        self._report_health()
         if touched:
             self._log("change", report, len(touched))
         return report
 
     def check_consistency(self) -> bool:
-        """Re-read the maps; if they differ from what the store wants, repair.
-        Returns True when drift was found."""
+        """Retry services that did not fit the maps; then re-read the maps and, if
+        they differ from what the store wants, repair. Returns True when drift was
+        found."""
+        if self._unprogrammed:
+            keys = [k for k, fes in self._frontends.items() if fes & self._unprogrammed]
+            report = SyncReport()
+            self._apply({key: self._desired_for(key) for key in keys}, report)
+            self._report_health()
+            self._log("retry", report, len(keys))
         fresh = MapWriter(self.dp)
-        want = {s.frontend: s for s in self.desired().states}
-        if fresh.installed() == want and not fresh.adoption_drift:
+        installed = fresh.installed()
+        want: dict[Frontend, ServiceState] = {}
+        for s in self.desired().states:
+            if s.frontend not in self._unprogrammed:
+                want[s.frontend] = s
+            elif s.frontend in installed:   # its update did not fit: the old state stays
+                want[s.frontend] = installed[s.frontend]
+        if installed == want and not fresh.adoption_drift:
             return False
         log.warning("dataplane drift: the maps differ from the store; repairing")
         self.writer = fresh
@@ -185,7 +228,7 @@ class Agent:
                     self.health.out_of_sync()
                     self.incremental_sync()
                 else:
-                    self.health.synced()
+                    self._report_health()
                 if self.interfaces:
                     self.interfaces.refresh()
                 if time.monotonic() >= next_check:

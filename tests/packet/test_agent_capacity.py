@@ -1,0 +1,98 @@
+"""The agent when a service does not fit the maps: the others are programmed, the
+misfit is reported (log, /healthz 503) and programmed as soon as room is made.
+
+A real dataplane whose backends map holds 24 backends, and three services of ten
+endpoints each in a real store.
+"""
+from __future__ import annotations
+
+import pytest
+
+from controlplane.agent.agent import Agent
+from controlplane.agent.desired import NodeConfig
+from controlplane.api import EndpointSlice, Service
+from controlplane.controllers.manager import reconcile
+from controlplane.controllers.registry import MODE_CREATE, Manifest, Registry
+from controlplane.dataplane.config import DataplaneConfig
+from controlplane.dataplane.program import Dataplane
+from controlplane.store import SqliteStore
+
+pytestmark = pytest.mark.root
+
+ENDPOINTS = 10
+
+
+def service(i: int) -> dict:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": f"svc-{i}"},
+            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}
+
+
+def endpoint_slice(i: int) -> dict:
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": f"svc-{i}-abcde", "labels": {"kubernetes.io/service-name": f"svc-{i}"}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [f"10.244.{i}.{j + 1}"], "conditions": {"ready": True}}
+                          for j in range(ENDPOINTS)]}
+
+
+@pytest.fixture
+def agent(tmp_path):
+    store = SqliteStore(tmp_path / "store.db")
+    docs = [Manifest(service(i), "test") for i in range(3)] + [Manifest(endpoint_slice(i), "test") for i in range(3)]
+    Registry(store).apply(docs, "default", MODE_CREATE)
+    reconcile(store)
+    dp = Dataplane.load(DataplaneConfig(instance="pytest-agent-cap", pin=False, ct_size=1024,
+                                        max_services=16, max_backends=25, max_slots=64))
+    try:
+        yield Agent(store, NodeConfig("node1"), dp)
+    finally:
+        dp.close()
+
+
+def cluster_ip(agent: Agent, i: int) -> str:
+    return agent.store.get(Service, "default", f"svc-{i}").spec.cluster_ip
+
+
+def programmed(agent: Agent) -> set[int]:
+    """Which of svc-0..2 the maps hold (the store also has default/kubernetes)."""
+    vips = {fe.vip for fe in agent.writer.installed()}
+    return {i for i in range(3) if agent.store.try_get(Service, "default", f"svc-{i}")
+            and cluster_ip(agent, i) in vips}
+
+
+def test_a_service_that_does_not_fit_blocks_no_other_and_lands_when_room_is_made(agent):
+    report = agent.full_sync("start")
+    assert len(programmed(agent)) == 2                  # 2 x 10 of the 24 backends
+    (missing,) = set(range(3)) - programmed(agent)
+    assert len(report.failed) == 1 and f"svc-{missing}" in report.failed[0]
+    assert "max_backends=25" in report.failed[0]
+    assert not any(f"svc-{missing}" in line for line in report.added)
+    status, body = agent.health.report()
+    assert status == 503 and body["nodeHealthy"] is False
+    assert agent.check_consistency() is False          # known and reported, not drift
+    assert len(programmed(agent)) == 2
+
+    victim = min(programmed(agent))
+    agent.store.delete(EndpointSlice, "default", f"svc-{victim}-abcde")
+    agent.store.delete(Service, "default", f"svc-{victim}")
+    agent.incremental_sync()
+    agent.check_consistency()                            # retries what did not fit
+    assert programmed(agent) == set(range(3)) - {victim}
+    assert agent.health.report()[0] == 200
+
+
+def test_an_update_that_does_not_fit_keeps_the_old_state_serving(agent):
+    agent.store.delete(EndpointSlice, "default", "svc-2-abcde")
+    agent.store.delete(Service, "default", "svc-2")
+    agent.full_sync("start")
+    assert programmed(agent) == {0, 1}
+    grown = agent.store.get(EndpointSlice, "default", "svc-0-abcde").to_dict()
+    grown["endpoints"] += [{"addresses": [f"10.244.0.{j}"], "conditions": {"ready": True}}
+                           for j in range(100, 105)]
+    agent.store.update(EndpointSlice.from_dict(grown))   # 15 + 10 > 24
+    report = agent.incremental_sync()
+    assert len(report.failed) == 1 and "svc-0" in report.failed[0]
+    assert agent.check_consistency() is False           # the old 10 endpoints stay, not deleted
+    fe = next(fe for fe in agent.writer.installed() if fe.vip == cluster_ip(agent, 0))
+    assert len(agent.writer.installed_state(fe).backends) == ENDPOINTS
+    assert agent.health.report()[0] == 503
