@@ -4,11 +4,11 @@ from __future__ import annotations
 import ipaddress
 
 from ..endpoints import ADDRESS_TYPES, EndpointPort, Endpoints, EndpointSlice
-from ..field_errors import ErrorType, FieldError, duplicate, invalid, not_supported, required
+from ..field_errors import ErrorType, FieldError, invalid, not_supported, required
 from ..service import PROTOCOLS
 from . import names
 
-from .meta import validate_object_meta
+from .meta import validate_object_meta, validate_port_entry_name
 
 MAX_SLICE_ENDPOINTS = 1000
 MAX_SLICE_PORTS = 100
@@ -42,13 +42,7 @@ def _validate_ports(ports: list[EndpointPort], path: str, require_name: bool) ->
     seen: set[str] = set()
     for i, p in enumerate(ports):
         ppath = f"{path}[{i}]"
-        if require_name and not p.name:
-            errs.append(required(f"{ppath}.name"))
-        elif p.name:
-            errs.extend(invalid(f"{ppath}.name", p.name, m) for m in names.dns1123_label(p.name))
-            if p.name in seen:
-                errs.append(duplicate(f"{ppath}.name", p.name))
-            seen.add(p.name)
+        errs.extend(validate_port_entry_name(p.name, f"{ppath}.name", require_name, seen))
         if p.port is not None:
             errs.extend(invalid(f"{ppath}.port", p.port, m) for m in names.port_number(p.port))
         if p.protocol not in PROTOCOLS:

@@ -61,16 +61,12 @@ def validate_lb_annotations(annotations: dict[str, str] | None) -> list[FieldErr
     alg = annotations.get(LB_ALGORITHM)
     if alg is not None and alg not in ALGORITHMS:
         errs.append(not_supported(_path(LB_ALGORITHM), alg, sorted(ALGORITHMS)))
-    weights = annotations.get(BACKEND_WEIGHTS)
-    if weights is not None:
+    for key, parse in ((BACKEND_WEIGHTS, parse_backend_weights), (MAGLEV_TABLE_SIZE, parse_table_size)):
+        value = annotations.get(key)
+        if value is None:
+            continue
         try:
-            parse_backend_weights(weights)
+            parse(value)
         except ValueError as exc:
-            errs.append(invalid(_path(BACKEND_WEIGHTS), weights, str(exc)))
-    size = annotations.get(MAGLEV_TABLE_SIZE)
-    if size is not None:
-        try:
-            parse_table_size(size)
-        except ValueError as exc:
-            errs.append(invalid(_path(MAGLEV_TABLE_SIZE), size, str(exc)))
+            errs.append(invalid(_path(key), value, str(exc)))
     return errs

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..field_errors import FieldError, invalid, required, too_long
+from ..field_errors import FieldError, duplicate, invalid, required, too_long
 from ..meta import ObjectMeta
 from . import names
 
@@ -16,6 +16,19 @@ def validate_labels(labels: dict[str, str] | None, path: str) -> list[FieldError
     for key, value in (labels or {}).items():
         errs.extend(invalid(path, key, m) for m in names.qualified_name(key))
         errs.extend(invalid(path, value, m) for m in names.label_value(value))
+    return errs
+
+
+def validate_port_entry_name(name: str | None, path: str, require_name: bool,
+                             seen: set[str]) -> list[FieldError]:
+    """The `name` of one entry of a ports list (Service or EndpointSlice): required when
+    the list has several entries, a DNS-1123 label, unique within the list."""
+    if not name:
+        return [required(path)] if require_name else []
+    errs = [invalid(path, name, m) for m in names.dns1123_label(name)]
+    if name in seen:
+        errs.append(duplicate(path, name))
+    seen.add(name)
     return errs
 
 

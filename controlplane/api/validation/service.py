@@ -13,7 +13,7 @@ from ..service import (AFFINITY_CLIENT_IP, AFFINITY_NONE, CLUSTER_IP, EXTERNAL_N
                        LOAD_BALANCER, MAX_AFFINITY_TIMEOUT, NODE_PORT, POLICY_CLUSTER,
                        POLICY_LOCAL, PROTOCOLS, SERVICE_TYPES, HEADLESS, Service, ServicePort)
 from . import names
-from .meta import validate_labels, validate_object_meta
+from .meta import validate_labels, validate_object_meta, validate_port_entry_name
 
 
 def _go_service_port(protocol: str, port: int = 0, node_port: int = 0) -> GoValue:
@@ -29,13 +29,7 @@ def externally_accessible(svc: Service) -> bool:
 
 def _validate_port(sp: ServicePort, require_name: bool, path: str, seen_names: set[str]) -> list[FieldError]:
     errs: list[FieldError] = []
-    if require_name and not sp.name:
-        errs.append(required(f"{path}.name"))
-    elif sp.name:
-        errs.extend(invalid(f"{path}.name", sp.name, m) for m in names.dns1123_label(sp.name))
-        if sp.name in seen_names:
-            errs.append(duplicate(f"{path}.name", sp.name))
-        seen_names.add(sp.name)
+    errs.extend(validate_port_entry_name(sp.name, f"{path}.name", require_name, seen_names))
     port = sp.port or 0
     errs.extend(invalid(f"{path}.port", port, m) for m in names.port_number(port))
     if not sp.protocol:
