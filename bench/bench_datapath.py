@@ -188,16 +188,6 @@ def load_cold_line_program(lines: int):
     return bpf, bpf.load_func(b"cold_line", BPF.XDP).fd
 
 
-def ruler_summary(ruler_rounds: list[float], floor_rounds: list[float]) -> tuple[dict, str]:
-    """Median ns and ratio of the cold_line ruler over rounds paired with the floor's,
-    for the benches that print a line per case (algorithms, affinity)."""
-    _, med, _ = _quartiles(ruler_rounds)
-    _, ratio, _ = _quartiles([x / y for x, y in zip(ruler_rounds, floor_rounds)])
-    info = {"ruler_ns_median": round(med, 1), "ruler_ratio_to_floor": round(ratio, 2)}
-    return info, (f"ruler, one cold cache line (no per-flow table can pay less for a "
-                  f"never-seen flow here): {med:.1f} ns/pkt, {ratio:.2f}x floor")
-
-
 # ---- conntrack fill -------------------------------------------------------------------
 def _ct_fill_arrays(table, entries: int):
     """`entries` live forward conntrack entries (a flow's replies are matched through

@@ -49,6 +49,12 @@ class DataplaneConfig:
                 raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
 
     @property
+    def svc_id_slots(self) -> int:
+        """Entries of the maps indexed by service id (bpf/maps.h SVCXDP_SVC_ID_SLOTS):
+        ids run 1..max_services, 0 means none."""
+        return self.max_services + 1
+
+    @property
     def pin_dir(self) -> Path:
         return self.pin_root / self.instance
 

@@ -34,8 +34,8 @@ def _check_pinned_layout(bpf: BPF, config: DataplaneConfig) -> None:
     expected_max = {
         "services": config.max_services, "slots": config.max_slots,
         "backends": config.max_backends, "rev_nat": config.max_backends, "conntrack": config.ct_size,
-        "fragments": config.frag_size, "rr_state": config.max_services + 1,
-        "svc_stats": config.max_services + 1, "backend_conns": config.max_backends,
+        "fragments": config.frag_size, "rr_state": config.svc_id_slots,
+        "svc_stats": config.svc_id_slots, "backend_conns": config.max_backends,
         "maglev": config.max_services, "affinity": config.affinity_size,
         "counters": SVCXDP_CNT_MAX,
     }

@@ -184,8 +184,7 @@ class MapWriter:
                                                "affinity_timeout", "table_size", "affinity_gen")),
         }
         self.max_slots = cfg.max_slots
-        # Service ids 1..max_services: the id-indexed maps have max_services + 1 entries.
-        self._svc_ids = IdAllocator(cfg.max_services + 1, f"services map (max_services={cfg.max_services})")
+        self._svc_ids = IdAllocator(cfg.svc_id_slots, f"services map (max_services={cfg.max_services})")
         self._backend_ids = IdAllocator(cfg.max_backends, f"backends map (max_backends={cfg.max_backends})")
         self._installed: dict[Frontend, _Installed] = {}
         self._slots_used = 0
