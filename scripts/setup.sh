@@ -8,6 +8,7 @@ APT_PACKAGES=(
   python3-bpfcc clang libbpf-dev libbpf1 linux-headers-amd64 bpftool
   iproute2 iptables python3-venv python3-dev gcc make
   netsniff-ng redis-server redis-tools dnsutils curl wget busybox procps
+  etcd-server etcd-client dnsmasq-base dnsperf prometheus
 )
 
 log() { printf '[setup] %s\n' "$*"; }
