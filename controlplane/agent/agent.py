@@ -146,14 +146,15 @@ class Agent:
                      reason, self.resource_version, services, report.writes, report.took_ms)
 
     # ---- syncing --------------------------------------------------------------------
-    def full_sync(self, reason: str) -> SyncReport:
+    def full_sync(self, reason: str, cache: ServiceCache | None = None) -> SyncReport:
+        """Make the maps equal the store: from `cache` (a fresh read) or a new read."""
         with paused_gc():
-            return self._full_sync(reason)
+            return self._full_sync(reason, cache)
 
-    def _full_sync(self, reason: str) -> SyncReport:
+    def _full_sync(self, reason: str, cache: ServiceCache | None) -> SyncReport:
         start = time.perf_counter()
         writes = self.writer.writes
-        self.cache = ServiceCache.load(self.store)
+        self.cache = cache if cache is not None else ServiceCache.load(self.store)
         report = SyncReport()
         self.writer.repair_adopted()
         keys = set(self.cache.services) | set(self._frontends)
@@ -171,15 +172,19 @@ class Agent:
         self._log(reason, report, len(keys))
         return report
 
-    def incremental_sync(self) -> SyncReport:
+    def incremental_sync(self, upto: int | None = None) -> SyncReport:
+        """Apply the change feed since the cache's resourceVersion (up to `upto` only,
+        when given); a feed compacted past it (Gone) means a relist."""
         start = time.perf_counter()
         writes = self.writer.writes
-        current = self.store.current_resource_version()
+        current = self.store.current_resource_version() if upto is None else upto
         try:
             events = self.store.changes_since(self.cache.resource_version, WATCHED_KINDS)
         except Gone:
             log.info("change feed compacted past resourceVersion %d: full resync", self.cache.resource_version)
             return self.full_sync("relist")
+        if upto is not None:
+            events = [ev for ev in events if ev.resource_version <= upto]
         touched = self.cache.apply(events)
         self.cache.resource_version = max(self.cache.resource_version, current)
         report = SyncReport()
@@ -192,28 +197,35 @@ class Agent:
         return report
 
     def check_consistency(self) -> bool:
-        """Retry services that did not fit the maps; then re-read the maps and, if
-        they differ from what the store wants, repair. Returns True when drift was
-        found."""
+        """Retry services that did not fit the maps; then compare the maps, re-read, with
+        a fresh read of the store (not the agent's cache, which a missed event would
+        leave wrong too) and, if they differ, repair from that read. Returns True when
+        drift was found."""
         if self._unprogrammed:
             keys = [k for k, fes in self._frontends.items() if fes & self._unprogrammed]
             report = SyncReport()
             self._apply({key: self._desired_for(key) for key in keys}, report)
             self._report_health()
             self._log("retry", report, len(keys))
-        fresh = MapWriter(self.dp)
-        installed = fresh.installed()
+        fresh = ServiceCache.load(self.store)
+        # Bring the maps to exactly the fresh read's resourceVersion, so changes the
+        # agent has simply not followed yet are not taken for drift.
+        self.incremental_sync(upto=fresh.resource_version)
+        if self.cache.resource_version != fresh.resource_version:
+            return False   # it had to relist: the maps were just rebuilt from the store
+        writer = MapWriter(self.dp)
+        installed = writer.installed()
         want: dict[Frontend, ServiceState] = {}
-        for s in self.desired().states:
+        for s in desired_state(fresh.views(), self.node).states:
             if s.frontend not in self._unprogrammed:
                 want[s.frontend] = s
             elif s.frontend in installed:   # its update did not fit: the old state stays
                 want[s.frontend] = installed[s.frontend]
-        if installed == want and not fresh.adoption_drift:
+        if installed == want and not writer.adoption_drift:
             return False
         log.warning("dataplane drift: the maps differ from the store; repairing")
-        self.writer = fresh
-        self.writer.sync(want.values())
+        self.writer = writer
+        self.full_sync("repair", fresh)
         return True
 
     def run(self, stop: threading.Event, poll_s: float = 0.5) -> None:

@@ -17,6 +17,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -163,6 +164,21 @@ class SqliteStore:
     def transaction(self) -> _Transaction:
         return _Transaction(self)
 
+    @contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """Hold the lock and one read transaction: every statement inside sees the same
+        state of the file, whatever other processes commit meanwhile (WAL). Inside a
+        write transaction the reads already share one."""
+        with self._lock:
+            own = self._depth == 0
+            if own:
+                self._conn.execute("BEGIN")
+            try:
+                yield
+            finally:
+                if own:
+                    self._conn.execute("COMMIT")
+
     def _meta(self, key: str) -> str:
         row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return row[0] if row else "0"
@@ -234,33 +250,26 @@ class SqliteStore:
         if selector is not None and selector.match_nothing:
             return ObjectList([], self.current_resource_version())
         indexed = _indexed_requirement(selector)
-        with self._lock:
-            own_txn = self._depth == 0
-            if own_txn:
-                self._conn.execute("BEGIN")
-            try:
-                rv = self._rv if self._rv is not None else int(self._meta("rv"))
-                if indexed is not None:  # seek the label index, then check the whole selector
-                    sql = ("SELECT o.labels, o.data FROM field_index f JOIN objects o "
-                           "ON o.kind = f.kind AND o.namespace = f.namespace AND o.name = f.name "
-                           "WHERE f.kind=? AND f.field=? AND f.key=? AND f.value=?")
-                    params: list[Any] = [cls.KIND, INDEX_LABELS, indexed.key, indexed.values[0]]
-                    if namespace is not None and cls.NAMESPACED:
-                        sql += " AND f.namespace=?"
-                        params.append(namespace)
-                    rows = self._conn.execute(sql + " ORDER BY f.namespace, f.name", params).fetchall()
-                elif namespace is None or not cls.NAMESPACED:
-                    rows = self._conn.execute(
-                        "SELECT labels, data FROM objects WHERE kind=? ORDER BY namespace, name", (cls.KIND,)
-                    ).fetchall()
-                else:
-                    rows = self._conn.execute(
-                        "SELECT labels, data FROM objects WHERE kind=? AND namespace=? ORDER BY name",
-                        (cls.KIND, namespace),
-                    ).fetchall()
-            finally:
-                if own_txn:
-                    self._conn.execute("COMMIT")
+        with self._snapshot():
+            rv = self._rv if self._rv is not None else int(self._meta("rv"))
+            if indexed is not None:  # seek the label index, then check the whole selector
+                sql = ("SELECT o.labels, o.data FROM field_index f JOIN objects o "
+                       "ON o.kind = f.kind AND o.namespace = f.namespace AND o.name = f.name "
+                       "WHERE f.kind=? AND f.field=? AND f.key=? AND f.value=?")
+                params: list[Any] = [cls.KIND, INDEX_LABELS, indexed.key, indexed.values[0]]
+                if namespace is not None and cls.NAMESPACED:
+                    sql += " AND f.namespace=?"
+                    params.append(namespace)
+                rows = self._conn.execute(sql + " ORDER BY f.namespace, f.name", params).fetchall()
+            elif namespace is None or not cls.NAMESPACED:
+                rows = self._conn.execute(
+                    "SELECT labels, data FROM objects WHERE kind=? ORDER BY namespace, name", (cls.KIND,)
+                ).fetchall()
+            else:
+                rows = self._conn.execute(
+                    "SELECT labels, data FROM objects WHERE kind=? AND namespace=? ORDER BY name",
+                    (cls.KIND, namespace),
+                ).fetchall()
         loads = json.loads
         from_dict = cls.from_dict
         with paused_gc():
@@ -430,7 +439,9 @@ class SqliteStore:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        with self._lock:
+        # The mark and the rows from one snapshot: a compaction committed between two
+        # separate reads would turn into a silent gap instead of Gone.
+        with self._snapshot():
             compacted = int(self._meta("compacted"))
             if resource_version < compacted:
                 raise Gone(resource_version, compacted)

@@ -242,3 +242,46 @@ def test_pods_are_indexed_by_owner_uid(tmp_path: Path) -> None:
     again = SqliteStore(tmp_path / "store.db")
     assert [e.name for e in again.index_entries(Pod, INDEX_OWNER, "default", "", "uid-d")] == ["p"]
     again.close()
+
+
+def _compacting_writer(path: str, count: int) -> None:
+    """Another process: `count` writes with a short history, so it compacts the feed."""
+    s = SqliteStore(path, history=10)
+    for i in range(count):
+        s.create(svc(f"late-{i}"))
+    s.close()
+
+
+def test_a_compaction_between_the_feed_reads_is_gone_not_a_gap(tmp_path: Path) -> None:
+    """The feed reads the compaction mark, then the rows. A writer in another process
+    compacts right between those two statements (run from SQLite's statement hook of the
+    reader's connection, so it happens exactly there): the reader must see either its
+    snapshot from before (no gap) or Gone, never rows after a hole."""
+    path = str(tmp_path / "feed.db")
+    reader = SqliteStore(path, history=10)
+    for i in range(8):
+        reader.create(svc(f"early-{i}"))
+    ctx = multiprocessing.get_context("spawn")
+    fired: list[str] = []
+
+    def between_the_reads(statement: str) -> None:
+        if "FROM changes" in statement and not fired:
+            fired.append(statement)
+            writer = ctx.Process(target=_compacting_writer, args=(path, 30))
+            writer.start()
+            writer.join(60)
+            assert writer.exitcode == 0
+
+    reader._conn.set_trace_callback(between_the_reads)
+    try:
+        events = reader.changes_since(5)
+    except Gone:
+        events = None
+    reader._conn.set_trace_callback(None)
+    assert fired, "the compaction did not run between the reads"
+    assert reader.current_resource_version() == 38
+    if events is not None:   # the snapshot from before the compaction, complete
+        assert [e.resource_version for e in events] == [6, 7, 8]
+    with pytest.raises(Gone):
+        reader.changes_since(8)
+    reader.close()
