@@ -17,7 +17,6 @@ from __future__ import annotations
 import ctypes as ct
 import warnings
 from array import array
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -26,6 +25,7 @@ from controlplane.maglev import MaglevBackend, MaglevSizeWarning, build_table
 
 from .layout import ALGORITHMS, const
 from .affinity_maps import AffinityGenerations
+from .ids import CapacityError, IdAllocator
 from .maglev_maps import MaglevMaps
 from .model import (BACKEND_STATES, PROTOCOLS, SCOPES, Backend, Frontend, ServiceState,
                     be16_to_port, be32_to_ip, ip_to_be32, port_to_be16)
@@ -41,50 +41,6 @@ _PROTO_NAMES = {v: k for k, v in PROTOCOLS.items()}
 _SCOPE_NAMES = {v: k for k, v in SCOPES.items()}
 _STATE_NAMES = {v: k for k, v in BACKEND_STATES.items()}
 _ALG_NAMES = {v: k for k, v in ALGORITHMS.items()}
-
-
-class CapacityError(RuntimeError):
-    """A map is full; raised before anything was written."""
-
-
-class IdAllocator:
-    """Ids 1..limit-1 (0 means none); fresh ids first, freed ids reused oldest-first, so an id
-    is reused as late as possible (a flow can never mistake a new backend for
-    the one it had)."""
-
-    def __init__(self, limit: int, what: str) -> None:
-        self.limit = limit
-        self.what = what
-        self._next = 1
-        self._free: deque[int] = deque()
-        self._used: set[int] = set()
-
-    @property
-    def available(self) -> int:
-        return (self.limit - self._next) + len(self._free)
-
-    def claim(self, ident: int) -> None:
-        """Mark an id found in the maps as taken (adoption)."""
-        self._used.add(ident)
-        if ident >= self._next:
-            self._free.extend(i for i in range(self._next, ident) if i not in self._used)
-            self._next = ident + 1
-
-    def allocate(self) -> int:
-        if self._next < self.limit:
-            ident = self._next
-            self._next += 1
-        elif self._free:
-            ident = self._free.popleft()
-        else:
-            raise CapacityError(f"{self.what} full")
-        self._used.add(ident)
-        return ident
-
-    def release(self, ident: int) -> None:
-        if ident in self._used:
-            self._used.discard(ident)
-            self._free.append(ident)
 
 
 @dataclass
@@ -208,6 +164,8 @@ class MapWriter:
             if b.state == UNUSED:
                 continue
             ident = int(key.value) if hasattr(key, "value") else int(key)
+            if ident == 0:  # id 0 means none; an entry there was never written by a writer
+                continue
             reply_flag[ident] = bool(b.flags & F_REPLY_ENTRY)
             backend = Backend(be32_to_ip(b.ip), be16_to_port(b.port), _STATE_NAMES[b.state], b.weight)
             by_svc.setdefault(b.svc_id, {})[backend.address] = (ident, backend)

@@ -235,6 +235,18 @@ def test_max_services_is_the_number_of_services_held():
             h.service(vip="10.96.7.5")
         assert len(list(dp.table("services").keys())) == 4
         assert h.send(tcp(dst="10.96.7.5")).verdict == "XDP_PASS"
+
+        # A restarted writer adopts the ids in the maps' (hash) order; once the
+        # fresh ids are used up it may reuse only the one really free (issue 14:
+        # it used to hand out live ids, and over-report what was left).
+        for gone in range(4):
+            h.writer.delete(fronts[gone])
+            w = MapWriter(dp)
+            assert w.upsert(ServiceState(fronts[gone], (Backend(BACKENDS[0], 8080),))) == gone + 1
+            assert sorted(w.svc_id(fe) for fe in fronts) == [1, 2, 3, 4]
+            with pytest.raises(CapacityError, match="max_services=4"):
+                w.upsert(ServiceState(Frontend("10.96.7.5", 80), (Backend(BACKENDS[0], 8080),)))
+            h.writer = w
     finally:
         dp.close()
 

@@ -1,0 +1,64 @@
+"""Service and backend ids: small integers that index the dataplane's arrays.
+
+Ids run 1..limit-1 (0 means none). Fresh ids come first and freed ids are reused
+oldest-first, so an id is reused as late as possible (a flow whose backend left
+then finds the id unused, or owned by another service, not a look-alike).
+
+A writer that adopts running maps claims the ids it finds there, in whatever order
+the maps list them. Every id below the largest claimed one that was not claimed is
+free; an id claimed after it was put on the free list is taken off again, so the
+free list never holds a live id and `available` is exact.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+
+class CapacityError(RuntimeError):
+    """A map is full; raised before anything was written."""
+
+
+class IdAllocator:
+    def __init__(self, limit: int, what: str) -> None:
+        if limit < 1:
+            raise ValueError(f"{what}: limit {limit} < 1")
+        self.limit = limit
+        self.what = what
+        self._next = 1                              # ids >= this were never handed out
+        self._free: OrderedDict[int, None] = OrderedDict()   # oldest first
+        self._used: set[int] = set()
+
+    @property
+    def available(self) -> int:
+        return self.limit - 1 - len(self._used)
+
+    def in_use(self, ident: int) -> bool:
+        return ident in self._used
+
+    def claim(self, ident: int) -> None:
+        """Mark an id found in the maps as taken (adoption); claims may come in
+        any order."""
+        if not 0 < ident < self.limit:
+            raise ValueError(f"{self.what}: id {ident} outside 1..{self.limit - 1}")
+        self._used.add(ident)
+        if ident >= self._next:
+            self._free.update((i, None) for i in range(self._next, ident))
+            self._next = ident + 1
+        else:
+            self._free.pop(ident, None)
+
+    def allocate(self) -> int:
+        if self._next < self.limit:
+            ident = self._next
+            self._next += 1
+        elif self._free:
+            ident, _ = self._free.popitem(last=False)
+        else:
+            raise CapacityError(f"{self.what} full")
+        self._used.add(ident)
+        return ident
+
+    def release(self, ident: int) -> None:
+        if ident in self._used:
+            self._used.discard(ident)
+            self._free[ident] = None
