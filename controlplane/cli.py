@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "controlplane.kubectl.scale",
     "controlplane.agent.commands",
     "controlplane.dataplane.commands",
+    "controlplane.dns.commands",
 ]
 
 

@@ -1,0 +1,127 @@
+"""One query in, one response out: the lookup path shared by UDP and TCP.
+
+The hot path is a dict: a UDP response we built for our own zones is kept keyed by the
+query's bytes after the id (flags, counts, the question as asked, the EDNS record), so the
+same query again costs a lookup and the id patched in; any zone change empties it. What
+misses goes through dnspython (parse, check, look up, build) and, for names outside our
+zones or CNAMEs pointing out of them, to the forwarder (a coroutine the server awaits).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass
+
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+
+from .forward import Forwarder
+from .wire import BadQuery, authoritative_response, check_query, header_error, make_response, parse_query, \
+    to_wire, udp_limit
+from .zone import Zones
+
+log = logging.getLogger("svcxdp.dns")
+
+UDP_CACHE_ENTRIES = 100_000
+MAX_PENDING_FORWARDS = 1000
+CHASED = (dns.rdatatype.A, dns.rdatatype.AAAA)
+
+Result = bytes | None | Awaitable[bytes | None]
+
+
+@dataclass
+class Counters:
+    udp: int = 0
+    tcp: int = 0
+    cache_hits: int = 0
+    forwarded: int = 0
+    servfail: int = 0
+    bad: int = 0
+
+
+class Handler:
+    def __init__(self, zones: Zones, forwarder: Forwarder | None) -> None:
+        self.zones = zones
+        self.forwarder = forwarder
+        self.udp_cache: dict[bytes, bytes] = {}
+        self.pending = 0
+        self.counters = Counters()
+
+    def zone_changed(self) -> None:
+        self.udp_cache.clear()
+
+    def handle(self, data: bytes, udp: bool) -> Result:
+        """bytes to send, None to stay silent, or an awaitable of either."""
+        try:
+            return self._handle(data, udp)
+        except Exception:  # a bug must cost one answer, not the server
+            log.exception("query failed")
+            self.counters.servfail += 1
+            return header_error(data, dns.rcode.SERVFAIL)
+
+    def _handle(self, data: bytes, udp: bool) -> Result:
+        try:
+            query = parse_query(data)
+        except BadQuery as exc:
+            self.counters.bad += 1
+            return header_error(data, exc.rcode) if exc.rcode >= 0 else None
+        limit = udp_limit(query) if udp else 65535
+        try:
+            qname, qtype = check_query(query)
+        except BadQuery as exc:
+            self.counters.bad += 1
+            return to_wire(make_response(query, exc.rcode), limit)
+        name = qname.to_text().lower()
+        ans = self.zones.lookup(name, qtype)
+        if ans is None:
+            return self._forward(query, qname, qtype, limit)
+        resp = authoritative_response(query, ans, self.zones.ttl)
+        if ans.chase is not None and qtype in CHASED and self.forwarder is not None:
+            return self._chase(resp, dns.name.from_text(ans.chase), qtype, limit)
+        wire = to_wire(resp, limit)
+        if udp:
+            if len(self.udp_cache) >= UDP_CACHE_ENTRIES:
+                self.udp_cache.clear()
+            self.udp_cache[data[2:]] = wire[2:]
+        return wire
+
+    def _forward(self, query: dns.message.Message, qname: dns.name.Name, qtype: int, limit: int) -> Result:
+        if self.forwarder is None:
+            return to_wire(make_response(query, dns.rcode.REFUSED), limit)
+        if not self.forwarder.upstreams or self.pending >= MAX_PENDING_FORWARDS:
+            self.counters.servfail += 1
+            return to_wire(make_response(query, dns.rcode.SERVFAIL), limit)
+        return self._forwarded(query, qname, qtype, limit)
+
+    async def _forwarded(self, query: dns.message.Message, qname: dns.name.Name, qtype: int, limit: int) -> bytes:
+        assert self.forwarder is not None
+        self.counters.forwarded += 1
+        self.pending += 1
+        try:
+            got = await self.forwarder.resolve(qname, qtype)
+        finally:
+            self.pending -= 1
+        if got is None:
+            self.counters.servfail += 1
+            return to_wire(make_response(query, dns.rcode.SERVFAIL), limit)
+        resp = make_response(query, got.rcode)
+        resp.answer, resp.authority = got.answer, got.authority
+        return to_wire(resp, limit)
+
+    async def _chase(self, resp: dns.message.Message, target: dns.name.Name, qtype: int, limit: int) -> bytes:
+        """An ExternalName's CNAME with the target's addresses appended (what CoreDNS's
+        kubernetes plugin does through its upstream), so stub resolvers get a usable answer."""
+        assert self.forwarder is not None
+        self.pending += 1
+        try:
+            got = await self.forwarder.resolve(target, qtype)
+        finally:
+            self.pending -= 1
+        if got is not None:
+            resp.answer += [r for r in got.answer if r.name != resp.answer[0].name]
+            resp.set_rcode(got.rcode)
+            if got.answer:
+                resp.authority = []
+        return to_wire(resp, limit)

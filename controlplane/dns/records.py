@@ -1,0 +1,160 @@
+"""The cluster's DNS records, computed from API objects: pure functions, no I/O.
+
+Follows the Kubernetes DNS-based service discovery specification (kubernetes/dns
+docs/specification.md, schema 1.1.0) the way CoreDNS's `kubernetes` plugin answers:
+
+    <svc>.<ns>.svc.<zone>            A      ClusterIP; headless: every ready endpoint
+    <ep>.<svc>.<ns>.svc.<zone>       A      headless endpoint; <ep> = its hostname, else the
+                                            dashed address (10-244-1-5)
+    _<port>._<proto>.<svc>.<ns>.svc  SRV    named ports: ClusterIP -> one record, target the
+                                            service; headless -> one per endpoint, target <ep>
+    <d>.<c>.<b>.<a>.in-addr.arpa     PTR    ClusterIPs and headless endpoints
+    <svc>.<ns>.svc.<zone>            CNAME  ExternalName -> spec.externalName
+    <a>-<b>-<c>-<d>.<ns>.pod.<zone>  A      a pod's address (pods "verified")
+    dns-version.<zone>               TXT    the schema version
+
+Names are lowercase and absolute (trailing dot). "Ready" for a headless endpoint is its
+`ready` condition, or any endpoint when the Service has `publishNotReadyAddresses`.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Iterable, Union
+
+from controlplane.api.endpoints import EndpointSlice
+from controlplane.api.pod import FAILED, SUCCEEDED, Pod
+from controlplane.api.service import EXTERNAL_NAME, Service
+
+SCHEMA_VERSION = "1.1.0"
+
+# Record types we hold (the numbers dnspython and the wire use).
+A, NS, CNAME, SOA, PTR, TXT, SRV = 1, 2, 5, 6, 12, 16, 33
+# Not a type: "this name exists" with no data (a headless service without ready endpoints
+# answers NODATA, not NXDOMAIN).
+EXISTS = 0
+
+Srv = tuple[int, int, int, str]            # priority, weight, port, target
+Value = Union[str, Srv]                    # A: dotted quad; CNAME/PTR/NS: name; TXT: text
+
+
+@dataclass(frozen=True)
+class Record:
+    name: str      # lowercase, absolute
+    rdtype: int
+    value: Value
+
+
+def absolute(name: str) -> str:
+    name = name.lower()
+    return name if name.endswith(".") else name + "."
+
+
+def reverse_name(ip: str) -> str:
+    """10.96.0.10 -> 10.0.96.10.in-addr.arpa."""
+    return ".".join(reversed(ip.split("."))) + ".in-addr.arpa."
+
+
+def dashed(ip: str) -> str:
+    return ip.replace(".", "-")
+
+
+def service_name(svc: Service, zone: str) -> str:
+    return f"{svc.name}.{svc.namespace}.svc.{zone}".lower()
+
+
+def _ipv4(ip: str | None) -> str | None:
+    try:
+        return str(ipaddress.IPv4Address(ip)) if ip else None
+    except ValueError:
+        return None
+
+
+def _cluster_ips(svc: Service) -> list[str]:
+    ips = list(svc.spec.cluster_ips or []) or [svc.spec.cluster_ip or ""]
+    return [ip for ip in map(_ipv4, ips) if ip]
+
+
+@dataclass(frozen=True)
+class EndpointAddress:
+    """One address of a headless service as DNS sees it."""
+    ip: str
+    label: str                                     # hostname, or the dashed address
+    ports: tuple[tuple[str, str, int], ...]        # (port name, protocol, number)
+
+
+def headless_endpoints(svc: Service, slices: Iterable[EndpointSlice]) -> list[EndpointAddress]:
+    """The addresses DNS publishes for a headless service, in slice order, one per
+    (label, ip); ports merged over the slices that list the same address."""
+    publish_all = bool(svc.spec.publish_not_ready_addresses)
+    seen: dict[tuple[str, str], dict[tuple[str, str, int], None]] = {}
+    for es in slices:
+        if es.address_type not in (None, "IPv4"):
+            continue
+        ports = tuple((p.name or "", (p.protocol or "TCP").lower(), p.port)
+                      for p in es.ports or [] if p.port is not None)
+        for ep in es.endpoints or []:
+            if not (publish_all or ep.ready):
+                continue
+            for raw in ep.addresses or []:
+                ip = _ipv4(raw)
+                if ip is None:
+                    continue
+                label = (ep.hostname or dashed(ip)).lower()
+                seen.setdefault((label, ip), {}).update(dict.fromkeys(ports))
+    return [EndpointAddress(ip, label, tuple(ports)) for (label, ip), ports in seen.items()]
+
+
+def service_records(svc: Service, slices: Iterable[EndpointSlice], zone: str) -> list[Record]:
+    """Every record one Service contributes (its slices only matter when headless)."""
+    name = absolute(service_name(svc, zone))
+    if svc.type == EXTERNAL_NAME:
+        target = (svc.spec.external_name or "").strip()
+        return [Record(name, CNAME, absolute(target))] if target else []
+    if svc.is_headless:
+        return _headless_records(svc, name, headless_endpoints(svc, slices))
+    out: list[Record] = []
+    ips = _cluster_ips(svc)
+    if not ips:
+        return out  # no address yet: the name does not exist
+    for ip in ips:
+        out.append(Record(name, A, ip))
+        out.append(Record(reverse_name(ip), PTR, name))
+    for sp in svc.ports:
+        if sp.name:
+            proto = (sp.protocol or "TCP").lower()
+            out.append(Record(f"_{sp.name.lower()}._{proto}.{name}", SRV, (0, 100, sp.port, name)))
+    return out
+
+
+def _headless_records(svc: Service, name: str, endpoints: list[EndpointAddress]) -> list[Record]:
+    # A headless service exists even with no ready endpoint: its name answers NODATA,
+    # which the zone gets from this (empty-valued) marker.
+    out: list[Record] = [Record(name, EXISTS, "")]
+    srv: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    for ep in endpoints:
+        host = f"{ep.label}.{name}"
+        out.append(Record(name, A, ep.ip))
+        out.append(Record(host, A, ep.ip))
+        out.append(Record(reverse_name(ep.ip), PTR, host))
+        for port_name, proto, number in ep.ports:
+            if port_name:
+                srv.setdefault((port_name.lower(), proto), []).append((number, host))
+    for (port_name, proto), targets in srv.items():
+        weight = max(1, 100 // len(targets))   # CoreDNS spreads 100 over the records
+        owner = f"_{port_name}._{proto}.{name}"
+        out.extend(Record(owner, SRV, (0, weight, number, host)) for number, host in targets)
+    return out
+
+
+def pod_records(pod: Pod, zone: str) -> list[Record]:
+    """`a-b-c-d.<ns>.pod.<zone>` for a pod that has an address and is not finished."""
+    ip = _ipv4(pod.ip)
+    if ip is None or pod.phase in (SUCCEEDED, FAILED):
+        return []
+    return [Record(absolute(f"{dashed(ip)}.{pod.namespace}.pod.{zone}"), A, ip)]
+
+
+def zone_records(zone: str) -> list[Record]:
+    """The records every cluster zone has regardless of objects."""
+    return [Record(absolute(f"dns-version.{zone}"), TXT, SCHEMA_VERSION)]
