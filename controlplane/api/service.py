@@ -33,6 +33,8 @@ PROTOCOLS = ("SCTP", "TCP", "UDP")
 # Services with either label are not proxied (kube-proxy ignores them).
 LABEL_SERVICE_PROXY_NAME = "service.kubernetes.io/service-proxy-name"
 LABEL_HEADLESS = "service.kubernetes.io/headless"
+# The older way to give loadBalancerSourceRanges: comma-separated CIDRs, used when the field is empty.
+ANNOTATION_LB_SOURCE_RANGES = "service.beta.kubernetes.io/load-balancer-source-ranges"
 
 
 @dataclass
@@ -97,8 +99,22 @@ class LoadBalancerStatus:
 
 
 @dataclass
+class ServiceCondition:
+    """metav1.Condition; LB-IPAM reports why a service has no address in one."""
+
+    type: str | None = None
+    status: str | None = None
+    observed_generation: int | None = None
+    last_transition_time: str | None = None
+    reason: str | None = None
+    message: str | None = None
+    extra: dict[str, Any] = extra_field()
+
+
+@dataclass
 class ServiceStatus:
     load_balancer: LoadBalancerStatus | None = None
+    conditions: list[ServiceCondition] | None = None
     extra: dict[str, Any] = extra_field()
 
 
@@ -145,6 +161,15 @@ class Service(ApiObject):
     def load_balancer_ips(self) -> list[str]:
         lb = self.status.load_balancer
         return [i.ip for i in (lb.ingress if lb and lb.ingress else []) if i.ip]
+
+    @property
+    def source_ranges(self) -> list[str]:
+        """The CIDRs allowed to reach the LoadBalancer IPs (empty: everyone), as kube-proxy reads
+        them: `spec.loadBalancerSourceRanges`, else the annotation; entries space-trimmed."""
+        if self.spec.load_balancer_source_ranges:
+            return [r.strip() for r in self.spec.load_balancer_source_ranges]
+        raw = self.annotations.get(ANNOTATION_LB_SOURCE_RANGES, "").strip()
+        return [r.strip() for r in raw.split(",")] if raw else []
 
     @property
     def proxied(self) -> bool:

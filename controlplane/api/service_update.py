@@ -58,6 +58,8 @@ def drop_type_dependent_fields(new: Service, old: Service) -> None:
     if new.type != LOAD_BALANCER:
         if new.spec.allocate_load_balancer_node_ports == old.spec.allocate_load_balancer_node_ports:
             new.spec.allocate_load_balancer_node_ports = None
+        if old.type == LOAD_BALANCER and new.spec.load_balancer_class == old.spec.load_balancer_class:
+            new.spec.load_balancer_class = None
     externally = new.type in (NODE_PORT, LOAD_BALANCER) or (new.type == CLUSTER_IP and new.spec.external_ips)
     if not externally and new.spec.external_traffic_policy == old.spec.external_traffic_policy:
         new.spec.external_traffic_policy = None

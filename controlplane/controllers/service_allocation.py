@@ -7,7 +7,7 @@ from controlplane.api.service import HEADLESS, Service
 from controlplane.api.service_update import needs_cluster_ip, needs_health_check_node_port, needs_node_ports
 from controlplane.store.interface import StoreWriter
 
-from .allocators import ClusterIPAllocator, NodePortAllocator
+from .allocators import ClusterIPAllocator, NodePortAllocator, RangeFull
 from .config import ClusterConfig
 
 
@@ -87,11 +87,13 @@ class ServiceAllocations:
         if needs_health_check_node_port(svc):
             hc = svc.spec.health_check_node_port
             if not hc:
-                svc.spec.health_check_node_port = hc = self.ports.allocate(owner)
+                svc.spec.health_check_node_port = hc = self._allocate_health_check_port(owner)
             elif hc not in old_ports and hc not in held:
                 err = self.ports.allocate_specific(hc, owner, "spec.healthCheckNodePort")
                 if err:
-                    errs.append(err)
+                    # the apiserver reports this one as an internal error, not a field error
+                    raise RangeFull(f"Internal error occurred: failed to allocate requested "
+                                    f"HealthCheck NodePort {hc}: {err.detail}")
             held.add(hc)
         if errs:
             return errs
@@ -101,6 +103,13 @@ class ServiceAllocations:
         for port in old_ports - held:
             self.ports.release(str(port))
         return []
+
+    def _allocate_health_check_port(self, owner: str) -> int:
+        try:
+            return self.ports.allocate(owner)
+        except RangeFull:
+            raise RangeFull("Internal error occurred: failed to allocate a HealthCheck NodePort 0: "
+                            "range is full") from None
 
     def release(self, svc: Service) -> None:
         ip = self._claimed_ip(svc)

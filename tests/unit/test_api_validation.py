@@ -58,12 +58,64 @@ def test_valid_service_has_no_errors() -> None:
     ({"ports": [{"port": 80, "targetPort": "http--x"}]},
      'spec.ports[0].targetPort: Invalid value: "http--x": must not contain consecutive hyphens'),
     ({"loadBalancerSourceRanges": ["10.0.0.0/8"]},
-     "spec.loadBalancerSourceRanges: Forbidden: may only be used when `type` is 'LoadBalancer'"),
+     "spec.LoadBalancerSourceRanges: Forbidden: may only be used when `type` is 'LoadBalancer'"),
+    ({"type": "LoadBalancer", "loadBalancerSourceRanges": ["10.0.0.0/8", "59.100.192.6"]},
+     'spec.LoadBalancerSourceRanges[1]: Invalid value: "59.100.192.6": '
+     "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)"),
+    ({"type": "LoadBalancer", "loadBalancerSourceRanges": ["10.0.0.0/33"]},
+     'spec.LoadBalancerSourceRanges[0]: Invalid value: "10.0.0.0/33": '
+     "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)"),
+    ({"type": "LoadBalancer", "loadBalancerSourceRanges": ["10.0.0.0/255.0.0.0"]},
+     'spec.LoadBalancerSourceRanges[0]: Invalid value: "10.0.0.0/255.0.0.0": '
+     "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)"),
+    ({"allocateLoadBalancerNodePorts": False},
+     "spec.allocateLoadBalancerNodePorts: Forbidden: may only be used when `type` is 'LoadBalancer'"),
+    ({"loadBalancerClass": "example.com/lb"},
+     "spec.loadBalancerClass: Forbidden: may only be used when service type is 'LoadBalancer'"),
+    ({"type": "LoadBalancer", "loadBalancerClass": "-bad"},
+     'spec.loadBalancerClass: Invalid value: "-bad": name part must consist of alphanumeric characters, '
+     "'-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  "
+     "or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"),
+    ({"type": "NodePort", "externalTrafficPolicy": "Local", "healthCheckNodePort": 30100},
+     "spec.healthCheckNodePort: Invalid value: 30100: "
+     "may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'"),
+    ({"type": "LoadBalancer", "externalTrafficPolicy": "Local", "healthCheckNodePort": 70000},
+     "spec.healthCheckNodePort: Invalid value: 70000: must be between 1 and 65535, inclusive"),
     ({"externalTrafficPolicy": "Local"},
      'spec.externalTrafficPolicy: Invalid value: "Local": may only be set for externally-accessible services'),
 ])
 def test_service_rule(spec: dict, expected: str) -> None:
     assert expected in errors_of(service(**spec))
+
+
+def test_source_ranges_accept_cidrs_with_host_bits_and_padding() -> None:
+    assert errors_of(service(type="LoadBalancer", loadBalancerSourceRanges=[" 10.0.0.1/8 ", "2001:db8::/64"])) == []
+
+
+def test_source_ranges_annotation_is_checked_when_the_field_is_empty() -> None:
+    doc = service(type="LoadBalancer")
+    doc["metadata"]["annotations"] = {"service.beta.kubernetes.io/load-balancer-source-ranges": "10.0.0.0/8, 1.2.3.4"}
+    assert errors_of(doc) == [
+        'metadata.annotations[service.beta.kubernetes.io/load-balancer-source-ranges]: Invalid value: "1.2.3.4": '
+        "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)"]
+    obj = object_from_dict(service(type="LoadBalancer"))
+    obj.metadata.annotations = {"service.beta.kubernetes.io/load-balancer-source-ranges": " 10.0.0.0/8, 1.2.3.0/24 "}
+    assert obj.source_ranges == ["10.0.0.0/8", "1.2.3.0/24"]
+
+
+def updated_errors(old_spec: dict, new_spec: dict) -> list[str]:
+    old, new = object_from_dict(service(**old_spec)), object_from_dict(service(**new_spec))
+    for o in (old, new):
+        apply_defaults(o)
+    return [str(e) for e in validate(new, old)]
+
+
+def test_health_check_node_port_and_load_balancer_class_are_immutable() -> None:
+    lb_local = {"type": "LoadBalancer", "externalTrafficPolicy": "Local"}
+    assert "spec.healthCheckNodePort: Forbidden: field is immutable" in updated_errors(
+        {**lb_local, "healthCheckNodePort": 30100}, {**lb_local, "healthCheckNodePort": 30101})
+    assert 'spec.loadBalancerClass: Invalid value: "b.io/y": may not change once set' in updated_errors(
+        {"type": "LoadBalancer", "loadBalancerClass": "a.io/x"}, {"type": "LoadBalancer", "loadBalancerClass": "b.io/y"})
 
 
 def test_duplicate_port_protocol_pair() -> None:

@@ -146,9 +146,17 @@ def ip_address(value: str) -> list[str]:
     return []
 
 
+CIDR_MSG = "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)"
+
+
 def cidr(value: str) -> list[str]:
+    """Go's ParseCIDRSloppy: `address/prefix` with a decimal prefix (bits after the prefix
+    may be set). Python's ipaddress alone would also take a bare address or a netmask."""
+    address, slash, prefix = value.partition("/")
+    if not slash or not prefix.isdigit() or not prefix.isascii():
+        return [CIDR_MSG]
     try:
-        ipaddress.ip_network(value, strict=False)
+        ipaddress.ip_network(f"{address}/{int(prefix)}", strict=False)
     except ValueError:
-        return ["must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)"]
+        return [CIDR_MSG]
     return []

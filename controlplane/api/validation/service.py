@@ -9,9 +9,10 @@ import json
 
 from ..field_errors import (FieldError, GoValue, duplicate, forbidden, invalid, not_supported,
                             required)
-from ..service import (AFFINITY_CLIENT_IP, AFFINITY_NONE, CLUSTER_IP, EXTERNAL_NAME,
+from ..service import (AFFINITY_CLIENT_IP, ANNOTATION_LB_SOURCE_RANGES, AFFINITY_NONE, CLUSTER_IP, EXTERNAL_NAME,
                        LOAD_BALANCER, MAX_AFFINITY_TIMEOUT, NODE_PORT, POLICY_CLUSTER,
                        POLICY_LOCAL, PROTOCOLS, SERVICE_TYPES, HEADLESS, Service, ServicePort)
+from ..service_update import needs_health_check_node_port
 from . import names
 from .meta import validate_labels, validate_object_meta, validate_port_entry_name
 
@@ -113,19 +114,45 @@ def validate_service(svc: Service) -> list[FieldError]:
             errs.append(duplicate(f"spec.ports[{i}]", _go_service_port(protocol, port)))
         seen_ports.add(key)
 
-    ranges = spec.load_balancer_source_ranges or []
-    if ranges:
-        if stype != LOAD_BALANCER:
-            errs.append(forbidden("spec.loadBalancerSourceRanges", "may only be used when `type` is 'LoadBalancer'"))
-        for value in ranges:
-            if names.cidr(value.strip()):
-                errs.append(invalid("spec.loadBalancerSourceRanges", value,
-                                    "must be a list of IP ranges. For example, 10.240.0.0/24,10.250.0.0/24 "))
+    errs.extend(_validate_source_ranges(svc))
     if spec.load_balancer_ip and stype != LOAD_BALANCER:
         errs.append(forbidden("spec.loadBalancerIP", "may only be used when `type` is 'LoadBalancer'"))
+    if spec.allocate_load_balancer_node_ports is not None and stype != LOAD_BALANCER:
+        errs.append(forbidden("spec.allocateLoadBalancerNodePorts", "may only be used when `type` is 'LoadBalancer'"))
+    errs.extend(_validate_load_balancer_class(svc))
 
     errs.extend(_validate_traffic_policies(svc))
     return errs
+
+
+def _validate_source_ranges(svc: Service) -> list[FieldError]:
+    """The field, or else the annotation; each entry a CIDR (space padding tolerated). The
+    path spells the field with a capital L, as the apiserver does."""
+    ranges = svc.spec.load_balancer_source_ranges or []
+    annotation = svc.annotations.get(ANNOTATION_LB_SOURCE_RANGES)
+    if ranges:
+        path = "spec.LoadBalancerSourceRanges"
+        entries = [(f"{path}[{i}]", value.strip()) for i, value in enumerate(ranges)]
+    elif annotation is not None:
+        path = f"metadata.annotations[{ANNOTATION_LB_SOURCE_RANGES}]"
+        entries = [(path, v.strip()) for v in annotation.strip().split(",")] if annotation.strip() else []
+    else:
+        return []
+    errs: list[FieldError] = []
+    if svc.type != LOAD_BALANCER:
+        errs.append(forbidden(path, "may only be used when `type` is 'LoadBalancer'"))
+    for entry_path, value in entries:
+        errs.extend(invalid(entry_path, value, m) for m in names.cidr(value))
+    return errs
+
+
+def _validate_load_balancer_class(svc: Service) -> list[FieldError]:
+    cls = svc.spec.load_balancer_class
+    if cls is None:
+        return []
+    if svc.type == LOAD_BALANCER:
+        return [invalid("spec.loadBalancerClass", cls, m) for m in names.qualified_name(cls)]
+    return [forbidden("spec.loadBalancerClass", "may only be used when service type is 'LoadBalancer'")]
 
 
 def _validate_client_ip_affinity(svc: Service) -> list[FieldError]:
@@ -156,10 +183,13 @@ def _validate_traffic_policies(svc: Service) -> list[FieldError]:
     elif spec.external_traffic_policy:
         errs.append(invalid("spec.externalTrafficPolicy", spec.external_traffic_policy,
                             "may only be set for externally-accessible services"))
-    if spec.health_check_node_port:
-        if svc.type != LOAD_BALANCER or spec.external_traffic_policy != POLICY_LOCAL:
-            errs.append(invalid("spec.healthCheckNodePort", spec.health_check_node_port,
+    hc = spec.health_check_node_port
+    if svc.type != LOAD_BALANCER or spec.external_traffic_policy != POLICY_LOCAL:
+        if hc:
+            errs.append(invalid("spec.healthCheckNodePort", hc,
                                 "may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'"))
+    elif hc:  # unset is fine here: the allocator fills it in (the apiserver allocates first)
+        errs.extend(invalid("spec.healthCheckNodePort", hc, m) for m in names.port_number(hc))
     if svc.type != EXTERNAL_NAME:
         itp = spec.internal_traffic_policy
         if not itp:
@@ -171,6 +201,12 @@ def _validate_traffic_policies(svc: Service) -> list[FieldError]:
 
 def validate_service_update(new: Service, old: Service) -> list[FieldError]:
     errs = validate_service(new)
+    if old.type == LOAD_BALANCER and new.type == LOAD_BALANCER \
+            and old.spec.load_balancer_class != new.spec.load_balancer_class:
+        errs.append(invalid("spec.loadBalancerClass", new.spec.load_balancer_class, "may not change once set"))
+    if needs_health_check_node_port(old) and needs_health_check_node_port(new) \
+            and new.spec.health_check_node_port != old.spec.health_check_node_port:
+        errs.append(forbidden("spec.healthCheckNodePort", "field is immutable"))
     if EXTERNAL_NAME not in (new.type, old.type):
         if (new.spec.cluster_ip or "") != (old.spec.cluster_ip or ""):
             errs.append(invalid("spec.clusterIP", new.spec.cluster_ip or "", "field is immutable"))
