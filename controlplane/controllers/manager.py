@@ -23,12 +23,14 @@ from .deployments import reconcile_deployments, sync_deployment_key
 from .dirty import WATCHED_KINDS, DirtySet, HistoryUnknown, collect
 from .endpoints import mirror_endpoints, mirror_service_endpoints, reconcile_endpoints, sync_service_endpoints
 from .gc import collect_garbage, collect_owned_by, collect_pod, expire_due_pods
+from .lb_ipam import reconcile_lb_ipam, sync_services as sync_lb_ipam
 
 CONTROLLERS: tuple[Callable[[Store], int], ...] = (
     reconcile_deployments,
     collect_garbage,
     reconcile_endpoints,
     mirror_endpoints,
+    reconcile_lb_ipam,
 )
 
 CHECKPOINT = "controllers.reconciledResourceVersion"
@@ -65,6 +67,7 @@ def run_dirty(tx: StoreWriter, dirty: DirtySet) -> int:
         writes += sync_service_endpoints(tx, namespace, name)
     for namespace, name in sorted(dirty.services):
         writes += mirror_service_endpoints(tx, namespace, name)
+    writes += sync_lb_ipam(tx, dirty.services)
     return writes
 
 

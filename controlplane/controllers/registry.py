@@ -30,7 +30,7 @@ from controlplane.api.merge import LAST_APPLIED, three_way_merge
 from controlplane.api.meta import ApiObject, ObjectMeta
 from controlplane.api.namespace import BUILTIN_NAMESPACES, Namespace
 from controlplane.api.pod import PENDING, Pod
-from controlplane.api.service import Service, ServicePort, ServiceSpec
+from controlplane.api.service import Service, ServicePort, ServiceSpec, ServiceStatus
 from controlplane.api.service_update import drop_type_dependent_fields, patch_allocated_values
 from controlplane.store.interface import Store, StoreWriter
 
@@ -229,6 +229,9 @@ class Registry:
             if isinstance(new, Service) and isinstance(live, Service):
                 patch_allocated_values(new, live)
                 drop_type_dependent_fields(new, live)
+                new.status = copy.deepcopy(live.status)   # status is the controllers' to write
+        elif isinstance(new, Service):
+            new.status = ServiceStatus()                  # as the apiserver: a new Service has none
         apply_defaults(new)
         if isinstance(new, Deployment):
             if live is None:
