@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "controlplane.kubectl.expose",
     "controlplane.kubectl.run",
     "controlplane.kubectl.scale",
+    "controlplane.kubectl.lb_pool",
     "controlplane.agent.commands",
     "controlplane.dataplane.commands",
     "controlplane.dns.commands",

@@ -5,7 +5,7 @@ import argparse
 
 from controlplane.api.endpoints import Endpoints
 from controlplane.api.merge import LAST_APPLIED
-from controlplane.api.service import Service
+from controlplane.api.service import LoadBalancerIngress, Service
 from controlplane.cli import CommandError
 
 from .options import add_selector, common_parent
@@ -31,12 +31,19 @@ def _multiline(title: str, items: dict[str, str], skip: tuple[str, ...] = ()) ->
     return [[f"{title}:" if i == 0 else "", f"{k}={v}"] for i, (k, v) in enumerate(entries)]
 
 
+def _ingress(ingress: LoadBalancerIngress) -> str:
+    """`192.168.1.241 (VIP)`: the address with its ipMode, or the hostname (buildIngressString)."""
+    if ingress.ip:
+        return f"{ingress.ip} ({ingress.ip_mode})" if ingress.ip_mode else ingress.ip
+    return ingress.hostname or ""
+
+
 def describe_service(svc: Service, endpoints: Endpoints | None) -> str:
     spec = svc.spec
     lines: list[list[str]] = [["Name:", svc.name], ["Namespace:", svc.namespace]]
     lines += _multiline("Labels", svc.labels)
     lines += _multiline("Annotations", svc.annotations, skip=(LAST_APPLIED,))
-    lines.append(["Selector:", format_labels(spec.selector) if spec.selector else ""])
+    lines.append(["Selector:", format_labels(spec.selector)])
     lines.append(["Type:", svc.type])
     if spec.ip_family_policy:
         lines.append(["IP Family Policy:", spec.ip_family_policy])
@@ -51,7 +58,7 @@ def describe_service(svc: Service, endpoints: Endpoints | None) -> str:
         lines.append(["External Name:", spec.external_name])
     lb = svc.status.load_balancer
     if lb and lb.ingress:
-        lines.append(["LoadBalancer Ingress:", ", ".join(i.ip or i.hostname or "" for i in lb.ingress)])
+        lines.append(["LoadBalancer Ingress:", ", ".join(_ingress(i) for i in lb.ingress)])
     for port in svc.ports:
         name = port.name or "<unset>"
         lines.append(["Port:", name, f"{port.port}/{port.protocol}"])

@@ -45,16 +45,29 @@ def format_endpoints(ep: Endpoints | None, port_names: set[str] | None = None) -
     return _limited(items, len(items)) if items else NONE
 
 
-def service_external_ip(svc: Service) -> str:
+LOAD_BALANCER_WIDTH = 16   # kubectl clips the LoadBalancer addresses to this outside -o wide
+
+
+def load_balancer_addresses(svc: Service, wide: bool) -> str:
+    """kubectl's loadBalancerStatusStringer: ingress IPs (else hostnames), sorted, no repeats."""
+    lb = svc.status.load_balancer
+    found = {i.ip or i.hostname for i in (lb.ingress if lb and lb.ingress else []) if i.ip or i.hostname}
+    text = ",".join(sorted(found))  # type: ignore[arg-type]
+    if not wide and len(text) > LOAD_BALANCER_WIDTH:
+        text = text[:LOAD_BALANCER_WIDTH - 3] + "..."
+    return text
+
+
+def service_external_ip(svc: Service, wide: bool = False) -> str:
+    """The EXTERNAL-IP column (getServiceExternalIP)."""
     if svc.type == EXTERNAL_NAME:
-        return svc.spec.external_name or NONE
-    ips = list(svc.spec.external_ips or [])
+        return svc.spec.external_name or ""
+    external = list(svc.spec.external_ips or [])
     if svc.type == LOAD_BALANCER:
-        lb = svc.status.load_balancer
-        ingress = [i.ip or i.hostname or "" for i in (lb.ingress if lb and lb.ingress else [])]
-        ips = ingress + ips
+        lb = load_balancer_addresses(svc, wide)
+        ips = (lb.split(",") if lb else []) + external
         return ",".join(ips) if ips else "<pending>"
-    return ",".join(ips) if ips else NONE
+    return ",".join(external) if external else NONE
 
 
 def service_ports(svc: Service) -> str:
@@ -69,7 +82,7 @@ def service_ports(svc: Service) -> str:
 
 def service_row(svc: Service, wide: bool, at: _dt.datetime) -> list[str]:
     cluster_ip = NONE if svc.type == EXTERNAL_NAME else (svc.spec.cluster_ip or NONE)
-    row = [svc.name, svc.type, cluster_ip, service_external_ip(svc), service_ports(svc),
+    row = [svc.name, svc.type, cluster_ip, service_external_ip(svc, wide), service_ports(svc),
            age(svc.metadata.creation_timestamp, at)]
     if wide:
         row.append(format_labels(svc.spec.selector))
