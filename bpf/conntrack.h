@@ -39,9 +39,17 @@ static __always_inline __u64 ct_timeout_ns(__u8 proto, __u8 flags)
 	return SVCXDP_UDP_TIMEOUT_S * SVCXDP_NSEC_PER_SEC;
 }
 
+/* How long the entry has been idle, signed: another CPU may have refreshed it
+ * with a `now` a little later than ours, and as unsigned that small negative
+ * age would wrap to "idle for centuries" (affinity.h does the same). */
+static __always_inline __s64 ct_idle_ns(const struct ct_value *v, __u64 now)
+{
+	return (__s64)(now - v->last_seen);
+}
+
 static __always_inline int ct_alive(const struct ct_value *v, __u64 now, __u8 proto)
 {
-	return now - v->last_seen <= ct_timeout_ns(proto, v->flags);
+	return ct_idle_ns(v, now) <= (__s64)ct_timeout_ns(proto, v->flags);
 }
 
 /* A bare SYN on a flow that was closing is a new connection reusing the tuple. */
@@ -54,7 +62,7 @@ static __always_inline int ct_reopened(const struct ct_value *v, __u8 tcp_flags)
 /* Refresh an entry; returns 1 when this packet starts the close (first FIN/RST). */
 static __always_inline int ct_touch(struct ct_value *v, __u64 now, __u8 tcp_flags)
 {
-	if (now - v->last_seen > CT_REFRESH_NS)
+	if (ct_idle_ns(v, now) > (__s64)CT_REFRESH_NS)
 		v->last_seen = now;
 	if ((tcp_flags & (TCPF_FIN | TCPF_RST)) && !(v->flags & SVCXDP_CT_F_CLOSING)) {
 		v->flags |= SVCXDP_CT_F_CLOSING;

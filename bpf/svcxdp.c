@@ -65,6 +65,7 @@ static __always_inline void frag_record(struct iphdr *ip, __be32 orig_src, __be3
 	k.id = ip->id;
 	k.proto = ip->protocol;
 	struct frag_value v = {};
+	v.created = bpf_ktime_get_coarse_ns();
 	v.nat_ip = nat_ip;
 	v.dir = dir;
 	fragments.update(&k, &v);
@@ -78,7 +79,11 @@ static __always_inline int handle_later_fragment(struct iphdr *ip, struct events
 	k.id = ip->id;
 	k.proto = ip->protocol;
 	struct frag_value *v = fragments.lookup(&k);
-	if (!v) {
+	/* Signed age: another CPU may have recorded the first fragment a moment
+	 * after our clock read. A record past the reassembly timeout belongs to an
+	 * older datagram that had the same IP id: it translates nothing. */
+	if (!v || (__s64)(bpf_ktime_get_coarse_ns() - v->created) >
+		  (__s64)(SVCXDP_FRAG_TIMEOUT_S * SVCXDP_NSEC_PER_SEC)) {
 		ev->main = SVCXDP_CNT_FRAG_UNKNOWN;
 		return XDP_PASS;
 	}

@@ -100,6 +100,10 @@
 #define SVCXDP_DEFAULT_TCP_TIMEOUT_S 21600   /* established TCP: 6 h, as Cilium */
 #define SVCXDP_DEFAULT_TCP_CLOSE_TIMEOUT_S 10 /* after FIN/RST */
 #define SVCXDP_DEFAULT_UDP_TIMEOUT_S 60      /* UDP idle */
+/* A first fragment's record translates later fragments this long, as the kernel
+ * keeps a reassembly queue (net.ipv4.ipfrag_time): after that the IP id may be
+ * reused by another datagram, which must not inherit the old translation. */
+#define SVCXDP_FRAG_TIMEOUT_S 30
 
 /* Key of the `services` map: one entry per (VIP, port, protocol, scope). */
 struct svc_key {
@@ -192,6 +196,8 @@ struct frag_key {
 };
 
 struct frag_value {
+	__u64 created;   /* bpf_ktime_get_coarse_ns() of the first fragment: the entry
+			  * serves later fragments for SVCXDP_FRAG_TIMEOUT_S only */
 	__be32 nat_ip;   /* new destination (forward) or source (reply) address */
 	__u8 dir;        /* SVCXDP_CT_DIR_* */
 	__u8 reserved[3];

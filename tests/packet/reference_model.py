@@ -15,6 +15,8 @@ Conventions:
 - addresses are dotted strings, ports ints, protocol numbers ints;
 - flows never time out here (an example runs in well under the 10 s TCP close
   timeout), and the LRU maps never evict (they are far larger than an example);
+- a first fragment's record expires FRAG_TIMEOUT_S after it was made, read on the
+  datapath's clock (CLOCK_MONOTONIC_COARSE, bpf_ktime_get_coarse_ns());
 - checksums are updated incrementally, per rewritten field, with RFC 1624 eqn. 3
   (HC' = ~(~HC + ~m + m')), so a packet whose checksum was right stays right and one
   whose checksum was wrong stays exactly as wrong. UDP: a zero checksum means "none"
@@ -24,8 +26,11 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import Callable
+
+from controlplane.dataplane.layout import const
 
 TCP, UDP, ICMP = 6, 17, 1
 FWD, REPLY = 0, 1
@@ -35,6 +40,13 @@ VLAN_TPIDS = (0x8100, 0x88A8)
 IP_MF, IP_OFFSET = 0x2000, 0x1FFF
 TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
 ICMP_ERRORS = (3, 4, 11, 12)  # dest unreachable, source quench, time exceeded, parameter problem
+FRAG_TIMEOUT_NS = const("FRAG_TIMEOUT_S") * 10**9
+CLOCK_MONOTONIC_COARSE = 6  # Linux's clock id; Python's time module does not name it
+
+
+def datapath_clock_ns() -> int:
+    """The clock the datapath stamps entries with (bpf_ktime_get_coarse_ns)."""
+    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
 
 
 COUNTERS = ("pass_non_ip", "pass_non_service", "revnat", "ct_new", "ct_hit", "ct_stale",
@@ -123,7 +135,8 @@ class ReferenceDatapath:
         self.backends: dict[int, BackendEntry] = {}
         self.rr_next: dict[int, int] = {}
         self.conntrack: dict[CtKey, Flow] = {}
-        self.fragments: dict[FragKey, tuple[str, int]] = {}
+        # (new address, direction, when the first fragment was seen)
+        self.fragments: dict[FragKey, tuple[str, int, int]] = {}
         # backend (ip, port, proto) -> (VIP, port it answers for, shared by several frontends)
         self.rev_nat: dict[tuple[str, int, int], tuple[str, int, bool]] = {}
         self.counters = dict.fromkeys(COUNTERS, 0)
@@ -367,7 +380,10 @@ class ReferenceDatapath:
         rec = self.fragments.get((ip.src, ip.dst, ip.ident, ip.proto))
         if rec is None:
             return done("XDP_PASS", "fragment of no known datagram", "frag_unknown")
-        nat_ip, direction = rec
+        nat_ip, direction, created = rec
+        if datapath_clock_ns() - created > FRAG_TIMEOUT_NS:
+            # Past the reassembly timeout the IP id may belong to another datagram.
+            return done("XDP_PASS", "fragment of an expired datagram", "frag_unknown")
         if direction == FWD:
             ip.set_dst(nat_ip, None)
         else:
@@ -431,7 +447,7 @@ class ReferenceDatapath:
     def _frag_record(self, ip, src, dst, nat_ip, direction) -> None:
         """A first fragment (MF set, offset 0) tells its later fragments what to do."""
         if ip.frag_off & IP_MF:
-            self.fragments[(src, dst, ip.ident, ip.proto)] = (nat_ip, direction)
+            self.fragments[(src, dst, ip.ident, ip.proto)] = (nat_ip, direction, datapath_clock_ns())
 
     def _account(self, svc_id, nbytes, new=0, reject=0) -> None:
         s = self.svc_stats.setdefault(svc_id, dict(packets=0, bytes=0, new_flows=0, rejects=0))
