@@ -85,13 +85,27 @@ static __always_inline void ct_key_set(struct ct_key *k, __be32 src, __be32 dst,
 	k->reserved = 0;
 }
 
-/* Give a counted flow's connection back to its backend, once (lc.h). */
+/* Is the backend id still the backend the flow was recorded with? The writer
+ * hands a removed backend's id to another (service, address), which must not be
+ * taken for the old one. (An address removed and re-added to the same service
+ * under the same id is the same backend again.) */
+static __always_inline int ct_backend_same(const struct ct_value *v, const struct backend *b)
+{
+	return b->svc_id == v->svc_id && b->ip == v->nat_ip && b->port == v->nat_port;
+}
+
+/* Give a counted flow's connection back to its backend, once (lc.h) — and only to
+ * that backend: a stale flow whose id now names another backend gives nothing to
+ * the new owner, whose count started from 0. */
 static __always_inline void ct_uncount(struct ct_value *v)
 {
 	if (!(v->flags & SVCXDP_CT_F_COUNTED))
 		return;
 	v->flags &= ~SVCXDP_CT_F_COUNTED;
-	conns_add(v->backend_id, -1);
+	__u32 id = v->backend_id;
+	struct backend *b = backends.lookup(&id);
+	if (b && ct_backend_same(v, b))
+		conns_add(id, -1);
 }
 
 /* The backend closed first: the count lives on the forward entry, found from the
@@ -124,10 +138,18 @@ static __always_inline int ct_needs_reply_entry(const struct backend *b)
 /* Record a new flow: its forward entry, and a reply entry (backend -> client, the
  * key the backend's answer carries) when ct_needs_reply_entry(). With `counted`,
  * the flow takes one of its backend's active-connection counts (unless it is
- * closing already). */
-static __always_inline void ct_create(const struct ct_key *fwd, __be32 vip, __be16 vport,
-				      const struct backend *b, __u32 backend_id,
-				      __u32 svc_id, __u64 now, __u8 tcp_flags, int counted)
+ * closing already).
+ * Two CPUs may take the first packets of one flow at once and choose different
+ * backends: a new flow's entry is inserted only if there is none (BPF_NOEXIST),
+ * and the CPU that finds one already there follows it. Returns NULL when this
+ * packet's choice was recorded, else the entry recorded first. `replace`: the
+ * tuple's entry is dead (expired, reopened or stale) and is overwritten; two CPUs
+ * replacing one dead entry at the same instant can still both write (the later
+ * one stands), since a map update cannot compare-and-swap. */
+static __always_inline struct ct_value *ct_create(const struct ct_key *fwd, __be32 vip,
+						  __be16 vport, const struct backend *b,
+						  __u32 backend_id, __u32 svc_id, __u64 now,
+						  __u8 tcp_flags, int counted, int replace)
 {
 	struct ct_value v = {};
 	v.last_seen = now;
@@ -139,17 +161,30 @@ static __always_inline void ct_create(const struct ct_key *fwd, __be32 vip, __be
 		v.flags = SVCXDP_CT_F_CLOSING;
 	else if (counted)
 		v.flags = SVCXDP_CT_F_COUNTED;
-	conntrack.update((struct ct_key *)fwd, &v);
+	int busy;
+	if (replace)
+		busy = conntrack.update((struct ct_key *)fwd, &v);
+	else
+		busy = conntrack.insert((struct ct_key *)fwd, &v);  /* BPF_NOEXIST */
+	if (busy) {
+		struct ct_value *first = conntrack.lookup((struct ct_key *)fwd);
+		if (first)
+			return first;
+		/* Gone again already (evicted): this packet's choice is as good. */
+		if (conntrack.update((struct ct_key *)fwd, &v))
+			return NULL;
+	}
 	if (v.flags & SVCXDP_CT_F_COUNTED)
 		conns_add(backend_id, 1);
 	if (!ct_needs_reply_entry(b))
-		return;
+		return NULL;
 
 	struct ct_key rk;
 	ct_key_set(&rk, b->ip, fwd->src, b->port, fwd->sport, fwd->proto, SVCXDP_CT_DIR_REPLY);
 	v.nat_ip = vip;
 	v.nat_port = vport;
 	conntrack.update(&rk, &v);
+	return NULL;
 }
 
 /* The flow a packet from backend:bport to client:cport answers. */

@@ -6,7 +6,10 @@
  * It goes up when such a flow is created (its conntrack entry gets
  * SVCXDP_CT_F_COUNTED) and down once per flow: on the first FIN or RST in either
  * direction, or when the datapath finds the flow's entry expired, reopened or
- * pointing at a removed backend. Entries the LRU evicts, and UDP flows whose
+ * pointing at a removed backend — and then only if the flow's backend id still
+ * names that backend (conntrack.h, ct_uncount: ids are reused, and a reused id's
+ * count starts again from 0). A flow's first packets on two CPUs at once count
+ * once: only the CPU whose entry is recorded counts. Entries the LRU evicts, and UDP flows whose
  * tuple never comes back, are never seen again and keep their count: the count is
  * an upper bound that drifts upwards, which the writer's recount corrects.
  * Counts are read as signed and clamped at 0 (two CPUs closing one flow at once

@@ -130,8 +130,7 @@ static __always_inline int ct_backend_valid(const struct ct_value *v)
 {
 	__u32 id = v->backend_id;
 	struct backend *b = backends.lookup(&id);
-	return b && b->state != SVCXDP_BACKEND_UNUSED && b->svc_id == v->svc_id &&
-	       b->ip == v->nat_ip && b->port == v->nat_port;
+	return b && b->state != SVCXDP_BACKEND_UNUSED && ct_backend_same(v, b);
 }
 
 static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth,
@@ -195,10 +194,19 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 		ev->main = SVCXDP_CNT_SLOT_MISS;
 		return XDP_DROP;
 	}
+	struct ct_value *first = ct_create(&k, ip->daddr, *l4->dport, b, backend_id, svc->svc_id,
+					   now, l4->tcp_flags, alg_counts_conns(svc->algorithm),
+					   v != NULL);
+	if (first) {
+		/* Another CPU recorded this flow's first packet a moment ago: follow it. */
+		nat_ip = first->nat_ip;
+		nat_port = first->nat_port;
+		ev->main = SVCXDP_CNT_CT_HIT;
+		svc_account(svc->svc_id, bytes, 0, 0);
+		goto dnat;
+	}
 	if (fresh && (svc->flags & SVCXDP_SVC_F_AFFINITY))
 		affinity_put(svc, k.src, backend_id, now);
-	ct_create(&k, ip->daddr, *l4->dport, b, backend_id, svc->svc_id, now, l4->tcp_flags,
-		  alg_counts_conns(svc->algorithm));
 	nat_ip = b->ip;
 	nat_port = b->port;
 	ev->main = SVCXDP_CNT_CT_NEW;

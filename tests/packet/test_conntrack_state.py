@@ -7,12 +7,20 @@ datapath's own clock (CLOCK_MONOTONIC_COARSE = bpf_ktime_get_coarse_ns), so
 nothing here waits or depends on timing."""
 from __future__ import annotations
 
+import ipaddress
+import mmap
+import os
+import socket
+import struct
+
 import pytest
 from scapy.layers.inet import IP, TCP, UDP, fragment
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from controlplane.dataplane.model import Backend, Frontend, ServiceState
+from controlplane.dataplane.config import DataplaneConfig
+from controlplane.dataplane.program import Dataplane
+from controlplane.dataplane.testrun import TestRunner
 
 from .harness import BACKENDS, CLIENT, CLIENT_MAC, NODE_MAC, VIP, Harness, delta
 from .reference_model import FRAG_TIMEOUT_NS, ReferenceDatapath, datapath_clock_ns
@@ -104,3 +112,104 @@ def test_fragment_record_serves_only_within_the_reassembly_timeout(xdp: Harness,
         out = xdp.send(Ether(f))
         assert (out.pkt[IP].dst == BACKENDS[0]) is translated
     assert delta(before, xdp.counters()) == {"frag_nat" if translated else "frag_unknown": 2 * len(later)}
+
+
+# ---- a flow's first packets on two CPUs at once -------------------------------------------
+def _race(prog_fd: int, frames: list[bytes], cpu: int, me: int, flags: mmap.mmap, wfd: int) -> None:
+    """Child process: pinned to one CPU, run frame i as soon as the other child is
+    ready for frame i too (a spin barrier in shared memory), report each output's
+    destination address."""
+    code = 1
+    try:
+        os.sched_setaffinity(0, {cpu})
+        runner = TestRunner(prog_fd)
+        mine, theirs = me * 8, (1 - me) * 8
+        dsts = bytearray()
+        for i, f in enumerate(frames, 1):
+            struct.pack_into("Q", flags, mine, i)
+            while struct.unpack_from("Q", flags, theirs)[0] < i:
+                pass
+            dsts += runner.run(f).data[30:34]
+        os.write(wfd, bytes(dsts))
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _run_on_two_cpus(prog_fd: int, frames: list[bytes]) -> list[list[str]]:
+    flags = mmap.mmap(-1, 16)
+    pids, pipes = [], []
+    for me in (0, 1):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            _race(prog_fd, frames, me, me, flags, w)
+        os.close(w)
+        pids.append(pid)
+        pipes.append(r)
+    outs = []
+    for pid, r in zip(pids, pipes):
+        data = b""
+        while chunk := os.read(r, 65536):
+            data += chunk
+        os.close(r)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        outs.append([str(ipaddress.IPv4Address(data[i:i + 4])) for i in range(0, len(data), 4)])
+    return outs
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0) & {0, 1}) < 2, reason="needs CPUs 0 and 1")
+def test_first_packets_of_a_flow_on_two_cpus_agree_on_the_backend(xdp: Harness):
+    """Two CPUs take the same new flow's first packet at the same moment (a spin
+    barrier per flow). With round robin they choose different backends; the flow
+    must still have one: the CPU that finds the entry already recorded follows it
+    (BPF_NOEXIST insert), so both packets and the entry name the same backend.
+    With a blind overwrite the two packets went to two backends."""
+    xdp.service(algorithm="rr", backends=tuple(f"10.244.3.{i}" for i in range(1, 9)))
+    frames = [bytes(tcp(20000 + i, "S")) for i in range(400)]  # main split ~2/3 of them
+    a, b = _run_on_two_cpus(xdp.dp.prog_fd, frames)
+    split = [i for i in range(len(frames)) if a[i] != b[i]]
+    assert not split, f"{len(split)} of {len(frames)} flows sent to two backends"
+    recorded = {socket.ntohs(k.sport): str(ipaddress.IPv4Address(socket.ntohl(v.nat_ip)))
+                for k, v in xdp.dp.table("conntrack").items()}
+    assert [recorded[20000 + i] for i in range(len(frames))] == a
+
+
+# ---- backend ids handed to another backend ----------------------------------------------------
+@pytest.fixture(scope="module")
+def two_backend_ids():
+    """A dataplane with backend ids 1 and 2 only, so the writer reuses a freed id at once."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    dp = Dataplane.load(DataplaneConfig(instance="pytest-idreuse", pin=False, ct_size=1024,
+                                        frag_size=64, max_services=8, max_backends=3,
+                                        max_slots=16, affinity_size=64))
+    yield Harness(dp)
+    dp.close()
+
+
+def test_stale_flow_of_a_reused_backend_id_leaves_the_new_owner_count_alone(two_backend_ids):
+    """lc counts connections per backend id. A flow whose backend was removed, and
+    whose id the writer then gave to another service's backend, must not give its
+    connection back to the new owner when it ends: the new owner's count would
+    drop below its real connections (here from 1 to 0) and lc would overload it."""
+    h = two_backend_ids
+    h.reset()
+    a = h.service(vip="10.96.1.1", algorithm="lc", backends=("10.244.4.1",))
+    assert h.send(tcp(44000, "S", dst="10.96.1.1")).pkt[IP].dst == "10.244.4.1"
+    old_id = h.writer.backend_id(a, "10.244.4.1", 8080)
+    h.service(vip="10.96.1.1", algorithm="lc", backends=("10.244.4.2",))  # 4.1 leaves, id freed
+    b = h.service(vip="10.96.1.2", algorithm="lc", backends=("10.244.4.3",))
+    assert h.writer.backend_id(b, "10.244.4.3", 8080) == old_id  # the freed id, reused
+    assert h.send(tcp(44001, "S", dst="10.96.1.2")).pkt[IP].dst == "10.244.4.3"
+    assert h.writer.active_connections(b) == {("10.244.4.3", 8080): 1}
+
+    # The old flow closes; its backend is gone, so it is re-chosen and its count
+    # goes nowhere — in particular not to 10.244.4.3.
+    h.send(tcp(44000, "FA", dst="10.96.1.1"))
+    assert h.writer.active_connections(b) == {("10.244.4.3", 8080): 1}
+    h.send(tcp(44001, "FA", dst="10.96.1.2"))
+    assert h.writer.active_connections(b) == {("10.244.4.3", 8080): 0}
+    h.reset()
