@@ -19,6 +19,7 @@ from controlplane.store.interface import Store
 from .cache import WATCHED_KINDS, ServiceCache, ServiceKey
 from .desired import Desired, NodeConfig, desired_state
 from .health import Health
+from .healthcheck import ServiceHealthServers
 from .interfaces import InterfaceManager
 
 log = logging.getLogger("svcxdp.agent")
@@ -42,7 +43,7 @@ def _endpoints(state: ServiceState) -> str:
 class Agent:
     def __init__(self, store: Store, node: NodeConfig, dp: Dataplane,
                  interfaces: InterfaceManager | None = None, health: Health | None = None,
-                 check_every_s: float = 30.0) -> None:
+                 check_every_s: float = 30.0, service_health: ServiceHealthServers | None = None) -> None:
         self.store = store
         self.node = node
         self.dp = dp
@@ -50,6 +51,7 @@ class Agent:
         self.interfaces = interfaces
         self.health = health or Health(node.name)
         self.check_every_s = check_every_s
+        self.service_health = service_health   # healthCheckNodePort servers (eTP Local)
         self.cache = ServiceCache()
         self._owners: dict[Frontend, str] = {}
         self._frontends: dict[ServiceKey, set[Frontend]] = {}
@@ -105,6 +107,8 @@ class Agent:
                                       f" ({_endpoints(state)})")
             else:
                 report.changed.append(f"{name}: settings changed ({_endpoints(state)})")
+        if self.service_health is not None:
+            self.service_health.update(self.cache, wants)
 
     def _upsert(self, states: list[ServiceState]) -> dict[Frontend, CapacityError]:
         """Write `states` in one batch; if that does not fit (the writer checks all

@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from .agent import Agent
     from .desired import NodeConfig
     from .health import Health, serve
+    from .healthcheck import ServiceHealthServers
     from .interfaces import InterfaceManager
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -65,11 +66,13 @@ def run(args: argparse.Namespace) -> int:
     health = Health(args.node)
     if args.healthz_port:
         serve(health, port=args.healthz_port)
+    service_health = ServiceHealthServers(args.node, lambda: health.report()[0] == 200)
     agent = Agent(store, NodeConfig(args.node, args.lb_algorithm), dp, interfaces, health,
-                  check_every_s=args.check_interval)
+                  check_every_s=args.check_interval, service_health=service_health)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     agent.run(stop)
+    service_health.close()
     log.info("agent stopping; the dataplane stays attached and pinned")
     return 0
