@@ -16,6 +16,7 @@ from pathlib import Path
 from controlplane.agent.lab_hook import instance_name
 from controlplane.dataplane.config import PIN_ROOT
 from controlplane.lab import hooks
+from controlplane.lab.plan import LB_POOL
 from controlplane.lab.topology import Lab
 from controlplane.store.paths import resolve_state_dir
 
@@ -111,6 +112,28 @@ def _affinity_section(t: Transcript, lab: Lab, state_dir: Path, vip: str) -> Non
     t.svcctl("apply", "-f", str(EXAMPLES / "myapp.yaml"))
 
 
+def _load_balancer_section(t: Transcript, lab: Lab) -> None:
+    """A LoadBalancer in front of myapp: LB-IPAM gives it an address from the lab's pool
+    (which the outside host routes to the nodes); with externalTrafficPolicy Local each node
+    serves its healthCheckNodePort, as kube-proxy does for a cloud load balancer."""
+    t.say(f"A LoadBalancer service: svcxdp's LB-IPAM gives it an address from the lab's pool {LB_POOL}")
+    print((EXAMPLES / "myapp-lb.yaml").read_text().rstrip())
+    t.svcctl("apply", "-f", str(EXAMPLES / "myapp-lb.yaml"))
+    t.wait("an address for myapp-lb", lambda: t.get_json("svc", "myapp-lb").get("status", {}).get("loadBalancer"))
+    t.svcctl("get", "svc", "myapp-lb")
+    t.svcctl("lb-pool")
+    hc = t.get_json("svc", "myapp-lb")["spec"]["healthCheckNodePort"]
+    t.say(f"externalTrafficPolicy: Local: every node answers on healthCheckNodePort {hc} whether it has "
+          "ready myapp pods (200) or not (503)")
+    for node in lab.nodes():
+        url = f"http://{node.ip}:{hc}/"
+        t.wait(f"{node.name}'s health check", lambda: lab.exec(
+            "outside", ["curl", "-s", "-m", "3", url], capture_output=True, text=True).stdout)
+        p = lab.exec("outside", ["curl", "-s", "-m", "3", "-w", "  (HTTP %{http_code})", url],
+                     capture_output=True, text=True)
+        print(f"$ svcctl exec outside -- curl -s {url}\n{p.stdout}")
+
+
 def _fresh_lab(state_dir: Path) -> Lab:
     lab = Lab(state_dir, prefix=DEMO_PREFIX)
     if lab.status().outside is not None:
@@ -171,6 +194,8 @@ def run_walkthrough(nodes: int = 2, keep: bool = False) -> int:
         t.wait("redis", lambda: lab.exec("client", ["redis-cli", "-h", rvip, "PING"], capture_output=True,
                                          text=True, timeout=10).stdout.strip() == "PONG")
         print(lab.exec("client", ["redis-cli", "-h", rvip, "PING"], capture_output=True, text=True).stdout.rstrip())
+
+        _load_balancer_section(t, lab)
 
         t.say("Scale myapp to 0: the ClusterIP refuses at once (TCP RST from XDP), like kube-proxy's REJECT")
         t.svcctl("scale", "deployment", "myapp-deploy", "--replicas=0")

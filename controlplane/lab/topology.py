@@ -7,7 +7,8 @@
     lab.down()                           # removes exactly what the state records
 
 Topology (node N, N >= 1):
-    svcxdp-outside   bridge svcxdp-br0 192.168.1.100/24, port svcxdp-nN per node
+    svcxdp-outside   bridge svcxdp-br0 192.168.1.100/24, port svcxdp-nN per node;
+                     192.168.1.240/28 (the LoadBalancer pool) via every node, ECMP
     svcxdp-nodeN     eth0 192.168.1.(30+N)/24, forwarding on, 10.244.M.0/24 via node M,
                      default via outside; per pod a veth vp<hash> holding 10.244.N.1/32
                      and a /32 route to the pod
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from controlplane.controllers.lb_pool import Pool, pool_is_set, save_pool
 from controlplane.lab import netns, plan, procs, servers, wiring
 from controlplane.lab.hooks import NodeProcessProvider
 from controlplane.lab.images import server_for
@@ -35,6 +37,7 @@ from controlplane.lab.state import (
     ProcessRecord,
     StateStore,
 )
+from controlplane.store.paths import open_store
 
 ETC_NETNS = Path("/etc/netns")
 
@@ -158,6 +161,7 @@ class Lab:
             for index in range(1, nodes + 1):
                 self._up_node(state, index)
             self._mesh(state)
+            self._seed_lb_pool()
             if node_processes is not None:
                 self._start_node_processes(state, node_processes)
             self.store.save(state)
@@ -209,6 +213,19 @@ class Lab:
             neigh[o.ip] = o.bridge_mac
             wiring.set_neighbours(n.netns, n.ext_ifname, neigh)
         wiring.set_neighbours(o.netns, o.bridge, {n.ip: n.ext_mac for n in nodes})
+        # LoadBalancer IPs reach the nodes (their XDP programs serve them), as a BGP router
+        # with every node as a peer would route them: ECMP, per flow.
+        wiring.set_multipath_route(o.netns, plan.LB_POOL, [n.ip for n in nodes])
+
+    def _seed_lb_pool(self) -> None:
+        """Give LB-IPAM the lab's pool, unless the store has one (`svcctl lb-pool set`)."""
+        store = open_store(self.store.state_dir)
+        try:
+            with store.transaction() as tx:
+                if not pool_is_set(tx):
+                    save_pool(tx, Pool.parse([plan.LB_POOL]))
+        finally:
+            store.close()
 
     def _start_node_processes(self, state: LabState, provider: NodeProcessProvider) -> None:
         for rec in state.nodes.values():

@@ -121,6 +121,17 @@ def set_routes(ns: str, routes: dict[str, str]) -> None:
             ipr.route("replace", dst=dst, gateway=gateway)
 
 
+def set_multipath_route(ns: str, dst: str, gateways: list[str]) -> None:
+    """One route to dst over several gateways (ECMP), hashed per flow on the L4 header
+    (fib_multipath_hash_policy 1), so different client ports may take different gateways."""
+    netns.sysctl(ns, {"net.ipv4.fib_multipath_hash_policy": 1})
+    with netns.iproute(ns) as ipr:
+        if len(gateways) == 1:
+            ipr.route("replace", dst=dst, gateway=gateways[0])
+        else:
+            ipr.route("replace", dst=dst, multipath=[{"gateway": g} for g in gateways])
+
+
 def set_neighbours(ns: str, ifname: str, entries: dict[str, str]) -> None:
     """Permanent ip -> MAC entries: no ARP needed on links an XDP program may sit on."""
     with netns.iproute(ns) as ipr:

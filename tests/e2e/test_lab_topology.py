@@ -53,6 +53,25 @@ def test_outside_reaches_node1(lab):
     assert "1 packets received" in out
 
 
+def test_outside_routes_the_load_balancer_pool_to_every_node(lab):
+    """One ECMP route: the kernel picks a node per flow (L4 hash), so over many client ports
+    both nodes are chosen; and the lab's store holds the pool for LB-IPAM."""
+    from controlplane.controllers.lb_pool import load_pool
+    from controlplane.store.paths import open_store
+    assert "nexthop via 192.168.1.31" in sh(lab, "outside", "ip", "route", "show", "192.168.1.240/28")
+    chosen = set()
+    for sport in range(40000, 40040):
+        out = sh(lab, "outside", "ip", "route", "get", "192.168.1.241", "ipproto", "tcp",
+                 "sport", str(sport), "dport", "80")
+        chosen.add(out.split(" via ", 1)[1].split()[0])
+    assert chosen == {"192.168.1.31", "192.168.1.32"}
+    store = open_store(lab.store.state_dir)
+    try:
+        assert load_pool(store).entries == ["192.168.1.240/28"]
+    finally:
+        store.close()
+
+
 def test_pod_to_pod_http_across_nodes(lab, pods):
     ip = pods["myapp"].ip
     assert ip.startswith("10.244.2.")
