@@ -55,6 +55,9 @@ class LBIPAM:
         self.tx = tx
         self.pool = pool if pool is not None else load_pool(tx)
         self._claims: dict[str, str] | None = None
+        self._by_owner: dict[str, set[str]] = {}
+        self._free_from = 0  # pool addresses before this index are all taken (lowest-first scans)
+        self._addresses: list[str] | None = None
         self.freed = False   # an address was released: pending services may fit now
 
     # ---------------------------------------------------------------- claims
@@ -62,21 +65,40 @@ class LBIPAM:
     def claims(self) -> dict[str, str]:
         if self._claims is None:
             self._claims = self.tx.claims(POOL_LB_IPS)
+            for ip, owner in self._claims.items():
+                self._by_owner.setdefault(owner, set()).add(ip)
         return self._claims
 
     def held_by(self, key: str) -> list[str]:
-        return sorted(ip for ip, owner in self.claims.items() if owner == key)
+        self.claims  # noqa: B018 (loads the index)
+        return sorted(self._by_owner.get(key, ()))
 
     def _claim(self, ip: str, key: str) -> bool:
         if not self.tx.claim(POOL_LB_IPS, ip, key):
             return False
         self.claims[ip] = key
+        self._by_owner.setdefault(key, set()).add(ip)
         return True
 
     def _release(self, ip: str) -> None:
         self.tx.release(POOL_LB_IPS, ip)
-        self.claims.pop(ip, None)
+        owner = self.claims.pop(ip, None)
+        self._by_owner.get(owner or "", set()).discard(ip)
+        self._free_from = 0
         self.freed = True
+
+    def _claim_lowest_free(self, key: str) -> str | None:
+        """The lowest free address of the pool; the scan resumes where the last one stopped,
+        so allocating for many services in one transaction reads the pool once."""
+        if self._addresses is None:
+            self._addresses = list(self.pool.addresses())
+        taken = self.claims
+        while self._free_from < len(self._addresses):
+            ip = self._addresses[self._free_from]
+            if ip not in taken and self._claim(ip, key):
+                return ip
+            self._free_from += 1
+        return None
 
     # ---------------------------------------------------------------- one service
     def sync(self, namespace: str, name: str) -> int:
@@ -117,10 +139,9 @@ class LBIPAM:
         for ip in svc.load_balancer_ips:        # adopt an address the status already names
             if ip in pool and (self.claims.get(ip) == key or self._claim(ip, key)):
                 return Outcome(ip, "Allocated", f"{ip} allocated from the pool")
-        taken = self.claims
-        for ip in pool.addresses():
-            if ip not in taken and self._claim(ip, key):
-                return Outcome(ip, "Allocated", f"{ip} allocated from the pool")
+        ip = self._claim_lowest_free(key)
+        if ip is not None:
+            return Outcome(ip, "Allocated", f"{ip} allocated from the pool")
         if not pool.blocks:
             return Outcome(None, "NoPool", "no LoadBalancer IP pool is configured (svcctl lb-pool set)")
         return Outcome(None, "PoolExhausted", f"every address of the pool ({pool}) is allocated")
