@@ -5,10 +5,13 @@ import argparse
 
 from controlplane.api.endpoints import Endpoints
 from controlplane.api.merge import LAST_APPLIED
+from controlplane.api.meta import now, parse_timestamp
 from controlplane.api.service import LoadBalancerIngress, Service
 from controlplane.cli import CommandError
+from controlplane.controllers.lb_ipam import CONDITION_TYPE
 
 from .options import add_selector, common_parent
+from .printers.age import human_duration
 from .printers.columns import format_endpoints, format_labels
 from .printers.table import format_describe
 from .resources import lookup
@@ -75,8 +78,28 @@ def describe_service(svc: Service, endpoints: Endpoints | None) -> str:
         lines.append(["HealthCheck NodePort:", str(spec.health_check_node_port)])
     if spec.load_balancer_source_ranges:
         lines.append(["LoadBalancer Source Ranges:", ",".join(spec.load_balancer_source_ranges)])
-    lines.append(["Events:", NONE])
-    return format_describe(lines)
+    events = _events(svc)
+    if not events:
+        lines.append(["Events:", NONE])
+        return format_describe(lines)
+    # kubectl flushes before the events: their table is aligned on its own
+    return "\n".join([format_describe(lines), "Events:", format_describe(events)])
+
+
+def _events(svc: Service) -> list[list[str]]:
+    """Events rows. There is no Event kind here: LB-IPAM's condition stands in for the
+    events MetalLB's controller records (a warning while the service waits for an address)."""
+    rows = []
+    for c in svc.status.conditions or []:
+        if c.type != CONDITION_TYPE:
+            continue
+        since = parse_timestamp(c.last_transition_time) if c.last_transition_time else None
+        age = human_duration((now() - since).total_seconds()) if since else "<unknown>"
+        rows.append(["  " + ("Normal" if c.status == "True" else "Warning"), c.reason or "", age, "lb-ipam",
+                     (c.message or "").strip()])
+    if not rows:
+        return []
+    return [["  Type", "Reason", "Age", "From", "Message"], ["  ----", "------", "----", "----", "-------"], *rows]
 
 
 @command

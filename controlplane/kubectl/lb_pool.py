@@ -47,7 +47,7 @@ def run_lb_pool(args: argparse.Namespace, session: Session) -> int:
         with store.transaction() as tx:
             save_pool(tx, pool)
             LBIPAM(tx, pool).sync_all()
-        print(f"lb-pool set: {pool} ({pool.size} addresses)")
+        print(f"lb-pool set: {pool} ({pool.size} address{'' if pool.size == 1 else 'es'})")
         return 0
     if args.blocks or args.filename:
         raise CommandError("show takes no arguments (did you mean `lb-pool set`?)")

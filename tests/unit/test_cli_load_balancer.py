@@ -85,6 +85,7 @@ def test_get_and_describe_a_load_balancer(capsys, tmp_path, state_dir) -> None:
     _, out, _ = run(capsys, "describe", "svc", "web")
     hc = re.search(r"^HealthCheck NodePort:\s+(\d+)$", out, re.M).group(1)
     ip = re.search(r"^IP:\s+(\S+)$", out, re.M).group(1)
+    age = re.search(r"^  Normal  Allocated  (\S+)", out, re.M).group(1).ljust(4)
     assert out.splitlines() == [
         "Name:                        web",
         "Namespace:                   default",
@@ -107,7 +108,10 @@ def test_get_and_describe_a_load_balancer(capsys, tmp_path, state_dir) -> None:
         "Internal Traffic Policy:     Cluster",
         f"HealthCheck NodePort:        {hc}",
         "LoadBalancer Source Ranges:  192.168.1.0/24,10.0.0.0/8",
-        "Events:                      <none>",
+        "Events:",
+        "  Type    Reason     Age   From     Message",
+        "  ----    ------     ----  ----     -------",
+        f"  Normal  Allocated  {age}  lb-ipam  192.168.1.241 allocated from the pool",
     ]
 
 
@@ -119,6 +123,9 @@ def test_pending_then_assigned_and_lb_pool_show(capsys, tmp_path) -> None:
                                             .replace('  externalIPs: ["203.0.113.250"]\n', ""), f"{name}.yaml"))
     assert svc_row(capsys, "a")[3] == "192.168.1.241"
     assert svc_row(capsys, "b")[3] == "<pending>"
+    _, out, _ = run(capsys, "describe", "svc", "b")    # why, where kubectl shows a controller's events
+    assert re.search(r"^  Warning  PoolExhausted  \S+ +lb-ipam  every address of the pool \(192.168.1.241/32\) "
+                     r"is allocated$", out, re.M), out
     _, out, _ = run(capsys, "lb-pool")
     assert out.splitlines() == [
         "Pool:      192.168.1.241/32",
