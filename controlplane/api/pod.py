@@ -40,11 +40,38 @@ class Container:
 
 
 @dataclass
+class PodDNSConfigOption:
+    name: str | None = None
+    value: str | None = None
+    extra: dict[str, Any] = extra_field()
+
+
+@dataclass
+class PodDNSConfig:
+    """What the kubelet adds to (dnsPolicy ClusterFirst/Default) or puts alone in (None)
+    the pod's resolv.conf."""
+
+    nameservers: list[str] | None = None
+    searches: list[str] | None = None
+    options: list[PodDNSConfigOption] | None = None
+    extra: dict[str, Any] = extra_field()
+
+
+DNS_CLUSTER_FIRST = "ClusterFirst"
+DNS_CLUSTER_FIRST_WITH_HOST_NET = "ClusterFirstWithHostNet"
+DNS_DEFAULT = "Default"
+DNS_NONE = "None"
+DNS_POLICIES = (DNS_CLUSTER_FIRST, DNS_CLUSTER_FIRST_WITH_HOST_NET, DNS_DEFAULT, DNS_NONE)
+
+
+@dataclass
 class PodSpec:
     containers: list[Container] | None = None
     node_name: str | None = None
     hostname: str | None = None
     subdomain: str | None = None
+    dns_policy: str | None = None
+    dns_config: PodDNSConfig | None = None
     restart_policy: str | None = None
     termination_grace_period_seconds: int | None = None
     extra: dict[str, Any] = extra_field()

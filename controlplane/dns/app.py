@@ -32,6 +32,9 @@ class DnsConfig:
     forward: bool = True              # False: REFUSED for names outside our zones
     forward_timeout: float = 2.0
     pods: str = "verified"            # verified | insecure | disabled
+    # Seconds to keep answering after SIGTERM (CoreDNS's health `lameduck`): the pod is
+    # already leaving the Service's endpoints, so queries still sent here get answers.
+    lameduck: float = 1.0
 
 
 class DnsServer:
@@ -83,5 +86,8 @@ async def run_forever(store: Store, config: DnsConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, done.set)
     await done.wait()
+    if config.lameduck > 0:
+        log.info("terminating: still answering for %.1f s", config.lameduck)
+        await asyncio.sleep(config.lameduck)
     log.info("stopping")
     server.stop()

@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--forward-timeout", type=float, default=2.0, help="seconds before SERVFAIL (default 2)")
     p.add_argument("--pods", choices=["verified", "insecure", "disabled"], default="verified",
                    help="a-b-c-d.<ns>.pod records: for existing pods only, for any address, or none")
+    p.add_argument("--lameduck", type=float, default=1.0,
+                   help="seconds to keep answering after SIGTERM (default 1)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=run)
 
@@ -53,7 +55,7 @@ def _config(args: argparse.Namespace, service_cidr: str):
     return DnsConfig(domain=args.domain.strip(".").lower(), reverse_cidrs=cidrs, ttl=args.ttl,
                      listen=args.listen, port=args.port, metrics_port=args.metrics_port,
                      upstreams=upstreams, forward=not args.no_forward,
-                     forward_timeout=args.forward_timeout, pods=args.pods)
+                     forward_timeout=args.forward_timeout, pods=args.pods, lameduck=max(0.0, args.lameduck))
 
 
 def run(args: argparse.Namespace) -> int:

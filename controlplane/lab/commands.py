@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = lsub.add_parser("up", parents=[common], help="create the lab (idempotent)")
     p.add_argument("--nodes", type=int, default=1, help="number of nodes (default 1; never shrinks)")
     p.add_argument("--no-node-processes", action="store_true", help="do not start per-node processes (agents)")
+    p.add_argument("--no-dns", action="store_true",
+                   help="do not install the cluster DNS (kube-dns at 10.96.0.10, dnsmasq on the outside host)")
     p.set_defaults(func=cmd_up)
 
     p = lsub.add_parser("down", parents=[common], help="remove every namespace, process and file the lab made")
@@ -76,7 +78,15 @@ def _guard(fn):
 @_guard
 def cmd_up(args: argparse.Namespace) -> int:
     provider = None if args.no_node_processes else hooks.node_processes
-    _print_status(Lab(args.state_dir).up(nodes=args.nodes, node_processes=provider))
+    lab = Lab(args.state_dir)
+    status = lab.up(nodes=args.nodes, node_processes=provider)
+    if not args.no_dns:
+        from controlplane.store.paths import open_store
+
+        from .addons import install_dns
+        install_dns(lab, open_store(args.state_dir))
+        status = lab.status()
+    _print_status(status)
     return 0
 
 

@@ -11,11 +11,14 @@ from dataclasses import dataclass
 from controlplane.lab.state import PortSpec
 
 CLIENT_ONLY = ("busybox", "cirros")
+# Images that run the cluster DNS server (`svcctl dns`): ours, and CoreDNS's so that a
+# stock CoreDNS Deployment works in the lab too.
+DNS_IMAGES = ("svcxdp/dns", "coredns/coredns")
 
 
 @dataclass(frozen=True)
 class ServerSpec:
-    kind: str  # none | podserver (our Python HTTP/UDP server) | redis (the real redis-server)
+    kind: str  # none | podserver (our Python HTTP/UDP server) | redis (the real redis-server) | dns (svcctl dns)
     flavour: str = "generic"  # http page set: nginx | httpd | myapp | generic
     version: str = ""  # myapp's vN
     tcp: tuple[int, ...] = ()
@@ -46,6 +49,8 @@ def server_for(image: str, ports: list[PortSpec]) -> ServerSpec:
     path, base, tag = parse_image(image)
     if base.startswith(CLIENT_ONLY):
         return ServerSpec(kind="none")
+    if path in DNS_IMAGES:
+        return ServerSpec(kind="dns", tcp=(53, 9153), udp=(53,))
     if base.startswith("redis"):
         return ServerSpec(kind="redis", tcp=(6379,))
     if base.startswith("nginx"):

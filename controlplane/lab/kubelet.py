@@ -12,6 +12,8 @@ from controlplane.controllers.manager import reconcile
 from controlplane.controllers.runtime import finish_pod, pods_to_start, pods_to_stop, set_pod_status
 from controlplane.store.interface import Store
 
+from . import plan
+from .resolvconf import ResolvConf, pod_resolv_conf
 from .state import PortSpec
 from .topology import Lab, LabError
 
@@ -30,6 +32,11 @@ def _ports(pod: Pod) -> list[PortSpec]:
             if p.container_port:
                 out.append(PortSpec(p.container_port, (p.protocol or "TCP").upper()))
     return out
+
+
+def _resolv_conf(pod: Pod) -> str:
+    node = ResolvConf.parse(plan.NODE_RESOLV_CONF)
+    return pod_resolv_conf(pod, plan.CLUSTER_DNS, plan.CLUSTER_DOMAIN, node).render()
 
 
 def _image(pod: Pod) -> str:
@@ -57,7 +64,8 @@ class Kubelet:
         for pod in pods_to_start(self.store):
             node = pod.node_name if pod.node_name in nodes else None
             try:
-                handle = self.lab.add_pod(lab_pod_name(pod), node, _image(pod), _ports(pod))
+                handle = self.lab.add_pod(lab_pod_name(pod), node, _image(pod), _ports(pod),
+                                          resolv_conf=_resolv_conf(pod))
             except LabError as exc:
                 log.warning("pod %s/%s could not start (will retry): %s", pod.namespace, pod.name, exc)
                 self.retry = True

@@ -12,12 +12,16 @@ import re
 PREFIX = "svcxdp"
 SERVICE_CIDR = "10.96.0.0/12"
 CLUSTER_DNS = "10.96.0.10"
+CLUSTER_DOMAIN = "cluster.local"
 LAN_CIDR = "192.168.1.0/24"
 LAN_PREFIXLEN = 24
 OUTSIDE_IP = "192.168.1.100"
 # LoadBalancer IPs (LB-IPAM's pool in a lab's store): a small range on the outside link that
 # the outside host routes to the nodes, one ECMP route over every node.
 LB_POOL = "192.168.1.240/28"
+# The lab nodes' own resolv.conf (what dnsPolicy: Default gives a pod): the outside host's
+# resolver, so nothing in the lab ever asks a server outside it.
+NODE_RESOLV_CONF = f"nameserver {OUTSIDE_IP}\n"
 NODE_IP_BASE = 30  # node N is 192.168.1.(30+N), node1 = .31 as in the walkthrough
 MAX_NODES = 60  # keeps node addresses below the outside host's .100
 

@@ -17,7 +17,11 @@ class ServerError(RuntimeError):
     pass
 
 
-def argv_for(spec: ServerSpec, pod: str, data_dir: Path) -> list[str] | None:
+def argv_for(spec: ServerSpec, pod: str, data_dir: Path, state_dir: Path | None = None) -> list[str] | None:
+    if spec.kind == "dns":
+        # The cluster DNS reads the lab's store; its upstream is the pod's resolv.conf.
+        argv = [sys.executable, "-m", "controlplane.cli", "dns", "--listen", "0.0.0.0"]
+        return argv + (["--state-dir", str(state_dir)] if state_dir else [])
     if spec.kind == "podserver":
         argv = [sys.executable, "-m", "controlplane.lab.podserver", "--pod", pod, "--flavour", spec.flavour]
         if spec.version:
@@ -38,8 +42,8 @@ def argv_for(spec: ServerSpec, pod: str, data_dir: Path) -> list[str] | None:
     return None
 
 
-def start(spec: ServerSpec, pod: str, ns: str, log: Path, data_dir: Path) -> int | None:
-    argv = argv_for(spec, pod, data_dir)
+def start(spec: ServerSpec, pod: str, ns: str, log: Path, data_dir: Path, state_dir: Path | None = None) -> int | None:
+    argv = argv_for(spec, pod, data_dir, state_dir)
     if argv is None:
         return None
     return procs.start(ns, argv, log)
@@ -49,7 +53,7 @@ def wait_ready(spec: ServerSpec, ns: str, ip: str, pid: int | None, log: Path, t
     """Ready = every TCP port accepts a connection and every UDP port echoes, from inside the pod."""
     if pid is None:
         return
-    pending = [("tcp", p) for p in spec.tcp] + [("udp", p) for p in spec.udp]
+    pending = [("tcp", p) for p in spec.tcp] + [("dns" if spec.kind == "dns" else "udp", p) for p in spec.udp]
     deadline = time.monotonic() + timeout
     while pending:
         pending = [(proto, port) for proto, port in pending if not netns.call_in(ns, _probe, proto, ip, port)]
@@ -62,6 +66,11 @@ def wait_ready(spec: ServerSpec, ns: str, ip: str, pid: int | None, log: Path, t
         time.sleep(0.02)
 
 
+# A DNS query for `.` NS in class CHAOS, id 0x5358: answered at once (REFUSED) without
+# asking any upstream; any answer with that id means the server is up.
+DNS_PROBE = bytes.fromhex("535801000001000000000000" "0000020003")
+
+
 def _probe(proto: str, ip: str, port: int) -> bool:
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     with socket.socket(socket.AF_INET, kind) as s:
@@ -70,6 +79,9 @@ def _probe(proto: str, ip: str, port: int) -> bool:
             if proto == "tcp":
                 s.connect((ip, port))
                 return True
+            if proto == "dns":
+                s.sendto(DNS_PROBE, (ip, port))
+                return s.recv(4096)[:2] == DNS_PROBE[:2]
             s.sendto(READY_PROBE, (ip, port))
             return s.recv(64) == READY_PROBE
         except OSError:

@@ -240,6 +240,32 @@ class Lab:
                 state.processes.append(ProcessRecord(spec.name, rec.name, rec.netns, pid, list(spec.argv), str(log)))
                 self.store.save(state)
 
+    def route_pod_cidrs_from_outside(self) -> None:
+        """Routes on the outside host to every node's pod CIDR via that node, as the LAN's
+        router of a cluster without egress masquerading has: pods can then talk to servers
+        on the outside host (the DNS upstream, an ExternalName's target) and get replies."""
+        state = self._require_up()
+        assert state.outside is not None
+        wiring.set_routes(state.outside.netns, {n.pod_cidr: n.ip for n in state.nodes.values()})
+
+    def start_outside_process(self, name: str, argv: Sequence[str]) -> int:
+        """Run a server on the outside host (started once: a live one is left alone),
+        recorded like the nodes' processes so `down` stops it."""
+        with self.store.locked():
+            state = self._require_up()
+            assert state.outside is not None
+            ns = state.outside.netns
+            current = next((p for p in state.processes if p.node == "outside" and p.name == name), None)
+            if current and procs.alive(current.pid, current.netns):
+                return current.pid
+            if current:
+                state.processes.remove(current)
+            log = self.store.logs / f"outside-{name}.log"
+            pid = procs.start(ns, list(argv), log)
+            state.processes.append(ProcessRecord(name, "outside", ns, pid, list(argv), str(log)))
+            self.store.save(state)
+            return pid
+
     def down(self, on_down: Callable[[Lab], None] | None = None) -> list[str]:
         """Stop every recorded process, remove every recorded namespace (their links go with
         them) and the lab's state folder. Returns the namespaces removed."""
@@ -298,9 +324,11 @@ class Lab:
         ports: Iterable[PortSpec | int | tuple | dict] = (),
         *,
         timeout: float = 10.0,
+        resolv_conf: str | None = None,
     ) -> PodHandle:
         """Make a pod namespace on `node` (default: the node with fewest pods), wire it, start
-        the server its image stands for and wait until its ports answer."""
+        the server its image stands for and wait until its ports answer. `resolv_conf` is the
+        pod's /etc/resolv.conf (default: ClusterFirst in namespace default)."""
         port_specs = _ports(ports)
         with self.store.locked():
             state = self._require_up()
@@ -322,7 +350,7 @@ class Lab:
             state.pods[name] = rec
             self.store.save(state)  # recorded before anything exists
             try:
-                self._build_pod(state, rec, node_rec, spec, timeout)
+                self._build_pod(state, rec, node_rec, spec, timeout, resolv_conf)
             except BaseException:
                 self._teardown_pod(rec, state)
                 state.pods.pop(name, None)
@@ -330,30 +358,32 @@ class Lab:
                 raise
             return _pod_handle(rec)
 
-    def _build_pod(self, state: LabState, rec: PodRecord, node: NodeRecord, spec: Any, timeout: float) -> None:
+    def _build_pod(self, state: LabState, rec: PodRecord, node: NodeRecord, spec: Any, timeout: float,
+                   resolv_conf: str | None) -> None:
         netns.create(rec.netns)
         wiring.prepare(rec.netns, router=False)
         host, pod = wiring.make_pod_link(node.netns, rec.netns, rec.host_ifname, rec.pod_ifname, node.gateway, rec.ip)
         rec.host_ifindex, rec.host_mac, rec.pod_ifindex, rec.pod_mac = host.ifindex, host.mac, pod.ifindex, pod.mac
-        state.made_etc_netns |= self._write_etc(rec)
+        state.made_etc_netns |= self._write_etc(rec, resolv_conf)
         self.store.save(state)
         log = self.store.logs / f"pod-{rec.name}.log"
-        rec.pid = servers.start(spec, rec.name, rec.netns, log, self.store.data / rec.name)
+        rec.pid = servers.start(spec, rec.name, rec.netns, log, self.store.data / rec.name, self.store.state_dir)
         self.store.save(state)
         servers.wait_ready(spec, rec.netns, rec.ip, rec.pid, log, timeout)
         rec.phase = "Running"
         self.store.save(state)
 
-    def _write_etc(self, rec: PodRecord) -> bool:
-        """/etc/netns/<ns>/{resolv.conf,hosts}: `ip netns exec` mounts them over /etc, so pod
-        commands use cluster DNS and know their own name, as in a real pod."""
+    def _write_etc(self, rec: PodRecord, resolv_conf: str | None = None) -> bool:
+        """/etc/netns/<ns>/{resolv.conf,hosts}: `ip netns exec` bind-mounts them over /etc
+        (in a mount namespace of the command's own), so pod commands use the resolver the
+        kubelet chose and know their own name, as in a real pod."""
         made_root = not ETC_NETNS.exists()
         d = ETC_NETNS / rec.netns
         d.mkdir(parents=True, exist_ok=True)
-        (d / "resolv.conf").write_text(
-            f"search default.svc.cluster.local svc.cluster.local cluster.local\n"
+        (d / "resolv.conf").write_text(resolv_conf or (
+            f"search default.svc.{plan.CLUSTER_DOMAIN} svc.{plan.CLUSTER_DOMAIN} {plan.CLUSTER_DOMAIN}\n"
             f"nameserver {plan.CLUSTER_DNS}\noptions ndots:5\n"
-        )
+        ))
         (d / "hosts").write_text(f"127.0.0.1\tlocalhost\n{rec.ip}\t{rec.name}\n")
         rec.etc_dir = str(d)
         return made_root

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..deployment import Deployment, LabelSelectorSpec
 from ..field_errors import FieldError, GoValue, duplicate, forbidden, invalid, not_supported, required
-from ..pod import Pod, PodSpec
+from ..pod import DNS_NONE, DNS_POLICIES, Pod, PodDNSConfig, PodSpec
 from ..selectors import Selector
 from ..service import PROTOCOLS
 from . import names
@@ -58,6 +58,53 @@ def validate_pod_spec(spec: PodSpec, path: str, restart_policies: tuple[str, ...
         errs.extend(invalid(f"{path}.hostname", spec.hostname, m) for m in names.dns1123_label(spec.hostname))
     if spec.subdomain:
         errs.extend(invalid(f"{path}.subdomain", spec.subdomain, m) for m in names.dns1123_label(spec.subdomain))
+    errs.extend(validate_dns(spec, path))
+    return errs
+
+
+MAX_DNS_NAMESERVERS = 3
+MAX_DNS_SEARCHES = 32
+MAX_DNS_SEARCH_CHARS = 2048
+
+
+def validate_dns(spec: PodSpec, path: str) -> list[FieldError]:
+    """dnsPolicy and dnsConfig as the apiserver checks them (validateDNSPolicy /
+    validatePodDNSConfig)."""
+    errs: list[FieldError] = []
+    policy = spec.dns_policy
+    if policy and policy not in DNS_POLICIES:
+        errs.append(not_supported(f"{path}.dnsPolicy", policy, DNS_POLICIES))
+    cfg = spec.dns_config
+    cpath = f"{path}.dnsConfig"
+    if policy == DNS_NONE:
+        if cfg is None:
+            errs.append(required(cpath, "must provide `dnsConfig` when `dnsPolicy` is None"))
+        elif not cfg.nameservers:
+            errs.append(required(f"{cpath}.nameservers", "must provide at least one DNS nameserver when `dnsPolicy` is None"))
+    if cfg is None:
+        return errs
+    return errs + _dns_config(cfg, cpath)
+
+
+def _dns_config(cfg: PodDNSConfig, cpath: str) -> list[FieldError]:
+    errs: list[FieldError] = []
+    servers = cfg.nameservers or []
+    if len(servers) > MAX_DNS_NAMESERVERS:
+        errs.append(invalid(f"{cpath}.nameservers", servers, f"must not have more than {MAX_DNS_NAMESERVERS} nameservers"))
+    for i, ns in enumerate(servers):
+        errs.extend(invalid(f"{cpath}.nameservers[{i}]", ns, m) for m in names.ip_address(ns))
+    searches = cfg.searches or []
+    if len(searches) > MAX_DNS_SEARCHES:
+        errs.append(invalid(f"{cpath}.searches", searches, f"must not have more than {MAX_DNS_SEARCHES} search paths"))
+    if len(" ".join(searches)) > MAX_DNS_SEARCH_CHARS:
+        errs.append(invalid(f"{cpath}.searches", searches,
+                            f"must not have more than {MAX_DNS_SEARCH_CHARS} characters (including spaces) in the search list"))
+    for i, domain in enumerate(searches):
+        errs.extend(invalid(f"{cpath}.searches[{i}]", domain, m)
+                    for m in names.dns1123_subdomain(domain[:-1] if domain.endswith(".") else domain))
+    for i, opt in enumerate(cfg.options or []):
+        if not opt.name:
+            errs.append(required(f"{cpath}.options[{i}].name", "Must not be empty"))
     return errs
 
 
