@@ -34,7 +34,7 @@ class DnsConfig:
     pods: str = "verified"            # verified | insecure | disabled
     # Seconds to keep answering after SIGTERM (CoreDNS's health `lameduck`): the pod is
     # already leaving the Service's endpoints, so queries still sent here get answers.
-    lameduck: float = 1.0
+    lameduck: float = 3.0
 
 
 class DnsServer:

@@ -28,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--forward-timeout", type=float, default=2.0, help="seconds before SERVFAIL (default 2)")
     p.add_argument("--pods", choices=["verified", "insecure", "disabled"], default="verified",
                    help="a-b-c-d.<ns>.pod records: for existing pods only, for any address, or none")
-    p.add_argument("--lameduck", type=float, default=1.0,
-                   help="seconds to keep answering after SIGTERM (default 1)")
+    p.add_argument("--lameduck", type=float, default=3.0,
+                   help="seconds to keep answering after SIGTERM while the endpoint goes (default 3)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=run)
 

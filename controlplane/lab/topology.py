@@ -40,6 +40,9 @@ from controlplane.lab.state import (
 from controlplane.store.paths import open_store
 
 ETC_NETNS = Path("/etc/netns")
+# SIGTERM to SIGKILL for a pod's server: room for a DNS pod's lameduck (svcctl dns keeps
+# answering 3 s while its endpoint leaves every node's maps); other servers exit at once.
+POD_STOP_TIMEOUT = 5.0
 
 
 class LabError(RuntimeError):
@@ -389,7 +392,7 @@ class Lab:
         return made_root
 
     def _teardown_pod(self, rec: PodRecord, state: LabState | None = None) -> None:
-        procs.stop(rec.pid, rec.netns)
+        procs.stop(rec.pid, rec.netns, timeout=POD_STOP_TIMEOUT)
         node = state.nodes.get(rec.node) if state else None
         if node is not None and rec.host_ifname:
             wiring.delete_link(node.netns, rec.host_ifname)  # the node side goes at once

@@ -130,8 +130,7 @@ def test_pod_hostname_and_subdomain(dns_cluster):
     assert short(dns_cluster, f"{ip.replace('.', '-')}.default.pod.cluster.local") == [ip]
 
 
-def test_new_service_resolves_quickly_and_deleted_is_nxdomain(dns_cluster):
-    t0 = time.monotonic()
+def test_new_service_resolves_and_deleted_is_nxdomain(dns_cluster):
     dns_cluster.svcctl("create", "-f", "-", input=textwrap.dedent("""
         apiVersion: v1
         kind: Service
@@ -141,8 +140,8 @@ def test_new_service_resolves_quickly_and_deleted_is_nxdomain(dns_cluster):
           ports: [{port: 80}]
         """))
     vip = dns_cluster.cluster_ip("fresh")
+    # How fast is measured by bench/bench_dns.py (apply -> resolvable); here: that it happens.
     wait_for("fresh in DNS", lambda: short(dns_cluster, f"fresh.{ZONE}") == [vip], every=0.05)
-    print(f"fresh resolvable {time.monotonic() - t0:.2f} s after `svcctl create` began")
     dns_cluster.svcctl("delete", "svc", "fresh")
     wait_for("NXDOMAIN", lambda: "status: NXDOMAIN" in dig(dns_cluster, f"fresh.{ZONE}"))
 
@@ -156,8 +155,9 @@ while time.monotonic() < end:
     try:
         r = dns.query.udp(q, "10.96.0.10", timeout=2)
         ok += r.rcode() == 0 and bool(r.answer)
-    except Exception:
+    except Exception as exc:
         lost += 1
+        print(time.strftime("%H:%M:%S"), f"{time.time() % 1:.3f}", "lost:", repr(exc), file=sys.stderr)
     time.sleep(0.01)
 print(ok, lost)
 """
@@ -170,7 +170,7 @@ def test_dns_pods_restarted_under_a_query_loop_lose_at_most_the_inflight(dns_clu
     assert len(pods) == 2
     ns = dns_cluster.lab.netns_for(CLIENT)
     loop = subprocess.Popen(netns.command(ns, [sys.executable, "-c", QUERY_LOOP, "25"]),
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, text=True)  # losses, with times, go to stderr
     try:
         time.sleep(2)
         for name in pods:  # one at a time, as a rolling restart does
