@@ -43,7 +43,8 @@ def _endpoints(state: ServiceState) -> str:
 class Agent:
     def __init__(self, store: Store, node: NodeConfig, dp: Dataplane,
                  interfaces: InterfaceManager | None = None, health: Health | None = None,
-                 check_every_s: float = 30.0, service_health: ServiceHealthServers | None = None) -> None:
+                 check_every_s: float = 30.0, service_health: ServiceHealthServers | None = None,
+                 retry_max_s: float = 5.0) -> None:
         self.store = store
         self.node = node
         self.dp = dp
@@ -52,6 +53,7 @@ class Agent:
         self.health = health or Health(node.name)
         self.check_every_s = check_every_s
         self.service_health = service_health   # healthCheckNodePort servers (eTP Local)
+        self.retry_max_s = retry_max_s   # the longest wait between retries after a failure
         self.cache = ServiceCache()
         self._owners: dict[Frontend, str] = {}
         self._frontends: dict[ServiceKey, set[Frontend]] = {}
@@ -195,8 +197,8 @@ class Agent:
         self._apply({key: self._desired_for(key) for key in touched}, report)
         report.writes = self.writer.writes - writes
         report.took_ms = (time.perf_counter() - start) * 1000
-        self._report_health()
-        if touched:
+        if touched:   # lastUpdated moves when the maps did, not on every change of other kinds
+            self._report_health()
             self._log("change", report, len(touched))
         return report
 
@@ -226,6 +228,7 @@ class Agent:
             elif s.frontend in installed:   # its update did not fit: the old state stays
                 want[s.frontend] = installed[s.frontend]
         if installed == want and not writer.adoption_drift:
+            self._report_health()   # verified: the maps hold what the store wants
             return False
         log.warning("dataplane drift: the maps differ from the store; repairing")
         self.writer = writer
@@ -233,24 +236,67 @@ class Agent:
         return True
 
     def run(self, stop: threading.Event, poll_s: float = 0.5) -> None:
-        self.full_sync("start")
-        if self.interfaces:
-            self.interfaces.refresh()
+        """Sync at start, then follow the store until `stop`. Nothing the store does
+        ends the loop: a failed sync or wait (a locked or unreachable store) turns
+        /healthz to 503 and is retried with backoff, as a full resync, while the
+        dataplane keeps serving what it holds."""
+        retry = Backoff(first_s=min(0.1, self.retry_max_s), max_s=self.retry_max_s)
+        resync: str | None = "start"   # a full sync is due (at start, after a failure)
         next_check = time.monotonic() + self.check_every_s
         while not stop.is_set():
-            rv = self.store.wait_for_change(self.resource_version, timeout=poll_s)
+            self._refresh_interfaces()
             try:
-                if rv != self.resource_version:
-                    self.health.out_of_sync()
-                    self.incremental_sync()
-                else:
-                    self._report_health()
-                if self.interfaces:
-                    self.interfaces.refresh()
-                if time.monotonic() >= next_check:
-                    self.check_consistency()
+                if resync is not None:
+                    if resync == "retry":   # the maps may be half updated: adopt them afresh
+                        self.writer = MapWriter(self.dp)
+                    self.full_sync(resync)
+                    resync = None
                     next_check = time.monotonic() + self.check_every_s
-            except Exception:  # keep serving; report unhealthy and retry next round
+                else:
+                    rv = self.store.wait_for_change(self.resource_version, timeout=poll_s)
+                    if rv != self.resource_version:
+                        self.incremental_sync()
+                    else:
+                        self.health.alive()
+                    if time.monotonic() >= next_check:
+                        self.check_consistency()
+                        next_check = time.monotonic() + self.check_every_s
+            except Exception as exc:
                 self.health.out_of_sync()
-                log.exception("sync failed; retrying")
-                time.sleep(poll_s)
+                delay = retry.next()
+                if retry.failures == 1:
+                    log.exception("sync failed; the dataplane keeps its state; retrying in %.1f s", delay)
+                else:
+                    log.warning("sync failed again (%s); retrying in %.1f s", exc, delay)
+                # The maps may be half updated and the cache half applied: start over
+                # from the maps as they are and a fresh read of the store.
+                resync = "retry"
+                stop.wait(delay)
+                continue
+            if retry.failures:
+                log.info("sync recovered after %d failed attempts", retry.failures)
+                retry.reset()
+
+    def _refresh_interfaces(self) -> None:
+        """Attach to new interfaces whatever the store does (pods come and go)."""
+        if not self.interfaces:
+            return
+        try:
+            self.interfaces.refresh()
+        except Exception:
+            log.exception("attaching to interfaces failed; retrying")
+
+
+@dataclass
+class Backoff:
+    """Doubling delays between retries, from `first_s` up to `max_s`."""
+    first_s: float = 0.1
+    max_s: float = 5.0
+    failures: int = 0
+
+    def next(self) -> float:
+        self.failures += 1
+        return min(self.max_s, self.first_s * 2 ** (self.failures - 1))
+
+    def reset(self) -> None:
+        self.failures = 0

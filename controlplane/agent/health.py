@@ -17,19 +17,28 @@ def _iso(ts: float) -> str:
 
 
 class Health:
-    """What the agent tells the health server."""
+    """What the agent tells the health server. As kube-proxy's: `lastUpdated` is the last
+    time a sync (or a consistency check) left the maps equal to the store, not the last
+    time the loop went round; healthy means in sync and the loop alive (it went round
+    within `stale_after_s`), so an idle agent stays healthy without moving lastUpdated."""
 
     def __init__(self, node: str, stale_after_s: float = 10.0) -> None:
         self.node = node
         self.stale_after_s = stale_after_s
-        self.last_updated = 0.0     # last time the maps matched the store
+        self.last_updated = 0.0     # last time the maps were made or found equal to the store
+        self.last_alive = 0.0       # last time the agent's loop went round
         self.in_sync = False
         self._lock = threading.Lock()
 
     def synced(self) -> None:
         with self._lock:
-            self.last_updated = time.time()
+            self.last_updated = self.last_alive = time.time()
             self.in_sync = True
+
+    def alive(self) -> None:
+        """The loop went round and found nothing to do (the maps stay as they were)."""
+        with self._lock:
+            self.last_alive = time.time()
 
     def out_of_sync(self) -> None:
         with self._lock:
@@ -38,7 +47,7 @@ class Health:
     def report(self) -> tuple[int, dict]:
         with self._lock:
             now = time.time()
-            healthy = self.in_sync and now - self.last_updated <= self.stale_after_s
+            healthy = self.in_sync and now - self.last_alive <= self.stale_after_s
             body = {"lastUpdated": _iso(self.last_updated) if self.last_updated else "",
                     "currentTime": _iso(now), "nodeName": self.node, "nodeHealthy": healthy}
             return (200 if healthy else 503), body

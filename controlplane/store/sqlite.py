@@ -115,17 +115,20 @@ class _Transaction:
 class SqliteStore:
     """The embedded Store implementation (see store.interface for the contract)."""
 
-    def __init__(self, path: str | Path, history: int = DEFAULT_HISTORY, poll_interval: float = 0.001) -> None:
+    def __init__(self, path: str | Path, history: int = DEFAULT_HISTORY, poll_interval: float = 0.001,
+                 busy_timeout_s: float = 30.0) -> None:
         self.path = str(Path(path).resolve())
         self.history = history
         self.poll_interval = poll_interval
+        self.busy_timeout_s = busy_timeout_s   # how long a statement waits for another process's lock
         self._lock = threading.RLock()
         self._depth = 0
         self._rv: int | None = None
         self._start_rv: int | None = None
         try:
-            self._conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0, check_same_thread=False)
-            self._conn.execute("PRAGMA busy_timeout=30000")
+            self._conn = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout_s,
+                                         check_same_thread=False)
+            self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             with self._lock:
@@ -155,7 +158,7 @@ class SqliteStore:
 
     def reopen(self) -> "SqliteStore":
         """A second handle (own connection) on the same file, e.g. for a watcher thread."""
-        return SqliteStore(self.path, self.history, self.poll_interval)
+        return SqliteStore(self.path, self.history, self.poll_interval, self.busy_timeout_s)
 
     def close(self) -> None:
         with self._lock:

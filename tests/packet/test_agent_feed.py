@@ -1,64 +1,37 @@
-"""The agent against a real store and a real dataplane when the change feed fails it:
-a feed compacted past the agent (Gone -> relist), an event the agent never saw (the
-consistency check reads the store afresh and repairs), maps changed behind its back.
-Each case ends with packets through the loaded program going to the store's endpoints.
+"""The agent against a real store and a real dataplane when the store fails it: a
+feed compacted past the agent (Gone -> relist), an event the agent never saw (the
+consistency check reads the store afresh and repairs), maps changed behind its back, a
+store nobody can read for a while (at start and while following). Each case ends with
+packets through the loaded program going to the store's endpoints.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+import time
 
 import pytest
-from scapy.layers.inet import IP, TCP
-from scapy.layers.l2 import Ether
 
 from controlplane.agent.agent import Agent
 from controlplane.agent.desired import NodeConfig
-from controlplane.api import EndpointSlice, Gone, Service
-from controlplane.controllers.registry import MODE_CREATE, Manifest, Registry
+from controlplane.api import Gone, Service
 from controlplane.dataplane.config import DataplaneConfig
 from controlplane.dataplane.program import Dataplane
-from controlplane.dataplane.testrun import TestRunner
 from controlplane.dataplane.writer import MapWriter
 from controlplane.store import SqliteStore
 
-from .harness import CLIENT, CLIENT_MAC, NODE_MAC
+from .agent_kit import Client, add_service, remove_service, set_endpoints, store_under_recovery, wait_until
 
 pytestmark = pytest.mark.root
 
 HISTORY = 10   # the store keeps ~10 changes: a few writes compact past the agent
 
 
-def service(name: str) -> dict:
-    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
-            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}
-
-
-def endpoint_slice(name: str, ips: list[str]) -> dict:
-    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": f"{name}-abcde", "labels": {"kubernetes.io/service-name": name}},
-            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-            "endpoints": [{"addresses": [ip], "conditions": {"ready": True}} for ip in ips]}
-
-
-def add_service(store: SqliteStore, name: str, ips: list[str]) -> None:
-    Registry(store).apply([Manifest(service(name), "test"), Manifest(endpoint_slice(name, ips), "test")],
-                          "default", MODE_CREATE)
-
-
-def set_endpoints(store: SqliteStore, name: str, ips: list[str]) -> None:
-    current = store.get(EndpointSlice, "default", f"{name}-abcde").to_dict()
-    current["endpoints"] = endpoint_slice(name, ips)["endpoints"]
-    store.update(EndpointSlice.from_dict(current))
-
-
-def remove_service(store: SqliteStore, name: str) -> None:
-    store.delete(EndpointSlice, "default", f"{name}-abcde")
-    store.delete(Service, "default", name)
-
-
 @pytest.fixture
 def store(tmp_path):
-    s = SqliteStore(tmp_path / "store.db", history=HISTORY)
+    # a short busy timeout: a locked store fails a read in 0.2 s, not 30
+    s = SqliteStore(tmp_path / "store.db", history=HISTORY, busy_timeout_s=0.2)
     yield s
     s.close()
 
@@ -75,31 +48,6 @@ def dataplane():
 def agent(store, dataplane):
     MapWriter(dataplane).sync([])   # no services, whatever an earlier test left
     return Agent(store, NodeConfig("node1"), dataplane)
-
-
-class Client:
-    """SYNs from fresh source ports to a service's cluster IP, through the real program."""
-
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-        self.runner = TestRunner(agent.dp.prog_fd)
-        self.sport = 20000
-
-    def backends_of(self, name: str, tries: int = 24) -> set[str] | None:
-        """Where new connections to the service go; None when the program does not
-        translate them (not a service it knows)."""
-        vip = self.agent.store.get(Service, "default", name).spec.cluster_ip
-        seen: set[str] = set()
-        for _ in range(tries):
-            self.sport += 1
-            pkt = Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=CLIENT, dst=vip) / TCP(sport=self.sport, dport=80, flags="S")
-            out = self.runner.run(bytes(pkt))
-            assert out.verdict_name == "XDP_PASS"
-            dst = Ether(out.data)[IP].dst
-            if dst == vip:
-                return None
-            seen.add(dst)
-        return seen
 
 
 A1 = ["10.244.1.1", "10.244.1.2", "10.244.1.3"]
@@ -185,3 +133,74 @@ def test_maps_changed_behind_the_agents_back_are_repaired(store, agent):
     assert agent.check_consistency() is True
     assert client.backends_of("b") == set(B)
     assert client.backends_of("a") == set(A1)
+
+
+class Running:
+    """The agent's own loop in a thread, stopped (and checked to be alive) at the end."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=agent.run, args=(self.stop,), kwargs={"poll_s": 0.02}, daemon=True)
+
+    def __enter__(self) -> "Running":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+    def healthy(self) -> bool:
+        return self.agent.health.report()[0] == 200
+
+
+def test_a_store_locked_at_start_is_retried_while_the_dataplane_serves(store, dataplane, caplog):
+    add_service(store, "a", A1)
+    Agent(store, NodeConfig("node1"), dataplane).full_sync("start")   # an agent before a restart
+    agent = Agent(store, NodeConfig("node1"), dataplane, retry_max_s=0.2)
+    client = Client(agent, {"a": store.get(Service, "default", "a").spec.cluster_ip})
+    locked = contextlib.ExitStack()
+    locked.enter_context(store_under_recovery(store))
+    with locked, Running(agent) as running, caplog.at_level(logging.INFO, "svcxdp.agent"):
+        assert wait_until(lambda: caplog.text.count("sync failed") >= 2)
+        assert running.thread.is_alive()
+        assert agent.health.report()[0] == 503
+        assert client.backends_of("a") == set(A1)      # the adopted maps keep serving
+        locked.close()                                  # the store is readable again
+        set_endpoints(store, "a", A2)
+        assert wait_until(lambda: running.healthy() and client.backends_of("a") == set(A2))
+        assert running.thread.is_alive()
+
+
+def test_a_store_locked_while_following_is_retried(store, dataplane, caplog):
+    add_service(store, "a", A1)
+    agent = Agent(store, NodeConfig("node1"), dataplane, retry_max_s=0.2)
+    client = Client(agent)
+    with Running(agent) as running, caplog.at_level(logging.INFO, "svcxdp.agent"):
+        assert wait_until(running.healthy)
+        assert client.backends_of("a") == set(A1)
+        with store_under_recovery(store):
+            assert wait_until(lambda: "sync failed" in caplog.text)
+            assert wait_until(lambda: not running.healthy())
+            assert running.thread.is_alive()
+            assert client.backends_of("a") == set(A1)
+        set_endpoints(store, "a", A2)
+        assert wait_until(lambda: running.healthy() and client.backends_of("a") == set(A2))
+        assert "sync recovered" in caplog.text
+        assert running.thread.is_alive()
+
+
+def test_last_updated_moves_with_syncs_not_with_idle_polls(store, dataplane):
+    add_service(store, "a", A1)
+    agent = Agent(store, NodeConfig("node1"), dataplane)
+    health = agent.health
+    with Running(agent) as running:
+        assert wait_until(running.healthy)
+        synced_at = health.report()[1]["lastUpdated"]
+        time.sleep(0.3)   # the loop polls every 20 ms: it goes round idle many times
+        status, body = health.report()
+        assert (status, body["lastUpdated"]) == (200, synced_at)
+        set_endpoints(store, "a", A2)
+        assert wait_until(lambda: health.report()[1]["lastUpdated"] != synced_at)
+        assert health.report()[0] == 200
