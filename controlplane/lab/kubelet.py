@@ -94,7 +94,10 @@ class Kubelet:
                 continue
             try:
                 self.sync_once()
-                rv = self.store.current_resource_version()
+                # Everything up to `current` is handled; a change committed during the
+                # sync (or the sync's own writes) wakes the next round. Reading the
+                # resourceVersion after the sync would skip such a change for good.
+                rv = current
             except Exception:
                 log.exception("kubelet sync failed; retrying")
                 stop.wait(1.0)
