@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Callable
 
 from controlplane.api.errors import Gone
-from controlplane.store.interface import Store, StoreWriter
+from controlplane.store.interface import Store, StoreWriter, retry_commit
 
 from .deployments import reconcile_deployments, sync_deployment_key
 from .dirty import WATCHED_KINDS, DirtySet, HistoryUnknown, collect
@@ -92,7 +92,12 @@ def reconcile_changes(store: Store, since: int, max_rounds: int = 10) -> int:
 
 
 def reconcile(store: Store, max_rounds: int = 10) -> int:
-    """Run the controllers to a fixed point; returns the number of writes made."""
+    """Run the controllers to a fixed point; returns the number of writes made. A pass that
+    loses a commit race (etcd: someone wrote what it read) runs again."""
+    return retry_commit(lambda: _reconcile(store, max_rounds))
+
+
+def _reconcile(store: Store, max_rounds: int) -> int:
     with store.transaction():
         start = store.current_resource_version()
         checkpoint = store.get_setting(CHECKPOINT)
@@ -101,7 +106,12 @@ def reconcile(store: Store, max_rounds: int = 10) -> int:
             writes = reconcile_all(store, max_rounds)
         else:
             writes = reconcile_changes(store, mark, max_rounds)
-        done = str(store.current_resource_version())
+        # The checkpoint: every change up to here has been looked at. A store whose versions
+        # inside a transaction are provisional (etcd's commit revision is known only after the
+        # commit) records the start when the pass wrote: the next pass looks at these writes
+        # once more (nothing comes of it) rather than skipping someone else's later change.
+        provisional = getattr(store, "provisional_versions", False)
+        done = str(start if writes and provisional else store.current_resource_version())
         if done != checkpoint:
             store.put_setting(CHECKPOINT, done)
     return writes

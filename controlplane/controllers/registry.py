@@ -32,7 +32,7 @@ from controlplane.api.namespace import BUILTIN_NAMESPACES, Namespace
 from controlplane.api.pod import PENDING, Pod
 from controlplane.api.service import Service, ServicePort, ServiceSpec, ServiceStatus
 from controlplane.api.service_update import drop_type_dependent_fields, patch_allocated_values
-from controlplane.store.interface import Store, StoreWriter
+from controlplane.store.interface import Store, StoreWriter, retry_commit
 
 from .config import ClusterConfig, ConfigError, load_config, save_config
 from .pod_lifecycle import terminate_pod
@@ -96,6 +96,9 @@ class Registry:
 
     # ------------------------------------------------------------------ batch apply/create
     def apply(self, manifests: list[Manifest], namespace: str = "default", mode: str = MODE_APPLY) -> list[Outcome]:
+        return retry_commit(lambda: self._apply(manifests, namespace, mode))
+
+    def _apply(self, manifests: list[Manifest], namespace: str, mode: str) -> list[Outcome]:
         with self.store.transaction() as tx:
             pending_namespaces: set[str] = set()
             plans: list[_Plan] = []
@@ -170,6 +173,9 @@ class Registry:
 
     # ------------------------------------------------------------------ single objects
     def create(self, obj: ApiObject) -> ApiObject:
+        return retry_commit(lambda: self._create(obj))
+
+    def _create(self, obj: ApiObject) -> ApiObject:
         with self.store.transaction() as tx:
             if obj.NAMESPACED:
                 obj.metadata.namespace = obj.metadata.namespace or "default"
@@ -181,6 +187,9 @@ class Registry:
 
     def update(self, obj: ApiObject) -> ApiObject:
         """Replace an object (Conflict if its resourceVersion is stale)."""
+        return retry_commit(lambda: self._update(obj))
+
+    def _update(self, obj: ApiObject) -> ApiObject:
         with self.store.transaction() as tx:
             live = tx.get(type(obj), obj.namespace, obj.name)
             self._prepare(obj, live)
@@ -189,6 +198,9 @@ class Registry:
     def delete(self, cls: type[ApiObject], namespace: str, name: str, grace_period: int | None = None) -> ApiObject:
         """Delete an object. A Pod on a node with a grace period > 0 is only marked
         terminating (the runtime or the grace-period expiry removes it)."""
+        return retry_commit(lambda: self._delete(cls, namespace, name, grace_period))
+
+    def _delete(self, cls: type[ApiObject], namespace: str, name: str, grace_period: int | None) -> ApiObject:
         with self.store.transaction() as tx:
             obj = tx.get(cls, namespace, name)
             if isinstance(obj, Namespace):
@@ -292,6 +304,10 @@ def kubernetes_service(config: ClusterConfig) -> Service:
 def bootstrap(store: Store, config: ClusterConfig | None = None) -> ClusterConfig:
     """Make a fresh store a cluster: record the ranges, create the built-in namespaces and the
     `default/kubernetes` Service. Idempotent and safe to race from two processes."""
+    return retry_commit(lambda: _bootstrap(store, config))
+
+
+def _bootstrap(store: Store, config: ClusterConfig | None) -> ClusterConfig:
     if store.get_setting(SETTING_BOOTSTRAPPED):
         existing = load_config(store)
         assert existing is not None

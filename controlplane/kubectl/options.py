@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import argparse
 
+from controlplane.store.paths import add_store_flags
+
 
 def common_parent() -> argparse.ArgumentParser:
-    """--state-dir and -n/--namespace, accepted by every command."""
+    """--state-dir, --store (and its TLS flags) and -n/--namespace, accepted by every command."""
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("--state-dir", default=None,
                         help="store folder (default $SVCXDP_STATE_DIR or /var/lib/svcxdp)")
+    add_store_flags(parent)
     parent.add_argument("-n", "--namespace", default=None, help="namespace (default: default)")
     return parent
 

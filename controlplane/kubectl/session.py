@@ -20,7 +20,9 @@ from controlplane.cli import CommandError
 from controlplane.controllers.config import ConfigError
 from controlplane.controllers.manager import reconcile
 from controlplane.controllers.registry import BatchError, Registry
-from controlplane.store import SqliteStore, StoreUnavailable, open_store
+from controlplane.store import StoreUnavailable
+from controlplane.store.interface import Store
+from controlplane.store.paths import open_store_from_args
 
 from .errors import api_error_message, batch_messages
 from .files import InputError
@@ -29,7 +31,7 @@ from .resources import UnknownResource
 
 @dataclass
 class Session:
-    store: SqliteStore
+    store: Store
     registry: Registry
     namespace: str              # -n, or "default"
     namespace_given: bool       # whether -n was passed
@@ -56,7 +58,7 @@ def command(fn: Callable[[argparse.Namespace, Session], int]) -> Callable[[argpa
     @functools.wraps(fn)
     def run(args: argparse.Namespace) -> int:
         try:
-            store = open_store(getattr(args, "state_dir", None))
+            store = open_store_from_args(args)
         except StoreUnavailable as exc:
             raise CommandError(str(exc)) from None
         try:
@@ -69,7 +71,7 @@ def command(fn: Callable[[argparse.Namespace, Session], int]) -> Callable[[argpa
         except ApiError as exc:
             eprint(api_error_message(exc))
             return 1
-        except (InputError, ManifestError, UnknownResource, ConfigError) as exc:
+        except (InputError, ManifestError, UnknownResource, ConfigError, StoreUnavailable) as exc:
             raise CommandError(str(exc)) from None
         except BrokenPipeError:  # `svcctl get ... | head`: the reader left, which is fine
             devnull = os.open(os.devnull, os.O_WRONLY)

@@ -28,14 +28,18 @@ Semantics, in Kubernetes terms:
 """
 from __future__ import annotations
 
+import random
+import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
+from controlplane.api.errors import Conflict
 from controlplane.api.meta import ApiObject
 from controlplane.api.selectors import Selector
 
 T = TypeVar("T", bound=ApiObject)
+R = TypeVar("R")
 
 ADDED = "ADDED"
 MODIFIED = "MODIFIED"
@@ -70,6 +74,23 @@ class IndexEntry:
 class ObjectList:
     items: list[ApiObject]
     resource_version: int     # watch from here to see every later change
+
+
+class CommitConflict(Conflict):
+    """A transaction's reads went stale before it could commit (another writer won the race):
+    nothing was written; the whole operation may be run again (`retry_commit`)."""
+
+
+def retry_commit(fn: Callable[[], R], attempts: int = 20) -> R:
+    """Run `fn` (which opens its own transaction) again while it loses commit races."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except CommitConflict:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(random.uniform(0, 0.005 * (attempt + 1)))   # de-synchronise the racers
+    raise AssertionError("unreachable")
 
 
 class StoreUnavailable(Exception):

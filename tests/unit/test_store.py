@@ -1,5 +1,6 @@
-"""SqliteStore: CRUD, optimistic concurrency, transactions, change feed, durability,
-two writers at once."""
+"""The Store protocol, against both implementations (SqliteStore and EtcdStore on a real etcd
+started by the tests): CRUD, optimistic concurrency, transactions, change feed, durability,
+two writers at once. SQLite- and etcd-only behaviour follows at the end."""
 from __future__ import annotations
 
 import multiprocessing
@@ -11,7 +12,8 @@ import pytest
 from controlplane.api import AlreadyExists, Conflict, Gone, NotFound, ObjectMeta, Selector, Service
 from controlplane.api.pod import Pod
 from controlplane.store import ADDED, DELETED, MODIFIED, SqliteStore, open_store
-from controlplane.store.interface import StoreUnavailable
+from controlplane.store.etcd import EtcdStore
+from controlplane.store.interface import StoreUnavailable, retry_commit
 
 
 def svc(name: str, ns: str = "default", **labels: str) -> Service:
@@ -19,16 +21,15 @@ def svc(name: str, ns: str = "default", **labels: str) -> Service:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SqliteStore:
-    s = SqliteStore(tmp_path / "store.db")
-    yield s
-    s.close()
+def store(any_store):
+    return any_store
 
 
 def test_create_sets_identity_and_rejects_duplicates(store: SqliteStore) -> None:
     created = store.create(svc("a"))
     assert created.metadata.uid and created.metadata.creation_timestamp
-    assert created.resource_version == 1
+    assert created.resource_version == store.current_resource_version() > 0
+    assert store.get(Service, "default", "a").resource_version == created.resource_version
     with pytest.raises(AlreadyExists, match='services "a" already exists'):
         store.create(svc("a"))
     with pytest.raises(NotFound, match='services "b" not found'):
@@ -60,6 +61,7 @@ def test_stale_update_is_a_conflict_and_noop_update_writes_nothing(store: Sqlite
 
 
 def test_transaction_is_all_or_nothing(store: SqliteStore) -> None:
+    rv = store.current_resource_version()
     with pytest.raises(RuntimeError):
         with store.transaction() as tx:
             tx.create(svc("a"))
@@ -67,31 +69,35 @@ def test_transaction_is_all_or_nothing(store: SqliteStore) -> None:
             assert tx.try_get(Service, "default", "a") is not None  # own writes are visible
             raise RuntimeError("boom")
     assert store.list(Service) == []
-    assert store.current_resource_version() == 0
-    assert store.changes_since(0) == []
+    assert store.current_resource_version() == rv
+    assert store.changes_since(rv) == []
 
 
 def test_change_feed_reports_every_write_in_order(store: SqliteStore) -> None:
+    rv0 = store.current_resource_version()
     store.create(svc("a"))
     s = store.get(Service, "default", "a")
     s.spec.selector = {"x": "y"}
     store.update(s)
     store.create(Pod(metadata=ObjectMeta(name="p", namespace="default")))
     store.delete(Service, "default", "a")
-    events = store.changes_since(0)
-    assert [(e.type, e.object.KIND, e.resource_version) for e in events] == [
-        (ADDED, "Service", 1), (MODIFIED, "Service", 2), (ADDED, "Pod", 3), (DELETED, "Service", 4)]
+    events = store.changes_since(rv0)
+    first = events[0].resource_version
+    assert [(e.type, e.object.KIND, e.resource_version - first) for e in events] == [
+        (ADDED, "Service", 0), (MODIFIED, "Service", 1), (ADDED, "Pod", 2), (DELETED, "Service", 3)]
     assert events[-1].object.spec.selector == {"x": "y"}  # the last state of a deleted object
-    assert [e.type for e in store.changes_since(2, kinds=[Service])] == [DELETED]
+    assert [e.type for e in store.changes_since(first + 1, kinds=[Service])] == [DELETED]
+    assert store.current_resource_version() == events[-1].resource_version
 
 
 def test_watch_follows_writes_from_another_handle(store: SqliteStore) -> None:
     follower = store.reopen()
     got: list[str] = []
     done = threading.Event()
+    rv0 = store.current_resource_version()
 
     def follow() -> None:
-        for event in follower.watch(0, kinds=[Service], timeout=5):
+        for event in follower.watch(rv0, kinds=[Service], timeout=5):
             got.append(event.object.name)
             if len(got) == 2:
                 done.set()
@@ -109,10 +115,22 @@ def test_watch_follows_writes_from_another_handle(store: SqliteStore) -> None:
 
 
 def test_wait_for_change_returns_at_timeout_without_changes(store: SqliteStore) -> None:
-    assert store.wait_for_change(0, 0.01) == 0
+    store.create(svc("a"))
+    rv = store.current_resource_version()
+    assert store.wait_for_change(rv, 0.05) == rv
 
 
-def test_compacted_history_is_gone(tmp_path: Path) -> None:
+def test_wait_for_change_wakes_on_a_write(store: SqliteStore) -> None:
+    rv = store.current_resource_version()
+    writer = store.reopen()
+    timer = threading.Timer(0.2, lambda: writer.create(svc("late")))
+    timer.start()
+    assert store.wait_for_change(rv, 10) > rv
+    timer.join()
+    writer.close()
+
+
+def test_compacted_history_is_gone_sqlite(tmp_path: Path) -> None:
     s = SqliteStore(tmp_path / "small.db", history=10)
     for i in range(30):
         s.create(svc(f"s{i}"))
@@ -122,15 +140,15 @@ def test_compacted_history_is_gone(tmp_path: Path) -> None:
     s.close()
 
 
-def test_data_survives_reopen(tmp_path: Path) -> None:
-    s = SqliteStore(tmp_path / "d.db")
-    s.create(svc("a"))
-    s.claim("pool", "v", "owner")
-    s.close()
-    again = SqliteStore(tmp_path / "d.db")
+def test_data_survives_reopen(store: SqliteStore) -> None:
+    store.create(svc("a"))
+    store.claim("pool", "v", "owner")
+    rv = store.current_resource_version()
+    store.close()
+    again = store.reopen()
     assert again.get(Service, "default", "a").name == "a"
     assert again.claims("pool") == {"v": "owner"}
-    assert again.current_resource_version() == 1
+    assert again.current_resource_version() == rv
     again.close()
 
 
@@ -142,31 +160,43 @@ def test_claims(store: SqliteStore) -> None:
     assert store.claim("p", "1", "b")
 
 
-def _writer(path: str, prefix: str, count: int) -> None:
-    s = SqliteStore(path)
+def _open(location: str):
+    return open_store(url=location) if location.startswith("etcd://") else SqliteStore(location)
+
+
+def _increment(s) -> None:
+    with s.transaction() as tx:  # read-modify-write: SQLite serialises it, etcd retries a lost race
+        n = int(tx.get_setting("counter") or 0)
+        tx.put_setting("counter", str(n + 1))
+
+
+def _writer(location: str, prefix: str, count: int) -> None:
+    s = _open(location)
     for i in range(count):
         s.create(svc(f"{prefix}-{i}"))
-        with s.transaction() as tx:  # read-modify-write under the write lock
-            n = int(tx.get_setting("counter") or 0)
-            tx.put_setting("counter", str(n + 1))
+        retry_commit(lambda: _increment(s))
     s.close()
 
 
-def test_two_processes_writing_at_once(tmp_path: Path) -> None:
-    path = str(tmp_path / "shared.db")
-    SqliteStore(path).close()
+def _location(store) -> str:
+    return store.url if isinstance(store, EtcdStore) else store.path
+
+
+def test_two_processes_writing_at_once(store) -> None:
+    rv = store.current_resource_version()
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(path, p, 50)) for p in ("a", "b")]
+    count = 20 if isinstance(store, EtcdStore) else 50   # etcd: every write is a network round trip
+    procs = [ctx.Process(target=_writer, args=(_location(store), p, count)) for p in ("a", "b")]
     for p in procs:
         p.start()
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
-    s = SqliteStore(path)
-    assert len(s.list(Service)) == 100
-    assert s.get_setting("counter") == "100"
-    assert [e.resource_version for e in s.changes_since(0)] == list(range(1, 101))
-    s.close()
+    assert len(store.list(Service)) == 2 * count
+    assert store.get_setting("counter") == str(2 * count)
+    events = store.changes_since(rv)
+    assert len(events) == 2 * count and all(e.type == ADDED for e in events)
+    assert [e.resource_version for e in events] == sorted({e.resource_version for e in events})
 
 
 def test_open_store_reports_unwritable_state_dir(tmp_path: Path) -> None:
@@ -205,12 +235,13 @@ def test_label_and_field_indexes_follow_writes(store: SqliteStore) -> None:
 
 
 def test_events_carry_the_labels_before_the_change(store: SqliteStore) -> None:
+    rv0 = store.current_resource_version()
     store.create(svc("a", app="one"))
     a = store.get(Service, "default", "a")
     a.metadata.labels = {"app": "two"}
     store.update(a)
     store.delete(Service, "default", "a")
-    assert [(e.type, e.previous_labels) for e in store.changes_since(0)] == [
+    assert [(e.type, e.previous_labels) for e in store.changes_since(rv0)] == [
         (ADDED, None), (MODIFIED, {"app": "one"}), (DELETED, {"app": "two"})]
 
 

@@ -1,0 +1,607 @@
+"""EtcdStore: the `Store` protocol on etcd v3 (see store.interface for the contract).
+
+Layout, as the Kubernetes apiserver lays objects out:
+
+    /registry/<resource>/<namespace>/<name>   namespaced objects (JSON)
+    /registry/<resource>/<name>               cluster-scoped objects (namespaces)
+    /registry/ranges/<pool>/<value>           allocator claims (value: the owner)
+    /registry/svcxdp/settings/<key>           store settings
+    /registry/svcxdp/revision                 written by every store transaction
+
+resourceVersion is the key's `mod_revision` (it is not stored in the JSON, as in Kubernetes).
+The store's resourceVersion is the mod_revision of `/registry/svcxdp/revision`: the revision
+of the last store transaction, so writes by other etcd users do not count as changes.
+
+Transactions: reads inside `transaction()` are pinned to the revision of the block's first
+read and remember each key's mod_revision; writes are buffered (and visible to the block's own
+reads, lists and change feed). At the end, one etcd txn commits them all, guarded by a compare
+per key read ("mod_revision unchanged"; 0 for "still absent"). A failed compare means another
+writer got there first: CommitConflict (an api Conflict) is raised and nothing is written; the
+registry retries the whole operation. Stale resourceVersions given by the caller are refused
+inside the block with the plain Conflict, exactly as SqliteStore does.
+
+If etcd refuses the txn as too large (--max-txn-ops, 128 by default; --max-request-bytes,
+1.5 MiB), the writes are committed in chunks that fit, in order; if a later chunk fails its
+compares, the chunks already committed are rolled back (each key restored to its previous
+value, guarded by "still at the revision we wrote"), so the user sees all or nothing. While a
+split commit runs, watchers can see its chunks arrive one by one, and a client that dies between
+chunks leaves the chunks it committed: the one-transaction guarantee holds only for what fits
+in one etcd request.
+
+Inside a transaction, each buffered write takes a provisional resourceVersion (the store's
+revision + 1, + 2, ...) so that the controllers' fixed-point loop sees its own writes in
+`changes_since`; after the commit, every written object carries the real revision.
+
+The change feed is etcd's watch on /registry/ with prev_kv (the last state of deleted objects
+and the labels before a change). Asking for history etcd has compacted raises api Gone.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+import uuid
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+from controlplane.api.errors import AlreadyExists, Conflict, Gone, NotFound
+from controlplane.api.kinds import KINDS
+from controlplane.api.meta import ApiObject, format_timestamp, now
+from controlplane.api.selectors import Selector
+from controlplane.gcpause import paused_gc
+
+from . import indexes
+from .etcd_client import EtcdClient, EtcdRequestError, EtcdUnavailable, WatchBroken, b64, prefix_end, unb64
+from .interface import ADDED, DELETED, MODIFIED, CommitConflict, IndexEntry, ObjectList, WatchEvent
+
+T = TypeVar("T", bound=ApiObject)
+
+PREFIX = "/registry/"
+REVISION_KEY = "/registry/svcxdp/revision"
+SETTINGS_PREFIX = "/registry/svcxdp/settings/"
+CLAIMS_PREFIX = "/registry/ranges/"
+
+CHUNK_OPS = 128                 # etcd's default --max-txn-ops
+CHUNK_BYTES = 1024 * 1024       # under etcd's default --max-request-bytes (1.5 MiB)
+
+_BY_RESOURCE: dict[str, type[ApiObject]] = {cls.RESOURCE: cls for cls in KINDS}
+
+
+# ---------------------------------------------------------------------- keys
+def object_key(cls: type[ApiObject], namespace: str, name: str) -> str:
+    if cls.NAMESPACED:
+        return f"{PREFIX}{cls.RESOURCE}/{namespace}/{name}"
+    return f"{PREFIX}{cls.RESOURCE}/{name}"
+
+
+def kind_prefix(cls: type[ApiObject], namespace: str | None = None) -> str:
+    if cls.NAMESPACED and namespace is not None:
+        return f"{PREFIX}{cls.RESOURCE}/{namespace}/"
+    return f"{PREFIX}{cls.RESOURCE}/"
+
+
+def parse_object_key(key: str) -> tuple[type[ApiObject], str, str] | None:
+    """(class, namespace, name) of an object key; None for the store's other keys."""
+    if not key.startswith(PREFIX):
+        return None
+    parts = key[len(PREFIX):].split("/")
+    cls = _BY_RESOURCE.get(parts[0])
+    if cls is None:
+        return None
+    if cls.NAMESPACED and len(parts) == 3:
+        return cls, parts[1], parts[2]
+    if not cls.NAMESPACED and len(parts) == 2:
+        return cls, "", parts[1]
+    return None
+
+
+def _dumps(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+
+
+def _document(obj: ApiObject) -> dict[str, Any]:
+    """The stored form: the object without its resourceVersion (that is the key's revision)."""
+    doc = obj.to_dict()
+    doc.get("metadata", {}).pop("resourceVersion", None)
+    return doc
+
+
+def _with_version(doc: dict[str, Any], rv: int) -> dict[str, Any]:
+    doc.setdefault("metadata", {})["resourceVersion"] = str(rv)
+    return doc
+
+
+# ---------------------------------------------------------------------- transactions
+@dataclass
+class _Txn:
+    read_revision: int          # reads see etcd as of this revision
+    base: int                   # the store's resourceVersion at the start
+    compares: dict[str, int] = field(default_factory=dict)        # key -> mod_revision read (0: absent)
+    previous: dict[str, str | None] = field(default_factory=dict)  # key -> value before this txn
+    writes: dict[str, tuple[str | None, int]] = field(default_factory=dict)  # key -> (value, provisional rv)
+    events: list[WatchEvent] = field(default_factory=list)         # the block's own change feed
+    written: list[ApiObject] = field(default_factory=list)         # stamped with the commit revision
+
+    @property
+    def provisional(self) -> int:
+        return self.base + len(self.events)
+
+
+class _Transaction(AbstractContextManager):
+    def __init__(self, store: "EtcdStore") -> None:
+        self.store = store
+        self.outer = False
+
+    def __enter__(self) -> "EtcdStore":
+        store = self.store
+        store._lock.acquire()
+        if store._depth == 0:
+            self.outer = True
+            revision, base = store._revisions()
+            store._txn = _Txn(read_revision=revision, base=base)
+        store._depth += 1
+        return store
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        store = self.store
+        try:
+            store._depth -= 1
+            if self.outer:
+                txn, store._txn = store._txn, None
+                if exc_type is None and txn is not None and txn.writes:
+                    store._commit(txn)
+        finally:
+            store._lock.release()
+
+
+class EtcdStore:
+    """The Store protocol on etcd v3."""
+
+    provisional_versions = True   # versions inside a transaction are settled at the commit
+
+    def __init__(self, client: EtcdClient, url: str = "") -> None:
+        self.client = client
+        self.url = url
+        self.path = url    # what `svcctl` prints as "the store"
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._txn: _Txn | None = None
+
+    def reopen(self) -> "EtcdStore":
+        return EtcdStore(self.client, self.url)
+
+    def close(self) -> None:
+        pass
+
+    def transaction(self) -> _Transaction:
+        return _Transaction(self)
+
+    # ---------------------------------------------------------------- key-value plumbing
+    def _revisions(self) -> tuple[int, int]:
+        """(etcd's revision now, the store's resourceVersion at that revision)."""
+        resp = self.client.range(REVISION_KEY)
+        kvs = resp.get("kvs") or []
+        return int(resp["header"]["revision"]), int(kvs[0]["mod_revision"]) if kvs else 0
+
+    def _read(self, key: str) -> tuple[str | None, int]:
+        """(value, mod_revision) of one key; (None, 0) if absent. In a transaction: the
+        block's own write if any, else etcd at the pinned revision (remembered for the
+        commit's compares)."""
+        txn = self._txn
+        if txn is not None and key in txn.writes:
+            return txn.writes[key]
+        resp = self.client.range(key, revision=txn.read_revision if txn else None)
+        kvs = resp.get("kvs") or []
+        value = unb64(kvs[0].get("value", "")) if kvs else None
+        mod = int(kvs[0]["mod_revision"]) if kvs else 0
+        if txn is not None:
+            txn.compares.setdefault(key, mod)
+            txn.previous.setdefault(key, value)
+        return value, mod
+
+    def _range(self, prefix: str) -> list[tuple[str, str, int]]:
+        """(key, value, mod_revision) of every key under prefix, the block's writes included."""
+        txn = self._txn
+        resp = self.client.range(prefix, prefix_end(prefix), revision=txn.read_revision if txn else None)
+        rows = {unb64(kv["key"]): (unb64(kv.get("value", "")), int(kv["mod_revision"]))
+                for kv in resp.get("kvs") or []}
+        if txn is not None:
+            for key, (value, rv) in txn.writes.items():
+                if key.startswith(prefix):
+                    if value is None:
+                        rows.pop(key, None)
+                    else:
+                        rows[key] = (value, rv)
+        return [(key, value, rv) for key, (value, rv) in rows.items()]
+
+    def _write(self, key: str, value: str | None) -> int:
+        """Buffer a put (or a delete, value None) in the current transaction."""
+        txn = self._txn
+        assert txn is not None, "writes must run inside a transaction"
+        if key not in txn.previous:
+            self._read(key)   # remembers the old value (for a split commit's rollback) and guards it
+        rv = txn.provisional + 1
+        txn.writes[key] = (value, rv)
+        return rv
+
+    def _commit(self, txn: _Txn) -> None:
+        compares = [{"key": b64(k), "target": "MOD", "result": "EQUAL", "mod_revision": rv}
+                    for k, rv in txn.compares.items()]
+        ops = [_op(k, v) for k, (v, _) in txn.writes.items()]
+        try:
+            resp = self.client.txn(compares, ops + [_op(REVISION_KEY, "")])
+        except EtcdRequestError as exc:
+            if not exc.too_large:
+                raise
+            revision = self._commit_split(txn)
+        else:
+            if not resp.get("succeeded"):
+                raise self._conflict(txn)
+            revision = int(resp["header"]["revision"])
+        for obj in txn.written:
+            obj.metadata.resource_version = str(revision)
+
+    def _commit_split(self, txn: _Txn) -> int:
+        """Commit writes too big for one etcd txn in chunks; roll back on a failed chunk."""
+        keys = list(txn.writes)
+        guarded_only = [k for k in txn.compares if k not in txn.writes]  # read but not written
+        chunks: list[list[str]] = []
+        size = 0
+        for key in keys:
+            value = txn.writes[key][0] or ""
+            if not chunks or len(chunks[-1]) >= CHUNK_OPS - 1 or size + len(key) + len(value) > CHUNK_BYTES:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(key)
+            size += len(key) + len(value) + 64
+        done: list[tuple[list[str], int]] = []
+        for i, chunk in enumerate(chunks):
+            guard = chunk + (guarded_only[:CHUNK_OPS - len(chunk)] if i == 0 else [])
+            compares = [{"key": b64(k), "target": "MOD", "result": "EQUAL", "mod_revision": txn.compares[k]}
+                        for k in guard if k in txn.compares]
+            resp = self.client.txn(compares, [_op(k, txn.writes[k][0]) for k in chunk] + [_op(REVISION_KEY, "")])
+            if not resp.get("succeeded"):
+                self._rollback(txn, done)
+                raise self._conflict(txn)
+            done.append((chunk, int(resp["header"]["revision"])))
+        return done[-1][1]
+
+    def _rollback(self, txn: _Txn, done: list[tuple[list[str], int]]) -> None:
+        """Undo committed chunks, newest first: each chunk in one txn guarded by "still at the
+        revision we wrote"; if someone changed a key since, key by key, leaving theirs."""
+        for chunk, revision in reversed(done):
+            def guard(keys: list[str]) -> list[dict[str, Any]]:
+                return [{"key": b64(k), "target": "MOD", "result": "EQUAL", "mod_revision": revision} for k in keys]
+            undo = [_op(k, txn.previous.get(k)) for k in chunk] + [_op(REVISION_KEY, "")]
+            if not self.client.txn(guard(chunk), undo).get("succeeded"):
+                for key in chunk:
+                    self.client.txn(guard([key]), [_op(key, txn.previous.get(key)), _op(REVISION_KEY, "")])
+
+    def _conflict(self, txn: _Txn) -> CommitConflict:
+        """The error naming the first key whose compare failed."""
+        for key, rv in txn.compares.items():
+            resp = self.client.range(key)
+            kvs = resp.get("kvs") or []
+            if (int(kvs[0]["mod_revision"]) if kvs else 0) != rv:
+                parsed = parse_object_key(key)
+                if parsed is not None:
+                    return CommitConflict(parsed[0].RESOURCE, parsed[2])
+                return CommitConflict(key.rsplit("/", 2)[-2], key.rsplit("/", 1)[-1])
+        return CommitConflict("keys", "(unknown)")
+
+    # ---------------------------------------------------------------- reads
+    def current_resource_version(self) -> int:
+        with self._lock:
+            if self._txn is not None:
+                return self._txn.provisional
+        return self._revisions()[1]
+
+    def get(self, cls: type[T], namespace: str, name: str) -> T:
+        obj = self.try_get(cls, namespace, name)
+        if obj is None:
+            raise NotFound(cls.RESOURCE, name)
+        return obj
+
+    def try_get(self, cls: type[T], namespace: str, name: str) -> T | None:
+        with self._lock:
+            value, rv = self._read(object_key(cls, self._ns(cls, namespace), name))
+        if value is None:
+            return None
+        return cls.from_dict(_with_version(json.loads(value), rv))
+
+    def list(self, cls: type[T], namespace: str | None = None, selector: Selector | None = None) -> list[T]:
+        return self.list_with_version(cls, namespace, selector).items  # type: ignore[return-value]
+
+    def _rows(self, cls: type[ApiObject], namespace: str | None) -> tuple[list[tuple[str, str, int]], int]:
+        """The objects of a kind (sorted by namespace, name) and the store's resourceVersion
+        they were read at, in one consistent read."""
+        with self._lock:
+            if self._txn is not None:
+                rows, rv = self._range(kind_prefix(cls, namespace)), self._txn.provisional
+            else:
+                resp = self.client.txn([], [
+                    {"request_range": {"key": b64(REVISION_KEY)}},
+                    {"request_range": {"key": b64(kind_prefix(cls, namespace)),
+                                       "range_end": b64(prefix_end(kind_prefix(cls, namespace)))}}])
+                marker, objects = (r["response_range"] for r in resp["responses"])
+                rv = int(marker["kvs"][0]["mod_revision"]) if marker.get("kvs") else 0
+                rows = [(unb64(kv["key"]), unb64(kv.get("value", "")), int(kv["mod_revision"]))
+                        for kv in objects.get("kvs") or []]
+        keyed = []
+        for key, value, mod in rows:
+            parsed = parse_object_key(key)
+            if parsed is not None and parsed[0] is cls:
+                keyed.append(((parsed[1], parsed[2]), key, value, mod))
+        keyed.sort(key=lambda row: row[0])
+        return [(key, value, mod) for _, key, value, mod in keyed], rv
+
+    def list_with_version(self, cls: type[ApiObject], namespace: str | None = None,
+                          selector: Selector | None = None) -> ObjectList:
+        if selector is not None and selector.match_nothing:
+            return ObjectList([], self.current_resource_version())
+        rows, rv = self._rows(cls, namespace)
+        from_dict = cls.from_dict
+        with paused_gc():
+            items = [from_dict(_with_version(json.loads(value), mod)) for _, value, mod in rows]
+        if selector is not None and not selector.empty:
+            items = [obj for obj in items if selector.matches(obj.labels)]
+        return ObjectList(items, rv)
+
+    def iter_documents(self, cls: type[ApiObject], namespace: str | None = None) -> Iterator[dict[str, Any]]:
+        rows, _ = self._rows(cls, namespace)
+        return (_with_version(json.loads(value), mod) for _, value, mod in rows)
+
+    def index_entries(self, cls: type[ApiObject], index: str, namespace: str | None = None,
+                      key: str | None = None, value: str | None = None) -> list[IndexEntry]:
+        """Computed from the kind's objects (etcd keeps no secondary indexes): costs a read of
+        the kind in the namespace, as the apiserver's own label selection does without its
+        watch cache."""
+        if value is not None and key is None:
+            raise ValueError("index_entries: a value needs a key")
+        out = []
+        for doc in self.iter_documents(cls, namespace if cls.NAMESPACED else None):
+            meta = doc.get("metadata") or {}
+            for field_name, k, v in indexes.entries(cls.KIND, doc):
+                if field_name == index and (key is None or k == key) and (value is None or v == value):
+                    out.append(IndexEntry(meta.get("namespace") or "", meta.get("name") or "", k, v))
+        return sorted(out, key=lambda e: (e.key, e.value, e.namespace, e.name))
+
+    @staticmethod
+    def _ns(cls: type[ApiObject], namespace: str | None) -> str:
+        return (namespace or "") if cls.NAMESPACED else ""
+
+    # ---------------------------------------------------------------- writes
+    def _record(self, event: str, obj: ApiObject, rv: int, previous_labels: dict[str, str] | None) -> None:
+        assert self._txn is not None
+        self._txn.events.append(WatchEvent(event, copy.deepcopy(obj), rv, previous_labels))
+        self._txn.written.append(obj)
+
+    def create(self, obj: T) -> T:
+        if obj.NAMESPACED and not obj.metadata.namespace:
+            raise ValueError(f"{obj.KIND} {obj.name!r}: namespace required")
+        if not obj.NAMESPACED:
+            obj.metadata.namespace = None
+        with self.transaction():
+            key = object_key(type(obj), obj.namespace, obj.name)
+            if self._read(key)[0] is not None:
+                raise AlreadyExists(obj.RESOURCE, obj.name)
+            obj.metadata.uid = str(uuid.uuid4())
+            obj.metadata.creation_timestamp = obj.metadata.creation_timestamp or format_timestamp(now())
+            rv = self._write(key, _dumps(_document(obj)))
+            obj.metadata.resource_version = str(rv)
+            self._record(ADDED, obj, rv, None)
+        return obj
+
+    def update(self, obj: T) -> T:
+        if not obj.NAMESPACED:
+            obj.metadata.namespace = None
+        with self.transaction():
+            key = object_key(type(obj), obj.namespace, obj.name)
+            stored, stored_rv = self._read(key)
+            if stored is None:
+                raise NotFound(obj.RESOURCE, obj.name)
+            asked = obj.metadata.resource_version
+            if asked and int(asked) != stored_rv:
+                raise Conflict(obj.RESOURCE, obj.name)
+            stored_doc = json.loads(stored)
+            stored_meta = stored_doc.get("metadata") or {}
+            obj.metadata.uid = stored_meta.get("uid")
+            obj.metadata.creation_timestamp = stored_meta.get("creationTimestamp")
+            data = _dumps(_document(obj))
+            if data == stored:
+                obj.metadata.resource_version = str(stored_rv)
+                return obj  # no-op update: nothing written, no event
+            rv = self._write(key, data)
+            obj.metadata.resource_version = str(rv)
+            self._record(MODIFIED, obj, rv, dict(stored_meta.get("labels") or {}))
+        return obj
+
+    def delete(self, cls: type[T], namespace: str, name: str, resource_version: int | None = None) -> T:
+        with self.transaction():
+            key = object_key(cls, self._ns(cls, namespace), name)
+            stored, stored_rv = self._read(key)
+            if stored is None:
+                raise NotFound(cls.RESOURCE, name)
+            if resource_version is not None and resource_version != stored_rv:
+                raise Conflict(cls.RESOURCE, name)
+            obj = cls.from_dict(json.loads(stored))
+            rv = self._write(key, None)
+            obj.metadata.resource_version = str(rv)
+            self._record(DELETED, obj, rv, dict(obj.labels))
+        return obj
+
+    # ---------------------------------------------------------------- claims and settings
+    def claim(self, pool: str, value: str, owner: str) -> bool:
+        with self.transaction():
+            current = self.claim_owner(pool, value)
+            if current is not None:
+                return current == owner
+            self._write(f"{CLAIMS_PREFIX}{pool}/{value}", owner)
+            return True
+
+    def release(self, pool: str, value: str) -> None:
+        with self.transaction():
+            if self.claim_owner(pool, value) is not None:
+                self._write(f"{CLAIMS_PREFIX}{pool}/{value}", None)
+
+    def claim_owner(self, pool: str, value: str) -> str | None:
+        with self._lock:
+            return self._read(f"{CLAIMS_PREFIX}{pool}/{value}")[0]
+
+    def claims(self, pool: str) -> dict[str, str]:
+        prefix = f"{CLAIMS_PREFIX}{pool}/"
+        with self._lock:
+            return {key[len(prefix):]: owner for key, owner, _ in self._range(prefix)}
+
+    def get_setting(self, key: str) -> str | None:
+        with self._lock:
+            return self._read(SETTINGS_PREFIX + key)[0]
+
+    def put_setting(self, key: str, value: str) -> None:
+        with self.transaction():
+            self._write(SETTINGS_PREFIX + key, value)
+
+    # ---------------------------------------------------------------- change feed
+    def compact(self, revision: int | None = None) -> int:
+        """Compact etcd's history up to `revision` (default: now); returns it. In production
+        etcd's --auto-compaction-* flags do this; tests and operators may call it."""
+        revision = revision or self._revisions()[0]
+        self.client.compact(revision)
+        return revision
+
+    def _decode_event(self, ev: dict[str, Any], kinds: set[str] | None) -> WatchEvent | None:
+        kv = ev["kv"]
+        parsed = parse_object_key(unb64(kv["key"]))
+        if parsed is None or (kinds is not None and parsed[0].KIND not in kinds):
+            return None
+        cls = parsed[0]
+        rv = int(kv["mod_revision"])
+        prev = ev.get("prev_kv")
+        prev_doc = json.loads(unb64(prev["value"])) if prev and prev.get("value") else None
+        prev_labels = dict((prev_doc.get("metadata") or {}).get("labels") or {}) if prev_doc else None
+        if ev.get("type") == "DELETE":
+            if prev_doc is None:
+                return None   # the last state is unknown (prev_kv compacted away)
+            return WatchEvent(DELETED, cls.from_dict(_with_version(prev_doc, rv)), rv, prev_labels)
+        doc = json.loads(unb64(kv["value"]))
+        if int(kv.get("version", 1)) == 1:
+            return WatchEvent(ADDED, cls.from_dict(_with_version(doc, rv)), rv, None)
+        return WatchEvent(MODIFIED, cls.from_dict(_with_version(doc, rv)), rv, prev_labels)
+
+    def _history(self, rv: int, until: int, kinds: set[str] | None, limit: int | None) -> list[WatchEvent]:
+        """Committed events after `rv` up to store revision `until`, whole revisions only."""
+        out: list[WatchEvent] = []
+        with self.client.watch(PREFIX, prefix_end(PREFIX), start_revision=rv + 1, prev_kv=True) as stream:
+            while True:
+                resp = stream.next(self.client.timeout)
+                if resp is None:
+                    raise EtcdUnavailable("etcd watch sent nothing while replaying history")
+                if resp.get("canceled"):
+                    raise _cancelled(resp, rv)
+                events = resp.get("events") or []
+                for ev in events:
+                    event_rv = int(ev["kv"]["mod_revision"])
+                    if event_rv > until:
+                        return out
+                    if limit is not None and len(out) >= limit and event_rv != out[-1].resource_version:
+                        return out
+                    decoded = self._decode_event(ev, kinds)
+                    if decoded is not None:
+                        out.append(decoded)
+                if events and int(events[-1]["kv"]["mod_revision"]) >= until:
+                    return out
+
+    def changes_since(self, resource_version: int, kinds: Iterable[type[ApiObject]] | None = None,
+                      limit: int | None = None) -> list[WatchEvent]:
+        kind_names = {k.KIND for k in kinds} if kinds is not None else None
+        with self._lock:
+            txn = self._txn
+            until = txn.base if txn is not None else self._revisions()[1]
+            out = self._history(resource_version, until, kind_names, limit) if until > resource_version else []
+            if txn is not None:   # the block's own writes follow, with provisional versions
+                out += [e for e in txn.events if e.resource_version > resource_version
+                        and (kind_names is None or e.object.KIND in kind_names)]
+                if limit is not None:
+                    out = out[:limit]
+        return out
+
+    def wait_for_change(self, resource_version: int, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        current = self.current_resource_version()
+        if current > resource_version or timeout <= 0:
+            return current
+        try:
+            with self.client.watch(REVISION_KEY, start_revision=resource_version + 1) as stream:
+                while (remaining := deadline - time.monotonic()) > 0:
+                    resp = stream.next(remaining)
+                    if resp is None:
+                        break
+                    if resp.get("canceled"):
+                        break     # compacted: the current revision is what the caller needs
+                    for ev in resp.get("events") or []:
+                        return int(ev["kv"]["mod_revision"])
+        except WatchBroken:
+            pass
+        return self.current_resource_version()
+
+    def watch(self, resource_version: int, kinds: Iterable[type[ApiObject]] | None = None,
+              timeout: float | None = None, stop: Callable[[], bool] | None = None) -> Iterator[WatchEvent]:
+        """Follow /registry/ from `resource_version`: reconnects (to the next member, with
+        backoff) from the last revision seen, events or progress notifications; a compacted
+        start raises Gone. Resume from a revision only after consuming all of its events
+        (one etcd transaction is one revision)."""
+        kind_names = {k.KIND for k in kinds} if kinds is not None else None
+        rv = resource_version
+        idle_since = time.monotonic()
+        delay = 0.05
+        while not (stop and stop()):
+            try:
+                stream = self.client.watch(PREFIX, prefix_end(PREFIX), start_revision=rv + 1,
+                                           prev_kv=True, progress_notify=True)
+            except EtcdUnavailable:
+                if timeout is not None and time.monotonic() - idle_since >= timeout:
+                    return
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            try:
+                while not (stop and stop()):
+                    if timeout is not None and time.monotonic() - idle_since >= timeout:
+                        return
+                    resp = stream.next(0.05)
+                    if resp is None:
+                        continue
+                    delay = 0.05
+                    if resp.get("canceled"):
+                        raise _cancelled(resp, rv)
+                    events = resp.get("events") or []
+                    for ev in events:
+                        decoded = self._decode_event(ev, kind_names)
+                        if decoded is not None:
+                            idle_since = time.monotonic()
+                            yield decoded
+                    if events:
+                        rv = max(rv, int(events[-1]["kv"]["mod_revision"]))
+                    elif not resp.get("created") and "revision" in resp.get("header", {}):
+                        # a progress notification: nothing under /registry/ before this revision
+                        rv = max(rv, int(resp["header"]["revision"]))
+            except WatchBroken:
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            finally:
+                stream.close()
+
+
+def _op(key: str, value: str | None) -> dict[str, Any]:
+    if value is None:
+        return {"request_delete_range": {"key": b64(key)}}
+    return {"request_put": {"key": b64(key), "value": b64(value)}}
+
+
+def _cancelled(resp: dict[str, Any], rv: int) -> Exception:
+    compacted = int(resp.get("compact_revision") or 0)
+    if compacted:
+        return Gone(rv, compacted)
+    return EtcdUnavailable(f"etcd cancelled the watch: {resp.get('cancel_reason') or 'no reason given'}")

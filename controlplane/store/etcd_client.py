@@ -1,0 +1,261 @@
+"""A small etcd v3 client over etcd's JSON gateway (/v3/...), on top of `etcd3gw`.
+
+etcd3gw gives the HTTP session (TLS client certificates, CA) and the unary calls; the watch
+stream is read here, because etcd3gw's watcher drops the responses a store needs: a
+cancellation carrying `compact_revision` (history compacted: the caller must relist) and
+progress notifications (a response with no events whose header revision says how far the
+stream has caught up).
+
+Several endpoints may be given: a request that cannot reach one member goes to the next,
+with backoff, until `retry_for` seconds have passed; then EtcdUnavailable.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import queue
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+from urllib.parse import urlsplit
+
+import requests
+from etcd3gw import exceptions as gw_exceptions
+from etcd3gw.client import Etcd3Client
+
+from .interface import StoreUnavailable
+
+
+class EtcdUnavailable(StoreUnavailable):
+    """No etcd member answered in time."""
+
+
+class EtcdRequestError(Exception):
+    """etcd refused a request (e.g. a transaction over --max-txn-ops or --max-request-bytes)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def too_large(self) -> bool:
+        return "too many operations" in self.message or "too large" in self.message
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: str | None = None     # CA bundle to verify the members' certificates
+    cert: str | None = None   # client certificate
+    key: str | None = None    # client key
+
+
+def b64(text: str | bytes) -> str:
+    raw = text.encode() if isinstance(text, str) else text
+    return base64.b64encode(raw).decode()
+
+
+def unb64(text: str) -> str:
+    return base64.b64decode(text).decode()
+
+
+def prefix_end(prefix: str) -> str:
+    """The range end that makes [prefix, end) cover every key starting with prefix."""
+    raw = bytearray(prefix.encode())
+    raw[-1] += 1
+    return raw.decode()
+
+
+def parse_endpoints(url: str) -> list[tuple[str, str, int]]:
+    """`etcd://h1:2379,h2:2379` (or etcds:// for TLS) -> [(protocol, host, port), ...]."""
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("etcd", "etcds") or not rest:
+        raise ValueError(f"store URL {url!r}: expected etcd://HOST:PORT[,HOST:PORT...]")
+    protocol = "https" if scheme == "etcds" else "http"
+    out = []
+    for part in rest.strip("/").split(","):
+        split = urlsplit("//" + part)
+        if not split.hostname or not split.port:
+            raise ValueError(f"store URL {url!r}: endpoint {part!r} needs HOST:PORT")
+        out.append((protocol, split.hostname, split.port))
+    return out
+
+
+class EtcdClient:
+    def __init__(self, endpoints: list[tuple[str, str, int]], tls: TlsFiles | None = None,
+                 timeout: float = 5.0, retry_for: float = 10.0) -> None:
+        tls = tls or TlsFiles()
+        if tls.cert or tls.key or tls.ca:
+            endpoints = [("https", host, port) for _, host, port in endpoints]
+        self.timeout = timeout
+        self.retry_for = retry_for
+        self._members = [
+            Etcd3Client(host, port, protocol, ca_cert=tls.ca, cert_key=tls.key, cert_cert=tls.cert,
+                        timeout=timeout, api_path="/v3/")
+            for protocol, host, port in endpoints]
+        self._current = 0
+        self._lock = threading.Lock()
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.base_url for m in self._members]
+
+    def _member(self) -> Etcd3Client:
+        with self._lock:
+            return self._members[self._current]
+
+    def _next_member(self, failed: Etcd3Client) -> None:
+        with self._lock:
+            if self._members[self._current] is failed:
+                self._current = (self._current + 1) % len(self._members)
+
+    # ---------------------------------------------------------------- unary calls
+    def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST one gateway request, failing over between members with backoff."""
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.05
+        last: str | None = None
+        while True:
+            member = self._member()
+            try:
+                return member.post(member.get_url(path), json=body)
+            except (gw_exceptions.ConnectionFailedError, gw_exceptions.ConnectionTimeoutError) as exc:
+                last = exc.detail_text or type(exc).__name__
+                self._next_member(member)
+            except gw_exceptions.Etcd3Exception as exc:
+                raise EtcdRequestError(_error_message(exc)) from None
+            if time.monotonic() + delay > deadline:
+                raise EtcdUnavailable(f"etcd at {', '.join(self.endpoints)} is unavailable ({last})")
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def range(self, key: str, end: str | None = None, revision: int | None = None,
+              keys_only: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {"key": b64(key)}
+        if end is not None:
+            body["range_end"] = b64(end)
+        if revision:
+            body["revision"] = revision
+        if keys_only:
+            body["keys_only"] = True
+        return self.call("/kv/range", body)
+
+    def txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]]) -> dict[str, Any]:
+        return self.call("/kv/txn", {"compare": compare, "success": success})
+
+    def compact(self, revision: int) -> None:
+        self.call("/kv/compaction", {"revision": revision, "physical": True})
+
+    def lease_grant(self, ttl: int) -> int:
+        return int(self.call("/lease/grant", {"TTL": ttl, "ID": 0})["ID"])
+
+    def lease_keepalive(self, lease_id: int) -> int:
+        """Renew a lease once; returns the remaining TTL (0 or less: the lease is gone)."""
+        result = self.call("/lease/keepalive", {"ID": lease_id}).get("result", {})
+        return int(result.get("TTL", 0))
+
+    def lease_revoke(self, lease_id: int) -> None:
+        self.call("/lease/revoke", {"ID": lease_id})
+
+    # ---------------------------------------------------------------- watch
+    def watch(self, key: str, end: str | None = None, start_revision: int = 0,
+              prev_kv: bool = False, progress_notify: bool = False) -> "WatchStream":
+        request: dict[str, Any] = {"key": b64(key), "start_revision": start_revision}
+        if end is not None:
+            request["range_end"] = b64(end)
+        if prev_kv:
+            request["prev_kv"] = True
+        if progress_notify:
+            request["progress_notify"] = True
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.05
+        while True:
+            member = self._member()
+            try:
+                response = member.session.post(member.get_url("/watch"), json={"create_request": request},
+                                               stream=True, timeout=(self.timeout, None))
+                if response.status_code != 200:
+                    raise EtcdRequestError(_error_message_text(response.text))
+                return WatchStream(response)
+            except requests.exceptions.RequestException as exc:
+                self._next_member(member)
+                if time.monotonic() + delay > deadline:
+                    raise EtcdUnavailable(f"etcd at {', '.join(self.endpoints)} is unavailable: {exc}") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+
+class WatchBroken(Exception):
+    """The watch stream ended (member gone, connection dropped): reconnect from the last revision."""
+
+
+class WatchStream:
+    """One gateway watch: newline-delimited JSON responses, read by a thread into a queue so
+    the consumer can wait with a timeout and close the stream from its own thread."""
+
+    def __init__(self, response: requests.Response) -> None:
+        self._response = response
+        connection = getattr(response.raw, "connection", None)
+        self._socket = getattr(connection, "sock", None)   # shut down to wake the reader on close
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._read, name="etcd-watch", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for line in self._response.iter_lines(chunk_size=None):
+                if line.strip():
+                    doc = json.loads(line)
+                    if "error" in doc:
+                        raise WatchBroken(str(doc["error"]))
+                    self._queue.put(("result", doc.get("result", {})))
+            self._queue.put(("error", WatchBroken("watch stream ended")))
+        except Exception as exc:  # noqa: BLE001 - any failure of the stream ends it
+            self._queue.put(("error", exc if isinstance(exc, WatchBroken) else WatchBroken(str(exc))))
+
+    def next(self, timeout: float | None) -> dict[str, Any] | None:
+        """The next watch response, or None if none arrived in `timeout` seconds."""
+        try:
+            kind, value = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if kind == "error":
+            raise value
+        return value
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                if self._socket is not None:
+                    self._socket.shutdown(socket.SHUT_RDWR)
+                self._response.close()
+            except Exception:  # noqa: BLE001 - closing a broken stream may fail; it is gone either way
+                pass
+
+    def __enter__(self) -> "WatchStream":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            result = self.next(None)
+            assert result is not None
+            yield result
+
+
+def _error_message_text(text: str) -> str:
+    try:
+        doc = json.loads(text)
+        return str(doc.get("message") or doc.get("error") or text)
+    except ValueError:
+        return text
+
+
+def _error_message(exc: gw_exceptions.Etcd3Exception) -> str:
+    detail = getattr(exc, "detail_text", None) or (exc.args[0] if exc.args else str(exc))
+    return _error_message_text(str(detail))

@@ -1,0 +1,150 @@
+"""EtcdStore on a real etcd: the Kubernetes key layout, resourceVersion = mod_revision, commit
+races, transactions larger than etcd's limits, compaction -> Gone, a watch that survives an
+etcd restart, and allocations from two processes at once."""
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from pathlib import Path
+
+import pytest
+
+from controlplane.api import Conflict, Gone, ObjectMeta, Service
+from controlplane.api.namespace import Namespace
+from controlplane.controllers.allocators import POOL_NODE_PORTS, POOL_SERVICE_IPS
+from controlplane.controllers.config import ClusterConfig
+from controlplane.controllers.registry import Manifest, Registry
+from controlplane.store.etcd import EtcdStore
+from controlplane.store.etcd_client import unb64
+from controlplane.store.interface import CommitConflict
+from controlplane.store.paths import open_store
+from tests.etcd_server import EtcdServer
+
+
+def svc(name: str, ns: str = "default") -> Service:
+    return Service(metadata=ObjectMeta(name=name, namespace=ns))
+
+
+@pytest.fixture
+def store(etcd_server: EtcdServer) -> EtcdStore:
+    etcd_server.wipe()
+    return etcd_server.store()
+
+
+def test_objects_live_under_registry_with_mod_revision_as_version(store: EtcdStore) -> None:
+    created = store.create(svc("web"))
+    resp = store.client.range("/registry/services/default/web")
+    kv = resp["kvs"][0]
+    assert int(kv["mod_revision"]) == created.resource_version
+    assert "resourceVersion" not in unb64(kv["value"])           # the revision is the version
+    store.create(Namespace(metadata=ObjectMeta(name="team")))           # cluster-scoped: no namespace part
+    assert store.client.range("/registry/namespaces/team")["kvs"]
+    store.claim("serviceips", "10.96.0.10", "default/web")
+    assert unb64(store.client.range("/registry/ranges/serviceips/10.96.0.10")["kvs"][0]["value"]) == "default/web"
+
+
+def test_a_lost_commit_race_writes_nothing_and_names_the_object(store: EtcdStore) -> None:
+    store.create(svc("a"))
+    other = store.reopen()
+    with pytest.raises(CommitConflict, match='services "a"'):
+        with store.transaction() as tx:
+            mine = tx.get(Service, "default", "a")
+            theirs = other.get(Service, "default", "a")
+            theirs.spec.selector = {"who": "them"}
+            other.update(theirs)                      # commits first
+            mine.spec.selector = {"who": "me"}
+            tx.update(mine)
+            tx.create(svc("b"))
+    assert store.get(Service, "default", "a").spec.selector == {"who": "them"}
+    assert store.try_get(Service, "default", "b") is None
+    assert issubclass(CommitConflict, Conflict)
+
+
+def test_a_transaction_over_etcds_limits_commits_in_chunks(store: EtcdStore) -> None:
+    rv = store.current_resource_version()
+    with store.transaction() as tx:                   # 300 objects: over --max-txn-ops (128)
+        for i in range(300):
+            tx.create(svc(f"s{i:03d}"))
+    assert len(store.list(Service)) == 300
+    assert len(store.changes_since(rv, kinds=[Service])) == 300
+
+
+def test_a_split_commit_that_fails_late_is_rolled_back(store: EtcdStore) -> None:
+    other = store.reopen()
+    with pytest.raises(CommitConflict):
+        with store.transaction() as tx:
+            for i in range(300):
+                tx.create(svc(f"s{i:03d}"))
+            other.create(svc("s299"))                # taken meanwhile: the last chunk's compare fails
+    assert [s.name for s in store.list(Service)] == ["s299"]
+
+
+def test_compacted_history_is_gone(store: EtcdStore) -> None:
+    rv = store.current_resource_version()
+    for i in range(3):
+        store.create(svc(f"s{i}"))
+    store.compact()
+    with pytest.raises(Gone, match="too old resource version"):
+        store.changes_since(rv)
+    with pytest.raises(Gone):
+        next(store.watch(rv, timeout=5))
+    listed = store.list_with_version(Service)          # relist, then follow from its version
+    store.create(svc("after"))
+    assert [e.object.name for e in store.changes_since(listed.resource_version)] == ["after"]
+
+
+def test_watch_resumes_after_etcd_restarts(tmp_path: Path) -> None:
+    server = EtcdServer.start(tmp_path)
+    try:
+        store = server.store()
+        rv = store.current_resource_version()
+        got: list[str] = []
+        done = threading.Event()
+
+        def follow() -> None:
+            for event in server.store().watch(rv, kinds=[Service], timeout=30):
+                got.append(event.object.name)
+                if len(got) == 2:
+                    done.set()
+                    return
+
+        thread = threading.Thread(target=follow)
+        thread.start()
+        store.create(svc("before"))
+        server.stop()                                 # the member goes away under the watcher
+        server.launch()                               # same ports, same data
+        store.create(svc("after"))
+        assert done.wait(30)
+        thread.join(5)
+        assert got == ["before", "after"]
+    finally:
+        server.stop()
+
+
+def _apply_many(url: str, prefix: str, count: int) -> None:
+    registry = Registry(open_store(url=url))
+    for i in range(count):
+        registry.apply([Manifest({"apiVersion": "v1", "kind": "Service",
+                                  "metadata": {"name": f"{prefix}-{i}", "namespace": "default"},
+                                  "spec": {"type": "NodePort", "ports": [{"port": 80}]}})])
+
+
+def test_two_processes_allocating_at_once_never_share_an_ip_or_port(store: EtcdStore,
+                                                                     etcd_server: EtcdServer) -> None:
+    # Ranges just big enough: without the commit's compares the two would collide at once.
+    Registry(store, ClusterConfig(service_cidr="10.96.0.0/26", node_port_range="30000-30029"))
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_apply_many, args=(etcd_server.url, p, 15)) for p in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    services = [s for s in store.list(Service) if s.name != "kubernetes"]
+    assert len(services) == 30
+    ips = [s.spec.cluster_ip for s in services]
+    ports = [p.node_port for s in services for p in s.spec.ports]
+    assert len(set(ips)) == 30 and len(set(ports)) == 30
+    ip_claims = store.claims(POOL_SERVICE_IPS)
+    assert {ip_claims[ip] for ip in ips} == {s.key for s in services}
+    assert set(store.claims(POOL_NODE_PORTS)) == {str(p) for p in ports}
