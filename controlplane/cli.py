@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "controlplane.kubectl.run",
     "controlplane.kubectl.scale",
     "controlplane.kubectl.lb_pool",
+    "controlplane.controllers.commands",
     "controlplane.agent.commands",
     "controlplane.dataplane.commands",
     "controlplane.dns.commands",

@@ -6,11 +6,12 @@ Layout, as the Kubernetes apiserver lays objects out:
     /registry/<resource>/<name>               cluster-scoped objects (namespaces)
     /registry/ranges/<pool>/<value>           allocator claims (value: the owner)
     /registry/svcxdp/settings/<key>           store settings
-    /registry/svcxdp/revision                 written by every store transaction
+    /registry/svcxdp/revision                 written by every transaction that writes objects
 
 resourceVersion is the key's `mod_revision` (it is not stored in the JSON, as in Kubernetes).
 The store's resourceVersion is the mod_revision of `/registry/svcxdp/revision`: the revision
-of the last store transaction, so writes by other etcd users do not count as changes.
+of the last store transaction that wrote objects, so claims, settings and writes by other
+etcd users do not count as changes (as in SqliteStore).
 
 Transactions: reads inside `transaction()` are pinned to the revision of the block's first
 read and remember each key's mod_revision; writes are buffered (and visible to the block's own
@@ -114,6 +115,17 @@ def _with_version(doc: dict[str, Any], rv: int) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- transactions
+class FencedOut(Exception):
+    """A commit was refused because this process no longer holds the lease it was fenced
+    with (another process leads now): nothing was written."""
+
+
+@dataclass(frozen=True)
+class _Fence:
+    key: str
+    create_revision: int
+
+
 @dataclass
 class _Txn:
     read_revision: int          # reads see etcd as of this revision
@@ -168,9 +180,30 @@ class EtcdStore:
         self._lock = threading.RLock()
         self._depth = 0
         self._txn: _Txn | None = None
+        self._fence: _Fence | None = None
+
+    def fence(self, key: str, create_revision: int) -> None:
+        """Make every later commit require `key` to still be the one created at
+        `create_revision` (a leader's key): a deposed leader cannot write (FencedOut)."""
+        self._fence = _Fence(key, create_revision)
+
+    def unfence(self) -> None:
+        self._fence = None
+
+    def _fence_compares(self) -> list[dict[str, Any]]:
+        if self._fence is None:
+            return []
+        return [{"key": b64(self._fence.key), "target": "CREATE", "result": "EQUAL",
+                 "create_revision": self._fence.create_revision}]
+
+    def _check_fence(self) -> None:
+        if self._fence is not None:
+            kvs = self.client.range(self._fence.key).get("kvs") or []
+            if not kvs or int(kvs[0]["create_revision"]) != self._fence.create_revision:
+                raise FencedOut(f"{self._fence.key} is no longer ours: another process leads")
 
     def reopen(self) -> "EtcdStore":
-        return EtcdStore(self.client, self.url)
+        return EtcdStore(self.client, self.url)   # the fence is not carried over
 
     def close(self) -> None:
         pass
@@ -230,18 +263,26 @@ class EtcdStore:
         compares = [{"key": b64(k), "target": "MOD", "result": "EQUAL", "mod_revision": rv}
                     for k, rv in txn.compares.items()]
         ops = [_op(k, v) for k, (v, _) in txn.writes.items()]
+        compares += self._fence_compares()
         try:
-            resp = self.client.txn(compares, ops + [_op(REVISION_KEY, "")])
+            resp = self.client.txn(compares, ops + self._marker(txn))
         except EtcdRequestError as exc:
             if not exc.too_large:
                 raise
             revision = self._commit_split(txn)
         else:
             if not resp.get("succeeded"):
+                self._check_fence()
                 raise self._conflict(txn)
             revision = int(resp["header"]["revision"])
         for obj in txn.written:
             obj.metadata.resource_version = str(revision)
+
+    @staticmethod
+    def _marker(txn: _Txn) -> list[dict[str, Any]]:
+        """The store revision moves with object writes only (as SQLite's resourceVersion:
+        claims and settings do not count)."""
+        return [_op(REVISION_KEY, "")] if txn.events else []
 
     def _commit_split(self, txn: _Txn) -> int:
         """Commit writes too big for one etcd txn in chunks; roll back on a failed chunk."""
@@ -260,10 +301,11 @@ class EtcdStore:
         for i, chunk in enumerate(chunks):
             guard = chunk + (guarded_only[:CHUNK_OPS - len(chunk)] if i == 0 else [])
             compares = [{"key": b64(k), "target": "MOD", "result": "EQUAL", "mod_revision": txn.compares[k]}
-                        for k in guard if k in txn.compares]
-            resp = self.client.txn(compares, [_op(k, txn.writes[k][0]) for k in chunk] + [_op(REVISION_KEY, "")])
+                        for k in guard if k in txn.compares] + self._fence_compares()
+            resp = self.client.txn(compares, [_op(k, txn.writes[k][0]) for k in chunk] + self._marker(txn))
             if not resp.get("succeeded"):
                 self._rollback(txn, done)
+                self._check_fence()
                 raise self._conflict(txn)
             done.append((chunk, int(resp["header"]["revision"])))
         return done[-1][1]

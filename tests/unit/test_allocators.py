@@ -25,8 +25,8 @@ def apply(registry: Registry, *docs: dict) -> list[Service]:
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Registry:
-    return Registry(SqliteStore(tmp_path / "s.db"))
+def registry(any_store) -> Registry:
+    return Registry(any_store)   # SQLite and etcd (tests/unit/conftest.py)
 
 
 def test_band_sizes_match_kubernetes() -> None:

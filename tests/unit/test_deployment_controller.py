@@ -19,8 +19,8 @@ DEPLOYMENT = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name"
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Registry:
-    return Registry(SqliteStore(tmp_path / "s.db"))
+def registry(any_store) -> Registry:
+    return Registry(any_store)   # SQLite and etcd (tests/unit/conftest.py)
 
 
 def apply(registry: Registry, doc: dict) -> None:

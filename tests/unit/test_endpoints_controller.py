@@ -88,8 +88,8 @@ def test_slices_hold_at_most_the_limit() -> None:
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Registry:
-    return Registry(SqliteStore(tmp_path / "s.db"))
+def registry(any_store) -> Registry:
+    return Registry(any_store)   # SQLite and etcd (tests/unit/conftest.py)
 
 
 def apply(registry: Registry, *docs: dict) -> None:
