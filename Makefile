@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test test-unit test-root demo bench bench-quick clean
+.PHONY: setup test test-unit test-root demo bench bench-quick bench-flood clean
 
 setup:
 	@bash scripts/setup.sh
@@ -23,6 +23,10 @@ bench: setup
 
 bench-quick: setup
 	$(PY) bench/run.py --quick
+
+# Established flows surviving a spoofed SYN flood, per algorithm (~1 min; ARGS=--quick).
+bench-flood: setup
+	$(PY) bench/bench_flood.py --json bench/results/flood.json $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

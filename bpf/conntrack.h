@@ -3,6 +3,16 @@
  * conntrack.h — flow state: idle timeouts on a coarse monotonic clock and TCP close
  * tracking. An entry is refreshed at most once a second, so an established flow
  * costs a compare, not a store, on most packets.
+ *
+ * Two tables, one policy against floods: a flow's first packet records it in
+ * ct_unconfirmed; its second forward packet (for TCP: one with ACK and without
+ * SYN, i.e. the handshake's last packet or later) moves it to conntrack
+ * (ct_confirm). A flood of spoofed one-packet flows — a SYN flood, retransmitted
+ * SYNs included, or single datagrams — can then only evict other unconfirmed
+ * flows, never an established one. Readers look in conntrack, then in
+ * ct_unconfirmed (ct_lookup). A flood that sends a second packet for each spoofed
+ * tuple (a blind SYN then ACK) still confirms its flows: the handshake's ACK
+ * number is not checked.
  */
 #ifndef SVCXDP_CONNTRACK_H
 #define SVCXDP_CONNTRACK_H
@@ -28,6 +38,11 @@
 #define TCPF_SYN 0x02
 #define TCPF_RST 0x04
 #define TCPF_ACK 0x10
+
+/* Where a flow's entry was found (ct_create's `dead`). */
+#define CT_IN_NONE 0
+#define CT_IN_UNCONFIRMED 1
+#define CT_IN_CONFIRMED 2
 
 static __always_inline __u64 ct_timeout_ns(__u8 proto, __u8 flags)
 {
@@ -94,6 +109,40 @@ static __always_inline int ct_backend_same(const struct ct_value *v, const struc
 	return b->svc_id == v->svc_id && b->ip == v->nat_ip && b->port == v->nat_port;
 }
 
+/* A flow's entry, confirmed or not. */
+static __always_inline struct ct_value *ct_lookup(struct ct_key *k)
+{
+	struct ct_value *v = conntrack.lookup(k);
+	if (v)
+		return v;
+	return ct_unconfirmed.lookup(k);
+}
+
+/* Does this forward packet of an unconfirmed flow confirm it? */
+static __always_inline int ct_confirms(__u8 proto, __u8 tcp_flags)
+{
+	return proto != IPPROTO_TCP || (tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_ACK;
+}
+
+/* Move a flow (already refreshed by this packet) and its reply entry, if it has
+ * one, from ct_unconfirmed to conntrack. Inserts only where absent: another CPU
+ * may have confirmed it a moment ago. */
+static __always_inline void ct_confirm(struct ct_key *fwd, const struct ct_value *v)
+{
+	struct ct_value copy = *v;
+	struct ct_key rk;
+	ct_key_set(&rk, copy.nat_ip, fwd->src, copy.nat_port, fwd->sport, fwd->proto,
+		   SVCXDP_CT_DIR_REPLY);
+	conntrack.insert(fwd, &copy);
+	struct ct_value *rv = ct_unconfirmed.lookup(&rk);
+	if (rv) {
+		struct ct_value rcopy = *rv;
+		conntrack.insert(&rk, &rcopy);
+		ct_unconfirmed.delete(&rk);
+	}
+	ct_unconfirmed.delete(fwd);
+}
+
 /* Give a counted flow's connection back to its backend, once (lc.h) — and only to
  * that backend: a stale flow whose id now names another backend gives nothing to
  * the new owner, whose count started from 0. */
@@ -118,7 +167,7 @@ static __always_inline void ct_uncount_from_reply(const struct ct_key *rk, struc
 	struct ct_key fk;
 	ct_key_set(&fk, rk->dst, rv->nat_ip, rk->dport, rv->nat_port, rk->proto,
 		   SVCXDP_CT_DIR_FORWARD);
-	struct ct_value *fv = conntrack.lookup(&fk);
+	struct ct_value *fv = ct_lookup(&fk);
 	if (fv && fv->backend_id == rv->backend_id)
 		ct_uncount(fv);
 }
@@ -142,14 +191,15 @@ static __always_inline int ct_needs_reply_entry(const struct backend *b)
  * Two CPUs may take the first packets of one flow at once and choose different
  * backends: a new flow's entry is inserted only if there is none (BPF_NOEXIST),
  * and the CPU that finds one already there follows it. Returns NULL when this
- * packet's choice was recorded, else the entry recorded first. `replace`: the
- * tuple's entry is dead (expired, reopened or stale) and is overwritten; two CPUs
- * replacing one dead entry at the same instant can still both write (the later
- * one stands), since a map update cannot compare-and-swap. */
+ * packet's choice was recorded, else the entry recorded first. `dead`: where the
+ * tuple's dead (expired, reopened or stale) entry is, CT_IN_* — it is overwritten
+ * there; two CPUs replacing one dead entry at the same instant can still both
+ * write (the later one stands), since a map update cannot compare-and-swap. A new
+ * flow goes to ct_unconfirmed. */
 static __always_inline struct ct_value *ct_create(const struct ct_key *fwd, __be32 vip,
 						  __be16 vport, const struct backend *b,
 						  __u32 backend_id, __u32 svc_id, __u64 now,
-						  __u8 tcp_flags, int counted, int replace)
+						  __u8 tcp_flags, int counted, int dead)
 {
 	struct ct_value v = {};
 	v.last_seen = now;
@@ -162,17 +212,20 @@ static __always_inline struct ct_value *ct_create(const struct ct_key *fwd, __be
 	else if (counted)
 		v.flags = SVCXDP_CT_F_COUNTED;
 	int busy;
-	if (replace)
+	if (dead == CT_IN_CONFIRMED)
 		busy = conntrack.update((struct ct_key *)fwd, &v);
+	else if (dead == CT_IN_UNCONFIRMED)
+		busy = ct_unconfirmed.update((struct ct_key *)fwd, &v);
 	else
-		busy = conntrack.insert((struct ct_key *)fwd, &v);  /* BPF_NOEXIST */
+		busy = ct_unconfirmed.insert((struct ct_key *)fwd, &v);  /* BPF_NOEXIST */
 	if (busy) {
-		struct ct_value *first = conntrack.lookup((struct ct_key *)fwd);
+		struct ct_value *first = ct_lookup((struct ct_key *)fwd);
 		if (first)
 			return first;
 		/* Gone again already (evicted): this packet's choice is as good. */
-		if (conntrack.update((struct ct_key *)fwd, &v))
+		if (ct_unconfirmed.update((struct ct_key *)fwd, &v))
 			return NULL;
+		dead = CT_IN_UNCONFIRMED;
 	}
 	if (v.flags & SVCXDP_CT_F_COUNTED)
 		conns_add(backend_id, 1);
@@ -183,7 +236,10 @@ static __always_inline struct ct_value *ct_create(const struct ct_key *fwd, __be
 	ct_key_set(&rk, b->ip, fwd->src, b->port, fwd->sport, fwd->proto, SVCXDP_CT_DIR_REPLY);
 	v.nat_ip = vip;
 	v.nat_port = vport;
-	conntrack.update(&rk, &v);
+	if (dead == CT_IN_CONFIRMED)
+		conntrack.update(&rk, &v);
+	else
+		ct_unconfirmed.update(&rk, &v);
 	return NULL;
 }
 
@@ -208,7 +264,7 @@ static __always_inline int ct_match_reply(__be32 backend, __be16 bport, __be32 c
 		return 0;  /* not a backend of any service: the common non-service case */
 	if (rn->flags & SVCXDP_REVNAT_F_SHARED) {
 		ct_key_set(&m->key, backend, client, bport, cport, proto, SVCXDP_CT_DIR_REPLY);
-		struct ct_value *v = conntrack.lookup(&m->key);
+		struct ct_value *v = ct_lookup(&m->key);
 		if (v) {
 			m->v = v;
 			m->vip = v->nat_ip;
@@ -220,7 +276,7 @@ static __always_inline int ct_match_reply(__be32 backend, __be16 bport, __be32 c
 	/* The forward entry of client -> VIP:port, if it still points at this backend
 	 * (a stale reply from a backend the flow has left is not translated). */
 	ct_key_set(&m->key, client, rn->vip, cport, rn->vport, proto, SVCXDP_CT_DIR_FORWARD);
-	struct ct_value *v = conntrack.lookup(&m->key);
+	struct ct_value *v = ct_lookup(&m->key);
 	if (!v || v->nat_ip != backend || v->nat_port != bport)
 		return 0;
 	m->v = v;

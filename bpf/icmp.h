@@ -75,7 +75,7 @@ static __always_inline int handle_icmp(struct cursor *c, struct iphdr *ip, __u32
 	 * reverse is the forward entry holding the backend. */
 	struct ct_key k;
 	ct_key_set(&k, in->daddr, in->saddr, ports[1], ports[0], in->protocol, SVCXDP_CT_DIR_FORWARD);
-	struct ct_value *v = conntrack.lookup(&k);
+	struct ct_value *v = ct_lookup(&k);
 	if (v) {
 		__be32 vip = in->saddr;
 		icmp_rewrite_quote(icmp, in, &in->saddr, &ports[0], v->nat_ip, v->nat_port);

@@ -25,6 +25,9 @@
 #ifndef SVCXDP_CT_SIZE
 #define SVCXDP_CT_SIZE SVCXDP_DEFAULT_CT_SIZE
 #endif
+#ifndef SVCXDP_CT_UNCONFIRMED_SIZE
+#define SVCXDP_CT_UNCONFIRMED_SIZE (SVCXDP_CT_SIZE / SVCXDP_CT_UNCONFIRMED_SHARE)
+#endif
 #ifndef SVCXDP_FRAG_SIZE
 #define SVCXDP_FRAG_SIZE SVCXDP_DEFAULT_FRAG_SIZE
 #endif
@@ -51,6 +54,9 @@ SVCXDP_MAP("hash", struct revnat_key, struct revnat_value, rev_nat, SVCXDP_MAX_B
 /* Service flows (forward entries; reply entries for shared addresses); LRU so a
  * full table evicts the oldest. */
 SVCXDP_MAP("lru_hash", struct ct_key, struct ct_value, conntrack, SVCXDP_CT_SIZE);
+/* The same for flows that have not yet sent a second packet (conntrack.h, ct_confirm):
+ * a flood of spoofed one-packet flows evicts only its own kind here. */
+SVCXDP_MAP("lru_hash", struct ct_key, struct ct_value, ct_unconfirmed, SVCXDP_CT_UNCONFIRMED_SIZE);
 /* How the first fragment of a datagram was translated, for the later ones. */
 SVCXDP_MAP("lru_hash", struct frag_key, struct frag_value, fragments, SVCXDP_FRAG_SIZE);
 /* Round-robin cursor per service id (atomic add, exact order across CPUs). */

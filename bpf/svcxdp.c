@@ -146,13 +146,20 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 	__u64 now = bpf_ktime_get_coarse_ns();
 	__be32 nat_ip;
 	__be16 nat_port;
+	int where = CT_IN_CONFIRMED;
 	struct ct_value *v = conntrack.lookup(&k);
+	if (!v) {
+		v = ct_unconfirmed.lookup(&k);
+		where = v ? CT_IN_UNCONFIRMED : CT_IN_NONE;
+	}
 	if (v && ct_alive(v, now, k.proto) && !ct_reopened(v, l4->tcp_flags)) {
 		if (ct_backend_valid(v)) {
 			if (ct_touch(v, now, l4->tcp_flags))
 				ct_uncount(v);
 			nat_ip = v->nat_ip;
 			nat_port = v->nat_port;
+			if (where == CT_IN_UNCONFIRMED && ct_confirms(k.proto, l4->tcp_flags))
+				ct_confirm(&k, v);
 			ev->main = SVCXDP_CNT_CT_HIT;
 			svc_account(svc->svc_id, bytes, 0, 0);
 			goto dnat;
@@ -195,8 +202,7 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 		return XDP_DROP;
 	}
 	struct ct_value *first = ct_create(&k, ip->daddr, *l4->dport, b, backend_id, svc->svc_id,
-					   now, l4->tcp_flags, alg_counts_conns(svc->algorithm),
-					   v != NULL);
+					   now, l4->tcp_flags, alg_counts_conns(svc->algorithm), where);
 	if (first) {
 		/* Another CPU recorded this flow's first packet a moment ago: follow it. */
 		nat_ip = first->nat_ip;

@@ -95,6 +95,9 @@
 #define SVCXDP_DEFAULT_MAX_BACKENDS 262144
 #define SVCXDP_DEFAULT_MAX_SLOTS 262144
 #define SVCXDP_DEFAULT_CT_SIZE 1048576
+/* Flows that have sent one packet wait in a table of their own, CT_SIZE / this
+ * (conntrack.h): a flood of spoofed first packets churns it, not conntrack. */
+#define SVCXDP_CT_UNCONFIRMED_SHARE 4
 #define SVCXDP_DEFAULT_FRAG_SIZE 8192
 #define SVCXDP_DEFAULT_AFFINITY_SIZE 262144  /* client IPs x affinity services (docs/affinity.md) */
 #define SVCXDP_DEFAULT_TCP_TIMEOUT_S 21600   /* established TCP: 6 h, as Cilium */

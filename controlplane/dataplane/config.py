@@ -55,6 +55,12 @@ class DataplaneConfig:
         return self.max_services + 1
 
     @property
+    def ct_unconfirmed_size(self) -> int:
+        """Entries of ct_unconfirmed, the table of flows that sent one packet so far
+        (bpf/conntrack.h): a fixed share of the conntrack size."""
+        return max(self.ct_size // const("CT_UNCONFIRMED_SHARE"), 1)
+
+    @property
     def pin_dir(self) -> Path:
         return self.pin_root / self.instance
 
@@ -64,6 +70,7 @@ class DataplaneConfig:
             f"-DSVCXDP_MAX_BACKENDS={self.max_backends}",
             f"-DSVCXDP_MAX_SLOTS={self.max_slots}",
             f"-DSVCXDP_CT_SIZE={self.ct_size}",
+            f"-DSVCXDP_CT_UNCONFIRMED_SIZE={self.ct_unconfirmed_size}",
             f"-DSVCXDP_FRAG_SIZE={self.frag_size}",
             f"-DSVCXDP_AFFINITY_SIZE={self.affinity_size}",
             f"-DSVCXDP_TCP_TIMEOUT_S={self.tcp_timeout_s}ULL",

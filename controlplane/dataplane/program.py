@@ -21,8 +21,8 @@ from .source import program_text
 
 ENTRY = "svcxdp_main"
 SVCXDP_CNT_MAX = const("CNT_MAX")
-MAP_NAMES = ("services", "slots", "backends", "rev_nat", "conntrack", "fragments", "rr_state",
-             "svc_stats", "counters", "backend_conns", "maglev", "affinity")
+MAP_NAMES = ("services", "slots", "backends", "rev_nat", "conntrack", "ct_unconfirmed", "fragments",
+             "rr_state", "svc_stats", "counters", "backend_conns", "maglev", "affinity")
 
 
 class DataplaneError(RuntimeError):
@@ -34,6 +34,7 @@ def _check_pinned_layout(bpf: BPF, config: DataplaneConfig) -> None:
     expected_max = {
         "services": config.max_services, "slots": config.max_slots,
         "backends": config.max_backends, "rev_nat": config.max_backends, "conntrack": config.ct_size,
+        "ct_unconfirmed": config.ct_unconfirmed_size,
         "fragments": config.frag_size, "rr_state": config.svc_id_slots,
         "svc_stats": config.svc_id_slots, "backend_conns": config.max_backends,
         "maglev": config.max_services, "affinity": config.affinity_size,

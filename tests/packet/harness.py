@@ -59,7 +59,7 @@ class Harness:
     def reset(self) -> None:
         """Between tests: no services, no flows."""
         self.writer.sync([])
-        for name in ("conntrack", "fragments"):
+        for name in ("conntrack", "ct_unconfirmed", "fragments"):
             table = self.dp.table(name)
             keys = [k for k in table.keys()]
             for k in keys:

@@ -15,6 +15,9 @@ Conventions:
 - addresses are dotted strings, ports ints, protocol numbers ints;
 - flows never time out here (an example runs in well under the 10 s TCP close
   timeout), and the LRU maps never evict (they are far larger than an example);
+- a flow's first packet records it as unconfirmed; its second forward packet (TCP:
+  ACK without SYN) confirms it. The two are separate tables in the datapath, so a
+  key can be in both; lookups see the confirmed one first;
 - a first fragment's record expires FRAG_TIMEOUT_S after it was made, read on the
   datapath's clock (CLOCK_MONOTONIC_COARSE, bpf_ktime_get_coarse_ns());
 - checksums are updated incrementally, per rewritten field, with RFC 1624 eqn. 3
@@ -134,7 +137,8 @@ class ReferenceDatapath:
         self.services: dict[tuple[str, int, int], Service] = {}
         self.backends: dict[int, BackendEntry] = {}
         self.rr_next: dict[int, int] = {}
-        self.conntrack: dict[CtKey, Flow] = {}
+        self.conntrack: dict[CtKey, Flow] = {}      # confirmed flows
+        self.unconfirmed: dict[CtKey, Flow] = {}    # flows that sent one packet so far
         # (new address, direction, when the first fragment was seen)
         self.fragments: dict[FragKey, tuple[str, int, int]] = {}
         # backend (ip, port, proto) -> (VIP, port it answers for, shared by several frontends)
@@ -166,7 +170,25 @@ class ReferenceDatapath:
                         for (ip, port, proto), users in writer.revnat.users.items()}
 
     def forward_flows(self) -> list[tuple[CtKey, Flow]]:
-        return [(k, v) for k, v in self.conntrack.items() if k[5] == FWD]
+        both = {**self.unconfirmed, **self.conntrack}
+        return [(k, v) for k, v in both.items() if k[5] == FWD]
+
+    def _ct(self, key: CtKey) -> tuple[Flow | None, dict[CtKey, Flow] | None]:
+        """A flow's entry and the table holding it: confirmed first."""
+        for table in (self.conntrack, self.unconfirmed):
+            if key in table:
+                return table[key], table
+        return None, None
+
+    def _confirm(self, key: CtKey, flow: Flow) -> None:
+        """The second forward packet moves a flow and its reply entry to the confirmed
+        table, where absent there."""
+        self.conntrack.setdefault(key, flow)
+        rk = (flow.nat_ip, key[0], flow.nat_port, key[2], key[4], REPLY)
+        reply = self.unconfirmed.pop(rk, None)
+        if reply is not None:
+            self.conntrack.setdefault(rk, reply)
+        self.unconfirmed.pop(key, None)
 
     # ---- the packet path ----------------------------------------------------------------
     def process(self, frame: bytes) -> list[Outcome]:
@@ -249,10 +271,10 @@ class ReferenceDatapath:
             return None
         vip, vport, shared = rn
         if shared:
-            flow = self.conntrack.get((backend, client, bport, cport, proto, REPLY))
+            flow, _ = self._ct((backend, client, bport, cport, proto, REPLY))
             if flow is not None:
                 return flow, flow.nat_ip, flow.nat_port
-        flow = self.conntrack.get((client, vip, cport, vport, proto, FWD))
+        flow, _ = self._ct((client, vip, cport, vport, proto, FWD))
         if flow is None or (flow.nat_ip, flow.nat_port) != (backend, bport):
             return None
         return flow, vip, vport
@@ -281,7 +303,7 @@ class ReferenceDatapath:
 
     def _service(self, pkt, ip, l3, l4, sport, dport, tcp_flags, svc, frame_bytes, done):
         key = (ip.src, ip.dst, sport, dport, ip.proto, FWD)
-        flow = self.conntrack.get(key)
+        flow, table = self._ct(key)
         stale = None
         # A bare SYN on a closing flow is a new connection reusing the tuple.
         reopened = (flow is not None and flow.closing
@@ -290,6 +312,9 @@ class ReferenceDatapath:
             if self._backend_valid(flow):
                 def hit() -> None:
                     self._touch(flow, tcp_flags)
+                    if table is self.unconfirmed and (
+                            ip.proto != TCP or tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK):
+                        self._confirm(key, flow)
                     self._account(svc.svc_id, frame_bytes)
                 return [self._dnat(pkt, ip, l4, dport, flow.nat_ip, flow.nat_port, "established",
                                    "ct_hit", None, hit, done)]
@@ -320,10 +345,12 @@ class ReferenceDatapath:
                 if rr_after is not None:
                     self.rr_next[svc.svc_id] = rr_after
                 closing = bool(tcp_flags & (TCP_FIN | TCP_RST))
-                self.conntrack[key] = Flow(b.ip, b.port, bid, svc.svc_id, closing)
+                # A dead entry is replaced where it is; a new flow starts unconfirmed.
+                into = table if table is not None else self.unconfirmed
+                into[key] = Flow(b.ip, b.port, bid, svc.svc_id, closing)
                 rn = self.rev_nat.get((b.ip, b.port, ip.proto))
                 if rn is not None and rn[2]:  # a shared address: replies need their own entry
-                    self.conntrack[(b.ip, ip.src, b.port, sport, ip.proto, REPLY)] = \
+                    into[(b.ip, ip.src, b.port, sport, ip.proto, REPLY)] = \
                         Flow(ip.dst, dport, bid, svc.svc_id, closing)
                 self._account(svc.svc_id, frame_bytes, new=1)
             outcomes.append(self._dnat(bytearray(pkt), None, l4, dport, b.ip, b.port,
@@ -413,7 +440,7 @@ class ReferenceDatapath:
                 ip.set_src(vip, None)
             return done("XDP_PASS", "ICMP error from the backend side", "icmp_nat")
         # From the client's side, about VIP -> client: show backend -> client.
-        flow = self.conntrack.get((qdst, qsrc, qdport, qsport, qproto, FWD))
+        flow, _ = self._ct((qdst, qsrc, qdport, qsport, qproto, FWD))
         if flow is not None:
             self._rewrite_quote(pkt, l4, q, 12, 20, flow.nat_ip, flow.nat_port)
             if ip.dst == qsrc:

@@ -36,13 +36,16 @@ def tcp(sport, flags, src=CLIENT, dst=VIP, dport=80):
 
 
 def set_ct_last_seen(xdp: Harness, last_seen: int) -> int:
-    """Stamp every conntrack entry with `last_seen`; returns how many there were."""
-    table = xdp.dp.table("conntrack")
-    items = list(table.items())
-    for k, v in items:
-        v.last_seen = last_seen
-        table[k] = v
-    return len(items)
+    """Stamp every conntrack entry (confirmed or not) with `last_seen`; returns how
+    many there were."""
+    n = 0
+    for name in ("conntrack", "ct_unconfirmed"):
+        table = xdp.dp.table(name)
+        for k, v in list(table.items()):
+            v.last_seen = last_seen
+            table[k] = v
+            n += 1
+    return n
 
 
 def test_entry_refreshed_by_another_cpu_a_moment_later_is_alive(xdp: Harness):
@@ -173,14 +176,15 @@ def test_first_packets_of_a_flow_on_two_cpus_agree_on_the_backend(xdp: Harness):
     split = [i for i in range(len(frames)) if a[i] != b[i]]
     assert not split, f"{len(split)} of {len(frames)} flows sent to two backends"
     recorded = {socket.ntohs(k.sport): str(ipaddress.IPv4Address(socket.ntohl(v.nat_ip)))
-                for k, v in xdp.dp.table("conntrack").items()}
+                for table in ("conntrack", "ct_unconfirmed") for k, v in xdp.dp.table(table).items()}
     assert [recorded[20000 + i] for i in range(len(frames))] == a
 
 
 # ---- backend ids handed to another backend ----------------------------------------------------
 @pytest.fixture(scope="module")
-def two_backend_ids():
-    """A dataplane with backend ids 1 and 2 only, so the writer reuses a freed id at once."""
+def small_dataplane():
+    """A dataplane with backend ids 1 and 2 only, so the writer reuses a freed id at
+    once, and a conntrack of 1024 entries (256 unconfirmed) that a test can flood."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
     dp = Dataplane.load(DataplaneConfig(instance="pytest-idreuse", pin=False, ct_size=1024,
@@ -190,12 +194,12 @@ def two_backend_ids():
     dp.close()
 
 
-def test_stale_flow_of_a_reused_backend_id_leaves_the_new_owner_count_alone(two_backend_ids):
+def test_stale_flow_of_a_reused_backend_id_leaves_the_new_owner_count_alone(small_dataplane):
     """lc counts connections per backend id. A flow whose backend was removed, and
     whose id the writer then gave to another service's backend, must not give its
     connection back to the new owner when it ends: the new owner's count would
     drop below its real connections (here from 1 to 0) and lc would overload it."""
-    h = two_backend_ids
+    h = small_dataplane
     h.reset()
     a = h.service(vip="10.96.1.1", algorithm="lc", backends=("10.244.4.1",))
     assert h.send(tcp(44000, "S", dst="10.96.1.1")).pkt[IP].dst == "10.244.4.1"
@@ -212,4 +216,51 @@ def test_stale_flow_of_a_reused_backend_id_leaves_the_new_owner_count_alone(two_
     assert h.writer.active_connections(b) == {("10.244.4.3", 8080): 1}
     h.send(tcp(44001, "FA", dst="10.96.1.2"))
     assert h.writer.active_connections(b) == {("10.244.4.3", 8080): 0}
+    h.reset()
+
+
+# ---- floods of spoofed first packets --------------------------------------------------------------
+def test_spoofed_syn_flood_cannot_evict_established_flows(small_dataplane):
+    """Policy (bpf/conntrack.h): a flow's first packet records it as unconfirmed, its
+    second forward packet (TCP: ACK without SYN) confirms it. A flood of 10x the
+    conntrack size in spoofed SYNs — each tuple sent twice, as a SYN retransmit —
+    churns only the unconfirmed table: every established flow keeps its backend
+    and its replies are still reverse-NATed. (Before: one table for all, about
+    half of them were evicted.)"""
+    h = small_dataplane
+    h.reset()
+    vip = "10.96.2.1"
+    h.service(vip=vip, algorithm="rr", backends=("10.244.5.1", "10.244.5.2"))
+    established = {}
+    for i in range(100):
+        client, cport = f"10.244.6.{1 + i}", 30000 + i
+        backend = h.send(tcp(cport, "S", src=client, dst=vip)).pkt[IP].dst
+        h.send(Ether() / IP(src=backend, dst=client) / TCP(sport=8080, dport=cport, flags="SA"))
+        h.send(tcp(cport, "A", src=client, dst=vip))
+        established[(client, cport)] = backend
+    assert len(h.dp.table("conntrack")) == 100
+
+    ct_size = h.dp.config.ct_size
+    for i in range(10 * ct_size // 2):
+        spoofed = tcp(1024 + i % 60000, "S", src=f"10.{i % 251}.{i // 251 % 251}.{i % 7 + 1}", dst=vip)
+        h.send(spoofed)
+        h.send(spoofed)  # a retransmitted SYN confirms nothing
+
+    for (client, cport), backend in established.items():
+        out = h.send(Ether() / IP(src=backend, dst=client) / TCP(sport=8080, dport=cport, flags="PA"))
+        assert (out.pkt[IP].src, out.pkt[TCP].sport) == (vip, 80)
+        assert h.send(tcp(cport, "A", src=client, dst=vip)).pkt[IP].dst == backend
+    assert len(h.dp.table("conntrack")) == 100  # the flood confirmed nothing
+    h.reset()
+
+
+def test_a_second_udp_datagram_confirms_a_flow(small_dataplane):
+    h = small_dataplane
+    h.reset()
+    h.service(vip="10.96.2.2", port=53, protocol="UDP", backend_port=5353, backends=("10.244.5.3",))
+    q = Ether() / IP(src=CLIENT, dst="10.96.2.2") / UDP(sport=45000, dport=53) / Raw(b"q")
+    h.send(q)
+    assert (len(h.dp.table("ct_unconfirmed")), len(h.dp.table("conntrack"))) == (1, 0)
+    h.send(q)
+    assert (len(h.dp.table("ct_unconfirmed")), len(h.dp.table("conntrack"))) == (0, 1)
     h.reset()

@@ -13,6 +13,7 @@ program with right checksums.
 """
 from __future__ import annotations
 
+import socket
 import struct
 
 import pytest
@@ -390,6 +391,15 @@ def test_program_matches_reference_model(xdp: Harness, services, ops):
     for fe in states:
         svc_id = xdp.writer.svc_id(fe)
         assert xdp.dp.service_stats(svc_id) == model.svc_stats[svc_id], fe
+    assert ct_keys(xdp, "conntrack") == set(model.conntrack)
+    assert ct_keys(xdp, "ct_unconfirmed") == set(model.unconfirmed)
+
+
+def ct_keys(h: Harness, table: str) -> set[tuple]:
+    """A conntrack table's keys as the model writes them."""
+    return {(socket.inet_ntoa(struct.pack("<I", k.src)), socket.inet_ntoa(struct.pack("<I", k.dst)),
+             socket.ntohs(k.sport), socket.ntohs(k.dport), k.proto, k.dir)
+            for k in h.dp.table(table).keys()}
 
 
 # ---- directed cases ------------------------------------------------------------------------

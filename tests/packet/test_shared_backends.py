@@ -33,7 +33,7 @@ def reply_from_pod(cport: int):
 
 
 def conntrack_entries(h: Harness) -> int:
-    return len(list(h.dp.table("conntrack").keys()))
+    return sum(len(list(h.dp.table(name).keys())) for name in ("conntrack", "ct_unconfirmed"))
 
 
 def backend_entry(h: Harness, fe: Frontend):
