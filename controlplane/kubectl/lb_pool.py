@@ -33,6 +33,8 @@ def _parse(args: argparse.Namespace) -> Pool:
             if args.blocks:
                 raise CommandError("give the pool as arguments or as a file (-f), not both")
             return read_pool_file(args.filename)
+        if not args.blocks:
+            raise CommandError("lb-pool set needs at least one CIDR or START-STOP range, or -f FILE")
         return Pool.parse(args.blocks)
     except PoolError as exc:
         raise CommandError(f"invalid pool: {exc}") from None

@@ -163,6 +163,7 @@ def test_health_check_node_port_conflict_reads_like_kubectl(capsys, tmp_path) ->
 
 
 def test_lb_pool_rejects_bad_input(capsys, tmp_path) -> None:
+    assert run(capsys, "lb-pool", "set")[0] == 1
     code, _, err = run(capsys, "lb-pool", "set", "192.168.1.241/28")
     assert code == 1 and err.startswith("error: invalid pool: 192.168.1.241/28: not a CIDR")
     path = manifest(tmp_path, "blocks:\n- cidr: 10.0.0.0/30\n- start: 10.0.1.1\n  stop: 10.0.1.3\n", "pool.yaml")
