@@ -125,6 +125,26 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct ethhdr *eth, 
 	return forward(ctx, eth, ip, vlan, ev);
 }
 
+/* Copy the service entry of `sk` into `out`; 0 when there is none. The kernel
+ * reuses a replaced or deleted hash element at once (preallocated or not: tested
+ * in tests/packet/test_map_reuse.py), so the element a lookup returned may hold
+ * another frontend's value by the time it is read. The copy is used only if it
+ * names our key; otherwise the lookup is repeated once (the element of our key
+ * is elsewhere by then). Every later read of the packet uses the copy. */
+static __always_inline int svc_read(const struct svc_key *sk, struct svc_value *out)
+{
+	for (int i = 0; i < 2; i++) {
+		struct svc_value *p = services.lookup((struct svc_key *)sk);
+		if (!p)
+			return 0;
+		__builtin_memcpy(out, p, sizeof(*out));
+		if (out->key_vip == sk->vip && out->key_port == sk->port &&
+		    out->key_proto == sk->proto && out->key_scope == sk->scope)
+			return 1;
+	}
+	return 0;
+}
+
 /* Is the conntrack entry's backend still a live member of its service? */
 static __always_inline int ct_backend_valid(const struct ct_value *v)
 {
@@ -197,7 +217,10 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 	if (fresh)
 		backend_id = select_backend(svc, &k, ev);
 	struct backend *b = backends.lookup(&backend_id);
-	if (!b || b->state == SVCXDP_BACKEND_UNUSED || backend_id == SVCXDP_BACKEND_ID_INVALID) {
+	/* The backend must belong to this service: a slot or Maglev element read while
+	 * the writer replaced it may have been reused for another service's. */
+	if (!b || b->state == SVCXDP_BACKEND_UNUSED || backend_id == SVCXDP_BACKEND_ID_INVALID ||
+	    b->svc_id != svc->svc_id) {
 		ev->main = SVCXDP_CNT_SLOT_MISS;
 		return XDP_DROP;
 	}
@@ -293,9 +316,9 @@ static __always_inline int process(struct xdp_md *ctx, struct events *ev)
 	sk.port = *l4.dport;
 	sk.proto = l4proto;
 	sk.scope = SVCXDP_SCOPE_CLUSTER;
-	struct svc_value *svc = services.lookup(&sk);
-	if (svc)
-		return handle_service(ctx, eth, ip, &l4, svc, l3_off, vlan, ev);
+	struct svc_value svc;
+	if (svc_read(&sk, &svc))
+		return handle_service(ctx, eth, ip, &l4, &svc, l3_off, vlan, ev);
 	return handle_reply(ctx, eth, ip, &l4, l3_off, vlan, ev);
 }
 

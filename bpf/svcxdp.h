@@ -79,7 +79,8 @@
 #define SVCXDP_CNT_FRAG_NAT 8          /* non-first fragments translated */
 #define SVCXDP_CNT_FRAG_UNKNOWN 9     /* non-first fragment of no known flow: passed */
 #define SVCXDP_CNT_ICMP_NAT 10         /* ICMP errors quoting a NATed flow, translated */
-#define SVCXDP_CNT_SLOT_MISS 11        /* service slot without backend: dropped */
+#define SVCXDP_CNT_SLOT_MISS 11        /* slot without backend, or with another service's (read
+					* while the writer replaced it): dropped */
 #define SVCXDP_CNT_FIB_REDIRECT 12     /* forwarded by bpf_redirect after a FIB lookup */
 #define SVCXDP_CNT_MAGLEV_FALLBACK 13  /* Maglev table missing or mid-resize: hashed over slots */
 /* ClientIP affinity, one of these per new flow of an affinity service (affinity.h). */
@@ -125,6 +126,14 @@ struct svc_value {
 	__u32 table_size;        /* Maglev: entries M of its table; 0 otherwise */
 	__u32 affinity_gen;      /* ClientIP period: affinity entries of another one are
 				  * ignored (a switch to None and back drops them, O(1)) */
+	/* The entry's own key, written by the writer with the rest. The kernel reuses
+	 * a replaced or deleted hash element at once (preallocated or not), so a packet
+	 * holding a pointer into `services` may find another frontend's value there:
+	 * the datapath copies the value and uses it only if these match its key. */
+	__be32 key_vip;
+	__be16 key_port;
+	__u8 key_proto;
+	__u8 key_scope;
 };
 
 /* Key of the `slots` map: slot 1..count of a service -> backend id. For wrr the

@@ -71,11 +71,20 @@ class Dataplane:
             os.makedirs(config.pin_dir, exist_ok=True)
         try:
             bpf = BPF(text=program_text().encode(), cflags=config.cflags())
-            fn = bpf.load_func(ENTRY.encode(), BPF.XDP)
         except Exception as exc:  # bcc raises bare Exception on compile/verify errors
             raise DataplaneError(f"building the XDP program failed: {exc}") from exc
-        if config.pin:
-            _check_pinned_layout(bpf, config)
+        try:
+            # Before the program is loaded: the verifier would refuse a program over
+            # maps of another layout, with a message that names neither.
+            if config.pin:
+                _check_pinned_layout(bpf, config)
+            try:
+                fn = bpf.load_func(ENTRY.encode(), BPF.XDP)
+            except Exception as exc:
+                raise DataplaneError(f"building the XDP program failed: {exc}") from exc
+        except DataplaneError:
+            bpf.cleanup()
+            raise
         return cls(config=config, bpf=bpf, prog_fd=fn.fd)
 
     # ---- maps -------------------------------------------------------------------

@@ -137,7 +137,8 @@ class MapWriter:
             "rr": Packer(self.rr_state.Leaf, ("next",)),
             "svc_key": Packer(self.services.Key, ("vip", "port", "proto", "scope")),
             "svc": Packer(self.services.Leaf, ("svc_id", "count", "algorithm", "flags",
-                                               "affinity_timeout", "table_size", "affinity_gen")),
+                                               "affinity_timeout", "table_size", "affinity_gen",
+                                               "key_vip", "key_port", "key_proto", "key_scope")),
         }
         self.max_slots = cfg.max_slots
         self._svc_ids = IdAllocator(cfg.svc_id_slots, f"services map (max_services={cfg.max_services})")
@@ -407,7 +408,8 @@ class MapWriter:
                                                      old.affinity_gen if old else 0)
         plan.entry_key = (ip_to_be32(fe.vip), port_to_be16(fe.port), proto, SCOPES[fe.scope])
         plan.entry = (svc_id, len(slot_ids), ALGORITHMS[state.algorithm], flags,
-                      state.affinity_timeout, state.maglev_table_size, plan.affinity_gen)
+                      state.affinity_timeout, state.maglev_table_size, plan.affinity_gen,
+                      *plan.entry_key)
         return plan
 
     def _shrink(self, p: "_Plan") -> None:

@@ -275,19 +275,26 @@ def test_restarted_loader_adopts_pinned_maps_without_flushing():
     try:
         h = Harness(dp)
         fe = h.service(algorithm="rr")
-        flows = {s: backend_of(h, tcp(sport=s)) for s in range(53000, 53003)}
+        # 4 flows: not a whole rr cycle of 3, so a reset cursor would be seen
+        flows = {s: backend_of(h, tcp(sport=s)) for s in range(53000, 53004)}
+        assert list(flows.values()) == [*BACKENDS, BACKENDS[0]]
         dp.close()
         # "Agent restart": a new process state, the same pins.
         dp = Dataplane.load(cfg)
         w = MapWriter(dp)
         assert w.installed()[fe].backends == tuple(Backend(ip, 8080) for ip in BACKENDS)
+        assert dp.service_stats(w.svc_id(fe))["new_flows"] == 4   # counters kept
         run = TestRunner(dp.prog_fd)
+        before = dp.counters()
         for s, b in flows.items():
             out = run.run(bytes(tcp(sport=s, flags="A")))
             assert Ether(out.data)[IP].dst == b
-        # rr continues where it was, ids continue: nothing was reset
+        # every ACK found its flow: conntrack was not flushed (an ACK of an unknown
+        # tuple would have opened a new flow, and rr would have moved on)
+        assert delta(before, dp.counters()) == {"ct_hit": 4}
+        # rr continues where it was (the 5th flow is the 2nd backend), ids continue
         out = run.run(bytes(tcp(sport=53010)))
-        assert Ether(out.data)[IP].dst == BACKENDS[0]
+        assert Ether(out.data)[IP].dst == BACKENDS[1]
         assert w.upsert(ServiceState(Frontend("10.96.0.77", 80), (Backend("10.244.9.9", 80),))) == 2
     finally:
         dp.close()
