@@ -216,6 +216,6 @@ def sync_services(tx: StoreWriter, keys: set[tuple[str, str]]) -> int:
 
 
 def reconcile_lb_ipam(store: Store) -> int:
-    """The full pass (controllers.manager.CONTROLLERS), also run after the pool changes."""
+    """The full pass (controllers.manager.CONTROLLERS; inside reconcile's transaction)."""
     with store.transaction() as tx:
         return LBIPAM(tx).sync_all()

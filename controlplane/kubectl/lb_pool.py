@@ -11,6 +11,7 @@ from controlplane.api.service import Service
 from controlplane.cli import CommandError
 from controlplane.controllers.lb_ipam import POOL_LB_IPS, POOL_LB_PENDING, LBIPAM
 from controlplane.controllers.lb_pool import Pool, PoolError, load_pool, read_pool_file, save_pool
+from controlplane.store.interface import retry_commit
 
 from .options import common_parent
 from .printers.table import format_table
@@ -46,9 +47,12 @@ def run_lb_pool(args: argparse.Namespace, session: Session) -> int:
     if args.action == "set":
         pool = _parse(args)
         session.reconcile()          # settle pending changes first, so the pass below sees them
-        with store.transaction() as tx:
-            save_pool(tx, pool)
-            LBIPAM(tx, pool).sync_all()
+
+        def commit() -> None:
+            with store.transaction() as tx:
+                save_pool(tx, pool)
+                LBIPAM(tx, pool).sync_all()
+        retry_commit(commit)         # etcd: run again if another writer raced this pass
         print(f"lb-pool set: {pool} ({pool.size} address{'' if pool.size == 1 else 'es'})")
         return 0
     if args.blocks or args.filename:

@@ -13,7 +13,8 @@ from controlplane.api import Service
 from controlplane.controllers import Manifest, Registry, reconcile
 from controlplane.controllers.lb_ipam import CONDITION_TYPE, POOL_LB_IPS, LBIPAM, reconcile_lb_ipam
 from controlplane.controllers.lb_pool import Pool, PoolError, pool_from_document, save_pool
-from controlplane.store import SqliteStore
+from controlplane.store.paths import open_store
+from tests.unit.conftest import STORES, make_store
 
 
 def lb(name: str, **spec) -> dict:
@@ -23,8 +24,8 @@ def lb(name: str, **spec) -> dict:
 
 
 class Cluster:
-    def __init__(self, path: Path, pool: str | None = "192.168.1.240/30") -> None:
-        self.store = SqliteStore(path)
+    def __init__(self, store, pool: str | None = "192.168.1.240/30") -> None:
+        self.store = store
         self.registry = Registry(self.store)
         if pool is not None:
             with self.store.transaction() as tx:
@@ -54,8 +55,9 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Cluster:
-    return Cluster(tmp_path / "s.db")
+def cluster(any_store) -> Cluster:
+    """Both stores: SQLite (a transaction holds the write lock) and etcd (optimistic commits)."""
+    return Cluster(any_store)
 
 
 def test_pool_blocks_skip_network_and_broadcast_and_parse_cilium_pools() -> None:
@@ -170,10 +172,11 @@ def test_a_failed_transaction_claims_nothing(cluster: Cluster) -> None:
 RACER = """
 import sys
 from controlplane.controllers import Manifest, Registry, reconcile
-from controlplane.store import SqliteStore
-store = SqliteStore(sys.argv[1])
+from controlplane.store.paths import open_store
+kind, where, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+store = open_store(where, None) if kind == "sqlite" else open_store(None, where)
 registry = Registry(store)
-for name in sys.argv[2:]:
+for name in names:
     doc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
            "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}}
     registry.apply([Manifest(doc, "race.yaml")])
@@ -181,19 +184,24 @@ for name in sys.argv[2:]:
 """
 
 
-def test_racing_controllers_never_share_an_address(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", STORES)
+def test_racing_controllers_never_share_an_address(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """Two processes, each with its own store connection, creating LoadBalancers one by one
-    and running the controllers after each; 14 addresses for 20 services."""
-    path = tmp_path / "s.db"
-    Cluster(path, pool="192.168.1.240/28")
-    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(path), *[f"p{p}-{i}" for i in range(10)]],
+    and running the controllers after each; 6 addresses for 10 services."""
+    store = make_store(kind, tmp_path, request)
+    where = str(tmp_path) if kind == "sqlite" else request.getfixturevalue("etcd_server").url
+    if kind == "sqlite":
+        store.close()
+        store = open_store(where, None)
+    Cluster(store, pool="192.168.1.240/29")
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, kind, where, *[f"p{p}-{i}" for i in range(5)]],
                               stderr=subprocess.PIPE, text=True) for p in range(2)]
     for proc in procs:
-        _, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, err
-    store = SqliteStore(path)
     reconcile(store)
     services = [s for s in store.list(Service, "default") if s.type == "LoadBalancer"]
     ips = [ip for s in services for ip in s.load_balancer_ips]
-    assert len(services) == 20 and len(ips) == 14 and len(set(ips)) == 14
+    assert len(services) == 10 and len(ips) == 6 and len(set(ips)) == 6
     assert store.claims(POOL_LB_IPS) == {ip: s.key for s in services for ip in s.load_balancer_ips}
+    store.close()
