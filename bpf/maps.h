@@ -79,6 +79,10 @@ SVCXDP_MAP("lru_hash", struct affinity_key, struct affinity_value, affinity, SVC
 SVCXDP_MAP("percpu_array", __u32, struct svc_stats, svc_stats, SVCXDP_SVC_ID_SLOTS);
 /* Scratch of the least-connections scan; per CPU, never pinned (no state). */
 BPF_PERCPU_ARRAY(lc_scratch, struct lc_best, 1);
+/* The packet's copy of its service entry (svcxdp.c svc_read); per CPU, never pinned.
+ * In map memory, not on the stack: the verifier tracks values spilled to the stack,
+ * and tracking count and algorithm multiplied the paths past its budget. */
+BPF_PERCPU_ARRAY(svc_scratch, struct svc_value, 1);
 /* Datapath-wide counters, SVCXDP_CNT_*. */
 SVCXDP_MAP("percpu_array", __u32, __u64, counters, SVCXDP_CNT_MAX);
 

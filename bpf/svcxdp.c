@@ -125,24 +125,23 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct ethhdr *eth, 
 	return forward(ctx, eth, ip, vlan, ev);
 }
 
-/* Copy the service entry of `sk` into `out`; 0 when there is none. The kernel
- * reuses a replaced or deleted hash element at once (preallocated or not: tested
- * in tests/packet/test_map_reuse.py), so the element a lookup returned may hold
- * another frontend's value by the time it is read. The copy is used only if it
- * names our key; otherwise the lookup is repeated once (the element of our key
- * is elsewhere by then). Every later read of the packet uses the copy. */
-static __always_inline int svc_read(const struct svc_key *sk, struct svc_value *out)
+/* Copy the service entry of `sk` into `out`: 1 when found, 0 when there is none,
+ * -1 when the element read held another key. The kernel reuses a replaced or
+ * deleted hash element at once (preallocated or not: tests/packet/test_map_reuse.py),
+ * so the element a lookup returned may hold another frontend's value by the time it
+ * is read; the copy is used only if it names our key, and every later read of the
+ * packet uses the copy. (No second lookup: a retry doubled the paths the verifier
+ * walks through handle_service, past its budget.) */
+static __always_inline int svc_read(struct svc_key *sk, struct svc_value *out)
 {
-	for (int i = 0; i < 2; i++) {
-		struct svc_value *p = services.lookup((struct svc_key *)sk);
-		if (!p)
-			return 0;
-		__builtin_memcpy(out, p, sizeof(*out));
-		if (out->key_vip == sk->vip && out->key_port == sk->port &&
-		    out->key_proto == sk->proto && out->key_scope == sk->scope)
-			return 1;
-	}
-	return 0;
+	struct svc_value *p = services.lookup(sk);
+	if (!p)
+		return 0;
+	__builtin_memcpy(out, p, sizeof(*out));
+	if (out->key_vip == sk->vip && out->key_port == sk->port &&
+	    out->key_proto == sk->proto && out->key_scope == sk->scope)
+		return 1;
+	return -1;
 }
 
 /* Is the conntrack entry's backend still a live member of its service? */
@@ -316,9 +315,19 @@ static __always_inline int process(struct xdp_md *ctx, struct events *ev)
 	sk.port = *l4.dport;
 	sk.proto = l4proto;
 	sk.scope = SVCXDP_SCOPE_CLUSTER;
-	struct svc_value svc;
-	if (svc_read(&sk, &svc))
-		return handle_service(ctx, eth, ip, &l4, &svc, l3_off, vlan, ev);
+	__u32 zero = 0;
+	struct svc_value *svc = svc_scratch.lookup(&zero);
+	if (!svc)
+		return XDP_PASS;
+	int found = svc_read(&sk, svc);
+	if (found > 0)
+		return handle_service(ctx, eth, ip, &l4, svc, l3_off, vlan, ev);
+	if (found < 0) {
+		/* Its entry was being replaced as we read it: drop, the client retransmits
+		 * (seen about once in a million new flows under continuous rewrites). */
+		ev->main = SVCXDP_CNT_SLOT_MISS;
+		return XDP_DROP;
+	}
 	return handle_reply(ctx, eth, ip, &l4, l3_off, vlan, ev);
 }
 
