@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test test-unit test-root demo bench bench-quick bench-flood clean
+.PHONY: setup test test-unit test-root demo bench bench-quick bench-flood fuzz clean
 
 setup:
 	@bash scripts/setup.sh
@@ -23,6 +23,11 @@ bench: setup
 
 bench-quick: setup
 	$(PY) bench/run.py --quick
+
+# 1,000,000 random and mutated frames through test-run, each compared with the reference
+# model (tests/packet/fuzz.py; several minutes). FRAMES=n for another count.
+fuzz: setup
+	$(PY) -m tests.packet.fuzz --frames $(or $(FRAMES),1000000)
 
 # Established flows surviving a spoofed SYN flood, per algorithm (~1 min; ARGS=--quick).
 bench-flood: setup
