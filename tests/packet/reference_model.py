@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import socket
 import struct
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from controlplane.dataplane.affinity_maps import coarse_now_ns as datapath_clock_ns
 from controlplane.dataplane.layout import const
 
 TCP, UDP, ICMP = 6, 17, 1
@@ -44,12 +44,6 @@ IP_MF, IP_OFFSET = 0x2000, 0x1FFF
 TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
 ICMP_ERRORS = (3, 4, 11, 12)  # dest unreachable, source quench, time exceeded, parameter problem
 FRAG_TIMEOUT_NS = const("FRAG_TIMEOUT_S") * 10**9
-CLOCK_MONOTONIC_COARSE = 6  # Linux's clock id; Python's time module does not name it
-
-
-def datapath_clock_ns() -> int:
-    """The clock the datapath stamps entries with (bpf_ktime_get_coarse_ns)."""
-    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
 
 
 COUNTERS = ("pass_non_ip", "pass_non_service", "revnat", "ct_new", "ct_hit", "ct_stale",

@@ -18,12 +18,13 @@ from scapy.layers.inet import IP, TCP, UDP, fragment
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
+from controlplane.dataplane.affinity_maps import coarse_now_ns as datapath_clock_ns
 from controlplane.dataplane.config import DataplaneConfig
 from controlplane.dataplane.program import Dataplane
 from controlplane.dataplane.testrun import TestRunner
 
 from .harness import BACKENDS, CLIENT, CLIENT_MAC, NODE_MAC, VIP, Harness, delta
-from .reference_model import FRAG_TIMEOUT_NS, ReferenceDatapath, datapath_clock_ns
+from .reference_model import FRAG_TIMEOUT_NS, ReferenceDatapath
 from .test_differential import run_packet
 
 pytestmark = pytest.mark.root
