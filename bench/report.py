@@ -565,7 +565,32 @@ def render_all(data: dict, plot_dir: Path | None = None, plot_prefix: str = "") 
                    "floor, the ruler and the cases, rotating their order, and ratios pair each round "
                    "with its floor.\n")
         out.extend(render_new_flow_cases(new_flow_suites))
+    out.extend(render_dns(_suite(entries, "dns")))
     return "\n".join(out) + "\n"
+
+
+def render_dns(rows: list[dict]) -> list[str]:
+    """bench_dns.py: svcctl dns vs dnsmasq (dnsperf), and apply -> resolvable."""
+    if not rows:
+        return []
+    out = ["## Cluster DNS: svcctl dns vs dnsmasq\n"]
+    for x in rows:
+        if x.get("case") == "qps":
+            out.append(f"dnsperf, {x['services']:,} in-cluster names (dnsmasq: the same names from a hosts "
+                       f"file); each server pinned to one core, dnsperf to the other, alternating, "
+                       f"{x['repeats']} × {x['seconds']} s; latency at a fixed {x['latency_qps']:,} queries/s.\n")
+            out.append("| server | queries/s (median; all) | p50 / p99 ms | lost |")
+            out.append("|---|---:|---:|---:|")
+            for label in ("svcxdp", "dnsmasq"):
+                r = x[label]
+                out.append(f"| {'svcctl dns' if label == 'svcxdp' else 'dnsmasq'} | {r['qps_median']:,} "
+                           f"({', '.join(f'{q:,}' for q in r['qps_all'])}) | {r['p50_ms']:.2f} / {r['p99_ms']:.2f} "
+                           f"| {r['lost']} |")
+            out.append(f"\nsvcctl dns / dnsmasq: **{x['ratio_qps']:.2f}×** queries/s (target ≥ 1×).\n")
+        elif x.get("case") == "apply_to_resolvable":
+            out.append(f"Apply → resolvable at {x['services']:,} services ({x['what']}): p50 {x['p50_ms']} ms, "
+                       f"p99 {x['p99_ms']} ms, max {x['max_ms']} ms over {x['rounds']} (target: 100 ms).\n")
+    return out
 
 
 def profile_text(data: dict) -> str:

@@ -36,7 +36,8 @@ SCENARIOS = [
 EXTRA = [("store and Maglev suites", ["bench/bench_store.py", "bench/bench_maglev.py"]),
          ("new flow per algorithm and with ClientIP affinity (test-run)",
           ["bench/bench_algorithms.py", "bench/bench_affinity.py"]),
-         ("apply -> first packet of a new endpoint, through the lab agent", ["bench/bench_agent_latency.py"])]
+         ("apply -> first packet of a new endpoint, through the lab agent", ["bench/bench_agent_latency.py"]),
+         ("cluster DNS: svcctl dns vs dnsmasq (dnsperf), apply -> resolvable", ["bench/bench_dns.py"])]
 
 
 def _version(argv: list[str]) -> str | None:

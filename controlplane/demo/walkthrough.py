@@ -16,9 +16,10 @@ from pathlib import Path
 from controlplane.agent.lab_hook import instance_name
 from controlplane.dataplane.config import PIN_ROOT
 from controlplane.lab import hooks
+from controlplane.lab.addons import install_dns
 from controlplane.lab.plan import LB_POOL
 from controlplane.lab.topology import Lab
-from controlplane.store.paths import resolve_state_dir
+from controlplane.store.paths import open_store, resolve_state_dir
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "walkthrough"
 DEMO_PREFIX = "svcxdp-demo"
@@ -61,6 +62,49 @@ class Transcript:
 
     def cluster_ip(self, service: str) -> str:
         return self.get_json("svc", service)["spec"]["clusterIP"]
+
+    def pod_exec(self, lab: Lab, host: str, *argv: str) -> str:
+        """`svcctl exec HOST -- ARGV`, printed with its output."""
+        print(f"$ svcctl exec {host} -- {shlex.join(argv)}", flush=True)
+        p = lab.exec(host, list(argv), capture_output=True, text=True, timeout=30)
+        out = (p.stdout + p.stderr).rstrip()
+        if out:
+            print(out, flush=True)
+        return p.stdout
+
+
+def _dns_sections(t: Transcript, lab: Lab) -> None:
+    """The walkthrough's DNS steps: a headless Service answered with its pods' addresses,
+    a short name through the search path, and an ExternalName as a CNAME."""
+    t.say("Cluster DNS: kube-dns at 10.96.0.10, two DNS pods behind the XDP dataplane")
+    t.svcctl("get", "svc,pods", "-n", "kube-system", "-o", "wide")
+    t.pod_exec(lab, "client", "cat", "/etc/resolv.conf")
+
+    t.say("A headless Service (clusterIP: None): DNS answers with the pods' own addresses")
+    print((EXAMPLES / "httpd-svc.yaml").read_text().rstrip())
+    t.svcctl("apply", "-f", str(EXAMPLES / "httpd-svc.yaml"))
+    t.wait("httpd-svc endpoints", lambda: t.ready_endpoints("httpd-svc") == 3)
+    t.svcctl("get", "svc", "httpd-svc")
+    t.svcctl("get", "endpoints", "httpd-svc")
+    t.wait("httpd-svc in DNS", lambda: len(lab.exec("client", ["dig", "+short", "httpd-svc.default.svc.cluster.local"],
+                                                    capture_output=True, text=True).stdout.split()) == 3)
+    t.pod_exec(lab, "client", "dig", "+short", "httpd-svc.default.svc.cluster.local")
+    t.pod_exec(lab, "client", "nslookup", "httpd-svc")
+    t.pod_exec(lab, "client", "dig", "+short", "SRV", "_http._tcp.httpd-svc.default.svc.cluster.local")
+
+    t.say("Short names through the pod's search path: curl http://myapp/")
+    t.pod_exec(lab, "client", "curl", "-s", "http://myapp/")
+    vip = t.cluster_ip("myapp")
+    t.pod_exec(lab, "client", "dig", "+short", "-x", vip)
+
+    t.say("An ExternalName Service: a CNAME in the cluster DNS (www.example.com is the outside host)")
+    print((EXAMPLES / "ext-svc.yaml").read_text().rstrip())
+    t.svcctl("apply", "-f", str(EXAMPLES / "ext-svc.yaml"))
+    t.svcctl("get", "svc", "ext-svc")
+    t.wait("ext-svc in DNS", lambda: "www.example.com" in lab.exec(
+        "client", ["dig", "+short", "ext-svc.default.svc.cluster.local"], capture_output=True, text=True).stdout)
+    t.pod_exec(lab, "client", "dig", "+noall", "+answer", "ext-svc.default.svc.cluster.local")
+    t.pod_exec(lab, "client", "curl", "-s", "http://ext-svc/")
 
 
 MYAPP_CLIENT_IP = """apiVersion: v1
@@ -152,6 +196,7 @@ def run_walkthrough(nodes: int = 2, keep: bool = False) -> int:
         t.say(f"An embedded cluster: {nodes} nodes and an outside host as network namespaces; "
               "each node runs the svcxdp agent, which attaches the XDP dataplane")
         lab.up(nodes=nodes, node_processes=hooks.node_processes)
+        install_dns(lab, open_store(state_dir))
         t.svcctl("lab", "status")
         t.wait("the agents", lambda: all((PIN_ROOT / instance_name(lab, n.name) / "services").exists()
                                           for n in lab.nodes()))
@@ -185,6 +230,7 @@ def run_walkthrough(nodes: int = 2, keep: bool = False) -> int:
         print(f"-> {len(spread)} pods answered: " + ", ".join(f"{k} x{v}" for k, v in sorted(spread.items())))
 
         _affinity_section(t, lab, state_dir, vip)
+        _dns_sections(t, lab)
 
         t.say("redis behind a ClusterIP: redis-cli PING from a pod")
         t.svcctl("apply", "-f", str(EXAMPLES / "redis.yaml"))

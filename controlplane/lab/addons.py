@@ -32,6 +32,7 @@ def dnsmasq_conf(ip: str) -> str:
     return "\n".join([
         f"listen-address={ip}", "bind-interfaces", "port=53",
         "no-resolv", "no-hosts", "no-poll", "user=root", "pid-file=",
+        "local-ttl=30",                            # (dnsmasq's default for its own names is 0)
         f"local=/{TEST_ZONE}/",                    # authoritative-style: unknown names NXDOMAIN
         f"host-record={TEST_ZONE},{ip}",
         f"host-record=www.{TEST_ZONE},{ip}",
