@@ -8,11 +8,13 @@ import logging
 import sys
 
 from controlplane.controllers.config import ClusterConfig, load_config
+from controlplane.store.paths import add_store_flags
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("dns", help="run the cluster DNS server (services, pods, forwarding)")
     p.add_argument("--state-dir", help="store directory (env SVCXDP_STATE_DIR, default /var/lib/svcxdp)")
+    add_store_flags(p)
     p.add_argument("--domain", default="cluster.local", help="the cluster domain (default cluster.local)")
     p.add_argument("--service-cidr", default=None,
                    help="reverse zone(s) for ClusterIPs (default: the cluster's, from the store)")
@@ -59,13 +61,13 @@ def _config(args: argparse.Namespace, service_cidr: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from controlplane.store.paths import open_store
+    from controlplane.store.paths import open_store_from_args
 
     from .app import run_forever
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s dns %(levelname)s %(message)s")
-    store = open_store(args.state_dir)
+    store = open_store_from_args(args)
     cluster = load_config(store) or ClusterConfig.from_env()
     config = _config(args, cluster.service_cidr)
     asyncio.run(run_forever(store, config))
