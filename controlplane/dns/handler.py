@@ -35,7 +35,6 @@ Result = bytes | None | Awaitable[bytes | None]
 class Counters:
     udp: int = 0
     tcp: int = 0
-    cache_hits: int = 0
     forwarded: int = 0
     servfail: int = 0
     bad: int = 0

@@ -8,7 +8,6 @@ serve and for zone transfers, BADVERS for EDNS versions above 0.
 """
 from __future__ import annotations
 
-import dns.edns
 import dns.exception
 import dns.flags
 import dns.message

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Hashable, Iterable
 
-from .records import A, CNAME, EXISTS, NS, PTR, SOA, SRV, Record, Value, absolute
+from .records import A, CNAME, EXISTS, NS, SOA, SRV, Record, Value, absolute
 
 NOERROR, NXDOMAIN = 0, 3
 ANY = 255
@@ -220,6 +220,3 @@ class Zones:
 
 def _only_cnames(records: list[Record]) -> bool:
     return all(r.rdtype == CNAME for r in records)
-
-
-__all__ = ["ANY", "Answer", "NOERROR", "NXDOMAIN", "PTR", "Zones", "reverse_zones"]

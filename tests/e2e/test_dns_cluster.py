@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import textwrap
-import threading
 import time
 from pathlib import Path
 
