@@ -37,7 +37,8 @@ EXTRA = [("store and Maglev suites", ["bench/bench_store.py", "bench/bench_magle
          ("new flow per algorithm and with ClientIP affinity (test-run)",
           ["bench/bench_algorithms.py", "bench/bench_affinity.py"]),
          ("apply -> first packet of a new endpoint, through the lab agent", ["bench/bench_agent_latency.py"]),
-         ("cluster DNS: svcctl dns vs dnsmasq (dnsperf), apply -> resolvable", ["bench/bench_dns.py"])]
+         ("cluster DNS: svcctl dns vs dnsmasq (dnsperf), apply -> resolvable", ["bench/bench_dns.py"]),
+         ("CPU of an idle 2-node lab (agents and kubelet)", ["bench/bench_idle.py"])]
 
 
 def _version(argv: list[str]) -> str | None:

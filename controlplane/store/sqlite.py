@@ -13,6 +13,7 @@ follower thread that blocks in `watch` is best given its own `SqliteStore(path)`
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -27,6 +28,7 @@ from controlplane.api.meta import ApiObject, format_timestamp, now
 from controlplane.api.selectors import EQUALS, IN, Requirement, Selector
 
 from . import indexes
+from .filewatch import FileWatch
 from controlplane.gcpause import paused_gc
 from .interface import (ADDED, DELETED, INDEX_LABELS, MODIFIED, IndexEntry, ObjectList, StoreUnavailable,
                         WatchEvent)
@@ -50,17 +52,13 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('rv', '0'), ('compacted', '0');
 
 DEFAULT_HISTORY = 100_000
 
-# In-process wake-ups: writers notify waiters of the same file without waiting for a poll.
-_CONDITIONS: dict[str, threading.Condition] = {}
-_CONDITIONS_LOCK = threading.Lock()
-
-
-def _condition_for(path: str) -> threading.Condition:
-    with _CONDITIONS_LOCK:
-        cond = _CONDITIONS.get(path)
-        if cond is None:
-            cond = _CONDITIONS[path] = threading.Condition()
-        return cond
+# Waiting for a change: every committing writer touches a marker file next to the
+# database after its commit, and waiters block on inotify for that (store.filewatch): one
+# wake-up per commit, when the change is already visible, and no work at all while
+# nothing changes. Where there is no marker (a read-only directory) or no inotify,
+# waiters poll, from poll_interval backing off to POLL_MAX_S while nothing changes.
+CHANGED_SUFFIX = "-changed"
+POLL_MAX_S = 0.05
 
 
 def _dumps(data: Any) -> str:
@@ -105,9 +103,7 @@ class _Transaction:
                     raise
             store._rv = store._start_rv = None
             if changed:
-                cond = _condition_for(store.path)
-                with cond:
-                    cond.notify_all()
+                store._announce_change()
         finally:
             store._lock.release()
 
@@ -144,6 +140,22 @@ class SqliteStore:
                     raise
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open store {self.path}: {exc}") from exc
+        self._changed_path = self.path + CHANGED_SUFFIX
+        self._watch_local = threading.local()
+        self._watches: list[FileWatch] = []
+        self._announce_change()   # creates the marker file if it is missing
+
+    def _announce_change(self) -> None:
+        """Touch the marker file: waiters in every process wake up (see wait_for_change)."""
+        try:
+            os.utime(self._changed_path)
+        except FileNotFoundError:
+            try:
+                Path(self._changed_path).touch()
+            except OSError:
+                pass   # a read-only directory: waiters still see the WAL being written
+        except OSError:
+            pass
 
     # ---------------------------------------------------------------- plumbing
     def _migrate(self) -> None:
@@ -163,6 +175,9 @@ class SqliteStore:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            for watch in self._watches:
+                watch.close()
+            self._watches.clear()
 
     def transaction(self) -> _Transaction:
         return _Transaction(self)
@@ -452,16 +467,33 @@ class SqliteStore:
         return [WatchEvent(etype, self._decode(kind, data), rv, None if prev is None else json.loads(prev))
                 for rv, etype, kind, data, prev in rows]
 
+    def _change_watch(self) -> FileWatch | None:
+        """This thread's inotify watch on the marker file, kept for the store's life:
+        closing an inotify descriptor waits for an RCU grace period (milliseconds), too
+        slow to pay on every wait. Events queued since the last wait only cause a re-read."""
+        watch = getattr(self._watch_local, "watch", None)
+        if watch is None and os.path.exists(self._changed_path):
+            watch = FileWatch.open(os.path.dirname(self._changed_path), [os.path.basename(self._changed_path)])
+            if watch is not None:
+                self._watch_local.watch = watch
+                with self._lock:
+                    self._watches.append(watch)
+        return watch
+
     def wait_for_change(self, resource_version: int, timeout: float) -> int:
         deadline = time.monotonic() + timeout
-        cond = _condition_for(self.path)
+        watch = self._change_watch()   # open before the first read: a later commit is queued
+        poll = self.poll_interval
         while True:
             current = self.current_resource_version()
             remaining = deadline - time.monotonic()
             if current > resource_version or remaining <= 0:
                 return current
-            with cond:
-                cond.wait(min(self.poll_interval, remaining))
+            if watch is not None:
+                watch.wait(remaining)
+            else:
+                time.sleep(min(poll, remaining))
+                poll = min(poll * 2, POLL_MAX_S)
 
     def watch(self, resource_version: int, kinds: Iterable[type[ApiObject]] | None = None,
               timeout: float | None = None, stop: Callable[[], bool] | None = None) -> Iterator[WatchEvent]:

@@ -316,3 +316,44 @@ def test_a_compaction_between_the_feed_reads_is_gone_not_a_gap(tmp_path: Path) -
     with pytest.raises(Gone):
         reader.changes_since(8)
     reader.close()
+
+
+def _one_write_later(path: str, delay_s: float) -> None:
+    import time
+    time.sleep(delay_s)
+    s = SqliteStore(path)
+    s.create(svc("from-another-process"))
+    s.close()
+
+
+def _count_reads(store: SqliteStore) -> list[str]:
+    reads: list[str] = []
+    store._conn.set_trace_callback(lambda sql: reads.append(sql) if "FROM meta" in sql else None)
+    return reads
+
+
+def test_an_idle_wait_reads_the_store_only_at_its_ends(store: SqliteStore) -> None:
+    """Waiting costs nothing while nothing changes: no polling of the database."""
+    reads = _count_reads(store)
+    assert store.wait_for_change(0, 0.3) == 0
+    store._conn.set_trace_callback(None)
+    assert len(reads) <= 2, f"{len(reads)} reads of the store during an idle wait"
+
+
+@pytest.mark.parametrize("inotify", [True, False], ids=["inotify", "polling"])
+def test_a_wait_wakes_up_on_a_write_from_another_process(tmp_path: Path, monkeypatch, inotify: bool) -> None:
+    import time
+
+    from controlplane.store import sqlite as sqlite_store
+    if not inotify:   # a kernel without inotify (or out of watches): the polling fallback
+        monkeypatch.setattr(sqlite_store.FileWatch, "open", classmethod(lambda cls, *a: None))
+    path = str(tmp_path / "w.db")
+    waiter = SqliteStore(path)
+    ctx = multiprocessing.get_context("spawn")
+    writer = ctx.Process(target=_one_write_later, args=(path, 0.2))
+    writer.start()
+    start = time.monotonic()
+    assert waiter.wait_for_change(0, 60) == 1
+    assert time.monotonic() - start < 30   # woken by the write, not by the timeout
+    writer.join(30)
+    waiter.close()
