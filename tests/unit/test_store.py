@@ -332,16 +332,18 @@ def _count_reads(store: SqliteStore) -> list[str]:
     return reads
 
 
-def test_an_idle_wait_reads_the_store_only_at_its_ends(store: SqliteStore) -> None:
+def test_an_idle_wait_reads_the_store_only_at_its_ends_sqlite(tmp_path: Path) -> None:
     """Waiting costs nothing while nothing changes: no polling of the database."""
+    store = SqliteStore(tmp_path / "idle.db")
     reads = _count_reads(store)
     assert store.wait_for_change(0, 0.3) == 0
     store._conn.set_trace_callback(None)
     assert len(reads) <= 2, f"{len(reads)} reads of the store during an idle wait"
+    store.close()
 
 
 @pytest.mark.parametrize("inotify", [True, False], ids=["inotify", "polling"])
-def test_a_wait_wakes_up_on_a_write_from_another_process(tmp_path: Path, monkeypatch, inotify: bool) -> None:
+def test_a_wait_wakes_up_on_a_write_from_another_process_sqlite(tmp_path: Path, monkeypatch, inotify: bool) -> None:
     import time
 
     from controlplane.store import sqlite as sqlite_store
