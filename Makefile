@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test test-unit test-root demo bench bench-quick bench-flood fuzz clean
+.PHONY: setup test test-unit test-root demo bench bench-quick bench-flood fuzz soak clean
 
 setup:
 	@bash scripts/setup.sh
@@ -35,3 +35,8 @@ bench-flood: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# Issue 14: 5 minutes of endpoint churn and agent restarts under traffic in a lab (not in
+# `make test`); ARGS="--seconds 30" for a short run. Report: bench/results/soak.json.
+soak: setup
+	$(PY) bench/soak.py $(ARGS)
