@@ -36,6 +36,10 @@
 #define SVCXDP_AFFINITY_SIZE SVCXDP_DEFAULT_AFFINITY_SIZE
 #endif
 
+#ifndef SVCXDP_SOCK_REVNAT_SIZE
+#define SVCXDP_SOCK_REVNAT_SIZE SVCXDP_DEFAULT_SOCK_REVNAT_SIZE
+#endif
+
 #ifdef SVCXDP_PIN_DIR
 #define SVCXDP_MAP(type, K, V, name, max) \
 	BPF_TABLE_PINNED(type, K, V, name, max, SVCXDP_PIN_DIR "/" #name)
@@ -75,6 +79,13 @@ SVCXDP_MAP("hash_of_maps$maglev_inner", __u32, int, maglev, SVCXDP_MAX_SERVICES)
  * reclaims the least recently used entry (counted from user space: inserts
  * minus entries present, see affinity.h). */
 SVCXDP_MAP("lru_hash", struct affinity_key, struct affinity_value, affinity, SVCXDP_AFFINITY_SIZE);
+/* Socket hooks (sock.h): (socket cookie, backend) -> the service it was asked as.
+ * LRU: entries of closed sockets age out (sock_release also removes a connected
+ * socket's own). */
+SVCXDP_MAP("lru_hash", struct sock_revnat_key, struct sock_revnat_value, sock_revnat,
+	   SVCXDP_SOCK_REVNAT_SIZE);
+/* Socket hooks' settings (struct sock_config), written by the agent. */
+SVCXDP_MAP("array", __u32, struct sock_config, sock_config, 1);
 /* Per-service packets, bytes, new flows, rejects. */
 SVCXDP_MAP("percpu_array", __u32, struct svc_stats, svc_stats, SVCXDP_SVC_ID_SLOTS);
 /* Scratch of the least-connections scan; per CPU, never pinned (no state). */

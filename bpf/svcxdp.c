@@ -21,12 +21,13 @@
 #include "csum.h"
 #include "maps.h"
 #include "conntrack.h"
-#include "select.h"
-#include "affinity.h"
+#include "lb.h"
 #include "nat.h"
 #include "reject.h"
 #include "icmp.h"
 #include "fib.h"
+/* The cgroup socket hooks: one program object with the XDP entry, sharing its maps. */
+#include "sock.h"
 
 /* What the transport parser found. */
 struct l4_info {
@@ -101,7 +102,10 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct ethhdr *eth, 
 					struct events *ev)
 {
 	struct reply_match m;
-	if (!ct_match_reply(ip->saddr, *l4->sport, ip->daddr, *l4->dport, ip->protocol, &m)) {
+	/* A reply to the hairpin address is for the backend itself (handle_service). */
+	int hairpin = ip->daddr == bpf_htonl(SVCXDP_HAIRPIN_IP);
+	__be32 client = hairpin ? ip->saddr : ip->daddr;
+	if (!ct_match_reply(ip->saddr, *l4->sport, client, *l4->dport, ip->protocol, &m)) {
 		ev->main = SVCXDP_CNT_PASS_NON_SERVICE;
 		return XDP_PASS;
 	}
@@ -119,29 +123,12 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct ethhdr *eth, 
 	}
 	__be32 orig_src = ip->saddr;
 	nat_src(ip, l4->sport, &l4->csum, m.vip, m.vport);
+	if (hairpin)
+		nat_dst(ip, NULL, &l4->csum, client, 0);
 	frag_record(ip, orig_src, ip->daddr, m.vip, SVCXDP_CT_DIR_REPLY);
 	svc_account(v->svc_id, frame_bytes(ip, l3_off), 0, 0);
 	ev->main = SVCXDP_CNT_REVNAT;
 	return forward(ctx, eth, ip, vlan, ev);
-}
-
-/* Copy the service entry of `sk` into `out`: 1 when found, 0 when there is none,
- * -1 when the element read held another key. The kernel reuses a replaced or
- * deleted hash element at once (preallocated or not: tests/packet/test_map_reuse.py),
- * so the element a lookup returned may hold another frontend's value by the time it
- * is read; the copy is used only if it names our key, and every later read of the
- * packet uses the copy. (No second lookup: a retry doubled the paths the verifier
- * walks through handle_service, past its budget.) */
-static __always_inline int svc_read(struct svc_key *sk, struct svc_value *out)
-{
-	struct svc_value *p = services.lookup(sk);
-	if (!p)
-		return 0;
-	__builtin_memcpy(out, p, sizeof(*out));
-	if (out->key_vip == sk->vip && out->key_port == sk->port &&
-	    out->key_proto == sk->proto && out->key_scope == sk->scope)
-		return 1;
-	return -1;
 }
 
 /* Is the conntrack entry's backend still a live member of its service? */
@@ -207,19 +194,12 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 		return reject_udp(ctx, ETH_HLEN, ip->ihl * 4);
 	}
 
-	/* ClientIP affinity: the client's live entry wins; a fresh selection is
-	 * remembered (affinity.h). */
-	__u32 backend_id = SVCXDP_BACKEND_ID_INVALID;
-	if (svc->flags & SVCXDP_SVC_F_AFFINITY)
-		backend_id = affinity_get(svc, k.src, now);
-	int fresh = backend_id == SVCXDP_BACKEND_ID_INVALID;
-	if (fresh)
-		backend_id = select_backend(svc, &k, ev);
-	struct backend *b = backends.lookup(&backend_id);
-	/* The backend must belong to this service: a slot or Maglev element read while
-	 * the writer replaced it may have been reused for another service's. */
-	if (!b || b->state == SVCXDP_BACKEND_UNUSED || backend_id == SVCXDP_BACKEND_ID_INVALID ||
-	    b->svc_id != svc->svc_id) {
+	/* ClientIP affinity first, then the algorithm: the selection the socket
+	 * hooks share (lb.h). */
+	struct lb_choice pick;
+	struct backend *b = lb_pick(svc, &k, now, &pick, ev);
+	__u32 backend_id = pick.id;
+	if (!b) {
 		ev->main = SVCXDP_CNT_SLOT_MISS;
 		return XDP_DROP;
 	}
@@ -233,17 +213,22 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 		svc_account(svc->svc_id, bytes, 0, 0);
 		goto dnat;
 	}
-	if (fresh && (svc->flags & SVCXDP_SVC_F_AFFINITY))
-		affinity_put(svc, k.src, backend_id, now);
+	lb_remember(svc, &k, &pick, now);
 	nat_ip = b->ip;
 	nat_port = b->port;
 	ev->main = SVCXDP_CNT_CT_NEW;
 	svc_account(svc->svc_id, bytes, 1, 0);
 
 dnat:;
+	__be32 orig_src = ip->saddr;
 	__be32 orig_dst = ip->daddr;
 	nat_dst(ip, l4->dport, &l4->csum, nat_ip, nat_port);
-	frag_record(ip, ip->saddr, orig_dst, nat_ip, SVCXDP_CT_DIR_FORWARD);
+	/* Hairpin: the client is its own backend; it must not see itself as source. */
+	if (nat_ip == ip->saddr) {
+		nat_src(ip, NULL, &l4->csum, bpf_htonl(SVCXDP_HAIRPIN_IP), 0);
+		ev->extra = SVCXDP_CNT_HAIRPIN;
+	}
+	frag_record(ip, orig_src, orig_dst, nat_ip, SVCXDP_CT_DIR_FORWARD);
 	return forward(ctx, eth, ip, vlan, ev);
 }
 

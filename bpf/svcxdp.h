@@ -89,7 +89,19 @@
 #define SVCXDP_CNT_AFFINITY_EXPIRED 16 /* entry idle past the timeout, or from before the
 					* service's last switch to ClientIP: reselected */
 #define SVCXDP_CNT_AFFINITY_STALE 17   /* its backend left the match set: rebalanced */
+/* Socket-level load balancing, cgroup hooks (sock.h). */
+#define SVCXDP_CNT_SOCK_XLATE 20       /* connect()/sendmsg() to a service: backend chosen */
+#define SVCXDP_CNT_SOCK_REJECT 21      /* ... of a service without endpoints: ECONNREFUSED */
+#define SVCXDP_CNT_SOCK_REVNAT 22      /* recvmsg()/getpeername() shown the service address */
+#define SVCXDP_CNT_HAIRPIN 23          /* a client sent to itself: source NATed to HAIRPIN_IP */
 #define SVCXDP_CNT_MAX 24
+
+/* ---- hairpin ------------------------------------------------------------------ */
+/* A pod whose Service picks the pod itself would receive its own address as source
+ * and drop the packet (a martian). Such packets get this source instead, a
+ * link-local address no node or pod holds (Cilium uses one too; kube-proxy
+ * masquerades), and the replies to it are turned back. Host byte order. */
+#define SVCXDP_HAIRPIN_IP 0xa9fe2a01   /* 169.254.42.1 */
 
 /* ---- default sizes and timeouts (overridable with -D cflags from Python) ------ */
 #define SVCXDP_DEFAULT_MAX_SERVICES 65536
@@ -101,6 +113,7 @@
 #define SVCXDP_CT_UNCONFIRMED_SHARE 4
 #define SVCXDP_DEFAULT_FRAG_SIZE 8192
 #define SVCXDP_DEFAULT_AFFINITY_SIZE 262144  /* client IPs x affinity services (docs/affinity.md) */
+#define SVCXDP_DEFAULT_SOCK_REVNAT_SIZE 262144 /* (socket, backend) pairs, sock.h */
 #define SVCXDP_DEFAULT_TCP_TIMEOUT_S 21600   /* established TCP: 6 h, as Cilium */
 #define SVCXDP_DEFAULT_TCP_CLOSE_TIMEOUT_S 10 /* after FIN/RST */
 #define SVCXDP_DEFAULT_UDP_TIMEOUT_S 60      /* UDP idle */
@@ -245,6 +258,37 @@ struct affinity_value {
 	__u64 last_used;   /* bpf_ktime_get_coarse_ns() of the last new flow it served */
 	__u32 backend_id;
 	__u32 gen;         /* svc_value.affinity_gen when written */
+};
+
+/* Socket-level load balancing (sock.h): what a socket's connect() or sendmsg() was
+ * translated to, so that its recvmsg() and getpeername() show the service again.
+ * Keyed by socket cookie and backend, as one unconnected UDP socket may talk to
+ * several backends. Per socket, not per flow: no conntrack entry, no packet NAT. */
+struct sock_revnat_key {
+	__u64 cookie;     /* bpf_get_socket_cookie() */
+	__be32 ip;        /* backend address and port the socket was sent to */
+	__be16 port;
+	__u8 proto;
+	__u8 reserved;
+};
+
+struct sock_revnat_value {
+	__be32 vip;       /* the service address the application asked for */
+	__be16 vport;
+	__u16 flags;      /* SVCXDP_SOCK_F_* */
+	__u32 svc_id;
+	__u32 backend_id;
+};
+
+#define SVCXDP_SOCK_F_COUNTED 1  /* holds one of its backend's connection counts (lc.h),
+				   * given back when the socket is released */
+
+/* Settings of the socket hooks, one entry written by the agent. */
+struct sock_config {
+	__be32 client_ip;  /* the address ClientIP affinity keys a local socket by when it
+			    * is not bound to one: the node's address, as its packets
+			    * would carry on the XDP path */
+	__u32 reserved;
 };
 
 /* Per-service counters (per-CPU array indexed by svc_id). */

@@ -32,6 +32,7 @@ class DataplaneConfig:
     ct_size: int = const("DEFAULT_CT_SIZE")
     frag_size: int = const("DEFAULT_FRAG_SIZE")
     affinity_size: int = const("DEFAULT_AFFINITY_SIZE")  # ClientIP entries (docs/affinity.md)
+    sock_revnat_size: int = const("DEFAULT_SOCK_REVNAT_SIZE")  # (socket, backend) pairs, bpf/sock.h
     tcp_timeout_s: int = const("DEFAULT_TCP_TIMEOUT_S")
     tcp_close_timeout_s: int = const("DEFAULT_TCP_CLOSE_TIMEOUT_S")
     udp_timeout_s: int = const("DEFAULT_UDP_TIMEOUT_S")
@@ -43,7 +44,7 @@ class DataplaneConfig:
         if not _INSTANCE.match(self.instance):
             raise ConfigError(f"instance {self.instance!r}: must be 1-40 lower-case letters, digits or '-'")
         for name in ("max_services", "max_backends", "max_slots", "ct_size", "frag_size", "affinity_size",
-                     "tcp_timeout_s", "tcp_close_timeout_s", "udp_timeout_s"):
+                     "sock_revnat_size", "tcp_timeout_s", "tcp_close_timeout_s", "udp_timeout_s"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
@@ -73,6 +74,7 @@ class DataplaneConfig:
             f"-DSVCXDP_CT_UNCONFIRMED_SIZE={self.ct_unconfirmed_size}",
             f"-DSVCXDP_FRAG_SIZE={self.frag_size}",
             f"-DSVCXDP_AFFINITY_SIZE={self.affinity_size}",
+            f"-DSVCXDP_SOCK_REVNAT_SIZE={self.sock_revnat_size}",
             f"-DSVCXDP_TCP_TIMEOUT_S={self.tcp_timeout_s}ULL",
             f"-DSVCXDP_TCP_CLOSE_TIMEOUT_S={self.tcp_close_timeout_s}ULL",
             f"-DSVCXDP_UDP_TIMEOUT_S={self.udp_timeout_s}ULL",

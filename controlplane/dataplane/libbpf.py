@@ -91,6 +91,17 @@ int bpf_map_lookup_elem(int fd, const void *key, void *value);
 int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t flags);
 int bpf_map_delete_elem(int fd, const void *key);
 int bpf_map_get_fd_by_id(uint32_t id);
+
+struct bpf_prog_attach_opts {
+    size_t sz;
+    uint32_t flags;
+    int replace_prog_fd;
+};
+int bpf_prog_attach_opts(int prog_fd, int attachable_fd, int type,
+                         const struct bpf_prog_attach_opts *opts);
+int bpf_prog_detach2(int prog_fd, int attachable_fd, int type);
+int bpf_prog_query(int target_fd, int type, uint32_t query_flags, uint32_t *attach_flags,
+                   uint32_t *prog_ids, uint32_t *prog_cnt);
 """
 
 ffi = cffi.FFI()
@@ -177,3 +188,41 @@ def u32_array_read(fd: int, entries: int) -> list[int]:
 
 def map_fd_by_id(map_id: int) -> int:
     return _check(lib().bpf_map_get_fd_by_id(map_id), f"bpf_map_get_fd_by_id({map_id})")
+
+
+BPF_F_ALLOW_MULTI = 2
+BPF_F_REPLACE = 4
+
+
+def prog_attach(prog_fd: int, target_fd: int, attach_type: int, flags: int = 0,
+                replace_fd: int = 0) -> None:
+    """bpf_prog_attach with flags (BPF_F_ALLOW_MULTI, BPF_F_REPLACE + replace_fd)."""
+    opts = ffi.new("struct bpf_prog_attach_opts *")
+    opts.sz = ffi.sizeof("struct bpf_prog_attach_opts")
+    opts.flags = flags
+    opts.replace_prog_fd = replace_fd
+    _check(lib().bpf_prog_attach_opts(prog_fd, target_fd, attach_type, opts),
+           f"bpf_prog_attach(type {attach_type})")
+
+
+def prog_detach(prog_fd: int, target_fd: int, attach_type: int) -> None:
+    _check(lib().bpf_prog_detach2(prog_fd, target_fd, attach_type),
+           f"bpf_prog_detach(type {attach_type})")
+
+
+def prog_query(target_fd: int, attach_type: int, max_progs: int = 64) -> list[int]:
+    """Ids of the programs attached to target_fd (a cgroup) for attach_type."""
+    ids = ffi.new("uint32_t[]", max_progs)
+    cnt = ffi.new("uint32_t *", max_progs)
+    flags = ffi.new("uint32_t *")
+    _check(lib().bpf_prog_query(target_fd, attach_type, 0, flags, ids, cnt),
+           f"bpf_prog_query(type {attach_type})")
+    return [ids[i] for i in range(cnt[0])]
+
+
+def obj_get(pin: str) -> int:
+    return _check(lib().bpf_obj_get(pin.encode()), f"bpf_obj_get({pin})")
+
+
+def obj_pin(fd: int, pin: str) -> None:
+    _check(lib().bpf_obj_pin(fd, pin.encode()), f"bpf_obj_pin({pin})")

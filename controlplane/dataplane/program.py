@@ -17,12 +17,14 @@ from . import attach as _attach
 from .config import DataplaneConfig
 from .layout import COUNTER_NAMES, const
 from .libbpf import map_info, prog_id
+from .sockhooks import SockHooks, set_client_ip
 from .source import program_text
 
 ENTRY = "svcxdp_main"
 SVCXDP_CNT_MAX = const("CNT_MAX")
 MAP_NAMES = ("services", "slots", "backends", "rev_nat", "conntrack", "ct_unconfirmed", "fragments",
-             "rr_state", "svc_stats", "counters", "backend_conns", "maglev", "affinity")
+             "rr_state", "svc_stats", "counters", "backend_conns", "maglev", "affinity", "sock_revnat",
+             "sock_config")
 
 
 class DataplaneError(RuntimeError):
@@ -38,6 +40,7 @@ def _check_pinned_layout(bpf: BPF, config: DataplaneConfig) -> None:
         "fragments": config.frag_size, "rr_state": config.svc_id_slots,
         "svc_stats": config.svc_id_slots, "backend_conns": config.max_backends,
         "maglev": config.max_services, "affinity": config.affinity_size,
+        "sock_revnat": config.sock_revnat_size, "sock_config": 1,
         "counters": SVCXDP_CNT_MAX,
     }
     for name in MAP_NAMES:
@@ -63,6 +66,7 @@ class Dataplane:
     bpf: BPF
     prog_fd: int
     attached: list[tuple[str, str | None, str]] = field(default_factory=list)
+    _sock_hooks: SockHooks | None = None
 
     @classmethod
     def load(cls, config: DataplaneConfig | None = None) -> "Dataplane":
@@ -107,6 +111,18 @@ class Dataplane:
         per_cpu = table[table.Key(svc_id)]
         fields = ("packets", "bytes", "new_flows", "rejects")
         return {f: sum(getattr(v, f) for v in per_cpu) for f in fields}
+
+    # ---- cgroup socket hooks (bpf/sock.h) ------------------------------------------
+    @property
+    def sock_hooks(self) -> SockHooks:
+        """The socket hooks, loaded from this program object on first use (the XDP
+        path alone never pays their verification)."""
+        if self._sock_hooks is None:
+            self._sock_hooks = SockHooks(self.bpf, self.config.pin_dir if self.config.pin else None)
+        return self._sock_hooks
+
+    def set_sock_client_ip(self, ip: str) -> None:
+        set_client_ip(self.table("sock_config"), ip)
 
     # ---- interfaces ---------------------------------------------------------------
     def attach(self, ifname: str, netns: str | None = None, mode: str = "native") -> int:

@@ -1,0 +1,192 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
+/*
+ * sock.h — socket-level load balancing: programs on cgroup hooks translate a
+ * service address when a socket names it, not per packet.
+ *
+ *   connect4     connect() to VIP:port (TCP, connected UDP): the socket is
+ *                connected to the chosen backend instead; every packet then goes
+ *                straight to it, with no NAT and no conntrack entry.
+ *   sendmsg4     sendto()/sendmsg() with an address on an unconnected UDP socket:
+ *                a backend is chosen per message.
+ *   recvmsg4     recvfrom() of a UDP reply: the backend's address is shown as the
+ *                service's again.
+ *   getpeername4 getpeername() of a connected socket: likewise.
+ *   sock_release a closed socket's translation is forgotten (and, for the
+ *                counted algorithms, its backend's connection count given back).
+ *
+ * The backend is chosen by lb.h, the code and maps the XDP program uses, with the
+ * socket's source (or the node's address, sock_config) as the ClientIP affinity
+ * key and as the flow hash's source address. A service without endpoints fails
+ * the call with ECONNREFUSED at once, as kube-proxy's REJECT rule would.
+ * What a socket was translated to is kept in sock_revnat, keyed by the socket's
+ * cookie and the backend, so replies are matched to the service per socket.
+ */
+#ifndef SVCXDP_SOCK_H
+#define SVCXDP_SOCK_H
+
+#include <uapi/asm-generic/errno.h>
+
+#include "maps.h"
+#include "conntrack.h"
+#include "lb.h"
+
+/* Verdicts of cgroup programs: 1 lets the call go on, 0 fails it (with the error
+ * given to bpf_set_retval(), else EPERM). */
+#define SOCK_ALLOW 1
+#define SOCK_DENY 0
+
+static __always_inline void sock_svc_count(__u32 svc_id, int new_flow, int reject)
+{
+	struct svc_stats *s = svc_stats.lookup(&svc_id);
+	if (!s)
+		return;
+	s->new_flows += new_flow;
+	s->rejects += reject;
+}
+
+/* The address a local socket's flows are keyed by: its bound source address, else
+ * the node's (what its packets would carry; kube-proxy keys ClientIP affinity of
+ * host traffic by it too). */
+static __always_inline __be32 sock_client_ip(__be32 bound)
+{
+	if (bound)
+		return bound;
+	__u32 zero = 0;
+	struct sock_config *cfg = sock_config.lookup(&zero);
+	return cfg ? cfg->client_ip : 0;
+}
+
+/* Translate ctx's destination if it is a service. `src`, `sport`: the socket's
+ * source as far as it is known (0 when unbound). */
+static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx, __be32 src, __be16 sport)
+{
+	__u8 proto = ctx->protocol;
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return SOCK_ALLOW;
+	struct svc_key sk = {};
+	sk.vip = ctx->user_ip4;
+	sk.port = (__be16)ctx->user_port;
+	sk.proto = proto;
+	sk.scope = SVCXDP_SCOPE_CLUSTER;
+	/* A copy on the stack, not svc_scratch: XDP may run on this CPU in softirq while
+	 * the hook is in the middle of the syscall, and would overwrite a per-CPU copy. */
+	struct svc_value copy;
+	struct svc_value *svc = &copy;
+	int found = svc_read(&sk, svc);
+	if (found == 0)
+		return SOCK_ALLOW;
+
+	struct events ev = { .main = SVCXDP_CNT_SOCK_XLATE, .extra = SVCXDP_CNT_MAX };
+	struct lb_choice pick = {};
+	struct backend *b = NULL;
+	/* found < 0: the entry was being replaced as we read it; refused like a slot
+	 * caught mid-update (about once in a million under continuous rewrites). */
+	if (found > 0 && svc->count != 0) {
+		struct ct_key k;
+		ct_key_set(&k, sock_client_ip(src), sk.vip, sport, sk.port, proto,
+			   SVCXDP_CT_DIR_FORWARD);
+		__u64 now = bpf_ktime_get_coarse_ns();
+		b = lb_pick(svc, &k, now, &pick, &ev);
+		if (b)
+			lb_remember(svc, &k, &pick, now);
+	}
+	__u32 backend_id = pick.id;
+	if (!b) {
+		/* No endpoints (or a slot mid-update): refuse now, not after a timeout. */
+		sock_svc_count(svc->svc_id, 0, 1);
+		counters_bump(SVCXDP_CNT_SOCK_REJECT);
+		bpf_set_retval(-ECONNREFUSED);
+		return SOCK_DENY;
+	}
+
+	struct sock_revnat_key rk = {};
+	rk.cookie = bpf_get_socket_cookie(ctx);
+	rk.ip = b->ip;
+	rk.port = b->port;
+	rk.proto = proto;
+	struct sock_revnat_value rv = {};
+	rv.vip = sk.vip;
+	rv.vport = sk.port;
+	rv.svc_id = svc->svc_id;
+	rv.backend_id = backend_id;
+	/* Only a connection holds a count: it is given back at release. */
+	if (alg_counts_conns(svc->algorithm) && proto == IPPROTO_TCP) {
+		rv.flags = SVCXDP_SOCK_F_COUNTED;
+		conns_add(backend_id, 1);
+	}
+	sock_revnat.update(&rk, &rv);
+
+	ctx->user_ip4 = b->ip;
+	ctx->user_port = (__u32)b->port;
+	sock_svc_count(svc->svc_id, 1, 0);
+	counters_bump(ev.main);
+	if (ev.extra < SVCXDP_CNT_MAX)
+		counters_bump(ev.extra);
+	return SOCK_ALLOW;
+}
+
+/* Show the service instead of the backend ctx names, if this socket was
+ * translated to it. */
+static __always_inline void sock4_revnat(struct bpf_sock_addr *ctx)
+{
+	struct sock_revnat_key rk = {};
+	rk.cookie = bpf_get_socket_cookie(ctx);
+	rk.ip = ctx->user_ip4;
+	rk.port = (__be16)ctx->user_port;
+	rk.proto = ctx->protocol;
+	struct sock_revnat_value *rv = sock_revnat.lookup(&rk);
+	if (!rv)
+		return;
+	ctx->user_ip4 = rv->vip;
+	ctx->user_port = (__u32)rv->vport;
+	counters_bump(SVCXDP_CNT_SOCK_REVNAT);
+}
+
+int svcxdp_connect4(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return SOCK_ALLOW;
+	return sock4_xlate(ctx, sk->src_ip4, bpf_htons((__u16)sk->src_port));
+}
+
+int svcxdp_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return SOCK_ALLOW;
+	__be32 src = ctx->msg_src_ip4 ? ctx->msg_src_ip4 : sk->src_ip4;
+	return sock4_xlate(ctx, src, bpf_htons((__u16)sk->src_port));
+}
+
+int svcxdp_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	sock4_revnat(ctx);
+	return SOCK_ALLOW;
+}
+
+int svcxdp_getpeer4(struct bpf_sock_addr *ctx)
+{
+	sock4_revnat(ctx);
+	return SOCK_ALLOW;
+}
+
+int svcxdp_release(struct bpf_sock *ctx)
+{
+	if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
+		return SOCK_ALLOW;
+	struct sock_revnat_key rk = {};
+	rk.cookie = bpf_get_socket_cookie(ctx);
+	rk.ip = ctx->dst_ip4;
+	rk.port = (__be16)ctx->dst_port;
+	rk.proto = ctx->protocol;
+	struct sock_revnat_value *rv = sock_revnat.lookup(&rk);
+	if (!rv)
+		return SOCK_ALLOW;
+	if (rv->flags & SVCXDP_SOCK_F_COUNTED)
+		conns_add(rv->backend_id, -1);
+	sock_revnat.delete(&rk);
+	return SOCK_ALLOW;
+}
+
+#endif /* SVCXDP_SOCK_H */

@@ -1,0 +1,163 @@
+"""The cgroup socket hooks (bpf/sock.h): load them from the dataplane's program
+object (one bcc module with the XDP entry, so they share every map), attach them to
+a cgroup, pin them.
+
+Attached with BPF_F_ALLOW_MULTI so they coexist with other programs on the same
+cgroup (systemd's, on a real node's root). An attachment outlives the process that
+made it, so the hooks keep serving while the agent is down; each hook's program is
+also pinned (<pin dir>/sock_<hook>), and a restarted agent swaps its new program in
+for the pinned one in place (BPF_F_REPLACE): no moment without translation.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from bcc import BPF, BPFAttachType, BPFProgType
+
+from controlplane import cgroups
+
+from . import libbpf
+from .libbpf import BPF_F_ALLOW_MULTI, BPF_F_REPLACE
+from .model import ip_to_be32
+
+
+@dataclass(frozen=True)
+class Hook:
+    name: str          # short name: pin file, CLI output
+    function: str      # entry in bpf/sock.h
+    prog_type: int
+    attach_type: int
+
+
+HOOKS = (
+    Hook("connect4", "svcxdp_connect4", BPFProgType.CGROUP_SOCK_ADDR, BPFAttachType.CGROUP_INET4_CONNECT),
+    Hook("sendmsg4", "svcxdp_sendmsg4", BPFProgType.CGROUP_SOCK_ADDR, BPFAttachType.CGROUP_UDP4_SENDMSG),
+    Hook("recvmsg4", "svcxdp_recvmsg4", BPFProgType.CGROUP_SOCK_ADDR, BPFAttachType.CGROUP_UDP4_RECVMSG),
+    Hook("getpeername4", "svcxdp_getpeer4", BPFProgType.CGROUP_SOCK_ADDR,
+         BPFAttachType.CGROUP_INET4_GETPEERNAME),
+    Hook("sock_release", "svcxdp_release", BPFProgType.CGROUP_SOCK, BPFAttachType.CGROUP_INET_SOCK_RELEASE),
+)
+
+
+class SockHookError(RuntimeError):
+    pass
+
+
+@contextmanager
+def _cgroup_fd(cgroup: Path) -> Iterator[int]:
+    try:
+        fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise SockHookError(f"cgroup {cgroup}: {exc.strerror}") from exc
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _prog_id(fd: int) -> int:
+    return libbpf.prog_id(fd)
+
+
+class SockHooks:
+    """The loaded hook programs of one dataplane instance."""
+
+    def __init__(self, bpf: BPF, pin_dir: Path | None) -> None:
+        self.pin_dir = pin_dir
+        self.fds: dict[str, int] = {}
+        for hook in HOOKS:
+            try:
+                fn = bpf.load_func(hook.function.encode(), hook.prog_type, attach_type=hook.attach_type)
+            except Exception as exc:  # bcc raises bare Exception on verifier errors
+                raise SockHookError(f"loading the {hook.name} hook failed: {exc}") from exc
+            self.fds[hook.name] = fn.fd
+
+    def _pin(self, hook: Hook) -> Path | None:
+        return self.pin_dir / f"sock_{hook.name}" if self.pin_dir else None
+
+    def _pinned_fd(self, hook: Hook) -> int | None:
+        pin = self._pin(hook)
+        if pin is None or not pin.exists():
+            return None
+        return libbpf.obj_get(str(pin))
+
+    def attach(self, cgroup: Path, allow_root: bool = False) -> None:
+        """Attach every hook to `cgroup`, replacing this instance's previous programs
+        (the pinned ones) where they are attached. The cgroup2 root only with
+        allow_root (a real node; never the machine the tests run on)."""
+        cgroup = Path(cgroup)
+        if not allow_root and cgroup.resolve() == cgroups.mount().resolve():
+            raise SockHookError(f"refusing to attach to the root cgroup {cgroup} without allow_root")
+        with _cgroup_fd(cgroup) as cg:
+            for hook in HOOKS:
+                fd = self.fds[hook.name]
+                old = self._pinned_fd(hook)
+                try:
+                    attached = libbpf.prog_query(cg, hook.attach_type)
+                    if _prog_id(fd) in attached:
+                        continue
+                    if old is not None and _prog_id(old) in attached:
+                        libbpf.prog_attach(fd, cg, hook.attach_type, BPF_F_ALLOW_MULTI | BPF_F_REPLACE, old)
+                    else:
+                        libbpf.prog_attach(fd, cg, hook.attach_type, BPF_F_ALLOW_MULTI)
+                except OSError as exc:
+                    raise SockHookError(f"attaching {hook.name} to {cgroup}: {exc.strerror}") from exc
+                finally:
+                    if old is not None:
+                        os.close(old)
+        self._repin()
+
+    def _repin(self) -> None:
+        for hook in HOOKS:
+            pin = self._pin(hook)
+            if pin is None:
+                continue
+            if pin.exists():
+                old = libbpf.obj_get(str(pin))
+                same = _prog_id(old) == _prog_id(self.fds[hook.name])
+                os.close(old)
+                if same:
+                    continue
+                pin.unlink()
+            libbpf.obj_pin(self.fds[hook.name], str(pin))
+
+    def detach(self, cgroup: Path) -> None:
+        """Detach this instance's hooks (these programs or the pinned ones) from cgroup."""
+        with _cgroup_fd(Path(cgroup)) as cg:
+            for hook in HOOKS:
+                old = self._pinned_fd(hook)
+                for fd in {self.fds[hook.name], old} - {None}:
+                    if _prog_id(fd) in libbpf.prog_query(cg, hook.attach_type):
+                        libbpf.prog_detach(fd, cg, hook.attach_type)
+                if old is not None:
+                    os.close(old)
+
+    def attached(self, cgroup: Path) -> dict[str, bool]:
+        """Per hook: is this instance's program (loaded or pinned) attached to cgroup?"""
+        out = {}
+        with _cgroup_fd(Path(cgroup)) as cg:
+            for hook in HOOKS:
+                ids = {_prog_id(self.fds[hook.name])}
+                old = self._pinned_fd(hook)
+                if old is not None:
+                    ids.add(_prog_id(old))
+                    os.close(old)
+                out[hook.name] = bool(ids & set(libbpf.prog_query(cg, hook.attach_type)))
+        return out
+
+
+def set_client_ip(table, ip: str) -> None:
+    """sock_config.client_ip: the address local sockets are keyed by for affinity."""
+    cfg = table.Leaf()
+    cfg.client_ip = ip_to_be32(ip)
+    table[table.Key(0)] = cfg
+
+
+def attached_ids(cgroup: Path) -> dict[str, list[int]]:
+    """Program ids on each hook of `cgroup`, whoever attached them (tests, status)."""
+    with _cgroup_fd(Path(cgroup)) as cg:
+        return {hook.name: libbpf.prog_query(cg, hook.attach_type) for hook in HOOKS}

@@ -1,0 +1,164 @@
+"""The cgroup socket hooks (bpf/sock.h) run for real: sockets made in a test cgroup
+connect to / send to a ClusterIP inside a test namespace, and the kernel's own
+connect(), sendto(), recvfrom() and getpeername() are checked against the maps and
+the control plane's prediction (controlplane.dataplane.predict)."""
+from __future__ import annotations
+
+import errno
+import socket
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from controlplane.dataplane.model import Backend, Frontend, ServiceState
+from controlplane.dataplane.predict import predict
+from controlplane.dataplane.sockhooks import HOOKS, attached_ids
+
+from .harness import CLIENT_MAC, NODE_MAC, Harness, delta
+from .sockenv import CLIENT_IP, TCP_PORT, UDP_PORT, SockEnv, sock_env
+
+VIP = "10.96.0.100"
+BACKENDS = ("10.244.2.11", "10.244.2.12", "10.244.2.13")
+TCP_P, UDP_P = socket.IPPROTO_TCP, socket.IPPROTO_UDP
+
+
+@pytest.fixture(scope="module")
+def env(loaded_dataplane):
+    hooks = loaded_dataplane.sock_hooks
+    with sock_env(BACKENDS) as e:
+        hooks.attach(e.cgroup)
+        loaded_dataplane.set_sock_client_ip(CLIENT_IP)
+        yield e
+
+
+@pytest.fixture
+def sk(xdp: Harness, env: SockEnv):
+    affinity = xdp.dp.table("affinity")
+    for k in list(affinity.keys()):
+        del affinity[k]
+    return xdp, env
+
+
+def service(protocol: str = "TCP", port: int = 80, algorithm: str = "random", backends=BACKENDS,
+            affinity_timeout: int = 0) -> ServiceState:
+    bport = TCP_PORT if protocol == "TCP" else UDP_PORT
+    return ServiceState(Frontend(VIP, port, protocol), tuple(Backend(ip, bport) for ip in backends),
+                        algorithm, affinity_timeout=affinity_timeout)
+
+
+def predictor(xdp: Harness, s: ServiceState):
+    table = xdp.writer.maglev_table(s.frontend)
+    ids = {b.address: xdp.writer.backend_id(s.frontend, b.ip, b.port) for b in s.backends}
+    proto = TCP_P if s.frontend.protocol == "TCP" else UDP_P
+    return lambda src, sport: predict(s, src, sport, VIP, s.frontend.port, proto, table, ids).ip
+
+
+def test_hooks_are_attached_to_the_test_cgroup_only(sk, loaded_dataplane):
+    _, env = sk
+    ids = attached_ids(env.cgroup)
+    assert all(len(v) == 1 for v in ids.values()), ids
+    assert set(loaded_dataplane.sock_hooks.attached(env.cgroup).values()) == {True}
+    assert len(ids) == len(HOOKS)
+
+
+@pytest.mark.parametrize("algorithm", ["maglev", "sh"])
+def test_connect_lands_on_the_predicted_backend_and_getpeername_shows_the_vip(sk, algorithm):
+    xdp, env = sk
+    s = service(algorithm=algorithm)
+    xdp.writer.upsert(s)
+    want = predictor(xdp, s)
+    before = xdp.counters()
+    seen = set()
+    for sport in range(41000, 41030):
+        got, peer = env.tcp_backend(VIP, 80, bind_port=sport)
+        assert got == want(CLIENT_IP, sport), f"source port {sport}"
+        assert peer == (VIP, 80)
+        seen.add(got)
+    # An unbound socket is keyed by the node's address (sock_config), port 0.
+    assert env.tcp_backend(VIP, 80)[0] == want(CLIENT_IP, 0)
+    if algorithm == "maglev":
+        assert seen == set(BACKENDS)
+    d = delta(before, xdp.counters())
+    assert d["sock_xlate"] == 31 and d["sock_revnat"] == 31
+    # Per socket, not per packet: the datapath's conntrack saw none of it.
+    assert len(list(xdp.dp.table("conntrack").keys())) == 0
+    assert xdp.dp.service_stats(xdp.writer.svc_id(s.frontend))["new_flows"] == 31
+
+
+def test_sockets_outside_the_cgroup_are_left_alone(sk):
+    xdp, env = sk
+    xdp.writer.upsert(service())
+    with pytest.raises(OSError) as err:
+        env.tcp_backend(VIP, 80, in_cgroup=False)
+    assert err.value.errno == errno.ENETUNREACH   # the VIP itself: no route in the namespace
+
+
+def test_unconnected_udp_selects_per_message_and_replies_come_from_the_vip(sk):
+    xdp, env = sk
+    xdp.writer.upsert(service("UDP", 53, "rr"))
+    with env.socket(socket.SOCK_DGRAM) as u:
+        got = []
+        for i in range(9):
+            u.sendto(b"q%d" % i, (VIP, 53))
+            data, peer = u.recvfrom(2048)
+            assert peer == (VIP, 53)
+            backend, echoed = data.decode().split()
+            assert echoed == f"q{i}"
+            got.append(backend)
+    # Round robin per message: one socket meets every backend, in a fixed cycle.
+    assert set(got[:3]) == set(BACKENDS)
+    assert got[3:6] == got[:3] and got[6:] == got[:3]
+
+
+def test_connected_udp_getpeername_and_recvfrom_show_the_vip(sk):
+    xdp, env = sk
+    s = service("UDP", 53, "sh")
+    xdp.writer.upsert(s)
+    with env.socket(socket.SOCK_DGRAM, bind_port=42000) as u:
+        u.connect((VIP, 53))
+        assert u.getpeername() == (VIP, 53)
+        u.send(b"hello")
+        data, peer = u.recvfrom(2048)
+    assert peer == (VIP, 53)
+    assert data.decode().split() == [predictor(xdp, s)(CLIENT_IP, 42000), "hello"]
+
+
+def test_service_without_endpoints_refuses_at_once(sk):
+    xdp, env = sk
+    xdp.writer.upsert(service(backends=()))
+    xdp.writer.upsert(service("UDP", 53, backends=()))
+    before = xdp.counters()
+    with pytest.raises(ConnectionRefusedError):
+        env.tcp_backend(VIP, 80)
+    with env.socket(socket.SOCK_DGRAM) as u:
+        with pytest.raises(ConnectionRefusedError):
+            u.sendto(b"x", (VIP, 53))
+        with pytest.raises(ConnectionRefusedError):
+            u.connect((VIP, 53))
+    assert delta(before, xdp.counters()) == {"sock_reject": 3}
+
+
+def test_affinity_at_socket_level_is_the_xdp_paths_affinity(sk):
+    xdp, env = sk
+    s = service(algorithm="random", affinity_timeout=600)
+    xdp.writer.upsert(s)
+    first = env.tcp_backend(VIP, 80)[0]
+    assert {env.tcp_backend(VIP, 80)[0] for _ in range(10)} == {first}
+    # Bound to another source port: still the same client.
+    assert env.tcp_backend(VIP, 80, bind_port=43000)[0] == first
+    # The XDP path reads the same entry: a packet from the node's address meets it.
+    out = xdp.send(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=CLIENT_IP, dst=VIP) /
+                   TCP(sport=50000, dport=80, flags="S"))
+    assert out.pkt[IP].dst == first
+
+
+def test_removed_backend_is_reselected_by_the_next_connect(sk):
+    xdp, env = sk
+    s = service(algorithm="sh")
+    xdp.writer.upsert(s)
+    first = env.tcp_backend(VIP, 80, bind_port=44000)[0]
+    rest = tuple(b for b in BACKENDS if b != first)
+    xdp.writer.upsert(service(algorithm="sh", backends=rest))
+    again = env.tcp_backend(VIP, 80, bind_port=44001)[0]
+    assert again in rest
