@@ -32,6 +32,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tcp-close-timeout", type=int, metavar="S",
                    help="idle timeout of a TCP flow after FIN/RST, seconds (default 10)")
     p.add_argument("--udp-timeout", type=int, metavar="S", help="idle timeout of a UDP flow, seconds (default 60)")
+    p.add_argument("--socket-lb-cgroup", action="append", default=[], metavar="PATH",
+                   help="attach the socket-level load balancer (cgroup connect/sendmsg/recvmsg/"
+                        "getpeername hooks) to this cgroup v2 directory; 'root' = the cgroup2 root "
+                        "(a real node: every process on it). Repeatable. With --lab: the node's cgroup "
+                        "is always used")
+    p.add_argument("--socket-lb-pods", action="store_true",
+                   help="with --lab: the lab's pod processes on this node go through the socket hooks "
+                        "too (their node's pods cgroup), not through XDP")
+    p.add_argument("--node-ip", help="the node's address: ClientIP affinity key of its unbound sockets "
+                                     "(with --lab: taken from the lab)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=run)
 
@@ -59,10 +69,17 @@ def run(args: argparse.Namespace) -> int:
     dp = Dataplane.load(config)
     log.info("dataplane loaded: prog id %d, maps pinned in %s", dp.prog_id, config.pin_dir)
     interfaces = None
+    cgroup_paths = list(args.socket_lb_cgroup)
+    node_ip = args.node_ip
     if args.lab:
         from controlplane.lab.topology import Lab
         lab = Lab(args.state_dir)
         interfaces = InterfaceManager(dp, lambda: lab.attach_points(args.node), args.xdp_mode)
+        node_ip = node_ip or next((n.ip for n in lab.nodes() if n.name == args.node), None)
+        cgroup_paths.append(str(lab.cgroup_for(args.node)))
+        if args.socket_lb_pods:
+            cgroup_paths.append(str(lab.pods_cgroup_for(args.node)))
+    socket_lb = _attach_socket_lb(dp, cgroup_paths, node_ip, log)
     health = Health(args.node)
     if args.healthz_port:
         serve(health, port=args.healthz_port)
@@ -72,7 +89,41 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if socket_lb:
+        threading.Thread(target=_reap_loop, args=(dp, stop, log), name="sockreaper", daemon=True).start()
     agent.run(stop)
     service_health.close()
     log.info("agent stopping; the dataplane stays attached and pinned")
     return 0
+
+
+def _reap_loop(dp, stop: threading.Event, log, every_s: float = 1.0) -> None:
+    """Abort connected UDP sockets whose backend was removed (dataplane/sockreaper.py)."""
+    from controlplane.dataplane.sockreaper import reap
+
+    while not stop.wait(every_s):
+        try:
+            n = reap(dp)
+            if n:
+                log.info("aborted %d connected UDP socket(s) of removed backends", n)
+        except Exception:  # keep the agent serving
+            log.exception("socket reaper failed")
+
+
+def _attach_socket_lb(dp, paths: list[str], node_ip: str | None, log) -> bool:
+    """Attach the socket hooks to each cgroup (replacing this instance's earlier
+    programs in place), keyed for affinity by the node's address."""
+    from pathlib import Path
+
+    from controlplane import cgroups
+
+    if not paths:
+        return False
+    if node_ip:
+        dp.set_sock_client_ip(node_ip)
+    for raw in dict.fromkeys(paths):
+        root = raw == "root"
+        path = cgroups.mount() if root else Path(raw)
+        dp.sock_hooks.attach(path, allow_root=root)
+        log.info("socket-level load balancing attached to cgroup %s", path)
+    return True

@@ -1,6 +1,7 @@
 """How `svcctl lab up` runs an agent on every lab node (controlplane.lab.hooks)."""
 from __future__ import annotations
 
+import os
 import sys
 
 from controlplane.dataplane.config import DataplaneConfig, node_instance
@@ -16,6 +17,10 @@ def node_processes(node, lab) -> list[ProcessSpec]:
     argv = [sys.executable, "-m", "controlplane.cli", "agent", "--node", node.name, "--lab",
             "--state-dir", str(lab.store.state_dir), "--instance", instance_name(lab, node.name),
             "--ct-size", "65536"]
+    # The socket hooks always serve the node's own processes (its cgroup); pods too
+    # only when asked (SVCXDP_SOCKET_LB_PODS=1 in the environment of `lab up`).
+    if os.environ.get("SVCXDP_SOCKET_LB_PODS") == "1":
+        argv.append("--socket-lb-pods")
     specs = [ProcessSpec(name="agent", argv=argv, keep_mounts=True)]
     if node.index == 1:
         # One pod runtime for the whole lab; it lives with the first node. It must

@@ -69,6 +69,7 @@ class PodSpec:
     containers: list[Container] | None = None
     node_name: str | None = None
     hostname: str | None = None
+    host_network: bool | None = None   # the lab runs it in its node's namespace and cgroup
     subdomain: str | None = None
     dns_policy: str | None = None
     dns_config: PodDNSConfig | None = None

@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import Sequence
 from typing import Any
 
+from controlplane import cgroups
 from controlplane.lab import netns
 from controlplane.lab.images import parse_image
 from controlplane.lab.topology import Lab
@@ -53,6 +54,7 @@ def run_temporary_pod(
             stdin=None if interactive else subprocess.DEVNULL,
             cwd="/",
             env=env,
+            preexec_fn=cgroups.join_preexec(lab.cgroup_for(name)),
         )
         return proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
     finally:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from dataclasses import asdict
 
+from controlplane import cgroups
 from controlplane.lab import hooks, netns
 from controlplane.lab.state import PortSpec
 from controlplane.lab.topology import Lab, LabError, LabStatus
@@ -131,9 +132,12 @@ def cmd_remove_pod(args: argparse.Namespace) -> int:
 def cmd_exec(args: argparse.Namespace) -> int:
     if not args.command:
         raise LabError("usage: svcctl exec HOST -- CMD [ARGS...]")
-    ns = Lab(args.state_dir).netns_for(args.host)
+    lab = Lab(args.state_dir)
+    ns = lab.netns_for(args.host)
     # Output goes straight to our stdout/stderr; stdin only with -i, as kubectl exec.
-    proc = subprocess.run(netns.command(ns, args.command), stdin=None if args.stdin else subprocess.DEVNULL)
+    # The command joins the host's cgroup: on a node, the socket hooks serve it.
+    proc = subprocess.run(netns.command(ns, args.command), stdin=None if args.stdin else subprocess.DEVNULL,
+                          preexec_fn=cgroups.join_preexec(lab.cgroup_for(args.host)))
     return proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
 
 

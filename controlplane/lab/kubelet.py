@@ -65,7 +65,8 @@ class Kubelet:
             node = pod.node_name if pod.node_name in nodes else None
             try:
                 handle = self.lab.add_pod(lab_pod_name(pod), node, _image(pod), _ports(pod),
-                                          resolv_conf=_resolv_conf(pod))
+                                          resolv_conf=_resolv_conf(pod),
+                                          host_network=bool(pod.spec.host_network))
             except LabError as exc:
                 log.warning("pod %s/%s could not start (will retry): %s", pod.namespace, pod.name, exc)
                 self.retry = True

@@ -58,6 +58,18 @@ def node_netns(prefix: str, index: int) -> str:
     return f"{prefix}-node{index}"
 
 
+def node_cgroup(prefix: str, index: int) -> str:
+    """The cgroup (under the cgroup2 mount) of the processes the lab runs on node N: node
+    shells, `svcctl exec nodeN`, hostNetwork pods. The agent's socket hooks attach to it."""
+    return f"{prefix}-node{index}"
+
+
+def pods_cgroup(prefix: str, index: int) -> str:
+    """The cgroup of node N's pod processes: under the socket hooks only when the agent
+    is told to attach there too (`--socket-lb-cgroup`); else pods use the XDP path."""
+    return f"{prefix}-node{index}-pods"
+
+
 def outside_netns(prefix: str) -> str:
     return f"{prefix}-outside"
 

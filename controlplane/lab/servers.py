@@ -42,11 +42,12 @@ def argv_for(spec: ServerSpec, pod: str, data_dir: Path, state_dir: Path | None 
     return None
 
 
-def start(spec: ServerSpec, pod: str, ns: str, log: Path, data_dir: Path, state_dir: Path | None = None) -> int | None:
+def start(spec: ServerSpec, pod: str, ns: str, log: Path, data_dir: Path, state_dir: Path | None = None,
+          cgroup: Path | None = None) -> int | None:
     argv = argv_for(spec, pod, data_dir, state_dir)
     if argv is None:
         return None
-    return procs.start(ns, argv, log)
+    return procs.start(ns, argv, log, cgroup=cgroup)
 
 
 def wait_ready(spec: ServerSpec, ns: str, ip: str, pid: int | None, log: Path, timeout: float = 10.0) -> None:

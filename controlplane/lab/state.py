@@ -72,6 +72,7 @@ class PodRecord:
     pid: int | None = None
     etc_dir: str | None = None  # /etc/netns/<netns> (resolv.conf, hosts) if we made it
     phase: str = "Pending"  # Pending while being built, Running once its server is ready
+    host_network: bool = False  # runs in its node's namespace and cgroup, with the node's IP
 
 
 @dataclass

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from controlplane import cgroups
 from controlplane.controllers.lb_pool import Pool, pool_is_set, save_pool
 from controlplane.lab import netns, plan, procs, servers, wiring
 from controlplane.lab.hooks import NodeProcessProvider
@@ -76,6 +77,7 @@ class PodHandle:
     server: str
     ports: tuple[PortSpec, ...] = ()
     phase: str = "Running"  # add_pod returns once the server answers: Running and Ready
+    host_network: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,7 @@ def _node_info(n: NodeRecord) -> NodeInfo:
 def _pod_handle(p: PodRecord) -> PodHandle:
     return PodHandle(
         p.name, p.netns, p.node, p.ip, p.image, p.host_ifname, p.host_ifindex,
-        p.pod_ifname, p.pod_ifindex, p.pid, p.server, tuple(p.ports), p.phase,
+        p.pod_ifname, p.pod_ifindex, p.pid, p.server, tuple(p.ports), p.phase, p.host_network,
     )
 
 
@@ -196,6 +198,8 @@ class Lab:
             self.store.save(state)
         if netns.create(rec.netns):
             wiring.prepare(rec.netns, router=True)
+        cgroups.create(plan.node_cgroup(self.prefix, index))
+        cgroups.create(plan.pods_cgroup(self.prefix, index))
         assert state.outside is not None
         node_end, port_end = wiring.make_uplink(
             state.outside.netns, state.outside.bridge, rec.ext_peer_ifname,
@@ -283,7 +287,8 @@ class Lab:
                     procs.stop(p.pid, p.netns)
                 for pod in list(state.pods.values()):
                     self._teardown_pod(pod)
-                    removed.append(pod.netns)
+                    if not pod.host_network:
+                        removed.append(pod.netns)
                 names = [n.netns for n in state.nodes.values()]
                 names += [state.outside.netns] if state.outside else []
                 for ns in names:
@@ -300,6 +305,10 @@ class Lab:
                 for d in ETC_NETNS.iterdir():
                     if self._own_name(d.name):
                         shutil.rmtree(d, ignore_errors=True)
+            # The nodes' cgroups, by name (their socket hooks go with them).
+            for cg in cgroups.list_names(self.prefix):
+                if self._own_cgroup(cg):
+                    cgroups.remove(cg)
             shutil.rmtree(self.store.root, ignore_errors=True)
         if self.store.state_dir.name.startswith(plan.PREFIX):  # ours by name, and only if empty
             _rmdir_if_empty(self.store.state_dir)
@@ -307,6 +316,9 @@ class Lab:
 
     def _own_name(self, name: str) -> bool:
         return re.match(rf"^{re.escape(self.prefix)}-(node\d+|outside|pod-.+)$", name) is not None
+
+    def _own_cgroup(self, name: str) -> bool:
+        return re.match(rf"^{re.escape(self.prefix)}-node\d+(-pods)?$", name) is not None
 
     def _own_namespaces(self) -> list[str]:
         return [n for n in netns.list_names(self.prefix) if self._own_name(n)]
@@ -328,10 +340,13 @@ class Lab:
         *,
         timeout: float = 10.0,
         resolv_conf: str | None = None,
+        host_network: bool = False,
     ) -> PodHandle:
         """Make a pod namespace on `node` (default: the node with fewest pods), wire it, start
         the server its image stands for and wait until its ports answer. `resolv_conf` is the
-        pod's /etc/resolv.conf (default: ClusterFirst in namespace default)."""
+        pod's /etc/resolv.conf (default: ClusterFirst in namespace default). A hostNetwork pod
+        gets no namespace of its own: its server runs in the node's, with the node's
+        address, in the node's cgroup."""
         port_specs = _ports(ports)
         with self.store.locked():
             state = self._require_up()
@@ -342,13 +357,17 @@ class Lab:
                 self._teardown_pod(existing, state)  # half-made: start over
                 del state.pods[name]
             node_rec = self._schedule(state, node)
-            ip = self._allocate_ip(state, node_rec)
             spec = server_for(image, port_specs)
-            rec = PodRecord(
-                name=name, netns=plan.pod_netns(self.prefix, name), node=node_rec.name, ip=ip, image=image,
-                ports=port_specs, host_ifname=plan.pod_host_ifname(name), server=spec.kind,
-            )
-            if any(p.netns == rec.netns for p in state.pods.values()):
+            if host_network:
+                rec = PodRecord(name=name, netns=node_rec.netns, node=node_rec.name, ip=node_rec.ip,
+                                image=image, ports=port_specs, server=spec.kind, host_network=True)
+            else:
+                rec = PodRecord(
+                    name=name, netns=plan.pod_netns(self.prefix, name), node=node_rec.name,
+                    ip=self._allocate_ip(state, node_rec), image=image, ports=port_specs,
+                    host_ifname=plan.pod_host_ifname(name), server=spec.kind,
+                )
+            if not host_network and any(p.netns == rec.netns for p in state.pods.values()):
                 raise LabError(f"pod {name!r}: namespace {rec.netns} already used by another pod")
             state.pods[name] = rec
             self.store.save(state)  # recorded before anything exists
@@ -363,14 +382,22 @@ class Lab:
 
     def _build_pod(self, state: LabState, rec: PodRecord, node: NodeRecord, spec: Any, timeout: float,
                    resolv_conf: str | None) -> None:
+        if rec.host_network:
+            self._start_pod_server(state, rec, spec, timeout, plan.node_cgroup(self.prefix, node.index))
+            return
         netns.create(rec.netns)
         wiring.prepare(rec.netns, router=False)
         host, pod = wiring.make_pod_link(node.netns, rec.netns, rec.host_ifname, rec.pod_ifname, node.gateway, rec.ip)
         rec.host_ifindex, rec.host_mac, rec.pod_ifindex, rec.pod_mac = host.ifindex, host.mac, pod.ifindex, pod.mac
         state.made_etc_netns |= self._write_etc(rec, resolv_conf)
         self.store.save(state)
+        self._start_pod_server(state, rec, spec, timeout, plan.pods_cgroup(self.prefix, node.index))
+
+    def _start_pod_server(self, state: LabState, rec: PodRecord, spec: Any, timeout: float,
+                          cgroup_name: str) -> None:
         log = self.store.logs / f"pod-{rec.name}.log"
-        rec.pid = servers.start(spec, rec.name, rec.netns, log, self.store.data / rec.name, self.store.state_dir)
+        rec.pid = servers.start(spec, rec.name, rec.netns, log, self.store.data / rec.name, self.store.state_dir,
+                                cgroups.create(cgroup_name))
         self.store.save(state)
         servers.wait_ready(spec, rec.netns, rec.ip, rec.pid, log, timeout)
         rec.phase = "Running"
@@ -393,6 +420,9 @@ class Lab:
 
     def _teardown_pod(self, rec: PodRecord, state: LabState | None = None) -> None:
         procs.stop(rec.pid, rec.netns, timeout=POD_STOP_TIMEOUT)
+        if rec.host_network:   # the namespace is the node's: only the server goes
+            shutil.rmtree(self.store.data / rec.name, ignore_errors=True)
+            return
         node = state.nodes.get(rec.node) if state else None
         if node is not None and rec.host_ifname:
             wiring.delete_link(node.netns, rec.host_ifname)  # the node side goes at once
@@ -487,7 +517,7 @@ class Lab:
                 state.outside.netns, n.ext_peer_ifname, n.ext_peer_ifindex,
             ))
             for p in state.pods.values():
-                if p.node == n.name and p.phase == "Running":
+                if p.node == n.name and p.phase == "Running" and not p.host_network:
                     points.append(AttachPoint(
                         n.name, n.netns, p.host_ifname, p.host_ifindex, "pod",
                         p.netns, p.pod_ifname, p.pod_ifindex, p.name, p.ip,
@@ -508,9 +538,31 @@ class Lab:
             return host
         raise LabError(f"no pod, node or host named {host!r} in the lab")
 
+    def cgroup_for(self, host: str) -> Path | None:
+        """The cgroup a command run on `host` joins: a node's (and a hostNetwork pod's) is
+        the node cgroup, a pod's its node's pods cgroup; None for `outside`."""
+        state = self._require_up()
+        node = state.nodes.get(host)
+        if node is not None:
+            return cgroups.create(plan.node_cgroup(self.prefix, node.index))
+        pod = state.pods.get(host)
+        if pod is not None and pod.node in state.nodes:
+            index = state.nodes[pod.node].index
+            name = plan.node_cgroup if pod.host_network else plan.pods_cgroup
+            return cgroups.create(name(self.prefix, index))
+        return None
+
+    def pods_cgroup_for(self, node: str) -> Path:
+        state = self._require_up()
+        if node not in state.nodes:
+            raise LabError(f"no node {node!r} in the lab")
+        return cgroups.create(plan.pods_cgroup(self.prefix, state.nodes[node].index))
+
     def exec(self, host: str, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess:
-        """subprocess.run(argv) inside host's namespace (kwargs go to subprocess.run)."""
-        return netns.run(self.netns_for(host), argv, **kwargs)
+        """subprocess.run(argv) inside host's namespace and cgroup (kwargs go to
+        subprocess.run)."""
+        return netns.run(self.netns_for(host), argv,
+                         preexec_fn=cgroups.join_preexec(self.cgroup_for(host)), **kwargs)
 
 
 def _rmdir_if_empty(d: Path) -> None:

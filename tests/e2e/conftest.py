@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from controlplane import cgroups
 from controlplane.lab import netns
 from controlplane.lab.topology import ETC_NETNS, Lab
 
@@ -36,6 +37,7 @@ _DIR_RE = re.compile(r"^(svcxdp-t(\d+)-[a-z0-9]+)-state-")
 def lab_leftovers(lab: Lab, pids: list[int] = ()) -> list[str]:
     """What of `lab` still exists: namespaces, /etc/netns entries, state files, processes."""
     left = [f"netns {n}" for n in netns.list_names(lab.prefix + "-")]
+    left += [f"cgroup {c}" for c in cgroups.list_names(lab.prefix + "-")]
     if ETC_NETNS.is_dir():
         left += [f"{ETC_NETNS}/{n}" for n in os.listdir(ETC_NETNS) if n.startswith(lab.prefix + "-")]
     if lab.store.root.exists():

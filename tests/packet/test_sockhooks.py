@@ -162,3 +162,26 @@ def test_removed_backend_is_reselected_by_the_next_connect(sk):
     xdp.writer.upsert(service(algorithm="sh", backends=rest))
     again = env.tcp_backend(VIP, 80, bind_port=44001)[0]
     assert again in rest
+
+
+def test_connected_udp_of_a_removed_backend_is_aborted_and_reconnects_elsewhere(sk):
+    from controlplane.dataplane.sockreaper import reap
+    from controlplane.lab import netns
+    xdp, env = sk
+    s = service("UDP", 53, "sh")
+    xdp.writer.upsert(s)
+    with env.socket(socket.SOCK_DGRAM, bind_port=45000) as u:
+        u.connect((VIP, 53))
+        u.send(b"a")
+        first = u.recv(100).decode().split()[0]
+        # Nothing to reap while the backend serves.
+        assert netns.call_in(env.ns, reap, xdp.dp) == 0
+        xdp.writer.upsert(service("UDP", 53, "sh", backends=tuple(b for b in BACKENDS if b != first)))
+        assert netns.call_in(env.ns, reap, xdp.dp) == 1
+        with pytest.raises(ConnectionAbortedError):
+            u.recv(100)
+        u.connect((VIP, 53))
+        u.send(b"b")
+        again, echoed = u.recv(100).decode().split()
+        assert again != first and echoed == "b"
+        assert u.getpeername() == (VIP, 53)

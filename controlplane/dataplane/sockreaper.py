@@ -1,0 +1,104 @@
+"""Connected UDP sockets whose backend left its service are aborted, so their next
+connect() chooses again (Cilium's agent does the same for socket-LB).
+
+A connected UDP socket was pointed at its backend by the connect4 hook once; its
+sends never pass a hook again (the kernel runs cgroup/sendmsg4 only for sends that
+name an address). When that backend is removed, the socket would keep sending to a
+dead address, so the reaper finds it (sock_diag dump of connected UDP sockets, matched
+to sock_revnat by socket cookie and destination) and destroys it (SOCK_DESTROY: the
+kernel's udp_abort): the application's pending and next receive fail with
+ECONNABORTED, the socket is disconnected, and its next connect() is translated anew.
+sock_diag works per network namespace: the reaper serves the one it runs in.
+"""
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass
+
+from .layout import const
+
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+SOCK_DESTROY = 21
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+TCP_ESTABLISHED = 1   # a connected UDP socket's state
+_NLMSG = struct.Struct("=IHHII")
+_DIAG_MSG = struct.Struct("=BBBB48sIIIII")   # inet_diag_msg with its inet_diag_sockid
+UNUSED = const("BACKEND_UNUSED")
+
+
+@dataclass(frozen=True)
+class UdpSocket:
+    sockid: bytes        # inet_diag_sockid as the kernel gave it (names the socket to destroy)
+    cookie: int
+    dst: bytes           # 4 bytes, network order
+    dport: bytes         # 2 bytes, network order
+
+
+def _request(msg_type: int, flags: int, sockid: bytes = b"\0" * 48) -> bytes:
+    req = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_UDP, 0, 0, 1 << TCP_ESTABLISHED) + sockid
+    return _NLMSG.pack(_NLMSG.size + len(req), msg_type, flags, 1, 0) + req
+
+
+def _messages(sock: socket.socket):
+    while True:
+        data = sock.recv(65536)
+        off = 0
+        while off + _NLMSG.size <= len(data):
+            length, mtype, _, _, _ = _NLMSG.unpack_from(data, off)
+            if mtype == NLMSG_DONE:
+                return
+            yield mtype, data[off + _NLMSG.size: off + length]
+            off += (length + 3) & ~3
+
+
+def connected_udp() -> list[UdpSocket]:
+    """Every connected IPv4 UDP socket of this network namespace."""
+    out = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as nl:
+        nl.sendall(_request(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP))
+        for mtype, body in _messages(nl):
+            if mtype == NLMSG_ERROR:
+                (err,) = struct.unpack_from("=i", body)
+                raise OSError(-err, "sock_diag dump failed")
+            sockid = _DIAG_MSG.unpack_from(body)[4]
+            lo, hi = struct.unpack_from("=II", sockid, 40)
+            out.append(UdpSocket(sockid, lo | hi << 32, sockid[20:24], sockid[2:4]))
+    return out
+
+
+def destroy(s: UdpSocket) -> None:
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as nl:
+        nl.sendall(_request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, s.sockid))
+        for mtype, body in _messages(nl):
+            if mtype == NLMSG_ERROR:
+                (err,) = struct.unpack_from("=i", body)
+                if err and -err != 2:   # ENOENT: it went away by itself
+                    raise OSError(-err, "SOCK_DESTROY failed")
+                return
+
+
+def reap(dp) -> int:
+    """Destroy the connected UDP sockets translated to a backend that no longer serves
+    their service; returns how many."""
+    revnat, backends = dp.table("sock_revnat"), dp.table("backends")
+    n = 0
+    for s in connected_udp():
+        key = revnat.Key(s.cookie, int.from_bytes(s.dst, "little"), int.from_bytes(s.dport, "little"),
+                         socket.IPPROTO_UDP, 0)
+        try:
+            rv = revnat[key]
+        except KeyError:
+            continue   # not one the hooks translated
+        b = backends[backends.Key(rv.backend_id)]
+        if (b.state != UNUSED and b.svc_id == rv.svc_id and b.ip == key.ip and b.port == key.port):
+            continue
+        destroy(s)
+        try:
+            del revnat[key]
+        except KeyError:
+            pass
+        n += 1
+    return n

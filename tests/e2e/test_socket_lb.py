@@ -1,0 +1,137 @@
+"""Socket-level load balancing in the lab: processes on a node (node shells,
+`svcctl exec NODE`, hostNetwork pods) reach ClusterIPs through the cgroup hooks
+the node's agent attached to the node's cgroup; the hooks keep serving while the
+agent is down."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from controlplane import cgroups
+from controlplane.dataplane.sockhooks import HOOKS, attached_ids
+from controlplane.lab import hooks, plan
+
+from .cluster import Cluster, cluster_for_module, wait_for
+
+pytestmark = pytest.mark.root
+
+MANIFESTS = Path(__file__).resolve().parents[1] / "fixtures" / "manifests"
+EMPTY_SERVICE = """
+apiVersion: v1
+kind: Service
+metadata: {name: empty, namespace: default}
+spec:
+  selector: {app: nothing-has-this}
+  ports: [{port: 80, targetPort: 8080}]
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster(_lab_session_guard):
+    yield from cluster_for_module("sock", nodes=2)
+
+
+def node_cgroup(cluster: Cluster, node: str = "node1") -> Path:
+    return cgroups.path(plan.node_cgroup(cluster.lab.prefix, int(node.removeprefix("node"))))
+
+
+def test_node_cgroups_hold_the_hooks(cluster: Cluster):
+    for n in cluster.lab.nodes():
+        ids = attached_ids(node_cgroup(cluster, n.name))
+        assert all(len(ids[h.name]) == 1 for h in HOOKS), ids
+    # Pods use the XDP path unless the agent is told otherwise.
+    pods = cgroups.path(plan.pods_cgroup(cluster.lab.prefix, 1))
+    assert all(not v for v in attached_ids(pods).values())
+
+
+def test_redis_cli_ping_from_the_node(cluster: Cluster):
+    cluster.svcctl("apply", "-f", str(MANIFESTS / "redis.yaml"))
+    cluster.wait_endpoints("redis", 1)
+    vip = cluster.cluster_ip("redis")
+
+    def ping() -> bool:
+        p = cluster.svcctl("exec", "node1", "--", "redis-cli", "-h", vip, "-p", "6379", "PING", check=False)
+        return p.stdout.strip() == "PONG"
+    assert wait_for("PONG from node1", ping)
+
+
+def test_curl_from_a_node_reaches_every_pod(cluster: Cluster):
+    cluster.svcctl("apply", "-f", str(MANIFESTS / "myapp.yaml"))
+    cluster.wait_endpoints("myapp", 3)
+    vip = cluster.cluster_ip("myapp")
+    assert cluster.wait_http(f"http://{vip}/", client="node1").startswith("Hello MyApp")
+    pods = set(cluster.pods("app=myapp"))
+    for node in ("node1", "node2"):
+        seen = {cluster.http(f"http://{vip}/hostname.html", client=node).stdout.strip() for _ in range(30)}
+        assert seen == pods, node
+
+
+def test_service_without_endpoints_is_refused_on_the_node(cluster: Cluster):
+    cluster.svcctl("apply", "-f", "-", input=EMPTY_SERVICE)
+    vip = cluster.cluster_ip("empty")
+    wait_for("the agent to program it", lambda: cluster.http(f"http://{vip}/", "node1").returncode == 7)
+    # The errno itself, from a process on the node (curl only says it could not connect).
+    probe = ("import errno, socket\n"
+             "try:\n"
+             f"    socket.create_connection(('{vip}', 80), timeout=3)\n"
+             "except OSError as e:\n"
+             "    print(errno.errorcode[e.errno])\n")
+    assert cluster.exec("node1", sys.executable, "-c", probe).stdout.strip() == "ECONNREFUSED"
+
+
+def test_hostnetwork_pod_reaches_a_service(cluster: Cluster):
+    cluster.svcctl("apply", "-f", str(MANIFESTS / "hostnet-client.yaml"))
+    vip = cluster.cluster_ip("myapp")
+    (pod,) = wait_for("the hostNetwork pod", lambda: cluster.pods("app=hostclient") or None)
+    handle = wait_for("it running", lambda: cluster.lab.pod(pod))
+    assert handle.host_network and handle.ip == next(n.ip for n in cluster.lab.nodes() if n.name == handle.node)
+    page = cluster.wait_http(f"http://{vip}/", client=pod)
+    assert page.startswith("Hello MyApp")
+
+
+def test_agent_down_hooks_stay_attached_and_serve(cluster: Cluster):
+    vip = cluster.cluster_ip("myapp")
+    cg = node_cgroup(cluster)
+    before = attached_ids(cg)
+    old = cluster.agent_pid("node1")
+    os.kill(old, signal.SIGKILL)
+    wait_for("the agent gone", lambda: not Path(f"/proc/{old}").exists()
+             or Path(f"/proc/{old}/stat").read_text().split(") ", 1)[1][0] == "Z")
+    assert attached_ids(cg) == before
+    for _ in range(10):
+        assert cluster.http(f"http://{vip}/hostname.html", client="node1").stdout.strip()
+    cluster.lab.up(nodes=len(cluster.lab.nodes()), node_processes=hooks.node_processes)
+    wait_for("the restarted agent healthy", lambda: cluster.healthz("node1")[0] == 200, timeout=60)
+    # Its programs replaced the old ones in place: still one per hook.
+    after = attached_ids(cg)
+    assert all(len(after[h.name]) == 1 for h in HOOKS) and after != before
+    assert cluster.http(f"http://{vip}/", client="node1").stdout.startswith("Hello MyApp")
+
+
+UDP_PROBE = """import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.sendto(b"hairpin", (sys.argv[1], 53))
+data, peer = s.recvfrom(100)
+print(data.decode(), peer[0], peer[1])
+"""
+
+
+def check_hairpin(cluster: Cluster) -> None:
+    """The only pod of `hairpin` reaches its own Service: over TCP it reads its own name,
+    over UDP its echo comes back from the VIP."""
+    cluster.svcctl("apply", "-f", str(MANIFESTS / "hairpin.yaml"))
+    cluster.wait_endpoints("hairpin", 1)
+    vip = cluster.cluster_ip("hairpin")
+    (pod,) = cluster.pods("app=hairpin")
+    assert cluster.wait_http(f"http://{vip}/hostname.html", client=pod).strip() == pod
+    out = cluster.exec(pod, sys.executable, "-c", UDP_PROBE, vip).stdout.split()
+    assert out == ["hairpin", vip, "53"]
+
+
+def test_hairpin_through_xdp(cluster: Cluster):
+    check_hairpin(cluster)
