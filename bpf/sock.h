@@ -56,6 +56,39 @@ static __always_inline __be32 sock_client_ip(__be32 bound)
 	return cfg ? cfg->client_ip : 0;
 }
 
+/* The sock_revnat key of a socket (its cookie) sent to ip:port. */
+static __always_inline void sock_revnat_key_set(struct sock_revnat_key *rk, __u64 cookie,
+						__be32 ip, __be16 port, __u8 proto)
+{
+	rk->cookie = cookie;
+	rk->ip = ip;
+	rk->port = port;
+	rk->proto = proto;
+	rk->reserved = 0;
+}
+
+/* The service a socket names, copied into `svc` (svc_read, lb.h): a ClusterIP; else
+ * an external frontend (NodePort on a node address, LoadBalancer IP, externalIP)
+ * reached from the node itself; a NodePort on a loopback address (`curl
+ * 127.0.0.1:30080`) is the one on the node's address. 1 found, 0 none, -1 an entry
+ * being replaced. */
+static __always_inline int sock_service(struct svc_key *sk, struct svc_value *svc)
+{
+	int found = svc_read(sk, svc);
+	if (found)
+		return found;
+	sk->scope = SVCXDP_SCOPE_EXTERNAL;
+	found = svc_read(sk, svc);
+	if (found || (bpf_ntohl(sk->vip) >> 24) != 127)
+		return found;
+	__u32 zero = 0;
+	struct sock_config *cfg = sock_config.lookup(&zero);
+	if (!cfg || !cfg->client_ip)
+		return 0;
+	sk->vip = cfg->client_ip;
+	return svc_read(sk, svc);
+}
+
 /* Translate ctx's destination if it is a service. `src`, `sport`: the socket's
  * source as far as it is known (0 when unbound). */
 static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx, __be32 src, __be16 sport)
@@ -72,9 +105,11 @@ static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx, __be32 src, __
 	 * the hook is in the middle of the syscall, and would overwrite a per-CPU copy. */
 	struct svc_value copy;
 	struct svc_value *svc = &copy;
-	int found = svc_read(&sk, svc);
+	int found = sock_service(&sk, svc);
 	if (found == 0)
 		return SOCK_ALLOW;
+	/* What the application named: shown again by recvmsg/getpeername. */
+	__be32 asked = ctx->user_ip4;
 
 	struct events ev = { .main = SVCXDP_CNT_SOCK_XLATE, .extra = SVCXDP_CNT_MAX };
 	struct lb_choice pick = {};
@@ -99,13 +134,10 @@ static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx, __be32 src, __
 		return SOCK_DENY;
 	}
 
-	struct sock_revnat_key rk = {};
-	rk.cookie = bpf_get_socket_cookie(ctx);
-	rk.ip = b->ip;
-	rk.port = b->port;
-	rk.proto = proto;
+	struct sock_revnat_key rk;
+	sock_revnat_key_set(&rk, bpf_get_socket_cookie(ctx), b->ip, b->port, proto);
 	struct sock_revnat_value rv = {};
-	rv.vip = sk.vip;
+	rv.vip = asked;
 	rv.vport = sk.port;
 	rv.svc_id = svc->svc_id;
 	rv.backend_id = backend_id;
@@ -129,11 +161,9 @@ static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx, __be32 src, __
  * translated to it. */
 static __always_inline void sock4_revnat(struct bpf_sock_addr *ctx)
 {
-	struct sock_revnat_key rk = {};
-	rk.cookie = bpf_get_socket_cookie(ctx);
-	rk.ip = ctx->user_ip4;
-	rk.port = (__be16)ctx->user_port;
-	rk.proto = ctx->protocol;
+	struct sock_revnat_key rk;
+	sock_revnat_key_set(&rk, bpf_get_socket_cookie(ctx), ctx->user_ip4, (__be16)ctx->user_port,
+			    ctx->protocol);
 	struct sock_revnat_value *rv = sock_revnat.lookup(&rk);
 	if (!rv)
 		return;
@@ -175,11 +205,9 @@ int svcxdp_release(struct bpf_sock *ctx)
 {
 	if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
 		return SOCK_ALLOW;
-	struct sock_revnat_key rk = {};
-	rk.cookie = bpf_get_socket_cookie(ctx);
-	rk.ip = ctx->dst_ip4;
-	rk.port = (__be16)ctx->dst_port;
-	rk.proto = ctx->protocol;
+	struct sock_revnat_key rk;
+	sock_revnat_key_set(&rk, bpf_get_socket_cookie(ctx), ctx->dst_ip4, (__be16)ctx->dst_port,
+			    ctx->protocol);
 	struct sock_revnat_value *rv = sock_revnat.lookup(&rk);
 	if (!rv)
 		return SOCK_ALLOW;
