@@ -12,7 +12,7 @@ import os
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 PREFIX = "svcxdp"
 PROC_MOUNTS = Path("/proc/self/mounts")
@@ -103,17 +103,14 @@ def current(pid: int = 0) -> Path:
     raise CgroupError(f"process {pid or os.getpid()} is in no cgroup2 hierarchy")
 
 
-def join_preexec(cgroup: Path | None):
-    """A subprocess preexec_fn putting the child in `cgroup` before it execs (None: no
-    change), so everything it starts is there too."""
+def command(cgroup: Path | None, cmd: Sequence[str]) -> list[str]:
+    """`cmd` started inside `cgroup` (None: unchanged): a shell moves itself there and
+    execs cmd in place (same pid), so everything cmd starts is there too. A shell, not
+    a preexec_fn, which can deadlock in a threaded parent; and before `ip netns exec`,
+    which hides the cgroup mount behind a fresh /sys."""
     if cgroup is None:
-        return None
-    procs = str(cgroup / "cgroup.procs")
-
-    def enter() -> None:
-        with open(procs, "w") as f:
-            f.write("0\n")
-    return enter
+        return list(cmd)
+    return ["sh", "-c", 'echo 0 > "$0" && exec "$@"', str(cgroup / "cgroup.procs"), *cmd]
 
 
 @contextmanager

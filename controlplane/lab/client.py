@@ -50,11 +50,10 @@ def run_temporary_pod(
     try:
         env = {**os.environ, "HOSTNAME": name, "PS1": r"\w \$ "}
         proc = subprocess.run(
-            netns.command(pod.netns, client_argv(image, command)),
+            cgroups.command(lab.cgroup_for(name), netns.command(pod.netns, client_argv(image, command))),
             stdin=None if interactive else subprocess.DEVNULL,
             cwd="/",
             env=env,
-            preexec_fn=cgroups.join_preexec(lab.cgroup_for(name)),
         )
         return proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
     finally:

@@ -136,8 +136,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
     ns = lab.netns_for(args.host)
     # Output goes straight to our stdout/stderr; stdin only with -i, as kubectl exec.
     # The command joins the host's cgroup: on a node, the socket hooks serve it.
-    proc = subprocess.run(netns.command(ns, args.command), stdin=None if args.stdin else subprocess.DEVNULL,
-                          preexec_fn=cgroups.join_preexec(lab.cgroup_for(args.host)))
+    proc = subprocess.run(cgroups.command(lab.cgroup_for(args.host), netns.command(ns, args.command)),
+                          stdin=None if args.stdin else subprocess.DEVNULL)
     return proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
 
 

@@ -17,6 +17,7 @@ from pyroute2 import IPRoute
 from pyroute2 import config as _pr2config
 from pyroute2 import netns as _pr2netns
 
+from controlplane import cgroups
 from controlplane.lab.plan import PREFIX
 
 NETNS_RUN_DIR = Path("/run/netns")
@@ -153,10 +154,12 @@ def command_keep_mounts(name: str, argv: Sequence[str]) -> list[str]:
     return ["nsenter", f"--net=/run/netns/{check_name(name)}", "--", *argv]
 
 
-def run(name: str, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess:
-    return subprocess.run(command(name, argv), **kwargs)
+def run(name: str, argv: Sequence[str], cgroup: Path | None = None, **kwargs: Any) -> subprocess.CompletedProcess:
+    """argv in the namespace (and in `cgroup`, if given: see controlplane.cgroups.command)."""
+    return subprocess.run(cgroups.command(cgroup, command(name, argv)), **kwargs)
 
 
-def popen(name: str, argv: Sequence[str], keep_mounts: bool = False, **kwargs: Any) -> subprocess.Popen:
+def popen(name: str, argv: Sequence[str], keep_mounts: bool = False, cgroup: Path | None = None,
+          **kwargs: Any) -> subprocess.Popen:
     build = command_keep_mounts if keep_mounts else command
-    return subprocess.Popen(build(name, argv), **kwargs)
+    return subprocess.Popen(cgroups.command(cgroup, build(name, argv)), **kwargs)

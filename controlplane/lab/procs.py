@@ -12,7 +12,6 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from controlplane import cgroups
 from controlplane.lab import netns
 
 
@@ -21,7 +20,7 @@ def start(ns: str, argv: Sequence[str], log: Path, env: Mapping[str, str] | None
     """Start argv in namespace ns (and in `cgroup`, if given), detached from our session,
     output to log; return its pid.
 
-    `ip netns exec` execs argv in place, so the pid is the server's own pid.
+    `ip netns exec` (and the cgroup shell) exec argv in place, so the pid is the server's own pid.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
@@ -35,7 +34,7 @@ def start(ns: str, argv: Sequence[str], log: Path, env: Mapping[str, str] | None
             start_new_session=True,  # survives the svcctl that started it; no tty signals
             close_fds=True,
             env={**os.environ, **env} if env else None,  # extra variables on top of ours
-            preexec_fn=cgroups.join_preexec(cgroup),
+            cgroup=cgroup,
         )
     # Keep the Popen alive in a module list so it is reaped when the process ends.
     _children[proc.pid] = proc

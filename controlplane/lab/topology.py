@@ -561,8 +561,7 @@ class Lab:
     def exec(self, host: str, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess:
         """subprocess.run(argv) inside host's namespace and cgroup (kwargs go to
         subprocess.run)."""
-        return netns.run(self.netns_for(host), argv,
-                         preexec_fn=cgroups.join_preexec(self.cgroup_for(host)), **kwargs)
+        return netns.run(self.netns_for(host), argv, cgroup=self.cgroup_for(host), **kwargs)
 
 
 def _rmdir_if_empty(d: Path) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 
+from controlplane import cgroups
+
 from .cluster import CLIENT, Cluster, cluster_for_module, wait_for
 
 pytestmark = pytest.mark.root
@@ -169,6 +171,10 @@ def test_agent_kill_9_under_traffic_loses_no_request(cluster: Cluster):
             "i=$((i+1)); sleep 0.05; done; echo $ok $fail")
     traffic = subprocess.Popen(["ip", "netns", "exec", cluster.lab.netns_for(CLIENT), "sh", "-c", loop],
                                stdout=subprocess.PIPE, text=True)
+    # The same from node1 itself, in its cgroup: through the socket hooks, which stay
+    # attached while the agent is down.
+    node_traffic = subprocess.Popen(cgroups.command(cluster.lab.cgroup_for("node1"), [
+        "ip", "netns", "exec", cluster.lab.netns_for("node1"), "sh", "-c", loop]), stdout=subprocess.PIPE, text=True)
     time.sleep(0.5)
     old = cluster.agent_pid("node1")
     os.kill(old, signal.SIGKILL)
@@ -176,9 +182,10 @@ def test_agent_kill_9_under_traffic_loses_no_request(cluster: Cluster):
     cluster.lab.up(nodes=len(cluster.lab.nodes()), node_processes=__import__(
         "controlplane.lab.hooks", fromlist=["node_processes"]).node_processes)
     assert cluster.agent_pid("node1") != old
-    out, _ = traffic.communicate(timeout=60)
-    ok, fail = map(int, out.split())
-    assert (ok, fail) == (60, 0)
+    for proc in (traffic, node_traffic):
+        out, _ = proc.communicate(timeout=60)
+        ok, fail = map(int, out.split())
+        assert (ok, fail) == (60, 0)
     wait_for("the restarted agent healthy", lambda: cluster.healthz("node1")[0] == 200, timeout=60)
     # It adopted the maps: the service still answers from all pods.
     assert set(cluster.hostnames(vip, 24)) == set(cluster.pods("app=myapp"))
