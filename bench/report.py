@@ -180,8 +180,10 @@ SCENARIO_TITLES = {
     4: "Control-plane programming: store to maps vs iptables-restore",
     5: "Memory: BPF maps and agent RSS",
     6: "BPF-only new flow per algorithm and with ClientIP affinity (test-run)",
+    7: "TCP connections from a node-local client: socket hooks vs XDP vs kube-proxy iptables",
 }
 STACK_TARGETS = {1: 2.0, 10_000: 10.0}      # XDP / iptables on new flows, at that many services
+SOCKLB_TARGET = 1.5                          # socket hooks / XDP path, connections/s
 CONTROL_FULL_TARGET_S = 0.5                  # 10,000 x 10
 CONTROL_CHANGE_TARGET_S = 0.010              # p99
 
@@ -360,6 +362,7 @@ def render_all(data: dict, plot_dir: Path | None = None, plot_prefix: str = "") 
     dp_rows = _suite(entries, "datapath")
     new_flow_suites = {k: _suite(entries, k) for k in ("algorithms", "affinity")}
     new_flow_suites = {k: v for k, v in new_flow_suites.items() if v}
+    socklb = sorted(_suite(entries, "socklb"), key=lambda x: x["services"])
 
     # ---- summary --------------------------------------------------------------------
     out.append("## Targets\n")
@@ -397,6 +400,12 @@ def render_all(data: dict, plot_dir: Path | None = None, plot_prefix: str = "") 
                 met = all(v <= limit for v in vals)
                 out.append(f"| BPF-only {PATH_LABEL[p]} ≤ {limit}× floor (all sizes) | "
                            f"{min(vals):.2f}–{max(vals):.2f}× | {'yes' if met else '**no**'} |")
+    for x in socklb:
+        r = x["results"]["sock_vs_xdp"]
+        if r["median"] is not None:
+            out.append(f"| node-local TCP connections/s, socket hooks ≥ {SOCKLB_TARGET:g}× the XDP path, "
+                       f"{x['services']:,} service{'s' if x['services'] != 1 else ''} | "
+                       f"{_rng(r, '{:.2f}')}× | {'yes' if r['median'] >= SOCKLB_TARGET else '**no**'} |")
     for suite, rows in new_flow_suites.items():
         ratios = [r["ratio_to_floor"] for x in rows for r in x["cases"].values()]
         limit = rows[0]["target_ratio"]
@@ -486,6 +495,25 @@ def render_all(data: dict, plot_dir: Path | None = None, plot_prefix: str = "") 
                        f"{_rng(e['iptables']['cps'])} | {_rng(e['ratio'], '{:.2f}')}× | "
                        f"{_rng(e['ratio_fib'], '{:.2f}')}× | {lat(e['xdp'])} | {lat(e['xdp_fib'])} | "
                        f"{lat(e['iptables'])} | {errs} |")
+        out.append("")
+
+    if socklb:
+        out.append(f"## 7. {SCENARIO_TITLES[7]}\n")
+        out.append("The scenario 3 client (bench/bench_socklb.py), three ways: in a cgroup the socket "
+                   "hooks are attached to (connect() goes straight to a backend; the node's XDP program "
+                   "only sees non-service packets), outside it (XDP DNATs every packet), and in the "
+                   "iptables chain. CPU per connection: the machine's busy time over the window (all "
+                   "cores, every process) / connections, an upper bound. Median (min–max).\n")
+        out.append("| services | sockets conn/s | XDP conn/s | iptables conn/s | sockets / XDP | "
+                   "sockets / iptables | CPU µs/conn sockets | XDP | iptables | p50 µs sockets / XDP / iptables |")
+        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        for x in socklb:
+            e = x["results"]
+            p50 = " / ".join(f"{e[s]['lat_p50_us']['median'] or 0:,.0f}" for s in ("sock", "xdp", "iptables"))
+            out.append(f"| {x['services']:,} | {_rng(e['sock']['cps'])} | {_rng(e['xdp']['cps'])} | "
+                       f"{_rng(e['iptables']['cps'])} | {_rng(e['sock_vs_xdp'], '{:.2f}')}× | "
+                       f"{_rng(e['sock_vs_iptables'], '{:.2f}')}× | {_rng(e['sock']['cpu_us_per_conn'])} | "
+                       f"{_rng(e['xdp']['cpu_us_per_conn'])} | {_rng(e['iptables']['cpu_us_per_conn'])} | {p50} |")
         out.append("")
 
     # ---- 4 ------------------------------------------------------------------------

@@ -30,6 +30,7 @@ SCENARIOS = [
     (1, "BPF-only per-packet cost (test-run)", ["bench/bench_datapath.py"]),
     (2, "UDP through the kernel, XDP vs iptables", ["bench/bench_stack.py", "-k", "udp"]),
     (3, "TCP connections through a ClusterIP, XDP vs iptables", ["bench/bench_stack.py", "-k", "tcp"]),
+    (7, "TCP connections from a node-local client: socket hooks vs XDP vs iptables", ["bench/bench_socklb.py"]),
     (4, "control plane: store to maps vs iptables-restore", ["bench/bench_control.py"]),
     (5, "memory: BPF maps and agent RSS", ["bench/bench_memory.py"]),
 ]

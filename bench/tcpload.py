@@ -9,12 +9,15 @@
       uniformly from COUNT contiguous VIPs starting at FIRST_VIP; per connection:
       connect, send `GET / HTTP/1.1` with `Connection: close`, read to EOF, close
       with SO_LINGER 0 (RST: no TIME_WAIT piles up on either side). Prints JSON:
-      connections completed after the warm-up, their latencies (connect to EOF), errors.
+      connections completed after the warm-up, their latencies (connect to EOF), errors,
+      and the machine's busy CPU seconds over the measured window (/proc/stat: every
+      core, every process; an upper bound of what the connections cost).
 """
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import random
 import socket
 import struct
@@ -39,6 +42,14 @@ def server(port: int) -> None:
         except OSError:
             pass
         c.close()
+
+
+def busy_seconds() -> float:
+    """Machine-wide non-idle CPU time so far (user..softirq, all cores), seconds."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:8]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def client(first_vip: str, count: int, port: int, seconds: float, warmup: float) -> None:
@@ -72,12 +83,14 @@ def client(first_vip: str, count: int, port: int, seconds: float, warmup: float)
         if t0 >= measure_from:
             if measured_start is None:
                 measured_start = t0
+                busy_start = busy_seconds()
             if ok:
                 lat.append(t1 - t0)
             else:
                 errors += 1
     elapsed = time.perf_counter() - (measured_start or end)
-    print(json.dumps({"connections": len(lat), "errors": errors, "elapsed_s": elapsed,
+    busy = busy_seconds() - busy_start if measured_start is not None else 0.0
+    print(json.dumps({"connections": len(lat), "errors": errors, "elapsed_s": elapsed, "busy_s": busy,
                       "latencies_us": [round(x * 1e6, 1) for x in lat]}))
 
 
