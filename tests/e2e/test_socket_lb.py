@@ -20,6 +20,7 @@ from .cluster import Cluster, cluster_for_module, wait_for
 pytestmark = pytest.mark.root
 
 MANIFESTS = Path(__file__).resolve().parents[1] / "fixtures" / "manifests"
+OWN = Path(__file__).resolve().parents[1] / "fixtures" / "socklb"   # this module's manifests
 EMPTY_SERVICE = """
 apiVersion: v1
 kind: Service
@@ -84,7 +85,7 @@ def test_service_without_endpoints_is_refused_on_the_node(cluster: Cluster):
 
 
 def test_hostnetwork_pod_reaches_a_service(cluster: Cluster):
-    cluster.svcctl("apply", "-f", str(MANIFESTS / "hostnet-client.yaml"))
+    cluster.svcctl("apply", "-f", str(OWN / "hostnet-client.yaml"))
     vip = cluster.cluster_ip("myapp")
     (pod,) = wait_for("the hostNetwork pod", lambda: cluster.pods("app=hostclient") or None)
     handle = wait_for("it running", lambda: cluster.lab.pod(pod))
@@ -124,7 +125,7 @@ print(data.decode(), peer[0], peer[1])
 def check_hairpin(cluster: Cluster) -> None:
     """The only pod of `hairpin` reaches its own Service: over TCP it reads its own name,
     over UDP its echo comes back from the VIP."""
-    cluster.svcctl("apply", "-f", str(MANIFESTS / "hairpin.yaml"))
+    cluster.svcctl("apply", "-f", str(OWN / "hairpin.yaml"))
     cluster.wait_endpoints("hairpin", 1)
     vip = cluster.cluster_ip("hairpin")
     (pod,) = cluster.pods("app=hairpin")
