@@ -44,10 +44,11 @@ IP_MF, IP_OFFSET = 0x2000, 0x1FFF
 TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
 ICMP_ERRORS = (3, 4, 11, 12)  # dest unreachable, source quench, time exceeded, parameter problem
 FRAG_TIMEOUT_NS = const("FRAG_TIMEOUT_S") * 10**9
+HAIRPIN = socket.inet_ntoa(const("HAIRPIN_IP").to_bytes(4, "big"))
 
 
 COUNTERS = ("pass_non_ip", "pass_non_service", "revnat", "ct_new", "ct_hit", "ct_stale",
-            "reject", "drop_malformed", "frag_nat", "frag_unknown", "icmp_nat", "slot_miss")
+            "reject", "drop_malformed", "frag_nat", "frag_unknown", "icmp_nat", "slot_miss", "hairpin")
 
 
 # ---- checksums ------------------------------------------------------------------------
@@ -275,7 +276,10 @@ class ReferenceDatapath:
 
     # A backend's answer to a tracked flow: source becomes VIP:port again.
     def _reply(self, ip, l4, sport, dport, tcp_flags, frame_bytes, done) -> Outcome:
-        match = self._match_reply(ip.src, sport, ip.dst, dport, ip.proto)
+        # A reply to the hairpin address answers a pod that reached itself.
+        hairpin = ip.dst == HAIRPIN
+        client = ip.src if hairpin else ip.dst
+        match = self._match_reply(ip.src, sport, client, dport, ip.proto)
         if match is None:
             return done("XDP_PASS", "no service, no flow", "pass_non_service")
         flow, vip, vport = match
@@ -283,6 +287,8 @@ class ReferenceDatapath:
         ip.set_src(vip, l4)
         if sport != vport:
             ip.set_port(l4, 0, vport)
+        if hairpin:
+            ip.set_dst(client, l4)
 
         def effect() -> None:
             self._touch(flow, tcp_flags)
@@ -359,6 +365,9 @@ class ReferenceDatapath:
         ip.set_dst(nat_ip, l4)
         if dport != nat_port:
             ip.set_port(l4, 2, nat_port)
+        if nat_ip == orig_src:   # hairpin: the client is its own backend
+            ip.set_src(HAIRPIN, l4)
+            extra = "hairpin"
 
         def full() -> None:
             effect()
