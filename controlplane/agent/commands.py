@@ -8,18 +8,31 @@ import sys
 import threading
 
 from controlplane.dataplane.layout import ALGORITHMS
+from controlplane.store.paths import add_store_flags
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("agent", help="run the node agent: keep this node's XDP dataplane equal to the store")
     p.add_argument("--node", required=True, help="the node this agent serves (e.g. node1)")
     p.add_argument("--state-dir", help="store directory (env SVCXDP_STATE_DIR, default /var/lib/svcxdp)")
+    add_store_flags(p)
     p.add_argument("--instance", help="dataplane instance: bpffs pins under /sys/fs/bpf/svcxdp/INSTANCE "
                                       "(default: the node name)")
     p.add_argument("--lb-algorithm", default="random", choices=sorted(ALGORITHMS),
                    help="backend selection for services without a svcxdp.io/lb-algorithm annotation")
-    p.add_argument("--lab", action="store_true",
-                   help="attach to the interfaces of this node in the embedded lab (svcctl lab)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--interfaces", metavar="IF,IF...", help="attach to these interfaces of this namespace")
+    where.add_argument("--discover", action="store_true",
+                       help="attach to the default route's device and to every interface named with a "
+                            "--pod-interface-prefix, followed through netlink events")
+    where.add_argument("--attach-points", metavar="FILE",
+                       help="JSON list of the interfaces to attach to, kept current by whoever runs them "
+                            "(svcctl lab writes one per node)")
+    p.add_argument("--pod-interface-prefix", default="", metavar="P,P...",
+                   help="with --discover: pod interface name prefixes, e.g. veth,cali,lxc")
+    p.add_argument("--uninstall", action="store_true",
+                   help="detach this node's pinned program from the interfaces (--interfaces or --discover) "
+                        "and remove its pins, then exit")
     p.add_argument("--xdp-mode", default="native", choices=["native", "generic"])
     p.add_argument("--healthz-port", type=int, default=10256, help="0 disables the health server")
     p.add_argument("--check-interval", type=float, default=30.0,
@@ -35,13 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--socket-lb-cgroup", action="append", default=[], metavar="PATH",
                    help="attach the socket-level load balancer (cgroup connect/sendmsg/recvmsg/"
                         "getpeername hooks) to this cgroup v2 directory; 'root' = the cgroup2 root "
-                        "(a real node: every process on it). Repeatable. With --lab: the node's cgroup "
-                        "is always used")
-    p.add_argument("--socket-lb-pods", action="store_true",
-                   help="with --lab: the lab's pod processes on this node go through the socket hooks "
-                        "too (their node's pods cgroup), not through XDP")
-    p.add_argument("--node-ip", help="the node's address: ClientIP affinity key of its unbound sockets "
-                                     "(with --lab: taken from the lab)")
+                        "(a real node: every process on it). Repeatable (the lab passes its node's "
+                        "cgroup, and its pods' with SVCXDP_SOCKET_LB_PODS=1)")
+    p.add_argument("--node-ip", help="the node's address: ClientIP affinity key of its unbound sockets")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=run)
 
@@ -49,13 +58,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from controlplane.dataplane.config import DataplaneConfig
     from controlplane.dataplane.program import Dataplane
-    from controlplane.store.paths import open_store
+    from controlplane.store.paths import open_store_from_args
 
     from .agent import Agent
     from .desired import NodeConfig
     from .health import Health, serve
+    from .attach_sources import FileAttachPoints
     from .healthcheck import ServiceHealthServers
     from .interfaces import InterfaceManager
+    from .node_interfaces import NodeInterfaces, pin_program, uninstall
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format=f"%(asctime)s agent[{args.node}] %(levelname)s %(message)s",
@@ -65,21 +76,29 @@ def run(args: argparse.Namespace) -> int:
              "tcp_close_timeout_s": args.tcp_close_timeout, "udp_timeout_s": args.udp_timeout}
     extra = {k: v for k, v in sizes.items() if v is not None}
     config = DataplaneConfig(instance=args.instance or args.node, fib_redirect=args.fib_redirect, **extra)
-    store = open_store(args.state_dir)
+    node_interfaces = None
+    if args.interfaces or args.discover:
+        node_interfaces = NodeInterfaces(
+            names=[n for n in args.interfaces.split(",") if n] if args.interfaces else None,
+            pod_prefixes=[p for p in args.pod_interface_prefix.split(",") if p])
+    if args.uninstall:
+        from controlplane.dataplane.program import reset
+        detached = uninstall(config.pin_dir, node_interfaces() if node_interfaces else [], args.xdp_mode)
+        log.info("detached from %s; pins removed: %s", ", ".join(detached) or "no interface",
+                 reset(config))
+        return 0
+    store = open_store_from_args(args)
     dp = Dataplane.load(config)
     log.info("dataplane loaded: prog id %d, maps pinned in %s", dp.prog_id, config.pin_dir)
+    pin_program(dp.prog_fd, config.pin_dir)
     interfaces = None
-    cgroup_paths = list(args.socket_lb_cgroup)
-    node_ip = args.node_ip
-    if args.lab:
-        from controlplane.lab.topology import Lab
-        lab = Lab(args.state_dir)
-        interfaces = InterfaceManager(dp, lambda: lab.attach_points(args.node), args.xdp_mode)
-        node_ip = node_ip or next((n.ip for n in lab.nodes() if n.name == args.node), None)
-        cgroup_paths.append(str(lab.cgroup_for(args.node)))
-        if args.socket_lb_pods:
-            cgroup_paths.append(str(lab.pods_cgroup_for(args.node)))
-    socket_lb = _attach_socket_lb(dp, cgroup_paths, node_ip, log)
+    if args.attach_points:
+        interfaces = InterfaceManager(dp, FileAttachPoints(args.attach_points), args.xdp_mode)
+    elif node_interfaces is not None:
+        interfaces = InterfaceManager(dp, node_interfaces, args.xdp_mode)
+    else:
+        log.warning("no --interfaces, --discover or --attach-points: the program is attached nowhere")
+    socket_lb = _attach_socket_lb(dp, list(args.socket_lb_cgroup), args.node_ip, log)
     health = Health(args.node)
     if args.healthz_port:
         serve(health, port=args.healthz_port)

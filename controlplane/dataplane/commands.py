@@ -1,12 +1,14 @@
-"""svcctl dataplane ...: look into (or remove) a node's pinned XDP dataplane."""
+"""svcctl dataplane ...: look into (or remove) a node's pinned XDP dataplane. Knows neither
+the lab nor the CLI: a lab records its nodes' instances in <state dir>/instances.json."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
 
-from .config import DataplaneConfig, node_instance
+from .config import DataplaneConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,23 +27,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         c.set_defaults(func=func)
 
 
+INSTANCES_FILE = "instances.json"   # <state dir>/instances.json: {node: instance}, written by whoever runs agents
+
+
 def _instance(args: argparse.Namespace) -> str:
+    """--instance, else the instance recorded for --node in the state folder (the lab records
+    its nodes'), else the node name itself (a real node's agent uses it)."""
     if args.instance:
         return args.instance
-    from controlplane.lab.topology import Lab
-    status = Lab(args.state_dir).status()
-    if status.outside is not None:
-        return node_instance(status.prefix, args.node)
-    return args.node
+    state_dir = Path(args.state_dir or os.environ.get("SVCXDP_STATE_DIR") or "/var/lib/svcxdp")
+    try:
+        recorded = json.loads((state_dir / INSTANCES_FILE).read_text())
+    except (OSError, ValueError):
+        recorded = {}
+    return recorded.get(args.node, args.node) if isinstance(recorded, dict) else args.node
 
 
 def _open(args: argparse.Namespace):
-    from controlplane.cli import CommandError
-
     from .program import Dataplane
     config = DataplaneConfig(instance=_instance(args))
     if not (Path(config.pin_dir) / "services").exists():
-        raise CommandError(f"no dataplane pinned at {config.pin_dir} (is the agent running?)")
+        raise SystemExit(f"error: no dataplane pinned at {config.pin_dir} (is the agent running?)")
     # Loading with the pins adopts the live maps; the new program is never attached.
     return Dataplane.load(_adopting(config))
 

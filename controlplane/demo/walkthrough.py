@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from controlplane.agent.lab_hook import instance_name
+from controlplane.lab.node_processes import instance_name
 from controlplane.dataplane.config import PIN_ROOT
 from controlplane.lab import hooks
 from controlplane.lab.addons import install_dns

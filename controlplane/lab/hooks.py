@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from controlplane.lab.topology import Lab, NodeInfo
 
 # e.g. "controlplane.agent.lab" once the agent exists.
-NODE_PROCESS_MODULES: list[str] = ["controlplane.agent.lab_hook"]
+NODE_PROCESS_MODULES: list[str] = ["controlplane.lab.node_processes"]
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from controlplane.dataplane.commands import INSTANCES_FILE
+from controlplane.dataplane.config import node_instance
+
 DEFAULT_STATE_DIR = "/var/lib/svcxdp"
 STATE_VERSION = 1
 
@@ -124,8 +127,49 @@ class LabState:
         return names
 
 
+@dataclass(frozen=True)
+class AttachPoint:
+    """An interface the agent attaches XDP to, and the veth peer that needs a program too
+    (native XDP on veth only delivers XDP_TX/REDIRECT frames to a peer that has one)."""
+
+    node: str
+    netns: str
+    ifname: str
+    ifindex: int
+    role: str  # "pod" (node side of a pod veth) | "external" (the node's eth0)
+    peer_netns: str
+    peer_ifname: str
+    peer_ifindex: int
+    pod: str | None = None
+    pod_ip: str | None = None
+
+
+def attach_points(state: "LabState", node: str | None = None) -> list[AttachPoint]:
+    """Where the agent attaches XDP on each node: every running pod veth's node side, and eth0."""
+    if state.outside is None:
+        return []
+    points = []
+    for n in state.nodes.values():
+        if node is not None and n.name != node:
+            continue
+        points.append(AttachPoint(
+            n.name, n.netns, n.ext_ifname, n.ext_ifindex, "external",
+            state.outside.netns, n.ext_peer_ifname, n.ext_peer_ifindex,
+        ))
+        for p in state.pods.values():
+            if p.node == n.name and p.phase == "Running" and not p.host_network:
+                points.append(AttachPoint(
+                    n.name, n.netns, p.host_ifname, p.host_ifindex, "pod",
+                    p.netns, p.pod_ifname, p.pod_ifindex, p.name, p.ip,
+                ))
+    return points
+
+
 class StateStore:
-    """<state dir>/lab/{state.json,lock,logs/,redis/}."""
+    """<state dir>/lab/{state.json,lock,logs/,redis/,attach/}.
+
+    attach/<node>.json is what the lab tells a node's agent (`svcctl agent --attach-points`):
+    the interfaces to attach XDP to, rewritten with every save, so the agent needs no lab."""
 
     def __init__(self, state_dir: str | os.PathLike | None = None) -> None:
         self.state_dir = resolve_state_dir(state_dir)
@@ -134,6 +178,11 @@ class StateStore:
         self.lock_file = self.root / "lock"
         self.logs = self.root / "logs"
         self.data = self.root / "data"
+        self.attach = self.root / "attach"
+        self.instances_file = self.state_dir / INSTANCES_FILE   # node -> dataplane instance
+
+    def attach_file(self, node: str) -> Path:
+        return self.attach / f"{node}.json"
 
     def exists(self) -> bool:
         return self.file.exists()
@@ -149,6 +198,15 @@ class StateStore:
         tmp = self.file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n")
         os.replace(tmp, self.file)  # readers never see half a file
+        instances = {node: node_instance(state.prefix, node) for node in state.nodes}
+        self.instances_file.write_text(json.dumps(instances, indent=1) + "\n")
+        self.attach.mkdir(exist_ok=True)
+        for node in state.nodes:
+            points = [asdict(p) for p in attach_points(state, node)]
+            target = self.attach_file(node)
+            tmp = target.with_suffix(".tmp")
+            tmp.write_text(json.dumps(points, indent=1) + "\n")
+            os.replace(tmp, target)
 
     @contextmanager
     def locked(self) -> Iterator[None]:

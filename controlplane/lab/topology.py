@@ -30,6 +30,8 @@ from controlplane.lab import netns, plan, procs, servers, wiring
 from controlplane.lab.hooks import NodeProcessProvider
 from controlplane.lab.images import server_for
 from controlplane.lab.state import (
+    AttachPoint,
+    attach_points,
     LabState,
     NodeRecord,
     OutsideRecord,
@@ -78,23 +80,6 @@ class PodHandle:
     ports: tuple[PortSpec, ...] = ()
     phase: str = "Running"  # add_pod returns once the server answers: Running and Ready
     host_network: bool = False
-
-
-@dataclass(frozen=True)
-class AttachPoint:
-    """An interface the agent attaches XDP to, and the veth peer that needs a program too
-    (native XDP on veth only delivers XDP_TX/REDIRECT frames to a peer that has one)."""
-
-    node: str
-    netns: str
-    ifname: str
-    ifindex: int
-    role: str  # "pod" (node side of a pod veth) | "external" (the node's eth0)
-    peer_netns: str
-    peer_ifname: str
-    peer_ifindex: int
-    pod: str | None = None
-    pod_ip: str | None = None
 
 
 @dataclass
@@ -310,6 +295,7 @@ class Lab:
                 if self._own_cgroup(cg):
                     cgroups.remove(cg)
             shutil.rmtree(self.store.root, ignore_errors=True)
+            self.store.instances_file.unlink(missing_ok=True)
         if self.store.state_dir.name.startswith(plan.PREFIX):  # ours by name, and only if empty
             _rmdir_if_empty(self.store.state_dir)
         return sorted(set(removed))
@@ -506,23 +492,7 @@ class Lab:
     def attach_points(self, node: str | None = None) -> list[AttachPoint]:
         """Where the agent attaches XDP on each node: every pod veth's node side, and eth0."""
         state = self.store.load()
-        if state is None or state.outside is None:
-            return []
-        points = []
-        for n in state.nodes.values():
-            if node is not None and n.name != node:
-                continue
-            points.append(AttachPoint(
-                n.name, n.netns, n.ext_ifname, n.ext_ifindex, "external",
-                state.outside.netns, n.ext_peer_ifname, n.ext_peer_ifindex,
-            ))
-            for p in state.pods.values():
-                if p.node == n.name and p.phase == "Running" and not p.host_network:
-                    points.append(AttachPoint(
-                        n.name, n.netns, p.host_ifname, p.host_ifindex, "pod",
-                        p.netns, p.pod_ifname, p.pod_ifindex, p.name, p.ip,
-                    ))
-        return points
+        return [] if state is None else attach_points(state, node)
 
     def netns_for(self, host: str) -> str:
         """A pod name, a node name (`node1`), `outside`, or one of the lab's namespace names."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from controlplane.agent.lab_hook import instance_name
+from controlplane.lab.node_processes import instance_name
 from controlplane.dataplane.config import PIN_ROOT
 from controlplane.lab import hooks
 from controlplane.lab.topology import Lab

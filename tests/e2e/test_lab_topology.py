@@ -149,6 +149,10 @@ def test_attach_points(lab, pods):
     with IPRoute(netns=lab.netns_for("node2"), flags=0) as ipr:
         for p in points:
             assert ipr.link_lookup(ifname=p.ifname) == [p.ifindex]
+    # what the node's agent reads (svcctl agent --attach-points): the same interfaces
+    from controlplane.agent.attach_sources import FileAttachPoints, Target
+    assert FileAttachPoints(lab.store.attach_file("node2"))() == [
+        Target(p.netns, p.ifname, p.ifindex, p.peer_netns, p.peer_ifname) for p in points]
 
 
 def test_remove_pod_and_ip_allocation(lab, pods):

@@ -1,4 +1,5 @@
-"""How `svcctl lab up` runs an agent on every lab node (controlplane.lab.hooks)."""
+"""How `svcctl lab up` runs an agent on every lab node (controlplane.lab.hooks): the lab
+knows the agent's command line; the agent learns its interfaces from the lab's attach file."""
 from __future__ import annotations
 
 import os
@@ -14,13 +15,17 @@ def instance_name(lab, node_name: str) -> str:
 
 
 def node_processes(node, lab) -> list[ProcessSpec]:
-    argv = [sys.executable, "-m", "controlplane.cli", "agent", "--node", node.name, "--lab",
+    argv = [sys.executable, "-m", "controlplane.cli", "agent", "--node", node.name,
+            "--attach-points", str(lab.store.attach_file(node.name)),
             "--state-dir", str(lab.store.state_dir), "--instance", instance_name(lab, node.name),
             "--ct-size", "65536"]
+    if node.ip:
+        argv += ["--node-ip", node.ip]
     # The socket hooks always serve the node's own processes (its cgroup); pods too
     # only when asked (SVCXDP_SOCKET_LB_PODS=1 in the environment of `lab up`).
+    argv += ["--socket-lb-cgroup", str(lab.cgroup_for(node.name))]
     if os.environ.get("SVCXDP_SOCKET_LB_PODS") == "1":
-        argv.append("--socket-lb-pods")
+        argv += ["--socket-lb-cgroup", str(lab.pods_cgroup_for(node.name))]
     specs = [ProcessSpec(name="agent", argv=argv, keep_mounts=True)]
     if node.index == 1:
         # One pod runtime for the whole lab; it lives with the first node. It must

@@ -1,0 +1,113 @@
+"""A real node's attach points, in the agent's own network namespace:
+
+    NodeInterfaces(names=["eth0", "eth1"])           exactly these (when they exist)
+    NodeInterfaces(pod_prefixes=["veth", "cali"])    discovery: the default route's device(s)
+                                                     plus every link named with a prefix
+
+A netlink socket subscribed to link and route changes marks the list stale, so a new pod
+interface (or a moved default route) is picked up at the agent's next refresh without
+listing the links on every pass. `uninstall` detaches the program this agent pinned from
+every interface that runs it and removes the pins.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from pathlib import Path
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_LINK
+
+from controlplane.dataplane.attach import attached_prog_id, detach_xdp
+
+from .attach_sources import Target
+
+log = logging.getLogger("svcxdp.agent")
+
+PROG_PIN = "prog"   # the XDP program's pin inside the instance's pin folder
+
+
+class NodeInterfaces:
+    def __init__(self, names: list[str] | None = None, pod_prefixes: list[str] | None = None) -> None:
+        self.names = names
+        self.pod_prefixes = tuple(pod_prefixes or ())
+        self._stale = threading.Event()
+        self._stale.set()
+        self._targets: list[Target] = []
+        self._closed = False
+        self._monitor: IPRoute | None = None
+        self._thread = threading.Thread(target=self._follow, name="netlink-links", daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        # pyroute2 (0.9) delivers a bound socket's messages to the thread that made it
+        self._monitor = IPRoute()
+        self._monitor.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_ROUTE)
+        self._stale.set()   # what changed before the subscription is seen at the next call
+        while not self._closed:
+            try:
+                if self._monitor.get():
+                    self._stale.set()
+            except Exception:  # noqa: BLE001 - closed socket on shutdown, or a transient error
+                if self._closed:
+                    return
+                self._stale.set()
+
+    def close(self) -> None:
+        self._closed = True
+        if self._monitor is not None:
+            self._monitor.close()
+
+    def __call__(self) -> list[Target]:
+        if self._stale.is_set():
+            self._stale.clear()
+            self._targets = self.discover()
+        return list(self._targets)
+
+    def discover(self) -> list[Target]:
+        with IPRoute() as ipr:
+            links = {link.get_attr("IFLA_IFNAME"): link["index"] for link in ipr.get_links()}
+            if self.names is not None:
+                missing = [n for n in self.names if n not in links]
+                if missing:
+                    log.warning("interfaces not found (yet): %s", ", ".join(missing))
+                chosen = [n for n in self.names if n in links]
+            else:
+                by_index = {i: n for n, i in links.items()}
+                chosen = [by_index[r.get_attr("RTA_OIF")] for r in ipr.get_default_routes(family=socket.AF_INET)
+                          if r.get_attr("RTA_OIF") in by_index]
+                if self.pod_prefixes:
+                    chosen += [n for n in links if n.startswith(self.pod_prefixes)]
+        return [Target("", name, links[name]) for name in sorted(set(chosen))]
+
+
+def pin_program(prog_fd: int, pin_dir: Path) -> None:
+    """Pin the program next to its maps (replacing an older build's pin), so tools and
+    `--uninstall` find what runs on the interfaces after the agent has gone."""
+    from controlplane.dataplane.libbpf import lib
+    path = pin_dir / PROG_PIN
+    path.unlink(missing_ok=True)
+    if lib().bpf_obj_pin(prog_fd, str(path).encode()) != 0:
+        log.warning("could not pin the program at %s", path)
+
+
+def uninstall(pin_dir: Path, interfaces: list[Target], mode: str = "native") -> list[str]:
+    """Detach the pinned program from the interfaces that run it; returns their names.
+    Interfaces running another program are left alone."""
+    import os
+
+    from controlplane.dataplane.libbpf import lib, prog_id
+    fd = lib().bpf_obj_get(str(pin_dir / PROG_PIN).encode())
+    if fd < 0:
+        return []
+    try:
+        ours = prog_id(fd)
+    finally:
+        os.close(fd)
+    detached = []
+    for t in interfaces:
+        if attached_prog_id(t.ifname, t.netns or None) == ours:
+            detach_xdp(t.ifname, t.netns or None, mode)
+            detached.append(t.ifname)
+    return detached

@@ -1,0 +1,89 @@
+"""`svcctl agent` as a real node's agent, in a namespace of our own standing in for a node
+(never this machine's interfaces): --discover attaches to the default route's device and the
+pod interfaces named with a prefix, follows a new one through netlink, pins the program, and
+--uninstall detaches it everywhere and removes the pins."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def ip(*args: str) -> str:
+    return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
+
+
+def xdp_prog(netns: str, ifname: str) -> int | None:
+    link = json.loads(ip("-n", netns, "-j", "-d", "link", "show", ifname))[0]
+    xdp = link.get("xdp") or {}
+    prog = xdp.get("prog") or {}
+    return prog.get("id")
+
+
+def svcctl_in(netns: str, *args: str, log: Path) -> subprocess.Popen:
+    # nsenter keeps the host's mounts (/sys/fs/bpf), which `ip netns exec` would hide
+    with open(log, "ab") as out:
+        return subprocess.Popen(["nsenter", f"--net=/run/netns/{netns}", sys.executable, "-m", "controlplane.cli",
+                                 *args], cwd=ROOT, stdout=out, stderr=out, start_new_session=True)
+
+
+def wait_for(predicate, timeout: float = 180.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{what} not reached")
+
+
+@pytest.fixture
+def node_ns():
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces)")
+    name = f"svcxdp-nodeagent-{os.getpid()}"
+    ip("netns", "add", name)
+    try:
+        ip("-n", name, "link", "add", "eth0", "type", "veth", "peer", "name", "uplink")
+        ip("-n", name, "link", "add", "veth-a", "type", "veth", "peer", "name", "pod-a")
+        for dev in ("lo", "eth0", "uplink", "veth-a", "pod-a"):
+            ip("-n", name, "link", "set", dev, "up")
+        ip("-n", name, "addr", "add", "10.250.0.1/24", "dev", "eth0")
+        ip("-n", name, "route", "add", "default", "via", "10.250.0.2", "dev", "eth0")
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def test_discovery_attach_follow_and_uninstall(node_ns: str, tmp_path: Path) -> None:
+    instance = node_ns
+    common = ["--node", "n1", "--instance", instance, "--discover", "--pod-interface-prefix", "veth"]
+    agent = svcctl_in(node_ns, "agent", *common, "--state-dir", str(tmp_path), "--healthz-port", "0",
+                      "--xdp-mode", "generic", log=tmp_path / "agent.log")
+    try:
+        wait_for(lambda: xdp_prog(node_ns, "eth0") and xdp_prog(node_ns, "veth-a"), what="attach")
+        ours = xdp_prog(node_ns, "eth0")
+        assert xdp_prog(node_ns, "veth-a") == ours
+        assert xdp_prog(node_ns, "uplink") is None and xdp_prog(node_ns, "pod-a") is None  # not ours to take
+        assert (Path("/sys/fs/bpf/svcxdp") / instance / "prog").exists()
+        ip("-n", node_ns, "link", "add", "veth-b", "type", "veth", "peer", "name", "pod-b")   # a new pod
+        ip("-n", node_ns, "link", "set", "veth-b", "up")
+        wait_for(lambda: xdp_prog(node_ns, "veth-b") == ours, what="attach to the new pod interface")
+    finally:
+        if agent.poll() is None:
+            os.kill(agent.pid, signal.SIGTERM)
+            agent.wait(30)
+    assert xdp_prog(node_ns, "eth0") == ours              # the agent's exit leaves traffic flowing
+    done = svcctl_in(node_ns, "agent", *common, "--uninstall", "--xdp-mode", "generic", log=tmp_path / "uninstall.log")
+    assert done.wait(60) == 0, (tmp_path / "uninstall.log").read_text()
+    assert [xdp_prog(node_ns, d) for d in ("eth0", "veth-a", "veth-b")] == [None, None, None]
+    assert not (Path("/sys/fs/bpf/svcxdp") / instance).exists()

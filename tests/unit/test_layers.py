@@ -1,0 +1,43 @@
+"""The agent and the dataplane know no lab and no CLI (issue 15): their attach points come
+through `svcctl agent --attach-points FILE`, which the lab (or anything else) keeps current."""
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from controlplane.agent.attach_sources import FileAttachPoints, Target
+
+PKG = Path(__file__).resolve().parents[2] / "controlplane"
+
+
+def imported_modules(path: Path) -> set[str]:
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+    return out
+
+
+@pytest.mark.parametrize("package", ["agent", "dataplane"])
+def test_agent_and_dataplane_import_neither_lab_nor_cli(package: str) -> None:
+    offenders = {f"{path.name}: {mod}" for path in (PKG / package).glob("*.py") for mod in imported_modules(path)
+                 if mod.startswith(("controlplane.lab", "controlplane.cli", "controlplane.kubectl"))}
+    assert offenders == set()
+
+
+def test_attach_points_file_is_followed(tmp_path: Path) -> None:
+    path = tmp_path / "node1.json"
+    source = FileAttachPoints(path)
+    assert source() == []                                   # not written yet
+    path.write_text(json.dumps([{"netns": "n1", "ifname": "eth0", "ifindex": 2,
+                                 "peer_netns": "out", "peer_ifname": "veth0"}]))
+    assert source() == [Target("n1", "eth0", 2, "out", "veth0")]
+    path.write_text("[{broken")                             # a bad write keeps the last good list
+    assert source() == [Target("n1", "eth0", 2, "out", "veth0")]
+    path.write_text(json.dumps([]))
+    assert source() == []
