@@ -44,8 +44,8 @@ def test_document_backends_match_object_backends() -> None:
         assert slice_document_backends(copy.deepcopy(doc)) == slice_backends(EndpointSlice.from_dict(doc))
 
 
-def _store(tmp_path) -> SqliteStore:
-    store = SqliteStore(tmp_path / "s.db")
+def _store(store) -> SqliteStore:
+    """Fill an empty store (SQLite or etcd: the `any_store` fixture) with the test objects."""
     store.create(Service.from_dict({"metadata": {"name": "web", "namespace": "ns"},
                                     "spec": {"clusterIP": "10.96.0.5", "externalIPs": ["1.1.1.1"],
                                              "ports": [{"name": "http", "port": 80},
@@ -65,8 +65,8 @@ def _by_objects(store: SqliteStore) -> list:
             for svc in store.list(Service)]
 
 
-def test_load_service_views_matches_object_path(tmp_path) -> None:
-    store = _store(tmp_path)
+def test_load_service_views_matches_object_path(any_store) -> None:
+    store = _store(any_store)
     want = _by_objects(store)
     assert load_service_views(store) == want
     assert load_service_views(store, "ns") == want
@@ -75,8 +75,8 @@ def test_load_service_views_matches_object_path(tmp_path) -> None:
     assert [len(p.backends) for p in web.ports] == [7, 6, 2]
 
 
-def test_cache_load_and_apply_match_object_path(tmp_path) -> None:
-    store = _store(tmp_path)
+def test_cache_load_and_apply_match_object_path(any_store) -> None:
+    store = _store(any_store)
     cache = ServiceCache.load(store)
     assert sorted(cache.views(), key=lambda v: v.service.name) == sorted(_by_objects(store),
                                                                          key=lambda v: v.service.name)
