@@ -20,6 +20,7 @@ from controlplane.controllers.registry import Manifest, Registry
 from controlplane.lab import hooks
 from controlplane.lab.topology import Lab
 from controlplane.store.paths import open_store
+from manifests import deployment, service
 
 QUICK = os.environ.get("SVCXDP_BENCH_QUICK") == "1"
 WINDOW_S = 5.0 if QUICK else 20.0
@@ -34,20 +35,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def _deployment(name: str, replicas: int) -> dict:
-    labels = {"app": name}
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": "default"},
-            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
-                     "template": {"metadata": {"labels": labels},
-                                  "spec": {"containers": [{"name": name, "image": "nginx",
-                                                           "ports": [{"containerPort": 80}]}]}}}}
-
-
-def _service(name: str) -> dict:
-    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
-            "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 80}]}}
-
-
 @pytest.fixture(scope="module")
 def idle_lab():
     if os.geteuid() != 0:
@@ -58,7 +45,7 @@ def idle_lab():
         lab.down(on_down=hooks.on_lab_down)  # a stale run of ours
         lab = Lab(state_dir, prefix=PREFIX)
         store = open_store(state_dir)
-        docs = [Manifest(d) for i in range(3) for d in (_deployment(f"web{i}", 2), _service(f"web{i}"))]
+        docs = [Manifest(d) for i in range(3) for d in (deployment(f"web{i}", 2), service(f"web{i}"))]
         Registry(store).apply(docs)
         reconcile(store)
         lab.up(nodes=2, node_processes=hooks.node_processes)

@@ -50,24 +50,11 @@ from controlplane.controllers.registry import Manifest, Registry  # noqa: E402
 from controlplane.lab import hooks, netns, procs  # noqa: E402
 from controlplane.lab.topology import Lab  # noqa: E402
 from controlplane.store.paths import open_store  # noqa: E402
+from manifests import deployment, service  # noqa: E402
 
 PREFIX = "svcxdp-soak"
 GRACE_S = 1.0
 IMAGE = "ikubernetes/myapp:v1"
-
-
-def deployment(name: str, replicas: int) -> dict:
-    labels = {"app": name}
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": "default"},
-            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
-                     "template": {"metadata": {"labels": labels},
-                                  "spec": {"containers": [{"name": name, "image": IMAGE,
-                                                           "ports": [{"containerPort": 80}]}]}}}}
-
-
-def service(name: str) -> dict:
-    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
-            "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 80}]}}
 
 
 @dataclass
@@ -115,8 +102,8 @@ class Soak:
     # ---- setup ------------------------------------------------------------------------
     def setup(self) -> None:
         store = open_store(self.state_dir)
-        Registry(store).apply([Manifest(d) for d in (deployment("soak", 3), service("soak"),
-                                                      deployment("decoy", 2), service("decoy"))])
+        Registry(store).apply([Manifest(d) for d in (deployment("soak", 3, IMAGE), service("soak"),
+                                                      deployment("decoy", 2, IMAGE), service("decoy"))])
         reconcile(store)
         self.lab.up(nodes=2, node_processes=hooks.node_processes)
         self.vip = store.get(Service, "default", "soak").spec.cluster_ip
