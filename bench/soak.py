@@ -92,7 +92,8 @@ class Soak:
         self.state_dir = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-"))
         self.lab = Lab(self.state_dir, prefix=PREFIX)
         self.results: list[Result] = []
-        self.timeline = Timeline()
+        self.timeline = Timeline()         # serving endpoints (ready, or terminating and serving)
+        self.ready = Timeline()            # ready endpoints: a pod leaves this one when deleted
         self.outages: list[tuple[float, float]] = []   # agent killed -> its first sync after restart
         self.churn_writes = 0
         self.pods_deleted = 0
@@ -173,15 +174,21 @@ class Soak:
             if rv_now == rv:
                 continue
             rv = rv_now
-            pods = set()
+            serving, ready = set(), set()
             for es in store.list(EndpointSlice, "default"):
                 if es.labels.get("kubernetes.io/service-name") != "soak":
                     continue
                 for ep in es.endpoints or []:
                     ref = ep.target_ref
-                    if ref is not None and ref.name and (ep.ready or ep.serving):
-                        pods.add(ref.name)
-            self.timeline.add(time.monotonic(), frozenset(pods))
+                    if ref is None or not ref.name:
+                        continue
+                    if ep.ready or ep.serving:
+                        serving.add(ref.name)
+                    if ep.ready and not ep.conditions.terminating:
+                        ready.add(ref.name)
+            now = time.monotonic()
+            self.timeline.add(now, frozenset(serving))
+            self.ready.add(now, frozenset(ready))
         store.close()
 
     def churn(self) -> None:
@@ -197,7 +204,7 @@ class Soak:
                 if time.monotonic() >= next_delete:
                     pods = [p for p in store.list(Pod, "default") if p.labels.get("app") == "soak"
                             and p.ip and not p.terminating]
-                    if len(pods) > 1:   # another one serves: the service is never emptied on purpose
+                    if pods:   # the last one too: refusals while the service is empty are by design
                         registry.delete(Pod, "default", random.choice(pods).name)
                         self.pods_deleted += 1
                     next_delete = time.monotonic() + 2
@@ -256,9 +263,10 @@ class Soak:
             window = self.timeline.during(r.start - GRACE_S, r.end)
             if r.error is not None:
                 failed[r.error] = failed.get(r.error, 0) + 1
-                if any(not s for s in window):                               # refused by design
+                ready = self.ready.during(r.start - GRACE_S, r.end)
+                if any(not s for s in ready):                                # refused by design
                     explained["no endpoints"] += 1
-                elif any(a - b for a, b in zip(window, window[1:])):        # deleted under it
+                elif any(a - b for a, b in zip(ready, ready[1:])):          # deleted under it
                     explained["a pod left"] += 1
                 elif self._in_outage(r.start - GRACE_S, r.end):
                     explained["agent restarting"] += 1
@@ -289,6 +297,13 @@ class Soak:
             "errors": self.errors[:20],
         }
 
+    def kubelet_problems(self) -> list[str]:
+        """The lab kubelet's warnings and errors (a pod runtime that cannot keep up shows here)."""
+        logs = [Path(p.log) for p in self.lab.status().processes if p.name == "kubelet"]
+        lines = [line for log in logs for line in log.read_text(errors="replace").splitlines()
+                 if " WARNING " in line or " ERROR " in line or "Error" in line]
+        return lines[-10:]
+
     def teardown(self) -> None:
         self.lab.down(on_down=hooks.on_lab_down)
         shutil.rmtree(self.state_dir, ignore_errors=True)
@@ -313,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
               f"every 2 s, an agent killed every {args.restart_every:.0f} s) under traffic to {soak.vip}",
               flush=True)
         report = soak.run()
+        report["kubelet_problems"] = soak.kubelet_problems()
     finally:
         soak.teardown()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

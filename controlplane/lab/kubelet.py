@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from controlplane.api.errors import NotFound
 from controlplane.api.pod import RUNNING, Pod
 from controlplane.controllers.manager import reconcile
 from controlplane.controllers.runtime import finish_pod, pods_to_start, pods_to_stop, set_pod_status
@@ -72,9 +73,16 @@ class Kubelet:
                 self.retry = True
                 continue
             self._started.add(handle.name)
-            set_pod_status(self.store, pod.namespace, pod.name, phase=RUNNING, pod_ip=handle.ip,
-                           node_name=handle.node, host_ip=nodes[handle.node].ip, ready=True,
-                           reconcile_after=False)
+            try:
+                set_pod_status(self.store, pod.namespace, pod.name, phase=RUNNING, pod_ip=handle.ip,
+                               node_name=handle.node, host_ip=nodes[handle.node].ip, ready=True,
+                               reconcile_after=False)
+            except NotFound:   # deleted while it started (a scale-down): stop it, go on with the rest
+                self.lab.remove_pod(handle.name)
+                self._started.discard(handle.name)
+                log.info("pod %s/%s was deleted while it started; stopped", pod.namespace, pod.name)
+                changed += 1
+                continue
             log.info("pod %s/%s running on %s at %s", pod.namespace, pod.name, handle.node, handle.ip)
             changed += 1
         # Pods of ours whose object is gone (deleted outright) are stopped too.
