@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if args.uninstall:
         from controlplane.dataplane.program import reset
         detached = uninstall(config.pin_dir, node_interfaces() if node_interfaces else [], args.xdp_mode)
+        detached += _detach_socket_lb(config.pin_dir, args.socket_lb_cgroup)
         log.info("detached from %s; pins removed: %s", ", ".join(detached) or "no interface",
                  reset(config))
         return 0
@@ -127,6 +128,21 @@ def _reap_loop(dp, stop: threading.Event, log, every_s: float = 1.0) -> None:
                 log.info("aborted %d connected UDP socket(s) of removed backends", n)
         except Exception:  # keep the agent serving
             log.exception("socket reaper failed")
+
+
+def _detach_socket_lb(pin_dir, paths: list[str]) -> list[str]:
+    """The socket hooks' pinned programs off each --socket-lb-cgroup (for --uninstall)."""
+    from pathlib import Path
+
+    from controlplane import cgroups
+    from controlplane.dataplane.sockhooks import detach_pinned
+
+    out = []
+    for raw in dict.fromkeys(paths):
+        path = cgroups.mount() if raw == "root" else Path(raw)
+        if detach_pinned(pin_dir, path):
+            out.append(f"cgroup {path}")
+    return out
 
 
 def _attach_socket_lb(dp, paths: list[str], node_ip: str | None, log) -> bool:

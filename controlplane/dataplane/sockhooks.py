@@ -150,6 +150,25 @@ class SockHooks:
         return out
 
 
+def detach_pinned(pin_dir: Path, cgroup: Path) -> list[str]:
+    """Detach an instance's pinned hook programs from `cgroup` without loading anything
+    (`svcctl agent --uninstall`); returns the hooks detached."""
+    detached = []
+    with _cgroup_fd(Path(cgroup)) as cg:
+        for hook in HOOKS:
+            pin = Path(pin_dir) / f"sock_{hook.name}"
+            if not pin.exists():
+                continue
+            fd = libbpf.obj_get(str(pin))
+            try:
+                if _prog_id(fd) in libbpf.prog_query(cg, hook.attach_type):
+                    libbpf.prog_detach(fd, cg, hook.attach_type)
+                    detached.append(hook.name)
+            finally:
+                os.close(fd)
+    return detached
+
+
 def set_client_ip(table, ip: str) -> None:
     """sock_config.client_ip: the address local sockets are keyed by for affinity."""
     cfg = table.Leaf()

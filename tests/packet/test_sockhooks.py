@@ -211,3 +211,25 @@ def test_external_frontend_from_the_node_itself_and_on_loopback(sk):
         assert (got, peer) == (want, ("127.0.0.1", 30080))
     finally:
         del services[key]
+
+
+def test_pinned_hooks_are_detached_without_loading_anything(loaded_dataplane):
+    """What `svcctl agent --uninstall --socket-lb-cgroup PATH` does."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    from controlplane import cgroups
+    from controlplane.dataplane.sockhooks import SockHooks, detach_pinned
+    pin_dir = Path(f"/sys/fs/bpf/svcxdp-socktest-{os.getpid()}")
+    name = f"svcxdp-socktest-pins-{os.getpid()}"
+    pin_dir.mkdir(parents=True, exist_ok=True)
+    cg = cgroups.create(name)
+    try:
+        SockHooks(loaded_dataplane.bpf, pin_dir).attach(cg)
+        assert all(len(v) == 1 for v in attached_ids(cg).values())
+        assert sorted(detach_pinned(pin_dir, cg)) == sorted(h.name for h in HOOKS)
+        assert all(not v for v in attached_ids(cg).values())
+    finally:
+        cgroups.remove(name)
+        shutil.rmtree(pin_dir, ignore_errors=True)
