@@ -7,7 +7,9 @@ Shape (pkg/proxy/iptables/proxier.go; reference/service-semantics.md §2):
           KUBE-SVC-*: `! -s clusterCIDR` -> KUBE-MARK-MASQ, then one rule per endpoint with
           `-m statistic --mode random --probability 1/(n-i)` (the last unconditional);
           KUBE-SEP-*: `-s EP/32 -j KUBE-MARK-MASQ` (hairpin), then DNAT;
-          KUBE-POSTROUTING masquerades what carries mark 0x4000.
+          KUBE-POSTROUTING masquerades what carries mark 0x4000;
+          a NodePort: `KUBE-NODEPORTS -p proto --dport NP -j KUBE-EXT-*`, KUBE-EXT-*: KUBE-MARK-MASQ
+          (externalTrafficPolicy Cluster), then KUBE-SVC-*.
   filter: KUBE-FORWARD (ctstate INVALID drop, mark accept, established accept),
           FORWARD/OUTPUT/INPUT jumps to KUBE-SERVICES/KUBE-PROXY-FIREWALL etc. (empty here:
           every service has endpoints).
@@ -32,6 +34,7 @@ class Svc:
     port: int
     protocol: str            # "TCP" | "UDP"
     endpoints: tuple[tuple[str, int], ...]
+    node_port: int | None = None
 
 
 def _hash(s: str) -> str:
@@ -40,6 +43,10 @@ def _hash(s: str) -> str:
 
 def svc_chain(s: Svc) -> str:
     return "KUBE-SVC-" + _hash(f"{s.namespace}/{s.name}:{s.port_name}{s.protocol.lower()}")
+
+
+def ext_chain(s: Svc) -> str:
+    return "KUBE-EXT-" + _hash(f"{s.namespace}/{s.name}:{s.port_name}{s.protocol.lower()}")
 
 
 def sep_chain(s: Svc, ip: str, port: int) -> str:
@@ -61,6 +68,14 @@ def _svc_rules(s: Svc, cluster_cidr: str, comments: bool) -> tuple[list[str], li
         comment = f'-m comment --comment "{label} -> {ip}:{port}" ' if comments else ""
         prob = f"-m statistic --mode random --probability {1.0 / (n - i):0.10f} " if i < n - 1 else ""
         rules.append(f"-A {svc} {comment}{prob}-j {sep}")
+    if s.node_port:
+        ext = ext_chain(s)
+        chains.append(f":{ext} - [0:0]")
+        c = f'-m comment --comment "{label}" ' if comments else ""
+        rules.append(f"-A KUBE-NODEPORTS {c}-m {p} -p {p} --dport {s.node_port} -j {ext}")
+        rules.append(f'-A {ext} -m comment --comment "masquerade traffic for {label} external '
+                     f'destinations" -j KUBE-MARK-MASQ')
+        rules.append(f"-A {ext} -j {svc}")
     for ip, port in s.endpoints:
         sep = sep_chain(s, ip, port)
         c = f'-m comment --comment "{label}" ' if comments else ""
@@ -164,8 +179,16 @@ def backend_ip(i: int, j: int) -> str:
     return f"{n >> 24}.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
 
 
-def services(n: int, endpoints: int, protocol: str, port: int, target_port: int) -> list[Svc]:
+NODE_PORT_MIN, NODE_PORT_MAX = 30000, 32767
+
+
+def services(n: int, endpoints: int, protocol: str, port: int, target_port: int,
+             node_ports: bool = False) -> list[Svc]:
+    """With `node_ports`, the first 2,768 services (the whole default range) are of type
+    NodePort, service i on port 30000 + i; the others stay ClusterIP."""
     assert n * 16 < (1 << 18) and endpoints < 16
+    span = NODE_PORT_MAX - NODE_PORT_MIN + 1
     return [Svc("bench", f"svc-{i}", "p", vip(i), port, protocol,
-                tuple((backend_ip(i, j), target_port) for j in range(endpoints)))
+                tuple((backend_ip(i, j), target_port) for j in range(endpoints)),
+                NODE_PORT_MIN + i if node_ports and i < span else None)
             for i in range(n)]

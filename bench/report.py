@@ -181,9 +181,11 @@ SCENARIO_TITLES = {
     5: "Memory: BPF maps and agent RSS",
     6: "BPF-only new flow per algorithm and with ClientIP affinity (test-run)",
     7: "TCP connections from a node-local client: socket hooks vs XDP vs kube-proxy iptables",
+    8: "NodePort from outside to a backend on the other node: XDP vs kube-proxy iptables",
 }
 STACK_TARGETS = {1: 2.0, 10_000: 10.0}      # XDP / iptables on new flows, at that many services
 SOCKLB_TARGET = 1.5                          # socket hooks / XDP path, connections/s
+NODEPORT_TARGETS = {1: 5.0, 10_000: 20.0}   # the same for NodePort to another node (issue 11)
 CONTROL_FULL_TARGET_S = 0.5                  # 10,000 x 10
 CONTROL_CHANGE_TARGET_S = 0.010              # p99
 
@@ -363,6 +365,7 @@ def render_all(data: dict, plot_dir: Path | None = None, plot_prefix: str = "") 
     new_flow_suites = {k: _suite(entries, k) for k in ("algorithms", "affinity")}
     new_flow_suites = {k: v for k, v in new_flow_suites.items() if v}
     socklb = sorted(_suite(entries, "socklb"), key=lambda x: x["services"])
+    nodeport = sorted(_suite(entries, "nodeport"), key=lambda x: x["services"])
 
     # ---- summary --------------------------------------------------------------------
     out.append("## Targets\n")
@@ -384,6 +387,14 @@ def render_all(data: dict, plot_dir: Path | None = None, plot_prefix: str = "") 
         if sr["median"] is not None:
             out.append(f"| (for reference) softirq CPU per packet, iptables / XDP, at {svc} | "
                        f"{sr['median']:.2f}× ({sr['min']:.2f}–{sr['max']:.2f}) | {'≥' if sr['median'] >= t else '<'} {t:g}× |")
+    for x in nodeport:
+        t = NODEPORT_TARGETS.get(x["services"])
+        r = x["results"]["new"]["ratio"]
+        if t is None or r["median"] is None:
+            continue
+        svc = f"{x['services']:,} service" + ("s" if x["services"] != 1 else "")
+        out.append(f"| NodePort to the other node, UDP new flows, XDP ≥ {t:g}× iptables at {svc} | "
+                   f"{r['median']:.2f}× ({r['min']:.2f}–{r['max']:.2f}) | {'yes' if r['median'] >= t else '**no**'} |")
     for x in control:
         if x["services"] == 10_000:
             v = x["stages_s"]["total"]["median"]
@@ -594,6 +605,20 @@ def render_all(data: dict, plot_dir: Path | None = None, plot_prefix: str = "") 
                    "with its floor.\n")
         out.extend(render_new_flow_cases(new_flow_suites))
     out.extend(render_dns(_suite(entries, "dns")))
+    if nodeport:
+        out.append(f"## 8. {SCENARIO_TITLES[8]}\n")
+        out.append("trafgen from a client on the LAN to node1's NodePorts; every backend on node2. XDP: "
+                   "translated, source-NATed and sent back out with XDP_TX; iptables: KUBE-NODEPORTS, "
+                   "KUBE-MARK-MASQ, DNAT, forwarded out of the same interface, MASQUERADE. Packets/s "
+                   "delivered at node2, medians (min–max) over the repetitions.\n")
+        out.append("| services | flows | XDP pkt/s | iptables pkt/s | XDP / iptables |")
+        out.append("|---:|---|---:|---:|---:|")
+        for x in nodeport:
+            for f, e in x["results"].items():
+                out.append(f"| {x['services']:,} | {f} | {e['xdp']['median']:,.0f} | "
+                           f"{e['iptables']['median']:,.0f} | {e['ratio']['median']:.2f}× "
+                           f"({e['ratio']['min']:.2f}–{e['ratio']['max']:.2f}) |")
+        out.append("")
     return "\n".join(out) + "\n"
 
 

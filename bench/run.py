@@ -33,6 +33,8 @@ SCENARIOS = [
     (7, "TCP connections from a node-local client: socket hooks vs XDP vs iptables", ["bench/bench_socklb.py"]),
     (4, "control plane: store to maps vs iptables-restore", ["bench/bench_control.py"]),
     (5, "memory: BPF maps and agent RSS", ["bench/bench_memory.py"]),
+    (8, "NodePort from outside to a backend on the other node, XDP vs iptables",
+     ["bench/bench_nodeport.py"]),
 ]
 EXTRA = [("store and Maglev suites", ["bench/bench_store.py", "bench/bench_maglev.py"]),
          ("new flow per algorithm and with ClientIP affinity (test-run)",

@@ -199,7 +199,8 @@ static __always_inline int ct_needs_reply_entry(const struct backend *b)
 static __always_inline struct ct_value *ct_create(const struct ct_key *fwd, __be32 vip,
 						  __be16 vport, const struct backend *b,
 						  __u32 backend_id, __u32 svc_id, __u64 now,
-						  __u8 tcp_flags, int counted, int dead)
+						  __u8 tcp_flags, int counted, int dead,
+						  __be32 snat_ip, __be16 snat_port)
 {
 	struct ct_value v = {};
 	v.last_seen = now;
@@ -207,10 +208,14 @@ static __always_inline struct ct_value *ct_create(const struct ct_key *fwd, __be
 	v.svc_id = svc_id;
 	v.nat_ip = b->ip;
 	v.nat_port = b->port;
+	v.peer_ip = snat_ip;  /* source NAT of an external flow (nodeport.h); 0: none */
+	v.peer_port = snat_port;
 	if (tcp_flags & (TCPF_FIN | TCPF_RST))
 		v.flags = SVCXDP_CT_F_CLOSING;
 	else if (counted)
 		v.flags = SVCXDP_CT_F_COUNTED;
+	if (snat_ip)
+		v.flags |= SVCXDP_CT_F_SNAT;
 	int busy;
 	if (dead == CT_IN_CONFIRMED)
 		busy = conntrack.update((struct ct_key *)fwd, &v);
@@ -229,7 +234,7 @@ static __always_inline struct ct_value *ct_create(const struct ct_key *fwd, __be
 	}
 	if (v.flags & SVCXDP_CT_F_COUNTED)
 		conns_add(backend_id, 1);
-	if (!ct_needs_reply_entry(b))
+	if (!ct_needs_reply_entry(b) || snat_ip)
 		return NULL;
 
 	struct ct_key rk;

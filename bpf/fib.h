@@ -11,7 +11,8 @@
 
 #include "maps.h"
 
-#ifdef SVCXDP_FIB_REDIRECT
+/* Forwarding in XDP makes the program the router: it decrements the TTL itself
+ * (also used by nodeport.h). */
 static __always_inline void ip_decrease_ttl(struct iphdr *ip)
 {
 	__u32 check = ip->check;
@@ -19,7 +20,19 @@ static __always_inline void ip_decrease_ttl(struct iphdr *ip)
 	ip->check = (__u16)(check + (check >= 0xFFFF));
 	ip->ttl--;
 }
-#endif
+
+/* A FIB lookup of the route to `dst` for this packet, as it would be forwarded. */
+static __always_inline void fib_params_set(struct bpf_fib_lookup *p, struct xdp_md *ctx,
+					   const struct iphdr *ip, __be32 dst)
+{
+	p->family = 2; /* AF_INET */
+	p->tos = ip->tos;
+	p->l4_protocol = ip->protocol;
+	p->tot_len = bpf_ntohs(ip->tot_len);
+	p->ipv4_src = ip->saddr;
+	p->ipv4_dst = dst;
+	p->ifindex = ctx->ingress_ifindex;
+}
 
 static __always_inline int forward(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *ip,
 				   int vlan, struct events *ev)
@@ -27,13 +40,7 @@ static __always_inline int forward(struct xdp_md *ctx, struct ethhdr *eth, struc
 #ifdef SVCXDP_FIB_REDIRECT
 	if (!vlan && ip->ttl > 1) {
 		struct bpf_fib_lookup p = {};
-		p.family = 2; /* AF_INET */
-		p.tos = ip->tos;
-		p.l4_protocol = ip->protocol;
-		p.tot_len = bpf_ntohs(ip->tot_len);
-		p.ipv4_src = ip->saddr;
-		p.ipv4_dst = ip->daddr;
-		p.ifindex = ctx->ingress_ifindex;
+		fib_params_set(&p, ctx, ip, ip->daddr);
 		if (bpf_fib_lookup(ctx, &p, sizeof(p), 0) == BPF_FIB_LKUP_RET_SUCCESS) {
 			ip_decrease_ttl(ip);
 			__builtin_memcpy(eth->h_dest, p.dmac, ETH_ALEN);

@@ -35,10 +35,53 @@ static __always_inline void icmp_rewrite_quote(struct icmphdr *icmp, struct iphd
 	*port = new_port;
 }
 
+static __always_inline void ip_rewrite_addr(struct iphdr *ip, __be32 *addr, __be32 new_addr)
+{
+	__be32 old = *addr;
+	*addr = new_addr;
+	csum_replace4(&ip->check, old, new_addr);
+}
+
+/* Errors about source-NATed external flows (nodeport.h), on the external entry point.
+ * From the backend's side, about node:snat_port -> backend: the quote becomes
+ * client -> VIP and the error goes to the client. From the client's side, about a reply
+ * VIP -> client: the quote becomes backend -> node:snat_port and the error goes to the
+ * backend from the node's address. Returns -1 when the quote is no such flow. */
+static __always_inline int icmp_snat(struct iphdr *ip, struct icmphdr *icmp, struct iphdr *in,
+				     __be16 *ports, struct events *ev)
+{
+	struct ct_key k;
+	ct_key_set(&k, in->daddr, in->saddr, ports[1], ports[0], in->protocol, SVCXDP_CT_DIR_SNAT);
+	struct ct_value *v = conntrack.lookup(&k);
+	if (v) {
+		__be32 backend = in->daddr;
+		icmp_rewrite_quote(icmp, in, &in->saddr, &ports[0], v->peer_ip, v->peer_port);
+		icmp_rewrite_quote(icmp, in, &in->daddr, &ports[1], v->nat_ip, v->nat_port);
+		ip_rewrite_addr(ip, &ip->daddr, v->peer_ip);
+		if (ip->saddr == backend)
+			ip_rewrite_addr(ip, &ip->saddr, v->nat_ip);
+		ev->main = SVCXDP_CNT_ICMP_NAT;
+		return SVCXDP_VERDICT_NP_OUT;
+	}
+	ct_key_set(&k, in->daddr, in->saddr, ports[1], ports[0], in->protocol, SVCXDP_CT_DIR_FORWARD);
+	v = ct_lookup(&k);
+	if (!v || !(v->flags & SVCXDP_CT_F_SNAT))
+		return -1;
+	__be32 vip = in->saddr;
+	icmp_rewrite_quote(icmp, in, &in->saddr, &ports[0], v->nat_ip, v->nat_port);
+	icmp_rewrite_quote(icmp, in, &in->daddr, &ports[1], v->peer_ip, v->peer_port);
+	if (ip->daddr == vip)
+		ip_rewrite_addr(ip, &ip->daddr, v->nat_ip);
+	ip_rewrite_addr(ip, &ip->saddr, v->peer_ip);
+	ev->main = SVCXDP_CNT_ICMP_NAT;
+	return SVCXDP_VERDICT_NP_OUT;
+}
+
 /* l4_len: the ICMP message's length by the IP header; bytes past it (Ethernet
- * padding) are never read as part of the quote. */
+ * padding) are never read as part of the quote. `external`: the external entry point,
+ * where quotes of source-NATed flows are translated too (and sent on by its tail). */
 static __always_inline int handle_icmp(struct cursor *c, struct iphdr *ip, __u32 l4_len,
-				       struct events *ev)
+				       int external, struct events *ev)
 {
 	struct icmphdr *icmp = c->pos;
 	if ((void *)(icmp + 1) > c->end || l4_len < sizeof(*icmp)) {
@@ -56,6 +99,12 @@ static __always_inline int handle_icmp(struct cursor *c, struct iphdr *ip, __u32
 	if ((void *)(ports + 2) > c->end ||
 	    l4_len < sizeof(*icmp) + sizeof(*in) + 2 * sizeof(__be16))
 		goto pass;
+
+	if (external) {
+		int verdict = icmp_snat(ip, icmp, in, ports, ev);
+		if (verdict >= 0)
+			return verdict;
+	}
 
 	/* Error from the backend's side about client -> backend: the flow it quotes
 	 * is found as its reply would be. */

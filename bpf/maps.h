@@ -39,12 +39,18 @@
 #ifndef SVCXDP_SOCK_REVNAT_SIZE
 #define SVCXDP_SOCK_REVNAT_SIZE SVCXDP_DEFAULT_SOCK_REVNAT_SIZE
 #endif
+#ifndef SVCXDP_SOURCE_RANGES_SIZE
+#define SVCXDP_SOURCE_RANGES_SIZE SVCXDP_DEFAULT_SOURCE_RANGES
+#endif
 
 #ifdef SVCXDP_PIN_DIR
 #define SVCXDP_MAP(type, K, V, name, max) \
 	BPF_TABLE_PINNED(type, K, V, name, max, SVCXDP_PIN_DIR "/" #name)
+#define SVCXDP_F_MAP(type, K, V, name, max, flags) \
+	BPF_TABLE_PINNED(type, K, V, name, max, SVCXDP_PIN_DIR "/" #name, flags)
 #else
 #define SVCXDP_MAP(type, K, V, name, max) BPF_TABLE(type, K, V, name, max)
+#define SVCXDP_F_MAP(type, K, V, name, max, flags) BPF_F_TABLE(type, K, V, name, max, flags)
 #endif
 
 /* (VIP, port, proto, scope) -> service: the only lookup non-reply traffic pays. */
@@ -86,6 +92,12 @@ SVCXDP_MAP("lru_hash", struct sock_revnat_key, struct sock_revnat_value, sock_re
 	   SVCXDP_SOCK_REVNAT_SIZE);
 /* Socket hooks' settings (struct sock_config), written by the agent. */
 SVCXDP_MAP("array", __u32, struct sock_config, sock_config, 1);
+/* loadBalancerSourceRanges: (svc_id, client) longest-prefix match; a hit lets the
+ * client in (nodeport.h). LPM tries must not preallocate (BPF_F_NO_PREALLOC = 1). */
+SVCXDP_F_MAP("lpm_trie", struct src_range_key, __u8, source_ranges, SVCXDP_SOURCE_RANGES_SIZE, 1);
+/* The external entry point's tail (svcxdp_np_out, nodeport.h), slot 0; set by the
+ * loader. Pinned, so a program still attached after its agent stopped keeps it. */
+SVCXDP_MAP("prog", __u32, __u32, np_tail, 1);
 /* Per-service packets, bytes, new flows, rejects. */
 SVCXDP_MAP("percpu_array", __u32, struct svc_stats, svc_stats, SVCXDP_SVC_ID_SLOTS);
 /* Scratch of the least-connections scan; per CPU, never pinned (no state). */
@@ -94,6 +106,8 @@ BPF_PERCPU_ARRAY(lc_scratch, struct lc_best, 1);
  * In map memory, not on the stack: the verifier tracks values spilled to the stack,
  * and tracking count and algorithm multiplied the paths past its budget. */
 BPF_PERCPU_ARRAY(svc_scratch, struct svc_value, 1);
+/* A new external flow on its way to the tail program (nodeport.h); never pinned. */
+BPF_PERCPU_ARRAY(np_scratch, struct np_pending, 1);
 /* Datapath-wide counters, SVCXDP_CNT_*. */
 SVCXDP_MAP("percpu_array", __u32, __u64, counters, SVCXDP_CNT_MAX);
 
@@ -104,6 +118,10 @@ struct events {
 	__u32 main;   /* SVCXDP_CNT_* of the path taken */
 	__u32 extra;  /* a second, rarer event, or SVCXDP_CNT_MAX */
 };
+
+/* What a handler of the external entry point returns for a frame that the
+ * svcxdp_np_out tail program sends on (nodeport.h); not an XDP verdict. */
+#define SVCXDP_VERDICT_NP_OUT 0x100
 
 static __always_inline void counters_bump(__u32 idx)
 {

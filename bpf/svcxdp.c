@@ -7,6 +7,11 @@
  * if it is a backend's reply to a tracked flow, reverse-NAT it to the VIP. Services
  * without endpoints are rejected with a RST / ICMP port unreachable. Everything
  * else passes untouched.
+ *
+ * Two entry points share this code: svcxdp_main on pod-facing interfaces (ClusterIP
+ * frontends) and svcxdp_external on the node's external interfaces (NodePort,
+ * externalIPs, LoadBalancer IPs first, then ClusterIPs; source NAT to other nodes,
+ * nodeport.h).
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
@@ -56,7 +61,7 @@ static __always_inline void svc_account(__u32 svc_id, __u64 bytes, int new_flow,
 
 /* The first fragment of a datagram records its translation for the later ones. */
 static __always_inline void frag_record(struct iphdr *ip, __be32 orig_src, __be32 orig_dst,
-					__be32 nat_ip, __u8 dir)
+					__be32 nat_ip, __be32 peer_ip, __u8 dir)
 {
 	if (!(ip->frag_off & bpf_htons(IP_MF)))
 		return;
@@ -68,11 +73,16 @@ static __always_inline void frag_record(struct iphdr *ip, __be32 orig_src, __be3
 	struct frag_value v = {};
 	v.created = bpf_ktime_get_coarse_ns();
 	v.nat_ip = nat_ip;
+	v.peer_ip = peer_ip;
 	v.dir = dir;
 	fragments.update(&k, &v);
 }
 
-static __always_inline int handle_later_fragment(struct iphdr *ip, struct events *ev)
+/* nodeport.h uses the accounting helpers above. */
+#include "nodeport.h"
+
+static __always_inline int handle_later_fragment(struct xdp_md *ctx, struct ethhdr *eth,
+						 struct iphdr *ip, int external, struct events *ev)
 {
 	struct frag_key k = {};
 	k.src = ip->saddr;
@@ -89,11 +99,19 @@ static __always_inline int handle_later_fragment(struct iphdr *ip, struct events
 		return XDP_PASS;
 	}
 	struct l4_csum none = {};
-	if (v->dir == SVCXDP_CT_DIR_FORWARD)
+	__be32 peer = v->peer_ip;
+	if (v->dir == SVCXDP_CT_DIR_FORWARD) {
 		nat_dst(ip, NULL, &none, v->nat_ip, 0);
-	else
+		if (peer)
+			nat_src(ip, NULL, &none, peer, 0);
+	} else {
 		nat_src(ip, NULL, &none, v->nat_ip, 0);
+		if (peer)
+			nat_dst(ip, NULL, &none, peer, 0);
+	}
 	ev->main = SVCXDP_CNT_FRAG_NAT;
+	if (external && peer)
+		return SVCXDP_VERDICT_NP_OUT;  /* leaves the way its first fragment did */
 	return XDP_PASS;
 }
 
@@ -125,7 +143,7 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct ethhdr *eth, 
 	nat_src(ip, l4->sport, &l4->csum, m.vip, m.vport);
 	if (hairpin)
 		nat_dst(ip, NULL, &l4->csum, client, 0);
-	frag_record(ip, orig_src, ip->daddr, m.vip, SVCXDP_CT_DIR_REPLY);
+	frag_record(ip, orig_src, ip->daddr, m.vip, 0, SVCXDP_CT_DIR_REPLY);
 	svc_account(v->svc_id, frame_bytes(ip, l3_off), 0, 0);
 	ev->main = SVCXDP_CNT_REVNAT;
 	return forward(ctx, eth, ip, vlan, ev);
@@ -141,7 +159,7 @@ static __always_inline int ct_backend_valid(const struct ct_value *v)
 
 static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth,
 					  struct iphdr *ip, struct l4_info *l4,
-					  struct svc_value *svc, __u32 l3_off, int vlan,
+					  struct svc_value *svc, __u32 l3_off, int vlan, int external,
 					  struct events *ev)
 {
 	__u64 bytes = frame_bytes(ip, l3_off);
@@ -153,6 +171,7 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 	__be32 nat_ip;
 	__be16 nat_port;
 	int where = CT_IN_CONFIRMED;
+	struct np_snat snat = {};
 	struct ct_value *v = conntrack.lookup(&k);
 	if (!v) {
 		v = ct_unconfirmed.lookup(&k);
@@ -164,6 +183,11 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 				ct_uncount(v);
 			nat_ip = v->nat_ip;
 			nat_port = v->nat_port;
+			/* Read before a confirmation moves the entry (v is gone after it). */
+			if (v->flags & SVCXDP_CT_F_SNAT) {
+				snat.ip = v->peer_ip;
+				snat.port = v->peer_port;
+			}
 			if (where == CT_IN_UNCONFIRMED && ct_confirms(k.proto, l4->tcp_flags))
 				ct_confirm(&k, v);
 			ev->main = SVCXDP_CNT_CT_HIT;
@@ -178,6 +202,10 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 	if (v)
 		ct_uncount(v);
 
+	if (svc->count == 0 && (svc->flags & SVCXDP_SVC_F_LOCAL_DROP)) {
+		ev->main = SVCXDP_CNT_DROP_NO_LOCAL;
+		return XDP_DROP;
+	}
 	if (svc->count == 0) {
 		svc_account(svc->svc_id, bytes, 0, 1);
 		ev->main = SVCXDP_CNT_REJECT;
@@ -204,9 +232,14 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 		return XDP_DROP;
 	}
 	struct ct_value *first = ct_create(&k, ip->daddr, *l4->dport, b, backend_id, svc->svc_id,
-					   now, l4->tcp_flags, alg_counts_conns(svc->algorithm), where);
+					   now, l4->tcp_flags, alg_counts_conns(svc->algorithm), where,
+					   0, 0);
 	if (first) {
 		/* Another CPU recorded this flow's first packet a moment ago: follow it. */
+		if (external && (first->flags & SVCXDP_CT_F_SNAT)) {
+			snat.ip = first->peer_ip;
+			snat.port = first->peer_port;
+		}
 		nat_ip = first->nat_ip;
 		nat_port = first->nat_port;
 		ev->main = SVCXDP_CNT_CT_HIT;
@@ -218,6 +251,11 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 	nat_port = b->port;
 	ev->main = SVCXDP_CNT_CT_NEW;
 	svc_account(svc->svc_id, bytes, 1, 0);
+	/* Whether a new external flow needs SNAT is the tail program's to decide
+	 * (nodeport.h, np_snat_new): the route lookup and the port search stay out of
+	 * this program's verification. */
+	if (external)
+		np_pending_new(&k, svc->svc_id, svc->flags & SVCXDP_SVC_F_SOURCE_RANGES);
 
 dnat:;
 	__be32 orig_src = ip->saddr;
@@ -228,11 +266,16 @@ dnat:;
 		nat_src(ip, NULL, &l4->csum, bpf_htonl(SVCXDP_HAIRPIN_IP), 0);
 		ev->extra = SVCXDP_CNT_HAIRPIN;
 	}
-	frag_record(ip, orig_src, orig_dst, nat_ip, SVCXDP_CT_DIR_FORWARD);
+	if (snat.ip)
+		nat_src(ip, l4->sport, &l4->csum, snat.ip, snat.port);
+	frag_record(ip, orig_src, orig_dst, nat_ip, snat.ip, SVCXDP_CT_DIR_FORWARD);
+	if (external)
+		return SVCXDP_VERDICT_NP_OUT;
 	return forward(ctx, eth, ip, vlan, ev);
 }
 
-static __always_inline int process(struct xdp_md *ctx, struct events *ev)
+/* `external` is a constant per entry point, so each program keeps only its own path. */
+static __always_inline int process(struct xdp_md *ctx, int external, struct events *ev)
 {
 	void *data = (void *)(long)ctx->data;
 	struct cursor c = { .pos = data, .end = (void *)(long)ctx->data_end };
@@ -257,11 +300,11 @@ static __always_inline int process(struct xdp_md *ctx, struct events *ev)
 		return XDP_DROP;
 	}
 	if (ip_is_later_fragment(ip))
-		return handle_later_fragment(ip, ev);
+		return handle_later_fragment(ctx, eth, ip, external, ev);
 	/* What the datagram itself holds: Ethernet padding after it is not payload. */
 	__u32 l4_len = bpf_ntohs(ip->tot_len) - ip->ihl * 4;
 	if (l4proto == IPPROTO_ICMP)
-		return handle_icmp(&c, ip, l4_len, ev);
+		return handle_icmp(&c, ip, l4_len, external, ev);
 
 	struct l4_info l4 = {};
 	if (l4proto == IPPROTO_TCP) {
@@ -299,28 +342,70 @@ static __always_inline int process(struct xdp_md *ctx, struct events *ev)
 	sk.vip = ip->daddr;
 	sk.port = *l4.dport;
 	sk.proto = l4proto;
-	sk.scope = SVCXDP_SCOPE_CLUSTER;
+	sk.scope = external ? SVCXDP_SCOPE_EXTERNAL : SVCXDP_SCOPE_CLUSTER;
 	__u32 zero = 0;
 	struct svc_value *svc = svc_scratch.lookup(&zero);
 	if (!svc)
 		return XDP_PASS;
 	int found = svc_read(&sk, svc);
+	if (!found && external) {
+		/* A ClusterIP routed to the node from outside is served too. */
+		sk.scope = SVCXDP_SCOPE_CLUSTER;
+		found = svc_read(&sk, svc);
+	}
 	if (found > 0)
-		return handle_service(ctx, eth, ip, &l4, svc, l3_off, vlan, ev);
+		return handle_service(ctx, eth, ip, &l4, svc, l3_off, vlan, external, ev);
 	if (found < 0) {
 		/* Its entry was being replaced as we read it: drop, the client retransmits
 		 * (seen about once in a million new flows under continuous rewrites). */
 		ev->main = SVCXDP_CNT_SLOT_MISS;
 		return XDP_DROP;
 	}
+	if (external) {
+		int verdict = np_snat_reply(ctx, eth, ip, l4.sport, l4.dport, &l4.csum,
+					    l4.tcp_flags, ev);
+		if (verdict >= 0)
+			return verdict;
+	}
 	return handle_reply(ctx, eth, ip, &l4, l3_off, vlan, ev);
 }
 
-int svcxdp_main(struct xdp_md *ctx)
+static __always_inline int run(struct xdp_md *ctx, int external)
 {
 	struct events ev = { .main = SVCXDP_CNT_MAX, .extra = SVCXDP_CNT_MAX };
-	int verdict = process(ctx, &ev);
+	int verdict = process(ctx, external, &ev);
 	counters_bump(ev.main);
+	if (ev.extra < SVCXDP_CNT_MAX)
+		counters_bump(ev.extra);
+	if (external && verdict == SVCXDP_VERDICT_NP_OUT) {
+		/* The way out is a program of its own (nodeport.h): verified once, not once
+		 * per state that reaches the end of this one. */
+		np_tail.call(ctx, 0);
+		np_pending_clear();
+		return XDP_PASS;  /* no tail program (yet): the stack forwards */
+	}
+	return verdict;
+}
+
+/* Pod-facing interfaces: ClusterIP frontends. */
+int svcxdp_main(struct xdp_md *ctx)
+{
+	return run(ctx, 0);
+}
+
+/* The node's external interfaces: traffic from outside the cluster (nodeport.h). */
+int svcxdp_external(struct xdp_md *ctx)
+{
+	return run(ctx, 1);
+}
+
+/* Tail of svcxdp_external, in slot 0 of np_tail: send a translated frame on. */
+int svcxdp_np_out(struct xdp_md *ctx)
+{
+	struct events ev = { .main = SVCXDP_CNT_MAX, .extra = SVCXDP_CNT_MAX };
+	int verdict = np_forward(ctx, &ev);
+	if (ev.main < SVCXDP_CNT_MAX)
+		counters_bump(ev.main);
 	if (ev.extra < SVCXDP_CNT_MAX)
 		counters_bump(ev.extra);
 	return verdict;

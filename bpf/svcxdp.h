@@ -18,7 +18,9 @@
 
 /* ---- service scopes (svc_key.scope) ----------------------------------------- */
 #define SVCXDP_SCOPE_CLUSTER 0   /* ClusterIP: traffic from pods and nodes */
-#define SVCXDP_SCOPE_EXTERNAL 1  /* NodePort / externalIPs / LoadBalancer (later) */
+#define SVCXDP_SCOPE_EXTERNAL 1  /* NodePort (one entry per node address), externalIPs and
+				  * LoadBalancer IPs: looked up by the external entry point
+				  * (svcxdp_external, on the node's external interfaces) */
 
 /* ---- backend selection algorithms (svc_value.algorithm) ---------------------- */
 #define SVCXDP_ALG_RANDOM 0      /* kube-proxy iptables/nftables: uniform random */
@@ -45,6 +47,10 @@
 #define SVCXDP_SVC_F_AFFINITY 1  /* sessionAffinity: ClientIP */
 #define SVCXDP_SVC_F_TERMINATING_ONLY 2  /* no backend is ready: the slots hold the
 					  * terminating ones (kube-proxy's fallback) */
+#define SVCXDP_SVC_F_SOURCE_RANGES 4  /* loadBalancerSourceRanges: only clients inside the
+				       * service's `source_ranges` entries, others dropped */
+#define SVCXDP_SVC_F_LOCAL_DROP 8     /* a Local traffic policy with endpoints elsewhere
+				       * only: count 0 drops (kube-proxy), not rejects */
 
 /* ---- backend states (backend.state); 0 marks an unused slot of the array ------ */
 #define SVCXDP_BACKEND_UNUSED 0
@@ -57,6 +63,8 @@
 /* ---- conntrack ---------------------------------------------------------------- */
 #define SVCXDP_CT_DIR_FORWARD 0  /* client -> VIP:port, value holds the backend */
 #define SVCXDP_CT_DIR_REPLY 1    /* backend -> client, value holds the VIP:port */
+#define SVCXDP_CT_DIR_SNAT 2     /* backend -> node address:SNAT port (nodeport.h): holds
+				  * the VIP:port (nat_*) and the client (peer_*) */
 #define SVCXDP_CT_F_CLOSING 1    /* TCP FIN or RST seen: short timeout */
 
 /* ---- reverse NAT (rev_nat.flags, backend.flags) ------------------------------------ */
@@ -66,6 +74,20 @@
 					 * its address is shared (REVNAT_F_SHARED), kept here
 					 * by the writer so a new flow needs no rev_nat lookup */
 #define SVCXDP_CT_F_COUNTED 2    /* holds one of its backend's active-connection counts */
+#define SVCXDP_CT_F_SNAT 4       /* forward entry of an external flow to a backend behind the
+				  * interface it came in on: source NATed to peer_ip:peer_port */
+
+/* ---- source NAT of external flows to other nodes (nodeport.h) ---------------------- */
+/* SNAT ports: 32768-65535, as Cilium's NodePort SNAT (above the NodePort range). One
+ * range per (backend address:port, node address), as MASQUERADE's; 4096 ports ran out
+ * under a new-flow flood (bench_nodeport.py). The node's own connections to the same
+ * backend address and port could pick the same port from its ephemeral range: Cilium
+ * tracks those in its SNAT table, this datapath does not see them (docs/architecture.md).
+ * The count is a power of two. */
+#define SVCXDP_SNAT_PORT_MIN 32768
+#define SVCXDP_SNAT_PORT_COUNT 32768
+#define SVCXDP_SNAT_TRIES 32     /* ports probed per new flow before giving up (counted) */
+#define SVCXDP_DEFAULT_SOURCE_RANGES 16384  /* loadBalancerSourceRanges entries, all services */
 
 /* ---- global counters (index into the `counters` per-CPU array) ---------------- */
 #define SVCXDP_CNT_PASS_NON_IP 0       /* not IPv4: passed untouched */
@@ -94,7 +116,14 @@
 #define SVCXDP_CNT_SOCK_REJECT 21      /* ... of a service without endpoints: ECONNREFUSED */
 #define SVCXDP_CNT_SOCK_REVNAT 22      /* recvmsg()/getpeername() shown the service address */
 #define SVCXDP_CNT_HAIRPIN 23          /* a client sent to itself: source NATed to HAIRPIN_IP */
-#define SVCXDP_CNT_MAX 24
+/* Traffic from outside (nodeport.h). */
+#define SVCXDP_CNT_SNAT_NEW 24         /* new external flow source-NATed to a node address */
+#define SVCXDP_CNT_SNAT_REPLY 25       /* reply to a source-NATed flow, both translations reversed */
+#define SVCXDP_CNT_SNAT_EXHAUSTED 26   /* no free SNAT port after SNAT_TRIES probes: dropped */
+#define SVCXDP_CNT_DROP_SOURCE_RANGE 27 /* client outside loadBalancerSourceRanges: dropped */
+#define SVCXDP_CNT_DROP_NO_LOCAL 28    /* Local traffic policy, no local endpoint: dropped */
+#define SVCXDP_CNT_XDP_TX 29           /* sent back out of the interface it came in on */
+#define SVCXDP_CNT_MAX 32
 
 /* ---- hairpin ------------------------------------------------------------------ */
 /* A pod whose Service picks the pod itself would receive its own address as source
@@ -208,6 +237,10 @@ struct ct_value {
 	__u8 reserved;
 	__u32 backend_id;
 	__u32 svc_id;
+	__be32 peer_ip;   /* SNATed forward: the node address:port it left with;
+			   * SNAT reply (DIR_SNAT): the client's address:port */
+	__be16 peer_port;
+	__u16 reserved2;
 };
 
 /* Non-first IPv4 fragments carry no ports: the first fragment records how its
@@ -224,8 +257,28 @@ struct frag_value {
 	__u64 created;   /* bpf_ktime_get_coarse_ns() of the first fragment: the entry
 			  * serves later fragments for SVCXDP_FRAG_TIMEOUT_S only */
 	__be32 nat_ip;   /* new destination (forward) or source (reply) address */
+	__be32 peer_ip;  /* source-NATed flows: the other address too (new source of a
+			  * forward fragment, new destination of a reply); 0: none */
 	__u8 dir;        /* SVCXDP_CT_DIR_* */
 	__u8 reserved[3];
+};
+
+/* A new external flow, from svcxdp_external to its tail program (nodeport.h), which
+ * decides on SNAT; per CPU, valid only across that one tail call. */
+struct np_pending {
+	__be32 vip;      /* the frontend the client addressed */
+	__be16 vport;
+	__u8 fresh;      /* 1: a new flow's first packet is on its way to the tail */
+	__u8 ranges;     /* its frontend has loadBalancerSourceRanges */
+	__u32 svc_id;
+};
+
+/* Key of the `source_ranges` LPM trie: a LoadBalancer frontend's allowed client
+ * CIDRs. prefixlen counts the svc_id's 32 bits plus the CIDR's length. */
+struct src_range_key {
+	__u32 prefixlen;
+	__u32 svc_id;
+	__be32 addr;
 };
 
 /* Round-robin cursor, one per service id; the lock makes the order exact when

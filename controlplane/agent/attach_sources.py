@@ -25,6 +25,7 @@ class Target:
     ifindex: int
     peer_netns: str = ""
     peer_ifname: str = ""
+    role: str = "pod"   # "external": the node's external interface (svcxdp_external)
 
 
 class FileAttachPoints:
@@ -43,7 +44,8 @@ class FileAttachPoints:
             try:
                 entries = json.loads(self.path.read_text())
                 self._targets = [Target(e["netns"], e["ifname"], int(e["ifindex"]),
-                                        e.get("peer_netns") or "", e.get("peer_ifname") or "")
+                                        e.get("peer_netns") or "", e.get("peer_ifname") or "",
+                                        e.get("role") or "pod")
                                  for e in entries]
                 self._stamp = stamp
             except (OSError, ValueError, KeyError, TypeError) as exc:

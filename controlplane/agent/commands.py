@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="detach this node's pinned program from the interfaces (--interfaces or --discover) "
                         "and remove its pins, then exit")
     p.add_argument("--xdp-mode", default="native", choices=["native", "generic"])
+    p.add_argument("--nodeport-addresses", default="", metavar="CIDR,...",
+                   help="serve NodePorts only on the node addresses inside these CIDRs "
+                        "(default: every address of the external interfaces)")
     p.add_argument("--healthz-port", type=int, default=10256, help="0 disables the health server")
     p.add_argument("--check-interval", type=float, default=30.0,
                    help="seconds between consistency checks of the maps against the store")
@@ -67,11 +70,17 @@ def run(args: argparse.Namespace) -> int:
     from .healthcheck import ServiceHealthServers
     from .interfaces import InterfaceManager
     from .node_interfaces import NodeInterfaces, pin_program, uninstall
+    from .nodeport_addresses import interface_addresses, parse_cidrs, select
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format=f"%(asctime)s agent[{args.node}] %(levelname)s %(message)s",
                         stream=sys.stderr)
     log = logging.getLogger("svcxdp.agent")
+    try:
+        cidrs = parse_cidrs(args.nodeport_addresses)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
     sizes = {"ct_size": args.ct_size, "tcp_timeout_s": args.tcp_timeout,
              "tcp_close_timeout_s": args.tcp_close_timeout, "udp_timeout_s": args.udp_timeout}
     extra = {k: v for k, v in sizes.items() if v is not None}
@@ -100,11 +109,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         log.warning("no --interfaces, --discover or --attach-points: the program is attached nowhere")
     socket_lb = _attach_socket_lb(dp, list(args.socket_lb_cgroup), args.node_ip, log)
+    addresses: tuple[str, ...] = ()
+    if interfaces is not None:
+        addresses = select([a for t in interfaces.targets() if getattr(t, "role", "pod") == "external"
+                            for a in interface_addresses(t.netns, t.ifindex)], cidrs)
+    log.info("NodePorts served on %s", ", ".join(addresses) or "no address")
     health = Health(args.node)
     if args.healthz_port:
         serve(health, port=args.healthz_port)
     service_health = ServiceHealthServers(args.node, lambda: health.report()[0] == 200)
-    agent = Agent(store, NodeConfig(args.node, args.lb_algorithm), dp, interfaces, health,
+    agent = Agent(store, NodeConfig(args.node, args.lb_algorithm, addresses), dp, interfaces, health,
                   check_every_s=args.check_interval, service_health=service_health)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -8,7 +8,8 @@ from typing import Iterable
 from controlplane.api.validation.lb_annotations import (BACKEND_WEIGHTS, LB_ALGORITHM,
                                                        MAGLEV_TABLE_SIZE, parse_backend_weights,
                                                        parse_table_size)
-from controlplane.controllers.service_view import SCOPE_CLUSTER_IP, ServicePortView, ServiceView
+from controlplane.controllers.service_view import (SCOPE_CLUSTER_IP, SCOPE_LOAD_BALANCER,
+                                                   ServicePortView, ServiceView)
 from controlplane.dataplane.layout import ALGORITHMS
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
 from controlplane.gcpause import paused_gc
@@ -27,6 +28,8 @@ MAGLEV_TABLE_SIZE_ANNOTATION = MAGLEV_TABLE_SIZE
 class NodeConfig:
     name: str
     default_algorithm: str = "random"
+    # the node addresses NodePorts answer on (--nodeport-addresses applied already)
+    nodeport_addresses: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -48,11 +51,15 @@ def backend_state(ready: bool, serving: bool, terminating: bool) -> str | None:
     return None
 
 
-def _backends(port: ServicePortView, weights: dict[str, int] | None = None) -> tuple[Backend, ...]:
-    """Weights are looked up by pod name, then by IP; unlisted endpoints weigh 1."""
+def _backends(port: ServicePortView, weights: dict[str, int] | None = None,
+              node: str | None = None) -> tuple[Backend, ...]:
+    """Weights are looked up by pod name, then by IP; unlisted endpoints weigh 1. With
+    `node`, only the endpoints on that node (a Local traffic policy)."""
     weights = weights or {}
     out = []
     for b in port.backends:
+        if node is not None and b.node_name != node:
+            continue
         state = backend_state(b.ready, b.serving, b.terminating)
         if state:
             w = weights.get(b.pod_name or "", weights.get(b.ip, 1))
@@ -104,10 +111,51 @@ def _desired_state(views: Iterable[ServiceView], node: NodeConfig) -> Desired:
                 warn = size_warning(table_size or DEFAULT_TABLE_SIZE, len(backends))
                 if warn:
                     problems.append(f"service {name} port {port.port}: {warn}")
-            for ip, vport, scope in port.frontends:
-                if scope != SCOPE_CLUSTER_IP:
-                    continue  # externalIPs, LoadBalancer and NodePort come with the external scope
-                fe = Frontend(ip, vport, port.protocol)
-                states.append(ServiceState(fe, backends, algorithm, affinity, table_size))
-                owners[fe] = f"{name}:{port.name or port.port}"
+            owner = f"{name}:{port.name or port.port}"
+            # Local policies: this node's endpoints only; with endpoints elsewhere only,
+            # the traffic is dropped (no endpoints at all: rejected, as kube-proxy does).
+            internal, internal_drop = _policy_backends(view.internal_policy_local, backends,
+                                                       port, weights, node.name)
+            external, external_drop = _policy_backends(view.external_policy_local, backends,
+                                                       port, weights, node.name)
+            for fe, scope in _frontends(port, node):
+                if fe in owners:
+                    problems.append(f"service {name} port {port.port}: {fe} is already served for "
+                                    f"{owners[fe]}; not programmed twice")
+                    continue
+                if scope == SCOPE_CLUSTER_IP:
+                    state = ServiceState(fe, internal, algorithm, affinity, table_size,
+                                         local_drop=internal_drop)
+                else:
+                    ranges = tuple(svc.source_ranges) if scope == SCOPE_LOAD_BALANCER else ()
+                    state = ServiceState(fe, external, algorithm, affinity, table_size,
+                                         source_ranges=ranges, local_drop=external_drop)
+                states.append(state)
+                owners[fe] = owner
     return Desired(tuple(states), owners, tuple(problems))
+
+
+SCOPE_NODE_PORT = "nodePort"
+
+
+def _frontends(port: ServicePortView, node: NodeConfig) -> list[tuple[Frontend, str]]:
+    """The ClusterIP frontend (cluster scope), then the ways in from outside (external
+    scope): externalIPs and LoadBalancer IPs on the service port, and the nodePort on
+    each of this node's NodePort addresses."""
+    out = []
+    for ip, vport, scope in port.frontends:
+        out.append((Frontend(ip, vport, port.protocol,
+                             "cluster" if scope == SCOPE_CLUSTER_IP else "external"), scope))
+    if port.node_port:
+        out.extend((Frontend(ip, port.node_port, port.protocol, "external"), SCOPE_NODE_PORT)
+                   for ip in node.nodeport_addresses)
+    return out
+
+
+def _policy_backends(local: bool, backends: tuple[Backend, ...], port: ServicePortView,
+                     weights: dict[str, int], node_name: str) -> tuple[tuple[Backend, ...], bool]:
+    """(backends, drop-when-none) under a Cluster or Local traffic policy."""
+    if not local:
+        return backends, False
+    mine = _backends(port, weights, node=node_name)
+    return mine, not mine and bool(backends)

@@ -48,7 +48,11 @@ class InterfaceManager:
             try:
                 if t.peer_netns and t.peer_ifname:
                     attach_xdp(self._pass_fd, t.peer_ifname, t.peer_netns, self.mode)
-                attach_xdp(self.dp.prog_fd, t.ifname, t.netns, self.mode)
+                # the node's external interface gets the entry point for traffic
+                # from outside (NodePort, LB IPs, externalIPs)
+                external = getattr(t, "role", "pod") == "external"
+                attach_xdp(self.dp.external_prog_fd if external else self.dp.prog_fd,
+                           t.ifname, t.netns, self.mode)
             except (AttachError, OSError) as exc:  # e.g. a pod removed meanwhile
                 log.warning("attach to %s in %s failed: %s", t.ifname, t.netns, exc)
                 continue

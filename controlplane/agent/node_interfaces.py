@@ -68,6 +68,7 @@ class NodeInterfaces:
     def discover(self) -> list[Target]:
         with IPRoute() as ipr:
             links = {link.get_attr("IFLA_IFNAME"): link["index"] for link in ipr.get_links()}
+            pods: list[str] = []
             if self.names is not None:
                 missing = [n for n in self.names if n not in links]
                 if missing:
@@ -78,8 +79,10 @@ class NodeInterfaces:
                 chosen = [by_index[r.get_attr("RTA_OIF")] for r in ipr.get_default_routes(family=socket.AF_INET)
                           if r.get_attr("RTA_OIF") in by_index]
                 if self.pod_prefixes:
-                    chosen += [n for n in links if n.startswith(self.pod_prefixes)]
-        return [Target("", name, links[name]) for name in sorted(set(chosen))]
+                    pods = [n for n in links if n.startswith(self.pod_prefixes) and n not in chosen]
+        # the named or default-route interfaces are where traffic from outside arrives
+        return ([Target("", name, links[name], role="external") for name in sorted(set(chosen))] +
+                [Target("", name, links[name]) for name in sorted(set(pods))])
 
 
 def pin_program(prog_fd: int, pin_dir: Path) -> None:

@@ -113,6 +113,11 @@ class ServiceState:
     # Maglev table size M (prime); None = the default. Always 0 for other algorithms,
     # so that it never makes two otherwise equal states differ.
     maglev_table_size: int | None = None
+    # loadBalancerSourceRanges (CIDRs) of a LoadBalancer frontend; empty: every client
+    source_ranges: tuple[str, ...] = ()
+    # a Local traffic policy whose endpoints are all on other nodes: no backends here,
+    # and the datapath drops (kube-proxy) instead of rejecting
+    local_drop: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backends", tuple(sorted(self.backends)))
@@ -130,6 +135,14 @@ class ServiceState:
         if not 0 <= self.affinity_timeout <= MAX_AFFINITY_TIMEOUT:
             raise ModelError(f"service {self.frontend}: affinity timeout {self.affinity_timeout} "
                              f"must be 0-{MAX_AFFINITY_TIMEOUT}")
+        ranges = []
+        for cidr in self.source_ranges:
+            try:
+                ranges.append(str(ipaddress.IPv4Network(cidr, strict=False)))
+            except ValueError:
+                raise ModelError(f"service {self.frontend}: source range {cidr!r} is not an "
+                                 f"IPv4 CIDR") from None
+        object.__setattr__(self, "source_ranges", tuple(sorted(set(ranges))))
         seen: set[tuple[str, int]] = set()
         for b in self.backends:
             if b.address in seen:

@@ -20,11 +20,13 @@ from .libbpf import map_info, prog_id
 from .sockhooks import SockHooks, set_client_ip
 from .source import program_text
 
-ENTRY = "svcxdp_main"
+ENTRY = "svcxdp_main"              # pod-facing interfaces: ClusterIP frontends
+EXTERNAL_ENTRY = "svcxdp_external"  # the node's external interfaces: NodePort, LB IPs, externalIPs
+EXTERNAL_TAIL = "svcxdp_np_out"     # its way out (XDP_TX / redirect), in np_tail slot 0
 SVCXDP_CNT_MAX = const("CNT_MAX")
 MAP_NAMES = ("services", "slots", "backends", "rev_nat", "conntrack", "ct_unconfirmed", "fragments",
              "rr_state", "svc_stats", "counters", "backend_conns", "maglev", "affinity", "sock_revnat",
-             "sock_config")
+             "sock_config", "source_ranges")
 
 
 class DataplaneError(RuntimeError):
@@ -65,6 +67,7 @@ class Dataplane:
     config: DataplaneConfig
     bpf: BPF
     prog_fd: int
+    external_prog_fd: int
     attached: list[tuple[str, str | None, str]] = field(default_factory=list)
     _sock_hooks: SockHooks | None = None
 
@@ -84,12 +87,16 @@ class Dataplane:
                 _check_pinned_layout(bpf, config)
             try:
                 fn = bpf.load_func(ENTRY.encode(), BPF.XDP)
+                ext = bpf.load_func(EXTERNAL_ENTRY.encode(), BPF.XDP)
+                tail = bpf.load_func(EXTERNAL_TAIL.encode(), BPF.XDP)
+                tails = bpf[b"np_tail"]
+                tails[tails.Key(0)] = tails.Leaf(tail.fd)
             except Exception as exc:
                 raise DataplaneError(f"building the XDP program failed: {exc}") from exc
         except DataplaneError:
             bpf.cleanup()
             raise
-        return cls(config=config, bpf=bpf, prog_fd=fn.fd)
+        return cls(config=config, bpf=bpf, prog_fd=fn.fd, external_prog_fd=ext.fd)
 
     # ---- maps -------------------------------------------------------------------
     def table(self, name: str):
@@ -125,8 +132,12 @@ class Dataplane:
         set_client_ip(self.table("sock_config"), ip)
 
     # ---- interfaces ---------------------------------------------------------------
-    def attach(self, ifname: str, netns: str | None = None, mode: str = "native") -> int:
-        idx = _attach.attach_xdp(self.prog_fd, ifname, netns, mode)
+    def attach(self, ifname: str, netns: str | None = None, mode: str = "native",
+               external: bool = False) -> int:
+        """`external`: the node's external interface, where traffic from outside the
+        cluster arrives (the svcxdp_external entry point)."""
+        fd = self.external_prog_fd if external else self.prog_fd
+        idx = _attach.attach_xdp(fd, ifname, netns, mode)
         if (ifname, netns, mode) not in self.attached:
             self.attached.append((ifname, netns, mode))
         return idx

@@ -40,7 +40,10 @@ class TestRunner:
         self._out_size = max_frame + OUT_ROOM
         self._opts = ffi.new("struct bpf_test_run_opts *")
 
-    def run(self, frame: bytes, repeat: int = 1) -> TestRunResult:
+    def run(self, frame: bytes, repeat: int = 1, ingress_ifindex: int = 0) -> TestRunResult:
+        """`ingress_ifindex`: run as if the frame arrived on that device of the calling
+        thread's network namespace (the program's FIB lookups see that namespace);
+        0: the namespace's loopback."""
         if len(frame) < MIN_FRAME:
             raise ValueError(f"frame of {len(frame)} bytes: XDP test-run needs at least {MIN_FRAME}")
         opts = self._opts
@@ -53,6 +56,12 @@ class TestRunner:
         opts.repeat = repeat
         opts.retval = 0
         opts.duration = 0
+        ctx = None
+        if ingress_ifindex:
+            # struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, ...
+            ctx = ffi.new("uint32_t[6]", [0, len(frame), 0, ingress_ifindex, 0, 0])
+        opts.ctx_in = ctx if ctx is not None else ffi.NULL
+        opts.ctx_size_in = ffi.sizeof(ctx) if ctx is not None else 0
         while True:
             rc = lib().bpf_prog_test_run_opts(self.prog_fd, opts)
             if rc == 0:

@@ -32,10 +32,13 @@ from .model import (BACKEND_STATES, PROTOCOLS, SCOPES, Backend, Frontend, Servic
 from .program import Dataplane
 from .packing import Packer, batch_write
 from .revnat import RevNat
+from .source_ranges import SourceRanges
 
 UNUSED = const("BACKEND_UNUSED")
 F_AFFINITY = const("SVC_F_AFFINITY")
 F_TERMINATING_ONLY = const("SVC_F_TERMINATING_ONLY")
+F_SOURCE_RANGES = const("SVC_F_SOURCE_RANGES")
+F_LOCAL_DROP = const("SVC_F_LOCAL_DROP")
 F_REPLY_ENTRY = const("BACKEND_F_REPLY_ENTRY")
 _PROTO_NAMES = {v: k for k, v in PROTOCOLS.items()}
 _SCOPE_NAMES = {v: k for k, v in SCOPES.items()}
@@ -126,6 +129,7 @@ class MapWriter:
         self.maglev = MaglevMaps(dp.table("maglev"))
         self.affinity = AffinityGenerations()
         self.revnat = RevNat(dp.table("rev_nat"))
+        self.ranges = SourceRanges(dp.table("source_ranges"))
         # Row packers for the batch writes (layouts from bcc's types, see packing.py).
         self._pk = {
             "id": Packer(self.backends.Key),
@@ -151,16 +155,17 @@ class MapWriter:
     @property
     def writes(self) -> int:
         """Map entries written or deleted by this writer, for logs and benches."""
-        return self._writes + self.revnat.writes
+        return self._writes + self.revnat.writes + self.ranges.writes
 
     @writes.setter
     def writes(self, total: int) -> None:
-        self._writes = total - self.revnat.writes
+        self._writes = total - self.revnat.writes - self.ranges.writes
 
     # ---- reading what the maps hold ---------------------------------------------
     def _adopt(self) -> None:
         by_svc: dict[int, dict[tuple[str, int], tuple[int, Backend]]] = {}
         reply_flag: dict[int, bool] = {}
+        ranges = self.ranges.adopt()
         for key, b in self.backends.items_lookup_batch():
             if b.state == UNUSED:
                 continue
@@ -177,12 +182,14 @@ class MapWriter:
             algorithm = _ALG_NAMES.get(v.algorithm, "random")
             table_ok = True
             m = v.table_size or None
+            extra = dict(source_ranges=ranges.get(v.svc_id, ()) if v.flags & F_SOURCE_RANGES else (),
+                         local_drop=bool(v.flags & F_LOCAL_DROP))
             try:
                 state = ServiceState(fe, tuple(b for _, b in members.values()), algorithm,
-                                     v.affinity_timeout if v.flags & F_AFFINITY else 0, m)
+                                     v.affinity_timeout if v.flags & F_AFFINITY else 0, m, **extra)
             except ValueError:  # a table size this build refuses: rewrite at next sync
                 state = ServiceState(fe, tuple(b for _, b in members.values()), algorithm,
-                                     v.affinity_timeout if v.flags & F_AFFINITY else 0)
+                                     v.affinity_timeout if v.flags & F_AFFINITY else 0, **extra)
                 table_ok = False
             ids = {addr: i for addr, (i, _) in members.items()}
             if _maglev_inputs(state, ids) is not None and not self.maglev.has(v.svc_id):
@@ -338,6 +345,9 @@ class MapWriter:
             if p.install_table:
                 self.maglev.install(p.svc_id, maglev_table(p.state, p.ids))
                 n += 1
+        for p in made:  # source ranges the entry will point at
+            self.ranges.add(p.svc_id, set(p.state.source_ranges) -
+                            set(p.old.state.source_ranges if p.old else ()))
         # 3. the service entries: from here on packets use the new states
         n += batch_write(self.services, pk["svc_key"], pk["svc"],
                          [p.entry_key for p in made], [p.entry for p in made])
@@ -345,6 +355,9 @@ class MapWriter:
         # 4. shrink: tables no longer used, surplus slots, backends that left
         for p in made:
             self._shrink(p)
+            if p.old:
+                self.ranges.remove(p.svc_id, set(p.old.state.source_ranges) -
+                                   set(p.state.source_ranges))
         self.revnat.flush()
 
         for p in made:
@@ -403,7 +416,9 @@ class MapWriter:
 
         members = state.slot_backends()
         flags = ((F_AFFINITY if state.affinity_timeout else 0) |
-                 (F_TERMINATING_ONLY if members and members[0].state == "terminating" else 0))
+                 (F_TERMINATING_ONLY if members and members[0].state == "terminating" else 0) |
+                 (F_SOURCE_RANGES if state.source_ranges else 0) |
+                 (F_LOCAL_DROP if state.local_drop else 0))
         plan.affinity_gen = self.affinity.for_update(state.affinity_timeout,
                                                      old.affinity_gen if old else 0)
         plan.entry_key = (ip_to_be32(fe.vip), port_to_be16(fe.port), proto, SCOPES[fe.scope])
@@ -442,6 +457,7 @@ class MapWriter:
             pass
         self.writes += 1 + inst.slot_count + len(inst.backend_ids)
         self.writes += self.maglev.remove(inst.svc_id)
+        self.ranges.remove(inst.svc_id, inst.state.source_ranges)
         for slot in range(1, inst.slot_count + 1):
             k = self.slots.Key()
             k.svc_id = inst.svc_id

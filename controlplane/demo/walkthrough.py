@@ -209,6 +209,21 @@ def run_walkthrough(nodes: int = 2, keep: bool = False) -> int:
         t.svcctl("get", "svc")
         t.svcctl("get", "endpoints")
 
+        t.say("From outside the cluster: nginx-svc, NodePort 30080 on every node (XDP on the "
+              "node's eth0; a pod on the other node is reached through SNAT and XDP_TX)")
+        print((EXAMPLES / "nginx-svc.yaml").read_text().rstrip())
+        t.svcctl("apply", "-f", str(EXAMPLES / "nginx-svc.yaml"))
+        t.wait("nginx-svc endpoints", lambda: t.ready_endpoints("nginx-svc") == 3)
+        for node_ip in [n.ip for n in lab.nodes()]:
+            url = f"http://{node_ip}:30080"
+
+            def title() -> str:
+                p = lab.exec("outside", ["curl", "-s", "-m", "3", url], capture_output=True, text=True,
+                             timeout=10)
+                return next((line.strip() for line in p.stdout.splitlines() if "<title>" in line), "")
+            t.wait(f"{url} from outside", title)
+            print(f"$ svcctl exec outside -- curl -s {url} | grep title\n{title()}")
+
         t.say("A Deployment and Service from YAML: myapp")
         print((EXAMPLES / "myapp.yaml").read_text().rstrip())
         t.svcctl("apply", "-f", str(EXAMPLES / "myapp.yaml"))

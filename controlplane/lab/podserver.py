@@ -3,7 +3,8 @@
     python -m controlplane.lab.podserver --pod NAME --flavour nginx --tcp 80 [--udp 53] [--version v1]
 
 TCP ports speak HTTP/1.1 (keep-alive, HEAD) with the page set of the image it stands in for;
-every flavour answers /hostname.html with the pod name. UDP ports echo each datagram back.
+every flavour answers /hostname.html with the pod name, the generic one (agnhost-like images)
+/clientip with the address the connection came from. UDP ports echo each datagram back.
 One thread and a selector, so dozens of pods stay cheap. Imports only the standard library.
 """
 from __future__ import annotations
@@ -53,10 +54,14 @@ class Site:
         self.flavour, self.pod, self.version = flavour, pod, version
         self.server = SERVER_HEADER.get(flavour, "svcxdp-podserver")
 
-    def page(self, path: str, port: int) -> tuple[int, str]:
+    def page(self, path: str, port: int, peer: str = "") -> tuple[int, str]:
         path = path.split("?", 1)[0]
         if path == "/hostname.html":
             return 200, self.pod + "\n"
+        if path == "/clientip" and self.flavour == "generic":
+            # agnhost netexec's page: the address the connection came from, as the pod
+            # sees it (source NAT or not)
+            return 200, peer + "\n"
         if path in ("/", "/index.html"):
             if self.flavour == "nginx":
                 return 200, NGINX_WELCOME
@@ -86,6 +91,10 @@ class HttpConnection:
 
     def __init__(self, sock: socket.socket, port: int) -> None:
         self.sock, self.port = sock, port
+        try:
+            self.peer = "%s:%d" % sock.getpeername()[:2]
+        except OSError:
+            self.peer = ""
         self.inbuf = bytearray()
         self.outbuf = bytearray()
         self.closing = False  # close once outbuf is flushed
@@ -125,7 +134,7 @@ class HttpConnection:
         elif method not in ("GET", "HEAD", "POST"):
             status, body = 405, "Method Not Allowed\n"
         else:
-            status, body = site.page(target, self.port)
+            status, body = site.page(target, self.port, self.peer)
         reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Not Allowed"}[status]
         payload = body.encode()
         head = [

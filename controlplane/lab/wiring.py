@@ -31,6 +31,10 @@ ROUTER_SYSCTLS = {
     "net.ipv4.ip_forward": 1,
     "net.ipv4.conf.all.send_redirects": 0,
     "net.ipv4.conf.default.send_redirects": 0,
+    # A NodePort flow source-NATed in XDP before the node has the next hop's neighbour
+    # entry goes to the stack with the node's own address as source (bpf/nodeport.h).
+    "net.ipv4.conf.all.accept_local": 1,
+    "net.ipv4.conf.default.accept_local": 1,
 }
 
 

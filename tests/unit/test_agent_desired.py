@@ -114,3 +114,76 @@ def test_cache_folds_events_and_reports_touched_services():
     assert cache.apply([ev(DELETED, service(), 5)]) == {("default", "web")}
     assert cache.view(("default", "web")) is None
     assert cache.resource_version == 5
+
+
+# ---- traffic from outside: NodePort, LoadBalancer IPs, externalIPs, traffic policies ----
+NODE_PORTS = NodeConfig("node1", nodeport_addresses=("192.168.1.31",))
+
+
+def _slice_on_nodes(*eps):
+    es = endpoint_slice(endpoints=[(ip, READY) for ip, _ in eps])
+    for ep, (_, node) in zip(es.endpoints, eps):
+        ep.node_name = node
+    return es
+
+
+def _by_frontend(d):
+    return {(s.frontend.vip, s.frontend.port, s.frontend.scope): s for s in d.states}
+
+
+def nodeport_service(**spec):
+    svc = service(type="NodePort", **spec)
+    svc.spec.ports[0].node_port = 30080
+    return svc
+
+
+def test_nodeport_externalips_and_lb_ips_are_external_frontends():
+    svc = nodeport_service(externalIPs=["203.0.113.250"])
+    svc.spec.type = "LoadBalancer"
+    svc.spec.load_balancer_source_ranges = ["192.168.1.0/24"]
+    svc.status = Service.from_dict({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"},
+                                    "status": {"loadBalancer": {"ingress": [{"ip": "192.168.1.240"}]}}}).status
+    d = states(svc, _slice_on_nodes(("10.244.1.2", "node1"), ("10.244.2.2", "node2")), node=NODE_PORTS)
+    got = _by_frontend(d)
+    assert set(got) == {("10.96.0.50", 80, "cluster"), ("203.0.113.250", 80, "external"),
+                        ("192.168.1.240", 80, "external"), ("192.168.1.31", 30080, "external")}
+    assert all(len(s.backends) == 2 and not s.local_drop for s in d.states)
+    # source ranges guard the LoadBalancer IP only
+    assert got[("192.168.1.240", 80, "external")].source_ranges == ("192.168.1.0/24",)
+    assert got[("203.0.113.250", 80, "external")].source_ranges == ()
+    assert got[("192.168.1.31", 30080, "external")].source_ranges == ()
+    # without node addresses (none selected by --nodeport-addresses) no NodePort frontend
+    assert ("192.168.1.31", 30080, "external") not in _by_frontend(states(svc, node=NODE))
+
+
+def test_external_traffic_policy_local_uses_this_nodes_endpoints_and_drops_without():
+    svc = nodeport_service(externalTrafficPolicy="Local")
+    here = _by_frontend(states(svc, _slice_on_nodes(("10.244.1.2", "node1"), ("10.244.2.2", "node2")),
+                               node=NODE_PORTS))
+    np = here[("192.168.1.31", 30080, "external")]
+    assert [b.ip for b in np.backends] == ["10.244.1.2"] and not np.local_drop
+    assert len(here[("10.96.0.50", 80, "cluster")].backends) == 2   # ClusterIP: iTP Cluster
+    elsewhere = _by_frontend(states(svc, _slice_on_nodes(("10.244.2.2", "node2")), node=NODE_PORTS))
+    np = elsewhere[("192.168.1.31", 30080, "external")]
+    assert np.backends == () and np.local_drop
+    # no endpoints anywhere: rejected like any service, not dropped
+    nowhere = _by_frontend(states(svc, node=NODE_PORTS))
+    assert not nowhere[("192.168.1.31", 30080, "external")].local_drop
+
+
+def test_internal_traffic_policy_local_restricts_the_cluster_ip():
+    svc = service(internalTrafficPolicy="Local")
+    d = _by_frontend(states(svc, _slice_on_nodes(("10.244.2.2", "node2"))))
+    s = d[("10.96.0.50", 80, "cluster")]
+    assert s.backends == () and s.local_drop
+    d = _by_frontend(states(svc, _slice_on_nodes(("10.244.1.2", "node1"), ("10.244.2.2", "node2"))))
+    assert [b.ip for b in d[("10.96.0.50", 80, "cluster")].backends] == ["10.244.1.2"]
+
+
+def test_an_external_frontend_claimed_twice_is_served_once_and_reported():
+    a = service(name="a", externalIPs=["203.0.113.250"])
+    b = service(name="b", ip="10.96.0.51", externalIPs=["203.0.113.250"])
+    d = desired_state([build_service_view(a, []), build_service_view(b, [])], NODE)
+    ext = [s for s in d.states if s.frontend.scope == "external"]
+    assert len(ext) == 1 and d.owners[ext[0].frontend] == "default/a:http"
+    assert any("already served for default/a:http" in p for p in d.problems)

@@ -1,0 +1,173 @@
+"""Traffic from outside the cluster, end to end: real clients on the lab's `outside` host
+(curl, a UDP socket) reach Services through NodePorts on both nodes, an externalIP and a
+LoadBalancer IP; a backend on the other node is source-NATed, a local one sees the client;
+externalTrafficPolicy / internalTrafficPolicy Local and loadBalancerSourceRanges."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from controlplane.lab import netns
+
+from .cluster import Cluster, cluster_for_module, wait_for
+
+pytestmark = pytest.mark.root
+
+WALKTHROUGH = Path(__file__).resolve().parents[2] / "examples" / "walkthrough"
+NODE1, NODE2 = "192.168.1.31", "192.168.1.32"
+OUTSIDE = "192.168.1.100"
+EXTERNAL_IP = "203.0.113.250"
+AGNHOST = "registry.k8s.io/e2e-test-images/agnhost:2.47"
+
+
+@pytest.fixture(scope="module")
+def cluster(_lab_session_guard):
+    yield from cluster_for_module("np")
+
+
+def outside(cluster: Cluster, url: str, timeout: int = 3) -> subprocess.CompletedProcess:
+    return cluster.exec("outside", "curl", "-s", "-m", str(timeout), url, timeout=timeout + 10)
+
+
+def wait_outside(cluster: Cluster, url: str) -> str:
+    def check():
+        p = outside(cluster, url)
+        return p.stdout if p.returncode == 0 and p.stdout else None
+    return wait_for(f"{url} from outside", check)
+
+
+def apply(cluster: Cluster, *docs: dict) -> None:
+    cluster.svcctl("apply", "-f", "-", input="\n---\n".join(json.dumps(d) for d in docs))
+
+
+def pod(name: str, node: str, app: str) -> dict:
+    """An agnhost-like pod pinned to a node: HTTP on 8080 (/clientip), UDP echo on 5353."""
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "labels": {"app": app}},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": AGNHOST, "ports": [
+                {"containerPort": 8080}, {"containerPort": 5353, "protocol": "UDP"}]}]}}
+
+
+def service(name: str, app: str, node_port: int | None = None, udp_node_port: int | None = None,
+            **spec) -> dict:
+    ports = [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]
+    if node_port:
+        ports[0]["nodePort"] = node_port
+    if udp_node_port:
+        ports.append({"name": "echo", "port": 53, "targetPort": 5353, "protocol": "UDP",
+                      "nodePort": udp_node_port})
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
+            "spec": {"type": "NodePort" if node_port else "ClusterIP", "selector": {"app": app},
+                     "ports": ports, **spec}}
+
+
+def client_address(answer: str) -> str:
+    return answer.strip().rsplit(":", 1)[0]
+
+
+@pytest.fixture(scope="module")
+def remote_pod(cluster: Cluster) -> str:
+    """One backend, on node2: through node1 it is remote, through node2 local."""
+    apply(cluster, pod("np-web", "node2", "np"))
+    wait_for("np-web running", lambda: cluster.pods("app=np").get("np-web"))
+    return cluster.pods("app=np")["np-web"]
+
+
+def test_walkthrough_nginx_svc_answers_on_both_node_addresses(cluster: Cluster):
+    cluster.svcctl("run", "nginx", "--image=nginx", "--replicas=3")
+    cluster.svcctl("apply", "-f", str(WALKTHROUGH / "nginx-svc.yaml"))
+    cluster.wait_endpoints("nginx-svc", 3)
+    for node in (NODE1, NODE2):
+        assert "Welcome to nginx!" in wait_outside(cluster, f"http://{node}:30080/")
+        for _ in range(6):  # local and remote pods alike
+            p = outside(cluster, f"http://{node}:30080/")
+            assert p.returncode == 0 and "Welcome to nginx!" in p.stdout, p
+
+
+def test_remote_backend_sees_the_node_and_local_backend_sees_the_client(cluster: Cluster, remote_pod):
+    apply(cluster, service("np-cluster", "np", node_port=30081))
+    cluster.wait_endpoints("np-cluster", 1)
+    # through node1 the backend (on node2) is remote: source-NATed to node1's address
+    assert client_address(wait_outside(cluster, f"http://{NODE1}:30081/clientip")) == NODE1
+    # through node2 it is local: the client's own address reaches the pod
+    assert client_address(wait_outside(cluster, f"http://{NODE2}:30081/clientip")) == OUTSIDE
+
+
+def _udp_echo(cluster: Cluster, address: str, port: int, payload: bytes) -> bytes | None:
+    def ask() -> bytes | None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(2)
+            s.sendto(payload, (address, port))
+            try:
+                return s.recvfrom(2048)[0]
+            except socket.timeout:
+                return None
+    return netns.call_in(cluster.lab.netns_for("outside"), ask)
+
+
+def test_udp_nodeport_on_both_nodes(cluster: Cluster, remote_pod):
+    apply(cluster, service("np-udp", "np", node_port=30082, udp_node_port=30053))
+    cluster.wait_endpoints("np-udp", 1)
+    for node in (NODE1, NODE2):
+        msg = f"ping via {node}".encode()
+        assert wait_for(f"UDP echo via {node}", lambda: _udp_echo(cluster, node, 30053, msg)) == msg
+
+
+def test_external_ip_answers_from_outside(cluster: Cluster, remote_pod):
+    apply(cluster, service("np-extip", "np", externalIPs=[EXTERNAL_IP]))
+    cluster.wait_endpoints("np-extip", 1)
+    ns = cluster.lab.netns_for("outside")
+    netns.run(ns, ["ip", "route", "replace", f"{EXTERNAL_IP}/32", "via", NODE1], check=True)
+    try:
+        assert client_address(wait_outside(cluster, f"http://{EXTERNAL_IP}/clientip")) == NODE1
+    finally:
+        netns.run(ns, ["ip", "route", "del", f"{EXTERNAL_IP}/32"], check=False)
+
+
+def test_external_traffic_policy_local(cluster: Cluster, remote_pod):
+    apply(cluster, service("np-local", "np", node_port=30083, externalTrafficPolicy="Local"))
+    cluster.wait_endpoints("np-local", 1)
+    # node2 holds the endpoint: the pod sees outside's own address
+    assert client_address(wait_outside(cluster, f"http://{NODE2}:30083/clientip")) == OUTSIDE
+    # node1 has none: its NodePort drops (a timeout, not a refusal)
+    p = outside(cluster, f"http://{NODE1}:30083/clientip", timeout=2)
+    assert p.returncode == 28, p
+
+
+def test_internal_traffic_policy_local_from_a_pod(cluster: Cluster, remote_pod):
+    apply(cluster, service("np-itp", "np", internalTrafficPolicy="Local"))
+    cluster.wait_endpoints("np-itp", 1)
+    vip = cluster.cluster_ip("np-itp")
+    cluster.lab.add_pod("client2", "node2", "busybox")
+    # a pod on node2, where the endpoint is, is served
+    assert wait_for("np-itp from node2", lambda: cluster.http(f"http://{vip}/clientip", client="client2")
+                    .returncode == 0)
+    # a pod on node1 has no local endpoint: dropped
+    p = cluster.exec("client", "curl", "-s", "-m", "2", f"http://{vip}/clientip")
+    assert p.returncode == 28, p
+
+
+def test_load_balancer_ip_and_its_source_ranges(cluster: Cluster, remote_pod):
+    """LB-IPAM gives the service an address from the lab's pool, which outside routes to
+    the nodes; loadBalancerSourceRanges decide who gets in."""
+    svc = service("np-lb", "np", type="LoadBalancer")
+    apply(cluster, svc)
+    cluster.wait_endpoints("np-lb", 1)
+
+    def ingress_ip():
+        ing = (cluster.get_json("svc", "np-lb").get("status", {}).get("loadBalancer") or {}).get("ingress")
+        return ing[0].get("ip") if ing else None
+    lb_ip = wait_for("an ingress IP for np-lb", ingress_ip)
+    assert client_address(wait_outside(cluster, f"http://{lb_ip}/clientip")) in (NODE1, OUTSIDE)
+    svc["spec"]["loadBalancerSourceRanges"] = ["10.0.0.0/8"]
+    apply(cluster, svc)
+    wait_for("outside blocked", lambda: outside(cluster, f"http://{lb_ip}/clientip", timeout=2).returncode == 28)
+    for _ in range(4):   # whichever node the outside host's ECMP route picks
+        assert outside(cluster, f"http://{lb_ip}/clientip", timeout=2).returncode == 28
+    svc["spec"]["loadBalancerSourceRanges"] = ["192.168.1.0/24"]
+    apply(cluster, svc)
+    assert client_address(wait_outside(cluster, f"http://{lb_ip}/clientip")) in (NODE1, OUTSIDE)

@@ -1,0 +1,291 @@
+"""Traffic from outside the cluster through the external entry point (svcxdp_external):
+NodePort, LoadBalancer IPs and externalIPs to local and remote backends, SNAT and its
+reverse, port collisions, source ranges, Local traffic policies, fragments. Packets run
+as if they arrived on the node's external interface of a namespace with real routes
+(nodenet.py); the expected frames are built byte for byte."""
+from __future__ import annotations
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from controlplane.dataplane.model import Backend, Frontend, ServiceState
+from controlplane.dataplane.testrun import TestRunner
+
+from . import nodenet
+from .harness import Harness, Outcome, delta
+
+pytestmark = pytest.mark.root
+
+CLIENT, CLIENT2 = list(nodenet.CLIENTS)
+CLIENT_MAC = nodenet.CLIENTS[CLIENT]
+NODE = nodenet.NODE_IP
+LB_IP = "192.168.1.240"
+EXTERNAL_IP = "203.0.113.250"
+SNAT_MIN = 32768
+SNAT_MASK = 32767
+
+
+@pytest.fixture(scope="module")
+def node():
+    n = nodenet.create()
+    yield n
+    nodenet.delete(n)
+
+
+class Ext:
+    """Runs frames through the external entry point inside the node's namespace."""
+
+    def __init__(self, xdp: Harness, node: nodenet.NodeNet) -> None:
+        self.xdp = xdp
+        self.node = node
+        self.runner = TestRunner(xdp.dp.external_prog_fd)
+
+    def send(self, pkt) -> Outcome:
+        res = self.node.call(self.runner.run, bytes(pkt), 1, self.node.ext_ifindex)
+        return Outcome(res.verdict_name, res.data)
+
+    def service(self, vip: str, port: int, backends, proto: str = "TCP", backend_port: int = 80,
+                **kw) -> Frontend:
+        fe = Frontend(vip, port, proto, "external")
+        self.xdp.writer.upsert(ServiceState(fe, tuple(Backend(ip, backend_port) for ip in backends), **kw))
+        return fe
+
+
+@pytest.fixture
+def ext(xdp, node) -> Ext:
+    return Ext(xdp, node)
+
+
+def from_client(dst: str, dport: int, src: str = CLIENT, sport: int = 40000, proto=TCP, **kw):
+    l4 = proto(sport=sport, dport=dport, **kw)
+    return (Ether(src=nodenet.CLIENTS[src], dst="02:00:00:00:00:ff") /
+            IP(src=src, dst=dst, ttl=64, id=7) / l4 / Raw(b"hello"))
+
+
+def rebuilt(pkt, **fields):
+    """pkt with IP/L4 fields changed and its checksums recomputed, as bytes would be."""
+    out = pkt.copy()
+    ip, l4 = out[IP], out[IP].payload
+    for k, v in fields.items():
+        layer, name = k.split("_", 1)
+        setattr(ip if layer == "ip" else l4 if layer == "l4" else out[Ether], name, v)
+    del ip.chksum
+    if hasattr(l4, "chksum"):
+        del l4.chksum
+    return out.__class__(bytes(out))
+
+
+def test_nodeport_to_a_local_backend_keeps_the_client_address(ext, xdp):
+    ext.service(NODE, 30080, [nodenet.LOCAL_POD])
+    pkt = from_client(NODE, 30080, flags="S")
+    out = ext.send(pkt)
+    assert out.verdict == "XDP_PASS"
+    assert out.raw == bytes(rebuilt(pkt, ip_dst=nodenet.LOCAL_POD, l4_dport=80))
+    # the pod's answer, on its veth (pod-facing entry point), is turned back into the NodePort
+    reply = (Ether(src=nodenet.LOCAL_POD_MAC, dst="02:00:00:00:00:fe") /
+             IP(src=nodenet.LOCAL_POD, dst=CLIENT, ttl=64, id=9) / TCP(sport=80, dport=40000, flags="SA"))
+    back = xdp.send(reply)
+    assert back.verdict == "XDP_PASS"
+    assert back.raw == bytes(rebuilt(reply, ip_src=NODE, l4_sport=30080))
+
+
+def test_nodeport_to_a_remote_backend_is_snated_and_sent_back_out_with_xdp_tx(ext, xdp):
+    ext.service(NODE, 30080, [nodenet.REMOTE_POD])
+    before = xdp.counters()
+    pkt = from_client(NODE, 30080, sport=40000, flags="S")
+    out = ext.send(pkt)
+    assert out.verdict == "XDP_TX"
+    snat_port = SNAT_MIN + (40000 & SNAT_MASK)
+    want = rebuilt(pkt, eth_src=ext.node.ext_mac, eth_dst=nodenet.NODE2_MAC, ip_ttl=63,
+                   ip_src=NODE, ip_dst=nodenet.REMOTE_POD, l4_sport=snat_port, l4_dport=80)
+    assert out.raw == bytes(want)
+    # the established flow keeps its port
+    again = ext.send(from_client(NODE, 30080, sport=40000, flags="A"))
+    assert again.pkt[TCP].sport == snat_port and again.verdict == "XDP_TX"
+    # the backend's answer comes back on the external interface: both translations reversed
+    reply = (Ether(src=nodenet.NODE2_MAC, dst=ext.node.ext_mac) /
+             IP(src=nodenet.REMOTE_POD, dst=NODE, ttl=63, id=11) /
+             TCP(sport=80, dport=snat_port, flags="SA") / Raw(b"world"))
+    back = ext.send(reply)
+    assert back.verdict == "XDP_TX"
+    assert back.raw == bytes(rebuilt(reply, eth_src=ext.node.ext_mac, eth_dst=CLIENT_MAC, ip_ttl=62,
+                                     ip_src=NODE, ip_dst=CLIENT, l4_sport=30080, l4_dport=40000))
+    d = delta(before, xdp.counters())
+    assert d["snat_new"] == 1 and d["snat_reply"] == 1 and d["xdp_tx"] == 3
+
+
+def test_two_clients_with_the_same_source_port_get_different_snat_ports(ext):
+    ext.service(NODE, 30080, [nodenet.REMOTE_POD])
+    a = ext.send(from_client(NODE, 30080, src=CLIENT, sport=40000, flags="S")).pkt
+    b = ext.send(from_client(NODE, 30080, src=CLIENT2, sport=40000, flags="S")).pkt
+    assert a[TCP].sport == SNAT_MIN + (40000 & SNAT_MASK)
+    assert b[TCP].sport != a[TCP].sport and SNAT_MIN <= b[TCP].sport <= 65535
+    for port, client in ((a[TCP].sport, CLIENT), (b[TCP].sport, CLIENT2)):
+        reply = (Ether(src=nodenet.NODE2_MAC, dst=ext.node.ext_mac) /
+                 IP(src=nodenet.REMOTE_POD, dst=NODE) / TCP(sport=80, dport=port, flags="SA"))
+        back = ext.send(reply).pkt
+        assert (back[IP].dst, back[TCP].dport, back[Ether].dst) == (client, 40000, nodenet.CLIENTS[client])
+
+
+def test_udp_nodeport_to_a_remote_backend(ext):
+    ext.service(NODE, 30053, [nodenet.REMOTE_POD], proto="UDP", backend_port=53)
+    pkt = from_client(NODE, 30053, sport=5353, proto=UDP)
+    out = ext.send(pkt)
+    assert out.verdict == "XDP_TX"
+    port = SNAT_MIN + (5353 & SNAT_MASK)
+    assert out.raw == bytes(rebuilt(pkt, eth_src=ext.node.ext_mac, eth_dst=nodenet.NODE2_MAC, ip_ttl=63,
+                                    ip_src=NODE, ip_dst=nodenet.REMOTE_POD, l4_sport=port, l4_dport=53))
+    reply = (Ether(src=nodenet.NODE2_MAC, dst=ext.node.ext_mac) /
+             IP(src=nodenet.REMOTE_POD, dst=NODE, ttl=64) / UDP(sport=53, dport=port) / Raw(b"answer"))
+    back = ext.send(reply)
+    assert back.raw == bytes(rebuilt(reply, eth_src=ext.node.ext_mac, eth_dst=CLIENT_MAC, ip_ttl=63,
+                                     ip_src=NODE, ip_dst=CLIENT, l4_sport=30053, l4_dport=5353))
+
+
+@pytest.mark.parametrize("vip", [LB_IP, EXTERNAL_IP])
+def test_load_balancer_ip_and_external_ip(ext, vip):
+    ext.service(vip, 80, [nodenet.LOCAL_POD], backend_port=8080)
+    pkt = from_client(vip, 80, flags="S")
+    out = ext.send(pkt)
+    assert out.verdict == "XDP_PASS"
+    assert out.raw == bytes(rebuilt(pkt, ip_dst=nodenet.LOCAL_POD, l4_dport=8080))
+
+
+def test_external_frontends_are_not_served_on_pod_interfaces(xdp, ext):
+    """The pod-facing entry point looks up ClusterIP frontends only."""
+    ext.service(NODE, 30080, [nodenet.LOCAL_POD])
+    pkt = from_client(NODE, 30080, flags="S")
+    assert xdp.send(pkt).raw == bytes(pkt)
+
+
+def denied_src() -> int:
+    from controlplane.dataplane.model import ip_to_be32
+    return ip_to_be32(CLIENT2)
+
+
+def test_source_ranges_allow_and_deny(ext, xdp):
+    ext.service(LB_IP, 80, [nodenet.LOCAL_POD], source_ranges=("192.168.1.100/32", "10.0.0.0/8"))
+    allowed = ext.send(from_client(LB_IP, 80, src=CLIENT, flags="S"))
+    assert allowed.verdict == "XDP_PASS" and allowed.pkt[IP].dst == nodenet.LOCAL_POD
+    before = xdp.counters()
+    denied = ext.send(from_client(LB_IP, 80, src=CLIENT2, flags="S"))
+    assert denied.verdict == "XDP_DROP"
+    assert delta(before, xdp.counters())["drop_source_range"] == 1
+    # checked on new flows, as kube-proxy's firewall does: the denied flow is not kept
+    assert not [k for k in xdp.dp.table("conntrack").keys() if k.src == denied_src()]
+    assert ext.send(from_client(LB_IP, 80, src=CLIENT2, flags="A")).verdict == "XDP_DROP"
+    # widening the ranges lets it in; dropping them all opens the frontend
+    ext.service(LB_IP, 80, [nodenet.LOCAL_POD], source_ranges=("192.168.1.0/24",))
+    assert ext.send(from_client(LB_IP, 80, src=CLIENT2, sport=1, flags="S")).verdict == "XDP_PASS"
+    ext.service(LB_IP, 80, [nodenet.LOCAL_POD], source_ranges=("10.0.0.0/8",))
+    assert ext.send(from_client(LB_IP, 80, src=CLIENT2, sport=2, flags="S")).verdict == "XDP_DROP"
+    ext.service(LB_IP, 80, [nodenet.LOCAL_POD])
+    assert ext.send(from_client(LB_IP, 80, src=CLIENT2, sport=3, flags="S")).verdict == "XDP_PASS"
+    assert len(list(xdp.dp.table("source_ranges").keys())) == 0
+
+
+def test_local_policy_without_local_endpoints_drops_and_no_endpoints_rejects(ext, xdp):
+    """eTP Local, endpoints only elsewhere: dropped (a timeout). No endpoints at all: RST."""
+    ext.service(NODE, 30080, [], local_drop=True)
+    before = xdp.counters()
+    assert ext.send(from_client(NODE, 30080, flags="S")).verdict == "XDP_DROP"
+    assert delta(before, xdp.counters()) == {"drop_no_local": 1}
+    ext.service(NODE, 30080, [])
+    out = ext.send(from_client(NODE, 30080, flags="S"))
+    assert out.verdict == "XDP_TX"
+    assert out.pkt[TCP].flags == "RA" and out.pkt[IP].src == NODE and out.pkt[TCP].sport == 30080
+
+
+def test_internal_policy_local_drops_clusterip_traffic_without_local_endpoints(xdp):
+    fe = Frontend("10.96.0.50", 80, "TCP")
+    xdp.writer.upsert(ServiceState(fe, (), local_drop=True))
+    pkt = Ether() / IP(src="10.244.1.10", dst="10.96.0.50") / TCP(sport=1234, dport=80, flags="S")
+    before = xdp.counters()
+    assert xdp.send(pkt).verdict == "XDP_DROP"
+    assert delta(before, xdp.counters()) == {"drop_no_local": 1}
+
+
+def test_fragments_of_a_snated_datagram_get_both_translations(ext):
+    ext.service(NODE, 30053, [nodenet.REMOTE_POD], proto="UDP", backend_port=53)
+    payload = bytes(range(256)) * 8
+    whole = (Ether(src=CLIENT_MAC, dst="02:00:00:00:00:ff") /
+             IP(src=CLIENT, dst=NODE, id=77, ttl=64) / UDP(sport=5000, dport=30053) / Raw(payload))
+    l4 = bytes(whole[IP])[20:]  # UDP header + payload, split at 1024 bytes (offset 128 x 8)
+    f1 = Ether(src=CLIENT_MAC, dst="02:00:00:00:00:ff") / IP(src=CLIENT, dst=NODE, id=77, ttl=64, flags="MF",
+                                                            proto=17, frag=0) / Raw(l4[:1024])
+    f2 = Ether(src=CLIENT_MAC, dst="02:00:00:00:00:ff") / IP(src=CLIENT, dst=NODE, id=77, ttl=64,
+                                                            proto=17, frag=128) / Raw(l4[1024:])
+    out1 = ext.send(f1)
+    assert out1.verdict == "XDP_TX"
+    port = SNAT_MIN + (5000 & SNAT_MASK)
+    assert out1.pkt[IP].src == NODE and out1.pkt[IP].dst == nodenet.REMOTE_POD
+    assert bytes(out1.pkt[IP])[20:24] == port.to_bytes(2, "big") + (53).to_bytes(2, "big")
+    out2 = ext.send(f2)
+    assert out2.verdict == "XDP_TX"
+    assert out2.raw == bytes(rebuilt(f2, eth_src=ext.node.ext_mac, eth_dst=nodenet.NODE2_MAC, ip_ttl=63,
+                                     ip_src=NODE, ip_dst=nodenet.REMOTE_POD))
+
+
+def test_a_removed_frontend_stops_its_flows(ext, xdp):
+    fe = ext.service(NODE, 30080, [nodenet.REMOTE_POD])
+    assert ext.send(from_client(NODE, 30080, flags="S")).verdict == "XDP_TX"
+    xdp.writer.delete(fe)
+    pkt = from_client(NODE, 30080, flags="A")
+    out = ext.send(pkt)
+    assert out.verdict == "XDP_PASS" and out.raw == bytes(pkt)
+
+
+def _checksums_valid(out):
+    """The outer IP and the ICMP checksums as scapy computes them from the same bytes."""
+    again = out.copy()
+    del again[IP].chksum
+    del again[ICMP].chksum
+    again = again.__class__(bytes(again))
+    return again[IP].chksum == out[IP].chksum and again[ICMP].chksum == out[ICMP].chksum
+
+
+def test_icmp_errors_about_a_snated_flow_are_translated_both_ways(ext, xdp):
+    from scapy.layers.inet import IPerror, UDPerror
+    ext.service(NODE, 30053, [nodenet.REMOTE_POD], proto="UDP", backend_port=53)
+    first = ext.send(from_client(NODE, 30053, sport=5353, proto=UDP)).pkt
+    port = first[UDP].sport
+    before = xdp.counters()
+    # node2 says the backend's port is closed, quoting node1:port -> backend:53
+    err = (Ether(src=nodenet.NODE2_MAC, dst=ext.node.ext_mac) / IP(src=nodenet.NODE2_IP, dst=NODE, ttl=64) /
+           ICMP(type=3, code=3) / IP(src=NODE, dst=nodenet.REMOTE_POD, ttl=63) / UDP(sport=port, dport=53))
+    out = ext.send(err)
+    assert out.verdict == "XDP_TX"
+    pkt = out.pkt
+    assert (pkt[Ether].dst, pkt[IP].src, pkt[IP].dst) == (CLIENT_MAC, nodenet.NODE2_IP, CLIENT)
+    assert (pkt[IPerror].src, pkt[IPerror].dst) == (CLIENT, NODE)
+    assert (pkt[UDPerror].sport, pkt[UDPerror].dport) == (5353, 30053)
+    assert _checksums_valid(pkt)
+    # the client says its port is closed, quoting NODE:30053 -> client:5353
+    err = (Ether(src=CLIENT_MAC, dst=ext.node.ext_mac) / IP(src=CLIENT, dst=NODE, ttl=64) /
+           ICMP(type=3, code=3) / IP(src=NODE, dst=CLIENT, ttl=63) / UDP(sport=30053, dport=5353))
+    out = ext.send(err)
+    assert out.verdict == "XDP_TX"
+    pkt = out.pkt
+    assert (pkt[Ether].dst, pkt[IP].src, pkt[IP].dst) == (nodenet.NODE2_MAC, NODE, nodenet.REMOTE_POD)
+    assert (pkt[IPerror].src, pkt[IPerror].dst) == (nodenet.REMOTE_POD, NODE)
+    assert (pkt[UDPerror].sport, pkt[UDPerror].dport) == (53, port)
+    assert _checksums_valid(pkt)
+    assert delta(before, xdp.counters())["icmp_nat"] == 2
+
+
+def test_icmp_of_no_flow_is_left_to_the_stack_on_the_external_side(ext):
+    pkt = Ether() / IP(src=CLIENT, dst=NODE) / ICMP()
+    out = ext.send(pkt)
+    assert out.verdict == "XDP_PASS" and out.raw == bytes(pkt)
+
+
+def test_algorithms_and_client_ip_affinity_on_a_nodeport(ext):
+    pods = [nodenet.LOCAL_POD, "10.244.1.12"]
+    ext.service(NODE, 30080, pods, algorithm="rr")
+    got = [ext.send(from_client(NODE, 30080, sport=1000 + i, flags="S")).pkt[IP].dst for i in range(4)]
+    assert got[0] != got[1] and got[:2] == got[2:]            # round robin over both
+    ext.service(NODE, 30081, pods, affinity_timeout=60)
+    got = {ext.send(from_client(NODE, 30081, sport=2000 + i, flags="S")).pkt[IP].dst for i in range(8)}
+    assert len(got) == 1                                        # ClientIP: one pod for the client
