@@ -117,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
     health = Health(args.node)
     if args.healthz_port:
         serve(health, port=args.healthz_port)
-    service_health = ServiceHealthServers(args.node, lambda: health.report()[0] == 200)
+    # healthCheckNodePorts listen where NodePorts are served, as kube-proxy's (all addresses if none known)
+    service_health = ServiceHealthServers(args.node, lambda: health.report()[0] == 200, addresses or ("0.0.0.0",))
     agent = Agent(store, NodeConfig(args.node, args.lb_algorithm, addresses), dp, interfaces, health,
                   check_every_s=args.check_interval, service_health=service_health)
     stop = threading.Event()

@@ -166,6 +166,13 @@ def _load_balancer_section(t: Transcript, lab: Lab) -> None:
     t.wait("an address for myapp-lb", lambda: t.get_json("svc", "myapp-lb").get("status", {}).get("loadBalancer"))
     t.svcctl("get", "svc", "myapp-lb")
     t.svcctl("lb-pool")
+    lb_ip = t.get_json("svc", "myapp-lb")["status"]["loadBalancer"]["ingress"][0]["ip"]
+    url = f"http://{lb_ip}/hostname.html"
+    t.say(f"From outside, {lb_ip} reaches the nodes (the outside host's ECMP route) and XDP serves it")
+    t.wait(f"{url} from outside", lambda: lab.exec(
+        "outside", ["curl", "-s", "-m", "3", url], capture_output=True, text=True, timeout=10).stdout.strip())
+    p = lab.exec("outside", ["curl", "-s", "-m", "3", url], capture_output=True, text=True, timeout=10)
+    print(f"$ svcctl exec outside -- curl -s {url}\n{p.stdout.strip()}")
     hc = t.get_json("svc", "myapp-lb")["spec"]["healthCheckNodePort"]
     t.say(f"externalTrafficPolicy: Local: every node answers on healthCheckNodePort {hc} whether it has "
           "ready myapp pods (200) or not (503)")
