@@ -220,6 +220,11 @@ class Agent:
         if self.cache.resource_version != fresh.resource_version:
             return False   # it had to relist: the maps were just rebuilt from the store
         writer = MapWriter(self.dp)
+        # lc-family connection counts drift upwards by design (bpf/lc.h): recounted
+        # from conntrack on every check, not treated as drift
+        recounted = writer.recount_connections()
+        if recounted:
+            log.info("recounted the connections of %d backends (lc family)", recounted)
         installed = writer.installed()
         want: dict[Frontend, ServiceState] = {}
         for s in desired_state(fresh.views(), self.node).states:
@@ -230,7 +235,8 @@ class Agent:
         if installed == want and not writer.adoption_drift:
             self._report_health()   # verified: the maps hold what the store wants
             return False
-        log.warning("dataplane drift: the maps differ from the store; repairing")
+        log.warning("dataplane drift: the maps differ from the store; repairing (%s)",
+                    "; ".join(writer.drift_report()) or "services differ")
         self.writer = writer
         self.full_sync("repair", fresh)
         return True

@@ -16,14 +16,11 @@ CLOCK_MONOTONIC_COARSE.
 """
 from __future__ import annotations
 
-import ctypes as ct
-import errno
 import time
 from dataclasses import dataclass
-from typing import Iterator
 
 from .layout import const
-from .libbpf import ffi, lib
+from .libbpf import lookup_batches as _batches
 from .model import PROTOCOLS, SCOPES, Frontend, be16_to_port, be32_to_ip
 
 F_AFFINITY = const("SVC_F_AFFINITY")
@@ -35,7 +32,6 @@ SCOPE_NAMES = {v: k for k, v in SCOPES.items()}
 
 CLOCK_MONOTONIC_COARSE = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)  # Linux's number
 NSEC = 1_000_000_000
-_BATCH = 8192
 
 
 def coarse_now_ns() -> int:
@@ -72,32 +68,6 @@ class AffinityEntry:
     backend_id: int
     last_used_ns: int
     gen: int
-
-
-def _batches(table) -> Iterator[tuple[ct.Array, ct.Array, int]]:
-    """(keys, values, count) chunks of a hash map, read with BPF_MAP_LOOKUP_BATCH."""
-    keys = (table.Key * _BATCH)()
-    values = (table.Leaf * _BATCH)()
-    token_in = ffi.new("uint8_t[8]")
-    token_out = ffi.new("uint8_t[8]")
-    count = ffi.new("uint32_t *")
-    opts = ffi.new("struct bpf_map_batch_opts *")
-    opts.sz = ffi.sizeof("struct bpf_map_batch_opts")
-    first = True
-    while True:
-        count[0] = _BATCH
-        rc = lib().bpf_map_lookup_batch(table.map_fd, ffi.NULL if first else token_in, token_out,
-                                        ffi.cast("void *", ct.addressof(keys)),
-                                        ffi.cast("void *", ct.addressof(values)), count, opts)
-        err = -rc if rc < 0 else 0
-        if err not in (0, errno.ENOENT):
-            raise OSError(err, f"bpf_map_lookup_batch(affinity): {errno.errorcode.get(err, err)}")
-        if count[0]:
-            yield keys, values, count[0]
-        if err == errno.ENOENT:
-            return
-        ffi.memmove(token_in, token_out, 8)
-        first = False
 
 
 def read_entries(table) -> list[AffinityEntry]:

@@ -9,10 +9,13 @@ layout of libbpf 1.1 (`sz` first: libbpf checks it for compatibility).
 """
 from __future__ import annotations
 
+import ctypes as ct
+import errno
 import os
 from array import array
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Iterator
 
 import cffi
 
@@ -226,3 +229,29 @@ def obj_get(pin: str) -> int:
 
 def obj_pin(fd: int, pin: str) -> None:
     _check(lib().bpf_obj_pin(fd, pin.encode()), f"bpf_obj_pin({pin})")
+
+
+def lookup_batches(table, batch: int = 8192) -> Iterator[tuple[ct.Array, ct.Array, int]]:
+    """(keys, values, count) chunks of a hash map, read with BPF_MAP_LOOKUPbatch."""
+    keys = (table.Key * batch)()
+    values = (table.Leaf * batch)()
+    token_in = ffi.new("uint8_t[8]")
+    token_out = ffi.new("uint8_t[8]")
+    count = ffi.new("uint32_t *")
+    opts = ffi.new("struct bpf_map_batch_opts *")
+    opts.sz = ffi.sizeof("struct bpf_map_batch_opts")
+    first = True
+    while True:
+        count[0] = batch
+        rc = lib().bpf_map_lookup_batch(table.map_fd, ffi.NULL if first else token_in, token_out,
+                                        ffi.cast("void *", ct.addressof(keys)),
+                                        ffi.cast("void *", ct.addressof(values)), count, opts)
+        err = -rc if rc < 0 else 0
+        if err not in (0, errno.ENOENT):
+            raise OSError(err, f"bpf_map_lookup_batch({table.Key.__name__}): {errno.errorcode.get(err, err)}")
+        if count[0]:
+            yield keys, values, count[0]
+        if err == errno.ENOENT:
+            return
+        ffi.memmove(token_in, token_out, 8)
+        first = False

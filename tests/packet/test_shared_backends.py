@@ -125,7 +125,7 @@ def test_adopting_mid_update_never_deletes_the_agents_rev_nat_entry(xdp: Harness
     entry = services[key]
     del services[key]                           # as if not written yet
     reader = MapWriter(xdp.dp)
-    assert reader.adoption_drift == 1           # it would delete the rev_nat entry ...
+    assert reader.revnat.pending == 1           # it would delete the rev_nat entry ...
     assert len(list(xdp.dp.table("rev_nat").keys())) == 1   # ... but only repair_adopted would
     services[key] = entry                       # the agent goes on
     xdp.send(syn(VIP_A, 45000))

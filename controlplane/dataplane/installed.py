@@ -1,0 +1,95 @@
+"""What the writer believes one frontend has in the maps, and the entries it writes
+for a state: the service entry, the backend entries, the Maglev table.
+
+Planning (plan.py) writes these, adoption (adopt.py) reads them back and the
+consistency check (verify.py) compares the maps with them, so each is computed in
+exactly one place.
+"""
+from __future__ import annotations
+
+import warnings
+from array import array
+from dataclasses import dataclass
+
+from controlplane.maglev import MaglevBackend, MaglevSizeWarning, build_table
+
+from .layout import ALGORITHMS, const
+from .model import BACKEND_STATES, PROTOCOLS, SCOPES, Backend, Frontend, ServiceState, ip_to_be32, port_to_be16
+
+F_AFFINITY = const("SVC_F_AFFINITY")
+F_TERMINATING_ONLY = const("SVC_F_TERMINATING_ONLY")
+F_SOURCE_RANGES = const("SVC_F_SOURCE_RANGES")
+F_LOCAL_DROP = const("SVC_F_LOCAL_DROP")
+F_REPLY_ENTRY = const("BACKEND_F_REPLY_ENTRY")
+
+Address = tuple[str, int]
+
+# Field order of the rows below (packing.Packer takes them in offset order).
+SVC_KEY_FIELDS = ("vip", "port", "proto", "scope")
+SVC_FIELDS = ("svc_id", "count", "algorithm", "flags", "affinity_timeout", "table_size", "affinity_gen",
+              "key_vip", "key_port", "key_proto", "key_scope")
+BACKEND_FIELDS = ("ip", "port", "state", "proto", "svc_id", "weight", "flags")
+
+
+@dataclass
+class Installed:
+    svc_id: int
+    state: ServiceState
+    backend_ids: dict[Address, int]
+    slot_count: int          # slots 1..slot_count are written (more if suspect: see verify.py)
+    table_ok: bool = True    # False: adopted Maglev service whose table is missing
+    affinity_gen: int = 0    # its ClientIP period (affinity_maps.py); 0 with affinity off
+    suspect: bool = False    # the maps may differ from `state` (verify.py): rewrite all of it
+
+
+def service_key_row(fe: Frontend) -> tuple:
+    return (ip_to_be32(fe.vip), port_to_be16(fe.port), PROTOCOLS[fe.protocol], SCOPES[fe.scope])
+
+
+def service_row(state: ServiceState, svc_id: int, affinity_gen: int) -> tuple:
+    """The services map value for `state`, in SVC_FIELDS order; it carries its own
+    key (the datapath checks it, bpf/svcxdp.c svc_read)."""
+    members = state.slot_backends()
+    flags = ((F_AFFINITY if state.affinity_timeout else 0) |
+             (F_TERMINATING_ONLY if members and members[0].state == "terminating" else 0) |
+             (F_SOURCE_RANGES if state.source_ranges else 0) |
+             (F_LOCAL_DROP if state.local_drop else 0))
+    return (svc_id, len(state.slot_sequence()), ALGORITHMS[state.algorithm], flags,
+            state.affinity_timeout, state.maglev_table_size, affinity_gen,
+            *service_key_row(state.frontend))
+
+
+def backend_row(fe: Frontend, b: Backend, svc_id: int, shared: bool) -> tuple:
+    """A backends map value, in BACKEND_FIELDS order; `shared`: its address serves
+    several frontends, so flows to it record a reply entry (revnat.py)."""
+    return (ip_to_be32(b.ip), port_to_be16(b.port), BACKEND_STATES[b.state], PROTOCOLS[fe.protocol],
+            svc_id, b.weight, F_REPLY_ENTRY if shared else 0)
+
+
+def slot_ids(state: ServiceState, ids: dict[Address, int]) -> list[int]:
+    """Backend ids of slots 1..n."""
+    return [ids[b.address] for b in state.slot_sequence()]
+
+
+def maglev_inputs(state: ServiceState, ids: dict[Address, int]) -> tuple | None:
+    """Everything a service's Maglev table depends on; None when it has no table."""
+    if state.algorithm != "maglev":
+        return None
+    members = state.slot_backends()
+    if not members:
+        return None
+    return (state.maglev_table_size, tuple((b.address, ids[b.address], b.weight) for b in members))
+
+
+def maglev_table(state: ServiceState, ids: dict[Address, int]) -> array | None:
+    """The table the writer installs for `state` (ids: address -> backend id); None
+    when the service has no table. Backends are keyed by (ip, port), so every node
+    orders and places them alike whatever its local ids."""
+    inputs = maglev_inputs(state, ids)
+    if inputs is None:
+        return None
+    m, members = inputs
+    with warnings.catch_warnings():
+        # M < 100·N is the operator's choice (annotation); the agent reports it.
+        warnings.simplefilter("ignore", MaglevSizeWarning)
+        return build_table([MaglevBackend(addr, bid, w) for addr, bid, w in members], m)

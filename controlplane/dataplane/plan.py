@@ -1,0 +1,89 @@
+"""Planning one upsert: the ids and map entries a new state needs, computed before
+anything is written (writer.py writes plans in order). Capacity is checked for a
+whole batch of plans first, so a full map leaves nothing behind."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from .affinity_maps import AffinityGenerations
+from .ids import CapacityError, IdAllocator
+from .installed import Address, Installed, maglev_inputs, service_key_row, service_row, slot_ids
+from .model import Backend, Frontend, ServiceState
+
+BackendRow = Callable[[Frontend, Backend, int], tuple]   # (frontend, backend, svc_id) -> row
+
+
+@dataclass
+class Plan:
+    """What one upsert writes."""
+    state: ServiceState
+    old: Installed | None
+    svc_id: int
+    ids: dict[Address, int]
+    fresh: list[int] = field(default_factory=list)           # backend ids handed out now
+    backend_writes: list = field(default_factory=list)       # ((id,), row)
+    slot_writes: list = field(default_factory=list)          # ((svc_id, slot), (id,))
+    slot_count: int = 0
+    old_slot_count: int = 0
+    install_table: bool = False
+    remove_table: bool = False
+    affinity_gen: int = 0
+    entry_key: tuple = ()   # services map key, as packing.Packer rows
+    entry: tuple = ()       # services map value
+
+    def installed(self) -> Installed:
+        """The record of what the maps hold once the plan is written."""
+        return Installed(self.svc_id, self.state, self.ids, self.slot_count, affinity_gen=self.affinity_gen)
+
+
+def check_capacity(plans: Sequence[tuple[ServiceState, Installed | None]], svc_ids: IdAllocator,
+                   backend_ids: IdAllocator, slots_used: int, max_slots: int) -> None:
+    """Raise CapacityError unless every plan fits; nothing is allocated here."""
+    services = backends = 0
+    slots = slots_used
+    for state, old in plans:
+        services += old is None
+        if services > svc_ids.available:
+            raise CapacityError(f"cannot add {state.frontend}: {svc_ids.what} full")
+        backends += len({b.address for b in state.backends} - set(old.backend_ids if old else ()))
+        if backends > backend_ids.available:
+            raise CapacityError(f"cannot add {backends} backends (up to {state.frontend}): "
+                                f"{backend_ids.what} has {backend_ids.available} left")
+        slots += len(state.slot_sequence()) - (old.slot_count if old else 0)
+        if slots > max_slots:
+            raise CapacityError(f"cannot program {state.frontend}: slots map "
+                                f"(max_slots={max_slots}) would need {slots} entries")
+
+
+def plan_upsert(state: ServiceState, old: Installed | None, svc_ids: IdAllocator, backend_ids: IdAllocator,
+                affinity: AffinityGenerations, backend_row: BackendRow) -> Plan:
+    """Ids and map entries for one frontend. Allocates its new ids; writes nothing.
+    Entries equal to what `old` has are left out, unless `old` is suspect (the
+    consistency check found the maps differ from it): then everything is written."""
+    svc_id = old.svc_id if old else svc_ids.allocate()
+    ids = dict(old.backend_ids) if old else {}
+    full = old is None or old.suspect
+    old_by_addr = {b.address: b for b in old.state.backends} if old and not full else {}
+    plan = Plan(state, old, svc_id, ids)
+    for b in state.backends:
+        if b.address not in ids:
+            ids[b.address] = backend_ids.allocate()
+            plan.fresh.append(ids[b.address])
+        if old_by_addr.get(b.address) != b:
+            plan.backend_writes.append(((ids[b.address],), backend_row(state.frontend, b, svc_id)))
+    new_slots = slot_ids(state, ids)
+    plan.old_slot_count = old.slot_count if old else 0
+    old_slots = slot_ids(old.state, old.backend_ids) if old and not full else []
+    for i, bid in enumerate(new_slots):
+        if i >= len(old_slots) or old_slots[i] != bid:
+            plan.slot_writes.append(((svc_id, i + 1), (bid,)))
+    plan.slot_count = len(new_slots)
+    new_table = maglev_inputs(state, ids)
+    old_table = maglev_inputs(old.state, old.backend_ids) if old else None
+    plan.install_table = new_table is not None and (full or new_table != old_table or not old.table_ok)
+    plan.remove_table = new_table is None and old is not None and (old_table is not None or old.suspect)
+    plan.affinity_gen = affinity.for_update(state.affinity_timeout, old.affinity_gen if old else 0)
+    plan.entry_key = service_key_row(state.frontend)
+    plan.entry = service_row(state, svc_id, plan.affinity_gen)
+    return plan

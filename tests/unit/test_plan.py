@@ -1,0 +1,97 @@
+"""plan.py and installed.py: what one upsert writes, computed without the maps."""
+from __future__ import annotations
+
+import pytest
+
+from controlplane.dataplane.affinity_maps import AffinityGenerations
+from controlplane.dataplane.ids import CapacityError, IdAllocator
+from controlplane.dataplane.installed import (F_AFFINITY, F_TERMINATING_ONLY, backend_row, maglev_table,
+                                              service_key_row, service_row)
+from controlplane.dataplane.model import Backend, Frontend, ServiceState
+from controlplane.dataplane.plan import check_capacity, plan_upsert
+
+FE = Frontend("10.96.0.1", 80)
+
+
+def st(*ips, alg="random", state="active", affinity=0, m=None) -> ServiceState:
+    return ServiceState(FE, tuple(Backend(ip, 8080, state) for ip in ips), alg, affinity, m)
+
+
+class Ids:
+    def __init__(self, services=10, backends=20):
+        self.svc = IdAllocator(services, "services map")
+        self.backend = IdAllocator(backends, "backends map")
+        self.affinity = AffinityGenerations()
+
+    def plan(self, state, old=None):
+        return plan_upsert(state, old, self.svc, self.backend, self.affinity,
+                           lambda fe, b, svc_id: backend_row(fe, b, svc_id, False))
+
+
+def test_a_new_service_writes_everything_and_its_entry_names_its_key():
+    ids = Ids()
+    p = ids.plan(st("10.0.0.1", "10.0.0.2"))
+    assert p.svc_id == 1 and p.fresh == [1, 2]
+    assert [k for k, _ in p.backend_writes] == [(1,), (2,)]
+    assert p.slot_writes == [((1, 1), (1,)), ((1, 2), (2,))]
+    assert p.entry == service_row(p.state, 1, 0)
+    assert p.entry[-4:] == service_key_row(FE)        # the key the datapath checks
+    assert p.entry[1] == 2 and not p.install_table
+
+
+def test_an_update_writes_only_what_changed():
+    ids = Ids()
+    old = ids.plan(st("10.0.0.1", "10.0.0.2")).installed()
+    p = ids.plan(st("10.0.0.1", "10.0.0.2", "10.0.0.3"), old)
+    assert p.svc_id == old.svc_id and p.fresh == [3]
+    assert [k for k, _ in p.backend_writes] == [(3,)]
+    assert p.slot_writes == [((1, 3), (3,))]
+    assert p.old_slot_count == 2 and p.slot_count == 3
+
+
+def test_a_suspect_service_is_written_whole():
+    """The consistency check found its maps differ: no entry is assumed right."""
+    ids = Ids()
+    old = ids.plan(st("10.0.0.1", "10.0.0.2", alg="maglev", m=251)).installed()
+    old.suspect = True
+    p = ids.plan(old.state, old)
+    assert len(p.backend_writes) == 2 and len(p.slot_writes) == 2 and p.install_table
+
+
+def test_maglev_tables_are_installed_on_change_and_removed_when_unused():
+    ids = Ids()
+    old = ids.plan(st("10.0.0.1", "10.0.0.2", alg="maglev", m=251)).installed()
+    assert not ids.plan(old.state, old).install_table
+    grown = ids.plan(st("10.0.0.1", "10.0.0.2", "10.0.0.3", alg="maglev", m=251), old)
+    assert grown.install_table and not grown.remove_table
+    to_rr = ids.plan(st("10.0.0.1", "10.0.0.2", alg="rr"), old)
+    assert to_rr.remove_table and not to_rr.install_table
+    empty = ids.plan(st(alg="maglev", m=251), old)
+    assert empty.remove_table
+
+
+def test_maglev_table_holds_only_member_ids():
+    table = maglev_table(st("10.0.0.1", "10.0.0.2", alg="maglev", m=251),
+                         {("10.0.0.1", 8080): 7, ("10.0.0.2", 8080): 9})
+    assert len(table) == 251 and set(table) == {7, 9}
+
+
+def test_entry_flags():
+    assert service_row(st("10.0.0.1", affinity=30), 1, 5)[3] == F_AFFINITY
+    assert service_row(st("10.0.0.1", state="terminating"), 1, 0)[3] == F_TERMINATING_ONLY
+    assert service_row(st(), 1, 0)[1] == 0   # no backends: count 0, the datapath rejects
+
+
+def test_capacity_is_checked_exactly_before_anything_is_allocated():
+    ids = Ids(services=3, backends=4)    # 2 services, 3 backends
+    a = st("10.0.0.1", "10.0.0.2")
+    b = ServiceState(Frontend("10.96.0.2", 80), (Backend("10.0.0.3", 8080),))
+    check_capacity([(a, None), (b, None)], ids.svc, ids.backend, 0, 3)
+    c = ServiceState(Frontend("10.96.0.3", 80), (Backend("10.0.0.4", 8080),))
+    with pytest.raises(CapacityError, match="services map"):
+        check_capacity([(a, None), (b, None), (c, None)], ids.svc, ids.backend, 0, 10)
+    with pytest.raises(CapacityError, match="backends map"):
+        check_capacity([(st("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"), None)], ids.svc, ids.backend, 0, 10)
+    with pytest.raises(CapacityError, match="max_slots=2"):
+        check_capacity([(a, None), (b, None)], ids.svc, ids.backend, 0, 2)
+    assert ids.svc.available == 2 and ids.backend.available == 3   # nothing taken
