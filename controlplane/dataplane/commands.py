@@ -52,6 +52,18 @@ def _open(args: argparse.Namespace):
     return Dataplane.load(_adopting(config))
 
 
+def open_maps(args: argparse.Namespace):
+    """The node's pinned maps for reading only, opened in milliseconds (pinned.py):
+    no program is built, so what is read is the state of the moment asked about."""
+    from controlplane.cli import CommandError
+
+    from .pinned import PinnedMaps
+    config = DataplaneConfig(instance=_instance(args))
+    if not (Path(config.pin_dir) / "services").exists():
+        raise CommandError(f"no dataplane pinned at {config.pin_dir} (is the agent running?)")
+    return PinnedMaps(config.pin_dir)
+
+
 def _adopting(config: DataplaneConfig) -> DataplaneConfig:
     """The pinned maps decide the sizes: read them so the layout check passes."""
     from .libbpf import lib, map_info

@@ -105,6 +105,16 @@ int bpf_prog_attach_opts(int prog_fd, int attachable_fd, int type,
 int bpf_prog_detach2(int prog_fd, int attachable_fd, int type);
 int bpf_prog_query(int target_fd, int type, uint32_t query_flags, uint32_t *attach_flags,
                    uint32_t *prog_ids, uint32_t *prog_cnt);
+struct bpf_btf_info {
+    uint64_t btf;
+    uint32_t btf_size;
+    uint32_t id;
+    uint64_t name;
+    uint32_t name_len;
+    uint32_t kernel_btf;
+};
+int bpf_btf_get_fd_by_id(uint32_t id);
+int bpf_map_get_next_key(int fd, const void *key, void *next_key);
 """
 
 ffi = cffi.FFI()

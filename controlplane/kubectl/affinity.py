@@ -107,12 +107,12 @@ def _nodes(args: argparse.Namespace) -> list[str]:
 def read_node(node: str, state_dir: str | None, frontends: set[Frontend]) -> list:
     """Live affinity entries of one node's dataplane, for `frontends`."""
     from controlplane.dataplane.affinity_maps import live_entries
-    from controlplane.dataplane.commands import _open
-    dp = _open(argparse.Namespace(node=node, instance=None, state_dir=state_dir))
+    from controlplane.dataplane.commands import open_maps
+    maps = open_maps(argparse.Namespace(node=node, instance=None, state_dir=state_dir))
     try:
-        return live_entries(dp, frontends)
+        return live_entries(maps, frontends)
     finally:
-        dp.close()
+        maps.close()
 
 
 @command

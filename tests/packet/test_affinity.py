@@ -5,15 +5,19 @@ None <-> ClientIP, timeout changes, UDP, per-frontend entries, every selection
 algorithm, and LRU eviction counted."""
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from controlplane.dataplane.affinity_maps import AffinityStats, affinity_stats, live_entries
+from controlplane.dataplane.affinity_maps import AffinityStats, affinity_stats, coarse_now_ns, live_entries
 from controlplane.dataplane.config import DataplaneConfig
 from controlplane.dataplane.layout import ALGORITHMS
+from controlplane.dataplane.libbpf import lib
+from controlplane.dataplane.pinned import PinnedMaps
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
 from controlplane.dataplane.program import Dataplane
 from controlplane.dataplane.writer import MapWriter
@@ -221,6 +225,37 @@ def test_live_entries_show_backend_and_remaining_time(aff: Harness):
     assert all(28.5 < e.remaining_s <= 30 for e in entries)
     aff.writer.upsert(svc("rr", timeout=30, backends=tuple(b for b in BACKENDS if b != first)))
     assert live_entries(aff.dp)[0].backend is None  # left: rebalanced on next flow
+
+
+def test_pinned_maps_read_the_same_entries_as_the_loaded_program(aff: Harness):
+    """`svcctl get affinity` reads the pins with types from the maps' BTF (pinned.py),
+    never building the program: it must see exactly what bcc's types see."""
+    aff.writer.upsert(svc("rr", timeout=30))
+    aff.writer.upsert(svc("random", timeout=5, vip=VIP2))
+    new_flow(aff, 20000)
+    new_flow(aff, 20000, client="10.244.1.99")
+    new_flow(aff, 20001, vip=VIP2)
+    pins = Path("/sys/fs/bpf/svcxdp") / f"pytest-pinned-{os.getpid()}"
+    pins.mkdir(parents=True, exist_ok=True)
+    names = ("services", "backends", "affinity")
+    try:
+        for name in names:
+            assert lib().bpf_obj_pin(aff.dp.table(name).map_fd, str(pins / name).encode()) == 0
+        maps = PinnedMaps(pins)
+        try:
+            now = coarse_now_ns()
+            assert len(live_entries(aff.dp, now_ns=now)) == 3
+            assert live_entries(maps, now_ns=now) == live_entries(aff.dp, now_ns=now)
+            for name in names:
+                ours, theirs = maps.table(name), aff.dp.table(name)
+                got = {bytes(k): bytes(v) for k, v in ours.items()}
+                assert got == {bytes(k): bytes(v) for k, v in theirs.items()}, name
+        finally:
+            maps.close()
+    finally:
+        for name in names:
+            (pins / name).unlink(missing_ok=True)
+        pins.rmdir()
 
 
 def test_adopting_writer_keeps_the_period(aff: Harness):

@@ -1,0 +1,210 @@
+"""Read-only access to a dataplane's pinned maps, without building the program.
+
+`Dataplane.load` compiles and verifies the whole XDP program (tens of seconds on a
+loaded machine) before a map can be read. A reader that looks at time-limited state
+(ClientIP affinity entries with a 2 s timeout) would then read it long after the
+moment it was asked about. Here the maps are opened by their pins and their key and
+value types are decoded from the BTF the kernel keeps for each map — the same
+struct definitions (bpf/svcxdp.h) the program was compiled from, so no layout is
+written a second time.
+"""
+from __future__ import annotations
+
+import ctypes as ct
+import os
+import struct
+from pathlib import Path
+from typing import Iterator
+
+from .libbpf import ffi, lib
+
+_BTF_MAGIC = 0xEB9F
+# BTF kinds (include/uapi/linux/btf.h)
+_INT, _PTR, _ARRAY, _STRUCT, _UNION, _ENUM, _FWD, _TYPEDEF, _VOLATILE, _CONST, _RESTRICT = range(1, 12)
+_FUNC, _FUNC_PROTO, _VAR, _DATASEC, _FLOAT, _DECL_TAG, _TYPE_TAG, _ENUM64 = range(12, 20)
+_INTS = {(1, False): ct.c_uint8, (2, False): ct.c_uint16, (4, False): ct.c_uint32,
+         (8, False): ct.c_uint64, (1, True): ct.c_int8, (2, True): ct.c_int16,
+         (4, True): ct.c_int32, (8, True): ct.c_int64}
+
+
+def _check(rc: int, what: str) -> int:
+    if rc < 0:
+        err = ffi.errno or -rc
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return rc
+
+
+class Btf:
+    """The types of one BTF object, as ctypes types on demand."""
+
+    def __init__(self, raw: bytes) -> None:
+        magic, _version, _flags, hdr_len, type_off, type_len, str_off, str_len = \
+            struct.unpack_from("<HBBIIIII", raw)
+        if magic != _BTF_MAGIC:
+            raise ValueError("not BTF (bad magic)")
+        self._strings = raw[hdr_len + str_off:hdr_len + str_off + str_len]
+        self._types: list[tuple | None] = [None]  # id 0 is void
+        self._built: dict[int, type] = {}
+        self._parse(raw[hdr_len + type_off:hdr_len + type_off + type_len])
+
+    @classmethod
+    def from_kernel(cls, btf_id: int) -> "Btf":
+        fd = _check(lib().bpf_btf_get_fd_by_id(btf_id), f"bpf_btf_get_fd_by_id({btf_id})")
+        try:
+            info = ffi.new("struct bpf_btf_info *")
+            size = ffi.new("uint32_t *", ffi.sizeof("struct bpf_btf_info"))
+            _check(lib().bpf_obj_get_info_by_fd(fd, info, size), "BTF info")
+            buf = ffi.new("uint8_t[]", info.btf_size)
+            want = info.btf_size
+            info = ffi.new("struct bpf_btf_info *")
+            info.btf = int(ffi.cast("uintptr_t", buf))
+            info.btf_size = want
+            size[0] = ffi.sizeof("struct bpf_btf_info")
+            _check(lib().bpf_obj_get_info_by_fd(fd, info, size), "BTF info")
+            return cls(bytes(ffi.buffer(buf, want)))
+        finally:
+            os.close(fd)
+
+    def _name(self, off: int) -> str:
+        return self._strings[off:self._strings.index(b"\0", off)].decode()
+
+    def _parse(self, data: bytes) -> None:
+        pos = 0
+        while pos < len(data):
+            name_off, info, size_or_type = struct.unpack_from("<III", data, pos)
+            pos += 12
+            kind, vlen, kflag = (info >> 24) & 0x1F, info & 0xFFFF, bool(info >> 31)
+            extra: object = None
+            if kind == _INT:
+                (enc,) = struct.unpack_from("<I", data, pos)
+                extra, pos = enc, pos + 4
+            elif kind == _ARRAY:
+                extra, pos = struct.unpack_from("<III", data, pos), pos + 12
+            elif kind in (_STRUCT, _UNION):
+                extra = [struct.unpack_from("<III", data, pos + 12 * i) for i in range(vlen)]
+                pos += 12 * vlen
+            elif kind in (_ENUM, _FUNC_PROTO):
+                pos += 8 * vlen
+            elif kind in (_VAR, _DECL_TAG):
+                pos += 4
+            elif kind == _DATASEC:
+                pos += 12 * vlen
+            elif kind == _ENUM64:
+                pos += 12 * vlen
+            self._types.append((kind, name_off, size_or_type, kflag, extra))
+
+    def ctype(self, type_id: int) -> type:
+        if type_id not in self._built:
+            self._built[type_id] = self._build(type_id)
+        return self._built[type_id]
+
+    def _build(self, type_id: int) -> type:
+        kind, name_off, size_or_type, kflag, extra = self._types[type_id]
+        if kind in (_TYPEDEF, _VOLATILE, _CONST, _RESTRICT, _TYPE_TAG):
+            return self.ctype(size_or_type)
+        if kind == _INT:
+            bits = extra & 0xFF
+            if bits != size_or_type * 8 or (extra >> 16) & 0xFF:
+                raise ValueError(f"BTF type {type_id}: bitfield integers are not supported")
+            return _INTS[(size_or_type, bool((extra >> 24) & 1))]
+        if kind in (_ENUM, _ENUM64):
+            return _INTS[(size_or_type, False)]
+        if kind == _ARRAY:
+            elem, _index, n = extra
+            return self.ctype(elem) * n
+        if kind in (_STRUCT, _UNION):
+            return self._record(type_id, kind, name_off, size_or_type, kflag, extra)
+        raise ValueError(f"BTF type {type_id}: kind {kind} cannot be a map key or value")
+
+    def _record(self, type_id, kind, name_off, size, kflag, members) -> type:
+        """A struct or union with the members at their BTF offsets (padding made
+        explicit, so the ctypes layout is the compiler's, whatever the alignment)."""
+        fields: list[tuple[str, type]] = []
+        at = 0
+        for i, (m_name, m_type, m_off) in enumerate(members):
+            bit_off = m_off & 0xFFFFFF if kflag else m_off
+            if kflag and m_off >> 24 or bit_off % 8:
+                raise ValueError(f"BTF type {type_id}: bitfields are not supported")
+            typ = self.ctype(m_type)
+            name = self._name(m_name) or f"_anon{i}"
+            if kind == _STRUCT:
+                if bit_off // 8 > at:
+                    fields.append((f"_pad{i}", ct.c_uint8 * (bit_off // 8 - at)))
+                at = bit_off // 8 + ct.sizeof(typ)
+            fields.append((name, typ))
+        if kind == _STRUCT and size > at:
+            fields.append(("_pad_end", ct.c_uint8 * (size - at)))
+        base = ct.Structure if kind == _STRUCT else ct.Union
+        cls = type(self._name(name_off) or f"anon{type_id}", (base,), {"_pack_": 1, "_fields_": fields})
+        if ct.sizeof(cls) != size:
+            raise ValueError(f"BTF type {type_id}: decoded size {ct.sizeof(cls)} != {size}")
+        return cls
+
+
+class PinnedTable:
+    """One pinned map: Key and Leaf types, `items()`, `table[key]` (bcc's Table names)."""
+
+    def __init__(self, path: Path) -> None:
+        self.name = path.name
+        self.map_fd = _check(lib().bpf_obj_get(str(path).encode()), f"bpf_obj_get({path})")
+        try:
+            info = ffi.new("struct bpf_map_info *")
+            size = ffi.new("uint32_t *", ffi.sizeof("struct bpf_map_info"))
+            _check(lib().bpf_obj_get_info_by_fd(self.map_fd, info, size), f"map info of {path}")
+            if not info.btf_id:
+                raise ValueError(f"map {path} carries no BTF: its types are unknown")
+            btf = Btf.from_kernel(info.btf_id)
+            self.Key = btf.ctype(info.btf_key_type_id)
+            self.Leaf = btf.ctype(info.btf_value_type_id)
+            if (ct.sizeof(self.Key), ct.sizeof(self.Leaf)) != (info.key_size, info.value_size):
+                raise ValueError(f"map {path}: BTF types do not match its key/value sizes")
+        except BaseException:
+            os.close(self.map_fd)
+            raise
+
+    def _ptr(self, obj) -> object:
+        return ffi.cast("void *", ct.addressof(obj))
+
+    def __getitem__(self, key):
+        leaf = self.Leaf()
+        if lib().bpf_map_lookup_elem(self.map_fd, self._ptr(key), self._ptr(leaf)) != 0:
+            raise KeyError(key)
+        return leaf
+
+    def keys(self) -> Iterator:
+        key, prev = self.Key(), None
+        while lib().bpf_map_get_next_key(self.map_fd, ffi.NULL if prev is None else self._ptr(prev),
+                                         self._ptr(key)) == 0:
+            yield key
+            prev, key = key, self.Key()
+
+    def items(self) -> Iterator[tuple]:
+        for key in self.keys():
+            try:
+                yield key, self[key]
+            except KeyError:   # deleted since it was listed
+                continue
+
+    def close(self) -> None:
+        if self.map_fd >= 0:
+            os.close(self.map_fd)
+            self.map_fd = -1
+
+
+class PinnedMaps:
+    """The pinned maps of one dataplane instance, opened lazily; `table(name)` as
+    Dataplane.table, for readers such as affinity_maps.live_entries."""
+
+    def __init__(self, pin_dir: Path) -> None:
+        self.pin_dir = Path(pin_dir)
+        self._tables: dict[str, PinnedTable] = {}
+
+    def table(self, name: str) -> PinnedTable:
+        if name not in self._tables:
+            self._tables[name] = PinnedTable(self.pin_dir / name)
+        return self._tables[name]
+
+    def close(self) -> None:
+        for t in self._tables.values():
+            t.close()
+        self._tables.clear()
