@@ -55,12 +55,10 @@ def _open(args: argparse.Namespace):
 def open_maps(args: argparse.Namespace):
     """The node's pinned maps for reading only, opened in milliseconds (pinned.py):
     no program is built, so what is read is the state of the moment asked about."""
-    from controlplane.cli import CommandError
-
     from .pinned import PinnedMaps
     config = DataplaneConfig(instance=_instance(args))
     if not (Path(config.pin_dir) / "services").exists():
-        raise CommandError(f"no dataplane pinned at {config.pin_dir} (is the agent running?)")
+        raise SystemExit(f"error: no dataplane pinned at {config.pin_dir} (is the agent running?)")
     return PinnedMaps(config.pin_dir)
 
 
