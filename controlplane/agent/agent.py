@@ -261,6 +261,10 @@ class Agent:
                 else:
                     rv = self.store.wait_for_change(self.resource_version, timeout=poll_s)
                     if rv != self.resource_version:
+                        # A pod's interface exists before its endpoint turns ready:
+                        # serve it first, or the pod's replies to flows this sync sends
+                        # it leave without reverse NAT (the client drops them).
+                        self._refresh_interfaces()
                         self.incremental_sync()
                     else:
                         self.health.alive()
