@@ -145,20 +145,30 @@ def test_new_service_resolves_and_deleted_is_nxdomain(dns_cluster):
     wait_for("NXDOMAIN", lambda: "status: NXDOMAIN" in dig(dns_cluster, f"fresh.{ZONE}"))
 
 
+# A query unanswered after 2 s is waited for up to 10 s more on the same socket: an
+# answer then is late (a loaded machine), not lost. Lost = never answered (or not
+# from the VIP): what a restart must keep to the one query in flight.
 QUERY_LOOP = r"""
-import socket, sys, time, dns.message, dns.query
-lost = ok = 0
+import socket, sys, time, dns.exception, dns.message, dns.query
+lost = late = ok = 0
 end = time.monotonic() + float(sys.argv[1])
 while time.monotonic() < end:
     q = dns.message.make_query("myapp.default.svc.cluster.local", "A")
-    try:
-        r = dns.query.udp(q, "10.96.0.10", timeout=2)
-        ok += r.rcode() == 0 and bool(r.answer)
-    except Exception as exc:
-        lost += 1
-        print(time.strftime("%H:%M:%S"), f"{time.time() % 1:.3f}", "lost:", repr(exc), file=sys.stderr)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setblocking(False)  # as dnspython's own sockets: it waits with select
+        try:
+            try:
+                r = dns.query.udp(q, "10.96.0.10", timeout=2, sock=s)
+            except dns.exception.Timeout:
+                r, _ = dns.query.receive_udp(s, ("10.96.0.10", 53), time.time() + 10, query=q)
+                late += 1
+                print(time.strftime("%H:%M:%S"), "late answer", file=sys.stderr)
+            ok += r.rcode() == 0 and bool(r.answer)
+        except Exception as exc:
+            lost += 1
+            print(time.strftime("%H:%M:%S"), f"{time.time() % 1:.3f}", "lost:", repr(exc), file=sys.stderr)
     time.sleep(0.01)
-print(ok, lost)
+print(ok, lost, late)
 """
 
 
@@ -180,8 +190,8 @@ def test_dns_pods_restarted_under_a_query_loop_lose_at_most_the_inflight(dns_clu
     finally:
         if loop.poll() is None:
             loop.kill()
-    ok, lost = map(int, out.split())
-    print(f"{ok} answered, {lost} lost while restarting {len(pods)} DNS pods")
+    ok, lost, late = map(int, out.split())
+    print(f"{ok} answered ({late} after more than 2 s), {lost} lost while restarting {len(pods)} DNS pods")
     assert ok > 100
     assert lost <= len(pods)  # at most the one query in flight per restart
 
