@@ -65,6 +65,12 @@ def service(name: str, app: str, node_port: int | None = None, udp_node_port: in
                      "ports": ports, **spec}}
 
 
+def from_node1(cluster: Cluster, url: str) -> str | None:
+    """curl as a process on node1: in its namespace and its cgroup (the socket hooks')."""
+    p = cluster.exec("node1", "curl", "-s", "-m", "3", url, timeout=15)
+    return p.stdout if p.returncode == 0 and p.stdout else None
+
+
 def client_address(answer: str) -> str:
     return answer.strip().rsplit(":", 1)[0]
 
@@ -86,6 +92,13 @@ def test_walkthrough_nginx_svc_answers_on_both_node_addresses(cluster: Cluster):
         for _ in range(6):  # local and remote pods alike
             p = outside(cluster, f"http://{node}:30080/")
             assert p.returncode == 0 and "Welcome to nginx!" in p.stdout, p
+
+
+def test_nodeport_from_the_node_itself_through_the_socket_hooks(cluster: Cluster):
+    """A process on node1 (in its cgroup, where the agent attached the socket hooks)
+    reaches nginx-svc's NodePort on loopback, on its own address and on node2's."""
+    for url in ("http://127.0.0.1:30080/", f"http://{NODE1}:30080/", f"http://{NODE2}:30080/"):
+        assert "Welcome to nginx!" in wait_for(f"{url} from node1", lambda: from_node1(cluster, url)), url
 
 
 def test_remote_backend_sees_the_node_and_local_backend_sees_the_client(cluster: Cluster, remote_pod):
@@ -163,6 +176,8 @@ def test_load_balancer_ip_and_its_source_ranges(cluster: Cluster, remote_pod):
         return ing[0].get("ip") if ing else None
     lb_ip = wait_for("an ingress IP for np-lb", ingress_ip)
     assert client_address(wait_outside(cluster, f"http://{lb_ip}/clientip")) in (NODE1, OUTSIDE)
+    # from node1 itself the socket hooks send it straight to the pod, from node1's address
+    assert client_address(wait_for("the LB IP from node1", lambda: from_node1(cluster, f"http://{lb_ip}/clientip"))) == NODE1
     svc["spec"]["loadBalancerSourceRanges"] = ["10.0.0.0/8"]
     apply(cluster, svc)
     wait_for("outside blocked", lambda: outside(cluster, f"http://{lb_ip}/clientip", timeout=2).returncode == 28)
