@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from .attach_sources import FileAttachPoints
     from .healthcheck import ServiceHealthServers
     from .interfaces import InterfaceManager
-    from .node_interfaces import NodeInterfaces, pin_program, uninstall
+    from .node_interfaces import NodeInterfaces, pin_programs, uninstall
     from .nodeport_addresses import interface_addresses, parse_cidrs, select
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     store = open_store_from_args(args)
     dp = Dataplane.load(config)
     log.info("dataplane loaded: prog id %d, maps pinned in %s", dp.prog_id, config.pin_dir)
-    pin_program(dp.prog_fd, config.pin_dir)
+    pin_programs(dp.prog_fd, dp.external_prog_fd, config.pin_dir)
     interfaces = None
     if args.attach_points:
         interfaces = InterfaceManager(dp, FileAttachPoints(args.attach_points), args.xdp_mode)

@@ -25,7 +25,10 @@ from .attach_sources import Target
 
 log = logging.getLogger("svcxdp.agent")
 
-PROG_PIN = "prog"   # the XDP program's pin inside the instance's pin folder
+# The XDP entry points' pins inside the instance's pin folder: pod interfaces run the
+# main one, the node's external interfaces the external one (NodePort, LB IPs).
+PROG_PIN = "prog"
+EXTERNAL_PROG_PIN = "prog_external"
 
 
 class NodeInterfaces:
@@ -85,32 +88,42 @@ class NodeInterfaces:
                 [Target("", name, links[name]) for name in sorted(set(pods))])
 
 
-def pin_program(prog_fd: int, pin_dir: Path) -> None:
-    """Pin the program next to its maps (replacing an older build's pin), so tools and
-    `--uninstall` find what runs on the interfaces after the agent has gone."""
+def pin_programs(prog_fd: int, external_prog_fd: int, pin_dir: Path) -> None:
+    """Pin both entry points next to the maps (replacing an older build's pins), so tools
+    and `--uninstall` find what runs on the interfaces after the agent has gone."""
     from controlplane.dataplane.libbpf import lib
-    path = pin_dir / PROG_PIN
-    path.unlink(missing_ok=True)
-    if lib().bpf_obj_pin(prog_fd, str(path).encode()) != 0:
-        log.warning("could not pin the program at %s", path)
+    for name, fd in ((PROG_PIN, prog_fd), (EXTERNAL_PROG_PIN, external_prog_fd)):
+        path = pin_dir / name
+        path.unlink(missing_ok=True)
+        if lib().bpf_obj_pin(fd, str(path).encode()) != 0:
+            log.warning("could not pin the program at %s", path)
 
 
-def uninstall(pin_dir: Path, interfaces: list[Target], mode: str = "native") -> list[str]:
-    """Detach the pinned program from the interfaces that run it; returns their names.
-    Interfaces running another program are left alone."""
+def _pinned_prog_ids(pin_dir: Path) -> set[int]:
     import os
 
     from controlplane.dataplane.libbpf import lib, prog_id
-    fd = lib().bpf_obj_get(str(pin_dir / PROG_PIN).encode())
-    if fd < 0:
+    ids = set()
+    for name in (PROG_PIN, EXTERNAL_PROG_PIN):
+        fd = lib().bpf_obj_get(str(pin_dir / name).encode())
+        if fd < 0:
+            continue
+        try:
+            ids.add(prog_id(fd))
+        finally:
+            os.close(fd)
+    return ids
+
+
+def uninstall(pin_dir: Path, interfaces: list[Target], mode: str = "native") -> list[str]:
+    """Detach the pinned programs from the interfaces that run them; returns their names.
+    Interfaces running another program are left alone."""
+    ours = _pinned_prog_ids(pin_dir)
+    if not ours:
         return []
-    try:
-        ours = prog_id(fd)
-    finally:
-        os.close(fd)
     detached = []
     for t in interfaces:
-        if attached_prog_id(t.ifname, t.netns or None) == ours:
+        if attached_prog_id(t.ifname, t.netns or None) in ours:
             detach_xdp(t.ifname, t.netns or None, mode)
             detached.append(t.ifname)
     return detached

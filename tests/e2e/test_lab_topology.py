@@ -152,7 +152,7 @@ def test_attach_points(lab, pods):
     # what the node's agent reads (svcctl agent --attach-points): the same interfaces
     from controlplane.agent.attach_sources import FileAttachPoints, Target
     assert FileAttachPoints(lab.store.attach_file("node2"))() == [
-        Target(p.netns, p.ifname, p.ifindex, p.peer_netns, p.peer_ifname) for p in points]
+        Target(p.netns, p.ifname, p.ifindex, p.peer_netns, p.peer_ifname, p.role) for p in points]
 
 
 def test_remove_pod_and_ip_allocation(lab, pods):

@@ -71,10 +71,12 @@ def test_discovery_attach_follow_and_uninstall(node_ns: str, tmp_path: Path) -> 
                       "--xdp-mode", "generic", log=tmp_path / "agent.log")
     try:
         wait_for(lambda: xdp_prog(node_ns, "eth0") and xdp_prog(node_ns, "veth-a"), what="attach")
-        ours = xdp_prog(node_ns, "eth0")
-        assert xdp_prog(node_ns, "veth-a") == ours
+        # the default route's device runs the external entry point, pod interfaces the main one
+        external, ours = xdp_prog(node_ns, "eth0"), xdp_prog(node_ns, "veth-a")
+        assert external != ours
         assert xdp_prog(node_ns, "uplink") is None and xdp_prog(node_ns, "pod-a") is None  # not ours to take
         assert (Path("/sys/fs/bpf/svcxdp") / instance / "prog").exists()
+        assert (Path("/sys/fs/bpf/svcxdp") / instance / "prog_external").exists()
         ip("-n", node_ns, "link", "add", "veth-b", "type", "veth", "peer", "name", "pod-b")   # a new pod
         ip("-n", node_ns, "link", "set", "veth-b", "up")
         wait_for(lambda: xdp_prog(node_ns, "veth-b") == ours, what="attach to the new pod interface")
@@ -82,7 +84,7 @@ def test_discovery_attach_follow_and_uninstall(node_ns: str, tmp_path: Path) -> 
         if agent.poll() is None:
             os.kill(agent.pid, signal.SIGTERM)
             agent.wait(30)
-    assert xdp_prog(node_ns, "eth0") == ours              # the agent's exit leaves traffic flowing
+    assert xdp_prog(node_ns, "eth0") == external          # the agent's exit leaves traffic flowing
     done = svcctl_in(node_ns, "agent", *common, "--uninstall", "--xdp-mode", "generic", log=tmp_path / "uninstall.log")
     assert done.wait(60) == 0, (tmp_path / "uninstall.log").read_text()
     assert [xdp_prog(node_ns, d) for d in ("eth0", "veth-a", "veth-b")] == [None, None, None]
