@@ -208,10 +208,7 @@ static __always_inline int np_snat_new(struct xdp_md *ctx, struct iphdr *ip, voi
 	}
 	if (ip->frag_off & bpf_htons(IP_MF)) {
 		struct frag_key k = {};
-		k.src = ip->saddr;
-		k.dst = pd->vip;
-		k.id = ip->id;
-		k.proto = ip->protocol;
+		frag_key_set(&k, ip, ip->saddr, pd->vip);
 		struct frag_value *f = fragments.lookup(&k);
 		if (f)
 			f->peer_ip = snat.ip;

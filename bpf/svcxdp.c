@@ -59,6 +59,17 @@ static __always_inline void svc_account(__u32 svc_id, __u64 bytes, int new_flow,
 	s->rejects += reject;
 }
 
+/* A datagram's fragments share (source, destination, IP id, protocol); the addresses
+ * are the ones the first fragment carried before any translation. */
+static __always_inline void frag_key_set(struct frag_key *k, const struct iphdr *ip,
+					 __be32 src, __be32 dst)
+{
+	k->src = src;
+	k->dst = dst;
+	k->id = ip->id;
+	k->proto = ip->protocol;
+}
+
 /* The first fragment of a datagram records its translation for the later ones. */
 static __always_inline void frag_record(struct iphdr *ip, __be32 orig_src, __be32 orig_dst,
 					__be32 nat_ip, __be32 peer_ip, __u8 dir)
@@ -66,10 +77,7 @@ static __always_inline void frag_record(struct iphdr *ip, __be32 orig_src, __be3
 	if (!(ip->frag_off & bpf_htons(IP_MF)))
 		return;
 	struct frag_key k = {};
-	k.src = orig_src;
-	k.dst = orig_dst;
-	k.id = ip->id;
-	k.proto = ip->protocol;
+	frag_key_set(&k, ip, orig_src, orig_dst);
 	struct frag_value v = {};
 	v.created = bpf_ktime_get_coarse_ns();
 	v.nat_ip = nat_ip;
@@ -85,10 +93,7 @@ static __always_inline int handle_later_fragment(struct xdp_md *ctx, struct ethh
 						 struct iphdr *ip, int external, struct events *ev)
 {
 	struct frag_key k = {};
-	k.src = ip->saddr;
-	k.dst = ip->daddr;
-	k.id = ip->id;
-	k.proto = ip->protocol;
+	frag_key_set(&k, ip, ip->saddr, ip->daddr);
 	struct frag_value *v = fragments.lookup(&k);
 	/* Signed age: another CPU may have recorded the first fragment a moment
 	 * after our clock read. A record past the reassembly timeout belongs to an
