@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from controlplane.errors import CommandError
+
 # Modules that contribute subcommands, in help order. Each has register(subparsers).
 COMMAND_MODULES = [
     "controlplane.demo",
@@ -24,14 +26,6 @@ COMMAND_MODULES = [
     "controlplane.dataplane.commands",
     "controlplane.dns.commands",
 ]
-
-
-class CommandError(Exception):
-    """A user-facing failure: printed as `error: <message>` with a non-zero exit."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,7 +63,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run as `python -m controlplane.cli` (the lab starts agents so): dispatch through the
-    # imported module, so that every command module's CommandError is the one caught.
-    from controlplane.cli import main as _main
-    sys.exit(_main())
+    sys.exit(main())

@@ -63,7 +63,7 @@ class FileLock:
 
 
 def run(args: argparse.Namespace) -> int:
-    from controlplane.cli import CommandError
+    from controlplane.errors import CommandError
     from controlplane.store.etcd import EtcdStore, FencedOut
     from controlplane.store.etcd_election import LeaderElection
     from controlplane.store.interface import StoreUnavailable

@@ -8,6 +8,8 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+from controlplane.errors import CommandError
+
 from .config import DataplaneConfig
 
 
@@ -47,7 +49,7 @@ def _open(args: argparse.Namespace):
     from .program import Dataplane
     config = DataplaneConfig(instance=_instance(args))
     if not (Path(config.pin_dir) / "services").exists():
-        raise SystemExit(f"error: no dataplane pinned at {config.pin_dir} (is the agent running?)")
+        raise CommandError(f"no dataplane pinned at {config.pin_dir} (is the agent running?)")
     # Loading with the pins adopts the live maps; the new program is never attached.
     return Dataplane.load(_adopting(config))
 
@@ -58,7 +60,7 @@ def open_maps(args: argparse.Namespace):
     from .pinned import PinnedMaps
     config = DataplaneConfig(instance=_instance(args))
     if not (Path(config.pin_dir) / "services").exists():
-        raise SystemExit(f"error: no dataplane pinned at {config.pin_dir} (is the agent running?)")
+        raise CommandError(f"no dataplane pinned at {config.pin_dir} (is the agent running?)")
     return PinnedMaps(config.pin_dir)
 
 

@@ -15,7 +15,7 @@ import argparse
 import sys
 from dataclasses import dataclass, field
 
-from controlplane.cli import CommandError
+from controlplane.errors import CommandError
 from controlplane.controllers.service_view import ServiceView, load_service_views
 from controlplane.dataplane.model import Frontend
 

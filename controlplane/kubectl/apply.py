@@ -7,7 +7,7 @@ from controlplane.api.deployment import Deployment, DeploymentSpec, LabelSelecto
 from controlplane.api.meta import ObjectMeta
 from controlplane.api.namespace import Namespace
 from controlplane.api.pod import Container, ContainerPort, PodSpec
-from controlplane.cli import CommandError
+from controlplane.errors import CommandError
 from controlplane.controllers.registry import MODE_APPLY, MODE_CREATE, Manifest
 
 from .files import read_documents

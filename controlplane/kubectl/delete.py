@@ -5,7 +5,7 @@ import argparse
 
 from controlplane.api.errors import ApiError, NotFound
 from controlplane.api.kinds import UnknownKind, resolve
-from controlplane.cli import CommandError
+from controlplane.errors import CommandError
 
 from .errors import api_error_message
 from .files import read_documents

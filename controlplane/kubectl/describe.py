@@ -7,7 +7,7 @@ from controlplane.api.endpoints import Endpoints
 from controlplane.api.merge import LAST_APPLIED
 from controlplane.api.meta import now, parse_timestamp
 from controlplane.api.service import LoadBalancerIngress, Service
-from controlplane.cli import CommandError
+from controlplane.errors import CommandError
 from controlplane.controllers.lb_ipam import CONDITION_TYPE
 
 from .options import add_selector, common_parent

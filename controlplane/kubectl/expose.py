@@ -7,7 +7,7 @@ from controlplane.api.deployment import Deployment
 from controlplane.api.meta import ApiObject, ObjectMeta
 from controlplane.api.pod import Container, Pod
 from controlplane.api.service import Service, ServicePort, ServiceSpec
-from controlplane.cli import CommandError
+from controlplane.errors import CommandError
 
 from .options import common_parent
 from .printers.structured import render

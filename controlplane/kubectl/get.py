@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from controlplane.api.errors import NotFound
 from controlplane.api.meta import ApiObject, now
-from controlplane.cli import CommandError
+from controlplane.errors import CommandError
 
 from .options import add_output, add_selector, common_parent
 from .printers.columns import HEADERS, ROWS, format_labels

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from controlplane.api.service import Service
-from controlplane.cli import CommandError
+from controlplane.errors import CommandError
 from controlplane.controllers.lb_ipam import POOL_LB_IPS, POOL_LB_PENDING, LBIPAM
 from controlplane.controllers.lb_pool import Pool, PoolError, load_pool, read_pool_file, save_pool
 from controlplane.store.interface import retry_commit

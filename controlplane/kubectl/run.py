@@ -12,7 +12,7 @@ from controlplane.api.deployment import Deployment, DeploymentSpec, LabelSelecto
 from controlplane.api.meta import ObjectMeta
 from controlplane.api.pod import Container, ContainerPort, PodSpec
 from controlplane.api.service import Service, ServicePort, ServiceSpec
-from controlplane.cli import CommandError
+from controlplane.errors import CommandError
 
 from .options import common_parent
 from .session import Session, command

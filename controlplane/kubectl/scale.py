@@ -5,7 +5,7 @@ import argparse
 
 from controlplane.api.deployment import Deployment
 from controlplane.api.errors import Conflict
-from controlplane.cli import CommandError
+from controlplane.errors import CommandError
 
 from .options import common_parent
 from .resources import lookup

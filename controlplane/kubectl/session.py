@@ -2,7 +2,7 @@
 
 `@command` wraps a command function `fn(args, session) -> int`: it opens the store and the
 registry, and prints ApiError / BatchError / input errors the way kubectl does (to stderr,
-exit code 1). Flag mistakes raise controlplane.cli.CommandError (`error: ...`).
+exit code 1). Flag mistakes raise controlplane.errors.CommandError (`error: ...`).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Callable
 from controlplane.api.errors import ApiError
 from controlplane.api.manifest import ManifestError
 from controlplane.api.selectors import Selector, SelectorParseError
-from controlplane.cli import CommandError
+from controlplane.errors import CommandError
 from controlplane.controllers.config import ConfigError
 from controlplane.controllers.manager import reconcile
 from controlplane.controllers.registry import BatchError, Registry

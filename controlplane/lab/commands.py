@@ -63,8 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _guard(fn):
-    """Lab failures become `error: ...` and exit 1 (cli's CommandError would be imported twice
-    under `python -m controlplane.cli`)."""
+    """Lab failures become `error: ...` and exit 1."""
 
     def wrapped(args: argparse.Namespace) -> int:
         try:

@@ -30,6 +30,18 @@ def test_agent_and_dataplane_import_neither_lab_nor_cli(package: str) -> None:
     assert offenders == set()
 
 
+def test_no_layer_imports_the_cli_entry_point() -> None:
+    """controlplane.cli only assembles commands; what they share (CommandError) lives in
+    controlplane.errors, so no module imports the entry point, at top level or in a function."""
+    offenders = {str(path.relative_to(PKG)) for path in PKG.rglob("*.py")
+                 if path.name != "cli.py" and "controlplane.cli" in imported_modules(path)}
+    assert offenders == set()
+
+
+def test_errors_module_imports_nothing_of_the_project() -> None:
+    assert not {m for m in imported_modules(PKG / "errors.py") if m.startswith("controlplane")}
+
+
 def test_attach_points_file_is_followed(tmp_path: Path) -> None:
     path = tmp_path / "node1.json"
     source = FileAttachPoints(path)
