@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -62,6 +63,9 @@ def node_ns():
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
+        # the agent pins under its instance (= this name); a test that fails before
+        # --uninstall would leave the pins behind
+        shutil.rmtree(Path("/sys/fs/bpf/svcxdp") / name, ignore_errors=True)
 
 
 def test_discovery_attach_follow_and_uninstall(node_ns: str, tmp_path: Path) -> None:
