@@ -8,37 +8,41 @@ import sys
 
 from controlplane.errors import CommandError
 
-# Modules that contribute subcommands, in help order. Each has register(subparsers).
-COMMAND_MODULES = [
-    "controlplane.demo",
-    "controlplane.lab.commands",
-    "controlplane.kubectl.apply",
-    "controlplane.kubectl.get",
-    "controlplane.kubectl.affinity",
-    "controlplane.kubectl.describe",
-    "controlplane.kubectl.delete",
-    "controlplane.kubectl.expose",
-    "controlplane.kubectl.run",
-    "controlplane.kubectl.scale",
-    "controlplane.kubectl.lb_pool",
-    "controlplane.controllers.commands",
-    "controlplane.agent.commands",
-    "controlplane.dataplane.commands",
-    "controlplane.dns.commands",
+# Modules that contribute subcommands, in help order, with the subcommands each adds (or
+# extends: kubectl.affinity adds a resource to `get`). Each has register(subparsers).
+COMMAND_MODULES: list[tuple[str, tuple[str, ...]]] = [
+    ("controlplane.demo", ("demo",)),
+    ("controlplane.lab.commands", ("lab", "exec")),
+    ("controlplane.kubectl.apply", ("apply", "create")),
+    ("controlplane.kubectl.get", ("get",)),
+    ("controlplane.kubectl.affinity", ("get",)),
+    ("controlplane.kubectl.describe", ("describe",)),
+    ("controlplane.kubectl.delete", ("delete",)),
+    ("controlplane.kubectl.expose", ("expose",)),
+    ("controlplane.kubectl.run", ("run",)),
+    ("controlplane.kubectl.scale", ("scale",)),
+    ("controlplane.kubectl.lb_pool", ("lb-pool",)),
+    ("controlplane.controllers.commands", ("controllers",)),
+    ("controlplane.agent.commands", ("agent",)),
+    ("controlplane.dataplane.commands", ("dataplane",)),
+    ("controlplane.dns.commands", ("dns",)),
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser for `command` only (importing just the modules that provide it: a
+    read-only command must not pay for the lab's or pyroute2's imports), or for all."""
     parser = argparse.ArgumentParser(prog="svcctl", description="Kubernetes Services on an XDP dataplane")
     sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    wanted = [name for name, commands in COMMAND_MODULES if command in commands]
+    for name in wanted or [name for name, _ in COMMAND_MODULES]:
         importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv[0] if argv else None)
     # `svcctl exec HOST -- CMD ARGS` and `svcctl run NAME --rm -it ... -- CMD`: what follows
     # `--` is the command, whatever it looks like, as with kubectl.
     trailing = None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from dataclasses import replace
 from pathlib import Path
 
 from controlplane.errors import CommandError
@@ -45,15 +44,6 @@ def _instance(args: argparse.Namespace) -> str:
     return recorded.get(args.node, args.node) if isinstance(recorded, dict) else args.node
 
 
-def _open(args: argparse.Namespace):
-    from .program import Dataplane
-    config = DataplaneConfig(instance=_instance(args))
-    if not (Path(config.pin_dir) / "services").exists():
-        raise CommandError(f"no dataplane pinned at {config.pin_dir} (is the agent running?)")
-    # Loading with the pins adopts the live maps; the new program is never attached.
-    return Dataplane.load(_adopting(config))
-
-
 def open_maps(args: argparse.Namespace):
     """The node's pinned maps for reading only, opened in milliseconds (pinned.py):
     no program is built, so what is read is the state of the moment asked about."""
@@ -64,57 +54,42 @@ def open_maps(args: argparse.Namespace):
     return PinnedMaps(config.pin_dir)
 
 
-def _adopting(config: DataplaneConfig) -> DataplaneConfig:
-    """The pinned maps decide the sizes: read them so the layout check passes."""
-    from .libbpf import lib, map_info
-    sizes = {}
-    for field, name in (("max_services", "services"), ("max_slots", "slots"),
-                        ("max_backends", "backends"), ("ct_size", "conntrack"),
-                        ("frag_size", "fragments"), ("affinity_size", "affinity")):
-        fd = lib().bpf_obj_get(str(Path(config.pin_dir) / name).encode())
-        if fd >= 0:
-            sizes[field] = map_info(fd).max_entries
-            os.close(fd)
-    return replace(config, **sizes)
-
-
 def cmd_stats(args: argparse.Namespace) -> int:
-    from .affinity_maps import affinity_stats
-    from .writer import MapWriter
-    dp = _open(args)
+    from . import readout
+    maps = open_maps(args)
     try:
-        counters = dp.counters()
+        counters = readout.counters(maps)
         print("DATAPATH COUNTER      PACKETS")
         for name, value in counters.items():
             print(f"{name:<21} {value}")
-        aff = affinity_stats(dp)
+        aff = readout.affinity(maps, counters["affinity_new"])
         print(f"\nAFFINITY ENTRIES   {aff.entries} of {aff.capacity} (inserted {aff.inserted}, "
               f"evicted by LRU {aff.evicted})")
-        writer = MapWriter(dp)
         rows = [("FRONTEND", "PACKETS", "BYTES", "NEW FLOWS", "REJECTS")]
-        for fe in sorted(writer.installed()):
-            s = dp.service_stats(writer.svc_id(fe))
-            rows.append((str(fe), str(s["packets"]), str(s["bytes"]), str(s["new_flows"]), str(s["rejects"])))
+        for fe, svc in sorted(readout.services(maps).items()):
+            s = readout.service_stats(maps, svc.svc_id)
+            rows.append((str(fe), *(str(s[f]) for f in readout.STAT_FIELDS)))
         print()
         _table(rows)
         return 0
     finally:
-        dp.close()
+        maps.close()
 
 
 def cmd_services(args: argparse.Namespace) -> int:
-    from .writer import MapWriter
-    dp = _open(args)
+    from . import readout
+    maps = open_maps(args)
     try:
         rows = [("FRONTEND", "ALGORITHM", "AFFINITY", "BACKENDS")]
-        for fe, state in sorted(MapWriter(dp).installed().items()):
+        for fe, svc in sorted(readout.services(maps).items()):
+            state = svc.state
             ends = ",".join(f"{b.ip}:{b.port}{'' if b.state == 'active' else '(' + b.state + ')'}"
                             for b in state.backends) or "<none>"
             rows.append((str(fe), state.algorithm, f"{state.affinity_timeout}s" if state.affinity_timeout else "None", ends))
         _table(rows)
         return 0
     finally:
-        dp.close()
+        maps.close()
 
 
 def cmd_reset(args: argparse.Namespace) -> int:

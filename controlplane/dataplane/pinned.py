@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import ctypes as ct
 import os
+import re
 import struct
 from pathlib import Path
 from typing import Iterator
 
-from .libbpf import ffi, lib
+from .libbpf import ffi, lib, lookup_batches
 
 _BTF_MAGIC = 0xEB9F
+_NONZERO = re.compile(rb"[^\x00]")
 # BTF kinds (include/uapi/linux/btf.h)
 _INT, _PTR, _ARRAY, _STRUCT, _UNION, _ENUM, _FWD, _TYPEDEF, _VOLATILE, _CONST, _RESTRICT = range(1, 12)
 _FUNC, _FUNC_PROTO, _VAR, _DATASEC, _FLOAT, _DECL_TAG, _TYPE_TAG, _ENUM64 = range(12, 20)
@@ -141,8 +143,21 @@ class Btf:
         return cls
 
 
+_PERCPU_TYPES = {5, 6, 10}   # BPF_MAP_TYPE_PERCPU_HASH, _PERCPU_ARRAY, _LRU_PERCPU_HASH
+
+
+def possible_cpus() -> int:
+    """How many values a per-CPU map holds per key (the kernel's possible CPUs)."""
+    count = 0
+    for part in Path("/sys/devices/system/cpu/possible").read_text().strip().split(","):
+        lo, _, hi = part.partition("-")
+        count += int(hi or lo) - int(lo) + 1
+    return count
+
+
 class PinnedTable:
-    """One pinned map: Key and Leaf types, `items()`, `table[key]` (bcc's Table names)."""
+    """One pinned map: Key and Leaf types, `items()`, `table[key]` (bcc's Table names).
+    A per-CPU map's `table[key]` is the list of its per-CPU values, as bcc's."""
 
     def __init__(self, path: Path) -> None:
         self.name = path.name
@@ -158,6 +173,9 @@ class PinnedTable:
             self.Leaf = btf.ctype(info.btf_value_type_id)
             if (ct.sizeof(self.Key), ct.sizeof(self.Leaf)) != (info.key_size, info.value_size):
                 raise ValueError(f"map {path}: BTF types do not match its key/value sizes")
+            self.max_entries = info.max_entries
+            # Per-CPU values come as one array, each slot rounded up to 8 bytes.
+            self.cpus = possible_cpus() if info.type in _PERCPU_TYPES else 0
         except BaseException:
             os.close(self.map_fd)
             raise
@@ -166,6 +184,12 @@ class PinnedTable:
         return ffi.cast("void *", ct.addressof(obj))
 
     def __getitem__(self, key):
+        if self.cpus:
+            slot = (ct.sizeof(self.Leaf) + 7) & ~7
+            raw = (ct.c_uint8 * (slot * self.cpus))()
+            if lib().bpf_map_lookup_elem(self.map_fd, self._ptr(key), ffi.cast("void *", ct.addressof(raw))) != 0:
+                raise KeyError(key)
+            return [self.Leaf.from_buffer_copy(raw, i * slot) for i in range(self.cpus)]
         leaf = self.Leaf()
         if lib().bpf_map_lookup_elem(self.map_fd, self._ptr(key), self._ptr(leaf)) != 0:
             raise KeyError(key)
@@ -184,6 +208,19 @@ class PinnedTable:
                 yield key, self[key]
             except KeyError:   # deleted since it was listed
                 continue
+
+    def items_lookup_batch(self) -> Iterator[tuple]:
+        """(key, value) pairs read in batches (one syscall per 8192 entries), leaving out
+        all-zero values: an array map's unused slots (the backends map is mostly those) are
+        skipped at C speed instead of one Python step each. A pair is valid until the next."""
+        size = ct.sizeof(self.Leaf)
+        for keys, values, n in lookup_batches(self):
+            raw = bytes(memoryview(values).cast("B")[:n * size])
+            pos = 0
+            while (hit := _NONZERO.search(raw, pos)) is not None:
+                i = hit.start() // size
+                yield keys[i], values[i]
+                pos = (i + 1) * size
 
     def close(self) -> None:
         if self.map_fd >= 0:

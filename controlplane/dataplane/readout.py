@@ -1,0 +1,56 @@
+"""What a node's dataplane holds and has counted, read from its pinned maps (pinned.py).
+
+Read-only commands (`svcctl dataplane stats|services`) and the agent's metrics use this:
+no program is built (no LLVM), so a read costs milliseconds and a few MiB, and never
+writes a map the agent owns. Per-CPU counters are summed here."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .adopt import adopt
+from .affinity_maps import AffinityGenerations, AffinityStats, count_entries
+from .ids import IdAllocator
+from .layout import COUNTER_NAMES
+from .model import Frontend, ServiceState
+
+STAT_FIELDS = ("packets", "bytes", "new_flows", "rejects")
+
+
+def counters(maps) -> dict[str, int]:
+    """Datapath counters by name (SVCXDP_CNT_*), summed over CPUs."""
+    table = maps.table("counters")
+    return {name: sum(int(v.value) for v in table[table.Key(idx)]) for idx, name in COUNTER_NAMES.items()}
+
+
+def service_stats(maps, svc_id: int) -> dict[str, int]:
+    table = maps.table("svc_stats")
+    per_cpu = table[table.Key(svc_id)]
+    return {f: sum(int(getattr(v, f)) for v in per_cpu) for f in STAT_FIELDS}
+
+
+def affinity(maps, inserted: int) -> AffinityStats:
+    table = maps.table("affinity")
+    return AffinityStats(table.max_entries, count_entries(table), inserted)
+
+
+class _AnyMaglev:
+    """adopt() asks whether a Maglev table exists only to flag a rewrite; a reader
+    writes nothing, so it need not open the map-in-map."""
+
+    def has(self, svc_id: int) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class Service:
+    svc_id: int
+    state: ServiceState
+
+
+def services(maps) -> dict[Frontend, Service]:
+    """Every installed frontend with its id and state, as an adopting writer sees it
+    (source ranges are not read: nothing here shows them)."""
+    svc_map, backends = maps.table("services"), maps.table("backends")
+    found = adopt(svc_map, backends, _AnyMaglev(), IdAllocator(1 << 32, "services"),
+                  IdAllocator(1 << 32, "backends"), AffinityGenerations(), {})
+    return {fe: Service(inst.svc_id, inst.state) for fe, inst in found.installed.items()}

@@ -1,0 +1,87 @@
+"""`svcctl dataplane stats|services` read a node's pinned maps (readout.py over pinned.py)
+and never build the program: their numbers must be the loaded program's own, summed
+over CPUs, and the process must not import bcc (which would mean compiling with LLVM)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from controlplane.dataplane.libbpf import lib
+from controlplane.dataplane.model import Backend, Frontend, ServiceState
+
+from .harness import BACKENDS, CLIENT, CLIENT_MAC, NODE_MAC, VIP, Harness
+
+ROOT = Path(__file__).resolve().parents[2]
+VIP2 = "10.96.0.102"
+MAPS = ("services", "backends", "counters", "svc_stats", "affinity")
+# Run the command in a fresh interpreter and fail if bcc was imported on the way.
+NO_BCC = ("import sys; from controlplane.cli import main; rc = main(sys.argv[1:]); "
+          "sys.exit(3 if 'bcc' in sys.modules else rc)")
+
+
+@pytest.fixture
+def pinned(xdp: Harness):
+    instance = f"pytest-readout-{os.getpid()}"
+    pins = Path("/sys/fs/bpf/svcxdp") / instance
+    pins.mkdir(parents=True, exist_ok=True)
+    try:
+        for name in MAPS:
+            assert lib().bpf_obj_pin(xdp.dp.table(name).map_fd, str(pins / name).encode()) == 0
+        yield instance
+    finally:
+        for name in MAPS:
+            (pins / name).unlink(missing_ok=True)
+        pins.rmdir()
+        table = xdp.dp.table("affinity")      # the harness keeps affinity entries: leave none
+        for k in list(table.keys()):
+            try:
+                del table[k]
+            except KeyError:
+                pass
+
+
+def svcctl(*args: str) -> str:
+    proc = subprocess.run([sys.executable, "-c", NO_BCC, *args], cwd=ROOT, text=True, capture_output=True)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr)
+    return proc.stdout
+
+
+def test_stats_are_the_programs_counters_without_building_it(xdp: Harness, pinned: str):
+    xdp.writer.upsert(ServiceState(Frontend(VIP, 80, "TCP"), tuple(Backend(ip, 8080) for ip in BACKENDS), "rr", 30))
+    xdp.writer.upsert(ServiceState(Frontend(VIP2, 80, "TCP"), (), "random"))   # no endpoints: rejects
+    for sport in range(20000, 20005):
+        xdp.send(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=CLIENT, dst=VIP) / TCP(sport=sport, dport=80, flags="S"))
+    for sport in range(20000, 20003):
+        xdp.send(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=CLIENT, dst=VIP2) / TCP(sport=sport, dport=80, flags="S"))
+    out = svcctl("dataplane", "stats", "--instance", pinned)
+    lines = out.splitlines()
+    counters = xdp.dp.counters()
+    assert sum(counters.values()) > 0
+    for name, value in counters.items():
+        assert f"{name:<21} {value}" in lines, name
+    rows = {line.split()[0]: line.split()[1:] for line in lines if line.startswith(("10.96.",))}
+    for fe in (Frontend(VIP, 80, "TCP"), Frontend(VIP2, 80, "TCP")):
+        s = xdp.dp.service_stats(xdp.writer.svc_id(fe))
+        assert rows[str(fe).split()[0]] == [str(s[f]) for f in ("packets", "bytes", "new_flows", "rejects")]
+    assert rows[str(Frontend(VIP, 80, "TCP")).split()[0]][2] == "5"      # five new flows
+    assert rows[str(Frontend(VIP2, 80, "TCP")).split()[0]][3] == "3"     # three rejects
+    aff = [line for line in lines if line.startswith("AFFINITY ENTRIES")]
+    assert aff and aff[0].split()[2] == "1"                                  # one client, one entry
+
+
+def test_services_lists_what_the_writer_installed(xdp: Harness, pinned: str):
+    xdp.writer.upsert(ServiceState(Frontend(VIP, 80, "TCP"),
+                                   tuple(Backend(ip, 8080, "terminating" if i == 0 else "active")
+                                         for i, ip in enumerate(BACKENDS)), "maglev", 0))
+    out = svcctl("dataplane", "services", "--instance", pinned)
+    row = [line for line in out.splitlines() if line.startswith(VIP)]
+    assert len(row) == 1
+    assert row[0].split()[1:3] == ["maglev", "None"]
+    listed = row[0].split()[3].split(",")
+    assert sorted(listed) == sorted([f"{BACKENDS[0]}:8080(terminating)", *(f"{ip}:8080" for ip in BACKENDS[1:])])
