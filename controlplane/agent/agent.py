@@ -41,6 +41,8 @@ def _endpoints(state: ServiceState) -> str:
 
 
 class Agent:
+    metrics = None   # agent.metrics.SyncMetrics when /metrics is served: told of every sync
+
     def __init__(self, store: Store, node: NodeConfig, dp: Dataplane,
                  interfaces: InterfaceManager | None = None, health: Health | None = None,
                  check_every_s: float = 30.0, service_health: ServiceHealthServers | None = None,
@@ -139,6 +141,8 @@ class Agent:
             self.health.synced()
 
     def _log(self, reason: str, report: SyncReport, services: int) -> None:
+        if self.metrics is not None:
+            self.metrics.synced(report)
         for line in report.added:
             log.info("service added: %s", line)
         for line in report.changed:

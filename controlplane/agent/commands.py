@@ -8,6 +8,7 @@ import sys
 import threading
 
 from controlplane.dataplane.layout import ALGORITHMS
+from controlplane.errors import CommandError
 from controlplane.store.paths import add_store_flags
 
 
@@ -38,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="serve NodePorts only on the node addresses inside these CIDRs "
                         "(default: every address of the external interfaces)")
     p.add_argument("--healthz-port", type=int, default=10256, help="0 disables the health server")
+    p.add_argument("--metrics-bind-address", default="0.0.0.0:10249",
+                   help="IP:PORT of /metrics and /proxyMode, as kube-proxy's (port 0 disables them)")
     p.add_argument("--check-interval", type=float, default=30.0,
                    help="seconds between consistency checks of the maps against the store")
     p.add_argument("--fib-redirect", action="store_true",
@@ -81,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         log.error("%s", exc)
         return 2
+    _bind_address(args.metrics_bind_address)   # a bad flag fails before anything is loaded
     sizes = {"ct_size": args.ct_size, "tcp_timeout_s": args.tcp_timeout,
              "tcp_close_timeout_s": args.tcp_close_timeout, "udp_timeout_s": args.udp_timeout}
     extra = {k: v for k, v in sizes.items() if v is not None}
@@ -121,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     service_health = ServiceHealthServers(args.node, lambda: health.report()[0] == 200, addresses or ("0.0.0.0",))
     agent = Agent(store, NodeConfig(args.node, args.lb_algorithm, addresses), dp, interfaces, health,
                   check_every_s=args.check_interval, service_health=service_health)
+    agent.metrics = _serve_metrics(args.metrics_bind_address, dp, log)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -130,6 +135,33 @@ def run(args: argparse.Namespace) -> int:
     service_health.close()
     log.info("agent stopping; the dataplane stays attached and pinned")
     return 0
+
+
+def _bind_address(bind: str) -> tuple[str, int]:
+    host, _, port = bind.rpartition(":")
+    if not port.isdigit() or not host or int(port) > 65535:
+        raise CommandError(f"--metrics-bind-address {bind!r}: expected IP:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _serve_metrics(bind: str, dp, log):
+    """/metrics (kube-proxy's sync metrics, the datapath's svcxdp_*) on --metrics-bind-address."""
+    from prometheus_client import CollectorRegistry
+
+    from .metrics import DataplaneCollector, SyncMetrics, serve
+    host, port = _bind_address(bind)
+    if port == 0:
+        return None
+    registry = CollectorRegistry()
+    sync = SyncMetrics(registry)
+    registry.register(DataplaneCollector(dp))
+    try:
+        serve(registry, host, port)
+    except OSError as exc:   # as kube-proxy: the proxy keeps working without its metrics
+        log.error("cannot serve metrics on %s: %s", bind, exc)
+        return None
+    log.info("metrics served on %s", bind)
+    return sync
 
 
 def _reap_loop(dp, stop: threading.Event, log, every_s: float = 1.0) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .adopt import adopt
-from .affinity_maps import AffinityGenerations, AffinityStats, count_entries
+from .affinity_maps import AffinityGenerations, AffinityStats, count_entries  # noqa: F401 (count_entries: for metrics)
 from .ids import IdAllocator
 from .layout import COUNTER_NAMES
 from .model import Frontend, ServiceState
@@ -19,7 +19,9 @@ STAT_FIELDS = ("packets", "bytes", "new_flows", "rejects")
 def counters(maps) -> dict[str, int]:
     """Datapath counters by name (SVCXDP_CNT_*), summed over CPUs."""
     table = maps.table("counters")
-    return {name: sum(int(v.value) for v in table[table.Key(idx)]) for idx, name in COUNTER_NAMES.items()}
+    # bcc's tables give per-CPU integers as ints, pinned.py's as ctypes values
+    return {name: sum(int(getattr(v, "value", v)) for v in table[table.Key(idx)])
+            for idx, name in COUNTER_NAMES.items()}
 
 
 def service_stats(maps, svc_id: int) -> dict[str, int]:
