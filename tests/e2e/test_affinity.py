@@ -135,3 +135,39 @@ def test_removed_pod_rebalances_its_clients(cluster: Cluster, myapp: str):
     assert len(set(cluster.hostnames(vip, 10))) == 1
     cluster.wait_endpoints("myapp", 3)
     disable(cluster, vip)
+
+
+def test_prometheus_scrapes_the_agent_and_rates_a_service(cluster: Cluster, myapp: str, tmp_path: Path):
+    """Debian's real prometheus, in node1's namespace, scrapes that node's agent on
+    127.0.0.1:10249; a query over its HTTP API returns a packet rate for myapp while
+    the client pod (on node1) sends it requests."""
+    import json
+    import subprocess
+    import urllib.parse
+
+    ns = cluster.lab.netns_for("node1")
+    (tmp_path / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n- job_name: svcxdp\n  static_configs: [{targets: ['127.0.0.1:10249']}]\n")
+    listen = "127.0.0.1:19090"
+    with open(tmp_path / "prometheus.log", "wb") as log:
+        prom = subprocess.Popen(["ip", "netns", "exec", ns, "prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address={listen}"],
+                                stdout=log, stderr=log)
+    query = urllib.parse.quote(f'rate(svcxdp_service_packets_total{{frontend="{myapp}:80",protocol="TCP"}}[5s])')
+
+    def rate() -> float | None:
+        cluster.hostnames(myapp, 4)
+        p = cluster.exec("node1", "curl", "-s", f"http://{listen}/api/v1/query?query={query}")
+        try:
+            result = json.loads(p.stdout)["data"]["result"]
+        except (ValueError, KeyError):
+            return None
+        return float(result[0]["value"][1]) if result and float(result[0]["value"][1]) > 0 else None
+    try:
+        assert wait_for("a packet rate for myapp in prometheus", rate, timeout=60, every=1.0) > 0
+        up = cluster.exec("node1", "curl", "-s", f"http://{listen}/api/v1/query?query=kubeproxy_sync_proxy_rules_last_timestamp_seconds")
+        assert json.loads(up.stdout)["data"]["result"], up.stdout
+    finally:
+        prom.terminate()
+        prom.wait(timeout=20)
