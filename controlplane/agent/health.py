@@ -73,7 +73,12 @@ def serve(health: Health, host: str = "0.0.0.0", port: int = HEALTHZ_PORT) -> Th
         def log_message(self, fmt: str, *args) -> None:
             pass
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    return start_server(Handler, host, port, "healthz")
+
+
+def start_server(handler: type, host: str, port: int, name: str) -> ThreadingHTTPServer:
+    """Serve `handler` on host:port from a daemon thread (the agent's HTTP endpoints)."""
+    server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="healthz", daemon=True).start()
+    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
     return server

@@ -7,7 +7,6 @@ from the maps at scrape time by a custom Collector, per-CPU values summed — no
 copied in between, so a scrape shows the maps as they are."""
 from __future__ import annotations
 
-import threading
 import time
 from http.server import ThreadingHTTPServer
 from typing import Iterator
@@ -18,7 +17,7 @@ from prometheus_client.exposition import MetricsHandler
 
 from controlplane.dataplane import readout
 
-from .health import PROXY_MODE
+from .health import PROXY_MODE, start_server
 
 METRICS_PORT = 10249
 # Maps whose fill is worth watching: they fill with traffic or with services.
@@ -114,7 +113,4 @@ def serve(registry: CollectorRegistry, host: str = "0.0.0.0", port: int = METRIC
         def log_message(self, fmt: str, *args) -> None:
             pass
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
-    return server
+    return start_server(Handler, host, port, "metrics")
