@@ -53,3 +53,17 @@ def test_attach_points_file_is_followed(tmp_path: Path) -> None:
     assert source() == [Target("n1", "eth0", 2, "out", "veth0")]
     path.write_text(json.dumps([]))
     assert source() == []
+
+
+def test_a_command_imports_only_its_own_modules(tmp_path: Path) -> None:
+    """`svcctl get svc` must not pay for the lab, pyroute2 or the dataplane's loader: the
+    CLI imports only the modules that provide the subcommand asked for."""
+    import os
+    import subprocess
+    import sys
+    check = ("import sys; from controlplane.cli import main; rc = main(['get', 'svc']); "
+             "heavy = sorted(m for m in ('pyroute2', 'bcc', 'controlplane.lab.topology', 'controlplane.dns') "
+             "if m in sys.modules); print(heavy, file=sys.stderr); sys.exit(3 if heavy else rc)")
+    proc = subprocess.run([sys.executable, "-c", check], cwd=PKG.parent, text=True, capture_output=True,
+                          env={**os.environ, "SVCXDP_STATE_DIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
