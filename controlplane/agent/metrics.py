@@ -71,9 +71,9 @@ class DataplaneCollector:
         per_frontend = {f: CounterMetricFamily(f"svcxdp_service_{f}", f"Service frontend {f.replace('_', ' ')}",
                                                labels=["frontend", "protocol", "scope"])
                         for f in readout.STAT_FIELDS}
-        services = readout.services(self.maps)
-        for fe, svc in sorted(services.items()):
-            stats = readout.service_stats(self.maps, svc.svc_id)
+        services = readout.frontends(self.maps)
+        for fe, svc_id in sorted(services.items()):
+            stats = readout.service_stats(self.maps, svc_id)
             labels = [f"{fe.vip}:{fe.port}", fe.protocol, fe.scope]
             for f, family in per_frontend.items():
                 family.add_metric(labels, stats[f])

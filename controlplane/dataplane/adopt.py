@@ -24,6 +24,11 @@ _STATE_NAMES = {v: k for k, v in BACKEND_STATES.items()}
 _ALG_NAMES = {v: k for k, v in ALGORITHMS.items()}
 
 
+def frontend_of(key) -> Frontend:
+    """The Frontend a services map key stands for."""
+    return Frontend(be32_to_ip(key.vip), be16_to_port(key.port), _PROTO_NAMES[key.proto], _SCOPE_NAMES[key.scope])
+
+
 @dataclass
 class Adopted:
     installed: dict[Frontend, Installed] = field(default_factory=dict)
@@ -50,8 +55,7 @@ def adopt(services, backends, maglev: MaglevMaps, svc_ids: IdAllocator, backend_
         by_svc.setdefault(b.svc_id, {})[backend.address] = (ident, backend)
     seen_svc_ids = set()
     for key, v in services.items():
-        fe = Frontend(be32_to_ip(key.vip), be16_to_port(key.port), _PROTO_NAMES[key.proto],
-                      _SCOPE_NAMES[key.scope])
+        fe = frontend_of(key)
         members = by_svc.get(v.svc_id, {})
         algorithm = _ALG_NAMES.get(v.algorithm, "random")
         timeout = v.affinity_timeout if v.flags & F_AFFINITY else 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .adopt import adopt
+from .adopt import adopt, frontend_of
 from .affinity_maps import AffinityGenerations, AffinityStats, count_entries  # noqa: F401 (count_entries: for metrics)
 from .ids import IdAllocator
 from .layout import COUNTER_NAMES
@@ -56,3 +56,9 @@ def services(maps) -> dict[Frontend, Service]:
     found = adopt(svc_map, backends, _AnyMaglev(), IdAllocator(1 << 32, "services"),
                   IdAllocator(1 << 32, "backends"), AffinityGenerations(), {})
     return {fe: Service(inst.svc_id, inst.state) for fe, inst in found.installed.items()}
+
+
+def frontends(maps) -> dict[Frontend, int]:
+    """Installed frontends and their ids, from the services map alone (what metrics need:
+    a tenth of the cost of services(), which also reads every backend)."""
+    return {frontend_of(key): int(value.svc_id) for key, value in maps.table("services").items()}
