@@ -29,7 +29,11 @@ PATH_LABEL = {"floor": "floor (empty XDP)", "non_service": "non-service packet",
               "established": "established flow", "reply": "reply (reverse NAT)",
               "cold_line": "ruler: one cold cache line", "new_flow": "new flow"}
 RULERS = ("floor", "cold_line")   # measuring sticks, not svcxdp paths
-RATIO_TARGETS = {"new_flow": 4.0, "established": 2.5}
+# Issue 17's datapath targets, each a ratio of two figures of the same run (the
+# withdrawn "new flow <= 4x floor" and "established <= 2.5x floor" depended on the CPU
+# model's floor and on a flow table that stayed in cache).
+FULL_VS_EMPTY_TARGET = 1.3    # new flow on a full, evicting conntrack / on an empty one (means)
+EMPTY_VS_BOUND_TARGET = 1.2   # new flow, empty table / (ruler + established - floor)
 SCALE_TOLERANCE = 0.10
 LABEL = ("In-kernel cost on one core via BPF_PROG_TEST_RUN, timer overhead included; "
          "not NIC line rate.")
@@ -114,15 +118,9 @@ def render(entries: list[dict], machine: dict | None = None, commit: dict | None
     out.append("## Targets (checked here, never asserted in tests)\n")
     out.append("| target | services | conntrack | measured | met |")
     out.append("|---|---:|---:|---:|:-:|")
-    for p, limit in RATIO_TARGETS.items():
-        for c in cts:
-            for s in services:
-                x, floor = rows.get((p, s, c)), floors.get((s, c))
-                if x is None or not floor:
-                    continue
-                r = x["ns_per_pkt_median"] / floor
-                out.append(f"| {PATH_LABEL[p]} ≤ {limit}× floor | {_n(s)} | {_n(c)} | {r:.2f}× | "
-                           f"{'yes' if r <= limit else '**no**'} |")
+    for t in datapath_targets(rows):
+        out.append(f"| {t['label']} | {_n(t['services'])} | {t['conntrack']} | {t['ratio']:.2f}× "
+                   f"({t['detail']}) | {'yes' if t['met'] else '**no**'} |")
     lo, hi = services[0], services[-1]
     if lo != hi:
         for c in cts:
@@ -140,6 +138,7 @@ def render(entries: list[dict], machine: dict | None = None, commit: dict | None
                            f"{'yes' if abs(d) <= SCALE_TOLERANCE else '**no**'} |")
     out.append("")
     out.extend(_ruler_lines(rows, floors, services, cts))
+    out.extend(_new_flow_call_lines(rows, services, cts))
 
     # ---- set-up facts ----------------------------------------------------------------
     notes = []
@@ -165,8 +164,9 @@ def render(entries: list[dict], machine: dict | None = None, commit: dict | None
         out.append("Set-up: " + "; ".join(notes) + ".\n")
     out.append("The 65,536-service row fills the default maps (max_services = 65,536). "
                "Every packet goes to one service and one flow, so lookups are "
-               "cache-hot; new flows each insert one fresh conntrack entry (at 1,000,000 the "
-               "LRU is near full and evicts). Each configuration starts from a freshly loaded "
+               "cache-hot; new flows each insert one fresh conntrack entry (on a full conntrack "
+               "both tables were written past capacity, so every insert evicts). Each "
+               "configuration starts from a freshly loaded "
                "dataplane; conntrack \"0\" means only the measured flow (plus the new flows "
                "the new-flow rounds add as they run).")
     return "\n".join(out) + "\n"
@@ -183,11 +183,67 @@ SCENARIO_TITLES = {
     7: "TCP connections from a node-local client: socket hooks vs XDP vs kube-proxy iptables",
     8: "NodePort from outside to a backend on the other node: XDP vs kube-proxy iptables",
 }
-STACK_TARGETS = {1: 2.0, 10_000: 10.0}      # XDP / iptables on new flows, at that many services
+STACK_TARGETS = {1: 4.0, 10_000: 10.0}      # XDP / iptables on new flows, at that many services (issue 17: 4x at 1)
 SOCKLB_TARGET = 1.5                          # socket hooks / XDP path, connections/s
 NODEPORT_TARGETS = {1: 5.0, 10_000: 20.0}   # the same for NodePort to another node (issue 11)
 CONTROL_FULL_TARGET_S = 0.5                  # 10,000 x 10
 CONTROL_CHANGE_TARGET_S = 0.010              # p99
+
+
+def _ct_label(rows: dict, c: int) -> str:
+    full = any(x.get("ct_full") for k, x in rows.items() if k[2] == c)
+    return f"{_n(c)} (full)" if full else _n(c)
+
+
+def datapath_targets(rows: dict) -> list[dict]:
+    """Issue 17's scenario-1 targets, per service count, from one run's rows:
+    full-table new flow <= 1.3x the empty-table one, and empty-table new flow <=
+    1.2x (ruler + established - floor). Means: the median over rounds of each
+    round's mean ns/packet."""
+    out = []
+    services = sorted({s for _, s, _ in rows})
+    cts = sorted({c for _, _, c in rows})
+    full = [c for c in cts if any(x.get("ct_full") for k, x in rows.items() if k[2] == c)]
+    for s in services:
+        empty = rows.get(("new_flow", s, 0))
+        for c in full:
+            x = rows.get(("new_flow", s, c))
+            if empty and x:
+                r = x["ns_per_pkt_median"] / empty["ns_per_pkt_median"]
+                detail = (f"{x['ns_per_pkt_median']:.0f} / {empty['ns_per_pkt_median']:.0f} ns; "
+                          f"p99 per call {x.get('per_call_ns_p99', '—')} / {empty.get('per_call_ns_p99', '—')} ns")
+                out.append({"label": f"new flow, full conntrack (every insert evicts) ≤ "
+                                     f"{FULL_VS_EMPTY_TARGET:g}× empty", "services": s,
+                            "conntrack": _ct_label(rows, c), "ratio": r, "detail": detail,
+                            "met": r <= FULL_VS_EMPTY_TARGET, "kind": "full_vs_empty"})
+        parts = [rows.get((p, s, 0)) for p in ("cold_line", "established", "floor")]
+        if empty and all(parts):
+            ruler, est, floor = (p["ns_per_pkt_median"] for p in parts)
+            bound = ruler + est - floor
+            r = empty["ns_per_pkt_median"] / bound
+            out.append({"label": f"new flow, empty conntrack ≤ {EMPTY_VS_BOUND_TARGET:g}× "
+                                 f"(ruler + established − floor)", "services": s, "conntrack": "0",
+                        "ratio": r, "detail": f"{empty['ns_per_pkt_median']:.0f} / "
+                                              f"({ruler:.0f} + {est:.0f} − {floor:.0f}) ns",
+                        "met": r <= EMPTY_VS_BOUND_TARGET, "kind": "empty_vs_bound"})
+    return out
+
+
+def _new_flow_call_lines(rows: dict, services, cts) -> list[str]:
+    """Per call, not per round: the LRU's batched refills show in p99/p99.9."""
+    lines = []
+    for c in cts:
+        for s in services:
+            x = rows.get(("new_flow", s, c))
+            if x and "per_call_ns_mean" in x:
+                lines.append(f"| {_n(s)} | {_ct_label(rows, c)} | {x['per_call_ns_mean']:.0f} | "
+                             f"{x['per_call_ns_p50']} | {x['per_call_ns_p99']} | "
+                             f"{x.get('per_call_ns_p999', '—')} |")
+    if not lines:
+        return []
+    return (["New flows per test-run call (all measured calls of the row):\n",
+             "| services | conntrack | mean ns | p50 ns | p99 ns | p99.9 ns |",
+             "|---:|---:|---:|---:|---:|---:|"] + lines + [""])
 
 
 def _ruler_lines(rows: dict, floors: dict, services, cts) -> list[str]:
@@ -405,12 +461,14 @@ def render_all(data: dict, plot_dir: Path | None = None, plot_prefix: str = "") 
                        f"{_ms(v)} | {'yes' if v <= CONTROL_CHANGE_TARGET_S else '**no**'} |")
     if dp_rows:
         rows = _rows([{"extra_info": x} for x in dp_rows])
-        for p, limit in RATIO_TARGETS.items():
-            vals = [rows[k]["ratio_to_floor"] for k in rows if k[0] == p and "ratio_to_floor" in rows[k]]
-            if vals:
-                met = all(v <= limit for v in vals)
-                out.append(f"| BPF-only {PATH_LABEL[p]} ≤ {limit}× floor (all sizes) | "
-                           f"{min(vals):.2f}–{max(vals):.2f}× | {'yes' if met else '**no**'} |")
+        targets = datapath_targets(rows)
+        for kind in ("full_vs_empty", "empty_vs_bound"):
+            ts = [t for t in targets if t["kind"] == kind]
+            if ts:
+                vals = [t["ratio"] for t in ts]
+                out.append(f"| BPF-only {ts[0]['label']} (all service counts) | "
+                           f"{min(vals):.2f}–{max(vals):.2f}× | "
+                           f"{'yes' if all(t['met'] for t in ts) else '**no**'} |")
     for x in socklb:
         r = x["results"]["sock_vs_xdp"]
         if r["median"] is not None:
@@ -419,10 +477,11 @@ def render_all(data: dict, plot_dir: Path | None = None, plot_prefix: str = "") 
                        f"{_rng(r, '{:.2f}')}× | {'yes' if r['median'] >= SOCKLB_TARGET else '**no**'} |")
     for suite, rows in new_flow_suites.items():
         ratios = [r["ratio_to_floor"] for x in rows for r in x["cases"].values()]
-        limit = rows[0]["target_ratio"]
-        out.append(f"| BPF-only new flow, every {'algorithm' if suite == 'algorithms' else 'affinity case'} "
-                   f"≤ {limit:g}× floor | {min(ratios):.2f}–{max(ratios):.2f}× | "
-                   f"{'yes' if max(ratios) <= limit else '**no**'} |")
+        # The "<= 4x floor" target these suites were built for is withdrawn (issue 17):
+        # shown for reference, not judged.
+        out.append(f"| (for reference) BPF-only new flow, every "
+                   f"{'algorithm' if suite == 'algorithms' else 'affinity case'}, × floor | "
+                   f"{min(ratios):.2f}–{max(ratios):.2f}× | — |")
     out.append("")
 
     # ---- 1 ------------------------------------------------------------------------
