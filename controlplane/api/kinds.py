@@ -7,12 +7,13 @@ from .codec import DecodeError
 from .deployment import Deployment
 from .endpoints import Endpoints, EndpointSlice
 from .errors import BadRequest
+from .event import Event
 from .meta import ApiObject
 from .namespace import Namespace
 from .pod import Pod
 from .service import Service
 
-KINDS: tuple[type[ApiObject], ...] = (Service, Endpoints, EndpointSlice, Pod, Deployment, Namespace)
+KINDS: tuple[type[ApiObject], ...] = (Service, Endpoints, EndpointSlice, Pod, Deployment, Namespace, Event)
 _BY_KIND: dict[str, type[ApiObject]] = {cls.KIND: cls for cls in KINDS}
 
 

@@ -28,6 +28,7 @@ from controlplane.api.selectors import EQUALS, Requirement, Selector
 from controlplane.api.service import EXTERNAL_NAME, LABEL_HEADLESS, Service
 from controlplane.store.interface import Store, StoreWriter
 
+from .events import WARNING, emit
 from .endpoint_builder import SliceContent, build_slices, build_subsets
 from .names import Names, StoreNames, random_suffix
 
@@ -53,6 +54,10 @@ def _sync_endpoints(tx: StoreWriter, svc: Service, pods: list[Pod], live: Endpoi
         labels[LABEL_HEADLESS] = ""
     labels[LABEL_SKIP_MIRROR] = "true"
     subsets = build_subsets(svc, pods) or None
+    had = _ready_addresses(live.subsets if live is not None else None)
+    if had and not _ready_addresses(subsets):
+        emit(svc, WARNING, "NoReadyEndpoints", f"Endpoints empty: none of the service's {had} ready endpoints "
+             "is left; new connections are refused (TCP RST / ICMP port unreachable)", "endpoint-controller")
     if live is None:
         tx.create(Endpoints(metadata=ObjectMeta(name=svc.name, namespace=svc.namespace, labels=labels), subsets=subsets))
         return 1
@@ -62,6 +67,10 @@ def _sync_endpoints(tx: StoreWriter, svc: Service, pods: list[Pod], live: Endpoi
     live.subsets = subsets
     tx.update(live)
     return 1
+
+
+def _ready_addresses(subsets: list | None) -> int:
+    return sum(len(s.addresses or []) for s in subsets or [])
 
 
 def _same_slice(live: EndpointSlice, want: SliceContent, labels: dict[str, str]) -> bool:

@@ -27,6 +27,7 @@ from controlplane.api.service import (LOAD_BALANCER, LoadBalancerIngress, LoadBa
                                       ServiceCondition)
 from controlplane.store.interface import Store, StoreWriter
 
+from .events import NORMAL, WARNING, emit
 from .lb_pool import Pool, load_pool
 
 POOL_LB_IPS = "loadbalancerips"
@@ -155,6 +156,8 @@ class LBIPAM:
         if outcome is not None:
             state = "True" if outcome.ip else "False"
             unchanged = old is not None and (old.status, old.reason, old.message) == (state, outcome.reason, outcome.message)
+            if not unchanged:   # MetalLB's controller records its outcome as an event too
+                emit(svc, NORMAL if outcome.ip else WARNING, outcome.reason, outcome.message, "lb-ipam")
             conditions.append(old if unchanged else ServiceCondition(
                 type=CONDITION_TYPE, status=state, reason=outcome.reason, message=outcome.message,
                 last_transition_time=old.last_transition_time if old is not None and old.status == state

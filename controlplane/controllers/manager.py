@@ -17,9 +17,10 @@ from __future__ import annotations
 from typing import Callable
 
 from controlplane.api.errors import Gone
-from controlplane.store.interface import Store, StoreWriter, retry_commit
+from controlplane.store.interface import Store, StoreWriter
 
 from .deployments import reconcile_deployments, sync_deployment_key
+from .events import committed
 from .dirty import WATCHED_KINDS, DirtySet, HistoryUnknown, collect
 from .endpoints import mirror_endpoints, mirror_service_endpoints, reconcile_endpoints, sync_service_endpoints
 from .gc import collect_garbage, collect_owned_by, collect_pod, expire_due_pods
@@ -94,7 +95,7 @@ def reconcile_changes(store: Store, since: int, max_rounds: int = 10) -> int:
 def reconcile(store: Store, max_rounds: int = 10) -> int:
     """Run the controllers to a fixed point; returns the number of writes made. A pass that
     loses a commit race (etcd: someone wrote what it read) runs again."""
-    return retry_commit(lambda: _reconcile(store, max_rounds))
+    return committed(store, lambda: _reconcile(store, max_rounds))
 
 
 def _reconcile(store: Store, max_rounds: int) -> int:

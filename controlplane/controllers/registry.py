@@ -34,6 +34,7 @@ from controlplane.api.service import Service, ServicePort, ServiceSpec, ServiceS
 from controlplane.api.service_update import drop_type_dependent_fields, patch_allocated_values
 from controlplane.store.interface import Store, StoreWriter, retry_commit
 
+from .events import committed
 from .config import ClusterConfig, ConfigError, load_config, save_config
 from .pod_lifecycle import terminate_pod
 from .service_allocation import ServiceAllocations
@@ -96,7 +97,7 @@ class Registry:
 
     # ------------------------------------------------------------------ batch apply/create
     def apply(self, manifests: list[Manifest], namespace: str = "default", mode: str = MODE_APPLY) -> list[Outcome]:
-        return retry_commit(lambda: self._apply(manifests, namespace, mode))
+        return committed(self.store, lambda: self._apply(manifests, namespace, mode))
 
     def _apply(self, manifests: list[Manifest], namespace: str, mode: str) -> list[Outcome]:
         with self.store.transaction() as tx:
@@ -173,7 +174,7 @@ class Registry:
 
     # ------------------------------------------------------------------ single objects
     def create(self, obj: ApiObject) -> ApiObject:
-        return retry_commit(lambda: self._create(obj))
+        return committed(self.store, lambda: self._create(obj))
 
     def _create(self, obj: ApiObject) -> ApiObject:
         with self.store.transaction() as tx:
@@ -187,7 +188,7 @@ class Registry:
 
     def update(self, obj: ApiObject) -> ApiObject:
         """Replace an object (Conflict if its resourceVersion is stale)."""
-        return retry_commit(lambda: self._update(obj))
+        return committed(self.store, lambda: self._update(obj))
 
     def _update(self, obj: ApiObject) -> ApiObject:
         with self.store.transaction() as tx:
@@ -198,7 +199,7 @@ class Registry:
     def delete(self, cls: type[ApiObject], namespace: str, name: str, grace_period: int | None = None) -> ApiObject:
         """Delete an object. A Pod on a node with a grace period > 0 is only marked
         terminating (the runtime or the grace-period expiry removes it)."""
-        return retry_commit(lambda: self._delete(cls, namespace, name, grace_period))
+        return committed(self.store, lambda: self._delete(cls, namespace, name, grace_period))
 
     def _delete(self, cls: type[ApiObject], namespace: str, name: str, grace_period: int | None) -> ApiObject:
         with self.store.transaction() as tx:

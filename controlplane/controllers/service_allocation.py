@@ -9,6 +9,7 @@ from controlplane.store.interface import StoreWriter
 
 from .allocators import ClusterIPAllocator, NodePortAllocator, RangeFull
 from .config import ClusterConfig
+from .events import NORMAL, emit
 
 
 class ServiceAllocations:
@@ -97,12 +98,27 @@ class ServiceAllocations:
             held.add(hc)
         if errs:
             return errs
+        self._announce(svc, old, old_ip, old_ports)
         new_ip = self._claimed_ip(svc)
         if old_ip and old_ip != new_ip:
             self.ips.release(old_ip)
         for port in old_ports - held:
             self.ports.release(str(port))
         return []
+
+    def _announce(self, svc: Service, old: Service | None, old_ip: str | None, old_ports: set[int]) -> None:
+        """Events for what this allocation gave the service (written once it commits)."""
+        ip = self._claimed_ip(svc)
+        if ip and ip != old_ip:
+            emit(svc, NORMAL, "ClusterIPAllocated", f"Allocated ClusterIP {ip}", "ipallocator")
+        if needs_node_ports(svc):
+            for port in svc.ports:
+                if port.node_port and port.node_port not in old_ports:
+                    emit(svc, NORMAL, "NodePortAllocated",
+                         f"Allocated NodePort {port.node_port} for port {port.port}/{port.protocol}", "portallocator")
+        hc = svc.spec.health_check_node_port if needs_health_check_node_port(svc) else None
+        if hc and hc not in old_ports:
+            emit(svc, NORMAL, "NodePortAllocated", f"Allocated healthCheckNodePort {hc}", "portallocator")
 
     def _allocate_health_check_port(self, owner: str) -> int:
         try:

@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 
 from controlplane.api.endpoints import Endpoints
 from controlplane.api.merge import LAST_APPLIED
-from controlplane.api.meta import now, parse_timestamp
+from controlplane.api.event import Event
+from controlplane.api.meta import now
 from controlplane.api.service import LoadBalancerIngress, Service
 from controlplane.errors import CommandError
-from controlplane.controllers.lb_ipam import CONDITION_TYPE
+from controlplane.controllers.events import events_for
 
 from .options import add_selector, common_parent
-from .printers.age import human_duration
+from .printers.age import age
 from .printers.columns import format_endpoints, format_labels
 from .printers.table import format_describe
 from .resources import lookup
@@ -41,7 +43,7 @@ def _ingress(ingress: LoadBalancerIngress) -> str:
     return ingress.hostname or ""
 
 
-def describe_service(svc: Service, endpoints: Endpoints | None) -> str:
+def describe_service(svc: Service, endpoints: Endpoints | None, events: list[Event] | None = None) -> str:
     spec = svc.spec
     lines: list[list[str]] = [["Name:", svc.name], ["Namespace:", svc.namespace]]
     lines += _multiline("Labels", svc.labels)
@@ -78,7 +80,7 @@ def describe_service(svc: Service, endpoints: Endpoints | None) -> str:
         lines.append(["HealthCheck NodePort:", str(spec.health_check_node_port)])
     if spec.load_balancer_source_ranges:
         lines.append(["LoadBalancer Source Ranges:", ",".join(spec.load_balancer_source_ranges)])
-    events = _events(svc)
+    events = _events(events or [])
     if not events:
         lines.append(["Events:", NONE])
         return format_describe(lines)
@@ -86,19 +88,29 @@ def describe_service(svc: Service, endpoints: Endpoints | None) -> str:
     return "\n".join([format_describe(lines), "Events:", format_describe(events)])
 
 
-def _events(svc: Service) -> list[list[str]]:
-    """Events rows. There is no Event kind here: LB-IPAM's condition stands in for the
-    events MetalLB's controller records (a warning while the service waits for an address)."""
-    rows = []
-    for c in svc.status.conditions or []:
-        if c.type != CONDITION_TYPE:
-            continue
-        since = parse_timestamp(c.last_transition_time) if c.last_transition_time else None
-        age = human_duration((now() - since).total_seconds()) if since else "<unknown>"
-        rows.append(["  " + ("Normal" if c.status == "True" else "Warning"), c.reason or "", age, "lb-ipam",
-                     (c.message or "").strip()])
-    if not rows:
+def event_source(event: Event) -> str:
+    """kubectl's formatEventSource: the component, then the host if any."""
+    src = event.source
+    component = (src.component if src else None) or event.reporting_component or ""
+    host = (src.host if src else None) or event.reporting_instance
+    return f"{component}, {host}" if host else component
+
+
+def event_age(event: Event, at: _dt.datetime) -> str:
+    """`5m` or, for an aggregated event, `5m (x3 over 20m)` (kubectl describe)."""
+    last = age(event.last_seen, at)
+    if (event.count or 1) > 1 and event.first_timestamp:
+        return f"{last} (x{event.count} over {age(event.first_timestamp, at)})"
+    return last
+
+
+def _events(events: list[Event]) -> list[list[str]]:
+    """The Events table rows, oldest last-seen first (kubectl sorts by lastTimestamp)."""
+    if not events:
         return []
+    at = now()
+    rows = [["  " + (e.type or ""), e.reason or "", event_age(e, at), event_source(e), (e.message or "").strip()]
+            for e in events]
     return [["  Type", "Reason", "Age", "From", "Message"], ["  ----", "------", "----", "----", "-------"], *rows]
 
 
@@ -114,7 +126,8 @@ def run_describe(args: argparse.Namespace, session: Session) -> int:
         services = [session.store.get(Service, session.namespace, n) for n in names]
     else:
         services = session.store.list(Service, session.namespace, parse_selector(args.selector))
-    blocks = [describe_service(svc, session.store.try_get(Endpoints, svc.namespace, svc.name)) for svc in services]
+    blocks = [describe_service(svc, session.store.try_get(Endpoints, svc.namespace, svc.name),
+                               events_for(session.store, svc)) for svc in services]
     if blocks:
         print("\n\n\n".join(blocks))
     else:

@@ -6,9 +6,12 @@ import sys
 from dataclasses import dataclass, field
 
 from controlplane.api.errors import NotFound
+from controlplane.api.event import Event
 from controlplane.api.meta import ApiObject, now
+from controlplane.controllers.events import visible
 from controlplane.errors import CommandError
 
+from .fields import parse_field_selector, select_fields
 from .options import add_output, add_selector, common_parent
 from .printers.columns import HEADERS, ROWS, format_labels
 from .printers.structured import render
@@ -27,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-A", "--all-namespaces", action="store_true", help="list across all namespaces")
     p.add_argument("--show-labels", action="store_true", help="add a LABELS column")
     p.add_argument("--no-headers", action="store_true", help="omit the header line")
+    p.add_argument("--field-selector", default=None, metavar="SEL",
+                   help="field selector, e.g. involvedObject.name=nginx,type=Warning")
     p.set_defaults(func=run_get)
 
 
@@ -97,6 +102,7 @@ def run_get(args: argparse.Namespace, session: Session) -> int:
     if selector is not None and any(r.names for r in requests):
         raise CommandError("name cannot be provided when a selector is specified")
     namespace = None if args.all_namespaces else session.namespace
+    fields = parse_field_selector(args.field_selector)
     failed = False
     groups: list[tuple[Resource, list[ApiObject]]] = []
     for req in requests:
@@ -110,7 +116,10 @@ def run_get(args: argparse.Namespace, session: Session) -> int:
                     failed = True
             groups.append((req.resource, found))
         else:
-            groups.append((req.resource, session.store.list(req.resource.cls, namespace, selector)))
+            found = session.store.list(req.resource.cls, namespace, selector)
+            if req.resource.cls is Event:   # oldest last-seen first, expired ones hidden
+                found = visible(found)
+            groups.append((req.resource, select_fields(found, fields)))
     objects = [o for _, objs in groups for o in objs]
     if args.output in ("json", "yaml", "name"):
         single = len(requests) == 1 and len(requests[0].names) == 1

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from controlplane.api.deployment import Deployment
 from controlplane.api.endpoints import Endpoints, EndpointSlice
+from controlplane.api.event import Event
 from controlplane.api.meta import ApiObject
 from controlplane.api.namespace import Namespace
 from controlplane.api.pod import Pod
@@ -36,6 +37,7 @@ RESOURCES: tuple[Resource, ...] = (
     Resource(EndpointSlice, "endpointslices", "endpointslice", ()),
     Resource(Deployment, "deployments", "deployment", ("deploy",)),
     Resource(Namespace, "namespaces", "namespace", ("ns",)),
+    Resource(Event, "events", "event", ("ev",)),
 )
 
 _LOOKUP: dict[str, Resource] = {}

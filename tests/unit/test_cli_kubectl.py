@@ -136,6 +136,8 @@ def test_run_expose_describe(capsys, state_dir) -> None:
     assert code == 0
     ip = re.search(r"^IP:\s+(\S+)$", out, re.M).group(1)
     node_port = re.search(r"^NodePort:\s+<unset>  (\d+)/TCP$", out, re.M).group(1)
+    age = re.search(r"^  Normal  ClusterIPAllocated  (\S+)", out, re.M).group(1)
+    assert re.fullmatch(r"\d+s", age) and len(age) == 2, out   # one column width below
     assert out.splitlines() == [
         "Name:                     nginx",
         "Namespace:                default",
@@ -154,10 +156,22 @@ def test_run_expose_describe(capsys, state_dir) -> None:
         "Session Affinity:         None",
         "External Traffic Policy:  Cluster",
         "Internal Traffic Policy:  Cluster",
-        "Events:                   <none>",
+        "Events:",
+        "  Type    Reason              Age   From           Message",
+        "  ----    ------              ----  ----           -------",
+        f"  Normal  ClusterIPAllocated  {age:<4}  ipallocator    Allocated ClusterIP {ip}",
+        f"  Normal  NodePortAllocated   {age:<4}  portallocator  Allocated NodePort {node_port} for port 80/TCP",
     ]
     _, out, _ = run(capsys, "get", "deploy", "nginx")
     assert out.splitlines()[1].split()[:4] == ["nginx", "3/3", "3", "3"]
+    # scaled to zero: the endpoints controller warns that connections are now refused
+    run(capsys, "scale", "deployment", "nginx", "--replicas=0")
+    _, out, _ = run(capsys, "describe", "svc", "nginx")
+    assert re.search(r"^  Warning  NoReadyEndpoints    \S+ +endpoint-controller  Endpoints empty: none of the "
+                     r"service's 3 ready endpoints is left; new connections are refused", out, re.M), out
+    code, out, _ = run(capsys, "get", "events", "--field-selector", "type=Warning")
+    assert code == 0 and [line.split()[1:4] for line in out.splitlines()] == [
+        ["SEEN", "TYPE", "REASON"], ["Warning", "NoReadyEndpoints", "service/nginx"]], out
 
 
 def test_output_formats(capsys) -> None:

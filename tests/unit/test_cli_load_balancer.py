@@ -85,8 +85,15 @@ def test_get_and_describe_a_load_balancer(capsys, tmp_path, state_dir) -> None:
     _, out, _ = run(capsys, "describe", "svc", "web")
     hc = re.search(r"^HealthCheck NodePort:\s+(\d+)$", out, re.M).group(1)
     ip = re.search(r"^IP:\s+(\S+)$", out, re.M).group(1)
-    age = re.search(r"^  Normal  Allocated  (\S+)", out, re.M).group(1).ljust(4)
-    assert out.splitlines() == [
+    lines = out.splitlines()
+    events = [re.split(r"  +", line.strip()) for line in lines[lines.index("Events:") + 3:]]
+    assert [e[:2] + e[3:] for e in events] == [     # Type, Reason, (Age), From, Message; oldest first
+        ["Normal", "ClusterIPAllocated", "ipallocator", f"Allocated ClusterIP {ip}"],
+        ["Normal", "NodePortAllocated", "portallocator", "Allocated NodePort 30080 for port 80/TCP"],
+        ["Normal", "NodePortAllocated", "portallocator", f"Allocated healthCheckNodePort {hc}"],
+        ["Normal", "Allocated", "lb-ipam", "192.168.1.241 allocated from the pool"]], out
+    assert lines[lines.index("Events:") + 1].split() == ["Type", "Reason", "Age", "From", "Message"]
+    assert lines[:lines.index("Events:") + 1] == [
         "Name:                        web",
         "Namespace:                   default",
         "Labels:                      <none>",
@@ -109,9 +116,6 @@ def test_get_and_describe_a_load_balancer(capsys, tmp_path, state_dir) -> None:
         f"HealthCheck NodePort:        {hc}",
         "LoadBalancer Source Ranges:  192.168.1.0/24,10.0.0.0/8",
         "Events:",
-        "  Type    Reason     Age   From     Message",
-        "  ----    ------     ----  ----     -------",
-        f"  Normal  Allocated  {age}  lb-ipam  192.168.1.241 allocated from the pool",
     ]
 
 
@@ -124,7 +128,7 @@ def test_pending_then_assigned_and_lb_pool_show(capsys, tmp_path) -> None:
     assert svc_row(capsys, "a")[3] == "192.168.1.241"
     assert svc_row(capsys, "b")[3] == "<pending>"
     _, out, _ = run(capsys, "describe", "svc", "b")    # why, where kubectl shows a controller's events
-    assert re.search(r"^  Warning  PoolExhausted  \S+ +lb-ipam  every address of the pool \(192.168.1.241/32\) "
+    assert re.search(r"^  Warning  PoolExhausted +\S+ +lb-ipam +every address of the pool \(192.168.1.241/32\) "
                      r"is allocated$", out, re.M), out
     _, out, _ = run(capsys, "lb-pool")
     assert out.splitlines() == [

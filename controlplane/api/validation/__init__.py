@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..deployment import Deployment
 from ..endpoints import Endpoints, EndpointSlice
 from ..errors import Invalid
+from ..event import Event
 from ..field_errors import FieldError
 from ..meta import ApiObject
 from ..namespace import Namespace
@@ -31,6 +32,8 @@ def validate(obj: ApiObject, old: ApiObject | None = None) -> list[FieldError]:
         return validate_endpointslice(obj)
     if isinstance(obj, Namespace):
         return validate_object_meta(obj.metadata, False, names.dns1123_label)
+    if isinstance(obj, Event):
+        return validate_object_meta(obj.metadata, True, names.dns1123_subdomain)
     raise TypeError(f"no validation for {type(obj).__name__}")
 
 

@@ -6,6 +6,7 @@ from typing import Callable
 
 from controlplane.api.deployment import Deployment
 from controlplane.api.endpoints import Endpoints, EndpointSlice
+from controlplane.api.event import Event
 from controlplane.api.meta import ApiObject
 from controlplane.api.namespace import Namespace
 from controlplane.api.pod import Pod
@@ -137,6 +138,13 @@ def namespace_row(ns: Namespace, wide: bool, at: _dt.datetime) -> list[str]:
     return [ns.name, "Terminating" if ns.terminating else phase, age(ns.metadata.creation_timestamp, at)]
 
 
+def event_row(ev: Event, wide: bool, at: _dt.datetime) -> list[str]:
+    """kubectl get events: LAST SEEN, TYPE, REASON, OBJECT (kind/name, kind lower-cased), MESSAGE."""
+    ref = ev.involved_object
+    return [age(ev.last_seen, at), ev.type or "", ev.reason or "",
+            f"{(ref.kind or '').lower()}/{ref.name or ''}", (ev.message or "").strip()]
+
+
 Row = Callable[[ApiObject, bool, _dt.datetime], list[str]]
 
 HEADERS: dict[type, tuple[list[str], list[str]]] = {
@@ -146,6 +154,7 @@ HEADERS: dict[type, tuple[list[str], list[str]]] = {
     Pod: (["NAME", "READY", "STATUS", "RESTARTS", "AGE"], ["IP", "NODE", "NOMINATED NODE", "READINESS GATES"]),
     Deployment: (["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"], ["CONTAINERS", "IMAGES", "SELECTOR"]),
     Namespace: (["NAME", "STATUS", "AGE"], []),
+    Event: (["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"], []),
 }
 
 ROWS: dict[type, Row] = {
@@ -155,4 +164,5 @@ ROWS: dict[type, Row] = {
     Pod: pod_row,  # type: ignore[dict-item]
     Deployment: deployment_row,  # type: ignore[dict-item]
     Namespace: namespace_row,  # type: ignore[dict-item]
+    Event: event_row,  # type: ignore[dict-item]
 }
