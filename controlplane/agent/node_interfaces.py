@@ -20,6 +20,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_LINK
 
 from controlplane.dataplane.attach import attached_prog_id, detach_xdp
+from controlplane.dataplane.config import PROGRAM_PINS
 
 from .attach_sources import Target
 
@@ -27,8 +28,8 @@ log = logging.getLogger("svcxdp.agent")
 
 # The XDP entry points' pins inside the instance's pin folder: pod interfaces run the
 # main one, the node's external interfaces the external one (NodePort, LB IPs).
-PROG_PIN = "prog"
-EXTERNAL_PROG_PIN = "prog_external"
+PROG_PIN = PROGRAM_PINS["pod"]
+EXTERNAL_PROG_PIN = PROGRAM_PINS["external"]
 
 
 class NodeInterfaces:

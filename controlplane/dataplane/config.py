@@ -11,6 +11,11 @@ PIN_ROOT = Path("/sys/fs/bpf/svcxdp")
 _INSTANCE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 
 
+# The XDP entry points' pins inside an instance's pin folder (the agent pins them): pod
+# interfaces run svcxdp_main, the node's external interfaces svcxdp_external.
+PROGRAM_PINS = {"pod": "prog", "external": "prog_external"}
+
+
 class ConfigError(ValueError):
     pass
 

@@ -1,0 +1,195 @@
+"""The conntrack tables as flows (`svcctl get flows`), read from the pinned maps.
+
+A flow is the forward entry of `conntrack` (confirmed: it sent a second packet) or
+`ct_unconfirmed` (one packet so far; bpf/conntrack.h): client -> frontend, holding
+its backend, and for a NodePort flow sent to another node the node address:port it
+was source-NATed to. Reply entries (DIR_REPLY, backends shared by several
+frontends) and SNAT reverse entries (DIR_SNAT) are lookup aids of those flows and
+are only counted.
+
+Both tables are read in batches (BPF_MAP_LOOKUP_BATCH, pinned.py) and decoded by
+struct.iter_unpack; filters are applied to the raw integers before a Flow is built,
+so a filtered read of a full million-entry table builds only what it shows.
+
+Timeouts are compiled into the program (config.py), not kept in a map: idle times
+are exact, the time left assumes the timeouts given (the defaults unless told).
+"""
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from .affinity_maps import NSEC, coarse_now_ns
+from .layout import const
+from .model import PROTOCOLS
+from .pinned import struct_format
+
+TABLES = ("conntrack", "ct_unconfirmed")
+TABLE_LABELS = {"conntrack": "confirmed", "ct_unconfirmed": "unconfirmed"}
+DIR_FORWARD, DIR_REPLY, DIR_SNAT = const("CT_DIR_FORWARD"), const("CT_DIR_REPLY"), const("CT_DIR_SNAT")
+F_CLOSING, F_COUNTED, F_SNAT = const("CT_F_CLOSING"), const("CT_F_COUNTED"), const("CT_F_SNAT")
+UNUSED = const("BACKEND_UNUSED")
+PROTO_NAMES = {v: k for k, v in PROTOCOLS.items()}
+_KEY_FIELDS = ("src", "dst", "sport", "dport", "proto", "dir")
+_VALUE_FIELDS = ("last_seen", "nat_ip", "nat_port", "flags", "backend_id", "svc_id", "peer_ip", "peer_port")
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Idle timeouts in seconds, as the program was built with (config.py)."""
+    tcp: int = const("DEFAULT_TCP_TIMEOUT_S")
+    tcp_close: int = const("DEFAULT_TCP_CLOSE_TIMEOUT_S")
+    udp: int = const("DEFAULT_UDP_TIMEOUT_S")
+
+    def of(self, proto: int, flags: int) -> int:
+        """bpf/conntrack.h ct_timeout_ns(), in seconds."""
+        if proto == PROTOCOLS["TCP"]:
+            return self.tcp_close if flags & F_CLOSING else self.tcp
+        return self.udp
+
+
+_ip_cache: dict[int, str] = {}
+
+
+def be32_ip(value: int) -> str:
+    """A network-order address read as a native u32, dotted (cached: a table holds
+    few distinct backends and frontends)."""
+    ip = _ip_cache.get(value)
+    if ip is None:
+        if len(_ip_cache) > 1 << 20:
+            _ip_cache.clear()
+        ip = _ip_cache[value] = socket.inet_ntoa(struct.pack("=I", value))
+    return ip
+
+
+def ip_be32(ip: str) -> int:
+    return struct.unpack("=I", socket.inet_aton(ip))[0]
+
+
+def be16_port(value: int) -> int:
+    return ((value & 0xFF) << 8) | (value >> 8)
+
+
+def port_be16(port: int) -> int:
+    return be16_port(port)
+
+
+@dataclass(frozen=True)
+class Flow:
+    table: str                 # "conntrack" | "ct_unconfirmed"
+    protocol: str              # "TCP" | "UDP"
+    client: tuple[str, int]
+    frontend: tuple[str, int]  # what the client addressed
+    backend: tuple[str, int]
+    snat: tuple[str, int] | None  # the node address:port the flow left with (NodePort to another node)
+    svc_id: int
+    backend_id: int
+    state: str                 # NEW | ESTABLISHED | CLOSING | STALE | EXPIRED (see flow_state)
+    idle_s: float
+    remaining_s: float         # < 0: expired (the LRU has not reclaimed it yet)
+    counted: bool              # holds one of its backend's connection counts (lc family)
+
+
+def flow_state(table: str, flags: int, remaining_s: float, backend_live: bool) -> str:
+    """EXPIRED: idle past its timeout (its next packet starts a new flow); STALE: its
+    backend left the service (its next packet is re-picked); CLOSING: FIN or RST seen;
+    NEW: one packet so far (ct_unconfirmed); ESTABLISHED: confirmed by a second one."""
+    if remaining_s < 0:
+        return "EXPIRED"
+    if not backend_live:
+        return "STALE"
+    if flags & F_CLOSING:
+        return "CLOSING"
+    return "NEW" if table == "ct_unconfirmed" else "ESTABLISHED"
+
+
+@dataclass(frozen=True)
+class FlowFilter:
+    """Only flows matching every field given (None: any)."""
+    svc_ids: frozenset[int] | None = None
+    protocol: str | None = None
+    client: str | None = None
+    backend: str | None = None          # an address, or address:port
+    include_expired: bool = False
+
+
+@dataclass
+class FlowTable:
+    flows: list[Flow] = field(default_factory=list)
+    # entries by table and kind ("forward", "reply", "snat"), whatever the filter
+    entries: dict[str, dict[str, int]] = field(default_factory=dict)
+    capacity: dict[str, int] = field(default_factory=dict)
+
+
+def live_backends(maps) -> dict[int, tuple[int, int, int]]:
+    """Backend id -> (svc_id, ip, port) of every used entry of the backends array (raw
+    network-order integers, as a flow's nat_ip / nat_port hold them)."""
+    out = {}
+    for key, b in maps.table("backends").items_lookup_batch():
+        if b.state != UNUSED:
+            out[int(key.value) if hasattr(key, "value") else int(key)] = (b.svc_id, b.ip, b.port)
+    return out
+
+
+def read_flows(maps, flt: FlowFilter = FlowFilter(), timeouts: Timeouts = Timeouts(),
+               now_ns: int | None = None) -> FlowTable:
+    """The flows of both conntrack tables (confirmed first), as the datapath would judge
+    them at `now_ns` (its clock, CLOCK_MONOTONIC_COARSE)."""
+    now_ns = coarse_now_ns() if now_ns is None else now_ns
+    backends = live_backends(maps)
+    want_proto = PROTOCOLS[flt.protocol] if flt.protocol else None
+    want_client = ip_be32(flt.client) if flt.client else None
+    want_backend = want_bport = None
+    if flt.backend:
+        ip, _, port = flt.backend.partition(":")
+        want_backend = ip_be32(ip)
+        want_bport = port_be16(int(port)) if port else None
+    svc_ids = flt.svc_ids
+    out = FlowTable()
+    for name in TABLES:
+        table = maps.table(name)
+        out.capacity[name] = table.max_entries
+        kinds = {"forward": 0, "reply": 0, "snat": 0}
+        kfields = _index(table.Key, _KEY_FIELDS)
+        vfields = _index(table.Leaf, _VALUE_FIELDS)
+        ks, kd, ksp, kdp, kp, kdir = kfields
+        vl, vip, vport, vflags, vbid, vsvc, vpeer, vpport = vfields
+        for keys, values in table.unpacked_batches():
+            for k, v in zip(keys, values):
+                d = k[kdir]
+                if d != DIR_FORWARD:
+                    kinds["reply" if d == DIR_REPLY else "snat"] += 1
+                    continue
+                kinds["forward"] += 1
+                if svc_ids is not None and v[vsvc] not in svc_ids:
+                    continue
+                proto = k[kp]
+                if want_proto is not None and proto != want_proto:
+                    continue
+                if want_client is not None and k[ks] != want_client:
+                    continue
+                if want_backend is not None and (v[vip] != want_backend or
+                                                 (want_bport is not None and v[vport] != want_bport)):
+                    continue
+                flags = v[vflags]
+                idle = (now_ns - v[vl]) / NSEC
+                remaining = timeouts.of(proto, flags) - idle
+                if remaining < 0 and not flt.include_expired:
+                    continue
+                live = backends.get(v[vbid]) == (v[vsvc], v[vip], v[vport])
+                snat = (be32_ip(v[vpeer]), be16_port(v[vpport])) if flags & F_SNAT else None
+                out.flows.append(Flow(
+                    name, PROTO_NAMES.get(proto, str(proto)),
+                    (be32_ip(k[ks]), be16_port(k[ksp])), (be32_ip(k[kd]), be16_port(k[kdp])),
+                    (be32_ip(v[vip]), be16_port(v[vport])), snat, v[vsvc], v[vbid],
+                    flow_state(name, flags, remaining, live), idle, remaining, bool(flags & F_COUNTED)))
+        out.entries[name] = kinds
+    return out
+
+
+def _index(ctype: type, names: Iterable[str]) -> tuple[int, ...]:
+    """Positions of `names` among the fields pinned.struct_format unpacks."""
+    fields = struct_format(ctype)[1]
+    return tuple(fields.index(n) for n in names)

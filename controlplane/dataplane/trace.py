@@ -1,0 +1,502 @@
+"""What the datapath does with one packet, and why, read from a node's pinned maps.
+
+`trace(maps, packet)` walks bpf/svcxdp.c's decisions for a packet of the given tuple
+over the maps' current contents, reading only (nothing is written): the frontend
+its destination matches (scope external first on the external entry point, then
+ClusterIPs), the flow's conntrack entry and whether it still holds, ClientIP
+affinity, the algorithm's choice (predict.py: the same flow hash and slot
+arithmetic), and the rewrite. A packet that is no frontend's may be a backend's
+reply, turned back into its frontend (bpf/conntrack.h ct_match_reply,
+bpf/nodeport.h np_snat_reply).
+
+What cannot be known from the maps is said so: `random` (and lc over more than
+SVCXDP_LC_MAX_SCAN slots, which samples a random window) has a set of possible
+backends; a new external flow's source NAT depends on the route to its backend,
+looked up by the program at the way out (nodeport.h).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from . import frames, predict
+from .affinity_maps import NSEC, coarse_now_ns
+from .flows import F_CLOSING, F_SNAT, Timeouts, be16_port, be32_ip, flow_state, ip_be32, port_be16
+from .layout import ALGORITHMS, const
+from .libbpf import ffi, lib, map_fd_by_id
+from .model import PROTOCOLS, Frontend
+
+ENTRIES = ("pod", "external")
+SCOPE_CLUSTER, SCOPE_EXTERNAL = const("SCOPE_CLUSTER"), const("SCOPE_EXTERNAL")
+DIR_FORWARD, DIR_REPLY, DIR_SNAT = const("CT_DIR_FORWARD"), const("CT_DIR_REPLY"), const("CT_DIR_SNAT")
+F_AFFINITY = const("SVC_F_AFFINITY")
+F_TERMINATING_ONLY = const("SVC_F_TERMINATING_ONLY")
+F_SOURCE_RANGES = const("SVC_F_SOURCE_RANGES")
+F_LOCAL_DROP = const("SVC_F_LOCAL_DROP")
+F_REVNAT_SHARED = const("REVNAT_F_SHARED")
+ACTIVE, TERMINATING, UNUSED = const("BACKEND_ACTIVE"), const("BACKEND_TERMINATING"), const("BACKEND_UNUSED")
+HAIRPIN_IP = be32_ip(int.from_bytes(const("HAIRPIN_IP").to_bytes(4, "big"), "little"))
+SNAT_PORT_MIN, SNAT_PORT_COUNT = const("SNAT_PORT_MIN"), const("SNAT_PORT_COUNT")
+TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
+ALG_NAMES = {v: k for k, v in ALGORITHMS.items()}
+PROTO_NAMES = {v: k for k, v in PROTOCOLS.items()}
+
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Packet:
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    protocol: str = "TCP"
+    tcp_flags: int | None = None   # None: a SYN for a new flow, an ACK for a known one
+
+    @property
+    def proto(self) -> int:
+        return PROTOCOLS[self.protocol]
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    """The services map entry the packet matched."""
+    frontend: Frontend
+    svc_id: int
+    algorithm: str
+    count: int                 # slots 1..count hold the backends new flows go to
+    affinity_timeout: int      # seconds; 0: no ClientIP affinity
+    table_size: int            # Maglev's M
+    terminating_only: bool
+    source_ranges: bool
+    local_drop: bool
+
+
+@dataclass(frozen=True)
+class CtEntry:
+    """The flow's forward conntrack entry, and how the datapath judges it now."""
+    table: str                 # "conntrack" (confirmed) | "ct_unconfirmed"
+    backend: Address
+    backend_id: int
+    svc_id: int
+    snat: Address | None
+    closing: bool
+    idle_s: float
+    remaining_s: float
+    state: str                 # flows.flow_state()
+    verdict: str               # "kept" | "expired" | "reopened" | "stale"
+
+
+@dataclass(frozen=True)
+class StickyEntry:
+    """The client's ClientIP affinity entry for this frontend."""
+    backend_id: int
+    backend: Address | None    # None: no such backend any more
+    idle_s: float
+    remaining_s: float
+    verdict: str               # "hit" | "expired" | "other period" | "left the service"
+
+
+@dataclass(frozen=True)
+class Choice:
+    by: str                    # "conntrack" | "affinity" | the algorithm
+    backend: Address | None    # exact choice, when it is
+    backend_id: int = 0
+    slot: int | None = None
+    candidates: tuple[Address, ...] = ()   # the possible backends when not exact
+    detail: str = ""
+
+    @property
+    def exact(self) -> bool:
+        return self.backend is not None
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    src: Address               # the packet's addresses after the program
+    dst: Address | None        # None: one of the choice's candidates
+    snat: str = ""             # what is decided at the way out (external new flows)
+
+
+@dataclass
+class Trace:
+    packet: Packet
+    entry: str                            # "pod" | "external"
+    frontend: ServiceEntry | None = None
+    conntrack: CtEntry | None = None
+    affinity: StickyEntry | None = None
+    choice: Choice | None = None
+    verdict: str = "XDP_PASS"             # predicted; "XDP_PASS|XDP_TX": decided by a route
+    reason: str = "pass_non_service"      # the datapath counter it bumps
+    rewrite: Rewrite | None = None
+    reply_of: Address | None = None       # a reply: the frontend it is turned back into
+    tcp_flags: int = 0                    # the flags traced (TCP): given, or SYN / ACK
+    notes: list[str] = field(default_factory=list)
+
+
+# ---- map reads --------------------------------------------------------------------------
+def _lookup(maps, name: str, **fields):
+    table = maps.table(name)
+    key = table.Key(**fields)
+    try:
+        return table[key]
+    except KeyError:
+        return None
+
+
+def _service(maps, dst: str, dport: int, proto: int, scope: int):
+    v = _lookup(maps, "services", vip=ip_be32(dst), port=port_be16(dport), proto=proto, scope=scope)
+    if v is None:
+        return None
+    if (v.key_vip, v.key_port, v.key_proto, v.key_scope) != (ip_be32(dst), port_be16(dport), proto, scope):
+        return None   # read while the writer replaced it: the datapath drops (slot_miss)
+    return v
+
+
+def _backend(maps, backend_id: int):
+    table = maps.table("backends")
+    if not 0 < backend_id < table.max_entries:
+        return None
+    b = table[table.Key(backend_id)]
+    return None if b.state == UNUSED else b
+
+
+def _addr(b) -> Address:
+    return (be32_ip(b.ip), be16_port(b.port))
+
+
+def _slot_id(maps, svc_id: int, slot: int) -> int:
+    v = _lookup(maps, "slots", svc_id=svc_id, slot=slot)
+    return int(getattr(v, "value", v)) if v is not None else 0
+
+
+def _conns(maps, backend_id: int) -> int:
+    table = maps.table("backend_conns")
+    if not 0 <= backend_id < table.max_entries:
+        return 0
+    raw = int(getattr(table[table.Key(backend_id)], "value", 0))
+    return raw - (1 << 32) if raw >= 1 << 31 else raw
+
+
+def _rr_cursor(maps, svc_id: int) -> int | None:
+    table = maps.table("rr_state")
+    if not 0 <= svc_id < table.max_entries:
+        return None
+    return int(table[table.Key(svc_id)].next)
+
+
+def _maglev_entry(maps, svc_id: int, index: int) -> int:
+    """The Maglev table's backend id at `index`; 0 when the service has no table or the
+    index lies beyond it (bpf/maglev.h maglev_lookup)."""
+    outer = maps.fd("maglev")
+    key = ffi.new("uint32_t *", svc_id)
+    inner_id = ffi.new("uint32_t *")
+    if lib().bpf_map_lookup_elem(outer, key, inner_id) != 0:
+        return 0
+    fd = map_fd_by_id(inner_id[0])
+    try:
+        key[0] = index
+        value = ffi.new("uint32_t *")
+        return value[0] if lib().bpf_map_lookup_elem(fd, key, value) == 0 else 0
+    finally:
+        os.close(fd)
+
+
+def _source_allowed(maps, svc_id: int, client: str) -> bool:
+    """bpf/nodeport.h np_source_allowed(): a longest-prefix lookup of the client."""
+    return _lookup(maps, "source_ranges", prefixlen=64, svc_id=svc_id, addr=ip_be32(client)) is not None
+
+
+def _ct_lookup(maps, **key) -> tuple[str, object] | tuple[None, None]:
+    for name in ("conntrack", "ct_unconfirmed"):
+        v = _lookup(maps, name, **key)
+        if v is not None:
+            return name, v
+    return None, None
+
+
+# ---- the walk ---------------------------------------------------------------------------
+def trace(maps, packet: Packet, entry: str | None = None, timeouts: Timeouts = Timeouts(),
+          now_ns: int | None = None) -> Trace:
+    """What the program at `entry` ("pod": svcxdp_main on pod interfaces, "external":
+    svcxdp_external on the node's external interface; None: external when the
+    destination is an external frontend, else pod) does with `packet` now."""
+    now_ns = coarse_now_ns() if now_ns is None else now_ns
+    proto = packet.proto
+    if entry is None:
+        entry = "external" if _service(maps, packet.dst, packet.dport, proto, SCOPE_EXTERNAL) else "pod"
+    if entry not in ENTRIES:
+        raise ValueError(f"entry {entry!r}: expected one of {', '.join(ENTRIES)}")
+    t = Trace(packet, entry)
+    svc = None
+    if entry == "external":
+        svc = _service(maps, packet.dst, packet.dport, proto, SCOPE_EXTERNAL)
+    if svc is None:
+        svc = _service(maps, packet.dst, packet.dport, proto, SCOPE_CLUSTER)
+    if svc is None:
+        if packet.protocol == "TCP":
+            t.tcp_flags = TCP_ACK if packet.tcp_flags is None else packet.tcp_flags
+        _reply(maps, t, now_ns, timeouts)
+        return t
+    t.frontend = ServiceEntry(
+        Frontend(packet.dst, packet.dport, packet.protocol,
+                 "external" if svc.key_scope == SCOPE_EXTERNAL else "cluster"),
+        svc.svc_id, ALG_NAMES.get(svc.algorithm, str(svc.algorithm)), svc.count,
+        svc.affinity_timeout if svc.flags & F_AFFINITY else 0, svc.table_size,
+        bool(svc.flags & F_TERMINATING_ONLY), bool(svc.flags & F_SOURCE_RANGES), bool(svc.flags & F_LOCAL_DROP))
+    _service_packet(maps, t, svc, now_ns, timeouts)
+    return t
+
+
+def _service_packet(maps, t: Trace, svc, now_ns: int, timeouts: Timeouts) -> None:
+    """bpf/svcxdp.c handle_service()."""
+    p, fe = t.packet, t.frontend
+    where, v = _ct_lookup(maps, src=ip_be32(p.src), dst=ip_be32(p.dst), sport=port_be16(p.sport),
+                          dport=port_be16(p.dport), proto=p.proto, dir=DIR_FORWARD)
+    flags = p.tcp_flags if p.tcp_flags is not None else (TCP_ACK if v is not None else TCP_SYN)
+    if p.protocol != "TCP":
+        flags = 0
+    t.tcp_flags = flags
+    if v is not None:
+        idle = (now_ns - v.last_seen) / NSEC
+        remaining = timeouts.of(p.proto, v.flags) - idle
+        b = _backend(maps, v.backend_id)
+        live = b is not None and (b.svc_id, b.ip, b.port) == (v.svc_id, v.nat_ip, v.nat_port)
+        reopened = bool(v.flags & F_CLOSING) and flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        verdict = ("expired" if remaining < 0 else "reopened" if reopened else
+                   "kept" if live else "stale")
+        t.conntrack = CtEntry(where, (be32_ip(v.nat_ip), be16_port(v.nat_port)), v.backend_id, v.svc_id,
+                              (be32_ip(v.peer_ip), be16_port(v.peer_port)) if v.flags & F_SNAT else None,
+                              bool(v.flags & F_CLOSING), idle, remaining,
+                              flow_state(where, v.flags, remaining, live), verdict)
+        if verdict == "kept":
+            t.choice = Choice("conntrack", t.conntrack.backend, v.backend_id,
+                              detail=f"the flow's {'confirmed' if where == 'conntrack' else 'unconfirmed'} entry")
+            t.reason = "ct_hit"
+            if where == "ct_unconfirmed" and (p.protocol != "TCP" or flags & (TCP_SYN | TCP_ACK) == TCP_ACK):
+                t.notes.append("this packet confirms the flow (moved to the conntrack table)")
+            _rewrite(maps, t, t.conntrack.backend, t.conntrack.snat, new=False)
+            return
+        if verdict == "stale":
+            t.notes.append("the flow's backend left the service: a backend is chosen again (ct_stale)")
+    if svc.count == 0:
+        if fe.local_drop:
+            t.verdict, t.reason = "XDP_DROP", "drop_no_local"
+            t.notes.append("Local traffic policy and no endpoint on this node: dropped")
+        else:
+            t.reason = "reject"
+            if p.protocol == "TCP" and flags & TCP_RST:
+                t.verdict = "XDP_DROP"
+                t.notes.append("no endpoints; a RST is never answered")
+            else:
+                t.verdict = "XDP_TX"
+                t.notes.append("no endpoints: answered with " +
+                               ("a TCP RST" if p.protocol == "TCP" else "ICMP port unreachable"))
+        return
+    backend_id = 0
+    if fe.affinity_timeout:
+        backend_id = _affinity(maps, t, svc, now_ns)
+    if backend_id:
+        b = _backend(maps, backend_id)
+        t.choice = Choice("affinity", _addr(b), backend_id, detail="the client's affinity entry")
+    else:
+        t.choice = _select(maps, svc, fe, p)
+        if fe.affinity_timeout and t.choice.exact:
+            t.notes.append("the choice becomes the client's affinity entry")
+    c = t.choice
+    if c.exact:
+        b = _backend(maps, c.backend_id)
+        if b is None or b.svc_id != svc.svc_id:
+            t.verdict, t.reason = "XDP_DROP", "slot_miss"
+            t.notes.append(f"backend id {c.backend_id} is not a backend of this service: dropped")
+            return
+    t.reason = "ct_new"
+    t.notes.append("a new flow: recorded in ct_unconfirmed until its second packet")
+    _rewrite(maps, t, c.backend, None, new=True)
+
+
+def _affinity(maps, t: Trace, svc, now_ns: int) -> int:
+    """bpf/affinity.h affinity_get(): the backend id to use, 0 for none."""
+    v = _lookup(maps, "affinity", svc_id=svc.svc_id, client=ip_be32(t.packet.src))
+    if v is None:
+        t.notes.append("no affinity entry for this client")
+        return 0
+    idle = (now_ns - v.last_used) / NSEC
+    remaining = svc.affinity_timeout - idle
+    b = _backend(maps, v.backend_id)
+    member = (b is not None and b.svc_id == svc.svc_id and b.weight > 0 and
+              (b.state == ACTIVE or (b.state == TERMINATING and bool(svc.flags & F_TERMINATING_ONLY))))
+    if v.gen != svc.affinity_gen:
+        verdict = "other period"
+    elif remaining < 0:
+        verdict = "expired"
+    elif not member:
+        verdict = "left the service"
+    else:
+        verdict = "hit"
+    t.affinity = StickyEntry(v.backend_id, _addr(b) if b is not None else None, idle, remaining, verdict)
+    return v.backend_id if verdict == "hit" else 0
+
+
+def _select(maps, svc, fe: ServiceEntry, p: Packet) -> Choice:
+    """bpf/select.h select_backend(), from the maps' slots, cursors and counts."""
+    alg, count = fe.algorithm, fe.count
+    affinity = fe.affinity_timeout > 0
+
+    def at(slot: int, how: str) -> Choice:
+        bid = _slot_id(maps, svc.svc_id, slot)
+        b = _backend(maps, bid)
+        return Choice(alg, _addr(b) if b is not None else None, bid, slot, detail=how)
+
+    if alg == "maglev":
+        h = predict.flow_key_hash("maglev", affinity, p.src, p.sport, p.dst, p.dport, p.proto)
+        if fe.table_size:
+            idx = predict.maglev_slot(h, fe.table_size)
+            bid = _maglev_entry(maps, svc.svc_id, idx)
+            if bid:
+                b = _backend(maps, bid)
+                return Choice(alg, _addr(b) if b is not None else None, bid,
+                              detail=f"Maglev table entry {idx} of {fe.table_size}")
+        slot = predict.scale_to(h, count) + 1
+        return at(slot, f"no Maglev table: hashed onto slot {slot} of {count} (maglev_fallback)")
+    if alg in ("sh", "dh"):
+        slot = predict.hashed_slot(alg, affinity, count, p.src, p.sport, p.dst, p.dport, p.proto)
+        return at(slot, f"{'source' if alg == 'sh' else 'destination'} hash onto slot {slot} of {count}")
+    if alg in predict.ROUND_ROBIN:
+        cursor = _rr_cursor(maps, svc.svc_id)
+        if cursor is None:
+            return Choice(alg, None, detail="no round-robin cursor")
+        slot = predict.rr_slot(cursor, count)
+        return at(slot, f"round-robin cursor {cursor}: slot {slot} of {count} "
+                        "(if no other new flow comes first)")
+    if alg in predict.COUNTED:
+        cands = []
+        for slot in range(1, count + 1):
+            bid = _slot_id(maps, svc.svc_id, slot)
+            b = _backend(maps, bid)
+            cands.append(predict.Candidate(slot, bid, _conns(maps, bid), b.weight if b is not None else 0)
+                         if b is not None else None)
+        scan = predict.LC_MAX_SCAN
+        if count <= scan:
+            best = predict.lc_pick(alg, [c for c in cands if c is not None])
+            if best is None:
+                return Choice(alg, None, detail="no slot resolves")
+            counts = ", ".join(f"{c.conns}" for c in cands if c is not None)
+            return Choice(alg, _addr(_backend(maps, best.backend_id)), best.backend_id, best.slot,
+                          detail=f"lowest cost over connection counts [{counts}]: slot {best.slot}")
+        winners = {predict.lc_pick(alg, [c for c in cands[s:s + scan] if c is not None])
+                   for s in range(count - scan + 1)}
+        addrs = tuple(sorted({_addr(_backend(maps, w.backend_id)) for w in winners if w is not None}))
+        return Choice(alg, None, candidates=addrs,
+                      detail=f"{count} slots: the lowest cost within a random window of {scan}")
+    addrs = []
+    for slot in range(1, count + 1):
+        b = _backend(maps, _slot_id(maps, svc.svc_id, slot))
+        if b is not None:
+            addrs.append(_addr(b))
+    return Choice(alg, None, candidates=tuple(sorted(set(addrs))),
+                  detail=f"uniformly random over {count} slots")
+
+
+def _rewrite(maps, t: Trace, backend: Address | None, snat: Address | None, new: bool) -> None:
+    p = t.packet
+    src = (p.src, p.sport)
+    if backend is not None and backend[0] == p.src and snat is None:
+        src = (HAIRPIN_IP, p.sport)
+        t.notes.append(f"hairpin: the client is its own backend, its source becomes {HAIRPIN_IP}")
+    if snat is not None:
+        src = snat
+    dst = backend
+    t.rewrite = Rewrite(src, dst)
+    if t.entry == "external":
+        t.verdict = "XDP_TX" if snat is not None else "XDP_PASS"
+        if new:
+            t.verdict = "XDP_PASS|XDP_TX"
+            first = SNAT_PORT_MIN + (p.sport & (SNAT_PORT_COUNT - 1))
+            t.rewrite = Rewrite(src, dst, snat=(
+                "if the route to the backend leaves by the interface the packet came in on "
+                f"(another node): source NAT to that route's node address, port {first} if free "
+                f"(else a random one of {SNAT_PORT_MIN}-{SNAT_PORT_MIN + SNAT_PORT_COUNT - 1}), "
+                "and XDP_TX"))
+            if t.frontend is not None and t.frontend.source_ranges:
+                if not _source_allowed(maps, t.frontend.svc_id, p.src):
+                    t.verdict, t.reason = "XDP_DROP", "drop_source_range"
+                    t.rewrite = None
+                    t.notes.append("the client is outside loadBalancerSourceRanges: dropped")
+    else:
+        t.verdict = "XDP_PASS"
+
+
+def _reply(maps, t: Trace, now_ns: int, timeouts: Timeouts) -> None:
+    """A packet to no frontend: a backend's reply to a tracked flow, or none of ours."""
+    p = t.packet
+    if t.entry == "external" and p.dport >= SNAT_PORT_MIN:
+        v = _lookup(maps, "conntrack", src=ip_be32(p.src), dst=ip_be32(p.dst), sport=port_be16(p.sport),
+                    dport=port_be16(p.dport), proto=p.proto, dir=DIR_SNAT)
+        if v is not None and (now_ns - v.last_seen) / NSEC <= timeouts.of(p.proto, v.flags):
+            vip = (be32_ip(v.nat_ip), be16_port(v.nat_port))
+            t.reply_of, t.reason, t.verdict = vip, "snat_reply", "XDP_PASS|XDP_TX"
+            t.rewrite = Rewrite(vip, (be32_ip(v.peer_ip), be16_port(v.peer_port)))
+            t.notes.append("a reply to a source-NATed flow: both translations reversed")
+            return
+    hairpin = p.dst == HAIRPIN_IP
+    client = p.src if hairpin else p.dst
+    rn = _lookup(maps, "rev_nat", ip=ip_be32(p.src), port=port_be16(p.sport), proto=p.proto)
+    if rn is None:
+        t.notes.append("no frontend and not a backend's reply: passed untouched")
+        return
+    vip = None
+    entry = None
+    if rn.flags & F_REVNAT_SHARED:
+        _, entry = _ct_lookup(maps, src=ip_be32(p.src), dst=ip_be32(client), sport=port_be16(p.sport),
+                              dport=port_be16(p.dport), proto=p.proto, dir=DIR_REPLY)
+        if entry is not None:
+            vip = (be32_ip(entry.nat_ip), be16_port(entry.nat_port))
+    if vip is None:
+        _, entry = _ct_lookup(maps, src=ip_be32(client), dst=rn.vip, sport=port_be16(p.dport),
+                              dport=rn.vport, proto=p.proto, dir=DIR_FORWARD)
+        if entry is None or (entry.nat_ip, entry.nat_port) != (ip_be32(p.src), port_be16(p.sport)):
+            t.notes.append(f"a backend's address, but no flow of {client}:{p.dport} through it: "
+                           "passed untouched")
+            return
+        vip = (be32_ip(rn.vip), be16_port(rn.vport))
+    if (now_ns - entry.last_seen) / NSEC > timeouts.of(p.proto, entry.flags):
+        t.notes.append("the flow it answers has expired: passed untouched")
+        return
+    t.reply_of, t.reason, t.verdict = vip, "revnat", "XDP_PASS"
+    t.rewrite = Rewrite(vip, (client, p.dport))
+    t.notes.append(f"a backend's reply: its source becomes the frontend {vip[0]}:{vip[1]}")
+
+
+# ---- the packet itself, through the program ------------------------------------------------
+@dataclass(frozen=True)
+class RunResult:
+    """What BPF_PROG_TEST_RUN of the pinned program did with the traced packet."""
+    verdict: str
+    src: Address | None        # the frame's addresses after the program (None: not IPv4)
+    dst: Address | None
+    protocol: int
+    tcp_flags: int | None
+    icmp_type: int | None
+    duration_ns: int
+
+
+def run(maps, t: Trace, ingress_ifindex: int = 0) -> RunResult:
+    """Send the traced packet through the program of `t.entry`, opened by its pin (the
+    agent pins both entry points next to the maps). Like the packet itself would, it
+    changes the dataplane's state: a new flow is recorded, a round-robin cursor moves,
+    counters count. `ingress_ifindex`: the device it arrives on, in the calling thread's
+    network namespace (the external path looks up routes there)."""
+    from .config import PROGRAM_PINS
+    from .testrun import TestRunner
+    name = PROGRAM_PINS[t.entry]
+    if not maps.has(name):
+        raise FileNotFoundError(f"no program pinned at {maps.pin_dir / name}")
+    p = t.packet
+    frame = frames.build(p.src, p.sport, p.dst, p.dport, p.proto, t.tcp_flags)
+    res = TestRunner(maps.fd(name)).run(frame, 1, ingress_ifindex)
+    out = frames.parse(res.data)
+    if out is None:
+        return RunResult(res.verdict_name, None, None, 0, None, None, res.duration_ns)
+    return RunResult(res.verdict_name, (out.src, out.sport), (out.dst, out.dport), out.proto,
+                     out.tcp_flags, out.icmp_type, res.duration_ns)
