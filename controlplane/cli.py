@@ -16,6 +16,8 @@ COMMAND_MODULES: list[tuple[str, tuple[str, ...]]] = [
     ("controlplane.kubectl.apply", ("apply", "create")),
     ("controlplane.kubectl.get", ("get",)),
     ("controlplane.kubectl.affinity", ("get",)),
+    ("controlplane.kubectl.flows", ("get",)),
+    ("controlplane.kubectl.trace", ("trace",)),
     ("controlplane.kubectl.describe", ("describe",)),
     ("controlplane.kubectl.delete", ("delete",)),
     ("controlplane.kubectl.expose", ("expose",)),

@@ -28,3 +28,21 @@ def add_files(parser: argparse.ArgumentParser, required: bool = False) -> None:
 
 def add_selector(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-l", "--selector", default=None, help="label selector, e.g. app=nginx,tier!=db")
+
+
+def add_node_timeouts(parser: argparse.ArgumentParser) -> None:
+    """The conntrack timeouts a node's program was built with (`svcctl agent` flags of the
+    same names): compiled into it, not kept in a map, so said here when not the defaults."""
+    from controlplane.dataplane.flows import Timeouts
+    d = Timeouts()
+    parser.add_argument("--tcp-timeout", type=int, default=d.tcp, metavar="S",
+                        help=f"the agent's --tcp-timeout (default {d.tcp})")
+    parser.add_argument("--tcp-close-timeout", type=int, default=d.tcp_close, metavar="S",
+                        help=f"the agent's --tcp-close-timeout (default {d.tcp_close})")
+    parser.add_argument("--udp-timeout", type=int, default=d.udp, metavar="S",
+                        help=f"the agent's --udp-timeout (default {d.udp})")
+
+
+def node_timeouts(args: argparse.Namespace):
+    from controlplane.dataplane.flows import Timeouts
+    return Timeouts(args.tcp_timeout, args.tcp_close_timeout, args.udp_timeout)

@@ -128,3 +128,98 @@ def test_trace_predicts_client_ip_affinity(xdp: Harness, maps: PinnedMaps, algor
     by = compare(maps, random_packets(rng, TUPLES, "TCP", clients))
     assert by.get("affinity", 0) > TUPLES // 2 and by.get(algorithm, 0) >= 30, by
     clear(xdp, "affinity")
+
+
+# ---- whole commands: svcctl trace / get flows over the pins, without building the program ----
+ROOT = Path(__file__).resolve().parents[2]
+# Run the command in a fresh interpreter and fail if bcc was imported on the way.
+NO_BCC = ("import sys; from controlplane.cli import main; rc = main(sys.argv[1:]); "
+          "sys.exit(3 if 'bcc' in sys.modules else rc)")
+
+
+def svcctl(tmp_path: Path, *args: str) -> str:
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-c", NO_BCC, *args, "--state-dir", str(tmp_path)], cwd=ROOT,
+                          text=True, capture_output=True)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr)
+    return proc.stdout
+
+
+def test_trace_of_an_existing_flow_shows_its_conntrack_entry(xdp: Harness, maps: PinnedMaps, tmp_path: Path):
+    import json
+    xdp.writer.upsert(service("rr"))
+    node = maps.pin_dir.name
+    first = run(maps, trace(maps, Packet("10.1.0.5", 41000, VIP, 80, "TCP", S)))
+    backend = list(first.dst)
+    doc = json.loads(svcctl(tmp_path, "trace", "--node", node, "10.1.0.5:41000", f"{VIP}:80/tcp", "-o", "json"))
+    ct = doc["conntrack"]
+    assert (ct["table"], ct["state"], ct["verdict"], ct["backend"]) == ("ct_unconfirmed", "NEW", "kept", backend)
+    assert doc["choice"]["by"] == "conntrack" and doc["tcp_flags"] == A and doc["reason"] == "ct_hit"
+    # the ACK confirms it (run through the program by the command itself)
+    out = svcctl(tmp_path, "trace", "--node", node, "10.1.0.5:41000", f"{VIP}:80", "--run")
+    assert "this packet confirms the flow" in out and "as predicted" in out, out
+    doc = json.loads(svcctl(tmp_path, "trace", "--node", node, "10.1.0.5:41000", f"{VIP}:80", "-o", "json"))
+    assert (doc["conntrack"]["table"], doc["conntrack"]["state"]) == ("conntrack", "ESTABLISHED")
+    # a FIN closes it; then a bare SYN reopens it and is balanced anew (rr: the next slot)
+    run(maps, trace(maps, Packet("10.1.0.5", 41000, VIP, 80, "TCP", F)))
+    doc = json.loads(svcctl(tmp_path, "trace", "--node", node, "10.1.0.5:41000", f"{VIP}:80", "--tcp-flags", "S",
+                            "-o", "json", "--run"))
+    assert doc["conntrack"]["state"] == "CLOSING" and doc["conntrack"]["verdict"] == "reopened"
+    assert doc["choice"]["by"] == "rr" and doc["run"]["agrees"] and doc["run"]["dst"] != backend
+    # a backend's reply is traced as the reverse NAT of that flow
+    reply = json.loads(svcctl(tmp_path, "trace", "--node", node, f"{doc['run']['dst'][0]}:8080",
+                              "10.1.0.5:41000", "-o", "json", "--run"))
+    assert reply["frontend"] is None and reply["reply_of"] == [VIP, 80] and reply["reason"] == "revnat"
+    assert reply["run"]["src"] == [VIP, 80] and reply["run"]["agrees"]
+
+
+def test_trace_of_a_service_without_endpoints_and_of_no_service(xdp: Harness, maps: PinnedMaps, tmp_path: Path):
+    import json
+    xdp.writer.upsert(ServiceState(Frontend(VIP, 81, "UDP"), (), "random"))
+    node = maps.pin_dir.name
+    doc = json.loads(svcctl(tmp_path, "trace", "--node", node, "10.1.0.5", f"{VIP}:81/udp", "--run", "-o", "json"))
+    assert (doc["verdict"], doc["reason"], doc["run"]["verdict"], doc["run"]["icmp_type"]) == \
+        ("XDP_TX", "reject", "XDP_TX", 3)
+    doc = json.loads(svcctl(tmp_path, "trace", "--node", node, "10.1.0.5", "10.9.9.9:80", "--run", "-o", "json"))
+    assert (doc["frontend"], doc["verdict"], doc["run"]["verdict"], doc["run"]["agrees"]) == \
+        (None, "XDP_PASS", "XDP_PASS", True)
+
+
+def test_get_flows_lists_the_conntrack_tables(xdp: Harness, maps: PinnedMaps, tmp_path: Path):
+    """Known flows, made by sending packets through the program: TCP ones left new
+    (SYN only), established (SYN, ACK) and closing (then FIN); UDP ones new (one datagram)
+    and established (two). The command must list exactly those."""
+    import json
+    xdp.writer.upsert(service("rr"))
+    xdp.writer.upsert(service("sh", protocol="UDP"))
+    want = {}
+    sequences = {("10.2.0.1", 1001, "TCP"): [S], ("10.2.0.2", 1002, "TCP"): [S, A],
+                 ("10.2.0.3", 1003, "TCP"): [S, A, F], ("10.2.0.4", 1004, "TCP"): [S, A],
+                 ("10.2.0.5", 1005, "UDP"): [None], ("10.2.0.6", 1006, "UDP"): [None, None]}
+    states = {1: "NEW", 2: "ESTABLISHED", 3: "CLOSING"}
+    for (client, port, proto), flags in sequences.items():
+        for f in flags:
+            got = run(maps, trace(maps, Packet(client, port, VIP, 80, proto, f)))
+        table = "ct_unconfirmed" if len(flags) == 1 else "conntrack"
+        want[(client, port)] = (proto, table, states[len(flags)], list(got.dst))
+    doc = json.loads(svcctl(tmp_path, "get", "flows", "--node", maps.pin_dir.name, "-o", "json"))
+    listed = {(f["client"]["ip"], f["client"]["port"]):
+              (f["protocol"], f["table"], f["state"], [f["backend"]["ip"], f["backend"]["port"]])
+              for f in doc["flows"]}
+    assert listed == want
+    assert all(f["frontend"] == {"ip": VIP, "port": 80} and f["snat"] is None for f in doc["flows"])
+    assert doc["entries"]["conntrack"]["forward"] == 4 and doc["entries"]["ct_unconfirmed"]["forward"] == 2
+    # filters, and the table (one row per flow)
+    out = svcctl(tmp_path, "get", "flows", "--node", maps.pin_dir.name, "--protocol", "udp")
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert sorted((r[0], r[1], r[5]) for r in rows) == [("UDP", "10.2.0.5:1005", "NEW"),
+                                                        ("UDP", "10.2.0.6:1006", "ESTABLISHED")]
+    out = svcctl(tmp_path, "get", "flows", "--node", maps.pin_dir.name, "--client", "10.2.0.3", "-o", "wide")
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert [(r[1], r[2], r[3], r[5], r[9]) for r in rows] == [
+        ("10.2.0.3:1003", f"{VIP}:80", "{}:{}".format(*want[("10.2.0.3", 1003)][3]), "CLOSING", "confirmed")]
+    backend = "{}:{}".format(*want[("10.2.0.2", 1002)][3])
+    out = svcctl(tmp_path, "get", "flows", "--node", maps.pin_dir.name, "--backend", backend, "--no-headers")
+    assert {line.split()[1] for line in out.splitlines()} == \
+        {f"{c}:{p}" for (c, p), w in want.items() if "{}:{}".format(*w[3]) == backend}

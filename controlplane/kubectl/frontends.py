@@ -1,0 +1,52 @@
+"""Whose is a dataplane frontend: the Service (and port) a (VIP, port, protocol, scope)
+entry of a node's maps stands for, and which kind of way in it is — for commands that
+show what the dataplane holds (`svcctl trace`, `svcctl get flows`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from controlplane.controllers.service_view import SCOPE_CLUSTER_IP, SCOPE_EXTERNAL_IP, SCOPE_LOAD_BALANCER, ServiceView
+from controlplane.dataplane.model import Frontend
+
+KINDS = {SCOPE_CLUSTER_IP: "ClusterIP", SCOPE_EXTERNAL_IP: "externalIP", SCOPE_LOAD_BALANCER: "LoadBalancer IP"}
+NODE_PORT = "NodePort"
+
+
+@dataclass(frozen=True)
+class FrontendOwner:
+    namespace: str
+    service: str
+    port: str                  # the service port's name, or its number when it has several unnamed
+    kind: str                  # ClusterIP | NodePort | LoadBalancer IP | externalIP
+    pods: dict[tuple[str, int], str] = field(default_factory=dict, compare=False)  # (ip, port) -> pod
+
+    @property
+    def label(self) -> str:
+        return f"{self.namespace}/{self.service}" + (f":{self.port}" if self.port else "")
+
+
+class Owners:
+    """Frontends of the services in `views`, by address (ClusterIP, externalIPs, LB IPs)
+    and by nodePort (any node address)."""
+
+    def __init__(self, views: list[ServiceView]) -> None:
+        self._by_vip: dict[tuple[str, int, str, bool], FrontendOwner] = {}
+        self._by_node_port: dict[tuple[int, str], FrontendOwner] = {}
+        for view in views:
+            several = len(view.ports) > 1
+            for port in view.ports:
+                pods = {(b.ip, b.port): b.pod_name for b in port.backends if b.pod_name}
+                name = (port.name or str(port.port)) if several else ""
+                ns, svc = view.service.namespace, view.service.name
+                for ip, vport, scope in port.frontends:
+                    self._by_vip[(ip, vport, port.protocol, scope == SCOPE_CLUSTER_IP)] = \
+                        FrontendOwner(ns, svc, name, KINDS.get(scope, scope), pods)
+                if port.node_port:
+                    self._by_node_port[(port.node_port, port.protocol)] = FrontendOwner(ns, svc, name, NODE_PORT, pods)
+
+    def of(self, fe: Frontend) -> FrontendOwner | None:
+        cluster = fe.scope == "cluster"
+        found = self._by_vip.get((fe.vip, fe.port, fe.protocol, cluster))
+        if found is None and not cluster:
+            found = self._by_node_port.get((fe.port, fe.protocol))
+        return found
