@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from controlplane.api.errors import Gone
+from controlplane.controllers.events import WARNING, EventRecorder, Involved
 from controlplane.dataplane.model import Frontend, ServiceState
 from controlplane.dataplane.program import Dataplane
 from controlplane.dataplane.writer import CapacityError, MapWriter
@@ -61,6 +62,8 @@ class Agent:
         self._frontends: dict[ServiceKey, set[Frontend]] = {}
         self._problems: dict[ServiceKey, tuple[str, ...]] = {}
         self._unprogrammed: set[Frontend] = set()   # wanted, but they do not fit the maps
+        # Kubernetes events for what an operator should see (written at once, never fatal)
+        self.events = EventRecorder(store, "svcxdp-agent", node.name)
 
     @property
     def resource_version(self) -> int:
@@ -76,15 +79,18 @@ class Agent:
 
     def _note_problems(self, key: ServiceKey, problems: tuple[str, ...]) -> None:
         if problems and problems != self._problems.get(key):
+            view = self.cache.view(key)
             for p in problems:
                 log.warning("%s", p)
+                if view is not None:
+                    self.events.record(view.service, WARNING, getattr(p, "reason", "NotServed"), p)
         self._problems[key] = problems
 
     def _apply(self, wants: dict[ServiceKey, Desired], report: SyncReport) -> None:
         """Make these services' frontends in the maps equal what they want: removals
         first, then every addition and change in one ordered, batched pass of the
         writer (a few syscalls per map, not per service)."""
-        pending: list[tuple[ServiceState, ServiceState | None, str]] = []
+        pending: list[tuple[ServiceState, ServiceState | None, str, ServiceKey]] = []
         for key, want in wants.items():
             new = {s.frontend: s for s in want.states}
             self._owners.update(want.owners)
@@ -95,15 +101,16 @@ class Agent:
             for fe, state in new.items():
                 old = self.writer.installed_state(fe)
                 if old != state:
-                    pending.append((state, old, f"{want.owners.get(fe)} {fe}"))
+                    pending.append((state, old, f"{want.owners.get(fe)} {fe}", key))
             self._frontends[key] = set(new)
             self._note_problems(key, want.problems)
-        failed = self._upsert([state for state, _, _ in pending])
-        self._unprogrammed -= {state.frontend for state, _, _ in pending}
+        failed = self._upsert([state for state, _, _, _ in pending])
+        self._unprogrammed -= {state.frontend for state, _, _, _ in pending}
         self._unprogrammed |= set(failed)
-        for state, old, name in pending:
+        for state, old, name, key in pending:
             if state.frontend in failed:
                 report.failed.append(f"{name}: {failed[state.frontend]}")
+                self._record_failure(key, state.frontend, failed[state.frontend])
             elif old is None:
                 report.added.append(f"{name} ({_endpoints(state)})")
             elif old.backends != state.backends:
@@ -113,6 +120,13 @@ class Agent:
                 report.changed.append(f"{name}: settings changed ({_endpoints(state)})")
         if self.service_health is not None:
             self.service_health.update(self.cache, wants)
+
+    def _record_failure(self, key: ServiceKey, fe: Frontend, exc: CapacityError) -> None:
+        view = self.cache.view(key)
+        if view is not None:   # each retry that fails again raises the event's count
+            self.events.record(view.service, WARNING, "FailedProgramming",
+                               f"{fe} does not fit the dataplane's maps on {self.node.name}: {exc}; "
+                               "retried at the next change or consistency check")
 
     def _upsert(self, states: list[ServiceState]) -> dict[Frontend, CapacityError]:
         """Write `states` in one batch; if that does not fit (the writer checks all
@@ -239,10 +253,12 @@ class Agent:
         if installed == want and not writer.adoption_drift:
             self._report_health()   # verified: the maps hold what the store wants
             return False
-        log.warning("dataplane drift: the maps differ from the store; repairing (%s)",
-                    "; ".join(writer.drift_report()) or "services differ")
+        what = "; ".join(writer.drift_report()) or "services differ"
+        log.warning("dataplane drift: the maps differ from the store; repairing (%s)", what)
         self.writer = writer
         self.full_sync("repair", fresh)
+        self.events.record(Involved("Node", self.node.name), WARNING, "DataplaneResynced",
+                           f"the dataplane's maps differed from the store ({what[:300]}); repaired with a full sync")
         return True
 
     def run(self, stop: threading.Event, poll_s: float = 0.5) -> None:

@@ -22,6 +22,7 @@ from controlplane.maglev.primes import DEFAULT_TABLE_SIZE, size_warning
 LB_ALGORITHM_ANNOTATION = LB_ALGORITHM
 BACKEND_WEIGHTS_ANNOTATION = BACKEND_WEIGHTS
 MAGLEV_TABLE_SIZE_ANNOTATION = MAGLEV_TABLE_SIZE
+INVALID_ANNOTATION = "InvalidAnnotation"   # the event reason for an annotation ignored
 
 
 @dataclass(frozen=True)
@@ -32,13 +33,24 @@ class NodeConfig:
     nodeport_addresses: tuple[str, ...] = ()
 
 
+class Problem(str):
+    """A thing the node cannot serve as asked: the log line, with the reason its event
+    carries (InvalidAnnotation, NotServed, FrontendConflict, MaglevTableSize)."""
+    reason: str
+
+    def __new__(cls, text: str, reason: str) -> "Problem":
+        obj = super().__new__(cls, text)
+        obj.reason = reason
+        return obj
+
+
 @dataclass(frozen=True)
 class Desired:
     states: tuple[ServiceState, ...]
     # frontend -> "namespace/service:port-name" for log lines and `get` commands
     owners: dict[Frontend, str] = field(default_factory=dict)
     # things the node cannot serve, said once per sync
-    problems: tuple[str, ...] = ()
+    problems: tuple[Problem, ...] = ()
 
 
 def backend_state(ready: bool, serving: bool, terminating: bool) -> str | None:
@@ -75,7 +87,7 @@ def desired_state(views: Iterable[ServiceView], node: NodeConfig) -> Desired:
 def _desired_state(views: Iterable[ServiceView], node: NodeConfig) -> Desired:
     states: list[ServiceState] = []
     owners: dict[Frontend, str] = {}
-    problems: list[str] = []
+    problems: list[Problem] = []
     for view in views:
         if not view.proxied:
             continue
@@ -83,34 +95,34 @@ def _desired_state(views: Iterable[ServiceView], node: NodeConfig) -> Desired:
         name = f"{svc.namespace}/{svc.name}"
         algorithm = svc.annotations.get(LB_ALGORITHM_ANNOTATION, node.default_algorithm)
         if algorithm not in ALGORITHMS:
-            problems.append(f"service {name}: annotation {LB_ALGORITHM_ANNOTATION}={algorithm!r} "
-                            f"is not a known algorithm; using {node.default_algorithm}")
+            problems.append(Problem(f"service {name}: annotation {LB_ALGORITHM_ANNOTATION}={algorithm!r} "
+                                    f"is not a known algorithm; using {node.default_algorithm}", INVALID_ANNOTATION))
             algorithm = node.default_algorithm
         weights: dict[str, int] = {}
         if BACKEND_WEIGHTS_ANNOTATION in svc.annotations:
             try:
                 weights = parse_backend_weights(svc.annotations[BACKEND_WEIGHTS_ANNOTATION])
             except ValueError as exc:
-                problems.append(f"service {name}: annotation {BACKEND_WEIGHTS_ANNOTATION}: {exc}; "
-                                f"using weight 1 for every endpoint")
+                problems.append(Problem(f"service {name}: annotation {BACKEND_WEIGHTS_ANNOTATION}: {exc}; "
+                                        f"using weight 1 for every endpoint", INVALID_ANNOTATION))
         table_size = None
         if algorithm == "maglev" and MAGLEV_TABLE_SIZE_ANNOTATION in svc.annotations:
             try:
                 table_size = parse_table_size(svc.annotations[MAGLEV_TABLE_SIZE_ANNOTATION])
             except ValueError as exc:
-                problems.append(f"service {name}: annotation {MAGLEV_TABLE_SIZE_ANNOTATION}: {exc}; "
-                                f"using the default size")
+                problems.append(Problem(f"service {name}: annotation {MAGLEV_TABLE_SIZE_ANNOTATION}: {exc}; "
+                                        f"using the default size", INVALID_ANNOTATION))
         affinity = view.affinity_timeout_seconds or 0
         for port in view.ports:
             if port.protocol not in ("TCP", "UDP"):
-                problems.append(f"service {name} port {port.port}/{port.protocol}: "
-                                f"not served by the XDP dataplane (TCP and UDP only)")
+                problems.append(Problem(f"service {name} port {port.port}/{port.protocol}: "
+                                        f"not served by the XDP dataplane (TCP and UDP only)", "NotServed"))
                 continue
             backends = _backends(port, weights)
             if algorithm == "maglev":
                 warn = size_warning(table_size or DEFAULT_TABLE_SIZE, len(backends))
                 if warn:
-                    problems.append(f"service {name} port {port.port}: {warn}")
+                    problems.append(Problem(f"service {name} port {port.port}: {warn}", "MaglevTableSize"))
             owner = f"{name}:{port.name or port.port}"
             # Local policies: this node's endpoints only; with endpoints elsewhere only,
             # the traffic is dropped (no endpoints at all: rejected, as kube-proxy does).
@@ -120,8 +132,8 @@ def _desired_state(views: Iterable[ServiceView], node: NodeConfig) -> Desired:
                                                        port, weights, node.name)
             for fe, scope in _frontends(port, node):
                 if fe in owners:
-                    problems.append(f"service {name} port {port.port}: {fe} is already served for "
-                                    f"{owners[fe]}; not programmed twice")
+                    problems.append(Problem(f"service {name} port {port.port}: {fe} is already served for "
+                                            f"{owners[fe]}; not programmed twice", "FrontendConflict"))
                     continue
                 if scope == SCOPE_CLUSTER_IP:
                     state = ServiceState(fe, internal, algorithm, affinity, table_size,

@@ -16,6 +16,7 @@ import pytest
 from controlplane.agent.agent import Agent
 from controlplane.agent.desired import NodeConfig
 from controlplane.api import Gone, Service
+from controlplane.api.event import Event
 from controlplane.dataplane.config import DataplaneConfig
 from controlplane.dataplane.program import Dataplane
 from controlplane.dataplane.writer import MapWriter
@@ -130,9 +131,27 @@ def test_maps_changed_behind_the_agents_back_are_repaired(store, agent):
     fe_b = next(fe for fe in other.installed() if fe.vip == store.get(Service, "default", "b").spec.cluster_ip)
     other.delete(fe_b)
     assert client.backends_of("b") is None
+    assert not [e for e in store.list(Event) if e.reason == "DataplaneResynced"]
     assert agent.check_consistency() is True
     assert client.backends_of("b") == set(B)
     assert client.backends_of("a") == set(A1)
+    # the repair is an event in the store, about the node, from its agent
+    (event,) = [e for e in store.list(Event) if e.reason == "DataplaneResynced"]
+    assert (event.type, event.involved_object.kind, event.involved_object.name) == ("Warning", "Node", "node1")
+    assert (event.source.component, event.source.host, event.count) == ("svcxdp-agent", "node1", 1)
+    assert "differed from the store" in event.message
+
+
+def test_an_ignored_annotation_is_an_event_on_its_service(store, agent):
+    add_service(store, "a", A1)
+    svc = store.get(Service, "default", "a")      # written past apply's validation, as an old store may hold it
+    svc.metadata.annotations = {"svcxdp.io/lb-algorithm": "fastest"}
+    store.update(svc)
+    agent.full_sync("start")
+    assert Client(agent).backends_of("a") == set(A1)     # served with the node's default algorithm
+    (event,) = [e for e in store.list(Event) if e.reason == "InvalidAnnotation"]
+    assert (event.type, event.involved_object.name, event.source.host) == ("Warning", "a", "node1")
+    assert "'fastest' is not a known algorithm" in event.message
 
 
 class Running:

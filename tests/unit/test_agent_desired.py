@@ -70,7 +70,7 @@ def test_algorithm_annotation_affinity_and_node_default():
 def test_unknown_algorithm_falls_back_and_says_so():
     want = states(service(annotations={"svcxdp.io/lb-algorithm": "fastest"}), endpoint_slice())
     assert want.states[0].algorithm == "random"
-    assert any("fastest" in p for p in want.problems)
+    assert [p.reason for p in want.problems if "fastest" in p] == ["InvalidAnnotation"]   # the event's reason
 
 
 def test_sctp_ports_are_reported_not_served():
@@ -78,7 +78,7 @@ def test_sctp_ports_are_reported_not_served():
     want = states(svc, endpoint_slice(ports=[("a", 80, "TCP"), ("s", 9, "SCTP")],
                                       endpoints=[("10.244.1.2", READY)]))
     assert [s.frontend.protocol for s in want.states] == ["TCP"]
-    assert any("SCTP" in p for p in want.problems)
+    assert [p.reason for p in want.problems if "SCTP" in p] == ["NotServed"]
 
 
 def test_each_port_gets_its_own_backend_ports():
