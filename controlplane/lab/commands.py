@@ -29,6 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-node-processes", action="store_true", help="do not start per-node processes (agents)")
     p.add_argument("--no-dns", action="store_true",
                    help="do not install the cluster DNS (kube-dns at 10.96.0.10, dnsmasq on the outside host)")
+    p.add_argument("--store", choices=["sqlite", "etcd"], default=None,
+                   help="the cluster store: sqlite (a file in the state dir; the default) or etcd (members in "
+                        "their own lab namespaces; svcctl given this state dir then uses it)")
+    p.add_argument("--etcd-members", type=int, default=3, metavar="N",
+                   help="with --store etcd: the number of etcd members (default 3; fixed once made)")
     p.set_defaults(func=cmd_up)
 
     p = lsub.add_parser("down", parents=[common], help="remove every namespace, process and file the lab made")
@@ -40,8 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = lsub.add_parser("kubelet", parents=[common],
                         help="run the lab's pod runtime in the foreground (lab up starts it)")
+    p.add_argument("--store", default=None, metavar="URL", help="etcd://... (default: the state dir's store)")
     p.set_defaults(func=lambda a: __import__("controlplane.lab.kubelet", fromlist=["run_kubelet"])
-                   .run_kubelet(a.state_dir))
+                   .run_kubelet(a.state_dir, a.store))
 
     p = lsub.add_parser("add-pod", parents=[common], help="start a pod by hand (for debugging; the agent makes pods)")
     p.add_argument("name")
@@ -79,7 +85,7 @@ def _guard(fn):
 def cmd_up(args: argparse.Namespace) -> int:
     provider = None if args.no_node_processes else hooks.node_processes
     lab = Lab(args.state_dir)
-    status = lab.up(nodes=args.nodes, node_processes=provider)
+    status = lab.up(nodes=args.nodes, node_processes=provider, store=args.store, etcd_members=args.etcd_members)
     if not args.no_dns:
         from controlplane.store.paths import open_store
 
@@ -146,6 +152,10 @@ def _print_status(s: LabStatus) -> None:
         return
     print(f"lab: {'up' if s.up else 'DEGRADED'} (prefix {s.prefix}, state {s.state_dir}/lab)")
     print(f"outside  {s.outside.netns}  {s.outside.ip}/24 on {s.outside.bridge}")
+    if s.store == "etcd":
+        print(f"store    etcd, {len(s.etcd)} members: {s.store_url}")
+        for m in s.etcd:
+            print(f"  {m.name}  {m.netns}  {m.ip}  data {m.dir}")
     rows = [("NODE", "NETNS", "IP", "POD CIDR", "EXTERNAL", "PODS")]
     for n in s.nodes:
         count = sum(1 for p in s.pods if p.node == n.name)

@@ -112,7 +112,7 @@ class Kubelet:
                 stop.wait(1.0)
 
 
-def run_kubelet(state_dir: str | None) -> int:
+def run_kubelet(state_dir: str | None, store_url: str | None = None) -> int:
     """Entry of the `svcctl lab kubelet` process that `lab up` starts."""
     import logging as _logging
     import signal
@@ -125,5 +125,5 @@ def run_kubelet(state_dir: str | None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    Kubelet(open_store(state_dir), Lab(state_dir)).run(stop)
+    Kubelet(open_store(state_dir, store_url), Lab(state_dir)).run(stop)
     return 0

@@ -1,5 +1,9 @@
 """How `svcctl lab up` runs an agent on every lab node (controlplane.lab.hooks): the lab
-knows the agent's command line; the agent learns its interfaces from the lab's attach file."""
+knows the agent's command line; the agent learns its interfaces from the lab's attach file.
+
+On an etcd lab (`lab up --store etcd`) node processes get the members' LAN addresses
+(`--store etcd://...`) and no state directory for their store, as on a real cluster, and
+the controllers run as `svcctl controllers` on node1 and node2 (one leads, by etcd lease)."""
 from __future__ import annotations
 
 import os
@@ -14,10 +18,16 @@ def instance_name(lab, node_name: str) -> str:
     return node_instance(lab.prefix, node_name)
 
 
+CONTROLLER_NODES = ("node1", "node2")
+LEASE_TTL_S = 3
+
+
 def node_processes(node, lab) -> list[ProcessSpec]:
+    url = lab.store_url()
+    store = ["--store", url] if url else ["--state-dir", str(lab.store.state_dir)]
     argv = [sys.executable, "-m", "controlplane.cli", "agent", "--node", node.name,
             "--attach-points", str(lab.store.attach_file(node.name)),
-            "--state-dir", str(lab.store.state_dir), "--instance", instance_name(lab, node.name),
+            *store, "--instance", instance_name(lab, node.name),
             "--ct-size", "65536"]
     if node.ip:
         argv += ["--node-ip", node.ip]
@@ -32,7 +42,11 @@ def node_processes(node, lab) -> list[ProcessSpec]:
         # share the host's mounts: a pod's /run/netns entry is a bind mount.
         specs.append(ProcessSpec(name="kubelet", argv=[
             sys.executable, "-m", "controlplane.cli", "lab", "kubelet",
-            "--state-dir", str(lab.store.state_dir)], keep_mounts=True))
+            "--state-dir", str(lab.store.state_dir), *(["--store", url] if url else [])], keep_mounts=True))
+    if url and node.name in CONTROLLER_NODES:
+        specs.append(ProcessSpec(name="controllers", argv=[
+            sys.executable, "-m", "controlplane.cli", "controllers", "--store", url,
+            "--lease-ttl", str(LEASE_TTL_S), "--identity", node.name]))
     return specs
 
 

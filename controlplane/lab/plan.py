@@ -23,6 +23,11 @@ LB_POOL = "192.168.1.240/28"
 # resolver, so nothing in the lab ever asks a server outside it.
 NODE_RESOLV_CONF = f"nameserver {OUTSIDE_IP}\n"
 NODE_IP_BASE = 30  # node N is 192.168.1.(30+N), node1 = .31 as in the walkthrough
+# etcd member M (`lab up --store etcd`) is 192.168.1.(20+M) on the same LAN, in its own namespace.
+ETCD_IP_BASE = 20
+MAX_ETCD_MEMBERS = 7
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
 MAX_NODES = 60  # keeps node addresses below the outside host's .100
 
 BRIDGE_IFNAME = "svcxdp-br0"  # in the outside namespace: the nodes' LAN
@@ -68,6 +73,27 @@ def pods_cgroup(prefix: str, index: int) -> str:
     """The cgroup of node N's pod processes: under the socket hooks only when the agent
     is told to attach there too (`--socket-lb-cgroup`); else pods use the XDP path."""
     return f"{prefix}-node{index}-pods"
+
+
+def etcd_member_name(index: int) -> str:
+    return f"etcd{index}"
+
+
+def etcd_netns(prefix: str, index: int) -> str:
+    return f"{prefix}-etcd{index}"
+
+
+def etcd_ip(index: int) -> str:
+    return str(ipaddress.ip_network(LAN_CIDR)[ETCD_IP_BASE + index])
+
+
+def etcd_mac(index: int) -> str:
+    return f"02:5c:78:e0:{(index >> 8) & 0xFF:02x}:{index & 0xFF:02x}"
+
+
+def etcd_uplink_peer(index: int) -> str:
+    """The outside-namespace end of etcd member M's eth0 veth (a bridge port)."""
+    return f"svcxdp-e{index}"
 
 
 def outside_netns(prefix: str) -> str:

@@ -16,7 +16,7 @@ from controlplane.lab import netns
 
 
 def start(ns: str, argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None,
-          keep_mounts: bool = False, cgroup: Path | None = None) -> int:
+          keep_mounts: bool = False, cgroup: Path | None = None, cwd: Path | None = None) -> int:
     """Start argv in namespace ns (and in `cgroup`, if given), detached from our session,
     output to log; return its pid.
 
@@ -35,6 +35,7 @@ def start(ns: str, argv: Sequence[str], log: Path, env: Mapping[str, str] | None
             close_fds=True,
             env={**os.environ, **env} if env else None,  # extra variables on top of ours
             cgroup=cgroup,
+            cwd=cwd,
         )
     # Keep the Popen alive in a module list so it is reaped when the process ends.
     _children[proc.pid] = proc

@@ -79,6 +79,21 @@ class PodRecord:
 
 
 @dataclass
+class EtcdMemberRecord:
+    """An etcd member of the lab's store (`lab up --store etcd`): its own namespace on the
+    LAN, data and client socket under <state dir>/lab/etcd/<name>/."""
+
+    name: str
+    index: int
+    netns: str
+    ip: str
+    ext_mac: str
+    ext_peer_ifname: str   # its bridge port in the outside namespace
+    dir: str               # data (dir/data) and the unix client socket (dir/client.sock:0)
+    ext_ifname: str = "eth0"
+
+
+@dataclass
 class ProcessRecord:
     """A long-running process the lab started in a node namespace (e.g. an agent)."""
 
@@ -99,6 +114,8 @@ class LabState:
     pods: dict[str, PodRecord] = field(default_factory=dict)
     processes: list[ProcessRecord] = field(default_factory=list)
     made_etc_netns: bool = False  # we created /etc/netns and may remove it when empty
+    store: str = "sqlite"  # sqlite (<state dir>/store.db) | etcd (the members below)
+    etcd: dict[str, EtcdMemberRecord] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,11 +134,14 @@ class LabState:
             },
             processes=[ProcessRecord(**p) for p in data.get("processes", [])],
             made_etc_netns=data.get("made_etc_netns", False),
+            store=data.get("store", "sqlite"),
+            etcd={k: EtcdMemberRecord(**v) for k, v in data.get("etcd", {}).items()},
         )
 
     def netns_names(self) -> list[str]:
         names = [p.netns for p in self.pods.values()]
         names += [n.netns for n in self.nodes.values()]
+        names += [m.netns for m in self.etcd.values()]
         if self.outside:
             names.append(self.outside.netns)
         return names

@@ -26,12 +26,13 @@ from typing import Any
 
 from controlplane import cgroups
 from controlplane.controllers.lb_pool import Pool, pool_is_set, save_pool
-from controlplane.lab import netns, plan, procs, servers, wiring
+from controlplane.lab import etcd_cluster, netns, plan, procs, servers, wiring
 from controlplane.lab.hooks import NodeProcessProvider
 from controlplane.lab.images import server_for
 from controlplane.lab.state import (
     AttachPoint,
     attach_points,
+    EtcdMemberRecord,
     LabState,
     NodeRecord,
     OutsideRecord,
@@ -40,7 +41,7 @@ from controlplane.lab.state import (
     ProcessRecord,
     StateStore,
 )
-from controlplane.store.paths import open_store
+from controlplane.store.paths import STORE_URL_FILE, open_store
 
 ETC_NETNS = Path("/etc/netns")
 # SIGTERM to SIGKILL for a pod's server: room for a DNS pod's lameduck (svcctl dns keeps
@@ -93,6 +94,9 @@ class LabStatus:
     processes: list[ProcessRecord] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # recorded namespaces that are gone
     dead: list[str] = field(default_factory=list)  # recorded processes that are gone
+    store: str = "sqlite"  # sqlite | etcd
+    etcd: list[EtcdMemberRecord] = field(default_factory=list)
+    store_url: str | None = None  # etcd: what node processes are given (the members' LAN addresses)
 
 
 def _ports(ports: Iterable[PortSpec | int | tuple | dict]) -> list[PortSpec]:
@@ -141,13 +145,25 @@ class Lab:
         return state
 
     # -- nodes ----------------------------------------------------------------------------
-    def up(self, nodes: int = 1, node_processes: NodeProcessProvider | None = None) -> LabStatus:
-        """Create what is missing for `nodes` nodes; existing nodes, pods and processes stay."""
+    def up(self, nodes: int = 1, node_processes: NodeProcessProvider | None = None,
+           store: str | None = None, etcd_members: int = 3) -> LabStatus:
+        """Create what is missing for `nodes` nodes; existing nodes, pods and processes stay.
+        store="etcd": the store is an etcd cluster of `etcd_members` members in the lab
+        (chosen when the lab is made; a stopped member is started again)."""
         if not 1 <= nodes <= plan.MAX_NODES:
             raise LabError(f"--nodes must be between 1 and {plan.MAX_NODES}")
+        if store not in (None, "sqlite", "etcd"):
+            raise LabError(f"--store must be sqlite or etcd, not {store!r}")
         with self.store.locked():
             state = self._load()
+            if store is not None and state.outside is not None and store != state.store:
+                raise LabError(f"the lab is up with the {state.store} store; `svcctl lab down` before "
+                               f"bringing it up with {store}")
+            if store is not None:
+                state.store = store
             self._up_outside(state)
+            if state.store == "etcd":
+                self._up_etcd(state, etcd_members)
             for index in range(1, nodes + 1):
                 self._up_node(state, index)
             self._mesh(state)
@@ -168,6 +184,63 @@ class Lab:
         if netns.create(o.netns):
             wiring.prepare(o.netns, router=False)
         wiring.make_bridge(o.netns, o.bridge, o.bridge_mac, o.ip, plan.LAN_PREFIXLEN)
+
+    def _up_etcd(self, state: LabState, members: int) -> None:
+        """The etcd members: namespaces on the LAN, processes (started again if dead), then
+        wait for a leader and record the members' unix sockets in <state dir>/store-url."""
+        if not 1 <= members <= plan.MAX_ETCD_MEMBERS:
+            raise LabError(f"--etcd-members must be between 1 and {plan.MAX_ETCD_MEMBERS}")
+        if state.etcd and len(state.etcd) != members:
+            raise LabError(f"the lab's etcd has {len(state.etcd)} members (its size is fixed when it is "
+                           f"made); `svcctl lab down` first")
+        assert state.outside is not None
+        if not state.etcd:
+            for index in range(1, members + 1):
+                rec = etcd_cluster.member_record(self.prefix, index, self.store.root / "etcd")
+                state.etcd[rec.name] = rec
+            self.store.save(state)   # recorded before anything exists
+        recs = sorted(state.etcd.values(), key=lambda m: m.index)
+        for rec in recs:
+            if netns.create(rec.netns):
+                wiring.prepare(rec.netns, router=False)
+            wiring.make_uplink(state.outside.netns, state.outside.bridge, rec.ext_peer_ifname,
+                               rec.netns, rec.ext_ifname, rec.ext_mac, rec.ip, plan.LAN_PREFIXLEN)
+            current = next((p for p in state.processes if p.node == rec.name and p.name == "etcd"), None)
+            if current is None or not procs.alive(current.pid, current.netns):
+                # a killed member leaves its unix socket behind, and etcd will not bind over it
+                (Path(rec.dir) / etcd_cluster.SOCKET_NAME).unlink(missing_ok=True)
+            self._start_process(state, rec.name, rec.netns, "etcd",
+                                etcd_cluster.member_argv(rec, recs, self.prefix), cwd=Path(rec.dir))
+        url = etcd_cluster.local_url(recs)
+        try:
+            etcd_cluster.wait_ready(url)
+        except etcd_cluster.EtcdClusterError as exc:
+            raise LabError(f"{exc} (logs in {self.store.logs})") from None
+        (self.store.state_dir / STORE_URL_FILE).write_text(url + "\n")
+
+    def _start_process(self, state: LabState, host: str, ns: str, name: str, argv: list[str],
+                       env: dict[str, str] | None = None, keep_mounts: bool = False,
+                       cwd: Path | None = None) -> int:
+        """Start a recorded process on `host` unless a live one runs; returns its pid."""
+        current = next((p for p in state.processes if p.node == host and p.name == name), None)
+        if current and procs.alive(current.pid, current.netns):
+            return current.pid
+        if current:
+            state.processes.remove(current)
+        log = self.store.logs / f"{host}-{name}.log"
+        if cwd is not None:
+            cwd.mkdir(parents=True, exist_ok=True)
+        pid = procs.start(ns, argv, log, env, keep_mounts=keep_mounts, cwd=cwd)
+        state.processes.append(ProcessRecord(name, host, ns, pid, list(argv), str(log)))
+        self.store.save(state)
+        return pid
+
+    def store_url(self) -> str | None:
+        """etcd: the URL node processes are given (every member's LAN address); None on SQLite."""
+        state = self.store.load()
+        if state is None or state.store != "etcd" or not state.etcd:
+            return None
+        return etcd_cluster.node_url(list(state.etcd.values()))
 
     def _up_node(self, state: LabState, index: int) -> None:
         name = plan.node_name(index)
@@ -222,15 +295,8 @@ class Lab:
     def _start_node_processes(self, state: LabState, provider: NodeProcessProvider) -> None:
         for rec in state.nodes.values():
             for spec in provider(_node_info(rec), self):
-                current = next((p for p in state.processes if p.node == rec.name and p.name == spec.name), None)
-                if current and procs.alive(current.pid, current.netns):
-                    continue
-                if current:
-                    state.processes.remove(current)
-                log = self.store.logs / f"{rec.name}-{spec.name}.log"
-                pid = procs.start(rec.netns, spec.argv, log, spec.env, keep_mounts=spec.keep_mounts)
-                state.processes.append(ProcessRecord(spec.name, rec.name, rec.netns, pid, list(spec.argv), str(log)))
-                self.store.save(state)
+                self._start_process(state, rec.name, rec.netns, spec.name, spec.argv, spec.env,
+                                    keep_mounts=spec.keep_mounts)
 
     def route_pod_cidrs_from_outside(self) -> None:
         """Routes on the outside host to every node's pod CIDR via that node, as the LAN's
@@ -246,17 +312,7 @@ class Lab:
         with self.store.locked():
             state = self._require_up()
             assert state.outside is not None
-            ns = state.outside.netns
-            current = next((p for p in state.processes if p.node == "outside" and p.name == name), None)
-            if current and procs.alive(current.pid, current.netns):
-                return current.pid
-            if current:
-                state.processes.remove(current)
-            log = self.store.logs / f"outside-{name}.log"
-            pid = procs.start(ns, list(argv), log)
-            state.processes.append(ProcessRecord(name, "outside", ns, pid, list(argv), str(log)))
-            self.store.save(state)
-            return pid
+            return self._start_process(state, "outside", state.outside.netns, name, list(argv))
 
     def down(self, on_down: Callable[[Lab], None] | None = None) -> list[str]:
         """Stop every recorded process, remove every recorded namespace (their links go with
@@ -268,13 +324,15 @@ class Lab:
                 self.prefix = state.prefix
                 if on_down is not None:
                     on_down(self)
-                for p in state.processes:
+                # etcd last: the others stop while their store still answers
+                for p in sorted(state.processes, key=lambda p: p.name == "etcd"):
                     procs.stop(p.pid, p.netns)
                 for pod in list(state.pods.values()):
                     self._teardown_pod(pod)
                     if not pod.host_network:
                         removed.append(pod.netns)
                 names = [n.netns for n in state.nodes.values()]
+                names += [m.netns for m in state.etcd.values()]
                 names += [state.outside.netns] if state.outside else []
                 for ns in names:
                     if self._remove_netns(ns):
@@ -294,14 +352,16 @@ class Lab:
             for cg in cgroups.list_names(self.prefix):
                 if self._own_cgroup(cg):
                     cgroups.remove(cg)
-            shutil.rmtree(self.store.root, ignore_errors=True)
+            shutil.rmtree(self.store.root, ignore_errors=True)   # etcd's data with it
             self.store.instances_file.unlink(missing_ok=True)
+            if state is not None and state.store == "etcd":
+                (self.store.state_dir / STORE_URL_FILE).unlink(missing_ok=True)
         if self.store.state_dir.name.startswith(plan.PREFIX):  # ours by name, and only if empty
             _rmdir_if_empty(self.store.state_dir)
         return sorted(set(removed))
 
     def _own_name(self, name: str) -> bool:
-        return re.match(rf"^{re.escape(self.prefix)}-(node\d+|outside|pod-.+)$", name) is not None
+        return re.match(rf"^{re.escape(self.prefix)}-(node\d+|etcd\d+|outside|pod-.+)$", name) is not None
 
     def _own_cgroup(self, name: str) -> bool:
         return re.match(rf"^{re.escape(self.prefix)}-node\d+(-pods)?$", name) is not None
@@ -466,6 +526,8 @@ class Lab:
             nodes=sorted((_node_info(n) for n in state.nodes.values()), key=lambda n: n.index),
             pods=[_pod_handle(p) for p in state.pods.values()],
             processes=list(state.processes), missing=missing, dead=dead,
+            store=state.store, etcd=sorted(state.etcd.values(), key=lambda m: m.index),
+            store_url=etcd_cluster.node_url(list(state.etcd.values())) if state.etcd else None,
         )
 
     def nodes(self) -> list[NodeInfo]:

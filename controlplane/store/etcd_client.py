@@ -68,13 +68,19 @@ def prefix_end(prefix: str) -> str:
 
 
 def parse_endpoints(url: str) -> list[tuple[str, str, int]]:
-    """`etcd://h1:2379,h2:2379` (or etcds:// for TLS) -> [(protocol, host, port), ...]."""
+    """`etcd://h1:2379,h2:2379` (or etcds:// for TLS) -> [(protocol, host, port), ...].
+    An endpoint `unix:PATH` is a member's unix-socket client listener -> ("unix", PATH, 0)."""
     scheme, _, rest = url.partition("://")
     if scheme not in ("etcd", "etcds") or not rest:
         raise ValueError(f"store URL {url!r}: expected etcd://HOST:PORT[,HOST:PORT...]")
     protocol = "https" if scheme == "etcds" else "http"
     out = []
-    for part in rest.strip("/").split(","):
+    for part in rest.rstrip("/").split(","):
+        if part.startswith("unix:"):
+            if not part[len("unix:"):].startswith("/"):
+                raise ValueError(f"store URL {url!r}: endpoint {part!r} needs an absolute socket path")
+            out.append(("unix", part[len("unix:"):], 0))
+            continue
         split = urlsplit("//" + part)
         if not split.hostname or not split.port:
             raise ValueError(f"store URL {url!r}: endpoint {part!r} needs HOST:PORT")
@@ -82,24 +88,36 @@ def parse_endpoints(url: str) -> list[tuple[str, str, int]]:
     return out
 
 
+# etcd answers these while a member has no leader (an election after a member died): the
+# request was not applied, so it is retried like an unreachable member.
+_TRANSIENT = ("no leader", "leader changed", "not capable", "raft proposal dropped")
+
+
 class EtcdClient:
     def __init__(self, endpoints: list[tuple[str, str, int]], tls: TlsFiles | None = None,
                  timeout: float = 5.0, retry_for: float = 10.0) -> None:
         tls = tls or TlsFiles()
         if tls.cert or tls.key or tls.ca:
-            endpoints = [("https", host, port) for _, host, port in endpoints]
+            endpoints = [(p if p == "unix" else "https", host, port) for p, host, port in endpoints]
         self.timeout = timeout
         self.retry_for = retry_for
-        self._members = [
-            Etcd3Client(host, port, protocol, ca_cert=tls.ca, cert_key=tls.key, cert_cert=tls.cert,
-                        timeout=timeout, api_path="/v3/")
-            for protocol, host, port in endpoints]
+        self._members = [self._make_member(protocol, host, port, tls) for protocol, host, port in endpoints]
         self._current = 0
         self._lock = threading.Lock()
 
+    def _make_member(self, protocol: str, host: str, port: int, tls: TlsFiles) -> Etcd3Client:
+        if protocol == "unix":
+            from .unix_http import UnixSocketAdapter
+            member = Etcd3Client("localhost", 2379, "http", timeout=self.timeout, api_path="/v3/")
+            member.session.mount("http://", UnixSocketAdapter(host))
+            member.unix_path = host   # type: ignore[attr-defined]
+            return member
+        return Etcd3Client(host, port, protocol, ca_cert=tls.ca, cert_key=tls.key, cert_cert=tls.cert,
+                           timeout=self.timeout, api_path="/v3/")
+
     @property
     def endpoints(self) -> list[str]:
-        return [m.base_url for m in self._members]
+        return [f"unix:{m.unix_path}" if hasattr(m, "unix_path") else m.base_url for m in self._members]
 
     def _member(self) -> Etcd3Client:
         with self._lock:
@@ -124,7 +142,11 @@ class EtcdClient:
                 last = exc.detail_text or type(exc).__name__
                 self._next_member(member)
             except gw_exceptions.Etcd3Exception as exc:
-                raise EtcdRequestError(_error_message(exc)) from None
+                message = _error_message(exc)
+                if not any(t in message for t in _TRANSIENT):
+                    raise EtcdRequestError(message) from None
+                last = message
+                self._next_member(member)
             if time.monotonic() + delay > deadline:
                 raise EtcdUnavailable(f"etcd at {', '.join(self.endpoints)} is unavailable ({last})")
             time.sleep(delay)

@@ -4,7 +4,9 @@
 TLS client certificates from --etcd-cacert/--etcd-cert/--etcd-key ($SVCXDP_ETCD_CACERT,
 $SVCXDP_ETCD_CERT, $SVCXDP_ETCD_KEY). Without it, the embedded SQLite store:
 `--state-dir`, else $SVCXDP_STATE_DIR, else /var/lib/svcxdp; the database is
-`<state dir>/store.db` (the lab keeps its own files under `<state dir>/lab`).
+`<state dir>/store.db` (the lab keeps its own files under `<state dir>/lab`) — unless the
+state directory holds a `store-url` file naming an etcd store (`svcctl lab up --store etcd`
+writes one), which commands given that state directory then use.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ DEFAULT_STATE_DIR = "/var/lib/svcxdp"
 ENV_STATE_DIR = "SVCXDP_STATE_DIR"
 ENV_STORE = "SVCXDP_STORE"
 DB_NAME = "store.db"
+STORE_URL_FILE = "store-url"   # <state dir>/store-url: the etcd store this state dir uses
 TLS_FLAGS = {"etcd_cacert": "SVCXDP_ETCD_CACERT", "etcd_cert": "SVCXDP_ETCD_CERT", "etcd_key": "SVCXDP_ETCD_KEY"}
 
 
@@ -44,6 +47,14 @@ def store_url(args: argparse.Namespace | None = None) -> str | None:
     return (getattr(args, "store", None) if args is not None else None) or os.environ.get(ENV_STORE) or None
 
 
+def recorded_store_url(state_dir: str | os.PathLike | None = None) -> str | None:
+    """The etcd URL recorded in the state directory's `store-url` file, if any."""
+    try:
+        return (resolve_state_dir(state_dir) / STORE_URL_FILE).read_text().strip() or None
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
 def open_store_from_args(args: argparse.Namespace) -> Any:
     return open_store(getattr(args, "state_dir", None), store_url(args),
                       {flag: getattr(args, flag, None) or os.environ.get(env) for flag, env in TLS_FLAGS.items()})
@@ -51,9 +62,9 @@ def open_store_from_args(args: argparse.Namespace) -> Any:
 
 def open_store(state_dir: str | os.PathLike | None = None, url: str | None = None,
                tls: dict[str, str | None] | None = None) -> Any:
-    """Open the etcd store at `url` (or $SVCXDP_STORE), else (creating if needed) the SQLite
-    store in the state directory."""
-    url = url or os.environ.get(ENV_STORE) or None
+    """Open the etcd store at `url` (or $SVCXDP_STORE, or the one the state directory
+    records), else (creating if needed) the SQLite store in the state directory."""
+    url = url or os.environ.get(ENV_STORE) or recorded_store_url(state_dir)
     if url:
         return open_etcd_store(url, tls)
     directory = resolve_state_dir(state_dir)

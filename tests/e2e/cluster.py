@@ -106,8 +106,8 @@ class Cluster:
         return [str(p) for n in self.lab.nodes() if (p := PIN_ROOT / instance_name(self.lab, n.name)).exists()]
 
 
-def start_cluster(lab: Lab, nodes: int, node_processes=hooks.node_processes) -> Cluster:
-    lab.up(nodes=nodes, node_processes=node_processes)
+def start_cluster(lab: Lab, nodes: int, node_processes=hooks.node_processes, **up) -> Cluster:
+    lab.up(nodes=nodes, node_processes=node_processes, **up)
     cluster = Cluster(lab)
     lab.add_pod(CLIENT, "node1", "busybox")
     wait_for("the agents to be healthy",
@@ -123,15 +123,16 @@ def _print_logs(lab: Lab, lines: int = 40) -> None:
         print(f"---- {log.name} (last {len(tail)} lines) ----", *tail, sep="\n")
 
 
-def cluster_for_module(tag: str, nodes: int = 2, node_processes=hooks.node_processes):
+def cluster_for_module(tag: str, nodes: int = 2, node_processes=hooks.node_processes, **up):
     """The body of a module-scoped cluster fixture: up, yield, down, and assert that
-    nothing of it is left (namespaces, pins, processes, state)."""
+    nothing of it is left (namespaces, pins, processes, state). `up`: more Lab.up
+    arguments (store="etcd", etcd_members=3)."""
     from .conftest import RUN_PREFIX, lab_leftovers
     state_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_PREFIX}-{tag}-state-"))
     lab = Lab(state_dir, prefix=f"{RUN_PREFIX}-{tag}")
     cluster = Cluster(lab)
     try:
-        start_cluster(lab, nodes, node_processes)
+        start_cluster(lab, nodes, node_processes, **up)
         yield cluster
     finally:
         left = stop_cluster(cluster) + lab_leftovers(lab)

@@ -30,7 +30,7 @@ from controlplane.lab import netns
 from controlplane.lab.topology import ETC_NETNS, Lab
 
 RUN_PREFIX = f"svcxdp-t{os.getpid()}"
-_RUN_RE = re.compile(r"^(svcxdp-t(\d+)-[a-z0-9]+)-(node\d+|outside|pod-.+)$")
+_RUN_RE = re.compile(r"^(svcxdp-t(\d+)-[a-z0-9]+)-(node\d+|etcd\d+|outside|pod-.+)$")
 _DIR_RE = re.compile(r"^(svcxdp-t(\d+)-[a-z0-9]+)-state-")
 
 
