@@ -58,6 +58,15 @@ class IdAllocator:
         self._used.add(ident)
         return ident
 
+    def allocate_many(self, n: int) -> list[int]:
+        """n ids, the same ones n calls of allocate() would hand out."""
+        if n <= self.limit - self._next:   # all fresh: one range
+            out = list(range(self._next, self._next + n))
+            self._next += n
+            self._used.update(out)
+            return out
+        return [self.allocate() for _ in range(n)]
+
     def release(self, ident: int) -> None:
         if ident in self._used:
             self._used.discard(ident)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from array import array
 from dataclasses import dataclass
+from typing import Sequence
 
 from controlplane.maglev import MaglevBackend, MaglevSizeWarning, build_table
 
@@ -59,16 +60,25 @@ def service_row(state: ServiceState, svc_id: int, affinity_gen: int) -> tuple:
             *service_key_row(state.frontend))
 
 
+def backend_columns(backends: Sequence[Backend], protos: Sequence[int], svc_ids: Sequence[int],
+                    shared: Sequence[bool]) -> tuple[Sequence[int], ...]:
+    """Backends map values, one column per field in BACKEND_FIELDS order (the writer
+    packs a whole sync's backends at once); `protos`: PROTOCOLS of each one's
+    frontend; `shared`: its address serves several frontends, so flows to it record
+    a reply entry (revnat.py)."""
+    return ([ip_to_be32(b.ip) for b in backends], [port_to_be16(b.port) for b in backends],
+            [BACKEND_STATES[b.state] for b in backends], protos, svc_ids,
+            [b.weight for b in backends], [F_REPLY_ENTRY if s else 0 for s in shared])
+
+
 def backend_row(fe: Frontend, b: Backend, svc_id: int, shared: bool) -> tuple:
-    """A backends map value, in BACKEND_FIELDS order; `shared`: its address serves
-    several frontends, so flows to it record a reply entry (revnat.py)."""
-    return (ip_to_be32(b.ip), port_to_be16(b.port), BACKEND_STATES[b.state], PROTOCOLS[fe.protocol],
-            svc_id, b.weight, F_REPLY_ENTRY if shared else 0)
+    """One backends map value, in BACKEND_FIELDS order (see backend_columns)."""
+    return tuple(col[0] for col in backend_columns([b], [PROTOCOLS[fe.protocol]], [svc_id], [shared]))
 
 
 def slot_ids(state: ServiceState, ids: dict[Address, int]) -> list[int]:
     """Backend ids of slots 1..n."""
-    return [ids[b.address] for b in state.slot_sequence()]
+    return [ids[(b.ip, b.port)] for b in state.slot_sequence()]
 
 
 def maglev_inputs(state: ServiceState, ids: dict[Address, int]) -> tuple | None:

@@ -265,3 +265,14 @@ def lookup_batches(table, batch: int = 8192) -> Iterator[tuple[ct.Array, ct.Arra
             return
         ffi.memmove(token_in, token_out, 8)
         first = False
+
+
+def update_batch(fd: int, keys, values, count: int) -> None:
+    """BPF_MAP_UPDATE_BATCH of `count` packed keys and values (any buffer: numpy
+    arrays, bytes, ctypes arrays); all or an error naming how far it got."""
+    n = ffi.new("uint32_t *", count)
+    opts = ffi.new("struct bpf_map_batch_opts *")
+    opts.sz = ffi.sizeof("struct bpf_map_batch_opts")
+    rc = lib().bpf_map_update_batch(fd, ffi.from_buffer(keys), ffi.from_buffer(values), n, opts)
+    if rc < 0:
+        raise OSError(-rc, f"bpf_map_update_batch: {os.strerror(-rc)} after {n[0]} of {count} entries")

@@ -4,26 +4,26 @@ whole batch of plans first, so a full map leaves nothing behind."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 from .affinity_maps import AffinityGenerations
 from .ids import CapacityError, IdAllocator
 from .installed import Address, Installed, maglev_inputs, service_key_row, service_row, slot_ids
-from .model import Backend, Frontend, ServiceState
+from .model import Backend, ServiceState
 
-BackendRow = Callable[[Frontend, Backend, int], tuple]   # (frontend, backend, svc_id) -> row
 
 
 @dataclass
 class Plan:
-    """What one upsert writes."""
+    """What one upsert writes. Rows are left to the writer, which packs the rows of
+    a whole batch of plans at once, column by column (packing.py)."""
     state: ServiceState
     old: Installed | None
     svc_id: int
     ids: dict[Address, int]
     fresh: list[int] = field(default_factory=list)           # backend ids handed out now
-    backend_writes: list = field(default_factory=list)       # ((id,), row)
-    slot_writes: list = field(default_factory=list)          # ((svc_id, slot), (id,))
+    backend_writes: list[tuple[int, Backend]] = field(default_factory=list)   # (id, backend)
+    slot_writes: list[tuple[int, int]] = field(default_factory=list)          # (slot, backend id)
     slot_count: int = 0
     old_slot_count: int = 0
     install_table: bool = False
@@ -46,7 +46,10 @@ def check_capacity(plans: Sequence[tuple[ServiceState, Installed | None]], svc_i
         services += old is None
         if services > svc_ids.available:
             raise CapacityError(f"cannot add {state.frontend}: {svc_ids.what} full")
-        backends += len({b.address for b in state.backends} - set(old.backend_ids if old else ()))
+        if old is None:   # a state's addresses are distinct (ServiceState checks)
+            backends += len(state.backends)
+        else:
+            backends += len({b.address for b in state.backends} - set(old.backend_ids))
         if backends > backend_ids.available:
             raise CapacityError(f"cannot add {backends} backends (up to {state.frontend}): "
                                 f"{backend_ids.what} has {backend_ids.available} left")
@@ -57,33 +60,54 @@ def check_capacity(plans: Sequence[tuple[ServiceState, Installed | None]], svc_i
 
 
 def plan_upsert(state: ServiceState, old: Installed | None, svc_ids: IdAllocator, backend_ids: IdAllocator,
-                affinity: AffinityGenerations, backend_row: BackendRow) -> Plan:
+                affinity: AffinityGenerations) -> Plan:
     """Ids and map entries for one frontend. Allocates its new ids; writes nothing.
     Entries equal to what `old` has are left out, unless `old` is suspect (the
     consistency check found the maps differ from it): then everything is written."""
-    svc_id = old.svc_id if old else svc_ids.allocate()
-    ids = dict(old.backend_ids) if old else {}
-    full = old is None or old.suspect
-    old_by_addr = {b.address: b for b in old.state.backends} if old and not full else {}
+    if old is None:
+        return _plan_new(state, svc_ids, backend_ids, affinity)
+    svc_id = old.svc_id
+    ids = dict(old.backend_ids)
+    full = old.suspect
+    old_by_addr = {b.address: b for b in old.state.backends} if not full else {}
     plan = Plan(state, old, svc_id, ids)
     for b in state.backends:
         if b.address not in ids:
             ids[b.address] = backend_ids.allocate()
             plan.fresh.append(ids[b.address])
         if old_by_addr.get(b.address) != b:
-            plan.backend_writes.append(((ids[b.address],), backend_row(state.frontend, b, svc_id)))
+            plan.backend_writes.append((ids[b.address], b))
     new_slots = slot_ids(state, ids)
-    plan.old_slot_count = old.slot_count if old else 0
-    old_slots = slot_ids(old.state, old.backend_ids) if old and not full else []
+    plan.old_slot_count = old.slot_count
+    old_slots = slot_ids(old.state, old.backend_ids) if not full else []
     for i, bid in enumerate(new_slots):
         if i >= len(old_slots) or old_slots[i] != bid:
-            plan.slot_writes.append(((svc_id, i + 1), (bid,)))
+            plan.slot_writes.append((i + 1, bid))
     plan.slot_count = len(new_slots)
     new_table = maglev_inputs(state, ids)
-    old_table = maglev_inputs(old.state, old.backend_ids) if old else None
+    old_table = maglev_inputs(old.state, old.backend_ids)
     plan.install_table = new_table is not None and (full or new_table != old_table or not old.table_ok)
-    plan.remove_table = new_table is None and old is not None and (old_table is not None or old.suspect)
-    plan.affinity_gen = affinity.for_update(state.affinity_timeout, old.affinity_gen if old else 0)
+    plan.remove_table = new_table is None and (old_table is not None or old.suspect)
+    plan.affinity_gen = affinity.for_update(state.affinity_timeout, old.affinity_gen)
+    plan.entry_key = service_key_row(state.frontend)
+    plan.entry = service_row(state, svc_id, plan.affinity_gen)
+    return plan
+
+
+def _plan_new(state: ServiceState, svc_ids: IdAllocator, backend_ids: IdAllocator,
+              affinity: AffinityGenerations) -> Plan:
+    """A frontend the maps do not hold: everything is written (the bulk of a full
+    sync, so it takes the short way)."""
+    svc_id = svc_ids.allocate()
+    backends = state.backends
+    fresh = backend_ids.allocate_many(len(backends))
+    ids = dict(zip([(b.ip, b.port) for b in backends], fresh))
+    plan = Plan(state, None, svc_id, ids, fresh, list(zip(fresh, backends)))
+    new_slots = slot_ids(state, ids)
+    plan.slot_writes = list(enumerate(new_slots, 1))
+    plan.slot_count = len(new_slots)
+    plan.install_table = maglev_inputs(state, ids) is not None
+    plan.affinity_gen = affinity.for_update(state.affinity_timeout, 0)
     plan.entry_key = service_key_row(state.frontend)
     plan.entry = service_row(state, svc_id, plan.affinity_gen)
     return plan

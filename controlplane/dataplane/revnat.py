@@ -13,7 +13,7 @@ writer which to rewrite.
 from __future__ import annotations
 
 from .layout import const
-from .packing import Packer, batch_write
+from .packing import Packer, write_packed
 from .model import PROTOCOLS, Frontend, be16_to_port, be32_to_ip, ip_to_be32, port_to_be16
 
 F_SHARED = const("REVNAT_F_SHARED")
@@ -47,30 +47,44 @@ class RevNat:
         self._flush()
 
     def _flush(self) -> None:
-        keys, values = [], []
+        live: list[Address] = []
+        firsts: list[Frontend] = []
+        flags: list[int] = []
+        users_of = self.users.get
         for addr in self._pending:
-            users = self.users.get(addr)
+            users = users_of(addr)
             if not users:
                 try:
                     del self.table[self._key(addr)]
                 except KeyError:
                     pass
                 continue
-            keys.append((ip_to_be32(addr[0]), port_to_be16(addr[1]), PROTOCOLS[addr[2]]))
-            values.append((ip_to_be32(users[0].vip), port_to_be16(users[0].port),
-                           F_SHARED if len(users) > 1 else 0))
+            live.append(addr)
+            firsts.append(users[0])
+            flags.append(F_SHARED if len(users) > 1 else 0)
         self._pending.clear()
-        batch_write(self.table, self._keys, self._values, keys, values)
+        if not live:
+            return
+        n = len(live)
+        keys = self._keys.columns(n, ([ip_to_be32(a[0]) for a in live], [port_to_be16(a[1]) for a in live],
+                                      [PROTOCOLS[a[2]] for a in live]))
+        values = self._values.columns(n, ([ip_to_be32(fe.vip) for fe in firsts],
+                                          [port_to_be16(fe.port) for fe in firsts], flags))
+        write_packed(self.table, keys, values)
 
     def attach(self, fe: Frontend, addresses: list[tuple[str, int]], flush: bool = True) -> None:
+        users_of, pending, proto = self.users, self._pending, fe.protocol
         for ip, port in addresses:
-            addr = (ip, port, fe.protocol)
-            users = self.users.setdefault(addr, [])
-            if fe not in users:
+            addr = (ip, port, proto)
+            users = users_of.get(addr)
+            if users is None:   # a new entry
+                users_of[addr] = [fe]
+                pending[addr] = None
+                self.writes += 1
+            elif fe not in users:
                 users.append(fe)
-                if len(users) <= 2:  # new entry, or it just became shared
+                if len(users) == 2:  # it just became shared
                     self._write(addr)
-                if len(users) == 2:
                     self._sharing_changed[addr] = None
         if flush:
             self._flush()

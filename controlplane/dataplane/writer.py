@@ -30,10 +30,11 @@ from controlplane.gcpause import paused_gc
 from .adopt import adopt
 from .affinity_maps import AffinityGenerations
 from .ids import CapacityError, IdAllocator
-from .installed import BACKEND_FIELDS, SVC_FIELDS, SVC_KEY_FIELDS, Installed, backend_row, maglev_table
+from .installed import (BACKEND_FIELDS, SVC_FIELDS, SVC_KEY_FIELDS, Installed, backend_columns, backend_row,
+                        maglev_table)
 from .maglev_maps import MaglevMaps
 from .model import PROTOCOLS, SCOPES, Backend, Frontend, ServiceState, ip_to_be32, port_to_be16
-from .packing import Packer, batch_write
+from .packing import Packer, batch_write, write_packed
 from .plan import Plan, check_capacity, plan_upsert
 from .program import Dataplane
 from .reply_flags import flag_drift, flag_rows
@@ -265,30 +266,28 @@ class MapWriter:
         todo = [(s, self._installed.get(s.frontend)) for s in states if self._current(s) is None]
         check_capacity(todo, self._svc_ids, self._backend_ids, self._slots_used, self.max_slots)
         made: list[Plan] = []
+        attach = self.revnat.attach
         for state, old in todo:
             # Attached first: the frontend's own backend rows then carry the sharing
             # it causes, so a flow can never meet its backend without the flag.
             # (Rows of earlier plans of the batch that it made shared: step 5.)
-            self.revnat.attach(state.frontend, [b.address for b in state.backends], flush=False)
-            made.append(plan_upsert(state, old, self._svc_ids, self._backend_ids, self.affinity,
-                                    self._backend_row))
+            attach(state.frontend, [(b.ip, b.port) for b in state.backends], flush=False)
+            made.append(plan_upsert(state, old, self._svc_ids, self._backend_ids, self.affinity))
         pk = self._pk
         # 1. reverse NAT for new addresses, then backends (a fresh id starts with no
         #    connections: a reused one may hold a stale count)
         self.revnat.flush()
-        fresh = [(i,) for p in made for i in p.fresh]
-        n = batch_write(self.conns, pk["id"], pk["conns"], fresh, [(0,)] * len(fresh))
-        n += batch_write(self.backends, pk["id"], pk["backend"],
-                         [k for p in made for k, _ in p.backend_writes],
-                         [v for p in made for _, v in p.backend_writes])
+        fresh = [i for p in made for i in p.fresh]
+        n = write_packed(self.conns, pk["id"].columns(len(fresh), [fresh]),
+                         pk["conns"].columns(len(fresh), [0]))
+        n += self._write_backends(made)
         self._phase("backends")
         # 2. slots, then per-service state of new services, then Maglev tables
-        n += batch_write(self.slots, pk["slot_key"], pk["slot"],
-                         [k for p in made for k, _ in p.slot_writes],
-                         [v for p in made for _, v in p.slot_writes])
-        new_ids = [(p.svc_id,) for p in made if p.old is None]
-        n += batch_write(self.rr_state, pk["id"], pk["rr"], new_ids, [(0,)] * len(new_ids))
-        for (i,) in new_ids:  # per-CPU values: one write each
+        n += self._write_slots(made)
+        new_ids = [p.svc_id for p in made if p.old is None]
+        n += write_packed(self.rr_state, pk["id"].columns(len(new_ids), [new_ids]),
+                          pk["rr"].columns(len(new_ids), [0]))
+        for i in new_ids:  # per-CPU values: one write each
             self.svc_stats[self.svc_stats.Key(i)] = self.svc_stats.Leaf()
         n += len(new_ids)
         for p in made:
@@ -296,8 +295,9 @@ class MapWriter:
                 self.maglev.install(p.svc_id, maglev_table(p.state, p.ids))
                 n += 1
         for p in made:  # source ranges the entry will point at
-            self.ranges.add(p.svc_id, set(p.state.source_ranges) -
-                            set(p.old.state.source_ranges if p.old and not p.old.suspect else ()))
+            if p.state.source_ranges:
+                self.ranges.add(p.svc_id, set(p.state.source_ranges) -
+                                set(p.old.state.source_ranges if p.old and not p.old.suspect else ()))
         self.writes += n
         self._phase("slots")
         # 3. the service entries: from here on packets use the new states
@@ -306,10 +306,10 @@ class MapWriter:
         self._phase("entries")
         # 4. shrink: tables no longer used, surplus slots, backends that left
         for p in made:
+            if p.old is None:   # new: nothing to shrink
+                continue
             self._shrink(p)
-            if p.old:
-                self.ranges.remove(p.svc_id, set(p.old.state.source_ranges) -
-                                   set(p.state.source_ranges))
+            self.ranges.remove(p.svc_id, set(p.old.state.source_ranges) - set(p.state.source_ranges))
         self.revnat.flush()
         for p in made:
             self._slots_used += p.slot_count - (p.old.slot_count if p.old else 0)
@@ -320,6 +320,43 @@ class MapWriter:
         self._phase("flags")
         ids = {p.state.frontend: p.svc_id for p in made}
         return [ids.get(s.frontend) or self._installed[s.frontend].svc_id for s in states]
+
+    def _write_backends(self, made: Sequence[Plan]) -> int:
+        """Every plan's backend entries, packed as columns, in one batch."""
+        ids: list[int] = []
+        backends: list[Backend] = []
+        protos: list[int] = []
+        svc_ids: list[int] = []
+        shared: list[bool] = []
+        is_shared = self.revnat.shared
+        for p in made:
+            writes = p.backend_writes
+            if not writes:
+                continue
+            proto = p.state.frontend.protocol
+            ids += [i for i, _ in writes]
+            bs = [b for _, b in writes]
+            backends += bs
+            protos += [PROTOCOLS[proto]] * len(bs)
+            svc_ids += [p.svc_id] * len(bs)
+            shared += [is_shared((b.ip, b.port, proto)) for b in bs]
+        pk = self._pk
+        return write_packed(self.backends, pk["id"].columns(len(ids), [ids]),
+                            pk["backend"].columns(len(ids), backend_columns(backends, protos, svc_ids, shared)))
+
+    def _write_slots(self, made: Sequence[Plan]) -> int:
+        svc_ids: list[int] = []
+        slots: list[int] = []
+        bids: list[int] = []
+        for p in made:
+            writes = p.slot_writes
+            if writes:
+                svc_ids += [p.svc_id] * len(writes)
+                slots += [s for s, _ in writes]
+                bids += [b for _, b in writes]
+        pk = self._pk
+        return write_packed(self.slots, pk["slot_key"].columns(len(slots), [svc_ids, slots]),
+                            pk["slot"].columns(len(slots), [bids]))
 
     def _shrink(self, p: Plan) -> None:
         if p.remove_table:

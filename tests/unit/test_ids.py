@@ -115,3 +115,14 @@ def test_large_adoption_is_linear():
         a.claim(i)
     assert sorted(a.allocate() for _ in range(10)) == sorted(ids[-10:])
     assert a.available == 0
+
+
+def test_allocate_many_hands_out_what_allocate_would():
+    a, b = IdAllocator(6, "x"), IdAllocator(6, "x")
+    for alloc in (a, b):
+        alloc.allocate(), alloc.allocate()
+        alloc.release(1)
+    assert a.allocate_many(4) == [b.allocate() for _ in range(4)] == [3, 4, 5, 1]
+    assert a.available == b.available == 0
+    with pytest.raises(CapacityError):
+        a.allocate_many(1)

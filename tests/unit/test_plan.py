@@ -5,7 +5,7 @@ import pytest
 
 from controlplane.dataplane.affinity_maps import AffinityGenerations
 from controlplane.dataplane.ids import CapacityError, IdAllocator
-from controlplane.dataplane.installed import (F_AFFINITY, F_TERMINATING_ONLY, backend_row, maglev_table,
+from controlplane.dataplane.installed import (F_AFFINITY, F_TERMINATING_ONLY, maglev_table,
                                               service_key_row, service_row)
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
 from controlplane.dataplane.plan import check_capacity, plan_upsert
@@ -24,16 +24,15 @@ class Ids:
         self.affinity = AffinityGenerations()
 
     def plan(self, state, old=None):
-        return plan_upsert(state, old, self.svc, self.backend, self.affinity,
-                           lambda fe, b, svc_id: backend_row(fe, b, svc_id, False))
+        return plan_upsert(state, old, self.svc, self.backend, self.affinity)
 
 
 def test_a_new_service_writes_everything_and_its_entry_names_its_key():
     ids = Ids()
     p = ids.plan(st("10.0.0.1", "10.0.0.2"))
     assert p.svc_id == 1 and p.fresh == [1, 2]
-    assert [k for k, _ in p.backend_writes] == [(1,), (2,)]
-    assert p.slot_writes == [((1, 1), (1,)), ((1, 2), (2,))]
+    assert p.backend_writes == [(1, Backend("10.0.0.1", 8080)), (2, Backend("10.0.0.2", 8080))]
+    assert p.slot_writes == [(1, 1), (2, 2)]
     assert p.entry == service_row(p.state, 1, 0)
     assert p.entry[-4:] == service_key_row(FE)        # the key the datapath checks
     assert p.entry[1] == 2 and not p.install_table
@@ -44,8 +43,8 @@ def test_an_update_writes_only_what_changed():
     old = ids.plan(st("10.0.0.1", "10.0.0.2")).installed()
     p = ids.plan(st("10.0.0.1", "10.0.0.2", "10.0.0.3"), old)
     assert p.svc_id == old.svc_id and p.fresh == [3]
-    assert [k for k, _ in p.backend_writes] == [(3,)]
-    assert p.slot_writes == [((1, 3), (3,))]
+    assert p.backend_writes == [(3, Backend("10.0.0.3", 8080))]
+    assert p.slot_writes == [(3, 3)]
     assert p.old_slot_count == 2 and p.slot_count == 3
 
 
