@@ -1,4 +1,4 @@
-"""The agent loop: a full sync at start, then the store's change feed drives
+"""The agent loop: a full sync at start, then the source's change feed drives
 incremental syncs that recompute only the services a change touched; a periodic
 consistency check re-reads the maps and repairs drift. The dataplane is pinned, so
 a restarted agent adopts it and flushes nothing."""
@@ -15,13 +15,13 @@ from controlplane.dataplane.model import Frontend, ServiceState
 from controlplane.dataplane.program import Dataplane
 from controlplane.dataplane.writer import CapacityError, MapWriter
 from controlplane.gcpause import paused_gc
-from controlplane.store.interface import Store
 
 from .cache import WATCHED_KINDS, ServiceCache, ServiceKey
 from .desired import Desired, NodeConfig, desired_state
 from .health import Health
 from .healthcheck import ServiceHealthServers
 from .interfaces import InterfaceManager
+from .source import Source
 
 log = logging.getLogger("svcxdp.agent")
 
@@ -44,11 +44,11 @@ def _endpoints(state: ServiceState) -> str:
 class Agent:
     metrics = None   # agent.metrics.SyncMetrics when /metrics is served: told of every sync
 
-    def __init__(self, store: Store, node: NodeConfig, dp: Dataplane,
+    def __init__(self, source: Source, node: NodeConfig, dp: Dataplane,
                  interfaces: InterfaceManager | None = None, health: Health | None = None,
                  check_every_s: float = 30.0, service_health: ServiceHealthServers | None = None,
                  retry_max_s: float = 5.0) -> None:
-        self.store = store
+        self.source = source   # svcxdp's store, or the Kubernetes API (agent/source.py)
         self.node = node
         self.dp = dp
         self.writer = MapWriter(dp)
@@ -178,7 +178,7 @@ class Agent:
     def _full_sync(self, reason: str, cache: ServiceCache | None) -> SyncReport:
         start = time.perf_counter()
         writes = self.writer.writes
-        self.cache = cache if cache is not None else ServiceCache.load(self.store)
+        self.cache = cache if cache is not None else ServiceCache.load(self.source)
         report = SyncReport()
         self.writer.repair_adopted()
         keys = set(self.cache.services) | set(self._frontends)
@@ -201,9 +201,9 @@ class Agent:
         when given); a feed compacted past it (Gone) means a relist."""
         start = time.perf_counter()
         writes = self.writer.writes
-        current = self.store.current_resource_version() if upto is None else upto
+        current = self.source.current_resource_version() if upto is None else upto
         try:
-            events = self.store.changes_since(self.cache.resource_version, WATCHED_KINDS)
+            events = self.source.changes_since(self.cache.resource_version, WATCHED_KINDS)
         except Gone:
             log.info("change feed compacted past resourceVersion %d: full resync", self.cache.resource_version)
             return self.full_sync("relist")
@@ -231,7 +231,7 @@ class Agent:
             self._apply({key: self._desired_for(key) for key in keys}, report)
             self._report_health()
             self._log("retry", report, len(keys))
-        fresh = ServiceCache.load(self.store)
+        fresh = ServiceCache.load(self.source)
         # Bring the maps to exactly the fresh read's resourceVersion, so changes the
         # agent has simply not followed yet are not taken for drift.
         self.incremental_sync(upto=fresh.resource_version)
@@ -279,7 +279,7 @@ class Agent:
                     resync = None
                     next_check = time.monotonic() + self.check_every_s
                 else:
-                    rv = self.store.wait_for_change(self.resource_version, timeout=poll_s)
+                    rv = self.source.wait_for_change(self.resource_version, timeout=poll_s)
                     if rv != self.resource_version:
                         # A pod's interface exists before its endpoint turns ready:
                         # serve it first, or the pod's replies to flows this sync sends

@@ -1,4 +1,4 @@
-"""The agent's view of the store: Services and their EndpointSlices, kept current
+"""The agent's view of its source (agent/source.py): Services and their EndpointSlices, kept current
 from the change feed, so a change recomputes only the services it touches."""
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from controlplane.api.service import Service
 from controlplane.controllers.service_view import (ServiceView, SliceBackends, merge_backends, slice_backends,
                                                    slice_document_backends, view_from_backends)
 from controlplane.gcpause import paused_gc
-from controlplane.store.interface import DELETED, Store, WatchEvent
+from controlplane.store.interface import DELETED, WatchEvent
+
+from .source import Source
 
 ServiceKey = tuple[str, str]  # (namespace, name)
 WATCHED_KINDS = (Service, EndpointSlice)
@@ -26,22 +28,22 @@ class ServiceCache:
     resource_version: int = 0
 
     @classmethod
-    def load(cls, store: Store) -> "ServiceCache":
+    def load(cls, source: Source) -> "ServiceCache":
         """A consistent snapshot: list both kinds, then replay what changed meanwhile. The
         slices are read as stored JSON (only their backends are kept)."""
-        rv = store.current_resource_version()
+        rv = source.current_resource_version()
         cache = cls(resource_version=rv)
         with paused_gc():
-            for svc in store.list(Service):
+            for svc in source.list(Service):
                 cache.services[(svc.namespace, svc.name)] = svc
-            for doc in store.iter_documents(EndpointSlice):
+            for doc in source.iter_documents(EndpointSlice):
                 meta = doc.get("metadata") or {}
                 owner = (meta.get("labels") or {}).get(LABEL_SERVICE_NAME)
                 if owner:
                     ns, name = meta.get("namespace") or "", meta.get("name") or ""
                     cache.slices[(ns, owner)][name] = slice_document_backends(doc)
                     cache.slice_owner[(ns, name)] = (ns, owner)
-        cache.apply(store.changes_since(rv, WATCHED_KINDS))
+        cache.apply(source.changes_since(rv, WATCHED_KINDS))
         return cache
 
     def apply(self, events: list[WatchEvent]) -> set[ServiceKey]:

@@ -17,6 +17,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--node", required=True, help="the node this agent serves (e.g. node1)")
     p.add_argument("--state-dir", help="store directory (env SVCXDP_STATE_DIR, default /var/lib/svcxdp)")
     add_store_flags(p)
+    p.add_argument("--source", choices=["store", "kubernetes"],
+                   help="where Services and EndpointSlices come from: svcxdp's store (default), or a "
+                        "Kubernetes API server (kube-proxy replacement; implied by --kubeconfig)")
+    p.add_argument("--kubeconfig", metavar="FILE",
+                   help="with --source kubernetes: the API server and credentials (env KUBECONFIG; "
+                        "default: the in-cluster service account)")
     p.add_argument("--instance", help="dataplane instance: bpffs pins under /sys/fs/bpf/svcxdp/INSTANCE "
                                       "(default: the node name)")
     p.add_argument("--lb-algorithm", default="random", choices=sorted(ALGORITHMS),
@@ -64,8 +70,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from controlplane.dataplane.config import DataplaneConfig
     from controlplane.dataplane.program import Dataplane
-    from controlplane.store.paths import open_store_from_args
-
     from .agent import Agent
     from .desired import NodeConfig
     from .health import Health, serve
@@ -101,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         log.info("detached from %s; pins removed: %s", ", ".join(detached) or "no interface",
                  reset(config))
         return 0
-    store = open_store_from_args(args)
+    source, feed = _open_source(args)
     dp = Dataplane.load(config)
     log.info("dataplane loaded: prog id %d, maps pinned in %s", dp.prog_id, config.pin_dir)
     pin_programs(dp.prog_fd, dp.external_prog_fd, config.pin_dir)
@@ -123,7 +127,10 @@ def run(args: argparse.Namespace) -> int:
         serve(health, port=args.healthz_port)
     # healthCheckNodePorts listen where NodePorts are served, as kube-proxy's (all addresses if none known)
     service_health = ServiceHealthServers(args.node, lambda: health.report()[0] == 200, addresses or ("0.0.0.0",))
-    agent = Agent(store, NodeConfig(args.node, args.lb_algorithm, addresses), dp, interfaces, health,
+    if feed is not None and not feed.wait_synced(timeout=30):
+        log.warning("the Kubernetes API has not answered the first list yet; the dataplane keeps its state "
+                    "(/healthz 503) until it does")
+    agent = Agent(source, NodeConfig(args.node, args.lb_algorithm, addresses), dp, interfaces, health,
                   check_every_s=args.check_interval, service_health=service_health)
     agent.metrics = _serve_metrics(args.metrics_bind_address, dp, log)
     stop = threading.Event()
@@ -133,8 +140,27 @@ def run(args: argparse.Namespace) -> int:
         threading.Thread(target=_reap_loop, args=(dp, stop, log), name="sockreaper", daemon=True).start()
     agent.run(stop)
     service_health.close()
+    if feed is not None:
+        feed.close()
     log.info("agent stopping; the dataplane stays attached and pinned")
     return 0
+
+
+def _open_source(args: argparse.Namespace):
+    """(the agent's Source, the KubeFeed when it is the Kubernetes API, else None)."""
+    if (args.source or ("kubernetes" if args.kubeconfig else "store")) == "store":
+        from controlplane.store.paths import open_store_from_args
+        return open_store_from_args(args), None
+    if args.store:
+        raise CommandError("--store and --source kubernetes: the agent reads one source; choose one")
+    from controlplane.kubeapi.connect import KubeConfigError, api_client
+    from controlplane.kubeapi.feed import KubeFeed
+    try:
+        api = api_client(args.kubeconfig)
+    except KubeConfigError as exc:
+        raise CommandError(str(exc)) from None
+    feed = KubeFeed(api).start()
+    return feed, feed
 
 
 def _bind_address(bind: str) -> tuple[str, int]:

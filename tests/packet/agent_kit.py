@@ -59,7 +59,7 @@ class Client:
 
     def vip(self, name: str) -> str:
         if name not in self.vips:
-            self.vips[name] = self.agent.store.get(Service, "default", name).spec.cluster_ip
+            self.vips[name] = self.agent.source.get(Service, "default", name).spec.cluster_ip
         return self.vips[name]
 
     def backends_of(self, name: str, tries: int = 24) -> set[str] | None:

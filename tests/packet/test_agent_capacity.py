@@ -51,13 +51,13 @@ def agent(tmp_path):
 
 
 def cluster_ip(agent: Agent, i: int) -> str:
-    return agent.store.get(Service, "default", f"svc-{i}").spec.cluster_ip
+    return agent.source.get(Service, "default", f"svc-{i}").spec.cluster_ip
 
 
 def programmed(agent: Agent) -> set[int]:
     """Which of svc-0..2 the maps hold (the store also has default/kubernetes)."""
     vips = {fe.vip for fe in agent.writer.installed()}
-    return {i for i in range(3) if agent.store.try_get(Service, "default", f"svc-{i}")
+    return {i for i in range(3) if agent.source.try_get(Service, "default", f"svc-{i}")
             and cluster_ip(agent, i) in vips}
 
 
@@ -79,8 +79,8 @@ def test_a_service_that_does_not_fit_blocks_no_other_and_lands_when_room_is_made
     assert event.source.host == "node1"
 
     victim = min(programmed(agent))
-    agent.store.delete(EndpointSlice, "default", f"svc-{victim}-abcde")
-    agent.store.delete(Service, "default", f"svc-{victim}")
+    agent.source.delete(EndpointSlice, "default", f"svc-{victim}-abcde")
+    agent.source.delete(Service, "default", f"svc-{victim}")
     agent.incremental_sync()
     agent.check_consistency()                            # retries what did not fit
     assert programmed(agent) == set(range(3)) - {victim}
@@ -88,14 +88,14 @@ def test_a_service_that_does_not_fit_blocks_no_other_and_lands_when_room_is_made
 
 
 def test_an_update_that_does_not_fit_keeps_the_old_state_serving(agent):
-    agent.store.delete(EndpointSlice, "default", "svc-2-abcde")
-    agent.store.delete(Service, "default", "svc-2")
+    agent.source.delete(EndpointSlice, "default", "svc-2-abcde")
+    agent.source.delete(Service, "default", "svc-2")
     agent.full_sync("start")
     assert programmed(agent) == {0, 1}
-    grown = agent.store.get(EndpointSlice, "default", "svc-0-abcde").to_dict()
+    grown = agent.source.get(EndpointSlice, "default", "svc-0-abcde").to_dict()
     grown["endpoints"] += [{"addresses": [f"10.244.0.{j}"], "conditions": {"ready": True}}
                            for j in range(100, 105)]
-    agent.store.update(EndpointSlice.from_dict(grown))   # 15 + 10 > 24
+    agent.source.update(EndpointSlice.from_dict(grown))   # 15 + 10 > 24
     report = agent.incremental_sync()
     assert len(report.failed) == 1 and "svc-0" in report.failed[0]
     assert agent.check_consistency() is False           # the old 10 endpoints stay, not deleted

@@ -1,0 +1,136 @@
+"""List then watch one resource of the Kubernetes API, as client-go's reflector does.
+
+    list                 GET .../services -> every object and the list's resourceVersion
+    watch from there     GET .../services?watch=true&resourceVersion=RV&allowWatchBookmarks=true
+                         &timeoutSeconds=T: each ADDED / MODIFIED / DELETED moves the resume
+                         point to the object's resourceVersion, each BOOKMARK to the
+                         bookmark's; the server ending the stream (timeoutSeconds) -> watch
+                         again from the resume point
+    410 Gone / Expired   (an ERROR event or an HTTP 410) the resume point is too old: list
+                         again; the handler gets the whole new list (replace) and works out
+                         what changed
+    connection dropped   (reset, cut mid-chunk, read timeout, refused) -> watch again from
+                         the resume point after a backoff: nothing is lost, because the
+                         server replays every change after it
+
+resourceVersions are opaque strings: only the server compares them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import urllib3
+from kubernetes import watch
+from kubernetes.client.exceptions import ApiException
+
+log = logging.getLogger("svcxdp.kubeapi")
+
+GONE = 410
+
+
+class Handler(Protocol):
+    def replace(self, resource: str, items: list[dict[str, Any]]) -> None:
+        """A fresh list: these are all the objects there are."""
+
+    def event(self, resource: str, kind: str, obj: dict[str, Any]) -> None:
+        """One ADDED / MODIFIED / DELETED from the watch."""
+
+
+class _RawWatch(watch.Watch):
+    """Events as plain JSON dicts: svcxdp's codec decodes them, not the client's models
+    (and the client's `deserialize=False` path does not handle ERROR events)."""
+
+    def get_return_type(self, func: Callable[..., Any]) -> None:
+        return None
+
+
+@dataclass
+class Reflector:
+    resource: str                       # "services", "endpointslices" (for logs and the handler)
+    list_func: Callable[..., Any]       # e.g. CoreV1Api.list_service_for_all_namespaces
+    handler: Handler
+    watch_timeout_s: int = 300          # timeoutSeconds of each watch request
+    connect_timeout_s: float = 10.0
+    backoff_first_s: float = 0.2
+    backoff_max_s: float = 30.0
+    resource_version: str | None = None   # the resume point; None: list first
+    lists: int = 0                      # how many times it listed (for logs and tests)
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _watch: _RawWatch | None = field(default=None, repr=False)
+
+    def run(self) -> None:
+        """List and watch until stop(). Nothing ends the loop but stop()."""
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                if self.resource_version is None:
+                    self._list()
+                self._watch_once()
+                failures = 0
+            except ApiException as exc:
+                if exc.status == GONE:
+                    log.info("%s: resourceVersion %s expired (%s); listing again",
+                             self.resource, self.resource_version, exc.reason)
+                    self.resource_version = None
+                    continue
+                failures += 1
+                self._pause(failures, f"API answered {exc.status} {exc.reason}")
+            except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+                failures += 1
+                self._pause(failures, f"{type(exc).__name__}: {exc}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        w = self._watch
+        if w is not None:
+            w.stop()   # shuts the socket down: a blocked read returns at once
+
+    def _pause(self, failures: int, why: str) -> None:
+        delay = min(self.backoff_max_s, self.backoff_first_s * 2 ** (failures - 1))
+        what = f"resuming the watch from resourceVersion {self.resource_version}" \
+            if self.resource_version is not None else "listing again"
+        (log.warning if failures > 1 else log.info)("%s: %s; %s in %.1f s", self.resource, why, what, delay)
+        self._stop.wait(delay)
+
+    def _list(self) -> None:
+        resp = self.list_func(_preload_content=False,
+                              _request_timeout=(self.connect_timeout_s, self.watch_timeout_s))
+        try:
+            body = json.loads(resp.data)
+        finally:
+            resp.release_conn()
+        items = body.get("items") or []
+        rv = (body.get("metadata") or {}).get("resourceVersion")
+        if not rv:
+            raise ValueError(f"{self.resource} list has no metadata.resourceVersion")
+        self.handler.replace(self.resource, items)
+        self.resource_version = rv
+        self.lists += 1
+        log.info("%s: listed %d at resourceVersion %s", self.resource, len(items), rv)
+
+    def _watch_once(self) -> None:
+        """One watch request, from the resume point until the server ends it."""
+        w = self._watch = _RawWatch()
+        if self._stop.is_set():
+            return
+        # A read gets at least a bookmark or the end of the stream within timeoutSeconds;
+        # silence beyond it means a dead connection.
+        stream = w.stream(self.list_func, resource_version=self.resource_version,
+                          allow_watch_bookmarks=True, timeout_seconds=self.watch_timeout_s,
+                          _request_timeout=(self.connect_timeout_s, self.watch_timeout_s + 30))
+        for ev in stream:
+            kind, obj = ev.get("type"), ev.get("raw_object") or {}
+            rv = (obj.get("metadata") or {}).get("resourceVersion")
+            if kind == "BOOKMARK":
+                log.debug("%s: bookmark at resourceVersion %s", self.resource, rv)
+            elif kind in ("ADDED", "MODIFIED", "DELETED"):
+                self.handler.event(self.resource, kind, obj)
+            else:
+                log.warning("%s: unknown watch event type %r ignored", self.resource, kind)
+                continue
+            if rv:
+                self.resource_version = rv

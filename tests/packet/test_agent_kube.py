@@ -1,0 +1,262 @@
+"""The agent with the Kubernetes API as its source (kubeapi.feed.KubeFeed, the official
+`kubernetes` client) against tests/kube_api_server.py, a protocol-faithful API server on
+127.0.0.1 inside this test process (no real apiserver runs on these machines): the real
+agent loop, real BPF maps read back afresh, packets through the loaded program.
+
+Services and EndpointSlices listed, then watched, land in the maps (every Service type;
+traffic policies by nodeName; terminating-but-serving endpoints); a bookmark moves the
+resume point; 410 Gone (as an ERROR event or an HTTP status) means a relist that leaves no
+stale frontend; a connection cut mid-chunk resumes from the last resourceVersion without
+losing an event and without a relist; deleting a Service removes its frontends.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import pytest
+
+from controlplane.agent.agent import Agent
+from controlplane.agent.desired import NodeConfig
+from controlplane.dataplane.config import DataplaneConfig
+from controlplane.dataplane.program import Dataplane
+from controlplane.dataplane.writer import MapWriter
+from controlplane.kubeapi.connect import api_client
+from controlplane.kubeapi.feed import KubeFeed
+from tests.kube_api_server import ENDPOINTSLICES, SERVICES, KubeApiServer
+
+from .agent_kit import Client, wait_until
+
+pytestmark = pytest.mark.root
+
+NODE = "node1"
+NODE_IP = "192.168.50.1"          # the address NodePorts are served on (no packet goes there)
+LB_IP = "203.0.113.7"
+
+
+def service(name: str, cluster_ip: str | None, type_: str = "ClusterIP", node_port: int | None = None,
+            labels: dict[str, str] | None = None, **spec: object) -> dict:
+    """A Service as the API serves it: defaulted, allocated."""
+    port: dict[str, object] = {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}
+    if node_port:
+        port["nodePort"] = node_port
+    s: dict[str, object] = {"type": type_, "ports": [port], "sessionAffinity": "None",
+                            "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+                            "internalTrafficPolicy": "Cluster", **spec}
+    if cluster_ip:
+        s["clusterIP"] = cluster_ip
+        s["clusterIPs"] = [cluster_ip]
+    if type_ == "ExternalName":
+        s = {"type": type_, "externalName": "db.example.org"}
+    return {"metadata": {"name": name, "namespace": "default", "labels": labels or {}},
+            "spec": s, "status": {"loadBalancer": {}}}
+
+
+def endpoint_slice(service_name: str, endpoints: list[tuple[str, str, dict[str, bool]]]) -> dict:
+    """endpoints: (ip, nodeName, conditions)."""
+    return {"metadata": {"name": f"{service_name}-x1y2z", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": service_name,
+                                    "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [ip], "nodeName": node, "conditions": cond,
+                           "targetRef": {"kind": "Pod", "namespace": "default", "name": f"pod-{ip}"}}
+                          for ip, node, cond in endpoints]}
+
+
+READY = {"ready": True, "serving": True, "terminating": False}
+DRAINING = {"ready": False, "serving": True, "terminating": True}
+
+
+def put_service(api: KubeApiServer, name: str, cluster_ip: str | None, ips: list[str], **kw: object) -> None:
+    api.put(SERVICES, service(name, cluster_ip, **kw))
+    api.put(ENDPOINTSLICES, endpoint_slice(name, [(ip, NODE, READY) for ip in ips]))
+
+
+def remove_service(api: KubeApiServer, name: str) -> None:
+    api.delete(ENDPOINTSLICES, "default", f"{name}-x1y2z")
+    api.delete(SERVICES, "default", name)
+
+
+def programmed(dp: Dataplane) -> dict[tuple[str, int, str], dict[str, str]]:
+    """What the maps hold, read back from them: (vip, port, scope) -> {backend ip: state}."""
+    return {(fe.vip, fe.port, fe.scope): {b.ip: b.state for b in state.backends}
+            for fe, state in MapWriter(dp).installed().items()}
+
+
+@pytest.fixture(scope="module")
+def dataplane():
+    dp = Dataplane.load(DataplaneConfig(instance="svcxdp-kapi-test", pin=False, ct_size=1024,
+                                        max_services=64, max_backends=256, max_slots=1024))
+    yield dp
+    dp.close()
+
+
+@pytest.fixture
+def api():
+    server = KubeApiServer().start()
+    yield server
+    server.stop()
+
+
+@dataclass
+class Running:
+    api: KubeApiServer
+    feed: KubeFeed
+    agent: Agent
+    stop: threading.Event
+    thread: threading.Thread
+
+    def converges_to(self, want: dict, timeout_s: float = 15.0) -> dict:
+        wait_until(lambda: programmed(self.agent.dp) == want, timeout_s)
+        return programmed(self.agent.dp)
+
+    def resume_point(self, resource: str) -> str | None:
+        return self.feed.reflectors[resource].resource_version
+
+
+@pytest.fixture
+def start_agent(api, dataplane, tmp_path):
+    """Start the agent (its own thread) on a KubeFeed of `api`, as `svcctl agent
+    --source kubernetes --kubeconfig FILE` does."""
+    running: list[Running] = []
+
+    def start() -> Running:
+        MapWriter(dataplane).sync([])   # no services, whatever an earlier test left
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(api.kubeconfig())
+        feed = KubeFeed(api_client(str(kubeconfig)), watch_timeout_s=60).start()
+        for r in feed.reflectors.values():
+            r.backoff_first_s = 0.05
+        assert feed.wait_synced(10)
+        agent = Agent(feed, NodeConfig(NODE, nodeport_addresses=(NODE_IP,)), dataplane, check_every_s=3600)
+        stop = threading.Event()
+        thread = threading.Thread(target=agent.run, args=(stop, 0.05), daemon=True)
+        thread.start()
+        running.append(Running(api, feed, agent, stop, thread))
+        return running[-1]
+
+    yield start
+    for r in running:
+        r.stop.set()
+        r.thread.join(10)
+        r.feed.close()
+
+
+A = ["10.244.1.1", "10.244.1.2"]
+A2 = ["10.244.1.3"]
+B = ["10.244.2.1"]
+C = ["10.244.3.1", "10.244.3.2"]
+
+
+def test_services_of_every_type_listed_then_watched_land_in_the_maps(api, start_agent):
+    put_service(api, "a", "10.96.0.10", A)                       # listed
+    run = start_agent()
+    assert run.converges_to({("10.96.0.10", 80, "cluster"): dict.fromkeys(A, "active")}) == \
+        {("10.96.0.10", 80, "cluster"): dict.fromkeys(A, "active")}
+    client = Client(run.agent, {"a": "10.96.0.10"})
+    assert client.backends_of("a") == set(A)
+
+    # watched: a NodePort, a LoadBalancer with its status IP, a Local external policy,
+    # and the ones kube-proxy does not serve
+    put_service(api, "np", "10.96.0.11", B, type_="NodePort", node_port=30080)
+    lb = service("lb", "10.96.0.12", type_="LoadBalancer", node_port=30081)
+    lb["status"] = {"loadBalancer": {"ingress": [{"ip": LB_IP, "ipMode": "VIP"}]}}
+    api.put(SERVICES, lb)
+    api.put(ENDPOINTSLICES, endpoint_slice("lb", [(C[0], NODE, READY)]))
+    api.put(SERVICES, service("local", "10.96.0.13", type_="NodePort", node_port=30082,
+                              externalTrafficPolicy="Local"))
+    api.put(ENDPOINTSLICES, endpoint_slice("local", [(C[0], NODE, READY), (C[1], "node2", READY)]))
+    api.put(ENDPOINTSLICES, endpoint_slice("a", [(A[0], NODE, READY), (A[1], "node2", DRAINING)]))
+    put_service(api, "ext", None, B, type_="ExternalName")
+    put_service(api, "headless", "None", B)
+    put_service(api, "other-proxy", "10.96.0.14", B, labels={"service.kubernetes.io/service-proxy-name": "foo"})
+    put_service(api, "headless-label", "10.96.0.15", B, labels={"service.kubernetes.io/headless": ""})
+    want = {
+        ("10.96.0.10", 80, "cluster"): {A[0]: "active", A[1]: "terminating"},
+        ("10.96.0.11", 80, "cluster"): dict.fromkeys(B, "active"),
+        (NODE_IP, 30080, "external"): dict.fromkeys(B, "active"),
+        ("10.96.0.12", 80, "cluster"): {C[0]: "active"},
+        (LB_IP, 80, "external"): {C[0]: "active"},
+        (NODE_IP, 30081, "external"): {C[0]: "active"},
+        ("10.96.0.13", 80, "cluster"): dict.fromkeys(C, "active"),
+        (NODE_IP, 30082, "external"): {C[0]: "active"},          # Local: this node's only
+    }
+    assert run.converges_to(want) == want
+    assert client.backends_of("a") == {A[0]}   # new flows: ready before draining
+
+    remove_service(api, "lb")                                     # deletion removes its frontends
+    remove_service(api, "np")
+    for fe in [("10.96.0.12", 80, "cluster"), (LB_IP, 80, "external"), (NODE_IP, 30081, "external"),
+               ("10.96.0.11", 80, "cluster"), (NODE_IP, 30080, "external")]:
+        del want[fe]
+    assert run.converges_to(want) == want
+    assert run.api.lists(SERVICES) == 1 and run.api.lists(ENDPOINTSLICES) == 1
+
+
+def test_a_bookmark_moves_the_resume_point(api, start_agent):
+    put_service(api, "a", "10.96.0.10", A)
+    run = start_agent()
+    run.converges_to({("10.96.0.10", 80, "cluster"): dict.fromkeys(A, "active")})
+    for _ in range(3):
+        api.touch_other()              # other kinds change: the revision moves past ours
+    assert all(run.resume_point(r) != str(api.revision) for r in (SERVICES, ENDPOINTSLICES))
+    mark = api.bookmark()
+    assert wait_until(lambda: all(run.resume_point(r) == str(mark) for r in (SERVICES, ENDPOINTSLICES)))
+    api.compact()                      # every revision before the bookmark expires
+    assert api.hold() == 2             # both watches cut
+    api.put(ENDPOINTSLICES, endpoint_slice("a", [(ip, NODE, READY) for ip in A2]))
+    api.release()
+    assert run.converges_to({("10.96.0.10", 80, "cluster"): dict.fromkeys(A2, "active")}) == \
+        {("10.96.0.10", 80, "cluster"): dict.fromkeys(A2, "active")}
+    assert wait_until(lambda: api.watchers() == 2)
+    # resumed from the bookmark (not expired), so no relist was needed
+    assert api.watches(ENDPOINTSLICES)[-1].query["resourceVersion"] == str(mark)
+    assert api.watches(ENDPOINTSLICES)[-1].query["allowWatchBookmarks"] == "true"
+    assert api.lists(SERVICES) == 1 and api.lists(ENDPOINTSLICES) == 1
+
+
+@pytest.mark.parametrize("how", ["error-event", "http-status"])
+def test_410_gone_relists_and_leaves_no_stale_entry(api, start_agent, how):
+    put_service(api, "a", "10.96.0.10", A)
+    put_service(api, "c", "10.96.0.12", C)
+    run = start_agent()
+    run.converges_to({("10.96.0.10", 80, "cluster"): dict.fromkeys(A, "active"),
+                      ("10.96.0.12", 80, "cluster"): dict.fromkeys(C, "active")})
+    api.hold()                         # out of reach while things change
+    remove_service(api, "c")
+    api.put(ENDPOINTSLICES, endpoint_slice("a", [(ip, NODE, READY) for ip in A2]))
+    put_service(api, "b", "10.96.0.11", B)
+    if how == "error-event":
+        api.compact()                  # the watch cache no longer reaches back: ERROR 410 Expired
+    else:
+        api.fail_next_watch_with_http_410()
+    api.release()
+    want = {("10.96.0.10", 80, "cluster"): dict.fromkeys(A2, "active"),
+            ("10.96.0.11", 80, "cluster"): dict.fromkeys(B, "active")}
+    assert run.converges_to(want) == want                          # c is gone, nothing stale
+    assert Client(run.agent, {"a": "10.96.0.10", "c": "10.96.0.12"}).backends_of("c") is None
+    assert api.lists(SERVICES) + api.lists(ENDPOINTSLICES) >= 3    # relisted
+
+
+def test_a_dropped_connection_resumes_without_losing_an_event(api, start_agent):
+    put_service(api, "a", "10.96.0.10", A)
+    put_service(api, "c", "10.96.0.12", C)
+    run = start_agent()
+    run.converges_to({("10.96.0.10", 80, "cluster"): dict.fromkeys(A, "active"),
+                      ("10.96.0.12", 80, "cluster"): dict.fromkeys(C, "active")})
+    before = {r: run.resume_point(r) for r in (SERVICES, ENDPOINTSLICES)}
+    assert api.hold() == 2             # both watches cut in the middle of a chunk
+    api.put(ENDPOINTSLICES, endpoint_slice("a", [(ip, NODE, READY) for ip in A2]))
+    remove_service(api, "c")
+    put_service(api, "b", "10.96.0.11", B)
+    api.release()
+    want = {("10.96.0.10", 80, "cluster"): dict.fromkeys(A2, "active"),
+            ("10.96.0.11", 80, "cluster"): dict.fromkeys(B, "active")}
+    assert run.converges_to(want) == want
+    assert Client(run.agent, {"a": "10.96.0.10"}).backends_of("a") == set(A2)
+    # resumed from where each watch was, with no relist
+    assert wait_until(lambda: api.watchers() == 2)
+    for r in (SERVICES, ENDPOINTSLICES):
+        assert api.watches(r)[1].query["resourceVersion"] == before[r]
+    assert api.lists(SERVICES) == 1 and api.lists(ENDPOINTSLICES) == 1
