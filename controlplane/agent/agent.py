@@ -21,7 +21,7 @@ from .desired import Desired, NodeConfig, desired_state
 from .health import Health
 from .healthcheck import ServiceHealthServers
 from .interfaces import InterfaceManager
-from .source import Source
+from .source import NoEvents, Source, source_takes_events
 
 log = logging.getLogger("svcxdp.agent")
 
@@ -62,8 +62,11 @@ class Agent:
         self._frontends: dict[ServiceKey, set[Frontend]] = {}
         self._problems: dict[ServiceKey, tuple[str, ...]] = {}
         self._unprogrammed: set[Frontend] = set()   # wanted, but they do not fit the maps
-        # Kubernetes events for what an operator should see (written at once, never fatal)
-        self.events = EventRecorder(store, "svcxdp-agent", node.name)
+        # Kubernetes events for what an operator should see (written at once, never fatal),
+        # into svcxdp's store; a read-only source (the Kubernetes API) gets none: the
+        # same problems are in the agent's log
+        self.events = EventRecorder(source, "svcxdp-agent", node.name) if source_takes_events(source) \
+            else NoEvents()
 
     @property
     def resource_version(self) -> int:

@@ -17,7 +17,9 @@ Two implementations:
   discovery.k8s.io/v1 endpointslices with the official client, folded into a local feed
   with the same five reads (svcctl agent --source kubernetes).
 
-Both feed the same ServiceCache, the same desired_state() and the same MapWriter.
+Both feed the same ServiceCache, the same desired_state() and the same MapWriter. The
+agent's Events (FailedProgramming, DataplaneResynced...) are written to svcxdp's store;
+a source that says `takes_events = False` (the Kubernetes API, read-only here) gets none.
 """
 from __future__ import annotations
 
@@ -40,3 +42,15 @@ class Source(Protocol):
                       kinds: Iterable[type[ApiObject]] | None = None) -> list[WatchEvent]: ...
 
     def wait_for_change(self, resource_version: int, timeout: float) -> int: ...
+
+
+def source_takes_events(source: object) -> bool:
+    """Whether the agent may write its Events into this source (svcxdp's store may)."""
+    return bool(getattr(source, "takes_events", True))
+
+
+class NoEvents:
+    """The agent's event recorder when the source takes none."""
+
+    def record(self, *args: Any) -> bool:
+        return False

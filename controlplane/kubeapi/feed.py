@@ -49,6 +49,8 @@ Key = tuple[str, str]   # (namespace, name)
 
 
 class KubeFeed:
+    takes_events = False   # read-only: the agent writes no Events through this source
+
     def __init__(self, api: client.ApiClient, history: int = 100_000, watch_timeout_s: int = 300) -> None:
         self._cond = threading.Condition()
         # resource -> (namespace, name) -> (the API's JSON document, the decoded object)

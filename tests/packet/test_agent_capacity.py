@@ -73,8 +73,8 @@ def test_a_service_that_does_not_fit_blocks_no_other_and_lands_when_room_is_made
     assert agent.check_consistency() is False          # known and reported, not drift
     assert len(programmed(agent)) == 2
     # an event on the service says why; the retry that failed again counts it twice
-    missed = agent.store.get(Service, "default", f"svc-{missing}")
-    (event,) = [e for e in events_for(agent.store, missed) if e.reason == "FailedProgramming"]
+    missed = agent.source.get(Service, "default", f"svc-{missing}")
+    (event,) = [e for e in events_for(agent.source, missed) if e.reason == "FailedProgramming"]
     assert event.type == "Warning" and event.count == 2 and "max_backends=25" in event.message
     assert event.source.host == "node1"
 
