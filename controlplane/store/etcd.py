@@ -55,6 +55,7 @@ from controlplane.gcpause import paused_gc
 
 from . import indexes
 from .etcd_client import EtcdClient, EtcdRequestError, EtcdUnavailable, WatchBroken, b64, prefix_end, unb64
+from .etcd_feed import EtcdFeed
 from .interface import ADDED, DELETED, MODIFIED, CommitConflict, IndexEntry, ObjectList, WatchEvent
 
 T = TypeVar("T", bound=ApiObject)
@@ -66,6 +67,7 @@ CLAIMS_PREFIX = "/registry/ranges/"
 
 CHUNK_OPS = 128                 # etcd's default --max-txn-ops
 CHUNK_BYTES = 1024 * 1024       # under etcd's default --max-request-bytes (1.5 MiB)
+FEED_QUIET_S = 3.0              # a feed that heard nothing this long is checked with a read
 
 _BY_RESOURCE: dict[str, type[ApiObject]] = {cls.RESOURCE: cls for cls in KINDS}
 
@@ -181,6 +183,7 @@ class EtcdStore:
         self._depth = 0
         self._txn: _Txn | None = None
         self._fence: _Fence | None = None
+        self._feed: EtcdFeed | None = None   # started by the first wait_for_change
 
     def fence(self, key: str, create_revision: int) -> None:
         """Make every later commit require `key` to still be the one created at
@@ -206,7 +209,9 @@ class EtcdStore:
         return EtcdStore(self.client, self.url)   # the fence is not carried over
 
     def close(self) -> None:
-        pass
+        if self._feed is not None:
+            self._feed.close()
+            self._feed = None
 
     def transaction(self) -> _Transaction:
         return _Transaction(self)
@@ -561,7 +566,9 @@ class EtcdStore:
         with self._lock:
             txn = self._txn
             until = txn.base if txn is not None else self._revisions()[1]
-            out = self._history(resource_version, until, kind_names, limit) if until > resource_version else []
+            out = self._from_feed(resource_version, until, kind_names, limit) if txn is None else None
+            if out is None:
+                out = self._history(resource_version, until, kind_names, limit) if until > resource_version else []
             if txn is not None:   # the block's own writes follow, with provisional versions
                 out += [e for e in txn.events if e.resource_version > resource_version
                         and (kind_names is None or e.object.KIND in kind_names)]
@@ -569,24 +576,46 @@ class EtcdStore:
                     out = out[:limit]
         return out
 
+    def _from_feed(self, rv: int, until: int, kinds: set[str] | None, limit: int | None) -> list[WatchEvent] | None:
+        """Events in (rv, until] from this process's long-lived watch, when it holds them
+        all (it is given a moment to reach `until`, a revision read just now)."""
+        feed = self._feed
+        if feed is None or until <= rv:
+            return None if feed is None else []
+        feed.wait(until - 1, self.client.timeout)
+        raw = feed.events_since(rv, until)
+        if raw is None:
+            return None
+        out: list[WatchEvent] = []
+        for ev in raw:
+            if limit is not None and len(out) >= limit and int(ev["kv"]["mod_revision"]) != out[-1].resource_version:
+                break
+            decoded = self._decode_event(ev, kinds)
+            if decoded is not None:
+                out.append(decoded)
+        return out
+
+    def _ensure_feed(self) -> EtcdFeed:
+        if self._feed is None:
+            revision, base = self._revisions()
+            self._feed = EtcdFeed(self.client, PREFIX, prefix_end(PREFIX), REVISION_KEY, revision, base)
+        return self._feed
+
     def wait_for_change(self, resource_version: int, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        current = self.current_resource_version()
-        if current > resource_version or timeout <= 0:
-            return current
-        try:
-            with self.client.watch(REVISION_KEY, start_revision=resource_version + 1) as stream:
-                while (remaining := deadline - time.monotonic()) > 0:
-                    resp = stream.next(remaining)
-                    if resp is None:
-                        break
-                    if resp.get("canceled"):
-                        break     # compacted: the current revision is what the caller needs
-                    for ev in resp.get("events") or []:
-                        return int(ev["kv"]["mod_revision"])
-        except WatchBroken:
-            pass
-        return self.current_resource_version()
+        """Wait on this process's long-lived watch (etcd pushes each commit to it). When it
+        has heard nothing for FEED_QUIET_S (etcd gone, or cut off: a silent partition looks
+        like an idle cluster), a read checks etcd: EtcdUnavailable if no member answers; a
+        feed found behind is reconnected."""
+        feed = self._ensure_feed()
+        got = feed.wait(resource_version, max(timeout, 0.0))
+        if got > resource_version:
+            return got
+        if feed.stale(FEED_QUIET_S):
+            current = self.current_resource_version()
+            if current > feed.store_revision:
+                feed.restart()
+            return max(current, got)
+        return got
 
     def watch(self, resource_version: int, kinds: Iterable[type[ApiObject]] | None = None,
               timeout: float | None = None, stop: Callable[[], bool] | None = None) -> Iterator[WatchEvent]:

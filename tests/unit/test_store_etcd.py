@@ -93,6 +93,52 @@ def test_compacted_history_is_gone(store: EtcdStore) -> None:
     assert [e.object.name for e in store.changes_since(listed.resource_version)] == ["after"]
 
 
+def test_a_follower_reads_changes_from_its_long_lived_watch(store: EtcdStore) -> None:
+    """After wait_for_change, changes come from the process's one watch (etcd pushes every
+    commit to it): served even after etcd compacted them away, which a replay of etcd's
+    history (one watch per call, as before) could not do."""
+    follower = store.reopen()
+    rv = follower.current_resource_version()
+    assert follower.wait_for_change(rv, 0.1) == rv            # starts the feed; nothing new
+    writer = store.reopen()
+    waited: list[int] = []
+    thread = threading.Thread(target=lambda: waited.append(follower.wait_for_change(rv, 10)))
+    thread.start()
+    created = writer.create(svc("pushed"))
+    thread.join(10)
+    assert waited == [created.resource_version]
+    writer.create(svc("second"))
+    writer.compact()
+    events = follower.changes_since(rv, [Service])
+    assert [(e.type, e.object.name) for e in events] == [("ADDED", "pushed"), ("ADDED", "second")]
+    assert follower.changes_since(rv, [Service], limit=1)[0].object.name == "pushed"
+    with pytest.raises(Gone):                                 # a process without the feed replays history
+        writer.changes_since(rv, [Service])
+    follower.close()
+
+
+def test_a_feed_resuming_into_compacted_history_makes_the_follower_relist(store: EtcdStore) -> None:
+    """A feed whose resume point was compacted (it was away) holds nothing older: asked for
+    it, the store answers Gone and the agent relists."""
+    from controlplane.store.etcd import PREFIX, REVISION_KEY
+    from controlplane.store.etcd_client import prefix_end
+    from controlplane.store.etcd_feed import EtcdFeed
+    rv = store.current_resource_version()
+    start = int(store.client.range("/")["header"]["revision"])
+    store.create(svc("missed"))
+    store.create(svc("missed-too"))
+    store.compact()                                           # history before "missed-too" is gone
+    follower = store.reopen()
+    follower._feed = EtcdFeed(store.client, PREFIX, prefix_end(PREFIX), REVISION_KEY, start, rv)
+    now = follower.wait_for_change(rv, 10)                    # the feed learnt the present
+    assert now > rv
+    with pytest.raises(Gone):
+        follower.changes_since(rv, [Service])
+    follower.create(svc("later"))
+    assert [e.object.name for e in follower.changes_since(now, [Service])] == ["later"]
+    follower.close()
+
+
 def test_watch_resumes_after_etcd_restarts(tmp_path: Path) -> None:
     server = EtcdServer.start(tmp_path)
     try:
