@@ -192,13 +192,14 @@ class Stack:
             self.on_x = side
         return self.x
 
-    def program(self, n: int, kind: str) -> dict:
-        """Both chains serve n services of `kind` (udp or tcp); returns set-up timings."""
-        if self.programmed == (n, kind):
+    def program(self, n: int, kind: str, target_port: int = netlab.BACKEND_PORT) -> dict:
+        """Both chains serve n services of `kind` (udp or tcp), their endpoints on
+        target_port; returns set-up timings."""
+        if self.programmed == (n, kind, target_port):
             return {}
         from controlplane.dataplane.model import Backend, Frontend, ServiceState
         proto, port = ("UDP", UDP_PORT) if kind == "udp" else ("TCP", TCP_PORT)
-        svcs = kubeproxy.services(n, ENDPOINTS, proto, port, netlab.BACKEND_PORT)
+        svcs = kubeproxy.services(n, ENDPOINTS, proto, port, target_port)
         states = [ServiceState(Frontend(s.vip, s.port, s.protocol),
                                tuple(Backend(ip, p) for ip, p in s.endpoints), "random") for s in svcs]
         info = {}
@@ -206,7 +207,7 @@ class Stack:
         self.writer.sync(states)
         info["xdp_writer_sync_s"] = round(time.perf_counter() - t0, 3)
         self.writer_fib.sync(states)
-        rules = self.workdir / f"rules-{n}-{kind}.txt"
+        rules = self.workdir / f"rules-{n}-{kind}-{target_port}.txt"
         rules.write_text(kubeproxy.full_ruleset(svcs, netlab.POD_CIDR))
         jumps = self.workdir / "jumps.txt"
         jumps.write_text(kubeproxy.JUMPS)
@@ -215,7 +216,7 @@ class Stack:
         info["iptables_restore_s"] = round(time.perf_counter() - t0, 3)
         netlab.in_ns(self.i.node, "iptables-restore", "--noflush", str(jumps))
         info["iptables_rules"] = rules.read_text().count("\n-A ")
-        self.programmed = (n, kind)
+        self.programmed = (n, kind, target_port)
         return info
 
     # ---- scenario 2 --------------------------------------------------------------

@@ -27,7 +27,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PREFIX = "svcxdp-bench-"
+# SVCXDP_BENCH_NS_PREFIX: another prefix (still svcxdp-...), so that two bench runs on one
+# machine neither collide nor sweep each other's namespaces.
+PREFIX = os.environ.get("SVCXDP_BENCH_NS_PREFIX", "svcxdp-bench-")
+if not PREFIX.startswith("svcxdp-"):
+    raise ValueError(f"SVCXDP_BENCH_NS_PREFIX={PREFIX!r}: must start with svcxdp-")
 NETNS_DIR = Path("/run/netns")
 
 CLIENT_IP, NODE_CLIENT_IP = "10.128.0.2", "10.128.0.1"

@@ -569,21 +569,34 @@ def render_all(data: dict, plot_dir: Path | None = None, plot_prefix: str = "") 
 
     if socklb:
         out.append(f"## 7. {SCENARIO_TITLES[7]}\n")
-        out.append("The scenario 3 client (bench/bench_socklb.py), three ways: in a cgroup the socket "
-                   "hooks are attached to (connect() goes straight to a backend; the node's XDP program "
-                   "only sees non-service packets), outside it (XDP DNATs every packet), and in the "
-                   "iptables chain. CPU per connection: the machine's busy time over the window (all "
-                   "cores, every process) / connections, an upper bound. Median (min–max).\n")
-        out.append("| services | sockets conn/s | XDP conn/s | iptables conn/s | sockets / XDP | "
-                   "sockets / iptables | CPU µs/conn sockets | XDP | iptables | p50 µs sockets / XDP / iptables |")
-        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        out.append("bench/bench_socklb.py: a C client (bench/connload.c, scenario 3's request and response, "
+                   "many connections in flight) four ways: in a cgroup the socket hooks are attached to "
+                   "(connect() goes straight to a backend; the node's XDP program still runs, and misses), "
+                   "outside it (XDP DNATs every packet), in the iptables chain, and `direct` to the "
+                   "backends' own addresses (no service: the floor of every path, so direct / XDP bounds "
+                   "what skipping the NAT can give). CPU per connection: client + server + softirq "
+                   "(getrusage, /proc/PID/stat, /proc/stat). BPF: the programs' own run time per "
+                   "connection (one more run per side with BPF stats on). Path: each run's counters "
+                   "(hook translations, XDP new flows, iptables DNAT packets) checked against its side. "
+                   "Median (min–max).\n")
+        sides = ("sock", "xdp", "iptables", "direct")
+        out.append("| services | sockets conn/s | XDP conn/s | iptables conn/s | direct conn/s | sockets / XDP | "
+                   "sockets / iptables | direct / XDP | CPU µs/conn sockets / XDP / iptables / direct | "
+                   "BPF ns/conn sockets (XDP + hooks) / XDP | path checked |")
+        out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|")
         for x in socklb:
             e = x["results"]
-            p50 = " / ".join(f"{e[s]['lat_p50_us']['median'] or 0:,.0f}" for s in ("sock", "xdp", "iptables"))
+            if "direct" not in e:   # a run from before the C client
+                continue
+            cpu = " / ".join(f"{e[s]['cpu_us_per_conn']['median'] or 0:,.1f}" for s in sides)
+            p = e["profile"]
+            bpf = (f"{p['sock']['bpf_xdp_ns_per_conn'] or 0:,.0f} + {p['sock']['bpf_sock_hooks_ns_per_conn'] or 0:,.0f}"
+                   f" / {p['xdp']['bpf_xdp_ns_per_conn'] or 0:,.0f}")
             out.append(f"| {x['services']:,} | {_rng(e['sock']['cps'])} | {_rng(e['xdp']['cps'])} | "
-                       f"{_rng(e['iptables']['cps'])} | {_rng(e['sock_vs_xdp'], '{:.2f}')}× | "
-                       f"{_rng(e['sock_vs_iptables'], '{:.2f}')}× | {_rng(e['sock']['cpu_us_per_conn'])} | "
-                       f"{_rng(e['xdp']['cpu_us_per_conn'])} | {_rng(e['iptables']['cpu_us_per_conn'])} | {p50} |")
+                       f"{_rng(e['iptables']['cps'])} | {_rng(e['direct']['cps'])} | "
+                       f"{_rng(e['sock_vs_xdp'], '{:.2f}')}× | {_rng(e['sock_vs_iptables'], '{:.2f}')}× | "
+                       f"{_rng(e['direct_vs_xdp'], '{:.2f}')}× | {cpu} | {bpf} | "
+                       f"{'yes' if e['path_checked'] else '**no**'} |")
         out.append("")
 
     # ---- 4 ------------------------------------------------------------------------
