@@ -129,6 +129,7 @@ def start_agent(api, dataplane, tmp_path):
         for r in feed.reflectors.values():
             r.backoff_first_s = 0.05
         assert feed.wait_synced(10)
+        assert wait_until(lambda: api.watchers() == 2)   # both resources are being watched
         agent = Agent(feed, NodeConfig(NODE, nodeport_addresses=(NODE_IP,)), dataplane, check_every_s=3600)
         stop = threading.Event()
         thread = threading.Thread(target=agent.run, args=(stop, 0.05), daemon=True)
