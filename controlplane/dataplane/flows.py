@@ -19,7 +19,9 @@ from __future__ import annotations
 import socket
 import struct
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, NamedTuple
+
+from controlplane.gcpause import paused_gc
 
 from .affinity_maps import NSEC, coarse_now_ns
 from .layout import const
@@ -72,12 +74,15 @@ def be16_port(value: int) -> int:
     return ((value & 0xFF) << 8) | (value >> 8)
 
 
+_SWAP16 = [be16_port(v) for v in range(1 << 16)]   # a network-order port read as a native u16
+
+
 def port_be16(port: int) -> int:
     return be16_port(port)
 
 
-@dataclass(frozen=True)
-class Flow:
+class Flow(NamedTuple):
+    """One flow (a tuple: a million of them are built ~10x faster than dataclasses)."""
     table: str                 # "conntrack" | "ct_unconfirmed"
     protocol: str              # "TCP" | "UDP"
     client: tuple[str, int]
@@ -136,7 +141,13 @@ def live_backends(maps) -> dict[int, tuple[int, int, int]]:
 def read_flows(maps, flt: FlowFilter = FlowFilter(), timeouts: Timeouts = Timeouts(),
                now_ns: int | None = None) -> FlowTable:
     """The flows of both conntrack tables (confirmed first), as the datapath would judge
-    them at `now_ns` (its clock, CLOCK_MONOTONIC_COARSE)."""
+    them at `now_ns` (its clock, CLOCK_MONOTONIC_COARSE). The cyclic collector waits:
+    a million flows are millions of containers, none of them garbage (gcpause.py)."""
+    with paused_gc():
+        return _read_flows(maps, flt, timeouts, now_ns)
+
+
+def _read_flows(maps, flt: FlowFilter, timeouts: Timeouts, now_ns: int | None) -> FlowTable:
     now_ns = coarse_now_ns() if now_ns is None else now_ns
     backends = live_backends(maps)
     want_proto = PROTOCOLS[flt.protocol] if flt.protocol else None
@@ -148,21 +159,25 @@ def read_flows(maps, flt: FlowFilter = FlowFilter(), timeouts: Timeouts = Timeou
         want_bport = port_be16(int(port)) if port else None
     svc_ids = flt.svc_ids
     out = FlowTable()
+    flows = out.flows
+    ip = _ip_cache          # frontends, backends and node addresses: few, cached
+    port = _SWAP16
+    ntoa, pack = socket.inet_ntoa, struct.Struct("=I").pack   # clients: many, converted each time
+    make = Flow._make
     for name in TABLES:
         table = maps.table(name)
         out.capacity[name] = table.max_entries
         kinds = {"forward": 0, "reply": 0, "snat": 0}
-        kfields = _index(table.Key, _KEY_FIELDS)
-        vfields = _index(table.Leaf, _VALUE_FIELDS)
-        ks, kd, ksp, kdp, kp, kdir = kfields
-        vl, vip, vport, vflags, vbid, vsvc, vpeer, vpport = vfields
+        ks, kd, ksp, kdp, kp, kdir = _index(table.Key, _KEY_FIELDS)
+        vl, vip, vport, vflags, vbid, vsvc, vpeer, vpport = _index(table.Leaf, _VALUE_FIELDS)
+        forward = 0
         for keys, values in table.unpacked_batches():
             for k, v in zip(keys, values):
-                d = k[kdir]
-                if d != DIR_FORWARD:
-                    kinds["reply" if d == DIR_REPLY else "snat"] += 1
+                if k[kdir] != DIR_FORWARD:
+                    kinds["reply" if k[kdir] == DIR_REPLY else "snat"] += 1
                     continue
-                kinds["forward"] += 1
+                forward += 1
+                # filters on the raw integers first: nothing is built for what is not shown
                 if svc_ids is not None and v[vsvc] not in svc_ids:
                     continue
                 proto = k[kp]
@@ -178,13 +193,16 @@ def read_flows(maps, flt: FlowFilter = FlowFilter(), timeouts: Timeouts = Timeou
                 remaining = timeouts.of(proto, flags) - idle
                 if remaining < 0 and not flt.include_expired:
                     continue
-                live = backends.get(v[vbid]) == (v[vsvc], v[vip], v[vport])
-                snat = (be32_ip(v[vpeer]), be16_port(v[vpport])) if flags & F_SNAT else None
-                out.flows.append(Flow(
-                    name, PROTO_NAMES.get(proto, str(proto)),
-                    (be32_ip(k[ks]), be16_port(k[ksp])), (be32_ip(k[kd]), be16_port(k[kdp])),
-                    (be32_ip(v[vip]), be16_port(v[vport])), snat, v[vsvc], v[vbid],
-                    flow_state(name, flags, remaining, live), idle, remaining, bool(flags & F_COUNTED)))
+                src, dst, nat, peer = k[ks], k[kd], v[vip], v[vpeer]
+                flows.append(make((
+                    name, PROTO_NAMES.get(proto) or str(proto),
+                    (ntoa(pack(src)), port[k[ksp]]), (ip.get(dst) or be32_ip(dst), port[k[kdp]]),
+                    (ip.get(nat) or be32_ip(nat), port[v[vport]]),
+                    (ip.get(peer) or be32_ip(peer), port[v[vpport]]) if flags & F_SNAT else None,
+                    v[vsvc], v[vbid],
+                    flow_state(name, flags, remaining, backends.get(v[vbid]) == (v[vsvc], nat, v[vport])),
+                    idle, remaining, bool(flags & F_COUNTED))))
+        kinds["forward"] = forward
         out.entries[name] = kinds
     return out
 

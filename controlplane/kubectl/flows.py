@@ -13,7 +13,6 @@ resource to it by wrapping that parser's function, so it is registered after bot
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 
@@ -96,8 +95,7 @@ def run_get_flows(args: argparse.Namespace, session: Session) -> int:
     finally:
         maps.close()
     if args.output == "json":
-        print(json.dumps({"node": args.node, "entries": table.entries, "capacity": table.capacity,
-                          "flows": [flow_json(f, by_id.get(f.svc_id)) for f in table.flows]}, indent=1))
+        write_json(table, by_id, args.node)
         return 0
     write_table(table, by_id, wide=args.output == "wide", headers=not args.no_headers)
     summary = ", ".join(f"{name} {sum(kinds.values())} of {table.capacity[name]} entries"
@@ -106,16 +104,32 @@ def run_get_flows(args: argparse.Namespace, session: Session) -> int:
     return 0
 
 
-def flow_json(f, owner: FrontendOwner | None) -> dict:
-    doc = dataclasses.asdict(f)
-    for k in ("client", "frontend", "backend", "snat"):
-        if doc[k] is not None:
-            doc[k] = {"ip": doc[k][0], "port": doc[k][1]}
-    doc["idle_s"] = round(f.idle_s, 3)
-    doc["remaining_s"] = round(f.remaining_s, 3)
-    doc["service"] = None if owner is None else {"namespace": owner.namespace, "name": owner.service,
-                                                 "port": owner.port, "kind": owner.kind}
-    return doc
+def _addr(a) -> dict | None:
+    return None if a is None else {"ip": a[0], "port": a[1]}
+
+
+def flow_json(f, owner: dict | None) -> dict:
+    return {"table": f.table, "protocol": f.protocol, "client": _addr(f.client), "frontend": _addr(f.frontend),
+            "backend": _addr(f.backend), "snat": _addr(f.snat), "state": f.state,
+            "idle_s": round(f.idle_s, 3), "remaining_s": round(f.remaining_s, 3), "service": owner,
+            "svc_id": f.svc_id, "backend_id": f.backend_id, "counted": f.counted}
+
+
+def write_json(table, by_id: dict, node: str) -> None:
+    """One JSON document, written a flow per line as it is made (a million flows are
+    never held as one string)."""
+    owners = {i: None if o is None else {"namespace": o.namespace, "name": o.service, "port": o.port,
+                                         "kind": o.kind} for i, o in by_id.items()}
+    out, dumps = sys.stdout, json.dumps
+    out.write(f'{{"node": {dumps(node)}, "entries": {dumps(table.entries)}, '
+              f'"capacity": {dumps(table.capacity)}, "flows": [')
+    lines = []
+    for i, f in enumerate(table.flows):
+        lines.append(("\n" if i == 0 else ",\n") + dumps(flow_json(f, owners.get(f.svc_id))))
+        if len(lines) >= 4096:
+            out.write("".join(lines))
+            lines.clear()
+    out.write("".join(lines) + "\n]}\n")
 
 
 def write_table(table, by_id: dict, wide: bool, headers: bool) -> None:

@@ -171,3 +171,33 @@ def test_prometheus_scrapes_the_agent_and_rates_a_service(cluster: Cluster, myap
     finally:
         prom.terminate()
         prom.wait(timeout=20)
+
+
+def test_trace_and_get_flows_as_whole_commands(cluster: Cluster, myapp: str):
+    """`svcctl trace` and `svcctl get flows` read node1's pins as whole processes: the client
+    pod's requests show as its flows to the pod that answered (a ClusterIP of default/myapp);
+    a trace of a new flow from that client names the frontend, its affinity entry and that
+    pod, and the same packet sent through the program (--run) lands there."""
+    import json
+    vip = myapp
+    enable(cluster, vip, 60)
+    me = client_ip(cluster)
+    (pod,) = set(cluster.hostnames(vip, 3))
+    pod_ip = cluster.pods("app=myapp")[pod]
+    doc = json.loads(cluster.svcctl("get", "flows", "--node", "node1", "--service", "myapp", "--client", me,
+                                    "-o", "json").stdout)
+    flows = [f for f in doc["flows"] if f["frontend"] == {"ip": vip, "port": 80}]
+    assert {(f["service"]["name"], f["service"]["kind"]) for f in flows} == {("myapp", "ClusterIP")}, doc
+    # the three latest (earlier ones, before affinity, may have gone elsewhere)
+    assert [f["backend"]["ip"] for f in sorted(flows, key=lambda f: f["idle_s"])[:3]] == [pod_ip] * 3, flows
+    table = cluster.svcctl("get", "flows", "--node", "node1", "--service", "myapp").stdout.splitlines()
+    assert table[0].split()[:4] == ["PROTO", "CLIENT", "FRONTEND", "BACKEND"]
+    assert any(me in line and pod_ip in line and "default/myapp" in line for line in table[1:]), table
+    trace = json.loads(cluster.svcctl("trace", "--node", "node1", f"{me}:45678", f"{vip}:80", "--run",
+                                      "-o", "json").stdout)
+    assert trace["frontend"]["owner"] == {"namespace": "default", "service": "myapp", "port": "", "kind": "ClusterIP"}
+    assert trace["affinity"]["verdict"] == "hit" and trace["choice"]["backend"] == [pod_ip, 80]
+    assert trace["run"]["agrees"] and trace["run"]["dst"] == [pod_ip, 80], trace["run"]
+    human = cluster.svcctl("trace", "--node", "node1", f"{me}:45678", f"{vip}:80").stdout
+    assert "ClusterIP of default/myapp" in human and f"({pod})" in human, human
+    disable(cluster, vip)
