@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import select
 import socket
 import threading
 import time
@@ -303,6 +304,16 @@ def _handler(server: KubeApiServer) -> type[BaseHTTPRequestHandler]:
                 return
             self._watch(resource, m.group("ns"), query)
 
+        def _client_gone(self) -> bool:
+            """The client closed the connection (a watch client sends nothing after its request)."""
+            ready, _, _ = select.select([self.connection], [], [], 0)
+            if not ready:
+                return False
+            try:
+                return self.connection.recv(1, socket.MSG_PEEK) == b""
+            except OSError:
+                return True
+
         def _watch(self, resource: str, namespace: str | None, query: dict[str, str]) -> None:
             with server._cond:
                 refuse = server._http_410_next
@@ -327,7 +338,9 @@ def _handler(server: KubeApiServer) -> type[BaseHTTPRequestHandler]:
                     with server._cond:
                         while not (w.pending or w.drop or w.expire or server._stopping
                                    or time.monotonic() >= deadline):
-                            server._cond.wait(max(0.0, min(0.5, deadline - time.monotonic())))
+                            server._cond.wait(max(0.0, min(0.2, deadline - time.monotonic())))
+                            if self._client_gone():
+                                return
                         events, w.pending = w.pending, []
                         drop, expire = w.drop, w.expire
                     for ev in events:

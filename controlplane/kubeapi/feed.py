@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from typing import Any, Iterable, Iterator
 
@@ -75,11 +76,16 @@ class KubeFeed:
             self._threads.append(t)
         return self
 
-    def close(self) -> None:
-        for reflector in self.reflectors.values():
-            reflector.stop()
-        for t in self._threads:
-            t.join(10)
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop watching. A request just being sent cannot be cut until its response
+        starts, so stop() is repeated until the threads are gone (or `timeout_s`: a list
+        the API does not answer ends with its read timeout; the threads are daemons)."""
+        deadline = time.monotonic() + timeout_s
+        while any(t.is_alive() for t in self._threads) and time.monotonic() < deadline:
+            for reflector in self.reflectors.values():
+                reflector.stop()
+            for t in self._threads:
+                t.join(0.05)
 
     def wait_synced(self, timeout: float) -> bool:
         """True once both resources have been listed (False after `timeout` seconds)."""

@@ -1,0 +1,136 @@
+"""KubeFeed (the Kubernetes API as the agent's source) against the protocol-faithful test
+server, without BPF: a watch the server ends (timeoutSeconds) is resumed, not relisted;
+reads before the first list raise StoreUnavailable; an agent further behind than the
+feed's history gets Gone; a bad kubeconfig or conflicting flags fail the command before
+anything is loaded."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from controlplane.api import EndpointSlice, Gone, Service
+from controlplane.kubeapi.connect import KubeConfigError, api_client
+from controlplane.kubeapi.feed import KubeFeed
+from controlplane.store.interface import StoreUnavailable
+from tests.kube_api_server import ENDPOINTSLICES, SERVICES, KubeApiServer
+
+
+def svc(name: str, ip: str) -> dict:
+    return {"metadata": {"name": name, "namespace": "default"},
+            "spec": {"type": "ClusterIP", "clusterIP": ip, "ports": [{"port": 80, "protocol": "TCP"}]}}
+
+
+@pytest.fixture
+def api():
+    server = KubeApiServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def feed_of(api, tmp_path):
+    feeds: list[KubeFeed] = []
+
+    def make(**kw) -> KubeFeed:
+        path = tmp_path / "kubeconfig"
+        path.write_text(api.kubeconfig())
+        feeds.append(KubeFeed(api_client(str(path)), **kw))
+        return feeds[-1]
+
+    yield make
+    for f in feeds:
+        f.close()
+
+
+def wait_until(cond, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return cond()
+
+
+def test_a_watch_ended_by_timeout_seconds_is_resumed_not_relisted(api, feed_of):
+    api.put(SERVICES, svc("a", "10.96.0.10"))
+    feed = feed_of(watch_timeout_s=1).start()
+    assert feed.wait_synced(10)
+    assert wait_until(lambda: len(api.watches(SERVICES)) >= 3, 6)   # the server ended two of them
+    first, *later = api.watches(SERVICES)
+    assert first.query["timeoutSeconds"] == "1"
+    assert {w.query["resourceVersion"] for w in later} == {first.query["resourceVersion"]}
+    assert api.lists(SERVICES) == 1
+    rv = feed.current_resource_version()
+    api.put(SERVICES, svc("b", "10.96.0.11"))
+    assert feed.wait_for_change(rv, timeout=5) > rv
+    assert [s.name for s in feed.list(Service)] == ["a", "b"]
+
+
+def test_reads_before_the_first_list_raise_store_unavailable(api, feed_of):
+    api.hold()                               # the API does not answer yet
+    feed = feed_of()
+    feed.start()
+    with pytest.raises(StoreUnavailable, match="not been listed yet: endpointslices, services"):
+        feed.current_resource_version()
+    assert not feed.wait_synced(0.3)
+    api.release()
+    assert feed.wait_synced(10)
+    assert feed.list(Service) == [] and list(feed.iter_documents(EndpointSlice)) == []
+
+
+def test_an_agent_behind_the_feeds_history_gets_gone(api, feed_of):
+    feed = feed_of(history=3).start()
+    assert feed.wait_synced(10)
+    start = feed.current_resource_version()
+    for i in range(2):
+        api.put(SERVICES, svc(f"s{i}", f"10.96.0.{20 + i}"))
+    assert wait_until(lambda: feed.current_resource_version() == start + 2)
+    assert [ev.object.name for ev in feed.changes_since(start)] == ["s0", "s1"]
+    for i in range(2, 5):
+        api.put(SERVICES, svc(f"s{i}", f"10.96.0.{20 + i}"))
+    assert wait_until(lambda: feed.current_resource_version() == start + 5)
+    with pytest.raises(Gone):
+        feed.changes_since(start)
+    assert [ev.object.name for ev in feed.changes_since(start + 2)] == ["s2", "s3", "s4"]
+
+
+def test_endpoint_slices_are_kept_as_the_api_sent_them(api, feed_of):
+    doc = {"metadata": {"name": "a-1", "namespace": "default", "labels": {"kubernetes.io/service-name": "a"}},
+           "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+           "endpoints": [{"addresses": ["10.244.1.1"], "nodeName": "node1",
+                          "conditions": {"ready": False, "serving": True, "terminating": True}}]}
+    api.put(ENDPOINTSLICES, doc)
+    feed = feed_of().start()
+    assert feed.wait_synced(10)
+    (got,) = feed.iter_documents(EndpointSlice)
+    assert got["endpoints"] == doc["endpoints"] and got["metadata"]["resourceVersion"] == "2"
+
+
+def test_a_missing_kubeconfig_is_a_clear_error(tmp_path):
+    with pytest.raises(KubeConfigError, match="no such file"):
+        api_client(str(tmp_path / "nope"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--kubeconfig", "/nonexistent/kubeconfig"], "--kubeconfig /nonexistent/kubeconfig: no such file"),
+    (["--source", "kubernetes", "--store", "etcd://127.0.0.1:2379"], "--store and --source kubernetes"),
+])
+def test_the_agent_command_refuses_a_bad_source_before_loading_anything(argv, message):
+    out = subprocess.run([sys.executable, "-m", "controlplane.cli", "agent", "--node", "n1",
+                          "--healthz-port", "0", "--metrics-bind-address", "127.0.0.1:0", *argv],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert message in out.stderr
+    assert "dataplane loaded" not in out.stderr
+
+
+def test_close_ends_the_watch_threads(api, feed_of):
+    feed = feed_of().start()
+    assert feed.wait_synced(10)
+    assert wait_until(lambda: api.watchers() == 2)
+    feed.close()
+    assert not any(t.is_alive() for t in feed._threads)
+    assert wait_until(lambda: api.watchers() == 0)
