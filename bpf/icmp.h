@@ -52,7 +52,7 @@ static __always_inline int icmp_snat(struct iphdr *ip, struct icmphdr *icmp, str
 {
 	struct ct_key k;
 	ct_key_set(&k, in->daddr, in->saddr, ports[1], ports[0], in->protocol, SVCXDP_CT_DIR_SNAT);
-	struct ct_value *v = conntrack.lookup(&k);
+	struct ct_value *v = ct_lookup(&k);
 	if (v) {
 		__be32 backend = in->daddr;
 		icmp_rewrite_quote(icmp, in, &in->saddr, &ports[0], v->peer_ip, v->peer_port);

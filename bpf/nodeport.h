@@ -70,28 +70,84 @@ static __always_inline int np_source_allowed(__u32 svc_id, __be32 client)
 	return source_ranges.lookup(&k) != NULL;
 }
 
-/* Choose the SNAT port of a new flow and record its reply entry. The first try is the
- * client's own port folded into the range (kept when free, as netfilter does), the next
- * ones random ports (--random-fully), so two clients using the same port towards the
- * same backend collide and the second takes another. An entry
- * found idle past its timeout, or left by this same client tuple (a reopened flow),
- * is taken over. Returns 0, or -1 when SVCXDP_SNAT_TRIES ports are all busy. */
+#define NP_RECLAIM_NS ((__s64)SVCXDP_SNAT_RECLAIM_MS * 1000000LL)
+
+/* What np_snat_alloc's port search found (np_pending.pick). */
+#define NP_PICK_NONE 0      /* every port probed is busy */
+#define NP_PICK_INSERTED 1  /* a free port: its reply entry is recorded */
+#define NP_PICK_OWN 2       /* this flow's own entry, or a dead one: overwritten */
+#define NP_PICK_RECLAIM 3   /* an unconfirmed flow's: the oldest probed */
+
+/* Is a SNAT reply entry the one of this flow (client tuple to the frontend, fk)? */
+static __always_inline int np_owns(const struct ct_value *h, const struct ct_key *fk)
+{
+	return h->peer_ip == fk->src && h->peer_port == fk->sport && h->nat_ip == fk->dst &&
+	       h->nat_port == fk->dport;
+}
+
+/* The SNAT reply entry of flow fk: keyed by what the backend's answer carries. */
+static __always_inline void np_reply_value(struct ct_value *rv, const struct ct_key *fk,
+					   __u32 svc_id, __u64 now, __u8 tcp_flags)
+{
+	__builtin_memset(rv, 0, sizeof(*rv));
+	rv->last_seen = now;
+	rv->nat_ip = fk->dst;
+	rv->nat_port = fk->dport;
+	rv->peer_ip = fk->src;
+	rv->peer_port = fk->sport;
+	rv->svc_id = svc_id;
+	if (tcp_flags & (TCPF_FIN | TCPF_RST))
+		rv->flags = SVCXDP_CT_F_CLOSING;
+}
+
+/* The flow that holds a SNAT port, by its reply entry h (key rk): the client's forward
+ * entry, if it still leaves by that port. *confirmed: it is in conntrack. */
+static __always_inline struct ct_value *np_holder(const struct ct_key *rk, const struct ct_value *h,
+						  int *confirmed)
+{
+	struct ct_key fk;
+	ct_key_set(&fk, h->peer_ip, h->nat_ip, h->peer_port, h->nat_port, rk->proto,
+		   SVCXDP_CT_DIR_FORWARD);
+	struct ct_value *f = conntrack.lookup(&fk);
+	*confirmed = f != NULL;
+	if (!f)
+		f = ct_unconfirmed.lookup(&fk);
+	if (!f || !(f->flags & SVCXDP_CT_F_SNAT) || f->peer_ip != rk->dst ||
+	    f->peer_port != rk->dport || f->nat_ip != rk->src || f->nat_port != rk->sport) {
+		*confirmed = 0;
+		return NULL;
+	}
+	return f;
+}
+
+/* Choose the SNAT port of flow fk and record its reply entry: in ct_unconfirmed while
+ * the flow is unconfirmed (a flood of one-packet flows then only evicts its own kind
+ * there), in conntrack once it is. The first try is the client's own port folded into
+ * the range (kept when free, as netfilter does), the next ones random ports
+ * (--random-fully), so two clients using the same port towards the same backend
+ * collide and the second takes another. A port is taken over when its entry is this
+ * flow's own (a reopened flow), or dead (its flow's forward entry dead too: a one-way
+ * flow's replies never refresh it), or held by an unconfirmed flow for longer than
+ * SVCXDP_SNAT_RECLAIM_MS; when every probe is busy, the oldest unconfirmed holder
+ * probed loses its port. A confirmed flow's port is never taken. Returns 0, 1 when the
+ * port was taken from an unconfirmed flow, -1 when every port probed is held by a
+ * confirmed flow. */
 static __always_inline int np_snat_alloc(const struct ct_key *fwd, __be32 backend, __be16 bport,
 					 __be32 node_ip, __u32 svc_id, __u64 now, __u8 tcp_flags,
-					 struct np_snat *out)
+					 int confirmed, struct np_pending *pd, struct np_snat *out)
 {
 	struct ct_key rk;
 	ct_key_set(&rk, backend, node_ip, bport, 0, fwd->proto, SVCXDP_CT_DIR_SNAT);
-	struct ct_value rv = {};
-	rv.last_seen = now;
-	rv.nat_ip = fwd->dst;
-	rv.nat_port = fwd->dport;
-	rv.peer_ip = fwd->src;
-	rv.peer_port = fwd->sport;
-	rv.svc_id = svc_id;
-	if (tcp_flags & (TCPF_FIN | TCPF_RST))
-		rv.flags = SVCXDP_CT_F_CLOSING;
+	struct ct_value rv;
+	np_reply_value(&rv, fwd, svc_id, now, tcp_flags);
 	__u32 want = bpf_ntohs(fwd->sport);
+	/* The probes only look and note (in map memory, np_pending: every path through
+	 * one probe then reaches the next in the same state, and the verifier walks each
+	 * probe once); a port held by another flow is judged once, after the loop. */
+	pd->pick = NP_PICK_NONE;
+	pd->dead_port = 0;
+	pd->oldest_port = 0;
+	pd->oldest_age = -1;
 #pragma clang loop unroll(disable)
 	for (__u32 i = 0; i < SVCXDP_SNAT_TRIES; i++) {
 		/* Random after the first: linear probing piles busy ports up in runs, and one
@@ -100,36 +156,140 @@ static __always_inline int np_snat_alloc(const struct ct_key *fwd, __be32 backen
 			want = bpf_get_prandom_u32();
 		__u16 port = SVCXDP_SNAT_PORT_MIN + (want & (SVCXDP_SNAT_PORT_COUNT - 1));
 		rk.dport = bpf_htons(port);
-		if (conntrack.insert(&rk, &rv) == 0)
-			goto found;
-		struct ct_value *old = conntrack.lookup(&rk);
-		if (old && (!ct_alive(old, now, rk.proto) ||
-			    (old->peer_ip == rv.peer_ip && old->peer_port == rv.peer_port &&
-			     old->nat_ip == rv.nat_ip && old->nat_port == rv.nat_port))) {
-			conntrack.update(&rk, &rv);
-			goto found;
+		struct ct_value *h = conntrack.lookup(&rk);
+		if (h) {
+			if (np_owns(h, fwd)) {
+				pd->pick = NP_PICK_OWN;
+				pd->pick_port = port;
+				break;
+			}
+			if (!ct_alive(h, now, rk.proto) && !pd->dead_port)
+				pd->dead_port = port;
+			continue;
+		}
+		h = ct_unconfirmed.lookup(&rk);
+		if (h) {
+			if (np_owns(h, fwd)) {
+				pd->pick = NP_PICK_OWN;
+				pd->pick_port = port;
+				break;
+			}
+			__s64 age = ct_idle_ns(h, now);
+			if (age > pd->oldest_age) {
+				pd->oldest_age = age;
+				pd->oldest_port = port;
+			}
+			if (age > NP_RECLAIM_NS)
+				break;
+			continue;
+		}
+		int busy = confirmed ? conntrack.insert(&rk, &rv) : ct_unconfirmed.insert(&rk, &rv);
+		if (!busy) {
+			pd->pick = NP_PICK_INSERTED;
+			pd->pick_port = port;
+			break;
 		}
 	}
-	return -1;
-found:
+	__u8 pick = pd->pick;
+	int c;
+	struct ct_value *h;
+	if (pick == NP_PICK_NONE && pd->dead_port) {
+		/* A dead reply entry in conntrack: free unless its flow still sends (a one-way
+		 * flow's replies never refresh it), and nothing unconfirmed sits there. */
+		rk.dport = bpf_htons((__u16)pd->dead_port);
+		h = conntrack.lookup(&rk);
+		if (h && !ct_alive(h, now, rk.proto) && !np_holder(&rk, h, &c) &&
+		    !ct_unconfirmed.lookup(&rk)) {
+			pick = NP_PICK_OWN;
+			pd->pick_port = pd->dead_port;
+		}
+	}
+	if (pick == NP_PICK_NONE && pd->oldest_port) {
+		/* The oldest unconfirmed holder probed, unless its flow was confirmed a moment
+		 * ago (the tail moves its entry next). */
+		rk.dport = bpf_htons((__u16)pd->oldest_port);
+		h = ct_unconfirmed.lookup(&rk);
+		if (h && !(np_holder(&rk, h, &c) && c)) {
+			pick = NP_PICK_RECLAIM;
+			pd->pick_port = pd->oldest_port;
+		}
+	}
+	if (pick == NP_PICK_NONE)
+		return -1;
+	rk.dport = bpf_htons((__u16)pd->pick_port);
+	if (pick != NP_PICK_INSERTED) {
+		if (confirmed) {
+			conntrack.update(&rk, &rv);
+			ct_unconfirmed.delete(&rk);
+		} else {
+			ct_unconfirmed.update(&rk, &rv);
+			conntrack.delete(&rk);
+		}
+	}
 	out->ip = node_ip;
 	out->port = rk.dport;
-	return 0;
+	return pick == NP_PICK_RECLAIM;
 }
 
-/* A new external flow's first packet, handed to the tail program: the frontend it
- * addressed (the packet is DNATed by then), its service, whether source ranges apply. */
-static __always_inline void np_pending_new(const struct ct_key *fwd, __u32 svc_id, int ranges)
+/* A packet of an unconfirmed source-NATed flow (already translated: node:port ->
+ * backend): does the flow still hold its port? Its reply entry may have been evicted
+ * from ct_unconfirmed by a flood, or the port taken by another flow (np_snat_alloc).
+ * Kept: the entry is refreshed (a retransmitted SYN keeps its port), moved to conntrack
+ * when this packet confirmed the flow, or written back when it was evicted; returns 1.
+ * Taken by another flow: 0 (the caller chooses a new port). */
+static __always_inline int np_snat_kept(const struct ct_key *fk, struct iphdr *ip, __be16 *ports,
+					__u32 svc_id, __u64 now, __u8 tcp_flags, int confirmed)
+{
+	struct ct_key rk;
+	ct_key_set(&rk, ip->daddr, ip->saddr, ports[1], ports[0], ip->protocol, SVCXDP_CT_DIR_SNAT);
+	struct ct_value *h = conntrack.lookup(&rk);
+	if (h && ct_alive(h, now, rk.proto))
+		return np_owns(h, fk);
+	struct ct_value *u = ct_unconfirmed.lookup(&rk);
+	if (u) {
+		if (!np_owns(u, fk))
+			return 0;
+		if (!confirmed) {
+			u->last_seen = now;
+			return 1;
+		}
+		struct ct_value copy = *u;
+		copy.last_seen = now;
+		conntrack.update(&rk, &copy);
+		ct_unconfirmed.delete(&rk);
+		return 1;
+	}
+	struct ct_value rv;
+	np_reply_value(&rv, fk, svc_id, now, tcp_flags);
+	if (confirmed) {
+		if (h)
+			return conntrack.update(&rk, &rv) == 0;
+		return conntrack.insert(&rk, &rv) == 0;
+	}
+	if (ct_unconfirmed.insert(&rk, &rv))
+		return 0;
+	if (h)
+		conntrack.delete(&rk);
+	return 1;
+}
+
+/* An external flow's packet, handed to the tail program (np_scratch): what it has to
+ * do (SVCXDP_NP_*), the flow's client tuple and frontend (the packet is DNATed by
+ * then), its service, whether source ranges apply. */
+static __always_inline void np_pending_set(const struct ct_key *fwd, __u32 svc_id, int ranges,
+					   __u8 mode)
 {
 	__u32 zero = 0;
 	struct np_pending *pd = np_scratch.lookup(&zero);
 	if (!pd)
 		return;
+	pd->client = fwd->src;
+	pd->cport = fwd->sport;
 	pd->vip = fwd->dst;
 	pd->vport = fwd->dport;
 	pd->svc_id = svc_id;
 	pd->ranges = ranges != 0;
-	pd->fresh = 1;
+	pd->mode = mode;
 }
 
 /* loadBalancerSourceRanges, checked on a new flow as kube-proxy's firewall chain does
@@ -159,20 +319,19 @@ static __always_inline void np_pending_clear(void)
 	__u32 zero = 0;
 	struct np_pending *pd = np_scratch.lookup(&zero);
 	if (pd)
-		pd->fresh = 0;
+		pd->mode = SVCXDP_NP_NONE;
 }
 
-/* The tail's part of a new flow (already DNATed, recorded in conntrack): when the
- * backend is behind the interface the packet came in on, choose the SNAT port, note
- * it in the flow's entry (and its first fragment's record) and rewrite the source.
- * Returns -1 when no port is free (the packet is dropped). */
-static __always_inline int np_snat_new(struct xdp_md *ctx, struct iphdr *ip, void *data_end,
-				       const struct np_pending *pd, struct events *ev)
+/* The tail's part of SNAT. A new flow (SVCXDP_NP_NEW, already DNATed, recorded in
+ * conntrack): when the backend is behind the interface the packet came in on, choose
+ * the SNAT port, note it in the flow's entry (and its first fragment's record) and
+ * rewrite the source. A packet of an unconfirmed SNATed flow (SVCXDP_NP_CHECK, source
+ * already rewritten): keep its port (np_snat_kept) or, if another flow took it, choose a
+ * new one. Returns -1 when no port is free (the packet is dropped), 1 when the port was
+ * taken from an unconfirmed flow, else 0. */
+static __always_inline int np_snat(struct xdp_md *ctx, struct iphdr *ip, void *data_end,
+				   struct np_pending *pd, __u8 mode, struct events *ev)
 {
-	struct np_route r;
-	np_route_lookup(ctx, ip, ip->daddr, &r);
-	if (!np_hairpin(ctx, &r))
-		return 0;
 	void *l4 = (void *)ip + ip->ihl * 4;
 	__be16 *ports = l4;
 	struct l4_csum csum = {};
@@ -192,21 +351,48 @@ static __always_inline int np_snat_new(struct xdp_md *ctx, struct iphdr *ip, voi
 	} else {
 		return 0;
 	}
+	__u64 now = bpf_ktime_get_coarse_ns();
 	struct ct_key fk;
-	ct_key_set(&fk, ip->saddr, pd->vip, ports[0], pd->vport, ip->protocol, SVCXDP_CT_DIR_FORWARD);
+	__be32 node_ip;
+	if (mode == SVCXDP_NP_NEW) {
+		struct np_route r;
+		np_route_lookup(ctx, ip, ip->daddr, &r);
+		if (!np_hairpin(ctx, &r))
+			return 0;
+		node_ip = r.src;
+		ct_key_set(&fk, ip->saddr, pd->vip, ports[0], pd->vport, ip->protocol,
+			   SVCXDP_CT_DIR_FORWARD);
+	} else {
+		node_ip = ip->saddr;
+		ct_key_set(&fk, pd->client, pd->vip, pd->cport, pd->vport, ip->protocol,
+			   SVCXDP_CT_DIR_FORWARD);
+	}
+	struct ct_value *v = conntrack.lookup(&fk);
+	int confirmed = v != NULL;
+	if (!v)
+		v = ct_unconfirmed.lookup(&fk);
+	if (mode != SVCXDP_NP_NEW &&
+	    (!v || np_snat_kept(&fk, ip, ports, pd->svc_id, now, tcp_flags, confirmed)))
+		return 0;
 	struct np_snat snat;
-	if (np_snat_alloc(&fk, ip->daddr, ports[1], r.src, pd->svc_id, bpf_ktime_get_coarse_ns(),
-			  tcp_flags, &snat) < 0) {
+	int rc = np_snat_alloc(&fk, ip->daddr, ports[1], node_ip, pd->svc_id, now, tcp_flags,
+			       confirmed, pd, &snat);
+	if (rc < 0) {
+		/* Not kept without its SNAT: its next packet would leave untranslated. It
+		 * starts afresh instead. */
+		if (v)
+			ct_uncount(v);
+		conntrack.delete(&fk);
+		ct_unconfirmed.delete(&fk);
 		ev->main = SVCXDP_CNT_SNAT_EXHAUSTED;
 		return -1;
 	}
-	struct ct_value *v = ct_lookup(&fk);
 	if (v) {
 		v->peer_ip = snat.ip;
 		v->peer_port = snat.port;
 		v->flags |= SVCXDP_CT_F_SNAT;
 	}
-	if (ip->frag_off & bpf_htons(IP_MF)) {
+	if (mode == SVCXDP_NP_NEW && (ip->frag_off & bpf_htons(IP_MF))) {
 		struct frag_key k = {};
 		frag_key_set(&k, ip, ip->saddr, pd->vip);
 		struct frag_value *f = fragments.lookup(&k);
@@ -215,7 +401,7 @@ static __always_inline int np_snat_new(struct xdp_md *ctx, struct iphdr *ip, voi
 	}
 	nat_src(ip, &ports[0], &csum, snat.ip, snat.port);
 	ev->main = SVCXDP_CNT_SNAT_NEW;
-	return 0;
+	return rc;
 }
 
 /* Send a translated frame on: back out of the interface it came in on with XDP_TX,
@@ -233,14 +419,18 @@ static __always_inline int np_forward(struct xdp_md *ctx, struct events *ev)
 		return XDP_PASS;
 	__u32 zero = 0;
 	struct np_pending *pd = np_scratch.lookup(&zero);
-	if (pd && pd->fresh) {
-		pd->fresh = 0;
-		if (np_source_denied(ip, data_end, pd)) {
+	if (pd && pd->mode) {
+		__u8 mode = pd->mode;
+		pd->mode = SVCXDP_NP_NONE;
+		if (mode == SVCXDP_NP_NEW && np_source_denied(ip, data_end, pd)) {
 			ev->main = SVCXDP_CNT_DROP_SOURCE_RANGE;
 			return XDP_DROP;
 		}
-		if (np_snat_new(ctx, ip, data_end, pd, ev) < 0)
+		int rc = np_snat(ctx, ip, data_end, pd, mode, ev);
+		if (rc < 0)
 			return XDP_DROP;
+		if (rc > 0)
+			counters_bump(SVCXDP_CNT_SNAT_RECLAIMED);
 	}
 	struct np_route r;
 	np_route_lookup(ctx, ip, ip->daddr, &r);
@@ -273,10 +463,20 @@ static __always_inline int np_snat_reply(struct xdp_md *ctx, struct ethhdr *eth,
 		return -1;
 	struct ct_key k;
 	ct_key_set(&k, ip->saddr, ip->daddr, *sport, *dport, ip->protocol, SVCXDP_CT_DIR_SNAT);
-	struct ct_value *v = conntrack.lookup(&k);
+	/* In ct_unconfirmed while the flow is unconfirmed: an answer refreshes it there
+	 * (an unconfirmed flow whose backend still answers keeps its port). */
+	struct ct_value *v = ct_lookup(&k);
 	__u64 now = bpf_ktime_get_coarse_ns();
-	if (!v || !ct_alive(v, now, k.proto))
+	if (!v)
 		return -1;
+	if (!ct_alive(v, now, k.proto)) {
+		/* A one-way flow's reply entry is refreshed by nothing: its flow's forward
+		 * entry says whether it still lives (np_snat_alloc judges the port so too). */
+		int c;
+		struct ct_value *f = np_holder(&k, v, &c);
+		if (!f || !ct_alive(f, now, k.proto))
+			return -1;
+	}
 	if (ct_touch(v, now, tcp_flags)) {
 		/* The backend closes first: give back the forward entry's count (lc.h). */
 		struct ct_key fk;

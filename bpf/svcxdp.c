@@ -195,6 +195,9 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 			}
 			if (where == CT_IN_UNCONFIRMED && ct_confirms(k.proto, l4->tcp_flags))
 				ct_confirm(&k, v);
+			/* An unconfirmed SNATed flow may have lost its port (nodeport.h). */
+			if (external && where == CT_IN_UNCONFIRMED && snat.ip)
+				np_pending_set(&k, svc->svc_id, 0, SVCXDP_NP_CHECK);
 			ev->main = SVCXDP_CNT_CT_HIT;
 			svc_account(svc->svc_id, bytes, 0, 0);
 			goto dnat;
@@ -257,10 +260,11 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 	ev->main = SVCXDP_CNT_CT_NEW;
 	svc_account(svc->svc_id, bytes, 1, 0);
 	/* Whether a new external flow needs SNAT is the tail program's to decide
-	 * (nodeport.h, np_snat_new): the route lookup and the port search stay out of
+	 * (nodeport.h, np_snat): the route lookup and the port search stay out of
 	 * this program's verification. */
 	if (external)
-		np_pending_new(&k, svc->svc_id, svc->flags & SVCXDP_SVC_F_SOURCE_RANGES);
+		np_pending_set(&k, svc->svc_id, svc->flags & SVCXDP_SVC_F_SOURCE_RANGES,
+			       SVCXDP_NP_NEW);
 
 dnat:;
 	__be32 orig_src = ip->saddr;

@@ -87,6 +87,11 @@
 #define SVCXDP_SNAT_PORT_MIN 32768
 #define SVCXDP_SNAT_PORT_COUNT 32768
 #define SVCXDP_SNAT_TRIES 32     /* ports probed per new flow before giving up (counted) */
+/* A SNAT port held by a flow that has not been confirmed (no second packet from its
+ * client, conntrack.h) is taken by another flow once its reply entry is this old (the
+ * backend's answers refresh it); under a flood younger ones are taken too, the oldest of
+ * the ports probed first. A confirmed flow's port is never taken. */
+#define SVCXDP_SNAT_RECLAIM_MS 2000
 #define SVCXDP_DEFAULT_SOURCE_RANGES 16384  /* loadBalancerSourceRanges entries, all services */
 
 /* ---- global counters (index into the `counters` per-CPU array) ---------------- */
@@ -123,6 +128,7 @@
 #define SVCXDP_CNT_DROP_SOURCE_RANGE 27 /* client outside loadBalancerSourceRanges: dropped */
 #define SVCXDP_CNT_DROP_NO_LOCAL 28    /* Local traffic policy, no local endpoint: dropped */
 #define SVCXDP_CNT_XDP_TX 29           /* sent back out of the interface it came in on */
+#define SVCXDP_CNT_SNAT_RECLAIMED 30   /* SNAT port taken from an unconfirmed flow (nodeport.h) */
 #define SVCXDP_CNT_MAX 32
 
 /* ---- hairpin ------------------------------------------------------------------ */
@@ -263,15 +269,31 @@ struct frag_value {
 	__u8 reserved[3];
 };
 
-/* A new external flow, from svcxdp_external to its tail program (nodeport.h), which
- * decides on SNAT; per CPU, valid only across that one tail call. */
+/* An external flow's packet, from svcxdp_external to its tail program (nodeport.h),
+ * which decides on SNAT; per CPU, valid only across that one tail call. */
 struct np_pending {
 	__be32 vip;      /* the frontend the client addressed */
 	__be16 vport;
-	__u8 fresh;      /* 1: a new flow's first packet is on its way to the tail */
+	__u8 mode;       /* SVCXDP_NP_* : what the tail has to do for this packet */
 	__u8 ranges;     /* its frontend has loadBalancerSourceRanges */
 	__u32 svc_id;
+	__be32 client;   /* the flow's client (SVCXDP_NP_CHECK: the packet is SNATed already) */
+	__be16 cport;
+	__u16 reserved;
+	/* The SNAT port search's findings (np_snat_alloc): kept in map memory, untracked
+	 * by the verifier, so every path through one probe reaches the next, and the code
+	 * after the search, in the same state (as lc_best). */
+	__s64 oldest_age;
+	__u32 oldest_port;
+	__u32 pick_port;  /* the port it settled on */
+	__u32 dead_port;  /* a port whose conntrack entry is past its timeout */
+	__u8 pick;        /* how (NP_PICK_*, nodeport.h) */
+	__u8 reserved3[3];
 };
+#define SVCXDP_NP_NONE 0
+#define SVCXDP_NP_NEW 1    /* a new flow's first packet: source ranges, then SNAT or not */
+#define SVCXDP_NP_CHECK 2  /* a packet of an unconfirmed SNATed flow: does it still hold its
+			    * port (nodeport.h, np_snat_check)? */
 
 /* Key of the `source_ranges` LPM trie: a LoadBalancer frontend's allowed client
  * CIDRs. prefixlen counts the svc_id's 32 bits plus the CIDR's length. */
