@@ -416,7 +416,8 @@ def _rewrite(maps, t: Trace, backend: Address | None, snat: Address | None, new:
             t.rewrite = Rewrite(src, dst, snat=(
                 "if the route to the backend leaves by the interface the packet came in on "
                 f"(another node): source NAT to that route's node address, port {first} if free "
-                f"(else a random one of {SNAT_PORT_MIN}-{SNAT_PORT_MIN + SNAT_PORT_COUNT - 1}), "
+                f"(else a random one of {SNAT_PORT_MIN}-{SNAT_PORT_MIN + SNAT_PORT_COUNT - 1}; "
+                "a port of an unconfirmed flow may be taken, never a confirmed one's), "
                 "and XDP_TX"))
             if t.frontend is not None and t.frontend.source_ranges:
                 if not _source_allowed(maps, t.frontend.svc_id, p.src):
@@ -427,13 +428,28 @@ def _rewrite(maps, t: Trace, backend: Address | None, snat: Address | None, new:
         t.verdict = "XDP_PASS"
 
 
+def _alive(v, proto: int, now_ns: int, timeouts: Timeouts) -> bool:
+    return (now_ns - v.last_seen) / NSEC <= timeouts.of(proto, v.flags)
+
+
+def _snat_flow_alive(maps, p: Packet, v, now_ns: int, timeouts: Timeouts) -> bool:
+    """A one-way flow's SNAT entry is refreshed by nothing: its forward entry, still
+    leaving by this port, says whether it lives (nodeport.h np_holder)."""
+    _, f = _ct_lookup(maps, src=v.peer_ip, dst=v.nat_ip, sport=v.peer_port, dport=v.nat_port, proto=p.proto,
+                      dir=DIR_FORWARD)
+    return (f is not None and bool(f.flags & F_SNAT) and _alive(f, p.proto, now_ns, timeouts) and
+            (f.peer_ip, f.peer_port, f.nat_ip, f.nat_port) ==
+            (ip_be32(p.dst), port_be16(p.dport), ip_be32(p.src), port_be16(p.sport)))
+
+
 def _reply(maps, t: Trace, now_ns: int, timeouts: Timeouts) -> None:
     """A packet to no frontend: a backend's reply to a tracked flow, or none of ours."""
     p = t.packet
     if t.entry == "external" and p.dport >= SNAT_PORT_MIN:
-        v = _lookup(maps, "conntrack", src=ip_be32(p.src), dst=ip_be32(p.dst), sport=port_be16(p.sport),
-                    dport=port_be16(p.dport), proto=p.proto, dir=DIR_SNAT)
-        if v is not None and (now_ns - v.last_seen) / NSEC <= timeouts.of(p.proto, v.flags):
+        # confirmed flows' entries in conntrack, unconfirmed ones' in ct_unconfirmed
+        _, v = _ct_lookup(maps, src=ip_be32(p.src), dst=ip_be32(p.dst), sport=port_be16(p.sport),
+                          dport=port_be16(p.dport), proto=p.proto, dir=DIR_SNAT)
+        if v is not None and (_alive(v, p.proto, now_ns, timeouts) or _snat_flow_alive(maps, p, v, now_ns, timeouts)):
             vip = (be32_ip(v.nat_ip), be16_port(v.nat_port))
             t.reply_of, t.reason, t.verdict = vip, "snat_reply", "XDP_PASS|XDP_TX"
             t.rewrite = Rewrite(vip, (be32_ip(v.peer_ip), be16_port(v.peer_port)))

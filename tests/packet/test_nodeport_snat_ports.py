@@ -22,6 +22,7 @@ from . import nodenet
 from .harness import delta
 from .test_nodeport import CLIENT, CLIENT2, NODE, SNAT_MASK, SNAT_MIN, Ext, from_client, rebuilt
 from .test_nodeport import ext, node  # noqa: F401 (fixtures)
+from .test_trace import maps  # noqa: F401 (fixture)
 
 SEC = 10**9
 RECLAIM_NS = const("SNAT_RECLAIM_MS") * 10**6
@@ -224,3 +225,16 @@ def test_with_every_port_held_a_new_flow_takes_the_oldest_unanswered_one_never_a
     after = snat_entries(dns, "conntrack")
     assert {p: (v.peer_ip, v.peer_port) for p, v in after.items()} == \
         {p: (v.peer_ip, v.peer_port) for p, v in confirmed.items()}
+
+
+def test_trace_follows_the_replies_of_unconfirmed_and_one_way_snat_flows(dns, maps):
+    """`svcctl dataplane trace` reads the SNAT entries where the program does."""
+    from controlplane.dataplane.trace import Packet, trace
+    port = folded(40000)
+    assert_snated(dns, query(CLIENT, 40000), port)
+    reply = Packet(nodenet.REMOTE_POD, BACKEND_PORT, NODE, port, "UDP")
+    for _ in range(2):
+        t = trace(maps, reply, entry="external")
+        assert (t.reason, t.reply_of) == ("snat_reply", (NODE, NODE_PORT))
+        assert_snated(dns, query(CLIENT, 40000), port)     # confirmed; then one-way
+        age(dns, "conntrack", port, datapath_clock_ns() - UDP_TIMEOUT_NS - SEC)
