@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +135,26 @@ def test_close_ends_the_watch_threads(api, feed_of):
     feed.close()
     assert not any(t.is_alive() for t in feed._threads)
     assert wait_until(lambda: api.watchers() == 0)
+
+
+def test_the_daemonset_grants_exactly_what_the_agent_asks_the_api(api, feed_of):
+    """deploy/svcxdp-agent-kube-proxy.yaml's ClusterRole covers every request the feed made
+    (and no more), and its DaemonSet runs the agent on the Kubernetes source."""
+    import yaml
+
+    from tests.kube_api_server import KINDS
+    feed = feed_of().start()
+    assert feed.wait_synced(10) and wait_until(lambda: api.watchers() == 2)
+    asked = {(KINDS[r.resource][1].rpartition("/")[0], r.resource, "watch" if r.watch else "list")
+             for r in api.requests}
+    docs = list(yaml.safe_load_all((Path(__file__).parents[2] / "deploy/svcxdp-agent-kube-proxy.yaml").read_text()))
+    (role,) = [d for d in docs if d["kind"] == "ClusterRole"]
+    granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"] for verb in rule["verbs"]}
+    assert granted == asked
+    (ds,) = [d for d in docs if d["kind"] == "DaemonSet"]
+    pod = ds["spec"]["template"]["spec"]
+    (binding,) = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
+    assert pod["serviceAccountName"] == binding["subjects"][0]["name"]
+    args = pod["containers"][0]["args"]
+    assert args[args.index("--source") + 1] == "kubernetes"
