@@ -394,6 +394,8 @@ def _select(maps, svc, fe: ServiceEntry, p: Packet) -> Choice:
         b = _backend(maps, _slot_id(maps, svc.svc_id, slot))
         if b is not None:
             addrs.append(_addr(b))
+    if count == 1:
+        return at(1, "random over one slot")
     return Choice(alg, None, candidates=tuple(sorted(set(addrs))),
                   detail=f"uniformly random over {count} slots")
 

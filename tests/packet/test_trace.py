@@ -223,3 +223,38 @@ def test_get_flows_lists_the_conntrack_tables(xdp: Harness, maps: PinnedMaps, tm
     out = svcctl(tmp_path, "get", "flows", "--node", maps.pin_dir.name, "--backend", backend, "--no-headers")
     assert {line.split()[1] for line in out.splitlines()} == \
         {f"{c}:{p}" for (c, p), w in want.items() if "{}:{}".format(*w[3]) == backend}
+
+
+def test_nodeport_flow_through_the_external_entry_shows_its_source_nat(xdp: Harness, maps: PinnedMaps,
+                                                                       tmp_path: Path):
+    """A NodePort flow to a pod on another node, traced and run on the external entry point
+    inside a namespace with the node's routes (nodenet.py): the trace says SNAT is decided
+    by the route; once the flow exists, trace and `get flows` show its node address:port."""
+    import json
+
+    from . import nodenet
+    client, node_ip, pod = list(nodenet.CLIENTS)[0], nodenet.NODE_IP, nodenet.REMOTE_POD
+    node = nodenet.create()
+    try:
+        xdp.writer.upsert(ServiceState(Frontend(node_ip, 30080, "TCP", "external"), (Backend(pod, 80),), "random"))
+        t = trace(maps, Packet(client, 40000, node_ip, 30080, "TCP", S))
+        assert (t.entry, t.frontend.frontend.scope, t.verdict, t.rewrite.dst) == \
+            ("external", "external", "XDP_PASS|XDP_TX", (pod, 80)) and t.rewrite.snat
+        r = node.call(run, maps, t, node.ext_ifindex)
+        assert (r.verdict, r.src, r.dst) == ("XDP_TX", (node_ip, 32768 + (40000 & 32767)), (pod, 80))
+        t = trace(maps, Packet(client, 40000, node_ip, 30080, "TCP"))       # the next packet: an ACK
+        assert (t.conntrack.snat, t.rewrite.src, t.rewrite.dst, t.verdict) == (r.src, r.src, (pod, 80), "XDP_TX")
+        again = node.call(run, maps, t, node.ext_ifindex)
+        assert (again.verdict, again.src, again.dst) == ("XDP_TX", r.src, (pod, 80))
+        # the backend's answer comes back to the node's SNAT port: both translations reversed
+        t = trace(maps, Packet(pod, 80, node_ip, r.src[1], "TCP", S | A), entry="external")
+        assert (t.reason, t.rewrite.src, t.rewrite.dst) == ("snat_reply", (node_ip, 30080), (client, 40000))
+        back = node.call(run, maps, t, node.ext_ifindex)
+        assert (back.verdict, back.src, back.dst) == ("XDP_TX", (node_ip, 30080), (client, 40000))
+        doc = json.loads(svcctl(tmp_path, "get", "flows", "--node", maps.pin_dir.name, "-o", "json"))
+        assert [(f["client"], f["frontend"], f["backend"], f["snat"], f["table"], f["state"]) for f in doc["flows"]] == [
+            ({"ip": client, "port": 40000}, {"ip": node_ip, "port": 30080}, {"ip": pod, "port": 80},
+             {"ip": node_ip, "port": r.src[1]}, "conntrack", "ESTABLISHED")]
+        assert doc["entries"]["conntrack"]["snat"] == 1
+    finally:
+        nodenet.delete(node)
