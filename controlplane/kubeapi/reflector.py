@@ -72,6 +72,8 @@ class Reflector:
                 self._watch_once()
                 failures = 0
             except ApiException as exc:
+                if self._stop.is_set():
+                    break
                 if exc.status == GONE:
                     log.info("%s: resourceVersion %s expired (%s); listing again",
                              self.resource, self.resource_version, exc.reason)
@@ -80,6 +82,8 @@ class Reflector:
                 failures += 1
                 self._pause(failures, f"API answered {exc.status} {exc.reason}")
             except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+                if self._stop.is_set():
+                    break   # stop() cut the connection
                 failures += 1
                 self._pause(failures, f"{type(exc).__name__}: {exc}")
 

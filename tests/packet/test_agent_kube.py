@@ -261,3 +261,4 @@ def test_a_dropped_connection_resumes_without_losing_an_event(api, start_agent):
     for r in (SERVICES, ENDPOINTSLICES):
         assert api.watches(r)[1].query["resourceVersion"] == before[r]
     assert api.lists(SERVICES) == 1 and api.lists(ENDPOINTSLICES) == 1
+

@@ -158,3 +158,20 @@ def test_the_daemonset_grants_exactly_what_the_agent_asks_the_api(api, feed_of):
     assert pod["serviceAccountName"] == binding["subjects"][0]["name"]
     args = pod["containers"][0]["args"]
     assert args[args.index("--source") + 1] == "kubernetes"
+
+
+@pytest.mark.parametrize("source", ["kubernetes", None])   # None: implied by --kubeconfig
+def test_the_agent_command_opens_a_kube_feed(api, tmp_path, source):
+    import argparse
+
+    from controlplane.agent.commands import _open_source
+    path = tmp_path / "kubeconfig"
+    path.write_text(api.kubeconfig())
+    api.put(SERVICES, svc("a", "10.96.0.10"))
+    src, feed = _open_source(argparse.Namespace(source=source, kubeconfig=str(path), store=None))
+    try:
+        assert src is feed and isinstance(feed, KubeFeed)
+        assert feed.wait_synced(10)
+        assert [s.name for s in src.list(Service)] == ["a"]
+    finally:
+        feed.close()
