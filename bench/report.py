@@ -698,6 +698,7 @@ def render_all(data: dict, plot_dir: Path | None = None, plot_prefix: str = "") 
                    "with its floor.\n")
         out.extend(render_new_flow_cases(new_flow_suites))
     out.extend(render_dns(_suite(entries, "dns")))
+    out.extend(render_etcd_lab(_suite(entries, "etcd_lab")))
     if nodeport:
         out.append(f"## 8. {SCENARIO_TITLES[8]}\n")
         out.append("trafgen from a client on the LAN to node1's NodePorts; every backend on node2. XDP: "
@@ -744,6 +745,42 @@ def render_dns(rows: list[dict]) -> list[str]:
         elif x.get("case") == "apply_to_resolvable":
             out.append(f"Apply → resolvable at {x['services']:,} services ({x['what']}): p50 {x['p50_ms']} ms, "
                        f"p99 {x['p99_ms']} ms, max {x['max_ms']} ms over {x['rounds']} (target: 100 ms).\n")
+    return out
+
+
+ETCD_CONVERGE_TARGET_S = 10.0     # issue 15: 10,000 x 10 on 3 nodes
+ETCD_CHANGE_TARGET_MS = 50.0      # issue 15: one change to every node, p99
+
+
+def render_etcd_lab(rows: list[dict]) -> list[str]:
+    """bench_etcd.py: a 3-node lab on etcd (3 members) and on SQLite, in one run."""
+    if not rows:
+        return []
+    out = ["## Cluster store: a 3-node lab on etcd vs SQLite\n",
+           "Services × 10 endpoints written into the store (transactions of 1,000 services + their "
+           "slices), then until every node's `services` map holds all of them with 10 backends "
+           "(read from the pins every 100 ms); one change = an endpoint's readiness flipped until "
+           "every node's map shows it (polled every 0.5 ms), from before the store write. Agents "
+           "only (no controllers, no kubelet).\n",
+           "| store | services | write | converged (from the first write) | after the last write | "
+           "one change p50 / p99 / max | load (1 min) |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+    for x in rows:
+        for r in x["results"]:
+            store = f"etcd ({r['etcd_members']} members)" if r["store"] == "etcd" else "SQLite"
+            out.append(f"| {store} | {r['services']:,} × {r['endpoints_per_service']} | {r['write_s']:.1f} s | "
+                       f"{r['converge_s']:.1f} s | {r['converge_after_write_s']:.2f} s | "
+                       f"{r['change_p50_ms']:.1f} / {r['change_p99_ms']:.1f} / {r['change_max_ms']:.1f} ms "
+                       f"({r['changes']}) | {r['load_avg_1m']} |")
+        etcd = next((r for r in x["results"] if r["store"] == "etcd"), None)
+        if etcd:
+            conv, p99 = etcd["converge_s"], etcd["change_p99_ms"]
+            out.append(f"\nTargets (issue 15): convergence of {etcd['services']:,} × 10 on 3 nodes ≤ "
+                       f"{ETCD_CONVERGE_TARGET_S:.0f} s: {conv:.1f} s from the first write "
+                       f"({'met' if conv <= ETCD_CONVERGE_TARGET_S else '**not met**'}; "
+                       f"{etcd['converge_after_write_s']:.2f} s after the last); one change p99 ≤ "
+                       f"{ETCD_CHANGE_TARGET_MS:.0f} ms: {p99:.1f} ms "
+                       f"({'met' if p99 <= ETCD_CHANGE_TARGET_MS else '**not met**'}).\n")
     return out
 
 

@@ -41,7 +41,9 @@ EXTRA = [("store and Maglev suites", ["bench/bench_store.py", "bench/bench_magle
           ["bench/bench_algorithms.py", "bench/bench_affinity.py"]),
          ("apply -> first packet of a new endpoint, through the lab agent", ["bench/bench_agent_latency.py"]),
          ("cluster DNS: svcctl dns vs dnsmasq (dnsperf), apply -> resolvable", ["bench/bench_dns.py"]),
-         ("CPU of an idle 2-node lab (agents and kubelet)", ["bench/bench_idle.py"])]
+         ("CPU of an idle 2-node lab (agents and kubelet)", ["bench/bench_idle.py"]),
+         ("3-node lab on etcd (3 members) vs SQLite: 10,000 x 10 and one change to every node's maps",
+          ["bench/bench_etcd.py"])]
 
 
 def _version(argv: list[str]) -> str | None:

@@ -130,13 +130,15 @@ class _Fence:
 
 @dataclass
 class _Txn:
-    read_revision: int          # reads see etcd as of this revision
-    base: int                   # the store's resourceVersion at the start
+    read_revision: int | None = None   # reads see etcd as of this revision (set by the first read)
+    base: int = 0                      # the store's resourceVersion at that revision
     compares: dict[str, int] = field(default_factory=dict)        # key -> mod_revision read (0: absent)
     previous: dict[str, str | None] = field(default_factory=dict)  # key -> value before this txn
     writes: dict[str, tuple[str | None, int]] = field(default_factory=dict)  # key -> (value, provisional rv)
     events: list[WatchEvent] = field(default_factory=list)         # the block's own change feed
     written: list[ApiObject] = field(default_factory=list)         # stamped with the commit revision
+    prefetched: set[str] = field(default_factory=set)              # prefixes whose keys are known
+    present: set[str] = field(default_factory=set)                 # keys that exist under those
 
     @property
     def provisional(self) -> int:
@@ -153,8 +155,7 @@ class _Transaction(AbstractContextManager):
         store._lock.acquire()
         if store._depth == 0:
             self.outer = True
-            revision, base = store._revisions()
-            store._txn = _Txn(read_revision=revision, base=base)
+            store._txn = _Txn()   # pinned by its first read (store._pin), in the same request
         store._depth += 1
         return store
 
@@ -184,6 +185,7 @@ class EtcdStore:
         self._txn: _Txn | None = None
         self._fence: _Fence | None = None
         self._feed: EtcdFeed | None = None   # started by the first wait_for_change
+        self._observed = 0     # the newest store revision this object has read or written
 
     def fence(self, key: str, create_revision: int) -> None:
         """Make every later commit require `key` to still be the one created at
@@ -221,7 +223,9 @@ class EtcdStore:
         """(etcd's revision now, the store's resourceVersion at that revision)."""
         resp = self.client.range(REVISION_KEY)
         kvs = resp.get("kvs") or []
-        return int(resp["header"]["revision"]), int(kvs[0]["mod_revision"]) if kvs else 0
+        base = int(kvs[0]["mod_revision"]) if kvs else 0
+        self._observed = max(self._observed, base)
+        return int(resp["header"]["revision"]), base
 
     def _read(self, key: str) -> tuple[str | None, int]:
         """(value, mod_revision) of one key; (None, 0) if absent. In a transaction: the
@@ -230,7 +234,13 @@ class EtcdStore:
         txn = self._txn
         if txn is not None and key in txn.writes:
             return txn.writes[key]
-        resp = self.client.range(key, revision=txn.read_revision if txn else None)
+        if txn is not None and key not in txn.present and any(key.startswith(p) for p in txn.prefetched):
+            txn.compares.setdefault(key, 0)      # known absent at the pinned revision
+            txn.previous.setdefault(key, None)
+            return None, 0
+        resp = self._pin(txn, key) if txn is not None else None
+        if resp is None:
+            resp = self.client.range(key, revision=txn.read_revision if txn else None)
         kvs = resp.get("kvs") or []
         value = unb64(kvs[0].get("value", "")) if kvs else None
         mod = int(kvs[0]["mod_revision"]) if kvs else 0
@@ -239,9 +249,41 @@ class EtcdStore:
             txn.previous.setdefault(key, value)
         return value, mod
 
+    def _pin(self, txn: _Txn, key: str | None = None) -> dict[str, Any] | None:
+        """Pin a transaction's reads to etcd's revision at its first read. With `key`, that
+        read and the store revision come in one request (a txn of two ranges), and the key's
+        range response is returned; None when already pinned."""
+        if txn.read_revision is not None:
+            return None
+        if key is None:
+            txn.read_revision, txn.base = self._revisions()
+            return None
+        resp = self.client.txn([], [{"request_range": {"key": b64(REVISION_KEY)}},
+                                    {"request_range": {"key": b64(key)}}])
+        marker, found = (r["response_range"] for r in resp["responses"])
+        txn.read_revision = int(resp["header"]["revision"])
+        txn.base = int(marker["kvs"][0]["mod_revision"]) if marker.get("kvs") else 0
+        self._observed = max(self._observed, txn.base)
+        return found
+
+    def prefetch(self, cls: type[ApiObject], namespace: str | None = None) -> None:
+        """Inside a transaction: learn which keys of a kind exist with one keys-only range at
+        the pinned revision, so that creating many objects does not read each absent key
+        (a round trip each). Outside a transaction, nothing to do."""
+        txn = self._txn
+        if txn is None:
+            return
+        prefix = kind_prefix(cls, namespace)
+        self._pin(txn)
+        resp = self.client.range(prefix, prefix_end(prefix), revision=txn.read_revision, keys_only=True)
+        txn.present.update(unb64(kv["key"]) for kv in resp.get("kvs") or [])
+        txn.prefetched.add(prefix)
+
     def _range(self, prefix: str) -> list[tuple[str, str, int]]:
         """(key, value, mod_revision) of every key under prefix, the block's writes included."""
         txn = self._txn
+        if txn is not None:
+            self._pin(txn)
         resp = self.client.range(prefix, prefix_end(prefix), revision=txn.read_revision if txn else None)
         rows = {unb64(kv["key"]): (unb64(kv.get("value", "")), int(kv["mod_revision"]))
                 for kv in resp.get("kvs") or []}
@@ -280,6 +322,8 @@ class EtcdStore:
                 self._check_fence()
                 raise self._conflict(txn)
             revision = int(resp["header"]["revision"])
+        if txn.events:
+            self._observed = max(self._observed, revision)
         for obj in txn.written:
             obj.metadata.resource_version = str(revision)
 
@@ -340,9 +384,19 @@ class EtcdStore:
 
     # ---------------------------------------------------------------- reads
     def current_resource_version(self) -> int:
+        """Linearizable (a read) — except in a process that follows the feed while it is
+        live: the newest store revision this object has seen, read or pushed, with no round
+        trip. changes_since then serves everything up to at least that revision."""
         with self._lock:
             if self._txn is not None:
+                self._pin(self._txn)
                 return self._txn.provisional
+        return self._known_revision()
+
+    def _known_revision(self) -> int:
+        feed = self._feed
+        if feed is not None and not feed.stale(FEED_QUIET_S):
+            return max(self._observed, feed.store_revision)
         return self._revisions()[1]
 
     def get(self, cls: type[T], namespace: str, name: str) -> T:
@@ -374,6 +428,7 @@ class EtcdStore:
                                        "range_end": b64(prefix_end(kind_prefix(cls, namespace)))}}])
                 marker, objects = (r["response_range"] for r in resp["responses"])
                 rv = int(marker["kvs"][0]["mod_revision"]) if marker.get("kvs") else 0
+                self._observed = max(self._observed, rv)
                 rows = [(unb64(kv["key"]), unb64(kv.get("value", "")), int(kv["mod_revision"]))
                         for kv in objects.get("kvs") or []]
         keyed = []
@@ -565,7 +620,9 @@ class EtcdStore:
         kind_names = {k.KIND for k in kinds} if kinds is not None else None
         with self._lock:
             txn = self._txn
-            until = txn.base if txn is not None else self._revisions()[1]
+            if txn is not None:
+                self._pin(txn)
+            until = txn.base if txn is not None else self._known_revision()
             out = self._from_feed(resource_version, until, kind_names, limit) if txn is None else None
             if out is None:
                 out = self._history(resource_version, until, kind_names, limit) if until > resource_version else []
@@ -578,7 +635,7 @@ class EtcdStore:
 
     def _from_feed(self, rv: int, until: int, kinds: set[str] | None, limit: int | None) -> list[WatchEvent] | None:
         """Events in (rv, until] from this process's long-lived watch, when it holds them
-        all (it is given a moment to reach `until`, a revision read just now)."""
+        all (it is given a moment to reach `until`, the newest revision this object knows)."""
         feed = self._feed
         if feed is None or until <= rv:
             return None if feed is None else []
@@ -611,7 +668,7 @@ class EtcdStore:
         if got > resource_version:
             return got
         if feed.stale(FEED_QUIET_S):
-            current = self.current_resource_version()
+            current = self._revisions()[1]
             if current > feed.store_revision:
                 feed.restart()
             return max(current, got)
