@@ -289,3 +289,36 @@ def test_algorithms_and_client_ip_affinity_on_a_nodeport(ext):
     ext.service(NODE, 30081, pods, affinity_timeout=60)
     got = {ext.send(from_client(NODE, 30081, sport=2000 + i, flags="S")).pkt[IP].dst for i in range(8)}
     assert len(got) == 1                                        # ClientIP: one pod for the client
+
+
+def test_fragments_of_a_backends_reply_to_a_snated_flow_get_both_translations(ext):
+    ext.service(NODE, 30053, [nodenet.REMOTE_POD], proto="UDP", backend_port=53)
+    port = ext.send(from_client(NODE, 30053, sport=5000, proto=UDP)).pkt[UDP].sport
+    payload = bytes(range(256)) * 8
+    whole = (Ether(src=nodenet.NODE2_MAC, dst=ext.node.ext_mac) /
+             IP(src=nodenet.REMOTE_POD, dst=NODE, id=78, ttl=64) / UDP(sport=53, dport=port) / Raw(payload))
+    l4 = bytes(whole[IP])[20:]
+    head = Ether(src=nodenet.NODE2_MAC, dst=ext.node.ext_mac)
+    f1 = head / IP(src=nodenet.REMOTE_POD, dst=NODE, id=78, ttl=64, flags="MF", proto=17, frag=0) / Raw(l4[:1024])
+    f2 = head / IP(src=nodenet.REMOTE_POD, dst=NODE, id=78, ttl=64, proto=17, frag=128) / Raw(l4[1024:])
+    out1 = ext.send(f1)
+    assert out1.verdict == "XDP_TX"
+    assert (out1.pkt[IP].src, out1.pkt[IP].dst) == (NODE, CLIENT)
+    assert bytes(out1.pkt[IP])[20:24] == (30053).to_bytes(2, "big") + (5000).to_bytes(2, "big")
+    out2 = ext.send(f2)
+    assert out2.verdict == "XDP_TX"
+    assert out2.raw == bytes(rebuilt(f2, eth_src=ext.node.ext_mac, eth_dst=CLIENT_MAC, ip_ttl=63,
+                                     ip_src=NODE, ip_dst=CLIENT))
+
+
+def test_udp_to_a_nodeport_without_endpoints_gets_icmp_port_unreachable(ext, xdp):
+    """As the ClusterIP does (kube-proxy's REJECT), from the NodePort's address."""
+    ext.service(NODE, 30053, [], proto="UDP", backend_port=53)
+    pkt = from_client(NODE, 30053, sport=5353, proto=UDP)
+    before = xdp.counters()
+    out = ext.send(pkt)
+    assert out.verdict == "XDP_TX"
+    want = (Ether(src=pkt[Ether].dst, dst=CLIENT_MAC) / IP(src=NODE, dst=CLIENT, ttl=64, flags="DF", id=0) /
+            ICMP(type=3, code=3) / bytes(pkt[IP])[:28])
+    assert out.raw == bytes(Ether(bytes(want)))
+    assert delta(before, xdp.counters()) == {"reject": 1}
