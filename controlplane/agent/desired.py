@@ -69,13 +69,18 @@ def _backends(port: ServicePortView, weights: dict[str, int] | None = None,
     `node`, only the endpoints on that node (a Local traffic policy)."""
     weights = weights or {}
     out = []
+    append = out.append
     for b in port.backends:
         if node is not None and b.node_name != node:
             continue
-        state = backend_state(b.ready, b.serving, b.terminating)
-        if state:
-            w = weights.get(b.pod_name or "", weights.get(b.ip, 1))
-            out.append(Backend(b.ip, b.port, state, w))
+        if b.ready:          # backend_state(), inline: it runs for every endpoint
+            state = "active"
+        elif b.serving and b.terminating:
+            state = "terminating"
+        else:
+            continue
+        w = weights.get(b.pod_name or "", weights.get(b.ip, 1)) if weights else 1
+        append(Backend(b.ip, b.port, state, w))
     return tuple(out)
 
 

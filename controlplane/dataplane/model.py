@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 from functools import lru_cache
+from operator import attrgetter
 import socket
 from dataclasses import dataclass, field
 
@@ -108,6 +109,9 @@ class Backend:
         return (self.ip, self.port)
 
 
+_by_address = attrgetter("ip", "port")
+
+
 @dataclass(frozen=True)
 class ServiceState:
     """Desired state of one frontend."""
@@ -128,7 +132,9 @@ class ServiceState:
     _slots: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "backends", tuple(sorted(self.backends)))
+        # Sorted by address (distinct, checked below), which is the dataclass order; the
+        # key compares in C, not through Backend.__lt__.
+        object.__setattr__(self, "backends", tuple(sorted(self.backends, key=_by_address)))
         if self.algorithm not in ALGORITHMS:
             raise ModelError(f"service {self.frontend}: algorithm {self.algorithm!r} unknown "
                              f"(known: {', '.join(sorted(ALGORITHMS))})")

@@ -88,3 +88,13 @@ def test_cache_load_and_apply_match_object_path(any_store) -> None:
     assert touched == {("ns", "web"), ("ns", "lonely")}
     assert sorted(cache.views(), key=lambda v: v.service.name) == sorted(_by_objects(store),
                                                                          key=lambda v: v.service.name)
+
+
+def test_merge_keeps_the_first_of_a_repeated_address_within_one_slice_too() -> None:
+    from controlplane.controllers.service_view import Backend, merge_backends
+    a = Backend("10.0.0.1", 80, True, True, False, "n1", None)
+    again = Backend("10.0.0.1", 80, False, False, False, "n2", None)
+    b = Backend("10.0.0.2", 80, True, True, False, None, None)
+    assert merge_backends([[("http", a), ("http", again), ("http", b)]]) == {"http": [a, b]}
+    assert merge_backends([[("http", a), ("dns", again)]]) == {"http": [a], "dns": [again]}
+    assert merge_backends([[("http", a)], [("http", again), ("http", b)]]) == {"http": [a, b]}
