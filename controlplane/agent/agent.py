@@ -15,6 +15,7 @@ from controlplane.dataplane.model import Frontend, ServiceState
 from controlplane.dataplane.program import Dataplane
 from controlplane.dataplane.writer import CapacityError, MapWriter
 from controlplane.gcpause import paused_gc
+from controlplane.memtrim import release_free_memory
 
 from .cache import WATCHED_KINDS, ServiceCache, ServiceKey
 from .desired import Desired, NodeConfig, desired_state
@@ -176,7 +177,9 @@ class Agent:
     def full_sync(self, reason: str, cache: ServiceCache | None = None) -> SyncReport:
         """Make the maps equal the store: from `cache` (a fresh read) or a new read."""
         with paused_gc():
-            return self._full_sync(reason, cache)
+            report = self._full_sync(reason, cache)
+        release_free_memory()   # the store's JSON, read and dropped, leaves the process
+        return report
 
     def _full_sync(self, reason: str, cache: ServiceCache | None) -> SyncReport:
         start = time.perf_counter()

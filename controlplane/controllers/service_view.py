@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from operator import itemgetter
+from sys import intern
 from typing import Any, Iterable, NamedTuple
 
 from controlplane.api.endpoints import LABEL_SERVICE_NAME, EndpointSlice
@@ -130,7 +131,10 @@ def slice_document_backends(doc: dict[str, Any]) -> SliceBackends:
             serving = ready
         ref = e.get("targetRef")
         pod = ref.get("name") if ref and ref.get("kind") == "Pod" else None
-        eps.append((addresses, ready, serving, bool(c.get("terminating")), e.get("nodeName"), pod))
+        node = e.get("nodeName")
+        if node:   # a few nodes, named by every endpoint: one string each, not one per endpoint
+            node = intern(node)
+        eps.append((addresses, ready, serving, bool(c.get("terminating")), node, pod))
     append = out.append
     for p in ports:
         port = p.get("port")

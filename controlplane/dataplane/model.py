@@ -4,7 +4,7 @@ above; the map writer turns these into map entries."""
 from __future__ import annotations
 
 import ipaddress
-from functools import lru_cache
+import re
 from operator import attrgetter
 import socket
 from dataclasses import dataclass, field
@@ -24,10 +24,10 @@ class ModelError(ValueError):
     pass
 
 
-@lru_cache(maxsize=1 << 18)
 def ip_to_be32(ip: str) -> int:
-    """The u32 whose in-memory bytes are the address in network order. (Cached:
-    a sync converts the same few hundred thousand addresses over and over.)"""
+    """The u32 whose in-memory bytes are the address in network order. (Not cached:
+    this is as quick as a cache lookup, and a cache of every endpoint address held
+    ~13 MB in the agent.)"""
     return int.from_bytes(socket.inet_aton(ip), "little")
 
 
@@ -43,14 +43,15 @@ def be16_to_port(value: int) -> int:
     return socket.ntohs(value)
 
 
-@lru_cache(maxsize=1 << 18)
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
+
+
 def _valid_ipv4(ip: str) -> bool:
     """What ipaddress.IPv4Address accepts (four decimal octets 0-255, no leading
-    zeros), checked ~7x faster: a full sync validates every endpoint address."""
-    parts = ip.split(".")
-    return len(parts) == 4 and all(
-        0 < len(p) <= 3 and p.isascii() and p.isdigit() and (p[0] != "0" or p == "0") and int(p) <= 255
-        for p in parts)
+    zeros), checked in C by one regular expression: a full sync validates every
+    endpoint address (as quick as the lru_cache this replaces, without its ~9 MB)."""
+    return _IPV4.fullmatch(ip) is not None
 
 
 def _check_ip(ip: str, what: str) -> None:
