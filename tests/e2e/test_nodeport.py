@@ -186,3 +186,66 @@ def test_load_balancer_ip_and_its_source_ranges(cluster: Cluster, remote_pod):
     svc["spec"]["loadBalancerSourceRanges"] = ["192.168.1.0/24"]
     apply(cluster, svc)
     assert client_address(wait_outside(cluster, f"http://{lb_ip}/clientip")) in (NODE1, OUTSIDE)
+
+
+def _open_udp_flow(cluster: Cluster, address: str, port: int) -> socket.socket:
+    """A connected UDP socket in outside's namespace: one flow (fixed source port) that
+    lives across service changes."""
+    def make() -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(1)
+        s.connect((address, port))
+        return s
+    return netns.call_in(cluster.lab.netns_for("outside"), make)
+
+
+def _echo_on(s: socket.socket, payload: bytes) -> bytes | None:
+    try:
+        s.send(payload)
+        return s.recv(2048)
+    except (socket.timeout, ConnectionRefusedError):
+        return None
+
+
+def test_type_change_adds_and_removes_exactly_its_frontends_and_stops_their_flows(cluster: Cluster, remote_pod):
+    """NodePort -> ClusterIP -> LoadBalancer -> ExternalName: from outside, each type answers
+    on exactly its frontends, and a UDP flow through a NodePort the change removed stops
+    (its next datagram is the node stack's, which has no such port)."""
+    ports = [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP", "nodePort": 30084},
+             {"name": "echo", "port": 53, "targetPort": 5353, "protocol": "UDP", "nodePort": 30054}]
+    meta = {"name": "np-type", "namespace": "default"}
+
+    def put(spec: dict) -> None:
+        apply(cluster, {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": spec})
+
+    put({"type": "NodePort", "selector": {"app": "np"}, "ports": ports})
+    cluster.wait_endpoints("np-type", 1)
+    node_port = f"http://{NODE1}:30084/clientip"
+    wait_outside(cluster, node_port)
+    flow = _open_udp_flow(cluster, NODE1, 30054)
+    try:
+        assert wait_for("UDP flow through the NodePort", lambda: _echo_on(flow, b"one")) == b"one"
+
+        put({"type": "ClusterIP", "selector": {"app": "np"},
+             "ports": [{k: v for k, v in p.items() if k != "nodePort"} for p in ports]})
+        wait_for("the NodePort gone", lambda: outside(cluster, node_port, timeout=2).returncode != 0)
+        assert _echo_on(flow, b"two") is None and _echo_on(flow, b"three") is None
+        assert cluster.http(f"http://{cluster.cluster_ip('np-type')}/clientip").returncode == 0
+
+        put({"type": "LoadBalancer", "selector": {"app": "np"}, "ports": ports})
+
+        def ingress_ip():
+            ing = (cluster.get_json("svc", "np-type").get("status", {}).get("loadBalancer") or {}).get("ingress")
+            return ing[0].get("ip") if ing else None
+        lb_ip = wait_for("an ingress IP for np-type", ingress_ip)
+        lb = f"http://{lb_ip}/clientip"
+        wait_outside(cluster, lb)
+        wait_outside(cluster, node_port)
+        assert wait_for("UDP through the NodePort again", lambda: _echo_on(flow, b"four")) == b"four"
+
+        put({"type": "ExternalName", "externalName": "np.example.org"})
+        wait_for("the LB IP gone", lambda: outside(cluster, lb, timeout=2).returncode != 0)
+        assert outside(cluster, node_port, timeout=2).returncode != 0
+        assert _echo_on(flow, b"five") is None
+    finally:
+        flow.close()
