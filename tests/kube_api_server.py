@@ -228,9 +228,10 @@ class KubeApiServer:
 
     # ---- serving --------------------------------------------------------------------
     def _list(self, resource: str, namespace: str | None) -> dict[str, Any]:
+        """No copies: a stored object is replaced by a write, never changed in place."""
         name, version = KINDS[resource]
         with self._cond:
-            items = [copy.deepcopy(o) for k, o in sorted(self.objects[resource].items()) if _in(namespace, o)]
+            items = [o for k, o in sorted(self.objects[resource].items()) if _in(namespace, o)]
             rev = self.revision
         return {"kind": f"{name}List", "apiVersion": version,
                 "metadata": {"resourceVersion": str(rev)}, "items": items}

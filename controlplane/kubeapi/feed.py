@@ -54,8 +54,8 @@ class KubeFeed:
 
     def __init__(self, api: client.ApiClient, history: int = 100_000, watch_timeout_s: int = 300) -> None:
         self._cond = threading.Condition()
-        # resource -> (namespace, name) -> (the API's JSON document, the decoded object)
-        self._objects: dict[str, dict[Key, tuple[dict[str, Any], ApiObject]]] = {r: {} for r in KINDS}
+        # resource -> (namespace, name) -> the API's JSON document (and its decoded object)
+        self._objects: dict[str, dict[Key, _Entry]] = {r: {} for r in KINDS}
         self._log: deque[WatchEvent] = deque(maxlen=history)
         self._rv = 0
         self._listed: set[str] = set()
@@ -94,41 +94,56 @@ class KubeFeed:
 
     # ---- what the reflectors tell (reflector.Handler) --------------------------------
     def replace(self, resource: str, items: list[dict[str, Any]]) -> None:
-        fresh: dict[Key, tuple[dict[str, Any], ApiObject]] = {}
-        for doc in items:
-            obj = _decode(resource, doc)
-            if obj is not None:
-                fresh[(obj.namespace, obj.name)] = (doc, obj)
+        """A (re)list. The first one only fills the feed: no reader can be at an earlier
+        position (reads wait for both first lists), and it decodes nothing yet (10,000
+        slices take seconds to decode; the agent reads their JSON). A later one becomes
+        the events that turn the old objects into the new ones; unchanged objects (same
+        resourceVersion) are kept as they were, decoded or not."""
         with self._cond:
+            first = resource not in self._listed
             old = self._objects[resource]
-            for key, (doc, obj) in fresh.items():
+            fresh: dict[Key, _Entry] = {}
+            for doc in items:
+                meta = doc.get("metadata") or {}
+                key = (meta.get("namespace") or "", meta.get("name") or "")
                 before = old.get(key)
-                if before is None:
-                    self._append(ADDED, obj, None)
-                elif _rv(before[0]) != _rv(doc):
-                    self._append(MODIFIED, obj, before[1].labels)
+                if before is not None and _rv(before.doc) == _rv(doc):
+                    fresh[key] = before
+                    continue
+                entry = _Entry(doc)
+                if not first:
+                    obj = entry.decoded(resource)
+                    if obj is None:
+                        continue
+                    previous = before.decoded(resource) if before is not None else None
+                    self._append(MODIFIED if previous else ADDED, obj, previous.labels if previous else None)
+                fresh[key] = entry
             for key in old.keys() - fresh.keys():
-                self._append(DELETED, old[key][1], old[key][1].labels)
+                gone = old[key].decoded(resource)
+                if gone is not None:
+                    self._append(DELETED, gone, gone.labels)
             self._objects[resource] = fresh
             self._listed.add(resource)
             self._cond.notify_all()
 
     def event(self, resource: str, kind: str, doc: dict[str, Any]) -> None:
-        obj = _decode(resource, doc)
+        entry = _Entry(doc)
+        obj = entry.decoded(resource)
         if obj is None:
             return
         key = (obj.namespace, obj.name)
         with self._cond:
             objects = self._objects[resource]
             before = objects.get(key)
+            previous = before.decoded(resource) if before is not None else None
             if kind == DELETED:
                 if before is None:
                     return
                 del objects[key]
             else:
-                objects[key] = (doc, obj)
+                objects[key] = entry
                 kind = ADDED if before is None else MODIFIED
-            self._append(kind, obj, before[1].labels if before else None)
+            self._append(kind, obj, previous.labels if previous else None)
             self._cond.notify_all()
 
     def _append(self, kind: str, obj: ApiObject, previous_labels: dict[str, str] | None) -> None:
@@ -149,12 +164,14 @@ class KubeFeed:
     def list(self, cls: type[ApiObject]) -> list[Any]:
         with self._cond:
             self._synced()
-            return [obj for _, (_, obj) in sorted(self._objects[RESOURCES[cls]].items())]
+            resource = RESOURCES[cls]
+            objs = (entry.decoded(resource) for _, entry in sorted(self._objects[resource].items()))
+            return [obj for obj in objs if obj is not None]
 
     def iter_documents(self, cls: type[ApiObject]) -> Iterator[dict[str, Any]]:
         with self._cond:
             self._synced()
-            docs = [doc for _, (doc, _) in sorted(self._objects[RESOURCES[cls]].items())]
+            docs = [entry.doc for _, entry in sorted(self._objects[RESOURCES[cls]].items())]
         return iter(docs)
 
     def changes_since(self, resource_version: int,
@@ -178,6 +195,22 @@ class KubeFeed:
         with self._cond:
             self._cond.wait_for(lambda: self._rv > resource_version, timeout)
             return self._rv
+
+
+class _Entry:
+    """One object as the API sent it; decoded on first need, then kept."""
+    __slots__ = ("doc", "_obj", "_bad")
+
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self.doc = doc
+        self._obj: ApiObject | None = None
+        self._bad = False
+
+    def decoded(self, resource: str) -> ApiObject | None:
+        if self._obj is None and not self._bad:
+            self._obj = _decode(resource, self.doc)
+            self._bad = self._obj is None
+        return self._obj
 
 
 def _rv(doc: dict[str, Any]) -> str | None:
