@@ -19,7 +19,7 @@ from __future__ import annotations
 import socket
 import struct
 from dataclasses import dataclass, field
-from typing import Iterable, NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 from controlplane.gcpause import paused_gc
 
@@ -143,11 +143,17 @@ def read_flows(maps, flt: FlowFilter = FlowFilter(), timeouts: Timeouts = Timeou
     """The flows of both conntrack tables (confirmed first), as the datapath would judge
     them at `now_ns` (its clock, CLOCK_MONOTONIC_COARSE). The cyclic collector waits:
     a million flows are millions of containers, none of them garbage (gcpause.py)."""
+    out = FlowTable()
     with paused_gc():
-        return _read_flows(maps, flt, timeouts, now_ns)
+        out.flows.extend(iter_flows(maps, out, flt, timeouts, now_ns))
+    return out
 
 
-def _read_flows(maps, flt: FlowFilter, timeouts: Timeouts, now_ns: int | None) -> FlowTable:
+def iter_flows(maps, out: FlowTable, flt: FlowFilter = FlowFilter(), timeouts: Timeouts = Timeouts(),
+               now_ns: int | None = None) -> Iterator[Flow]:
+    """The flows read_flows() lists, one at a time as the batches come (a command writes
+    each as it comes, and holds no million of them); `out.entries` and `out.capacity`
+    are filled as each table is read."""
     now_ns = coarse_now_ns() if now_ns is None else now_ns
     backends = live_backends(maps)
     want_proto = PROTOCOLS[flt.protocol] if flt.protocol else None
@@ -158,8 +164,6 @@ def _read_flows(maps, flt: FlowFilter, timeouts: Timeouts, now_ns: int | None) -
         want_backend = ip_be32(ip)
         want_bport = port_be16(int(port)) if port else None
     svc_ids = flt.svc_ids
-    out = FlowTable()
-    flows = out.flows
     ip = _ip_cache          # frontends, backends and node addresses: few, cached
     port = _SWAP16
     ntoa, pack = socket.inet_ntoa, struct.Struct("=I").pack   # clients: many, converted each time
@@ -194,17 +198,16 @@ def _read_flows(maps, flt: FlowFilter, timeouts: Timeouts, now_ns: int | None) -
                 if remaining < 0 and not flt.include_expired:
                     continue
                 src, dst, nat, peer = k[ks], k[kd], v[vip], v[vpeer]
-                flows.append(make((
+                yield make((
                     name, PROTO_NAMES.get(proto) or str(proto),
                     (ntoa(pack(src)), port[k[ksp]]), (ip.get(dst) or be32_ip(dst), port[k[kdp]]),
                     (ip.get(nat) or be32_ip(nat), port[v[vport]]),
                     (ip.get(peer) or be32_ip(peer), port[v[vpport]]) if flags & F_SNAT else None,
                     v[vsvc], v[vbid],
                     flow_state(name, flags, remaining, backends.get(v[vbid]) == (v[vsvc], nat, v[vport])),
-                    idle, remaining, bool(flags & F_COUNTED))))
+                    idle, remaining, bool(flags & F_COUNTED)))
         kinds["forward"] = forward
         out.entries[name] = kinds
-    return out
 
 
 def _index(ctype: type, names: Iterable[str]) -> tuple[int, ...]:

@@ -91,16 +91,17 @@ def run_get_flows(args: argparse.Namespace, session: Session) -> int:
                 eprint(f'Error from server (NotFound): services "{args.service}" not found')
                 return 1
         flt = dpflows.FlowFilter(svc_ids, args.protocol, args.client, args.backend, args.expired)
-        table = dpflows.read_flows(maps, flt, node_timeouts(args))
+        table = dpflows.FlowTable()
+        flows = dpflows.iter_flows(maps, table, flt, node_timeouts(args))
+        if args.output == "json":
+            write_json(flows, table, by_id, args.node)
+            return 0
+        shown = write_table(flows, by_id, wide=args.output == "wide", headers=not args.no_headers)
     finally:
         maps.close()
-    if args.output == "json":
-        write_json(table, by_id, args.node)
-        return 0
-    write_table(table, by_id, wide=args.output == "wide", headers=not args.no_headers)
     summary = ", ".join(f"{name} {sum(kinds.values())} of {table.capacity[name]} entries"
                         for name, kinds in table.entries.items())
-    print(f"{len(table.flows)} flows shown ({summary})", file=sys.stderr)
+    print(f"{shown} flows shown ({summary})", file=sys.stderr)
     return 0
 
 
@@ -115,25 +116,25 @@ def flow_json(f, owner: dict | None) -> dict:
             "svc_id": f.svc_id, "backend_id": f.backend_id, "counted": f.counted}
 
 
-def write_json(table, by_id: dict, node: str) -> None:
-    """One JSON document, written a flow per line as it is made (a million flows are
-    never held as one string)."""
+def write_json(flows, table, by_id: dict, node: str) -> None:
+    """One JSON document, written a flow per line as it is read (a million flows are
+    never held); the tables' entry counts come last, once they are read."""
     owners = {i: None if o is None else {"namespace": o.namespace, "name": o.service, "port": o.port,
                                          "kind": o.kind} for i, o in by_id.items()}
     out, dumps = sys.stdout, json.dumps
-    out.write(f'{{"node": {dumps(node)}, "entries": {dumps(table.entries)}, '
-              f'"capacity": {dumps(table.capacity)}, "flows": [')
+    out.write(f'{{"node": {dumps(node)}, "flows": [')
     lines = []
-    for i, f in enumerate(table.flows):
+    for i, f in enumerate(flows):
         lines.append(("\n" if i == 0 else ",\n") + dumps(flow_json(f, owners.get(f.svc_id))))
         if len(lines) >= 4096:
             out.write("".join(lines))
             lines.clear()
-    out.write("".join(lines) + "\n]}\n")
+    out.write("".join(lines) + f'\n], "entries": {dumps(table.entries)}, "capacity": {dumps(table.capacity)}}}\n')
 
 
-def write_table(table, by_id: dict, wide: bool, headers: bool) -> None:
-    """Fixed-width columns (a million rows are written without measuring them first)."""
+def write_table(flows, by_id: dict, wide: bool, headers: bool) -> int:
+    """Fixed-width columns (a million rows are written as they are read, without measuring
+    them first). Returns how many."""
     out = sys.stdout
     fmt = "{:<5} {:<21} {:<21} {:<21} {:<21} {:<11} {:<7} {:<7} {}"
     head = ["PROTO", "CLIENT", "FRONTEND", "BACKEND", "SNAT", "STATE", "IDLE", "EXPIRES", "SERVICE"]
@@ -145,7 +146,8 @@ def write_table(table, by_id: dict, wide: bool, headers: bool) -> None:
     labels = {i: (o.label if o else "-") for i, o in by_id.items()}
     table_names = {"conntrack": "confirmed", "ct_unconfirmed": "unconfirmed"}
     lines = []
-    for f in table.flows:
+    n = 0
+    for n, f in enumerate(flows, 1):
         row = [f.protocol, f"{f.client[0]}:{f.client[1]}", f"{f.frontend[0]}:{f.frontend[1]}",
                f"{f.backend[0]}:{f.backend[1]}", f"{f.snat[0]}:{f.snat[1]}" if f.snat else "-", f.state,
                _duration(f.idle_s), _duration(f.remaining_s) if f.remaining_s >= 0 else "-",
@@ -158,6 +160,7 @@ def write_table(table, by_id: dict, wide: bool, headers: bool) -> None:
             lines.clear()
     if lines:
         out.write("\n".join(lines) + "\n")
+    return n
 
 
 _durations: dict[int, str] = {}
