@@ -72,6 +72,8 @@ from itertools import repeat
 
 import pytest
 
+from controlplane.dataplane.frames import csum
+
 QUICK = os.environ.get("SVCXDP_BENCH_QUICK", "") not in ("", "0")
 SERVICES = (1, 65_536) if QUICK else (1, 1_000, 10_000, 65_536)
 CT_FULL = 1_048_576                        # the default conntrack size, filled
@@ -131,13 +133,7 @@ def _root_and_bcc() -> str | None:
 
 
 # ---- frames -------------------------------------------------------------------------
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
+_csum = csum   # RFC 1071 (controlplane/dataplane/frames.py)
 
 
 def default_client(i: int) -> tuple[int, int]:

@@ -13,7 +13,8 @@ CLIENT_MAC = bytes.fromhex("020000000001")
 NODE_MAC = bytes.fromhex("020000000002")
 
 
-def _csum(data: bytes) -> int:
+def csum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of `data`."""
     if len(data) % 2:
         data += b"\0"
     s = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -34,10 +35,10 @@ def build(src: str, sport: int, dst: str, dport: int, proto: int, tcp_flags: int
         off = 6
     else:
         raise ValueError(f"protocol {proto}: only TCP and UDP frames are built")
-    check = _csum(s + d + struct.pack("!BBH", 0, proto, len(l4)) + l4) or (0xFFFF if proto == UDP else 0)
+    check = csum(s + d + struct.pack("!BBH", 0, proto, len(l4)) + l4) or (0xFFFF if proto == UDP else 0)
     l4 = l4[:off] + struct.pack("!H", check) + l4[off + 2:]
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, 0, 64, proto, 0, s, d)
-    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
     return NODE_MAC + CLIENT_MAC + struct.pack("!H", ETH_P_IP) + ip + l4
 
 
