@@ -229,9 +229,11 @@ def _attach_socket_lb(dp, paths: list[str], node_ip: str | None, log) -> bool:
         return False
     if node_ip:
         dp.set_sock_client_ip(node_ip)
-    for raw in dict.fromkeys(paths):
-        root = raw == "root"
-        path = cgroups.mount() if root else Path(raw)
-        dp.sock_hooks.attach(path, allow_root=root)
+    raws = list(dict.fromkeys(paths))
+    targets = [cgroups.mount() if raw == "root" else Path(raw) for raw in raws]
+    # One call for all: a restarted agent's programs replace the pinned ones on every
+    # cgroup before the pins move on to them.
+    dp.sock_hooks.attach(*targets, allow_root="root" in raws)
+    for path in targets:
         log.info("socket-level load balancing attached to cgroup %s", path)
     return True

@@ -85,13 +85,21 @@ class SockHooks:
             return None
         return libbpf.obj_get(str(pin))
 
-    def attach(self, cgroup: Path, allow_root: bool = False) -> None:
-        """Attach every hook to `cgroup`, replacing this instance's previous programs
-        (the pinned ones) where they are attached. The cgroup2 root only with
+    def attach(self, *targets: Path, allow_root: bool = False) -> None:
+        """Attach every hook to each cgroup in `targets`, replacing this instance's
+        previous programs (the pinned ones) where they are attached; then pin these.
+        All cgroups in one call: the pins name the programs to replace, so they move
+        on only once every cgroup has had its swap. The cgroup2 root only with
         allow_root (a real node; never the machine the tests run on)."""
-        cgroup = Path(cgroup)
-        if not allow_root and cgroup.resolve() == cgroups.mount().resolve():
-            raise SockHookError(f"refusing to attach to the root cgroup {cgroup} without allow_root")
+        paths = [Path(t) for t in targets]
+        for cgroup in paths:
+            if not allow_root and cgroup.resolve() == cgroups.mount().resolve():
+                raise SockHookError(f"refusing to attach to the root cgroup {cgroup} without allow_root")
+        for cgroup in paths:
+            self._attach_one(cgroup)
+        self._repin()
+
+    def _attach_one(self, cgroup: Path) -> None:
         with _cgroup_fd(cgroup) as cg:
             for hook in HOOKS:
                 fd = self.fds[hook.name]
@@ -109,7 +117,6 @@ class SockHooks:
                 finally:
                     if old is not None:
                         os.close(old)
-        self._repin()
 
     def _repin(self) -> None:
         for hook in HOOKS:

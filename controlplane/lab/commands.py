@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from dataclasses import asdict
@@ -34,6 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "their own lab namespaces; svcctl given this state dir then uses it)")
     p.add_argument("--etcd-members", type=int, default=3, metavar="N",
                    help="with --store etcd: the number of etcd members (default 3; fixed once made)")
+    p.add_argument("--socket-lb-pods", action="store_true",
+                   help="pods' processes go under the socket hooks too (their agent is given the pods' "
+                        "cgroup as a second --socket-lb-cgroup); default: pods take the XDP path. "
+                        "Same as SVCXDP_SOCKET_LB_PODS=1")
     p.set_defaults(func=cmd_up)
 
     p = lsub.add_parser("down", parents=[common], help="remove every namespace, process and file the lab made")
@@ -83,6 +88,8 @@ def _guard(fn):
 
 @_guard
 def cmd_up(args: argparse.Namespace) -> int:
+    if args.socket_lb_pods:
+        os.environ["SVCXDP_SOCKET_LB_PODS"] = "1"   # read where the agents' command lines are made
     provider = None if args.no_node_processes else hooks.node_processes
     lab = Lab(args.state_dir)
     status = lab.up(nodes=args.nodes, node_processes=provider, store=args.store, etcd_members=args.etcd_members)

@@ -94,19 +94,28 @@ def test_hostnetwork_pod_reaches_a_service(cluster: Cluster):
     assert page.startswith("Hello MyApp")
 
 
+def kill_agent(cluster: Cluster, node: str = "node1") -> None:
+    """kill -9 the node's agent and wait until it is gone: nothing of it runs any more."""
+    old = cluster.agent_pid(node)
+    os.kill(old, signal.SIGKILL)
+    wait_for("the agent gone", lambda: not Path(f"/proc/{old}").exists()
+             or Path(f"/proc/{old}/stat").read_text().split(") ", 1)[1][0] == "Z")
+
+
+def restart_agent(cluster: Cluster, node: str = "node1") -> None:
+    cluster.lab.up(nodes=len(cluster.lab.nodes()), node_processes=hooks.node_processes)
+    wait_for("the restarted agent healthy", lambda: cluster.healthz(node)[0] == 200, timeout=60)
+
+
 def test_agent_down_hooks_stay_attached_and_serve(cluster: Cluster):
     vip = cluster.cluster_ip("myapp")
     cg = node_cgroup(cluster)
     before = attached_ids(cg)
-    old = cluster.agent_pid("node1")
-    os.kill(old, signal.SIGKILL)
-    wait_for("the agent gone", lambda: not Path(f"/proc/{old}").exists()
-             or Path(f"/proc/{old}/stat").read_text().split(") ", 1)[1][0] == "Z")
+    kill_agent(cluster)
     assert attached_ids(cg) == before
     for _ in range(10):
         assert cluster.http(f"http://{vip}/hostname.html", client="node1").stdout.strip()
-    cluster.lab.up(nodes=len(cluster.lab.nodes()), node_processes=hooks.node_processes)
-    wait_for("the restarted agent healthy", lambda: cluster.healthz("node1")[0] == 200, timeout=60)
+    restart_agent(cluster)
     # Its programs replaced the old ones in place: still one per hook.
     after = attached_ids(cg)
     assert all(len(after[h.name]) == 1 for h in HOOKS) and after != before

@@ -1,9 +1,11 @@
-"""With `--socket-lb-pods` (SVCXDP_SOCKET_LB_PODS=1 at `lab up`), the lab's pod
-processes go through the socket hooks too: the pods cgroup holds them, and a pod
-reaching itself through its Service (hairpin) works without any packet NAT."""
+"""With `svcctl lab up --socket-lb-pods` (SVCXDP_SOCKET_LB_PODS=1 at `lab up`), the
+lab's pod processes go through the socket hooks too: the pods cgroup holds them, a pod
+reaching itself through its Service (hairpin) works without any packet NAT, and the
+hooks keep translating pods' connections while the agent is down."""
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -12,7 +14,7 @@ from controlplane.dataplane.sockhooks import HOOKS, attached_ids
 from controlplane.lab import plan
 
 from .cluster import Cluster, cluster_for_module
-from .test_socket_lb import check_hairpin
+from .test_socket_lb import OWN, check_hairpin, kill_agent, restart_agent
 
 pytestmark = pytest.mark.root
 
@@ -33,3 +35,37 @@ def test_pods_cgroup_holds_the_hooks(cluster: Cluster):
 
 def test_hairpin_through_the_socket_hooks(cluster: Cluster):
     check_hairpin(cluster)
+
+
+# Connect to VIP:port, print the peer the kernel holds (/proc/net/tcp of this network
+# namespace) and the one getpeername() shows: a backend and the VIP through the hooks,
+# the VIP twice through the XDP path (the packets are NATed, not the socket).
+PEER_PROBE = """import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+port = s.getsockname()[1]
+for line in open("/proc/net/tcp").read().splitlines()[1:]:
+    local, remote = line.split()[1:3]
+    if int(local.split(":")[1], 16) == port:
+        print(socket.inet_ntoa(bytes.fromhex(remote.split(":")[0])[::-1]), s.getpeername()[0])
+"""
+
+
+def test_agent_down_pod_hooks_stay_attached_and_serve(cluster: Cluster):
+    """kill -9 the agent: the pods cgroup keeps its programs, and a pod's connect() to a
+    Service is still translated by them (not by the XDP program, which would serve the
+    pod too and hide a lost hook)."""
+    cluster.svcctl("apply", "-f", str(OWN / "hairpin.yaml"))
+    cluster.wait_endpoints("hairpin", 1)
+    vip = cluster.cluster_ip("hairpin")
+    ((pod, pod_ip),) = cluster.pods("app=hairpin").items()
+    cg = cgroups.path(plan.pods_cgroup(cluster.lab.prefix, 1))
+    before = attached_ids(cg)
+    kill_agent(cluster)
+    for _ in range(5):
+        out = cluster.exec(pod, sys.executable, "-c", PEER_PROBE, vip, "80").stdout.split()
+        assert out == [pod_ip, vip], f"kernel peer / getpeername: {out}"
+    assert attached_ids(cg) == before
+    restart_agent(cluster)
+    after = attached_ids(cg)
+    assert all(len(after[h.name]) == 1 for h in HOOKS) and after != before, (before, after)
+    assert cluster.exec(pod, sys.executable, "-c", PEER_PROBE, vip, "80").stdout.split() == [pod_ip, vip]

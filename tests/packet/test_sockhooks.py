@@ -233,3 +233,51 @@ def test_pinned_hooks_are_detached_without_loading_anything(loaded_dataplane):
     finally:
         cgroups.remove(name)
         shutil.rmtree(pin_dir, ignore_errors=True)
+
+
+def test_a_restart_replaces_its_programs_in_place_on_every_cgroup(loaded_dataplane):
+    """A restarted agent with two cgroups (the lab's node and pods with
+    SVCXDP_SOCKET_LB_PODS=1) swaps its new programs in for the pinned ones on both:
+    one program per hook on each, the new one, not the old one beside it."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    from controlplane import cgroups
+    from controlplane.dataplane.libbpf import prog_id
+    from controlplane.dataplane.sockhooks import SockHooks
+    bpf = loaded_dataplane.bpf
+    pin_dir = Path(f"/sys/fs/bpf/svcxdp-socktest-restart-{os.getpid()}")
+    names = [f"svcxdp-socktest-restart-{os.getpid()}-{i}" for i in (1, 2)]
+    pin_dir.mkdir(parents=True, exist_ok=True)
+    cached = {h.function.encode(): bpf.funcs.pop(h.function.encode(), None) for h in HOOKS}
+    loaded: list[SockHooks] = []
+    cgs = []
+
+    def fresh() -> SockHooks:
+        """New programs (new ids) from the same object, as a restarted agent loads."""
+        for h in HOOKS:
+            bpf.funcs.pop(h.function.encode(), None)
+        loaded.append(SockHooks(bpf, pin_dir))
+        return loaded[-1]
+    try:
+        first, restarted = fresh(), fresh()
+        cgs = [cgroups.create(n) for n in names]
+        first.attach(*cgs)
+        old_ids = {h.name: [prog_id(first.fds[h.name])] for h in HOOKS}
+        assert all(attached_ids(cg) == old_ids for cg in cgs)
+        restarted.attach(*cgs)
+        new_ids = {h.name: [prog_id(restarted.fds[h.name])] for h in HOOKS}
+        assert new_ids != old_ids
+        for cg in cgs:
+            assert attached_ids(cg) == new_ids, cg
+    finally:
+        for n in names[:len(cgs)]:
+            cgroups.remove(n)
+        shutil.rmtree(pin_dir, ignore_errors=True)
+        for hooks in loaded:
+            for fd in hooks.fds.values():
+                os.close(fd)
+        for h in HOOKS:
+            bpf.funcs.pop(h.function.encode(), None)
+        bpf.funcs.update({k: v for k, v in cached.items() if v is not None})
