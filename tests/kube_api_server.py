@@ -87,7 +87,7 @@ class KubeApiServer:
         self.requests: list[Request] = []
         self._cond = threading.Condition()
         self._watchers: list[_Watcher] = []
-        self._http_410_next = False
+        self._http_410_next = 0   # how many more watches to refuse with HTTP 410
         self._stopping = False
         self._reachable = threading.Event()   # cleared by hold(): requests wait at the door
         self._reachable.set()
@@ -192,9 +192,9 @@ class KubeApiServer:
                 w.expire = True
             self._cond.notify_all()
 
-    def fail_next_watch_with_http_410(self) -> None:
+    def fail_next_watch_with_http_410(self, times: int = 1) -> None:
         with self._cond:
-            self._http_410_next = True
+            self._http_410_next = times
 
     def drop_watches(self) -> int:
         """Cut every open watch connection mid-chunk; returns how many were open once
@@ -317,8 +317,8 @@ def _handler(server: KubeApiServer) -> type[BaseHTTPRequestHandler]:
 
         def _watch(self, resource: str, namespace: str | None, query: dict[str, str]) -> None:
             with server._cond:
-                refuse = server._http_410_next
-                server._http_410_next = False
+                refuse = server._http_410_next > 0
+                server._http_410_next = max(0, server._http_410_next - 1)
             if refuse:
                 self._json(410, status(410, "Expired", f"too old resource version: {query.get('resourceVersion')}"))
                 return

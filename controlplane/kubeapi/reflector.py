@@ -74,12 +74,14 @@ class Reflector:
             except ApiException as exc:
                 if self._stop.is_set():
                     break
+                failures += 1
                 if exc.status == GONE:
                     log.info("%s: resourceVersion %s expired (%s); listing again",
                              self.resource, self.resource_version, exc.reason)
                     self.resource_version = None
+                    if failures > 1:   # expired again right after a list: do not hammer the API
+                        self._pause(failures, "expired again")
                     continue
-                failures += 1
                 self._pause(failures, f"API answered {exc.status} {exc.reason}")
             except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
                 if self._stop.is_set():

@@ -175,3 +175,16 @@ def test_the_agent_command_opens_a_kube_feed(api, tmp_path, source):
         assert [s.name for s in src.list(Service)] == ["a"]
     finally:
         feed.close()
+
+
+def test_a_server_that_expires_every_watch_is_not_hammered(api, feed_of):
+    """Each watch refused with 410 right after a list: the reflector lists again, but
+    after the second time in a row it backs off (0.2, 0.4, 0.8 s...) instead of spinning."""
+    feed = feed_of().start()
+    assert feed.wait_synced(10)
+    assert wait_until(lambda: api.watchers() == 2)
+    api.fail_next_watch_with_http_410(times=10_000)
+    api.expire_watches()
+    time.sleep(1.5)
+    assert 2 <= api.lists(SERVICES) <= 8
+    api.fail_next_watch_with_http_410(times=0)
