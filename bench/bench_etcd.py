@@ -264,8 +264,9 @@ def lab_run(kind: str, services: int, changes: int) -> dict:
                 for i in list(pending):
                     if nodes[i].count(keys[i]) == expect:
                         pending.discard(i)
-                if time.monotonic() - sent > 30:
-                    raise RuntimeError(f"change {n} did not reach every node (before {before})")
+                if time.monotonic() - sent > 120:
+                    raise RuntimeError(f"change {n} did not reach nodes {sorted(pending)} in 120 s "
+                                       f"(before {before}; logs in {lab.store.logs})")
                 time.sleep(0.0005)
             latencies.append((time.monotonic() - sent) * 1000)
         for node in nodes:
@@ -280,6 +281,12 @@ def lab_run(kind: str, services: int, changes: int) -> dict:
                 "change_p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 1),
                 "change_max_ms": round(latencies[-1], 1), "changes": changes,
                 "load_avg_1m": round(os.getloadavg()[0], 2)}
+    except BaseException:
+        import shutil
+        keep = Path(tempfile.mkdtemp(prefix="svcxdp-bench-etcd-logs-"))
+        shutil.copytree(lab.store.logs, keep / "logs", dirs_exist_ok=True)
+        print(f"[etcd lab] failed; agent logs kept in {keep}", file=sys.stderr)
+        raise
     finally:
         lab.down(on_down=hooks.on_lab_down)
         import shutil
