@@ -7,7 +7,9 @@ unchanged:
 
 - list: a JSON `ServiceList` / `EndpointSliceList` whose `metadata.resourceVersion` is
   the store's revision at the read; items without kind/apiVersion, sorted by
-  namespace/name. `resourceVersion=N&resourceVersionMatch=Exact` older than the
+  namespace/name. `limit=N` pages it: `metadata.continue` (and remainingItemCount) until
+  the last page, every page from the first page's snapshot; a continue token whose
+  snapshot has been compacted answers HTTP 410 Expired. `resourceVersion=N&resourceVersionMatch=Exact` older than the
   compacted revision answers HTTP 410 with a Status (reason Expired).
 - watch (`?watch=true|1&resourceVersion=N&allowWatchBookmarks=true&timeoutSeconds=S`):
   HTTP 200, `Transfer-Encoding: chunked`, one newline-terminated JSON event per chunk
@@ -20,7 +22,8 @@ unchanged:
 - one revision counter for both kinds (as etcd's), a bearer token checked on every
   request (401 otherwise).
 
-Faults the tests trigger: `bookmark()` (BOOKMARK events at the current revision to the
+Faults the tests trigger: `compact_after_page = True` (a paged list's snapshot expires
+between its pages), `bookmark()` (BOOKMARK events at the current revision to the
 watchers that allowed them), `compact()` (older revisions expire), `expire_watches()`
 (ERROR 410 sent into the open watches, as when the watch cache falls behind),
 `fail_next_watch_with_http_410()` (the next watch is refused with HTTP 410 instead),
@@ -89,6 +92,8 @@ class KubeApiServer:
         self._watchers: list[_Watcher] = []
         self._http_410_next = 0   # how many more watches to refuse with HTTP 410
         self._stopping = False
+        self._continues: dict[str, tuple[int, list[dict[str, Any]]]] = {}   # token -> (rev, rest)
+        self.compact_after_page = False   # compact right after serving the next first page
         self._reachable = threading.Event()   # cleared by hold(): requests wait at the door
         self._reachable.set()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -227,14 +232,38 @@ class KubeApiServer:
         return [r for r in list(self.requests) if r.resource == resource and r.watch]
 
     # ---- serving --------------------------------------------------------------------
-    def _list(self, resource: str, namespace: str | None) -> dict[str, Any]:
-        """No copies: a stored object is replaced by a write, never changed in place."""
+    def _list(self, resource: str, namespace: str | None, limit: int | None = None,
+              token: str | None = None) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, body). No copies: a stored object is replaced by a write, never
+        changed in place. With `limit`, a page and a `continue` token for the rest of the
+        same snapshot; a token whose snapshot was compacted since answers 410 Expired."""
         name, version = KINDS[resource]
         with self._cond:
-            items = [o for k, o in sorted(self.objects[resource].items()) if _in(namespace, o)]
-            rev = self.revision
-        return {"kind": f"{name}List", "apiVersion": version,
-                "metadata": {"resourceVersion": str(rev)}, "items": items}
+            if token is not None:
+                snapshot = self._continues.pop(token, None)
+                if snapshot is None:
+                    return 400, status(400, "BadRequest", f"continue token {token!r} is not valid")
+                rev, items = snapshot
+                if rev < self.compacted:
+                    return 410, status(410, "Expired", "The provided continue parameter is too old to display a "
+                                       "consistent list result. You can start a new list without the "
+                                       "continue parameter.")
+            else:
+                items = [o for k, o in sorted(self.objects[resource].items()) if _in(namespace, o)]
+                rev = self.revision
+            meta: dict[str, Any] = {"resourceVersion": str(rev)}
+            if limit and len(items) > limit:
+                items, rest = items[:limit], items[limit:]
+                next_token = str(uuid.uuid4())
+                self._continues[next_token] = (rev, rest)
+                meta["continue"] = next_token
+                meta["remainingItemCount"] = len(rest)
+                if self.compact_after_page:
+                    self.compact_after_page = False
+                    self.revision += 1
+                    self.compacted = self.revision
+                    self.history = []
+        return 200, {"kind": f"{name}List", "apiVersion": version, "metadata": meta, "items": items}
 
     def _open_watch(self, resource: str, namespace: str | None, since: str | None,
                     bookmarks: bool) -> _Watcher | dict[str, Any]:
@@ -301,7 +330,8 @@ def _handler(server: KubeApiServer) -> type[BaseHTTPRequestHandler]:
                         and int(since) < server.compacted):
                     self._json(410, status(410, "Expired", f"too old resource version: {since} ({server.compacted})"))
                     return
-                self._json(200, server._list(resource, m.group("ns")))
+                limit = int(query["limit"]) if query.get("limit") else None
+                self._json(*server._list(resource, m.group("ns"), limit, query.get("continue")))
                 return
             self._watch(resource, m.group("ns"), query)
 

@@ -1,6 +1,7 @@
 """List then watch one resource of the Kubernetes API, as client-go's reflector does.
 
-    list                 GET .../services -> every object and the list's resourceVersion
+    list                 GET .../services?limit=500, then &continue=TOKEN while the server
+                         says there is more -> every object and the list's resourceVersion
     watch from there     GET .../services?watch=true&resourceVersion=RV&allowWatchBookmarks=true
                          &timeoutSeconds=T: each ADDED / MODIFIED / DELETED moves the resume
                          point to the object's resourceVersion, each BOOKMARK to the
@@ -54,6 +55,7 @@ class Reflector:
     list_func: Callable[..., Any]       # e.g. CoreV1Api.list_service_for_all_namespaces
     handler: Handler
     watch_timeout_s: int = 300          # timeoutSeconds of each watch request
+    page_size: int = 500                # limit of each list request (client-go's pager default)
     connect_timeout_s: float = 10.0
     backoff_first_s: float = 0.2
     backoff_max_s: float = 30.0
@@ -103,14 +105,25 @@ class Reflector:
         self._stop.wait(delay)
 
     def _list(self) -> None:
-        resp = self.list_func(_preload_content=False,
-                              _request_timeout=(self.connect_timeout_s, self.watch_timeout_s))
-        try:
-            body = json.loads(resp.data)
-        finally:
-            resp.release_conn()
-        items = body.get("items") or []
-        rv = (body.get("metadata") or {}).get("resourceVersion")
+        """Every object, in pages of `page_size` (as client-go's pager) from one snapshot;
+        a snapshot that expires between pages raises 410, and the whole list starts again."""
+        items: list[dict[str, Any]] = []
+        token: str | None = None
+        rv = None
+        while True:
+            kw = {"_continue": token} if token else {}
+            resp = self.list_func(limit=self.page_size, _preload_content=False,
+                                  _request_timeout=(self.connect_timeout_s, self.watch_timeout_s), **kw)
+            try:
+                body = json.loads(resp.data)
+            finally:
+                resp.release_conn()
+            meta = body.get("metadata") or {}
+            items.extend(body.get("items") or [])
+            rv = rv or meta.get("resourceVersion")
+            token = meta.get("continue")
+            if not token:
+                break
         if not rv:
             raise ValueError(f"{self.resource} list has no metadata.resourceVersion")
         self.handler.replace(self.resource, items)

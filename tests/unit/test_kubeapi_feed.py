@@ -188,3 +188,20 @@ def test_a_server_that_expires_every_watch_is_not_hammered(api, feed_of):
     time.sleep(1.5)
     assert 2 <= api.lists(SERVICES) <= 8
     api.fail_next_watch_with_http_410(times=0)
+
+
+@pytest.mark.parametrize("expire_between_pages", [False, True])
+def test_a_large_list_is_read_in_pages_of_one_snapshot(api, feed_of, expire_between_pages):
+    """limit=500 and continue tokens, as client-go's pager; a snapshot compacted between
+    two pages (410 Expired on the continue) means the whole list again, not a gap."""
+    for i in range(1200):
+        api.put(SERVICES, svc(f"s{i:04d}", f"10.96.{i // 250}.{i % 250 + 1}"))
+    api.compact_after_page = expire_between_pages
+    feed = feed_of().start()
+    assert feed.wait_synced(30)
+    assert [s.name for s in feed.list(Service)] == [f"s{i:04d}" for i in range(1200)]
+    pages = [r.query for r in api.requests if r.resource == SERVICES and not r.watch]
+    assert all(q["limit"] == "500" for q in pages)
+    assert [bool(q.get("continue")) for q in pages] == \
+        ([False, True] if expire_between_pages else []) + [False, True, True]
+    assert feed.reflectors[SERVICES].lists == 1
