@@ -32,6 +32,7 @@ pytestmark = pytest.mark.root
 NODE = "node1"
 NODE_IP = "192.168.50.1"          # the address NodePorts are served on (no packet goes there)
 LB_IP = "203.0.113.7"
+EXTERNAL_IP = "198.51.100.9"
 
 
 def service(name: str, cluster_ip: str | None, type_: str = "ClusterIP", node_port: int | None = None,
@@ -160,7 +161,7 @@ def test_services_of_every_type_listed_then_watched_land_in_the_maps(api, start_
 
     # watched: a NodePort, a LoadBalancer with its status IP, a Local external policy,
     # and the ones kube-proxy does not serve
-    put_service(api, "np", "10.96.0.11", B, type_="NodePort", node_port=30080)
+    put_service(api, "np", "10.96.0.11", B, type_="NodePort", node_port=30080, externalIPs=[EXTERNAL_IP])
     lb = service("lb", "10.96.0.12", type_="LoadBalancer", node_port=30081)
     lb["status"] = {"loadBalancer": {"ingress": [{"ip": LB_IP, "ipMode": "VIP"}]}}
     api.put(SERVICES, lb)
@@ -177,6 +178,7 @@ def test_services_of_every_type_listed_then_watched_land_in_the_maps(api, start_
         ("10.96.0.10", 80, "cluster"): {A[0]: "active", A[1]: "terminating"},
         ("10.96.0.11", 80, "cluster"): dict.fromkeys(B, "active"),
         (NODE_IP, 30080, "external"): dict.fromkeys(B, "active"),
+        (EXTERNAL_IP, 80, "external"): dict.fromkeys(B, "active"),
         ("10.96.0.12", 80, "cluster"): {C[0]: "active"},
         (LB_IP, 80, "external"): {C[0]: "active"},
         (NODE_IP, 30081, "external"): {C[0]: "active"},
@@ -189,7 +191,7 @@ def test_services_of_every_type_listed_then_watched_land_in_the_maps(api, start_
     remove_service(api, "lb")                                     # deletion removes its frontends
     remove_service(api, "np")
     for fe in [("10.96.0.12", 80, "cluster"), (LB_IP, 80, "external"), (NODE_IP, 30081, "external"),
-               ("10.96.0.11", 80, "cluster"), (NODE_IP, 30080, "external")]:
+               ("10.96.0.11", 80, "cluster"), (NODE_IP, 30080, "external"), (EXTERNAL_IP, 80, "external")]:
         del want[fe]
     assert run.converges_to(want) == want
     assert run.api.lists(SERVICES) == 1 and run.api.lists(ENDPOINTSLICES) == 1

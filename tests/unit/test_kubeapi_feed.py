@@ -110,9 +110,14 @@ def test_endpoint_slices_are_kept_as_the_api_sent_them(api, feed_of):
     assert got["endpoints"] == doc["endpoints"] and got["metadata"]["resourceVersion"] == "2"
 
 
-def test_a_missing_kubeconfig_is_a_clear_error(tmp_path):
+def test_a_missing_kubeconfig_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(KubeConfigError, match="no such file"):
         api_client(str(tmp_path / "nope"))
+    # no file and not in a pod: the in-cluster config is what failed, and it says so
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(KubeConfigError, match=r"in-cluster config \(no --kubeconfig given\)"):
+        api_client(None)
 
 
 @pytest.mark.parametrize("argv, message", [
