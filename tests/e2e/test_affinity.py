@@ -201,3 +201,27 @@ def test_trace_and_get_flows_as_whole_commands(cluster: Cluster, myapp: str):
     human = cluster.svcctl("trace", "--node", "node1", f"{me}:45678", f"{vip}:80").stdout
     assert "ClusterIP of default/myapp" in human and f"({pod})" in human, human
     disable(cluster, vip)
+    # from outside, to a NodePort of node1: the external entry point, run in node1's namespace
+    # as arriving on its eth0 (a pod on node2 is source-NATed and sent back out: XDP_TX)
+    cluster.svcctl("apply", "-f", "-", input=myapp_service(None).replace("name: myapp", "name: myapp-np").replace(
+        "type: ClusterIP", "type: NodePort").replace("targetPort: 80", "targetPort: 80\n    nodePort: 30090"))
+    status = cluster.lab.status()
+    node1 = next(n for n in status.nodes if n.name == "node1")
+    remote = {p.ip for p in status.pods if p.node == "node2"}
+
+    def traced(port: int) -> dict:
+        return json.loads(cluster.svcctl("trace", "--node", "node1", f"{status.outside.ip}:{port}",
+                                         f"{node1.ip}:30090", "--run", "-o", "json").stdout)
+    wait_for("node1 to serve the NodePort", lambda: traced(40000)["frontend"])
+    for port in range(40001, 40021):            # random: until a pod on node2 is picked
+        trace = traced(port)
+        assert trace["entry"] == "external" and trace["frontend"]["owner"]["kind"] == "NodePort"
+        run = trace["run"]
+        assert run["agrees"] and run["dst"] in trace["choice"]["candidates"], trace
+        if run["dst"][0] in remote:             # source-NATed to node1's address, back out of eth0
+            assert run["verdict"] == "XDP_TX" and run["src"][0] == node1.ip, run
+            break
+        assert run["verdict"] == "XDP_PASS" and run["src"] == [status.outside.ip, port], run  # local pod
+    else:
+        raise AssertionError("20 new flows, none to a pod on node2")
+    cluster.svcctl("delete", "svc", "myapp-np")
