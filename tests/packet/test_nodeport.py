@@ -322,3 +322,35 @@ def test_udp_to_a_nodeport_without_endpoints_gets_icmp_port_unreachable(ext, xdp
             ICMP(type=3, code=3) / bytes(pkt[IP])[:28])
     assert out.raw == bytes(Ether(bytes(want)))
     assert delta(before, xdp.counters()) == {"reject": 1}
+
+
+def test_icmp_errors_about_a_nodeport_flow_to_a_local_pod_are_translated_both_ways(ext, xdp):
+    """No SNAT here: the pod sees the client, the client sees the NodePort."""
+    from scapy.layers.inet import IPerror, UDPerror
+    ext.service(NODE, 30053, [nodenet.LOCAL_POD], proto="UDP", backend_port=53)
+    assert ext.send(from_client(NODE, 30053, sport=5353, proto=UDP)).pkt[IP].dst == nodenet.LOCAL_POD
+    before = xdp.counters()
+    # the client says its port is closed, quoting the reply NODE:30053 -> client:5353;
+    # on the external interface it becomes an error about LOCAL_POD:53, sent to the pod
+    err = (Ether(src=CLIENT_MAC, dst=ext.node.ext_mac) / IP(src=CLIENT, dst=NODE, ttl=64) /
+           ICMP(type=3, code=3) / IP(src=NODE, dst=CLIENT, ttl=63) / UDP(sport=30053, dport=5353))
+    out = ext.send(err)
+    assert out.verdict == "XDP_PASS"
+    pkt = out.pkt
+    assert (pkt[IP].src, pkt[IP].dst) == (CLIENT, nodenet.LOCAL_POD)
+    assert (pkt[IPerror].src, pkt[IPerror].dst) == (nodenet.LOCAL_POD, CLIENT)
+    assert (pkt[UDPerror].sport, pkt[UDPerror].dport) == (53, 5353)
+    assert _checksums_valid(pkt)
+    # the pod's side says the client's datagram could not be delivered, quoting
+    # client:5353 -> LOCAL_POD:53; on the pod's veth it becomes one about the NodePort
+    err = (Ether(src=nodenet.LOCAL_POD_MAC, dst="02:00:00:00:00:fe") /
+           IP(src=nodenet.LOCAL_POD, dst=CLIENT, ttl=64) / ICMP(type=3, code=3) /
+           IP(src=CLIENT, dst=nodenet.LOCAL_POD, ttl=63) / UDP(sport=5353, dport=53))
+    out = xdp.send(err)
+    assert out.verdict == "XDP_PASS"
+    pkt = out.pkt
+    assert (pkt[IP].src, pkt[IP].dst) == (NODE, CLIENT)
+    assert (pkt[IPerror].src, pkt[IPerror].dst) == (CLIENT, NODE)
+    assert (pkt[UDPerror].sport, pkt[UDPerror].dport) == (5353, 30053)
+    assert _checksums_valid(pkt)
+    assert delta(before, xdp.counters())["icmp_nat"] == 2
