@@ -258,3 +258,44 @@ def test_nodeport_flow_through_the_external_entry_shows_its_source_nat(xdp: Harn
         assert doc["entries"]["conntrack"]["snat"] == 1
     finally:
         nodenet.delete(node)
+
+
+def test_trace_of_a_flow_whose_backend_left_and_of_a_large_lc_service(xdp: Harness, maps: PinnedMaps):
+    """A flow whose backend was removed is re-picked (stale); lc over more slots than it
+    scans samples a random window: the trace gives the window winners, the run is one."""
+    xdp.writer.upsert(service("rr"))
+    p = Packet("10.3.0.1", 2000, VIP, 80, "TCP", S)
+    first = run(maps, trace(maps, p))
+    run(maps, trace(maps, Packet("10.3.0.1", 2000, VIP, 80, "TCP", A)))
+    s = service("rr")
+    xdp.writer.upsert(ServiceState(s.frontend, tuple(b for b in s.backends if b.ip != first.dst[0]), "rr"))
+    t = trace(maps, Packet("10.3.0.1", 2000, VIP, 80, "TCP", A))
+    assert (t.conntrack.verdict, t.conntrack.state, t.choice.by, t.reason) == ("stale", "STALE", "rr", "ct_new")
+    again = run(maps, t)
+    assert again.dst == t.rewrite.dst != first.dst
+    many = tuple(f"10.244.{4 + i // 200}.{10 + i % 200}" for i in range(40))
+    xdp.writer.upsert(ServiceState(Frontend(VIP, 82, "TCP"), tuple(Backend(ip, 8080) for ip in many), "wlc"))
+    rng = random.Random("lc-window")
+    packets = [Packet(socket.inet_ntoa(struct.pack("!I", rng.getrandbits(32))), rng.randrange(1024, 65536),
+                      VIP, 82, "TCP", S) for _ in range(300)]
+    by = compare(maps, packets)
+    assert by == {"wlc": 300}
+
+
+def test_trace_of_load_balancer_source_ranges(xdp: Harness, maps: PinnedMaps):
+    """loadBalancerSourceRanges are checked by the external entry point's tail on a new
+    flow: a client outside them is dropped (predicted from the LPM trie), one inside is not."""
+    from . import nodenet
+    lb_ip, inside, outside = "192.168.1.240", "192.168.1.100", "192.168.1.101"
+    node = nodenet.create()
+    try:
+        xdp.writer.upsert(ServiceState(Frontend(lb_ip, 80, "TCP", "external"), (Backend(nodenet.LOCAL_POD, 80),),
+                                       "random", source_ranges=(f"{inside}/32",)))
+        for client, verdict in ((outside, "XDP_DROP"), (inside, "XDP_PASS")):
+            t = trace(maps, Packet(client, 40000, lb_ip, 80, "TCP", S))
+            assert t.frontend.source_ranges and (t.verdict == verdict) == (verdict == "XDP_DROP"), t
+            r = node.call(run, maps, t, node.ext_ifindex)
+            assert r.verdict == verdict and (verdict == "XDP_DROP") == (t.reason == "drop_source_range"), (t, r)
+            assert r.verdict in t.verdict.split("|")
+    finally:
+        nodenet.delete(node)
