@@ -72,4 +72,12 @@ static __always_inline void lb_remember(const struct svc_value *svc, const struc
 		affinity_put(svc, k->src, c->id, now);
 }
 
+/* A new flow went to backend `id` (both paths count it once the flow is theirs). */
+static __always_inline void lb_count_new(__u32 id)
+{
+	struct backend_stats *s = backend_stats.lookup(&id);
+	if (s)
+		s->new_flows += 1;
+}
+
 #endif /* SVCXDP_LB_H */

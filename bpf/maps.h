@@ -100,6 +100,8 @@ SVCXDP_F_MAP("lpm_trie", struct src_range_key, __u8, source_ranges, SVCXDP_SOURC
 SVCXDP_MAP("prog", __u32, __u32, np_tail, 1);
 /* Per-service packets, bytes, new flows, rejects. */
 SVCXDP_MAP("percpu_array", __u32, struct svc_stats, svc_stats, SVCXDP_SVC_ID_SLOTS);
+/* Per-backend new flows (8 bytes x backends x CPUs). */
+SVCXDP_MAP("percpu_array", __u32, struct backend_stats, backend_stats, SVCXDP_MAX_BACKENDS);
 /* Scratch of the least-connections scan; per CPU, never pinned (no state). */
 BPF_PERCPU_ARRAY(lc_scratch, struct lc_best, 1);
 /* The packet's copy of its service entry (svcxdp.c svc_read); per CPU, never pinned.

@@ -151,6 +151,7 @@ static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx, __be32 src, __
 	ctx->user_ip4 = b->ip;
 	ctx->user_port = (__u32)b->port;
 	sock_svc_count(svc->svc_id, 1, 0);
+	lb_count_new(backend_id);
 	counters_bump(ev.main);
 	if (ev.extra < SVCXDP_CNT_MAX)
 		counters_bump(ev.extra);

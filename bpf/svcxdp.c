@@ -259,6 +259,7 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 	nat_port = b->port;
 	ev->main = SVCXDP_CNT_CT_NEW;
 	svc_account(svc->svc_id, bytes, 1, 0);
+	lb_count_new(backend_id);
 	/* Whether a new external flow needs SNAT is the tail program's to decide
 	 * (nodeport.h, np_snat): the route lookup and the port search stay out of
 	 * this program's verification. */

@@ -374,4 +374,11 @@ struct svc_stats {
 	__u64 rejects;
 };
 
+/* Per-backend counters (per-CPU array indexed by backend id): new flows sent to it,
+ * so a user sees the spread over a service's endpoints. The writer zeroes an id's
+ * counters when it hands the id to a new backend. */
+struct backend_stats {
+	__u64 new_flows;
+};
+
 #endif /* SVCXDP_H */

@@ -9,13 +9,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from controlplane.api.endpoints import LAST_CHANGE_TRIGGER_TIME
 from controlplane.api.errors import Gone
+from controlplane.api.meta import parse_timestamp
 from controlplane.controllers.events import WARNING, EventRecorder, Involved
 from controlplane.dataplane.model import Frontend, ServiceState
 from controlplane.dataplane.program import Dataplane
 from controlplane.dataplane.writer import CapacityError, MapWriter
 from controlplane.gcpause import paused_gc
 from controlplane.memtrim import release_free_memory
+from controlplane.store.interface import DELETED
 
 from .cache import WATCHED_KINDS, ServiceCache, ServiceKey
 from .desired import Desired, NodeConfig, desired_state
@@ -35,6 +38,8 @@ class SyncReport:
     failed: list[str] = field(default_factory=list)   # frontends that do not fit the maps
     writes: int = 0
     took_ms: float = 0.0
+    # per endpoint change this sync programmed: seconds from its trigger time to the maps written
+    programming_s: list[float] = field(default_factory=list)
 
 
 def _endpoints(state: ServiceState) -> str:
@@ -68,6 +73,10 @@ class Agent:
         # same problems are in the agent's log
         self.events = EventRecorder(source, "svcxdp-agent", node.name) if source_takes_events(source) \
             else NoEvents()
+
+    def owner_of(self, frontend: Frontend) -> str:
+        """`namespace/name:port` of the service a frontend serves ("" if unknown)."""
+        return self._owners.get(frontend, "")
 
     @property
     def resource_version(self) -> int:
@@ -219,6 +228,9 @@ class Agent:
         self.cache.resource_version = max(self.cache.resource_version, current)
         report = SyncReport()
         self._apply({key: self._desired_for(key) for key in touched}, report)
+        if touched:
+            done = time.time()
+            report.programming_s = [done - t for t in trigger_times(events)]
         report.writes = self.writer.writes - writes
         report.took_ms = (time.perf_counter() - start) * 1000
         if touched:   # lastUpdated moves when the maps did, not on every change of other kinds
@@ -299,6 +311,8 @@ class Agent:
                         next_check = time.monotonic() + self.check_every_s
             except Exception as exc:
                 self.health.out_of_sync()
+                if self.metrics is not None:
+                    self.metrics.sync_failed()
                 delay = retry.next()
                 if retry.failures == 1:
                     log.exception("sync failed; the dataplane keeps its state; retrying in %.1f s", delay)
@@ -321,6 +335,24 @@ class Agent:
             self.interfaces.refresh()
         except Exception:
             log.exception("attaching to interfaces failed; retrying")
+
+
+def trigger_times(events) -> list[float]:
+    """The distinct trigger times (Unix seconds) the changed EndpointSlices carry
+    (endpoints.kubernetes.io/last-change-trigger-time, set by the endpoints controller)."""
+    seen: set[tuple[str, str, str]] = set()
+    out = []
+    for ev in events:
+        obj = ev.object
+        stamp = obj.annotations.get(LAST_CHANGE_TRIGGER_TIME) if obj.KIND == "EndpointSlice" else None
+        if not stamp or ev.type == DELETED or (obj.namespace, obj.name, stamp) in seen:
+            continue
+        seen.add((obj.namespace, obj.name, stamp))
+        try:
+            out.append(parse_timestamp(stamp).timestamp())
+        except ValueError:
+            continue
+    return out
 
 
 @dataclass

@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
                     "(/healthz 503) until it does")
     agent = Agent(source, NodeConfig(args.node, args.lb_algorithm, addresses), dp, interfaces, health,
                   check_every_s=args.check_interval, service_health=service_health)
-    agent.metrics = _serve_metrics(args.metrics_bind_address, dp, log)
+    agent.metrics = _serve_metrics(args.metrics_bind_address, dp, agent, log)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -170,17 +170,17 @@ def _bind_address(bind: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _serve_metrics(bind: str, dp, log):
+def _serve_metrics(bind: str, dp, agent, log):
     """/metrics (kube-proxy's sync metrics, the datapath's svcxdp_*) on --metrics-bind-address."""
     from prometheus_client import CollectorRegistry
 
-    from .metrics import DataplaneCollector, SyncMetrics, serve
+    from .metrics import AgentNaming, DataplaneCollector, SyncMetrics, serve
     host, port = _bind_address(bind)
     if port == 0:
         return None
     registry = CollectorRegistry()
     sync = SyncMetrics(registry)
-    registry.register(DataplaneCollector(dp))
+    registry.register(DataplaneCollector(dp, AgentNaming(agent)))
     try:
         serve(registry, host, port)
     except OSError as exc:   # as kube-proxy: the proxy keeps working without its metrics

@@ -17,6 +17,8 @@ from .meta import ApiObject
 LABEL_SERVICE_NAME = "kubernetes.io/service-name"
 LABEL_MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
 LABEL_SKIP_MIRROR = "endpointslice.kubernetes.io/skip-mirror"
+# when the change that made the controller write a slice happened (RFC 3339 with fractions)
+LAST_CHANGE_TRIGGER_TIME = "endpoints.kubernetes.io/last-change-trigger-time"
 MANAGED_BY_CONTROLLER = "endpointslice-controller.k8s.io"
 MANAGED_BY_MIRRORING = "endpointslicemirroring-controller.k8s.io"
 ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")

@@ -19,10 +19,10 @@ from __future__ import annotations
 from collections import defaultdict
 
 from controlplane.api.codec import encode
-from controlplane.api.endpoints import (LABEL_MANAGED_BY, LABEL_SERVICE_NAME, LABEL_SKIP_MIRROR,
+from controlplane.api.endpoints import (LAST_CHANGE_TRIGGER_TIME, LABEL_MANAGED_BY, LABEL_SERVICE_NAME, LABEL_SKIP_MIRROR,
                                         MANAGED_BY_CONTROLLER, MANAGED_BY_MIRRORING, Endpoint,
                                         EndpointConditions, EndpointPort, Endpoints, EndpointSlice)
-from controlplane.api.meta import ApiObject, ObjectMeta, OwnerReference
+from controlplane.api.meta import ApiObject, ObjectMeta, OwnerReference, now
 from controlplane.api.pod import Pod
 from controlplane.api.selectors import EQUALS, Requirement, Selector
 from controlplane.api.service import EXTERNAL_NAME, LABEL_HEADLESS, Service
@@ -69,6 +69,14 @@ def _sync_endpoints(tx: StoreWriter, svc: Service, pods: list[Pod], live: Endpoi
     return 1
 
 
+def trigger_time() -> str:
+    """Now, as endpoints.kubernetes.io/last-change-trigger-time (RFC 3339, microseconds).
+    Kubernetes writes the time the triggering pod or service change was observed; the
+    controllers here run right after the change that woke them, so the time of the write
+    stands for it (kube-proxy's network programming latency starts from it)."""
+    return now().isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
 def _ready_addresses(subsets: list | None) -> int:
     return sum(len(s.addresses or []) for s in subsets or [])
 
@@ -99,6 +107,7 @@ def _sync_slices(tx: StoreWriter, owner: ApiObject, service_name: str, wanted: l
         if reuse is not None:
             unused.remove(reuse)
             reuse.metadata.labels = labels
+            reuse.metadata.annotations = {**reuse.annotations, LAST_CHANGE_TRIGGER_TIME: trigger_time()}
             reuse.ports = want.ports or None
             reuse.endpoints = want.endpoints or None
             tx.update(reuse)
@@ -109,7 +118,8 @@ def _sync_slices(tx: StoreWriter, owner: ApiObject, service_name: str, wanted: l
             taken.add(name)
             tx.create(EndpointSlice(
                 metadata=ObjectMeta(name=name, generate_name=f"{service_name}-", namespace=owner.namespace,
-                                    labels=labels, owner_references=[_owner(owner)]),
+                                    labels=labels, owner_references=[_owner(owner)],
+                                    annotations={LAST_CHANGE_TRIGGER_TIME: trigger_time()}),
                 address_type="IPv4", ports=want.ports or None, endpoints=want.endpoints or None))
         writes += 1
     for stale in unused:

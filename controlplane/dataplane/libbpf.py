@@ -276,3 +276,48 @@ def update_batch(fd: int, keys, values, count: int) -> None:
     rc = lib().bpf_map_update_batch(fd, ffi.from_buffer(keys), ffi.from_buffer(values), n, opts)
     if rc < 0:
         raise OSError(-rc, f"bpf_map_update_batch: {os.strerror(-rc)} after {n[0]} of {count} entries")
+
+
+def lookup_batches_raw(fd: int, key_size: int, value_size: int, batch: int = 8192
+                       ) -> Iterator[tuple[memoryview, memoryview, int]]:
+    """(keys, values, count) chunks of any map read with BPF_MAP_LOOKUP_BATCH into raw
+    buffers. `value_size` is what the kernel copies per key: for a per-CPU map, the
+    possible CPUs times the value rounded up to 8 bytes. The buffers are reused: a chunk
+    is valid until the next."""
+    keys = ffi.new("uint8_t[]", batch * key_size)
+    values = ffi.new("uint8_t[]", batch * value_size)
+    token_in = ffi.new("uint8_t[8]")
+    token_out = ffi.new("uint8_t[8]")
+    count = ffi.new("uint32_t *")
+    opts = ffi.new("struct bpf_map_batch_opts *")
+    opts.sz = ffi.sizeof("struct bpf_map_batch_opts")
+    first = True
+    while True:
+        count[0] = batch
+        rc = lib().bpf_map_lookup_batch(fd, ffi.NULL if first else token_in, token_out, keys, values, count, opts)
+        err = -rc if rc < 0 else 0
+        if err not in (0, errno.ENOENT):
+            raise OSError(err, f"bpf_map_lookup_batch(fd {fd}): {errno.errorcode.get(err, err)}")
+        if count[0]:
+            yield (memoryview(ffi.buffer(keys, count[0] * key_size)),
+                   memoryview(ffi.buffer(values, count[0] * value_size)), count[0])
+        if err == errno.ENOENT:
+            return
+        ffi.memmove(token_in, token_out, 8)
+        first = False
+
+
+def zero_entries(fd: int, ids, value_size: int) -> int:
+    """Write zeros to keys `ids` (u32) of an array map in one batch (`value_size` as in
+    lookup_batches_raw: per-CPU maps take every CPU's copy). Returns the count."""
+    n = len(ids)
+    if n == 0:
+        return 0
+    key_buf = array("I", ids)
+    keys = ffi.from_buffer("uint32_t[]", key_buf)
+    vals = ffi.new("uint8_t[]", n * value_size)
+    count = ffi.new("uint32_t *", n)
+    opts = ffi.new("struct bpf_map_batch_opts *")
+    opts.sz = ffi.sizeof("struct bpf_map_batch_opts")
+    _check(lib().bpf_map_update_batch(fd, keys, vals, count, opts), "bpf_map_update_batch")
+    return n

@@ -25,7 +25,7 @@ EXTERNAL_ENTRY = "svcxdp_external"  # the node's external interfaces: NodePort, 
 EXTERNAL_TAIL = "svcxdp_np_out"     # its way out (XDP_TX / redirect), in np_tail slot 0
 SVCXDP_CNT_MAX = const("CNT_MAX")
 MAP_NAMES = ("services", "slots", "backends", "rev_nat", "conntrack", "ct_unconfirmed", "fragments",
-             "rr_state", "svc_stats", "counters", "backend_conns", "maglev", "affinity", "sock_revnat",
+             "rr_state", "svc_stats", "backend_stats", "counters", "backend_conns", "maglev", "affinity", "sock_revnat",
              "sock_config", "source_ranges")
 
 
@@ -40,7 +40,8 @@ def _check_pinned_layout(bpf: BPF, config: DataplaneConfig) -> None:
         "backends": config.max_backends, "rev_nat": config.max_backends, "conntrack": config.ct_size,
         "ct_unconfirmed": config.ct_unconfirmed_size,
         "fragments": config.frag_size, "rr_state": config.svc_id_slots,
-        "svc_stats": config.svc_id_slots, "backend_conns": config.max_backends,
+        "svc_stats": config.svc_id_slots, "backend_stats": config.max_backends,
+        "backend_conns": config.max_backends,
         "maglev": config.max_services, "affinity": config.affinity_size,
         "sock_revnat": config.sock_revnat_size, "sock_config": 1,
         "counters": SVCXDP_CNT_MAX,
@@ -48,7 +49,7 @@ def _check_pinned_layout(bpf: BPF, config: DataplaneConfig) -> None:
     for name in MAP_NAMES:
         table = bpf[name.encode()]
         info = map_info(table.map_fd)
-        want = (ct.sizeof(table.Key), ct.sizeof(table.Leaf) if name not in ("svc_stats", "counters")
+        want = (ct.sizeof(table.Key), ct.sizeof(table.Leaf) if name not in ("svc_stats", "backend_stats", "counters")
                 else info.value_size)
         got = (info.key_size, info.value_size)
         problems = []

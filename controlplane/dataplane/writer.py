@@ -32,9 +32,11 @@ from .affinity_maps import AffinityGenerations
 from .ids import CapacityError, IdAllocator
 from .installed import (BACKEND_FIELDS, SVC_FIELDS, SVC_KEY_FIELDS, Installed, backend_columns, backend_row,
                         maglev_table)
+from .libbpf import zero_entries
 from .maglev_maps import MaglevMaps
 from .model import PROTOCOLS, SCOPES, Backend, Frontend, ServiceState, ip_to_be32, port_to_be16
 from .packing import Packer, batch_write, write_packed
+from .pinned import possible_cpus
 from .plan import Plan, check_capacity, plan_upsert
 from .program import Dataplane
 from .reply_flags import flag_drift, flag_rows
@@ -63,6 +65,8 @@ class MapWriter:
         self.rr_state = dp.table("rr_state")
         self.svc_stats = dp.table("svc_stats")
         self.conns = dp.table("backend_conns")
+        self.backend_stats_fd = dp.table("backend_stats").map_fd
+        self._backend_stats_size = possible_cpus() * 8   # one u64 per CPU
         self.maglev = MaglevMaps(dp.table("maglev"))
         self.affinity = AffinityGenerations()
         self.revnat = RevNat(dp.table("rev_nat"))
@@ -183,6 +187,11 @@ class MapWriter:
     def installed(self) -> dict[Frontend, ServiceState]:
         return {fe: inst.state for fe, inst in self._installed.items()}
 
+    def records(self) -> dict[Frontend, Installed]:
+        """Every installed frontend's record (ids included), not to be changed: for
+        readers such as the agent's metrics."""
+        return self._installed
+
     def installed_state(self, frontend: Frontend) -> ServiceState | None:
         """One frontend's state, without copying the whole table (the agent asks per
         service on every change)."""
@@ -280,6 +289,8 @@ class MapWriter:
         fresh = [i for p in made for i in p.fresh]
         n = write_packed(self.conns, pk["id"].columns(len(fresh), [fresh]),
                          pk["conns"].columns(len(fresh), [0]))
+        # ... and no new flows of its own yet (bpf lb_count_new counts them)
+        zero_entries(self.backend_stats_fd, fresh, self._backend_stats_size)
         n += self._write_backends(made)
         self._phase("backends")
         # 2. slots, then per-service state of new services, then Maglev tables

@@ -4,6 +4,7 @@ program counted for known traffic, and served over HTTP with /proxyMode beside t
 from __future__ import annotations
 
 import urllib.request
+from array import array
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -11,7 +12,10 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from controlplane.agent.agent import SyncReport
-from controlplane.agent.metrics import DataplaneCollector, SyncMetrics, serve
+from controlplane.agent.metrics import DataplaneCollector, SyncMetrics, naming_of, serve
+from controlplane.dataplane import readout
+from controlplane.dataplane.libbpf import ffi, lib
+from controlplane.dataplane.pinned import possible_cpus
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
 
 from .harness import BACKENDS, CLIENT, CLIENT_MAC, NODE_MAC, VIP, Harness
@@ -39,7 +43,7 @@ def test_datapath_and_service_metrics_are_the_maps_contents(xdp: Harness):
     for name, value in xdp.dp.counters().items():
         assert got[("svcxdp_datapath_packets_total", (("reason", name),))] == value, name
     for fe, (new, rejects) in ((Frontend(VIP, 80, "TCP"), (4, 0)), (Frontend(VIP2, 80, "TCP"), (0, 1))):
-        labels = (("frontend", f"{fe.vip}:80"), ("protocol", "TCP"), ("scope", "cluster"))
+        labels = (("frontend", f"{fe.vip}:80"), ("protocol", "TCP"), ("scope", "cluster"), ("service", ""))
         stats = xdp.dp.service_stats(xdp.writer.svc_id(fe))
         for field in ("packets", "bytes", "new_flows", "rejects"):
             assert got[(f"svcxdp_service_{field}_total", labels)] == stats[field], (fe, field)
@@ -51,11 +55,53 @@ def test_datapath_and_service_metrics_are_the_maps_contents(xdp: Harness):
         + got[("svcxdp_map_entries", (("map", "conntrack"),))] >= 4
 
 
+def test_new_flows_per_backend_show_the_spread(xdp: Harness):
+    """rr over 3 backends, 7 new flows: 3, 2, 2 — from the per-CPU backend_stats map the
+    datapath counts (bpf lb_count_new), labelled with the agent's names for the ids."""
+    fe = Frontend(VIP, 80, "TCP")
+    xdp.writer.upsert(ServiceState(fe, tuple(Backend(ip, 8080) for ip in BACKENDS), "rr"))
+    sent: dict[str, int] = {}
+    for sport in range(22000, 22007):
+        out = xdp.send(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=CLIENT, dst=VIP) / TCP(sport=sport, dport=80, flags="S"))
+        sent[out.pkt[IP].dst] = sent.get(out.pkt[IP].dst, 0) + 1
+    assert sorted(sent.values()) == [2, 2, 3]
+    by_id = readout.backend_new_flows(xdp.dp)
+    assert {bid: n for bid, n in by_id.items()} == {xdp.writer.backend_id(fe, ip, 8080): n for ip, n in sent.items()}
+    registry = CollectorRegistry()
+    registry.register(DataplaneCollector(xdp.dp, lambda: naming_of(xdp.writer.records(), lambda f: "default/web:http")))
+    got = samples(registry)
+    for ip, n in sent.items():
+        labels = (("backend", f"{ip}:8080"), ("frontend", f"{VIP}:80"), ("service", "default/web:http"))
+        assert got[("svcxdp_backend_new_flows_total", labels)] == n, ip
+    assert got[("svcxdp_service_new_flows_total", (("frontend", f"{VIP}:80"), ("protocol", "TCP"),
+                                                    ("scope", "cluster"), ("service", "default/web:http")))] == 7
+    # removed backends are not exported; an id handed to a new backend starts from zero
+    # (every id not in use is given stale counts first, so whichever id it gets had some)
+    in_use = set(by_id)
+    stale_ids = array("I", [i for i in range(xdp.dp.config.max_backends) if i not in in_use])
+    _fill(xdp.dp.table("backend_stats").map_fd, stale_ids, possible_cpus() * 8)
+    xdp.writer.upsert(ServiceState(fe, (Backend("10.244.2.99", 8080),), "rr"))
+    new_id = xdp.writer.backend_id(fe, "10.244.2.99", 8080)
+    assert new_id in stale_ids and new_id not in readout.backend_new_flows(xdp.dp)
+    got = samples(registry)
+    assert not [k for k in got if k[0] == "svcxdp_backend_new_flows_total"]
+
+
+def _fill(fd: int, ids: array, value_size: int) -> None:
+    """Non-zero per-CPU counters for `ids` (one batch update)."""
+    count = ffi.new("uint32_t *", len(ids))
+    opts = ffi.new("struct bpf_map_batch_opts *")
+    opts.sz = ffi.sizeof("struct bpf_map_batch_opts")
+    values = ffi.from_buffer("uint8_t[]", bytearray(b"\x05" * (len(ids) * value_size)))
+    assert lib().bpf_map_update_batch(fd, ffi.from_buffer("uint32_t[]", ids), values, count, opts) == 0
+
+
 def test_sync_metrics_use_kube_proxys_names_and_are_served_with_proxy_mode(xdp: Harness):
     registry = CollectorRegistry()
     sync = SyncMetrics(registry)
     sync.synced(SyncReport(added=["a", "b"], changed=["default/c: endpoints 1 -> 2"], took_ms=3.0))
-    sync.synced(SyncReport(removed=["a"], failed=["d"], took_ms=20.0))
+    sync.synced(SyncReport(removed=["a"], failed=["d"], took_ms=20.0, programming_s=[0.003, 0.7]))
+    sync.sync_failed()
     got = samples(registry)
     assert got[("kubeproxy_sync_proxy_rules_duration_seconds_count", ())] == 2
     assert got[("kubeproxy_sync_proxy_rules_duration_seconds_bucket", (("le", "0.004"),))] == 1
@@ -63,6 +109,10 @@ def test_sync_metrics_use_kube_proxys_names_and_are_served_with_proxy_mode(xdp: 
     assert got[("kubeproxy_sync_proxy_rules_endpoint_changes_total", ())] == 1
     assert got[("kubeproxy_sync_proxy_rules_last_timestamp_seconds", ())] > 0
     assert got[("svcxdp_sync_failed_services", ())] == 1
+    assert got[("svcxdp_sync_errors_total", ())] == 2          # the frontend that did not fit, the failed sync
+    assert got[("kubeproxy_network_programming_duration_seconds_count", ())] == 2
+    assert got[("kubeproxy_network_programming_duration_seconds_bucket", (("le", "0.004"),))] == 1
+    assert got[("kubeproxy_network_programming_duration_seconds_bucket", (("le", "1.0"),))] == 2
     registry.register(DataplaneCollector(xdp.dp))
     server = serve(registry, host="127.0.0.1", port=0)
     try:

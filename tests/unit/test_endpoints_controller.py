@@ -173,3 +173,28 @@ def test_service_view_gives_backends_with_kube_proxy_fallback(registry: Registry
     (view,) = [v for v in load_service_views(registry.store) if v.service.name == "web"]
     assert {b.ip for b in view.ports[0].usable()} == {"10.244.1.2", "10.244.2.2"}   # serving + terminating
     assert view.ports[0].usable(node_name="node2") == ()
+
+
+def test_a_slice_write_carries_its_trigger_time_for_the_programming_latency(registry: Registry) -> None:
+    """The controller stamps endpoints.kubernetes.io/last-change-trigger-time on every slice
+    it writes; the agent turns each changed slice's stamp into one observation of
+    kubeproxy_network_programming_duration_seconds (agent.trigger_times)."""
+    from controlplane.agent.agent import trigger_times
+    from controlplane.api.endpoints import LAST_CHANGE_TRIGGER_TIME
+    from controlplane.api.meta import parse_timestamp
+    import time
+    store = registry.store
+    apply(registry, SERVICE)
+    (es,) = store.list(EndpointSlice, "default")
+    first = parse_timestamp(es.annotations[LAST_CHANGE_TRIGGER_TIME]).timestamp()
+    assert abs(time.time() - first) < 60
+    rv = store.current_resource_version()
+    add_pod(registry, "a", "10.244.1.2")
+    (es,) = store.list(EndpointSlice, "default")
+    later = parse_timestamp(es.annotations[LAST_CHANGE_TRIGGER_TIME]).timestamp()
+    assert later > first
+    events = store.changes_since(rv, [EndpointSlice])
+    assert trigger_times(events) and max(trigger_times(events)) == later
+    # unchanged content is not rewritten: the stamp stays (no second observation)
+    rv = store.current_resource_version()
+    assert reconcile(store) == 0 and trigger_times(store.changes_since(rv, [EndpointSlice])) == []
