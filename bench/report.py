@@ -699,6 +699,7 @@ def render_all(data: dict, plot_dir: Path | None = None, plot_prefix: str = "") 
         out.extend(render_new_flow_cases(new_flow_suites))
     out.extend(render_dns(_suite(entries, "dns")))
     out.extend(render_etcd_lab(_suite(entries, "etcd_lab")))
+    out.extend(render_scrape(_suite(entries, "scrape")))
     if nodeport:
         out.append(f"## 8. {SCENARIO_TITLES[8]}\n")
         out.append("trafgen from a client on the LAN to node1's NodePorts; every backend on node2. XDP: "
@@ -722,6 +723,27 @@ def render_all(data: dict, plot_dir: Path | None = None, plot_prefix: str = "") 
                            f"{e['iptables']['median']:,.0f} | {ratio} | {gone} |")
         out.append("")
     return "\n".join(out) + "\n"
+
+
+def render_scrape(rows: list[dict]) -> list[str]:
+    """bench_scrape.py: one /metrics scrape of the agent, in-process (issue 16)."""
+    if not rows:
+        return []
+    out = ["## Prometheus scrape of the agent's /metrics\n",
+           "One scrape = kube-proxy's sync metrics plus every svcxdp_* family read from the maps "
+           "(agent/metrics.py: per-CPU arrays batch-read, labels formatted once per id). Reference "
+           "beside it: the per-frontend families as the collector read them before (one per-CPU "
+           "lookup per service, prometheus_client's formatting).\n",
+           "| services × 10 endpoints | per-backend series | scrape p50 / p99 | text | before: per-frontend "
+           "families only, p50 |",
+           "|---:|---|---:|---:|---:|"]
+    for x in sorted(rows, key=lambda x: (x["services"], not x.get("backend_traffic", True))):
+        sc, ref = x["scrape"], x["before_service_families"]
+        out.append(f"| {x['services']:,} | {'all' if x.get('backend_traffic', True) else 'none'} | "
+                   f"{sc['median_ms']:,.1f} / {sc['p99_ms']:,.1f} ms | {x['bytes'] / 2**20:,.1f} MiB | "
+                   f"{ref['median_ms']:,.1f} ms |")
+    out.append("")
+    return out
 
 
 def render_dns(rows: list[dict]) -> list[str]:

@@ -43,7 +43,8 @@ EXTRA = [("store and Maglev suites", ["bench/bench_store.py", "bench/bench_magle
          ("cluster DNS: svcctl dns vs dnsmasq (dnsperf), apply -> resolvable", ["bench/bench_dns.py"]),
          ("CPU of an idle 2-node lab (agents and kubelet)", ["bench/bench_idle.py"]),
          ("3-node lab on etcd (3 members) vs SQLite: 10,000 x 10 and one change to every node's maps",
-          ["bench/bench_etcd.py"])]
+          ["bench/bench_etcd.py"]),
+         ("a Prometheus scrape of the agent's /metrics at 1 to 10,000 services", ["bench/bench_scrape.py"])]
 
 
 def _version(argv: list[str]) -> str | None:

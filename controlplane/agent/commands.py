@@ -180,9 +180,8 @@ def _serve_metrics(bind: str, dp, agent, log):
         return None
     registry = CollectorRegistry()
     sync = SyncMetrics(registry)
-    registry.register(DataplaneCollector(dp, AgentNaming(agent)))
     try:
-        serve(registry, host, port)
+        serve(registry, host, port, DataplaneCollector(dp, AgentNaming(agent)))
     except OSError as exc:   # as kube-proxy: the proxy keeps working without its metrics
         log.error("cannot serve metrics on %s: %s", bind, exc)
         return None

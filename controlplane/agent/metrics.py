@@ -8,13 +8,12 @@ copied in between, so a scrape shows the maps as they are."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from http.server import ThreadingHTTPServer
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.exposition import MetricsHandler
 
 from controlplane.dataplane import readout
 from controlplane.dataplane.model import Frontend
@@ -73,46 +72,115 @@ class SyncMetrics:
         self.errors.inc()
 
 
-@dataclass(frozen=True)
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def label_text(names: tuple[str, ...], values: tuple[str, ...]) -> str:
+    """`{a="x",b="y"}` as the text exposition format writes labels (escaped)."""
+    return "{" + ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values)) + "}"
+
+
+SERVICE_LABELS = ("frontend", "protocol", "scope", "service")
+BACKEND_LABELS = ("service", "frontend", "backend")
+
+
+@dataclass
 class Naming:
-    """What the ids in the maps stand for, for labels."""
-    services: dict[int, tuple[Frontend, str]]     # svc id -> (frontend, "namespace/name:port" or "")
-    backends: dict[int, tuple[int, str]]          # backend id -> (svc id, "ip:port")
+    """What the ids in the maps stand for: label values, and their exposition text made
+    once (not per scrape)."""
+    services: dict[int, tuple[tuple[str, ...], str]] = field(default_factory=dict)   # svc id -> (values, text)
+    backends: dict[int, tuple[tuple[str, ...], str]] = field(default_factory=dict)   # backend id -> (values, text)
+    _ordered: tuple[list, list, int, int] | None = field(default=None, repr=False, compare=False)
+
+    def ordered(self) -> tuple[list, list, int, int]:
+        """(services by id, backends by id, highest service id, highest backend id), kept
+        until the next change."""
+        if self._ordered is None:
+            self._ordered = (sorted(self.services.items()), sorted(self.backends.items()),
+                             max(self.services, default=0), max(self.backends, default=0))
+        return self._ordered
+
+    def add(self, fe: Frontend, inst, owner: str) -> None:
+        self._ordered = None
+        values = (f"{fe.vip}:{fe.port}", fe.protocol, fe.scope, owner)
+        self.services[inst.svc_id] = (values, label_text(SERVICE_LABELS, values))
+        for (ip, port), bid in inst.backend_ids.items():
+            bvalues = (owner, values[0], f"{ip}:{port}")
+            self.backends[bid] = (bvalues, label_text(BACKEND_LABELS, bvalues))
+
+    def remove(self, fe: Frontend, inst) -> None:
+        """Forget a record's ids, unless they already name another frontend's."""
+        self._ordered = None
+        frontend = f"{fe.vip}:{fe.port}"
+        named = self.services.get(inst.svc_id)
+        if named is not None and named[0][0] == frontend and named[0][1:3] == (fe.protocol, fe.scope):
+            del self.services[inst.svc_id]
+        for (ip, port), bid in inst.backend_ids.items():
+            bnamed = self.backends.get(bid)
+            if bnamed is not None and bnamed[0][1:] == (frontend, f"{ip}:{port}"):
+                del self.backends[bid]
 
 
 def naming_of(records: dict, owner: Callable[[Frontend], str] = lambda fe: "") -> Naming:
     """From installed records (dataplane.installed.Installed by frontend)."""
-    services: dict[int, tuple[Frontend, str]] = {}
-    backends: dict[int, tuple[int, str]] = {}
+    naming = Naming()
     for fe, inst in records.items():
-        services[inst.svc_id] = (fe, owner(fe))
-        for (ip, port), bid in inst.backend_ids.items():
-            backends[bid] = (inst.svc_id, f"{ip}:{port}")
-    return Naming(services, backends)
+        naming.add(fe, inst, owner(fe))
+    return naming
 
 
 class AgentNaming:
-    """The agent's own state names the ids (no map is read for it); rebuilt only after
-    the agent wrote the maps."""
+    """The agent's own state names the ids (no map is read for it). After the agent wrote
+    the maps, only the frontends whose record changed (the writer replaces a record when
+    it rewrites a frontend) are named again: one change at 10,000 services costs a pass
+    over the records, not a rebuild."""
 
     def __init__(self, agent) -> None:
         self.agent = agent
         self._key: tuple[int, int] | None = None
-        self._naming = Naming({}, {})
+        self._seen: dict[Frontend, tuple[object, str]] = {}   # frontend -> (record, owner)
+        self._naming = Naming()
 
     def __call__(self) -> Naming:
         writer = self.agent.writer
         key = (id(writer), writer.writes)
-        if key != self._key:
-            self._naming = naming_of(dict(writer.records()), self.agent.owner_of)
-            self._key = key
+        if key == self._key:
+            return self._naming
+        records = dict(writer.records())
+        owner_of = self.agent.owner_of
+        changed = {fe: (inst, owner_of(fe)) for fe, inst in records.items()
+                   if (seen := self._seen.get(fe)) is None or seen[0] is not inst or seen[1] != owner_of(fe)}
+        gone = [fe for fe in self._seen if fe not in records]
+        for fe in gone + [fe for fe in changed if fe in self._seen]:
+            self._naming.remove(fe, self._seen.pop(fe)[0])
+        for fe, (inst, owner) in changed.items():
+            self._naming.add(fe, inst, owner)
+            self._seen[fe] = (inst, owner)
+        self._key = key
         return self._naming
+
+
+@dataclass
+class Reading:
+    """One scrape's read of the maps."""
+    counters: dict[str, int]
+    naming: Naming
+    service_sums: list[list[int]]      # [field][svc id] (svc_stats is an array: ids index it)
+    backend_new: list[int]             # [backend id]
+    entries: list[tuple[str, int, int]]   # (map, entries, capacity)
+    affinity_evictions: int
 
 
 class DataplaneCollector:
     """svcxdp_* read from the maps at each scrape. `maps` is anything with `table(name)`:
     the agent's loaded Dataplane, or PinnedMaps of a pinned instance. `naming` says what
-    the ids stand for (the agent's AgentNaming); without it they are read from the maps."""
+    the ids stand for (the agent's AgentNaming); without it they are read from the maps.
+
+    `collect()` yields prometheus_client metric families (for a registry); `text()` writes
+    the same samples straight in the text exposition format, which the agent's /metrics
+    serves: at 10,000 services prometheus_client's per-sample formatting alone took
+    hundreds of milliseconds, while the labels here are formatted once per id (Naming)."""
 
     def __init__(self, maps, naming: Callable[[], Naming] | None = None) -> None:
         self.maps = maps
@@ -121,68 +189,112 @@ class DataplaneCollector:
     def describe(self) -> list:
         return []   # read at scrape time only: no collect() at registration
 
-    def collect(self) -> Iterator:
+    def read(self) -> Reading:
         counters = readout.counters(self.maps)
-        datapath = CounterMetricFamily("svcxdp_datapath_packets", "Packets by datapath outcome (SVCXDP_CNT_*)",
-                                       labels=["reason"])
-        for name, value in counters.items():
-            datapath.add_metric([name], value)
-        yield datapath
         naming = self.naming()
-        per_frontend = [CounterMetricFamily(f"svcxdp_service_{f}", f"Service frontend {f.replace('_', ' ')}",
-                                            labels=["frontend", "protocol", "scope", "service"])
-                        for f in readout.STAT_FIELDS]
-        stats = readout.all_service_stats(self.maps)
-        zero = (0, 0, 0, 0)
-        frontend_label: dict[int, str] = {}
-        for svc_id, (fe, owner) in sorted(naming.services.items()):
-            labels = [f"{fe.vip}:{fe.port}", fe.protocol, fe.scope, owner]
-            frontend_label[svc_id] = labels[0]
-            for family, value in zip(per_frontend, stats.get(svc_id, zero)):
-                family.add_metric(labels, value)
-        yield from per_frontend
-        per_backend = CounterMetricFamily("svcxdp_backend_new_flows",
-                                          "New flows sent to a backend (only backends that had one)",
-                                          labels=["service", "frontend", "backend"])
-        for bid, new in sorted(readout.backend_new_flows(self.maps).items()):
-            named = naming.backends.get(bid)
-            if named is None:   # a backend removed since: its id is free (zeroed when reused)
-                continue
-            svc_id, address = named
-            per_backend.add_metric([naming.services.get(svc_id, (None, ""))[1], frontend_label.get(svc_id, ""),
-                                    address], new)
-        yield per_backend
-        entries = GaugeMetricFamily("svcxdp_map_entries", "Entries in a map", labels=["map"])
-        capacity = GaugeMetricFamily("svcxdp_map_capacity", "Capacity (max_entries) of a map", labels=["map"])
+        # ids are handed out low first: read the arrays only up to the highest id named
+        _, _, top_service, top_backend = naming.ordered()
+        _, sums = readout.percpu_sums(self.maps.table("svc_stats"), len(readout.STAT_FIELDS), limit=top_service + 1)
+        _, (new,) = readout.percpu_sums(self.maps.table("backend_stats"), 1, limit=top_backend + 1)
+        entries = []
         for name in FILL_MAPS:
             table = self.maps.table(name)
             n = len(naming.services) if name == "services" else readout.count_entries(table)
+            entries.append((name, n, table.max_entries))
+        aff = readout.affinity(self.maps, counters["affinity_new"])
+        return Reading(counters, naming, sums, new, entries, aff.evicted)
+
+    def collect(self) -> Iterator:
+        r = self.read()
+        datapath = CounterMetricFamily(*DATAPATH, labels=["reason"])
+        for name, value in r.counters.items():
+            datapath.add_metric([name], value)
+        yield datapath
+        for i, (name, help_text) in enumerate(SERVICE_FAMILIES):
+            family = CounterMetricFamily(name, help_text, labels=list(SERVICE_LABELS))
+            for svc_id, (values, _) in sorted(r.naming.services.items()):
+                family.add_metric(list(values), r.service_sums[i][svc_id])
+            yield family
+        per_backend = CounterMetricFamily(*BACKEND_FAMILY, labels=list(BACKEND_LABELS))
+        for bid, (values, _) in sorted(r.naming.backends.items()):
+            if r.backend_new[bid]:
+                per_backend.add_metric(list(values), r.backend_new[bid])
+        yield per_backend
+        entries = GaugeMetricFamily(*ENTRIES, labels=["map"])
+        capacity = GaugeMetricFamily(*CAPACITY, labels=["map"])
+        for name, n, cap in r.entries:
             entries.add_metric([name], n)
-            capacity.add_metric([name], table.max_entries)
+            capacity.add_metric([name], cap)
         yield entries
         yield capacity
-        aff = readout.affinity(self.maps, counters["affinity_new"])
-        yield CounterMetricFamily("svcxdp_affinity_evictions", "Affinity entries the LRU reclaimed",
-                                  value=aff.evicted)
+        yield CounterMetricFamily(*EVICTIONS, value=r.affinity_evictions)
+
+    def text(self) -> str:
+        r = self.read()
+        out: list[str] = []
+
+        def head(name: str, help_text: str, kind: str) -> None:
+            out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
+
+        head(DATAPATH[0] + "_total", DATAPATH[1], "counter")
+        out.append("".join(f'{DATAPATH[0]}_total{{reason="{k}"}} {v}\n' for k, v in r.counters.items()))
+        services, backends, _, _ = r.naming.ordered()
+        for i, (name, help_text) in enumerate(SERVICE_FAMILIES):
+            column = r.service_sums[i]
+            head(name + "_total", help_text, "counter")
+            sample = name + "_total"
+            out.append("".join([f"{sample}{text} {column[svc_id]}\n" for svc_id, (_, text) in services]))
+        head(BACKEND_FAMILY[0] + "_total", BACKEND_FAMILY[1], "counter")
+        new, sample = r.backend_new, BACKEND_FAMILY[0] + "_total"
+        out.append("".join([f"{sample}{text} {new[bid]}\n"
+                            for bid, (_, text) in backends if new[bid]]))
+        head(ENTRIES[0], ENTRIES[1], "gauge")
+        out.append("".join(f'{ENTRIES[0]}{{map="{m}"}} {n}\n' for m, n, _ in r.entries))
+        head(CAPACITY[0], CAPACITY[1], "gauge")
+        out.append("".join(f'{CAPACITY[0]}{{map="{m}"}} {c}\n' for m, _, c in r.entries))
+        head(EVICTIONS[0] + "_total", EVICTIONS[1], "counter")
+        out.append(f"{EVICTIONS[0]}_total {r.affinity_evictions}\n")
+        return "".join(out)
 
 
-def serve(registry: CollectorRegistry, host: str = "0.0.0.0", port: int = METRICS_PORT) -> ThreadingHTTPServer:
-    """/metrics from `registry`, /proxyMode as on the health port."""
-    base = MetricsHandler.factory(registry)
+DATAPATH = ("svcxdp_datapath_packets", "Packets by datapath outcome (SVCXDP_CNT_*)")
+SERVICE_FAMILIES = tuple((f"svcxdp_service_{f}", f"Service frontend {f.replace('_', ' ')}")
+                         for f in readout.STAT_FIELDS)
+BACKEND_FAMILY = ("svcxdp_backend_new_flows", "New flows sent to a backend (backends that had one)")
+ENTRIES = ("svcxdp_map_entries", "Entries in a map")
+CAPACITY = ("svcxdp_map_capacity", "Capacity (max_entries) of a map")
+EVICTIONS = ("svcxdp_affinity_evictions", "Affinity entries the LRU reclaimed")
 
-    class Handler(base):
+
+def serve(registry: CollectorRegistry, host: str = "0.0.0.0", port: int = METRICS_PORT,
+          dataplane: DataplaneCollector | None = None) -> ThreadingHTTPServer:
+    """/metrics: `registry` (prometheus_client's exposition) followed by `dataplane`'s
+    samples in the same text format (0.0.4, which every Prometheus accepts);
+    /proxyMode as on the health port."""
+
+    class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-            if self.path.split("?")[0] == "/proxyMode":
-                payload = PROXY_MODE.encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-            elif self.path.split("?")[0] == "/metrics":
-                super().do_GET()
+            path = self.path.split("?")[0]
+            if path == "/proxyMode":
+                self._send(PROXY_MODE.encode(), "text/plain")
+            elif path == "/metrics":
+                try:
+                    body = generate_latest(registry)
+                    if dataplane is not None:
+                        body += dataplane.text().encode()
+                except Exception as exc:   # a map that cannot be read: say so, keep serving
+                    self.send_error(500, f"reading the metrics failed: {exc}")
+                    return
+                self._send(body, CONTENT_TYPE_LATEST)
             else:
                 self.send_error(404)
+
+        def _send(self, payload: bytes, content_type: str) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
 
         def log_message(self, fmt: str, *args) -> None:
             pass

@@ -278,12 +278,15 @@ def update_batch(fd: int, keys, values, count: int) -> None:
         raise OSError(-rc, f"bpf_map_update_batch: {os.strerror(-rc)} after {n[0]} of {count} entries")
 
 
-def lookup_batches_raw(fd: int, key_size: int, value_size: int, batch: int = 8192
+def lookup_batches_raw(fd: int, key_size: int, value_size: int, batch: int = 8192, limit: int | None = None
                        ) -> Iterator[tuple[memoryview, memoryview, int]]:
     """(keys, values, count) chunks of any map read with BPF_MAP_LOOKUP_BATCH into raw
-    buffers. `value_size` is what the kernel copies per key: for a per-CPU map, the
-    possible CPUs times the value rounded up to 8 bytes. The buffers are reused: a chunk
-    is valid until the next."""
+    buffers, at most `limit` keys in all (an array's first ones). `value_size` is what the
+    kernel copies per key: for a per-CPU map, the possible CPUs times the value rounded up
+    to 8 bytes. The buffers are reused: a chunk is valid until the next."""
+    if limit is not None:
+        batch = max(1, min(batch, limit))
+    left = limit
     keys = ffi.new("uint8_t[]", batch * key_size)
     values = ffi.new("uint8_t[]", batch * value_size)
     token_in = ffi.new("uint8_t[8]")
@@ -292,13 +295,15 @@ def lookup_batches_raw(fd: int, key_size: int, value_size: int, batch: int = 819
     opts = ffi.new("struct bpf_map_batch_opts *")
     opts.sz = ffi.sizeof("struct bpf_map_batch_opts")
     first = True
-    while True:
-        count[0] = batch
+    while left is None or left > 0:
+        count[0] = batch if left is None else min(batch, left)
         rc = lib().bpf_map_lookup_batch(fd, ffi.NULL if first else token_in, token_out, keys, values, count, opts)
         err = -rc if rc < 0 else 0
         if err not in (0, errno.ENOENT):
             raise OSError(err, f"bpf_map_lookup_batch(fd {fd}): {errno.errorcode.get(err, err)}")
         if count[0]:
+            if left is not None:
+                left -= count[0]
             yield (memoryview(ffi.buffer(keys, count[0] * key_size)),
                    memoryview(ffi.buffer(values, count[0] * value_size)), count[0])
         if err == errno.ENOENT:

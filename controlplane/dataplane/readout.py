@@ -77,9 +77,10 @@ def frontends(maps) -> dict[Frontend, int]:
     return {frontend_of(key): int(value.svc_id) for key, value in maps.table("services").items()}
 
 
-def _percpu_u64_sums(table, fields: int) -> tuple[array, list[list[int]]]:
-    """Every entry of a per-CPU array of `fields` u64s, read in batches and summed over
-    CPUs: (ids, sums[field][i]). The sums are taken a field and a CPU at a time over
+def percpu_sums(table, fields: int, limit: int | None = None) -> tuple[array, list[list[int]]]:
+    """The entries of a per-CPU array of `fields` u64s (the first `limit` ones: ids below
+    it), read in batches and summed over CPUs: (ids, sums[field][i]); for an array the
+    ids are 0, 1, 2... so sums[field][id] is that id's. The sums are taken a field and a CPU at a time over
     strided slices (C loops), not per entry in Python: 10,000 services cost milliseconds."""
     cpus = possible_cpus()
     leaf = getattr(table, "sLeaf", table.Leaf)   # bcc's per-CPU tables make Leaf an array over CPUs
@@ -87,7 +88,7 @@ def _percpu_u64_sums(table, fields: int) -> tuple[array, list[list[int]]]:
     stride = per_key // 8
     ids = array("I")
     sums: list[list[int]] = [[] for _ in range(fields)]
-    for keys, values, _n in lookup_batches_raw(table.map_fd, 4, per_key):
+    for keys, values, _n in lookup_batches_raw(table.map_fd, 4, per_key, limit=limit):
         ids.frombytes(keys)
         words = array("Q")
         words.frombytes(values)
@@ -102,12 +103,12 @@ def _percpu_u64_sums(table, fields: int) -> tuple[array, list[list[int]]]:
 def all_service_stats(maps) -> dict[int, tuple[int, int, int, int]]:
     """(packets, bytes, new_flows, rejects) of every service id, summed over CPUs, read
     in one batched pass over svc_stats."""
-    ids, sums = _percpu_u64_sums(maps.table("svc_stats"), len(STAT_FIELDS))
+    ids, sums = percpu_sums(maps.table("svc_stats"), len(STAT_FIELDS))
     return dict(zip(ids, zip(*sums)))
 
 
 def backend_new_flows(maps) -> dict[int, int]:
     """New flows sent to each backend id (bpf lb_count_new), summed over CPUs; ids that
     never had one are left out."""
-    ids, (new,) = _percpu_u64_sums(maps.table("backend_stats"), 1)
+    ids, (new,) = percpu_sums(maps.table("backend_stats"), 1)
     return {i: n for i, n in zip(ids, new) if n}

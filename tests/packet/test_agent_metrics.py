@@ -12,7 +12,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from controlplane.agent.agent import SyncReport
-from controlplane.agent.metrics import DataplaneCollector, SyncMetrics, naming_of, serve
+from controlplane.agent.metrics import AgentNaming, DataplaneCollector, SyncMetrics, naming_of, serve
 from controlplane.dataplane import readout
 from controlplane.dataplane.libbpf import ffi, lib
 from controlplane.dataplane.pinned import possible_cpus
@@ -96,6 +96,42 @@ def _fill(fd: int, ids: array, value_size: int) -> None:
     assert lib().bpf_map_update_batch(fd, ffi.from_buffer("uint32_t[]", ids), values, count, opts) == 0
 
 
+def test_served_text_is_the_collectors_samples_and_naming_follows_changes(xdp: Harness):
+    """/metrics writes the dataplane's samples itself (DataplaneCollector.text); they must be
+    exactly what prometheus_client's exposition of collect() gives. AgentNaming names ids
+    incrementally from the writer's records: after adds, changes and removals it equals a
+    naming built from scratch."""
+    class Owner:                       # the agent's side of AgentNaming
+        writer = xdp.writer
+
+        @staticmethod
+        def owner_of(fe: Frontend) -> str:
+            return f'default/"svc"-{fe.vip}:http'      # a quote, escaped in both paths
+
+    naming = AgentNaming(Owner())
+    fes = [Frontend(f"10.96.1.{i}", 80, "TCP") for i in range(1, 6)]
+    for i, fe in enumerate(fes):
+        xdp.writer.upsert(ServiceState(fe, tuple(Backend(f"10.244.3.{i * 10 + j}", 8080) for j in range(3)), "rr"))
+    naming()
+    xdp.writer.upsert(ServiceState(fes[0], (Backend("10.244.4.1", 8080),), "rr"))     # changed
+    xdp.writer.delete(fes[1])                                                          # removed
+    xdp.writer.upsert(ServiceState(Frontend("10.96.1.9", 53, "UDP"), (Backend("10.244.4.2", 53),), "random"))
+    for sport in range(23000, 23006):
+        xdp.send(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=CLIENT, dst="10.96.1.3") / TCP(sport=sport, dport=80, flags="S"))
+    got = naming()
+    want = naming_of(xdp.writer.records(), Owner.owner_of)
+    assert (got.services, got.backends) == (want.services, want.backends)
+    collector = DataplaneCollector(xdp.dp, naming)
+    registry = CollectorRegistry()
+    registry.register(collector)
+    parsed = {}
+    for family in text_string_to_metric_families(collector.text()):
+        for sample in family.samples:
+            parsed[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    assert parsed == samples(registry)
+    assert sum(v for (name, _), v in parsed.items() if name == "svcxdp_backend_new_flows_total") == 6
+
+
 def test_sync_metrics_use_kube_proxys_names_and_are_served_with_proxy_mode(xdp: Harness):
     registry = CollectorRegistry()
     sync = SyncMetrics(registry)
@@ -113,8 +149,7 @@ def test_sync_metrics_use_kube_proxys_names_and_are_served_with_proxy_mode(xdp: 
     assert got[("kubeproxy_network_programming_duration_seconds_count", ())] == 2
     assert got[("kubeproxy_network_programming_duration_seconds_bucket", (("le", "0.004"),))] == 1
     assert got[("kubeproxy_network_programming_duration_seconds_bucket", (("le", "1.0"),))] == 2
-    registry.register(DataplaneCollector(xdp.dp))
-    server = serve(registry, host="127.0.0.1", port=0)
+    server = serve(registry, host="127.0.0.1", port=0, dataplane=DataplaneCollector(xdp.dp))
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}"
         with urllib.request.urlopen(f"{base}/proxyMode", timeout=5) as r:
