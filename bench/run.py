@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+from controlplane.progress import Progress, duration, eta  # noqa: E402
 
 # (number, label, pytest args). Scenarios 2 and 3 share one suite file.
 SCENARIOS = [
@@ -56,6 +59,45 @@ def _version(argv: list[str]) -> str | None:
     return line[0] if line else None
 
 
+def _previous_durations(path: Path) -> dict[str, float]:
+    try:
+        return json.loads(path.read_text()).get("svcxdp", {}).get("durations_s", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def _current_test(log_path: Path) -> str:
+    """The test pytest -v last named in the log (its node id, shortened)."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 4096))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    found = re.findall(r"^(bench/\S+::\S+)", tail, re.M)
+    return found[-1].removeprefix("bench/") if found else ""
+
+
+def _run_showing_progress(cmd: list[str], env: dict, log, log_path: Path, progress: Progress, what: str,
+                          expected: float | None, t0: float) -> int:
+    """Run one scenario's pytest; on a terminal a live line shows the step (the test
+    running), the time spent and the estimate left; plain lines only when the step changes."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    while True:
+        try:
+            return proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            log.flush()
+            elapsed = time.monotonic() - t0
+            step = _current_test(log_path)
+            progress.update(f"{what}: {step or 'starting'} ({duration(elapsed)}"
+                            + (f", {eta(elapsed, expected)})" if expected else ")"))
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
@@ -83,18 +125,24 @@ def main(argv: list[str] | None = None) -> int:
     durations: dict[str, float] = {}
     failed: list[str] = []
     start = time.monotonic()
+    progress = Progress(sys.stdout)
+    tags = [f"{n}" if n else f"extra {k - len(SCENARIOS)}" for k, (n, _, _) in enumerate(runs, 1)]
+    previous = _previous_durations(out_dir / "latest.json")   # the estimates: the last run's times
     with tempfile.TemporaryDirectory(prefix="svcxdp-bench-json-") as tmp, open(log_path, "w") as log:
         for k, (n, label, pytest_args) in enumerate(runs, 1):
             tag = f"{n}" if n else f"extra {k - len(SCENARIOS)}"
-            print(f"[bench {k}/{len(runs)}] scenario {tag}: {label} ...", flush=True)
+            left = sum(previous.get(t, 0) for t in tags[k - 1:])
+            progress.line(f"[bench {k}/{len(runs)}] scenario {tag}: {label} ..."
+                          + (f" (last run: {duration(previous[tag])}; the rest ~{duration(left)})" if tag in previous else ""))
             jpath = Path(tmp) / f"{k}.json"
             t0 = time.monotonic()
-            cmd = [sys.executable, "-m", "pytest", *pytest_args, "--benchmark-only", "-q", "-s",
+            cmd = [sys.executable, "-m", "pytest", *pytest_args, "--benchmark-only", "-v", "-s",
                    "-p", "no:cacheprovider", f"--benchmark-json={jpath}"]
             log.write(f"\n==== {' '.join(cmd)}\n")
             log.flush()
             try:
-                rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+                rc = _run_showing_progress(cmd, env, log, log_path, progress,
+                                           f"[bench {k}/{len(runs)}] scenario {tag}", previous.get(tag), t0)
             finally:
                 netlab.sweep_stale()
             dt = time.monotonic() - t0
@@ -102,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             status = "ok" if rc == 0 else f"FAILED (pytest exit {rc}; see {log_path})"
             if rc != 0:
                 failed.append(tag)
-            print(f"[bench {k}/{len(runs)}] scenario {tag}: {status} in {dt:.0f} s "
-                  f"(total {time.monotonic() - start:.0f} s)", flush=True)
+            progress.line(f"[bench {k}/{len(runs)}] scenario {tag}: {status} in {dt:.0f} s "
+                          f"(total {time.monotonic() - start:.0f} s)")
             if jpath.exists():
                 data = json.loads(jpath.read_text())
                 if merged is None:

@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="pods' processes go under the socket hooks too (their agent is given the pods' "
                         "cgroup as a second --socket-lb-cgroup); default: pods take the XDP path. "
                         "Same as SVCXDP_SOCKET_LB_PODS=1")
+    p.add_argument("--no-wait", action="store_true",
+                   help="return once the lab exists, without waiting for its pods and agents")
     p.set_defaults(func=cmd_up)
 
     p = lsub.add_parser("down", parents=[common], help="remove every namespace, process and file the lab made")
@@ -90,17 +92,53 @@ def _guard(fn):
 def cmd_up(args: argparse.Namespace) -> int:
     if args.socket_lb_pods:
         os.environ["SVCXDP_SOCKET_LB_PODS"] = "1"   # read where the agents' command lines are made
+    from controlplane.progress import Progress
+    progress = Progress()
     provider = None if args.no_node_processes else hooks.node_processes
     lab = Lab(args.state_dir)
-    status = lab.up(nodes=args.nodes, node_processes=provider, store=args.store, etcd_members=args.etcd_members)
+    lab.up(nodes=args.nodes, node_processes=provider, store=args.store, etcd_members=args.etcd_members,
+           progress=progress.update)
     if not args.no_dns:
         from controlplane.store.paths import open_store
 
         from .addons import install_dns
+        progress.update("lab up: installing the cluster DNS (kube-dns)")
         install_dns(lab, open_store(args.state_dir))
-        status = lab.status()
-    _print_status(status)
+    if not args.no_wait and not args.no_node_processes:
+        _wait_ready(lab, args, progress)
+    progress.close()
+    _print_status(lab.status())
     return 0
+
+
+def _wait_ready(lab: Lab, args: argparse.Namespace, progress, timeout_s: float = 180.0) -> None:
+    """Until every pod in the store runs and is ready and every agent did its first sync,
+    showing how many are (the lab works before that, but answers from pods not yet up fail)."""
+    import time
+    from pathlib import Path
+
+    from controlplane.api.pod import Pod
+    from controlplane.progress import duration
+    from controlplane.store.paths import open_store
+
+    store = open_store(args.state_dir)
+    start = time.monotonic()
+    while True:
+        pods = store.list(Pod)
+        ready = sum(1 for p in pods if p.phase == "Running" and p.ready)
+        agents = [Path(p.log) for p in lab.status().processes if p.name == "agent"]
+        synced = sum(1 for log in agents if log.exists() and "sync (start)" in log.read_text(errors="replace"))
+        elapsed = time.monotonic() - start
+        progress.update(f"lab up: pods {ready}/{len(pods)} ready, agents {synced}/{len(agents)} synced "
+                        f"({duration(elapsed)})")
+        if ready == len(pods) and synced == len(agents):
+            progress.line(f"lab up: ready in {duration(elapsed)} ({len(pods)} pods, {len(agents)} agents)")
+            return
+        if elapsed > timeout_s:
+            progress.line(f"lab up: still waiting after {duration(elapsed)} (pods {ready}/{len(pods)} ready, "
+                          f"agents {synced}/{len(agents)} synced); see `svcctl lab status` and the logs")
+            return
+        time.sleep(0.5)
 
 
 @_guard

@@ -22,7 +22,7 @@ import subprocess
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from controlplane import cgroups
 from controlplane.controllers.lb_pool import Pool, pool_is_set, save_pool
@@ -146,14 +146,17 @@ class Lab:
 
     # -- nodes ----------------------------------------------------------------------------
     def up(self, nodes: int = 1, node_processes: NodeProcessProvider | None = None,
-           store: str | None = None, etcd_members: int = 3) -> LabStatus:
+           store: str | None = None, etcd_members: int = 3,
+           progress: Callable[[str], None] | None = None) -> LabStatus:
         """Create what is missing for `nodes` nodes; existing nodes, pods and processes stay.
         store="etcd": the store is an etcd cluster of `etcd_members` members in the lab
-        (chosen when the lab is made; a stopped member is started again)."""
+        (chosen when the lab is made; a stopped member is started again). `progress` is told
+        each step as it starts."""
         if not 1 <= nodes <= plan.MAX_NODES:
             raise LabError(f"--nodes must be between 1 and {plan.MAX_NODES}")
         if store not in (None, "sqlite", "etcd"):
             raise LabError(f"--store must be sqlite or etcd, not {store!r}")
+        say = progress or (lambda text: None)
         with self.store.locked():
             state = self._load()
             if store is not None and state.outside is not None and store != state.store:
@@ -161,14 +164,19 @@ class Lab:
                                f"bringing it up with {store}")
             if store is not None:
                 state.store = store
+            say("lab up: outside host")
             self._up_outside(state)
             if state.store == "etcd":
+                say(f"lab up: etcd ({etcd_members} members)")
                 self._up_etcd(state, etcd_members)
             for index in range(1, nodes + 1):
+                say(f"lab up: {plan.node_name(index)} ({index}/{nodes}): namespace, cgroups, uplink")
                 self._up_node(state, index)
+            say("lab up: routes between the nodes")
             self._mesh(state)
             self._seed_lb_pool()
             if node_processes is not None:
+                say("lab up: starting the node processes (agents, kubelet)")
                 self._start_node_processes(state, node_processes)
             self.store.save(state)
         return self.status()
