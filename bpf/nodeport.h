@@ -128,10 +128,10 @@ static __always_inline struct ct_value *np_holder(const struct ct_key *rk, const
  * collide and the second takes another. A port is taken over when its entry is this
  * flow's own (a reopened flow), or dead (its flow's forward entry dead too: a one-way
  * flow's replies never refresh it), or held by an unconfirmed flow for longer than
- * SVCXDP_SNAT_RECLAIM_MS; when every probe is busy, the oldest unconfirmed holder
- * probed loses its port. A confirmed flow's port is never taken. Returns 0, 1 when the
- * port was taken from an unconfirmed flow, -1 when every port probed is held by a
- * confirmed flow. */
+ * SVCXDP_SNAT_RECLAIM_MS; when SVCXDP_SNAT_RECLAIM_AFTER probes are busy and met an
+ * unconfirmed holder, the oldest of those loses its port. A confirmed flow's port is
+ * never taken. Returns 0, 1 when the port was taken from an unconfirmed flow, -1 when
+ * every port probed is held by a confirmed flow. */
 static __always_inline int np_snat_alloc(const struct ct_key *fwd, __be32 backend, __be16 bport,
 					 __be32 node_ip, __u32 svc_id, __u64 now, __u8 tcp_flags,
 					 int confirmed, struct np_pending *pd, struct np_snat *out)
@@ -154,6 +154,10 @@ static __always_inline int np_snat_alloc(const struct ct_key *fwd, __be32 backen
 		 * flow would meet the same full run on every retry. */
 		if (i)
 			want = bpf_get_prandom_u32();
+		/* Enough probes met unconfirmed holders (a flood): take the oldest of them
+		 * rather than paying two lookups per probe up to SVCXDP_SNAT_TRIES. */
+		if (i == SVCXDP_SNAT_RECLAIM_AFTER && pd->oldest_port)
+			break;
 		__u16 port = SVCXDP_SNAT_PORT_MIN + (want & (SVCXDP_SNAT_PORT_COUNT - 1));
 		rk.dport = bpf_htons(port);
 		struct ct_value *h = conntrack.lookup(&rk);

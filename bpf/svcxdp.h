@@ -92,6 +92,7 @@
  * backend's answers refresh it); under a flood younger ones are taken too, the oldest of
  * the ports probed first. A confirmed flow's port is never taken. */
 #define SVCXDP_SNAT_RECLAIM_MS 2000
+#define SVCXDP_SNAT_RECLAIM_AFTER 8  /* probes, after which the oldest unconfirmed holder met is taken */
 #define SVCXDP_DEFAULT_SOURCE_RANGES 16384  /* loadBalancerSourceRanges entries, all services */
 
 /* ---- global counters (index into the `counters` per-CPU array) ---------------- */
