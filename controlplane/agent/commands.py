@@ -106,9 +106,14 @@ def run(args: argparse.Namespace) -> int:
                  reset(config))
         return 0
     source, feed = _open_source(args)
-    dp = Dataplane.load(config)
-    log.info("dataplane loaded: prog id %d, maps pinned in %s", dp.prog_id, config.pin_dir)
-    pin_programs(dp.prog_fd, dp.external_prog_fd, config.pin_dir)
+    if args.socket_lb_cgroup:   # the socket hooks are loaded from bcc's program object
+        dp = Dataplane.load(config)
+        pin_programs(dp.prog_fd, dp.external_prog_fd, config.pin_dir)
+        how = "compiled and loaded"
+    else:   # compiled by a child process unless the pins hold this build; no bcc/LLVM here
+        dp = Dataplane.open(config)
+        how = "built and loaded by a child process" if dp.built else "adopted from its pins (unchanged build)"
+    log.info("dataplane loaded (%s): prog id %d, maps pinned in %s", how, dp.prog_id, config.pin_dir)
     interfaces = None
     if args.attach_points:
         interfaces = InterfaceManager(dp, FileAttachPoints(args.attach_points), args.xdp_mode)

@@ -268,14 +268,15 @@ class PinnedMaps:
     """The pinned maps of one dataplane instance, opened lazily; `table(name)` as
     Dataplane.table, for readers such as affinity_maps.live_entries."""
 
-    def __init__(self, pin_dir: Path) -> None:
+    def __init__(self, pin_dir: Path, kind: type | None = None) -> None:
         self.pin_dir = Path(pin_dir)
+        self.kind = kind or PinnedTable   # WritableTable for an owner (Dataplane.open)
         self._tables: dict[str, PinnedTable] = {}
         self._fds: dict[str, int] = {}
 
     def table(self, name: str) -> PinnedTable:
         if name not in self._tables:
-            self._tables[name] = PinnedTable(self.pin_dir / name)
+            self._tables[name] = self.kind(self.pin_dir / name)
         return self._tables[name]
 
     def fd(self, name: str) -> int:
@@ -296,3 +297,58 @@ class PinnedMaps:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+_MAP_IN_MAP_TYPES = {12, 13}   # BPF_MAP_TYPE_ARRAY_OF_MAPS, _HASH_OF_MAPS
+
+
+class WritableTable(PinnedTable):
+    """A pinned map with the part of bcc's Table interface the map writer and the
+    agent use (`table[key] = leaf`, `del table[key]`, `sum`), so an agent can own a
+    dataplane compiled by another process without loading bcc (build.py). As in
+    bcc, a per-CPU map's Leaf is the array of its per-CPU values; a map of maps
+    (no BTF) has u32 keys and values (an fd written, a map id read)."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            super().__init__(path)
+        except ValueError:
+            info = _map_info_of(path)
+            if info.type not in _MAP_IN_MAP_TYPES:
+                raise
+            self.name, self.Key, self.Leaf = path.name, ct.c_uint, ct.c_uint
+            self.max_entries, self.cpus = info.max_entries, 0
+            self.map_fd = _check(lib().bpf_obj_get(str(path).encode()), f"bpf_obj_get({path})")
+        if self.cpus:
+            self.sLeaf = self.Leaf
+            if ct.sizeof(self.sLeaf) % 8:
+                raise ValueError(f"map {path}: per-CPU values of {ct.sizeof(self.sLeaf)} bytes are not 8-aligned")
+            self.Leaf = self.sLeaf * self.cpus
+
+    def __getitem__(self, key):
+        leaf = self.Leaf()
+        if lib().bpf_map_lookup_elem(self.map_fd, self._ptr(key), self._ptr(leaf)) != 0:
+            raise KeyError(key)
+        return leaf
+
+    def __setitem__(self, key, leaf) -> None:
+        rc = lib().bpf_map_update_elem(self.map_fd, self._ptr(key), self._ptr(leaf), 0)
+        if rc < 0:
+            raise OSError(-rc, f"update of map {self.name}: {os.strerror(-rc)}")
+
+    def __delitem__(self, key) -> None:
+        if lib().bpf_map_delete_elem(self.map_fd, self._ptr(key)) != 0:
+            raise KeyError(key)
+
+    def sum(self, key):
+        """The per-CPU values of an integer map added up (bcc's PerCpuArray.sum)."""
+        return self.sLeaf(sum(self[key]))
+
+
+def _map_info_of(path: Path):
+    from .libbpf import map_info
+    fd = _check(lib().bpf_obj_get(str(path).encode()), f"bpf_obj_get({path})")
+    try:
+        return map_info(fd)
+    finally:
+        os.close(fd)

@@ -10,14 +10,18 @@ import ctypes as ct
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from bcc import BPF
+from typing import TYPE_CHECKING
 
 from . import attach as _attach
-from .config import DataplaneConfig
+from .config import PROGRAM_PINS, DataplaneConfig
 from .layout import COUNTER_NAMES, const
-from .libbpf import map_info, prog_id
-from .sockhooks import SockHooks, set_client_ip
+from .libbpf import map_info, obj_get, prog_id
+from .pinned import PinnedMaps, WritableTable
+
+if TYPE_CHECKING:   # bcc is imported only where a program is compiled (load)
+    from bcc import BPF
+
+    from .sockhooks import SockHooks
 from .source import program_text
 
 ENTRY = "svcxdp_main"              # pod-facing interfaces: ClusterIP frontends
@@ -33,7 +37,7 @@ class DataplaneError(RuntimeError):
     pass
 
 
-def _check_pinned_layout(bpf: BPF, config: DataplaneConfig) -> None:
+def _check_pinned_layout(bpf, config: DataplaneConfig) -> None:
     """A pinned map from an older build with another layout must not be reused."""
     expected_max = {
         "services": config.max_services, "slots": config.max_slots,
@@ -66,14 +70,39 @@ def _check_pinned_layout(bpf: BPF, config: DataplaneConfig) -> None:
 @dataclass
 class Dataplane:
     config: DataplaneConfig
-    bpf: BPF
+    bpf: "BPF | None"          # bcc's object; None when opened by its pins (open())
     prog_fd: int
     external_prog_fd: int
     attached: list[tuple[str, str | None, str]] = field(default_factory=list)
-    _sock_hooks: SockHooks | None = None
+    _sock_hooks: "SockHooks | None" = None
+    _pinned: PinnedMaps | None = None
+    built: bool = True          # open(): False when the pins were current and nothing was compiled
+
+    @classmethod
+    def open(cls, config: DataplaneConfig) -> "Dataplane":
+        """The pinned dataplane of `config`, compiled and loaded by a child process
+        only if the pins do not hold this very build (build.py); this process never
+        imports bcc. The socket hooks need bcc's object: use load() for them."""
+        from .build import ensure_built
+        built = ensure_built(config, MAP_NAMES)
+        pinned = PinnedMaps(config.pin_dir, WritableTable)
+        fds: list[int] = []
+        try:
+            for role in ("pod", "external"):
+                fds.append(obj_get(str(config.pin_dir / PROGRAM_PINS[role])))
+            for name in MAP_NAMES:
+                pinned.table(name)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            pinned.close()
+            raise
+        return cls(config=config, bpf=None, prog_fd=fds[0], external_prog_fd=fds[1], _pinned=pinned,
+                   built=built)
 
     @classmethod
     def load(cls, config: DataplaneConfig | None = None) -> "Dataplane":
+        from bcc import BPF
         config = config or DataplaneConfig()
         if config.pin:
             os.makedirs(config.pin_dir, exist_ok=True)
@@ -101,6 +130,8 @@ class Dataplane:
 
     # ---- maps -------------------------------------------------------------------
     def table(self, name: str):
+        if self._pinned is not None:
+            return self._pinned.table(name)
         return self.bpf[name.encode()]
 
     @property
@@ -126,10 +157,15 @@ class Dataplane:
         """The socket hooks, loaded from this program object on first use (the XDP
         path alone never pays their verification)."""
         if self._sock_hooks is None:
+            if self.bpf is None:
+                raise DataplaneError("the socket hooks are loaded from bcc's program object: "
+                                     "this dataplane was opened by its pins (Dataplane.open)")
+            from .sockhooks import SockHooks
             self._sock_hooks = SockHooks(self.bpf, self.config.pin_dir if self.config.pin else None)
         return self._sock_hooks
 
     def set_sock_client_ip(self, ip: str) -> None:
+        from .sockhooks import set_client_ip
         set_client_ip(self.table("sock_config"), ip)
 
     # ---- interfaces ---------------------------------------------------------------
@@ -150,6 +186,11 @@ class Dataplane:
 
     def close(self) -> None:
         """Release this process's handles. Attached programs and pinned maps stay."""
+        if self._pinned is not None:
+            self._pinned.close()
+            for fd in (self.prog_fd, self.external_prog_fd):
+                os.close(fd)
+            return
         self.bpf.cleanup()
 
 
@@ -167,8 +208,9 @@ def reset(config: DataplaneConfig) -> bool:
 FLOOR_PROGRAM = "int xdp_floor(struct xdp_md *ctx) { return XDP_PASS; }"
 
 
-def load_floor_program() -> tuple[BPF, int]:
+def load_floor_program() -> tuple["BPF", int]:
     """An empty XDP program: the floor every per-packet cost is measured against."""
+    from bcc import BPF
     bpf = BPF(text=FLOOR_PROGRAM.encode())
     return bpf, bpf.load_func(b"xdp_floor", BPF.XDP).fd
 

@@ -1,0 +1,105 @@
+"""Dataplane.open (build.py): the program compiled and loaded by a child process with
+bcc, then owned through its pins by a process that never imports bcc; an unchanged
+build is adopted without compiling, a changed one rebuilt over the same maps."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from controlplane.agent.agent import Agent
+from controlplane.agent.desired import NodeConfig
+from controlplane.dataplane.build import build_stamp, read_stamp
+from controlplane.dataplane.config import DataplaneConfig
+from controlplane.dataplane.program import Dataplane, reset
+from controlplane.store import SqliteStore
+
+from .agent_kit import Client, add_service, set_endpoints
+
+pytestmark = pytest.mark.root
+
+CONFIG = DataplaneConfig(instance="pytest-dp-build", ct_size=1024, max_services=64, max_backends=256,
+                         max_slots=1024)
+A = ["10.244.1.1", "10.244.1.2", "10.244.1.3"]
+B = ["10.244.2.1"]
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = SqliteStore(tmp_path / "store.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def clean():
+    reset(CONFIG)
+    yield
+    reset(CONFIG)
+
+
+def test_built_once_then_adopted_from_the_pins_without_bcc(store, clean):
+    dp = Dataplane.open(CONFIG)
+    try:
+        assert dp.built and read_stamp(CONFIG.pin_dir) == build_stamp(CONFIG)
+        prog = dp.prog_id
+        add_service(store, "a", A)
+        agent = Agent(store, NodeConfig("node1"), dp)
+        assert agent.full_sync("start").writes > 0
+        assert Client(agent).backends_of("a") == set(A)
+        set_endpoints(store, "a", A[:1])        # the writer's per-change path on pinned maps
+        agent.incremental_sync()
+        assert Client(agent).backends_of("a") == set(A[:1])
+    finally:
+        dp.close()
+
+    dp = Dataplane.open(CONFIG)   # a restarted agent, same build: nothing compiled or flushed
+    try:
+        assert not dp.built and dp.prog_id == prog
+        agent = Agent(store, NodeConfig("node1"), dp)
+        assert agent.full_sync("start").writes == 0
+        assert Client(agent).backends_of("a") == set(A[:1])
+        frontends = len(agent.writer.installed())
+    finally:
+        dp.close()
+
+    # ... and the process that owns it never loads bcc (nor LLVM)
+    child = textwrap.dedent(f"""
+        import json, sys
+        from controlplane.dataplane.config import DataplaneConfig
+        from controlplane.dataplane.program import Dataplane
+        from controlplane.dataplane.writer import MapWriter
+        dp = Dataplane.open(DataplaneConfig(**json.loads(sys.argv[1])))
+        print(json.dumps([dp.built, len(MapWriter(dp).installed()), dp.counters()["ct_new"] > 0,
+                          "bcc" in sys.modules]))
+    """)
+    fields = {k: v for k, v in dataclasses.asdict(CONFIG).items() if k != "pin_root"}
+    out = subprocess.run([sys.executable, "-c", child, json.dumps(fields)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [False, frontends, True, False]
+
+
+def test_a_changed_build_is_rebuilt_over_the_same_maps(store, clean):
+    dp = Dataplane.open(CONFIG)
+    try:
+        add_service(store, "b", B)
+        agent = Agent(store, NodeConfig("node1"), dp)
+        agent.full_sync("start")
+        prog = dp.prog_id
+    finally:
+        dp.close()
+    changed = dataclasses.replace(CONFIG, udp_timeout_s=CONFIG.udp_timeout_s + 1)
+    assert build_stamp(changed) != build_stamp(CONFIG)
+    dp = Dataplane.open(changed)
+    try:
+        assert dp.built and dp.prog_id != prog
+        agent = Agent(store, NodeConfig("node1"), dp)
+        assert Client(agent).backends_of("b") == set(B)   # the maps were kept, not flushed
+        assert agent.full_sync("start").writes == 0
+    finally:
+        dp.close()
