@@ -688,8 +688,17 @@ def render_all(data: dict, plot_dir: Path | None = None, plot_prefix: str = "") 
         out.append(f"Agent at {agent['services']:,} services × {agent['endpoints']} endpoints "
                    f"({agent['frontends']:,} frontends programmed, start sync {agent['sync_ms']:,.0f} ms): "
                    f"RSS {mib(agent['after_sync']['VmRSS'])} (interpreter {mib(agent['start']['VmRSS'])}, "
-                   f"after loading the dataplane with bcc/LLVM {mib(agent['after_load']['VmRSS'])}, "
-                   f"peak {mib(agent['after_sync']['VmHWM'])}).\n")
+                   + (f"after loading the dataplane with bcc/LLVM {mib(agent['after_load']['VmRSS'])}, "
+                      if "open_s" not in agent else
+                      f"after opening the dataplane built by a child process, no bcc/LLVM in the agent "
+                      f"{mib(agent['after_load']['VmRSS'])}, ")
+                   + f"peak {mib(agent['after_sync']['VmHWM'])}).\n")
+    if agent and "open_s" in agent:
+        r = agent["restart"]
+        out.append(f"Agent start: the build (compile and load with bcc, in a child process) "
+                   f"{agent['open_s']:.2f} s + start sync {agent['sync_ms'] / 1e3:.2f} s; a restart with the "
+                   f"same build compiles nothing: open {r['open_s'] * 1e3:.0f} ms + sync adopting the maps "
+                   f"{r['sync_ms'] / 1e3:.2f} s (RSS {mib(r['after_sync']['VmRSS'])}).\n")
     if new_flow_suites:
         out.append(f"## 6. {SCENARIO_TITLES[6]}\n")
         out.append("Same method as scenario 1 (one test-run call per packet, kernel duration summed, "
