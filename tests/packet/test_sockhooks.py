@@ -11,6 +11,7 @@ import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
+from controlplane.dataplane import readout
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
 from controlplane.dataplane.predict import predict
 from controlplane.dataplane.sockhooks import HOOKS, attached_ids
@@ -70,13 +71,21 @@ def test_connect_lands_on_the_predicted_backend_and_getpeername_shows_the_vip(sk
     want = predictor(xdp, s)
     before = xdp.counters()
     seen = set()
+    per_backend: dict[str, int] = {}
     for sport in range(41000, 41030):
         got, peer = env.tcp_backend(VIP, 80, bind_port=sport)
         assert got == want(CLIENT_IP, sport), f"source port {sport}"
         assert peer == (VIP, 80)
         seen.add(got)
+        per_backend[got] = per_backend.get(got, 0) + 1
     # An unbound socket is keyed by the node's address (sock_config), port 0.
-    assert env.tcp_backend(VIP, 80)[0] == want(CLIENT_IP, 0)
+    got = env.tcp_backend(VIP, 80)[0]
+    assert got == want(CLIENT_IP, 0)
+    per_backend[got] = per_backend.get(got, 0) + 1
+    # each connect() is a new flow of its backend (backend_stats, the metrics' per-backend spread)
+    ids = {ip: xdp.writer.backend_id(s.frontend, ip, TCP_PORT) for ip in BACKENDS}
+    counted = readout.backend_new_flows(xdp.dp)
+    assert {ip: counted.get(bid, 0) for ip, bid in ids.items()} == {ip: per_backend.get(ip, 0) for ip in BACKENDS}
     if algorithm == "maglev":
         assert seen == set(BACKENDS)
     d = delta(before, xdp.counters())
