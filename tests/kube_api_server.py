@@ -183,6 +183,14 @@ class KubeApiServer:
             self._cond.notify_all()
             return self.revision
 
+    def send_raw(self, resource: str, event: Any) -> None:
+        """Send `event` as it is into the open watches of `resource` (a broken server)."""
+        with self._cond:
+            for w in self._watchers:
+                if w.resource == resource:
+                    w.pending.append(event)
+            self._cond.notify_all()
+
     def compact(self) -> int:
         """Forget the history: a watch from any revision before the current one expires."""
         with self._cond:

@@ -63,11 +63,13 @@ class Reflector:
     lists: int = 0                      # how many times it listed (for logs and tests)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _watch: _RawWatch | None = field(default=None, repr=False)
+    _progress: bool = field(default=False, repr=False)   # this attempt's watch delivered an event
 
     def run(self) -> None:
         """List and watch until stop(). Nothing ends the loop but stop()."""
         failures = 0
         while not self._stop.is_set():
+            self._progress = False
             try:
                 if self.resource_version is None:
                     self._list()
@@ -76,7 +78,7 @@ class Reflector:
             except ApiException as exc:
                 if self._stop.is_set():
                     break
-                failures += 1
+                failures = 1 if self._progress else failures + 1   # a watch that delivered resets the backoff
                 if exc.status == GONE:
                     log.info("%s: resourceVersion %s expired (%s); listing again",
                              self.resource, self.resource_version, exc.reason)
@@ -88,8 +90,15 @@ class Reflector:
             except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
                 if self._stop.is_set():
                     break   # stop() cut the connection
-                failures += 1
+                failures = 1 if self._progress else failures + 1
                 self._pause(failures, f"{type(exc).__name__}: {exc}")
+            except Exception:   # a bug must not end the watch for good: log it, list again
+                if self._stop.is_set():
+                    break
+                log.exception("%s: unexpected failure; listing again", self.resource)
+                failures += 1
+                self.resource_version = None
+                self._pause(failures, "unexpected failure")
 
     def stop(self) -> None:
         self._stop.set()
@@ -153,3 +162,4 @@ class Reflector:
                 continue
             if rv:
                 self.resource_version = rv
+            self._progress = True

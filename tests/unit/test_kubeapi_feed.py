@@ -210,3 +210,21 @@ def test_a_large_list_is_read_in_pages_of_one_snapshot(api, feed_of, expire_betw
     assert [bool(q.get("continue")) for q in pages] == \
         ([False, True] if expire_between_pages else []) + [False, True, True]
     assert feed.reflectors[SERVICES].lists == 1
+
+
+def test_garbage_from_the_api_is_logged_and_the_watch_goes_on(api, feed_of, caplog):
+    """An object the codec cannot read is skipped with its name and field in the log; an
+    event that is not even an object ends that watch, and the reflector lists again."""
+    feed = feed_of().start()
+    for r in feed.reflectors.values():
+        r.backoff_first_s = 0.05
+    assert feed.wait_synced(10) and wait_until(lambda: api.watchers() == 2)
+    bad = svc("bad", "10.96.0.9")
+    bad["spec"]["ports"] = "80"
+    api.put(SERVICES, bad)
+    api.send_raw(SERVICES, {"type": "ADDED", "object": "not an object"})
+    api.put(SERVICES, svc("good", "10.96.0.10"))
+    assert wait_until(lambda: [s.name for s in feed.list(Service)] == ["good"])
+    assert "services default/bad ignored: json: cannot unmarshal string into Go struct field" in caplog.text
+    assert "spec.ports" in caplog.text
+    assert api.lists(SERVICES) == 2 and feed.reflectors[SERVICES].lists == 2
