@@ -238,3 +238,25 @@ def test_trace_follows_the_replies_of_unconfirmed_and_one_way_snat_flows(dns, ma
         assert (t.reason, t.reply_of) == ("snat_reply", (NODE, NODE_PORT))
         assert_snated(dns, query(CLIENT, 40000), port)     # confirmed; then one-way
         age(dns, "conntrack", port, datapath_clock_ns() - UDP_TIMEOUT_NS - SEC)
+
+
+def test_a_tcp_handshake_keeps_its_port_while_retransmitting_and_confirms_it_with_its_ack(ext, xdp):
+    from scapy.layers.inet import TCP
+    ext.service(NODE, 30080, [nodenet.REMOTE_POD])
+    port = folded(40000)
+    syn = from_client(NODE, 30080, sport=40000, flags="S")
+    assert ext.send(syn).pkt[TCP].sport == port
+    assert port in snat_entries(ext, "ct_unconfirmed")
+    # no SYN-ACK yet; the client retransmits its SYN after the reclaim time: the port
+    # is its own again for another reclaim time
+    age(ext, "ct_unconfirmed", port, datapath_clock_ns() - RECLAIM_NS - SEC)
+    assert ext.send(syn).pkt[TCP].sport == port
+    other = ext.send(from_client(NODE, 30080, src=CLIENT2, sport=7232, flags="S")).pkt[TCP].sport
+    assert other != port
+    # the backend's SYN-ACK finds the unconfirmed entry; the client's ACK confirms the flow
+    reply = (Ether(src=nodenet.NODE2_MAC, dst=ext.node.ext_mac) / IP(src=nodenet.REMOTE_POD, dst=NODE) /
+             TCP(sport=80, dport=port, flags="SA"))
+    back = ext.send(reply).pkt
+    assert (back[IP].dst, back[TCP].dport, back[TCP].sport) == (CLIENT, 40000, 30080)
+    assert ext.send(from_client(NODE, 30080, sport=40000, flags="A")).pkt[TCP].sport == port
+    assert port in snat_entries(ext, "conntrack") and port not in snat_entries(ext, "ct_unconfirmed")
