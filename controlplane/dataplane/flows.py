@@ -16,6 +16,7 @@ are exact, the time left assumes the timeouts given (the defaults unless told).
 """
 from __future__ import annotations
 
+import ctypes as ct
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -168,19 +169,35 @@ def iter_flows(maps, out: FlowTable, flt: FlowFilter = FlowFilter(), timeouts: T
     port = _SWAP16
     ntoa, pack = socket.inet_ntoa, struct.Struct("=I").pack   # clients: many, converted each time
     make = Flow._make
+    # Byte patterns a batch must hold to have a match: a batch without them is skipped
+    # without a Python step per entry (a match elsewhere in an entry is only a false hope).
+    key_needles = [pack(want_client)] if want_client is not None else None
+    value_needles = None
+    if svc_ids is not None and len(svc_ids) <= 64:
+        value_needles = [pack(i) for i in svc_ids]
+    elif want_backend is not None:
+        value_needles = [pack(want_backend)]
     for name in TABLES:
         table = maps.table(name)
         out.capacity[name] = table.max_entries
-        kinds = {"forward": 0, "reply": 0, "snat": 0}
+        kinds = out.entries[name] = {"forward": 0, "reply": 0, "snat": 0}
+        kfmt, vfmt = struct_format(table.Key)[0], struct_format(table.Leaf)[0]
+        ksize, dir_at = ct.sizeof(table.Key), table.Key.dir.offset
         ks, kd, ksp, kdp, kp, kdir = _index(table.Key, _KEY_FIELDS)
         vl, vip, vport, vflags, vbid, vsvc, vpeer, vpport = _index(table.Leaf, _VALUE_FIELDS)
-        forward = 0
-        for keys, values in table.unpacked_batches():
-            for k, v in zip(keys, values):
+        for kraw, vraw in table.raw_batches():
+            dirs = kraw[dir_at::ksize]
+            forward, reply = dirs.count(DIR_FORWARD), dirs.count(DIR_REPLY)
+            kinds["forward"] += forward
+            kinds["reply"] += reply
+            kinds["snat"] += len(dirs) - forward - reply
+            if key_needles is not None and not any(n in kraw for n in key_needles):
+                continue
+            if value_needles is not None and not any(n in vraw for n in value_needles):
+                continue
+            for k, v in zip(struct.iter_unpack(kfmt, kraw), struct.iter_unpack(vfmt, vraw)):
                 if k[kdir] != DIR_FORWARD:
-                    kinds["reply" if k[kdir] == DIR_REPLY else "snat"] += 1
                     continue
-                forward += 1
                 # filters on the raw integers first: nothing is built for what is not shown
                 if svc_ids is not None and v[vsvc] not in svc_ids:
                     continue
@@ -206,8 +223,6 @@ def iter_flows(maps, out: FlowTable, flt: FlowFilter = FlowFilter(), timeouts: T
                     v[vsvc], v[vbid],
                     flow_state(name, flags, remaining, backends.get(v[vbid]) == (v[vsvc], nat, v[vport])),
                     idle, remaining, bool(flags & F_COUNTED)))
-        kinds["forward"] = forward
-        out.entries[name] = kinds
 
 
 def _index(ctype: type, names: Iterable[str]) -> tuple[int, ...]:

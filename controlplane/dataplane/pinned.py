@@ -242,15 +242,20 @@ class PinnedTable:
                 yield keys[i], values[i]
                 pos = (i + 1) * size
 
-    def unpacked_batches(self) -> Iterator[tuple[Iterator[tuple], Iterator[tuple]]]:
-        """(keys, values) iterators of plain integer tuples, one pair per batch of a hash
-        map read with BPF_MAP_LOOKUP_BATCH, fields in `struct_format` order: a million
-        entries cost ~120 syscalls and no Python step per field."""
-        kfmt, vfmt = struct_format(self.Key)[0], struct_format(self.Leaf)[0]
+    def raw_batches(self) -> Iterator[tuple[bytes, bytes]]:
+        """(keys, values) as bytes, one pair per batch of a hash map read with
+        BPF_MAP_LOOKUP_BATCH (a million entries: ~120 syscalls): a reader can look for a
+        byte pattern in a whole batch, or count a field, at C speed."""
         ksize, vsize = ct.sizeof(self.Key), ct.sizeof(self.Leaf)
         for keys, values, n in lookup_batches(self):
-            yield (struct.iter_unpack(kfmt, bytes(memoryview(keys).cast("B")[:n * ksize])),
-                   struct.iter_unpack(vfmt, bytes(memoryview(values).cast("B")[:n * vsize])))
+            yield (bytes(memoryview(keys).cast("B")[:n * ksize]), bytes(memoryview(values).cast("B")[:n * vsize]))
+
+    def unpacked_batches(self) -> Iterator[tuple[Iterator[tuple], Iterator[tuple]]]:
+        """(keys, values) iterators of plain integer tuples, one pair per batch, fields in
+        `struct_format` order: no Python step per field."""
+        kfmt, vfmt = struct_format(self.Key)[0], struct_format(self.Leaf)[0]
+        for keys, values in self.raw_batches():
+            yield struct.iter_unpack(kfmt, keys), struct.iter_unpack(vfmt, values)
 
     def get(self, key, default=None):
         try:
