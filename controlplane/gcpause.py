@@ -6,7 +6,9 @@ then cost more than the work (measured: 10,000 Services with their EndpointSlice
 1.8 s with the collector running, 0.8 s without; desired state for them 0.83 s vs 0.29 s,
 the map writer's sync 1.73 s vs 1.24 s). Reference counting still frees everything as
 usual; only cycle detection waits until the block ends. Used by every layer (store,
-controllers, dataplane writer, agent), so it sits at the package root.
+controllers, dataplane writer, agent), so it sits at the package root. When the block
+ends, what it made is moved into the oldest generation at once (gc.freeze + unfreeze):
+otherwise the next collections walk every survivor twice on its way there.
 """
 from __future__ import annotations
 
@@ -36,4 +38,11 @@ def paused_gc() -> Iterator[None]:
         with _lock:
             _depth -= 1
             if _depth == 0 and _was_enabled:
+                # What the block made survives it: moved straight into the oldest
+                # generation (two list splices), not left young for the next
+                # collections to traverse one by one (0.1-0.2 s per 100,000-endpoint
+                # stage; ~0.6 s of a 10,000-service store-to-maps sync).
+                # Cycles among them are still found by the next full collection.
+                gc.freeze()
+                gc.unfreeze()
                 gc.enable()
