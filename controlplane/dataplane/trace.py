@@ -39,7 +39,6 @@ HAIRPIN_IP = be32_ip(int.from_bytes(const("HAIRPIN_IP").to_bytes(4, "big"), "lit
 SNAT_PORT_MIN, SNAT_PORT_COUNT = const("SNAT_PORT_MIN"), const("SNAT_PORT_COUNT")
 TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
 ALG_NAMES = {v: k for k, v in ALGORITHMS.items()}
-PROTO_NAMES = {v: k for k, v in PROTOCOLS.items()}
 
 Address = tuple[str, int]
 

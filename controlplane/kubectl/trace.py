@@ -13,8 +13,6 @@ import argparse
 import dataclasses
 import ipaddress
 import json
-import os
-from pathlib import Path
 
 from controlplane.controllers.service_view import load_service_views
 from controlplane.errors import CommandError
