@@ -1,0 +1,118 @@
+"""What the ids in the dataplane's maps stand for, as metric labels: each service id's
+frontend and service, each backend id's address, with their exposition text made once per
+change, not per scrape (agent/metrics.py writes the samples). The metric family names live
+here too, so the templates and the collector agree on them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from controlplane.dataplane import readout
+from controlplane.dataplane.model import Frontend
+
+DATAPATH = ("svcxdp_datapath_packets", "Packets by datapath outcome (SVCXDP_CNT_*)")
+SERVICE_FAMILIES = tuple((f"svcxdp_service_{f}", f"Service frontend {f.replace('_', ' ')}")
+                         for f in readout.STAT_FIELDS)
+BACKEND_FAMILY = ("svcxdp_backend_new_flows", "New flows sent to a backend (backends that had one)")
+ENTRIES = ("svcxdp_map_entries", "Entries in a map")
+CAPACITY = ("svcxdp_map_capacity", "Capacity (max_entries) of a map")
+EVICTIONS = ("svcxdp_affinity_evictions", "Affinity entries the LRU reclaimed")
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def label_text(names: tuple[str, ...], values: tuple[str, ...]) -> str:
+    """`{a="x",b="y"}` as the text exposition format writes labels (escaped)."""
+    return "{" + ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values)) + "}"
+
+
+SERVICE_LABELS = ("frontend", "protocol", "scope", "service")
+BACKEND_LABELS = ("service", "frontend", "backend")
+
+
+@dataclass
+class Naming:
+    """What the ids in the maps stand for: label values, and their exposition text made
+    once (not per scrape)."""
+    services: dict[int, tuple[tuple[str, ...], str]] = field(default_factory=dict)   # svc id -> (values, text)
+    backends: dict[int, tuple[tuple[str, ...], str]] = field(default_factory=dict)   # backend id -> (values, text)
+    _ordered: tuple[list, list, int, int] | None = field(default=None, repr=False, compare=False)
+    _templates: tuple[str, ...] | None = field(default=None, repr=False, compare=False)
+
+    def templates(self) -> tuple[str, ...]:
+        """Per service family, its samples' text in id order with `%d` for the values."""
+        if self._templates is None:
+            services = self.ordered()[0]
+            self._templates = tuple("".join(f"{name}_total{text.replace('%', '%%')} %d\n"
+                                            for _, (_, text) in services)
+                                    for name, _ in SERVICE_FAMILIES)
+        return self._templates
+
+    def ordered(self) -> tuple[list, list, int, int]:
+        """(services by id, backends by id, highest service id, highest backend id), kept
+        until the next change."""
+        if self._ordered is None:
+            self._ordered = (sorted(self.services.items()), sorted(self.backends.items()),
+                             max(self.services, default=0), max(self.backends, default=0))
+        return self._ordered
+
+    def add(self, fe: Frontend, inst, owner: str) -> None:
+        self._ordered = self._templates = None
+        values = (f"{fe.vip}:{fe.port}", fe.protocol, fe.scope, owner)
+        self.services[inst.svc_id] = (values, label_text(SERVICE_LABELS, values))
+        for (ip, port), bid in inst.backend_ids.items():
+            bvalues = (owner, values[0], f"{ip}:{port}")
+            self.backends[bid] = (bvalues, label_text(BACKEND_LABELS, bvalues))
+
+    def remove(self, fe: Frontend, inst) -> None:
+        """Forget a record's ids, unless they already name another frontend's."""
+        self._ordered = self._templates = None
+        frontend = f"{fe.vip}:{fe.port}"
+        named = self.services.get(inst.svc_id)
+        if named is not None and named[0][0] == frontend and named[0][1:3] == (fe.protocol, fe.scope):
+            del self.services[inst.svc_id]
+        for (ip, port), bid in inst.backend_ids.items():
+            bnamed = self.backends.get(bid)
+            if bnamed is not None and bnamed[0][1:] == (frontend, f"{ip}:{port}"):
+                del self.backends[bid]
+
+
+def naming_of(records: dict, owner: Callable[[Frontend], str] = lambda fe: "") -> Naming:
+    """From installed records (dataplane.installed.Installed by frontend)."""
+    naming = Naming()
+    for fe, inst in records.items():
+        naming.add(fe, inst, owner(fe))
+    return naming
+
+
+class AgentNaming:
+    """The agent's own state names the ids (no map is read for it). After the agent wrote
+    the maps, only the frontends whose record changed (the writer replaces a record when
+    it rewrites a frontend) are named again: one change at 10,000 services costs a pass
+    over the records, not a rebuild."""
+
+    def __init__(self, agent) -> None:
+        self.agent = agent
+        self._key: tuple[int, int] | None = None
+        self._seen: dict[Frontend, tuple[object, str]] = {}   # frontend -> (record, owner)
+        self._naming = Naming()
+
+    def __call__(self) -> Naming:
+        writer = self.agent.writer
+        key = (id(writer), writer.writes)
+        if key == self._key:
+            return self._naming
+        records = dict(writer.records())
+        owner_of = self.agent.owner_of
+        changed = {fe: (inst, owner_of(fe)) for fe, inst in records.items()
+                   if (seen := self._seen.get(fe)) is None or seen[0] is not inst or seen[1] != owner_of(fe)}
+        gone = [fe for fe in self._seen if fe not in records]
+        for fe in gone + [fe for fe in changed if fe in self._seen]:
+            self._naming.remove(fe, self._seen.pop(fe)[0])
+        for fe, (inst, owner) in changed.items():
+            self._naming.add(fe, inst, owner)
+            self._seen[fe] = (inst, owner)
+        self._key = key
+        return self._naming
