@@ -12,13 +12,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from controlplane.lab import hooks, netns, plan, procs
+from controlplane.store.etcd_client import unb64
 from controlplane.store.paths import STORE_URL_FILE
 
 from .cluster import CLIENT, Cluster, cluster_for_module, wait_for
@@ -208,7 +208,6 @@ def test_controller_leader_killed_other_takes_over_no_duplicates(cluster: Cluste
 
     def leader() -> str | None:
         kvs = client.range("/svcxdp/leader/controllers").get("kvs") or []
-        from controlplane.store.etcd_client import unb64
         return unb64(kvs[0]["value"]) if kvs else None
 
     first = wait_for("a controllers leader", leader)
