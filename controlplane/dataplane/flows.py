@@ -168,7 +168,8 @@ def iter_flows(maps, out: FlowTable, flt: FlowFilter = FlowFilter(), timeouts: T
     ip = _ip_cache          # frontends, backends and node addresses: few, cached
     port = _SWAP16
     ntoa, pack = socket.inet_ntoa, struct.Struct("=I").pack   # clients: many, converted each time
-    make = Flow._make
+    new = tuple.__new__     # Flow(...) without NamedTuple's Python-level __new__
+    timeout_of = {(p, c): timeouts.of(p, c) for p in range(256) for c in (0, F_CLOSING)}
     # Byte patterns a batch must hold to have a match: a batch without them is skipped
     # without a Python step per entry (a match elsewhere in an entry is only a false hope).
     key_needles = [pack(want_client)] if want_client is not None else None
@@ -211,11 +212,11 @@ def iter_flows(maps, out: FlowTable, flt: FlowFilter = FlowFilter(), timeouts: T
                     continue
                 flags = v[vflags]
                 idle = (now_ns - v[vl]) / NSEC
-                remaining = timeouts.of(proto, flags) - idle
+                remaining = timeout_of[proto, flags & F_CLOSING] - idle
                 if remaining < 0 and not flt.include_expired:
                     continue
                 src, dst, nat, peer = k[ks], k[kd], v[vip], v[vpeer]
-                yield make((
+                yield new(Flow, (
                     name, PROTO_NAMES.get(proto) or str(proto),
                     (ntoa(pack(src)), port[k[ksp]]), (ip.get(dst) or be32_ip(dst), port[k[kdp]]),
                     (ip.get(nat) or be32_ip(nat), port[v[vport]]),
