@@ -13,6 +13,18 @@
  * ct_unconfirmed (ct_lookup). A flood that sends a second packet for each spoofed
  * tuple (a blind SYN then ACK) still confirms its flows: the handshake's ACK
  * number is not checked.
+ *
+ * A bare TCP SYN (SYN without ACK) starts a connection, so it does not look in
+ * conntrack (handle_service): that miss, a cold bucket line in a table of a million
+ * entries, was about a third of a new flow's cost. A tuple's older connection may
+ * then still sit in conntrack (closing, expired, or never seen to close) while the
+ * new one waits in ct_unconfirmed. Rules that keep them apart: a confirmed entry
+ * that is not current (expired or closing) yields to an unconfirmed one (ct_lookup,
+ * ct_current); a reply that the confirmed entry's backend did not send is matched
+ * in ct_unconfirmed too (ct_match_reply); confirming overwrites a confirmed entry
+ * that is not current (ct_confirm_entry). A current confirmed entry is never
+ * replaced from ct_unconfirmed: a spoofed SYN on an established tuple still breaks
+ * nothing.
  */
 #ifndef SVCXDP_CONNTRACK_H
 #define SVCXDP_CONNTRACK_H
@@ -109,38 +121,35 @@ static __always_inline int ct_backend_same(const struct ct_value *v, const struc
 	return b->svc_id == v->svc_id && b->ip == v->nat_ip && b->port == v->nat_port;
 }
 
-/* A flow's entry, confirmed or not. */
+/* Is a confirmed entry still its tuple's connection? One that expired or is closing
+ * may have been followed by a new connection on the same tuple, whose bare SYN did
+ * not look in conntrack (conntrack.h, top). */
+static __always_inline int ct_current(const struct ct_value *v, __u64 now, __u8 proto)
+{
+	return ct_alive(v, now, proto) && !(v->flags & SVCXDP_CT_F_CLOSING);
+}
+
+/* A bare TCP SYN: the first packet of a connection (conntrack.h, top). */
+static __always_inline int ct_bare_syn(__u8 proto, __u8 tcp_flags)
+{
+	return proto == IPPROTO_TCP && (tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN;
+}
+
+/* A flow's entry, confirmed or not: the confirmed one while it is current, else an
+ * unconfirmed one (a newer connection on the tuple) if there is one. */
 static __always_inline struct ct_value *ct_lookup(struct ct_key *k)
 {
 	struct ct_value *v = conntrack.lookup(k);
-	if (v)
+	if (v && ct_current(v, bpf_ktime_get_coarse_ns(), k->proto))
 		return v;
-	return ct_unconfirmed.lookup(k);
+	struct ct_value *u = ct_unconfirmed.lookup(k);
+	return u ? u : v;
 }
 
 /* Does this forward packet of an unconfirmed flow confirm it? */
 static __always_inline int ct_confirms(__u8 proto, __u8 tcp_flags)
 {
 	return proto != IPPROTO_TCP || (tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_ACK;
-}
-
-/* Move a flow (already refreshed by this packet) and its reply entry, if it has
- * one, from ct_unconfirmed to conntrack. Inserts only where absent: another CPU
- * may have confirmed it a moment ago. */
-static __always_inline void ct_confirm(struct ct_key *fwd, const struct ct_value *v)
-{
-	struct ct_value copy = *v;
-	struct ct_key rk;
-	ct_key_set(&rk, copy.nat_ip, fwd->src, copy.nat_port, fwd->sport, fwd->proto,
-		   SVCXDP_CT_DIR_REPLY);
-	conntrack.insert(fwd, &copy);
-	struct ct_value *rv = ct_unconfirmed.lookup(&rk);
-	if (rv) {
-		struct ct_value rcopy = *rv;
-		conntrack.insert(&rk, &rcopy);
-		ct_unconfirmed.delete(&rk);
-	}
-	ct_unconfirmed.delete(fwd);
 }
 
 /* Give a counted flow's connection back to its backend, once (lc.h) — and only to
@@ -170,6 +179,40 @@ static __always_inline void ct_uncount_from_reply(const struct ct_key *rk, struc
 	struct ct_value *fv = ct_lookup(&fk);
 	if (fv && fv->backend_id == rv->backend_id)
 		ct_uncount(fv);
+}
+
+/* Write a confirmed entry. Where the tuple already has one, a current one stays
+ * (another CPU confirmed this flow a moment ago) and one that is not current (the
+ * tuple's older connection, closing or expired: a bare SYN does not look in
+ * conntrack) is overwritten. */
+static __always_inline void ct_confirm_entry(struct ct_key *k, struct ct_value *copy, __u64 now)
+{
+	if (conntrack.insert(k, copy) == 0)
+		return;
+	struct ct_value *old = conntrack.lookup(k);
+	if (old && ct_current(old, now, k->proto))
+		return;
+	if (old)
+		ct_uncount(old);
+	conntrack.update(k, copy);
+}
+
+/* Move a flow (already refreshed by this packet) and its reply entry, if it has
+ * one, from ct_unconfirmed to conntrack. */
+static __always_inline void ct_confirm(struct ct_key *fwd, const struct ct_value *v, __u64 now)
+{
+	struct ct_value copy = *v;
+	struct ct_key rk;
+	ct_key_set(&rk, copy.nat_ip, fwd->src, copy.nat_port, fwd->sport, fwd->proto,
+		   SVCXDP_CT_DIR_REPLY);
+	ct_confirm_entry(fwd, &copy, now);
+	struct ct_value *rv = ct_unconfirmed.lookup(&rk);
+	if (rv) {
+		struct ct_value rcopy = *rv;
+		ct_confirm_entry(&rk, &rcopy, now);
+		ct_unconfirmed.delete(&rk);
+	}
+	ct_unconfirmed.delete(fwd);
 }
 
 /* Does a reply from this backend need its own conntrack entry? Only when its address
@@ -282,6 +325,10 @@ static __always_inline int ct_match_reply(__be32 backend, __be16 bport, __be32 c
 	 * (a stale reply from a backend the flow has left is not translated). */
 	ct_key_set(&m->key, client, rn->vip, cport, rn->vport, proto, SVCXDP_CT_DIR_FORWARD);
 	struct ct_value *v = ct_lookup(&m->key);
+	if (v && (v->nat_ip != backend || v->nat_port != bport))
+		/* The tuple's confirmed connection went elsewhere: a newer connection on it,
+		 * whose bare SYN did not look in conntrack, may be this backend's. */
+		v = ct_unconfirmed.lookup(&m->key);
 	if (!v || v->nat_ip != backend || v->nat_port != bport)
 		return 0;
 	m->v = v;

@@ -177,10 +177,23 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 	__be16 nat_port;
 	int where = CT_IN_CONFIRMED;
 	struct np_snat snat = {};
-	struct ct_value *v = conntrack.lookup(&k);
-	if (!v) {
-		v = ct_unconfirmed.lookup(&k);
-		where = v ? CT_IN_UNCONFIRMED : CT_IN_NONE;
+	/* A bare SYN starts a connection: it does not look in conntrack, whose miss (a
+	 * cold bucket) cost a third of a new flow (conntrack.h, top). Any other packet
+	 * takes its confirmed entry while that is current, else a newer unconfirmed one.
+	 * External flows look as before: the SNAT tail (nodeport.h) finds a flow's entry
+	 * in conntrack first, so a reused tuple's new entry must replace the old one
+	 * there. */
+	struct ct_value *v = NULL;
+	if (external || !ct_bare_syn(k.proto, l4->tcp_flags))
+		v = conntrack.lookup(&k);
+	if (!v || !ct_current(v, now, k.proto)) {
+		struct ct_value *u = ct_unconfirmed.lookup(&k);
+		if (u) {
+			v = u;
+			where = CT_IN_UNCONFIRMED;
+		} else if (!v) {
+			where = CT_IN_NONE;
+		}
 	}
 	if (v && ct_alive(v, now, k.proto) && !ct_reopened(v, l4->tcp_flags)) {
 		if (ct_backend_valid(v)) {
@@ -194,7 +207,7 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 				snat.port = v->peer_port;
 			}
 			if (where == CT_IN_UNCONFIRMED && ct_confirms(k.proto, l4->tcp_flags))
-				ct_confirm(&k, v);
+				ct_confirm(&k, v, now);
 			/* An unconfirmed SNATed flow may have lost its port (nodeport.h). */
 			if (external && where == CT_IN_UNCONFIRMED && snat.ip)
 				np_pending_set(&k, svc->svc_id, 0, SVCXDP_NP_CHECK);

@@ -17,7 +17,10 @@ Conventions:
   timeout), and the LRU maps never evict (they are far larger than an example);
 - a flow's first packet records it as unconfirmed; its second forward packet (TCP:
   ACK without SYN) confirms it. The two are separate tables in the datapath, so a
-  key can be in both; lookups see the confirmed one first;
+  key can be in both; lookups see the confirmed one first while it is current (not
+  closing: nothing expires here), else an unconfirmed one if there is one. A bare
+  TCP SYN starts a connection and looks only among the unconfirmed; confirming
+  replaces a confirmed entry that is not current, never a current one;
 - a first fragment's record expires FRAG_TIMEOUT_S after it was made, read on the
   datapath's clock (CLOCK_MONOTONIC_COARSE, bpf_ktime_get_coarse_ns());
 - checksums are updated incrementally, per rewritten field, with RFC 1624 eqn. 3
@@ -169,20 +172,29 @@ class ReferenceDatapath:
         return [(k, v) for k, v in both.items() if k[5] == FWD]
 
     def _ct(self, key: CtKey) -> tuple[Flow | None, dict[CtKey, Flow] | None]:
-        """A flow's entry and the table holding it: confirmed first."""
-        for table in (self.conntrack, self.unconfirmed):
-            if key in table:
-                return table[key], table
-        return None, None
+        """A flow's entry and the table holding it: the confirmed one while it is
+        current (not closing), else an unconfirmed one (a newer connection on the
+        tuple), else the confirmed one."""
+        flow = self.conntrack.get(key)
+        if flow is not None and not flow.closing:
+            return flow, self.conntrack
+        if key in self.unconfirmed:
+            return self.unconfirmed[key], self.unconfirmed
+        return (flow, self.conntrack) if flow is not None else (None, None)
 
     def _confirm(self, key: CtKey, flow: Flow) -> None:
         """The second forward packet moves a flow and its reply entry to the confirmed
-        table, where absent there."""
-        self.conntrack.setdefault(key, flow)
+        table, replacing an entry there that is not current (the tuple's older
+        connection), never a current one."""
+        def put(k: CtKey, f: Flow) -> None:
+            old = self.conntrack.get(k)
+            if old is None or old.closing:
+                self.conntrack[k] = f
+        put(key, flow)
         rk = (flow.nat_ip, key[0], flow.nat_port, key[2], key[4], REPLY)
         reply = self.unconfirmed.pop(rk, None)
         if reply is not None:
-            self.conntrack.setdefault(rk, reply)
+            put(rk, reply)
         self.unconfirmed.pop(key, None)
 
     # ---- the packet path ----------------------------------------------------------------
@@ -269,7 +281,11 @@ class ReferenceDatapath:
             flow, _ = self._ct((backend, client, bport, cport, proto, REPLY))
             if flow is not None:
                 return flow, flow.nat_ip, flow.nat_port
-        flow, _ = self._ct((client, vip, cport, vport, proto, FWD))
+        key = (client, vip, cport, vport, proto, FWD)
+        flow, _ = self._ct(key)
+        if flow is not None and (flow.nat_ip, flow.nat_port) != (backend, bport):
+            # Another backend's flow: a newer connection on the tuple may be this one's.
+            flow = self.unconfirmed.get(key)
         if flow is None or (flow.nat_ip, flow.nat_port) != (backend, bport):
             return None
         return flow, vip, vport
@@ -303,7 +319,12 @@ class ReferenceDatapath:
 
     def _service(self, pkt, ip, l3, l4, sport, dport, tcp_flags, svc, frame_bytes, done):
         key = (ip.src, ip.dst, sport, dport, ip.proto, FWD)
-        flow, table = self._ct(key)
+        if ip.proto == TCP and tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN:
+            # A bare SYN starts a connection: only the unconfirmed are looked at.
+            flow = self.unconfirmed.get(key)
+            table = self.unconfirmed if flow is not None else None
+        else:
+            flow, table = self._ct(key)
         stale = None
         # A bare SYN on a closing flow is a new connection reusing the tuple.
         reopened = (flow is not None and flow.closing

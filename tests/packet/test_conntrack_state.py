@@ -268,3 +268,54 @@ def test_a_second_udp_datagram_confirms_a_flow(small_dataplane):
     h.send(q)
     assert (len(h.dp.table("ct_unconfirmed")), len(h.dp.table("conntrack"))) == (0, 1)
     h.reset()
+
+
+# ---- a bare SYN does not look in conntrack (bpf/conntrack.h, top) ---------------------------------
+def handshake(xdp: Harness, cport: int) -> str:
+    """SYN, the backend's SYN-ACK (checked reverse-NATed), the client's ACK; returns
+    the backend."""
+    backend = xdp.send(tcp(cport, "S")).pkt[IP].dst
+    out = xdp.send(Ether() / IP(src=backend, dst=CLIENT) / TCP(sport=8080, dport=cport, flags="SA"))
+    assert (out.pkt[IP].src, out.pkt[TCP].sport) == (VIP, 80)
+    assert xdp.send(tcp(cport, "A")).pkt[IP].dst == backend
+    return backend
+
+
+def test_a_tuple_reused_after_its_flow_expired_keeps_the_new_backend(xdp: Harness):
+    """The new connection's SYN skips conntrack, so the expired entry of the old one
+    is still there: the new one must still be answered, confirmed (overwriting the
+    expired entry) and kept on its own backend."""
+    xdp.service(algorithm="rr")
+    first = handshake(xdp, 41100)
+    assert len(xdp.dp.table("conntrack")) == 1
+    set_ct_last_seen(xdp, datapath_clock_ns() - xdp.dp.config.tcp_timeout_s * SEC - 2 * SEC)
+    second = handshake(xdp, 41100)
+    assert second != first  # rr moved on: a new connection
+    for _ in range(3):
+        assert xdp.send(tcp(41100, "PA")).pkt[IP].dst == second
+    assert (len(xdp.dp.table("conntrack")), len(xdp.dp.table("ct_unconfirmed"))) == (1, 0)
+
+
+def test_a_tuple_reused_after_a_fin_keeps_the_new_backend(xdp: Harness):
+    xdp.service(algorithm="rr")
+    first = handshake(xdp, 41200)
+    xdp.send(tcp(41200, "FA"))
+    second = handshake(xdp, 41200)
+    assert second != first
+    # Past the close timeout: the new connection's entry is not the closing one.
+    set_ct_last_seen(xdp, datapath_clock_ns() - (xdp.dp.config.tcp_close_timeout_s + 2) * SEC)
+    for _ in range(3):
+        assert xdp.send(tcp(41200, "PA")).pkt[IP].dst == second
+
+
+def test_a_spoofed_syn_on_an_established_tuple_moves_nothing(xdp: Harness):
+    """A SYN with an established flow's tuple is recorded as a new unconfirmed flow
+    (it does not look in conntrack), but the established entry stays in charge of
+    the flow's packets and replies."""
+    xdp.service(algorithm="rr")
+    backend = handshake(xdp, 41300)
+    xdp.send(tcp(41300, "S"))
+    for _ in range(3):
+        assert xdp.send(tcp(41300, "PA")).pkt[IP].dst == backend
+        out = xdp.send(Ether() / IP(src=backend, dst=CLIENT) / TCP(sport=8080, dport=41300, flags="PA"))
+        assert (out.pkt[IP].src, out.pkt[TCP].sport) == (VIP, 80)
