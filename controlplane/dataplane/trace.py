@@ -206,12 +206,19 @@ def _source_allowed(maps, svc_id: int, client: str) -> bool:
     return _lookup(maps, "source_ranges", prefixlen=64, svc_id=svc_id, addr=ip_be32(client)) is not None
 
 
-def _ct_lookup(maps, **key) -> tuple[str, object] | tuple[None, None]:
-    for name in ("conntrack", "ct_unconfirmed"):
-        v = _lookup(maps, name, **key)
-        if v is not None:
-            return name, v
-    return None, None
+def _ct_lookup(maps, now_ns: int | None = None, timeouts: Timeouts | None = None,
+               **key) -> tuple[str, object] | tuple[None, None]:
+    """conntrack, then ct_unconfirmed. With `now_ns` as bpf/conntrack.h ct_lookup(): a
+    confirmed entry that is not current (expired or closing) yields to an unconfirmed
+    one, a newer connection on the tuple (a bare SYN does not look in conntrack)."""
+    c = _lookup(maps, "conntrack", **key)
+    if c is not None and (now_ns is None or (_alive(c, key["proto"], now_ns, timeouts or Timeouts())
+                                             and not c.flags & F_CLOSING)):
+        return "conntrack", c
+    u = _lookup(maps, "ct_unconfirmed", **key)
+    if u is not None:
+        return "ct_unconfirmed", u
+    return ("conntrack", c) if c is not None else (None, None)
 
 
 # ---- the walk ---------------------------------------------------------------------------
@@ -250,12 +257,20 @@ def trace(maps, packet: Packet, entry: str | None = None, timeouts: Timeouts = T
 def _service_packet(maps, t: Trace, svc, now_ns: int, timeouts: Timeouts) -> None:
     """bpf/svcxdp.c handle_service()."""
     p, fe = t.packet, t.frontend
-    where, v = _ct_lookup(maps, src=ip_be32(p.src), dst=ip_be32(p.dst), sport=port_be16(p.sport),
-                          dport=port_be16(p.dport), proto=p.proto, dir=DIR_FORWARD)
+    key = dict(src=ip_be32(p.src), dst=ip_be32(p.dst), sport=port_be16(p.sport),
+               dport=port_be16(p.dport), proto=p.proto, dir=DIR_FORWARD)
+    where, v = _ct_lookup(maps, now_ns, timeouts, **key)
     flags = p.tcp_flags if p.tcp_flags is not None else (TCP_ACK if v is not None else TCP_SYN)
     if p.protocol != "TCP":
         flags = 0
     t.tcp_flags = flags
+    if t.entry == "pod" and p.protocol == "TCP" and flags & (TCP_SYN | TCP_ACK) == TCP_SYN:
+        # A bare SYN starts a connection: only ct_unconfirmed is looked in.
+        if where == "conntrack":
+            t.notes.append("a bare SYN starts a connection: the confirmed entry of the tuple "
+                           "is not looked at")
+        v = _lookup(maps, "ct_unconfirmed", **key)
+        where = "ct_unconfirmed" if v is not None else None
     if v is not None:
         idle = (now_ns - v.last_seen) / NSEC
         remaining = timeouts.of(p.proto, v.flags) - idle
@@ -465,13 +480,17 @@ def _reply(maps, t: Trace, now_ns: int, timeouts: Timeouts) -> None:
     vip = None
     entry = None
     if rn.flags & F_REVNAT_SHARED:
-        _, entry = _ct_lookup(maps, src=ip_be32(p.src), dst=ip_be32(client), sport=port_be16(p.sport),
-                              dport=port_be16(p.dport), proto=p.proto, dir=DIR_REPLY)
+        _, entry = _ct_lookup(maps, now_ns, timeouts, src=ip_be32(p.src), dst=ip_be32(client),
+                              sport=port_be16(p.sport), dport=port_be16(p.dport), proto=p.proto, dir=DIR_REPLY)
         if entry is not None:
             vip = (be32_ip(entry.nat_ip), be16_port(entry.nat_port))
     if vip is None:
-        _, entry = _ct_lookup(maps, src=ip_be32(client), dst=rn.vip, sport=port_be16(p.dport),
-                              dport=rn.vport, proto=p.proto, dir=DIR_FORWARD)
+        key = dict(src=ip_be32(client), dst=rn.vip, sport=port_be16(p.dport), dport=rn.vport, proto=p.proto,
+                   dir=DIR_FORWARD)
+        _, entry = _ct_lookup(maps, now_ns, timeouts, **key)
+        if entry is not None and (entry.nat_ip, entry.nat_port) != (ip_be32(p.src), port_be16(p.sport)):
+            # another backend's flow: a newer connection on the tuple may be this one's
+            entry = _lookup(maps, "ct_unconfirmed", **key)
         if entry is None or (entry.nat_ip, entry.nat_port) != (ip_be32(p.src), port_be16(p.sport)):
             t.notes.append(f"a backend's address, but no flow of {client}:{p.dport} through it: "
                            "passed untouched")
