@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,7 +60,7 @@ class Traffic:
 
     @classmethod
     def start(cls, cluster: Cluster, http_ip: str, redis_ip: str) -> "Traffic":
-        tmp = Path(tempfile.mkdtemp(prefix="svcxdp-t-traffic-"))
+        tmp = Path(tempfile.mkdtemp(prefix="svcxdp-etcdfault-traffic-"))
         script = tmp / "traffic.py"
         script.write_text(TRAFFIC)
         proc = netns.popen(cluster.lab.netns_for(CLIENT), [sys.executable, str(script), http_ip, redis_ip,
@@ -69,7 +70,10 @@ class Traffic:
 
     def finish(self) -> dict:
         self.stop_file.write_text("")
-        out, err = self.proc.communicate(timeout=30)
+        try:
+            out, err = self.proc.communicate(timeout=30)
+        finally:
+            shutil.rmtree(self.stop_file.parent, ignore_errors=True)
         assert self.proc.returncode == 0, err
         return json.loads(out)
 

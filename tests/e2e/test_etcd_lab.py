@@ -106,16 +106,18 @@ def test_all_members_stopped_under_traffic(cluster: Cluster, services: dict[str,
     no member up), and after etcd returns the user's changes (the retried apply and a scale)
     reach every node."""
     traffic = Traffic.start(cluster, services["nginx"], services["redis"])
-    time.sleep(1.0)
-    down_at = time.monotonic()
-    for m in members(cluster):
-        kill(cluster, m.name, "etcd", signal.SIGKILL)
-    failed = cluster.svcctl("apply", "-f", "-", input=service_manifest("during-outage"), check=False)
-    assert failed.returncode != 0 and "unavailable" in failed.stderr, failed.stderr
-    wait_for("every agent to answer 503", lambda: all_healthz(cluster, 503), timeout=OUTAGE_S + 10)
-    time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
-    restart_stopped(cluster)
-    stats = traffic.finish()
+    try:
+        time.sleep(1.0)
+        down_at = time.monotonic()
+        for m in members(cluster):
+            kill(cluster, m.name, "etcd", signal.SIGKILL)
+        failed = cluster.svcctl("apply", "-f", "-", input=service_manifest("during-outage"), check=False)
+        assert failed.returncode != 0 and "unavailable" in failed.stderr, failed.stderr
+        wait_for("every agent to answer 503", lambda: all_healthz(cluster, 503), timeout=OUTAGE_S + 10)
+        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
+    finally:
+        restart_stopped(cluster)
+        stats = traffic.finish()
     assert stats["new_fail"] == 0 and stats["est_fail"] == 0, stats["failures"]
     assert stats["new_ok"] >= OUTAGE_S * 2 and stats["est_ok"] >= OUTAGE_S * 2, stats   # it ran throughout
     cluster.svcctl("apply", "-f", "-", input=service_manifest("during-outage"))
