@@ -26,21 +26,28 @@ class IdAllocator:
         self.what = what
         self._next = 1                              # ids >= this were never handed out
         self._free: OrderedDict[int, None] = OrderedDict()   # oldest first
-        self._used: set[int] = set()
+        # one byte per id (a set of 100,000 ints held ~7 MB; this is limit bytes)
+        self._used = bytearray(limit)
+        self._count = 0
 
     @property
     def available(self) -> int:
-        return self.limit - 1 - len(self._used)
+        return self.limit - 1 - self._count
 
     def in_use(self, ident: int) -> bool:
-        return ident in self._used
+        return 0 <= ident < self.limit and bool(self._used[ident])
+
+    def _take(self, ident: int) -> None:
+        if not self._used[ident]:
+            self._used[ident] = 1
+            self._count += 1
 
     def claim(self, ident: int) -> None:
         """Mark an id found in the maps as taken (adoption); claims may come in
         any order."""
         if not 0 < ident < self.limit:
             raise ValueError(f"{self.what}: id {ident} outside 1..{self.limit - 1}")
-        self._used.add(ident)
+        self._take(ident)
         if ident >= self._next:
             self._free.update((i, None) for i in range(self._next, ident))
             self._next = ident + 1
@@ -55,19 +62,21 @@ class IdAllocator:
             ident, _ = self._free.popitem(last=False)
         else:
             raise CapacityError(f"{self.what} full")
-        self._used.add(ident)
+        self._take(ident)
         return ident
 
     def allocate_many(self, n: int) -> list[int]:
         """n ids, the same ones n calls of allocate() would hand out."""
         if n <= self.limit - self._next:   # all fresh: one range
             out = list(range(self._next, self._next + n))
+            self._used[self._next:self._next + n] = b"\x01" * n   # never handed out: none taken
+            self._count += n
             self._next += n
-            self._used.update(out)
             return out
         return [self.allocate() for _ in range(n)]
 
     def release(self, ident: int) -> None:
-        if ident in self._used:
-            self._used.discard(ident)
+        if self.in_use(ident):
+            self._used[ident] = 0
+            self._count -= 1
             self._free[ident] = None

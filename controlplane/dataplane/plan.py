@@ -22,8 +22,12 @@ class Plan:
     svc_id: int
     ids: dict[Address, int]
     fresh: list[int] = field(default_factory=list)           # backend ids handed out now
-    backend_writes: list[tuple[int, Backend]] = field(default_factory=list)   # (id, backend)
-    slot_writes: list[tuple[int, int]] = field(default_factory=list)          # (slot, backend id)
+    # the backend entries to write, as two columns: ids and their backends
+    write_ids: list[int] = field(default_factory=list)
+    write_backends: Sequence[Backend] = field(default_factory=list)
+    # the slots to write, as two columns: slot numbers and backend ids
+    slot_numbers: list[int] = field(default_factory=list)
+    slot_backend_ids: list[int] = field(default_factory=list)
     slot_count: int = 0
     old_slot_count: int = 0
     install_table: bool = False
@@ -31,6 +35,16 @@ class Plan:
     affinity_gen: int = 0
     entry_key: tuple = ()   # services map key, as packing.Packer rows
     entry: tuple = ()       # services map value
+
+    @property
+    def backend_writes(self) -> list[tuple[int, Backend]]:
+        """(id, backend) of each backend entry written."""
+        return list(zip(self.write_ids, self.write_backends))
+
+    @property
+    def slot_writes(self) -> list[tuple[int, int]]:
+        """(slot, backend id) of each slot written."""
+        return list(zip(self.slot_numbers, self.slot_backend_ids))
 
     def installed(self) -> Installed:
         """The record of what the maps hold once the plan is written."""
@@ -76,13 +90,15 @@ def plan_upsert(state: ServiceState, old: Installed | None, svc_ids: IdAllocator
             ids[b.address] = backend_ids.allocate()
             plan.fresh.append(ids[b.address])
         if old_by_addr.get(b.address) != b:
-            plan.backend_writes.append((ids[b.address], b))
+            plan.write_ids.append(ids[b.address])
+            plan.write_backends.append(b)
     new_slots = slot_ids(state, ids)
     plan.old_slot_count = old.slot_count
     old_slots = slot_ids(old.state, old.backend_ids) if not full else []
     for i, bid in enumerate(new_slots):
         if i >= len(old_slots) or old_slots[i] != bid:
-            plan.slot_writes.append((i + 1, bid))
+            plan.slot_numbers.append(i + 1)
+            plan.slot_backend_ids.append(bid)
     plan.slot_count = len(new_slots)
     new_table = maglev_inputs(state, ids)
     old_table = maglev_inputs(old.state, old.backend_ids)
@@ -102,9 +118,11 @@ def _plan_new(state: ServiceState, svc_ids: IdAllocator, backend_ids: IdAllocato
     backends = state.backends
     fresh = backend_ids.allocate_many(len(backends))
     ids = dict(zip([(b.ip, b.port) for b in backends], fresh))
-    plan = Plan(state, None, svc_id, ids, fresh, list(zip(fresh, backends)))
+    # columns, not a tuple per entry: a full sync plans 100,000 of each
+    plan = Plan(state, None, svc_id, ids, fresh, fresh, backends)
     new_slots = slot_ids(state, ids)
-    plan.slot_writes = list(enumerate(new_slots, 1))
+    plan.slot_numbers = list(range(1, len(new_slots) + 1))
+    plan.slot_backend_ids = new_slots
     plan.slot_count = len(new_slots)
     plan.install_table = maglev_inputs(state, ids) is not None
     plan.affinity_gen = affinity.for_update(state.affinity_timeout, 0)

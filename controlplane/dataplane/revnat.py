@@ -25,7 +25,8 @@ class RevNat:
         self.table = table
         self._keys = Packer(table.Key, ("ip", "port", "proto"))
         self._values = Packer(table.Leaf, ("vip", "vport", "flags"))
-        self.users: dict[Address, list[Frontend]] = {}  # first = the entry's frontend
+        # first = the entry's frontend; tuples (one per backend address: a list costs more)
+        self.users: dict[Address, tuple[Frontend, ...]] = {}
         self.writes = 0
         self._pending: dict[Address, None] = {}  # ordered set of entries to rewrite
         self._sharing_changed: dict[Address, None] = {}  # shared <-> not, since last taken
@@ -78,11 +79,11 @@ class RevNat:
             addr = (ip, port, proto)
             users = users_of.get(addr)
             if users is None:   # a new entry
-                users_of[addr] = [fe]
+                users_of[addr] = (fe,)
                 pending[addr] = None
                 self.writes += 1
             elif fe not in users:
-                users.append(fe)
+                users_of[addr] = users = users + (fe,)
                 if len(users) == 2:  # it just became shared
                     self._write(addr)
                     self._sharing_changed[addr] = None
@@ -92,13 +93,16 @@ class RevNat:
     def detach(self, fe: Frontend, addresses: list[tuple[str, int]], flush: bool = True) -> None:
         for ip, port in addresses:
             addr = (ip, port, fe.protocol)
-            users = self.users.get(addr, [])
+            users = self.users.get(addr, ())
             if fe in users:
-                users.remove(fe)
+                i = users.index(fe)
+                users = users[:i] + users[i + 1:]
                 if not users:
                     del self.users[addr]
-                elif len(users) == 1:
-                    self._sharing_changed[addr] = None
+                else:
+                    self.users[addr] = users
+                    if len(users) == 1:
+                        self._sharing_changed[addr] = None
                 self._write(addr)
         if flush:
             self._flush()
@@ -131,12 +135,16 @@ class RevNat:
         for k, v in self.table.items():
             addr = (be32_to_ip(k.ip), be16_to_port(k.port), names.get(k.proto, "?"))
             primary[addr] = (be32_to_ip(v.vip), be16_to_port(v.vport))
+        found: dict[Address, list[Frontend]] = {}
         for fe in sorted(installed):
             for ip, port in installed[fe]:
-                self.users.setdefault((ip, port, fe.protocol), []).append(fe)
-        for addr, users in self.users.items():
+                found.setdefault((ip, port, fe.protocol), []).append(fe)
+        for addr, users in found.items():
             first = primary.get(addr)
             users.sort(key=lambda fe: (fe.vip, fe.port) != first)
+            self.users[addr] = tuple(users)
+        for addr, users in self.users.items():
+            first = primary.get(addr)
             if first != (users[0].vip, users[0].port) or self._stale_flag(addr):
                 self._write(addr)
         for addr in set(primary) - set(self.users):

@@ -341,12 +341,11 @@ class MapWriter:
         shared: list[bool] = []
         is_shared = self.revnat.shared
         for p in made:
-            writes = p.backend_writes
-            if not writes:
+            bs = p.write_backends
+            if not bs:
                 continue
             proto = p.state.frontend.protocol
-            ids += [i for i, _ in writes]
-            bs = [b for _, b in writes]
+            ids += p.write_ids
             backends += bs
             protos += [PROTOCOLS[proto]] * len(bs)
             svc_ids += [p.svc_id] * len(bs)
@@ -360,11 +359,10 @@ class MapWriter:
         slots: list[int] = []
         bids: list[int] = []
         for p in made:
-            writes = p.slot_writes
-            if writes:
-                svc_ids += [p.svc_id] * len(writes)
-                slots += [s for s, _ in writes]
-                bids += [b for _, b in writes]
+            if p.slot_numbers:
+                svc_ids += [p.svc_id] * len(p.slot_numbers)
+                slots += p.slot_numbers
+                bids += p.slot_backend_ids
         pk = self._pk
         return write_packed(self.slots, pk["slot_key"].columns(len(slots), [svc_ids, slots]),
                             pk["slot"].columns(len(slots), [bids]))
