@@ -26,8 +26,9 @@ class IdAllocator:
         self.what = what
         self._next = 1                              # ids >= this were never handed out
         self._free: OrderedDict[int, None] = OrderedDict()   # oldest first
-        # one byte per id (a set of 100,000 ints held ~7 MB; this is limit bytes)
-        self._used = bytearray(limit)
+        # one byte per id (a set of 100,000 ints held ~7 MB), grown as ids are taken:
+        # a reader that adopts maps with no known limit passes 1 << 32
+        self._used = bytearray(min(limit, 1 << 16))
         self._count = 0
 
     @property
@@ -35,9 +36,15 @@ class IdAllocator:
         return self.limit - 1 - self._count
 
     def in_use(self, ident: int) -> bool:
-        return 0 <= ident < self.limit and bool(self._used[ident])
+        return 0 <= ident < len(self._used) and bool(self._used[ident])
+
+    def _reach(self, end: int) -> None:
+        """Make ids below `end` addressable in the bitmap."""
+        if end > len(self._used):
+            self._used.extend(bytes(min(max(end, 2 * len(self._used)), self.limit) - len(self._used)))
 
     def _take(self, ident: int) -> None:
+        self._reach(ident + 1)
         if not self._used[ident]:
             self._used[ident] = 1
             self._count += 1
@@ -69,6 +76,7 @@ class IdAllocator:
         """n ids, the same ones n calls of allocate() would hand out."""
         if n <= self.limit - self._next:   # all fresh: one range
             out = list(range(self._next, self._next + n))
+            self._reach(self._next + n)
             self._used[self._next:self._next + n] = b"\x01" * n   # never handed out: none taken
             self._count += n
             self._next += n

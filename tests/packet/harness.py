@@ -6,7 +6,10 @@ from dataclasses import dataclass, field
 
 from scapy.layers.l2 import Ether
 
+from controlplane.dataplane import readout
+from controlplane.dataplane.libbpf import zero_entries
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
+from controlplane.dataplane.pinned import possible_cpus
 from controlplane.dataplane.program import Dataplane
 from controlplane.dataplane.testrun import TestRunner
 from controlplane.dataplane.writer import MapWriter
@@ -57,8 +60,13 @@ class Harness:
         return self.dp.counters()
 
     def reset(self) -> None:
-        """Between tests: no services, no flows."""
+        """Between tests: no services, no flows, no per-backend counts (a new writer
+        zeroes only the ids it hands out again)."""
         self.writer.sync([])
+        stats = self.dp.table("backend_stats")
+        counted = readout.backend_new_flows(self.dp)
+        if counted:
+            zero_entries(stats.map_fd, list(counted), possible_cpus() * 8)
         for name in ("conntrack", "ct_unconfirmed", "fragments"):
             table = self.dp.table(name)
             keys = [k for k in table.keys()]

@@ -126,3 +126,22 @@ def test_allocate_many_hands_out_what_allocate_would():
     assert a.available == b.available == 0
     with pytest.raises(CapacityError):
         a.allocate_many(1)
+
+
+def test_an_unbounded_allocator_costs_what_it_holds_not_its_limit():
+    """Readers adopt maps with limit 1 << 32 (dataplane/readout.py): the bitmap grows
+    with the ids taken; a 4 GiB bytearray per call made a scrape take 20 s."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        ids = IdAllocator(1 << 32, "services")
+        for ident in (3, 70_000, 5):
+            ids.claim(ident)
+        fresh = ids.allocate_many(10)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20
+    assert fresh == list(range(70_001, 70_011))
+    assert ids.in_use(70_000) and not ids.in_use(4) and not ids.in_use(1 << 31)
+    assert ids.available == (1 << 32) - 1 - 13
