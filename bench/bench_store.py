@@ -96,25 +96,28 @@ def test_endpoint_change_on_feed(benchmark, populated: str) -> None:
     watcher = writer.reopen()
     es = writer.get(EndpointSlice, "default", "svc-42-abcde")
     start_rv = writer.current_resource_version()
-    seen = threading.Event()
     stop = threading.Event()
-    target: dict[str, int] = {}
+    # The follower may see a change before update() returns its resourceVersion, so it
+    # records the newest version seen and flip() waits for that to reach its own.
+    newest = {"rv": 0}
+    moved = threading.Condition()
 
     def follow() -> None:
         for event in watcher.watch(start_rv, kinds=[EndpointSlice], stop=stop.is_set, timeout=None):
-            if event.resource_version >= target.get("rv", 1 << 62):
-                seen.set()
+            with moved:
+                newest["rv"] = max(newest["rv"], event.resource_version)
+                moved.notify_all()
 
     thread = threading.Thread(target=follow, daemon=True)
     thread.start()
 
     def flip() -> None:
-        seen.clear()
         endpoint = es.endpoints[0]
         endpoint.conditions.ready = not endpoint.conditions.ready
         stored = writer.update(es)
-        target["rv"] = stored.resource_version
-        assert seen.wait(2.0), "change not seen on the feed"
+        with moved:
+            assert moved.wait_for(lambda: newest["rv"] >= stored.resource_version, 2.0), \
+                "change not seen on the feed"
 
     benchmark.pedantic(flip, rounds=200, iterations=1, warmup_rounds=5)
     stop.set()
