@@ -241,30 +241,41 @@ def obj_pin(fd: int, pin: str) -> None:
     _check(lib().bpf_obj_pin(fd, pin.encode()), f"bpf_obj_pin({pin})")
 
 
-def lookup_batches(table, batch: int = 8192) -> Iterator[tuple[ct.Array, ct.Array, int]]:
-    """(keys, values, count) chunks of a hash map, read with BPF_MAP_LOOKUPbatch."""
-    keys = (table.Key * batch)()
-    values = (table.Leaf * batch)()
+def _lookup_batch_counts(fd: int, keys, values, batch: int, limit: int | None, what: str) -> Iterator[int]:
+    """The BPF_MAP_LOOKUP_BATCH loop both readers share: fills `keys` and `values` (cffi
+    pointers to room for `batch` entries) chunk by chunk and yields each chunk's count, at
+    most `limit` entries in all."""
+    left = limit
     token_in = ffi.new("uint8_t[8]")
     token_out = ffi.new("uint8_t[8]")
     count = ffi.new("uint32_t *")
     opts = ffi.new("struct bpf_map_batch_opts *")
     opts.sz = ffi.sizeof("struct bpf_map_batch_opts")
     first = True
-    while True:
-        count[0] = batch
-        rc = lib().bpf_map_lookup_batch(table.map_fd, ffi.NULL if first else token_in, token_out,
-                                        ffi.cast("void *", ct.addressof(keys)),
-                                        ffi.cast("void *", ct.addressof(values)), count, opts)
+    while left is None or left > 0:
+        count[0] = batch if left is None else min(batch, left)
+        rc = lib().bpf_map_lookup_batch(fd, ffi.NULL if first else token_in, token_out, keys, values, count, opts)
         err = -rc if rc < 0 else 0
         if err not in (0, errno.ENOENT):
-            raise OSError(err, f"bpf_map_lookup_batch({table.Key.__name__}): {errno.errorcode.get(err, err)}")
+            raise OSError(err, f"bpf_map_lookup_batch({what}): {errno.errorcode.get(err, err)}")
         if count[0]:
-            yield keys, values, count[0]
+            if left is not None:
+                left -= count[0]
+            yield count[0]
         if err == errno.ENOENT:
             return
         ffi.memmove(token_in, token_out, 8)
         first = False
+
+
+def lookup_batches(table, batch: int = 8192) -> Iterator[tuple[ct.Array, ct.Array, int]]:
+    """(keys, values, count) chunks of a hash map, read with BPF_MAP_LOOKUP_BATCH into
+    arrays of the table's ctypes Key and Leaf (reused: a chunk is valid until the next)."""
+    keys = (table.Key * batch)()
+    values = (table.Leaf * batch)()
+    for n in _lookup_batch_counts(table.map_fd, ffi.cast("void *", ct.addressof(keys)),
+                                  ffi.cast("void *", ct.addressof(values)), batch, None, table.Key.__name__):
+        yield keys, values, n
 
 
 def update_batch(fd: int, keys, values, count: int) -> None:
@@ -286,30 +297,10 @@ def lookup_batches_raw(fd: int, key_size: int, value_size: int, batch: int = 819
     to 8 bytes. The buffers are reused: a chunk is valid until the next."""
     if limit is not None:
         batch = max(1, min(batch, limit))
-    left = limit
     keys = ffi.new("uint8_t[]", batch * key_size)
     values = ffi.new("uint8_t[]", batch * value_size)
-    token_in = ffi.new("uint8_t[8]")
-    token_out = ffi.new("uint8_t[8]")
-    count = ffi.new("uint32_t *")
-    opts = ffi.new("struct bpf_map_batch_opts *")
-    opts.sz = ffi.sizeof("struct bpf_map_batch_opts")
-    first = True
-    while left is None or left > 0:
-        count[0] = batch if left is None else min(batch, left)
-        rc = lib().bpf_map_lookup_batch(fd, ffi.NULL if first else token_in, token_out, keys, values, count, opts)
-        err = -rc if rc < 0 else 0
-        if err not in (0, errno.ENOENT):
-            raise OSError(err, f"bpf_map_lookup_batch(fd {fd}): {errno.errorcode.get(err, err)}")
-        if count[0]:
-            if left is not None:
-                left -= count[0]
-            yield (memoryview(ffi.buffer(keys, count[0] * key_size)),
-                   memoryview(ffi.buffer(values, count[0] * value_size)), count[0])
-        if err == errno.ENOENT:
-            return
-        ffi.memmove(token_in, token_out, 8)
-        first = False
+    for n in _lookup_batch_counts(fd, keys, values, batch, limit, f"fd {fd}"):
+        yield memoryview(ffi.buffer(keys, n * key_size)), memoryview(ffi.buffer(values, n * value_size)), n
 
 
 def zero_entries(fd: int, ids, value_size: int) -> int:
