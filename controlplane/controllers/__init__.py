@@ -7,8 +7,20 @@ Public entry points:
     runtime.set_pod_status / pods_to_start / ...  # for the pod runtime (lab)
     service_view.load_service_views(store)        # for the agent
 """
-from .config import ClusterConfig
-from .manager import reconcile
-from .registry import BatchError, Manifest, Outcome, Registry, bootstrap
+from __future__ import annotations
 
-__all__ = ["ClusterConfig", "Registry", "Manifest", "Outcome", "BatchError", "bootstrap", "reconcile"]
+import importlib
+
+# Imported on first use (PEP 562): a read-only command that needs one small module of
+# this package (events, service_view) must not pay ~100 ms for the registry and manager.
+_EXPORTS = {"ClusterConfig": ".config", "reconcile": ".manager", "BatchError": ".registry",
+            "Manifest": ".registry", "Outcome": ".registry", "Registry": ".registry",
+            "bootstrap": ".registry"}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

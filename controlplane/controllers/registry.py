@@ -34,6 +34,7 @@ from controlplane.api.service import Service, ServicePort, ServiceSpec, ServiceS
 from controlplane.api.service_update import drop_type_dependent_fields, patch_allocated_values
 from controlplane.store.interface import Store, StoreWriter, retry_commit
 
+from .batch import BatchError, Failure, Manifest  # noqa: F401 (re-exported)
 from .events import committed
 from .config import ClusterConfig, ConfigError, load_config, save_config
 from .pod_lifecycle import terminate_pod
@@ -48,34 +49,9 @@ MODE_CREATE = "create"
 
 
 @dataclass
-class Manifest:
-    """One document to apply: the raw dict and the file it came from ("-" for stdin)."""
-
-    data: dict[str, Any]
-    source: str = "-"
-
-
-@dataclass
 class Outcome:
     obj: ApiObject
     action: str  # created | configured | unchanged
-
-
-@dataclass
-class Failure:
-    manifest: Manifest | None
-    error: Exception        # ApiError or UnknownKind
-    verb: str               # "creating" | "patching" ...
-    name: str = ""
-    namespace: str = ""
-
-
-class BatchError(Exception):
-    """Nothing was written; `failures` says which documents failed and why."""
-
-    def __init__(self, failures: list[Failure]) -> None:
-        super().__init__("; ".join(str(f.error) for f in failures))
-        self.failures = failures
 
 
 @dataclass

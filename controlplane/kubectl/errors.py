@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from controlplane.api.errors import ApiError, Invalid
 from controlplane.api.kinds import UnknownKind
-from controlplane.controllers.registry import BatchError, Failure
+from controlplane.controllers.batch import BatchError, Failure
 
 
 def invalid_message(err: Invalid) -> str:

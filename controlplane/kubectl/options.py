@@ -33,14 +33,15 @@ def add_selector(parser: argparse.ArgumentParser) -> None:
 def add_node_timeouts(parser: argparse.ArgumentParser) -> None:
     """The conntrack timeouts a node's program was built with (`svcctl agent` flags of the
     same names): compiled into it, not kept in a map, so said here when not the defaults."""
-    from controlplane.dataplane.flows import Timeouts
-    d = Timeouts()
-    parser.add_argument("--tcp-timeout", type=int, default=d.tcp, metavar="S",
-                        help=f"the agent's --tcp-timeout (default {d.tcp})")
-    parser.add_argument("--tcp-close-timeout", type=int, default=d.tcp_close, metavar="S",
-                        help=f"the agent's --tcp-close-timeout (default {d.tcp_close})")
-    parser.add_argument("--udp-timeout", type=int, default=d.udp, metavar="S",
-                        help=f"the agent's --udp-timeout (default {d.udp})")
+    # the defaults from the shared header, not dataplane.flows: every `svcctl get` builds
+    # this parser, and flows' imports cost a read-only command ~60 ms
+    from controlplane.dataplane.layout import const
+    for flag, name in (("--tcp-timeout", "DEFAULT_TCP_TIMEOUT_S"),
+                       ("--tcp-close-timeout", "DEFAULT_TCP_CLOSE_TIMEOUT_S"),
+                       ("--udp-timeout", "DEFAULT_UDP_TIMEOUT_S")):
+        default = const(name)
+        parser.add_argument(flag, type=int, default=default, metavar="S",
+                            help=f"the agent's {flag} (default {default})")
 
 
 def node_timeouts(args: argparse.Namespace):

@@ -10,16 +10,15 @@ import argparse
 import functools
 import os
 import sys
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
 
 from controlplane.api.errors import ApiError
 from controlplane.api.manifest import ManifestError
 from controlplane.api.selectors import Selector, SelectorParseError
 from controlplane.errors import CommandError
+from controlplane.controllers.batch import BatchError
 from controlplane.controllers.config import ConfigError
-from controlplane.controllers.manager import reconcile
-from controlplane.controllers.registry import BatchError, Registry
 from controlplane.store import StoreUnavailable
 from controlplane.store.interface import Store
 from controlplane.store.paths import open_store_from_args
@@ -28,15 +27,28 @@ from .errors import api_error_message, batch_messages
 from .files import InputError
 from .resources import UnknownResource
 
+if TYPE_CHECKING:
+    from controlplane.controllers.registry import Registry
+
 
 @dataclass
 class Session:
     store: Store
-    registry: Registry
     namespace: str              # -n, or "default"
     namespace_given: bool       # whether -n was passed
+    _registry: "Registry | None" = field(default=None, repr=False)
+
+    @property
+    def registry(self) -> "Registry":
+        """The write path, made on first use: the registry and the controllers cost a
+        read-only command (`get`, `describe`) ~60 ms of imports it does not need."""
+        if self._registry is None:
+            from controlplane.controllers.registry import Registry
+            self._registry = Registry(self.store)
+        return self._registry
 
     def reconcile(self) -> None:
+        from controlplane.controllers.manager import reconcile
         reconcile(self.store)
 
 
@@ -62,9 +74,8 @@ def command(fn: Callable[[argparse.Namespace, Session], int]) -> Callable[[argpa
         except StoreUnavailable as exc:
             raise CommandError(str(exc)) from None
         try:
-            registry = Registry(store)
             ns = getattr(args, "namespace", None)
-            return fn(args, Session(store, registry, ns or "default", ns is not None))
+            return fn(args, Session(store, ns or "default", ns is not None))
         except BatchError as exc:
             eprint(*batch_messages(exc))
             return 1

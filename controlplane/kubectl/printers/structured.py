@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any
-
-import yaml
 
 from controlplane.api.meta import ApiObject
 
@@ -12,20 +11,25 @@ from ..resources import for_object
 
 
 
-class _KubectlDumper(yaml.SafeDumper):
-    """Strings the way kubectl (go-yaml) writes them: multi-line ones as `|` blocks, ones
-    that would read back as another type ("15", timestamps, "true") in double quotes."""
+@lru_cache(maxsize=1)
+def _kubectl_dumper():
+    """A yaml SafeDumper writing strings the way kubectl (go-yaml) does: multi-line ones as
+    `|` blocks, ones that would read back as another type ("15", timestamps, "true") in
+    double quotes. Built on first use: yaml's import costs `get` ~15 ms it rarely needs."""
+    import yaml
 
+    class KubectlDumper(yaml.SafeDumper):
+        pass
 
-def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
-    if "\n" in data:
-        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|")
-    if data and dumper.resolve(yaml.ScalarNode, data, (True, False)) != "tag:yaml.org,2002:str":
-        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style='"')
-    return dumper.represent_scalar("tag:yaml.org,2002:str", data)
+    def represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+        if "\n" in data:
+            return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|")
+        if data and dumper.resolve(yaml.ScalarNode, data, (True, False)) != "tag:yaml.org,2002:str":
+            return dumper.represent_scalar("tag:yaml.org,2002:str", data, style='"')
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data)
 
-
-_KubectlDumper.add_representer(str, _represent_str)
+    KubectlDumper.add_representer(str, represent_str)
+    return KubectlDumper
 
 
 def as_document(objects: list[ApiObject], single: bool) -> dict[str, Any]:
@@ -41,7 +45,8 @@ def to_json(doc: dict[str, Any]) -> str:
 
 
 def to_yaml(doc: dict[str, Any]) -> str:
-    return yaml.dump(doc, Dumper=_KubectlDumper, default_flow_style=False, sort_keys=True,
+    import yaml
+    return yaml.dump(doc, Dumper=_kubectl_dumper(), default_flow_style=False, sort_keys=True,
                      allow_unicode=True, width=1 << 30).rstrip("\n")
 
 
