@@ -60,14 +60,14 @@ class Harness:
         return self.dp.counters()
 
     def reset(self) -> None:
-        """Between tests: no services, no flows, no per-backend counts (a new writer
+        """Between tests: no services, no flows, no affinity entries, no per-backend counts (a new writer
         zeroes only the ids it hands out again)."""
         self.writer.sync([])
         stats = self.dp.table("backend_stats")
         counted = readout.backend_new_flows(self.dp)
         if counted:
             zero_entries(stats.map_fd, list(counted), possible_cpus() * 8)
-        for name in ("conntrack", "ct_unconfirmed", "fragments"):
+        for name in ("conntrack", "ct_unconfirmed", "fragments", "affinity"):
             table = self.dp.table(name)
             keys = [k for k in table.keys()]
             for k in keys:

@@ -47,22 +47,11 @@ def affinity_counts(before: dict[str, int], after: dict[str, int]) -> dict[str, 
     return {k: v for k, v in delta(before, after).items() if k.startswith("affinity_")}
 
 
-def clear_affinity(xdp: Harness) -> None:
-    table = xdp.dp.table("affinity")
-    for k in list(table.keys()):
-        try:
-            del table[k]
-        except KeyError:
-            pass
-
-
 @pytest.fixture
 def aff(xdp: Harness):
-    # Before too: the shared harness may hold entries of earlier tests (test_algorithms
-    # left an expired one for this client, so a fresh choice counted as "expired").
-    clear_affinity(xdp)
+    # The harness's reset empties the affinity map before and after every test (an
+    # expired entry left by test_algorithms once made a fresh choice count as "expired").
     yield xdp
-    clear_affinity(xdp)
 
 
 def test_one_client_sticks_across_many_source_ports(aff: Harness):

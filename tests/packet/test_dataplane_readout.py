@@ -25,20 +25,9 @@ NO_BCC = ("import sys; from controlplane.cli import main; rc = main(sys.argv[1:]
           "sys.exit(3 if 'bcc' in sys.modules else rc)")
 
 
-def _clear_affinity(xdp: Harness) -> None:
-    """The session's harness keeps affinity entries (the affinity tests fill it): none before
-    or after these tests, so the count they read is their own."""
-    table = xdp.dp.table("affinity")
-    for k in list(table.keys()):
-        try:
-            del table[k]
-        except KeyError:
-            pass
-
-
 @pytest.fixture
 def pinned(xdp: Harness):
-    _clear_affinity(xdp)
+    # the harness's reset empties affinity before and after, so the counts read are this test's
     instance = f"pytest-readout-{os.getpid()}"
     pins = Path("/sys/fs/bpf/svcxdp") / instance
     pins.mkdir(parents=True, exist_ok=True)
@@ -50,7 +39,6 @@ def pinned(xdp: Harness):
         for name in MAPS:
             (pins / name).unlink(missing_ok=True)
         pins.rmdir()
-        _clear_affinity(xdp)
 
 
 def svcctl(*args: str) -> str:
