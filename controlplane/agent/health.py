@@ -6,7 +6,9 @@ import json
 import threading
 import time
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
+
+from .http_endpoint import EndpointHandler, start_server
 
 HEALTHZ_PORT = 10256
 PROXY_MODE = "xdp"
@@ -54,31 +56,14 @@ class Health:
 
 
 def serve(health: Health, host: str = "0.0.0.0", port: int = HEALTHZ_PORT) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(EndpointHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-            if self.path.split("?")[0] == "/healthz":
+            if self.route == "/healthz":
                 code, body = health.report()
-                payload = json.dumps(body).encode()
-                ctype = "application/json"
-            elif self.path.split("?")[0] == "/proxyMode":
-                code, payload, ctype = 200, PROXY_MODE.encode(), "text/plain"
+                self.send_body(code, json.dumps(body).encode(), "application/json")
+            elif self.route == "/proxyMode":
+                self.send_body(200, PROXY_MODE.encode(), "text/plain")
             else:
-                code, payload, ctype = 404, b"404 page not found\n", "text/plain"
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, fmt: str, *args) -> None:
-            pass
+                self.send_body(404, b"404 page not found\n", "text/plain")
 
     return start_server(Handler, host, port, "healthz")
-
-
-def start_server(handler: type, host: str, port: int, name: str) -> ThreadingHTTPServer:
-    """Serve `handler` on host:port from a daemon thread (the agent's HTTP endpoints)."""
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
-    return server

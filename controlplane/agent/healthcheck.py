@@ -19,12 +19,13 @@ import json
 import logging
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Callable, Iterable
 
 from controlplane.api.service import LOAD_BALANCER, POLICY_LOCAL, Service
 
 from .cache import ServiceCache, ServiceKey
+from .http_endpoint import EndpointHandler
 
 log = logging.getLogger("svcxdp.agent.healthcheck")
 
@@ -117,23 +118,15 @@ class ServiceHealthServers:
         key = entry.key
         answer = self._answer
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(EndpointHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server naming)
                 result = answer(key)
                 if result is None:          # closed meanwhile
                     self.send_error(503)
                     return
                 code, body, count = result
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("X-Content-Type-Options", "nosniff")
-                self.send_header("X-Load-Balancing-Endpoint-Weight", str(count))
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, fmt: str, *args) -> None:
-                pass
+                self.send_body(code, body, "application/json", (("X-Content-Type-Options", "nosniff"),
+                                                                ("X-Load-Balancing-Endpoint-Weight", str(count))))
 
         servers = []
         try:

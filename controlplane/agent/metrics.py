@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from operator import itemgetter
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -18,7 +18,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from controlplane.dataplane import readout
 
-from .health import PROXY_MODE, start_server
+from .health import PROXY_MODE
+from .http_endpoint import EndpointHandler, start_server
 from .metric_names import (BACKEND_FAMILY, BACKEND_LABELS, CAPACITY, DATAPATH, ENTRIES, EVICTIONS,  # noqa: F401
                            SERVICE_FAMILIES, SERVICE_LABELS, AgentNaming, Naming, naming_of)
 
@@ -183,12 +184,11 @@ def serve(registry: CollectorRegistry, host: str = "0.0.0.0", port: int = METRIC
     samples in the same text format (0.0.4, which every Prometheus accepts);
     /proxyMode as on the health port."""
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(EndpointHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-            path = self.path.split("?")[0]
-            if path == "/proxyMode":
-                self._send(PROXY_MODE.encode(), "text/plain")
-            elif path == "/metrics":
+            if self.route == "/proxyMode":
+                self.send_body(200, PROXY_MODE.encode(), "text/plain")
+            elif self.route == "/metrics":
                 try:
                     body = generate_latest(registry)
                     if dataplane is not None:
@@ -196,18 +196,8 @@ def serve(registry: CollectorRegistry, host: str = "0.0.0.0", port: int = METRIC
                 except Exception as exc:   # a map that cannot be read: say so, keep serving
                     self.send_error(500, f"reading the metrics failed: {exc}")
                     return
-                self._send(body, CONTENT_TYPE_LATEST)
+                self.send_body(200, body, CONTENT_TYPE_LATEST)
             else:
                 self.send_error(404)
-
-        def _send(self, payload: bytes, content_type: str) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, fmt: str, *args) -> None:
-            pass
 
     return start_server(Handler, host, port, "metrics")
