@@ -1,9 +1,11 @@
-"""What the agent tests share: services and endpoint slices written to a real store,
-a client that sends SYNs through the loaded program, and a real SQLite lock."""
+"""What the agent tests share: a small dataplane and an agent on it with empty maps, the
+agent's loop in a thread, services and endpoint slices written to a real store, a client
+that sends SYNs through the loaded program, and a real SQLite lock."""
 from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -12,12 +14,60 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from controlplane.agent.agent import Agent
+from controlplane.agent.desired import NodeConfig
 from controlplane.api import EndpointSlice, Service
 from controlplane.controllers.registry import MODE_CREATE, Manifest, Registry
+from controlplane.dataplane.config import DataplaneConfig
+from controlplane.dataplane.program import Dataplane
 from controlplane.dataplane.testrun import TestRunner
+from controlplane.dataplane.writer import MapWriter
 from controlplane.store import SqliteStore
 
 from .harness import CLIENT, CLIENT_MAC, NODE_MAC
+
+
+@contextmanager
+def small_dataplane(instance: str) -> Iterator[Dataplane]:
+    """A loaded, unpinned dataplane with small maps, closed at the end (a module's agents share it)."""
+    dp = Dataplane.load(DataplaneConfig(instance=instance, pin=False, ct_size=1024,
+                                        max_services=64, max_backends=256, max_slots=1024))
+    try:
+        yield dp
+    finally:
+        dp.close()
+
+
+def fresh_agent(source, dp: Dataplane, node: NodeConfig = NodeConfig("node1"), **kw) -> Agent:
+    """An agent on `dp` whose maps hold no services, whatever an earlier test left."""
+    MapWriter(dp).sync([])
+    return Agent(source, node, dp, **kw)
+
+
+class AgentLoop:
+    """The agent's own loop in a thread (`with`, or start()/stop())."""
+
+    def __init__(self, agent: Agent, poll_s: float = 0.02) -> None:
+        self.agent = agent
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=agent.run, args=(self.stop_event,), kwargs={"poll_s": poll_s},
+                                       daemon=True)
+
+    def start(self) -> "AgentLoop":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(10)
+
+    def __enter__(self) -> "AgentLoop":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def healthy(self) -> bool:
+        return self.agent.health.report()[0] == 200
 
 
 def service(name: str) -> dict:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 
 import pytest
@@ -17,12 +16,11 @@ from controlplane.agent.agent import Agent
 from controlplane.agent.desired import NodeConfig
 from controlplane.api import Gone, Service
 from controlplane.api.event import Event
-from controlplane.dataplane.config import DataplaneConfig
-from controlplane.dataplane.program import Dataplane
 from controlplane.dataplane.writer import MapWriter
 from controlplane.store import SqliteStore
 
-from .agent_kit import Client, add_service, remove_service, set_endpoints, store_under_recovery, wait_until
+from .agent_kit import (AgentLoop, Client, add_service, fresh_agent, remove_service, set_endpoints, small_dataplane,
+                        store_under_recovery, wait_until)
 
 pytestmark = pytest.mark.root
 
@@ -39,16 +37,13 @@ def store(tmp_path):
 
 @pytest.fixture(scope="module")
 def dataplane():
-    dp = Dataplane.load(DataplaneConfig(instance="pytest-agent-feed", pin=False, ct_size=1024,
-                                        max_services=64, max_backends=256, max_slots=1024))
-    yield dp
-    dp.close()
+    with small_dataplane("pytest-agent-feed") as dp:
+        yield dp
 
 
 @pytest.fixture
 def agent(store, dataplane):
-    MapWriter(dataplane).sync([])   # no services, whatever an earlier test left
-    return Agent(store, NodeConfig("node1"), dataplane)
+    return fresh_agent(store, dataplane)
 
 
 A1 = ["10.244.1.1", "10.244.1.2", "10.244.1.3"]
@@ -154,26 +149,6 @@ def test_an_ignored_annotation_is_an_event_on_its_service(store, agent):
     assert "'fastest' is not a known algorithm" in event.message
 
 
-class Running:
-    """The agent's own loop in a thread, stopped (and checked to be alive) at the end."""
-
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=agent.run, args=(self.stop,), kwargs={"poll_s": 0.02}, daemon=True)
-
-    def __enter__(self) -> "Running":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        self.thread.join(10)
-
-    def healthy(self) -> bool:
-        return self.agent.health.report()[0] == 200
-
-
 def test_a_store_locked_at_start_is_retried_while_the_dataplane_serves(store, dataplane, caplog):
     add_service(store, "a", A1)
     Agent(store, NodeConfig("node1"), dataplane).full_sync("start")   # an agent before a restart
@@ -181,7 +156,7 @@ def test_a_store_locked_at_start_is_retried_while_the_dataplane_serves(store, da
     client = Client(agent, {"a": store.get(Service, "default", "a").spec.cluster_ip})
     locked = contextlib.ExitStack()
     locked.enter_context(store_under_recovery(store))
-    with locked, Running(agent) as running, caplog.at_level(logging.INFO, "svcxdp.agent"):
+    with locked, AgentLoop(agent) as running, caplog.at_level(logging.INFO, "svcxdp.agent"):
         assert wait_until(lambda: caplog.text.count("sync failed") >= 2)
         assert running.thread.is_alive()
         assert agent.health.report()[0] == 503
@@ -196,7 +171,7 @@ def test_a_store_locked_while_following_is_retried(store, dataplane, caplog):
     add_service(store, "a", A1)
     agent = Agent(store, NodeConfig("node1"), dataplane, retry_max_s=0.2)
     client = Client(agent)
-    with Running(agent) as running, caplog.at_level(logging.INFO, "svcxdp.agent"):
+    with AgentLoop(agent) as running, caplog.at_level(logging.INFO, "svcxdp.agent"):
         assert wait_until(running.healthy)
         assert client.backends_of("a") == set(A1)
         with store_under_recovery(store):
@@ -214,7 +189,7 @@ def test_last_updated_moves_with_syncs_not_with_idle_polls(store, dataplane):
     add_service(store, "a", A1)
     agent = Agent(store, NodeConfig("node1"), dataplane)
     health = agent.health
-    with Running(agent) as running:
+    with AgentLoop(agent) as running:
         assert wait_until(running.healthy)
         synced_at = health.report()[1]["lastUpdated"]
         time.sleep(0.3)   # the loop polls every 20 ms: it goes round idle many times

@@ -11,21 +11,19 @@ losing an event and without a relist; deleting a Service removes its frontends.
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import pytest
 
 from controlplane.agent.agent import Agent
 from controlplane.agent.desired import NodeConfig
-from controlplane.dataplane.config import DataplaneConfig
 from controlplane.dataplane.program import Dataplane
 from controlplane.dataplane.writer import MapWriter
 from controlplane.kubeapi.connect import api_client
 from controlplane.kubeapi.feed import KubeFeed
 from tests.kube_api_server import ENDPOINTSLICES, SERVICES, KubeApiServer
 
-from .agent_kit import Client, wait_until
+from .agent_kit import AgentLoop, Client, fresh_agent, small_dataplane, wait_until
 
 pytestmark = pytest.mark.root
 
@@ -87,10 +85,8 @@ def programmed(dp: Dataplane) -> dict[tuple[str, int, str], dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def dataplane():
-    dp = Dataplane.load(DataplaneConfig(instance="svcxdp-kapi-test", pin=False, ct_size=1024,
-                                        max_services=64, max_backends=256, max_slots=1024))
-    yield dp
-    dp.close()
+    with small_dataplane("svcxdp-kapi-test") as dp:
+        yield dp
 
 
 @pytest.fixture
@@ -104,9 +100,11 @@ def api():
 class Running:
     api: KubeApiServer
     feed: KubeFeed
-    agent: Agent
-    stop: threading.Event
-    thread: threading.Thread
+    loop: AgentLoop
+
+    @property
+    def agent(self) -> Agent:
+        return self.loop.agent
 
     def converges_to(self, want: dict, timeout_s: float = 15.0) -> dict:
         wait_until(lambda: programmed(self.agent.dp) == want, timeout_s)
@@ -123,7 +121,6 @@ def start_agent(api, dataplane, tmp_path):
     running: list[Running] = []
 
     def start() -> Running:
-        MapWriter(dataplane).sync([])   # no services, whatever an earlier test left
         kubeconfig = tmp_path / "kubeconfig"
         kubeconfig.write_text(api.kubeconfig())
         feed = KubeFeed(api_client(str(kubeconfig)), watch_timeout_s=60).start()
@@ -131,17 +128,13 @@ def start_agent(api, dataplane, tmp_path):
             r.backoff_first_s = 0.05
         assert feed.wait_synced(10)
         assert wait_until(lambda: api.watchers() == 2)   # both resources are being watched
-        agent = Agent(feed, NodeConfig(NODE, nodeport_addresses=(NODE_IP,)), dataplane, check_every_s=3600)
-        stop = threading.Event()
-        thread = threading.Thread(target=agent.run, args=(stop, 0.05), daemon=True)
-        thread.start()
-        running.append(Running(api, feed, agent, stop, thread))
+        agent = fresh_agent(feed, dataplane, NodeConfig(NODE, nodeport_addresses=(NODE_IP,)), check_every_s=3600)
+        running.append(Running(api, feed, AgentLoop(agent, poll_s=0.05).start()))
         return running[-1]
 
     yield start
     for r in running:
-        r.stop.set()
-        r.thread.join(10)
+        r.loop.stop()
         r.feed.close()
 
 
