@@ -20,6 +20,12 @@ class ConfigError(ValueError):
     pass
 
 
+def svc_id_slots(max_services: int) -> int:
+    """Entries of the maps indexed by service id (bpf/maps.h SVCXDP_SVC_ID_SLOTS):
+    ids run 1..max_services, 0 means none."""
+    return max_services + 1
+
+
 def node_instance(lab_prefix: str, node: str) -> str:
     """The dataplane instance of a lab node: pins are per lab and node, so a test lab
     never touches the user's lab."""
@@ -56,9 +62,7 @@ class DataplaneConfig:
 
     @property
     def svc_id_slots(self) -> int:
-        """Entries of the maps indexed by service id (bpf/maps.h SVCXDP_SVC_ID_SLOTS):
-        ids run 1..max_services, 0 means none."""
-        return self.max_services + 1
+        return svc_id_slots(self.max_services)
 
     @property
     def ct_unconfirmed_size(self) -> int:

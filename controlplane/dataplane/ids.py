@@ -26,8 +26,8 @@ class IdAllocator:
         self.what = what
         self._next = 1                              # ids >= this were never handed out
         self._free: OrderedDict[int, None] = OrderedDict()   # oldest first
-        # one byte per id (a set of 100,000 ints held ~7 MB), grown as ids are taken:
-        # a reader that adopts maps with no known limit passes 1 << 32
+        # one byte per id (a set of 100,000 ints held ~7 MB), grown as ids are taken,
+        # so a large map's limit costs nothing until its ids are used
         self._used = bytearray(min(limit, 1 << 16))
         self._count = 0
 

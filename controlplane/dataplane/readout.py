@@ -13,6 +13,7 @@ from operator import add
 
 from .adopt import adopt, frontend_of
 from .affinity_maps import AffinityGenerations, AffinityStats, count_entries  # noqa: F401 (count_entries: for metrics)
+from .config import svc_id_slots
 from .ids import IdAllocator
 from .layout import COUNTER_NAMES
 from .libbpf import lookup_batches_raw
@@ -58,18 +59,18 @@ class Service:
 def services(maps) -> dict[Frontend, Service]:
     """Every installed frontend with its id and state, as an adopting writer sees it
     (source ranges are not read: nothing here shows them)."""
-    svc_map, backends = maps.table("services"), maps.table("backends")
-    found = adopt(svc_map, backends, _AnyMaglev(), IdAllocator(1 << 32, "services"),
-                  IdAllocator(1 << 32, "backends"), AffinityGenerations(), {})
-    return {fe: Service(inst.svc_id, inst.state) for fe, inst in found.installed.items()}
+    return {fe: Service(inst.svc_id, inst.state) for fe, inst in installed(maps).items()}
 
 
 def installed(maps) -> dict:
     """Every installed frontend's record (dataplane.installed.Installed: its id and its
-    backends' ids), as an adopting writer reads them."""
+    backends' ids), as an adopting writer reads them. The ids are claimed in allocators
+    limited as the writer's are, by the maps' own sizes (services: max_services,
+    backends: max_backends), so an id the maps cannot hold is an error naming the map."""
     svc_map, backends = maps.table("services"), maps.table("backends")
-    return adopt(svc_map, backends, _AnyMaglev(), IdAllocator(1 << 32, "services"),
-                 IdAllocator(1 << 32, "backends"), AffinityGenerations(), {}).installed
+    svc_ids = IdAllocator(svc_id_slots(svc_map.max_entries), f"services map (max_services={svc_map.max_entries})")
+    backend_ids = IdAllocator(backends.max_entries, f"backends map (max_backends={backends.max_entries})")
+    return adopt(svc_map, backends, _AnyMaglev(), svc_ids, backend_ids, AffinityGenerations(), {}).installed
 
 
 def frontends(maps) -> dict[Frontend, int]:

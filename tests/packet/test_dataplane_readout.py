@@ -12,8 +12,10 @@ import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
+from controlplane.dataplane import readout
 from controlplane.dataplane.libbpf import lib
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
+from controlplane.dataplane.pinned import PinnedMaps
 
 from .harness import BACKENDS, CLIENT, CLIENT_MAC, NODE_MAC, VIP, Harness
 
@@ -80,3 +82,26 @@ def test_services_lists_what_the_writer_installed(xdp: Harness, pinned: str):
     assert row[0].split()[1:3] == ["maglev", "None"]
     listed = row[0].split()[3].split(",")
     assert sorted(listed) == sorted([f"{BACKENDS[0]}:8080(terminating)", *(f"{ip}:8080" for ip in BACKENDS[1:])])
+
+
+def test_a_reader_refuses_an_id_the_maps_cannot_hold(xdp: Harness, pinned: str):
+    """Read-only adopters claim ids in allocators limited by the maps' own sizes, as the
+    writer's are: a service id past max_services is an error naming the map."""
+    xdp.writer.upsert(ServiceState(Frontend(VIP, 80, "TCP"), tuple(Backend(ip, 8080) for ip in BACKENDS), "random"))
+    maps = PinnedMaps(Path("/sys/fs/bpf/svcxdp") / pinned)
+    try:
+        assert {fe.vip for fe in readout.installed(maps)} == {VIP}
+        table = xdp.dp.table("services")
+        (key, value), = table.items()
+        good = int(value.svc_id)
+        value.svc_id = xdp.dp.config.svc_id_slots       # one past the last id the arrays hold
+        table[key] = value
+        try:
+            with pytest.raises(ValueError, match=r"services map \(max_services=\d+\): id \d+ outside"):
+                readout.installed(maps)
+        finally:
+            value.svc_id = good
+            table[key] = value
+        assert {fe.vip for fe in readout.installed(maps)} == {VIP}
+    finally:
+        maps.close()

@@ -129,8 +129,9 @@ def test_allocate_many_hands_out_what_allocate_would():
 
 
 def test_an_unbounded_allocator_costs_what_it_holds_not_its_limit():
-    """Readers adopt maps with limit 1 << 32 (dataplane/readout.py): the bitmap grows
-    with the ids taken; a 4 GiB bytearray per call made a scrape take 20 s."""
+    """A limit far above the ids in use (a large map's, or 1 << 32 as readout.py once
+    passed): the bitmap grows with the ids taken; a 4 GiB bytearray per call made a
+    scrape take 20 s."""
     import tracemalloc
     tracemalloc.start()
     try:
