@@ -19,6 +19,7 @@ import json
 import statistics
 import sys
 from pathlib import Path
+from typing import Iterable, Iterator
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_JSON = HERE / "results" / "datapath.json"
@@ -739,25 +740,33 @@ def render_all(data: dict, plot_dir: Path | None = None, plot_prefix: str = "") 
     return "\n".join(out) + "\n"
 
 
+def _table_section(title: str, intro: str, header: str, align: str, lines: Iterable[str]) -> list[str]:
+    """A section that is one table: its title, what was measured and how, the table's
+    header and alignment rows, then `lines` (its rows, and any text after them)."""
+    return [f"## {title}\n", intro, header, align, *lines]
+
+
 def render_scrape(rows: list[dict]) -> list[str]:
     """bench_scrape.py: one /metrics scrape of the agent, in-process (issue 16)."""
     if not rows:
         return []
-    out = ["## Prometheus scrape of the agent's /metrics\n",
-           "One scrape = kube-proxy's sync metrics plus every svcxdp_* family read from the maps "
-           "(agent/metrics.py: per-CPU arrays batch-read, labels formatted once per id). Reference "
-           "beside it: the per-frontend families as the collector read them before (one per-CPU "
-           "lookup per service, prometheus_client's formatting).\n",
-           "| services × 10 endpoints | per-backend series | scrape p50 / p99 | text | before: per-frontend "
-           "families only, p50 |",
-           "|---:|---|---:|---:|---:|"]
-    for x in sorted(rows, key=lambda x: (x["services"], not x.get("backend_traffic", True))):
-        sc, ref = x["scrape"], x["before_service_families"]
-        out.append(f"| {x['services']:,} | {'all' if x.get('backend_traffic', True) else 'none'} | "
+
+    def lines() -> Iterator[str]:
+        for x in sorted(rows, key=lambda x: (x["services"], not x.get("backend_traffic", True))):
+            sc, ref = x["scrape"], x["before_service_families"]
+            yield (f"| {x['services']:,} | {'all' if x.get('backend_traffic', True) else 'none'} | "
                    f"{sc['median_ms']:,.1f} / {sc['p99_ms']:,.1f} ms | {x['bytes'] / 2**20:,.1f} MiB | "
                    f"{ref['median_ms']:,.1f} ms |")
-    out.append("")
-    return out
+        yield ""
+    return _table_section(
+        "Prometheus scrape of the agent's /metrics",
+        "One scrape = kube-proxy's sync metrics plus every svcxdp_* family read from the maps "
+        "(agent/metrics.py: per-CPU arrays batch-read, labels formatted once per id). Reference "
+        "beside it: the per-frontend families as the collector read them before (one per-CPU "
+        "lookup per service, prometheus_client's formatting).\n",
+        "| services × 10 endpoints | per-backend series | scrape p50 / p99 | text | before: per-frontend "
+        "families only, p50 |",
+        "|---:|---|---:|---:|---:|", lines())
 
 
 def render_dns(rows: list[dict]) -> list[str]:
@@ -792,33 +801,35 @@ def render_etcd_lab(rows: list[dict]) -> list[str]:
     """bench_etcd.py: a 3-node lab on etcd (3 members) and on SQLite, in one run."""
     if not rows:
         return []
-    out = ["## Cluster store: a 3-node lab on etcd vs SQLite\n",
-           "Services × 10 endpoints written into the store (transactions of 1,000 services + their "
-           "slices), then until every node's `services` map holds all of them with 10 backends "
-           "(read from the pins every 100 ms); one change = an endpoint's readiness flipped until "
-           "every node's map shows it (polled every 0.5 ms), from before the store write. Agents "
-           "only (no controllers, no kubelet), their periodic consistency check (a full re-read) "
-           "moved out of the timed rounds.\n",
-           "| store | services | write | converged (from the first write) | after the last write | "
-           "one change p50 / p99 / max | load (1 min) |",
-           "|---|---:|---:|---:|---:|---:|---:|"]
-    for x in rows:
-        for r in x["results"]:
-            store = f"etcd ({r['etcd_members']} members)" if r["store"] == "etcd" else "SQLite"
-            out.append(f"| {store} | {r['services']:,} × {r['endpoints_per_service']} | {r['write_s']:.1f} s | "
+
+    def lines() -> Iterator[str]:
+        for x in rows:
+            for r in x["results"]:
+                store = f"etcd ({r['etcd_members']} members)" if r["store"] == "etcd" else "SQLite"
+                yield (f"| {store} | {r['services']:,} × {r['endpoints_per_service']} | {r['write_s']:.1f} s | "
                        f"{r['converge_s']:.1f} s | {r['converge_after_write_s']:.2f} s | "
                        f"{r['change_p50_ms']:.1f} / {r['change_p99_ms']:.1f} / {r['change_max_ms']:.1f} ms "
                        f"({r['changes']}) | {r['load_avg_1m']} |")
-        etcd = next((r for r in x["results"] if r["store"] == "etcd"), None)
-        if etcd:
-            conv, p99 = etcd["converge_s"], etcd["change_p99_ms"]
-            out.append(f"\nTargets (issue 15): convergence of {etcd['services']:,} × 10 on 3 nodes ≤ "
+            etcd = next((r for r in x["results"] if r["store"] == "etcd"), None)
+            if etcd:
+                conv, p99 = etcd["converge_s"], etcd["change_p99_ms"]
+                yield (f"\nTargets (issue 15): convergence of {etcd['services']:,} × 10 on 3 nodes ≤ "
                        f"{ETCD_CONVERGE_TARGET_S:.0f} s: {conv:.1f} s from the first write "
                        f"({'met' if conv <= ETCD_CONVERGE_TARGET_S else '**not met**'}; "
                        f"{etcd['converge_after_write_s']:.2f} s after the last); one change p99 ≤ "
                        f"{ETCD_CHANGE_TARGET_MS:.0f} ms: {p99:.1f} ms "
                        f"({'met' if p99 <= ETCD_CHANGE_TARGET_MS else '**not met**'}).\n")
-    return out
+    return _table_section(
+        "Cluster store: a 3-node lab on etcd vs SQLite",
+        "Services × 10 endpoints written into the store (transactions of 1,000 services + their "
+        "slices), then until every node's `services` map holds all of them with 10 backends "
+        "(read from the pins every 100 ms); one change = an endpoint's readiness flipped until "
+        "every node's map shows it (polled every 0.5 ms), from before the store write. Agents "
+        "only (no controllers, no kubelet), their periodic consistency check (a full re-read) "
+        "moved out of the timed rounds.\n",
+        "| store | services | write | converged (from the first write) | after the last write | "
+        "one change p50 / p99 / max | load (1 min) |",
+        "|---|---:|---:|---:|---:|---:|---:|", lines())
 
 
 def profile_text(data: dict) -> str:
