@@ -29,32 +29,26 @@ CLIENT_SOURCES = "10.128.0.0/10"    # new flows draw their client address from h
 BACKEND_RANGE = "10.244.0.0/14"
 
 
+def _role(suffix: str) -> property:
+    """A host of the topology: its namespace, named by the topology's tag and `suffix`."""
+    return property(lambda self: self.ns(suffix), doc=f"the namespace {PREFIX}np<tag>-{suffix}")
+
+
 @dataclass
 class NodePortTopology:
     tag: str
     created: list[str] = field(default_factory=list)
 
+    lan = _role("lan")
+    client = _role("client")
+    node = _role("node1")       # serves the NodePorts
+    backend = _role("node2")    # every backend address, and the counting sink
+
     def ns(self, role: str) -> str:
         return f"{PREFIX}np{self.tag}-{role}"
 
-    @property
-    def client(self) -> str:
-        return self.ns("client")
-
-    @property
-    def node(self) -> str:
-        return self.ns("node1")
-
-    @property
-    def backend(self) -> str:
-        return self.ns("node2")
-
-    @property
-    def lan(self) -> str:
-        return self.ns("lan")
-
     def up(self) -> "NodePortTopology":
-        for ns in (self.lan, self.client, self.node, self.backend):
+        for ns in self.namespaces():
             sh("ip", "netns", "add", _check(ns))
             self.created.append(ns)
             sh("ip", "-n", ns, "link", "set", "lo", "up")
