@@ -7,27 +7,14 @@ import sys
 import types
 from pathlib import Path
 
-import pytest
 import yaml
 
-from controlplane.cli import main
 from controlplane.api import Pod
 from controlplane.controllers.runtime import set_pod_status
 from controlplane.store import open_store
+from tests.unit.cli_kit import run, state_dir  # noqa: F401 (state_dir: an autouse fixture)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "manifests"
-
-
-@pytest.fixture(autouse=True)
-def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("SVCXDP_STATE_DIR", str(tmp_path / "state"))
-    return tmp_path / "state"
-
-
-def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def start_pods(state_dir: Path, prefix: str = "10.244.1.") -> list[str]:

@@ -9,8 +9,8 @@ import pytest
 
 from controlplane.api import Service
 from controlplane.api.service import LoadBalancerIngress, LoadBalancerStatus, ServicePort, ServiceSpec
-from controlplane.cli import main
 from controlplane.kubectl.printers.columns import service_external_ip, service_ports
+from tests.unit.cli_kit import run, state_dir  # noqa: F401 (state_dir: an autouse fixture)
 
 WEB = """apiVersion: v1
 kind: Service
@@ -28,18 +28,6 @@ spec:
     targetPort: 8080
     nodePort: 30080
 """
-
-
-@pytest.fixture(autouse=True)
-def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("SVCXDP_STATE_DIR", str(tmp_path / "state"))
-    return tmp_path / "state"
-
-
-def run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def manifest(tmp_path: Path, text: str, name: str = "svc.yaml") -> str:
