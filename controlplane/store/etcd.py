@@ -55,7 +55,8 @@ from controlplane.gcpause import paused_gc
 from . import indexes
 from .etcd_client import EtcdClient, EtcdRequestError, EtcdUnavailable, WatchBroken, b64, prefix_end, unb64
 from .etcd_feed import EtcdFeed
-from .interface import ADDED, DELETED, MODIFIED, CommitConflict, IndexEntry, ObjectList, WatchEvent
+from .interface import (ADDED, DELETED, MODIFIED, CommitConflict, IndexEntry, ObjectList, WatchEvent, place,
+                        stored_namespace)
 
 T = TypeVar("T", bound=ApiObject)
 
@@ -484,9 +485,7 @@ class EtcdStore:
                     out.append(IndexEntry(meta.get("namespace") or "", meta.get("name") or "", k, v))
         return sorted(out, key=lambda e: (e.key, e.value, e.namespace, e.name))
 
-    @staticmethod
-    def _ns(cls: type[ApiObject], namespace: str | None) -> str:
-        return (namespace or "") if cls.NAMESPACED else ""
+    _ns = staticmethod(stored_namespace)
 
     # ---------------------------------------------------------------- writes
     def _record(self, event: str, obj: ApiObject, rv: int, previous_labels: dict[str, str] | None,
@@ -496,10 +495,7 @@ class EtcdStore:
         self._txn.written.append(obj)
 
     def create(self, obj: T) -> T:
-        if obj.NAMESPACED and not obj.metadata.namespace:
-            raise ValueError(f"{obj.KIND} {obj.name!r}: namespace required")
-        if not obj.NAMESPACED:
-            obj.metadata.namespace = None
+        place(obj, creating=True)
         with self.transaction():
             key = object_key(type(obj), obj.namespace, obj.name)
             if self._read(key)[0] is not None:
@@ -513,8 +509,7 @@ class EtcdStore:
         return obj
 
     def update(self, obj: T) -> T:
-        if not obj.NAMESPACED:
-            obj.metadata.namespace = None
+        place(obj, creating=False)
         with self.transaction():
             key = object_key(type(obj), obj.namespace, obj.name)
             stored, stored_rv = self._read(key)

@@ -52,6 +52,20 @@ INDEX_DELETION = "deletionTimestamp"   # Pod: metadata.deletionTimestamp (key ""
 INDEX_OWNER = "owner"                  # Pod: metadata.ownerReferences[].uid (key "")
 
 
+def stored_namespace(cls: type[ApiObject], namespace: str | None) -> str:
+    """The namespace part of an object's key: "" for a cluster-scoped kind."""
+    return (namespace or "") if cls.NAMESPACED else ""
+
+
+def place(obj: ApiObject, creating: bool) -> None:
+    """Before `obj` is written: a namespaced object being created must name its namespace
+    (ValueError naming the object); a cluster-scoped one is kept with none."""
+    if creating and obj.NAMESPACED and not obj.metadata.namespace:
+        raise ValueError(f"{obj.KIND} {obj.name!r}: namespace required")
+    if not obj.NAMESPACED:
+        obj.metadata.namespace = None
+
+
 @dataclass(frozen=True)
 class WatchEvent:
     type: str                 # ADDED | MODIFIED | DELETED

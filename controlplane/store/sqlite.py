@@ -31,7 +31,7 @@ from . import indexes
 from .filewatch import FileWatch
 from controlplane.gcpause import paused_gc
 from .interface import (ADDED, DELETED, INDEX_LABELS, MODIFIED, IndexEntry, ObjectList, StoreUnavailable,
-                        WatchEvent)
+                        WatchEvent, place, stored_namespace)
 
 T = TypeVar("T", bound=ApiObject)
 
@@ -214,9 +214,7 @@ class SqliteStore:
             self._conn.execute("DELETE FROM changes WHERE rv <= ?", (mark,))
             self._conn.execute("UPDATE meta SET value=? WHERE key='compacted'", (str(mark),))
 
-    @staticmethod
-    def _ns(cls: type[ApiObject], namespace: str | None) -> str:
-        return (namespace or "") if cls.NAMESPACED else ""
+    _ns = staticmethod(stored_namespace)
 
     @staticmethod
     def _decode(kind: str, data: str) -> ApiObject:
@@ -339,10 +337,7 @@ class SqliteStore:
         return _dumps(doc), doc
 
     def create(self, obj: T) -> T:
-        if obj.NAMESPACED and not obj.metadata.namespace:
-            raise ValueError(f"{obj.KIND} {obj.name!r}: namespace required")
-        if not obj.NAMESPACED:
-            obj.metadata.namespace = None
+        place(obj, creating=True)
         with self.transaction():
             ns = obj.namespace
             rv = self._next_rv()
@@ -362,8 +357,7 @@ class SqliteStore:
         return obj
 
     def update(self, obj: T) -> T:
-        if not obj.NAMESPACED:
-            obj.metadata.namespace = None
+        place(obj, creating=False)
         with self.transaction():
             ns = obj.namespace
             row = self._conn.execute(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.api import AlreadyExists, Conflict, Gone, NotFound, ObjectMeta, Selector, Service
+from controlplane.api import AlreadyExists, Conflict, Gone, Namespace, NotFound, ObjectMeta, Selector, Service
 from controlplane.api.pod import Pod
 from controlplane.store import ADDED, DELETED, MODIFIED, SqliteStore, open_store
 from controlplane.store.etcd import EtcdStore
@@ -34,6 +34,19 @@ def test_create_sets_identity_and_rejects_duplicates(store: SqliteStore) -> None
         store.create(svc("a"))
     with pytest.raises(NotFound, match='services "b" not found'):
         store.get(Service, "default", "b")
+
+
+def test_a_namespaced_object_needs_a_namespace_and_a_cluster_scoped_one_has_none(store: SqliteStore) -> None:
+    rv = store.current_resource_version()
+    with pytest.raises(ValueError, match="Service 'a': namespace required"):
+        store.create(svc("a", ns=""))
+    assert store.current_resource_version() == rv                  # nothing written
+    team = store.create(Namespace(metadata=ObjectMeta(name="team", namespace="default")))
+    assert team.metadata.namespace is None
+    assert store.get(Namespace, "anything", "team").metadata.namespace is None
+    team.metadata.namespace, team.metadata.labels = "default", {"a": "b"}
+    assert store.update(team).metadata.namespace is None
+    assert store.get(Namespace, "", "team").labels == {"a": "b"}
 
 
 def test_list_by_namespace_and_label_selector(store: SqliteStore) -> None:
