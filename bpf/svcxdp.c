@@ -33,6 +33,8 @@
 #include "fib.h"
 /* The cgroup socket hooks: one program object with the XDP entry, sharing its maps. */
 #include "sock.h"
+/* The idle-flow GC's entry point (svcxdp_ct_gc), run by the agent with test-run. */
+#include "ctgc.h"
 
 /* What the transport parser found. */
 struct l4_info {

@@ -117,6 +117,9 @@
 #define SVCXDP_CNT_AFFINITY_EXPIRED 16 /* entry idle past the timeout, or from before the
 					* service's last switch to ClientIP: reselected */
 #define SVCXDP_CNT_AFFINITY_STALE 17   /* its backend left the match set: rebalanced */
+/* Idle-flow GC (ctgc.h), run by the agent: conntrack entries past their timeout. */
+#define SVCXDP_CNT_CT_GC_DELETED 18    /* removed ahead of need (LRU eviction then not needed) */
+#define SVCXDP_CNT_CT_GC_KEPT 19       /* a candidate found live when re-checked: kept */
 /* Socket-level load balancing, cgroup hooks (sock.h). */
 #define SVCXDP_CNT_SOCK_XLATE 20       /* connect()/sendmsg() to a service: backend chosen */
 #define SVCXDP_CNT_SOCK_REJECT 21      /* ... of a service without endpoints: ECONNREFUSED */
@@ -157,6 +160,24 @@
  * keeps a reassembly queue (net.ipv4.ipfrag_time): after that the IP id may be
  * reused by another datagram, which must not inherit the old translation. */
 #define SVCXDP_FRAG_TIMEOUT_S 30
+
+/* ---- idle-flow GC (ctgc.h) ------------------------------------------------------ */
+/* The agent walks both conntrack tables and hands the entries it judged expired to
+ * the svcxdp_ct_gc program, SVCXDP_CT_GC_BATCH keys per BPF_PROG_TEST_RUN call, as
+ * the call's data: a struct ct_gc_request followed by `count` struct ct_key. The
+ * program judges every key again against the entry as it is then and removes only
+ * entries past their timeout by more than SVCXDP_CT_GC_GRACE_S (ctgc.h). */
+#define SVCXDP_CT_GC_BATCH 32
+#define SVCXDP_CT_GC_GRACE_S 2
+#define SVCXDP_CT_GC_CONFIRMED 0    /* ct_gc_request.table: conntrack */
+#define SVCXDP_CT_GC_UNCONFIRMED 1  /* ct_unconfirmed */
+
+struct ct_gc_request {
+	__u32 table;     /* SVCXDP_CT_GC_* */
+	__u32 count;     /* keys that follow, at most SVCXDP_CT_GC_BATCH */
+	__u32 deleted;   /* out: entries removed */
+	__u32 kept;      /* out: entries found live (or still needed) and kept */
+};
 
 /* Key of the `services` map: one entry per (VIP, port, protocol, scope). */
 struct svc_key {

@@ -12,8 +12,9 @@ _INSTANCE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 
 
 # The XDP entry points' pins inside an instance's pin folder (the agent pins them): pod
-# interfaces run svcxdp_main, the node's external interfaces svcxdp_external.
-PROGRAM_PINS = {"pod": "prog", "external": "prog_external"}
+# interfaces run svcxdp_main, the node's external interfaces svcxdp_external; the idle-flow
+# GC (svcxdp_ct_gc, bpf/ctgc.h) is attached nowhere, the agent runs it with test-run.
+PROGRAM_PINS = {"pod": "prog", "external": "prog_external", "ct_gc": "prog_ct_gc"}
 
 
 class ConfigError(ValueError):

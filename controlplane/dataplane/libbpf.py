@@ -241,31 +241,50 @@ def obj_pin(fd: int, pin: str) -> None:
     _check(lib().bpf_obj_pin(fd, pin.encode()), f"bpf_obj_pin({pin})")
 
 
-def _lookup_batch_counts(fd: int, keys, values, batch: int, limit: int | None, what: str) -> Iterator[int]:
-    """The BPF_MAP_LOOKUP_BATCH loop both readers share: fills `keys` and `values` (cffi
+class BatchCursor:
+    """Where a BPF_MAP_LOOKUP_BATCH walk of a hash map stopped (the kernel's bucket token),
+    so a later walk resumes there (ctgc.py walks the conntrack tables a slice at a time).
+    `started` False: the next walk begins at the first bucket."""
+
+    def __init__(self) -> None:
+        self.token = ffi.new("uint8_t[8]")
+        self.started = False
+
+
+def _lookup_batch_counts(fd: int, keys, values, batch: int, limit: int | None, what: str,
+                         cursor: BatchCursor | None = None) -> Iterator[int]:
+    """The BPF_MAP_LOOKUP_BATCH loop every reader shares: fills `keys` and `values` (cffi
     pointers to room for `batch` entries) chunk by chunk and yields each chunk's count, at
-    most `limit` entries in all."""
+    most `limit` entries in all. With `cursor`, the walk starts where it says and leaves
+    it where it stopped (at the first bucket again once the walk reached the end)."""
     left = limit
-    token_in = ffi.new("uint8_t[8]")
+    cursor = cursor or BatchCursor()
+    token_in = cursor.token
     token_out = ffi.new("uint8_t[8]")
     count = ffi.new("uint32_t *")
     opts = ffi.new("struct bpf_map_batch_opts *")
     opts.sz = ffi.sizeof("struct bpf_map_batch_opts")
-    first = True
+    first = not cursor.started
     while left is None or left > 0:
         count[0] = batch if left is None else min(batch, left)
         rc = lib().bpf_map_lookup_batch(fd, ffi.NULL if first else token_in, token_out, keys, values, count, opts)
         err = -rc if rc < 0 else 0
         if err not in (0, errno.ENOENT):
             raise OSError(err, f"bpf_map_lookup_batch({what}): {errno.errorcode.get(err, err)}")
+        # The cursor moves before the chunk is handed out: a caller that stops after it
+        # resumes with the next one.
+        if err == errno.ENOENT:
+            cursor.started = False
+        else:
+            ffi.memmove(token_in, token_out, 8)
+            cursor.started = True
+            first = False
         if count[0]:
             if left is not None:
                 left -= count[0]
             yield count[0]
         if err == errno.ENOENT:
             return
-        ffi.memmove(token_in, token_out, 8)
-        first = False
 
 
 def lookup_batches(table, batch: int = 8192) -> Iterator[tuple[ct.Array, ct.Array, int]]:
@@ -289,17 +308,18 @@ def update_batch(fd: int, keys, values, count: int) -> None:
         raise OSError(-rc, f"bpf_map_update_batch: {os.strerror(-rc)} after {n[0]} of {count} entries")
 
 
-def lookup_batches_raw(fd: int, key_size: int, value_size: int, batch: int = 8192, limit: int | None = None
-                       ) -> Iterator[tuple[memoryview, memoryview, int]]:
+def lookup_batches_raw(fd: int, key_size: int, value_size: int, batch: int = 8192, limit: int | None = None,
+                       cursor: BatchCursor | None = None) -> Iterator[tuple[memoryview, memoryview, int]]:
     """(keys, values, count) chunks of any map read with BPF_MAP_LOOKUP_BATCH into raw
-    buffers, at most `limit` keys in all (an array's first ones). `value_size` is what the
-    kernel copies per key: for a per-CPU map, the possible CPUs times the value rounded up
-    to 8 bytes. The buffers are reused: a chunk is valid until the next."""
+    buffers, at most `limit` keys in all (an array's first ones, or from `cursor` on).
+    `value_size` is what the kernel copies per key: for a per-CPU map, the possible CPUs
+    times the value rounded up to 8 bytes. The buffers are reused: a chunk is valid until
+    the next."""
     if limit is not None:
         batch = max(1, min(batch, limit))
     keys = ffi.new("uint8_t[]", batch * key_size)
     values = ffi.new("uint8_t[]", batch * value_size)
-    for n in _lookup_batch_counts(fd, keys, values, batch, limit, f"fd {fd}"):
+    for n in _lookup_batch_counts(fd, keys, values, batch, limit, f"fd {fd}", cursor):
         yield memoryview(ffi.buffer(keys, n * key_size)), memoryview(ffi.buffer(values, n * value_size)), n
 
 

@@ -27,6 +27,7 @@ from .source import program_text
 ENTRY = "svcxdp_main"              # pod-facing interfaces: ClusterIP frontends
 EXTERNAL_ENTRY = "svcxdp_external"  # the node's external interfaces: NodePort, LB IPs, externalIPs
 EXTERNAL_TAIL = "svcxdp_np_out"     # its way out (XDP_TX / redirect), in np_tail slot 0
+CT_GC_ENTRY = "svcxdp_ct_gc"        # idle-flow GC, run with test-run by the agent (ctgc.py)
 SVCXDP_CNT_MAX = const("CNT_MAX")
 MAP_NAMES = ("services", "slots", "backends", "rev_nat", "conntrack", "ct_unconfirmed", "fragments",
              "rr_state", "svc_stats", "backend_stats", "counters", "backend_conns", "maglev", "affinity", "sock_revnat",
@@ -73,6 +74,7 @@ class Dataplane:
     bpf: "BPF | None"          # bcc's object; None when opened by its pins (open())
     prog_fd: int
     external_prog_fd: int
+    ct_gc_prog_fd: int
     attached: list[tuple[str, str | None, str]] = field(default_factory=list)
     _sock_hooks: "SockHooks | None" = None
     _pinned: PinnedMaps | None = None
@@ -88,7 +90,7 @@ class Dataplane:
         pinned = PinnedMaps(config.pin_dir, WritableTable)
         fds: list[int] = []
         try:
-            for role in ("pod", "external"):
+            for role in ("pod", "external", "ct_gc"):
                 fds.append(obj_get(str(config.pin_dir / PROGRAM_PINS[role])))
             for name in MAP_NAMES:
                 pinned.table(name)
@@ -97,8 +99,8 @@ class Dataplane:
                 os.close(fd)
             pinned.close()
             raise
-        return cls(config=config, bpf=None, prog_fd=fds[0], external_prog_fd=fds[1], _pinned=pinned,
-                   built=built)
+        return cls(config=config, bpf=None, prog_fd=fds[0], external_prog_fd=fds[1], ct_gc_prog_fd=fds[2],
+                   _pinned=pinned, built=built)
 
     @classmethod
     def load(cls, config: DataplaneConfig | None = None) -> "Dataplane":
@@ -121,12 +123,13 @@ class Dataplane:
                 tail = bpf.load_func(EXTERNAL_TAIL.encode(), BPF.XDP)
                 tails = bpf[b"np_tail"]
                 tails[tails.Key(0)] = tails.Leaf(tail.fd)
+                gc = bpf.load_func(CT_GC_ENTRY.encode(), BPF.XDP)
             except Exception as exc:
                 raise DataplaneError(f"building the XDP program failed: {exc}") from exc
         except DataplaneError:
             bpf.cleanup()
             raise
-        return cls(config=config, bpf=bpf, prog_fd=fn.fd, external_prog_fd=ext.fd)
+        return cls(config=config, bpf=bpf, prog_fd=fn.fd, external_prog_fd=ext.fd, ct_gc_prog_fd=gc.fd)
 
     # ---- maps -------------------------------------------------------------------
     def table(self, name: str):
@@ -188,7 +191,7 @@ class Dataplane:
         """Release this process's handles. Attached programs and pinned maps stay."""
         if self._pinned is not None:
             self._pinned.close()
-            for fd in (self.prog_fd, self.external_prog_fd):
+            for fd in (self.prog_fd, self.external_prog_fd, self.ct_gc_prog_fd):
                 os.close(fd)
             return
         self.bpf.cleanup()
