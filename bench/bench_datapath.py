@@ -195,16 +195,17 @@ def load_cold_line_program(lines: int):
 
 
 # ---- conntrack fill -------------------------------------------------------------------
-def _ct_fill_arrays(table, entries: int):
+def _ct_fill_arrays(table, entries: int, idle_s: int = 0):
     """`entries` live forward conntrack entries (a flow's replies are matched through
     it), as ctypes arrays of the map's own Key/Leaf types: the rows are packed by
-    packing.Packer, whose formats come from bcc's types (bpf/svcxdp.h)."""
+    packing.Packer, whose formats come from bcc's types (bpf/svcxdp.h). `idle_s`: last
+    seen that long ago (idle flows, for the GC scenario)."""
     from controlplane.dataplane.layout import const
     from controlplane.dataplane.packing import Packer
     keys = Packer(table.Key, ("src", "dst", "sport", "dport", "proto", "dir"))
     values = Packer(table.Leaf, ("last_seen", "nat_ip", "nat_port", "backend_id", "svc_id"))
     fwd = const("CT_DIR_FORWARD")
-    now = time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
+    now = time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE) - idle_s * 1_000_000_000
     vport, bport = socket.htons(80), socket.htons(8080)
 
     def be32(a: int, b: int, c: int, d: int) -> int:  # address bytes as the u32 in memory
@@ -489,3 +490,89 @@ def test_datapath(benchmark, env, services, ct_entries, path):
             info["floor_ns_median"] = round(floor, 2)
             info["ratio_to_floor"] = round(med / floor, 3)
     benchmark.extra_info.update(info)
+
+
+# ---- full of idle flows, the GC run ahead (issue 17 target 1) ----------------------------
+# Beside the "full, every insert evicts" row (live flows: the LRU must evict), a node's
+# table is mostly full of idle and closed flows, which the agent's GC (bpf/ctgc.h,
+# controlplane/dataplane/ctgc.py) removes before new flows need their room. Two fresh
+# dataplanes side by side: one empty, one whose conntrack tables were written past
+# capacity with flows idle past the TCP timeout and then swept by the GC. Rounds of new
+# flows alternate between them, so the ratio shares the noise of the moment.
+GC_SUITE = "datapath_gc"
+
+
+def _gc_dataplane(env, idle_fill: bool) -> tuple[object, object, dict]:
+    from controlplane.dataplane.ctgc import ConntrackGC
+    from controlplane.dataplane.program import Dataplane
+    from controlplane.dataplane.testrun import TestRunner
+    from controlplane.dataplane.writer import MapWriter
+    info: dict = {}
+    dp = Dataplane.load(env.config)
+    MapWriter(dp).sync(env.states[:1])
+    if idle_fill:
+        conntrack, unconfirmed = dp.table("conntrack"), dp.table("ct_unconfirmed")
+        total = env.config.ct_size + env.config.ct_size // CT_OVERFILL
+        arrays = _ct_fill_arrays(conntrack, total, idle_s=env.config.tcp_timeout_s + 60)
+        batch_fill(conntrack, *arrays)
+        un = env.config.ct_unconfirmed_size
+        batch_fill(unconfirmed, *(_head(a, un + un // CT_OVERFILL) for a in arrays))
+        info["filled"] = {"conntrack": count_entries(conntrack), "ct_unconfirmed": count_entries(unconfirmed)}
+        t = time.perf_counter()
+        stats = ConntrackGC(dp).sweep_all()
+        info["gc_sweep_s"] = round(time.perf_counter() - t, 3)
+        info["gc_scanned"], info["gc_deleted"] = stats.scanned, stats.deleted
+        info["after_gc"] = {"conntrack": count_entries(conntrack), "ct_unconfirmed": count_entries(unconfirmed)}
+    return dp, TestRunner(dp.prog_fd), info
+
+
+def _call_stats(xs: list[int]) -> dict:
+    pp = sorted(xs)
+    return {"mean": round(statistics.fmean(pp), 1), "p50": pp[len(pp) // 2],
+            "p99": pp[int(0.99 * (len(pp) - 1))], "p999": pp[int(0.999 * (len(pp) - 1))]}
+
+
+@pytest.mark.benchmark(disable_gc=True)
+def test_new_flow_idle_gc(benchmark, env):
+    env.close()   # memory: two production-sized dataplanes follow
+    empty_dp, empty_run, _ = _gc_dataplane(env, idle_fill=False)
+    gc_dp, gc_run, info = _gc_dataplane(env, idle_fill=True)
+    try:
+        benchmark.group = "datapath new flows: empty vs full of idle flows, GC run ahead"
+        calls: dict[str, list[int]] = {"empty": [], "idle_gc": []}
+        means: dict[str, list[float]] = {"empty": [], "idle_gc": []}
+        runners = {"empty": empty_run.duration_ns, "idle_gc": gc_run.duration_ns}
+        n_round = [0]
+
+        def one_round():
+            n_round[0] += 1
+            order = ("empty", "idle_gc") if n_round[0] % 2 else ("idle_gc", "empty")
+            for name in order:
+                ds = [runners[name](f) for f in env.new_flows.take(PACKETS)]
+                if n_round[0] > WARMUP:
+                    calls[name].extend(ds)
+                    means[name].append(sum(ds) / len(ds))
+
+        load_before = os.getloadavg()[0]
+        before = {n: d.counters() for n, d in (("empty", empty_dp), ("idle_gc", gc_dp))}
+        benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP)
+        for name, d in (("empty", empty_dp), ("idle_gc", gc_dp)):
+            after = d.counters()
+            got = after["ct_new"] - before[name]["ct_new"]
+            assert got == PACKETS * (ROUNDS + WARMUP), f"{name}: ct_new rose by {got}"
+        e, g = _call_stats(calls["empty"]), _call_stats(calls["idle_gc"])
+        benchmark.extra_info.update({
+            "suite": GC_SUITE, "services": 1, "ct_size": env.config.ct_size,
+            "empty_per_call_ns": e, "idle_gc_per_call_ns": g,
+            "empty_round_mean_ns_median": round(statistics.median(means["empty"]), 1),
+            "idle_gc_round_mean_ns_median": round(statistics.median(means["idle_gc"]), 1),
+            "ratio_mean": round(g["mean"] / e["mean"], 3),
+            "ratio_round_median": round(statistics.median(means["idle_gc"]) / statistics.median(means["empty"]), 3),
+            "ratio_p99": round(g["p99"] / e["p99"], 3),
+            "packets_per_round": PACKETS, "rounds": ROUNDS, "warmup_rounds": WARMUP,
+            "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)], "cpu": env.cpu,
+            "quick": QUICK, "method": LABEL, **{f"setup_{k}": v for k, v in info.items()},
+        })
+    finally:
+        empty_dp.close()
+        gc_dp.close()

@@ -57,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tcp-close-timeout", type=int, metavar="S",
                    help="idle timeout of a TCP flow after FIN/RST, seconds (default 10)")
     p.add_argument("--udp-timeout", type=int, metavar="S", help="idle timeout of a UDP flow, seconds (default 60)")
+    p.add_argument("--ct-gc-interval", type=float, default=2.0, metavar="S",
+                   help="seconds between sweeps of the idle-flow GC, each reading at most 262,144 entries "
+                        "of each conntrack table and removing those past their timeout (0 disables it)")
     p.add_argument("--socket-lb-cgroup", action="append", default=[], metavar="PATH",
                    help="attach the socket-level load balancer (cgroup connect/sendmsg/recvmsg/"
                         "getpeername hooks) to this cgroup v2 directory; 'root' = the cgroup2 root "
@@ -89,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 2
     _bind_address(args.metrics_bind_address)   # a bad flag fails before anything is loaded
+    if not args.ct_gc_interval >= 0:
+        log.error("--ct-gc-interval %s: must be a number of seconds >= 0 (0 disables the GC)", args.ct_gc_interval)
+        return 2
     sizes = {"ct_size": args.ct_size, "tcp_timeout_s": args.tcp_timeout,
              "tcp_close_timeout_s": args.tcp_close_timeout, "udp_timeout_s": args.udp_timeout}
     extra = {k: v for k, v in sizes.items() if v is not None}
@@ -143,6 +149,12 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     if socket_lb:
         threading.Thread(target=_reap_loop, args=(dp, stop, log), name="sockreaper", daemon=True).start()
+    if args.ct_gc_interval > 0:
+        from controlplane.dataplane.ctgc import ConntrackGC
+
+        from .ctgc_loop import gc_loop
+        threading.Thread(target=gc_loop, args=(ConntrackGC(dp), stop, log, args.ct_gc_interval),
+                         name="ctgc", daemon=True).start()
     agent.run(stop)
     service_health.close()
     if feed is not None:

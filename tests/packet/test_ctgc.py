@@ -1,0 +1,209 @@
+"""Idle-flow GC of the conntrack tables (bpf/ctgc.h, controlplane/dataplane/ctgc.py):
+entries past their timeout (and the grace) are removed, live ones and the reply entries
+a live flow still needs are kept, counts are given back, the agent's loop runs it.
+
+Entries are aged by writing last_seen from user space on the datapath's own clock
+(CLOCK_MONOTONIC_COARSE), as test_conntrack_state does: nothing waits."""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+
+from controlplane.agent.ctgc_loop import gc_loop
+from controlplane.dataplane.affinity_maps import coarse_now_ns
+from controlplane.dataplane.ctgc import GRACE_NS, ConntrackGC
+from controlplane.dataplane.layout import const
+
+from .harness import BACKENDS, CLIENT, CLIENT_MAC, NODE_MAC, VIP, Harness, delta
+
+pytestmark = pytest.mark.root
+
+SEC = 10**9
+DIR_FORWARD, DIR_REPLY, DIR_SNAT = const("CT_DIR_FORWARD"), const("CT_DIR_REPLY"), const("CT_DIR_SNAT")
+F_SNAT = const("CT_F_SNAT")
+
+
+def tcp(sport, flags, dst=VIP, src=CLIENT):
+    return Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=src, dst=dst) / TCP(sport=sport, dport=80, flags=flags)
+
+
+def udp(sport, dst=VIP):
+    return Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=CLIENT, dst=dst) / UDP(sport=sport, dport=80)
+
+
+def be32(ip: str) -> int:
+    return int.from_bytes(socket.inet_aton(ip), "little")
+
+
+def entries(xdp: Harness, table: str) -> dict[tuple, object]:
+    """(client port, dir) -> value of every entry (reply/SNAT entries by their dport)."""
+    return {(socket.ntohs(k.sport if k.dir == DIR_FORWARD else k.dport), k.dir): v
+            for k, v in xdp.dp.table(table).items()}
+
+
+def age(xdp: Harness, table: str, port: int, direction: int, idle_ns: int) -> None:
+    t = xdp.dp.table(table)
+    for k, v in list(t.items()):
+        if k.dir == direction and socket.ntohs(k.sport if direction == DIR_FORWARD else k.dport) == port:
+            v.last_seen = coarse_now_ns() - idle_ns
+            t[k] = v
+            return
+    raise AssertionError(f"no entry ({port}, {direction}) in {table}")
+
+
+def timeouts(xdp: Harness):
+    c = xdp.dp.config
+    return c.tcp_timeout_s * SEC, c.tcp_close_timeout_s * SEC, c.udp_timeout_s * SEC
+
+
+@pytest.fixture
+def gc(xdp: Harness) -> ConntrackGC:
+    return ConntrackGC(xdp.dp)
+
+
+def confirmed_tcp(xdp: Harness, sport: int, vip: str = VIP) -> str:
+    backend = xdp.send(tcp(sport, "S", dst=vip)).pkt[IP].dst
+    xdp.send(tcp(sport, "A", dst=vip))
+    return backend
+
+
+def test_expired_entries_are_removed_and_live_ones_kept(xdp: Harness, gc: ConntrackGC):
+    tcp_to, close_to, udp_to = timeouts(xdp)
+    xdp.service()
+    xdp.service(protocol="UDP")
+    backends = {p: confirmed_tcp(xdp, p) for p in (41000, 41001, 41002, 41003)}
+    xdp.send(udp(42000))                       # one datagram: unconfirmed
+    xdp.send(udp(42001))
+    age(xdp, "conntrack", 41000, DIR_FORWARD, tcp_to + GRACE_NS + SEC)   # dead
+    age(xdp, "conntrack", 41001, DIR_FORWARD, tcp_to - SEC)              # old, alive
+    xdp.send(tcp(41002, "FA"))                                           # closing
+    age(xdp, "conntrack", 41002, DIR_FORWARD, close_to + GRACE_NS + SEC)  # dead
+    xdp.send(tcp(41003, "FA"))
+    age(xdp, "conntrack", 41003, DIR_FORWARD, close_to + SEC)            # past timeout, within grace
+    age(xdp, "ct_unconfirmed", 42000, DIR_FORWARD, udp_to + GRACE_NS + SEC)  # dead
+    before = xdp.counters()
+
+    stats = gc.sweep_all()
+
+    assert stats.deleted == {"conntrack": 2, "ct_unconfirmed": 1}, stats
+    assert set(entries(xdp, "conntrack")) == {(41001, DIR_FORWARD), (41003, DIR_FORWARD)}
+    assert set(entries(xdp, "ct_unconfirmed")) == {(42001, DIR_FORWARD)}
+    d = delta(before, xdp.counters())
+    assert d["ct_gc_deleted"] == 3 and d.get("ct_gc_kept", 0) == 0
+    # the live flow goes on to its backend
+    out = xdp.send(tcp(41001, "A"))
+    assert out.pkt[IP].dst == backends[41001]
+    # a removed one starts afresh as a new flow
+    before = xdp.counters()
+    xdp.send(tcp(41000, "S"))
+    assert delta(before, xdp.counters())["ct_new"] == 1
+
+
+def test_the_kernel_judges_again_and_keeps_a_live_entry(xdp: Harness, gc: ConntrackGC):
+    """The walk's copy is only a preselection: a key handed to the program whose entry
+    is live (refreshed since the walk read it) is kept and counted as kept."""
+    xdp.service()
+    confirmed_tcp(xdp, 41000)
+    t = xdp.dp.table("conntrack")
+    key = next(k for k in t.keys())
+    before = xdp.counters()
+    assert gc.delete("conntrack", bytes(key)) == (0, 1)
+    assert len(t.items()) == 1
+    assert delta(before, xdp.counters())["ct_gc_kept"] == 1
+    # past its timeout by less than the grace: a CPU may have judged it alive a moment ago
+    tcp_to = timeouts(xdp)[0]
+    age(xdp, "conntrack", 41000, DIR_FORWARD, tcp_to + GRACE_NS // 2)
+    assert gc.delete("conntrack", bytes(key)) == (0, 1)
+    age(xdp, "conntrack", 41000, DIR_FORWARD, tcp_to + GRACE_NS + SEC)
+    assert gc.delete("conntrack", bytes(key)) == (1, 0)
+    assert len(t.items()) == 0
+    # and a key that is no longer there counts as neither
+    assert gc.delete("conntrack", bytes(key)) == (0, 0)
+
+
+def test_a_removed_counted_flow_gives_its_connection_back(xdp: Harness, gc: ConntrackGC):
+    tcp_to = timeouts(xdp)[0]
+    fe = xdp.service(algorithm="lc", backends=BACKENDS[:1])
+    confirmed_tcp(xdp, 41000)
+    bid = xdp.writer.backend_id(fe, BACKENDS[0], 8080)
+    conns = xdp.dp.table("backend_conns")
+    assert conns[conns.Key(bid)].value == 1
+    age(xdp, "conntrack", 41000, DIR_FORWARD, tcp_to + GRACE_NS + SEC)
+    assert gc.sweep_all().deleted["conntrack"] == 1
+    assert conns[conns.Key(bid)].value == 0
+
+
+def test_a_reply_entry_stays_while_its_flow_lives(xdp: Harness, gc: ConntrackGC):
+    """A backend shared by two frontends: its flows keep a reply entry, refreshed only by
+    replies. Expired while the client still sends, it is kept; both go when both are dead."""
+    tcp_to = timeouts(xdp)[0]
+    pod = "10.244.5.5"
+    xdp.service(vip=VIP, backends=(pod,))
+    xdp.service(vip="10.96.0.101", backends=(pod,))
+    confirmed_tcp(xdp, 41000)
+    assert set(entries(xdp, "conntrack")) == {(41000, DIR_FORWARD), (41000, DIR_REPLY)}
+    age(xdp, "conntrack", 41000, DIR_REPLY, tcp_to + GRACE_NS + SEC)
+    before = xdp.counters()
+    stats = gc.sweep_all()
+    assert stats.deleted["conntrack"] == 0 and stats.kept["conntrack"] == 1
+    assert delta(before, xdp.counters())["ct_gc_kept"] == 1
+    age(xdp, "conntrack", 41000, DIR_FORWARD, tcp_to + GRACE_NS + SEC)
+    assert gc.sweep_all().deleted["conntrack"] == 2
+    assert entries(xdp, "conntrack") == {}
+
+
+def snat_flow(xdp: Harness, table: str, cport: int, snat_port: int, fwd_idle: int, snat_idle: int) -> None:
+    """A source-NATed NodePort flow as nodeport.h records it: the client's forward entry
+    (holding node:snat_port) and the SNAT reply entry that holds the port."""
+    t = xdp.dp.table(table)
+    now = coarse_now_ns()
+    client, vip, node, backend = be32("192.0.2.10"), be32("198.51.100.1"), be32("10.0.0.1"), be32("10.244.9.9")
+    fk = t.Key(src=client, dst=vip, sport=socket.htons(cport), dport=socket.htons(30080),
+               proto=socket.IPPROTO_UDP, dir=DIR_FORWARD)
+    t[fk] = t.Leaf(last_seen=now - fwd_idle, nat_ip=backend, nat_port=socket.htons(8080), flags=F_SNAT,
+                   peer_ip=node, peer_port=socket.htons(snat_port))
+    rk = t.Key(src=backend, dst=node, sport=socket.htons(8080), dport=socket.htons(snat_port),
+               proto=socket.IPPROTO_UDP, dir=DIR_SNAT)
+    t[rk] = t.Leaf(last_seen=now - snat_idle, nat_ip=vip, nat_port=socket.htons(30080),
+                   peer_ip=client, peer_port=socket.htons(cport))
+
+
+@pytest.mark.parametrize("table", ["conntrack", "ct_unconfirmed"])
+def test_a_snat_port_is_freed_only_with_its_flow(xdp: Harness, gc: ConntrackGC, table: str):
+    """A one-way flow's SNAT reply entry is refreshed by nothing: while the flow's forward
+    entry lives it holds the port; once both are dead both go (the port is free)."""
+    dead = timeouts(xdp)[2] + GRACE_NS + SEC
+    snat_flow(xdp, table, 5000, 40000, fwd_idle=0, snat_idle=dead)
+    snat_flow(xdp, table, 5001, 40001, fwd_idle=dead, snat_idle=dead)
+    stats = gc.sweep_all()
+    assert stats.deleted[table] == 2 and stats.kept[table] == 1, stats
+    assert set(entries(xdp, table)) == {(5000, DIR_FORWARD), (40000, DIR_SNAT)}
+
+
+def test_the_agent_loop_runs_the_gc(xdp: Harness, caplog):
+    """The agent's GC thread (controlplane/agent/ctgc_loop.py) sweeps on its own."""
+    tcp_to = timeouts(xdp)[0]
+    xdp.service()
+    confirmed_tcp(xdp, 41000)
+    age(xdp, "conntrack", 41000, DIR_FORWARD, tcp_to + GRACE_NS + SEC)
+    stop = threading.Event()
+    log = logging.getLogger("svcxdp-ctgc-test")
+    before = xdp.counters()
+    th = threading.Thread(target=gc_loop, args=(ConntrackGC(xdp.dp), stop, log, 0.02))
+    th.start()
+    try:
+        for _ in range(250):
+            if not entries(xdp, "conntrack"):
+                break
+            stop.wait(0.02)
+    finally:
+        stop.set()
+        th.join(5)
+    assert not th.is_alive()
+    assert entries(xdp, "conntrack") == {}
+    assert delta(before, xdp.counters())["ct_gc_deleted"] == 1
