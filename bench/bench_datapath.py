@@ -205,7 +205,8 @@ def _ct_fill_arrays(table, entries: int, idle_s: int = 0):
     keys = Packer(table.Key, ("src", "dst", "sport", "dport", "proto", "dir"))
     values = Packer(table.Leaf, ("last_seen", "nat_ip", "nat_port", "backend_id", "svc_id"))
     fwd = const("CT_DIR_FORWARD")
-    now = time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE) - idle_s * 1_000_000_000
+    # modulo 2^64: a clock younger than idle_s wraps, as the datapath's u64 arithmetic does
+    now = (time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE) - idle_s * 1_000_000_000) % (1 << 64)
     vport, bport = socket.htons(80), socket.htons(8080)
 
     def be32(a: int, b: int, c: int, d: int) -> int:  # address bytes as the u32 in memory
@@ -495,14 +496,16 @@ def test_datapath(benchmark, env, services, ct_entries, path):
 # ---- full of idle flows, the GC run ahead (issue 17 target 1) ----------------------------
 # Beside the "full, every insert evicts" row (live flows: the LRU must evict), a node's
 # table is mostly full of idle and closed flows, which the agent's GC (bpf/ctgc.h,
-# controlplane/dataplane/ctgc.py) removes before new flows need their room. Two fresh
-# dataplanes side by side: one empty, one whose conntrack tables were written past
-# capacity with flows idle past the TCP timeout and then swept by the GC. Rounds of new
-# flows alternate between them, so the ratio shares the noise of the moment.
+# controlplane/dataplane/ctgc.py) removes before new flows need their room. Three fresh
+# dataplanes side by side, 1 service each: empty; full of live flows (written past
+# capacity: every insert evicts, as the row above); full of flows idle past the TCP
+# timeout, then swept by the GC. Rounds of new flows rotate between them, so the ratios
+# share the noise of the moment.
 GC_SUITE = "datapath_gc"
+GC_VARIANTS = ("empty", "full_live", "idle_gc")
 
 
-def _gc_dataplane(env, idle_fill: bool) -> tuple[object, object, dict]:
+def _gc_dataplane(env, variant: str) -> tuple[object, object, dict]:
     from controlplane.dataplane.ctgc import ConntrackGC
     from controlplane.dataplane.program import Dataplane
     from controlplane.dataplane.testrun import TestRunner
@@ -510,14 +513,16 @@ def _gc_dataplane(env, idle_fill: bool) -> tuple[object, object, dict]:
     info: dict = {}
     dp = Dataplane.load(env.config)
     MapWriter(dp).sync(env.states[:1])
-    if idle_fill:
+    if variant != "empty":
         conntrack, unconfirmed = dp.table("conntrack"), dp.table("ct_unconfirmed")
         total = env.config.ct_size + env.config.ct_size // CT_OVERFILL
-        arrays = _ct_fill_arrays(conntrack, total, idle_s=env.config.tcp_timeout_s + 60)
+        idle_s = env.config.tcp_timeout_s + 60 if variant == "idle_gc" else 0
+        arrays = _ct_fill_arrays(conntrack, total, idle_s=idle_s)
         batch_fill(conntrack, *arrays)
         un = env.config.ct_unconfirmed_size
         batch_fill(unconfirmed, *(_head(a, un + un // CT_OVERFILL) for a in arrays))
         info["filled"] = {"conntrack": count_entries(conntrack), "ct_unconfirmed": count_entries(unconfirmed)}
+    if variant == "idle_gc":
         t = time.perf_counter()
         stats = ConntrackGC(dp).sweep_all()
         info["gc_sweep_s"] = round(time.perf_counter() - t, 3)
@@ -534,45 +539,49 @@ def _call_stats(xs: list[int]) -> dict:
 
 @pytest.mark.benchmark(disable_gc=True)
 def test_new_flow_idle_gc(benchmark, env):
-    env.close()   # memory: two production-sized dataplanes follow
-    empty_dp, empty_run, _ = _gc_dataplane(env, idle_fill=False)
-    gc_dp, gc_run, info = _gc_dataplane(env, idle_fill=True)
+    env.close()   # memory: three production-sized dataplanes follow
+    dps, runners, setup = {}, {}, {}
     try:
-        benchmark.group = "datapath new flows: empty vs full of idle flows, GC run ahead"
-        calls: dict[str, list[int]] = {"empty": [], "idle_gc": []}
-        means: dict[str, list[float]] = {"empty": [], "idle_gc": []}
-        runners = {"empty": empty_run.duration_ns, "idle_gc": gc_run.duration_ns}
+        for v in GC_VARIANTS:
+            dps[v], run, setup[v] = _gc_dataplane(env, v)
+            runners[v] = run.duration_ns
+        benchmark.group = "datapath new flows: empty / full, every insert evicts / full of idle flows, GC run ahead"
+        calls: dict[str, list[int]] = {v: [] for v in GC_VARIANTS}
+        means: dict[str, list[float]] = {v: [] for v in GC_VARIANTS}
         n_round = [0]
 
         def one_round():
             n_round[0] += 1
-            order = ("empty", "idle_gc") if n_round[0] % 2 else ("idle_gc", "empty")
-            for name in order:
-                ds = [runners[name](f) for f in env.new_flows.take(PACKETS)]
+            k = n_round[0] % len(GC_VARIANTS)
+            for v in GC_VARIANTS[k:] + GC_VARIANTS[:k]:   # each variant first in turn
+                ds = [runners[v](f) for f in env.new_flows.take(PACKETS)]
                 if n_round[0] > WARMUP:
-                    calls[name].extend(ds)
-                    means[name].append(sum(ds) / len(ds))
+                    calls[v].extend(ds)
+                    means[v].append(sum(ds) / len(ds))
 
         load_before = os.getloadavg()[0]
-        before = {n: d.counters() for n, d in (("empty", empty_dp), ("idle_gc", gc_dp))}
+        before = {v: dps[v].counters()["ct_new"] for v in GC_VARIANTS}
         benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP)
-        for name, d in (("empty", empty_dp), ("idle_gc", gc_dp)):
-            after = d.counters()
-            got = after["ct_new"] - before[name]["ct_new"]
-            assert got == PACKETS * (ROUNDS + WARMUP), f"{name}: ct_new rose by {got}"
-        e, g = _call_stats(calls["empty"]), _call_stats(calls["idle_gc"])
-        benchmark.extra_info.update({
-            "suite": GC_SUITE, "services": 1, "ct_size": env.config.ct_size,
-            "empty_per_call_ns": e, "idle_gc_per_call_ns": g,
-            "empty_round_mean_ns_median": round(statistics.median(means["empty"]), 1),
-            "idle_gc_round_mean_ns_median": round(statistics.median(means["idle_gc"]), 1),
-            "ratio_mean": round(g["mean"] / e["mean"], 3),
-            "ratio_round_median": round(statistics.median(means["idle_gc"]) / statistics.median(means["empty"]), 3),
-            "ratio_p99": round(g["p99"] / e["p99"], 3),
+        for v in GC_VARIANTS:
+            got = dps[v].counters()["ct_new"] - before[v]
+            assert got == PACKETS * (ROUNDS + WARMUP), f"{v}: ct_new rose by {got}"
+        st = {v: _call_stats(calls[v]) for v in GC_VARIANTS}
+        med = {v: statistics.median(means[v]) for v in GC_VARIANTS}
+        info = {"suite": GC_SUITE, "services": 1, "ct_size": env.config.ct_size}
+        for v in GC_VARIANTS:
+            info[f"{v}_per_call_ns"] = st[v]
+            info[f"{v}_round_mean_ns_median"] = round(med[v], 1)
+        for v in ("full_live", "idle_gc"):
+            info[f"{v}_vs_empty_mean"] = round(st[v]["mean"] / st["empty"]["mean"], 3)
+            info[f"{v}_vs_empty_round_median"] = round(med[v] / med["empty"], 3)
+            info[f"{v}_vs_empty_p99"] = round(st[v]["p99"] / st["empty"]["p99"], 3)
+        info.update({
             "packets_per_round": PACKETS, "rounds": ROUNDS, "warmup_rounds": WARMUP,
             "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)], "cpu": env.cpu,
-            "quick": QUICK, "method": LABEL, **{f"setup_{k}": v for k, v in info.items()},
+            "quick": QUICK, "method": LABEL,
+            **{f"setup_{v}_{k}": x for v in GC_VARIANTS for k, x in setup[v].items()},
         })
+        benchmark.extra_info.update(info)
     finally:
-        empty_dp.close()
-        gc_dp.close()
+        for d in dps.values():
+            d.close()
