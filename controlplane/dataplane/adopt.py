@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .affinity_maps import AffinityGenerations
 from .ids import IdAllocator
 from .installed import F_AFFINITY, F_LOCAL_DROP, F_REPLY_ENTRY, F_SOURCE_RANGES, SVC_FIELDS, Address, Installed, maglev_inputs
 from .layout import ALGORITHMS, const
 from .maglev_maps import MaglevMaps
+from .packing import Packer, ips_of_be32, ports_of_be16, read_table
 from .model import (BACKEND_STATES, PROTOCOLS, SCOPES, Backend, Frontend, ServiceState,
                     be16_to_port, be32_to_ip)
 
@@ -41,45 +44,66 @@ class Adopted:
 def adopt(services, backends, maglev: MaglevMaps, svc_ids: IdAllocator, backend_ids: IdAllocator,
           affinity: AffinityGenerations, ranges: dict) -> Adopted:
     """Read the maps; claim every id in use in the allocators. `ranges`: svc_id ->
-    its source ranges, as source_ranges.SourceRanges.adopt() read them."""
+    its source ranges, as source_ranges.SourceRanges.adopt() read them.
+
+    Both maps are read whole with batch lookups into columns (packing.read_table) and
+    decoded a column at a time; only the objects the writer keeps (a Backend per
+    entry, a ServiceState per frontend) are made one by one."""
     out = Adopted()
+    bkeys, bvals = read_table(backends, Packer.whole(backends.Key), Packer.whole(backends.Leaf))
+    ident_col = bkeys[bkeys.dtype.names[0]]
+    # id 0 means none; an entry there was never written by a writer
+    live = (bvals["state"] != UNUSED) & (ident_col != 0)
+    bkeys, bvals = bkeys[live], bvals[live]
     by_svc: dict[int, dict[Address, tuple[int, Backend]]] = {}
-    for key, b in backends.items_lookup_batch():
-        if b.state == UNUSED:
-            continue
-        ident = int(key.value) if hasattr(key, "value") else int(key)
-        if ident == 0:  # id 0 means none; an entry there was never written by a writer
-            continue
-        out.reply_flag[ident] = bool(b.flags & F_REPLY_ENTRY)
-        backend = Backend(be32_to_ip(b.ip), be16_to_port(b.port), _STATE_NAMES[b.state], b.weight)
-        by_svc.setdefault(b.svc_id, {})[backend.address] = (ident, backend)
-    seen_svc_ids = set()
-    for key, v in services.items():
-        fe = frontend_of(key)
-        members = by_svc.get(v.svc_id, {})
-        algorithm = _ALG_NAMES.get(v.algorithm, "random")
-        timeout = v.affinity_timeout if v.flags & F_AFFINITY else 0
+    if len(bvals):
+        states = bvals["state"]
+        known = np.isin(states, np.fromiter(_STATE_NAMES, np.uint8))
+        if not known.all():
+            raise KeyError(int(states[~known][0]))   # as _STATE_NAMES[...] did: not our maps
+        idents = bkeys[bkeys.dtype.names[0]].tolist()
+        flags = ((bvals["flags"] & F_REPLY_ENTRY) != 0).tolist()
+        out.reply_flag = dict(zip(idents, flags))
+        rows = zip(idents, bvals["svc_id"].tolist(), ips_of_be32(bvals["ip"]), ports_of_be16(bvals["port"]),
+                   [_STATE_NAMES[s] for s in states.tolist()], bvals["weight"].tolist())
+        for ident, svc_id, ip, port, state, weight in rows:
+            members = by_svc.get(svc_id)
+            if members is None:
+                by_svc[svc_id] = members = {}
+            members[(ip, port)] = (ident, Backend(ip, port, state, weight))
+    skeys, svals = read_table(services, Packer.whole(services.Key), Packer.whole(services.Leaf))
+    fes = [Frontend(ip, port, _PROTO_NAMES[proto], _SCOPE_NAMES[scope]) for ip, port, proto, scope in
+           zip(ips_of_be32(skeys["vip"]), ports_of_be16(skeys["port"]), skeys["proto"].tolist(),
+               skeys["scope"].tolist())]
+    entries = [tuple(row) for row in svals[list(SVC_FIELDS)].tolist()]
+    seen_svc_ids: set[int] = set()
+    claimed: list[int] = []
+    for fe, v in zip(fes, entries):
+        svc_id, count, alg, vflags, affinity_timeout, table_size, affinity_gen = v[:7]
+        members = by_svc.get(svc_id, {})
+        algorithm = _ALG_NAMES.get(alg, "random")
+        timeout = affinity_timeout if vflags & F_AFFINITY else 0
         table_ok = True
-        extra = dict(source_ranges=ranges.get(v.svc_id, ()) if v.flags & F_SOURCE_RANGES else (),
-                     local_drop=bool(v.flags & F_LOCAL_DROP))
+        extra = dict(source_ranges=ranges.get(svc_id, ()) if vflags & F_SOURCE_RANGES else (),
+                     local_drop=bool(vflags & F_LOCAL_DROP))
         try:
             state = ServiceState(fe, tuple(b for _, b in members.values()), algorithm, timeout,
-                                 v.table_size or None, **extra)
+                                 table_size or None, **extra)
         except ValueError:  # a table size this build refuses: rewrite at next sync
             state = ServiceState(fe, tuple(b for _, b in members.values()), algorithm, timeout, **extra)
             table_ok = False
         ids = {addr: i for addr, (i, _) in members.items()}
-        if maglev_inputs(state, ids) is not None and not maglev.has(v.svc_id):
+        if maglev_inputs(state, ids) is not None and not maglev.has(svc_id):
             table_ok = False  # the last agent stopped between table and entry
-        gen = v.affinity_gen if v.flags & F_AFFINITY else 0
-        out.installed[fe] = Installed(v.svc_id, state, ids, v.count, table_ok, gen)
-        out.entries[fe] = tuple(getattr(v, f) for f in SVC_FIELDS)
-        affinity.claim(v.affinity_gen)
-        svc_ids.claim(v.svc_id)
-        seen_svc_ids.add(v.svc_id)
-        for ident in ids.values():
-            backend_ids.claim(ident)
-        out.slots_used += v.count
+        gen = affinity_gen if vflags & F_AFFINITY else 0
+        out.installed[fe] = Installed(svc_id, state, ids, count, table_ok, gen)
+        out.entries[fe] = v
+        affinity.claim(affinity_gen)
+        svc_ids.claim(svc_id)
+        seen_svc_ids.add(svc_id)
+        claimed.extend(ids.values())
+        out.slots_used += count
+    backend_ids.claim_many(claimed)
     out.orphan_backends = sorted(i for svc_id, members in by_svc.items() if svc_id not in seen_svc_ids
                                  for i, _ in members.values())
     return out

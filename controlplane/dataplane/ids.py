@@ -61,6 +61,27 @@ class IdAllocator:
         else:
             self._free.pop(ident, None)
 
+    def claim_many(self, idents) -> None:
+        """claim() of each id, in one pass over the bitmap (adoption claims 100,000)."""
+        ids = sorted(set(idents))
+        if not ids:
+            return
+        if not 0 < ids[0] <= ids[-1] < self.limit:
+            bad = ids[0] if not 0 < ids[0] < self.limit else ids[-1]
+            raise ValueError(f"{self.what}: id {bad} outside 1..{self.limit - 1}")
+        self._reach(ids[-1] + 1)
+        used = self._used
+        for ident in ids:
+            if ident < self._next:
+                self._free.pop(ident, None)
+            if not used[ident]:
+                used[ident] = 1
+                self._count += 1
+        if ids[-1] >= self._next:
+            taken = set(ids)
+            self._free.update((i, None) for i in range(self._next, ids[-1]) if i not in taken)
+            self._next = ids[-1] + 1
+
     def allocate(self) -> int:
         if self._next < self.limit:
             ident = self._next

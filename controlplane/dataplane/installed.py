@@ -15,6 +15,7 @@ from typing import Sequence
 from controlplane.maglev import MaglevBackend, MaglevSizeWarning, build_table
 
 from .layout import ALGORITHMS, const
+from .packing import be32_column, port_be16
 from .model import BACKEND_STATES, PROTOCOLS, SCOPES, Backend, Frontend, ServiceState, ip_to_be32, port_to_be16
 
 F_AFFINITY = const("SVC_F_AFFINITY")
@@ -66,14 +67,14 @@ def backend_columns(backends: Sequence[Backend], protos: Sequence[int], svc_ids:
     packs a whole sync's backends at once); `protos`: PROTOCOLS of each one's
     frontend; `shared`: its address serves several frontends, so flows to it record
     a reply entry (revnat.py)."""
-    return ([ip_to_be32(b.ip) for b in backends], [port_to_be16(b.port) for b in backends],
+    return (be32_column([b.ip for b in backends]), port_be16([b.port for b in backends]),
             [BACKEND_STATES[b.state] for b in backends], protos, svc_ids,
             [b.weight for b in backends], [F_REPLY_ENTRY if s else 0 for s in shared])
 
 
 def backend_row(fe: Frontend, b: Backend, svc_id: int, shared: bool) -> tuple:
     """One backends map value, in BACKEND_FIELDS order (see backend_columns)."""
-    return tuple(col[0] for col in backend_columns([b], [PROTOCOLS[fe.protocol]], [svc_id], [shared]))
+    return tuple(int(col[0]) for col in backend_columns([b], [PROTOCOLS[fe.protocol]], [svc_id], [shared]))
 
 
 def slot_ids(state: ServiceState, ids: dict[Address, int]) -> list[int]:

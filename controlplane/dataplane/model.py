@@ -32,7 +32,7 @@ def ip_to_be32(ip: str) -> int:
 
 
 def be32_to_ip(value: int) -> str:
-    return str(ipaddress.IPv4Address(value.to_bytes(4, "little")))
+    return socket.inet_ntoa(value.to_bytes(4, "little"))
 
 
 def port_to_be16(port: int) -> int:
@@ -54,9 +54,12 @@ def _valid_ipv4(ip: str) -> bool:
     return _IPV4.fullmatch(ip) is not None
 
 
-def _check_ip(ip: str, what: str) -> None:
+def check_ipv4(ip: str, what: str) -> None:
     if not isinstance(ip, str) or not _valid_ipv4(ip):
         raise ModelError(f"{what}: {ip!r} is not an IPv4 address")
+
+
+_check_ip = check_ipv4
 
 
 def _check_port(port: int, what: str) -> None:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import ctypes as ct
 import struct
+import warnings
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from .libbpf import update_batch
+from .libbpf import lookup_batches_raw, update_batch
 
 _CODES = {ct.c_ubyte: "B", ct.c_ushort: "H", ct.c_uint: "I", ct.c_ulonglong: "Q",
           ct.c_byte: "b", ct.c_short: "h", ct.c_int: "i", ct.c_longlong: "q"}
@@ -57,6 +58,14 @@ class Packer:
             raise ValueError(f"{ctype.__name__}: packed size {self.struct.size} != {size}")
         self.fields = tuple(names)
         self.dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": size})
+
+    @classmethod
+    def whole(cls, ctype) -> "Packer":
+        """A packer of every integer field of `ctype` (for reading entries back)."""
+        if not hasattr(ctype, "_fields_"):
+            return cls(ctype)
+        return cls(ctype, [name for _, name in sorted((getattr(ctype, name).offset, name)
+                                                      for name, typ, *_ in ctype._fields_ if typ in _CODES)])
 
     def rows(self, rows: Sequence[tuple]) -> np.ndarray:
         """Rows given as tuples in field order."""
@@ -101,3 +110,57 @@ def port_be16(ports) -> np.ndarray:
     """Ports (host order) as u16 whose in-memory bytes are network order (htons,
     for a whole column)."""
     return np.asarray(ports, dtype=np.uint16).astype(">u2").view(np.uint16)
+
+
+def read_table(table, keys: Packer, values: Packer) -> tuple[np.ndarray, np.ndarray]:
+    """Every entry of a map (an array map: every index), read with
+    BPF_MAP_LOOKUP_BATCH into two structured arrays of the packers' dtypes: adoption
+    reads 100,000 backends this way with no Python step per entry."""
+    ksize, vsize = keys.dtype.itemsize, values.dtype.itemsize
+    kparts: list[np.ndarray] = []
+    vparts: list[np.ndarray] = []
+    for kbuf, vbuf, n in lookup_batches_raw(table.map_fd, ksize, vsize):
+        kparts.append(np.frombuffer(kbuf, keys.dtype, n).copy())
+        vparts.append(np.frombuffer(vbuf, values.dtype, n).copy())
+    if not kparts:
+        return np.zeros(0, keys.dtype), np.zeros(0, values.dtype)
+    return np.concatenate(kparts), np.concatenate(vparts)
+
+
+def be32_column(ips: Sequence[str]) -> np.ndarray:
+    """Dotted IPv4 addresses (validated already: model.Backend, Frontend, or the
+    maps) as u32
+    whose in-memory bytes are network order, for a whole column: the octets are
+    parsed in C from one joined string, not one inet_aton per address."""
+    n = len(ips)
+    if n == 0:
+        return np.zeros(0, np.uint32)
+    try:
+        with warnings.catch_warnings():   # text that is no number ends the parse early
+            warnings.simplefilter("ignore", DeprecationWarning)
+            octets = np.fromstring(".".join(ips), dtype=np.uint32, sep=".")
+    except ValueError:   # ... or, in newer numpy, raises
+        octets = np.zeros(0, np.uint32)
+    if octets.size != 4 * n or (octets > 255).any():
+        # not four octets each: convert one by one, which names the bad address
+        from .model import check_ipv4, ip_to_be32
+        for ip in ips:
+            check_ipv4(ip, "address")
+        return np.array([ip_to_be32(ip) for ip in ips], dtype=np.uint32)
+    o = octets.reshape(n, 4)
+    return o[:, 0] | o[:, 1] << 8 | o[:, 2] << 16 | o[:, 3] << 24
+
+
+_OCTET_TEXT = [str(i) for i in range(256)]
+
+
+def ips_of_be32(col) -> list[str]:
+    """The inverse of be32_column: dotted addresses of a u32 column."""
+    octets = np.ascontiguousarray(col, dtype="<u4").view(np.uint8).reshape(-1, 4).tolist()
+    t = _OCTET_TEXT
+    return [f"{t[a]}.{t[b]}.{t[c]}.{t[d]}" for a, b, c, d in octets]
+
+
+def ports_of_be16(col) -> list[int]:
+    """Host-order ports of a column of u16 stored in network order."""
+    return np.asarray(col, dtype=np.uint16).byteswap().tolist()

@@ -13,7 +13,7 @@ writer which to rewrite.
 from __future__ import annotations
 
 from .layout import const
-from .packing import Packer, write_packed
+from .packing import Packer, be32_column, ips_of_be32, port_be16, ports_of_be16, read_table, write_packed
 from .model import PROTOCOLS, Frontend, be16_to_port, be32_to_ip, ip_to_be32, port_to_be16
 
 F_SHARED = const("REVNAT_F_SHARED")
@@ -67,10 +67,10 @@ class RevNat:
         if not live:
             return
         n = len(live)
-        keys = self._keys.columns(n, ([ip_to_be32(a[0]) for a in live], [port_to_be16(a[1]) for a in live],
-                                      [PROTOCOLS[a[2]] for a in live]))
-        values = self._values.columns(n, ([ip_to_be32(fe.vip) for fe in firsts],
-                                          [port_to_be16(fe.port) for fe in firsts], flags))
+        ips, ports, protos = zip(*live)
+        keys = self._keys.columns(n, (be32_column(ips), port_be16(ports), [PROTOCOLS[p] for p in protos]))
+        values = self._values.columns(n, (be32_column([fe.vip for fe in firsts]),
+                                          port_be16([fe.port for fe in firsts]), flags))
         write_packed(self.table, keys, values)
 
     def attach(self, fe: Frontend, addresses: list[tuple[str, int]], flush: bool = True) -> None:
@@ -130,29 +130,32 @@ class RevNat:
         written here: a read-only user must never race the agent (it could see the
         rev_nat entry of a service the agent is still writing as unused); the owning
         writer's next flush writes them."""
-        primary: dict[Address, tuple[str, int]] = {}
+        keys, values = read_table(self.table, Packer.whole(self.table.Key), Packer.whole(self.table.Leaf))
         names = {v: k for k, v in PROTOCOLS.items()}
-        for k, v in self.table.items():
-            addr = (be32_to_ip(k.ip), be16_to_port(k.port), names.get(k.proto, "?"))
-            primary[addr] = (be32_to_ip(v.vip), be16_to_port(v.vport))
-        found: dict[Address, list[Frontend]] = {}
+        addrs = list(zip(ips_of_be32(keys["ip"]), ports_of_be16(keys["port"]),
+                         [names.get(p, "?") for p in keys["proto"].tolist()]))
+        # address -> (its entry's frontend (vip, port), its shared flag)
+        primary = dict(zip(addrs, zip(zip(ips_of_be32(values["vip"]), ports_of_be16(values["vport"])),
+                                      ((values["flags"] & F_SHARED) != 0).tolist())))
+        users_of = self.users
+        shared: list[Address] = []
         for fe in sorted(installed):
+            proto, alone = fe.protocol, (fe,)
             for ip, port in installed[fe]:
-                found.setdefault((ip, port, fe.protocol), []).append(fe)
-        for addr, users in found.items():
-            first = primary.get(addr)
-            users.sort(key=lambda fe: (fe.vip, fe.port) != first)
-            self.users[addr] = tuple(users)
+                addr = (ip, port, proto)
+                users = users_of.get(addr)
+                if users is None:
+                    users_of[addr] = alone
+                else:
+                    users_of[addr] = users + alone
+                    if len(users) == 1:
+                        shared.append(addr)
+        for addr in shared:   # the entry's own frontend first
+            first = primary.get(addr, (None,))[0]
+            users_of[addr] = tuple(sorted(users_of[addr], key=lambda fe: (fe.vip, fe.port) != first))
         for addr, users in self.users.items():
-            first = primary.get(addr)
-            if first != (users[0].vip, users[0].port) or self._stale_flag(addr):
-                self._write(addr)
-        for addr in set(primary) - set(self.users):
+            entry = primary.get(addr)
+            if entry is None or entry != ((users[0].vip, users[0].port), len(users) > 1):
+                self._write(addr)   # missing, another frontend's, or a stale shared flag
+        for addr in primary.keys() - self.users.keys():
             self._write(addr)  # no frontend uses it any more: delete
-
-    def _stale_flag(self, addr: Address) -> bool:
-        try:
-            v = self.table[self._key(addr)]
-        except KeyError:
-            return True
-        return bool(v.flags & F_SHARED) != (len(self.users[addr]) > 1)

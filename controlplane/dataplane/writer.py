@@ -87,6 +87,10 @@ class MapWriter:
         self._backend_ids = IdAllocator(cfg.max_backends, f"backends map (max_backends={cfg.max_backends})")
         self._writes = 0
         self.after_phase: Callable[[str], None] | None = None
+        with paused_gc():   # adoption makes an object per backend: bulk work
+            self._adopt()
+
+    def _adopt(self) -> None:
         found = adopt(self.services, self.backends, self.maglev, self._svc_ids, self._backend_ids,
                       self.affinity, self.ranges.adopt())
         self._installed: dict[Frontend, Installed] = found.installed
@@ -339,7 +343,7 @@ class MapWriter:
         protos: list[int] = []
         svc_ids: list[int] = []
         shared: list[bool] = []
-        is_shared = self.revnat.shared
+        users = self.revnat.users.get   # RevNat.shared, inline: it runs for every backend
         for p in made:
             bs = p.write_backends
             if not bs:
@@ -349,7 +353,7 @@ class MapWriter:
             backends += bs
             protos += [PROTOCOLS[proto]] * len(bs)
             svc_ids += [p.svc_id] * len(bs)
-            shared += [is_shared((b.ip, b.port, proto)) for b in bs]
+            shared += [len(users((b.ip, b.port, proto), ())) > 1 for b in bs]
         pk = self._pk
         return write_packed(self.backends, pk["id"].columns(len(ids), [ids]),
                             pk["backend"].columns(len(ids), backend_columns(backends, protos, svc_ids, shared)))

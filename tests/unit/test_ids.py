@@ -146,3 +146,28 @@ def test_an_unbounded_allocator_costs_what_it_holds_not_its_limit():
     assert fresh == list(range(70_001, 70_011))
     assert ids.in_use(70_000) and not ids.in_use(4) and not ids.in_use(1 << 31)
     assert ids.available == (1 << 32) - 1 - 13
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.permutations(list(range(1, LIMIT))), st.integers(0, LIMIT - 1), st.integers(0, 3))
+def test_claim_many_is_claim_of_each(order, n, allocated):
+    """claim_many (adoption's bulk claim) leaves the allocator exactly as claim() of
+    each id would, after some ids were already handed out: same count, same ids
+    handed out next, in the same order."""
+    a, b = IdAllocator(LIMIT, "test"), IdAllocator(LIMIT, "test")
+    for alloc in (a, b):
+        for _ in range(allocated):
+            alloc.allocate()
+    claimed = [i for i in order[:n] if i > allocated]
+    for i in claimed:
+        a.claim(i)
+    b.claim_many(claimed)
+    assert a.available == b.available
+    assert [a.in_use(i) for i in range(LIMIT)] == [b.in_use(i) for i in range(LIMIT)]
+    assert [a.allocate() for _ in range(a.available)] == [b.allocate() for _ in range(b.available)]
+
+
+def test_claim_many_refuses_ids_outside_the_range():
+    for bad in ([0, 3], [3, 8]):
+        with pytest.raises(ValueError, match="backends map"):
+            IdAllocator(8, "backends map").claim_many(bad)

@@ -61,3 +61,60 @@ def test_backend_columns_agree_with_the_row():
     assert row == tuple(c[0] for c in cols)
     assert row[:2] == (ip_to_be32("10.0.0.7"), port_to_be16(8080)) and row[3:6] == (17, 9, 3) and row[6]
     assert np.asarray(cols[0], dtype=np.uint32).tobytes() == bytes([10, 0, 0, 7])
+
+
+def test_address_columns_round_trip_like_one_by_one():
+    """be32_column / ips_of_be32 / ports_of_be16 (whole columns at once) give exactly
+    what model.ip_to_be32 / be32_to_ip / be16_to_port give per value."""
+    import random
+
+    from controlplane.dataplane.model import be16_to_port, be32_to_ip
+    from controlplane.dataplane.packing import be32_column, ips_of_be32, ports_of_be16
+    rnd = random.Random(7)
+    ips = ["0.0.0.0", "255.255.255.255", "10.244.0.1", "1.2.3.4"] + \
+        [".".join(str(rnd.randrange(256)) for _ in range(4)) for _ in range(2000)]
+    col = be32_column(ips)
+    assert col.dtype == np.uint32
+    assert col.tolist() == [ip_to_be32(ip) for ip in ips]
+    assert ips_of_be32(col) == [be32_to_ip(v) for v in col.tolist()] == ips
+    ports = [1, 80, 443, 8080, 65535] + [rnd.randrange(1, 65536) for _ in range(2000)]
+    be = port_be16(ports)
+    assert ports_of_be16(be) == [be16_to_port(v) for v in be.tolist()] == ports
+    assert be32_column([]).size == 0 and ips_of_be32(np.zeros(0, np.uint32)) == []
+
+
+@pytest.mark.parametrize("bad", ["1.2.3", "1.2.3.4.5", "1.2.3.256", "a.b.c.d"])
+def test_an_address_column_with_a_bad_address_names_it(bad):
+    from controlplane.dataplane.model import ModelError
+    from controlplane.dataplane.packing import be32_column
+    with pytest.raises(ModelError, match="is not an IPv4 address"):
+        be32_column(["10.0.0.1", bad, "10.0.0.2"])
+
+
+def test_read_table_reads_a_whole_map_into_columns():
+    """read_table: every entry of a real BPF map, in batches, as a structured array
+    per side (adoption reads the backends, services and rev_nat maps this way)."""
+    import os
+    from array import array
+    from types import SimpleNamespace
+
+    from controlplane.dataplane.libbpf import u32_array_map_create, u32_array_write
+    from controlplane.dataplane.packing import read_table
+    n = 20_000   # more than one 8,192-entry batch
+    fd = u32_array_map_create("svcxdp_colsync", n)
+    try:
+        values = array("I", ((i * 2654435761) & 0xFFFFFFFF for i in range(n)))
+        u32_array_write(fd, values)
+        keys, vals = read_table(SimpleNamespace(map_fd=fd), Packer.whole(ct.c_uint), Packer.whole(ct.c_uint))
+    finally:
+        os.close(fd)
+    assert keys["value"].tolist() == list(range(n))
+    assert vals["value"].tolist() == values.tolist()
+
+
+def test_whole_packer_reads_every_integer_field():
+    p = Packer.whole(Entry)
+    assert p.fields == ("a", "b", "c", "d", "e")   # the byte array "pad" is not a column
+    e = Entry(a=1, b=2, c=3, d=4, e=5)
+    row = np.frombuffer(bytes(e), p.dtype)[0]
+    assert tuple(row.tolist()) == (1, 2, 3, 4, 5)
