@@ -21,12 +21,14 @@ from __future__ import annotations
 import ctypes as ct
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .installed import Installed, maglev_inputs, maglev_table, service_row, slot_ids
 from .layout import ALGORITHMS, const
 from .libbpf import lookup_batches
 from .maglev_maps import MaglevMaps
 from .model import Frontend
-from .packing import Packer
+from .packing import Packer, read_table
 
 CT_FORWARD = const("CT_DIR_FORWARD")
 CT_COUNTED = const("CT_F_COUNTED")
@@ -46,38 +48,56 @@ class Drift:
                 len(self.orphan_backends))
 
 
-def read_slots(slots_table) -> dict[int, dict[int, int]]:
-    """svc_id -> {slot: backend id}, the whole slots map in batches."""
+def read_slots(slots_table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The whole slots map as three columns (svc_id, slot, backend id), sorted by
+    service and slot, read in batches."""
+    keys, values = read_table(slots_table, Packer(slots_table.Key, ("svc_id", "slot")), Packer(slots_table.Leaf))
+    svc, slot, bid = keys["svc_id"], keys["slot"], values[values.dtype.names[0]]
+    order = np.lexsort((slot, svc))
+    return svc[order], slot[order], bid[order]
+
+
+def _slots_by_service(svc: np.ndarray, slot: np.ndarray, bid: np.ndarray) -> dict[int, dict[int, int]]:
     out: dict[int, dict[int, int]] = {}
-    key_s = Packer(slots_table.Key, ("svc_id", "slot")).struct
-    val_s = Packer(slots_table.Leaf).struct
-    for keys, values, n in lookup_batches(slots_table):
-        kb = bytes(keys)[:n * key_s.size]
-        vb = bytes(values)[:n * val_s.size]
-        for (svc_id, slot), (bid,) in zip(key_s.iter_unpack(kb), val_s.iter_unpack(vb)):
-            out.setdefault(svc_id, {})[slot] = bid
+    for s, i, b in zip(svc.tolist(), slot.tolist(), bid.tolist()):
+        out.setdefault(s, {})[i] = b
     return out
 
 
 def find_drift(installed: dict[Frontend, Installed], entries: dict[Frontend, tuple], slots_table,
                maglev: MaglevMaps, orphan_backends: list[int]) -> Drift:
-    """Compare the maps with the adopted states (reads only)."""
+    """Compare the maps with the adopted states (reads only). The slots are compared
+    as columns first: the whole map against every state's slots 1..count at once (a
+    clean restart: one array comparison); only if they differ is each frontend's
+    part looked at to say which and why."""
     drift = Drift(orphan_backends=list(orphan_backends))
-    slots = read_slots(slots_table)
+    svc, slot, bid = read_slots(slots_table)
     tables = set(maglev.svc_ids())
     by_id = {inst.svc_id: fe for fe, inst in installed.items()}
+    wants = {fe: slot_ids(inst.state, inst.backend_ids) for fe, inst in installed.items()}
+    want_svc: list[int] = []
+    want_slot: list[int] = []
+    want_bid: list[int] = []
+    for inst, want in sorted(zip(installed.values(), wants.values()), key=lambda p: p[0].svc_id):
+        want_svc += [inst.svc_id] * len(want)
+        want_slot += range(1, len(want) + 1)
+        want_bid += want
+    slots_ok = (len(want_svc) == len(svc) and np.array_equal(svc, want_svc) and
+                np.array_equal(slot, want_slot) and np.array_equal(bid, want_bid))
+    slots = {} if slots_ok else _slots_by_service(svc, slot, bid)
     for fe, inst in installed.items():
         problems = []
         if entries.get(fe) != service_row(inst.state, inst.svc_id, inst.affinity_gen):
             problems.append("service entry")
-        have = slots.get(inst.svc_id, {})
-        want = slot_ids(inst.state, inst.backend_ids)
-        if any(have.get(i + 1) != bid for i, bid in enumerate(want)):
-            problems.append("slots")
-        beyond = [s for s in have if s > len(want)]
-        if beyond:
-            problems.append("slots beyond the count")
-            drift.surplus_slots[fe] = max(beyond)
+        if not slots_ok:
+            have = slots.get(inst.svc_id, {})
+            want = wants[fe]
+            if any(have.get(i + 1) != b for i, b in enumerate(want)):
+                problems.append("slots")
+            beyond = [s for s in have if s > len(want)]
+            if beyond:
+                problems.append("slots beyond the count")
+                drift.surplus_slots[fe] = max(beyond)
         if maglev_inputs(inst.state, inst.backend_ids) is not None:
             table = maglev.read(inst.svc_id)
             if table is None or list(maglev_table(inst.state, inst.backend_ids)) != table:
