@@ -140,6 +140,8 @@ def render(entries: list[dict], machine: dict | None = None, commit: dict | None
     out.append("")
     out.extend(_ruler_lines(rows, floors, services, cts))
     out.extend(_new_flow_call_lines(rows, services, cts))
+    out.extend(render_gc([e["extra_info"] for e in entries
+                          if e.get("extra_info", {}).get("suite") == "datapath_gc"]))
 
     # ---- set-up facts ----------------------------------------------------------------
     notes = []
@@ -228,6 +230,34 @@ def datapath_targets(rows: dict) -> list[dict]:
                                               f"({ruler:.0f} + {est:.0f} − {floor:.0f}) ns",
                         "met": r <= EMPTY_VS_BOUND_TARGET, "kind": "empty_vs_bound"})
     return out
+
+
+GC_VARIANT_LABELS = (("empty", "empty"), ("full_live", "full of live flows, every insert evicts"),
+                     ("idle_gc", "full of idle flows, GC run ahead"))
+
+
+def render_gc(rows: list[dict]) -> list[str]:
+    """bench_datapath.test_new_flow_idle_gc: new flows on three dataplanes side by side
+    (1 service), rounds rotating between them; per call and the ratio to the empty one."""
+    if not rows:
+        return []
+    out = ["New flows, three dataplanes side by side (1 service, rounds rotating: empty; full of "
+           "live flows; full of flows idle past their timeout, swept by the idle-flow GC before "
+           "the rounds — bpf/ctgc.h). Per test-run call; ratio of means to the empty one in the "
+           "same run:\n",
+           "| conntrack | mean ns | p50 ns | p99 ns | p99.9 ns | / empty (mean) | / empty (p99) |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+    for x in rows:
+        for v, label in GC_VARIANT_LABELS:
+            c = x[f"{v}_per_call_ns"]
+            ratio = "1.00" if v == "empty" else f"{x[f'{v}_vs_empty_mean']:.2f}×"
+            r99 = "1.00" if v == "empty" else f"{x[f'{v}_vs_empty_p99']:.2f}×"
+            out.append(f"| {label} | {c['mean']:.0f} | {c['p50']} | {c['p99']} | {c['p999']} | {ratio} | {r99} |")
+        if "setup_idle_gc_gc_sweep_s" in x:
+            n = sum(x["setup_idle_gc_gc_deleted"].values())
+            out.append(f"\nThe GC's sweep of the idle tables removed {_n(n)} entries in "
+                       f"{x['setup_idle_gc_gc_sweep_s']:.1f} s (load {x['loadavg_1m'][0]:.1f}).")
+    return out + [""]
 
 
 def _new_flow_call_lines(rows: dict, services, cts) -> list[str]:
@@ -476,6 +506,12 @@ def render_all(data: dict, plot_dir: Path | None = None, plot_prefix: str = "") 
                 out.append(f"| BPF-only {ts[0]['label']} (all service counts) | "
                            f"{min(vals):.2f}–{max(vals):.2f}× | "
                            f"{'yes' if all(t['met'] for t in ts) else '**no**'} |")
+    for x in _suite(entries, "datapath_gc"):
+        for v, label in GC_VARIANT_LABELS[1:]:
+            r = x[f"{v}_vs_empty_mean"]
+            out.append(f"| BPF-only new flow, {label}, ≤ {FULL_VS_EMPTY_TARGET:g}× empty (side by side, 1 service) | "
+                       f"{r:.2f}× (p99 {x[f'{v}_per_call_ns']['p99']:,} / {x['empty_per_call_ns']['p99']:,} ns) | "
+                       f"{'yes' if r <= FULL_VS_EMPTY_TARGET else '**no**'} |")
     for x in socklb:
         r = x["results"]["sock_vs_xdp"]
         if r["median"] is not None:
@@ -500,6 +536,7 @@ def render_all(data: dict, plot_dir: Path | None = None, plot_prefix: str = "") 
         body = body.replace("# svcxdp datapath: per-packet cost (BPF_PROG_TEST_RUN)\n", "")
         body = body.replace("## Targets (checked here, never asserted in tests)", "### Targets, scenario 1")
         out.append(body)
+        out.extend(render_gc(_suite(entries, "datapath_gc")))
 
     # ---- 2 ------------------------------------------------------------------------
     udp = sorted((x for x in stack if x["scenario"] == "udp"), key=lambda x: x["services"])
