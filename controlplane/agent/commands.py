@@ -57,8 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tcp-close-timeout", type=int, metavar="S",
                    help="idle timeout of a TCP flow after FIN/RST, seconds (default 10)")
     p.add_argument("--udp-timeout", type=int, metavar="S", help="idle timeout of a UDP flow, seconds (default 60)")
-    p.add_argument("--ct-gc-interval", type=float, default=2.0, metavar="S",
-                   help="seconds between sweeps of the idle-flow GC, each reading at most 262,144 entries "
+    p.add_argument("--ct-gc-interval", type=float, default=5.0, metavar="S",
+                   help="seconds between sweeps of the idle-flow GC, each reading at most 65,536 entries "
                         "of each conntrack table and removing those past their timeout (0 disables it)")
     p.add_argument("--socket-lb-cgroup", action="append", default=[], metavar="PATH",
                    help="attach the socket-level load balancer (cgroup connect/sendmsg/recvmsg/"
