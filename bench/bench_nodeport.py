@@ -105,21 +105,6 @@ def conntrack_stats(ns: str) -> dict[str, int]:
     return out
 
 
-def flush_conntrack(ns: str) -> None:
-    """Empty node1's conntrack table (its namespace only), as a fresh node would have."""
-    from pyroute2 import Conntrack
-
-    from controlplane.lab import netns
-
-    def flush() -> None:
-        ct = Conntrack()
-        try:
-            ct.flush()
-        finally:
-            ct.close()
-    netns.call_in(ns, flush)
-
-
 def trafgen_conf(path: Path, n: int, flows: str) -> None:
     eth = f"eth(da={nplab.NODE1_MAC}, sa={nplab.CLIENT_MAC})"
     ports = min(n, SPAN)
@@ -250,7 +235,7 @@ class NodePortBench:
     def empty_tables(self, xdp: bool) -> None:
         """Every measurement starts from empty flow state, on both sides."""
         if not xdp:
-            flush_conntrack(self.i.node)
+            netlab.flush_conntrack(self.i.node)
             return
         for name in ("conntrack", "ct_unconfirmed"):
             t = self.dp.table(name)

@@ -2,10 +2,14 @@
 
 Two identical chains of namespaces (bench/netlab.py): client -> node (forwarding) ->
 backend. In chain "x" the project's XDP program is attached natively to both veths of the
-node (as the agent attaches it to every pod veth) — measured twice, as the default build
-(rewrite, then XDP_PASS into the node's stack, which forwards) and as the agent's
-`--fib-redirect` build (rewrite, FIB lookup, bpf_redirect to the egress veth; the
-backend veth's sink program makes it a valid redirect target); in chain "i" the node has no XDP and
+node (as the agent attaches it to every pod veth) — measured as the default build
+(`xdp`: rewrite, FIB lookup, bpf_redirect_map to the egress veth, which is in tx_ports
+as the agent puts every veth whose peer runs an XDP program; the backend veth's sink is
+that program), as the `--no-fib-redirect` build (`xdp_stack`: rewrite, then XDP_PASS
+into the node's stack, which forwards), and, for UDP, as `floor`: a program that does
+no dataplane work at all (sets the sink's port and the MACs, redirects to the backend
+veth) — what the lab itself costs per packet, the ceiling of any XDP dataplane here;
+in chain "i" the node has no XDP and
 instead the iptables ruleset kube-proxy would write for the same services
 (bench/kubeproxy.py: KUBE-SERVICES -> KUBE-SVC-* -> KUBE-SEP-*, statistic --mode random),
 loaded with iptables-restore in that node namespace only. Both chains carry the same pass
@@ -18,6 +22,7 @@ Scenario 2 (UDP, trafgen on one core, 60-byte frames, TTL 64):
                so nearly every packet is a new flow and iptables walks on average half
                of KUBE-SERVICES;
   established  one flow (one source, one port, one ClusterIP).
+  New-flow windows (NEW_WARMUP + NEW_SECONDS) start from empty flow state on both sides.
   Delivered packets/s = the sink's count on the backend veth over the measured window;
   offered = the client veth's tx count; softirq = machine-wide /proc/stat softirq time
   over the window / delivered packets (sampled at USER_HZ; includes everything on both
@@ -28,7 +33,7 @@ Scenario 3 (TCP): a Python client (bench/tcpload.py) opening one short connectio
   Connections/s and connect-to-EOF latency p50/p99.
 
 Order: for each service count, both chains are programmed, then repetitions alternate
-the order (XDP, XDP+FIB, iptables, then iptables, XDP+FIB, XDP, ...), so every ratio compares
+the order (xdp, xdp_stack, floor, iptables, then the reverse, ...), so every ratio compares
 measurements taken back to back. Medians over repetitions; the spread is min-max.
 """
 from __future__ import annotations
@@ -55,6 +60,12 @@ QUICK = os.environ.get("SVCXDP_BENCH_QUICK", "") not in ("", "0")
 SERVICES = (1, 1_000) if QUICK else (1, 1_000, 10_000)
 SECONDS = 1.0 if QUICK else 3.0        # measured window per repetition
 WARMUP = 0.5 if QUICK else 1.0
+# New flows: every window starts from empty flow state on its side (nf_conntrack flushed,
+# the XDP conntrack maps emptied) and is short enough that iptables' table (nf_conntrack_max
+# 262,144 here) does not fill at ~150-200k new flows/s: a full table drops or evicts on
+# insert, which lowered iptables' rate for another reason than its cost (drops recorded).
+NEW_SECONDS = 1.0
+NEW_WARMUP = 0.3
 REPS = 1 if QUICK else 3
 TCP_SECONDS = 1.0 if QUICK else 3.0
 ENDPOINTS = 2
@@ -62,9 +73,10 @@ UDP_PORT, TCP_PORT = 53, 80
 SUITE = "stack"
 TRAFGEN_MAX_PPS = 3_000_000            # bounds trafgen's packet count (-n) as a safety net
 
-# xdp: the default build (XDP_PASS to the node's stack after the rewrite); xdp_fib: the
-# agent's --fib-redirect build (FIB lookup + bpf_redirect straight to the egress veth).
-SIDES = ("xdp", "xdp_fib", "iptables")
+# xdp: the default build (FIB lookup + redirect straight to the egress veth); xdp_stack:
+# the --no-fib-redirect build (XDP_PASS to the node's stack after the rewrite); floor: no
+# dataplane work, only the redirect (UDP only: it translates nothing).
+SIDES = {"udp": ("xdp", "xdp_stack", "floor", "iptables"), "tcp": ("xdp", "xdp_stack", "iptables")}
 CASES = [(n, kind) for n in SERVICES for kind in ("udp", "tcp")]
 
 
@@ -123,7 +135,8 @@ class Stack:
         self.i = netlab.Topology("i")
         self.procs: list[subprocess.Popen] = []
         self.dp = self.writer = None
-        self.dp_fib = self.writer_fib = None
+        self.dp_stack = self.writer_stack = None
+        self.floor_fd = None
         self.on_x = None
         self.bpfs = []
         self.sinks = {}
@@ -142,9 +155,13 @@ class Stack:
         self.dp = Dataplane.load(DataplaneConfig(instance="bench-stack", pin=False))
         self.setup["xdp_load_s"] = round(time.perf_counter() - t0, 3)
         self.writer = MapWriter(self.dp)
-        self.dp_fib = Dataplane.load(DataplaneConfig(instance="bench-stack-fib", pin=False,
-                                                     fib_redirect=True))
-        self.writer_fib = MapWriter(self.dp_fib)
+        for dev in ("n-cl", "n-be"):   # their peers run XDP programs (cl0: pass, be0: the sink)
+            assert self.dp.allow_redirect(netlab.ifindex(self.x.node, dev), self.x.node)
+        self.dp_stack = Dataplane.load(DataplaneConfig(instance="bench-stack-stack", pin=False,
+                                                       fib_redirect=False))
+        self.writer_stack = MapWriter(self.dp_stack)
+        floor_redirect, self.floor_fd = netlab.load_redirect_floor(self.x.node)
+        self.bpfs.append(floor_redirect)
         floor_bpf, floor_fd = load_floor_program()
         self.bpfs.append(floor_bpf)
         for t in (self.x, self.i):
@@ -174,7 +191,7 @@ class Stack:
             t.down()   # XDP programs and iptables rules go with the namespaces
         netlab.wait_gone([self.x.client, self.x.node, self.x.backend,
                           self.i.client, self.i.node, self.i.backend])
-        for dp in (self.dp, self.dp_fib):
+        for dp in (self.dp, self.dp_stack):
             if dp is not None:
                 dp.close()
         for b in self.bpfs:
@@ -182,13 +199,17 @@ class Stack:
 
     def use(self, side: str) -> netlab.Topology:
         """The chain that measures `side`; for the XDP variants, (re)attach that program to
-        the node's two veths of chain x (an atomic replace)."""
+        the node's two veths of chain x (an atomic replace; the floor only to the client's)."""
+        from controlplane.dataplane.attach import attach_xdp
         if side == "iptables":
             return self.i
         if self.on_x != side:
-            dp = self.dp if side == "xdp" else self.dp_fib
-            dp.attach("n-cl", self.x.node, "native")
-            dp.attach("n-be", self.x.node, "native")
+            if side == "floor":
+                attach_xdp(self.floor_fd, "n-cl", self.x.node, "native")
+            else:
+                dp = self.dp if side == "xdp" else self.dp_stack
+                dp.attach("n-cl", self.x.node, "native")
+                dp.attach("n-be", self.x.node, "native")
             self.on_x = side
         return self.x
 
@@ -206,7 +227,7 @@ class Stack:
         t0 = time.perf_counter()
         self.writer.sync(states)
         info["xdp_writer_sync_s"] = round(time.perf_counter() - t0, 3)
-        self.writer_fib.sync(states)
+        self.writer_stack.sync(states)
         rules = self.workdir / f"rules-{n}-{kind}-{target_port}.txt"
         rules.write_text(kubeproxy.full_ruleset(svcs, netlab.POD_CIDR))
         jumps = self.workdir / "jumps.txt"
@@ -220,18 +241,32 @@ class Stack:
         return info
 
     # ---- scenario 2 --------------------------------------------------------------
+    def empty_flows(self, side: str) -> None:
+        """Empty flow state on `side`, as a fresh node has it."""
+        if side == "iptables":
+            netlab.flush_conntrack(self.i.node)
+            return
+        dp = {"xdp": self.dp, "xdp_stack": self.dp_stack}.get(side)
+        for name in ("conntrack", "ct_unconfirmed") if dp else ():
+            t = dp.table(name)
+            try:
+                t.items_delete_batch()
+            except Exception:   # an older bcc without batch ops
+                t.clear()
+
     def udp(self, topo: netlab.Topology, n: int, flows: str) -> dict:
         cfg = self.workdir / f"trafgen-{n}-{flows}.cfg"
+        seconds, warmup = (NEW_SECONDS, NEW_WARMUP) if flows == "new" else (SECONDS, WARMUP)
         if not cfg.exists():
             trafgen_conf(cfg, n, flows)
         sink = self.sinks[topo.tag]
-        limit = int(TRAFGEN_MAX_PPS * (SECONDS + WARMUP + 5))
+        limit = int(TRAFGEN_MAX_PPS * (seconds + warmup + 5))
         for attempt in range(3):
             p = subprocess.Popen(["ip", "netns", "exec", topo.client, "trafgen", "--no-sock-mem",
                                   "--notouch-irq", "--dev", "cl0", "--conf", str(cfg), "-P", "1",
                                   "-n", str(limit)], start_new_session=True,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            time.sleep(WARMUP)
+            time.sleep(warmup)
             if p.poll() is None:
                 break
             # trafgen sometimes gives up on a full TX ring at start ("Flushing TX_RING
@@ -240,9 +275,10 @@ class Stack:
             if attempt == 2 or "TX_RING" not in err:
                 raise RuntimeError(f"trafgen exited early: {err}")
         try:
+            ct_drops0 = netlab.conntrack_drops(topo.node) if topo is self.i else None
             tx0 = netlab.link_stats(topo.client, "cl0")
             c0, d0, t0 = netlab.cpu_times(), netlab.sink_delivered(sink), time.perf_counter()
-            time.sleep(SECONDS)
+            time.sleep(seconds)
             d1, t1, c1 = netlab.sink_delivered(sink), time.perf_counter(), netlab.cpu_times()
             tx1 = netlab.link_stats(topo.client, "cl0")
         finally:
@@ -257,6 +293,11 @@ class Stack:
                "softirq_cores": soft / dt, "busy_cores": busy / dt}
         if topo is self.i and flows == "new":
             out["nf_conntrack_count"] = topo.conntrack_count()
+            # Fairness: a full nf_conntrack table drops (or evicts on) inserts, which
+            # would lower iptables' delivered rate for another reason than its cost.
+            ct_drops1 = netlab.conntrack_drops(topo.node)
+            if ct_drops0 is not None and ct_drops1 is not None:
+                out["nf_conntrack_drops"] = ct_drops1 - ct_drops0
         return out
 
     # ---- scenario 3 --------------------------------------------------------------
@@ -298,16 +339,19 @@ def test_stack(benchmark, stack, services, kind):
     benchmark.group = f"stack {kind}"
     setup = stack.program(services, kind)
     flows_list = ("new", "established") if kind == "udp" else ("connections",)
-    runs: dict = {(side, f): [] for side in SIDES for f in flows_list}
+    sides = SIDES[kind]
+    runs: dict = {(side, f): [] for side in sides for f in flows_list}
     loads = [os.getloadavg()[0]]
 
     def measure():
         for rep in range(REPS):
-            order = SIDES if rep % 2 == 0 else SIDES[::-1]
+            order = sides if rep % 2 == 0 else sides[::-1]
             for f in flows_list:
                 for side in order:
                     topo = stack.use(side)
                     if kind == "udp":
+                        if f == "new":
+                            stack.empty_flows(side)
                         runs[(side, f)].append(stack.udp(topo, services, f))
                     else:
                         runs[(side, f)].append(stack.tcp(topo, services))
@@ -317,20 +361,26 @@ def test_stack(benchmark, stack, services, kind):
     metric = "pps" if kind == "udp" else "cps"
     info = {"suite": SUITE, "scenario": kind, "services": services, "endpoints": ENDPOINTS,
             "reps": REPS, "seconds": SECONDS if kind == "udp" else TCP_SECONDS, "warmup_s": WARMUP,
+            "new_seconds": NEW_SECONDS, "new_warmup_s": NEW_WARMUP,
             "quick": QUICK, "loadavg_1m": [round(x, 2) for x in loads],
             **{f"setup_{k}": v for k, v in {**stack.setup, **setup}.items()}}
     results = {}
     for f in flows_list:
-        x, xf, i = runs[("xdp", f)], runs[("xdp_fib", f)], runs[("iptables", f)]
+        x, i = runs[("xdp", f)], runs[("iptables", f)]
         entry = {}
-        for side, rs in (("xdp", x), ("xdp_fib", xf), ("iptables", i)):
+        for side in sides:
+            rs = runs[(side, f)]
             entry[side] = {k: _summary([r.get(k) for r in rs]) for k in rs[0]
-                           if k not in ("nf_conntrack_count",)}
-            if "nf_conntrack_count" in rs[0]:
-                entry[side]["nf_conntrack_count"] = [r["nf_conntrack_count"] for r in rs]
+                           if k not in ("nf_conntrack_count", "nf_conntrack_drops")}
+            for k in ("nf_conntrack_count", "nf_conntrack_drops"):
+                if k in rs[0]:
+                    entry[side][k] = [r[k] for r in rs]
         ratios = [a[metric] / b[metric] for a, b in zip(x, i) if b[metric]]
         entry["ratio"] = _summary(ratios)
-        entry["ratio_fib"] = _summary([a[metric] / b[metric] for a, b in zip(xf, i) if b[metric]])
+        for side in sides:
+            if side not in ("xdp", "iptables"):
+                entry[f"ratio_{side}"] = _summary([a[metric] / b[metric]
+                                                   for a, b in zip(runs[(side, f)], i) if b[metric]])
         if kind == "udp":
             entry["softirq_ratio"] = _summary([b["softirq_ns_per_pkt"] / a["softirq_ns_per_pkt"]
                                                for a, b in zip(x, i)
@@ -341,5 +391,8 @@ def test_stack(benchmark, stack, services, kind):
     info["results"] = results
     benchmark.extra_info.update(info)
     for f, e in results.items():
-        print(f"\n  {kind} {f} @ {services} services: xdp {e['xdp'][metric]['median']:.0f} "
-              f"iptables {e['iptables'][metric]['median']:.0f} {metric}, ratio {e['ratio']['median']:.2f}")
+        print(f"\n  {kind} {f} @ {services} services: "
+              + " ".join(f"{side} {e[side][metric]['median']:.0f}" for side in sides)
+              + f" {metric}, xdp/iptables {e['ratio']['median']:.2f}"
+              + "".join(f", {k[6:]}/iptables {v['median']:.2f}" for k, v in e.items()
+                        if k.startswith("ratio_") and k != "ratio_of_medians" and v["median"]))

@@ -133,6 +133,79 @@ def load_sink():
     return bpf, bpf.load_func(b"xdp_sink", BPF.XDP).fd
 
 
+REDIRECT_FLOOR_PROGRAM = r"""
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/udp.h>
+BPF_DEVMAP(floor_tx, 1);   /* slot 0: the node's backend veth */
+int xdp_redirect_floor(struct xdp_md *ctx) {
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > end || eth->h_proto != htons(ETH_P_IP)) return XDP_PASS;
+    struct iphdr *ip = (void *)(eth + 1);
+    if ((void *)(ip + 1) > end || ip->ihl != 5 || ip->protocol != IPPROTO_UDP) return XDP_PASS;
+    struct udphdr *udp = (void *)(ip + 1);
+    if ((void *)(udp + 1) > end) return XDP_PASS;
+    unsigned char dst[ETH_ALEN] = {DST_MAC}, src[ETH_ALEN] = {SRC_MAC};
+    udp->dest = htons(SINK_PORT);
+    __builtin_memcpy(eth->h_dest, dst, ETH_ALEN);
+    __builtin_memcpy(eth->h_source, src, ETH_ALEN);
+    return floor_tx.redirect_map(0, XDP_PASS);
+}
+"""
+
+
+def load_redirect_floor(node_ns: str):
+    """The lab's own cost of a frame redirected from the client's veth to the backend's,
+    with no dataplane work at all (no lookup, no NAT, no conntrack): the sink's port
+    and the MAC addresses set, then bpf_redirect_map to the node's backend veth — the
+    ceiling of any XDP dataplane in this topology. (BPF object, program fd)."""
+    from bcc import BPF
+    from controlplane.dataplane.attach import in_netns
+    mac = lambda m: ", ".join(f"0x{b}" for b in m.split(":"))  # noqa: E731
+    bpf = BPF(text=REDIRECT_FLOOR_PROGRAM.encode(),
+              cflags=[f"-DSINK_PORT={SINK_PORT}", f"-DDST_MAC={mac(BACKEND_MAC)}",
+                      f"-DSRC_MAC={mac(NODE_BACKEND_MAC)}"])
+    fd = bpf.load_func(b"xdp_redirect_floor", BPF.XDP).fd
+    from controlplane.dataplane.libbpf import u32_update
+    with in_netns(node_ns):   # a DEVMAP names its device in the writer's namespace
+        u32_update(bpf[b"floor_tx"].map_fd, 0, ifindex(node_ns, "n-be"))
+    return bpf, fd
+
+
+def ifindex(ns: str, dev: str) -> int:
+    return json.loads(sh("ip", "-n", _check(ns), "-j", "link", "show", "dev", dev).stdout)[0]["ifindex"]
+
+
+def flush_conntrack(ns: str) -> None:
+    """Empty the namespace's conntrack table (that namespace only), as a fresh node has it."""
+    from pyroute2 import Conntrack
+
+    from controlplane.lab import netns
+
+    def flush() -> None:
+        ct = Conntrack()
+        try:
+            ct.flush()
+        finally:
+            ct.close()
+    netns.call_in(_check(ns), flush)
+
+
+def conntrack_drops(ns: str) -> int | None:
+    """netfilter's drop + early_drop counters of the namespace, summed over CPUs (a full
+    conntrack table drops or evicts on insert)."""
+    r = in_ns(ns, "cat", "/proc/net/stat/nf_conntrack", check=False)
+    lines = r.stdout.split("\n") if r.returncode == 0 else []
+    if len(lines) < 2:
+        return None
+    head = lines[0].split()
+    cols = [head.index(c) for c in ("drop", "early_drop") if c in head]
+    return sum(int(ln.split()[c], 16) for ln in lines[1:] if ln.strip() for c in cols)
+
+
 def sink_delivered(sink_bpf) -> int:
     t = sink_bpf[b"sink_count"]
     return int(t.sum(t.Key(0)).value)

@@ -1,10 +1,13 @@
 /* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
 /*
- * fib.h — after a rewrite, hand the packet to the kernel stack (default), or, built
- * with -DSVCXDP_FIB_REDIRECT, look the next hop up in the FIB and redirect the
- * frame straight to the egress device. Anything the FIB cannot resolve (no
- * neighbour yet, TTL about to expire, VLAN-tagged frames) still goes to the
- * stack, which sends the ICMP errors and does ARP.
+ * fib.h — after a rewrite, send the frame on without the node's stack: look the next
+ * hop up in the FIB and redirect the frame to the egress device (a local pod's veth,
+ * or the node's external interface towards another node), when that device is one the
+ * agent made a redirect target (tx_ports, maps.h). Everything else goes to the stack
+ * (XDP_PASS), untouched: no route or neighbour yet (the stack does ARP), TTL about to
+ * expire or a frame larger than the egress MTU (the stack sends the ICMP error or
+ * fragments), VLAN-tagged frames, and devices not in tx_ports. Built with
+ * -DSVCXDP_STACK_FORWARD, every translated frame goes to the stack.
  */
 #ifndef SVCXDP_FIB_H
 #define SVCXDP_FIB_H
@@ -34,20 +37,36 @@ static __always_inline void fib_params_set(struct bpf_fib_lookup *p, struct xdp_
 	p->ifindex = ctx->ingress_ifindex;
 }
 
+/* Redirect a routed frame to `ifindex` if that device is a redirect target: TTL
+ * decremented, MAC addresses from the FIB. Returns XDP_REDIRECT, or XDP_PASS having
+ * changed nothing. Counted in ev->extra unless a rarer event holds it. */
+static __always_inline int fib_redirect(struct ethhdr *eth, struct iphdr *ip, __u32 ifindex,
+					const __u8 *smac, const __u8 *dmac, struct events *ev)
+{
+	/* The map's verdict first: XDP_PASS when the device is not listed. The frame
+	 * is only handed over after the program returns, so it may still change. */
+	if (tx_ports.redirect_map(ifindex, XDP_PASS) != XDP_REDIRECT) {
+		if (ev->extra == SVCXDP_CNT_MAX)
+			ev->extra = SVCXDP_CNT_REDIRECT_REFUSED;
+		return XDP_PASS;
+	}
+	ip_decrease_ttl(ip);
+	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
+	if (ev->extra == SVCXDP_CNT_MAX)
+		ev->extra = SVCXDP_CNT_FIB_REDIRECT;
+	return XDP_REDIRECT;
+}
+
 static __always_inline int forward(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *ip,
 				   int vlan, struct events *ev)
 {
-#ifdef SVCXDP_FIB_REDIRECT
+#ifndef SVCXDP_STACK_FORWARD
 	if (!vlan && ip->ttl > 1) {
 		struct bpf_fib_lookup p = {};
 		fib_params_set(&p, ctx, ip, ip->daddr);
-		if (bpf_fib_lookup(ctx, &p, sizeof(p), 0) == BPF_FIB_LKUP_RET_SUCCESS) {
-			ip_decrease_ttl(ip);
-			__builtin_memcpy(eth->h_dest, p.dmac, ETH_ALEN);
-			__builtin_memcpy(eth->h_source, p.smac, ETH_ALEN);
-			ev->extra = SVCXDP_CNT_FIB_REDIRECT;
-			return bpf_redirect(p.ifindex, 0);
-		}
+		if (bpf_fib_lookup(ctx, &p, sizeof(p), 0) == BPF_FIB_LKUP_RET_SUCCESS)
+			return fib_redirect(eth, ip, p.ifindex, p.smac, p.dmac, ev);
 	}
 #endif
 	return XDP_PASS;

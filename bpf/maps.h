@@ -98,6 +98,23 @@ SVCXDP_F_MAP("lpm_trie", struct src_range_key, __u8, source_ranges, SVCXDP_SOURC
 /* The external entry point's tail (svcxdp_np_out, nodeport.h), slot 0; set by the
  * loader. Pinned, so a program still attached after its agent stopped keeps it. */
 SVCXDP_MAP("prog", __u32, __u32, np_tail, 1);
+/* ifindex -> that device, for every device the agent made a redirect target (fib.h):
+ * a veth only takes redirected frames when its peer runs an XDP program (or has GRO
+ * on), else the kernel drops them, so only devices the agent prepared are listed and
+ * a frame for any other goes through the stack. bcc's BPF_DEVMAP cannot be pinned:
+ * the same table shape (redirect_map only) in a section of its own. */
+struct tx_ports_table_t {
+	__u32 key;
+	__u32 leaf;
+	__u64 (*redirect_map)(int, int);
+	__u32 max_entries;
+};
+#ifdef SVCXDP_PIN_DIR
+__attribute__((section("maps/devmap:" SVCXDP_PIN_DIR "/tx_ports")))
+#else
+__attribute__((section("maps/devmap")))
+#endif
+struct tx_ports_table_t tx_ports = { .max_entries = SVCXDP_TX_PORTS_SIZE };
 /* Per-service packets, bytes, new flows, rejects. */
 SVCXDP_MAP("percpu_array", __u32, struct svc_stats, svc_stats, SVCXDP_SVC_ID_SLOTS);
 /* Per-backend new flows (8 bytes x backends x CPUs). */

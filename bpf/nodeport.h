@@ -409,9 +409,9 @@ static __always_inline int np_snat(struct xdp_md *ctx, struct iphdr *ip, void *d
 }
 
 /* Send a translated frame on: back out of the interface it came in on with XDP_TX,
- * to another device with bpf_redirect when built with SVCXDP_FIB_REDIRECT, else to
- * the stack (no neighbour yet, TTL about to expire, VLAN tags, or a local pod by
- * default). The body of the svcxdp_np_out tail program: the frame is re-parsed, its
+ * to another device that is a redirect target with bpf_redirect_map (fib.h), else to
+ * the stack (no neighbour yet, TTL about to expire, VLAN tags, a device that is not a
+ * redirect target, or every other device when built with SVCXDP_STACK_FORWARD). The body of the svcxdp_np_out tail program: the frame is re-parsed, its
  * headers already hold the new addresses. */
 static __always_inline int np_forward(struct xdp_md *ctx, struct events *ev)
 {
@@ -440,20 +440,18 @@ static __always_inline int np_forward(struct xdp_md *ctx, struct events *ev)
 	np_route_lookup(ctx, ip, ip->daddr, &r);
 	if (r.rc != BPF_FIB_LKUP_RET_SUCCESS || ip->ttl <= 1)
 		return XDP_PASS;
-	int tx = r.ifindex == ctx->ingress_ifindex;
-#ifndef SVCXDP_FIB_REDIRECT
-	if (!tx)
+	if (r.ifindex != ctx->ingress_ifindex) {
+#ifdef SVCXDP_STACK_FORWARD
 		return XDP_PASS;
+#else
+		return fib_redirect(eth, ip, r.ifindex, r.smac, r.dmac, ev);
 #endif
+	}
 	ip_decrease_ttl(ip);
 	__builtin_memcpy(eth->h_dest, r.dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, r.smac, ETH_ALEN);
-	if (tx) {
-		ev->extra = SVCXDP_CNT_XDP_TX;
-		return XDP_TX;
-	}
-	ev->extra = SVCXDP_CNT_FIB_REDIRECT;
-	return bpf_redirect(r.ifindex, 0);
+	ev->extra = SVCXDP_CNT_XDP_TX;
+	return XDP_TX;
 }
 
 /* A reply from a backend on another node to a source-NATed flow: backend:bport ->

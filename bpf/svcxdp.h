@@ -109,7 +109,7 @@
 #define SVCXDP_CNT_ICMP_NAT 10         /* ICMP errors quoting a NATed flow, translated */
 #define SVCXDP_CNT_SLOT_MISS 11        /* slot without backend, or with another service's (read
 					* while the writer replaced it): dropped */
-#define SVCXDP_CNT_FIB_REDIRECT 12     /* forwarded by bpf_redirect after a FIB lookup */
+#define SVCXDP_CNT_FIB_REDIRECT 12     /* redirected to the egress device after a FIB lookup */
 #define SVCXDP_CNT_MAGLEV_FALLBACK 13  /* Maglev table missing or mid-resize: hashed over slots */
 /* ClientIP affinity, one of these per new flow of an affinity service (affinity.h). */
 #define SVCXDP_CNT_AFFINITY_HIT 14     /* sent to the client's remembered backend */
@@ -133,6 +133,7 @@
 #define SVCXDP_CNT_DROP_NO_LOCAL 28    /* Local traffic policy, no local endpoint: dropped */
 #define SVCXDP_CNT_XDP_TX 29           /* sent back out of the interface it came in on */
 #define SVCXDP_CNT_SNAT_RECLAIMED 30   /* SNAT port taken from an unconfirmed flow (nodeport.h) */
+#define SVCXDP_CNT_REDIRECT_REFUSED 31 /* routed, but the egress device is not in tx_ports: to the stack */
 #define SVCXDP_CNT_MAX 32
 
 /* ---- hairpin ------------------------------------------------------------------ */
@@ -156,6 +157,9 @@
 #define SVCXDP_DEFAULT_TCP_TIMEOUT_S 21600   /* established TCP: 6 h, as Cilium */
 #define SVCXDP_DEFAULT_TCP_CLOSE_TIMEOUT_S 10 /* after FIN/RST */
 #define SVCXDP_DEFAULT_UDP_TIMEOUT_S 60      /* UDP idle */
+/* Devices a translated frame may be redirected to (fib.h), by ifindex: ifindexes at or
+ * above this are never redirect targets (their frames go through the stack). */
+#define SVCXDP_TX_PORTS_SIZE 65536
 /* A first fragment's record translates later fragments this long, as the kernel
  * keeps a reassembly queue (net.ipv4.ipfrag_time): after that the IP id may be
  * reused by another datagram, which must not inherit the old translation. */

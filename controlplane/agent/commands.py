@@ -49,8 +49,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="IP:PORT of /metrics and /proxyMode, as kube-proxy's (port 0 disables them)")
     p.add_argument("--check-interval", type=float, default=30.0,
                    help="seconds between consistency checks of the maps against the store")
-    p.add_argument("--fib-redirect", action="store_true",
-                   help="forward rewritten packets with a FIB lookup and bpf_redirect instead of the stack")
+    p.add_argument("--fib-redirect", action=argparse.BooleanOptionalAction, default=True,
+                   help="send translated packets straight to the egress device (FIB lookup + redirect; "
+                        "default) where the agent made it a redirect target (a veth whose peer it gave "
+                        "an XDP program); --no-fib-redirect: every one through the node's stack")
     p.add_argument("--ct-size", type=int, help="conntrack entries (default 1048576)")
     p.add_argument("--tcp-timeout", type=int, metavar="S",
                    help="idle timeout of an established TCP flow, seconds (default 21600)")

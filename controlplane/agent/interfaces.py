@@ -1,6 +1,9 @@
 """Keeping the XDP program attached to every interface a node serves, as pods come
 and go. Each veth peer gets a pass-through XDP program too: native XDP on veth
-delivers XDP_TX frames (our RSTs and ICMP rejections) only to a peer that has one."""
+delivers XDP_TX frames (our RSTs and ICMP rejections) and redirected frames only to a
+peer that has one. An interface whose peer got it becomes a redirect target
+(bpf/fib.h: translated frames for it skip the node's stack); one whose peer this agent
+does not run (a real node's pods, --interfaces/--discover) stays on the stack path."""
 from __future__ import annotations
 
 import logging
@@ -45,14 +48,20 @@ class InterfaceManager:
         for key, t in current.items():
             if key in self._attached:
                 continue
+            peer = bool(t.peer_netns and t.peer_ifname)
             try:
-                if t.peer_netns and t.peer_ifname:
+                if peer:
                     attach_xdp(self._pass_fd, t.peer_ifname, t.peer_netns, self.mode)
                 # the node's external interface gets the entry point for traffic
                 # from outside (NodePort, LB IPs, externalIPs)
                 external = getattr(t, "role", "pod") == "external"
                 attach_xdp(self.dp.external_prog_fd if external else self.dp.prog_fd,
                            t.ifname, t.netns, self.mode)
+                # Native mode only: a generic-mode peer program does not make the
+                # veth take redirected frames.
+                if peer and self.mode == "native" and not self.dp.allow_redirect(t.ifindex, t.netns):
+                    log.info("%s (ifindex %d) is beyond the redirect map: its frames go "
+                             "through the stack", t.ifname, t.ifindex)
             except (AttachError, OSError) as exc:  # e.g. a pod removed meanwhile
                 log.warning("attach to %s in %s failed: %s", t.ifname, t.netns, exc)
                 continue

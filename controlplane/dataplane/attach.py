@@ -6,6 +6,8 @@ program fd is resolved in this process, so one process can serve many namespaces
 """
 from __future__ import annotations
 
+import ctypes
+import os
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -22,6 +24,41 @@ _pr2config.default_communicate_timeout = max(_pr2config.default_communicate_time
 
 class AttachError(RuntimeError):
     pass
+
+
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int, what: str) -> None:
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise AttachError(f"setns({what}): {os.strerror(err)}")
+
+
+@contextmanager
+def in_netns(netns: str | None) -> Iterator[None]:
+    """Run the block with this thread in the named network namespace (None: stay).
+    A DEVMAP entry names its device by ifindex in the writer's namespace."""
+    if not netns:
+        yield
+        return
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        try:
+            target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+        except FileNotFoundError:
+            raise AttachError(f"network namespace {netns!r} not found") from None
+        try:
+            _setns(target, netns)
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            _setns(own, "the thread's own namespace")
+    finally:
+        os.close(own)
 
 
 @contextmanager

@@ -48,7 +48,9 @@ class DataplaneConfig:
     tcp_timeout_s: int = const("DEFAULT_TCP_TIMEOUT_S")
     tcp_close_timeout_s: int = const("DEFAULT_TCP_CLOSE_TIMEOUT_S")
     udp_timeout_s: int = const("DEFAULT_UDP_TIMEOUT_S")
-    fib_redirect: bool = False
+    # Translated frames go to their egress device with a FIB lookup + redirect (fib.h)
+    # where the device is a redirect target; False: every one through the node's stack.
+    fib_redirect: bool = True
     pin: bool = True
     pin_root: Path = PIN_ROOT
 
@@ -90,8 +92,8 @@ class DataplaneConfig:
             f"-DSVCXDP_UDP_TIMEOUT_S={self.udp_timeout_s}ULL",
             "-Wno-unused-function",
         ]
-        if self.fib_redirect:
-            flags.append("-DSVCXDP_FIB_REDIRECT=1")
+        if not self.fib_redirect:
+            flags.append("-DSVCXDP_STACK_FORWARD=1")
         if self.pin:
             flags.append(f'-DSVCXDP_PIN_DIR="{self.pin_dir}"')
         return flags

@@ -187,6 +187,21 @@ def u32_array_write(fd: int, values) -> None:
     _check(lib().bpf_map_update_batch(fd, keys, vals, count, opts), "bpf_map_update_batch")
 
 
+def u32_update(fd: int, key: int, value: int) -> None:
+    """One u32 -> u32 entry (a DEVMAP's ifindex -> ifindex among them)."""
+    _check(lib().bpf_map_update_elem(fd, ffi.new("uint32_t *", key), ffi.new("uint32_t *", value), 0),
+           f"bpf_map_update_elem(key {key})")
+
+
+def u32_delete(fd: int, key: int) -> bool:
+    """Remove a u32-keyed entry; False if it was not there."""
+    rc = lib().bpf_map_delete_elem(fd, ffi.new("uint32_t *", key))
+    if rc == -errno.ENOENT:
+        return False
+    _check(rc, f"bpf_map_delete_elem(key {key})")
+    return True
+
+
 def u32_array_read(fd: int, entries: int) -> list[int]:
     """Every value of a u32 ARRAY map, in key order."""
     out = ffi.new("uint32_t[]", entries)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from . import attach as _attach
 from .config import PROGRAM_PINS, DataplaneConfig
 from .layout import COUNTER_NAMES, const
-from .libbpf import map_info, obj_get, prog_id
+from .libbpf import map_info, obj_get, prog_id, u32_delete, u32_update
 from .pinned import PinnedMaps, WritableTable
 
 if TYPE_CHECKING:   # bcc is imported only where a program is compiled (load)
@@ -29,6 +29,7 @@ EXTERNAL_ENTRY = "svcxdp_external"  # the node's external interfaces: NodePort, 
 EXTERNAL_TAIL = "svcxdp_np_out"     # its way out (XDP_TX / redirect), in np_tail slot 0
 CT_GC_ENTRY = "svcxdp_ct_gc"        # idle-flow GC, run with test-run by the agent (ctgc.py)
 SVCXDP_CNT_MAX = const("CNT_MAX")
+TX_PORTS_SIZE = const("TX_PORTS_SIZE")
 MAP_NAMES = ("services", "slots", "backends", "rev_nat", "conntrack", "ct_unconfirmed", "fragments",
              "rr_state", "svc_stats", "backend_stats", "counters", "backend_conns", "maglev", "affinity", "sock_revnat",
              "sock_config", "source_ranges")
@@ -186,6 +187,29 @@ class Dataplane:
         _attach.detach_xdp(ifname, netns, mode)
         if (ifname, netns, mode) in self.attached:
             self.attached.remove((ifname, netns, mode))
+
+    # ---- redirect targets (bpf/fib.h) ---------------------------------------------
+    def _tx_ports_fd(self) -> int:
+        if self._pinned is not None:
+            return self._pinned.fd("tx_ports")
+        return self.bpf[b"tx_ports"].map_fd
+
+    def allow_redirect(self, ifindex: int, netns: str | None = None) -> bool:
+        """Make the device `ifindex` of `netns` (the namespace the program runs in) a
+        target of the FIB redirect: only a device that takes redirected frames may be
+        (a veth whose peer runs an XDP program). False if its ifindex is beyond the
+        map (TX_PORTS_SIZE): its frames keep going through the stack."""
+        if not 0 < ifindex < TX_PORTS_SIZE:
+            return False
+        with _attach.in_netns(netns):
+            u32_update(self._tx_ports_fd(), ifindex, ifindex)
+        return True
+
+    def forbid_redirect(self, ifindex: int) -> None:
+        """Frames for `ifindex` go through the stack again (a removed device leaves
+        the map by itself)."""
+        if 0 < ifindex < TX_PORTS_SIZE:
+            u32_delete(self._tx_ports_fd(), ifindex)
 
     def close(self) -> None:
         """Release this process's handles. Attached programs and pinned maps stay."""
