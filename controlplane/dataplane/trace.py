@@ -43,6 +43,10 @@ ALG_NAMES = {v: k for k, v in ALGORITHMS.items()}
 Address = tuple[str, int]
 
 
+# A translated frame leaves by the stack, or straight to its egress device when the FIB
+# finds a route and that device is a redirect target (bpf/fib.h): only the program knows.
+FORWARDED = "XDP_PASS|XDP_REDIRECT"
+
 @dataclass(frozen=True)
 class Packet:
     src: str
@@ -125,7 +129,8 @@ class Trace:
     conntrack: CtEntry | None = None
     affinity: StickyEntry | None = None
     choice: Choice | None = None
-    verdict: str = "XDP_PASS"             # predicted; "XDP_PASS|XDP_TX": decided by a route
+    verdict: str = "XDP_PASS"             # predicted; "XDP_PASS|XDP_REDIRECT": decided by a route
+                                          # (and whether its device is a redirect target, fib.h)
     reason: str = "pass_non_service"      # the datapath counter it bumps
     rewrite: Rewrite | None = None
     reply_of: Address | None = None       # a reply: the frontend it is turned back into
@@ -425,9 +430,9 @@ def _rewrite(maps, t: Trace, backend: Address | None, snat: Address | None, new:
     dst = backend
     t.rewrite = Rewrite(src, dst)
     if t.entry == "external":
-        t.verdict = "XDP_TX" if snat is not None else "XDP_PASS"
+        t.verdict = "XDP_TX" if snat is not None else FORWARDED
         if new:
-            t.verdict = "XDP_PASS|XDP_TX"
+            t.verdict = "XDP_PASS|XDP_TX|XDP_REDIRECT"
             first = SNAT_PORT_MIN + (p.sport & (SNAT_PORT_COUNT - 1))
             t.rewrite = Rewrite(src, dst, snat=(
                 "if the route to the backend leaves by the interface the packet came in on "
@@ -441,7 +446,7 @@ def _rewrite(maps, t: Trace, backend: Address | None, snat: Address | None, new:
                     t.rewrite = None
                     t.notes.append("the client is outside loadBalancerSourceRanges: dropped")
     else:
-        t.verdict = "XDP_PASS"
+        t.verdict = FORWARDED
 
 
 def _alive(v, proto: int, now_ns: int, timeouts: Timeouts) -> bool:
@@ -467,7 +472,7 @@ def _reply(maps, t: Trace, now_ns: int, timeouts: Timeouts) -> None:
                           dport=port_be16(p.dport), proto=p.proto, dir=DIR_SNAT)
         if v is not None and (_alive(v, p.proto, now_ns, timeouts) or _snat_flow_alive(maps, p, v, now_ns, timeouts)):
             vip = (be32_ip(v.nat_ip), be16_port(v.nat_port))
-            t.reply_of, t.reason, t.verdict = vip, "snat_reply", "XDP_PASS|XDP_TX"
+            t.reply_of, t.reason, t.verdict = vip, "snat_reply", "XDP_PASS|XDP_TX|XDP_REDIRECT"
             t.rewrite = Rewrite(vip, (be32_ip(v.peer_ip), be16_port(v.peer_port)))
             t.notes.append("a reply to a source-NATed flow: both translations reversed")
             return
@@ -499,7 +504,7 @@ def _reply(maps, t: Trace, now_ns: int, timeouts: Timeouts) -> None:
     if (now_ns - entry.last_seen) / NSEC > timeouts.of(p.proto, entry.flags):
         t.notes.append("the flow it answers has expired: passed untouched")
         return
-    t.reply_of, t.reason, t.verdict = vip, "revnat", "XDP_PASS"
+    t.reply_of, t.reason, t.verdict = vip, "revnat", FORWARDED
     t.rewrite = Rewrite(vip, (client, p.dport))
     t.notes.append(f"a backend's reply: its source becomes the frontend {vip[0]}:{vip[1]}")
 
