@@ -1,0 +1,32 @@
+"""The forwarding mode: redirect past the node's stack by default, `--no-fib-redirect` for
+the stack path; the agent's flag reaches the build's cflags (bpf/fib.h)."""
+from __future__ import annotations
+
+import argparse
+
+from controlplane.agent import commands
+from controlplane.dataplane.config import DataplaneConfig
+from controlplane.dataplane.layout import const
+
+
+def _agent_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers())
+    return parser.parse_args(["agent", "--node", "node1", *argv])
+
+
+def test_the_redirect_is_the_default_build():
+    assert DataplaneConfig().fib_redirect
+    assert "-DSVCXDP_STACK_FORWARD=1" not in DataplaneConfig().cflags()
+    assert "-DSVCXDP_STACK_FORWARD=1" in DataplaneConfig(fib_redirect=False).cflags()
+
+
+def test_agent_flag_turns_the_redirect_off_and_keeps_the_old_spelling():
+    assert _agent_args().fib_redirect is True
+    assert _agent_args("--fib-redirect").fib_redirect is True
+    assert _agent_args("--no-fib-redirect").fib_redirect is False
+
+
+def test_redirect_map_bound_comes_from_the_shared_header():
+    from controlplane.dataplane.program import TX_PORTS_SIZE
+    assert TX_PORTS_SIZE == const("TX_PORTS_SIZE") == 65536
