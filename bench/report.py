@@ -762,8 +762,10 @@ def render_all(data: dict, plot_dir: Path | None = None, plot_prefix: str = "") 
         r = agent["restart"]
         out.append(f"Agent start: the build (compile and load with bcc, in a child process) "
                    f"{agent['open_s']:.2f} s + start sync {agent['sync_ms'] / 1e3:.2f} s; a restart with the "
-                   f"same build compiles nothing: open {r['open_s'] * 1e3:.0f} ms + sync adopting the maps "
-                   f"{r['sync_ms'] / 1e3:.2f} s (RSS {mib(r['after_sync']['VmRSS'])}).\n")
+                   f"same build compiles nothing: open {r['open_s'] * 1e3:.0f} ms + "
+                   + (f"adopting the maps {r['adopt_s']:.2f} s + sync {r['sync_ms'] / 1e3:.2f} s"
+                      if "adopt_s" in r else f"sync adopting the maps {r['sync_ms'] / 1e3:.2f} s")
+                   + f" (RSS {mib(r['after_sync']['VmRSS'])}).\n")
     if new_flow_suites:
         out.append(f"## 6. {SCENARIO_TITLES[6]}\n")
         out.append("Same method as scenario 1 (one test-run call per packet, kernel duration summed, "

@@ -30,6 +30,7 @@ class RevNat:
         self.writes = 0
         self._pending: dict[Address, None] = {}  # ordered set of entries to rewrite
         self._sharing_changed: dict[Address, None] = {}  # shared <-> not, since last taken
+        self.shared_count = 0   # addresses with several users (0: no backend row needs the flag)
 
     def _key(self, addr: Address):
         k = self.table.Key()
@@ -48,26 +49,25 @@ class RevNat:
         self._flush()
 
     def _flush(self) -> None:
-        live: list[Address] = []
-        firsts: list[Frontend] = []
-        flags: list[int] = []
-        users_of = self.users.get
-        for addr in self._pending:
-            users = users_of(addr)
-            if not users:
-                try:
-                    del self.table[self._key(addr)]
-                except KeyError:
-                    pass
-                continue
-            live.append(addr)
-            firsts.append(users[0])
-            flags.append(F_SHARED if len(users) > 1 else 0)
+        pending = list(self._pending)
         self._pending.clear()
-        if not live:
+        users_of = self.users.get
+        users = [users_of(addr) for addr in pending]
+        if not all(users):
+            for addr, u in zip(pending, users):
+                if not u:   # no frontend uses it any more
+                    try:
+                        del self.table[self._key(addr)]
+                    except KeyError:
+                        pass
+            pending = [addr for addr, u in zip(pending, users) if u]
+            users = [u for u in users if u]
+        if not pending:
             return
-        n = len(live)
-        ips, ports, protos = zip(*live)
+        n = len(pending)
+        ips, ports, protos = zip(*pending)
+        firsts = [u[0] for u in users]
+        flags = [F_SHARED if len(u) > 1 else 0 for u in users]
         keys = self._keys.columns(n, (be32_column(ips), port_be16(ports), [PROTOCOLS[p] for p in protos]))
         values = self._values.columns(n, (be32_column([fe.vip for fe in firsts]),
                                           port_be16([fe.port for fe in firsts]), flags))
@@ -85,6 +85,7 @@ class RevNat:
             elif fe not in users:
                 users_of[addr] = users = users + (fe,)
                 if len(users) == 2:  # it just became shared
+                    self.shared_count += 1
                     self._write(addr)
                     self._sharing_changed[addr] = None
         if flush:
@@ -102,6 +103,7 @@ class RevNat:
                 else:
                     self.users[addr] = users
                     if len(users) == 1:
+                        self.shared_count -= 1
                         self._sharing_changed[addr] = None
                 self._write(addr)
         if flush:
@@ -150,6 +152,7 @@ class RevNat:
                     users_of[addr] = users + alone
                     if len(users) == 1:
                         shared.append(addr)
+        self.shared_count = len(shared)
         for addr in shared:   # the entry's own frontend first
             first = primary.get(addr, (None,))[0]
             users_of[addr] = tuple(sorted(users_of[addr], key=lambda fe: (fe.vip, fe.port) != first))

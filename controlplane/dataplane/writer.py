@@ -353,7 +353,10 @@ class MapWriter:
             backends += bs
             protos += [PROTOCOLS[proto]] * len(bs)
             svc_ids += [p.svc_id] * len(bs)
-            shared += [len(users((b.ip, b.port, proto), ())) > 1 for b in bs]
+            if self.revnat.shared_count:
+                shared += [len(users((b.ip, b.port, proto), ())) > 1 for b in bs]
+            else:   # no address serves two frontends (the usual case): no lookups
+                shared += [False] * len(bs)
         pk = self._pk
         return write_packed(self.backends, pk["id"].columns(len(ids), [ids]),
                             pk["backend"].columns(len(ids), backend_columns(backends, protos, svc_ids, shared)))

@@ -130,3 +130,46 @@ def test_adopting_mid_update_never_deletes_the_agents_rev_nat_entry(xdp: Harness
     services[key] = entry                       # the agent goes on
     xdp.send(syn(VIP_A, 45000))
     assert_reply_goes_to(xdp, 45000, VIP_A)
+
+
+def test_every_service_on_a_shared_address_is_written_with_the_flag(xdp: Harness):
+    """A backend row carries the flag its address's sharing has when it is written
+    (step 1 of the update order), for the second service on an address and for a
+    third one, whose arrival changes no sharing and so rewrites no other row. The
+    writer skips the per-row lookup while no address is shared (RevNat.shared_count),
+    so the count must follow every attach, detach and adoption."""
+    from controlplane.dataplane.model import ip_to_be32
+    vip_c = "10.96.0.12"
+    at_backends: dict[str, bool] = {}
+
+    def newest_pod_row_flag() -> bool:
+        """The flag of the POD's backend row with the highest service id: the row the
+        upsert in progress has just written (the writer records its ids later)."""
+        rows = {int(b.svc_id): bool(b.flags & F_REPLY_ENTRY)
+                for _, b in xdp.dp.table("backends").items_lookup_batch()
+                if b.ip == ip_to_be32(POD) and b.svc_id}
+        return rows[max(rows)]
+
+    def record(vip: str):
+        def phase(name: str) -> None:
+            if name == "backends":
+                at_backends[vip] = newest_pod_row_flag()
+        return phase
+
+    try:
+        a = xdp.service(vip=VIP_A, backends=(POD,))
+        xdp.writer.after_phase = record(VIP_B)
+        b = xdp.service(vip=VIP_B, backends=(POD,))
+        xdp.writer.after_phase = record(vip_c)
+        c = xdp.service(vip=vip_c, backends=(POD,))
+    finally:
+        xdp.writer.after_phase = None
+    assert at_backends == {VIP_B: True, vip_c: True}
+    assert all(reply_flag(xdp, fe) for fe in (a, b, c))
+    assert xdp.writer.revnat.shared_count == 1
+    xdp.writer.delete(c)
+    assert xdp.writer.revnat.shared_count == 1 and reply_flag(xdp, a) and reply_flag(xdp, b)
+    adopted = MapWriter(xdp.dp)
+    assert adopted.revnat.shared_count == 1
+    xdp.writer.delete(b)
+    assert xdp.writer.revnat.shared_count == 0 and not reply_flag(xdp, a)
