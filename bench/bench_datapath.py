@@ -28,6 +28,18 @@ Paths (each a TCP packet, Ethernet + IPv4 + TCP, 54 bytes):
                this machine (the conntrack map itself is larger: ~104 MiB).
   new_flow     SYN from a tuple never seen before: backend pick, one conntrack
                insert, DNAT (every packet of every round is a distinct tuple)
+  bound_paired not a path: issue 17's empty-table target, new flow / (ruler +
+               established - floor), measured interleaved (empty conntrack only).
+               Each round runs PACKETS calls of each of the four programs in
+               slices of PAIRED_SLICE calls, the four slices' order rotating from
+               slice to slice, so the four means of a round are taken within the
+               same milliseconds; the round's ratio is computed from them, and the
+               figure is the median over rounds (p25-p75, min-max beside it). The
+               rows above it are measured minutes apart, and the ruler alone moved
+               ~25 % between configurations of one run (machine drift), which
+               moved the ratio as much. Same programs and frames as the rows: the
+               new-flow calls insert fresh entries, on a dataplane loaded afresh
+               for this case so it fills the table exactly as the new_flow row did.
 
 Configurations: services x conntrack state. Services are written with the
 project's MapWriter (its time is recorded in extra_info). The default dataplane
@@ -82,11 +94,13 @@ CT_OVERFILL = 8                            # write 1/8 more than a table holds: 
 PACKETS = 500 if QUICK else 2_000          # test-run calls per round
 ROUNDS = 10 if QUICK else 50               # measured rounds per benchmark
 WARMUP = 1 if QUICK else 2                 # unmeasured rounds first
-PATHS = ("floor", "non_service", "established", "reply", "cold_line", "new_flow")
+PAIRED = "bound_paired"
+PATHS = ("floor", "non_service", "established", "reply", "cold_line", "new_flow", PAIRED)
+PAIRED_SLICE = 50                          # consecutive calls of one program in a paired round
 # Every configuration gets a freshly loaded dataplane (services written, conntrack
 # filled). Within one, new_flow runs last because it adds (and, at 1M, evicts)
-# conntrack entries.
-CASES = [(s, c, p) for s in SERVICES for c in CT_ENTRIES for p in PATHS]
+# conntrack entries; the paired case (empty conntrack only) loads its own.
+CASES = [(s, c, p) for s in SERVICES for c in CT_ENTRIES for p in PATHS if p != PAIRED or c == 0]
 SUITE = "datapath"
 LABEL = ("in-kernel cost on one core via BPF_PROG_TEST_RUN (repeat=1 per packet, kernel "
          "duration summed), timer overhead included; not NIC line rate")
@@ -286,11 +300,12 @@ class Env:
     floor_ns: dict = field(default_factory=dict)   # (services, ct) -> floor median
     _ct_arrays: tuple | None = None
 
-    def ensure(self, services: int, ct_entries: int) -> None:
+    def ensure(self, services: int, ct_entries: int, fresh: bool = False) -> None:
         """A freshly loaded dataplane per configuration, so no configuration inherits
         another's map history (an LRU emptied by a bulk delete keeps its free list
-        scattered over memory, which made later new flows slower: see report)."""
-        if self.key == (services, ct_entries):
+        scattered over memory, which made later new flows slower: see report).
+        `fresh`: load it again even if it is this configuration's already."""
+        if self.key == (services, ct_entries) and not fresh:
             return
         from controlplane.dataplane.program import Dataplane
         from controlplane.dataplane.testrun import TestRunner
@@ -424,6 +439,8 @@ def _case_id(case) -> str:
 @pytest.mark.benchmark(disable_gc=True)
 @pytest.mark.parametrize("services,ct_entries,path", CASES, ids=[_case_id(c) for c in CASES])
 def test_datapath(benchmark, env, services, ct_entries, path):
+    if path == PAIRED:
+        return _paired_bound(benchmark, env, services)
     env.ensure(services, ct_entries)
     benchmark.group = f"datapath services={services} conntrack={ct_entries}"
     runner = {"floor": env.floor_runner, "cold_line": env.ruler_runner}.get(path, env.runner)
@@ -585,3 +602,78 @@ def test_new_flow_idle_gc(benchmark, env):
     finally:
         for d in dps.values():
             d.close()
+
+
+# ---- the empty-table target, interleaved ------------------------------------------------
+PAIRED_PARTS = ("floor", "established", "cold_line", "new_flow")
+
+
+def paired_round(calls: dict, frames: dict, n: int, slice_: int, rotation: int) -> dict[str, list[int]]:
+    """One round of the paired measurement: n calls of each program in `calls`
+    (name -> one test-run call), in slices of `slice_` consecutive calls of one
+    program, the slices' order rotating by one from slice to slice (starting at
+    `rotation`). frames[name] is the list of n frames that program is given, in
+    order. Returns each program's per-call kernel durations."""
+    names = list(calls)
+    out: dict[str, list[int]] = {p: [] for p in names}
+    for k, start in enumerate(range(0, n, slice_)):
+        r = (rotation + k) % len(names)
+        for p in names[r:] + names[:r]:
+            run, fs, ds = calls[p], frames[p], out[p]
+            for i in range(start, min(start + slice_, n)):
+                ds.append(run(fs[i]))
+    return out
+
+
+def bound_ratio(means: dict[str, float]) -> float:
+    """new flow / (ruler + established - floor), from one round's means."""
+    return means["new_flow"] / (means["cold_line"] + means["established"] - means["floor"])
+
+
+def _paired_bound(benchmark, env, services: int) -> None:
+    """The empty-table target's ratio from interleaved rounds (module docstring,
+    bound_paired). A freshly loaded dataplane, so its conntrack fills from empty
+    over the same number of new flows as the new_flow row's did."""
+    env.ensure(services, 0, fresh=True)
+    benchmark.group = f"datapath services={services} conntrack=0"
+    established = env.frames["established"]
+    calls = {"floor": env.floor_runner.duration_ns, "established": env.runner.duration_ns,
+             "cold_line": env.ruler_runner.duration_ns, "new_flow": env.runner.duration_ns}
+    rounds: list[dict[str, list[int]]] = []
+
+    def one_round():
+        frames = {"floor": [established] * PACKETS, "established": [established] * PACKETS,
+                  "cold_line": env.new_flows.take(PACKETS), "new_flow": env.new_flows.take(PACKETS)}
+        rounds.append(paired_round(calls, frames, PACKETS, PAIRED_SLICE, len(rounds)))
+
+    load_before = os.getloadavg()[0]
+    before = env.dp.counters()
+    benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP)
+    after = env.dp.counters()
+    total = PACKETS * (ROUNDS + WARMUP)
+    # Correctness: every new-flow call recorded a new flow, every established call hit.
+    assert after["ct_new"] - before["ct_new"] == total, "bound_paired: not every new-flow call was new"
+    assert after["ct_hit"] - before["ct_hit"] == total, "bound_paired: not every established call hit"
+    for other in ("ct_stale", "slot_miss", "drop_malformed", "reject"):
+        assert after[other] == before[other], f"bound_paired: unexpected {other}"
+
+    measured = rounds[WARMUP:]
+    means = [{p: statistics.fmean(r[p]) for p in PAIRED_PARTS} for r in measured]
+    ratios = [bound_ratio(m) for m in means]
+    r25, rmed, r75 = _quartiles(ratios)
+    info = {
+        "suite": SUITE, "path": PAIRED, "services": services, "ct_entries": 0,
+        "bound_ratio_median": round(rmed, 3), "bound_ratio_p25": round(r25, 3),
+        "bound_ratio_p75": round(r75, 3), "bound_ratio_min": round(min(ratios), 3),
+        "bound_ratio_max": round(max(ratios), 3),
+        **{f"{p}_ns_median": round(statistics.median(m[p] for m in means), 1) for p in PAIRED_PARTS},
+        "excess_ns_median": round(statistics.median(
+            m["new_flow"] - (m["cold_line"] + m["established"] - m["floor"]) for m in means), 1),
+        "packets_per_round": PACKETS, "rounds": ROUNDS, "warmup_rounds": WARMUP,
+        "slice_calls": PAIRED_SLICE,
+        "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "cpu": env.cpu, "quick": QUICK, "method": LABEL,
+        **{f"setup_{k}": v for k, v in env.setup.items()},
+    }
+    benchmark.extra_info.update(info)
+    env.close()   # the next configuration loads its own
