@@ -25,6 +25,15 @@
  * Removing a SNAT reply entry frees its port, as the datapath already treats a dead
  * one; removing a forward entry leaves its reply entries to their own judgement.
  *
+ * Order matters for what follows: deleted elements go to the head of the LRU's global
+ * free list, and each CPU refills 128 at a time from there. Deleted in hash order (as
+ * a walk finds them) they are scattered over the whole map, and every later insert and
+ * refill touches cold lines on as many pages; deleted in address order they come back
+ * in memory order, as a fresh map hands them out (bench/results/datapath-notes.md §6:
+ * new flows after a purge 1.50x a fresh map's mean in hash order, 0.99x in address
+ * order). So the agent first asks for the dead entries' addresses (OP_LOCATE), sorts,
+ * and has them deleted in that order (OP_DELETE, judged again).
+ *
  * The datapath never revives an expired entry in place: it replaces it with a new
  * element (ct_create, ct_confirm_entry). What the judgement cannot exclude is a new
  * flow on the very same tuple replacing the entry between this program's lookup and
@@ -70,14 +79,20 @@ static __always_inline int ct_gc_needed(const struct ct_key *k, const struct ct_
 	return ct_gc_forward_live(&fk, now);
 }
 
-/* Judge one entry and remove it if dead: 1 deleted, 0 kept, -1 not there (any more). */
-static __always_inline int ct_gc_one(struct ct_key *k, int unconfirmed, __u64 now)
+/* Judge one entry and remove it if dead: 1 deleted, 0 kept, -1 not there (any more).
+ * With `locate`, nothing is removed: *where gets the dead entry's element address. */
+static __always_inline int ct_gc_one(struct ct_key *k, int unconfirmed, __u64 now, int locate,
+				     __u64 *where)
 {
 	struct ct_value *v = unconfirmed ? ct_unconfirmed.lookup(k) : conntrack.lookup(k);
 	if (!v)
 		return -1;
 	if (!ct_gc_expired(v, now, k->proto) || ct_gc_needed(k, v, now))
 		return 0;
+	if (locate) {
+		*where = (__u64)v;   /* an address for ordering only (root: pointer leaks allowed) */
+		return -1;
+	}
 	if (k->dir == SVCXDP_CT_DIR_FORWARD)
 		ct_uncount(v);
 	long rc = unconfirmed ? ct_unconfirmed.delete(k) : conntrack.delete(k);
@@ -103,6 +118,7 @@ int svcxdp_ct_gc(struct xdp_md *ctx)
 		return XDP_ABORTED;
 	__u32 count = req->count;
 	int unconfirmed = req->table == SVCXDP_CT_GC_UNCONFIRMED;
+	int locate = req->op == SVCXDP_CT_GC_OP_LOCATE;
 	__u64 now = bpf_ktime_get_coarse_ns();
 	/* The counts live in the request (packet memory, whose values the verifier does not
 	 * track): counted in registers, every iteration's outcomes multiplied the states. */
@@ -120,7 +136,10 @@ int svcxdp_ct_gc(struct xdp_md *ctx)
 		if ((void *)(pk + 1) > end)
 			break;
 		struct ct_key k = *pk;
-		int r = ct_gc_one(&k, unconfirmed, now);
+		__u64 where = 0;
+		int r = ct_gc_one(&k, unconfirmed, now, locate, &where);
+		if (locate)
+			*(__u64 *)pk = where;
 		if (r == 1)
 			req->deleted += 1;
 		else if (r == 0)

@@ -175,12 +175,20 @@
 #define SVCXDP_CT_GC_GRACE_S 2
 #define SVCXDP_CT_GC_CONFIRMED 0    /* ct_gc_request.table: conntrack */
 #define SVCXDP_CT_GC_UNCONFIRMED 1  /* ct_unconfirmed */
+/* ct_gc_request.op. LOCATE deletes nothing: it writes over each key slot the address of
+ * the entry's element if the entry is dead (0 otherwise), so the agent can delete in
+ * address order — freed elements then go back to the LRU's free list in memory order,
+ * and the inserts that reuse them walk memory the way a fresh map's do (ctgc.h). */
+#define SVCXDP_CT_GC_OP_DELETE 0
+#define SVCXDP_CT_GC_OP_LOCATE 1
 
 struct ct_gc_request {
 	__u32 table;     /* SVCXDP_CT_GC_* */
 	__u32 count;     /* keys that follow, at most SVCXDP_CT_GC_BATCH */
 	__u32 deleted;   /* out: entries removed */
 	__u32 kept;      /* out: entries found live (or still needed) and kept */
+	__u32 op;        /* SVCXDP_CT_GC_OP_* */
+	__u32 reserved;
 };
 
 /* Key of the `services` map: one entry per (VIP, port, protocol, scope). */

@@ -16,7 +16,7 @@ from scapy.layers.l2 import Ether
 
 from controlplane.agent.ctgc_loop import gc_loop
 from controlplane.dataplane.affinity_maps import coarse_now_ns
-from controlplane.dataplane.ctgc import GRACE_NS, ConntrackGC
+from controlplane.dataplane.ctgc import GRACE_NS, OP_LOCATE, ConntrackGC
 from controlplane.dataplane.layout import const
 
 from .harness import BACKENDS, CLIENT, CLIENT_MAC, NODE_MAC, VIP, Harness, delta
@@ -112,18 +112,40 @@ def test_the_kernel_judges_again_and_keeps_a_live_entry(xdp: Harness, gc: Conntr
     t = xdp.dp.table("conntrack")
     key = next(k for k in t.keys())
     before = xdp.counters()
-    assert gc.delete("conntrack", bytes(key)) == (0, 1)
+    for ordered in (False, True):   # the delete request itself, and locate-then-delete
+        assert gc.delete("conntrack", bytes(key), ordered=ordered) == (0, 1)
     assert len(t.items()) == 1
-    assert delta(before, xdp.counters())["ct_gc_kept"] == 1
+    assert delta(before, xdp.counters())["ct_gc_kept"] == 2
     # past its timeout by less than the grace: a CPU may have judged it alive a moment ago
     tcp_to = timeouts(xdp)[0]
     age(xdp, "conntrack", 41000, DIR_FORWARD, tcp_to + GRACE_NS // 2)
-    assert gc.delete("conntrack", bytes(key)) == (0, 1)
+    for ordered in (False, True):
+        assert gc.delete("conntrack", bytes(key), ordered=ordered) == (0, 1)
     age(xdp, "conntrack", 41000, DIR_FORWARD, tcp_to + GRACE_NS + SEC)
-    assert gc.delete("conntrack", bytes(key)) == (1, 0)
+    assert gc.delete("conntrack", bytes(key), ordered=False) == (1, 0)
     assert len(t.items()) == 0
     # and a key that is no longer there counts as neither
     assert gc.delete("conntrack", bytes(key)) == (0, 0)
+
+
+def test_locate_reports_dead_entries_and_deletes_nothing(xdp: Harness, gc: ConntrackGC):
+    """The first step of an ordered delete: the dead entries' element addresses (for the
+    order of deletion, ctgc.h), 0 for a live one, and nothing removed."""
+    tcp_to = timeouts(xdp)[0]
+    xdp.service()
+    for p in (41000, 41001, 41002):
+        confirmed_tcp(xdp, p)
+    age(xdp, "conntrack", 41000, DIR_FORWARD, tcp_to + GRACE_NS + SEC)
+    age(xdp, "conntrack", 41002, DIR_FORWARD, tcp_to + GRACE_NS + SEC)
+    t = xdp.dp.table("conntrack")
+    keys = sorted(t.keys(), key=lambda k: socket.ntohs(k.sport))
+    deleted, kept, areas = gc._run("conntrack", OP_LOCATE, b"".join(bytes(k) for k in keys))
+    where = [int.from_bytes(a[i:i + 8], "little") for a in areas for i in range(0, len(a), 16)]
+    assert (deleted, kept) == (0, 1)
+    assert where[0] and not where[1] and where[2] and where[0] != where[2]
+    assert len(t.items()) == 3
+    assert gc.delete("conntrack", b"".join(bytes(k) for k in keys)) == (2, 1)
+    assert set(entries(xdp, "conntrack")) == {(41001, DIR_FORWARD)}
 
 
 def test_a_removed_counted_flow_gives_its_connection_back(xdp: Harness, gc: ConntrackGC):
