@@ -231,8 +231,8 @@ def datapath_targets(rows: dict) -> list[dict]:
                       f"({paired['cold_line_ns_median']:.0f} + {paired['established_ns_median']:.0f} − "
                       f"{paired['floor_ns_median']:.0f}) ns")
             out.append({"label": f"new flow, empty conntrack ≤ {EMPTY_VS_BOUND_TARGET:g}× "
-                                 f"(ruler + established − floor)", "services": s, "conntrack": "0",
-                        "ratio": r, "detail": detail,
+                                 f"(ruler + established − floor), measured interleaved",
+                        "services": s, "conntrack": "0", "ratio": r, "detail": detail,
                         "met": r <= EMPTY_VS_BOUND_TARGET, "kind": "empty_vs_bound"})
             continue
         parts = [rows.get((p, s, 0)) for p in ("cold_line", "established", "floor")]
