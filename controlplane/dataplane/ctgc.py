@@ -34,10 +34,10 @@ OP_DELETE, OP_LOCATE = const("CT_GC_OP_DELETE"), const("CT_GC_OP_LOCATE")
 # struct ct_gc_request (svcxdp.h): table, count, deleted, kept, op, reserved; the keys follow.
 REQUEST = struct.Struct("=IIIIII")
 TCP = PROTOCOLS["TCP"]
-# Entries read per table per sweep. Reading costs ~0.75 us of CPU per entry on this kind
-# of machine (BPF_MAP_LOOKUP_BATCH and the numpy preselection), deleting ~1.5 us more per
+# Entries read per table per sweep. Reading costs ~0.7 us of CPU per entry on this kind
+# of machine (BPF_MAP_LOOKUP_BATCH and the numpy preselection), removing ~2 us more per
 # entry removed (bench/results/datapath-notes.md, section 6): 65,536 of each table every
-# 5 s (the agent's default) is ~2 % of one core and a whole 1,310,720-entry pass every ~80 s.
+# 5 s (the agent's default) is 2-9 % of one core and a whole 1,310,720-entry pass every ~80 s.
 DEFAULT_SCAN = 65_536
 
 
