@@ -40,6 +40,10 @@ Paths (each a TCP packet, Ethernet + IPv4 + TCP, 54 bytes):
                moved the ratio as much. Same programs and frames as the rows: the
                new-flow calls insert fresh entries, on a dataplane loaded afresh
                for this case so it fills the table exactly as the new_flow row did.
+               A fifth program runs in the same rounds, a second ruler for reference
+               (COLD_BUCKET_PROGRAM: a bucket, then the line it leads to, two
+               dependent misses as in any hash lookup of a never-seen key), and the
+               ratio to it is reported beside the target's.
 
 Configurations: services x conntrack state. Services are written with the
 project's MapWriter (its time is recorded in extra_info). The default dataplane
@@ -136,6 +140,40 @@ int cold_line(struct xdp_md *ctx)
 """
 
 
+# A second ruler, beside the paired measurement only: a hash table reads a never-seen
+# key's bucket and then, through what it read, the element; so this one reads one
+# 16-byte "bucket" of an array of COLD_BUCKETS (ct_unconfirmed's bucket array is
+# 262,144 x 16 bytes), then increments the line of the cold_line table that the
+# bucket's content (always 0) chooses together with the hash: the second miss waits
+# for the first, as in a hash lookup, instead of overlapping it.
+COLD_BUCKET_PROGRAM = r"""
+struct line { __u64 word[8]; };
+struct bkt { __u64 head, lock; };
+BPF_ARRAY(lines, struct line, COLD_LINES);
+BPF_ARRAY(bkts, struct bkt, COLD_BUCKETS);
+
+int cold_bucket(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	if (data + 36 > end)
+		return XDP_PASS;
+	__u64 src = *(__u32 *)(data + 26), sport = *(__u16 *)(data + 34);
+	__u64 h = (src << 16 | sport) * 0x9E3779B97F4A7C15ULL;
+	__u32 j = (__u32)(h >> 20) & (COLD_BUCKETS - 1);
+	struct bkt *b = bkts.lookup(&j);
+	if (!b)
+		return XDP_PASS;
+	b->lock += 1;
+	__u32 i = ((__u32)(h >> 32) ^ (__u32)b->head) & (COLD_LINES - 1);
+	struct line *l = lines.lookup(&i);
+	if (l)
+		l->word[0] += 1;
+	return XDP_PASS;
+}
+"""
+
+
 def _root_and_bcc() -> str | None:
     if os.geteuid() != 0:
         return "needs root (BPF_PROG_TEST_RUN)"
@@ -198,6 +236,15 @@ def on_one_cpu():
     finally:
         os.sched_setaffinity(0, old)
         floor_bpf.cleanup()
+
+
+def load_cold_bucket_program(lines: int, buckets: int):
+    """The two-line ruler (COLD_BUCKET_PROGRAM); both sizes powers of two."""
+    from bcc import BPF
+    assert lines & (lines - 1) == 0 and buckets & (buckets - 1) == 0, (lines, buckets)
+    bpf = BPF(text=COLD_BUCKET_PROGRAM.encode(),
+              cflags=[f"-DCOLD_LINES={lines}", f"-DCOLD_BUCKETS={buckets}"])
+    return bpf, bpf.load_func(b"cold_bucket", BPF.XDP).fd
 
 
 def load_cold_line_program(lines: int):
@@ -298,6 +345,7 @@ class Env:
     key: tuple | None = None
     setup: dict = field(default_factory=dict)
     floor_ns: dict = field(default_factory=dict)   # (services, ct) -> floor median
+    bucket_runner: object = None                   # the two-line ruler (paired case only)
     _ct_arrays: tuple | None = None
 
     def ensure(self, services: int, ct_entries: int, fresh: bool = False) -> None:
@@ -416,14 +464,16 @@ def env():
         del check["IP"].chksum, check["TCP"].chksum
         assert bytes(check) == probe, "new-flow frame checksums are wrong"
         ruler_bpf, ruler_fd = load_cold_line_program(config.ct_size)
+        bucket_bpf, bucket_fd = load_cold_bucket_program(config.ct_size, config.ct_unconfirmed_size)
         e = Env(config=config, floor_bpf=floor_bpf, floor_runner=TestRunner(floor_fd),
                 ruler_runner=TestRunner(ruler_fd), states=_service_states(), frames=frames,
-                new_flows=new_flows, cpu=cpu)
+                new_flows=new_flows, cpu=cpu, bucket_runner=TestRunner(bucket_fd))
         try:
             yield e
         finally:
             e.close()
             ruler_bpf.cleanup()
+            bucket_bpf.cleanup()
 
 
 # ---- the benchmark -------------------------------------------------------------------
@@ -605,7 +655,7 @@ def test_new_flow_idle_gc(benchmark, env):
 
 
 # ---- the empty-table target, interleaved ------------------------------------------------
-PAIRED_PARTS = ("floor", "established", "cold_line", "new_flow")
+PAIRED_PARTS = ("floor", "established", "cold_line", "cold_bucket", "new_flow")
 
 
 def paired_round(calls: dict, frames: dict, n: int, slice_: int, rotation: int) -> dict[str, list[int]]:
@@ -625,9 +675,9 @@ def paired_round(calls: dict, frames: dict, n: int, slice_: int, rotation: int) 
     return out
 
 
-def bound_ratio(means: dict[str, float]) -> float:
+def bound_ratio(means: dict[str, float], ruler: str = "cold_line") -> float:
     """new flow / (ruler + established - floor), from one round's means."""
-    return means["new_flow"] / (means["cold_line"] + means["established"] - means["floor"])
+    return means["new_flow"] / (means[ruler] + means["established"] - means["floor"])
 
 
 def _paired_bound(benchmark, env, services: int) -> None:
@@ -638,12 +688,14 @@ def _paired_bound(benchmark, env, services: int) -> None:
     benchmark.group = f"datapath services={services} conntrack=0"
     established = env.frames["established"]
     calls = {"floor": env.floor_runner.duration_ns, "established": env.runner.duration_ns,
-             "cold_line": env.ruler_runner.duration_ns, "new_flow": env.runner.duration_ns}
+             "cold_line": env.ruler_runner.duration_ns, "cold_bucket": env.bucket_runner.duration_ns,
+             "new_flow": env.runner.duration_ns}
     rounds: list[dict[str, list[int]]] = []
 
     def one_round():
         frames = {"floor": [established] * PACKETS, "established": [established] * PACKETS,
-                  "cold_line": env.new_flows.take(PACKETS), "new_flow": env.new_flows.take(PACKETS)}
+                  "cold_line": env.new_flows.take(PACKETS), "cold_bucket": env.new_flows.take(PACKETS),
+                  "new_flow": env.new_flows.take(PACKETS)}
         rounds.append(paired_round(calls, frames, PACKETS, PAIRED_SLICE, len(rounds)))
 
     load_before = os.getloadavg()[0]
@@ -661,11 +713,14 @@ def _paired_bound(benchmark, env, services: int) -> None:
     means = [{p: statistics.fmean(r[p]) for p in PAIRED_PARTS} for r in measured]
     ratios = [bound_ratio(m) for m in means]
     r25, rmed, r75 = _quartiles(ratios)
+    b25, bmed, b75 = _quartiles([bound_ratio(m, "cold_bucket") for m in means])
     info = {
         "suite": SUITE, "path": PAIRED, "services": services, "ct_entries": 0,
         "bound_ratio_median": round(rmed, 3), "bound_ratio_p25": round(r25, 3),
         "bound_ratio_p75": round(r75, 3), "bound_ratio_min": round(min(ratios), 3),
         "bound_ratio_max": round(max(ratios), 3),
+        "bucket_bound_ratio_median": round(bmed, 3), "bucket_bound_ratio_p25": round(b25, 3),
+        "bucket_bound_ratio_p75": round(b75, 3),
         **{f"{p}_ns_median": round(statistics.median(m[p] for m in means), 1) for p in PAIRED_PARTS},
         "excess_ns_median": round(statistics.median(
             m["new_flow"] - (m["cold_line"] + m["established"] - m["floor"]) for m in means), 1),

@@ -290,12 +290,16 @@ def _paired_bound_lines(rows: dict, services) -> list[str]:
             n, c, e, f = (p["ns_per_pkt_median"] for p in parts)
             from_rows = f"{n / (c + e - f):.2f}×"
         load = x.get("loadavg_1m", [])
+        bucket = "—"
+        if "bucket_bound_ratio_median" in x:
+            bucket = (f"{x['cold_bucket_ns_median']:.0f} ns: {x['bucket_bound_ratio_median']:.2f}× "
+                      f"({x['bucket_bound_ratio_p25']:.2f}–{x['bucket_bound_ratio_p75']:.2f})")
         lines.append(f"| {_n(s)} | {x['new_flow_ns_median']:.0f} | {x['cold_line_ns_median']:.0f} | "
                      f"{x['established_ns_median']:.0f} | {x['floor_ns_median']:.0f} | "
                      f"{x['excess_ns_median']:+.0f} | **{x['bound_ratio_median']:.2f}×** "
                      f"({x['bound_ratio_p25']:.2f}–{x['bound_ratio_p75']:.2f}; "
                      f"{x['bound_ratio_min']:.2f}–{x['bound_ratio_max']:.2f}) | {from_rows} | "
-                     f"{'–'.join(f'{v:.1f}' for v in load)} |")
+                     f"{bucket} | {'–'.join(f'{v:.1f}' for v in load)} |")
     if not lines:
         return []
     x = next(rows[k] for k in rows if k[0] == "bound_paired")
@@ -308,10 +312,16 @@ def _paired_bound_lines(rows: dict, services) -> list[str]:
              f"conntrack fills from empty as the new-flow row's did. The rows' own ratio (their "
              f"medians, measured minutes apart) is beside it: the ruler moved by a quarter between "
              f"configurations of one run, and the ratio with it. Excess: new flow − bound, median "
-             f"over rounds.\n",
+             f"over rounds. For reference, a second ruler runs in the same rounds: one 16-byte "
+             f"bucket of an array as large as ct_unconfirmed's buckets, then the 64-byte line "
+             f"its content leads to — two dependent misses, as a hash lookup of a never-seen key "
+             f"makes (bucket, then element); the last column is new flow / (that ruler + "
+             f"established − floor), what the new flow costs beyond any hash table's own "
+             f"accesses.\n",
              "| services | new flow ns | ruler ns | established ns | floor ns | excess ns | "
-             "ratio, paired (p25–p75; min–max) | ratio from the rows | load (1 min) |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"] + lines + [""])
+             "ratio, paired (p25–p75; min–max) | ratio from the rows | two-line ruler: ns, "
+             "ratio (p25–p75) | load (1 min) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"] + lines + [""])
 
 
 def _new_flow_call_lines(rows: dict, services, cts) -> list[str]:
