@@ -90,6 +90,7 @@ int bpf_map_update_batch(int fd, const void *keys, const void *values, uint32_t 
                          const struct bpf_map_batch_opts *opts);
 int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys, void *values,
                          uint32_t *count, const struct bpf_map_batch_opts *opts);
+int bpf_map_delete_batch(int fd, const void *keys, uint32_t *count, const struct bpf_map_batch_opts *opts);
 int bpf_map_lookup_elem(int fd, const void *key, void *value);
 int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t flags);
 int bpf_map_delete_elem(int fd, const void *key);
@@ -321,6 +322,49 @@ def update_batch(fd: int, keys, values, count: int) -> None:
     rc = lib().bpf_map_update_batch(fd, ffi.from_buffer(keys), ffi.from_buffer(values), n, opts)
     if rc < 0:
         raise OSError(-rc, f"bpf_map_update_batch: {os.strerror(-rc)} after {n[0]} of {count} entries")
+
+
+# Errors by which a kernel refuses a batch call on a map type (ENOTSUPP, 524, is the
+# kernel's own and may leak to user space).
+_NO_BATCH = (errno.EINVAL, errno.EOPNOTSUPP, 524)
+
+
+def delete_batch(fd: int, keys, key_size: int, count: int) -> int:
+    """Delete `count` packed keys (any buffer) with BPF_MAP_DELETE_BATCH, in their
+    order; returns how many were present. The kernel stops at a key that is not
+    there (ENOENT): that key is skipped and the batch goes on after it. If the
+    kernel refuses batches for the map (its type has no batch delete), the keys are
+    deleted one by one instead."""
+    buf = ffi.from_buffer("uint8_t[]", keys)
+    n = ffi.new("uint32_t *")
+    opts = ffi.new("struct bpf_map_batch_opts *")
+    opts.sz = ffi.sizeof("struct bpf_map_batch_opts")
+    done = deleted = 0
+    while done < count:
+        n[0] = count - done
+        rc = lib().bpf_map_delete_batch(fd, buf + done * key_size, n, opts)
+        deleted += n[0]
+        done += n[0]
+        if rc >= 0:
+            break
+        if -rc == errno.ENOENT:
+            done += 1            # this key was not there: go on after it
+        elif -rc in _NO_BATCH and n[0] == 0:
+            return deleted + _delete_each(fd, buf, key_size, done, count)
+        else:
+            raise OSError(-rc, f"bpf_map_delete_batch: {os.strerror(-rc)} after {done} of {count} keys")
+    return deleted
+
+
+def _delete_each(fd: int, buf, key_size: int, start: int, count: int) -> int:
+    deleted = 0
+    for i in range(start, count):
+        rc = lib().bpf_map_delete_elem(fd, buf + i * key_size)
+        if rc == -errno.ENOENT:
+            continue
+        _check(rc, f"bpf_map_delete_elem(key {i} of {count})")
+        deleted += 1
+    return deleted
 
 
 def lookup_batches_raw(fd: int, key_size: int, value_size: int, batch: int = 8192, limit: int | None = None,

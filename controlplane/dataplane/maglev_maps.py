@@ -14,7 +14,8 @@ import os
 from array import array
 
 from .layout import const
-from .libbpf import map_fd_by_id, map_info, u32_array_map_create, u32_array_read, u32_array_write
+from .libbpf import (delete_batch, lookup_batches_raw, map_fd_by_id, map_info, u32_array_map_create, u32_array_read,
+                     u32_array_write)
 
 INNER_FLAGS = const("MAGLEV_INNER_FLAGS")
 INNER_NAME = "svcxdp_maglev"
@@ -39,6 +40,22 @@ class MaglevMaps:
             return True
         except KeyError:
             return False
+
+    def remove_many(self, svc_ids: list[int]) -> int:
+        """Remove the tables of svc_ids in one batch (ids without a table are skipped);
+        returns how many were removed."""
+        if not svc_ids:
+            return 0
+        try:   # the ids that have one, read in a few batches: a missing key costs a syscall
+            have: set[int] = set()
+            for keys, _, n in lookup_batches_raw(self.outer.map_fd, 4, 4):
+                chunk = array("I")
+                chunk.frombytes(keys[:n * 4])
+                have.update(chunk)
+            ids = array("I", [i for i in svc_ids if i in have])
+        except OSError:   # no batch lookup of a map of maps on this kernel
+            ids = array("I", svc_ids)
+        return delete_batch(self.outer.map_fd, ids, 4, len(ids)) if ids else 0
 
     def has(self, svc_id: int) -> bool:
         return self._inner_id(svc_id) is not None

@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .libbpf import lookup_batches_raw, update_batch
+from .libbpf import delete_batch, lookup_batches_raw, update_batch
 
 _CODES = {ct.c_ubyte: "B", ct.c_ushort: "H", ct.c_uint: "I", ct.c_ulonglong: "Q",
           ct.c_byte: "b", ct.c_short: "h", ct.c_int: "i", ct.c_longlong: "q"}
@@ -96,6 +96,14 @@ def write_packed(table, keys: np.ndarray, values: np.ndarray) -> int:
     if len(keys):
         update_batch(table.map_fd, keys, values, len(keys))
     return len(keys)
+
+
+def delete_packed(table, keys: np.ndarray) -> int:
+    """Delete len(keys) packed keys with BPF_MAP_DELETE_BATCH (libbpf.delete_batch:
+    keys not present are skipped); returns how many were present."""
+    if not len(keys):
+        return 0
+    return delete_batch(table.map_fd, keys, keys.dtype.itemsize, len(keys))
 
 
 def batch_write(table, key_packer: Packer, value_packer: Packer,

@@ -13,8 +13,8 @@ writer which to rewrite.
 from __future__ import annotations
 
 from .layout import const
-from .packing import Packer, be32_column, ips_of_be32, port_be16, ports_of_be16, read_table, write_packed
-from .model import PROTOCOLS, Frontend, be16_to_port, be32_to_ip, ip_to_be32, port_to_be16
+from .packing import Packer, be32_column, delete_packed, ips_of_be32, port_be16, ports_of_be16, read_table, write_packed
+from .model import PROTOCOLS, Frontend
 
 F_SHARED = const("REVNAT_F_SHARED")
 Address = tuple[str, int, str]  # (ip, port, protocol)
@@ -32,13 +32,6 @@ class RevNat:
         self._sharing_changed: dict[Address, None] = {}  # shared <-> not, since last taken
         self.shared_count = 0   # addresses with several users (0: no backend row needs the flag)
 
-    def _key(self, addr: Address):
-        k = self.table.Key()
-        k.ip = ip_to_be32(addr[0])
-        k.port = port_to_be16(addr[1])
-        k.proto = PROTOCOLS[addr[2]]
-        return k
-
     def _write(self, addr: Address) -> None:
         """Queue the entry's new value (or its deletion); `_flush` writes them."""
         self._pending[addr] = None
@@ -53,25 +46,25 @@ class RevNat:
         self._pending.clear()
         users_of = self.users.get
         users = [users_of(addr) for addr in pending]
-        if not all(users):
-            for addr, u in zip(pending, users):
-                if not u:   # no frontend uses it any more
-                    try:
-                        del self.table[self._key(addr)]
-                    except KeyError:
-                        pass
+        if not all(users):   # entries no frontend uses any more: one batch delete
+            unused = [addr for addr, u in zip(pending, users) if not u]
+            delete_packed(self.table, self._packed_keys(unused))
             pending = [addr for addr, u in zip(pending, users) if u]
             users = [u for u in users if u]
         if not pending:
             return
         n = len(pending)
-        ips, ports, protos = zip(*pending)
         firsts = [u[0] for u in users]
         flags = [F_SHARED if len(u) > 1 else 0 for u in users]
-        keys = self._keys.columns(n, (be32_column(ips), port_be16(ports), [PROTOCOLS[p] for p in protos]))
+        keys = self._packed_keys(pending)
         values = self._values.columns(n, (be32_column([fe.vip for fe in firsts]),
                                           port_be16([fe.port for fe in firsts]), flags))
         write_packed(self.table, keys, values)
+
+    def _packed_keys(self, addrs: list[Address]):
+        ips, ports, protos = zip(*addrs)
+        return self._keys.columns(len(addrs), (be32_column(ips), port_be16(ports),
+                                               [PROTOCOLS[p] for p in protos]))
 
     def attach(self, fe: Frontend, addresses: list[tuple[str, int]], flush: bool = True) -> None:
         users_of, pending, proto = self.users, self._pending, fe.protocol

@@ -25,17 +25,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
+import numpy as np
+
 from controlplane.gcpause import paused_gc
 
 from .adopt import adopt
 from .affinity_maps import AffinityGenerations
 from .ids import CapacityError, IdAllocator
 from .installed import (BACKEND_FIELDS, SVC_FIELDS, SVC_KEY_FIELDS, Installed, backend_columns, backend_row,
-                        maglev_table)
+                        maglev_table, service_key_row)
 from .libbpf import zero_entries
 from .maglev_maps import MaglevMaps
 from .model import PROTOCOLS, SCOPES, Backend, Frontend, ServiceState, ip_to_be32, port_to_be16
-from .packing import Packer, batch_write, write_packed
+from .packing import Packer, batch_write, delete_packed, write_packed
 from .pinned import possible_cpus
 from .plan import Plan, check_capacity, plan_upsert
 from .program import Dataplane
@@ -409,6 +411,59 @@ class MapWriter:
         self._slots_used -= inst.slot_count
         return True
 
+    def delete_many(self, frontends: Iterable[Frontend]) -> int:
+        """Remove frontends in one ordered pass, batched per map (BPF_MAP_DELETE_BATCH;
+        libbpf.delete_batch falls back to one delete per key where the kernel has no
+        batch for a map): every service entry first, so from then on no packet finds
+        them; then their Maglev tables, source ranges and slots; then their backends
+        are retired and rev_nat entries no longer used deleted; last the reply-entry
+        flags of addresses whose sharing changed. The same writes and bookkeeping as
+        delete() per frontend, in a few syscalls per map. Returns how many were
+        installed."""
+        gone: list[tuple[Frontend, Installed]] = []
+        for fe in dict.fromkeys(frontends):
+            inst = self._installed.pop(fe, None)
+            if inst is not None:
+                gone.append((fe, inst))
+        if not gone:
+            return 0
+        with paused_gc():
+            self._delete_many(gone)
+        return len(gone)
+
+    def _delete_many(self, gone: list[tuple[Frontend, Installed]]) -> None:
+        pk = self._pk
+        # 1. the service entries: from here on packets do not find these services
+        delete_packed(self.services, pk["svc_key"].rows([service_key_row(fe) for fe, _ in gone]))
+        self.writes += sum(1 + len(inst.backend_ids) for _, inst in gone)
+        self._phase("entries")
+        # 2. what the entries pointed at: Maglev tables, source ranges, slots
+        svc_ids = [inst.svc_id for _, inst in gone]
+        self.writes += self.maglev.remove_many(svc_ids)
+        for _, inst in gone:
+            self.ranges.remove(inst.svc_id, inst.state.source_ranges)
+        slot_svc = [i for _, inst in gone for i in [inst.svc_id] * inst.slot_count]
+        slot_nos = [s for _, inst in gone for s in range(1, inst.slot_count + 1)]
+        self.writes += delete_packed(self.slots, pk["slot_key"].columns(len(slot_nos), [slot_svc, slot_nos]))
+        self._phase("slots")
+        # 3. backends retired (an array: their entries zeroed), ids and rev_nat released
+        bids = [bid for _, inst in gone for bid in inst.backend_ids.values()]
+        write_packed(self.backends, pk["id"].columns(len(bids), [bids]),
+                     np.zeros(len(bids), pk["backend"].dtype))
+        release = self._backend_ids.release
+        for bid in bids:
+            release(bid)
+        for fe, inst in gone:
+            self.revnat.detach(fe, list(inst.backend_ids), flush=False)
+        self.revnat.flush()
+        self._phase("backends")
+        # 4. addresses whose sharing ended: the reply-entry flag of their other entries
+        self._rewrite_reply_flags(self.revnat.take_sharing_changes())
+        for _, inst in gone:
+            self._svc_ids.release(inst.svc_id)
+            self._slots_used -= inst.slot_count
+        self._phase("flags")
+
     def sync(self, states: Iterable[ServiceState]) -> SyncResult:
         """Make the maps hold exactly `states`: the diff, applied in order."""
         with paused_gc():
@@ -417,9 +472,7 @@ class MapWriter:
     def _sync(self, states: Iterable[ServiceState]) -> SyncResult:
         self.repair_adopted()
         desired = {s.frontend: s for s in states}
-        removed = 0
-        for fe in [fe for fe in self._installed if fe not in desired]:
-            removed += self.delete(fe)
+        removed = self.delete_many([fe for fe in self._installed if fe not in desired])
         added = updated = unchanged = 0
         changed = []
         for fe, state in desired.items():
