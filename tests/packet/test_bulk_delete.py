@@ -4,6 +4,9 @@ as deleting the same services one by one with delete() does, and the maps exactl
 empty of the deleted services."""
 from __future__ import annotations
 
+from array import array
+
+from controlplane.dataplane.libbpf import delete_batch
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
 from controlplane.dataplane.packing import Packer, read_table
 from controlplane.dataplane.writer import MapWriter
@@ -99,3 +102,26 @@ def test_batched_delete_leaves_maps_empty_of_them(xdp: Harness):
     assert w.records() == {} and w.revnat.users == {} and w._slots_used == 0
     # and a fresh writer adopting the maps finds nothing to repair
     assert MapWriter(dp).adoption_drift == 0
+
+
+def test_delete_batch_skips_missing_keys(xdp: Harness):
+    """A key not present stops the kernel's batch: it is skipped and the rest deleted
+    (map of maps and LPM trie; this kernel batches both, so the one-by-one fallback
+    for a kernel that refuses is not exercised here)."""
+    w = xdp.writer
+    ms = [ServiceState(Frontend(f"10.96.80.{i}", 80), (Backend("10.245.80.1", 80), Backend("10.245.80.2", 80)),
+                       "maglev", 0, 251, source_ranges=(f"192.168.{i}.0/24",)) for i in range(1, 7)]
+    w.upsert_many(ms)
+    ids = sorted(w.maglev.svc_ids())
+    assert len(ids) == 6
+    keys = array("I", [4000, ids[0], 4001, 4002, ids[2], ids[3], 4003])
+    assert delete_batch(xdp.dp.table("maglev").map_fd, keys, 4, len(keys)) == 3
+    assert sorted(w.maglev.svc_ids()) == [ids[1], ids[4], ids[5]]
+    ranges = xdp.dp.table("source_ranges")
+    have = [bytes(k) for k in ranges.keys()]
+    assert len(have) == 6
+    missing = bytearray(have[0])
+    missing[4:8] = (4000).to_bytes(4, "little")   # the svc_id after prefixlen: no such entry
+    buf = have[1] + bytes(missing) + have[3] + have[4]
+    assert delete_batch(ranges.map_fd, buf, len(have[0]), 4) == 3
+    assert sorted(bytes(k) for k in ranges.keys()) == sorted([have[0], have[2], have[5]])

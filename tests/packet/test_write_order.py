@@ -152,3 +152,36 @@ def test_packets_between_write_steps_of_a_delete(xdp: Harness):
     xdp.writer.delete(FE_A)
     verdict, dst = probe.send(FE_A, 30000)
     assert (verdict, dst) == ("XDP_PASS", FE_A.vip)
+
+
+def test_packets_between_steps_of_a_batched_delete(xdp: Harness):
+    """delete_many (what sync() deletes with): after the entries step no
+    packet finds a deleted service (it passes untouched), before and after every
+    later step; a service kept, sharing a pod with a deleted one, keeps its
+    backends and established flow throughout."""
+    fe_c = Frontend("10.96.60.3", 80)
+    keep = ServiceState(FE_A, pods(1, 2))
+    gone = [ServiceState(FE_B, pods(2, 3), "maglev", 0, 251), ServiceState(fe_c, pods(4, 5))]
+    xdp.writer.sync([keep, *gone])
+    probe = Prober(xdp)
+    probe.open_flow(FE_A)
+    probe.before, probe.after = {FE_A: keep}, {FE_A: keep}
+    phases = []
+
+    def check(phase: str) -> None:
+        phases.append(phase)
+        probe(phase)
+        for s in gone:
+            for _ in range(4):
+                probe.sport += 1
+                verdict, dst = probe.send(s.frontend, probe.sport)
+                if (verdict, dst) != ("XDP_PASS", s.frontend.vip):
+                    probe.problems.append(f"after {phase}: deleted {s.frontend} gave {verdict} {dst}")
+
+    xdp.writer.after_phase = check
+    try:
+        assert xdp.writer.delete_many([s.frontend for s in gone]) == 2
+    finally:
+        xdp.writer.after_phase = None
+    assert phases == ["entries", "slots", "backends", "flags"]
+    assert probe.problems == [], "\n".join(probe.problems[:10])
