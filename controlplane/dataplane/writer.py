@@ -9,7 +9,9 @@ The jobs are in modules of their own; this one puts them in order:
   reply_flags.py  the backend entries' reply-entry flag, kept equal to rev_nat's sharing
   revnat.py       the rev_nat map
 
-Update order (DESIGN.md) so that no packet ever sees a half-written service:
+Update order (DESIGN.md) so that no packet ever sees a half-written service
+(delete_many, removing many at once, has its own: entries first, then what they
+pointed at, then backends and rev_nat, then flags):
   1. rev_nat entries of new addresses, then the backends a service will use,
   2. then its slots, per-service state and Maglev table (swapped whole),
   3. then the service entry (the only thing the datapath finds it by),
