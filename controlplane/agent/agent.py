@@ -104,13 +104,17 @@ class Agent:
         first, then every addition and change in one ordered, batched pass of the
         writer (a few syscalls per map, not per service)."""
         pending: list[tuple[ServiceState, ServiceState | None, str, ServiceKey]] = []
+        gone: dict[Frontend, str] = {}   # removed in one batched pass (writer.delete_many)
+        for key, want in wants.items():
+            self._owners.update(want.owners)
+            for fe in self._frontends.get(key, set()) - {s.frontend for s in want.states}:
+                self._unprogrammed.discard(fe)
+                if self.writer.installed_state(fe) is not None:
+                    gone[fe] = f"{self._owners.get(fe, key)} {fe}"
+        self.writer.delete_many(gone)
+        report.removed.extend(gone.values())
         for key, want in wants.items():
             new = {s.frontend: s for s in want.states}
-            self._owners.update(want.owners)
-            for fe in self._frontends.get(key, set()) - set(new):
-                self._unprogrammed.discard(fe)
-                if self.writer.delete(fe):
-                    report.removed.append(f"{self._owners.get(fe, key)} {fe}")
             for fe, state in new.items():
                 old = self.writer.installed_state(fe)
                 if old != state:
@@ -201,9 +205,9 @@ class Agent:
         # Frontends in the maps that no service owns (left by an earlier agent) go too.
         owned = {fe for fes in self._frontends.values() for fe in fes}
         wanted = {s.frontend for want in wants.values() for s in want.states}
-        for fe in set(self.writer.installed()) - owned - wanted:
-            self.writer.delete(fe)
-            report.removed.append(f"(unowned) {fe}")
+        unowned = set(self.writer.installed()) - owned - wanted
+        self.writer.delete_many(unowned)
+        report.removed += [f"(unowned) {fe}" for fe in unowned]
         self._apply(wants, report)
         report.writes = self.writer.writes - writes
         report.took_ms = (time.perf_counter() - start) * 1000
