@@ -343,14 +343,16 @@ def delete_batch(fd: int, keys, key_size: int, count: int) -> int:
     while done < count:
         n[0] = count - done
         rc = lib().bpf_map_delete_batch(fd, buf + done * key_size, n, opts)
+        if rc < 0 and -rc in _NO_BATCH and done == 0:
+            # Refused before any key (no batch op for this map type): the kernel did not
+            # write the count back, so n still holds what was asked.
+            return _delete_each(fd, buf, key_size, 0, count)
         deleted += n[0]
         done += n[0]
         if rc >= 0:
             break
         if -rc == errno.ENOENT:
             done += 1            # this key was not there: go on after it
-        elif -rc in _NO_BATCH and n[0] == 0:
-            return deleted + _delete_each(fd, buf, key_size, done, count)
         else:
             raise OSError(-rc, f"bpf_map_delete_batch: {os.strerror(-rc)} after {done} of {count} keys")
     return deleted

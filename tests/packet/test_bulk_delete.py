@@ -4,9 +4,12 @@ as deleting the same services one by one with delete() does, and the maps exactl
 empty of the deleted services."""
 from __future__ import annotations
 
+import os
 from array import array
 
-from controlplane.dataplane.libbpf import delete_batch
+import pytest
+
+from controlplane.dataplane.libbpf import delete_batch, u32_array_map_create
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
 from controlplane.dataplane.packing import Packer, read_table
 from controlplane.dataplane.writer import MapWriter
@@ -125,3 +128,15 @@ def test_delete_batch_skips_missing_keys(xdp: Harness):
     buf = have[1] + bytes(missing) + have[3] + have[4]
     assert delete_batch(ranges.map_fd, buf, len(have[0]), 4) == 3
     assert sorted(bytes(k) for k in ranges.keys()) == sorted([have[0], have[2], have[5]])
+
+
+def test_delete_batch_falls_back_where_the_kernel_has_no_batch():
+    """A map type without a batch delete (an array: the kernel answers ENOTSUPP before
+    any key, leaving the count as asked) goes to one delete per key; an array refuses
+    those too, so the error names the single-key call, not a batch that "deleted" all."""
+    fd = u32_array_map_create("svcxdp_nobatch", 4)
+    try:
+        with pytest.raises(OSError, match=r"bpf_map_delete_elem\(key 0 of 3\)"):
+            delete_batch(fd, array("I", [0, 1, 2]), 4, 3)
+    finally:
+        os.close(fd)
