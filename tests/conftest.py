@@ -24,3 +24,22 @@ def pytest_runtest_makereport(item, call):
             and not hasattr(report, "wasxfail")):
         report.outcome = "failed"
         report.longrepr = f"root-only test skipped under CI=true: {item.nodeid}"
+
+
+# The dataplane's pin root (/sys/fs/bpf/svcxdp): tests pin their instances under it and
+# remove them; the root itself goes too when the session created it and left it empty.
+_PIN_ROOT = "/sys/fs/bpf/svcxdp"
+_pin_root_existed = True
+
+
+def pytest_sessionstart(session):
+    global _pin_root_existed
+    _pin_root_existed = os.path.isdir(_PIN_ROOT)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not _pin_root_existed and os.path.isdir(_PIN_ROOT):
+        try:
+            os.rmdir(_PIN_ROOT)   # only if empty: an instance left behind stays visible
+        except OSError:
+            pass
