@@ -24,6 +24,7 @@ from .affinity_maps import coarse_now_ns
 from .layout import const
 from .libbpf import BatchCursor, lookup_batches_raw
 from .model import PROTOCOLS
+from .packing import Packer
 from .testrun import TestRunner
 
 TABLES = {"conntrack": const("CT_GC_CONFIRMED"), "ct_unconfirmed": const("CT_GC_UNCONFIRMED")}
@@ -60,15 +61,6 @@ class SweepStats:
         return sum(self.deleted.values())
 
 
-def _field_dtype(ctype: type, names: tuple[str, ...]) -> np.dtype:
-    """A numpy view of some fields of a ctypes struct (bcc's or BTF's layout, not ours)."""
-    codes = {1: "u1", 2: "u2", 4: "u4", 8: "u8"}
-    return np.dtype({"names": list(names),
-                     "formats": [codes[ct.sizeof(dict(ctype._fields_)[n])] for n in names],
-                     "offsets": [getattr(ctype, n).offset for n in names],
-                     "itemsize": ct.sizeof(ctype)})
-
-
 @dataclass(frozen=True)
 class Timeouts:
     """The program's idle timeouts in seconds (config.py / conntrack.h ct_timeout_ns)."""
@@ -87,13 +79,13 @@ class ConntrackGC:
         cfg = dp.config
         self.timeouts = Timeouts(cfg.tcp_timeout_s, cfg.tcp_close_timeout_s, cfg.udp_timeout_s)
         self.scan = scan
-        self.runner = TestRunner(dp.ct_gc_prog_fd, max_frame=REQUEST.size + BATCH * 16)
         self.tables = {name: dp.table(name) for name in TABLES}
         self.cursors = {name: BatchCursor() for name in TABLES}
         key, leaf = self.tables["conntrack"].Key, self.tables["conntrack"].Leaf
         self.key_size, self.value_size = ct.sizeof(key), ct.sizeof(leaf)
-        self._kdt = _field_dtype(key, ("proto",))
-        self._vdt = _field_dtype(leaf, ("last_seen", "flags"))
+        self.runner = TestRunner(dp.ct_gc_prog_fd, max_frame=REQUEST.size + BATCH * self.key_size)
+        self._kdt = Packer(key, ("proto",)).dtype
+        self._vdt = Packer(leaf, ("last_seen", "flags")).dtype
 
     def _expired(self, kraw: memoryview, vraw: memoryview, n: int, now: int) -> np.ndarray:
         """Indexes of the entries of a chunk idle past timeout + grace (the preselection)."""
