@@ -31,6 +31,11 @@ def xdp_prog(netns: str, ifname: str) -> int | None:
     return prog.get("id")
 
 
+def bpftool_xlated(prog_id: int) -> str:
+    return subprocess.run(["bpftool", "prog", "dump", "xlated", "id", str(prog_id)], check=True,
+                          capture_output=True, text=True).stdout
+
+
 def svcctl_in(netns: str, *args: str, log: Path) -> subprocess.Popen:
     # nsenter keeps the host's mounts (/sys/fs/bpf), which `ip netns exec` would hide
     with open(log, "ab") as out:
@@ -79,6 +84,9 @@ def test_discovery_attach_follow_and_uninstall(node_ns: str, tmp_path: Path) -> 
         external, ours = xdp_prog(node_ns, "eth0"), xdp_prog(node_ns, "veth-a")
         assert external != ours
         assert xdp_prog(node_ns, "uplink") is None and xdp_prog(node_ns, "pod-a") is None  # not ours to take
+        # no device here can be a redirect target (the pods' peers are not ours): the
+        # program is built without the FIB lookup it would pay per packet for nothing
+        assert "fib_lookup" not in bpftool_xlated(ours)
         assert (Path("/sys/fs/bpf/svcxdp") / instance / "prog").exists()
         assert (Path("/sys/fs/bpf/svcxdp") / instance / "prog_external").exists()
         ip("-n", node_ns, "link", "add", "veth-b", "type", "veth", "peer", "name", "pod-b")   # a new pod
