@@ -14,14 +14,13 @@ program was built with others (a wrong guess costs candidates, never a live flow
 from __future__ import annotations
 
 import ctypes as ct
-import struct
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .affinity_maps import coarse_now_ns
-from .layout import const
+from .layout import const, header_struct
 from .libbpf import BatchCursor, lookup_batches_raw
 from .model import PROTOCOLS
 from .packing import Packer
@@ -32,8 +31,9 @@ BATCH = const("CT_GC_BATCH")
 GRACE_NS = const("CT_GC_GRACE_S") * 1_000_000_000
 F_CLOSING = const("CT_F_CLOSING")
 OP_DELETE, OP_LOCATE = const("CT_GC_OP_DELETE"), const("CT_GC_OP_LOCATE")
-# struct ct_gc_request (svcxdp.h): table, count, deleted, kept, op, reserved; the keys follow.
-REQUEST = struct.Struct("=IIIIII")
+# struct ct_gc_request (svcxdp.h), read from the header; the keys follow it.
+Request = header_struct("ct_gc_request")
+REQUEST_SIZE = ct.sizeof(Request)
 TCP = PROTOCOLS["TCP"]
 # Entries read per table per sweep. Reading costs ~0.7 us of CPU per entry on this kind
 # of machine (BPF_MAP_LOOKUP_BATCH and the numpy preselection), removing ~2 us more per
@@ -83,7 +83,7 @@ class ConntrackGC:
         self.cursors = {name: BatchCursor() for name in TABLES}
         key, leaf = self.tables["conntrack"].Key, self.tables["conntrack"].Leaf
         self.key_size, self.value_size = ct.sizeof(key), ct.sizeof(leaf)
-        self.runner = TestRunner(dp.ct_gc_prog_fd, max_frame=REQUEST.size + BATCH * self.key_size)
+        self.runner = TestRunner(dp.ct_gc_prog_fd, max_frame=REQUEST_SIZE + BATCH * self.key_size)
         self._kdt = Packer(key, ("proto",)).dtype
         self._vdt = Packer(leaf, ("last_seen", "flags")).dtype
 
@@ -104,13 +104,14 @@ class ConntrackGC:
         step = BATCH * ks
         for off in range(0, len(keys), step):
             chunk = keys[off:off + step]
-            res = self.runner.run(REQUEST.pack(code, len(chunk) // ks, 0, 0, op, 0) + chunk)
+            req = Request(table=code, count=len(chunk) // ks, op=op)
+            res = self.runner.run(bytes(req) + chunk)
             if res.verdict_name != "XDP_PASS":
                 raise CtGcError(f"svcxdp_ct_gc refused its request: {res.verdict_name}")
-            _, _, d, k, _, _ = REQUEST.unpack_from(res.data)
-            deleted += d
-            kept += k
-            areas.append(res.data[REQUEST.size:REQUEST.size + len(chunk)])
+            out = Request.from_buffer_copy(res.data[:REQUEST_SIZE])
+            deleted += out.deleted
+            kept += out.kept
+            areas.append(res.data[REQUEST_SIZE:REQUEST_SIZE + len(chunk)])
         return deleted, kept, areas
 
     def delete(self, table: str, keys: bytes, ordered: bool = True) -> tuple[int, int]:
