@@ -42,8 +42,11 @@ class RevNat:
         self._flush()
 
     def _flush(self) -> None:
-        pending = list(self._pending)
+        self._write_entries(list(self._pending))
+        # cleared once written: a failed write leaves them queued for the next flush
         self._pending.clear()
+
+    def _write_entries(self, pending: list[Address]) -> None:
         users_of = self.users.get
         users = [users_of(addr) for addr in pending]
         if not all(users):   # entries no frontend uses any more: one batch delete

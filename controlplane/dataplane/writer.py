@@ -392,26 +392,8 @@ class MapWriter:
         self.revnat.detach(p.state.frontend, gone, flush=False)
 
     def delete(self, frontend: Frontend) -> bool:
-        inst = self._installed.pop(frontend, None)
-        if inst is None:
-            return False
-        try:
-            del self.services[self._svc_key(frontend)]
-        except KeyError:
-            pass
-        self.writes += 1 + len(inst.backend_ids)
-        self.writes += self.maglev.remove(inst.svc_id)
-        self.ranges.remove(inst.svc_id, inst.state.source_ranges)
-        for slot in range(1, inst.slot_count + 1):
-            self._delete_slot(inst.svc_id, slot)
-        for bid in inst.backend_ids.values():
-            self.backends[self.backends.Key(bid)] = self.backends.Leaf()
-            self._backend_ids.release(bid)
-        self.revnat.detach(frontend, list(inst.backend_ids))
-        self._rewrite_reply_flags(self.revnat.take_sharing_changes())
-        self._svc_ids.release(inst.svc_id)
-        self._slots_used -= inst.slot_count
-        return True
+        """Remove one frontend (delete_many of one); False if it was not installed."""
+        return self.delete_many([frontend]) == 1
 
     def delete_many(self, frontends: Iterable[Frontend]) -> int:
         """Remove frontends in one ordered pass, batched per map (BPF_MAP_DELETE_BATCH;
@@ -422,15 +404,21 @@ class MapWriter:
         flags of addresses whose sharing changed. The same writes and bookkeeping as
         delete() per frontend, in a few syscalls per map. Returns how many were
         installed."""
-        gone: list[tuple[Frontend, Installed]] = []
-        for fe in dict.fromkeys(frontends):
-            inst = self._installed.pop(fe, None)
-            if inst is not None:
-                gone.append((fe, inst))
+        gone = [(fe, inst) for fe in dict.fromkeys(frontends)
+                if (inst := self._installed.get(fe)) is not None]
         if not gone:
             return 0
-        with paused_gc():
-            self._delete_many(gone)
+        try:
+            with paused_gc():
+                self._delete_many(gone)
+        except BaseException:
+            # Stopped part-way (a failed syscall): the maps may hold any part of these
+            # services. Their records stay, ids still claimed, marked suspect: a later
+            # upsert rewrites all of one, a later delete goes through it all again
+            # (deleting what is gone already is skipped).
+            for _, inst in gone:
+                inst.suspect = True
+            raise
         return len(gone)
 
     def _delete_many(self, gone: list[tuple[Frontend, Installed]]) -> None:
@@ -452,16 +440,21 @@ class MapWriter:
         bids = [bid for _, inst in gone for bid in inst.backend_ids.values()]
         write_packed(self.backends, pk["id"].columns(len(bids), [bids]),
                      np.zeros(len(bids), pk["backend"].dtype))
-        release = self._backend_ids.release
-        for bid in bids:
-            release(bid)
         for fe, inst in gone:
             self.revnat.detach(fe, list(inst.backend_ids), flush=False)
         self.revnat.flush()
         self._phase("backends")
         # 4. addresses whose sharing ended: the reply-entry flag of their other entries
+        #    (rows of frontends that stay: these are still in _installed until now, but
+        #    no longer rev_nat users, so flag_rows passes them by)
         self._rewrite_reply_flags(self.revnat.take_sharing_changes())
-        for _, inst in gone:
+        # Every write done: only now the records go and the ids are free for reuse
+        # (a pass that fails before here leaves them claimed, see delete_many).
+        release = self._backend_ids.release
+        for bid in bids:
+            release(bid)
+        for fe, inst in gone:
+            del self._installed[fe]
             self._svc_ids.release(inst.svc_id)
             self._slots_used -= inst.slot_count
         self._phase("flags")

@@ -140,3 +140,63 @@ def test_delete_batch_falls_back_where_the_kernel_has_no_batch():
             delete_batch(fd, array("I", [0, 1, 2]), 4, 3)
     finally:
         os.close(fd)
+
+
+class Stop(Exception):
+    pass
+
+
+def interrupted(xdp: Harness, monkeypatch, where: str) -> tuple[MapWriter, list[ServiceState], list[ServiceState]]:
+    """A writer holding states(), whose delete pass of all but every 10th stopped at
+    `where`: after a step (after_phase), or in rev_nat's write."""
+    xdp.writer.sync([])
+    w = MapWriter(xdp.dp)
+    all_states = states()
+    w.sync(all_states)
+    keep = all_states[::10]
+    gone = [s for s in all_states if s not in keep]
+
+    def stop(*_args) -> None:
+        raise Stop(where)
+
+    if where == "rev_nat":
+        monkeypatch.setattr(w.revnat, "_write_entries", stop)
+    else:
+        w.after_phase = lambda phase: stop() if phase == where else None
+    with pytest.raises(Stop):
+        w.delete_many([s.frontend for s in gone])
+    w.after_phase = None
+    monkeypatch.undo()
+    return w, keep, gone
+
+
+@pytest.mark.parametrize("where", ["entries", "slots", "rev_nat", "backends"])
+def test_interrupted_delete_keeps_records_and_is_retried(xdp: Harness, monkeypatch, where: str):
+    """A delete pass that stops part-way keeps the records (ids still claimed,
+    marked suspect: the maps may hold any part of them); the next sync deletes
+    them for good, leaving exactly what an uninterrupted pass leaves."""
+    w, keep, gone = interrupted(xdp, monkeypatch, where)
+    records = w.records()
+    assert all(s.frontend in records and records[s.frontend].suspect for s in gone)
+    assert all(w._svc_ids.in_use(records[s.frontend].svc_id) for s in gone)
+    assert all(w._backend_ids.in_use(b) for s in gone for b in records[s.frontend].backend_ids.values())
+    assert w.sync(keep).removed == len(gone)
+    retried = snapshot(xdp, w)
+    clean, _ = run(xdp, batched=True)
+    for what in ("services", "slots", "rev_nat", "backends", "maglev", "ranges", "installed", "users", "shared",
+                 "slots_used", "svc_free", "backend_free"):
+        assert retried[what] == clean[what], what
+
+
+@pytest.mark.parametrize("where", ["entries", "rev_nat"])
+def test_interrupted_delete_then_kept_is_rewritten_whole(xdp: Harness, monkeypatch, where: str):
+    """... and if the next sync wants them again, each is written again in full
+    (suspect), so a fresh writer adopting the maps finds nothing to repair."""
+    w, keep, gone = interrupted(xdp, monkeypatch, where)
+    res = w.sync(states())
+    assert (res.updated, res.added, res.removed) == (len(gone), 0, 0)
+    assert not any(r.suspect for r in w.records().values())
+    adopted = MapWriter(xdp.dp)
+    assert adopted.adoption_drift == 0, adopted.drift_report()
+    assert adopted.installed() == w.installed()
+    w.sync([])
