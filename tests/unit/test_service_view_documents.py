@@ -98,3 +98,119 @@ def test_merge_keeps_the_first_of_a_repeated_address_within_one_slice_too() -> N
     assert merge_backends([[("http", a), ("http", again), ("http", b)]]) == {"http": [a, b]}
     assert merge_backends([[("http", a), ("dns", again)]]) == {"http": [a], "dns": [again]}
     assert merge_backends([[("http", a)], [("http", again), ("http", b)]]) == {"http": [a, b]}
+
+
+# ---- the typed text path (SqliteStore.iter_json -> slice_text_backends) --------------------
+def _text_path(doc: dict) -> tuple:
+    import json
+    from controlplane.controllers.service_view import slice_text_backends
+    return slice_text_backends(json.dumps(doc))
+
+
+def _document_path(doc: dict) -> tuple:
+    meta = doc.get("metadata") or {}
+    owner = (meta.get("labels") or {}).get("kubernetes.io/service-name")
+    return meta.get("namespace") or "", owner, slice_document_backends(copy.deepcopy(doc)) if owner else []
+
+
+def test_text_backends_match_document_backends() -> None:
+    for doc in SLICES:
+        assert _text_path(doc) == _document_path(doc)
+    assert _text_path(SLICES[0])[2], "the test slices must list backends"
+
+
+def test_text_backends_take_the_document_path_for_a_field_of_another_type() -> None:
+    """A field the typed decoder cannot hold (a string condition, a number port name)
+    reads as the tolerant document path reads it, not as an error or a dropped slice."""
+    odd = copy.deepcopy(SLICES[0])
+    odd["endpoints"][0]["conditions"]["ready"] = "yes"      # not False: ready
+    odd["ports"][0]["name"] = 7                              # kept as the dict path keeps it
+    odd["metadata"]["uid"] = {"not": "a string"}             # a field neither path reads
+    assert _text_path(odd) == _document_path(odd)
+    assert _text_path(odd)[2][0][0] == 7
+
+
+def test_text_path_matches_document_path_on_random_slices() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    # Mostly well-formed slices (the fixed SLICES above cover the missing fields), so that
+    # most examples list backends and every condition combination is compared.
+    maybe_bool = st.sampled_from([None, True, False])
+    conditions = st.fixed_dictionaries({}, optional={"ready": maybe_bool, "serving": maybe_bool,
+                                                     "terminating": maybe_bool})
+    endpoint = st.fixed_dictionaries({
+        "addresses": st.lists(st.sampled_from(["10.0.0.1", "10.0.0.2", "10.0.0.3"]), min_size=1, max_size=3),
+        "conditions": conditions,
+    }, optional={
+        "nodeName": st.sampled_from([None, "", "n1", "n2"]),
+        "targetRef": st.fixed_dictionaries({}, optional={
+            "kind": st.sampled_from(["Pod", "Node", None]), "name": st.sampled_from(["p0", "p1", None])}),
+        "zone": st.just("z"),
+    })
+    port = st.fixed_dictionaries({"port": st.integers(1, 65535)},
+                                 optional={"name": st.sampled_from([None, "", "http", "dns"]),
+                                           "protocol": st.just("TCP")})
+    labels = st.fixed_dictionaries({"kubernetes.io/service-name": st.sampled_from(["web", "db"])},
+                                   optional={"app": st.just("x")})
+    slices = st.fixed_dictionaries({
+        "metadata": st.fixed_dictionaries({"name": st.just("s"), "labels": labels},
+                                          optional={"namespace": st.sampled_from(["ns", ""])}),
+        "addressType": st.sampled_from([None, "IPv4", "IPv4", "IPv6"]),
+        "ports": st.lists(port, max_size=3),
+        "endpoints": st.lists(endpoint, max_size=4)})
+
+    @settings(max_examples=300, deadline=None)
+    @given(slices)
+    def check(doc: dict) -> None:
+        assert _text_path(doc) == _document_path(doc)
+
+    check()
+
+
+class _DocumentsOnly:
+    """A store that hands out parsed documents only (as EtcdStore and the Kubernetes feed
+    do): load_service_views must take the generic path with it."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+
+    def list(self, cls, namespace=None, selector=None):
+        return self._store.list(cls, namespace, selector)
+
+    def iter_documents(self, cls, namespace=None):
+        return self._store.iter_documents(cls, namespace)
+
+
+def test_generic_and_text_paths_give_the_same_views(tmp_path) -> None:
+    store = _store(SqliteStore(tmp_path / "s.db"))
+    assert hasattr(store, "iter_json")
+    want = _by_objects(store)
+    assert load_service_views(_DocumentsOnly(store)) == want
+    assert load_service_views(store) == want
+    assert load_service_views(_DocumentsOnly(store), "ns") == load_service_views(store, "ns") == want
+    store.close()
+
+
+def test_iter_json_is_the_stored_documents(tmp_path) -> None:
+    import json
+    store = _store(SqliteStore(tmp_path / "s.db"))
+    for cls in (Service, EndpointSlice):
+        assert [json.loads(t) for t in store.iter_json(cls)] == list(store.iter_documents(cls))
+        assert [json.loads(t) for t in store.iter_json(cls, "ns")] == [o.to_dict() for o in store.list(cls, "ns")]
+        assert store.iter_json(cls, "elsewhere") == []
+    store.close()
+
+
+def test_a_service_msgspec_cannot_parse_reads_as_the_store_lists_it(tmp_path) -> None:
+    """Stored text json.loads reads and msgspec refuses (an unknown field holding Infinity,
+    kept by the codec) takes json.loads: the view has the same Service as `list`."""
+    store = _store(SqliteStore(tmp_path / "s.db"))
+    store.create(Service.from_dict({"metadata": {"name": "odd", "namespace": "ns"},
+                                    "spec": {"clusterIP": "10.96.0.7", "ports": [{"port": 1}],
+                                             "futureField": float("inf")}}))
+    assert "Infinity" in next(t for t in store.iter_json(Service) if '"odd"' in t)
+    views = load_service_views(store)
+    assert views == _by_objects(store)
+    assert [v.service.name for v in views] == ["lonely", "odd", "web"]
+    store.close()
