@@ -63,7 +63,12 @@ def alive(pid: int | None, ns: str) -> bool:
         return False
     _reap(pid)
     ino = netns.inode(ns)
-    return ino is not None and netns.pid_netns_inode(pid) == ino
+    if ino is not None and netns.pid_netns_inode(pid) == ino:
+        return True
+    # Gone, or a zombie (it has no namespace any more): collect the exit status of
+    # a child of ours now, or it stays a zombie until this process ends.
+    _reap(pid)
+    return False
 
 
 def _reap(pid: int) -> None:
