@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from controlplane.api.endpoints import LABEL_SERVICE_NAME, EndpointSlice
 from controlplane.api.service import Service
-from controlplane.controllers.service_view import (ServiceView, SliceBackends, merge_backends, slice_backends,
-                                                   slice_document_backends, view_from_backends)
+from controlplane.controllers.service_view import (ServiceView, SliceBackends, merge_backends, read_services,
+                                                   read_slices, slice_backends, view_from_backends)
 from controlplane.gcpause import paused_gc
 from controlplane.store.interface import DELETED, WatchEvent
 
@@ -30,19 +30,17 @@ class ServiceCache:
     @classmethod
     def load(cls, source: Source) -> "ServiceCache":
         """A consistent snapshot: list both kinds, then replay what changed meanwhile. The
-        slices are read as stored JSON (only their backends are kept)."""
+        slices are read as stored JSON (only their backends are kept: service_view.read_slices)."""
         rv = source.current_resource_version()
         cache = cls(resource_version=rv)
         with paused_gc():
-            for svc in source.list(Service):
+            for svc in read_services(source):
                 cache.services[(svc.namespace, svc.name)] = svc
-            for doc in source.iter_documents(EndpointSlice):
-                meta = doc.get("metadata") or {}
-                owner = (meta.get("labels") or {}).get(LABEL_SERVICE_NAME)
-                if owner:
-                    ns, name = meta.get("namespace") or "", meta.get("name") or ""
-                    cache.slices[(ns, owner)][name] = slice_document_backends(doc)
-                    cache.slice_owner[(ns, name)] = (ns, owner)
+            for es in read_slices(source):
+                if es.service:
+                    key = (es.namespace, es.service)
+                    cache.slices[key][es.name] = es.backends
+                    cache.slice_owner[(es.namespace, es.name)] = key
         cache.apply(source.changes_since(rv, WATCHED_KINDS))
         return cache
 

@@ -20,7 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from operator import itemgetter
 from sys import intern
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import msgspec
 
@@ -181,6 +181,7 @@ class _Port(msgspec.Struct, gc=False):
 
 
 class _Meta(msgspec.Struct, gc=False):
+    name: str | None = None
     namespace: str | None = None
     labels: dict[str, str] | None = None
 
@@ -196,26 +197,37 @@ _decode_slice: Callable[[str], _Slice] = msgspec.json.Decoder(_Slice).decode
 _NO_CONDITIONS = _Conditions()
 
 
-def slice_text_backends(text: str) -> tuple[str, str | None, SliceBackends]:
-    """(namespace, service-name label, backends) of a slice from its stored JSON text:
-    what `slice_document_backends` gives for the parsed document, read with the typed
-    decoder above."""
+class SliceRead(NamedTuple):
+    """What a bulk reader keeps of one EndpointSlice."""
+    namespace: str
+    name: str
+    service: str | None          # the kubernetes.io/service-name label (None: no service)
+    backends: SliceBackends      # empty when `service` is None
+
+
+def slice_document_read(doc: dict[str, Any]) -> SliceRead:
+    meta = doc.get("metadata") or {}
+    owner = (meta.get("labels") or {}).get(LABEL_SERVICE_NAME)
+    return SliceRead(meta.get("namespace") or "", meta.get("name") or "", owner,
+                     slice_document_backends(doc) if owner else [])
+
+
+def slice_text_read(text: str) -> SliceRead:
+    """A slice from its stored JSON text: what `slice_document_read` gives for the parsed
+    document, read with the typed decoder above."""
     try:
         es = _decode_slice(text)
     except msgspec.DecodeError:   # a field of another type: the tolerant document path
-        doc = json.loads(text)
-        meta = doc.get("metadata") or {}
-        return (meta.get("namespace") or "", (meta.get("labels") or {}).get(LABEL_SERVICE_NAME),
-                slice_document_backends(doc))
+        return slice_document_read(json.loads(text))
     meta = es.metadata
-    namespace, owner = "", None
+    namespace, name, owner = "", "", None
     if meta is not None:
-        namespace = meta.namespace or ""
+        namespace, name = meta.namespace or "", meta.name or ""
         if meta.labels:
             owner = meta.labels.get(LABEL_SERVICE_NAME)
     out: SliceBackends = []
     if owner is None or es.addressType not in (None, "IPv4") or not es.ports:
-        return namespace, owner, out
+        return SliceRead(namespace, name, owner, out)
     eps = []
     for e in es.endpoints or ():
         addresses = e.addresses
@@ -237,11 +249,11 @@ def slice_text_backends(text: str) -> tuple[str, str | None, SliceBackends]:
         port = p.port
         if port is None:
             continue
-        name = p.name or ""
+        port_name = p.name or ""
         for addresses, ready, serving, terminating, node, pod in eps:
             for ip in addresses:
-                append((name, _tuple_new(Backend, (ip, port, ready, serving, terminating, node, pod))))
-    return namespace, owner, out
+                append((port_name, _tuple_new(Backend, (ip, port, ready, serving, terminating, node, pod))))
+    return SliceRead(namespace, name, owner, out)
 
 
 _by_address = itemgetter(0, 1)   # (ip, port) of a Backend
@@ -303,29 +315,39 @@ def build_service_view(svc: Service, slices: list[EndpointSlice]) -> ServiceView
     return view_from_backends(svc, backends_by_port_name(slices))
 
 
+def read_slices(store: Any, namespace: str | None = None) -> Iterator[SliceRead]:
+    """Every EndpointSlice as a SliceRead, sorted by (namespace, name): from a store that
+    hands out the stored text (SqliteStore.iter_json), with the typed decoder that reads
+    only the fields the backends need; from any other (EtcdStore, the Kubernetes feed), as
+    parsed documents. `namespace` None: all (passed on only when set: a Source's
+    iter_documents takes none)."""
+    args = (EndpointSlice,) if namespace is None else (EndpointSlice, namespace)
+    iter_json = getattr(store, "iter_json", None)
+    if iter_json is not None:
+        return map(slice_text_read, iter_json(*args))
+    return map(slice_document_read, store.iter_documents(*args))
+
+
+def read_services(store: Any, namespace: str | None = None) -> list[Service]:
+    """Every Service, as the store's `list` gives them (from the stored text where the
+    store hands it out: msgspec parses it faster than json.loads)."""
+    args = (Service,) if namespace is None else (Service, namespace)
+    iter_json = getattr(store, "iter_json", None)
+    if iter_json is not None:
+        return [_service_from_text(text) for text in iter_json(*args)]
+    return store.list(*args)
+
+
 def load_service_views(store: StoreReader, namespace: str | None = None) -> list[ServiceView]:
     """Every Service's view. The slices are read as stored JSON, not decoded into objects
-    (the bulk of the data: 100,000 endpoints at 10,000 services x 10): from a store that
-    hands out the stored text (SqliteStore.iter_json), with the typed decoder that reads
-    only the fields the backends need; from any other, as parsed documents."""
-    iter_json = getattr(store, "iter_json", None)
+    (the bulk of the data: 100,000 endpoints at 10,000 services x 10): see read_slices."""
     with paused_gc():
         per_service: dict[tuple[str, str], list[SliceBackends]] = defaultdict(list)
-        if iter_json is not None:
-            for text in iter_json(EndpointSlice, namespace):
-                ns, name, backends = slice_text_backends(text)
-                if name:
-                    per_service[(ns, name)].append(backends)
-            services = [_service_from_text(text) for text in iter_json(Service, namespace)]
-        else:
-            for doc in store.iter_documents(EndpointSlice, namespace):
-                meta = doc.get("metadata") or {}
-                name = (meta.get("labels") or {}).get(LABEL_SERVICE_NAME)
-                if name:
-                    per_service[(meta.get("namespace") or "", name)].append(slice_document_backends(doc))
-            services = store.list(Service, namespace)
+        for es in read_slices(store, namespace):
+            if es.service:
+                per_service[(es.namespace, es.service)].append(es.backends)
         return [view_from_backends(svc, merge_backends(per_service.get((svc.namespace, svc.name), ())))
-                for svc in services]
+                for svc in read_services(store, namespace)]
 
 
 _decode_json = msgspec.json.decode

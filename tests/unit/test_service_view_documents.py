@@ -100,23 +100,24 @@ def test_merge_keeps_the_first_of_a_repeated_address_within_one_slice_too() -> N
     assert merge_backends([[("http", a)], [("http", again), ("http", b)]]) == {"http": [a, b]}
 
 
-# ---- the typed text path (SqliteStore.iter_json -> slice_text_backends) --------------------
+# ---- the typed text path (SqliteStore.iter_json -> slice_text_read) ------------------------
 def _text_path(doc: dict) -> tuple:
     import json
-    from controlplane.controllers.service_view import slice_text_backends
-    return slice_text_backends(json.dumps(doc))
+    from controlplane.controllers.service_view import slice_text_read
+    return tuple(slice_text_read(json.dumps(doc)))
 
 
 def _document_path(doc: dict) -> tuple:
     meta = doc.get("metadata") or {}
     owner = (meta.get("labels") or {}).get("kubernetes.io/service-name")
-    return meta.get("namespace") or "", owner, slice_document_backends(copy.deepcopy(doc)) if owner else []
+    return (meta.get("namespace") or "", meta.get("name") or "", owner,
+            slice_document_backends(copy.deepcopy(doc)) if owner else [])
 
 
 def test_text_backends_match_document_backends() -> None:
     for doc in SLICES:
         assert _text_path(doc) == _document_path(doc)
-    assert _text_path(SLICES[0])[2], "the test slices must list backends"
+    assert _text_path(SLICES[0])[3], "the test slices must list backends"
 
 
 def test_text_backends_take_the_document_path_for_a_field_of_another_type() -> None:
@@ -127,7 +128,7 @@ def test_text_backends_take_the_document_path_for_a_field_of_another_type() -> N
     odd["ports"][0]["name"] = 7                              # kept as the dict path keeps it
     odd["metadata"]["uid"] = {"not": "a string"}             # a field neither path reads
     assert _text_path(odd) == _document_path(odd)
-    assert _text_path(odd)[2][0][0] == 7
+    assert _text_path(odd)[3][0][0] == 7
 
 
 def test_text_path_matches_document_path_on_random_slices() -> None:
@@ -154,7 +155,7 @@ def test_text_path_matches_document_path_on_random_slices() -> None:
     labels = st.fixed_dictionaries({"kubernetes.io/service-name": st.sampled_from(["web", "db"])},
                                    optional={"app": st.just("x")})
     slices = st.fixed_dictionaries({
-        "metadata": st.fixed_dictionaries({"name": st.just("s"), "labels": labels},
+        "metadata": st.fixed_dictionaries({"name": st.sampled_from(["s", "t"]), "labels": labels},
                                           optional={"namespace": st.sampled_from(["ns", ""])}),
         "addressType": st.sampled_from([None, "IPv4", "IPv4", "IPv6"]),
         "ports": st.lists(port, max_size=3),
@@ -181,6 +182,12 @@ class _DocumentsOnly:
     def iter_documents(self, cls, namespace=None):
         return self._store.iter_documents(cls, namespace)
 
+    def current_resource_version(self):
+        return self._store.current_resource_version()
+
+    def changes_since(self, resource_version, kinds=None):
+        return self._store.changes_since(resource_version, kinds)
+
 
 def test_generic_and_text_paths_give_the_same_views(tmp_path) -> None:
     store = _store(SqliteStore(tmp_path / "s.db"))
@@ -189,6 +196,10 @@ def test_generic_and_text_paths_give_the_same_views(tmp_path) -> None:
     assert load_service_views(_DocumentsOnly(store)) == want
     assert load_service_views(store) == want
     assert load_service_views(_DocumentsOnly(store), "ns") == load_service_views(store, "ns") == want
+    generic, text = ServiceCache.load(_DocumentsOnly(store)), ServiceCache.load(store)
+    assert text.slices == generic.slices and text.slice_owner == generic.slice_owner
+    assert set(text.slice_owner) == {("ns", "web-a"), ("ns", "web-b"), ("ns", "web-v6"), ("ns", "web-none")}
+    assert text.views() == generic.views() == want
     store.close()
 
 
