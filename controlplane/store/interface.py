@@ -125,7 +125,9 @@ class StoreReader(Protocol):
                           selector: Selector | None = None) -> ObjectList: ...
 
     def iter_documents(self, cls: type[ApiObject], namespace: str | None = None) -> Iterator[dict[str, Any]]:
-        """The stored JSON documents of a kind, undecoded, sorted by (namespace, name)."""
+        """The stored JSON documents of a kind, undecoded, sorted by (namespace, name).
+        (SqliteStore also has `iter_json`, the same documents as unparsed text, outside this
+        protocol: bulk readers such as service_view.read_slices use it where present.)"""
 
     def current_resource_version(self) -> int: ...
 
