@@ -128,6 +128,9 @@ def test_service_state_keeps_sorted_backends_and_sorts_others():
         ServiceState(FE, twice)
     with pytest.raises(ModelError, match=rf"backend {re.escape(IPS[6])}:8080 listed twice"):
         ServiceState(FE, backends[:10] + backends[6:7])
+    # in order but for one repeat next to itself (sorted, yet not distinct)
+    with pytest.raises(ModelError, match=rf"backend {NAMED}:8080 listed twice"):
+        ServiceState(FE, backends[:AT + 1] + (Backend(IPS[AT], 8080, "terminating", 2),) + backends[AT + 1:])
 
 
 def test_service_state_checks_what_it_did_before():
