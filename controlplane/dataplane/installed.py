@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from array import array
+from operator import attrgetter
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -25,6 +26,7 @@ F_LOCAL_DROP = const("SVC_F_LOCAL_DROP")
 F_REPLY_ENTRY = const("BACKEND_F_REPLY_ENTRY")
 
 Address = tuple[str, int]
+_state, _weight = attrgetter("state"), attrgetter("weight")
 
 # Field order of the rows below (packing.Packer takes them in offset order).
 SVC_KEY_FIELDS = ("vip", "port", "proto", "scope")
@@ -62,14 +64,21 @@ def service_row(state: ServiceState, svc_id: int, affinity_gen: int) -> tuple:
 
 
 def backend_columns(backends: Sequence[Backend], protos: Sequence[int], svc_ids: Sequence[int],
-                    shared: Sequence[bool]) -> tuple[Sequence[int], ...]:
+                    shared: Sequence[bool] | bool, ip_be32: Sequence[int] | None = None,
+                    port_be16_col: Sequence[int] | None = None) -> tuple[Sequence[int], ...]:
     """Backends map values, one column per field in BACKEND_FIELDS order (the writer
     packs a whole sync's backends at once); `protos`: PROTOCOLS of each one's
     frontend; `shared`: its address serves several frontends, so flows to it record
-    a reply entry (revnat.py)."""
-    return (be32_column([b.ip for b in backends]), port_be16([b.port for b in backends]),
-            [BACKEND_STATES[b.state] for b in backends], protos, svc_ids,
-            [b.weight for b in backends], [F_REPLY_ENTRY if s else 0 for s in shared])
+    a reply entry (revnat.py), or one bool for all; `ip_be32`, `port_be16_col`: the
+    backends' addresses packed already (be32_column, port_be16), if the caller has them."""
+    if ip_be32 is None:
+        ip_be32 = be32_column([b.ip for b in backends])
+    if port_be16_col is None:
+        port_be16_col = port_be16([b.port for b in backends])
+    flags = (F_REPLY_ENTRY if shared else 0) if isinstance(shared, bool) else \
+        [F_REPLY_ENTRY if s else 0 for s in shared]
+    return (ip_be32, port_be16_col, list(map(BACKEND_STATES.__getitem__, map(_state, backends))), protos, svc_ids,
+            list(map(_weight, backends)), flags)
 
 
 def backend_row(fe: Frontend, b: Backend, svc_id: int, shared: bool) -> tuple:

@@ -89,6 +89,17 @@ class Packer:
         return (self.ctype * len(packed)).from_buffer(packed)
 
 
+def concat(parts: Sequence[np.ndarray], dtype: np.dtype) -> np.ndarray:
+    """Packed arrays of one dtype end to end, in that dtype (np.concatenate would
+    promote a structured dtype to one without its padding: not the map's layout)."""
+    out = np.zeros(sum(len(p) for p in parts), dtype)
+    i = 0
+    for p in parts:
+        out[i:i + len(p)] = p
+        i += len(p)
+    return out
+
+
 def write_packed(table, keys: np.ndarray, values: np.ndarray) -> int:
     """One batch update of len(keys) packed entries; returns that count."""
     if len(keys) != len(values):

@@ -4,13 +4,17 @@ whole batch of plans first, so a full map leaves nothing behind."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import attrgetter
 from typing import Sequence
+
+import numpy as np
 
 from .affinity_maps import AffinityGenerations
 from .ids import CapacityError, IdAllocator
 from .installed import Address, Installed, maglev_inputs, service_key_row, service_row, slot_ids
 from .model import Backend, ServiceState
-
+from .packing import be32_column, port_be16
 
 
 @dataclass
@@ -129,3 +133,84 @@ def _plan_new(state: ServiceState, svc_ids: IdAllocator, backend_ids: IdAllocato
     plan.entry_key = service_key_row(state.frontend)
     plan.entry = service_row(state, svc_id, plan.affinity_gen)
     return plan
+
+
+_ip, _port = attrgetter("ip"), attrgetter("port")
+
+
+@dataclass
+class NewPlans:
+    """Plans of frontends the maps do not hold (the bulk of a full sync: 10,000
+    services, 100,000 backends), kept as columns over all their backends, state by
+    state, so the writer packs every map's rows with numpy, not per backend. What is
+    made per backend is only what the records keep: each state's address -> id map.
+
+    Made in two steps, because rev_nat is attached between them (writer.py: an
+    address is attached before its backend entry is written): `NewPlans.of(states)`
+    reads the backends' columns; `allocate` hands out the ids."""
+    states: list[ServiceState]
+    counts: list[int]                  # backends of each state
+    backends: list[Backend]            # every state's backends, state by state
+    ips: list[str]
+    ports: list[int]
+    ip_be32: np.ndarray
+    port_be16: np.ndarray
+    shared: list[bool] | None = None   # per backend; None: no address of these is shared
+    svc_ids: list[int] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)           # backend id of each backend
+    id_maps: list[dict[Address, int]] = field(default_factory=list)
+    slot_counts: list[int] = field(default_factory=list)
+    slot_bids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))  # slots 1..n of each state
+    affinity_gens: list[int] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, states: Sequence[ServiceState]) -> "NewPlans":
+        states = list(states)
+        backends = list(chain.from_iterable(s.backends for s in states))
+        ips, ports = list(map(_ip, backends)), list(map(_port, backends))
+        return cls(states, [len(s.backends) for s in states], backends, ips, ports,
+                   be32_column(ips), port_be16(ports))
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return list(zip(self.ips, self.ports))
+
+    def allocate(self, svc_ids: IdAllocator, backend_ids: IdAllocator, affinity: AffinityGenerations) -> None:
+        """The ids plan_upsert would hand out for each state in turn (allocate_many
+        gives the ids that many allocate() calls would), and each state's slots."""
+        states = self.states
+        self.svc_ids = svc_ids.allocate_many(len(states))
+        self.ids = ids = backend_ids.allocate_many(len(self.backends))
+        addrs = self.addresses
+        id_maps: list[dict[Address, int]] = []
+        slot_counts: list[int] = []
+        slot_parts: list[Sequence[int]] = []
+        gens: list[int] = []
+        start = 0
+        for s, n in zip(states, self.counts):
+            end = start + n
+            id_map = dict(zip(addrs[start:end], ids[start:end]))
+            id_maps.append(id_map)
+            seq = s.slot_sequence()
+            if seq == s.backends:   # every backend, in order (no wrr, none left out): ids as they are
+                slot_parts.append(ids[start:end])
+            else:
+                slot_parts.append([id_map[(b.ip, b.port)] for b in seq])
+            slot_counts.append(len(seq))
+            gens.append(affinity.for_update(s.affinity_timeout, 0))
+            start = end
+        self.id_maps, self.slot_counts, self.affinity_gens = id_maps, slot_counts, gens
+        self.slot_bids = np.fromiter(chain.from_iterable(slot_parts), np.uint32, sum(slot_counts))
+
+    def slot_columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(svc_id, slot, backend id) of every slot."""
+        counts = np.asarray(self.slot_counts, np.int64)
+        svc = np.repeat(np.asarray(self.svc_ids, np.uint32), counts)
+        starts = np.repeat(np.cumsum(counts) - counts, counts)
+        slot = np.arange(len(svc), dtype=np.int64) - starts + 1
+        return svc, slot, self.slot_bids
+
+    def installed(self) -> list[Installed]:
+        """The records of what the maps hold once these are written."""
+        return [Installed(i, s, m, n, affinity_gen=g) for s, i, m, n, g in
+                zip(self.states, self.svc_ids, self.id_maps, self.slot_counts, self.affinity_gens)]

@@ -12,8 +12,12 @@ writer which to rewrite.
 """
 from __future__ import annotations
 
+from itertools import chain, repeat
+
+import numpy as np
+
 from .layout import const
-from .packing import Packer, be32_column, delete_packed, ips_of_be32, port_be16, ports_of_be16, read_table, write_packed
+from .packing import Packer, be32_column, concat, delete_packed, ips_of_be32, port_be16, ports_of_be16, read_table, write_packed
 from .model import PROTOCOLS, Frontend
 
 F_SHARED = const("REVNAT_F_SHARED")
@@ -31,6 +35,8 @@ class RevNat:
         self._pending: dict[Address, None] = {}  # ordered set of entries to rewrite
         self._sharing_changed: dict[Address, None] = {}  # shared <-> not, since last taken
         self.shared_count = 0   # addresses with several users (0: no backend row needs the flag)
+        # entries attach_many queued as packed rows (keys, values); `_flush` writes them
+        self._fresh: list[tuple[np.ndarray, np.ndarray]] = []
 
     def _write(self, addr: Address) -> None:
         """Queue the entry's new value (or its deletion); `_flush` writes them."""
@@ -42,6 +48,12 @@ class RevNat:
         self._flush()
 
     def _flush(self) -> None:
+        # attach_many's rows first: an entry queued since (an address attach_many
+        # added that became shared or unused) is then written over it
+        if self._fresh:
+            write_packed(self.table, concat([k for k, _ in self._fresh], self._keys.dtype),
+                         concat([v for _, v in self._fresh], self._values.dtype))
+            self._fresh.clear()
         self._write_entries(list(self._pending))
         # cleared once written: a failed write leaves them queued for the next flush
         self._pending.clear()
@@ -87,6 +99,35 @@ class RevNat:
         if flush:
             self._flush()
 
+    def attach_many(self, fes: list[Frontend], counts: list[int], ips: list[str], ports: list[int],
+                    ip_col: np.ndarray, port_col: np.ndarray) -> bool:
+        """attach(fes[i], the next counts[i] addresses, flush=False) for each i in turn,
+        in bulk when none of the addresses has a user yet, is queued, or comes twice
+        (a full sync into empty maps): then no address becomes shared, and the entries
+        are queued as rows packed from the columns given (`ip_col`, `port_col`: the
+        ips and ports packed, be32_column and port_be16). Returns False if it had to go one frontend at a time
+        (some address may be shared: ask `shared`)."""
+        protos = list(chain.from_iterable(repeat(fe.protocol, n) for fe, n in zip(fes, counts)))
+        addrs = list(zip(ips, ports, protos))
+        new = dict(zip(addrs, chain.from_iterable(repeat((fe,), n) for fe, n in zip(fes, counts))))
+        if len(new) != len(addrs) or not self.users.keys().isdisjoint(new) or \
+                not self._pending.keys().isdisjoint(new):
+            start = 0
+            for fe, n in zip(fes, counts):
+                self.attach(fe, list(zip(ips[start:start + n], ports[start:start + n])), flush=False)
+                start += n
+            return False
+        self.users.update(new)
+        self.writes += len(addrs)
+        n = len(addrs)
+        vips = be32_column([fe.vip for fe in fes])
+        vports = port_be16([fe.port for fe in fes])
+        counts_col = np.asarray(counts, np.int64)
+        self._fresh.append((
+            self._keys.columns(n, (ip_col, port_col, np.repeat([PROTOCOLS[fe.protocol] for fe in fes], counts_col))),
+            self._values.columns(n, (np.repeat(vips, counts_col), np.repeat(vports, counts_col), 0))))
+        return True
+
     def detach(self, fe: Frontend, addresses: list[tuple[str, int]], flush: bool = True) -> None:
         for ip, port in addresses:
             addr = (ip, port, fe.protocol)
@@ -120,7 +161,7 @@ class RevNat:
     @property
     def pending(self) -> int:
         """Entries queued for rewriting and not yet flushed (after adopt: repairs)."""
-        return len(self._pending)
+        return len(self._pending) + sum(len(k) for k, _ in self._fresh)
 
     def adopt(self, installed: dict[Frontend, list[tuple[str, int]]]) -> None:
         """Rebuild from the maps: each address's users, its own frontend first; queue

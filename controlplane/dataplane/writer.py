@@ -24,7 +24,9 @@ packets there: tests/packet/test_write_order.py).
 """
 from __future__ import annotations
 
+import ctypes as ct
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -35,13 +37,13 @@ from .adopt import adopt
 from .affinity_maps import AffinityGenerations
 from .ids import CapacityError, IdAllocator
 from .installed import (BACKEND_FIELDS, SVC_FIELDS, SVC_KEY_FIELDS, Installed, backend_columns, backend_row,
-                        maglev_table, service_key_row)
+                        maglev_table, service_key_row, service_row)
 from .libbpf import zero_entries
 from .maglev_maps import MaglevMaps
 from .model import PROTOCOLS, SCOPES, Backend, Frontend, ServiceState, ip_to_be32, port_to_be16
-from .packing import Packer, batch_write, delete_packed, write_packed
+from .packing import Packer, batch_write, concat, delete_packed, write_packed
 from .pinned import possible_cpus
-from .plan import Plan, check_capacity, plan_upsert
+from .plan import NewPlans, Plan, check_capacity, plan_upsert
 from .program import Dataplane
 from .reply_flags import flag_drift, flag_rows
 from .revnat import RevNat
@@ -59,6 +61,11 @@ class SyncResult:
     unchanged: int
 
 
+def _holds(old: Installed | None, state: ServiceState) -> bool:
+    """The maps hold exactly `state` by the record `old`."""
+    return old is not None and old.state == state and old.table_ok and not old.suspect
+
+
 class MapWriter:
     def __init__(self, dp: Dataplane) -> None:
         self.dp = dp
@@ -71,6 +78,8 @@ class MapWriter:
         self.conns = dp.table("backend_conns")
         self.backend_stats_fd = dp.table("backend_stats").map_fd
         self._backend_stats_size = possible_cpus() * 8   # one u64 per CPU
+        # per-CPU values: every CPU's copy, each rounded up to 8 bytes
+        self._svc_stats_size = possible_cpus() * (-(-ct.sizeof(self.svc_stats.sLeaf) // 8) * 8)
         self.maglev = MaglevMaps(dp.table("maglev"))
         self.affinity = AffinityGenerations()
         self.revnat = RevNat(dp.table("rev_nat"))
@@ -275,53 +284,80 @@ class MapWriter:
     def _current(self, state: ServiceState) -> Installed | None:
         """The installed record, if the maps already hold exactly `state`."""
         old = self._installed.get(state.frontend)
-        if old is not None and old.state == state and old.table_ok and not old.suspect:
-            return old
-        return None
+        return old if _holds(old, state) else None
 
-    def _upsert_many(self, states: Sequence[ServiceState]) -> list[int]:
-        todo = [(s, self._installed.get(s.frontend)) for s in states if self._current(s) is None]
+    def _upsert_many(self, states: Sequence[ServiceState],
+                     todo: list[tuple[ServiceState, Installed | None]] | None = None) -> list[int]:
+        """`todo`: (state, its record) of the states to write, if the caller (sync)
+        has them already; then nothing is returned."""
+        if todo is None:
+            todo = [(s, self._installed.get(s.frontend)) for s in states if self._current(s) is None]
         check_capacity(todo, self._svc_ids, self._backend_ids, self._slots_used, self.max_slots)
-        made: list[Plan] = []
-        attach = self.revnat.attach
-        for state, old in todo:
-            # Attached first: the frontend's own backend rows then carry the sharing
-            # it causes, so a flow can never meet its backend without the flag.
-            # (Rows of earlier plans of the batch that it made shared: step 5.)
-            attach(state.frontend, [(b.ip, b.port) for b in state.backends], flush=False)
-            made.append(plan_upsert(state, old, self._svc_ids, self._backend_ids, self.affinity))
+        made: list[Plan] = []       # frontends the maps hold: planned one by one, as diffs
+        new: list[NewPlans] = []    # frontends they do not: planned in bulk, as columns
+        attach, revnat = self.revnat.attach, self.revnat
+        # In the order given (ids are handed out in it), a run of new frontends at once.
+        for is_new, run in groupby(todo, key=lambda t: t[1] is None):
+            if is_new:
+                batch = NewPlans.of([state for state, _ in run])
+                revnat.attach_many([st.frontend for st in batch.states], batch.counts, batch.ips, batch.ports,
+                                   batch.ip_be32, batch.port_be16)
+                batch.allocate(self._svc_ids, self._backend_ids, self.affinity)
+                new.append(batch)
+                continue
+            for state, old in run:
+                # Attached first: the frontend's own backend rows then carry the sharing
+                # it causes, so a flow can never meet its backend without the flag.
+                # (Rows of earlier plans of the batch that it made shared: step 5.)
+                attach(state.frontend, [(b.ip, b.port) for b in state.backends], flush=False)
+                made.append(plan_upsert(state, old, self._svc_ids, self._backend_ids, self.affinity))
         pk = self._pk
         # 1. reverse NAT for new addresses, then backends (a fresh id starts with no
         #    connections: a reused one may hold a stale count)
         self.revnat.flush()
         fresh = [i for p in made for i in p.fresh]
+        for batch in new:
+            fresh += batch.ids
         n = write_packed(self.conns, pk["id"].columns(len(fresh), [fresh]),
                          pk["conns"].columns(len(fresh), [0]))
         # ... and no new flows of its own yet (bpf lb_count_new counts them)
         zero_entries(self.backend_stats_fd, fresh, self._backend_stats_size)
-        n += self._write_backends(made)
+        n += self._write_backends(made, new)
         self._phase("backends")
         # 2. slots, then per-service state of new services, then Maglev tables
-        n += self._write_slots(made)
+        n += self._write_slots(made, new)
         new_ids = [p.svc_id for p in made if p.old is None]
+        for batch in new:
+            new_ids += batch.svc_ids
         n += write_packed(self.rr_state, pk["id"].columns(len(new_ids), [new_ids]),
                           pk["rr"].columns(len(new_ids), [0]))
-        for i in new_ids:  # per-CPU values: one write each
-            self.svc_stats[self.svc_stats.Key(i)] = self.svc_stats.Leaf()
-        n += len(new_ids)
+        n += zero_entries(self.svc_stats.map_fd, new_ids, self._svc_stats_size)
         for p in made:
             if p.install_table:
                 self.maglev.install(p.svc_id, maglev_table(p.state, p.ids))
                 n += 1
+        for batch in new:
+            for st, svc_id, ids in zip(batch.states, batch.svc_ids, batch.id_maps):
+                if st.algorithm == "maglev" and (table := maglev_table(st, ids)) is not None:
+                    self.maglev.install(svc_id, table)
+                    n += 1
         for p in made:  # source ranges the entry will point at
             if p.state.source_ranges:
                 self.ranges.add(p.svc_id, set(p.state.source_ranges) -
                                 set(p.old.state.source_ranges if p.old and not p.old.suspect else ()))
+        for batch in new:
+            for st, svc_id in zip(batch.states, batch.svc_ids):
+                if st.source_ranges:
+                    self.ranges.add(svc_id, set(st.source_ranges))
         self.writes += n
         self._phase("slots")
         # 3. the service entries: from here on packets use the new states
-        self.writes += batch_write(self.services, pk["svc_key"], pk["svc"],
-                                   [p.entry_key for p in made], [p.entry for p in made])
+        keys = [p.entry_key for p in made]
+        rows = [p.entry for p in made]
+        for batch in new:
+            keys += [service_key_row(st.frontend) for st in batch.states]
+            rows += [service_row(st, i, g) for st, i, g in zip(batch.states, batch.svc_ids, batch.affinity_gens)]
+        self.writes += batch_write(self.services, pk["svc_key"], pk["svc"], keys, rows)
         self._phase("entries")
         # 4. shrink: tables no longer used, surplus slots, backends that left
         for p in made:
@@ -330,42 +366,58 @@ class MapWriter:
             self._shrink(p)
             self.ranges.remove(p.svc_id, set(p.old.state.source_ranges) - set(p.state.source_ranges))
         self.revnat.flush()
+        installed = self._installed
         for p in made:
             self._slots_used += p.slot_count - (p.old.slot_count if p.old else 0)
-            self._installed[p.state.frontend] = p.installed()
+            installed[p.state.frontend] = p.installed()
+        for batch in new:
+            self._slots_used += sum(batch.slot_counts)
+            installed.update(zip([st.frontend for st in batch.states], batch.installed()))
         self._phase("shrink")
         # 5. addresses that became shared (or stopped being): their other entries
         self._rewrite_reply_flags(self.revnat.take_sharing_changes())
         self._phase("flags")
-        ids = {p.state.frontend: p.svc_id for p in made}
-        return [ids.get(s.frontend) or self._installed[s.frontend].svc_id for s in states]
+        return [installed[s.frontend].svc_id for s in states]   # (empty: sync's call)
 
-    def _write_backends(self, made: Sequence[Plan]) -> int:
+    def _write_backends(self, made: Sequence[Plan], new: Sequence[NewPlans]) -> int:
         """Every plan's backend entries, packed as columns, in one batch."""
         ids: list[int] = []
         backends: list[Backend] = []
         protos: list[int] = []
         svc_ids: list[int] = []
-        shared: list[bool] = []
-        users = self.revnat.users.get   # RevNat.shared, inline: it runs for every backend
         for p in made:
             bs = p.write_backends
             if not bs:
                 continue
-            proto = p.state.frontend.protocol
             ids += p.write_ids
             backends += bs
-            protos += [PROTOCOLS[proto]] * len(bs)
+            protos += [PROTOCOLS[p.state.frontend.protocol]] * len(bs)
             svc_ids += [p.svc_id] * len(bs)
-            if self.revnat.shared_count:
-                shared += [len(users((b.ip, b.port, proto), ())) > 1 for b in bs]
-            else:   # no address serves two frontends (the usual case): no lookups
-                shared += [False] * len(bs)
         pk = self._pk
-        return write_packed(self.backends, pk["id"].columns(len(ids), [ids]),
-                            pk["backend"].columns(len(ids), backend_columns(backends, protos, svc_ids, shared)))
+        parts = [pk["backend"].columns(len(ids), backend_columns(backends, protos, svc_ids, self._shared(made)))]
+        for batch in new:
+            counts = np.asarray(batch.counts, np.int64)
+            protos_col = np.repeat([PROTOCOLS[st.frontend.protocol] for st in batch.states], counts)
+            svc_col = np.repeat(np.asarray(batch.svc_ids, np.uint32), counts)
+            shared = self._shared([(st.frontend.protocol, st.backends) for st in batch.states])
+            parts.append(pk["backend"].columns(len(batch.ids), backend_columns(
+                batch.backends, protos_col, svc_col, shared, batch.ip_be32, batch.port_be16)))
+            ids += batch.ids
+        return write_packed(self.backends, pk["id"].columns(len(ids), [ids]), concat(parts, pk["backend"].dtype))
 
-    def _write_slots(self, made: Sequence[Plan]) -> int:
+    def _shared(self, groups) -> list[bool] | bool:
+        """Each backend's reply-entry flag (RevNat.shared); `groups`: plans, or
+        (protocol, backends) pairs."""
+        if not self.revnat.shared_count:   # no address serves two frontends (the usual case): no lookups
+            return False
+        users = self.revnat.users.get   # RevNat.shared, inline: it runs for every backend
+        out: list[bool] = []
+        for g in groups:
+            proto, bs = (g.state.frontend.protocol, g.write_backends) if isinstance(g, Plan) else g
+            out += [len(users((b.ip, b.port, proto), ())) > 1 for b in bs]
+        return out
+
+    def _write_slots(self, made: Sequence[Plan], new: Sequence[NewPlans]) -> int:
         svc_ids: list[int] = []
         slots: list[int] = []
         bids: list[int] = []
@@ -375,8 +427,13 @@ class MapWriter:
                 slots += p.slot_numbers
                 bids += p.slot_backend_ids
         pk = self._pk
-        return write_packed(self.slots, pk["slot_key"].columns(len(slots), [svc_ids, slots]),
-                            pk["slot"].columns(len(slots), [bids]))
+        keys = [pk["slot_key"].columns(len(slots), [svc_ids, slots])]
+        values = [pk["slot"].columns(len(slots), [bids])]
+        for batch in new:
+            svc, slot, bid = batch.slot_columns()
+            keys.append(pk["slot_key"].columns(len(svc), [svc, slot]))
+            values.append(pk["slot"].columns(len(svc), [bid]))
+        return write_packed(self.slots, concat(keys, pk["slot_key"].dtype), concat(values, pk["slot"].dtype))
 
     def _shrink(self, p: Plan) -> None:
         if p.remove_table:
@@ -469,17 +526,18 @@ class MapWriter:
         desired = {s.frontend: s for s in states}
         removed = self.delete_many([fe for fe in self._installed if fe not in desired])
         added = updated = unchanged = 0
-        changed = []
+        todo: list[tuple[ServiceState, Installed | None]] = []
+        installed = self._installed.get
         for fe, state in desired.items():
-            old = self._installed.get(fe)
+            old = installed(fe)
             if old is None:
                 added += 1
-            elif self._current(state) is not None:
+            elif _holds(old, state):
                 unchanged += 1
                 continue
             else:
                 updated += 1
-            changed.append(state)
-        self.upsert_many(changed)
+            todo.append((state, old))
+        self._upsert_many((), todo)
         return SyncResult(added, updated, removed, unchanged)
 

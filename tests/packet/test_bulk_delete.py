@@ -200,3 +200,39 @@ def test_interrupted_delete_then_kept_is_rewritten_whole(xdp: Harness, monkeypat
     assert adopted.adoption_drift == 0, adopted.drift_report()
     assert adopted.installed() == w.installed()
     w.sync([])
+
+
+def test_reused_ids_start_with_zero_counts(xdp: Harness):
+    """A service or backend id handed out again starts with zeroed per-CPU counters
+    and connection count (the bulk path zeroes them in batches): counts are left in
+    the maps as if the last user of the ids had traffic, then a writer adopting the
+    emptied maps hands the same ids to other services."""
+    w = xdp.writer
+    w.sync([])
+    first = states()[:40]
+    w.sync(first)
+    svc_ids = [w.svc_id(s.frontend) for s in first]
+    bids = [b for s in first for b in w.records()[s.frontend].backend_ids.values()]
+    dp = xdp.dp
+    stats, bstats, conns = dp.table("svc_stats"), dp.table("backend_stats"), dp.table("backend_conns")
+    for i in svc_ids:
+        leaf = stats.Leaf()
+        for v in leaf:
+            v.packets, v.bytes, v.new_flows, v.rejects = 7, 700, 3, 1
+        stats[stats.Key(i)] = leaf
+    for i in bids:
+        leaf = bstats.Leaf()
+        for v in leaf:
+            v.new_flows = 5
+        bstats[bstats.Key(i)] = leaf
+        conns[conns.Key(i)] = conns.Leaf(9)
+    w.sync([])
+    again = MapWriter(dp)
+    others = [ServiceState(Frontend(f"10.96.90.{i + 1}", 443), s.backends) for i, s in enumerate(first)]
+    again.sync(others)
+    assert sorted(again.svc_id(s.frontend) for s in others) == sorted(svc_ids)
+    assert sorted(b for r in again.records().values() for b in r.backend_ids.values()) == sorted(bids)
+    assert all(dp.service_stats(i) == dict(packets=0, bytes=0, new_flows=0, rejects=0) for i in svc_ids)
+    assert all(sum(v.new_flows for v in bstats[bstats.Key(i)]) == 0 for i in bids)
+    assert all(conns[conns.Key(i)].value == 0 for i in bids)
+    again.sync([])

@@ -94,3 +94,45 @@ def test_capacity_is_checked_exactly_before_anything_is_allocated():
     with pytest.raises(CapacityError, match="max_slots=2"):
         check_capacity([(a, None), (b, None)], ids.svc, ids.backend, 0, 2)
     assert ids.svc.available == 2 and ids.backend.available == 3   # nothing taken
+
+
+def test_new_plans_in_bulk_equal_planning_one_by_one():
+    """NewPlans (a full sync's new frontends, as columns) hands out the ids, slots
+    and records that plan_upsert gives state by state, for every slot layout: all
+    backends, some left out (not ready, weight 0), terminating only, wrr, Maglev,
+    ClientIP; with ids reused from the free list as well as fresh ones."""
+    from controlplane.dataplane.plan import NewPlans
+
+    def mk(i: int) -> ServiceState:
+        fe = Frontend(f"10.96.1.{i + 1}", 80 + i % 2, "UDP" if i % 5 == 0 else "TCP")
+        bs = [Backend(f"10.1.{i}.{j}", 8080, "terminating" if (i % 4 == 1 and j == 2) or i % 7 == 3 else "active",
+                      0 if i % 6 == 2 and j == 1 else 1 + j % 3) for j in range(1, 2 + i % 4)]
+        alg = ("random", "wrr", "maglev", "rr")[i % 4]
+        return ServiceState(fe, tuple(bs), alg, 60 if i % 3 == 0 else 0, 251 if alg == "maglev" else None)
+
+    states = [mk(i) for i in range(24)]
+
+    def allocators() -> Ids:
+        ids = Ids(services=40, backends=120)
+        for _ in range(30):   # some freed ids: reused oldest first
+            ids.backend.allocate()
+        for i in (7, 3, 19, 11):
+            ids.backend.release(i)
+        ids.svc.allocate(), ids.svc.allocate()
+        ids.svc.release(2)
+        return ids
+
+    one = allocators()
+    plans = [one.plan(s) for s in states]
+    bulk = allocators()
+    batch = NewPlans.of(states)
+    batch.allocate(bulk.svc, bulk.backend, bulk.affinity)
+    assert batch.svc_ids == [p.svc_id for p in plans]
+    assert batch.ids == [i for p in plans for i in p.fresh]
+    assert [r.backend_ids for r in batch.installed()] == [p.ids for p in plans]
+    assert [p.installed() for p in plans] == batch.installed()
+    svc, slot, bid = batch.slot_columns()
+    assert list(zip(svc.tolist(), slot.tolist(), bid.tolist())) == [
+        (p.svc_id, n, b) for p in plans for n, b in p.slot_writes]
+    assert batch.affinity_gens == [p.affinity_gen for p in plans]
+    assert batch.backends == [b for p in plans for b in p.write_backends]
