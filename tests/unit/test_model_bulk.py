@@ -192,3 +192,8 @@ def test_desired_state_refuses_a_bad_endpoint_among_a_thousand():
     rows[5] = rows[5]._replace(ready=False, terminating=True)
     (state,) = desired_state([_view(rows)], node).states
     assert len(state.backends) == N - 1 and state.backends[5].state == "terminating"
+
+
+def test_a_service_state_takes_backends_only():
+    with pytest.raises(AttributeError):
+        ServiceState(FE, (("10.0.0.1", 80, "active", 1),))
