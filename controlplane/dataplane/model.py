@@ -165,15 +165,17 @@ def make_backends(ips: Sequence[str], ports: Sequence[int], states: Sequence[str
     are made one by one through Backend(), whose ModelError names the first bad one
     exactly as before."""
     n = len(ips)
-    state_column = (states,) * n if isinstance(states, str) else states
-    weight_column = (weights,) * n if isinstance(weights, int) else weights
+    one_state, one_weight = isinstance(states, str), isinstance(weights, int)
+    state_column = (states,) * n if one_state else states
+    weight_column = (weights,) * n if one_weight else weights
     if not len(ports) == len(state_column) == len(weight_column) == n:
         raise ValueError(f"make_backends: columns of unequal length ({n} addresses, {len(ports)} "
                          f"ports, {len(state_column)} states, {len(weight_column)} weights)")
     try:
         checked = (_all_valid_ipv4(ips) and _all_in_range(ports, 1, 65535)
-                   and _all_in_range(weight_column[:1] if isinstance(weights, int) else weights, 0, 65535)
-                   and set(state_column[:1] if isinstance(states, str) else states) <= _STATE_NAMES)
+                   and ((weights.__class__ is int and 0 <= weights <= 65535) if one_weight  # type: ignore[operator]
+                        else _all_in_range(weights, 0, 65535))                            # type: ignore[arg-type]
+                   and (states in _STATE_NAMES if one_state else set(states) <= _STATE_NAMES))
     except TypeError:       # an unhashable state, or values min/max cannot order
         checked = False
     if not checked:
