@@ -157,13 +157,14 @@ _STATE_NAMES = frozenset(BACKEND_STATES)
 def make_backends(ips: Sequence[str], ports: Sequence[int], states: Sequence[str] | str = "active",
                   weights: Sequence[int] | int = 1) -> tuple[Backend, ...]:
     """Backends from columns of equal length, in their order: the same objects, after
-    the same checks, as Backend(ip, port, state, weight) for each, but several times
-    quicker for a full sync's 100,000: each column is checked at once (one match over
-    all the addresses; the types, min and max of the ports and weights; the set of
-    states) and the objects are then made without checking each again. A single state
-    or weight stands for all of them (checked once). When a column fails, the backends
-    are made one by one through Backend(), whose ModelError names the first bad one
-    exactly as before."""
+    the same checks, as Backend(ip, port, state, weight) for each, but quicker for a
+    full sync's 100,000 (~1.4x: 105 -> 77 ms CPU in 10,000 columns of 10, most of
+    what remains being the objects' allocation): each column is checked at once (one
+    match over all the addresses; the types, min and max of the ports and weights; the
+    set of states) and the objects are then made without checking each again. A single
+    state or weight stands for all of them (checked once). When a column fails, the
+    backends are made one by one through Backend(), whose ModelError names the first
+    bad one exactly as before."""
     n = len(ips)
     one_state, one_weight = isinstance(states, str), isinstance(weights, int)
     state_column = (states,) * n if one_state else states
