@@ -50,9 +50,10 @@ def service_key_row(fe: Frontend) -> tuple:
     return (ip_to_be32(fe.vip), port_to_be16(fe.port), PROTOCOLS[fe.protocol], SCOPES[fe.scope])
 
 
-def service_row(state: ServiceState, svc_id: int, affinity_gen: int) -> tuple:
+def service_row(state: ServiceState, svc_id: int, affinity_gen: int, key: tuple | None = None) -> tuple:
     """The services map value for `state`, in SVC_FIELDS order; it carries its own
-    key (the datapath checks it, bpf/svcxdp.c svc_read)."""
+    key (the datapath checks it, bpf/svcxdp.c svc_read): `key`, service_key_row of
+    its frontend, if the caller has it."""
     members = state.slot_backends()
     flags = ((F_AFFINITY if state.affinity_timeout else 0) |
              (F_TERMINATING_ONLY if members and members[0].state == "terminating" else 0) |
@@ -60,7 +61,7 @@ def service_row(state: ServiceState, svc_id: int, affinity_gen: int) -> tuple:
              (F_LOCAL_DROP if state.local_drop else 0))
     return (svc_id, len(state.slot_sequence()), ALGORITHMS[state.algorithm], flags,
             state.affinity_timeout, state.maglev_table_size, affinity_gen,
-            *service_key_row(state.frontend))
+            *(key or service_key_row(state.frontend)))
 
 
 def backend_columns(backends: Sequence[Backend], protos: Sequence[int], svc_ids: Sequence[int],

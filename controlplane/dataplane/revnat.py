@@ -110,8 +110,9 @@ class RevNat:
         protos = list(chain.from_iterable(repeat(fe.protocol, n) for fe, n in zip(fes, counts)))
         addrs = list(zip(ips, ports, protos))
         new = dict(zip(addrs, chain.from_iterable(repeat((fe,), n) for fe, n in zip(fes, counts))))
-        if len(new) != len(addrs) or not self.users.keys().isdisjoint(new) or \
-                not self._pending.keys().isdisjoint(new):
+        # (isdisjoint of two key views walks the smaller one; of a view and a dict, the dict)
+        if len(new) != len(addrs) or not self.users.keys().isdisjoint(new.keys()) or \
+                not self._pending.keys().isdisjoint(new.keys()):
             start = 0
             for fe, n in zip(fes, counts):
                 self.attach(fe, list(zip(ips[start:start + n], ports[start:start + n])), flush=False)

@@ -314,18 +314,19 @@ class MapWriter:
         pk = self._pk
         # 1. reverse NAT for new addresses, then backends (a fresh id starts with no
         #    connections: a reused one may hold a stale count)
-        self.revnat.flush()
         fresh = [i for p in made for i in p.fresh]
         for batch in new:
             fresh += batch.ids
+
+        self.revnat.flush()
         n = write_packed(self.conns, pk["id"].columns(len(fresh), [fresh]),
                          pk["conns"].columns(len(fresh), [0]))
         # ... and no new flows of its own yet (bpf lb_count_new counts them)
         zero_entries(self.backend_stats_fd, fresh, self._backend_stats_size)
-        n += self._write_backends(made, new)
+        n += write_packed(self.backends, *self._backend_rows(made, new))
         self._phase("backends")
         # 2. slots, then per-service state of new services, then Maglev tables
-        n += self._write_slots(made, new)
+        n += write_packed(self.slots, *self._slot_rows(made, new))
         new_ids = [p.svc_id for p in made if p.old is None]
         for batch in new:
             new_ids += batch.svc_ids
@@ -352,12 +353,7 @@ class MapWriter:
         self.writes += n
         self._phase("slots")
         # 3. the service entries: from here on packets use the new states
-        keys = [p.entry_key for p in made]
-        rows = [p.entry for p in made]
-        for batch in new:
-            keys += [service_key_row(st.frontend) for st in batch.states]
-            rows += [service_row(st, i, g) for st, i, g in zip(batch.states, batch.svc_ids, batch.affinity_gens)]
-        self.writes += batch_write(self.services, pk["svc_key"], pk["svc"], keys, rows)
+        self.writes += write_packed(self.services, *self._entry_rows(made, new))
         self._phase("entries")
         # 4. shrink: tables no longer used, surplus slots, backends that left
         for p in made:
@@ -379,8 +375,19 @@ class MapWriter:
         self._phase("flags")
         return [installed[s.frontend].svc_id for s in states]   # (empty: sync's call)
 
-    def _write_backends(self, made: Sequence[Plan], new: Sequence[NewPlans]) -> int:
-        """Every plan's backend entries, packed as columns, in one batch."""
+    def _entry_rows(self, made: Sequence[Plan], new: Sequence[NewPlans]) -> tuple[np.ndarray, np.ndarray]:
+        """Every plan's service entry, packed: (keys, values)."""
+        keys = [p.entry_key for p in made]
+        rows = [p.entry for p in made]
+        for batch in new:
+            first = len(keys)
+            keys += [service_key_row(st.frontend) for st in batch.states]
+            rows += [service_row(st, i, g, key) for st, i, g, key in
+                     zip(batch.states, batch.svc_ids, batch.affinity_gens, keys[first:])]
+        return self._pk["svc_key"].rows(keys), self._pk["svc"].rows(rows)
+
+    def _backend_rows(self, made: Sequence[Plan], new: Sequence[NewPlans]) -> tuple[np.ndarray, np.ndarray]:
+        """Every plan's backend entries, packed as columns: (keys, values)."""
         ids: list[int] = []
         backends: list[Backend] = []
         protos: list[int] = []
@@ -403,7 +410,7 @@ class MapWriter:
             parts.append(pk["backend"].columns(len(batch.ids), backend_columns(
                 batch.backends, protos_col, svc_col, shared, batch.ip_be32, batch.port_be16)))
             ids += batch.ids
-        return write_packed(self.backends, pk["id"].columns(len(ids), [ids]), concat(parts, pk["backend"].dtype))
+        return pk["id"].columns(len(ids), [ids]), concat(parts, pk["backend"].dtype)
 
     def _shared(self, groups) -> list[bool] | bool:
         """Each backend's reply-entry flag (RevNat.shared); `groups`: plans, or
@@ -417,7 +424,8 @@ class MapWriter:
             out += [len(users((b.ip, b.port, proto), ())) > 1 for b in bs]
         return out
 
-    def _write_slots(self, made: Sequence[Plan], new: Sequence[NewPlans]) -> int:
+    def _slot_rows(self, made: Sequence[Plan], new: Sequence[NewPlans]) -> tuple[np.ndarray, np.ndarray]:
+        """Every plan's slots to write, packed: (keys, values)."""
         svc_ids: list[int] = []
         slots: list[int] = []
         bids: list[int] = []
@@ -433,7 +441,7 @@ class MapWriter:
             svc, slot, bid = batch.slot_columns()
             keys.append(pk["slot_key"].columns(len(svc), [svc, slot]))
             values.append(pk["slot"].columns(len(svc), [bid]))
-        return write_packed(self.slots, concat(keys, pk["slot_key"].dtype), concat(values, pk["slot"].dtype))
+        return concat(keys, pk["slot_key"].dtype), concat(values, pk["slot"].dtype)
 
     def _shrink(self, p: Plan) -> None:
         if p.remove_table:
