@@ -18,7 +18,7 @@ from .layout import ALGORITHMS, const
 from .maglev_maps import MaglevMaps
 from .packing import Packer, ips_of_be32, ports_of_be16, read_table
 from .model import (BACKEND_STATES, PROTOCOLS, SCOPES, Backend, Frontend, ServiceState,
-                    be16_to_port, be32_to_ip)
+                    be16_to_port, be32_to_ip, make_backends)
 
 UNUSED = const("BACKEND_UNUSED")
 _PROTO_NAMES = {v: k for k, v in PROTOCOLS.items()}
@@ -64,13 +64,14 @@ def adopt(services, backends, maglev: MaglevMaps, svc_ids: IdAllocator, backend_
         idents = bkeys[bkeys.dtype.names[0]].tolist()
         flags = ((bvals["flags"] & F_REPLY_ENTRY) != 0).tolist()
         out.reply_flag = dict(zip(idents, flags))
-        rows = zip(idents, bvals["svc_id"].tolist(), ips_of_be32(bvals["ip"]), ports_of_be16(bvals["port"]),
-                   [_STATE_NAMES[s] for s in states.tolist()], bvals["weight"].tolist())
-        for ident, svc_id, ip, port, state, weight in rows:
+        ips, ports = ips_of_be32(bvals["ip"]), ports_of_be16(bvals["port"])
+        # made a column at a time, checked as Backend() checks each (make_backends)
+        made = make_backends(ips, ports, [_STATE_NAMES[s] for s in states.tolist()], bvals["weight"].tolist())
+        for ident, svc_id, ip, port, b in zip(idents, bvals["svc_id"].tolist(), ips, ports, made):
             members = by_svc.get(svc_id)
             if members is None:
                 by_svc[svc_id] = members = {}
-            members[(ip, port)] = (ident, Backend(ip, port, state, weight))
+            members[(ip, port)] = (ident, b)
     skeys, svals = read_table(services, Packer.whole(services.Key), Packer.whole(services.Leaf))
     fes = [Frontend(ip, port, _PROTO_NAMES[proto], _SCOPE_NAMES[scope]) for ip, port, proto, scope in
            zip(ips_of_be32(skeys["vip"]), ports_of_be16(skeys["port"]), skeys["proto"].tolist(),

@@ -27,6 +27,8 @@ from .revnat import Address, RevNat
 
 def flag_drift(installed: dict[Frontend, Installed], reply_flag: dict[int, bool], revnat: RevNat) -> set[Address]:
     """Addresses with a backend entry whose flag disagrees with their sharing."""
+    if not revnat.shared_count and not any(reply_flag.values()):
+        return set()   # no address shared and no flag set: all agree, without a lookup each
     return {(*addr, fe.protocol) for fe, inst in installed.items()
             for addr, bid in inst.backend_ids.items()
             if reply_flag.get(bid, False) != revnat.shared((*addr, fe.protocol))}

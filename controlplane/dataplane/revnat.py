@@ -13,6 +13,7 @@ writer which to rewrite.
 from __future__ import annotations
 
 from itertools import chain, repeat
+from operator import attrgetter
 
 import numpy as np
 
@@ -22,6 +23,8 @@ from .model import PROTOCOLS, Frontend
 
 F_SHARED = const("REVNAT_F_SHARED")
 Address = tuple[str, int, str]  # (ip, port, protocol)
+# Frontend's own (dataclass) order, as a key: compared in C, not through Frontend.__lt__
+_FE_ORDER = attrgetter("vip", "port", "protocol", "scope")
 
 
 class RevNat:
@@ -179,17 +182,36 @@ class RevNat:
                                       ((values["flags"] & F_SHARED) != 0).tolist())))
         users_of = self.users
         shared: list[Address] = []
-        for fe in sorted(installed):
-            proto, alone = fe.protocol, (fe,)
-            for ip, port in installed[fe]:
-                addr = (ip, port, proto)
-                users = users_of.get(addr)
-                if users is None:
-                    users_of[addr] = alone
-                else:
-                    users_of[addr] = users + alone
-                    if len(users) == 1:
-                        shared.append(addr)
+        order = sorted(installed, key=_FE_ORDER)
+        # First as if no address served two frontends (the usual case): one dict made
+        # in C. If some does, the dict comes out shorter and the loop below counts.
+        in_use: list[Address] = []
+        for fe in order:
+            proto = fe.protocol
+            in_use += [(ip, port, proto) for ip, port in installed[fe]]
+        counts = [len(installed[fe]) for fe in order]
+        alone = dict(zip(in_use, chain.from_iterable(repeat((fe,), n) for fe, n in zip(order, counts))))
+        if not users_of and len(alone) == len(in_use):
+            users_of.update(alone)
+            # every entry as it should be (its frontend's, not shared, none unused):
+            # nothing to repair, found by one comparison of two dicts
+            want = dict(zip(in_use, chain.from_iterable(repeat(((fe.vip, fe.port), False), n)
+                                                        for fe, n in zip(order, counts))))
+            if want == primary:
+                self.shared_count = 0
+                return
+        else:
+            for fe in order:
+                proto, alone_fe = fe.protocol, (fe,)
+                for ip, port in installed[fe]:
+                    addr = (ip, port, proto)
+                    users = users_of.get(addr)
+                    if users is None:
+                        users_of[addr] = alone_fe
+                    else:
+                        users_of[addr] = users + alone_fe
+                        if len(users) == 1:
+                            shared.append(addr)
         self.shared_count = len(shared)
         for addr in shared:   # the entry's own frontend first
             first = primary.get(addr, (None,))[0]
