@@ -138,12 +138,18 @@ def slice_document_backends(doc: dict[str, Any]) -> SliceBackends:
         if node:   # a few nodes, named by every endpoint: one string each, not one per endpoint
             node = intern(node)
         eps.append((addresses, ready, serving, bool(c.get("terminating")), node, pod))
+    return _cross(((p.get("name") or "", p.get("port")) for p in ports), eps)
+
+
+def _cross(ports: Iterable[tuple[str, int | None]], eps: list[tuple]) -> SliceBackends:
+    """Every (port name, Backend) of a slice: each port with a number, crossed with each
+    address of each endpoint (addresses, ready, serving, terminating, node, pod). Both
+    readers (stored document, stored text) end here."""
+    out: SliceBackends = []
     append = out.append
-    for p in ports:
-        port = p.get("port")
+    for name, port in ports:
         if port is None:
             continue
-        name = p.get("name") or ""
         for addresses, ready, serving, terminating, node, pod in eps:
             for ip in addresses:
                 append((name, _tuple_new(Backend, (ip, port, ready, serving, terminating, node, pod))))
@@ -225,9 +231,8 @@ def slice_text_read(text: str) -> SliceRead:
         namespace, name = meta.namespace or "", meta.name or ""
         if meta.labels:
             owner = meta.labels.get(LABEL_SERVICE_NAME)
-    out: SliceBackends = []
     if owner is None or es.addressType not in (None, "IPv4") or not es.ports:
-        return SliceRead(namespace, name, owner, out)
+        return SliceRead(namespace, name, owner, [])
     eps = []
     for e in es.endpoints or ():
         addresses = e.addresses
@@ -244,16 +249,7 @@ def slice_text_read(text: str) -> SliceRead:
         if node:
             node = intern(node)
         eps.append((addresses, ready, serving, c.terminating is True, node, pod))
-    append = out.append
-    for p in es.ports:
-        port = p.port
-        if port is None:
-            continue
-        port_name = p.name or ""
-        for addresses, ready, serving, terminating, node, pod in eps:
-            for ip in addresses:
-                append((port_name, _tuple_new(Backend, (ip, port, ready, serving, terminating, node, pod))))
-    return SliceRead(namespace, name, owner, out)
+    return SliceRead(namespace, name, owner, _cross(((p.name or "", p.port) for p in es.ports), eps))
 
 
 _by_address = itemgetter(0, 1)   # (ip, port) of a Backend
