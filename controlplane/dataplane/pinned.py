@@ -175,6 +175,17 @@ def possible_cpus() -> int:
     return count
 
 
+def percpu_slot(size: int) -> int:
+    """Bytes of one CPU's copy of a per-CPU map's value: the value rounded up to 8."""
+    return (size + 7) & ~7
+
+
+def percpu_value_size(size: int) -> int:
+    """Bytes of every CPU's copy of one per-CPU value of `size` bytes, as lookups and
+    batch operations take them."""
+    return possible_cpus() * percpu_slot(size)
+
+
 class PinnedTable:
     """One pinned map: Key and Leaf types, `items()`, `table[key]` (bcc's Table names).
     A per-CPU map's `table[key]` is the list of its per-CPU values, as bcc's."""
@@ -205,7 +216,7 @@ class PinnedTable:
 
     def __getitem__(self, key):
         if self.cpus:
-            slot = (ct.sizeof(self.Leaf) + 7) & ~7
+            slot = percpu_slot(ct.sizeof(self.Leaf))
             raw = (ct.c_uint8 * (slot * self.cpus))()
             if lib().bpf_map_lookup_elem(self.map_fd, self._ptr(key), ffi.cast("void *", ct.addressof(raw))) != 0:
                 raise KeyError(key)

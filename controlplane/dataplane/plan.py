@@ -116,22 +116,19 @@ def plan_upsert(state: ServiceState, old: Installed | None, svc_ids: IdAllocator
 
 def _plan_new(state: ServiceState, svc_ids: IdAllocator, backend_ids: IdAllocator,
               affinity: AffinityGenerations) -> Plan:
-    """A frontend the maps do not hold: everything is written (the bulk of a full
-    sync, so it takes the short way)."""
-    svc_id = svc_ids.allocate()
-    backends = state.backends
-    fresh = backend_ids.allocate_many(len(backends))
-    ids = dict(zip([(b.ip, b.port) for b in backends], fresh))
-    # columns, not a tuple per entry: a full sync plans 100,000 of each
-    plan = Plan(state, None, svc_id, ids, fresh, fresh, backends)
-    new_slots = slot_ids(state, ids)
-    plan.slot_numbers = list(range(1, len(new_slots) + 1))
-    plan.slot_backend_ids = new_slots
-    plan.slot_count = len(new_slots)
-    plan.install_table = maglev_inputs(state, ids) is not None
-    plan.affinity_gen = affinity.for_update(state.affinity_timeout, 0)
+    """A frontend the maps do not hold, as a Plan: NewPlans of one (the writer plans
+    runs of new frontends as NewPlans directly), everything written."""
+    batch = NewPlans.of([state])
+    batch.allocate(svc_ids, backend_ids, affinity)
+    (record,) = batch.installed()
+    _, slots, bids = batch.slot_columns()
+    plan = Plan(state, None, record.svc_id, record.backend_ids, batch.ids, batch.ids, state.backends)
+    plan.slot_numbers, plan.slot_backend_ids = slots.tolist(), bids.tolist()
+    plan.slot_count = record.slot_count
+    plan.install_table = maglev_inputs(state, plan.ids) is not None
+    plan.affinity_gen = record.affinity_gen
     plan.entry_key = service_key_row(state.frontend)
-    plan.entry = service_row(state, svc_id, plan.affinity_gen)
+    plan.entry = service_row(state, plan.svc_id, plan.affinity_gen, plan.entry_key)
     return plan
 
 

@@ -17,7 +17,7 @@ from .config import svc_id_slots
 from .ids import IdAllocator
 from .layout import COUNTER_NAMES
 from .libbpf import lookup_batches_raw
-from .pinned import possible_cpus
+from .pinned import percpu_value_size, possible_cpus
 from .model import Frontend, ServiceState
 
 STAT_FIELDS = ("packets", "bytes", "new_flows", "rejects")
@@ -86,7 +86,7 @@ def percpu_sums(table, fields: int, limit: int | None = None) -> tuple[array, li
     strided slices (C loops), not per entry in Python: 10,000 services cost milliseconds."""
     cpus = possible_cpus()
     leaf = getattr(table, "sLeaf", table.Leaf)   # bcc's per-CPU tables make Leaf an array over CPUs
-    per_key = cpus * ((ct.sizeof(leaf) + 7) & ~7)
+    per_key = percpu_value_size(ct.sizeof(leaf))
     stride = per_key // 8
     ids = array("I")
     sums: list[list[int]] = [[] for _ in range(fields)]
@@ -122,8 +122,7 @@ def percpu_nonzero(table, limit: int | None = None) -> dict[int, int]:
     """id -> value summed over CPUs, for the ids of a per-CPU array of one u64 whose value
     is not 0 (the first `limit` ids): empty slots are skipped at C speed (a regex over the
     raw batch), so a mostly idle array costs its copy, not a Python step per slot."""
-    cpus = possible_cpus()
-    per_key = cpus * 8
+    per_key = percpu_value_size(8)
     out: dict[int, int] = {}
     base = 0
     for _keys, values, n in lookup_batches_raw(table.map_fd, 4, per_key, limit=limit):

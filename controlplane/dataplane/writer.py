@@ -42,7 +42,7 @@ from .libbpf import zero_entries
 from .maglev_maps import MaglevMaps
 from .model import PROTOCOLS, SCOPES, Backend, Frontend, ServiceState, ip_to_be32, port_to_be16
 from .packing import Packer, batch_write, concat, delete_packed, write_packed
-from .pinned import possible_cpus
+from .pinned import percpu_value_size
 from .plan import NewPlans, Plan, check_capacity, plan_upsert
 from .program import Dataplane
 from .reply_flags import flag_drift, flag_rows
@@ -77,9 +77,8 @@ class MapWriter:
         self.svc_stats = dp.table("svc_stats")
         self.conns = dp.table("backend_conns")
         self.backend_stats_fd = dp.table("backend_stats").map_fd
-        self._backend_stats_size = possible_cpus() * 8   # one u64 per CPU
-        # per-CPU values: every CPU's copy, each rounded up to 8 bytes
-        self._svc_stats_size = possible_cpus() * (-(-ct.sizeof(self.svc_stats.sLeaf) // 8) * 8)
+        self._backend_stats_size = percpu_value_size(8)   # one u64 per CPU
+        self._svc_stats_size = percpu_value_size(ct.sizeof(self.svc_stats.sLeaf))
         self.maglev = MaglevMaps(dp.table("maglev"))
         self.affinity = AffinityGenerations()
         self.revnat = RevNat(dp.table("rev_nat"))
@@ -327,9 +326,7 @@ class MapWriter:
         self._phase("backends")
         # 2. slots, then per-service state of new services, then Maglev tables
         n += write_packed(self.slots, *self._slot_rows(made, new))
-        new_ids = [p.svc_id for p in made if p.old is None]
-        for batch in new:
-            new_ids += batch.svc_ids
+        new_ids = [svc_id for batch in new for svc_id in batch.svc_ids]
         n += write_packed(self.rr_state, pk["id"].columns(len(new_ids), [new_ids]),
                           pk["rr"].columns(len(new_ids), [0]))
         n += zero_entries(self.svc_stats.map_fd, new_ids, self._svc_stats_size)
@@ -345,7 +342,7 @@ class MapWriter:
         for p in made:  # source ranges the entry will point at
             if p.state.source_ranges:
                 self.ranges.add(p.svc_id, set(p.state.source_ranges) -
-                                set(p.old.state.source_ranges if p.old and not p.old.suspect else ()))
+                                set(p.old.state.source_ranges if not p.old.suspect else ()))
         for batch in new:
             for st, svc_id in zip(batch.states, batch.svc_ids):
                 if st.source_ranges:
@@ -357,14 +354,12 @@ class MapWriter:
         self._phase("entries")
         # 4. shrink: tables no longer used, surplus slots, backends that left
         for p in made:
-            if p.old is None:   # new: nothing to shrink
-                continue
             self._shrink(p)
             self.ranges.remove(p.svc_id, set(p.old.state.source_ranges) - set(p.state.source_ranges))
         self.revnat.flush()
         installed = self._installed
         for p in made:
-            self._slots_used += p.slot_count - (p.old.slot_count if p.old else 0)
+            self._slots_used += p.slot_count - p.old_slot_count
             installed[p.state.frontend] = p.installed()
         for batch in new:
             self._slots_used += sum(batch.slot_counts)
@@ -401,7 +396,8 @@ class MapWriter:
             protos += [PROTOCOLS[p.state.frontend.protocol]] * len(bs)
             svc_ids += [p.svc_id] * len(bs)
         pk = self._pk
-        parts = [pk["backend"].columns(len(ids), backend_columns(backends, protos, svc_ids, self._shared(made)))]
+        shared = self._shared([(p.state.frontend.protocol, p.write_backends) for p in made])
+        parts = [pk["backend"].columns(len(ids), backend_columns(backends, protos, svc_ids, shared))]
         for batch in new:
             counts = np.asarray(batch.counts, np.int64)
             protos_col = np.repeat([PROTOCOLS[st.frontend.protocol] for st in batch.states], counts)
@@ -412,15 +408,14 @@ class MapWriter:
             ids += batch.ids
         return pk["id"].columns(len(ids), [ids]), concat(parts, pk["backend"].dtype)
 
-    def _shared(self, groups) -> list[bool] | bool:
-        """Each backend's reply-entry flag (RevNat.shared); `groups`: plans, or
-        (protocol, backends) pairs."""
+    def _shared(self, groups: Iterable[tuple[str, Sequence[Backend]]]) -> list[bool] | bool:
+        """Each backend's reply-entry flag (RevNat.shared), for (protocol, backends)
+        groups in turn; one False for all when no address is shared."""
         if not self.revnat.shared_count:   # no address serves two frontends (the usual case): no lookups
             return False
         users = self.revnat.users.get   # RevNat.shared, inline: it runs for every backend
         out: list[bool] = []
-        for g in groups:
-            proto, bs = (g.state.frontend.protocol, g.write_backends) if isinstance(g, Plan) else g
+        for proto, bs in groups:
             out += [len(users((b.ip, b.port, proto), ())) > 1 for b in bs]
         return out
 

@@ -6,7 +6,7 @@ import pytest
 from controlplane.dataplane.affinity_maps import AffinityGenerations
 from controlplane.dataplane.ids import CapacityError, IdAllocator
 from controlplane.dataplane.installed import (F_AFFINITY, F_TERMINATING_ONLY, maglev_table,
-                                              service_key_row, service_row)
+                                              service_key_row, service_row, slot_ids)
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
 from controlplane.dataplane.plan import check_capacity, plan_upsert
 
@@ -136,3 +136,6 @@ def test_new_plans_in_bulk_equal_planning_one_by_one():
         (p.svc_id, n, b) for p in plans for n, b in p.slot_writes]
     assert batch.affinity_gens == [p.affinity_gen for p in plans]
     assert batch.backends == [b for p in plans for b in p.write_backends]
+    # the slots, against installed.slot_ids (what the diff path, adoption and the
+    # consistency check expect the maps to hold), not only against planning one by one
+    assert bid.tolist() == [i for r in batch.installed() for i in slot_ids(r.state, r.backend_ids)]
