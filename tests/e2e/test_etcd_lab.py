@@ -188,10 +188,12 @@ def test_compaction_while_an_agent_is_away_relists(cluster: Cluster, services: d
     is added, one removed and etcd compacts its history. Resumed, its watch reconnects to
     another member at a compacted revision: it relists and converges."""
     followed = members_followed_by(cluster, "node2")
-    assert len(followed) == 1, followed
+    # one member (its watch and its requests), or two after an earlier failover moved its
+    # requests while the watch stayed: either way a path the agent holds meets a dead member
+    assert 1 <= len(followed) <= 2, followed
     kill(cluster, "node2", "agent", signal.SIGSTOP)
     try:
-        kill(cluster, followed.pop(), "etcd", signal.SIGKILL)
+        kill(cluster, sorted(followed)[0], "etcd", signal.SIGKILL)
         cluster.svcctl("apply", "-f", "-", input=service_manifest("while-away"))
         gone_vip = cluster.cluster_ip("member-kill-0")
         cluster.svcctl("delete", "svc", "member-kill-0")
@@ -202,7 +204,8 @@ def test_compaction_while_an_agent_is_away_relists(cluster: Cluster, services: d
     vip = cluster.cluster_ip("while-away")
     wait_for("node2 to converge", lambda: len(backends_in_maps(cluster, "node2", vip)) == 4
              and f"{gone_vip}:80" not in frontends(cluster, "node2"), timeout=30)
-    assert "change feed compacted past resourceVersion" in agent_log(cluster, "node2")
+    log = agent_log(cluster, "node2")
+    assert "change feed compacted past resourceVersion" in log, log[-6000:]
     restart_stopped(cluster)
 
 
