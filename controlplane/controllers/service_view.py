@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import msgspec
 
+from controlplane.api.codec_typed import typed_decoder
 from controlplane.api.endpoints import LABEL_SERVICE_NAME, EndpointSlice
 from controlplane.api.service import POLICY_CLUSTER, Service
 from controlplane.gcpause import paused_gc
@@ -347,14 +348,23 @@ def load_service_views(store: StoreReader, namespace: str | None = None) -> list
 
 
 _decode_json = msgspec.json.decode
+_typed_service: Callable[[str], Service] = typed_decoder(Service)
 
 
 def _service_from_text(text: str) -> Service:
-    """A Service from its stored text, as the store's `list` decodes it; msgspec parses
-    the JSON (twice as fast as json.loads), json.loads takes what msgspec refuses (a
-    number out of its range)."""
+    """A Service from its stored text, as the store's `list` decodes it (Service.from_dict
+    of the parsed text). The typed decoder takes the usual text straight to the objects
+    (codec_typed); what it does not take as-is (an unknown field, a value the codec would
+    convert or refuse) takes the dict: msgspec parses it, json.loads what msgspec refuses
+    (a number out of its range), and the codec decodes it."""
     try:
-        doc = _decode_json(text)
+        svc = _typed_service(text)
     except msgspec.DecodeError:
-        doc = json.loads(text)
-    return Service.from_dict(doc)
+        try:
+            doc = _decode_json(text)
+        except msgspec.DecodeError:
+            doc = json.loads(text)
+        return Service.from_dict(doc)
+    svc.api_version = svc.api_version or Service.api_version_string()   # as from_dict stamps them
+    svc.kind = Service.KIND
+    return svc
