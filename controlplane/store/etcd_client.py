@@ -7,7 +7,10 @@ progress notifications (a response with no events whose header revision says how
 stream has caught up).
 
 Several endpoints may be given: a request that cannot reach one member goes to the next,
-with backoff, until `retry_for` seconds have passed; then EtcdUnavailable.
+with backoff, until `retry_for` seconds have passed and every member has been tried; then
+EtcdUnavailable. (Every member, whatever the clock says: a process that was paused — stopped,
+or starved on a loaded node — mid-request comes back past its deadline, and must still fail
+over from a member that died meanwhile rather than give up on the first refusal.)
 """
 from __future__ import annotations
 
@@ -131,8 +134,7 @@ class EtcdClient:
     # ---------------------------------------------------------------- unary calls
     def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST one gateway request, failing over between members with backoff."""
-        deadline = time.monotonic() + self.retry_for
-        delay = 0.05
+        retry = _Retry(self.retry_for, len(self._members))
         last: str | None = None
         while True:
             member = self._member()
@@ -141,16 +143,17 @@ class EtcdClient:
             except (gw_exceptions.ConnectionFailedError, gw_exceptions.ConnectionTimeoutError) as exc:
                 last = exc.detail_text or type(exc).__name__
                 self._next_member(member)
+            except requests.exceptions.RequestException as exc:   # cut off mid-answer (a body
+                last = f"{type(exc).__name__}: {exc}"              # truncated by a dying member)
+                self._next_member(member)
             except gw_exceptions.Etcd3Exception as exc:
                 message = _error_message(exc)
                 if not any(t in message for t in _TRANSIENT):
                     raise EtcdRequestError(message) from None
                 last = message
                 self._next_member(member)
-            if time.monotonic() + delay > deadline:
+            if not retry.again():
                 raise EtcdUnavailable(f"etcd at {', '.join(self.endpoints)} is unavailable ({last})")
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
 
     def range(self, key: str, end: str | None = None, revision: int | None = None,
               keys_only: bool = False) -> dict[str, Any]:
@@ -190,8 +193,7 @@ class EtcdClient:
             request["prev_kv"] = True
         if progress_notify:
             request["progress_notify"] = True
-        deadline = time.monotonic() + self.retry_for
-        delay = 0.05
+        retry = _Retry(self.retry_for, len(self._members))
         while True:
             member = self._member()
             try:
@@ -202,10 +204,28 @@ class EtcdClient:
                 return WatchStream(response)
             except requests.exceptions.RequestException as exc:
                 self._next_member(member)
-                if time.monotonic() + delay > deadline:
+                if not retry.again():
                     raise EtcdUnavailable(f"etcd at {', '.join(self.endpoints)} is unavailable: {exc}") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+
+
+class _Retry:
+    """One request's retries after a failed attempt: backoff (50 ms doubling to 1 s) until
+    `retry_for` seconds have passed and `members` attempts have failed (each failure moves
+    to the next member, so every member has then been tried)."""
+
+    def __init__(self, retry_for: float, members: int) -> None:
+        self.deadline = time.monotonic() + retry_for
+        self.untried = members
+        self.delay = 0.05
+
+    def again(self) -> bool:
+        """Called after a failed attempt: False to give up, else sleep the backoff first."""
+        self.untried -= 1
+        if self.untried <= 0 and time.monotonic() + self.delay > self.deadline:
+            return False
+        time.sleep(self.delay)
+        self.delay = min(self.delay * 2, 1.0)
+        return True
 
 
 class WatchBroken(Exception):

@@ -15,10 +15,10 @@ from controlplane.controllers.allocators import POOL_NODE_PORTS, POOL_SERVICE_IP
 from controlplane.controllers.config import ClusterConfig
 from controlplane.controllers.registry import Manifest, Registry
 from controlplane.store.etcd import EtcdStore
-from controlplane.store.etcd_client import unb64
+from controlplane.store.etcd_client import EtcdClient, EtcdUnavailable, parse_endpoints, unb64
 from controlplane.store.interface import CommitConflict
 from controlplane.store.paths import open_store
-from tests.etcd_server import EtcdServer
+from tests.etcd_server import EtcdServer, free_port
 
 
 def svc(name: str, ns: str = "default") -> Service:
@@ -194,3 +194,18 @@ def test_two_processes_allocating_at_once_never_share_an_ip_or_port(store: EtcdS
     ip_claims = store.claims(POOL_SERVICE_IPS)
     assert {ip_claims[ip] for ip in ips} == {s.key for s in services}
     assert set(store.claims(POOL_NODE_PORTS)) == {str(p) for p in ports}
+
+
+def test_a_request_tries_every_member_even_past_its_deadline(etcd_server: EtcdServer) -> None:
+    """A dead member first and no time left (a process paused mid-request comes back past
+    its deadline): the request still fails over to the live member, and the watch too;
+    with every member dead it gives up after trying each."""
+    dead = f"127.0.0.1:{free_port()}"             # nothing listens there: refused at once
+    live = etcd_server.url.removeprefix("etcd://")
+    client = EtcdClient(parse_endpoints(f"etcd://{dead},{live}"), retry_for=0.0)
+    assert "header" in client.range("/registry/")
+    client = EtcdClient(parse_endpoints(f"etcd://{dead},{live}"), retry_for=0.0)
+    with client.watch("/registry/", "/registry0", start_revision=0):
+        pass
+    with pytest.raises(EtcdUnavailable):
+        EtcdClient(parse_endpoints(f"etcd://{dead},127.0.0.1:{free_port()}"), retry_for=0.0).range("/registry/")
