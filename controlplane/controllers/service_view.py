@@ -91,38 +91,31 @@ class ServiceView:
         return (self.service.spec.internal_traffic_policy or POLICY_CLUSTER) == "Local"
 
 
-# One slice's backends in slice order: (service-port name, backend), before de-duplication.
-SliceBackends = list[tuple[str, Backend]]
+# One slice's backends by service-port name, each list in slice order (endpoints in order,
+# each endpoint's addresses in order), before de-duplication (merge_backends).
+SliceBackends = dict[str, list[Backend]]
 
 _tuple_new = tuple.__new__   # Backend from a tuple of its fields, without the Python-level __new__
 
 
 def slice_backends(es: EndpointSlice) -> SliceBackends:
     """The backends an EndpointSlice object contributes (IPv4 slices only)."""
-    out: SliceBackends = []
-    if es.address_type not in (None, "IPv4"):
-        return out
-    for ep_port in es.ports or []:
-        name = ep_port.name or ""
-        if ep_port.port is None:
-            continue
-        for ep in es.endpoints or []:
-            for ip in ep.addresses or []:
-                out.append((name, Backend(ip, ep_port.port, ep.ready, ep.serving, ep.terminating,
-                                          ep.node_name, ep.pod_name)))
-    return out
+    if es.address_type not in (None, "IPv4") or all(p.port is None for p in es.ports or ()):
+        return {}   # (before reading the endpoints: one with null conditions has no .ready)
+    eps = [(ep.addresses, ep.ready, ep.serving, ep.terminating, ep.node_name, ep.pod_name)
+           for ep in es.endpoints or () if ep.addresses]
+    return _cross(((p.name or "", p.port) for p in es.ports), eps)
 
 
 def slice_document_backends(doc: dict[str, Any]) -> SliceBackends:
     """The same as `slice_backends`, from the slice's stored JSON (store.iter_documents),
     without decoding it into objects. The conditions follow Endpoint: ready unless false,
     serving defaults to ready, terminating only if true; the pod only for a Pod targetRef."""
-    out: SliceBackends = []
     if doc.get("addressType") not in (None, "IPv4"):
-        return out
+        return {}
     ports = doc.get("ports")
     if not ports:
-        return out
+        return {}
     eps = []
     for e in doc.get("endpoints") or ():
         addresses = e.get("addresses")
@@ -135,26 +128,47 @@ def slice_document_backends(doc: dict[str, Any]) -> SliceBackends:
             serving = ready
         ref = e.get("targetRef")
         pod = ref.get("name") if ref and ref.get("kind") == "Pod" else None
-        node = e.get("nodeName")
-        if node:   # a few nodes, named by every endpoint: one string each, not one per endpoint
-            node = intern(node)
-        eps.append((addresses, ready, serving, bool(c.get("terminating")), node, pod))
+        eps.append((addresses, ready, serving, bool(c.get("terminating")), _NODE_NAMES[e.get("nodeName")], pod))
     return _cross(((p.get("name") or "", p.get("port")) for p in ports), eps)
 
 
 def _cross(ports: Iterable[tuple[str, int | None]], eps: list[tuple]) -> SliceBackends:
-    """Every (port name, Backend) of a slice: each port with a number, crossed with each
-    address of each endpoint (addresses, ready, serving, terminating, node, pod). Both
-    readers (stored document, stored text) end here."""
-    out: SliceBackends = []
-    append = out.append
+    """A slice's backends by port name: each port with a number, crossed with each address
+    of each endpoint (addresses, ready, serving, terminating, node, pod), in that order.
+    Every reader (object, stored document, stored text) ends here, or, for the usual
+    slice, in _one_port_backends, which lists the same."""
+    out: SliceBackends = {}
+    if not eps:
+        return out
     for name, port in ports:
         if port is None:
             continue
+        backends = out.get(name)
+        if backends is None:
+            backends = out[name] = []
+        append = backends.append
         for addresses, ready, serving, terminating, node, pod in eps:
             for ip in addresses:
-                append((name, _tuple_new(Backend, (ip, port, ready, serving, terminating, node, pod))))
+                append(_tuple_new(Backend, (ip, port, ready, serving, terminating, node, pod)))
     return out
+
+
+class _NodeNames(dict):
+    """A node's name, once: a few nodes are named by every endpoint, and the Backends hold
+    one string per node (sys.intern's), not one per endpoint. A dict, so a lookup of a
+    known name is one subscript; None and "" stand for themselves. Bounded, as node names
+    come and go."""
+
+    MAX = 65536
+
+    def __missing__(self, name: str | None) -> str | None:
+        if len(self) > self.MAX:
+            self.clear()
+        value = self[name] = intern(name) if name else name
+        return value
+
+
+_NODE_NAMES = _NodeNames()
 
 
 # The typed decoder for a stored EndpointSlice's text (SqliteStore.iter_json): only the
@@ -169,7 +183,7 @@ class _Ref(msgspec.Struct, gc=False):
     name: str | None = None
 
 
-class _Conditions(msgspec.Struct, gc=False):
+class _Conditions(msgspec.Struct, frozen=True, gc=False):   # frozen: hashable, a key of _FLAGS
     ready: bool | None = None
     serving: bool | None = None
     terminating: bool | None = None
@@ -201,7 +215,20 @@ class _Slice(msgspec.Struct, gc=False):
 
 
 _decode_slice: Callable[[str], _Slice] = msgspec.json.Decoder(_Slice).decode
-_NO_CONDITIONS = _Conditions()
+
+
+def _flags(c: _Conditions) -> tuple[bool, bool, bool]:
+    """(ready, serving, terminating) as slice_document_backends reads the conditions."""
+    ready = c.ready is not False
+    return ready, ready if c.serving is None else c.serving, c.terminating is True
+
+
+# The flags of every conditions object the decoder can give (each field true, false or
+# absent; absent conditions read as empty ones): one dict lookup per endpoint.
+_MAYBE = (None, True, False)
+_FLAGS: dict[_Conditions | None, tuple[bool, bool, bool]] = {
+    c: _flags(c) for c in (_Conditions(r, s, t) for r in _MAYBE for s in _MAYBE for t in _MAYBE)}
+_FLAGS[None] = _flags(_Conditions())
 
 
 class SliceRead(NamedTuple):
@@ -209,14 +236,14 @@ class SliceRead(NamedTuple):
     namespace: str
     name: str
     service: str | None          # the kubernetes.io/service-name label (None: no service)
-    backends: SliceBackends      # empty when `service` is None
+    backends: SliceBackends      # empty when `service` is None or ""
 
 
 def slice_document_read(doc: dict[str, Any]) -> SliceRead:
     meta = doc.get("metadata") or {}
     owner = (meta.get("labels") or {}).get(LABEL_SERVICE_NAME)
     return SliceRead(meta.get("namespace") or "", meta.get("name") or "", owner,
-                     slice_document_backends(doc) if owner else [])
+                     slice_document_backends(doc) if owner else {})
 
 
 def slice_text_read(text: str) -> SliceRead:
@@ -232,51 +259,72 @@ def slice_text_read(text: str) -> SliceRead:
         namespace, name = meta.namespace or "", meta.name or ""
         if meta.labels:
             owner = meta.labels.get(LABEL_SERVICE_NAME)
-    if owner is None or es.addressType not in (None, "IPv4") or not es.ports:
-        return SliceRead(namespace, name, owner, [])
+    ports, endpoints = es.ports, es.endpoints
+    if not owner or es.addressType not in (None, "IPv4") or not ports or not endpoints:
+        return SliceRead(namespace, name, owner, {})
+    if len(ports) == 1 and ports[0].port is not None:   # the usual slice: its endpoints' one address each
+        try:
+            return SliceRead(namespace, name, owner, {ports[0].name or "": _one_port_backends(ports[0].port, endpoints)})
+        except (TypeError, ValueError):   # an endpoint with no address, or two or more
+            pass
     eps = []
-    for e in es.endpoints or ():
+    for e in endpoints:
         addresses = e.addresses
         if not addresses:
             continue
-        c = e.conditions or _NO_CONDITIONS
-        ready = c.ready is not False
-        serving = c.serving
-        if serving is None:
-            serving = ready
         ref = e.targetRef
-        pod = ref.name if ref is not None and ref.kind == "Pod" else None
-        node = e.nodeName
-        if node:
-            node = intern(node)
-        eps.append((addresses, ready, serving, c.terminating is True, node, pod))
-    return SliceRead(namespace, name, owner, _cross(((p.name or "", p.port) for p in es.ports), eps))
+        eps.append((addresses, *_FLAGS[e.conditions], _NODE_NAMES[e.nodeName],
+                    ref.name if ref is not None and ref.kind == "Pod" else None))
+    return SliceRead(namespace, name, owner, _cross(((p.name or "", p.port) for p in ports), eps))
 
 
+def _one_port_backends(port: int, endpoints: list[_Endpoint]) -> list[Backend]:
+    """The Backends of a slice with one port, in endpoint order, if every endpoint has
+    exactly one address (else TypeError or ValueError): what _cross lists for it, in one
+    loop without the intermediate per-endpoint tuples."""
+    out = []
+    append = out.append
+    flags, nodes, new = _FLAGS, _NODE_NAMES, _tuple_new
+    for e in endpoints:
+        (ip,) = e.addresses   # type: ignore[misc] (None: TypeError; [] or two: ValueError)
+        ready, serving, terminating = flags[e.conditions]
+        ref = e.targetRef
+        append(new(Backend, (ip, port, ready, serving, terminating, nodes[e.nodeName],
+                             None if ref is None else ref.name if ref.kind == "Pod" else None)))
+    return out
+
+
+_ip = itemgetter(0)              # of a Backend
 _by_address = itemgetter(0, 1)   # (ip, port) of a Backend
-_port_name = itemgetter(0)       # of a (service-port name, Backend) pair
-_backend = itemgetter(1)
 
 
 def merge_backends(per_slice: Iterable[SliceBackends]) -> dict[str, list[Backend]]:
-    """Backends by service-port name; the first slice to list (name, ip, port) wins."""
-    per_slice = list(per_slice)
-    if len(per_slice) == 1:   # the usual case: one slice, one port name, no repeats
+    """Backends by service-port name; the first slice to list (name, ip, port) wins, and
+    within a slice the first listing. With one slice that repeats no (ip, port) under a
+    name (the usual case), the slice's own dict: read it, do not change it."""
+    if per_slice.__class__ is not list:
+        per_slice = list(per_slice)
+    if len(per_slice) == 1:
         only = per_slice[0]
-        names = set(map(_port_name, only))   # map with itemgetter: loops in C
-        if len(names) == 1:
-            backends = list(map(_backend, only))
-            if len(set(map(_by_address, backends))) == len(backends):
-                return {names.pop(): backends}
-    out: dict[str, list[Backend]] = defaultdict(list)
+        for backends in only.values():   # distinct ips, else distinct (ip, port): counted in C
+            n = len(backends)
+            if len(set(map(_ip, backends))) != n and len(set(map(_by_address, backends))) != n:
+                break
+        else:
+            return only
+    out: dict[str, list[Backend]] = {}
     seen: set[tuple[str, str, int]] = set()
-    for backends in per_slice:
-        for name, b in backends:
-            key = (name, b.ip, b.port)
-            if key in seen:
-                continue
-            seen.add(key)
-            out[name].append(b)
+    for backends_by_name in per_slice:
+        for name, backends in backends_by_name.items():
+            kept = out.get(name)
+            if kept is None:
+                kept = out[name] = []
+            for b in backends:
+                key = (name, b.ip, b.port)
+                if key in seen:
+                    continue
+                seen.add(key)
+                kept.append(b)
     return out
 
 

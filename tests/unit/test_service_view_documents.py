@@ -95,9 +95,11 @@ def test_merge_keeps_the_first_of_a_repeated_address_within_one_slice_too() -> N
     a = Backend("10.0.0.1", 80, True, True, False, "n1", None)
     again = Backend("10.0.0.1", 80, False, False, False, "n2", None)
     b = Backend("10.0.0.2", 80, True, True, False, None, None)
-    assert merge_backends([[("http", a), ("http", again), ("http", b)]]) == {"http": [a, b]}
-    assert merge_backends([[("http", a), ("dns", again)]]) == {"http": [a], "dns": [again]}
-    assert merge_backends([[("http", a)], [("http", again), ("http", b)]]) == {"http": [a, b]}
+    assert merge_backends([{"http": [a, again, b]}]) == {"http": [a, b]}
+    assert merge_backends([{"http": [a], "dns": [again]}]) == {"http": [a], "dns": [again]}
+    assert merge_backends([{"http": [a]}, {"http": [again, b]}]) == {"http": [a, b]}
+    # one name, two ports: the same ip twice is no repeat
+    assert merge_backends([{"http": [a, a._replace(port=81)]}]) == {"http": [a, a._replace(port=81)]}
 
 
 # ---- the typed text path (SqliteStore.iter_json -> slice_text_read) ------------------------
@@ -111,7 +113,7 @@ def _document_path(doc: dict) -> tuple:
     meta = doc.get("metadata") or {}
     owner = (meta.get("labels") or {}).get("kubernetes.io/service-name")
     return (meta.get("namespace") or "", meta.get("name") or "", owner,
-            slice_document_backends(copy.deepcopy(doc)) if owner else [])
+            slice_document_backends(copy.deepcopy(doc)) if owner else {})
 
 
 def test_text_backends_match_document_backends() -> None:
@@ -128,7 +130,7 @@ def test_text_backends_take_the_document_path_for_a_field_of_another_type() -> N
     odd["ports"][0]["name"] = 7                              # kept as the dict path keeps it
     odd["metadata"]["uid"] = {"not": "a string"}             # a field neither path reads
     assert _text_path(odd) == _document_path(odd)
-    assert _text_path(odd)[3][0][0] == 7
+    assert 7 in _text_path(odd)[3]
 
 
 def test_text_path_matches_document_path_on_random_slices() -> None:
@@ -224,4 +226,86 @@ def test_a_service_msgspec_cannot_parse_reads_as_the_store_lists_it(tmp_path) ->
     views = load_service_views(store)
     assert views == _by_objects(store)
     assert [v.service.name for v in views] == ["lonely", "odd", "web"]
+    store.close()
+
+
+# ---- the one-port text path (_one_port_backends) against the document and object paths ----
+def _ep(ip, **extra) -> dict:
+    return {"addresses": [ip], **extra}
+
+
+ONE_PORT_SLICES = [
+    {"metadata": {"name": "api-a", "namespace": "ns", "labels": {"kubernetes.io/service-name": "api"}},
+     "addressType": "IPv4", "ports": [{"name": "grpc", "port": 9000, "protocol": "TCP"}],
+     "endpoints": [
+         _ep("10.1.0.9", conditions={"ready": True}, nodeName="n1", targetRef={"kind": "Pod", "name": "api-0"}),
+         _ep("10.1.0.2", conditions={"ready": False, "serving": True, "terminating": True}, nodeName="n-new"),
+         _ep("10.1.0.3", conditions={"serving": False}, targetRef={"kind": "Node", "name": "n1"}),
+         _ep("10.1.0.4", conditions={}, nodeName="", targetRef={"name": "no-kind"}),
+         _ep("10.1.0.5"),                                                   # no conditions
+         _ep("10.1.0.6", conditions={"ready": None, "serving": None, "terminating": False}),
+         _ep("10.1.0.9", conditions={"ready": False}, nodeName="n2"),      # a repeat: the first wins
+         _ep("10.1.0.10", conditions={"ready": True}, zone="z", hostname="h")]},
+    {"metadata": {"name": "api-b", "namespace": "ns", "labels": {"kubernetes.io/service-name": "api"}},
+     "addressType": "IPv4", "ports": [{"name": "grpc", "port": 9000}],
+     "endpoints": [_ep("10.1.0.2", conditions={"ready": True}), _ep("10.1.0.11", nodeName="n1")]},
+    {"metadata": {"name": "api-c", "namespace": "ns", "labels": {"kubernetes.io/service-name": "api"}},
+     "addressType": "IPv4", "ports": [{"name": "grpc", "port": 9001}],   # the name's other number
+     "endpoints": [_ep("10.1.0.2"), _ep("10.1.0.12", conditions={"terminating": True})]},
+    {"metadata": {"name": "plain-a", "namespace": "ns", "labels": {"kubernetes.io/service-name": "plain"}},
+     "ports": [{"port": 80}],                                                # unnamed, addressType absent
+     "endpoints": [_ep("10.2.0.1"), _ep("10.2.0.1"), _ep("10.2.0.3", conditions={"ready": False})]},
+    {"metadata": {"name": "mixed-a", "namespace": "ns", "labels": {"kubernetes.io/service-name": "mixed"}},
+     "addressType": "IPv4", "ports": [{"name": "", "port": 81}],
+     "endpoints": [_ep("10.3.0.1"), {"addresses": []}, _ep("10.3.0.2")]},      # an endpoint without one
+    {"metadata": {"name": "mixed-b", "namespace": "ns", "labels": {"kubernetes.io/service-name": "mixed"}},
+     "addressType": "IPv4", "ports": [{"port": 81}],
+     "endpoints": [_ep("10.3.0.3"), {"addresses": None, "conditions": {"ready": True}}]},
+    {"metadata": {"name": "mixed-c", "namespace": "ns", "labels": {"kubernetes.io/service-name": "mixed"}},
+     "addressType": "IPv4", "ports": [{"port": 81}],
+     "endpoints": [_ep("10.3.0.4"), {"addresses": ["10.3.0.5", "10.3.0.1"]}]},  # two addresses
+    {"metadata": {"name": "mixed-d", "namespace": "ns", "labels": {"kubernetes.io/service-name": "mixed"}},
+     "addressType": "IPv4", "ports": [{"port": None}], "endpoints": [_ep("10.3.0.6")]},
+    {"metadata": {"name": "mixed-v6", "namespace": "ns", "labels": {"kubernetes.io/service-name": "mixed"}},
+     "addressType": "IPv6", "ports": [{"port": 81}], "endpoints": [_ep("fd00::6")]},
+    {"metadata": {"name": "mixed-fqdn", "namespace": "ns", "labels": {"kubernetes.io/service-name": "mixed"}},
+     "addressType": "FQDN", "ports": [{"port": 81}], "endpoints": [_ep("a.example")]},
+    {"metadata": {"name": "no-owner", "namespace": "ns", "labels": {"kubernetes.io/service-name": ""}},
+     "ports": [{"port": 81}], "endpoints": [_ep("10.4.0.1")]},
+]
+
+
+def test_one_port_text_backends_match_document_and_object_backends(monkeypatch) -> None:
+    from controlplane.controllers import service_view
+    calls = []
+    real = service_view._one_port_backends
+
+    def counted(port, endpoints):
+        calls.append(port)
+        return real(port, endpoints)
+    monkeypatch.setattr(service_view, "_one_port_backends", counted)
+    for doc in ONE_PORT_SLICES:
+        assert _text_path(doc) == _document_path(doc), doc["metadata"]["name"]
+        if _document_path(doc)[2]:
+            assert _text_path(doc)[3] == slice_backends(EndpointSlice.from_dict(copy.deepcopy(doc)))
+    assert len(calls) >= 4, "the fixtures must take the one-port path"
+
+
+def test_one_port_views_match_object_and_document_paths(tmp_path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    for name, ports in [("api", [{"name": "grpc", "port": 90}]), ("plain", [{"port": 80}]),
+                        ("mixed", [{"port": 81}, {"name": "none", "port": 82}]), ("no-owner", [{"port": 1}])]:
+        store.create(Service.from_dict({"metadata": {"name": name, "namespace": "ns"},
+                                        "spec": {"clusterIP": "10.96.1.1", "ports": ports}}))
+    for doc in ONE_PORT_SLICES:
+        store.create(EndpointSlice.from_dict(copy.deepcopy(doc)))
+    want = _by_objects(store)
+    assert load_service_views(store) == load_service_views(_DocumentsOnly(store)) == want
+    by_name = {v.service.name: v for v in want}
+    api = by_name["api"].ports[0].backends
+    assert [(b.ip, b.port, b.ready, b.node_name) for b in api if b.ip == "10.1.0.9"] == [("10.1.0.9", 9000, True, "n1")]
+    assert {(b.ip, b.port) for b in api} >= {("10.1.0.2", 9000), ("10.1.0.2", 9001), ("10.1.0.12", 9001)}
+    assert [b.ip for b in by_name["plain"].ports[0].backends] == ["10.2.0.1", "10.2.0.3"]
+    assert sorted(b.ip for b in by_name["mixed"].ports[0].backends) == [f"10.3.0.{i}" for i in range(1, 6)]
+    assert by_name["no-owner"].ports[0].backends == ()
     store.close()
