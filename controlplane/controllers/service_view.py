@@ -16,7 +16,6 @@ targetPorts resolve per pod.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from dataclasses import dataclass
 from operator import itemgetter
 from sys import intern
@@ -376,23 +375,37 @@ def read_slices(store: Any, namespace: str | None = None) -> Iterator[SliceRead]
 def read_services(store: Any, namespace: str | None = None) -> list[Service]:
     """Every Service, as the store's `list` gives them (from the stored text where the
     store hands it out: msgspec parses it faster than json.loads)."""
+    return list(_iter_services(store, namespace))
+
+
+def _iter_services(store: Any, namespace: str | None) -> Iterable[Service]:
+    """read_services' Services one at a time (decoded as they are taken, from the stored
+    text where there is one)."""
     args = (Service,) if namespace is None else (Service, namespace)
     iter_json = getattr(store, "iter_json", None)
     if iter_json is not None:
-        return [_service_from_text(text) for text in iter_json(*args)]
+        return map(_service_from_text, iter_json(*args))
     return store.list(*args)
 
 
 def load_service_views(store: StoreReader, namespace: str | None = None) -> list[ServiceView]:
     """Every Service's view. The slices are read as stored JSON, not decoded into objects
-    (the bulk of the data: 100,000 endpoints at 10,000 services x 10): see read_slices."""
+    (the bulk of the data: 100,000 endpoints at 10,000 services x 10): see read_slices.
+    Each Service's view is made as soon as it is decoded, while its objects are fresh in
+    the CPU's caches (a tenth faster at 10,000 than decoding them all first)."""
     with paused_gc():
-        per_service: dict[tuple[str, str], list[SliceBackends]] = defaultdict(list)
+        per_service: dict[tuple[str, str], list[SliceBackends]] = {}
         for es in read_slices(store, namespace):
             if es.service:
-                per_service[(es.namespace, es.service)].append(es.backends)
-        return [view_from_backends(svc, merge_backends(per_service.get((svc.namespace, svc.name), ())))
-                for svc in read_services(store, namespace)]
+                key = (es.namespace, es.service)
+                slices = per_service.get(key)
+                if slices is None:
+                    per_service[key] = [es.backends]
+                else:
+                    slices.append(es.backends)
+        none: list[SliceBackends] = []
+        return [view_from_backends(svc, merge_backends(per_service.get((svc.namespace, svc.name), none)))
+                for svc in _iter_services(store, namespace)]
 
 
 _decode_json = msgspec.json.decode
