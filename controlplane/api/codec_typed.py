@@ -132,9 +132,9 @@ def _converter(cls: type) -> Callable[[Any], Any]:
             env[f"_c{i}"] = _converter(tp)
             lines.append(f"    v{i} = s.{f.name}")
             lines.append(f"    if v{i} is not None:")
-            if f.default_factory is tp:   # absent: tp(), made as the converter of an empty Struct makes it
-                env[f"_e{i}"] = _struct(tp)()
-                lines.append(f"        v{i} = _c{i}(_e{i} if v{i} is _UNSET else v{i})")
+            if f.default_factory is tp:   # absent: tp(), made without its __init__
+                env[f"_e{i}"] = _empty(tp)
+                lines.append(f"        v{i} = _e{i}() if v{i} is _UNSET else _c{i}(v{i})")
             elif f.default_factory is not dataclasses.MISSING:
                 env[f"_f{i}"] = f.default_factory
                 lines.append(f"        v{i} = _f{i}() if v{i} is _UNSET else _c{i}(v{i})")
@@ -162,4 +162,32 @@ def _converter(cls: type) -> Callable[[Any], Any]:
     lines.append("    return o")
     exec(compile("\n".join(lines), f"<typed converter for {cls.__name__}>", "exec"), env)
     fn = _CONVERT[cls] = env["convert"]
+    return fn
+
+
+_EMPTY: dict[type, Callable[[], Any]] = {}
+
+
+def _empty(cls: type) -> Callable[[], Any]:
+    """Generated code that makes `cls()` (a field's default factory) as its __init__ would,
+    in one `__dict__`: the fields _struct accepts default to None, or to their own class's
+    empty object; `extra` to a fresh dict."""
+    fn = _EMPTY.get(cls)
+    if fn is not None:
+        return fn
+    env: dict[str, Any] = {"_cls": cls, "_new": object.__new__}
+    items: list[str] = []
+    for i, f in enumerate(dataclasses.fields(cls)):
+        if f.name == "extra":
+            items.append("'extra': {}")
+        elif f.default is None:
+            items.append(f"{f.name!r}: None")
+        elif dataclasses.is_dataclass(f.default_factory):
+            env[f"_e{i}"] = _empty(f.default_factory)   # type: ignore[arg-type]
+            items.append(f"{f.name!r}: _e{i}()")
+        else:
+            raise TypeError(f"codec_typed: {cls.__name__}.{f.name} has a default it does not model")
+    code = "def empty():\n    o = _new(_cls)\n    o.__dict__ = {" + ", ".join(items) + "}\n    return o"
+    exec(compile(code, f"<typed empty {cls.__name__}>", "exec"), env)
+    fn = _EMPTY[cls] = env["empty"]
     return fn

@@ -247,7 +247,8 @@ def slice_document_read(doc: dict[str, Any]) -> SliceRead:
 
 def slice_text_read(text: str) -> SliceRead:
     """A slice from its stored JSON text: what `slice_document_read` gives for the parsed
-    document, read with the typed decoder above."""
+    document, read with the typed decoder above. (The SliceRead is made as a tuple is, in C,
+    without the named tuple's Python-level __new__.)"""
     try:
         es = _decode_slice(text)
     except msgspec.DecodeError:   # a field of another type: the tolerant document path
@@ -260,10 +261,11 @@ def slice_text_read(text: str) -> SliceRead:
             owner = meta.labels.get(LABEL_SERVICE_NAME)
     ports, endpoints = es.ports, es.endpoints
     if not owner or es.addressType not in (None, "IPv4") or not ports or not endpoints:
-        return SliceRead(namespace, name, owner, {})
+        return _tuple_new(SliceRead, (namespace, name, owner, {}))
     if len(ports) == 1 and ports[0].port is not None:   # the usual slice: its endpoints' one address each
         try:
-            return SliceRead(namespace, name, owner, {ports[0].name or "": _one_port_backends(ports[0].port, endpoints)})
+            return _tuple_new(SliceRead, (namespace, name, owner,
+                                          {ports[0].name or "": _one_port_backends(ports[0].port, endpoints)}))
         except (TypeError, ValueError):   # an endpoint with no address, or two or more
             pass
     eps = []
@@ -274,7 +276,7 @@ def slice_text_read(text: str) -> SliceRead:
         ref = e.targetRef
         eps.append((addresses, *_FLAGS[e.conditions], _NODE_NAMES[e.nodeName],
                     ref.name if ref is not None and ref.kind == "Pod" else None))
-    return SliceRead(namespace, name, owner, _cross(((p.name or "", p.port) for p in ports), eps))
+    return _tuple_new(SliceRead, (namespace, name, owner, _cross(((p.name or "", p.port) for p in ports), eps)))
 
 
 def _one_port_backends(port: int, endpoints: list[_Endpoint]) -> list[Backend]:

@@ -86,6 +86,8 @@ def test_absent_objects_are_the_factorys() -> None:
     svc = typed_decoder(Service)("{}")
     assert svc.spec == Service().spec and svc.status == Service().status and svc.metadata == Service().metadata
     assert svc.spec is not typed_decoder(Service)("{}").spec
+    for got, want in [(svc.spec, Service().spec), (svc.status, Service().status), (svc.metadata, Service().metadata)]:
+        assert vars(got) == vars(want) and list(vars(got)) == list(vars(want))
 
 
 @pytest.mark.parametrize("doc", REFUSED)
