@@ -13,6 +13,8 @@ from operator import attrgetter
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
 from controlplane.maglev import MaglevBackend, MaglevSizeWarning, build_table
 
 from .layout import ALGORITHMS, const
@@ -27,6 +29,9 @@ F_REPLY_ENTRY = const("BACKEND_F_REPLY_ENTRY")
 
 Address = tuple[str, int]
 _state, _weight = attrgetter("state"), attrgetter("weight")
+_vip, _port, _protocol, _scope = attrgetter("vip"), attrgetter("port"), attrgetter("protocol"), attrgetter("scope")
+_algorithm, _ranges, _local_drop = attrgetter("algorithm"), attrgetter("source_ranges"), attrgetter("local_drop")
+_timeout, _table_size = attrgetter("affinity_timeout"), attrgetter("maglev_table_size")
 
 # Field order of the rows below (packing.Packer takes them in offset order).
 SVC_KEY_FIELDS = ("vip", "port", "proto", "scope")
@@ -64,22 +69,64 @@ def service_row(state: ServiceState, svc_id: int, affinity_gen: int, key: tuple 
             *(key or service_key_row(state.frontend)))
 
 
+def service_key_columns(frontends: Sequence[Frontend]) -> tuple[Sequence[int], ...]:
+    """service_key_row of each frontend, as one column per field (SVC_KEY_FIELDS)."""
+    return (be32_column(list(map(_vip, frontends))), port_be16(list(map(_port, frontends))),
+            list(map(PROTOCOLS.__getitem__, map(_protocol, frontends))),
+            list(map(SCOPES.__getitem__, map(_scope, frontends))))
+
+
+def service_columns(states: Sequence[ServiceState], svc_ids: Sequence[int], slot_counts: Sequence[int],
+                    terminating_only: Sequence[bool] | bool, affinity_gens: Sequence[int],
+                    keys: tuple[Sequence[int], ...], algorithms: Sequence[str] | None = None,
+                    source_ranges: Sequence[tuple[str, ...]] | None = None) -> tuple[Sequence[int], ...]:
+    """service_row of each state, as one column per field (SVC_FIELDS), for a
+    whole sync's entries at once. What service_row derives from the state's slots
+    is given: `slot_counts`, len(slot_sequence()) of each; `terminating_only`, its
+    slot_backends() are terminating ones (one bool: the same for all); `keys`:
+    service_key_columns of their frontends; `algorithms`, `source_ranges`: those
+    fields of each state, if the caller read them already."""
+    n = len(states)
+    if algorithms is None:
+        algorithms = list(map(_algorithm, states))
+    if source_ranges is None:
+        source_ranges = list(map(_ranges, states))
+    timeouts = list(map(_timeout, states))
+    flags = np.zeros(n, np.uint32)
+    if any(timeouts):
+        flags |= np.where(np.asarray(timeouts, bool), F_AFFINITY, 0).astype(np.uint32)
+    if terminating_only is True or (not isinstance(terminating_only, bool) and any(terminating_only)):
+        flags |= np.where(np.asarray(terminating_only, bool), F_TERMINATING_ONLY, 0).astype(np.uint32)
+    if any(source_ranges):
+        flags |= np.where(np.fromiter(map(bool, source_ranges), bool, n), F_SOURCE_RANGES, 0).astype(np.uint32)
+    local_drop = list(map(_local_drop, states))
+    if any(local_drop):
+        flags |= np.where(np.asarray(local_drop, bool), F_LOCAL_DROP, 0).astype(np.uint32)
+    return (svc_ids, slot_counts, list(map(ALGORITHMS.__getitem__, algorithms)), flags, timeouts,
+            list(map(_table_size, states)), affinity_gens, *keys)
+
+
 def backend_columns(backends: Sequence[Backend], protos: Sequence[int], svc_ids: Sequence[int],
                     shared: Sequence[bool] | bool, ip_be32: Sequence[int] | None = None,
-                    port_be16_col: Sequence[int] | None = None) -> tuple[Sequence[int], ...]:
+                    port_be16_col: Sequence[int] | None = None, state_codes: Sequence[int] | int | None = None,
+                    weights: Sequence[int] | int | None = None) -> tuple[Sequence[int], ...]:
     """Backends map values, one column per field in BACKEND_FIELDS order (the writer
     packs a whole sync's backends at once); `protos`: PROTOCOLS of each one's
     frontend; `shared`: its address serves several frontends, so flows to it record
     a reply entry (revnat.py), or one bool for all; `ip_be32`, `port_be16_col`: the
-    backends' addresses packed already (be32_column, port_be16), if the caller has them."""
+    backends' addresses packed already (be32_column, port_be16), `state_codes`
+    (BACKEND_STATES of each) and `weights`, or one value for all, if the caller has them."""
     if ip_be32 is None:
         ip_be32 = be32_column([b.ip for b in backends])
     if port_be16_col is None:
         port_be16_col = port_be16([b.port for b in backends])
     flags = (F_REPLY_ENTRY if shared else 0) if isinstance(shared, bool) else \
         [F_REPLY_ENTRY if s else 0 for s in shared]
-    return (ip_be32, port_be16_col, list(map(BACKEND_STATES.__getitem__, map(_state, backends))), protos, svc_ids,
-            list(map(_weight, backends)), flags)
+    if state_codes is None:
+        state_codes = list(map(BACKEND_STATES.__getitem__, map(_state, backends)))
+    if weights is None:
+        weights = list(map(_weight, backends))
+    return (ip_be32, port_be16_col, state_codes, protos, svc_ids, weights, flags)
 
 
 def backend_row(fe: Frontend, b: Backend, svc_id: int, shared: bool) -> tuple:

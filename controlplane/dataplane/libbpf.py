@@ -386,12 +386,19 @@ def lookup_batches_raw(fd: int, key_size: int, value_size: int, batch: int = 819
 
 def zero_entries(fd: int, ids, value_size: int) -> int:
     """Write zeros to keys `ids` (u32) of an array map in one batch (`value_size` as in
-    lookup_batches_raw: per-CPU maps take every CPU's copy). Returns the count."""
+    lookup_batches_raw: per-CPU maps take every CPU's copy). `ids`: ints, or a buffer
+    of native u32 (a numpy uint32 column: taken as it is, not copied id by id).
+    Returns the count."""
     n = len(ids)
     if n == 0:
         return 0
-    key_buf = array("I", ids)
-    keys = ffi.from_buffer("uint32_t[]", key_buf)
+    try:
+        view = memoryview(ids)
+    except TypeError:   # a list or other sequence of ints
+        view = memoryview(array("I", ids))
+    if view.format != "I" or view.itemsize != 4 or not view.c_contiguous or view.ndim != 1:
+        view = memoryview(array("I", ids))
+    keys = ffi.from_buffer("uint32_t[]", view)
     vals = ffi.new("uint8_t[]", n * value_size)
     count = ffi.new("uint32_t *", n)
     opts = ffi.new("struct bpf_map_batch_opts *")

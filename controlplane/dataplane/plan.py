@@ -4,7 +4,7 @@ whole batch of plans first, so a full map leaves nothing behind."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, islice, repeat
 from operator import attrgetter
 from typing import Sequence
 
@@ -12,8 +12,9 @@ import numpy as np
 
 from .affinity_maps import AffinityGenerations
 from .ids import CapacityError, IdAllocator
-from .installed import Address, Installed, maglev_inputs, service_key_row, service_row, slot_ids
-from .model import Backend, ServiceState
+from .installed import (Address, Installed, maglev_inputs, service_columns, service_key_columns, service_key_row,
+                        service_row, slot_ids)
+from .model import BACKEND_STATES, Backend, Frontend, ServiceState
 from .packing import be32_column, port_be16
 
 
@@ -56,8 +57,19 @@ class Plan:
 
 
 def check_capacity(plans: Sequence[tuple[ServiceState, Installed | None]], svc_ids: IdAllocator,
-                   backend_ids: IdAllocator, slots_used: int, max_slots: int) -> None:
-    """Raise CapacityError unless every plan fits; nothing is allocated here."""
+                   backend_ids: IdAllocator, slots_used: int, max_slots: int,
+                   new: Sequence["NewPlans"] = ()) -> None:
+    """Raise CapacityError unless every plan fits; nothing is allocated here.
+    `new`: NewPlans.of the plans' new states, if made already. When they are all of
+    the plans (a sync into empty maps), the totals are known from them; each total
+    only grows plan by plan, so when the totals fit every prefix does, and the walk
+    below, which names the first plan that does not fit, is needed only when one
+    does not."""
+    if new and sum(len(b.states) for b in new) == len(plans) and \
+            len(plans) <= svc_ids.available and \
+            sum(sum(b.counts) for b in new) <= backend_ids.available and \
+            slots_used + sum(sum(b.slot_counts) for b in new) <= max_slots:
+        return
     services = backends = 0
     slots = slots_used
     for state, old in plans:
@@ -132,7 +144,11 @@ def _plan_new(state: ServiceState, svc_ids: IdAllocator, backend_ids: IdAllocato
     return plan
 
 
-_ip, _port = attrgetter("ip"), attrgetter("port")
+_ip, _port, _state, _weight = attrgetter("ip"), attrgetter("port"), attrgetter("state"), attrgetter("weight")
+_frontend, _backends, _algorithm = attrgetter("frontend"), attrgetter("backends"), attrgetter("algorithm")
+_timeout, _table_size = attrgetter("affinity_timeout"), attrgetter("maglev_table_size")
+_ranges, _local_drop = attrgetter("source_ranges"), attrgetter("local_drop")
+_ACTIVE = BACKEND_STATES["active"]
 
 
 @dataclass
@@ -144,7 +160,8 @@ class NewPlans:
 
     Made in two steps, because rev_nat is attached between them (writer.py: an
     address is attached before its backend entry is written): `NewPlans.of(states)`
-    reads the backends' columns; `allocate` hands out the ids."""
+    reads the states' columns and their slots, writing and allocating nothing (the
+    writer checks capacity with them); `allocate` hands out the ids."""
     states: list[ServiceState]
     counts: list[int]                  # backends of each state
     backends: list[Backend]            # every state's backends, state by state
@@ -152,21 +169,80 @@ class NewPlans:
     ports: list[int]
     ip_be32: np.ndarray
     port_be16: np.ndarray
-    shared: list[bool] | None = None   # per backend; None: no address of these is shared
+    # the other columns the writer packs, read once here (one value: the same for all)
+    frontends: list[Frontend] = field(default_factory=list)
+    key_columns: tuple = ()    # of the services map: service_key_columns(frontends)
+    algorithms: list[str] = field(default_factory=list)
+    source_ranges: list[tuple[str, ...]] = field(default_factory=list)
+    state_codes: list[int] | int = _ACTIVE          # BACKEND_STATES of each backend
+    weights: list[int] | int = 1                    # weight of each backend
+    # each state's slots, from planning (slot_sequence) without ids: their count, the
+    # index in `backends` of slot 1..n's backend (None: every backend in order, in
+    # every state), and whether they are terminating backends only (the entry's flag)
+    slot_counts: list[int] = field(default_factory=list)
+    slot_pos: np.ndarray | None = None
+    terminating_only: list[bool] | bool = False
     svc_ids: list[int] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)           # backend id of each backend
+    id_col: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))   # `ids` as u32
     id_maps: list[dict[Address, int]] = field(default_factory=list)
-    slot_counts: list[int] = field(default_factory=list)
     slot_bids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))  # slots 1..n of each state
     affinity_gens: list[int] = field(default_factory=list)
 
     @classmethod
     def of(cls, states: Sequence[ServiceState]) -> "NewPlans":
         states = list(states)
-        backends = list(chain.from_iterable(s.backends for s in states))
+        per_state = list(map(_backends, states))
+        counts = list(map(len, per_state))
+        backends = list(chain.from_iterable(per_state))
         ips, ports = list(map(_ip, backends)), list(map(_port, backends))
-        return cls(states, [len(s.backends) for s in states], backends, ips, ports,
-                   be32_column(ips), port_be16(ports))
+        frontends = list(map(_frontend, states))
+        batch = cls(states, counts, backends, ips, ports, be32_column(ips), port_be16(ports), frontends,
+                    service_key_columns(frontends), list(map(_algorithm, states)), list(map(_ranges, states)))
+        batch._read_slots()
+        return batch
+
+    def _read_slots(self) -> None:
+        """Each state's slots and the backends' state and weight columns, read in C
+        over the whole batch. When every backend is active with a weight (the usual
+        sync), slot_backends() of a state is all its backends in order (or none), so
+        its slot_sequence() is too unless it is wrr: only wrr states are then asked.
+        Otherwise every state is asked, as plan_upsert does."""
+        backend_states = list(map(_state, self.backends))
+        weights = list(map(_weight, self.backends))
+        all_active = backend_states.count("active") == len(backend_states)
+        usual = not weights or (all_active and min(weights) > 0)
+        if all_active:
+            self.state_codes = _ACTIVE
+        else:
+            self.state_codes = list(map(BACKEND_STATES.__getitem__, backend_states))
+        self.weights = weights if weights and min(weights) != max(weights) else (weights[0] if weights else 1)
+        if usual and "wrr" not in self.algorithms:
+            self.slot_counts, self.slot_pos, self.terminating_only = list(self.counts), None, False
+            return
+        slot_counts: list[int] = []
+        parts: list[Sequence[int]] = []
+        terminating: list[bool] = []
+        start = 0
+        for s, n, algorithm in zip(self.states, self.counts, self.algorithms):
+            end = start + n
+            if usual and algorithm != "wrr":   # every backend, active (see above)
+                parts.append(range(start, end))
+                slot_counts.append(n)
+                terminating.append(False)
+            else:
+                seq = s.slot_sequence()
+                if seq == s.backends:
+                    parts.append(range(start, end))
+                else:
+                    at = dict(zip(zip(self.ips[start:end], self.ports[start:end]), range(start, end)))
+                    parts.append([at[(b.ip, b.port)] for b in seq])
+                slot_counts.append(len(seq))
+                members = s.slot_backends()   # service_row's flag, exactly
+                terminating.append(bool(members) and members[0].state == "terminating")
+            start = end
+        self.slot_counts, self.terminating_only = slot_counts, terminating
+        self.slot_pos = np.fromiter(chain.from_iterable(parts), np.int64, sum(slot_counts))
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -175,29 +251,19 @@ class NewPlans:
     def allocate(self, svc_ids: IdAllocator, backend_ids: IdAllocator, affinity: AffinityGenerations) -> None:
         """The ids plan_upsert would hand out for each state in turn (allocate_many
         gives the ids that many allocate() calls would), and each state's slots."""
-        states = self.states
-        self.svc_ids = svc_ids.allocate_many(len(states))
+        self.svc_ids = svc_ids.allocate_many(len(self.states))
         self.ids = ids = backend_ids.allocate_many(len(self.backends))
-        addrs = self.addresses
-        id_maps: list[dict[Address, int]] = []
-        slot_counts: list[int] = []
-        slot_parts: list[Sequence[int]] = []
-        gens: list[int] = []
-        start = 0
-        for s, n in zip(states, self.counts):
-            end = start + n
-            id_map = dict(zip(addrs[start:end], ids[start:end]))
-            id_maps.append(id_map)
-            seq = s.slot_sequence()
-            if seq == s.backends:   # every backend, in order (no wrr, none left out): ids as they are
-                slot_parts.append(ids[start:end])
-            else:
-                slot_parts.append([id_map[(b.ip, b.port)] for b in seq])
-            slot_counts.append(len(seq))
-            gens.append(affinity.for_update(s.affinity_timeout, 0))
-            start = end
-        self.id_maps, self.slot_counts, self.affinity_gens = id_maps, slot_counts, gens
-        self.slot_bids = np.fromiter(chain.from_iterable(slot_parts), np.uint32, sum(slot_counts))
+        self.id_col = np.array(ids, np.uint32)
+        self.slot_bids = self.id_col if self.slot_pos is None else self.id_col[self.slot_pos]
+        # each state's address -> id, its slice of the columns (islice of shared
+        # iterators: zip stops at the end of the slice before taking the next id)
+        addrs, id_iter = iter(zip(self.ips, self.ports)), iter(ids)
+        self.id_maps = list(map(dict, map(zip, map(islice, repeat(addrs), self.counts), repeat(id_iter))))
+        timeouts = list(map(_timeout, self.states))
+        if any(timeouts):
+            self.affinity_gens = [affinity.for_update(t, 0) for t in timeouts]
+        else:   # for_update(0, 0) is 0 and takes no generation
+            self.affinity_gens = [0] * len(timeouts)
 
     def slot_columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(svc_id, slot, backend id) of every slot."""
@@ -207,7 +273,14 @@ class NewPlans:
         slot = np.arange(len(svc), dtype=np.int64) - starts + 1
         return svc, slot, self.slot_bids
 
+    def entry_columns(self) -> tuple[tuple, tuple]:
+        """The services map's keys and values of these states, as columns
+        (installed.service_columns: what service_key_row and service_row give)."""
+        keys = self.key_columns
+        return keys, service_columns(self.states, self.svc_ids, self.slot_counts, self.terminating_only,
+                                     self.affinity_gens, keys, self.algorithms, self.source_ranges)
+
     def installed(self) -> list[Installed]:
         """The records of what the maps hold once these are written."""
-        return [Installed(i, s, m, n, affinity_gen=g) for s, i, m, n, g in
-                zip(self.states, self.svc_ids, self.id_maps, self.slot_counts, self.affinity_gens)]
+        return list(map(Installed, self.svc_ids, self.states, self.id_maps, self.slot_counts,
+                        repeat(True), self.affinity_gens))

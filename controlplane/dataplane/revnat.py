@@ -25,6 +25,7 @@ F_SHARED = const("REVNAT_F_SHARED")
 Address = tuple[str, int, str]  # (ip, port, protocol)
 # Frontend's own (dataclass) order, as a key: compared in C, not through Frontend.__lt__
 _FE_ORDER = attrgetter("vip", "port", "protocol", "scope")
+_vip, _port, _protocol = attrgetter("vip"), attrgetter("port"), attrgetter("protocol")
 
 
 class RevNat:
@@ -103,18 +104,25 @@ class RevNat:
             self._flush()
 
     def attach_many(self, fes: list[Frontend], counts: list[int], ips: list[str], ports: list[int],
-                    ip_col: np.ndarray, port_col: np.ndarray) -> bool:
+                    ip_col: np.ndarray, port_col: np.ndarray, vip_col: np.ndarray | None = None,
+                    vport_col: np.ndarray | None = None) -> bool:
         """attach(fes[i], the next counts[i] addresses, flush=False) for each i in turn,
         in bulk when none of the addresses has a user yet, is queued, or comes twice
         (a full sync into empty maps): then no address becomes shared, and the entries
         are queued as rows packed from the columns given (`ip_col`, `port_col`: the
-        ips and ports packed, be32_column and port_be16). Returns False if it had to go one frontend at a time
-        (some address may be shared: ask `shared`)."""
-        protos = list(chain.from_iterable(repeat(fe.protocol, n) for fe, n in zip(fes, counts)))
-        addrs = list(zip(ips, ports, protos))
-        new = dict(zip(addrs, chain.from_iterable(repeat((fe,), n) for fe, n in zip(fes, counts))))
+        ips and ports packed, be32_column and port_be16; `vip_col`, `vport_col`: the
+        frontends' vips and ports packed alike, if the caller has them). Returns False
+        if it had to go one frontend at a time (some address may be shared: ask `shared`)."""
+        protocols = list(map(_protocol, fes))
+        one_protocol = len(set(protocols)) == 1
+        if one_protocol:   # (the usual): no per-address column of it
+            proto_col = repeat(protocols[0])
+        else:
+            proto_col = chain.from_iterable(map(repeat, protocols, counts))
+        # each address's users: its frontend alone (one tuple per frontend, shared by its addresses)
+        new = dict(zip(zip(ips, ports, proto_col), chain.from_iterable(map(repeat, zip(fes), counts))))
         # (isdisjoint of two key views walks the smaller one; of a view and a dict, the dict)
-        if len(new) != len(addrs) or not self.users.keys().isdisjoint(new.keys()) or \
+        if len(new) != len(ips) or not self.users.keys().isdisjoint(new.keys()) or \
                 not self._pending.keys().isdisjoint(new.keys()):
             start = 0
             for fe, n in zip(fes, counts):
@@ -122,13 +130,15 @@ class RevNat:
                 start += n
             return False
         self.users.update(new)
-        self.writes += len(addrs)
-        n = len(addrs)
-        vips = be32_column([fe.vip for fe in fes])
-        vports = port_be16([fe.port for fe in fes])
+        n = len(ips)
+        self.writes += n
+        vips = be32_column(list(map(_vip, fes))) if vip_col is None else vip_col
+        vports = port_be16(list(map(_port, fes))) if vport_col is None else vport_col
         counts_col = np.asarray(counts, np.int64)
+        proto_codes = list(map(PROTOCOLS.__getitem__, protocols))
         self._fresh.append((
-            self._keys.columns(n, (ip_col, port_col, np.repeat([PROTOCOLS[fe.protocol] for fe in fes], counts_col))),
+            self._keys.columns(n, (ip_col, port_col, proto_codes[0] if one_protocol
+                                   else np.repeat(proto_codes, counts_col))),
             self._values.columns(n, (np.repeat(vips, counts_col), np.repeat(vports, counts_col), 0))))
         return True
 

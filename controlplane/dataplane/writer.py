@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import ctypes as ct
 from dataclasses import dataclass
-from itertools import groupby
+from itertools import groupby, repeat
+from operator import attrgetter, itemgetter
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -37,7 +38,7 @@ from .adopt import adopt
 from .affinity_maps import AffinityGenerations
 from .ids import CapacityError, IdAllocator
 from .installed import (BACKEND_FIELDS, SVC_FIELDS, SVC_KEY_FIELDS, Installed, backend_columns, backend_row,
-                        maglev_table, service_key_row, service_row)
+                        maglev_table, service_key_row)
 from .libbpf import zero_entries
 from .maglev_maps import MaglevMaps
 from .model import PROTOCOLS, SCOPES, Backend, Frontend, ServiceState, ip_to_be32, port_to_be16
@@ -59,6 +60,17 @@ class SyncResult:
     updated: int
     removed: int
     unchanged: int
+
+
+_old = itemgetter(1)   # of a (state, its record) pair
+_frontend, _backends, _protocol = attrgetter("frontend"), attrgetter("backends"), attrgetter("protocol")
+
+
+def _id_column(ids: list[int], columns: Sequence[np.ndarray]) -> np.ndarray:
+    """`ids` and then `columns` (u32 ids), as one u32 column."""
+    if not ids and len(columns) == 1:
+        return columns[0]
+    return np.concatenate([np.asarray(ids, np.uint32), *columns]) if columns or ids else np.zeros(0, np.uint32)
 
 
 def _holds(old: Installed | None, state: ServiceState) -> bool:
@@ -291,16 +303,23 @@ class MapWriter:
         has them already; then nothing is returned."""
         if todo is None:
             todo = [(s, self._installed.get(s.frontend)) for s in states if self._current(s) is None]
-        check_capacity(todo, self._svc_ids, self._backend_ids, self._slots_used, self.max_slots)
+        # In the order given (ids are handed out in it), a run of new frontends at once.
+        if any(map(_old, todo)):
+            runs = [(is_new, list(run)) for is_new, run in groupby(todo, key=lambda t: t[1] is None)]
+        else:   # all new (a sync into empty maps)
+            runs = [(True, todo)] if todo else []
+        # New frontends' columns and slots first: they write and allocate nothing, and
+        # the capacity check takes their slot counts from them.
+        batches = [NewPlans.of([state for state, _ in run]) if is_new else None for is_new, run in runs]
+        check_capacity(todo, self._svc_ids, self._backend_ids, self._slots_used, self.max_slots,
+                       [b for b in batches if b is not None])
         made: list[Plan] = []       # frontends the maps hold: planned one by one, as diffs
         new: list[NewPlans] = []    # frontends they do not: planned in bulk, as columns
         attach, revnat = self.revnat.attach, self.revnat
-        # In the order given (ids are handed out in it), a run of new frontends at once.
-        for is_new, run in groupby(todo, key=lambda t: t[1] is None):
-            if is_new:
-                batch = NewPlans.of([state for state, _ in run])
-                revnat.attach_many([st.frontend for st in batch.states], batch.counts, batch.ips, batch.ports,
-                                   batch.ip_be32, batch.port_be16)
+        for (is_new, run), batch in zip(runs, batches):
+            if batch is not None:
+                revnat.attach_many(batch.frontends, batch.counts, batch.ips, batch.ports,
+                                   batch.ip_be32, batch.port_be16, *batch.key_columns[:2])
                 batch.allocate(self._svc_ids, self._backend_ids, self.affinity)
                 new.append(batch)
                 continue
@@ -313,9 +332,7 @@ class MapWriter:
         pk = self._pk
         # 1. reverse NAT for new addresses, then backends (a fresh id starts with no
         #    connections: a reused one may hold a stale count)
-        fresh = [i for p in made for i in p.fresh]
-        for batch in new:
-            fresh += batch.ids
+        fresh = _id_column([i for p in made for i in p.fresh], [batch.id_col for batch in new])
 
         self.revnat.flush()
         n = write_packed(self.conns, pk["id"].columns(len(fresh), [fresh]),
@@ -335,6 +352,8 @@ class MapWriter:
                 self.maglev.install(p.svc_id, maglev_table(p.state, p.ids))
                 n += 1
         for batch in new:
+            if "maglev" not in batch.algorithms:
+                continue
             for st, svc_id, ids in zip(batch.states, batch.svc_ids, batch.id_maps):
                 if st.algorithm == "maglev" and (table := maglev_table(st, ids)) is not None:
                     self.maglev.install(svc_id, table)
@@ -344,9 +363,10 @@ class MapWriter:
                 self.ranges.add(p.svc_id, set(p.state.source_ranges) -
                                 set(p.old.state.source_ranges if not p.old.suspect else ()))
         for batch in new:
-            for st, svc_id in zip(batch.states, batch.svc_ids):
-                if st.source_ranges:
-                    self.ranges.add(svc_id, set(st.source_ranges))
+            if any(batch.source_ranges):
+                for ranges, svc_id in zip(batch.source_ranges, batch.svc_ids):
+                    if ranges:
+                        self.ranges.add(svc_id, set(ranges))
         self.writes += n
         self._phase("slots")
         # 3. the service entries: from here on packets use the new states
@@ -363,7 +383,7 @@ class MapWriter:
             installed[p.state.frontend] = p.installed()
         for batch in new:
             self._slots_used += sum(batch.slot_counts)
-            installed.update(zip([st.frontend for st in batch.states], batch.installed()))
+            installed.update(zip(batch.frontends, batch.installed()))
         self._phase("shrink")
         # 5. addresses that became shared (or stopped being): their other entries
         self._rewrite_reply_flags(self.revnat.take_sharing_changes())
@@ -372,14 +392,14 @@ class MapWriter:
 
     def _entry_rows(self, made: Sequence[Plan], new: Sequence[NewPlans]) -> tuple[np.ndarray, np.ndarray]:
         """Every plan's service entry, packed: (keys, values)."""
-        keys = [p.entry_key for p in made]
-        rows = [p.entry for p in made]
+        pk = self._pk
+        keys = [pk["svc_key"].rows([p.entry_key for p in made])]
+        values = [pk["svc"].rows([p.entry for p in made])]
         for batch in new:
-            first = len(keys)
-            keys += [service_key_row(st.frontend) for st in batch.states]
-            rows += [service_row(st, i, g, key) for st, i, g, key in
-                     zip(batch.states, batch.svc_ids, batch.affinity_gens, keys[first:])]
-        return self._pk["svc_key"].rows(keys), self._pk["svc"].rows(rows)
+            key_cols, value_cols = batch.entry_columns()
+            keys.append(pk["svc_key"].columns(len(batch.states), key_cols))
+            values.append(pk["svc"].columns(len(batch.states), value_cols))
+        return concat(keys, pk["svc_key"].dtype), concat(values, pk["svc"].dtype)
 
     def _backend_rows(self, made: Sequence[Plan], new: Sequence[NewPlans]) -> tuple[np.ndarray, np.ndarray]:
         """Every plan's backend entries, packed as columns: (keys, values)."""
@@ -396,17 +416,20 @@ class MapWriter:
             protos += [PROTOCOLS[p.state.frontend.protocol]] * len(bs)
             svc_ids += [p.svc_id] * len(bs)
         pk = self._pk
-        shared = self._shared([(p.state.frontend.protocol, p.write_backends) for p in made])
+        shared = self._shared((p.state.frontend.protocol, p.write_backends) for p in made)
         parts = [pk["backend"].columns(len(ids), backend_columns(backends, protos, svc_ids, shared))]
         for batch in new:
             counts = np.asarray(batch.counts, np.int64)
-            protos_col = np.repeat([PROTOCOLS[st.frontend.protocol] for st in batch.states], counts)
+            protocols = list(map(_protocol, batch.frontends))
+            codes = list(map(PROTOCOLS.__getitem__, protocols))
+            protos_col = codes[0] if len(set(codes)) == 1 else np.repeat(codes, counts)
             svc_col = np.repeat(np.asarray(batch.svc_ids, np.uint32), counts)
-            shared = self._shared([(st.frontend.protocol, st.backends) for st in batch.states])
+            shared = self._shared(zip(protocols, map(_backends, batch.states)))
             parts.append(pk["backend"].columns(len(batch.ids), backend_columns(
-                batch.backends, protos_col, svc_col, shared, batch.ip_be32, batch.port_be16)))
-            ids += batch.ids
-        return pk["id"].columns(len(ids), [ids]), concat(parts, pk["backend"].dtype)
+                batch.backends, protos_col, svc_col, shared, batch.ip_be32, batch.port_be16,
+                batch.state_codes, batch.weights)))
+        id_col = _id_column(ids, [batch.id_col for batch in new])
+        return pk["id"].columns(len(id_col), [id_col]), concat(parts, pk["backend"].dtype)
 
     def _shared(self, groups: Iterable[tuple[str, Sequence[Backend]]]) -> list[bool] | bool:
         """Each backend's reply-entry flag (RevNat.shared), for (protocol, backends)
@@ -526,8 +549,13 @@ class MapWriter:
 
     def _sync(self, states: Iterable[ServiceState]) -> SyncResult:
         self.repair_adopted()
-        desired = {s.frontend: s for s in states}
+        states = tuple(states)
+        # (the last state of a frontend given twice wins, in the first one's place)
+        desired = dict(zip(map(_frontend, states), states))
         removed = self.delete_many([fe for fe in self._installed if fe not in desired])
+        if not self._installed:   # the maps hold none (a first sync): all new, nothing to look up
+            self._upsert_many((), list(zip(desired.values(), repeat(None))))
+            return SyncResult(len(desired), 0, removed, 0)
         added = updated = unchanged = 0
         todo: list[tuple[ServiceState, Installed | None]] = []
         installed = self._installed.get

@@ -139,3 +139,85 @@ def test_new_plans_in_bulk_equal_planning_one_by_one():
     # the slots, against installed.slot_ids (what the diff path, adoption and the
     # consistency check expect the maps to hold), not only against planning one by one
     assert bid.tolist() == [i for r in batch.installed() for i in slot_ids(r.state, r.backend_ids)]
+
+
+def _batch_states(kind: str) -> list[ServiceState]:
+    """States of one sync batch. "usual": every backend active with a weight (the
+    columns' fast path: slots are all backends, asked of wrr states only); "wrr":
+    the same with wrr states among them; "mixed": some backends terminating or of
+    weight 0, so every state is asked for its slots."""
+    out = []
+    for i in range(18):
+        fe = Frontend(f"10.96.2.{i + 1}", 80 + i % 3, "UDP" if i % 5 == 0 else "TCP",
+                      "external" if i % 4 == 3 else "cluster")
+        n = i % 4   # 0..3 backends (none: count 0, no flag)
+        bs = []
+        for j in range(n):
+            state, weight = "active", 1 + (i + j) % 3
+            if kind == "mixed" and (i % 3 == 1 or (i % 5 == 2 and j == 0)):
+                state = "terminating"
+            if kind == "mixed" and i % 6 == 4 and j == 1:
+                weight = 0
+            bs.append(Backend(f"10.2.{i}.{j + 1}", 8080 + j, state, weight))
+        algs = ("random", "maglev", "rr", "wrr") if kind != "usual" else ("random", "maglev", "rr", "lc")
+        alg = algs[i % 4]
+        out.append(ServiceState(fe, tuple(bs), alg, 30 if i % 3 == 0 else 0, 251 if alg == "maglev" else None,
+                                ("192.0.2.0/24",) if i % 7 == 5 else (), n == 0 and i % 2 == 0))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["usual", "wrr", "mixed"])
+def test_new_plans_columns_equal_the_rows_of_each_state(kind):
+    """The columns a sync's new frontends are packed from (services entries, backend
+    entries, slots, capacity totals) hold exactly what the per-state functions give:
+    service_row / service_key_row, backend_columns of each backend, slot_ids; for
+    every slot layout the fast path tells apart."""
+    from controlplane.dataplane.installed import backend_columns, service_key_row
+    from controlplane.dataplane.plan import NewPlans
+
+    states = _batch_states(kind)
+    ids = Ids(services=40, backends=200)
+    batch = NewPlans.of(states)
+    assert batch.slot_counts == [len(s.slot_sequence()) for s in states]
+    assert (batch.slot_pos is None) == (kind == "usual")
+    batch.allocate(ids.svc, ids.backend, ids.affinity)
+    keys, values = batch.entry_columns()
+
+    def rows(cols, n):
+        return [tuple(int(c[k]) if hasattr(c, "__len__") else int(c) for c in cols) for k in range(n)]
+
+    assert rows(keys, len(states)) == [service_key_row(s.frontend) for s in states]
+    assert rows(values, len(states)) == [service_row(s, i, g) for s, i, g in
+                                         zip(states, batch.svc_ids, batch.affinity_gens)]
+    assert batch.slot_bids.tolist() == [i for r in batch.installed() for i in slot_ids(r.state, r.backend_ids)]
+    cols = backend_columns(batch.backends, [0] * len(batch.backends), [0] * len(batch.backends), False)
+    fast = backend_columns(batch.backends, [0] * len(batch.backends), [0] * len(batch.backends), False,
+                           batch.ip_be32, batch.port_be16, batch.state_codes, batch.weights)
+    n = len(batch.backends)
+    assert rows(fast, n) == rows(cols, n)
+
+
+@pytest.mark.parametrize("kind", ["usual", "wrr", "mixed"])
+def test_capacity_from_new_plans_agrees_with_the_walk(kind):
+    """check_capacity given the batch's NewPlans (totals only) raises exactly when
+    the walk over the states does, with the same message, at each limit's edge."""
+    from controlplane.dataplane.plan import NewPlans
+
+    states = _batch_states(kind)
+    todo = [(s, None) for s in states]
+    services = len(states)
+    backends = sum(len(s.backends) for s in states)
+    slots = sum(len(s.slot_sequence()) for s in states)
+    for svc_limit, backend_limit, slot_limit in [
+            (services + 1, backends + 1, slots), (services, backends + 1, slots),
+            (services + 1, backends, slots), (services + 1, backends + 1, slots - 1)]:
+        outcomes = []
+        for new in ([], [NewPlans.of(states)]):
+            ids = Ids(services=svc_limit, backends=backend_limit)
+            try:
+                check_capacity(todo, ids.svc, ids.backend, 3, slot_limit + 3, new)
+                outcomes.append(None)
+            except CapacityError as exc:
+                outcomes.append(str(exc))
+        assert outcomes[0] == outcomes[1]
+        assert (outcomes[0] is None) == (svc_limit > services and backend_limit > backends and slot_limit >= slots)
