@@ -127,7 +127,10 @@ def slice_document_backends(doc: dict[str, Any]) -> SliceBackends:
             serving = ready
         ref = e.get("targetRef")
         pod = ref.get("name") if ref and ref.get("kind") == "Pod" else None
-        eps.append((addresses, ready, serving, bool(c.get("terminating")), _NODE_NAMES[e.get("nodeName")], pod))
+        node = e.get("nodeName")
+        if node:   # one string per node (see _NodeNames; a document may hold any JSON type here)
+            node = intern(node)
+        eps.append((addresses, ready, serving, bool(c.get("terminating")), node, pod))
     return _cross(((p.get("name") or "", p.get("port")) for p in ports), eps)
 
 
