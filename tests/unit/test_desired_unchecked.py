@@ -200,3 +200,19 @@ def test_rising_leaves_out_the_joins_between_runs():
     assert not model._rising(ips, ports, [5])
     assert not model._rising(ips, [80, 80, 80, 81, 81], [2, 3])    # a pair twice
     assert model._rising([], [], []) and model._rising(["10.0.0.1"], [80], [1])
+
+
+def test_a_ports_frontends_are_all_made_before_its_states():
+    """Which error a port with two bad values raises: its frontends are all made (and a
+    bad address refused) before any of its states (and a bad source range refused)."""
+    svc = Service.from_dict({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "lb", "namespace": "default"},
+                             "spec": {"clusterIP": "10.96.0.9", "type": "LoadBalancer",
+                                      "loadBalancerSourceRanges": ["10.0.0.0/33"],
+                                      "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}})
+    port = ServicePortView("default", "lb", "http", "TCP", 80, 30080,
+                           (("10.96.0.9", 80, "clusterIP"), ("192.168.1.240", 80, "loadBalancer")), ())
+    views = [ServiceView(svc, (port,))]
+    with pytest.raises(ModelError, match=r"^frontend vip: '300\.1\.1\.1' is not an IPv4 address$"):
+        desired_state(views, NodeConfig("node1", nodeport_addresses=("300.1.1.1",)))
+    with pytest.raises(ModelError, match=r"source range '10\.0\.0\.0/33' is not an IPv4 CIDR$"):
+        desired_state(views, NodeConfig("node1", nodeport_addresses=("192.168.1.31",)))
