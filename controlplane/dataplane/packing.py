@@ -91,7 +91,11 @@ class Packer:
 
 def concat(parts: Sequence[np.ndarray], dtype: np.dtype) -> np.ndarray:
     """Packed arrays of one dtype end to end, in that dtype (np.concatenate would
-    promote a structured dtype to one without its padding: not the map's layout)."""
+    promote a structured dtype to one without its padding: not the map's layout).
+    One part of that dtype (the others empty) is returned as it is, not copied."""
+    filled = [p for p in parts if len(p)]
+    if len(filled) == 1 and filled[0].dtype == dtype:
+        return filled[0]
     out = np.zeros(sum(len(p) for p in parts), dtype)
     i = 0
     for p in parts:

@@ -129,7 +129,10 @@ class RevNat:
                 self.attach(fe, list(zip(ips[start:start + n], ports[start:start + n])), flush=False)
                 start += n
             return False
-        self.users.update(new)
+        if self.users:
+            self.users.update(new)
+        else:   # (none yet: the dict made here is the whole map, no copy needed)
+            self.users = new
         n = len(ips)
         self.writes += n
         vips = be32_column(list(map(_vip, fes))) if vip_col is None else vip_col

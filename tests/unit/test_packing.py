@@ -9,7 +9,7 @@ import pytest
 
 from controlplane.dataplane.installed import BACKEND_FIELDS, backend_columns, backend_row
 from controlplane.dataplane.model import Backend, Frontend, ip_to_be32, port_to_be16
-from controlplane.dataplane.packing import Packer, port_be16
+from controlplane.dataplane.packing import Packer, concat, port_be16
 
 
 class Entry(ct.Structure):       # odd offsets and padding, as a compiler lays them out
@@ -35,6 +35,20 @@ def test_columns_and_rows_pack_like_ctypes():
     assert bytes(p.array(rows)) == want
     assert p.struct.pack(*rows[0]) == want[:ct.sizeof(Entry)]
     assert p.columns(2, [5, [1, 2], 0]).tobytes() == ctypes_bytes([(5, 1, 0), (5, 2, 0)])  # a scalar fills
+
+
+def test_concat_keeps_the_layout_and_order_with_or_without_copying():
+    """Parts end to end in the packer's dtype (padding bytes zero, as ctypes lays
+    them out); one filled part of that dtype comes back as it is."""
+    p = Packer(Entry, ("a", "b", "d"))
+    rows = [(1, 2, 3), (4, 5, 6), (7, 8, 9)]
+    one = p.rows(rows)
+    assert concat([p.rows([]), one, p.rows([])], p.dtype) is one
+    assert concat([p.rows(rows[:1]), p.rows([]), p.rows(rows[1:])], p.dtype).tobytes() == ctypes_bytes(rows)
+    assert len(concat([p.rows([])], p.dtype)) == 0 and concat([], p.dtype).dtype == p.dtype
+    plain = np.zeros(3, [("a", "<u4"), ("b", "<u2"), ("d", "<u8")])   # another layout: converted
+    plain["a"], plain["b"], plain["d"] = [1, 4, 7], [2, 5, 8], [3, 6, 9]
+    assert concat([plain], p.dtype).tobytes() == ctypes_bytes(rows)
 
 
 def test_fields_must_be_in_offset_order():
