@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from controlplane.api.endpoints import LAST_CHANGE_TRIGGER_TIME
 from controlplane.api.errors import Gone
@@ -21,7 +22,7 @@ from controlplane.memtrim import release_free_memory
 from controlplane.store.interface import DELETED
 
 from .cache import WATCHED_KINDS, ServiceCache, ServiceKey
-from .desired import Desired, NodeConfig, desired_state
+from .desired import Desired, NodeConfig, desired_each, desired_state
 from .health import Health
 from .healthcheck import ServiceHealthServers
 from .interfaces import InterfaceManager
@@ -86,9 +87,10 @@ class Agent:
     def desired(self) -> Desired:
         return desired_state(self.cache.views(), self.node)
 
-    def _desired_for(self, key: ServiceKey) -> Desired:
-        view = self.cache.view(key)
-        return desired_state([view] if view else [], self.node)
+    def _desired_for(self, keys: Iterable[ServiceKey]) -> dict[ServiceKey, Desired]:
+        """Each service's desired state, apart (made in one pass: desired_each)."""
+        keys = list(keys)
+        return dict(zip(keys, desired_each([self.cache.view(key) for key in keys], self.node)))
 
     def _note_problems(self, key: ServiceKey, problems: tuple[str, ...]) -> None:
         if problems and problems != self._problems.get(key):
@@ -201,7 +203,7 @@ class Agent:
         report = SyncReport()
         self.writer.repair_adopted()
         keys = set(self.cache.services) | set(self._frontends)
-        wants = {key: self._desired_for(key) for key in keys}
+        wants = self._desired_for(keys)
         # Frontends in the maps that no service owns (left by an earlier agent) go too.
         owned = {fe for fes in self._frontends.values() for fe in fes}
         wanted = {s.frontend for want in wants.values() for s in want.states}
@@ -231,7 +233,7 @@ class Agent:
         touched = self.cache.apply(events)
         self.cache.resource_version = max(self.cache.resource_version, current)
         report = SyncReport()
-        self._apply({key: self._desired_for(key) for key in touched}, report)
+        self._apply(self._desired_for(touched), report)
         if touched:
             done = time.time()
             report.programming_s = [done - t for t in trigger_times(events)]
@@ -250,7 +252,7 @@ class Agent:
         if self._unprogrammed:
             keys = [k for k, fes in self._frontends.items() if fes & self._unprogrammed]
             report = SyncReport()
-            self._apply({key: self._desired_for(key) for key in keys}, report)
+            self._apply(self._desired_for(keys), report)
             self._report_health()
             self._log("retry", report, len(keys))
         fresh = ServiceCache.load(self.source)

@@ -120,15 +120,29 @@ def desired_state(views: Iterable[ServiceView], node: NodeConfig) -> Desired:
     ever (the first bad value in service order) or, given values only they accept or
     backends to sort, make the same states. Both passes run _desired_state, differing
     only in `make`."""
+    if not isinstance(views, (list, tuple)):
+        views = list(views)     # read twice, maybe
+    return _desired_groups([views], node)[0]
+
+
+def desired_each(views: Sequence[ServiceView | None], node: NodeConfig) -> list[Desired]:
+    """desired_state([view]) of each view (an empty Desired for None), in one pass: the
+    agent keeps each service's desired state apart (its frontends, its problems), and
+    made one service at a time the bulk checks would run 10,000 times over 10 backends
+    at a full sync instead of over batches of thousands. A frontend two of these views
+    claim is not a conflict here, as with one call per view."""
+    return _desired_groups([[view] if view is not None else [] for view in views], node)
+
+
+def _desired_groups(groups: Sequence[Sequence[ServiceView]], node: NodeConfig) -> list[Desired]:
     with paused_gc():
-        if not isinstance(views, (list, tuple)):
-            views = list(views)     # read twice, maybe
         try:
-            desired: Desired | None = _desired_state(views, node, UncheckedModel())
+            desired: list[Desired] | None = _desired_state(groups, node, UncheckedModel())
         except Exception:           # noqa: BLE001 - the checked pass says what it was
             desired = None
         if desired is None:
-            desired = _desired_state(views, node, _Checked())
+            desired = _desired_state(groups, node, _Checked())
+        assert desired is not None   # the checked pass raises instead
         return desired
 
 
@@ -161,14 +175,37 @@ def _annotated(name: str, annotations: dict[str, str], node: NodeConfig,
 _SERVED = ("TCP", "UDP")
 
 
-def _desired_state(views: Sequence[ServiceView], node: NodeConfig, make: _Maker) -> Desired | None:
-    """The desired state, made by `make`; None when UncheckedModel finds a bad value."""
+def _desired_state(groups: Sequence[Sequence[ServiceView]], node: NodeConfig,
+                   make: _Maker) -> list[Desired] | None:
+    """The desired state of each group of views, made by `make` (one for all groups);
+    None when UncheckedModel finds a bad value."""
     pending: list = []    # ServiceStates, or what UncheckedModel makes them of
-    owners: dict[Frontend, str] = {}
-    problems: list[Problem] = []
-    node_name, default_algorithm = node.name, node.default_algorithm
+    # per group: where its states end in `pending`, its owners and problems
+    parts: list[tuple[int, dict[Frontend, str], list[Problem]]] = []
     # a service without annotations (most) takes the node's settings, if they are valid
-    plain = (default_algorithm, {}, None) if default_algorithm in ALGORITHMS else None
+    plain = (node.default_algorithm, {}, None) if node.default_algorithm in ALGORITHMS else None
+    for views in groups:
+        owners: dict[Frontend, str] = {}
+        problems: list[Problem] = []
+        _views_into(views, node, make, plain, pending, owners, problems)
+        parts.append((len(pending), owners, problems))
+    states = make.states(pending)
+    if states is None:
+        return None
+    out = []
+    start = 0
+    for end, owners, problems in parts:
+        out.append(Desired(states[start:end], owners, tuple(problems)))
+        start = end
+    return out
+
+
+def _views_into(views: Sequence[ServiceView], node: NodeConfig, make: _Maker,
+                plain: tuple[str, dict[str, int], None] | None, pending: list,
+                owners: dict[Frontend, str], problems: list[Problem]) -> None:
+    """Append the states of `views` (as `make` makes them) to `pending`, claiming their
+    frontends in `owners` (a frontend claimed already is a FrontendConflict)."""
+    node_name = node.name
     frontend, state = make.frontend, make.state
     for view in views:
         if not view.proxied:
@@ -217,10 +254,6 @@ def _desired_state(views: Sequence[ServiceView], node: NodeConfig, make: _Maker)
                 else:
                     ranges = tuple(svc.source_ranges) if scope == SCOPE_LOAD_BALANCER else ()
                     pending.append(state(fe, external, algorithm, affinity, table_size, ranges, external_drop))
-    states = make.states(pending)
-    if states is None:
-        return None
-    return Desired(states, owners, tuple(problems))
 
 
 SCOPE_NODE_PORT = "nodePort"

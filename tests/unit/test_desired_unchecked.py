@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controlplane.agent.desired import NodeConfig, _Checked, _desired_state, desired_state
+from controlplane.agent.desired import NodeConfig, _Checked, _desired_state, desired_each, desired_state
 from controlplane.api import Service
 from controlplane.controllers.service_view import Backend as ViewBackend
 from controlplane.controllers.service_view import ServicePortView, ServiceView
@@ -81,6 +81,12 @@ def view(draw, i: int):
     return ServiceView(svc, tuple(ports))
 
 
+def _made(views, node, make):
+    """_desired_state of one group of views (as desired_state makes it), None if refused."""
+    made = _desired_state([views], node, make)
+    return None if made is None else made[0]
+
+
 def _outcome(make):
     try:
         d = make()
@@ -103,7 +109,7 @@ def batch(request, monkeypatch):
 def test_quick_and_checked_passes_agree(data, batch):
     views = [data.draw(view(i)) for i in range(data.draw(st.integers(1, 8)))]
     node = data.draw(st.sampled_from(NODES))
-    assert _outcome(lambda: desired_state(views, node)) == _outcome(lambda: _desired_state(views, node, _Checked()))
+    assert _outcome(lambda: desired_state(views, node)) == _outcome(lambda: _made(views, node, _Checked()))
 
 
 def _good_views(n: int) -> list[ServiceView]:
@@ -123,9 +129,9 @@ def _good_views(n: int) -> list[ServiceView]:
 def test_good_views_take_the_quick_pass(batch):
     """The quick pass is not given up on good input (it would still be right, and slow)."""
     views, node = _good_views(500), NodeConfig("node1")
-    quick = _desired_state(views, node, UncheckedModel())
+    quick = _made(views, node, UncheckedModel())
     assert quick is not None
-    assert _outcome(lambda: quick) == _outcome(lambda: _desired_state(views, node, _Checked()))
+    assert _outcome(lambda: quick) == _outcome(lambda: _made(views, node, _Checked()))
 
 
 @pytest.mark.parametrize("where", [0, 250, 499])
@@ -144,7 +150,7 @@ def test_a_bad_endpoint_among_many_is_named(batch, where, field, bad, says):
     eps[5] = eps[5]._replace(**{field: bad.format(ip=ip) if isinstance(bad, str) and field == "ip" else bad})
     views[where] = ServiceView(views[where].service, (ServicePortView(
         port.namespace, port.service, port.name, port.protocol, port.port, None, port.frontends, tuple(eps)),))
-    assert _desired_state(views, NodeConfig("node1"), UncheckedModel()) is None
+    assert _made(views, NodeConfig("node1"), UncheckedModel()) is None
     with pytest.raises(ModelError, match=says):
         desired_state(views, NodeConfig("node1"))
 
@@ -155,7 +161,7 @@ def test_a_bad_frontend_among_many_is_named(batch):
     views[321] = ServiceView(views[321].service, (ServicePortView(
         port.namespace, port.service, port.name, port.protocol, port.port, None,
         (("10.96.1.72 ", 80, "clusterIP"),), port.backends),))
-    assert _desired_state(views, NodeConfig("node1"), UncheckedModel()) is None
+    assert _made(views, NodeConfig("node1"), UncheckedModel()) is None
     with pytest.raises(ModelError, match=r"^frontend vip: '10.96.1.72 ' is not an IPv4 address$"):
         desired_state(views, NodeConfig("node1"))
 
@@ -168,7 +174,7 @@ def test_backends_out_of_order_are_sorted_as_before(batch):
         port.namespace, port.service, port.name, port.protocol, port.port, None, port.frontends,
         port.backends[5:] + port.backends[:5]),))
     node = NodeConfig("node1")
-    assert _desired_state(views, node, UncheckedModel()) is None
+    assert _made(views, node, UncheckedModel()) is None
     got = desired_state(views, node).states[20].backends
     assert [b.ip for b in got] == sorted(b.ip for b in port.backends if b.ready or b.terminating)
 
@@ -216,3 +222,27 @@ def test_a_ports_frontends_are_all_made_before_its_states():
         desired_state(views, NodeConfig("node1", nodeport_addresses=("300.1.1.1",)))
     with pytest.raises(ModelError, match=r"source range '10\.0\.0\.0/33' is not an IPv4 CIDR$"):
         desired_state(views, NodeConfig("node1", nodeport_addresses=("192.168.1.31",)))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_each_view_apart_in_one_pass(data, batch):
+    """desired_each == desired_state of each view alone: the same states, owners and
+    problems per view, None for a view that is not there, and a frontend two views claim
+    is no conflict between them (the agent keeps services apart)."""
+    views = [data.draw(view(i)) for i in range(data.draw(st.integers(1, 6)))]
+    views = views + views[:1]            # one view twice: its frontends claimed twice
+    node = data.draw(st.sampled_from(NODES))
+    views.insert(data.draw(st.integers(0, len(views))), None)
+    alone = [_outcome(lambda v=v: desired_state([v] if v is not None else [], node)) for v in views]
+    refused = [o for o in alone if isinstance(o[0], str)]
+    if refused:   # a bad view: desired_each raises what the first bad one raises alone
+        try:
+            desired_each(views, node)
+        except (ModelError, TypeError, ValueError, AttributeError) as exc:
+            assert (type(exc).__name__, str(exc)) == refused[0]
+        else:
+            raise AssertionError(f"desired_each took what desired_state refused: {refused[0]}")
+        return
+    each = desired_each(views, node)
+    assert [_outcome(lambda d=d: d) for d in each] == alone
