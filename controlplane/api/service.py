@@ -174,7 +174,12 @@ class Service(ApiObject):
     @property
     def proxied(self) -> bool:
         """False for Services kube-proxy skips: ExternalName, headless, no ClusterIP, or
-        labelled with service-proxy-name / headless."""
-        if self.type == EXTERNAL_NAME or not self.spec.cluster_ip or self.is_headless:
+        labelled with service-proxy-name / headless. (Read from the fields, not through the
+        type/is_headless/labels helpers: the agent asks twice per Service per sync, 20,000
+        times at 10,000 Services.)"""
+        spec = self.spec
+        cluster_ip = spec.cluster_ip
+        if not cluster_ip or cluster_ip == HEADLESS or spec.type == EXTERNAL_NAME:
             return False
-        return LABEL_SERVICE_PROXY_NAME not in self.labels and LABEL_HEADLESS not in self.labels
+        labels = self.metadata.labels
+        return not labels or (LABEL_SERVICE_PROXY_NAME not in labels and LABEL_HEADLESS not in labels)

@@ -351,13 +351,35 @@ def view_from_backends(svc: Service, backends: dict[str, list[Backend]]) -> Serv
         vips.extend((ip, SCOPE_LOAD_BALANCER) for ip in svc.load_balancer_ips)
     namespace, name = svc.namespace, svc.name
     ports = []
-    for sp in svc.ports:
+    for sp in spec.ports or ():   # svc.ports
         port = sp.port or 0
         port_name = sp.name or ""
-        ports.append(ServicePortView(namespace, name, port_name, sp.protocol or "TCP", port, sp.node_port,
-                                     tuple([(ip, port, scope) for ip, scope in vips]),
-                                     tuple(sorted(backends.get(port_name, ())))))
-    return ServiceView(svc, tuple(ports))
+        ports.append(_port_view(namespace, name, port_name, sp.protocol or "TCP", port, sp.node_port,
+                                tuple([(ip, port, scope) for ip, scope in vips]),
+                                tuple(sorted(backends.get(port_name, ())))))
+    return _view(svc, tuple(ports))
+
+
+_object_new = object.__new__
+
+
+def _port_view(namespace: str, service: str, name: str, protocol: str, port: int, node_port: int | None,
+               frontends: tuple[tuple[str, int, str], ...], backends: tuple[Backend, ...]) -> ServicePortView:
+    """ServicePortView(...) with these fields, made without the frozen dataclass's __init__
+    (one object.__setattr__ call per field; this fills the instance's dict at once): a
+    view per Service port, 10,000 at a full sync. Equal to the constructor's in every way
+    (test_service_view_documents checks)."""
+    obj = _object_new(ServicePortView)
+    obj.__dict__.update(namespace=namespace, service=service, name=name, protocol=protocol, port=port,
+                        node_port=node_port, frontends=frontends, backends=backends)
+    return obj
+
+
+def _view(service: Service, ports: tuple[ServicePortView, ...]) -> ServiceView:
+    """ServiceView(service, ports), made as _port_view makes a port's."""
+    obj = _object_new(ServiceView)
+    obj.__dict__.update(service=service, ports=ports)
+    return obj
 
 
 def build_service_view(svc: Service, slices: list[EndpointSlice]) -> ServiceView:

@@ -309,3 +309,31 @@ def test_one_port_views_match_object_and_document_paths(tmp_path) -> None:
     assert sorted(b.ip for b in by_name["mixed"].ports[0].backends) == [f"10.3.0.{i}" for i in range(1, 6)]
     assert by_name["no-owner"].ports[0].backends == ()
     store.close()
+
+
+def test_views_are_the_constructors_objects() -> None:
+    """view_from_backends makes its views without the frozen dataclasses' __init__: each is
+    what the constructors make of the same fields (equal, same hash, repr, fields, frozen)."""
+    import dataclasses
+
+    import pytest
+
+    from controlplane.controllers.service_view import (ServicePortView, ServiceView, merge_backends,
+                                                       view_from_backends)
+    svc = Service.from_dict({"metadata": {"name": "web", "namespace": "ns"},
+                             "spec": {"clusterIP": "10.96.0.1", "externalIPs": ["192.0.2.1"],
+                                      "ports": [{"name": "http", "port": 8080, "nodePort": 30080},
+                                                {"name": "dns", "port": 53, "protocol": "UDP"}]}})
+    backends = merge_backends([slice_document_backends(SLICES[0])])
+    view = view_from_backends(svc, backends)
+    made = ServiceView(svc, tuple(ServicePortView(p.namespace, p.service, p.name, p.protocol, p.port,
+                                                  p.node_port, p.frontends, p.backends) for p in view.ports))
+    assert view == made and hash(view.ports) == hash(made.ports) and repr(view) == repr(made)
+    assert view.ports[0].frontends == (("10.96.0.1", 8080, "clusterIP"), ("192.0.2.1", 8080, "externalIP"))
+    assert [p.name for p in view.ports] == ["http", "dns"] and view.ports[0].node_port == 30080
+    for got, want in zip((view, *view.ports), (made, *made.ports)):
+        assert type(got) is type(want) and vars(got) == vars(want)
+        assert list(vars(got)) == [f.name for f in dataclasses.fields(want)]   # field order too
+        assert dataclasses.astuple(got) == dataclasses.astuple(want)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            got.ports = ()  # type: ignore[misc]
