@@ -208,9 +208,9 @@ def _views_into(views: Sequence[ServiceView], node: NodeConfig, make: _Maker,
     node_name = node.name
     frontend, state = make.frontend, make.state
     for view in views:
-        if not view.proxied:
-            continue
         svc = view.service
+        if not svc.proxied:   # view.proxied, without the view's property in between
+            continue
         annotations = svc.annotations
         name = f"{svc.namespace}/{svc.name}"
         if annotations or plain is None:
@@ -264,10 +264,9 @@ def _frontends(port: ServicePortView, node: NodeConfig,
     """The ClusterIP frontend (cluster scope), then the ways in from outside (external
     scope): externalIPs and LoadBalancer IPs on the service port, and the nodePort on
     each of this node's NodePort addresses."""
-    out = []
     protocol = port.protocol
-    for ip, vport, scope in port.frontends:
-        out.append((frontend(ip, vport, protocol, "cluster" if scope == SCOPE_CLUSTER_IP else "external"), scope))
+    out = [(frontend(ip, vport, protocol, "cluster" if scope == SCOPE_CLUSTER_IP else "external"), scope)
+           for ip, vport, scope in port.frontends]
     if port.node_port:
         out.extend((frontend(ip, port.node_port, protocol, "external"), SCOPE_NODE_PORT)
                    for ip in node.nodeport_addresses)

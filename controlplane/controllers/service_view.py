@@ -25,7 +25,7 @@ import msgspec
 
 from controlplane.api.codec_typed import typed_decoder
 from controlplane.api.endpoints import LABEL_SERVICE_NAME, EndpointSlice
-from controlplane.api.service import POLICY_CLUSTER, Service
+from controlplane.api.service import POLICY_LOCAL, Service
 from controlplane.gcpause import paused_gc
 from controlplane.store.interface import StoreReader
 
@@ -83,11 +83,11 @@ class ServiceView:
 
     @property
     def external_policy_local(self) -> bool:
-        return (self.service.spec.external_traffic_policy or POLICY_CLUSTER) == "Local"
+        return self.service.spec.external_traffic_policy == POLICY_LOCAL   # unset: Cluster
 
     @property
     def internal_policy_local(self) -> bool:
-        return (self.service.spec.internal_traffic_policy or POLICY_CLUSTER) == "Local"
+        return self.service.spec.internal_traffic_policy == POLICY_LOCAL   # unset: Cluster
 
 
 # One slice's backends by service-port name, each list in slice order (endpoints in order,

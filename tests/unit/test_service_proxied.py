@@ -29,3 +29,14 @@ def test_proxied_matches_the_rule_for_every_combination():
         assert svc.proxied is _rule(svc), (type_, cluster_ip, labels)
         seen.add(svc.proxied)
     assert seen == {True, False}
+
+
+def test_view_policies_read_unset_as_cluster():
+    """ServiceView's traffic-policy flags compare the field to Local (unset or empty: Cluster)."""
+    from controlplane.api.service import POLICY_CLUSTER, POLICY_LOCAL
+    from controlplane.controllers.service_view import ServiceView
+    for internal, external in product((None, "", POLICY_CLUSTER, POLICY_LOCAL, "local"), repeat=2):
+        view = ServiceView(Service(spec=ServiceSpec(internal_traffic_policy=internal,
+                                                    external_traffic_policy=external)), ())
+        assert view.internal_policy_local is ((internal or POLICY_CLUSTER) == "Local"), internal
+        assert view.external_policy_local is ((external or POLICY_CLUSTER) == "Local"), external
