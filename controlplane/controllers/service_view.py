@@ -351,12 +351,16 @@ def view_from_backends(svc: Service, backends: dict[str, list[Backend]]) -> Serv
         vips.extend((ip, SCOPE_LOAD_BALANCER) for ip in svc.load_balancer_ips)
     namespace, name = svc.namespace, svc.name
     ports = []
+    one_vip = vips[0] if len(vips) == 1 else None   # the usual: the ClusterIP alone
     for sp in spec.ports or ():   # svc.ports
         port = sp.port or 0
         port_name = sp.name or ""
+        if one_vip is not None:   # without a comprehension's call
+            frontends: tuple[tuple[str, int, str], ...] = ((one_vip[0], port, one_vip[1]),)
+        else:
+            frontends = tuple([(ip, port, scope) for ip, scope in vips])
         ports.append(_port_view(namespace, name, port_name, sp.protocol or "TCP", port, sp.node_port,
-                                tuple([(ip, port, scope) for ip, scope in vips]),
-                                tuple(sorted(backends.get(port_name, ())))))
+                                frontends, tuple(sorted(backends.get(port_name, ())))))
     return _view(svc, tuple(ports))
 
 

@@ -331,6 +331,13 @@ def test_views_are_the_constructors_objects() -> None:
     assert view == made and hash(view.ports) == hash(made.ports) and repr(view) == repr(made)
     assert view.ports[0].frontends == (("10.96.0.1", 8080, "clusterIP"), ("192.0.2.1", 8080, "externalIP"))
     assert [p.name for p in view.ports] == ["http", "dns"] and view.ports[0].node_port == 30080
+    # one address (made without the comprehension), and none (headless)
+    alone = Service.from_dict({"metadata": {"name": "web", "namespace": "ns"},
+                               "spec": {"clusterIP": "10.96.0.1", "ports": [{"port": 80}, {"port": 53}]}})
+    assert [p.frontends for p in view_from_backends(alone, {}).ports] == [
+        (("10.96.0.1", 80, "clusterIP"),), (("10.96.0.1", 53, "clusterIP"),)]
+    alone.spec.cluster_ip = "None"
+    assert [p.frontends for p in view_from_backends(alone, {}).ports] == [(), ()]
     for got, want in zip((view, *view.ports), (made, *made.ports)):
         assert type(got) is type(want) and vars(got) == vars(want)
         assert list(vars(got)) == [f.name for f in dataclasses.fields(want)]   # field order too
