@@ -145,6 +145,7 @@ def _plan_new(state: ServiceState, svc_ids: IdAllocator, backend_ids: IdAllocato
 
 
 _ip, _port, _state, _weight = attrgetter("ip"), attrgetter("port"), attrgetter("state"), attrgetter("weight")
+_state_weight = attrgetter("state", "weight")
 _frontend, _backends, _algorithm = attrgetter("frontend"), attrgetter("backends"), attrgetter("algorithm")
 _timeout, _table_size = attrgetter("affinity_timeout"), attrgetter("maglev_table_size")
 _ranges, _local_drop = attrgetter("source_ranges"), attrgetter("local_drop")
@@ -208,15 +209,26 @@ class NewPlans:
         sync), slot_backends() of a state is all its backends in order (or none), so
         its slot_sequence() is too unless it is wrr: only wrr states are then asked.
         Otherwise every state is asked, as plan_upsert does."""
-        backend_states = list(map(_state, self.backends))
-        weights = list(map(_weight, self.backends))
-        all_active = backend_states.count("active") == len(backend_states)
-        usual = not weights or (all_active and min(weights) > 0)
-        if all_active:
-            self.state_codes = _ACTIVE
+        # One pass for the usual sync, where every backend has the same state and
+        # weight: the distinct (state, weight) pairs, in C (a set of one). Only when
+        # there are several are the two columns read, one value per backend.
+        pairs = set(map(_state_weight, self.backends))
+        if len(pairs) <= 1:
+            state, weight = pairs.pop() if pairs else ("active", 1)
+            all_active = state == "active"
+            usual = all_active and weight > 0
+            self.state_codes = _ACTIVE if all_active else BACKEND_STATES[state]
+            self.weights = weight
         else:
-            self.state_codes = list(map(BACKEND_STATES.__getitem__, backend_states))
-        self.weights = weights if weights and min(weights) != max(weights) else (weights[0] if weights else 1)
+            backend_states = list(map(_state, self.backends))
+            weights = list(map(_weight, self.backends))
+            all_active = backend_states.count("active") == len(backend_states)
+            usual = all_active and min(weights) > 0
+            if all_active:
+                self.state_codes = _ACTIVE
+            else:
+                self.state_codes = list(map(BACKEND_STATES.__getitem__, backend_states))
+            self.weights = weights if min(weights) != max(weights) else weights[0]
         if usual and "wrr" not in self.algorithms:
             self.slot_counts, self.slot_pos, self.terminating_only = list(self.counts), None, False
             return

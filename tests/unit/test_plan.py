@@ -145,7 +145,10 @@ def _batch_states(kind: str) -> list[ServiceState]:
     """States of one sync batch. "usual": every backend active with a weight (the
     columns' fast path: slots are all backends, asked of wrr states only); "wrr":
     the same with wrr states among them; "mixed": some backends terminating or of
-    weight 0, so every state is asked for its slots."""
+    weight 0, so every state is asked for its slots; "same", "terminating",
+    "weight0": every backend of the batch with one (state, weight) pair (active
+    and 1, the usual sync; terminating and 2; active and 0), read as one value."""
+    one = {"same": ("active", 1), "terminating": ("terminating", 2), "weight0": ("active", 0)}.get(kind)
     out = []
     for i in range(18):
         fe = Frontend(f"10.96.2.{i + 1}", 80 + i % 3, "UDP" if i % 5 == 0 else "TCP",
@@ -158,15 +161,17 @@ def _batch_states(kind: str) -> list[ServiceState]:
                 state = "terminating"
             if kind == "mixed" and i % 6 == 4 and j == 1:
                 weight = 0
+            if one:
+                state, weight = one
             bs.append(Backend(f"10.2.{i}.{j + 1}", 8080 + j, state, weight))
-        algs = ("random", "maglev", "rr", "wrr") if kind != "usual" else ("random", "maglev", "rr", "lc")
+        algs = ("random", "maglev", "rr", "wrr") if kind not in ("usual", "same") else ("random", "maglev", "rr", "lc")
         alg = algs[i % 4]
         out.append(ServiceState(fe, tuple(bs), alg, 30 if i % 3 == 0 else 0, 251 if alg == "maglev" else None,
                                 ("192.0.2.0/24",) if i % 7 == 5 else (), n == 0 and i % 2 == 0))
     return out
 
 
-@pytest.mark.parametrize("kind", ["usual", "wrr", "mixed"])
+@pytest.mark.parametrize("kind", ["usual", "wrr", "mixed", "same", "terminating", "weight0"])
 def test_new_plans_columns_equal_the_rows_of_each_state(kind):
     """The columns a sync's new frontends are packed from (services entries, backend
     entries, slots, capacity totals) hold exactly what the per-state functions give:
@@ -179,7 +184,7 @@ def test_new_plans_columns_equal_the_rows_of_each_state(kind):
     ids = Ids(services=40, backends=200)
     batch = NewPlans.of(states)
     assert batch.slot_counts == [len(s.slot_sequence()) for s in states]
-    assert (batch.slot_pos is None) == (kind == "usual")
+    assert (batch.slot_pos is None) == (kind in ("usual", "same"))
     batch.allocate(ids.svc, ids.backend, ids.affinity)
     keys, values = batch.entry_columns()
 
@@ -197,7 +202,7 @@ def test_new_plans_columns_equal_the_rows_of_each_state(kind):
     assert rows(fast, n) == rows(cols, n)
 
 
-@pytest.mark.parametrize("kind", ["usual", "wrr", "mixed"])
+@pytest.mark.parametrize("kind", ["usual", "wrr", "mixed", "same", "terminating", "weight0"])
 def test_capacity_from_new_plans_agrees_with_the_walk(kind):
     """check_capacity given the batch's NewPlans (totals only) raises exactly when
     the walk over the states does, with the same message, at each limit's edge."""
