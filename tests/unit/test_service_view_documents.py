@@ -312,8 +312,8 @@ def test_one_port_views_match_object_and_document_paths(tmp_path) -> None:
 
 
 def test_views_are_the_constructors_objects() -> None:
-    """view_from_backends makes its views without the frozen dataclasses' __init__: each is
-    what the constructors make of the same fields (equal, same hash, repr, fields, frozen)."""
+    """view_from_backends' views are what the constructors make of the same fields (equal,
+    same hash, repr, fields, frozen), the frontends of each address in order."""
     import dataclasses
 
     import pytest
