@@ -57,8 +57,10 @@
 SVCXDP_MAP("hash", struct svc_key, struct svc_value, services, SVCXDP_MAX_SERVICES);
 /* (svc_id, slot 1..count) -> backend id, for random and round-robin picks. */
 SVCXDP_MAP("hash", struct slot_key, __u32, slots, SVCXDP_MAX_SLOTS);
-/* backend id -> address; an array because ids are dense and id 0 is reserved. */
-SVCXDP_MAP("array", __u32, struct backend, backends, SVCXDP_MAX_BACKENDS);
+/* backend id -> address; an array because ids are dense and id 0 is reserved.
+ * Mmapable: the agent writes and reads its rows through a mapping (mapped.py), one
+ * store per row instead of a copy per element in BPF_MAP_UPDATE_BATCH. */
+SVCXDP_F_MAP("array", __u32, struct backend, backends, SVCXDP_MAX_BACKENDS, BPF_F_MMAPABLE);
 /* backend address -> the frontend its replies come from (see struct revnat_key). */
 SVCXDP_MAP("hash", struct revnat_key, struct revnat_value, rev_nat, SVCXDP_MAX_BACKENDS);
 /* Service flows (forward entries; reply entries for shared addresses); LRU so a
@@ -72,8 +74,9 @@ SVCXDP_MAP("lru_hash", struct frag_key, struct frag_value, fragments, SVCXDP_FRA
 /* Round-robin cursor per service id (atomic add, exact order across CPUs). */
 SVCXDP_MAP("array", __u32, struct rr_state, rr_state, SVCXDP_SVC_ID_SLOTS);
 /* Active connections per backend id, for lc/wlc/sed/nq (see lc.h). An array of
- * plain u32 updated with atomic adds; the writer zeroes an id when it hands it out. */
-SVCXDP_MAP("array", __u32, __u32, backend_conns, SVCXDP_MAX_BACKENDS);
+ * plain u32 updated with atomic adds; the writer zeroes an id when it hands it out
+ * (through a mapping, as backends'). */
+SVCXDP_F_MAP("array", __u32, __u32, backend_conns, SVCXDP_MAX_BACKENDS, BPF_F_MMAPABLE);
 /* Maglev: svc_id -> that service's table, an ARRAY[M] of backend ids. Only Maglev
  * services have an entry, so memory grows with them. The writer builds a new inner
  * map and swaps it in with one update (maglev.h). Inner maps are not pinned: the

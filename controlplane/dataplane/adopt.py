@@ -16,6 +16,7 @@ from .ids import IdAllocator
 from .installed import F_AFFINITY, F_LOCAL_DROP, F_REPLY_ENTRY, F_SOURCE_RANGES, SVC_FIELDS, Address, Installed, maglev_inputs
 from .layout import ALGORITHMS, const
 from .maglev_maps import MaglevMaps
+from .mapped import MappedArray
 from .packing import Packer, ips_of_be32, ports_of_be16, read_table
 from .model import (BACKEND_STATES, PROTOCOLS, SCOPES, Backend, Frontend, ServiceState,
                     be16_to_port, be32_to_ip, make_backends)
@@ -42,15 +43,16 @@ class Adopted:
 
 
 def adopt(services, backends, maglev: MaglevMaps, svc_ids: IdAllocator, backend_ids: IdAllocator,
-          affinity: AffinityGenerations, ranges: dict) -> Adopted:
+          affinity: AffinityGenerations, ranges: dict, backend_rows: MappedArray | None = None) -> Adopted:
     """Read the maps; claim every id in use in the allocators. `ranges`: svc_id ->
-    its source ranges, as source_ranges.SourceRanges.adopt() read them.
+    its source ranges, as source_ranges.SourceRanges.adopt() read them; `backend_rows`:
+    the backends map's mapping, if it has one (read through it: a copy, not a batch).
 
     Both maps are read whole with batch lookups into columns (packing.read_table) and
     decoded a column at a time; only the objects the writer keeps (a Backend per
     entry, a ServiceState per frontend) are made one by one."""
     out = Adopted()
-    bkeys, bvals = read_table(backends, Packer.whole(backends.Key), Packer.whole(backends.Leaf))
+    bkeys, bvals = read_table(backends, Packer.whole(backends.Key), Packer.whole(backends.Leaf), backend_rows)
     ident_col = bkeys[bkeys.dtype.names[0]]
     # id 0 means none; an entry there was never written by a writer
     live = (bvals["state"] != UNUSED) & (ident_col != 0)

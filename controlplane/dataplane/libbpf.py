@@ -135,6 +135,7 @@ class MapInfo:
     value_size: int
     max_entries: int
     name: str
+    flags: int = 0   # map_flags (BPF_F_*)
 
 
 def map_info(fd: int) -> MapInfo:
@@ -143,7 +144,7 @@ def map_info(fd: int) -> MapInfo:
     if lib().bpf_obj_get_info_by_fd(fd, info, size) != 0:
         raise OSError(ffi.errno, f"bpf_obj_get_info_by_fd({fd}): {os.strerror(ffi.errno)}")
     return MapInfo(info.type, info.id, info.key_size, info.value_size, info.max_entries,
-                   ffi.string(info.name).decode())
+                   ffi.string(info.name).decode(), info.map_flags)
 
 
 def prog_id(fd: int) -> int:
@@ -155,6 +156,7 @@ def prog_id(fd: int) -> int:
 
 
 BPF_MAP_TYPE_ARRAY = 2
+BPF_F_MMAPABLE = 1 << 10   # an array map whose values user space can mmap (mapped.py)
 
 
 def _check(rc: int, what: str) -> int:

@@ -19,6 +19,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .libbpf import delete_batch, lookup_batches_raw, update_batch
+from .mapped import MappedArray
 
 _CODES = {ct.c_ubyte: "B", ct.c_ushort: "H", ct.c_uint: "I", ct.c_ulonglong: "Q",
           ct.c_byte: "b", ct.c_short: "h", ct.c_int: "i", ct.c_longlong: "q"}
@@ -104,10 +105,13 @@ def concat(parts: Sequence[np.ndarray], dtype: np.dtype) -> np.ndarray:
     return out
 
 
-def write_packed(table, keys: np.ndarray, values: np.ndarray) -> int:
-    """One batch update of len(keys) packed entries; returns that count."""
+def write_packed(table, keys: np.ndarray, values: np.ndarray, mapping: MappedArray | None = None) -> int:
+    """One batch update of len(keys) packed entries; returns that count. With the
+    `mapping` of an array map (keys: plain u32 indexes), stored through it instead."""
     if len(keys) != len(values):
         raise ValueError(f"{len(keys)} keys for {len(values)} values")
+    if mapping is not None:
+        return mapping.write(keys[VALUE], values)
     if len(keys):
         update_batch(table.map_fd, keys, values, len(keys))
     return len(keys)
@@ -122,11 +126,11 @@ def delete_packed(table, keys: np.ndarray) -> int:
 
 
 def batch_write(table, key_packer: Packer, value_packer: Packer,
-                keys: Sequence[tuple], values: Sequence[tuple]) -> int:
+                keys: Sequence[tuple], values: Sequence[tuple], mapping: MappedArray | None = None) -> int:
     """One batch update of len(keys) entries given as rows; returns that count."""
     if not keys:
         return 0
-    return write_packed(table, key_packer.rows(keys), value_packer.rows(values))
+    return write_packed(table, key_packer.rows(keys), value_packer.rows(values), mapping)
 
 
 def port_be16(ports) -> np.ndarray:
@@ -135,10 +139,17 @@ def port_be16(ports) -> np.ndarray:
     return np.asarray(ports, dtype=np.uint16).astype(">u2").view(np.uint16)
 
 
-def read_table(table, keys: Packer, values: Packer) -> tuple[np.ndarray, np.ndarray]:
+def read_table(table, keys: Packer, values: Packer,
+               mapping: MappedArray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Every entry of a map (an array map: every index), read with
     BPF_MAP_LOOKUP_BATCH into two structured arrays of the packers' dtypes: adoption
-    reads 100,000 backends this way with no Python step per entry."""
+    reads 100,000 backends this way with no Python step per entry. With the
+    `mapping` of an array map (plain u32 keys), copied out of it instead."""
+    if mapping is not None:
+        vals = mapping.read(values.dtype)
+        ids = np.zeros(len(vals), keys.dtype)
+        ids[VALUE] = np.arange(len(vals), dtype=np.uint32)
+        return ids, vals
     ksize, vsize = keys.dtype.itemsize, values.dtype.itemsize
     kparts: list[np.ndarray] = []
     vparts: list[np.ndarray] = []

@@ -16,6 +16,7 @@ from . import attach as _attach
 from .config import PROGRAM_PINS, DataplaneConfig
 from .layout import COUNTER_NAMES, const
 from .libbpf import map_info, obj_get, prog_id, u32_delete, u32_update
+from .mapped import MappedArray, open_mapped
 from .pinned import PinnedMaps, WritableTable
 
 if TYPE_CHECKING:   # bcc is imported only where a program is compiled (load)
@@ -80,6 +81,7 @@ class Dataplane:
     _sock_hooks: "SockHooks | None" = None
     _pinned: PinnedMaps | None = None
     built: bool = True          # open(): False when the pins were current and nothing was compiled
+    _mapped: dict[str, MappedArray | None] = field(default_factory=dict)
 
     @classmethod
     def open(cls, config: DataplaneConfig) -> "Dataplane":
@@ -137,6 +139,13 @@ class Dataplane:
         if self._pinned is not None:
             return self._pinned.table(name)
         return self.bpf[name.encode()]
+
+    def mapped(self, name: str) -> MappedArray | None:
+        """The array map `name` mapped into this process (mapped.py), or None if its
+        pin predates BPF_F_MMAPABLE; one mapping per map, unmapped by close()."""
+        if name not in self._mapped:
+            self._mapped[name] = open_mapped(self.table(name).map_fd)
+        return self._mapped[name]
 
     @property
     def prog_id(self) -> int:
@@ -213,6 +222,10 @@ class Dataplane:
 
     def close(self) -> None:
         """Release this process's handles. Attached programs and pinned maps stay."""
+        for m in self._mapped.values():
+            if m is not None:
+                m.close()
+        self._mapped.clear()
         if self._pinned is not None:
             self._pinned.close()
             for fd in (self.prog_fd, self.external_prog_fd, self.ct_gc_prog_fd):

@@ -88,6 +88,10 @@ class MapWriter:
         self.rr_state = dp.table("rr_state")
         self.svc_stats = dp.table("svc_stats")
         self.conns = dp.table("backend_conns")
+        # the two arrays of 100,000 rows a full sync writes, stored through mappings
+        # where the maps have them (mapped.py; None: batch updates)
+        self._backends_mapped = dp.mapped("backends")
+        self._conns_mapped = dp.mapped("backend_conns")
         self.backend_stats_fd = dp.table("backend_stats").map_fd
         self._backend_stats_size = percpu_value_size(8)   # one u64 per CPU
         self._svc_stats_size = percpu_value_size(ct.sizeof(self.svc_stats.sLeaf))
@@ -116,7 +120,7 @@ class MapWriter:
 
     def _adopt(self) -> None:
         found = adopt(self.services, self.backends, self.maglev, self._svc_ids, self._backend_ids,
-                      self.affinity, self.ranges.adopt())
+                      self.affinity, self.ranges.adopt(), self._backends_mapped)
         self._installed: dict[Frontend, Installed] = found.installed
         self._slots_used = found.slots_used
         self._entries = found.entries
@@ -266,7 +270,8 @@ class MapWriter:
 
     def _rewrite_reply_flags(self, addresses) -> None:
         keys, rows = flag_rows(addresses, self.revnat, self._installed, self._backend_row)
-        self.writes += batch_write(self.backends, self._pk["id"], self._pk["backend"], keys, rows)
+        self.writes += batch_write(self.backends, self._pk["id"], self._pk["backend"], keys, rows,
+                                   self._backends_mapped)
 
     def _delete_slot(self, svc_id: int, slot: int) -> None:
         k = self.slots.Key()
@@ -336,10 +341,10 @@ class MapWriter:
 
         self.revnat.flush()
         n = write_packed(self.conns, pk["id"].columns(len(fresh), [fresh]),
-                         pk["conns"].columns(len(fresh), [0]))
+                         pk["conns"].columns(len(fresh), [0]), self._conns_mapped)
         # ... and no new flows of its own yet (bpf lb_count_new counts them)
         zero_entries(self.backend_stats_fd, fresh, self._backend_stats_size)
-        n += write_packed(self.backends, *self._backend_rows(made, new))
+        n += write_packed(self.backends, *self._backend_rows(made, new), self._backends_mapped)
         self._phase("backends")
         # 2. slots, then per-service state of new services, then Maglev tables
         n += write_packed(self.slots, *self._slot_rows(made, new))
@@ -522,7 +527,7 @@ class MapWriter:
         # 3. backends retired (an array: their entries zeroed), ids and rev_nat released
         bids = [bid for _, inst in gone for bid in inst.backend_ids.values()]
         write_packed(self.backends, pk["id"].columns(len(bids), [bids]),
-                     np.zeros(len(bids), pk["backend"].dtype))
+                     np.zeros(len(bids), pk["backend"].dtype), self._backends_mapped)
         for fe, inst in gone:
             self.revnat.detach(fe, list(inst.backend_ids), flush=False)
         self.revnat.flush()

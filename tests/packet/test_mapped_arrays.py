@@ -1,0 +1,105 @@
+"""The backends and backend_conns arrays are written and read through a mapping of
+their values (dataplane/mapped.py), not by batch syscalls. What the writer stores
+there must be exactly what the kernel's own lookups and the datapath see; adoption
+through the mapping must find what adoption by batch lookups finds; and a map pinned
+by a build from before the flag (no mapping) must still be written, by batch updates,
+to the same contents."""
+from __future__ import annotations
+
+import os
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from controlplane.dataplane.libbpf import u32_array_map_create
+from controlplane.dataplane.mapped import open_mapped
+from controlplane.dataplane.model import be16_to_port, be32_to_ip
+from controlplane.dataplane.packing import Packer, read_table
+from controlplane.dataplane.program import Dataplane
+from controlplane.dataplane.writer import MapWriter
+
+from .harness import CLIENT, CLIENT_MAC, NODE_MAC, Harness
+from .test_bulk_delete import states
+
+MAPPED = ("backends", "backend_conns")
+
+
+def kernel_rows(dp: Dataplane, name: str):
+    """Every index's value as BPF_MAP_LOOKUP_BATCH reads it: the kernel's view."""
+    t = dp.table(name)
+    return read_table(t, Packer.whole(t.Key), Packer.whole(t.Leaf))[1]
+
+
+def test_the_two_arrays_are_mapped_and_no_other(loaded_dataplane: Dataplane):
+    for name in MAPPED:
+        assert loaded_dataplane.mapped(name) is not None, f"{name} was not created mmapable (bpf/maps.h)"
+    assert loaded_dataplane.mapped("services") is None     # a hash: never mappable
+    assert loaded_dataplane.mapped("rr_state") is None     # holds a spin lock: not made mmapable
+
+
+def test_a_map_without_the_flag_has_no_mapping():
+    """As a map pinned by an older build: open_mapped declines it (the writer then
+    writes it by batch updates, below)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    fd = u32_array_map_create("svcxdp_nommap", 64)
+    try:
+        assert open_mapped(fd) is None
+    finally:
+        os.close(fd)
+
+
+def test_what_the_writer_stores_is_what_the_kernel_and_the_datapath_read(xdp: Harness):
+    dp, w = xdp.dp, xdp.writer
+    some = states()[:60]
+    w.sync(some)
+    backends = dp.table("backends")
+    rows = kernel_rows(dp, "backends")
+    assert rows.tobytes() == dp.mapped("backends").read(rows.dtype).tobytes()
+    n = 0
+    for fe, rec in w.records().items():
+        for (ip, port), bid in rec.backend_ids.items():
+            leaf = backends[backends.Key(bid)]
+            assert (be32_to_ip(leaf.ip), be16_to_port(leaf.port)) == (ip, port)
+            n += 1
+    assert n == sum(len(s.backends) for s in some)
+    # the datapath picks a backend through these rows: every TCP service's SYN goes to one of its own
+    for s in some:
+        if s.frontend.protocol != "TCP" or s.source_ranges:
+            continue
+        syn = (Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=CLIENT, dst=s.frontend.vip)
+               / TCP(sport=40000, dport=s.frontend.port, flags="S"))
+        out = xdp.send(syn)
+        assert out.verdict == "XDP_PASS", (s.frontend, out.verdict)   # DNATed, to the stack
+        assert (out.pkt[IP].dst, out.pkt[TCP].dport) in {(b.ip, b.port) for b in s.backends}
+
+
+def test_maps_without_mappings_get_the_same_contents_by_batch_updates(xdp: Harness, monkeypatch):
+    dp = xdp.dp
+    some = states()[:120]
+
+    def written() -> dict[str, bytes]:
+        xdp.writer.sync([])
+        w = MapWriter(dp)
+        w.sync(some[:100])
+        w.sync(some[20:])                   # updates, deletes and a second round of new ids
+        got = {name: kernel_rows(dp, name).tobytes() for name in MAPPED}
+        w.sync([])
+        return got
+
+    mapped = written()
+    monkeypatch.setattr(Dataplane, "mapped", lambda self, name: None)
+    assert written() == mapped
+
+
+def test_adoption_through_the_mapping_finds_what_batch_lookups_find(xdp: Harness, monkeypatch):
+    dp, w = xdp.dp, xdp.writer
+    w.sync(states()[:150])
+    through_mapping = MapWriter(dp)
+    monkeypatch.setattr(Dataplane, "mapped", lambda self, name: None)
+    by_lookups = MapWriter(dp)
+    assert through_mapping.adoption_drift == 0 == by_lookups.adoption_drift
+    assert through_mapping.installed() == by_lookups.installed() == w.installed()
+    assert {fe: r.backend_ids for fe, r in through_mapping.records().items()} == \
+        {fe: r.backend_ids for fe, r in w.records().items()}
