@@ -8,6 +8,7 @@ The jobs are in modules of their own; this one puts them in order:
   installed.py    what one frontend has in the maps; the entries written for a state
   reply_flags.py  the backend entries' reply-entry flag, kept equal to rev_nat's sharing
   revnat.py       the rev_nat map
+  beside.py       a write made on a second thread beside another (big syncs)
 
 Update order (DESIGN.md) so that no packet ever sees a half-written service
 (delete_many, removing many at once, has its own: entries first, then what they
@@ -35,6 +36,7 @@ import numpy as np
 from controlplane.gcpause import paused_gc
 
 from .adopt import adopt
+from .beside import BESIDE_MIN, Beside
 from .affinity_maps import AffinityGenerations
 from .ids import CapacityError, IdAllocator
 from .installed import (BACKEND_FIELDS, SVC_FIELDS, SVC_KEY_FIELDS, Installed, backend_columns, backend_row,
@@ -115,6 +117,7 @@ class MapWriter:
         self._backend_ids = IdAllocator(cfg.max_backends, f"backends map (max_backends={cfg.max_backends})")
         self._writes = 0
         self.after_phase: Callable[[str], None] | None = None
+        self.beside_min = BESIDE_MIN   # entries from which a write is made beside another
         with paused_gc():   # adoption makes an object per backend: bulk work
             self._adopt()
 
@@ -338,16 +341,21 @@ class MapWriter:
         # 1. reverse NAT for new addresses, then backends (a fresh id starts with no
         #    connections: a reused one may hold a stale count)
         fresh = _id_column([i for p in made for i in p.fresh], [batch.id_col for batch in new])
-
-        self.revnat.flush()
-        n = write_packed(self.conns, pk["id"].columns(len(fresh), [fresh]),
-                         pk["conns"].columns(len(fresh), [0]), self._conns_mapped)
-        # ... and no new flows of its own yet (bpf lb_count_new counts them)
-        zero_entries(self.backend_stats_fd, fresh, self._backend_stats_size)
-        n += write_packed(self.backends, *self._backend_rows(made, new), self._backends_mapped)
+        # ... and no new flows of its own yet (bpf lb_count_new counts them): zeroed
+        # beside the rest of step 1 (no order between them, only before the slots)
+        with Beside(len(fresh) >= self.beside_min, zero_entries, self.backend_stats_fd, fresh,
+                     self._backend_stats_size):
+            self.revnat.flush()
+            n = write_packed(self.conns, pk["id"].columns(len(fresh), [fresh]),
+                             pk["conns"].columns(len(fresh), [0]), self._conns_mapped)
+            n += write_packed(self.backends, *self._backend_rows(made, new), self._backends_mapped)
         self._phase("backends")
         # 2. slots, then per-service state of new services, then Maglev tables
-        n += write_packed(self.slots, *self._slot_rows(made, new))
+        keys, values = self._slot_rows(made, new)   # each key once: its halves in any order
+        half = len(keys) // 2
+        with Beside(half >= self.beside_min, write_packed, self.slots, keys[half:], values[half:]):
+            n += write_packed(self.slots, keys[:half], values[:half])
+        n += len(keys) - half
         new_ids = [svc_id for batch in new for svc_id in batch.svc_ids]
         n += write_packed(self.rr_state, pk["id"].columns(len(new_ids), [new_ids]),
                           pk["rr"].columns(len(new_ids), [0]))

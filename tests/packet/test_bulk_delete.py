@@ -202,11 +202,13 @@ def test_interrupted_delete_then_kept_is_rewritten_whole(xdp: Harness, monkeypat
     w.sync([])
 
 
-def test_reused_ids_start_with_zero_counts(xdp: Harness):
+@pytest.mark.parametrize("beside", [False, True], ids=["inline", "beside"])
+def test_reused_ids_start_with_zero_counts(xdp: Harness, beside: bool):
     """A service or backend id handed out again starts with zeroed per-CPU counters
     and connection count (the bulk path zeroes them in batches): counts are left in
     the maps as if the last user of the ids had traffic, then a writer adopting the
-    emptied maps hands the same ids to other services."""
+    emptied maps hands the same ids to other services. `beside`: the counters are
+    zeroed on the writer's second thread (as from BESIDE_MIN fresh ids on)."""
     w = xdp.writer
     w.sync([])
     first = states()[:40]
@@ -228,6 +230,7 @@ def test_reused_ids_start_with_zero_counts(xdp: Harness):
         conns[conns.Key(i)] = conns.Leaf(9)
     w.sync([])
     again = MapWriter(dp)
+    again.beside_min = 1 if beside else 10 ** 9
     others = [ServiceState(Frontend(f"10.96.90.{i + 1}", 443), s.backends) for i, s in enumerate(first)]
     again.sync(others)
     assert sorted(again.svc_id(s.frontend) for s in others) == sorted(svc_ids)

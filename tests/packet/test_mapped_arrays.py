@@ -103,3 +103,23 @@ def test_adoption_through_the_mapping_finds_what_batch_lookups_find(xdp: Harness
     assert through_mapping.installed() == by_lookups.installed() == w.installed()
     assert {fe: r.backend_ids for fe, r in through_mapping.records().items()} == \
         {fe: r.backend_ids for fe, r in w.records().items()}
+
+
+def test_writes_made_beside_leave_the_maps_as_inline_ones(xdp: Harness):
+    """From BESIDE_MIN entries on the writer zeroes counters and writes half the slots
+    on a second thread (dataplane/beside.py); here every write that can is made so, and the
+    maps and the writer's own records must come out as when all is made in turn."""
+    from .test_bulk_delete import snapshot
+    some = states()
+
+    def written(beside_min: int) -> dict:
+        xdp.writer.sync([])
+        w = MapWriter(xdp.dp)
+        w.beside_min = beside_min
+        w.sync(some[:200])
+        w.sync(some[100:])   # updates of made services, deletes, new ids
+        snap = snapshot(xdp, w)
+        w.sync([])
+        return snap
+
+    assert written(1) == written(10 ** 9)
