@@ -49,8 +49,8 @@ class MappedArray:
         """Every index's value, copied out, as an array of `dtype` (the value's size)."""
         if dtype.itemsize != self.value_size:
             raise ValueError(f"a {dtype.itemsize}-byte dtype for a map of {self.value_size}")
-        rows = self._live()[:, :self.value_size]
-        return np.ascontiguousarray(rows).view(dtype).reshape(len(rows))
+        rows = self._live()[:, :self.value_size].copy()   # a copy: never a view into the mapping
+        return rows.view(dtype).reshape(len(rows))
 
     def _live(self) -> np.ndarray:
         if self._rows is None:

@@ -123,3 +123,24 @@ def test_writes_made_beside_leave_the_maps_as_inline_ones(xdp: Harness):
         return snap
 
     assert written(1) == written(10 ** 9)
+
+
+def test_a_read_is_a_copy_and_the_mapping_closes_under_it(xdp: Harness):
+    """read() hands out a copy, never a view into the mapping (the backends map's rows
+    are exactly 16 bytes, so the slice read is contiguous already): what it read stays
+    while the map changes, and close() is not refused for it. A mapping of its own of
+    the test dataplane's backends map, closed here."""
+    import numpy as np
+    backends = xdp.dp.table("backends")
+    m = open_mapped(backends.map_fd)
+    assert m is not None and m.stride == m.value_size == 16
+    dtype = Packer.whole(backends.Leaf).dtype
+    row = np.zeros(1, dtype)
+    row["ip"], row["state"] = 0x0100000A, 1
+    m.write(np.array([5], np.uint32), row)
+    got = m.read(dtype)
+    assert got[5].tobytes() == row.tobytes()
+    m.write(np.array([5], np.uint32), np.zeros(1, dtype))
+    assert got[5].tobytes() == row.tobytes() and not m.read(dtype)[5].tobytes().strip(b"\0")
+    m.close()
+    assert got[5].tobytes() == row.tobytes()
