@@ -66,8 +66,12 @@ class MappedArray:
 
 
 def open_mapped(fd: int) -> MappedArray | None:
-    """A mapping of the array map `fd`, or None if it was not created mmapable."""
+    """A mapping of the array map `fd`, or None if it was not created mmapable or the
+    kernel refuses to map it (then batch updates write it, as any other map)."""
     info = map_info(fd)
     if info.type != BPF_MAP_TYPE_ARRAY or not info.flags & BPF_F_MMAPABLE:
         return None
-    return MappedArray(fd, info.max_entries, info.value_size)
+    try:
+        return MappedArray(fd, info.max_entries, info.value_size)
+    except OSError:
+        return None
