@@ -141,8 +141,8 @@ class Dataplane:
         return self.bpf[name.encode()]
 
     def mapped(self, name: str) -> MappedArray | None:
-        """The array map `name` mapped into this process (mapped.py), or None if its
-        pin predates BPF_F_MMAPABLE; one mapping per map, unmapped by close()."""
+        """The array map `name` mapped into this process (mapped.py), or None if it has
+        no mapping (a pin from before BPF_F_MMAPABLE); one per map, unmapped by close()."""
         if name not in self._mapped:
             self._mapped[name] = open_mapped(self.table(name).map_fd)
         return self._mapped[name]

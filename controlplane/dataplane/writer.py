@@ -36,8 +36,8 @@ import numpy as np
 from controlplane.gcpause import paused_gc
 
 from .adopt import adopt
-from .beside import BESIDE_MIN, Beside
 from .affinity_maps import AffinityGenerations
+from .beside import BESIDE_MIN, Beside
 from .ids import CapacityError, IdAllocator
 from .installed import (BACKEND_FIELDS, SVC_FIELDS, SVC_KEY_FIELDS, Installed, backend_columns, backend_row,
                         maglev_table, service_key_row)
