@@ -17,7 +17,7 @@ from controlplane.controllers.events import WARNING, EventRecorder, Involved
 from controlplane.dataplane.model import Frontend, ServiceState
 from controlplane.dataplane.program import Dataplane
 from controlplane.dataplane.writer import CapacityError, MapWriter
-from controlplane.gcpause import paused_gc
+from controlplane.gcpause import paused_gc, sweep_if_due
 from controlplane.memtrim import release_free_memory
 from controlplane.store.interface import DELETED
 
@@ -219,7 +219,13 @@ class Agent:
 
     def incremental_sync(self, upto: int | None = None) -> SyncReport:
         """Apply the change feed since the cache's resourceVersion (up to `upto` only,
-        when given); a feed compacted past it (Gone) means a relist."""
+        when given); a feed compacted past it (Gone) means a relist. Bulk work when a
+        store transaction of thousands of objects arrives: the collector waits (its
+        young collections would move every decoded event into the oldest generation)."""
+        with paused_gc():
+            return self._incremental_sync(upto)
+
+    def _incremental_sync(self, upto: int | None) -> SyncReport:
         start = time.perf_counter()
         writes = self.writer.writes
         current = self.source.current_resource_version() if upto is None else upto
@@ -312,6 +318,7 @@ class Agent:
                         self.incremental_sync()
                     else:
                         self.health.alive()
+                        self._sweep()   # quiet for a poll: a full collection costs nothing now
                     if time.monotonic() >= next_check:
                         self.check_consistency()
                         next_check = time.monotonic() + self.check_every_s
@@ -332,6 +339,14 @@ class Agent:
             if retry.failures:
                 log.info("sync recovered after %d failed attempts", retry.failures)
                 retry.reset()
+
+    def _sweep(self) -> None:
+        """The collector's sweep of the long-lived heap, when due (gcpause.sweep_if_due;
+        only in a process that holds it: `svcctl agent`)."""
+        done = sweep_if_due()
+        if done is not None:
+            log.info("gc: swept the long-lived heap in %.1f ms (%d unreachable objects freed, %d kept frozen)",
+                     done.seconds * 1000, done.collected, done.frozen)
 
     def _refresh_interfaces(self) -> None:
         """Attach to new interfaces whatever the store does (pods come and go)."""

@@ -9,6 +9,7 @@ import threading
 
 from controlplane.dataplane.layout import ALGORITHMS
 from controlplane.errors import CommandError
+from controlplane.gcpause import hold_long_lived
 from controlplane.store.paths import add_store_flags
 
 
@@ -161,6 +162,9 @@ def run(args: argparse.Namespace) -> int:
         from .ctgc_loop import gc_loop
         threading.Thread(target=gc_loop, args=(ConntrackGC(dp), stop, log, args.ct_gc_interval),
                          name="ctgc", daemon=True).start()
+    # The agent's bulk work leaves ~5 containers per endpoint alive for good: kept out
+    # of the collector's full walks, which otherwise stall changes (gcpause's text)
+    hold_long_lived()
     agent.run(stop)
     service_health.close()
     if feed is not None:
@@ -212,12 +216,13 @@ def _serve_metrics(bind: str, dp, agent, log):
     """/metrics (kube-proxy's sync metrics, the datapath's svcxdp_*) on --metrics-bind-address."""
     from prometheus_client import CollectorRegistry
 
-    from .metrics import AgentNaming, DataplaneCollector, SyncMetrics, serve
+    from .metrics import AgentNaming, DataplaneCollector, GcPauses, SyncMetrics, serve
     host, port = _bind_address(bind)
     if port == 0:
         return None
     registry = CollectorRegistry()
     sync = SyncMetrics(registry)
+    registry.register(GcPauses())
     try:
         serve(registry, host, port, DataplaneCollector(dp, AgentNaming(agent)))
     except OSError as exc:   # as kube-proxy: the proxy keeps working without its metrics

@@ -1,10 +1,14 @@
 """paused_gc: the collector waits during the block and resumes after it; what the block
-made goes straight to the oldest generation (no young-generation walks of it later)."""
+made goes straight to the oldest generation (no young-generation walks of it later), or,
+in a process that holds its long-lived heap, stays frozen until a sweep."""
 from __future__ import annotations
 
 import gc
 import weakref
 
+import pytest
+
+from controlplane import gcpause
 from controlplane.gcpause import paused_gc
 
 
@@ -43,3 +47,64 @@ def test_a_collector_disabled_by_the_caller_stays_disabled():
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+# ---- hold_long_lived: what the blocks made stays frozen until a sweep ----------------
+
+@pytest.fixture
+def held(monkeypatch):
+    """A process that holds its long-lived heap (as `svcctl agent` does), the sweep due
+    from the first frozen object on; released (everything unfrozen) afterwards."""
+    monkeypatch.setattr(gcpause, "SWEEP_FLOOR", 0)
+    gcpause.hold_long_lived()
+    yield
+    gcpause.hold_long_lived(False)
+
+
+def _cycle() -> weakref.ref:
+    a, b = Thing(), Thing()
+    a.other, b.other = b, a
+    return weakref.ref(a)
+
+
+def test_held_survivors_are_out_of_every_collection_until_a_sweep_frees_their_cycles(held):
+    with paused_gc():
+        kept = Thing()
+        ref = _cycle()
+    assert gcpause.holding() and gc.get_freeze_count() > 0
+    assert not any(o is kept for o in gc.get_objects())   # in no generation: frozen
+    gc.collect()
+    assert ref() is not None                               # a full collection walks none of them
+    done = gcpause.sweep_if_due(now=1e9)
+    assert done is not None and done.collected >= 2 and done.frozen > 0
+    assert ref() is None
+    assert not any(o is kept for o in gc.get_objects())   # the survivors are frozen again
+
+
+def test_a_sweep_is_due_when_the_frozen_set_has_doubled_and_is_counted_at_most_every_check(held):
+    with paused_gc():
+        pass
+    first = gcpause.sweep_if_due(now=1e9)
+    assert first is not None
+    with paused_gc():
+        more = [Thing() for _ in range(first.frozen // 4)]   # x1.25: not due
+    assert gcpause.sweep_if_due(now=2e9) is None
+    with paused_gc():
+        more += [Thing() for _ in range(first.frozen)]        # x2.25: due, but counted a moment ago
+    assert gcpause.sweep_if_due(now=2e9 + gcpause.SWEEP_CHECK_S / 2) is None
+    assert gcpause.sweep_if_due(now=2e9 + gcpause.SWEEP_CHECK_S) is not None
+    del more
+
+
+def test_no_sweep_inside_a_block_nor_without_holding():
+    with paused_gc():
+        assert gcpause.sweep_if_due(now=1e9) is None
+    assert not gcpause.holding() and gcpause.sweep_if_due(now=1e9) is None
+
+
+def test_releasing_the_hold_unfreezes_everything(held):
+    with paused_gc():
+        kept = Thing()
+    assert gc.get_freeze_count() > 0
+    gcpause.hold_long_lived(False)
+    assert gc.get_freeze_count() == 0 and any(o is kept for o in gc.get_objects())
