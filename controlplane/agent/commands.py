@@ -49,7 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics-bind-address", default="0.0.0.0:10249",
                    help="IP:PORT of /metrics and /proxyMode, as kube-proxy's (port 0 disables them)")
     p.add_argument("--check-interval", type=float, default=30.0,
-                   help="seconds between consistency checks of the maps against the store")
+                   help="seconds between consistency checks of the maps against the store, at least")
+    p.add_argument("--check-max-share", type=_share, default=0.005, metavar="FRACTION",
+                   help="the most of the agent's time consistency checks may take: a check that took T "
+                        "puts the next T / FRACTION away when that is longer than --check-interval "
+                        "(changes that arrive during a check wait for it; default 0.005)")
     p.add_argument("--fib-redirect", action=argparse.BooleanOptionalAction, default=None,
                    help="send translated packets straight to the egress device (FIB lookup + redirect) "
                         "where the agent made it a redirect target (a veth whose peer it gave an XDP "
@@ -149,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
         log.warning("the Kubernetes API has not answered the first list yet; the dataplane keeps its state "
                     "(/healthz 503) until it does")
     agent = Agent(source, NodeConfig(args.node, args.lb_algorithm, addresses), dp, interfaces, health,
-                  check_every_s=args.check_interval, service_health=service_health)
+                  check_every_s=args.check_interval, service_health=service_health,
+                  check_max_share=args.check_max_share)
     agent.metrics = _serve_metrics(args.metrics_bind_address, dp, agent, log)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -203,6 +208,17 @@ def _open_source(args: argparse.Namespace):
         raise CommandError(str(exc)) from None
     feed = KubeFeed(api).start()
     return feed, feed
+
+
+def _share(text: str) -> float:
+    """--check-max-share: a fraction in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a fraction greater than 0 and at most 1")
+    return value
 
 
 def _bind_address(bind: str) -> tuple[str, int]:

@@ -60,6 +60,19 @@ class SyncMetrics:
             "(the EndpointSlice's endpoints.kubernetes.io/last-change-trigger-time) to the maps written",
             buckets=PROGRAMMING_BUCKETS, registry=registry)
 
+        self.check_seconds = Gauge("svcxdp_consistency_check_duration_seconds",
+                                   "How long the last consistency check of the maps against the store took",
+                                   registry=registry)
+        self.check_interval = Gauge("svcxdp_consistency_check_interval_seconds",
+                                    "Time from the last consistency check to the next (--check-interval, "
+                                    "stretched so that checking takes at most --check-max-share of the time)",
+                                    registry=registry)
+
+    def checked(self, seconds: float, next_in: float) -> None:
+        """A consistency check: its time, and the wait until the next."""
+        self.check_seconds.set(seconds)
+        self.check_interval.set(next_in)
+
     def synced(self, report) -> None:
         """One sync (an agent.SyncReport): its duration and what it changed."""
         self.duration.observe(report.took_ms / 1000.0)

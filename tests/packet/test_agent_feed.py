@@ -137,6 +137,32 @@ def test_maps_changed_behind_the_agents_back_are_repaired(store, agent):
     assert "differed from the store" in event.message
 
 
+def test_the_loop_checks_when_quiet_and_at_most_its_share_of_the_time(store, dataplane):
+    """The agent's own loop: maps changed behind its back are repaired by the periodic
+    check, which waits for a poll without changes; a check that took T puts the next
+    T / --check-max-share away (both in the metrics)."""
+    from prometheus_client import CollectorRegistry
+
+    from controlplane.agent.metrics import SyncMetrics
+
+    add_service(store, "a", A1)
+    add_service(store, "b", B)
+    agent = fresh_agent(store, dataplane, check_every_s=0.3, check_max_share=0.002)
+    agent.metrics = SyncMetrics(CollectorRegistry())
+    client = Client(agent)
+    with AgentLoop(agent) as loop:
+        assert wait_until(lambda: client.backends_of("b") == set(B))
+        other = MapWriter(agent.dp)
+        other.delete(next(fe for fe in other.installed()
+                          if fe.vip == store.get(Service, "default", "b").spec.cluster_ip))
+        assert wait_until(lambda: client.backends_of("b") == set(B), timeout_s=10), "not repaired"
+        assert loop.healthy()
+    took = agent.metrics.check_seconds._value.get()
+    interval = agent.metrics.check_interval._value.get()
+    assert took > 0.0006 and interval == pytest.approx(took / 0.002, rel=0.05)   # > 0.3 s: stretched
+    assert [e for e in store.list(Event) if e.reason == "DataplaneResynced"]
+
+
 def test_an_ignored_annotation_is_an_event_on_its_service(store, agent):
     add_service(store, "a", A1)
     svc = store.get(Service, "default", "a")      # written past apply's validation, as an old store may hold it
