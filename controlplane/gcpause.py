@@ -17,8 +17,8 @@ until a sweep. Why: the oldest generation is collected whole, and CPython decide
 by counting only what reached it through younger collections, not what a block moved in.
 Measured in a 3-node etcd lab at 10,000 x 10: each agent ran a full collection about once
 a second while changes arrived (the watch decodes outside any block), each 0.2-0.6 s
-over every object, freeing none; one of them during the timed changes was the 546 ms p99
-of a single endpoint change. Frozen objects are still freed by reference counting; only
+over every object, freeing none; one of them falling into the timed changes is the likely
+cause of the 546 ms p99 of a single endpoint change in one bench run. Frozen objects are still freed by reference counting; only
 a cycle among them waits for the next sweep (`sweep_if_due`: when the frozen set has
 doubled since the last one, called by the process where a pause costs nothing).
 """

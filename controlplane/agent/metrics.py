@@ -11,8 +11,8 @@ import gc
 import time
 from bisect import bisect_left
 from dataclasses import dataclass
-from operator import itemgetter
 from http.server import ThreadingHTTPServer
+from operator import itemgetter
 from typing import Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -59,7 +59,6 @@ class SyncMetrics:
             "In Cluster Network Programming Latency in seconds: from an endpoint change's trigger time "
             "(the EndpointSlice's endpoints.kubernetes.io/last-change-trigger-time) to the maps written",
             buckets=PROGRAMMING_BUCKETS, registry=registry)
-
         self.check_seconds = Gauge("svcxdp_consistency_check_duration_seconds",
                                    "How long the last consistency check of the maps against the store took",
                                    registry=registry)
