@@ -113,11 +113,11 @@ def holding() -> bool:
 
 def sweep_if_due(now: float | None = None) -> Sweep | None:
     """While holding: a full collection of everything, frozen or not, if the frozen set
-    has more than doubled since the last sweep (the first: once anything is frozen);
-    then everything that survives is frozen again. Call it where a pause of a full
-    collection costs nothing (the agent: when no change has come for a poll interval).
-    Counts the frozen set at most every SWEEP_CHECK_S seconds; never inside a paused
-    block. None when nothing was done."""
+    has more than doubled since the last sweep (the first: once more than SWEEP_FLOOR
+    objects are); then everything that survives is frozen again. Call it where a pause
+    of a full collection costs nothing (the agent: when no change has come for a poll
+    interval). Counts the frozen set at most every SWEEP_CHECK_S seconds; never inside a
+    paused block. None when nothing was done."""
     global _swept_at, _checked
     now = time.monotonic() if now is None else now
     with _lock:
@@ -126,9 +126,12 @@ def sweep_if_due(now: float | None = None) -> Sweep | None:
         _checked = now
         if gc.get_freeze_count() <= 2 * _swept_at + SWEEP_FLOOR:
             return None
-        start = time.perf_counter()
-        gc.unfreeze()
-        collected = gc.collect()
-        gc.freeze()
-        _swept_at = gc.get_freeze_count()
-        return Sweep(time.perf_counter() - start, collected, _swept_at)
+    # (the collection outside the lock: a finalizer it runs may enter paused_gc itself)
+    start = time.perf_counter()
+    gc.unfreeze()
+    collected = gc.collect()
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    with _lock:
+        _swept_at = frozen
+    return Sweep(time.perf_counter() - start, collected, frozen)
