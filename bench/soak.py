@@ -43,12 +43,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from controlplane.api import Deployment, EndpointSlice, Service  # noqa: E402
-from controlplane.api.errors import Conflict, NotFound  # noqa: E402
+from controlplane.api.errors import Conflict, Gone, NotFound  # noqa: E402
 from controlplane.api.pod import Pod  # noqa: E402
 from controlplane.controllers.manager import reconcile  # noqa: E402
 from controlplane.controllers.registry import Manifest, Registry  # noqa: E402
 from controlplane.lab import hooks, netns, procs  # noqa: E402
 from controlplane.lab.topology import Lab  # noqa: E402
+from controlplane.store.interface import DELETED  # noqa: E402
 from controlplane.store.paths import open_store  # noqa: E402
 from manifests import deployment, service  # noqa: E402
 
@@ -167,29 +168,52 @@ class Soak:
             self.results.append(Result(start, time.monotonic(), pod, error))
 
     def follow_endpoints(self) -> None:
+        """Every endpoint set the store went through: the slices listed once, then each
+        change replayed in order (a list at each wake-up would skip the sets of changes
+        that came together, and a pod in only such a set would look never to have been
+        an endpoint)."""
         store = open_store(self.state_dir)
-        rv = -1
+        rv = store.current_resource_version()
+        slices = {es.name: es for es in store.list(EndpointSlice, "default") if self._ours(es)}
+        self._record(slices)
         while not self.stop.is_set():
-            rv_now = store.wait_for_change(rv, 0.5)
-            if rv_now == rv:
+            if store.wait_for_change(rv, 0.5) == rv:
                 continue
-            rv = rv_now
-            serving, ready = set(), set()
-            for es in store.list(EndpointSlice, "default"):
-                if es.labels.get("kubernetes.io/service-name") != "soak":
-                    continue
-                for ep in es.endpoints or []:
-                    ref = ep.target_ref
-                    if ref is None or not ref.name:
-                        continue
-                    if ep.ready or ep.serving:
-                        serving.add(ref.name)
-                    if ep.ready and not ep.conditions.terminating:
-                        ready.add(ref.name)
-            now = time.monotonic()
-            self.timeline.add(now, frozenset(serving))
-            self.ready.add(now, frozenset(ready))
+            try:
+                events = store.changes_since(rv, [EndpointSlice])
+            except Gone:   # compacted past us: list afresh
+                rv = store.current_resource_version()
+                slices = {es.name: es for es in store.list(EndpointSlice, "default") if self._ours(es)}
+                self._record(slices)
+                continue
+            for ev in events:
+                rv = max(rv, ev.resource_version)
+                es = ev.object
+                if ev.type == DELETED or not self._ours(es):
+                    slices.pop(es.name, None)
+                else:
+                    slices[es.name] = es
+                self._record(slices)
         store.close()
+
+    @staticmethod
+    def _ours(es: EndpointSlice) -> bool:
+        return es.namespace == "default" and es.labels.get("kubernetes.io/service-name") == "soak"
+
+    def _record(self, slices: dict[str, EndpointSlice]) -> None:
+        serving, ready = set(), set()
+        for es in slices.values():
+            for ep in es.endpoints or []:
+                ref = ep.target_ref
+                if ref is None or not ref.name:
+                    continue
+                if ep.ready or ep.serving:
+                    serving.add(ref.name)
+                if ep.ready and not ep.conditions.terminating:
+                    ready.add(ref.name)
+        now = time.monotonic()
+        self.timeline.add(now, frozenset(serving))
+        self.ready.add(now, frozenset(ready))
 
     def churn(self) -> None:
         store = open_store(self.state_dir)
@@ -259,6 +283,7 @@ class Soak:
         explained = {"no endpoints": 0, "a pod left": 0, "agent restarting": 0}
         unexplained: list[str] = []
         misrouted = stale_in_outage = stale_otherwise = 0
+        wrong: list[str] = []   # the answers that fail the soak, when
         for r in self.results:
             window = self.timeline.during(r.start - GRACE_S, r.end)
             if r.error is not None:
@@ -276,11 +301,15 @@ class Soak:
                 continue
             if r.pod not in self.timeline.ever:
                 misrouted += 1
+                wrong.append(f"+{r.start - self.started:.1f} s: misrouted to {r.pod!r} "
+                             f"(endpoints {sorted(window[-1])})")
             elif not any(r.pod in s for s in window):
                 if self._in_outage(r.start - GRACE_S, r.end):
                     stale_in_outage += 1
                 else:
                     stale_otherwise += 1
+                    wrong.append(f"+{r.start - self.started:.1f} s: stale {r.pod!r} "
+                                 f"(endpoints {sorted(window[-1])})")
         total_failed = sum(failed.values())
         return {
             "seconds": self.args.seconds, "churn_every_s": self.args.churn_every,
@@ -289,7 +318,7 @@ class Soak:
             "failed": total_failed, "failed_by_cause": failed, "failed_when": explained,
             "failed_unexplained": total_failed - sum(explained.values()), "unexplained_first": unexplained,
             "misrouted": misrouted, "stale_during_agent_restart": stale_in_outage,
-            "stale_otherwise": stale_otherwise,
+            "stale_otherwise": stale_otherwise, "wrong_first": wrong[:10],
             "endpoint_changes": len(self.timeline.times), "pods_ever_in_service": len(self.timeline.ever),
             "scale_writes": self.churn_writes, "pods_deleted": self.pods_deleted,
             "agent_restarts": self.restarts,
