@@ -170,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
     # The agent's bulk work leaves ~5 containers per endpoint alive for good: kept out
     # of the collector's full walks, which otherwise stall changes (gcpause's text)
     hold_long_lived()
+    log.info("gc: the long-lived heap is held out of collections, swept when quiet once it has doubled")
     agent.run(stop)
     service_health.close()
     if feed is not None:

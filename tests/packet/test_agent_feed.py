@@ -163,6 +163,22 @@ def test_the_loop_checks_when_quiet_and_at_most_its_share_of_the_time(store, dat
     assert [e for e in store.list(Event) if e.reason == "DataplaneResynced"]
 
 
+def test_the_loop_sweeps_the_held_heap_when_quiet(store, dataplane, caplog, monkeypatch):
+    """In a process that holds its long-lived heap (gcpause.hold_long_lived, as `svcctl
+    agent` does), the agent's own loop sweeps it on a poll that brought no change."""
+    from controlplane import gcpause
+
+    monkeypatch.setattr(gcpause, "SWEEP_FLOOR", 0)   # a small heap: due at once
+    add_service(store, "a", A1)
+    agent = fresh_agent(store, dataplane)
+    gcpause.hold_long_lived()
+    try:
+        with caplog.at_level(logging.INFO, logger="svcxdp.agent"), AgentLoop(agent):
+            assert wait_until(lambda: "gc: swept the long-lived heap" in caplog.text, timeout_s=10)
+    finally:
+        gcpause.hold_long_lived(False)
+
+
 def test_an_ignored_annotation_is_an_event_on_its_service(store, agent):
     add_service(store, "a", A1)
     svc = store.get(Service, "default", "a")      # written past apply's validation, as an old store may hold it

@@ -75,31 +75,31 @@ def test_held_survivors_are_out_of_every_collection_until_a_sweep_frees_their_cy
     assert not any(o is kept for o in gc.get_objects())   # in no generation: frozen
     gc.collect()
     assert ref() is not None                               # a full collection walks none of them
-    done = gcpause.sweep_if_due(now=1e9)
+    done = gcpause.sweep_if_due()
     assert done is not None and done.collected >= 2 and done.frozen > 0
     assert ref() is None
     assert not any(o is kept for o in gc.get_objects())   # the survivors are frozen again
 
 
-def test_a_sweep_is_due_when_the_frozen_set_has_doubled_and_is_counted_at_most_every_check(held):
+def test_a_sweep_is_due_when_the_blocks_have_doubled_the_frozen_set(held):
     with paused_gc():
-        pass
-    first = gcpause.sweep_if_due(now=1e9)
+        kept = Thing()
+    first = gcpause.sweep_if_due()
     assert first is not None
+    assert gcpause.sweep_if_due() is None                     # nothing frozen since
     with paused_gc():
         more = [Thing() for _ in range(first.frozen // 4)]   # x1.25: not due
-    assert gcpause.sweep_if_due(now=2e9) is None
+    assert gcpause.sweep_if_due() is None
     with paused_gc():
-        more += [Thing() for _ in range(first.frozen)]        # x2.25: due, but counted a moment ago
-    assert gcpause.sweep_if_due(now=2e9 + gcpause.SWEEP_CHECK_S / 2) is None
-    assert gcpause.sweep_if_due(now=2e9 + gcpause.SWEEP_CHECK_S) is not None
-    del more
+        more += [Thing() for _ in range(first.frozen)]        # x2.25: due
+    assert gcpause.sweep_if_due() is not None
+    del more, kept
 
 
 def test_no_sweep_inside_a_block_nor_without_holding():
     with paused_gc():
-        assert gcpause.sweep_if_due(now=1e9) is None
-    assert not gcpause.holding() and gcpause.sweep_if_due(now=1e9) is None
+        assert gcpause.sweep_if_due() is None
+    assert not gcpause.holding() and gcpause.sweep_if_due() is None
 
 
 def test_releasing_the_hold_unfreezes_everything(held):
