@@ -18,10 +18,10 @@ by counting only what reached it through younger collections, not what a block m
 Measured in a 3-node etcd lab at 10,000 x 10: each agent ran a full collection about once
 a second while changes arrived (the watch decodes outside any block), each 0.2-0.6 s
 over every object, freeing none; one of them falling into the timed changes is the likely
-cause of the 546 ms p99 of a single endpoint change in one bench run. Frozen objects are still freed by reference counting; only
-a cycle among them waits for the next sweep (`sweep_if_due`: when the blocks have
-doubled the frozen set since the last one, called by the process where a pause costs
-nothing).
+cause of the 546 ms p99 of a single endpoint change in one bench run. Frozen objects are
+still freed by reference counting; only a cycle among them waits for the next sweep
+(`sweep_if_due`: when the blocks have doubled the frozen set since the last one, called
+by the process where a pause costs nothing).
 """
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ def sweep_if_due() -> Sweep | None:
     has come for a poll interval); not due, it costs a comparison. Never inside a paused
     block. None when nothing was done. (What the blocks froze is counted net of what
     they freed, as they went; objects that survived young collections outside any block
-    are frozen with them uncounted, so a heap that grows only that way is swept later.)"""
+    are frozen with them uncounted: a heap that grew only that way is not swept for it.)"""
     global _swept_at, _grown
     with _lock:
         if not _hold or _depth or _grown <= _swept_at + SWEEP_FLOOR:
