@@ -173,18 +173,14 @@ class Soak:
         that came together, and a pod in only such a set would look never to have been
         an endpoint)."""
         store = open_store(self.state_dir)
-        rv = store.current_resource_version()
-        slices = {es.name: es for es in store.list(EndpointSlice, "default") if self._ours(es)}
-        self._record(slices)
+        rv, slices = self._list(store)
         while not self.stop.is_set():
             if store.wait_for_change(rv, 0.5) == rv:
                 continue
             try:
                 events = store.changes_since(rv, [EndpointSlice])
             except Gone:   # compacted past us: list afresh
-                rv = store.current_resource_version()
-                slices = {es.name: es for es in store.list(EndpointSlice, "default") if self._ours(es)}
-                self._record(slices)
+                rv, slices = self._list(store)
                 continue
             for ev in events:
                 rv = max(rv, ev.resource_version)
@@ -195,6 +191,13 @@ class Soak:
                     slices[es.name] = es
                 self._record(slices)
         store.close()
+
+    def _list(self, store) -> tuple[int, dict[str, EndpointSlice]]:
+        """The store's version, then the service's slices by name, recorded."""
+        rv = store.current_resource_version()
+        slices = {es.name: es for es in store.list(EndpointSlice, "default") if self._ours(es)}
+        self._record(slices)
+        return rv, slices
 
     @staticmethod
     def _ours(es: EndpointSlice) -> bool:

@@ -409,7 +409,7 @@ class CheckSchedule:
 
     def checked(self, started: float, ended: float) -> None:
         self.took_s = ended - started
-        self.next_at = ended + max(self.interval, self.took_s / self.max_share)
+        self.synced(started, ended)
 
 
 @dataclass
