@@ -285,6 +285,10 @@ class ServiceState:
     local_drop: bool = False
     # slot_sequence(), computed once (planning, capacity and the entry all ask for it)
     _slots: tuple | None = field(default=None, init=False, repr=False, compare=False)
+    # The backends as the columns they were made from, (ips, ports, state or states,
+    # weight or weights), when the maker kept them (UncheckedModel): a full sync's
+    # writer reads its 100,000 addresses from these, not from each Backend (NewPlans).
+    _columns: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         backends = self.backends
@@ -348,6 +352,9 @@ class ServiceState:
         return self._slots
 
 
+_NO_COLUMNS = ((), (), "active", 1)   # the _columns of no backends
+
+
 class UncheckedModel:
     """Frontends, backends and service states made without checking each as it is made,
     for a caller that makes many (the desired state of a full sync: 10,000 states of
@@ -385,6 +392,8 @@ class UncheckedModel:
         self._queued = 0
         self._vips: list[str] = []
         self._vports: list[int] = []
+        # each backends() call's columns, by the first index it handed out
+        self._columns_at: dict[int, tuple] = {}
 
     def backends(self, ips: Sequence[str], ports: Sequence[int], states: Sequence[str] | str = "active",
                  weights: Sequence[int] | int = 1) -> Sequence[int]:
@@ -396,6 +405,7 @@ class UncheckedModel:
         self._weights.append(weights)
         start = len(self._made) + self._queued
         self._queued += len(ips)
+        self._columns_at[start] = (ips, ports, states, weights)
         if self._queued >= self.BATCH:
             self._batch()
         return range(start, start + len(ips))
@@ -438,16 +448,24 @@ class UncheckedModel:
             self._batch()
         if not (self._ok and _all_valid_ipv4(self._vips) and _all_in_range(self._vports, 1, 65535)):
             return None
-        made = self._made
+        made, columns_at = self._made, self._columns_at
         out = []
         append = out.append
         last: object = None
         tup: tuple[Backend, ...] = ()
+        columns: tuple | None = None
         for frontend, backends, algorithm, affinity, size, ranges, local_drop in pending:
             if backends is not last:   # the states of one port share its tuple, as before
                 last = backends
-                tup = tuple(made[backends.start:backends.stop]) if backends.__class__ is range \
-                    else tuple(map(made.__getitem__, backends))
+                if backends.__class__ is range:
+                    tup = tuple(made[backends.start:backends.stop])
+                    # a whole call's range (not a part of one): its columns are the backends'
+                    columns = columns_at.get(backends.start)
+                    if columns is not None and (backends.step != 1 or len(columns[0]) != len(backends)):
+                        columns = None
+                else:
+                    tup = tuple(map(made.__getitem__, backends))
+                    columns = None if tup else _NO_COLUMNS
             if algorithm not in ALGORITHMS or not 0 <= affinity <= MAX_AFFINITY_TIMEOUT:
                 return None
             m = 0
@@ -460,7 +478,7 @@ class UncheckedModel:
             state = _new(ServiceState)
             state.__dict__.update(frontend=frontend, backends=tup, algorithm=algorithm,
                                   affinity_timeout=affinity, maglev_table_size=m,
-                                  source_ranges=ranges, local_drop=local_drop)
+                                  source_ranges=ranges, local_drop=local_drop, _columns=columns)
             append(state)
         return tuple(out)
 

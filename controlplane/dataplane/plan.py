@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import chain, islice, repeat
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Sequence
 
 import numpy as np
@@ -150,6 +150,23 @@ _frontend, _backends, _algorithm = attrgetter("frontend"), attrgetter("backends"
 _timeout, _table_size = attrgetter("affinity_timeout"), attrgetter("maglev_table_size")
 _ranges, _local_drop = attrgetter("source_ranges"), attrgetter("local_drop")
 _ACTIVE = BACKEND_STATES["active"]
+# a ServiceState's _columns (model.py): (ips, ports, state or states, weight or weights)
+_columns = attrgetter("_columns")
+_col_ips, _col_ports, _col_scalars = itemgetter(0), itemgetter(1), itemgetter(2, 3)
+
+
+def _scalar_pairs(columns: list[tuple], counts: list[int]) -> set[tuple[str, int]] | None:
+    """The distinct (state, weight) of the backends of states with these _columns, when
+    each state gave one state and one weight for all its backends (the usual); else None."""
+    try:
+        given = set(map(_col_scalars, columns))
+    except TypeError:   # a column that is a list
+        return None
+    if not all(st.__class__ is str and w.__class__ is int for st, w in given):
+        return None
+    if len(given) == 1 and 0 not in counts:
+        return given
+    return {pair for pair, n in zip(map(_col_scalars, columns), counts) if n}
 
 
 @dataclass
@@ -196,23 +213,32 @@ class NewPlans:
         per_state = list(map(_backends, states))
         counts = list(map(len, per_state))
         backends = list(chain.from_iterable(per_state))
-        ips, ports = list(map(_ip, backends)), list(map(_port, backends))
+        columns = list(map(_columns, states))
+        pairs: set[tuple[str, int]] | None = None
+        if None not in columns:   # every state kept the columns its backends were made of
+            ips = list(chain.from_iterable(map(_col_ips, columns)))
+            ports = list(chain.from_iterable(map(_col_ports, columns)))
+            pairs = _scalar_pairs(columns, counts)
+        else:
+            ips, ports = list(map(_ip, backends)), list(map(_port, backends))
         frontends = list(map(_frontend, states))
         batch = cls(states, counts, backends, ips, ports, be32_column(ips), port_be16(ports), frontends,
                     service_key_columns(frontends), list(map(_algorithm, states)), list(map(_ranges, states)))
-        batch._read_slots()
+        batch._read_slots(pairs)
         return batch
 
-    def _read_slots(self) -> None:
+    def _read_slots(self, pairs: set[tuple[str, int]] | None = None) -> None:
         """Each state's slots and the backends' state and weight columns, read in C
         over the whole batch. When every backend is active with a weight (the usual
         sync), slot_backends() of a state is all its backends in order (or none), so
         its slot_sequence() is too unless it is wrr: only wrr states are then asked.
-        Otherwise every state is asked, as plan_upsert does."""
+        Otherwise every state is asked, as plan_upsert does. `pairs`: the backends'
+        distinct (state, weight) pairs, if the caller knows them already."""
         # One pass for the usual sync, where every backend has the same state and
         # weight: the distinct (state, weight) pairs, in C (a set of one). Only when
         # there are several are the two columns read, one value per backend.
-        pairs = set(map(_state_weight, self.backends))
+        if pairs is None:
+            pairs = set(map(_state_weight, self.backends))
         if len(pairs) <= 1:
             state, weight = pairs.pop() if pairs else ("active", 1)
             all_active = state == "active"

@@ -51,6 +51,11 @@ class RevNat:
         """Write what attach/detach(..., flush=False) queued, in one batch."""
         self._flush()
 
+    @property
+    def queued(self) -> int:
+        """How many entries the next flush writes (or deletes)."""
+        return sum(len(keys) for keys, _ in self._fresh) + len(self._pending)
+
     def _flush(self) -> None:
         # attach_many's rows first: an entry queued since (an address attach_many
         # added that became shared or unused) is then written over it

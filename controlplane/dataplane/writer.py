@@ -324,37 +324,36 @@ class MapWriter:
         made: list[Plan] = []       # frontends the maps hold: planned one by one, as diffs
         new: list[NewPlans] = []    # frontends they do not: planned in bulk, as columns
         attach, revnat = self.revnat.attach, self.revnat
+        # Every address attached first, in the order given (the first frontend to attach
+        # an address owns its entry). Attached before its plan: the frontend's own backend
+        # rows then carry the sharing it causes, so a flow can never meet its backend
+        # without the flag. (Rows of earlier plans of the batch that it made shared: step 5.)
         for (is_new, run), batch in zip(runs, batches):
             if batch is not None:
                 revnat.attach_many(batch.frontends, batch.counts, batch.ips, batch.ports,
                                    batch.ip_be32, batch.port_be16, *batch.key_columns[:2])
-                batch.allocate(self._svc_ids, self._backend_ids, self.affinity)
-                new.append(batch)
-                continue
-            for state, old in run:
-                # Attached first: the frontend's own backend rows then carry the sharing
-                # it causes, so a flow can never meet its backend without the flag.
-                # (Rows of earlier plans of the batch that it made shared: step 5.)
-                attach(state.frontend, [(b.ip, b.port) for b in state.backends], flush=False)
-                made.append(plan_upsert(state, old, self._svc_ids, self._backend_ids, self.affinity))
-        pk = self._pk
-        # 1. reverse NAT for new addresses, then backends (a fresh id starts with no
-        #    connections: a reused one may hold a stale count)
-        fresh = _id_column([i for p in made for i in p.fresh], [batch.id_col for batch in new])
-        # ... and no new flows of its own yet (bpf lb_count_new counts them): zeroed
-        # beside the rest of step 1 (no order between them, only before the slots)
-        with Beside(len(fresh) >= self.beside_min, zero_entries, self.backend_stats_fd, fresh,
-                     self._backend_stats_size):
-            self.revnat.flush()
-            n = write_packed(self.conns, pk["id"].columns(len(fresh), [fresh]),
-                             pk["conns"].columns(len(fresh), [0]), self._conns_mapped)
-            n += write_packed(self.backends, *self._backend_rows(made, new), self._backends_mapped)
+            else:
+                for state, _ in run:
+                    attach(state.frontend, [(b.ip, b.port) for b in state.backends], flush=False)
+        queued = revnat.queued
+        # 1. reverse NAT for new addresses, written beside the planning and the backends
+        #    below (no entry points at those yet: only the slots and entries, after)
+        with Beside(queued >= self.beside_min, revnat.flush):
+            for (is_new, run), batch in zip(runs, batches):
+                if batch is not None:
+                    batch.allocate(self._svc_ids, self._backend_ids, self.affinity)
+                    new.append(batch)
+                    continue
+                for state, old in run:
+                    made.append(plan_upsert(state, old, self._svc_ids, self._backend_ids, self.affinity))
+            self._write_backends(made, new)
         self._phase("backends")
+        pk = self._pk
         # 2. slots, then per-service state of new services, then Maglev tables
         keys, values = self._slot_rows(made, new)   # each key once: its halves in any order
         half = len(keys) // 2
         with Beside(half >= self.beside_min, write_packed, self.slots, keys[half:], values[half:]):
-            n += write_packed(self.slots, keys[:half], values[:half])
+            n = write_packed(self.slots, keys[:half], values[:half])
         n += len(keys) - half
         new_ids = [svc_id for batch in new for svc_id in batch.svc_ids]
         n += write_packed(self.rr_state, pk["id"].columns(len(new_ids), [new_ids]),
@@ -402,6 +401,20 @@ class MapWriter:
         self._rewrite_reply_flags(self.revnat.take_sharing_changes())
         self._phase("flags")
         return [installed[s.frontend].svc_id for s in states]   # (empty: sync's call)
+
+    def _write_backends(self, made: Sequence[Plan], new: Sequence[NewPlans]) -> None:
+        """Step 1's backend entries of the plans, and the counters of their fresh ids."""
+        pk = self._pk
+        # a fresh id starts with no connections (a reused one may hold a stale count) ...
+        fresh = _id_column([i for p in made for i in p.fresh], [batch.id_col for batch in new])
+        # ... and no new flows of its own yet (bpf lb_count_new counts them): zeroed
+        # beside the rest of step 1 (no order between them, only before the slots)
+        with Beside(len(fresh) >= self.beside_min, zero_entries, self.backend_stats_fd, fresh,
+                    self._backend_stats_size):
+            n = write_packed(self.conns, pk["id"].columns(len(fresh), [fresh]),
+                             pk["conns"].columns(len(fresh), [0]), self._conns_mapped)
+            n += write_packed(self.backends, *self._backend_rows(made, new), self._backends_mapped)
+        self.writes += n
 
     def _entry_rows(self, made: Sequence[Plan], new: Sequence[NewPlans]) -> tuple[np.ndarray, np.ndarray]:
         """Every plan's service entry, packed: (keys, values)."""

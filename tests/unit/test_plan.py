@@ -202,6 +202,55 @@ def test_new_plans_columns_equal_the_rows_of_each_state(kind):
     assert rows(fast, n) == rows(cols, n)
 
 
+def _unchecked_twins(states: list[ServiceState], skip: int | None = None) -> list[ServiceState]:
+    """The same states made as a full sync makes them (UncheckedModel, which keeps each
+    state's backends as the columns given: one state or weight for all of a state's
+    backends where they share it, else one per backend; no call at all for a state
+    without backends, as desired.py makes none). `skip`: the index of a state left as
+    it is (checked constructor, no columns)."""
+    from controlplane.dataplane.model import UncheckedModel
+    make = UncheckedModel()
+    pending = []
+    for s in states:
+        bs = s.backends
+        if not bs:
+            idx = ()
+        else:
+            st = [b.state for b in bs]
+            w = [b.weight for b in bs]
+            idx = make.backends(tuple(b.ip for b in bs), tuple(b.port for b in bs),
+                                st[0] if len(set(st)) == 1 else tuple(st), w[0] if len(set(w)) == 1 else tuple(w))
+        pending.append(make.state(s.frontend, idx, s.algorithm, s.affinity_timeout,
+                                  s.maglev_table_size if s.algorithm == "maglev" else None,
+                                  s.source_ranges, s.local_drop))
+    made = list(make.states(pending))
+    assert made == states
+    if skip is not None:
+        made[skip] = states[skip]
+    return made
+
+
+@pytest.mark.parametrize("skip", [None, 5])
+@pytest.mark.parametrize("kind", ["usual", "wrr", "mixed", "same", "terminating", "weight0"])
+def test_new_plans_from_kept_columns_equal_those_read_from_the_backends(kind, skip):
+    """NewPlans.of reads the addresses, and the (state, weight) pairs, from the columns
+    UncheckedModel kept (ServiceState._columns) when every state has them: the batch is
+    the one read from each Backend; with one state without them, it reads them all."""
+    from controlplane.dataplane.plan import NewPlans
+
+    states = _batch_states(kind)
+    twins = _unchecked_twins(states, skip)
+    assert all(t._columns is not None for i, t in enumerate(twins) if i != skip)
+    want, got = NewPlans.of(states), NewPlans.of(twins)
+    for name in ("counts", "backends", "ips", "ports", "state_codes", "weights", "slot_counts",
+                 "terminating_only"):
+        assert getattr(got, name) == getattr(want, name), name
+    for name in ("ip_be32", "port_be16"):
+        assert getattr(got, name).tolist() == getattr(want, name).tolist(), name
+    assert (None if got.slot_pos is None else got.slot_pos.tolist()) == \
+        (None if want.slot_pos is None else want.slot_pos.tolist())
+
+
 @pytest.mark.parametrize("kind", ["usual", "wrr", "mixed", "same", "terminating", "weight0"])
 def test_capacity_from_new_plans_agrees_with_the_walk(kind):
     """check_capacity given the batch's NewPlans (totals only) raises exactly when
