@@ -15,6 +15,10 @@ this machine's iptables-nft 1.8.9 took 8-25x longer on large inputs (7.9 s vs 0.
 `--noflush` is measured once at 1,000 services for the record.
 
 The agent's own start, `Agent.full_sync("start")` into empty maps, is timed once beside.
+At the largest size the XDP side is timed again on a second store where every fifth
+Service is of type NodePort (NODE_PORT_EVERY): 12,000 frontends at 10,000, each NodePort
+service's ClusterIP and NodePort frontends sharing every backend address, the case where
+the writer's rev_nat bookkeeping and reply-entry flags have work to do.
 
 One endpoint change at N services: an EndpointSlice's first endpoint flips ready <-> not
 ready in the store (`store.update`), then the agent's `Agent.incremental_sync()` runs (the
@@ -55,6 +59,11 @@ CHANGE_ROUNDS = 10 if QUICK else 30
 SUITE = "control"
 NS = netlab.PREFIX + "cp"
 NODE = "node1"
+# The NodePort mix, timed at the largest size beside the ClusterIP-only store: every
+# fifth Service a NodePort one, whose ClusterIP and NodePort frontends (on one node
+# address; the maps only, nothing is sent to it) share every backend address.
+NODE_PORT_EVERY = 5
+NODE_PORT_ADDRESS = "192.168.1.10"
 
 
 def _root() -> str | None:
@@ -67,14 +76,18 @@ def _root() -> str | None:
     return None
 
 
-def populate(path: Path, n: int):
+def populate(path: Path, n: int, node_port_every: int = 0):
+    """A store of n Services x 10 ready endpoints; with `node_port_every`, every such
+    Service is of type NodePort."""
     from bench_store import service_manifest, slice_manifest
 
     from controlplane.controllers.manager import reconcile
     from controlplane.controllers.registry import MODE_CREATE, Manifest, Registry
     from controlplane.store import SqliteStore
+    path.mkdir(parents=True, exist_ok=True)
     store = SqliteStore(path / "store.db")
-    docs = [Manifest(service_manifest(i), "bench") for i in range(n)]
+    docs = [Manifest(service_manifest(i, bool(node_port_every) and i % node_port_every == 0), "bench")
+            for i in range(n)]
     docs += [Manifest(slice_manifest(i), "bench") for i in range(n)]
     Registry(store).apply(docs, "default", MODE_CREATE)
     reconcile(store)
@@ -160,7 +173,7 @@ def test_control(benchmark, dataplane, services, tmp_path):
     ipt_full: list[float] = []
     info: dict = {}
 
-    def full_round():
+    def timed_round(store, node, stages, into: dict):
         w = MapWriter(dataplane)
         assert not w.installed(), "dataplane not empty"
         a = time.perf_counter()
@@ -174,10 +187,13 @@ def test_control(benchmark, dataplane, services, tmp_path):
         stages["desired_state"].append(c - b)
         stages["writer_sync"].append(d - c)
         stages["total"].append(d - a)
-        info["frontends"] = res.added
-        info["map_writes"] = w.writes
+        into["frontends"] = res.added
+        into["map_writes"] = w.writes
         w.sync([])                                  # empty again (untimed)
         return want
+
+    def full_round():
+        return timed_round(store, node, stages, info)
 
     def full():
         want = None
@@ -202,6 +218,17 @@ def test_control(benchmark, dataplane, services, tmp_path):
 
     want = benchmark.pedantic(full, rounds=1, iterations=1)
     svcs = info.pop("_svcs")
+
+    if services == max(SIZES) and not QUICK:   # the NodePort mix (XDP only)
+        mix_store = populate(tmp_path / "node-port-mix", services, NODE_PORT_EVERY)
+        mix_node = NodeConfig(NODE, nodeport_addresses=(NODE_PORT_ADDRESS,))
+        mix_stages: dict[str, list[float]] = {k: [] for k in stages}
+        mix: dict = {"node_port_every": NODE_PORT_EVERY}
+        for _ in range(FULL_ROUNDS):
+            timed_round(mix_store, mix_node, mix_stages, mix)
+        mix["stages_s"] = {k: _summ(v) for k, v in mix_stages.items()}
+        info["node_port_mix"] = mix
+        mix_store.close()
 
     # ---- one endpoint change -------------------------------------------------------
     agent = Agent(store, node, dataplane)

@@ -31,10 +31,12 @@ SERVICES = 10_000
 ENDPOINTS_PER_SERVICE = 10
 
 
-def service_manifest(i: int) -> dict:
+def service_manifest(i: int, node_port: bool = False) -> dict:
+    spec: dict = {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+    if node_port:   # (a nodePort allocated by the registry)
+        spec["type"] = "NodePort"
     return {"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": f"svc-{i}", "labels": {"app": f"app-{i % 100}"}},
-            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}
+            "metadata": {"name": f"svc-{i}", "labels": {"app": f"app-{i % 100}"}}, "spec": spec}
 
 
 def slice_manifest(i: int) -> dict:

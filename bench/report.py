@@ -771,6 +771,16 @@ def render_all(data: dict, plot_dir: Path | None = None, plot_prefix: str = "") 
                        f"{_ms(x['change_xdp_s']['median'])} / {_ms(x['change_xdp_s']['p99'])} | "
                        f"{_ms(x['change_iptables_s']['median'])} / {_ms(x['change_iptables_s']['p99'])} |")
         out.append("")
+        for x in sorted(control, key=lambda x: x["services"]):
+            mix = x.get("node_port_mix")
+            if mix:
+                st = mix["stages_s"]
+                out.append(f"The same {x['services']:,} × {x['endpoints']} with every {mix['node_port_every']}th "
+                           f"Service of type NodePort ({mix['frontends']:,} frontends; each NodePort service's "
+                           f"ClusterIP and NodePort frontends share every backend address), XDP only: store → maps "
+                           f"{_ms(st['total']['median'])} ({_ms(st['total']['min'])}–{_ms(st['total']['max'])}; "
+                           f"{_ms(st['load_service_views']['median'])} / {_ms(st['desired_state']['median'])} / "
+                           f"{_ms(st['writer_sync']['median'])}).\n")
         for x in control:
             if "iptables_full_restore_noflush_s" in x:
                 out.append(f"For the record, `iptables-restore --noflush` of the {x['services']:,}-service ruleset "

@@ -107,7 +107,7 @@ def service_columns(states: Sequence[ServiceState], svc_ids: Sequence[int], slot
 
 
 def backend_columns(backends: Sequence[Backend], protos: Sequence[int], svc_ids: Sequence[int],
-                    shared: Sequence[bool] | bool, ip_be32: Sequence[int] | None = None,
+                    shared: Sequence[bool] | np.ndarray | bool, ip_be32: Sequence[int] | None = None,
                     port_be16_col: Sequence[int] | None = None, state_codes: Sequence[int] | int | None = None,
                     weights: Sequence[int] | int | None = None) -> tuple[Sequence[int], ...]:
     """Backends map values, one column per field in BACKEND_FIELDS order (the writer
@@ -120,8 +120,12 @@ def backend_columns(backends: Sequence[Backend], protos: Sequence[int], svc_ids:
         ip_be32 = be32_column([b.ip for b in backends])
     if port_be16_col is None:
         port_be16_col = port_be16([b.port for b in backends])
-    flags = (F_REPLY_ENTRY if shared else 0) if isinstance(shared, bool) else \
-        [F_REPLY_ENTRY if s else 0 for s in shared]
+    if isinstance(shared, bool):
+        flags: Sequence[int] | int = F_REPLY_ENTRY if shared else 0
+    elif isinstance(shared, np.ndarray):
+        flags = np.where(shared, F_REPLY_ENTRY, 0)
+    else:
+        flags = [F_REPLY_ENTRY if s else 0 for s in shared]
     if state_codes is None:
         state_codes = list(map(BACKEND_STATES.__getitem__, map(_state, backends)))
     if weights is None:

@@ -6,7 +6,7 @@ SVCXDP_BACKEND_F_REPLY_ENTRY, so a new flow needs no rev_nat lookup. The protoco
 with revnat.py, in full:
   1. the writer attaches a frontend's addresses to RevNat before its backend entries
      are written, so every backend row is written with the sharing of that moment
-     (`MapWriter._backend_row` asks `RevNat.shared`);
+     (`MapWriter._backend_rows` asks `RevNat.users`);
   2. attaching or detaching may make another frontend's address shared or not:
      RevNat remembers those addresses, and after the service entries are written
      the writer takes them (`RevNat.take_sharing_changes`) and rewrites the flag of
@@ -18,10 +18,10 @@ A flow made from an entry whose flag is momentarily stale is still answered
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Container, Iterable, Sequence
 
-from .installed import Installed
-from .model import Backend, Frontend
+from .installed import Installed, backend_columns
+from .model import PROTOCOLS, Backend, Frontend
 from .revnat import Address, RevNat
 
 
@@ -35,17 +35,39 @@ def flag_drift(installed: dict[Frontend, Installed], reply_flag: dict[int, bool]
 
 
 def flag_rows(addresses: Iterable[Address], revnat: RevNat, installed: dict[Frontend, Installed],
-              backend_row: Callable[[Frontend, Backend, int], tuple]) -> tuple[list, list]:
-    """(keys, rows) rewriting every backend entry of these addresses with the flag
-    their sharing has now."""
-    keys, rows = [], []
+              skip: Container[int] = ()) -> tuple[list[int], tuple[Sequence[int], ...]]:
+    """(ids, columns) rewriting every backend entry of these addresses with the flag
+    their sharing has now, but those of the frontends whose id() is in `skip` (the
+    objects whose rows were written with it already; an equal object elsewhere is
+    rewritten, which is only redundant): the entries' ids and their values as
+    backend_columns gives them, packed by the caller in one go. (A sync that adds thousands of NodePort
+    services shares every address of each between its ClusterIP and NodePort
+    frontends: 40,000 entries at 2,000 services x 10, which packed one row at a time
+    took ~0.9 s.)"""
+    ids: list[int] = []
+    backends: list[Backend] = []
+    protocols: list[int] = []
+    svc_ids: list[int] = []
+    shared: list[bool] = []
+    # each frontend's backends by address, made once for all the addresses it uses
+    by_address: dict[Frontend, dict[tuple[str, int], Backend]] = {}
+    users_of = revnat.users.get
     for addr in addresses:
-        for fe in revnat.users.get(addr, ()):
+        users = users_of(addr, ())
+        address = addr[:2]
+        for fe in users:
+            if id(fe) in skip:
+                continue
             inst = installed.get(fe)
-            bid = inst.backend_ids.get(addr[:2]) if inst else None
+            bid = inst.backend_ids.get(address) if inst else None
             if bid is None:
                 continue
-            b = next(b for b in inst.state.backends if b.address == addr[:2])
-            keys.append((bid,))
-            rows.append(backend_row(fe, b, inst.svc_id))
-    return keys, rows
+            found = by_address.get(fe)
+            if found is None:
+                found = by_address[fe] = {(b.ip, b.port): b for b in inst.state.backends}
+            ids.append(bid)
+            backends.append(found[address])
+            protocols.append(PROTOCOLS[fe.protocol])
+            svc_ids.append(inst.svc_id)
+            shared.append(len(users) > 1)   # RevNat.shared
+    return ids, backend_columns(backends, protocols, svc_ids, shared)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from itertools import chain, repeat
 from operator import attrgetter
+from typing import Sequence
 
 import numpy as np
 
@@ -26,6 +27,15 @@ Address = tuple[str, int, str]  # (ip, port, protocol)
 # Frontend's own (dataclass) order, as a key: compared in C, not through Frontend.__lt__
 _FE_ORDER = attrgetter("vip", "port", "protocol", "scope")
 _vip, _port, _protocol = attrgetter("vip"), attrgetter("port"), attrgetter("protocol")
+
+
+def address_keys(ip_col: np.ndarray, port_col: np.ndarray, proto: np.ndarray | Sequence[int] | int) -> np.ndarray:
+    """Addresses (ip, port, protocol) as one u64 each, from their packed columns
+    (be32_column, port_be16, and the PROTOCOLS code of each or one for all): a whole
+    batch's addresses sorted and matched in numpy, not as a tuple each."""
+    keys = ip_col.astype(np.uint64) << np.uint64(24) | port_col.astype(np.uint64) << np.uint64(8)
+    keys |= np.asarray(proto, np.uint64)
+    return keys
 
 
 class RevNat:
@@ -50,11 +60,6 @@ class RevNat:
     def flush(self) -> None:
         """Write what attach/detach(..., flush=False) queued, in one batch."""
         self._flush()
-
-    @property
-    def queued(self) -> int:
-        """How many entries the next flush writes (or deletes)."""
-        return sum(len(keys) for keys, _ in self._fresh) + len(self._pending)
 
     def _flush(self) -> None:
         # attach_many's rows first: an entry queued since (an address attach_many
@@ -112,43 +117,95 @@ class RevNat:
                     ip_col: np.ndarray, port_col: np.ndarray, vip_col: np.ndarray | None = None,
                     vport_col: np.ndarray | None = None) -> bool:
         """attach(fes[i], the next counts[i] addresses, flush=False) for each i in turn,
-        in bulk when none of the addresses has a user yet, is queued, or comes twice
-        (a full sync into empty maps): then no address becomes shared, and the entries
-        are queued as rows packed from the columns given (`ip_col`, `port_col`: the
-        ips and ports packed, be32_column and port_be16; `vip_col`, `vport_col`: the
-        frontends' vips and ports packed alike, if the caller has them). Returns False
-        if it had to go one frontend at a time (some address may be shared: ask `shared`)."""
+        in bulk when none of the addresses has a user yet or is queued (a full sync into
+        empty maps): the entries are queued as rows packed from the columns given
+        (`ip_col`, `port_col`: the ips and ports packed, be32_column and port_be16;
+        `vip_col`, `vport_col`: the frontends' vips and ports packed alike, if the caller
+        has them), each with the frontend that lists it first. An address listed by
+        several of them (a NodePort service's ClusterIP and NodePort frontends share
+        every backend) becomes shared exactly as attach() makes it, found by sorting
+        the packed addresses (_shared_in_batch). Returns False if it had to go one
+        frontend at a time (an address in use or queued already)."""
         protocols = list(map(_protocol, fes))
         one_protocol = len(set(protocols)) == 1
         if one_protocol:   # (the usual): no per-address column of it
             proto_col = repeat(protocols[0])
         else:
             proto_col = chain.from_iterable(map(repeat, protocols, counts))
-        # each address's users: its frontend alone (one tuple per frontend, shared by its addresses)
+        # each address's users: its frontend alone (one tuple per frontend, shared by its
+        # addresses; an address listed twice keeps the last, mended below)
         new = dict(zip(zip(ips, ports, proto_col), chain.from_iterable(map(repeat, zip(fes), counts))))
         # (isdisjoint of two key views walks the smaller one; of a view and a dict, the dict)
-        if len(new) != len(ips) or not self.users.keys().isdisjoint(new.keys()) or \
-                not self._pending.keys().isdisjoint(new.keys()):
+        if not self.users.keys().isdisjoint(new.keys()) or not self._pending.keys().isdisjoint(new.keys()):
             start = 0
             for fe, n in zip(fes, counts):
                 self.attach(fe, list(zip(ips[start:start + n], ports[start:start + n])), flush=False)
                 start += n
             return False
+        n = len(ips)
+        counts_col = np.asarray(counts, np.int64)
+        proto_codes = list(map(PROTOCOLS.__getitem__, protocols))
+        proto_packed = proto_codes[0] if one_protocol else np.repeat(proto_codes, counts_col)
+        firsts: np.ndarray | slice = slice(None)   # the rows to queue: every address's first listing
+        flags: np.ndarray | int = 0
+        if len(new) != n:   # some address listed more than once
+            firsts, shared = self._shared_in_batch(new, fes, counts_col, ips, ports, protocols, ip_col, port_col,
+                                                   proto_packed)
+            flags = np.zeros(n, np.uint32)
+            flags[shared] = F_SHARED
+            flags = flags[firsts]
         if self.users:
             self.users.update(new)
         else:   # (none yet: the dict made here is the whole map, no copy needed)
             self.users = new
-        n = len(ips)
-        self.writes += n
+        self.writes += len(new)
         vips = be32_column(list(map(_vip, fes))) if vip_col is None else vip_col
         vports = port_be16(list(map(_port, fes))) if vport_col is None else vport_col
-        counts_col = np.asarray(counts, np.int64)
-        proto_codes = list(map(PROTOCOLS.__getitem__, protocols))
+        rows = len(new)
+        proto_rows = proto_packed if one_protocol else proto_packed[firsts]
         self._fresh.append((
-            self._keys.columns(n, (ip_col, port_col, proto_codes[0] if one_protocol
-                                   else np.repeat(proto_codes, counts_col))),
-            self._values.columns(n, (np.repeat(vips, counts_col), np.repeat(vports, counts_col), 0))))
+            self._keys.columns(rows, (ip_col[firsts], port_col[firsts], proto_rows)),
+            self._values.columns(rows, (np.repeat(vips, counts_col)[firsts], np.repeat(vports, counts_col)[firsts],
+                                        flags))))
         return True
+
+    def _shared_in_batch(self, new: dict[Address, tuple[Frontend, ...]], fes: list[Frontend], counts_col: np.ndarray,
+                         ips: list[str], ports: list[int], protocols: list[str], ip_col: np.ndarray,
+                         port_col: np.ndarray, proto_packed: np.ndarray | int) -> tuple[np.ndarray, list[int]]:
+        """attach_many's addresses listed more than once: their users in `new` set to every
+        frontend listing them, in order, as attach() makes them (once each), and those
+        with two or more counted shared. Returns a mask of the positions that list an
+        address first, and the positions of the shared addresses' first listings."""
+        n = len(ips)
+        packed = address_keys(ip_col, port_col, proto_packed)
+        order = np.argsort(packed, kind="stable")   # equal addresses together, in listing order
+        ordered = packed[order]
+        repeats = np.flatnonzero(ordered[1:] == ordered[:-1]) + 1   # (in `order`) each listing after a first
+        firsts = np.ones(n, bool)
+        firsts[order[repeats]] = False
+        grouped = np.zeros(n, bool)                                 # (in `order`) the listings of such addresses
+        grouped[repeats] = True
+        grouped[repeats - 1] = True
+        owner = np.repeat(np.arange(len(fes)), counts_col).tolist()   # each listing's frontend
+        shared: list[int] = []
+        changed = self._sharing_changed
+        key: Address | None = None
+        users: tuple[Frontend, ...] = ()
+        first = 0
+        for pos in order[grouped].tolist():
+            fe = fes[owner[pos]]
+            here = (ips[pos], ports[pos], protocols[owner[pos]])
+            if here != key:   # the first listing of the next address
+                key, users, first = here, (fe,), pos
+            elif fe not in users:
+                users += (fe,)
+                if len(users) == 2:   # it just became shared
+                    shared.append(first)
+                    changed[key] = None
+            new[key] = users
+        self.shared_count += len(shared)
+        self.writes += len(shared)
+        return firsts, shared
 
     def detach(self, fe: Frontend, addresses: list[tuple[str, int]], flush: bool = True) -> None:
         for ip, port in addresses:
@@ -172,6 +229,14 @@ class RevNat:
         """Several frontends use the address: flows to it record reply entries
         (the backend entries' SVCXDP_BACKEND_F_REPLY_ENTRY)."""
         return len(self.users.get(addr, ())) > 1
+
+    def shared_keys(self) -> np.ndarray:
+        """address_keys of every shared address, sorted."""
+        shared = [addr for addr, users in self.users.items() if len(users) > 1]
+        if not shared:
+            return np.zeros(0, np.uint64)
+        ips, ports, protocols = zip(*shared)
+        return np.sort(address_keys(be32_column(ips), port_be16(ports), [PROTOCOLS[p] for p in protocols]))
 
     def take_sharing_changes(self) -> list[Address]:
         """Addresses that became shared or stopped being shared since the last call;

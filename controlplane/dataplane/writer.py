@@ -13,7 +13,8 @@ The jobs are in modules of their own; this one puts them in order:
 Update order (DESIGN.md) so that no packet ever sees a half-written service
 (delete_many, removing many at once, has its own: entries first, then what they
 pointed at, then backends and rev_nat, then flags):
-  1. rev_nat entries of new addresses, then the backends a service will use,
+  1. rev_nat entries of new addresses and the backends a service will use (two
+     threads in a big sync: neither can be reached before the slots),
   2. then its slots, per-service state and Maglev table (swapped whole),
   3. then the service entry (the only thing the datapath finds it by),
   4. and only after the entry's count has shrunk are surplus slots deleted,
@@ -29,7 +30,7 @@ import ctypes as ct
 from dataclasses import dataclass
 from itertools import groupby, repeat
 from operator import attrgetter, itemgetter
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Container, Iterable, Sequence
 
 import numpy as np
 
@@ -39,7 +40,7 @@ from .adopt import adopt
 from .affinity_maps import AffinityGenerations
 from .beside import BESIDE_MIN, Beside
 from .ids import CapacityError, IdAllocator
-from .installed import (BACKEND_FIELDS, SVC_FIELDS, SVC_KEY_FIELDS, Installed, backend_columns, backend_row,
+from .installed import (BACKEND_FIELDS, SVC_FIELDS, SVC_KEY_FIELDS, Installed, backend_columns,
                         maglev_table, service_key_row)
 from .libbpf import zero_entries
 from .maglev_maps import MaglevMaps
@@ -49,7 +50,7 @@ from .pinned import percpu_value_size
 from .plan import NewPlans, Plan, check_capacity, plan_upsert
 from .program import Dataplane
 from .reply_flags import flag_drift, flag_rows
-from .revnat import RevNat
+from .revnat import RevNat, address_keys
 from .source_ranges import SourceRanges
 from .verify import Drift, find_drift, read_connections, recount_connections
 
@@ -118,6 +119,7 @@ class MapWriter:
         self._writes = 0
         self.after_phase: Callable[[str], None] | None = None
         self.beside_min = BESIDE_MIN   # entries from which a write is made beside another
+        self.bulk_shared_min = 4096    # backends from which a batch's sharing is found in numpy
         with paused_gc():   # adoption makes an object per backend: bulk work
             self._adopt()
 
@@ -268,13 +270,12 @@ class MapWriter:
         k.scope = SCOPES[fe.scope]
         return k
 
-    def _backend_row(self, fe: Frontend, b: Backend, svc_id: int) -> tuple:
-        return backend_row(fe, b, svc_id, self.revnat.shared((b.ip, b.port, fe.protocol)))
-
-    def _rewrite_reply_flags(self, addresses) -> None:
-        keys, rows = flag_rows(addresses, self.revnat, self._installed, self._backend_row)
-        self.writes += batch_write(self.backends, self._pk["id"], self._pk["backend"], keys, rows,
-                                   self._backends_mapped)
+    def _rewrite_reply_flags(self, addresses, skip: Container[int] = ()) -> None:
+        ids, columns = flag_rows(addresses, self.revnat, self._installed, skip)
+        if ids:
+            pk = self._pk
+            self.writes += write_packed(self.backends, pk["id"].columns(len(ids), [ids]),
+                                        pk["backend"].columns(len(ids), columns), self._backends_mapped)
 
     def _delete_slot(self, svc_id: int, slot: int) -> None:
         k = self.slots.Key()
@@ -335,10 +336,13 @@ class MapWriter:
             else:
                 for state, _ in run:
                     attach(state.frontend, [(b.ip, b.port) for b in state.backends], flush=False)
-        queued = revnat.queued
+        # Addresses whose sharing the attaching changed: the backend rows of the new
+        # frontends below are written with it (all their rows, packed after every attach),
+        # so only the other frontends' rows of them are rewritten (step 5).
+        attached_changes = revnat.take_sharing_changes()
         # 1. reverse NAT for new addresses, written beside the planning and the backends
         #    below (no entry points at those yet: only the slots and entries, after)
-        with Beside(queued >= self.beside_min, revnat.flush):
+        with Beside(revnat.pending >= self.beside_min, revnat.flush):
             for (is_new, run), batch in zip(runs, batches):
                 if batch is not None:
                     batch.allocate(self._svc_ids, self._backend_ids, self.affinity)
@@ -398,6 +402,8 @@ class MapWriter:
             installed.update(zip(batch.frontends, batch.installed()))
         self._phase("shrink")
         # 5. addresses that became shared (or stopped being): their other entries
+        if attached_changes:
+            self._rewrite_reply_flags(attached_changes, {id(fe) for batch in new for fe in batch.frontends})
         self._rewrite_reply_flags(self.revnat.take_sharing_changes())
         self._phase("flags")
         return [installed[s.frontend].svc_id for s in states]   # (empty: sync's call)
@@ -444,13 +450,21 @@ class MapWriter:
         pk = self._pk
         shared = self._shared((p.state.frontend.protocol, p.write_backends) for p in made)
         parts = [pk["backend"].columns(len(ids), backend_columns(backends, protos, svc_ids, shared))]
+        # A big batch's shared addresses are found in numpy, among all the shared ones (listed
+        # once: RevNat.shared_keys walks every address); a small one's one by one (RevNat.shared).
+        shared_keys = None
+        if self.revnat.shared_count and any(len(batch.ips) >= self.bulk_shared_min for batch in new):
+            shared_keys = self.revnat.shared_keys()
         for batch in new:
             counts = np.asarray(batch.counts, np.int64)
             protocols = list(map(_protocol, batch.frontends))
             codes = list(map(PROTOCOLS.__getitem__, protocols))
             protos_col = codes[0] if len(set(codes)) == 1 else np.repeat(codes, counts)
             svc_col = np.repeat(np.asarray(batch.svc_ids, np.uint32), counts)
-            shared = self._shared(zip(protocols, map(_backends, batch.states)))
+            if shared_keys is not None and len(batch.ips) >= self.bulk_shared_min:
+                shared = np.isin(address_keys(batch.ip_be32, batch.port_be16, protos_col), shared_keys)
+            else:
+                shared = self._shared(zip(protocols, map(_backends, batch.states)))
             parts.append(pk["backend"].columns(len(batch.ids), backend_columns(
                 batch.backends, protos_col, svc_col, shared, batch.ip_be32, batch.port_be16,
                 batch.state_codes, batch.weights)))
