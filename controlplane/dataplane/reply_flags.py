@@ -40,10 +40,10 @@ def flag_rows(addresses: Iterable[Address], revnat: RevNat, installed: dict[Fron
     their sharing has now, but those of the frontends whose id() is in `skip` (the
     objects whose rows were written with it already; an equal object elsewhere is
     rewritten, which is only redundant): the entries' ids and their values as
-    backend_columns gives them, packed by the caller in one go. (A sync that adds thousands of NodePort
-    services shares every address of each between its ClusterIP and NodePort
-    frontends: 40,000 entries at 2,000 services x 10, which packed one row at a time
-    took ~0.9 s.)"""
+    backend_columns gives them, packed by the caller in one go. (A sync that adds
+    thousands of NodePort services shares every address of each between its ClusterIP
+    and NodePort frontends: 40,000 entries at 2,000 services x 10, which packed one
+    row at a time took ~0.9 s.)"""
     ids: list[int] = []
     backends: list[Backend] = []
     protocols: list[int] = []

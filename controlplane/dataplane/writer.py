@@ -326,9 +326,10 @@ class MapWriter:
         new: list[NewPlans] = []    # frontends they do not: planned in bulk, as columns
         attach, revnat = self.revnat.attach, self.revnat
         # Every address attached first, in the order given (the first frontend to attach
-        # an address owns its entry). Attached before its plan: the frontend's own backend
-        # rows then carry the sharing it causes, so a flow can never meet its backend
-        # without the flag. (Rows of earlier plans of the batch that it made shared: step 5.)
+        # an address owns its entry), before any backend row is packed: the rows written
+        # in step 1 then carry the sharing the whole batch causes, so a flow can never meet
+        # its backend without the flag. (Rows written before, and the rows a changed
+        # frontend keeps as they are: step 5.)
         for (is_new, run), batch in zip(runs, batches):
             if batch is not None:
                 revnat.attach_many(batch.frontends, batch.counts, batch.ips, batch.ports,
