@@ -71,9 +71,8 @@ class _Paused:
                     # what this freeze adds, known in O(1) (counting the frozen set
                     # walks it: ~36 ms at 450,000 objects).
                     _grown += gc.get_count()[0]
-                    gc.freeze()
-                else:
-                    gc.freeze()
+                gc.freeze()
+                if not _hold:
                     gc.unfreeze()
                 gc.enable()
 
