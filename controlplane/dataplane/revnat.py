@@ -38,6 +38,28 @@ def address_keys(ip_col: np.ndarray, port_col: np.ndarray, proto: np.ndarray | S
     return keys
 
 
+def _entries_are_their_frontends(keys: np.ndarray, values: np.ndarray, in_use: list[Address],
+                                 order: list[Frontend], counts: list[int]) -> bool:
+    """Whether the map (its `keys` and `values` as read_table gives them) holds exactly
+    one entry per address in use, naming the one frontend using it, unshared: what a
+    clean restart finds, compared as columns (at 100,000 addresses a dict of the entries
+    and a comparison of two dicts took ~0.3 s)."""
+    if len(keys) != len(in_use) or (values["flags"] & F_SHARED).any():
+        return False
+    # (a protocol the model does not know gives a code no frontend's has: unequal)
+    fe_protos = np.fromiter((PROTOCOLS[fe.protocol] for fe in order), np.uint64, len(order))
+    want_keys = address_keys(be32_column([a[0] for a in in_use]), port_be16([a[1] for a in in_use]),
+                             np.repeat(fe_protos, counts))
+    have_keys = address_keys(keys["ip"], keys["port"], keys["proto"])
+    fe_values = (be32_column([fe.vip for fe in order]).astype(np.uint64) << np.uint64(16) |
+                 port_be16([fe.port for fe in order]).astype(np.uint64))
+    want_values = np.repeat(fe_values, counts)
+    have_values = values["vip"].astype(np.uint64) << np.uint64(16) | values["vport"].astype(np.uint64)
+    want_order, have_order = np.argsort(want_keys), np.argsort(have_keys)
+    return bool(np.array_equal(want_keys[want_order], have_keys[have_order]) and
+                np.array_equal(want_values[want_order], have_values[have_order]))
+
+
 class RevNat:
     def __init__(self, table) -> None:
         self.table = table
@@ -257,12 +279,6 @@ class RevNat:
         rev_nat entry of a service the agent is still writing as unused); the owning
         writer's next flush writes them."""
         keys, values = read_table(self.table, Packer.whole(self.table.Key), Packer.whole(self.table.Leaf))
-        names = {v: k for k, v in PROTOCOLS.items()}
-        addrs = list(zip(ips_of_be32(keys["ip"]), ports_of_be16(keys["port"]),
-                         [names.get(p, "?") for p in keys["proto"].tolist()]))
-        # address -> (its entry's frontend (vip, port), its shared flag)
-        primary = dict(zip(addrs, zip(zip(ips_of_be32(values["vip"]), ports_of_be16(values["vport"])),
-                                      ((values["flags"] & F_SHARED) != 0).tolist())))
         users_of = self.users
         shared: list[Address] = []
         order = sorted(installed, key=_FE_ORDER)
@@ -275,13 +291,9 @@ class RevNat:
         counts = [len(installed[fe]) for fe in order]
         alone = dict(zip(in_use, chain.from_iterable(repeat((fe,), n) for fe, n in zip(order, counts))))
         if not users_of and len(alone) == len(in_use):
-            users_of.update(alone)
-            # every entry as it should be (its frontend's, not shared, none unused):
-            # nothing to repair, found by one comparison of two dicts
-            want = dict(zip(in_use, chain.from_iterable(repeat(((fe.vip, fe.port), False), n)
-                                                        for fe, n in zip(order, counts))))
-            if want == primary:
-                self.shared_count = 0
+            self.users = users_of = alone
+            if _entries_are_their_frontends(keys, values, in_use, order, counts):
+                self.shared_count = 0   # nothing to repair (a clean restart)
                 return
         else:
             for fe in order:
@@ -295,6 +307,12 @@ class RevNat:
                         users_of[addr] = users + alone_fe
                         if len(users) == 1:
                             shared.append(addr)
+        names = {v: k for k, v in PROTOCOLS.items()}
+        addrs = list(zip(ips_of_be32(keys["ip"]), ports_of_be16(keys["port"]),
+                         [names.get(p, "?") for p in keys["proto"].tolist()]))
+        # address -> (its entry's frontend (vip, port), its shared flag)
+        primary = dict(zip(addrs, zip(zip(ips_of_be32(values["vip"]), ports_of_be16(values["vport"])),
+                                      ((values["flags"] & F_SHARED) != 0).tolist())))
         self.shared_count = len(shared)
         for addr in shared:   # the entry's own frontend first
             first = primary.get(addr, (None,))[0]

@@ -175,11 +175,17 @@ def test_every_service_on_a_shared_address_is_written_with_the_flag(xdp: Harness
     assert xdp.writer.revnat.shared_count == 0 and not reply_flag(xdp, a)
 
 
-def test_adoption_finds_each_wrong_rev_nat_entry_with_no_address_shared(xdp: Harness):
-    """With no address shared, adoption compares all rev_nat entries at once (one
-    comparison of two dicts); each kind of wrong entry is still found, one by one: a
-    missing one, one naming another frontend, one with a stale shared flag, and one
-    no service uses. The repair writes them, after which nothing is found."""
+WRONG_REV_NAT = ("missing", "other", "stale", "unused")
+
+
+@pytest.mark.parametrize("wrong", [(w,) for w in WRONG_REV_NAT] + [("missing", "unused"), WRONG_REV_NAT],
+                         ids=lambda w: "+".join(w))
+def test_adoption_finds_each_wrong_rev_nat_entry_with_no_address_shared(xdp: Harness, wrong):
+    """With no address shared, adoption compares all rev_nat entries at once (as
+    columns); each kind of wrong entry is still found, alone and together: a missing
+    one, one naming another frontend, one with a stale shared flag, one no service
+    uses, and a missing one beside an unused one (as many entries as addresses in
+    use). The repair writes them, after which nothing is found."""
     from controlplane.dataplane.model import ip_to_be32
     from controlplane.dataplane.revnat import F_SHARED
     pods = ("10.244.2.51", "10.244.2.52", "10.244.2.53", "10.244.2.54")
@@ -189,19 +195,23 @@ def test_adoption_finds_each_wrong_rev_nat_entry_with_no_address_shared(xdp: Har
     t = xdp.dp.table("rev_nat")
     entries = {int(k.ip): (k, v) for k, v in t.items()}
     missing, other, stale, _ = (entries[ip_to_be32(p)] for p in pods)
-    del t[missing[0]]
-    v = other[1]
-    v.vip = ip_to_be32(VIP_B)
-    t[other[0]] = v
-    v = stale[1]
-    v.flags |= F_SHARED
-    t[stale[0]] = v
-    unused = type(missing[0])()
-    unused.ip, unused.port, unused.proto = ip_to_be32("10.244.9.9"), missing[0].port, missing[0].proto
-    t[unused] = missing[1]
+    if "missing" in wrong:
+        del t[missing[0]]
+    if "other" in wrong:
+        v = other[1]
+        v.vip = ip_to_be32(VIP_B)
+        t[other[0]] = v
+    if "stale" in wrong:
+        v = stale[1]
+        v.flags |= F_SHARED
+        t[stale[0]] = v
+    if "unused" in wrong:
+        unused = type(missing[0])()
+        unused.ip, unused.port, unused.proto = ip_to_be32("10.244.9.9"), missing[0].port, missing[0].proto
+        t[unused] = missing[1]
     adopted = MapWriter(xdp.dp)
-    assert adopted.revnat.pending == 4 and adopted.adoption_drift == 4
-    assert adopted.repair_adopted() == 4
+    assert adopted.revnat.pending == len(wrong) and adopted.adoption_drift == len(wrong)
+    assert adopted.repair_adopted() == len(wrong)
     assert MapWriter(xdp.dp).adoption_drift == 0
     assert len(list(t.keys())) == 5
 
