@@ -75,6 +75,11 @@ def adopt(services, backends, maglev: MaglevMaps, svc_ids: IdAllocator, backend_
                 by_svc[svc_id] = members = {}
             members[(ip, port)] = (ident, b)
     skeys, svals = read_table(services, Packer.whole(services.Key), Packer.whole(services.Leaf))
+    # In id order, which is the order the writer handed ids out in (a full sync: the
+    # source's), not the hash map's: each frontend's record is then made beside its
+    # backends, which were made in id order too, and beside the next service's.
+    by_id = np.argsort(svals["svc_id"], kind="stable")
+    skeys, svals = skeys[by_id], svals[by_id]
     fes = [Frontend(ip, port, _PROTO_NAMES[proto], _SCOPE_NAMES[scope]) for ip, port, proto, scope in
            zip(ips_of_be32(skeys["vip"]), ports_of_be16(skeys["port"]), skeys["proto"].tolist(),
                skeys["scope"].tolist())]

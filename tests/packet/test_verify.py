@@ -116,6 +116,17 @@ def test_an_intact_dataplane_has_no_drift(xdp: Harness):
     assert MapWriter(xdp.dp).adoption_drift == 0
 
 
+def test_adoption_makes_its_records_in_service_id_order(xdp: Harness):
+    """Not in the services hash map's order: the ids were handed out in the source's
+    order, so the adopted records are made in it, each beside its backends (made in id
+    order too); walked in hash order, a restart at 10,000 services misses the caches."""
+    states = [ServiceState(Frontend(f"10.96.1.{i}", 80), (Backend(BACKENDS[i % len(BACKENDS)], 8080),))
+              for i in range(1, 33)]
+    xdp.writer.upsert_many(states)
+    ids = [record.svc_id for record in MapWriter(xdp.dp).records().values()]
+    assert len(ids) == len(states) and ids == sorted(ids)
+
+
 def test_lc_counts_are_recounted_from_conntrack(xdp: Harness):
     xdp.writer.upsert(state("lc"))
     for sport in range(42000, 42009):
