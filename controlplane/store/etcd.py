@@ -60,6 +60,10 @@ from .interface import (ADDED, DELETED, MODIFIED, CommitConflict, IndexEntry, Ob
 
 T = TypeVar("T", bound=ApiObject)
 
+# The collector's pause (gcpause), entered and left by hand: a transaction is bulk work
+# (storing 10,000 Services and their slices in one: 2.3-3.6 s paused, ~5 s not).
+_PAUSED = paused_gc()
+
 PREFIX = "/registry/"
 REVISION_KEY = "/registry/svcxdp/revision"
 SETTINGS_PREFIX = "/registry/svcxdp/settings/"
@@ -171,6 +175,7 @@ class _Transaction(AbstractContextManager):
         if store._depth == 0:
             self.outer = True
             store._txn = _Txn()   # pinned by its first read (store._pin), in the same request
+            _PAUSED.__enter__()   # left in __exit__
         store._depth += 1
         return store
 
@@ -183,6 +188,8 @@ class _Transaction(AbstractContextManager):
                 if exc_type is None and txn is not None and txn.writes:
                     store._commit(txn)
         finally:
+            if self.outer:
+                _PAUSED.__exit__(None, None, None)
             store._lock.release()
 
 

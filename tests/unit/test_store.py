@@ -86,6 +86,24 @@ def test_transaction_is_all_or_nothing(store: SqliteStore) -> None:
     assert store.changes_since(rv) == []
 
 
+def test_a_transaction_pauses_the_collector_until_it_ends(store: SqliteStore) -> None:
+    """A transaction is bulk work (a whole manifest, a controller's batch): the cyclic
+    collector waits until the outermost block ends, committed or rolled back."""
+    import gc
+    assert gc.isenabled()
+    with store.transaction() as tx:
+        with tx.transaction():
+            tx.create(svc("a"))
+        assert not gc.isenabled()
+        tx.create(svc("b"))
+    assert gc.isenabled()
+    with pytest.raises(AlreadyExists):
+        with store.transaction() as tx:
+            assert not gc.isenabled()
+            tx.create(svc("a"))
+    assert gc.isenabled()
+
+
 def test_change_feed_reports_every_write_in_order(store: SqliteStore) -> None:
     rv0 = store.current_resource_version()
     store.create(svc("a"))
