@@ -104,6 +104,29 @@ def test_a_transaction_pauses_the_collector_until_it_ends(store: SqliteStore) ->
     assert gc.isenabled()
 
 
+def test_a_transaction_that_cannot_begin_leaves_the_store_to_other_threads_sqlite(tmp_path: Path) -> None:
+    """Another process holding the write lock past the busy timeout fails the
+    transaction's BEGIN; the store's own lock and the collector's pause are not left
+    held by the thread that tried."""
+    import gc
+    import sqlite3
+    store = SqliteStore(tmp_path / "locked.db", busy_timeout_s=0.1)
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")   # another writer holds the write lock
+    with pytest.raises((sqlite3.OperationalError, StoreUnavailable)):
+        with store.transaction() as tx:
+            tx.create(svc("a"))
+    assert gc.isenabled()
+    other.execute("ROLLBACK")
+    other.close()
+    created: list[Service] = []
+    writer = threading.Thread(target=lambda: created.append(store.create(svc("b"))), daemon=True)
+    writer.start()
+    writer.join(10)
+    assert created, "another thread could not write: the store's lock was left held"
+    store.close()
+
+
 def test_change_feed_reports_every_write_in_order(store: SqliteStore) -> None:
     rv0 = store.current_resource_version()
     store.create(svc("a"))
