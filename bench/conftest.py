@@ -1,5 +1,6 @@
 """Shared by every bench suite: machine info stamped into the pytest-benchmark JSON,
-and, after a run that measured the datapath, its table with the targets checked.
+after a run that measured the datapath its table with the targets checked, and the
+dataplane's pin root removed when the session created it.
 
 Only hooks live here (no fixtures), so suites that do not need root or bcc
 (bench_maglev.py, bench_store.py) are unaffected.
@@ -15,6 +16,11 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
+
+# The dataplane's pin root, as the tests keep it: removed at the end of a session that
+# created it and left it empty (the memory and flows benches pin, then reset, instances).
+sys.path.insert(0, str(HERE.parent))
+from tests.conftest import pytest_sessionfinish, pytest_sessionstart  # noqa: E402,F401
 
 
 def _cpu_model() -> str:
