@@ -38,6 +38,11 @@ def address_keys(ip_col: np.ndarray, port_col: np.ndarray, proto: np.ndarray | S
     return keys
 
 
+def _frontend_keys(vip_col: np.ndarray, vport_col: np.ndarray) -> np.ndarray:
+    """Frontends (vip, port) as one u64 each, from their packed columns."""
+    return vip_col.astype(np.uint64) << np.uint64(16) | vport_col.astype(np.uint64)
+
+
 def _entries_are_their_frontends(keys: np.ndarray, values: np.ndarray, in_use: list[Address],
                                  order: list[Frontend], counts: list[int]) -> bool:
     """Whether the map (its `keys` and `values` as read_table gives them) holds exactly
@@ -51,10 +56,9 @@ def _entries_are_their_frontends(keys: np.ndarray, values: np.ndarray, in_use: l
     want_keys = address_keys(be32_column([a[0] for a in in_use]), port_be16([a[1] for a in in_use]),
                              np.repeat(fe_protos, counts))
     have_keys = address_keys(keys["ip"], keys["port"], keys["proto"])
-    fe_values = (be32_column([fe.vip for fe in order]).astype(np.uint64) << np.uint64(16) |
-                 port_be16([fe.port for fe in order]).astype(np.uint64))
-    want_values = np.repeat(fe_values, counts)
-    have_values = values["vip"].astype(np.uint64) << np.uint64(16) | values["vport"].astype(np.uint64)
+    want_values = np.repeat(_frontend_keys(be32_column([fe.vip for fe in order]), port_be16([fe.port for fe in order])),
+                            counts)
+    have_values = _frontend_keys(values["vip"], values["vport"])
     want_order, have_order = np.argsort(want_keys), np.argsort(have_keys)
     return bool(np.array_equal(want_keys[want_order], have_keys[have_order]) and
                 np.array_equal(want_values[want_order], have_values[have_order]))

@@ -50,6 +50,7 @@ from controlplane.api.errors import AlreadyExists, Conflict, Gone, NotFound
 from controlplane.api.kinds import KINDS
 from controlplane.api.meta import ApiObject, format_timestamp, now
 from controlplane.api.selectors import Selector
+from controlplane import gcpause
 from controlplane.gcpause import paused_gc
 
 from . import indexes
@@ -59,10 +60,6 @@ from .interface import (ADDED, DELETED, MODIFIED, CommitConflict, IndexEntry, Ob
                         stored_namespace)
 
 T = TypeVar("T", bound=ApiObject)
-
-# The collector's pause (gcpause), entered and left by hand: a transaction is bulk work
-# (applying 10,000 Services and their slices in one: 2.3-3.2 s paused, 4.4-5.0 s not).
-_PAUSED = paused_gc()
 
 PREFIX = "/registry/"
 REVISION_KEY = "/registry/svcxdp/revision"
@@ -175,7 +172,7 @@ class _Transaction(AbstractContextManager):
         if store._depth == 0:
             self.outer = True
             store._txn = _Txn()   # pinned by its first read (store._pin), in the same request
-            _PAUSED.__enter__()   # left in __exit__
+            gcpause.pause()   # a transaction is bulk work; resumed in __exit__
         store._depth += 1
         return store
 
@@ -189,7 +186,7 @@ class _Transaction(AbstractContextManager):
                     store._commit(txn)
         finally:
             if self.outer:
-                _PAUSED.__exit__(None, None, None)
+                gcpause.resume()
             store._lock.release()
 
 
