@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from controlplane.api.endpoints import LAST_CHANGE_TRIGGER_TIME
 from controlplane.api.errors import Gone
 from controlplane.api.meta import parse_timestamp
 from controlplane.controllers.events import WARNING, EventRecorder, Involved
@@ -19,9 +18,8 @@ from controlplane.dataplane.program import Dataplane
 from controlplane.dataplane.writer import CapacityError, MapWriter
 from controlplane.gcpause import paused_gc, sweep_if_due
 from controlplane.memtrim import release_free_memory
-from controlplane.store.interface import DELETED
 
-from .cache import WATCHED_KINDS, ServiceCache, ServiceKey
+from .cache import TEXT_KINDS, WATCHED_KINDS, ServiceCache, ServiceKey
 from .desired import Desired, NodeConfig, desired_each, desired_state
 from .health import Health
 from .healthcheck import ServiceHealthServers
@@ -237,19 +235,20 @@ class Agent:
         writes = self.writer.writes
         current = self.source.current_resource_version() if upto is None else upto
         try:
-            events = self.source.changes_since(self.cache.resource_version, WATCHED_KINDS)
+            events = self.source.changes_since(self.cache.resource_version, WATCHED_KINDS, as_text=TEXT_KINDS)
         except Gone:
             log.info("change feed compacted past resourceVersion %d: full resync", self.cache.resource_version)
             return self.full_sync("relist")
         if upto is not None:
             events = [ev for ev in events if ev.resource_version <= upto]
-        touched = self.cache.apply(events)
+        triggers: list[tuple[str, str, str]] = []
+        touched = self.cache.apply(events, triggers)
         self.cache.resource_version = max(self.cache.resource_version, current)
         report = SyncReport()
         self._apply(self._desired_for(sorted(touched)), report)   # (see _full_sync)
         if touched:
             done = time.time()
-            report.programming_s = [done - t for t in trigger_times(events)]
+            report.programming_s = [done - t for t in trigger_times(triggers)]
         report.writes = self.writer.writes - writes
         report.took_ms = (time.perf_counter() - start) * 1000
         if touched:   # lastUpdated moves when the maps did, not on every change of other kinds
@@ -371,17 +370,12 @@ class Agent:
             log.exception("attaching to interfaces failed; retrying")
 
 
-def trigger_times(events) -> list[float]:
-    """The distinct trigger times (Unix seconds) the changed EndpointSlices carry
-    (endpoints.kubernetes.io/last-change-trigger-time, set by the endpoints controller)."""
-    seen: set[tuple[str, str, str]] = set()
+def trigger_times(triggers: list[tuple[str, str, str]]) -> list[float]:
+    """The distinct trigger times (Unix seconds) of the changed EndpointSlices, from their
+    (namespace, name, endpoints.kubernetes.io/last-change-trigger-time) as ServiceCache.apply
+    lists them (the endpoints controller sets the annotation); unparsable stamps are skipped."""
     out = []
-    for ev in events:
-        obj = ev.object
-        stamp = obj.annotations.get(LAST_CHANGE_TRIGGER_TIME) if obj.KIND == "EndpointSlice" else None
-        if not stamp or ev.type == DELETED or (obj.namespace, obj.name, stamp) in seen:
-            continue
-        seen.add((obj.namespace, obj.name, stamp))
+    for stamp in {(ns, name, stamp): stamp for ns, name, stamp in triggers}.values():
         try:
             out.append(parse_timestamp(stamp).timestamp())
         except ValueError:

@@ -5,17 +5,20 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from controlplane.api.endpoints import LABEL_SERVICE_NAME, EndpointSlice
+from controlplane.api.endpoints import LABEL_SERVICE_NAME, LAST_CHANGE_TRIGGER_TIME, EndpointSlice
 from controlplane.api.service import Service
-from controlplane.controllers.service_view import (ServiceView, SliceBackends, merge_backends, read_services,
-                                                   read_slices, slice_backends, view_from_backends)
+from controlplane.controllers.service_view import (ServiceView, SliceBackends, SliceRead, merge_backends,
+                                                   read_services, read_slices, service_text_read, slice_backends,
+                                                   slice_change_read,
+                                                   view_from_backends)
 from controlplane.gcpause import paused_gc
-from controlplane.store.interface import DELETED, WatchEvent
+from controlplane.store.interface import DELETED, TextEvent, WatchEvent
 
 from .source import Source
 
 ServiceKey = tuple[str, str]  # (namespace, name)
 WATCHED_KINDS = (Service, EndpointSlice)
+TEXT_KINDS = (Service, EndpointSlice)   # asked for as stored text: each read with service_view's typed decoders
 
 
 @dataclass
@@ -41,15 +44,32 @@ class ServiceCache:
                     key = (es.namespace, es.service)
                     cache.slices[key][es.name] = es.backends
                     cache.slice_owner[(es.namespace, es.name)] = key
-        cache.apply(source.changes_since(rv, WATCHED_KINDS))
+        cache.apply(source.changes_since(rv, WATCHED_KINDS, as_text=TEXT_KINDS))
         return cache
 
-    def apply(self, events: list[WatchEvent]) -> set[ServiceKey]:
-        """Fold events in; return the services whose view may have changed."""
+    def apply(self, events: list[WatchEvent | TextEvent],
+              triggers: list[tuple[str, str, str]] | None = None) -> set[ServiceKey]:
+        """Fold events in; return the services whose view may have changed. A slice may
+        come as its stored text (TextEvent, as TEXT_KINDS asks the source): only its
+        backends are read from it. `triggers`, when given, gets (namespace, slice, stamp)
+        for each changed slice that carries a last-change-trigger-time."""
         touched: set[ServiceKey] = set()
         for ev in events:
-            obj = ev.object
             self.resource_version = max(self.resource_version, ev.resource_version)
+            if ev.__class__ is TextEvent:
+                if ev.kind == EndpointSlice.KIND:
+                    read, stamp = slice_change_read(ev.text)
+                    self._put_slice(read, ev.type == DELETED, touched)
+                    if stamp and triggers is not None and ev.type != DELETED:
+                        triggers.append((read.namespace, read.name, stamp))
+                    continue
+                if ev.kind != Service.KIND:
+                    continue
+                obj = service_text_read(ev.text)
+                if obj.metadata.resource_version is None:   # as the store's decoded event stamps it
+                    obj.metadata.resource_version = str(ev.resource_version)
+            else:
+                obj = ev.object
             if isinstance(obj, Service):
                 key = (obj.namespace, obj.name)
                 if ev.type == DELETED:
@@ -59,18 +79,27 @@ class ServiceCache:
                 touched.add(key)
             elif isinstance(obj, EndpointSlice):
                 owner = obj.labels.get(LABEL_SERVICE_NAME)
-                slice_key = (obj.namespace, obj.name)
-                # A slice may have been relabelled: take it from its previous service.
-                previous = self.slice_owner.pop(slice_key, None)
-                if previous is not None:
-                    self.slices[previous].pop(obj.name, None)
-                    touched.add(previous)
-                if owner and ev.type != DELETED:
-                    key = (obj.namespace, owner)
-                    self.slices[key][obj.name] = slice_backends(obj)
-                    self.slice_owner[slice_key] = key
-                    touched.add(key)
+                read = SliceRead(obj.namespace, obj.name, owner,
+                                 slice_backends(obj) if owner and ev.type != DELETED else {})
+                self._put_slice(read, ev.type == DELETED, touched)
+                stamp = obj.annotations.get(LAST_CHANGE_TRIGGER_TIME)
+                if stamp and triggers is not None and ev.type != DELETED:
+                    triggers.append((obj.namespace, obj.name, stamp))
         return touched
+
+    def _put_slice(self, read: SliceRead, deleted: bool, touched: set[ServiceKey]) -> None:
+        """File a changed slice's backends under its service (none when deleted)."""
+        slice_key = (read.namespace, read.name)
+        # A slice may have been relabelled: take it from its previous service.
+        previous = self.slice_owner.pop(slice_key, None)
+        if previous is not None:
+            self.slices[previous].pop(read.name, None)
+            touched.add(previous)
+        if read.service and not deleted:
+            key = (read.namespace, read.service)
+            self.slices[key][read.name] = read.backends
+            self.slice_owner[slice_key] = key
+            touched.add(key)
 
     def view(self, key: ServiceKey) -> ServiceView | None:
         svc = self.services.get(key)

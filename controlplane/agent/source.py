@@ -5,9 +5,11 @@ The agent needs five reads, and nothing else, from whatever holds the cluster's 
     current_resource_version()          where the feed is now (an int that only grows)
     list(Service)                       every Service, decoded
     iter_documents(EndpointSlice)       every EndpointSlice as its JSON document
-    changes_since(rv, kinds)            the ADDED / MODIFIED / DELETED events after rv,
+    changes_since(rv, kinds, as_text)   the ADDED / MODIFIED / DELETED events after rv,
                                         oldest first; api.errors.Gone when the feed no
-                                        longer reaches back to rv (the agent relists)
+                                        longer reaches back to rv (the agent relists);
+                                        those of the kinds in as_text may come as
+                                        TextEvents (the stored JSON, not decoded)
     wait_for_change(rv, timeout)        block until the feed passes rv (or timeout)
 
 Two implementations:
@@ -26,7 +28,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Iterator, Protocol, TypeVar
 
 from controlplane.api.meta import ApiObject
-from controlplane.store.interface import WatchEvent
+from controlplane.store.interface import TextEvent, WatchEvent
 
 T = TypeVar("T", bound=ApiObject)
 
@@ -38,8 +40,8 @@ class Source(Protocol):
 
     def iter_documents(self, cls: type[ApiObject]) -> Iterator[dict[str, Any]]: ...
 
-    def changes_since(self, resource_version: int,
-                      kinds: Iterable[type[ApiObject]] | None = None) -> list[WatchEvent]: ...
+    def changes_since(self, resource_version: int, kinds: Iterable[type[ApiObject]] | None = None,
+                      as_text: Iterable[type[ApiObject]] = ()) -> list[WatchEvent | TextEvent]: ...
 
     def wait_for_change(self, resource_version: int, timeout: float) -> int: ...
 

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple
 import msgspec
 
 from controlplane.api.codec_typed import typed_decoder
-from controlplane.api.endpoints import LABEL_SERVICE_NAME, EndpointSlice
+from controlplane.api.endpoints import LABEL_SERVICE_NAME, LAST_CHANGE_TRIGGER_TIME, EndpointSlice
 from controlplane.api.service import POLICY_LOCAL, Service
 from controlplane.gcpause import paused_gc
 from controlplane.store.interface import StoreReader
@@ -219,6 +219,20 @@ class _Slice(msgspec.Struct, gc=False):
 _decode_slice: Callable[[str], _Slice] = msgspec.json.Decoder(_Slice).decode
 
 
+# A changed slice (slice_change_read) is read with its annotations too, for the trigger
+# time the agent reports (kubeproxy_network_programming_duration_seconds); the bulk read
+# of every slice skips them.
+class _AnnotatedMeta(_Meta, gc=False):
+    annotations: dict[str, str] | None = None
+
+
+class _ChangedSlice(_Slice, gc=False):
+    metadata: _AnnotatedMeta | None = None
+
+
+_decode_changed_slice: Callable[[str], _ChangedSlice] = msgspec.json.Decoder(_ChangedSlice).decode
+
+
 def _flags(c: _Conditions) -> tuple[bool, bool, bool]:
     """(ready, serving, terminating) as slice_document_backends reads the conditions."""
     ready = c.ready is not False
@@ -256,6 +270,26 @@ def slice_text_read(text: str) -> SliceRead:
         es = _decode_slice(text)
     except msgspec.DecodeError:   # a field of another type: the tolerant document path
         return slice_document_read(json.loads(text))
+    return _decoded_slice_read(es)
+
+
+def slice_change_read(text: str) -> tuple[SliceRead, str | None]:
+    """A changed slice from its stored JSON text (a TextEvent's): what slice_text_read
+    gives, and its last-change-trigger-time annotation (None if it has none)."""
+    try:
+        es = _decode_changed_slice(text)
+    except msgspec.DecodeError:
+        doc = json.loads(text)
+        annotations = (doc.get("metadata") or {}).get("annotations")
+        stamp = annotations.get(LAST_CHANGE_TRIGGER_TIME) if isinstance(annotations, dict) else None
+        return slice_document_read(doc), stamp if isinstance(stamp, str) else None
+    meta = es.metadata
+    return _decoded_slice_read(es), meta.annotations.get(LAST_CHANGE_TRIGGER_TIME) \
+        if meta is not None and meta.annotations else None
+
+
+def _decoded_slice_read(es: _Slice) -> SliceRead:
+    """slice_text_read of a slice the typed decoder read."""
     meta = es.metadata
     namespace, name, owner = "", "", None
     if meta is not None:
@@ -395,7 +429,7 @@ def _iter_services(store: Any, namespace: str | None) -> Iterable[Service]:
     args = (Service,) if namespace is None else (Service, namespace)
     iter_json = getattr(store, "iter_json", None)
     if iter_json is not None:
-        return map(_service_from_text, iter_json(*args))
+        return map(service_text_read, iter_json(*args))
     return store.list(*args)
 
 
@@ -423,7 +457,7 @@ _decode_json = msgspec.json.decode
 _typed_service: Callable[[str], Service] = typed_decoder(Service)
 
 
-def _service_from_text(text: str) -> Service:
+def service_text_read(text: str) -> Service:
     """A Service from its stored text, as the store's `list` decodes it (Service.from_dict
     of the parsed text). The typed decoder takes the usual text straight to the objects
     (codec_typed); what it does not take as-is (an unknown field, a value the codec would

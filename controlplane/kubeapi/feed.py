@@ -174,8 +174,10 @@ class KubeFeed:
             docs = [entry.doc for _, entry in sorted(self._objects[RESOURCES[cls]].items())]
         return iter(docs)
 
-    def changes_since(self, resource_version: int,
-                      kinds: Iterable[type[ApiObject]] | None = None) -> list[WatchEvent]:
+    def changes_since(self, resource_version: int, kinds: Iterable[type[ApiObject]] | None = None,
+                      as_text: Iterable[type[ApiObject]] = ()) -> list[WatchEvent]:
+        """The events after `resource_version`, decoded whatever `as_text` asks: the API
+        client has parsed them already, so there is no text to save decoding."""
         wanted = tuple(kinds) if kinds is not None else tuple(KINDS.values())
         with self._cond:
             self._synced()

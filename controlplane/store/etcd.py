@@ -44,7 +44,7 @@ import time
 import uuid
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Container, Iterable, Iterator, TypeVar
 
 from controlplane.api.errors import AlreadyExists, Conflict, Gone, NotFound
 from controlplane.api.kinds import KINDS
@@ -56,8 +56,8 @@ from controlplane.gcpause import paused_gc
 from . import indexes
 from .etcd_client import EtcdClient, EtcdRequestError, EtcdUnavailable, WatchBroken, b64, prefix_end, unb64
 from .etcd_feed import EtcdFeed
-from .interface import (ADDED, DELETED, MODIFIED, CommitConflict, IndexEntry, ObjectList, WatchEvent, place,
-                        stored_namespace)
+from .interface import (ADDED, DELETED, MODIFIED, CommitConflict, IndexEntry, ObjectList, TextEvent, WatchEvent,
+                        place, stored_namespace)
 
 T = TypeVar("T", bound=ApiObject)
 
@@ -139,7 +139,9 @@ class _PendingEvent:
     resource_version: int
     previous_labels: dict[str, str] | None
 
-    def event(self) -> WatchEvent:
+    def event(self, text_kinds: Container[str] = ()) -> WatchEvent | TextEvent:
+        if self.cls.KIND in text_kinds:
+            return TextEvent(self.type, self.cls.KIND, self.data, self.resource_version, self.previous_labels)
         obj = self.cls.from_dict(_with_version(json.loads(self.data), self.resource_version))
         return WatchEvent(self.type, obj, self.resource_version, self.previous_labels)
 
@@ -588,7 +590,9 @@ class EtcdStore:
         self.client.compact(revision)
         return revision
 
-    def _decode_event(self, ev: dict[str, Any], kinds: set[str] | None) -> WatchEvent | None:
+    def _decode_event(self, ev: dict[str, Any], kinds: set[str] | None,
+                      text_kinds: set[str]) -> WatchEvent | TextEvent | None:
+        """One event of the watch, decoded; as a TextEvent for a kind in `text_kinds`."""
         kv = ev["kv"]
         parsed = parse_object_key(unb64(kv["key"]))
         if parsed is None or (kinds is not None and parsed[0].KIND not in kinds):
@@ -596,20 +600,26 @@ class EtcdStore:
         cls = parsed[0]
         rv = int(kv["mod_revision"])
         prev = ev.get("prev_kv")
-        prev_doc = json.loads(unb64(prev["value"])) if prev and prev.get("value") else None
+        prev_text = unb64(prev["value"]) if prev and prev.get("value") else None
+        prev_doc = json.loads(prev_text) if prev_text is not None else None
         prev_labels = dict((prev_doc.get("metadata") or {}).get("labels") or {}) if prev_doc else None
         if ev.get("type") == "DELETE":
-            if prev_doc is None:
+            if prev_text is None:
                 return None   # the last state is unknown (prev_kv compacted away)
-            return WatchEvent(DELETED, cls.from_dict(_with_version(prev_doc, rv)), rv, prev_labels)
-        doc = json.loads(unb64(kv["value"]))
-        if int(kv.get("version", 1)) == 1:
-            return WatchEvent(ADDED, cls.from_dict(_with_version(doc, rv)), rv, None)
-        return WatchEvent(MODIFIED, cls.from_dict(_with_version(doc, rv)), rv, prev_labels)
+            etype, text = DELETED, prev_text
+        else:
+            etype, text = ADDED if int(kv.get("version", 1)) == 1 else MODIFIED, unb64(kv["value"])
+            if etype == ADDED:
+                prev_labels = None
+        if cls.KIND in text_kinds:
+            return TextEvent(etype, cls.KIND, text, rv, prev_labels)
+        doc = prev_doc if etype == DELETED else json.loads(text)
+        return WatchEvent(etype, cls.from_dict(_with_version(doc, rv)), rv, prev_labels)
 
-    def _history(self, rv: int, until: int, kinds: set[str] | None, limit: int | None) -> list[WatchEvent]:
+    def _history(self, rv: int, until: int, kinds: set[str] | None, limit: int | None,
+                 text_kinds: set[str]) -> list[WatchEvent | TextEvent]:
         """Committed events after `rv` up to store revision `until`, whole revisions only."""
-        out: list[WatchEvent] = []
+        out: list[WatchEvent | TextEvent] = []
         with self.client.watch(PREFIX, prefix_end(PREFIX), start_revision=rv + 1, prev_kv=True) as stream:
             while True:
                 resp = stream.next(self.client.timeout)
@@ -624,31 +634,35 @@ class EtcdStore:
                         return out
                     if limit is not None and len(out) >= limit and event_rv != out[-1].resource_version:
                         return out
-                    decoded = self._decode_event(ev, kinds)
+                    decoded = self._decode_event(ev, kinds, text_kinds)
                     if decoded is not None:
                         out.append(decoded)
                 if events and int(events[-1]["kv"]["mod_revision"]) >= until:
                     return out
 
     def changes_since(self, resource_version: int, kinds: Iterable[type[ApiObject]] | None = None,
-                      limit: int | None = None) -> list[WatchEvent]:
+                      limit: int | None = None,
+                      as_text: Iterable[type[ApiObject]] = ()) -> list[WatchEvent | TextEvent]:
         kind_names = {k.KIND for k in kinds} if kinds is not None else None
+        text_kinds = {k.KIND for k in as_text}
         with self._lock:
             txn = self._txn
             if txn is not None:
                 self._pin(txn)
             until = txn.base if txn is not None else self._known_revision()
-            out = self._from_feed(resource_version, until, kind_names, limit) if txn is None else None
+            out = self._from_feed(resource_version, until, kind_names, limit, text_kinds) if txn is None else None
             if out is None:
-                out = self._history(resource_version, until, kind_names, limit) if until > resource_version else []
+                out = self._history(resource_version, until, kind_names, limit, text_kinds) \
+                    if until > resource_version else []
             if txn is not None:   # the block's own writes follow, with provisional versions
-                out += [e.event() for e in txn.events if e.resource_version > resource_version
+                out += [e.event(text_kinds) for e in txn.events if e.resource_version > resource_version
                         and (kind_names is None or e.cls.KIND in kind_names)]
                 if limit is not None:
                     out = out[:limit]
         return out
 
-    def _from_feed(self, rv: int, until: int, kinds: set[str] | None, limit: int | None) -> list[WatchEvent] | None:
+    def _from_feed(self, rv: int, until: int, kinds: set[str] | None, limit: int | None,
+                   text_kinds: set[str]) -> list[WatchEvent | TextEvent] | None:
         """Events in (rv, until] from this process's long-lived watch, when it holds them
         all (it is given a moment to reach `until`, the newest revision this object knows)."""
         feed = self._feed
@@ -658,11 +672,11 @@ class EtcdStore:
         raw = feed.events_since(rv, until)
         if raw is None:
             return None
-        out: list[WatchEvent] = []
+        out: list[WatchEvent | TextEvent] = []
         for ev in raw:
             if limit is not None and len(out) >= limit and int(ev["kv"]["mod_revision"]) != out[-1].resource_version:
                 break
-            decoded = self._decode_event(ev, kinds)
+            decoded = self._decode_event(ev, kinds, text_kinds)
             if decoded is not None:
                 out.append(decoded)
         return out
@@ -721,7 +735,7 @@ class EtcdStore:
                         raise _cancelled(resp, rv)
                     events = resp.get("events") or []
                     for ev in events:
-                        decoded = self._decode_event(ev, kind_names)
+                        decoded = self._decode_event(ev, kind_names, set())
                         if decoded is not None:
                             idle_since = time.monotonic()
                             yield decoded

@@ -32,7 +32,7 @@ from .filewatch import FileWatch
 from controlplane import gcpause
 from controlplane.gcpause import paused_gc
 from .interface import (ADDED, DELETED, INDEX_LABELS, MODIFIED, IndexEntry, ObjectList, StoreUnavailable,
-                        WatchEvent, place, stored_namespace)
+                        TextEvent, WatchEvent, place, stored_namespace)
 
 T = TypeVar("T", bound=ApiObject)
 
@@ -461,7 +461,8 @@ class SqliteStore:
 
     # ---------------------------------------------------------------- change feed
     def changes_since(self, resource_version: int, kinds: Iterable[type[ApiObject]] | None = None,
-                      limit: int | None = None) -> list[WatchEvent]:
+                      limit: int | None = None,
+                      as_text: Iterable[type[ApiObject]] = ()) -> list[WatchEvent | TextEvent]:
         kind_names = sorted({k.KIND for k in kinds}) if kinds is not None else None
         sql = "SELECT rv, type, kind, data, prev_labels FROM changes WHERE rv > ?"
         params: list[Any] = [resource_version]
@@ -479,7 +480,9 @@ class SqliteStore:
             if resource_version < compacted:
                 raise Gone(resource_version, compacted)
             rows = self._conn.execute(sql, params).fetchall()
-        return [WatchEvent(etype, self._decode(kind, data), rv, None if prev is None else json.loads(prev))
+        text_kinds = {k.KIND for k in as_text}
+        return [TextEvent(etype, kind, data, rv, None if prev is None else json.loads(prev)) if kind in text_kinds
+                else WatchEvent(etype, self._decode(kind, data), rv, None if prev is None else json.loads(prev))
                 for rv, etype, kind, data, prev in rows]
 
     def _change_watch(self) -> FileWatch | None:

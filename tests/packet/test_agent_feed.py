@@ -276,3 +276,42 @@ def test_syncs_take_services_in_the_sources_order(tmp_path, dataplane):
     ids = _ids_by_service(agent)
     assert [ids[n] for n in later] == sorted(ids[n] for n in later)
     store.close()
+
+
+def test_changed_slices_are_read_as_text_and_still_timed(store, agent, monkeypatch):
+    """The agent asks the feed for EndpointSlices as their stored text (TEXT_KINDS: it keeps
+    only their backends, and decoding whole slices was half its CPU taking a big batch);
+    from that text it still takes the new backends into the maps and the slice's
+    last-change-trigger-time into its programming latency."""
+    import datetime
+
+    from controlplane.agent.cache import TEXT_KINDS
+    from controlplane.api import EndpointSlice
+    from controlplane.api.endpoints import LAST_CHANGE_TRIGGER_TIME
+    from controlplane.api.meta import format_timestamp
+    from controlplane.store.interface import TextEvent
+    add_service(store, "a", A1)
+    agent.full_sync("start")
+    asked: list[tuple] = []
+    handed: list = []
+    read = store.changes_since
+
+    def recording(rv, kinds=None, limit=None, as_text=()):
+        asked.append(tuple(as_text))
+        events = read(rv, kinds, limit, as_text)
+        handed.extend(events)
+        return events
+
+    monkeypatch.setattr(store, "changes_since", recording)
+    es = store.get(EndpointSlice, "default", "a-abcde")
+    stamp = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=2)
+    es.metadata.annotations = {LAST_CHANGE_TRIGGER_TIME: format_timestamp(stamp)}
+    store.update(es)
+    set_endpoints(store, "a", A2)
+    report = agent.incremental_sync()
+    assert asked == [TEXT_KINDS]
+    assert [ev.__class__ for ev in handed] == [TextEvent, TextEvent]
+    assert report.changed and report.writes > 0
+    (fe,) = [fe for fe in agent.writer.installed() if agent.owner_of(fe).startswith("default/a:")]
+    assert sorted(b.ip for b in agent.writer.installed()[fe].backends) == A2
+    assert len(report.programming_s) == 1 and 2 <= report.programming_s[0] < 60

@@ -12,7 +12,7 @@ from controlplane.api.codec import decode
 from controlplane.api.codec_typed import typed_decoder
 from controlplane.api.endpoints import EndpointSlice
 from controlplane.api.service import Service
-from controlplane.controllers.service_view import _service_from_text
+from controlplane.controllers.service_view import service_text_read
 
 # Documents the typed decoder takes: every key modelled, every value of its exact type.
 TAKEN = [
@@ -70,7 +70,7 @@ def test_taken_documents_decode_as_the_codec_does(doc) -> None:
     assert list(vars(typed)) == list(vars(want))     # the same attributes, in the same order
     assert typed.extra == {} and typed.extra is not typed_decoder(Service)(text).extra
     # and as Service.from_dict, through the reader the agent uses
-    assert _service_from_text(text) == Service.from_dict(copy.deepcopy(doc))
+    assert service_text_read(text) == Service.from_dict(copy.deepcopy(doc))
 
 
 def test_taken_nested_objects_match_field_by_field() -> None:
@@ -99,10 +99,10 @@ def test_refused_documents_raise_and_the_reader_takes_the_codec(doc) -> None:
         want = Service.from_dict(json.loads(text))
     except Exception as exc:   # the same error from the reader
         with pytest.raises(type(exc)) as got:
-            _service_from_text(text)
+            service_text_read(text)
         assert str(got.value) == str(exc)
     else:
-        assert _service_from_text(text) == want
+        assert service_text_read(text) == want
 
 
 def test_other_kinds_compile_and_match() -> None:
@@ -156,7 +156,7 @@ def test_random_documents_decode_as_the_codec_does_or_are_refused() -> None:
         taken.append(doc)
         want = _codec(Service, text)
         assert typed == want and list(vars(typed)) == list(vars(want))
-        assert _service_from_text(text) == Service.from_dict(doc)
+        assert service_text_read(text) == Service.from_dict(doc)
 
     check()
     assert len(taken) > 20, "the random documents must include ones the typed decoder takes"

@@ -178,8 +178,10 @@ def test_service_view_gives_backends_with_kube_proxy_fallback(registry: Registry
 def test_a_slice_write_carries_its_trigger_time_for_the_programming_latency(registry: Registry) -> None:
     """The controller stamps endpoints.kubernetes.io/last-change-trigger-time on every slice
     it writes; the agent turns each changed slice's stamp into one observation of
-    kubeproxy_network_programming_duration_seconds (agent.trigger_times)."""
+    kubeproxy_network_programming_duration_seconds (ServiceCache.apply lists the stamps,
+    agent.trigger_times reads them), whether the agent reads the slices decoded or as text."""
     from controlplane.agent.agent import trigger_times
+    from controlplane.agent.cache import TEXT_KINDS, ServiceCache
     from controlplane.api.endpoints import LAST_CHANGE_TRIGGER_TIME
     from controlplane.api.meta import parse_timestamp
     import time
@@ -193,8 +195,14 @@ def test_a_slice_write_carries_its_trigger_time_for_the_programming_latency(regi
     (es,) = store.list(EndpointSlice, "default")
     later = parse_timestamp(es.annotations[LAST_CHANGE_TRIGGER_TIME]).timestamp()
     assert later > first
-    events = store.changes_since(rv, [EndpointSlice])
-    assert trigger_times(events) and max(trigger_times(events)) == later
+
+    def stamps(since: int, as_text: tuple = ()) -> list[float]:
+        triggers: list[tuple[str, str, str]] = []
+        ServiceCache().apply(store.changes_since(since, [EndpointSlice], as_text=as_text), triggers)
+        return trigger_times(triggers)
+
+    assert stamps(rv) and max(stamps(rv)) == later
+    assert stamps(rv, TEXT_KINDS) == stamps(rv)
     # unchanged content is not rewritten: the stamp stays (no second observation)
     rv = store.current_resource_version()
-    assert reconcile(store) == 0 and trigger_times(store.changes_since(rv, [EndpointSlice])) == []
+    assert reconcile(store) == 0 and stamps(rv) == [] and stamps(rv, TEXT_KINDS) == []

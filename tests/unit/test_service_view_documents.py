@@ -90,6 +90,42 @@ def test_cache_load_and_apply_match_object_path(any_store) -> None:
                                                                          key=lambda v: v.service.name)
 
 
+def test_a_cache_fed_text_matches_one_fed_objects(any_store) -> None:
+    """ServiceCache.apply of the feed's TextEvents (as the agent asks for Services and
+    slices) leaves the same cache, touches the same services and lists the same trigger
+    stamps as the decoded events: for each object added, changed, moved to another
+    service, deleted."""
+    from controlplane.agent.cache import TEXT_KINDS, WATCHED_KINDS
+    from controlplane.api.endpoints import LAST_CHANGE_TRIGGER_TIME
+    from controlplane.store.interface import TextEvent
+    store = any_store
+    rv0 = store.current_resource_version()
+    _store(store)
+    es = store.get(EndpointSlice, "ns", "web-b")
+    es.endpoints[0].conditions.ready = True
+    es.metadata.annotations = {LAST_CHANGE_TRIGGER_TIME: "2026-12-01T10:00:00Z"}
+    store.update(es)
+    es = store.get(EndpointSlice, "ns", "web-a")
+    es.metadata.labels["kubernetes.io/service-name"] = "lonely"
+    es.metadata.annotations = {LAST_CHANGE_TRIGGER_TIME: "2026-12-01T10:00:01Z"}
+    store.update(es)
+    store.delete(EndpointSlice, "ns", "web-none")
+    store.delete(Service, "ns", "lonely")
+    objects, texts = ServiceCache(), ServiceCache()
+    decoded = store.changes_since(rv0, WATCHED_KINDS)
+    as_text = store.changes_since(rv0, WATCHED_KINDS, as_text=TEXT_KINDS)
+    assert all(isinstance(ev, TextEvent) for ev in as_text) and len(as_text) == len(decoded) == len(SLICES) + 6
+    by_objects: list = []
+    by_text: list = []
+    assert objects.apply(decoded, by_objects) == texts.apply(as_text, by_text)
+    assert texts.slices == objects.slices and texts.slice_owner == objects.slice_owner
+    assert texts.services == objects.services
+    assert texts.resource_version == objects.resource_version == store.current_resource_version()
+    assert by_text == by_objects == [("ns", "web-b", "2026-12-01T10:00:00Z"), ("ns", "web-a", "2026-12-01T10:00:01Z")]
+    assert set(texts.slices[("ns", "lonely")]) == {"web-a"} and "web-none" not in texts.slices[("ns", "web")]
+    assert texts.views() == objects.views()
+
+
 def test_merge_keeps_the_first_of_a_repeated_address_within_one_slice_too() -> None:
     from controlplane.controllers.service_view import Backend, merge_backends
     a = Backend("10.0.0.1", 80, True, True, False, "n1", None)
@@ -187,8 +223,8 @@ class _DocumentsOnly:
     def current_resource_version(self):
         return self._store.current_resource_version()
 
-    def changes_since(self, resource_version, kinds=None):
-        return self._store.changes_since(resource_version, kinds)
+    def changes_since(self, resource_version, kinds=None, as_text=()):
+        return self._store.changes_since(resource_version, kinds)   # decoded, whatever as_text asks
 
 
 def test_generic_and_text_paths_give_the_same_views(tmp_path) -> None:

@@ -144,6 +144,51 @@ def test_change_feed_reports_every_write_in_order(store: SqliteStore) -> None:
     assert store.current_resource_version() == events[-1].resource_version
 
 
+def test_the_change_feed_hands_the_kinds_asked_as_text_undecoded(store: SqliteStore) -> None:
+    """changes_since(..., as_text=kinds): those kinds' events as TextEvents (the object's
+    stored JSON; a deleted one's last state), the others decoded, in the same order with
+    the same types, versions and previous labels as the decoded feed. Read in each way a
+    store serves the feed: from history, from a follower's long-lived watch, and inside a
+    transaction (its own writes)."""
+    import json
+
+    from controlplane.store.interface import TextEvent
+
+    def same(plain: list, texty: list) -> None:
+        assert [(e.type, e.resource_version, e.previous_labels) for e in texty] == \
+            [(e.type, e.resource_version, e.previous_labels) for e in plain]
+        for p, t in zip(plain, texty):
+            if p.object.KIND == "Pod":
+                assert t == p
+                continue
+            assert isinstance(t, TextEvent) and t.kind == p.object.KIND == "Service"
+            doc, want = json.loads(t.text), p.object.to_dict()
+            doc["metadata"].pop("resourceVersion", None)
+            want["metadata"].pop("resourceVersion", None)
+            assert doc == want
+
+    follower = store.reopen()
+    rv0 = store.current_resource_version()
+    follower.wait_for_change(rv0, 0.01)    # etcd: the follower's watch starts here
+    store.create(svc("a", app="one"))
+    a = store.get(Service, "default", "a")
+    a.metadata.labels = {"app": "two"}
+    store.update(a)
+    store.create(Pod(metadata=ObjectMeta(name="p", namespace="default")))
+    store.delete(Service, "default", "a")
+    plain = store.changes_since(rv0)
+    assert [e.type for e in plain] == [ADDED, MODIFIED, ADDED, DELETED]
+    same(plain, store.changes_since(rv0, as_text=[Service]))
+    assert follower.wait_for_change(rv0, 5) == plain[-1].resource_version
+    same(plain, follower.changes_since(rv0, as_text=[Service]))
+    follower.close()
+    rv1 = store.current_resource_version()
+    with store.transaction():
+        store.create(svc("b", app="three"))
+        store.create(Pod(metadata=ObjectMeta(name="q", namespace="default")))
+        same(store.changes_since(rv1), store.changes_since(rv1, as_text=[Service]))
+
+
 def test_watch_follows_writes_from_another_handle(store: SqliteStore) -> None:
     follower = store.reopen()
     got: list[str] = []
