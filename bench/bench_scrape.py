@@ -147,3 +147,58 @@ def test_scrape_cost(benchmark, dataplane, services, backend_traffic):
           f"{result['scrape']['p99_ms']} ms p99, {now_bytes:,} bytes; before (service families only): "
           f"{result['before_service_families']['median_ms']} ms; naming rebuild {rebuild_ms:.1f} ms")
     writer.sync([])
+
+
+FULL_CT = 1_048_576   # the default conntrack size
+
+
+def test_scrape_with_a_full_conntrack(benchmark):
+    """The fill gauges with the conntrack full (1,048,576 live entries, written from user
+    space), 1 service: the agent's way (the idle-flow GC's count from its last whole walk,
+    ConntrackGC.entry_counts) against reading the table at each scrape (as without the GC,
+    and as every scrape did before), interleaved."""
+    import numpy as np
+
+    from controlplane.dataplane.affinity_maps import coarse_now_ns
+    from controlplane.dataplane.ctgc import ConntrackGC
+    from controlplane.dataplane.libbpf import update_batch
+    from controlplane.dataplane.packing import Packer
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    dp = Dataplane.load(DataplaneConfig(instance="svcxdp-bench-scrape-ct", pin=False, ct_size=FULL_CT))
+    try:
+        writer = MapWriter(dp)
+        writer.sync(states(1))
+        table = dp.table("conntrack")
+        rng = np.random.default_rng(1)
+        for start in range(0, FULL_CT, 65536):   # live entries: the GC removes none
+            keys = np.zeros(65536, dtype=Packer(table.Key, ()).dtype)
+            keys.view(np.uint8)[:] = rng.integers(0, 256, size=keys.nbytes, dtype=np.uint8)
+            values = np.zeros(65536, dtype=Packer(table.Leaf, ("last_seen",)).dtype)
+            values["last_seen"] = coarse_now_ns()
+            update_batch(table.map_fd, keys, values, len(keys))
+        gc = ConntrackGC(dp)
+        t0 = time.perf_counter()
+        walk = gc.sweep_all()
+        walk_s = time.perf_counter() - t0
+        counted = gc.entry_counts()["conntrack"]
+        naming = naming_of(writer.records())
+        with_gc = DataplaneCollector(dp, lambda: naming, gc.entry_counts)
+        reading = DataplaneCollector(dp, lambda: naming)
+        gc_ms: list[float] = []
+        read_ms: list[float] = []
+        for _ in range(5):
+            gc_ms += timed(with_gc.text, 4)[0]
+            read_ms += timed(reading.text, 2)[0]
+        benchmark.pedantic(with_gc.text, rounds=3, iterations=1)
+        result = {"suite": "scrape", "case": "full_conntrack", "services": 1, "conntrack_entries": counted,
+                  "scrape_gc_count": summary(gc_ms), "scrape_reading_tables": summary(read_ms),
+                  "gc_whole_walk_s": round(walk_s, 2), "gc_deleted": walk.total_deleted,
+                  "what": "DataplaneCollector.text() with the conntrack full: the GC's count vs reading the table"}
+        benchmark.extra_info.update(result)
+        print(f"\n[scrape] full conntrack ({counted:,} entries): {result['scrape_gc_count']['median_ms']} ms with "
+              f"the GC's count, {result['scrape_reading_tables']['median_ms']} ms reading the tables "
+              f"(the GC's whole walk {walk_s:.2f} s)")
+        writer.sync([])
+    finally:
+        dp.close()

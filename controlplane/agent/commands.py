@@ -155,17 +155,20 @@ def run(args: argparse.Namespace) -> int:
     agent = Agent(source, NodeConfig(args.node, args.lb_algorithm, addresses), dp, interfaces, health,
                   check_every_s=args.check_interval, service_health=service_health,
                   check_max_share=args.check_max_share)
-    agent.metrics = _serve_metrics(args.metrics_bind_address, dp, agent, log)
+    ct_gc = None
+    if args.ct_gc_interval > 0:
+        from controlplane.dataplane.ctgc import ConntrackGC
+        ct_gc = ConntrackGC(dp)
+    agent.metrics = _serve_metrics(args.metrics_bind_address, dp, agent, log,
+                                   ct_gc.entry_counts if ct_gc is not None else None)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     if socket_lb:
         threading.Thread(target=_reap_loop, args=(dp, stop, log), name="sockreaper", daemon=True).start()
-    if args.ct_gc_interval > 0:
-        from controlplane.dataplane.ctgc import ConntrackGC
-
+    if ct_gc is not None:
         from .ctgc_loop import gc_loop
-        threading.Thread(target=gc_loop, args=(ConntrackGC(dp), stop, log, args.ct_gc_interval),
+        threading.Thread(target=gc_loop, args=(ct_gc, stop, log, args.ct_gc_interval),
                          name="ctgc", daemon=True).start()
     # The agent's bulk work leaves ~5 containers per endpoint alive for good: kept out
     # of the collector's full walks, which otherwise stall changes (gcpause's text)
@@ -229,8 +232,9 @@ def _bind_address(bind: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _serve_metrics(bind: str, dp, agent, log):
-    """/metrics (kube-proxy's sync metrics, the datapath's svcxdp_*) on --metrics-bind-address."""
+def _serve_metrics(bind: str, dp, agent, log, entry_counts=None):
+    """/metrics (kube-proxy's sync metrics, the datapath's svcxdp_*) on --metrics-bind-address;
+    `entry_counts`: the conntrack GC's counts of the tables it walks (read, not re-counted)."""
     from prometheus_client import CollectorRegistry
 
     from .metrics import AgentNaming, DataplaneCollector, GcPauses, SyncMetrics, serve
@@ -241,7 +245,7 @@ def _serve_metrics(bind: str, dp, agent, log):
     sync = SyncMetrics(registry)
     registry.register(GcPauses())
     try:
-        serve(registry, host, port, DataplaneCollector(dp, AgentNaming(agent)))
+        serve(registry, host, port, DataplaneCollector(dp, AgentNaming(agent), entry_counts))
     except OSError as exc:   # as kube-proxy: the proxy keeps working without its metrics
         log.error("cannot serve metrics on %s: %s", bind, exc)
         return None

@@ -30,6 +30,7 @@ def label_text(names: tuple[str, ...], values: tuple[str, ...]) -> str:
 
 SERVICE_LABELS = ("frontend", "protocol", "scope", "service")
 BACKEND_LABELS = ("service", "frontend", "backend")
+BACKEND_SAMPLE = BACKEND_FAMILY[0] + "_total"
 
 
 @dataclass
@@ -38,6 +39,9 @@ class Naming:
     once (not per scrape)."""
     services: dict[int, tuple[tuple[str, ...], str]] = field(default_factory=dict)   # svc id -> (values, text)
     backends: dict[int, tuple[tuple[str, ...], str]] = field(default_factory=dict)   # backend id -> (values, text)
+    # backend id -> its sample's line with `%d` for the value, made with the name (once per
+    # change, not per scrape: 100,000 backends' lines are then joined and filled in C)
+    backend_lines: dict[int, str] = field(default_factory=dict)
     _ordered: tuple[list, list, int, int] | None = field(default=None, repr=False, compare=False)
     _templates: tuple[str, ...] | None = field(default=None, repr=False, compare=False)
 
@@ -64,7 +68,9 @@ class Naming:
         self.services[inst.svc_id] = (values, label_text(SERVICE_LABELS, values))
         for (ip, port), bid in inst.backend_ids.items():
             bvalues = (owner, values[0], f"{ip}:{port}")
-            self.backends[bid] = (bvalues, label_text(BACKEND_LABELS, bvalues))
+            btext = label_text(BACKEND_LABELS, bvalues)
+            self.backends[bid] = (bvalues, btext)
+            self.backend_lines[bid] = f"{BACKEND_SAMPLE}{btext.replace('%', '%%')} %d\n"
 
     def remove(self, fe: Frontend, inst) -> None:
         """Forget a record's ids, unless they already name another frontend's."""
@@ -77,6 +83,7 @@ class Naming:
             bnamed = self.backends.get(bid)
             if bnamed is not None and bnamed[0][1:] == (frontend, f"{ip}:{port}"):
                 del self.backends[bid]
+                del self.backend_lines[bid]
 
 
 def naming_of(records: dict, owner: Callable[[Frontend], str] = lambda fe: "") -> Naming:

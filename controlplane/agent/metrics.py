@@ -153,9 +153,13 @@ class DataplaneCollector:
     serves: at 10,000 services prometheus_client's per-sample formatting alone took
     hundreds of milliseconds, while the labels here are formatted once per id (Naming)."""
 
-    def __init__(self, maps, naming: Callable[[], Naming] | None = None) -> None:
+    def __init__(self, maps, naming: Callable[[], Naming] | None = None,
+                 entry_counts: Callable[[], dict[str, int]] | None = None) -> None:
         self.maps = maps
         self.naming = naming or (lambda: naming_of(readout.installed(self.maps)))
+        # maps whose entries something else counts as it walks them (the agent's
+        # conntrack GC: ConntrackGC.entry_counts); the others are read at each scrape
+        self.entry_counts = entry_counts or dict
 
     def describe(self) -> list:
         return []   # read at scrape time only: no collect() at registration
@@ -168,11 +172,13 @@ class DataplaneCollector:
         _, sums = readout.percpu_sums(self.maps.table("svc_stats"), len(readout.STAT_FIELDS), limit=top_service + 1)
         new = readout.percpu_nonzero(self.maps.table("backend_stats"), limit=top_backend + 1)
         entries = []
+        counted = self.entry_counts()
         for name in FILL_MAPS:
             table = self.maps.table(name)
-            n = len(naming.services) if name == "services" else readout.count_entries(table)
-            entries.append((name, n, table.max_entries))
-        aff = readout.affinity(self.maps, counters["affinity_new"])
+            n = len(naming.services) if name == "services" else counted.get(name)
+            entries.append((name, readout.count_entries(table) if n is None else n, table.max_entries))
+        aff = readout.affinity(self.maps, counters["affinity_new"],
+                               entries=next(n for name, n, _ in entries if name == "affinity"))
         return Reading(counters, naming, sums, new, entries, aff.evicted)
 
     def collect(self) -> Iterator:
@@ -223,9 +229,13 @@ class DataplaneCollector:
             for name, help_text in SERVICE_FAMILIES:
                 head(name + "_total", help_text, "counter")
         head(BACKEND_FAMILY[0] + "_total", BACKEND_FAMILY[1], "counter")
-        new, sample, named = r.backend_new, BACKEND_FAMILY[0] + "_total", r.naming.backends
-        # only the ids with new flows (readout.percpu_nonzero), and of those only the named ones
-        out.append("".join([f"{sample}{named[bid][1]} {n}\n" for bid, n in sorted(new.items()) if bid in named]))
+        # only the ids with new flows (readout.percpu_nonzero, in id order), and of those
+        # only the named ones: their lines joined (C) into one template, filled by one %
+        new, lines = r.backend_new, r.naming.backend_lines
+        ids = [bid for bid in new if bid in lines]
+        if ids:
+            out.append("".join(itemgetter(*ids)(lines)) % tuple(itemgetter(*ids)(new)) if len(ids) > 1
+                       else lines[ids[0]] % new[ids[0]])
         head(ENTRIES[0], ENTRIES[1], "gauge")
         out.append("".join(f'{ENTRIES[0]}{{map="{m}"}} {n}\n' for m, n, _ in r.entries))
         head(CAPACITY[0], CAPACITY[1], "gauge")

@@ -86,6 +86,17 @@ class ConntrackGC:
         self.runner = TestRunner(dp.ct_gc_prog_fd, max_frame=REQUEST_SIZE + BATCH * self.key_size)
         self._kdt = Packer(key, ("proto",)).dtype
         self._vdt = Packer(leaf, ("last_seen", "flags")).dtype
+        # The walks see every entry once per pass anyway: what each pass found (net of
+        # what it removed) is the table's entry count, for /metrics, which otherwise
+        # reads a full 1,048,576-entry table on every scrape (~0.4 s of CPU).
+        self._walked = {name: 0 for name in TABLES}          # so far in the current pass
+        self._counted: dict[str, int] = {}                   # by the last complete pass
+
+    def entry_counts(self) -> dict[str, int]:
+        """Entries of each table as its last complete walk found them (tables not yet
+        walked whole are left out). As old as one pass: at the defaults, a full
+        1,048,576-entry table is walked in ~80 s, a table under 65,536 entries each sweep."""
+        return dict(self._counted)
 
     def _expired(self, kraw: memoryview, vraw: memoryview, n: int, now: int) -> np.ndarray:
         """Indexes of the entries of a chunk idle past timeout + grace (the preselection)."""
@@ -156,6 +167,9 @@ class ConntrackGC:
             out.scanned[name], out.candidates[name] = scanned, cands
             out.deleted[name], out.kept[name] = deleted, kept
             out.wrapped[name] = not cursor.started
+            self._walked[name] += scanned - deleted
+            if out.wrapped[name]:
+                self._counted[name], self._walked[name] = self._walked[name], 0
         out.seconds = time.perf_counter() - t0
         return out
 

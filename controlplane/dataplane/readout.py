@@ -6,10 +6,11 @@ writes a map the agent owns. Per-CPU counters are summed here."""
 from __future__ import annotations
 
 import ctypes as ct
-import re
 from array import array
 from dataclasses import dataclass
 from operator import add
+
+import numpy as np
 
 from .adopt import adopt, frontend_of
 from .affinity_maps import AffinityGenerations, AffinityStats, count_entries  # noqa: F401 (count_entries: for metrics)
@@ -37,9 +38,11 @@ def service_stats(maps, svc_id: int) -> dict[str, int]:
     return {f: sum(int(getattr(v, f)) for v in per_cpu) for f in STAT_FIELDS}
 
 
-def affinity(maps, inserted: int) -> AffinityStats:
+def affinity(maps, inserted: int, entries: int | None = None) -> AffinityStats:
+    """The affinity table's fill and evictions; `entries` when the caller counted them
+    already (a full table is ~0.4 s to read)."""
     table = maps.table("affinity")
-    return AffinityStats(table.max_entries, count_entries(table), inserted)
+    return AffinityStats(table.max_entries, count_entries(table) if entries is None else entries, inserted)
 
 
 class _AnyMaglev:
@@ -115,22 +118,19 @@ def backend_new_flows(maps) -> dict[int, int]:
     return percpu_nonzero(maps.table("backend_stats"))
 
 
-_NONZERO = re.compile(rb"[^\x00]")
-
-
 def percpu_nonzero(table, limit: int | None = None) -> dict[int, int]:
-    """id -> value summed over CPUs, for the ids of a per-CPU array of one u64 whose value
-    is not 0 (the first `limit` ids): empty slots are skipped at C speed (a regex over the
-    raw batch), so a mostly idle array costs its copy, not a Python step per slot."""
+    """id -> value summed over CPUs, in id order, for the ids of a per-CPU array of one u64
+    whose value is not 0 (the first `limit` ids): summed and filtered by numpy over each raw batch, so
+    100,000 backends cost the copy, not a Python step per slot."""
+    cpus = possible_cpus()
     per_key = percpu_value_size(8)
-    out: dict[int, int] = {}
+    ids: list[int] = []
+    sums: list[int] = []
     base = 0
     for _keys, values, n in lookup_batches_raw(table.map_fd, 4, per_key, limit=limit):
-        raw = bytes(values)
-        pos = 0
-        while (hit := _NONZERO.search(raw, pos)) is not None:
-            i = hit.start() // per_key
-            out[base + i] = sum(array("Q", raw[i * per_key:(i + 1) * per_key]))
-            pos = (i + 1) * per_key
+        total = np.frombuffer(values, dtype=np.uint64, count=n * cpus).reshape(n, cpus).sum(axis=1, dtype=np.uint64)
+        hit = np.flatnonzero(total)
+        ids += (hit + base).tolist()
+        sums += total[hit].tolist()
         base += n
-    return out
+    return dict(zip(ids, sums))

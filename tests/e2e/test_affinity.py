@@ -169,6 +169,10 @@ def test_prometheus_scrapes_the_agent_and_rates_a_service(cluster: Cluster, myap
         assert wait_for("a packet rate for myapp in prometheus", rate, timeout=60, every=1.0) > 0
         up = cluster.exec("node1", "curl", "-s", f"http://{listen}/api/v1/query?query=kubeproxy_sync_proxy_rules_last_timestamp_seconds")
         assert json.loads(up.stdout)["data"]["result"], up.stdout
+        # the conntrack's fill, as the agent's GC walk counted it (or read, before its first pass)
+        fill = urllib.parse.quote('svcxdp_map_entries{map="conntrack"}')
+        ct = cluster.exec("node1", "curl", "-s", f"http://{listen}/api/v1/query?query={fill}")
+        assert float(json.loads(ct.stdout)["data"]["result"][0]["value"][1]) > 0, ct.stdout
         # The agent holds its long-lived heap frozen (gcpause), and its collector's pauses
         # are scraped: the young generation's run all the time.
         agent = next(p for p in cluster.lab.status().processes if p.node == "node1" and p.name == "agent")

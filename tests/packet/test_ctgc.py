@@ -229,3 +229,49 @@ def test_the_agent_loop_runs_the_gc(xdp: Harness, caplog):
     assert not th.is_alive()
     assert entries(xdp, "conntrack") == {}
     assert delta(before, xdp.counters())["ct_gc_deleted"] == 1
+
+
+def test_a_whole_walk_counts_each_table_for_the_metrics(xdp: Harness):
+    """The walks see every entry once per pass: what a complete pass found, net of what
+    it removed, is each table's entry count (ConntrackGC.entry_counts), which the agent's
+    /metrics serves instead of reading a full table on every scrape. No count for a
+    table before its first complete pass; the gauge then shows the pass's count."""
+    import numpy as np
+
+    from controlplane.agent.metrics import DataplaneCollector
+    from controlplane.dataplane.affinity_maps import count_entries
+    from controlplane.dataplane.libbpf import update_batch
+    from controlplane.dataplane.packing import Packer
+    table = xdp.dp.table("conntrack")
+    tcp_to = timeouts(xdp)[0]
+    n, dead = 20_000, 1_000
+    keys = np.zeros(n, dtype=Packer(table.Key, ("proto",)).dtype)
+    raw = keys.view(np.uint8).reshape(n, -1)
+    raw[:] = np.random.default_rng(7).integers(0, 256, size=raw.shape, dtype=np.uint8)   # distinct tuples (seeded)
+    keys["proto"] = socket.IPPROTO_TCP
+    values = np.zeros(n, dtype=Packer(table.Leaf, ("last_seen",)).dtype)
+    values["last_seen"] = coarse_now_ns()
+    values["last_seen"][:dead] -= tcp_to + GRACE_NS + SEC
+    update_batch(table.map_fd, keys, values, n)
+    present = count_entries(table)
+    assert present == n
+    gc = ConntrackGC(xdp.dp, scan=8192)   # one read batch per sweep: a pass takes three
+    assert gc.entry_counts() == {}
+    first = gc.sweep()
+    assert not first.wrapped["conntrack"] and "conntrack" not in gc.entry_counts()
+    removed = first.total_deleted
+    while not (s := gc.sweep(("conntrack",))).wrapped["conntrack"]:
+        removed += s.total_deleted
+    removed += s.total_deleted
+    assert removed >= dead
+    after = count_entries(table)
+    assert gc.entry_counts()["conntrack"] == after == present - removed
+    assert gc.entry_counts()["ct_unconfirmed"] == count_entries(xdp.dp.table("ct_unconfirmed"))
+
+    def gauge(collector: DataplaneCollector) -> int:
+        line = next(x for x in collector.text().splitlines() if x.startswith('svcxdp_map_entries{map="conntrack"}'))
+        return int(line.split()[-1])
+
+    update_batch(table.map_fd, keys[:dead], values[dead:2 * dead], dead)   # back after the pass
+    assert gauge(DataplaneCollector(xdp.dp, entry_counts=gc.entry_counts)) == after          # the pass's count
+    assert gauge(DataplaneCollector(xdp.dp)) == count_entries(table) == after + dead   # read now
