@@ -9,8 +9,7 @@ from controlplane.api.endpoints import LABEL_SERVICE_NAME, LAST_CHANGE_TRIGGER_T
 from controlplane.api.service import Service
 from controlplane.controllers.service_view import (ServiceView, SliceBackends, SliceRead, merge_backends,
                                                    read_services, read_slices, service_text_read, slice_backends,
-                                                   slice_change_read,
-                                                   view_from_backends)
+                                                   slice_change_read, view_from_backends)
 from controlplane.gcpause import paused_gc
 from controlplane.store.interface import DELETED, TextEvent, WatchEvent
 
@@ -49,10 +48,11 @@ class ServiceCache:
 
     def apply(self, events: list[WatchEvent | TextEvent],
               triggers: list[tuple[str, str, str]] | None = None) -> set[ServiceKey]:
-        """Fold events in; return the services whose view may have changed. A slice may
-        come as its stored text (TextEvent, as TEXT_KINDS asks the source): only its
-        backends are read from it. `triggers`, when given, gets (namespace, slice, stamp)
-        for each changed slice that carries a last-change-trigger-time."""
+        """Fold events in; return the services whose view may have changed. Services and
+        slices may come as their stored text (TextEvent, as TEXT_KINDS asks the source):
+        read with the typed decoders, of a slice only its backends. `triggers`, when
+        given, gets (namespace, slice, stamp) for each changed slice that carries a
+        last-change-trigger-time."""
         touched: set[ServiceKey] = set()
         for ev in events:
             self.resource_version = max(self.resource_version, ev.resource_version)

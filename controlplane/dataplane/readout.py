@@ -120,8 +120,8 @@ def backend_new_flows(maps) -> dict[int, int]:
 
 def percpu_nonzero(table, limit: int | None = None) -> dict[int, int]:
     """id -> value summed over CPUs, in id order, for the ids of a per-CPU array of one u64
-    whose value is not 0 (the first `limit` ids): summed and filtered by numpy over each raw batch, so
-    100,000 backends cost the copy, not a Python step per slot."""
+    whose value is not 0 (the first `limit` ids): summed and filtered by numpy over each
+    raw batch, so 100,000 backends cost the copy, not a Python step per slot."""
     cpus = possible_cpus()
     per_key = percpu_value_size(8)
     ids: list[int] = []
