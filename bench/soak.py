@@ -47,6 +47,7 @@ from controlplane.api.errors import Conflict, Gone, NotFound  # noqa: E402
 from controlplane.api.pod import Pod  # noqa: E402
 from controlplane.controllers.manager import reconcile  # noqa: E402
 from controlplane.controllers.registry import Manifest, Registry  # noqa: E402
+from controlplane.dataplane.config import PIN_ROOT  # noqa: E402
 from controlplane.lab import hooks, netns, procs  # noqa: E402
 from controlplane.lab.topology import Lab  # noqa: E402
 from controlplane.store.interface import DELETED  # noqa: E402
@@ -361,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         print("soak: needs root (network namespaces, BPF)", file=sys.stderr)
         return 2
     Lab(tempfile.mkdtemp(prefix=f"{PREFIX}-sweep-"), prefix=PREFIX).down(on_down=hooks.on_lab_down)
+    pin_root_existed = PIN_ROOT.is_dir()
     soak = Soak(args)
     try:
         soak.setup()
@@ -371,6 +373,11 @@ def main(argv: list[str] | None = None) -> int:
         report["kubelet_problems"] = soak.kubelet_problems()
     finally:
         soak.teardown()
+        if not pin_root_existed:   # the pin root the lab's agents made, if they left it empty
+            try:
+                PIN_ROOT.rmdir()
+            except OSError:
+                pass
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     for key, value in report.items():
