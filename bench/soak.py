@@ -47,7 +47,7 @@ from controlplane.api.errors import Conflict, Gone, NotFound  # noqa: E402
 from controlplane.api.pod import Pod  # noqa: E402
 from controlplane.controllers.manager import reconcile  # noqa: E402
 from controlplane.controllers.registry import Manifest, Registry  # noqa: E402
-from controlplane.dataplane.config import PIN_ROOT  # noqa: E402
+from controlplane.dataplane.config import PIN_ROOT, remove_pin_root_if_empty  # noqa: E402
 from controlplane.lab import hooks, netns, procs  # noqa: E402
 from controlplane.lab.topology import Lab  # noqa: E402
 from controlplane.store.interface import DELETED  # noqa: E402
@@ -374,10 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         soak.teardown()
         if not pin_root_existed:   # the pin root the lab's agents made, if they left it empty
-            try:
-                PIN_ROOT.rmdir()
-            except OSError:
-                pass
+            remove_pin_root_if_empty()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     for key, value in report.items():

@@ -5,6 +5,8 @@ import os
 
 import pytest
 
+from controlplane.dataplane.config import PIN_ROOT, remove_pin_root_if_empty
+
 
 def pytest_collection_modifyitems(config, items):
     if os.geteuid() == 0:
@@ -26,20 +28,16 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"root-only test skipped under CI=true: {item.nodeid}"
 
 
-# The dataplane's pin root (/sys/fs/bpf/svcxdp): tests pin their instances under it and
-# remove them; the root itself goes too when the session created it and left it empty.
-_PIN_ROOT = "/sys/fs/bpf/svcxdp"
+# The dataplane's pin root: tests pin their instances under it and remove them; the root
+# itself goes too when the session created it and left it empty.
 _pin_root_existed = True
 
 
 def pytest_sessionstart(session):
     global _pin_root_existed
-    _pin_root_existed = os.path.isdir(_PIN_ROOT)
+    _pin_root_existed = PIN_ROOT.is_dir()
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if not _pin_root_existed and os.path.isdir(_PIN_ROOT):
-        try:
-            os.rmdir(_PIN_ROOT)   # only if empty: an instance left behind stays visible
-        except OSError:
-            pass
+    if not _pin_root_existed:
+        remove_pin_root_if_empty()

@@ -56,36 +56,39 @@ class ServiceCache:
         touched: set[ServiceKey] = set()
         for ev in events:
             self.resource_version = max(self.resource_version, ev.resource_version)
+            deleted = ev.type == DELETED
             if ev.__class__ is TextEvent:
-                if ev.kind == EndpointSlice.KIND:
-                    read, stamp = slice_change_read(ev.text)
-                    self._put_slice(read, ev.type == DELETED, touched)
-                    if stamp and triggers is not None and ev.type != DELETED:
-                        triggers.append((read.namespace, read.name, stamp))
+                if ev.kind == Service.KIND:
+                    svc = service_text_read(ev.text)
+                    if svc.metadata.resource_version is None:   # as the store's decoded event stamps it
+                        svc.metadata.resource_version = str(ev.resource_version)
+                    self._put_service(svc, deleted, touched)
                     continue
-                if ev.kind != Service.KIND:
+                if ev.kind != EndpointSlice.KIND:
                     continue
-                obj = service_text_read(ev.text)
-                if obj.metadata.resource_version is None:   # as the store's decoded event stamps it
-                    obj.metadata.resource_version = str(ev.resource_version)
+                read, stamp = slice_change_read(ev.text)
             else:
                 obj = ev.object
-            if isinstance(obj, Service):
-                key = (obj.namespace, obj.name)
-                if ev.type == DELETED:
-                    self.services.pop(key, None)
-                else:
-                    self.services[key] = obj
-                touched.add(key)
-            elif isinstance(obj, EndpointSlice):
+                if isinstance(obj, Service):
+                    self._put_service(obj, deleted, touched)
+                    continue
+                if not isinstance(obj, EndpointSlice):
+                    continue
                 owner = obj.labels.get(LABEL_SERVICE_NAME)
-                read = SliceRead(obj.namespace, obj.name, owner,
-                                 slice_backends(obj) if owner and ev.type != DELETED else {})
-                self._put_slice(read, ev.type == DELETED, touched)
+                read = SliceRead(obj.namespace, obj.name, owner, slice_backends(obj) if owner and not deleted else {})
                 stamp = obj.annotations.get(LAST_CHANGE_TRIGGER_TIME)
-                if stamp and triggers is not None and ev.type != DELETED:
-                    triggers.append((obj.namespace, obj.name, stamp))
+            self._put_slice(read, deleted, touched)
+            if stamp and triggers is not None and not deleted:
+                triggers.append((read.namespace, read.name, stamp))
         return touched
+
+    def _put_service(self, svc: Service, deleted: bool, touched: set[ServiceKey]) -> None:
+        key = (svc.namespace, svc.name)
+        if deleted:
+            self.services.pop(key, None)
+        else:
+            self.services[key] = svc
+        touched.add(key)
 
     def _put_slice(self, read: SliceRead, deleted: bool, touched: set[ServiceKey]) -> None:
         """File a changed slice's backends under its service (none when deleted)."""

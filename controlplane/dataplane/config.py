@@ -11,6 +11,16 @@ PIN_ROOT = Path("/sys/fs/bpf/svcxdp")
 _INSTANCE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 
 
+def remove_pin_root_if_empty() -> None:
+    """PIN_ROOT goes if nothing is pinned under it: for a run (a test session, a bench, the
+    soak) that found no root, made one and reset its instances. An instance left behind
+    keeps it, visible."""
+    try:
+        PIN_ROOT.rmdir()
+    except OSError:
+        pass
+
+
 # The XDP entry points' pins inside an instance's pin folder (the agent pins them): pod
 # interfaces run svcxdp_main, the node's external interfaces svcxdp_external; the idle-flow
 # GC (svcxdp_ct_gc, bpf/ctgc.h) is attached nowhere, the agent runs it with test-run.

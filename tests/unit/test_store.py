@@ -127,14 +127,19 @@ def test_a_transaction_that_cannot_begin_leaves_the_store_to_other_threads_sqlit
     store.close()
 
 
+def _a_history(store: SqliteStore, a: Service, change) -> None:
+    """Service a created, changed by `change`, a Pod p created, a deleted: four events."""
+    store.create(a)
+    current = store.get(Service, "default", a.name)
+    change(current)
+    store.update(current)
+    store.create(Pod(metadata=ObjectMeta(name="p", namespace="default")))
+    store.delete(Service, "default", a.name)
+
+
 def test_change_feed_reports_every_write_in_order(store: SqliteStore) -> None:
     rv0 = store.current_resource_version()
-    store.create(svc("a"))
-    s = store.get(Service, "default", "a")
-    s.spec.selector = {"x": "y"}
-    store.update(s)
-    store.create(Pod(metadata=ObjectMeta(name="p", namespace="default")))
-    store.delete(Service, "default", "a")
+    _a_history(store, svc("a"), lambda s: setattr(s.spec, "selector", {"x": "y"}))
     events = store.changes_since(rv0)
     first = events[0].resource_version
     assert [(e.type, e.object.KIND, e.resource_version - first) for e in events] == [
@@ -170,12 +175,7 @@ def test_the_change_feed_hands_the_kinds_asked_as_text_undecoded(store: SqliteSt
     follower = store.reopen()
     rv0 = store.current_resource_version()
     follower.wait_for_change(rv0, 0.01)    # etcd: the follower's watch starts here
-    store.create(svc("a", app="one"))
-    a = store.get(Service, "default", "a")
-    a.metadata.labels = {"app": "two"}
-    store.update(a)
-    store.create(Pod(metadata=ObjectMeta(name="p", namespace="default")))
-    store.delete(Service, "default", "a")
+    _a_history(store, svc("a", app="one"), lambda a: setattr(a.metadata, "labels", {"app": "two"}))
     plain = store.changes_since(rv0)
     assert [e.type for e in plain] == [ADDED, MODIFIED, ADDED, DELETED]
     same(plain, store.changes_since(rv0, as_text=[Service]))
