@@ -21,10 +21,16 @@ cause), and the answers from a pod that was not an endpoint of `soak` at that mo
 another service or never an endpoint) must be 0; `stale` (a former endpoint, later than
 GRACE_S after it left) is split by whether an agent was down then (the maps stay as they
 were while it restarts, as iptables rules do while kube-proxy is down).
+
+The agents run with -v: each change they program is logged with its endpoints' addresses.
+When the soak fails (or with --keep-agent-logs), their logs are kept in bench/results/soak-agents/ and each wrong
+answer is reported with its wall-clock time and the answering pod's addresses, so it can
+be matched against what the agents programmed then.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -96,6 +102,7 @@ class Soak:
         self.results: list[Result] = []
         self.timeline = Timeline()         # serving endpoints (ready, or terminating and serving)
         self.ready = Timeline()            # ready endpoints: a pod leaves this one when deleted
+        self.addresses: dict[str, set[str]] = {}   # pod name -> the addresses its endpoints listed
         self.outages: list[tuple[float, float]] = []   # agent killed -> its first sync after restart
         self.churn_writes = 0
         self.pods_deleted = 0
@@ -108,7 +115,7 @@ class Soak:
         Registry(store).apply([Manifest(d) for d in (deployment("soak", 3, IMAGE), service("soak"),
                                                       deployment("decoy", 2, IMAGE), service("decoy"))])
         reconcile(store)
-        self.lab.up(nodes=2, node_processes=hooks.node_processes)
+        self.lab.up(nodes=2, node_processes=_verbose_agents)
         self.vip = store.get(Service, "default", "soak").spec.cluster_ip
         self.client = self.lab.add_pod("client-soak", "node1", "busybox")
         self._wait_for_agents()
@@ -211,6 +218,7 @@ class Soak:
                 ref = ep.target_ref
                 if ref is None or not ref.name:
                     continue
+                self.addresses.setdefault(ref.name, set()).update(ep.addresses)
                 if ep.ready or ep.serving:
                     serving.add(ref.name)
                 if ep.ready and not ep.conditions.terminating:
@@ -258,7 +266,7 @@ class Soak:
             os.kill(rec.pid, signal.SIGKILL)          # the recorded pid, checked alive in its netns
             while procs.alive(rec.pid, rec.netns):
                 time.sleep(0.01)
-            self.lab.up(nodes=2, node_processes=hooks.node_processes)   # starts what is not running
+            self.lab.up(nodes=2, node_processes=_verbose_agents)   # starts what is not running
             try:
                 self._wait_for_agents({name: counts[name]})
             except RuntimeError as exc:
@@ -271,6 +279,7 @@ class Soak:
         workers = [threading.Thread(target=fn, name=fn.__name__, daemon=True)
                    for fn in (self.follow_endpoints, self.traffic, self.churn, self.restart_agents)]
         self.started = time.monotonic()
+        self.started_wall = time.time()
         for w in workers:
             w.start()
         self.stop.wait(self.args.seconds)
@@ -313,14 +322,13 @@ class Soak:
                 continue
             if r.pod not in self.timeline.ever:
                 misrouted += 1
-                wrong.append(f"+{r.start - self.started:.1f} s: misrouted to {r.pod!r} "
-                             f"(endpoints {sorted(window[-1])})")
+                wrong.append(f"{self._when(r)}: misrouted to {r.pod!r} (endpoints {sorted(window[-1])})")
             elif not any(r.pod in s for s in window):
                 if self._in_outage(r.start - GRACE_S, r.end):
                     stale_in_outage += 1
                 else:
                     stale_otherwise += 1
-                    wrong.append(f"+{r.start - self.started:.1f} s: stale {r.pod!r} "
+                    wrong.append(f"{self._when(r)}: stale {r.pod!r} {sorted(self.addresses.get(r.pod, ()))} "
                                  f"(endpoints {sorted(window[-1])})")
         total_failed = sum(failed.values())
         return {
@@ -338,6 +346,21 @@ class Soak:
             "errors": self.errors[:20],
         }
 
+    def _when(self, r: Result) -> str:
+        """A request's start, from the soak's and as the agents' logs stamp it (wall clock)."""
+        wall = self.started_wall + (r.start - self.started)
+        return (f"+{r.start - self.started:.1f} s ({time.strftime('%H:%M:%S', time.localtime(wall))}"
+                f",{int(wall % 1 * 1000):03d})")
+
+    def keep_agent_logs(self, into: Path) -> list[str]:
+        """Copy the agents' logs (one per node, every restart appended) into `into`."""
+        into.mkdir(parents=True, exist_ok=True)
+        kept = []
+        for node, log in self._agent_logs().items():
+            shutil.copyfile(log, into / f"{node}.log")
+            kept.append(str(into / f"{node}.log"))
+        return kept
+
     def kubelet_problems(self) -> list[str]:
         """The lab kubelet's warnings and errors (a pod runtime that cannot keep up shows here)."""
         logs = [Path(p.log) for p in self.lab.status().processes if p.name == "kubelet"]
@@ -350,12 +373,20 @@ class Soak:
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
+def _verbose_agents(node, lab) -> list[hooks.ProcessSpec]:
+    """The lab's node processes, the agents with -v (their logs list each change's endpoints)."""
+    return [dataclasses.replace(p, argv=[*p.argv, "-v"]) if p.name == "agent" else p
+            for p in hooks.node_processes(node, lab)]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=300.0, help="how long the churn runs (default 300)")
     ap.add_argument("--churn-every", type=float, default=0.2, help="seconds between scale changes")
     ap.add_argument("--restart-every", type=float, default=30.0, help="seconds between agent kills")
     ap.add_argument("--interval", type=float, default=0.005, help="seconds between the client's requests")
+    ap.add_argument("--keep-agent-logs", action="store_true",
+                    help="keep the agents' logs (bench/results/soak-agents/) even when the soak passes")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "soak.json"))
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
@@ -363,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     Lab(tempfile.mkdtemp(prefix=f"{PREFIX}-sweep-"), prefix=PREFIX).down(on_down=hooks.on_lab_down)
     pin_root_existed = PIN_ROOT.is_dir()
+    logs_dir = Path(args.out).parent / "soak-agents"
+    shutil.rmtree(logs_dir, ignore_errors=True)   # an earlier failure's
     soak = Soak(args)
     try:
         soak.setup()
@@ -371,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         report = soak.run()
         report["kubelet_problems"] = soak.kubelet_problems()
+        if report["misrouted"] or report["stale_otherwise"] or args.keep_agent_logs:
+            report["agent_logs"] = soak.keep_agent_logs(logs_dir)
     finally:
         soak.teardown()
         if not pin_root_existed:   # the pin root the lab's agents made, if they left it empty

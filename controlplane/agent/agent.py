@@ -42,8 +42,11 @@ class SyncReport:
 
 
 def _endpoints(state: ServiceState) -> str:
-    active = sum(1 for b in state.backends if b.state == "active")
-    return f"{active} endpoints, {state.algorithm}"
+    active = [b for b in state.backends if b.state == "active"]
+    text = f"{len(active)} endpoints, {state.algorithm}"
+    if log.isEnabledFor(logging.DEBUG):   # `agent -v`: which ones (the soak reads them)
+        text += ": " + (" ".join(f"{b.ip}:{b.port}" for b in active) or "none")
+    return text
 
 
 class Agent:

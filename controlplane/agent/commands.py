@@ -75,7 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(a real node: every process on it). Repeatable (the lab passes its node's "
                         "cgroup, and its pods' with SVCXDP_SOCKET_LB_PODS=1)")
     p.add_argument("--node-ip", help="the node's address: ClientIP affinity key of its unbound sockets")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="debug logs of svcxdp's own (each change's endpoint addresses, every GC pass)")
     p.set_defaults(func=run)
 
 
@@ -91,9 +92,10 @@ def run(args: argparse.Namespace) -> int:
     from .node_interfaces import NodeInterfaces, pin_programs, uninstall
     from .nodeport_addresses import interface_addresses, parse_cidrs, select
 
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format=f"%(asctime)s agent[{args.node}] %(levelname)s %(message)s",
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s agent[{args.node}] %(levelname)s %(message)s",
                         stream=sys.stderr)
+    if args.verbose:   # svcxdp's loggers only: the libraries' debug output (pyroute2's) drowns them
+        logging.getLogger("svcxdp").setLevel(logging.DEBUG)
     log = logging.getLogger("svcxdp.agent")
     try:
         cidrs = parse_cidrs(args.nodeport_addresses)

@@ -2,7 +2,8 @@
 feed compacted past the agent (Gone -> relist), an event the agent never saw (the
 consistency check reads the store afresh and repairs), maps changed behind its back, a
 store nobody can read for a while (at start and while following). Each case ends with
-packets through the loaded program going to the store's endpoints.
+packets through the loaded program going to the store's endpoints. And what the agent
+logs of each change it programs.
 """
 from __future__ import annotations
 
@@ -116,6 +117,26 @@ def test_changes_not_yet_followed_are_applied_not_called_drift(store, agent, cap
         assert agent.check_consistency() is False
     assert "differ" not in caplog.text
     assert Client(agent).backends_of("a") == set(A2)
+
+
+def test_a_verbose_agent_logs_the_endpoints_each_change_programs(store, agent, caplog):
+    """At debug level (`svcctl agent -v`, as the soak runs it) each programmed change
+    names its endpoints' addresses; at info only their count."""
+    add_service(store, "a", A1)
+    with caplog.at_level(logging.INFO, logger="svcxdp.agent"):
+        agent.full_sync("start")
+    assert "service added: default/a:http" in caplog.text and "(3 endpoints, random)" in caplog.text
+    assert "10.244.1.1" not in caplog.text
+    caplog.clear()
+    set_endpoints(store, "a", A2)
+    with caplog.at_level(logging.DEBUG, logger="svcxdp.agent"):
+        agent.incremental_sync()
+    assert "endpoints 3 -> 2 (2 endpoints, random: 10.244.1.7:8080 10.244.1.8:8080)" in caplog.text
+    caplog.clear()
+    set_endpoints(store, "a", [])
+    with caplog.at_level(logging.DEBUG, logger="svcxdp.agent"):
+        agent.incremental_sync()
+    assert "(0 endpoints, random: none)" in caplog.text
 
 
 def test_maps_changed_behind_the_agents_back_are_repaired(store, agent):
