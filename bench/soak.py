@@ -20,7 +20,8 @@ cause), and the answers from a pod that was not an endpoint of `soak` at that mo
 (within GRACE_S of it, the time a change takes to reach the maps): `misrouted` (a pod of
 another service or never an endpoint) must be 0; `stale` (a former endpoint, later than
 GRACE_S after it left) is split by whether an agent was down then (the maps stay as they
-were while it restarts, as iptables rules do while kube-proxy is down).
+were while it restarts, as iptables rules do while kube-proxy is down); `follower_late`
+counts answers from a pod the follower saw join only just after (FOLLOWER_SLACK_S).
 
 The agents run with -v: each change they program is logged with its endpoints' addresses.
 When the soak fails (or with --keep-agent-logs), their logs are kept in bench/results/soak-agents/ and each wrong
@@ -62,6 +63,12 @@ from manifests import deployment, service  # noqa: E402
 
 PREFIX = "svcxdp-soak"
 GRACE_S = 1.0
+# The follower stamps an endpoint set when it reads it, which can be after an agent (another
+# process) programmed it and a request was answered by it: the soak's own process is busy
+# with the churn's reconciles. An answer from a pod the follower saw join within this long
+# after the answer is counted as `follower_late`, not stale: a pod never comes back once it
+# left (each is deleted for good), so a pod seen joining only after the answer had not left.
+FOLLOWER_SLACK_S = 0.5
 IMAGE = "ikubernetes/myapp:v1"
 
 
@@ -91,6 +98,10 @@ class Timeline:
         first = max(0, bisect_right(self.times, start) - 1)
         last = bisect_right(self.times, end)
         return self.sets[first:last] or self.sets[-1:]
+
+    def after(self, start: float, end: float) -> list[frozenset[str]]:
+        """The sets recorded within (start, end]."""
+        return self.sets[bisect_right(self.times, start):bisect_right(self.times, end)]
 
 
 class Soak:
@@ -299,7 +310,7 @@ class Soak:
         failed: dict[str, int] = {}
         explained = {"no endpoints": 0, "a pod left": 0, "the pod left just after": 0, "agent restarting": 0}
         unexplained: list[str] = []
-        misrouted = stale_in_outage = stale_otherwise = 0
+        misrouted = stale_in_outage = stale_otherwise = follower_late = 0
         wrong: list[str] = []   # the answers that fail the soak, when
         for r in self.results:
             window = self.timeline.during(r.start - GRACE_S, r.end)
@@ -324,7 +335,9 @@ class Soak:
                 misrouted += 1
                 wrong.append(f"{self._when(r)}: misrouted to {r.pod!r} (endpoints {sorted(window[-1])})")
             elif not any(r.pod in s for s in window):
-                if self._in_outage(r.start - GRACE_S, r.end):
+                if any(r.pod in s for s in self.timeline.after(r.end, r.end + FOLLOWER_SLACK_S)):
+                    follower_late += 1
+                elif self._in_outage(r.start - GRACE_S, r.end):
                     stale_in_outage += 1
                 else:
                     stale_otherwise += 1
@@ -338,7 +351,7 @@ class Soak:
             "failed": total_failed, "failed_by_cause": failed, "failed_when": explained,
             "failed_unexplained": total_failed - sum(explained.values()), "unexplained_first": unexplained,
             "misrouted": misrouted, "stale_during_agent_restart": stale_in_outage,
-            "stale_otherwise": stale_otherwise, "wrong_first": wrong[:10],
+            "stale_otherwise": stale_otherwise, "follower_late": follower_late, "wrong_first": wrong[:10],
             "endpoint_changes": len(self.timeline.times), "pods_ever_in_service": len(self.timeline.ever),
             "scale_writes": self.churn_writes, "pods_deleted": self.pods_deleted,
             "agent_restarts": self.restarts,
