@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from controlplane.api.errors import Gone
 from controlplane.api.meta import parse_timestamp
@@ -51,6 +51,9 @@ def _endpoints(state: ServiceState) -> str:
 
 class Agent:
     metrics = None   # agent.metrics.SyncMetrics when /metrics is served: told of every sync
+    # Told the UDP backend addresses (ip, port) each sync took out of a frontend, when the
+    # socket hooks serve this node: their connected sockets are aborted (agent/sockreap_loop.py).
+    udp_backends_left: Callable[[set[tuple[str, int]]], None] | None = None
 
     def __init__(self, source: Source, node: NodeConfig, dp: Dataplane,
                  interfaces: InterfaceManager | None = None, health: Health | None = None,
@@ -110,12 +113,14 @@ class Agent:
         writer (a few syscalls per map, not per service)."""
         pending: list[tuple[ServiceState, ServiceState | None, str, ServiceKey]] = []
         gone: dict[Frontend, str] = {}   # removed in one batched pass (writer.delete_many)
+        left: list[tuple[ServiceState, ServiceState | None]] = []   # (old, new) for udp_backends_left
         for key, want in wants.items():
             self._owners.update(want.owners)
             for fe in self._frontends.get(key, set()) - {s.frontend for s in want.states}:
                 self._unprogrammed.discard(fe)
-                if self.writer.installed_state(fe) is not None:
+                if (old := self.writer.installed_state(fe)) is not None:
                     gone[fe] = f"{self._owners.get(fe, key)} {fe}"
+                    left.append((old, None))
         self.writer.delete_many(gone)
         report.removed.extend(gone.values())
         for key, want in wants.items():
@@ -136,12 +141,27 @@ class Agent:
             elif old is None:
                 report.added.append(f"{name} ({_endpoints(state)})")
             elif old.backends != state.backends:
+                left.append((old, state))
                 report.changed.append(f"{name}: endpoints {len(old.backends)} -> {len(state.backends)}"
                                       f" ({_endpoints(state)})")
             else:
                 report.changed.append(f"{name}: settings changed ({_endpoints(state)})")
+        self._udp_left(left)
         if self.service_health is not None:
             self.service_health.update(self.cache, wants)
+
+    def _udp_left(self, changes: list[tuple[ServiceState, ServiceState | None]]) -> None:
+        """Tell udp_backends_left the addresses of UDP frontends' backends that are in an
+        old state and not in its new one (a removed frontend's: all of them)."""
+        if self.udp_backends_left is None:
+            return
+        left: set[tuple[str, int]] = set()
+        for old, new in changes:
+            if old.frontend.protocol == "UDP":
+                kept = {(b.ip, b.port) for b in new.backends} if new is not None else set()
+                left.update(a for b in old.backends if (a := (b.ip, b.port)) not in kept)
+        if left:
+            self.udp_backends_left(left)
 
     def _record_failure(self, key: ServiceKey, fe: Frontend, exc: CapacityError) -> None:
         view = self.cache.view(key)
@@ -216,7 +236,9 @@ class Agent:
         owned = {fe for fes in self._frontends.values() for fe in fes}
         wanted = {s.frontend for want in wants.values() for s in want.states}
         unowned = set(self.writer.installed()) - owned - wanted
+        unowned_states = [(old, None) for fe in unowned if (old := self.writer.installed_state(fe)) is not None]
         self.writer.delete_many(unowned)
+        self._udp_left(unowned_states)
         report.removed += [f"(unowned) {fe}" for fe in unowned]
         self._apply(wants, report)
         report.writes = self.writer.writes - writes

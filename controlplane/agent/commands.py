@@ -75,6 +75,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(a real node: every process on it). Repeatable (the lab passes its node's "
                         "cgroup, and its pods' with SVCXDP_SOCKET_LB_PODS=1)")
     p.add_argument("--node-ip", help="the node's address: ClientIP affinity key of its unbound sockets")
+    p.add_argument("--socket-reap-interval", type=float, default=30.0, metavar="S",
+                   help="with --socket-lb-cgroup: seconds between whole sweeps for connected UDP sockets "
+                        "of removed backends (those a sync removes are aborted right after it anyway; "
+                        "0: only at start and after syncs)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="debug logs of svcxdp's own (each change's endpoint addresses, every GC pass)")
     p.set_defaults(func=run)
@@ -105,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
     _bind_address(args.metrics_bind_address)   # a bad flag fails before anything is loaded
     if not args.ct_gc_interval >= 0:
         log.error("--ct-gc-interval %s: must be a number of seconds >= 0 (0 disables the GC)", args.ct_gc_interval)
+        return 2
+    if not args.socket_reap_interval >= 0:
+        log.error("--socket-reap-interval %s: must be a number of seconds >= 0 (0: no periodic sweep)",
+                  args.socket_reap_interval)
         return 2
     sizes = {"ct_size": args.ct_size, "tcp_timeout_s": args.tcp_timeout,
              "tcp_close_timeout_s": args.tcp_close_timeout, "udp_timeout_s": args.udp_timeout}
@@ -167,7 +175,10 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     if socket_lb:
-        threading.Thread(target=_reap_loop, args=(dp, stop, log), name="sockreaper", daemon=True).start()
+        from .sockreap_loop import SocketReaper
+        reaper = SocketReaper(dp, log, args.socket_reap_interval or None)
+        agent.udp_backends_left = reaper.left
+        threading.Thread(target=reaper.run, args=(stop,), name="sockreaper", daemon=True).start()
     if ct_gc is not None:
         from .ctgc_loop import gc_loop
         threading.Thread(target=gc_loop, args=(ct_gc, stop, log, args.ct_gc_interval),
@@ -253,19 +264,6 @@ def _serve_metrics(bind: str, dp, agent, log, entry_counts=None):
         return None
     log.info("metrics served on %s", bind)
     return sync
-
-
-def _reap_loop(dp, stop: threading.Event, log, every_s: float = 1.0) -> None:
-    """Abort connected UDP sockets whose backend was removed (dataplane/sockreaper.py)."""
-    from controlplane.dataplane.sockreaper import reap
-
-    while not stop.wait(every_s):
-        try:
-            n = reap(dp)
-            if n:
-                log.info("aborted %d connected UDP socket(s) of removed backends", n)
-        except Exception:  # keep the agent serving
-            log.exception("socket reaper failed")
 
 
 def _detach_socket_lb(pin_dir, paths: list[str]) -> list[str]:

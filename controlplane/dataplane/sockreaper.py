@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from .layout import const
@@ -80,12 +81,17 @@ def destroy(s: UdpSocket) -> None:
                 return
 
 
-def reap(dp) -> int:
+def reap(dp, only: Collection[tuple[str, int]] | None = None) -> int:
     """Destroy the connected UDP sockets translated to a backend that no longer serves
-    their service; returns how many."""
+    their service; returns how many. `only`: look only at sockets connected to these
+    backend addresses (ip, port), the ones a sync just took out of a frontend; the
+    others are passed over without a map lookup."""
     revnat, backends = dp.table("sock_revnat"), dp.table("backends")
+    wanted = None if only is None else {(socket.inet_aton(ip), port.to_bytes(2, "big")) for ip, port in only}
     n = 0
     for s in connected_udp():
+        if wanted is not None and (s.dst, s.dport) not in wanted:
+            continue
         key = revnat.Key(s.cookie, int.from_bytes(s.dst, "little"), int.from_bytes(s.dport, "little"),
                          socket.IPPROTO_UDP, 0)
         try:

@@ -1,11 +1,15 @@
 """Socket-level load balancing in the lab: processes on a node (node shells,
 `svcctl exec NODE`, hostNetwork pods) reach ClusterIPs through the cgroup hooks
 the node's agent attached to the node's cgroup; the hooks keep serving while the
-agent is down."""
+agent is down; a connected UDP socket whose backend goes is aborted by the agent
+right after the sync that removed it (the agents here run no periodic sweep, so
+only that can abort it)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,9 +35,15 @@ spec:
 """
 
 
+def node_processes(node, lab) -> list[hooks.ProcessSpec]:
+    """The lab's, with agents that sweep for sockets of removed backends only at start."""
+    return [dataclasses.replace(p, argv=[*p.argv, "--socket-reap-interval", "0"]) if p.name == "agent" else p
+            for p in hooks.node_processes(node, lab)]
+
+
 @pytest.fixture(scope="module")
 def cluster(_lab_session_guard):
-    yield from cluster_for_module("sock", nodes=2)
+    yield from cluster_for_module("sock", nodes=2, node_processes=node_processes)
 
 
 def node_cgroup(cluster: Cluster, node: str = "node1") -> Path:
@@ -103,7 +113,7 @@ def kill_agent(cluster: Cluster, node: str = "node1") -> None:
 
 
 def restart_agent(cluster: Cluster, node: str = "node1") -> None:
-    cluster.lab.up(nodes=len(cluster.lab.nodes()), node_processes=hooks.node_processes)
+    cluster.lab.up(nodes=len(cluster.lab.nodes()), node_processes=node_processes)
     wait_for("the restarted agent healthy", lambda: cluster.healthz(node)[0] == 200, timeout=60)
 
 
@@ -145,3 +155,69 @@ def check_hairpin(cluster: Cluster) -> None:
 
 def test_hairpin_through_xdp(cluster: Cluster):
     check_hairpin(cluster)
+
+
+REAP_PROBE = """import os, socket, sys, time
+vip, go = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(0.3)
+
+def connect_and_echo(data):
+    # (retried: a moment with no endpoint refuses the connect, a new pod may not answer yet)
+    for _ in range(100):
+        try:
+            s.connect((vip, 53))
+            s.send(data)
+            return s.recv(100).decode()
+        except (ConnectionRefusedError, socket.timeout):
+            time.sleep(0.1)
+
+print("first", connect_and_echo(b"one"), flush=True)
+while not os.path.exists(go):   # the test deletes the pod, then creates `go`
+    time.sleep(0.05)
+t0 = time.monotonic()
+while time.monotonic() - t0 < 20:
+    try:
+        s.send(b"x")
+    except OSError:
+        pass
+    try:
+        s.recv(100)
+    except ConnectionAbortedError:
+        print("aborted", flush=True)
+        break
+    except OSError:   # no answer, or unreachable: the pod is going
+        pass
+else:
+    print("never aborted", flush=True)
+    sys.exit(1)
+print("again", connect_and_echo(b"two"), flush=True)
+"""
+
+
+def test_a_connected_udp_socket_of_a_removed_backend_is_aborted_and_reconnects(cluster: Cluster, tmp_path):
+    cluster.svcctl("apply", "-f", str(OWN / "udp-echo.yaml"))
+    cluster.wait_endpoints("udpecho", 1)
+    vip = cluster.cluster_ip("udpecho")
+    (old,) = cluster.pods("app=udpecho")
+    go = tmp_path / "go"
+    probe = netns_popen(cluster, "node1", [sys.executable, "-c", REAP_PROBE, vip, str(go)])
+    try:
+        assert probe.stdout.readline().split() == ["first", "one"]
+        cluster.svcctl("delete", "pod", old)          # its Deployment makes another
+        go.touch()
+        out, err = probe.communicate(timeout=60)
+    finally:
+        if probe.poll() is None:
+            probe.kill()
+            probe.wait()
+    assert out.split() == ["aborted", "again", "two"], (out, err)
+    assert old not in cluster.pods("app=udpecho")
+
+
+def netns_popen(cluster: Cluster, host: str, argv: list[str]) -> subprocess.Popen:
+    """argv on `host` (its namespace and cgroup: under the node's socket hooks), running."""
+    from controlplane.lab import netns
+    lab = cluster.lab
+    return netns.popen(lab.netns_for(host), argv, cgroup=lab.cgroup_for(host), stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
