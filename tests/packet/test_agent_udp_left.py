@@ -56,9 +56,10 @@ def test_the_udp_backends_a_sync_takes_out_are_told(store, dataplane):
     agent.incremental_sync()
     assert told == [{("10.244.1.1", 5353)}]             # the UDP port's only; 10.244.1.2 stays
     svc = store.get(Service, "default", "dns")
-    svc.metadata.annotations = {"note": "no backend changes"}
+    svc.spec.session_affinity = "ClientIP"              # its frontends change, their backends do not
     store.update(svc)
-    agent.incremental_sync()
+    report = agent.incremental_sync()
+    assert any("settings changed" in line for line in report.changed), report
     assert len(told) == 1
     store.delete(Service, "default", "dns")             # the frontend goes: all of its backends
     agent.incremental_sync()
