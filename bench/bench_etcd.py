@@ -218,11 +218,8 @@ def _agents_only(node, lab):
     """The lab's agents, without the kubelet and the controllers, and with their periodic
     consistency check (a full list of 10,000 x 10, seconds of CPU each on this machine) out
     of the way: one change is timed through the change feed alone, in both stores."""
-    from dataclasses import replace
-
     from controlplane.lab import hooks
-    return [replace(spec, argv=[*spec.argv, "--check-interval", str(CHECK_INTERVAL_S)])
-            for spec in hooks.node_processes(node, lab) if spec.name == "agent"]
+    return hooks.with_args("agent", "--check-interval", str(CHECK_INTERVAL_S), only=True)(node, lab)
 
 
 def lab_run(kind: str, services: int, changes: int) -> dict:

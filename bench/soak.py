@@ -31,7 +31,6 @@ be matched against what the agents programmed then.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import random
@@ -386,10 +385,8 @@ class Soak:
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
-def _verbose_agents(node, lab) -> list[hooks.ProcessSpec]:
-    """The lab's node processes, the agents with -v (their logs list each change's endpoints)."""
-    return [dataclasses.replace(p, argv=[*p.argv, "-v"]) if p.name == "agent" else p
-            for p in hooks.node_processes(node, lab)]
+# The lab's node processes, the agents with -v (their logs list each change's endpoints).
+_verbose_agents = hooks.with_args("agent", "-v")
 
 
 def main(argv: list[str] | None = None) -> int:

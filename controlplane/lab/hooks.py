@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -46,6 +46,15 @@ def node_processes(node: NodeInfo, lab: Lab) -> list[ProcessSpec]:
     for mod in _modules():
         specs += mod.node_processes(node, lab)
     return specs
+
+
+def with_args(name: str, *extra: str, only: bool = False) -> NodeProcessProvider:
+    """node_processes with `extra` appended to the argv of each process called `name`
+    (and, if `only`, none of the others): a lab whose agents run with other flags."""
+    def provider(node: NodeInfo, lab: Lab) -> list[ProcessSpec]:
+        return [replace(p, argv=[*p.argv, *extra]) if p.name == name else p
+                for p in node_processes(node, lab) if p.name == name or not only]
+    return provider
 
 
 def on_lab_down(lab: Lab) -> None:

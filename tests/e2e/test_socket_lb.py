@@ -6,7 +6,6 @@ right after the sync that removed it (the agents here run no periodic sweep, so
 only that can abort it)."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import subprocess
@@ -35,10 +34,8 @@ spec:
 """
 
 
-def node_processes(node, lab) -> list[hooks.ProcessSpec]:
-    """The lab's, with agents that sweep for sockets of removed backends only at start."""
-    return [dataclasses.replace(p, argv=[*p.argv, "--socket-reap-interval", "0"]) if p.name == "agent" else p
-            for p in hooks.node_processes(node, lab)]
+# The lab's, with agents that sweep for sockets of removed backends only at start.
+node_processes = hooks.with_args("agent", "--socket-reap-interval", "0")
 
 
 @pytest.fixture(scope="module")
