@@ -74,6 +74,7 @@ class Agent:
         self._frontends: dict[ServiceKey, set[Frontend]] = {}
         self._problems: dict[ServiceKey, tuple[str, ...]] = {}
         self._unprogrammed: set[Frontend] = set()   # wanted, but they do not fit the maps
+        self._held: list[ServiceState] = []   # states a sync found in adopted records (full_sync)
         # Kubernetes events for what an operator should see (written at once, never fatal),
         # into svcxdp's store; a read-only source (the Kubernetes API) gets none: the
         # same problems are in the agent's log
@@ -123,12 +124,15 @@ class Agent:
                     left.append((old, None))
         self.writer.delete_many(gone)
         report.removed.extend(gone.values())
+        held = self._held if self.writer.unsettled else None
         for key, want in wants.items():
             new = {s.frontend: s for s in want.states}
             for fe, state in new.items():
                 old = self.writer.installed_state(fe)
                 if old != state:
                     pending.append((state, old, f"{want.owners.get(fe)} {fe}", key))
+                elif held is not None:
+                    held.append(state)
             self._frontends[key] = set(new)
             self._note_problems(key, want.problems)
         failed = self._upsert([state for state, _, _, _ in pending])
@@ -215,7 +219,10 @@ class Agent:
     def full_sync(self, reason: str, cache: ServiceCache | None = None) -> SyncReport:
         """Make the maps equal the store: from `cache` (a fresh read) or a new read."""
         with paused_gc():
-            report = self._full_sync(reason, cache)
+            try:
+                report = self._full_sync(reason, cache)
+            finally:
+                self._settle_held()
         release_free_memory()   # the store's JSON, read and dropped, leaves the process
         return report
 
@@ -253,7 +260,19 @@ class Agent:
         store transaction of thousands of objects arrives: the collector waits (its
         young collections would move every decoded event into the oldest generation)."""
         with paused_gc():
-            return self._incremental_sync(upto)
+            try:
+                return self._incremental_sync(upto)
+            finally:
+                self._settle_held()
+
+    def _settle_held(self) -> None:
+        """A restart's adopted records take the objects of the states a sync found the
+        maps hold (MapWriter.settle): after the sync's report is timed, as nothing waits
+        for it; then only the first sync after a restart has any."""
+        try:
+            self.writer.settle(self._held)
+        finally:
+            self._held.clear()
 
     def _incremental_sync(self, upto: int | None) -> SyncReport:
         start = time.perf_counter()

@@ -104,7 +104,7 @@ def adopt(services, backends, maglev: MaglevMaps, svc_ids: IdAllocator, backend_
         if maglev_inputs(state, ids) is not None and not maglev.has(svc_id):
             table_ok = False  # the last agent stopped between table and entry
         gen = affinity_gen if vflags & F_AFFINITY else 0
-        out.installed[fe] = Installed(svc_id, state, ids, count, table_ok, gen)
+        out.installed[fe] = Installed(svc_id, state, ids, count, table_ok, gen, adopted=True)
         out.entries[fe] = v
         affinity.claim(affinity_gen)
         svc_ids.claim(svc_id)

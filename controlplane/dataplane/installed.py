@@ -49,6 +49,7 @@ class Installed:
     table_ok: bool = True    # False: adopted Maglev service whose table is missing
     affinity_gen: int = 0    # its ClientIP period (affinity_maps.py); 0 with affinity off
     suspect: bool = False    # the maps may differ from `state` (verify.py): rewrite all of it
+    adopted: bool = False    # made from the maps (adopt.py), until MapWriter.settle takes the agent's objects
 
 
 def service_key_row(fe: Frontend) -> tuple:

@@ -78,6 +78,28 @@ class RevNat:
         # entries attach_many queued as packed rows (keys, values); `_flush` writes them
         self._fresh: list[tuple[np.ndarray, np.ndarray]] = []
 
+    def share_keys(self, addresses: Sequence[Address], fes: Sequence[Frontend], counts: Sequence[int],
+                   frontends: dict[int, Frontend]) -> None:
+        """Hold the caller's objects in place of equal copies adoption made (the
+        caller keeps its own anyway), changing no user, entry or sharing: `addresses`
+        are those of the frontends `fes` (counts[i] each, in order), equal to users'
+        keys; `frontends` maps (by id) adoption's frontends to the caller's."""
+        if not self.shared_count and len(addresses) == len(self.users):
+            # every address has one user and all are here (a clean restart): made
+            # afresh as adopt() makes it
+            self.users = dict(zip(addresses, chain.from_iterable(repeat((fe,), n) for fe, n in zip(fes, counts))))
+            return
+        mine = {a: a for a in addresses}
+        get = mine.get
+        swapped: dict[int, tuple[Frontend, ...]] = {}   # by id: a frontend's addresses share one tuple
+        users: dict[Address, tuple[Frontend, ...]] = {}
+        for addr, users_of in self.users.items():
+            new = swapped.get(id(users_of))
+            if new is None:
+                swapped[id(users_of)] = new = tuple(frontends.get(id(fe), fe) for fe in users_of)
+            users[get(addr, addr)] = new
+        self.users = users
+
     def _write(self, addr: Address) -> None:
         """Queue the entry's new value (or its deletion); `_flush` writes them."""
         self._pending[addr] = None

@@ -67,6 +67,7 @@ class SyncResult:
 
 _old = itemgetter(1)   # of a (state, its record) pair
 _frontend, _backends, _protocol = attrgetter("frontend"), attrgetter("backends"), attrgetter("protocol")
+_address = attrgetter("ip", "port")   # of a Backend: its address, made in C
 
 
 def _id_column(ids: list[int], columns: Sequence[np.ndarray]) -> np.ndarray:
@@ -127,6 +128,7 @@ class MapWriter:
         found = adopt(self.services, self.backends, self.maglev, self._svc_ids, self._backend_ids,
                       self.affinity, self.ranges.adopt(), self._backends_mapped)
         self._installed: dict[Frontend, Installed] = found.installed
+        self._unsettled = len(found.installed)   # records still adopted (see settle)
         self._slots_used = found.slots_used
         self._entries = found.entries
         self._orphan_backends = found.orphan_backends
@@ -189,6 +191,7 @@ class MapWriter:
         Returns the number of repairs."""
         n = self.adoption_drift
         drift, self._drift = self.drift, Drift()
+        self._entries = {}   # the service entries as adoption read them: compared, done
         flags, self._flag_drift = self._flag_drift, set()
         self.revnat.flush()
         self._rewrite_reply_flags(flags)
@@ -234,6 +237,56 @@ class MapWriter:
         service on every change)."""
         inst = self._installed.get(frontend)
         return inst.state if inst else None
+
+    @property
+    def unsettled(self) -> int:
+        """Records adoption made that `settle` has not taken over (nor a write)."""
+        return self._unsettled
+
+    def settle(self, states: Iterable[ServiceState]) -> int:
+        """The caller found the maps hold these states already: each equal (==) to
+        its record's, which it must have compared. Records adoption made hold copies
+        of what the caller holds too (the state, its backends, a string per backend
+        address, the rev_nat keys); let them refer to the caller's objects instead, so
+        a restarted agent keeps one picture, as one that wrote the maps itself does
+        (at 10,000 x 10 the copies kept ~10 MiB more and left the heap fragmented:
+        bench_memory's restart). Nothing is written. Returns the records settled."""
+        if not self._unsettled:
+            return 0
+        # adopted record (by id: quicker than hashing frontends again) -> the caller's
+        # frontend and a new record of the caller's objects
+        swaps: dict[int, tuple[Frontend, Installed]] = {}
+        rev_keys: list[tuple[str, int, str]] = []   # each settled record's addresses, in order
+        counts: list[int] = []
+        with paused_gc():
+            for state in states:
+                fe = state.frontend
+                rec = self._installed.get(fe)
+                if rec is None or not rec.adopted:
+                    continue
+                # equal states list equal backends, so these are the record's addresses
+                old = rec.backend_ids
+                ids = {a: old[a] for a in map(_address, state.backends)}
+                swaps[id(rec)] = (fe, Installed(rec.svc_id, state, ids, rec.slot_count, rec.table_ok,
+                                                rec.affinity_gen, rec.suspect))
+                proto = fe.protocol
+                rev_keys += [(ip, port, proto) for ip, port in ids]
+                counts.append(len(ids))
+            if swaps:
+                installed: dict[Frontend, Installed] = {}
+                frontends: dict[int, Frontend] = {}   # id of an adopted frontend -> the caller's
+                for fe, rec in self._installed.items():
+                    sw = swaps.get(id(rec))
+                    if sw is None:
+                        installed[fe] = rec
+                    else:
+                        installed[sw[0]] = sw[1]
+                        frontends[id(fe)] = sw[0]
+                self._installed = installed
+                self.revnat.share_keys(rev_keys, [sw[0] for sw in swaps.values()], counts, frontends)
+        # (records rewritten or deleted since adoption are adopted no longer either)
+        self._unsettled = sum(rec.adopted for rec in self._installed.values())
+        return len(swaps)
 
     def svc_id(self, frontend: Frontend) -> int | None:
         inst = self._installed.get(frontend)

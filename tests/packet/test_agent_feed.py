@@ -217,6 +217,27 @@ def test_an_ignored_annotation_is_an_event_on_its_service(store, agent):
     assert "'fastest' is not a known algorithm" in event.message
 
 
+def test_a_restarted_agent_settles_its_adopted_records_and_follows_changes(store, dataplane):
+    """A restart adopts every record from the maps; its start sync finds them held and
+    hands them its own states (MapWriter.settle), after which changes are written as usual."""
+    add_service(store, "a", A1)
+    add_service(store, "b", A2)
+    Agent(store, NodeConfig("node1"), dataplane).full_sync("start")   # an agent before a restart
+    agent = Agent(store, NodeConfig("node1"), dataplane)
+    assert agent.writer.unsettled == len(agent.writer.records()) > 0
+    report = agent.full_sync("start")
+    assert report.writes == 0 and agent.writer.unsettled == 0
+    ips = {id(b.ip) for key in agent.cache.services for s in agent._desired_for([key])[key].states
+           for b in s.backends}
+    assert len(ips) == len(A1) + len(A2)           # (the desired states share the cache's strings)
+    for rec in agent.writer.records().values():
+        assert {id(ip) for ip, _ in rec.backend_ids} <= ips
+    client = Client(agent)
+    set_endpoints(store, "a", A2)
+    agent.incremental_sync()
+    assert client.backends_of("a") == set(A2) and client.backends_of("b") == set(A2)
+
+
 def test_a_store_locked_at_start_is_retried_while_the_dataplane_serves(store, dataplane, caplog):
     add_service(store, "a", A1)
     Agent(store, NodeConfig("node1"), dataplane).full_sync("start")   # an agent before a restart
