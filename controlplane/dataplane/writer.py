@@ -266,7 +266,12 @@ class MapWriter:
                     continue
                 # equal states list equal backends, so these are the record's addresses
                 old = rec.backend_ids
-                ids = {a: old[a] for a in map(_address, state.backends)}
+                try:
+                    ids = {a: old[a] for a in map(_address, state.backends)}
+                except KeyError:   # not equal after all: keep the record as adopted
+                    continue
+                if len(ids) != len(old):
+                    continue
                 swaps[id(rec)] = (fe, Installed(rec.svc_id, state, ids, rec.slot_count, rec.table_ok,
                                                 rec.affinity_gen, rec.suspect))
                 proto = fe.protocol
@@ -282,8 +287,9 @@ class MapWriter:
                     else:
                         installed[sw[0]] = sw[1]
                         frontends[id(fe)] = sw[0]
-                self._installed = installed
+                # (while the old records, and so adoption's frontends, are alive: ids stay theirs)
                 self.revnat.share_keys(rev_keys, [sw[0] for sw in swaps.values()], counts, frontends)
+                self._installed = installed
         # (records rewritten or deleted since adoption are adopted no longer either)
         self._unsettled = sum(rec.adopted for rec in self._installed.values())
         return len(swaps)

@@ -122,3 +122,15 @@ def test_records_rewritten_before_settling_are_left_as_written(xdp: Harness):
     assert w.settle(mine[:2]) == 2
     assert w.records()[changed.frontend].state is changed
     assert w.unsettled == 0
+
+
+def test_a_state_that_is_not_the_records_leaves_it_adopted(xdp: Harness):
+    written = write_services(xdp, shared=False)
+    w = MapWriter(xdp.dp)
+    w.repair_adopted()
+    mine = agents_copy(written)
+    other = ServiceState(mine[2].frontend, mine[2].backends[:1])   # a caller's mistake
+    assert w.settle([*mine[:2], other]) == 2
+    rec = w.records()[other.frontend]
+    assert rec.adopted and rec.state == written[2]
+    assert w.unsettled == 1
