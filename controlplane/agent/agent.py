@@ -71,6 +71,7 @@ class Agent:
         self.retry_max_s = retry_max_s   # the longest wait between retries after a failure
         self.cache = ServiceCache()
         self._owners: dict[Frontend, str] = {}
+        self.owners_version = 0   # moves when some frontend's owner changes (AgentNaming)
         self._frontends: dict[ServiceKey, set[Frontend]] = {}
         self._problems: dict[ServiceKey, tuple[str, ...]] = {}
         self._unprogrammed: set[Frontend] = set()   # wanted, but they do not fit the maps
@@ -116,7 +117,10 @@ class Agent:
         gone: dict[Frontend, str] = {}   # removed in one batched pass (writer.delete_many)
         left: list[tuple[ServiceState, ServiceState | None]] = []   # (old, new) for udp_backends_left
         for key, want in wants.items():
-            self._owners.update(want.owners)
+            owners = self._owners
+            if any(owners.get(fe) != owner for fe, owner in want.owners.items()):
+                owners.update(want.owners)
+                self.owners_version += 1
             for fe in self._frontends.get(key, set()) - {s.frontend for s in want.states}:
                 self._unprogrammed.discard(fe)
                 if (old := self.writer.installed_state(fe)) is not None:

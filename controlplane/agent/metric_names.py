@@ -86,6 +86,11 @@ class Naming:
                 del self.backend_lines[bid]
 
 
+def _same_ids(a, b) -> bool:
+    """Two records of a frontend name the same ids (all Naming reads of them)."""
+    return a.svc_id == b.svc_id and a.backend_ids == b.backend_ids
+
+
 def naming_of(records: dict, owner: Callable[[Frontend], str] = lambda fe: "") -> Naming:
     """From installed records (dataplane.installed.Installed by frontend)."""
     naming = Naming()
@@ -96,25 +101,35 @@ def naming_of(records: dict, owner: Callable[[Frontend], str] = lambda fe: "") -
 
 class AgentNaming:
     """The agent's own state names the ids (no map is read for it). After the agent wrote
-    the maps, only the frontends whose record changed (the writer replaces a record when
-    it rewrites a frontend) are named again: one change at 10,000 services costs a pass
-    over the records, not a rebuild."""
+    the maps, settled adopted records (MapWriter.settle) or learnt a service's name, only
+    the frontends whose record's ids or owner changed (the writer replaces a record when it
+    rewrites a frontend) are named again: one change at 10,000 services costs a pass over
+    the records, not a rebuild."""
 
     def __init__(self, agent) -> None:
         self.agent = agent
-        self._key: tuple[int, int] | None = None
+        self._key: tuple[int, int, int] | None = None
         self._seen: dict[Frontend, tuple[object, str]] = {}   # frontend -> (record, owner)
         self._naming = Naming()
 
     def __call__(self) -> Naming:
-        writer = self.agent.writer
-        key = (id(writer), writer.writes)
+        agent = self.agent
+        writer = agent.writer
+        key = (id(writer), writer.revision, agent.owners_version)
         if key == self._key:
             return self._naming
         records = dict(writer.records())
-        owner_of = self.agent.owner_of
-        changed = {fe: (inst, owner_of(fe)) for fe, inst in records.items()
-                   if (seen := self._seen.get(fe)) is None or seen[0] is not inst or seen[1] != owner_of(fe)}
+        owner_of = agent.owner_of
+        changed = {}
+        seen_of = self._seen.get
+        for fe, inst in records.items():
+            owner = owner_of(fe)
+            seen = seen_of(fe)
+            if seen is not None and seen[1] == owner and (seen[0] is inst or _same_ids(seen[0], inst)):
+                if seen[0] is not inst:   # a settled record: the same names, hold the new one
+                    self._seen[fe] = (inst, owner)
+                continue
+            changed[fe] = (inst, owner)
         gone = [fe for fe in self._seen if fe not in records]
         for fe in gone + [fe for fe in changed if fe in self._seen]:
             self._naming.remove(fe, self._seen.pop(fe)[0])

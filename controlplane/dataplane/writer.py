@@ -118,6 +118,7 @@ class MapWriter:
         self._svc_ids = IdAllocator(cfg.svc_id_slots, f"services map (max_services={cfg.max_services})")
         self._backend_ids = IdAllocator(cfg.max_backends, f"backends map (max_backends={cfg.max_backends})")
         self._writes = 0
+        self._settles = 0
         self.after_phase: Callable[[str], None] | None = None
         self.beside_min = BESIDE_MIN   # entries from which a write is made beside another
         self.bulk_shared_min = 4096    # backends from which a batch's sharing is found in numpy
@@ -239,6 +240,12 @@ class MapWriter:
         return inst.state if inst else None
 
     @property
+    def revision(self) -> int:
+        """Moves whenever records() may have changed: every write, and every settle
+        (which replaces records writing nothing); readers cache by it (AgentNaming)."""
+        return self._writes + self._settles
+
+    @property
     def unsettled(self) -> int:
         """Records adoption made that `settle` has not taken over (nor a write)."""
         return self._unsettled
@@ -292,6 +299,7 @@ class MapWriter:
                 self._installed = installed
         # (records rewritten or deleted since adoption are adopted no longer either)
         self._unsettled = sum(rec.adopted for rec in self._installed.values())
+        self._settles += bool(swaps)
         return len(swaps)
 
     def svc_id(self, frontend: Frontend) -> int | None:

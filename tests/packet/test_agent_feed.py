@@ -14,8 +14,9 @@ import time
 import pytest
 
 from controlplane.agent.agent import Agent
+from controlplane.agent.metric_names import AgentNaming
 from controlplane.agent.desired import NodeConfig
-from controlplane.api import Gone, Service
+from controlplane.api import EndpointSlice, Gone, Service
 from controlplane.api.event import Event
 from controlplane.controllers.registry import MODE_CREATE, Manifest, Registry
 from controlplane.dataplane.writer import MapWriter
@@ -236,6 +237,50 @@ def test_a_restarted_agent_settles_its_adopted_records_and_follows_changes(store
     set_endpoints(store, "a", A2)
     agent.incremental_sync()
     assert client.backends_of("a") == set(A2) and client.backends_of("b") == set(A2)
+
+
+def test_metric_names_scraped_before_a_restarts_first_sync_get_their_services_after_it(store, dataplane):
+    """/metrics is served from the agent's start. A scrape before a restart's first sync
+    names the adopted ids with no service (none read yet); that sync writes nothing (the
+    maps hold it all), and the names must still follow: the service label, and the
+    settled records rather than adoption's."""
+    add_service(store, "a", A1)
+    add_service(store, "b", A2)
+    Agent(store, NodeConfig("node1"), dataplane).full_sync("start")   # an agent before a restart
+    agent = Agent(store, NodeConfig("node1"), dataplane)
+    naming = AgentNaming(agent)
+    early = naming()
+    assert early.services and {values[3] for values, _ in early.services.values()} == {""}
+    assert agent.full_sync("start").writes == 0
+    names = naming()
+    owners = {agent.owner_of(fe) for fe in agent.writer.records()}
+    assert "" not in owners
+    assert {values[3] for values, _ in names.services.values()} == owners
+    backend_owners = {values[0] for values, _ in names.backends.values()}
+    assert backend_owners and backend_owners <= owners   # (a service with no endpoints has none)
+    assert all(naming._seen[fe][0] is rec for fe, rec in agent.writer.records().items())
+
+    # The agent adopts the maps afresh (as after a failed sync or on drift): new records,
+    # the same ids and owners, so nothing is named again; only the records held move.
+    added = []
+    add = naming._naming.add
+    naming._naming.add = lambda *a: (added.append(a[0]), add(*a))
+    agent.writer = MapWriter(dataplane)
+    assert naming().services == names.services and added == []
+    agent.full_sync("repair")
+    assert naming().services == names.services and added == []
+    assert all(naming._seen[fe][0] is rec for fe, rec in agent.writer.records().items())
+
+    # A service's port renamed, its slice's with it: the same frontend and backends (nothing
+    # written), another owner, which the names follow.
+    svc = store.get(Service, "default", "a")
+    svc.spec.ports[0].name = "web"
+    es = store.get(EndpointSlice, "default", "a-abcde")
+    es.ports[0].name = "web"
+    store.update(svc)
+    store.update(es)
+    assert agent.incremental_sync().writes == 0
+    assert "default/a:web" in {values[3] for values, _ in naming().services.values()}
 
 
 def test_a_store_locked_at_start_is_retried_while_the_dataplane_serves(store, dataplane, caplog):

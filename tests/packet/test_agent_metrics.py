@@ -103,6 +103,7 @@ def test_served_text_is_the_collectors_samples_and_naming_follows_changes(xdp: H
     naming built from scratch."""
     class Owner:                       # the agent's side of AgentNaming
         writer = xdp.writer
+        owners_version = 0
 
         @staticmethod
         def owner_of(fe: Frontend) -> str:
