@@ -125,12 +125,37 @@ def test_served_text_is_the_collectors_samples_and_naming_follows_changes(xdp: H
     collector = DataplaneCollector(xdp.dp, naming)
     registry = CollectorRegistry()
     registry.register(collector)
-    parsed = {}
-    for family in text_string_to_metric_families(collector.text()):
-        for sample in family.samples:
-            parsed[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+
+    def served() -> dict:
+        parsed = {}
+        for family in text_string_to_metric_families(collector.text()):
+            for sample in family.samples:
+                parsed[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return parsed
+
+    def backend_flows(parsed: dict) -> int:
+        return sum(v for (name, _), v in parsed.items() if name == "svcxdp_backend_new_flows_total")
+
+    parsed = served()
     assert parsed == samples(registry)
-    assert sum(v for (name, _), v in parsed.items() if name == "svcxdp_backend_new_flows_total") == 6
+    assert backend_flows(parsed) == 6
+    # The same backends with more flows: the joined lines are reused, the values are new
+    for sport in range(23006, 23009):
+        xdp.send(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=CLIENT, dst="10.96.1.3") / TCP(sport=sport, dport=80, flags="S"))
+    parsed = served()
+    assert parsed == samples(registry) and backend_flows(parsed) == 9
+    # A backend first counted, then the names changed: other lines
+    xdp.send(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=CLIENT, dst="10.96.1.1") / TCP(sport=23010, dport=80, flags="S"))
+    parsed = served()
+    assert parsed == samples(registry) and backend_flows(parsed) == 10
+    assert ('default/"svc"-10.96.1.1:http', "10.244.4.1:8080") in {
+        (dict(labels)["service"], dict(labels)["backend"]) for name, labels in parsed
+        if name == "svcxdp_backend_new_flows_total"}
+    xdp.writer.upsert(ServiceState(fes[2], tuple(Backend(f"10.244.3.{20 + j}", 8080) for j in range(2)), "rr"))
+    parsed = served()
+    assert parsed == samples(registry)
+    assert not [labels for name, labels in parsed if name == "svcxdp_backend_new_flows_total"
+                and dict(labels)["backend"] == "10.244.3.22:8080"]   # removed from the service
 
 
 def test_sync_metrics_use_kube_proxys_names_and_are_served_with_proxy_mode(xdp: Harness):
