@@ -5,7 +5,6 @@ here too, so the templates and the collector agree on them."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Callable
 
 from controlplane.dataplane import readout
@@ -45,8 +44,6 @@ class Naming:
     backend_lines: dict[int, str] = field(default_factory=dict)
     _ordered: tuple[list, list, int, int] | None = field(default=None, repr=False, compare=False)
     _templates: tuple[str, ...] | None = field(default=None, repr=False, compare=False)
-    # (ids asked for, the named ones of them, their lines joined): see backend_template
-    _backend_template: tuple[list[int], list[int], str] | None = field(default=None, repr=False, compare=False)
 
     def templates(self) -> tuple[str, ...]:
         """Per service family, its samples' text in id order with `%d` for the values."""
@@ -57,20 +54,6 @@ class Naming:
                                     for name, _ in SERVICE_FAMILIES)
         return self._templates
 
-    def backend_template(self, ids: list[int]) -> tuple[list[int], str]:
-        """(the named ones of `ids`, in order; their sample lines joined, `%d` for each
-        value). Kept until the names change or other ids are asked for: between two
-        scrapes the backends with new flows are mostly the same ones, and joining their
-        lines again (100,000 at 10,000 services, 17 MiB) was a quarter of a scrape."""
-        cached = self._backend_template
-        if cached is not None and cached[0] == ids:
-            return cached[1], cached[2]
-        lines = self.backend_lines
-        named = [bid for bid in ids if bid in lines]
-        text = "".join(itemgetter(*named)(lines)) if len(named) > 1 else "".join(map(lines.__getitem__, named))
-        self._backend_template = (ids, named, text)
-        return named, text
-
     def ordered(self) -> tuple[list, list, int, int]:
         """(services by id, backends by id, highest service id, highest backend id), kept
         until the next change."""
@@ -80,7 +63,7 @@ class Naming:
         return self._ordered
 
     def add(self, fe: Frontend, inst, owner: str) -> None:
-        self._ordered = self._templates = self._backend_template = None
+        self._ordered = self._templates = None
         values = (f"{fe.vip}:{fe.port}", fe.protocol, fe.scope, owner)
         self.services[inst.svc_id] = (values, label_text(SERVICE_LABELS, values))
         for (ip, port), bid in inst.backend_ids.items():
@@ -91,7 +74,7 @@ class Naming:
 
     def remove(self, fe: Frontend, inst) -> None:
         """Forget a record's ids, unless they already name another frontend's."""
-        self._ordered = self._templates = self._backend_template = None
+        self._ordered = self._templates = None
         frontend = f"{fe.vip}:{fe.port}"
         named = self.services.get(inst.svc_id)
         if named is not None and named[0][0] == frontend and named[0][1:3] == (fe.protocol, fe.scope):

@@ -230,13 +230,12 @@ class DataplaneCollector:
                 head(name + "_total", help_text, "counter")
         head(BACKEND_FAMILY[0] + "_total", BACKEND_FAMILY[1], "counter")
         # only the ids with new flows (readout.percpu_nonzero, in id order), and of those
-        # only the named ones: their lines joined (C) into one template, kept by the naming
-        # while the same ids have flows (Naming.backend_template), filled by one %
-        new = r.backend_new
-        ids, template = r.naming.backend_template(list(new))
+        # only the named ones: their lines joined (C) into one template, filled by one %
+        new, lines = r.backend_new, r.naming.backend_lines
+        ids = [bid for bid in new if bid in lines]
         if ids:
-            values = tuple(new.values()) if len(ids) == len(new) else tuple(map(new.__getitem__, ids))
-            out.append(template % values)
+            out.append("".join(itemgetter(*ids)(lines)) % tuple(itemgetter(*ids)(new)) if len(ids) > 1
+                       else lines[ids[0]] % new[ids[0]])
         head(ENTRIES[0], ENTRIES[1], "gauge")
         out.append("".join(f'{ENTRIES[0]}{{map="{m}"}} {n}\n' for m, n, _ in r.entries))
         head(CAPACITY[0], CAPACITY[1], "gauge")
