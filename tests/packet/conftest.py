@@ -7,6 +7,7 @@ import os
 import pytest
 
 from controlplane.dataplane.config import DataplaneConfig
+from controlplane.store import SqliteStore
 
 from .harness import Harness
 
@@ -40,3 +41,12 @@ def xdp(loaded_dataplane) -> Harness:
     h.reset()
     yield h
     h.reset()
+
+
+@pytest.fixture
+def store(tmp_path):
+    """An empty store of the test's own (a module needing other store settings defines its
+    own `store`, as test_agent_feed does)."""
+    s = SqliteStore(tmp_path / "store.db")
+    yield s
+    s.close()

@@ -14,13 +14,6 @@ from .agent_kit import fresh_agent, small_dataplane
 pytestmark = pytest.mark.root
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = SqliteStore(tmp_path / "store.db")
-    yield s
-    s.close()
-
-
 @pytest.fixture(scope="module")
 def dataplane():
     with small_dataplane("pytest-agent-udp-left") as dp:

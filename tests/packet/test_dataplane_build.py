@@ -16,7 +16,6 @@ from controlplane.agent.desired import NodeConfig
 from controlplane.dataplane.build import build_stamp, read_stamp
 from controlplane.dataplane.config import DataplaneConfig
 from controlplane.dataplane.program import Dataplane, reset
-from controlplane.store import SqliteStore
 
 from .agent_kit import Client, add_service, set_endpoints
 
@@ -26,13 +25,6 @@ CONFIG = DataplaneConfig(instance="pytest-dp-build", ct_size=1024, max_services=
                          max_slots=1024)
 A = ["10.244.1.1", "10.244.1.2", "10.244.1.3"]
 B = ["10.244.2.1"]
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = SqliteStore(tmp_path / "store.db")
-    yield s
-    s.close()
 
 
 @pytest.fixture
