@@ -7,11 +7,15 @@ PY := $(VENV)/bin/python
 setup:
 	@bash scripts/setup.sh
 
+# Each test is bounded (TEST_TIMEOUT seconds; the slowest takes about a minute): a test that
+# hangs fails alone, with every thread's stack, instead of holding the run to CI's limit.
+TEST_TIMEOUT ?= 600
+
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --timeout=$(TEST_TIMEOUT) tests
 
 test-unit: setup
-	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q --timeout=$(TEST_TIMEOUT) tests/unit
 
 demo: setup
 	$(VENV)/bin/svcctl demo

@@ -197,8 +197,13 @@ class EtcdClient:
         while True:
             member = self._member()
             try:
+                # The read timeout bounds the wait for the answer's headers: etcd's gateway
+                # sends them with the watch's first response ("created"), at once on a
+                # healthy member. A member that never answers would otherwise hold this
+                # call forever. WatchStream lifts the timeout for the stream itself, which
+                # is quiet for as long as nothing changes.
                 response = member.session.post(member.get_url("/watch"), json={"create_request": request},
-                                               stream=True, timeout=(self.timeout, None))
+                                               stream=True, timeout=self.timeout)
                 if response.status_code != 200:
                     raise EtcdRequestError(_error_message_text(response.text))
                 return WatchStream(response)
@@ -240,6 +245,8 @@ class WatchStream:
         self._response = response
         connection = getattr(response.raw, "connection", None)
         self._socket = getattr(connection, "sock", None)   # shut down to wake the reader on close
+        if self._socket is not None:   # (always, with requests' adapters and ours; without
+            self._socket.settimeout(None)   # it a quiet stream would time out and be reopened)
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._closed = False
         self._thread = threading.Thread(target=self._read, name="etcd-watch", daemon=True)

@@ -4,6 +4,8 @@ etcd restart, and allocations from two processes at once."""
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
 import threading
 from pathlib import Path
 
@@ -209,3 +211,50 @@ def test_a_request_tries_every_member_even_past_its_deadline(etcd_server: EtcdSe
         pass
     with pytest.raises(EtcdUnavailable):
         EtcdClient(parse_endpoints(f"etcd://{dead},127.0.0.1:{free_port()}"), retry_for=0.0).range("/registry/")
+
+
+def test_a_watch_on_a_frozen_member_gives_up_and_fails_over(tmp_path: Path, etcd_server: EtcdServer) -> None:
+    """A member stopped with SIGSTOP still completes TCP handshakes (the kernel does) but
+    never answers: opening a watch on it ends after the client's timeout — on the next
+    member when there is one, with EtcdUnavailable when there is not — never hangs."""
+    frozen = EtcdServer.start(tmp_path)
+    assert frozen.proc is not None
+    os.kill(frozen.proc.pid, signal.SIGSTOP)
+    try:
+        here = f"127.0.0.1:{frozen.client_port}"
+        live = etcd_server.url.removeprefix("etcd://")
+        outcome: list[object] = []
+
+        def open_watch(url: str) -> None:
+            client = EtcdClient(parse_endpoints(url), timeout=0.5, retry_for=0.0)
+            try:
+                with client.watch("/registry/", "/registry0", start_revision=0) as stream:
+                    outcome.append(stream.next(5))
+            except EtcdUnavailable as exc:
+                outcome.append(exc)
+
+        for url in (f"etcd://{here},{live}", f"etcd://{here}"):
+            outcome.clear()
+            thread = threading.Thread(target=open_watch, args=(url,), daemon=True)
+            thread.start()
+            thread.join(10)
+            assert not thread.is_alive(), f"a watch through {url} still waits on the frozen member"
+            if "," in url:
+                assert isinstance(outcome[0], dict) and outcome[0].get("created")
+            else:
+                assert isinstance(outcome[0], EtcdUnavailable)
+    finally:
+        os.kill(frozen.proc.pid, signal.SIGCONT)
+        frozen.stop()
+
+
+def test_a_quiet_watch_stream_outlives_the_request_timeout(store: EtcdStore, etcd_server: EtcdServer) -> None:
+    """The timeout that bounds opening a watch does not cut the stream: nothing happens for
+    several timeouts, then a write still arrives on the same stream."""
+    client = EtcdClient(parse_endpoints(etcd_server.url), timeout=0.3)
+    with client.watch("/registry/", "/registry0", start_revision=0) as stream:
+        assert stream.next(5)["created"]
+        assert stream.next(1.5) is None                    # five timeouts of silence
+        store.create(svc("late"))
+        events = stream.next(5)["events"]
+        assert unb64(events[0]["kv"]["key"]) == "/registry/services/default/late"
