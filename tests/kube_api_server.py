@@ -40,6 +40,7 @@ import json
 import re
 import select
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -81,6 +82,17 @@ def status(code: int, reason: str, message: str) -> dict[str, Any]:
             "message": message, "reason": reason, "code": code}
 
 
+class _HttpServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-request (a watch given up, a test's client closed) is
+        routine, as it is for the API server; anything else is printed as usual."""
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
+
+
 class KubeApiServer:
     def __init__(self) -> None:
         self.revision = 1
@@ -96,8 +108,7 @@ class KubeApiServer:
         self.compact_after_page = False   # compact right after serving the next first page
         self._reachable = threading.Event()   # cleared by hold(): requests wait at the door
         self._reachable.set()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._httpd.daemon_threads = True
+        self._httpd = _HttpServer(("127.0.0.1", 0), _handler(self))
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="kube-api", daemon=True)
 
     # ---- lifecycle ------------------------------------------------------------------
