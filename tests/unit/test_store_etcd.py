@@ -1,6 +1,7 @@
 """EtcdStore on a real etcd: the Kubernetes key layout, resourceVersion = mod_revision, commit
 races, transactions larger than etcd's limits, compaction -> Gone, a watch that survives an
-etcd restart, and allocations from two processes at once."""
+etcd restart, allocations from two processes at once, and a watch opened on a frozen member
+(bounded, failing over) whose stream, once open, has no timeout."""
 from __future__ import annotations
 
 import multiprocessing
