@@ -72,6 +72,9 @@ ENDPOINTS = 2
 UDP_PORT, TCP_PORT = 53, 80
 SUITE = "stack"
 TRAFGEN_MAX_PPS = 3_000_000            # bounds trafgen's packet count (-n) as a safety net
+# SVCXDP_BENCH_CT_UNCONFIRMED=N: both XDP sides built with N ct_unconfirmed entries (the
+# agent's --ct-unconfirmed-size) instead of the default; recorded in the results.
+CT_UNCONFIRMED = int(os.environ.get("SVCXDP_BENCH_CT_UNCONFIRMED", "0")) or None
 
 # xdp: the default build (FIB lookup + redirect straight to the egress veth); xdp_stack:
 # the --no-fib-redirect build (XDP_PASS to the node's stack after the rewrite); floor: no
@@ -152,13 +155,14 @@ class Stack:
         for t in (self.x, self.i):
             t.up()
         t0 = time.perf_counter()
-        self.dp = Dataplane.load(DataplaneConfig(instance="bench-stack", pin=False))
+        self.dp = Dataplane.load(DataplaneConfig(instance="bench-stack", pin=False, ct_unconfirmed=CT_UNCONFIRMED))
         self.setup["xdp_load_s"] = round(time.perf_counter() - t0, 3)
+        self.setup["ct_unconfirmed_entries"] = self.dp.config.ct_unconfirmed_size
         self.writer = MapWriter(self.dp)
         for dev in ("n-cl", "n-be"):   # their peers run XDP programs (cl0: pass, be0: the sink)
             assert self.dp.allow_redirect(netlab.ifindex(self.x.node, dev), self.x.node)
         self.dp_stack = Dataplane.load(DataplaneConfig(instance="bench-stack-stack", pin=False,
-                                                       fib_redirect=False))
+                                                       fib_redirect=False, ct_unconfirmed=CT_UNCONFIRMED))
         self.writer_stack = MapWriter(self.dp_stack)
         floor_redirect, self.floor_fd = netlab.load_redirect_floor(self.x.node)
         self.bpfs.append(floor_redirect)

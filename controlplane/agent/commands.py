@@ -61,6 +61,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "with --attach-points in native mode (the only way a device becomes a target), "
                         "off otherwise, so no packet pays a lookup that can only end in the stack")
     p.add_argument("--ct-size", type=int, help="conntrack entries (default 1048576)")
+    p.add_argument("--ct-unconfirmed-size", type=int, metavar="N",
+                   help="entries of ct_unconfirmed, where flows wait until their second packet "
+                        "(default: a quarter of --ct-size). Smaller, down to what fits the CPU's L2 "
+                        "cache, makes every first packet cheaper; but under a flood of spoofed first "
+                        "packets a handshake's entry lasts N / flood rate, which must outlast the "
+                        "client's round trip")
     p.add_argument("--tcp-timeout", type=int, metavar="S",
                    help="idle timeout of an established TCP flow, seconds (default 21600)")
     p.add_argument("--tcp-close-timeout", type=int, metavar="S",
@@ -114,9 +120,11 @@ def run(args: argparse.Namespace) -> int:
         log.error("--socket-reap-interval %s: must be a number of seconds >= 0 (0: no periodic sweep)",
                   args.socket_reap_interval)
         return 2
-    sizes = {"ct_size": args.ct_size, "tcp_timeout_s": args.tcp_timeout,
-             "tcp_close_timeout_s": args.tcp_close_timeout, "udp_timeout_s": args.udp_timeout}
-    extra = {k: v for k, v in sizes.items() if v is not None}
+    try:
+        extra = dataplane_sizes(args)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
     redirect, why = fib_redirect_choice(args)
     log.info("forwarding: %s (%s)", "FIB lookup + redirect to targets" if redirect else "the node's stack", why)
     config = DataplaneConfig(instance=args.instance or args.node, fib_redirect=redirect, **extra)
@@ -193,6 +201,20 @@ def run(args: argparse.Namespace) -> int:
         feed.close()
     log.info("agent stopping; the dataplane stays attached and pinned")
     return 0
+
+
+def dataplane_sizes(args: argparse.Namespace) -> dict[str, int]:
+    """The DataplaneConfig fields the table-size and timeout flags set (those given);
+    ValueError naming the flag of a value that is not a positive integer."""
+    flags = {"ct_size": ("--ct-size", args.ct_size),
+             "ct_unconfirmed": ("--ct-unconfirmed-size", args.ct_unconfirmed_size),
+             "tcp_timeout_s": ("--tcp-timeout", args.tcp_timeout),
+             "tcp_close_timeout_s": ("--tcp-close-timeout", args.tcp_close_timeout),
+             "udp_timeout_s": ("--udp-timeout", args.udp_timeout)}
+    for flag, value in flags.values():
+        if value is not None and value <= 0:
+            raise ValueError(f"{flag} {value}: must be a positive integer")
+    return {field: value for field, (_, value) in flags.items() if value is not None}
 
 
 def fib_redirect_choice(args: argparse.Namespace) -> tuple[bool, str]:

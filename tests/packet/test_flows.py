@@ -3,6 +3,7 @@ backend changes mid-flow, fragments, ICMP errors, capacity and adoption."""
 from __future__ import annotations
 
 import collections
+import ctypes as ct
 import time
 
 import pytest
@@ -263,6 +264,29 @@ def test_conntrack_idle_timeout_then_new_selection():
         assert backend_of(h, udp(sport=52000)) == first
         time.sleep(2.2)
         assert backend_of(h, udp(sport=52000)) != first
+    finally:
+        dp.close()
+
+
+def test_ct_unconfirmed_takes_the_size_it_is_given():
+    """`ct_unconfirmed` (--ct-unconfirmed-size) sizes the table of one-packet flows apart from
+    conntrack: the map has exactly that many entries, the oldest one-packet flows make room
+    for new ones, and a flow still held is kept on its backend by its second packet."""
+    from controlplane.dataplane.libbpf import lookup_batches_raw, map_info
+    dp = Dataplane.load(DataplaneConfig(instance="pytest-unconfirmed", pin=False, ct_size=4096,
+                                        ct_unconfirmed=64, max_services=64, max_backends=64, max_slots=64))
+    try:
+        table = dp.table("ct_unconfirmed")
+        assert map_info(table.map_fd).max_entries == 64
+        assert map_info(dp.table("conntrack").map_fd).max_entries == 4096
+        h = Harness(dp)
+        h.service(port=53, protocol="UDP", algorithm="rr")
+        firsts = [backend_of(h, udp(sport=sport)) for sport in range(50000, 50300)]
+        held = sum(n for _, _, n in lookup_batches_raw(table.map_fd, ct.sizeof(table.Key), ct.sizeof(table.Leaf)))
+        assert 0 < held <= 64
+        # rr hands the next new flow the next backend: the newest flow's second packet
+        # returns to its own only if its entry is still there
+        assert backend_of(h, udp(sport=50299)) == firsts[-1]
     finally:
         dp.close()
 

@@ -1,4 +1,5 @@
-"""The agent command refuses a bad interval before it loads anything, naming the flag."""
+"""The agent command refuses a bad interval or table size before it loads anything, naming
+the flag."""
 from __future__ import annotations
 
 import subprocess
@@ -11,6 +12,9 @@ import pytest
     (["--ct-gc-interval", "-1"], "--ct-gc-interval -1.0: must be a number of seconds >= 0"),
     (["--socket-reap-interval", "-5"], "--socket-reap-interval -5.0: must be a number of seconds >= 0"),
     (["--socket-reap-interval", "nan"], "--socket-reap-interval nan: must be a number of seconds >= 0"),
+    (["--ct-size", "-1"], "--ct-size -1: must be a positive integer"),
+    (["--ct-unconfirmed-size", "0"], "--ct-unconfirmed-size 0: must be a positive integer"),
+    (["--udp-timeout", "0"], "--udp-timeout 0: must be a positive integer"),
 ])
 def test_a_bad_interval_is_refused_before_loading_anything(argv, message):
     out = subprocess.run([sys.executable, "-m", "controlplane.cli", "agent", "--node", "n1",

@@ -1,0 +1,34 @@
+"""Table sizes from the agent's flags to the build: `--ct-unconfirmed-size` sizes the table
+of one-packet flows apart from `--ct-size` (default a quarter of it), and reaches the cflags
+(the map itself: tests/packet/test_flows.py)."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from controlplane.agent import commands
+from controlplane.dataplane.config import ConfigError, DataplaneConfig
+
+
+def _config(*argv: str) -> DataplaneConfig:
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers())
+    args = parser.parse_args(["agent", "--node", "node1", *argv])
+    return DataplaneConfig(instance="node1", **commands.dataplane_sizes(args))
+
+
+def test_ct_unconfirmed_is_a_quarter_of_the_conntrack_unless_given():
+    assert _config().ct_unconfirmed_size == DataplaneConfig().ct_size // 4
+    assert _config("--ct-size", "65536").ct_unconfirmed_size == 16384
+    given = _config("--ct-size", "65536", "--ct-unconfirmed-size", "1000")
+    assert (given.ct_size, given.ct_unconfirmed_size) == (65536, 1000)
+    assert "-DSVCXDP_CT_UNCONFIRMED_SIZE=1000" in given.cflags()
+    assert "-DSVCXDP_CT_SIZE=65536" in given.cflags()
+
+
+def test_a_size_that_is_not_positive_names_its_flag_or_field():
+    with pytest.raises(ValueError, match="--ct-unconfirmed-size -3: must be a positive integer"):
+        _config("--ct-unconfirmed-size", "-3")
+    with pytest.raises(ConfigError, match="ct_unconfirmed: must be a positive integer"):
+        DataplaneConfig(ct_unconfirmed=0)
