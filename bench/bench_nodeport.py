@@ -141,8 +141,10 @@ class NodePortBench:
                 netlab.delete_ns(ns)   # left by a crashed earlier run (exact names)
             t.up()
         t0 = time.perf_counter()
-        self.dp = Dataplane.load(DataplaneConfig(instance="bench-nodeport", pin=False))
+        self.dp = Dataplane.load(DataplaneConfig(instance="bench-nodeport", pin=False,
+                                                 ct_unconfirmed=bench_stack.CT_UNCONFIRMED))
         self.setup["xdp_load_s"] = round(time.perf_counter() - t0, 3)
+        self.setup["ct_unconfirmed_entries"] = self.dp.config.ct_unconfirmed_size
         self.writer = MapWriter(self.dp)
         floor_bpf, floor_fd = load_floor_program()
         self.bpfs.append(floor_bpf)
