@@ -116,8 +116,8 @@ class Agent:
         pending: list[tuple[ServiceState, ServiceState | None, str, ServiceKey]] = []
         gone: dict[Frontend, str] = {}   # removed in one batched pass (writer.delete_many)
         left: list[tuple[ServiceState, ServiceState | None]] = []   # (old, new) for udp_backends_left
+        owners = self._owners
         for key, want in wants.items():
-            owners = self._owners
             if any(owners.get(fe) != owner for fe, owner in want.owners.items()):
                 owners.update(want.owners)
                 self.owners_version += 1

@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 
-from controlplane.dataplane.layout import ALGORITHMS
+from controlplane.dataplane.layout import ALGORITHMS, const
 from controlplane.errors import CommandError
 from controlplane.gcpause import hold_long_lived
 from controlplane.store.paths import add_store_flags
@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ct-size", type=int, help="conntrack entries (default 1048576)")
     p.add_argument("--ct-unconfirmed-size", type=int, metavar="N",
                    help="entries of ct_unconfirmed, where flows wait until their second packet "
-                        "(default: a quarter of --ct-size). Smaller, down to what fits the CPU's L2 "
+                        f"(default: --ct-size / {const('CT_UNCONFIRMED_SHARE')}). Smaller, down to what fits the CPU's L2 "
                         "cache, makes every first packet cheaper; but under a flood of spoofed first "
                         "packets a handshake's entry lasts N / flood rate, which must outlast the "
                         "client's round trip")

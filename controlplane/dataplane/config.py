@@ -52,7 +52,7 @@ class DataplaneConfig:
     max_backends: int = const("DEFAULT_MAX_BACKENDS")
     max_slots: int = const("DEFAULT_MAX_SLOTS")
     ct_size: int = const("DEFAULT_CT_SIZE")
-    # Entries of ct_unconfirmed (flows that sent one packet so far); None: ct_size / 4.
+    # Entries of ct_unconfirmed (flows that sent one packet so far); None: a share of ct_size.
     ct_unconfirmed: int | None = None
     frag_size: int = const("DEFAULT_FRAG_SIZE")
     affinity_size: int = const("DEFAULT_AFFINITY_SIZE")  # ClientIP entries (docs/affinity.md)
@@ -69,13 +69,13 @@ class DataplaneConfig:
     def __post_init__(self) -> None:
         if not _INSTANCE.match(self.instance):
             raise ConfigError(f"instance {self.instance!r}: must be 1-40 lower-case letters, digits or '-'")
-        for name in ("max_services", "max_backends", "max_slots", "ct_size", "frag_size", "affinity_size",
-                     "sock_revnat_size", "tcp_timeout_s", "tcp_close_timeout_s", "udp_timeout_s"):
+        for name in ("max_services", "max_backends", "max_slots", "ct_size", "ct_unconfirmed", "frag_size",
+                     "affinity_size", "sock_revnat_size", "tcp_timeout_s", "tcp_close_timeout_s", "udp_timeout_s"):
             value = getattr(self, name)
+            if value is None and name == "ct_unconfirmed":   # (the default: a share of ct_size)
+                continue
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
-        if self.ct_unconfirmed is not None and (not isinstance(self.ct_unconfirmed, int) or self.ct_unconfirmed <= 0):
-            raise ConfigError(f"ct_unconfirmed: must be a positive integer, got {self.ct_unconfirmed!r}")
 
     @property
     def svc_id_slots(self) -> int:

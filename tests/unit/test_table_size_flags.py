@@ -1,5 +1,6 @@
 """Table sizes from the agent's flags to the build: `--ct-unconfirmed-size` sizes the table
-of one-packet flows apart from `--ct-size` (default a quarter of it), and reaches the cflags
+of one-packet flows apart from `--ct-size` (default a share of it, CT_UNCONFIRMED_SHARE in
+bpf/svcxdp.h), and reaches the cflags
 (the map itself: tests/packet/test_flows.py)."""
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import pytest
 
 from controlplane.agent import commands
 from controlplane.dataplane.config import ConfigError, DataplaneConfig
+from controlplane.dataplane.layout import const
+
+SHARE = const("CT_UNCONFIRMED_SHARE")
 
 
 def _config(*argv: str) -> DataplaneConfig:
@@ -18,9 +22,9 @@ def _config(*argv: str) -> DataplaneConfig:
     return DataplaneConfig(instance="node1", **commands.dataplane_sizes(args))
 
 
-def test_ct_unconfirmed_is_a_quarter_of_the_conntrack_unless_given():
-    assert _config().ct_unconfirmed_size == DataplaneConfig().ct_size // 4
-    assert _config("--ct-size", "65536").ct_unconfirmed_size == 16384
+def test_ct_unconfirmed_is_a_share_of_the_conntrack_unless_given():
+    assert _config().ct_unconfirmed_size == DataplaneConfig().ct_size // SHARE
+    assert _config("--ct-size", "65536").ct_unconfirmed_size == 65536 // SHARE
     given = _config("--ct-size", "65536", "--ct-unconfirmed-size", "1000")
     assert (given.ct_size, given.ct_unconfirmed_size) == (65536, 1000)
     assert "-DSVCXDP_CT_UNCONFIRMED_SIZE=1000" in given.cflags()
