@@ -4,15 +4,23 @@
  * tracking. An entry is refreshed at most once a second, so an established flow
  * costs a compare, not a store, on most packets.
  *
- * Two tables, one policy against floods: a flow's first packet records it in
- * ct_unconfirmed; its second forward packet (for TCP: one with ACK and without
- * SYN, i.e. the handshake's last packet or later) moves it to conntrack
+ * Two kinds of table, one policy against floods: a flow's first packet records it
+ * in an unconfirmed table; its second forward packet (for TCP: one with ACK and
+ * without SYN, i.e. the handshake's last packet or later) moves it to conntrack
  * (ct_confirm). A flood of spoofed one-packet flows — a SYN flood, retransmitted
  * SYNs included, or single datagrams — can then only evict other unconfirmed
- * flows, never an established one. Readers look in conntrack, then in
- * ct_unconfirmed (ct_lookup). A flood that sends a second packet for each spoofed
- * tuple (a blind SYN then ACK) still confirms its flows: the handshake's ACK
- * number is not checked.
+ * flows, never an established one. Readers look in conntrack, then in the
+ * unconfirmed tables (ct_lookup). A flood that sends a second packet for each
+ * spoofed tuple (a blind SYN then ACK) still confirms its flows: the handshake's
+ * ACK number is not checked.
+ *
+ * The unconfirmed table is the entry point's (ctu_*): ct_unconfirmed_pod for flows
+ * from pods, small and cache-resident, since their handshakes complete within an
+ * in-cluster round trip; ct_unconfirmed for flows from outside, large, so a far
+ * client's handshake outlives a flood (svcxdp.h). A flow's forward packets always
+ * come in through the same entry point, so its own lookups name the table; a reply
+ * may come in through the other one (a NodePort flow to a local pod answers from
+ * the pod's side), so reply-side lookups look in both.
  *
  * A bare TCP SYN (SYN without ACK) starts a connection, so it does not look in
  * conntrack (handle_service): that miss, a cold bucket line in a table of a million
@@ -135,6 +143,46 @@ static __always_inline int ct_bare_syn(__u8 proto, __u8 tcp_flags)
 	return proto == IPPROTO_TCP && (tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN;
 }
 
+/* The unconfirmed table of an entry point (conntrack.h, top). `external` is a
+ * constant in each program, so each keeps only its own table's calls. */
+static __always_inline struct ct_value *ctu_lookup(int external, struct ct_key *k)
+{
+	if (external)
+		return ct_unconfirmed.lookup(k);
+	return ct_unconfirmed_pod.lookup(k);
+}
+
+/* Insert only if the key has no entry (BPF_NOEXIST); 0 when inserted. */
+static __always_inline long ctu_insert(int external, struct ct_key *k, struct ct_value *v)
+{
+	if (external)
+		return ct_unconfirmed.insert(k, v);
+	return ct_unconfirmed_pod.insert(k, v);
+}
+
+static __always_inline long ctu_update(int external, struct ct_key *k, struct ct_value *v)
+{
+	if (external)
+		return ct_unconfirmed.update(k, v);
+	return ct_unconfirmed_pod.update(k, v);
+}
+
+static __always_inline void ctu_delete(int external, struct ct_key *k)
+{
+	if (external)
+		ct_unconfirmed.delete(k);
+	else
+		ct_unconfirmed_pod.delete(k);
+}
+
+/* Either unconfirmed table, for lookups that do not know the flow's entry point (a
+ * reply): the pods' first, the small one, which the most new flows use. */
+static __always_inline struct ct_value *ctu_lookup_any(struct ct_key *k)
+{
+	struct ct_value *u = ct_unconfirmed_pod.lookup(k);
+	return u ? u : ct_unconfirmed.lookup(k);
+}
+
 /* A flow's entry, confirmed or not: the confirmed one while it is current, else an
  * unconfirmed one (a newer connection on the tuple) if there is one. */
 static __always_inline struct ct_value *ct_lookup(struct ct_key *k)
@@ -142,7 +190,7 @@ static __always_inline struct ct_value *ct_lookup(struct ct_key *k)
 	struct ct_value *v = conntrack.lookup(k);
 	if (v && ct_current(v, bpf_ktime_get_coarse_ns(), k->proto))
 		return v;
-	struct ct_value *u = ct_unconfirmed.lookup(k);
+	struct ct_value *u = ctu_lookup_any(k);
 	return u ? u : v;
 }
 
@@ -198,21 +246,22 @@ static __always_inline void ct_confirm_entry(struct ct_key *k, struct ct_value *
 }
 
 /* Move a flow (already refreshed by this packet) and its reply entry, if it has
- * one, from ct_unconfirmed to conntrack. */
-static __always_inline void ct_confirm(struct ct_key *fwd, const struct ct_value *v, __u64 now)
+ * one, from its entry point's unconfirmed table to conntrack. */
+static __always_inline void ct_confirm(int external, struct ct_key *fwd, const struct ct_value *v,
+				       __u64 now)
 {
 	struct ct_value copy = *v;
 	struct ct_key rk;
 	ct_key_set(&rk, copy.nat_ip, fwd->src, copy.nat_port, fwd->sport, fwd->proto,
 		   SVCXDP_CT_DIR_REPLY);
 	ct_confirm_entry(fwd, &copy, now);
-	struct ct_value *rv = ct_unconfirmed.lookup(&rk);
+	struct ct_value *rv = ctu_lookup(external, &rk);
 	if (rv) {
 		struct ct_value rcopy = *rv;
 		ct_confirm_entry(&rk, &rcopy, now);
-		ct_unconfirmed.delete(&rk);
+		ctu_delete(external, &rk);
 	}
-	ct_unconfirmed.delete(fwd);
+	ctu_delete(external, fwd);
 }
 
 /* Does a reply from this backend need its own conntrack entry? Only when its address
@@ -238,8 +287,8 @@ static __always_inline int ct_needs_reply_entry(const struct backend *b)
  * tuple's dead (expired, reopened or stale) entry is, CT_IN_* — it is overwritten
  * there; two CPUs replacing one dead entry at the same instant can still both
  * write (the later one stands), since a map update cannot compare-and-swap. A new
- * flow goes to ct_unconfirmed. */
-static __always_inline struct ct_value *ct_create(const struct ct_key *fwd, __be32 vip,
+ * flow goes to the unconfirmed table of the entry point it came in through. */
+static __always_inline struct ct_value *ct_create(int external, struct ct_key *fwd, __be32 vip,
 						  __be16 vport, const struct backend *b,
 						  __u32 backend_id, __u32 svc_id, __u64 now,
 						  __u8 tcp_flags, int counted, int dead,
@@ -261,17 +310,17 @@ static __always_inline struct ct_value *ct_create(const struct ct_key *fwd, __be
 		v.flags |= SVCXDP_CT_F_SNAT;
 	int busy;
 	if (dead == CT_IN_CONFIRMED)
-		busy = conntrack.update((struct ct_key *)fwd, &v);
+		busy = conntrack.update(fwd, &v);
 	else if (dead == CT_IN_UNCONFIRMED)
-		busy = ct_unconfirmed.update((struct ct_key *)fwd, &v);
+		busy = ctu_update(external, fwd, &v);
 	else
-		busy = ct_unconfirmed.insert((struct ct_key *)fwd, &v);  /* BPF_NOEXIST */
+		busy = ctu_insert(external, fwd, &v);
 	if (busy) {
-		struct ct_value *first = ct_lookup((struct ct_key *)fwd);
+		struct ct_value *first = ct_lookup(fwd);
 		if (first)
 			return first;
 		/* Gone again already (evicted): this packet's choice is as good. */
-		if (ct_unconfirmed.update((struct ct_key *)fwd, &v))
+		if (ctu_update(external, fwd, &v))
 			return NULL;
 		dead = CT_IN_UNCONFIRMED;
 	}
@@ -287,7 +336,7 @@ static __always_inline struct ct_value *ct_create(const struct ct_key *fwd, __be
 	if (dead == CT_IN_CONFIRMED)
 		conntrack.update(&rk, &v);
 	else
-		ct_unconfirmed.update(&rk, &v);
+		ctu_update(external, &rk, &v);
 	return NULL;
 }
 
@@ -328,7 +377,7 @@ static __always_inline int ct_match_reply(__be32 backend, __be16 bport, __be32 c
 	if (v && (v->nat_ip != backend || v->nat_port != bport))
 		/* The tuple's confirmed connection went elsewhere: a newer connection on it,
 		 * whose bare SYN did not look in conntrack, may be this backend's. */
-		v = ct_unconfirmed.lookup(&m->key);
+		v = ctu_lookup_any(&m->key);
 	if (!v || v->nat_ip != backend || v->nat_port != bport)
 		return 0;
 	m->v = v;

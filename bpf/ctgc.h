@@ -2,7 +2,7 @@
 /*
  * ctgc.h — idle-flow garbage collection of the conntrack tables, ahead of need.
  *
- * Both tables are LRU maps: nothing else removes an entry whose flow went idle or
+ * All three tables are LRU maps: nothing else removes an entry whose flow went idle or
  * closed, so on a busy node they fill up with dead flows and every new flow's insert
  * then pays an eviction (the LRU refills its free list by evicting up to 128 cold
  * entries at a time: the 50-80 us calls of bench/results/datapath-notes.md). The agent
@@ -60,7 +60,7 @@ static __always_inline int ct_gc_forward_live(struct ct_key *fk, __u64 now)
 	struct ct_value *f = conntrack.lookup(fk);
 	if (f && !ct_gc_expired(f, now, fk->proto))
 		return 1;
-	f = ct_unconfirmed.lookup(fk);
+	f = ctu_lookup_any(fk);
 	return f && !ct_gc_expired(f, now, fk->proto);
 }
 
@@ -81,10 +81,14 @@ static __always_inline int ct_gc_needed(const struct ct_key *k, const struct ct_
 
 /* Judge one entry and remove it if dead: 1 deleted, 0 kept, -1 not there (any more).
  * With `locate`, nothing is removed: *where gets the dead entry's element address. */
-static __always_inline int ct_gc_one(struct ct_key *k, int unconfirmed, __u64 now, int locate,
+static __always_inline int ct_gc_one(struct ct_key *k, __u32 table, __u64 now, int locate,
 				     __u64 *where)
 {
-	struct ct_value *v = unconfirmed ? ct_unconfirmed.lookup(k) : conntrack.lookup(k);
+	struct ct_value *v;
+	if (table == SVCXDP_CT_GC_CONFIRMED)
+		v = conntrack.lookup(k);
+	else
+		v = ctu_lookup(table == SVCXDP_CT_GC_UNCONFIRMED, k);
 	if (!v)
 		return -1;
 	if (!ct_gc_expired(v, now, k->proto) || ct_gc_needed(k, v, now))
@@ -95,7 +99,13 @@ static __always_inline int ct_gc_one(struct ct_key *k, int unconfirmed, __u64 no
 	}
 	if (k->dir == SVCXDP_CT_DIR_FORWARD)
 		ct_uncount(v);
-	long rc = unconfirmed ? ct_unconfirmed.delete(k) : conntrack.delete(k);
+	long rc;
+	if (table == SVCXDP_CT_GC_CONFIRMED)
+		rc = conntrack.delete(k);
+	else if (table == SVCXDP_CT_GC_UNCONFIRMED)
+		rc = ct_unconfirmed.delete(k);
+	else
+		rc = ct_unconfirmed_pod.delete(k);
 	return rc == 0 ? 1 : -1;
 }
 
@@ -117,7 +127,7 @@ int svcxdp_ct_gc(struct xdp_md *ctx)
 	if ((void *)(req + 1) > end)
 		return XDP_ABORTED;
 	__u32 count = req->count;
-	int unconfirmed = req->table == SVCXDP_CT_GC_UNCONFIRMED;
+	__u32 table = req->table;
 	int locate = req->op == SVCXDP_CT_GC_OP_LOCATE;
 	__u64 now = bpf_ktime_get_coarse_ns();
 	/* The counts live in the request (packet memory, whose values the verifier does not
@@ -137,7 +147,7 @@ int svcxdp_ct_gc(struct xdp_md *ctx)
 			break;
 		struct ct_key k = *pk;
 		__u64 where = 0;
-		int r = ct_gc_one(&k, unconfirmed, now, locate, &where);
+		int r = ct_gc_one(&k, table, now, locate, &where);
 		if (locate)
 			*(__u64 *)pk = where;
 		if (r == 1)

@@ -28,6 +28,9 @@
 #ifndef SVCXDP_CT_UNCONFIRMED_SIZE
 #define SVCXDP_CT_UNCONFIRMED_SIZE (SVCXDP_CT_SIZE / SVCXDP_CT_UNCONFIRMED_SHARE)
 #endif
+#ifndef SVCXDP_CT_UNCONFIRMED_POD_SIZE
+#define SVCXDP_CT_UNCONFIRMED_POD_SIZE SVCXDP_DEFAULT_CT_UNCONFIRMED_POD
+#endif
 #ifndef SVCXDP_FRAG_SIZE
 #define SVCXDP_FRAG_SIZE SVCXDP_DEFAULT_FRAG_SIZE
 #endif
@@ -67,8 +70,13 @@ SVCXDP_MAP("hash", struct revnat_key, struct revnat_value, rev_nat, SVCXDP_MAX_B
  * full table evicts the oldest. */
 SVCXDP_MAP("lru_hash", struct ct_key, struct ct_value, conntrack, SVCXDP_CT_SIZE);
 /* The same for flows that have not yet sent a second packet (conntrack.h, ct_confirm):
- * a flood of spoofed one-packet flows evicts only its own kind here. */
+ * a flood of spoofed one-packet flows evicts only its own kind here. One table per
+ * kind of entry point (svcxdp.h, SVCXDP_CT_UNCONFIRMED_SHARE): ct_unconfirmed for the
+ * external one (NodePort, LB and external IPs, their SNAT reply entries included),
+ * ct_unconfirmed_pod for the pod-facing one. */
 SVCXDP_MAP("lru_hash", struct ct_key, struct ct_value, ct_unconfirmed, SVCXDP_CT_UNCONFIRMED_SIZE);
+SVCXDP_MAP("lru_hash", struct ct_key, struct ct_value, ct_unconfirmed_pod,
+	   SVCXDP_CT_UNCONFIRMED_POD_SIZE);
 /* How the first fragment of a datagram was translated, for the later ones. */
 SVCXDP_MAP("lru_hash", struct frag_key, struct frag_value, fragments, SVCXDP_FRAG_SIZE);
 /* Round-robin cursor per service id (atomic add, exact order across CPUs). */

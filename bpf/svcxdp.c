@@ -189,7 +189,7 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 	if (external || !ct_bare_syn(k.proto, l4->tcp_flags))
 		v = conntrack.lookup(&k);
 	if (!v || !ct_current(v, now, k.proto)) {
-		struct ct_value *u = ct_unconfirmed.lookup(&k);
+		struct ct_value *u = ctu_lookup(external, &k);
 		if (u) {
 			v = u;
 			where = CT_IN_UNCONFIRMED;
@@ -209,7 +209,7 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 				snat.port = v->peer_port;
 			}
 			if (where == CT_IN_UNCONFIRMED && ct_confirms(k.proto, l4->tcp_flags))
-				ct_confirm(&k, v, now);
+				ct_confirm(external, &k, v, now);
 			/* An unconfirmed SNATed flow may have lost its port (nodeport.h). */
 			if (external && where == CT_IN_UNCONFIRMED && snat.ip)
 				np_pending_set(&k, svc->svc_id, 0, SVCXDP_NP_CHECK);
@@ -254,9 +254,9 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 		ev->main = SVCXDP_CNT_SLOT_MISS;
 		return XDP_DROP;
 	}
-	struct ct_value *first = ct_create(&k, ip->daddr, *l4->dport, b, backend_id, svc->svc_id,
-					   now, l4->tcp_flags, alg_counts_conns(svc->algorithm), where,
-					   0, 0);
+	struct ct_value *first = ct_create(external, &k, ip->daddr, *l4->dport, b, backend_id,
+					   svc->svc_id, now, l4->tcp_flags,
+					   alg_counts_conns(svc->algorithm), where, 0, 0);
 	if (first) {
 		/* Another CPU recorded this flow's first packet a moment ago: follow it. */
 		if (external && (first->flags & SVCXDP_CT_F_SNAT)) {

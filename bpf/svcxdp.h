@@ -148,9 +148,15 @@
 #define SVCXDP_DEFAULT_MAX_BACKENDS 262144
 #define SVCXDP_DEFAULT_MAX_SLOTS 262144
 #define SVCXDP_DEFAULT_CT_SIZE 1048576
-/* Flows that have sent one packet wait in a table of their own, CT_SIZE / this
- * (conntrack.h): a flood of spoofed first packets churns it, not conntrack. */
+/* Flows that have sent one packet wait in a table of their own (conntrack.h): a
+ * flood of spoofed first packets churns it, not conntrack. External clients' flows
+ * wait in ct_unconfirmed, CT_SIZE / this: large, so a far client's handshake outlives
+ * a flood. Pods' flows, whose round trips stay inside the cluster, wait in
+ * ct_unconfirmed_pod, at most SVCXDP_DEFAULT_CT_UNCONFIRMED_POD entries (~1.8 MiB):
+ * small enough to stay in a CPU's L2, where a first packet's insert costs a fraction
+ * of one into a table that never stays in cache (datapath-notes §11). */
 #define SVCXDP_CT_UNCONFIRMED_SHARE 4
+#define SVCXDP_DEFAULT_CT_UNCONFIRMED_POD 16384
 #define SVCXDP_DEFAULT_FRAG_SIZE 8192
 #define SVCXDP_DEFAULT_AFFINITY_SIZE 262144  /* client IPs x affinity services (docs/affinity.md) */
 #define SVCXDP_DEFAULT_SOCK_REVNAT_SIZE 262144 /* (socket, backend) pairs, sock.h */
@@ -175,6 +181,7 @@
 #define SVCXDP_CT_GC_GRACE_S 2
 #define SVCXDP_CT_GC_CONFIRMED 0    /* ct_gc_request.table: conntrack */
 #define SVCXDP_CT_GC_UNCONFIRMED 1  /* ct_unconfirmed */
+#define SVCXDP_CT_GC_UNCONFIRMED_POD 2  /* ct_unconfirmed_pod */
 /* ct_gc_request.op. LOCATE deletes nothing: it writes over each key slot the address of
  * the entry's element if the entry is dead (0 otherwise), so the agent can delete in
  * address order — freed elements then go back to the LRU's free list in memory order,

@@ -62,11 +62,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "off otherwise, so no packet pays a lookup that can only end in the stack")
     p.add_argument("--ct-size", type=int, help="conntrack entries (default 1048576)")
     p.add_argument("--ct-unconfirmed-size", type=int, metavar="N",
-                   help="entries of ct_unconfirmed, where flows wait until their second packet "
-                        f"(default: --ct-size / {const('CT_UNCONFIRMED_SHARE')}). Smaller, down to what fits the CPU's L2 "
-                        "cache, makes every first packet cheaper; but under a flood of spoofed first "
-                        "packets a handshake's entry lasts N / flood rate, which must outlast the "
-                        "client's round trip")
+                   help="entries of ct_unconfirmed, where flows from outside the cluster (NodePort, "
+                        "LoadBalancer, external IPs) wait until their second packet (default: --ct-size / "
+                        f"{const('CT_UNCONFIRMED_SHARE')}). Smaller, down to what fits the CPU's L2 cache, makes "
+                        "every first packet cheaper; but under a flood of spoofed first packets a "
+                        "handshake's entry lasts N / flood rate, which must outlast the client's round trip")
+    p.add_argument("--ct-unconfirmed-pod-size", type=int, metavar="N",
+                   help="the same for flows from pods, ct_unconfirmed_pod (default: "
+                        f"{const('DEFAULT_CT_UNCONFIRMED_POD')}, at most the former: it stays in cache, and "
+                        "a pod's handshake completes within an in-cluster round trip)")
     p.add_argument("--tcp-timeout", type=int, metavar="S",
                    help="idle timeout of an established TCP flow, seconds (default 21600)")
     p.add_argument("--tcp-close-timeout", type=int, metavar="S",
@@ -208,6 +212,7 @@ def dataplane_sizes(args: argparse.Namespace) -> dict[str, int]:
     ValueError naming the flag of a value that is not a positive integer."""
     flags = {"ct_size": ("--ct-size", args.ct_size),
              "ct_unconfirmed": ("--ct-unconfirmed-size", args.ct_unconfirmed_size),
+             "ct_unconfirmed_pod": ("--ct-unconfirmed-pod-size", args.ct_unconfirmed_pod_size),
              "tcp_timeout_s": ("--tcp-timeout", args.tcp_timeout),
              "tcp_close_timeout_s": ("--tcp-close-timeout", args.tcp_close_timeout),
              "udp_timeout_s": ("--udp-timeout", args.udp_timeout)}

@@ -27,7 +27,7 @@ from .metric_names import (BACKEND_FAMILY, BACKEND_LABELS, CAPACITY, DATAPATH, E
 
 METRICS_PORT = 10249
 # Maps whose fill is worth watching: they fill with traffic or with services.
-FILL_MAPS = ("services", "conntrack", "ct_unconfirmed", "affinity", "fragments")
+FILL_MAPS = ("services", "conntrack", "ct_unconfirmed", "ct_unconfirmed_pod", "affinity", "fragments")
 
 
 # kube-proxy's buckets (0.25 s .. 5 min) below ms-scale ones: our changes land in milliseconds.

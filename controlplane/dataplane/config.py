@@ -52,8 +52,11 @@ class DataplaneConfig:
     max_backends: int = const("DEFAULT_MAX_BACKENDS")
     max_slots: int = const("DEFAULT_MAX_SLOTS")
     ct_size: int = const("DEFAULT_CT_SIZE")
-    # Entries of ct_unconfirmed (flows that sent one packet so far); None: a share of ct_size.
+    # Entries of the tables of flows that sent one packet so far (bpf/conntrack.h): from
+    # outside (ct_unconfirmed; None: a share of ct_size) and from pods (ct_unconfirmed_pod;
+    # None: SVCXDP_DEFAULT_CT_UNCONFIRMED_POD, at most the former).
     ct_unconfirmed: int | None = None
+    ct_unconfirmed_pod: int | None = None
     frag_size: int = const("DEFAULT_FRAG_SIZE")
     affinity_size: int = const("DEFAULT_AFFINITY_SIZE")  # ClientIP entries (docs/affinity.md)
     sock_revnat_size: int = const("DEFAULT_SOCK_REVNAT_SIZE")  # (socket, backend) pairs, bpf/sock.h
@@ -69,10 +72,11 @@ class DataplaneConfig:
     def __post_init__(self) -> None:
         if not _INSTANCE.match(self.instance):
             raise ConfigError(f"instance {self.instance!r}: must be 1-40 lower-case letters, digits or '-'")
-        for name in ("max_services", "max_backends", "max_slots", "ct_size", "ct_unconfirmed", "frag_size",
-                     "affinity_size", "sock_revnat_size", "tcp_timeout_s", "tcp_close_timeout_s", "udp_timeout_s"):
+        for name in ("max_services", "max_backends", "max_slots", "ct_size", "ct_unconfirmed",
+                     "ct_unconfirmed_pod", "frag_size", "affinity_size", "sock_revnat_size", "tcp_timeout_s",
+                     "tcp_close_timeout_s", "udp_timeout_s"):
             value = getattr(self, name)
-            if value is None and name == "ct_unconfirmed":   # (the default: a share of ct_size)
+            if value is None and name in ("ct_unconfirmed", "ct_unconfirmed_pod"):   # (their defaults)
                 continue
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
@@ -83,15 +87,33 @@ class DataplaneConfig:
 
     @property
     def ct_unconfirmed_size(self) -> int:
-        """Entries of ct_unconfirmed, the table of flows that sent one packet so far
-        (bpf/conntrack.h): `ct_unconfirmed` if set, else a fixed share of the conntrack
-        size. Every first packet inserts there: a table that fits the CPU's L2 cache makes
-        that insert cheap (UDP new flows +35 % in the bench's lab at 16,384 entries,
-        datapath-notes.md §11), but under a flood of spoofed first packets a handshake's
-        entry then lives entries / flood rate, which must outlast the client's round trip."""
+        """Entries of ct_unconfirmed, where flows from outside the cluster (the external
+        entry point) wait until their second packet (bpf/conntrack.h): `ct_unconfirmed` if
+        set, else a fixed share of the conntrack size. Every first packet inserts there: a
+        table that fits the CPU's L2 cache makes that insert cheap (NodePort new flows
+        1.2x -> 2.0x iptables in the bench's lab at 16,384 entries, datapath-notes.md §11),
+        but under a flood of spoofed first packets a handshake's entry then lives entries /
+        flood rate, which must outlast the client's round trip."""
         if self.ct_unconfirmed is not None:
             return self.ct_unconfirmed
         return max(self.ct_size // const("CT_UNCONFIRMED_SHARE"), 1)
+
+    @property
+    def ct_unconfirmed_pod_size(self) -> int:
+        """Entries of ct_unconfirmed_pod, the same for flows from pods (the pod-facing
+        entry point): `ct_unconfirmed_pod` if set, else SVCXDP_DEFAULT_CT_UNCONFIRMED_POD —
+        small enough to stay in cache, since a pod's handshake completes within an
+        in-cluster round trip (16 ms of entry life at a million spoofed first packets a
+        second) — and never more than ct_unconfirmed by default."""
+        if self.ct_unconfirmed_pod is not None:
+            return self.ct_unconfirmed_pod
+        return min(const("DEFAULT_CT_UNCONFIRMED_POD"), self.ct_unconfirmed_size)
+
+    def flow_table_sizes(self) -> dict[str, int]:
+        """Entries of each flow table (dataplane/flows.py TABLES): conntrack, then the
+        unconfirmed ones, from outside and from pods."""
+        return {"conntrack": self.ct_size, "ct_unconfirmed": self.ct_unconfirmed_size,
+                "ct_unconfirmed_pod": self.ct_unconfirmed_pod_size}
 
     @property
     def pin_dir(self) -> Path:
@@ -104,6 +126,7 @@ class DataplaneConfig:
             f"-DSVCXDP_MAX_SLOTS={self.max_slots}",
             f"-DSVCXDP_CT_SIZE={self.ct_size}",
             f"-DSVCXDP_CT_UNCONFIRMED_SIZE={self.ct_unconfirmed_size}",
+            f"-DSVCXDP_CT_UNCONFIRMED_POD_SIZE={self.ct_unconfirmed_pod_size}",
             f"-DSVCXDP_FRAG_SIZE={self.frag_size}",
             f"-DSVCXDP_AFFINITY_SIZE={self.affinity_size}",
             f"-DSVCXDP_SOCK_REVNAT_SIZE={self.sock_revnat_size}",

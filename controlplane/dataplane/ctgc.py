@@ -1,6 +1,6 @@
 """Idle-flow garbage collection of the conntrack tables, ahead of need (bpf/ctgc.h).
 
-Both tables are LRU maps and nothing else deletes a dead flow's entry, so on a busy node
+The three tables are LRU maps and nothing else deletes a dead flow's entry, so on a busy node
 they fill with idle and closed flows, and every new flow then pays an eviction in the
 datapath. A sweep walks a slice of each table with BPF_MAP_LOOKUP_BATCH (resuming where
 the last sweep stopped), picks the entries idle past their timeout with numpy, and hands
@@ -26,7 +26,8 @@ from .model import PROTOCOLS
 from .packing import Packer
 from .testrun import TestRunner
 
-TABLES = {"conntrack": const("CT_GC_CONFIRMED"), "ct_unconfirmed": const("CT_GC_UNCONFIRMED")}
+TABLES = {"conntrack": const("CT_GC_CONFIRMED"), "ct_unconfirmed": const("CT_GC_UNCONFIRMED"),
+          "ct_unconfirmed_pod": const("CT_GC_UNCONFIRMED_POD")}
 BATCH = const("CT_GC_BATCH")
 GRACE_NS = const("CT_GC_GRACE_S") * 1_000_000_000
 F_CLOSING = const("CT_F_CLOSING")

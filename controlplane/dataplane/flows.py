@@ -29,8 +29,10 @@ from .layout import const
 from .model import PROTOCOLS
 from .pinned import struct_format
 
-TABLES = ("conntrack", "ct_unconfirmed")
-TABLE_LABELS = {"conntrack": "confirmed", "ct_unconfirmed": "unconfirmed"}
+# conntrack (confirmed flows), then the unconfirmed tables: from outside, from pods.
+TABLES = ("conntrack", "ct_unconfirmed", "ct_unconfirmed_pod")
+UNCONFIRMED_TABLES = TABLES[1:]
+TABLE_LABELS = {"conntrack": "confirmed", "ct_unconfirmed": "unconfirmed", "ct_unconfirmed_pod": "unconfirmed"}
 DIR_FORWARD, DIR_REPLY, DIR_SNAT = const("CT_DIR_FORWARD"), const("CT_DIR_REPLY"), const("CT_DIR_SNAT")
 F_CLOSING, F_COUNTED, F_SNAT = const("CT_F_CLOSING"), const("CT_F_COUNTED"), const("CT_F_SNAT")
 UNUSED = const("BACKEND_UNUSED")
@@ -84,7 +86,7 @@ def port_be16(port: int) -> int:
 
 class Flow(NamedTuple):
     """One flow (a tuple: a million of them are built ~10x faster than dataclasses)."""
-    table: str                 # "conntrack" | "ct_unconfirmed"
+    table: str                 # one of TABLES
     protocol: str              # "TCP" | "UDP"
     client: tuple[str, int]
     frontend: tuple[str, int]  # what the client addressed
@@ -101,14 +103,14 @@ class Flow(NamedTuple):
 def flow_state(table: str, flags: int, remaining_s: float, backend_live: bool) -> str:
     """EXPIRED: idle past its timeout (its next packet starts a new flow); STALE: its
     backend left the service (its next packet is re-picked); CLOSING: FIN or RST seen;
-    NEW: one packet so far (ct_unconfirmed); ESTABLISHED: confirmed by a second one."""
+    NEW: one packet so far (an unconfirmed table); ESTABLISHED: confirmed by a second one."""
     if remaining_s < 0:
         return "EXPIRED"
     if not backend_live:
         return "STALE"
     if flags & F_CLOSING:
         return "CLOSING"
-    return "NEW" if table == "ct_unconfirmed" else "ESTABLISHED"
+    return "NEW" if table in UNCONFIRMED_TABLES else "ESTABLISHED"
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ EXTERNAL_TAIL = "svcxdp_np_out"     # its way out (XDP_TX / redirect), in np_tai
 CT_GC_ENTRY = "svcxdp_ct_gc"        # idle-flow GC, run with test-run by the agent (ctgc.py)
 SVCXDP_CNT_MAX = const("CNT_MAX")
 TX_PORTS_SIZE = const("TX_PORTS_SIZE")
-MAP_NAMES = ("services", "slots", "backends", "rev_nat", "conntrack", "ct_unconfirmed", "fragments",
+MAP_NAMES = ("services", "slots", "backends", "rev_nat", "conntrack", "ct_unconfirmed", "ct_unconfirmed_pod", "fragments",
              "rr_state", "svc_stats", "backend_stats", "counters", "backend_conns", "maglev", "affinity", "sock_revnat",
              "sock_config", "source_ranges")
 
@@ -44,8 +44,7 @@ def _check_pinned_layout(bpf, config: DataplaneConfig) -> None:
     """A pinned map from an older build with another layout must not be reused."""
     expected_max = {
         "services": config.max_services, "slots": config.max_slots,
-        "backends": config.max_backends, "rev_nat": config.max_backends, "conntrack": config.ct_size,
-        "ct_unconfirmed": config.ct_unconfirmed_size,
+        "backends": config.max_backends, "rev_nat": config.max_backends, **config.flow_table_sizes(),
         "fragments": config.frag_size, "rr_state": config.svc_id_slots,
         "svc_stats": config.svc_id_slots, "backend_stats": config.max_backends,
         "backend_conns": config.max_backends,

@@ -78,7 +78,7 @@ class ServiceEntry:
 @dataclass(frozen=True)
 class CtEntry:
     """The flow's forward conntrack entry, and how the datapath judges it now."""
-    table: str                 # "conntrack" (confirmed) | "ct_unconfirmed"
+    table: str                 # "conntrack" (confirmed) | "ct_unconfirmed" | "ct_unconfirmed_pod"
     backend: Address
     backend_id: int
     svc_id: int
@@ -211,18 +211,35 @@ def _source_allowed(maps, svc_id: int, client: str) -> bool:
     return _lookup(maps, "source_ranges", prefixlen=64, svc_id=svc_id, addr=ip_be32(client)) is not None
 
 
+# The unconfirmed tables in bpf/conntrack.h ctu_lookup_any()'s order, and each entry
+# point's own (ctu_lookup()).
+ANY_UNCONFIRMED = ("ct_unconfirmed_pod", "ct_unconfirmed")
+ENTRY_UNCONFIRMED = {"pod": "ct_unconfirmed_pod", "external": "ct_unconfirmed"}
+
+
+def _unconfirmed(maps, tables: tuple[str, ...] = ANY_UNCONFIRMED,
+                 **key) -> tuple[str, object] | tuple[None, None]:
+    """The first of the unconfirmed `tables` holding the key, and its entry."""
+    for table in tables:
+        u = _lookup(maps, table, **key)
+        if u is not None:
+            return table, u
+    return None, None
+
+
 def _ct_lookup(maps, now_ns: int | None = None, timeouts: Timeouts | None = None,
-               **key) -> tuple[str, object] | tuple[None, None]:
-    """conntrack, then ct_unconfirmed. With `now_ns` as bpf/conntrack.h ct_lookup(): a
-    confirmed entry that is not current (expired or closing) yields to an unconfirmed
-    one, a newer connection on the tuple (a bare SYN does not look in conntrack)."""
+               unconfirmed: tuple[str, ...] = ANY_UNCONFIRMED, **key) -> tuple[str, object] | tuple[None, None]:
+    """conntrack, then the `unconfirmed` tables. With `now_ns` as bpf/conntrack.h
+    ct_lookup(): a confirmed entry that is not current (expired or closing) yields to an
+    unconfirmed one, a newer connection on the tuple (a bare SYN does not look in
+    conntrack)."""
     c = _lookup(maps, "conntrack", **key)
     if c is not None and (now_ns is None or (_alive(c, key["proto"], now_ns, timeouts or Timeouts())
                                              and not c.flags & F_CLOSING)):
         return "conntrack", c
-    u = _lookup(maps, "ct_unconfirmed", **key)
+    table, u = _unconfirmed(maps, unconfirmed, **key)
     if u is not None:
-        return "ct_unconfirmed", u
+        return table, u
     return ("conntrack", c) if c is not None else (None, None)
 
 
@@ -264,18 +281,19 @@ def _service_packet(maps, t: Trace, svc, now_ns: int, timeouts: Timeouts) -> Non
     p, fe = t.packet, t.frontend
     key = dict(src=ip_be32(p.src), dst=ip_be32(p.dst), sport=port_be16(p.sport),
                dport=port_be16(p.dport), proto=p.proto, dir=DIR_FORWARD)
-    where, v = _ct_lookup(maps, now_ns, timeouts, **key)
+    own = ENTRY_UNCONFIRMED[t.entry]   # where this entry point's new flows wait
+    where, v = _ct_lookup(maps, now_ns, timeouts, (own,), **key)
     flags = p.tcp_flags if p.tcp_flags is not None else (TCP_ACK if v is not None else TCP_SYN)
     if p.protocol != "TCP":
         flags = 0
     t.tcp_flags = flags
     if t.entry == "pod" and p.protocol == "TCP" and flags & (TCP_SYN | TCP_ACK) == TCP_SYN:
-        # A bare SYN starts a connection: only ct_unconfirmed is looked in.
+        # A bare SYN starts a connection: only the unconfirmed table is looked in.
         if where == "conntrack":
             t.notes.append("a bare SYN starts a connection: the confirmed entry of the tuple "
                            "is not looked at")
-        v = _lookup(maps, "ct_unconfirmed", **key)
-        where = "ct_unconfirmed" if v is not None else None
+        v = _lookup(maps, own, **key)
+        where = own if v is not None else None
     if v is not None:
         idle = (now_ns - v.last_seen) / NSEC
         remaining = timeouts.of(p.proto, v.flags) - idle
@@ -292,7 +310,7 @@ def _service_packet(maps, t: Trace, svc, now_ns: int, timeouts: Timeouts) -> Non
             t.choice = Choice("conntrack", t.conntrack.backend, v.backend_id,
                               detail=f"the flow's {'confirmed' if where == 'conntrack' else 'unconfirmed'} entry")
             t.reason = "ct_hit"
-            if where == "ct_unconfirmed" and (p.protocol != "TCP" or flags & (TCP_SYN | TCP_ACK) == TCP_ACK):
+            if where == own and (p.protocol != "TCP" or flags & (TCP_SYN | TCP_ACK) == TCP_ACK):
                 t.notes.append("this packet confirms the flow (moved to the conntrack table)")
             _rewrite(maps, t, t.conntrack.backend, t.conntrack.snat, new=False)
             return
@@ -330,7 +348,7 @@ def _service_packet(maps, t: Trace, svc, now_ns: int, timeouts: Timeouts) -> Non
             t.notes.append(f"backend id {c.backend_id} is not a backend of this service: dropped")
             return
     t.reason = "ct_new"
-    t.notes.append("a new flow: recorded in ct_unconfirmed until its second packet")
+    t.notes.append(f"a new flow: recorded in {own} until its second packet")
     _rewrite(maps, t, c.backend, None, new=True)
 
 
@@ -467,7 +485,7 @@ def _reply(maps, t: Trace, now_ns: int, timeouts: Timeouts) -> None:
     """A packet to no frontend: a backend's reply to a tracked flow, or none of ours."""
     p = t.packet
     if t.entry == "external" and p.dport >= SNAT_PORT_MIN:
-        # confirmed flows' entries in conntrack, unconfirmed ones' in ct_unconfirmed
+        # confirmed flows' entries in conntrack, unconfirmed ones' in ct_unconfirmed (external)
         _, v = _ct_lookup(maps, src=ip_be32(p.src), dst=ip_be32(p.dst), sport=port_be16(p.sport),
                           dport=port_be16(p.dport), proto=p.proto, dir=DIR_SNAT)
         if v is not None and (_alive(v, p.proto, now_ns, timeouts) or _snat_flow_alive(maps, p, v, now_ns, timeouts)):
@@ -495,7 +513,7 @@ def _reply(maps, t: Trace, now_ns: int, timeouts: Timeouts) -> None:
         _, entry = _ct_lookup(maps, now_ns, timeouts, **key)
         if entry is not None and (entry.nat_ip, entry.nat_port) != (ip_be32(p.src), port_be16(p.sport)):
             # another backend's flow: a newer connection on the tuple may be this one's
-            entry = _lookup(maps, "ct_unconfirmed", **key)
+            _, entry = _unconfirmed(maps, **key)
         if entry is None or (entry.nat_ip, entry.nat_port) != (ip_be32(p.src), port_be16(p.sport)):
             t.notes.append(f"a backend's address, but no flow of {client}:{p.dport} through it: "
                            "passed untouched")

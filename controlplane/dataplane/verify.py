@@ -121,7 +121,7 @@ def recount_connections(flow_tables, backends, installed: dict[Frontend, Install
     expire or lose its backend (then it clears the flag and gives the count back),
     or until the LRU evicts it (then nothing gives it back: the drift this
     corrects). An idle flow still present keeps its count until then. `flow_tables`:
-    conntrack and ct_unconfirmed (a flow is counted from its first packet on)."""
+    conntrack and the unconfirmed tables (a flow is counted from its first packet on)."""
     ids = {bid for inst in installed.values() if ALGORITHMS[inst.state.algorithm] in COUNTED_ALGORITHMS
            for bid in inst.backend_ids.values()}
     if not ids:

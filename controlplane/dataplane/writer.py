@@ -39,6 +39,7 @@ from controlplane.gcpause import paused_gc
 from .adopt import adopt
 from .affinity_maps import AffinityGenerations
 from .beside import BESIDE_MIN, Beside
+from .flows import TABLES as FLOW_TABLES
 from .ids import CapacityError, IdAllocator
 from .installed import (BACKEND_FIELDS, SVC_FIELDS, SVC_KEY_FIELDS, Installed, backend_columns,
                         maglev_table, service_key_row)
@@ -217,7 +218,7 @@ class MapWriter:
         (verify.py); returns how many counts were wrong. The datapath keeps counting
         meanwhile, so a flow opened or closed during the scan may leave its count
         off by one until the next recount."""
-        flows = [self.dp.table(name) for name in ("conntrack", "ct_unconfirmed")]
+        flows = [self.dp.table(name) for name in FLOW_TABLES]
         counts = recount_connections(flows, self.backends, self._installed)
         have = read_connections(self.conns, counts)
         wrong = [(bid,) for bid, n in counts.items() if have[bid] != n]

@@ -4,8 +4,9 @@
 A node's connection tracking as its XDP dataplane holds it, as `conntrack -L` shows the
 kernel's: protocol, client, the frontend it addressed, the backend it goes to, the node
 address:port of a NodePort flow source-NATed to another node, state, idle time and time
-left. Read from the pinned `conntrack` (confirmed flows) and `ct_unconfirmed` (flows that
-sent one packet so far) in batches (controlplane.dataplane.flows).
+left. Read from the pinned `conntrack` (confirmed flows), `ct_unconfirmed` and
+`ct_unconfirmed_pod` (flows that sent one packet so far, from outside and from pods) in
+batches (controlplane.dataplane.flows).
 
 `get` belongs to controlplane.kubectl.get; like kubectl.affinity this module adds a
 resource to it by wrapping that parser's function, so it is registered after both.
@@ -149,7 +150,7 @@ def write_table(flows, by_id: dict, wide: bool, headers: bool) -> int:
     if headers:
         out.write(fmt.format(*head).rstrip() + "\n")
     labels = {i: (o.label if o else "-") for i, o in by_id.items()}
-    table_names = {"conntrack": "confirmed", "ct_unconfirmed": "unconfirmed"}
+    from controlplane.dataplane.flows import TABLE_LABELS
     lines = []
     n = 0
     for n, f in enumerate(flows, 1):
@@ -158,7 +159,7 @@ def write_table(flows, by_id: dict, wide: bool, headers: bool) -> int:
                _duration(f.idle_s), _duration(f.remaining_s) if f.remaining_s >= 0 else "-",
                labels.get(f.svc_id, "-")]
         if wide:
-            row += [table_names[f.table], f.svc_id, f.backend_id]
+            row += [TABLE_LABELS[f.table], f.svc_id, f.backend_id]
         lines.append(fmt.format(*row))
         if len(lines) >= 4096:
             out.write("\n".join(lines) + "\n")

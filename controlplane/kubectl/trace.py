@@ -187,7 +187,7 @@ def human(t, owners: Owners, result, node: str) -> str:
         if ct is None:
             lines.append(("Conntrack", "no entry (a new flow)"))
         else:
-            table = "confirmed (conntrack)" if ct.table == "conntrack" else "unconfirmed (ct_unconfirmed)"
+            table = "confirmed (conntrack)" if ct.table == "conntrack" else f"unconfirmed ({ct.table})"
             snat = f", source NAT {_a(ct.snat)}" if ct.snat else ""
             left = f"expires in {ct.remaining_s:.1f}s" if ct.remaining_s >= 0 else f"expired {-ct.remaining_s:.1f}s ago"
             lines.append(("Conntrack", f"{table}: backend {_a(ct.backend)}{_pod(owners, t, ct.backend)}{snat}, "

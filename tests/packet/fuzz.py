@@ -291,7 +291,7 @@ def fuzz(h: Harness, frames: int, seed: int, round_frames: int = ROUND_FRAMES,
             if h.dp.service_stats(svc_id) != model.svc_stats[svc_id]:
                 raise Disagreement(f"seed {seed}, round {stats.rounds}: stats of {s.frontend}")
         if ct_keys(h, "conntrack") != set(model.conntrack) or \
-                ct_keys(h, "ct_unconfirmed") != set(model.unconfirmed):
+                ct_keys(h, "ct_unconfirmed_pod") != set(model.unconfirmed):
             raise Disagreement(f"seed {seed}, round {stats.rounds}: conntrack tables differ")
         for k, v in model.counters.items():
             stats.verdicts[k] = stats.verdicts.get(k, 0) + v

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from scapy.layers.l2 import Ether
 
 from controlplane.dataplane import readout
+from controlplane.dataplane.flows import TABLES as FLOW_TABLES
 from controlplane.dataplane.libbpf import zero_entries
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
 from controlplane.dataplane.pinned import possible_cpus
@@ -67,7 +68,7 @@ class Harness:
         counted = readout.backend_new_flows(self.dp)
         if counted:
             zero_entries(stats.map_fd, list(counted), possible_cpus() * 8)
-        for name in ("conntrack", "ct_unconfirmed", "fragments", "affinity"):
+        for name in (*FLOW_TABLES, "fragments", "affinity"):
             table = self.dp.table(name)
             keys = [k for k in table.keys()]
             for k in keys:

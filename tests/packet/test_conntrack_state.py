@@ -21,6 +21,7 @@ from scapy.packet import Raw
 
 from controlplane.dataplane.affinity_maps import coarse_now_ns as datapath_clock_ns
 from controlplane.dataplane.config import DataplaneConfig
+from controlplane.dataplane.flows import TABLES as FLOW_TABLES
 from controlplane.dataplane.program import Dataplane
 from controlplane.dataplane.testrun import TestRunner
 
@@ -41,7 +42,7 @@ def set_ct_last_seen(xdp: Harness, last_seen: int) -> int:
     """Stamp every conntrack entry (confirmed or not) with `last_seen`; returns how
     many there were."""
     n = 0
-    for name in ("conntrack", "ct_unconfirmed"):
+    for name in FLOW_TABLES:
         table = xdp.dp.table(name)
         for k, v in list(table.items()):
             v.last_seen = last_seen
@@ -180,7 +181,7 @@ def test_first_packets_of_a_flow_on_two_cpus_agree_on_the_backend(xdp: Harness):
     split = [i for i in range(len(frames)) if a[i] != b[i]]
     assert not split, f"{len(split)} of {len(frames)} flows sent to two backends"
     recorded = {socket.ntohs(k.sport): str(ipaddress.IPv4Address(socket.ntohl(v.nat_ip)))
-                for table in ("conntrack", "ct_unconfirmed") for k, v in xdp.dp.table(table).items()}
+                for table in FLOW_TABLES for k, v in xdp.dp.table(table).items()}
     assert [recorded[20000 + i] for i in range(len(frames))] == a
 
 
@@ -264,9 +265,9 @@ def test_a_second_udp_datagram_confirms_a_flow(small_dataplane):
     h.service(vip="10.96.2.2", port=53, protocol="UDP", backend_port=5353, backends=("10.244.5.3",))
     q = Ether() / IP(src=CLIENT, dst="10.96.2.2") / UDP(sport=45000, dport=53) / Raw(b"q")
     h.send(q)
-    assert (len(h.dp.table("ct_unconfirmed")), len(h.dp.table("conntrack"))) == (1, 0)
+    assert (len(h.dp.table("ct_unconfirmed_pod")), len(h.dp.table("conntrack"))) == (1, 0)
     h.send(q)
-    assert (len(h.dp.table("ct_unconfirmed")), len(h.dp.table("conntrack"))) == (0, 1)
+    assert (len(h.dp.table("ct_unconfirmed_pod")), len(h.dp.table("conntrack"))) == (0, 1)
     h.reset()
 
 
@@ -293,7 +294,7 @@ def test_a_tuple_reused_after_its_flow_expired_keeps_the_new_backend(xdp: Harnes
     assert second != first  # rr moved on: a new connection
     for _ in range(3):
         assert xdp.send(tcp(41100, "PA")).pkt[IP].dst == second
-    assert (len(xdp.dp.table("conntrack")), len(xdp.dp.table("ct_unconfirmed"))) == (1, 0)
+    assert (len(xdp.dp.table("conntrack")), len(xdp.dp.table("ct_unconfirmed_pod"))) == (1, 0)
 
 
 def test_a_tuple_reused_after_a_fin_keeps_the_new_backend(xdp: Harness):

@@ -85,14 +85,14 @@ def test_expired_entries_are_removed_and_live_ones_kept(xdp: Harness, gc: Conntr
     age(xdp, "conntrack", 41002, DIR_FORWARD, close_to + GRACE_NS + SEC)  # dead
     xdp.send(tcp(41003, "FA"))
     age(xdp, "conntrack", 41003, DIR_FORWARD, close_to + SEC)            # past timeout, within grace
-    age(xdp, "ct_unconfirmed", 42000, DIR_FORWARD, udp_to + GRACE_NS + SEC)  # dead
+    age(xdp, "ct_unconfirmed_pod", 42000, DIR_FORWARD, udp_to + GRACE_NS + SEC)  # dead
     before = xdp.counters()
 
     stats = gc.sweep_all()
 
-    assert stats.deleted == {"conntrack": 2, "ct_unconfirmed": 1}, stats
+    assert stats.deleted == {"conntrack": 2, "ct_unconfirmed": 0, "ct_unconfirmed_pod": 1}, stats
     assert set(entries(xdp, "conntrack")) == {(41001, DIR_FORWARD), (41003, DIR_FORWARD)}
-    assert set(entries(xdp, "ct_unconfirmed")) == {(42001, DIR_FORWARD)}
+    assert set(entries(xdp, "ct_unconfirmed_pod")) == {(42001, DIR_FORWARD)}
     d = delta(before, xdp.counters())
     assert d["ct_gc_deleted"] == 3 and d.get("ct_gc_kept", 0) == 0
     # the live flow goes on to its backend
@@ -266,7 +266,8 @@ def test_a_whole_walk_counts_each_table_for_the_metrics(xdp: Harness):
     assert removed >= dead
     after = count_entries(table)
     assert gc.entry_counts()["conntrack"] == after == present - removed
-    assert gc.entry_counts()["ct_unconfirmed"] == count_entries(xdp.dp.table("ct_unconfirmed"))
+    for name in ("ct_unconfirmed", "ct_unconfirmed_pod"):
+        assert gc.entry_counts()[name] == count_entries(xdp.dp.table(name))
 
     def gauge(collector: DataplaneCollector) -> int:
         line = next(x for x in collector.text().splitlines() if x.startswith('svcxdp_map_entries{map="conntrack"}'))

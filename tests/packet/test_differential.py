@@ -392,7 +392,7 @@ def test_program_matches_reference_model(xdp: Harness, services, ops):
         svc_id = xdp.writer.svc_id(fe)
         assert xdp.dp.service_stats(svc_id) == model.svc_stats[svc_id], fe
     assert ct_keys(xdp, "conntrack") == set(model.conntrack)
-    assert ct_keys(xdp, "ct_unconfirmed") == set(model.unconfirmed)
+    assert ct_keys(xdp, "ct_unconfirmed_pod") == set(model.unconfirmed)
 
 
 def ct_keys(h: Harness, table: str) -> set[tuple]:

@@ -268,16 +268,20 @@ def test_conntrack_idle_timeout_then_new_selection():
         dp.close()
 
 
-def test_ct_unconfirmed_takes_the_size_it_is_given():
-    """`ct_unconfirmed` (--ct-unconfirmed-size) sizes the table of one-packet flows apart from
-    conntrack: the map has exactly that many entries, the oldest one-packet flows make room
-    for new ones, and a flow still held is kept on its backend by its second packet."""
+def test_the_unconfirmed_tables_take_the_sizes_they_are_given():
+    """`ct_unconfirmed_pod` (--ct-unconfirmed-pod-size) sizes the table of pods' one-packet
+    flows apart from conntrack and from ct_unconfirmed (--ct-unconfirmed-size, external
+    clients'): the maps have exactly those sizes, the oldest one-packet flows from pods make
+    room for new ones there, and a flow still held is kept on its backend by its second
+    packet."""
     from controlplane.dataplane.libbpf import lookup_batches_raw, map_info
     dp = Dataplane.load(DataplaneConfig(instance="pytest-unconfirmed", pin=False, ct_size=4096,
-                                        ct_unconfirmed=64, max_services=64, max_backends=64, max_slots=64))
+                                        ct_unconfirmed=512, ct_unconfirmed_pod=64, max_services=64,
+                                        max_backends=64, max_slots=64))
     try:
-        table = dp.table("ct_unconfirmed")
+        table = dp.table("ct_unconfirmed_pod")
         assert map_info(table.map_fd).max_entries == 64
+        assert map_info(dp.table("ct_unconfirmed").map_fd).max_entries == 512
         assert map_info(dp.table("conntrack").map_fd).max_entries == 4096
         h = Harness(dp)
         h.service(port=53, protocol="UDP", algorithm="rr")

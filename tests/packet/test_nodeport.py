@@ -91,6 +91,37 @@ def test_nodeport_to_a_local_backend_keeps_the_client_address(ext, xdp):
     assert back.raw == bytes(rebuilt(reply, ip_src=NODE, l4_sport=30080))
 
 
+def test_each_entry_point_s_new_flows_wait_in_their_own_table(ext, xdp):
+    """bpf/conntrack.h: a first packet from outside waits in ct_unconfirmed (large, for far
+    clients), a pod's in ct_unconfirmed_pod (small, in cache). The external flow's reply
+    comes in through the pod-facing entry point and still finds it; each flow's second
+    packet moves it to conntrack."""
+    import socket
+
+    from . import harness
+
+    def waiting(name):
+        return {(socket.ntohs(k.sport), k.dir) for k in xdp.dp.table(name).keys()}
+
+    ext.service(NODE, 30080, [nodenet.LOCAL_POD])
+    xdp.service()
+    from_pod = (Ether(src=harness.CLIENT_MAC, dst=harness.NODE_MAC) /
+                IP(src=harness.CLIENT, dst=harness.VIP) / TCP(sport=41000, dport=80, flags="S"))
+    assert ext.send(from_client(NODE, 30080, sport=40000, flags="S")).verdict == "XDP_PASS"
+    assert xdp.send(from_pod).verdict == "XDP_PASS"
+    assert (waiting("ct_unconfirmed"), waiting("ct_unconfirmed_pod"), waiting("conntrack")) == \
+        ({(40000, 0)}, {(41000, 0)}, set())
+    reply = (Ether(src=nodenet.LOCAL_POD_MAC, dst="02:00:00:00:00:fe") /
+             IP(src=nodenet.LOCAL_POD, dst=CLIENT, ttl=64, id=9) / TCP(sport=80, dport=40000, flags="SA"))
+    back = xdp.send(reply)
+    assert (back.pkt[IP].src, back.pkt[TCP].sport) == (NODE, 30080)
+    assert ext.send(from_client(NODE, 30080, sport=40000, flags="A")).pkt[IP].dst == nodenet.LOCAL_POD
+    from_pod[TCP].flags = "A"
+    assert xdp.send(from_pod).verdict == "XDP_PASS"
+    assert (waiting("ct_unconfirmed"), waiting("ct_unconfirmed_pod"), waiting("conntrack")) == \
+        (set(), set(), {(40000, 0), (41000, 0)})
+
+
 def test_nodeport_to_a_remote_backend_is_snated_and_sent_back_out_with_xdp_tx(ext, xdp):
     ext.service(NODE, 30080, [nodenet.REMOTE_POD])
     before = xdp.counters()

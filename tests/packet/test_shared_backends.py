@@ -11,6 +11,7 @@ import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
+from controlplane.dataplane.flows import TABLES as FLOW_TABLES
 from controlplane.dataplane.layout import const
 from controlplane.dataplane.model import Frontend
 from controlplane.dataplane.writer import MapWriter
@@ -33,7 +34,7 @@ def reply_from_pod(cport: int):
 
 
 def conntrack_entries(h: Harness) -> int:
-    return sum(len(list(h.dp.table(name).keys())) for name in ("conntrack", "ct_unconfirmed"))
+    return sum(len(list(h.dp.table(name).keys())) for name in FLOW_TABLES)
 
 
 def backend_entry(h: Harness, fe: Frontend):

@@ -21,7 +21,7 @@ from controlplane.dataplane.trace import Packet, run, trace
 from .harness import Harness
 
 PIN_ROOT = Path("/sys/fs/bpf/svcxdp")
-MAPS = ("services", "slots", "backends", "rev_nat", "conntrack", "ct_unconfirmed", "rr_state",
+MAPS = ("services", "slots", "backends", "rev_nat", "conntrack", "ct_unconfirmed", "ct_unconfirmed_pod", "rr_state",
         "backend_conns", "maglev", "affinity", "source_ranges")
 ALGORITHMS = ("random", "rr", "wrr", "sh", "dh", "maglev", "lc", "wlc", "sed", "nq")
 VIP = "10.96.7.1"
@@ -154,7 +154,7 @@ def test_trace_of_an_existing_flow_shows_its_conntrack_entry(xdp: Harness, maps:
     backend = list(first.dst)
     doc = json.loads(svcctl(tmp_path, "trace", "--node", node, "10.1.0.5:41000", f"{VIP}:80/tcp", "-o", "json"))
     ct = doc["conntrack"]
-    assert (ct["table"], ct["state"], ct["verdict"], ct["backend"]) == ("ct_unconfirmed", "NEW", "kept", backend)
+    assert (ct["table"], ct["state"], ct["verdict"], ct["backend"]) == ("ct_unconfirmed_pod", "NEW", "kept", backend)
     assert doc["choice"]["by"] == "conntrack" and doc["tcp_flags"] == A and doc["reason"] == "ct_hit"
     # the ACK confirms it (run through the program by the command itself)
     out = svcctl(tmp_path, "trace", "--node", node, "10.1.0.5:41000", f"{VIP}:80", "--run")
@@ -204,7 +204,7 @@ def test_get_flows_lists_the_conntrack_tables(xdp: Harness, maps: PinnedMaps, tm
     for (client, port, proto), flags in sequences.items():
         for f in flags:
             got = run(maps, trace(maps, Packet(client, port, VIP, 80, proto, f)))
-        table = "ct_unconfirmed" if len(flags) == 1 else "conntrack"
+        table = "ct_unconfirmed_pod" if len(flags) == 1 else "conntrack"
         want[(client, port)] = (proto, table, states[len(flags)], list(got.dst))
     doc = json.loads(svcctl(tmp_path, "get", "flows", "--node", maps.pin_dir.name, "-o", "json"))
     listed = {(f["client"]["ip"], f["client"]["port"]):
@@ -212,7 +212,7 @@ def test_get_flows_lists_the_conntrack_tables(xdp: Harness, maps: PinnedMaps, tm
               for f in doc["flows"]}
     assert listed == want
     assert all(f["frontend"] == {"ip": VIP, "port": 80} and f["snat"] is None for f in doc["flows"])
-    assert doc["entries"]["conntrack"]["forward"] == 4 and doc["entries"]["ct_unconfirmed"]["forward"] == 2
+    assert doc["entries"]["conntrack"]["forward"] == 4 and doc["entries"]["ct_unconfirmed_pod"]["forward"] == 2
     # filters, and the table (one row per flow)
     out = svcctl(tmp_path, "get", "flows", "--node", maps.pin_dir.name, "--protocol", "udp")
     rows = [line.split() for line in out.splitlines()[1:]]

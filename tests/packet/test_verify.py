@@ -134,15 +134,15 @@ def test_lc_counts_are_recounted_from_conntrack(xdp: Harness):
     assert sum(xdp.writer.active_connections(FE).values()) == 9
     assert xdp.writer.recount_connections() == 0      # exact: nothing to correct
     # The LRU evicts four flows: nothing gives their counts back. (New flows wait
-    # in ct_unconfirmed until their second packet; some are confirmed here.)
+    # in ct_unconfirmed_pod until their second packet; some are confirmed here.)
     for sport in range(42000, 42004):
         assert xdp.send(syn(sport, "A")).verdict == "XDP_PASS"
     assert xdp.writer.recount_connections() == 0
     evicted = 0
-    for name in ("conntrack", "ct_unconfirmed"):
+    for name in ("conntrack", "ct_unconfirmed_pod"):
         table = xdp.dp.table(name)
         for k in list(table.keys()):
-            if evicted < 4 and k.dir == 0 and name == ("conntrack" if evicted < 2 else "ct_unconfirmed"):
+            if evicted < 4 and k.dir == 0 and name == ("conntrack" if evicted < 2 else "ct_unconfirmed_pod"):
                 del table[k]
                 evicted += 1
     assert evicted == 4

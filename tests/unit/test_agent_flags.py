@@ -14,6 +14,7 @@ import pytest
     (["--socket-reap-interval", "nan"], "--socket-reap-interval nan: must be a number of seconds >= 0"),
     (["--ct-size", "-1"], "--ct-size -1: must be a positive integer"),
     (["--ct-unconfirmed-size", "0"], "--ct-unconfirmed-size 0: must be a positive integer"),
+    (["--ct-unconfirmed-pod-size", "-2"], "--ct-unconfirmed-pod-size -2: must be a positive integer"),
     (["--udp-timeout", "0"], "--udp-timeout 0: must be a positive integer"),
 ])
 def test_a_bad_interval_is_refused_before_loading_anything(argv, message):

@@ -1,7 +1,8 @@
 """Table sizes from the agent's flags to the build: `--ct-unconfirmed-size` sizes the table
-of one-packet flows apart from `--ct-size` (default a share of it, CT_UNCONFIRMED_SHARE in
-bpf/svcxdp.h), and reaches the cflags
-(the map itself: tests/packet/test_flows.py)."""
+of external clients' one-packet flows apart from `--ct-size` (default a share of it,
+CT_UNCONFIRMED_SHARE in bpf/svcxdp.h), `--ct-unconfirmed-pod-size` the pods' one
+(default DEFAULT_CT_UNCONFIRMED_POD, at most the former), and both reach the cflags
+(the maps themselves: tests/packet/test_flows.py)."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +14,7 @@ from controlplane.dataplane.config import ConfigError, DataplaneConfig
 from controlplane.dataplane.layout import const
 
 SHARE = const("CT_UNCONFIRMED_SHARE")
+POD_DEFAULT = const("DEFAULT_CT_UNCONFIRMED_POD")
 
 
 def _config(*argv: str) -> DataplaneConfig:
@@ -31,8 +33,21 @@ def test_ct_unconfirmed_is_a_share_of_the_conntrack_unless_given():
     assert "-DSVCXDP_CT_SIZE=65536" in given.cflags()
 
 
+def test_the_pods_table_keeps_its_own_size_unless_the_external_one_is_smaller():
+    assert _config().ct_unconfirmed_pod_size == POD_DEFAULT < _config().ct_unconfirmed_size
+    assert _config("--ct-size", "4096").ct_unconfirmed_pod_size == 4096 // SHARE < POD_DEFAULT
+    assert _config("--ct-unconfirmed-size", "100").ct_unconfirmed_pod_size == 100
+    given = _config("--ct-unconfirmed-size", "100", "--ct-unconfirmed-pod-size", "300")
+    assert (given.ct_unconfirmed_size, given.ct_unconfirmed_pod_size) == (100, 300)
+    assert {"-DSVCXDP_CT_UNCONFIRMED_SIZE=100", "-DSVCXDP_CT_UNCONFIRMED_POD_SIZE=300"} <= set(given.cflags())
+
+
 def test_a_size_that_is_not_positive_names_its_flag_or_field():
     with pytest.raises(ValueError, match="--ct-unconfirmed-size -3: must be a positive integer"):
         _config("--ct-unconfirmed-size", "-3")
     with pytest.raises(ConfigError, match="ct_unconfirmed: must be a positive integer"):
         DataplaneConfig(ct_unconfirmed=0)
+    with pytest.raises(ValueError, match="--ct-unconfirmed-pod-size 0: must be a positive integer"):
+        _config("--ct-unconfirmed-pod-size", "0")
+    with pytest.raises(ConfigError, match="ct_unconfirmed_pod: must be a positive integer"):
+        DataplaneConfig(ct_unconfirmed_pod=-1)
