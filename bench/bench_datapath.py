@@ -26,8 +26,14 @@ Paths (each a TCP packet, Ethernet + IPv4 + TCP, 54 bytes):
                source. A flow never seen before has state in no cache, so this
                is the least any datapath keeping per-flow state pays for it on
                this machine (the conntrack map itself is larger: ~104 MiB).
-  new_flow     SYN from a tuple never seen before: backend pick, one conntrack
-               insert, DNAT (every packet of every round is a distinct tuple)
+  new_flow     SYN from a tuple never seen before: backend pick, one insert into
+               the pods' unconfirmed table (ct_unconfirmed_pod), DNAT (every packet
+               of every round is a distinct tuple)
+  confirm      the ACK that confirms such a flow: its entry moves from
+               ct_unconfirmed_pod into conntrack (on a full conntrack that insert
+               evicts). Each round first sends PACKETS new SYNs, unmeasured, then
+               measures their ACKs. A new flow's in-kernel cost is new_flow +
+               confirm; issue 17's full-table target is taken on that sum.
   bound_paired not a path: issue 17's empty-table target, new flow / (ruler +
                established - floor), measured interleaved (empty conntrack only).
                Each round runs PACKETS calls of each of the four programs in
@@ -49,12 +55,16 @@ Configurations: services x conntrack state. Services are written with the
 project's MapWriter (its time is recorded in extra_info). The default dataplane
 holds max_services = 65,536 services (ids 1..65,536), so the largest row fills
 the production-sized maps completely. Conntrack is either empty (0) or full
-(CT_FULL = the map's 1,048,576 entries): both conntrack tables are written past
-their capacity with BPF_MAP_UPDATE_BATCH (conntrack and ct_unconfirmed, where a
-new flow's first packet is recorded; bpf/conntrack.h), so their LRU free lists
-are empty and every new flow's insert evicts the least recently used entry, as
-on a node whose table is full. (Before, 1,000,000 entries went into conntrack
-only, and new flows landed in an empty ct_unconfirmed: nothing was evicted.)
+(CT_FULL = the map's 1,048,576 entries): every conntrack table is written past
+its capacity with BPF_MAP_UPDATE_BATCH (conntrack, and the unconfirmed tables
+ct_unconfirmed and ct_unconfirmed_pod, where a new flow's first packet is
+recorded; bpf/conntrack.h), so their LRU free lists are empty and every new
+flow's insert evicts the least recently used entry, as on a node whose table is
+full. The program measured is the pod-facing one: its new flows go to
+ct_unconfirmed_pod (16,384 entries by default, which stays in cache); the
+confirming packet's insert into conntrack is not among the rows. (Before,
+1,000,000 entries went into conntrack only, and new flows landed in an empty
+ct_unconfirmed: nothing was evicted.)
 Every configuration starts from a freshly loaded dataplane, so none inherits
 another's map history.
 
@@ -88,7 +98,11 @@ from itertools import repeat
 
 import pytest
 
+from controlplane.dataplane.flows import TABLES as FLOW_TABLES
+from controlplane.dataplane.flows import UNCONFIRMED_TABLES
 from controlplane.dataplane.frames import csum
+
+import flowtables  # bench/ (pytest puts it on the path)
 
 QUICK = os.environ.get("SVCXDP_BENCH_QUICK", "") not in ("", "0")
 SERVICES = (1, 65_536) if QUICK else (1, 1_000, 10_000, 65_536)
@@ -99,11 +113,11 @@ PACKETS = 500 if QUICK else 2_000          # test-run calls per round
 ROUNDS = 10 if QUICK else 50               # measured rounds per benchmark
 WARMUP = 1 if QUICK else 2                 # unmeasured rounds first
 PAIRED = "bound_paired"
-PATHS = ("floor", "non_service", "established", "reply", "cold_line", "new_flow", PAIRED)
+PATHS = ("floor", "non_service", "established", "reply", "cold_line", "new_flow", "confirm", PAIRED)
 PAIRED_SLICE = 50                          # consecutive calls of one program in a paired round
 # Every configuration gets a freshly loaded dataplane (services written, conntrack
-# filled). Within one, new_flow runs last because it adds (and, at 1M, evicts)
-# conntrack entries; the paired case (empty conntrack only) loads its own.
+# filled). Within one, new_flow and confirm run last because they add (and, at 1M,
+# evict) entries; the paired case (empty conntrack only) loads its own.
 CASES = [(s, c, p) for s in SERVICES for c in CT_ENTRIES for p in PATHS if p != PAIRED or c == 0]
 SUITE = "datapath"
 LABEL = ("in-kernel cost on one core via BPF_PROG_TEST_RUN (repeat=1 per packet, kernel "
@@ -143,9 +157,11 @@ int cold_line(struct xdp_md *ctx)
 # A second ruler, beside the paired measurement only: a hash table reads a never-seen
 # key's bucket and then, through what it read, the element; so this one reads one
 # 16-byte "bucket" of an array of COLD_BUCKETS (ct_unconfirmed's bucket array is
-# 262,144 x 16 bytes), then increments the line of the cold_line table that the
-# bucket's content (always 0) chooses together with the hash: the second miss waits
-# for the first, as in a hash lookup, instead of overlapping it.
+# 262,144 x 16 bytes; kept at that size since pods' new flows moved to the small
+# ct_unconfirmed_pod, so the ruler stays comparable across runs), then increments
+# the line of the cold_line table that the bucket's content (always 0) chooses
+# together with the hash: the second miss waits for the first, as in a hash lookup,
+# instead of overlapping it.
 COLD_BUCKET_PROGRAM = r"""
 struct line { __u64 word[8]; };
 struct bkt { __u64 head, lock; };
@@ -213,13 +229,26 @@ class NewFlowFrames:
             t[34:36] = struct.pack("!H", sport)
             t[24:26] = b"\0\0"
             t[24:26] = struct.pack("!H", _csum(bytes(t[14:34])))
-            t[50:52] = b"\0\0"
-            seg = bytes(t[34:])
-            pseudo = bytes(t[26:34]) + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(seg))
-            t[50:52] = struct.pack("!H", _csum(pseudo + seg))
+            _tcp_checksum(t)
             out.append(bytes(t))
         self.next += n
         return out
+
+
+def _tcp_checksum(t: bytearray) -> None:
+    """Set the TCP checksum of an Ethernet + 20-byte IPv4 + TCP frame."""
+    t[50:52] = b"\0\0"
+    seg = bytes(t[34:])
+    pseudo = bytes(t[26:34]) + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(seg))
+    t[50:52] = struct.pack("!H", _csum(pseudo + seg))
+
+
+def confirming(syn: bytes) -> bytes:
+    """The ACK of a new-flow SYN's tuple: the packet that confirms the flow."""
+    t = bytearray(syn)
+    t[47] = 0x10   # TCP flags: ACK
+    _tcp_checksum(t)
+    return bytes(t)
 
 
 @contextlib.contextmanager
@@ -299,6 +328,19 @@ def _head(array, n: int):
     return (array._type_ * n).from_buffer(array)
 
 
+def fill_unconfirmed(dp, arrays) -> None:
+    """Fill each unconfirmed table past its capacity with the first rows of conntrack's
+    fill (other maps: the keys do not meet)."""
+    for name in UNCONFIRMED_TABLES:
+        n = dp.config.flow_table_sizes()[name]
+        batch_fill(dp.table(name), *(_head(a, n + n // CT_OVERFILL) for a in arrays))
+
+
+def table_counts(dp) -> dict[str, int]:
+    """Entries in each flow table of a dataplane."""
+    return {name: count_entries(dp.table(name)) for name in FLOW_TABLES}
+
+
 def count_entries(table) -> int:
     """Entries in a hash map, by BPF_MAP_LOOKUP_BATCH (bcc's own loop aliases its
     batch token with the count, so it is not used here)."""
@@ -363,12 +405,13 @@ class Env:
         t = time.perf_counter()
         self.dp = Dataplane.load(self.config)
         info["load_s"] = round(time.perf_counter() - t, 3)
+        info.update(flowtables.unconfirmed_sizes(self.dp))
         self.runner = TestRunner(self.dp.prog_fd)
         t = time.perf_counter()
         result = MapWriter(self.dp).sync(self.states[:services])
         info["writer_sync_s"] = round(time.perf_counter() - t, 3)
         info["writer_sync_added"] = result.added
-        conntrack, unconfirmed = self.dp.table("conntrack"), self.dp.table("ct_unconfirmed")
+        conntrack = self.dp.table("conntrack")
         if ct_entries:
             assert ct_entries == self.config.ct_size, (ct_entries, self.config.ct_size)
             total = ct_entries + ct_entries // CT_OVERFILL
@@ -378,19 +421,17 @@ class Env:
                 info["ct_build_s"] = round(time.perf_counter() - t, 3)
             t = time.perf_counter()
             batch_fill(conntrack, *self._ct_arrays)
-            # The same rows serve ct_unconfirmed (another map: the keys do not meet).
-            un = self.config.ct_unconfirmed_size
-            batch_fill(unconfirmed, *(_head(a, un + un // CT_OVERFILL) for a in self._ct_arrays))
+            fill_unconfirmed(self.dp, self._ct_arrays)
             info["ct_fill_s"] = round(time.perf_counter() - t, 3)
         self._make_test_flow()
-        present, present_un = count_entries(conntrack), count_entries(unconfirmed)
-        info["ct_present_at_start"] = present
-        info["ct_unconfirmed_present_at_start"] = present_un
+        present = table_counts(self.dp)
+        info["ct_present_at_start"] = present["conntrack"]
+        for name in UNCONFIRMED_TABLES:
+            info[f"{name}_present_at_start"] = present[name]
         if ct_entries:
             # Full: within a free-list batch (the LRU's per-CPU caches) of capacity.
-            for name, got, cap in (("conntrack", present, self.config.ct_size),
-                                   ("ct_unconfirmed", present_un, self.config.ct_unconfirmed_size)):
-                assert got >= cap * 0.99, f"{name} holds {got} of {cap}: not full"
+            for name, cap in self.config.flow_table_sizes().items():
+                assert present[name] >= cap * 0.99, f"{name} holds {present[name]} of {cap}: not full"
         self.key = (services, ct_entries)
         self.setup = info
 
@@ -454,7 +495,8 @@ def env():
     from controlplane.dataplane.config import DataplaneConfig
     from controlplane.dataplane.testrun import TestRunner
 
-    config = DataplaneConfig(instance="bench", pin=False)   # production sizes, nothing pinned
+    # production sizes (SVCXDP_BENCH_CT_UNCONFIRMED*: flowtables.py), nothing pinned
+    config = DataplaneConfig(instance="bench", pin=False, **flowtables.unconfirmed_config())
     assert config.ct_size >= 1_048_576 and config.max_services >= max(SERVICES)
     with on_one_cpu() as (cpu, floor_bpf, floor_fd):
         frames = _frames()
@@ -478,7 +520,7 @@ def env():
 
 # ---- the benchmark -------------------------------------------------------------------
 EXPECTED_COUNTER = {"non_service": "pass_non_service", "established": "ct_hit",
-                    "reply": "revnat", "new_flow": "ct_new"}
+                    "reply": "revnat", "new_flow": "ct_new", "confirm": "ct_hit"}
 
 
 def _case_id(case) -> str:
@@ -497,7 +539,7 @@ def test_datapath(benchmark, env, services, ct_entries, path):
     duration = runner.duration_ns
     total_rounds = ROUNDS + WARMUP
 
-    if path in ("new_flow", "cold_line"):
+    if path in ("new_flow", "cold_line", "confirm"):
         batches = iter([env.new_flows.take(PACKETS) for _ in range(total_rounds)])
     else:
         frame = env.frames["established" if path == "floor" else path]
@@ -512,7 +554,12 @@ def test_datapath(benchmark, env, services, ct_entries, path):
         # yields a ratio against a floor measured at the same moment (robust to
         # the drift of a shared machine). The floor calls are not in `ds`.
         ds, fs = [], []
-        for f in next(batches):
+        frames = next(batches)
+        if path == "confirm":   # the flows' first packets, unmeasured; then their ACKs
+            for f in frames:
+                env.runner.run(f)
+            frames = [confirming(f) for f in frames]
+        for f in frames:
             ds.append(duration(f))
             fs.append(floor_duration(floor_frame))
         per_packet.extend(ds)
@@ -567,7 +614,9 @@ def test_datapath(benchmark, env, services, ct_entries, path):
 # dataplanes side by side, 1 service each: empty; full of live flows (written past
 # capacity: every insert evicts, as the row above); full of flows idle past the TCP
 # timeout, then swept by the GC. Rounds of new flows rotate between them, so the ratios
-# share the noise of the moment.
+# share the noise of the moment. A new flow here is both of its packets, the SYN (into
+# ct_unconfirmed_pod) and the ACK that confirms it (into conntrack, where a full table
+# evicts), timed call by call and summed: the SYN alone no longer touches conntrack.
 GC_SUITE = "datapath_gc"
 GC_VARIANTS = ("empty", "full_live", "idle_gc")
 
@@ -581,20 +630,19 @@ def _gc_dataplane(env, variant: str) -> tuple[object, object, dict]:
     dp = Dataplane.load(env.config)
     MapWriter(dp).sync(env.states[:1])
     if variant != "empty":
-        conntrack, unconfirmed = dp.table("conntrack"), dp.table("ct_unconfirmed")
+        conntrack = dp.table("conntrack")
         total = env.config.ct_size + env.config.ct_size // CT_OVERFILL
         idle_s = env.config.tcp_timeout_s + 60 if variant == "idle_gc" else 0
         arrays = _ct_fill_arrays(conntrack, total, idle_s=idle_s)
         batch_fill(conntrack, *arrays)
-        un = env.config.ct_unconfirmed_size
-        batch_fill(unconfirmed, *(_head(a, un + un // CT_OVERFILL) for a in arrays))
-        info["filled"] = {"conntrack": count_entries(conntrack), "ct_unconfirmed": count_entries(unconfirmed)}
+        fill_unconfirmed(dp, arrays)
+        info["filled"] = table_counts(dp)
     if variant == "idle_gc":
         t = time.perf_counter()
         stats = ConntrackGC(dp).sweep_all()
         info["gc_sweep_s"] = round(time.perf_counter() - t, 3)
         info["gc_scanned"], info["gc_deleted"] = stats.scanned, stats.deleted
-        info["after_gc"] = {"conntrack": count_entries(conntrack), "ct_unconfirmed": count_entries(unconfirmed)}
+        info["after_gc"] = table_counts(dp)
     return dp, TestRunner(dp.prog_fd), info
 
 
@@ -621,20 +669,23 @@ def test_new_flow_idle_gc(benchmark, env):
             n_round[0] += 1
             k = n_round[0] % len(GC_VARIANTS)
             for v in GC_VARIANTS[k:] + GC_VARIANTS[:k]:   # each variant first in turn
-                ds = [runners[v](f) for f in env.new_flows.take(PACKETS)]
+                ds = [runners[v](f) + runners[v](confirming(f)) for f in env.new_flows.take(PACKETS)]
                 if n_round[0] > WARMUP:
                     calls[v].extend(ds)
                     means[v].append(sum(ds) / len(ds))
 
         load_before = os.getloadavg()[0]
-        before = {v: dps[v].counters()["ct_new"] for v in GC_VARIANTS}
+        before = {v: dps[v].counters() for v in GC_VARIANTS}
         benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP)
         for v in GC_VARIANTS:
-            got = dps[v].counters()["ct_new"] - before[v]
-            assert got == PACKETS * (ROUNDS + WARMUP), f"{v}: ct_new rose by {got}"
+            after = dps[v].counters()
+            for name in ("ct_new", "ct_hit"):   # every SYN a new flow, every ACK confirmed it
+                got = after[name] - before[v][name]
+                assert got == PACKETS * (ROUNDS + WARMUP), f"{v}: {name} rose by {got}"
         st = {v: _call_stats(calls[v]) for v in GC_VARIANTS}
         med = {v: statistics.median(means[v]) for v in GC_VARIANTS}
-        info = {"suite": GC_SUITE, "services": 1, "ct_size": env.config.ct_size}
+        info = {"suite": GC_SUITE, "services": 1, "ct_size": env.config.ct_size,
+                "per_flow": "SYN + confirming ACK, two test-run calls summed"}
         for v in GC_VARIANTS:
             info[f"{v}_per_call_ns"] = st[v]
             info[f"{v}_round_mean_ns_median"] = round(med[v], 1)

@@ -57,6 +57,8 @@ import bench_stack  # noqa: E402  (trafgen runner, root check, process-group sto
 import kubeproxy  # noqa: E402
 import netlab  # noqa: E402
 import nplab  # noqa: E402
+import flowtables  # noqa: E402
+from controlplane.dataplane.flows import TABLES as FLOW_TABLES  # noqa: E402
 
 QUICK = bench_stack.QUICK
 SERVICES = (1, 1_000) if QUICK else (1, 1_000, 10_000)
@@ -142,9 +144,9 @@ class NodePortBench:
             t.up()
         t0 = time.perf_counter()
         self.dp = Dataplane.load(DataplaneConfig(instance="bench-nodeport", pin=False,
-                                                 ct_unconfirmed=bench_stack.CT_UNCONFIRMED))
+                                                 **flowtables.unconfirmed_config()))
         self.setup["xdp_load_s"] = round(time.perf_counter() - t0, 3)
-        self.setup["ct_unconfirmed_entries"] = self.dp.config.ct_unconfirmed_size
+        self.setup.update(flowtables.unconfirmed_sizes(self.dp))
         self.writer = MapWriter(self.dp)
         floor_bpf, floor_fd = load_floor_program()
         self.bpfs.append(floor_bpf)
@@ -239,7 +241,7 @@ class NodePortBench:
         if not xdp:
             netlab.flush_conntrack(self.i.node)
             return
-        for name in ("conntrack", "ct_unconfirmed"):
+        for name in FLOW_TABLES:
             t = self.dp.table(name)
             try:
                 t.items_delete_batch()

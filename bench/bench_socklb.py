@@ -50,6 +50,7 @@ sys.path.insert(0, str(HERE))
 import bench_stack  # noqa: E402
 import kubeproxy  # noqa: E402
 import netlab  # noqa: E402
+from controlplane.dataplane.flows import TABLES as FLOW_TABLES  # noqa: E402
 from bench_stack import QUICK, REPS, TCP_PORT, TCP_SECONDS, WARMUP, Stack, _summary  # noqa: E402
 
 SERVICES = (1, 100) if QUICK else (1, 10_000)
@@ -115,7 +116,7 @@ def forget_xdp_flows(stack: Stack) -> None:
     connection (client:port -> the same backend) and the node would reverse-NAT that
     connection's SYN-ACK to the VIP. A node's own sockets never send to a VIP through
     XDP, so this never happens outside the bench."""
-    for name in ("conntrack", "ct_unconfirmed"):
+    for name in FLOW_TABLES:
         try:
             stack.dp.table(name).clear()
         except KeyError:

@@ -55,6 +55,8 @@ sys.path.insert(0, str(HERE))
 
 import kubeproxy  # noqa: E402
 import netlab  # noqa: E402
+import flowtables  # noqa: E402
+from controlplane.dataplane.flows import TABLES as FLOW_TABLES  # noqa: E402
 
 QUICK = os.environ.get("SVCXDP_BENCH_QUICK", "") not in ("", "0")
 SERVICES = (1, 1_000) if QUICK else (1, 1_000, 10_000)
@@ -72,9 +74,6 @@ ENDPOINTS = 2
 UDP_PORT, TCP_PORT = 53, 80
 SUITE = "stack"
 TRAFGEN_MAX_PPS = 3_000_000            # bounds trafgen's packet count (-n) as a safety net
-# SVCXDP_BENCH_CT_UNCONFIRMED=N: both XDP sides built with N ct_unconfirmed entries (the
-# agent's --ct-unconfirmed-size) instead of the default; recorded in the results.
-CT_UNCONFIRMED = int(os.environ.get("SVCXDP_BENCH_CT_UNCONFIRMED", "0")) or None
 
 # xdp: the default build (FIB lookup + redirect straight to the egress veth); xdp_stack:
 # the --no-fib-redirect build (XDP_PASS to the node's stack after the rewrite); floor: no
@@ -155,14 +154,14 @@ class Stack:
         for t in (self.x, self.i):
             t.up()
         t0 = time.perf_counter()
-        self.dp = Dataplane.load(DataplaneConfig(instance="bench-stack", pin=False, ct_unconfirmed=CT_UNCONFIRMED))
+        self.dp = Dataplane.load(DataplaneConfig(instance="bench-stack", pin=False, **flowtables.unconfirmed_config()))
         self.setup["xdp_load_s"] = round(time.perf_counter() - t0, 3)
-        self.setup["ct_unconfirmed_entries"] = self.dp.config.ct_unconfirmed_size
+        self.setup.update(flowtables.unconfirmed_sizes(self.dp))
         self.writer = MapWriter(self.dp)
         for dev in ("n-cl", "n-be"):   # their peers run XDP programs (cl0: pass, be0: the sink)
             assert self.dp.allow_redirect(netlab.ifindex(self.x.node, dev), self.x.node)
         self.dp_stack = Dataplane.load(DataplaneConfig(instance="bench-stack-stack", pin=False,
-                                                       fib_redirect=False, ct_unconfirmed=CT_UNCONFIRMED))
+                                                       fib_redirect=False, **flowtables.unconfirmed_config()))
         self.writer_stack = MapWriter(self.dp_stack)
         floor_redirect, self.floor_fd = netlab.load_redirect_floor(self.x.node)
         self.bpfs.append(floor_redirect)
@@ -251,7 +250,7 @@ class Stack:
             netlab.flush_conntrack(self.i.node)
             return
         dp = {"xdp": self.dp, "xdp_stack": self.dp_stack}.get(side)
-        for name in ("conntrack", "ct_unconfirmed") if dp else ():
+        for name in FLOW_TABLES if dp else ():
             t = dp.table(name)
             try:
                 t.items_delete_batch()
