@@ -169,11 +169,14 @@ def render(entries: list[dict], machine: dict | None = None, commit: dict | None
         out.append("Set-up: " + "; ".join(notes) + ".\n")
     out.append("The 65,536-service row fills the default maps (max_services = 65,536). "
                "Every packet goes to one service and one flow, so lookups are "
-               "cache-hot; new flows each insert one fresh conntrack entry (on a full conntrack "
-               "both tables were written past capacity, so every insert evicts). Each "
-               "configuration starts from a freshly loaded "
+               "cache-hot; a new flow's first packet inserts one fresh entry into "
+               "ct_unconfirmed_pod, its confirming packet one into conntrack (on a full "
+               "conntrack every flow table was written past capacity, so every insert "
+               "evicts). Each configuration starts from a freshly loaded "
                "dataplane; conntrack \"0\" means only the measured flow (plus the new flows "
-               "the new-flow rounds add as they run).")
+               "the rounds add as they run; the first packets' entries are deleted after "
+               "each round, as their confirmations would, so the 16,384-entry table never "
+               "fills).")
     return "\n".join(out) + "\n"
 
 
