@@ -58,7 +58,7 @@ import kubeproxy  # noqa: E402
 import netlab  # noqa: E402
 import nplab  # noqa: E402
 import flowtables  # noqa: E402
-from controlplane.dataplane.flows import TABLES as FLOW_TABLES  # noqa: E402
+from controlplane.dataplane.config import FLOW_TABLES  # noqa: E402
 
 QUICK = bench_stack.QUICK
 SERVICES = (1, 1_000) if QUICK else (1, 1_000, 10_000)

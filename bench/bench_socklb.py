@@ -50,7 +50,7 @@ sys.path.insert(0, str(HERE))
 import bench_stack  # noqa: E402
 import kubeproxy  # noqa: E402
 import netlab  # noqa: E402
-from controlplane.dataplane.flows import TABLES as FLOW_TABLES  # noqa: E402
+from controlplane.dataplane.config import FLOW_TABLES  # noqa: E402
 from bench_stack import QUICK, REPS, TCP_PORT, TCP_SECONDS, WARMUP, Stack, _summary  # noqa: E402
 
 SERVICES = (1, 100) if QUICK else (1, 10_000)

@@ -56,7 +56,7 @@ sys.path.insert(0, str(HERE))
 import kubeproxy  # noqa: E402
 import netlab  # noqa: E402
 import flowtables  # noqa: E402
-from controlplane.dataplane.flows import TABLES as FLOW_TABLES  # noqa: E402
+from controlplane.dataplane.config import FLOW_TABLES  # noqa: E402
 
 QUICK = os.environ.get("SVCXDP_BENCH_QUICK", "") not in ("", "0")
 SERVICES = (1, 1_000) if QUICK else (1, 1_000, 10_000)

@@ -324,7 +324,7 @@ def _paired_bound_lines(rows: dict, services) -> list[str]:
              f"round's four means are taken within the same milliseconds; the ratio new / (ruler + "
              f"established − floor) is computed per round, median over {x['rounds']} rounds (p25–p75; "
              f"min–max). Same programs and frames as the rows, on a dataplane loaded afresh whose "
-             f"conntrack fills from empty as the new-flow row's did. The rows' own ratio (their "
+             f"first packets' entries are removed after each round, as the new-flow row's are. The rows' own ratio (their "
              f"medians, measured minutes apart) is beside it: the ruler moved by a quarter between "
              f"configurations of one run, and the ratio with it. Excess: new flow − bound, median "
              f"over rounds. For reference, a second ruler runs in the same rounds: one 16-byte "
@@ -375,11 +375,13 @@ def _ruler_lines(rows: dict, floors: dict, services, cts) -> list[str]:
     return [f"Ruler: a program that does nothing but touch one random 64-byte line of a "
             f"table as large as the conntrack map's entry count costs {min(cold):.2f}–{max(cold):.2f}× "
             f"the floor (median {cold_m:.2f}×): a flow never seen before has its state in no cache, so "
-            f"this is what any per-flow table pays for it on this machine. The established path's own "
-            f"work costs {est_m:.2f}× with its entry cache-hot, so a new flow cannot cost much less than "
-            f"about {cold_m + est_m - 1:.1f}× here, whatever the table. svcxdp's new flow costs "
-            f"{new_m:.2f}× the floor more than the ruler (median over the empty-table "
-            f"configurations).\n"]
+            f"this is what a per-flow table too large for the cache pays for it on this machine. The "
+            f"established path's own work costs {est_m:.2f}× with its entry cache-hot, so a new flow "
+            f"written into such a table cannot cost much less than about {cold_m + est_m - 1:.1f}× here. "
+            f"svcxdp's first packet costs {abs(new_m):.2f}× the floor {'more' if new_m >= 0 else 'less'} "
+            f"than the ruler (median over the empty-table configurations): its entry goes to "
+            f"ct_unconfirmed_pod, which stays in cache; the flow meets conntrack's cold line with its "
+            f"confirming packet (the confirm rows).\n"]
 
 
 def _suite(entries: list[dict], suite: str) -> list[dict]:

@@ -25,6 +25,9 @@ def remove_pin_root_if_empty() -> None:
 # interfaces run svcxdp_main, the node's external interfaces svcxdp_external; the idle-flow
 # GC (svcxdp_ct_gc, bpf/ctgc.h) is attached nowhere, the agent runs it with test-run.
 PROGRAM_PINS = {"pod": "prog", "external": "prog_external", "ct_gc": "prog_ct_gc"}
+# The flow tables (bpf/maps.h, conntrack.h): conntrack (confirmed flows), then the
+# unconfirmed ones — flows from outside the cluster, flows from pods.
+FLOW_TABLES = ("conntrack", "ct_unconfirmed", "ct_unconfirmed_pod")
 
 
 class ConfigError(ValueError):
@@ -110,10 +113,8 @@ class DataplaneConfig:
         return min(const("DEFAULT_CT_UNCONFIRMED_POD"), self.ct_unconfirmed_size)
 
     def flow_table_sizes(self) -> dict[str, int]:
-        """Entries of each flow table (dataplane/flows.py TABLES): conntrack, then the
-        unconfirmed ones, from outside and from pods."""
-        return {"conntrack": self.ct_size, "ct_unconfirmed": self.ct_unconfirmed_size,
-                "ct_unconfirmed_pod": self.ct_unconfirmed_pod_size}
+        """Entries of each of FLOW_TABLES."""
+        return dict(zip(FLOW_TABLES, (self.ct_size, self.ct_unconfirmed_size, self.ct_unconfirmed_pod_size)))
 
     @property
     def pin_dir(self) -> Path:

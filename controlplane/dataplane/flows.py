@@ -25,12 +25,12 @@ from typing import Iterable, Iterator, NamedTuple
 from controlplane.gcpause import paused_gc
 
 from .affinity_maps import NSEC, coarse_now_ns
+from .config import FLOW_TABLES
 from .layout import const
 from .model import PROTOCOLS
 from .pinned import struct_format
 
-# conntrack (confirmed flows), then the unconfirmed tables: from outside, from pods.
-TABLES = ("conntrack", "ct_unconfirmed", "ct_unconfirmed_pod")
+TABLES = FLOW_TABLES
 UNCONFIRMED_TABLES = TABLES[1:]
 TABLE_LABELS = {"conntrack": "confirmed", "ct_unconfirmed": "unconfirmed", "ct_unconfirmed_pod": "unconfirmed"}
 DIR_FORWARD, DIR_REPLY, DIR_SNAT = const("CT_DIR_FORWARD"), const("CT_DIR_REPLY"), const("CT_DIR_SNAT")

@@ -39,7 +39,7 @@ from controlplane.gcpause import paused_gc
 from .adopt import adopt
 from .affinity_maps import AffinityGenerations
 from .beside import BESIDE_MIN, Beside
-from .flows import TABLES as FLOW_TABLES
+from .config import FLOW_TABLES
 from .ids import CapacityError, IdAllocator
 from .installed import (BACKEND_FIELDS, SVC_FIELDS, SVC_KEY_FIELDS, Installed, backend_columns,
                         maglev_table, service_key_row)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from scapy.layers.l2 import Ether
 
 from controlplane.dataplane import readout
-from controlplane.dataplane.flows import TABLES as FLOW_TABLES
+from controlplane.dataplane.config import FLOW_TABLES
 from controlplane.dataplane.libbpf import zero_entries
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
 from controlplane.dataplane.pinned import possible_cpus

@@ -14,7 +14,7 @@ from scapy.layers.l2 import Ether
 from controlplane.agent.agent import SyncReport
 from controlplane.agent.metrics import AgentNaming, DataplaneCollector, SyncMetrics, naming_of, serve
 from controlplane.dataplane import readout
-from controlplane.dataplane.flows import TABLES as FLOW_TABLES
+from controlplane.dataplane.config import FLOW_TABLES
 from controlplane.dataplane.libbpf import ffi, lib
 from controlplane.dataplane.pinned import possible_cpus
 from controlplane.dataplane.model import Backend, Frontend, ServiceState

@@ -20,8 +20,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from controlplane.dataplane.affinity_maps import coarse_now_ns as datapath_clock_ns
-from controlplane.dataplane.config import DataplaneConfig
-from controlplane.dataplane.flows import TABLES as FLOW_TABLES
+from controlplane.dataplane.config import FLOW_TABLES, DataplaneConfig
 from controlplane.dataplane.program import Dataplane
 from controlplane.dataplane.testrun import TestRunner
 

@@ -11,7 +11,7 @@ import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from controlplane.dataplane.flows import TABLES as FLOW_TABLES
+from controlplane.dataplane.config import FLOW_TABLES
 from controlplane.dataplane.layout import const
 from controlplane.dataplane.model import Frontend
 from controlplane.dataplane.writer import MapWriter
