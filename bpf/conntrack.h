@@ -167,12 +167,11 @@ static __always_inline long ctu_update(int external, struct ct_key *k, struct ct
 	return ct_unconfirmed_pod.update(k, v);
 }
 
-static __always_inline void ctu_delete(int external, struct ct_key *k)
+static __always_inline long ctu_delete(int external, struct ct_key *k)
 {
 	if (external)
-		ct_unconfirmed.delete(k);
-	else
-		ct_unconfirmed_pod.delete(k);
+		return ct_unconfirmed.delete(k);
+	return ct_unconfirmed_pod.delete(k);
 }
 
 /* Either unconfirmed table, for lookups that do not know the flow's entry point (a

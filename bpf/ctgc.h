@@ -102,10 +102,8 @@ static __always_inline int ct_gc_one(struct ct_key *k, __u32 table, __u64 now, i
 	long rc;
 	if (table == SVCXDP_CT_GC_CONFIRMED)
 		rc = conntrack.delete(k);
-	else if (table == SVCXDP_CT_GC_UNCONFIRMED)
-		rc = ct_unconfirmed.delete(k);
 	else
-		rc = ct_unconfirmed_pod.delete(k);
+		rc = ctu_delete(table == SVCXDP_CT_GC_UNCONFIRMED, k);
 	return rc == 0 ? 1 : -1;
 }
 
