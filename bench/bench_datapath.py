@@ -101,8 +101,7 @@ from itertools import repeat
 
 import pytest
 
-from controlplane.dataplane.config import FLOW_TABLES
-from controlplane.dataplane.flows import UNCONFIRMED_TABLES
+from controlplane.dataplane.config import FLOW_TABLES, UNCONFIRMED_TABLES
 from controlplane.dataplane.frames import csum
 
 import flowtables  # bench/ (pytest puts it on the path)

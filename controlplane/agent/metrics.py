@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from controlplane.dataplane import readout
+from controlplane.dataplane.config import FLOW_TABLES
 
 from .health import PROXY_MODE
 from .http_endpoint import EndpointHandler, start_server
@@ -27,7 +28,7 @@ from .metric_names import (BACKEND_FAMILY, BACKEND_LABELS, CAPACITY, DATAPATH, E
 
 METRICS_PORT = 10249
 # Maps whose fill is worth watching: they fill with traffic or with services.
-FILL_MAPS = ("services", "conntrack", "ct_unconfirmed", "ct_unconfirmed_pod", "affinity", "fragments")
+FILL_MAPS = ("services", *FLOW_TABLES, "affinity", "fragments")
 
 
 # kube-proxy's buckets (0.25 s .. 5 min) below ms-scale ones: our changes land in milliseconds.

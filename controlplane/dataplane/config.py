@@ -28,6 +28,7 @@ PROGRAM_PINS = {"pod": "prog", "external": "prog_external", "ct_gc": "prog_ct_gc
 # The flow tables (bpf/maps.h, conntrack.h): conntrack (confirmed flows), then the
 # unconfirmed ones — flows from outside the cluster, flows from pods.
 FLOW_TABLES = ("conntrack", "ct_unconfirmed", "ct_unconfirmed_pod")
+UNCONFIRMED_TABLES = FLOW_TABLES[1:]
 
 
 class ConfigError(ValueError):

@@ -25,14 +25,12 @@ from typing import Iterable, Iterator, NamedTuple
 from controlplane.gcpause import paused_gc
 
 from .affinity_maps import NSEC, coarse_now_ns
-from .config import FLOW_TABLES
+from .config import FLOW_TABLES, UNCONFIRMED_TABLES
 from .layout import const
 from .model import PROTOCOLS
 from .pinned import struct_format
 
-TABLES = FLOW_TABLES
-UNCONFIRMED_TABLES = TABLES[1:]
-TABLE_LABELS = {"conntrack": "confirmed", "ct_unconfirmed": "unconfirmed", "ct_unconfirmed_pod": "unconfirmed"}
+TABLE_LABELS = {"conntrack": "confirmed", **dict.fromkeys(UNCONFIRMED_TABLES, "unconfirmed")}
 DIR_FORWARD, DIR_REPLY, DIR_SNAT = const("CT_DIR_FORWARD"), const("CT_DIR_REPLY"), const("CT_DIR_SNAT")
 F_CLOSING, F_COUNTED, F_SNAT = const("CT_F_CLOSING"), const("CT_F_COUNTED"), const("CT_F_SNAT")
 UNUSED = const("BACKEND_UNUSED")
@@ -86,7 +84,7 @@ def port_be16(port: int) -> int:
 
 class Flow(NamedTuple):
     """One flow (a tuple: a million of them are built ~10x faster than dataclasses)."""
-    table: str                 # one of TABLES
+    table: str                 # one of FLOW_TABLES
     protocol: str              # "TCP" | "UDP"
     client: tuple[str, int]
     frontend: tuple[str, int]  # what the client addressed
@@ -180,7 +178,7 @@ def iter_flows(maps, out: FlowTable, flt: FlowFilter = FlowFilter(), timeouts: T
         value_needles = [pack(i) for i in svc_ids]
     elif want_backend is not None:
         value_needles = [pack(want_backend)]
-    for name in TABLES:
+    for name in FLOW_TABLES:
         table = maps.table(name)
         out.capacity[name] = table.max_entries
         kinds = out.entries[name] = {"forward": 0, "reply": 0, "snat": 0}

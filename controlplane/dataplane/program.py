@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import attach as _attach
-from .config import PROGRAM_PINS, DataplaneConfig
+from .config import FLOW_TABLES, PROGRAM_PINS, DataplaneConfig
 from .layout import COUNTER_NAMES, const
 from .libbpf import map_info, obj_get, prog_id, u32_delete, u32_update
 from .mapped import MappedArray, open_mapped
@@ -31,9 +31,9 @@ EXTERNAL_TAIL = "svcxdp_np_out"     # its way out (XDP_TX / redirect), in np_tai
 CT_GC_ENTRY = "svcxdp_ct_gc"        # idle-flow GC, run with test-run by the agent (ctgc.py)
 SVCXDP_CNT_MAX = const("CNT_MAX")
 TX_PORTS_SIZE = const("TX_PORTS_SIZE")
-MAP_NAMES = ("services", "slots", "backends", "rev_nat", "conntrack", "ct_unconfirmed", "ct_unconfirmed_pod",
-             "fragments", "rr_state", "svc_stats", "backend_stats", "counters", "backend_conns", "maglev", "affinity",
-             "sock_revnat", "sock_config", "source_ranges")
+MAP_NAMES = ("services", "slots", "backends", "rev_nat", *FLOW_TABLES, "fragments", "rr_state", "svc_stats",
+             "backend_stats", "counters", "backend_conns", "maglev", "affinity", "sock_revnat", "sock_config",
+             "source_ranges")
 
 
 class DataplaneError(RuntimeError):
