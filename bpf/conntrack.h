@@ -94,11 +94,71 @@ static __always_inline int ct_reopened(const struct ct_value *v, __u8 tcp_flags)
 	       (tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN;
 }
 
-/* Refresh an entry; returns 1 when this packet starts the close (first FIN/RST). */
-static __always_inline int ct_touch(struct ct_value *v, __u64 now, __u8 tcp_flags)
+/* ---- ct_udp_recent: which UDP tuples may have a conntrack entry ----------------
+ * A UDP datagram cannot say it is its flow's first, so each one would look in
+ * conntrack, and a new flow's miss there is a cold bucket of a table of a million
+ * entries (datapath-notes §12: ~230 ns of a UDP first packet's ~650). ct_udp_recent,
+ * one u32 per tuple hash and small enough to stay in cache, answers "certainly not
+ * there" instead: each slot holds 1 + the epoch (one UDP timeout long) in which a
+ * UDP forward entry hashing to it was last written or refreshed in conntrack (0:
+ * never). Every such write stamps (ct_udp_stamp): an entry's last_seen is set only
+ * with a stamp at the same `now`. A slot three epochs behind therefore means every
+ * entry hashing to it has been idle longer than the UDP timeout, i.e. expired, and
+ * skipping the lookup changes nothing: the packet starts a new flow either way.
+ * Why three, not two: two CPUs stamping one slot across an epoch boundary can leave
+ * the older epoch (a plain store, no atomic max), at most one behind. Collisions
+ * only make "maybe" more common. Only the pod-facing entry point skips (external
+ * flows' SNAT tail wants the old entry found, handle_service). The agent fills a
+ * new filter with "maybe" when it adopts a conntrack table that outlived it
+ * (program.py). */
+#define CT_UDP_EPOCH_NS (SVCXDP_UDP_TIMEOUT_S * SVCXDP_NSEC_PER_SEC)
+
+static __always_inline __u32 ct_udp_epoch(__u64 now)
 {
-	if (ct_idle_ns(v, now) > (__s64)CT_REFRESH_NS)
+	return (__u32)(now / CT_UDP_EPOCH_NS);
+}
+
+/* A multiplicative mix of the tuple (the direction and protocol are implied: UDP,
+ * forward). Byte order as the key holds it; udprecent.py computes the same. */
+static __always_inline __u32 ct_udp_slot(const struct ct_key *k)
+{
+	__u32 h = k->src * 0x9e3779b1u;
+	h ^= k->dst * 0x85ebca6bu;
+	h ^= (((__u32)k->sport << 16) | k->dport) * 0xc2b2ae35u;
+	h ^= h >> 16;
+	h *= 0x7feb352du;
+	h ^= h >> 15;
+	return h & (SVCXDP_CT_RECENT_SLOTS - 1);
+}
+
+static __always_inline void ct_udp_stamp(const struct ct_key *k, __u64 now)
+{
+	if (k->proto != IPPROTO_UDP || k->dir != SVCXDP_CT_DIR_FORWARD)
+		return;
+	__u32 i = ct_udp_slot(k);
+	__u32 *s = ct_udp_recent.lookup(&i);
+	__u32 stamp = ct_udp_epoch(now) + 1;
+	if (s && *s < stamp)   /* once per slot and epoch: the line stays shared */
+		*s = stamp;
+}
+
+/* Certainly no live conntrack entry for this UDP forward tuple (see above). */
+static __always_inline int ct_udp_absent(const struct ct_key *k, __u64 now)
+{
+	__u32 i = ct_udp_slot(k);
+	__u32 *s = ct_udp_recent.lookup(&i);
+	return s && *s + 1 < ct_udp_epoch(now);
+}
+
+/* Refresh an entry (`k`: its key, for the UDP stamp); returns 1 when this packet
+ * starts the close (first FIN/RST). */
+static __always_inline int ct_touch(struct ct_value *v, const struct ct_key *k, __u64 now,
+				    __u8 tcp_flags)
+{
+	if (ct_idle_ns(v, now) > (__s64)CT_REFRESH_NS) {
 		v->last_seen = now;
+		ct_udp_stamp(k, now);
+	}
 	if ((tcp_flags & (TCPF_FIN | TCPF_RST)) && !(v->flags & SVCXDP_CT_F_CLOSING)) {
 		v->flags |= SVCXDP_CT_F_CLOSING;
 		return 1;
@@ -254,6 +314,7 @@ static __always_inline void ct_confirm(int external, struct ct_key *fwd, const s
 	ct_key_set(&rk, copy.nat_ip, fwd->src, copy.nat_port, fwd->sport, fwd->proto,
 		   SVCXDP_CT_DIR_REPLY);
 	ct_confirm_entry(fwd, &copy, now);
+	ct_udp_stamp(fwd, now);
 	struct ct_value *rv = ctu_lookup(external, &rk);
 	if (rv) {
 		struct ct_value rcopy = *rv;
@@ -308,9 +369,10 @@ static __always_inline struct ct_value *ct_create(int external, struct ct_key *f
 	if (snat_ip)
 		v.flags |= SVCXDP_CT_F_SNAT;
 	int busy;
-	if (dead == CT_IN_CONFIRMED)
+	if (dead == CT_IN_CONFIRMED) {
 		busy = conntrack.update(fwd, &v);
-	else if (dead == CT_IN_UNCONFIRMED)
+		ct_udp_stamp(fwd, now);
+	} else if (dead == CT_IN_UNCONFIRMED)
 		busy = ctu_update(external, fwd, &v);
 	else
 		busy = ctu_insert(external, fwd, &v);

@@ -479,7 +479,7 @@ static __always_inline int np_snat_reply(struct xdp_md *ctx, struct ethhdr *eth,
 		if (!f || !ct_alive(f, now, k.proto))
 			return -1;
 	}
-	if (ct_touch(v, now, tcp_flags)) {
+	if (ct_touch(v, &k, now, tcp_flags)) {
 		/* The backend closes first: give back the forward entry's count (lc.h). */
 		struct ct_key fk;
 		ct_key_set(&fk, v->peer_ip, v->nat_ip, v->peer_port, v->nat_port, k.proto,

@@ -140,7 +140,7 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct ethhdr *eth, 
 		ev->main = SVCXDP_CNT_PASS_NON_SERVICE;
 		return XDP_PASS;
 	}
-	if (ct_touch(v, now, l4->tcp_flags)) {
+	if (ct_touch(v, &m.key, now, l4->tcp_flags)) {
 		if (m.via_reply_entry)
 			ct_uncount_from_reply(&m.key, v);
 		else
@@ -180,13 +180,15 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 	int where = CT_IN_CONFIRMED;
 	struct np_snat snat = {};
 	/* A bare SYN starts a connection: it does not look in conntrack, whose miss (a
-	 * cold bucket) cost a third of a new flow (conntrack.h, top). Any other packet
-	 * takes its confirmed entry while that is current, else a newer unconfirmed one.
-	 * External flows look as before: the SNAT tail (nodeport.h) finds a flow's entry
-	 * in conntrack first, so a reused tuple's new entry must replace the old one
-	 * there. */
+	 * cold bucket) cost a third of a new flow (conntrack.h, top); nor does a UDP
+	 * datagram whose tuple ct_udp_recent says has no live entry there. Any other
+	 * packet takes its confirmed entry while that is current, else a newer
+	 * unconfirmed one. External flows look as before: the SNAT tail (nodeport.h)
+	 * finds a flow's entry in conntrack first, so a reused tuple's new entry must
+	 * replace the old one there. */
 	struct ct_value *v = NULL;
-	if (external || !ct_bare_syn(k.proto, l4->tcp_flags))
+	if (external || !(ct_bare_syn(k.proto, l4->tcp_flags) ||
+			  (k.proto == IPPROTO_UDP && ct_udp_absent(&k, now))))
 		v = conntrack.lookup(&k);
 	if (!v || !ct_current(v, now, k.proto)) {
 		struct ct_value *u = ctu_lookup(external, &k);
@@ -199,7 +201,7 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 	}
 	if (v && ct_alive(v, now, k.proto) && !ct_reopened(v, l4->tcp_flags)) {
 		if (ct_backend_valid(v)) {
-			if (ct_touch(v, now, l4->tcp_flags))
+			if (ct_touch(v, &k, now, l4->tcp_flags))
 				ct_uncount(v);
 			nat_ip = v->nat_ip;
 			nat_port = v->nat_port;

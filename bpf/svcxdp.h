@@ -157,6 +157,11 @@
  * of one into a table that never stays in cache (datapath-notes §11). */
 #define SVCXDP_CT_UNCONFIRMED_SHARE 4
 #define SVCXDP_DEFAULT_CT_UNCONFIRMED_POD 16384
+/* Slots of ct_udp_recent (conntrack.h, ct_udp_absent): one u32 per tuple hash, 256 KiB,
+ * a power of two. Small enough to stay in cache beside ct_unconfirmed_pod; each UDP
+ * flow live in conntrack marks one slot, so at 10,000 of them ~14% of slots say
+ * "maybe" and the rest still save their first packets the conntrack miss. */
+#define SVCXDP_CT_RECENT_SLOTS 65536
 #define SVCXDP_DEFAULT_FRAG_SIZE 8192
 #define SVCXDP_DEFAULT_AFFINITY_SIZE 262144  /* client IPs x affinity services (docs/affinity.md) */
 #define SVCXDP_DEFAULT_SOCK_REVNAT_SIZE 262144 /* (socket, backend) pairs, sock.h */

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import attach as _attach
+from . import udprecent
 from .config import FLOW_TABLES, PROGRAM_PINS, DataplaneConfig
 from .layout import COUNTER_NAMES, const
 from .libbpf import map_info, obj_get, prog_id, u32_delete, u32_update
@@ -31,9 +32,9 @@ EXTERNAL_TAIL = "svcxdp_np_out"     # its way out (XDP_TX / redirect), in np_tai
 CT_GC_ENTRY = "svcxdp_ct_gc"        # idle-flow GC, run with test-run by the agent (ctgc.py)
 SVCXDP_CNT_MAX = const("CNT_MAX")
 TX_PORTS_SIZE = const("TX_PORTS_SIZE")
-MAP_NAMES = ("services", "slots", "backends", "rev_nat", *FLOW_TABLES, "fragments", "rr_state", "svc_stats",
-             "backend_stats", "counters", "backend_conns", "maglev", "affinity", "sock_revnat", "sock_config",
-             "source_ranges")
+MAP_NAMES = ("services", "slots", "backends", "rev_nat", *FLOW_TABLES, udprecent.MAP, "fragments", "rr_state",
+             "svc_stats", "backend_stats", "counters", "backend_conns", "maglev", "affinity", "sock_revnat",
+             "sock_config", "source_ranges")
 
 
 class DataplaneError(RuntimeError):
@@ -45,6 +46,7 @@ def _check_pinned_layout(bpf, config: DataplaneConfig) -> None:
     expected_max = {
         "services": config.max_services, "slots": config.max_slots,
         "backends": config.max_backends, "rev_nat": config.max_backends, **config.flow_table_sizes(),
+        udprecent.MAP: udprecent.SLOTS,
         "fragments": config.frag_size, "rr_state": config.svc_id_slots,
         "svc_stats": config.svc_id_slots, "backend_stats": config.max_backends,
         "backend_conns": config.max_backends,
@@ -108,6 +110,11 @@ class Dataplane:
     def load(cls, config: DataplaneConfig | None = None) -> "Dataplane":
         from bcc import BPF
         config = config or DataplaneConfig()
+        # A conntrack table that outlives the program (pinned by an agent that had no
+        # UDP filter) holds UDP flows the new filter never saw stamped: the filter
+        # starts as "maybe" for all of them (udprecent.py).
+        filter_is_new = (config.pin and (config.pin_dir / "conntrack").exists()
+                         and not (config.pin_dir / udprecent.MAP).exists())
         if config.pin:
             os.makedirs(config.pin_dir, exist_ok=True)
         try:
@@ -119,6 +126,8 @@ class Dataplane:
             # maps of another layout, with a message that names neither.
             if config.pin:
                 _check_pinned_layout(bpf, config)
+                if filter_is_new:
+                    udprecent.fill_maybe(bpf[udprecent.MAP.encode()], config.udp_timeout_s)
             try:
                 fn = bpf.load_func(ENTRY.encode(), BPF.XDP)
                 ext = bpf.load_func(EXTERNAL_ENTRY.encode(), BPF.XDP)

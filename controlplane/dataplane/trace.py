@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from . import frames, predict
+from . import frames, predict, udprecent
 from .affinity_maps import NSEC, coarse_now_ns
 from .flows import F_CLOSING, F_SNAT, Timeouts, be16_port, be32_ip, flow_state, ip_be32, port_be16
 from .layout import ALGORITHMS, const
@@ -287,11 +287,17 @@ def _service_packet(maps, t: Trace, svc, now_ns: int, timeouts: Timeouts) -> Non
     if p.protocol != "TCP":
         flags = 0
     t.tcp_flags = flags
-    if t.entry == "pod" and p.protocol == "TCP" and flags & (TCP_SYN | TCP_ACK) == TCP_SYN:
-        # A bare SYN starts a connection: only the unconfirmed table is looked in.
+    bare_syn = p.protocol == "TCP" and flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    udp_absent = p.protocol == "UDP" and udprecent.absent(
+        udprecent.read(maps.table(udprecent.MAP), key["src"], key["dst"], key["sport"], key["dport"]),
+        now_ns, timeouts.udp)
+    if t.entry == "pod" and (bare_syn or udp_absent):
+        # A bare SYN starts a connection, and a UDP tuple no UDP flow of its hash used
+        # for three timeouts has no live entry: only the unconfirmed table is looked in.
         if where == "conntrack":
-            t.notes.append("a bare SYN starts a connection: the confirmed entry of the tuple "
-                           "is not looked at")
+            t.notes.append("a bare SYN starts a connection: the confirmed entry of the tuple is not looked at"
+                           if bare_syn else "no UDP flow hashing to this tuple's ct_udp_recent slot was seen in "
+                           "conntrack for three UDP timeouts: its confirmed entry (expired) is not looked at")
         v = _lookup(maps, own, **key)
         where = own if v is not None else None
     if v is not None:

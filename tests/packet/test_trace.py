@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.dataplane.config import PROGRAM_PINS
+from controlplane.dataplane import udprecent
+from controlplane.dataplane.config import FLOW_TABLES, PROGRAM_PINS
 from controlplane.dataplane.libbpf import lib
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
 from controlplane.dataplane.pinned import PinnedMaps
@@ -21,8 +22,8 @@ from controlplane.dataplane.trace import Packet, run, trace
 from .harness import Harness
 
 PIN_ROOT = Path("/sys/fs/bpf/svcxdp")
-MAPS = ("services", "slots", "backends", "rev_nat", "conntrack", "ct_unconfirmed", "ct_unconfirmed_pod", "rr_state",
-        "backend_conns", "maglev", "affinity", "source_ranges")
+MAPS = ("services", "slots", "backends", "rev_nat", *FLOW_TABLES, udprecent.MAP, "rr_state", "backend_conns",
+        "maglev", "affinity", "source_ranges")
 ALGORITHMS = ("random", "rr", "wrr", "sh", "dh", "maglev", "lc", "wlc", "sed", "nq")
 VIP = "10.96.7.1"
 BACKENDS = tuple(f"10.244.3.{10 + i}" for i in range(5))

@@ -1,0 +1,187 @@
+"""ct_udp_recent: a UDP datagram on the pod-facing entry point skips its conntrack lookup
+only where the filter is sure the tuple has no live entry (bpf/conntrack.h,
+ct_udp_absent), and every write or refresh of a UDP flow's conntrack entry stamps it.
+
+Slots are aged by writing them from user space on the datapath's clock
+(udprecent.py computes the program's slot and epoch), so nothing here waits."""
+from __future__ import annotations
+
+import os
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from controlplane.dataplane import udprecent
+from controlplane.dataplane.affinity_maps import coarse_now_ns
+from controlplane.dataplane.config import DataplaneConfig
+from controlplane.dataplane.program import Dataplane, reset
+from controlplane.dataplane.trace import Packet, trace
+
+from .harness import BACKENDS, CLIENT, VIP, Harness, delta
+
+pytestmark = pytest.mark.root
+
+SEC = 10**9
+BACKEND_PORT = 5353
+
+
+def datagram(sport: int) -> Ether:
+    return Ether() / IP(src=CLIENT, dst=VIP) / UDP(sport=sport, dport=53) / Raw(b"q")
+
+
+def udp_service(h: Harness) -> None:
+    h.service(port=53, protocol="UDP", backend_port=BACKEND_PORT, algorithm="rr")
+
+
+def flow_key(h: Harness, sport: int):
+    """The conntrack key of CLIENT:sport -> VIP:53 (the only entry with that source port)."""
+    for k in h.dp.table("conntrack").keys():
+        if k.dir == 0 and socket_port(k.sport) == sport:
+            return k
+    raise AssertionError(f"no conntrack entry for source port {sport}")
+
+
+def socket_port(be16: int) -> int:
+    return ((be16 & 0xFF) << 8) | (be16 >> 8)
+
+
+def stamp(h: Harness, k) -> int:
+    return udprecent.read(h.dp.table(udprecent.MAP), k.src, k.dst, k.sport, k.dport)
+
+
+def set_stamp(h: Harness, k, value: int) -> None:
+    udprecent.write(h.dp.table(udprecent.MAP), k.src, k.dst, k.sport, k.dport, value)
+
+
+def epoch_now(h: Harness) -> int:
+    return udprecent.epoch(coarse_now_ns(), h.dp.config.udp_timeout_s)
+
+
+def confirmed_flow(h: Harness, sport: int):
+    """Two datagrams: the flow confirmed in conntrack. Returns (its key, its backend)."""
+    q = datagram(sport)
+    backend = h.send(q).pkt[IP].dst
+    assert h.send(q).pkt[IP].dst == backend
+    return flow_key(h, sport), backend
+
+
+def test_confirming_a_udp_flow_stamps_its_slot(xdp: Harness):
+    udp_service(xdp)
+    k, _ = confirmed_flow(xdp, 46000)
+    assert stamp(xdp, k) == epoch_now(xdp) + 1
+
+
+def test_a_datagram_skips_conntrack_only_where_the_filter_is_sure(xdp: Harness):
+    """A slot three epochs behind: the lookup is skipped (shown here against an entry
+    kept current on purpose, which the program never leaves so); two behind: looked up."""
+    assert epoch_now(xdp) >= 3, "the machine has been up less than three UDP timeouts"
+    udp_service(xdp)
+    k, backend = confirmed_flow(xdp, 46001)
+    packet = Packet(CLIENT, 46001, VIP, 53, "UDP")
+    set_stamp(xdp, k, epoch_now(xdp) - 1)       # two epochs behind: maybe there
+    assert trace(xdp.dp, packet).reason == "ct_hit"
+    before = xdp.counters()
+    assert xdp.send(datagram(46001)).pkt[IP].dst == backend
+    assert delta(before, xdp.counters()) == {"ct_hit": 1}
+    set_stamp(xdp, k, epoch_now(xdp) - 2)       # three behind: certainly not there
+    t = trace(xdp.dp, packet)                   # svcctl trace predicts the skip
+    assert t.reason == "ct_new" and any("ct_udp_recent" in n for n in t.notes), t
+    before = xdp.counters()
+    assert xdp.send(datagram(46001)).pkt[IP].dst != backend   # rr moved on: a new flow
+    assert delta(before, xdp.counters()) == {"ct_new": 1}
+
+
+@pytest.mark.parametrize("behind", [2, 1])
+def test_an_expired_flow_is_replaced_whether_or_not_its_slot_is_old(xdp: Harness, behind: int):
+    """What the filter really meets: an entry idle past the UDP timeout. Behind an old
+    slot the new flow waits in the pods' table and its second datagram replaces the
+    old entry; behind a recent one the first datagram replaces it in place. Either
+    way the slot is stamped when conntrack is written."""
+    assert epoch_now(xdp) >= 3, "the machine has been up less than three UDP timeouts"
+    udp_service(xdp)
+    k, backend = confirmed_flow(xdp, 46002)
+    table = xdp.dp.table("conntrack")
+    v = table[k]
+    v.last_seen = coarse_now_ns() - (xdp.dp.config.udp_timeout_s + 2) * SEC
+    table[k] = v
+    set_stamp(xdp, k, epoch_now(xdp) - behind)   # 2: certainly not there; 1: maybe
+    q = datagram(46002)
+    fresh = xdp.send(q).pkt[IP].dst
+    assert fresh != backend
+    if behind == 2:   # skipped: the old entry is left for the confirmation to replace
+        assert len(xdp.dp.table("ct_unconfirmed_pod")) == 1 and socket_ip(table[k].nat_ip) == backend
+        assert xdp.send(q).pkt[IP].dst == fresh
+    assert len(xdp.dp.table("ct_unconfirmed_pod")) == 0
+    assert socket_ip(table[k].nat_ip) == fresh
+    assert stamp(xdp, k) == epoch_now(xdp) + 1
+
+
+def socket_ip(be32: int) -> str:
+    return ".".join(str((be32 >> s) & 0xFF) for s in (0, 8, 16, 24))
+
+
+@pytest.mark.parametrize("by", ["forward", "reply"])
+def test_a_refresh_of_a_udp_flow_stamps_its_slot(xdp: Harness, by: str):
+    """A flow kept alive by its forward datagrams, or by its backend's answers alone,
+    is never skipped: the refresh (at most once a second) stamps again."""
+    udp_service(xdp)
+    k, backend = confirmed_flow(xdp, 46003)
+    table = xdp.dp.table("conntrack")
+    v = table[k]
+    v.last_seen -= 2 * SEC   # due for a refresh
+    table[k] = v
+    set_stamp(xdp, k, epoch_now(xdp) - 1)   # two epochs behind: still looked up
+    if by == "forward":
+        out = xdp.send(datagram(46003))
+        assert out.pkt[IP].dst == backend
+    else:
+        answer = Ether() / IP(src=backend, dst=CLIENT) / UDP(sport=BACKEND_PORT, dport=46003) / Raw(b"a")
+        assert xdp.send(answer).pkt[IP].src == VIP
+    assert stamp(xdp, k) == epoch_now(xdp) + 1
+
+
+def test_tcp_packets_ignore_the_filter(xdp: Harness):
+    xdp.service(algorithm="rr")
+    syn = xdp.send(Ether() / IP(src=CLIENT, dst=VIP) / TCP(sport=46004, dport=80, flags="S"))
+    backend = syn.pkt[IP].dst
+    answer = Ether() / IP(src=backend, dst=CLIENT) / TCP(sport=8080, dport=46004, flags="SA")
+    xdp.send(answer)
+    ack = Ether() / IP(src=CLIENT, dst=VIP) / TCP(sport=46004, dport=80, flags="A")
+    xdp.send(ack)
+    k = flow_key(xdp, 46004)
+    set_stamp(xdp, k, 0)   # "certainly not there", were it UDP
+    before = xdp.counters()
+    assert xdp.send(ack).pkt[IP].dst == backend
+    assert delta(before, xdp.counters()) == {"ct_hit": 1}
+
+
+def test_a_new_filter_beside_an_adopted_conntrack_starts_as_maybe():
+    """An agent that had no filter leaves conntrack pinned; the next one creates the
+    filter and must not skip the flows it finds there (program.py, udprecent.fill_maybe)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    config = DataplaneConfig(instance="pytest-udp-recent", ct_size=1024, max_services=8, max_backends=16,
+                             max_slots=64, frag_size=64, affinity_size=64, sock_revnat_size=64)
+    reset(config)
+    dp = Dataplane.load(config)
+    try:
+        h = Harness(dp)
+        udp_service(h)
+        k, backend = confirmed_flow(h, 46005)
+        assert epoch_now(h) >= 3, "the machine has been up less than three UDP timeouts"
+    finally:
+        dp.close()
+    (config.pin_dir / udprecent.MAP).unlink()    # as an agent without the filter left it
+    dp = Dataplane.load(config)
+    try:
+        h = Harness(dp)
+        before = h.counters()
+        assert h.send(datagram(46005)).pkt[IP].dst == backend
+        assert delta(before, h.counters()) == {"ct_hit": 1}
+        assert stamp(h, k) >= epoch_now(h) + 1
+    finally:
+        h.writer.sync([])
+        dp.close()
+        reset(config)
