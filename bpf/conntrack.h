@@ -108,9 +108,9 @@ static __always_inline int ct_reopened(const struct ct_value *v, __u8 tcp_flags)
  * Why three, not two: two CPUs stamping one slot across an epoch boundary can leave
  * the older epoch (a plain store, no atomic max), at most one behind. Collisions
  * only make "maybe" more common. Only the pod-facing entry point skips (external
- * flows' SNAT tail wants the old entry found, handle_service). The agent fills a
- * new filter with "maybe" when it adopts a conntrack table that outlived it
- * (program.py). */
+ * flows' SNAT tail wants the old entry found, handle_service). The loader fills the
+ * filter with "maybe" whenever it adopts a conntrack table that outlived the last
+ * program (program.py: its stamps may be missing or of another UDP timeout). */
 #define CT_UDP_EPOCH_NS (SVCXDP_UDP_TIMEOUT_S * SVCXDP_NSEC_PER_SEC)
 
 static __always_inline __u32 ct_udp_epoch(__u64 now)

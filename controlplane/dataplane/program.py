@@ -110,11 +110,12 @@ class Dataplane:
     def load(cls, config: DataplaneConfig | None = None) -> "Dataplane":
         from bcc import BPF
         config = config or DataplaneConfig()
-        # A conntrack table that outlives the program (pinned by an agent that had no
-        # UDP filter) holds UDP flows the new filter never saw stamped: the filter
-        # starts as "maybe" for all of them (udprecent.py).
-        filter_is_new = (config.pin and (config.pin_dir / "conntrack").exists()
-                         and not (config.pin_dir / udprecent.MAP).exists())
+        # A conntrack table that outlives its program holds UDP flows whose stamps this
+        # program cannot trust: a filter new beside it (an agent without one pinned
+        # conntrack) never saw them, and another --udp-timeout makes other epochs of
+        # the same stamps. The filter starts as "maybe" for all of them (udprecent.py):
+        # UDP first packets look in conntrack for two or three timeouts after a restart.
+        adopts_conntrack = config.pin and (config.pin_dir / "conntrack").exists()
         if config.pin:
             os.makedirs(config.pin_dir, exist_ok=True)
         try:
@@ -126,7 +127,7 @@ class Dataplane:
             # maps of another layout, with a message that names neither.
             if config.pin:
                 _check_pinned_layout(bpf, config)
-                if filter_is_new:
+                if adopts_conntrack:
                     udprecent.fill_maybe(bpf[udprecent.MAP.encode()], config.udp_timeout_s)
             try:
                 fn = bpf.load_func(ENTRY.encode(), BPF.XDP)

@@ -2,9 +2,10 @@
 ct_udp_absent): a slot per tuple hash holding 1 + the UDP-timeout epoch in which a UDP
 flow hashing there was last written or refreshed in conntrack (0: never).
 
-User space reads it (trace.py models the skip) and fills it with "maybe" when a new
-filter meets a conntrack table that outlived the program (program.py): the program
-stamps only what it writes itself, so entries it did not write must not be skipped.
+User space reads it (trace.py models the skip) and fills it with "maybe" whenever a
+program is loaded over a conntrack table that outlived the last one (program.py): the
+stamps may be missing (a filter new beside it) or of another epoch length (another
+UDP timeout), and the entries they vouch for must not be skipped.
 """
 from __future__ import annotations
 

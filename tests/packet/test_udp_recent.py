@@ -6,6 +6,7 @@ Slots are aged by writing them from user space on the datapath's clock
 (udprecent.py computes the program's slot and epoch), so nothing here waits."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -16,6 +17,7 @@ from scapy.packet import Raw
 from controlplane.dataplane import udprecent
 from controlplane.dataplane.affinity_maps import coarse_now_ns
 from controlplane.dataplane.config import DataplaneConfig
+from controlplane.dataplane.flows import Timeouts
 from controlplane.dataplane.program import Dataplane, reset
 from controlplane.dataplane.trace import Packet, trace
 
@@ -25,6 +27,28 @@ pytestmark = pytest.mark.root
 
 SEC = 10**9
 BACKEND_PORT = 5353
+# A short UDP timeout keeps the epochs short: a slot can be three epochs behind only
+# once the machine has been up three epochs (a minute here, three with the default).
+UDP_TIMEOUT_S = 20
+SMALL = dict(ct_size=1024, max_services=8, max_backends=16, max_slots=64, frag_size=64, affinity_size=64,
+             sock_revnat_size=64, udp_timeout_s=UDP_TIMEOUT_S)
+
+
+@pytest.fixture(scope="module")
+def short_timeout_dataplane():
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    dp = Dataplane.load(DataplaneConfig(instance="pytest-udp-recent", pin=False, **SMALL))
+    yield dp
+    dp.close()
+
+
+@pytest.fixture
+def xdp(short_timeout_dataplane) -> Harness:
+    h = Harness(short_timeout_dataplane)
+    h.reset()
+    yield h
+    h.reset()
 
 
 def datagram(sport: int) -> Ether:
@@ -79,14 +103,14 @@ def test_a_datagram_skips_conntrack_only_where_the_filter_is_sure(xdp: Harness):
     assert epoch_now(xdp) >= 3, "the machine has been up less than three UDP timeouts"
     udp_service(xdp)
     k, backend = confirmed_flow(xdp, 46001)
-    packet = Packet(CLIENT, 46001, VIP, 53, "UDP")
+    packet, timeouts = Packet(CLIENT, 46001, VIP, 53, "UDP"), Timeouts(udp=UDP_TIMEOUT_S)
     set_stamp(xdp, k, epoch_now(xdp) - 1)       # two epochs behind: maybe there
-    assert trace(xdp.dp, packet).reason == "ct_hit"
+    assert trace(xdp.dp, packet, timeouts=timeouts).reason == "ct_hit"
     before = xdp.counters()
     assert xdp.send(datagram(46001)).pkt[IP].dst == backend
     assert delta(before, xdp.counters()) == {"ct_hit": 1}
     set_stamp(xdp, k, epoch_now(xdp) - 2)       # three behind: certainly not there
-    t = trace(xdp.dp, packet)                   # svcctl trace predicts the skip
+    t = trace(xdp.dp, packet, timeouts=timeouts)   # svcctl trace predicts the skip
     assert t.reason == "ct_new" and any("ct_udp_recent" in n for n in t.notes), t
     before = xdp.counters()
     assert xdp.send(datagram(46001)).pkt[IP].dst != backend   # rr moved on: a new flow
@@ -157,13 +181,15 @@ def test_tcp_packets_ignore_the_filter(xdp: Harness):
     assert delta(before, xdp.counters()) == {"ct_hit": 1}
 
 
-def test_a_new_filter_beside_an_adopted_conntrack_starts_as_maybe():
-    """An agent that had no filter leaves conntrack pinned; the next one creates the
-    filter and must not skip the flows it finds there (program.py, udprecent.fill_maybe)."""
+@pytest.mark.parametrize("restart", ["filter new", "timeout changed"])
+def test_a_program_loaded_over_an_adopted_conntrack_starts_with_maybe(restart: str):
+    """The next agent adopts the pinned conntrack and must not skip the UDP flows it
+    finds there: not when the filter is new beside it (the agent before had none), nor
+    when --udp-timeout changed (the same stamps, other epochs): program.py fills the
+    filter with "maybe" (udprecent.fill_maybe)."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    config = DataplaneConfig(instance="pytest-udp-recent", ct_size=1024, max_services=8, max_backends=16,
-                             max_slots=64, frag_size=64, affinity_size=64, sock_revnat_size=64)
+    config = DataplaneConfig(instance="pytest-udp-recent-pins", **SMALL)
     reset(config)
     dp = Dataplane.load(config)
     try:
@@ -173,7 +199,10 @@ def test_a_new_filter_beside_an_adopted_conntrack_starts_as_maybe():
         assert epoch_now(h) >= 3, "the machine has been up less than three UDP timeouts"
     finally:
         dp.close()
-    (config.pin_dir / udprecent.MAP).unlink()    # as an agent without the filter left it
+    if restart == "filter new":
+        (config.pin_dir / udprecent.MAP).unlink()    # as an agent without the filter left it
+    else:
+        config = dataclasses.replace(config, udp_timeout_s=config.udp_timeout_s // 2)
     dp = Dataplane.load(config)
     try:
         h = Harness(dp)
