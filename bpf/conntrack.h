@@ -98,24 +98,27 @@ static __always_inline int ct_reopened(const struct ct_value *v, __u8 tcp_flags)
  * A UDP datagram cannot say it is its flow's first, so each one would look in
  * conntrack, and a new flow's miss there is a cold bucket of a table of a million
  * entries (datapath-notes §12: ~230 ns of a UDP first packet's ~650). ct_udp_recent,
- * one u32 per tuple hash and small enough to stay in cache, answers "certainly not
- * there" instead: each slot holds 1 + the epoch (one UDP timeout long) in which a
- * UDP forward entry hashing to it was last written or refreshed in conntrack (0:
- * never). Every such write stamps (ct_udp_stamp): an entry's last_seen is set only
- * with a stamp at the same `now`. A slot three epochs behind therefore means every
+ * a byte per tuple hash (64 KiB, which stays in cache), answers "certainly not there"
+ * instead: each slot holds the tag of the epoch (one UDP timeout long) in which a UDP
+ * forward entry hashing to it was last written or refreshed in conntrack (0: never).
+ * Every such write stamps (ct_udp_stamp): an entry's last_seen is set only with a
+ * stamp at the same `now`. A slot three or more epochs old therefore means every
  * entry hashing to it has been idle longer than the UDP timeout, i.e. expired, and
  * skipping the lookup changes nothing: the packet starts a new flow either way.
  * Why three, not two: two CPUs stamping one slot across an epoch boundary can leave
- * the older epoch (a plain store, no atomic max), at most one behind. Collisions
- * only make "maybe" more common. Only the pod-facing entry point skips (external
- * flows' SNAT tail wants the old entry found, handle_service). The loader fills the
- * filter with "maybe" whenever it adopts a conntrack table that outlived the last
- * program (program.py: its stamps may be missing or of another UDP timeout). */
+ * the older epoch (a plain store, no atomic max), at most one behind. Tags count
+ * epochs mod 255 (1..255), so a slot untouched for 255 epochs or more may look
+ * recent again: "maybe", which is always safe. Collisions only make "maybe" more
+ * common. Only the pod-facing entry point skips (external flows' SNAT tail wants the
+ * old entry found, handle_service). The loader fills the filter with "maybe"
+ * whenever it adopts a conntrack table that outlived the last program (program.py:
+ * its stamps may be missing or of another UDP timeout). */
 #define CT_UDP_EPOCH_NS (SVCXDP_UDP_TIMEOUT_S * SVCXDP_NSEC_PER_SEC)
+#define CT_UDP_TAGS 255
 
-static __always_inline __u32 ct_udp_epoch(__u64 now)
+static __always_inline __u32 ct_udp_tag(__u64 now)
 {
-	return (__u32)(now / CT_UDP_EPOCH_NS);
+	return (__u32)((now / CT_UDP_EPOCH_NS) % CT_UDP_TAGS) + 1;
 }
 
 /* A multiplicative mix of the tuple (the direction and protocol are implied: UDP,
@@ -131,23 +134,35 @@ static __always_inline __u32 ct_udp_slot(const struct ct_key *k)
 	return h & (SVCXDP_CT_RECENT_SLOTS - 1);
 }
 
+static __always_inline __u8 *ct_udp_tag_of(const struct ct_key *k)
+{
+	__u32 zero = 0;
+	struct ct_udp_recent *r = ct_udp_recent.lookup(&zero);
+	if (!r)
+		return NULL;
+	return &r->tag[ct_udp_slot(k)];
+}
+
 static __always_inline void ct_udp_stamp(const struct ct_key *k, __u64 now)
 {
 	if (k->proto != IPPROTO_UDP || k->dir != SVCXDP_CT_DIR_FORWARD)
 		return;
-	__u32 i = ct_udp_slot(k);
-	__u32 *s = ct_udp_recent.lookup(&i);
-	__u32 stamp = ct_udp_epoch(now) + 1;
-	if (s && *s < stamp)   /* once per slot and epoch: the line stays shared */
-		*s = stamp;
+	__u8 *t = ct_udp_tag_of(k);
+	__u8 tag = ct_udp_tag(now);
+	if (t && *t != tag)   /* once per slot and epoch: the line stays shared */
+		*t = tag;
 }
 
 /* Certainly no live conntrack entry for this UDP forward tuple (see above). */
 static __always_inline int ct_udp_absent(const struct ct_key *k, __u64 now)
 {
-	__u32 i = ct_udp_slot(k);
-	__u32 *s = ct_udp_recent.lookup(&i);
-	return s && *s + 1 < ct_udp_epoch(now);
+	__u8 *t = ct_udp_tag_of(k);
+	if (!t)
+		return 0;
+	if (*t == 0)
+		return 1;
+	__u32 age = (ct_udp_tag(now) + CT_UDP_TAGS - *t) % CT_UDP_TAGS;
+	return age >= 3;
 }
 
 /* Refresh an entry (`k`: its key, for the UDP stamp); returns 1 when this packet

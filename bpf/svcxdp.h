@@ -157,7 +157,7 @@
  * of one into a table that never stays in cache (datapath-notes §11). */
 #define SVCXDP_CT_UNCONFIRMED_SHARE 4
 #define SVCXDP_DEFAULT_CT_UNCONFIRMED_POD 16384
-/* Slots of ct_udp_recent (conntrack.h, ct_udp_absent): one u32 per tuple hash, 256 KiB,
+/* Slots of ct_udp_recent (conntrack.h, ct_udp_absent): one byte per tuple hash, 64 KiB,
  * a power of two. Small enough to stay in cache beside ct_unconfirmed_pod; each UDP
  * flow live in conntrack marks one slot, so at 10,000 of them ~14% of slots say
  * "maybe" and the rest still save their first packets the conntrack miss. */
@@ -293,6 +293,14 @@ struct ct_value {
 			   * SNAT reply (DIR_SNAT): the client's address:port */
 	__be16 peer_port;
 	__u16 reserved2;
+};
+
+/* ct_udp_recent's only value (conntrack.h, ct_udp_absent): a tag per tuple hash, the
+ * UDP-timeout epoch of the slot's last stamp mod 255, plus 1 (0: never stamped). One
+ * value of bytes, not an array map of them: an array map rounds each element up to 8
+ * bytes, which made 64 KiB of tags 512 KiB of memory to keep in cache. */
+struct ct_udp_recent {
+	__u8 tag[SVCXDP_CT_RECENT_SLOTS];
 };
 
 /* Non-first IPv4 fragments carry no ports: the first fragment records how its

@@ -46,7 +46,7 @@ def _check_pinned_layout(bpf, config: DataplaneConfig) -> None:
     expected_max = {
         "services": config.max_services, "slots": config.max_slots,
         "backends": config.max_backends, "rev_nat": config.max_backends, **config.flow_table_sizes(),
-        udprecent.MAP: udprecent.SLOTS,
+        udprecent.MAP: 1,
         "fragments": config.frag_size, "rr_state": config.svc_id_slots,
         "svc_stats": config.svc_id_slots, "backend_stats": config.max_backends,
         "backend_conns": config.max_backends,

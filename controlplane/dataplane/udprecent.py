@@ -1,6 +1,7 @@
 """ct_udp_recent, the filter that lets a UDP first packet skip conntrack (bpf/conntrack.h,
-ct_udp_absent): a slot per tuple hash holding 1 + the UDP-timeout epoch in which a UDP
-flow hashing there was last written or refreshed in conntrack (0: never).
+ct_udp_absent): one value of a byte per tuple hash, each the tag (epoch mod 255, plus 1;
+0: never) of the UDP-timeout epoch in which a UDP flow hashing there was last written or
+refreshed in conntrack. A slot three or more epochs old vouches that no such entry lives.
 
 User space reads it (trace.py models the skip) and fills it with "maybe" whenever a
 program is loaded over a conntrack table that outlived the last one (program.py): the
@@ -9,11 +10,15 @@ UDP timeout), and the entries they vouch for must not be skipped.
 """
 from __future__ import annotations
 
+import ctypes as ct
+
 from .affinity_maps import coarse_now_ns
 from .layout import const
 
 MAP = "ct_udp_recent"
 SLOTS = const("CT_RECENT_SLOTS")
+TAGS = 255                 # conntrack.h CT_UDP_TAGS
+SURE_AGE = 3               # epochs: what ct_udp_absent() calls certainly expired
 _NSEC = 1_000_000_000
 _M32 = 0xFFFFFFFF
 
@@ -31,35 +36,39 @@ def slot(src: int, dst: int, sport: int, dport: int) -> int:
 
 
 def epoch(now_ns: int, udp_timeout_s: int) -> int:
-    """conntrack.h ct_udp_epoch()."""
-    return (now_ns // (udp_timeout_s * _NSEC)) & _M32
+    return now_ns // (udp_timeout_s * _NSEC)
 
 
-def absent(stamp: int, now_ns: int, udp_timeout_s: int) -> bool:
-    """conntrack.h ct_udp_absent() of a slot holding `stamp`."""
-    return stamp + 1 < epoch(now_ns, udp_timeout_s)
+def tag_of_epoch(e: int) -> int:
+    """The tag a stamp in epoch `e` writes (conntrack.h ct_udp_tag())."""
+    return e % TAGS + 1
 
 
-def stamp_of(now_ns: int, udp_timeout_s: int) -> int:
-    """What conntrack.h ct_udp_stamp() writes at `now_ns`."""
-    return epoch(now_ns, udp_timeout_s) + 1
+def tag(now_ns: int, udp_timeout_s: int) -> int:
+    return tag_of_epoch(epoch(now_ns, udp_timeout_s))
+
+
+def absent(t: int, now_ns: int, udp_timeout_s: int) -> bool:
+    """conntrack.h ct_udp_absent() of a slot holding tag `t`."""
+    return t == 0 or (tag(now_ns, udp_timeout_s) + TAGS - t) % TAGS >= SURE_AGE
 
 
 def fill_maybe(table, udp_timeout_s: int, now_ns: int | None = None) -> None:
     """Every slot stamped now: nothing is skipped until the UDP flows that may be in
     conntrack (written before this filter existed) have been idle a full timeout."""
-    value = stamp_of(coarse_now_ns() if now_ns is None else now_ns, udp_timeout_s)
-    keys = (table.Key * SLOTS)(*range(SLOTS))
-    values = (table.Leaf * SLOTS)(*([value] * SLOTS))
-    table.items_update_batch(keys, values)
+    leaf = table.Leaf()
+    ct.memset(ct.addressof(leaf), tag(coarse_now_ns() if now_ns is None else now_ns, udp_timeout_s),
+              ct.sizeof(leaf))
+    table[table.Key(0)] = leaf
 
 
 def read(table, src: int, dst: int, sport: int, dport: int) -> int:
-    """The slot's stamp for a UDP forward key's fields."""
-    return int(table[table.Key(slot(src, dst, sport, dport))].value)
+    """The tag of a UDP forward key's slot."""
+    return int(table[table.Key(0)].tag[slot(src, dst, sport, dport)])
 
 
-def write(table, src: int, dst: int, sport: int, dport: int, stamp: int) -> None:
-    """Set the slot of a UDP forward key's fields (tests: age a slot, or mark it)."""
-    table[table.Key(slot(src, dst, sport, dport))] = table.Leaf(stamp)
-
+def write(table, src: int, dst: int, sport: int, dport: int, t: int) -> None:
+    """Set the tag of a UDP forward key's slot (tests: age a slot, or mark it)."""
+    leaf = table[table.Key(0)]
+    leaf.tag[slot(src, dst, sport, dport)] = t
+    table[table.Key(0)] = leaf

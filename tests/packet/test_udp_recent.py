@@ -2,8 +2,8 @@
 only where the filter is sure the tuple has no live entry (bpf/conntrack.h,
 ct_udp_absent), and every write or refresh of a UDP flow's conntrack entry stamps it.
 
-Slots are aged by writing them from user space on the datapath's clock
-(udprecent.py computes the program's slot and epoch), so nothing here waits."""
+Slots are aged by writing their tags from user space on the datapath's clock
+(udprecent.py computes the program's slot and tag), so nothing here waits."""
 from __future__ import annotations
 
 import dataclasses
@@ -27,9 +27,7 @@ pytestmark = pytest.mark.root
 
 SEC = 10**9
 BACKEND_PORT = 5353
-# A short UDP timeout keeps the epochs short: a slot can be three epochs behind only
-# once the machine has been up three epochs (a minute here, three with the default).
-UDP_TIMEOUT_S = 20
+UDP_TIMEOUT_S = 20   # a dataplane of its own: the trace below is told its timeouts
 SMALL = dict(ct_size=1024, max_services=8, max_backends=16, max_slots=64, frag_size=64, affinity_size=64,
              sock_revnat_size=64, udp_timeout_s=UDP_TIMEOUT_S)
 
@@ -71,16 +69,22 @@ def socket_port(be16: int) -> int:
     return ((be16 & 0xFF) << 8) | (be16 >> 8)
 
 
-def stamp(h: Harness, k) -> int:
+def tag(h: Harness, k) -> int:
     return udprecent.read(h.dp.table(udprecent.MAP), k.src, k.dst, k.sport, k.dport)
 
 
-def set_stamp(h: Harness, k, value: int) -> None:
-    udprecent.write(h.dp.table(udprecent.MAP), k.src, k.dst, k.sport, k.dport, value)
+def set_age(h: Harness, k, age: int) -> None:
+    """Tag the key's slot as stamped `age` UDP-timeout epochs ago."""
+    e = udprecent.epoch(coarse_now_ns(), h.dp.config.udp_timeout_s)
+    set_tag(h, k, udprecent.tag_of_epoch(e - age))
 
 
-def epoch_now(h: Harness) -> int:
-    return udprecent.epoch(coarse_now_ns(), h.dp.config.udp_timeout_s)
+def set_tag(h: Harness, k, t: int) -> None:
+    udprecent.write(h.dp.table(udprecent.MAP), k.src, k.dst, k.sport, k.dport, t)
+
+
+def tag_now(h: Harness) -> int:
+    return udprecent.tag(coarse_now_ns(), h.dp.config.udp_timeout_s)
 
 
 def confirmed_flow(h: Harness, sport: int):
@@ -94,22 +98,21 @@ def confirmed_flow(h: Harness, sport: int):
 def test_confirming_a_udp_flow_stamps_its_slot(xdp: Harness):
     udp_service(xdp)
     k, _ = confirmed_flow(xdp, 46000)
-    assert stamp(xdp, k) == epoch_now(xdp) + 1
+    assert tag(xdp, k) == tag_now(xdp)
 
 
 def test_a_datagram_skips_conntrack_only_where_the_filter_is_sure(xdp: Harness):
-    """A slot three epochs behind: the lookup is skipped (shown here against an entry
-    kept current on purpose, which the program never leaves so); two behind: looked up."""
-    assert epoch_now(xdp) >= 3, "the machine has been up less than three UDP timeouts"
+    """A slot three epochs old: the lookup is skipped (shown here against an entry kept
+    current on purpose, which the program never leaves so); two old: looked up."""
     udp_service(xdp)
     k, backend = confirmed_flow(xdp, 46001)
     packet, timeouts = Packet(CLIENT, 46001, VIP, 53, "UDP"), Timeouts(udp=UDP_TIMEOUT_S)
-    set_stamp(xdp, k, epoch_now(xdp) - 1)       # two epochs behind: maybe there
+    set_age(xdp, k, 2)                          # maybe there
     assert trace(xdp.dp, packet, timeouts=timeouts).reason == "ct_hit"
     before = xdp.counters()
     assert xdp.send(datagram(46001)).pkt[IP].dst == backend
     assert delta(before, xdp.counters()) == {"ct_hit": 1}
-    set_stamp(xdp, k, epoch_now(xdp) - 2)       # three behind: certainly not there
+    set_age(xdp, k, 3)                          # certainly not there
     t = trace(xdp.dp, packet, timeouts=timeouts)   # svcctl trace predicts the skip
     assert t.reason == "ct_new" and any("ct_udp_recent" in n for n in t.notes), t
     before = xdp.counters()
@@ -117,29 +120,28 @@ def test_a_datagram_skips_conntrack_only_where_the_filter_is_sure(xdp: Harness):
     assert delta(before, xdp.counters()) == {"ct_new": 1}
 
 
-@pytest.mark.parametrize("behind", [2, 1])
-def test_an_expired_flow_is_replaced_whether_or_not_its_slot_is_old(xdp: Harness, behind: int):
+@pytest.mark.parametrize("age", [3, 2])
+def test_an_expired_flow_is_replaced_whether_or_not_its_slot_is_old(xdp: Harness, age: int):
     """What the filter really meets: an entry idle past the UDP timeout. Behind an old
     slot the new flow waits in the pods' table and its second datagram replaces the
     old entry; behind a recent one the first datagram replaces it in place. Either
     way the slot is stamped when conntrack is written."""
-    assert epoch_now(xdp) >= 3, "the machine has been up less than three UDP timeouts"
     udp_service(xdp)
     k, backend = confirmed_flow(xdp, 46002)
     table = xdp.dp.table("conntrack")
     v = table[k]
     v.last_seen = coarse_now_ns() - (xdp.dp.config.udp_timeout_s + 2) * SEC
     table[k] = v
-    set_stamp(xdp, k, epoch_now(xdp) - behind)   # 2: certainly not there; 1: maybe
+    set_age(xdp, k, age)   # 3: certainly not there; 2: maybe
     q = datagram(46002)
     fresh = xdp.send(q).pkt[IP].dst
     assert fresh != backend
-    if behind == 2:   # skipped: the old entry is left for the confirmation to replace
+    if age == 3:   # skipped: the old entry is left for the confirmation to replace
         assert len(xdp.dp.table("ct_unconfirmed_pod")) == 1 and socket_ip(table[k].nat_ip) == backend
         assert xdp.send(q).pkt[IP].dst == fresh
     assert len(xdp.dp.table("ct_unconfirmed_pod")) == 0
     assert socket_ip(table[k].nat_ip) == fresh
-    assert stamp(xdp, k) == epoch_now(xdp) + 1
+    assert tag(xdp, k) == tag_now(xdp)
 
 
 def socket_ip(be32: int) -> str:
@@ -156,14 +158,14 @@ def test_a_refresh_of_a_udp_flow_stamps_its_slot(xdp: Harness, by: str):
     v = table[k]
     v.last_seen -= 2 * SEC   # due for a refresh
     table[k] = v
-    set_stamp(xdp, k, epoch_now(xdp) - 1)   # two epochs behind: still looked up
+    set_age(xdp, k, 2)   # still looked up
     if by == "forward":
         out = xdp.send(datagram(46003))
         assert out.pkt[IP].dst == backend
     else:
         answer = Ether() / IP(src=backend, dst=CLIENT) / UDP(sport=BACKEND_PORT, dport=46003) / Raw(b"a")
         assert xdp.send(answer).pkt[IP].src == VIP
-    assert stamp(xdp, k) == epoch_now(xdp) + 1
+    assert tag(xdp, k) == tag_now(xdp)
 
 
 def test_tcp_packets_ignore_the_filter(xdp: Harness):
@@ -175,7 +177,7 @@ def test_tcp_packets_ignore_the_filter(xdp: Harness):
     ack = Ether() / IP(src=CLIENT, dst=VIP) / TCP(sport=46004, dport=80, flags="A")
     xdp.send(ack)
     k = flow_key(xdp, 46004)
-    set_stamp(xdp, k, 0)   # "certainly not there", were it UDP
+    set_tag(xdp, k, 0)   # never stamped: "certainly not there", were it UDP
     before = xdp.counters()
     assert xdp.send(ack).pkt[IP].dst == backend
     assert delta(before, xdp.counters()) == {"ct_hit": 1}
@@ -196,20 +198,23 @@ def test_a_program_loaded_over_an_adopted_conntrack_starts_with_maybe(restart: s
         h = Harness(dp)
         udp_service(h)
         k, backend = confirmed_flow(h, 46005)
-        assert epoch_now(h) >= 3, "the machine has been up less than three UDP timeouts"
+        old_tag = tag(h, k)
     finally:
         dp.close()
     if restart == "filter new":
         (config.pin_dir / udprecent.MAP).unlink()    # as an agent without the filter left it
-    else:
-        config = dataclasses.replace(config, udp_timeout_s=config.udp_timeout_s // 2)
+    else:   # a shorter timeout (still 10 s: the flow stays alive) under which the old tag,
+        # as left, reads "certainly not there" (one exists once the machine is up a minute)
+        now = coarse_now_ns()
+        shorter = next(s for s in range(UDP_TIMEOUT_S - 1, 9, -1) if udprecent.absent(old_tag, now, s))
+        config = dataclasses.replace(config, udp_timeout_s=shorter)
     dp = Dataplane.load(config)
     try:
         h = Harness(dp)
         before = h.counters()
         assert h.send(datagram(46005)).pkt[IP].dst == backend
         assert delta(before, h.counters()) == {"ct_hit": 1}
-        assert stamp(h, k) >= epoch_now(h) + 1
+        assert tag(h, k) == tag_now(h)
     finally:
         h.writer.sync([])
         dp.close()
