@@ -29,6 +29,12 @@ Paths (each a TCP packet, Ethernet + IPv4 + TCP, 54 bytes):
   new_flow     SYN from a tuple never seen before: backend pick, one insert into
                the pods' unconfirmed table (ct_unconfirmed_pod), DNAT (every packet
                of every round is a distinct tuple)
+  new_flow_udp the same for a UDP datagram (54 bytes, no UDP checksum) to the same VIP
+               and port over UDP: a datagram cannot say it is a flow's first, so it
+               looks in conntrack unless ct_udp_recent is sure the tuple has no entry
+               there (bpf/conntrack.h). In the empty configuration nothing has stamped
+               the filter (it skips); in the full one the filter is filled with "maybe",
+               as a conntrack full of live UDP flows leaves it (it looks: the worst case)
   confirm      the ACK that confirms such a flow: its entry moves from
                ct_unconfirmed_pod into conntrack (on a full conntrack that insert
                evicts). Each round first sends PACKETS new SYNs, unmeasured, then
@@ -101,6 +107,7 @@ from itertools import repeat
 
 import pytest
 
+from controlplane.dataplane import udprecent
 from controlplane.dataplane.config import FLOW_TABLES, UNCONFIRMED_TABLES
 from controlplane.dataplane.frames import csum
 
@@ -115,7 +122,9 @@ PACKETS = 500 if QUICK else 2_000          # test-run calls per round
 ROUNDS = 10 if QUICK else 50               # measured rounds per benchmark
 WARMUP = 1 if QUICK else 2                 # unmeasured rounds first
 PAIRED = "bound_paired"
-PATHS = ("floor", "non_service", "established", "reply", "cold_line", "new_flow", "confirm", PAIRED)
+PATHS = ("floor", "non_service", "established", "reply", "cold_line", "new_flow", "new_flow_udp", "confirm",
+         PAIRED)
+NEW_FLOW_PATHS = ("new_flow", "new_flow_udp", "cold_line", "confirm")   # a distinct tuple per packet
 PAIRED_SLICE = 50                          # consecutive calls of one program in a paired round
 # Every configuration gets a freshly loaded dataplane (services written, conntrack
 # filled). Within one, new_flow and confirm run last because they add (and, at 1M,
@@ -217,9 +226,10 @@ class NewFlowFrames:
 
     PORTS = 60_000
 
-    def __init__(self, template: bytes, client=default_client) -> None:
+    def __init__(self, template: bytes, client=default_client, l4_checksum=None) -> None:
         self.template = bytearray(template)
         self.client = client
+        self.l4_checksum = l4_checksum or _tcp_checksum
         self.next = 0
 
     def take(self, n: int) -> list[bytes]:
@@ -231,7 +241,7 @@ class NewFlowFrames:
             t[34:36] = struct.pack("!H", sport)
             t[24:26] = b"\0\0"
             t[24:26] = struct.pack("!H", _csum(bytes(t[14:34])))
-            _tcp_checksum(t)
+            self.l4_checksum(t)
             out.append(bytes(t))
         self.next += n
         return out
@@ -243,6 +253,10 @@ def _tcp_checksum(t: bytearray) -> None:
     seg = bytes(t[34:])
     pseudo = bytes(t[26:34]) + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(seg))
     t[50:52] = struct.pack("!H", _csum(pseudo + seg))
+
+
+def _no_udp_checksum(t: bytearray) -> None:
+    """A UDP datagram over IPv4 may carry no checksum (0): nothing to set."""
 
 
 def confirming(syn: bytes) -> bytes:
@@ -383,6 +397,7 @@ class Env:
     states: list
     frames: dict[str, bytes]
     new_flows: NewFlowFrames
+    new_udp_flows: NewFlowFrames
     cpu: int | None
     dp: object = None
     runner: object = None
@@ -410,7 +425,8 @@ class Env:
         info.update(flowtables.unconfirmed_sizes(self.dp))
         self.runner = TestRunner(self.dp.prog_fd)
         t = time.perf_counter()
-        result = MapWriter(self.dp).sync(self.states[:services])
+        # (1 service: the measured frontend over TCP and over UDP)
+        result = MapWriter(self.dp).sync(self.states[:max(services, 2)])
         info["writer_sync_s"] = round(time.perf_counter() - t, 3)
         info["writer_sync_added"] = result.added
         conntrack = self.dp.table("conntrack")
@@ -424,6 +440,9 @@ class Env:
             t = time.perf_counter()
             batch_fill(conntrack, *self._ct_arrays)
             fill_unconfirmed(self.dp, self._ct_arrays)
+            # A conntrack full of live UDP flows leaves every slot "maybe" (the fill
+            # above wrote the entries without the program's stamps).
+            udprecent.fill_maybe(self.dp.table(udprecent.MAP), self.config.udp_timeout_s)
             info["ct_fill_s"] = round(time.perf_counter() - t, 3)
         self._make_test_flow()
         present = table_counts(self.dp)
@@ -446,7 +465,7 @@ class Env:
         keys = (table.Key * len(frames))()
         for k, f in zip(keys, frames):
             (k.src, k.dst), (k.sport, k.dport) = struct.unpack("=II", f[26:34]), struct.unpack("=HH", f[34:38])
-            k.proto = socket.IPPROTO_TCP
+            k.proto = f[23]
         table.items_delete_batch(keys)
 
     def close(self) -> None:
@@ -478,25 +497,30 @@ class Env:
 
 def _service_states():
     from controlplane.dataplane.model import Backend, Frontend, ServiceState
-    target = ServiceState(Frontend(VIP, VPORT, "TCP"),
-                          tuple(Backend(ip, BACKEND_PORT) for ip in BACKENDS), "random")
+    backends = tuple(Backend(ip, BACKEND_PORT) for ip in BACKENDS)
+    target = ServiceState(Frontend(VIP, VPORT, "TCP"), backends, "random")
+    udp_target = ServiceState(Frontend(VIP, VPORT, "UDP"), backends, "random")
     fillers = [ServiceState(Frontend(f"10.100.{i >> 8}.{i & 255}", 80, "TCP"),
                             (Backend(f"10.245.{i >> 8}.{i & 255}", 8080),
                              Backend(f"10.246.{i >> 8}.{i & 255}", 8080)), "random")
-               for i in range(1, max(SERVICES))]
-    return [target] + fillers   # the measured service is written first: svc_id 1 throughout
+               for i in range(1, max(SERVICES) - 1)]
+    # the measured frontends are written first: svc_ids 1 (TCP) and 2 (UDP) throughout
+    return [target, udp_target] + fillers
 
 
 def _frames() -> dict[str, bytes]:
-    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet import IP, TCP, UDP
     from scapy.layers.l2 import Ether
+    from scapy.packet import Raw
 
     def fwd(flags, src=CLIENT, dst=VIP, sport=CLIENT_PORT):
         return bytes(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=src, dst=dst, ttl=64, id=1)
                      / TCP(sport=sport, dport=VPORT, flags=flags, seq=1000, ack=0 if flags == "S" else 1))
 
+    udp = bytes(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src="10.244.128.0", dst=VIP, ttl=64, id=1)
+                / UDP(sport=2000, dport=VPORT, chksum=0) / Raw(b"q" * 12))
     return {"syn": fwd("S"), "established": fwd("A"), "non_service": fwd("A", dst=OTHER_POD),
-            "new_flow_template": fwd("S", src="10.244.128.0", sport=2000)}
+            "new_flow_template": fwd("S", src="10.244.128.0", sport=2000), "new_udp_flow_template": udp}
 
 
 @pytest.fixture(scope="module")
@@ -523,7 +547,8 @@ def env():
         bucket_bpf, bucket_fd = load_cold_bucket_program(config.ct_size, config.ct_unconfirmed_size)
         e = Env(config=config, floor_bpf=floor_bpf, floor_runner=TestRunner(floor_fd),
                 ruler_runner=TestRunner(ruler_fd), states=_service_states(), frames=frames,
-                new_flows=new_flows, cpu=cpu, bucket_runner=TestRunner(bucket_fd))
+                new_flows=new_flows, cpu=cpu, bucket_runner=TestRunner(bucket_fd),
+                new_udp_flows=NewFlowFrames(frames["new_udp_flow_template"], l4_checksum=_no_udp_checksum))
         try:
             yield e
         finally:
@@ -534,7 +559,7 @@ def env():
 
 # ---- the benchmark -------------------------------------------------------------------
 EXPECTED_COUNTER = {"non_service": "pass_non_service", "established": "ct_hit",
-                    "reply": "revnat", "new_flow": "ct_new", "confirm": "ct_hit"}
+                    "reply": "revnat", "new_flow": "ct_new", "new_flow_udp": "ct_new", "confirm": "ct_hit"}
 
 
 def _case_id(case) -> str:
@@ -553,8 +578,9 @@ def test_datapath(benchmark, env, services, ct_entries, path):
     duration = runner.duration_ns
     total_rounds = ROUNDS + WARMUP
 
-    if path in ("new_flow", "cold_line", "confirm"):
-        batches = iter([env.new_flows.take(PACKETS) for _ in range(total_rounds)])
+    if path in NEW_FLOW_PATHS:
+        flows = env.new_udp_flows if path == "new_flow_udp" else env.new_flows
+        batches = iter([flows.take(PACKETS) for _ in range(total_rounds)])
     else:
         frame = env.frames["established" if path == "floor" else path]
         batches = repeat([frame] * PACKETS)
@@ -576,7 +602,7 @@ def test_datapath(benchmark, env, services, ct_entries, path):
         for f in frames:
             ds.append(duration(f))
             fs.append(floor_duration(floor_frame))
-        if path == "new_flow" and not ct_entries:
+        if path in ("new_flow", "new_flow_udp") and not ct_entries:
             env.forget_new_flows(frames)
         per_packet.extend(ds)
         per_round.append(sum(ds) / len(ds))

@@ -25,10 +25,11 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_JSON = HERE / "results" / "datapath.json"
 DEFAULT_MD = HERE / "results" / "datapath.md"
 
-PATH_ORDER = ("floor", "non_service", "established", "reply", "cold_line", "new_flow", "confirm")
+PATH_ORDER = ("floor", "non_service", "established", "reply", "cold_line", "new_flow", "new_flow_udp", "confirm")
 PATH_LABEL = {"floor": "floor (empty XDP)", "non_service": "non-service packet",
               "established": "established flow", "reply": "reply (reverse NAT)",
               "cold_line": "ruler: one cold cache line", "new_flow": "new flow (first packet)",
+              "new_flow_udp": "new UDP flow (first datagram; full: ct_udp_recent all \"maybe\")",
               "confirm": "confirming packet (into conntrack)"}
 RULERS = ("floor", "cold_line")   # measuring sticks, not svcxdp paths
 # Issue 17's datapath targets, each a ratio of two figures of the same run (the
@@ -342,7 +343,7 @@ def _paired_bound_lines(rows: dict, services) -> list[str]:
 def _new_flow_call_lines(rows: dict, services, cts) -> list[str]:
     """Per call, not per round: the LRU's batched refills show in p99/p99.9."""
     lines = []
-    for path in ("new_flow", "confirm"):
+    for path in ("new_flow", "new_flow_udp", "confirm"):
         for c in cts:
             for s in services:
                 x = rows.get((path, s, c))
