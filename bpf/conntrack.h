@@ -114,11 +114,10 @@ static __always_inline int ct_reopened(const struct ct_value *v, __u8 tcp_flags)
  * whenever it adopts a conntrack table that outlived the last program (program.py:
  * its stamps may be missing or of another UDP timeout). */
 #define CT_UDP_EPOCH_NS (SVCXDP_UDP_TIMEOUT_S * SVCXDP_NSEC_PER_SEC)
-#define CT_UDP_TAGS 255
 
 static __always_inline __u32 ct_udp_tag(__u64 now)
 {
-	return (__u32)((now / CT_UDP_EPOCH_NS) % CT_UDP_TAGS) + 1;
+	return (__u32)((now / CT_UDP_EPOCH_NS) % SVCXDP_CT_RECENT_TAGS) + 1;
 }
 
 /* A multiplicative mix of the tuple (the direction and protocol are implied: UDP,
@@ -161,8 +160,8 @@ static __always_inline int ct_udp_absent(const struct ct_key *k, __u64 now)
 		return 0;
 	if (*t == 0)
 		return 1;
-	__u32 age = (ct_udp_tag(now) + CT_UDP_TAGS - *t) % CT_UDP_TAGS;
-	return age >= 3;
+	__u32 age = (ct_udp_tag(now) + SVCXDP_CT_RECENT_TAGS - *t) % SVCXDP_CT_RECENT_TAGS;
+	return age >= SVCXDP_CT_RECENT_SURE_AGE;
 }
 
 /* Refresh an entry (`k`: its key, for the UDP stamp); returns 1 when this packet

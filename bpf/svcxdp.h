@@ -162,6 +162,10 @@
  * flow live in conntrack marks one slot, so at 10,000 of them ~14% of slots say
  * "maybe" and the rest still save their first packets the conntrack miss. */
 #define SVCXDP_CT_RECENT_SLOTS 65536
+/* Its tags count UDP-timeout epochs mod this (1..255; 0: never stamped), and a slot this
+ * many epochs old or more vouches that no live entry hashes to it. */
+#define SVCXDP_CT_RECENT_TAGS 255
+#define SVCXDP_CT_RECENT_SURE_AGE 3
 #define SVCXDP_DEFAULT_FRAG_SIZE 8192
 #define SVCXDP_DEFAULT_AFFINITY_SIZE 262144  /* client IPs x affinity services (docs/affinity.md) */
 #define SVCXDP_DEFAULT_SOCK_REVNAT_SIZE 262144 /* (socket, backend) pairs, sock.h */

@@ -17,8 +17,8 @@ from .layout import const
 
 MAP = "ct_udp_recent"
 SLOTS = const("CT_RECENT_SLOTS")
-TAGS = 255                 # conntrack.h CT_UDP_TAGS
-SURE_AGE = 3               # epochs: what ct_udp_absent() calls certainly expired
+TAGS = const("CT_RECENT_TAGS")
+SURE_AGE = const("CT_RECENT_SURE_AGE")   # epochs: what ct_udp_absent() calls certainly expired
 _NSEC = 1_000_000_000
 _M32 = 0xFFFFFFFF
 

@@ -27,6 +27,7 @@ pytestmark = pytest.mark.root
 
 SEC = 10**9
 BACKEND_PORT = 5353
+SURE = udprecent.SURE_AGE   # epochs (3): a slot this old says "certainly not in conntrack"
 UDP_TIMEOUT_S = 20   # a dataplane of its own: the trace below is told its timeouts
 SMALL = dict(ct_size=1024, max_services=8, max_backends=16, max_slots=64, frag_size=64, affinity_size=64,
              sock_revnat_size=64, udp_timeout_s=UDP_TIMEOUT_S)
@@ -102,17 +103,17 @@ def test_confirming_a_udp_flow_stamps_its_slot(xdp: Harness):
 
 
 def test_a_datagram_skips_conntrack_only_where_the_filter_is_sure(xdp: Harness):
-    """A slot three epochs old: the lookup is skipped (shown here against an entry kept
-    current on purpose, which the program never leaves so); two old: looked up."""
+    """A slot SURE epochs old: the lookup is skipped (shown here against an entry kept
+    current on purpose, which the program never leaves so); one epoch younger: looked up."""
     udp_service(xdp)
     k, backend = confirmed_flow(xdp, 46001)
     packet, timeouts = Packet(CLIENT, 46001, VIP, 53, "UDP"), Timeouts(udp=UDP_TIMEOUT_S)
-    set_age(xdp, k, 2)                          # maybe there
+    set_age(xdp, k, SURE - 1)                   # maybe there
     assert trace(xdp.dp, packet, timeouts=timeouts).reason == "ct_hit"
     before = xdp.counters()
     assert xdp.send(datagram(46001)).pkt[IP].dst == backend
     assert delta(before, xdp.counters()) == {"ct_hit": 1}
-    set_age(xdp, k, 3)                          # certainly not there
+    set_age(xdp, k, SURE)                       # certainly not there
     t = trace(xdp.dp, packet, timeouts=timeouts)   # svcctl trace predicts the skip
     assert t.reason == "ct_new" and any("ct_udp_recent" in n for n in t.notes), t
     before = xdp.counters()
@@ -120,7 +121,7 @@ def test_a_datagram_skips_conntrack_only_where_the_filter_is_sure(xdp: Harness):
     assert delta(before, xdp.counters()) == {"ct_new": 1}
 
 
-@pytest.mark.parametrize("age", [3, 2])
+@pytest.mark.parametrize("age", [SURE, SURE - 1])
 def test_an_expired_flow_is_replaced_whether_or_not_its_slot_is_old(xdp: Harness, age: int):
     """What the filter really meets: an entry idle past the UDP timeout. Behind an old
     slot the new flow waits in the pods' table and its second datagram replaces the
@@ -132,11 +133,11 @@ def test_an_expired_flow_is_replaced_whether_or_not_its_slot_is_old(xdp: Harness
     v = table[k]
     v.last_seen = coarse_now_ns() - (xdp.dp.config.udp_timeout_s + 2) * SEC
     table[k] = v
-    set_age(xdp, k, age)   # 3: certainly not there; 2: maybe
+    set_age(xdp, k, age)   # SURE: certainly not there; less: maybe
     q = datagram(46002)
     fresh = xdp.send(q).pkt[IP].dst
     assert fresh != backend
-    if age == 3:   # skipped: the old entry is left for the confirmation to replace
+    if age == SURE:   # skipped: the old entry is left for the confirmation to replace
         assert len(xdp.dp.table("ct_unconfirmed_pod")) == 1 and socket_ip(table[k].nat_ip) == backend
         assert xdp.send(q).pkt[IP].dst == fresh
     assert len(xdp.dp.table("ct_unconfirmed_pod")) == 0
@@ -158,7 +159,7 @@ def test_a_refresh_of_a_udp_flow_stamps_its_slot(xdp: Harness, by: str):
     v = table[k]
     v.last_seen -= 2 * SEC   # due for a refresh
     table[k] = v
-    set_age(xdp, k, 2)   # still looked up
+    set_age(xdp, k, SURE - 1)   # still looked up
     if by == "forward":
         out = xdp.send(datagram(46003))
         assert out.pkt[IP].dst == backend
