@@ -21,33 +21,16 @@ from controlplane.dataplane.flows import Timeouts
 from controlplane.dataplane.program import Dataplane, reset
 from controlplane.dataplane.trace import Packet, trace
 
-from .harness import BACKENDS, CLIENT, VIP, Harness, delta
+from .harness import CLIENT, VIP, Harness, delta
 
 pytestmark = pytest.mark.root
 
 SEC = 10**9
 BACKEND_PORT = 5353
 SURE = udprecent.SURE_AGE   # epochs (3): a slot this old says "certainly not in conntrack"
-UDP_TIMEOUT_S = 20   # a dataplane of its own: the trace below is told its timeouts
+UDP_TIMEOUT_S = 20   # the pinned dataplane below (the others use the shared test dataplane's)
 SMALL = dict(ct_size=1024, max_services=8, max_backends=16, max_slots=64, frag_size=64, affinity_size=64,
              sock_revnat_size=64, udp_timeout_s=UDP_TIMEOUT_S)
-
-
-@pytest.fixture(scope="module")
-def short_timeout_dataplane():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    dp = Dataplane.load(DataplaneConfig(instance="pytest-udp-recent", pin=False, **SMALL))
-    yield dp
-    dp.close()
-
-
-@pytest.fixture
-def xdp(short_timeout_dataplane) -> Harness:
-    h = Harness(short_timeout_dataplane)
-    h.reset()
-    yield h
-    h.reset()
 
 
 def datagram(sport: int) -> Ether:
@@ -107,7 +90,7 @@ def test_a_datagram_skips_conntrack_only_where_the_filter_is_sure(xdp: Harness):
     current on purpose, which the program never leaves so); one epoch younger: looked up."""
     udp_service(xdp)
     k, backend = confirmed_flow(xdp, 46001)
-    packet, timeouts = Packet(CLIENT, 46001, VIP, 53, "UDP"), Timeouts(udp=UDP_TIMEOUT_S)
+    packet, timeouts = Packet(CLIENT, 46001, VIP, 53, "UDP"), Timeouts(udp=xdp.dp.config.udp_timeout_s)
     set_age(xdp, k, SURE - 1)                   # maybe there
     assert trace(xdp.dp, packet, timeouts=timeouts).reason == "ct_hit"
     before = xdp.counters()
