@@ -276,6 +276,17 @@ def trace(maps, packet: Packet, entry: str | None = None, timeouts: Timeouts = T
     return t
 
 
+def _udp_absent(maps, key: dict, now_ns: int, timeouts: Timeouts) -> bool:
+    """bpf/conntrack.h ct_udp_absent() for a UDP forward key. Pins of a build without the
+    filter (an older agent) mean a program that always looks in conntrack: False."""
+    try:
+        table = maps.table(udprecent.MAP)
+    except (FileNotFoundError, KeyError):
+        return False
+    return udprecent.absent(udprecent.read(table, key["src"], key["dst"], key["sport"], key["dport"]),
+                            now_ns, timeouts.udp)
+
+
 def _service_packet(maps, t: Trace, svc, now_ns: int, timeouts: Timeouts) -> None:
     """bpf/svcxdp.c handle_service()."""
     p, fe = t.packet, t.frontend
@@ -288,9 +299,7 @@ def _service_packet(maps, t: Trace, svc, now_ns: int, timeouts: Timeouts) -> Non
         flags = 0
     t.tcp_flags = flags
     bare_syn = p.protocol == "TCP" and flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-    udp_absent = p.protocol == "UDP" and udprecent.absent(
-        udprecent.read(maps.table(udprecent.MAP), key["src"], key["dst"], key["sport"], key["dport"]),
-        now_ns, timeouts.udp)
+    udp_absent = t.entry == "pod" and p.protocol == "UDP" and _udp_absent(maps, key, now_ns, timeouts)
     if t.entry == "pod" and (bare_syn or udp_absent):
         # A bare SYN starts a connection, and a UDP tuple no UDP flow of its hash used
         # for three timeouts has no live entry: only the unconfirmed table is looked in.

@@ -18,10 +18,12 @@ from controlplane.dataplane import udprecent
 from controlplane.dataplane.affinity_maps import coarse_now_ns
 from controlplane.dataplane.config import DataplaneConfig
 from controlplane.dataplane.flows import Timeouts
+from controlplane.dataplane.pinned import PinnedMaps
 from controlplane.dataplane.program import Dataplane, reset
 from controlplane.dataplane.trace import Packet, trace
 
 from .harness import CLIENT, VIP, Harness, delta
+from .test_trace import pin_dataplane, unpin
 
 pytestmark = pytest.mark.root
 
@@ -203,3 +205,20 @@ def test_a_program_loaded_over_an_adopted_conntrack_starts_with_maybe(restart: s
         h.writer.sync([])
         dp.close()
         reset(config)
+
+
+def test_trace_over_the_pins_of_a_build_without_the_filter_predicts_the_lookup(xdp: Harness):
+    """`svcctl trace` against an older agent's pins (no ct_udp_recent): that program always
+    looks in conntrack, and the trace says so instead of failing."""
+    udp_service(xdp)
+    k, backend = confirmed_flow(xdp, 46006)
+    pins = pin_dataplane(xdp, f"pytest-udp-recent-old-{os.getpid()}")
+    (pins / udprecent.MAP).unlink()
+    maps = PinnedMaps(pins)
+    try:
+        set_age(xdp, k, SURE)   # what would make this build's program skip
+        t = trace(maps, Packet(CLIENT, 46006, VIP, 53, "UDP"), timeouts=Timeouts(udp=xdp.dp.config.udp_timeout_s))
+        assert (t.reason, t.choice.backend[0]) == ("ct_hit", backend), t
+    finally:
+        maps.close()
+        unpin(pins)
