@@ -99,25 +99,31 @@ static __always_inline int ct_reopened(const struct ct_value *v, __u8 tcp_flags)
  * conntrack, and a new flow's miss there is a cold bucket of a table of a million
  * entries (datapath-notes §12: ~230 ns of a UDP first packet's ~650). ct_udp_recent,
  * a byte per tuple hash (64 KiB, which stays in cache), answers "certainly not there"
- * instead: each slot holds the tag of the epoch (one UDP timeout long) in which a UDP
- * forward entry hashing to it was last written or refreshed in conntrack (0: never).
+ * instead: each slot holds the tag of the epoch in which a UDP forward entry hashing
+ * to it was last written or refreshed in conntrack (0: never). An epoch is the
+ * smallest power of two of nanoseconds not shorter than the UDP timeout (68.7 s for
+ * 60 s), so the packet path finds epoch and tag with a shift and a mask: every UDP
+ * packet to a service asks the filter, established ones too, and two divisions were
+ * tens of cycles each.
  * Every such write stamps (ct_udp_stamp): an entry's last_seen is set only with a
  * stamp at the same `now`. A slot three or more epochs old therefore means every
  * entry hashing to it has been idle longer than the UDP timeout, i.e. expired, and
  * skipping the lookup changes nothing: the packet starts a new flow either way.
  * Why three, not two: two CPUs stamping one slot across an epoch boundary can leave
  * the older epoch (a plain store, no atomic max), at most one behind. Tags count
- * epochs mod 255 (1..255), so a slot untouched for 255 epochs or more may look
- * recent again: "maybe", which is always safe. Collisions only make "maybe" more
+ * epochs mod SVCXDP_CT_RECENT_TAGS (1..128), so a slot untouched for 128 epochs or
+ * more may look recent again: "maybe", which is always safe. Collisions only make "maybe" more
  * common. Only the pod-facing entry point skips (external flows' SNAT tail wants the
  * old entry found, handle_service). The loader fills the filter with "maybe"
  * whenever it adopts a conntrack table that outlived the last program (program.py:
  * its stamps may be missing or of another UDP timeout). */
-#define CT_UDP_EPOCH_NS (SVCXDP_UDP_TIMEOUT_S * SVCXDP_NSEC_PER_SEC)
+#define CT_UDP_TIMEOUT_NS (SVCXDP_UDP_TIMEOUT_S * SVCXDP_NSEC_PER_SEC)
+/* log2 of the epoch: the bits of (timeout - 1), folded by the compiler. */
+#define CT_UDP_EPOCH_SHIFT (64 - __builtin_clzll(CT_UDP_TIMEOUT_NS - 1))
 
 static __always_inline __u32 ct_udp_tag(__u64 now)
 {
-	return (__u32)((now / CT_UDP_EPOCH_NS) % SVCXDP_CT_RECENT_TAGS) + 1;
+	return ((__u32)(now >> CT_UDP_EPOCH_SHIFT) & (SVCXDP_CT_RECENT_TAGS - 1)) + 1;
 }
 
 /* A multiplicative mix of the tuple (the direction and protocol are implied: UDP,
@@ -160,7 +166,7 @@ static __always_inline int ct_udp_absent(const struct ct_key *k, __u64 now)
 		return 0;
 	if (*t == 0)
 		return 1;
-	__u32 age = (ct_udp_tag(now) + SVCXDP_CT_RECENT_TAGS - *t) % SVCXDP_CT_RECENT_TAGS;
+	__u32 age = (ct_udp_tag(now) - *t) & (SVCXDP_CT_RECENT_TAGS - 1);
 	return age >= SVCXDP_CT_RECENT_SURE_AGE;
 }
 

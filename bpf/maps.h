@@ -78,7 +78,7 @@ SVCXDP_MAP("lru_hash", struct ct_key, struct ct_value, ct_unconfirmed, SVCXDP_CT
 SVCXDP_MAP("lru_hash", struct ct_key, struct ct_value, ct_unconfirmed_pod,
 	   SVCXDP_CT_UNCONFIRMED_POD_SIZE);
 /* When a UDP flow hashing to each slot was last written or refreshed in conntrack, in
- * UDP-timeout epochs: lets a UDP first packet skip conntrack (conntrack.h, ct_udp_absent). */
+ * epochs of at least a UDP timeout: lets a UDP first packet skip conntrack (conntrack.h, ct_udp_absent). */
 SVCXDP_MAP("array", __u32, struct ct_udp_recent, ct_udp_recent, 1);
 /* How the first fragment of a datagram was translated, for the later ones. */
 SVCXDP_MAP("lru_hash", struct frag_key, struct frag_value, fragments, SVCXDP_FRAG_SIZE);

@@ -162,9 +162,10 @@
  * flow live in conntrack marks one slot, so at 10,000 of them ~14% of slots say
  * "maybe" and the rest still save their first packets the conntrack miss. */
 #define SVCXDP_CT_RECENT_SLOTS 65536
-/* Its tags count UDP-timeout epochs mod this (1..255; 0: never stamped), and a slot this
- * many epochs old or more vouches that no live entry hashes to it. */
-#define SVCXDP_CT_RECENT_TAGS 255
+/* Its tags count epochs (conntrack.h: at least a UDP timeout each) mod this, a power of
+ * two (tags 1..128; 0: never stamped), and a slot this many epochs old or more vouches
+ * that no live entry hashes to it. */
+#define SVCXDP_CT_RECENT_TAGS 128
 #define SVCXDP_CT_RECENT_SURE_AGE 3
 #define SVCXDP_DEFAULT_FRAG_SIZE 8192
 #define SVCXDP_DEFAULT_AFFINITY_SIZE 262144  /* client IPs x affinity services (docs/affinity.md) */
@@ -300,7 +301,7 @@ struct ct_value {
 };
 
 /* ct_udp_recent's only value (conntrack.h, ct_udp_absent): a tag per tuple hash, the
- * UDP-timeout epoch of the slot's last stamp mod 255, plus 1 (0: never stamped). One
+ * epoch of the slot's last stamp mod SVCXDP_CT_RECENT_TAGS, plus 1 (0: never stamped). One
  * value of bytes, not an array map of them: an array map rounds each element up to 8
  * bytes, which made 64 KiB of tags 512 KiB of memory to keep in cache. */
 struct ct_udp_recent {

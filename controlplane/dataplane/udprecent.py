@@ -1,7 +1,8 @@
 """ct_udp_recent, the filter that lets a UDP first packet skip conntrack (bpf/conntrack.h,
-ct_udp_absent): one value of a byte per tuple hash, each the tag (epoch mod 255, plus 1;
-0: never) of the UDP-timeout epoch in which a UDP flow hashing there was last written or
-refreshed in conntrack. A slot three or more epochs old vouches that no such entry lives.
+ct_udp_absent): one value of a byte per tuple hash, each the tag (epoch mod TAGS, plus 1;
+0: never) of the epoch in which a UDP flow hashing there was last written or refreshed in
+conntrack. An epoch is the smallest power of two of nanoseconds not shorter than the UDP
+timeout. A slot SURE_AGE or more epochs old vouches that no such entry lives.
 
 User space reads it (trace.py models the skip) and fills it with "maybe" whenever a
 program is loaded over a conntrack table that outlived the last one (program.py): the
@@ -35,13 +36,18 @@ def slot(src: int, dst: int, sport: int, dport: int) -> int:
     return h & (SLOTS - 1)
 
 
+def epoch_shift(udp_timeout_s: int) -> int:
+    """conntrack.h CT_UDP_EPOCH_SHIFT: log2 of the epoch, in nanoseconds."""
+    return (udp_timeout_s * _NSEC - 1).bit_length()
+
+
 def epoch(now_ns: int, udp_timeout_s: int) -> int:
-    return now_ns // (udp_timeout_s * _NSEC)
+    return now_ns >> epoch_shift(udp_timeout_s)
 
 
 def tag_of_epoch(e: int) -> int:
     """The tag a stamp in epoch `e` writes (conntrack.h ct_udp_tag())."""
-    return e % TAGS + 1
+    return (e & (TAGS - 1)) + 1
 
 
 def tag(now_ns: int, udp_timeout_s: int) -> int:
@@ -50,12 +56,13 @@ def tag(now_ns: int, udp_timeout_s: int) -> int:
 
 def absent(t: int, now_ns: int, udp_timeout_s: int) -> bool:
     """conntrack.h ct_udp_absent() of a slot holding tag `t`."""
-    return t == 0 or (tag(now_ns, udp_timeout_s) + TAGS - t) % TAGS >= SURE_AGE
+    return t == 0 or (tag(now_ns, udp_timeout_s) - t) & (TAGS - 1) >= SURE_AGE
 
 
 def fill_maybe(table, udp_timeout_s: int, now_ns: int | None = None) -> None:
     """Every slot stamped now: nothing is skipped until the UDP flows that may be in
-    conntrack (written before this filter existed) have been idle a full timeout."""
+    conntrack (stamped by no program, or under another timeout) have been idle a full
+    timeout."""
     leaf = table.Leaf()
     ct.memset(ct.addressof(leaf), tag(coarse_now_ns() if now_ns is None else now_ns, udp_timeout_s),
               ct.sizeof(leaf))

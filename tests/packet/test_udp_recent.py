@@ -32,6 +32,7 @@ SEC = 10**9
 BACKEND_PORT = 5353
 SURE = udprecent.SURE_AGE   # epochs (3): a slot this old says "certainly not in conntrack"
 UDP_TIMEOUT_S = 20   # the pinned dataplane below (the others use the shared test dataplane's)
+SHORTER_TIMEOUT_S = 10   # its next agent's (still long enough for the flow to outlive a build)
 SMALL = dict(ct_size=1024, max_services=8, max_backends=16, max_slots=64, frag_size=64, affinity_size=64,
              sock_revnat_size=64, udp_timeout_s=UDP_TIMEOUT_S)
 
@@ -61,9 +62,9 @@ def tag(h: Harness, k) -> int:
 
 
 def set_age(h: Harness, k, age: int) -> None:
-    """Tag the key's slot as stamped `age` UDP-timeout epochs ago. Not within a second of
-    the next epoch, so the age still holds when the test's packets run."""
-    epoch_ns = h.dp.config.udp_timeout_s * SEC
+    """Tag the key's slot as stamped `age` epochs ago. Not within a second of the next
+    epoch, so the age still holds when the test's packets run."""
+    epoch_ns = 1 << udprecent.epoch_shift(h.dp.config.udp_timeout_s)
     left = epoch_ns - coarse_now_ns() % epoch_ns
     if left < SEC:
         time.sleep(left / SEC + 0.05)
@@ -195,16 +196,17 @@ def test_a_program_loaded_over_an_adopted_conntrack_starts_with_maybe(restart: s
         h = Harness(dp)
         udp_service(h)
         k, backend = confirmed_flow(h, 46005)
-        old_tag = tag(h, k)
+        if restart == "timeout changed":
+            # The same tags read as epochs of another length can say anything; leave one
+            # that says "certainly not there" under the next timeout (one epoch to spare).
+            e = udprecent.epoch(coarse_now_ns(), SHORTER_TIMEOUT_S)
+            set_tag(h, k, udprecent.tag_of_epoch(e - SURE - 1))
     finally:
         dp.close()
     if restart == "filter new":
         (config.pin_dir / udprecent.MAP).unlink()    # as an agent without the filter left it
-    else:   # a shorter timeout (still 10 s: the flow stays alive) under which the old tag,
-        # as left, reads "certainly not there" (one exists once the machine is up a minute)
-        now = coarse_now_ns()
-        shorter = next(s for s in range(UDP_TIMEOUT_S - 1, 9, -1) if udprecent.absent(old_tag, now, s))
-        config = dataclasses.replace(config, udp_timeout_s=shorter)
+    else:
+        config = dataclasses.replace(config, udp_timeout_s=SHORTER_TIMEOUT_S)
     t0 = coarse_now_ns()
     dp = Dataplane.load(config)
     try:
