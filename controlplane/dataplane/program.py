@@ -114,7 +114,7 @@ class Dataplane:
         # program cannot trust: a filter new beside it (an agent without one pinned
         # conntrack) never saw them, and another --udp-timeout makes other epochs of
         # the same stamps. The filter starts as "maybe" for all of them (udprecent.py):
-        # UDP first packets look in conntrack for two or three timeouts after a restart.
+        # UDP first packets look in conntrack for two to three epochs after a restart.
         adopts_conntrack = config.pin and (config.pin_dir / "conntrack").exists()
         if config.pin:
             os.makedirs(config.pin_dir, exist_ok=True)

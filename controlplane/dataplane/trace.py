@@ -301,12 +301,13 @@ def _service_packet(maps, t: Trace, svc, now_ns: int, timeouts: Timeouts) -> Non
     bare_syn = p.protocol == "TCP" and flags & (TCP_SYN | TCP_ACK) == TCP_SYN
     udp_absent = t.entry == "pod" and p.protocol == "UDP" and _udp_absent(maps, key, now_ns, timeouts)
     if t.entry == "pod" and (bare_syn or udp_absent):
-        # A bare SYN starts a connection, and a UDP tuple no UDP flow of its hash used
-        # for three timeouts has no live entry: only the unconfirmed table is looked in.
+        # A bare SYN starts a connection, and a UDP tuple whose ct_udp_recent slot is
+        # SURE_AGE epochs old has no live entry: only the unconfirmed table is looked in.
         if where == "conntrack":
             t.notes.append("a bare SYN starts a connection: the confirmed entry of the tuple is not looked at"
-                           if bare_syn else "no UDP flow hashing to this tuple's ct_udp_recent slot was seen in "
-                           "conntrack for three UDP timeouts: its confirmed entry (expired) is not looked at")
+                           if bare_syn else f"no UDP flow hashing to this tuple's ct_udp_recent slot was seen in "
+                           f"conntrack for {udprecent.SURE_AGE} epochs of at least the UDP timeout: its "
+                           "confirmed entry (expired) is not looked at")
         v = _lookup(maps, own, **key)
         where = own if v is not None else None
     if v is not None:
