@@ -356,8 +356,27 @@ static __always_inline int ct_needs_reply_entry(const struct backend *b)
 	return b->flags & SVCXDP_BACKEND_F_REPLY_ENTRY;
 }
 
-/* Record a new flow: its forward entry, and a reply entry (backend -> client, the
- * key the backend's answer carries) when ct_needs_reply_entry(). With `counted`,
+/* Record the reply entry of flow fwd, whose forward entry is v: keyed by what the
+ * backend's answer carries (backend -> client), valued as v with the frontend the
+ * client addressed in place of the backend; in conntrack when `confirmed`, else in the
+ * entry point's unconfirmed table. v is changed. */
+static __always_inline void ct_reply_entry(int external, const struct ct_key *fwd,
+					   struct ct_value *v, __be32 vip, __be16 vport,
+					   int confirmed)
+{
+	struct ct_key rk;
+	ct_key_set(&rk, v->nat_ip, fwd->src, v->nat_port, fwd->sport, fwd->proto,
+		   SVCXDP_CT_DIR_REPLY);
+	v->nat_ip = vip;
+	v->nat_port = vport;
+	if (confirmed)
+		conntrack.update(&rk, v);
+	else
+		ctu_update(external, &rk, v);
+}
+
+/* Record a new flow: its forward entry, and for a pod's flow its reply entry when
+ * ct_needs_reply_entry() (an external flow's: nodeport.h, np_snat). With `counted`,
  * the flow takes one of its backend's active-connection counts (unless it is
  * closing already).
  * Two CPUs may take the first packets of one flow at once and choose different
@@ -371,8 +390,7 @@ static __always_inline int ct_needs_reply_entry(const struct backend *b)
 static __always_inline struct ct_value *ct_create(int external, struct ct_key *fwd, __be32 vip,
 						  __be16 vport, const struct backend *b,
 						  __u32 backend_id, __u32 svc_id, __u64 now,
-						  __u8 tcp_flags, int counted, int dead,
-						  __be32 snat_ip, __be16 snat_port)
+						  __u8 tcp_flags, int counted, int dead)
 {
 	struct ct_value v = {};
 	v.last_seen = now;
@@ -380,14 +398,10 @@ static __always_inline struct ct_value *ct_create(int external, struct ct_key *f
 	v.svc_id = svc_id;
 	v.nat_ip = b->ip;
 	v.nat_port = b->port;
-	v.peer_ip = snat_ip;  /* source NAT of an external flow (nodeport.h); 0: none */
-	v.peer_port = snat_port;
 	if (tcp_flags & (TCPF_FIN | TCPF_RST))
 		v.flags = SVCXDP_CT_F_CLOSING;
 	else if (counted)
 		v.flags = SVCXDP_CT_F_COUNTED;
-	if (snat_ip)
-		v.flags |= SVCXDP_CT_F_SNAT;
 	int busy;
 	if (dead == CT_IN_CONFIRMED) {
 		busy = conntrack.update(fwd, &v);
@@ -407,17 +421,11 @@ static __always_inline struct ct_value *ct_create(int external, struct ct_key *f
 	}
 	if (v.flags & SVCXDP_CT_F_COUNTED)
 		conns_add(backend_id, 1);
-	if (!ct_needs_reply_entry(b) || snat_ip)
-		return NULL;
-
-	struct ct_key rk;
-	ct_key_set(&rk, b->ip, fwd->src, b->port, fwd->sport, fwd->proto, SVCXDP_CT_DIR_REPLY);
-	v.nat_ip = vip;
-	v.nat_port = vport;
-	if (dead == CT_IN_CONFIRMED)
-		conntrack.update(&rk, &v);
-	else
-		ctu_update(external, &rk, &v);
+	/* An external flow's reply entry is the tail's to write (nodeport.h, np_snat): a flow
+	 * it source-NATs is answered to this node's SNAT port (SVCXDP_CT_DIR_SNAT), never
+	 * with this key, and the entry would cost an insert into the large table. */
+	if (ct_needs_reply_entry(b) && !external)
+		ct_reply_entry(external, fwd, &v, vip, vport, dead == CT_IN_CONFIRMED);
 	return NULL;
 }
 

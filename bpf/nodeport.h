@@ -279,9 +279,10 @@ static __always_inline int np_snat_kept(const struct ct_key *fk, struct iphdr *i
 
 /* An external flow's packet, handed to the tail program (np_scratch): what it has to
  * do (SVCXDP_NP_*), the flow's client tuple and frontend (the packet is DNATed by
- * then), its service, whether source ranges apply. */
+ * then), its service, whether source ranges apply; for a new flow, whether its backend
+ * needs a reply entry and which table its entry went to. */
 static __always_inline void np_pending_set(const struct ct_key *fwd, __u32 svc_id, int ranges,
-					   __u8 mode)
+					   int reply_entry, int confirmed, __u8 mode)
 {
 	__u32 zero = 0;
 	struct np_pending *pd = np_scratch.lookup(&zero);
@@ -293,6 +294,8 @@ static __always_inline void np_pending_set(const struct ct_key *fwd, __u32 svc_i
 	pd->vport = fwd->dport;
 	pd->svc_id = svc_id;
 	pd->ranges = ranges != 0;
+	pd->reply_entry = reply_entry != 0;
+	pd->confirmed = confirmed != 0;
 	pd->mode = mode;
 }
 
@@ -324,6 +327,25 @@ static __always_inline void np_pending_clear(void)
 	struct np_pending *pd = np_scratch.lookup(&zero);
 	if (pd)
 		pd->mode = SVCXDP_NP_NONE;
+}
+
+/* A new flow's entry (SVCXDP_NP_NEW), in the table handle_service wrote it to: the
+ * tuple's dead entry may sit in conntrack while the new one waits unconfirmed. */
+static __always_inline struct ct_value *np_new_flow(struct ct_key *fk, const struct np_pending *pd)
+{
+	return pd->confirmed ? conntrack.lookup(fk) : ct_unconfirmed.lookup(fk);
+}
+
+/* A new flow the tail does not source-NAT (its backend is behind another interface:
+ * a local pod) is answered with the client's address: its reply entry, when the
+ * backend needs one, goes where its forward entry is (ct_create left it to us). */
+static __always_inline void np_reply_entry(struct ct_key *fk, const struct np_pending *pd)
+{
+	struct ct_value *v = np_new_flow(fk, pd);
+	if (!v)
+		return;
+	struct ct_value copy = *v;
+	ct_reply_entry(1, fk, &copy, pd->vip, pd->vport, pd->confirmed);
 }
 
 /* The tail's part of SNAT. A new flow (SVCXDP_NP_NEW, already DNATed, recorded in
@@ -358,26 +380,32 @@ static __always_inline int np_snat(struct xdp_md *ctx, struct iphdr *ip, void *d
 	__u64 now = bpf_ktime_get_coarse_ns();
 	struct ct_key fk;
 	__be32 node_ip;
+	struct ct_value *v;
+	int confirmed;
 	if (mode == SVCXDP_NP_NEW) {
 		struct np_route r;
 		np_route_lookup(ctx, ip, ip->daddr, &r);
-		if (!np_hairpin(ctx, &r))
-			return 0;
-		node_ip = r.src;
 		ct_key_set(&fk, ip->saddr, pd->vip, ports[0], pd->vport, ip->protocol,
 			   SVCXDP_CT_DIR_FORWARD);
+		if (!np_hairpin(ctx, &r)) {
+			if (pd->reply_entry)
+				np_reply_entry(&fk, pd);
+			return 0;
+		}
+		node_ip = r.src;
+		v = np_new_flow(&fk, pd);
+		confirmed = pd->confirmed;
 	} else {
 		node_ip = ip->saddr;
 		ct_key_set(&fk, pd->client, pd->vip, pd->cport, pd->vport, ip->protocol,
 			   SVCXDP_CT_DIR_FORWARD);
+		v = conntrack.lookup(&fk);
+		confirmed = v != NULL;
+		if (!v)
+			v = ct_unconfirmed.lookup(&fk);
+		if (!v || np_snat_kept(&fk, ip, ports, pd->svc_id, now, tcp_flags, confirmed))
+			return 0;
 	}
-	struct ct_value *v = conntrack.lookup(&fk);
-	int confirmed = v != NULL;
-	if (!v)
-		v = ct_unconfirmed.lookup(&fk);
-	if (mode != SVCXDP_NP_NEW &&
-	    (!v || np_snat_kept(&fk, ip, ports, pd->svc_id, now, tcp_flags, confirmed)))
-		return 0;
 	struct np_snat snat;
 	int rc = np_snat_alloc(&fk, ip->daddr, ports[1], node_ip, pd->svc_id, now, tcp_flags,
 			       confirmed, pd, &snat);

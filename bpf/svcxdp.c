@@ -214,7 +214,7 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 				ct_confirm(external, &k, v, now);
 			/* An unconfirmed SNATed flow may have lost its port (nodeport.h). */
 			if (external && where == CT_IN_UNCONFIRMED && snat.ip)
-				np_pending_set(&k, svc->svc_id, 0, SVCXDP_NP_CHECK);
+				np_pending_set(&k, svc->svc_id, 0, 0, 0, SVCXDP_NP_CHECK);
 			ev->main = SVCXDP_CNT_CT_HIT;
 			svc_account(svc->svc_id, bytes, 0, 0);
 			goto dnat;
@@ -258,7 +258,7 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 	}
 	struct ct_value *first = ct_create(external, &k, ip->daddr, *l4->dport, b, backend_id,
 					   svc->svc_id, now, l4->tcp_flags,
-					   alg_counts_conns(svc->algorithm), where, 0, 0);
+					   alg_counts_conns(svc->algorithm), where);
 	if (first) {
 		/* Another CPU recorded this flow's first packet a moment ago: follow it. */
 		if (external && (first->flags & SVCXDP_CT_F_SNAT)) {
@@ -282,7 +282,7 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 	 * this program's verification. */
 	if (external)
 		np_pending_set(&k, svc->svc_id, svc->flags & SVCXDP_SVC_F_SOURCE_RANGES,
-			       SVCXDP_NP_NEW);
+			       ct_needs_reply_entry(b), where == CT_IN_CONFIRMED, SVCXDP_NP_NEW);
 
 dnat:;
 	__be32 orig_src = ip->saddr;

@@ -338,7 +338,10 @@ struct np_pending {
 	__u32 svc_id;
 	__be32 client;   /* the flow's client (SVCXDP_NP_CHECK: the packet is SNATed already) */
 	__be16 cport;
-	__u16 reserved;
+	__u8 reply_entry; /* SVCXDP_NP_NEW: its backend needs a reply entry (conntrack.h), which
+			   * the tail writes unless it source-NATs the flow */
+	__u8 confirmed;   /* SVCXDP_NP_NEW: its entry was written in conntrack (over the tuple's
+			   * dead one), else in ct_unconfirmed */
 	/* The SNAT port search's findings (np_snat_alloc): kept in map memory, untracked
 	 * by the verifier, so every path through one probe reaches the next, and the code
 	 * after the search, in the same state (as lc_best). */

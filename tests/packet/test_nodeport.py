@@ -91,6 +91,48 @@ def test_nodeport_to_a_local_backend_keeps_the_client_address(ext, xdp):
     assert back.raw == bytes(rebuilt(reply, ip_src=NODE, l4_sport=30080))
 
 
+@pytest.mark.parametrize("clusterip_first", [True, False], ids=["clusterip-first", "nodeport-first"])
+def test_a_backend_shared_with_the_clusterip_has_a_reply_entry_only_when_not_snated(ext, xdp,
+                                                                                     clusterip_first):
+    """A NodePort's backends serve its ClusterIP too, so rev_nat names one of the two
+    frontends and each flow's answer needs a reply entry (conntrack.h). From outside the
+    tail writes it (nodeport.h, np_snat): for a local pod, whose answer goes to the client
+    and must leave as the NodePort whichever frontend rev_nat names; never for a
+    source-NATed flow, answered on its SNAT port, where it would only cost an insert."""
+    import socket
+
+    from controlplane.dataplane.config import FLOW_TABLES
+    from controlplane.dataplane.flows import DIR_REPLY
+
+    def reply_entries():
+        return sorted((name, socket.ntohs(k.dport)) for name in FLOW_TABLES
+                      for k in xdp.dp.table(name).keys() if k.dir == DIR_REPLY)
+
+    for vip, node_port, pod in (("10.96.0.100", 30080, nodenet.LOCAL_POD),
+                                ("10.96.0.101", 30081, nodenet.REMOTE_POD)):
+        writes = [lambda: xdp.service(vip, 80, backends=(pod,), backend_port=80),
+                  lambda: ext.service(NODE, node_port, [pod])]
+        for write in writes if clusterip_first else writes[::-1]:
+            write()
+    local = ext.send(from_client(NODE, 30080, sport=40000, flags="S"))
+    assert (local.verdict, local.pkt[IP].dst) == ("XDP_PASS", nodenet.LOCAL_POD)
+    assert reply_entries() == [("ct_unconfirmed", 40000)]
+    answer = (Ether(src=nodenet.LOCAL_POD_MAC, dst="02:00:00:00:00:fe") /
+              IP(src=nodenet.LOCAL_POD, dst=CLIENT, ttl=64, id=9) / TCP(sport=80, dport=40000, flags="SA"))
+    back = xdp.send(answer).pkt
+    assert (back[IP].src, back[TCP].sport) == (NODE, 30080)
+    remote = ext.send(from_client(NODE, 30081, sport=40001, flags="S"))
+    assert (remote.verdict, remote.pkt[IP].dst) == ("XDP_TX", nodenet.REMOTE_POD)
+    assert reply_entries() == [("ct_unconfirmed", 40000)]
+    answer = (Ether(src=nodenet.NODE2_MAC, dst=ext.node.ext_mac) /
+              IP(src=nodenet.REMOTE_POD, dst=NODE, ttl=63) / TCP(sport=80, dport=remote.pkt[TCP].sport, flags="SA"))
+    back = ext.send(answer).pkt
+    assert (back[IP].src, back[TCP].sport, back[IP].dst, back[TCP].dport) == (NODE, 30081, CLIENT, 40001)
+    # confirmed, the local flow's reply entry moves to conntrack with it
+    assert ext.send(from_client(NODE, 30080, sport=40000, flags="A")).verdict == "XDP_PASS"
+    assert reply_entries() == [("conntrack", 40000)]
+
+
 def test_each_entry_point_s_new_flows_wait_in_their_own_table(ext, xdp):
     """bpf/conntrack.h: a first packet from outside waits in ct_unconfirmed (large, for far
     clients), a pod's in ct_unconfirmed_pod (small, in cache). The external flow's reply

@@ -165,6 +165,26 @@ def test_an_evicted_reply_entry_is_written_back_by_the_flows_next_packet(dns):
     assert_answer_reaches(dns, port, CLIENT, 40000)
 
 
+def test_a_reused_tuple_s_new_flow_is_source_nated_beside_its_old_entries(dns):
+    """A client port reused after its flow expired, with the old flow's entry still in
+    conntrack and an expired one of the tuple in ct_unconfirmed: the new flow is written
+    over the unconfirmed one, and the tail must give that entry its SNAT (not the old
+    conntrack entry, which a lookup there finds first), or the flow's next packet leaves
+    with the client's address."""
+    port = folded(5353)
+    for _ in range(2):      # the second datagram confirms the flow
+        assert_snated(dns, query(CLIENT, 5353), port)
+    t, u = dns.xdp.dp.table("conntrack"), dns.xdp.dp.table("ct_unconfirmed")
+    expired = datapath_clock_ns() - UDP_TIMEOUT_NS - 10 * SEC
+    [(k, v)] = [(k, v) for k, v in t.items() if k.dir == DIR_FORWARD]
+    v.last_seen = expired
+    t[k] = v
+    u[k] = v
+    for _ in range(2):
+        assert_snated(dns, query(CLIENT, 5353), port)
+    assert_answer_reaches(dns, port, CLIENT, 5353)
+
+
 def flood(ext: Ext, n: int) -> dict[str, int]:
     """n one-packet flows from spoofed clients (198.18.0.0/15, random source ports) to
     the NodePort, none answered; returns the verdicts counted."""
