@@ -19,6 +19,11 @@ UDP, trafgen on one core, 60-byte frames:
 Delivered packets/s = the sink's count on node2's eth0; softirq = machine-wide softirq
 time per delivered packet (an upper bound, as in bench_stack.py). Repetitions alternate
 the order (XDP, iptables, then iptables, XDP); ratios compare back-to-back measurements.
+The bound, measured after each repetition's new flows: in LAN "x" a program that does
+nothing but send the frame on to node2's sink with XDP_TX (the sink's port and the MACs
+set; no lookup, no NAT, no state) replaces the external entry point — what the lab itself
+costs per packet, the ceiling of any XDP NodePort here (floor / iptables: how far the
+ratio could go).
 
 Valid new-flow measurements, both sides. A flood of unanswered new flows fills state:
 iptables keeps each one in conntrack for nf_conntrack_udp_timeout (30 s) and MASQUERADE
@@ -72,7 +77,39 @@ IPT_DROPS = ("drop", "insert_failed", "early_drop")
 SVC_PORT = 53
 SUITE = "nodeport"
 SIDES = ("xdp", "iptables")
+FLOOR_PROGRAM = r"""
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/udp.h>
+int xdp_tx_floor(struct xdp_md *ctx) {
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > end || eth->h_proto != htons(ETH_P_IP)) return XDP_PASS;
+    struct iphdr *ip = (void *)(eth + 1);
+    if ((void *)(ip + 1) > end || ip->ihl != 5 || ip->protocol != IPPROTO_UDP) return XDP_PASS;
+    struct udphdr *udp = (void *)(ip + 1);
+    if ((void *)(udp + 1) > end) return XDP_PASS;
+    unsigned char dst[ETH_ALEN] = {DST_MAC}, src[ETH_ALEN] = {SRC_MAC};
+    udp->dest = htons(SINK_PORT);
+    __builtin_memcpy(eth->h_dest, dst, ETH_ALEN);
+    __builtin_memcpy(eth->h_source, src, ETH_ALEN);
+    return XDP_TX;
+}
+"""
 SPAN = kubeproxy.NODE_PORT_MAX - kubeproxy.NODE_PORT_MIN + 1
+
+
+def load_tx_floor():
+    """The NodePort lab's own cost: node1 sends each frame straight back out to node2's
+    sink (XDP_TX), doing no dataplane work. (BPF object, program fd)."""
+    from bcc import BPF
+    mac = lambda m: ", ".join(f"0x{b}" for b in m.split(":"))  # noqa: E731
+    bpf = BPF(text=FLOOR_PROGRAM.encode(),
+              cflags=[f"-DSINK_PORT={netlab.SINK_PORT}", f"-DDST_MAC={mac(nplab.NODE2_MAC)}",
+                      f"-DSRC_MAC={mac(nplab.NODE1_MAC)}"])
+    return bpf, bpf.load_func(b"xdp_tx_floor", BPF.XDP).fd
 
 
 def _int(ip: str) -> int:
@@ -132,6 +169,7 @@ class NodePortBench:
         self.sinks = {}
         self.programmed: int | None = None
         self.setup: dict = {}
+        self.tx_floor_fd: int | None = None
 
     def up(self) -> None:
         from controlplane.dataplane.attach import attach_xdp
@@ -150,6 +188,8 @@ class NodePortBench:
         self.writer = MapWriter(self.dp)
         floor_bpf, floor_fd = load_floor_program()
         self.bpfs.append(floor_bpf)
+        tx_floor_bpf, self.tx_floor_fd = load_tx_floor()
+        self.bpfs.append(tx_floor_bpf)
         for t in (self.x, self.i):
             sink_bpf, sink_fd = netlab.load_sink()
             self.bpfs.append(sink_bpf)
@@ -198,14 +238,25 @@ class NodePortBench:
         self.programmed = n
         return info
 
-    def udp(self, topo: nplab.NodePortTopology, n: int, flows: str) -> dict:
+    def floor(self, n: int) -> dict:
+        """The bound: the new-flow frames through LAN x with node1's program replaced by
+        load_tx_floor's, then the external entry point attached again."""
+        from controlplane.dataplane.attach import attach_xdp
+        attach_xdp(self.tx_floor_fd, "eth0", self.x.node, "native")
+        try:
+            return self.udp(self.x, n, "new", side="floor")
+        finally:
+            self.dp.attach("eth0", self.x.node, "native", external=True)
+
+    def udp(self, topo: nplab.NodePortTopology, n: int, flows: str, side: str | None = None) -> dict:
         cfg = self.workdir / f"trafgen-{n}-{flows}.cfg"
         if not cfg.exists():
             trafgen_conf(cfg, n, flows)
         sink = self.sinks[topo.tag]
-        xdp = topo is self.x
-        self.empty_tables(xdp)
-        before = self.dp.counters() if xdp else conntrack_stats(topo.node)
+        side = side or ("xdp" if topo is self.x else "iptables")
+        xdp = side == "xdp"
+        self.empty_tables(side != "iptables")
+        before = self.dp.counters() if xdp else conntrack_stats(topo.node) if side == "iptables" else None
         limit = int(bench_stack.TRAFGEN_MAX_PPS * (SECONDS + WARMUP + 5))
         p = subprocess.Popen(["ip", "netns", "exec", topo.client, "trafgen", "--no-sock-mem",
                               "--notouch-irq", "--dev", "cl0", "--conf", str(cfg), "-P", "1",
@@ -225,6 +276,9 @@ class NodePortBench:
         run = {"pps": delivered / dt,
                "softirq_ns_per_pkt": soft * 1e9 / delivered if delivered else None}
         # the whole run's drops (warm-up, window, the tail until trafgen stopped)
+        if side == "floor":   # keeps no state: nothing to run out of
+            run["drops"], run["exhausted"] = {}, False
+            return run
         if xdp:
             after = self.dp.counters()
             run["drops"] = {k: after[k] - before[k] for k in XDP_DROPS}
@@ -267,6 +321,7 @@ def test_nodeport(benchmark, nodeport_bench, services):
     benchmark.group = "nodeport udp"
     setup = nodeport_bench.program(services)
     runs: dict = {(side, f): [] for side in SIDES for f in ("new", "established")}
+    floors: list[dict] = []
 
     def measure():
         for rep in range(REPS):
@@ -275,6 +330,8 @@ def test_nodeport(benchmark, nodeport_bench, services):
                 for side in order:
                     topo = nodeport_bench.x if side == "xdp" else nodeport_bench.i
                     runs[(side, f)].append(nodeport_bench.udp(topo, services, f))
+                if f == "new":
+                    floors.append(nodeport_bench.floor(services))
 
     benchmark.pedantic(measure, rounds=1, iterations=1)
     results = {}
@@ -294,11 +351,19 @@ def test_nodeport(benchmark, nodeport_bench, services):
                       "nf_conntrack_max": conntrack_max(),
                       "softirq_ns_per_pkt": {"xdp": summary([r["softirq_ns_per_pkt"] for r in x]),
                                              "iptables": summary([r["softirq_ns_per_pkt"] for r in i])}}
+    # the bound, against the iptables run of the same repetition
+    results["new"]["floor"] = bench_stack._summary([r["pps"] for r in floors])
+    results["new"]["ratio_floor"] = bench_stack._summary(
+        [f["pps"] / b["pps"] if not b["exhausted"] and b["pps"] > 0 else None
+         for f, b in zip(floors, runs[("iptables", "new")])])
     benchmark.extra_info.update({"suite": SUITE, "services": services, "endpoints": endpoints(services),
                                  "reps": REPS, "seconds": SECONDS, "warmup": WARMUP, "quick": QUICK,
                                  "loadavg_1m": round(os.getloadavg()[0], 2),
                                  **{f"setup_{k}": v for k, v in {**nodeport_bench.setup, **setup}.items()},
                                  "results": results})
+    fl = results["new"]["ratio_floor"]["median"]
+    print(f"\n  nodeport udp bound (XDP_TX only) @ {services} services: {results['new']['floor']['median']:.0f} pps"
+          + (f", {fl:.2f}x iptables" if fl is not None else ""))
     for f, e in results.items():
         r = e["ratio"]["median"]
         ratio = f"ratio {r:.2f}" if r is not None else "no valid ratio"
