@@ -77,39 +77,7 @@ IPT_DROPS = ("drop", "insert_failed", "early_drop")
 SVC_PORT = 53
 SUITE = "nodeport"
 SIDES = ("xdp", "iptables")
-FLOOR_PROGRAM = r"""
-#include <uapi/linux/bpf.h>
-#include <uapi/linux/if_ether.h>
-#include <uapi/linux/ip.h>
-#include <uapi/linux/in.h>
-#include <uapi/linux/udp.h>
-int xdp_tx_floor(struct xdp_md *ctx) {
-    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
-    struct ethhdr *eth = data;
-    if ((void *)(eth + 1) > end || eth->h_proto != htons(ETH_P_IP)) return XDP_PASS;
-    struct iphdr *ip = (void *)(eth + 1);
-    if ((void *)(ip + 1) > end || ip->ihl != 5 || ip->protocol != IPPROTO_UDP) return XDP_PASS;
-    struct udphdr *udp = (void *)(ip + 1);
-    if ((void *)(udp + 1) > end) return XDP_PASS;
-    unsigned char dst[ETH_ALEN] = {DST_MAC}, src[ETH_ALEN] = {SRC_MAC};
-    udp->dest = htons(SINK_PORT);
-    __builtin_memcpy(eth->h_dest, dst, ETH_ALEN);
-    __builtin_memcpy(eth->h_source, src, ETH_ALEN);
-    return XDP_TX;
-}
-"""
 SPAN = kubeproxy.NODE_PORT_MAX - kubeproxy.NODE_PORT_MIN + 1
-
-
-def load_tx_floor():
-    """The NodePort lab's own cost: node1 sends each frame straight back out to node2's
-    sink (XDP_TX), doing no dataplane work. (BPF object, program fd)."""
-    from bcc import BPF
-    mac = lambda m: ", ".join(f"0x{b}" for b in m.split(":"))  # noqa: E731
-    bpf = BPF(text=FLOOR_PROGRAM.encode(),
-              cflags=[f"-DSINK_PORT={netlab.SINK_PORT}", f"-DDST_MAC={mac(nplab.NODE2_MAC)}",
-                      f"-DSRC_MAC={mac(nplab.NODE1_MAC)}"])
-    return bpf, bpf.load_func(b"xdp_tx_floor", BPF.XDP).fd
 
 
 def _int(ip: str) -> int:
@@ -188,7 +156,8 @@ class NodePortBench:
         self.writer = MapWriter(self.dp)
         floor_bpf, floor_fd = load_floor_program()
         self.bpfs.append(floor_bpf)
-        tx_floor_bpf, self.tx_floor_fd = load_tx_floor()
+        # the bound: node1 sends each frame straight back out to node2's sink
+        tx_floor_bpf, self.tx_floor_fd = netlab.load_tx_floor(nplab.NODE2_MAC, nplab.NODE1_MAC)
         self.bpfs.append(tx_floor_bpf)
         for t in (self.x, self.i):
             sink_bpf, sink_fd = netlab.load_sink()
@@ -240,7 +209,7 @@ class NodePortBench:
 
     def floor(self, n: int) -> dict:
         """The bound: the new-flow frames through LAN x with node1's program replaced by
-        load_tx_floor's, then the external entry point attached again."""
+        netlab.load_tx_floor's, then the external entry point attached again."""
         from controlplane.dataplane.attach import attach_xdp
         attach_xdp(self.tx_floor_fd, "eth0", self.x.node, "native")
         try:

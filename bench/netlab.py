@@ -133,14 +133,19 @@ def load_sink():
     return bpf, bpf.load_func(b"xdp_sink", BPF.XDP).fd
 
 
-REDIRECT_FLOOR_PROGRAM = r"""
+# A lab's floor: a frame sent on to the sink with no dataplane work (the sink's port and the
+# MAC addresses set): redirected to the node's backend veth (bench_stack), or with
+# -DTX_FLOOR sent back out of the interface it came in on (bench_nodeport).
+FLOOR_PROGRAM = r"""
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/ip.h>
 #include <uapi/linux/in.h>
 #include <uapi/linux/udp.h>
+#ifndef TX_FLOOR
 BPF_DEVMAP(floor_tx, 1);   /* slot 0: the node's backend veth */
-int xdp_redirect_floor(struct xdp_md *ctx) {
+#endif
+int xdp_floor(struct xdp_md *ctx) {
     void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
     struct ethhdr *eth = data;
     if ((void *)(eth + 1) > end || eth->h_proto != htons(ETH_P_IP)) return XDP_PASS;
@@ -152,9 +157,23 @@ int xdp_redirect_floor(struct xdp_md *ctx) {
     udp->dest = htons(SINK_PORT);
     __builtin_memcpy(eth->h_dest, dst, ETH_ALEN);
     __builtin_memcpy(eth->h_source, src, ETH_ALEN);
+#ifdef TX_FLOOR
+    return XDP_TX;
+#else
     return floor_tx.redirect_map(0, XDP_PASS);
+#endif
 }
 """
+
+
+def _load_floor(dst_mac: str, src_mac: str, *cflags: str):
+    """FLOOR_PROGRAM, built to write these MACs: (BPF object, program fd)."""
+    from bcc import BPF
+    mac = lambda m: ", ".join(f"0x{b}" for b in m.split(":"))  # noqa: E731
+    bpf = BPF(text=FLOOR_PROGRAM.encode(),
+              cflags=[f"-DSINK_PORT={SINK_PORT}", f"-DDST_MAC={mac(dst_mac)}", f"-DSRC_MAC={mac(src_mac)}",
+                      *cflags])
+    return bpf, bpf.load_func(b"xdp_floor", BPF.XDP).fd
 
 
 def load_redirect_floor(node_ns: str):
@@ -162,17 +181,18 @@ def load_redirect_floor(node_ns: str):
     with no dataplane work at all (no lookup, no NAT, no conntrack): the sink's port
     and the MAC addresses set, then bpf_redirect_map to the node's backend veth — the
     ceiling of any XDP dataplane in this topology. (BPF object, program fd)."""
-    from bcc import BPF
     from controlplane.dataplane.attach import in_netns
-    mac = lambda m: ", ".join(f"0x{b}" for b in m.split(":"))  # noqa: E731
-    bpf = BPF(text=REDIRECT_FLOOR_PROGRAM.encode(),
-              cflags=[f"-DSINK_PORT={SINK_PORT}", f"-DDST_MAC={mac(BACKEND_MAC)}",
-                      f"-DSRC_MAC={mac(NODE_BACKEND_MAC)}"])
-    fd = bpf.load_func(b"xdp_redirect_floor", BPF.XDP).fd
+    bpf, fd = _load_floor(BACKEND_MAC, NODE_BACKEND_MAC)
     from controlplane.dataplane.libbpf import u32_update
     with in_netns(node_ns):   # a DEVMAP names its device in the writer's namespace
         u32_update(bpf[b"floor_tx"].map_fd, 0, ifindex(node_ns, "n-be"))
     return bpf, fd
+
+
+def load_tx_floor(dst_mac: str, src_mac: str):
+    """A floor that sends each frame back out of the interface it came in on (XDP_TX),
+    to dst_mac: (BPF object, program fd)."""
+    return _load_floor(dst_mac, src_mac, "-DTX_FLOOR")
 
 
 def ifindex(ns: str, dev: str) -> int:
