@@ -329,9 +329,9 @@ static __always_inline void np_pending_clear(void)
 		pd->mode = SVCXDP_NP_NONE;
 }
 
-/* A new flow's entry (SVCXDP_NP_NEW), in the table handle_service wrote it to: the
- * tuple's dead entry may sit in conntrack while the new one waits unconfirmed. */
-static __always_inline struct ct_value *np_new_flow(struct ct_key *fk, const struct np_pending *pd)
+/* The flow's entry, in the table handle_service left it in (np_pending.confirmed): the
+ * tuple's dead entry may sit in conntrack while the flow waits unconfirmed. */
+static __always_inline struct ct_value *np_flow(struct ct_key *fk, const struct np_pending *pd)
 {
 	return pd->confirmed ? conntrack.lookup(fk) : ct_unconfirmed.lookup(fk);
 }
@@ -341,7 +341,7 @@ static __always_inline struct ct_value *np_new_flow(struct ct_key *fk, const str
  * backend needs one, goes where its forward entry is (ct_create left it to us). */
 static __always_inline void np_reply_entry(struct ct_key *fk, const struct np_pending *pd)
 {
-	struct ct_value *v = np_new_flow(fk, pd);
+	struct ct_value *v = np_flow(fk, pd);
 	if (!v)
 		return;
 	struct ct_value copy = *v;
@@ -380,8 +380,6 @@ static __always_inline int np_snat(struct xdp_md *ctx, struct iphdr *ip, void *d
 	__u64 now = bpf_ktime_get_coarse_ns();
 	struct ct_key fk;
 	__be32 node_ip;
-	struct ct_value *v;
-	int confirmed;
 	if (mode == SVCXDP_NP_NEW) {
 		struct np_route r;
 		np_route_lookup(ctx, ip, ip->daddr, &r);
@@ -393,19 +391,16 @@ static __always_inline int np_snat(struct xdp_md *ctx, struct iphdr *ip, void *d
 			return 0;
 		}
 		node_ip = r.src;
-		v = np_new_flow(&fk, pd);
-		confirmed = pd->confirmed;
 	} else {
 		node_ip = ip->saddr;
 		ct_key_set(&fk, pd->client, pd->vip, pd->cport, pd->vport, ip->protocol,
 			   SVCXDP_CT_DIR_FORWARD);
-		v = conntrack.lookup(&fk);
-		confirmed = v != NULL;
-		if (!v)
-			v = ct_unconfirmed.lookup(&fk);
-		if (!v || np_snat_kept(&fk, ip, ports, pd->svc_id, now, tcp_flags, confirmed))
-			return 0;
 	}
+	struct ct_value *v = np_flow(&fk, pd);
+	int confirmed = pd->confirmed;
+	if (mode != SVCXDP_NP_NEW &&
+	    (!v || np_snat_kept(&fk, ip, ports, pd->svc_id, now, tcp_flags, confirmed)))
+		return 0;
 	struct np_snat snat;
 	int rc = np_snat_alloc(&fk, ip->daddr, ports[1], node_ip, pd->svc_id, now, tcp_flags,
 			       confirmed, pd, &snat);

@@ -210,11 +210,13 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 				snat.ip = v->peer_ip;
 				snat.port = v->peer_port;
 			}
-			if (where == CT_IN_UNCONFIRMED && ct_confirms(k.proto, l4->tcp_flags))
+			int confirmed_now = where == CT_IN_UNCONFIRMED &&
+					    ct_confirms(k.proto, l4->tcp_flags);
+			if (confirmed_now)
 				ct_confirm(external, &k, v, now);
 			/* An unconfirmed SNATed flow may have lost its port (nodeport.h). */
 			if (external && where == CT_IN_UNCONFIRMED && snat.ip)
-				np_pending_set(&k, svc->svc_id, 0, 0, 0, SVCXDP_NP_CHECK);
+				np_pending_set(&k, svc->svc_id, 0, 0, confirmed_now, SVCXDP_NP_CHECK);
 			ev->main = SVCXDP_CNT_CT_HIT;
 			svc_account(svc->svc_id, bytes, 0, 0);
 			goto dnat;

@@ -340,8 +340,9 @@ struct np_pending {
 	__be16 cport;
 	__u8 reply_entry; /* SVCXDP_NP_NEW: its backend needs a reply entry (conntrack.h), which
 			   * the tail writes unless it source-NATs the flow */
-	__u8 confirmed;   /* SVCXDP_NP_NEW: its entry was written in conntrack (over the tuple's
-			   * dead one), else in ct_unconfirmed */
+	__u8 confirmed;   /* the flow's entry is in conntrack (SVCXDP_NP_NEW: written over the
+			   * tuple's dead one; SVCXDP_NP_CHECK: confirmed by this packet), else
+			   * in ct_unconfirmed */
 	/* The SNAT port search's findings (np_snat_alloc): kept in map memory, untracked
 	 * by the verifier, so every path through one probe reaches the next, and the code
 	 * after the search, in the same state (as lc_best). */

@@ -280,3 +280,27 @@ def test_a_tcp_handshake_keeps_its_port_while_retransmitting_and_confirms_it_wit
     assert (back[IP].dst, back[TCP].dport, back[TCP].sport) == (CLIENT, 40000, 30080)
     assert ext.send(from_client(NODE, 30080, sport=40000, flags="A")).pkt[TCP].sport == port
     assert port in snat_entries(ext, "conntrack") and port not in snat_entries(ext, "ct_unconfirmed")
+
+
+def test_a_reused_tuple_s_retransmitted_syn_keeps_its_snat_entry_unconfirmed(ext, xdp):
+    """The handshake of a reused tuple whose old connection's entry (expired) is still in
+    conntrack: while it is unconfirmed its SNAT entry stays in ct_unconfirmed, where a
+    flood can only evict its own kind, through a retransmitted SYN (the tail checks the
+    port on the entry handle_service used, not the old one conntrack holds), and moves to
+    conntrack with the ACK."""
+    from scapy.layers.inet import TCP
+    ext.service(NODE, 30080, [nodenet.REMOTE_POD])
+    port = folded(40000)
+    syn, ack = (from_client(NODE, 30080, sport=40000, flags=f) for f in ("S", "A"))
+    for pkt in (syn, ack):      # the old connection, confirmed
+        assert ext.send(pkt).pkt[TCP].sport == port
+    t, u = ext.xdp.dp.table("conntrack"), ext.xdp.dp.table("ct_unconfirmed")
+    [(k, v)] = [(k, v) for k, v in t.items() if k.dir == DIR_FORWARD]
+    v.last_seen = datapath_clock_ns() - const("DEFAULT_TCP_TIMEOUT_S") * SEC - 10 * SEC
+    t[k] = v
+    u[k] = v                    # and an expired record of the tuple waiting unconfirmed
+    for _ in range(2):          # the new connection's SYN, then its retransmission
+        assert ext.send(syn).pkt[TCP].sport == port
+        assert port in snat_entries(ext, "ct_unconfirmed") and port not in snat_entries(ext, "conntrack")
+    assert ext.send(ack).pkt[TCP].sport == port
+    assert port in snat_entries(ext, "conntrack") and port not in snat_entries(ext, "ct_unconfirmed")
