@@ -37,6 +37,7 @@
 #ifndef SVCXDP_CONNTRACK_H
 #define SVCXDP_CONNTRACK_H
 
+#include "flowhash.h"
 #include "maps.h"
 #include "lc.h"
 
@@ -112,11 +113,11 @@ static __always_inline int ct_reopened(const struct ct_value *v, __u8 tcp_flags)
  * Why three, not two: two CPUs stamping one slot across an epoch boundary can leave
  * the older epoch (a plain store, no atomic max), at most one behind. Tags count
  * epochs mod SVCXDP_CT_RECENT_TAGS (1..128), so a slot untouched for 128 epochs or
- * more may look recent again: "maybe", which is always safe. Collisions only make "maybe" more
- * common. Only the pod-facing entry point skips (external flows' SNAT tail wants the
- * old entry found, handle_service). The loader fills the filter with "maybe"
- * whenever it adopts a conntrack table that outlived the last program (program.py:
- * its stamps may be missing or of another UDP timeout). */
+ * more may look recent again: "maybe", which is always safe. Collisions only make
+ * "maybe" more common. Only the pod-facing entry point skips (handle_service says
+ * why). The loader fills the filter with "maybe" whenever it adopts a conntrack
+ * table that outlived the last program (program.py: its stamps may be missing or of
+ * another UDP timeout). */
 #define CT_UDP_TIMEOUT_NS (SVCXDP_UDP_TIMEOUT_S * SVCXDP_NSEC_PER_SEC)
 /* log2 of the epoch: the bits of (timeout - 1), folded by the compiler. */
 #define CT_UDP_EPOCH_SHIFT (64 - __builtin_clzll(CT_UDP_TIMEOUT_NS - 1))
@@ -126,17 +127,12 @@ static __always_inline __u32 ct_udp_tag(__u64 now)
 	return ((__u32)(now >> CT_UDP_EPOCH_SHIFT) & (SVCXDP_CT_RECENT_TAGS - 1)) + 1;
 }
 
-/* A multiplicative mix of the tuple (the direction and protocol are implied: UDP,
- * forward). Byte order as the key holds it; udprecent.py computes the same. */
+/* The tuple's slot (the direction and protocol are implied: UDP, forward): the hash in
+ * csrc/flowhash.h, which user space calls too (udprecent.py). */
 static __always_inline __u32 ct_udp_slot(const struct ct_key *k)
 {
-	__u32 h = k->src * 0x9e3779b1u;
-	h ^= k->dst * 0x85ebca6bu;
-	h ^= (((__u32)k->sport << 16) | k->dport) * 0xc2b2ae35u;
-	h ^= h >> 16;
-	h *= 0x7feb352du;
-	h ^= h >> 15;
-	return h & (SVCXDP_CT_RECENT_SLOTS - 1);
+	return svcxdp_udp_recent_hash(k->src, k->dst, k->sport, k->dport) &
+	       (SVCXDP_CT_RECENT_SLOTS - 1);
 }
 
 static __always_inline __u8 *ct_udp_tag_of(const struct ct_key *k)

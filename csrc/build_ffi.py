@@ -1,4 +1,4 @@
-"""cffi (API mode) build of controlplane._csrc: maglev.c plus the flow hash of flowhash.h.
+"""cffi (API mode) build of controlplane._csrc: maglev.c plus the hashes of flowhash.h.
 
 Used by setup.py (`cffi_modules`), or run directly: `python csrc/build_ffi.py`.
 """
@@ -38,6 +38,8 @@ ffibuilder.cdef(
     uint32_t svcxdp_ffi_flow_hash_affinity(uint32_t saddr, uint32_t dport,
                                            uint32_t proto, uint32_t seed);
     uint32_t svcxdp_ffi_maglev_slot(uint32_t hash, uint32_t m);
+    uint32_t svcxdp_ffi_udp_recent_hash(uint32_t saddr, uint32_t daddr, uint32_t sport,
+                                        uint32_t dport);
     """
 )
 
@@ -59,6 +61,9 @@ ffibuilder.set_source(
     { return svcxdp_flow_hash_affinity(saddr, dport, proto, seed); }
     static uint32_t svcxdp_ffi_maglev_slot(uint32_t hash, uint32_t m)
     { return svcxdp_maglev_slot(hash, m); }
+    static uint32_t svcxdp_ffi_udp_recent_hash(uint32_t saddr, uint32_t daddr, uint32_t sport,
+                                               uint32_t dport)
+    { return svcxdp_udp_recent_hash(saddr, daddr, sport, dport); }
     """,
     sources=[os.path.join(SRC, "maglev.c")],
     include_dirs=[SRC],

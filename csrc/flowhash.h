@@ -92,6 +92,27 @@ svcxdp_flow_hash_affinity(unsigned int saddr, unsigned int dport,
 	return svcxdp_flow_hash(saddr, 0, dport, proto, seed);
 }
 
+/*
+ * Slot hash of ct_udp_recent (bpf/conntrack.h, ct_udp_slot): a quick multiplicative
+ * mix of a UDP forward tuple, arguments as the conntrack key holds them (network byte
+ * order); the caller masks it to the filter's slot count. It only spreads tuples over
+ * the filter, which every UDP packet to a service asks: cheaper than the jhash above,
+ * and it needs no seed (a collision only makes the filter say "maybe").
+ */
+static __always_inline unsigned int
+svcxdp_udp_recent_hash(unsigned int saddr, unsigned int daddr, unsigned int sport,
+		       unsigned int dport)
+{
+	unsigned int h = saddr * 0x9e3779b1U;
+
+	h ^= daddr * 0x85ebca6bU;
+	h ^= (((sport & 0xffffU) << 16) | (dport & 0xffffU)) * 0xc2b2ae35U;
+	h ^= h >> 16;
+	h *= 0x7feb352dU;
+	h ^= h >> 15;
+	return h;
+}
+
 /* Maglev slot of a flow hash in a table of m entries (m > 0, prime). */
 static __always_inline unsigned int svcxdp_maglev_slot(unsigned int hash, unsigned int m)
 {

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import ctypes as ct
 
+from controlplane._csrc import lib
+
 from .affinity_maps import coarse_now_ns
 from .layout import const
 
@@ -21,19 +23,12 @@ SLOTS = const("CT_RECENT_SLOTS")
 TAGS = const("CT_RECENT_TAGS")
 SURE_AGE = const("CT_RECENT_SURE_AGE")   # epochs: what ct_udp_absent() calls certainly expired
 _NSEC = 1_000_000_000
-_M32 = 0xFFFFFFFF
 
 
 def slot(src: int, dst: int, sport: int, dport: int) -> int:
     """conntrack.h ct_udp_slot() of a UDP forward key: the fields as the key holds them
-    (network byte order, read as this host's integers)."""
-    h = (src * 0x9E3779B1) & _M32
-    h ^= (dst * 0x85EBCA6B) & _M32
-    h ^= ((((sport << 16) | dport) & _M32) * 0xC2B2AE35) & _M32
-    h ^= h >> 16
-    h = (h * 0x7FEB352D) & _M32
-    h ^= h >> 15
-    return h & (SLOTS - 1)
+    (network byte order, read as this host's integers); the hash is csrc/flowhash.h's."""
+    return lib.svcxdp_ffi_udp_recent_hash(src, dst, sport, dport) & (SLOTS - 1)
 
 
 def epoch_shift(udp_timeout_s: int) -> int:
