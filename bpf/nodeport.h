@@ -351,10 +351,11 @@ static __always_inline void np_reply_entry(struct ct_key *fk, const struct np_pe
 /* The tail's part of SNAT. A new flow (SVCXDP_NP_NEW, already DNATed, its entry
  * recorded): when the backend is behind the interface the packet came in on, choose
  * the SNAT port, note it in the flow's entry (and its first fragment's record) and
- * rewrite the source; else write its reply entry if it needs one. A packet of an unconfirmed SNATed flow (SVCXDP_NP_CHECK, source
- * already rewritten): keep its port (np_snat_kept) or, if another flow took it, choose a
- * new one. Returns -1 when no port is free (the packet is dropped), 1 when the port was
- * taken from an unconfirmed flow, else 0. */
+ * rewrite the source; else write its reply entry if it needs one. A packet of an
+ * unconfirmed SNATed flow (SVCXDP_NP_CHECK, source already rewritten): keep its port
+ * (np_snat_kept) or, if another flow took it, choose a new one. Returns -1 when no
+ * port is free (the packet is dropped), 1 when the port was taken from an unconfirmed
+ * flow, else 0. */
 static __always_inline int np_snat(struct xdp_md *ctx, struct iphdr *ip, void *data_end,
 				   struct np_pending *pd, __u8 mode, struct events *ev)
 {

@@ -183,9 +183,9 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 	 * cold bucket) cost a third of a new flow (conntrack.h, top); nor does a UDP
 	 * datagram whose tuple ct_udp_recent says has no live entry there. Any other
 	 * packet takes its confirmed entry while that is current, else a newer
-	 * unconfirmed one. External flows look as before: the SNAT tail (nodeport.h)
-	 * finds a flow's entry in conntrack first, so a reused tuple's new entry must
-	 * replace the old one there. */
+	 * unconfirmed one. External flows still look: skipping there measured no gain
+	 * (the bucket it reads is the one the flow's inserts read next, datapath-notes
+	 * §14), and their SNAT handling of reused tuples is tested with the lookup. */
 	struct ct_value *v = NULL;
 	if (external || !(ct_bare_syn(k.proto, l4->tcp_flags) ||
 			  (k.proto == IPPROTO_UDP && ct_udp_absent(&k, now))))
