@@ -304,15 +304,18 @@ def test_nodeport(benchmark, nodeport_bench, services):
                     floors.append(nodeport_bench.floor(services))
 
     benchmark.pedantic(measure, rounds=1, iterations=1)
+    summary = bench_stack._summary
+
+    def ratios(tops: list[dict], bottoms: list[dict]) -> dict:
+        """Of back-to-back runs, pairwise, where neither side ran out of state."""
+        return summary([a["pps"] / b["pps"] if not (a["exhausted"] or b["exhausted"]) and b["pps"] > 0
+                        else None for a, b in zip(tops, bottoms)])
+
     results = {}
     for f in ("new", "established"):
         x, i = runs[("xdp", f)], runs[("iptables", f)]
-        summary = bench_stack._summary
-        # a ratio only from back-to-back runs where neither side ran out of state
-        valid = [a["pps"] / b["pps"] if not (a["exhausted"] or b["exhausted"]) and b["pps"] > 0 else None
-                 for a, b in zip(x, i)]
         results[f] = {"xdp": summary([r["pps"] for r in x]), "iptables": summary([r["pps"] for r in i]),
-                      "ratio": summary(valid),
+                      "ratio": ratios(x, i),
                       "exhausted": {"xdp": [r["drops"] for r in x if r["exhausted"]],
                                     "iptables": [{**r["drops"], "entries": r["entries"]}
                                                  for r in i if r["exhausted"]]},
@@ -322,10 +325,8 @@ def test_nodeport(benchmark, nodeport_bench, services):
                       "softirq_ns_per_pkt": {"xdp": summary([r["softirq_ns_per_pkt"] for r in x]),
                                              "iptables": summary([r["softirq_ns_per_pkt"] for r in i])}}
     # the bound, against the iptables run of the same repetition
-    results["new"]["floor"] = bench_stack._summary([r["pps"] for r in floors])
-    results["new"]["ratio_floor"] = bench_stack._summary(
-        [f["pps"] / b["pps"] if not b["exhausted"] and b["pps"] > 0 else None
-         for f, b in zip(floors, runs[("iptables", "new")])])
+    results["new"]["floor"] = summary([r["pps"] for r in floors])
+    results["new"]["ratio_floor"] = ratios(floors, runs[("iptables", "new")])
     benchmark.extra_info.update({"suite": SUITE, "services": services, "endpoints": endpoints(services),
                                  "reps": REPS, "seconds": SECONDS, "warmup": WARMUP, "quick": QUICK,
                                  "loadavg_1m": round(os.getloadavg()[0], 2),

@@ -296,7 +296,7 @@ def test_a_reused_tuple_s_retransmitted_syn_keeps_its_snat_entry_unconfirmed(ext
         assert ext.send(pkt).pkt[TCP].sport == port
     t, u = ext.xdp.dp.table("conntrack"), ext.xdp.dp.table("ct_unconfirmed")
     [(k, v)] = [(k, v) for k, v in t.items() if k.dir == DIR_FORWARD]
-    v.last_seen = datapath_clock_ns() - const("DEFAULT_TCP_TIMEOUT_S") * SEC - 10 * SEC
+    v.last_seen = datapath_clock_ns() - ext.xdp.dp.config.tcp_timeout_s * SEC - 10 * SEC
     t[k] = v
     u[k] = v                    # and an expired record of the tuple waiting unconfirmed
     for _ in range(2):          # the new connection's SYN, then its retransmission
