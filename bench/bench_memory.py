@@ -97,7 +97,7 @@ def test_map_memory(benchmark, root):
     try:
         maps = {}
         for name in MAP_NAMES:
-            info = fdinfo(dp.table(name).map_fd)
+            info = fdinfo(dp.raw_table(name).map_fd)
             maps[name] = {"type": int(info["map_type"]), "max_entries": int(info["max_entries"]),
                           "key_size": int(info["key_size"]), "value_size": int(info["value_size"]),
                           "memlock": int(info["memlock"]), "map_id": int(info.get("map_id", 0))}

@@ -219,13 +219,143 @@ static __always_inline int ct_bare_syn(__u8 proto, __u8 tcp_flags)
 	return proto == IPPROTO_TCP && (tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN;
 }
 
+/* ---- the pods' unconfirmed table: sets, not an LRU hash ---------------------------
+ * ct_unconfirmed_pod is an array of struct ct_set (svcxdp.h): a key's entry can only
+ * be in the set its hash names, in any of its SVCXDP_CT_SET_WAYS slots. A new flow takes
+ * a free slot of its set, else the set's oldest one (FIFO), so an insert touches one
+ * set's lines whether the table is full or not — an LRU hash full of cold entries evicts
+ * them, 128 at a time, which was a third of a pod's UDP new flow (datapath-notes §15).
+ * The price is in the flood law: an entry survives until SVCXDP_CT_SET_WAYS later new
+ * flows land in its set, not exactly max_entries of them (a slope, not a cliff; §15).
+ * A slot can be given to another flow at any moment by another CPU, so nothing keeps a
+ * pointer into it: every read copies the entry out under the set's lock, and a change
+ * goes back under the lock only if the slot still holds that key (ctp_put, BPF_EXIST).
+ * Readers that may meet a copy say so (`copied`) so that their changes are written back
+ * (ct_store). */
+static __always_inline struct ct_set *ctp_set(const struct ct_key *k)
+{
+	__u32 zero = 0;
+	__u32 *seed = ct_set_seed.lookup(&zero);
+	if (!seed)
+		return NULL;
+	__u32 i = svcxdp_ct_set_hash(k->src, k->dst, k->sport, k->dport, k->proto, k->dir, *seed) &
+		  (SVCXDP_CT_UNCONFIRMED_POD_SIZE / SVCXDP_CT_SET_WAYS - 1);
+	return ct_unconfirmed_pod.lookup(&i);
+}
+
+static __always_inline int ctp_key_eq(const struct ct_key *a, const struct ct_key *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+	return x[0] == y[0] && x[1] == y[1];
+}
+
+/* The slot of s holding k, or -1. Under s->lock. */
+static __always_inline int ctp_find(struct ct_set *s, const struct ct_key *k)
+{
+	int hit = -1;
+#pragma unroll
+	for (int w = 0; w < SVCXDP_CT_SET_WAYS; w++)
+		if (hit < 0 && ctp_key_eq(&s->slot[w].key, k))
+			hit = w;
+	return hit;
+}
+
+/* Copy k's entry into *out; 1 if there is one. */
+static __always_inline int ctp_get(const struct ct_key *k, struct ct_value *out)
+{
+	struct ct_set *s = ctp_set(k);
+	if (!s)
+		return 0;
+	int found = 0;
+	bpf_spin_lock(&s->lock);
+	/* (a constant index per slot: fewer verifier states than a found index) */
+#pragma unroll
+	for (int w = 0; w < SVCXDP_CT_SET_WAYS; w++)
+		if (!found && ctp_key_eq(&s->slot[w].key, k)) {
+			*out = s->slot[w].value;
+			found = 1;
+		}
+	bpf_spin_unlock(&s->lock);
+	return found;
+}
+
+/* Write k's entry, BPF_NOEXIST (-EEXIST if k has one) or BPF_ANY: a new entry takes a
+ * free slot, else the set's oldest (FIFO). 0 when written. */
+static __always_inline long ctp_put(const struct ct_key *k, const struct ct_value *v, __u64 mode)
+{
+	struct ct_set *s = ctp_set(k);
+	if (!s)
+		return -2;   /* -ENOENT: cannot happen (index masked, array map) */
+	long err = 0;
+	bpf_spin_lock(&s->lock);
+	int w = ctp_find(s, k);
+	if (w >= 0 && mode == BPF_NOEXIST) {
+		err = -17;   /* -EEXIST */
+	} else {
+		if (w < 0) {
+#pragma unroll
+			for (int f = SVCXDP_CT_SET_WAYS - 1; f >= 0; f--)
+				if (s->slot[f].key.proto == 0)
+					w = f;
+			if (w < 0) {
+				w = s->next & (SVCXDP_CT_SET_WAYS - 1);
+				s->next = w + 1;
+			}
+		}
+		if (w >= 0 && w < SVCXDP_CT_SET_WAYS) {
+			s->slot[w].key = *k;
+			s->slot[w].value = *v;
+		}
+	}
+	bpf_spin_unlock(&s->lock);
+	return err;
+}
+
+/* Write a changed copy back over k's entry, if k still has one: a change that comes
+ * back after the slot went to another flow, or after the flow was confirmed, is
+ * dropped. */
+static __always_inline void ctp_replace(const struct ct_key *k, const struct ct_value *v)
+{
+	struct ct_set *s = ctp_set(k);
+	if (!s)
+		return;
+	int done = 0;
+	bpf_spin_lock(&s->lock);
+#pragma unroll
+	for (int w = 0; w < SVCXDP_CT_SET_WAYS; w++)
+		if (!done && ctp_key_eq(&s->slot[w].key, k)) {
+			s->slot[w].value = *v;
+			done = 1;
+		}
+	bpf_spin_unlock(&s->lock);
+}
+
+static __always_inline long ctp_delete(const struct ct_key *k)
+{
+	struct ct_set *s = ctp_set(k);
+	if (!s)
+		return -2;
+	long err = -2;
+	bpf_spin_lock(&s->lock);
+	int w = ctp_find(s, k);
+	if (w >= 0 && w < SVCXDP_CT_SET_WAYS) {
+		__builtin_memset(&s->slot[w].key, 0, sizeof(s->slot[w].key));
+		err = 0;
+	}
+	bpf_spin_unlock(&s->lock);
+	return err;
+}
+
 /* The unconfirmed table of an entry point (conntrack.h, top). `external` is a
- * constant in each program, so each keeps only its own table's calls. */
-static __always_inline struct ct_value *ctu_lookup(int external, struct ct_key *k)
+ * constant in each program, so each keeps only its own table's calls. The external
+ * one's entries are the map's own (changed in place); the pods' are copies into *buf
+ * (above), written back with ctu_store. */
+static __always_inline struct ct_value *ctu_lookup(int external, struct ct_key *k,
+						   struct ct_value *buf)
 {
 	if (external)
 		return ct_unconfirmed.lookup(k);
-	return ct_unconfirmed_pod.lookup(k);
+	return ctp_get(k, buf) ? buf : NULL;
 }
 
 /* Insert only if the key has no entry (BPF_NOEXIST); 0 when inserted. */
@@ -233,40 +363,84 @@ static __always_inline long ctu_insert(int external, struct ct_key *k, struct ct
 {
 	if (external)
 		return ct_unconfirmed.insert(k, v);
-	return ct_unconfirmed_pod.insert(k, v);
+	return ctp_put(k, v, BPF_NOEXIST);
 }
 
 static __always_inline long ctu_update(int external, struct ct_key *k, struct ct_value *v)
 {
 	if (external)
 		return ct_unconfirmed.update(k, v);
-	return ct_unconfirmed_pod.update(k, v);
+	return ctp_put(k, v, BPF_ANY);
 }
 
 static __always_inline long ctu_delete(int external, struct ct_key *k)
 {
 	if (external)
 		return ct_unconfirmed.delete(k);
-	return ct_unconfirmed_pod.delete(k);
+	return ctp_delete(k);
+}
+
+/* Write back a change to an entry ctu_lookup gave (the pods' are copies). */
+static __always_inline void ctu_store(int external, struct ct_key *k, struct ct_value *v)
+{
+	if (!external)
+		ctp_replace(k, v);
 }
 
 /* Either unconfirmed table, for lookups that do not know the flow's entry point (a
- * reply): the pods' first, the small one, which the most new flows use. */
-static __always_inline struct ct_value *ctu_lookup_any(struct ct_key *k)
+ * reply): the pods' first, the small one, which the most new flows use. *copied: the
+ * entry is a copy in *buf (write changes back with ct_store). */
+static __always_inline struct ct_value *ctu_lookup_any(struct ct_key *k, struct ct_value *buf,
+						       int *copied)
 {
-	struct ct_value *u = ct_unconfirmed_pod.lookup(k);
-	return u ? u : ct_unconfirmed.lookup(k);
+	struct ct_value *u = buf;
+	*copied = ctp_get(k, buf);
+	if (!*copied)
+		u = ct_unconfirmed.lookup(k);
+	asm volatile("" : "+r"(u));   /* (one pointer for clang to hand on, see ct_lookup) */
+	return u;
 }
 
 /* A flow's entry, confirmed or not: the confirmed one while it is current, else an
- * unconfirmed one (a newer connection on the tuple) if there is one. */
-static __always_inline struct ct_value *ct_lookup(struct ct_key *k)
+ * unconfirmed one (a newer connection on the tuple) if there is one. *copied as
+ * ctu_lookup_any's. */
+static __always_inline struct ct_value *ct_lookup(struct ct_key *k, struct ct_value *buf,
+						  int *copied)
 {
+	*copied = 0;
 	struct ct_value *v = conntrack.lookup(k);
+	/* Opaque to clang: else it computes a field's address before the null check,
+	 * which the verifier refuses. */
+	asm volatile("" : "+r"(v));
 	if (v && ct_current(v, bpf_ktime_get_coarse_ns(), k->proto))
 		return v;
-	struct ct_value *u = ctu_lookup_any(k);
-	return u ? u : v;
+	struct ct_value *u = ctu_lookup_any(k, buf, copied);
+	if (!u)
+		u = v;
+	asm volatile("" : "+r"(u));
+	return u;
+}
+
+/* ct_lookup for a key only conntrack and ct_unconfirmed can hold: a SNAT entry, or an
+ * external client's flow (nodeport.h, icmp.h) — never the pods' table's. */
+static __always_inline struct ct_value *ct_lookup_external(struct ct_key *k)
+{
+	struct ct_value *v = conntrack.lookup(k);
+	asm volatile("" : "+r"(v));
+	if (v && ct_current(v, bpf_ktime_get_coarse_ns(), k->proto))
+		return v;
+	struct ct_value *u = ct_unconfirmed.lookup(k);
+	if (!u)
+		u = v;
+	asm volatile("" : "+r"(u));
+	return u;
+}
+
+/* Write back a change to an entry ct_lookup or ctu_lookup_any gave, if it was a copy. */
+static __always_inline void ct_store(int copied, struct ct_key *k, struct ct_value *v)
+{
+	if (copied)
+		ctp_replace(k, v);
 }
 
 /* Does this forward packet of an unconfirmed flow confirm it? */
@@ -299,9 +473,13 @@ static __always_inline void ct_uncount_from_reply(const struct ct_key *rk, struc
 	struct ct_key fk;
 	ct_key_set(&fk, rk->dst, rv->nat_ip, rk->dport, rv->nat_port, rk->proto,
 		   SVCXDP_CT_DIR_FORWARD);
-	struct ct_value *fv = ct_lookup(&fk);
-	if (fv && fv->backend_id == rv->backend_id)
+	struct ct_value fbuf;
+	int copied;
+	struct ct_value *fv = ct_lookup(&fk, &fbuf, &copied);
+	if (fv && fv->backend_id == rv->backend_id) {
 		ct_uncount(fv);
+		ct_store(copied, &fk, fv);
+	}
 }
 
 /* Write a confirmed entry. Where the tuple already has one, a current one stays
@@ -331,9 +509,10 @@ static __always_inline void ct_confirm(int external, struct ct_key *fwd, const s
 		   SVCXDP_CT_DIR_REPLY);
 	ct_confirm_entry(fwd, &copy, now);
 	ct_udp_stamp(fwd, now);
-	struct ct_value *rv = ctu_lookup(external, &rk);
+	struct ct_value rcopy;
+	struct ct_value *rv = ctu_lookup(external, &rk, &rcopy);
 	if (rv) {
-		struct ct_value rcopy = *rv;
+		rcopy = *rv;
 		ct_confirm_entry(&rk, &rcopy, now);
 		ctu_delete(external, &rk);
 	}
@@ -386,7 +565,8 @@ static __always_inline void ct_reply_entry(int external, const struct ct_key *fw
 static __always_inline struct ct_value *ct_create(int external, struct ct_key *fwd, __be32 vip,
 						  __be16 vport, const struct backend *b,
 						  __u32 backend_id, __u32 svc_id, __u64 now,
-						  __u8 tcp_flags, int counted, int dead)
+						  __u8 tcp_flags, int counted, int dead,
+						  struct ct_value *buf)
 {
 	struct ct_value v = {};
 	v.last_seen = now;
@@ -407,7 +587,8 @@ static __always_inline struct ct_value *ct_create(int external, struct ct_key *f
 	else
 		busy = ctu_insert(external, fwd, &v);
 	if (busy) {
-		struct ct_value *first = ct_lookup(fwd);
+		int copied;
+		struct ct_value *first = ct_lookup(fwd, buf, &copied);
 		if (first)
 			return first;
 		/* Gone again already (evicted): this packet's choice is as good. */
@@ -432,6 +613,8 @@ struct reply_match {
 	__be32 vip;           /* what the reply's source becomes */
 	__be16 vport;
 	__u8 via_reply_entry;
+	__u8 copied;          /* v is `copy`, from the pods' table: write changes back */
+	struct ct_value copy;
 };
 
 static __always_inline int ct_match_reply(__be32 backend, __be16 bport, __be32 client,
@@ -446,7 +629,9 @@ static __always_inline int ct_match_reply(__be32 backend, __be16 bport, __be32 c
 		return 0;  /* not a backend of any service: the common non-service case */
 	if (rn->flags & SVCXDP_REVNAT_F_SHARED) {
 		ct_key_set(&m->key, backend, client, bport, cport, proto, SVCXDP_CT_DIR_REPLY);
-		struct ct_value *v = ct_lookup(&m->key);
+		int copied;
+		struct ct_value *v = ct_lookup(&m->key, &m->copy, &copied);
+		m->copied = copied;
 		if (v) {
 			m->v = v;
 			m->vip = v->nat_ip;
@@ -458,11 +643,13 @@ static __always_inline int ct_match_reply(__be32 backend, __be16 bport, __be32 c
 	/* The forward entry of client -> VIP:port, if it still points at this backend
 	 * (a stale reply from a backend the flow has left is not translated). */
 	ct_key_set(&m->key, client, rn->vip, cport, rn->vport, proto, SVCXDP_CT_DIR_FORWARD);
-	struct ct_value *v = ct_lookup(&m->key);
+	int copied;
+	struct ct_value *v = ct_lookup(&m->key, &m->copy, &copied);
 	if (v && (v->nat_ip != backend || v->nat_port != bport))
 		/* The tuple's confirmed connection went elsewhere: a newer connection on it,
 		 * whose bare SYN did not look in conntrack, may be this backend's. */
-		v = ctu_lookup_any(&m->key);
+		v = ctu_lookup_any(&m->key, &m->copy, &copied);
+	m->copied = copied;
 	if (!v || v->nat_ip != backend || v->nat_port != bport)
 		return 0;
 	m->v = v;

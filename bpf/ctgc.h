@@ -2,14 +2,16 @@
 /*
  * ctgc.h — idle-flow garbage collection of the conntrack tables, ahead of need.
  *
- * All three tables are LRU maps: nothing else removes an entry whose flow went idle or
- * closed, so on a busy node they fill up with dead flows and every new flow's insert
+ * conntrack and ct_unconfirmed are LRU maps: nothing else removes an entry whose flow
+ * went idle or closed, so on a busy node they fill up with dead flows and every new flow's insert
  * then pays an eviction (the LRU refills its free list by evicting up to 128 cold
  * entries at a time: the 50-80 us calls of bench/results/datapath-notes.md). The agent
  * walks the tables (controlplane/dataplane/ctgc.py) and hands the keys it judged
  * expired to this program through BPF_PROG_TEST_RUN; the program judges each entry
  * again as it is now and deletes it, so freed elements go back to the LRU's free list
- * and new flows find free nodes instead of evicting.
+ * and new flows find free nodes instead of evicting. (ct_unconfirmed_pod is an array
+ * of sets whose new flows take their set's oldest slot at no extra cost: nothing to
+ * sweep there, conntrack.h.)
  *
  * An entry is removed only when every lookup the datapath could make would find it
  * dead anyway:
@@ -60,7 +62,9 @@ static __always_inline int ct_gc_forward_live(struct ct_key *fk, __u64 now)
 	struct ct_value *f = conntrack.lookup(fk);
 	if (f && !ct_gc_expired(f, now, fk->proto))
 		return 1;
-	f = ctu_lookup_any(fk);
+	struct ct_value buf;
+	int copied;
+	f = ctu_lookup_any(fk, &buf, &copied);
 	return f && !ct_gc_expired(f, now, fk->proto);
 }
 
@@ -87,8 +91,10 @@ static __always_inline int ct_gc_one(struct ct_key *k, __u32 table, __u64 now, i
 	struct ct_value *v;
 	if (table == SVCXDP_CT_GC_CONFIRMED)
 		v = conntrack.lookup(k);
+	else if (table == SVCXDP_CT_GC_UNCONFIRMED)
+		v = ct_unconfirmed.lookup(k);
 	else
-		v = ctu_lookup(table == SVCXDP_CT_GC_UNCONFIRMED, k);
+		return -1;
 	if (!v)
 		return -1;
 	if (!ct_gc_expired(v, now, k->proto) || ct_gc_needed(k, v, now))
@@ -103,7 +109,7 @@ static __always_inline int ct_gc_one(struct ct_key *k, __u32 table, __u64 now, i
 	if (table == SVCXDP_CT_GC_CONFIRMED)
 		rc = conntrack.delete(k);
 	else
-		rc = ctu_delete(table == SVCXDP_CT_GC_UNCONFIRMED, k);
+		rc = ct_unconfirmed.delete(k);
 	return rc == 0 ? 1 : -1;
 }
 

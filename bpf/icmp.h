@@ -52,7 +52,7 @@ static __always_inline int icmp_snat(struct iphdr *ip, struct icmphdr *icmp, str
 {
 	struct ct_key k;
 	ct_key_set(&k, in->daddr, in->saddr, ports[1], ports[0], in->protocol, SVCXDP_CT_DIR_SNAT);
-	struct ct_value *v = ct_lookup(&k);
+	struct ct_value *v = ct_lookup_external(&k);
 	if (v) {
 		__be32 backend = in->daddr;
 		icmp_rewrite_quote(icmp, in, &in->saddr, &ports[0], v->peer_ip, v->peer_port);
@@ -64,7 +64,7 @@ static __always_inline int icmp_snat(struct iphdr *ip, struct icmphdr *icmp, str
 		return SVCXDP_VERDICT_NP_OUT;
 	}
 	ct_key_set(&k, in->daddr, in->saddr, ports[1], ports[0], in->protocol, SVCXDP_CT_DIR_FORWARD);
-	v = ct_lookup(&k);
+	v = ct_lookup_external(&k);
 	if (!v || !(v->flags & SVCXDP_CT_F_SNAT))
 		return -1;
 	__be32 vip = in->saddr;
@@ -124,7 +124,9 @@ static __always_inline int handle_icmp(struct cursor *c, struct iphdr *ip, __u32
 	 * reverse is the forward entry holding the backend. */
 	struct ct_key k;
 	ct_key_set(&k, in->daddr, in->saddr, ports[1], ports[0], in->protocol, SVCXDP_CT_DIR_FORWARD);
-	struct ct_value *v = ct_lookup(&k);
+	struct ct_value buf;   /* only read here */
+	int copied;
+	struct ct_value *v = ct_lookup(&k, &buf, &copied);
 	if (v) {
 		__be32 vip = in->saddr;
 		icmp_rewrite_quote(icmp, in, &in->saddr, &ports[0], v->nat_ip, v->nat_port);

@@ -313,7 +313,7 @@ static __always_inline int np_source_denied(struct iphdr *ip, void *data_end,
 		return 1;
 	struct ct_key fk;
 	ct_key_set(&fk, ip->saddr, pd->vip, ports[0], pd->vport, ip->protocol, SVCXDP_CT_DIR_FORWARD);
-	struct ct_value *v = ct_lookup(&fk);
+	struct ct_value *v = ct_lookup_external(&fk);
 	if (v)
 		ct_uncount(v);
 	conntrack.delete(&fk);
@@ -491,7 +491,7 @@ static __always_inline int np_snat_reply(struct xdp_md *ctx, struct ethhdr *eth,
 	ct_key_set(&k, ip->saddr, ip->daddr, *sport, *dport, ip->protocol, SVCXDP_CT_DIR_SNAT);
 	/* In ct_unconfirmed while the flow is unconfirmed: an answer refreshes it there
 	 * (an unconfirmed flow whose backend still answers keeps its port). */
-	struct ct_value *v = ct_lookup(&k);
+	struct ct_value *v = ct_lookup_external(&k);
 	__u64 now = bpf_ktime_get_coarse_ns();
 	if (!v)
 		return -1;
@@ -508,7 +508,7 @@ static __always_inline int np_snat_reply(struct xdp_md *ctx, struct ethhdr *eth,
 		struct ct_key fk;
 		ct_key_set(&fk, v->peer_ip, v->nat_ip, v->peer_port, v->nat_port, k.proto,
 			   SVCXDP_CT_DIR_FORWARD);
-		struct ct_value *fv = ct_lookup(&fk);
+		struct ct_value *fv = ct_lookup_external(&fk);
 		if (fv)
 			ct_uncount(fv);
 	}

@@ -140,12 +140,17 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct ethhdr *eth, 
 		ev->main = SVCXDP_CNT_PASS_NON_SERVICE;
 		return XDP_PASS;
 	}
+	__u64 seen = v->last_seen;
+	__u8 flags = v->flags;
 	if (ct_touch(v, &m.key, now, l4->tcp_flags)) {
 		if (m.via_reply_entry)
 			ct_uncount_from_reply(&m.key, v);
 		else
 			ct_uncount(v);
 	}
+	/* A copy from the pods' table goes back only if it changed (once a second). */
+	if (v->last_seen != seen || v->flags != flags)
+		ct_store(m.copied, &m.key, v);
 	__be32 orig_src = ip->saddr;
 	nat_src(ip, l4->sport, &l4->csum, m.vip, m.vport);
 	if (hairpin)
@@ -187,11 +192,12 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 	 * (the bucket it reads is the one the flow's inserts read next, datapath-notes
 	 * §14), and their SNAT handling of reused tuples is tested with the lookup. */
 	struct ct_value *v = NULL;
+	struct ct_value ubuf;   /* a pods' unconfirmed entry is read as a copy (conntrack.h) */
 	if (external || !(ct_bare_syn(k.proto, l4->tcp_flags) ||
 			  (k.proto == IPPROTO_UDP && ct_udp_absent(&k, now))))
 		v = conntrack.lookup(&k);
 	if (!v || !ct_current(v, now, k.proto)) {
-		struct ct_value *u = ctu_lookup(external, &k);
+		struct ct_value *u = ctu_lookup(external, &k, &ubuf);
 		if (u) {
 			v = u;
 			where = CT_IN_UNCONFIRMED;
@@ -201,6 +207,8 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 	}
 	if (v && ct_alive(v, now, k.proto) && !ct_reopened(v, l4->tcp_flags)) {
 		if (ct_backend_valid(v)) {
+			__u64 seen = v->last_seen;
+			__u8 flags = v->flags;
 			if (ct_touch(v, &k, now, l4->tcp_flags))
 				ct_uncount(v);
 			nat_ip = v->nat_ip;
@@ -214,6 +222,9 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 					    ct_confirms(k.proto, l4->tcp_flags);
 			if (confirmed_now)
 				ct_confirm(external, &k, v, now);
+			else if (where == CT_IN_UNCONFIRMED &&
+				 (v->last_seen != seen || v->flags != flags))
+				ctu_store(external, &k, v);
 			/* An unconfirmed SNATed flow may have lost its port (nodeport.h). */
 			if (external && where == CT_IN_UNCONFIRMED && snat.ip)
 				np_pending_set(&k, svc->svc_id, 0, 0, confirmed_now, SVCXDP_NP_CHECK);
@@ -226,8 +237,12 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 	}
 	/* An expired, reopened or stale flow is replaced below: it no longer holds a
 	 * connection of its old backend. */
-	if (v)
+	if (v) {
+		__u8 flags = v->flags;
 		ct_uncount(v);
+		if (where == CT_IN_UNCONFIRMED && v->flags != flags)
+			ctu_store(external, &k, v);
+	}
 
 	if (svc->count == 0 && (svc->flags & SVCXDP_SVC_F_LOCAL_DROP)) {
 		ev->main = SVCXDP_CNT_DROP_NO_LOCAL;
@@ -260,7 +275,7 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 	}
 	struct ct_value *first = ct_create(external, &k, ip->daddr, *l4->dport, b, backend_id,
 					   svc->svc_id, now, l4->tcp_flags,
-					   alg_counts_conns(svc->algorithm), where);
+					   alg_counts_conns(svc->algorithm), where, &ubuf);
 	if (first) {
 		/* Another CPU recorded this flow's first packet a moment ago: follow it. */
 		if (external && (first->flags & SVCXDP_CT_F_SNAT)) {

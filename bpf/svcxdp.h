@@ -152,11 +152,12 @@
  * flood of spoofed first packets churns it, not conntrack. External clients' flows
  * wait in ct_unconfirmed, CT_SIZE / this: large, so a far client's handshake outlives
  * a flood. Pods' flows, whose round trips stay inside the cluster, wait in
- * ct_unconfirmed_pod, at most SVCXDP_DEFAULT_CT_UNCONFIRMED_POD entries (~1.8 MiB):
- * small enough to stay in a CPU's L2, where a first packet's insert costs a fraction
- * of one into a table that never stays in cache (datapath-notes §11). */
+ * ct_unconfirmed_pod, at most SVCXDP_DEFAULT_CT_UNCONFIRMED_POD entries (a power of
+ * two: 2-way sets of 104 bytes, 1.6 MiB, the memory of the LRU table of 16,384 it
+ * replaced): small enough to stay near the CPU, where a first packet's insert costs a
+ * fraction of one into a table that never stays in cache (datapath-notes §11, §15). */
 #define SVCXDP_CT_UNCONFIRMED_SHARE 4
-#define SVCXDP_DEFAULT_CT_UNCONFIRMED_POD 16384
+#define SVCXDP_DEFAULT_CT_UNCONFIRMED_POD 32768
 /* Slots of ct_udp_recent (conntrack.h, ct_udp_absent): one byte per tuple hash, 64 KiB,
  * a power of two. Small enough to stay in cache beside ct_unconfirmed_pod; each UDP
  * flow live in conntrack marks one slot, so at 10,000 of them ~14% of slots say
@@ -190,8 +191,7 @@
 #define SVCXDP_CT_GC_BATCH 32
 #define SVCXDP_CT_GC_GRACE_S 2
 #define SVCXDP_CT_GC_CONFIRMED 0    /* ct_gc_request.table: conntrack */
-#define SVCXDP_CT_GC_UNCONFIRMED 1  /* ct_unconfirmed */
-#define SVCXDP_CT_GC_UNCONFIRMED_POD 2  /* ct_unconfirmed_pod */
+#define SVCXDP_CT_GC_UNCONFIRMED 1  /* ct_unconfirmed (ct_unconfirmed_pod needs no sweep) */
 /* ct_gc_request.op. LOCATE deletes nothing: it writes over each key slot the address of
  * the entry's element if the entry is dead (0 otherwise), so the agent can delete in
  * address order — freed elements then go back to the LRU's free list in memory order,
@@ -298,6 +298,23 @@ struct ct_value {
 			   * SNAT reply (DIR_SNAT): the client's address:port */
 	__be16 peer_port;
 	__u16 reserved2;
+};
+
+/* ct_unconfirmed_pod, the pods' unconfirmed flows, is an array of sets rather than an
+ * LRU hash (conntrack.h, "the pods' unconfirmed table"): a flow's entry is one of the
+ * SVCXDP_CT_SET_WAYS slots of the set its key hashes to, and a new flow takes a free
+ * slot, else the set's oldest (FIFO: `next`). Its insert touches that set's lines only,
+ * full table or not; an LRU hash evicts cold entries of its own choosing, 128 at a time. */
+#define SVCXDP_CT_SET_WAYS 2
+struct ct_slot {
+	struct ct_key key;      /* proto 0: a free slot (no tracked flow has protocol 0) */
+	struct ct_value value;
+};
+
+struct ct_set {
+	struct bpf_spin_lock lock;   /* held for every read or write of the slots */
+	__u32 next;                  /* the slot a full set gives its next new flow */
+	struct ct_slot slot[SVCXDP_CT_SET_WAYS];
 };
 
 /* ct_udp_recent's only value (conntrack.h, ct_udp_absent): a tag per tuple hash, the

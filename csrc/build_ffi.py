@@ -40,6 +40,8 @@ ffibuilder.cdef(
     uint32_t svcxdp_ffi_maglev_slot(uint32_t hash, uint32_t m);
     uint32_t svcxdp_ffi_udp_recent_hash(uint32_t saddr, uint32_t daddr, uint32_t sport,
                                         uint32_t dport);
+    uint32_t svcxdp_ffi_ct_set_hash(uint32_t saddr, uint32_t daddr, uint32_t sport,
+                                    uint32_t dport, uint32_t proto, uint32_t dir, uint32_t seed);
     """
 )
 
@@ -64,6 +66,10 @@ ffibuilder.set_source(
     static uint32_t svcxdp_ffi_udp_recent_hash(uint32_t saddr, uint32_t daddr, uint32_t sport,
                                                uint32_t dport)
     { return svcxdp_udp_recent_hash(saddr, daddr, sport, dport); }
+    static uint32_t svcxdp_ffi_ct_set_hash(uint32_t saddr, uint32_t daddr, uint32_t sport,
+                                           uint32_t dport, uint32_t proto, uint32_t dir,
+                                           uint32_t seed)
+    { return svcxdp_ct_set_hash(saddr, daddr, sport, dport, proto, dir, seed); }
     """,
     sources=[os.path.join(SRC, "maglev.c")],
     include_dirs=[SRC],

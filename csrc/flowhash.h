@@ -113,6 +113,21 @@ svcxdp_udp_recent_hash(unsigned int saddr, unsigned int daddr, unsigned int spor
 	return h;
 }
 
+/*
+ * Set of a conntrack key in ct_unconfirmed_pod (bpf/conntrack.h, ctp_set): the whole
+ * key (addresses and ports as the key holds them, protocol, direction) through
+ * jhash_3words under the table's secret seed, so spoofed tuples cannot be aimed at
+ * one set. The caller masks it to the set count.
+ */
+static __always_inline unsigned int
+svcxdp_ct_set_hash(unsigned int saddr, unsigned int daddr, unsigned int sport,
+		   unsigned int dport, unsigned int proto, unsigned int dir, unsigned int seed)
+{
+	unsigned int ports = ((sport & 0xffffU) << 16) | (dport & 0xffffU);
+
+	return svcxdp_jhash_3words(saddr, daddr, ports, seed ^ ((proto & 0xffU) | ((dir & 0xffU) << 8)));
+}
+
 /* Maglev slot of a flow hash in a table of m entries (m > 0, prime). */
 static __always_inline unsigned int svcxdp_maglev_slot(unsigned int hash, unsigned int m)
 {

@@ -68,9 +68,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "every first packet cheaper; but under a flood of spoofed first packets a "
                         "handshake's entry lasts N / flood rate, which must outlast the client's round trip")
     p.add_argument("--ct-unconfirmed-pod-size", type=int, metavar="N",
-                   help="the same for flows from pods, ct_unconfirmed_pod (default: "
-                        f"{const('DEFAULT_CT_UNCONFIRMED_POD')}, at most the former: it stays in cache, and "
-                        "a pod's handshake completes within an in-cluster round trip)")
+                   help="the same for flows from pods, ct_unconfirmed_pod: a power of two, the table "
+                        f"being {const('CT_SET_WAYS')}-way sets (default: {const('DEFAULT_CT_UNCONFIRMED_POD')}, "
+                        "at most the former: it stays in cache, and a pod's handshake completes within an "
+                        "in-cluster round trip)")
     p.add_argument("--tcp-timeout", type=int, metavar="S",
                    help="idle timeout of an established TCP flow, seconds (default 21600)")
     p.add_argument("--tcp-close-timeout", type=int, metavar="S",

@@ -84,6 +84,11 @@ class DataplaneConfig:
                 continue
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
+        ways = const("CT_SET_WAYS")
+        if self.ct_unconfirmed_pod is not None and (self.ct_unconfirmed_pod < ways or
+                                                    self.ct_unconfirmed_pod & (self.ct_unconfirmed_pod - 1)):
+            raise ConfigError(f"ct_unconfirmed_pod: must be a power of two of at least {ways} (a table of "
+                              f"{ways}-way sets, bpf/conntrack.h), got {self.ct_unconfirmed_pod}")
 
     @property
     def svc_id_slots(self) -> int:
@@ -111,7 +116,9 @@ class DataplaneConfig:
         second) — and never more than ct_unconfirmed by default."""
         if self.ct_unconfirmed_pod is not None:
             return self.ct_unconfirmed_pod
-        return min(const("DEFAULT_CT_UNCONFIRMED_POD"), self.ct_unconfirmed_size)
+        # (a power of two: the table is sets addressed by a masked hash)
+        most = min(const("DEFAULT_CT_UNCONFIRMED_POD"), self.ct_unconfirmed_size)
+        return max(1 << (most.bit_length() - 1), const("CT_SET_WAYS"))
 
     def flow_table_sizes(self) -> dict[str, int]:
         """Entries of each of FLOW_TABLES."""

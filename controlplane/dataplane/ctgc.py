@@ -1,7 +1,7 @@
 """Idle-flow garbage collection of the conntrack tables, ahead of need (bpf/ctgc.h).
 
-The three tables are LRU maps and nothing else deletes a dead flow's entry, so on a busy node
-they fill with idle and closed flows, and every new flow then pays an eviction in the
+conntrack and ct_unconfirmed are LRU maps and nothing else deletes a dead flow's entry, so on a
+busy node they fill with idle and closed flows, and every new flow then pays an eviction in the
 datapath. A sweep walks a slice of each table with BPF_MAP_LOOKUP_BATCH (resuming where
 the last sweep stopped), picks the entries idle past their timeout with numpy, and hands
 their keys to the svcxdp_ct_gc program through BPF_PROG_TEST_RUN, SVCXDP_CT_GC_BATCH at a
@@ -26,8 +26,9 @@ from .model import PROTOCOLS
 from .packing import Packer
 from .testrun import TestRunner
 
-TABLES = {"conntrack": const("CT_GC_CONFIRMED"), "ct_unconfirmed": const("CT_GC_UNCONFIRMED"),
-          "ct_unconfirmed_pod": const("CT_GC_UNCONFIRMED_POD")}
+# (ct_unconfirmed_pod is sets whose new flows take their set's oldest slot at no extra
+# cost, bpf/conntrack.h: nothing to sweep there)
+TABLES = {"conntrack": const("CT_GC_CONFIRMED"), "ct_unconfirmed": const("CT_GC_UNCONFIRMED")}
 BATCH = const("CT_GC_BATCH")
 GRACE_NS = const("CT_GC_GRACE_S") * 1_000_000_000
 F_CLOSING = const("CT_F_CLOSING")

@@ -17,6 +17,7 @@ import struct
 from pathlib import Path
 from typing import Iterator
 
+from . import flowsets
 from .libbpf import ffi, lib, lookup_batches
 
 _BTF_MAGIC = 0xEB9F
@@ -289,8 +290,19 @@ class PinnedMaps:
         self.kind = kind or PinnedTable   # WritableTable for an owner (Dataplane.open)
         self._tables: dict[str, PinnedTable] = {}
         self._fds: dict[str, int] = {}
+        self._sets: flowsets.FlowSets | None = None
 
-    def table(self, name: str) -> PinnedTable:
+    def table(self, name: str):
+        """The map `name` as a table; the pods' unconfirmed flows as a mapping over its
+        sets (flowsets.py)."""
+        if name == flowsets.TABLE:
+            if self._sets is None:
+                self._sets = flowsets.FlowSets(self.raw_table(name), self.raw_table(flowsets.SEED_MAP))
+            return self._sets
+        return self.raw_table(name)
+
+    def raw_table(self, name: str) -> PinnedTable:
+        """The map `name` itself, whatever its layout."""
         if name not in self._tables:
             self._tables[name] = self.kind(self.pin_dir / name)
         return self._tables[name]
@@ -310,6 +322,7 @@ class PinnedMaps:
         for t in self._tables.values():
             t.close()
         self._tables.clear()
+        self._sets = None
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()

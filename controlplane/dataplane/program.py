@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import attach as _attach
-from . import udprecent
+from . import flowsets, udprecent
 from .config import FLOW_TABLES, PROGRAM_PINS, DataplaneConfig
 from .layout import COUNTER_NAMES, const
 from .libbpf import map_info, obj_get, prog_id, u32_delete, u32_update
@@ -32,7 +32,8 @@ EXTERNAL_TAIL = "svcxdp_np_out"     # its way out (XDP_TX / redirect), in np_tai
 CT_GC_ENTRY = "svcxdp_ct_gc"        # idle-flow GC, run with test-run by the agent (ctgc.py)
 SVCXDP_CNT_MAX = const("CNT_MAX")
 TX_PORTS_SIZE = const("TX_PORTS_SIZE")
-MAP_NAMES = ("services", "slots", "backends", "rev_nat", *FLOW_TABLES, udprecent.MAP, "fragments", "rr_state",
+MAP_NAMES = ("services", "slots", "backends", "rev_nat", *FLOW_TABLES, flowsets.SEED_MAP, udprecent.MAP,
+             "fragments", "rr_state",
              "svc_stats", "backend_stats", "counters", "backend_conns", "maglev", "affinity", "sock_revnat",
              "sock_config", "source_ranges")
 
@@ -46,7 +47,8 @@ def _check_pinned_layout(bpf, config: DataplaneConfig) -> None:
     expected_max = {
         "services": config.max_services, "slots": config.max_slots,
         "backends": config.max_backends, "rev_nat": config.max_backends, **config.flow_table_sizes(),
-        udprecent.MAP: 1,
+        "ct_unconfirmed_pod": config.ct_unconfirmed_pod_size // flowsets.WAYS,   # sets
+        udprecent.MAP: 1, flowsets.SEED_MAP: 1,
         "fragments": config.frag_size, "rr_state": config.svc_id_slots,
         "svc_stats": config.svc_id_slots, "backend_stats": config.max_backends,
         "backend_conns": config.max_backends,
@@ -83,6 +85,7 @@ class Dataplane:
     _pinned: PinnedMaps | None = None
     built: bool = True          # open(): False when the pins were current and nothing was compiled
     _mapped: dict[str, MappedArray | None] = field(default_factory=dict)
+    _sets: "flowsets.FlowSets | None" = None
 
     @classmethod
     def open(cls, config: DataplaneConfig) -> "Dataplane":
@@ -129,6 +132,9 @@ class Dataplane:
                 _check_pinned_layout(bpf, config)
                 if adopts_conntrack:
                     udprecent.fill_maybe(bpf[udprecent.MAP.encode()], config.udp_timeout_s)
+            # A new set table gets its secret seed; an adopted one keeps its own (its
+            # entries sit where that seed put them).
+            flowsets.write_seed_once(bpf[flowsets.SEED_MAP.encode()])
             try:
                 fn = bpf.load_func(ENTRY.encode(), BPF.XDP)
                 ext = bpf.load_func(EXTERNAL_ENTRY.encode(), BPF.XDP)
@@ -145,15 +151,27 @@ class Dataplane:
 
     # ---- maps -------------------------------------------------------------------
     def table(self, name: str):
+        """The map `name` as a table: bcc's, or a pinned one (open()); the pods'
+        unconfirmed flows as a mapping over its sets (flowsets.py)."""
         if self._pinned is not None:
             return self._pinned.table(name)
+        if name == flowsets.TABLE:
+            if self._sets is None:
+                self._sets = flowsets.FlowSets(self.raw_table(name), self.raw_table(flowsets.SEED_MAP))
+            return self._sets
+        return self.raw_table(name)
+
+    def raw_table(self, name: str):
+        """The map `name` itself, whatever its layout (its fd, its kernel types)."""
+        if self._pinned is not None:
+            return self._pinned.raw_table(name)
         return self.bpf[name.encode()]
 
     def mapped(self, name: str) -> MappedArray | None:
         """The array map `name` mapped into this process (mapped.py), or None if it has
         no mapping (a pin from before BPF_F_MMAPABLE); one per map, unmapped by close()."""
         if name not in self._mapped:
-            self._mapped[name] = open_mapped(self.table(name).map_fd)
+            self._mapped[name] = open_mapped(self.raw_table(name).map_fd)
         return self._mapped[name]
 
     @property

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -48,6 +49,7 @@ TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
 ICMP_ERRORS = (3, 4, 11, 12)  # dest unreachable, source quench, time exceeded, parameter problem
 FRAG_TIMEOUT_NS = const("FRAG_TIMEOUT_S") * 10**9
 HAIRPIN = socket.inet_ntoa(const("HAIRPIN_IP").to_bytes(4, "big"))
+SET_WAYS = const("CT_SET_WAYS")
 
 
 COUNTERS = ("pass_non_ip", "pass_non_service", "revnat", "ct_new", "ct_hit", "ct_stale",
@@ -118,6 +120,58 @@ class Flow:
 
 
 CtKey = tuple  # (src, dst, sport, dport, proto, dir)
+
+
+class FlowSetsModel(dict):
+    """The pods' unconfirmed table as the datapath keeps it: a dict of entries that also
+    knows which slot of which set each key holds (bpf/conntrack.h, ctp_put), so that a
+    new key evicts what the datapath evicts — the set's lowest free slot, else its next
+    in FIFO order. Until bind() gives it the map's geometry it never evicts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seed = self.n_sets = 0
+        self.slots: dict[int, list] = {}
+        self.next: dict[int, int] = {}
+
+    def bind(self, seed: int, n_sets: int) -> None:
+        self.seed, self.n_sets = seed, n_sets
+
+    def _set(self, key: CtKey) -> int:
+        from controlplane._csrc import lib
+        native = sys.byteorder
+        src, dst, sport, dport, proto, direction = key
+        return lib.svcxdp_ffi_ct_set_hash(
+            int.from_bytes(socket.inet_aton(src), native), int.from_bytes(socket.inet_aton(dst), native),
+            int.from_bytes(sport.to_bytes(2, "big"), native), int.from_bytes(dport.to_bytes(2, "big"), native),
+            proto, direction, self.seed) & (self.n_sets - 1)
+
+    def __setitem__(self, key: CtKey, flow) -> None:
+        if self.n_sets and key not in self:
+            i = self._set(key)
+            slots = self.slots.setdefault(i, [None] * SET_WAYS)
+            w = next((n for n, k in enumerate(slots) if k is None), None)
+            if w is None:
+                w = self.next.get(i, 0) & (SET_WAYS - 1)
+                self.next[i] = w + 1
+                super().__delitem__(slots[w])
+            slots[w] = key
+        super().__setitem__(key, flow)
+
+    def __delitem__(self, key: CtKey) -> None:
+        super().__delitem__(key)
+        if self.n_sets:
+            slots = self.slots[self._set(key)]
+            slots[slots.index(key)] = None
+
+    def pop(self, key: CtKey, *default):
+        if key in self:
+            flow = self[key]
+            del self[key]
+            return flow
+        if default:
+            return default[0]
+        raise KeyError(key)
 FragKey = tuple  # (src, dst, ip id, proto)
 
 
@@ -136,7 +190,7 @@ class ReferenceDatapath:
         self.backends: dict[int, BackendEntry] = {}
         self.rr_next: dict[int, int] = {}
         self.conntrack: dict[CtKey, Flow] = {}      # confirmed flows
-        self.unconfirmed: dict[CtKey, Flow] = {}    # flows that sent one packet so far
+        self.unconfirmed = FlowSetsModel()          # flows that sent one packet so far
         # (new address, direction, when the first fragment was seen)
         self.fragments: dict[FragKey, tuple[str, int, int]] = {}
         # backend (ip, port, proto) -> (VIP, port it answers for, shared by several frontends)
@@ -166,6 +220,8 @@ class ReferenceDatapath:
         self.services, self.backends = services, backends
         self.rev_nat = {(ip, port, protos[proto]): (users[0].vip, users[0].port, len(users) > 1)
                         for (ip, port, proto), users in writer.revnat.users.items()}
+        table = writer.dp.table("ct_unconfirmed_pod")
+        self.unconfirmed.bind(table.seed, table.n_sets)
 
     def forward_flows(self) -> list[tuple[CtKey, Flow]]:
         both = {**self.unconfirmed, **self.conntrack}

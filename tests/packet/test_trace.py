@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.dataplane import udprecent
+from controlplane.dataplane import flowsets, udprecent
 from controlplane.dataplane.config import FLOW_TABLES, PROGRAM_PINS
 from controlplane.dataplane.libbpf import lib
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
@@ -22,8 +22,8 @@ from controlplane.dataplane.trace import Packet, run, trace
 from .harness import Harness
 
 PIN_ROOT = Path("/sys/fs/bpf/svcxdp")
-MAPS = ("services", "slots", "backends", "rev_nat", *FLOW_TABLES, udprecent.MAP, "rr_state", "backend_conns",
-        "maglev", "affinity", "source_ranges")
+MAPS = ("services", "slots", "backends", "rev_nat", *FLOW_TABLES, flowsets.SEED_MAP, udprecent.MAP, "rr_state",
+        "backend_conns", "maglev", "affinity", "source_ranges")
 ALGORITHMS = ("random", "rr", "wrr", "sh", "dh", "maglev", "lc", "wlc", "sed", "nq")
 VIP = "10.96.7.1"
 BACKENDS = tuple(f"10.244.3.{10 + i}" for i in range(5))
@@ -35,7 +35,7 @@ def pin_dataplane(xdp: Harness, instance: str) -> Path:
     pins = PIN_ROOT / instance
     pins.mkdir(parents=True, exist_ok=True)
     for name in MAPS:
-        assert lib().bpf_obj_pin(xdp.dp.table(name).map_fd, str(pins / name).encode()) == 0, name
+        assert lib().bpf_obj_pin(xdp.dp.raw_table(name).map_fd, str(pins / name).encode()) == 0, name
     for entry, fd in (("pod", xdp.dp.prog_fd), ("external", xdp.dp.external_prog_fd)):
         assert lib().bpf_obj_pin(fd, str(pins / PROGRAM_PINS[entry]).encode()) == 0
     return pins

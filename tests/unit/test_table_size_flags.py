@@ -36,10 +36,13 @@ def test_ct_unconfirmed_is_a_share_of_the_conntrack_unless_given():
 def test_the_pods_table_keeps_its_own_size_unless_the_external_one_is_smaller():
     assert _config().ct_unconfirmed_pod_size == POD_DEFAULT < _config().ct_unconfirmed_size
     assert _config("--ct-size", "4096").ct_unconfirmed_pod_size == 4096 // SHARE < POD_DEFAULT
-    assert _config("--ct-unconfirmed-size", "100").ct_unconfirmed_pod_size == 100
-    given = _config("--ct-unconfirmed-size", "100", "--ct-unconfirmed-pod-size", "300")
-    assert (given.ct_unconfirmed_size, given.ct_unconfirmed_pod_size) == (100, 300)
-    assert {"-DSVCXDP_CT_UNCONFIRMED_SIZE=100", "-DSVCXDP_CT_UNCONFIRMED_POD_SIZE=300"} <= set(given.cflags())
+    # (its sets are addressed by a masked hash: a power of two, at most the other's size)
+    assert _config("--ct-unconfirmed-size", "100").ct_unconfirmed_pod_size == 64
+    given = _config("--ct-unconfirmed-size", "100", "--ct-unconfirmed-pod-size", "256")
+    assert (given.ct_unconfirmed_size, given.ct_unconfirmed_pod_size) == (100, 256)
+    assert {"-DSVCXDP_CT_UNCONFIRMED_SIZE=100", "-DSVCXDP_CT_UNCONFIRMED_POD_SIZE=256"} <= set(given.cflags())
+    with pytest.raises(ConfigError, match="ct_unconfirmed_pod: must be a power of two"):
+        _config("--ct-unconfirmed-pod-size", "300")
 
 
 def test_a_size_that_is_not_positive_names_its_flag_or_field():

@@ -1,0 +1,207 @@
+"""ct_unconfirmed_pod, the pods' unconfirmed flows, read and written as a flow table.
+
+The map is an array of sets (bpf/svcxdp.h, struct ct_set; bpf/conntrack.h says why): a
+flow's entry sits in one of CT_SET_WAYS slots of the set its key hashes to, under the
+table's secret seed (map ct_set_seed, written once by the loader). FlowSets presents it as
+the other flow tables' bcc and pinned tables present theirs — a mapping of ct_key to
+ct_value with `Key`, `Leaf`, `max_entries`, `items()`, `raw_batches()` — so the flows
+listing, the metrics, the trace, the tests and the benches need not know the layout.
+
+Writes from here (tests, benches, `del table[key]`) read a set, change it and write it
+whole: a datapath write to the same set in between is lost. Nothing in the agent writes
+this table; what writes it here runs while no traffic does.
+"""
+from __future__ import annotations
+
+import ctypes as ct
+import os
+import sys
+from typing import Iterator
+
+import numpy as np
+
+from .layout import const
+from .libbpf import lookup_batches_raw
+
+TABLE = "ct_unconfirmed_pod"
+WAYS = const("CT_SET_WAYS")
+SEED_MAP = "ct_set_seed"
+
+
+def new_seed() -> int:
+    """A random seed, never 0 (0 would mean "not written yet")."""
+    return int.from_bytes(os.urandom(4), "little") or 1
+
+
+def write_seed_once(seed_table) -> int:
+    """The table's seed: the one it holds, else a new one written now (a new map)."""
+    k = seed_table.Key(0)
+    seed = int(seed_table[k].value)
+    if seed == 0:
+        seed = new_seed()
+        seed_table[k] = seed_table.Leaf(seed)
+    return seed
+
+
+def set_index(key, seed: int, sets: int) -> int:
+    """The set of `key` (a ct_key), as bpf/conntrack.h's ctp_set computes it."""
+    from controlplane._csrc import lib
+    return lib.svcxdp_ffi_ct_set_hash(key.src, key.dst, key.sport, key.dport, key.proto, key.dir,
+                                      seed) & (sets - 1)
+
+
+class FlowSets:
+    """The mapping view of one set map (`sets`: its bcc or pinned table)."""
+
+    def __init__(self, sets, seed_table) -> None:
+        self.sets = sets     # (no `map_fd` here: a batch read of it is sets, not entries)
+        self.seed_table = seed_table
+        slot_field = dict(sets.Leaf._fields_)["slot"]
+        self.Slot = slot_field._type_
+        fields = dict(self.Slot._fields_)
+        self.Key, self.Leaf = fields["key"], fields["value"]
+        self.n_sets = sets.max_entries
+        self.max_entries = self.n_sets * WAYS
+        self._set_size = ct.sizeof(sets.Leaf)
+        self._slot_at = sets.Leaf.slot.offset
+        self._slot_size = ct.sizeof(self.Slot)
+        self._key_size = ct.sizeof(self.Key)
+        self._proto_at = self.Slot.key.offset + self.Key.proto.offset
+
+    @property
+    def seed(self) -> int:
+        return int(self.seed_table[self.seed_table.Key(0)].value)
+
+    # ---- reading ----------------------------------------------------------------------
+    def _all(self) -> np.ndarray:
+        """Every set's bytes, one row per set (one BPF_MAP_LOOKUP_BATCH per 8,192)."""
+        rows = [np.frombuffer(bytes(values[:n * self._set_size]), np.uint8).reshape(n, self._set_size)
+                for _, values, n in lookup_batches_raw(self.sets.map_fd, 4, self._set_size)]
+        return np.concatenate(rows) if rows else np.zeros((0, self._set_size), np.uint8)
+
+    def _slots(self) -> np.ndarray:
+        """The used slots' bytes (key then value), one row each."""
+        rows = self._all()
+        slots = rows[:, self._slot_at:self._slot_at + WAYS * self._slot_size].reshape(-1, self._slot_size)
+        return slots[slots[:, self.Slot.key.offset + self.Key.proto.offset] != 0]
+
+    def raw_batches(self) -> Iterator[tuple[bytes, bytes]]:
+        """(keys, values) as packed bytes, as the pinned tables' raw_batches gives them."""
+        slots = self._slots()
+        k0, v0 = self.Slot.key.offset, self.Slot.value.offset
+        yield (slots[:, k0:k0 + self._key_size].tobytes(),
+               slots[:, v0:v0 + ct.sizeof(self.Leaf)].tobytes())
+
+    def items(self) -> Iterator[tuple]:
+        for row in self._slots():
+            slot = self.Slot.from_buffer_copy(row.tobytes())
+            yield slot.key, slot.value
+
+    def keys(self) -> Iterator:
+        return (k for k, _ in self.items())
+
+    def values(self) -> Iterator:
+        return (v for _, v in self.items())
+
+    __iter__ = keys
+
+    def __len__(self) -> int:
+        return len(self._slots())
+
+    def _read_set(self, key):
+        i = set_index(key, self.seed, self.n_sets)
+        return self.sets.Key(i), self.sets[self.sets.Key(i)]
+
+    @staticmethod
+    def _same(a, b) -> bool:
+        return bytes(a) == bytes(b)
+
+    def __getitem__(self, key):
+        _, s = self._read_set(key)
+        for slot in s.slot:
+            if slot.key.proto and self._same(slot.key, key):
+                return self.Leaf.from_buffer_copy(bytes(slot.value))
+        raise KeyError(key)
+
+    def get(self, key, default=None):
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __contains__(self, key) -> bool:
+        return self.get(key) is not None
+
+    # ---- writing (no traffic meanwhile: see the module's docstring) ---------------------
+    def __setitem__(self, key, value) -> None:
+        """As the datapath's BPF_ANY insert: the key's slot, else the lowest free one,
+        else the set's next in FIFO order."""
+        i, s = self._read_set(key)
+        w = next((n for n, slot in enumerate(s.slot) if slot.key.proto and self._same(slot.key, key)), None)
+        if w is None:
+            w = next((n for n, slot in enumerate(s.slot) if not slot.key.proto), None)
+        if w is None:
+            w = s.next & (WAYS - 1)
+            s.next = w + 1
+        ct.memmove(ct.addressof(s.slot[w].key), ct.addressof(key), self._key_size)
+        ct.memmove(ct.addressof(s.slot[w].value), ct.addressof(value), ct.sizeof(self.Leaf))
+        self.sets[i] = s
+
+    def __delitem__(self, key) -> None:
+        i, s = self._read_set(key)
+        for slot in s.slot:
+            if slot.key.proto and self._same(slot.key, key):
+                ct.memset(ct.addressof(slot.key), 0, self._key_size)
+                self.sets[i] = s
+                return
+        raise KeyError(key)
+
+    def clear(self) -> None:
+        """Every set as new: no entries, FIFO order from the first slot again."""
+        empty = self.sets.Leaf()
+        for i in np.flatnonzero(self._all().any(axis=1)):
+            self.sets[self.sets.Key(int(i))] = empty
+
+    def items_delete_batch(self, keys=None) -> None:
+        """bcc's name: delete these keys (those present), or every entry."""
+        if keys is None:
+            self.clear()
+            return
+        for key in keys:
+            try:
+                del self[key]
+            except KeyError:
+                continue
+
+    def fill(self, keys, values) -> int:
+        """Write entries in order, placed as the datapath's inserts place them (the key's
+        set, its lowest free slot, else FIFO), until every slot is used or the keys run
+        out: a table "full" for the benches. Returns how many were written."""
+        before = self._all()
+        sets = before.copy()
+        used = np.zeros((self.n_sets, WAYS), bool)
+        proto_at = [self._slot_at + w * self._slot_size + self._proto_at for w in range(WAYS)]
+        for w, at in enumerate(proto_at):
+            used[:, w] = sets[:, at] != 0
+        free = int((~used).sum())
+        next_at = self.sets.Leaf.next.offset
+        written = 0
+        for key, value in zip(keys, values):
+            if free == 0:
+                break
+            i = set_index(key, self.seed, self.n_sets)
+            w = next((n for n in range(WAYS) if not used[i, n]), None)
+            if w is None:
+                w = int.from_bytes(sets[i, next_at:next_at + 4].tobytes(), sys.byteorder) & (WAYS - 1)
+                sets[i, next_at:next_at + 4] = np.frombuffer((w + 1).to_bytes(4, sys.byteorder), np.uint8)
+            else:
+                used[i, w] = True
+                free -= 1
+            at = self._slot_at + w * self._slot_size
+            sets[i, at:at + self._key_size] = np.frombuffer(bytes(key), np.uint8)
+            v0 = at + self.Slot.value.offset
+            sets[i, v0:v0 + ct.sizeof(self.Leaf)] = np.frombuffer(bytes(value), np.uint8)
+            written += 1
+        for i in np.flatnonzero((sets != before).any(axis=1)):
+            self.sets[self.sets.Key(int(i))] = self.sets.Leaf.from_buffer_copy(sets[i].tobytes())
+        return written

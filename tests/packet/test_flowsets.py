@@ -1,0 +1,127 @@
+"""The pods' unconfirmed table is an array of sets (bpf/conntrack.h, "the pods'
+unconfirmed table"): where a new flow's entry goes, what it evicts, and that a change to
+an entry, which the program reads as a copy, is written back.
+
+Keys are steered into one set by searching client ports with the table's own hash
+(flowsets.set_index, the C of csrc/flowhash.h under the map's seed)."""
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from controlplane.dataplane import flowsets
+from controlplane.dataplane.affinity_maps import coarse_now_ns as datapath_clock_ns
+from controlplane.dataplane.config import ConfigError, DataplaneConfig
+from controlplane.dataplane.layout import const
+
+from .harness import CLIENT, CLIENT_MAC, NODE_MAC, VIP, Harness
+
+pytestmark = pytest.mark.root
+
+WAYS = flowsets.WAYS
+SEC = 10**9
+CLOSING = const("CT_F_CLOSING")
+
+
+def tcp(sport, flags, src=CLIENT, dst=VIP, dport=80):
+    return Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags)
+
+
+def fwd_key(table, sport: int, src: str = CLIENT, dst: str = VIP, dport: int = 80):
+    """The forward key of a TCP flow, fields as the program loads them."""
+    k = table.Key()
+    (k.src, k.dst), (k.sport, k.dport) = (struct.unpack("=II", socket.inet_aton(src) + socket.inet_aton(dst)),
+                                         struct.unpack("=HH", struct.pack("!HH", sport, dport)))
+    k.proto, k.dir = socket.IPPROTO_TCP, 0
+    return k
+
+
+def ports_in_one_set(table, n: int, start: int = 40000) -> tuple[list[int], int]:
+    """n client ports whose flows' forward keys share one set, and that set."""
+    seen: dict[int, list[int]] = {}
+    for port in range(start, 65536):
+        i = flowsets.set_index(fwd_key(table, port), table.seed, table.n_sets)
+        seen.setdefault(i, []).append(port)
+        if len(seen[i]) == n:
+            return seen[i], i
+    raise AssertionError("no set got enough ports")
+
+
+def set_bytes(table) -> list[bytes]:
+    return [row.tobytes() for row in table._all()]
+
+
+def test_a_pods_new_flow_is_recorded_in_the_set_its_key_hashes_to(xdp: Harness):
+    xdp.service()
+    table = xdp.dp.table("ct_unconfirmed_pod")
+    backend = xdp.send(tcp(41000, "S")).pkt[IP].dst
+    key = fwd_key(table, 41000)
+    want = flowsets.set_index(key, table.seed, table.n_sets)
+    holding = [i for i, row in enumerate(set_bytes(table)) if bytes(key) in row]
+    assert holding == [want]
+    assert len(table) == 1 and socket.inet_ntoa(struct.pack("=I", table[key].nat_ip)) == backend
+
+
+def test_a_full_set_gives_its_oldest_slot_to_a_new_flow_and_no_other_set_changes(xdp: Harness):
+    """A new flow takes a free slot of its set, else the one filled longest ago (FIFO);
+    a confirmed flow leaves its slot free. Nothing outside the set moves."""
+    xdp.service()
+    table = xdp.dp.table("ct_unconfirmed_pod")
+    ports, i = ports_in_one_set(table, WAYS + 3)
+    for p in ports[:WAYS]:
+        xdp.send(tcp(p, "S"))
+    assert all(fwd_key(table, p) in table for p in ports[:WAYS])
+    before = set_bytes(table)
+    xdp.send(tcp(ports[WAYS], "S"))                  # the set is full: the first goes
+    after = set_bytes(table)
+    assert [n for n in range(len(before)) if before[n] != after[n]] == [i]
+    present = [p for p in ports[:WAYS + 1] if fwd_key(table, p) in table]
+    assert present == ports[1:WAYS + 1]
+    xdp.send(tcp(ports[WAYS + 1], "S"))              # then the second, in FIFO order
+    assert [p for p in ports[:WAYS + 2] if fwd_key(table, p) in table] == ports[2:WAYS + 2]
+    # A confirmed flow moves to conntrack and frees its slot: the next new flow in the
+    # set takes it and evicts nobody.
+    xdp.send(tcp(ports[2], "A"))
+    assert fwd_key(table, ports[2]) not in table and len(xdp.dp.table("conntrack")) == 1
+    xdp.send(tcp(ports[WAYS + 2], "S"))
+    assert [p for p in ports if fwd_key(table, p) in table] == ports[3:]
+
+
+def test_changes_to_an_unconfirmed_pods_flow_are_written_back(xdp: Harness):
+    """The program reads a slot as a copy (another CPU may hand the slot to another flow
+    meanwhile), so what it changes must go back: a refresh by the client's retransmitted
+    SYN and by the backend's answer, and the close a RST starts."""
+    xdp.service()
+    table = xdp.dp.table("ct_unconfirmed_pod")
+    key = fwd_key(table, 41500)
+    backend = xdp.send(tcp(41500, "S")).pkt[IP].dst
+
+    def age() -> int:
+        v = table[key]
+        v.last_seen = datapath_clock_ns() - 5 * SEC
+        table[key] = v
+        return v.last_seen
+
+    old = age()
+    xdp.send(tcp(41500, "S"))                        # retransmitted: refreshes (idle > 1 s)
+    assert table[key].last_seen > old
+    old = age()
+    out = xdp.send(Ether() / IP(src=backend, dst=CLIENT) / TCP(sport=8080, dport=41500, flags="SA"))
+    assert out.pkt[IP].src == VIP
+    assert table[key].last_seen > old                # the reply path refreshes it too
+    assert not table[key].flags & CLOSING
+    xdp.send(tcp(41500, "R"))                        # no ACK: still unconfirmed, now closing
+    assert table[key].flags & CLOSING and len(xdp.dp.table("conntrack")) == 0
+
+
+def test_the_pods_table_size_is_a_power_of_two_of_whole_sets():
+    with pytest.raises(ConfigError, match="ct_unconfirmed_pod: must be a power of two"):
+        DataplaneConfig(ct_unconfirmed_pod=3000)
+    with pytest.raises(ConfigError, match="ct_unconfirmed_pod"):
+        DataplaneConfig(ct_unconfirmed_pod=1)
+    # an unset size follows ct_unconfirmed down to a power of two
+    assert DataplaneConfig(ct_unconfirmed=1000).ct_unconfirmed_pod_size == 512
