@@ -229,7 +229,7 @@ static __always_inline int ct_bare_syn(__u8 proto, __u8 tcp_flags)
  * flows land in its set, not exactly max_entries of them (a slope, not a cliff; §15).
  * A slot can be given to another flow at any moment by another CPU, so nothing keeps a
  * pointer into it: every read copies the entry out under the set's lock, and a change
- * goes back under the lock only if the slot still holds that key (ctp_put, BPF_EXIST).
+ * goes back under the lock only if the slot still holds that key (ctp_replace).
  * Readers that may meet a copy say so (`copied`) so that their changes are written back
  * (ct_store). */
 static __always_inline struct ct_set *ctp_set(const struct ct_key *k)

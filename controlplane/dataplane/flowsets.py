@@ -53,6 +53,11 @@ def set_index(key, seed: int, sets: int) -> int:
 class FlowSets:
     """The mapping view of one set map (`sets`: its bcc or pinned table)."""
 
+    @classmethod
+    def of(cls, raw_table) -> "FlowSets":
+        """The view of TABLE, given a function from a map's name to its table."""
+        return cls(raw_table(TABLE), raw_table(SEED_MAP))
+
     def __init__(self, sets, seed_table) -> None:
         self.sets = sets     # (no `map_fd` here: a batch read of it is sets, not entries)
         self.seed_table = seed_table

@@ -297,7 +297,7 @@ class PinnedMaps:
         sets (flowsets.py)."""
         if name == flowsets.TABLE:
             if self._sets is None:
-                self._sets = flowsets.FlowSets(self.raw_table(name), self.raw_table(flowsets.SEED_MAP))
+                self._sets = flowsets.FlowSets.of(self.raw_table)
             return self._sets
         return self.raw_table(name)
 

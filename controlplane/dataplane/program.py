@@ -33,9 +33,8 @@ CT_GC_ENTRY = "svcxdp_ct_gc"        # idle-flow GC, run with test-run by the age
 SVCXDP_CNT_MAX = const("CNT_MAX")
 TX_PORTS_SIZE = const("TX_PORTS_SIZE")
 MAP_NAMES = ("services", "slots", "backends", "rev_nat", *FLOW_TABLES, flowsets.SEED_MAP, udprecent.MAP,
-             "fragments", "rr_state",
-             "svc_stats", "backend_stats", "counters", "backend_conns", "maglev", "affinity", "sock_revnat",
-             "sock_config", "source_ranges")
+             "fragments", "rr_state", "svc_stats", "backend_stats", "counters", "backend_conns", "maglev",
+             "affinity", "sock_revnat", "sock_config", "source_ranges")
 
 
 class DataplaneError(RuntimeError):
@@ -157,7 +156,7 @@ class Dataplane:
             return self._pinned.table(name)
         if name == flowsets.TABLE:
             if self._sets is None:
-                self._sets = flowsets.FlowSets(self.raw_table(name), self.raw_table(flowsets.SEED_MAP))
+                self._sets = flowsets.FlowSets.of(self.raw_table)
             return self._sets
         return self.raw_table(name)
 
