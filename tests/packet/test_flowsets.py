@@ -6,19 +6,24 @@ Keys are steered into one set by searching client ports with the table's own has
 (flowsets.set_index, the C of csrc/flowhash.h under the map's seed)."""
 from __future__ import annotations
 
+import random
 import socket
 import struct
 
 import pytest
-from scapy.layers.inet import IP, TCP
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
+from scapy.packet import Raw
 
 from controlplane.dataplane import flowsets
 from controlplane.dataplane.affinity_maps import coarse_now_ns as datapath_clock_ns
 from controlplane.dataplane.config import ConfigError, DataplaneConfig
 from controlplane.dataplane.layout import const
+from controlplane.dataplane.program import Dataplane
 
 from .harness import CLIENT, CLIENT_MAC, NODE_MAC, VIP, Harness
+from .reference_model import ReferenceDatapath
+from .test_differential import ct_keys, run_packet
 
 pytestmark = pytest.mark.root
 
@@ -116,6 +121,48 @@ def test_changes_to_an_unconfirmed_pods_flow_are_written_back(xdp: Harness):
     assert not table[key].flags & CLOSING
     xdp.send(tcp(41500, "R"))                        # no ACK: still unconfirmed, now closing
     assert table[key].flags & CLOSING and len(xdp.dp.table("conntrack")) == 0
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A pods' table of 16 entries (8 sets): a few dozen flows overflow its sets."""
+    dp = Dataplane.load(DataplaneConfig(instance="pytest-flowsets", pin=False, ct_size=1024,
+                                        ct_unconfirmed_pod=16, max_services=8, max_backends=16, max_slots=64))
+    try:
+        yield Harness(dp)
+    finally:
+        dp.close()
+
+
+def test_the_reference_model_evicts_what_the_program_evicts(tiny: Harness):
+    """New flows, second packets (confirming, or new again after an eviction) and the
+    backends' answers, each checked against the reference model, which places keys in
+    sets as the program does: with rr, a flow the model kept but the program evicted
+    (or the reverse) would go to another backend, and the tables' keys would differ."""
+    h = tiny
+    h.reset()
+    h.service(algorithm="rr")
+    h.service(port=53, protocol="UDP", backend_port=5353, algorithm="rr")
+    model = ReferenceDatapath()
+    model.load(h.writer)
+    rng = random.Random(17)
+    flows: list[tuple[str, int]] = []
+    for _ in range(600):
+        proto = rng.choice(("TCP", "UDP"))
+        if flows and rng.random() < 0.4:
+            proto, sport = rng.choice(flows)
+            second = True
+        else:
+            sport = rng.randrange(20000, 60000)
+            flows.append((proto, sport))
+            second = False
+        ip = IP(src=CLIENT, dst=VIP, ttl=64)
+        l4 = (TCP(sport=sport, dport=80, flags="A" if second else "S") if proto == "TCP"
+              else UDP(sport=sport, dport=53) / Raw(b"q"))
+        run_packet(bytes(Ether(src=CLIENT_MAC, dst=NODE_MAC) / ip / l4), h, model)
+        assert ct_keys(h, "ct_unconfirmed_pod") == set(model.unconfirmed)
+    assert len(h.dp.table("ct_unconfirmed_pod")) == 16   # full: its sets overflowed
+    h.reset()
 
 
 def test_the_pods_table_size_is_a_power_of_two_of_whole_sets():
