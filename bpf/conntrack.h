@@ -243,21 +243,46 @@ static __always_inline struct ct_set *ctp_set(const struct ct_key *k)
 	return ct_unconfirmed_pod.lookup(&i);
 }
 
-static __always_inline int ctp_key_eq(const struct ct_key *a, const struct ct_key *b)
+/* 1 if x != 0, else 0, without a branch: the verifier walks every branch of every
+ * inlined copy, and a search that branched per way made the external program, which
+ * inlines the reply path's lookups several times, too long to verify with 4 ways. `neg`
+ * is hidden from clang, which would turn (x | -x) >> 63 back into a compare. */
+static __always_inline __u64 ctp_nz(__u64 x)
 {
-	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
-	return x[0] == y[0] && x[1] == y[1];
+	__u64 neg = -x;
+	asm volatile("" : "+r"(neg));
+	return (x | neg) >> 63;
 }
 
-/* The slot of s holding k, or -1. Under s->lock. */
-static __always_inline int ctp_find(struct ct_set *s, const struct ct_key *k)
+/* Bit w set: slot w of s holds k. Under s->lock. */
+static __always_inline __u32 ctp_match(struct ct_set *s, const struct ct_key *k)
 {
-	int hit = -1;
+	const __u64 *y = (const __u64 *)k;
+	__u32 m = 0;
+#pragma unroll
+	for (int w = 0; w < SVCXDP_CT_SET_WAYS; w++) {
+		const __u64 *x = (const __u64 *)&s->slot[w].key;
+		m |= (__u32)(1 - ctp_nz((x[0] ^ y[0]) | (x[1] ^ y[1]))) << w;
+	}
+	return m;
+}
+
+/* Bit w set: slot w of s is free. Under s->lock. */
+static __always_inline __u32 ctp_free(struct ct_set *s)
+{
+	__u32 m = 0;
 #pragma unroll
 	for (int w = 0; w < SVCXDP_CT_SET_WAYS; w++)
-		if (hit < 0 && ctp_key_eq(&s->slot[w].key, k))
-			hit = w;
-	return hit;
+		m |= (__u32)(1 - ctp_nz(s->slot[w].key.proto)) << w;
+	return m;
+}
+
+/* The index of m's lowest set bit (m != 0, at most 8 bits wide), without a branch. */
+static __always_inline __u32 ctp_lowest(__u32 m)
+{
+	__u64 low = m & -m;
+	return (__u32)(ctp_nz(low & 0xAA) | ctp_nz(low & 0xCC) << 1 | ctp_nz(low & 0xF0) << 2) &
+	       (SVCXDP_CT_SET_WAYS - 1);
 }
 
 /* Copy k's entry into *out; 1 if there is one. */
@@ -266,21 +291,16 @@ static __always_inline int ctp_get(const struct ct_key *k, struct ct_value *out)
 	struct ct_set *s = ctp_set(k);
 	if (!s)
 		return 0;
-	int found = 0;
 	bpf_spin_lock(&s->lock);
-	/* (a constant index per slot: fewer verifier states than a found index) */
-#pragma unroll
-	for (int w = 0; w < SVCXDP_CT_SET_WAYS; w++)
-		if (!found && ctp_key_eq(&s->slot[w].key, k)) {
-			*out = s->slot[w].value;
-			found = 1;
-		}
+	__u32 m = ctp_match(s, k);
+	if (m)
+		*out = s->slot[ctp_lowest(m)].value;
 	bpf_spin_unlock(&s->lock);
-	return found;
+	return m != 0;
 }
 
-/* Write k's entry, BPF_NOEXIST (-EEXIST if k has one) or BPF_ANY: a new entry takes a
- * free slot, else the set's oldest (FIFO). 0 when written. */
+/* Write k's entry, BPF_NOEXIST (-EEXIST if k has one) or BPF_ANY: a new entry takes the
+ * set's lowest free slot, else its oldest (FIFO). 0 when written. */
 static __always_inline long ctp_put(const struct ct_key *k, const struct ct_value *v, __u64 mode)
 {
 	struct ct_set *s = ctp_set(k);
@@ -288,24 +308,21 @@ static __always_inline long ctp_put(const struct ct_key *k, const struct ct_valu
 		return -2;   /* -ENOENT: cannot happen (index masked, array map) */
 	long err = 0;
 	bpf_spin_lock(&s->lock);
-	int w = ctp_find(s, k);
-	if (w >= 0 && mode == BPF_NOEXIST) {
+	__u32 m = ctp_match(s, k);
+	if (m && mode == BPF_NOEXIST) {
 		err = -17;   /* -EEXIST */
 	} else {
-		if (w < 0) {
-#pragma unroll
-			for (int f = SVCXDP_CT_SET_WAYS - 1; f >= 0; f--)
-				if (s->slot[f].key.proto == 0)
-					w = f;
-			if (w < 0) {
-				w = s->next & (SVCXDP_CT_SET_WAYS - 1);
-				s->next = w + 1;
-			}
+		__u32 w;
+		if (!m)
+			m = ctp_free(s);
+		if (m) {
+			w = ctp_lowest(m);
+		} else {
+			w = s->next & (SVCXDP_CT_SET_WAYS - 1);
+			s->next = w + 1;
 		}
-		if (w >= 0 && w < SVCXDP_CT_SET_WAYS) {
-			s->slot[w].key = *k;
-			s->slot[w].value = *v;
-		}
+		s->slot[w].key = *k;
+		s->slot[w].value = *v;
 	}
 	bpf_spin_unlock(&s->lock);
 	return err;
@@ -319,14 +336,10 @@ static __always_inline void ctp_replace(const struct ct_key *k, const struct ct_
 	struct ct_set *s = ctp_set(k);
 	if (!s)
 		return;
-	int done = 0;
 	bpf_spin_lock(&s->lock);
-#pragma unroll
-	for (int w = 0; w < SVCXDP_CT_SET_WAYS; w++)
-		if (!done && ctp_key_eq(&s->slot[w].key, k)) {
-			s->slot[w].value = *v;
-			done = 1;
-		}
+	__u32 m = ctp_match(s, k);
+	if (m)
+		s->slot[ctp_lowest(m)].value = *v;
 	bpf_spin_unlock(&s->lock);
 }
 
@@ -337,9 +350,9 @@ static __always_inline long ctp_delete(const struct ct_key *k)
 		return -2;
 	long err = -2;
 	bpf_spin_lock(&s->lock);
-	int w = ctp_find(s, k);
-	if (w >= 0 && w < SVCXDP_CT_SET_WAYS) {
-		__builtin_memset(&s->slot[w].key, 0, sizeof(s->slot[w].key));
+	__u32 m = ctp_match(s, k);
+	if (m) {
+		__builtin_memset(&s->slot[ctp_lowest(m)].key, 0, sizeof(struct ct_key));
 		err = 0;
 	}
 	bpf_spin_unlock(&s->lock);
@@ -629,7 +642,7 @@ static __always_inline int ct_match_reply(__be32 backend, __be16 bport, __be32 c
 		return 0;  /* not a backend of any service: the common non-service case */
 	if (rn->flags & SVCXDP_REVNAT_F_SHARED) {
 		ct_key_set(&m->key, backend, client, bport, cport, proto, SVCXDP_CT_DIR_REPLY);
-		int copied;
+		int copied = 0;
 		struct ct_value *v = ct_lookup(&m->key, &m->copy, &copied);
 		m->copied = copied;
 		if (v) {
@@ -643,7 +656,7 @@ static __always_inline int ct_match_reply(__be32 backend, __be16 bport, __be32 c
 	/* The forward entry of client -> VIP:port, if it still points at this backend
 	 * (a stale reply from a backend the flow has left is not translated). */
 	ct_key_set(&m->key, client, rn->vip, cport, rn->vport, proto, SVCXDP_CT_DIR_FORWARD);
-	int copied;
+	int copied = 0;
 	struct ct_value *v = ct_lookup(&m->key, &m->copy, &copied);
 	if (v && (v->nat_ip != backend || v->nat_port != bport))
 		/* The tuple's confirmed connection went elsewhere: a newer connection on it,

@@ -112,9 +112,12 @@ SVCXDP_MAP("array", __u32, struct sock_config, sock_config, 1);
 /* loadBalancerSourceRanges: (svc_id, client) longest-prefix match; a hit lets the
  * client in (nodeport.h). LPM tries must not preallocate (BPF_F_NO_PREALLOC = 1). */
 SVCXDP_F_MAP("lpm_trie", struct src_range_key, __u8, source_ranges, SVCXDP_SOURCE_RANGES_SIZE, 1);
-/* The external entry point's tail (svcxdp_np_out, nodeport.h), slot 0; set by the
- * loader. Pinned, so a program still attached after its agent stopped keeps it. */
-SVCXDP_MAP("prog", __u32, __u32, np_tail, 1);
+/* The external entry point's tail programs, set by the loader: svcxdp_np_out (nodeport.h)
+ * and svcxdp_ext_reply (svcxdp.c). Pinned, so a program still attached after its agent
+ * stopped keeps them. */
+#define SVCXDP_TAIL_NP_OUT 0
+#define SVCXDP_TAIL_EXT_REPLY 1
+SVCXDP_MAP("prog", __u32, __u32, np_tail, 2);
 /* ifindex -> that device, for every device the agent made a redirect target (fib.h):
  * a veth only takes redirected frames when its peer runs an XDP program (or has GRO
  * on), else the kernel drops them, so only devices the agent prepared are listed and
@@ -158,6 +161,8 @@ struct events {
 /* What a handler of the external entry point returns for a frame that the
  * svcxdp_np_out tail program sends on (nodeport.h); not an XDP verdict. */
 #define SVCXDP_VERDICT_NP_OUT 0x100
+/* ... and for one that is not for a frontend, which its tail svcxdp_ext_reply takes. */
+#define SVCXDP_VERDICT_EXT_REPLY 0x101
 
 static __always_inline void counters_bump(__u32 idx)
 {

@@ -318,8 +318,13 @@ dnat:;
 	return forward(ctx, eth, ip, vlan, ev);
 }
 
-/* `external` is a constant per entry point, so each program keeps only its own path. */
-static __always_inline int process(struct xdp_md *ctx, int external, struct events *ev)
+/* `external` and `replies` are constants per program, so each keeps only its own paths:
+ * svcxdp_main (0, 0) has them all; svcxdp_external (1, 0) serves frontends and hands
+ * every other packet to its tail svcxdp_ext_reply (1, 1), which matches replies and ICMP
+ * errors. Split so that the verifier walks the external paths in two programs, not one
+ * (the reply path's lookups in the pods' set table are inlined several times). */
+static __always_inline int process(struct xdp_md *ctx, int external, int replies,
+				   struct events *ev)
 {
 	void *data = (void *)(long)ctx->data;
 	struct cursor c = { .pos = data, .end = (void *)(long)ctx->data_end };
@@ -347,8 +352,11 @@ static __always_inline int process(struct xdp_md *ctx, int external, struct even
 		return handle_later_fragment(ctx, eth, ip, external, ev);
 	/* What the datagram itself holds: Ethernet padding after it is not payload. */
 	__u32 l4_len = bpf_ntohs(ip->tot_len) - ip->ihl * 4;
-	if (l4proto == IPPROTO_ICMP)
+	if (l4proto == IPPROTO_ICMP) {
+		if (external && !replies)
+			return SVCXDP_VERDICT_EXT_REPLY;
 		return handle_icmp(&c, ip, l4_len, external, ev);
+	}
 
 	struct l4_info l4 = {};
 	if (l4proto == IPPROTO_TCP) {
@@ -382,28 +390,33 @@ static __always_inline int process(struct xdp_md *ctx, int external, struct even
 		return XDP_PASS;
 	}
 
-	struct svc_key sk = {};
-	sk.vip = ip->daddr;
-	sk.port = *l4.dport;
-	sk.proto = l4proto;
-	sk.scope = external ? SVCXDP_SCOPE_EXTERNAL : SVCXDP_SCOPE_CLUSTER;
-	__u32 zero = 0;
-	struct svc_value *svc = svc_scratch.lookup(&zero);
-	if (!svc)
-		return XDP_PASS;
-	int found = svc_read(&sk, svc);
-	if (!found && external) {
-		/* A ClusterIP routed to the node from outside is served too. */
-		sk.scope = SVCXDP_SCOPE_CLUSTER;
-		found = svc_read(&sk, svc);
-	}
-	if (found > 0)
-		return handle_service(ctx, eth, ip, &l4, svc, l3_off, vlan, external, ev);
-	if (found < 0) {
-		/* Its entry was being replaced as we read it: drop, the client retransmits
-		 * (seen about once in a million new flows under continuous rewrites). */
-		ev->main = SVCXDP_CNT_SLOT_MISS;
-		return XDP_DROP;
+	if (!replies) {
+		struct svc_key sk = {};
+		sk.vip = ip->daddr;
+		sk.port = *l4.dport;
+		sk.proto = l4proto;
+		sk.scope = external ? SVCXDP_SCOPE_EXTERNAL : SVCXDP_SCOPE_CLUSTER;
+		__u32 zero = 0;
+		struct svc_value *svc = svc_scratch.lookup(&zero);
+		if (!svc)
+			return XDP_PASS;
+		int found = svc_read(&sk, svc);
+		if (!found && external) {
+			/* A ClusterIP routed to the node from outside is served too. */
+			sk.scope = SVCXDP_SCOPE_CLUSTER;
+			found = svc_read(&sk, svc);
+		}
+		if (found > 0)
+			return handle_service(ctx, eth, ip, &l4, svc, l3_off, vlan, external, ev);
+		if (found < 0) {
+			/* Its entry was being replaced as we read it: drop, the client
+			 * retransmits (seen about once in a million new flows under
+			 * continuous rewrites). */
+			ev->main = SVCXDP_CNT_SLOT_MISS;
+			return XDP_DROP;
+		}
+		if (external)
+			return SVCXDP_VERDICT_EXT_REPLY;
 	}
 	if (external) {
 		int verdict = np_snat_reply(ctx, eth, ip, l4.sport, l4.dport, &l4.csum,
@@ -414,17 +427,23 @@ static __always_inline int process(struct xdp_md *ctx, int external, struct even
 	return handle_reply(ctx, eth, ip, &l4, l3_off, vlan, ev);
 }
 
-static __always_inline int run(struct xdp_md *ctx, int external)
+static __always_inline int run(struct xdp_md *ctx, int external, int replies)
 {
 	struct events ev = { .main = SVCXDP_CNT_MAX, .extra = SVCXDP_CNT_MAX };
-	int verdict = process(ctx, external, &ev);
+	int verdict = process(ctx, external, replies, &ev);
+	if (external && !replies && verdict == SVCXDP_VERDICT_EXT_REPLY) {
+		/* Counted by the tail, which decides. */
+		np_tail.call(ctx, SVCXDP_TAIL_EXT_REPLY);
+		counters_bump(SVCXDP_CNT_PASS_NON_SERVICE);
+		return XDP_PASS;  /* no tail program (yet): not translated */
+	}
 	counters_bump(ev.main);
 	if (ev.extra < SVCXDP_CNT_MAX)
 		counters_bump(ev.extra);
 	if (external && verdict == SVCXDP_VERDICT_NP_OUT) {
 		/* The way out is a program of its own (nodeport.h): verified once, not once
 		 * per state that reaches the end of this one. */
-		np_tail.call(ctx, 0);
+		np_tail.call(ctx, SVCXDP_TAIL_NP_OUT);
 		np_pending_clear();
 		return XDP_PASS;  /* no tail program (yet): the stack forwards */
 	}
@@ -434,16 +453,25 @@ static __always_inline int run(struct xdp_md *ctx, int external)
 /* Pod-facing interfaces: ClusterIP frontends. */
 int svcxdp_main(struct xdp_md *ctx)
 {
-	return run(ctx, 0);
+	return run(ctx, 0, 0);
 }
 
 /* The node's external interfaces: traffic from outside the cluster (nodeport.h). */
 int svcxdp_external(struct xdp_md *ctx)
 {
-	return run(ctx, 1);
+	return run(ctx, 1, 0);
 }
 
-/* Tail of svcxdp_external, in slot 0 of np_tail: send a translated frame on. */
+/* Tail of svcxdp_external, in slot SVCXDP_TAIL_EXT_REPLY of np_tail: what came in from
+ * outside and is not for a frontend (replies of backends elsewhere, ICMP errors, frames
+ * that are nobody's). Parses the frame again: ~nothing beside a second program's walk. */
+int svcxdp_ext_reply(struct xdp_md *ctx)
+{
+	return run(ctx, 1, 1);
+}
+
+/* Tail of svcxdp_external and svcxdp_ext_reply, in slot SVCXDP_TAIL_NP_OUT of np_tail:
+ * send a translated frame on. */
 int svcxdp_np_out(struct xdp_md *ctx)
 {
 	struct events ev = { .main = SVCXDP_CNT_MAX, .extra = SVCXDP_CNT_MAX };

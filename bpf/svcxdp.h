@@ -305,7 +305,7 @@ struct ct_value {
  * SVCXDP_CT_SET_WAYS slots of the set its key hashes to, and a new flow takes a free
  * slot, else the set's oldest (FIFO: `next`). Its insert touches that set's lines only,
  * full table or not; an LRU hash evicts cold entries of its own choosing, 128 at a time. */
-#define SVCXDP_CT_SET_WAYS 2
+#define SVCXDP_CT_SET_WAYS 8
 struct ct_slot {
 	struct ct_key key;      /* proto 0: a free slot (no tracked flow has protocol 0) */
 	struct ct_value value;

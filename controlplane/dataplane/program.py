@@ -28,7 +28,9 @@ from .source import program_text
 
 ENTRY = "svcxdp_main"              # pod-facing interfaces: ClusterIP frontends
 EXTERNAL_ENTRY = "svcxdp_external"  # the node's external interfaces: NodePort, LB IPs, externalIPs
-EXTERNAL_TAIL = "svcxdp_np_out"     # its way out (XDP_TX / redirect), in np_tail slot 0
+# The external entry point's tail programs, by their np_tail slot (bpf/maps.h).
+EXTERNAL_TAILS = {"svcxdp_np_out": 0,      # its way out (XDP_TX / redirect)
+                  "svcxdp_ext_reply": 1}   # what is not for a frontend: replies, ICMP errors
 CT_GC_ENTRY = "svcxdp_ct_gc"        # idle-flow GC, run with test-run by the agent (ctgc.py)
 SVCXDP_CNT_MAX = const("CNT_MAX")
 TX_PORTS_SIZE = const("TX_PORTS_SIZE")
@@ -53,9 +55,9 @@ def _check_pinned_layout(bpf, config: DataplaneConfig) -> None:
         "backend_conns": config.max_backends,
         "maglev": config.max_services, "affinity": config.affinity_size,
         "sock_revnat": config.sock_revnat_size, "sock_config": 1,
-        "counters": SVCXDP_CNT_MAX,
+        "counters": SVCXDP_CNT_MAX, "np_tail": len(EXTERNAL_TAILS),
     }
-    for name in MAP_NAMES:
+    for name in (*MAP_NAMES, "np_tail"):
         table = bpf[name.encode()]
         info = map_info(table.map_fd)
         want = (ct.sizeof(table.Key), ct.sizeof(table.Leaf) if name not in ("svc_stats", "backend_stats", "counters")
@@ -137,9 +139,9 @@ class Dataplane:
             try:
                 fn = bpf.load_func(ENTRY.encode(), BPF.XDP)
                 ext = bpf.load_func(EXTERNAL_ENTRY.encode(), BPF.XDP)
-                tail = bpf.load_func(EXTERNAL_TAIL.encode(), BPF.XDP)
                 tails = bpf[b"np_tail"]
-                tails[tails.Key(0)] = tails.Leaf(tail.fd)
+                for name, slot in EXTERNAL_TAILS.items():
+                    tails[tails.Key(slot)] = tails.Leaf(bpf.load_func(name.encode(), BPF.XDP).fd)
                 gc = bpf.load_func(CT_GC_ENTRY.encode(), BPF.XDP)
             except Exception as exc:
                 raise DataplaneError(f"building the XDP program failed: {exc}") from exc
