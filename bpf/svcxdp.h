@@ -303,8 +303,9 @@ struct ct_value {
 /* ct_unconfirmed_pod, the pods' unconfirmed flows, is an array of sets rather than an
  * LRU hash (conntrack.h, "the pods' unconfirmed table"): a flow's entry is one of the
  * SVCXDP_CT_SET_WAYS slots of the set its key hashes to, and a new flow takes a free
- * slot, else the set's oldest (FIFO: `next`). Its insert touches that set's lines only,
- * full table or not; an LRU hash evicts cold entries of its own choosing, 128 at a time. */
+ * slot, else the one the set's cursor `next` gives. Its insert touches that set's lines
+ * only, full table or not; an LRU hash evicts cold entries of its own choosing, 128 at a
+ * time. */
 #define SVCXDP_CT_SET_WAYS 8
 struct ct_slot {
 	struct ct_key key;      /* proto 0: a free slot (no tracked flow has protocol 0) */
@@ -313,7 +314,7 @@ struct ct_slot {
 
 struct ct_set {
 	struct bpf_spin_lock lock;   /* held for every read or write of the slots */
-	__u32 next;                  /* the slot a full set gives its next new flow */
+	__u32 next;                  /* cursor: where a new flow's search for a slot starts */
 	struct ct_slot slot[SVCXDP_CT_SET_WAYS];
 };
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import ctypes as ct
 import os
 import sys
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -48,6 +48,14 @@ def set_index(key, seed: int, sets: int) -> int:
     from controlplane._csrc import lib
     return lib.svcxdp_ffi_ct_set_hash(key.src, key.dst, key.sport, key.dport, key.proto, key.dir,
                                       seed) & (sets - 1)
+
+
+def slot_for_new(free: Sequence[bool], cursor: int) -> int:
+    """The slot a new key takes in a set whose free slots are `free` (bpf/conntrack.h,
+    ctp_slot_for_new): the first free one at or after the set's cursor, cyclically, else
+    the cursor's own. The set's cursor then becomes that slot + 1."""
+    at = cursor & (WAYS - 1)
+    return next(((at + d) & (WAYS - 1) for d in range(WAYS) if free[(at + d) & (WAYS - 1)]), at)
 
 
 class FlowSets:
@@ -139,14 +147,11 @@ class FlowSets:
 
     # ---- writing (no traffic meanwhile: see the module's docstring) ---------------------
     def __setitem__(self, key, value) -> None:
-        """As the datapath's BPF_ANY insert: the key's slot, else the lowest free one,
-        else the set's next in FIFO order."""
+        """As the datapath's BPF_ANY insert: the key's slot, else slot_for_new's."""
         i, s = self._read_set(key)
         w = next((n for n, slot in enumerate(s.slot) if slot.key.proto and self._same(slot.key, key)), None)
         if w is None:
-            w = next((n for n, slot in enumerate(s.slot) if not slot.key.proto), None)
-        if w is None:
-            w = s.next & (WAYS - 1)
+            w = slot_for_new([not slot.key.proto for slot in s.slot], s.next)
             s.next = w + 1
         ct.memmove(ct.addressof(s.slot[w].key), ct.addressof(key), self._key_size)
         ct.memmove(ct.addressof(s.slot[w].value), ct.addressof(value), ct.sizeof(self.Leaf))
@@ -180,8 +185,8 @@ class FlowSets:
 
     def fill(self, keys, values) -> int:
         """Write entries in order, placed as the datapath's inserts place them (the key's
-        set, its lowest free slot, else FIFO), until every slot is used or the keys run
-        out: a table "full" for the benches. Returns how many were written."""
+        set, slot_for_new's slot), until every slot is used or the keys run out: a table
+        "full" for the benches. Returns how many were written."""
         before = self._all()
         sets = before.copy()
         used = np.zeros((self.n_sets, WAYS), bool)
@@ -195,11 +200,10 @@ class FlowSets:
             if free == 0:
                 break
             i = set_index(key, self.seed, self.n_sets)
-            w = next((n for n in range(WAYS) if not used[i, n]), None)
-            if w is None:
-                w = int.from_bytes(sets[i, next_at:next_at + 4].tobytes(), sys.byteorder) & (WAYS - 1)
-                sets[i, next_at:next_at + 4] = np.frombuffer((w + 1).to_bytes(4, sys.byteorder), np.uint8)
-            else:
+            cursor = int.from_bytes(sets[i, next_at:next_at + 4].tobytes(), sys.byteorder)
+            w = slot_for_new(~used[i], cursor)
+            sets[i, next_at:next_at + 4] = np.frombuffer((w + 1).to_bytes(4, sys.byteorder), np.uint8)
+            if not used[i, w]:
                 used[i, w] = True
                 free -= 1
             at = self._slot_at + w * self._slot_size

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from controlplane.dataplane.affinity_maps import coarse_now_ns as datapath_clock_ns
+from controlplane.dataplane.flowsets import WAYS as SET_WAYS, slot_for_new
 from controlplane.dataplane.layout import const
 
 TCP, UDP, ICMP = 6, 17, 1
@@ -49,7 +50,6 @@ TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
 ICMP_ERRORS = (3, 4, 11, 12)  # dest unreachable, source quench, time exceeded, parameter problem
 FRAG_TIMEOUT_NS = const("FRAG_TIMEOUT_S") * 10**9
 HAIRPIN = socket.inet_ntoa(const("HAIRPIN_IP").to_bytes(4, "big"))
-SET_WAYS = const("CT_SET_WAYS")
 
 
 COUNTERS = ("pass_non_ip", "pass_non_service", "revnat", "ct_new", "ct_hit", "ct_stale",
@@ -125,8 +125,8 @@ CtKey = tuple  # (src, dst, sport, dport, proto, dir)
 class FlowSetsModel(dict):
     """The pods' unconfirmed table as the datapath keeps it: a dict of entries that also
     knows which slot of which set each key holds (bpf/conntrack.h, ctp_put), so that a
-    new key evicts what the datapath evicts — the set's lowest free slot, else its next
-    in FIFO order. Until bind() gives it the map's geometry it never evicts."""
+    new key evicts what the datapath evicts (flowsets.slot_for_new, the rule written
+    for user space). Until bind() gives it the map's geometry it never evicts."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -150,10 +150,9 @@ class FlowSetsModel(dict):
         if self.n_sets and key not in self:
             i = self._set(key)
             slots = self.slots.setdefault(i, [None] * SET_WAYS)
-            w = next((n for n, k in enumerate(slots) if k is None), None)
-            if w is None:
-                w = self.next.get(i, 0) & (SET_WAYS - 1)
-                self.next[i] = w + 1
+            w = slot_for_new([k is None for k in slots], self.next.get(i, 0))
+            self.next[i] = w + 1
+            if slots[w] is not None:
                 super().__delitem__(slots[w])
             slots[w] = key
         super().__setitem__(key, flow)

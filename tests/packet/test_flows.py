@@ -11,6 +11,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
+from controlplane.dataplane import flowsets
 from controlplane.dataplane.config import DataplaneConfig
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
 from controlplane.dataplane.program import Dataplane, reset
@@ -279,8 +280,9 @@ def test_the_unconfirmed_tables_take_the_sizes_they_are_given():
                                         ct_unconfirmed=512, ct_unconfirmed_pod=64, max_services=64,
                                         max_backends=64, max_slots=64))
     try:
-        table = dp.table("ct_unconfirmed_pod")   # 64 entries: 32 sets of 2 (flowsets.py)
-        assert (map_info(dp.raw_table("ct_unconfirmed_pod").map_fd).max_entries, table.max_entries) == (32, 64)
+        table = dp.table("ct_unconfirmed_pod")   # 64 entries in sets of WAYS (flowsets.py)
+        assert (map_info(dp.raw_table("ct_unconfirmed_pod").map_fd).max_entries, table.max_entries) == \
+            (64 // flowsets.WAYS, 64)
         assert map_info(dp.table("ct_unconfirmed").map_fd).max_entries == 512
         assert map_info(dp.table("conntrack").map_fd).max_entries == 4096
         h = Harness(dp)

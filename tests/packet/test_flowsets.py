@@ -96,6 +96,26 @@ def test_a_full_set_gives_its_oldest_slot_to_a_new_flow_and_no_other_set_changes
     assert [p for p in ports if fwd_key(table, p) in table] == ports[3:]
 
 
+def test_a_flow_in_a_freed_slot_outlives_ways_minus_one_later_new_flows(xdp: Harness):
+    """The guarantee a pending handshake has: WAYS - 1 later new flows in its set cannot
+    evict it, even when it took a slot freed under the set's cursor (a new flow searches
+    for a free slot from the cursor on, and the cursor moves past what it took)."""
+    xdp.service()
+    table = xdp.dp.table("ct_unconfirmed_pod")
+    ports, _ = ports_in_one_set(table, 2 * WAYS + 1)
+    for p in ports[:WAYS]:                           # slots 0..WAYS-1; the cursor back at 0
+        xdp.send(tcp(p, "S"))
+    xdp.send(tcp(ports[0], "A"))                     # confirmed: slot 0, under the cursor, is free
+    pending = ports[WAYS]
+    xdp.send(tcp(pending, "S"))
+    for p in ports[WAYS + 1:2 * WAYS]:               # WAYS - 1 later new flows
+        xdp.send(tcp(p, "S"))
+        assert fwd_key(table, pending) in table
+    xdp.send(tcp(ports[2 * WAYS], "S"))              # the WAYS-th may take its slot, and does
+    assert fwd_key(table, pending) not in table
+    assert [p for p in ports if fwd_key(table, p) in table] == ports[WAYS + 1:]
+
+
 def test_changes_to_an_unconfirmed_pods_flow_are_written_back(xdp: Harness):
     """The program reads a slot as a copy (another CPU may hand the slot to another flow
     meanwhile), so what it changes must go back: a refresh by the client's retransmitted
@@ -125,7 +145,7 @@ def test_changes_to_an_unconfirmed_pods_flow_are_written_back(xdp: Harness):
 
 @pytest.fixture(scope="module")
 def tiny():
-    """A pods' table of 16 entries (8 sets): a few dozen flows overflow its sets."""
+    """A pods' table of 16 entries (16 / WAYS sets): a few dozen flows overflow its sets."""
     dp = Dataplane.load(DataplaneConfig(instance="pytest-flowsets", pin=False, ct_size=1024,
                                         ct_unconfirmed_pod=16, max_services=8, max_backends=16, max_slots=64))
     try:
