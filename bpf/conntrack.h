@@ -222,13 +222,13 @@ static __always_inline int ct_bare_syn(__u8 proto, __u8 tcp_flags)
 /* ---- the pods' unconfirmed table: sets, not an LRU hash ---------------------------
  * ct_unconfirmed_pod is an array of struct ct_set (svcxdp.h): a key's entry can only
  * be in the set its hash names, in any of its SVCXDP_CT_SET_WAYS slots. A new flow takes
- * a free slot of its set, else the one a cursor gives (ctp_slot_for_new), so an insert
- * touches one set's lines whether the table is full or not — an LRU hash full of cold
- * entries evicts them, 128 at a time, which was a third of a pod's UDP new flow
- * (datapath-notes §15). The price is in the flood law: an entry is sure to survive only
- * SVCXDP_CT_SET_WAYS - 1 later new flows in its set, not max_entries - 1 in the table (a
- * slope, not a cliff; §15, §16), so the table has ways enough that a burst of pending
- * handshakes loses none in practice (8: one in ~10^8 flows of a burst of 2,000).
+ * its set's next slot in turn (ctp_slot_for_new), so an insert touches one set's lines
+ * whether the table is full or not — an LRU hash full of cold entries evicts them, 128
+ * at a time, which was a third of a pod's UDP new flow (datapath-notes §15). The price
+ * is in the flood law: an entry survives SVCXDP_CT_SET_WAYS - 1 later new flows in its
+ * set, not max_entries - 1 in the table (a slope, not a cliff; §15, §16), so the table
+ * has ways enough that a burst of pending handshakes loses none in practice (8: one in
+ * ~10^8 flows of a burst of 2,000).
  * A slot can be given to another flow at any moment by another CPU, so nothing keeps a
  * pointer into it: every read copies the entry out under the set's lock, and a change
  * goes back under the lock only if the slot still holds that key (ctp_replace).
@@ -269,18 +269,7 @@ static __always_inline __u32 ctp_match(struct ct_set *s, const struct ct_key *k)
 	return m;
 }
 
-/* Bit w set: slot w of s is free. Under s->lock. */
-static __always_inline __u32 ctp_free(struct ct_set *s)
-{
-	__u32 m = 0;
-#pragma unroll
-	for (int w = 0; w < SVCXDP_CT_SET_WAYS; w++)
-		m |= (__u32)(1 - ctp_nz(s->slot[w].key.proto)) << w;
-	return m;
-}
-
-/* The index of m's lowest set bit (m at most 8 bits wide; 0 when m == 0), without a
- * branch. */
+/* The index of m's lowest set bit (m != 0, at most 8 bits wide), without a branch. */
 static __always_inline __u32 ctp_lowest(__u32 m)
 {
 	__u64 low = m & -m;
@@ -288,18 +277,15 @@ static __always_inline __u32 ctp_lowest(__u32 m)
 	       (SVCXDP_CT_SET_WAYS - 1);
 }
 
-/* The slot a new key takes in s: the first free one at or after the set's cursor
- * (cyclically), else the cursor's own; the cursor then moves past it. Every new key moves the cursor on by one slot at least, so an
- * entry outlives SVCXDP_CT_SET_WAYS - 1 later new keys in its set at least, however the
- * set's slots were freed meanwhile (taking the lowest free slot instead would let the
- * very next key evict a flow that took a freed slot under the cursor). Under s->lock. */
+/* The slot a new key takes in s: the set's slots in turn, a ring, whether or not a
+ * slot is free. An entry therefore outlives exactly SVCXDP_CT_SET_WAYS - 1 later new keys
+ * in its set, whatever confirmations freed meanwhile; a slot freed by one is reused when
+ * the ring comes round. (Free slots first, lowest or from the cursor on, breaks that:
+ * a key that takes a free slot behind the cursor leaves newer entries next in line —
+ * datapath-notes §16.) Under s->lock. */
 static __always_inline __u32 ctp_slot_for_new(struct ct_set *s)
 {
-	__u32 at = s->next & (SVCXDP_CT_SET_WAYS - 1);
-	__u32 f = ctp_free(s);
-	/* the free mask rotated so that bit 0 is the cursor's slot (0 if none is free) */
-	__u32 from_cursor = ((f | f << SVCXDP_CT_SET_WAYS) >> at) & ((1U << SVCXDP_CT_SET_WAYS) - 1);
-	__u32 w = (at + ctp_lowest(from_cursor)) & (SVCXDP_CT_SET_WAYS - 1);
+	__u32 w = s->next & (SVCXDP_CT_SET_WAYS - 1);
 	s->next = w + 1;
 	return w;
 }

@@ -10,8 +10,8 @@
  * expired to this program through BPF_PROG_TEST_RUN; the program judges each entry
  * again as it is now and deletes it, so freed elements go back to the LRU's free list
  * and new flows find free nodes instead of evicting. (ct_unconfirmed_pod is an array
- * of sets whose new flows take their set's oldest slot at no extra cost: nothing to
- * sweep there, conntrack.h.)
+ * of sets whose new flows take their set's next slot in turn at no extra cost: nothing
+ * to sweep there, conntrack.h.)
  *
  * An entry is removed only when every lookup the datapath could make would find it
  * dead anyway:

@@ -153,8 +153,8 @@
  * wait in ct_unconfirmed, CT_SIZE / this: large, so a far client's handshake outlives
  * a flood. Pods' flows, whose round trips stay inside the cluster, wait in
  * ct_unconfirmed_pod, at most SVCXDP_DEFAULT_CT_UNCONFIRMED_POD entries (a power of
- * two: 2-way sets of 104 bytes, 1.6 MiB, the memory of the LRU table of 16,384 it
- * replaced): small enough to stay near the CPU, where a first packet's insert costs a
+ * two: 8-way sets of 392 bytes, 1.5 MiB, about the memory of the LRU table of 16,384
+ * it replaced): small enough to stay near the CPU, where a first packet's insert costs a
  * fraction of one into a table that never stays in cache (datapath-notes §11, §15). */
 #define SVCXDP_CT_UNCONFIRMED_SHARE 4
 #define SVCXDP_DEFAULT_CT_UNCONFIRMED_POD 32768
@@ -302,10 +302,9 @@ struct ct_value {
 
 /* ct_unconfirmed_pod, the pods' unconfirmed flows, is an array of sets rather than an
  * LRU hash (conntrack.h, "the pods' unconfirmed table"): a flow's entry is one of the
- * SVCXDP_CT_SET_WAYS slots of the set its key hashes to, and a new flow takes a free
- * slot, else the one the set's cursor `next` gives. Its insert touches that set's lines
- * only, full table or not; an LRU hash evicts cold entries of its own choosing, 128 at a
- * time. */
+ * SVCXDP_CT_SET_WAYS slots of the set its key hashes to, and a new flow takes the set's
+ * next slot in turn (`next`, a ring). Its insert touches that set's lines only, full
+ * table or not; an LRU hash evicts cold entries of its own choosing, 128 at a time. */
 #define SVCXDP_CT_SET_WAYS 8
 struct ct_slot {
 	struct ct_key key;      /* proto 0: a free slot (no tracked flow has protocol 0) */
@@ -314,7 +313,7 @@ struct ct_slot {
 
 struct ct_set {
 	struct bpf_spin_lock lock;   /* held for every read or write of the slots */
-	__u32 next;                  /* cursor: where a new flow's search for a slot starts */
+	__u32 next;                  /* the slot the set's next new flow takes (mod the ways) */
 	struct ct_slot slot[SVCXDP_CT_SET_WAYS];
 };
 

@@ -26,8 +26,8 @@ from .model import PROTOCOLS
 from .packing import Packer
 from .testrun import TestRunner
 
-# (ct_unconfirmed_pod is sets whose new flows take their set's oldest slot at no extra
-# cost, bpf/conntrack.h: nothing to sweep there)
+# (ct_unconfirmed_pod is sets whose new flows take their set's next slot in turn at no
+# extra cost, bpf/conntrack.h: nothing to sweep there)
 TABLES = {"conntrack": const("CT_GC_CONFIRMED"), "ct_unconfirmed": const("CT_GC_UNCONFIRMED")}
 BATCH = const("CT_GC_BATCH")
 GRACE_NS = const("CT_GC_GRACE_S") * 1_000_000_000

@@ -16,7 +16,7 @@ from __future__ import annotations
 import ctypes as ct
 import os
 import sys
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 
@@ -50,12 +50,11 @@ def set_index(key, seed: int, sets: int) -> int:
                                       seed) & (sets - 1)
 
 
-def slot_for_new(free: Sequence[bool], cursor: int) -> int:
-    """The slot a new key takes in a set whose free slots are `free` (bpf/conntrack.h,
-    ctp_slot_for_new): the first free one at or after the set's cursor, cyclically, else
-    the cursor's own. The set's cursor then becomes that slot + 1."""
-    at = cursor & (WAYS - 1)
-    return next(((at + d) & (WAYS - 1) for d in range(WAYS) if free[(at + d) & (WAYS - 1)]), at)
+def slot_for_new(cursor: int) -> int:
+    """The slot a new key takes in a set whose cursor (`next`) is `cursor`
+    (bpf/conntrack.h, ctp_slot_for_new): the slots in turn, free or not. The set's cursor
+    then becomes that slot + 1."""
+    return cursor & (WAYS - 1)
 
 
 class FlowSets:
@@ -151,7 +150,7 @@ class FlowSets:
         i, s = self._read_set(key)
         w = next((n for n, slot in enumerate(s.slot) if slot.key.proto and self._same(slot.key, key)), None)
         if w is None:
-            w = slot_for_new([not slot.key.proto for slot in s.slot], s.next)
+            w = slot_for_new(s.next)
             s.next = w + 1
         ct.memmove(ct.addressof(s.slot[w].key), ct.addressof(key), self._key_size)
         ct.memmove(ct.addressof(s.slot[w].value), ct.addressof(value), ct.sizeof(self.Leaf))
@@ -167,7 +166,7 @@ class FlowSets:
         raise KeyError(key)
 
     def clear(self) -> None:
-        """Every set as new: no entries, FIFO order from the first slot again."""
+        """Every set as new: no entries, its ring from the first slot again."""
         empty = self.sets.Leaf()
         for i in np.flatnonzero(self._all().any(axis=1)):
             self.sets[self.sets.Key(int(i))] = empty
@@ -201,7 +200,7 @@ class FlowSets:
                 break
             i = set_index(key, self.seed, self.n_sets)
             cursor = int.from_bytes(sets[i, next_at:next_at + 4].tobytes(), sys.byteorder)
-            w = slot_for_new(~used[i], cursor)
+            w = slot_for_new(cursor)
             sets[i, next_at:next_at + 4] = np.frombuffer((w + 1).to_bytes(4, sys.byteorder), np.uint8)
             if not used[i, w]:
                 used[i, w] = True

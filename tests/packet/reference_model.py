@@ -150,7 +150,7 @@ class FlowSetsModel(dict):
         if self.n_sets and key not in self:
             i = self._set(key)
             slots = self.slots.setdefault(i, [None] * SET_WAYS)
-            w = slot_for_new([k is None for k in slots], self.next.get(i, 0))
+            w = slot_for_new(self.next.get(i, 0))
             self.next[i] = w + 1
             if slots[w] is not None:
                 super().__delitem__(slots[w])

@@ -71,9 +71,10 @@ def test_a_pods_new_flow_is_recorded_in_the_set_its_key_hashes_to(xdp: Harness):
     assert len(table) == 1 and socket.inet_ntoa(struct.pack("=I", table[key].nat_ip)) == backend
 
 
-def test_a_full_set_gives_its_oldest_slot_to_a_new_flow_and_no_other_set_changes(xdp: Harness):
-    """A new flow takes a free slot of its set, else the one filled longest ago (FIFO);
-    a confirmed flow leaves its slot free. Nothing outside the set moves."""
+def test_a_set_gives_its_slots_to_new_flows_in_turn_and_no_other_set_changes(xdp: Harness):
+    """A new flow takes its set's next slot in turn (a ring): a full set gives the one
+    filled longest ago; a confirmed flow leaves its slot free until the ring comes round.
+    Nothing outside the set moves."""
     xdp.service()
     table = xdp.dp.table("ct_unconfirmed_pod")
     ports, i = ports_in_one_set(table, WAYS + 3)
@@ -86,34 +87,36 @@ def test_a_full_set_gives_its_oldest_slot_to_a_new_flow_and_no_other_set_changes
     assert [n for n in range(len(before)) if before[n] != after[n]] == [i]
     present = [p for p in ports[:WAYS + 1] if fwd_key(table, p) in table]
     assert present == ports[1:WAYS + 1]
-    xdp.send(tcp(ports[WAYS + 1], "S"))              # then the second, in FIFO order
+    xdp.send(tcp(ports[WAYS + 1], "S"))              # then the second, in turn
     assert [p for p in ports[:WAYS + 2] if fwd_key(table, p) in table] == ports[2:WAYS + 2]
-    # A confirmed flow moves to conntrack and frees its slot: the next new flow in the
-    # set takes it and evicts nobody.
+    # A confirmed flow moves to conntrack and frees its slot, the ring's next here: the
+    # next new flow takes it and evicts nobody.
     xdp.send(tcp(ports[2], "A"))
     assert fwd_key(table, ports[2]) not in table and len(xdp.dp.table("conntrack")) == 1
     xdp.send(tcp(ports[WAYS + 2], "S"))
     assert [p for p in ports if fwd_key(table, p) in table] == ports[3:]
 
 
-def test_a_flow_in_a_freed_slot_outlives_ways_minus_one_later_new_flows(xdp: Harness):
+def test_a_pending_flow_outlives_exactly_ways_minus_one_later_new_flows(xdp: Harness):
     """The guarantee a pending handshake has: WAYS - 1 later new flows in its set cannot
-    evict it, even when it took a slot freed under the set's cursor (a new flow searches
-    for a free slot from the cursor on, and the cursor moves past what it took)."""
+    evict it, whatever slots confirmations free meanwhile, and the WAYS-th takes its slot.
+    (Free slots first would break it: here a flow that took the free slot behind the
+    pending one would leave the pending one next in line.)"""
     xdp.service()
     table = xdp.dp.table("ct_unconfirmed_pod")
     ports, _ = ports_in_one_set(table, 2 * WAYS + 1)
-    for p in ports[:WAYS]:                           # slots 0..WAYS-1; the cursor back at 0
+    for p in ports[:WAYS]:
         xdp.send(tcp(p, "S"))
-    xdp.send(tcp(ports[0], "A"))                     # confirmed: slot 0, under the cursor, is free
     pending = ports[WAYS]
-    xdp.send(tcp(pending, "S"))
-    for p in ports[WAYS + 1:2 * WAYS]:               # WAYS - 1 later new flows
+    xdp.send(tcp(pending, "S"))                      # takes the first flow's slot
+    xdp.send(tcp(ports[WAYS - 1], "A"))              # confirmed: the slot behind it is free
+    later = ports[WAYS + 1:2 * WAYS + 1]
+    for p in later[:WAYS - 1]:
         xdp.send(tcp(p, "S"))
         assert fwd_key(table, pending) in table
-    xdp.send(tcp(ports[2 * WAYS], "S"))              # the WAYS-th may take its slot, and does
+    xdp.send(tcp(later[-1], "S"))
     assert fwd_key(table, pending) not in table
-    assert [p for p in ports if fwd_key(table, p) in table] == ports[WAYS + 1:]
+    assert [p for p in ports if fwd_key(table, p) in table] == later
 
 
 def test_changes_to_an_unconfirmed_pods_flow_are_written_back(xdp: Harness):
