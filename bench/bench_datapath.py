@@ -61,17 +61,16 @@ Configurations: services x conntrack state. Services are written with the
 project's MapWriter (its time is recorded in extra_info). The default dataplane
 holds max_services = 65,536 services (ids 1..65,536), so the largest row fills
 the production-sized maps completely. Conntrack is either empty (0) or full
-(CT_FULL = the map's 1,048,576 entries): every conntrack table is written past
-its capacity with BPF_MAP_UPDATE_BATCH (conntrack, and the unconfirmed tables
-ct_unconfirmed and ct_unconfirmed_pod, where a new flow's first packet is
-recorded; bpf/conntrack.h), so their LRU free lists are empty and every new
-flow's insert evicts the least recently used entry, as on a node whose table is
-full. The program measured is the pod-facing one: its new flows go to
-ct_unconfirmed_pod (16,384 entries by default, which stays in cache), and the
-confirm row measures their move into conntrack. In the empty configuration the
-new_flow rounds delete their entries from ct_unconfirmed_pod after each round
+(CT_FULL = the map's 1,048,576 entries): every conntrack table is filled (conntrack
+and ct_unconfirmed written past their capacity with BPF_MAP_UPDATE_BATCH, so their
+LRU free lists are empty; ct_unconfirmed_pod's sets until every slot is used:
+flowsets.py), so every new flow's insert evicts, as on a node whose tables are full.
+The program measured is the pod-facing one: its new flows go to ct_unconfirmed_pod
+(32,768 entries in 8-way sets by default, which stays in cache), and the confirm row
+measures their move into conntrack. In the empty configuration the new_flow rounds
+delete their entries from ct_unconfirmed_pod after each round
 (Env.forget_new_flows), as the flows' confirmations would: that table holds only
-8 rounds, and past them every insert would evict. (Before, 1,000,000 entries went
+16 rounds, and past them every insert would evict. (Before, 1,000,000 entries went
 into conntrack only, and new flows landed in an empty ct_unconfirmed: nothing was
 evicted.)
 Every configuration starts from a freshly loaded dataplane, so none inherits
@@ -464,7 +463,7 @@ class Env:
     def forget_new_flows(self, frames: list[bytes]) -> None:
         """Delete these new-flow SYNs' entries from ct_unconfirmed_pod, in the order they
         came, as their flows' confirmations would (unmeasured). The empty-table rows do it
-        after every round: 16,384 entries hold 8 rounds, and past them every insert would
+        after every round: 32,768 entries hold 16 rounds, and past them every insert would
         evict — the full rows' case, not the empty one's."""
         table = self.dp.table("ct_unconfirmed_pod")
         keys = (table.Key * len(frames))()

@@ -176,7 +176,7 @@ def render(entries: list[dict], machine: dict | None = None, commit: dict | None
                "evicts). Each configuration starts from a freshly loaded "
                "dataplane; conntrack \"0\" means only the measured flow (plus the new flows "
                "the rounds add as they run; the first packets' entries are deleted after "
-               "each round, as their confirmations would, so the 16,384-entry table never "
+               "each round, as their confirmations would, so the pods' table never "
                "fills).")
     return "\n".join(out) + "\n"
 
