@@ -23,6 +23,15 @@ A flow whose entry was evicted is picked afresh: with a stable algorithm (sh, dh
 maglev) it usually lands on its old backend, but its backend's packet before
 that pick leaves un-NATed, so it counts as broken.
 
+Then the other side of the same defence: pending handshakes. PENDING clients send a SYN,
+a flood of spoofed SYNs follows, and the clients send their ACKs. The pods' table is 8-way
+sets (bpf/conntrack.h): an entry outlives exactly WAYS - 1 later new flows in its set, so
+the share of entries still held after k spoofed SYNs spread over S sets is
+P(Poisson((k + j) / S) < WAYS) for a flow followed by j pending ones, averaged, printed
+beside what the table held; an LRU table of the same entries would hold every one until k
+reaches its size, then none. Fewer handshakes complete than were held: the ACK of a flow
+whose entry went is a new flow, whose entry takes another slot in turn.
+
 Prints one line per algorithm and pattern; --json writes them. The lead runs the
 full size; --quick (a few seconds) runs 4 algorithms and one pattern.
 """
@@ -30,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import socket
@@ -50,6 +60,8 @@ QUICK_ALGORITHMS = ("random", "rr", "maglev", "lc")
 VIP, PORT, BACKEND_PORT = "10.96.10.1", 80, 8080
 BACKENDS = ("10.244.2.1", "10.244.2.2", "10.244.2.3")
 SYN, ACK, SYNACK = 0x02, 0x10, 0x12
+PENDING, PENDING_ROUNDS = 100, 10
+PENDING_FLOODS = (0.25, 0.5, 1.0, 2.0)   # spoofed SYNs, in units of the pods' table's entries
 
 
 @dataclass
@@ -124,6 +136,63 @@ def run_algorithm(h, frames: Frames, algorithm: str, pattern: str, ct_size: int,
     return Result(algorithm, pattern, established, flood, survived, ct_size)
 
 
+@dataclass
+class PendingResult:
+    flood: int
+    pending: int
+    held: int          # entries still in the table after the flood
+    survived: int      # ACKs that found their flow's entry (ct_hit)
+    table_entries: int
+    sets: int
+    expected_pct: float
+
+    @property
+    def survived_pct(self) -> float:
+        return 100.0 * self.survived / self.pending
+
+    @property
+    def held_pct(self) -> float:
+        return 100.0 * self.held / self.pending
+
+
+def poisson_below(lam: float, n: int) -> float:
+    """P(Poisson(lam) < n)."""
+    term, total = math.exp(-lam), 0.0
+    for i in range(n):
+        total += term
+        term *= lam / (i + 1)
+    return total
+
+
+def run_pending(h, frames: Frames, flood: int, rng: random.Random) -> PendingResult:
+    """PENDING_ROUNDS rounds of PENDING handshakes held open across `flood` spoofed SYNs."""
+    from controlplane.dataplane import flowsets
+    from controlplane.dataplane.model import Backend, Frontend, ServiceState
+    table = h.dp.table(flowsets.TABLE)
+    run = h.runner.run
+    held = survived = 0
+    for r in range(PENDING_ROUNDS):
+        h.reset()
+        h.writer.upsert(ServiceState(Frontend(VIP, PORT, "TCP"),
+                                     tuple(Backend(ip, BACKEND_PORT) for ip in BACKENDS), "random"))
+        waiting = [(f"10.245.{r}.{1 + i % 250}", 20000 + i) for i in range(PENDING)]
+        for client, cport in waiting:
+            run(frames.make(client, VIP, cport, PORT, SYN))
+        for _ in range(flood):
+            spoofed = struct.pack("!I", 0x0A000000 | rng.getrandbits(24))  # 10.x.y.z
+            run(frames.make(spoofed, VIP, 1024 + rng.randrange(64000), PORT, SYN))
+        present = {(struct.pack("=I", k.src), socket.ntohs(k.sport)) for k in table.keys()}
+        held += sum((socket.inet_aton(c), p) in present for c, p in waiting)
+        before = h.dp.counters()["ct_hit"]
+        for client, cport in waiting:
+            run(frames.make(client, VIP, cport, PORT, ACK))
+        survived += h.dp.counters()["ct_hit"] - before
+    sets = table.n_sets
+    law = sum(poisson_below((flood + j) / sets, flowsets.WAYS) for j in range(PENDING)) / PENDING
+    return PendingResult(flood, PENDING * PENDING_ROUNDS, held, survived, table.max_entries, sets,
+                         100.0 * law)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="4 algorithms, idle pattern only")
@@ -144,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     h = Harness(dp)
     frames = Frames()
     results = []
+    pending: list[PendingResult] = []
     start = time.monotonic()
     try:
         for pattern in patterns:
@@ -154,13 +224,25 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{pattern:6} {alg:7} survived {r.survived:5}/{r.established} "
                       f"({r.broken_pct:5.1f} % broken) after {r.flood} spoofed SYNs, "
                       f"conntrack {r.ct_size}", flush=True)
+        entries = h.dp.table("ct_unconfirmed_pod").max_entries
+        for share in PENDING_FLOODS[1:3] if args.quick else PENDING_FLOODS:
+            p = run_pending(h, frames, int(share * entries), random.Random(f"pending-{share}"))
+            pending.append(p)
+            print(f"pending handshakes across {p.flood} spoofed SYNs: entries held {p.held_pct:5.1f} % "
+                  f"(law {p.expected_pct:5.1f} %; an LRU of as many entries would hold "
+                  f"{'100' if p.flood + PENDING < p.table_entries else '0'} %), completed "
+                  f"{p.survived}/{p.pending}; pods' table {p.table_entries} entries in {p.sets} sets",
+                  flush=True)
         h.reset()
     finally:
         dp.close()
     print(f"bench_flood: {time.monotonic() - start:.1f} s")
     if args.json:
-        args.json.write_text(json.dumps([asdict(r) | {"broken_pct": r.broken_pct} for r in results],
-                                        indent=1) + "\n")
+        args.json.write_text(json.dumps(
+            [asdict(r) | {"broken_pct": r.broken_pct} for r in results] +
+            [asdict(p) | {"pattern": "pending", "held_pct": p.held_pct, "survived_pct": p.survived_pct}
+             for p in pending],
+            indent=1) + "\n")
     return 0
 
 

@@ -68,7 +68,7 @@ class Harness:
         counted = readout.backend_new_flows(self.dp)
         if counted:
             zero_entries(stats.map_fd, list(counted), possible_cpus() * 8)
-        self.dp.table("ct_unconfirmed_pod").clear()   # (its sets' FIFO order too)
+        self.dp.table("ct_unconfirmed_pod").clear()   # (its sets' rings too)
         for name in (*FLOW_TABLES, "fragments", "affinity"):
             table = self.dp.table(name)
             keys = [k for k in table.keys()]
