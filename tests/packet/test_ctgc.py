@@ -92,8 +92,8 @@ def test_expired_entries_are_removed_and_live_ones_kept(xdp: Harness, gc: Conntr
 
     assert stats.deleted == {"conntrack": 2, "ct_unconfirmed": 0}, stats
     assert set(entries(xdp, "conntrack")) == {(41001, DIR_FORWARD), (41003, DIR_FORWARD)}
-    # The pods' table is sets, not swept: a new flow takes its set's oldest slot at no
-    # extra cost (bpf/conntrack.h), the dead datagram's entry included.
+    # The pods' table is sets, not swept: a new flow takes its set's next slot in turn at
+    # no extra cost (bpf/conntrack.h), whether the dead datagram's entry is there or not.
     assert set(entries(xdp, "ct_unconfirmed_pod")) == {(42000, DIR_FORWARD), (42001, DIR_FORWARD)}
     d = delta(before, xdp.counters())
     assert d["ct_gc_deleted"] == 2 and d.get("ct_gc_kept", 0) == 0
