@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_datapath import (BACKEND_PORT, BACKENDS, CLIENT_MAC, NODE_MAC,  # noqa: E402
-                            NewFlowFrames, _root_and_bcc, batch_fill, count_entries)
+                            NewFlowFrames, _root_and_bcc, batch_fill)
 from interleaved import BenchDataplane, InterleavedRounds, bench_dataplane  # noqa: E402
 
 QUICK = os.environ.get("SVCXDP_BENCH_QUICK", "") not in ("", "0")
@@ -94,7 +94,7 @@ def env():
     reason = _root_and_bcc()
     if reason:
         pytest.skip(reason)
-    from controlplane.dataplane.affinity_maps import coarse_now_ns
+    from controlplane.dataplane.affinity_maps import coarse_now_ns, count_entries
     from controlplane.dataplane.config import DataplaneConfig
     from controlplane.dataplane.model import Backend, Frontend, ServiceState
 

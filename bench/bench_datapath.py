@@ -95,7 +95,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as ct
-import errno
 import os
 import socket
 import statistics
@@ -107,6 +106,7 @@ from itertools import repeat
 import pytest
 
 from controlplane.dataplane import udprecent
+from controlplane.dataplane.affinity_maps import count_entries  # (a set table too: flowsets.py)
 from controlplane.dataplane.config import FLOW_TABLES, UNCONFIRMED_TABLES
 from controlplane.dataplane.frames import csum
 
@@ -357,31 +357,7 @@ def fill_unconfirmed(dp, arrays) -> None:
 
 def table_counts(dp) -> dict[str, int]:
     """Entries in each flow table of a dataplane."""
-    return {name: len(dp.table(name)) if name == "ct_unconfirmed_pod" else count_entries(dp.table(name))
-            for name in FLOW_TABLES}
-
-
-def count_entries(table) -> int:
-    """Entries in a hash map, by BPF_MAP_LOOKUP_BATCH (bcc's own loop aliases its
-    batch token with the count, so it is not used here)."""
-    from bcc.libbcc import lib
-    n = 65536
-    keys, values = (table.Key * n)(), (table.Leaf * n)()
-    token_in, token_out = ct.c_uint32(0), ct.c_uint32(0)
-    total, first = 0, True
-    while True:
-        cnt = ct.c_uint32(n)
-        res = lib.bpf_lookup_batch(table.map_fd, None if first else ct.byref(token_in),
-                                   ct.byref(token_out), ct.byref(keys), ct.byref(values),
-                                   ct.byref(cnt))
-        err = ct.get_errno()
-        total += cnt.value
-        if res != 0:
-            if err == errno.ENOENT:
-                return total
-            raise OSError(err, f"BPF_MAP_LOOKUP_BATCH: {os.strerror(err)}")
-        token_in.value = token_out.value
-        first = False
+    return {name: count_entries(dp.table(name)) for name in FLOW_TABLES}
 
 
 # ---- the environment: one dataplane, one floor, brought to each configuration ----------

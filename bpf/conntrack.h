@@ -412,10 +412,11 @@ static __always_inline struct ct_value *ctu_lookup_any(struct ct_key *k, struct 
 }
 
 /* A flow's entry, confirmed or not: the confirmed one while it is current, else an
- * unconfirmed one (a newer connection on the tuple) if there is one. *copied as
+ * unconfirmed one (a newer connection on the tuple) if there is one. `pods` (a constant
+ * at each call) says whether the key may be in the pods' table; *copied as
  * ctu_lookup_any's. */
-static __always_inline struct ct_value *ct_lookup(struct ct_key *k, struct ct_value *buf,
-						  int *copied)
+static __always_inline struct ct_value *ct_lookup_in(struct ct_key *k, int pods,
+						     struct ct_value *buf, int *copied)
 {
 	*copied = 0;
 	struct ct_value *v = conntrack.lookup(k);
@@ -424,26 +425,26 @@ static __always_inline struct ct_value *ct_lookup(struct ct_key *k, struct ct_va
 	asm volatile("" : "+r"(v));
 	if (v && ct_current(v, bpf_ktime_get_coarse_ns(), k->proto))
 		return v;
-	struct ct_value *u = ctu_lookup_any(k, buf, copied);
+	struct ct_value *u = pods ? ctu_lookup_any(k, buf, copied) : ct_unconfirmed.lookup(k);
 	if (!u)
 		u = v;
 	asm volatile("" : "+r"(u));
 	return u;
 }
 
+static __always_inline struct ct_value *ct_lookup(struct ct_key *k, struct ct_value *buf,
+						  int *copied)
+{
+	return ct_lookup_in(k, 1, buf, copied);
+}
+
 /* ct_lookup for a key only conntrack and ct_unconfirmed can hold: a SNAT entry, or an
- * external client's flow (nodeport.h, icmp.h) — never the pods' table's. */
+ * external client's flow (nodeport.h, icmp.h) — never the pods' table's, whose search
+ * the verifier would walk on every path here. */
 static __always_inline struct ct_value *ct_lookup_external(struct ct_key *k)
 {
-	struct ct_value *v = conntrack.lookup(k);
-	asm volatile("" : "+r"(v));
-	if (v && ct_current(v, bpf_ktime_get_coarse_ns(), k->proto))
-		return v;
-	struct ct_value *u = ct_unconfirmed.lookup(k);
-	if (!u)
-		u = v;
-	asm volatile("" : "+r"(u));
-	return u;
+	int copied;
+	return ct_lookup_in(k, 0, NULL, &copied);
 }
 
 /* Write back a change to an entry ct_lookup or ctu_lookup_any gave, if it was a copy. */

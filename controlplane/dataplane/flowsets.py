@@ -43,11 +43,17 @@ def write_seed_once(seed_table) -> int:
     return seed
 
 
-def set_index(key, seed: int, sets: int) -> int:
-    """The set of `key` (a ct_key), as bpf/conntrack.h's ctp_set computes it."""
+def set_of(src: int, dst: int, sport: int, dport: int, proto: int, direction: int, seed: int,
+           sets: int) -> int:
+    """The set of a key whose fields are these (as the key holds them: addresses and ports
+    in network order, read as native integers), as bpf/conntrack.h's ctp_set computes it."""
     from controlplane._csrc import lib
-    return lib.svcxdp_ffi_ct_set_hash(key.src, key.dst, key.sport, key.dport, key.proto, key.dir,
-                                      seed) & (sets - 1)
+    return lib.svcxdp_ffi_ct_set_hash(src, dst, sport, dport, proto, direction, seed) & (sets - 1)
+
+
+def set_index(key, seed: int, sets: int) -> int:
+    """The set of `key` (a ct_key)."""
+    return set_of(key.src, key.dst, key.sport, key.dport, key.proto, key.dir, seed, sets)
 
 
 def slot_for_new(cursor: int) -> int:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from controlplane.dataplane.affinity_maps import coarse_now_ns as datapath_clock_ns
-from controlplane.dataplane.flowsets import WAYS as SET_WAYS, slot_for_new
+from controlplane.dataplane.flowsets import WAYS as SET_WAYS, set_of, slot_for_new
 from controlplane.dataplane.layout import const
 
 TCP, UDP, ICMP = 6, 17, 1
@@ -138,13 +138,11 @@ class FlowSetsModel(dict):
         self.seed, self.n_sets = seed, n_sets
 
     def _set(self, key: CtKey) -> int:
-        from controlplane._csrc import lib
         native = sys.byteorder
         src, dst, sport, dport, proto, direction = key
-        return lib.svcxdp_ffi_ct_set_hash(
-            int.from_bytes(socket.inet_aton(src), native), int.from_bytes(socket.inet_aton(dst), native),
-            int.from_bytes(sport.to_bytes(2, "big"), native), int.from_bytes(dport.to_bytes(2, "big"), native),
-            proto, direction, self.seed) & (self.n_sets - 1)
+        return set_of(int.from_bytes(socket.inet_aton(src), native), int.from_bytes(socket.inet_aton(dst), native),
+                      int.from_bytes(sport.to_bytes(2, "big"), native), int.from_bytes(dport.to_bytes(2, "big"), native),
+                      proto, direction, self.seed, self.n_sets)
 
     def __setitem__(self, key: CtKey, flow) -> None:
         if self.n_sets and key not in self:

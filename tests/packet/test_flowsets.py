@@ -19,7 +19,7 @@ from controlplane.dataplane import flowsets
 from controlplane.dataplane.affinity_maps import coarse_now_ns as datapath_clock_ns
 from controlplane.dataplane.config import ConfigError, DataplaneConfig
 from controlplane.dataplane.layout import const
-from controlplane.dataplane.program import Dataplane
+from controlplane.dataplane.program import Dataplane, reset
 
 from .harness import CLIENT, CLIENT_MAC, NODE_MAC, VIP, Harness
 from .reference_model import ReferenceDatapath
@@ -195,3 +195,25 @@ def test_the_pods_table_size_is_a_power_of_two_of_whole_sets():
         DataplaneConfig(ct_unconfirmed_pod=1)
     # an unset size follows ct_unconfirmed down to a power of two
     assert DataplaneConfig(ct_unconfirmed=1000).ct_unconfirmed_pod_size == 512
+
+
+def test_each_new_table_gets_a_secret_seed_and_an_adopted_table_keeps_its_own(xdp: Harness):
+    """The set hash is keyed by a seed the loader writes once per table, so spoofed tuples
+    cannot be aimed at one set; a table that outlives its program keeps its seed, since
+    its entries sit where that seed put them. (Flows are placed with any seed, 0 or a
+    changed one, so only this test catches a loader that forgets it.)"""
+    cfg = DataplaneConfig(instance="pytest-flowsets-seed", ct_size=1024, ct_unconfirmed_pod=64, max_services=8,
+                          max_backends=16, max_slots=64, pin=True)
+    reset(cfg)
+    try:
+        dp = Dataplane.load(cfg)
+        first = dp.table(flowsets.TABLE).seed
+        dp.close()
+        dp = Dataplane.load(cfg)                     # adopts the pinned table
+        again = dp.table(flowsets.TABLE).seed
+        dp.close()
+    finally:
+        reset(cfg)
+    other = xdp.dp.table(flowsets.TABLE).seed        # another table's
+    assert first != 0 and other != 0 and other != first
+    assert again == first
