@@ -290,11 +290,16 @@ static __always_inline __u32 ctp_slot_for_new(struct ct_set *s)
 	return w;
 }
 
-/* Copy k's entry into *out; 1 if there is one. */
+/* Copy k's entry into *out; 1 if there is one.
+ * A miss is decided without the lock: most lookups here are new flows' (a miss), and
+ * the lock is a helper call that saves and restores interrupts. A racing writer can
+ * only put k in (this packet came first, as if it had) or take it out (evicted or
+ * confirmed: a miss is right), and a torn read of a slot being rewritten can only
+ * look like k by chance, which the locked search below settles. */
 static __always_inline int ctp_get(const struct ct_key *k, struct ct_value *out)
 {
 	struct ct_set *s = ctp_set(k);
-	if (!s)
+	if (!s || !ctp_match(s, k))
 		return 0;
 	bpf_spin_lock(&s->lock);
 	__u32 m = ctp_match(s, k);
