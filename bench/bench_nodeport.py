@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -227,15 +226,9 @@ class NodePortBench:
         if side != "floor":   # the floor keeps no state
             self.empty_tables(xdp)
         before = self.dp.counters() if xdp else conntrack_stats(topo.node) if side == "iptables" else None
-        limit = int(bench_stack.TRAFGEN_MAX_PPS * (SECONDS + WARMUP + 5))
-        p = subprocess.Popen(["ip", "netns", "exec", topo.client, "trafgen", "--no-sock-mem",
-                              "--notouch-irq", "--dev", "cl0", "--conf", str(cfg), "-P", "1",
-                              "-n", str(limit)], start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        p = bench_stack.start_trafgen(topo.client, cfg, int(bench_stack.TRAFGEN_MAX_PPS * (SECONDS + WARMUP + 5)),
+                                      WARMUP)
         try:
-            time.sleep(WARMUP)
-            if p.poll() is not None:
-                raise RuntimeError(f"trafgen exited early: {p.stderr.read()[-500:]}")
             c0, d0, t0 = netlab.cpu_times(), netlab.sink_delivered(sink), time.perf_counter()
             time.sleep(SECONDS)
             d1, t1, c1 = netlab.sink_delivered(sink), time.perf_counter(), netlab.cpu_times()

@@ -128,6 +128,25 @@ def _stop_group(p: subprocess.Popen) -> None:
             continue
 
 
+def start_trafgen(client_ns: str, cfg: Path, limit: int, warmup: float) -> subprocess.Popen:
+    """trafgen sending `cfg` out of cl0 in `client_ns` (one CPU, at most `limit` frames),
+    running after `warmup` seconds; stop it with _stop_group. trafgen sometimes gives up
+    on a full TX ring at start ("Flushing TX_RING failed: Resource temporarily
+    unavailable"): it is started again, at most twice."""
+    for attempt in range(3):
+        p = subprocess.Popen(["ip", "netns", "exec", client_ns, "trafgen", "--no-sock-mem",
+                              "--notouch-irq", "--dev", "cl0", "--conf", str(cfg), "-P", "1",
+                              "-n", str(limit)], start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(warmup)
+        if p.poll() is None:
+            return p
+        err = p.stderr.read()[-500:]
+        if attempt == 2 or "TX_RING" not in err:
+            raise RuntimeError(f"trafgen exited early: {err}")
+    raise AssertionError("unreachable")
+
+
 class Stack:
     """Both chains, the programs on them, and what each is programmed with."""
 
@@ -263,20 +282,7 @@ class Stack:
         if not cfg.exists():
             trafgen_conf(cfg, n, flows)
         sink = self.sinks[topo.tag]
-        limit = int(TRAFGEN_MAX_PPS * (seconds + warmup + 5))
-        for attempt in range(3):
-            p = subprocess.Popen(["ip", "netns", "exec", topo.client, "trafgen", "--no-sock-mem",
-                                  "--notouch-irq", "--dev", "cl0", "--conf", str(cfg), "-P", "1",
-                                  "-n", str(limit)], start_new_session=True,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            time.sleep(warmup)
-            if p.poll() is None:
-                break
-            # trafgen sometimes gives up on a full TX ring at start ("Flushing TX_RING
-            # failed: Resource temporarily unavailable"): start it again, at most twice.
-            err = p.stderr.read()[-500:]
-            if attempt == 2 or "TX_RING" not in err:
-                raise RuntimeError(f"trafgen exited early: {err}")
+        p = start_trafgen(topo.client, cfg, int(TRAFGEN_MAX_PPS * (seconds + warmup + 5)), warmup)
         try:
             ct_drops0 = netlab.conntrack_drops(topo.node) if topo is self.i else None
             tx0 = netlab.link_stats(topo.client, "cl0")
