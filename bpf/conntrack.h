@@ -230,8 +230,9 @@ static __always_inline int ct_bare_syn(__u8 proto, __u8 tcp_flags)
  * has ways enough that a burst of pending handshakes loses none in practice (8: one in
  * ~10^8 flows of a burst of 2,000).
  * A slot can be given to another flow at any moment by another CPU, so nothing keeps a
- * pointer into it: every read copies the entry out under the set's lock, and a change
- * goes back under the lock only if the slot still holds that key (ctp_replace).
+ * pointer into it: a read that finds its key copies the entry out under the set's lock
+ * (a miss needs no lock: ctp_get), and a change goes back under the lock only if the slot
+ * still holds that key (ctp_replace).
  * Readers that may meet a copy say so (`copied`) so that their changes are written back
  * (ct_store). */
 static __always_inline struct ct_set *ctp_set(const struct ct_key *k)
@@ -256,7 +257,7 @@ static __always_inline __u64 ctp_nz(__u64 x)
 	return (x | neg) >> 63;
 }
 
-/* Bit w set: slot w of s holds k. Under s->lock. */
+/* Bit w set: slot w of s holds k. Under s->lock, or as ctp_get's first look. */
 static __always_inline __u32 ctp_match(struct ct_set *s, const struct ct_key *k)
 {
 	const __u64 *y = (const __u64 *)k;
