@@ -19,7 +19,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from .flowsets import FlowSets
 from .layout import const
 from .libbpf import lookup_batches as _batches
 from .model import PROTOCOLS, SCOPES, Frontend, be16_to_port, be32_to_ip
@@ -82,8 +81,6 @@ def read_entries(table) -> list[AffinityEntry]:
 
 
 def count_entries(table) -> int:
-    if isinstance(table, FlowSets):   # not a hash map: its batches are sets
-        return len(table)
     return sum(n for _, _, n in _batches(table))
 
 

@@ -101,14 +101,26 @@ class FlowSets:
         """The used slots' bytes (key then value), one row each."""
         rows = self._all()
         slots = rows[:, self._slot_at:self._slot_at + WAYS * self._slot_size].reshape(-1, self._slot_size)
-        return slots[slots[:, self.Slot.key.offset + self.Key.proto.offset] != 0]
+        return slots[slots[:, self._proto_at] != 0]
+
+    def _columns(self) -> tuple[bytes, bytes, int]:
+        """The used slots' keys and values, each packed, and their count."""
+        slots = self._slots()
+        k0, v0 = self.Slot.key.offset, self.Slot.value.offset
+        return (slots[:, k0:k0 + self._key_size].tobytes(),
+                slots[:, v0:v0 + ct.sizeof(self.Leaf)].tobytes(), len(slots))
 
     def raw_batches(self) -> Iterator[tuple[bytes, bytes]]:
         """(keys, values) as packed bytes, as the pinned tables' raw_batches gives them."""
-        slots = self._slots()
-        k0, v0 = self.Slot.key.offset, self.Slot.value.offset
-        yield (slots[:, k0:k0 + self._key_size].tobytes(),
-               slots[:, v0:v0 + ct.sizeof(self.Leaf)].tobytes())
+        keys, values, _ = self._columns()
+        yield keys, values
+
+    def lookup_batches(self) -> Iterator[tuple[ct.Array, ct.Array, int]]:
+        """(keys, values, count) as libbpf.lookup_batches gives a hash map's entries (and
+        gives these, for this table): here the used slots, in one chunk."""
+        keys, values, n = self._columns()
+        if n:
+            yield (self.Key * n).from_buffer_copy(keys), (self.Leaf * n).from_buffer_copy(values), n
 
     def items(self) -> Iterator[tuple]:
         for row in self._slots():

@@ -307,7 +307,13 @@ def _lookup_batch_counts(fd: int, keys, values, batch: int, limit: int | None, w
 
 def lookup_batches(table, batch: int = 8192) -> Iterator[tuple[ct.Array, ct.Array, int]]:
     """(keys, values, count) chunks of a hash map, read with BPF_MAP_LOOKUP_BATCH into
-    arrays of the table's ctypes Key and Leaf (reused: a chunk is valid until the next)."""
+    arrays of the table's ctypes Key and Leaf (reused: a chunk is valid until the next).
+    A table that is no hash map gives its entries in the same shape through a
+    `lookup_batches` of its own (flowsets.FlowSets: the pods' sets)."""
+    own = getattr(table, "lookup_batches", None)
+    if own is not None:
+        yield from own()
+        return
     keys = (table.Key * batch)()
     values = (table.Leaf * batch)()
     for n in _lookup_batch_counts(table.map_fd, ffi.cast("void *", ct.addressof(keys)),

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .flowsets import FlowSets
 from .installed import Installed, maglev_inputs, maglev_table, service_row, slot_ids
 from .layout import ALGORITHMS, const
 from .libbpf import lookup_batches
@@ -140,11 +139,9 @@ def recount_connections(flow_tables, backends, installed: dict[Frontend, Install
 def _count_table(table, owner: dict[int, tuple], counts: dict[int, int]) -> None:
     key_s = Packer(table.Key, ("dir",)).struct
     val_s = Packer(table.Leaf, ("nat_ip", "nat_port", "flags", "backend_id", "svc_id")).struct
-    if isinstance(table, FlowSets):   # its map holds sets (flowsets.py)
-        batches = table.raw_batches()
-    else:
-        batches = ((bytes(k)[:n * key_s.size], bytes(v)[:n * val_s.size]) for k, v, n in lookup_batches(table))
-    for kb, vb in batches:
+    for keys, values, n in lookup_batches(table):
+        kb = bytes(keys)[:n * key_s.size]
+        vb = bytes(values)[:n * val_s.size]
         for (direction,), (ip, port, flags, bid, svc_id) in zip(key_s.iter_unpack(kb), val_s.iter_unpack(vb)):
             if (direction == CT_FORWARD and flags & CT_COUNTED and bid in counts and
                     owner[bid] == (svc_id, ip, port)):
