@@ -166,6 +166,24 @@ static __always_inline int ct_udp_absent(const struct ct_key *k, __u64 now)
 	return age >= SVCXDP_CT_RECENT_SURE_AGE;
 }
 
+/* What ct_touch and ct_uncount may change in an entry. A copy from the pods' table goes
+ * back (a lock and a hash) only if it changed: once a second, or when a flag moves. */
+struct ct_mark {
+	__u64 last_seen;
+	__u8 flags;
+};
+
+static __always_inline struct ct_mark ct_mark_of(const struct ct_value *v)
+{
+	struct ct_mark m = { .last_seen = v->last_seen, .flags = v->flags };
+	return m;
+}
+
+static __always_inline int ct_changed(const struct ct_value *v, struct ct_mark was)
+{
+	return v->last_seen != was.last_seen || v->flags != was.flags;
+}
+
 /* Refresh an entry (`k`: its key, for the UDP stamp); returns 1 when this packet
  * starts the close (first FIN/RST). */
 static __always_inline int ct_touch(struct ct_value *v, const struct ct_key *k, __u64 now,
@@ -413,7 +431,7 @@ static __always_inline struct ct_value *ctu_lookup_any(struct ct_key *k, struct 
 	*copied = ctp_get(k, buf);
 	if (!*copied)
 		u = ct_unconfirmed.lookup(k);
-	asm volatile("" : "+r"(u));   /* (one pointer for clang to hand on, see ct_lookup) */
+	asm volatile("" : "+r"(u));   /* (one pointer for clang to hand on, see ct_lookup_in) */
 	return u;
 }
 

@@ -140,16 +140,14 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct ethhdr *eth, 
 		ev->main = SVCXDP_CNT_PASS_NON_SERVICE;
 		return XDP_PASS;
 	}
-	__u64 seen = v->last_seen;
-	__u8 flags = v->flags;
+	struct ct_mark was = ct_mark_of(v);
 	if (ct_touch(v, &m.key, now, l4->tcp_flags)) {
 		if (m.via_reply_entry)
 			ct_uncount_from_reply(&m.key, v);
 		else
 			ct_uncount(v);
 	}
-	/* A copy from the pods' table goes back only if it changed (once a second). */
-	if (v->last_seen != seen || v->flags != flags)
+	if (ct_changed(v, was))
 		ct_store(m.copied, &m.key, v);
 	__be32 orig_src = ip->saddr;
 	nat_src(ip, l4->sport, &l4->csum, m.vip, m.vport);
@@ -207,8 +205,7 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 	}
 	if (v && ct_alive(v, now, k.proto) && !ct_reopened(v, l4->tcp_flags)) {
 		if (ct_backend_valid(v)) {
-			__u64 seen = v->last_seen;
-			__u8 flags = v->flags;
+			struct ct_mark was = ct_mark_of(v);
 			if (ct_touch(v, &k, now, l4->tcp_flags))
 				ct_uncount(v);
 			nat_ip = v->nat_ip;
@@ -222,8 +219,7 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 					    ct_confirms(k.proto, l4->tcp_flags);
 			if (confirmed_now)
 				ct_confirm(external, &k, v, now);
-			else if (where == CT_IN_UNCONFIRMED &&
-				 (v->last_seen != seen || v->flags != flags))
+			else if (where == CT_IN_UNCONFIRMED && ct_changed(v, was))
 				ctu_store(external, &k, v);
 			/* An unconfirmed SNATed flow may have lost its port (nodeport.h). */
 			if (external && where == CT_IN_UNCONFIRMED && snat.ip)
@@ -238,7 +234,7 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 	/* An expired, reopened or stale flow is replaced below: it no longer holds a
 	 * connection of its old backend. */
 	if (v) {
-		__u8 flags = v->flags;
+		__u8 flags = v->flags;   /* (ct_uncount changes only the flags) */
 		ct_uncount(v);
 		if (where == CT_IN_UNCONFIRMED && v->flags != flags)
 			ctu_store(external, &k, v);

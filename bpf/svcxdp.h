@@ -312,7 +312,7 @@ struct ct_slot {
 };
 
 struct ct_set {
-	struct bpf_spin_lock lock;   /* held for every read or write of the slots */
+	struct bpf_spin_lock lock;   /* held for every write, and to copy a slot out */
 	__u32 next;                  /* the slot the set's next new flow takes (mod the ways) */
 	struct ct_slot slot[SVCXDP_CT_SET_WAYS];
 };
