@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import socket
 import struct
-import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
 from controlplane.dataplane.affinity_maps import coarse_now_ns as datapath_clock_ns
 from controlplane.dataplane.flowsets import WAYS as SET_WAYS, set_of, slot_for_new
 from controlplane.dataplane.layout import const
+from controlplane.dataplane.model import ip_to_be32, port_to_be16
 
 TCP, UDP, ICMP = 6, 17, 1
 FWD, REPLY = 0, 1
@@ -138,10 +138,8 @@ class FlowSetsModel(dict):
         self.seed, self.n_sets = seed, n_sets
 
     def _set(self, key: CtKey) -> int:
-        native = sys.byteorder
-        src, dst, sport, dport, proto, direction = key
-        return set_of(int.from_bytes(socket.inet_aton(src), native), int.from_bytes(socket.inet_aton(dst), native),
-                      int.from_bytes(sport.to_bytes(2, "big"), native), int.from_bytes(dport.to_bytes(2, "big"), native),
+        src, dst, sport, dport, proto, direction = key   # (fields as the ct_key holds them)
+        return set_of(ip_to_be32(src), ip_to_be32(dst), port_to_be16(sport), port_to_be16(dport),
                       proto, direction, self.seed, self.n_sets)
 
     def __setitem__(self, key: CtKey, flow) -> None:
