@@ -135,6 +135,11 @@ __attribute__((section("maps/devmap:" SVCXDP_PIN_DIR "/tx_ports")))
 __attribute__((section("maps/devmap")))
 #endif
 struct tx_ports_table_t tx_ports = { .max_entries = SVCXDP_TX_PORTS_SIZE };
+/* The FIB result cache's generation (struct fib_gen), written by the agent. */
+SVCXDP_MAP("array", __u32, struct fib_gen, fib_gen, 1);
+/* The cache itself (fib.h); per CPU, never pinned: it is only a cache, and a slot of
+ * another program's or generation's is never used. */
+BPF_PERCPU_ARRAY(fib_cache, struct fib_cache_entry, 1 << SVCXDP_FIB_CACHE_BITS);
 /* Per-service packets, bytes, new flows, rejects. */
 SVCXDP_MAP("percpu_array", __u32, struct svc_stats, svc_stats, SVCXDP_SVC_ID_SLOTS);
 /* Per-backend new flows (8 bytes x backends x CPUs). */

@@ -156,7 +156,7 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct ethhdr *eth, 
 	frag_record(ip, orig_src, ip->daddr, m.vip, 0, SVCXDP_CT_DIR_REPLY);
 	svc_account(v->svc_id, frame_bytes(ip, l3_off), 0, 0);
 	ev->main = SVCXDP_CNT_REVNAT;
-	return forward(ctx, eth, ip, vlan, ev);
+	return forward(ctx, eth, ip, vlan, now, ev);
 }
 
 /* Is the conntrack entry's backend still a live member of its service? */
@@ -311,7 +311,7 @@ dnat:;
 	frag_record(ip, orig_src, orig_dst, nat_ip, snat.ip, SVCXDP_CT_DIR_FORWARD);
 	if (external)
 		return SVCXDP_VERDICT_NP_OUT;
-	return forward(ctx, eth, ip, vlan, ev);
+	return forward(ctx, eth, ip, vlan, now, ev);
 }
 
 /* `external` and `replies` are constants per program, so each keeps only its own paths:

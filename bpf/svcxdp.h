@@ -134,7 +134,8 @@
 #define SVCXDP_CNT_XDP_TX 29           /* sent back out of the interface it came in on */
 #define SVCXDP_CNT_SNAT_RECLAIMED 30   /* SNAT port taken from an unconfirmed flow (nodeport.h) */
 #define SVCXDP_CNT_REDIRECT_REFUSED 31 /* routed, but the egress device is not in tx_ports: to the stack */
-#define SVCXDP_CNT_MAX 32
+#define SVCXDP_CNT_FIB_CACHED 32       /* redirected with a cached FIB result (fib.h): no lookup */
+#define SVCXDP_CNT_MAX 33
 
 /* ---- hairpin ------------------------------------------------------------------ */
 /* A pod whose Service picks the pod itself would receive its own address as source
@@ -177,6 +178,14 @@
 /* Devices a translated frame may be redirected to (fib.h), by ifindex: ifindexes at or
  * above this are never redirect targets (their frames go through the stack). */
 #define SVCXDP_TX_PORTS_SIZE 65536
+/* The FIB result cache (fib.h): per CPU, direct-mapped by (destination, ingress
+ * device), 2^BITS slots of 36 bytes (144 KiB per CPU). An entry is used while the
+ * generation in fib_gen is the one it was looked up under (the agent's route watcher,
+ * dataplane/fibwatch.py, moves it on every change of routes, neighbours, links,
+ * addresses, rules or forwarding settings) and for at most TTL_MS, a bound on staleness
+ * that holds even with no agent running. */
+#define SVCXDP_FIB_CACHE_BITS 12
+#define SVCXDP_FIB_CACHE_TTL_MS 1000
 /* A first fragment's record translates later fragments this long, as the kernel
  * keeps a reassembly queue (net.ipv4.ipfrag_time): after that the IP id may be
  * reused by another datagram, which must not inherit the old translation. */
@@ -444,6 +453,30 @@ struct sock_config {
 			    * is not bound to one: the node's address, as its packets
 			    * would carry on the XDP path */
 	__u32 reserved;
+};
+
+/* The FIB result cache's switch and generation, one entry written by the agent (fib.h,
+ * dataplane/fibwatch.py). gen 0: the cache is off and every frame is looked up (no
+ * watcher, or routing the cache cannot stand for: policy rules, multipath routes). */
+struct fib_gen {
+	__u32 gen;
+	__u32 reserved;
+};
+
+/* One slot of the per-CPU FIB result cache (fib.h): the next hop a successful
+ * bpf_fib_lookup() gave for frames from `iif` to `dst`. */
+struct fib_cache_entry {
+	__be32 dst;
+	__u32 iif;        /* ingress device: the lookup checks its forwarding setting */
+	__u32 gen;        /* fib_gen.gen when looked up */
+	__u32 ifindex;    /* egress device */
+	__u8 smac[6];
+	__u8 dmac[6];
+	__u16 ok_len;     /* tot_len of the frame that was looked up: no larger frame is
+			   * sent without a lookup (the egress MTU check) */
+	__u16 pad;
+	__u32 stamp;      /* when looked up: the coarse clock in units of 2^20 ns (about
+			   * a millisecond), truncated to 32 bits */
 };
 
 /* Per-service counters (per-CPU array indexed by svc_id). */

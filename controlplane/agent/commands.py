@@ -60,6 +60,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "program); --no-fib-redirect: every one through the node's stack. Default: on "
                         "with --attach-points in native mode (the only way a device becomes a target), "
                         "off otherwise, so no packet pays a lookup that can only end in the stack")
+    p.add_argument("--fib-cache", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --fib-redirect: remember each CPU's last FIB answers per destination and "
+                        "ingress device, invalidated by a netlink watch of this namespace's routes, "
+                        "neighbours, links, addresses and rules (bpf/fib.h; off by itself while policy "
+                        "rules or multipath routes exist). --no-fib-cache: a lookup for every packet")
     p.add_argument("--ct-size", type=int, help="conntrack entries (default 1048576)")
     p.add_argument("--ct-unconfirmed-size", type=int, metavar="N",
                    help="entries of ct_unconfirmed, where flows from outside the cluster (NodePort, "
@@ -198,9 +203,17 @@ def run(args: argparse.Namespace) -> int:
                          name="ctgc", daemon=True).start()
     # The agent's bulk work leaves ~5 containers per endpoint alive for good: kept out
     # of the collector's full walks, which otherwise stall changes (gcpause's text)
+    fib_watch = None
+    if config.fib_redirect and args.fib_cache:
+        from controlplane.dataplane import fibwatch
+        fib_watch, _ = fibwatch.start(dp.table(fibwatch.MAP))
+        log.info("FIB result cache: %s", f"on, generation {fib_watch.gen}" if fib_watch.gen
+                 else f"off ({fib_watch.state.why_not()})")
     hold_long_lived()
     log.info("gc: the long-lived heap is held out of collections, swept when quiet once it has doubled")
     agent.run(stop)
+    if fib_watch is not None:
+        fib_watch.close()   # nobody watches the routing any more: the cache goes off
     service_health.close()
     if feed is not None:
         feed.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import attach as _attach
-from . import flowsets, udprecent
+from . import fibwatch, flowsets, udprecent
 from .config import FLOW_TABLES, PROGRAM_PINS, DataplaneConfig
 from .layout import COUNTER_NAMES, const
 from .libbpf import map_info, obj_get, prog_id, u32_delete, u32_update
@@ -36,7 +36,7 @@ SVCXDP_CNT_MAX = const("CNT_MAX")
 TX_PORTS_SIZE = const("TX_PORTS_SIZE")
 MAP_NAMES = ("services", "slots", "backends", "rev_nat", *FLOW_TABLES, flowsets.SEED_MAP, udprecent.MAP,
              "fragments", "rr_state", "svc_stats", "backend_stats", "counters", "backend_conns", "maglev",
-             "affinity", "sock_revnat", "sock_config", "source_ranges")
+             "affinity", "sock_revnat", "sock_config", "source_ranges", fibwatch.MAP)
 
 
 class DataplaneError(RuntimeError):
@@ -54,7 +54,7 @@ def _check_pinned_layout(bpf, config: DataplaneConfig) -> None:
         "svc_stats": config.svc_id_slots, "backend_stats": config.max_backends,
         "backend_conns": config.max_backends,
         "maglev": config.max_services, "affinity": config.affinity_size,
-        "sock_revnat": config.sock_revnat_size, "sock_config": 1,
+        "sock_revnat": config.sock_revnat_size, "sock_config": 1, fibwatch.MAP: 1,
         "counters": SVCXDP_CNT_MAX, "np_tail": len(EXTERNAL_TAILS),
     }
     for name in (*MAP_NAMES, "np_tail"):

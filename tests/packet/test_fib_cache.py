@@ -1,0 +1,187 @@
+"""The FIB result cache (bpf/fib.h) and the watcher that keeps its generation
+(controlplane/dataplane/fibwatch.py), with real netlink in a node namespace
+(tests/packet/nodenet.py) and frames through BPF_PROG_TEST_RUN: a frame for a backend
+seen before is redirected with the remembered next hop; a changed neighbour, route or MTU
+is followed by the very next frame once the watcher has seen the change; policy rules
+and multipath routes turn the cache off; with no watcher left a slot lives at most the
+TTL."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from controlplane.dataplane import fibwatch
+from controlplane.dataplane.layout import const
+from controlplane.dataplane.model import Backend, Frontend, ServiceState
+
+from . import nodenet
+from .harness import VIP, Harness
+
+CLIENT, CLIENT_MAC = next(iter(nodenet.CLIENTS.items()))
+NEW_MAC = "02:00:00:00:02:99"
+TTL_S = const("FIB_CACHE_TTL_MS") / 1000
+CPU = min(os.sched_getaffinity(0))   # the cache is per CPU: every frame runs on this one
+
+
+@pytest.fixture
+def node(xdp: Harness):
+    n = nodenet.create()
+    xdp.writer.upsert(ServiceState(Frontend(VIP, 53, "UDP"), (Backend(nodenet.LOCAL_POD, 5353),), "random"))
+    xdp.dp.allow_redirect(n.pod_ifindex, n.name)
+    xdp.dp.allow_redirect(n.ext_ifindex, n.name)
+    try:
+        yield n
+    finally:
+        xdp.dp.forbid_redirect(n.pod_ifindex)
+        xdp.dp.forbid_redirect(n.ext_ifindex)
+        nodenet.delete(n)
+
+
+@pytest.fixture
+def watch(xdp: Harness, node):
+    w, thread = fibwatch.start(xdp.dp.table(fibwatch.MAP), node.name)
+    try:
+        yield w
+    finally:
+        w.close()
+        thread.join(10)
+        assert not thread.is_alive()
+
+
+def _send(xdp: Harness, node, sport: int, size: int = 0) -> tuple[str, Ether]:
+    pkt = (Ether(src=CLIENT_MAC, dst=node.ext_mac) / IP(src=CLIENT, dst=VIP) /
+           UDP(sport=sport, dport=53) / (b"q" * size))
+
+    def on_one_cpu():
+        os.sched_setaffinity(0, {CPU})
+        return xdp.runner.run(bytes(pkt), 1, node.ext_ifindex)
+    res = node.call(on_one_cpu)
+    return res.verdict_name, Ether(res.data)
+
+
+def _cached(xdp: Harness) -> int:
+    return xdp.counters()["fib_cached"]
+
+
+def _settled(w: fibwatch.FibWatch, before: int, timeout: float = 5.0) -> None:
+    """Wait until the watcher has handed out a generation after `before` changes."""
+    deadline = time.monotonic() + timeout
+    while w.changes <= before:
+        assert time.monotonic() < deadline, "the watcher saw no change"
+        time.sleep(0.01)
+
+
+def _gen(xdp: Harness) -> int:
+    return int(xdp.dp.table(fibwatch.MAP)[0].gen)
+
+
+def test_a_second_frame_to_the_same_backend_uses_the_cached_next_hop(xdp: Harness, node, watch):
+    assert _gen(xdp) > 0
+    before = _cached(xdp)
+    verdict, first = _send(xdp, node, 40000)
+    assert verdict == "XDP_REDIRECT" and _cached(xdp) == before
+    verdict, second = _send(xdp, node, 40001)   # another flow, same backend
+    assert verdict == "XDP_REDIRECT" and _cached(xdp) == before + 1
+    assert (second.dst, second.src, second[IP].ttl, second[IP].dst) == \
+        (first.dst, first.src, 63, nodenet.LOCAL_POD) == (nodenet.LOCAL_POD_MAC, first.src, 63, nodenet.LOCAL_POD)
+
+
+def test_a_neighbour_with_a_new_mac_is_followed_by_the_next_frame(xdp: Harness, node, watch):
+    _send(xdp, node, 40000)
+    assert _send(xdp, node, 40001)[1].dst == nodenet.LOCAL_POD_MAC
+    seen = watch.changes
+    nodenet._ip(node.name, "neigh", "replace", nodenet.LOCAL_POD, "lladdr", NEW_MAC, "dev", "pod0",
+                "nud", "permanent")
+    _settled(watch, seen)
+    verdict, out = _send(xdp, node, 40002)
+    assert verdict == "XDP_REDIRECT" and out.dst == NEW_MAC
+
+
+def test_a_moved_route_is_followed_by_the_next_frame(xdp: Harness, node, watch):
+    _send(xdp, node, 40000)
+    seen = watch.changes
+    nodenet._ip(node.name, "route", "replace", "10.244.1.0/24", "via", nodenet.NODE2_IP, "dev", "ext0")
+    _settled(watch, seen)
+    verdict, out = _send(xdp, node, 40001)
+    assert verdict == "XDP_REDIRECT" and (out.dst, out.src) == (nodenet.NODE2_MAC, node.ext_mac)
+
+
+def test_a_frame_larger_than_the_cached_one_is_checked_against_the_mtu(xdp: Harness, node):
+    nodenet._ip(node.name, "link", "set", "pod0", "mtu", "1000")
+    w, thread = fibwatch.start(xdp.dp.table(fibwatch.MAP), node.name)   # after the MTU change
+    try:
+        assert _send(xdp, node, 40000, size=900)[0] == "XDP_REDIRECT"
+        verdict, out = _send(xdp, node, 40001, size=1200)   # above pod0's MTU: the stack's
+        assert verdict == "XDP_PASS" and out[IP].ttl == 64
+        before = _cached(xdp)
+        assert _send(xdp, node, 40002, size=500)[0] == "XDP_REDIRECT" and _cached(xdp) == before + 1
+    finally:
+        w.close()
+        thread.join(10)
+
+
+@pytest.mark.parametrize("routing", ["rule", "multipath"])
+def test_policy_rules_and_multipath_routes_turn_the_cache_off(xdp: Harness, node, watch, routing):
+    seen = watch.changes
+    if routing == "rule":   # the client's frames to local pods leave by node2
+        nodenet._ip(node.name, "route", "add", "10.244.1.0/24", "via", nodenet.NODE2_IP, "dev", "ext0",
+                    "table", "100")
+        nodenet._ip(node.name, "rule", "add", "from", CLIENT, "lookup", "100", "priority", "100")
+    else:
+        nodenet._ip(node.name, "route", "add", "10.244.9.0/24", "nexthop", "via", nodenet.NODE2_IP,
+                    "nexthop", "via", next(iter(nodenet.CLIENTS)))
+    _settled(watch, seen)
+    deadline = time.monotonic() + 5
+    while _gen(xdp) != 0:
+        assert time.monotonic() < deadline, "the cache stayed on"
+        time.sleep(0.01)
+    before = _cached(xdp)
+    for sport in (40000, 40001, 40002):
+        verdict, out = _send(xdp, node, sport)
+        assert verdict == "XDP_REDIRECT"
+        assert out.dst == (nodenet.NODE2_MAC if routing == "rule" else nodenet.LOCAL_POD_MAC)
+    assert _cached(xdp) == before
+    seen = watch.changes
+    if routing == "rule":
+        nodenet._ip(node.name, "rule", "del", "priority", "100")
+    else:
+        nodenet._ip(node.name, "route", "del", "10.244.9.0/24")
+    _settled(watch, seen)
+    assert _gen(xdp) > 0
+
+
+def test_closing_the_watcher_turns_the_cache_off_and_generations_are_never_reused(xdp: Harness, node):
+    w, thread = fibwatch.start(xdp.dp.table(fibwatch.MAP), node.name)
+    first = _gen(xdp)
+    w.close()
+    thread.join(10)
+    assert not thread.is_alive() and _gen(xdp) == 0
+    w, thread = fibwatch.start(xdp.dp.table(fibwatch.MAP), node.name)
+    try:
+        assert _gen(xdp) > first
+    finally:
+        w.close()
+        thread.join(10)
+
+
+def test_without_a_watcher_a_slot_lives_at_most_the_ttl(xdp: Harness, node):
+    """A watcher that died leaves its generation in the map: the TTL bounds how long a
+    change goes unseen."""
+    table = xdp.dp.table(fibwatch.MAP)
+    leaf = table[0]
+    leaf.gen = leaf.reserved = int(leaf.reserved) + 1
+    table[0] = leaf
+    try:
+        _send(xdp, node, 40000)
+        nodenet._ip(node.name, "neigh", "replace", nodenet.LOCAL_POD, "lladdr", NEW_MAC, "dev", "pod0",
+                    "nud", "permanent")
+        assert _send(xdp, node, 40001)[1].dst == nodenet.LOCAL_POD_MAC   # the stale slot, as documented
+        time.sleep(TTL_S + 0.1)
+        assert _send(xdp, node, 40002)[1].dst == NEW_MAC
+    finally:
+        leaf.gen = 0
+        table[0] = leaf
