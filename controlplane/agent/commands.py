@@ -201,14 +201,14 @@ def run(args: argparse.Namespace) -> int:
         from .ctgc_loop import gc_loop
         threading.Thread(target=gc_loop, args=(ct_gc, stop, log, args.ct_gc_interval),
                          name="ctgc", daemon=True).start()
-    # The agent's bulk work leaves ~5 containers per endpoint alive for good: kept out
-    # of the collector's full walks, which otherwise stall changes (gcpause's text)
     fib_watch = None
     if config.fib_redirect and args.fib_cache:
         from controlplane.dataplane import fibwatch
         fib_watch, _ = fibwatch.start(dp.table(fibwatch.MAP))
         log.info("FIB result cache: %s", f"on, generation {fib_watch.gen}" if fib_watch.gen
                  else f"off ({fib_watch.state.why_not()})")
+    # The agent's bulk work leaves ~5 containers per endpoint alive for good: kept out
+    # of the collector's full walks, which otherwise stall changes (gcpause's text)
     hold_long_lived()
     log.info("gc: the long-lived heap is held out of collections, swept when quiet once it has doubled")
     agent.run(stop)
