@@ -206,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
         from controlplane.dataplane import fibwatch
         fib_watch, _ = fibwatch.start(dp.table(fibwatch.MAP))
         log.info("FIB result cache: %s", f"on, generation {fib_watch.gen}" if fib_watch.gen
-                 else f"off ({fib_watch.state.why_not()})")
+                 else f"off ({fib_watch.state.why_not() or 'its route watcher stopped: see above'})")
     # The agent's bulk work leaves ~5 containers per endpoint alive for good: kept out
     # of the collector's full walks, which otherwise stall changes (gcpause's text)
     hold_long_lived()
