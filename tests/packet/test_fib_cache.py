@@ -17,6 +17,7 @@ from scapy.layers.l2 import Ether
 from controlplane.dataplane import fibwatch
 from controlplane.dataplane.layout import const
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
+from controlplane.lab import netns
 
 from . import nodenet
 from .harness import VIP, Harness
@@ -185,3 +186,15 @@ def test_without_a_watcher_a_slot_lives_at_most_the_ttl(xdp: Harness, node):
     finally:
         leaf.gen = 0
         table[0] = leaf
+
+
+def test_forwarding_turned_off_on_the_ingress_device_is_followed_by_the_next_frame(xdp: Harness, node, watch):
+    """The lookup refuses frames from a device that does not forward (FWD_DISABLED): a
+    cached answer must not outlive the sysctl (an RTM_NEWNETCONF message)."""
+    _send(xdp, node, 40000)
+    assert _send(xdp, node, 40001)[0] == "XDP_REDIRECT"
+    seen = watch.changes
+    netns.sysctl(node.name, {"net.ipv4.conf.ext0.forwarding": 0})
+    _settled(watch, seen)
+    verdict, out = _send(xdp, node, 40002)
+    assert verdict == "XDP_PASS" and out[IP].ttl == 64
