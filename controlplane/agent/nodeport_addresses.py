@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Iterable, Sequence
 
-from pyroute2 import IPRoute
+from controlplane.dataplane.attach import open_ipr
 
 
 def parse_cidrs(text: str) -> tuple[str, ...]:
@@ -31,5 +31,5 @@ def select(addresses: Iterable[str], cidrs: Sequence[str]) -> tuple[str, ...]:
 
 def interface_addresses(ns: str, ifindex: int) -> list[str]:
     """The IPv4 addresses of one interface, in the named network namespace ("" = ours)."""
-    with (IPRoute(netns=ns, flags=0) if ns else IPRoute()) as ipr:
+    with open_ipr(ns or None) as ipr:
         return [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=2, index=ifindex)]

@@ -61,13 +61,10 @@ def in_netns(netns: str | None) -> Iterator[None]:
         os.close(own)
 
 
-@contextmanager
-def _ipr(netns: str | None) -> Iterator[IPRoute]:
-    ipr = IPRoute(netns=netns, flags=0) if netns else IPRoute()
-    try:
-        yield ipr
-    finally:
-        ipr.close()
+def open_ipr(netns: str | None) -> IPRoute:
+    """A netlink route socket opened inside the named namespace (None: the caller's);
+    a context manager that closes it."""
+    return IPRoute(netns=netns, flags=0) if netns else IPRoute()
 
 
 def _index(ipr: IPRoute, ifname: str, netns: str | None) -> int:
@@ -82,7 +79,7 @@ def attach_xdp(prog_fd: int, ifname: str, netns: str | None = None, mode: str = 
     """Attach (or atomically replace) the XDP program on ifname; returns the ifindex."""
     if mode not in MODES:
         raise AttachError(f"XDP mode {mode!r}: expected one of {', '.join(MODES)}")
-    with _ipr(netns) as ipr:
+    with open_ipr(netns) as ipr:
         idx = _index(ipr, ifname, netns)
         ipr.link("set", index=idx,
                  xdp={"attrs": [("IFLA_XDP_FD", prog_fd), ("IFLA_XDP_FLAGS", MODES[mode])]})
@@ -90,7 +87,7 @@ def attach_xdp(prog_fd: int, ifname: str, netns: str | None = None, mode: str = 
 
 
 def detach_xdp(ifname: str, netns: str | None = None, mode: str = "native") -> None:
-    with _ipr(netns) as ipr:
+    with open_ipr(netns) as ipr:
         idx = _index(ipr, ifname, netns)
         ipr.link("set", index=idx,
                  xdp={"attrs": [("IFLA_XDP_FD", -1), ("IFLA_XDP_FLAGS", MODES[mode])]})
@@ -98,7 +95,7 @@ def detach_xdp(ifname: str, netns: str | None = None, mode: str = "native") -> N
 
 def attached_prog_id(ifname: str, netns: str | None = None) -> int | None:
     """The id of the XDP program attached to ifname, or None."""
-    with _ipr(netns) as ipr:
+    with open_ipr(netns) as ipr:
         idx = _index(ipr, ifname, netns)
         link = ipr.get_links(idx)[0]
         xdp = link.get_attr("IFLA_XDP")
