@@ -31,6 +31,8 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE, RTMGRP_LINK,
                                    RTMGRP_NEIGH, RTNLGRP_IPV4_NETCONF)
 
+from .attach import open_ipr
+
 MAP = "fib_gen"
 GROUPS = (RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE |
           1 << (RTNLGRP_IPV4_NETCONF - 1))
@@ -55,16 +57,20 @@ def default_rule(rule) -> bool:
             and rule["action"] == 1 and not (rule["src_len"] or rule["dst_len"] or rule["tos"]))
 
 
+def _route_table(route, attrs: dict) -> int:
+    return attrs.get("RTA_TABLE", route["table"])   # the header's field holds tables < 256 only
+
+
 def route_key(route) -> tuple:
     attrs = dict(route["attrs"])
-    return (attrs.get("RTA_TABLE", route["table"]), attrs.get("RTA_DST"), route["dst_len"], route["tos"],
+    return (_route_table(route, attrs), attrs.get("RTA_DST"), route["dst_len"], route["tos"],
             attrs.get("RTA_PRIORITY", 0))
 
 
 def route_uncacheable(route) -> bool:
     """A route whose answer depends on more than the destination (see the module text)."""
     attrs = dict(route["attrs"])
-    return (attrs.get("RTA_TABLE", route["table"]) in DEFAULT_TABLES and
+    return (_route_table(route, attrs) in DEFAULT_TABLES and
             ("RTA_MULTIPATH" in attrs or "RTA_NH_ID" in attrs or route["tos"] != 0))
 
 
@@ -119,24 +125,25 @@ class FibWatch:
         self.netns = netns
         self.state = RoutingState()
         self.gen = 0
+        # the last generation ever handed out, kept in the map for the next watcher; this
+        # one is its only writer while it runs, so it is read once
+        self._last = int(table[table.Key(0)].reserved)
         self.changes = 0         # generations handed out (tests, logs)
         self.ready = threading.Event()
         self._ipr: IPRoute | None = None
         self._closed = False
         self._lock = threading.Lock()
 
-    def _open(self) -> IPRoute:
-        return IPRoute(netns=self.netns, flags=0) if self.netns else IPRoute()
+    def _read_rules(self) -> None:
+        with open_ipr(self.netns) as ipr:
+            self.state.odd_rules = sum(not default_rule(r) for r in ipr.get_rules(family=socket.AF_INET))
 
     def _read_state(self) -> None:
         """Rules and routes as they are now (after subscribing: nothing slips between)."""
-        state = RoutingState(neighbours=self.state.neighbours)
-        with self._open() as ipr:
-            state.odd_rules = sum(not default_rule(r) for r in ipr.get_rules(family=socket.AF_INET))
-            for r in ipr.get_routes(family=socket.AF_INET, table=0):
-                if route_uncacheable(r):
-                    state.uncacheable.add(route_key(r))
-        self.state = state
+        self._read_rules()
+        with open_ipr(self.netns) as ipr:
+            self.state.uncacheable = {route_key(r) for r in ipr.get_routes(family=socket.AF_INET, table=0)
+                                      if route_uncacheable(r)}
 
     def _publish(self) -> None:
         """A new generation (or 0, off), written to the map; nothing once closed."""
@@ -145,18 +152,21 @@ class FibWatch:
                 self._write_next()
 
     def _write_next(self) -> None:
-        leaf = self.table[self.table.Key(0)]
-        last = max(int(leaf.reserved), self.gen)
         if self.state.cacheable:
-            self.gen = last % 0xFFFFFFFF + 1
+            self._write(self._last % 0xFFFFFFFF + 1)
         else:
             if self.gen or not self.changes:
                 log.info("FIB result cache off: %s", self.state.why_not())
-            self.gen = 0
-        leaf.gen = self.gen
-        leaf.reserved = max(last, self.gen)
-        self.table[self.table.Key(0)] = leaf
+            self._write(0)
         self.changes += 1
+
+    def _write(self, gen: int) -> None:
+        """fib_gen := this generation (0: off) and the last one ever handed out."""
+        self.gen = gen
+        self._last = max(self._last, gen)
+        leaf = self.table.Leaf()
+        leaf.gen, leaf.reserved = gen, self._last
+        self.table[self.table.Key(0)] = leaf
 
     def _changed(self, msg) -> bool:
         event = msg["event"]
@@ -165,14 +175,14 @@ class FibWatch:
         if event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
             self.state.route(msg)
         elif event in ("RTM_NEWRULE", "RTM_DELRULE"):
-            self._read_state()
+            self._read_rules()
         return True   # links, addresses, routes, rules, netconf: anything may differ
 
     def run(self) -> None:
         """Until close(): publish a generation now and after every batch of messages that
         changed something."""
         # pyroute2 (0.9) delivers a bound socket's messages to the thread that made it
-        self._ipr = self._open()
+        self._ipr = open_ipr(self.netns)
         try:
             self._ipr.bind(groups=GROUPS)
             self._read_state()
@@ -200,10 +210,7 @@ class FibWatch:
         with self._lock:
             if not self._closed:
                 self._closed = True
-                leaf = self.table[self.table.Key(0)]
-                leaf.reserved = max(int(leaf.reserved), self.gen)
-                leaf.gen = self.gen = 0
-                self.table[self.table.Key(0)] = leaf
+                self._write(0)
         ipr, self._ipr = self._ipr, None
         if ipr is not None:
             ipr.close()
