@@ -16,6 +16,7 @@
 #ifndef SVCXDP_FIB_H
 #define SVCXDP_FIB_H
 
+#include "flowhash.h"
 #include "maps.h"
 
 /* Forwarding in XDP makes the program the router: it decrements the TTL itself
@@ -63,11 +64,10 @@ static __always_inline int fib_redirect(struct ethhdr *eth, struct iphdr *ip, __
 }
 
 /* The FIB result cache (struct fib_cache_entry): a frame's destination and ingress
- * device pick one slot per CPU. Multiplicative hashing; ifindexes are small. */
+ * device pick one slot per CPU (csrc/flowhash.h). */
 static __always_inline struct fib_cache_entry *fib_cache_slot(__be32 dst, __u32 iif)
 {
-	__u32 h = ((__u32)dst ^ (iif << 20)) * 0x9E3779B1u;
-	__u32 i = h >> (32 - SVCXDP_FIB_CACHE_BITS);
+	__u32 i = svcxdp_fib_cache_hash(dst, iif) >> (32 - SVCXDP_FIB_CACHE_BITS);
 	return fib_cache.lookup(&i);
 }
 

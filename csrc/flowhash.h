@@ -114,6 +114,18 @@ svcxdp_udp_recent_hash(unsigned int saddr, unsigned int daddr, unsigned int spor
 }
 
 /*
+ * Slot hash of the FIB result cache (bpf/fib.h, fib_cache_slot): a multiplicative mix of
+ * a destination (network byte order) and an ingress ifindex (small, so moved into the
+ * high bits); the caller keeps the top bits. No seed: the cache is per CPU and a
+ * collision only costs a FIB lookup.
+ */
+static __always_inline unsigned int
+svcxdp_fib_cache_hash(unsigned int daddr, unsigned int ifindex)
+{
+	return (daddr ^ (ifindex << 20)) * 0x9e3779b1U;
+}
+
+/*
  * Set of a conntrack key in ct_unconfirmed_pod (bpf/conntrack.h, ctp_set): the whole
  * key (addresses and ports as the key holds them, protocol, direction) through
  * jhash_3words under the table's secret seed, so spoofed tuples cannot be aimed at
