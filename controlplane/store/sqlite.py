@@ -36,6 +36,13 @@ from .interface import (ADDED, DELETED, INDEX_LABELS, MODIFIED, IndexEntry, Obje
 
 T = TypeVar("T", bound=ApiObject)
 
+# A stored object is a JSON document of about 0.5-2 KB (an EndpointSlice of 10 endpoints:
+# ~1.1 KB). In `objects`, a table WITHOUT ROWID, a row larger than about a quarter of
+# a 4 KiB page spills into an overflow page: a bulk read of 10,000 slices then cost
+# ~11,000 page reads (~45 ms) and the file held half its pages as overflow. With 16 KiB
+# pages such a row stays in its leaf: ~15 ms, and the file half the size.
+PAGE_SIZE = 16384
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
     kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
@@ -138,6 +145,8 @@ class SqliteStore:
             self._conn = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout_s,
                                          check_same_thread=False)
             self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+            # Before WAL, so a new file is made with it (an existing one keeps its size).
+            self._conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             with self._lock:

@@ -4,12 +4,14 @@ two writers at once. SQLite- and etcd-only behaviour follows at the end."""
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
 
 from controlplane.api import AlreadyExists, Conflict, Gone, Namespace, NotFound, ObjectMeta, Selector, Service
+from controlplane.api.endpoints import EndpointSlice
 from controlplane.api.pod import Pod
 from controlplane.store import ADDED, DELETED, MODIFIED, SqliteStore, open_store
 from controlplane.store.etcd import EtcdStore
@@ -237,6 +239,41 @@ def test_compacted_history_is_gone_sqlite(tmp_path: Path) -> None:
         s.changes_since(0)
     assert s.changes_since(29)[0].resource_version == 30
     s.close()
+
+
+def _slice(name: str, endpoints: int) -> EndpointSlice:
+    return EndpointSlice.from_dict({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [f"10.244.1.{j}"], "conditions": {"ready": True}, "nodeName": f"node{j % 3}",
+                       "targetRef": {"kind": "Pod", "name": f"web-{j}", "namespace": "default"}}
+                      for j in range(endpoints)]})
+
+
+def _overflow_pages(path: Path) -> int:
+    with sqlite3.connect(path) as conn:   # SQLite's dbstat: every page of the table, by type
+        return conn.execute("SELECT count(*) FROM dbstat WHERE name='objects' AND pagetype='overflow'").fetchone()[0]
+
+
+def test_a_stored_object_stays_in_its_page_sqlite(tmp_path: Path) -> None:
+    """A new store's pages hold an EndpointSlice of 10 and of 20 endpoints (~1.6 and ~3.1 KB
+    of JSON) in the row itself: a bulk read of every slice reads no overflow pages (with
+    4 KiB pages, one more page per slice). A store made with smaller pages keeps them."""
+    s = SqliteStore(tmp_path / "new.db")
+    s.create(_slice("ten", 10))
+    s.create(_slice("twenty", 20))
+    assert len(s.iter_json(EndpointSlice)[1]) > 3000
+    s.close()
+    assert _overflow_pages(tmp_path / "new.db") == 0
+    with sqlite3.connect(tmp_path / "old.db") as conn:   # as an earlier version made it
+        conn.execute("PRAGMA page_size=4096")
+        conn.execute("PRAGMA journal_mode=WAL")
+    old = SqliteStore(tmp_path / "old.db")
+    old.create(_slice("ten", 10))
+    assert old.get(EndpointSlice, "default", "ten").endpoints[9].addresses == ["10.244.1.9"]
+    old.close()
+    assert _overflow_pages(tmp_path / "old.db") == 1
 
 
 def test_data_survives_reopen(store: SqliteStore) -> None:
