@@ -4,17 +4,23 @@
 seen before is redirected with the remembered next hop; a changed neighbour, route or MTU
 is followed by the very next frame once the watcher has seen the change; policy rules
 and multipath routes turn the cache off; with no watcher left a slot lives at most the
-TTL."""
+TTL; a slot another destination or ingress device shares answers only for its own."""
 from __future__ import annotations
 
+import ctypes
 import os
+import socket
+import struct
 import time
 
 import pytest
+from bcc import lib as bcc_lib
+from bcc.utils import get_possible_cpus
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from controlplane.dataplane import fibwatch
+from controlplane._csrc import lib
+from controlplane.dataplane import fibwatch, libbpf
 from controlplane.dataplane.layout import const
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
 from controlplane.lab import netns
@@ -198,3 +204,91 @@ def test_forwarding_turned_off_on_the_ingress_device_is_followed_by_the_next_fra
     _settled(watch, seen)
     verdict, out = _send(xdp, node, 40002)
     assert verdict == "XDP_PASS" and out[IP].ttl == 64
+
+
+# Two frames whose keys share a slot: the slot answers only for the key it holds. The
+# slot is the program's own hash (csrc/flowhash.h, through cffi); the addresses below
+# are found by trying them, and that they share a slot is read back from the cache.
+FAR = "10.250.0.0/16"          # routed via node2 by the tests below
+
+
+def _slot(ip: str, ifindex: int) -> int:
+    daddr = int.from_bytes(socket.inet_aton(ip), "little")   # the __be32 as the program loads it
+    return lib.svcxdp_ffi_fib_cache_hash(daddr, ifindex) >> (32 - const("FIB_CACHE_BITS"))
+
+
+def _far(want) -> str:
+    """The first address of FAR for which `want(ip)` holds."""
+    base = int.from_bytes(socket.inet_aton(FAR.split("/")[0]), "big")
+    for n in range(base, base + (1 << 16)):
+        ip = socket.inet_ntoa(n.to_bytes(4, "big"))
+        if want(ip):
+            return ip
+    raise AssertionError(f"no address of {FAR} found")
+
+
+def _held(xdp: Harness, slot: int) -> tuple[str, int]:
+    """(destination, ingress ifindex) this CPU's slot holds: the map's per-CPU value
+    read raw (each CPU's copy rounded up to 8 bytes; bcc reads no such unaligned leaf)."""
+    fd = bcc_lib.bpf_table_fd(xdp.dp.bpf.module, b"fib_cache")
+    stride = (libbpf.map_info(fd).value_size + 7) & ~7
+    buf = libbpf.ffi.new("uint8_t[]", stride * len(get_possible_cpus()))
+    assert libbpf.lib().bpf_map_lookup_elem(fd, libbpf.ffi.new("uint32_t *", slot), buf) == 0
+    dst, iif = struct.unpack_from("<4sI", libbpf.ffi.buffer(buf), stride * CPU)
+    return socket.inet_ntoa(dst), iif
+
+
+def _far_service(xdp: Harness, node, watch, backend: str) -> Frontend:
+    seen = watch.changes
+    nodenet._ip(node.name, "route", "add", FAR, "via", nodenet.NODE2_IP, "dev", "ext0")
+    _settled(watch, seen)
+    fe = Frontend(VIP, 54, "UDP")
+    xdp.writer.upsert(ServiceState(fe, (Backend(backend, 5353),), "random"))
+    return fe
+
+
+def _send_to(xdp: Harness, node, dport: int, ifindex: int) -> tuple[str, Ether]:
+    pkt = Ether(src=CLIENT_MAC, dst=node.ext_mac) / IP(src=CLIENT, dst=VIP) / UDP(sport=40000, dport=dport)
+
+    def on_one_cpu():
+        os.sched_setaffinity(0, {CPU})
+        return xdp.runner.run(bytes(pkt), 1, ifindex)
+    res = node.call(on_one_cpu)
+    return res.verdict_name, Ether(res.data)
+
+
+def test_a_slot_answers_only_for_its_own_destination(xdp: Harness, node, watch):
+    slot = _slot(nodenet.LOCAL_POD, node.ext_ifindex)
+    far = _far(lambda ip: _slot(ip, node.ext_ifindex) == slot)
+    fe = _far_service(xdp, node, watch, far)
+    try:
+        assert _send_to(xdp, node, 53, node.ext_ifindex)[1].dst == nodenet.LOCAL_POD_MAC
+        assert _held(xdp, slot) == (nodenet.LOCAL_POD, node.ext_ifindex)
+        before = _cached(xdp)
+        verdict, out = _send_to(xdp, node, 54, node.ext_ifindex)   # same slot, another next hop
+        assert verdict == "XDP_REDIRECT" and (out.dst, out[IP].dst) == (nodenet.NODE2_MAC, far)
+        assert _cached(xdp) == before and _held(xdp, slot) == (far, node.ext_ifindex)
+    finally:
+        xdp.writer.delete(fe)
+
+
+def test_a_slot_answers_only_for_its_own_ingress_device(xdp: Harness, node, watch):
+    """The same destination from a device that does not forward: the lookup refuses
+    it, whatever the slot remembers of the device that does."""
+    # The slot hash keeps an ifindex's low 12 bits: this device shares every slot with ext0
+    other = node.ext_ifindex + (1 << 12)
+    nodenet._ip(node.name, "link", "add", "fwdoff0", "index", str(other), "type", "veth", "peer", "name", "fwdoff0p")
+    for dev in ("fwdoff0", "fwdoff0p"):
+        nodenet._ip(node.name, "link", "set", dev, "up")
+    netns.sysctl(node.name, {"net.ipv4.conf.fwdoff0.forwarding": 0})
+    far = _far(lambda ip: _slot(ip, node.ext_ifindex) == _slot(ip, other))
+    slot = _slot(far, other)
+    fe = _far_service(xdp, node, watch, far)
+    try:
+        assert _send_to(xdp, node, 54, node.ext_ifindex)[0] == "XDP_REDIRECT"
+        assert _held(xdp, slot) == (far, node.ext_ifindex)
+        before = _cached(xdp)
+        verdict, out = _send_to(xdp, node, 54, other)
+        assert verdict == "XDP_PASS" and out[IP].ttl == 64 and _cached(xdp) == before
+    finally:
+        xdp.writer.delete(fe)
