@@ -10,8 +10,9 @@
  * -DSVCXDP_STACK_FORWARD, every translated frame goes to the stack.
  *
  * The lookup is about a third of a pod's new UDP flow in this program (datapath-notes
- * §18), and the answer for a backend rarely changes: the pods' path keeps the answers
- * in a per-CPU cache that the agent invalidates on every routing change (fib_gen).
+ * §18), and the answer for a backend rarely changes: the answers are kept in a per-CPU
+ * cache that the agent invalidates on every routing change (fib_gen), used by the pods'
+ * path here and by the NodePort tail's lookups (nodeport.h, np_route_lookup).
  */
 #ifndef SVCXDP_FIB_H
 #define SVCXDP_FIB_H
@@ -86,44 +87,67 @@ static __always_inline int fib_cache_fresh(const struct fib_cache_entry *c, __u3
 	       stamp - c->stamp < FIB_CACHE_TTL_UNITS;
 }
 
-static __always_inline void fib_cache_fill(struct fib_cache_entry *c, __u32 gen, __be32 dst, __u32 iif,
-					   __u16 len, __u32 stamp, const struct bpf_fib_lookup *p)
+/* A frame's place in the cache: its slot (NULL while the cache is off) and what a
+ * fill of that slot records. */
+struct fib_slot {
+	struct fib_cache_entry *c;
+	__u32 gen;
+	__u32 iif;
+	__u32 stamp;
+	__u16 len;
+};
+
+/* Find the frame's slot; true when it holds a fresh answer for this frame. `now`: the
+ * coarse clock. Per CPU, so no other CPU writes the slot while this one reads it. */
+static __always_inline int fib_cache_find(struct xdp_md *ctx, const struct iphdr *ip, __u64 now,
+					  struct fib_slot *s)
 {
+	__u32 zero = 0;
+	struct fib_gen *g = fib_gen.lookup(&zero);
+	s->gen = g ? g->gen : 0;
+	s->iif = ctx->ingress_ifindex;
+	s->len = bpf_ntohs(ip->tot_len);
+	s->stamp = (__u32)(now >> 20);
+	s->c = s->gen ? fib_cache_slot(ip->daddr, s->iif) : NULL;
+	return s->c && fib_cache_fresh(s->c, s->gen, ip->daddr, s->iif, s->len, s->stamp);
+}
+
+/* Remember a successful lookup `p` in the frame's slot (if the cache is on). `src`:
+ * the source address the lookup chose (BPF_FIB_LOOKUP_SRC), 0 if not asked. */
+static __always_inline void fib_cache_fill(const struct fib_slot *s, __be32 dst,
+					   const struct bpf_fib_lookup *p, __be32 src)
+{
+	struct fib_cache_entry *c = s->c;
+	if (!c)
+		return;
 	c->dst = dst;
-	c->iif = iif;
-	c->gen = gen;
+	c->iif = s->iif;
+	c->gen = s->gen;
 	c->ifindex = p->ifindex;
+	c->src = src;
 	__builtin_memcpy(c->smac, p->smac, ETH_ALEN);
 	__builtin_memcpy(c->dmac, p->dmac, ETH_ALEN);
-	c->ok_len = len;
-	c->stamp = stamp;
+	c->ok_len = s->len;
+	c->stamp = s->stamp;
 }
 
 /* Route a translated frame: the cached next hop if it is fresh, else a FIB lookup
- * (remembered when it succeeds and the cache is on). `now`: the coarse clock. Per CPU,
- * so no other CPU writes the slot while this one reads it. */
+ * (remembered when it succeeds and the cache is on). */
 static __always_inline int forward(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *ip,
 				   int vlan, __u64 now, struct events *ev)
 {
 #ifndef SVCXDP_STACK_FORWARD
 	if (!vlan && ip->ttl > 1) {
-		__u32 zero = 0;
-		struct fib_gen *g = fib_gen.lookup(&zero);
-		__u32 gen = g ? g->gen : 0;
-		__u32 iif = ctx->ingress_ifindex;
-		__u16 len = bpf_ntohs(ip->tot_len);
-		__u32 stamp = (__u32)(now >> 20);
-		struct fib_cache_entry *c = gen ? fib_cache_slot(ip->daddr, iif) : NULL;
-		if (c && fib_cache_fresh(c, gen, ip->daddr, iif, len, stamp)) {
+		struct fib_slot s;
+		if (fib_cache_find(ctx, ip, now, &s)) {
 			if (ev->extra == SVCXDP_CNT_MAX)
 				ev->extra = SVCXDP_CNT_FIB_CACHED;
-			return fib_redirect(eth, ip, c->ifindex, c->smac, c->dmac, ev);
+			return fib_redirect(eth, ip, s.c->ifindex, s.c->smac, s.c->dmac, ev);
 		}
 		struct bpf_fib_lookup p = {};
 		fib_params_set(&p, ctx, ip, ip->daddr);
 		if (bpf_fib_lookup(ctx, &p, sizeof(p), 0) == BPF_FIB_LKUP_RET_SUCCESS) {
-			if (c)
-				fib_cache_fill(c, gen, ip->daddr, iif, len, stamp, &p);
+			fib_cache_fill(&s, ip->daddr, &p, 0);
 			return fib_redirect(eth, ip, p.ifindex, p.smac, p.dmac, ev);
 		}
 	}

@@ -39,16 +39,31 @@ struct np_snat {
 	__be16 port;
 };
 
-static __always_inline void np_route_lookup(struct xdp_md *ctx, const struct iphdr *ip, __be32 dst,
+/* The route to the frame's destination, with the source address the node uses on it:
+ * from the FIB result cache (fib.h) when its slot is fresh and was filled by a lookup
+ * that asked for the source, else looked up (and remembered on success). `now`: the
+ * coarse clock. */
+static __always_inline void np_route_lookup(struct xdp_md *ctx, const struct iphdr *ip, __u64 now,
 					    struct np_route *r)
 {
+	struct fib_slot s;
+	if (fib_cache_find(ctx, ip, now, &s) && s.c->src) {
+		r->rc = BPF_FIB_LKUP_RET_SUCCESS;
+		r->ifindex = s.c->ifindex;
+		r->src = s.c->src;
+		__builtin_memcpy(r->smac, s.c->smac, ETH_ALEN);
+		__builtin_memcpy(r->dmac, s.c->dmac, ETH_ALEN);
+		return;
+	}
 	struct bpf_fib_lookup p = {};
-	fib_params_set(&p, ctx, ip, dst);
+	fib_params_set(&p, ctx, ip, ip->daddr);
 	r->rc = bpf_fib_lookup(ctx, &p, sizeof(p), SVCXDP_FIB_LOOKUP_SRC);
 	r->ifindex = p.ifindex;
 	r->src = p.ipv4_src;
 	__builtin_memcpy(r->smac, p.smac, ETH_ALEN);
 	__builtin_memcpy(r->dmac, p.dmac, ETH_ALEN);
+	if (r->rc == BPF_FIB_LKUP_RET_SUCCESS && p.ipv4_src)
+		fib_cache_fill(&s, ip->daddr, &p, p.ipv4_src);
 }
 
 /* Does the route to the backend leave by the interface the packet came in on? Then
@@ -383,7 +398,7 @@ static __always_inline int np_snat(struct xdp_md *ctx, struct iphdr *ip, void *d
 	__be32 node_ip;
 	if (mode == SVCXDP_NP_NEW) {
 		struct np_route r;
-		np_route_lookup(ctx, ip, ip->daddr, &r);
+		np_route_lookup(ctx, ip, now, &r);
 		ct_key_set(&fk, ip->saddr, pd->vip, ports[0], pd->vport, ip->protocol,
 			   SVCXDP_CT_DIR_FORWARD);
 		if (!np_hairpin(ctx, &r)) {
@@ -461,7 +476,7 @@ static __always_inline int np_forward(struct xdp_md *ctx, struct events *ev)
 			counters_bump(SVCXDP_CNT_SNAT_RECLAIMED);
 	}
 	struct np_route r;
-	np_route_lookup(ctx, ip, ip->daddr, &r);
+	np_route_lookup(ctx, ip, bpf_ktime_get_coarse_ns(), &r);
 	if (r.rc != BPF_FIB_LKUP_RET_SUCCESS || ip->ttl <= 1)
 		return XDP_PASS;
 	if (r.ifindex != ctx->ingress_ifindex) {

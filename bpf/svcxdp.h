@@ -179,7 +179,7 @@
  * above this are never redirect targets (their frames go through the stack). */
 #define SVCXDP_TX_PORTS_SIZE 65536
 /* The FIB result cache (fib.h): per CPU, direct-mapped by (destination, ingress
- * device), 2^BITS slots of 36 bytes (144 KiB per CPU). An entry is used while the
+ * device), 2^BITS slots of 40 bytes (160 KiB per CPU). An entry is used while the
  * generation in fib_gen is the one it was looked up under (the agent's route watcher,
  * dataplane/fibwatch.py, moves it on every change of routes, neighbours, links,
  * addresses, rules or forwarding settings) and for at most TTL_MS, a bound on staleness
@@ -470,6 +470,8 @@ struct fib_cache_entry {
 	__u32 iif;        /* ingress device: the lookup checks its forwarding setting */
 	__u32 gen;        /* fib_gen.gen when looked up */
 	__u32 ifindex;    /* egress device */
+	__be32 src;       /* the source address the FIB chose (NodePort's SNAT address); 0:
+			   * not asked (the pods' path looks up without BPF_FIB_LOOKUP_SRC) */
 	__u8 smac[6];
 	__u8 dmac[6];
 	__u16 ok_len;     /* tot_len of the frame that was looked up: no larger frame is

@@ -23,6 +23,7 @@ from controlplane._csrc import lib
 from controlplane.dataplane import fibwatch, libbpf
 from controlplane.dataplane.layout import const
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
+from controlplane.dataplane.testrun import TestRunner
 from controlplane.lab import netns
 
 from . import nodenet
@@ -227,24 +228,22 @@ def _far(want) -> str:
     raise AssertionError(f"no address of {FAR} found")
 
 
-def _held(xdp: Harness, slot: int) -> tuple[str, int]:
-    """(destination, ingress ifindex) this CPU's slot holds: the map's per-CPU value
-    read raw (each CPU's copy rounded up to 8 bytes; bcc reads no such unaligned leaf)."""
+def _held(xdp: Harness, slot: int) -> tuple[str, int, str]:
+    """(destination, ingress ifindex, source address or 0.0.0.0) this CPU's slot holds:
+    the map's per-CPU value read raw (each CPU's copy rounded up to 8 bytes)."""
     fd = bcc_lib.bpf_table_fd(xdp.dp.bpf.module, b"fib_cache")
     stride = (libbpf.map_info(fd).value_size + 7) & ~7
     buf = libbpf.ffi.new("uint8_t[]", stride * len(get_possible_cpus()))
     assert libbpf.lib().bpf_map_lookup_elem(fd, libbpf.ffi.new("uint32_t *", slot), buf) == 0
-    dst, iif = struct.unpack_from("<4sI", libbpf.ffi.buffer(buf), stride * CPU)
-    return socket.inet_ntoa(dst), iif
+    dst, iif, _gen, _ifindex, src = struct.unpack_from("<4sIII4s", libbpf.ffi.buffer(buf), stride * CPU)
+    return socket.inet_ntoa(dst), iif, socket.inet_ntoa(src)
 
 
-def _far_service(xdp: Harness, node, watch, backend: str) -> Frontend:
+def _far_service(xdp: Harness, node, watch, backend: str) -> None:
     seen = watch.changes
     nodenet._ip(node.name, "route", "add", FAR, "via", nodenet.NODE2_IP, "dev", "ext0")
     _settled(watch, seen)
-    fe = Frontend(VIP, 54, "UDP")
-    xdp.writer.upsert(ServiceState(fe, (Backend(backend, 5353),), "random"))
-    return fe
+    xdp.writer.upsert(ServiceState(Frontend(VIP, 54, "UDP"), (Backend(backend, 5353),), "random"))
 
 
 def _send_to(xdp: Harness, node, dport: int, ifindex: int) -> tuple[str, Ether]:
@@ -260,16 +259,13 @@ def _send_to(xdp: Harness, node, dport: int, ifindex: int) -> tuple[str, Ether]:
 def test_a_slot_answers_only_for_its_own_destination(xdp: Harness, node, watch):
     slot = _slot(nodenet.LOCAL_POD, node.ext_ifindex)
     far = _far(lambda ip: _slot(ip, node.ext_ifindex) == slot)
-    fe = _far_service(xdp, node, watch, far)
-    try:
-        assert _send_to(xdp, node, 53, node.ext_ifindex)[1].dst == nodenet.LOCAL_POD_MAC
-        assert _held(xdp, slot) == (nodenet.LOCAL_POD, node.ext_ifindex)
-        before = _cached(xdp)
-        verdict, out = _send_to(xdp, node, 54, node.ext_ifindex)   # same slot, another next hop
-        assert verdict == "XDP_REDIRECT" and (out.dst, out[IP].dst) == (nodenet.NODE2_MAC, far)
-        assert _cached(xdp) == before and _held(xdp, slot) == (far, node.ext_ifindex)
-    finally:
-        xdp.writer.delete(fe)
+    _far_service(xdp, node, watch, far)
+    assert _send_to(xdp, node, 53, node.ext_ifindex)[1].dst == nodenet.LOCAL_POD_MAC
+    assert _held(xdp, slot)[:2] == (nodenet.LOCAL_POD, node.ext_ifindex)
+    before = _cached(xdp)
+    verdict, out = _send_to(xdp, node, 54, node.ext_ifindex)   # same slot, another next hop
+    assert verdict == "XDP_REDIRECT" and (out.dst, out[IP].dst) == (nodenet.NODE2_MAC, far)
+    assert _cached(xdp) == before and _held(xdp, slot)[:2] == (far, node.ext_ifindex)
 
 
 def test_a_slot_answers_only_for_its_own_ingress_device(xdp: Harness, node, watch):
@@ -283,12 +279,90 @@ def test_a_slot_answers_only_for_its_own_ingress_device(xdp: Harness, node, watc
     netns.sysctl(node.name, {"net.ipv4.conf.fwdoff0.forwarding": 0})
     far = _far(lambda ip: _slot(ip, node.ext_ifindex) == _slot(ip, other))
     slot = _slot(far, other)
-    fe = _far_service(xdp, node, watch, far)
+    _far_service(xdp, node, watch, far)
+    assert _send_to(xdp, node, 54, node.ext_ifindex)[0] == "XDP_REDIRECT"
+    assert _held(xdp, slot)[:2] == (far, node.ext_ifindex)
+    before = _cached(xdp)
+    verdict, out = _send_to(xdp, node, 54, other)
+    assert verdict == "XDP_PASS" and out[IP].ttl == 64 and _cached(xdp) == before
+
+
+# NodePort to a backend on another node (nodeport.h): the tail looks the route up twice
+# per new flow (is the backend behind the interface the client came in on, and with
+# which source address; then where the frame goes), both through the cache.
+NODE_PORT = 30053
+NEW_NODE_IP = "192.168.1.41"
+
+
+def _send_external(xdp: Harness, node, sport: int) -> tuple[str, Ether]:
+    pkt = (Ether(src=CLIENT_MAC, dst=node.ext_mac) / IP(src=CLIENT, dst=nodenet.NODE_IP) /
+           UDP(sport=sport, dport=NODE_PORT))
+    runner = TestRunner(xdp.dp.external_prog_fd)
+
+    def on_one_cpu():
+        os.sched_setaffinity(0, {CPU})
+        return runner.run(bytes(pkt), 1, node.ext_ifindex)
+    res = node.call(on_one_cpu)
+    return res.verdict_name, Ether(res.data)
+
+
+@pytest.fixture
+def node_port(xdp: Harness, node) -> None:
+    fe = Frontend(nodenet.NODE_IP, NODE_PORT, "UDP", "external")
+    xdp.writer.upsert(ServiceState(fe, (Backend(nodenet.REMOTE_POD, 5353),), "random"))
+
+
+def test_a_nodeport_flow_to_another_node_takes_its_route_and_source_from_the_cache(xdp: Harness, node,
+                                                                                    node_port):
+    """No watcher: the slot lives its TTL, so a frame sent after the neighbour and the
+    node's address changed shows what the NodePort path took from the cache."""
+    table = xdp.dp.table(fibwatch.MAP)
+    leaf = table[0]
+    leaf.gen = leaf.reserved = int(leaf.reserved) + 1
+    table[0] = leaf
     try:
-        assert _send_to(xdp, node, 54, node.ext_ifindex)[0] == "XDP_REDIRECT"
-        assert _held(xdp, slot) == (far, node.ext_ifindex)
-        before = _cached(xdp)
-        verdict, out = _send_to(xdp, node, 54, other)
-        assert verdict == "XDP_PASS" and out[IP].ttl == 64 and _cached(xdp) == before
+        verdict, out = _send_external(xdp, node, 40000)
+        assert verdict == "XDP_TX" and (out.dst, out[IP].src, out[IP].dst) == \
+            (nodenet.NODE2_MAC, nodenet.NODE_IP, nodenet.REMOTE_POD)
+        assert _held(xdp, _slot(nodenet.REMOTE_POD, node.ext_ifindex)) == \
+            (nodenet.REMOTE_POD, node.ext_ifindex, nodenet.NODE_IP)
+        nodenet._ip(node.name, "neigh", "replace", nodenet.NODE2_IP, "lladdr", NEW_MAC, "dev", "ext0",
+                    "nud", "permanent")
+        nodenet._ip(node.name, "addr", "add", f"{NEW_NODE_IP}/24", "dev", "ext0")
+        nodenet._ip(node.name, "route", "replace", "10.244.2.0/24", "via", nodenet.NODE2_IP, "dev", "ext0",
+                    "src", NEW_NODE_IP)
+        verdict, out = _send_external(xdp, node, 40001)   # a new flow: both lookups cached
+        assert verdict == "XDP_TX" and (out.dst, out[IP].src) == (nodenet.NODE2_MAC, nodenet.NODE_IP)
+        time.sleep(TTL_S + 0.1)
+        verdict, out = _send_external(xdp, node, 40002)
+        assert verdict == "XDP_TX" and (out.dst, out[IP].src) == (NEW_MAC, NEW_NODE_IP)
     finally:
-        xdp.writer.delete(fe)
+        leaf.gen = 0
+        table[0] = leaf
+
+
+def test_a_nodeport_flow_follows_a_new_node_address_with_the_next_frame(xdp: Harness, node, watch,
+                                                                         node_port):
+    """The SNAT address is the FIB's source for the route: an address change (an
+    RTM_NEWADDR/DELADDR message) moves the generation like a route change."""
+    assert _send_external(xdp, node, 40000)[1][IP].src == nodenet.NODE_IP
+    assert _send_external(xdp, node, 40001)[1][IP].src == nodenet.NODE_IP
+    seen = watch.changes
+    netns.sysctl(node.name, {"net.ipv4.conf.ext0.promote_secondaries": 1})
+    nodenet._ip(node.name, "addr", "add", f"{NEW_NODE_IP}/24", "dev", "ext0")
+    nodenet._ip(node.name, "addr", "del", f"{nodenet.NODE_IP}/24", "dev", "ext0")
+    _settled(watch, seen)
+    verdict, out = _send_external(xdp, node, 40002)
+    assert verdict == "XDP_TX" and (out[IP].src, out.dst) == (NEW_NODE_IP, nodenet.NODE2_MAC)
+
+
+def test_a_slot_the_pods_path_filled_gives_nodeport_no_source_address(xdp: Harness, node, watch, node_port):
+    """The pods' path looks up without asking for the source and fills the slot with
+    none: the NodePort path looks up again rather than source-NAT to 0.0.0.0."""
+    xdp.writer.upsert(ServiceState(Frontend(VIP, 55, "UDP"), (Backend(nodenet.REMOTE_POD, 5353),), "random"))
+    assert _send_to(xdp, node, 55, node.ext_ifindex)[0] == "XDP_REDIRECT"
+    slot = _slot(nodenet.REMOTE_POD, node.ext_ifindex)
+    assert _held(xdp, slot) == (nodenet.REMOTE_POD, node.ext_ifindex, "0.0.0.0")
+    verdict, out = _send_external(xdp, node, 40000)   # as long as the pods' frame: the slot is fresh for it
+    assert verdict == "XDP_TX" and out[IP].src == nodenet.NODE_IP
+    assert _held(xdp, slot) == (nodenet.REMOTE_POD, node.ext_ifindex, nodenet.NODE_IP)
