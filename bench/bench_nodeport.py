@@ -137,8 +137,10 @@ class NodePortBench:
         self.programmed: int | None = None
         self.setup: dict = {}
         self.tx_floor_fd: int | None = None
+        self.fib_watch = self.fib_thread = None
 
     def up(self) -> None:
+        from controlplane.dataplane import fibwatch
         from controlplane.dataplane.attach import attach_xdp
         from controlplane.dataplane.config import DataplaneConfig
         from controlplane.dataplane.program import Dataplane, load_floor_program
@@ -153,6 +155,9 @@ class NodePortBench:
         self.setup["xdp_load_s"] = round(time.perf_counter() - t0, 3)
         self.setup.update(flowtables.unconfirmed_sizes(self.dp))
         self.writer = MapWriter(self.dp)
+        # the agent's FIB result cache, kept by its route watcher in node1's namespace
+        self.fib_watch, self.fib_thread = fibwatch.start(self.dp.table(fibwatch.MAP), self.x.node)
+        self.setup["fib_cache_generation"] = self.fib_watch.gen
         floor_bpf, floor_fd = load_floor_program()
         self.bpfs.append(floor_bpf)
         # the bound: node1 sends each frame straight back out to node2's sink
@@ -169,6 +174,9 @@ class NodePortBench:
         self.dp.attach("eth0", self.x.node, "native", external=True)
 
     def down(self) -> None:
+        if self.fib_watch is not None:
+            self.fib_watch.close()
+            self.fib_thread.join(10)
         for t in (self.x, self.i):
             t.down()   # XDP programs and iptables rules go with the namespaces
         netlab.wait_gone(self.x.namespaces() + self.i.namespaces())
