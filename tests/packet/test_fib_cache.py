@@ -7,7 +7,6 @@ and multipath routes turn the cache off; with no watcher left a slot lives at mo
 TTL; a slot another destination or ingress device shares answers only for its own."""
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
 import struct
