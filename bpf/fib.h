@@ -68,7 +68,7 @@ static __always_inline int fib_redirect(struct ethhdr *eth, struct iphdr *ip, __
  * device pick one slot per CPU (csrc/flowhash.h). */
 static __always_inline struct fib_cache_entry *fib_cache_slot(__be32 dst, __u32 iif)
 {
-	__u32 i = svcxdp_fib_cache_hash(dst, iif) >> (32 - SVCXDP_FIB_CACHE_BITS);
+	__u32 i = svcxdp_fib_cache_slot(dst, iif, SVCXDP_FIB_CACHE_BITS);
 	return fib_cache.lookup(&i);
 }
 

@@ -42,7 +42,7 @@ ffibuilder.cdef(
                                         uint32_t dport);
     uint32_t svcxdp_ffi_ct_set_hash(uint32_t saddr, uint32_t daddr, uint32_t sport,
                                     uint32_t dport, uint32_t proto, uint32_t dir, uint32_t seed);
-    uint32_t svcxdp_ffi_fib_cache_hash(uint32_t daddr, uint32_t ifindex);
+    uint32_t svcxdp_ffi_fib_cache_slot(uint32_t daddr, uint32_t ifindex, uint32_t bits);
     """
 )
 
@@ -71,8 +71,8 @@ ffibuilder.set_source(
                                            uint32_t dport, uint32_t proto, uint32_t dir,
                                            uint32_t seed)
     { return svcxdp_ct_set_hash(saddr, daddr, sport, dport, proto, dir, seed); }
-    static uint32_t svcxdp_ffi_fib_cache_hash(uint32_t daddr, uint32_t ifindex)
-    { return svcxdp_fib_cache_hash(daddr, ifindex); }
+    static uint32_t svcxdp_ffi_fib_cache_slot(uint32_t daddr, uint32_t ifindex, uint32_t bits)
+    { return svcxdp_fib_cache_slot(daddr, ifindex, bits); }
     """,
     sources=[os.path.join(SRC, "maglev.c")],
     include_dirs=[SRC],

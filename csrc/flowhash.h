@@ -114,16 +114,16 @@ svcxdp_udp_recent_hash(unsigned int saddr, unsigned int daddr, unsigned int spor
 }
 
 /*
- * Slot hash of the FIB result cache (bpf/fib.h, fib_cache_slot): a multiplicative mix of
- * a destination (network byte order) and an ingress ifindex (small, so moved into the
- * high bits); the caller keeps the top bits. No seed: the cache is per CPU and a
- * collision only costs a FIB lookup. An ifindex's bits above the 12th are shifted out,
- * so two devices 4096 apart share every slot: the slot's own iif tells them apart.
+ * Slot of the FIB result cache (bpf/fib.h, fib_cache_slot), of 2^bits: a multiplicative
+ * mix of a destination (network byte order) and an ingress ifindex (small, so moved into
+ * the high bits), its top bits. No seed: the cache is per CPU and a collision only costs
+ * a FIB lookup. An ifindex's bits above the 12th are shifted out, so two devices 4096
+ * apart share every slot: the slot's own iif tells them apart.
  */
 static __always_inline unsigned int
-svcxdp_fib_cache_hash(unsigned int daddr, unsigned int ifindex)
+svcxdp_fib_cache_slot(unsigned int daddr, unsigned int ifindex, unsigned int bits)
 {
-	return (daddr ^ (ifindex << 20)) * 0x9e3779b1U;
+	return ((daddr ^ (ifindex << 20)) * 0x9e3779b1U) >> (32 - bits);
 }
 
 /*

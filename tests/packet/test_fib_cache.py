@@ -7,19 +7,17 @@ and multipath routes turn the cache off; with no watcher left a slot lives at mo
 TTL; a slot another destination or ingress device shares answers only for its own."""
 from __future__ import annotations
 
+import ctypes
 import os
 import socket
-import struct
 import time
 
 import pytest
-from bcc import lib as bcc_lib
-from bcc.utils import get_possible_cpus
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from controlplane._csrc import lib
-from controlplane.dataplane import fibwatch, libbpf
+from controlplane.dataplane import fibwatch
 from controlplane.dataplane.layout import const
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
 from controlplane.dataplane.testrun import TestRunner
@@ -214,7 +212,7 @@ FAR = "10.250.0.0/16"          # routed via node2 by the tests below
 
 def _slot(ip: str, ifindex: int) -> int:
     daddr = int.from_bytes(socket.inet_aton(ip), "little")   # the __be32 as the program loads it
-    return lib.svcxdp_ffi_fib_cache_hash(daddr, ifindex) >> (32 - const("FIB_CACHE_BITS"))
+    return lib.svcxdp_ffi_fib_cache_slot(daddr, ifindex, const("FIB_CACHE_BITS"))
 
 
 def _far(want) -> str:
@@ -228,14 +226,13 @@ def _far(want) -> str:
 
 
 def _held(xdp: Harness, slot: int) -> tuple[str, int, str]:
-    """(destination, ingress ifindex, source address or 0.0.0.0) this CPU's slot holds:
-    the map's per-CPU value read raw (each CPU's copy rounded up to 8 bytes)."""
-    fd = bcc_lib.bpf_table_fd(xdp.dp.bpf.module, b"fib_cache")
-    stride = (libbpf.map_info(fd).value_size + 7) & ~7
-    buf = libbpf.ffi.new("uint8_t[]", stride * len(get_possible_cpus()))
-    assert libbpf.lib().bpf_map_lookup_elem(fd, libbpf.ffi.new("uint32_t *", slot), buf) == 0
-    dst, iif, _gen, _ifindex, src = struct.unpack_from("<4sIII4s", libbpf.ffi.buffer(buf), stride * CPU)
-    return socket.inet_ntoa(dst), iif, socket.inet_ntoa(src)
+    """(destination, ingress ifindex, source address or 0.0.0.0) this CPU's slot holds."""
+    entry = xdp.dp.table("fib_cache")[ctypes.c_uint32(slot)][CPU]
+    return _ip(entry.dst), int(entry.iif), _ip(entry.src)
+
+
+def _ip(be32: int) -> str:
+    return socket.inet_ntoa(int(be32).to_bytes(4, "little"))   # a __be32 as this host reads it
 
 
 def _far_service(xdp: Harness, node, watch, backend: str) -> None:
