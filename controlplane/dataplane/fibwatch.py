@@ -134,14 +134,14 @@ class FibWatch:
         self._closed = False
         self._lock = threading.Lock()
 
-    def _read_rules(self) -> None:
-        with open_ipr(self.netns) as ipr:
-            self.state.odd_rules = sum(not default_rule(r) for r in ipr.get_rules(family=socket.AF_INET))
+    def _read_rules(self, ipr: IPRoute) -> None:
+        self.state.odd_rules = sum(not default_rule(r) for r in ipr.get_rules(family=socket.AF_INET))
 
     def _read_state(self) -> None:
-        """Rules and routes as they are now (after subscribing: nothing slips between)."""
-        self._read_rules()
+        """Rules and routes as they are now (after subscribing: nothing slips between), on
+        a socket of their own (the subscribed one carries the events)."""
         with open_ipr(self.netns) as ipr:
+            self._read_rules(ipr)
             self.state.uncacheable = {route_key(r) for r in ipr.get_routes(family=socket.AF_INET, table=0)
                                       if route_uncacheable(r)}
 
@@ -175,7 +175,8 @@ class FibWatch:
         if event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
             self.state.route(msg)
         elif event in ("RTM_NEWRULE", "RTM_DELRULE"):
-            self._read_rules()
+            with open_ipr(self.netns) as ipr:
+                self._read_rules(ipr)
         return True   # links, addresses, routes, rules, netconf: anything may differ
 
     def run(self) -> None:
