@@ -46,14 +46,16 @@ static __always_inline void ip_rewrite_addr(struct iphdr *ip, __be32 *addr, __be
  * From the backend's side, about node:snat_port -> backend: the quote becomes
  * client -> VIP and the error goes to the client. From the client's side, about a reply
  * VIP -> client: the quote becomes backend -> node:snat_port and the error goes to the
- * backend from the node's address. Returns -1 when the quote is no such flow. */
+ * backend from the node's address. Either is sent to the address its quote came from
+ * (the node's, the VIP); one sent elsewhere is no error about the flow and is not
+ * forwarded. Returns -1 when the quote is no such flow. */
 static __always_inline int icmp_snat(struct iphdr *ip, struct icmphdr *icmp, struct iphdr *in,
 				     __be16 *ports, struct events *ev)
 {
 	struct ct_key k;
 	ct_key_set(&k, in->daddr, in->saddr, ports[1], ports[0], in->protocol, SVCXDP_CT_DIR_SNAT);
 	struct ct_value *v = ct_lookup_external(&k);
-	if (v) {
+	if (v && ip->daddr == in->saddr) {
 		__be32 backend = in->daddr;
 		icmp_rewrite_quote(icmp, in, &in->saddr, &ports[0], v->peer_ip, v->peer_port);
 		icmp_rewrite_quote(icmp, in, &in->daddr, &ports[1], v->nat_ip, v->nat_port);
@@ -65,13 +67,11 @@ static __always_inline int icmp_snat(struct iphdr *ip, struct icmphdr *icmp, str
 	}
 	ct_key_set(&k, in->daddr, in->saddr, ports[1], ports[0], in->protocol, SVCXDP_CT_DIR_FORWARD);
 	v = ct_lookup_external(&k);
-	if (!v || !(v->flags & SVCXDP_CT_F_SNAT))
+	if (!v || !(v->flags & SVCXDP_CT_F_SNAT) || ip->daddr != in->saddr)
 		return -1;
-	__be32 vip = in->saddr;
 	icmp_rewrite_quote(icmp, in, &in->saddr, &ports[0], v->nat_ip, v->nat_port);
 	icmp_rewrite_quote(icmp, in, &in->daddr, &ports[1], v->peer_ip, v->peer_port);
-	if (ip->daddr == vip)
-		ip_rewrite_addr(ip, &ip->daddr, v->nat_ip);
+	ip_rewrite_addr(ip, &ip->daddr, v->nat_ip);
 	ip_rewrite_addr(ip, &ip->saddr, v->peer_ip);
 	ev->main = SVCXDP_CNT_ICMP_NAT;
 	return SVCXDP_VERDICT_NP_OUT;

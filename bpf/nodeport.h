@@ -318,16 +318,13 @@ static __always_inline void np_pending_set(const struct ct_key *fwd, __u32 svc_i
  * (ctstate NEW): a client outside them loses the flow just recorded and the packet.
  * Here in the tail because the check in svcxdp_external cost it ~110,000 verified
  * instructions, past the budget. */
-static __always_inline int np_source_denied(struct iphdr *ip, void *data_end,
-					    const struct np_pending *pd)
+static __always_inline int np_source_denied(const struct iphdr *ip, const struct np_pending *pd)
 {
-	if (!pd->ranges || np_source_allowed(pd->svc_id, ip->saddr))
+	/* The client's address: the packet's source may be the hairpin address by now. */
+	if (!pd->ranges || np_source_allowed(pd->svc_id, pd->client))
 		return 0;
-	__be16 *ports = (void *)ip + ip->ihl * 4;
-	if ((void *)(ports + 2) > data_end)
-		return 1;
 	struct ct_key fk;
-	ct_key_set(&fk, ip->saddr, pd->vip, ports[0], pd->vport, ip->protocol, SVCXDP_CT_DIR_FORWARD);
+	ct_key_set(&fk, pd->client, pd->vip, pd->cport, pd->vport, ip->protocol, SVCXDP_CT_DIR_FORWARD);
 	struct ct_value *v = ct_lookup_external(&fk);
 	if (v)
 		ct_uncount(v);
@@ -394,23 +391,21 @@ static __always_inline int np_snat(struct xdp_md *ctx, struct iphdr *ip, void *d
 		return 0;
 	}
 	__u64 now = bpf_ktime_get_coarse_ns();
+	/* The flow as its client sent it: the packet's source may no longer be the client
+	 * (the hairpin address, when the client is its own backend; the SNAT address). */
 	struct ct_key fk;
-	__be32 node_ip;
+	ct_key_set(&fk, pd->client, pd->vip, pd->cport, pd->vport, ip->protocol,
+		   SVCXDP_CT_DIR_FORWARD);
+	__be32 node_ip = ip->saddr;
 	if (mode == SVCXDP_NP_NEW) {
 		struct np_route r;
 		np_route_lookup(ctx, ip, now, &r);
-		ct_key_set(&fk, ip->saddr, pd->vip, ports[0], pd->vport, ip->protocol,
-			   SVCXDP_CT_DIR_FORWARD);
 		if (!np_hairpin(ctx, &r)) {
 			if (pd->reply_entry)
 				np_reply_entry(&fk, pd);
 			return 0;
 		}
 		node_ip = r.src;
-	} else {
-		node_ip = ip->saddr;
-		ct_key_set(&fk, pd->client, pd->vip, pd->cport, pd->vport, ip->protocol,
-			   SVCXDP_CT_DIR_FORWARD);
 	}
 	struct ct_value *v = np_flow(&fk, pd);
 	int confirmed = pd->confirmed;
@@ -437,7 +432,7 @@ static __always_inline int np_snat(struct xdp_md *ctx, struct iphdr *ip, void *d
 	}
 	if (mode == SVCXDP_NP_NEW && (ip->frag_off & bpf_htons(IP_MF))) {
 		struct frag_key k = {};
-		frag_key_set(&k, ip, ip->saddr, pd->vip);
+		frag_key_set(&k, ip, pd->client, pd->vip);
 		struct frag_value *f = fragments.lookup(&k);
 		if (f)
 			f->peer_ip = snat.ip;
@@ -458,14 +453,19 @@ static __always_inline int np_forward(struct xdp_md *ctx, struct events *ev)
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	struct iphdr *ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > data_end || eth->h_proto != ETH_P_IP_BE)
+	if ((void *)(ip + 1) > data_end || eth->h_proto != ETH_P_IP_BE) {
+		/* To the stack untouched (a VLAN-tagged frame). The pending record goes too:
+		 * left set, it would be read as the next packet's, and a backend's answer,
+		 * which sets none, would be source-NATed as a new flow. */
+		np_pending_clear();
 		return XDP_PASS;
+	}
 	__u32 zero = 0;
 	struct np_pending *pd = np_scratch.lookup(&zero);
 	if (pd && pd->mode) {
 		__u8 mode = pd->mode;
 		pd->mode = SVCXDP_NP_NONE;
-		if (mode == SVCXDP_NP_NEW && np_source_denied(ip, data_end, pd)) {
+		if (mode == SVCXDP_NP_NEW && np_source_denied(ip, pd)) {
 			ev->main = SVCXDP_CNT_DROP_SOURCE_RANGE;
 			return XDP_DROP;
 		}

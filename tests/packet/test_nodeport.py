@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
-from scapy.layers.l2 import Ether
+from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
@@ -427,3 +427,55 @@ def test_icmp_errors_about_a_nodeport_flow_to_a_local_pod_are_translated_both_wa
     assert (pkt[UDPerror].sport, pkt[UDPerror].dport) == (5353, 30053)
     assert _checksums_valid(pkt)
     assert delta(before, xdp.counters())["icmp_nat"] == 2
+
+
+def test_a_vlan_tagged_new_flow_leaves_nothing_for_the_next_packet(ext):
+    """The tail takes a new flow's pending record (np_scratch) before any way out: a
+    VLAN-tagged first packet goes to the stack from the tail's first check, and a record
+    left behind was once read as the next packet's, so a backend's answer to another
+    flow, which sets none, was source-NATed as a new flow of the stale frontend."""
+    ext.service(NODE, 30080, [nodenet.REMOTE_POD])
+    port = ext.send(from_client(NODE, 30080, sport=40000, flags="S")).pkt[TCP].sport
+    ext.service(NODE, 30081, [nodenet.LOCAL_POD])
+    tagged = (Ether(src=CLIENT_MAC, dst="02:00:00:00:00:ff") / Dot1Q(vlan=5) /
+              IP(src=CLIENT2, dst=NODE, ttl=64) / TCP(sport=41000, dport=30081, flags="S"))
+    out = ext.send(tagged)
+    assert out.verdict == "XDP_PASS" and out.pkt[IP].dst == nodenet.LOCAL_POD
+    answer = (Ether(src=nodenet.NODE2_MAC, dst=ext.node.ext_mac) /
+              IP(src=nodenet.REMOTE_POD, dst=NODE, ttl=63) / TCP(sport=80, dport=port, flags="SA"))
+    back = ext.send(answer)
+    assert back.verdict == "XDP_TX"
+    assert (back.pkt[IP].src, back.pkt[TCP].sport, back.pkt[IP].dst, back.pkt[TCP].dport) == \
+        (NODE, 30080, CLIENT, 40000)
+
+
+@pytest.mark.parametrize("ranges", [(), ("10.244.2.0/24",)], ids=["open", "source-ranges"])
+def test_a_client_that_is_its_own_backend_on_another_node_is_answered(ext, ranges):
+    """A pod on another node calls the node's NodePort (or LoadBalancer IP) and is chosen
+    as its own backend: its source becomes the hairpin address, then the node's on a
+    SNAT port. The tail keys the flow, checks source ranges and records the answer's
+    way back by the client as it sent (np_pending), not by the rewritten source."""
+    vip, vport = (NODE, 30080) if not ranges else (LB_IP, 80)
+    ext.service(vip, vport, [nodenet.REMOTE_POD], source_ranges=ranges)
+    pkt = (Ether(src=nodenet.NODE2_MAC, dst=ext.node.ext_mac) /
+           IP(src=nodenet.REMOTE_POD, dst=vip, ttl=64) / TCP(sport=40000, dport=vport, flags="S"))
+    out = ext.send(pkt)
+    assert out.verdict == "XDP_TX"
+    assert (out.pkt[IP].src, out.pkt[IP].dst, out.pkt[TCP].dport) == (NODE, nodenet.REMOTE_POD, 80)
+    answer = (Ether(src=nodenet.NODE2_MAC, dst=ext.node.ext_mac) /
+              IP(src=nodenet.REMOTE_POD, dst=NODE, ttl=63) / TCP(sport=80, dport=out.pkt[TCP].sport, flags="SA"))
+    back = ext.send(answer).pkt
+    assert (back[IP].src, back[TCP].sport, back[IP].dst, back[TCP].dport) == \
+        (vip, vport, nodenet.REMOTE_POD, 40000)
+
+
+def test_an_icmp_error_about_a_snated_flow_sent_elsewhere_is_not_forwarded(ext):
+    """An error about node:port -> backend is the node's (its quote's source); one sent
+    to another address (here the LoadBalancer IP) is no error about the flow and is not
+    passed on to the client."""
+    ext.service(NODE, 30053, [nodenet.REMOTE_POD], proto="UDP", backend_port=53)
+    port = ext.send(from_client(NODE, 30053, sport=5353, proto=UDP)).pkt[UDP].sport
+    err = (Ether(src=nodenet.NODE2_MAC, dst=ext.node.ext_mac) / IP(src=nodenet.NODE2_IP, dst=LB_IP, ttl=64) /
+           ICMP(type=3, code=3) / IP(src=NODE, dst=nodenet.REMOTE_POD, ttl=63) / UDP(sport=port, dport=53))
+    out = ext.send(err)
+    assert out.verdict == "XDP_PASS" and out.pkt[IP].dst == LB_IP
