@@ -28,10 +28,13 @@ bench: setup
 bench-quick: setup
 	$(PY) bench/run.py --quick
 
-# 1,000,000 random and mutated frames through test-run, each compared with the reference
-# model (tests/packet/fuzz.py; several minutes). FRAMES=n for another count.
+# 1,000,000 random and mutated frames through the pods' entry point, each compared with
+# the reference model (tests/packet/fuzz.py; about a minute), then 300,000 through the
+# external entry point, each held to the rules of tests/packet/fuzz_external.py (~15 s).
+# FRAMES=n for another count of each.
 fuzz: setup
 	$(PY) -m tests.packet.fuzz --frames $(or $(FRAMES),1000000)
+	$(PY) -m tests.packet.fuzz_external --frames $(or $(FRAMES),300000)
 
 # Established flows surviving a spoofed SYN flood, per algorithm (~1 min; ARGS=--quick).
 bench-flood: setup

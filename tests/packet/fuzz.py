@@ -79,11 +79,12 @@ ETH = bytes.fromhex("020000000002" "020000000001")  # dst NODE_MAC, src CLIENT_M
 ROUTER_ALERT = b"\x94\x04\x00\x00"
 
 
-def _l2(rng: random.Random, ip_pkt: bytes) -> bytes:
+def _l2(rng: random.Random, ip_pkt: bytes, eth: bytes = ETH) -> bytes:
+    """ip_pkt behind the addresses `eth`, sometimes with a VLAN tag, padding or trailing bytes."""
     if rng.random() < 0.15:
-        raw = ETH + struct.pack("!HHH", 0x8100, rng.randint(1, 4094), 0x0800) + ip_pkt
+        raw = eth + struct.pack("!HHH", 0x8100, rng.randint(1, 4094), 0x0800) + ip_pkt
     else:
-        raw = ETH + b"\x08\x00" + ip_pkt
+        raw = eth + b"\x08\x00" + ip_pkt
     r = rng.random()
     if r < 0.1 and len(raw) < 60:
         raw += b"\0" * (60 - len(raw))
