@@ -1,6 +1,6 @@
 """Fuzzing the external entry point (svcxdp_external): what comes in from outside the cluster.
 
-    .venv/bin/python -m tests.packet.fuzz_external [--frames 200000] [--seed N]   (root; `make fuzz`)
+    .venv/bin/python -m tests.packet.fuzz_external [--frames 300000] [--seed N]   (root; `make fuzz`)
 
 fuzz.py checks the pods' entry point against a reference model of it. The external
 entry point has no such model (its SNAT port choice, route lookups and tail call
@@ -9,8 +9,9 @@ cluster vouches for. So here every frame is held to rules that any correct answe
 obeys, whatever the datapath chose:
 
 - the program never aborts, and never sends a frame back out unchanged;
-- a frame it changes is IPv4 with a right header checksum, and its TCP, UDP or ICMP
-  checksum is right whenever the frame's was (unfragmented datagrams);
+- a frame it changes is IPv4, and its header checksum and its TCP, UDP or ICMP
+  checksum are right whenever the frame's were (unfragmented datagrams: the program
+  updates checksums and does not check them, so a wrong one stays wrong);
 - a changed frame goes somewhere a rule explains, and nowhere else (no misforward):
   * to a backend of the frontend the frame was sent to (the backend's address and
     port; the source kept, or SNATed to the node's address on a port of the SNAT
@@ -18,7 +19,8 @@ obeys, whatever the datapath chose:
   * back to a client, from a frontend that client sent to from that address and
     port (a reply translated, a reset or port-unreachable for a frontend without
     endpoints); a reply to a SNAT port the program handed out goes to exactly the
-    client and frontend of the flow it handed it to;
+    client and frontend of the flow it handed it to, and a local pod's answer to a
+    client it was sent with the client's own address leaves as that flow's frontend;
   * later fragments and ICMP errors likewise, by address; an ICMP error translated
     (its quote, its source to a frontend's address) to where it was addressed;
 - one sent back out of the interface (XDP_TX) goes to a neighbour's MAC (the other
@@ -31,8 +33,11 @@ source ranges, a Local policy, affinity, any algorithm; backends on this node (a
 pod behind pod0) and on another (reached back out of ext0, SNATed). Frames: clients'
 packets to the frontends and elsewhere, backends' answers to the SNAT ports handed
 out, ICMP errors about those flows from either side, later fragments, and mutations
-and random bytes as in fuzz.py. The frames run in the node's namespace (nodenet.py),
-whose routes and neighbours the program's FIB lookups read.
+and random bytes as in fuzz.py, through ext0's entry point; and through pod0's (the
+pods' entry point, svcxdp_main) a local pod's answers to the clients it was sent and
+errors about those flows, its own packets to the ClusterIP. The frames run in the
+node's namespace (nodenet.py), whose routes and neighbours the program's FIB lookups
+read.
 """
 from __future__ import annotations
 
@@ -75,10 +80,12 @@ ROUND_FRAMES = 2000
 # Ethernet headers (destination, source) of the frames from a client and from node2
 CLIENT_ETH = bytes.fromhex("0200000000ff" + nodenet.CLIENTS[CLIENTS[0]].replace(":", ""))
 NODE2_ETH = bytes.fromhex("0200000000ff" + nodenet.NODE2_MAC.replace(":", ""))
+POD_ETH = bytes.fromhex("0200000000fe" + nodenet.LOCAL_POD_MAC.replace(":", ""))   # a local pod's, on pod0
+EXTERNAL, POD = "external", "pod"   # the entry point a frame comes in through (ext0, pod0)
 # the MACs an XDP_TX may send to: the other node and the clients with a neighbour entry
 NEIGHBOUR_MACS = {bytes.fromhex(m.replace(":", "")) for m in (nodenet.NODE2_MAC, *nodenet.CLIENTS.values())}
 COUNTED = ("snat_new", "snat_reply", "reject", "icmp_nat", "frag_nat", "drop_source_range",
-           "drop_no_local", "drop_malformed", "ct_new", "ct_hit", "xdp_tx")
+           "drop_no_local", "drop_malformed", "ct_new", "ct_hit", "xdp_tx", "revnat", "hairpin")
 
 
 def _ip(a: bytes) -> str:
@@ -124,6 +131,9 @@ class Round:
     talkers: dict[tuple[str, int, int], set[tuple[str, int]]] = field(default_factory=dict)
     # (backend, bport, snat port, proto) -> (client, cport, vip, vport): flows SNATed so far
     snat: dict[tuple[str, int, int, int], tuple[str, int, str, int]] = field(default_factory=dict)
+    # (backend, bport, client, cport, proto) -> the frontends (vip, vport) of the flows
+    # sent to the backend with the client's own address: its answers leave as one of them
+    local: dict[tuple[str, int, str, int, int], set[tuple[str, int]]] = field(default_factory=dict)
     # first fragments sent: (src, dst, ident, proto)
     fragments: list[tuple[str, str, int, int]] = field(default_factory=list)
 
@@ -182,40 +192,64 @@ def _datagram(rng: random.Random, r: Round, src: str, dst: str, proto: int, l4: 
                 options=b"\x94\x04\x00\x00" if rng.random() < 0.1 else b"")
 
 
-def seed_frames(rng: random.Random, states: list[ServiceState], r: Round) -> list[bytes]:
+def _icmp_error(rng: random.Random, src: str, dst: str, qsrc: str, qdst: str, proto: int,
+                qs: int, qd: int) -> bytes:
+    """An ICMP error from src to dst quoting qsrc:qs -> qdst:qd (cut as routers cut it)."""
+    l4 = tcp_seg(qsrc, qdst, qs, qd, 0x12, 1, 0, b"") if proto == 6 else udp_dgram(qsrc, qdst, qs, qd, b"q", False)
+    quote = ipv4(qsrc, qdst, proto, l4)[:rng.choice((28, 28, 20, 24, 40))]
+    itype, icode = rng.choice(((3, 3), (3, 4), (11, 0), (12, 0), (0, 0)))
+    msg = struct.pack("!BBHI", itype, icode, 0, 0) + quote
+    msg = msg[:2] + struct.pack("!H", csum(msg)) + msg[4:]
+    return ipv4(src, dst, 1, msg)
+
+
+def seed_frames(rng: random.Random, states: list[ServiceState], r: Round) -> list[tuple[str, bytes]]:
+    """Well-formed frames, each with the entry point it comes in through."""
     seeds = []
-    external = [s.frontend for s in states]
+    frontends = [s.frontend for s in states]
     for _ in range(12):   # clients to the frontends, or anywhere
         if rng.random() < 0.8:
-            fe = rng.choice(external)
+            fe = rng.choice(frontends)
             dst, dport, proto = fe.vip, fe.port, 6 if fe.protocol == "TCP" else 17
         else:
             dst, dport, proto = rng.choice(ADDRESSES), rng.choice(PORTS), rng.choice((6, 17))
         src, sport = rng.choice(CLIENTS), rng.choice((40000, 40001, 5353, rng.randrange(1, 65536)))
-        seeds.append(_l2(rng, _datagram(rng, r, src, dst, proto, _segment(rng, src, dst, proto, sport, dport)),
-                         CLIENT_ETH))
+        seeds.append((EXTERNAL, _l2(rng, _datagram(rng, r, src, dst, proto,
+                                                   _segment(rng, src, dst, proto, sport, dport)), CLIENT_ETH)))
     flows = sorted(r.snat.items())
     for _ in range(min(len(flows), 12)):   # the other node's answers, and errors about the flows
         (backend, bport, port, proto), (client, cport, vip, vport) = rng.choice(flows)
         if rng.random() < 0.6:
             sport = bport + (rng.random() < 0.1)
             l4 = _segment(rng, backend, NODE, proto, sport, port)
-            seeds.append(_l2(rng, _datagram(rng, r, backend, NODE, proto, l4), NODE2_ETH))
-            continue
-        if rng.random() < 0.5:   # node2 about node -> backend, or the client about vip -> client
-            qsrc, qdst, qs, qd, osrc, eth = NODE, backend, port, bport, rng.choice((nodenet.NODE2_IP, backend)), NODE2_ETH
+            seeds.append((EXTERNAL, _l2(rng, _datagram(rng, r, backend, NODE, proto, l4), NODE2_ETH)))
+        elif rng.random() < 0.5:   # node2 about node -> backend, or the client about vip -> client
+            error = _icmp_error(rng, rng.choice((nodenet.NODE2_IP, backend)), NODE, NODE, backend, proto, port, bport)
+            seeds.append((EXTERNAL, _l2(rng, error, NODE2_ETH)))
         else:
-            qsrc, qdst, qs, qd, osrc, eth = vip, client, vport, cport, client, CLIENT_ETH
-        l4 = tcp_seg(qsrc, qdst, qs, qd, 0x12, 1, 0, b"") if proto == 6 else udp_dgram(qsrc, qdst, qs, qd, b"q", False)
-        quote = ipv4(qsrc, qdst, proto, l4)[:rng.choice((28, 28, 20, 24, 40))]
-        itype, icode = rng.choice(((3, 3), (3, 4), (11, 0), (12, 0), (0, 0)))
-        msg = struct.pack("!BBHI", itype, icode, 0, 0) + quote
-        msg = msg[:2] + struct.pack("!H", csum(msg)) + msg[4:]
-        seeds.append(_l2(rng, ipv4(osrc, NODE, 1, msg), eth))
+            error = _icmp_error(rng, client, vip, vip, client, proto, vport, cport)
+            seeds.append((EXTERNAL, _l2(rng, error, CLIENT_ETH)))
+    local = sorted(k for k in r.local if k[0] in LOCAL_PODS)
+    for _ in range(min(len(local), 8)):   # a local pod answers a client, or errs about its flow
+        pod, pport, client, cport, proto = rng.choice(local)
+        if rng.random() < 0.7:
+            sport = pport + (rng.random() < 0.1)
+            l4 = _segment(rng, pod, client, proto, sport, cport)
+            seeds.append((POD, _l2(rng, _datagram(rng, r, pod, client, proto, l4), POD_ETH)))
+        else:
+            seeds.append((POD, _l2(rng, _icmp_error(rng, pod, client, client, pod, proto, cport, pport), POD_ETH)))
+    for _ in range(2):   # a local pod to a frontend (the ClusterIP's, if any) or anywhere
+        fe = rng.choice(frontends)
+        dst = CLUSTER_IP if rng.random() < 0.7 else rng.choice(ADDRESSES)
+        proto, sport = 6 if fe.protocol == "TCP" else 17, rng.choice((41000, 80, 8080))
+        seeds.append((POD, _l2(rng, _datagram(rng, r, nodenet.LOCAL_POD, dst, proto,
+                                              _segment(rng, nodenet.LOCAL_POD, dst, proto, sport, fe.port)),
+                               POD_ETH)))
     for src, dst, ident, proto in r.fragments[-4:]:   # later fragments of datagrams sent
         frag = rng.randint(1, 3) | (0x2000 if rng.random() < 0.5 else 0)
-        seeds.append(_l2(rng, ipv4(src, dst, proto, bytes(16), ident=ident, frag=frag),
-                         NODE2_ETH if src in REMOTE_PODS else CLIENT_ETH))
+        entry, eth = (POD, POD_ETH) if src in LOCAL_PODS else \
+            (EXTERNAL, NODE2_ETH if src in REMOTE_PODS else CLIENT_ETH)
+        seeds.append((entry, _l2(rng, ipv4(src, dst, proto, bytes(16), ident=ident, frag=frag), eth)))
     return seeds
 
 
@@ -226,6 +260,7 @@ def _explained(r: Round, i: Parsed, o: Parsed) -> str | None:
         want = r.backends.get((i.dst, i.dport, i.proto), set())
         if (o.dst, o.dport) in want:   # forward, to a backend of the frontend addressed
             if (o.src, o.sport) == (i.src, i.sport):
+                r.local.setdefault((o.dst, o.dport, i.src, i.sport, i.proto), set()).add((i.dst, i.dport))
                 return "forward"
             if (o.src, o.sport, o.dst) == (HAIRPIN_IP, i.sport, i.src):   # the client is the backend
                 return "forward, hairpin"
@@ -236,6 +271,9 @@ def _explained(r: Round, i: Parsed, o: Parsed) -> str | None:
         flow = r.snat.get((i.src, i.sport, i.dport, i.proto)) if i.dst == NODE else None
         if flow is not None:   # an answer to a SNAT port handed out: exactly its flow
             return "SNAT reply" if (o.dst, o.dport, o.src, o.sport) == flow else None
+        frontends = r.local.get((i.src, i.sport, i.dst, i.dport, i.proto))
+        if frontends is not None and (o.dst, o.dport) == (i.dst, i.dport):   # a backend answers
+            return "reply" if (o.src, o.sport) in frontends else None
         if (o.dst, o.dport) in r.talkers.get((o.src, o.sport, o.proto), ()):
             return "to a client of the frontend"
         return None
@@ -287,7 +325,7 @@ def _note_talker(r: Round, raw: bytes) -> None:
 
 
 # ---- the run ----------------------------------------------------------------------------------
-def _round(h: Harness, runner: TestRunner, ifindex: int, rng: random.Random, n: int,
+def _round(h: Harness, runners: dict[str, tuple[TestRunner, int]], rng: random.Random, n: int,
            addrs: list[bytes], ports: list[bytes], seed: int, round_no: int) -> None:
     states = random_services(rng)
     for s in states:
@@ -296,38 +334,40 @@ def _round(h: Harness, runner: TestRunner, ifindex: int, rng: random.Random, n: 
     for s in states:
         proto = 6 if s.frontend.protocol == "TCP" else 17
         r.backends[(s.frontend.vip, s.frontend.port, proto)] = {b.address for b in s.backends}
-    ext = [s for s in states if s.frontend.scope == "external"]
-    seeds: list[bytes] = []
+    seeds: list[tuple[str, bytes]] = []
     last = None
     for k in range(n):
         if k % 200 == 0:
-            seeds = seed_frames(rng, ext, r)
+            seeds = seed_frames(rng, states, r)
         x = rng.random()
         if x < 0.35:
-            raw = rng.choice(seeds)
+            entry, raw = rng.choice(seeds)
         elif x < 0.9:
-            raw = mutate(rng, rng.choice(seeds), addrs, ports)
+            entry, raw = rng.choice(seeds)
+            raw = mutate(rng, raw, addrs, ports)
         elif x < 0.95 and last is not None:
-            raw = last
+            entry, raw = last
         else:
-            raw = random_frame(rng)
-        last = raw
+            entry, raw = EXTERNAL, random_frame(rng)
+        last = entry, raw
         _note_talker(r, raw)
+        runner, ifindex = runners[entry]
         res = runner.run(raw, 1, ifindex)
         try:
             check(r, raw, res.verdict_name, res.data)
         except AssertionError as exc:
-            raise Disagreement(f"seed {seed}, round {round_no}, frame {k}: {exc}\n"
+            raise Disagreement(f"seed {seed}, round {round_no}, frame {k} (the {entry} entry point): {exc}\n"
                                f"  in  {raw.hex()}\n  out {res.data.hex()}") from None
 
 
 def fuzz_external(h: Harness, node: nodenet.NodeNet, frames: int, seed: int,
                   round_frames: int = ROUND_FRAMES, progress: bool = False) -> Stats:
-    """Run `frames` frames through the external entry point; raises Disagreement (with
-    the seed and round) on the first that breaks a rule."""
+    """Run `frames` frames, most through the external entry point; raises Disagreement
+    (with the seed and round) on the first that breaks a rule."""
     addrs = [socket.inet_aton(a) for a in ADDRESSES]
     ports = [struct.pack("!H", p) for p in PORTS]
-    runner = TestRunner(h.dp.external_prog_fd)
+    runners = {EXTERNAL: (TestRunner(h.dp.external_prog_fd), node.ext_ifindex),
+               POD: (h.runner, node.pod_ifindex)}
     stats = Stats(verdicts={})
     start = time.monotonic()
     while stats.frames < frames:
@@ -335,7 +375,7 @@ def fuzz_external(h: Harness, node: nodenet.NodeNet, frames: int, seed: int,
         h.reset()
         before = h.counters()
         n = min(round_frames, frames - stats.frames)
-        node.call(_round, h, runner, node.ext_ifindex, rng, n, addrs, ports, seed, stats.rounds)
+        node.call(_round, h, runners, rng, n, addrs, ports, seed, stats.rounds)
         after = h.counters()
         for name in COUNTED:
             stats.verdicts[name] = stats.verdicts.get(name, 0) + after[name] - before[name]
@@ -350,7 +390,7 @@ def fuzz_external(h: Harness, node: nodenet.NodeNet, frames: int, seed: int,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--frames", type=int, default=200_000)
+    ap.add_argument("--frames", type=int, default=300_000)
     ap.add_argument("--seed", type=int, default=int(time.time()))
     args = ap.parse_args(argv)
     if os.geteuid() != 0:

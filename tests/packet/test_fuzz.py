@@ -53,6 +53,6 @@ def test_frames_from_outside_break_no_rule(xdp: Harness, node, seed: int | None)
     assert stats.frames == 6000
     if seed is None:
         return
-    for path in ("snat_new", "snat_reply", "icmp_nat", "frag_nat", "reject", "drop_source_range",
+    for path in ("snat_new", "snat_reply", "revnat", "icmp_nat", "frag_nat", "reject", "drop_source_range",
                  "drop_no_local", "drop_malformed"):
         assert stats.verdicts[path] > 0, (path, stats.verdicts)
