@@ -333,6 +333,18 @@ static __always_inline int np_source_denied(const struct iphdr *ip, const struct
 	return 1;
 }
 
+/* The first fragment's record (svcxdp.c, frag_record) of a flow the tail then drops:
+ * forgotten, or the datagram's later fragments would still be translated and sent on
+ * (past the source ranges that refused the flow, or without its SNAT). */
+static __always_inline void np_frag_forget(const struct iphdr *ip, const struct np_pending *pd)
+{
+	if (!(ip->frag_off & bpf_htons(IP_MF)))
+		return;
+	struct frag_key k = {};
+	frag_key_set(&k, ip, pd->client, pd->vip);
+	fragments.delete(&k);
+}
+
 static __always_inline void np_pending_clear(void)
 {
 	__u32 zero = 0;
@@ -466,12 +478,15 @@ static __always_inline int np_forward(struct xdp_md *ctx, struct events *ev)
 		__u8 mode = pd->mode;
 		pd->mode = SVCXDP_NP_NONE;
 		if (mode == SVCXDP_NP_NEW && np_source_denied(ip, pd)) {
+			np_frag_forget(ip, pd);
 			ev->main = SVCXDP_CNT_DROP_SOURCE_RANGE;
 			return XDP_DROP;
 		}
 		int rc = np_snat(ctx, ip, data_end, pd, mode, ev);
-		if (rc < 0)
+		if (rc < 0) {
+			np_frag_forget(ip, pd);
 			return XDP_DROP;
+		}
 		if (rc > 0)
 			counters_bump(SVCXDP_CNT_SNAT_RECLAIMED);
 	}

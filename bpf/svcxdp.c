@@ -150,10 +150,12 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct ethhdr *eth, 
 	if (ct_changed(v, was))
 		ct_store(m.copied, &m.key, v);
 	__be32 orig_src = ip->saddr;
+	__be32 orig_dst = ip->daddr;
 	nat_src(ip, l4->sport, &l4->csum, m.vip, m.vport);
 	if (hairpin)
 		nat_dst(ip, NULL, &l4->csum, client, 0);
-	frag_record(ip, orig_src, ip->daddr, m.vip, 0, SVCXDP_CT_DIR_REPLY);
+	/* Later fragments come addressed as this one came (to the hairpin address too). */
+	frag_record(ip, orig_src, orig_dst, m.vip, hairpin ? client : 0, SVCXDP_CT_DIR_REPLY);
 	svc_account(v->svc_id, frame_bytes(ip, l3_off), 0, 0);
 	ev->main = SVCXDP_CNT_REVNAT;
 	return forward(ctx, eth, ip, vlan, now, ev);
@@ -308,7 +310,9 @@ dnat:;
 	}
 	if (snat.ip)
 		nat_src(ip, l4->sport, &l4->csum, snat.ip, snat.port);
-	frag_record(ip, orig_src, orig_dst, nat_ip, snat.ip, SVCXDP_CT_DIR_FORWARD);
+	/* Later fragments leave with the source this one leaves with (SNAT, hairpin). */
+	frag_record(ip, orig_src, orig_dst, nat_ip, ip->saddr != orig_src ? ip->saddr : 0,
+		    SVCXDP_CT_DIR_FORWARD);
 	if (external)
 		return SVCXDP_VERDICT_NP_OUT;
 	return forward(ctx, eth, ip, vlan, now, ev);

@@ -27,8 +27,8 @@ obeys, whatever the datapath chose:
   node, a client), or to the sender's.
 
 Rounds of a few thousand frames, each from empty maps with a few random external
-frontends (NodePort on the node's address, a LoadBalancer IP, an external IP), some
-beside a ClusterIP frontend sharing their backends, some without endpoints, with
+frontends (NodePort on the node's address, a LoadBalancer IP, an external IP), changed
+every 500 frames (backends replaced, a frontend removed or back), some beside a ClusterIP frontend sharing their backends, some without endpoints, with
 source ranges, a Local policy, affinity, any algorithm; backends on this node (a
 pod behind pod0) and on another (reached back out of ext0, SNATed). Frames: clients'
 packets to the frontends and elsewhere, backends' answers to the SNAT ports handed
@@ -42,6 +42,7 @@ read.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import random
 import socket
@@ -100,6 +101,7 @@ class Parsed:
     src: str
     dst: str
     proto: int
+    ident: int
     first: bool                  # no fragment offset: the L4 header (if any) is here
     fragment: bool               # a fragment (first or later)
     sport: int | None = None     # TCP/UDP ports, when the header is whole
@@ -115,7 +117,7 @@ def parse(raw: bytes) -> Parsed | None:
         return None
     frag = int.from_bytes(raw[l3 + 6:l3 + 8], "big")
     p = Parsed(raw[0:6], raw[6:12], _ip(raw[l3 + 12:l3 + 16]), _ip(raw[l3 + 16:l3 + 20]), raw[l3 + 9],
-               first=frag & 0x1FFF == 0, fragment=frag & 0x3FFF != 0)
+               int.from_bytes(raw[l3 + 4:l3 + 6], "big"), first=frag & 0x1FFF == 0, fragment=frag & 0x3FFF != 0)
     l4 = l3 + ihl
     if p.first and p.proto in (6, 17) and len(raw) >= l4 + (20 if p.proto == 6 else 8):
         p.sport, p.dport = struct.unpack_from("!HH", raw, l4)
@@ -136,6 +138,9 @@ class Round:
     local: dict[tuple[str, int, str, int, int], set[tuple[str, int]]] = field(default_factory=dict)
     # first fragments sent: (src, dst, ident, proto)
     fragments: list[tuple[str, str, int, int]] = field(default_factory=list)
+    # (src, dst, ident, proto) of a first fragment -> the (src, dst) it left with: the
+    # datagram's later fragments follow it (even past a change to its frontend)
+    fragment_ways: dict[tuple[str, str, int, int], set[tuple[str, str]]] = field(default_factory=dict)
 
     def frontend_ips(self) -> set[str]:
         return {vip for vip, _, _ in self.backends}
@@ -147,18 +152,24 @@ class Round:
         return {ip for (v, _, _), ts in self.talkers.items() if vip in (None, v) for ip, _ in ts}
 
 
+_POOL = [(ip, p) for ip in (*LOCAL_PODS, *REMOTE_PODS) for p in BACKEND_PORTS]
+
+
+def _random_backends(rng: random.Random) -> tuple[Backend, ...]:
+    addrs = rng.sample(_POOL, rng.choice((0, 1, 1, 2, 3)))
+    return tuple(Backend(ip, p, rng.choice(("active", "active", "active", "terminating"))) for ip, p in addrs)
+
+
 def random_services(rng: random.Random) -> list[ServiceState]:
     out: list[ServiceState] = []
     seen: set[Frontend] = set()
-    pool = [(ip, p) for ip in (*LOCAL_PODS, *REMOTE_PODS) for p in BACKEND_PORTS]
     for _ in range(rng.randint(1, 5)):
         vip = rng.choice(VIPS)
         fe = Frontend(vip, rng.choice(VPORTS), rng.choice(("TCP", "UDP")), "external")
         if fe in seen:
             continue
         seen.add(fe)
-        addrs = rng.sample(pool, rng.choice((0, 1, 1, 2, 3)))
-        bs = tuple(Backend(ip, p, rng.choice(("active", "active", "active", "terminating"))) for ip, p in addrs)
+        bs = _random_backends(rng)
         algorithm = rng.choice(("random", "rr", "maglev", "lc"))
         ranges: tuple[str, ...] = ()
         if vip != NODE and rng.random() < 0.3:
@@ -256,6 +267,17 @@ def seed_frames(rng: random.Random, states: list[ServiceState], r: Round) -> lis
 # ---- the rules --------------------------------------------------------------------------------
 def _explained(r: Round, i: Parsed, o: Parsed) -> str | None:
     """Why output o of input i is allowed (None: no rule allows it)."""
+    if i.fragment and not i.first:
+        ways = r.fragment_ways.get((i.src, i.dst, i.ident, i.proto))
+        if ways is not None and (o.src, o.dst) in ways:
+            return "a later fragment, the way its first went"
+    why = _explained_packet(r, i, o)
+    if why is not None and i.fragment and i.first:
+        r.fragment_ways.setdefault((i.src, i.dst, i.ident, i.proto), set()).add((o.src, o.dst))
+    return why
+
+
+def _explained_packet(r: Round, i: Parsed, o: Parsed) -> str | None:
     if o.sport is not None and i.sport is not None:   # (a first fragment's too)
         want = r.backends.get((i.dst, i.dport, i.proto), set())
         if (o.dst, o.dport) in want:   # forward, to a backend of the frontend addressed
@@ -325,18 +347,45 @@ def _note_talker(r: Round, raw: bytes) -> None:
 
 
 # ---- the run ----------------------------------------------------------------------------------
+def _installed(r: Round, states: list[ServiceState]) -> None:
+    """The rules' picture of the frontends: what the maps hold now."""
+    r.backends = {(s.frontend.vip, s.frontend.port, 6 if s.frontend.protocol == "TCP" else 17):
+                  {b.address for b in s.backends} for s in states}
+
+
+def _churn(rng: random.Random, h: Harness, states: list[ServiceState], gone: list[ServiceState]) -> None:
+    """One change while flows run, as the agent makes them: a frontend's backends
+    replaced (its flows to a backend that left choose again), a frontend removed (its
+    flows stop), or a removed one back."""
+    x = rng.random()
+    if gone and x < 0.2:
+        back = gone.pop(rng.randrange(len(gone)))
+        h.writer.upsert(back)
+        states.append(back)
+    elif len(states) > 1 and x < 0.4:
+        left = states.pop(rng.randrange(len(states)))
+        h.writer.delete(left.frontend)
+        gone.append(left)
+    else:
+        i = rng.randrange(len(states))
+        states[i] = dataclasses.replace(states[i], backends=_random_backends(rng))
+        h.writer.upsert(states[i])
+
+
 def _round(h: Harness, runners: dict[str, tuple[TestRunner, int]], rng: random.Random, n: int,
            addrs: list[bytes], ports: list[bytes], seed: int, round_no: int) -> None:
     states = random_services(rng)
     for s in states:
         h.writer.upsert(s)
     r = Round()
-    for s in states:
-        proto = 6 if s.frontend.protocol == "TCP" else 17
-        r.backends[(s.frontend.vip, s.frontend.port, proto)] = {b.address for b in s.backends}
+    _installed(r, states)
+    gone: list[ServiceState] = []
     seeds: list[tuple[str, bytes]] = []
     last = None
     for k in range(n):
+        if k % 500 == 499:
+            _churn(rng, h, states, gone)
+            _installed(r, states)
         if k % 200 == 0:
             seeds = seed_frames(rng, states, r)
         x = rng.random()

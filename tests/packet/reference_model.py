@@ -186,8 +186,9 @@ class ReferenceDatapath:
         self.rr_next: dict[int, int] = {}
         self.conntrack: dict[CtKey, Flow] = {}      # confirmed flows
         self.unconfirmed = FlowSetsModel()          # flows that sent one packet so far
-        # (new address, direction, when the first fragment was seen)
-        self.fragments: dict[FragKey, tuple[str, int, int]] = {}
+        # (new address, the other new address or None, direction, when the first
+        # fragment was seen)
+        self.fragments: dict[FragKey, tuple[str, str | None, int, int]] = {}
         # backend (ip, port, proto) -> (VIP, port it answers for, shared by several frontends)
         self.rev_nat: dict[tuple[str, int, int], tuple[str, int, bool]] = {}
         self.counters = dict.fromkeys(COUNTERS, 0)
@@ -359,7 +360,8 @@ class ReferenceDatapath:
 
         def effect() -> None:
             self._touch(flow, tcp_flags)
-            self._frag_record(ip, orig_src, ip.dst, vip, REPLY)
+            self._frag_record(ip, orig_src, HAIRPIN if hairpin else client, vip, REPLY,
+                              client if hairpin else None)
             self._account(flow.svc_id, frame_bytes)
         return done("XDP_PASS", "reverse NAT", "revnat", effect=effect)
 
@@ -437,13 +439,14 @@ class ReferenceDatapath:
         ip.set_dst(nat_ip, l4)
         if dport != nat_port:
             ip.set_port(l4, 2, nat_port)
-        if nat_ip == orig_src:   # hairpin: the client is its own backend
+        hairpin = nat_ip == orig_src   # the client is its own backend
+        if hairpin:
             ip.set_src(HAIRPIN, l4)
             extra = "hairpin"
 
         def full() -> None:
             effect()
-            self._frag_record(ip, orig_src, orig_dst, nat_ip, FWD)
+            self._frag_record(ip, orig_src, orig_dst, nat_ip, FWD, HAIRPIN if hairpin else None)
         return done("XDP_PASS", what, counter, extra, data=bytes(pkt), effect=full)
 
     # No endpoints: answer as kube-proxy's REJECT does, straight back out (XDP_TX).
@@ -482,14 +485,18 @@ class ReferenceDatapath:
         rec = self.fragments.get((ip.src, ip.dst, ip.ident, ip.proto))
         if rec is None:
             return done("XDP_PASS", "fragment of no known datagram", "frag_unknown")
-        nat_ip, direction, created = rec
+        nat_ip, peer, direction, created = rec
         if datapath_clock_ns() - created > FRAG_TIMEOUT_NS:
             # Past the reassembly timeout the IP id may belong to another datagram.
             return done("XDP_PASS", "fragment of an expired datagram", "frag_unknown")
         if direction == FWD:
             ip.set_dst(nat_ip, None)
+            if peer is not None:
+                ip.set_src(peer, None)
         else:
             ip.set_src(nat_ip, None)
+            if peer is not None:
+                ip.set_dst(peer, None)
         return done("XDP_PASS", "later fragment translated", "frag_nat")
 
     # ICMP errors quoting a translated flow are translated like the flow.
@@ -546,10 +553,12 @@ class ReferenceDatapath:
         if tcp_flags & (TCP_FIN | TCP_RST):
             flow.closing = True
 
-    def _frag_record(self, ip, src, dst, nat_ip, direction) -> None:
-        """A first fragment (MF set, offset 0) tells its later fragments what to do."""
+    def _frag_record(self, ip, src, dst, nat_ip, direction, peer: str | None = None) -> None:
+        """A first fragment (MF set, offset 0) tells its later fragments what to do: keyed
+        by its addresses as it came, the one it changed (`nat_ip`: the destination forward,
+        the source in reply) and the other one if it changed that too (`peer`: hairpin)."""
         if ip.frag_off & IP_MF:
-            self.fragments[(src, dst, ip.ident, ip.proto)] = (nat_ip, direction, datapath_clock_ns())
+            self.fragments[(src, dst, ip.ident, ip.proto)] = (nat_ip, peer, direction, datapath_clock_ns())
 
     def _account(self, svc_id, nbytes, new=0, reject=0) -> None:
         s = self.svc_stats.setdefault(svc_id, dict(packets=0, bytes=0, new_flows=0, rejects=0))

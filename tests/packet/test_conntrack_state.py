@@ -93,8 +93,8 @@ def set_frag_created(xdp: Harness, model: ReferenceDatapath, created: int) -> No
     for k, v in items:
         v.created = created
         table[k] = v
-    for key, (nat_ip, direction, _) in model.fragments.items():
-        model.fragments[key] = (nat_ip, direction, created)
+    for key, (nat_ip, peer, direction, _) in model.fragments.items():
+        model.fragments[key] = (nat_ip, peer, direction, created)
 
 
 @pytest.mark.parametrize("age_s, translated", [(FRAG_TIMEOUT_NS // SEC - 5, True),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 
 import pytest
-from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet import IP, TCP, UDP, fragment
 from scapy.layers.l2 import Ether
 
 from controlplane.dataplane.layout import const
@@ -55,3 +55,21 @@ def test_other_clients_are_not_hairpinned(xdp: Harness):
     stray = frame(POD, HAIRPIN, TCP(sport=8080, dport=41000, flags="SA"))
     res = xdp.send(stray)
     assert res.verdict == "XDP_PASS" and res.raw == bytes(stray)
+
+
+def test_fragments_of_a_hairpinned_datagram_keep_its_addresses_both_ways(xdp: Harness):
+    """A datagram's later fragments carry no ports: they are translated as its first
+    fragment was, the hairpin address included, or the pod could not reassemble it
+    (fragments of one datagram from two sources). Its answer's later fragments come
+    addressed to the hairpin address as the first did, and go back as VIP -> pod."""
+    xdp.service(port=53, protocol="UDP", backends=(POD,), backend_port=5353)
+
+    def fragments(src, dst, sport, dport, ident):
+        datagram = IP(src=src, dst=dst, id=ident, ttl=64) / UDP(sport=sport, dport=dport) / (b"D" * 64)
+        return [Ether(src=CLIENT_MAC, dst=NODE_MAC) / f for f in fragment(datagram, fragsize=32)]
+
+    out = [xdp.send(f).pkt for f in fragments(POD, VIP, 40000, 53, 41)]
+    assert [(p[IP].src, p[IP].dst) for p in out] == [(HAIRPIN, POD)] * len(out)
+    back = [xdp.send(f).pkt for f in fragments(POD, HAIRPIN, 5353, 40000, 42)]
+    assert [(p[IP].src, p[IP].dst) for p in back] == [(VIP, POD)] * len(back)
+    assert len(out) == len(back) == 3

@@ -6,7 +6,7 @@ as if they arrived on the node's external interface of a namespace with real rou
 from __future__ import annotations
 
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
@@ -479,3 +479,16 @@ def test_an_icmp_error_about_a_snated_flow_sent_elsewhere_is_not_forwarded(ext):
            ICMP(type=3, code=3) / IP(src=NODE, dst=nodenet.REMOTE_POD, ttl=63) / UDP(sport=port, dport=53))
     out = ext.send(err)
     assert out.verdict == "XDP_PASS" and out.pkt[IP].dst == LB_IP
+
+
+def test_later_fragments_of_a_refused_datagram_are_not_sent_on(ext):
+    """The first fragment's record is made before the tail checks the source ranges; a
+    refused flow's record goes with it, or the datagram's later fragments would reach
+    the backend past the ranges."""
+    ext.service(LB_IP, 53, [nodenet.LOCAL_POD], proto="UDP", backend_port=5353, source_ranges=("10.0.0.0/8",))
+    datagram = IP(src=CLIENT2, dst=LB_IP, id=99, ttl=64) / UDP(sport=5000, dport=53) / Raw(b"Z" * 64)
+    first, *later = [Ether(src=CLIENT_MAC, dst="02:00:00:00:00:ff") / f for f in fragment(datagram, fragsize=32)]
+    assert ext.send(first).verdict == "XDP_DROP"
+    for f in later:
+        out = ext.send(f)
+        assert out.verdict == "XDP_PASS" and out.raw == bytes(f)
