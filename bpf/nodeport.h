@@ -297,7 +297,7 @@ static __always_inline int np_snat_kept(const struct ct_key *fk, struct iphdr *i
  * then), its service, whether source ranges apply; for a new flow, whether its backend
  * needs a reply entry and which table its entry went to. */
 static __always_inline void np_pending_set(const struct ct_key *fwd, __u32 svc_id, int ranges,
-					   int reply_entry, int confirmed, __u8 mode)
+					   int reply_entry, int confirmed, int vlan, __u8 mode)
 {
 	__u32 zero = 0;
 	struct np_pending *pd = np_scratch.lookup(&zero);
@@ -311,6 +311,7 @@ static __always_inline void np_pending_set(const struct ct_key *fwd, __u32 svc_i
 	pd->ranges = ranges != 0;
 	pd->reply_entry = reply_entry != 0;
 	pd->confirmed = confirmed != 0;
+	pd->vlan = vlan ? 4 : 0;
 	pd->mode = mode;
 }
 
@@ -457,39 +458,52 @@ static __always_inline int np_snat(struct xdp_md *ctx, struct iphdr *ip, void *d
 /* Send a translated frame on: back out of the interface it came in on with XDP_TX,
  * to another device that is a redirect target with bpf_redirect_map (fib.h), else to
  * the stack (no neighbour yet, TTL about to expire, VLAN tags, a device that is not a
- * redirect target, or every other device when built with SVCXDP_STACK_FORWARD). The body of the svcxdp_np_out tail program: the frame is re-parsed, its
- * headers already hold the new addresses. */
+ * redirect target, or every other device when built with SVCXDP_STACK_FORWARD). The
+ * body of the svcxdp_np_out tail program: the frame is re-parsed, its headers already
+ * hold the new addresses.
+ * A VLAN-tagged frame of a flow gets the tail's checks and SNAT like any other (once
+ * skipped, its flow passed the source ranges and went to another node without SNAT),
+ * then goes to the stack. Its IP header's place comes from the pending record, as an
+ * offset the verifier does not know: one walk of those for both places (parsed here,
+ * the two places doubled this program's verification). */
 static __always_inline int np_forward(struct xdp_md *ctx, struct events *ev)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	struct iphdr *ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > data_end || eth->h_proto != ETH_P_IP_BE) {
-		/* To the stack untouched (a VLAN-tagged frame). The pending record goes too:
-		 * left set, it would be read as the next packet's, and a backend's answer,
-		 * which sets none, would be source-NATed as a new flow. */
+	if ((void *)(ip + 1) > data_end) {
 		np_pending_clear();
 		return XDP_PASS;
 	}
 	__u32 zero = 0;
 	struct np_pending *pd = np_scratch.lookup(&zero);
 	if (pd && pd->mode) {
+		/* Taken at once: left set, it would be read as the next packet's, and a
+		 * backend's answer, which sets none, would be source-NATed as a new flow. */
 		__u8 mode = pd->mode;
 		pd->mode = SVCXDP_NP_NONE;
-		if (mode == SVCXDP_NP_NEW && np_source_denied(ip, pd)) {
-			np_frag_forget(ip, pd);
+		__u32 vlan = pd->vlan & 4;
+		struct iphdr *fip = (void *)(eth + 1) + vlan;   /* the flow's IP header */
+		if ((void *)(fip + 1) > data_end)
+			return XDP_PASS;
+		if (mode == SVCXDP_NP_NEW && np_source_denied(fip, pd)) {
+			np_frag_forget(fip, pd);
 			ev->main = SVCXDP_CNT_DROP_SOURCE_RANGE;
 			return XDP_DROP;
 		}
-		int rc = np_snat(ctx, ip, data_end, pd, mode, ev);
+		int rc = np_snat(ctx, fip, data_end, pd, mode, ev);
 		if (rc < 0) {
-			np_frag_forget(ip, pd);
+			np_frag_forget(fip, pd);
 			return XDP_DROP;
 		}
 		if (rc > 0)
 			counters_bump(SVCXDP_CNT_SNAT_RECLAIMED);
+		if (vlan)
+			return XDP_PASS;
 	}
+	if (eth->h_proto != ETH_P_IP_BE)
+		return XDP_PASS;
 	struct np_route r;
 	np_route_lookup(ctx, ip, bpf_ktime_get_coarse_ns(), &r);
 	if (r.rc != BPF_FIB_LKUP_RET_SUCCESS || ip->ttl <= 1)

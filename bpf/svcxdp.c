@@ -225,7 +225,7 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 				ctu_store(external, &k, v);
 			/* An unconfirmed SNATed flow may have lost its port (nodeport.h). */
 			if (external && where == CT_IN_UNCONFIRMED && snat.ip)
-				np_pending_set(&k, svc->svc_id, 0, 0, confirmed_now, SVCXDP_NP_CHECK);
+				np_pending_set(&k, svc->svc_id, 0, 0, confirmed_now, vlan, SVCXDP_NP_CHECK);
 			ev->main = SVCXDP_CNT_CT_HIT;
 			svc_account(svc->svc_id, bytes, 0, 0);
 			goto dnat;
@@ -297,7 +297,7 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 	 * this program's verification. */
 	if (external)
 		np_pending_set(&k, svc->svc_id, svc->flags & SVCXDP_SVC_F_SOURCE_RANGES,
-			       ct_needs_reply_entry(b), where == CT_IN_CONFIRMED, SVCXDP_NP_NEW);
+			       ct_needs_reply_entry(b), where == CT_IN_CONFIRMED, vlan, SVCXDP_NP_NEW);
 
 dnat:;
 	__be32 orig_src = ip->saddr;

@@ -377,7 +377,8 @@ struct np_pending {
 	__u32 pick_port;  /* the port it settled on */
 	__u32 dead_port;  /* a port whose conntrack entry is past its timeout */
 	__u8 pick;        /* how (NP_PICK_*, nodeport.h) */
-	__u8 reserved3[3];
+	__u8 vlan;        /* 4 when the frame carries a VLAN tag (its IP header is 4 bytes on) */
+	__u8 reserved3[2];
 };
 #define SVCXDP_NP_NONE 0
 #define SVCXDP_NP_NEW 1    /* a new flow's first packet: source ranges, then SNAT or not */

@@ -492,3 +492,36 @@ def test_later_fragments_of_a_refused_datagram_are_not_sent_on(ext):
     for f in later:
         out = ext.send(f)
         assert out.verdict == "XDP_PASS" and out.raw == bytes(f)
+
+
+def test_a_vlan_tagged_first_packet_meets_the_source_ranges_and_is_snated(ext, xdp):
+    """The tail finds a tagged frame's IP header where the pending record says: its flow
+    is checked against the source ranges and source-NATed like any other, then left to
+    the stack (which sends tagged frames on)."""
+    ext.service(LB_IP, 80, [nodenet.REMOTE_POD], source_ranges=("10.0.0.0/8",))
+    ext.service(NODE, 30080, [nodenet.REMOTE_POD])
+
+    def tagged(dst, dport):
+        return (Ether(src=CLIENT_MAC, dst="02:00:00:00:00:ff") / Dot1Q(vlan=5) /
+                IP(src=CLIENT, dst=dst, ttl=64) / TCP(sport=40000, dport=dport, flags="S"))
+    before = xdp.counters()
+    assert ext.send(tagged(LB_IP, 80)).verdict == "XDP_DROP"
+    assert delta(before, xdp.counters())["drop_source_range"] == 1
+    out = ext.send(tagged(NODE, 30080))
+    assert out.verdict == "XDP_PASS" and out.pkt[Dot1Q].vlan == 5
+    pkt = out.pkt
+    assert (pkt[IP].src, pkt[IP].dst, pkt[TCP].dport) == (NODE, nodenet.REMOTE_POD, 80)
+    assert pkt[TCP].sport >= SNAT_MIN and _checksums_ok(pkt)
+    answer = (Ether(src=nodenet.NODE2_MAC, dst=ext.node.ext_mac) /
+              IP(src=nodenet.REMOTE_POD, dst=NODE, ttl=63) / TCP(sport=80, dport=pkt[TCP].sport, flags="SA"))
+    back = ext.send(answer).pkt
+    assert (back[IP].src, back[TCP].sport, back[IP].dst, back[TCP].dport) == (NODE, 30080, CLIENT, 40000)
+
+
+def _checksums_ok(pkt) -> bool:
+    """The IP and TCP checksums as scapy computes them from the same bytes."""
+    again = pkt.copy()
+    del again[IP].chksum
+    del again[TCP].chksum
+    again = again.__class__(bytes(again))
+    return (again[IP].chksum, again[TCP].chksum) == (pkt[IP].chksum, pkt[TCP].chksum)
