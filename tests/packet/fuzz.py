@@ -4,7 +4,9 @@
 
 Rounds of a few thousand frames. Each round starts from empty maps, installs a few
 random services (random or round robin, shared backend addresses, some without
-endpoints) through the real map writer, then runs frames of four kinds:
+endpoints) through the real map writer, changes one every 500 frames (backends
+replaced, a service removed or back; the model reloads what the writer holds), and
+runs frames of four kinds:
 
 - seeds: well-formed frames (right checksums) — to a service (TCP with any flags,
   UDP, first fragments, IP options, VLAN tags, padding), replies from a backend to a
@@ -26,6 +28,7 @@ reproduces it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import random
 import socket
@@ -60,6 +63,11 @@ class Stats:
 
 
 # ---- map states ----------------------------------------------------------------------------
+def _random_backends(rng: random.Random) -> tuple[Backend, ...]:
+    addrs = rng.sample([(ip, p) for ip in BACKEND_IPS for p in BACKEND_PORTS], rng.randint(0, 4))
+    return tuple(Backend(ip, p, rng.choice(("active", "active", "active", "terminating"))) for ip, p in addrs)
+
+
 def random_services(rng: random.Random) -> list[ServiceState]:
     out, seen = [], set()
     for _ in range(rng.randint(1, 5)):
@@ -67,11 +75,27 @@ def random_services(rng: random.Random) -> list[ServiceState]:
         if fe in seen:
             continue
         seen.add(fe)
-        addrs = rng.sample([(ip, p) for ip in BACKEND_IPS for p in BACKEND_PORTS], rng.randint(0, 4))
-        bs = tuple(Backend(ip, p, rng.choice(("active", "active", "active", "terminating")))
-                   for ip, p in addrs)
-        out.append(ServiceState(fe, bs, rng.choice(("random", "rr"))))
+        out.append(ServiceState(fe, _random_backends(rng), rng.choice(("random", "rr"))))
     return out
+
+
+def churn(rng: random.Random, h: Harness, states: list[ServiceState], gone: list[ServiceState]) -> None:
+    """One change while flows run, as the agent makes them: a service's backends replaced
+    (its flows to a backend that left choose again), a service removed (its flows stop),
+    or a removed one back."""
+    x = rng.random()
+    if gone and x < 0.2:
+        back = gone.pop(rng.randrange(len(gone)))
+        h.writer.upsert(back)
+        states.append(back)
+    elif len(states) > 1 and x < 0.4:
+        left = states.pop(rng.randrange(len(states)))
+        h.writer.delete(left.frontend)
+        gone.append(left)
+    else:
+        i = rng.randrange(len(states))
+        states[i] = dataclasses.replace(states[i], backends=_random_backends(rng))
+        h.writer.upsert(states[i])
 
 
 # ---- seeds (built from bytes: scapy per frame would cost more than the test-run) ----------------
@@ -263,9 +287,13 @@ def fuzz(h: Harness, frames: int, seed: int, round_frames: int = ROUND_FRAMES,
         model.load(h.writer)
         counters_before = h.counters()
         seeds: list[bytes] = []
+        gone: list[ServiceState] = []
         last = None
         n = min(round_frames, frames - stats.frames)
         for i in range(n):
+            if i % 500 == 499:
+                churn(rng, h, states, gone)
+                model.load(h.writer)
             if i % 200 == 0:
                 seeds = seed_frames(rng, states, model)
             r = rng.random()

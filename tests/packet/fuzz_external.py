@@ -142,8 +142,11 @@ class Round:
     # datagram's later fragments follow it (even past a change to its frontend)
     fragment_ways: dict[tuple[str, str, int, int], set[tuple[str, str]]] = field(default_factory=dict)
 
-    def frontend_ips(self) -> set[str]:
-        return {vip for vip, _, _ in self.backends}
+    # every frontend address the round has had: a flow outlives its frontend's removal
+    # (its answers are still translated, as Linux conntrack's are; only new packets the
+    # other way stop)
+    frontend_ips: set[str] = field(default_factory=set)
+    backend_ips_seen: set[str] = field(default_factory=set)   # likewise, every backend's
 
     def backend_ips(self, vip: str | None = None) -> set[str]:
         return {ip for (v, _, _), bs in self.backends.items() if vip in (None, v) for ip, _ in bs}
@@ -299,12 +302,12 @@ def _explained_packet(r: Round, i: Parsed, o: Parsed) -> str | None:
         if (o.dst, o.dport) in r.talkers.get((o.src, o.sport, o.proto), ()):
             return "to a client of the frontend"
         return None
-    if o.proto == 1 and o.dst == i.dst and (o.src == i.src or o.src in r.frontend_ips()):
+    if o.proto == 1 and o.dst == i.dst and (o.src == i.src or o.src in r.frontend_ips):
         return "an ICMP error translated, sent where it was addressed"
     # later fragments, ICMP, and anything without whole ports: by address
     if o.dst in r.backend_ips(i.dst) and o.src in (i.src, NODE, HAIRPIN_IP):
         return "forward (by address)"
-    if o.dst in r.talker_ips(o.src) or (o.proto == 1 and o.dst in r.talker_ips() | r.backend_ips()):
+    if o.dst in r.talker_ips(o.src) or (o.proto == 1 and o.dst in r.talker_ips() | r.backend_ips_seen):
         return "to a talker or backend (by address)"
     return None
 
@@ -351,6 +354,8 @@ def _installed(r: Round, states: list[ServiceState]) -> None:
     """The rules' picture of the frontends: what the maps hold now."""
     r.backends = {(s.frontend.vip, s.frontend.port, 6 if s.frontend.protocol == "TCP" else 17):
                   {b.address for b in s.backends} for s in states}
+    r.frontend_ips.update(s.frontend.vip for s in states)
+    r.backend_ips_seen.update(b.ip for s in states for b in s.backends)
 
 
 def _churn(rng: random.Random, h: Harness, states: list[ServiceState], gone: list[ServiceState]) -> None:

@@ -30,7 +30,7 @@ def test_random_and_mutated_frames_match_the_reference_model(xdp: Harness, seed:
     if seed is None:
         return  # a new seed each run: agreement with the model is what it checks
     # The frames reached the deep paths, not only the malformed-drop at the top.
-    for path in ("ct_new", "ct_hit", "revnat", "reject", "frag_nat", "icmp_nat", "drop_malformed"):
+    for path in ("ct_new", "ct_hit", "ct_stale", "revnat", "reject", "frag_nat", "icmp_nat", "drop_malformed"):
         assert stats.verdicts[path] > 0, (path, stats.verdicts)
 
 
