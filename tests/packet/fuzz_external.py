@@ -24,7 +24,9 @@ obeys, whatever the datapath chose:
   * later fragments and ICMP errors likewise, by address; an ICMP error translated
     (its quote, its source to a frontend's address) to where it was addressed;
 - one sent back out of the interface (XDP_TX) goes to a neighbour's MAC (the other
-  node, a client), or to the sender's.
+  node, a client), or to the sender's;
+- at each round's end, every lc backend's active-connection count equals the flows
+  holding one (MapWriter.recount_connections finds none to correct).
 
 Rounds of a few thousand frames, each from empty maps with a few random external
 frontends (NodePort on the node's address, a LoadBalancer IP, an external IP), changed
@@ -430,6 +432,10 @@ def fuzz_external(h: Harness, node: nodenet.NodeNet, frames: int, seed: int,
         before = h.counters()
         n = min(round_frames, frames - stats.frames)
         node.call(_round, h, runners, rng, n, addrs, ports, seed, stats.rounds)
+        wrong = h.writer.recount_connections()
+        if wrong:
+            raise Disagreement(f"seed {seed}, round {stats.rounds}: {wrong} backends' active-connection "
+                               f"counts differ from their flows (lc)")
         after = h.counters()
         for name in COUNTED:
             stats.verdicts[name] = stats.verdicts.get(name, 0) + after[name] - before[name]
