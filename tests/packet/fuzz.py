@@ -36,6 +36,7 @@ import struct
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
 
@@ -79,10 +80,12 @@ def random_services(rng: random.Random) -> list[ServiceState]:
     return out
 
 
-def churn(rng: random.Random, h: Harness, states: list[ServiceState], gone: list[ServiceState]) -> None:
+def churn(rng: random.Random, h: Harness, states: list[ServiceState], gone: list[ServiceState],
+          new_backends: Callable[[random.Random], tuple[Backend, ...]] = _random_backends) -> None:
     """One change while flows run, as the agent makes them: a service's backends replaced
-    (its flows to a backend that left choose again), a service removed (its flows stop),
-    or a removed one back."""
+    by `new_backends` (its flows to a backend that left choose again), a service removed
+    (its flows stop), or a removed one back. `states`, `gone`: what is installed, what
+    was removed (both kept up to date)."""
     x = rng.random()
     if gone and x < 0.2:
         back = gone.pop(rng.randrange(len(gone)))
@@ -94,7 +97,7 @@ def churn(rng: random.Random, h: Harness, states: list[ServiceState], gone: list
         gone.append(left)
     else:
         i = rng.randrange(len(states))
-        states[i] = dataclasses.replace(states[i], backends=_random_backends(rng))
+        states[i] = dataclasses.replace(states[i], backends=new_backends(rng))
         h.writer.upsert(states[i])
 
 
@@ -103,7 +106,7 @@ ETH = bytes.fromhex("020000000002" "020000000001")  # dst NODE_MAC, src CLIENT_M
 ROUTER_ALERT = b"\x94\x04\x00\x00"
 
 
-def _l2(rng: random.Random, ip_pkt: bytes, eth: bytes = ETH) -> bytes:
+def l2_frame(rng: random.Random, ip_pkt: bytes, eth: bytes = ETH) -> bytes:
     """ip_pkt behind the addresses `eth`, sometimes with a VLAN tag, padding or trailing bytes."""
     if rng.random() < 0.15:
         raw = eth + struct.pack("!HHH", 0x8100, rng.randint(1, 4094), 0x0800) + ip_pkt
@@ -167,7 +170,7 @@ def seed_frames(rng: random.Random, states: list[ServiceState], model: Reference
             dst, dport, proto = fe.vip, fe.port, fe.protocol
         else:
             dst, dport, proto = rng.choice(ADDRESSES), rng.choice(PORTS), rng.choice(("TCP", "UDP"))
-        seeds.append(_l2(rng, _packet(rng, rng.choice(CLIENTS), dst, proto, rng.choice(PORTS[4:7]), dport)))
+        seeds.append(l2_frame(rng, _packet(rng, rng.choice(CLIENTS), dst, proto, rng.choice(PORTS[4:7]), dport)))
     flows = sorted(model.forward_flows(), key=lambda kv: kv[0])
     for _ in range(min(len(flows), 12)):
         (client, vip, cport, vport, proto, _), flow = rng.choice(flows)
@@ -175,9 +178,9 @@ def seed_frames(rng: random.Random, states: list[ServiceState], model: Reference
         kind = rng.random()
         if kind < 0.4:  # the backend answers (sometimes from the wrong port)
             bport = flow.nat_port + (rng.random() < 0.1)
-            seeds.append(_l2(rng, _packet(rng, flow.nat_ip, client, pname, bport, cport)))
+            seeds.append(l2_frame(rng, _packet(rng, flow.nat_ip, client, pname, bport, cport)))
         elif kind < 0.7:  # the client again
-            seeds.append(_l2(rng, _packet(rng, client, vip, pname, cport, vport)))
+            seeds.append(l2_frame(rng, _packet(rng, client, vip, pname, cport, vport)))
         else:  # an ICMP error about the flow, from either side
             if rng.random() < 0.5:
                 qsrc, qdst, qs, qd = client, flow.nat_ip, cport, flow.nat_port
@@ -192,11 +195,11 @@ def seed_frames(rng: random.Random, states: list[ServiceState], model: Reference
             itype, icode = rng.choice(((3, 3), (3, 4), (11, 0), (12, 0), (4, 0), (0, 0), (8, 0)))
             msg = struct.pack("!BBHI", itype, icode, 0, 0) + quote
             msg = msg[:2] + struct.pack("!H", csum(msg)) + msg[4:]
-            seeds.append(_l2(rng, ipv4(osrc, odst, 1, msg, ttl=64)))
+            seeds.append(l2_frame(rng, ipv4(osrc, odst, 1, msg, ttl=64)))
     for key in sorted(model.fragments)[:4]:  # later fragments of recorded datagrams
         src, dst, ident, proto = key
         frag = rng.randint(1, 3) | (0x2000 if rng.random() < 0.5 else 0)
-        seeds.append(_l2(rng, ipv4(src, dst, proto, bytes(16), ident=ident, frag=frag)))
+        seeds.append(l2_frame(rng, ipv4(src, dst, proto, bytes(16), ident=ident, frag=frag)))
     return seeds
 
 

@@ -44,7 +44,6 @@ read.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import random
 import socket
@@ -59,7 +58,7 @@ from controlplane.dataplane.testrun import TestRunner
 from controlplane.dataplane.trace import HAIRPIN_IP   # the source of a flow whose client is its backend
 
 from . import nodenet
-from .fuzz import Disagreement, Stats, _l2, ipv4, mutate, random_frame, tcp_seg, udp_dgram
+from .fuzz import Disagreement, Stats, l2_frame, churn, ipv4, mutate, random_frame, tcp_seg, udp_dgram
 from .harness import Harness
 from .reference_model import csum
 from .test_differential import checksums_ok
@@ -230,7 +229,7 @@ def seed_frames(rng: random.Random, states: list[ServiceState], r: Round) -> lis
         else:
             dst, dport, proto = rng.choice(ADDRESSES), rng.choice(PORTS), rng.choice((6, 17))
         src, sport = rng.choice(CLIENTS), rng.choice((40000, 40001, 5353, rng.randrange(1, 65536)))
-        seeds.append((EXTERNAL, _l2(rng, _datagram(rng, r, src, dst, proto,
+        seeds.append((EXTERNAL, l2_frame(rng, _datagram(rng, r, src, dst, proto,
                                                    _segment(rng, src, dst, proto, sport, dport)), CLIENT_ETH)))
     flows = sorted(r.snat.items())
     for _ in range(min(len(flows), 12)):   # the other node's answers, and errors about the flows
@@ -238,34 +237,34 @@ def seed_frames(rng: random.Random, states: list[ServiceState], r: Round) -> lis
         if rng.random() < 0.6:
             sport = bport + (rng.random() < 0.1)
             l4 = _segment(rng, backend, NODE, proto, sport, port)
-            seeds.append((EXTERNAL, _l2(rng, _datagram(rng, r, backend, NODE, proto, l4), NODE2_ETH)))
+            seeds.append((EXTERNAL, l2_frame(rng, _datagram(rng, r, backend, NODE, proto, l4), NODE2_ETH)))
         elif rng.random() < 0.5:   # node2 about node -> backend, or the client about vip -> client
             error = _icmp_error(rng, rng.choice((nodenet.NODE2_IP, backend)), NODE, NODE, backend, proto, port, bport)
-            seeds.append((EXTERNAL, _l2(rng, error, NODE2_ETH)))
+            seeds.append((EXTERNAL, l2_frame(rng, error, NODE2_ETH)))
         else:
             error = _icmp_error(rng, client, vip, vip, client, proto, vport, cport)
-            seeds.append((EXTERNAL, _l2(rng, error, CLIENT_ETH)))
+            seeds.append((EXTERNAL, l2_frame(rng, error, CLIENT_ETH)))
     local = sorted(k for k in r.local if k[0] in LOCAL_PODS)
     for _ in range(min(len(local), 8)):   # a local pod answers a client, or errs about its flow
         pod, pport, client, cport, proto = rng.choice(local)
         if rng.random() < 0.7:
             sport = pport + (rng.random() < 0.1)
             l4 = _segment(rng, pod, client, proto, sport, cport)
-            seeds.append((POD, _l2(rng, _datagram(rng, r, pod, client, proto, l4), POD_ETH)))
+            seeds.append((POD, l2_frame(rng, _datagram(rng, r, pod, client, proto, l4), POD_ETH)))
         else:
-            seeds.append((POD, _l2(rng, _icmp_error(rng, pod, client, client, pod, proto, cport, pport), POD_ETH)))
+            seeds.append((POD, l2_frame(rng, _icmp_error(rng, pod, client, client, pod, proto, cport, pport), POD_ETH)))
     for _ in range(2):   # a local pod to a frontend (the ClusterIP's, if any) or anywhere
         fe = rng.choice(frontends)
         dst = CLUSTER_IP if rng.random() < 0.7 else rng.choice(ADDRESSES)
         proto, sport = 6 if fe.protocol == "TCP" else 17, rng.choice((41000, 80, 8080))
-        seeds.append((POD, _l2(rng, _datagram(rng, r, nodenet.LOCAL_POD, dst, proto,
+        seeds.append((POD, l2_frame(rng, _datagram(rng, r, nodenet.LOCAL_POD, dst, proto,
                                               _segment(rng, nodenet.LOCAL_POD, dst, proto, sport, fe.port)),
                                POD_ETH)))
     for src, dst, ident, proto in r.fragments[-4:]:   # later fragments of datagrams sent
         frag = rng.randint(1, 3) | (0x2000 if rng.random() < 0.5 else 0)
         entry, eth = (POD, POD_ETH) if src in LOCAL_PODS else \
             (EXTERNAL, NODE2_ETH if src in REMOTE_PODS else CLIENT_ETH)
-        seeds.append((entry, _l2(rng, ipv4(src, dst, proto, bytes(16), ident=ident, frag=frag), eth)))
+        seeds.append((entry, l2_frame(rng, ipv4(src, dst, proto, bytes(16), ident=ident, frag=frag), eth)))
     return seeds
 
 
@@ -360,25 +359,6 @@ def _installed(r: Round, states: list[ServiceState]) -> None:
     r.backend_ips_seen.update(b.ip for s in states for b in s.backends)
 
 
-def _churn(rng: random.Random, h: Harness, states: list[ServiceState], gone: list[ServiceState]) -> None:
-    """One change while flows run, as the agent makes them: a frontend's backends
-    replaced (its flows to a backend that left choose again), a frontend removed (its
-    flows stop), or a removed one back."""
-    x = rng.random()
-    if gone and x < 0.2:
-        back = gone.pop(rng.randrange(len(gone)))
-        h.writer.upsert(back)
-        states.append(back)
-    elif len(states) > 1 and x < 0.4:
-        left = states.pop(rng.randrange(len(states)))
-        h.writer.delete(left.frontend)
-        gone.append(left)
-    else:
-        i = rng.randrange(len(states))
-        states[i] = dataclasses.replace(states[i], backends=_random_backends(rng))
-        h.writer.upsert(states[i])
-
-
 def _round(h: Harness, runners: dict[str, tuple[TestRunner, int]], rng: random.Random, n: int,
            addrs: list[bytes], ports: list[bytes], seed: int, round_no: int) -> None:
     states = random_services(rng)
@@ -391,7 +371,7 @@ def _round(h: Harness, runners: dict[str, tuple[TestRunner, int]], rng: random.R
     last = None
     for k in range(n):
         if k % 500 == 499:
-            _churn(rng, h, states, gone)
+            churn(rng, h, states, gone, _random_backends)
             _installed(r, states)
         if k % 200 == 0:
             seeds = seed_frames(rng, states, r)
