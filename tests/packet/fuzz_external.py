@@ -21,18 +21,20 @@ obeys, whatever the datapath chose:
     endpoints); a reply to a SNAT port the program handed out goes to exactly the
     client and frontend of the flow it handed it to, and a local pod's answer to a
     client it was sent with the client's own address leaves as that flow's frontend;
-  * later fragments and ICMP errors likewise, by address; an ICMP error translated
-    (its quote, its source to a frontend's address) to where it was addressed;
+  * a later fragment the way its datagram's first fragment went; fragments and ICMP
+    errors otherwise by address; an ICMP error translated (its quote, its source to a
+    frontend's address) to where it was addressed;
 - one sent back out of the interface (XDP_TX) goes to a neighbour's MAC (the other
   node, a client), or to the sender's;
 - at each round's end, every lc backend's active-connection count equals the flows
   holding one (MapWriter.recount_connections finds none to correct).
 
 Rounds of a few thousand frames, each from empty maps with a few random external
-frontends (NodePort on the node's address, a LoadBalancer IP, an external IP), changed
-every 500 frames (backends replaced, a frontend removed or back), some beside a ClusterIP frontend sharing their backends, some without endpoints, with
-source ranges, a Local policy, affinity, any algorithm; backends on this node (a
-pod behind pod0) and on another (reached back out of ext0, SNATed). Frames: clients'
+frontends (NodePort on the node's address, a LoadBalancer IP, an external IP), some
+beside a ClusterIP frontend sharing their backends, some without endpoints, with
+source ranges, a Local policy, affinity, any algorithm; backends on this node (a pod
+behind pod0) and on another (reached back out of ext0, SNATed). Every 500 frames one
+changes (its backends replaced, a frontend removed or back), as the agent would. Frames: clients'
 packets to the frontends and elsewhere, backends' answers to the SNAT ports handed
 out, ICMP errors about those flows from either side, later fragments, and mutations
 and random bytes as in fuzz.py, through ext0's entry point; and through pod0's (the
@@ -142,7 +144,6 @@ class Round:
     # (src, dst, ident, proto) of a first fragment -> the (src, dst) it left with: the
     # datagram's later fragments follow it (even past a change to its frontend)
     fragment_ways: dict[tuple[str, str, int, int], set[tuple[str, str]]] = field(default_factory=dict)
-
     # every frontend address the round has had: a flow outlives its frontend's removal
     # (its answers are still translated, as Linux conntrack's are; only new packets the
     # other way stop)
