@@ -310,13 +310,13 @@ def test_a_removed_frontend_stops_its_flows(ext, xdp):
     assert out.verdict == "XDP_PASS" and out.raw == bytes(pkt)
 
 
-def _checksums_valid(out):
-    """The outer IP and the ICMP checksums as scapy computes them from the same bytes."""
+def _checksums_valid(out, l4=ICMP):
+    """The outer IP and the `l4` checksums as scapy computes them from the same bytes."""
     again = out.copy()
     del again[IP].chksum
-    del again[ICMP].chksum
+    del again[l4].chksum
     again = again.__class__(bytes(again))
-    return again[IP].chksum == out[IP].chksum and again[ICMP].chksum == out[ICMP].chksum
+    return again[IP].chksum == out[IP].chksum and again[l4].chksum == out[l4].chksum
 
 
 def test_icmp_errors_about_a_snated_flow_are_translated_both_ways(ext, xdp):
@@ -430,10 +430,10 @@ def test_icmp_errors_about_a_nodeport_flow_to_a_local_pod_are_translated_both_wa
 
 
 def test_a_vlan_tagged_new_flow_leaves_nothing_for_the_next_packet(ext):
-    """The tail takes a new flow's pending record (np_scratch) before any way out: a
-    VLAN-tagged first packet goes to the stack from the tail's first check, and a record
-    left behind was once read as the next packet's, so a backend's answer to another
-    flow, which sets none, was source-NATed as a new flow of the stale frontend."""
+    """A new flow's pending record (np_scratch) is the tail's to take on every way out.
+    The tail once left tagged frames to the stack before taking it, and the record left
+    behind was read as the next packet's: a backend's answer to another flow, which sets
+    none, was source-NATed as a new flow of the stale frontend."""
     ext.service(NODE, 30080, [nodenet.REMOTE_POD])
     port = ext.send(from_client(NODE, 30080, sport=40000, flags="S")).pkt[TCP].sport
     ext.service(NODE, 30081, [nodenet.LOCAL_POD])
@@ -511,17 +511,9 @@ def test_a_vlan_tagged_first_packet_meets_the_source_ranges_and_is_snated(ext, x
     assert out.verdict == "XDP_PASS" and out.pkt[Dot1Q].vlan == 5
     pkt = out.pkt
     assert (pkt[IP].src, pkt[IP].dst, pkt[TCP].dport) == (NODE, nodenet.REMOTE_POD, 80)
-    assert pkt[TCP].sport >= SNAT_MIN and _checksums_ok(pkt)
+    assert pkt[TCP].sport >= SNAT_MIN and _checksums_valid(pkt, TCP)
     answer = (Ether(src=nodenet.NODE2_MAC, dst=ext.node.ext_mac) /
               IP(src=nodenet.REMOTE_POD, dst=NODE, ttl=63) / TCP(sport=80, dport=pkt[TCP].sport, flags="SA"))
     back = ext.send(answer).pkt
     assert (back[IP].src, back[TCP].sport, back[IP].dst, back[TCP].dport) == (NODE, 30080, CLIENT, 40000)
 
-
-def _checksums_ok(pkt) -> bool:
-    """The IP and TCP checksums as scapy computes them from the same bytes."""
-    again = pkt.copy()
-    del again[IP].chksum
-    del again[TCP].chksum
-    again = again.__class__(bytes(again))
-    return (again[IP].chksum, again[TCP].chksum) == (pkt[IP].chksum, pkt[TCP].chksum)
