@@ -516,4 +516,3 @@ def test_a_vlan_tagged_first_packet_meets_the_source_ranges_and_is_snated(ext, x
               IP(src=nodenet.REMOTE_POD, dst=NODE, ttl=63) / TCP(sport=80, dport=pkt[TCP].sport, flags="SA"))
     back = ext.send(answer).pkt
     assert (back[IP].src, back[TCP].sport, back[IP].dst, back[TCP].dport) == (NODE, 30080, CLIENT, 40000)
-
