@@ -137,7 +137,7 @@ class NodePortBench:
         self.programmed: int | None = None
         self.setup: dict = {}
         self.tx_floor_fd: int | None = None
-        self.fib_watch = self.fib_thread = None
+        self.fib_watch = None
 
     def up(self) -> None:
         from controlplane.dataplane import fibwatch
@@ -156,7 +156,7 @@ class NodePortBench:
         self.setup.update(flowtables.unconfirmed_sizes(self.dp))
         self.writer = MapWriter(self.dp)
         # the agent's FIB result cache, kept by its route watcher in node1's namespace
-        self.fib_watch, self.fib_thread = fibwatch.start(self.dp.table(fibwatch.MAP), self.x.node)
+        self.fib_watch = fibwatch.start(self.dp.table(fibwatch.MAP), self.x.node)
         self.setup["fib_cache_generation"] = self.fib_watch.gen
         floor_bpf, floor_fd = load_floor_program()
         self.bpfs.append(floor_bpf)
@@ -175,8 +175,7 @@ class NodePortBench:
 
     def down(self) -> None:
         if self.fib_watch is not None:
-            self.fib_watch.close()
-            self.fib_thread.join(10)
+            self.fib_watch.stop()
         for t in (self.x, self.i):
             t.down()   # XDP programs and iptables rules go with the namespaces
         netlab.wait_gone(self.x.namespaces() + self.i.namespaces())

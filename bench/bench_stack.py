@@ -157,7 +157,7 @@ class Stack:
         self.procs: list[subprocess.Popen] = []
         self.dp = self.writer = None
         self.dp_stack = self.writer_stack = None
-        self.fib_watch = self.fib_thread = None
+        self.fib_watch = None
         self.floor_fd = None
         self.on_x = None
         self.bpfs = []
@@ -182,7 +182,7 @@ class Stack:
         for dev in ("n-cl", "n-be"):   # their peers run XDP programs (cl0: pass, be0: the sink)
             assert self.dp.allow_redirect(netlab.ifindex(self.x.node, dev), self.x.node)
         # the agent's FIB result cache, kept by its route watcher in the node's namespace
-        self.fib_watch, self.fib_thread = fibwatch.start(self.dp.table(fibwatch.MAP), self.x.node)
+        self.fib_watch = fibwatch.start(self.dp.table(fibwatch.MAP), self.x.node)
         self.setup["fib_cache_generation"] = self.fib_watch.gen
         self.dp_stack = Dataplane.load(DataplaneConfig(instance="bench-stack-stack", pin=False,
                                                        fib_redirect=False, **flowtables.unconfirmed_config()))
@@ -215,8 +215,7 @@ class Stack:
                     p.kill()
                     p.wait()
         if self.fib_watch is not None:
-            self.fib_watch.close()
-            self.fib_thread.join(10)
+            self.fib_watch.stop()
         for t in (self.x, self.i):
             t.down()   # XDP programs and iptables rules go with the namespaces
         netlab.wait_gone([self.x.client, self.x.node, self.x.backend,

@@ -204,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
     fib_watch = None
     if config.fib_redirect and args.fib_cache:
         from controlplane.dataplane import fibwatch
-        fib_watch, _ = fibwatch.start(dp.table(fibwatch.MAP))
+        fib_watch = fibwatch.start(dp.table(fibwatch.MAP))
         log.info("FIB result cache: %s", f"on, generation {fib_watch.gen}" if fib_watch.gen
                  else f"off ({fib_watch.state.why_not() or 'its route watcher stopped: see above'})")
     # The agent's bulk work leaves ~5 containers per endpoint alive for good: kept out
@@ -213,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("gc: the long-lived heap is held out of collections, swept when quiet once it has doubled")
     agent.run(stop)
     if fib_watch is not None:
-        fib_watch.close()   # nobody watches the routing any more: the cache goes off
+        fib_watch.stop()   # nobody watches the routing any more: the cache goes off
     service_health.close()
     if feed is not None:
         feed.close()

@@ -133,6 +133,7 @@ class FibWatch:
         self._ipr: IPRoute | None = None
         self._closed = False
         self._lock = threading.Lock()
+        self.thread: threading.Thread | None = None   # the one start() runs it in
 
     def _read_rules(self, ipr: IPRoute) -> None:
         self.state.odd_rules = sum(not default_rule(r) for r in ipr.get_rules(family=socket.AF_INET))
@@ -216,12 +217,18 @@ class FibWatch:
         if ipr is not None:
             ipr.close()
 
+    def stop(self, timeout: float = 10) -> None:
+        """close(), then wait for start()'s thread to end (not from that thread)."""
+        self.close()
+        if self.thread is not None:
+            self.thread.join(timeout)
 
-def start(table, netns: str | None = None) -> tuple[FibWatch, threading.Thread]:
-    """A FibWatch running in a daemon thread, its first generation published. Stop it
-    with close() and join the thread."""
+
+def start(table, netns: str | None = None) -> FibWatch:
+    """A FibWatch running in a daemon thread of its own (`thread`), its first generation
+    published. Stop it with stop()."""
     watch = FibWatch(table, netns)
-    thread = threading.Thread(target=watch.run, name="fibwatch", daemon=True)
-    thread.start()
+    watch.thread = threading.Thread(target=watch.run, name="fibwatch", daemon=True)
+    watch.thread.start()
     watch.ready.wait(30)
-    return watch, thread
+    return watch

@@ -48,13 +48,12 @@ def node(xdp: Harness):
 
 @pytest.fixture
 def watch(xdp: Harness, node):
-    w, thread = fibwatch.start(xdp.dp.table(fibwatch.MAP), node.name)
+    w = fibwatch.start(xdp.dp.table(fibwatch.MAP), node.name)
     try:
         yield w
     finally:
-        w.close()
-        thread.join(10)
-        assert not thread.is_alive()
+        w.stop()
+        assert not w.thread.is_alive()
 
 
 def _send(xdp: Harness, node, sport: int, size: int = 0) -> tuple[str, Ether]:
@@ -117,7 +116,7 @@ def test_a_moved_route_is_followed_by_the_next_frame(xdp: Harness, node, watch):
 
 def test_a_frame_larger_than_the_cached_one_is_checked_against_the_mtu(xdp: Harness, node):
     nodenet._ip(node.name, "link", "set", "pod0", "mtu", "1000")
-    w, thread = fibwatch.start(xdp.dp.table(fibwatch.MAP), node.name)   # after the MTU change
+    w = fibwatch.start(xdp.dp.table(fibwatch.MAP), node.name)   # after the MTU change
     try:
         assert _send(xdp, node, 40000, size=900)[0] == "XDP_REDIRECT"
         verdict, out = _send(xdp, node, 40001, size=1200)   # above pod0's MTU: the stack's
@@ -125,8 +124,7 @@ def test_a_frame_larger_than_the_cached_one_is_checked_against_the_mtu(xdp: Harn
         before = _cached(xdp)
         assert _send(xdp, node, 40002, size=500)[0] == "XDP_REDIRECT" and _cached(xdp) == before + 1
     finally:
-        w.close()
-        thread.join(10)
+        w.stop()
 
 
 @pytest.mark.parametrize("routing", ["rule", "multipath"])
@@ -160,17 +158,15 @@ def test_policy_rules_and_multipath_routes_turn_the_cache_off(xdp: Harness, node
 
 
 def test_closing_the_watcher_turns_the_cache_off_and_generations_are_never_reused(xdp: Harness, node):
-    w, thread = fibwatch.start(xdp.dp.table(fibwatch.MAP), node.name)
+    w = fibwatch.start(xdp.dp.table(fibwatch.MAP), node.name)
     first = _gen(xdp)
-    w.close()
-    thread.join(10)
-    assert not thread.is_alive() and _gen(xdp) == 0
-    w, thread = fibwatch.start(xdp.dp.table(fibwatch.MAP), node.name)
+    w.stop()
+    assert not w.thread.is_alive() and _gen(xdp) == 0
+    w = fibwatch.start(xdp.dp.table(fibwatch.MAP), node.name)
     try:
         assert _gen(xdp) > first
     finally:
-        w.close()
-        thread.join(10)
+        w.stop()
 
 
 def test_without_a_watcher_a_slot_lives_at_most_the_ttl(xdp: Harness, node):
