@@ -92,10 +92,6 @@ COUNTED = ("snat_new", "snat_reply", "reject", "icmp_nat", "frag_nat", "drop_sou
            "drop_no_local", "drop_malformed", "ct_new", "ct_hit", "xdp_tx", "revnat", "hairpin")
 
 
-def _ip(a: bytes) -> str:
-    return socket.inet_ntoa(a)
-
-
 @dataclass
 class Parsed:
     """What the rules read of an Ethernet/IPv4 frame."""
@@ -119,7 +115,8 @@ def parse(raw: bytes) -> Parsed | None:
     if len(raw) < l3 + ihl:
         return None
     frag = int.from_bytes(raw[l3 + 6:l3 + 8], "big")
-    p = Parsed(raw[0:6], raw[6:12], _ip(raw[l3 + 12:l3 + 16]), _ip(raw[l3 + 16:l3 + 20]), raw[l3 + 9],
+    p = Parsed(raw[0:6], raw[6:12], socket.inet_ntoa(raw[l3 + 12:l3 + 16]),
+               socket.inet_ntoa(raw[l3 + 16:l3 + 20]), raw[l3 + 9],
                int.from_bytes(raw[l3 + 4:l3 + 6], "big"), first=frag & 0x1FFF == 0, fragment=frag & 0x3FFF != 0)
     l4 = l3 + ihl
     if p.first and p.proto in (6, 17) and len(raw) >= l4 + (20 if p.proto == 6 else 8):

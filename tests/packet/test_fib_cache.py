@@ -19,7 +19,7 @@ from scapy.layers.l2 import Ether
 from controlplane._csrc import lib
 from controlplane.dataplane import fibwatch
 from controlplane.dataplane.layout import const
-from controlplane.dataplane.model import Backend, Frontend, ServiceState
+from controlplane.dataplane.model import Backend, Frontend, ServiceState, be32_to_ip, ip_to_be32
 from controlplane.dataplane.testrun import TestRunner
 from controlplane.lab import netns
 
@@ -207,8 +207,7 @@ FAR = "10.250.0.0/16"          # routed via node2 by the tests below
 
 
 def _slot(ip: str, ifindex: int) -> int:
-    daddr = int.from_bytes(socket.inet_aton(ip), "little")   # the __be32 as the program loads it
-    return lib.svcxdp_ffi_fib_cache_slot(daddr, ifindex, const("FIB_CACHE_BITS"))
+    return lib.svcxdp_ffi_fib_cache_slot(ip_to_be32(ip), ifindex, const("FIB_CACHE_BITS"))
 
 
 def _far(want) -> str:
@@ -224,11 +223,7 @@ def _far(want) -> str:
 def _held(xdp: Harness, slot: int) -> tuple[str, int, str]:
     """(destination, ingress ifindex, source address or 0.0.0.0) this CPU's slot holds."""
     entry = xdp.dp.table("fib_cache")[ctypes.c_uint32(slot)][CPU]
-    return _ip(entry.dst), int(entry.iif), _ip(entry.src)
-
-
-def _ip(be32: int) -> str:
-    return socket.inet_ntoa(int(be32).to_bytes(4, "little"))   # a __be32 as this host reads it
+    return be32_to_ip(int(entry.dst)), int(entry.iif), be32_to_ip(int(entry.src))
 
 
 def _far_service(xdp: Harness, node, watch, backend: str) -> None:
