@@ -6,20 +6,24 @@ Keys are steered into one set by searching client ports with the table's own has
 (flowsets.set_index, the C of csrc/flowhash.h under the map's seed)."""
 from __future__ import annotations
 
+import os
 import random
 import socket
 import struct
+import time
+from typing import Callable
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from controlplane.dataplane import flowsets
+from controlplane.dataplane import flowsets, readout
 from controlplane.dataplane.affinity_maps import coarse_now_ns as datapath_clock_ns
 from controlplane.dataplane.config import ConfigError, DataplaneConfig
 from controlplane.dataplane.layout import const
 from controlplane.dataplane.program import Dataplane, reset
+from controlplane.dataplane.testrun import TestRunner
 
 from .harness import CLIENT, CLIENT_MAC, NODE_MAC, VIP, Harness
 from .reference_model import ReferenceDatapath
@@ -45,15 +49,26 @@ def fwd_key(table, sport: int, src: str = CLIENT, dst: str = VIP, dport: int = 8
     return k
 
 
-def ports_in_one_set(table, n: int, start: int = 40000) -> tuple[list[int], int]:
-    """n client ports whose flows' forward keys share one set, and that set."""
+def ports_in_one_set(table, n: int, start: int = 40000, dst: str = VIP) -> tuple[list[int], int]:
+    """n client ports whose flows' forward keys (to `dst`) share one set, and that set."""
     seen: dict[int, list[int]] = {}
     for port in range(start, 65536):
-        i = flowsets.set_index(fwd_key(table, port), table.seed, table.n_sets)
+        i = flowsets.set_index(fwd_key(table, port, dst=dst), table.seed, table.n_sets)
         seen.setdefault(i, []).append(port)
         if len(seen[i]) == n:
             return seen[i], i
     raise AssertionError("no set got enough ports")
+
+
+def ports_in_set(table, i: int, n: int, dst: str, start: int = 20000) -> list[int]:
+    """n client ports whose flows' forward keys (to `dst`) fall in set i."""
+    found = []
+    for port in range(start, 65536):
+        if flowsets.set_index(fwd_key(table, port, dst=dst), table.seed, table.n_sets) == i:
+            found.append(port)
+            if len(found) == n:
+                return found
+    raise AssertionError(f"fewer than {n} ports in set {i}")
 
 
 def set_bytes(table) -> list[bytes]:
@@ -144,6 +159,78 @@ def test_changes_to_an_unconfirmed_pods_flow_are_written_back(xdp: Harness):
     assert not table[key].flags & CLOSING
     xdp.send(tcp(41500, "R"))                        # no ACK: still unconfirmed, now closing
     assert table[key].flags & CLOSING and len(xdp.dp.table("conntrack")) == 0
+
+
+def _hammer(prog_fd: int, cpu: int, frames: list[bytes], allowed: set[bytes], seconds: float) -> tuple[int, int]:
+    """Run `frames` in turn through the program on `cpu` for `seconds`: (runs, frames
+    whose destination after DNAT is not in `allowed`)."""
+    os.sched_setaffinity(0, {cpu})
+    runner = TestRunner(prog_fd)
+    runs = strays = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for frame in frames:
+            if runner.run(frame).data[30:34] not in allowed:   # the IPv4 destination
+                strays += 1
+        runs += len(frames)
+    return runs, strays
+
+
+def _in_child(fn, *args) -> Callable[[], tuple[int, int]]:
+    """fn(*args) in a forked process (its own GIL, so two run at once): a call that
+    waits for it and gives what it returned (two ints)."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the child: never back into pytest
+        code = 1
+        try:
+            os.write(wfd, struct.pack("=QQ", *fn(*args)))
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(wfd)
+
+    def result() -> tuple[int, int]:
+        _, status = os.waitpid(pid, 0)
+        data = os.read(rfd, 16)
+        os.close(rfd)
+        assert os.waitstatus_to_exitcode(status) == 0 and len(data) == 16, f"hammer on pid {pid} failed"
+        return struct.unpack("=QQ", data)
+    return result
+
+
+def test_two_cpus_racing_on_one_set_never_give_a_flow_another_flows_entry(xdp: Harness):
+    """The sets are read without the lock until a key looks found (ctp_get), and written
+    under it (ctp_put): here two CPUs race on one set for real. One process opens new
+    flows to service A whose keys all fall in the set (each evicts the oldest slot), the
+    other repeats one flow to service B (one backend) whose key falls there too (a hit,
+    or once evicted a new entry). Every frame must go to its own service's backends: a
+    hit copied without the lock while the other CPU rewrites the slot, or two inserts
+    into a set without it, hand B's flow A's entry (either lock taken out: 30-150 such
+    frames in 4 s on a 2-vCPU host, of ~700,000 each side)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs to race on")
+    a_backends = tuple(f"10.244.2.{i}" for i in range(10, 18))
+    b_backend = "10.244.3.9"
+    xdp.service(VIP, backends=a_backends)
+    fe_b = xdp.service("10.96.0.101", backends=(b_backend,))
+    table = xdp.dp.table("ct_unconfirmed_pod")
+    a_ports, i = ports_in_one_set(table, 4 * WAYS, start=20000)
+    (b_port,) = ports_in_set(table, i, 1, "10.96.0.101")
+    a_frames = [bytes(tcp(p, "S")) for p in a_ports]
+    b_frames = [bytes(tcp(b_port, "S", dst="10.96.0.101"))]
+    seconds = 4.0
+    a_result = _in_child(_hammer, xdp.dp.prog_fd, cpus[0], a_frames,
+                         {socket.inet_aton(ip) for ip in a_backends}, seconds)
+    b_result = _in_child(_hammer, xdp.dp.prog_fd, cpus[1], b_frames, {socket.inet_aton(b_backend)}, seconds)
+    (a_runs, a_strays), (b_runs, b_strays) = a_result(), b_result()
+    assert (a_strays, b_strays) == (0, 0), f"frames sent to another service's backend: A {a_strays} of " \
+                                           f"{a_runs}, B {b_strays} of {b_runs}"
+    # they did race: B's flow was evicted by A's and made anew, many times
+    b_id = xdp.writer.backend_id(fe_b, b_backend, 8080)
+    assert readout.backend_new_flows(xdp.dp).get(b_id, 0) > 1000, "the two CPUs never met in the set"
+    assert a_runs > 50_000 and b_runs > 50_000
 
 
 @pytest.fixture(scope="module")
