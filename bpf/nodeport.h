@@ -31,6 +31,7 @@ struct np_route {
 	__be32 src;       /* this node's address on that route */
 	__u8 smac[ETH_ALEN];
 	__u8 dmac[ETH_ALEN];
+	__u8 cached;      /* read from the FIB result cache, not looked up */
 };
 
 /* The address and port an external flow to another node leaves with. ip 0: none. */
@@ -53,8 +54,10 @@ static __always_inline void np_route_lookup(struct xdp_md *ctx, const struct iph
 		r->src = s.c->src;
 		__builtin_memcpy(r->smac, s.c->smac, ETH_ALEN);
 		__builtin_memcpy(r->dmac, s.c->dmac, ETH_ALEN);
+		r->cached = 1;
 		return;
 	}
+	r->cached = 0;
 	struct bpf_fib_lookup p = {};
 	fib_params_set(&p, ctx, ip, ip->daddr);
 	r->rc = bpf_fib_lookup(ctx, &p, sizeof(p), SVCXDP_FIB_LOOKUP_SRC);
@@ -508,6 +511,14 @@ static __always_inline int np_forward(struct xdp_md *ctx, struct events *ev)
 	np_route_lookup(ctx, ip, bpf_ktime_get_coarse_ns(), &r);
 	if (r.rc != BPF_FIB_LKUP_RET_SUCCESS || ip->ttl <= 1)
 		return XDP_PASS;
+	if (r.cached) {
+		/* Sent on by a cached answer, counted as the pods' path counts it; in the
+		 * main event when this packet has none (every packet but a new flow's). */
+		if (ev->main == SVCXDP_CNT_MAX)
+			ev->main = SVCXDP_CNT_FIB_CACHED;
+		else
+			counters_bump(SVCXDP_CNT_FIB_CACHED);
+	}
 	if (r.ifindex != ctx->ingress_ifindex) {
 #ifdef SVCXDP_STACK_FORWARD
 		return XDP_PASS;

@@ -134,7 +134,7 @@
 #define SVCXDP_CNT_XDP_TX 29           /* sent back out of the interface it came in on */
 #define SVCXDP_CNT_SNAT_RECLAIMED 30   /* SNAT port taken from an unconfirmed flow (nodeport.h) */
 #define SVCXDP_CNT_REDIRECT_REFUSED 31 /* routed, but the egress device is not in tx_ports: to the stack */
-#define SVCXDP_CNT_FIB_CACHED 32       /* redirected with a cached FIB result (fib.h): no lookup */
+#define SVCXDP_CNT_FIB_CACHED 32       /* sent on with a cached FIB result (fib.h): no lookup */
 #define SVCXDP_CNT_MAX 33
 
 /* ---- hairpin ------------------------------------------------------------------ */

@@ -328,6 +328,27 @@ def test_a_nodeport_flow_to_another_node_takes_its_route_and_source_from_the_cac
         table[0] = leaf
 
 
+def test_nodeport_frames_sent_on_from_the_cache_are_counted(xdp: Harness, node, node_port):
+    """`fib_cached` counts the NodePort path's frames too: a new flow's (its SNAT lookup
+    filled the slot its next hop is then read from) and its next frame's; none while the
+    cache is off."""
+    table = xdp.dp.table(fibwatch.MAP)
+    leaf = table[0]
+    leaf.gen = leaf.reserved = int(leaf.reserved) + 1
+    table[0] = leaf
+    try:
+        before = _cached(xdp)
+        assert _send_external(xdp, node, 40000)[0] == "XDP_TX"
+        assert _cached(xdp) == before + 1
+        assert _send_external(xdp, node, 40000)[0] == "XDP_TX"   # the flow's next frame
+        assert _cached(xdp) == before + 2
+    finally:
+        leaf.gen = 0
+        table[0] = leaf
+    assert _send_external(xdp, node, 40000)[0] == "XDP_TX"
+    assert _cached(xdp) == before + 2
+
+
 def test_a_nodeport_flow_follows_a_new_node_address_with_the_next_frame(xdp: Harness, node, watch,
                                                                          node_port):
     """The SNAT address is the FIB's source for the route: an address change (an
