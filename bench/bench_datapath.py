@@ -62,9 +62,9 @@ project's MapWriter (its time is recorded in extra_info). The default dataplane
 holds max_services = 65,536 services (ids 1..65,536), so the largest row fills
 the production-sized maps completely. Conntrack is either empty (0) or full
 (CT_FULL = the map's 1,048,576 entries): every conntrack table is filled (conntrack
-and ct_unconfirmed written past their capacity with BPF_MAP_UPDATE_BATCH, so their
-LRU free lists are empty; ct_unconfirmed_pod's sets until every slot is used:
-flowsets.py), so every new flow's insert evicts, as on a node whose tables are full.
+written past its capacity with BPF_MAP_UPDATE_BATCH, so its LRU free lists are empty;
+the unconfirmed tables' sets until every slot is used: flowsets.py), so every new
+flow's insert evicts, as on a node whose tables are full.
 The program measured is the pod-facing one: its new flows go to ct_unconfirmed_pod
 (32,768 entries in 8-way sets by default, which stays in cache), and the confirm row
 measures their move into conntrack. In the empty configuration the new_flow rounds
@@ -116,6 +116,7 @@ QUICK = os.environ.get("SVCXDP_BENCH_QUICK", "") not in ("", "0")
 SERVICES = (1, 65_536) if QUICK else (1, 1_000, 10_000, 65_536)
 CT_FULL = 1_048_576                        # the default conntrack size, filled
 CT_ENTRIES = (0, CT_FULL)
+RULER_BUCKETS = 262_144                    # the second ruler's bucket array (below)
 CT_OVERFILL = 8                            # write 1/8 more than a table holds: free lists empty
 PACKETS = 500 if QUICK else 2_000          # test-run calls per round
 ROUNDS = 10 if QUICK else 50               # measured rounds per benchmark
@@ -166,9 +167,9 @@ int cold_line(struct xdp_md *ctx)
 
 # A second ruler, beside the paired measurement only: a hash table reads a never-seen
 # key's bucket and then, through what it read, the element; so this one reads one
-# 16-byte "bucket" of an array of COLD_BUCKETS (ct_unconfirmed's bucket array is
-# 262,144 x 16 bytes; kept at that size since pods' new flows moved to the small
-# ct_unconfirmed_pod, so the ruler stays comparable across runs), then increments
+# 16-byte "bucket" of an array of RULER_BUCKETS (ct_unconfirmed's bucket array was
+# 262,144 x 16 bytes when it was an LRU hash; kept at that size since, so the ruler
+# stays comparable across runs), then increments
 # the line of the cold_line table that the bucket's content (always 0) chooses
 # together with the hash: the second miss waits for the first, as in a hash lookup,
 # instead of overlapping it.
@@ -344,15 +345,10 @@ def _head(array, n: int):
 
 
 def fill_unconfirmed(dp, arrays) -> None:
-    """Fill each unconfirmed table past its capacity with the first rows of conntrack's
-    fill (other maps: the keys do not meet)."""
+    """Fill each unconfirmed table with the first rows of conntrack's fill (other maps:
+    the keys do not meet): sets (flowsets.py), placed until every slot is used."""
     for name in UNCONFIRMED_TABLES:
-        table = dp.table(name)
-        if name == "ct_unconfirmed_pod":   # sets (flowsets.py): placed until every slot is used
-            table.fill(*arrays)
-            continue
-        n = dp.config.flow_table_sizes()[name]
-        batch_fill(table, *(_head(a, n + n // CT_OVERFILL) for a in arrays))
+        dp.table(name).fill(*arrays)
 
 
 def table_counts(dp) -> dict[str, int]:
@@ -524,7 +520,7 @@ def env():
         del check["IP"].chksum, check["TCP"].chksum
         assert bytes(check) == probe, "new-flow frame checksums are wrong"
         ruler_bpf, ruler_fd = load_cold_line_program(config.ct_size)
-        bucket_bpf, bucket_fd = load_cold_bucket_program(config.ct_size, config.ct_unconfirmed_size)
+        bucket_bpf, bucket_fd = load_cold_bucket_program(config.ct_size, RULER_BUCKETS)
         e = Env(config=config, floor_bpf=floor_bpf, floor_runner=TestRunner(floor_fd),
                 ruler_runner=TestRunner(ruler_fd), states=_service_states(), frames=frames,
                 new_flows=new_flows, cpu=cpu, bucket_runner=TestRunner(bucket_fd),

@@ -168,7 +168,7 @@ def run_pending(h, frames: Frames, flood: int, rng: random.Random) -> PendingRes
     """PENDING_ROUNDS rounds of PENDING handshakes held open across `flood` spoofed SYNs."""
     from controlplane.dataplane import flowsets
     from controlplane.dataplane.model import Backend, Frontend, ServiceState
-    table = h.dp.table(flowsets.TABLE)
+    table = h.dp.table("ct_unconfirmed_pod")
     run = h.runner.run
     held = survived = 0
     for r in range(PENDING_ROUNDS):

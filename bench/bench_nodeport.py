@@ -28,7 +28,7 @@ ratio could go).
 Valid new-flow measurements, both sides. A flood of unanswered new flows fills state:
 iptables keeps each one in conntrack for nf_conntrack_udp_timeout (30 s) and MASQUERADE
 holds its port as long, one port range (1024-65535) per node address and backend
-address:port; XDP keeps it in ct_unconfirmed (LRU) and reuses the port of an unconfirmed
+address:port; XDP keeps it in ct_unconfirmed (sets) and reuses the port of an unconfirmed
 flow (bpf/nodeport.h). With 2 endpoints at 1 service the 129,024 MASQUERADE tuples ran
 out within a second and iptables fell to 0-15k packets/s (the XDP side, before its ports
 of unanswered flows were reclaimable, to 0), which measures the exhaustion, not the path.

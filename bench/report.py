@@ -329,7 +329,7 @@ def _paired_bound_lines(rows: dict, services) -> list[str]:
              f"medians, measured minutes apart) is beside it: the ruler moved by a quarter between "
              f"configurations of one run, and the ratio with it. Excess: new flow − bound, median "
              f"over rounds. For reference, a second ruler runs in the same rounds: one 16-byte "
-             f"bucket of an array as large as ct_unconfirmed's buckets, then the 64-byte line "
+             f"bucket of an array of 262,144 (ct_unconfirmed's buckets when it was a hash), then the 64-byte line "
              f"its content leads to — two dependent misses, as a hash lookup of a never-seen key "
              f"makes (bucket, then element); the last column is new flow / (that ruler + "
              f"established − floor), what the new flow costs beyond any hash table's own "

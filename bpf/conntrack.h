@@ -17,7 +17,8 @@
  * The unconfirmed table is the entry point's (ctu_*): ct_unconfirmed_pod for flows
  * from pods, small and cache-resident, since their handshakes complete within an
  * in-cluster round trip; ct_unconfirmed for flows from outside, large, so a far
- * client's handshake outlives a flood (svcxdp.h). A flow's forward packets always
+ * client's handshake outlives a flood (svcxdp.h). Both are arrays of sets (below).
+ * A flow's forward packets always
  * come in through the same entry point, so its own lookups name the table; a reply
  * may come in through the other one (a NodePort flow to a local pod answers from
  * the pod's side), so reply-side lookups look in both.
@@ -59,6 +60,10 @@
 #define TCPF_SYN 0x02
 #define TCPF_RST 0x04
 #define TCPF_ACK 0x10
+
+/* Which unconfirmed table a lookup's copy came from (`copied`): write changes back there. */
+#define CT_COPY_POD 1
+#define CT_COPY_EXT 2
 
 /* Where a flow's entry was found (ct_create's `dead`). */
 #define CT_IN_NONE 0
@@ -166,7 +171,7 @@ static __always_inline int ct_udp_absent(const struct ct_key *k, __u64 now)
 	return age >= SVCXDP_CT_RECENT_SURE_AGE;
 }
 
-/* What ct_touch and ct_uncount may change in an entry. A copy from the pods' table goes
+/* What ct_touch and ct_uncount may change in an entry. A copy from an unconfirmed table goes
  * back (a lock and a hash) only if it changed: once a second, or when a flag moves. */
 struct ct_mark {
 	__u64 last_seen;
@@ -237,12 +242,14 @@ static __always_inline int ct_bare_syn(__u8 proto, __u8 tcp_flags)
 	return proto == IPPROTO_TCP && (tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN;
 }
 
-/* ---- the pods' unconfirmed table: sets, not an LRU hash ---------------------------
- * ct_unconfirmed_pod is an array of struct ct_set (svcxdp.h): a key's entry can only
- * be in the set its hash names, in any of its SVCXDP_CT_SET_WAYS slots. A new flow takes
- * its set's next slot in turn (ctp_slot_for_new), so an insert touches one set's lines
- * whether the table is full or not — an LRU hash full of cold entries evicts them, 128
- * at a time, which was a third of a pod's UDP new flow (datapath-notes §15). The price
+/* ---- the unconfirmed tables: sets, not LRU hashes ---------------------------------
+ * ct_unconfirmed_pod and ct_unconfirmed are arrays of struct ct_set (svcxdp.h), each of
+ * its own size, both hashed under one seed (`ext` names the table: a constant at every
+ * call): a key's entry can only be in the set its hash names, in any of its
+ * SVCXDP_CT_SET_WAYS slots. A new flow takes its set's next slot in turn
+ * (ctp_slot_for_new), so an insert touches one set's lines whether the table is full or
+ * not — an LRU hash full of cold entries evicts them, 128 at a time, which was a third
+ * of a pod's UDP new flow and most of a NodePort one (datapath-notes §15, §20). The price
  * is in the flood law: an entry survives SVCXDP_CT_SET_WAYS - 1 later new flows in its
  * set, not max_entries - 1 in the table (a slope, not a cliff; §15, §16), so the table
  * has ways enough that a burst of pending handshakes loses none in practice (8: one in
@@ -253,14 +260,18 @@ static __always_inline int ct_bare_syn(__u8 proto, __u8 tcp_flags)
  * still holds that key (ctp_replace).
  * Readers that may meet a copy say so (`copied`) so that their changes are written back
  * (ct_store). */
-static __always_inline struct ct_set *ctp_set(const struct ct_key *k)
+static __always_inline struct ct_set *ctp_set(int ext, const struct ct_key *k)
 {
 	__u32 zero = 0;
 	__u32 *seed = ct_set_seed.lookup(&zero);
 	if (!seed)
 		return NULL;
-	__u32 i = svcxdp_ct_set_hash(k->src, k->dst, k->sport, k->dport, k->proto, k->dir, *seed) &
-		  (SVCXDP_CT_UNCONFIRMED_POD_SIZE / SVCXDP_CT_SET_WAYS - 1);
+	__u32 h = svcxdp_ct_set_hash(k->src, k->dst, k->sport, k->dport, k->proto, k->dir, *seed);
+	if (ext) {
+		__u32 i = h & (SVCXDP_CT_UNCONFIRMED_SIZE / SVCXDP_CT_SET_WAYS - 1);
+		return ct_unconfirmed.lookup(&i);
+	}
+	__u32 i = h & (SVCXDP_CT_UNCONFIRMED_POD_SIZE / SVCXDP_CT_SET_WAYS - 1);
 	return ct_unconfirmed_pod.lookup(&i);
 }
 
@@ -315,9 +326,9 @@ static __always_inline __u32 ctp_slot_for_new(struct ct_set *s)
  * only put k in (this packet came first, as if it had) or take it out (evicted or
  * confirmed: a miss is right), and a torn read of a slot being rewritten can only
  * look like k by chance, which the locked search below settles. */
-static __always_inline int ctp_get(const struct ct_key *k, struct ct_value *out)
+static __always_inline int ctp_get(int ext, const struct ct_key *k, struct ct_value *out)
 {
-	struct ct_set *s = ctp_set(k);
+	struct ct_set *s = ctp_set(ext, k);
 	if (!s || !ctp_match(s, k))
 		return 0;
 	bpf_spin_lock(&s->lock);
@@ -330,9 +341,9 @@ static __always_inline int ctp_get(const struct ct_key *k, struct ct_value *out)
 
 /* Write k's entry, BPF_NOEXIST (-EEXIST if k has one) or BPF_ANY: a new entry takes the
  * slot ctp_slot_for_new gives. 0 when written. */
-static __always_inline long ctp_put(const struct ct_key *k, const struct ct_value *v, __u64 mode)
+static __always_inline long ctp_put(int ext, const struct ct_key *k, const struct ct_value *v, __u64 mode)
 {
-	struct ct_set *s = ctp_set(k);
+	struct ct_set *s = ctp_set(ext, k);
 	if (!s)
 		return -2;   /* -ENOENT: cannot happen (index masked, array map) */
 	long err = 0;
@@ -352,9 +363,9 @@ static __always_inline long ctp_put(const struct ct_key *k, const struct ct_valu
 /* Write a changed copy back over k's entry, if k still has one: a change that comes
  * back after the slot went to another flow, or after the flow was confirmed, is
  * dropped. */
-static __always_inline void ctp_replace(const struct ct_key *k, const struct ct_value *v)
+static __always_inline void ctp_replace(int ext, const struct ct_key *k, const struct ct_value *v)
 {
-	struct ct_set *s = ctp_set(k);
+	struct ct_set *s = ctp_set(ext, k);
 	if (!s)
 		return;
 	bpf_spin_lock(&s->lock);
@@ -364,9 +375,9 @@ static __always_inline void ctp_replace(const struct ct_key *k, const struct ct_
 	bpf_spin_unlock(&s->lock);
 }
 
-static __always_inline long ctp_delete(const struct ct_key *k)
+static __always_inline long ctp_delete(int ext, const struct ct_key *k)
 {
-	struct ct_set *s = ctp_set(k);
+	struct ct_set *s = ctp_set(ext, k);
 	if (!s)
 		return -2;
 	long err = -2;
@@ -381,58 +392,50 @@ static __always_inline long ctp_delete(const struct ct_key *k)
 }
 
 /* The unconfirmed table of an entry point (conntrack.h, top). `external` is a
- * constant in each program, so each keeps only its own table's calls. The external
- * one's entries are the map's own (changed in place); the pods' are copies into *buf
- * (above), written back with ctu_store. */
+ * constant at each call, so each program keeps only its own table's calls. Entries are
+ * copies into *buf (above), written back with ctu_store. */
 static __always_inline struct ct_value *ctu_lookup(int external, struct ct_key *k,
 						   struct ct_value *buf)
 {
-	if (external)
-		return ct_unconfirmed.lookup(k);
-	return ctp_get(k, buf) ? buf : NULL;
+	return ctp_get(external, k, buf) ? buf : NULL;
 }
 
 /* Insert only if the key has no entry (BPF_NOEXIST); 0 when inserted. */
 static __always_inline long ctu_insert(int external, struct ct_key *k, struct ct_value *v)
 {
-	if (external)
-		return ct_unconfirmed.insert(k, v);
-	return ctp_put(k, v, BPF_NOEXIST);
+	return ctp_put(external, k, v, BPF_NOEXIST);
 }
 
 static __always_inline long ctu_update(int external, struct ct_key *k, struct ct_value *v)
 {
-	if (external)
-		return ct_unconfirmed.update(k, v);
-	return ctp_put(k, v, BPF_ANY);
+	return ctp_put(external, k, v, BPF_ANY);
 }
 
 static __always_inline long ctu_delete(int external, struct ct_key *k)
 {
-	if (external)
-		return ct_unconfirmed.delete(k);
-	return ctp_delete(k);
+	return ctp_delete(external, k);
 }
 
-/* Write back a change to an entry ctu_lookup gave (the pods' are copies). */
+/* Write back a change to an entry ctu_lookup gave (a copy). */
 static __always_inline void ctu_store(int external, struct ct_key *k, struct ct_value *v)
 {
-	if (!external)
-		ctp_replace(k, v);
+	ctp_replace(external, k, v);
 }
 
 /* Either unconfirmed table, for lookups that do not know the flow's entry point (a
- * reply): the pods' first, the small one, which the most new flows use. *copied: the
- * entry is a copy in *buf (write changes back with ct_store). */
+ * reply): the pods' first, the small one, which the most new flows use. *copied: which
+ * table the copy in *buf came from, CT_COPY_* (write changes back with ct_store). */
 static __always_inline struct ct_value *ctu_lookup_any(struct ct_key *k, struct ct_value *buf,
 						       int *copied)
 {
-	struct ct_value *u = buf;
-	*copied = ctp_get(k, buf);
-	if (!*copied)
-		u = ct_unconfirmed.lookup(k);
-	asm volatile("" : "+r"(u));   /* (one pointer for clang to hand on, see ct_lookup_in) */
-	return u;
+	*copied = CT_COPY_POD;
+	if (ctp_get(0, k, buf))
+		return buf;
+	*copied = CT_COPY_EXT;
+	if (ctp_get(1, k, buf))
+		return buf;
+	*copied = 0;
+	return NULL;
 }
 
 /* A flow's entry, confirmed or not: the confirmed one while it is current, else an
@@ -449,9 +452,17 @@ static __always_inline struct ct_value *ct_lookup_in(struct ct_key *k, int pods,
 	asm volatile("" : "+r"(v));
 	if (v && ct_current(v, bpf_ktime_get_coarse_ns(), k->proto))
 		return v;
-	struct ct_value *u = pods ? ctu_lookup_any(k, buf, copied) : ct_unconfirmed.lookup(k);
-	if (!u)
+	struct ct_value *u;
+	if (pods) {
+		u = ctu_lookup_any(k, buf, copied);
+	} else {
+		*copied = CT_COPY_EXT;
+		u = ctp_get(1, k, buf) ? buf : NULL;
+	}
+	if (!u) {
+		*copied = 0;
 		u = v;
+	}
 	asm volatile("" : "+r"(u));
 	return u;
 }
@@ -464,18 +475,20 @@ static __always_inline struct ct_value *ct_lookup(struct ct_key *k, struct ct_va
 
 /* ct_lookup for a key only conntrack and ct_unconfirmed can hold: a SNAT entry, or an
  * external client's flow (nodeport.h, icmp.h) — never the pods' table's, whose search
- * the verifier would walk on every path here. */
-static __always_inline struct ct_value *ct_lookup_external(struct ct_key *k)
+ * the verifier would walk on every path here. *copied as ct_lookup's. */
+static __always_inline struct ct_value *ct_lookup_external(struct ct_key *k, struct ct_value *buf,
+							    int *copied)
 {
-	int copied;
-	return ct_lookup_in(k, 0, NULL, &copied);
+	return ct_lookup_in(k, 0, buf, copied);
 }
 
 /* Write back a change to an entry ct_lookup or ctu_lookup_any gave, if it was a copy. */
 static __always_inline void ct_store(int copied, struct ct_key *k, struct ct_value *v)
 {
-	if (copied)
-		ctp_replace(k, v);
+	if (copied == CT_COPY_POD)
+		ctp_replace(0, k, v);
+	else if (copied == CT_COPY_EXT)
+		ctp_replace(1, k, v);
 }
 
 /* Does this forward packet of an unconfirmed flow confirm it? */
@@ -648,7 +661,7 @@ struct reply_match {
 	__be32 vip;           /* what the reply's source becomes */
 	__be16 vport;
 	__u8 via_reply_entry;
-	__u8 copied;          /* v is `copy`, from the pods' table: write changes back */
+	__u8 copied;          /* CT_COPY_*: v is `copy`, from that table: write changes back */
 	struct ct_value copy;
 };
 

@@ -1,17 +1,17 @@
 /* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
 /*
- * ctgc.h — idle-flow garbage collection of the conntrack tables, ahead of need.
+ * ctgc.h — idle-flow garbage collection of conntrack, ahead of need.
  *
- * conntrack and ct_unconfirmed are LRU maps: nothing else removes an entry whose flow
+ * conntrack is an LRU map: nothing else removes an entry whose flow
  * went idle or closed, so on a busy node they fill up with dead flows and every new flow's insert
  * then pays an eviction (the LRU refills its free list by evicting up to 128 cold
  * entries at a time: the 50-80 us calls of bench/results/datapath-notes.md). The agent
- * walks the tables (controlplane/dataplane/ctgc.py) and hands the keys it judged
+ * walks the table (controlplane/dataplane/ctgc.py) and hands the keys it judged
  * expired to this program through BPF_PROG_TEST_RUN; the program judges each entry
  * again as it is now and deletes it, so freed elements go back to the LRU's free list
- * and new flows find free nodes instead of evicting. (ct_unconfirmed_pod is an array
- * of sets whose new flows take their set's next slot in turn at no extra cost: nothing
- * to sweep there, conntrack.h.)
+ * and new flows find free nodes instead of evicting. (The unconfirmed tables are
+ * arrays of sets whose new flows take their set's next slot in turn at no extra cost:
+ * nothing to sweep there, conntrack.h.)
  *
  * An entry is removed only when every lookup the datapath could make would find it
  * dead anyway:
@@ -19,7 +19,7 @@
  *    a CPU that judged it alive a moment before our clock read and refreshes it now
  *    (ct_touch) left it far younger than that;
  *  - a reply entry (DIR_REPLY) or a SNAT reply entry (DIR_SNAT, the holder of a SNAT
- *    port) stays while its flow's forward entry lives, in either table: a one-way
+ *    port) stays while its flow's forward entry lives, in any table: a one-way
  *    flow's replies never refresh it, and the datapath keeps the port by the forward
  *    entry (nodeport.h, np_snat_alloc/np_snat_reply);
  *  - a forward entry that still holds one of its backend's connection counts gives it
@@ -91,10 +91,8 @@ static __always_inline int ct_gc_one(struct ct_key *k, __u32 table, __u64 now, i
 	struct ct_value *v;
 	if (table == SVCXDP_CT_GC_CONFIRMED)
 		v = conntrack.lookup(k);
-	else if (table == SVCXDP_CT_GC_UNCONFIRMED)
-		v = ct_unconfirmed.lookup(k);
 	else
-		return -1;
+		return -1;   /* (the only table swept) */
 	if (!v)
 		return -1;
 	if (!ct_gc_expired(v, now, k->proto) || ct_gc_needed(k, v, now))
@@ -105,12 +103,7 @@ static __always_inline int ct_gc_one(struct ct_key *k, __u32 table, __u64 now, i
 	}
 	if (k->dir == SVCXDP_CT_DIR_FORWARD)
 		ct_uncount(v);
-	long rc;
-	if (table == SVCXDP_CT_GC_CONFIRMED)
-		rc = conntrack.delete(k);
-	else
-		rc = ct_unconfirmed.delete(k);
-	return rc == 0 ? 1 : -1;
+	return conntrack.delete(k) == 0 ? 1 : -1;
 }
 
 static __always_inline void counters_add(__u32 idx, __u64 n)

@@ -54,7 +54,9 @@ static __always_inline int icmp_snat(struct iphdr *ip, struct icmphdr *icmp, str
 {
 	struct ct_key k;
 	ct_key_set(&k, in->daddr, in->saddr, ports[1], ports[0], in->protocol, SVCXDP_CT_DIR_SNAT);
-	struct ct_value *v = ct_lookup_external(&k);
+	struct ct_value buf;
+	int copied;
+	struct ct_value *v = ct_lookup_external(&k, &buf, &copied);
 	if (v && ip->daddr == in->saddr) {
 		__be32 backend = in->daddr;
 		icmp_rewrite_quote(icmp, in, &in->saddr, &ports[0], v->peer_ip, v->peer_port);
@@ -66,7 +68,7 @@ static __always_inline int icmp_snat(struct iphdr *ip, struct icmphdr *icmp, str
 		return SVCXDP_VERDICT_NP_OUT;
 	}
 	ct_key_set(&k, in->daddr, in->saddr, ports[1], ports[0], in->protocol, SVCXDP_CT_DIR_FORWARD);
-	v = ct_lookup_external(&k);
+	v = ct_lookup_external(&k, &buf, &copied);
 	if (!v || !(v->flags & SVCXDP_CT_F_SNAT) || ip->daddr != in->saddr)
 		return -1;
 	icmp_rewrite_quote(icmp, in, &in->saddr, &ports[0], v->nat_ip, v->nat_port);

@@ -73,11 +73,13 @@ SVCXDP_MAP("lru_hash", struct ct_key, struct ct_value, conntrack, SVCXDP_CT_SIZE
  * a flood of spoofed one-packet flows evicts only its own kind here. One table per
  * kind of entry point (svcxdp.h, SVCXDP_CT_UNCONFIRMED_SHARE): ct_unconfirmed for the
  * external one (NodePort, LB and external IPs, their SNAT reply entries included),
- * ct_unconfirmed_pod for the pod-facing one. */
-SVCXDP_MAP("lru_hash", struct ct_key, struct ct_value, ct_unconfirmed, SVCXDP_CT_UNCONFIRMED_SIZE);
+ * ct_unconfirmed_pod for the pod-facing one. Arrays of 8-way sets, not LRU hashes
+ * (conntrack.h, "the unconfirmed tables"). */
+SVCXDP_MAP("array", __u32, struct ct_set, ct_unconfirmed,
+	   SVCXDP_CT_UNCONFIRMED_SIZE / SVCXDP_CT_SET_WAYS);
 SVCXDP_MAP("array", __u32, struct ct_set, ct_unconfirmed_pod,
 	   SVCXDP_CT_UNCONFIRMED_POD_SIZE / SVCXDP_CT_SET_WAYS);
-/* The secret seed of ct_unconfirmed_pod's set hash, written by the loader when it
+/* The secret seed of the unconfirmed tables' set hash, written by the loader when it
  * creates the map (random, never 0): spoofed tuples cannot be aimed at one set. */
 SVCXDP_MAP("array", __u32, __u32, ct_set_seed, 1);
 /* When a UDP flow hashing to each slot was last written or refreshed in conntrack, in

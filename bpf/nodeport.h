@@ -119,9 +119,10 @@ static __always_inline void np_reply_value(struct ct_value *rv, const struct ct_
 }
 
 /* The flow that holds a SNAT port, by its reply entry h (key rk): the client's forward
- * entry, if it still leaves by that port. *confirmed: it is in conntrack. */
+ * entry, if it still leaves by that port (an unconfirmed one copied into *buf).
+ * *confirmed: it is in conntrack. */
 static __always_inline struct ct_value *np_holder(const struct ct_key *rk, const struct ct_value *h,
-						  int *confirmed)
+						  int *confirmed, struct ct_value *buf)
 {
 	struct ct_key fk;
 	ct_key_set(&fk, h->peer_ip, h->nat_ip, h->peer_port, h->nat_port, rk->proto,
@@ -129,7 +130,7 @@ static __always_inline struct ct_value *np_holder(const struct ct_key *rk, const
 	struct ct_value *f = conntrack.lookup(&fk);
 	*confirmed = f != NULL;
 	if (!f)
-		f = ct_unconfirmed.lookup(&fk);
+		f = ctu_lookup(1, &fk, buf);
 	if (!f || !(f->flags & SVCXDP_CT_F_SNAT) || f->peer_ip != rk->dst ||
 	    f->peer_port != rk->dport || f->nat_ip != rk->src || f->nat_port != rk->sport) {
 		*confirmed = 0;
@@ -156,7 +157,7 @@ static __always_inline int np_snat_alloc(const struct ct_key *fwd, __be32 backen
 {
 	struct ct_key rk;
 	ct_key_set(&rk, backend, node_ip, bport, 0, fwd->proto, SVCXDP_CT_DIR_SNAT);
-	struct ct_value rv;
+	struct ct_value rv, buf, fbuf;
 	np_reply_value(&rv, fwd, svc_id, now, tcp_flags);
 	__u32 want = bpf_ntohs(fwd->sport);
 	/* The probes only look and note (in map memory, np_pending: every path through
@@ -189,7 +190,7 @@ static __always_inline int np_snat_alloc(const struct ct_key *fwd, __be32 backen
 				pd->dead_port = port;
 			continue;
 		}
-		h = ct_unconfirmed.lookup(&rk);
+		h = ctu_lookup(1, &rk, &buf);
 		if (h) {
 			if (np_owns(h, fwd)) {
 				pd->pick = NP_PICK_OWN;
@@ -205,7 +206,7 @@ static __always_inline int np_snat_alloc(const struct ct_key *fwd, __be32 backen
 				break;
 			continue;
 		}
-		int busy = confirmed ? conntrack.insert(&rk, &rv) : ct_unconfirmed.insert(&rk, &rv);
+		int busy = confirmed ? conntrack.insert(&rk, &rv) : ctu_insert(1, &rk, &rv);
 		if (!busy) {
 			pd->pick = NP_PICK_INSERTED;
 			pd->pick_port = port;
@@ -220,8 +221,8 @@ static __always_inline int np_snat_alloc(const struct ct_key *fwd, __be32 backen
 		 * flow's replies never refresh it), and nothing unconfirmed sits there. */
 		rk.dport = bpf_htons((__u16)pd->dead_port);
 		h = conntrack.lookup(&rk);
-		if (h && !ct_alive(h, now, rk.proto) && !np_holder(&rk, h, &c) &&
-		    !ct_unconfirmed.lookup(&rk)) {
+		if (h && !ct_alive(h, now, rk.proto) && !np_holder(&rk, h, &c, &fbuf) &&
+		    !ctu_lookup(1, &rk, &buf)) {
 			pick = NP_PICK_OWN;
 			pd->pick_port = pd->dead_port;
 		}
@@ -230,8 +231,8 @@ static __always_inline int np_snat_alloc(const struct ct_key *fwd, __be32 backen
 		/* The oldest unconfirmed holder probed, unless its flow was confirmed a moment
 		 * ago (the tail moves its entry next). */
 		rk.dport = bpf_htons((__u16)pd->oldest_port);
-		h = ct_unconfirmed.lookup(&rk);
-		if (h && !(np_holder(&rk, h, &c) && c)) {
+		h = ctu_lookup(1, &rk, &buf);
+		if (h && !(np_holder(&rk, h, &c, &fbuf) && c)) {
 			pick = NP_PICK_RECLAIM;
 			pd->pick_port = pd->oldest_port;
 		}
@@ -242,9 +243,9 @@ static __always_inline int np_snat_alloc(const struct ct_key *fwd, __be32 backen
 	if (pick != NP_PICK_INSERTED) {
 		if (confirmed) {
 			conntrack.update(&rk, &rv);
-			ct_unconfirmed.delete(&rk);
+			ctu_delete(1, &rk);
 		} else {
-			ct_unconfirmed.update(&rk, &rv);
+			ctu_update(1, &rk, &rv);
 			conntrack.delete(&rk);
 		}
 	}
@@ -267,18 +268,17 @@ static __always_inline int np_snat_kept(const struct ct_key *fk, struct iphdr *i
 	struct ct_value *h = conntrack.lookup(&rk);
 	if (h && ct_alive(h, now, rk.proto))
 		return np_owns(h, fk);
-	struct ct_value *u = ct_unconfirmed.lookup(&rk);
-	if (u) {
-		if (!np_owns(u, fk))
+	struct ct_value u;
+	if (ctu_lookup(1, &rk, &u)) {
+		if (!np_owns(&u, fk))
 			return 0;
+		u.last_seen = now;
 		if (!confirmed) {
-			u->last_seen = now;
+			ctu_store(1, &rk, &u);
 			return 1;
 		}
-		struct ct_value copy = *u;
-		copy.last_seen = now;
-		conntrack.update(&rk, &copy);
-		ct_unconfirmed.delete(&rk);
+		conntrack.update(&rk, &u);
+		ctu_delete(1, &rk);
 		return 1;
 	}
 	struct ct_value rv;
@@ -288,7 +288,7 @@ static __always_inline int np_snat_kept(const struct ct_key *fk, struct iphdr *i
 			return conntrack.update(&rk, &rv) == 0;
 		return conntrack.insert(&rk, &rv) == 0;
 	}
-	if (ct_unconfirmed.insert(&rk, &rv))
+	if (ctu_insert(1, &rk, &rv))
 		return 0;
 	if (h)
 		conntrack.delete(&rk);
@@ -329,11 +329,13 @@ static __always_inline int np_source_denied(const struct iphdr *ip, const struct
 		return 0;
 	struct ct_key fk;
 	ct_key_set(&fk, pd->client, pd->vip, pd->cport, pd->vport, ip->protocol, SVCXDP_CT_DIR_FORWARD);
-	struct ct_value *v = ct_lookup_external(&fk);
+	struct ct_value buf;
+	int copied;
+	struct ct_value *v = ct_lookup_external(&fk, &buf, &copied);
 	if (v)
 		ct_uncount(v);
 	conntrack.delete(&fk);
-	ct_unconfirmed.delete(&fk);
+	ctu_delete(1, &fk);
 	return 1;
 }
 
@@ -358,10 +360,14 @@ static __always_inline void np_pending_clear(void)
 }
 
 /* The flow's entry, in the table handle_service left it in (np_pending.confirmed): the
- * tuple's dead entry may sit in conntrack while the flow waits unconfirmed. */
-static __always_inline struct ct_value *np_flow(struct ct_key *fk, const struct np_pending *pd)
+ * tuple's dead entry may sit in conntrack while the flow waits unconfirmed. An
+ * unconfirmed one is a copy in *buf: changes go back with ctu_store. */
+static __always_inline struct ct_value *np_flow(struct ct_key *fk, const struct np_pending *pd,
+						struct ct_value *buf)
 {
-	return pd->confirmed ? conntrack.lookup(fk) : ct_unconfirmed.lookup(fk);
+	if (pd->confirmed)
+		return conntrack.lookup(fk);
+	return ctu_lookup(1, fk, buf);
 }
 
 /* A new flow the tail does not source-NAT (its backend is behind another interface:
@@ -369,10 +375,11 @@ static __always_inline struct ct_value *np_flow(struct ct_key *fk, const struct 
  * backend needs one, goes where its forward entry is (ct_create left it to us). */
 static __always_inline void np_reply_entry(struct ct_key *fk, const struct np_pending *pd)
 {
-	struct ct_value *v = np_flow(fk, pd);
+	struct ct_value copy;
+	struct ct_value *v = np_flow(fk, pd, &copy);
 	if (!v)
 		return;
-	struct ct_value copy = *v;
+	copy = *v;
 	ct_reply_entry(1, fk, &copy, pd->vip, pd->vport, pd->confirmed);
 }
 
@@ -423,7 +430,8 @@ static __always_inline int np_snat(struct xdp_md *ctx, struct iphdr *ip, void *d
 		}
 		node_ip = r.src;
 	}
-	struct ct_value *v = np_flow(&fk, pd);
+	struct ct_value vbuf;
+	struct ct_value *v = np_flow(&fk, pd, &vbuf);
 	int confirmed = pd->confirmed;
 	if (mode != SVCXDP_NP_NEW &&
 	    (!v || np_snat_kept(&fk, ip, ports, pd->svc_id, now, tcp_flags, confirmed)))
@@ -437,7 +445,7 @@ static __always_inline int np_snat(struct xdp_md *ctx, struct iphdr *ip, void *d
 		if (v)
 			ct_uncount(v);
 		conntrack.delete(&fk);
-		ct_unconfirmed.delete(&fk);
+		ctu_delete(1, &fk);
 		ev->main = SVCXDP_CNT_SNAT_EXHAUSTED;
 		return -1;
 	}
@@ -445,6 +453,8 @@ static __always_inline int np_snat(struct xdp_md *ctx, struct iphdr *ip, void *d
 		v->peer_ip = snat.ip;
 		v->peer_port = snat.port;
 		v->flags |= SVCXDP_CT_F_SNAT;
+		if (!confirmed)
+			ctu_store(1, &fk, v);
 	}
 	if (mode == SVCXDP_NP_NEW && (ip->frag_off & bpf_htons(IP_MF))) {
 		struct frag_key k = {};
@@ -546,7 +556,9 @@ static __always_inline int np_snat_reply(struct xdp_md *ctx, struct ethhdr *eth,
 	ct_key_set(&k, ip->saddr, ip->daddr, *sport, *dport, ip->protocol, SVCXDP_CT_DIR_SNAT);
 	/* In ct_unconfirmed while the flow is unconfirmed: an answer refreshes it there
 	 * (an unconfirmed flow whose backend still answers keeps its port). */
-	struct ct_value *v = ct_lookup_external(&k);
+	struct ct_value buf, fbuf;
+	int copied, fcopied;
+	struct ct_value *v = ct_lookup_external(&k, &buf, &copied);
 	__u64 now = bpf_ktime_get_coarse_ns();
 	if (!v)
 		return -1;
@@ -554,19 +566,24 @@ static __always_inline int np_snat_reply(struct xdp_md *ctx, struct ethhdr *eth,
 		/* A one-way flow's reply entry is refreshed by nothing: its flow's forward
 		 * entry says whether it still lives (np_snat_alloc judges the port so too). */
 		int c;
-		struct ct_value *f = np_holder(&k, v, &c);
+		struct ct_value *f = np_holder(&k, v, &c, &fbuf);
 		if (!f || !ct_alive(f, now, k.proto))
 			return -1;
 	}
+	struct ct_mark was = ct_mark_of(v);
 	if (ct_touch(v, &k, now, tcp_flags)) {
 		/* The backend closes first: give back the forward entry's count (lc.h). */
 		struct ct_key fk;
 		ct_key_set(&fk, v->peer_ip, v->nat_ip, v->peer_port, v->nat_port, k.proto,
 			   SVCXDP_CT_DIR_FORWARD);
-		struct ct_value *fv = ct_lookup_external(&fk);
-		if (fv)
+		struct ct_value *fv = ct_lookup_external(&fk, &fbuf, &fcopied);
+		if (fv) {
 			ct_uncount(fv);
+			ct_store(fcopied, &fk, fv);
+		}
 	}
+	if (ct_changed(v, was))
+		ct_store(copied, &k, v);
 	nat_src(ip, sport, csum, v->nat_ip, v->nat_port);
 	nat_dst(ip, dport, csum, v->peer_ip, v->peer_port);
 	frag_record(ip, k.src, k.dst, v->nat_ip, v->peer_ip, SVCXDP_CT_DIR_REPLY);

@@ -192,7 +192,7 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 	 * (the bucket it reads is the one the flow's inserts read next, datapath-notes
 	 * §14), and their SNAT handling of reused tuples is tested with the lookup. */
 	struct ct_value *v = NULL;
-	struct ct_value ubuf;   /* a pods' unconfirmed entry is read as a copy (conntrack.h) */
+	struct ct_value ubuf;   /* an unconfirmed entry is read as a copy (conntrack.h) */
 	if (external || !(ct_bare_syn(k.proto, l4->tcp_flags) ||
 			  (k.proto == IPPROTO_UDP && ct_udp_absent(&k, now))))
 		v = conntrack.lookup(&k);

@@ -150,14 +150,16 @@
 #define SVCXDP_DEFAULT_MAX_SLOTS 262144
 #define SVCXDP_DEFAULT_CT_SIZE 1048576
 /* Flows that have sent one packet wait in a table of their own (conntrack.h): a
- * flood of spoofed first packets churns it, not conntrack. External clients' flows
- * wait in ct_unconfirmed, CT_SIZE / this: large, so a far client's handshake outlives
- * a flood. Pods' flows, whose round trips stay inside the cluster, wait in
- * ct_unconfirmed_pod, at most SVCXDP_DEFAULT_CT_UNCONFIRMED_POD entries (a power of
- * two: 8-way sets of 392 bytes, 1.5 MiB, about the memory of the LRU table of 16,384
- * it replaced): small enough to stay near the CPU, where a first packet's insert costs a
- * fraction of one into a table that never stays in cache (datapath-notes §11, §15). */
-#define SVCXDP_CT_UNCONFIRMED_SHARE 4
+ * flood of spoofed first packets churns it, not conntrack. Both such tables are 8-way
+ * sets of 392 bytes (a power of two of entries). External clients' flows wait in
+ * ct_unconfirmed, CT_SIZE / this (524,288 entries, 24.5 MiB, about the memory of the
+ * LRU table of 262,144 it replaced): large, so a far client's handshake outlives a
+ * flood. Pods' flows, whose round trips stay inside the cluster, wait in
+ * ct_unconfirmed_pod, at most SVCXDP_DEFAULT_CT_UNCONFIRMED_POD entries (1.5 MiB, the
+ * memory of the LRU table of 16,384 it replaced): small enough to stay near the CPU,
+ * where a first packet's insert costs a fraction of one into a table that never stays
+ * in cache (datapath-notes §11, §15, §20). */
+#define SVCXDP_CT_UNCONFIRMED_SHARE 2
 #define SVCXDP_DEFAULT_CT_UNCONFIRMED_POD 32768
 /* Slots of ct_udp_recent (conntrack.h, ct_udp_absent): one byte per tuple hash, 64 KiB,
  * a power of two. Small enough to stay in cache beside ct_unconfirmed_pod; each UDP
@@ -192,15 +194,14 @@
 #define SVCXDP_FRAG_TIMEOUT_S 30
 
 /* ---- idle-flow GC (ctgc.h) ------------------------------------------------------ */
-/* The agent walks both conntrack tables and hands the entries it judged expired to
+/* The agent walks conntrack and hands the entries it judged expired to
  * the svcxdp_ct_gc program, SVCXDP_CT_GC_BATCH keys per BPF_PROG_TEST_RUN call, as
  * the call's data: a struct ct_gc_request followed by `count` struct ct_key. The
  * program judges every key again against the entry as it is then and removes only
  * entries past their timeout by more than SVCXDP_CT_GC_GRACE_S (ctgc.h). */
 #define SVCXDP_CT_GC_BATCH 32
 #define SVCXDP_CT_GC_GRACE_S 2
-#define SVCXDP_CT_GC_CONFIRMED 0    /* ct_gc_request.table: conntrack */
-#define SVCXDP_CT_GC_UNCONFIRMED 1  /* ct_unconfirmed (ct_unconfirmed_pod needs no sweep) */
+#define SVCXDP_CT_GC_CONFIRMED 0    /* ct_gc_request.table: conntrack (the unconfirmed sets need no sweep) */
 /* ct_gc_request.op. LOCATE deletes nothing: it writes over each key slot the address of
  * the entry's element if the entry is dead (0 otherwise), so the agent can delete in
  * address order — freed elements then go back to the LRU's free list in memory order,
@@ -309,8 +310,8 @@ struct ct_value {
 	__u16 reserved2;
 };
 
-/* ct_unconfirmed_pod, the pods' unconfirmed flows, is an array of sets rather than an
- * LRU hash (conntrack.h, "the pods' unconfirmed table"): a flow's entry is one of the
+/* The unconfirmed tables (ct_unconfirmed_pod, ct_unconfirmed) are arrays of sets rather
+ * than LRU hashes (conntrack.h, "the unconfirmed tables"): a flow's entry is one of the
  * SVCXDP_CT_SET_WAYS slots of the set its key hashes to, and a new flow takes the set's
  * next slot in turn (`next`, a ring). Its insert touches that set's lines only, full
  * table or not; an LRU hash evicts cold entries of its own choosing, 128 at a time. */

@@ -68,15 +68,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ct-size", type=int, help="conntrack entries (default 1048576)")
     p.add_argument("--ct-unconfirmed-size", type=int, metavar="N",
                    help="entries of ct_unconfirmed, where flows from outside the cluster (NodePort, "
-                        "LoadBalancer, external IPs) wait until their second packet (default: --ct-size / "
-                        f"{const('CT_UNCONFIRMED_SHARE')}). Smaller, down to what fits the CPU's L2 cache, makes "
-                        "every first packet cheaper; but under a flood of spoofed first packets a "
-                        "handshake's entry lasts N / flood rate, which must outlast the client's round trip")
+                        "LoadBalancer, external IPs) wait until their second packet: a power of two, the "
+                        f"table being {const('CT_SET_WAYS')}-way sets (default: --ct-size / "
+                        f"{const('CT_UNCONFIRMED_SHARE')}, rounded down to one). Under a flood of spoofed first "
+                        f"packets a handshake's entry lasts until {const('CT_SET_WAYS') - 1} later ones land in "
+                        "its set, about N / flood rate, which must outlast the client's round trip")
     p.add_argument("--ct-unconfirmed-pod-size", type=int, metavar="N",
-                   help="the same for flows from pods, ct_unconfirmed_pod: a power of two, the table "
-                        f"being {const('CT_SET_WAYS')}-way sets (default: {const('DEFAULT_CT_UNCONFIRMED_POD')}, "
-                        "at most the former: it stays in cache, and a pod's handshake completes within an "
-                        "in-cluster round trip)")
+                   help="the same for flows from pods, ct_unconfirmed_pod, also a power of two (default: "
+                        f"{const('DEFAULT_CT_UNCONFIRMED_POD')}, at most the former: it stays in cache, and a "
+                        "pod's handshake completes within an in-cluster round trip)")
     p.add_argument("--tcp-timeout", type=int, metavar="S",
                    help="idle timeout of an established TCP flow, seconds (default 21600)")
     p.add_argument("--tcp-close-timeout", type=int, metavar="S",

@@ -35,6 +35,12 @@ class ConfigError(ValueError):
     pass
 
 
+def _power_of_two_at_most(n: int) -> int:
+    """The largest power of two <= n, and at least one set's ways (an unconfirmed table
+    is sets addressed by a masked hash)."""
+    return max(1 << (max(n, 1).bit_length() - 1), const("CT_SET_WAYS"))
+
+
 def svc_id_slots(max_services: int) -> int:
     """Entries of the maps indexed by service id (bpf/maps.h SVCXDP_SVC_ID_SLOTS):
     ids run 1..max_services, 0 means none."""
@@ -85,10 +91,11 @@ class DataplaneConfig:
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
         ways = const("CT_SET_WAYS")
-        if self.ct_unconfirmed_pod is not None and (self.ct_unconfirmed_pod < ways or
-                                                    self.ct_unconfirmed_pod & (self.ct_unconfirmed_pod - 1)):
-            raise ConfigError(f"ct_unconfirmed_pod: must be a power of two of at least {ways} (a table of "
-                              f"{ways}-way sets, bpf/conntrack.h), got {self.ct_unconfirmed_pod}")
+        for name in ("ct_unconfirmed", "ct_unconfirmed_pod"):
+            value = getattr(self, name)
+            if value is not None and (value < ways or value & (value - 1)):
+                raise ConfigError(f"{name}: must be a power of two of at least {ways} (a table of "
+                                  f"{ways}-way sets, bpf/conntrack.h), got {value}")
 
     @property
     def svc_id_slots(self) -> int:
@@ -98,14 +105,14 @@ class DataplaneConfig:
     def ct_unconfirmed_size(self) -> int:
         """Entries of ct_unconfirmed, where flows from outside the cluster (the external
         entry point) wait until their second packet (bpf/conntrack.h): `ct_unconfirmed` if
-        set, else a fixed share of the conntrack size. Every first packet inserts there: a
-        table that fits the CPU's L2 cache makes that insert cheap (NodePort new flows
-        1.2x -> 2.0x iptables in the bench's lab at 16,384 entries, datapath-notes.md §11),
-        but under a flood of spoofed first packets a handshake's entry then lives entries /
-        flood rate, which must outlast the client's round trip."""
+        set, else a fixed share of the conntrack size, rounded down to a power of two (the
+        table is sets addressed by a masked hash). Every first packet inserts there, and
+        under a flood of spoofed first packets a handshake's entry lives until 7 later
+        ones land in its set, which must outlast the client's round trip (the flood law,
+        datapath-notes.md §16, §20)."""
         if self.ct_unconfirmed is not None:
             return self.ct_unconfirmed
-        return max(self.ct_size // const("CT_UNCONFIRMED_SHARE"), 1)
+        return _power_of_two_at_most(self.ct_size // const("CT_UNCONFIRMED_SHARE"))
 
     @property
     def ct_unconfirmed_pod_size(self) -> int:
@@ -116,9 +123,7 @@ class DataplaneConfig:
         second) — and never more than ct_unconfirmed by default."""
         if self.ct_unconfirmed_pod is not None:
             return self.ct_unconfirmed_pod
-        # (a power of two: the table is sets addressed by a masked hash)
-        most = min(const("DEFAULT_CT_UNCONFIRMED_POD"), self.ct_unconfirmed_size)
-        return max(1 << (most.bit_length() - 1), const("CT_SET_WAYS"))
+        return _power_of_two_at_most(min(const("DEFAULT_CT_UNCONFIRMED_POD"), self.ct_unconfirmed_size))
 
     def flow_table_sizes(self) -> dict[str, int]:
         """Entries of each of FLOW_TABLES."""

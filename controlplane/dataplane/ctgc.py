@@ -1,8 +1,8 @@
-"""Idle-flow garbage collection of the conntrack tables, ahead of need (bpf/ctgc.h).
+"""Idle-flow garbage collection of conntrack, ahead of need (bpf/ctgc.h).
 
-conntrack and ct_unconfirmed are LRU maps and nothing else deletes a dead flow's entry, so on a
-busy node they fill with idle and closed flows, and every new flow then pays an eviction in the
-datapath. A sweep walks a slice of each table with BPF_MAP_LOOKUP_BATCH (resuming where
+conntrack is an LRU map and nothing else deletes a dead flow's entry, so on a busy node it
+fills with idle and closed flows, and every new flow then pays an eviction in the
+datapath. A sweep walks a slice of the table with BPF_MAP_LOOKUP_BATCH (resuming where
 the last sweep stopped), picks the entries idle past their timeout with numpy, and hands
 their keys to the svcxdp_ct_gc program through BPF_PROG_TEST_RUN, SVCXDP_CT_GC_BATCH at a
 time. The program judges every key again, against the entry as it is by then, and
@@ -26,9 +26,9 @@ from .model import PROTOCOLS
 from .packing import Packer
 from .testrun import TestRunner
 
-# (ct_unconfirmed_pod is sets whose new flows take their set's next slot in turn at no
-# extra cost, bpf/conntrack.h: nothing to sweep there)
-TABLES = {"conntrack": const("CT_GC_CONFIRMED"), "ct_unconfirmed": const("CT_GC_UNCONFIRMED")}
+# (the unconfirmed tables are sets whose new flows take their set's next slot in turn at
+# no extra cost, bpf/conntrack.h: nothing to sweep there)
+TABLES = {"conntrack": const("CT_GC_CONFIRMED")}
 BATCH = const("CT_GC_BATCH")
 GRACE_NS = const("CT_GC_GRACE_S") * 1_000_000_000
 F_CLOSING = const("CT_F_CLOSING")
@@ -39,8 +39,8 @@ REQUEST_SIZE = ct.sizeof(Request)
 TCP = PROTOCOLS["TCP"]
 # Entries read per table per sweep. Reading costs ~0.7 us of CPU per entry on this kind
 # of machine (BPF_MAP_LOOKUP_BATCH and the numpy preselection), removing ~2 us more per
-# entry removed (bench/results/datapath-notes.md, section 6): 65,536 of each table every
-# 5 s (the agent's default) is 2-9 % of one core and a whole 1,310,720-entry pass every ~80 s.
+# entry removed (bench/results/datapath-notes.md, section 6): 65,536 of the table every
+# 5 s (the agent's default) is 2-9 % of one core and a whole 1,048,576-entry pass every ~80 s.
 DEFAULT_SCAN = 65_536
 
 
@@ -72,7 +72,7 @@ class Timeouts:
 
 
 class ConntrackGC:
-    """Sweeps of both conntrack tables of one dataplane (a Dataplane: its ct_gc_prog_fd
+    """Sweeps of the conntrack table of one dataplane (a Dataplane: its ct_gc_prog_fd
     and its tables)."""
 
     def __init__(self, dp, scan: int = DEFAULT_SCAN) -> None:

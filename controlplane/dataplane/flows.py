@@ -7,7 +7,8 @@ was source-NATed to. Reply entries (DIR_REPLY, backends shared by several
 frontends) and SNAT reverse entries (DIR_SNAT) are lookup aids of those flows and
 are only counted.
 
-Both tables are read in batches (BPF_MAP_LOOKUP_BATCH, pinned.py) and decoded by
+The tables are read in batches (BPF_MAP_LOOKUP_BATCH, pinned.py; the unconfirmed ones
+as their sets' used slots, flowsets.py) and decoded by
 struct.iter_unpack; filters are applied to the raw integers before a Flow is built,
 so a filtered read of a full million-entry table builds only what it shows.
 

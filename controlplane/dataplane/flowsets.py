@@ -1,8 +1,9 @@
-"""ct_unconfirmed_pod, the pods' unconfirmed flows, read and written as a flow table.
+"""The unconfirmed flow tables, ct_unconfirmed_pod (flows from pods) and ct_unconfirmed
+(flows from outside), read and written as flow tables.
 
-The map is an array of sets (bpf/svcxdp.h, struct ct_set; bpf/conntrack.h says why): a
+Each map is an array of sets (bpf/svcxdp.h, struct ct_set; bpf/conntrack.h says why): a
 flow's entry sits in one of CT_SET_WAYS slots of the set its key hashes to, under the
-table's secret seed (map ct_set_seed, written once by the loader). FlowSets presents it as
+tables' secret seed (map ct_set_seed, written once by the loader). FlowSets presents one as
 the other flow tables' bcc and pinned tables present theirs — a mapping of ct_key to
 ct_value with `Key`, `Leaf`, `max_entries`, `items()`, `raw_batches()` — so the flows
 listing, the metrics, the trace, the tests and the benches need not know the layout.
@@ -23,7 +24,7 @@ import numpy as np
 from .layout import const
 from .libbpf import lookup_batches_raw
 
-TABLE = "ct_unconfirmed_pod"
+TABLES = ("ct_unconfirmed_pod", "ct_unconfirmed")
 WAYS = const("CT_SET_WAYS")
 SEED_MAP = "ct_set_seed"
 
@@ -67,9 +68,10 @@ class FlowSets:
     """The mapping view of one set map (`sets`: its bcc or pinned table)."""
 
     @classmethod
-    def of(cls, raw_table) -> "FlowSets":
-        """The view of TABLE, given a function from a map's name to its table."""
-        return cls(raw_table(TABLE), raw_table(SEED_MAP))
+    def of(cls, raw_table, name: str) -> "FlowSets":
+        """The view of set table `name` (one of TABLES), given a function from a map's
+        name to its table."""
+        return cls(raw_table(name), raw_table(SEED_MAP))
 
     def __init__(self, sets, seed_table) -> None:
         self.sets = sets     # (no `map_fd` here: a batch read of it is sets, not entries)

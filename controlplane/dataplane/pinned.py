@@ -290,15 +290,15 @@ class PinnedMaps:
         self.kind = kind or PinnedTable   # WritableTable for an owner (Dataplane.open)
         self._tables: dict[str, PinnedTable] = {}
         self._fds: dict[str, int] = {}
-        self._sets: flowsets.FlowSets | None = None
+        self._sets: dict[str, flowsets.FlowSets] = {}
 
     def table(self, name: str):
-        """The map `name` as a table; the pods' unconfirmed flows as a mapping over its
-        sets (flowsets.py)."""
-        if name == flowsets.TABLE:
-            if self._sets is None:
-                self._sets = flowsets.FlowSets.of(self.raw_table)
-            return self._sets
+        """The map `name` as a table; the unconfirmed flows as mappings over their sets
+        (flowsets.py)."""
+        if name in flowsets.TABLES:
+            if name not in self._sets:
+                self._sets[name] = flowsets.FlowSets.of(self.raw_table, name)
+            return self._sets[name]
         return self.raw_table(name)
 
     def raw_table(self, name: str) -> PinnedTable:
@@ -322,7 +322,7 @@ class PinnedMaps:
         for t in self._tables.values():
             t.close()
         self._tables.clear()
-        self._sets = None
+        self._sets.clear()
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()

@@ -48,7 +48,9 @@ def _check_pinned_layout(bpf, config: DataplaneConfig) -> None:
     expected_max = {
         "services": config.max_services, "slots": config.max_slots,
         "backends": config.max_backends, "rev_nat": config.max_backends, **config.flow_table_sizes(),
-        "ct_unconfirmed_pod": config.ct_unconfirmed_pod_size // flowsets.WAYS,   # sets
+        # the unconfirmed tables are sets
+        "ct_unconfirmed": config.ct_unconfirmed_size // flowsets.WAYS,
+        "ct_unconfirmed_pod": config.ct_unconfirmed_pod_size // flowsets.WAYS,
         udprecent.MAP: 1, flowsets.SEED_MAP: 1,
         "fragments": config.frag_size, "rr_state": config.svc_id_slots,
         "svc_stats": config.svc_id_slots, "backend_stats": config.max_backends,
@@ -86,7 +88,7 @@ class Dataplane:
     _pinned: PinnedMaps | None = None
     built: bool = True          # open(): False when the pins were current and nothing was compiled
     _mapped: dict[str, MappedArray | None] = field(default_factory=dict)
-    _sets: "flowsets.FlowSets | None" = None
+    _sets: dict[str, "flowsets.FlowSets"] = field(default_factory=dict)
 
     @classmethod
     def open(cls, config: DataplaneConfig) -> "Dataplane":
@@ -152,14 +154,14 @@ class Dataplane:
 
     # ---- maps -------------------------------------------------------------------
     def table(self, name: str):
-        """The map `name` as a table: bcc's, or a pinned one (open()); the pods'
-        unconfirmed flows as a mapping over its sets (flowsets.py)."""
+        """The map `name` as a table: bcc's, or a pinned one (open()); the unconfirmed
+        flows as mappings over their sets (flowsets.py)."""
         if self._pinned is not None:
             return self._pinned.table(name)
-        if name == flowsets.TABLE:
-            if self._sets is None:
-                self._sets = flowsets.FlowSets.of(self.raw_table)
-            return self._sets
+        if name in flowsets.TABLES:
+            if name not in self._sets:
+                self._sets[name] = flowsets.FlowSets.of(self.raw_table, name)
+            return self._sets[name]
         return self.raw_table(name)
 
     def raw_table(self, name: str):

@@ -283,7 +283,8 @@ def test_the_unconfirmed_tables_take_the_sizes_they_are_given():
         table = dp.table("ct_unconfirmed_pod")   # 64 entries in sets of WAYS (flowsets.py)
         assert (map_info(dp.raw_table("ct_unconfirmed_pod").map_fd).max_entries, table.max_entries) == \
             (64 // flowsets.WAYS, 64)
-        assert map_info(dp.table("ct_unconfirmed").map_fd).max_entries == 512
+        assert (map_info(dp.raw_table("ct_unconfirmed").map_fd).max_entries,
+                dp.table("ct_unconfirmed").max_entries) == (512 // flowsets.WAYS, 512)
         assert map_info(dp.table("conntrack").map_fd).max_entries == 4096
         h = Harness(dp)
         h.service(port=53, protocol="UDP", algorithm="rr")

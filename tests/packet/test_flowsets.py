@@ -25,15 +25,20 @@ from controlplane.dataplane.layout import const
 from controlplane.dataplane.program import Dataplane, reset
 from controlplane.dataplane.testrun import TestRunner
 
+from . import nodenet
 from .harness import CLIENT, CLIENT_MAC, NODE_MAC, VIP, Harness
 from .reference_model import ReferenceDatapath
 from .test_differential import ct_keys, run_packet
+from .test_nodeport import CLIENT as EXT_CLIENT
+from .test_nodeport import NODE, from_client
+from .test_nodeport import ext, node  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.root
 
 WAYS = flowsets.WAYS
 SEC = 10**9
 CLOSING = const("CT_F_CLOSING")
+NODE_PORT = 30080
 
 
 def tcp(sport, flags, src=CLIENT, dst=VIP, dport=80):
@@ -49,22 +54,24 @@ def fwd_key(table, sport: int, src: str = CLIENT, dst: str = VIP, dport: int = 8
     return k
 
 
-def ports_in_one_set(table, n: int, start: int = 40000, dst: str = VIP) -> tuple[list[int], int]:
-    """n client ports whose flows' forward keys (to `dst`) share one set, and that set."""
+def ports_in_one_set(table, n: int, start: int = 40000, **key) -> tuple[list[int], int]:
+    """n client ports whose flows' forward keys (fwd_key's, with `key`'s fields) share
+    one set, and that set."""
     seen: dict[int, list[int]] = {}
     for port in range(start, 65536):
-        i = flowsets.set_index(fwd_key(table, port, dst=dst), table.seed, table.n_sets)
+        i = flowsets.set_index(fwd_key(table, port, **key), table.seed, table.n_sets)
         seen.setdefault(i, []).append(port)
         if len(seen[i]) == n:
             return seen[i], i
     raise AssertionError("no set got enough ports")
 
 
-def ports_in_set(table, i: int, n: int, dst: str, start: int = 20000) -> list[int]:
-    """n client ports whose flows' forward keys (to `dst`) fall in set i."""
+def ports_in_set(table, i: int, n: int, start: int = 20000, **key) -> list[int]:
+    """n client ports whose flows' forward keys (fwd_key's, with `key`'s fields) fall in
+    set i."""
     found = []
     for port in range(start, 65536):
-        if flowsets.set_index(fwd_key(table, port, dst=dst), table.seed, table.n_sets) == i:
+        if flowsets.set_index(fwd_key(table, port, **key), table.seed, table.n_sets) == i:
             found.append(port)
             if len(found) == n:
                 return found
@@ -132,6 +139,25 @@ def test_a_pending_flow_outlives_exactly_ways_minus_one_later_new_flows(xdp: Har
     xdp.send(tcp(later[-1], "S"))
     assert fwd_key(table, pending) not in table
     assert [p for p in ports if fwd_key(table, p) in table] == later
+
+
+def test_an_external_pending_flow_outlives_exactly_ways_minus_one_later_new_flows(ext, xdp: Harness):
+    """ct_unconfirmed, where flows from outside wait, is sets too, placed and evicted as
+    the pods' are: a NodePort flow's entry sits in the set its key hashes to, WAYS - 1
+    later new flows in that set leave it, the WAYS-th takes its slot."""
+    ext.service(NODE, NODE_PORT, [nodenet.LOCAL_POD])
+    table = xdp.dp.table("ct_unconfirmed")
+    flow = {"src": EXT_CLIENT, "dst": NODE, "dport": NODE_PORT}
+    ports, i = ports_in_one_set(table, WAYS + 1, **flow)
+    key = fwd_key(table, ports[0], **flow)
+    assert ext.send(from_client(NODE, NODE_PORT, sport=ports[0], flags="S")).pkt[IP].dst == nodenet.LOCAL_POD
+    assert [n for n, row in enumerate(set_bytes(table)) if bytes(key) in row] == [i]
+    for p in ports[1:WAYS]:
+        ext.send(from_client(NODE, NODE_PORT, sport=p, flags="S"))
+        assert key in table
+    ext.send(from_client(NODE, NODE_PORT, sport=ports[WAYS], flags="S"))
+    assert key not in table
+    assert [p for p in ports if fwd_key(table, p, **flow) in table] == ports[1:]
 
 
 def test_changes_to_an_unconfirmed_pods_flow_are_written_back(xdp: Harness):
@@ -216,8 +242,8 @@ def test_two_cpus_racing_on_one_set_never_give_a_flow_another_flows_entry(xdp: H
     xdp.service(VIP, backends=a_backends)
     fe_b = xdp.service("10.96.0.101", backends=(b_backend,))
     table = xdp.dp.table("ct_unconfirmed_pod")
-    a_ports, i = ports_in_one_set(table, 4 * WAYS, start=20000)
-    (b_port,) = ports_in_set(table, i, 1, "10.96.0.101")
+    a_ports, i = ports_in_one_set(table, 2 * WAYS, start=1024)
+    (b_port,) = ports_in_set(table, i, 1, start=1024, dst="10.96.0.101")
     a_frames = [bytes(tcp(p, "S")) for p in a_ports]
     b_frames = [bytes(tcp(b_port, "S", dst="10.96.0.101"))]
     seconds = 4.0
@@ -275,13 +301,16 @@ def test_the_reference_model_evicts_what_the_program_evicts(tiny: Harness):
     h.reset()
 
 
-def test_the_pods_table_size_is_a_power_of_two_of_whole_sets():
-    with pytest.raises(ConfigError, match="ct_unconfirmed_pod: must be a power of two"):
-        DataplaneConfig(ct_unconfirmed_pod=3000)
-    with pytest.raises(ConfigError, match="ct_unconfirmed_pod"):
-        DataplaneConfig(ct_unconfirmed_pod=1)
-    # an unset size follows ct_unconfirmed down to a power of two
-    assert DataplaneConfig(ct_unconfirmed=1000).ct_unconfirmed_pod_size == 512
+def test_the_unconfirmed_tables_sizes_are_powers_of_two_of_whole_sets():
+    for name in ("ct_unconfirmed", "ct_unconfirmed_pod"):
+        with pytest.raises(ConfigError, match=f"{name}: must be a power of two"):
+            DataplaneConfig(**{name: 3000})
+        with pytest.raises(ConfigError, match=name):
+            DataplaneConfig(**{name: 1})
+    # unset sizes: a share of ct_size, and the pods' at most that, down to a power of two
+    config = DataplaneConfig(ct_size=1000)
+    assert (config.ct_unconfirmed_size, config.ct_unconfirmed_pod_size) == (256, 256)
+    assert DataplaneConfig(ct_unconfirmed=1024).ct_unconfirmed_pod_size == 1024
 
 
 def test_each_new_table_gets_a_secret_seed_and_an_adopted_table_keeps_its_own(xdp: Harness):
@@ -294,13 +323,13 @@ def test_each_new_table_gets_a_secret_seed_and_an_adopted_table_keeps_its_own(xd
     reset(cfg)
     try:
         dp = Dataplane.load(cfg)
-        first = dp.table(flowsets.TABLE).seed
+        first = dp.table("ct_unconfirmed_pod").seed
         dp.close()
         dp = Dataplane.load(cfg)                     # adopts the pinned table
-        again = dp.table(flowsets.TABLE).seed
+        again = dp.table("ct_unconfirmed_pod").seed
         dp.close()
     finally:
         reset(cfg)
-    other = xdp.dp.table(flowsets.TABLE).seed        # another table's
+    other = xdp.dp.table("ct_unconfirmed_pod").seed        # another table's
     assert first != 0 and other != 0 and other != first
     assert again == first

@@ -27,20 +27,23 @@ def _config(*argv: str) -> DataplaneConfig:
 def test_ct_unconfirmed_is_a_share_of_the_conntrack_unless_given():
     assert _config().ct_unconfirmed_size == DataplaneConfig().ct_size // SHARE
     assert _config("--ct-size", "65536").ct_unconfirmed_size == 65536 // SHARE
-    given = _config("--ct-size", "65536", "--ct-unconfirmed-size", "1000")
-    assert (given.ct_size, given.ct_unconfirmed_size) == (65536, 1000)
-    assert "-DSVCXDP_CT_UNCONFIRMED_SIZE=1000" in given.cflags()
+    # (its sets are addressed by a masked hash: a power of two, the share rounded down)
+    assert _config("--ct-size", "1000").ct_unconfirmed_size == 256
+    given = _config("--ct-size", "65536", "--ct-unconfirmed-size", "1024")
+    assert (given.ct_size, given.ct_unconfirmed_size) == (65536, 1024)
+    assert "-DSVCXDP_CT_UNCONFIRMED_SIZE=1024" in given.cflags()
     assert "-DSVCXDP_CT_SIZE=65536" in given.cflags()
+    with pytest.raises(ConfigError, match="ct_unconfirmed: must be a power of two"):
+        _config("--ct-unconfirmed-size", "1000")
 
 
 def test_the_pods_table_keeps_its_own_size_unless_the_external_one_is_smaller():
     assert _config().ct_unconfirmed_pod_size == POD_DEFAULT < _config().ct_unconfirmed_size
     assert _config("--ct-size", "4096").ct_unconfirmed_pod_size == 4096 // SHARE < POD_DEFAULT
-    # (its sets are addressed by a masked hash: a power of two, at most the other's size)
-    assert _config("--ct-unconfirmed-size", "100").ct_unconfirmed_pod_size == 64
-    given = _config("--ct-unconfirmed-size", "100", "--ct-unconfirmed-pod-size", "256")
-    assert (given.ct_unconfirmed_size, given.ct_unconfirmed_pod_size) == (100, 256)
-    assert {"-DSVCXDP_CT_UNCONFIRMED_SIZE=100", "-DSVCXDP_CT_UNCONFIRMED_POD_SIZE=256"} <= set(given.cflags())
+    assert _config("--ct-unconfirmed-size", "128").ct_unconfirmed_pod_size == 128
+    given = _config("--ct-unconfirmed-size", "128", "--ct-unconfirmed-pod-size", "256")
+    assert (given.ct_unconfirmed_size, given.ct_unconfirmed_pod_size) == (128, 256)
+    assert {"-DSVCXDP_CT_UNCONFIRMED_SIZE=128", "-DSVCXDP_CT_UNCONFIRMED_POD_SIZE=256"} <= set(given.cflags())
     with pytest.raises(ConfigError, match="ct_unconfirmed_pod: must be a power of two"):
         _config("--ct-unconfirmed-pod-size", "300")
 
