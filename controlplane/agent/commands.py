@@ -223,7 +223,8 @@ def run(args: argparse.Namespace) -> int:
 
 def dataplane_sizes(args: argparse.Namespace) -> dict[str, int]:
     """The DataplaneConfig fields the table-size and timeout flags set (those given);
-    ValueError naming the flag of a value that is not a positive integer."""
+    ValueError naming the flag of a value that is not a positive integer, or of an
+    unconfirmed table's size that is not a power of two of whole sets."""
     flags = {"ct_size": ("--ct-size", args.ct_size),
              "ct_unconfirmed": ("--ct-unconfirmed-size", args.ct_unconfirmed_size),
              "ct_unconfirmed_pod": ("--ct-unconfirmed-pod-size", args.ct_unconfirmed_pod_size),
@@ -233,6 +234,11 @@ def dataplane_sizes(args: argparse.Namespace) -> dict[str, int]:
     for flag, value in flags.values():
         if value is not None and value <= 0:
             raise ValueError(f"{flag} {value}: must be a positive integer")
+    ways = const("CT_SET_WAYS")
+    for flag, value in (flags["ct_unconfirmed"], flags["ct_unconfirmed_pod"]):
+        if value is not None and (value < ways or value & (value - 1)):
+            raise ValueError(f"{flag} {value}: must be a power of two of at least {ways} "
+                             f"(a table of {ways}-way sets)")
     return {field: value for field, (_, value) in flags.items() if value is not None}
 
 

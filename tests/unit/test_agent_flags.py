@@ -15,6 +15,8 @@ import pytest
     (["--ct-size", "-1"], "--ct-size -1: must be a positive integer"),
     (["--ct-unconfirmed-size", "0"], "--ct-unconfirmed-size 0: must be a positive integer"),
     (["--ct-unconfirmed-pod-size", "-2"], "--ct-unconfirmed-pod-size -2: must be a positive integer"),
+    (["--ct-unconfirmed-size", "1000"], "--ct-unconfirmed-size 1000: must be a power of two of at least 8"),
+    (["--ct-unconfirmed-pod-size", "4"], "--ct-unconfirmed-pod-size 4: must be a power of two of at least 8"),
     (["--udp-timeout", "0"], "--udp-timeout 0: must be a positive integer"),
 ])
 def test_a_bad_interval_is_refused_before_loading_anything(argv, message):
