@@ -11,6 +11,7 @@ import ctypes
 import os
 import socket
 import time
+from contextlib import contextmanager
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -169,23 +170,31 @@ def test_closing_the_watcher_turns_the_cache_off_and_generations_are_never_reuse
         w.stop()
 
 
-def test_without_a_watcher_a_slot_lives_at_most_the_ttl(xdp: Harness, node):
-    """A watcher that died leaves its generation in the map: the TTL bounds how long a
-    change goes unseen."""
+@contextmanager
+def _cache_on_without_a_watcher(xdp: Harness):
+    """The cache on under a generation no watcher moves (a slot then lives its TTL, as
+    after a watcher died), and off again after."""
     table = xdp.dp.table(fibwatch.MAP)
     leaf = table[0]
     leaf.gen = leaf.reserved = int(leaf.reserved) + 1
     table[0] = leaf
     try:
+        yield
+    finally:
+        leaf.gen = 0
+        table[0] = leaf
+
+
+def test_without_a_watcher_a_slot_lives_at_most_the_ttl(xdp: Harness, node):
+    """A watcher that died leaves its generation in the map: the TTL bounds how long a
+    change goes unseen."""
+    with _cache_on_without_a_watcher(xdp):
         _send(xdp, node, 40000)
         nodenet._ip(node.name, "neigh", "replace", nodenet.LOCAL_POD, "lladdr", NEW_MAC, "dev", "pod0",
                     "nud", "permanent")
         assert _send(xdp, node, 40001)[1].dst == nodenet.LOCAL_POD_MAC   # the stale slot, as documented
         time.sleep(TTL_S + 0.1)
         assert _send(xdp, node, 40002)[1].dst == NEW_MAC
-    finally:
-        leaf.gen = 0
-        table[0] = leaf
 
 
 def test_forwarding_turned_off_on_the_ingress_device_is_followed_by_the_next_frame(xdp: Harness, node, watch):
@@ -303,11 +312,7 @@ def test_a_nodeport_flow_to_another_node_takes_its_route_and_source_from_the_cac
                                                                                     node_port):
     """No watcher: the slot lives its TTL, so a frame sent after the neighbour and the
     node's address changed shows what the NodePort path took from the cache."""
-    table = xdp.dp.table(fibwatch.MAP)
-    leaf = table[0]
-    leaf.gen = leaf.reserved = int(leaf.reserved) + 1
-    table[0] = leaf
-    try:
+    with _cache_on_without_a_watcher(xdp):
         verdict, out = _send_external(xdp, node, 40000)
         assert verdict == "XDP_TX" and (out.dst, out[IP].src, out[IP].dst) == \
             (nodenet.NODE2_MAC, nodenet.NODE_IP, nodenet.REMOTE_POD)
@@ -323,28 +328,18 @@ def test_a_nodeport_flow_to_another_node_takes_its_route_and_source_from_the_cac
         time.sleep(TTL_S + 0.1)
         verdict, out = _send_external(xdp, node, 40002)
         assert verdict == "XDP_TX" and (out.dst, out[IP].src) == (NEW_MAC, NEW_NODE_IP)
-    finally:
-        leaf.gen = 0
-        table[0] = leaf
 
 
 def test_nodeport_frames_sent_on_from_the_cache_are_counted(xdp: Harness, node, node_port):
     """`fib_cached` counts the NodePort path's frames too: a new flow's (its SNAT lookup
     filled the slot its next hop is then read from) and its next frame's; none while the
     cache is off."""
-    table = xdp.dp.table(fibwatch.MAP)
-    leaf = table[0]
-    leaf.gen = leaf.reserved = int(leaf.reserved) + 1
-    table[0] = leaf
-    try:
+    with _cache_on_without_a_watcher(xdp):
         before = _cached(xdp)
         assert _send_external(xdp, node, 40000)[0] == "XDP_TX"
         assert _cached(xdp) == before + 1
         assert _send_external(xdp, node, 40000)[0] == "XDP_TX"   # the flow's next frame
         assert _cached(xdp) == before + 2
-    finally:
-        leaf.gen = 0
-        table[0] = leaf
     assert _send_external(xdp, node, 40000)[0] == "XDP_TX"
     assert _cached(xdp) == before + 2
 
