@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from .layout import const
-from .libbpf import lookup_batches_raw
+from .libbpf import BatchCursor, lookup_batches_raw
 
 TABLES = ("ct_unconfirmed_pod", "ct_unconfirmed")
 WAYS = const("CT_SET_WAYS")
@@ -111,6 +111,17 @@ class FlowSets:
         k0, v0 = self.Slot.key.offset, self.Slot.value.offset
         return (slots[:, k0:k0 + self._key_size].tobytes(),
                 slots[:, v0:v0 + ct.sizeof(self.Leaf)].tobytes(), len(slots))
+
+    def count_slice(self, cursor: BatchCursor, max_sets: int) -> int:
+        """Used slots in the next `max_sets` sets from `cursor` on (the walk starts at the
+        first set again once it reached the last: `cursor.started` is then False)."""
+        protos = [self._slot_at + w * self._slot_size + self._proto_at for w in range(WAYS)]
+        used = 0
+        for _, values, n in lookup_batches_raw(self.sets.map_fd, 4, self._set_size, limit=max_sets,
+                                               cursor=cursor):
+            rows = np.frombuffer(values, np.uint8, count=n * self._set_size).reshape(n, self._set_size)
+            used += int(np.count_nonzero(rows[:, protos]))
+        return used
 
     def raw_batches(self) -> Iterator[tuple[bytes, bytes]]:
         """(keys, values) as packed bytes, as the pinned tables' raw_batches gives them."""
