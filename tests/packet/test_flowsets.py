@@ -1,6 +1,7 @@
-"""The pods' unconfirmed table is an array of sets (bpf/conntrack.h, "the pods'
-unconfirmed table"): where a new flow's entry goes, what it evicts, and that a change to
-an entry, which the program reads as a copy, is written back.
+"""The unconfirmed tables are arrays of sets (bpf/conntrack.h, "the unconfirmed
+tables"): where a new flow's entry goes, what it evicts, and that a change to an entry,
+which the program reads as a copy, is written back — mostly through the pods' table,
+whose code the external one shares (one test checks its placement and ring).
 
 Keys are steered into one set by searching client ports with the table's own hash
 (flowsets.set_index, the C of csrc/flowhash.h under the map's seed)."""
@@ -314,10 +315,11 @@ def test_the_unconfirmed_tables_sizes_are_powers_of_two_of_whole_sets():
 
 
 def test_each_new_table_gets_a_secret_seed_and_an_adopted_table_keeps_its_own(xdp: Harness):
-    """The set hash is keyed by a seed the loader writes once per table, so spoofed tuples
-    cannot be aimed at one set; a table that outlives its program keeps its seed, since
-    its entries sit where that seed put them. (Flows are placed with any seed, 0 or a
-    changed one, so only this test catches a loader that forgets it.)"""
+    """The set hash is keyed by a seed the loader writes once per dataplane (one for both
+    set tables), so spoofed tuples cannot be aimed at one set; a table that outlives its
+    program keeps its seed, since its entries sit where that seed put them. (Flows are
+    placed with any seed, 0 or a changed one, so only this test catches a loader that
+    forgets it.)"""
     cfg = DataplaneConfig(instance="pytest-flowsets-seed", ct_size=1024, ct_unconfirmed_pod=64, max_services=8,
                           max_backends=16, max_slots=64, pin=True)
     reset(cfg)
@@ -330,6 +332,6 @@ def test_each_new_table_gets_a_secret_seed_and_an_adopted_table_keeps_its_own(xd
         dp.close()
     finally:
         reset(cfg)
-    other = xdp.dp.table("ct_unconfirmed_pod").seed        # another table's
+    other = xdp.dp.table("ct_unconfirmed_pod").seed        # another dataplane's
     assert first != 0 and other != 0 and other != first
     assert again == first
