@@ -339,11 +339,6 @@ def batch_fill(table, keys, values, chunk: int = CT_FILL_CHUNK) -> None:
                                  (table.Leaf * c).from_buffer(values, off * vsz))
 
 
-def _head(array, n: int):
-    """The first n rows of a ctypes array, without a copy."""
-    return (array._type_ * n).from_buffer(array)
-
-
 def fill_unconfirmed(dp, arrays) -> None:
     """Fill each unconfirmed table with the first rows of conntrack's fill (other maps:
     the keys do not meet): sets (flowsets.py), placed until every slot is used."""
