@@ -55,7 +55,7 @@ def fwd_key(table, sport: int, src: str = CLIENT, dst: str = VIP, dport: int = 8
     return k
 
 
-def ports_in_one_set(table, n: int, start: int = 40000, **key) -> tuple[list[int], int]:
+def ports_in_one_set(table, n: int, start: int = 1024, **key) -> tuple[list[int], int]:
     """n client ports whose flows' forward keys (fwd_key's, with `key`'s fields) share
     one set, and that set."""
     seen: dict[int, list[int]] = {}
@@ -67,7 +67,7 @@ def ports_in_one_set(table, n: int, start: int = 40000, **key) -> tuple[list[int
     raise AssertionError("no set got enough ports")
 
 
-def ports_in_set(table, i: int, n: int, start: int = 20000, **key) -> list[int]:
+def ports_in_set(table, i: int, n: int, start: int = 1024, **key) -> list[int]:
     """n client ports whose flows' forward keys (fwd_key's, with `key`'s fields) fall in
     set i."""
     found = []
@@ -243,8 +243,8 @@ def test_two_cpus_racing_on_one_set_never_give_a_flow_another_flows_entry(xdp: H
     xdp.service(VIP, backends=a_backends)
     fe_b = xdp.service("10.96.0.101", backends=(b_backend,))
     table = xdp.dp.table("ct_unconfirmed_pod")
-    a_ports, i = ports_in_one_set(table, 2 * WAYS, start=1024)
-    (b_port,) = ports_in_set(table, i, 1, start=1024, dst="10.96.0.101")
+    a_ports, i = ports_in_one_set(table, 2 * WAYS)
+    (b_port,) = ports_in_set(table, i, 1, dst="10.96.0.101")
     a_frames = [bytes(tcp(p, "S")) for p in a_ports]
     b_frames = [bytes(tcp(b_port, "S", dst="10.96.0.101"))]
     seconds = 4.0
