@@ -429,10 +429,10 @@ static __always_inline struct ct_value *ctu_lookup_any(struct ct_key *k, struct 
 						       int *copied)
 {
 	*copied = CT_COPY_POD;
-	if (ctp_get(0, k, buf))
+	if (ctu_lookup(0, k, buf))
 		return buf;
 	*copied = CT_COPY_EXT;
-	if (ctp_get(1, k, buf))
+	if (ctu_lookup(1, k, buf))
 		return buf;
 	*copied = 0;
 	return NULL;
@@ -457,7 +457,7 @@ static __always_inline struct ct_value *ct_lookup_in(struct ct_key *k, int pods,
 		u = ctu_lookup_any(k, buf, copied);
 	} else {
 		*copied = CT_COPY_EXT;
-		u = ctp_get(1, k, buf) ? buf : NULL;
+		u = ctu_lookup(1, k, buf);
 	}
 	if (!u) {
 		*copied = 0;

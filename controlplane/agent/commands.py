@@ -234,11 +234,11 @@ def dataplane_sizes(args: argparse.Namespace) -> dict[str, int]:
     for flag, value in flags.values():
         if value is not None and value <= 0:
             raise ValueError(f"{flag} {value}: must be a positive integer")
-    ways = const("CT_SET_WAYS")
+    from controlplane.dataplane.config import set_table_size_problem
     for flag, value in (flags["ct_unconfirmed"], flags["ct_unconfirmed_pod"]):
-        if value is not None and (value < ways or value & (value - 1)):
-            raise ValueError(f"{flag} {value}: must be a power of two of at least {ways} "
-                             f"(a table of {ways}-way sets)")
+        problem = None if value is None else set_table_size_problem(value)
+        if problem:
+            raise ValueError(f"{flag} {value}: {problem}")
     return {field: value for field, (_, value) in flags.items() if value is not None}
 
 

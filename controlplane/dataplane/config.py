@@ -35,6 +35,15 @@ class ConfigError(ValueError):
     pass
 
 
+def set_table_size_problem(entries: int) -> str | None:
+    """Why `entries` cannot size an unconfirmed table (sets addressed by a masked hash),
+    or None if it can."""
+    ways = const("CT_SET_WAYS")
+    if entries < ways or entries & (entries - 1):
+        return f"must be a power of two of at least {ways} (a table of {ways}-way sets, bpf/conntrack.h)"
+    return None
+
+
 def _power_of_two_at_most(n: int) -> int:
     """The largest power of two <= n, and at least one set's ways (an unconfirmed table
     is sets addressed by a masked hash)."""
@@ -90,12 +99,11 @@ class DataplaneConfig:
                 continue
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
-        ways = const("CT_SET_WAYS")
         for name in ("ct_unconfirmed", "ct_unconfirmed_pod"):
             value = getattr(self, name)
-            if value is not None and (value < ways or value & (value - 1)):
-                raise ConfigError(f"{name}: must be a power of two of at least {ways} (a table of "
-                                  f"{ways}-way sets, bpf/conntrack.h), got {value}")
+            problem = None if value is None else set_table_size_problem(value)
+            if problem:
+                raise ConfigError(f"{name}: {problem}, got {value}")
 
     @property
     def svc_id_slots(self) -> int:

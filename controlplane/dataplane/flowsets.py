@@ -87,6 +87,8 @@ class FlowSets:
         self._slot_size = ct.sizeof(self.Slot)
         self._key_size = ct.sizeof(self.Key)
         self._proto_at = self.Slot.key.offset + self.Key.proto.offset
+        # where each slot's key.proto sits in a set's bytes (0: a free slot)
+        self._slot_protos = [self._slot_at + w * self._slot_size + self._proto_at for w in range(WAYS)]
 
     @property
     def seed(self) -> int:
@@ -115,12 +117,11 @@ class FlowSets:
     def count_slice(self, cursor: BatchCursor, max_sets: int) -> int:
         """Used slots in the next `max_sets` sets from `cursor` on (the walk starts at the
         first set again once it reached the last: `cursor.started` is then False)."""
-        protos = [self._slot_at + w * self._slot_size + self._proto_at for w in range(WAYS)]
         used = 0
         for _, values, n in lookup_batches_raw(self.sets.map_fd, 4, self._set_size, limit=max_sets,
                                                cursor=cursor):
             rows = np.frombuffer(values, np.uint8, count=n * self._set_size).reshape(n, self._set_size)
-            used += int(np.count_nonzero(rows[:, protos]))
+            used += int(np.count_nonzero(rows[:, self._slot_protos]))
         return used
 
     def raw_batches(self) -> Iterator[tuple[bytes, bytes]]:
@@ -220,8 +221,7 @@ class FlowSets:
         before = self._all()
         sets = before.copy()
         used = np.zeros((self.n_sets, WAYS), bool)
-        proto_at = [self._slot_at + w * self._slot_size + self._proto_at for w in range(WAYS)]
-        for w, at in enumerate(proto_at):
+        for w, at in enumerate(self._slot_protos):
             used[:, w] = sets[:, at] != 0
         free = int((~used).sum())
         next_at = self.sets.Leaf.next.offset

@@ -181,10 +181,10 @@ def test_a_reply_entry_stays_while_its_flow_lives(xdp: Harness, gc: ConntrackGC)
     assert entries(xdp, "conntrack") == {}
 
 
-def snat_flow(xdp: Harness, table: str, cport: int, snat_port: int, fwd_idle: int, snat_idle: int) -> None:
+def snat_flow(xdp: Harness, cport: int, snat_port: int, fwd_idle: int, snat_idle: int) -> None:
     """A source-NATed NodePort flow as nodeport.h records it: the client's forward entry
-    (holding node:snat_port) and the SNAT reply entry that holds the port."""
-    t = xdp.dp.table(table)
+    (holding node:snat_port) and the SNAT reply entry that holds the port, in conntrack."""
+    t = xdp.dp.table("conntrack")
     now = coarse_now_ns()
     client, vip, node, backend = be32("192.0.2.10"), be32("198.51.100.1"), be32("10.0.0.1"), be32("10.244.9.9")
     fk = t.Key(src=client, dst=vip, sport=socket.htons(cport), dport=socket.htons(30080),
@@ -202,13 +202,12 @@ def test_a_snat_port_is_freed_only_with_its_flow(xdp: Harness, gc: ConntrackGC):
     entry lives it holds the port; once both are dead both go (the port is free). (In
     ct_unconfirmed, sets the GC does not sweep, the datapath judges such a port itself:
     test_nodeport_snat_ports.)"""
-    table = "conntrack"
     dead = timeouts(xdp)[2] + GRACE_NS + SEC
-    snat_flow(xdp, table, 5000, 40000, fwd_idle=0, snat_idle=dead)
-    snat_flow(xdp, table, 5001, 40001, fwd_idle=dead, snat_idle=dead)
+    snat_flow(xdp, 5000, 40000, fwd_idle=0, snat_idle=dead)
+    snat_flow(xdp, 5001, 40001, fwd_idle=dead, snat_idle=dead)
     stats = gc.sweep_all()
-    assert stats.deleted[table] == 2 and stats.kept[table] == 1, stats
-    assert set(entries(xdp, table)) == {(5000, DIR_FORWARD), (40000, DIR_SNAT)}
+    assert stats.deleted["conntrack"] == 2 and stats.kept["conntrack"] == 1, stats
+    assert set(entries(xdp, "conntrack")) == {(5000, DIR_FORWARD), (40000, DIR_SNAT)}
 
 
 def test_the_agent_loop_runs_the_gc(xdp: Harness, caplog):

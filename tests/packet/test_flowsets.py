@@ -55,12 +55,17 @@ def fwd_key(table, sport: int, src: str = CLIENT, dst: str = VIP, dport: int = 8
     return k
 
 
+def set_of_port(table, port: int, **key) -> int:
+    """The set of the forward key of a flow from client port `port` (fwd_key's, with
+    `key`'s fields)."""
+    return flowsets.set_index(fwd_key(table, port, **key), table.seed, table.n_sets)
+
+
 def ports_in_one_set(table, n: int, start: int = 1024, **key) -> tuple[list[int], int]:
-    """n client ports whose flows' forward keys (fwd_key's, with `key`'s fields) share
-    one set, and that set."""
+    """n client ports whose flows' forward keys share one set (set_of_port), and that set."""
     seen: dict[int, list[int]] = {}
     for port in range(start, 65536):
-        i = flowsets.set_index(fwd_key(table, port, **key), table.seed, table.n_sets)
+        i = set_of_port(table, port, **key)
         seen.setdefault(i, []).append(port)
         if len(seen[i]) == n:
             return seen[i], i
@@ -68,11 +73,10 @@ def ports_in_one_set(table, n: int, start: int = 1024, **key) -> tuple[list[int]
 
 
 def ports_in_set(table, i: int, n: int, start: int = 1024, **key) -> list[int]:
-    """n client ports whose flows' forward keys (fwd_key's, with `key`'s fields) fall in
-    set i."""
+    """n client ports whose flows' forward keys fall in set i (set_of_port)."""
     found = []
     for port in range(start, 65536):
-        if flowsets.set_index(fwd_key(table, port, **key), table.seed, table.n_sets) == i:
+        if set_of_port(table, port, **key) == i:
             found.append(port)
             if len(found) == n:
                 return found
