@@ -18,6 +18,10 @@ copy of the frame every time.
 Paths (each a TCP packet, Ethernet + IPv4 + TCP, 54 bytes):
   floor        empty XDP program, the established frame
   non_service  pod-to-pod packet: services lookup misses, reply lookup misses
+  node_traffic the external entry point (svcxdp_external, every other row is the pod-facing
+               one): an answer to one of the node's own connections (a host outside
+               :443 -> the node's address:40000, a port in the SNAT range), no frontend
+               and from no service's backend: it passes
   established  ACK of a tracked flow: conntrack hit, DNAT
   reply        backend -> client of a tracked flow: reverse NAT
   cold_line    a ruler, not svcxdp: an XDP program that only increments one
@@ -122,7 +126,7 @@ PACKETS = 500 if QUICK else 2_000          # test-run calls per round
 ROUNDS = 10 if QUICK else 50               # measured rounds per benchmark
 WARMUP = 1 if QUICK else 2                 # unmeasured rounds first
 PAIRED = "bound_paired"
-PATHS = ("floor", "non_service", "established", "reply", "cold_line", "new_flow", "new_flow_udp", "confirm",
+PATHS = ("floor", "non_service", "node_traffic", "established", "reply", "cold_line", "new_flow", "new_flow_udp", "confirm",
          PAIRED)
 NEW_FLOW_PATHS = ("new_flow", "new_flow_udp", "cold_line", "confirm")   # a distinct tuple per packet
 PAIRED_SLICE = 50                          # consecutive calls of one program in a paired round
@@ -140,6 +144,7 @@ VIP, VPORT = "10.96.0.100", 80
 BACKENDS = ("10.244.2.11", "10.244.2.12", "10.244.2.13")
 BACKEND_PORT = 8080
 OTHER_POD = "10.244.3.3"  # non-service destination
+NODE_IP, OUTSIDE_HOST = "192.168.1.31", "198.51.100.7"   # node_traffic: outside:443 -> node:40000
 CLOCK_MONOTONIC_COARSE = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)  # bpf_ktime_get_coarse_ns
 CT_FILL_CHUNK = 100_000
 
@@ -372,6 +377,7 @@ class Env:
     cpu: int | None
     dp: object = None
     runner: object = None
+    ext_runner: object = None                      # the external entry point (node_traffic)
     key: tuple | None = None
     setup: dict = field(default_factory=dict)
     floor_ns: dict = field(default_factory=dict)   # (services, ct) -> floor median
@@ -395,6 +401,7 @@ class Env:
         info["load_s"] = round(time.perf_counter() - t, 3)
         info.update(flowtables.unconfirmed_sizes(self.dp))
         self.runner = TestRunner(self.dp.prog_fd)
+        self.ext_runner = TestRunner(self.dp.external_prog_fd)
         t = time.perf_counter()
         # (1 service: the measured frontend over TCP and over UDP)
         result = MapWriter(self.dp).sync(self.states[:max(services, 2)])
@@ -442,7 +449,7 @@ class Env:
     def close(self) -> None:
         if self.dp is not None:
             self.dp.close()
-            self.dp = self.runner = self.key = None
+            self.dp = self.runner = self.ext_runner = self.key = None
 
     def _make_test_flow(self) -> None:
         """The established and reply frames' flow: created by a SYN, answered by its backend."""
@@ -464,6 +471,8 @@ class Env:
         assert (rep[IP].src, rep[TCP].sport) == (VIP, VPORT), rep.summary()
         ns = self.runner.run(self.frames["non_service"])
         assert ns.verdict_name == "XDP_PASS" and ns.data == self.frames["non_service"]
+        node = self.ext_runner.run(self.frames["node_traffic"])
+        assert node.verdict_name == "XDP_PASS" and node.data == self.frames["node_traffic"]
 
 
 def _service_states():
@@ -490,7 +499,10 @@ def _frames() -> dict[str, bytes]:
 
     udp = bytes(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src="10.244.128.0", dst=VIP, ttl=64, id=1)
                 / UDP(sport=2000, dport=VPORT, chksum=0) / Raw(b"q" * 12))
+    node_traffic = bytes(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=OUTSIDE_HOST, dst=NODE_IP, ttl=64, id=1)
+                         / TCP(sport=443, dport=40000, flags="A", seq=1000, ack=1))
     return {"syn": fwd("S"), "established": fwd("A"), "non_service": fwd("A", dst=OTHER_POD),
+            "node_traffic": node_traffic,
             "new_flow_template": fwd("S", src="10.244.128.0", sport=2000), "new_udp_flow_template": udp}
 
 
@@ -529,7 +541,7 @@ def env():
 
 
 # ---- the benchmark -------------------------------------------------------------------
-EXPECTED_COUNTER = {"non_service": "pass_non_service", "established": "ct_hit",
+EXPECTED_COUNTER = {"non_service": "pass_non_service", "node_traffic": "pass_non_service", "established": "ct_hit",
                     "reply": "revnat", "new_flow": "ct_new", "new_flow_udp": "ct_new", "confirm": "ct_hit"}
 
 
@@ -545,7 +557,8 @@ def test_datapath(benchmark, env, services, ct_entries, path):
         return _paired_bound(benchmark, env, services)
     env.ensure(services, ct_entries)
     benchmark.group = f"datapath services={services} conntrack={ct_entries}"
-    runner = {"floor": env.floor_runner, "cold_line": env.ruler_runner}.get(path, env.runner)
+    runner = {"floor": env.floor_runner, "cold_line": env.ruler_runner,
+              "node_traffic": env.ext_runner}.get(path, env.runner)
     duration = runner.duration_ns
     total_rounds = ROUNDS + WARMUP
 

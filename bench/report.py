@@ -25,8 +25,9 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_JSON = HERE / "results" / "datapath.json"
 DEFAULT_MD = HERE / "results" / "datapath.md"
 
-PATH_ORDER = ("floor", "non_service", "established", "reply", "cold_line", "new_flow", "new_flow_udp", "confirm")
+PATH_ORDER = ("floor", "non_service", "node_traffic", "established", "reply", "cold_line", "new_flow", "new_flow_udp", "confirm")
 PATH_LABEL = {"floor": "floor (empty XDP)", "non_service": "non-service packet",
+              "node_traffic": "the node's own traffic on its external interface (external entry point)",
               "established": "established flow", "reply": "reply (reverse NAT)",
               "cold_line": "ruler: one cold cache line", "new_flow": "new flow (first packet)",
               "new_flow_udp": "new UDP flow (first datagram; full: ct_udp_recent all \"maybe\")",

@@ -665,14 +665,21 @@ struct reply_match {
 	struct ct_value copy;
 };
 
-static __always_inline int ct_match_reply(__be32 backend, __be16 bport, __be32 client,
-					  __be16 cport, __u8 proto, struct reply_match *m)
+/* The frontend a backend address answers for, if it is a backend of any service: every
+ * reply the datapath translates comes from one (a service's or its SNAT port's). */
+static __always_inline struct revnat_value *ct_backend_of_any(__be32 backend, __be16 bport, __u8 proto)
 {
 	struct revnat_key rk = {};
 	rk.ip = backend;
 	rk.port = bport;
 	rk.proto = proto;
-	struct revnat_value *rn = rev_nat.lookup(&rk);
+	return rev_nat.lookup(&rk);
+}
+
+static __always_inline int ct_match_reply(__be32 backend, __be16 bport, __be32 client,
+					  __be16 cport, __u8 proto, struct reply_match *m)
+{
+	struct revnat_value *rn = ct_backend_of_any(backend, bport, proto);
 	if (!rn)
 		return 0;  /* not a backend of any service: the common non-service case */
 	if (rn->flags & SVCXDP_REVNAT_F_SHARED) {

@@ -415,8 +415,17 @@ static __always_inline int process(struct xdp_md *ctx, int external, int replies
 			ev->main = SVCXDP_CNT_SLOT_MISS;
 			return XDP_DROP;
 		}
-		if (external)
+		if (external) {
+			/* The node's own traffic (its connections' answers come to the same
+			 * ports as SNAT replies) stops here: only a service backend's packet
+			 * can be a reply the tail translates, and the tail's conntrack and set
+			 * lookups would each cost it a cold line. */
+			if (!ct_backend_of_any(ip->saddr, *l4.sport, l4proto)) {
+				ev->main = SVCXDP_CNT_PASS_NON_SERVICE;
+				return XDP_PASS;
+			}
 			return SVCXDP_VERDICT_EXT_REPLY;
+		}
 	}
 	if (external) {
 		int verdict = np_snat_reply(ctx, eth, ip, l4.sport, l4.dport, &l4.csum,

@@ -189,6 +189,31 @@ def test_nodeport_to_a_remote_backend_is_snated_and_sent_back_out_with_xdp_tx(ex
     assert d["snat_new"] == 1 and d["snat_reply"] == 1 and d["xdp_tx"] == 3
 
 
+def test_what_no_service_backend_sent_passes_before_the_reply_tail(ext, xdp):
+    """Packets on the external interface from an address that is no service's backend
+    pass as they came, before the reply tail looks for a flow (svcxdp.c, process): the
+    node's own traffic, whose answers come to the ports SNAT uses too, and late answers
+    of a backend its service has left, even while its SNAT entry is still there."""
+    ext.service(NODE, 30080, [nodenet.REMOTE_POD])
+    port = ext.send(from_client(NODE, 30080, sport=40000, flags="S")).pkt[TCP].sport
+
+    def answer(src: str, sport: int):
+        return (Ether(src=nodenet.NODE2_MAC, dst=ext.node.ext_mac) /
+                IP(src=src, dst=NODE, ttl=63, id=11) / TCP(sport=sport, dport=port, flags="SA"))
+
+    assert ext.send(answer(nodenet.REMOTE_POD, 80)).verdict == "XDP_TX"   # the backend's: translated
+    before = xdp.counters()
+    node_own = answer(CLIENT2, 443)
+    out = ext.send(node_own)
+    assert out.verdict == "XDP_PASS" and out.raw == bytes(node_own)
+    # the service's backend is replaced: the old one's SNAT entry stays until it expires
+    ext.service(NODE, 30080, ["10.244.2.12"])
+    late = answer(nodenet.REMOTE_POD, 80)
+    out = ext.send(late)
+    assert out.verdict == "XDP_PASS" and out.raw == bytes(late)
+    assert delta(before, xdp.counters()) == {"pass_non_service": 2}
+
+
 def test_two_clients_with_the_same_source_port_get_different_snat_ports(ext):
     ext.service(NODE, 30080, [nodenet.REMOTE_POD])
     a = ext.send(from_client(NODE, 30080, src=CLIENT, sport=40000, flags="S")).pkt
