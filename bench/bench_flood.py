@@ -32,6 +32,14 @@ beside what the table held; an LRU table of the same entries would hold every on
 reaches its size, then none. Fewer handshakes complete than were held: the ACK of a flow
 whose entry went is a new flow, whose entry takes another slot in turn.
 
+The same through the external entry point, whose first packets wait in ct_unconfirmed
+(the same sets, its own size): clients from outside open a NodePort flow on the node's
+address, in a namespace with the node's routes (tests/packet/nodenet.py: the program's
+route lookups read it), and spoofed sources from outside flood the same NodePort. Two
+backends: a local pod (a first packet inserts its forward entry) and a pod on the other
+node (it also inserts its SNAT port's reply entry: two inserts per flow, so the law
+counts 2k + 2j + 1 inserts after a handshake's entry, its own reply entry among them).
+
 Prints one line per algorithm and pattern; --json writes them. The lead runs the
 full size; --quick (a few seconds) runs 4 algorithms and one pattern.
 """
@@ -61,7 +69,7 @@ VIP, PORT, BACKEND_PORT = "10.96.10.1", 80, 8080
 BACKENDS = ("10.244.2.1", "10.244.2.2", "10.244.2.3")
 SYN, ACK, SYNACK = 0x02, 0x10, 0x12
 PENDING, PENDING_ROUNDS = 100, 10
-PENDING_FLOODS = (0.25, 0.5, 1.0, 2.0)   # spoofed SYNs, in units of the pods' table's entries
+PENDING_FLOODS = (0.25, 0.5, 1.0, 2.0)   # inserts by spoofed SYNs, in units of the table's entries
 
 
 @dataclass
@@ -138,6 +146,7 @@ def run_algorithm(h, frames: Frames, algorithm: str, pattern: str, ct_size: int,
 
 @dataclass
 class PendingResult:
+    entry: str         # "pods", or "external-local" / "external-remote" (the backend's node)
     flood: int
     pending: int
     held: int          # entries still in the table after the flood
@@ -145,6 +154,13 @@ class PendingResult:
     table_entries: int
     sets: int
     expected_pct: float
+    inserts_per_flow: int
+
+    @property
+    def lru_held_pct(self) -> int:
+        """What an LRU table of as many entries would hold: every entry until the
+        inserts after the first pending flow's outnumber its entries, then none."""
+        return 100 if self.inserts_per_flow * (self.flood + PENDING) < self.table_entries else 0
 
     @property
     def survived_pct(self) -> float:
@@ -187,10 +203,74 @@ def run_pending(h, frames: Frames, flood: int, rng: random.Random) -> PendingRes
         for client, cport in waiting:
             run(frames.make(client, VIP, cport, PORT, ACK))
         survived += h.dp.counters()["ct_hit"] - before
-    sets = table.n_sets
-    law = sum(poisson_below((flood + j) / sets, flowsets.WAYS) for j in range(PENDING)) / PENDING
-    return PendingResult(flood, PENDING * PENDING_ROUNDS, held, survived, table.max_entries, sets,
-                         100.0 * law)
+    return _pending_result("pods", table, flood, held, survived, inserts_per_flow=1)
+
+
+def _pending_result(entry: str, table, flood: int, held: int, survived: int,
+                    inserts_per_flow: int) -> PendingResult:
+    """What the table held against the flood law: the j-th pending flow from the end sees
+    inserts_per_flow x (flood + j) later inserts spread over the sets (and with two per
+    flow, its own second one)."""
+    from controlplane.dataplane import flowsets
+    sets, n = table.n_sets, inserts_per_flow
+    law = sum(poisson_below((n * (flood + j) + n - 1) / sets, flowsets.WAYS) for j in range(PENDING)) / PENDING
+    return PendingResult(entry, flood, PENDING * PENDING_ROUNDS, held, survived, table.max_entries, sets,
+                         100.0 * law, n)
+
+
+NODE_PORT = 30080
+OUTSIDE_MAC = "02:00:00:00:01:64"   # nodenet's first client: a permanent neighbour
+
+
+def run_pending_external(h, node, frames: Frames, flood: int, rng: random.Random,
+                         remote: bool) -> PendingResult:
+    """run_pending through the external entry point, to a NodePort on the node's address
+    whose one backend is a local pod or (remote) a pod on the other node (source NAT)."""
+    from controlplane.dataplane.model import Backend, Frontend, ServiceState
+    from controlplane.dataplane.testrun import TestRunner
+    from tests.packet import nodenet
+    table = h.dp.table("ct_unconfirmed")
+    runner = TestRunner(h.dp.external_prog_fd)
+    backend = nodenet.REMOTE_POD if remote else nodenet.LOCAL_POD
+    forward = 0   # SVCXDP_CT_DIR_FORWARD: a client's own entry, not its SNAT port's
+
+    def run(frame: bytes) -> None:
+        runner.run(frame, 1, node.ext_ifindex)
+
+    def one_round(r: int) -> tuple[int, int]:
+        h.reset()
+        h.writer.upsert(ServiceState(Frontend(nodenet.NODE_IP, NODE_PORT, "TCP", "external"),
+                                     (Backend(backend, BACKEND_PORT),), "random"))
+        waiting = [(f"198.51.{r}.{1 + i % 250}", 20000 + i) for i in range(PENDING)]
+        for client, cport in waiting:
+            run(frames.make(client, nodenet.NODE_IP, cport, NODE_PORT, SYN))
+        for _ in range(flood):   # spoofed sources from outside: 198.18.0.0/15
+            spoofed = struct.pack("!I", 0xC6120000 | rng.getrandbits(17))
+            run(frames.make(spoofed, nodenet.NODE_IP, 1024 + rng.randrange(64000), NODE_PORT, SYN))
+        present = {(struct.pack("=I", k.src), socket.ntohs(k.sport)) for k in table.keys() if k.dir == forward}
+        held = sum((socket.inet_aton(c), p) in present for c, p in waiting)
+        before = h.dp.counters()["ct_hit"]
+        for client, cport in waiting:
+            run(frames.make(client, nodenet.NODE_IP, cport, NODE_PORT, ACK))
+        return held, h.dp.counters()["ct_hit"] - before
+
+    held = survived = 0
+    for r in range(PENDING_ROUNDS):
+        # (the whole round in the node's namespace: the route lookups read the caller's)
+        kept, hit = node.call(one_round, r)
+        held += kept
+        survived += hit
+    return _pending_result("external-remote" if remote else "external-local", table, flood, held, survived,
+                           inserts_per_flow=2 if remote else 1)
+
+
+def _print(p: PendingResult) -> PendingResult:
+    table = "pods' table" if p.entry == "pods" else f"ct_unconfirmed ({p.entry.split('-')[1]} backend)"
+    print(f"{p.entry:15} pending handshakes across {p.flood} spoofed SYNs: entries held {p.held_pct:5.1f} % "
+          f"(law {p.expected_pct:5.1f} %; an LRU of as many entries would hold {p.lru_held_pct} %), "
+          f"completed {p.survived}/{p.pending}; {table} {p.table_entries} entries in {p.sets} sets",
+          flush=True)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from controlplane.dataplane.config import DataplaneConfig
     from controlplane.dataplane.program import Dataplane
+    from tests.packet import nodenet
     from tests.packet.harness import Harness
 
     algorithms = QUICK_ALGORITHMS if args.quick else ALGORITHMS
@@ -224,15 +305,21 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{pattern:6} {alg:7} survived {r.survived:5}/{r.established} "
                       f"({r.broken_pct:5.1f} % broken) after {r.flood} spoofed SYNs, "
                       f"conntrack {r.ct_size}", flush=True)
+        shares = PENDING_FLOODS[1:3] if args.quick else PENDING_FLOODS
         entries = h.dp.table("ct_unconfirmed_pod").max_entries
-        for share in PENDING_FLOODS[1:3] if args.quick else PENDING_FLOODS:
-            p = run_pending(h, frames, int(share * entries), random.Random(f"pending-{share}"))
-            pending.append(p)
-            print(f"pending handshakes across {p.flood} spoofed SYNs: entries held {p.held_pct:5.1f} % "
-                  f"(law {p.expected_pct:5.1f} %; an LRU of as many entries would hold "
-                  f"{'100' if p.flood + PENDING < p.table_entries else '0'} %), completed "
-                  f"{p.survived}/{p.pending}; pods' table {p.table_entries} entries in {p.sets} sets",
-                  flush=True)
+        for share in shares:
+            pending.append(_print(run_pending(h, frames, int(share * entries),
+                                              random.Random(f"pending-{share}"))))
+        node = nodenet.create()
+        try:
+            entries = h.dp.table("ct_unconfirmed").max_entries
+            for remote in (False, True):
+                for share in shares:   # in spoofed SYNs (a remote backend's insert two entries each)
+                    flood = int(share * entries) // (2 if remote else 1)
+                    pending.append(_print(run_pending_external(h, node, frames, flood,
+                                                               random.Random(f"external-{share}"), remote)))
+        finally:
+            nodenet.delete(node)
         h.reset()
     finally:
         dp.close()
@@ -240,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(
             [asdict(r) | {"broken_pct": r.broken_pct} for r in results] +
-            [asdict(p) | {"pattern": "pending", "held_pct": p.held_pct, "survived_pct": p.survived_pct}
+            [asdict(p) | {"pattern": "pending", "held_pct": p.held_pct, "survived_pct": p.survived_pct,
+                          "lru_held_pct": p.lru_held_pct}
              for p in pending],
             indent=1) + "\n")
     return 0

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from scapy.layers.l2 import Ether
 
 from controlplane.dataplane import readout, udprecent
-from controlplane.dataplane.config import FLOW_TABLES
+from controlplane.dataplane.config import UNCONFIRMED_TABLES
 from controlplane.dataplane.libbpf import zero_entries
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
 from controlplane.dataplane.pinned import possible_cpus
@@ -68,8 +68,9 @@ class Harness:
         counted = readout.backend_new_flows(self.dp)
         if counted:
             zero_entries(stats.map_fd, list(counted), possible_cpus() * 8)
-        self.dp.table("ct_unconfirmed_pod").clear()   # (its sets' rings too)
-        for name in (*FLOW_TABLES, "fragments", "affinity"):
+        for name in UNCONFIRMED_TABLES:
+            self.dp.table(name).clear()   # (their sets' rings too)
+        for name in ("conntrack", "fragments", "affinity"):
             table = self.dp.table(name)
             keys = [k for k in table.keys()]
             for k in keys:
