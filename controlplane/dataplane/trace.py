@@ -500,6 +500,12 @@ def _snat_flow_alive(maps, p: Packet, v, now_ns: int, timeouts: Timeouts) -> boo
 def _reply(maps, t: Trace, now_ns: int, timeouts: Timeouts) -> None:
     """A packet to no frontend: a backend's reply to a tracked flow, or none of ours."""
     p = t.packet
+    rn = _lookup(maps, "rev_nat", ip=ip_be32(p.src), port=port_be16(p.sport), proto=p.proto)
+    if rn is None:
+        t.notes.append("no frontend and not from any service's backend: passed untouched" +
+                       (" (before the reply tail: the node's own traffic, or a backend its service has left)"
+                        if t.entry == "external" else ""))
+        return
     if t.entry == "external" and p.dport >= SNAT_PORT_MIN:
         # confirmed flows' entries in conntrack, unconfirmed ones' in ct_unconfirmed (external)
         _, v = _ct_lookup(maps, src=ip_be32(p.src), dst=ip_be32(p.dst), sport=port_be16(p.sport),
@@ -512,10 +518,6 @@ def _reply(maps, t: Trace, now_ns: int, timeouts: Timeouts) -> None:
             return
     hairpin = p.dst == HAIRPIN_IP
     client = p.src if hairpin else p.dst
-    rn = _lookup(maps, "rev_nat", ip=ip_be32(p.src), port=port_be16(p.sport), proto=p.proto)
-    if rn is None:
-        t.notes.append("no frontend and not a backend's reply: passed untouched")
-        return
     vip = None
     entry = None
     if rn.flags & F_REVNAT_SHARED:

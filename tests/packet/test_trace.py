@@ -233,7 +233,8 @@ def test_nodeport_flow_through_the_external_entry_shows_its_source_nat(xdp: Harn
                                                                        tmp_path: Path):
     """A NodePort flow to a pod on another node, traced and run on the external entry point
     inside a namespace with the node's routes (nodenet.py): the trace says SNAT is decided
-    by the route; once the flow exists, trace and `get flows` show its node address:port."""
+    by the route; once the flow exists, trace and `get flows` show its node address:port;
+    once the backend has left the service, its late answer passes before the reply tail."""
     import json
 
     from . import nodenet
@@ -260,6 +261,13 @@ def test_nodeport_flow_through_the_external_entry_shows_its_source_nat(xdp: Harn
             ({"ip": client, "port": 40000}, {"ip": node_ip, "port": 30080}, {"ip": pod, "port": 80},
              {"ip": node_ip, "port": r.src[1]}, "conntrack", "ESTABLISHED")]
         assert doc["entries"]["conntrack"]["snat"] == 1
+        # once the service's backend is another, the old one's late answer is nobody's
+        xdp.writer.upsert(ServiceState(Frontend(node_ip, 30080, "TCP", "external"), (Backend("10.244.2.12", 80),),
+                                       "random"))
+        t = trace(maps, Packet(pod, 80, node_ip, r.src[1], "TCP", A), entry="external")
+        assert (t.reason, t.verdict, t.rewrite) == ("pass_non_service", "XDP_PASS", None), t
+        late = node.call(run, maps, t, node.ext_ifindex)
+        assert (late.verdict, late.src, late.dst) == ("XDP_PASS", (pod, 80), (node_ip, r.src[1]))
     finally:
         nodenet.delete(node)
 
