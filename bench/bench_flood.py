@@ -219,20 +219,20 @@ def _pending_result(entry: str, table, flood: int, held: int, survived: int,
 
 
 NODE_PORT = 30080
-OUTSIDE_MAC = "02:00:00:00:01:64"   # nodenet's first client: a permanent neighbour
 
 
 def run_pending_external(h, node, frames: Frames, flood: int, rng: random.Random,
                          remote: bool) -> PendingResult:
     """run_pending through the external entry point, to a NodePort on the node's address
     whose one backend is a local pod or (remote) a pod on the other node (source NAT)."""
+    from controlplane.dataplane.layout import const
     from controlplane.dataplane.model import Backend, Frontend, ServiceState
     from controlplane.dataplane.testrun import TestRunner
     from tests.packet import nodenet
     table = h.dp.table("ct_unconfirmed")
     runner = TestRunner(h.dp.external_prog_fd)
     backend = nodenet.REMOTE_POD if remote else nodenet.LOCAL_POD
-    forward = 0   # SVCXDP_CT_DIR_FORWARD: a client's own entry, not its SNAT port's
+    forward = const("CT_DIR_FORWARD")   # a client's own entry, not its SNAT port's
 
     def run(frame: bytes) -> None:
         runner.run(frame, 1, node.ext_ifindex)
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             entries = h.dp.table("ct_unconfirmed").max_entries
             for remote in (False, True):
-                for share in shares:   # in spoofed SYNs (a remote backend's insert two entries each)
+                for share in shares:   # of inserts: a flow to a remote backend inserts two entries
                     flood = int(share * entries) // (2 if remote else 1)
                     pending.append(_print(run_pending_external(h, node, frames, flood,
                                                                random.Random(f"external-{share}"), remote)))
