@@ -180,29 +180,43 @@ def poisson_below(lam: float, n: int) -> float:
     return total
 
 
+def _pending_round(h, frames: Frames, rng: random.Random, table, run, state, waiting: list[tuple[str, int]],
+                   flood: int, spoofed_net: tuple[int, int]) -> tuple[int, int]:
+    """One round with `state` alone in the maps: the `waiting` clients send a SYN to its
+    frontend, `flood` SYNs from random sources of `spoofed_net` (address, host bits)
+    follow, then the clients' ACKs. Returns how many of the clients' forward entries
+    `table` still held after the flood, and how many ACKs found theirs (ct_hit)."""
+    from controlplane.dataplane.layout import const
+    forward = const("CT_DIR_FORWARD")   # a client's own entry, not its SNAT port's
+    dst, dport = state.frontend.vip, state.frontend.port
+    h.reset()
+    h.writer.upsert(state)
+    for client, cport in waiting:
+        run(frames.make(client, dst, cport, dport, SYN))
+    net, bits = spoofed_net
+    for _ in range(flood):
+        spoofed = struct.pack("!I", net | rng.getrandbits(bits))
+        run(frames.make(spoofed, dst, 1024 + rng.randrange(64000), dport, SYN))
+    present = {(struct.pack("=I", k.src), socket.ntohs(k.sport)) for k in table.keys() if k.dir == forward}
+    held = sum((socket.inet_aton(c), p) in present for c, p in waiting)
+    before = h.dp.counters()["ct_hit"]
+    for client, cport in waiting:
+        run(frames.make(client, dst, cport, dport, ACK))
+    return held, h.dp.counters()["ct_hit"] - before
+
+
 def run_pending(h, frames: Frames, flood: int, rng: random.Random) -> PendingResult:
     """PENDING_ROUNDS rounds of PENDING handshakes held open across `flood` spoofed SYNs."""
-    from controlplane.dataplane import flowsets
     from controlplane.dataplane.model import Backend, Frontend, ServiceState
     table = h.dp.table("ct_unconfirmed_pod")
-    run = h.runner.run
+    state = ServiceState(Frontend(VIP, PORT, "TCP"), tuple(Backend(ip, BACKEND_PORT) for ip in BACKENDS), "random")
     held = survived = 0
     for r in range(PENDING_ROUNDS):
-        h.reset()
-        h.writer.upsert(ServiceState(Frontend(VIP, PORT, "TCP"),
-                                     tuple(Backend(ip, BACKEND_PORT) for ip in BACKENDS), "random"))
         waiting = [(f"10.245.{r}.{1 + i % 250}", 20000 + i) for i in range(PENDING)]
-        for client, cport in waiting:
-            run(frames.make(client, VIP, cport, PORT, SYN))
-        for _ in range(flood):
-            spoofed = struct.pack("!I", 0x0A000000 | rng.getrandbits(24))  # 10.x.y.z
-            run(frames.make(spoofed, VIP, 1024 + rng.randrange(64000), PORT, SYN))
-        present = {(struct.pack("=I", k.src), socket.ntohs(k.sport)) for k in table.keys()}
-        held += sum((socket.inet_aton(c), p) in present for c, p in waiting)
-        before = h.dp.counters()["ct_hit"]
-        for client, cport in waiting:
-            run(frames.make(client, VIP, cport, PORT, ACK))
-        survived += h.dp.counters()["ct_hit"] - before
+        kept, hit = _pending_round(h, frames, rng, table, h.runner.run, state, waiting, flood,
+                                   (0x0A000000, 24))   # 10.x.y.z
+        held += kept
+        survived += hit
     return _pending_result("pods", table, flood, held, survived, inserts_per_flow=1)
 
 
@@ -225,39 +239,25 @@ def run_pending_external(h, node, frames: Frames, flood: int, rng: random.Random
                          remote: bool) -> PendingResult:
     """run_pending through the external entry point, to a NodePort on the node's address
     whose one backend is a local pod or (remote) a pod on the other node (source NAT)."""
-    from controlplane.dataplane.layout import const
     from controlplane.dataplane.model import Backend, Frontend, ServiceState
     from controlplane.dataplane.testrun import TestRunner
     from tests.packet import nodenet
     table = h.dp.table("ct_unconfirmed")
     runner = TestRunner(h.dp.external_prog_fd)
     backend = nodenet.REMOTE_POD if remote else nodenet.LOCAL_POD
-    forward = const("CT_DIR_FORWARD")   # a client's own entry, not its SNAT port's
+    state = ServiceState(Frontend(nodenet.NODE_IP, NODE_PORT, "TCP", "external"),
+                         (Backend(backend, BACKEND_PORT),), "random")
 
     def run(frame: bytes) -> None:
         runner.run(frame, 1, node.ext_ifindex)
 
-    def one_round(r: int) -> tuple[int, int]:
-        h.reset()
-        h.writer.upsert(ServiceState(Frontend(nodenet.NODE_IP, NODE_PORT, "TCP", "external"),
-                                     (Backend(backend, BACKEND_PORT),), "random"))
-        waiting = [(f"198.51.{r}.{1 + i % 250}", 20000 + i) for i in range(PENDING)]
-        for client, cport in waiting:
-            run(frames.make(client, nodenet.NODE_IP, cport, NODE_PORT, SYN))
-        for _ in range(flood):   # spoofed sources from outside: 198.18.0.0/15
-            spoofed = struct.pack("!I", 0xC6120000 | rng.getrandbits(17))
-            run(frames.make(spoofed, nodenet.NODE_IP, 1024 + rng.randrange(64000), NODE_PORT, SYN))
-        present = {(struct.pack("=I", k.src), socket.ntohs(k.sport)) for k in table.keys() if k.dir == forward}
-        held = sum((socket.inet_aton(c), p) in present for c, p in waiting)
-        before = h.dp.counters()["ct_hit"]
-        for client, cport in waiting:
-            run(frames.make(client, nodenet.NODE_IP, cport, NODE_PORT, ACK))
-        return held, h.dp.counters()["ct_hit"] - before
-
     held = survived = 0
     for r in range(PENDING_ROUNDS):
-        # (the whole round in the node's namespace: the route lookups read the caller's)
-        kept, hit = node.call(one_round, r)
+        waiting = [(f"198.51.{r}.{1 + i % 250}", 20000 + i) for i in range(PENDING)]
+        # the whole round in the node's namespace (the route lookups read the caller's);
+        # spoofed sources from outside, 198.18.0.0/15
+        kept, hit = node.call(_pending_round, h, frames, rng, table, run, state, waiting, flood,
+                              (0xC6120000, 17))
         held += kept
         survived += hit
     return _pending_result("external-remote" if remote else "external-local", table, flood, held, survived,
