@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes as ct
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -72,6 +73,15 @@ class Timeouts:
     udp: int
 
 
+@dataclass
+class _Walk:
+    """One table's walk, a slice per sweep: where it stands, and the entries this pass
+    has found so far."""
+    table: Any                   # the bcc table
+    cursor: BatchCursor = field(default_factory=BatchCursor)
+    walked: int = 0
+
+
 class ConntrackGC:
     """Sweeps of the conntrack table of one dataplane (a Dataplane: its ct_gc_prog_fd
     and its tables)."""
@@ -82,9 +92,9 @@ class ConntrackGC:
         cfg = dp.config
         self.timeouts = Timeouts(cfg.tcp_timeout_s, cfg.tcp_close_timeout_s, cfg.udp_timeout_s)
         self.scan = scan
-        self.tables = {name: dp.table(name) for name in TABLES}
-        self.cursors = {name: BatchCursor() for name in TABLES}
-        key, leaf = self.tables["conntrack"].Key, self.tables["conntrack"].Leaf
+        self._walks = {name: _Walk(dp.table(name)) for name in TABLES}
+        conntrack = self._walks["conntrack"].table
+        key, leaf = conntrack.Key, conntrack.Leaf
         self.key_size, self.value_size = ct.sizeof(key), ct.sizeof(leaf)
         self.runner = TestRunner(dp.ct_gc_prog_fd, max_frame=REQUEST_SIZE + BATCH * self.key_size)
         self._kdt = Packer(key, ("proto",)).dtype
@@ -92,14 +102,11 @@ class ConntrackGC:
         # The walks see every entry once per pass anyway: what each pass found (net of
         # what it removed) is the table's entry count, for /metrics, which otherwise
         # reads a full 1,048,576-entry table on every scrape (~0.4 s of CPU).
-        self._walked = {name: 0 for name in TABLES}          # so far in the current pass
         self._counted: dict[str, int] = {}                   # by the last complete pass
         # The unconfirmed tables need no sweep, but each sweep reads a slice of their sets
         # to count them the same way: read whole at every scrape, the external one (24.5
         # MiB at the defaults) cost ~50 ms.
-        self.set_tables = {name: dp.table(name) for name in flowsets.TABLES}
-        self.set_cursors = {name: BatchCursor() for name in flowsets.TABLES}
-        self._set_walked = dict.fromkeys(flowsets.TABLES, 0)
+        self._set_walks = {name: _Walk(dp.table(name)) for name in flowsets.TABLES}
 
     def entry_counts(self) -> dict[str, int]:
         """Entries of each table, the unconfirmed sets' too, as its last complete walk
@@ -111,11 +118,15 @@ class ConntrackGC:
     def _count_sets(self) -> None:
         """One slice of each unconfirmed table's sets (as many slots as a sweep reads of
         conntrack), counted."""
-        for name, table in self.set_tables.items():
-            cursor = self.set_cursors[name]
-            self._set_walked[name] += table.count_slice(cursor, max(self.scan // flowsets.WAYS, 1))
-            if not cursor.started:   # the walk reached the last set
-                self._counted[name], self._set_walked[name] = self._set_walked[name], 0
+        for name, walk in self._set_walks.items():
+            walk.walked += walk.table.count_slice(walk.cursor, max(self.scan // flowsets.WAYS, 1))
+            self._count_if_done(name, walk)
+
+    def _count_if_done(self, name: str, walk: _Walk) -> None:
+        """At the end of a pass (the walk reached the table's end), what it counted is
+        the table's entry count; the next pass counts from 0."""
+        if not walk.cursor.started:
+            self._counted[name], walk.walked = walk.walked, 0
 
     def _expired(self, kraw: memoryview, vraw: memoryview, n: int, now: int) -> np.ndarray:
         """Indexes of the entries of a chunk idle past timeout + grace (the preselection)."""
@@ -166,13 +177,13 @@ class ConntrackGC:
         out = SweepStats()
         t0 = time.perf_counter()
         ks, vs = self.key_size, self.value_size
-        for name in tables or tuple(self.tables):
-            table = self.tables[name]
-            cursor = self.cursors[name]
+        for name in tables or tuple(self._walks):
+            walk = self._walks[name]
+            cursor = walk.cursor
             scanned = cands = deleted = kept = 0
             picked: list[bytes] = []
             now = coarse_now_ns()
-            for kraw, vraw, n in lookup_batches_raw(table.map_fd, ks, vs, cursor=cursor):
+            for kraw, vraw, n in lookup_batches_raw(walk.table.map_fd, ks, vs, cursor=cursor):
                 scanned += n
                 idx = self._expired(kraw, vraw, n, now)
                 if idx.size:
@@ -186,9 +197,8 @@ class ConntrackGC:
             out.scanned[name], out.candidates[name] = scanned, cands
             out.deleted[name], out.kept[name] = deleted, kept
             out.wrapped[name] = not cursor.started
-            self._walked[name] += scanned - deleted
-            if out.wrapped[name]:
-                self._counted[name], self._walked[name] = self._walked[name], 0
+            walk.walked += scanned - deleted
+            self._count_if_done(name, walk)
         self._count_sets()
         out.seconds = time.perf_counter() - t0
         return out
@@ -197,7 +207,7 @@ class ConntrackGC:
         """Whole tables: sweeps until each walk has reached its table's end once."""
         total = SweepStats()
         t0 = time.perf_counter()
-        pending = list(self.tables)
+        pending = list(self._walks)
         while pending:
             s = self.sweep(tuple(pending))
             for name in tuple(pending):
