@@ -117,10 +117,15 @@ class StoreFeed:
         self.thread.start()
 
     def _snapshot(self) -> Snapshot:
+        """Every object listed, then the changes since the list. The resume point moves
+        only once all of it is read: a read failing halfway leaves it where it was, so
+        the next try relists again (moved at once, the feed would go on from the list's
+        version with the list itself never applied)."""
         rv = self.store.current_resource_version()
         events = [WatchEvent("ADDED", obj, rv) for kind in self.objects.kinds for obj in self.store.list(kind)]
-        self.rv = rv
-        return Snapshot(rv, events + self._changes())
+        later = self.store.changes_since(rv, self.objects.kinds)
+        self.rv = later[-1].resource_version if later else rv
+        return Snapshot(rv, events + later)
 
     def _changes(self) -> list[WatchEvent]:
         events = self.store.changes_since(self.rv, self.objects.kinds)
