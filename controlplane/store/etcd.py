@@ -332,12 +332,14 @@ class EtcdStore:
                     for k, rv in txn.compares.items()]
         ops = [_op(k, v) for k, (v, _) in txn.writes.items()]
         compares += self._fence_compares()
+        split: dict[str, int] = {}
         try:
             resp = self.client.txn(compares, ops + self._marker(txn))
         except EtcdRequestError as exc:
             if not exc.too_large:
                 raise
-            revision = self._commit_split(txn)
+            split = self._commit_split(txn)
+            revision = max(split.values())
         else:
             if not resp.get("succeeded"):
                 self._check_fence()
@@ -345,8 +347,9 @@ class EtcdStore:
             revision = int(resp["header"]["revision"])
         if txn.events:
             self._observed = max(self._observed, revision)
-        for obj in txn.written:
-            obj.metadata.resource_version = str(revision)
+        for obj in txn.written:   # committed in chunks: each object at its own chunk's revision
+            obj.metadata.resource_version = str(
+                split[object_key(type(obj), obj.namespace, obj.name)] if split else revision)
 
     @staticmethod
     def _marker(txn: _Txn) -> list[dict[str, Any]]:
@@ -354,8 +357,9 @@ class EtcdStore:
         claims and settings do not count)."""
         return [_op(REVISION_KEY, "")] if txn.events else []
 
-    def _commit_split(self, txn: _Txn) -> int:
-        """Commit writes too big for one etcd txn in chunks; roll back on a failed chunk."""
+    def _commit_split(self, txn: _Txn) -> dict[str, int]:
+        """Commit writes too big for one etcd txn in chunks; roll back on a failed chunk.
+        Returns the revision each key was written at (its chunk's)."""
         keys = list(txn.writes)
         guarded_only = [k for k in txn.compares if k not in txn.writes]  # read but not written
         chunks: list[list[str]] = []
@@ -378,7 +382,7 @@ class EtcdStore:
                 self._check_fence()
                 raise self._conflict(txn)
             done.append((chunk, int(resp["header"]["revision"])))
-        return done[-1][1]
+        return {key: revision for chunk, revision in done for key in chunk}
 
     def _rollback(self, txn: _Txn, done: list[tuple[list[str], int]]) -> None:
         """Undo committed chunks, newest first: each chunk in one txn guarded by "still at the
@@ -605,7 +609,10 @@ class EtcdStore:
         prev_labels = dict((prev_doc.get("metadata") or {}).get("labels") or {}) if prev_doc else None
         if ev.get("type") == "DELETE":
             if prev_text is None:
-                return None   # the last state is unknown (prev_kv compacted away)
+                # Its last state was compacted away (etcd watches from the compacted
+                # revision itself but cannot give the state before it): the deletion
+                # cannot be told, so the reader must relist, as for history gone.
+                raise Gone(rv - 1, rv)
             etype, text = DELETED, prev_text
         else:
             etype, text = ADDED if int(kv.get("version", 1)) == 1 else MODIFIED, unb64(kv["value"])
@@ -620,7 +627,7 @@ class EtcdStore:
                  text_kinds: set[str]) -> list[WatchEvent | TextEvent]:
         """Committed events after `rv` up to store revision `until`, whole revisions only."""
         out: list[WatchEvent | TextEvent] = []
-        with self.client.watch(PREFIX, prefix_end(PREFIX), start_revision=rv + 1, prev_kv=True) as stream:
+        with self.client.watch_after(PREFIX, prefix_end(PREFIX), rv, prev_kv=True) as stream:
             while True:
                 resp = stream.next(self.client.timeout)
                 if resp is None:
@@ -630,6 +637,8 @@ class EtcdStore:
                 events = resp.get("events") or []
                 for ev in events:
                     event_rv = int(ev["kv"]["mod_revision"])
+                    if event_rv <= rv:
+                        continue                  # the revision it resumes after (watch_after)
                     if event_rv > until:
                         return out
                     if limit is not None and len(out) >= limit and event_rv != out[-1].resource_version:
@@ -715,8 +724,8 @@ class EtcdStore:
         delay = 0.05
         while not (stop and stop()):
             try:
-                stream = self.client.watch(PREFIX, prefix_end(PREFIX), start_revision=rv + 1,
-                                           prev_kv=True, progress_notify=True)
+                stream = self.client.watch_after(PREFIX, prefix_end(PREFIX), rv, prev_kv=True,
+                                                 progress_notify=True)
             except EtcdUnavailable:
                 if timeout is not None and time.monotonic() - idle_since >= timeout:
                     return
@@ -735,6 +744,8 @@ class EtcdStore:
                         raise _cancelled(resp, rv)
                     events = resp.get("events") or []
                     for ev in events:
+                        if int(ev["kv"]["mod_revision"]) <= rv:
+                            continue              # the revision it resumes after (watch_after)
                         decoded = self._decode_event(ev, kind_names, set())
                         if decoded is not None:
                             idle_since = time.monotonic()

@@ -184,6 +184,18 @@ class EtcdClient:
         self.call("/lease/revoke", {"ID": lease_id})
 
     # ---------------------------------------------------------------- watch
+    def watch_after(self, key: str, end: str | None, seen: int, prev_kv: bool = False,
+                    progress_notify: bool = False) -> "WatchStream":
+        """A watch resuming after revision `seen`. It starts at `seen` itself, not seen + 1:
+        its reader skips the events of revisions up to `seen`. Why: etcd
+        refuses (cancels, with compact_revision) a start below its compacted revision but
+        takes the compacted revision itself, whose events it may no longer have (the
+        tombstone of a key deleted there goes with the compaction, and any event there
+        comes without its prev_kv). Started at seen + 1, a compaction up to seen + 1 would
+        lose a deletion silently; started at seen, it is a refusal (Gone: relist)."""
+        return self.watch(key, end, start_revision=max(seen, 1), prev_kv=prev_kv,
+                          progress_notify=progress_notify)
+
     def watch(self, key: str, end: str | None = None, start_revision: int = 0,
               prev_kv: bool = False, progress_notify: bool = False) -> "WatchStream":
         request: dict[str, Any] = {"key": b64(key), "start_revision": start_revision}

@@ -86,8 +86,8 @@ class EtcdFeed:
         delay = 0.05
         while not self._stopped.is_set():
             try:
-                self._stream = self.client.watch(self.prefix, self.prefix_end, start_revision=self.revision + 1,
-                                                 prev_kv=True, progress_notify=True)
+                self._stream = self.client.watch_after(self.prefix, self.prefix_end, self.revision,
+                                                       prev_kv=True, progress_notify=True)
             except EtcdUnavailable:
                 self.connected = False
                 self._stopped.wait(delay)
@@ -117,6 +117,8 @@ class EtcdFeed:
             self.heard = time.monotonic()
             for ev in events:
                 rev = int(ev["kv"]["mod_revision"])
+                if rev <= self.revision:
+                    continue                      # the revision it resumed after (watch_after)
                 if unb64(ev["kv"]["key"]) == self.marker_key:
                     self.store_revision = max(self.store_revision, rev)
                 else:
@@ -139,12 +141,17 @@ class EtcdFeed:
         compacted = int(resp.get("compact_revision") or 0)
         with self._cond:
             self._events.clear()
-            self.revision = max(self.revision, compacted - 1)
-            self.base = 1 << 62          # nothing until a fresh start below
-        try:
-            resp2 = self.client.range(self.marker_key)
-        except EtcdUnavailable:
-            return
+            self.revision = max(self.revision, compacted)
+            self.base = 1 << 62          # nothing until the fresh start below
+        delay = 0.05
+        while True:   # (given up, the feed would answer None for good: every read a replay)
+            try:
+                resp2 = self.client.range(self.marker_key)
+                break
+            except EtcdUnavailable:
+                if self._stopped.wait(delay):
+                    return
+                delay = min(delay * 2, 2.0)
         kvs = resp2.get("kvs") or []
         with self._cond:
             self.revision = int(resp2["header"]["revision"])
