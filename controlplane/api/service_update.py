@@ -10,9 +10,18 @@ def needs_cluster_ip(svc: Service) -> bool:
 
 
 def needs_node_ports(svc: Service) -> bool:
-    if svc.type == NODE_PORT:
-        return True
-    return svc.type == LOAD_BALANCER and svc.spec.allocate_load_balancer_node_ports is not False
+    """The type holds nodePorts (the apiserver's needsNodePort): the ones the user asks for
+    are claimed, range-checked and kept across updates, whatever
+    allocateLoadBalancerNodePorts says."""
+    return svc.type in (NODE_PORT, LOAD_BALANCER)
+
+
+def allocates_node_ports(svc: Service) -> bool:
+    """A port without a nodePort gets one (shouldAllocateNodePorts): NodePort always,
+    LoadBalancer unless allocateLoadBalancerNodePorts is false. Turning it false later
+    releases nothing: the ports held stay (the API's documented behaviour)."""
+    return svc.type == NODE_PORT or (svc.type == LOAD_BALANCER
+                                     and svc.spec.allocate_load_balancer_node_ports is not False)
 
 
 def needs_health_check_node_port(svc: Service) -> bool:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from controlplane.api.field_errors import FieldError
 from controlplane.api.service import HEADLESS, Service
-from controlplane.api.service_update import needs_cluster_ip, needs_health_check_node_port, needs_node_ports
+from controlplane.api.service_update import (allocates_node_ports, needs_cluster_ip, needs_health_check_node_port,
+                                             needs_node_ports)
 from controlplane.store.interface import StoreWriter
 
 from .allocators import ClusterIPAllocator, NodePortAllocator, RangeFull
@@ -77,7 +78,7 @@ class ServiceAllocations:
                         continue
                 held.add(port.node_port)
                 by_number.setdefault(port.port or 0, port.node_port)
-            for port in svc.ports:
+            for port in svc.ports if allocates_node_ports(svc) else ():
                 if port.node_port:
                     continue
                 shared = by_number.get(port.port or 0)
@@ -89,12 +90,12 @@ class ServiceAllocations:
             hc = svc.spec.health_check_node_port
             if not hc:
                 svc.spec.health_check_node_port = hc = self._allocate_health_check_port(owner)
-            elif hc not in old_ports and hc not in held:
+            elif hc in held:   # one of its own nodePorts: claimed first, from the same range
+                raise _health_check_port_taken(hc, "provided port is already allocated")
+            elif hc not in old_ports:
                 err = self.ports.allocate_specific(hc, owner, "spec.healthCheckNodePort")
                 if err:
-                    # the apiserver reports this one as an internal error, not a field error
-                    raise RangeFull(f"Internal error occurred: failed to allocate requested "
-                                    f"HealthCheck NodePort {hc}: {err.detail}")
+                    raise _health_check_port_taken(hc, err.detail)
             held.add(hc)
         if errs:
             return errs
@@ -134,3 +135,9 @@ class ServiceAllocations:
         for port in self._claimed_ports(svc):
             if self.ports.owner(str(port)) == svc.key:
                 self.ports.release(str(port))
+
+
+def _health_check_port_taken(hc: int, detail: str) -> RangeFull:
+    """The apiserver reports a requested healthCheckNodePort it cannot have as an internal
+    error, not a field error."""
+    return RangeFull(f"Internal error occurred: failed to allocate requested HealthCheck NodePort {hc}: {detail}")

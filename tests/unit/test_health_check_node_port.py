@@ -88,3 +88,38 @@ def test_no_node_ports_when_allocation_is_off_but_still_a_health_check_port(regi
     svc = apply(registry, lb(externalTrafficPolicy="Local", allocateLoadBalancerNodePorts=False))
     assert svc.ports[0].node_port is None
     assert claims_of(registry, "web") == {svc.spec.health_check_node_port}
+
+
+def test_node_ports_asked_for_are_claimed_when_allocation_is_off(registry: Registry) -> None:
+    """allocateLoadBalancerNodePorts: false stops only the automatic nodePorts: one the user
+    asks for is range-checked and claimed (else two services would hold one nodePort, and
+    the dataplane serve it for only one of them)."""
+    ports = [{"name": "a", "port": 80, "nodePort": 30654}, {"name": "b", "port": 81}]
+    svc = apply(registry, lb(allocateLoadBalancerNodePorts=False, ports=ports))
+    assert [p.node_port for p in svc.ports] == [30654, None]
+    assert claims_of(registry, "web") == {30654}
+    with pytest.raises(BatchError) as exc:
+        apply(registry, lb("np", type="NodePort", ports=[{"port": 80, "nodePort": 30654}]))
+    assert "spec.ports[0].nodePort: Invalid value: 30654: provided port is already allocated" in messages(exc)
+    with pytest.raises(BatchError) as exc:
+        apply(registry, lb("low", allocateLoadBalancerNodePorts=False, ports=[{"port": 80, "nodePort": 20}]))
+    assert "spec.ports[0].nodePort: Invalid value: 20: provided port is not in the valid range" in messages(exc)
+
+
+def test_turning_allocation_off_keeps_the_node_ports_held(registry: Registry) -> None:
+    """The API's documented behaviour: node ports allocated before are not de-allocated."""
+    held = apply(registry, lb()).ports[0].node_port
+    svc = apply(registry, lb(allocateLoadBalancerNodePorts=False))
+    assert svc.ports[0].node_port == held
+    assert claims_of(registry, "web") == {held}
+    with pytest.raises(BatchError):
+        apply(registry, lb("np", type="NodePort", ports=[{"port": 80, "nodePort": held}]))
+
+
+def test_a_health_check_port_cannot_be_one_of_the_services_own_node_ports(registry: Registry) -> None:
+    with pytest.raises(BatchError) as exc:
+        apply(registry, lb(externalTrafficPolicy="Local", healthCheckNodePort=31005,
+                           ports=[{"port": 80, "nodePort": 31005}]))
+    assert messages(exc) == ("Internal error occurred: failed to allocate requested HealthCheck NodePort 31005: "
+                             "provided port is already allocated")
+    assert claims_of(registry, "web") == set()
