@@ -83,9 +83,23 @@ def test_valid_service_has_no_errors() -> None:
      "spec.healthCheckNodePort: Invalid value: 70000: must be between 1 and 65535, inclusive"),
     ({"externalTrafficPolicy": "Local"},
      'spec.externalTrafficPolicy: Invalid value: "Local": may only be set for externally-accessible services'),
+    ({"externalIPs": ["0.0.0.0"]}, 'spec.externalIPs[0]: Invalid value: "0.0.0.0": may not be unspecified (0.0.0.0)'),
+    ({"externalIPs": ["192.0.2.1", "127.0.0.1"]},
+     'spec.externalIPs[1]: Invalid value: "127.0.0.1": may not be in the loopback range (127.0.0.0/8, ::1/128)'),
+    ({"externalIPs": ["169.254.1.1"]},
+     'spec.externalIPs[0]: Invalid value: "169.254.1.1": may not be in the link-local range (169.254.0.0/16, fe80::/10)'),
+    ({"externalIPs": ["224.0.0.1"]}, 'spec.externalIPs[0]: Invalid value: "224.0.0.1": '
+     "may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)"),
+    ({"externalIPs": ["10.0.0.300"]}, 'spec.externalIPs[0]: Invalid value: "10.0.0.300": '
+     "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"),
 ])
 def test_service_rule(spec: dict, expected: str) -> None:
     assert expected in errors_of(service(**spec))
+
+
+def test_external_ips_outside_the_special_ranges_are_valid() -> None:
+    """Only link-local multicast is special (Go's IsLinkLocalMulticast), not all multicast."""
+    assert errors_of(service(externalIPs=["192.0.2.10", "239.1.2.3"])) == []
 
 
 def test_source_ranges_accept_cidrs_with_host_bits_and_padding() -> None:

@@ -14,26 +14,13 @@ MAX_SLICE_ENDPOINTS = 1000
 MAX_SLICE_PORTS = 100
 
 
-def _special_ip(ip: str) -> str | None:
-    addr = ipaddress.ip_address(ip)
-    if addr.is_unspecified:
-        return "may not be unspecified (0.0.0.0)"
-    if addr.is_loopback:
-        return "may not be in the loopback range (127.0.0.0/8, ::1/128)"
-    if addr.is_link_local:
-        return "may not be in the link-local range (169.254.0.0/16, fe80::/10)"
-    if addr.is_multicast:
-        return "may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)"
-    return None
-
-
 def _validate_ip(ip: str | None, path: str) -> list[FieldError]:
     if not ip:
         return [required(path)]
     bad = names.ip_address(ip)
     if bad:
         return [invalid(path, ip, m) for m in bad]
-    special = _special_ip(ip)
+    special = names.special_ip(ip)
     return [invalid(path, ip, special)] if special else []
 
 

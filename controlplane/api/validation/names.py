@@ -146,6 +146,26 @@ def ip_address(value: str) -> list[str]:
     return []
 
 
+_LINK_LOCAL_MULTICAST_V4 = ipaddress.ip_network("224.0.0.0/24")
+
+
+def special_ip(value: str) -> str | None:
+    """ValidateNonSpecialIP's complaint about a valid address (Endpoints addresses,
+    Service externalIPs), or None. Link-local multicast is Go's IsLinkLocalMulticast:
+    224.0.0.0/24 and ff02::/16-style scopes, not all of multicast."""
+    addr = ipaddress.ip_address(value)
+    if addr.is_unspecified:
+        return "may not be unspecified (0.0.0.0)"
+    if addr.is_loopback:
+        return "may not be in the loopback range (127.0.0.0/8, ::1/128)"
+    if addr.is_link_local:
+        return "may not be in the link-local range (169.254.0.0/16, fe80::/10)"
+    if addr in _LINK_LOCAL_MULTICAST_V4 if addr.version == 4 else \
+            addr.is_multicast and addr.packed[1] & 0x0F == 0x02:
+        return "may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)"
+    return None
+
+
 CIDR_MSG = "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)"
 
 

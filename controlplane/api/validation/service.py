@@ -90,7 +90,10 @@ def validate_service(svc: Service) -> list[FieldError]:
         errs.append(forbidden("spec.sessionAffinityConfig", "must not be set when session affinity is None"))
 
     for i, ip in enumerate(spec.external_ips or []):
-        errs.extend(invalid(f"spec.externalIPs[{i}]", ip, m) for m in names.ip_address(ip))
+        bad = names.ip_address(ip)
+        if not bad and (special := names.special_ip(ip)):
+            bad = [special]
+        errs.extend(invalid(f"spec.externalIPs[{i}]", ip, m) for m in bad)
 
     if stype in (NODE_PORT, LOAD_BALANCER) and svc.is_headless:
         errs.append(invalid("spec.clusterIPs[0]", HEADLESS, f"may not be set to 'None' for {stype} services"))
