@@ -21,6 +21,20 @@ T = TypeVar("T")
 # A Kubernetes IntOrString (targetPort, ...): an int, or a string naming a port.
 IntOrString = typing.Union[int, str]
 
+
+def field_type(tp: Any) -> Any:
+    """A field's own type, without its None (the codec's fields are all optional). An
+    optional IntOrString is a union of int, str and None: IntOrString again, however it
+    was written; any other union is Any."""
+    if tp is IntOrString:
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+        return IntOrString if set(args) == {int, str} else Any
+    return tp
+
 _Decoder = Callable[[Any], Any]
 _Encoder = Callable[[Any], Any]
 
@@ -74,6 +88,9 @@ def _json_kind(value: Any) -> str:
 
 
 def _go_type(tp: Any) -> str:
+    tp = field_type(tp)
+    if tp is Any:
+        return "interface {}"
     if tp is str:
         return "string"
     if tp is bool:
@@ -85,9 +102,6 @@ def _go_type(tp: Any) -> str:
     if tp is IntOrString:
         return "intstr.IntOrString"
     origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _go_type(args[0]) if len(args) == 1 else "interface {}"
     if origin is list:
         return "[]" + _go_type(typing.get_args(tp)[0])
     if origin is dict:
@@ -132,20 +146,20 @@ def _decoder(tp: Any, struct: str) -> _Decoder:
     """A one-argument converter for values of type `tp`; raises DecodeError (with an empty
     path that enclosing objects extend) on a JSON type mismatch. Every converter maps a JSON
     null to None (all modelled fields are optional), so Optional[...] needs no extra layer."""
+    tp = field_type(tp)
     if tp is Any:
         return lambda v: v
     if tp is IntOrString:
         def dec_intstr(v: Any) -> Any:
             if v is None:
                 return None
+            if v.__class__ is float and v.is_integer():
+                return int(v)   # YAML's 8080.0: kubectl's YAML-to-JSON writes it as 8080
             if isinstance(v, bool) or not isinstance(v, (int, str)):
                 raise DecodeError(struct, "", "intstr.IntOrString", v)
             return v
         return dec_intstr
     origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _decoder(args[0], struct) if len(args) == 1 else (lambda v: v)
     if tp is str:
         def dec_str(v: Any) -> Any:
             if v.__class__ is str or v is None:

@@ -13,11 +13,10 @@ generic decoder's; only the common case is faster.
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from typing import Any, Callable
 
-from .codec import IntOrString, camel
+from .codec import IntOrString, camel, field_type
 
 
 class Mismatch(Exception):
@@ -45,19 +44,9 @@ def _nested(cls: type) -> Callable[[dict], Any]:
     return compiled(cls)
 
 
-def _strip_optional(tp: Any) -> Any:
-    if tp is IntOrString:
-        return tp
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0] if len(args) == 1 else Any
-    return tp
-
-
 def _value_code(tp: Any, var: str, env: dict[str, Any], lines: list[str], indent: str) -> None:
     """Append code that checks/converts `var` (known not to be missing) in place."""
-    tp = _strip_optional(tp)
+    tp = field_type(tp)
     if tp is Any:
         return
     if tp is IntOrString:
@@ -70,7 +59,7 @@ def _value_code(tp: Any, var: str, env: dict[str, Any], lines: list[str], indent
     origin = typing.get_origin(tp)
     if origin is list:
         (item_tp,) = typing.get_args(tp)
-        item_tp = _strip_optional(item_tp)
+        item_tp = field_type(item_tp)
         lines.append(f"{indent}if {var} is not None:")
         lines.append(f"{indent}    if {var}.__class__ is not list: _mm()")
         if item_tp is str:
@@ -88,7 +77,7 @@ def _value_code(tp: Any, var: str, env: dict[str, Any], lines: list[str], indent
         return
     if origin is dict:
         _, val_tp = typing.get_args(tp)
-        val_tp = _strip_optional(val_tp)
+        val_tp = field_type(val_tp)
         lines.append(f"{indent}if {var} is not None:")
         lines.append(f"{indent}    if {var}.__class__ is not dict: _mm()")
         if val_tp is str:

@@ -16,13 +16,12 @@ text the general way. So results and errors stay the codec's.
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from typing import Any, Callable
 
 import msgspec
 
-from .codec import IntOrString, camel
+from .codec import IntOrString, camel, field_type
 
 _TYPED: dict[type, Callable[[str | bytes], Any]] = {}
 _STRUCTS: dict[type, type] = {}                 # dataclass -> its generated Struct
@@ -43,23 +42,10 @@ def typed_decoder(cls: type) -> Callable[[str | bytes], Any]:
     return fn
 
 
-def _optional(tp: Any) -> Any:
-    """`tp` without its None (the codec's fields are all optional)."""
-    if tp is IntOrString:
-        return tp
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-        if set(args) == {int, str}:
-            return IntOrString
-    return tp
-
-
 def _struct_type(tp: Any, where: str) -> Any:
     """The msgspec type that takes exactly the JSON values the codec's straight-line
     decoder takes as-is for a field of type `tp` (null excepted: the caller adds it)."""
-    tp = _optional(tp)
+    tp = field_type(tp)
     if tp is IntOrString:
         return int | str          # msgspec refuses a bool here, as the codec does
     if tp in (str, int, bool):
@@ -68,12 +54,12 @@ def _struct_type(tp: Any, where: str) -> Any:
         return _struct(tp)
     origin = typing.get_origin(tp)
     if origin is list:
-        item = _optional(typing.get_args(tp)[0])
+        item = field_type(typing.get_args(tp)[0])
         if item is str or dataclasses.is_dataclass(item):
             return list[_struct_type(item, where)]   # no null items: the codec keeps those as None
     if origin is dict:
         key, val = typing.get_args(tp)
-        if key is str and _optional(val) is str:
+        if key is str and field_type(val) is str:
             return dict[str, str]                     # no null values (likewise)
     raise TypeError(f"codec_typed: {where} has a type it does not model: {tp!r}")
 
@@ -93,7 +79,7 @@ def _struct(cls: type) -> type:
         tp = _struct_type(hints[f.name], where)
         if f.default is None:
             fields.append((f.name, tp | None, None))
-        elif f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(_optional(hints[f.name])):
+        elif f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(field_type(hints[f.name])):
             # absent: the factory's object; null: None (as the codec reads them)
             fields.append((f.name, tp | None | msgspec.UnsetType, msgspec.UNSET))
         else:
@@ -126,7 +112,7 @@ def _converter(cls: type) -> Callable[[Any], Any]:
         if f.name == "extra":
             items.append("'extra': {}")
             continue
-        tp = _optional(hints[f.name])
+        tp = field_type(hints[f.name])
         origin = typing.get_origin(tp)
         if dataclasses.is_dataclass(tp):
             env[f"_c{i}"] = _converter(tp)
@@ -143,8 +129,8 @@ def _converter(cls: type) -> Callable[[Any], Any]:
             if by_asdict:
                 lines.append(f"        d[{f.name!r}] = v{i}")
             items.append(f"{f.name!r}: v{i}")
-        elif origin is list and dataclasses.is_dataclass(_optional(typing.get_args(tp)[0])):
-            env[f"_c{i}"] = _converter(_optional(typing.get_args(tp)[0]))
+        elif origin is list and dataclasses.is_dataclass(field_type(typing.get_args(tp)[0])):
+            env[f"_c{i}"] = _converter(field_type(typing.get_args(tp)[0]))
             lines.append(f"    v{i} = s.{f.name}")
             lines.append(f"    if v{i} is not None:")
             lines.append(f"        v{i} = list(map(_c{i}, v{i}))")

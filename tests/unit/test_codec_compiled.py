@@ -33,6 +33,16 @@ def test_integral_float_is_converted_like_before() -> None:
     assert svc.spec.ports[0].port == 80 and type(svc.spec.ports[0].port) is int
 
 
+def test_an_integral_float_target_port_is_a_number() -> None:
+    """YAML's `targetPort: 8080.0` reaches the apiserver as 8080 (kubectl's YAML-to-JSON):
+    a port number, not something the endpoints controller cannot resolve."""
+    svc = decode(Service, {"spec": {"ports": [{"port": 80, "targetPort": 8080.0}]}})
+    assert svc.spec.ports[0].target_port == 8080 and type(svc.spec.ports[0].target_port) is int
+    for bad in (8080.5, True):   # an optional IntOrString was not checked at all before
+        with pytest.raises(DecodeError, match="ServicePort.spec.ports.targetPort of type intstr.IntOrString"):
+            decode(Service, {"spec": {"ports": [{"port": 80, "targetPort": bad}]}})
+
+
 @pytest.mark.parametrize("doc,message", [
     ({"spec": {"ports": [{"port": "80"}]}}, "ServicePort.spec.ports.port of type int32"),
     ({"spec": {"clusterIP": 1}}, "ServiceSpec.spec.clusterIP of type string"),
