@@ -19,13 +19,12 @@ import json
 import logging
 import threading
 from dataclasses import dataclass
-from http.server import ThreadingHTTPServer
 from typing import Callable, Iterable
 
 from controlplane.api.service import LOAD_BALANCER, POLICY_LOCAL, Service
 
 from .cache import ServiceCache, ServiceKey
-from .http_endpoint import EndpointHandler
+from .http_endpoint import EndpointHandler, EndpointServer
 
 log = logging.getLogger("svcxdp.agent.healthcheck")
 
@@ -47,7 +46,7 @@ class _Entry:
     key: ServiceKey
     port: int
     endpoints: int
-    servers: list[ThreadingHTTPServer]
+    servers: list[EndpointServer]
 
 
 def response(key: ServiceKey, endpoints: int, proxy_healthy: bool) -> tuple[int, bytes]:
@@ -131,9 +130,7 @@ class ServiceHealthServers:
         servers = []
         try:
             for address in self.addresses:
-                server = ThreadingHTTPServer((address, entry.port), Handler)
-                server.daemon_threads = True
-                servers.append(server)
+                servers.append(EndpointServer((address, entry.port), Handler))
         except OSError as exc:
             for server in servers:
                 server.server_close()

@@ -3,6 +3,7 @@ health servers): a GET handler that answers with one body of a content type and 
 nothing per request, and a server run from a daemon thread."""
 from __future__ import annotations
 
+import socketserver
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterable
@@ -31,9 +32,24 @@ class EndpointHandler(BaseHTTPRequestHandler):
         pass   # the agent logs what it does, not every scrape or probe
 
 
+class EndpointServer(ThreadingHTTPServer):
+    """A threading HTTP server that binds without asking DNS for its own name.
+    HTTPServer.server_bind looks its address up (socket.getfqdn: a reverse lookup, or the
+    host name's for 0.0.0.0) for a server_name nothing here uses. Where the resolver does
+    not answer (the cluster DNS the agent has yet to program, a node namespace without
+    one) each bind waited ~10 s, inside the sync that opened a service's health server:
+    the sync, every other change with it, and the agent's start stalled."""
+
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), port
+
+
 def start_server(handler: type[BaseHTTPRequestHandler], host: str, port: int, name: str) -> ThreadingHTTPServer:
     """Serve `handler` on host:port from a daemon thread (the agent's HTTP endpoints)."""
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
+    server = EndpointServer((host, port), handler)
     threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
     return server

@@ -13,6 +13,7 @@ from pathlib import Path
 from controlplane.agent.cache import ServiceCache
 from controlplane.agent.health import Health, serve
 from controlplane.agent.healthcheck import ServiceHealthServers
+from controlplane.agent.http_endpoint import EndpointHandler, EndpointServer
 from controlplane.controllers import Manifest, Registry, reconcile
 from controlplane.store import SqliteStore
 
@@ -83,3 +84,15 @@ def test_service_health_server_answers_with_kube_proxys_headers(tmp_path: Path) 
     finally:
         servers.close()
         store.close()
+
+
+def test_an_endpoint_server_binds_without_asking_dns_its_name(monkeypatch) -> None:
+    """http.server's bind looks its own address up (socket.getfqdn); with a resolver that
+    does not answer, every health server the sync opened stalled it ~10 s."""
+    asked: list[str] = []
+    monkeypatch.setattr(socket, "getfqdn", lambda name="": asked.append(name) or name)
+    for host in ("127.0.0.1", "0.0.0.0"):
+        server = EndpointServer((host, 0), EndpointHandler)
+        server.server_close()
+        assert server.server_name == host
+    assert asked == []
