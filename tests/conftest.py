@@ -36,6 +36,19 @@ _pin_root_existed = True
 def pytest_sessionstart(session):
     global _pin_root_existed
     _pin_root_existed = PIN_ROOT.is_dir()
+    _no_mac_lookups()
+
+
+def _no_mac_lookups() -> None:
+    """Tests build frames with scapy only to hand them to BPF_PROG_TEST_RUN. A frame
+    without a destination MAC makes scapy find one: for an IP payload it asks ARP, from
+    the root namespace, about the route to that address (the machine's gateway, outside
+    any lab). So no lookup is ever made: such a frame raises instead, and its test
+    names both MACs. (The bench's conftest shares this hook.)"""
+    import scapy.layers.l2  # noqa: F401 (makes conf.neighbor)
+    from scapy.config import conf
+    conf.neighbor.resolve = lambda l2, l3: None   # whatever layers register later
+    conf.raise_no_dst_mac = True
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -118,7 +118,7 @@ def test_maglev_affinity_prediction_leaves_source_port_out(xdp: Harness):
     s = state("maglev", MANY[:10], affinity=10800, protocol="UDP", m=8191)
     run_predictions(xdp, [s], PREDICTION_TUPLES // 10, UDP_P)
     # and one client's ports all meet one backend
-    got = {backend_of(xdp, Ether() / IP(src=CLIENT, dst=VIP) / UDP(sport=p, dport=80)) for p in range(5000, 5050)}
+    got = {backend_of(xdp, Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=CLIENT, dst=VIP) / UDP(sport=p, dport=80)) for p in range(5000, 5050)}
     assert len(got) == 1
 
 
@@ -244,7 +244,7 @@ def test_lc_udp_counts_until_the_flow_expires():
         s = state("lc", protocol="UDP")
         w.upsert(s)
         run = TestRunner(dp.prog_fd)
-        frame = bytes(Ether() / IP(src=CLIENT, dst=VIP) / UDP(sport=5353, dport=80))
+        frame = bytes(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=CLIENT, dst=VIP) / UDP(sport=5353, dport=80))
         first = socket.inet_ntoa(run.run(frame).data[30:34])
         assert w.active_connections(s.frontend)[(first, 8080)] == 1
         time.sleep(2.2)

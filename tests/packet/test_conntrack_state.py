@@ -60,7 +60,7 @@ def test_entry_refreshed_by_another_cpu_a_moment_later_is_alive(xdp: Harness):
     assert set_ct_last_seen(xdp, datapath_clock_ns() + 2 * SEC) == 1
 
     before = xdp.counters()
-    reply = Ether() / IP(src=backend, dst=CLIENT) / TCP(sport=8080, dport=41000, flags="SA")
+    reply = Ether(src=NODE_MAC, dst=CLIENT_MAC) / IP(src=backend, dst=CLIENT) / TCP(sport=8080, dport=41000, flags="SA")
     out = xdp.send(reply)
     assert (out.pkt[IP].src, out.pkt[TCP].sport) == (VIP, 80)
     ack = xdp.send(tcp(41000, "A"))
@@ -72,7 +72,7 @@ def test_entry_idle_past_its_timeout_is_still_expired(xdp: Harness):
     """The signed comparison keeps real expiry: idle past the UDP timeout, a
     flow is chosen afresh."""
     xdp.service(port=53, protocol="UDP", backend_port=5353, algorithm="rr")
-    pkt = Ether() / IP(src=CLIENT, dst=VIP) / UDP(sport=42000, dport=53) / Raw(b"q")
+    pkt = Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=CLIENT, dst=VIP) / UDP(sport=42000, dport=53) / Raw(b"q")
     first = xdp.send(pkt).pkt[IP].dst
     timeout = xdp.dp.config.udp_timeout_s * SEC
     set_ct_last_seen(xdp, datapath_clock_ns() - timeout - 2 * SEC)
@@ -239,7 +239,7 @@ def test_spoofed_syn_flood_cannot_evict_established_flows(small_dataplane):
     for i in range(100):
         client, cport = f"10.244.6.{1 + i}", 30000 + i
         backend = h.send(tcp(cport, "S", src=client, dst=vip)).pkt[IP].dst
-        h.send(Ether() / IP(src=backend, dst=client) / TCP(sport=8080, dport=cport, flags="SA"))
+        h.send(Ether(src=NODE_MAC, dst=CLIENT_MAC) / IP(src=backend, dst=client) / TCP(sport=8080, dport=cport, flags="SA"))
         h.send(tcp(cport, "A", src=client, dst=vip))
         established[(client, cport)] = backend
     assert len(h.dp.table("conntrack")) == 100
@@ -251,7 +251,7 @@ def test_spoofed_syn_flood_cannot_evict_established_flows(small_dataplane):
         h.send(spoofed)  # a retransmitted SYN confirms nothing
 
     for (client, cport), backend in established.items():
-        out = h.send(Ether() / IP(src=backend, dst=client) / TCP(sport=8080, dport=cport, flags="PA"))
+        out = h.send(Ether(src=NODE_MAC, dst=CLIENT_MAC) / IP(src=backend, dst=client) / TCP(sport=8080, dport=cport, flags="PA"))
         assert (out.pkt[IP].src, out.pkt[TCP].sport) == (vip, 80)
         assert h.send(tcp(cport, "A", src=client, dst=vip)).pkt[IP].dst == backend
     assert len(h.dp.table("conntrack")) == 100  # the flood confirmed nothing
@@ -262,7 +262,7 @@ def test_a_second_udp_datagram_confirms_a_flow(small_dataplane):
     h = small_dataplane
     h.reset()
     h.service(vip="10.96.2.2", port=53, protocol="UDP", backend_port=5353, backends=("10.244.5.3",))
-    q = Ether() / IP(src=CLIENT, dst="10.96.2.2") / UDP(sport=45000, dport=53) / Raw(b"q")
+    q = Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=CLIENT, dst="10.96.2.2") / UDP(sport=45000, dport=53) / Raw(b"q")
     h.send(q)
     assert (len(h.dp.table("ct_unconfirmed_pod")), len(h.dp.table("conntrack"))) == (1, 0)
     h.send(q)
@@ -275,7 +275,7 @@ def handshake(xdp: Harness, cport: int) -> str:
     """SYN, the backend's SYN-ACK (checked reverse-NATed), the client's ACK; returns
     the backend."""
     backend = xdp.send(tcp(cport, "S")).pkt[IP].dst
-    out = xdp.send(Ether() / IP(src=backend, dst=CLIENT) / TCP(sport=8080, dport=cport, flags="SA"))
+    out = xdp.send(Ether(src=NODE_MAC, dst=CLIENT_MAC) / IP(src=backend, dst=CLIENT) / TCP(sport=8080, dport=cport, flags="SA"))
     assert (out.pkt[IP].src, out.pkt[TCP].sport) == (VIP, 80)
     assert xdp.send(tcp(cport, "A")).pkt[IP].dst == backend
     return backend
@@ -317,5 +317,5 @@ def test_a_spoofed_syn_on_an_established_tuple_moves_nothing(xdp: Harness):
     xdp.send(tcp(41300, "S"))
     for _ in range(3):
         assert xdp.send(tcp(41300, "PA")).pkt[IP].dst == backend
-        out = xdp.send(Ether() / IP(src=backend, dst=CLIENT) / TCP(sport=8080, dport=41300, flags="PA"))
+        out = xdp.send(Ether(src=NODE_MAC, dst=CLIENT_MAC) / IP(src=backend, dst=CLIENT) / TCP(sport=8080, dport=41300, flags="PA"))
         assert (out.pkt[IP].src, out.pkt[TCP].sport) == (VIP, 80)

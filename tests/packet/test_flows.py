@@ -67,7 +67,7 @@ def test_reply_is_reverse_nated_to_the_vip(xdp: Harness):
 def test_udp_reply_reverse_nat(xdp: Harness):
     xdp.service(port=53, protocol="UDP", backend_port=5353)
     b = backend_of(xdp, udp(sport=42000))
-    out = xdp.send(Ether() / IP(src=b, dst=CLIENT) / UDP(sport=5353, dport=42000) / Raw(b"answer"))
+    out = xdp.send(Ether(src=NODE_MAC, dst=CLIENT_MAC) / IP(src=b, dst=CLIENT) / UDP(sport=5353, dport=42000) / Raw(b"answer"))
     assert (out.pkt[IP].src, out.pkt[UDP].sport) == (VIP, 53)
     assert out.pkt[UDP].chksum == UDP(bytes(out.pkt[UDP])).chksum  # parsed back
     p = out.pkt.copy(); del p[UDP].chksum; del p[IP].chksum
@@ -187,7 +187,7 @@ def test_icmp_error_from_backend_is_translated_for_the_client(xdp: Harness):
 def test_icmp_error_from_client_about_a_reply_reaches_the_backend(xdp: Harness):
     xdp.service(port=53, protocol="UDP", backend_port=5353, backends=(BACKENDS[0],))
     xdp.send(udp(sport=50001))
-    reply = xdp.send(Ether() / IP(src=BACKENDS[0], dst=CLIENT) / UDP(sport=5353, dport=50001) / Raw(b"a"))
+    reply = xdp.send(Ether(src=NODE_MAC, dst=CLIENT_MAC) / IP(src=BACKENDS[0], dst=CLIENT) / UDP(sport=5353, dport=50001) / Raw(b"a"))
     err = Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=CLIENT, dst=VIP) / ICMP(type=3, code=3) / bytes(reply.pkt[IP])[:28]
     out = xdp.send(err)
     assert out.pkt[IP].dst == BACKENDS[0]
@@ -200,7 +200,7 @@ def test_per_service_counters(xdp: Harness):
     p = tcp(sport=51000)
     for flags in ("S", "A", "A"):
         xdp.send(tcp(sport=51000, flags=flags))
-    xdp.send(Ether() / IP(src=BACKENDS[0], dst=CLIENT) / TCP(sport=8080, dport=51000, flags="A"))
+    xdp.send(Ether(src=NODE_MAC, dst=CLIENT_MAC) / IP(src=BACKENDS[0], dst=CLIENT) / TCP(sport=8080, dport=51000, flags="A"))
     stats = xdp.dp.service_stats(svc_id)
     assert stats == {"packets": 4, "bytes": 4 * len(bytes(p)), "new_flows": 1, "rejects": 0}
     empty = xdp.service(vip="10.96.0.200", backends=())

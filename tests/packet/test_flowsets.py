@@ -184,7 +184,7 @@ def test_changes_to_an_unconfirmed_pods_flow_are_written_back(xdp: Harness):
     xdp.send(tcp(41500, "S"))                        # retransmitted: refreshes (idle > 1 s)
     assert table[key].last_seen > old
     old = age()
-    out = xdp.send(Ether() / IP(src=backend, dst=CLIENT) / TCP(sport=8080, dport=41500, flags="SA"))
+    out = xdp.send(Ether(src=NODE_MAC, dst=CLIENT_MAC) / IP(src=backend, dst=CLIENT) / TCP(sport=8080, dport=41500, flags="SA"))
     assert out.pkt[IP].src == VIP
     assert table[key].last_seen > old                # the reply path refreshes it too
     assert not table[key].flags & CLOSING

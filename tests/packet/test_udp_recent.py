@@ -23,7 +23,7 @@ from controlplane.dataplane.pinned import PinnedMaps
 from controlplane.dataplane.program import Dataplane, reset
 from controlplane.dataplane.trace import Packet, trace
 
-from .harness import CLIENT, VIP, Harness, delta
+from .harness import CLIENT, CLIENT_MAC, NODE_MAC, VIP, Harness, delta
 from .test_trace import pin_dataplane, unpin
 
 pytestmark = pytest.mark.root
@@ -40,7 +40,7 @@ SMALL = dict(ct_size=1024, max_services=8, max_backends=16, max_slots=64, frag_s
 
 
 def datagram(sport: int) -> Ether:
-    return Ether() / IP(src=CLIENT, dst=VIP) / UDP(sport=sport, dport=53) / Raw(b"q")
+    return Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=CLIENT, dst=VIP) / UDP(sport=sport, dport=53) / Raw(b"q")
 
 
 def udp_service(h: Harness) -> None:
@@ -163,18 +163,18 @@ def test_a_refresh_of_a_udp_flow_stamps_its_slot(xdp: Harness, by: str):
         out = xdp.send(datagram(46003))
         assert out.pkt[IP].dst == backend
     else:
-        answer = Ether() / IP(src=backend, dst=CLIENT) / UDP(sport=BACKEND_PORT, dport=46003) / Raw(b"a")
+        answer = Ether(src=NODE_MAC, dst=CLIENT_MAC) / IP(src=backend, dst=CLIENT) / UDP(sport=BACKEND_PORT, dport=46003) / Raw(b"a")
         assert xdp.send(answer).pkt[IP].src == VIP
     assert tag(xdp, k) in stamped_since(xdp, t0)
 
 
 def test_tcp_packets_ignore_the_filter(xdp: Harness):
     xdp.service(algorithm="rr")
-    syn = xdp.send(Ether() / IP(src=CLIENT, dst=VIP) / TCP(sport=46004, dport=80, flags="S"))
+    syn = xdp.send(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=CLIENT, dst=VIP) / TCP(sport=46004, dport=80, flags="S"))
     backend = syn.pkt[IP].dst
-    answer = Ether() / IP(src=backend, dst=CLIENT) / TCP(sport=8080, dport=46004, flags="SA")
+    answer = Ether(src=NODE_MAC, dst=CLIENT_MAC) / IP(src=backend, dst=CLIENT) / TCP(sport=8080, dport=46004, flags="SA")
     xdp.send(answer)
-    ack = Ether() / IP(src=CLIENT, dst=VIP) / TCP(sport=46004, dport=80, flags="A")
+    ack = Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=CLIENT, dst=VIP) / TCP(sport=46004, dport=80, flags="A")
     xdp.send(ack)
     k = flow_key(xdp, 46004)
     set_tag(xdp, k, 0)   # never stamped: "certainly not there", were it UDP
