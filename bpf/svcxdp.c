@@ -242,6 +242,14 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 			ctu_store(external, &k, v);
 	}
 
+	/* A pod's new flow to a LoadBalancer IP's twin (cluster scope) meets its source
+	 * ranges here, as kube-proxy's firewall chain filters pods too. (From outside,
+	 * the tail checks them: nodeport.h np_source_denied.) */
+	if (!external && (svc->flags & SVCXDP_SVC_F_SOURCE_RANGES) &&
+	    !np_source_allowed(svc->svc_id, ip->saddr)) {
+		ev->main = SVCXDP_CNT_DROP_SOURCE_RANGE;
+		return XDP_DROP;
+	}
 	if (svc->count == 0 && (svc->flags & SVCXDP_SVC_F_LOCAL_DROP)) {
 		ev->main = SVCXDP_CNT_DROP_NO_LOCAL;
 		return XDP_DROP;

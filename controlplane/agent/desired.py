@@ -243,17 +243,36 @@ def _views_into(views: Sequence[ServiceView], node: NodeConfig, make: _Maker,
                 if external_local:
                     external, external_drop = mine, not mine and bool(backends)
             for fe, scope in _frontends(port, node, frontend):
-                n = len(owners)
-                owners.setdefault(fe, owner)     # one hash of fe, not two
-                if len(owners) == n:             # claimed already
-                    problems.append(Problem(f"service {name} port {port.port}: {fe} is already served for "
-                                            f"{owners[fe]}; not programmed twice", "FrontendConflict"))
-                    continue
                 if scope == SCOPE_CLUSTER_IP:
-                    pending.append(state(fe, internal, algorithm, affinity, table_size, (), internal_drop))
-                else:
-                    ranges = tuple(svc.source_ranges) if scope == SCOPE_LOAD_BALANCER else ()
+                    if _claimed(fe, owner, owners, problems, name, port.port):
+                        pending.append(state(fe, internal, algorithm, affinity, table_size, (), internal_drop))
+                    continue
+                ranges = tuple(svc.source_ranges) if scope == SCOPE_LOAD_BALANCER else ()
+                if _claimed(fe, owner, owners, problems, name, port.port):
                     pending.append(state(fe, external, algorithm, affinity, table_size, ranges, external_drop))
+                # Pods and the node reach the same address too (kube-proxy matches it for
+                # them as well): its cluster-scope twin, the entry their lookups find, with
+                # what traffic from inside gets. A Local external policy limits only
+                # traffic from outside; from inside, the internal policy decides when the
+                # external one is Local (kube-proxy's cluster-endpoints chain), else all.
+                twin = frontend(fe.vip, fe.port, protocol, "cluster")
+                if _claimed(twin, owner, owners, problems, name, port.port):
+                    if external_local:
+                        pending.append(state(twin, internal, algorithm, affinity, table_size, ranges, internal_drop))
+                    else:
+                        pending.append(state(twin, backends, algorithm, affinity, table_size, ranges, False))
+
+
+def _claimed(fe: Frontend, owner: str, owners: dict[Frontend, str], problems: list[Problem],
+             name: str, port: int | None) -> bool:
+    """Claim `fe` for `owner`; a frontend claimed already is a FrontendConflict."""
+    n = len(owners)
+    owners.setdefault(fe, owner)     # one hash of fe, not two
+    if len(owners) > n:
+        return True
+    problems.append(Problem(f"service {name} port {port}: {fe} is already served for "
+                            f"{owners[fe]}; not programmed twice", "FrontendConflict"))
+    return False
 
 
 SCOPE_NODE_PORT = "nodePort"

@@ -332,6 +332,10 @@ def _service_packet(maps, t: Trace, svc, now_ns: int, timeouts: Timeouts) -> Non
             return
         if verdict == "stale":
             t.notes.append("the flow's backend left the service: a backend is chosen again (ct_stale)")
+    if t.entry == "pod" and fe.source_ranges and not _source_allowed(maps, svc.svc_id, p.src):
+        t.verdict, t.reason = "XDP_DROP", "drop_source_range"
+        t.notes.append("the client is outside loadBalancerSourceRanges: dropped")
+        return
     if svc.count == 0:
         if fe.local_drop:
             t.verdict, t.reason = "XDP_DROP", "drop_no_local"

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
 
 from controlplane.errors import CommandError
-from controlplane.controllers.service_view import ServiceView, load_service_views
-from controlplane.dataplane.model import Frontend
+from controlplane.controllers.service_view import load_service_views
 
+from .frontends import Owners
 from .printers.age import human_duration
 from .printers.table import format_table
 from .session import Session, command, eprint
@@ -44,48 +43,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     get.set_defaults(func=dispatch)
 
 
-@dataclass(frozen=True)
-class Owner:
-    """Who a frontend belongs to, for display."""
-    namespace: str
-    service: str
-    port: str                                    # "" when the service has one port
-    pods: dict[tuple[str, int], str] = field(default_factory=dict)  # (ip, port) -> pod
-
-    @property
-    def label(self) -> str:
-        return f"{self.service}:{self.port}" if self.port else self.service
-
-
-def owners(views: list[ServiceView]) -> dict[Frontend, Owner]:
-    out: dict[Frontend, Owner] = {}
-    for view in views:
-        several = len(view.ports) > 1
-        for port in view.ports:
-            if port.protocol not in ("TCP", "UDP"):
-                continue
-            pods = {(b.ip, b.port): b.pod_name for b in port.backends if b.pod_name}
-            label = (port.name or str(port.port)) if several else ""
-            for ip, vport, _scope in port.frontends:
-                out[Frontend(ip, vport, port.protocol)] = Owner(view.service.namespace, view.service.name,
-                                                                label, pods)
-    return out
-
-
-def rows(entries_by_node: dict[str, list], known: dict[Frontend, Owner], with_node: bool,
-         with_namespace: bool) -> list[list[str]]:
-    """Table rows (no header) for the entries whose frontend belongs to `known`."""
+def rows(entries_by_node: dict[str, list], known: Owners, with_node: bool, with_namespace: bool,
+         with_frontend: bool = False) -> list[list[str]]:
+    """Table rows (no header) for the entries whose frontend belongs to a service of
+    `known`: its ClusterIP, and its ways in from outside (NodePort, LoadBalancer IPs,
+    externalIPs) with their twins for pods and the node, each with entries of its own."""
     out = []
     for node, entries in entries_by_node.items():
         for e in entries:
-            owner = known.get(e.frontend)
+            owner = known.of(e.frontend)
             if owner is None:
                 continue
             if e.backend is None:
                 backend = "<left>"
             else:
                 backend = owner.pods.get(e.backend) or f"{e.backend[0]}:{e.backend[1]}"
-            row = [owner.label, e.client, backend, human_duration(e.remaining_s)]
+            label = f"{owner.service}:{owner.port}" if owner.port else owner.service
+            row = [label, e.client, backend, human_duration(e.remaining_s)]
+            if with_frontend:
+                fe = e.frontend
+                row.insert(1, f"{fe.vip}:{fe.port}/{fe.protocol}")
             if with_namespace:
                 row.insert(0, owner.namespace)
             if with_node:
@@ -104,13 +81,13 @@ def _nodes(args: argparse.Namespace) -> list[str]:
     return [n.name for n in status.nodes]
 
 
-def read_node(node: str, state_dir: str | None, frontends: set[Frontend]) -> list:
-    """Live affinity entries of one node's dataplane, for `frontends`."""
+def read_node(node: str, state_dir: str | None) -> list:
+    """Live affinity entries of one node's dataplane."""
     from controlplane.dataplane.affinity_maps import live_entries
     from controlplane.dataplane.commands import open_maps
     maps = open_maps(argparse.Namespace(node=node, instance=None, state_dir=state_dir))
     try:
-        return live_entries(maps, frontends)
+        return live_entries(maps)
     finally:
         maps.close()
 
@@ -129,16 +106,19 @@ def run_get_affinity(args: argparse.Namespace, session: Session) -> int:
         if not views:
             eprint(f'Error from server (NotFound): services "{names[0]}" not found')
             return 1
-    known = owners(views)
+    known = Owners(views)
     nodes = _nodes(args)
-    entries = {node: read_node(node, args.state_dir, set(known)) for node in nodes}
-    table = rows(entries, known, with_node=len(nodes) > 1 or args.output == "wide",
-                 with_namespace=args.all_namespaces)
+    entries = {node: read_node(node, args.state_dir) for node in nodes}
+    wide = args.output == "wide"
+    table = rows(entries, known, with_node=len(nodes) > 1 or wide, with_namespace=args.all_namespaces,
+                 with_frontend=wide)
     if not table:
         print("No affinity entries found" + (f" for service {names[0]}" if names else "") + ".",
               file=sys.stderr)
         return 0
     header = list(HEADER)
+    if wide:
+        header.insert(1, "FRONTEND")
     if args.all_namespaces:
         header.insert(0, "NAMESPACE")
     if len(nodes) > 1 or args.output == "wide":

@@ -45,8 +45,12 @@ class Owners:
                     self._by_node_port[(port.node_port, port.protocol)] = FrontendOwner(ns, svc, name, NODE_PORT, pods)
 
     def of(self, fe: Frontend) -> FrontendOwner | None:
+        """The owner of a frontend; a cluster-scope one at an address that is no
+        ClusterIP is the twin (for pods and the node) of a way in from outside there."""
         cluster = fe.scope == "cluster"
         found = self._by_vip.get((fe.vip, fe.port, fe.protocol, cluster))
-        if found is None and not cluster:
+        if found is None and cluster:
+            found = self._by_vip.get((fe.vip, fe.port, fe.protocol, False))
+        if found is None:
             found = self._by_node_port.get((fe.port, fe.protocol))
         return found

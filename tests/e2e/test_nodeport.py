@@ -1,7 +1,8 @@
 """Traffic from outside the cluster, end to end: real clients on the lab's `outside` host
 (curl, a UDP socket) reach Services through NodePorts on both nodes, an externalIP and a
 LoadBalancer IP; a backend on the other node is source-NATed, a local one sees the client;
-externalTrafficPolicy / internalTrafficPolicy Local and loadBalancerSourceRanges."""
+externalTrafficPolicy / internalTrafficPolicy Local and loadBalancerSourceRanges. Pods and
+the nodes reach the same addresses, as kube-proxy serves them."""
 from __future__ import annotations
 
 import json
@@ -149,6 +150,22 @@ def test_external_traffic_policy_local(cluster: Cluster, remote_pod):
     # node1 has none: its NodePort drops (a timeout, not a refusal)
     p = outside(cluster, f"http://{NODE1}:30083/clientip", timeout=2)
     assert p.returncode == 28, p
+    # from inside, the Local policy does not apply (kube-proxy): a pod on node1 and node1
+    # itself reach node1's NodePort and are served by the endpoint on node2
+    url = f"http://{NODE1}:30083/clientip"
+    assert cluster.wait_http(url)
+    assert wait_for("node1's Local NodePort from node1", lambda: from_node1(cluster, url))
+
+
+def test_pods_reach_nodeports_on_their_own_node_and_the_other(cluster: Cluster, remote_pod):
+    """kube-proxy serves a node's NodePorts to its pods too (the Kubernetes e2e Service
+    tests curl nodeIP:nodePort from a pod); a pod on node1 used to get a RST from its own
+    node's stack for node1's address."""
+    apply(cluster, service("np-pods", "np", node_port=30085))
+    cluster.wait_endpoints("np-pods", 1)
+    for node in (NODE1, NODE2):
+        answer = cluster.wait_http(f"http://{node}:30085/clientip")
+        assert client_address(answer).startswith("10.244.1."), answer   # the pod's own address
 
 
 def test_internal_traffic_policy_local_from_a_pod(cluster: Cluster, remote_pod):
@@ -175,17 +192,23 @@ def test_load_balancer_ip_and_its_source_ranges(cluster: Cluster, remote_pod):
         ing = (cluster.get_json("svc", "np-lb").get("status", {}).get("loadBalancer") or {}).get("ingress")
         return ing[0].get("ip") if ing else None
     lb_ip = wait_for("an ingress IP for np-lb", ingress_ip)
-    assert client_address(wait_outside(cluster, f"http://{lb_ip}/clientip")) in (NODE1, OUTSIDE)
+    url = f"http://{lb_ip}/clientip"
+    assert client_address(wait_outside(cluster, url)) in (NODE1, OUTSIDE)
     # from node1 itself the socket hooks send it straight to the pod, from node1's address
-    assert client_address(wait_for("the LB IP from node1", lambda: from_node1(cluster, f"http://{lb_ip}/clientip"))) == NODE1
+    assert client_address(wait_for("the LB IP from node1", lambda: from_node1(cluster, url))) == NODE1
+    # and a pod on node1 reaches it in node1's XDP program, keeping its own address
+    assert client_address(cluster.wait_http(url)).startswith("10.244.1.")
     svc["spec"]["loadBalancerSourceRanges"] = ["10.0.0.0/8"]
     apply(cluster, svc)
-    wait_for("outside blocked", lambda: outside(cluster, f"http://{lb_ip}/clientip", timeout=2).returncode == 28)
+    wait_for("outside blocked", lambda: outside(cluster, url, timeout=2).returncode == 28)
     for _ in range(4):   # whichever node the outside host's ECMP route picks
-        assert outside(cluster, f"http://{lb_ip}/clientip", timeout=2).returncode == 28
+        assert outside(cluster, url, timeout=2).returncode == 28
+    assert cluster.http(url).returncode == 0            # pods are inside 10.0.0.0/8
     svc["spec"]["loadBalancerSourceRanges"] = ["192.168.1.0/24"]
     apply(cluster, svc)
-    assert client_address(wait_outside(cluster, f"http://{lb_ip}/clientip")) in (NODE1, OUTSIDE)
+    assert client_address(wait_outside(cluster, url)) in (NODE1, OUTSIDE)
+    # the ranges filter pods too, as kube-proxy's firewall chain does
+    wait_for("a pod blocked", lambda: cluster.http(url).returncode == 28)
 
 
 def _open_udp_flow(cluster: Cluster, address: str, port: int) -> socket.socket:

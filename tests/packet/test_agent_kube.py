@@ -178,13 +178,19 @@ def test_services_of_every_type_listed_then_watched_land_in_the_maps(api, start_
         ("10.96.0.13", 80, "cluster"): dict.fromkeys(C, "active"),
         (NODE_IP, 30082, "external"): {C[0]: "active"},          # Local: this node's only
     }
+    # each way in from outside has a cluster-scope twin for pods and the node, with
+    # the endpoints traffic from inside gets (a Local external policy does not apply)
+    want.update({(ip, port, "cluster"): dict(backends) for (ip, port, scope), backends in list(want.items())
+                 if scope == "external"})
+    want[(NODE_IP, 30082, "cluster")] = dict.fromkeys(C, "active")
     assert run.converges_to(want) == want
     assert client.backends_of("a") == {A[0]}   # new flows: ready before draining
 
     remove_service(api, "lb")                                     # deletion removes its frontends
     remove_service(api, "np")
-    for fe in [("10.96.0.12", 80, "cluster"), (LB_IP, 80, "external"), (NODE_IP, 30081, "external"),
-               ("10.96.0.11", 80, "cluster"), (NODE_IP, 30080, "external"), (EXTERNAL_IP, 80, "external")]:
+    for ip, port in [(LB_IP, 80), (NODE_IP, 30081), (NODE_IP, 30080), (EXTERNAL_IP, 80)]:
+        del want[(ip, port, "external")], want[(ip, port, "cluster")]
+    for fe in [("10.96.0.12", 80, "cluster"), ("10.96.0.11", 80, "cluster")]:
         del want[fe]
     assert run.converges_to(want) == want
     assert run.api.lists(SERVICES) == 1 and run.api.lists(ENDPOINTSLICES) == 1

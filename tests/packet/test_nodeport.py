@@ -10,10 +10,11 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
-from controlplane.dataplane.model import Backend, Frontend, ServiceState
+from controlplane.dataplane.model import Backend, Frontend, ServiceState, ip_to_be32
 from controlplane.dataplane.testrun import TestRunner
 
 from . import nodenet
+from . import harness
 from .harness import Harness, Outcome, delta
 
 pytestmark = pytest.mark.root
@@ -140,8 +141,6 @@ def test_each_entry_point_s_new_flows_wait_in_their_own_table(ext, xdp):
     packet moves it to conntrack."""
     import socket
 
-    from . import harness
-
     def waiting(name):
         return {(socket.ntohs(k.sport), k.dir) for k in xdp.dp.table(name).keys()}
 
@@ -252,14 +251,35 @@ def test_load_balancer_ip_and_external_ip(ext, vip):
 
 
 def test_external_frontends_are_not_served_on_pod_interfaces(xdp, ext):
-    """The pod-facing entry point looks up ClusterIP frontends only."""
+    """The pod-facing entry point looks up the cluster scope only: an external frontend
+    alone (no twin) is not served there."""
     ext.service(NODE, 30080, [nodenet.LOCAL_POD])
     pkt = from_client(NODE, 30080, flags="S")
     assert xdp.send(pkt).raw == bytes(pkt)
 
 
+def test_pods_reach_a_load_balancer_ip_through_its_twin_within_its_source_ranges(xdp, ext):
+    """What the agent writes for a LoadBalancer IP: its external entry and a cluster-scope
+    twin, which the pods' entry point finds (kube-proxy serves pods there too); a pod's
+    new flow meets the twin's source ranges, as kube-proxy's firewall chain filters pods."""
+    ext.service(LB_IP, 80, [nodenet.LOCAL_POD])
+    xdp.writer.upsert(ServiceState(Frontend(LB_IP, 80, "TCP", "cluster"), (Backend(nodenet.REMOTE_POD, 8080),),
+                                   source_ranges=("10.244.1.0/24",)))
+
+    def from_pod(src: str, sport: int):
+        return (Ether(src=harness.CLIENT_MAC, dst=harness.NODE_MAC) /
+                IP(src=src, dst=LB_IP, ttl=64) / TCP(sport=sport, dport=80, flags="S"))
+
+    allowed = xdp.send(from_pod("10.244.1.5", 41000))
+    assert allowed.verdict != "XDP_DROP"
+    assert (allowed.pkt[IP].dst, allowed.pkt[TCP].dport) == (nodenet.REMOTE_POD, 8080)
+    before = xdp.counters()
+    assert xdp.send(from_pod("10.244.9.5", 41001)).verdict == "XDP_DROP"
+    assert delta(before, xdp.counters()) == {"drop_source_range": 1}
+    assert not [k for k in xdp.dp.table("conntrack").keys() if k.src == ip_to_be32("10.244.9.5")]
+
+
 def denied_src() -> int:
-    from controlplane.dataplane.model import ip_to_be32
     return ip_to_be32(CLIENT2)
 
 
@@ -299,7 +319,7 @@ def test_local_policy_without_local_endpoints_drops_and_no_endpoints_rejects(ext
 def test_internal_policy_local_drops_clusterip_traffic_without_local_endpoints(xdp):
     fe = Frontend("10.96.0.50", 80, "TCP")
     xdp.writer.upsert(ServiceState(fe, (), local_drop=True))
-    pkt = Ether() / IP(src="10.244.1.10", dst="10.96.0.50") / TCP(sport=1234, dport=80, flags="S")
+    pkt = Ether(src=harness.CLIENT_MAC, dst=harness.NODE_MAC) / IP(src="10.244.1.10", dst="10.96.0.50") / TCP(sport=1234, dport=80, flags="S")
     before = xdp.counters()
     assert xdp.send(pkt).verdict == "XDP_DROP"
     assert delta(before, xdp.counters()) == {"drop_no_local": 1}
@@ -374,7 +394,7 @@ def test_icmp_errors_about_a_snated_flow_are_translated_both_ways(ext, xdp):
 
 
 def test_icmp_of_no_flow_is_left_to_the_stack_on_the_external_side(ext):
-    pkt = Ether() / IP(src=CLIENT, dst=NODE) / ICMP()
+    pkt = Ether(src=CLIENT_MAC, dst="02:00:00:00:00:ff") / IP(src=CLIENT, dst=NODE) / ICMP()
     out = ext.send(pkt)
     assert out.verdict == "XDP_PASS" and out.raw == bytes(pkt)
 

@@ -200,29 +200,24 @@ def test_connected_udp_of_a_removed_backend_is_aborted_and_reconnects_elsewhere(
 
 
 def test_external_frontend_from_the_node_itself_and_on_loopback(sk):
-    """A NodePort frontend (scope external, keyed by the node's address) reached from the
-    node: at the node's address, and at 127.0.0.1 (the same NodePort)."""
-    from controlplane.dataplane.layout import const
-    from controlplane.dataplane.model import ip_to_be32, port_to_be16
+    """A NodePort reached from the node: the agent writes each way in from outside twice,
+    in the external scope (the external entry point's) and as a cluster-scope twin with
+    what traffic from inside gets; the hooks find the twin, at the node's address and at
+    127.0.0.1 (the same NodePort), and never the external entry, which may hold fewer
+    backends (externalTrafficPolicy Local)."""
+    import dataclasses
     xdp, env = sk
     s = service(algorithm="sh")
-    xdp.writer.upsert(s)
-    services = xdp.dp.table("services")
-    cluster = next(v for k, v in services.items() if k.port == port_to_be16(80))
-    key = services.Key(ip_to_be32(CLIENT_IP), port_to_be16(30080), TCP_P, const("SCOPE_EXTERNAL"))
-    # What a NodePort frontend of the same service holds (each entry names its key).
-    cluster.key_vip, cluster.key_port, cluster.key_proto, cluster.key_scope = \
-        key.vip, key.port, key.proto, key.scope
-    services[key] = cluster
-    try:
-        # sh hashes the port the client addressed: the NodePort.
-        want = predict(s, CLIENT_IP, 0, CLIENT_IP, 30080, TCP_P).ip
-        got, peer = env.tcp_backend(CLIENT_IP, 30080)
-        assert (got, peer) == (want, (CLIENT_IP, 30080))
-        got, peer = env.tcp_backend("127.0.0.1", 30080)
-        assert (got, peer) == (want, ("127.0.0.1", 30080))
-    finally:
-        del services[key]
+    outside_only = ServiceState(Frontend(CLIENT_IP, 30080, "TCP", "external"), s.backends[:1], "sh")
+    twin = dataclasses.replace(s, frontend=Frontend(CLIENT_IP, 30080, "TCP", "cluster"))
+    xdp.writer.upsert(outside_only)
+    with pytest.raises(ConnectionRefusedError):   # no frontend for the node: nothing listens there
+        env.tcp_backend(CLIENT_IP, 30080)
+    xdp.writer.upsert(twin)
+    # sh hashes the port the client addressed: the NodePort.
+    want = predict(twin, CLIENT_IP, 0, CLIENT_IP, 30080, TCP_P).ip
+    for addr in (CLIENT_IP, "127.0.0.1"):
+        assert env.tcp_backend(addr, 30080) == (want, (addr, 30080))
 
 
 def test_pinned_hooks_are_detached_without_loading_anything(loaded_dataplane):

@@ -1,6 +1,8 @@
 """The agent's desired state (a pure function) and its change-feed cache: no root."""
 from __future__ import annotations
 
+import pytest
+
 from controlplane.agent.cache import ServiceCache
 from controlplane.agent.desired import NodeConfig, desired_state
 from controlplane.api import EndpointSlice, Service
@@ -145,13 +147,17 @@ def test_nodeport_externalips_and_lb_ips_are_external_frontends():
                                     "status": {"loadBalancer": {"ingress": [{"ip": "192.168.1.240"}]}}}).status
     d = states(svc, _slice_on_nodes(("10.244.1.2", "node1"), ("10.244.2.2", "node2")), node=NODE_PORTS)
     got = _by_frontend(d)
-    assert set(got) == {("10.96.0.50", 80, "cluster"), ("203.0.113.250", 80, "external"),
-                        ("192.168.1.240", 80, "external"), ("192.168.1.31", 30080, "external")}
+    outside = {("203.0.113.250", 80), ("192.168.1.240", 80), ("192.168.1.31", 30080)}
+    # each way in from outside, and its cluster-scope twin: the entry pods and the node
+    # find for the same address (kube-proxy serves them there too)
+    assert set(got) == {("10.96.0.50", 80, "cluster")} | {(ip, p, scope) for ip, p in outside
+                                                         for scope in ("external", "cluster")}
     assert all(len(s.backends) == 2 and not s.local_drop for s in d.states)
-    # source ranges guard the LoadBalancer IP only
-    assert got[("192.168.1.240", 80, "external")].source_ranges == ("192.168.1.0/24",)
-    assert got[("203.0.113.250", 80, "external")].source_ranges == ()
-    assert got[("192.168.1.31", 30080, "external")].source_ranges == ()
+    # source ranges guard the LoadBalancer IP only, from outside and from inside
+    for scope in ("external", "cluster"):
+        assert got[("192.168.1.240", 80, scope)].source_ranges == ("192.168.1.0/24",)
+        assert got[("203.0.113.250", 80, scope)].source_ranges == ()
+        assert got[("192.168.1.31", 30080, scope)].source_ranges == ()
     # without node addresses (none selected by --nodeport-addresses) no NodePort frontend
     assert ("192.168.1.31", 30080, "external") not in _by_frontend(states(svc, node=NODE))
 
@@ -171,6 +177,23 @@ def test_external_traffic_policy_local_uses_this_nodes_endpoints_and_drops_witho
     assert not nowhere[("192.168.1.31", 30080, "external")].local_drop
 
 
+@pytest.mark.parametrize("etp,itp,inside", [
+    ("Cluster", "Cluster", ["10.244.1.2", "10.244.2.2"]),
+    ("Local", "Cluster", ["10.244.1.2", "10.244.2.2"]),   # Local limits outside traffic only
+    ("Cluster", "Local", ["10.244.1.2", "10.244.2.2"]),   # the external policy's endpoints
+    ("Local", "Local", ["10.244.1.2"]),
+])
+def test_pods_and_the_node_reach_an_external_address_with_kube_proxys_endpoints(etp, itp, inside):
+    """The twin of a NodePort (and of LB IPs, externalIPs) gets, as kube-proxy gives traffic
+    from pods and from the node: the cluster endpoints when either policy is Cluster."""
+    svc = nodeport_service(externalTrafficPolicy=etp, internalTrafficPolicy=itp)
+    got = _by_frontend(states(svc, _slice_on_nodes(("10.244.1.2", "node1"), ("10.244.2.2", "node2")),
+                              node=NODE_PORTS))
+    assert [b.ip for b in got[("192.168.1.31", 30080, "cluster")].backends] == inside
+    elsewhere = _by_frontend(states(svc, _slice_on_nodes(("10.244.2.2", "node2")), node=NODE_PORTS))
+    assert elsewhere[("192.168.1.31", 30080, "cluster")].local_drop == (etp == itp == "Local")
+
+
 def test_internal_traffic_policy_local_restricts_the_cluster_ip():
     svc = service(internalTrafficPolicy="Local")
     d = _by_frontend(states(svc, _slice_on_nodes(("10.244.2.2", "node2"))))
@@ -184,6 +207,7 @@ def test_an_external_frontend_claimed_twice_is_served_once_and_reported():
     a = service(name="a", externalIPs=["203.0.113.250"])
     b = service(name="b", ip="10.96.0.51", externalIPs=["203.0.113.250"])
     d = desired_state([build_service_view(a, []), build_service_view(b, [])], NODE)
-    ext = [s for s in d.states if s.frontend.scope == "external"]
-    assert len(ext) == 1 and d.owners[ext[0].frontend] == "default/a:http"
+    ext = [s for s in d.states if s.frontend.vip == "203.0.113.250"]
+    assert {s.frontend.scope for s in ext} == {"external", "cluster"}   # each once
+    assert len(ext) == 2 and all(d.owners[s.frontend] == "default/a:http" for s in ext)
     assert any("already served for default/a:http" in p for p in d.problems)
