@@ -73,6 +73,9 @@ class Agent:
         self._owners: dict[Frontend, str] = {}
         self.owners_version = 0   # moves when some frontend's owner changes (AgentNaming)
         self._frontends: dict[ServiceKey, set[Frontend]] = {}
+        # the other way round: the services whose desired state lists a frontend (two
+        # when they claim one address:port, a FrontendConflict only within one sync)
+        self._listed_by: dict[Frontend, set[ServiceKey]] = {}
         self._problems: dict[ServiceKey, tuple[str, ...]] = {}
         self._unprogrammed: set[Frontend] = set()   # wanted, but they do not fit the maps
         self._held: list[ServiceState] = []   # states a sync found in adopted records (full_sync)
@@ -116,16 +119,27 @@ class Agent:
         pending: list[tuple[ServiceState, ServiceState | None, str, ServiceKey]] = []
         gone: dict[Frontend, str] = {}   # removed in one batched pass (writer.delete_many)
         left: list[tuple[ServiceState, ServiceState | None]] = []   # (old, new) for udp_backends_left
+        keeps: set[ServiceKey] = set()   # services outside this batch that keep a frontend it drops
         owners = self._owners
         for key, want in wants.items():
             if any(owners.get(fe) != owner for fe, owner in want.owners.items()):
                 owners.update(want.owners)
                 self.owners_version += 1
             for fe in self._frontends.get(key, set()) - {s.frontend for s in want.states}:
+                # Another service that still lists it keeps it, with its own state
+                # (written again below: the maps may hold this one's).
+                still = [k for k in self._listed_by.get(fe, ())
+                         if k != key and (k not in wants or fe in wants[k].owners)]
+                if still:
+                    keeps.update(k for k in still if k not in wants)
+                    continue
                 self._unprogrammed.discard(fe)
                 if (old := self.writer.installed_state(fe)) is not None:
                     gone[fe] = f"{self._owners.get(fe, key)} {fe}"
                     left.append((old, None))
+        for key, want in self._desired_for(sorted(keeps)).items():
+            owners.update(want.owners)
+            wants[key] = want
         self.writer.delete_many(gone)
         report.removed.extend(gone.values())
         held = self._held if self.writer.unsettled else None
@@ -137,7 +151,7 @@ class Agent:
                     pending.append((state, old, f"{want.owners.get(fe)} {fe}", key))
                 elif held is not None:
                     held.append(state)
-            self._frontends[key] = set(new)
+            self._list(key, set(new))
             self._note_problems(key, want.problems)
         failed = self._upsert([state for state, _, _, _ in pending])
         self._unprogrammed -= {state.frontend for state, _, _, _ in pending}
@@ -157,6 +171,18 @@ class Agent:
         self._udp_left(left)
         if self.service_health is not None:
             self.service_health.update(self.cache, wants)
+
+    def _list(self, key: ServiceKey, frontends: set[Frontend]) -> None:
+        """Record the frontends a service's desired state lists now."""
+        before = self._frontends.get(key, set())
+        for fe in before - frontends:
+            listed = self._listed_by[fe]
+            listed.discard(key)
+            if not listed:
+                del self._listed_by[fe]
+        for fe in frontends - before:
+            self._listed_by.setdefault(fe, set()).add(key)
+        self._frontends[key] = frontends
 
     def _udp_left(self, changes: list[tuple[ServiceState, ServiceState | None]]) -> None:
         """Tell udp_backends_left the addresses of UDP frontends' backends that are in an

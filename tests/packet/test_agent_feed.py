@@ -402,3 +402,25 @@ def test_changed_slices_are_read_as_text_and_still_timed(store, agent, monkeypat
     (fe,) = [fe for fe in agent.writer.installed() if agent.owner_of(fe).startswith("default/a:")]
     assert sorted(b.ip for b in agent.writer.installed()[fe].backends) == A2
     assert len(report.programming_s) == 1 and 2 <= report.programming_s[0] < 60
+
+
+def test_a_frontend_one_service_drops_stays_with_the_other_that_lists_it(store, agent):
+    """Two services listing one externalIP:port (a conflict the store lets through): the
+    one written last holds it in the maps. When that one drops the address, the other
+    keeps it, its own state written again, rather than the address going dark until
+    the consistency check."""
+    add_service(store, "a", A1)
+    add_service(store, "b", B)
+    for name in ("a", "b"):
+        svc = store.get(Service, "default", name)
+        svc.spec.external_ips = ["203.0.113.9"]
+        store.update(svc)
+    agent.incremental_sync()
+    client = Client(agent, {"x": "203.0.113.9"})   # from a pod: the address's twin
+    assert client.backends_of("x") == set(B)         # b's state, written last
+    svc = store.get(Service, "default", "b")
+    svc.spec.external_ips = None
+    store.update(svc)
+    agent.incremental_sync()
+    assert client.backends_of("x") == set(A1)
+    assert agent.check_consistency() is False        # nothing left for the check to repair
