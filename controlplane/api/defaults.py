@@ -48,8 +48,8 @@ def default_service(svc: Service) -> None:
             spec.ip_family_policy = "SingleStack"
     if spec.type == LOAD_BALANCER and spec.allocate_load_balancer_node_ports is None:
         spec.allocate_load_balancer_node_ports = True
-    if spec.cluster_ip and spec.type != EXTERNAL_NAME:
-        spec.cluster_ips = [spec.cluster_ip]
+    if spec.cluster_ip and spec.type != EXTERNAL_NAME and not spec.cluster_ips:
+        spec.cluster_ips = [spec.cluster_ip]   # (a lone clusterIP; both given: validation compares)
 
 
 def default_pod_spec(spec: PodSpec, restart_policy: str = "Always") -> None:

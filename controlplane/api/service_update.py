@@ -28,6 +28,15 @@ def needs_health_check_node_port(svc: Service) -> bool:
     return svc.type == LOAD_BALANCER and svc.spec.external_traffic_policy == "Local"
 
 
+def normalize_cluster_ips(new: Service, old: Service) -> None:
+    """An update that changes clusterIP and leaves clusterIPs as it was (an old client, or
+    a merge that kept the stored list) means clusterIPs to follow (the apiserver's
+    normalizeClusterIPs): then its immutability is what the user is told."""
+    spec = new.spec
+    if spec.cluster_ip and spec.cluster_ip != old.spec.cluster_ip and spec.cluster_ips == old.spec.cluster_ips:
+        spec.cluster_ips = [spec.cluster_ip]
+
+
 def patch_allocated_values(new: Service, old: Service) -> None:
     """Carry over values the user did not set but the server allocated (clusterIP, nodePorts
     matched by port name, healthCheckNodePort)."""

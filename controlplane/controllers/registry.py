@@ -31,7 +31,7 @@ from controlplane.api.meta import ApiObject, ObjectMeta
 from controlplane.api.namespace import BUILTIN_NAMESPACES, Namespace
 from controlplane.api.pod import PENDING, Pod
 from controlplane.api.service import Service, ServicePort, ServiceSpec, ServiceStatus
-from controlplane.api.service_update import drop_type_dependent_fields, patch_allocated_values
+from controlplane.api.service_update import drop_type_dependent_fields, normalize_cluster_ips, patch_allocated_values
 from controlplane.store.interface import Store, StoreWriter, retry_commit
 
 from .batch import BatchError, Failure, Manifest  # noqa: F401 (re-exported)
@@ -216,6 +216,7 @@ class Registry:
             new.metadata.uid = live.metadata.uid
             new.metadata.creation_timestamp = live.metadata.creation_timestamp
             if isinstance(new, Service) and isinstance(live, Service):
+                normalize_cluster_ips(new, live)
                 patch_allocated_values(new, live)
                 drop_type_dependent_fields(new, live)
                 new.status = copy.deepcopy(live.status)   # status is the controllers' to write

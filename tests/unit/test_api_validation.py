@@ -170,7 +170,31 @@ def test_cluster_ip_is_immutable_except_through_external_name() -> None:
     new = object_from_dict(service(clusterIP="10.96.0.21"))
     for o in (old, new):
         apply_defaults(o)
-    assert 'spec.clusterIP: Invalid value: "10.96.0.21": field is immutable' in [str(e) for e in validate(new, old)]
+    assert 'spec.clusterIPs[0]: Invalid value: []string{"10.96.0.21"}: may not change once set' in \
+        [str(e) for e in validate(new, old)]
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ({"clusterIP": "10.96.5.7", "clusterIPs": ["10.96.5.8"]},
+     'spec.clusterIPs: Invalid value: []string{"10.96.5.8"}: first value must match `clusterIP`'),
+    ({"clusterIPs": ["10.96.7.7"]},
+     'spec.clusterIPs: Invalid value: []string{"10.96.7.7"}: must be empty when `clusterIP` is not specified'),
+    ({"ipFamilies": ["IPv6"]}, 'spec.ipFamilies[0]: Invalid value: "IPv6": not configured on this cluster'),
+    ({"ipFamilies": ["IPv5"]}, 'spec.ipFamilies[0]: Unsupported value: "IPv5": supported values: "IPv4", "IPv6"'),
+    ({"ipFamilies": ["IPv4", "IPv4"]}, 'spec.ipFamilies[1]: Duplicate value: "IPv4"'),
+    ({"ipFamilyPolicy": "Whatever"}, 'spec.ipFamilyPolicy: Unsupported value: "Whatever": '
+     'supported values: "PreferDualStack", "RequireDualStack", "SingleStack"'),
+    ({"ipFamilyPolicy": "RequireDualStack"},
+     'spec.ipFamilyPolicy: Invalid value: "RequireDualStack": this cluster is not configured for dual-stack services'),
+])
+def test_ip_families_and_cluster_ips_on_a_single_stack_ipv4_cluster(spec: dict, expected: str) -> None:
+    """svcxdp's clusters are IPv4 only: what the apiserver of such a cluster refuses (a
+    Service stored as IPv6, or with a clusterIPs list its clusterIP contradicts, was kept)."""
+    assert expected in errors_of(service(**spec))
+
+
+def test_prefer_dual_stack_is_single_stack_ipv4_here() -> None:
+    assert errors_of(service(ipFamilyPolicy="PreferDualStack", ipFamilies=["IPv4"])) == []
 
 
 DEPLOYMENT = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "default"},

@@ -24,6 +24,43 @@ def _go_service_port(protocol: str, port: int = 0, node_port: int = 0) -> GoValu
     )
 
 
+IP_FAMILIES = ("IPv4", "IPv6")
+IP_FAMILY_POLICIES = ("PreferDualStack", "RequireDualStack", "SingleStack")
+
+
+def _validate_ip_families(svc: Service) -> list[FieldError]:
+    """clusterIPs against clusterIP, ipFamilies and ipFamilyPolicy (ValidateService's
+    dual-stack part), then what the apiserver of a single-stack IPv4 cluster refuses
+    when it fills them in: svcxdp's clusters are IPv4 only. (Defaulting made clusterIPs
+    from a lone clusterIP, as the apiserver does on create.)"""
+    spec = svc.spec
+    errs: list[FieldError] = []
+    ips = spec.cluster_ips or []
+    if spec.cluster_ip and ips and ips[0] != spec.cluster_ip:
+        errs.append(invalid("spec.clusterIPs", ips, "first value must match `clusterIP`"))
+    elif not spec.cluster_ip and ips:
+        errs.append(invalid("spec.clusterIPs", ips, "must be empty when `clusterIP` is not specified"))
+    elif len(ips) > 1:
+        errs.append(invalid("spec.clusterIPs", ips, "may only hold up to 2 values") if len(ips) > 2
+                    else invalid("spec.clusterIPs[1]", ips[1], "not configured on this cluster"))
+    seen: set[str] = set()
+    for i, family in enumerate(spec.ip_families or []):
+        path = f"spec.ipFamilies[{i}]"
+        if family not in IP_FAMILIES:
+            errs.append(not_supported(path, family, IP_FAMILIES))
+        elif family in seen:
+            errs.append(duplicate(path, family))
+        elif family != "IPv4":
+            errs.append(invalid(path, family, "not configured on this cluster"))
+        seen.add(family)
+    policy = spec.ip_family_policy
+    if policy is not None and policy not in IP_FAMILY_POLICIES:
+        errs.append(not_supported("spec.ipFamilyPolicy", policy, IP_FAMILY_POLICIES))
+    elif policy == "RequireDualStack":
+        errs.append(invalid("spec.ipFamilyPolicy", policy, "this cluster is not configured for dual-stack services"))
+    return errs
+
+
 def externally_accessible(svc: Service) -> bool:
     return svc.type in (LOAD_BALANCER, NODE_PORT) or (svc.type == CLUSTER_IP and bool(svc.spec.external_ips))
 
@@ -73,6 +110,7 @@ def validate_service(svc: Service) -> list[FieldError]:
         ip = spec.cluster_ip or ""
         if ip and ip != HEADLESS:
             errs.extend(invalid("spec.clusterIPs[0]", ip, m) for m in names.ip_address(ip))
+        errs.extend(_validate_ip_families(svc))
 
     seen: set[str] = set()
     for i, sp in enumerate(ports):
@@ -210,7 +248,11 @@ def validate_service_update(new: Service, old: Service) -> list[FieldError]:
     if needs_health_check_node_port(old) and needs_health_check_node_port(new) \
             and new.spec.health_check_node_port != old.spec.health_check_node_port:
         errs.append(forbidden("spec.healthCheckNodePort", "field is immutable"))
-    if EXTERNAL_NAME not in (new.type, old.type):
-        if (new.spec.cluster_ip or "") != (old.spec.cluster_ip or ""):
-            errs.append(invalid("spec.clusterIP", new.spec.cluster_ip or "", "field is immutable"))
+    if EXTERNAL_NAME not in (new.type, old.type) and not (new.is_headless and old.is_headless):
+        # validateUpgradeDowngradeClusterIPs, single-stack: the primary may not change
+        before, after = old.spec.cluster_ips or [], new.spec.cluster_ips or []
+        if before and not after:
+            errs.append(invalid("spec.clusterIPs[0]", after, "primary clusterIP can not be unset"))
+        elif before and after and before[0] != after[0]:
+            errs.append(invalid("spec.clusterIPs[0]", after, "may not change once set"))
     return errs
