@@ -70,7 +70,7 @@ def describe_service(svc: Service, endpoints: Endpoints | None, events: list[Eve
         lines.append(["TargetPort:", f"{port.target_port}/{port.protocol}"])
         if port.node_port:
             lines.append(["NodePort:", name, f"{port.node_port}/{port.protocol}"])
-        lines.append(["Endpoints:", format_endpoints(endpoints, {port.name or ""}) if endpoints else ""])
+        lines.append(["Endpoints:", format_endpoints(endpoints, {port.name or ""})])   # <none> without
     lines.append(["Session Affinity:", spec.session_affinity or "None"])
     if spec.external_traffic_policy:
         lines.append(["External Traffic Policy:", spec.external_traffic_policy])

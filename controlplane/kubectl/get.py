@@ -101,6 +101,8 @@ def run_get(args: argparse.Namespace, session: Session) -> int:
     selector = parse_selector(args.selector)
     if selector is not None and any(r.names for r in requests):
         raise CommandError("name cannot be provided when a selector is specified")
+    if args.all_namespaces and any(r.names for r in requests):
+        raise CommandError("a resource cannot be retrieved by name across all namespaces")
     namespace = None if args.all_namespaces else session.namespace
     fields = parse_field_selector(args.field_selector)
     failed = False

@@ -235,3 +235,19 @@ def test_run_rm_it_is_handed_to_the_lab_client(capsys, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "controlplane.lab.client", types.ModuleType("controlplane.lab.client"))
     code, _, err = run(capsys, "run", "client", "--rm", "-it", "--", "sh")
     assert code == 1 and err.strip() == "error: run --rm -it needs the lab (svcctl lab up)"
+
+
+def test_get_by_name_across_all_namespaces_is_refused(capsys) -> None:
+    run(capsys, "apply", "-f", str(FIXTURES / "nginx-nodeport.yaml"))
+    code, out, err = run(capsys, "get", "svc", "nginx-nodeport", "-A")
+    assert code == 1 and out == ""
+    assert "a resource cannot be retrieved by name across all namespaces" in err
+
+
+def test_describe_a_service_without_endpoints_says_none(capsys, tmp_path) -> None:
+    """A selector-less service with no Endpoints object at all, as kubectl shows it."""
+    doc = tmp_path / "bare.yaml"
+    doc.write_text("apiVersion: v1\nkind: Service\nmetadata: {name: bare}\nspec: {ports: [{port: 80}]}\n")
+    run(capsys, "apply", "-f", str(doc))
+    _, out, _ = run(capsys, "describe", "svc", "bare")
+    assert re.search(r"^Endpoints:\s+<none>$", out, re.M), out
