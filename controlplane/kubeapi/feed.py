@@ -129,21 +129,25 @@ class KubeFeed:
     def event(self, resource: str, kind: str, doc: dict[str, Any]) -> None:
         entry = _Entry(doc)
         obj = entry.decoded(resource)
-        if obj is None:
-            return
-        key = (obj.namespace, obj.name)
+        meta = doc.get("metadata") or {}
+        key = (meta.get("namespace") or "", meta.get("name") or "")
         with self._cond:
             objects = self._objects[resource]
             before = objects.get(key)
             previous = before.decoded(resource) if before is not None else None
-            if kind == DELETED:
+            if obj is None or kind == DELETED:
+                # A version svcxdp cannot read (logged by _decode) ends the object for it,
+                # as a relist would have it: its last readable version must not go on
+                # serving (a slice's old endpoints kept taking traffic).
                 if before is None:
                     return
                 del objects[key]
+                gone = obj if obj is not None else previous
+                if gone is not None:
+                    self._append(DELETED, gone, previous.labels if previous else None)
             else:
                 objects[key] = entry
-                kind = ADDED if before is None else MODIFIED
-            self._append(kind, obj, previous.labels if previous else None)
+                self._append(ADDED if before is None else MODIFIED, obj, previous.labels if previous else None)
             self._cond.notify_all()
 
     def _append(self, kind: str, obj: ApiObject, previous_labels: dict[str, str] | None) -> None:

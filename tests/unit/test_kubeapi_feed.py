@@ -228,3 +228,21 @@ def test_garbage_from_the_api_is_logged_and_the_watch_goes_on(api, feed_of, capl
     assert "services default/bad ignored: json: cannot unmarshal string into Go struct field" in caplog.text
     assert "spec.ports" in caplog.text
     assert api.lists(SERVICES) == 2 and feed.reflectors[SERVICES].lists == 2
+
+
+def test_an_update_the_codec_cannot_read_ends_the_object_as_a_relist_would(api, feed_of, caplog):
+    """Its last readable version must not go on serving: the watch path now agrees with a
+    relist, which leaves out what it cannot read."""
+    feed = feed_of().start()
+    assert feed.wait_synced(10) and wait_until(lambda: api.watchers() == 2)
+    api.put(SERVICES, svc("web", "10.96.0.20"))
+    assert wait_until(lambda: [s.name for s in feed.list(Service)] == ["web"])
+    rv = feed.current_resource_version()
+    bad = svc("web", "10.96.0.20")
+    bad["spec"]["ports"] = "80"
+    api.put(SERVICES, bad)
+    assert wait_until(lambda: feed.list(Service) == [])
+    assert [(e.type, e.object.name) for e in feed.changes_since(rv)] == [("DELETED", "web")]
+    assert "services default/web ignored" in caplog.text
+    api.put(SERVICES, svc("web", "10.96.0.20"))                 # readable again: back
+    assert wait_until(lambda: [s.name for s in feed.list(Service)] == ["web"])
