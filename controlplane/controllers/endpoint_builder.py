@@ -7,8 +7,8 @@ Rules (pkg/controller/endpoint, pkg/controller/endpointslice):
   without it is left out of that port;
 - Endpoints: ready pods go to `addresses`, others to `notReadyAddresses`; terminating pods
   are left out, unless `publishNotReadyAddresses`;
-- EndpointSlice conditions: serving = ready pod (or publishNotReadyAddresses), terminating =
-  has deletionTimestamp, ready = serving and not terminating (or publishNotReadyAddresses);
+- EndpointSlice conditions: serving = ready pod, terminating = has deletionTimestamp,
+  ready = serving and not terminating, or publishNotReadyAddresses (podToEndpoint);
 - a headless Service without ports still gets address-only endpoints.
 """
 from __future__ import annotations
@@ -114,7 +114,7 @@ def build_slices(svc: Service, pods: list[Pod], max_per_slice: int = MAX_ENDPOIN
         key = _resolved_ports(svc, pod)
         if key is None:
             continue
-        serving = tolerate or pod.ready
+        serving = pod.ready
         terminating = pod.terminating
         ready = tolerate or (serving and not terminating)
         groups.setdefault(key, []).append(Endpoint(

@@ -74,6 +74,10 @@ def test_publish_not_ready_addresses() -> None:
     assert [a.ip for a in subset.addresses] == ["10.244.1.3", "10.244.1.4"]
     (es,) = build_slices(svc, [pod("t", "10.244.1.4", terminating=True)])
     assert es.endpoints[0].conditions.ready is True
+    # ready regardless; serving is still the pod's readiness (podToEndpoint)
+    (es,) = build_slices(svc, [pod("u", "10.244.1.3", ready=False)])
+    c = es.endpoints[0].conditions
+    assert (c.ready, c.serving, c.terminating) == (True, False, False)
 
 
 def test_headless_without_ports_gets_address_only_endpoints() -> None:
