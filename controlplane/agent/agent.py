@@ -138,7 +138,9 @@ class Agent:
                     gone[fe] = f"{self._owners.get(fe, key)} {fe}"
                     left.append((old, None))
         for key, want in self._desired_for(sorted(keeps)).items():
-            owners.update(want.owners)
+            if any(owners.get(fe) != owner for fe, owner in want.owners.items()):
+                owners.update(want.owners)
+                self.owners_version += 1
             wants[key] = want
         self.writer.delete_many(gone)
         report.removed.extend(gone.values())

@@ -207,6 +207,7 @@ def _views_into(views: Sequence[ServiceView], node: NodeConfig, make: _Maker,
     frontends in `owners` (a frontend claimed already is a FrontendConflict)."""
     node_name = node.name
     frontend, state = make.frontend, make.state
+    twins: list[tuple] = []   # cluster-scope twins of the external frontends, claimed last
     for view in views:
         svc = view.service
         if not svc.proxied:   # view.proxied, without the view's property in between
@@ -250,27 +251,26 @@ def _views_into(views: Sequence[ServiceView], node: NodeConfig, make: _Maker,
                 ranges = tuple(svc.source_ranges) if scope == SCOPE_LOAD_BALANCER else ()
                 if _claimed(fe, owner, owners, problems, name, port.port):
                     pending.append(state(fe, external, algorithm, affinity, table_size, ranges, external_drop))
-                # Pods and the node reach the same address too (kube-proxy matches it for
-                # them as well): its cluster-scope twin, the entry their lookups find, with
-                # what traffic from inside gets. A Local external policy limits only
-                # traffic from outside; from inside, the internal policy decides when the
-                # external one is Local (kube-proxy's cluster-endpoints chain), else all.
-                twin = frontend(fe.vip, fe.port, protocol, "cluster")
-                if _claimed(twin, owner, owners, problems, name, port.port):
-                    if external_local:
-                        pending.append(state(twin, internal, algorithm, affinity, table_size, ranges, internal_drop))
-                    else:
-                        pending.append(state(twin, backends, algorithm, affinity, table_size, ranges, False))
+                    # Pods and the node reach the same address too (kube-proxy matches it
+                    # for them as well): its cluster-scope twin, the entry their lookups
+                    # find, with every endpoint — kube-proxy short-circuits traffic from
+                    # inside to all of them, subject to neither traffic policy. Claimed
+                    # after the group's own frontends: a ClusterIP comes first.
+                    twins.append((frontend(fe.vip, fe.port, protocol, "cluster"), owner, name, port.port,
+                                  backends, algorithm, affinity, table_size, ranges))
+    for twin, owner, name, port_number, backends, algorithm, affinity, table_size, ranges in twins:
+        if _claimed(twin, owner, owners, problems, name, port_number, " (the way in for pods and nodes)"):
+            pending.append(state(twin, backends, algorithm, affinity, table_size, ranges, False))
 
 
 def _claimed(fe: Frontend, owner: str, owners: dict[Frontend, str], problems: list[Problem],
-             name: str, port: int | None) -> bool:
+             name: str, port: int | None, what: str = "") -> bool:
     """Claim `fe` for `owner`; a frontend claimed already is a FrontendConflict."""
     n = len(owners)
     owners.setdefault(fe, owner)     # one hash of fe, not two
     if len(owners) > n:
         return True
-    problems.append(Problem(f"service {name} port {port}: {fe} is already served for "
+    problems.append(Problem(f"service {name} port {port}: {fe}{what} is already served for "
                             f"{owners[fe]}; not programmed twice", "FrontendConflict"))
     return False
 

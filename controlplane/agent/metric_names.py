@@ -29,7 +29,10 @@ def label_text(names: tuple[str, ...], values: tuple[str, ...]) -> str:
 
 
 SERVICE_LABELS = ("frontend", "protocol", "scope", "service")
-BACKEND_LABELS = ("service", "frontend", "backend")
+# A backend's series names its frontend whole (protocol and scope too): one address:port
+# is two frontends for TCP and UDP, and an external frontend and its cluster-scope twin
+# share address, port and backends; without them their series had identical labels.
+BACKEND_LABELS = ("service", "frontend", "protocol", "scope", "backend")
 BACKEND_SAMPLE = BACKEND_FAMILY[0] + "_total"
 
 
@@ -67,7 +70,7 @@ class Naming:
         values = (f"{fe.vip}:{fe.port}", fe.protocol, fe.scope, owner)
         self.services[inst.svc_id] = (values, label_text(SERVICE_LABELS, values))
         for (ip, port), bid in inst.backend_ids.items():
-            bvalues = (owner, values[0], f"{ip}:{port}")
+            bvalues = (owner, *values[:3], f"{ip}:{port}")
             btext = label_text(BACKEND_LABELS, bvalues)
             self.backends[bid] = (bvalues, btext)
             self.backend_lines[bid] = f"{BACKEND_SAMPLE}{btext.replace('%', '%%')} %d\n"
@@ -81,7 +84,7 @@ class Naming:
             del self.services[inst.svc_id]
         for (ip, port), bid in inst.backend_ids.items():
             bnamed = self.backends.get(bid)
-            if bnamed is not None and bnamed[0][1:] == (frontend, f"{ip}:{port}"):
+            if bnamed is not None and bnamed[0][1:] == (frontend, fe.protocol, fe.scope, f"{ip}:{port}"):
                 del self.backends[bid]
                 del self.backend_lines[bid]
 

@@ -90,7 +90,9 @@ class ServiceAllocations:
             hc = svc.spec.health_check_node_port
             if not hc:
                 svc.spec.health_check_node_port = hc = self._allocate_health_check_port(owner)
-            elif hc in held:   # one of its own nodePorts: claimed first, from the same range
+            elif hc in held and not _held_both_ways(old, hc):
+                # one of its own nodePorts: claimed first, from the same range (a service
+                # stored so before this check may keep it)
                 raise _health_check_port_taken(hc, "provided port is already allocated")
             elif hc not in old_ports:
                 err = self.ports.allocate_specific(hc, owner, "spec.healthCheckNodePort")
@@ -135,6 +137,12 @@ class ServiceAllocations:
         for port in self._claimed_ports(svc):
             if self.ports.owner(str(port)) == svc.key:
                 self.ports.release(str(port))
+
+
+def _held_both_ways(old: Service | None, port: int) -> bool:
+    """`old` held `port` as its healthCheckNodePort and as a nodePort at once."""
+    return (old is not None and needs_health_check_node_port(old) and old.spec.health_check_node_port == port
+            and port in old.node_ports)
 
 
 def _health_check_port_taken(hc: int, detail: str) -> RangeFull:

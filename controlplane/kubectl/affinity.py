@@ -44,15 +44,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def rows(entries_by_node: dict[str, list], known: Owners, with_node: bool, with_namespace: bool,
-         with_frontend: bool = False) -> list[list[str]]:
+         with_frontend: bool = False, service: str | None = None) -> list[list[str]]:
     """Table rows (no header) for the entries whose frontend belongs to a service of
-    `known`: its ClusterIP, and its ways in from outside (NodePort, LoadBalancer IPs,
-    externalIPs) with their twins for pods and the node, each with entries of its own."""
+    `known` (named `service`, when given): its ClusterIP, and its ways in from outside
+    (NodePort, LoadBalancer IPs, externalIPs) with their twins for pods and the node,
+    each with entries of its own."""
     out = []
     for node, entries in entries_by_node.items():
         for e in entries:
             owner = known.of(e.frontend)
-            if owner is None:
+            if owner is None or (service is not None and owner.service != service):
                 continue
             if e.backend is None:
                 backend = "<left>"
@@ -100,18 +101,18 @@ def run_get_affinity(args: argparse.Namespace, session: Session) -> int:
     if args.output not in (None, "wide"):
         raise CommandError("get affinity: only the table output (and -o wide) is supported")
     namespace = None if args.all_namespaces else session.namespace
+    # Every service's frontends, even for one service's entries: an entry is then told
+    # by its own address before a nodePort number could claim it for another.
     views = load_service_views(session.store, namespace)
-    if names:
-        views = [v for v in views if v.service.name == names[0]]
-        if not views:
-            eprint(f'Error from server (NotFound): services "{names[0]}" not found')
-            return 1
+    if names and not any(v.service.name == names[0] for v in views):
+        eprint(f'Error from server (NotFound): services "{names[0]}" not found')
+        return 1
     known = Owners(views)
     nodes = _nodes(args)
     entries = {node: read_node(node, args.state_dir) for node in nodes}
     wide = args.output == "wide"
     table = rows(entries, known, with_node=len(nodes) > 1 or wide, with_namespace=args.all_namespaces,
-                 with_frontend=wide)
+                 with_frontend=wide, service=names[0] if names else None)
     if not table:
         print("No affinity entries found" + (f" for service {names[0]}" if names else "") + ".",
               file=sys.stderr)

@@ -32,6 +32,7 @@ class Owners:
     def __init__(self, views: list[ServiceView]) -> None:
         self._by_vip: dict[tuple[str, int, str, bool], FrontendOwner] = {}
         self._by_node_port: dict[tuple[int, str], FrontendOwner] = {}
+        self._cluster_ips: set[str] = set()
         for view in views:
             several = len(view.ports) > 1
             for port in view.ports:
@@ -41,16 +42,20 @@ class Owners:
                 for ip, vport, scope in port.frontends:
                     self._by_vip[(ip, vport, port.protocol, scope == SCOPE_CLUSTER_IP)] = \
                         FrontendOwner(ns, svc, name, KINDS.get(scope, scope), pods)
+                    if scope == SCOPE_CLUSTER_IP:
+                        self._cluster_ips.add(ip)
                 if port.node_port:
                     self._by_node_port[(port.node_port, port.protocol)] = FrontendOwner(ns, svc, name, NODE_PORT, pods)
 
     def of(self, fe: Frontend) -> FrontendOwner | None:
         """The owner of a frontend; a cluster-scope one at an address that is no
-        ClusterIP is the twin (for pods and the node) of a way in from outside there."""
+        ClusterIP is the twin (for pods and the node) of a way in from outside there. A
+        nodePort is known by its number alone (the node's addresses are not known here),
+        so only at an address that is no service's ClusterIP."""
         cluster = fe.scope == "cluster"
         found = self._by_vip.get((fe.vip, fe.port, fe.protocol, cluster))
         if found is None and cluster:
             found = self._by_vip.get((fe.vip, fe.port, fe.protocol, False))
-        if found is None:
+        if found is None and fe.vip not in self._cluster_ips:
             found = self._by_node_port.get((fe.port, fe.protocol))
         return found

@@ -71,7 +71,8 @@ def test_new_flows_per_backend_show_the_spread(xdp: Harness):
     registry.register(DataplaneCollector(xdp.dp, lambda: naming_of(xdp.writer.records(), lambda f: "default/web:http")))
     got = samples(registry)
     for ip, n in sent.items():
-        labels = (("backend", f"{ip}:8080"), ("frontend", f"{VIP}:80"), ("service", "default/web:http"))
+        labels = (("backend", f"{ip}:8080"), ("frontend", f"{VIP}:80"), ("protocol", "TCP"), ("scope", "cluster"),
+                  ("service", "default/web:http"))
         assert got[("svcxdp_backend_new_flows_total", labels)] == n, ip
     assert got[("svcxdp_service_new_flows_total", (("frontend", f"{VIP}:80"), ("protocol", "TCP"),
                                                     ("scope", "cluster"), ("service", "default/web:http")))] == 7

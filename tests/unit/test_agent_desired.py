@@ -177,21 +177,35 @@ def test_external_traffic_policy_local_uses_this_nodes_endpoints_and_drops_witho
     assert not nowhere[("192.168.1.31", 30080, "external")].local_drop
 
 
-@pytest.mark.parametrize("etp,itp,inside", [
-    ("Cluster", "Cluster", ["10.244.1.2", "10.244.2.2"]),
-    ("Local", "Cluster", ["10.244.1.2", "10.244.2.2"]),   # Local limits outside traffic only
-    ("Cluster", "Local", ["10.244.1.2", "10.244.2.2"]),   # the external policy's endpoints
-    ("Local", "Local", ["10.244.1.2"]),
-])
-def test_pods_and_the_node_reach_an_external_address_with_kube_proxys_endpoints(etp, itp, inside):
-    """The twin of a NodePort (and of LB IPs, externalIPs) gets, as kube-proxy gives traffic
-    from pods and from the node: the cluster endpoints when either policy is Cluster."""
+@pytest.mark.parametrize("etp,itp", [("Cluster", "Cluster"), ("Local", "Cluster"), ("Cluster", "Local"),
+                                     ("Local", "Local")])
+def test_pods_and_the_node_reach_an_external_address_with_every_endpoint(etp, itp):
+    """The twin of a NodePort (and of LB IPs, externalIPs): kube-proxy short-circuits
+    traffic from pods and from the node to every endpoint, subject to neither traffic
+    policy (its cluster-endpoints chain exists for any externally reachable port)."""
     svc = nodeport_service(externalTrafficPolicy=etp, internalTrafficPolicy=itp)
     got = _by_frontend(states(svc, _slice_on_nodes(("10.244.1.2", "node1"), ("10.244.2.2", "node2")),
                               node=NODE_PORTS))
-    assert [b.ip for b in got[("192.168.1.31", 30080, "cluster")].backends] == inside
+    assert [b.ip for b in got[("192.168.1.31", 30080, "cluster")].backends] == ["10.244.1.2", "10.244.2.2"]
     elsewhere = _by_frontend(states(svc, _slice_on_nodes(("10.244.2.2", "node2")), node=NODE_PORTS))
-    assert elsewhere[("192.168.1.31", 30080, "cluster")].local_drop == (etp == itp == "Local")
+    twin = elsewhere[("192.168.1.31", 30080, "cluster")]
+    assert [b.ip for b in twin.backends] == ["10.244.2.2"] and not twin.local_drop
+
+
+def test_a_clusterip_comes_before_another_services_twin_and_each_conflict_is_said_once():
+    """An externalIP equal to another service's ClusterIP:port: that ClusterIP keeps the
+    cluster scope (the twin is claimed last, and said so); two services on one externalIP:
+    one conflict reported, not one more for the twin of the one not served."""
+    a = service(name="a", externalIPs=["10.96.0.51"])
+    b = service(name="b", ip="10.96.0.51")
+    d = desired_state([build_service_view(a, []), build_service_view(b, [])], NODE)
+    assert d.owners[Frontend("10.96.0.51", 80, "TCP", "cluster")] == "default/b:http"
+    assert d.owners[Frontend("10.96.0.51", 80, "TCP", "external")] == "default/a:http"
+    assert len(d.problems) == 1 and "(the way in for pods and nodes)" in d.problems[0]
+    c = service(name="c", ip="10.96.0.52", externalIPs=["203.0.113.250"])
+    e = service(name="e", ip="10.96.0.53", externalIPs=["203.0.113.250"])
+    d = desired_state([build_service_view(c, []), build_service_view(e, [])], NODE)
+    assert len(d.problems) == 1 and "(the way in" not in d.problems[0]
 
 
 def test_internal_traffic_policy_local_restricts_the_cluster_ip():

@@ -197,6 +197,13 @@ def test_prefer_dual_stack_is_single_stack_ipv4_here() -> None:
     assert errors_of(service(ipFamilyPolicy="PreferDualStack", ipFamilies=["IPv4"])) == []
 
 
+def test_a_headless_service_without_selector_may_name_both_families() -> None:
+    """As a real cluster exports one (RequireDualStack is its default there)."""
+    doc = service(clusterIP="None", ipFamilyPolicy="RequireDualStack", ipFamilies=["IPv4", "IPv6"])
+    del doc["spec"]["selector"]
+    assert errors_of(doc) == []
+
+
 DEPLOYMENT = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "default"},
               "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
                        "template": {"metadata": {"labels": {"app": "web"}},

@@ -34,6 +34,11 @@ def test_every_frontend_of_a_service_and_its_twins_is_named():
                      ("192.168.1.240", "external"): "LoadBalancer IP",
                      ("192.168.1.31", "cluster"): "NodePort", ("192.168.1.31", "external"): "NodePort"}
     assert owners.of(Frontend("10.96.0.99", 80, "TCP")) is None
+    # another service's ClusterIP on the nodePort's number is not the NodePort's
+    other = Service.from_dict({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x", "namespace": "shop"},
+                               "spec": {"clusterIP": "10.96.0.77", "ports": [{"port": 30080}]}})
+    owners = Owners([build_service_view(lb_service(), []), build_service_view(other, [])])
+    assert owners.of(Frontend("10.96.0.77", 30080, "TCP", "cluster")).label == "shop/x"
 
 
 def test_affinity_rows_name_entries_of_every_way_in():
@@ -49,3 +54,4 @@ def test_affinity_rows_name_entries_of_every_way_in():
     assert [r[:3] for r in got] == [["web", "10.96.0.50:80/TCP", "10.244.1.5"],
                                     ["web", "192.168.1.31:30080/TCP", "192.168.1.100"],
                                     ["web", "192.168.1.240:80/TCP", "10.244.1.6"]]
+    assert rows(entries, owners, False, False, service="other") == []

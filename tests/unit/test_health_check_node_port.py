@@ -123,3 +123,14 @@ def test_a_health_check_port_cannot_be_one_of_the_services_own_node_ports(regist
     assert messages(exc) == ("Internal error occurred: failed to allocate requested HealthCheck NodePort 31005: "
                              "provided port is already allocated")
     assert claims_of(registry, "web") == set()
+
+
+def test_a_service_stored_with_both_on_one_port_can_still_be_updated(registry: Registry) -> None:
+    """Stored before the check existed: an update that keeps it is not refused."""
+    svc = apply(registry, lb(externalTrafficPolicy="Local"))
+    stored = registry.store.get(Service, "default", "web")
+    stored.spec.health_check_node_port = svc.ports[0].node_port
+    registry.store.update(stored)
+    doc = lb(externalTrafficPolicy="Local", healthCheckNodePort=svc.ports[0].node_port)
+    doc["metadata"]["labels"] = {"team": "a"}
+    assert apply(registry, doc).metadata.labels == {"team": "a"}

@@ -43,6 +43,10 @@ def _validate_ip_families(svc: Service) -> list[FieldError]:
     elif len(ips) > 1:
         errs.append(invalid("spec.clusterIPs", ips, "may only hold up to 2 values") if len(ips) > 2
                     else invalid("spec.clusterIPs[1]", ips[1], "not configured on this cluster"))
+    # A headless Service without a selector may name any families (the apiserver
+    # defaults it to RequireDualStack even on a single-stack cluster): nothing is
+    # allocated for it, and an exported one must apply as it was.
+    any_family = svc.is_headless and not spec.selector
     seen: set[str] = set()
     for i, family in enumerate(spec.ip_families or []):
         path = f"spec.ipFamilies[{i}]"
@@ -50,13 +54,13 @@ def _validate_ip_families(svc: Service) -> list[FieldError]:
             errs.append(not_supported(path, family, IP_FAMILIES))
         elif family in seen:
             errs.append(duplicate(path, family))
-        elif family != "IPv4":
+        elif family != "IPv4" and not any_family:
             errs.append(invalid(path, family, "not configured on this cluster"))
         seen.add(family)
     policy = spec.ip_family_policy
     if policy is not None and policy not in IP_FAMILY_POLICIES:
         errs.append(not_supported("spec.ipFamilyPolicy", policy, IP_FAMILY_POLICIES))
-    elif policy == "RequireDualStack":
+    elif policy == "RequireDualStack" and not any_family:
         errs.append(invalid("spec.ipFamilyPolicy", policy, "this cluster is not configured for dual-stack services"))
     return errs
 
