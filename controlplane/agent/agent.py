@@ -120,11 +120,8 @@ class Agent:
         gone: dict[Frontend, str] = {}   # removed in one batched pass (writer.delete_many)
         left: list[tuple[ServiceState, ServiceState | None]] = []   # (old, new) for udp_backends_left
         keeps: set[ServiceKey] = set()   # services outside this batch that keep a frontend it drops
-        owners = self._owners
         for key, want in wants.items():
-            if any(owners.get(fe) != owner for fe, owner in want.owners.items()):
-                owners.update(want.owners)
-                self.owners_version += 1
+            self._take_owners(want)
             for fe in self._frontends.get(key, set()) - {s.frontend for s in want.states}:
                 # Another service that still lists it keeps it, with its own state
                 # (written again below: the maps may hold this one's).
@@ -138,9 +135,7 @@ class Agent:
                     gone[fe] = f"{self._owners.get(fe, key)} {fe}"
                     left.append((old, None))
         for key, want in self._desired_for(sorted(keeps)).items():
-            if any(owners.get(fe) != owner for fe, owner in want.owners.items()):
-                owners.update(want.owners)
-                self.owners_version += 1
+            self._take_owners(want)
             wants[key] = want
         self.writer.delete_many(gone)
         report.removed.extend(gone.values())
@@ -173,6 +168,12 @@ class Agent:
         self._udp_left(left)
         if self.service_health is not None:
             self.service_health.update(self.cache, wants)
+
+    def _take_owners(self, want: Desired) -> None:
+        """Record who owns `want`'s frontends; a change of owner moves owners_version."""
+        if any(self._owners.get(fe) != owner for fe, owner in want.owners.items()):
+            self._owners.update(want.owners)
+            self.owners_version += 1
 
     def _list(self, key: ServiceKey, frontends: set[Frontend]) -> None:
         """Record the frontends a service's desired state lists now."""

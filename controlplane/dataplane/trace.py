@@ -206,9 +206,18 @@ def _maglev_entry(maps, svc_id: int, index: int) -> int:
         os.close(fd)
 
 
-def _source_allowed(maps, svc_id: int, client: str) -> bool:
-    """bpf/nodeport.h np_source_allowed(): a longest-prefix lookup of the client."""
-    return _lookup(maps, "source_ranges", prefixlen=64, svc_id=svc_id, addr=ip_be32(client)) is not None
+def _refused_by_ranges(maps, t: Trace) -> bool:
+    """A new flow of a frontend with loadBalancerSourceRanges from a client outside them
+    (bpf/nodeport.h np_source_allowed(), a longest-prefix lookup): the trace says it is
+    dropped. Checked where each entry point checks it (pods: before the choice; from
+    outside: the tail, after it)."""
+    fe = t.frontend
+    if fe is None or not fe.source_ranges or \
+            _lookup(maps, "source_ranges", prefixlen=64, svc_id=fe.svc_id, addr=ip_be32(t.packet.src)) is not None:
+        return False
+    t.verdict, t.reason = "XDP_DROP", "drop_source_range"
+    t.notes.append("the client is outside loadBalancerSourceRanges: dropped")
+    return True
 
 
 # The unconfirmed tables in bpf/conntrack.h ctu_lookup_any()'s order, and each entry
@@ -332,9 +341,7 @@ def _service_packet(maps, t: Trace, svc, now_ns: int, timeouts: Timeouts) -> Non
             return
         if verdict == "stale":
             t.notes.append("the flow's backend left the service: a backend is chosen again (ct_stale)")
-    if t.entry == "pod" and fe.source_ranges and not _source_allowed(maps, svc.svc_id, p.src):
-        t.verdict, t.reason = "XDP_DROP", "drop_source_range"
-        t.notes.append("the client is outside loadBalancerSourceRanges: dropped")
+    if t.entry == "pod" and _refused_by_ranges(maps, t):
         return
     if svc.count == 0:
         if fe.local_drop:
@@ -478,11 +485,8 @@ def _rewrite(maps, t: Trace, backend: Address | None, snat: Address | None, new:
                 f"(else a random one of {SNAT_PORT_MIN}-{SNAT_PORT_MIN + SNAT_PORT_COUNT - 1}; "
                 "a port of an unconfirmed flow may be taken, never a confirmed one's), "
                 "and XDP_TX"))
-            if t.frontend is not None and t.frontend.source_ranges:
-                if not _source_allowed(maps, t.frontend.svc_id, p.src):
-                    t.verdict, t.reason = "XDP_DROP", "drop_source_range"
-                    t.rewrite = None
-                    t.notes.append("the client is outside loadBalancerSourceRanges: dropped")
+            if _refused_by_ranges(maps, t):
+                t.rewrite = None
     else:
         t.verdict = FORWARDED
 

@@ -34,11 +34,11 @@ def test_every_frontend_of_a_service_and_its_twins_is_named():
                      ("192.168.1.240", "external"): "LoadBalancer IP",
                      ("192.168.1.31", "cluster"): "NodePort", ("192.168.1.31", "external"): "NodePort"}
     assert owners.of(Frontend("10.96.0.99", 80, "TCP")) is None
-    # another service's ClusterIP on the nodePort's number is not the NodePort's
+    # a nodePort is known by its number only where the address is no service's ClusterIP
     other = Service.from_dict({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x", "namespace": "shop"},
-                               "spec": {"clusterIP": "10.96.0.77", "ports": [{"port": 30080}]}})
+                               "spec": {"clusterIP": "10.96.0.77", "ports": [{"port": 80}]}})
     owners = Owners([build_service_view(lb_service(), []), build_service_view(other, [])])
-    assert owners.of(Frontend("10.96.0.77", 30080, "TCP", "cluster")).label == "shop/x"
+    assert owners.of(Frontend("10.96.0.77", 30080, "TCP", "cluster")) is None
 
 
 def test_affinity_rows_name_entries_of_every_way_in():

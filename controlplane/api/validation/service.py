@@ -40,9 +40,10 @@ def _validate_ip_families(svc: Service) -> list[FieldError]:
         errs.append(invalid("spec.clusterIPs", ips, "first value must match `clusterIP`"))
     elif not spec.cluster_ip and ips:
         errs.append(invalid("spec.clusterIPs", ips, "must be empty when `clusterIP` is not specified"))
-    elif len(ips) > 1:
-        errs.append(invalid("spec.clusterIPs", ips, "may only hold up to 2 values") if len(ips) > 2
-                    else invalid("spec.clusterIPs[1]", ips[1], "not configured on this cluster"))
+    elif len(ips) > 2:
+        errs.append(invalid("spec.clusterIPs", ips, "may only hold up to 2 values"))
+    elif len(ips) == 2:   # a second family's address
+        errs.append(invalid("spec.clusterIPs[1]", ips[1], "not configured on this cluster"))
     # A headless Service without a selector may name any families (the apiserver
     # defaults it to RequireDualStack even on a single-stack cluster): nothing is
     # allocated for it, and an exported one must apply as it was.
