@@ -297,10 +297,10 @@ static __always_inline int np_snat_kept(const struct ct_key *fk, struct iphdr *i
 
 /* An external flow's packet, handed to the tail program (np_scratch): what it has to
  * do (SVCXDP_NP_*), the flow's client tuple and frontend (the packet is DNATed by
- * then), its service, whether source ranges apply; for a new flow, whether its backend
- * needs a reply entry and which table its entry went to. */
-static __always_inline void np_pending_set(const struct ct_key *fwd, __u32 svc_id, int ranges,
-					   int reply_entry, int confirmed, int vlan, __u8 mode)
+ * then), its service; for a new flow, whether its backend needs a reply entry and which
+ * table its entry went to. */
+static __always_inline void np_pending_set(const struct ct_key *fwd, __u32 svc_id, int reply_entry,
+					   int confirmed, int vlan, __u8 mode)
 {
 	__u32 zero = 0;
 	struct np_pending *pd = np_scratch.lookup(&zero);
@@ -311,37 +311,15 @@ static __always_inline void np_pending_set(const struct ct_key *fwd, __u32 svc_i
 	pd->vip = fwd->dst;
 	pd->vport = fwd->dport;
 	pd->svc_id = svc_id;
-	pd->ranges = ranges != 0;
 	pd->reply_entry = reply_entry != 0;
 	pd->confirmed = confirmed != 0;
 	pd->vlan = vlan ? 4 : 0;
 	pd->mode = mode;
 }
 
-/* loadBalancerSourceRanges, checked on a new flow as kube-proxy's firewall chain does
- * (ctstate NEW): a client outside them loses the flow just recorded and the packet.
- * Here in the tail because the check in svcxdp_external cost it ~110,000 verified
- * instructions, past the budget. */
-static __always_inline int np_source_denied(const struct iphdr *ip, const struct np_pending *pd)
-{
-	/* The client's address: the packet's source may be the hairpin address by now. */
-	if (!pd->ranges || np_source_allowed(pd->svc_id, pd->client))
-		return 0;
-	struct ct_key fk;
-	ct_key_set(&fk, pd->client, pd->vip, pd->cport, pd->vport, ip->protocol, SVCXDP_CT_DIR_FORWARD);
-	struct ct_value buf;
-	int copied;
-	struct ct_value *v = ct_lookup_external(&fk, &buf, &copied);
-	if (v)
-		ct_uncount(v);
-	conntrack.delete(&fk);
-	ctu_delete(1, &fk);
-	return 1;
-}
-
 /* The first fragment's record (svcxdp.c, frag_record) of a flow the tail then drops:
  * forgotten, or the datagram's later fragments would still be translated and sent on
- * (past the source ranges that refused the flow, or without its SNAT). */
+ * without its SNAT. */
 static __always_inline void np_frag_forget(const struct iphdr *ip, const struct np_pending *pd)
 {
 	if (!(ip->frag_off & bpf_htons(IP_MF)))
@@ -475,8 +453,7 @@ static __always_inline int np_snat(struct xdp_md *ctx, struct iphdr *ip, void *d
  * body of the svcxdp_np_out tail program: the frame is re-parsed, its headers already
  * hold the new addresses.
  * A VLAN-tagged frame of a flow gets the tail's checks and SNAT like any other (once
- * skipped, its flow passed the source ranges and went to another node without SNAT),
- * then goes to the stack. Its IP header's place comes from the pending record, as an
+ * skipped, its flow went to another node without SNAT), then goes to the stack. Its IP header's place comes from the pending record, as an
  * offset the verifier does not know: one walk of those for both places (parsed here,
  * the two places doubled this program's verification). */
 static __always_inline int np_forward(struct xdp_md *ctx, struct events *ev)
@@ -500,11 +477,6 @@ static __always_inline int np_forward(struct xdp_md *ctx, struct events *ev)
 		struct iphdr *fip = (void *)(eth + 1) + vlan;   /* the flow's IP header */
 		if ((void *)(fip + 1) > data_end)
 			return XDP_PASS;
-		if (mode == SVCXDP_NP_NEW && np_source_denied(fip, pd)) {
-			np_frag_forget(fip, pd);
-			ev->main = SVCXDP_CNT_DROP_SOURCE_RANGE;
-			return XDP_DROP;
-		}
 		int rc = np_snat(ctx, fip, data_end, pd, mode, ev);
 		if (rc < 0) {
 			np_frag_forget(fip, pd);

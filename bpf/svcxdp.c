@@ -225,7 +225,7 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 				ctu_store(external, &k, v);
 			/* An unconfirmed SNATed flow may have lost its port (nodeport.h). */
 			if (external && where == CT_IN_UNCONFIRMED && snat.ip)
-				np_pending_set(&k, svc->svc_id, 0, 0, confirmed_now, vlan, SVCXDP_NP_CHECK);
+				np_pending_set(&k, svc->svc_id, 0, confirmed_now, vlan, SVCXDP_NP_CHECK);
 			ev->main = SVCXDP_CNT_CT_HIT;
 			svc_account(svc->svc_id, bytes, 0, 0);
 			goto dnat;
@@ -242,10 +242,10 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 			ctu_store(external, &k, v);
 	}
 
-	/* A pod's new flow to a LoadBalancer IP's twin (cluster scope) meets its source
-	 * ranges here, as kube-proxy's firewall chain filters pods too. (From outside,
-	 * the tail checks them: nodeport.h np_source_denied.) */
-	if (!external && (svc->flags & SVCXDP_SVC_F_SOURCE_RANGES) &&
+	/* A new flow to a LoadBalancer IP meets its source ranges before anything is
+	 * chosen, counted or remembered for it (kube-proxy's firewall chain, which
+	 * filters pods too, on their cluster-scope twin). */
+	if ((svc->flags & SVCXDP_SVC_F_SOURCE_RANGES) &&
 	    !np_source_allowed(svc->svc_id, ip->saddr)) {
 		ev->main = SVCXDP_CNT_DROP_SOURCE_RANGE;
 		return XDP_DROP;
@@ -304,8 +304,8 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 	 * (nodeport.h, np_snat): the route lookup and the port search stay out of
 	 * this program's verification. */
 	if (external)
-		np_pending_set(&k, svc->svc_id, svc->flags & SVCXDP_SVC_F_SOURCE_RANGES,
-			       ct_needs_reply_entry(b), where == CT_IN_CONFIRMED, vlan, SVCXDP_NP_NEW);
+		np_pending_set(&k, svc->svc_id, ct_needs_reply_entry(b), where == CT_IN_CONFIRMED,
+			       vlan, SVCXDP_NP_NEW);
 
 dnat:;
 	__be32 orig_src = ip->saddr;

@@ -361,7 +361,7 @@ struct np_pending {
 	__be32 vip;      /* the frontend the client addressed */
 	__be16 vport;
 	__u8 mode;       /* SVCXDP_NP_* : what the tail has to do for this packet */
-	__u8 ranges;     /* its frontend has loadBalancerSourceRanges */
+	__u8 reserved1;
 	__u32 svc_id;
 	__be32 client;   /* the flow's client (SVCXDP_NP_CHECK: the packet is SNATed already) */
 	__be16 cport;
@@ -382,7 +382,7 @@ struct np_pending {
 	__u8 reserved3[2];
 };
 #define SVCXDP_NP_NONE 0
-#define SVCXDP_NP_NEW 1    /* a new flow's first packet: source ranges, then SNAT or not */
+#define SVCXDP_NP_NEW 1    /* a new flow's first packet: SNAT or not */
 #define SVCXDP_NP_CHECK 2  /* a packet of an unconfirmed SNATed flow: does it still hold its
 			    * port (nodeport.h, np_snat_check)? */
 

@@ -209,8 +209,8 @@ def _maglev_entry(maps, svc_id: int, index: int) -> int:
 def _refused_by_ranges(maps, t: Trace) -> bool:
     """A new flow of a frontend with loadBalancerSourceRanges from a client outside them
     (bpf/nodeport.h np_source_allowed(), a longest-prefix lookup): the trace says it is
-    dropped. Checked where each entry point checks it (pods: before the choice; from
-    outside: the tail, after it)."""
+    dropped, before a backend is chosen (bpf/svcxdp.c handle_service), at either entry
+    point."""
     fe = t.frontend
     if fe is None or not fe.source_ranges or \
             _lookup(maps, "source_ranges", prefixlen=64, svc_id=fe.svc_id, addr=ip_be32(t.packet.src)) is not None:
@@ -341,7 +341,7 @@ def _service_packet(maps, t: Trace, svc, now_ns: int, timeouts: Timeouts) -> Non
             return
         if verdict == "stale":
             t.notes.append("the flow's backend left the service: a backend is chosen again (ct_stale)")
-    if t.entry == "pod" and _refused_by_ranges(maps, t):
+    if _refused_by_ranges(maps, t):
         return
     if svc.count == 0:
         if fe.local_drop:
@@ -485,8 +485,6 @@ def _rewrite(maps, t: Trace, backend: Address | None, snat: Address | None, new:
                 f"(else a random one of {SNAT_PORT_MIN}-{SNAT_PORT_MIN + SNAT_PORT_COUNT - 1}; "
                 "a port of an unconfirmed flow may be taken, never a confirmed one's), "
                 "and XDP_TX"))
-            if _refused_by_ranges(maps, t):
-                t.rewrite = None
     else:
         t.verdict = FORWARDED
 

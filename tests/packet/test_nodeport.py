@@ -10,6 +10,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
+from controlplane.dataplane import readout
 from controlplane.dataplane.model import Backend, Frontend, ServiceState, ip_to_be32
 from controlplane.dataplane.testrun import TestRunner
 
@@ -304,6 +305,30 @@ def test_source_ranges_allow_and_deny(ext, xdp):
     assert len(list(xdp.dp.table("source_ranges").keys())) == 0
 
 
+def test_a_client_outside_the_source_ranges_leaves_no_trace_but_its_drop(ext, xdp):
+    """A flood from outside a LoadBalancer's source ranges is what they are for: it must
+    not count as the service's or a backend's new flows, nor write ClientIP affinity
+    entries (which would evict the allowed clients' from the shared table)."""
+    fe = ext.service(LB_IP, 80, [nodenet.LOCAL_POD], source_ranges=("192.168.1.100/32",),
+                     affinity_timeout=10800)
+    svc_id = xdp.writer.svc_id(fe)
+    flows_before, stats_before, counters_before = (readout.backend_new_flows(xdp.dp),
+                                                   xdp.dp.service_stats(svc_id), xdp.counters())
+    assert ext.send(from_client(LB_IP, 80, src=CLIENT2, flags="S")).verdict == "XDP_DROP"
+    assert delta(counters_before, xdp.counters()) == {"drop_source_range": 1}
+    assert xdp.dp.service_stats(svc_id) == stats_before
+    assert readout.backend_new_flows(xdp.dp) == flows_before
+    assert not list(xdp.dp.table("affinity").keys())
+    # the allowed client's flow is counted and remembered as before
+    assert ext.send(from_client(LB_IP, 80, src=CLIENT, flags="S")).verdict == "XDP_PASS"
+    moved = delta(counters_before, xdp.counters())
+    assert (moved["drop_source_range"], moved["ct_new"], moved["affinity_new"]) == (1, 1, 1)
+    stats = xdp.dp.service_stats(svc_id)
+    assert (stats["new_flows"] - stats_before["new_flows"], stats["packets"] - stats_before["packets"]) == (1, 1)
+    assert sum(readout.backend_new_flows(xdp.dp).values()) == sum(flows_before.values()) + 1
+    assert [k.client for k in xdp.dp.table("affinity").keys()] == [ip_to_be32(CLIENT)]
+
+
 def test_local_policy_without_local_endpoints_drops_and_no_endpoints_rejects(ext, xdp):
     """eTP Local, endpoints only elsewhere: dropped (a timeout). No endpoints at all: RST."""
     ext.service(NODE, 30080, [], local_drop=True)
@@ -498,8 +523,8 @@ def test_a_vlan_tagged_new_flow_leaves_nothing_for_the_next_packet(ext):
 def test_a_client_that_is_its_own_backend_on_another_node_is_answered(ext, ranges):
     """A pod on another node calls the node's NodePort (or LoadBalancer IP) and is chosen
     as its own backend: its source becomes the hairpin address, then the node's on a
-    SNAT port. The tail keys the flow, checks source ranges and records the answer's
-    way back by the client as it sent (np_pending), not by the rewritten source."""
+    SNAT port. The source ranges see the client; the tail keys the flow and records the
+    answer's way back by the client as it sent (np_pending), not by the rewritten source."""
     vip, vport = (NODE, 30080) if not ranges else (LB_IP, 80)
     ext.service(vip, vport, [nodenet.REMOTE_POD], source_ranges=ranges)
     pkt = (Ether(src=nodenet.NODE2_MAC, dst=ext.node.ext_mac) /
@@ -527,9 +552,8 @@ def test_an_icmp_error_about_a_snated_flow_sent_elsewhere_is_not_forwarded(ext):
 
 
 def test_later_fragments_of_a_refused_datagram_are_not_sent_on(ext):
-    """The first fragment's record is made before the tail checks the source ranges; a
-    refused flow's record goes with it, or the datagram's later fragments would reach
-    the backend past the ranges."""
+    """A refused first fragment leaves no record for the datagram's later fragments,
+    which would otherwise reach the backend past the ranges."""
     ext.service(LB_IP, 53, [nodenet.LOCAL_POD], proto="UDP", backend_port=5353, source_ranges=("10.0.0.0/8",))
     datagram = IP(src=CLIENT2, dst=LB_IP, id=99, ttl=64) / UDP(sport=5000, dport=53) / Raw(b"Z" * 64)
     first, *later = [Ether(src=CLIENT_MAC, dst="02:00:00:00:00:ff") / f for f in fragment(datagram, fragsize=32)]
@@ -540,9 +564,9 @@ def test_later_fragments_of_a_refused_datagram_are_not_sent_on(ext):
 
 
 def test_a_vlan_tagged_first_packet_meets_the_source_ranges_and_is_snated(ext, xdp):
-    """The tail finds a tagged frame's IP header where the pending record says: its flow
-    is checked against the source ranges and source-NATed like any other, then left to
-    the stack (which sends tagged frames on)."""
+    """A tagged frame's flow is checked against the source ranges; the tail finds its IP
+    header where the pending record says and source-NATs it like any other, then leaves
+    it to the stack (which sends tagged frames on)."""
     ext.service(LB_IP, 80, [nodenet.REMOTE_POD], source_ranges=("10.0.0.0/8",))
     ext.service(NODE, 30080, [nodenet.REMOTE_POD])
 
