@@ -78,6 +78,7 @@ class DataplaneConfig:
     ct_unconfirmed_pod: int | None = None
     frag_size: int = const("DEFAULT_FRAG_SIZE")
     affinity_size: int = const("DEFAULT_AFFINITY_SIZE")  # ClientIP entries (docs/affinity.md)
+    source_ranges_size: int = const("DEFAULT_SOURCE_RANGES")  # loadBalancerSourceRanges CIDRs, all frontends
     sock_revnat_size: int = const("DEFAULT_SOCK_REVNAT_SIZE")  # (socket, backend) pairs, bpf/sock.h
     tcp_timeout_s: int = const("DEFAULT_TCP_TIMEOUT_S")
     tcp_close_timeout_s: int = const("DEFAULT_TCP_CLOSE_TIMEOUT_S")
@@ -92,8 +93,8 @@ class DataplaneConfig:
         if not _INSTANCE.match(self.instance):
             raise ConfigError(f"instance {self.instance!r}: must be 1-40 lower-case letters, digits or '-'")
         for name in ("max_services", "max_backends", "max_slots", "ct_size", "ct_unconfirmed",
-                     "ct_unconfirmed_pod", "frag_size", "affinity_size", "sock_revnat_size", "tcp_timeout_s",
-                     "tcp_close_timeout_s", "udp_timeout_s"):
+                     "ct_unconfirmed_pod", "frag_size", "affinity_size", "source_ranges_size",
+                     "sock_revnat_size", "tcp_timeout_s", "tcp_close_timeout_s", "udp_timeout_s"):
             value = getattr(self, name)
             if value is None and name in ("ct_unconfirmed", "ct_unconfirmed_pod"):   # (their defaults)
                 continue
@@ -151,6 +152,7 @@ class DataplaneConfig:
             f"-DSVCXDP_CT_UNCONFIRMED_POD_SIZE={self.ct_unconfirmed_pod_size}",
             f"-DSVCXDP_FRAG_SIZE={self.frag_size}",
             f"-DSVCXDP_AFFINITY_SIZE={self.affinity_size}",
+            f"-DSVCXDP_SOURCE_RANGES_SIZE={self.source_ranges_size}",
             f"-DSVCXDP_SOCK_REVNAT_SIZE={self.sock_revnat_size}",
             f"-DSVCXDP_TCP_TIMEOUT_S={self.tcp_timeout_s}ULL",
             f"-DSVCXDP_TCP_CLOSE_TIMEOUT_S={self.tcp_close_timeout_s}ULL",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from itertools import chain, islice, repeat
 from operator import attrgetter, itemgetter
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 
@@ -56,21 +56,29 @@ class Plan:
         return Installed(self.svc_id, self.state, self.ids, self.slot_count, affinity_gen=self.affinity_gen)
 
 
+class Room(Protocol):
+    """A map's room for entries: IdAllocator, SourceRanges."""
+    available: int
+    what: str
+
+
 def check_capacity(plans: Sequence[tuple[ServiceState, Installed | None]], svc_ids: IdAllocator,
-                   backend_ids: IdAllocator, slots_used: int, max_slots: int,
+                   backend_ids: IdAllocator, slots_used: int, max_slots: int, ranges: Room,
                    new: Sequence["NewPlans"] = ()) -> None:
     """Raise CapacityError unless every plan fits; nothing is allocated here.
-    `new`: NewPlans.of the plans' new states, if made already. When they are all of
-    the plans (a sync into empty maps), the totals are known from them; each total
-    only grows plan by plan, so when the totals fit every prefix does, and the walk
-    below, which names the first plan that does not fit, is needed only when one
+    `ranges`: the source_ranges map's room (a frontend's ranges are added before its
+    old ones go). `new`: NewPlans.of the plans' new states, if made already. When they
+    are all of the plans (a sync into empty maps), the totals are known from them; each
+    total only grows plan by plan, so when the totals fit every prefix does, and the
+    walk below, which names the first plan that does not fit, is needed only when one
     does not."""
     if new and sum(len(b.states) for b in new) == len(plans) and \
             len(plans) <= svc_ids.available and \
             sum(sum(b.counts) for b in new) <= backend_ids.available and \
-            slots_used + sum(sum(b.slot_counts) for b in new) <= max_slots:
+            slots_used + sum(sum(b.slot_counts) for b in new) <= max_slots and \
+            sum(len(r) for b in new for r in b.source_ranges) <= ranges.available:
         return
-    services = backends = 0
+    services = backends = added_ranges = 0
     slots = slots_used
     for state, old in plans:
         services += old is None
@@ -87,6 +95,12 @@ def check_capacity(plans: Sequence[tuple[ServiceState, Installed | None]], svc_i
         if slots > max_slots:
             raise CapacityError(f"cannot program {state.frontend}: slots map "
                                 f"(max_slots={max_slots}) would need {slots} entries")
+        if state.source_ranges:
+            added_ranges += len(set(state.source_ranges) - set(old.state.source_ranges if old else ()))
+            if added_ranges > ranges.available:
+                raise CapacityError(f"cannot program {state.frontend}: {ranges.what} has "
+                                    f"{ranges.available} entries left, its source ranges "
+                                    f"(up to it) need {added_ranges}")
 
 
 def plan_upsert(state: ServiceState, old: Installed | None, svc_ids: IdAllocator, backend_ids: IdAllocator,

@@ -1,7 +1,9 @@
 """loadBalancerSourceRanges in the `source_ranges` LPM trie: (svc_id, CIDR) entries,
-looked up by (svc_id, client) in bpf/nodeport.h. A frontend's ranges are added before
+looked up by (svc_id, client) in bpf/svcxdp.c. A frontend's ranges are added before
 its service entry carries SVCXDP_SVC_F_SOURCE_RANGES and removed after it no longer
-lists them, so no packet meets a half-written set."""
+lists them, so no packet meets a half-written set. The entries held are known here,
+so the capacity check (plan.py) can refuse a frontend whose ranges do not fit before
+anything of it is written: a full trie fails an update part-way through a sync."""
 from __future__ import annotations
 
 import ipaddress
@@ -17,6 +19,15 @@ class SourceRanges:
     def __init__(self, table) -> None:
         self.table = table
         self.writes = 0
+        self.limit = table.max_entries
+        self.what = f"source_ranges map (source_ranges_size={self.limit})"
+        self._held: set[tuple[int, str]] = set()   # (svc_id, CIDR) entries the trie holds
+
+    @property
+    def available(self) -> int:
+        """Entries that can still be added (with IdAllocator's `available` and `what`,
+        what check_capacity reads of a map's room)."""
+        return self.limit - len(self._held)
 
     def _key(self, svc_id: int, cidr: str):
         net = ipaddress.IPv4Network(cidr)
@@ -29,10 +40,12 @@ class SourceRanges:
     def add(self, svc_id: int, cidrs: Iterable[str]) -> None:
         for cidr in cidrs:
             self.table[self._key(svc_id, cidr)] = self.table.Leaf(1)
+            self._held.add((svc_id, cidr))
             self.writes += 1
 
     def remove(self, svc_id: int, cidrs: Iterable[str]) -> None:
         for cidr in cidrs:
+            self._held.discard((svc_id, cidr))
             try:
                 del self.table[self._key(svc_id, cidr)]
                 self.writes += 1
@@ -45,4 +58,5 @@ class SourceRanges:
         for k in self.table.keys():
             addr = ipaddress.IPv4Address(int(k.addr).to_bytes(4, "little"))
             out[int(k.svc_id)].append(f"{addr}/{int(k.prefixlen) - _SVC_ID_BITS}")
+        self._held = {(svc_id, cidr) for svc_id, cidrs in out.items() for cidr in cidrs}
         return {i: tuple(sorted(v)) for i, v in out.items()}

@@ -388,7 +388,7 @@ class MapWriter:
         # New frontends' columns and slots first: they write and allocate nothing, and
         # the capacity check takes their slot counts from them.
         batches = [NewPlans.of([state for state, _ in run]) if is_new else None for is_new, run in runs]
-        check_capacity(todo, self._svc_ids, self._backend_ids, self._slots_used, self.max_slots,
+        check_capacity(todo, self._svc_ids, self._backend_ids, self._slots_used, self.max_slots, self.ranges,
                        [b for b in batches if b is not None])
         made: list[Plan] = []       # frontends the maps hold: planned one by one, as diffs
         new: list[NewPlans] = []    # frontends they do not: planned in bulk, as columns

@@ -15,6 +15,8 @@ from controlplane.api import EndpointSlice, Service
 from controlplane.controllers.manager import reconcile
 from controlplane.controllers.registry import MODE_CREATE, Manifest, Registry
 from controlplane.dataplane.config import DataplaneConfig
+from controlplane.dataplane.ids import CapacityError
+from controlplane.dataplane.model import Backend, Frontend, ServiceState
 from controlplane.dataplane.program import Dataplane
 from controlplane.store import SqliteStore
 
@@ -43,7 +45,7 @@ def agent(tmp_path):
     Registry(store).apply(docs, "default", MODE_CREATE)
     reconcile(store)
     dp = Dataplane.load(DataplaneConfig(instance="pytest-agent-cap", pin=False, ct_size=1024,
-                                        max_services=16, max_backends=25, max_slots=64))
+                                        max_services=16, max_backends=25, max_slots=64, source_ranges_size=8))
     try:
         yield Agent(store, NodeConfig("node1"), dp)
     finally:
@@ -102,3 +104,26 @@ def test_an_update_that_does_not_fit_keeps_the_old_state_serving(agent):
     fe = next(fe for fe in agent.writer.installed() if fe.vip == cluster_ip(agent, 0))
     assert len(agent.writer.installed_state(fe).backends) == ENDPOINTS
     assert agent.health.report()[0] == 503
+
+
+def test_source_ranges_that_do_not_fit_are_refused_before_anything_is_written(agent):
+    """A LoadBalancer IP's ranges are written twice (its external entry and its twin for
+    pods): two such IPs of three ranges need 12 of the trie's 8. The second is refused
+    by name before any of its entries is written; a full trie used to fail part-way
+    through the write, its slots and backends written, its entry not."""
+    writer = agent.writer
+
+    def lb(ip: str, scope: str) -> ServiceState:
+        return ServiceState(Frontend(ip, 80, "TCP", scope), (Backend("10.244.9.1", 8080),),
+                            source_ranges=("10.0.0.0/8", "192.0.2.0/24", "198.51.100.0/24"))
+    first = [lb("192.168.1.240", "external"), lb("192.168.1.240", "cluster")]
+    writer.upsert_many(first)
+    before = (set(writer.installed()), writer.writes, len(list(agent.dp.table("source_ranges").keys())))
+    assert before[2] == 6
+    with pytest.raises(CapacityError, match=r"192\.168\.1\.241:80/TCP.*source_ranges_size=8.*2 entries left"):
+        writer.upsert_many([lb("192.168.1.241", "external"), lb("192.168.1.241", "cluster")])
+    assert (set(writer.installed()), writer.writes, len(list(agent.dp.table("source_ranges").keys()))) == before
+    # room made (the first goes), the second fits
+    writer.delete_many([s.frontend for s in first])
+    writer.upsert_many([lb("192.168.1.241", "external"), lb("192.168.1.241", "cluster")])
+    assert len(list(agent.dp.table("source_ranges").keys())) == 6

@@ -295,8 +295,8 @@ def test_trace_of_a_flow_whose_backend_left_and_of_a_large_lc_service(xdp: Harne
 
 
 def test_trace_of_load_balancer_source_ranges(xdp: Harness, maps: PinnedMaps):
-    """loadBalancerSourceRanges are checked by the external entry point's tail on a new
-    flow: a client outside them is dropped (predicted from the LPM trie), one inside is not."""
+    """loadBalancerSourceRanges are checked on a new flow from outside before a backend is
+    chosen: a client outside them is dropped (predicted from the LPM trie), one inside is not."""
     from . import nodenet
     lb_ip, inside, outside = "192.168.1.240", "192.168.1.100", "192.168.1.101"
     node = nodenet.create()

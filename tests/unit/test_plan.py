@@ -1,6 +1,8 @@
 """plan.py and installed.py: what one upsert writes, computed without the maps."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 
 from controlplane.dataplane.affinity_maps import AffinityGenerations
@@ -17,11 +19,19 @@ def st(*ips, alg="random", state="active", affinity=0, m=None) -> ServiceState:
     return ServiceState(FE, tuple(Backend(ip, 8080, state) for ip in ips), alg, affinity, m)
 
 
+@dataclass
+class RangesRoom:
+    """The source_ranges map's room, as SourceRanges reports it."""
+    available: int
+    what: str = "source_ranges map"
+
+
 class Ids:
     def __init__(self, services=10, backends=20):
         self.svc = IdAllocator(services, "services map")
         self.backend = IdAllocator(backends, "backends map")
         self.affinity = AffinityGenerations()
+        self.ranges = RangesRoom(8)
 
     def plan(self, state, old=None):
         return plan_upsert(state, old, self.svc, self.backend, self.affinity)
@@ -85,15 +95,35 @@ def test_capacity_is_checked_exactly_before_anything_is_allocated():
     ids = Ids(services=3, backends=4)    # 2 services, 3 backends
     a = st("10.0.0.1", "10.0.0.2")
     b = ServiceState(Frontend("10.96.0.2", 80), (Backend("10.0.0.3", 8080),))
-    check_capacity([(a, None), (b, None)], ids.svc, ids.backend, 0, 3)
+    check_capacity([(a, None), (b, None)], ids.svc, ids.backend, 0, 3, ids.ranges)
     c = ServiceState(Frontend("10.96.0.3", 80), (Backend("10.0.0.4", 8080),))
     with pytest.raises(CapacityError, match="services map"):
-        check_capacity([(a, None), (b, None), (c, None)], ids.svc, ids.backend, 0, 10)
+        check_capacity([(a, None), (b, None), (c, None)], ids.svc, ids.backend, 0, 10, ids.ranges)
     with pytest.raises(CapacityError, match="backends map"):
-        check_capacity([(st("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"), None)], ids.svc, ids.backend, 0, 10)
+        check_capacity([(st("10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"), None)], ids.svc, ids.backend, 0, 10, ids.ranges)
     with pytest.raises(CapacityError, match="max_slots=2"):
-        check_capacity([(a, None), (b, None)], ids.svc, ids.backend, 0, 2)
+        check_capacity([(a, None), (b, None)], ids.svc, ids.backend, 0, 2, ids.ranges)
     assert ids.svc.available == 2 and ids.backend.available == 3   # nothing taken
+
+
+def test_source_ranges_are_counted_against_their_map_new_ones_only_on_an_update():
+    from controlplane.dataplane.installed import Installed
+    from controlplane.dataplane.plan import NewPlans
+    ids = Ids()
+    lb = [ServiceState(Frontend(f"192.168.1.{i}", 80, "TCP", "external"), (Backend("10.0.0.1", 8080),),
+                       source_ranges=(f"10.{i}.0.0/16", f"10.{i}.1.0/24", "192.0.2.0/24")) for i in range(1, 4)]
+    todo = [(s, None) for s in lb]
+    room = RangesRoom(8)   # three frontends of three ranges need 9
+    for new in ([], [NewPlans.of(lb)]):
+        with pytest.raises(CapacityError, match=r"cannot program 192\.168\.1\.3:80/TCP.*8 entries left.*need 9"):
+            check_capacity(todo, ids.svc, ids.backend, 0, 100, room, new)
+        check_capacity(todo, ids.svc, ids.backend, 0, 100, RangesRoom(9), new)
+    # an update adds its new ranges before its old ones go: only those count
+    old = Installed(1, lb[0], {("10.0.0.1", 8080): 1}, 1)
+    wider = ServiceState(lb[0].frontend, lb[0].backends, source_ranges=lb[0].source_ranges + ("198.51.100.0/24",))
+    check_capacity([(wider, old)], ids.svc, ids.backend, 0, 100, RangesRoom(1))
+    with pytest.raises(CapacityError, match="0 entries left"):
+        check_capacity([(wider, old)], ids.svc, ids.backend, 0, 100, RangesRoom(0))
 
 
 def test_new_plans_in_bulk_equal_planning_one_by_one():
@@ -277,7 +307,7 @@ def test_capacity_from_new_plans_agrees_with_the_walk(kind):
         for new in ([], [NewPlans.of(states)]):
             ids = Ids(services=svc_limit, backends=backend_limit)
             try:
-                check_capacity(todo, ids.svc, ids.backend, 3, slot_limit + 3, new)
+                check_capacity(todo, ids.svc, ids.backend, 3, slot_limit + 3, ids.ranges, new)
                 outcomes.append(None)
             except CapacityError as exc:
                 outcomes.append(str(exc))
