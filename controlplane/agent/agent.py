@@ -20,7 +20,7 @@ from controlplane.gcpause import paused_gc, sweep_if_due
 from controlplane.memtrim import release_free_memory
 
 from .cache import TEXT_KINDS, WATCHED_KINDS, ServiceCache, ServiceKey
-from .desired import Desired, NodeConfig, desired_each, desired_state
+from .desired import Claim, Desired, NodeConfig, claim_rank, conflict, desired_each, desired_state, settle
 from .health import Health
 from .healthcheck import ServiceHealthServers
 from .interfaces import InterfaceManager
@@ -74,7 +74,7 @@ class Agent:
         self.owners_version = 0   # moves when some frontend's owner changes (AgentNaming)
         self._frontends: dict[ServiceKey, set[Frontend]] = {}
         # the other way round: the services whose desired state lists a frontend (two
-        # when they claim one address:port, a FrontendConflict only within one sync)
+        # when they claim one address:port: the one _settle did not pick lists it too)
         self._listed_by: dict[Frontend, set[ServiceKey]] = {}
         self._problems: dict[ServiceKey, tuple[str, ...]] = {}
         self._unprogrammed: set[Frontend] = set()   # wanted, but they do not fit the maps
@@ -121,7 +121,6 @@ class Agent:
         left: list[tuple[ServiceState, ServiceState | None]] = []   # (old, new) for udp_backends_left
         keeps: set[ServiceKey] = set()   # services outside this batch that keep a frontend it drops
         for key, want in wants.items():
-            self._take_owners(want)
             for fe in self._frontends.get(key, set()) - {s.frontend for s in want.states}:
                 # Another service that still lists it keeps it, with its own state
                 # (written again below: the maps may hold this one's).
@@ -134,9 +133,10 @@ class Agent:
                 if (old := self.writer.installed_state(fe)) is not None:
                     gone[fe] = f"{self._owners.get(fe, key)} {fe}"
                     left.append((old, None))
-        for key, want in self._desired_for(sorted(keeps)).items():
+        wants.update(self._desired_for(sorted(keeps)))
+        lost = self._settle(wants)
+        for want in wants.values():
             self._take_owners(want)
-            wants[key] = want
         self.writer.delete_many(gone)
         report.removed.extend(gone.values())
         held = self._held if self.writer.unsettled else None
@@ -148,7 +148,7 @@ class Agent:
                     pending.append((state, old, f"{want.owners.get(fe)} {fe}", key))
                 elif held is not None:
                     held.append(state)
-            self._list(key, set(new))
+            self._list(key, set(new) | lost.get(key, set()))
             self._note_problems(key, want.problems)
         failed = self._upsert([state for state, _, _, _ in pending])
         self._unprogrammed -= {state.frontend for state, _, _, _ in pending}
@@ -168,6 +168,47 @@ class Agent:
         self._udp_left(left)
         if self.service_health is not None:
             self.service_health.update(self.cache, wants)
+
+    def _settle(self, wants: dict[ServiceKey, Desired]) -> dict[ServiceKey, set[Frontend]]:
+        """A frontend two services want goes to one, by the rule desired_state applies
+        within one call (desired.settle): here each service was computed apart. Every
+        other service that lists a frontend one of `wants` claims is computed again and
+        joins them (it may win it, or lose it and must be told); the losers' desired
+        states go without it. Returns the frontends each lost: they stay listed (_list),
+        so a loser takes over when the winner lets go."""
+        first: dict[Frontend, ServiceKey] = {}
+        contested: dict[Frontend, list[ServiceKey]] = {}
+        todo = list(wants)
+        while todo:
+            others: set[ServiceKey] = set()
+            for key in todo:
+                for fe in wants[key].owners:
+                    holder = first.setdefault(fe, key)
+                    if holder != key:
+                        contested.setdefault(fe, [holder]).append(key)
+                    listed = self._listed_by.get(fe)
+                    if listed is not None and (len(listed) > 1 or key not in listed):
+                        others.update(k for k in listed if k not in wants)
+            todo = sorted(others)
+            wants.update(self._desired_for(todo))
+        lost: dict[ServiceKey, set[Frontend]] = {}
+        for fe, keys in contested.items():
+            claims = []
+            for key in keys:
+                view, twin = self.cache.view(key), fe in wants[key].twins
+                assert view is not None   # (a service without a view wants nothing)
+                claims.append(Claim(wants[key].owners[fe], twin, claim_rank(view.service, twin)))
+            winner = settle(claims)
+            for key, claim in zip(keys, claims):
+                if claim is winner:
+                    continue
+                want = wants[key]
+                told = conflict(fe, claim, winner)
+                wants[key] = Desired(tuple(s for s in want.states if s.frontend != fe),
+                                     {f: o for f, o in want.owners.items() if f != fe},
+                                     want.problems + ((told,) if told is not None else ()), want.twins - {fe})
+                lost.setdefault(key, set()).add(fe)
+        return lost
 
     def _take_owners(self, want: Desired) -> None:
         """Record who owns `want`'s frontends; a change of owner moves owners_version."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import compress, repeat
-from operator import eq
+from operator import attrgetter, eq
 from typing import Callable, Iterable, Sequence
 
+from controlplane.api.meta import parse_timestamp
+from controlplane.api.service import Service
 from controlplane.api.validation.lb_annotations import (BACKEND_WEIGHTS, LB_ALGORITHM,
                                                        MAGLEV_TABLE_SIZE, parse_backend_weights,
                                                        parse_table_size)
@@ -54,6 +56,51 @@ class Desired:
     owners: dict[Frontend, str] = field(default_factory=dict)
     # things the node cannot serve, said once per sync
     problems: tuple[Problem, ...] = ()
+    # the owned frontends that are cluster-scope twins of ways in from outside
+    twins: frozenset[Frontend] = frozenset()
+
+
+# ---- two services, one frontend ---------------------------------------------------------
+# Nothing in the API stops two services from naming one address:port (an externalIP, a
+# LoadBalancer IP, another service's ClusterIP). One rule decides which serves it, in a
+# full sync, in an incremental one (the agent: services computed apart) and in the
+# consistency check alike, so the winner depends neither on the order the services
+# were read or changed in nor on the node: a ClusterIP before a twin (an address the
+# apiserver allocated before one a user wrote), then the older service, then
+# namespace/name. The older: a service created later cannot take over another's
+# address by naming it (CVE-2020-8554), and a restart changes nothing.
+
+@dataclass(frozen=True)
+class Claim:
+    """One service's claim on a frontend that another also claims."""
+    owner: str          # "namespace/service:port-name"
+    twin: bool          # as a cluster-scope twin of a way in from outside
+    rank: tuple         # claim_rank: the lowest wins
+
+
+def claim_rank(svc: Service, twin: bool) -> tuple:
+    try:
+        created = parse_timestamp(svc.metadata.creation_timestamp or "").timestamp()
+    except ValueError:   # none (or unreadable): the newest
+        created = float("inf")
+    return (twin, created, svc.namespace, svc.name)
+
+
+def settle(claims: Sequence[Claim]) -> Claim:
+    """The claim that gets the frontend: the lowest rank, the first of equal ones."""
+    return min(claims, key=_rank)
+
+
+def conflict(fe: Frontend, loser: Claim, winner: Claim) -> Problem | None:
+    """What the loser of `fe` is told. Not a twin lost to another twin: its service lost
+    the way in from outside it is the twin of, to the same service, and was told so."""
+    if loser.twin and winner.twin:
+        return None
+    return Problem(f"service {loser.owner}: {fe}{' (the way in for pods and nodes)' if loser.twin else ''} "
+                   f"is already served for {winner.owner}; not programmed twice", "FrontendConflict")
+
+
+_rank = attrgetter("rank")
 
 
 def backend_state(ready: bool, serving: bool, terminating: bool) -> str | None:
@@ -181,33 +228,38 @@ def _desired_state(groups: Sequence[Sequence[ServiceView]], node: NodeConfig,
     None when UncheckedModel finds a bad value."""
     pending: list = []    # ServiceStates, or what UncheckedModel makes them of
     # per group: where its states end in `pending`, its owners and problems
-    parts: list[tuple[int, dict[Frontend, str], list[Problem]]] = []
+    parts: list[tuple[int, dict[Frontend, str], set[Frontend], list[Problem]]] = []
     # a service without annotations (most) takes the node's settings, if they are valid
     plain = (node.default_algorithm, {}, None) if node.default_algorithm in ALGORITHMS else None
     for views in groups:
         owners: dict[Frontend, str] = {}
+        twins: set[Frontend] = set()
         problems: list[Problem] = []
-        _views_into(views, node, make, plain, pending, owners, problems)
-        parts.append((len(pending), owners, problems))
+        _views_into(views, node, make, plain, pending, owners, twins, problems)
+        parts.append((len(pending), owners, twins, problems))
     states = make.states(pending)
     if states is None:
         return None
     out = []
     start = 0
-    for end, owners, problems in parts:
-        out.append(Desired(states[start:end], owners, tuple(problems)))
+    for end, owners, twins, problems in parts:
+        out.append(Desired(states[start:end], owners, tuple(problems), frozenset(twins)))
         start = end
     return out
 
 
 def _views_into(views: Sequence[ServiceView], node: NodeConfig, make: _Maker,
                 plain: tuple[str, dict[str, int], None] | None, pending: list,
-                owners: dict[Frontend, str], problems: list[Problem]) -> None:
+                owners: dict[Frontend, str], twins_held: set[Frontend], problems: list[Problem]) -> None:
     """Append the states of `views` (as `make` makes them) to `pending`, claiming their
-    frontends in `owners` (a frontend claimed already is a FrontendConflict)."""
+    frontends in `owners` (a frontend two views claim goes to one: settle(), the other
+    is a FrontendConflict), the twins among them in `twins_held`."""
     node_name = node.name
     frontend, state = make.frontend, make.state
     twins: list[tuple] = []   # cluster-scope twins of the external frontends, claimed last
+    # frontends claimed already when another view claimed them: (frontend, view, twin,
+    # owner, state) of each later claim, settled once all are made (_settle_contests)
+    contests: list[tuple] = []
     for view in views:
         svc = view.service
         if not svc.proxied:   # view.proxied, without the view's property in between
@@ -245,34 +297,64 @@ def _views_into(views: Sequence[ServiceView], node: NodeConfig, make: _Maker,
                     external, external_drop = mine, not mine and bool(backends)
             for fe, scope in _frontends(port, node, frontend):
                 if scope == SCOPE_CLUSTER_IP:
-                    if _claimed(fe, owner, owners, problems, name, port.port):
-                        pending.append(state(fe, internal, algorithm, affinity, table_size, (), internal_drop))
+                    made = state(fe, internal, algorithm, affinity, table_size, (), internal_drop)
+                    if _claimed(fe, owner, owners):
+                        pending.append(made)
+                    else:
+                        contests.append((fe, view, False, owner, made))
                     continue
                 ranges = tuple(svc.source_ranges) if scope == SCOPE_LOAD_BALANCER else ()
-                if _claimed(fe, owner, owners, problems, name, port.port):
-                    pending.append(state(fe, external, algorithm, affinity, table_size, ranges, external_drop))
-                    # Pods and the node reach the same address too (kube-proxy matches it
-                    # for them as well): its cluster-scope twin, the entry their lookups
-                    # find, with every endpoint — kube-proxy short-circuits traffic from
-                    # inside to all of them, subject to neither traffic policy. Claimed
-                    # after the group's own frontends: a ClusterIP comes first.
-                    twins.append((frontend(fe.vip, fe.port, protocol, "cluster"), owner, name, port.port,
-                                  backends, algorithm, affinity, table_size, ranges))
-    for twin, owner, name, port_number, backends, algorithm, affinity, table_size, ranges in twins:
-        if _claimed(twin, owner, owners, problems, name, port_number, " (the way in for pods and nodes)"):
-            pending.append(state(twin, backends, algorithm, affinity, table_size, ranges, False))
+                made = state(fe, external, algorithm, affinity, table_size, ranges, external_drop)
+                if _claimed(fe, owner, owners):
+                    pending.append(made)
+                else:
+                    contests.append((fe, view, False, owner, made))
+                # Pods and the node reach the same address too (kube-proxy matches it for
+                # them as well): its cluster-scope twin, the entry their lookups find, with
+                # every endpoint — kube-proxy short-circuits traffic from inside to all of
+                # them, subject to neither traffic policy. Claimed after the group's own
+                # frontends (a ClusterIP comes first in any case: claim_rank).
+                twins.append((frontend(fe.vip, fe.port, protocol, "cluster"), view, owner,
+                              backends, algorithm, affinity, table_size, ranges))
+    for twin, view, owner, backends, algorithm, affinity, table_size, ranges in twins:
+        made = state(twin, backends, algorithm, affinity, table_size, ranges, False)
+        if _claimed(twin, owner, owners):
+            pending.append(made)
+            twins_held.add(twin)
+        else:
+            contests.append((twin, view, True, owner, made))
+    if contests:
+        _settle_contests(contests, views, pending, owners, twins_held, problems)
 
 
-def _claimed(fe: Frontend, owner: str, owners: dict[Frontend, str], problems: list[Problem],
-             name: str, port: int | None, what: str = "") -> bool:
-    """Claim `fe` for `owner`; a frontend claimed already is a FrontendConflict."""
+def _claimed(fe: Frontend, owner: str, owners: dict[Frontend, str]) -> bool:
+    """Claim `fe` for `owner` unless it is claimed already."""
     n = len(owners)
     owners.setdefault(fe, owner)     # one hash of fe, not two
-    if len(owners) > n:
-        return True
-    problems.append(Problem(f"service {name} port {port}: {fe}{what} is already served for "
-                            f"{owners[fe]}; not programmed twice", "FrontendConflict"))
-    return False
+    return len(owners) > n
+
+
+def _settle_contests(contests: list[tuple], views: Sequence[ServiceView], pending: list,
+                     owners: dict[Frontend, str], twins_held: set[Frontend], problems: list[Problem]) -> None:
+    """Each contested frontend to the claim settle() picks, among the first (in
+    `pending`) and the later ones: where a later one wins, its state takes the first's
+    place. (Rare: the views and states are searched, not indexed as they are made.)"""
+    view_of = {f"{v.service.namespace}/{v.service.name}": v for v in views}
+    later: dict[Frontend, list[tuple]] = {}
+    for fe, view, twin, owner, made in contests:
+        later.setdefault(fe, []).append((Claim(owner, twin, claim_rank(view.service, twin)), made))
+    for fe, challengers in later.items():
+        at = next(i for i, p in enumerate(pending) if (p[0] if p.__class__ is tuple else p.frontend) == fe)
+        first_owner, first_twin = owners[fe], fe in twins_held
+        first_view = view_of[first_owner.rsplit(":", 1)[0]]
+        first = Claim(first_owner, first_twin, claim_rank(first_view.service, first_twin))
+        claims = [first] + [claim for claim, _ in challengers]
+        winner = settle(claims)
+        problems.extend(p for c in claims if c is not winner and (p := conflict(fe, c, winner)) is not None)
+        if winner is not first:
+            pending[at] = next(made for claim, made in challengers if claim is winner)
+            owners[fe] = winner.owner
+            (twins_held.add if winner.twin else twins_held.discard)(fe)
 
 
 SCOPE_NODE_PORT = "nodePort"

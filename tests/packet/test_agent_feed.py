@@ -406,21 +406,21 @@ def test_changed_slices_are_read_as_text_and_still_timed(store, agent, monkeypat
 
 def test_a_frontend_one_service_drops_stays_with_the_other_that_lists_it(store, agent):
     """Two services listing one externalIP:port (a conflict the store lets through): the
-    one written last holds it in the maps. When that one drops the address, the other
-    keeps it, its own state written again, rather than the address going dark until
-    the consistency check."""
+    older holds it in the maps (test_agent_conflicts.py). When that one drops the
+    address, the other takes it, its own state written, rather than the address going
+    dark until the consistency check."""
     add_service(store, "a", A1)
     add_service(store, "b", B)
-    for name in ("a", "b"):
+    for name in ("b", "a"):   # b names it first: a, older (or as old, and first by name), holds it
         svc = store.get(Service, "default", name)
         svc.spec.external_ips = ["203.0.113.9"]
         store.update(svc)
-    agent.incremental_sync()
+        agent.incremental_sync()
     client = Client(agent, {"x": "203.0.113.9"})   # from a pod: the address's twin
-    assert client.backends_of("x") == set(B)         # b's state, written last
-    svc = store.get(Service, "default", "b")
+    assert client.backends_of("x") == set(A1)
+    svc = store.get(Service, "default", "a")
     svc.spec.external_ips = None
     store.update(svc)
     agent.incremental_sync()
-    assert client.backends_of("x") == set(A1)
+    assert client.backends_of("x") == set(B)
     assert agent.check_consistency() is False        # nothing left for the check to repair

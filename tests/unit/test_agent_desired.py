@@ -13,9 +13,10 @@ from controlplane.store.interface import ADDED, DELETED, MODIFIED, WatchEvent
 NODE = NodeConfig("node1")
 
 
-def service(name="web", ip="10.96.0.50", ports=None, annotations=None, **spec) -> Service:
+def service(name="web", ip="10.96.0.50", ports=None, annotations=None, created=None, **spec) -> Service:
     doc = {"apiVersion": "v1", "kind": "Service",
-           "metadata": {"name": name, "namespace": "default", "annotations": annotations or {}},
+           "metadata": {"name": name, "namespace": "default", "annotations": annotations or {},
+                        "creationTimestamp": created},
            "spec": {"clusterIP": ip, "selector": {"app": name},
                     "ports": ports or [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
                     **spec}}
@@ -206,6 +207,23 @@ def test_a_clusterip_comes_before_another_services_twin_and_each_conflict_is_sai
     e = service(name="e", ip="10.96.0.53", externalIPs=["203.0.113.250"])
     d = desired_state([build_service_view(c, []), build_service_view(e, [])], NODE)
     assert len(d.problems) == 1 and "(the way in" not in d.problems[0]
+
+
+@pytest.mark.parametrize("older_first", [True, False], ids=["older-read-first", "older-read-last"])
+def test_two_services_on_one_external_ip_it_goes_to_the_older_in_any_order(older_first):
+    """claim_rank, not the order the views come in: the same winner whatever the order
+    (the agent's syncs, its consistency check and a restart must agree), the other told
+    once (its twin's loss is not said again)."""
+    old = service(name="zzz", ip="10.96.0.52", externalIPs=["203.0.113.250"], created="2026-01-01T00:00:00Z")
+    new = service(name="aaa", ip="10.96.0.53", externalIPs=["203.0.113.250"], created="2026-06-01T10:00:00Z")
+    views = [build_service_view(old, []), build_service_view(new, [])]
+    d = desired_state(views if older_first else views[::-1], NODE)
+    ext = [s.frontend for s in d.states if s.frontend.vip == "203.0.113.250"]
+    assert len(ext) == 2 and {d.owners[fe] for fe in ext} == {"default/zzz:http"}
+    assert Frontend("203.0.113.250", 80, "TCP", "cluster") in d.twins
+    assert [p.reason for p in d.problems] == ["FrontendConflict"]
+    assert d.problems[0].startswith("service default/aaa:http: 203.0.113.250:80/TCP is already served for "
+                                    "default/zzz:http")
 
 
 def test_internal_traffic_policy_local_restricts_the_cluster_ip():
