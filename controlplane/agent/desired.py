@@ -256,6 +256,7 @@ def _views_into(views: Sequence[ServiceView], node: NodeConfig, make: _Maker,
     is a FrontendConflict), the twins among them in `twins_held`."""
     node_name = node.name
     frontend, state = make.frontend, make.state
+    start = len(pending)      # where this group's states begin (earlier groups' come first)
     twins: list[tuple] = []   # cluster-scope twins of the external frontends, claimed last
     # frontends claimed already when another view claimed them: (frontend, view, twin,
     # owner, state) of each later claim, settled once all are made (_settle_contests)
@@ -324,7 +325,7 @@ def _views_into(views: Sequence[ServiceView], node: NodeConfig, make: _Maker,
         else:
             contests.append((twin, view, True, owner, made))
     if contests:
-        _settle_contests(contests, views, pending, owners, twins_held, problems)
+        _settle_contests(contests, views, pending, start, owners, twins_held, problems)
 
 
 def _claimed(fe: Frontend, owner: str, owners: dict[Frontend, str]) -> bool:
@@ -334,17 +335,18 @@ def _claimed(fe: Frontend, owner: str, owners: dict[Frontend, str]) -> bool:
     return len(owners) > n
 
 
-def _settle_contests(contests: list[tuple], views: Sequence[ServiceView], pending: list,
+def _settle_contests(contests: list[tuple], views: Sequence[ServiceView], pending: list, start: int,
                      owners: dict[Frontend, str], twins_held: set[Frontend], problems: list[Problem]) -> None:
     """Each contested frontend to the claim settle() picks, among the first (in
-    `pending`) and the later ones: where a later one wins, its state takes the first's
-    place. (Rare: the views and states are searched, not indexed as they are made.)"""
+    `pending`, from `start` on) and the later ones: where a later one wins, its state
+    takes the first's place. (Rare: the views and states are searched, not indexed as
+    they are made.)"""
     view_of = {f"{v.service.namespace}/{v.service.name}": v for v in views}
     later: dict[Frontend, list[tuple]] = {}
     for fe, view, twin, owner, made in contests:
         later.setdefault(fe, []).append((Claim(owner, twin, claim_rank(view.service, twin)), made))
     for fe, challengers in later.items():
-        at = next(i for i, p in enumerate(pending) if (p[0] if p.__class__ is tuple else p.frontend) == fe)
+        at = next(i for i in range(start, len(pending)) if _frontend_of(pending[i]) == fe)
         first_owner, first_twin = owners[fe], fe in twins_held
         first_view = view_of[first_owner.rsplit(":", 1)[0]]
         first = Claim(first_owner, first_twin, claim_rank(first_view.service, first_twin))
@@ -355,6 +357,11 @@ def _settle_contests(contests: list[tuple], views: Sequence[ServiceView], pendin
             pending[at] = next(made for claim, made in challengers if claim is winner)
             owners[fe] = winner.owner
             (twins_held.add if winner.twin else twins_held.discard)(fe)
+
+
+def _frontend_of(made: tuple | ServiceState) -> Frontend:
+    """The frontend of a state as UncheckedModel (a tuple) or _Checked makes it."""
+    return made[0] if made.__class__ is tuple else made.frontend   # type: ignore[index,union-attr]
 
 
 SCOPE_NODE_PORT = "nodePort"
