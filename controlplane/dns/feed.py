@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 
 from controlplane.api.endpoints import LABEL_SERVICE_NAME, EndpointSlice
 from controlplane.api.errors import Gone
+from controlplane.api.namespace import Namespace
 from controlplane.api.pod import Pod
 from controlplane.api.service import Service
 from controlplane.gcpause import paused_gc
 from controlplane.store.interface import DELETED, Store, WatchEvent
 
-from .records import A, Record, absolute, pod_records, service_records
+from .records import A, Record, absolute, namespace_records, pod_records, service_records
 from .zone import Zones
 
 log = logging.getLogger("svcxdp.dns.feed")
@@ -39,7 +40,7 @@ class Snapshot:
 
 @dataclass
 class ClusterObjects:
-    """Services, their EndpointSlices and Pods, and the zone records they make."""
+    """Namespaces, Services, their EndpointSlices and Pods, and the zone records they make."""
     zones: Zones
     services: dict[ServiceKey, Service] = field(default_factory=dict)
     slices: dict[ServiceKey, dict[str, EndpointSlice]] = field(default_factory=dict)
@@ -47,7 +48,8 @@ class ClusterObjects:
 
     @property
     def kinds(self) -> tuple[type, ...]:
-        return (Service, EndpointSlice, Pod) if self.zones.pods_mode == "verified" else (Service, EndpointSlice)
+        kinds = (Namespace, Service, EndpointSlice)
+        return kinds + (Pod,) if self.zones.pods_mode == "verified" else kinds
 
     def apply(self, events: list[WatchEvent]) -> bool:
         """Fold events in; True if any record changed."""
@@ -67,6 +69,10 @@ class ClusterObjects:
             elif isinstance(obj, Pod):
                 records = [] if ev.type == DELETED else pod_records(obj, self.zones.domain)
                 changed |= self.zones.replace(("pod", obj.namespace, obj.name), records)
+            elif isinstance(obj, Namespace):
+                records = [] if ev.type == DELETED else namespace_records(
+                    obj.name, self.zones.domain, self.zones.pods_mode != "disabled")
+                changed |= self.zones.replace(("namespace", obj.name), records)
         for key in touched:
             changed |= self._refresh(key)
         return changed
@@ -144,7 +150,7 @@ class StoreFeed:
         """Drop everything before a relist (objects deleted meanwhile must go too)."""
         zones = self.objects.zones
         for source in list(zones.sources):
-            if source[0] in ("svc", "pod", "nameserver"):
+            if source[0] in ("svc", "pod", "namespace", "nameserver"):
                 zones.replace(source, [])
         self.objects.services.clear()
         self.objects.slices.clear()

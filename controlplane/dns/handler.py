@@ -9,6 +9,7 @@ zones or CNAMEs pointing out of them, to the forwarder (a coroutine the server a
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
@@ -26,7 +27,12 @@ log = logging.getLogger("svcxdp.dns")
 
 UDP_CACHE_ENTRIES = 100_000
 MAX_PENDING_FORWARDS = 1000
-CHASED = (dns.rdatatype.A, dns.rdatatype.AAAA)
+# Types an ExternalName's CNAME is not followed upstream for: CNAME and ANY are answered by
+# the CNAME itself; SRV, as CoreDNS, which leaves external services out of SRV answers.
+NOT_CHASED = (dns.rdatatype.CNAME, dns.rdatatype.ANY, dns.rdatatype.SRV)
+# A query that fails with an unexpected exception logs its traceback at most this often:
+# one packet type repeated must not flood the log (the rest go to debug, and are counted).
+FAILURE_LOG_INTERVAL = 60.0
 
 Result = bytes | None | Awaitable[bytes | None]
 
@@ -47,6 +53,8 @@ class Handler:
         self.udp_cache: dict[bytes, bytes] = {}
         self.pending = 0
         self.counters = Counters()
+        self.next_failure_log = 0.0
+        self.failures_unlogged = 0
 
     def zone_changed(self) -> None:
         self.udp_cache.clear()
@@ -54,10 +62,38 @@ class Handler:
     def handle(self, data: bytes, udp: bool) -> Result:
         """bytes to send, None to stay silent, or an awaitable of either."""
         try:
-            return self._handle(data, udp)
+            result = self._handle(data, udp)
         except Exception:  # a bug must cost one answer, not the server
-            log.exception("query failed")
-            self.counters.servfail += 1
+            return self._failed(data, udp)
+        if result is None or isinstance(result, bytes):
+            return result
+        return self._guarded(result, data, udp)
+
+    async def _guarded(self, pending: Awaitable[bytes | None], data: bytes, udp: bool) -> bytes | None:
+        """A forward's failure answered like any other (raised, it would reach asyncio's
+        own handler, which logs a traceback per task)."""
+        try:
+            return await pending
+        except Exception:
+            return self._failed(data, udp)
+
+    def _failed(self, data: bytes, udp: bool) -> bytes | None:
+        """SERVFAIL for a query an unexpected exception stopped, the question echoed when it
+        parses; the traceback logged at most once per FAILURE_LOG_INTERVAL."""
+        self.counters.servfail += 1
+        now = time.monotonic()
+        if now >= self.next_failure_log:
+            self.next_failure_log = now + FAILURE_LOG_INTERVAL
+            log.exception("query failed, answered SERVFAIL (%d more failed since the last logged one)",
+                          self.failures_unlogged)
+            self.failures_unlogged = 0
+        else:
+            self.failures_unlogged += 1
+            log.debug("query failed, answered SERVFAIL", exc_info=True)
+        try:
+            query = parse_query(data)
+            return to_wire(make_response(query, dns.rcode.SERVFAIL), udp_limit(query) if udp else 65535)
+        except Exception:
             return header_error(data, dns.rcode.SERVFAIL)
 
     def _handle(self, data: bytes, udp: bool) -> Result:
@@ -77,7 +113,7 @@ class Handler:
         if ans is None:
             return self._forward(query, qname, qtype, limit)
         resp = authoritative_response(query, ans, self.zones.ttl)
-        if ans.chase is not None and qtype in CHASED and self.forwarder is not None:
+        if ans.chase is not None and qtype not in NOT_CHASED and self.forwarder is not None:
             return self._chase(resp, dns.name.from_text(ans.chase), qtype, limit)
         wire = to_wire(resp, limit)
         if udp:
@@ -110,8 +146,9 @@ class Handler:
         return to_wire(resp, limit)
 
     async def _chase(self, resp: dns.message.Message, target: dns.name.Name, qtype: int, limit: int) -> bytes:
-        """An ExternalName's CNAME with the target's addresses appended (what CoreDNS's
-        kubernetes plugin does through its upstream), so stub resolvers get a usable answer."""
+        """An ExternalName's CNAME with the target's records of the asked type appended (what
+        CoreDNS's kubernetes plugin does through its upstream for A, AAAA and TXT; here for
+        every type but NOT_CHASED), so stub resolvers, which do not chase, get a usable answer."""
         assert self.forwarder is not None
         self.pending += 1
         try:

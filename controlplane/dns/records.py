@@ -3,7 +3,8 @@
 Follows the Kubernetes DNS-based service discovery specification (kubernetes/dns
 docs/specification.md, schema 1.1.0) the way CoreDNS's `kubernetes` plugin answers:
 
-    <svc>.<ns>.svc.<zone>            A      ClusterIP; headless: every ready endpoint
+    <svc>.<ns>.svc.<zone>            A      ClusterIP; headless: every ready endpoint (none
+                                            ready: no records, NXDOMAIN, spec 2.4.1)
     <ep>.<svc>.<ns>.svc.<zone>       A      headless endpoint; <ep> = its hostname, else the
                                             dashed address (10-244-1-5)
     _<port>._<proto>.<svc>.<ns>.svc  SRV    named ports: ClusterIP -> one record, target the
@@ -12,6 +13,7 @@ docs/specification.md, schema 1.1.0) the way CoreDNS's `kubernetes` plugin answe
     <svc>.<ns>.svc.<zone>            CNAME  ExternalName -> spec.externalName
     <a>-<b>-<c>-<d>.<ns>.pod.<zone>  A      a pod's address (pods "verified")
     dns-version.<zone>               TXT    the schema version
+    <ns>.svc.<zone>, <ns>.pod.<zone> -      exist (NODATA) while the namespace does
 
 Names are lowercase and absolute (trailing dot). "Ready" for a headless endpoint is its
 `ready` condition, or any endpoint when the Service has `publishNotReadyAddresses`.
@@ -30,9 +32,9 @@ SCHEMA_VERSION = "1.1.0"
 
 # Record types we hold (the numbers dnspython and the wire use).
 A, NS, CNAME, SOA, PTR, TXT, SRV = 1, 2, 5, 6, 12, 16, 33
-# Not a type: "this name exists" with no data (a headless service without ready endpoints
-# answers NODATA, not NXDOMAIN).
-EXISTS = 0
+# Not a type: "this name exists" with no data (a namespace's `<ns>.svc` and `<ns>.pod`
+# answer NODATA, not NXDOMAIN). Outside 0..65535, so no query type can select it.
+EXISTS = -1
 
 Srv = tuple[int, int, int, str]            # priority, weight, port, target
 Value = Union[str, Srv]                    # A: dotted quad; CNAME/PTR/NS: name; TXT: text
@@ -128,9 +130,9 @@ def service_records(svc: Service, slices: Iterable[EndpointSlice], zone: str) ->
 
 
 def _headless_records(svc: Service, name: str, endpoints: list[EndpointAddress]) -> list[Record]:
-    # A headless service exists even with no ready endpoint: its name answers NODATA,
-    # which the zone gets from this (empty-valued) marker.
-    out: list[Record] = [Record(name, EXISTS, "")]
+    # No ready endpoint, no records: the name, its SRV and endpoint names are NXDOMAIN
+    # (spec 2.4.1 "If there are no ready endpoints ... the answer should be NXDOMAIN").
+    out: list[Record] = []
     srv: dict[tuple[str, str], list[tuple[int, str]]] = {}
     for ep in endpoints:
         host = f"{ep.label}.{name}"
@@ -153,6 +155,14 @@ def pod_records(pod: Pod, zone: str) -> list[Record]:
     if ip is None or pod.phase in (SUCCEEDED, FAILED):
         return []
     return [Record(absolute(f"{dashed(ip)}.{pod.namespace}.pod.{zone}"), A, ip)]
+
+
+def namespace_records(namespace: str, zone: str, pods: bool) -> list[Record]:
+    """An existing namespace's names, NODATA even when nothing is in it (CoreDNS): `<ns>.svc`,
+    and `<ns>.pod` unless pod records are disabled. In `--pods insecure` the latter is
+    also what lets `a-b-c-d.<ns>.pod` answer: only for namespaces that exist."""
+    kinds = ("svc", "pod") if pods else ("svc",)
+    return [Record(absolute(f"{namespace}.{kind}.{zone}"), EXISTS, "") for kind in kinds]
 
 
 def zone_records(zone: str) -> list[Record]:

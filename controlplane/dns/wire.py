@@ -1,5 +1,5 @@
 """Wire format, through dnspython: checking a query, turning an `Answer` into a response,
-sizing it for UDP (TC when it does not fit).
+sizing it for UDP or TCP (glue dropped first; TC only when answer records do not fit).
 
 `check_query` says what a real server answers to a bad query instead of a lookup:
 FORMERR for packets that do not parse or do not ask exactly one question, NOTIMP for
@@ -7,6 +7,8 @@ opcodes other than QUERY and for classes nobody serves, REFUSED for classes we d
 serve and for zone transfers, BADVERS for EDNS versions above 0.
 """
 from __future__ import annotations
+
+import io
 
 import dns.exception
 import dns.flags
@@ -24,6 +26,7 @@ import dns.rdtypes.ANY.SOA
 import dns.rdtypes.ANY.TXT
 import dns.rdtypes.IN.A
 import dns.rdtypes.IN.SRV
+import dns.renderer
 import dns.rrset
 
 from .records import A, CNAME, NS, PTR, SOA, SRV, TXT, Record
@@ -148,11 +151,63 @@ def udp_limit(query: dns.message.Message) -> int:
 
 
 def to_wire(resp: dns.message.Message, limit: int = 65535) -> bytes:
-    """The response, or its truncated form (TC, question only) when it exceeds `limit`."""
+    """The response in at most `limit` bytes (the client's UDP size, or 65535 over TCP).
+
+    What does not fit is left out the way RFC 2181 §9 asks: additional records silently
+    (they are optional, never a reason for TC: an SRV answer is still whole without its
+    glue); answer records one at a time, as many whole ones as fit, with TC set so the
+    client retries over TCP and one that does not still gets a usable partial set."""
     try:
         return resp.to_wire(max_size=limit)
     except dns.exception.TooBig:
+        return _fitted(resp, limit)
+
+
+def _fitted(resp: dns.message.Message, limit: int) -> bytes:
+    """`to_wire` for a response over `limit`: filled record by record (rare, so the common
+    case above stays one render)."""
+    r = dns.renderer.Renderer(resp.id, resp.flags, limit)
+    opt_size = _opt_size(resp)
+    r.reserve(opt_size)  # the OPT record goes last and must still fit
+    for q in resp.question:
+        r.add_question(q.name, q.rdtype, q.rdclass)
+    try:
+        for rrset in resp.answer:
+            _add_what_fits(r, rrset)
+        for rrset in resp.authority:
+            r.add_rrset(dns.renderer.AUTHORITY, rrset)
+    except dns.exception.TooBig:
+        r.flags |= dns.flags.TC  # the renderer dropped the record that did not fit
+    else:
+        for rrset in resp.additional:
+            try:
+                r.add_rrset(dns.renderer.ADDITIONAL, rrset)
+            except dns.exception.TooBig:
+                continue  # a smaller glue RRset later may still fit
+    r.release_reserved()
+    if resp.opt is not None:
+        r.add_rrset(dns.renderer.ADDITIONAL, resp.opt)
+    r.write_header()
+    return r.get_wire()
+
+
+def _add_what_fits(r: dns.renderer.Renderer, rrset: dns.rrset.RRset) -> None:
+    """The answer RRset whole or, when it does not fit, as many of its records as do
+    (same bytes, one record at a time) before TooBig."""
+    try:
+        r.add_rrset(dns.renderer.ANSWER, rrset)
+        return
+    except dns.exception.TooBig:
         pass
-    resp.answer, resp.authority, resp.additional = [], [], []
-    resp.flags |= dns.flags.TC
-    return resp.to_wire(max_size=limit)
+    for rd in rrset:
+        single = dns.rrset.RRset(rrset.name, rrset.rdclass, rrset.rdtype)
+        single.add(rd, rrset.ttl)
+        r.add_rrset(dns.renderer.ANSWER, single)
+
+
+def _opt_size(resp: dns.message.Message) -> int:
+    if resp.opt is None:
+        return 0
+    out = io.BytesIO()
+    resp.opt.to_wire(out)
+    return out.tell()

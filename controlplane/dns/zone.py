@@ -12,9 +12,12 @@ CNAME in the same step it gains its A. Values are reference-counted, so two sour
 publish the same record (two headless services selecting one pod give two PTRs, one pod
 IP's PTR survives the removal of either).
 
-Answer semantics (RFC 1034 4.3.2, RFC 2308): a name with data of another type, or an empty
-non-terminal (a name with records only below it, e.g. `default.svc.cluster.local`), is
+Answer semantics (RFC 1034 4.3.2, RFC 2308): a name with data of another type, an empty
+non-terminal (a name with records only below it, e.g. `default.svc.cluster.local`), or a
+name that only exists (records.EXISTS: an existing namespace's `<ns>.svc`, `<ns>.pod`) is
 NODATA; a name that does not exist is NXDOMAIN; both carry the zone's SOA in authority.
+With `--pods insecure`, `a-b-c-d.<ns>.pod` is made up on lookup, for a strict dotted quad
+in a namespace that exists (CoreDNS).
 """
 from __future__ import annotations
 
@@ -185,9 +188,14 @@ class Zones:
         if node is not None or self.pods_mode != "insecure":
             return node
         m = _POD_NAME.match(name)
-        if m and m.group(6) == self.domain and all(int(m.group(i)) < 256 for i in range(1, 5)):
-            return {A: {".".join(m.group(i) for i in range(1, 5)): 1}}
-        return None
+        if m is None or m.group(6) != self.domain or f"{m.group(5)}.pod.{self.domain}" not in self.data:
+            return None  # only in namespaces that exist (their marker, records.namespace_records)
+        try:
+            # Strict dotted quad, as CoreDNS's net.ParseIP: leading zeros (010-...) are no address.
+            ip = ipaddress.IPv4Address(".".join(m.group(i) for i in range(1, 5)))
+        except ValueError:
+            return None
+        return {A: {str(ip): 1}}
 
     def _matching(self, name: str, node: dict[int, dict[Value, int]], qtype: int, apex: str) -> list[Record]:
         if name == apex and qtype in (SOA, NS, ANY):

@@ -201,6 +201,33 @@ def test_truncated_udp_answer_is_retried_over_tcp(env):
     assert len(env.short("big" + ZONE)) == 150  # dig falls back to TCP on TC, as resolvers do
 
 
+def test_srv_glue_that_does_not_fit_is_left_out_without_tc(env):
+    """RFC 2181 §9: 16 SRV records (1052 bytes) fit 1232 bytes; not all their glue does,
+    which is no reason for TC (the whole answer was dropped and TC set)."""
+    addresses = "".join(f"- addresses: [10.244.3.{i + 2}]\n" for i in range(16))
+    env.svcctl("apply", "-f", "-", input=textwrap.dedent("""
+        apiVersion: v1
+        kind: Service
+        metadata: {name: mid}
+        spec:
+          clusterIP: None
+          ports: [{name: http, port: 80}]
+        ---
+        apiVersion: discovery.k8s.io/v1
+        kind: EndpointSlice
+        metadata:
+          name: mid-1
+          labels: {kubernetes.io/service-name: mid}
+        addressType: IPv4
+        ports: [{name: http, port: 80, protocol: TCP}]
+        endpoints:
+        """) + addresses)
+    wait_for("mid's addresses", lambda: len(env.short("+tcp", "mid" + ZONE)) == 16)
+    out = env.dig("+bufsize=1232", "+ignore", "_http._tcp.mid" + ZONE, "SRV")
+    flags = out.split("flags:", 1)[1].split(";", 1)[0]
+    assert "ANSWER: 16," in out and " tc" not in flags, out
+
+
 def test_garbage_does_not_kill_the_server(env):
     rng = random.Random(1)
 

@@ -239,6 +239,22 @@ def test_endpointslice_rules() -> None:
     assert "endpoints[1].addresses: Required value: must contain at least 1 address" in errs
 
 
+@pytest.mark.parametrize("hostname", ["x y", "a.b", "_http", "Web-0", "-a", "a" * 64, ""])
+def test_endpointslice_hostname_is_a_dns1123_label(hostname: str) -> None:
+    """DNS publishes it as <hostname>.<service>.<ns>.svc: anything but one label breaks the name."""
+    doc = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"name": "s", "namespace": "default"}, "addressType": "IPv4",
+           "endpoints": [{"addresses": ["10.244.1.5"], "hostname": "web-0"},
+                         {"addresses": ["10.244.1.6"], "hostname": hostname}]}
+    obj = object_from_dict(doc)
+    apply_defaults(obj)
+    with pytest.raises(Invalid) as exc:
+        check(obj)
+    assert exc.value.kind == "EndpointSlice" and exc.value.name == "s"
+    assert {e.field for e in exc.value.errors} == {"endpoints[1].hostname"}
+    assert f'endpoints[1].hostname: Invalid value: "{hostname}": ' in str(exc.value)
+
+
 def test_endpoints_reject_loopback() -> None:
     doc = {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "e", "namespace": "default"},
            "subsets": [{"addresses": [{"ip": "127.0.0.1"}], "ports": [{"port": 80}]}]}

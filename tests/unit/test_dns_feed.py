@@ -7,9 +7,9 @@ import sqlite3
 import time
 from pathlib import Path
 
-from controlplane.api import Gone, Service
+from controlplane.api import Gone, Namespace, Service
 from controlplane.dns.feed import ClusterObjects, StoreFeed
-from controlplane.dns.records import A
+from controlplane.dns.records import A, SRV
 from controlplane.dns.zone import NOERROR, NXDOMAIN, Zones
 from controlplane.store import SqliteStore
 
@@ -74,6 +74,35 @@ def test_a_relist_that_fails_halfway_is_tried_again(tmp_path: Path) -> None:
         until(loop, lambda: answer(zones, "later")[0] == NOERROR)
         assert answer(zones, "new") == (NOERROR, ["10.96.0.21"])
         assert answer(zones, "old") == (NXDOMAIN, [])
+    finally:
+        feed.stop.set()
+        feed.thread.join(5)
+        loop.close()
+        store.close()
+
+
+def test_namespaces_are_followed(tmp_path: Path) -> None:
+    """An existing namespace's names answer NODATA (CoreDNS), also with nothing in it, and
+    NXDOMAIN once it is deleted: the feed lists and watches Namespaces."""
+    store = SqliteStore(tmp_path / "store.db")
+    store.create(Namespace.from_dict({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "one"}}))
+    zones = Zones(ZONE, ttl=5)
+    loop = asyncio.new_event_loop()
+    feed = StoreFeed(store, ClusterObjects(zones), loop, lambda: None)
+    feed.load()
+
+    def rcode(name: str) -> int:
+        got = zones.lookup(f"{name}.{ZONE}.", SRV)
+        assert got is not None and not got.answer
+        return got.rcode
+
+    assert (rcode("one.svc"), rcode("one.pod"), rcode("two.svc")) == (NOERROR, NOERROR, NXDOMAIN)
+    feed.start()
+    try:
+        store.create(Namespace.from_dict({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "two"}}))
+        store.delete(Namespace, "", "one")
+        until(loop, lambda: rcode("two.svc") == NOERROR and rcode("one.svc") == NXDOMAIN)
+        assert rcode("one.pod") == NXDOMAIN
     finally:
         feed.stop.set()
         feed.thread.join(5)

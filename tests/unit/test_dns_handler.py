@@ -2,6 +2,8 @@
 queries (FORMERR / NOTIMP / REFUSED / BADVERS, never an exception). No sockets, no root."""
 from __future__ import annotations
 
+import asyncio
+import logging
 import struct
 
 import dns.flags
@@ -9,13 +11,14 @@ import dns.message
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
+import dns.rrset
 import pytest
 
-from controlplane.dns.forward import Forwarder
+from controlplane.dns.forward import Cached, Forwarder
 from controlplane.dns.handler import Handler
 from controlplane.store.interface import ADDED, WatchEvent
 
-from test_dns_records import cluster, eps, headless, service
+from test_dns_records import cluster, eps, external, headless, namespace, service
 
 NAME = "web.default.svc.cluster.local"
 
@@ -57,7 +60,7 @@ def test_edns_echoed_and_truncation_over_udp_only():
     h = handler(headless(), eps("hl", many))
     big = "hl.default.svc.cluster.local"
     plain = ask(h, dns.message.make_query(big, "A"))
-    assert plain.flags & dns.flags.TC and not plain.answer and plain.edns < 0
+    assert plain.flags & dns.flags.TC and plain.edns < 0
     edns = ask(h, dns.message.make_query(big, "A", use_edns=0, payload=4096))
     assert edns.edns == 0 and edns.payload == 1232
     assert edns.flags & dns.flags.TC  # 120 addresses do not fit 1232 bytes either
@@ -65,6 +68,46 @@ def test_edns_echoed_and_truncation_over_udp_only():
     assert not tcp.flags & dns.flags.TC and len(tcp.answer[0]) == 120
     small = ask(h, dns.message.make_query(NAME, "A", use_edns=0))
     assert small.edns == 0 and not small.flags & dns.flags.TC
+
+
+def _wire_size(h: Handler, query: dns.message.Message, udp=True) -> int:
+    return len(h.handle(query.to_wire(), udp))  # type: ignore[arg-type]
+
+
+def test_glue_that_does_not_fit_is_dropped_not_the_answer():
+    """RFC 2181 §9: TC is not set because additional data does not fit. 16 SRV records
+    (1052 bytes) fit 1232 bytes; their 16 glue A records do not all fit besides them."""
+    ready = [(f"10.244.1.{i + 2}", True) for i in range(16)]
+    h = handler(headless("mid", ports=[{"name": "http", "port": 80}]), eps("mid", ready, ports=(("http", 80, "TCP"),)))
+    q = dns.message.make_query("_http._tcp.mid.default.svc.cluster.local", "SRV", use_edns=0, payload=1232)
+    r = ask(h, q)
+    assert not r.flags & dns.flags.TC and r.rcode() == dns.rcode.NOERROR
+    assert len(r.answer) == 1 and len(r.answer[0]) == 16
+    glue = {rr.name.to_text() for rr in r.additional}
+    assert glue and glue < {rd.target.to_text() for rd in r.answer[0]}  # what fits, not all
+    assert r.edns == 0 and _wire_size(h, q) <= 1232
+    tcp = ask(h, q, udp=False)  # over TCP everything fits
+    assert sum(len(rr) for rr in tcp.additional) == 16 and not tcp.flags & dns.flags.TC
+
+
+def test_an_answer_too_big_is_cut_to_whole_records_with_tc():
+    """As many whole answer records as fit, TC set: over UDP (a client ignoring TC still
+    gets addresses) and over TCP past 65535 bytes (5,000 endpoints), never TC + nothing."""
+    many = [(f"10.244.{i // 200}.{i % 200 + 2}", True) for i in range(120)]
+    h = handler(headless(), eps("hl", many))
+    big = "hl.default.svc.cluster.local"
+    for q, limit in ((dns.message.make_query(big, "A"), 512),
+                     (dns.message.make_query(big, "A", use_edns=0, payload=4096), 1232)):
+        r = ask(h, q)
+        assert r.flags & dns.flags.TC and _wire_size(h, q) <= limit
+        got = [rd.address for rd in r.answer[0]]
+        assert 0 < len(got) < 120 and set(got) <= {ip for ip, _ in many}
+        assert limit - _wire_size(h, q) < 16  # one more A record (16 bytes) would not fit
+    huge = [(f"10.244.{i // 250}.{i % 250 + 2}", True) for i in range(5000)]
+    h = handler(headless(), *(eps("hl", huge[i:i + 1000], name=f"hl-{i}") for i in range(0, 5000, 1000)))
+    q = dns.message.make_query(big, "A")
+    tcp = ask(h, q, udp=False)
+    assert tcp.flags & dns.flags.TC and len(tcp.answer[0]) > 4000 and _wire_size(h, q, udp=False) <= 65535
 
 
 def test_cache_hit_patches_the_id_and_a_zone_change_invalidates():
@@ -144,3 +187,83 @@ def test_random_garbage_never_raises():
         assert out is None or isinstance(out, bytes) or hasattr(out, "__await__")
         if hasattr(out, "close"):
             out.close()  # an un-awaited forward (names outside our zones)
+
+
+def test_query_type_0_is_nodata_never_a_servfail():
+    """QTYPE 0 must not select the "name exists" marker (it did: SERVFAIL, no question,
+    and a traceback per packet)."""
+    h = handler(namespace("default"), namespace("empty"), headless(), eps("hl", [("10.244.1.5", True)]))
+    for name in ("hl.default.svc.cluster.local", "default.svc.cluster.local", "empty.svc.cluster.local",
+                 "default.pod.cluster.local", NAME):
+        r = ask(h, dns.message.make_query(name, 0))
+        assert r.rcode() == dns.rcode.NOERROR and not r.answer, name
+        assert r.question[0].name.to_text() == name + "."
+        assert [rr.rdtype for rr in r.authority] == [dns.rdatatype.SOA]
+
+
+def test_an_unexpected_exception_is_servfail_with_the_question_and_logged_rate_limited(caplog):
+    h = handler()
+
+    def broken(name, qtype):
+        raise ValueError("a bug")
+    h.zones.lookup = broken  # type: ignore[method-assign]
+    with caplog.at_level(logging.DEBUG, logger="svcxdp.dns"):
+        for _ in range(50):
+            r = ask(h, dns.message.make_query(NAME, "A"))
+            assert r.rcode() == dns.rcode.SERVFAIL and r.question[0].name.to_text() == NAME + "."
+    assert h.counters.servfail == 50
+    errors = [rec for rec in caplog.records if rec.levelno >= logging.WARNING]
+    assert len(errors) == 1 and errors[0].exc_info  # one traceback, not one per packet
+
+
+class FakeUpstream(Forwarder):
+    """Answers every (name, type) with one TXT or A record, or raises."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__([("192.0.2.1", 53)])
+        self.fail, self.asked = fail, []
+
+    async def resolve(self, name, rdtype):
+        self.asked.append((name.to_text(), dns.rdatatype.to_text(rdtype)))
+        if self.fail:
+            raise RuntimeError("a bug in the forwarder")
+        rdata = '"hello"' if rdtype == dns.rdatatype.TXT else "192.0.2.10"
+        rtype = dns.rdatatype.TXT if rdtype == dns.rdatatype.TXT else dns.rdatatype.A
+        answer = [dns.rrset.from_text(name, 30, "IN", rtype, rdata)]
+        return Cached(0, 0, dns.rcode.NOERROR, answer, [])
+
+
+def _settle(out):
+    return out if isinstance(out, bytes) else asyncio.run(out)
+
+
+def test_externalname_is_followed_upstream_for_every_type_but_cname_any_srv():
+    """CoreDNS answers A, AAAA and TXT through the target; any other type is chased too
+    (a stub resolver does not follow the CNAME itself). CNAME and ANY are answered by the
+    CNAME; SRV, as CoreDNS, is not looked up for an external service."""
+    up = FakeUpstream()
+    h = handler(external(), forwarder=up)
+    name = "ext.default.svc.cluster.local"
+    txt = dns.message.from_wire(_settle(h.handle(dns.message.make_query(name, "TXT").to_wire(), True)))
+    assert [(rr.rdtype, rr.name.to_text()) for rr in txt.answer] == [
+        (dns.rdatatype.CNAME, name + "."), (dns.rdatatype.TXT, "www.example.com.")]
+    assert txt.rcode() == dns.rcode.NOERROR and not txt.authority
+    for qtype in ("MX", "A"):
+        r = dns.message.from_wire(_settle(h.handle(dns.message.make_query(name, qtype).to_wire(), True)))
+        assert len(r.answer) == 2, qtype
+    assert up.asked == [("www.example.com.", "TXT"), ("www.example.com.", "MX"), ("www.example.com.", "A")]
+    for qtype in ("CNAME", "ANY", "SRV"):
+        out = h.handle(dns.message.make_query(name, qtype).to_wire(), True)
+        assert isinstance(out, bytes), qtype  # answered here, nothing asked upstream
+        r = dns.message.from_wire(out)
+        assert [rr.rdtype for rr in r.answer] == [dns.rdatatype.CNAME], qtype
+    assert len(up.asked) == 3
+
+
+def test_a_failing_forward_is_servfail_not_an_exception(caplog):
+    h = handler(external(), forwarder=FakeUpstream(fail=True))
+    with caplog.at_level(logging.DEBUG, logger="svcxdp.dns"):
+        for qname in ("ext.default.svc.cluster.local", "www.example.com"):
+            r = dns.message.from_wire(_settle(h.handle(dns.message.make_query(qname, "A").to_wire(), False)))
+            assert r.rcode() == dns.rcode.SERVFAIL and r.question[0].name.to_text() == qname + "."
+    assert len([rec for rec in caplog.records if rec.levelno >= logging.WARNING]) == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controlplane.api import EndpointSlice, Pod, Service
+from controlplane.api import EndpointSlice, Namespace, Pod, Service
 from controlplane.dns.feed import ClusterObjects
 from controlplane.dns.records import A, CNAME, NS, PTR, SOA, SRV, TXT, zone_records
 from controlplane.dns.zone import NOERROR, NXDOMAIN, Zones, reverse_zones
@@ -45,6 +45,10 @@ def pod(name, ip, ns="default", phase="Running") -> Pod:
     return Pod.from_dict({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
                           "spec": {"containers": [{"name": "c", "image": "nginx"}]},
                           "status": {"phase": phase, "podIP": ip}})
+
+
+def namespace(name) -> Namespace:
+    return Namespace.from_dict({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
 
 
 def cluster(*objs, pods="verified", ttl=5) -> tuple[Zones, ClusterObjects]:
@@ -108,11 +112,18 @@ def test_headless_publish_not_ready_addresses():
     assert values(zones, "hl.default.svc.cluster.local.", A) == ["10.244.1.9"]
 
 
-def test_headless_without_ready_endpoints_is_nodata_not_nxdomain():
-    zones, _ = cluster(headless(), eps("hl", [("10.244.1.9", False)]))
-    ans = zones.lookup("hl.default.svc.cluster.local.", A)
-    assert (ans.rcode, ans.answer) == (NOERROR, [])
-    assert [r.rdtype for r in ans.authority] == [SOA]
+def test_headless_without_ready_endpoints_is_nxdomain():
+    """Spec 2.4.1: "If there are no ready endpoints for the headless Service, the answer
+    should be NXDOMAIN" (CoreDNS too): the name, its SRV names and the gone endpoint's."""
+    zones, objects = cluster(namespace("default"), headless(), eps("hl", [("10.244.1.9", True)]))
+    name = "hl.default.svc.cluster.local."
+    assert values(zones, name, A) == ["10.244.1.9"]
+    objects.apply([WatchEvent(MODIFIED, eps("hl", [("10.244.1.9", False)]), 10)])
+    for qname, qtype in ((name, A), (name, 28), ("_http._tcp." + name, SRV), ("10-244-1-9." + name, A)):
+        ans = zones.lookup(qname, qtype)
+        assert (ans.rcode, ans.answer) == (NXDOMAIN, []), qname
+        assert [r.rdtype for r in ans.authority] == [SOA]
+    assert zones.lookup("default.svc.cluster.local.", A).rcode == NOERROR  # the namespace still is
 
 
 def test_headless_endpoints_merge_over_slices_and_ports():
@@ -170,9 +181,50 @@ def test_pod_records_verified_and_insecure():
     assert zones.lookup("10-244-1-6.default.pod.cluster.local.", A).rcode == NXDOMAIN
     objects.apply([WatchEvent(DELETED, pod("p", "10.244.1.5"), 9)])
     assert zones.lookup("10-244-1-5.default.pod.cluster.local.", A).rcode == NXDOMAIN
-    loose, _ = cluster(pods="insecure")
+    loose, _ = cluster(namespace("any"), pods="insecure")
     assert values(loose, "10-244-1-6.any.pod.cluster.local.", A) == ["10.244.1.6"]
     assert loose.lookup("10-244-1-256.any.pod.cluster.local.", A).rcode == NXDOMAIN
+
+
+@pytest.mark.parametrize("name", ["010-244-001-010", "01-2-3-4", "1-2-3-04", "1-2-3-256", "1-2-3"])
+def test_insecure_pod_names_are_strict_dotted_quads(name):
+    """CoreDNS answers what net.ParseIP takes: leading zeros are NXDOMAIN, not an A record
+    (that dnspython then refused to write: SERVFAIL and a traceback per query)."""
+    zones, _ = cluster(namespace("default"), pods="insecure")
+    ans = zones.lookup(f"{name}.default.pod.cluster.local.", A)
+    assert (ans.rcode, ans.answer) == (NXDOMAIN, [])
+
+
+def test_insecure_pods_only_in_namespaces_that_exist():
+    zones, objects = cluster(namespace("default"), pods="insecure")
+    assert values(zones, "1-2-3-4.default.pod.cluster.local.", A) == ["1.2.3.4"]
+    assert zones.lookup("1-2-3-4.nons.pod.cluster.local.", A).rcode == NXDOMAIN
+    objects.apply([WatchEvent(DELETED, namespace("default"), 10)])
+    assert zones.lookup("1-2-3-4.default.pod.cluster.local.", A).rcode == NXDOMAIN
+
+
+@pytest.mark.parametrize("pods", ["verified", "insecure"])
+def test_namespace_names_are_nodata_while_the_namespace_exists(pods):
+    """RFC 8020: a name with names below it is not NXDOMAIN. CoreDNS answers an existing
+    namespace NODATA, with or without Services or Pods in it."""
+    zones, objects = cluster(namespace("other"), namespace("default"), pod("p", "10.244.1.5"), pods=pods)
+    for name in ("other.svc.cluster.local.", "other.pod.cluster.local.", "default.pod.cluster.local.",
+                 "pod.cluster.local.", "svc.cluster.local."):
+        for qtype in (A, SRV, 0):
+            ans = zones.lookup(name, qtype)
+            assert (ans.rcode, ans.answer, [r.rdtype for r in ans.authority]) == (NOERROR, [], [SOA]), (name, qtype)
+    assert zones.lookup("nons.svc.cluster.local.", A).rcode == NXDOMAIN
+    assert zones.lookup("nons.pod.cluster.local.", A).rcode == NXDOMAIN
+    objects.apply([WatchEvent(DELETED, namespace("other"), 10)])
+    assert zones.lookup("other.svc.cluster.local.", A).rcode == NXDOMAIN
+    assert zones.lookup("other.pod.cluster.local.", A).rcode == NXDOMAIN
+
+
+def test_pods_disabled_has_no_pod_names():
+    zones, _ = cluster(namespace("default"), pods="disabled")
+    assert zones.lookup("default.svc.cluster.local.", A).rcode == NOERROR
+    for name in ("default.pod.cluster.local.", "1-2-3-4.default.pod.cluster.local.", "pod.cluster.local."):
+        assert zones.lookup(name, A).rcode == NXDOMAIN, name
 
 
 # -- NXDOMAIN vs NODATA, SOA, zones -------------------------------------------------------------

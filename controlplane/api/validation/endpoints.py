@@ -68,6 +68,9 @@ def validate_endpointslice(es: EndpointSlice) -> list[FieldError]:
     if len(endpoints) > MAX_SLICE_ENDPOINTS:
         errs.append(FieldError(ErrorType.TOO_MANY, "endpoints", len(endpoints), f"must have at most {MAX_SLICE_ENDPOINTS} items"))
     for i, ep in enumerate(endpoints):
+        if ep.hostname is not None:
+            # DNS publishes it as <hostname>.<service>.<ns>.svc: one label, or the name breaks.
+            errs.extend(invalid(f"endpoints[{i}].hostname", ep.hostname, m) for m in names.dns1123_label(ep.hostname))
         addrs = ep.addresses or []
         if at == "IPv4" and len(addrs) == 1 and names.is_ipv4(addrs[0]):
             continue  # the common case, checked without building field paths
