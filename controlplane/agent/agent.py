@@ -197,7 +197,7 @@ class Agent:
             for key in keys:
                 view, twin = self.cache.view(key), fe in wants[key].twins
                 assert view is not None   # (a service without a view wants nothing)
-                claims.append(Claim(wants[key].owners[fe], twin, claim_rank(view.service, twin)))
+                claims.append(Claim(wants[key].owners[fe], twin, claim_rank(view, twin)))
             winner = settle(claims)
             for key, claim in zip(keys, claims):
                 if claim is winner:

@@ -7,8 +7,6 @@ from itertools import compress, repeat
 from operator import attrgetter, eq
 from typing import Callable, Iterable, Sequence
 
-from controlplane.api.meta import parse_timestamp
-from controlplane.api.service import Service
 from controlplane.api.validation.lb_annotations import (BACKEND_WEIGHTS, LB_ALGORITHM,
                                                        MAGLEV_TABLE_SIZE, parse_backend_weights,
                                                        parse_table_size)
@@ -78,12 +76,8 @@ class Claim:
     rank: tuple         # claim_rank: the lowest wins
 
 
-def claim_rank(svc: Service, twin: bool) -> tuple:
-    try:
-        created = parse_timestamp(svc.metadata.creation_timestamp or "").timestamp()
-    except ValueError:   # none (or unreadable): the newest
-        created = float("inf")
-    return (twin, created, svc.namespace, svc.name)
+def claim_rank(view: ServiceView, twin: bool) -> tuple:
+    return (twin, *view.seniority)
 
 
 def settle(claims: Sequence[Claim]) -> Claim:
@@ -344,12 +338,12 @@ def _settle_contests(contests: list[tuple], views: Sequence[ServiceView], pendin
     view_of = {f"{v.service.namespace}/{v.service.name}": v for v in views}
     later: dict[Frontend, list[tuple]] = {}
     for fe, view, twin, owner, made in contests:
-        later.setdefault(fe, []).append((Claim(owner, twin, claim_rank(view.service, twin)), made))
+        later.setdefault(fe, []).append((Claim(owner, twin, claim_rank(view, twin)), made))
     for fe, challengers in later.items():
         at = next(i for i in range(start, len(pending)) if _frontend_of(pending[i]) == fe)
         first_owner, first_twin = owners[fe], fe in twins_held
         first_view = view_of[first_owner.rsplit(":", 1)[0]]
-        first = Claim(first_owner, first_twin, claim_rank(first_view.service, first_twin))
+        first = Claim(first_owner, first_twin, claim_rank(first_view, first_twin))
         claims = [first] + [claim for claim, _ in challengers]
         winner = settle(claims)
         problems.extend(p for c in claims if c is not winner and (p := conflict(fe, c, winner)) is not None)

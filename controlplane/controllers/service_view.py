@@ -25,6 +25,7 @@ import msgspec
 
 from controlplane.api.codec_typed import typed_decoder
 from controlplane.api.endpoints import LABEL_SERVICE_NAME, LAST_CHANGE_TRIGGER_TIME, EndpointSlice
+from controlplane.api.meta import parse_timestamp
 from controlplane.api.service import POLICY_LOCAL, Service
 from controlplane.gcpause import paused_gc
 from controlplane.store.interface import StoreReader
@@ -88,6 +89,18 @@ class ServiceView:
     @property
     def internal_policy_local(self) -> bool:
         return self.service.spec.internal_traffic_policy == POLICY_LOCAL   # unset: Cluster
+
+    @property
+    def seniority(self) -> tuple[float, str, str]:
+        """Which of two services that name one address:port serves it (the lower): the
+        older (creationTimestamp; none or unreadable: the newest), then namespace/name.
+        The agent's rule (agent/desired.py claim_rank) and `svcctl get`'s attribution."""
+        svc = self.service
+        try:
+            created = parse_timestamp(svc.metadata.creation_timestamp or "").timestamp()
+        except ValueError:
+            created = float("inf")
+        return (created, svc.namespace, svc.name)
 
 
 # One slice's backends by service-port name, each list in slice order (endpoints in order,

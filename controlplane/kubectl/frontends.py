@@ -33,6 +33,8 @@ class Owners:
         self._by_vip: dict[tuple[str, int, str, bool], FrontendOwner] = {}
         self._by_node_port: dict[tuple[int, str], FrontendOwner] = {}
         self._cluster_ips: set[str] = set()
+        # Two services naming one address: the one the agent serves it for (the senior)
+        by_vip_from: dict[tuple[str, int, str, bool], ServiceView] = {}
         for view in views:
             several = len(view.ports) > 1
             for port in view.ports:
@@ -40,8 +42,11 @@ class Owners:
                 name = (port.name or str(port.port)) if several else ""
                 ns, svc = view.service.namespace, view.service.name
                 for ip, vport, scope in port.frontends:
-                    self._by_vip[(ip, vport, port.protocol, scope == SCOPE_CLUSTER_IP)] = \
-                        FrontendOwner(ns, svc, name, KINDS.get(scope, scope), pods)
+                    key = (ip, vport, port.protocol, scope == SCOPE_CLUSTER_IP)
+                    held = by_vip_from.get(key)
+                    if held is None or view.seniority < held.seniority:
+                        by_vip_from[key] = view
+                        self._by_vip[key] = FrontendOwner(ns, svc, name, KINDS.get(scope, scope), pods)
                     if scope == SCOPE_CLUSTER_IP:
                         self._cluster_ips.add(ip)
                 if port.node_port:

@@ -55,3 +55,17 @@ def test_affinity_rows_name_entries_of_every_way_in():
                                     ["web", "192.168.1.31:30080/TCP", "192.168.1.100"],
                                     ["web", "192.168.1.240:80/TCP", "10.244.1.6"]]
     assert rows(entries, owners, False, False, service="other") == []
+
+
+def test_an_address_two_services_name_is_the_one_the_agent_serves_it_for():
+    """The senior service (older, then by name), in either order: as the agent decides."""
+    def named(name: str, created: str) -> Service:
+        return Service.from_dict({"apiVersion": "v1", "kind": "Service",
+                                  "metadata": {"name": name, "namespace": "shop", "creationTimestamp": created},
+                                  "spec": {"clusterIP": "10.96.0.60", "externalIPs": ["203.0.113.9"],
+                                           "ports": [{"port": 80}]}})
+    views = [build_service_view(named("aaa", "2026-06-01T00:00:00Z"), []),
+             build_service_view(named("zzz", "2026-01-01T00:00:00Z"), [])]
+    for order in (views, views[::-1]):
+        owner = Owners(order).of(Frontend("203.0.113.9", 80, "TCP", "external"))
+        assert owner is not None and owner.label == "shop/zzz"
