@@ -511,23 +511,37 @@ static __always_inline void ct_uncount(struct ct_value *v)
 		conns_add(id, -1);
 }
 
-/* The backend closed first: the count lives on the forward entry, found from the
- * reply entry (the client's tuple towards the VIP). */
-static __always_inline void ct_uncount_from_reply(const struct ct_key *rk, struct ct_value *rv)
+/* The backend closed first (its first FIN or RST), matched on an entry of its own (a
+ * shared backend's reply entry, a source-NATed flow's SNAT entry): the flow's forward
+ * entry `fv` (from the lookup `copied` names) closes too, as it does when the answer
+ * matches it directly. Its count goes back (lc.h), and it stops being its tuple's
+ * current connection: after a reset the client may reuse its port at once, and the
+ * new connection's packets must not follow the old backend. Only while it still points
+ * at that backend (not at a newer connection's on the tuple). */
+static __always_inline void ct_close_forward(struct ct_key *fk, struct ct_value *fv, int copied,
+					     __be32 backend, __be16 bport)
 {
-	if (!(rv->flags & SVCXDP_CT_F_COUNTED))
+	if (!fv || fv->nat_ip != backend || fv->nat_port != bport)
 		return;
-	rv->flags &= ~SVCXDP_CT_F_COUNTED;
+	struct ct_mark was = ct_mark_of(fv);
+	ct_uncount(fv);
+	fv->flags |= SVCXDP_CT_F_CLOSING;
+	if (ct_changed(fv, was))
+		ct_store(copied, fk, fv);
+}
+
+/* ct_close_forward for a reply entry `rv` (key `rk`: backend -> client): the forward
+ * entry is the client's tuple towards the VIP the reply entry names. */
+static __always_inline void ct_close_from_reply(const struct ct_key *rk, struct ct_value *rv)
+{
+	rv->flags &= ~SVCXDP_CT_F_COUNTED;   /* the count lives on the forward entry */
 	struct ct_key fk;
 	ct_key_set(&fk, rk->dst, rv->nat_ip, rk->dport, rv->nat_port, rk->proto,
 		   SVCXDP_CT_DIR_FORWARD);
 	struct ct_value fbuf;
 	int copied;
 	struct ct_value *fv = ct_lookup(&fk, &fbuf, &copied);
-	if (fv && fv->backend_id == rv->backend_id) {
-		ct_uncount(fv);
-		ct_store(copied, &fk, fv);
-	}
+	ct_close_forward(&fk, fv, copied, rk->src, rk->sport);
 }
 
 /* Write a confirmed entry. Where the tuple already has one, a current one stays

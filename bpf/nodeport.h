@@ -544,15 +544,12 @@ static __always_inline int np_snat_reply(struct xdp_md *ctx, struct ethhdr *eth,
 	}
 	struct ct_mark was = ct_mark_of(v);
 	if (ct_touch(v, &k, now, tcp_flags)) {
-		/* The backend closes first: give back the forward entry's count (lc.h). */
+		/* The backend closes first: so does the flow (its count, its tuple). */
 		struct ct_key fk;
 		ct_key_set(&fk, v->peer_ip, v->nat_ip, v->peer_port, v->nat_port, k.proto,
 			   SVCXDP_CT_DIR_FORWARD);
 		struct ct_value *fv = ct_lookup_external(&fk, &fbuf, &fcopied);
-		if (fv) {
-			ct_uncount(fv);
-			ct_store(fcopied, &fk, fv);
-		}
+		ct_close_forward(&fk, fv, fcopied, k.src, k.sport);
 	}
 	if (ct_changed(v, was))
 		ct_store(copied, &k, v);

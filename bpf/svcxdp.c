@@ -143,7 +143,7 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct ethhdr *eth, 
 	struct ct_mark was = ct_mark_of(v);
 	if (ct_touch(v, &m.key, now, l4->tcp_flags)) {
 		if (m.via_reply_entry)
-			ct_uncount_from_reply(&m.key, v);
+			ct_close_from_reply(&m.key, v);
 		else
 			ct_uncount(v);
 	}

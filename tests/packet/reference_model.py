@@ -332,7 +332,7 @@ class ReferenceDatapath:
         if shared:
             flow, _ = self._ct((backend, client, bport, cport, proto, REPLY))
             if flow is not None:
-                return flow, flow.nat_ip, flow.nat_port
+                return flow, flow.nat_ip, flow.nat_port, True
         key = (client, vip, cport, vport, proto, FWD)
         flow, _ = self._ct(key)
         if flow is not None and (flow.nat_ip, flow.nat_port) != (backend, bport):
@@ -340,7 +340,7 @@ class ReferenceDatapath:
             flow = self.unconfirmed.get(key)
         if flow is None or (flow.nat_ip, flow.nat_port) != (backend, bport):
             return None
-        return flow, vip, vport
+        return flow, vip, vport, False
 
     # A backend's answer to a tracked flow: source becomes VIP:port again.
     def _reply(self, ip, l4, sport, dport, tcp_flags, frame_bytes, done) -> Outcome:
@@ -350,7 +350,7 @@ class ReferenceDatapath:
         match = self._match_reply(ip.src, sport, client, dport, ip.proto)
         if match is None:
             return done("XDP_PASS", "no service, no flow", "pass_non_service")
-        flow, vip, vport = match
+        flow, vip, vport, via_reply_entry = match
         orig_src = ip.src
         ip.set_src(vip, l4)
         if sport != vport:
@@ -359,7 +359,14 @@ class ReferenceDatapath:
             ip.set_dst(client, l4)
 
         def effect() -> None:
+            closing = flow.closing
             self._touch(flow, tcp_flags)
+            if via_reply_entry and flow.closing and not closing:
+                # the backend closed first: the flow's forward entry closes too, while it
+                # is still this backend's (ct_close_from_reply)
+                fwd, _ = self._ct((client, vip, dport, vport, ip.proto, FWD))
+                if fwd is not None and (fwd.nat_ip, fwd.nat_port) == (orig_src, sport):
+                    fwd.closing = True
             self._frag_record(ip, orig_src, HAIRPIN if hairpin else client, vip, REPLY,
                               client if hairpin else None)
             self._account(flow.svc_id, frame_bytes)
@@ -516,7 +523,7 @@ class ReferenceDatapath:
         # From the backend's side, about client -> backend: show client -> VIP:port.
         match = self._match_reply(qdst, qdport, qsrc, qsport, qproto)
         if match is not None:
-            _, vip, vport = match
+            _, vip, vport, _ = match
             self._rewrite_quote(pkt, l4, q, 16, 22, vip, vport)
             if ip.src == qdst:
                 ip.set_src(vip, None)

@@ -5,12 +5,15 @@ as if they arrived on the node's external interface of a namespace with real rou
 (nodenet.py); the expected frames are built byte for byte."""
 from __future__ import annotations
 
+import socket
+
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
 from controlplane.dataplane import readout
+from controlplane.dataplane.layout import const
 from controlplane.dataplane.model import Backend, Frontend, ServiceState, ip_to_be32
 from controlplane.dataplane.testrun import TestRunner
 
@@ -27,6 +30,7 @@ LB_IP = "192.168.1.240"
 EXTERNAL_IP = "203.0.113.250"
 SNAT_MIN = 32768
 SNAT_MASK = 32767
+FORWARD, CLOSING = const("CT_DIR_FORWARD"), const("CT_F_CLOSING")
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +191,25 @@ def test_nodeport_to_a_remote_backend_is_snated_and_sent_back_out_with_xdp_tx(ex
                                      ip_src=NODE, ip_dst=CLIENT, l4_sport=30080, l4_dport=40000))
     d = delta(before, xdp.counters())
     assert d["snat_new"] == 1 and d["snat_reply"] == 1 and d["xdp_tx"] == 3
+
+
+def test_a_remote_backends_reset_closes_the_snated_flow(ext, xdp):
+    """The backend's RST, matched on the flow's SNAT entry, closes the flow's forward
+    entry too (it stayed established for hours, its tuple the old backend's)."""
+    ext.service(NODE, 30080, [nodenet.REMOTE_POD])
+    port = ext.send(from_client(NODE, 30080, sport=40100, flags="S")).pkt[TCP].sport
+    ext.send(from_client(NODE, 30080, sport=40100, flags="A"))
+
+    def forward_flags() -> int:
+        (v,) = [v for k, v in xdp.dp.table("conntrack").items()
+                if k.dir == FORWARD and k.sport == socket.htons(40100)]
+        return v.flags
+    assert not forward_flags() & CLOSING
+    reset = (Ether(src=nodenet.NODE2_MAC, dst=ext.node.ext_mac) /
+             IP(src=nodenet.REMOTE_POD, dst=NODE, ttl=63) / TCP(sport=80, dport=port, flags="R"))
+    back = ext.send(reset)
+    assert back.verdict == "XDP_TX" and (back.pkt[IP].dst, back.pkt[TCP].dport) == (CLIENT, 40100)
+    assert forward_flags() & CLOSING
 
 
 def test_what_no_service_backend_sent_passes_before_the_reply_tail(ext, xdp):

@@ -229,3 +229,32 @@ def test_adoption_finds_a_reply_flag_set_where_no_address_is_shared(xdp: Harness
     assert adopted.revnat.shared_count == 0 and adopted.adoption_drift == 1
     assert adopted.repair_adopted() == 1
     assert not reply_flag(xdp, a) and MapWriter(xdp.dp).adoption_drift == 0
+
+
+def test_a_shared_backends_reset_closes_the_flow_and_the_reused_tuple_goes_to_its_new_backend(xdp: Harness):
+    """The backend's RST is matched on its reply entry; it must close the flow's forward
+    entry too, as a non-shared backend's does. Left current, the client's next connection
+    on the same tuple (its port is free at once after a reset) had its ACK sent to the
+    old backend, which reset it again."""
+    pods = (POD, "10.244.2.51")
+    xdp.service(vip=VIP_A, backends=pods, algorithm="rr")
+    xdp.service(vip=VIP_B, backends=pods)             # every address shared
+
+    def client(flags: str):
+        return Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=CLIENT, dst=VIP_A) / TCP(sport=44000, dport=80, flags=flags)
+
+    def from_backend(ip: str, flags: str):
+        return Ether(src=NODE_MAC, dst=CLIENT_MAC) / IP(src=ip, dst=CLIENT) / TCP(sport=POD_PORT, dport=44000, flags=flags)
+
+    first = xdp.send(client("S")).pkt[IP].dst
+    xdp.send(from_backend(first, "SA"))
+    assert xdp.send(client("A")).pkt[IP].dst == first
+    out = xdp.send(from_backend(first, "R"))
+    assert (out.pkt[IP].src, out.pkt[TCP].sport) == (VIP_A, 80)
+    (fwd,) = [v for k, v in xdp.dp.table("conntrack").items() if k.dir == const("CT_DIR_FORWARD")]
+    assert fwd.flags & const("CT_F_CLOSING")
+    second = xdp.send(client("S")).pkt[IP].dst
+    assert second != first                            # rr moved on: a new connection
+    xdp.send(from_backend(second, "SA"))
+    for _ in range(3):
+        assert xdp.send(client("A")).pkt[IP].dst == second
