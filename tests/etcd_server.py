@@ -5,6 +5,7 @@
     store = server.store()                 # an EtcdStore on it
     server.wipe()                          # delete every key (revisions keep counting)
     server.stop()
+    members = EtcdServer.start_cluster(tmp_dir, 2)   # a cluster of members, each its own process
 """
 from __future__ import annotations
 
@@ -38,26 +39,48 @@ class EtcdServer:
     def url(self) -> str:
         return f"etcd://127.0.0.1:{self.client_port}"
 
+    name: str = "test"
+    cluster: str = ""     # --initial-cluster (default: this member alone)
+
     @classmethod
     def start(cls, directory: Path, extra: list[str] | None = None) -> "EtcdServer":
         server = cls(Path(directory) / "etcd", free_port(), free_port(), extra=list(extra or []))
         server.launch()
         return server
 
-    def launch(self) -> None:
+    @classmethod
+    def start_cluster(cls, directory: Path, members: int) -> list["EtcdServer"]:
+        """`members` members of one cluster, each in directory/mN (all started before any
+        is waited for: a member answers only once a quorum is up)."""
+        servers = [cls(Path(directory) / f"m{i}" / "etcd", free_port(), free_port(), name=f"m{i}")
+                   for i in range(members)]
+        cluster = ",".join(f"{s.name}=http://127.0.0.1:{s.peer_port}" for s in servers)
+        for s in servers:
+            s.cluster = cluster
+            s.launch(wait=False)
+        for s in servers:
+            s.wait_up()
+        return servers
+
+    def launch(self, wait: bool = True) -> None:
         client = f"http://127.0.0.1:{self.client_port}"
         peer = f"http://127.0.0.1:{self.peer_port}"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir.parent / "etcd.log", "ab")
         self.proc = subprocess.Popen(
-            [ETCD, "--name", "test", "--data-dir", str(self.data_dir),
+            [ETCD, "--name", self.name, "--data-dir", str(self.data_dir),
              "--listen-client-urls", client, "--advertise-client-urls", client,
              "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-             "--initial-cluster", f"test={peer}", "--log-level", "error",
+             "--initial-cluster", self.cluster or f"{self.name}={peer}", "--log-level", "error",
              "--experimental-watch-progress-notify-interval", "500ms", *self.extra],
             stdout=log, stderr=log, start_new_session=True)
         log.close()
         (self.data_dir.parent / "etcd.pid").write_text(str(self.proc.pid))
+        if wait:
+            self.wait_up()
+
+    def wait_up(self) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

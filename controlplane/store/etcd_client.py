@@ -215,14 +215,19 @@ class EtcdClient:
                 # call forever. WatchStream lifts the timeout for the stream itself, which
                 # is quiet for as long as nothing changes.
                 response = member.session.post(member.get_url("/watch"), json={"create_request": request},
-                                               stream=True, timeout=self.timeout)
-                if response.status_code != 200:
-                    raise EtcdRequestError(_error_message_text(response.text))
-                return WatchStream(response)
+                                               headers=_REQUIRE_LEADER, stream=True, timeout=self.timeout)
             except requests.exceptions.RequestException as exc:
-                self._next_member(member)
-                if not retry.again():
-                    raise EtcdUnavailable(f"etcd at {', '.join(self.endpoints)} is unavailable: {exc}") from None
+                last = str(exc)
+            else:
+                if response.status_code == 200:
+                    return WatchStream(response)
+                last = _error_message_text(response.text)
+                response.close()
+                if not any(t in last for t in _TRANSIENT):
+                    raise EtcdRequestError(last)
+            self._next_member(member)
+            if not retry.again():
+                raise EtcdUnavailable(f"etcd at {', '.join(self.endpoints)} is unavailable: {last}")
 
 
 class _Retry:
