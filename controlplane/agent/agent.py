@@ -429,10 +429,12 @@ class Agent:
                 if resync is not None:
                     if resync == "retry":   # the maps may be half updated: adopt them afresh
                         self.writer = MapWriter(self.dp)
-                    started = time.monotonic()
+                    cpu = time.process_time()
                     self.full_sync(resync)
                     resync = None
-                    checks.synced(started, time.monotonic())
+                    checks.synced(time.monotonic(), time.process_time() - cpu)
+                    if self.metrics is not None:
+                        self.metrics.scheduled(checks.next_at - time.monotonic())
                 else:
                     rv = self.source.wait_for_change(self.resource_version, timeout=poll_s)
                     quiet = rv == self.resource_version
@@ -446,10 +448,10 @@ class Agent:
                         self.health.alive()
                         self._sweep()   # quiet for a poll: a full collection costs nothing now
                     if checks.due(time.monotonic(), quiet):
-                        started = time.monotonic()
+                        started, cpu = time.monotonic(), time.process_time()
                         self.check_consistency()
                         ended = time.monotonic()
-                        checks.checked(started, ended)
+                        checks.checked(started, ended, time.process_time() - cpu)
                         if self.metrics is not None:
                             self.metrics.checked(checks.took_s, checks.next_at - ended)
             except Exception as exc:
@@ -510,24 +512,29 @@ class CheckSchedule:
     waits T / max_share (at the default 0.5 %: 200 T, ~5 min at 10,000 x 10; kube-proxy
     resyncs everything hourly at scale); and it waits for a poll that brought no change
     (a burst of changes is not held up behind it), unless that has not come for a whole
-    `interval` more."""
+    `interval` more.
+    A check's or sync's cost is the agent's CPU time, not the clock's: waiting on a store
+    slow to answer, or down and retried, costs the agent nothing, and charged by the
+    clock a 6 s retry sync after an etcd hiccup put the next check 20 minutes out — the
+    safety net off just when drift is likeliest."""
     interval: float
     max_share: float = 0.005
     next_at: float = 0.0
-    took_s: float = 0.0     # the last check's time
+    took_s: float = 0.0     # the last check's time (the clock's)
 
-    def synced(self, started: float, ended: float) -> None:
-        """A full sync just made the maps equal to the store: the next check as after a
-        check of its time (a full sync reads the store and writes the maps whole, of the
-        order of a check's reads: the start sync at 10,000 x 10 is ~1 s)."""
-        self.next_at = ended + max(self.interval, (ended - started) / self.max_share)
+    def synced(self, ended: float, cost: float) -> None:
+        """A full sync that cost `cost` CPU seconds just made the maps equal to the store:
+        the next check as after a check of that cost (a full sync reads the store and
+        writes the maps whole, of the order of a check's reads: the start sync at
+        10,000 x 10 is ~1 s)."""
+        self.next_at = ended + max(self.interval, cost / self.max_share)
 
     def due(self, now: float, quiet: bool) -> bool:
         return now >= self.next_at and (quiet or now >= self.next_at + self.interval)
 
-    def checked(self, started: float, ended: float) -> None:
+    def checked(self, started: float, ended: float, cost: float) -> None:
         self.took_s = ended - started
-        self.synced(started, ended)
+        self.synced(ended, cost)
 
 
 @dataclass

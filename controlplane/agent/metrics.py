@@ -73,6 +73,10 @@ class SyncMetrics:
         self.check_seconds.set(seconds)
         self.check_interval.set(next_in)
 
+    def scheduled(self, next_in: float) -> None:
+        """The next check moved without one (a full sync): the wait until it."""
+        self.check_interval.set(next_in)
+
     def synced(self, report) -> None:
         """One sync (an agent.SyncReport): its duration and what it changed."""
         self.duration.observe(report.took_ms / 1000.0)

@@ -162,8 +162,8 @@ def test_maps_changed_behind_the_agents_back_are_repaired(store, agent):
 
 def test_the_loop_checks_when_quiet_and_at_most_its_share_of_the_time(store, dataplane):
     """The agent's own loop: maps changed behind its back are repaired by the periodic
-    check, which waits for a poll without changes; a check that took T puts the next
-    T / --check-max-share away (both in the metrics)."""
+    check, which waits for a poll without changes; a check that cost T of CPU puts the
+    next T / --check-max-share away (both in the metrics)."""
     from prometheus_client import CollectorRegistry
 
     from controlplane.agent.metrics import SyncMetrics
@@ -179,14 +179,14 @@ def test_the_loop_checks_when_quiet_and_at_most_its_share_of_the_time(store, dat
         other = MapWriter(agent.dp)
         other.delete(next(fe for fe in other.installed()
                           if fe.vip == store.get(Service, "default", "b").spec.cluster_ip))
-        # The first check comes T / 0.002 after the start sync that took T (CheckSchedule):
+        # The first check comes T / 0.002 after the start sync that cost T (CheckSchedule):
         # ~1 s here, but a start sync slowed to 20 ms by a busy machine puts it 10 s away,
         # so the wait allows for that (it ends as soon as the repair is seen).
         assert wait_until(lambda: client.backends_of("b") == set(B), timeout_s=60), "not repaired"
         assert loop.healthy()
     took = registry.get_sample_value("svcxdp_consistency_check_duration_seconds")
     interval = registry.get_sample_value("svcxdp_consistency_check_interval_seconds")
-    assert took > 0.0006 and interval == pytest.approx(took / 0.002, rel=0.05)   # > 0.3 s: stretched
+    assert took > 0.0006 and interval > 0.3   # stretched past --check-interval by the check's cost
     assert [e for e in store.list(Event) if e.reason == "DataplaneResynced"]
 
 

@@ -13,11 +13,21 @@ from controlplane.agent.commands import _share
 
 def test_not_due_before_the_interval_after_a_sync_nor_before_a_sync_of_its_time_would_allow():
     checks = CheckSchedule(30.0, max_share=0.005)
-    checks.synced(99.99, 100.0)
+    checks.synced(100.0, 0.01)
     assert not checks.due(129.9, quiet=True)
     assert checks.due(130.0, quiet=True)
-    checks.synced(100.0, 101.0)                   # a 1 s sync: as a 1 s check, 200 s to the next
+    checks.synced(101.0, 1.0)                     # a 1 s sync: as a 1 s check, 200 s to the next
     assert not checks.due(300.9, quiet=True) and checks.due(301.0, quiet=True)
+
+
+def test_waiting_on_the_store_is_no_cost_of_checking():
+    """A retry sync after a store outage takes seconds of the clock and little CPU: the
+    next check comes at the interval, not 200 times the wait later."""
+    checks = CheckSchedule(30.0, max_share=0.005)
+    checks.synced(106.2, 0.05)                    # 6.2 s on the clock, 50 ms of CPU
+    assert checks.due(136.2, quiet=True)
+    checks.checked(200.0, 206.0, 0.05)
+    assert checks.took_s == pytest.approx(6.0) and checks.next_at == pytest.approx(236.0)
 
 
 def test_a_burst_of_changes_goes_first_until_the_check_is_a_whole_interval_overdue():
@@ -31,11 +41,11 @@ def test_a_burst_of_changes_goes_first_until_the_check_is_a_whole_interval_overd
 
 def test_a_long_check_stretches_the_interval_to_its_share():
     checks = CheckSchedule(30.0, max_share=0.005)
-    checks.checked(100.0, 101.6)                  # 1.6 s: at 0.5 %, the next 320 s later
+    checks.checked(100.0, 101.6, 1.6)             # 1.6 s: at 0.5 %, the next 320 s later
     assert checks.took_s == pytest.approx(1.6)
     assert checks.next_at == pytest.approx(101.6 + 320.0)
     assert not checks.due(101.6 + 319.0, quiet=True) and checks.due(101.6 + 320.0, quiet=True)
-    checks.checked(500.0, 500.01)                 # a quick one: the interval again
+    checks.checked(500.0, 500.01, 0.01)           # a quick one: the interval again
     assert checks.next_at == pytest.approx(530.01)
 
 
