@@ -176,25 +176,30 @@ def test_no_upstream_or_a_dead_one_is_servfail_not_a_hang(env):
     assert env.short("myapp" + ZONE, port=5302)
 
 
-def test_truncated_udp_answer_is_retried_over_tcp(env):
-    addresses = "".join(f"- addresses: [10.244.{i // 200}.{i % 200 + 2}]\n" for i in range(150))
-    env.svcctl("apply", "-f", "-", input=textwrap.dedent("""
+def apply_headless(env, name: str, addresses: list[str]) -> None:
+    """A headless service with one named port and one slice of ready `addresses`."""
+    endpoints = "".join(f"- addresses: [{a}]\n" for a in addresses)
+    env.svcctl("apply", "-f", "-", input=textwrap.dedent(f"""
         apiVersion: v1
         kind: Service
-        metadata: {name: big}
+        metadata: {{name: {name}}}
         spec:
           clusterIP: None
-          ports: [{name: http, port: 80}]
+          ports: [{{name: http, port: 80}}]
         ---
         apiVersion: discovery.k8s.io/v1
         kind: EndpointSlice
         metadata:
-          name: big-1
-          labels: {kubernetes.io/service-name: big}
+          name: {name}-1
+          labels: {{kubernetes.io/service-name: {name}}}
         addressType: IPv4
-        ports: [{name: http, port: 80, protocol: TCP}]
+        ports: [{{name: http, port: 80, protocol: TCP}}]
         endpoints:
-        """) + addresses)
+        """) + endpoints)
+
+
+def test_truncated_udp_answer_is_retried_over_tcp(env):
+    apply_headless(env, "big", [f"10.244.{i // 200}.{i % 200 + 2}" for i in range(150)])
     wait_for("big's addresses", lambda: len(env.short("+tcp", "big" + ZONE)) == 150)
     udp_only = env.dig("+ignore", "big" + ZONE)
     assert "flags: qr aa" in udp_only and " tc" in udp_only.split("flags:", 1)[1].split(";", 1)[0]
@@ -204,24 +209,7 @@ def test_truncated_udp_answer_is_retried_over_tcp(env):
 def test_srv_glue_that_does_not_fit_is_left_out_without_tc(env):
     """RFC 2181 §9: 16 SRV records (1052 bytes) fit 1232 bytes; not all their glue does,
     which is no reason for TC (the whole answer was dropped and TC set)."""
-    addresses = "".join(f"- addresses: [10.244.3.{i + 2}]\n" for i in range(16))
-    env.svcctl("apply", "-f", "-", input=textwrap.dedent("""
-        apiVersion: v1
-        kind: Service
-        metadata: {name: mid}
-        spec:
-          clusterIP: None
-          ports: [{name: http, port: 80}]
-        ---
-        apiVersion: discovery.k8s.io/v1
-        kind: EndpointSlice
-        metadata:
-          name: mid-1
-          labels: {kubernetes.io/service-name: mid}
-        addressType: IPv4
-        ports: [{name: http, port: 80, protocol: TCP}]
-        endpoints:
-        """) + addresses)
+    apply_headless(env, "mid", [f"10.244.3.{i + 2}" for i in range(16)])
     wait_for("mid's addresses", lambda: len(env.short("+tcp", "mid" + ZONE)) == 16)
     out = env.dig("+bufsize=1232", "+ignore", "_http._tcp.mid" + ZONE, "SRV")
     flags = out.split("flags:", 1)[1].split(";", 1)[0]
