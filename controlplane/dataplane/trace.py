@@ -257,7 +257,10 @@ def trace(maps, packet: Packet, entry: str | None = None, timeouts: Timeouts = T
           now_ns: int | None = None) -> Trace:
     """What the program at `entry` ("pod": svcxdp_main on pod interfaces, "external":
     svcxdp_external on the node's external interface; None: external when the
-    destination is an external frontend, else pod) does with `packet` now."""
+    destination is an external frontend, else pod) does with `packet` now. The maps
+    cannot tell a pod's packet to a NodePort, or a remote backend's reply, by its
+    destination: a caller that knows the source passes the entry (svcctl trace does,
+    from the store's pods: controlplane.kubectl.trace.source_entry)."""
     now_ns = coarse_now_ns() if now_ns is None else now_ns
     proto = packet.proto
     if entry is None:

@@ -3,8 +3,11 @@
 What a node's XDP dataplane does with one packet and why: the frontend it matches, the
 flow's conntrack entry, the client's affinity entry, the backend chosen and how, the
 rewrite and the verdict — read from the node's pinned maps without building the
-program (controlplane.dataplane.trace). `--run` then sends that packet through the
-pinned program with BPF_PROG_TEST_RUN and shows what it did beside the prediction;
+program (controlplane.dataplane.trace). Where the packet arrives (a pod interface or
+the node's external one) is --entry, else what its source is when the store knows it
+(a pod of this node or of another, another node: source_entry), else what its
+destination is. `--run` then sends that packet through the pinned program with
+BPF_PROG_TEST_RUN and shows what it did beside the prediction;
 like the real packet, it leaves its mark (a new flow is recorded, counters count).
 """
 from __future__ import annotations
@@ -13,9 +16,12 @@ import argparse
 import dataclasses
 import ipaddress
 import json
+from dataclasses import dataclass, field
 
+from controlplane.api.pod import Pod
 from controlplane.controllers.service_view import load_service_views
 from controlplane.errors import CommandError
+from controlplane.store.interface import StoreReader
 
 from .frontends import Owners
 from .options import add_node_timeouts, common_parent, node_timeouts
@@ -28,13 +34,16 @@ DEFAULT_SPORT = 40000
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("trace", parents=[common_parent()],
                        help="what a node's dataplane does with a packet, and why (from its maps)")
-    p.add_argument("source", metavar="SRC[:PORT]", help=f"the client (port default {DEFAULT_SPORT})")
+    p.add_argument("source", metavar="SRC[:PORT]",
+                   help=f"the client (port default {DEFAULT_SPORT}; no protocol: it goes on DST)")
     p.add_argument("destination", metavar="DST:PORT[/PROTO]", help="where the packet goes (protocol default TCP)")
     p.add_argument("--node", required=True, help="the node whose dataplane to read (a lab node, or an agent's --node)")
     p.add_argument("--instance", default=None, help=argparse.SUPPRESS)
     p.add_argument("--entry", choices=("pod", "external"), default=None,
                    help="where the packet arrives: a pod interface or the node's external interface "
-                        "(default: external when DST:PORT is a NodePort/LB IP/externalIP frontend)")
+                        "(default, from the store's pods: pod when SRC is a pod on --node, external when "
+                        "it is a pod on another node or another node's address; else external when "
+                        "DST:PORT is a NodePort/LB IP/externalIP frontend)")
     p.add_argument("--tcp-flags", default=None, metavar="FLAGS",
                    help="TCP flags of the packet, letters of FSRPA (default: S for a new flow, A for a known one)")
     p.add_argument("--run", action="store_true",
@@ -47,16 +56,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_trace)
 
 
-def parse_endpoint(text: str, what: str, port_required: bool) -> tuple[str, int | None, str | None]:
-    """ADDR[:PORT][/PROTO] -> (addr, port, protocol)."""
-    body, _, proto = text.partition("/")
-    addr, _, port = body.partition(":")
-    try:
-        ipaddress.IPv4Address(addr)
-    except ValueError:
-        raise CommandError(f"{what} {text!r}: {addr!r} is not an IPv4 address") from None
+def parse_endpoint(text: str, what: str, port_required: bool,
+                   protocol_allowed: bool = True) -> tuple[str, int | None, str | None]:
+    """ADDR[:PORT][/PROTO] -> (addr, port, protocol). Every part written must say
+    something: an empty port or protocol is refused, not taken for the default, and a
+    protocol where none is allowed (a source's) is refused, not dropped."""
+    body, slash, proto = text.partition("/")
+    if slash and not protocol_allowed:
+        raise CommandError(f"{what} {text!r}: a source has no protocol (it goes on DST: ADDR:PORT/PROTO)")
+    if slash and not proto:
+        raise CommandError(f"{what} {text!r}: no protocol after '/' (TCP or UDP; without '/': TCP)")
+    addr, colon, port = body.partition(":")
+    _check_ipv4(text, what, body, addr, port)
     number = None
-    if port:
+    if colon:
         if not port.isdigit() or not 1 <= int(port) <= 65535:
             raise CommandError(f"{what} {text!r}: port {port!r} must be 1-65535")
         number = int(port)
@@ -65,6 +78,18 @@ def parse_endpoint(text: str, what: str, port_required: bool) -> tuple[str, int 
     if proto and proto.upper() not in ("TCP", "UDP"):
         raise CommandError(f"{what} {text!r}: protocol {proto!r} is not served by the dataplane (TCP, UDP)")
     return addr, number, proto.upper() or None
+
+
+def _check_ipv4(text: str, what: str, body: str, addr: str, port: str) -> None:
+    """The address before the port is IPv4. A second ':' means an IPv6 address (or a typo):
+    the whole ADDR[:PORT] is named, since where its address ends cannot be told."""
+    if ":" in port:
+        raise CommandError(f"{what} {text!r}: {body!r} is not an IPv4 address (the dataplane serves IPv4 only)")
+    try:
+        ipaddress.IPv4Address(addr)
+    except ValueError:
+        raise CommandError(f"{what} {text!r}: {addr!r} is not an IPv4 address" if addr else
+                           f"{what} {text!r}: the address is missing") from None
 
 
 def parse_flags(text: str | None) -> int | None:
@@ -82,6 +107,86 @@ def parse_flags(text: str | None) -> int | None:
 def flag_names(value: int) -> str:
     names = {0x01: "FIN", 0x02: "SYN", 0x04: "RST", 0x08: "PSH", 0x10: "ACK"}
     return ",".join(n for bit, n in names.items() if value & bit) or "none"
+
+
+# ---- where the packet arrives, when --entry is not given --------------------------------
+@dataclass(frozen=True)
+class PodAt:
+    name: str                  # namespace/name
+    node: str
+
+
+@dataclass
+class Whereabouts:
+    """Which addresses are pods and nodes, and where: from the store's Pods (podIP and
+    spec.nodeName; a node's address from its pods' hostIP) and the lab's node records."""
+    pods: dict[str, PodAt] = field(default_factory=dict)     # pod IP -> the pod
+    nodes: dict[str, str] = field(default_factory=dict)      # node address -> node name
+
+    @property
+    def node_names(self) -> set[str]:
+        return {p.node for p in self.pods.values()} | set(self.nodes.values())
+
+
+FINISHED = ("Succeeded", "Failed")   # a finished pod's IP may be another's already
+
+
+def whereabouts(store: StoreReader, state_dir: str | None) -> Whereabouts:
+    """Where the pods and nodes are. The Pods are read as stored documents, not decoded
+    into objects: a few fields of each are all that is needed."""
+    w = Whereabouts()
+    for doc in store.iter_documents(Pod):
+        spec, status, meta = doc.get("spec") or {}, doc.get("status") or {}, doc.get("metadata") or {}
+        node = spec.get("nodeName")
+        if not node:
+            continue
+        if status.get("hostIP"):
+            w.nodes[status["hostIP"]] = node
+        # a hostNetwork pod's address is its node's, covered by hostIP
+        if status.get("podIP") and not spec.get("hostNetwork") and status.get("phase") not in FINISHED:
+            w.pods[status["podIP"]] = PodAt(f"{meta.get('namespace')}/{meta.get('name')}", node)
+    w.nodes.update(_lab_node_addresses(state_dir))
+    return w
+
+
+def _lab_node_addresses(state_dir: str | None) -> dict[str, str]:
+    """The lab's nodes (a node without pods has no hostIP in the store), if a lab is there."""
+    from controlplane.lab.state import StateStore
+    try:
+        state = StateStore(state_dir).load()
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {n.ip: n.name for n in state.nodes.values()} if state else {}
+
+
+def source_entry(w: Whereabouts, node: str, src: str) -> tuple[str | None, str]:
+    """The entry point a packet from `src` arrives on at `node`, and why; (None, "") when
+    the source does not tell. The destination cannot tell: a pod's packet to a NodePort
+    comes in on its veth (and meets the cluster-scope twin), a remote backend's reply to
+    a source-NATed flow comes in from the wire to a port that is no frontend."""
+    pod = w.pods.get(src)
+    if pod is not None and pod.node == node:
+        return "pod", f"SRC is pod {pod.name} on {node}"
+    if node not in w.node_names:   # the store does not know this node: where a pod is tells nothing
+        return None, ""
+    if pod is not None:
+        return "external", f"SRC is pod {pod.name} on {pod.node}, another node"
+    other = w.nodes.get(src)
+    if other is not None and other != node:
+        return "external", f"SRC is an address of {other}, another node"
+    return None, ""
+
+
+def entry_reason(args: argparse.Namespace, from_source: str, entry: str) -> str:
+    """Why the trace ran at `entry`, for the reader to check the assumption."""
+    if args.entry:
+        return "as given (--entry)"
+    if from_source:
+        return from_source
+    if entry == "external":
+        return ("DST is a NodePort/LB IP/externalIP frontend, SRC no pod or other node's address known here "
+                "(for a pod's packet: --entry pod)")
+    return "DST is no NodePort/LB IP/externalIP frontend, SRC no pod or other node's address known here"
 
 
 def _ingress(args: argparse.Namespace, entry: str) -> tuple[str | None, int]:
@@ -117,13 +222,17 @@ def _ifindex(netns: str | None, name: str) -> int:
 def run_trace(args: argparse.Namespace, session: Session) -> int:
     from controlplane.dataplane import trace as dptrace
     from controlplane.dataplane.commands import open_maps
-    src, sport, _ = parse_endpoint(args.source, "SRC", port_required=False)
+    src, sport, _ = parse_endpoint(args.source, "SRC", port_required=False, protocol_allowed=False)
     dst, dport, proto = parse_endpoint(args.destination, "DST", port_required=True)
     packet = dptrace.Packet(src, sport or DEFAULT_SPORT, dst, dport, proto or "TCP", parse_flags(args.tcp_flags))
     owners = Owners(load_service_views(session.store, None))
+    entry, from_source = args.entry, ""
+    if entry is None:
+        entry, from_source = source_entry(whereabouts(session.store, args.state_dir), args.node, src)
     maps = open_maps(args)
     try:
-        t = dptrace.trace(maps, packet, args.entry, node_timeouts(args))
+        t = dptrace.trace(maps, packet, entry, node_timeouts(args))
+        why = entry_reason(args, from_source, t.entry)
         result = None
         if args.run:
             netns, ifindex = _ingress(args, t.entry)
@@ -136,9 +245,9 @@ def run_trace(args: argparse.Namespace, session: Session) -> int:
             except FileNotFoundError as exc:
                 raise CommandError(f"--run: {exc} (the agent pins its programs)") from None
         if args.output == "json":
-            print(json.dumps(as_json(t, owners, result, args.node), indent=2))
+            print(json.dumps(as_json(t, owners, result, args.node, why), indent=2))
         else:
-            print(human(t, owners, result, args.node))
+            print(human(t, owners, result, args.node, why))
         return 0
     finally:
         maps.close()
@@ -154,7 +263,7 @@ def _a(addr) -> str:
     return f"{addr[0]}:{addr[1]}" if addr else "?"
 
 
-def human(t, owners: Owners, result, node: str) -> str:
+def human(t, owners: Owners, result, node: str, why: str = "") -> str:
     p = t.packet
     lines = []
     flags = f" [{flag_names(t.tcp_flags)}]" if p.protocol == "TCP" else ""
@@ -162,6 +271,8 @@ def human(t, owners: Owners, result, node: str) -> str:
         "a pod interface (svcxdp_main)"
     lines.append(("Packet", f"{p.protocol} {p.src}:{p.sport} -> {p.dst}:{p.dport}{flags}, on {node}, "
                             f"arriving on {where}"))
+    if why:
+        lines.append(("Entry", why))
     if t.frontend is None:
         lines.append(("Frontend", "none"))
         if t.reply_of:
@@ -244,8 +355,8 @@ def run_line(t, result) -> str:
             f"{'as predicted' if agrees(t, result) else 'DIFFERS from the prediction'}")
 
 
-def as_json(t, owners: Owners, result, node: str) -> dict:
-    doc = {"node": node, **dataclasses.asdict(t)}
+def as_json(t, owners: Owners, result, node: str, why: str = "") -> dict:
+    doc = {"node": node, **dataclasses.asdict(t), "entry_reason": why}
     if t.frontend is not None:
         owner = owners.of(t.frontend.frontend)
         doc["frontend"]["frontend"] = str(t.frontend.frontend)

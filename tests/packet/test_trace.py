@@ -17,7 +17,7 @@ from controlplane.dataplane.config import FLOW_TABLES, PROGRAM_PINS
 from controlplane.dataplane.libbpf import lib
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
 from controlplane.dataplane.pinned import PinnedMaps
-from controlplane.dataplane.trace import Packet, run, trace
+from controlplane.dataplane.trace import Address, Packet, run, trace
 
 from .harness import Harness
 
@@ -311,3 +311,73 @@ def test_trace_of_load_balancer_source_ranges(xdp: Harness, maps: PinnedMaps):
             assert r.verdict in t.verdict.split("|")
     finally:
         nodenet.delete(node)
+
+
+# ---- where a packet arrives when --entry is not given: told by the source's pod or node ----
+NODE_IP, NODE2_IP = "192.168.1.31", "192.168.1.32"
+LOCAL_CLIENT, REMOTE_POD, OUTSIDE = "10.244.1.3", "10.244.2.4", "192.168.1.100"
+
+
+def add_pod(store, name: str, ip: str, node: str, host_ip: str) -> None:
+    """A running pod as the lab's kubelet records it (spec.nodeName, status.podIP/hostIP)."""
+    from controlplane.api.pod import Pod
+    store.create(Pod.from_dict({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
+                                "spec": {"nodeName": node, "containers": [{"name": "c", "image": "agnhost"}]},
+                                "status": {"phase": "Running", "podIP": ip, "hostIP": host_ip}}))
+
+
+def snat_flow(xdp: Harness, client: Address, frontend: Address, backend: Address, snat_port: int) -> None:
+    """A confirmed NodePort flow source-NATed to another node's pod, as nodeport.h records it
+    (test_ctgc.snat_flow): the client's forward entry and the SNAT entry its replies meet."""
+    from controlplane.dataplane.affinity_maps import coarse_now_ns
+    from controlplane.dataplane.flows import F_SNAT, ip_be32, port_be16
+    from controlplane.dataplane.trace import DIR_FORWARD, DIR_SNAT
+    t, now = xdp.dp.table("conntrack"), coarse_now_ns()
+    t[t.Key(src=ip_be32(client[0]), dst=ip_be32(frontend[0]), sport=port_be16(client[1]),
+            dport=port_be16(frontend[1]), proto=socket.IPPROTO_TCP, dir=DIR_FORWARD)] = \
+        t.Leaf(last_seen=now, nat_ip=ip_be32(backend[0]), nat_port=port_be16(backend[1]), flags=F_SNAT,
+               peer_ip=ip_be32(NODE_IP), peer_port=port_be16(snat_port))
+    t[t.Key(src=ip_be32(backend[0]), dst=ip_be32(NODE_IP), sport=port_be16(backend[1]),
+            dport=port_be16(snat_port), proto=socket.IPPROTO_TCP, dir=DIR_SNAT)] = \
+        t.Leaf(last_seen=now, nat_ip=ip_be32(frontend[0]), nat_port=port_be16(frontend[1]),
+               peer_ip=ip_be32(client[0]), peer_port=port_be16(client[1]))
+
+
+def test_the_default_entry_is_told_by_the_source(xdp: Harness, maps: PinnedMaps, store, tmp_path: Path):
+    """QA's 2-node lab: the traced node (this pin) has the client pod, node2 the only
+    endpoint. A pod's SYN to an eTP-Local NodePort comes in on its veth and meets the
+    cluster-scope twin (every endpoint), not the external entry that drops it; node2's pod
+    answering a source-NATed flow comes in from the wire, to a port that is no frontend."""
+    import json
+    node = maps.pin_dir.name
+    add_pod(store, "client", LOCAL_CLIENT, node, NODE_IP)
+    add_pod(store, "web-0", REMOTE_POD, "node2", NODE2_IP)
+    web = (Backend(REMOTE_POD, 80),)
+    xdp.writer.upsert(ServiceState(Frontend(NODE_IP, 30090, "TCP", "external"), (), "random", local_drop=True))
+    xdp.writer.upsert(ServiceState(Frontend(NODE_IP, 30090, "TCP"), web, "random"))
+    for scope in ("external", "cluster"):
+        xdp.writer.upsert(ServiceState(Frontend(NODE_IP, 30091, "TCP", scope), web, "random"))
+    snat_flow(xdp, (OUTSIDE, 40004), (NODE_IP, 30091), (REMOTE_POD, 80), 50004)
+
+    def traced(*args: str) -> dict:
+        return json.loads(svcctl(tmp_path, "trace", "--node", node, *args, "-o", "json"))
+
+    doc = traced(f"{LOCAL_CLIENT}:53002", f"{NODE_IP}:30090")
+    assert (doc["entry"], doc["frontend"]["scope"], doc["reason"]) == ("pod", "cluster", "ct_new"), doc
+    assert doc["rewrite"]["dst"] == [REMOTE_POD, 80]
+    assert doc["entry_reason"] == f"SRC is pod default/client on {node}"
+    doc = traced(f"{REMOTE_POD}:80", f"{NODE_IP}:50004", "--tcp-flags", "SA")
+    assert (doc["entry"], doc["reason"], doc["reply_of"]) == ("external", "snat_reply", [NODE_IP, 30091]), doc
+    assert doc["rewrite"]["dst"] == [OUTSIDE, 40004]
+    assert doc["entry_reason"] == "SRC is pod default/web-0 on node2, another node"
+    # another node's address comes in from the wire too, whatever it is sent to
+    doc = traced(f"{NODE2_IP}:41000", f"{LOCAL_CLIENT}:8080")
+    assert (doc["entry"], doc["entry_reason"]) == ("external", "SRC is an address of node2, another node"), doc
+    # a source the store does not know: the destination tells, as before; --entry overrides
+    doc = traced(f"{OUTSIDE}:41000", f"{NODE_IP}:30090")
+    assert (doc["entry"], doc["reason"]) == ("external", "drop_no_local"), doc
+    assert traced(f"{OUTSIDE}:41000", f"{NODE_IP}:30090", "--entry", "pod")["entry"] == "pod"
+    assert traced(f"{LOCAL_CLIENT}:53002", f"{NODE_IP}:30090", "--entry", "external")["reason"] == "drop_no_local"
+    out = svcctl(tmp_path, "trace", "--node", node, f"{LOCAL_CLIENT}:53002", f"{NODE_IP}:30090")
+    assert "arriving on a pod interface (svcxdp_main)" in out and \
+        f"SRC is pod default/client on {node}" in out, out
