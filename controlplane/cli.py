@@ -66,6 +66,20 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        line = _store_failure(exc, args)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 1
+
+
+def _store_failure(exc: Exception, args: argparse.Namespace) -> str | None:
+    """A store's failure that no command turned into an error line (a URL where something
+    other than etcd answers fails every command that opens it) as one: `error: ...`
+    naming the store URL, not a traceback. None for any other exception."""
+    from controlplane.store.paths import store_failure
+    return store_failure(exc, getattr(args, "state_dir", None), getattr(args, "store", None))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from controlplane.api.errors import Gone
+from controlplane.backoff import Backoff
 from controlplane.api.meta import parse_timestamp
 from controlplane.controllers.events import WARNING, EventRecorder, Involved
 from controlplane.dataplane.model import Frontend, ServiceState
@@ -535,18 +536,3 @@ class CheckSchedule:
     def checked(self, started: float, ended: float, cost: float) -> None:
         self.took_s = ended - started
         self.synced(ended, cost)
-
-
-@dataclass
-class Backoff:
-    """Doubling delays between retries, from `first_s` up to `max_s`."""
-    first_s: float = 0.1
-    max_s: float = 5.0
-    failures: int = 0
-
-    def next(self) -> float:
-        self.failures += 1
-        return min(self.max_s, self.first_s * 2 ** (self.failures - 1))
-
-    def reset(self) -> None:
-        self.failures = 0

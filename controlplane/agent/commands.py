@@ -102,7 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from controlplane.dataplane.config import DataplaneConfig
-    from controlplane.dataplane.program import Dataplane
+    from controlplane.dataplane.program import Dataplane, DataplaneError
     from .agent import Agent
     from .desired import NodeConfig
     from .health import Health, serve
@@ -151,13 +151,16 @@ def run(args: argparse.Namespace) -> int:
                  reset(config))
         return 0
     source, feed = _open_source(args)
-    if args.socket_lb_cgroup:   # the socket hooks are loaded from bcc's program object
-        dp = Dataplane.load(config)
-        pin_programs(dp.prog_fd, dp.external_prog_fd, config.pin_dir)
-        how = "compiled and loaded"
-    else:   # compiled by a child process unless the pins hold this build; no bcc/LLVM here
-        dp = Dataplane.open(config)
-        how = "built and loaded by a child process" if dp.built else "adopted from its pins (unchanged build)"
+    try:
+        if args.socket_lb_cgroup:   # the socket hooks are loaded from bcc's program object
+            dp = Dataplane.load(config)
+            pin_programs(dp.prog_fd, dp.external_prog_fd, config.pin_dir)
+            how = "compiled and loaded"
+        else:   # compiled by a child process unless the pins hold this build; no bcc/LLVM here
+            dp = Dataplane.open(config)
+            how = "built and loaded by a child process" if dp.built else "adopted from its pins (unchanged build)"
+    except DataplaneError as exc:   # the node's fault (no bpffs, a kernel that refuses it): one line
+        raise CommandError(str(exc)) from None
     log.info("dataplane loaded (%s): prog id %d, maps pinned in %s", how, dp.prog_id, config.pin_dir)
     interfaces = None
     if args.attach_points:

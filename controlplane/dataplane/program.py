@@ -43,6 +43,31 @@ class DataplaneError(RuntimeError):
     pass
 
 
+BPF_FS_MAGIC = 0xCAFE4A11   # statfs(2)'s f_type of a BPF filesystem (linux/magic.h)
+
+
+def require_bpffs(pin_root: Path) -> None:
+    """Pins live on a BPF filesystem only. Without one mounted, the build fails deep in
+    bcc or the child with a FileNotFoundError naming a directory, not the cause: so
+    DataplaneError first when `pin_root` (or, while it is not made yet, the directory it
+    would be made in: /sys/fs/bpf) is not on one."""
+    where = Path(pin_root)
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if _fs_type(where) != BPF_FS_MAGIC:
+        raise DataplaneError(f"bpffs is not mounted at {where} (the dataplane pins its maps under {pin_root}): "
+                             f"mount it with `mount -t bpf bpf {where}`")
+
+
+def _fs_type(path: Path) -> int:
+    """statfs(2)'s f_type (os.statvfs has none)."""
+    libc = ct.CDLL(None, use_errno=True)
+    buf = ct.create_string_buffer(512)   # struct statfs (120 bytes on 64-bit); f_type comes first
+    if libc.statfs(os.fsencode(path), buf) != 0:
+        raise DataplaneError(f"{path}: statfs: {os.strerror(ct.get_errno())}")
+    return ct.c_long.from_buffer(buf).value & 0xFFFFFFFF
+
+
 def _check_pinned_layout(bpf, config: DataplaneConfig) -> None:
     """A pinned map from an older build with another layout must not be reused."""
     expected_max = {
@@ -96,6 +121,7 @@ class Dataplane:
         only if the pins do not hold this very build (build.py); this process never
         imports bcc. The socket hooks need bcc's object: use load() for them."""
         from .build import ensure_built
+        require_bpffs(config.pin_root)
         built = ensure_built(config, MAP_NAMES)
         pinned = PinnedMaps(config.pin_dir, WritableTable)
         fds: list[int] = []
@@ -123,6 +149,7 @@ class Dataplane:
         # UDP first packets look in conntrack for two to three epochs after a restart.
         adopts_conntrack = config.pin and (config.pin_dir / "conntrack").exists()
         if config.pin:
+            require_bpffs(config.pin_root)
             os.makedirs(config.pin_dir, exist_ok=True)
         try:
             bpf = BPF(text=program_text().encode(), cflags=config.cflags())

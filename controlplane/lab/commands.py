@@ -155,7 +155,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(asdict(status), indent=2))
     else:
         _print_status(status)
-    return 0 if status.up else 1
+    return 0 if status.up and not status.degraded else 1   # scripts can tell a lab that needs `lab up`
 
 
 def _parse_port(text: str) -> PortSpec:
@@ -195,7 +195,7 @@ def _print_status(s: LabStatus) -> None:
     if s.outside is None:
         print(f"lab: down (state {s.state_dir})")
         return
-    print(f"lab: {'up' if s.up else 'DEGRADED'} (prefix {s.prefix}, state {s.state_dir}/lab)")
+    print(f"lab: {'degraded' if s.degraded else 'up'} (prefix {s.prefix}, state {s.state_dir}/lab)")
     print(f"outside  {s.outside.netns}  {s.outside.ip}/24 on {s.outside.bridge}")
     if s.store == "etcd":
         print(f"store    etcd, {len(s.etcd)} members: {s.store_url}")

@@ -9,6 +9,7 @@ import threading
 
 from controlplane.api.errors import NotFound
 from controlplane.api.pod import RUNNING, Pod
+from controlplane.backoff import Backoff
 from controlplane.controllers.manager import reconcile
 from controlplane.controllers.runtime import finish_pod, pods_to_start, pods_to_stop, set_pod_status
 from controlplane.store.interface import Store
@@ -96,20 +97,38 @@ class Kubelet:
         return changed
 
     def run(self, stop: threading.Event, poll_s: float = 0.3) -> None:
+        """Follow the store until `stop`. Nothing the store does ends the loop: a failed
+        wait or sync (etcd unreachable, every member down) is logged once, then retried
+        with backoff until the store answers, as the agent does — a kubelet that died
+        would leave pods neither started nor stopped until someone ran `lab up`."""
         rv = -1
+        retry = Backoff()   # the agent's delays: 0.1 s doubling to 5 s
         while not stop.is_set():
-            current = self.store.wait_for_change(rv, timeout=poll_s)
-            if current == rv and not self.retry:
-                continue
             try:
-                self.sync_once()
-                # Everything up to `current` is handled; a change committed during the
-                # sync (or the sync's own writes) wakes the next round. Reading the
-                # resourceVersion after the sync would skip such a change for good.
-                rv = current
-            except Exception:
-                log.exception("kubelet sync failed; retrying")
-                stop.wait(1.0)
+                rv = self._follow(rv, poll_s)
+            except Exception as exc:
+                delay = retry.next()
+                if retry.failures == 1:
+                    log.exception("kubelet sync failed; retrying in %.1f s", delay)
+                else:
+                    log.warning("kubelet sync failed again (%s); retrying in %.1f s", exc, delay)
+                stop.wait(delay)
+                continue
+            if retry.failures:
+                log.info("kubelet recovered after %d failed attempts", retry.failures)
+                retry.reset()
+
+    def _follow(self, rv: int, poll_s: float) -> int:
+        """One wait for a change after `rv` and, if there was one (or a pod to retry), a
+        sync; returns the resourceVersion handled."""
+        current = self.store.wait_for_change(rv, timeout=poll_s)
+        if current == rv and not self.retry:
+            return rv
+        self.sync_once()
+        # Everything up to `current` is handled; a change committed during the sync (or
+        # the sync's own writes) wakes the next round. Reading the resourceVersion after
+        # the sync would skip such a change for good.
+        return current
 
 
 def run_kubelet(state_dir: str | None, store_url: str | None = None) -> int:

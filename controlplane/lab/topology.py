@@ -94,6 +94,9 @@ class LabStatus:
     processes: list[ProcessRecord] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # recorded namespaces that are gone
     dead: list[str] = field(default_factory=list)  # recorded processes that are gone
+    # The lab exists but is not whole: a namespace or a process it recorded is gone (a dead
+    # kubelet or agent leaves every namespace in place, yet pods or services stop following).
+    degraded: bool = False
     store: str = "sqlite"  # sqlite | etcd
     etcd: list[EtcdMemberRecord] = field(default_factory=list)
     store_url: str | None = None  # etcd: what node processes are given (the members' LAN addresses)
@@ -528,8 +531,9 @@ class Lab:
         missing = [ns for ns in state.netns_names() if not netns.exists(ns)]
         dead = [f"{p.node}/{p.name}" for p in state.processes if not procs.alive(p.pid, p.netns)]
         dead += [f"pod/{p.name}" for p in state.pods.values() if p.pid and not procs.alive(p.pid, p.netns)]
+        up = state.outside is not None and bool(state.nodes) and not missing
         return LabStatus(
-            up=state.outside is not None and bool(state.nodes) and not missing,
+            up=up, degraded=not up or bool(dead),
             state_dir=str(self.store.state_dir), prefix=state.prefix, outside=state.outside,
             nodes=sorted((_node_info(n) for n in state.nodes.values()), key=lambda n: n.index),
             pods=[_pod_handle(p) for p in state.pods.values()],

@@ -85,15 +85,26 @@ def parse_endpoints(url: str) -> list[tuple[str, str, int]]:
             out.append(("unix", part[len("unix:"):], 0))
             continue
         split = urlsplit("//" + part)
-        if not split.hostname or not split.port:
-            raise ValueError(f"store URL {url!r}: endpoint {part!r} needs HOST:PORT")
-        out.append((protocol, split.hostname, split.port))
+        try:
+            port = split.port
+        except ValueError:   # not a number, or beyond 65535: urllib's message names no URL
+            port = None
+        if not split.hostname or not port:
+            raise ValueError(f"store URL {url!r}: endpoint {part!r} needs HOST:PORT, a port from 1 to 65535")
+        out.append((protocol, split.hostname, port))
     return out
 
 
 # etcd answers these while a member has no leader (an election after a member died): the
 # request was not applied, so it is retried like an unreachable member.
 _TRANSIENT = ("no leader", "leader changed", "not capable", "raft proposal dropped")
+# Watches require a leader (gRPC metadata `hasleader`, through the gateway's header; what
+# clientv3.WithRequireLeader sends, as kube-apiserver's watches do). A member cut off from
+# the others, or left without a quorum, otherwise keeps a watch open and sends it progress
+# notifications at a revision that no longer moves: the cluster looks idle while changes
+# land elsewhere. With it, the member refuses the watch ("no leader", 503) and ends an
+# open one once it has been without a leader a while; the client moves to the next member.
+_REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
 
 
 class EtcdClient:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,6 @@ def add_store_flags(parser: argparse.ArgumentParser) -> None:
                             help=f"{what} etcd (env {env})")
 
 
-def store_url(args: argparse.Namespace | None = None) -> str | None:
-    """The etcd URL asked for by flag or environment, or None for SQLite."""
-    return (getattr(args, "store", None) if args is not None else None) or os.environ.get(ENV_STORE) or None
-
-
 def recorded_store_url(state_dir: str | os.PathLike | None = None) -> str | None:
     """The etcd URL recorded in the state directory's `store-url` file, if any."""
     try:
@@ -55,8 +51,23 @@ def recorded_store_url(state_dir: str | os.PathLike | None = None) -> str | None
         return None
 
 
+def chosen_store_url(state_dir: str | os.PathLike | None = None, url: str | None = None) -> tuple[str, str] | None:
+    """(the etcd URL a command opens, what gave it: `--store`, `$SVCXDP_STORE` or the state
+    directory's store-url file), or None for SQLite. The second names the culprit in errors:
+    a bad URL is fixed where it was given."""
+    if url:
+        return url, "--store"
+    if os.environ.get(ENV_STORE):
+        return os.environ[ENV_STORE], f"${ENV_STORE}"
+    recorded = recorded_store_url(state_dir)
+    if recorded:
+        return recorded, str(resolve_state_dir(state_dir) / STORE_URL_FILE)
+    return None
+
+
 def open_store_from_args(args: argparse.Namespace) -> Any:
-    return open_store(getattr(args, "state_dir", None), store_url(args),
+    # --store only: open_store reads $SVCXDP_STORE itself, and names it as such in errors
+    return open_store(getattr(args, "state_dir", None), getattr(args, "store", None),
                       {flag: getattr(args, flag, None) or os.environ.get(env) for flag, env in TLS_FLAGS.items()})
 
 
@@ -64,9 +75,10 @@ def open_store(state_dir: str | os.PathLike | None = None, url: str | None = Non
                tls: dict[str, str | None] | None = None) -> Any:
     """Open the etcd store at `url` (or $SVCXDP_STORE, or the one the state directory
     records), else (creating if needed) the SQLite store in the state directory."""
-    url = url or os.environ.get(ENV_STORE) or recorded_store_url(state_dir)
-    if url:
-        return open_etcd_store(url, tls)
+    chosen = chosen_store_url(state_dir, url)
+    if chosen:
+        url, given_by = chosen
+        return open_etcd_store(url, tls, given_by)
     directory = resolve_state_dir(state_dir)
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -82,7 +94,7 @@ def open_store(state_dir: str | os.PathLike | None = None, url: str | None = Non
     return SqliteStore(directory / DB_NAME)
 
 
-def open_etcd_store(url: str, tls: dict[str, str | None] | None = None) -> Any:
+def open_etcd_store(url: str, tls: dict[str, str | None] | None = None, given_by: str = "--store") -> Any:
     from .etcd import EtcdStore
     from .etcd_client import EtcdClient, TlsFiles, parse_endpoints
     tls = tls or {}
@@ -92,6 +104,33 @@ def open_etcd_store(url: str, tls: dict[str, str | None] | None = None) -> Any:
     try:
         endpoints = parse_endpoints(url)
     except ValueError as exc:
-        raise StoreUnavailable(str(exc)) from None
+        raise StoreUnavailable(f"{given_by}: {exc}") from None
     files = TlsFiles(ca=tls.get("etcd_cacert"), cert=tls.get("etcd_cert"), key=tls.get("etcd_key"))
     return EtcdStore(EtcdClient(endpoints, files), url)
+
+
+def store_failure(exc: BaseException, state_dir: str | os.PathLike | None = None,
+                  url: str | None = None) -> str | None:
+    """The one-line error for a command the store failed (`url`: --store, if given), or
+    None when `exc` is no store's failure. A store that cannot be reached already says so
+    naming its members; a server on the URL that answers, but not as etcd does (another
+    web server on the port), fails every request with its own error page: named here by
+    the URL and a line of that page, rather than a traceback ending in HTML."""
+    if isinstance(exc, StoreUnavailable):
+        return str(exc)
+    from .etcd_client import EtcdRequestError
+    if not isinstance(exc, EtcdRequestError):
+        return None
+    chosen = chosen_store_url(state_dir, url)
+    where = f"{chosen[1]} {chosen[0]}" if chosen else "the etcd store"
+    answer = _one_line(exc.message)
+    if exc.message.lstrip().startswith("<"):   # etcd's gateway answers JSON, never a web page
+        return f"{where}: not an etcd server (it answered: {answer})"
+    return f"{where}: etcd refused the request: {answer}"
+
+
+def _one_line(answer: str, limit: int = 160) -> str:
+    """A server's answer as one short line: markup and the page's head dropped."""
+    text = re.sub(r"(?is)<head\b.*?</head>", " ", answer)
+    text = " ".join(re.sub(r"<[^>]*>", " ", text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."

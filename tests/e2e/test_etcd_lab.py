@@ -104,8 +104,9 @@ def test_apply_and_reach_a_service_stored_in_etcd(cluster: Cluster, services: di
 def test_all_members_stopped_under_traffic(cluster: Cluster, services: dict[str, str]):
     """Every member stopped for OUTAGE_S: established and new connections keep working, the
     agents answer 503, an apply during the outage fails cleanly (nothing can be written with
-    no member up), and after etcd returns the user's changes (the retried apply and a scale)
-    reach every node."""
+    no member up), no node process dies (the kubelet included), and after etcd returns the
+    user's changes (the retried apply and a scale) reach every node."""
+    kubelet = process(cluster, "node1", "kubelet")
     traffic = Traffic.start(cluster, services["nginx"], services["redis"])
     try:
         time.sleep(1.0)
@@ -116,9 +117,14 @@ def test_all_members_stopped_under_traffic(cluster: Cluster, services: dict[str,
         assert failed.returncode != 0 and "unavailable" in failed.stderr, failed.stderr
         wait_for("every agent to answer 503", lambda: all_healthz(cluster, 503), timeout=OUTAGE_S + 10)
         time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
+        # Only the members are down: the kubelet, agents and controllers rode the outage
+        # out. (`lab up` below restarts whatever is not running, so it would hide one
+        # that died: the pods of the scale below would then come from a new kubelet.)
+        assert set(cluster.lab.status().dead) == {f"{m.name}/etcd" for m in members(cluster)}
     finally:
         restart_stopped(cluster)
         stats = traffic.finish()
+    assert process(cluster, "node1", "kubelet").pid == kubelet.pid   # the same process, not restarted
     assert stats["new_fail"] == 0 and stats["est_fail"] == 0, stats["failures"]
     assert stats["new_ok"] >= OUTAGE_S * 2 and stats["est_ok"] >= OUTAGE_S * 2, stats   # it ran throughout
     cluster.svcctl("apply", "-f", "-", input=service_manifest("during-outage"))
