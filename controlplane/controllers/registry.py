@@ -85,8 +85,10 @@ class Registry:
                     plans.append(self._plan_manifest(tx, m, namespace, mode, pending_namespaces))
                 except (ApiError, UnknownKind) as exc:
                     failures.append(self._failure(m, exc, namespace))
-            if failures:
-                raise BatchError(failures)
+            # The valid ones are applied even when some failed, only to find what else fails
+            # (a nodePort out of range, an address taken: found as they are allocated), so
+            # that every failing document is said at once, as kubectl says each; any
+            # failure rolls the whole transaction back below.
             allocations = ServiceAllocations(tx, self.config)
             outcomes: list[Outcome] = []
             seen: set[tuple[str, str, str]] = set()
@@ -99,6 +101,8 @@ class Registry:
                 except ApiError as exc:
                     failures.append(self._failure(plan.manifest, exc, namespace, plan))
             if failures:
+                order = {id(m): i for i, m in enumerate(manifests)}
+                failures.sort(key=lambda f: order.get(id(f.manifest), len(order)))   # (stable)
                 raise BatchError(failures)  # rolls the transaction back
         return outcomes
 

@@ -94,6 +94,18 @@ def test_node_port_errors(registry: Registry) -> None:
         "The range of valid ports is 30000-32767")
 
 
+def test_every_failing_document_is_reported_in_order_and_none_applied(registry: Registry) -> None:
+    """One refused by an allocation (found when it is applied), one by validation (found
+    before anything is): both are said, as kubectl says each, and nothing is written.
+    Only the second was said: validation failures ended the batch before any allocation."""
+    with pytest.raises(BatchError) as exc:
+        apply(registry, service_doc("bad1", type="NodePort", ports=[{"port": 80, "nodePort": 80}]),
+              service_doc("good"), service_doc("bad2", ports=[{"port": 99999}]))
+    assert [f.name for f in exc.value.failures] == ["bad1", "bad2"]
+    assert "provided port is not in the valid range" in str(exc.value.failures[0].error)
+    assert not [s for s in registry.store.list(Service) if s.name in ("bad1", "good", "bad2")]
+
+
 def test_tcp_and_udp_of_one_number_share_a_node_port(registry: Registry) -> None:
     svc = apply(registry, service_doc("dns", type="NodePort", ports=[
         {"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
