@@ -6,6 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from controlplane.api.endpoints import LABEL_SERVICE_NAME, LAST_CHANGE_TRIGGER_TIME, EndpointSlice
+from controlplane.api.errors import Gone
 from controlplane.api.service import Service
 from controlplane.controllers.service_view import (ServiceView, SliceBackends, SliceRead, merge_backends,
                                                    read_services, read_slices, service_text_read, slice_backends,
@@ -30,9 +31,23 @@ class ServiceCache:
     resource_version: int = 0
 
     @classmethod
-    def load(cls, source: Source) -> "ServiceCache":
+    def load(cls, source: Source, attempts: int = 3) -> "ServiceCache":
         """A consistent snapshot: list both kinds, then replay what changed meanwhile. The
-        slices are read as stored JSON (only their backends are kept: service_view.read_slices)."""
+        slices are read as stored JSON (only their backends are kept: service_view.read_slices).
+        A replay refused as compacted (Gone) is a snapshot to take again: the revision read
+        first was older than the store's compaction (an etcd follower's feed, behind after
+        the agent was paused, answers it without a round trip), and the lists have moved
+        it on. Raised, it failed the consistency check or the full sync that asked, a
+        traceback and a retry later."""
+        for _ in range(attempts - 1):
+            try:
+                return cls._load(source)
+            except Gone:
+                continue
+        return cls._load(source)
+
+    @classmethod
+    def _load(cls, source: Source) -> "ServiceCache":
         rv = source.current_resource_version()
         cache = cls(resource_version=rv)
         with paused_gc():
