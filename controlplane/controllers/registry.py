@@ -224,8 +224,13 @@ class Registry:
                 patch_allocated_values(new, live)
                 drop_type_dependent_fields(new, live)
                 new.status = copy.deepcopy(live.status)   # status is the controllers' to write
-        elif isinstance(new, Service):
-            new.status = ServiceStatus()                  # as the apiserver: a new Service has none
+        else:
+            # The server's, never the client's (as kube-apiserver's BeforeCreate): the agent
+            # gives an address two services name to the older, so a backdated Service
+            # would take another's traffic (and `get -o yaml | apply` elsewhere copies both).
+            new.metadata.uid = new.metadata.creation_timestamp = None
+            if isinstance(new, Service):
+                new.status = ServiceStatus()              # as the apiserver: a new Service has none
         apply_defaults(new)
         if isinstance(new, Deployment):
             if live is None:

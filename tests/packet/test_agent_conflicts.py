@@ -1,12 +1,15 @@
 """Two services that name one address:port (nothing in the API stops it: an externalIP,
 a LoadBalancer IP, another service's ClusterIP): one rule decides which serves it — a
-ClusterIP before a twin, then the older service — in the agent's full syncs, its
+ClusterIP before a twin, then the older service (creationTimestamp: the server's, whole
+seconds, so the services here are added a second apart) — in the agent's full syncs, its
 incremental ones (services computed apart) and its consistency check alike. Before it,
 the service changed last took the address over (a newer service could take an older
 one's traffic), a restart gave it back by name order, and the consistency check then
 called the maps drift and flipped it again. A real store, a real dataplane and the
 packets through it."""
 from __future__ import annotations
+
+import time
 
 import pytest
 from scapy.layers.inet import IP, TCP
@@ -44,20 +47,20 @@ def store(tmp_path):
     s.close()
 
 
-def add(store: SqliteStore, name: str, created: str, backend: str, cluster_ip: str | None = None,
+def add(store: SqliteStore, name: str, backend: str, cluster_ip: str | None = None,
         external_ips: tuple[str, ...] = ()) -> None:
-    """A service created at `created` (the store keeps a creationTimestamp it is given)
-    with one ready endpoint."""
+    """A service with one ready endpoint, a second younger than the one added before it
+    (creationTimestamp is the server's, in whole seconds)."""
+    time.sleep(1.05)
     spec: dict = {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
     if cluster_ip:
         spec["clusterIP"] = cluster_ip
     if external_ips:
         spec["externalIPs"] = list(external_ips)
-    Registry(store).apply([Manifest({"apiVersion": "v1", "kind": "Service", "spec": spec, "metadata": {
-        "name": name, "creationTimestamp": created}}, "test"), Manifest(endpoint_slice(name, [backend]), "test")],
-        "default", MODE_CREATE)
+    Registry(store).apply([Manifest({"apiVersion": "v1", "kind": "Service", "spec": spec, "metadata": {"name": name}},
+                                    "test"), Manifest(endpoint_slice(name, [backend]), "test")],
+                          "default", MODE_CREATE)
     reconcile(store)
-    assert store.get(Service, "default", name).metadata.creation_timestamp == created
 
 
 def served(agent: Agent, fe: Frontend) -> str | None:
@@ -72,12 +75,12 @@ def conflicts(store: SqliteStore, name: str) -> list[str]:
 
 
 def test_the_older_service_keeps_an_external_ip_however_the_agent_syncs(store, dataplane):
-    add(store, "zzz-old", "2026-01-01T00:00:00Z", "10.244.1.1", external_ips=(EXTERNAL_IP,))
+    add(store, "zzz-old", "10.244.1.1", external_ips=(EXTERNAL_IP,))
     agent = fresh_agent(store, dataplane)
     agent.full_sync("start")
     assert served(agent, EXTERNAL) == served(agent, TWIN) == "10.244.1.1"
     # a newer service naming the same address: the older keeps it, the newer is told
-    add(store, "aaa-new", "2026-06-01T00:00:00Z", "10.244.2.2", external_ips=(EXTERNAL_IP,))
+    add(store, "aaa-new", "10.244.2.2", external_ips=(EXTERNAL_IP,))
     agent.incremental_sync()
     assert served(agent, EXTERNAL) == served(agent, TWIN) == "10.244.1.1"
     assert agent.owner_of(EXTERNAL) == "default/zzz-old:http"
@@ -103,8 +106,8 @@ def test_the_older_service_keeps_an_external_ip_however_the_agent_syncs(store, d
 
 
 def test_an_older_service_that_names_a_held_address_takes_it(store, dataplane):
-    add(store, "old", "2026-01-01T00:00:00Z", "10.244.1.1")
-    add(store, "new", "2026-06-01T00:00:00Z", "10.244.2.2", external_ips=(EXTERNAL_IP,))
+    add(store, "old", "10.244.1.1")
+    add(store, "new", "10.244.2.2", external_ips=(EXTERNAL_IP,))
     agent = fresh_agent(store, dataplane)
     agent.full_sync("start")
     assert served(agent, EXTERNAL) == "10.244.2.2"
@@ -121,14 +124,14 @@ def test_an_older_service_that_names_a_held_address_takes_it(store, dataplane):
 def test_a_clusterip_keeps_its_address_for_pods_against_another_services_external_ip(
         store, dataplane, externals_first):
     """A service whose externalIP:port is another's ClusterIP:port: the pods' entry point
-    (cluster scope) keeps the ClusterIP's backends whichever service is older or changed
-    last; the external entry serves the externalIP's."""
+    (cluster scope) keeps the ClusterIP's backends whichever service is older (and came
+    first to the agent); the external entry serves the externalIP's."""
     vip = "10.96.0.77"
-    stamps = ("2026-01-01T00:00:00Z", "2026-06-01T00:00:00Z")
-    add(store, "ext", stamps[0 if externals_first else 1], "10.244.2.2", external_ips=(vip,))
+    first, second = [("ext", "10.244.2.2", None, (vip,)), ("cip", "10.244.1.1", vip, ())][::1 if externals_first else -1]
+    add(store, *first)
     agent = fresh_agent(store, dataplane)
     agent.full_sync("start")
-    add(store, "cip", stamps[1 if externals_first else 0], "10.244.1.1", cluster_ip=vip)
+    add(store, *second)
     agent.incremental_sync()
     cluster, external = Frontend(vip, 80, "TCP", "cluster"), Frontend(vip, 80, "TCP", "external")
     assert served(agent, cluster) == "10.244.1.1" and served(agent, external) == "10.244.2.2"

@@ -106,6 +106,16 @@ def test_every_failing_document_is_reported_in_order_and_none_applied(registry: 
     assert not [s for s in registry.store.list(Service) if s.name in ("bad1", "good", "bad2")]
 
 
+def test_creation_timestamp_and_uid_are_the_servers_not_the_clients(registry: Registry) -> None:
+    """As kube-apiserver: a backdated Service would be the older of two that name one
+    address, which the agent gives it (agent/desired.py claim_rank)."""
+    doc = service_doc("backdated")
+    doc["metadata"].update(creationTimestamp="2000-01-01T00:00:00Z", uid="0000")
+    (svc,) = apply(registry, doc)
+    assert svc.metadata.creation_timestamp and not svc.metadata.creation_timestamp.startswith("2000")
+    assert svc.metadata.uid != "0000"
+
+
 def test_tcp_and_udp_of_one_number_share_a_node_port(registry: Registry) -> None:
     svc = apply(registry, service_doc("dns", type="NodePort", ports=[
         {"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
