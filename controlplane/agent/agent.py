@@ -201,14 +201,9 @@ class Agent:
                 claims.append(Claim(wants[key].owners[fe], twin, claim_rank(view, twin)))
             winner = settle(claims)
             for key, claim in zip(keys, claims):
-                if claim is winner:
-                    continue
-                want = wants[key]
-                told = conflict(fe, claim, winner)
-                wants[key] = Desired(tuple(s for s in want.states if s.frontend != fe),
-                                     {f: o for f, o in want.owners.items() if f != fe},
-                                     want.problems + ((told,) if told is not None else ()), want.twins - {fe})
-                lost.setdefault(key, set()).add(fe)
+                if claim is not winner:
+                    wants[key] = wants[key].without(fe, conflict(fe, claim, winner))
+                    lost.setdefault(key, set()).add(fe)
         return lost
 
     def _take_owners(self, want: Desired) -> None:
@@ -430,10 +425,11 @@ class Agent:
                 if resync is not None:
                     if resync == "retry":   # the maps may be half updated: adopt them afresh
                         self.writer = MapWriter(self.dp)
-                    cpu = time.process_time()
+                    started, cpu = time.monotonic(), time.process_time()
                     self.full_sync(resync)
                     resync = None
-                    checks.synced(time.monotonic(), time.process_time() - cpu)
+                    ended = time.monotonic()
+                    checks.synced(ended, checks.cost(ended - started, time.process_time() - cpu))
                     if self.metrics is not None:
                         self.metrics.scheduled(checks.next_at - time.monotonic())
                 else:
@@ -514,25 +510,29 @@ class CheckSchedule:
     resyncs everything hourly at scale); and it waits for a poll that brought no change
     (a burst of changes is not held up behind it), unless that has not come for a whole
     `interval` more.
-    A check's or sync's cost is the agent's CPU time, not the clock's: waiting on a store
-    slow to answer, or down and retried, costs the agent nothing, and charged by the
-    clock a 6 s retry sync after an etcd hiccup put the next check 20 minutes out — the
-    safety net off just when drift is likeliest."""
+    What a check or sync is charged (`cost`) is its time on the clock, unless most of that
+    was waiting rather than work: then twice its CPU time. Charged by the clock alone, a
+    6 s retry sync after an etcd hiccup (timeouts, not work) put the next check 20
+    minutes out — the safety net off just when drift is likeliest."""
     interval: float
     max_share: float = 0.005
     next_at: float = 0.0
     took_s: float = 0.0     # the last check's time (the clock's)
 
+    @staticmethod
+    def cost(wall_s: float, cpu_s: float) -> float:
+        return min(wall_s, 2 * cpu_s)
+
     def synced(self, ended: float, cost: float) -> None:
-        """A full sync that cost `cost` CPU seconds just made the maps equal to the store:
-        the next check as after a check of that cost (a full sync reads the store and
-        writes the maps whole, of the order of a check's reads: the start sync at
-        10,000 x 10 is ~1 s)."""
+        """A full sync charged `cost` (cost()) just made the maps equal to the store: the
+        next check as after a check of that cost (a full sync reads the store and writes
+        the maps whole, of the order of a check's reads: the start sync at 10,000 x 10
+        is ~1 s)."""
         self.next_at = ended + max(self.interval, cost / self.max_share)
 
     def due(self, now: float, quiet: bool) -> bool:
         return now >= self.next_at and (quiet or now >= self.next_at + self.interval)
 
-    def checked(self, started: float, ended: float, cost: float) -> None:
+    def checked(self, started: float, ended: float, cpu_s: float) -> None:
         self.took_s = ended - started
-        self.synced(ended, cost)
+        self.synced(ended, self.cost(self.took_s, cpu_s))

@@ -2,7 +2,7 @@
 endpoints. No I/O here, so it is unit-tested without root or BPF."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import compress, repeat
 from operator import attrgetter, eq
 from typing import Callable, Iterable, Sequence
@@ -56,6 +56,13 @@ class Desired:
     problems: tuple[Problem, ...] = ()
     # the owned frontends that are cluster-scope twins of ways in from outside
     twins: frozenset[Frontend] = frozenset()
+
+    def without(self, fe: Frontend, problem: Problem | None) -> "Desired":
+        """This desired state less `fe` (lost to another service), told `problem`."""
+        return replace(self, states=tuple(s for s in self.states if s.frontend != fe),
+                       owners={f: o for f, o in self.owners.items() if f != fe},
+                       problems=self.problems + ((problem,) if problem is not None else ()),
+                       twins=self.twins - {fe})
 
 
 # ---- two services, one frontend ---------------------------------------------------------
@@ -333,14 +340,18 @@ def _settle_contests(contests: list[tuple], views: Sequence[ServiceView], pendin
                      owners: dict[Frontend, str], twins_held: set[Frontend], problems: list[Problem]) -> None:
     """Each contested frontend to the claim settle() picks, among the first (in
     `pending`, from `start` on) and the later ones: where a later one wins, its state
-    takes the first's place. (Rare: the views and states are searched, not indexed as
+    takes the first's place. (Rare: the views and states are indexed here, once, not as
     they are made.)"""
     view_of = {f"{v.service.namespace}/{v.service.name}": v for v in views}
     later: dict[Frontend, list[tuple]] = {}
     for fe, view, twin, owner, made in contests:
         later.setdefault(fe, []).append((Claim(owner, twin, claim_rank(view, twin)), made))
+    place: dict[Frontend, int] = {}   # where each contested frontend's first state is
+    for i in range(start, len(pending)):
+        if (claimed := _frontend_of(pending[i])) in later:
+            place[claimed] = i
     for fe, challengers in later.items():
-        at = next(i for i in range(start, len(pending)) if _frontend_of(pending[i]) == fe)
+        at = place[fe]
         first_owner, first_twin = owners[fe], fe in twins_held
         first_view = view_of[first_owner.rsplit(":", 1)[0]]
         first = Claim(first_owner, first_twin, claim_rank(first_view, first_twin))

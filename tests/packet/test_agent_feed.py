@@ -162,8 +162,8 @@ def test_maps_changed_behind_the_agents_back_are_repaired(store, agent):
 
 def test_the_loop_checks_when_quiet_and_at_most_its_share_of_the_time(store, dataplane):
     """The agent's own loop: maps changed behind its back are repaired by the periodic
-    check, which waits for a poll without changes; a check that cost T of CPU puts the
-    next T / --check-max-share away (both in the metrics)."""
+    check, which waits for a poll without changes; a check charged T puts the next
+    T / --check-max-share away (both in the metrics)."""
     from prometheus_client import CollectorRegistry
 
     from controlplane.agent.metrics import SyncMetrics
@@ -186,7 +186,8 @@ def test_the_loop_checks_when_quiet_and_at_most_its_share_of_the_time(store, dat
         assert loop.healthy()
     took = registry.get_sample_value("svcxdp_consistency_check_duration_seconds")
     interval = registry.get_sample_value("svcxdp_consistency_check_interval_seconds")
-    assert took > 0.0006 and interval > 0.3   # stretched past --check-interval by the check's cost
+    # stretched past --check-interval by the check's cost (at most its time on the clock)
+    assert took > 0.0006 and 0.45 < interval <= took / 0.002 * 1.01
     assert [e for e in store.list(Event) if e.reason == "DataplaneResynced"]
 
 

@@ -20,11 +20,14 @@ def test_not_due_before_the_interval_after_a_sync_nor_before_a_sync_of_its_time_
     assert not checks.due(300.9, quiet=True) and checks.due(301.0, quiet=True)
 
 
-def test_waiting_on_the_store_is_no_cost_of_checking():
+def test_waiting_on_the_store_is_charged_as_twice_the_work_it_hid():
     """A retry sync after a store outage takes seconds of the clock and little CPU: the
-    next check comes at the interval, not 200 times the wait later."""
+    next check comes at the interval, not 200 times the wait later. Work is charged by
+    the clock."""
+    assert CheckSchedule.cost(6.2, 0.05) == pytest.approx(0.1)   # mostly waiting
+    assert CheckSchedule.cost(1.6, 1.5) == pytest.approx(1.6)    # work: the clock's time
     checks = CheckSchedule(30.0, max_share=0.005)
-    checks.synced(106.2, 0.05)                    # 6.2 s on the clock, 50 ms of CPU
+    checks.synced(106.2, CheckSchedule.cost(6.2, 0.05))
     assert checks.due(136.2, quiet=True)
     checks.checked(200.0, 206.0, 0.05)
     assert checks.took_s == pytest.approx(6.0) and checks.next_at == pytest.approx(236.0)
