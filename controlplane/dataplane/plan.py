@@ -96,7 +96,9 @@ def check_capacity(plans: Sequence[tuple[ServiceState, Installed | None]], svc_i
             raise CapacityError(f"cannot program {state.frontend}: slots map "
                                 f"(max_slots={max_slots}) would need {slots} entries")
         if state.source_ranges:
-            added_ranges += len(set(state.source_ranges) - set(old.state.source_ranges if old else ()))
+            # (a suspect record's are all written again: the maps may lack any of them)
+            added_ranges += len(set(state.source_ranges) -
+                                set(old.state.source_ranges if old and not old.suspect else ()))
             if added_ranges > ranges.available:
                 raise CapacityError(f"cannot program {state.frontend}: {ranges.what} has "
                                     f"{ranges.available} entries left, its source ranges "

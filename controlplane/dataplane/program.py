@@ -81,6 +81,7 @@ def _check_pinned_layout(bpf, config: DataplaneConfig) -> None:
         "svc_stats": config.svc_id_slots, "backend_stats": config.max_backends,
         "backend_conns": config.max_backends,
         "maglev": config.max_services, "affinity": config.affinity_size,
+        "source_ranges": config.source_ranges_size,
         "sock_revnat": config.sock_revnat_size, "sock_config": 1, fibwatch.MAP: 1,
         "counters": SVCXDP_CNT_MAX, "np_tail": len(EXTERNAL_TAILS),
     }
