@@ -78,16 +78,6 @@ static __always_inline int np_hairpin(struct xdp_md *ctx, const struct np_route 
 	       r->ifindex == ctx->ingress_ifindex && r->src != 0;
 }
 
-/* loadBalancerSourceRanges: is the client inside one of the frontend's CIDRs? */
-static __always_inline int np_source_allowed(__u32 svc_id, __be32 client)
-{
-	struct src_range_key k = {};
-	k.prefixlen = 64;
-	k.svc_id = svc_id;
-	k.addr = client;
-	return source_ranges.lookup(&k) != NULL;
-}
-
 #define NP_RECLAIM_NS ((__s64)SVCXDP_SNAT_RECLAIM_MS * 1000000LL)
 
 /* What np_snat_alloc's port search found (np_pending.pick). */

@@ -27,6 +27,7 @@
 #include "maps.h"
 #include "conntrack.h"
 #include "lb.h"
+#include "ranges.h"
 #include "nat.h"
 #include "reject.h"
 #include "icmp.h"
@@ -246,7 +247,7 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 	 * chosen, counted or remembered for it (kube-proxy's firewall chain, which
 	 * filters pods too, on their cluster-scope twin). */
 	if ((svc->flags & SVCXDP_SVC_F_SOURCE_RANGES) &&
-	    !np_source_allowed(svc->svc_id, ip->saddr)) {
+	    !source_allowed(svc->svc_id, ip->saddr)) {
 		ev->main = SVCXDP_CNT_DROP_SOURCE_RANGE;
 		return XDP_DROP;
 	}

@@ -1,5 +1,5 @@
 """loadBalancerSourceRanges in the `source_ranges` LPM trie: (svc_id, CIDR) entries,
-looked up by (svc_id, client) in bpf/svcxdp.c. A frontend's ranges are added before
+looked up by (svc_id, client) in bpf/ranges.h. A frontend's ranges are added before
 its service entry carries SVCXDP_SVC_F_SOURCE_RANGES and removed after it no longer
 lists them, so no packet meets a half-written set. The entries held are known here,
 so the capacity check (plan.py) can refuse a frontend whose ranges do not fit before

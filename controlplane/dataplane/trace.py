@@ -208,7 +208,7 @@ def _maglev_entry(maps, svc_id: int, index: int) -> int:
 
 def _refused_by_ranges(maps, t: Trace) -> bool:
     """A new flow of a frontend with loadBalancerSourceRanges from a client outside them
-    (bpf/nodeport.h np_source_allowed(), a longest-prefix lookup): the trace says it is
+    (bpf/ranges.h source_allowed(), a longest-prefix lookup): the trace says it is
     dropped, before a backend is chosen (bpf/svcxdp.c handle_service), at either entry
     point."""
     fe = t.frontend
