@@ -28,8 +28,9 @@ log = logging.getLogger("svcxdp.dns")
 UDP_CACHE_ENTRIES = 100_000
 MAX_PENDING_FORWARDS = 1000
 # Types an ExternalName's CNAME is not followed upstream for: CNAME and ANY are answered by
-# the CNAME itself; SRV, as CoreDNS, which leaves external services out of SRV answers.
-NOT_CHASED = (dns.rdatatype.CNAME, dns.rdatatype.ANY, dns.rdatatype.SRV)
+# the CNAME itself; SRV, as CoreDNS, which leaves external services out of SRV answers;
+# type 0 (reserved) has nothing to find.
+NOT_CHASED = (dns.rdatatype.CNAME, dns.rdatatype.ANY, dns.rdatatype.SRV, dns.rdatatype.NONE)
 # A query that fails with an unexpected exception logs its traceback at most this often:
 # one packet type repeated must not flood the log (the rest go to debug, and are counted).
 FAILURE_LOG_INTERVAL = 60.0
@@ -113,7 +114,10 @@ class Handler:
         if ans is None:
             return self._forward(query, qname, qtype, limit)
         resp = authoritative_response(query, ans, self.zones.ttl)
-        if ans.chase is not None and qtype not in NOT_CHASED and self.forwarder is not None:
+        # (with MAX_PENDING_FORWARDS in flight, the CNAME alone: a valid answer the client
+        # follows itself, as a forward would be refused)
+        if ans.chase is not None and qtype not in NOT_CHASED and self.forwarder is not None \
+                and self.pending < MAX_PENDING_FORWARDS:
             return self._chase(resp, dns.name.from_text(ans.chase), qtype, limit)
         wire = to_wire(resp, limit)
         if udp:

@@ -260,6 +260,18 @@ def test_externalname_is_followed_upstream_for_every_type_but_cname_any_srv():
     assert len(up.asked) == 3
 
 
+def test_externalname_chasing_is_bounded_like_forwarding():
+    """With MAX_PENDING_FORWARDS upstream queries in flight, an ExternalName is answered by
+    its CNAME alone (chasing had no bound: a flood of them held any number of queries)."""
+    from controlplane.dns.handler import MAX_PENDING_FORWARDS
+    up = FakeUpstream()
+    h = handler(external(), forwarder=up)
+    h.pending = MAX_PENDING_FORWARDS
+    out = h.handle(dns.message.make_query("ext.default.svc.cluster.local", "A").to_wire(), True)
+    assert isinstance(out, bytes) and up.asked == []
+    assert [rr.rdtype for rr in dns.message.from_wire(out).answer] == [dns.rdatatype.CNAME]
+
+
 def test_a_failing_forward_is_servfail_not_an_exception(caplog):
     h = handler(external(), forwarder=FakeUpstream(fail=True))
     with caplog.at_level(logging.DEBUG, logger="svcxdp.dns"):
