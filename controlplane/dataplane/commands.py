@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,7 +36,8 @@ INSTANCES_FILE = "instances.json"   # <state dir>/instances.json: {node: instanc
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
-    return Path(args.state_dir or os.environ.get("SVCXDP_STATE_DIR") or "/var/lib/svcxdp")
+    from controlplane.store.paths import resolve_state_dir
+    return resolve_state_dir(args.state_dir)
 
 
 def _recorded(args: argparse.Namespace) -> dict[str, str]:

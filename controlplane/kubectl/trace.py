@@ -18,7 +18,7 @@ import ipaddress
 import json
 from dataclasses import dataclass, field
 
-from controlplane.api.pod import Pod
+from controlplane.api.pod import FAILED, SUCCEEDED, Pod
 from controlplane.controllers.service_view import load_service_views
 from controlplane.errors import CommandError
 from controlplane.store.interface import StoreReader
@@ -128,7 +128,7 @@ class Whereabouts:
         return {p.node for p in self.pods.values()} | set(self.nodes.values())
 
 
-FINISHED = ("Succeeded", "Failed")   # a finished pod's IP may be another's already
+FINISHED = (SUCCEEDED, FAILED)   # a finished pod's IP may be another's already
 
 
 def whereabouts(store: StoreReader, state_dir: str | None) -> Whereabouts:

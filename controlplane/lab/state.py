@@ -16,14 +16,9 @@ from typing import Any
 
 from controlplane.dataplane.commands import INSTANCES_FILE
 from controlplane.dataplane.config import node_instance
+from controlplane.store.paths import resolve_state_dir   # --state-dir, $SVCXDP_STATE_DIR, /var/lib/svcxdp
 
-DEFAULT_STATE_DIR = "/var/lib/svcxdp"
 STATE_VERSION = 1
-
-
-def resolve_state_dir(arg: str | os.PathLike | None = None) -> Path:
-    """--state-dir, else $SVCXDP_STATE_DIR, else /var/lib/svcxdp."""
-    return Path(arg or os.environ.get("SVCXDP_STATE_DIR") or DEFAULT_STATE_DIR)
 
 
 @dataclass
