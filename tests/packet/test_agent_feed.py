@@ -191,6 +191,40 @@ def test_the_loop_checks_when_quiet_and_at_most_its_share_of_the_time(store, dat
     assert [e for e in store.list(Event) if e.reason == "DataplaneResynced"]
 
 
+class _StallingFirstRead:
+    """The store, whose first read stalls `stall_s` on the clock without work (an etcd
+    member timing out before another answers)."""
+
+    def __init__(self, store, stall_s: float) -> None:
+        self._store, self._stall_s = store, stall_s
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def current_resource_version(self) -> int:
+        stall, self._stall_s = self._stall_s, 0.0
+        time.sleep(stall)
+        return self._store.current_resource_version()
+
+
+def test_a_start_sync_spent_waiting_does_not_push_the_first_check_away(store, dataplane):
+    """The loop charges a sync that mostly waited on the store (a retry through an etcd
+    hiccup) by its work, not by the clock (CheckSchedule.cost): a 1.5 s stall in the start
+    sync's read would otherwise put the first check 1.5 / 0.01 = 150 s out."""
+    from prometheus_client import CollectorRegistry
+
+    from controlplane.agent.metrics import SyncMetrics
+
+    add_service(store, "a", A1)
+    agent = fresh_agent(_StallingFirstRead(store, 1.5), dataplane, check_every_s=0.3, check_max_share=0.01)
+    registry = CollectorRegistry()
+    agent.metrics = SyncMetrics(registry)
+    with AgentLoop(agent):
+        assert wait_until(lambda: Client(agent).backends_of("a") == set(A1), timeout_s=30)
+    interval = registry.get_sample_value("svcxdp_consistency_check_interval_seconds")
+    assert interval is not None and 0 < interval < 60, interval
+
+
 def test_the_loop_sweeps_the_held_heap_when_quiet(store, dataplane, caplog, monkeypatch):
     """In a process that holds its long-lived heap (gcpause.hold_long_lived, as `svcctl
     agent` does), the agent's own loop sweeps it on a poll that brought no change."""
