@@ -66,6 +66,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "neighbours, links, addresses and rules (bpf/fib.h; off by itself while policy "
                         "rules or multipath routes exist). --no-fib-cache: a lookup for every packet")
     p.add_argument("--ct-size", type=int, help="conntrack entries (default 1048576)")
+    # The maps a cluster's size fills (bpf/svcxdp.h's defaults): the writer refuses a
+    # frontend that does not fit, by name, before writing anything of it (plan.check_capacity).
+    p.add_argument("--max-services", type=int, metavar="N",
+                   help=f"frontends (each port of each way in, twins included; default {const('DEFAULT_MAX_SERVICES')})")
+    p.add_argument("--max-backends", type=int, metavar="N",
+                   help=f"backends: one per endpoint of each frontend (default {const('DEFAULT_MAX_BACKENDS')})")
+    p.add_argument("--max-slots", type=int, metavar="N",
+                   help=f"selection slots, over all frontends: one per backend taking new flows (wrr: its "
+                        f"weighted cycle; default {const('DEFAULT_MAX_SLOTS')})")
+    p.add_argument("--affinity-size", type=int, metavar="N",
+                   help=f"ClientIP affinity entries: client addresses x affinity services "
+                        f"(default {const('DEFAULT_AFFINITY_SIZE')})")
+    p.add_argument("--source-ranges-size", type=int, metavar="N",
+                   help=f"loadBalancerSourceRanges CIDRs over all LoadBalancer frontends, each counted "
+                        f"again for its twin (default {const('DEFAULT_SOURCE_RANGES')})")
     p.add_argument("--ct-unconfirmed-size", type=int, metavar="N",
                    help="entries of ct_unconfirmed, where flows from outside the cluster (NodePort, "
                         "LoadBalancer, external IPs) wait until their second packet: a power of two, the "
@@ -225,10 +240,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def dataplane_sizes(args: argparse.Namespace) -> dict[str, int]:
-    """The DataplaneConfig fields the table-size and timeout flags set (those given);
+    """The DataplaneConfig fields the map-size, table-size and timeout flags set (those given);
     ValueError naming the flag of a value that is not a positive integer, or of an
     unconfirmed table's size that is not a power of two of whole sets."""
-    flags = {"ct_size": ("--ct-size", args.ct_size),
+    flags = {"max_services": ("--max-services", args.max_services),
+             "max_backends": ("--max-backends", args.max_backends),
+             "max_slots": ("--max-slots", args.max_slots),
+             "affinity_size": ("--affinity-size", args.affinity_size),
+             "source_ranges_size": ("--source-ranges-size", args.source_ranges_size),
+             "ct_size": ("--ct-size", args.ct_size),
              "ct_unconfirmed": ("--ct-unconfirmed-size", args.ct_unconfirmed_size),
              "ct_unconfirmed_pod": ("--ct-unconfirmed-pod-size", args.ct_unconfirmed_pod_size),
              "tcp_timeout_s": ("--tcp-timeout", args.tcp_timeout),

@@ -57,3 +57,21 @@ def test_a_size_that_is_not_positive_names_its_flag_or_field():
         _config("--ct-unconfirmed-pod-size", "0")
     with pytest.raises(ConfigError, match="ct_unconfirmed_pod: must be a positive integer"):
         DataplaneConfig(ct_unconfirmed_pod=-1)
+
+
+def test_the_maps_a_clusters_size_fills_are_sized_by_flags():
+    """An operator whose cluster outgrows a default (more than 8,192 LoadBalancer source
+    ranges, say) sizes that map with a flag, not by editing svcxdp.h."""
+    default = _config()
+    assert (default.max_services, default.max_backends, default.source_ranges_size) == \
+        (const("DEFAULT_MAX_SERVICES"), const("DEFAULT_MAX_BACKENDS"), const("DEFAULT_SOURCE_RANGES"))
+    given = _config("--max-services", "100000", "--max-backends", "1000000", "--max-slots", "1200000",
+                    "--affinity-size", "524288", "--source-ranges-size", "65536")
+    assert (given.max_services, given.max_backends, given.max_slots, given.affinity_size,
+            given.source_ranges_size) == (100000, 1000000, 1200000, 524288, 65536)
+    assert {"-DSVCXDP_MAX_SERVICES=100000", "-DSVCXDP_MAX_BACKENDS=1000000", "-DSVCXDP_MAX_SLOTS=1200000",
+            "-DSVCXDP_AFFINITY_SIZE=524288", "-DSVCXDP_SOURCE_RANGES_SIZE=65536"} <= set(given.cflags())
+    with pytest.raises(ValueError, match="--source-ranges-size 0: must be a positive integer"):
+        _config("--source-ranges-size", "0")
+    with pytest.raises(ValueError, match="--max-backends -1: must be a positive integer"):
+        _config("--max-backends", "-1")
