@@ -15,6 +15,7 @@ cannot write after a successor took over: its commit fails as a CommitConflict.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Callable
@@ -22,6 +23,10 @@ from typing import Callable
 from .etcd_client import EtcdClient, EtcdRequestError, EtcdUnavailable, WatchBroken, b64, unb64
 
 LEADER_PREFIX = "/svcxdp/leader/"
+# A campaign the store keeps failing says why: at once, then at most this often.
+FAILURE_LOG_EVERY_S = 30.0
+
+log = logging.getLogger("svcxdp.election")
 
 
 class LeaderElection:
@@ -46,12 +51,18 @@ class LeaderElection:
 
     def campaign(self, stop: Callable[[], bool] = lambda: False) -> bool:
         """Block until this process leads (True) or stop() returns True (False)."""
+        logged_at: float | None = None   # when a failure was last logged (None: none since the last success)
         while not stop():
             try:
                 if self._try_acquire():
                     return True
                 self._wait_for_vacancy(stop)
-            except (EtcdUnavailable, EtcdRequestError, WatchBroken):
+                logged_at = None
+            except (EtcdUnavailable, EtcdRequestError, WatchBroken) as exc:
+                now = time.monotonic()
+                if logged_at is None or now - logged_at >= FAILURE_LOG_EVERY_S:
+                    log.warning("%s: cannot campaign for the lead, retrying: %s", self.key, exc)
+                    logged_at = now
                 time.sleep(min(1.0, self.ttl / 5))
         return False
 

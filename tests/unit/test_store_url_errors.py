@@ -65,3 +65,36 @@ def test_a_command_outside_kubectl_says_the_same(tmp_path, web_server: str) -> N
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert f"error: --store {web_server}: not an etcd server" in proc.stderr
+
+
+def test_the_controllers_say_the_same_rather_than_wait_to_lead_forever(tmp_path, web_server: str) -> None:
+    """`svcctl controllers` campaigned against such a URL without a word, for ever."""
+    proc = subprocess.run([sys.executable, "-m", "controlplane.cli", "controllers", "--state-dir", str(tmp_path),
+                           "--store", web_server], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "waiting to lead" not in proc.stderr
+    assert f"error: --store {web_server}: not an etcd server" in proc.stderr
+
+
+def test_a_campaign_the_store_keeps_failing_says_why_once_in_a_while(web_server: str, caplog) -> None:
+    """The election retries (the store may come back), saying why at once and then at most
+    every FAILURE_LOG_EVERY_S, not on every attempt nor never."""
+    import logging
+
+    from controlplane.store.etcd_client import EtcdClient
+    from controlplane.store.etcd_election import LeaderElection
+
+    port = int(web_server.rsplit(":", 1)[1])
+    election = LeaderElection(EtcdClient([("http", "127.0.0.1", port)], retry_for=0.1), "controllers", "me", ttl=1)
+    attempts = []
+
+    def stop() -> bool:
+        attempts.append(1)
+        return len(attempts) > 3
+
+    with caplog.at_level(logging.WARNING, logger="svcxdp.election"):
+        assert election.campaign(stop) is False
+    assert len(attempts) == 4
+    (record,) = caplog.records
+    assert "/svcxdp/leader/controllers: cannot campaign for the lead, retrying" in record.getMessage()
+    assert "Unsupported method" in record.getMessage()
