@@ -70,10 +70,21 @@
 #define CT_IN_UNCONFIRMED 1
 #define CT_IN_CONFIRMED 2
 
+/* Closed, for its timeout: FIN or RST seen, and not half-closed (one side's FIN only;
+ * svcxdp.h, SVCXDP_CT_F_FIN_CLIENT). A half-closed flow keeps the established timeout,
+ * as Linux conntrack keeps one for minutes (FIN_WAIT, CLOSE_WAIT; kube-proxy sets the
+ * latter to an hour): its other side may still send after a long pause. */
+static __always_inline int ct_closed(__u8 flags)
+{
+	__u8 fins = flags & SVCXDP_CT_F_FIN_BOTH;
+	return (flags & SVCXDP_CT_F_CLOSING) && fins != SVCXDP_CT_F_FIN_CLIENT &&
+	       fins != SVCXDP_CT_F_FIN_BACKEND;
+}
+
 static __always_inline __u64 ct_timeout_ns(__u8 proto, __u8 flags)
 {
 	if (proto == IPPROTO_TCP) {
-		if (flags & SVCXDP_CT_F_CLOSING)
+		if (ct_closed(flags))
 			return SVCXDP_TCP_CLOSE_TIMEOUT_S * SVCXDP_NSEC_PER_SEC;
 		return SVCXDP_TCP_TIMEOUT_S * SVCXDP_NSEC_PER_SEC;
 	}
@@ -189,20 +200,34 @@ static __always_inline int ct_changed(const struct ct_value *v, struct ct_mark w
 	return v->last_seen != was.last_seen || v->flags != was.flags;
 }
 
-/* Refresh an entry (`k`: its key, for the UDP stamp); returns 1 when this packet
- * starts the close (first FIN/RST). */
+/* The flags a FIN or RST sets on an entry: CLOSING, and on a forward entry which side
+ * closed — `fin` is the side this packet came from (SVCXDP_CT_F_FIN_CLIENT or _BACKEND),
+ * 0 for a reply or SNAT entry (which sees one side only: closed by it, svcxdp.h). A RST
+ * closes both sides. */
+static __always_inline __u8 ct_close_flags(__u8 tcp_flags, __u8 fin)
+{
+	if (tcp_flags & TCPF_RST)
+		return SVCXDP_CT_F_CLOSING | (fin ? SVCXDP_CT_F_FIN_BOTH : 0);
+	if (tcp_flags & TCPF_FIN)
+		return SVCXDP_CT_F_CLOSING | fin;
+	return 0;
+}
+
+/* Refresh an entry (`k`: its key, for the UDP stamp; `fin`: as ct_close_flags'); returns
+ * 1 when this packet starts the close (first FIN/RST). */
 static __always_inline int ct_touch(struct ct_value *v, const struct ct_key *k, __u64 now,
-				    __u8 tcp_flags)
+				    __u8 tcp_flags, __u8 fin)
 {
 	if (ct_idle_ns(v, now) > (__s64)CT_REFRESH_NS) {
 		v->last_seen = now;
 		ct_udp_stamp(k, now);
 	}
-	if ((tcp_flags & (TCPF_FIN | TCPF_RST)) && !(v->flags & SVCXDP_CT_F_CLOSING)) {
-		v->flags |= SVCXDP_CT_F_CLOSING;
-		return 1;
+	int first = 0;
+	if (tcp_flags & (TCPF_FIN | TCPF_RST)) {
+		first = !(v->flags & SVCXDP_CT_F_CLOSING);
+		v->flags |= ct_close_flags(tcp_flags, fin);
 	}
-	return 0;
+	return first;
 }
 
 /* Every byte of a conntrack key is a field (no padding), so setting them all makes
@@ -511,37 +536,66 @@ static __always_inline void ct_uncount(struct ct_value *v)
 		conns_add(id, -1);
 }
 
-/* The backend closed first (its first FIN or RST), matched on an entry of its own (a
- * shared backend's reply entry, a source-NATed flow's SNAT entry): the flow's forward
- * entry `fv` (from the lookup `copied` names) closes too, as it does when the answer
- * matches it directly. Its count goes back (lc.h), and it stops being its tuple's
- * current connection: after a reset the client may reuse its port at once, and the
- * new connection's packets must not follow the old backend. Only while it still points
- * at that backend (not at a newer connection's on the tuple). */
+/* The backend sent a FIN or RST (`tcp_flags`), matched on an entry of its own (a shared
+ * backend's reply entry, a source-NATed flow's SNAT entry): the flow's forward entry `fv`
+ * (from the lookup `copied` names) learns it, as it does when the answer matches it
+ * directly — the backend's side closed (a RST: both). On the first, its count goes back
+ * (lc.h), and it stops being its tuple's current connection: after a reset the client
+ * may reuse its port at once, and the new connection's packets must not follow the old
+ * backend. Only while it still points at that backend (not at a newer connection's on
+ * the tuple). */
 static __always_inline void ct_close_forward(struct ct_key *fk, struct ct_value *fv, int copied,
-					     __be32 backend, __be16 bport)
+					     __be32 backend, __be16 bport, __u8 tcp_flags)
 {
 	if (!fv || fv->nat_ip != backend || fv->nat_port != bport)
 		return;
 	struct ct_mark was = ct_mark_of(fv);
 	ct_uncount(fv);
-	fv->flags |= SVCXDP_CT_F_CLOSING;
+	fv->flags |= ct_close_flags(tcp_flags, SVCXDP_CT_F_FIN_BACKEND);
 	if (ct_changed(fv, was))
 		ct_store(copied, fk, fv);
 }
 
-/* ct_close_forward for a reply entry `rv` (key `rk`: backend -> client): the forward
- * entry is the client's tuple towards the VIP the reply entry names. */
-static __always_inline void ct_close_from_reply(const struct ct_key *rk, struct ct_value *rv)
+/* The forward entry of a reply entry `rv` (key `rk`: backend -> client), if it still
+ * points at that backend: the client's tuple towards the VIP the reply entry names.
+ * *fk gets its key, *copied as ct_lookup's. */
+static __always_inline struct ct_value *ct_forward_of_reply(const struct ct_key *rk,
+							    const struct ct_value *rv,
+							    struct ct_key *fk, struct ct_value *fbuf,
+							    int *copied)
+{
+	ct_key_set(fk, rk->dst, rv->nat_ip, rk->dport, rv->nat_port, rk->proto,
+		   SVCXDP_CT_DIR_FORWARD);
+	struct ct_value *fv = ct_lookup(fk, fbuf, copied);
+	if (!fv || fv->nat_ip != rk->src || fv->nat_port != rk->sport)
+		return NULL;
+	return fv;
+}
+
+/* A reply entry past its timeout (closed by the backend's FIN) still serves while its
+ * flow's forward entry lives: a half-closed flow whose client goes on sending after a
+ * pause gets the backend's acknowledgements translated. (The GC keeps it so too:
+ * ct_gc_needed.) */
+static __always_inline int ct_reply_kept(const struct ct_key *rk, const struct ct_value *rv,
+					 __u64 now)
+{
+	struct ct_key fk;
+	struct ct_value fbuf;
+	int copied;
+	struct ct_value *fv = ct_forward_of_reply(rk, rv, &fk, &fbuf, &copied);
+	return fv && ct_alive(fv, now, rk->proto);
+}
+
+/* ct_close_forward for a reply entry `rv` (key `rk`). */
+static __always_inline void ct_close_from_reply(const struct ct_key *rk, struct ct_value *rv,
+						__u8 tcp_flags)
 {
 	rv->flags &= ~SVCXDP_CT_F_COUNTED;   /* the count lives on the forward entry */
 	struct ct_key fk;
-	ct_key_set(&fk, rk->dst, rv->nat_ip, rk->dport, rv->nat_port, rk->proto,
-		   SVCXDP_CT_DIR_FORWARD);
 	struct ct_value fbuf;
 	int copied;
-	struct ct_value *fv = ct_lookup(&fk, &fbuf, &copied);
-	ct_close_forward(&fk, fv, copied, rk->src, rk->sport);
+	struct ct_value *fv = ct_forward_of_reply(rk, rv, &fk, &fbuf, &copied);
+	ct_close_forward(&fk, fv, copied, rk->src, rk->sport, tcp_flags);
 }
 
 /* Write a confirmed entry. Where the tuple already has one, a current one stays
@@ -606,6 +660,7 @@ static __always_inline void ct_reply_entry(int external, const struct ct_key *fw
 		   SVCXDP_CT_DIR_REPLY);
 	v->nat_ip = vip;
 	v->nat_port = vport;
+	v->flags &= ~SVCXDP_CT_F_FIN_BOTH;   /* one side's entry: closed by its FIN (svcxdp.h) */
 	if (confirmed)
 		conntrack.update(&rk, v);
 	else
@@ -637,7 +692,7 @@ static __always_inline struct ct_value *ct_create(int external, struct ct_key *f
 	v.nat_ip = b->ip;
 	v.nat_port = b->port;
 	if (tcp_flags & (TCPF_FIN | TCPF_RST))
-		v.flags = SVCXDP_CT_F_CLOSING;
+		v.flags = ct_close_flags(tcp_flags, SVCXDP_CT_F_FIN_CLIENT);
 	else if (counted)
 		v.flags = SVCXDP_CT_F_COUNTED;
 	int busy;

@@ -533,13 +533,15 @@ static __always_inline int np_snat_reply(struct xdp_md *ctx, struct ethhdr *eth,
 			return -1;
 	}
 	struct ct_mark was = ct_mark_of(v);
-	if (ct_touch(v, &k, now, tcp_flags)) {
-		/* The backend closes first: so does the flow (its count, its tuple). */
+	ct_touch(v, &k, now, tcp_flags, 0);
+	if (tcp_flags & (TCPF_FIN | TCPF_RST)) {
+		/* The backend closes its side: the flow learns it (its count, its timeout, its
+		 * tuple). */
 		struct ct_key fk;
 		ct_key_set(&fk, v->peer_ip, v->nat_ip, v->peer_port, v->nat_port, k.proto,
 			   SVCXDP_CT_DIR_FORWARD);
 		struct ct_value *fv = ct_lookup_external(&fk, &fbuf, &fcopied);
-		ct_close_forward(&fk, fv, fcopied, k.src, k.sport);
+		ct_close_forward(&fk, fv, fcopied, k.src, k.sport, tcp_flags);
 	}
 	if (ct_changed(v, was))
 		ct_store(copied, &k, v);

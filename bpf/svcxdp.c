@@ -137,16 +137,18 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct ethhdr *eth, 
 	}
 	struct ct_value *v = m.v;
 	__u64 now = bpf_ktime_get_coarse_ns();
-	if (!ct_alive(v, now, ip->protocol)) {
+	if (!ct_alive(v, now, ip->protocol) &&
+	    !(m.via_reply_entry && ct_reply_kept(&m.key, v, now))) {
 		ev->main = SVCXDP_CNT_PASS_NON_SERVICE;
 		return XDP_PASS;
 	}
 	struct ct_mark was = ct_mark_of(v);
-	if (ct_touch(v, &m.key, now, l4->tcp_flags)) {
-		if (m.via_reply_entry)
-			ct_close_from_reply(&m.key, v);
-		else
-			ct_uncount(v);
+	if (m.via_reply_entry) {
+		ct_touch(v, &m.key, now, l4->tcp_flags, 0);
+		if (l4->tcp_flags & (TCPF_FIN | TCPF_RST))
+			ct_close_from_reply(&m.key, v, l4->tcp_flags);
+	} else if (ct_touch(v, &m.key, now, l4->tcp_flags, SVCXDP_CT_F_FIN_BACKEND)) {
+		ct_uncount(v);
 	}
 	if (ct_changed(v, was))
 		ct_store(m.copied, &m.key, v);
@@ -209,7 +211,7 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 	if (v && ct_alive(v, now, k.proto) && !ct_reopened(v, l4->tcp_flags)) {
 		if (ct_backend_valid(v)) {
 			struct ct_mark was = ct_mark_of(v);
-			if (ct_touch(v, &k, now, l4->tcp_flags))
+			if (ct_touch(v, &k, now, l4->tcp_flags, SVCXDP_CT_F_FIN_CLIENT))
 				ct_uncount(v);
 			nat_ip = v->nat_ip;
 			nat_port = v->nat_port;

@@ -65,7 +65,18 @@
 #define SVCXDP_CT_DIR_REPLY 1    /* backend -> client, value holds the VIP:port */
 #define SVCXDP_CT_DIR_SNAT 2     /* backend -> node address:SNAT port (nodeport.h): holds
 				  * the VIP:port (nat_*) and the client (peer_*) */
-#define SVCXDP_CT_F_CLOSING 1    /* TCP FIN or RST seen: short timeout */
+#define SVCXDP_CT_F_CLOSING 1    /* TCP FIN or RST seen: the tuple may be reused (a bare SYN
+				  * reopens it), and the short timeout once closed (below) */
+/* Which side of a forward entry's connection has closed: one side's FIN alone leaves
+ * it half-closed, and the other side may go on sending for as long as it likes (a
+ * client that shuts down its sending side and waits for the answer), so the flow keeps
+ * its established timeout; both FINs, or a RST (which sets both), close it. An entry
+ * with CLOSING and neither bit is closed: a reply or SNAT entry, which sees one side
+ * only and is kept by its flow's forward entry while that lives (ct_gc_needed,
+ * handle_reply, np_snat_reply) — and entries written before these bits existed. */
+#define SVCXDP_CT_F_FIN_CLIENT 8
+#define SVCXDP_CT_F_FIN_BACKEND 16
+#define SVCXDP_CT_F_FIN_BOTH (SVCXDP_CT_F_FIN_CLIENT | SVCXDP_CT_F_FIN_BACKEND)
 
 /* ---- reverse NAT (rev_nat.flags, backend.flags) ------------------------------------ */
 #define SVCXDP_REVNAT_F_SHARED 1  /* the address serves several frontends: a reply is

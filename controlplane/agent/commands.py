@@ -95,7 +95,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tcp-timeout", type=int, metavar="S",
                    help="idle timeout of an established TCP flow, seconds (default 21600)")
     p.add_argument("--tcp-close-timeout", type=int, metavar="S",
-                   help="idle timeout of a TCP flow after FIN/RST, seconds (default 10)")
+                   help="idle timeout of a closed TCP flow (both FINs, or a RST; a half-closed one "
+                        "keeps --tcp-timeout), seconds (default 10)")
     p.add_argument("--udp-timeout", type=int, metavar="S", help="idle timeout of a UDP flow, seconds (default 60)")
     p.add_argument("--ct-gc-interval", type=float, default=5.0, metavar="S",
                    help="seconds between sweeps of the idle-flow GC, each reading at most 65,536 entries "

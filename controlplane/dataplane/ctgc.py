@@ -22,6 +22,7 @@ import numpy as np
 
 from . import flowsets
 from .affinity_maps import coarse_now_ns
+from .flows import Timeouts, closed
 from .layout import const, header_struct
 from .libbpf import BatchCursor, lookup_batches_raw
 from .model import PROTOCOLS
@@ -33,7 +34,8 @@ from .testrun import TestRunner
 TABLES = {"conntrack": const("CT_GC_CONFIRMED")}
 BATCH = const("CT_GC_BATCH")
 GRACE_NS = const("CT_GC_GRACE_S") * 1_000_000_000
-F_CLOSING = const("CT_F_CLOSING")
+# ct_closed() of every flags byte: which entries the short TCP timeout applies to
+_CLOSED = np.array([closed(flags) for flags in range(256)])
 OP_DELETE, OP_LOCATE = const("CT_GC_OP_DELETE"), const("CT_GC_OP_LOCATE")
 # struct ct_gc_request (svcxdp.h), read from the header; the keys follow it.
 Request = header_struct("ct_gc_request")
@@ -63,14 +65,6 @@ class SweepStats:
     @property
     def total_deleted(self) -> int:
         return sum(self.deleted.values())
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    """The program's idle timeouts in seconds (config.py / conntrack.h ct_timeout_ns)."""
-    tcp: int
-    tcp_close: int
-    udp: int
 
 
 @dataclass
@@ -133,7 +127,7 @@ class ConntrackGC:
         k = np.frombuffer(kraw, dtype=self._kdt, count=n)
         v = np.frombuffer(vraw, dtype=self._vdt, count=n)
         t = self.timeouts
-        timeout_s = np.where(k["proto"] == TCP, np.where(v["flags"] & F_CLOSING, t.tcp_close, t.tcp), t.udp)
+        timeout_s = np.where(k["proto"] == TCP, np.where(_CLOSED[v["flags"]], t.tcp_close, t.tcp), t.udp)
         idle = np.int64(now) - v["last_seen"].view(np.int64)
         return np.flatnonzero(idle > timeout_s.astype(np.int64) * 1_000_000_000 + GRACE_NS)
 

@@ -34,6 +34,9 @@ from .pinned import struct_format
 TABLE_LABELS = {"conntrack": "confirmed", **dict.fromkeys(UNCONFIRMED_TABLES, "unconfirmed")}
 DIR_FORWARD, DIR_REPLY, DIR_SNAT = const("CT_DIR_FORWARD"), const("CT_DIR_REPLY"), const("CT_DIR_SNAT")
 F_CLOSING, F_COUNTED, F_SNAT = const("CT_F_CLOSING"), const("CT_F_COUNTED"), const("CT_F_SNAT")
+F_FIN_CLIENT, F_FIN_BACKEND = const("CT_F_FIN_CLIENT"), const("CT_F_FIN_BACKEND")
+F_FIN_BOTH = F_FIN_CLIENT | F_FIN_BACKEND
+CLOSE_FLAGS = F_CLOSING | F_FIN_BOTH   # what ct_closed() reads of an entry's flags
 UNUSED = const("BACKEND_UNUSED")
 PROTO_NAMES = {v: k for k, v in PROTOCOLS.items()}
 _KEY_FIELDS = ("src", "dst", "sport", "dport", "proto", "dir")
@@ -50,8 +53,19 @@ class Timeouts:
     def of(self, proto: int, flags: int) -> int:
         """bpf/conntrack.h ct_timeout_ns(), in seconds."""
         if proto == PROTOCOLS["TCP"]:
-            return self.tcp_close if flags & F_CLOSING else self.tcp
+            return self.tcp_close if closed(flags) else self.tcp
         return self.udp
+
+
+def half_closed(flags: int) -> bool:
+    """One side's FIN only (bpf/svcxdp.h SVCXDP_CT_F_FIN_CLIENT): the other side may go
+    on sending, and the flow keeps its established timeout."""
+    return flags & F_CLOSING != 0 and flags & F_FIN_BOTH in (F_FIN_CLIENT, F_FIN_BACKEND)
+
+
+def closed(flags: int) -> bool:
+    """bpf/conntrack.h ct_closed(): FIN or RST seen, not half-closed (the short timeout)."""
+    return flags & F_CLOSING != 0 and not half_closed(flags)
 
 
 _ip_cache: dict[int, str] = {}
@@ -93,7 +107,7 @@ class Flow(NamedTuple):
     snat: tuple[str, int] | None  # the node address:port the flow left with (NodePort to another node)
     svc_id: int
     backend_id: int
-    state: str                 # NEW | ESTABLISHED | CLOSING | STALE | EXPIRED (see flow_state)
+    state: str                 # NEW | ESTABLISHED | HALF-CLOSED | CLOSING | STALE | EXPIRED (flow_state)
     idle_s: float
     remaining_s: float         # < 0: expired (the LRU has not reclaimed it yet)
     counted: bool              # holds one of its backend's connection counts (lc family)
@@ -101,14 +115,15 @@ class Flow(NamedTuple):
 
 def flow_state(table: str, flags: int, remaining_s: float, backend_live: bool) -> str:
     """EXPIRED: idle past its timeout (its next packet starts a new flow); STALE: its
-    backend left the service (its next packet is re-picked); CLOSING: FIN or RST seen;
-    NEW: one packet so far (an unconfirmed table); ESTABLISHED: confirmed by a second one."""
+    backend left the service (its next packet is re-picked); HALF-CLOSED: one side's FIN
+    (the other may still send); CLOSING: both FINs or a RST; NEW: one packet so far (an
+    unconfirmed table); ESTABLISHED: confirmed by a second one."""
     if remaining_s < 0:
         return "EXPIRED"
     if not backend_live:
         return "STALE"
     if flags & F_CLOSING:
-        return "CLOSING"
+        return "HALF-CLOSED" if half_closed(flags) else "CLOSING"
     return "NEW" if table in UNCONFIRMED_TABLES else "ESTABLISHED"
 
 
@@ -170,7 +185,7 @@ def iter_flows(maps, out: FlowTable, flt: FlowFilter = FlowFilter(), timeouts: T
     port = _SWAP16
     ntoa, pack = socket.inet_ntoa, struct.Struct("=I").pack   # clients: many, converted each time
     new = tuple.__new__     # Flow(...) without NamedTuple's Python-level __new__
-    timeout_of = {(p, c): timeouts.of(p, c) for p in range(256) for c in (0, F_CLOSING)}
+    timeout_of = {(p, c): timeouts.of(p, c) for p in range(256) for c in range(CLOSE_FLAGS + 1) if c & ~CLOSE_FLAGS == 0}
     # Byte patterns a batch must hold to have a match: a batch without them is skipped
     # without a Python step per entry (a match elsewhere in an entry is only a false hope).
     key_needles = [pack(want_client)] if want_client is not None else None
@@ -213,7 +228,7 @@ def iter_flows(maps, out: FlowTable, flt: FlowFilter = FlowFilter(), timeouts: T
                     continue
                 flags = v[vflags]
                 idle = (now_ns - v[vl]) / NSEC
-                remaining = timeout_of[proto, flags & F_CLOSING] - idle
+                remaining = timeout_of[proto, flags & CLOSE_FLAGS] - idle
                 if remaining < 0 and not flt.include_expired:
                     continue
                 src, dst, nat, peer = k[ks], k[kd], v[vip], v[vpeer]

@@ -81,9 +81,9 @@ def test_expired_entries_are_removed_and_live_ones_kept(xdp: Harness, gc: Conntr
     xdp.send(udp(42001))
     age(xdp, "conntrack", 41000, DIR_FORWARD, tcp_to + GRACE_NS + SEC)   # dead
     age(xdp, "conntrack", 41001, DIR_FORWARD, tcp_to - SEC)              # old, alive
-    xdp.send(tcp(41002, "FA"))                                           # closing
+    xdp.send(tcp(41002, "RA"))                                           # closed (a FIN alone half-closes)
     age(xdp, "conntrack", 41002, DIR_FORWARD, close_to + GRACE_NS + SEC)  # dead
-    xdp.send(tcp(41003, "FA"))
+    xdp.send(tcp(41003, "RA"))
     age(xdp, "conntrack", 41003, DIR_FORWARD, close_to + SEC)            # past timeout, within grace
     age(xdp, "ct_unconfirmed_pod", 42000, DIR_FORWARD, udp_to + GRACE_NS + SEC)  # dead
     before = xdp.counters()

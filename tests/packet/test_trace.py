@@ -162,11 +162,12 @@ def test_trace_of_an_existing_flow_shows_its_conntrack_entry(xdp: Harness, maps:
     assert "this packet confirms the flow" in out and "as predicted" in out, out
     doc = json.loads(svcctl(tmp_path, "trace", "--node", node, "10.1.0.5:41000", f"{VIP}:80", "-o", "json"))
     assert (doc["conntrack"]["table"], doc["conntrack"]["state"]) == ("conntrack", "ESTABLISHED")
-    # a FIN closes it; then a bare SYN, which does not look at the confirmed entry
+    # the client's FIN half-closes it (the backend may still answer: the established
+    # timeout stays); then a bare SYN, which does not look at the confirmed entry
     # (bpf/conntrack.h), is a new connection balanced anew (rr: the next slot)
     run(maps, trace(maps, Packet("10.1.0.5", 41000, VIP, 80, "TCP", F)))
     doc = json.loads(svcctl(tmp_path, "trace", "--node", node, "10.1.0.5:41000", f"{VIP}:80", "-o", "json"))
-    assert doc["conntrack"]["state"] == "CLOSING"
+    assert doc["conntrack"]["state"] == "HALF-CLOSED" and doc["conntrack"]["remaining_s"] > 3600
     doc = json.loads(svcctl(tmp_path, "trace", "--node", node, "10.1.0.5:41000", f"{VIP}:80", "--tcp-flags", "S",
                             "-o", "json", "--run"))
     assert doc["conntrack"] is None and any("bare SYN" in n for n in doc["notes"]), doc
@@ -192,28 +193,30 @@ def test_trace_of_a_service_without_endpoints_and_of_no_service(xdp: Harness, ma
 
 def test_get_flows_lists_the_conntrack_tables(xdp: Harness, maps: PinnedMaps, tmp_path: Path):
     """Known flows, made by sending packets through the program: TCP ones left new
-    (SYN only), established (SYN, ACK) and closing (then FIN); UDP ones new (one datagram)
-    and established (two). The command must list exactly those."""
+    (SYN only), established (SYN, ACK), half-closed (then the client's FIN) and closing
+    (then a RST); UDP ones new (one datagram) and established (two). The command must
+    list exactly those."""
     import json
     xdp.writer.upsert(service("rr"))
     xdp.writer.upsert(service("sh", protocol="UDP"))
     want = {}
     sequences = {("10.2.0.1", 1001, "TCP"): [S], ("10.2.0.2", 1002, "TCP"): [S, A],
                  ("10.2.0.3", 1003, "TCP"): [S, A, F], ("10.2.0.4", 1004, "TCP"): [S, A],
-                 ("10.2.0.5", 1005, "UDP"): [None], ("10.2.0.6", 1006, "UDP"): [None, None]}
-    states = {1: "NEW", 2: "ESTABLISHED", 3: "CLOSING"}
+                 ("10.2.0.5", 1005, "UDP"): [None], ("10.2.0.6", 1006, "UDP"): [None, None],
+                 ("10.2.0.7", 1007, "TCP"): [S, A, R]}
+    states = {1: "NEW", 2: "ESTABLISHED", 3: "HALF-CLOSED"}
     for (client, port, proto), flags in sequences.items():
         for f in flags:
             got = run(maps, trace(maps, Packet(client, port, VIP, 80, proto, f)))
         table = "ct_unconfirmed_pod" if len(flags) == 1 else "conntrack"
-        want[(client, port)] = (proto, table, states[len(flags)], list(got.dst))
+        want[(client, port)] = (proto, table, "CLOSING" if flags[-1] == R else states[len(flags)], list(got.dst))
     doc = json.loads(svcctl(tmp_path, "get", "flows", "--node", maps.pin_dir.name, "-o", "json"))
     listed = {(f["client"]["ip"], f["client"]["port"]):
               (f["protocol"], f["table"], f["state"], [f["backend"]["ip"], f["backend"]["port"]])
               for f in doc["flows"]}
     assert listed == want
     assert all(f["frontend"] == {"ip": VIP, "port": 80} and f["snat"] is None for f in doc["flows"])
-    assert doc["entries"]["conntrack"]["forward"] == 4 and doc["entries"]["ct_unconfirmed_pod"]["forward"] == 2
+    assert doc["entries"]["conntrack"]["forward"] == 5 and doc["entries"]["ct_unconfirmed_pod"]["forward"] == 2
     # filters, and the table (one row per flow)
     out = svcctl(tmp_path, "get", "flows", "--node", maps.pin_dir.name, "--protocol", "udp")
     rows = [line.split() for line in out.splitlines()[1:]]
@@ -222,7 +225,7 @@ def test_get_flows_lists_the_conntrack_tables(xdp: Harness, maps: PinnedMaps, tm
     out = svcctl(tmp_path, "get", "flows", "--node", maps.pin_dir.name, "--client", "10.2.0.3", "-o", "wide")
     rows = [line.split() for line in out.splitlines()[1:]]
     assert [(r[1], r[2], r[3], r[5], r[9]) for r in rows] == [
-        ("10.2.0.3:1003", f"{VIP}:80", "{}:{}".format(*want[("10.2.0.3", 1003)][3]), "CLOSING", "confirmed")]
+        ("10.2.0.3:1003", f"{VIP}:80", "{}:{}".format(*want[("10.2.0.3", 1003)][3]), "HALF-CLOSED", "confirmed")]
     backend = "{}:{}".format(*want[("10.2.0.2", 1002)][3])
     out = svcctl(tmp_path, "get", "flows", "--node", maps.pin_dir.name, "--backend", backend, "--no-headers")
     assert {line.split()[1] for line in out.splitlines()} == \
