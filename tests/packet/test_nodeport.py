@@ -212,6 +212,35 @@ def test_a_remote_backends_reset_closes_the_snated_flow(ext, xdp):
     assert forward_flags() & CLOSING
 
 
+def test_a_snated_flow_half_closed_by_its_remote_backend_outlives_the_close_timeout(ext, xdp):
+    """The backend's FIN, matched on the SNAT entry, half-closes the flow: the client may
+    go on sending after a pause past the close timeout, to the same backend and port, and
+    the backend's acknowledgements still come back translated (the SNAT entry, closed by
+    that FIN, is kept by the forward entry: np_holder)."""
+    from controlplane.dataplane.affinity_maps import coarse_now_ns
+    from controlplane.dataplane.flows import half_closed
+    ext.service(NODE, 30080, [nodenet.REMOTE_POD])
+    port = ext.send(from_client(NODE, 30080, sport=40200, flags="S")).pkt[TCP].sport
+    ext.send(from_client(NODE, 30080, sport=40200, flags="A"))
+
+    def from_backend(flags: str):
+        return (Ether(src=nodenet.NODE2_MAC, dst=ext.node.ext_mac) /
+                IP(src=nodenet.REMOTE_POD, dst=NODE, ttl=63) / TCP(sport=80, dport=port, flags=flags))
+
+    assert ext.send(from_backend("FA")).verdict == "XDP_TX"
+    table = xdp.dp.table("conntrack")
+    (flags,) = [v.flags for k, v in table.items() if k.dir == FORWARD and k.sport == socket.htons(40200)]
+    assert half_closed(flags)
+    idle = (xdp.dp.config.tcp_close_timeout_s + 2) * 10**9
+    for k, v in list(table.items()):
+        v.last_seen = coarse_now_ns() - idle
+        table[k] = v
+    out = ext.send(from_client(NODE, 30080, sport=40200, flags="PA") / Raw(b"more"))
+    assert out.verdict == "XDP_TX" and (out.pkt[IP].dst, out.pkt[TCP].sport) == (nodenet.REMOTE_POD, port)
+    back = ext.send(from_backend("A"))
+    assert back.verdict == "XDP_TX" and (back.pkt[IP].dst, back.pkt[TCP].dport) == (CLIENT, 40200)
+
+
 def test_what_no_service_backend_sent_passes_before_the_reply_tail(ext, xdp):
     """Packets on the external interface from an address that is no service's backend
     pass as they came, before the reply tail looks for a flow (svcxdp.c, process): the
