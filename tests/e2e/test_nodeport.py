@@ -211,6 +211,88 @@ def test_load_balancer_ip_and_its_source_ranges(cluster: Cluster, remote_pod):
     wait_for("a pod blocked", lambda: cluster.http(url).returncode == 28)
 
 
+def test_a_half_closed_connection_gets_its_late_answer(cluster: Cluster, remote_pod):
+    """A client that shuts down its sending side and then waits (nc -N, an HTTP/1.0-style
+    request): the server answers after a pause longer than the 10 s close timeout and
+    the GC's grace. From a pod to a ClusterIP-only service, whose backend answers match
+    the flow's own entry (the address serves no other frontend): the datapath gave a
+    half-closed flow the close timeout at the first FIN, and the answer left without
+    reverse NAT. Beside it, from outside through node2 (a local backend whose address the
+    ClusterIP and NodePort frontends share: a reply entry) and node1 (a remote one, source
+    NAT). kube-proxy's conntrack keeps half-closed flows for minutes."""
+    import threading
+    pause_s = 13
+    listeners = [netns.call_in(cluster.lab.netns_for("np-web"), socket.create_server, ("0.0.0.0", port))
+                 for port in (9000, 9001)]
+    stop = threading.Event()
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            asked = b""
+            while chunk := conn.recv(4096):
+                asked += chunk
+            if asked != b"ping":
+                stop.wait(pause_s)
+            conn.sendall(b"the answer to " + asked)
+
+    def serve(listener: socket.socket) -> None:
+        listener.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except socket.timeout:
+                continue
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    def ask(host: str, address: str, port: int, question: bytes, timeout_s: float) -> bytes | None:
+        def connect() -> socket.socket:
+            return socket.create_connection((address, port), timeout=3)
+        try:
+            s = netns.call_in(cluster.lab.netns_for(host), connect)
+            with s:
+                s.sendall(question)
+                s.shutdown(socket.SHUT_WR)          # half-closed: the answer is still to come
+                s.settimeout(timeout_s)
+                got = b""
+                while chunk := s.recv(4096):
+                    got += chunk
+                return got
+        except OSError:
+            return None
+
+    servers = [threading.Thread(target=serve, args=(listener,), daemon=True) for listener in listeners]
+    for server in servers:
+        server.start()
+    try:
+        node_port = service("np-half", "np")
+        node_port["spec"]["type"] = "NodePort"
+        node_port["spec"]["ports"] = [{"name": "late", "port": 90, "targetPort": 9000, "protocol": "TCP",
+                                       "nodePort": 30990}]
+        cluster_only = service("np-half-cip", "np")
+        cluster_only["spec"]["ports"] = [{"name": "late", "port": 91, "targetPort": 9001, "protocol": "TCP"}]
+        apply(cluster, node_port, cluster_only)
+        cluster.wait_endpoints("np-half-cip", 1)
+        askers = {"pod": ("client", cluster.cluster_ip("np-half-cip"), 91),
+                  "node1": ("outside", NODE1, 30990), "node2": ("outside", NODE2, 30990)}
+        for name, (host, address, port) in askers.items():
+            wait_for(f"{name} answers", lambda a=(host, address, port): ask(*a, b"ping", 2) == b"the answer to ping")
+        answers: dict[str, bytes | None] = {}
+        clients = [threading.Thread(target=lambda n=name, a=asker: answers.__setitem__(n, ask(*a, b"late", pause_s + 10)))
+                   for name, asker in askers.items()]
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join()
+        assert answers == dict.fromkeys(askers, b"the answer to late")
+    finally:
+        stop.set()
+        for server in servers:
+            server.join(5)
+        for listener in listeners:
+            listener.close()
+        cluster.svcctl("delete", "svc", "np-half", "np-half-cip", check=False)
+
+
 def _open_udp_flow(cluster: Cluster, address: str, port: int) -> socket.socket:
     """A connected UDP socket in outside's namespace: one flow (fixed source port) that
     lives across service changes."""
