@@ -14,7 +14,7 @@ from controlplane.controllers.service_view import Backend as ViewBackend
 from controlplane.controllers.service_view import (SCOPE_CLUSTER_IP, SCOPE_LOAD_BALANCER,
                                                    ServicePortView, ServiceView)
 from controlplane.dataplane.layout import ALGORITHMS
-from controlplane.dataplane.model import Backend, Frontend, ServiceState, UncheckedModel, make_backends
+from controlplane.dataplane.model import Backend, Frontend, ModelError, ServiceState, UncheckedModel, make_backends
 from controlplane.gcpause import paused_gc
 from controlplane.maglev.primes import DEFAULT_TABLE_SIZE, size_warning
 
@@ -189,9 +189,27 @@ def _desired_groups(groups: Sequence[Sequence[ServiceView]], node: NodeConfig) -
         except Exception:           # noqa: BLE001 - the checked pass says what it was
             desired = None
         if desired is None:
-            desired = _desired_state(groups, node, _Checked())
+            try:
+                desired = _desired_state(groups, node, _Checked())
+            except ModelError:
+                if len(groups) == 1:
+                    raise
+                return [_desired_alone(group, node) for group in groups]
         assert desired is not None   # the checked pass raises instead
         return desired
+
+
+def _desired_alone(views: Sequence[ServiceView], node: NodeConfig) -> Desired:
+    """desired_each's state of one service when some service's values are ones the
+    model refuses (an address the API took but the dataplane cannot hold): made alone,
+    so that only the service at fault goes unserved — with a Problem naming it, its log
+    line and event — rather than failing every other service's sync with it."""
+    try:
+        (desired,) = _desired_state([views], node, _Checked())
+        return desired
+    except ModelError as exc:
+        names = ", ".join(f"{v.service.namespace}/{v.service.name}" for v in views)
+        return Desired((), {}, (Problem(f"service {names}: {exc}; not served", "NotServed"),), frozenset())
 
 
 def _annotated(name: str, annotations: dict[str, str], node: NodeConfig,
@@ -268,6 +286,11 @@ def _views_into(views: Sequence[ServiceView], node: NodeConfig, make: _Maker,
             continue
         annotations = svc.annotations
         name = f"{svc.namespace}/{svc.name}"
+        if not view.ports and svc.spec.ports:   # (service_view: no IPv4 ClusterIP)
+            problems.append(Problem(f"service {name}: no IPv4 ClusterIP (clusterIPs "
+                                    f"{svc.spec.cluster_ips or [svc.spec.cluster_ip]}): not served by the "
+                                    f"IPv4 dataplane", "NotServed"))
+            continue
         if annotations or plain is None:
             algorithm, weights, table_size = _annotated(name, annotations, node, problems)
         else:
@@ -305,7 +328,7 @@ def _views_into(views: Sequence[ServiceView], node: NodeConfig, make: _Maker,
                     else:
                         contests.append((fe, view, False, owner, made))
                     continue
-                ranges = tuple(svc.source_ranges) if scope == SCOPE_LOAD_BALANCER else ()
+                ranges = ipv4_source_ranges(svc.source_ranges) if scope == SCOPE_LOAD_BALANCER else ()
                 made = state(fe, external, algorithm, affinity, table_size, ranges, external_drop)
                 if _claimed(fe, owner, owners):
                     pending.append(made)
@@ -327,6 +350,20 @@ def _views_into(views: Sequence[ServiceView], node: NodeConfig, make: _Maker,
             contests.append((twin, view, True, owner, made))
     if contests:
         _settle_contests(contests, views, pending, start, owners, twins_held, problems)
+
+
+# What a LoadBalancer IP's source ranges become when they list IPv6 CIDRs only: no IPv4
+# client (0.0.0.0 is no client's address). kube-proxy's IPv4 proxier drops the other
+# family's CIDRs and, with none left, lets everyone in; a restriction the dataplane cannot
+# express is kept closed instead.
+NO_IPV4_CLIENT = "0.0.0.0/32"
+
+
+def ipv4_source_ranges(cidrs: Sequence[str]) -> tuple[str, ...]:
+    """The IPv4 CIDRs of loadBalancerSourceRanges (the dataplane is IPv4; a dual-stack
+    service's IPv6 ranges are not its business); () when there are none at all."""
+    ranges = tuple(c for c in cidrs if ":" not in c)
+    return ranges or ((NO_IPV4_CLIENT,) if cidrs else ())
 
 
 def _claimed(fe: Frontend, owner: str, owners: dict[Frontend, str]) -> bool:

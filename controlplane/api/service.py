@@ -28,6 +28,9 @@ POLICY_CLUSTER = "Cluster"
 POLICY_LOCAL = "Local"
 
 HEADLESS = "None"
+# status.loadBalancer.ingress[].ipMode: VIP, traffic arrives addressed to the IP (the node
+# serves it); Proxy, the load balancer proxies to the nodes (nothing to serve at the IP)
+IP_MODE_VIP = "VIP"
 PROTOCOLS = ("SCTP", "TCP", "UDP")
 
 # Services with either label are not proxied (kube-proxy ignores them).

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from controlplane.api.meta import format_timestamp, now
-from controlplane.api.service import (LOAD_BALANCER, LoadBalancerIngress, LoadBalancerStatus, Service,
+from controlplane.api.service import (IP_MODE_VIP, LOAD_BALANCER, LoadBalancerIngress, LoadBalancerStatus, Service,
                                       ServiceCondition)
 from controlplane.store.interface import Store, StoreWriter
 
@@ -34,7 +34,6 @@ POOL_LB_IPS = "loadbalancerips"
 POOL_LB_PENDING = "loadbalancerips-pending"    # value = owner = "namespace/name"
 LB_CLASS = "svcxdp.io/lb-ipam"
 CONDITION_TYPE = "svcxdp.io/IPAMRequestSatisfied"
-IP_MODE_VIP = "VIP"
 
 
 def wants_address(svc: Service) -> bool:

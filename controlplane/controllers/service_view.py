@@ -26,7 +26,7 @@ import msgspec
 from controlplane.api.codec_typed import typed_decoder
 from controlplane.api.endpoints import LABEL_SERVICE_NAME, LAST_CHANGE_TRIGGER_TIME, EndpointSlice
 from controlplane.api.meta import parse_timestamp
-from controlplane.api.service import POLICY_LOCAL, Service
+from controlplane.api.service import IP_MODE_VIP, POLICY_LOCAL, Service
 from controlplane.gcpause import paused_gc
 from controlplane.store.interface import StoreReader
 
@@ -383,6 +383,17 @@ def backends_by_port_name(slices: list[EndpointSlice]) -> dict[str, list[Backend
     return merge_backends(slice_backends(es) for es in slices)
 
 
+def ipv4_cluster_ip(svc: Service) -> str | None:
+    """The address an IPv4 dataplane serves a service's ClusterIP frontend at: its
+    ClusterIP, or for a dual-stack service whose first family is IPv6 its IPv4 one
+    (spec.clusterIPs); None for an IPv6 single-stack service, which kube-proxy's IPv4
+    proxier skips whole."""
+    spec = svc.spec
+    if spec.cluster_ip and ":" not in spec.cluster_ip:
+        return spec.cluster_ip
+    return next((ip for ip in spec.cluster_ips or () if ip and ":" not in ip), None)
+
+
 def view_from_backends(svc: Service, backends: dict[str, list[Backend]]) -> ServiceView:
     """The view of `svc` with `backends` from merge_backends, in which no port name lists
     an (ip, port) twice: so the backends sort as plain tuples, by (ip, port), without a
@@ -390,12 +401,20 @@ def view_from_backends(svc: Service, backends: dict[str, list[Backend]]) -> Serv
     spec = svc.spec
     vips: list[tuple[str, str]] = []
     if spec.cluster_ip and svc.proxied:
-        vips.append((spec.cluster_ip, SCOPE_CLUSTER_IP))
+        cluster_ip = ipv4_cluster_ip(svc)
+        if cluster_ip is None:   # IPv6 single-stack: nothing here (desired.py reports it)
+            return ServiceView(svc, ())
+        vips.append((cluster_ip, SCOPE_CLUSTER_IP))
+    # The dataplane is IPv4: a dual-stack service's IPv6 addresses are not its business,
+    # as kube-proxy's IPv4 proxier leaves them to the IPv6 one (serviceport.go).
     if spec.external_ips:
-        vips.extend((ip, SCOPE_EXTERNAL_IP) for ip in spec.external_ips)
+        vips.extend((ip, SCOPE_EXTERNAL_IP) for ip in spec.external_ips if ":" not in ip)
     lb = svc.status.load_balancer
     if lb is not None and lb.ingress:
-        vips.extend((ip, SCOPE_LOAD_BALANCER) for ip in svc.load_balancer_ips)
+        # (ipMode Proxy: the load balancer proxies to the nodes, it does not send its
+        # address here; kube-proxy programs only VIP-mode addresses)
+        vips.extend((i.ip, SCOPE_LOAD_BALANCER) for i in lb.ingress
+                    if i.ip and ":" not in i.ip and i.ip_mode in (None, "", IP_MODE_VIP))
     namespace, name = svc.namespace, svc.name
     ports = []
     one_vip = vips[0] if len(vips) == 1 else None   # the usual: the ClusterIP alone

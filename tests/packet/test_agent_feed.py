@@ -253,6 +253,27 @@ def test_an_ignored_annotation_is_an_event_on_its_service(store, agent):
     assert "'fastest' is not a known algorithm" in event.message
 
 
+def test_a_service_the_dataplane_cannot_hold_leaves_the_others_served(store, dataplane):
+    """A Service whose addresses the API took but the IPv4 dataplane cannot hold (a
+    ClusterIP written with leading zeros, as an older API server stored it) failed the
+    whole sync, at start and after: nothing was programmed, /healthz said 503 (and every
+    externalTrafficPolicy: Local health check with it). Now that service alone is not
+    served, with an event saying why, and the others are."""
+    add_service(store, "a", A1)
+    store.create(Service.from_dict({"apiVersion": "v1", "kind": "Service",
+                                    "metadata": {"name": "odd", "namespace": "default"},
+                                    "spec": {"clusterIP": "010.096.000.061",
+                                             "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}))
+    agent = fresh_agent(store, dataplane)
+    agent.full_sync("start")
+    assert Client(agent).backends_of("a") == set(A1)
+    (event,) = [e for e in store.list(Event) if e.reason == "NotServed"]
+    assert event.involved_object.name == "odd" and "not served" in event.message
+    add_service(store, "b", B)                    # and changes after it are followed
+    agent.incremental_sync()
+    assert Client(agent).backends_of("b") == set(B)
+
+
 def test_a_restarted_agent_settles_its_adopted_records_and_follows_changes(store, dataplane):
     """A restart adopts every record from the maps; its start sync finds them held and
     hands them its own states (MapWriter.settle), after which changes are written as usual."""

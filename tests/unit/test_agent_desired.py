@@ -243,3 +243,67 @@ def test_an_external_frontend_claimed_twice_is_served_once_and_reported():
     assert {s.frontend.scope for s in ext} == {"external", "cluster"}   # each once
     assert len(ext) == 2 and all(d.owners[s.frontend] == "default/a:http" for s in ext)
     assert any("already served for default/a:http" in p for p in d.problems)
+
+
+def _lb_status(*ingress: dict):
+    return Service.from_dict({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"},
+                              "status": {"loadBalancer": {"ingress": list(ingress)}}}).status
+
+
+def test_a_dual_stack_service_is_served_at_its_ipv4_addresses_only():
+    """The dataplane is IPv4. A dual-stack service whose first family is IPv6 is served at
+    its IPv4 ClusterIP; IPv6 externalIPs, ingress IPs and source ranges are left out (as
+    kube-proxy's IPv4 proxier leaves them to the IPv6 one). Each of them failed the
+    model's address check, and with it every service's sync on the node."""
+    svc = nodeport_service(ip="fd00:10:96::20", clusterIPs=["fd00:10:96::20", "10.96.0.20"],
+                           ipFamilies=["IPv6", "IPv4"], externalIPs=["2001:db8::1", "203.0.113.250"],
+                           loadBalancerSourceRanges=["2001:db8::/64", "192.168.1.0/24"])
+    svc.spec.type = "LoadBalancer"
+    svc.status = _lb_status({"ip": "2001:db8::2"}, {"ip": "192.168.1.240"})
+    d = states(svc, _slice_on_nodes(("10.244.1.2", "node1")), node=NODE_PORTS)
+    got = _by_frontend(d)
+    assert {(ip, scope) for ip, _, scope in got} == \
+        {("10.96.0.20", "cluster")} | {(ip, scope) for ip in ("203.0.113.250", "192.168.1.240", "192.168.1.31")
+                                       for scope in ("external", "cluster")}
+    assert got[("192.168.1.240", 80, "external")].source_ranges == ("192.168.1.0/24",)
+    assert not d.problems
+
+
+def test_ipv6_only_source_ranges_keep_the_ipv4_address_closed():
+    svc = nodeport_service(loadBalancerSourceRanges=["2001:db8::/64"])
+    svc.spec.type = "LoadBalancer"
+    svc.status = _lb_status({"ip": "192.168.1.240"})
+    got = _by_frontend(states(svc, _slice_on_nodes(("10.244.1.2", "node1")), node=NODE_PORTS))
+    assert got[("192.168.1.240", 80, "external")].source_ranges == ("0.0.0.0/32",)
+
+
+def test_an_ipv6_single_stack_service_is_reported_not_served():
+    d = states(service(ip="fd00:10:96::30", clusterIPs=["fd00:10:96::30"], ipFamilies=["IPv6"]),
+               endpoint_slice(endpoints=[("10.244.1.2", READY)]))
+    assert d.states == ()
+    assert [p.reason for p in d.problems] == ["NotServed"] and "no IPv4 ClusterIP" in d.problems[0]
+
+
+def test_a_proxy_mode_ingress_ip_is_not_served():
+    """ipMode Proxy: the load balancer proxies to the nodes; kube-proxy programs VIP-mode
+    addresses only (a pod's packet to that address was DNATed, bypassing the proxy)."""
+    svc = nodeport_service()
+    svc.spec.type = "LoadBalancer"
+    svc.status = _lb_status({"ip": "192.168.1.240", "ipMode": "Proxy"}, {"ip": "192.168.1.241", "ipMode": "VIP"})
+    got = _by_frontend(states(svc, _slice_on_nodes(("10.244.1.2", "node1")), node=NODE_PORTS))
+    assert {ip for ip, _, _ in got} == {"10.96.0.50", "192.168.1.31", "192.168.1.241"}
+
+
+def test_a_service_the_model_refuses_goes_unserved_alone():
+    """An address the API took but the dataplane cannot hold (here a ClusterIP with
+    leading zeros) leaves that service unserved, reported by name; every other service
+    made in the same pass is served (desired_each: the agent's per-service states)."""
+    from controlplane.agent.desired import desired_each
+    good, bad = service("good", ip="10.96.0.60"), service("bad", ip="010.096.000.061")
+    views = [build_service_view(s, [endpoint_slice(s.name, endpoints=[("10.244.1.2", READY)])]) for s in (good, bad)]
+    served, refused = desired_each(views, NODE)
+    assert [s.frontend.vip for s in served.states] == ["10.96.0.60"] and not served.problems
+    assert refused.states == () and [p.reason for p in refused.problems] == ["NotServed"]
+    assert "service default/bad:" in refused.problems[0]
+    with pytest.raises(Exception):            # one pass over all of them still says what is wrong
+        desired_state(views, NODE)
