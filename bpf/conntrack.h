@@ -261,6 +261,20 @@ static __always_inline int ct_current(const struct ct_value *v, __u64 now, __u8 
 	return ct_alive(v, now, proto) && !(v->flags & SVCXDP_CT_F_CLOSING);
 }
 
+/* May this packet, which no live flow holds, start one? Any UDP datagram; for TCP a
+ * SYN, or an ACK without SYN, FIN or RST (a connection picked up mid-stream, as Linux
+ * conntrack's loose pickup does after its entry was lost). Anything else (a FIN, a RST,
+ * SYN+FIN, a SYN-ACK, no flags) is what netfilter calls INVALID and kube-proxy drops: it
+ * must not choose a backend, count as a new flow, move a round-robin cursor or be
+ * answered with a reject. */
+static __always_inline int ct_may_start(__u8 proto, __u8 tcp_flags)
+{
+	if (proto != IPPROTO_TCP)
+		return 1;
+	__u8 f = tcp_flags & (TCPF_SYN | TCPF_ACK | TCPF_FIN | TCPF_RST);
+	return f == TCPF_SYN || f == TCPF_ACK;
+}
+
 /* A bare TCP SYN: the first packet of a connection (conntrack.h, top). */
 static __always_inline int ct_bare_syn(__u8 proto, __u8 tcp_flags)
 {

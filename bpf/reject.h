@@ -19,6 +19,17 @@
 static __u64 (*xdp_buff_len)(struct xdp_md *ctx) = (void *)188; /* BPF_FUNC_xdp_get_buff_len */
 #define ICMP_QUOTE_MAX_WORDS 38  /* (8 + 60 + 8) / 2: ICMP header + max IP header + 8 */
 
+/* May a reject answer this frame? Only a unicast one from a single host (RFC 1122
+ * 3.2.2, 4.2.3.10): never to a link-layer broadcast or multicast destination (the
+ * answer's source MAC would be that group), nor to a source of 0/8, 127/8 or 224/3
+ * (multicast, class E, the broadcast address) — spoofed, they would turn a service
+ * without endpoints into a reflector. */
+static __always_inline int reject_answerable(const struct ethhdr *eth, const struct iphdr *ip)
+{
+	__u8 first = ((const __u8 *)&ip->saddr)[0];
+	return !(eth->h_dest[0] & 1) && first != 0 && first != 127 && first < 224;
+}
+
 static __always_inline void swap_macs(struct ethhdr *eth)
 {
 	unsigned char tmp[ETH_ALEN];
@@ -51,7 +62,7 @@ static __always_inline int reject_tcp(struct xdp_md *ctx, __u32 l3_off, struct i
 		return XDP_DROP; /* re-proven: the verifier lost the range on the way here */
 	__u8 in_flags = ((__u8 *)tcp)[13];
 	if (in_flags & TCPF_RST)
-		return XDP_DROP; /* never answer a RST */
+		return XDP_DROP; /* never answer a RST (ct_may_start drops one before: a guard) */
 
 	__be32 saddr = ip->saddr, daddr = ip->daddr;
 	__be16 sport = tcp->source, dport = tcp->dest;

@@ -245,6 +245,10 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 			ctu_store(external, &k, v);
 	}
 
+	if (!ct_may_start(k.proto, l4->tcp_flags)) {
+		ev->main = SVCXDP_CNT_DROP_MALFORMED;
+		return XDP_DROP;
+	}
 	/* A new flow to a LoadBalancer IP meets its source ranges before anything is
 	 * chosen, counted or remembered for it (kube-proxy's firewall chain, which
 	 * filters pods too, on their cluster-scope twin). */
@@ -258,6 +262,10 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 		return XDP_DROP;
 	}
 	if (svc->count == 0) {
+		if (!reject_answerable(eth, ip)) {
+			ev->main = SVCXDP_CNT_DROP_MALFORMED;
+			return XDP_DROP;
+		}
 		svc_account(svc->svc_id, bytes, 0, 1);
 		ev->main = SVCXDP_CNT_REJECT;
 		/* Constant L2 lengths keep the rebuilt headers at offsets the verifier

@@ -114,7 +114,9 @@
 #define SVCXDP_CNT_CT_HIT 4            /* forward packets of known flows */
 #define SVCXDP_CNT_CT_STALE 5          /* flows whose backend vanished: reselected */
 #define SVCXDP_CNT_REJECT 6            /* RST / ICMP unreachable sent (no endpoints) */
-#define SVCXDP_CNT_DROP_MALFORMED 7    /* truncated or inconsistent headers */
+#define SVCXDP_CNT_DROP_MALFORMED 7    /* truncated or inconsistent headers; TCP flags no flow
+					* starts with (ct_may_start); to a service without
+					* endpoints, a frame no reject may answer (reject.h) */
 #define SVCXDP_CNT_FRAG_NAT 8          /* non-first fragments translated */
 #define SVCXDP_CNT_FRAG_UNKNOWN 9     /* non-first fragment of no known flow: passed */
 #define SVCXDP_CNT_ICMP_NAT 10         /* ICMP errors quoting a NATed flow, translated */

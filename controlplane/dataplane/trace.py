@@ -206,6 +206,12 @@ def _maglev_entry(maps, svc_id: int, index: int) -> int:
         os.close(fd)
 
 
+def _single_host(ip: str) -> bool:
+    """bpf/reject.h reject_answerable()'s source test: not 0/8, 127/8 or 224/3."""
+    first = int(ip.split(".", 1)[0])
+    return first not in (0, 127) and first < 224
+
+
 def _refused_by_ranges(maps, t: Trace) -> bool:
     """A new flow of a frontend with loadBalancerSourceRanges from a client outside them
     (bpf/ranges.h source_allowed(), a longest-prefix lookup): the trace says it is
@@ -344,21 +350,27 @@ def _service_packet(maps, t: Trace, svc, now_ns: int, timeouts: Timeouts) -> Non
             return
         if verdict == "stale":
             t.notes.append("the flow's backend left the service: a backend is chosen again (ct_stale)")
+    if p.protocol == "TCP" and flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST) not in (TCP_SYN, TCP_ACK):
+        # bpf/conntrack.h ct_may_start()
+        t.verdict, t.reason = "XDP_DROP", "drop_malformed"
+        t.notes.append("TCP flags no connection starts with (netfilter's INVALID), and no flow to "
+                       "follow: dropped")
+        return
     if _refused_by_ranges(maps, t):
         return
     if svc.count == 0:
         if fe.local_drop:
             t.verdict, t.reason = "XDP_DROP", "drop_no_local"
             t.notes.append("Local traffic policy and no endpoint on this node: dropped")
+        elif not _single_host(p.src):
+            # bpf/reject.h reject_answerable() (the frame's MAC is the run's to judge)
+            t.verdict, t.reason = "XDP_DROP", "drop_malformed"
+            t.notes.append("no endpoints, and a source no reject may answer (RFC 1122): dropped")
         else:
             t.reason = "reject"
-            if p.protocol == "TCP" and flags & TCP_RST:
-                t.verdict = "XDP_DROP"
-                t.notes.append("no endpoints; a RST is never answered")
-            else:
-                t.verdict = "XDP_TX"
-                t.notes.append("no endpoints: answered with " +
-                               ("a TCP RST" if p.protocol == "TCP" else "ICMP port unreachable"))
+            t.verdict = "XDP_TX"
+            t.notes.append("no endpoints: answered with " +
+                           ("a TCP RST" if p.protocol == "TCP" else "ICMP port unreachable"))
         return
     backend_id = 0
     if fe.affinity_timeout:

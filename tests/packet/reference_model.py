@@ -401,7 +401,19 @@ class ReferenceDatapath:
                                    "ct_hit", None, hit, done)]
             stale = "ct_stale"  # its backend is gone: choose again
 
+        # Without a flow to follow, TCP flags no connection starts with (a FIN, a RST,
+        # SYN+FIN, none) are netfilter's INVALID: dropped, nothing chosen or answered.
+        if ip.proto == TCP and tcp_flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST) not in (TCP_SYN, TCP_ACK):
+            return [done("XDP_DROP", "TCP flags no flow starts with", "drop_malformed", stale)]
+
         if not svc.slots:
+            # A reject answers one host only (RFC 1122): not a link-layer group, not a
+            # source of 0/8, 127/8 or 224/3.
+            first = int(ip.src.split(".", 1)[0])
+            if pkt[0] & 1 or first in (0, 127) or first >= 224:
+                return [done("XDP_DROP", "no endpoints, no answer to a group or a martian",
+                             "drop_malformed", stale)]
+
             def rejected() -> None:
                 self._account(svc.svc_id, frame_bytes, reject=1)
             return [self._reject(pkt, ip, l3, l4, tcp_flags, stale, rejected, done)]
@@ -460,10 +472,7 @@ class ReferenceDatapath:
     def _reject(self, pkt, ip, l3, l4, tcp_flags, stale, effect, done) -> Outcome:
         l2 = bytes(pkt[6:12] + pkt[0:6] + pkt[12:l3])  # MACs swapped, VLAN tag kept
         client, vip = ip.src, ip.dst
-        if ip.proto == TCP:
-            if tcp_flags & TCP_RST:
-                return done("XDP_DROP", "no endpoints, RST not answered", "reject", stale,
-                            effect=effect)
+        if ip.proto == TCP:   # (never a RST: _service drops it first)
             sport, dport, seq, ack = struct.unpack_from("!HHII", pkt, l4)
             doff = pkt[l4 + 12] >> 4
             paylen = ip.tot_len - ip.ihl * 4 - doff * 4

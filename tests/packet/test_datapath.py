@@ -137,7 +137,23 @@ CASES = [
          {"reject": 1}),
     Case("a RST to a service without endpoints is not answered", no_backends,
          eth() / IP(src=CLIENT, dst=VIP) / TCP(sport=40000, dport=80, flags="R"), "XDP_DROP", None,
-         {"reject": 1}),
+         {"drop_malformed": 1}),
+    # Without a flow, TCP flags no connection starts with are netfilter's INVALID (kube-proxy
+    # drops them): no backend chosen, no new flow counted, no reject sent.
+    *[Case(f"TCP flags {flags!r} start no flow: dropped", one_backend,
+           eth() / IP(src=CLIENT, dst=VIP) / TCP(sport=40010, dport=80, flags=flags), "XDP_DROP", None,
+           {"drop_malformed": 1}) for flags in ("F", "FA", "R", "RA", "SF", "SR", "SA", "")],
+    Case("TCP SYN+FIN to a service without endpoints is not answered", no_backends,
+         eth() / IP(src=CLIENT, dst=VIP) / TCP(sport=40000, dport=80, flags="SF"), "XDP_DROP", None,
+         {"drop_malformed": 1}),
+    # A reject answers one host (RFC 1122): spoofed group or martian sources, or a frame to
+    # a link-layer group, would make a service without endpoints a reflector.
+    *[Case(f"UDP from {src} to a service without endpoints is not answered", no_backends,
+           eth() / IP(src=src, dst=VIP) / UDP(sport=40000, dport=53), "XDP_DROP", None, {"drop_malformed": 1})
+      for src in ("0.0.0.0", "127.0.0.1", "224.0.0.1", "255.255.255.255")],
+    Case("a SYN to a service without endpoints sent to a broadcast MAC is not answered", no_backends,
+         Ether(src=CLIENT_MAC, dst="ff:ff:ff:ff:ff:ff") / IP(src=CLIENT, dst=VIP) / TCP(sport=40000, dport=80, flags="S"),
+         "XDP_DROP", None, {"drop_malformed": 1}),
     Case("UDP to a service without endpoints gets ICMP port unreachable", no_backends, UDP_Q, "XDP_TX",
          lambda p: recompute(Ether(src=NODE_MAC, dst=CLIENT_MAC) /
                              IP(src=VIP, dst=CLIENT, ttl=64, flags="DF", id=0, tos=0) /

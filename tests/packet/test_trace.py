@@ -189,6 +189,15 @@ def test_trace_of_a_service_without_endpoints_and_of_no_service(xdp: Harness, ma
     doc = json.loads(svcctl(tmp_path, "trace", "--node", node, "10.1.0.5", "10.9.9.9:80", "--run", "-o", "json"))
     assert (doc["frontend"], doc["verdict"], doc["run"]["verdict"], doc["run"]["agrees"]) == \
         (None, "XDP_PASS", "XDP_PASS", True)
+    # no reject for a source that is no single host, nor for TCP flags no flow starts with
+    doc = json.loads(svcctl(tmp_path, "trace", "--node", node, "224.0.0.9", f"{VIP}:81/udp", "--run", "-o", "json"))
+    assert (doc["verdict"], doc["reason"], doc["run"]["verdict"], doc["run"]["agrees"]) == \
+        ("XDP_DROP", "drop_malformed", "XDP_DROP", True)
+    xdp.writer.upsert(ServiceState(Frontend(VIP, 82, "TCP"), (), "random"))
+    doc = json.loads(svcctl(tmp_path, "trace", "--node", node, "10.1.0.5", f"{VIP}:82", "--tcp-flags", "FA",
+                            "--run", "-o", "json"))
+    assert (doc["verdict"], doc["reason"], doc["run"]["verdict"], doc["run"]["agrees"]) == \
+        ("XDP_DROP", "drop_malformed", "XDP_DROP", True)
 
 
 def test_get_flows_lists_the_conntrack_tables(xdp: Harness, maps: PinnedMaps, tmp_path: Path):
