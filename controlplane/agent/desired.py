@@ -191,12 +191,17 @@ def _desired_groups(groups: Sequence[Sequence[ServiceView]], node: NodeConfig) -
         if desired is None:
             try:
                 desired = _desired_state(groups, node, _Checked())
-            except ModelError:
+            except REFUSALS:
                 if len(groups) == 1:
                     raise
                 return [_desired_alone(group, node) for group in groups]
         assert desired is not None   # the checked pass raises instead
         return desired
+
+
+# What the checked constructors raise for values they refuse (ModelError), or for values
+# of a type they cannot take at all (a field the API left None, a string for a number).
+REFUSALS = (ModelError, TypeError, ValueError, AttributeError)
 
 
 def _desired_alone(views: Sequence[ServiceView], node: NodeConfig) -> Desired:
@@ -207,7 +212,7 @@ def _desired_alone(views: Sequence[ServiceView], node: NodeConfig) -> Desired:
     try:
         (desired,) = _desired_state([views], node, _Checked())
         return desired
-    except ModelError as exc:
+    except REFUSALS as exc:
         names = ", ".join(f"{v.service.namespace}/{v.service.name}" for v in views)
         return Desired((), {}, (Problem(f"service {names}: {exc}; not served", "NotServed"),), frozenset())
 
