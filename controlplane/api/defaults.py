@@ -23,6 +23,10 @@ def default_service(svc: Service) -> None:
         spec.type = CLUSTER_IP
     if not spec.session_affinity:
         spec.session_affinity = AFFINITY_NONE
+    if spec.session_affinity == AFFINITY_NONE:
+        # SetDefaults_Service drops it: an apply that turns ClientIP off keeps the stored
+        # config (a server default the manifest never named), which None may not carry.
+        spec.session_affinity_config = None
     if spec.session_affinity == AFFINITY_CLIENT_IP:
         cfg = spec.session_affinity_config
         if cfg is None:

@@ -40,11 +40,11 @@ class Conflict(ApiError):
 
     reason = "Conflict"
 
-    def __init__(self, resource: str, name: str) -> None:
-        super().__init__(
-            f'Operation cannot be fulfilled on {resource} "{name}": the object has been modified; '
-            "please apply your changes to the latest version and try again"
-        )
+    OPTIMISTIC_LOCK = ("the object has been modified; "
+                       "please apply your changes to the latest version and try again")
+
+    def __init__(self, resource: str, name: str, why: str = OPTIMISTIC_LOCK) -> None:
+        super().__init__(f'Operation cannot be fulfilled on {resource} "{name}": {why}')
         self.resource = resource
         self.name = name
 

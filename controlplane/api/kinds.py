@@ -9,6 +9,7 @@ from .endpoints import Endpoints, EndpointSlice
 from .errors import BadRequest
 from .event import Event
 from .meta import ApiObject
+from .nulls import zero_nulls
 from .namespace import Namespace
 from .pod import Pod
 from .service import Service
@@ -42,10 +43,11 @@ def resolve(api_version: str, kind: str) -> type[ApiObject]:
 
 
 def object_from_dict(data: dict[str, Any]) -> ApiObject:
-    """Decode one manifest document; UnknownKind or BadRequest (mistyped field) on failure."""
+    """Decode one manifest document; UnknownKind or BadRequest (mistyped field) on failure.
+    Nulls read as the apiserver reads them (api/nulls.py)."""
     cls = resolve(str(data.get("apiVersion", "")), str(data.get("kind", "")))
     try:
-        return cls.from_dict(data)
+        return cls.from_dict(zero_nulls(cls, data))
     except DecodeError as exc:
         raise BadRequest(
             f'{cls.KIND} in version "{cls.VERSION}" cannot be handled as a {cls.KIND}: {exc}'

@@ -31,10 +31,19 @@ def needs_health_check_node_port(svc: Service) -> bool:
 def normalize_cluster_ips(new: Service, old: Service) -> None:
     """An update that changes clusterIP and leaves clusterIPs as it was (an old client, or
     a merge that kept the stored list) means clusterIPs to follow (the apiserver's
-    normalizeClusterIPs): then its immutability is what the user is told."""
+    normalizeClusterIPs): a new primary replaces the first (then its immutability is what
+    the user is told), and a cleared clusterIP (`clusterIP: ""`, or a key the last applied
+    configuration had and the new one drops) clears the list, as a move to ExternalName
+    needs."""
     spec = new.spec
-    if spec.cluster_ip and spec.cluster_ip != old.spec.cluster_ip and spec.cluster_ips == old.spec.cluster_ips:
+    if (spec.cluster_ip or "") == (old.spec.cluster_ip or "") or spec.cluster_ips != old.spec.cluster_ips:
+        return   # singular unchanged, or both changed: validation judges them
+    if not spec.cluster_ip:
+        spec.cluster_ips = None
+    elif not spec.cluster_ips:
         spec.cluster_ips = [spec.cluster_ip]
+    else:
+        spec.cluster_ips = [spec.cluster_ip, *spec.cluster_ips[1:]]
 
 
 def patch_allocated_values(new: Service, old: Service) -> None:
@@ -62,8 +71,12 @@ def drop_type_dependent_fields(new: Service, old: Service) -> None:
         if new.spec.cluster_ip == old.spec.cluster_ip:
             new.spec.cluster_ip = None
             new.spec.cluster_ips = None
-        new.spec.ip_families = None
-        new.spec.ip_family_policy = None
+        # The families go with the address, unless the user set them anew (which an
+        # ExternalName's validation then refuses).
+        if new.spec.ip_families == old.spec.ip_families:
+            new.spec.ip_families = None
+        if new.spec.ip_family_policy == old.spec.ip_family_policy:
+            new.spec.ip_family_policy = None
         new.spec.internal_traffic_policy = None if new.spec.internal_traffic_policy == old.spec.internal_traffic_policy else new.spec.internal_traffic_policy
     if needs_node_ports(old) and not needs_node_ports(new):
         old_ports = [p.node_port for p in old.ports]

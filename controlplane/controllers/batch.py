@@ -15,10 +15,14 @@ class Manifest:
     source: str = "-"
 
 
+class Refused(Exception):
+    """A document kubectl itself refuses before sending anything (printed `error: ...`)."""
+
+
 @dataclass
 class Failure:
     manifest: Manifest | None
-    error: Exception        # ApiError or UnknownKind
+    error: Exception        # ApiError, UnknownKind or Refused
     verb: str               # "creating" | "patching" ...
     name: str = ""
     namespace: str = ""

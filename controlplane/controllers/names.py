@@ -20,6 +20,17 @@ def random_suffix(length: int = 5) -> str:
     return "".join(_rng.choice(ALPHANUMS) for _ in range(length))
 
 
+# names.SimpleNameGenerator: the prefix is cut so that prefix + suffix fits a DNS label.
+_MAX_NAME_LENGTH = 63
+_SUFFIX_LENGTH = 5
+
+
+def generated_name(prefix: str) -> str:
+    """A name for `metadata.generateName` (the apiserver's BeforeCreate): the prefix, cut
+    to 58 characters, and 5 random characters. Validation judges the result."""
+    return prefix[:_MAX_NAME_LENGTH - _SUFFIX_LENGTH] + random_suffix(_SUFFIX_LENGTH)
+
+
 def _fnv32a(data: bytes) -> int:
     h = 0x811C9DC5
     for byte in data:

@@ -24,9 +24,9 @@ from typing import Any
 from controlplane.api import validation
 from controlplane.api.defaults import apply_defaults
 from controlplane.api.deployment import Deployment
-from controlplane.api.errors import AlreadyExists, ApiError, BadRequest, Invalid, NotFound
+from controlplane.api.errors import AlreadyExists, ApiError, BadRequest, Conflict, Invalid, NotFound
 from controlplane.api.kinds import KINDS, UnknownKind, object_from_dict
-from controlplane.api.merge import LAST_APPLIED, three_way_merge
+from controlplane.api.merge import LAST_APPLIED, merge_keys_of, three_way_merge
 from controlplane.api.meta import ApiObject, ObjectMeta
 from controlplane.api.namespace import BUILTIN_NAMESPACES, Namespace
 from controlplane.api.pod import PENDING, Pod
@@ -34,9 +34,10 @@ from controlplane.api.service import Service, ServicePort, ServiceSpec, ServiceS
 from controlplane.api.service_update import drop_type_dependent_fields, normalize_cluster_ips, patch_allocated_values
 from controlplane.store.interface import Store, StoreWriter, retry_commit
 
-from .batch import BatchError, Failure, Manifest  # noqa: F401 (re-exported)
+from .batch import BatchError, Failure, Manifest, Refused  # noqa: F401 (re-exported)
 from .events import committed
 from .config import ClusterConfig, ConfigError, load_config, save_config
+from .names import generated_name
 from .pod_lifecycle import terminate_pod
 from .service_allocation import ServiceAllocations
 
@@ -83,8 +84,10 @@ class Registry:
             for m in manifests:
                 try:
                     plans.append(self._plan_manifest(tx, m, namespace, mode, pending_namespaces))
-                except (ApiError, UnknownKind) as exc:
-                    failures.append(self._failure(m, exc, namespace))
+                except (ApiError, UnknownKind, Refused) as exc:
+                    # (a Conflict here is a stale precondition: the object exists, the
+                    # apply would have patched it)
+                    failures.append(self._failure(m, exc, namespace, patching=isinstance(exc, Conflict)))
             # The valid ones are applied even when some failed, only to find what else fails
             # (a nodePort out of range, an address taken: found as they are allocated), so
             # that every failing document is said at once, as kubectl says each; any
@@ -107,11 +110,12 @@ class Registry:
         return outcomes
 
     @staticmethod
-    def _failure(m: Manifest | None, exc: Exception, namespace: str, plan: _Plan | None = None) -> Failure:
+    def _failure(m: Manifest | None, exc: Exception, namespace: str, plan: _Plan | None = None,
+                 patching: bool = False) -> Failure:
         data = m.data if m else {}
         meta = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
-        live = plan.live if plan else None
-        return Failure(m, exc, "patching" if live is not None else "creating",
+        patching = patching or (plan is not None and plan.live is not None)
+        return Failure(m, exc, "patching" if patching else "creating",
                        str(meta.get("name") or ""), str(meta.get("namespace") or ""))
 
     def _plan_manifest(self, tx: StoreWriter, m: Manifest, namespace: str, mode: str,
@@ -119,9 +123,13 @@ class Registry:
         obj = object_from_dict(m.data)
         if obj.NAMESPACED:
             obj.metadata.namespace = obj.metadata.namespace or namespace
-        if not obj.name and (mode == MODE_APPLY or not obj.metadata.generate_name):
-            raise BadRequest("resource name may not be empty")
-        live = tx.try_get(type(obj), obj.namespace, obj.name) if obj.name else None
+        if not obj.name:
+            if not obj.metadata.generate_name:
+                raise BadRequest("resource name may not be empty")
+            if mode == MODE_APPLY:   # kubectl's own check: apply needs a name to find the object
+                raise Refused(f"from {obj.metadata.generate_name}: cannot use generate name with apply")
+            _generate_name(tx, obj)
+        live = tx.try_get(type(obj), obj.namespace, obj.name)
         if mode == MODE_CREATE:
             if live is not None:
                 raise AlreadyExists(obj.RESOURCE, obj.name)
@@ -131,19 +139,21 @@ class Registry:
             meta = modified.setdefault("metadata", {})
             if obj.NAMESPACED:
                 meta["namespace"] = obj.namespace
+            if live is not None:
+                _check_preconditions(obj, live)
             annotations = dict(meta.get("annotations") or {})
             annotations.pop(LAST_APPLIED, None)
             meta["annotations"] = annotations or None
-            last_applied = json.dumps(_drop_nulls(modified), separators=(",", ":"), sort_keys=True)
+            last_applied = json.dumps(_last_applied_view(modified), separators=(",", ":"), sort_keys=True)
             meta["annotations"] = annotations
             annotations[LAST_APPLIED] = last_applied + "\n"
             if live is None:
                 new = object_from_dict(modified)
             else:
                 original = _parse_last_applied(live)
-                merged = three_way_merge(original, modified, live.to_dict())
+                merged = three_way_merge(original, modified, live.to_dict(), merge_keys_of(obj.KIND))
                 new = object_from_dict(merged)
-                new.metadata.resource_version = live.metadata.resource_version
+                new.metadata.resource_version = live.metadata.resource_version   # (checked above)
         if isinstance(new, Namespace):
             pending_namespaces.add(new.name)
         elif new.NAMESPACED and new.namespace not in pending_namespaces:
@@ -161,6 +171,8 @@ class Registry:
             if obj.NAMESPACED:
                 obj.metadata.namespace = obj.metadata.namespace or "default"
                 self._require_namespace(tx, obj.namespace)
+            if not obj.name and obj.metadata.generate_name:
+                _generate_name(tx, obj)
             if obj.name and tx.try_get(type(obj), obj.namespace, obj.name) is not None:
                 raise AlreadyExists(obj.RESOURCE, obj.name)
             self._prepare(obj, None)
@@ -173,6 +185,7 @@ class Registry:
     def _update(self, obj: ApiObject) -> ApiObject:
         with self.store.transaction() as tx:
             live = tx.get(type(obj), obj.namespace, obj.name)
+            _check_preconditions(obj, live)
             self._prepare(obj, live)
             return self._execute(tx, ServiceAllocations(tx, self.config), _Plan(None, obj, live, _key(obj))).obj
 
@@ -265,6 +278,52 @@ def _parse_last_applied(live: ApiObject) -> dict[str, Any] | None:
     except ValueError:
         return None
     return parsed if isinstance(parsed, dict) else None
+
+
+# The apiserver retries a generated name that is taken (RetryGenerateName); so do we,
+# before anything is written, and give up as it does: AlreadyExists.
+_GENERATE_NAME_ATTEMPTS = 8
+
+
+def _generate_name(tx: StoreWriter, obj: ApiObject) -> None:
+    """Name an object that has only `metadata.generateName` with a free generated name."""
+    prefix = obj.metadata.generate_name or ""
+    for _ in range(_GENERATE_NAME_ATTEMPTS):
+        obj.metadata.name = generated_name(prefix)
+        if tx.try_get(type(obj), obj.namespace, obj.name) is None:
+            return
+    raise AlreadyExists(obj.RESOURCE, obj.name)
+
+
+def _check_preconditions(sent: ApiObject, live: ApiObject) -> None:
+    """What the apiserver checks before it merges an apply into the live object: a
+    resourceVersion the manifest carries (one saved from `get -o yaml`, say) must be the
+    live one, or the apply would silently undo changes made since (the storage's
+    optimistic lock: Conflict); a uid it carries must be the live object's (another
+    object of that name, made after the one the manifest was taken from: a uid may not
+    change)."""
+    sent_rv = sent.metadata.resource_version
+    if sent_rv and sent_rv != live.metadata.resource_version:
+        raise Conflict(live.RESOURCE, live.name)
+    sent_uid = sent.metadata.uid
+    if sent_uid and sent_uid != live.metadata.uid:
+        raise Conflict(live.RESOURCE, live.name,
+                       f"Precondition failed: UID in precondition: {sent_uid}, UID in object meta: {live.metadata.uid}")
+
+
+def _last_applied_view(modified: dict[str, Any]) -> dict[str, Any]:
+    """The manifest as the last-applied annotation records it: without nulls, and without
+    the server's identity fields (resourceVersion, uid), which say nothing about the
+    desired state and would only be stale by the next apply."""
+    view = _drop_nulls(modified)
+    meta = view.get("metadata")
+    if isinstance(meta, dict):
+        for key in _SERVER_IDENTITY_FIELDS:
+            meta.pop(key, None)
+    return view
+
+
+_SERVER_IDENTITY_FIELDS = ("resourceVersion", "uid")
 
 
 def _drop_nulls(value: Any) -> Any:

@@ -104,7 +104,7 @@ class ServiceView:
 
 
 # One slice's backends by service-port name, each list in slice order (endpoints in order,
-# each endpoint's addresses in order), before de-duplication (merge_backends).
+# one address each), before de-duplication (merge_backends).
 SliceBackends = dict[str, list[Backend]]
 
 _tuple_new = tuple.__new__   # Backend from a tuple of its fields, without the Python-level __new__
@@ -148,10 +148,12 @@ def slice_document_backends(doc: dict[str, Any]) -> SliceBackends:
 
 
 def _cross(ports: Iterable[tuple[str, int | None]], eps: list[tuple]) -> SliceBackends:
-    """A slice's backends by port name: each port with a number, crossed with each address
-    of each endpoint (addresses, ready, serving, terminating, node, pod), in that order.
-    Every reader (object, stored document, stored text) ends here, or, for the usual
-    slice, in _one_port_backends, which lists the same."""
+    """A slice's backends by port name: each port with a number, crossed with each endpoint
+    (addresses, ready, serving, terminating, node, pod), in that order. An endpoint is its
+    first address: the API allows up to 100 but defines no meaning for the ones after the
+    first, and kube-proxy does not look at them (nor does the EndpointSlice controller
+    write more than one). Every reader (object, stored document, stored text) ends here, or, for the usual slice, in
+    _one_port_backends, which lists the same."""
     out: SliceBackends = {}
     if not eps:
         return out
@@ -163,8 +165,7 @@ def _cross(ports: Iterable[tuple[str, int | None]], eps: list[tuple]) -> SliceBa
             backends = out[name] = []
         append = backends.append
         for addresses, ready, serving, terminating, node, pod in eps:
-            for ip in addresses:
-                append(_tuple_new(Backend, (ip, port, ready, serving, terminating, node, pod)))
+            append(_tuple_new(Backend, (addresses[0], port, ready, serving, terminating, node, pod)))
     return out
 
 
@@ -316,7 +317,7 @@ def _decoded_slice_read(es: _Slice) -> SliceRead:
         try:
             return _tuple_new(SliceRead, (namespace, name, owner,
                                           {ports[0].name or "": _one_port_backends(ports[0].port, endpoints)}))
-        except (TypeError, ValueError):   # an endpoint with no address, or two or more
+        except (TypeError, IndexError):   # an endpoint with no address
             pass
     eps = []
     for e in endpoints:
@@ -330,14 +331,14 @@ def _decoded_slice_read(es: _Slice) -> SliceRead:
 
 
 def _one_port_backends(port: int, endpoints: list[_Endpoint]) -> list[Backend]:
-    """The Backends of a slice with one port, in endpoint order, if every endpoint has
-    exactly one address (else TypeError or ValueError): what _cross lists for it, in one
-    loop without the intermediate per-endpoint tuples."""
+    """The Backends of a slice with one port, in endpoint order, each endpoint's first
+    address, if every endpoint has one (else TypeError or IndexError): what _cross lists
+    for it, in one loop without the intermediate per-endpoint tuples."""
     out = []
     append = out.append
     flags, nodes, new = _FLAGS, _NODE_NAMES, _tuple_new
     for e in endpoints:
-        (ip,) = e.addresses   # type: ignore[misc] (None: TypeError; [] or two: ValueError)
+        ip = e.addresses[0]   # type: ignore[index] (None: TypeError; []: IndexError)
         ready, serving, terminating = flags[e.conditions]
         ref = e.targetRef
         append(new(Backend, (ip, port, ready, serving, terminating, nodes[e.nodeName],

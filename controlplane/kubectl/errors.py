@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from controlplane.api.errors import ApiError, Invalid
 from controlplane.api.kinds import UnknownKind
-from controlplane.controllers.batch import BatchError, Failure
+from controlplane.controllers.batch import BatchError, Failure, Refused
 
 
 def invalid_message(err: Invalid) -> str:
@@ -27,6 +27,8 @@ def failure_message(failure: Failure) -> str:
         return (f'error: resource mapping not found for name: "{failure.name}" namespace: '
                 f'"{failure.namespace}" from "{source}": {err}\n'
                 "ensure CRDs are installed first")
+    if isinstance(err, Refused):
+        return f"error: {err}"
     if isinstance(err, ApiError):
         return api_error_message(err, source, failure.verb)
     return f"error: {err}"

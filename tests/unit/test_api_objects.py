@@ -5,7 +5,7 @@ import pytest
 
 from controlplane.api import BadRequest, Service, UnknownKind, object_from_dict
 from controlplane.api.manifest import ManifestError, load_documents
-from controlplane.api.merge import three_way_merge
+from controlplane.api.merge import merge_keys_of, three_way_merge
 from controlplane.api.selectors import Selector, SelectorParseError
 
 
@@ -72,6 +72,45 @@ def test_three_way_merge_removes_dropped_fields_and_keeps_server_fields() -> Non
     merged = three_way_merge(original, modified, live)
     assert merged == {"metadata": {"labels": {"a": "1", "added-by-someone": "y"}, "uid": "u"},
                       "spec": {"x": 2, "clusterIP": "10.96.0.5"}}
+
+
+def _ports_merge(original: list | None, modified: list, live: list) -> list:
+    wrap = lambda ports: {"spec": {"ports": ports}}   # noqa: E731
+    merged = three_way_merge(wrap(original) if original is not None else None, wrap(modified), wrap(live),
+                             merge_keys_of("Service"))
+    return merged["spec"]["ports"]
+
+
+def test_service_ports_merge_by_port_keeping_what_the_server_set() -> None:
+    """ServiceSpec.Ports is patchStrategy merge, patchMergeKey port: a renamed port keeps
+    its nodePort, a dropped one goes, one the last apply never named stays."""
+    live = [{"name": "http", "port": 80, "nodePort": 30080, "protocol": "TCP"},
+            {"name": "https", "port": 443, "nodePort": 30443, "protocol": "TCP"},
+            {"name": "added", "port": 8080, "nodePort": 30808, "protocol": "TCP"}]
+    original = [{"name": "http", "port": 80}, {"name": "https", "port": 443}]
+    assert _ports_merge(original, [{"name": "web", "port": 80}, {"name": "https", "port": 443}], live) == [
+        {"name": "web", "port": 80, "nodePort": 30080, "protocol": "TCP"},
+        {"name": "https", "port": 443, "nodePort": 30443, "protocol": "TCP"},
+        {"name": "added", "port": 8080, "nodePort": 30808, "protocol": "TCP"}]
+    assert _ports_merge(original, [{"port": 443}], live) == [
+        {"port": 443, "nodePort": 30443, "protocol": "TCP"},
+        {"name": "added", "port": 8080, "nodePort": 30808, "protocol": "TCP"}]
+    # no last-applied (made with create -f): nothing is deleted
+    assert [p["port"] for p in _ports_merge(None, [{"name": "https", "port": 443}], live)] == [80, 443, 8080]
+
+
+def test_service_ports_merge_order_and_repeated_numbers() -> None:
+    live = [{"port": 1, "nodePort": 30001}, {"port": 2, "nodePort": 30002}, {"port": 3, "nodePort": 30003}]
+    # the modified order wins; an item only the server has keeps its place before a later one
+    assert [p["port"] for p in _ports_merge([{"port": 3}], [{"port": 3}, {"port": 4}], live)] == [1, 2, 3, 4]
+    assert [p["port"] for p in _ports_merge([], [{"port": 3}, {"port": 2}], live)] == [1, 3, 2]
+    # one number over TCP and UDP: told apart by protocol, whatever their order
+    dns = [{"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30053},
+           {"name": "dns-tcp", "port": 53, "protocol": "TCP", "nodePort": 30054}]
+    swapped = _ports_merge(None, [{"name": "dns-tcp", "port": 53}, {"name": "dns", "port": 53, "protocol": "UDP"}], dns)
+    assert [(p["name"], p["nodePort"]) for p in swapped] == [("dns-tcp", 30054), ("dns", 30053)]
+    # items without the key, or not maps: replaced whole (validation says what is wrong)
+    assert _ports_merge(None, [None], live) == [None]
 
 
 @pytest.mark.parametrize("text,labels,expected", [

@@ -34,8 +34,6 @@ def test_valid_service_has_no_errors() -> None:
      "spec.sessionAffinityConfig.clientIP.timeoutSeconds: Invalid value: 0: must be greater than 0 and less than 86400"),
     ({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 86401}}},
      "spec.sessionAffinityConfig.clientIP.timeoutSeconds: Invalid value: 86401: must be greater than 0 and less than 86400"),
-    ({"sessionAffinity": "None", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 10}}},
-     "spec.sessionAffinityConfig: Forbidden: must not be set when session affinity is None"),
     ({"sessionAffinity": "Sticky"},
      'spec.sessionAffinity: Unsupported value: "Sticky": supported values: "ClientIP", "None"'),
     ({"type": "NodePort", "clusterIP": "None"},
@@ -53,6 +51,10 @@ def test_valid_service_has_no_errors() -> None:
     ({"type": "ExternalName"}, "spec.externalName: Required value"),
     ({"type": "ExternalName", "externalName": "db.example.com", "clusterIP": "10.96.0.9"},
      "spec.clusterIPs: Forbidden: may not be set for ExternalName services"),
+    ({"type": "ExternalName", "externalName": "db.example.com", "ipFamilyPolicy": "SingleStack"},
+     "spec.ipFamilyPolicy: Forbidden: may not be set for ExternalName services"),
+    ({"type": "ExternalName", "externalName": "db.example.com", "ipFamilies": ["IPv4"]},
+     "spec.ipFamilies: Forbidden: may not be set for ExternalName services"),
     ({"clusterIP": "10.96.0.300"},
      'spec.clusterIPs[0]: Invalid value: "10.96.0.300": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)'),
     ({"ports": [{"port": 80, "targetPort": "http--x"}]},
@@ -95,6 +97,25 @@ def test_valid_service_has_no_errors() -> None:
 ])
 def test_service_rule(spec: dict, expected: str) -> None:
     assert expected in errors_of(service(**spec))
+
+
+def test_session_affinity_none_drops_the_client_ip_config() -> None:
+    """SetDefaults_Service: None carries no config (an apply from ClientIP to None keeps
+    the stored, server-defaulted one otherwise, which validation would refuse)."""
+    obj = object_from_dict(service(sessionAffinity="None", sessionAffinityConfig={"clientIP": {"timeoutSeconds": 10}}))
+    apply_defaults(obj)
+    assert obj.spec.session_affinity_config is None and validate(obj) == []
+
+
+@pytest.mark.parametrize("stype", ["ClusterIP", "NodePort", "LoadBalancer"])
+def test_load_balancer_ip_is_no_error_on_any_type(stype: str) -> None:
+    """ValidateService has no rule for spec.loadBalancerIP on other types (LB-IPAM reads
+    it only for LoadBalancer services)."""
+    assert errors_of(service(type=stype, loadBalancerIP="192.168.60.10")) == []
+
+
+def test_external_name_without_families_is_valid() -> None:
+    assert errors_of(service(type="ExternalName", externalName="db.example.com", ports=None, selector=None)) == []
 
 
 def test_external_ips_outside_the_special_ranges_are_valid() -> None:
@@ -237,6 +258,38 @@ def test_endpointslice_rules() -> None:
     errs = errors_of(doc)
     assert 'endpoints[0].addresses[0]: Invalid value: "10.244.1.300": must be a valid IPv4 address' in errs
     assert "endpoints[1].addresses: Required value: must contain at least 1 address" in errs
+
+
+def slice_doc(*endpoints: list[str], address_type: str = "IPv4") -> dict:
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "s", "namespace": "default"}, "addressType": address_type,
+            "ports": [{"port": 80}], "endpoints": [{"addresses": a} for a in endpoints]}
+
+
+def test_endpointslice_refuses_special_addresses_as_endpoints_do() -> None:
+    """ValidateNonSpecialIP, as for v1 Endpoints: the agent would program such a backend
+    (169.254.169.254 is a cloud's metadata service)."""
+    errs = errors_of(slice_doc(["127.0.0.1"], ["169.254.169.254"], ["224.0.0.5"], ["0.0.0.0"], ["10.244.1.5"],
+                               ["10.244.1.6", "127.0.0.2"]))
+    assert errs == [
+        'endpoints[0].addresses[0]: Invalid value: "127.0.0.1": may not be in the loopback range (127.0.0.0/8, ::1/128)',
+        'endpoints[1].addresses[0]: Invalid value: "169.254.169.254": '
+        "may not be in the link-local range (169.254.0.0/16, fe80::/10)",
+        'endpoints[2].addresses[0]: Invalid value: "224.0.0.5": '
+        "may not be in the link-local multicast range (224.0.0.0/24, ff02::/10)",
+        'endpoints[3].addresses[0]: Invalid value: "0.0.0.0": may not be unspecified (0.0.0.0)',
+        'endpoints[5].addresses[1]: Invalid value: "127.0.0.2": may not be in the loopback range (127.0.0.0/8, ::1/128)',
+    ]
+    assert errors_of(slice_doc(["::1"], address_type="IPv6")) == [
+        'endpoints[0].addresses[0]: Invalid value: "::1": may not be in the loopback range (127.0.0.0/8, ::1/128)']
+
+
+def test_endpointslice_endpoint_may_list_up_to_100_addresses() -> None:
+    hundred = [f"10.244.1.{i}" for i in range(1, 101)]
+    assert errors_of(slice_doc(hundred[:2])) == []
+    assert errors_of(slice_doc(hundred)) == []
+    assert errors_of(slice_doc(hundred + ["10.244.2.1"])) == [
+        "endpoints[0].addresses: Too many: 101: must have at most 100 items"]
 
 
 @pytest.mark.parametrize("hostname", ["x y", "a.b", "_http", "Web-0", "-a", "a" * 64, ""])

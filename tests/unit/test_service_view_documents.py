@@ -72,7 +72,7 @@ def test_load_service_views_matches_object_path(any_store) -> None:
     assert load_service_views(store, "ns") == want
     assert load_service_views(store, "elsewhere") == []
     web = next(v for v in want if v.service.name == "web")
-    assert [len(p.backends) for p in web.ports] == [7, 6, 2]
+    assert [len(p.backends) for p in web.ports] == [6, 5, 2]   # (an endpoint is its first address)
 
 
 def test_cache_load_and_apply_match_object_path(any_store) -> None:
@@ -412,3 +412,19 @@ def test_a_snapshot_whose_replay_is_compacted_is_taken_again(etcd_server) -> Non
     assert sorted(cache.views(), key=lambda v: v.service.name) == sorted(_by_objects(store),
                                                                          key=lambda v: v.service.name)
     store.close()
+
+
+def test_an_endpoint_is_its_first_address_on_every_read_path() -> None:
+    """The API allows up to 100 addresses per endpoint and says consumers may use the
+    first; kube-proxy does, and so does every reader here (object, document, text; the
+    one-port loop and the general one)."""
+    for ports in ([{"name": "http", "port": 8080}], [{"name": "http", "port": 8080}, {"name": "m", "port": 9090}]):
+        doc = {"metadata": {"name": "two", "namespace": "ns", "labels": {"kubernetes.io/service-name": "web"}},
+               "addressType": "IPv4", "ports": ports,
+               "endpoints": [{"addresses": ["10.0.0.1", "10.0.0.2", "10.0.0.3"], "nodeName": "n1"},
+                             {"addresses": ["10.0.0.4"]}]}
+        by_object = slice_backends(EndpointSlice.from_dict(copy.deepcopy(doc)))
+        assert {name: [b.ip for b in backends] for name, backends in by_object.items()} == \
+            {p["name"]: ["10.0.0.1", "10.0.0.4"] for p in ports}
+        assert slice_document_backends(copy.deepcopy(doc)) == by_object
+        assert _text_path(doc)[3] == by_object

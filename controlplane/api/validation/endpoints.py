@@ -12,6 +12,9 @@ from .meta import validate_object_meta, validate_port_entry_name
 
 MAX_SLICE_ENDPOINTS = 1000
 MAX_SLICE_PORTS = 100
+# An endpoint may list up to 100 addresses (the API's limit); no meaning is defined for
+# the ones after the first, which is all kube-proxy (and controllers/service_view.py) reads.
+MAX_ENDPOINT_ADDRESSES = 100
 
 
 def _validate_ip(ip: str | None, path: str) -> list[FieldError]:
@@ -57,6 +60,39 @@ def validate_endpoints(ep: Endpoints) -> list[FieldError]:
     return errs
 
 
+# What names.special_ip refuses in IPv4, as prefixes of a dotted quad without leading
+# zeros: unspecified, loopback, link-local, link-local multicast.
+_SPECIAL_IPV4_PREFIXES = ("0.0.0.0", "127.", "169.254.", "224.0.0.")
+
+
+def _plain_ipv4(addr: str | None) -> bool:
+    """A valid IPv4 address outside the special ranges (the fast path's test, without
+    parsing: a slice of 1,000 endpoints is checked address by address)."""
+    return addr is not None and names.is_ipv4(addr) and not addr.startswith(_SPECIAL_IPV4_PREFIXES)
+
+
+def _validate_slice_address(address_type: str, addr: str, path: str) -> list[FieldError]:
+    """One address of an endpoint, by the slice's addressType. IP addresses may not be
+    special (ValidateNonSpecialIP, as for v1 Endpoints): the agent would program such a
+    backend, and 169.254.169.254 is a cloud's metadata service."""
+    if address_type == "IPv4":
+        if not names.is_ipv4(addr):
+            return [invalid(path, addr, "must be a valid IPv4 address")]
+    elif address_type == "IPv6":
+        try:
+            ok = isinstance(ipaddress.ip_address(addr), ipaddress.IPv6Address)
+        except ValueError:
+            ok = False
+        if not ok:
+            return [invalid(path, addr, "must be a valid IPv6 address")]
+    elif address_type == "FQDN":
+        return [invalid(path, addr, m) for m in names.dns1123_subdomain(addr)]
+    else:
+        return []   # an unknown addressType is reported once, on addressType
+    special = names.special_ip(addr)
+    return [invalid(path, addr, special)] if special else []
+
+
 def validate_endpointslice(es: EndpointSlice) -> list[FieldError]:
     errs = validate_object_meta(es.metadata, True, names.dns1123_subdomain)
     at = es.address_type or ""
@@ -72,26 +108,16 @@ def validate_endpointslice(es: EndpointSlice) -> list[FieldError]:
             # DNS publishes it as <hostname>.<service>.<ns>.svc: one label, or the name breaks.
             errs.extend(invalid(f"endpoints[{i}].hostname", ep.hostname, m) for m in names.dns1123_label(ep.hostname))
         addrs = ep.addresses or []
-        if at == "IPv4" and len(addrs) == 1 and names.is_ipv4(addrs[0]):
+        if at == "IPv4" and len(addrs) == 1 and _plain_ipv4(addrs[0]):
             continue  # the common case, checked without building field paths
         apath = f"endpoints[{i}].addresses"
         if not addrs:
             errs.append(required(apath, "must contain at least 1 address"))
-        elif len(addrs) > 1:
-            errs.append(FieldError(ErrorType.TOO_MANY, apath, len(addrs), "must have at most 1 items"))
+        elif len(addrs) > MAX_ENDPOINT_ADDRESSES:
+            errs.append(FieldError(ErrorType.TOO_MANY, apath, len(addrs),
+                                   f"must have at most {MAX_ENDPOINT_ADDRESSES} items"))
         for j, addr in enumerate(addrs):
-            if at == "IPv4":
-                if not names.is_ipv4(addr):
-                    errs.append(invalid(f"{apath}[{j}]", addr, "must be a valid IPv4 address"))
-            elif at == "IPv6":
-                try:
-                    ok = isinstance(ipaddress.ip_address(addr), ipaddress.IPv6Address)
-                except ValueError:
-                    ok = False
-                if not ok:
-                    errs.append(invalid(f"{apath}[{j}]", addr, "must be a valid IPv6 address"))
-            elif at == "FQDN":
-                errs.extend(invalid(f"{apath}[{j}]", addr, m) for m in names.dns1123_subdomain(addr))
+            errs.extend(_validate_slice_address(at, addr or "", f"{apath}[{j}]"))
     ports = es.ports or []
     if len(ports) > MAX_SLICE_PORTS:
         errs.append(FieldError(ErrorType.TOO_MANY, "ports", len(ports), f"must have at most {MAX_SLICE_PORTS} items"))

@@ -43,9 +43,22 @@ def validate_annotations(annotations: dict[str, str] | None, path: str) -> list[
     return errs
 
 
+def _mask_trailing_dash(prefix: str) -> str:
+    """A generateName as the apiserver checks it (maskTrailingDash): a final dash stands
+    for the generated characters. (Its slicing drops the character before the dash too;
+    kept, so the same prefixes pass.)"""
+    if len(prefix) > 1 and prefix.endswith("-"):
+        return prefix[:-2] + "a"
+    return prefix
+
+
 def validate_object_meta(meta: ObjectMeta, namespaced: bool, name_check: NameCheck,
                          path: str = "metadata") -> list[FieldError]:
     errs: list[FieldError] = []
+    if meta.generate_name:
+        # A prefix: a trailing dash is fine, as random characters follow it.
+        prefix = _mask_trailing_dash(meta.generate_name)
+        errs.extend(invalid(f"{path}.generateName", meta.generate_name, m) for m in name_check(prefix))
     if not meta.name:
         if not meta.generate_name:
             errs.append(required(f"{path}.name", "name or generateName is required"))

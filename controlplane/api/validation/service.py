@@ -106,6 +106,12 @@ def validate_service(svc: Service) -> list[FieldError]:
     if stype == EXTERNAL_NAME:
         if spec.cluster_ip or spec.cluster_ips:
             errs.append(forbidden("spec.clusterIPs", "may not be set for ExternalName services"))
+        # An ExternalName has no address, so no family either (an update from another
+        # type has the stored ones dropped first: service_update.drop_type_dependent_fields).
+        if spec.ip_families:
+            errs.append(forbidden("spec.ipFamilies", "may not be set for ExternalName services"))
+        if spec.ip_family_policy is not None:
+            errs.append(forbidden("spec.ipFamilyPolicy", "may not be set for ExternalName services"))
         cname = (spec.external_name or "").removesuffix(".")
         if cname:
             errs.extend(invalid("spec.externalName", cname, m) for m in names.dns1123_subdomain(cname))
@@ -161,8 +167,8 @@ def validate_service(svc: Service) -> list[FieldError]:
         seen_ports.add(key)
 
     errs.extend(_validate_source_ranges(svc))
-    if spec.load_balancer_ip and stype != LOAD_BALANCER:
-        errs.append(forbidden("spec.loadBalancerIP", "may only be used when `type` is 'LoadBalancer'"))
+    # (spec.loadBalancerIP on another type is no error: ValidateService has no such rule;
+    # LB-IPAM reads it only for LoadBalancer services.)
     if spec.allocate_load_balancer_node_ports is not None and stype != LOAD_BALANCER:
         errs.append(forbidden("spec.allocateLoadBalancerNodePorts", "may only be used when `type` is 'LoadBalancer'"))
     errs.extend(_validate_load_balancer_class(svc))
