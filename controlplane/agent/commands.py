@@ -65,6 +65,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "ingress device, invalidated by a netlink watch of this namespace's routes, "
                         "neighbours, links, addresses and rules (bpf/fib.h; off by itself while policy "
                         "rules or multipath routes exist). --no-fib-cache: a lookup for every packet")
+    p.add_argument("--managed-neighbours", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep the gateways of routes through the external interfaces as managed "
+                        "neighbours (Linux 5.16), which the kernel resolves ahead of need: an XDP_TX to "
+                        "another node's backend cannot resolve one (controlplane/agent/nexthops.py)")
     p.add_argument("--ct-size", type=int, help="conntrack entries (default 1048576)")
     # The maps a cluster's size fills (bpf/svcxdp.h's defaults): the writer refuses a
     # frontend that does not fit, by name, before writing anything of it (plan.check_capacity).
@@ -216,6 +220,8 @@ def run(args: argparse.Namespace) -> int:
         reaper = SocketReaper(dp, log, args.socket_reap_interval or None)
         agent.udp_backends_left = reaper.left
         threading.Thread(target=reaper.run, args=(stop,), name="sockreaper", daemon=True).start()
+    if interfaces is not None and args.managed_neighbours:
+        _keep_next_hops(interfaces, stop)
     if ct_gc is not None:
         from .ctgc_loop import gc_loop
         threading.Thread(target=gc_loop, args=(ct_gc, stop, log, args.ct_gc_interval),
@@ -238,6 +244,19 @@ def run(args: argparse.Namespace) -> int:
         feed.close()
     log.info("agent stopping; the dataplane stays attached and pinned")
     return 0
+
+
+def _keep_next_hops(interfaces, stop: threading.Event) -> None:
+    """A thread per namespace of the external interfaces keeps their next hops managed
+    neighbours (nexthops.py)."""
+    from .nexthops import NextHopNeighbours
+
+    def external(netns: str) -> frozenset[int]:
+        return frozenset(t.ifindex for t in interfaces.targets()
+                         if getattr(t, "role", "pod") == "external" and t.netns == netns)
+    for netns in sorted({t.netns for t in interfaces.targets() if getattr(t, "role", "pod") == "external"}):
+        keeper = NextHopNeighbours(netns or None, lambda ns=netns: external(ns))
+        threading.Thread(target=keeper.run, args=(stop,), name="nexthops", daemon=True).start()
 
 
 def dataplane_sizes(args: argparse.Namespace) -> dict[str, int]:

@@ -293,6 +293,38 @@ def test_a_half_closed_connection_gets_its_late_answer(cluster: Cluster, remote_
         cluster.svcctl("delete", "svc", "np-half", "np-half-cip", check=False)
 
 
+def test_a_remote_backend_is_reached_when_the_next_hop_was_never_resolved(cluster: Cluster, remote_pod):
+    """Through node1 the backend is on node2: the frame leaves by XDP_TX to node2's MAC,
+    which the FIB lookup must know — XDP cannot resolve a neighbour. Without an entry the
+    frame, already source-NATed to node1's address, went to the stack, which drops a
+    packet from its own address (a martian: real nodes do not set accept_local, the lab
+    does) without ever asking for node2's MAC, so the flow never started. The agent keeps
+    the next hops behind the external interface as managed neighbours, which the kernel
+    resolves by itself (controlplane/agent/nexthops.py)."""
+    node1 = cluster.lab.netns_for("node1")
+    accept_local = {"net.ipv4.conf.all.accept_local": 0, "net.ipv4.conf.eth0.accept_local": 0}
+    svc = service("np-nh", "np", node_port=30991)
+    apply(cluster, svc)
+    cluster.wait_endpoints("np-nh", 1)
+
+    def node2_entry() -> str:
+        return subprocess.run(["ip", "-n", node1, "-d", "neigh", "show", NODE2], capture_output=True,
+                              text=True).stdout
+    static = node2_entry()          # the lab wires its nodes with permanent entries
+    assert "PERMANENT" in static
+    netns.sysctl(node1, accept_local)
+    try:
+        subprocess.run(["ip", "-n", node1, "neigh", "del", NODE2, "dev", "eth0"], check=True)
+        wait_for("node2 a managed neighbour of node1", lambda: "managed" in node2_entry(), timeout=10)
+        assert client_address(wait_outside(cluster, f"http://{NODE1}:30991/clientip")) == NODE1
+    finally:
+        netns.sysctl(node1, dict.fromkeys(accept_local, 1))
+        mac = static.split("lladdr ")[1].split()[0]
+        subprocess.run(["ip", "-n", node1, "neigh", "replace", NODE2, "lladdr", mac, "dev", "eth0", "nud",
+                        "permanent"], check=True)
+        cluster.svcctl("delete", "svc", "np-nh", check=False)
+
+
 def _open_udp_flow(cluster: Cluster, address: str, port: int) -> socket.socket:
     """A connected UDP socket in outside's namespace: one flow (fixed source port) that
     lives across service changes."""

@@ -1,0 +1,145 @@
+"""Managed neighbour entries for the next hops behind the node's external interfaces.
+
+A NodePort or LoadBalancer flow whose backend is on another node leaves the way it came,
+with XDP_TX, to the next hop whose link-layer address bpf_fib_lookup() gives
+(bpf/nodeport.h). An XDP program cannot resolve a neighbour: without an entry — a node
+that has not talked to that next hop yet, or one the kernel's neighbour GC removed, as it
+does to unused entries once a table holds more than gc_thresh1 (128) — the lookup answers
+NO_NEIGH, and the frame, already source-NATed to the node's own address, goes to the
+stack, which drops it as a martian (unless accept_local is set) without ever sending the
+ARP request: every retransmission meets the same.
+
+Managed entries (NTF_EXT_MANAGED, Linux 5.16, made for this case) are resolved by the
+kernel ahead of need and kept reachable, never collected. The agent marks the gateway of
+every IPv4 route in the main table that leaves by an external interface (other nodes'
+pod CIDRs, the default route) as managed: at start, whenever the routes or neighbours
+of that namespace change, and every REFRESH_S. An entry it made managed whose route went
+is deleted; static entries (PERMANENT, NOARP) are valid for good and left as they are,
+and so is everything else.
+"""
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_NEIGH
+
+from controlplane.dataplane.attach import in_netns, open_ipr
+
+log = logging.getLogger("svcxdp.nexthops")
+
+NTF_EXT_MANAGED = 1            # NDA_FLAGS_EXT: the kernel keeps the entry resolved
+NUD_NONE = 0
+NUD_STATIC = 0x80 | 0x40       # PERMANENT, NOARP: valid for good, not ours to touch
+MAIN_TABLE = 254
+REFRESH_S = 30.0               # a full pass, whatever the events said
+SETTLE_S = 0.2                 # events closer together than this make one pass
+
+NextHop = tuple[str, int]      # (gateway address, ifindex)
+
+
+def route_next_hops(routes: Iterable, ifindexes: frozenset[int]) -> set[NextHop]:
+    """The gateways of these IPv4 routes that leave by one of `ifindexes` (each path of a
+    multipath route too)."""
+    out: set[NextHop] = set()
+    for r in routes:
+        if r.get_attr("RTA_TABLE", r["table"]) != MAIN_TABLE:
+            continue
+        gw, oif = r.get_attr("RTA_GATEWAY"), r.get_attr("RTA_OIF")
+        if gw and oif in ifindexes:
+            out.add((gw, oif))
+        for nh in r.get_attr("RTA_MULTIPATH") or ():
+            gw = nh.get_attr("RTA_GATEWAY")
+            if gw and nh["oif"] in ifindexes:
+                out.add((gw, nh["oif"]))
+    return out
+
+
+def _event_socket(netns: str | None) -> socket.socket:
+    """A netlink socket of `netns` subscribed to its IPv4 route and neighbour changes.
+    (Raw: only the messages' types are read, and pyroute2's own buffering hides
+    messages from select().)"""
+    with in_netns(netns):
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    s.bind((0, RTMGRP_IPV4_ROUTE | RTMGRP_NEIGH))
+    return s
+
+
+_NLMSGHDR = struct.Struct("=IHHII")   # length, type, flags, sequence, port
+RTM_NEWROUTE, RTM_DELROUTE, RTM_DELNEIGH = 24, 25, 29
+
+
+def _matters(data: bytes) -> bool:
+    """A route came or went, or a neighbour entry was deleted, among the messages of one
+    read. (Neighbours change state all the time — a managed one too, as the kernel probes
+    it — which changes nothing.)"""
+    at = 0
+    while at + _NLMSGHDR.size <= len(data):
+        length, kind = _NLMSGHDR.unpack_from(data, at)[:2]
+        if kind in (RTM_NEWROUTE, RTM_DELROUTE, RTM_DELNEIGH):
+            return True
+        if length < _NLMSGHDR.size:
+            break
+        at += (length + 3) & ~3
+    return False
+
+
+@dataclass
+class NextHopNeighbours:
+    """One namespace's managed next hops (`netns` None: this process's), for the external
+    interfaces `ifindexes()` names at each pass."""
+    netns: str | None
+    ifindexes: Callable[[], frozenset[int]]
+    marked: set[NextHop] = field(default_factory=set)   # made managed by this process
+
+    def reconcile(self) -> tuple[set[NextHop], set[NextHop]]:
+        """One pass: (next hops made managed, entries deleted)."""
+        with open_ipr(self.netns) as ipr:
+            wanted = route_next_hops(ipr.get_routes(family=socket.AF_INET), self.ifindexes())
+            current = {(n.get_attr("NDA_DST"), n["ifindex"]): n for n in ipr.get_neighbours(family=socket.AF_INET)}
+            added = set()
+            for hop in wanted:
+                n = current.get(hop)
+                if n is not None and (n["state"] & NUD_STATIC or n.get_attr("NDA_FLAGS_EXT", 0) & NTF_EXT_MANAGED):
+                    continue
+                # (replace keeps a resolved entry's address and state: no moment without it)
+                ipr.neigh("replace", dst=hop[0], ifindex=hop[1], state=NUD_NONE, NDA_FLAGS_EXT=NTF_EXT_MANAGED)
+                added.add(hop)
+            self.marked |= added
+            gone = {hop for hop in self.marked - wanted if hop in current}
+            for gw, ifindex in gone:
+                ipr.neigh("del", dst=gw, ifindex=ifindex)
+            self.marked -= self.marked - wanted
+        return added, gone
+
+    def run(self, stop: threading.Event) -> None:
+        """Reconcile now, after each burst of route or neighbour changes, and every
+        REFRESH_S, until `stop`. A failed pass is logged and tried again at the next."""
+        with _event_socket(self.netns) as events:
+            due = 0.0
+            while not stop.is_set():
+                if time.monotonic() >= due:
+                    self._pass()
+                    due = time.monotonic() + REFRESH_S
+                if select.select([events], [], [], 1.0)[0] and _matters(events.recv(1 << 16)):
+                    stop.wait(SETTLE_S)         # the rest of a burst: one pass reads it all
+                    while select.select([events], [], [], 0)[0]:
+                        events.recv(1 << 16)
+                    due = 0.0
+
+    def _pass(self) -> None:
+        try:
+            added, gone = self.reconcile()
+        except Exception:  # noqa: BLE001 - keep the agent serving; the next pass tries again
+            log.exception("managed next-hop neighbours: a pass failed")
+            return
+        for gw, ifindex in sorted(added):
+            log.info("next hop %s (ifindex %d) is a managed neighbour: the kernel keeps it resolved", gw, ifindex)
+        for gw, ifindex in sorted(gone):
+            log.info("next hop %s (ifindex %d) has no route any more: its managed neighbour removed", gw, ifindex)
