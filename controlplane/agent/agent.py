@@ -420,6 +420,7 @@ class Agent:
         resync: str | None = "start"   # a full sync is due (at start, after a failure)
         checks = CheckSchedule(self.check_every_s, self.check_max_share)
         while not stop.is_set():
+            self.health.beat()
             self._refresh_interfaces()
             try:
                 if resync is not None:

@@ -1,5 +1,5 @@
 """The agent's HTTP endpoints on 127.0.0.1, asked over real sockets: the health server's
-/healthz and /proxyMode (status, body, content type) and a 404 elsewhere; a service health
+/healthz, /livez and /proxyMode (status, body, content type) and a 404 elsewhere; a service health
 server's answer with kube-proxy's headers. (/metrics is asked in
 tests/packet/test_agent_metrics.py, which needs loaded maps.)"""
 from __future__ import annotations
@@ -38,6 +38,14 @@ def test_health_server_answers_healthz_proxy_mode_and_404() -> None:
         code, headers, body = get(f"{base}/healthz?verbose")
         assert code == 200 and int(headers["Content-Length"]) == len(body)
         assert json.loads(body)["nodeHealthy"] is True and json.loads(body)["lastUpdated"]
+        # /livez: the loop goes round, in sync or not
+        health.out_of_sync()
+        assert get(f"{base}/healthz")[0] == 503
+        code, _, body = get(f"{base}/livez")
+        assert code == 200 and json.loads(body)["alive"] is True
+        health.last_beat -= health.stuck_after_s + 1       # the loop stuck
+        code, _, body = get(f"{base}/livez")
+        assert code == 503 and json.loads(body)["alive"] is False
         code, headers, body = get(f"{base}/proxyMode")
         assert (code, body, headers["Content-Type"]) == (200, b"xdp", "text/plain")
         assert get(f"{base}/nothing")[0::2] == (404, b"404 page not found\n")
