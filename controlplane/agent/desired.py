@@ -170,7 +170,7 @@ def desired_state(views: Iterable[ServiceView], node: NodeConfig) -> Desired:
     only in `make`."""
     if not isinstance(views, (list, tuple)):
         views = list(views)     # read twice, maybe
-    return _desired_groups([views], node)[0]
+    return _desired_groups([views], node, alone=False)[0]
 
 
 def desired_each(views: Sequence[ServiceView | None], node: NodeConfig) -> list[Desired]:
@@ -178,11 +178,13 @@ def desired_each(views: Sequence[ServiceView | None], node: NodeConfig) -> list[
     agent keeps each service's desired state apart (its frontends, its problems), and
     made one service at a time the bulk checks would run 10,000 times over 10 backends
     at a full sync instead of over batches of thousands. A frontend two of these views
-    claim is not a conflict here, as with one call per view."""
-    return _desired_groups([[view] if view is not None else [] for view in views], node)
+    claim is not a conflict here, as with one call per view. A view whose values the
+    model refuses (ModelError) is a service not served, its Problem saying why, unless
+    every view is refused (_desired_alone)."""
+    return _desired_groups([[view] if view is not None else [] for view in views], node, alone=True)
 
 
-def _desired_groups(groups: Sequence[Sequence[ServiceView]], node: NodeConfig) -> list[Desired]:
+def _desired_groups(groups: Sequence[Sequence[ServiceView]], node: NodeConfig, alone: bool) -> list[Desired]:
     with paused_gc():
         try:
             desired: list[Desired] | None = _desired_state(groups, node, UncheckedModel())
@@ -191,30 +193,36 @@ def _desired_groups(groups: Sequence[Sequence[ServiceView]], node: NodeConfig) -
         if desired is None:
             try:
                 desired = _desired_state(groups, node, _Checked())
-            except REFUSALS:
-                if len(groups) == 1:
+            except ModelError:
+                if not alone:
                     raise
-                return [_desired_alone(group, node) for group in groups]
+                return _desired_alone(groups, node)
         assert desired is not None   # the checked pass raises instead
         return desired
 
 
-# What the checked constructors raise for values they refuse (ModelError), or for values
-# of a type they cannot take at all (a field the API left None, a string for a number).
-REFUSALS = (ModelError, TypeError, ValueError, AttributeError)
-
-
-def _desired_alone(views: Sequence[ServiceView], node: NodeConfig) -> Desired:
-    """desired_each's state of one service when some service's values are ones the
-    model refuses (an address the API took but the dataplane cannot hold): made alone,
-    so that only the service at fault goes unserved — with a Problem naming it, its log
-    line and event — rather than failing every other service's sync with it."""
-    try:
-        (desired,) = _desired_state([views], node, _Checked())
-        return desired
-    except REFUSALS as exc:
-        names = ", ".join(f"{v.service.namespace}/{v.service.name}" for v in views)
-        return Desired((), {}, (Problem(f"service {names}: {exc}; not served", "NotServed"),), frozenset())
+def _desired_alone(groups: Sequence[Sequence[ServiceView]], node: NodeConfig) -> list[Desired]:
+    """desired_each when some service's values are ones the model refuses (an address the
+    API took but the dataplane cannot hold): each group made alone, so that only the
+    service at fault goes unserved — with a Problem naming it, its log line and event —
+    rather than failing every other service's sync with it. Only ModelError, the model's
+    word on a value: anything else is a fault of the code, which fails the sync (the maps
+    keep what they hold, /healthz says 503). And when two or more services are all
+    refused, the sync fails too: one rule refusing everything is more likely a fault than
+    every service being bad, and an empty dataplane is the worst answer to it."""
+    out: list[Desired] = []
+    refused: list[ModelError] = []
+    for views in groups:
+        try:
+            (desired,) = _desired_state([views], node, _Checked())
+        except ModelError as exc:
+            refused.append(exc)
+            names = ", ".join(f"{v.service.namespace}/{v.service.name}" for v in views)
+            desired = Desired((), {}, (Problem(f"service {names}: {exc}; not served", "NotServed"),), frozenset())
+        out.append(desired)
+    if len(refused) >= 2 and len(refused) == sum(1 for views in groups if views):
+        raise refused[0]
+    return out
 
 
 def _annotated(name: str, annotations: dict[str, str], node: NodeConfig,

@@ -7,7 +7,7 @@ from controlplane.agent.cache import ServiceCache
 from controlplane.agent.desired import NodeConfig, desired_state
 from controlplane.api import EndpointSlice, Service
 from controlplane.controllers.service_view import build_service_view
-from controlplane.dataplane.model import Backend, Frontend
+from controlplane.dataplane.model import Backend, Frontend, ModelError
 from controlplane.store.interface import ADDED, DELETED, MODIFIED, WatchEvent
 
 NODE = NodeConfig("node1")
@@ -307,3 +307,8 @@ def test_a_service_the_model_refuses_goes_unserved_alone():
     assert "service default/bad:" in refused.problems[0]
     with pytest.raises(Exception):            # one pass over all of them still says what is wrong
         desired_state(views, NODE)
+    # every service refused: more likely a fault than every service bad — the sync fails
+    # (the maps keep what they hold) rather than emptying the dataplane
+    worse = build_service_view(service("worse", ip="010.096.000.062"), [])
+    with pytest.raises(ModelError):
+        desired_each([views[1], worse], NODE)

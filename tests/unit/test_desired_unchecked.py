@@ -243,14 +243,21 @@ def test_a_ports_frontends_are_all_made_before_its_states():
 def test_each_view_apart_in_one_pass(data, batch):
     """desired_each == desired_state of each view alone: the same states, owners and
     problems per view, None for a view that is not there, and a frontend two views claim
-    is no conflict between them (the agent keeps services apart). A view desired_state
-    refuses alone is, in desired_each, a service not served, its Problem saying why; the
-    others are as alone (one bad service never fails the rest)."""
+    is no conflict between them (the agent keeps services apart). A view the model
+    refuses alone (ModelError) is, in desired_each, a service not served, its Problem
+    saying why, the others as alone — unless two or more views and every one of them are
+    refused, or one fails otherwise (a fault, not a value): then desired_each raises."""
     views = [data.draw(view(i)) for i in range(data.draw(st.integers(1, 6)))]
     views = views + views[:1]            # one view twice: its frontends claimed twice
     node = data.draw(st.sampled_from(NODES))
     views.insert(data.draw(st.integers(0, len(views))), None)
     alone = [_outcome(lambda v=v: desired_state([v] if v is not None else [], node)) for v in views]
+    refused = [want for want in alone if isinstance(want[0], str)]
+    present = sum(v is not None for v in views)
+    if any(name != "ModelError" for name, _ in refused) or (len(refused) >= 2 and len(refused) == present):
+        with pytest.raises((ModelError, TypeError, ValueError, AttributeError)):
+            desired_each(views, node)
+        return
     each = desired_each(views, node)
     for got, want in zip(each, alone):
         if isinstance(want[0], str):      # refused alone: (exception name, message)
