@@ -13,12 +13,15 @@ Managed entries (NTF_EXT_MANAGED, Linux 5.16, made for this case) are resolved b
 kernel ahead of need and kept reachable, never collected. The agent marks the gateway of
 every IPv4 route in the main table that leaves by an external interface (other nodes'
 pod CIDRs, the default route) as managed: at start, whenever the routes or neighbours
-of that namespace change, and every REFRESH_S. An entry it made managed whose route went
-is deleted; static entries (PERMANENT, NOARP) are valid for good and left as they are,
-and so is everything else.
+of that namespace change, and every REFRESH_S. When a route goes, its next hop's entry is
+deleted if the agent made it (one that was there before and only got the flag stays);
+static entries (PERMANENT, NOARP) are valid for good and left as they are, and so is
+everything else. (What an agent made survives it, managed: a restart takes such entries
+as found.)
 """
 from __future__ import annotations
 
+import errno
 import logging
 import select
 import socket
@@ -67,6 +70,7 @@ def _event_socket(netns: str | None) -> socket.socket:
     messages from select().)"""
     with in_netns(netns):
         s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)   # bursts of neighbour events
     s.bind((0, RTMGRP_IPV4_ROUTE | RTMGRP_NEIGH))
     return s
 
@@ -96,7 +100,9 @@ class NextHopNeighbours:
     interfaces `ifindexes()` names at each pass."""
     netns: str | None
     ifindexes: Callable[[], frozenset[int]]
-    marked: set[NextHop] = field(default_factory=set)   # made managed by this process
+    # entries this process made (there was none): deleted when their route goes. Entries
+    # that were there and only got the managed flag are left as they are then.
+    made: set[NextHop] = field(default_factory=set)
 
     def reconcile(self) -> tuple[set[NextHop], set[NextHop]]:
         """One pass: (next hops made managed, entries deleted)."""
@@ -111,26 +117,47 @@ class NextHopNeighbours:
                 # (replace keeps a resolved entry's address and state: no moment without it)
                 ipr.neigh("replace", dst=hop[0], ifindex=hop[1], state=NUD_NONE, NDA_FLAGS_EXT=NTF_EXT_MANAGED)
                 added.add(hop)
-            self.marked |= added
-            gone = {hop for hop in self.marked - wanted if hop in current}
+                if n is None:
+                    self.made.add(hop)
+            gone = {hop for hop in self.made - wanted if hop in current}
             for gw, ifindex in gone:
                 ipr.neigh("del", dst=gw, ifindex=ifindex)
-            self.marked -= self.marked - wanted
+            self.made &= wanted
         return added, gone
 
     def run(self, stop: threading.Event) -> None:
         """Reconcile now, after each burst of route or neighbour changes, and every
         REFRESH_S, until `stop`. A failed pass is logged and tried again at the next."""
+        while not stop.is_set():
+            try:
+                self._follow(stop)
+            except OSError as exc:   # the event socket failed: a pass every REFRESH_S meanwhile
+                log.warning("managed next-hop neighbours: route/neighbour events lost (%s); "
+                            "reopening the watch", exc)
+                self._pass()
+                stop.wait(REFRESH_S)
+
+    def _follow(self, stop: threading.Event) -> None:
         with _event_socket(self.netns) as events:
             due = 0.0
             while not stop.is_set():
                 if time.monotonic() >= due:
                     self._pass()
                     due = time.monotonic() + REFRESH_S
-                if select.select([events], [], [], 1.0)[0] and _matters(events.recv(1 << 16)):
+                try:
+                    ready = select.select([events], [], [], 1.0)[0] and _matters(events.recv(1 << 16))
+                except OSError as exc:
+                    if exc.errno != errno.ENOBUFS:
+                        raise
+                    ready = True         # events overflowed the socket: what changed is unknown
+                if ready:
                     stop.wait(SETTLE_S)         # the rest of a burst: one pass reads it all
                     while select.select([events], [], [], 0)[0]:
-                        events.recv(1 << 16)
+                        try:
+                            events.recv(1 << 16)
+                        except OSError as exc:
+                            if exc.errno != errno.ENOBUFS:
+                                raise
                     due = 0.0
 
     def _pass(self) -> None:

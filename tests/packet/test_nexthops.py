@@ -82,6 +82,9 @@ def test_an_entry_already_resolved_is_made_managed_without_losing_its_address(no
     node.reconcile()
     entry = neighbour("192.168.1.32")
     assert "managed" in entry and "02:00:00:00:01:32" in entry
+    # it was not the agent's to begin with: when its route goes, it stays
+    ip(NODE, "route", "del", "10.244.2.0/24")
+    assert node.reconcile() == (set(), set()) and "192.168.1.32" in neighbour("192.168.1.32")
 
 
 def test_the_keeper_puts_a_deleted_entry_back_at_once(node):
