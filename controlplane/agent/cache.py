@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from controlplane.api.endpoints import LABEL_SERVICE_NAME, LAST_CHANGE_TRIGGER_TIME, EndpointSlice
+from controlplane.api.endpoints import LAST_CHANGE_TRIGGER_TIME, EndpointSlice, proxied_slice_owner
 from controlplane.api.errors import Gone
 from controlplane.api.service import Service
 from controlplane.controllers.service_view import (ServiceView, SliceBackends, SliceRead, merge_backends,
@@ -89,7 +89,9 @@ class ServiceCache:
                     continue
                 if not isinstance(obj, EndpointSlice):
                     continue
-                owner = obj.labels.get(LABEL_SERVICE_NAME)
+                # (a slice labelled service-proxy-name or headless has no owner here: as a
+                # slice kube-proxy's selector stops matching, it leaves its service)
+                owner = proxied_slice_owner(obj.labels)
                 read = SliceRead(obj.namespace, obj.name, owner, slice_backends(obj) if owner and not deleted else {})
                 stamp = obj.annotations.get(LAST_CHANGE_TRIGGER_TIME)
             self._put_slice(read, deleted, touched)

@@ -1,18 +1,21 @@
 """core/v1 Endpoints and discovery.k8s.io/v1 EndpointSlice.
 
 For the agent: an EndpointSlice belongs to the Service named by its
-`kubernetes.io/service-name` label; each `Endpoint` has `addresses` (one IP), `conditions`
-(ready / serving / terminating; None means "true" for ready and serving), `node_name`,
+`kubernetes.io/service-name` label, unless it carries a label kube-proxy's informers leave
+out (`proxied_slice_owner`); each `Endpoint` has `addresses` (one IP), `conditions`
+(ready / serving / terminating; None means "true" for ready and serving, "false" for
+terminating, as kube-proxy reads them), `node_name`,
 `target_ref` (the pod) and the slice's `ports` give the port number for each service-port
 name (named target ports resolve per pod, so different slices may carry different numbers).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 from .codec import extra_field
 from .meta import ApiObject
+from .service import LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME
 
 LABEL_SERVICE_NAME = "kubernetes.io/service-name"
 LABEL_MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
@@ -23,6 +26,27 @@ MANAGED_BY_CONTROLLER = "endpointslice-controller.k8s.io"
 MANAGED_BY_MIRRORING = "endpointslicemirroring-controller.k8s.io"
 ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
 MAX_ENDPOINTS_PER_SLICE = 100
+
+# kube-proxy lists and watches EndpointSlices with this label selector (cmd/kube-proxy/app/
+# server.go, released versions up to 1.35): a slice labelled with either key is never
+# seen, whatever service it names. The EndpointSlice controller sets `headless` on the
+# slices of a headless Service and copies the Service's `service-proxy-name` label, so
+# these are the slices of Services another proxy (or none) serves.
+UNPROXIED_SLICE_LABELS = (LABEL_SERVICE_PROXY_NAME, LABEL_HEADLESS)
+PROXIED_SLICE_SELECTOR = ",".join(f"!{key}" for key in UNPROXIED_SLICE_LABELS)
+
+
+def proxied_slice_owner(labels: Mapping[str, str] | None) -> str | None:
+    """The Service whose backends a slice with these labels lists, for the proxy: its
+    `kubernetes.io/service-name` label, or None when it has none or carries one of
+    UNPROXIED_SLICE_LABELS (kube-proxy's selector would not have listed it). Only the
+    proxy's readers ask this: DNS still reads a headless Service's slices."""
+    if not labels:
+        return None
+    owner = labels.get(LABEL_SERVICE_NAME)
+    if owner and (LABEL_SERVICE_PROXY_NAME in labels or LABEL_HEADLESS in labels):
+        return None
+    return owner
 
 
 @dataclass
@@ -92,14 +116,18 @@ class Endpoint:
     zone: str | None = None
     extra: dict[str, Any] = extra_field()
 
+    # The conditions as kube-proxy reads them (pkg/proxy/endpointslicecache.go): ready and
+    # serving unless false, terminating only if true. (The API's field doc says a consumer
+    # "should defer to the ready condition" for an unset serving; kube-proxy does not, and
+    # with ready false, serving unset and terminating true it keeps the endpoint as a
+    # serving, terminating fallback. svcxdp replaces kube-proxy, so it reads as kube-proxy.)
     @property
     def ready(self) -> bool:
         return self.conditions.ready is not False
 
     @property
     def serving(self) -> bool:
-        c = self.conditions
-        return c.serving if c.serving is not None else self.ready
+        return self.conditions.serving is not False
 
     @property
     def terminating(self) -> bool:

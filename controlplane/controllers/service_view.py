@@ -10,8 +10,10 @@
             port.usable(node_name="node1")          # the Local-policy set on that node
 
 Backends come from every EndpointSlice labelled `kubernetes.io/service-name=<svc>` (the
-controller's, mirrored, or user-written); each backend carries its own port, because named
-targetPorts resolve per pod.
+controller's, mirrored, or user-written) except those kube-proxy's informers leave out
+(labelled service-proxy-name or headless: api.endpoints.proxied_slice_owner); a service port
+takes the slice ports of its name and protocol, as kube-proxy keys them (ServicePortName);
+each backend carries its own port, because named targetPorts resolve per pod.
 """
 from __future__ import annotations
 
@@ -19,14 +21,16 @@ import json
 from dataclasses import dataclass
 from operator import itemgetter
 from sys import intern
-from typing import Any, Callable, Iterable, Iterator, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, Literal, NamedTuple
 
 import msgspec
 
 from controlplane.api.codec_typed import typed_decoder
-from controlplane.api.endpoints import LABEL_SERVICE_NAME, LAST_CHANGE_TRIGGER_TIME, EndpointSlice
+from controlplane.api.endpoints import (LABEL_SERVICE_NAME, LAST_CHANGE_TRIGGER_TIME, EndpointSlice,
+                                        proxied_slice_owner)
 from controlplane.api.meta import parse_timestamp
-from controlplane.api.service import IP_MODE_VIP, POLICY_LOCAL, Service
+from controlplane.api.service import (IP_MODE_VIP, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, POLICY_LOCAL,
+                                      Service)
 from controlplane.gcpause import paused_gc
 from controlplane.store.interface import StoreReader
 
@@ -103,9 +107,16 @@ class ServiceView:
         return (created, svc.namespace, svc.name)
 
 
-# One slice's backends by service-port name, each list in slice order (endpoints in order,
-# one address each), before de-duplication (merge_backends).
-SliceBackends = dict[str, list[Backend]]
+# A slice port as kube-proxy keys its endpoints (ServicePortName: the port's name and
+# protocol): (name, protocol), the name "" when unset and the protocol "TCP" (the API's
+# defaults). A service port takes the backends of the key of its own name and protocol,
+# so a slice's UDP port "dns" does not feed the service's TCP port "dns".
+PortKey = tuple[str, str]
+DEFAULT_PROTOCOL = "TCP"
+
+# One slice's backends by port key, each list in slice order (endpoints in order, one
+# address each), before de-duplication (merge_backends).
+SliceBackends = dict[PortKey, list[Backend]]
 
 _tuple_new = tuple.__new__   # Backend from a tuple of its fields, without the Python-level __new__
 
@@ -116,13 +127,14 @@ def slice_backends(es: EndpointSlice) -> SliceBackends:
         return {}   # (before reading the endpoints: one with null conditions has no .ready)
     eps = [(ep.addresses, ep.ready, ep.serving, ep.terminating, ep.node_name, ep.pod_name)
            for ep in es.endpoints or () if ep.addresses]
-    return _cross(((p.name or "", p.port) for p in es.ports), eps)
+    return _cross((((p.name or "", p.protocol or DEFAULT_PROTOCOL), p.port) for p in es.ports), eps)
 
 
 def slice_document_backends(doc: dict[str, Any]) -> SliceBackends:
     """The same as `slice_backends`, from the slice's stored JSON (store.iter_documents),
-    without decoding it into objects. The conditions follow Endpoint: ready unless false,
-    serving defaults to ready, terminating only if true; the pod only for a Pod targetRef."""
+    without decoding it into objects. The conditions follow Endpoint (as kube-proxy reads
+    them): ready and serving unless false, terminating only if true; the pod only for a
+    Pod targetRef."""
     if doc.get("addressType") not in (None, "IPv4"):
         return {}
     ports = doc.get("ports")
@@ -135,20 +147,19 @@ def slice_document_backends(doc: dict[str, Any]) -> SliceBackends:
             continue
         c = e.get("conditions") or {}
         ready = c.get("ready") is not False
-        serving = c.get("serving")
-        if serving is None:
-            serving = ready
+        serving = c.get("serving") is not False   # unset: true, not ready's value (kube-proxy)
         ref = e.get("targetRef")
         pod = ref.get("name") if ref and ref.get("kind") == "Pod" else None
         node = e.get("nodeName")
         if node:   # one string per node (see _NodeNames; a document may hold any JSON type here)
             node = intern(node)
         eps.append((addresses, ready, serving, bool(c.get("terminating")), node, pod))
-    return _cross(((p.get("name") or "", p.get("port")) for p in ports), eps)
+    return _cross((((p.get("name") or "", p.get("protocol") or DEFAULT_PROTOCOL), p.get("port")) for p in ports),
+                  eps)
 
 
-def _cross(ports: Iterable[tuple[str, int | None]], eps: list[tuple]) -> SliceBackends:
-    """A slice's backends by port name: each port with a number, crossed with each endpoint
+def _cross(ports: Iterable[tuple[PortKey, int | None]], eps: list[tuple]) -> SliceBackends:
+    """A slice's backends by port key: each port with a number, crossed with each endpoint
     (addresses, ready, serving, terminating, node, pod), in that order. An endpoint is its
     first address: the API allows up to 100 but defines no meaning for the ones after the
     first, and kube-proxy does not look at them (nor does the EndpointSlice controller
@@ -157,12 +168,12 @@ def _cross(ports: Iterable[tuple[str, int | None]], eps: list[tuple]) -> SliceBa
     out: SliceBackends = {}
     if not eps:
         return out
-    for name, port in ports:
+    for key, port in ports:
         if port is None:
             continue
-        backends = out.get(name)
+        backends = out.get(key)
         if backends is None:
-            backends = out[name] = []
+            backends = out[key] = []
         append = backends.append
         for addresses, ready, serving, terminating, node, pod in eps:
             append(_tuple_new(Backend, (addresses[0], port, ready, serving, terminating, node, pod)))
@@ -188,9 +199,10 @@ _NODE_NAMES = _NodeNames()
 
 
 # The typed decoder for a stored EndpointSlice's text (SqliteStore.iter_json): only the
-# fields slice_document_backends reads; msgspec skips the rest of the document without
-# building it (uid, timestamps, labels other than the service name, hints, zones), and the
-# few it keeps become slot objects instead of dicts. At 10,000 slices x 10 endpoints it
+# fields slice_document_backends reads (and the labels, for the service name and the two
+# labels kube-proxy's selector leaves out); msgspec skips the rest of the document without
+# building it (uid, timestamps, annotations, hints, zones), and the few it keeps become
+# slot objects instead of dicts. At 10,000 slices x 10 endpoints it
 # reads them in a third of json.loads' time. Defaults are those of an absent field in
 # the document path; a document with a field of another type (one the codec would not have
 # written) fails validation and takes the document path, so both read the same.
@@ -214,6 +226,9 @@ class _Endpoint(msgspec.Struct, gc=False):
 
 class _Port(msgspec.Struct, gc=False):
     name: str | None = None
+    # The API's three (a Literal: msgspec gives the one interned string, not a new one per
+    # slice, so the port keys share it); any other value takes the document path.
+    protocol: Literal["TCP", "UDP", "SCTP"] | None = None
     port: int | None = None
 
 
@@ -248,9 +263,9 @@ _decode_changed_slice: Callable[[str], _ChangedSlice] = msgspec.json.Decoder(_Ch
 
 
 def _flags(c: _Conditions) -> tuple[bool, bool, bool]:
-    """(ready, serving, terminating) as slice_document_backends reads the conditions."""
-    ready = c.ready is not False
-    return ready, ready if c.serving is None else c.serving, c.terminating is True
+    """(ready, serving, terminating) as slice_document_backends reads the conditions (and
+    kube-proxy: ready and serving unless false, terminating only if true)."""
+    return c.ready is not False, c.serving is not False, c.terminating is True
 
 
 # The flags of every conditions object the decoder can give (each field true, false or
@@ -265,13 +280,14 @@ class SliceRead(NamedTuple):
     """What a bulk reader keeps of one EndpointSlice."""
     namespace: str
     name: str
-    service: str | None          # the kubernetes.io/service-name label (None: no service)
+    service: str | None          # the kubernetes.io/service-name label (None: no service, or a
+                                 # slice kube-proxy does not list: proxied_slice_owner)
     backends: SliceBackends      # empty when `service` is None or ""
 
 
 def slice_document_read(doc: dict[str, Any]) -> SliceRead:
     meta = doc.get("metadata") or {}
-    owner = (meta.get("labels") or {}).get(LABEL_SERVICE_NAME)
+    owner = proxied_slice_owner(meta.get("labels"))
     return SliceRead(meta.get("namespace") or "", meta.get("name") or "", owner,
                      slice_document_backends(doc) if owner else {})
 
@@ -308,15 +324,19 @@ def _decoded_slice_read(es: _Slice) -> SliceRead:
     namespace, name, owner = "", "", None
     if meta is not None:
         namespace, name = meta.namespace or "", meta.name or ""
-        if meta.labels:
-            owner = meta.labels.get(LABEL_SERVICE_NAME)
+        labels = meta.labels
+        if labels:   # proxied_slice_owner, inline: this runs once per slice of a full sync
+            owner = labels.get(LABEL_SERVICE_NAME)
+            if owner and (LABEL_SERVICE_PROXY_NAME in labels or LABEL_HEADLESS in labels):
+                owner = None
     ports, endpoints = es.ports, es.endpoints
     if not owner or es.addressType not in (None, "IPv4") or not ports or not endpoints:
         return _tuple_new(SliceRead, (namespace, name, owner, {}))
     if len(ports) == 1 and ports[0].port is not None:   # the usual slice: its endpoints' one address each
+        only = ports[0]
         try:
-            return _tuple_new(SliceRead, (namespace, name, owner,
-                                          {ports[0].name or "": _one_port_backends(ports[0].port, endpoints)}))
+            return _tuple_new(SliceRead, (namespace, name, owner, {
+                (only.name or "", only.protocol or DEFAULT_PROTOCOL): _one_port_backends(only.port, endpoints)}))
         except (TypeError, IndexError):   # an endpoint with no address
             pass
     eps = []
@@ -327,7 +347,8 @@ def _decoded_slice_read(es: _Slice) -> SliceRead:
         ref = e.targetRef
         eps.append((addresses, *_FLAGS[e.conditions], _NODE_NAMES[e.nodeName],
                     ref.name if ref is not None and ref.kind == "Pod" else None))
-    return _tuple_new(SliceRead, (namespace, name, owner, _cross(((p.name or "", p.port) for p in ports), eps)))
+    keyed_ports = (((p.name or "", p.protocol or DEFAULT_PROTOCOL), p.port) for p in ports)
+    return _tuple_new(SliceRead, (namespace, name, owner, _cross(keyed_ports, eps)))
 
 
 def _one_port_backends(port: int, endpoints: list[_Endpoint]) -> list[Backend]:
@@ -350,10 +371,10 @@ _ip = itemgetter(0)              # of a Backend
 _by_address = itemgetter(0, 1)   # (ip, port) of a Backend
 
 
-def merge_backends(per_slice: Iterable[SliceBackends]) -> dict[str, list[Backend]]:
-    """Backends by service-port name; the first slice to list (name, ip, port) wins, and
-    within a slice the first listing. With one slice that repeats no (ip, port) under a
-    name (the usual case), the slice's own dict: read it, do not change it."""
+def merge_backends(per_slice: Iterable[SliceBackends]) -> dict[PortKey, list[Backend]]:
+    """Backends by port key (name, protocol); the first slice to list (key, ip, port) wins,
+    and within a slice the first listing. With one slice that repeats no (ip, port) under
+    a key (the usual case), the slice's own dict: read it, do not change it."""
     if per_slice.__class__ is not list:
         per_slice = list(per_slice)
     if len(per_slice) == 1:
@@ -364,15 +385,15 @@ def merge_backends(per_slice: Iterable[SliceBackends]) -> dict[str, list[Backend
                 break
         else:
             return only
-    out: dict[str, list[Backend]] = {}
-    seen: set[tuple[str, str, int]] = set()
-    for backends_by_name in per_slice:
-        for name, backends in backends_by_name.items():
-            kept = out.get(name)
+    out: dict[PortKey, list[Backend]] = {}
+    seen: set[tuple[PortKey, str, int]] = set()
+    for backends_by_key in per_slice:
+        for port_key, backends in backends_by_key.items():
+            kept = out.get(port_key)
             if kept is None:
-                kept = out[name] = []
+                kept = out[port_key] = []
             for b in backends:
-                key = (name, b.ip, b.port)
+                key = (port_key, b.ip, b.port)
                 if key in seen:
                     continue
                 seen.add(key)
@@ -380,8 +401,10 @@ def merge_backends(per_slice: Iterable[SliceBackends]) -> dict[str, list[Backend
     return out
 
 
-def backends_by_port_name(slices: list[EndpointSlice]) -> dict[str, list[Backend]]:
-    return merge_backends(slice_backends(es) for es in slices)
+def backends_by_port_name(slices: list[EndpointSlice]) -> dict[PortKey, list[Backend]]:
+    """The merged backends of these slices by port key (name, protocol); slices kube-proxy
+    does not list (proxied_slice_owner) give none."""
+    return merge_backends(slice_backends(es) for es in slices if proxied_slice_owner(es.labels))
 
 
 def ipv4_cluster_ip(svc: Service) -> str | None:
@@ -395,8 +418,8 @@ def ipv4_cluster_ip(svc: Service) -> str | None:
     return next((ip for ip in spec.cluster_ips or () if ip and ":" not in ip), None)
 
 
-def view_from_backends(svc: Service, backends: dict[str, list[Backend]]) -> ServiceView:
-    """The view of `svc` with `backends` from merge_backends, in which no port name lists
+def view_from_backends(svc: Service, backends: dict[PortKey, list[Backend]]) -> ServiceView:
+    """The view of `svc` with `backends` from merge_backends, in which no port key lists
     an (ip, port) twice: so the backends sort as plain tuples, by (ip, port), without a
     key function (the tie-break on the other fields is never reached)."""
     spec = svc.spec
@@ -422,14 +445,15 @@ def view_from_backends(svc: Service, backends: dict[str, list[Backend]]) -> Serv
     for sp in spec.ports or ():   # svc.ports
         port = sp.port or 0
         port_name = sp.name or ""
+        protocol = sp.protocol or DEFAULT_PROTOCOL
         if one_vip is not None:   # without a comprehension's call
             frontends: tuple[tuple[str, int, str], ...] = ((one_vip[0], port, one_vip[1]),)
         else:
             frontends = tuple([(ip, port, scope) for ip, scope in vips])
         # (the dataclasses' own __init__: made by filling __dict__ at once, each view took
         # twice the memory and its fields longer to read, for no gain measurable at 10,000)
-        ports.append(ServicePortView(namespace, name, port_name, sp.protocol or "TCP", port, sp.node_port,
-                                     frontends, tuple(sorted(backends.get(port_name, ())))))
+        ports.append(ServicePortView(namespace, name, port_name, protocol, port, sp.node_port,
+                                     frontends, tuple(sorted(backends.get((port_name, protocol), ())))))
     return ServiceView(svc, tuple(ports))
 
 

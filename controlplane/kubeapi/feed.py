@@ -19,6 +19,11 @@ feed with the agent's five reads:
 Services are decoded with svcxdp's codec (api.Service), so every type is mapped as from
 svcxdp's own store; which ones are served is decided downstream (Service.proxied skips
 ExternalName, headless, and the service-proxy-name / headless labels, as kube-proxy).
+EndpointSlices are listed and watched with kube-proxy's label selector (no
+service-proxy-name, no headless label: api.endpoints.PROXIED_SLICE_SELECTOR), so the API
+sends none of the slices kube-proxy does not see (a headless Service's, or one another
+proxy serves); the readers leave such slices out too (proxied_slice_owner), whatever the
+source.
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ from typing import Any, Iterable, Iterator
 from kubernetes import client
 
 from controlplane.api.codec import DecodeError
-from controlplane.api.endpoints import EndpointSlice
+from controlplane.api.endpoints import PROXIED_SLICE_SELECTOR, EndpointSlice
 from controlplane.api.errors import Gone
 from controlplane.api.meta import ApiObject
 from controlplane.api.service import Service
@@ -64,7 +69,7 @@ class KubeFeed:
                                 watch_timeout_s),
             ENDPOINTSLICES: Reflector(ENDPOINTSLICES,
                                       client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces, self,
-                                      watch_timeout_s),
+                                      watch_timeout_s, label_selector=PROXIED_SLICE_SELECTOR),
         }
         self._threads: list[threading.Thread] = []
 

@@ -14,6 +14,10 @@
                          the resume point after a backoff: nothing is lost, because the
                          server replays every change after it
 
+A `label_selector` (as kube-proxy's informers give one) is sent with every list and
+watch: the server leaves out what does not match, and tells a watch that an object
+stopped matching (a label added) as DELETED.
+
 resourceVersions are opaque strings: only the server compares them.
 """
 from __future__ import annotations
@@ -55,6 +59,7 @@ class Reflector:
     list_func: Callable[..., Any]       # e.g. CoreV1Api.list_service_for_all_namespaces
     handler: Handler
     watch_timeout_s: int = 300          # timeoutSeconds of each watch request
+    label_selector: str | None = None   # labelSelector of each list and watch request (None: all)
     page_size: int = 500                # limit of each list request (client-go's pager default)
     connect_timeout_s: float = 10.0
     backoff_first_s: float = 0.2
@@ -113,6 +118,10 @@ class Reflector:
         (log.warning if failures > 1 else log.info)("%s: %s; %s in %.1f s", self.resource, why, what, delay)
         self._stop.wait(delay)
 
+    def _selector(self) -> dict[str, str]:
+        """The label selector as the client's keyword argument (none when unset)."""
+        return {"label_selector": self.label_selector} if self.label_selector else {}
+
     def _list(self) -> None:
         """Every object, in pages of `page_size` (as client-go's pager) from one snapshot;
         a snapshot that expires between pages raises 410, and the whole list starts again."""
@@ -121,6 +130,7 @@ class Reflector:
         rv = None
         while True:
             kw = {"_continue": token} if token else {}
+            kw.update(self._selector())
             resp = self.list_func(limit=self.page_size, _preload_content=False,
                                   _request_timeout=(self.connect_timeout_s, self.watch_timeout_s), **kw)
             try:
@@ -149,7 +159,8 @@ class Reflector:
         # silence beyond it means a dead connection.
         stream = w.stream(self.list_func, resource_version=self.resource_version,
                           allow_watch_bookmarks=True, timeout_seconds=self.watch_timeout_s,
-                          _request_timeout=(self.connect_timeout_s, self.watch_timeout_s + 30))
+                          _request_timeout=(self.connect_timeout_s, self.watch_timeout_s + 30),
+                          **self._selector())
         for ev in stream:
             kind, obj = ev.get("type"), ev.get("raw_object") or {}
             rv = (obj.get("metadata") or {}).get("resourceVersion")

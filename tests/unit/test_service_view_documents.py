@@ -146,8 +146,9 @@ def _text_path(doc: dict) -> tuple:
 
 
 def _document_path(doc: dict) -> tuple:
+    from controlplane.api.endpoints import proxied_slice_owner
     meta = doc.get("metadata") or {}
-    owner = (meta.get("labels") or {}).get("kubernetes.io/service-name")
+    owner = proxied_slice_owner(meta.get("labels"))
     return (meta.get("namespace") or "", meta.get("name") or "", owner,
             slice_document_backends(copy.deepcopy(doc)) if owner else {})
 
@@ -166,7 +167,7 @@ def test_text_backends_take_the_document_path_for_a_field_of_another_type() -> N
     odd["ports"][0]["name"] = 7                              # kept as the dict path keeps it
     odd["metadata"]["uid"] = {"not": "a string"}             # a field neither path reads
     assert _text_path(odd) == _document_path(odd)
-    assert 7 in _text_path(odd)[3]
+    assert (7, "TCP") in _text_path(odd)[3]
 
 
 def test_text_path_matches_document_path_on_random_slices() -> None:
@@ -189,9 +190,11 @@ def test_text_path_matches_document_path_on_random_slices() -> None:
     })
     port = st.fixed_dictionaries({"port": st.integers(1, 65535)},
                                  optional={"name": st.sampled_from([None, "", "http", "dns"]),
-                                           "protocol": st.just("TCP")})
+                                           "protocol": st.sampled_from(["TCP", "UDP", "SCTP", "tcp"])})
     labels = st.fixed_dictionaries({"kubernetes.io/service-name": st.sampled_from(["web", "db"])},
-                                   optional={"app": st.just("x")})
+                                   optional={"app": st.just("x"),
+                                             "service.kubernetes.io/headless": st.just(""),
+                                             "service.kubernetes.io/service-proxy-name": st.just("other")})
     slices = st.fixed_dictionaries({
         "metadata": st.fixed_dictionaries({"name": st.sampled_from(["s", "t"]), "labels": labels},
                                           optional={"namespace": st.sampled_from(["ns", ""])}),
@@ -425,6 +428,6 @@ def test_an_endpoint_is_its_first_address_on_every_read_path() -> None:
                              {"addresses": ["10.0.0.4"]}]}
         by_object = slice_backends(EndpointSlice.from_dict(copy.deepcopy(doc)))
         assert {name: [b.ip for b in backends] for name, backends in by_object.items()} == \
-            {p["name"]: ["10.0.0.1", "10.0.0.4"] for p in ports}
+            {(p["name"], "TCP"): ["10.0.0.1", "10.0.0.4"] for p in ports}
         assert slice_document_backends(copy.deepcopy(doc)) == by_object
         assert _text_path(doc)[3] == by_object
