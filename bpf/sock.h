@@ -29,7 +29,6 @@
 #include "maps.h"
 #include "conntrack.h"
 #include "lb.h"
-#include "ranges.h"
 
 /* Verdicts of cgroup programs: 1 lets the call go on, 0 fails it (with the error
  * given to bpf_set_retval(), else EPERM). */
@@ -108,17 +107,6 @@ static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx, __be32 src, __
 		return SOCK_ALLOW;
 	/* What the application named: shown again by recvmsg/getpeername. */
 	__be32 asked = ctx->user_ip4;
-	/* A LoadBalancer IP's twin with loadBalancerSourceRanges filters the node too, by the
-	 * address its packets carry (the bound one, else --node-ip), as kube-proxy's firewall
-	 * chain does for the node's own traffic (it lets the node in when its address is in
-	 * the ranges). Refused as a local packet netfilter drops is: EPERM. (An agent that was
-	 * given no node address knows none to judge: the node is let in, as before.) */
-	__be32 client = sock_client_ip(src);
-	if (found > 0 && (svc->flags & SVCXDP_SVC_F_SOURCE_RANGES) && client &&
-	    !source_allowed(svc->svc_id, client)) {
-		counters_bump(SVCXDP_CNT_DROP_SOURCE_RANGE);
-		return SOCK_DENY;
-	}
 
 	struct events ev = { .main = SVCXDP_CNT_SOCK_XLATE, .extra = SVCXDP_CNT_MAX };
 	struct lb_choice pick = {};
@@ -127,7 +115,8 @@ static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx, __be32 src, __
 	 * caught mid-update (about once in a million under continuous rewrites). */
 	if (found > 0 && svc->count != 0) {
 		struct ct_key k;
-		ct_key_set(&k, client, sk.vip, sport, sk.port, proto, SVCXDP_CT_DIR_FORWARD);
+		ct_key_set(&k, sock_client_ip(src), sk.vip, sport, sk.port, proto,
+			   SVCXDP_CT_DIR_FORWARD);
 		__u64 now = bpf_ktime_get_coarse_ns();
 		b = lb_pick(svc, &k, now, &pick, &ev);
 		if (b)

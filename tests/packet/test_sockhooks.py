@@ -220,24 +220,6 @@ def test_external_frontend_from_the_node_itself_and_on_loopback(sk):
         assert env.tcp_backend(addr, 30080) == (want, (addr, 30080))
 
 
-def test_a_load_balancer_ips_source_ranges_filter_the_node_too(sk):
-    """The twin of a LoadBalancer IP with loadBalancerSourceRanges: the node's own
-    connections are judged by the address they carry (here the configured node address),
-    as kube-proxy's firewall chain judges them — refused with EPERM, as a local packet
-    netfilter drops is, unless the node is inside the ranges. They went through."""
-    import dataclasses
-    xdp, env = sk
-    lb = dataclasses.replace(service(), frontend=Frontend("192.168.1.240", 80, "TCP", "cluster"),
-                             source_ranges=("203.0.113.0/24",))
-    xdp.writer.upsert(lb)
-    before = xdp.counters()
-    with pytest.raises(PermissionError):
-        env.tcp_backend("192.168.1.240", 80)
-    assert delta(before, xdp.counters()) == {"drop_source_range": 1}
-    xdp.writer.upsert(dataclasses.replace(lb, source_ranges=("203.0.113.0/24", f"{CLIENT_IP}/32")))
-    assert env.tcp_backend("192.168.1.240", 80)[0] in BACKENDS
-
-
 def test_pinned_hooks_are_detached_without_loading_anything(loaded_dataplane):
     """What `svcctl agent --uninstall --socket-lb-cgroup PATH` does."""
     import os
