@@ -26,9 +26,9 @@
  * A bare TCP SYN (SYN without ACK) starts a connection, so it does not look in
  * conntrack (handle_service): that miss, a cold bucket line in a table of a million
  * entries, was about a third of a new flow's cost. A tuple's older connection may
- * then still sit in conntrack (closing, expired, or never seen to close) while the
+ * then still sit in conntrack (closed, expired, or never seen to close) while the
  * new one waits in ct_unconfirmed. Rules that keep them apart: a confirmed entry
- * that is not current (expired or closing) yields to an unconfirmed one (ct_lookup,
+ * that is not current (expired or closed) yields to an unconfirmed one (ct_lookup,
  * ct_current); a reply that the confirmed entry's backend did not send is matched
  * in ct_unconfirmed too (ct_match_reply); confirming overwrites a confirmed entry
  * that is not current (ct_confirm_entry). A current confirmed entry is never
@@ -47,6 +47,9 @@
 #endif
 #ifndef SVCXDP_TCP_CLOSE_TIMEOUT_S
 #define SVCXDP_TCP_CLOSE_TIMEOUT_S SVCXDP_DEFAULT_TCP_CLOSE_TIMEOUT_S
+#endif
+#ifndef SVCXDP_TCP_HALF_CLOSE_TIMEOUT_S
+#define SVCXDP_TCP_HALF_CLOSE_TIMEOUT_S SVCXDP_DEFAULT_TCP_HALF_CLOSE_TIMEOUT_S
 #endif
 #ifndef SVCXDP_UDP_TIMEOUT_S
 #define SVCXDP_UDP_TIMEOUT_S SVCXDP_DEFAULT_UDP_TIMEOUT_S
@@ -70,21 +73,29 @@
 #define CT_IN_UNCONFIRMED 1
 #define CT_IN_CONFIRMED 2
 
-/* Closed, for its timeout: FIN or RST seen, and not half-closed (one side's FIN only;
- * svcxdp.h, SVCXDP_CT_F_FIN_CLIENT). A half-closed flow keeps the established timeout,
- * as Linux conntrack keeps one for minutes (FIN_WAIT, CLOSE_WAIT; kube-proxy sets the
- * latter to an hour): its other side may still send after a long pause. */
-static __always_inline int ct_closed(__u8 flags)
+/* Half-closed: one side's FIN only (svcxdp.h, SVCXDP_CT_F_FIN_CLIENT). Its other side
+ * may still send after a pause, so it keeps the half-close timeout (an hour: Linux
+ * conntrack keeps such a flow in CLOSE_WAIT, which kube-proxy sets to an hour) and
+ * stays its tuple's connection (ct_current: a SYN does not take it over, as netfilter
+ * ignores one in CLOSE_WAIT). Closed: FIN or RST seen, and not half-closed. */
+static __always_inline int ct_half_closed(__u8 flags)
 {
 	__u8 fins = flags & SVCXDP_CT_F_FIN_BOTH;
-	return (flags & SVCXDP_CT_F_CLOSING) && fins != SVCXDP_CT_F_FIN_CLIENT &&
-	       fins != SVCXDP_CT_F_FIN_BACKEND;
+	return (flags & SVCXDP_CT_F_CLOSING) &&
+	       (fins == SVCXDP_CT_F_FIN_CLIENT || fins == SVCXDP_CT_F_FIN_BACKEND);
+}
+
+static __always_inline int ct_closed(__u8 flags)
+{
+	return (flags & SVCXDP_CT_F_CLOSING) && !ct_half_closed(flags);
 }
 
 static __always_inline __u64 ct_timeout_ns(__u8 proto, __u8 flags)
 {
 	if (proto == IPPROTO_TCP) {
-		if (ct_closed(flags))
+		if (ct_half_closed(flags))
+			return SVCXDP_TCP_HALF_CLOSE_TIMEOUT_S * SVCXDP_NSEC_PER_SEC;
+		if (flags & SVCXDP_CT_F_CLOSING)
 			return SVCXDP_TCP_CLOSE_TIMEOUT_S * SVCXDP_NSEC_PER_SEC;
 		return SVCXDP_TCP_TIMEOUT_S * SVCXDP_NSEC_PER_SEC;
 	}
@@ -104,11 +115,11 @@ static __always_inline int ct_alive(const struct ct_value *v, __u64 now, __u8 pr
 	return ct_idle_ns(v, now) <= (__s64)ct_timeout_ns(proto, v->flags);
 }
 
-/* A bare SYN on a flow that was closing is a new connection reusing the tuple. */
+/* A bare SYN on a closed flow is a new connection reusing the tuple (not on a
+ * half-closed one: ct_half_closed). */
 static __always_inline int ct_reopened(const struct ct_value *v, __u8 tcp_flags)
 {
-	return (v->flags & SVCXDP_CT_F_CLOSING) &&
-	       (tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN;
+	return ct_closed(v->flags) && (tcp_flags & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN;
 }
 
 /* ---- ct_udp_recent: which UDP tuples may have a conntrack entry ----------------
@@ -253,12 +264,12 @@ static __always_inline int ct_backend_same(const struct ct_value *v, const struc
 	return b->svc_id == v->svc_id && b->ip == v->nat_ip && b->port == v->nat_port;
 }
 
-/* Is a confirmed entry still its tuple's connection? One that expired or is closing
+/* Is a confirmed entry still its tuple's connection? One that expired or is closed
  * may have been followed by a new connection on the same tuple, whose bare SYN did
- * not look in conntrack (conntrack.h, top). */
+ * not look in conntrack (conntrack.h, top); a half-closed one has not. */
 static __always_inline int ct_current(const struct ct_value *v, __u64 now, __u8 proto)
 {
-	return ct_alive(v, now, proto) && !(v->flags & SVCXDP_CT_F_CLOSING);
+	return ct_alive(v, now, proto) && !ct_closed(v->flags);
 }
 
 /* May this packet, which no live flow holds, start one? Any UDP datagram; for TCP a
@@ -614,7 +625,7 @@ static __always_inline void ct_close_from_reply(const struct ct_key *rk, struct 
 
 /* Write a confirmed entry. Where the tuple already has one, a current one stays
  * (another CPU confirmed this flow a moment ago) and one that is not current (the
- * tuple's older connection, closing or expired: a bare SYN does not look in
+ * tuple's older connection, closed or expired: a bare SYN does not look in
  * conntrack) is overwritten. */
 static __always_inline void ct_confirm_entry(struct ct_key *k, struct ct_value *copy, __u64 now)
 {
@@ -683,8 +694,8 @@ static __always_inline void ct_reply_entry(int external, const struct ct_key *fw
 
 /* Record a new flow: its forward entry, and for a pod's flow its reply entry when
  * ct_needs_reply_entry() (an external flow's: nodeport.h, np_snat). With `counted`,
- * the flow takes one of its backend's active-connection counts (unless it is
- * closing already).
+ * the flow takes one of its backend's active-connection counts. (No FIN or RST starts
+ * a flow: ct_may_start.)
  * Two CPUs may take the first packets of one flow at once and choose different
  * backends: a new flow's entry is inserted only if there is none (BPF_NOEXIST),
  * and the CPU that finds one already there follows it. Returns NULL when this
@@ -696,8 +707,7 @@ static __always_inline void ct_reply_entry(int external, const struct ct_key *fw
 static __always_inline struct ct_value *ct_create(int external, struct ct_key *fwd, __be32 vip,
 						  __be16 vport, const struct backend *b,
 						  __u32 backend_id, __u32 svc_id, __u64 now,
-						  __u8 tcp_flags, int counted, int dead,
-						  struct ct_value *buf)
+						  int counted, int dead, struct ct_value *buf)
 {
 	struct ct_value v = {};
 	v.last_seen = now;
@@ -705,9 +715,7 @@ static __always_inline struct ct_value *ct_create(int external, struct ct_key *f
 	v.svc_id = svc_id;
 	v.nat_ip = b->ip;
 	v.nat_port = b->port;
-	if (tcp_flags & (TCPF_FIN | TCPF_RST))
-		v.flags = ct_close_flags(tcp_flags, SVCXDP_CT_F_FIN_CLIENT);
-	else if (counted)
+	if (counted)
 		v.flags = SVCXDP_CT_F_COUNTED;
 	int busy;
 	if (dead == CT_IN_CONFIRMED) {

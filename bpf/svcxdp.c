@@ -291,8 +291,8 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 		return XDP_DROP;
 	}
 	struct ct_value *first = ct_create(external, &k, ip->daddr, *l4->dport, b, backend_id,
-					   svc->svc_id, now, l4->tcp_flags,
-					   alg_counts_conns(svc->algorithm), where, &ubuf);
+					   svc->svc_id, now, alg_counts_conns(svc->algorithm), where,
+					   &ubuf);
 	if (first) {
 		/* Another CPU recorded this flow's first packet a moment ago: follow it. */
 		if (external && (first->flags & SVCXDP_CT_F_SNAT)) {

@@ -65,12 +65,13 @@
 #define SVCXDP_CT_DIR_REPLY 1    /* backend -> client, value holds the VIP:port */
 #define SVCXDP_CT_DIR_SNAT 2     /* backend -> node address:SNAT port (nodeport.h): holds
 				  * the VIP:port (nat_*) and the client (peer_*) */
-#define SVCXDP_CT_F_CLOSING 1    /* TCP FIN or RST seen: the tuple may be reused (a bare SYN
-				  * reopens it), and the short timeout once closed (below) */
+#define SVCXDP_CT_F_CLOSING 1    /* TCP FIN or RST seen; closed (both sides, below): a bare
+				  * SYN reopens the tuple, and the close timeout */
 /* Which side of a forward entry's connection has closed: one side's FIN alone leaves
- * it half-closed, and the other side may go on sending for as long as it likes (a
- * client that shuts down its sending side and waits for the answer), so the flow keeps
- * its established timeout; both FINs, or a RST (which sets both), close it. An entry
+ * it half-closed, and the other side may go on sending after a pause (a client that
+ * shuts down its sending side and waits for the answer), so the flow keeps the
+ * half-close timeout (an hour, kube-proxy's CLOSE_WAIT) and stays its tuple's
+ * connection; both FINs, or a RST (which sets both), close it. An entry
  * with CLOSING and neither bit is closed: a reply or SNAT entry, which sees one side
  * only and is kept by its flow's forward entry while that lives (ct_gc_needed,
  * handle_reply, np_snat_reply) — and entries written before these bits existed. */
@@ -188,7 +189,8 @@
 #define SVCXDP_DEFAULT_AFFINITY_SIZE 262144  /* client IPs x affinity services (docs/affinity.md) */
 #define SVCXDP_DEFAULT_SOCK_REVNAT_SIZE 262144 /* (socket, backend) pairs, sock.h */
 #define SVCXDP_DEFAULT_TCP_TIMEOUT_S 21600   /* established TCP: 6 h, as Cilium */
-#define SVCXDP_DEFAULT_TCP_CLOSE_TIMEOUT_S 10 /* after FIN/RST */
+#define SVCXDP_DEFAULT_TCP_CLOSE_TIMEOUT_S 10 /* closed: both FINs, or a RST */
+#define SVCXDP_DEFAULT_TCP_HALF_CLOSE_TIMEOUT_S 3600 /* one side's FIN: kube-proxy's CLOSE_WAIT */
 #define SVCXDP_DEFAULT_UDP_TIMEOUT_S 60      /* UDP idle */
 /* Devices a translated frame may be redirected to (fib.h), by ifindex: ifindexes at or
  * above this are never redirect targets (their frames go through the stack). */

@@ -99,8 +99,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tcp-timeout", type=int, metavar="S",
                    help="idle timeout of an established TCP flow, seconds (default 21600)")
     p.add_argument("--tcp-close-timeout", type=int, metavar="S",
-                   help="idle timeout of a closed TCP flow (both FINs, or a RST; a half-closed one "
-                        "keeps --tcp-timeout), seconds (default 10)")
+                   help="idle timeout of a closed TCP flow (both FINs, or a RST), seconds (default 10)")
+    p.add_argument("--tcp-half-close-timeout", type=int, metavar="S",
+                   help="idle timeout of a half-closed TCP flow (one side's FIN: the other may still "
+                        "send), seconds (default 3600, kube-proxy's CLOSE_WAIT)")
     p.add_argument("--udp-timeout", type=int, metavar="S", help="idle timeout of a UDP flow, seconds (default 60)")
     p.add_argument("--ct-gc-interval", type=float, default=5.0, metavar="S",
                    help="seconds between sweeps of the idle-flow GC, each reading at most 65,536 entries "
@@ -273,6 +275,7 @@ def dataplane_sizes(args: argparse.Namespace) -> dict[str, int]:
              "ct_unconfirmed_pod": ("--ct-unconfirmed-pod-size", args.ct_unconfirmed_pod_size),
              "tcp_timeout_s": ("--tcp-timeout", args.tcp_timeout),
              "tcp_close_timeout_s": ("--tcp-close-timeout", args.tcp_close_timeout),
+             "tcp_half_close_timeout_s": ("--tcp-half-close-timeout", args.tcp_half_close_timeout),
              "udp_timeout_s": ("--udp-timeout", args.udp_timeout)}
     for flag, value in flags.values():
         if value is not None and value <= 0:

@@ -82,6 +82,7 @@ class DataplaneConfig:
     sock_revnat_size: int = const("DEFAULT_SOCK_REVNAT_SIZE")  # (socket, backend) pairs, bpf/sock.h
     tcp_timeout_s: int = const("DEFAULT_TCP_TIMEOUT_S")
     tcp_close_timeout_s: int = const("DEFAULT_TCP_CLOSE_TIMEOUT_S")
+    tcp_half_close_timeout_s: int = const("DEFAULT_TCP_HALF_CLOSE_TIMEOUT_S")
     udp_timeout_s: int = const("DEFAULT_UDP_TIMEOUT_S")
     # Translated frames go to their egress device with a FIB lookup + redirect (fib.h)
     # where the device is a redirect target; False: every one through the node's stack.
@@ -94,7 +95,8 @@ class DataplaneConfig:
             raise ConfigError(f"instance {self.instance!r}: must be 1-40 lower-case letters, digits or '-'")
         for name in ("max_services", "max_backends", "max_slots", "ct_size", "ct_unconfirmed",
                      "ct_unconfirmed_pod", "frag_size", "affinity_size", "source_ranges_size",
-                     "sock_revnat_size", "tcp_timeout_s", "tcp_close_timeout_s", "udp_timeout_s"):
+                     "sock_revnat_size", "tcp_timeout_s", "tcp_close_timeout_s", "tcp_half_close_timeout_s",
+                     "udp_timeout_s"):
             value = getattr(self, name)
             if value is None and name in ("ct_unconfirmed", "ct_unconfirmed_pod"):   # (their defaults)
                 continue
@@ -156,6 +158,7 @@ class DataplaneConfig:
             f"-DSVCXDP_SOCK_REVNAT_SIZE={self.sock_revnat_size}",
             f"-DSVCXDP_TCP_TIMEOUT_S={self.tcp_timeout_s}ULL",
             f"-DSVCXDP_TCP_CLOSE_TIMEOUT_S={self.tcp_close_timeout_s}ULL",
+            f"-DSVCXDP_TCP_HALF_CLOSE_TIMEOUT_S={self.tcp_half_close_timeout_s}ULL",
             f"-DSVCXDP_UDP_TIMEOUT_S={self.udp_timeout_s}ULL",
             "-Wno-unused-function",
         ]

@@ -49,22 +49,26 @@ class Timeouts:
     tcp: int = const("DEFAULT_TCP_TIMEOUT_S")
     tcp_close: int = const("DEFAULT_TCP_CLOSE_TIMEOUT_S")
     udp: int = const("DEFAULT_UDP_TIMEOUT_S")
+    tcp_half_close: int = const("DEFAULT_TCP_HALF_CLOSE_TIMEOUT_S")
 
     def of(self, proto: int, flags: int) -> int:
         """bpf/conntrack.h ct_timeout_ns(), in seconds."""
         if proto == PROTOCOLS["TCP"]:
+            if half_closed(flags):
+                return self.tcp_half_close
             return self.tcp_close if closed(flags) else self.tcp
         return self.udp
 
 
 def half_closed(flags: int) -> bool:
     """One side's FIN only (bpf/svcxdp.h SVCXDP_CT_F_FIN_CLIENT): the other side may go
-    on sending, and the flow keeps its established timeout."""
+    on sending; the flow keeps the half-close timeout and its tuple (conntrack.h)."""
     return flags & F_CLOSING != 0 and flags & F_FIN_BOTH in (F_FIN_CLIENT, F_FIN_BACKEND)
 
 
 def closed(flags: int) -> bool:
-    """bpf/conntrack.h ct_closed(): FIN or RST seen, not half-closed (the short timeout)."""
+    """bpf/conntrack.h ct_closed(): FIN or RST seen, not half-closed (the close timeout;
+    a bare SYN reopens the tuple)."""
     return flags & F_CLOSING != 0 and not half_closed(flags)
 
 

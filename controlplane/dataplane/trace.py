@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from . import frames, predict, udprecent
 from .affinity_maps import NSEC, coarse_now_ns
-from .flows import F_CLOSING, F_SNAT, Timeouts, be16_port, be32_ip, flow_state, ip_be32, port_be16
+from .flows import F_CLOSING, F_SNAT, Timeouts, be16_port, be32_ip, closed, flow_state, ip_be32, port_be16
 from .layout import ALGORITHMS, const
 from .libbpf import ffi, lib, map_fd_by_id
 from .model import PROTOCOLS, Frontend
@@ -245,12 +245,12 @@ def _unconfirmed(maps, tables: tuple[str, ...] = ANY_UNCONFIRMED,
 def _ct_lookup(maps, now_ns: int | None = None, timeouts: Timeouts | None = None,
                unconfirmed: tuple[str, ...] = ANY_UNCONFIRMED, **key) -> tuple[str, object] | tuple[None, None]:
     """conntrack, then the `unconfirmed` tables. With `now_ns` as bpf/conntrack.h
-    ct_lookup(): a confirmed entry that is not current (expired or closing) yields to an
+    ct_lookup(): a confirmed entry that is not current (expired or closed) yields to an
     unconfirmed one, a newer connection on the tuple (a bare SYN does not look in
     conntrack)."""
     c = _lookup(maps, "conntrack", **key)
     if c is not None and (now_ns is None or (_alive(c, key["proto"], now_ns, timeouts or Timeouts())
-                                             and not c.flags & F_CLOSING)):
+                                             and not closed(c.flags))):
         return "conntrack", c
     table, u = _unconfirmed(maps, unconfirmed, **key)
     if u is not None:
@@ -333,7 +333,7 @@ def _service_packet(maps, t: Trace, svc, now_ns: int, timeouts: Timeouts) -> Non
         remaining = timeouts.of(p.proto, v.flags) - idle
         b = _backend(maps, v.backend_id)
         live = b is not None and (b.svc_id, b.ip, b.port) == (v.svc_id, v.nat_ip, v.nat_port)
-        reopened = bool(v.flags & F_CLOSING) and flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        reopened = closed(v.flags) and flags & (TCP_SYN | TCP_ACK) == TCP_SYN
         verdict = ("expired" if remaining < 0 else "reopened" if reopened else
                    "kept" if live else "stale")
         t.conntrack = CtEntry(where, (be32_ip(v.nat_ip), be16_port(v.nat_port)), v.backend_id, v.svc_id,

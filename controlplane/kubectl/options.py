@@ -38,6 +38,7 @@ def add_node_timeouts(parser: argparse.ArgumentParser) -> None:
     from controlplane.dataplane.layout import const
     for flag, name in (("--tcp-timeout", "DEFAULT_TCP_TIMEOUT_S"),
                        ("--tcp-close-timeout", "DEFAULT_TCP_CLOSE_TIMEOUT_S"),
+                       ("--tcp-half-close-timeout", "DEFAULT_TCP_HALF_CLOSE_TIMEOUT_S"),
                        ("--udp-timeout", "DEFAULT_UDP_TIMEOUT_S")):
         default = const(name)
         parser.add_argument(flag, type=int, default=default, metavar="S",
@@ -46,4 +47,4 @@ def add_node_timeouts(parser: argparse.ArgumentParser) -> None:
 
 def node_timeouts(args: argparse.Namespace):
     from controlplane.dataplane.flows import Timeouts
-    return Timeouts(args.tcp_timeout, args.tcp_close_timeout, args.udp_timeout)
+    return Timeouts(args.tcp_timeout, args.tcp_close_timeout, args.udp_timeout, args.tcp_half_close_timeout)

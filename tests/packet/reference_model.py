@@ -18,7 +18,7 @@ Conventions:
 - a flow's first packet records it as unconfirmed; its second forward packet (TCP:
   ACK without SYN) confirms it. The two are separate tables in the datapath, so a
   key can be in both; lookups see the confirmed one first while it is current (not
-  closing: nothing expires here), else an unconfirmed one if there is one. A bare
+  closed — a FIN from each side, or a RST; nothing expires here), else an unconfirmed one if there is one. A bare
   TCP SYN starts a connection and looks only among the unconfirmed; confirming
   replaces a confirmed entry that is not current, never a current one;
 - a first fragment's record expires FRAG_TIMEOUT_S after it was made, read on the
@@ -42,6 +42,7 @@ from controlplane.dataplane.model import ip_to_be32, port_to_be16
 
 TCP, UDP, ICMP = 6, 17, 1
 FWD, REPLY = 0, 1
+FIN_CLIENT, FIN_BACKEND = 1, 2   # Flow.fins
 
 ETH_IP = 0x0800
 VLAN_TPIDS = (0x8100, 0x88A8)
@@ -116,7 +117,15 @@ class Flow:
     nat_port: int
     backend_id: int
     svc_id: int
-    closing: bool = False
+    closing: bool = False   # a FIN or RST seen
+    # which sides of a forward entry's connection sent a FIN (FIN_CLIENT | FIN_BACKEND; a
+    # RST: both); a reply entry sees one side and keeps none (bpf/svcxdp.h)
+    fins: int = 0
+
+    @property
+    def closed(self) -> bool:
+        """Closed, not half-closed (one side's FIN only): the tuple may be reused."""
+        return self.closing and self.fins not in (FIN_CLIENT, FIN_BACKEND)
 
 
 CtKey = tuple  # (src, dst, sport, dport, proto, dir)
@@ -225,10 +234,10 @@ class ReferenceDatapath:
 
     def _ct(self, key: CtKey) -> tuple[Flow | None, dict[CtKey, Flow] | None]:
         """A flow's entry and the table holding it: the confirmed one while it is
-        current (not closing), else an unconfirmed one (a newer connection on the
+        current (not closed), else an unconfirmed one (a newer connection on the
         tuple), else the confirmed one."""
         flow = self.conntrack.get(key)
-        if flow is not None and not flow.closing:
+        if flow is not None and not flow.closed:
             return flow, self.conntrack
         if key in self.unconfirmed:
             return self.unconfirmed[key], self.unconfirmed
@@ -240,7 +249,7 @@ class ReferenceDatapath:
         connection), never a current one."""
         def put(k: CtKey, f: Flow) -> None:
             old = self.conntrack.get(k)
-            if old is None or old.closing:
+            if old is None or old.closed:
                 self.conntrack[k] = f
         put(key, flow)
         rk = (flow.nat_ip, key[0], flow.nat_port, key[2], key[4], REPLY)
@@ -359,14 +368,13 @@ class ReferenceDatapath:
             ip.set_dst(client, l4)
 
         def effect() -> None:
-            closing = flow.closing
-            self._touch(flow, tcp_flags)
-            if via_reply_entry and flow.closing and not closing:
-                # the backend closed first: the flow's forward entry closes too, while it
-                # is still this backend's (ct_close_from_reply)
+            self._touch(flow, tcp_flags, 0 if via_reply_entry else FIN_BACKEND)
+            if via_reply_entry and tcp_flags & (TCP_FIN | TCP_RST):
+                # the backend closes its side: the flow's forward entry learns it, while
+                # it is still this backend's (ct_close_from_reply)
                 fwd, _ = self._ct((client, vip, dport, vport, ip.proto, FWD))
                 if fwd is not None and (fwd.nat_ip, fwd.nat_port) == (orig_src, sport):
-                    fwd.closing = True
+                    self._touch(fwd, tcp_flags, FIN_BACKEND)
             self._frag_record(ip, orig_src, HAIRPIN if hairpin else client, vip, REPLY,
                               client if hairpin else None)
             self._account(flow.svc_id, frame_bytes)
@@ -386,13 +394,14 @@ class ReferenceDatapath:
         else:
             flow, table = self._ct(key)
         stale = None
-        # A bare SYN on a closing flow is a new connection reusing the tuple.
-        reopened = (flow is not None and flow.closing
+        # A bare SYN on a closed flow is a new connection reusing the tuple (not on a
+        # half-closed one).
+        reopened = (flow is not None and flow.closed
                     and tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN)
         if flow is not None and not reopened:
             if self._backend_valid(flow):
                 def hit() -> None:
-                    self._touch(flow, tcp_flags)
+                    self._touch(flow, tcp_flags, FIN_CLIENT)
                     if table is self.unconfirmed and (
                             ip.proto != TCP or tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK):
                         self._confirm(key, flow)
@@ -437,14 +446,13 @@ class ReferenceDatapath:
             def new(bid=bid, b=b, rr_after=rr_after) -> None:
                 if rr_after is not None:
                     self.rr_next[svc.svc_id] = rr_after
-                closing = bool(tcp_flags & (TCP_FIN | TCP_RST))
+                # (no FIN or RST here: a flow starts with a SYN or an ACK, _service)
                 # A dead entry is replaced where it is; a new flow starts unconfirmed.
                 into = table if table is not None else self.unconfirmed
-                into[key] = Flow(b.ip, b.port, bid, svc.svc_id, closing)
+                into[key] = Flow(b.ip, b.port, bid, svc.svc_id)
                 rn = self.rev_nat.get((b.ip, b.port, ip.proto))
                 if rn is not None and rn[2]:  # a shared address: replies need their own entry
-                    into[(b.ip, ip.src, b.port, sport, ip.proto, REPLY)] = \
-                        Flow(ip.dst, dport, bid, svc.svc_id, closing)
+                    into[(b.ip, ip.src, b.port, sport, ip.proto, REPLY)] = Flow(ip.dst, dport, bid, svc.svc_id)
                 self._account(svc.svc_id, frame_bytes, new=1)
             outcomes.append(self._dnat(bytearray(pkt), None, l4, dport, b.ip, b.port,
                                        f"new flow to {b.ip}:{b.port}", "ct_new", stale, new, done,
@@ -565,9 +573,15 @@ class ReferenceDatapath:
 
     # ---- state helpers ----------------------------------------------------------------------
     @staticmethod
-    def _touch(flow: Flow, tcp_flags: int) -> None:
-        if tcp_flags & (TCP_FIN | TCP_RST):
+    def _touch(flow: Flow, tcp_flags: int, side: int) -> None:
+        """A FIN closes `side` (FIN_CLIENT or FIN_BACKEND; 0: a reply entry, closed by
+        it), a RST both."""
+        if tcp_flags & TCP_RST:
             flow.closing = True
+            flow.fins |= (FIN_CLIENT | FIN_BACKEND) if side else 0
+        elif tcp_flags & TCP_FIN:
+            flow.closing = True
+            flow.fins |= side
 
     def _frag_record(self, ip, src, dst, nat_ip, direction, peer: str | None = None) -> None:
         """A first fragment (MF set, offset 0) tells its later fragments what to do: keyed

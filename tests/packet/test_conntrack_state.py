@@ -296,10 +296,11 @@ def test_a_tuple_reused_after_its_flow_expired_keeps_the_new_backend(xdp: Harnes
     assert (len(xdp.dp.table("conntrack")), len(xdp.dp.table("ct_unconfirmed_pod"))) == (1, 0)
 
 
-def test_a_tuple_reused_after_a_fin_keeps_the_new_backend(xdp: Harness):
+def test_a_tuple_reused_after_a_close_keeps_the_new_backend(xdp: Harness):
     xdp.service(algorithm="rr")
     first = handshake(xdp, 41200)
-    xdp.send(tcp(41200, "FA"))
+    xdp.send(tcp(41200, "FA"))                    # both sides close (TIME_WAIT reuse)
+    xdp.send(Ether(src=NODE_MAC, dst=CLIENT_MAC) / IP(src=first, dst=CLIENT) / TCP(sport=8080, dport=41200, flags="FA"))
     second = handshake(xdp, 41200)
     assert second != first
     # Past the close timeout: the new connection's entry is not the closing one.

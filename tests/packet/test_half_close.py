@@ -131,3 +131,35 @@ def test_the_gc_keeps_a_half_closed_flow_and_removes_a_closed_one(xdp: Harness):
     assert closed(forward_flags(xdp))
     idle_past_close_timeout_and_grace()
     assert gc.sweep_all().total_deleted == 2 and len(table) == 0
+
+
+def test_a_syn_does_not_take_a_half_closed_tuple_over(xdp: Harness):
+    """A half-closed flow is still its tuple's connection (netfilter ignores a SYN in
+    CLOSE_WAIT): a SYN on the tuple (spoofed, or a port reused too early) must not move
+    the rest of it to another backend. (A closed one is reopened: test_conntrack_state.)"""
+    xdp.service(vip=VIP_A, backends=PODS, algorithm="rr")
+    pod = established(xdp, VIP_A)
+    xdp.send(from_backend(pod, "FA"))           # the server has said all; the client still sends
+    xdp.send(from_client(VIP_A, "S"))           # (a bare SYN looks in no confirmed entry: a new one waits)
+    for _ in range(3):
+        assert xdp.send(from_client(VIP_A, "PA", b"more")).pkt[IP].dst == pod
+
+
+def test_a_half_closed_flow_goes_after_the_half_close_timeout(xdp: Harness):
+    """Not for ever: a half-closed flow whose other side never sends again (a client
+    gone, a server leaking CLOSE_WAIT sockets) leaves after the half-close timeout (an
+    hour, kube-proxy's CLOSE_WAIT), with its SNAT port if it had one."""
+    from controlplane.dataplane.flows import Timeouts
+    xdp.service(vip=VIP_A, backends=PODS, algorithm="rr")
+    established(xdp, VIP_A)
+    xdp.send(from_client(VIP_A, "FA"))
+    half = xdp.dp.config.tcp_half_close_timeout_s
+    assert Timeouts().tcp_half_close == half == 3600
+    set_ct_last_seen(xdp, coarse_now_ns() - (half - 60) * SEC)
+    before = xdp.counters()
+    xdp.send(from_client(VIP_A, "A"))
+    assert delta(before, xdp.counters()) == {"ct_hit": 1}
+    set_ct_last_seen(xdp, coarse_now_ns() - (half + 2) * SEC)
+    before = xdp.counters()
+    xdp.send(from_client(VIP_A, "A"))
+    assert delta(before, xdp.counters()).get("ct_new") == 1

@@ -75,3 +75,13 @@ def test_the_maps_a_clusters_size_fills_are_sized_by_flags():
         _config("--source-ranges-size", "0")
     with pytest.raises(ValueError, match="--max-backends -1: must be a positive integer"):
         _config("--max-backends", "-1")
+
+
+def test_the_half_close_timeout_is_a_flag_of_its_own():
+    """A half-closed TCP flow (one side's FIN) keeps its own timeout, an hour by default
+    (kube-proxy's CLOSE_WAIT): neither the established 6 h nor the closed 10 s."""
+    assert _config().tcp_half_close_timeout_s == const("DEFAULT_TCP_HALF_CLOSE_TIMEOUT_S") == 3600
+    given = _config("--tcp-half-close-timeout", "120")
+    assert given.tcp_half_close_timeout_s == 120 and "-DSVCXDP_TCP_HALF_CLOSE_TIMEOUT_S=120ULL" in given.cflags()
+    with pytest.raises(ValueError, match="--tcp-half-close-timeout 0: must be a positive integer"):
+        _config("--tcp-half-close-timeout", "0")
