@@ -10,6 +10,7 @@ from controlplane.api.service import Service
 from controlplane.controllers.service_view import (build_service_view, load_service_views, slice_backends,
                                                    slice_document_backends)
 from controlplane.store import SqliteStore
+from tests.unit.store_kit import DocumentsOnly
 
 SLICES = [
     {"metadata": {"name": "web-a", "namespace": "ns", "labels": {"kubernetes.io/service-name": "web"}},
@@ -210,34 +211,14 @@ def test_text_path_matches_document_path_on_random_slices() -> None:
     check()
 
 
-class _DocumentsOnly:
-    """A store that hands out parsed documents only (as EtcdStore and the Kubernetes feed
-    do): load_service_views must take the generic path with it."""
-
-    def __init__(self, store: SqliteStore) -> None:
-        self._store = store
-
-    def list(self, cls, namespace=None, selector=None):
-        return self._store.list(cls, namespace, selector)
-
-    def iter_documents(self, cls, namespace=None):
-        return self._store.iter_documents(cls, namespace)
-
-    def current_resource_version(self):
-        return self._store.current_resource_version()
-
-    def changes_since(self, resource_version, kinds=None, as_text=()):
-        return self._store.changes_since(resource_version, kinds)   # decoded, whatever as_text asks
-
-
 def test_generic_and_text_paths_give_the_same_views(tmp_path) -> None:
     store = _store(SqliteStore(tmp_path / "s.db"))
     assert hasattr(store, "iter_json")
     want = _by_objects(store)
-    assert load_service_views(_DocumentsOnly(store)) == want
+    assert load_service_views(DocumentsOnly(store)) == want
     assert load_service_views(store) == want
-    assert load_service_views(_DocumentsOnly(store), "ns") == load_service_views(store, "ns") == want
-    generic, text = ServiceCache.load(_DocumentsOnly(store)), ServiceCache.load(store)
+    assert load_service_views(DocumentsOnly(store), "ns") == load_service_views(store, "ns") == want
+    generic, text = ServiceCache.load(DocumentsOnly(store)), ServiceCache.load(store)
     assert text.slices == generic.slices and text.slice_owner == generic.slice_owner
     assert set(text.slice_owner) == {("ns", "web-a"), ("ns", "web-b"), ("ns", "web-v6"), ("ns", "web-none")}
     assert text.views() == generic.views() == want
@@ -339,7 +320,7 @@ def test_one_port_views_match_object_and_document_paths(tmp_path) -> None:
     for doc in ONE_PORT_SLICES:
         store.create(EndpointSlice.from_dict(copy.deepcopy(doc)))
     want = _by_objects(store)
-    assert load_service_views(store) == load_service_views(_DocumentsOnly(store)) == want
+    assert load_service_views(store) == load_service_views(DocumentsOnly(store)) == want
     by_name = {v.service.name: v for v in want}
     api = by_name["api"].ports[0].backends
     assert [(b.ip, b.port, b.ready, b.node_name) for b in api if b.ip == "10.1.0.9"] == [("10.1.0.9", 9000, True, "n1")]

@@ -33,6 +33,7 @@ from controlplane.controllers.service_view import (ServiceView, build_service_vi
                                                    slice_backends, slice_change_read, slice_document_backends,
                                                    slice_document_read, slice_text_read)
 from controlplane.store import SqliteStore
+from tests.unit.store_kit import DocumentsOnly
 
 NS = "default"
 PROXY_NAME = "service.kubernetes.io/service-proxy-name"
@@ -54,26 +55,6 @@ def endpoint_slice(name: str, service_name: str, ports: list[dict[str, Any]], en
 
 def ep(ip: str, **conditions: bool) -> dict[str, Any]:
     return {"addresses": [ip], "conditions": conditions, "nodeName": "node1"}
-
-
-class DocumentsOnly:
-    """A store that hands out parsed documents only (as EtcdStore and the Kubernetes feed
-    do), so the readers take the document path."""
-
-    def __init__(self, store: SqliteStore) -> None:
-        self._store = store
-
-    def list(self, cls, namespace=None, selector=None):
-        return self._store.list(cls, namespace, selector)
-
-    def iter_documents(self, cls, namespace=None):
-        return self._store.iter_documents(cls, namespace)
-
-    def current_resource_version(self):
-        return self._store.current_resource_version()
-
-    def changes_since(self, resource_version, kinds=None, as_text=()):
-        return self._store.changes_since(resource_version, kinds)   # decoded, whatever as_text asks
 
 
 def views_on_every_path(tmp_path: Path, services: list[dict], slices: list[dict]) -> dict[str, list[ServiceView]]:
