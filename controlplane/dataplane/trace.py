@@ -543,11 +543,13 @@ def _reply(maps, t: Trace, now_ns: int, timeouts: Timeouts) -> None:
     client = p.src if hairpin else p.dst
     vip = None
     entry = None
+    via_reply_entry = False
     if rn.flags & F_REVNAT_SHARED:
         _, entry = _ct_lookup(maps, now_ns, timeouts, src=ip_be32(p.src), dst=ip_be32(client),
                               sport=port_be16(p.sport), dport=port_be16(p.dport), proto=p.proto, dir=DIR_REPLY)
         if entry is not None:
             vip = (be32_ip(entry.nat_ip), be16_port(entry.nat_port))
+            via_reply_entry = True
     if vip is None:
         key = dict(src=ip_be32(client), dst=rn.vip, sport=port_be16(p.dport), dport=rn.vport, proto=p.proto,
                    dir=DIR_FORWARD)
@@ -561,11 +563,23 @@ def _reply(maps, t: Trace, now_ns: int, timeouts: Timeouts) -> None:
             return
         vip = (be32_ip(rn.vip), be16_port(rn.vport))
     if (now_ns - entry.last_seen) / NSEC > timeouts.of(p.proto, entry.flags):
-        t.notes.append("the flow it answers has expired: passed untouched")
-        return
+        if not (via_reply_entry and _reply_kept(maps, p, client, entry, now_ns, timeouts)):
+            t.notes.append("the flow it answers has expired: passed untouched")
+            return
+        t.notes.append("its reply entry is past its timeout (the backend closed its side), but the flow's "
+                       "forward entry lives: it still serves (ct_reply_kept)")
     t.reply_of, t.reason, t.verdict = vip, "revnat", FORWARDED
     t.rewrite = Rewrite(vip, (client, p.dport))
     t.notes.append(f"a backend's reply: its source becomes the frontend {vip[0]}:{vip[1]}")
+
+
+def _reply_kept(maps, p: Packet, client: str, entry, now_ns: int, timeouts: Timeouts) -> bool:
+    """bpf/conntrack.h ct_reply_kept(): the forward entry of a reply entry past its
+    timeout still points at this backend and lives."""
+    _, fwd = _ct_lookup(maps, now_ns, timeouts, src=ip_be32(client), dst=entry.nat_ip, sport=port_be16(p.dport),
+                        dport=entry.nat_port, proto=p.proto, dir=DIR_FORWARD)
+    return (fwd is not None and (fwd.nat_ip, fwd.nat_port) == (ip_be32(p.src), port_be16(p.sport))
+            and _alive(fwd, p.proto, now_ns, timeouts))
 
 
 # ---- the packet itself, through the program ------------------------------------------------

@@ -306,6 +306,29 @@ def test_trace_of_a_flow_whose_backend_left_and_of_a_large_lc_service(xdp: Harne
     assert by == {"wlc": 300}
 
 
+def test_trace_of_a_half_closed_flows_reply_kept_past_its_timeout(xdp: Harness, maps: PinnedMaps):
+    """A shared backend's reply entry, closed by the backend's FIN and past its timeout,
+    still serves while the half-closed flow's forward entry lives (bpf/conntrack.h
+    ct_reply_kept): trace says so, as the program does (it called the reply expired)."""
+    from controlplane.dataplane.affinity_maps import coarse_now_ns
+    pods = ("10.2.7.1", "10.2.7.2")
+    for vip in (VIP, "10.96.7.2"):   # two services on the same pods: reply entries
+        xdp.writer.upsert(ServiceState(Frontend(vip, 80, "TCP"), tuple(Backend(ip, 8080) for ip in pods), "rr"))
+    client = ("10.1.0.9", 41900)
+    pod = run(maps, trace(maps, Packet(*client, VIP, 80, "TCP", S))).dst[0]
+    run(maps, trace(maps, Packet(pod, 8080, *client, "TCP", S | A)))
+    run(maps, trace(maps, Packet(*client, VIP, 80, "TCP", A)))
+    run(maps, trace(maps, Packet(pod, 8080, *client, "TCP", F | A)))    # the backend has said all
+    table = xdp.dp.table("conntrack")
+    for k, v in list(table.items()):   # a pause past the close timeout
+        v.last_seen = coarse_now_ns() - (xdp.dp.config.tcp_close_timeout_s + 2) * 10**9
+        table[k] = v
+    t = trace(maps, Packet(pod, 8080, *client, "TCP", A))
+    r = run(maps, t)
+    assert (t.reason, t.reply_of, r.src) == ("revnat", (VIP, 80), (VIP, 80)), t.notes
+    assert any("ct_reply_kept" in n for n in t.notes)
+
+
 def test_trace_of_load_balancer_source_ranges(xdp: Harness, maps: PinnedMaps):
     """loadBalancerSourceRanges are checked on a new flow from outside before a backend is
     chosen: a client outside them is dropped (predicted from the LPM trie), one inside is not."""
