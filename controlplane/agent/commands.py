@@ -171,6 +171,8 @@ def run(args: argparse.Namespace) -> int:
         detached += _detach_socket_lb(config.pin_dir, args.socket_lb_cgroup)
         log.info("detached from %s; pins removed: %s", ", ".join(detached) or "no interface",
                  reset(config))
+        from .nexthops import forget
+        log.info("managed next-hop neighbours removed: %s", ", ".join(forget(None)) or "none")
         return 0
     source, feed = _open_source(args)
     try:

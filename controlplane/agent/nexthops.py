@@ -13,11 +13,11 @@ Managed entries (NTF_EXT_MANAGED, Linux 5.16, made for this case) are resolved b
 kernel ahead of need and kept reachable, never collected. The agent marks the gateway of
 every IPv4 route in the main table that leaves by an external interface (other nodes'
 pod CIDRs, the default route) as managed: at start, whenever the routes or neighbours
-of that namespace change, and every REFRESH_S. When a route goes, its next hop's entry is
-deleted if the agent made it (one that was there before and only got the flag stays);
-static entries (PERMANENT, NOARP) are valid for good and left as they are, and so is
-everything else. (What an agent made survives it, managed: a restart takes such entries
-as found.)
+of that namespace change, and every REFRESH_S. An entry the agent makes carries its
+protocol number (NEIGH_PROTOCOL), so a restarted agent knows it: when its route goes, it
+is deleted (one that was there before and only got the flag stays), and `svcctl agent
+--uninstall` deletes them all. Static entries (PERMANENT, NOARP) are valid for good and
+left as they are, and so is everything else.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import socket
 import struct
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_NEIGH
@@ -38,6 +38,10 @@ from controlplane.dataplane.attach import in_netns, open_ipr
 log = logging.getLogger("svcxdp.nexthops")
 
 NTF_EXT_MANAGED = 1            # NDA_FLAGS_EXT: the kernel keeps the entry resolved
+# NDA_PROTOCOL of the entries the agent makes (route protocol numbers; unassigned in
+# iproute2's rt_protos): who made an entry survives the agent, so a restarted one, and
+# `svcctl agent --uninstall`, know which are theirs.
+NEIGH_PROTOCOL = 201
 NUD_NONE = 0
 NUD_STATIC = 0x80 | 0x40       # PERMANENT, NOARP: valid for good, not ours to touch
 MAIN_TABLE = 254
@@ -62,6 +66,20 @@ def route_next_hops(routes: Iterable, ifindexes: frozenset[int]) -> set[NextHop]
             if gw and nh["oif"] in ifindexes:
                 out.add((gw, nh["oif"]))
     return out
+
+
+def _made_here(n) -> bool:
+    return n.get_attr("NDA_PROTOCOL") == NEIGH_PROTOCOL
+
+
+def forget(netns: str | None) -> list[str]:
+    """Delete every neighbour entry an agent made in `netns` (`--uninstall`); the
+    addresses deleted."""
+    with open_ipr(netns) as ipr:
+        made = [n for n in ipr.get_neighbours(family=socket.AF_INET) if _made_here(n)]
+        for n in made:
+            ipr.neigh("del", dst=n.get_attr("NDA_DST"), ifindex=n["ifindex"])
+    return [n.get_attr("NDA_DST") for n in made]
 
 
 def _event_socket(netns: str | None) -> socket.socket:
@@ -100,9 +118,6 @@ class NextHopNeighbours:
     interfaces `ifindexes()` names at each pass."""
     netns: str | None
     ifindexes: Callable[[], frozenset[int]]
-    # entries this process made (there was none): deleted when their route goes. Entries
-    # that were there and only got the managed flag are left as they are then.
-    made: set[NextHop] = field(default_factory=set)
 
     def reconcile(self) -> tuple[set[NextHop], set[NextHop]]:
         """One pass: (next hops made managed, entries deleted)."""
@@ -114,15 +129,17 @@ class NextHopNeighbours:
                 n = current.get(hop)
                 if n is not None and (n["state"] & NUD_STATIC or n.get_attr("NDA_FLAGS_EXT", 0) & NTF_EXT_MANAGED):
                     continue
-                # (replace keeps a resolved entry's address and state: no moment without it)
-                ipr.neigh("replace", dst=hop[0], ifindex=hop[1], state=NUD_NONE, NDA_FLAGS_EXT=NTF_EXT_MANAGED)
+                # (replace keeps a resolved entry's address and state: no moment without it;
+                # an entry the agent makes says so in its protocol)
+                mine = {} if n is not None else {"NDA_PROTOCOL": NEIGH_PROTOCOL}
+                ipr.neigh("replace", dst=hop[0], ifindex=hop[1], state=NUD_NONE, NDA_FLAGS_EXT=NTF_EXT_MANAGED,
+                          **mine)
                 added.add(hop)
-                if n is None:
-                    self.made.add(hop)
-            gone = {hop for hop in self.made - wanted if hop in current}
+            # Entries the agent made whose route went; one that was there before and only
+            # got the managed flag stays.
+            gone = {hop for hop, n in current.items() if hop not in wanted and _made_here(n)}
             for gw, ifindex in gone:
                 ipr.neigh("del", dst=gw, ifindex=ifindex)
-            self.made &= wanted
         return added, gone
 
     def run(self, stop: threading.Event) -> None:

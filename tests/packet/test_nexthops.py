@@ -72,9 +72,21 @@ def test_the_gateways_behind_the_external_interface_become_managed_and_resolved(
     assert "PERMANENT" in neighbour("192.168.1.34") and "managed" not in neighbour("192.168.1.34")
     assert neighbour("10.99.0.2") == ""
     assert node.reconcile() == (set(), set())              # nothing more to do
+    # a restarted agent knows what an agent made (its protocol): the route goes, the entry too
+    restarted = NextHopNeighbours(NODE, node.ifindexes)
     ip(NODE, "route", "del", "10.244.2.0/24")
-    assert {gw for gw, _ in node.reconcile()[1]} == {"192.168.1.32"}
+    assert {gw for gw, _ in restarted.reconcile()[1]} == {"192.168.1.32"}
     assert neighbour("192.168.1.32") == ""
+
+
+def test_uninstall_deletes_what_an_agent_made_and_only_that(node):
+    from controlplane.agent.nexthops import forget
+    ip(NODE, "route", "add", "10.244.4.0/24", "via", "192.168.1.35", "dev", "ext0")
+    ip(NODE, "neigh", "replace", "192.168.1.35", "lladdr", "02:00:00:00:01:35", "dev", "ext0", "nud", "reachable")
+    node.reconcile()                                       # .32 made, .35 only flagged
+    assert "managed" in neighbour("192.168.1.32") and "managed" in neighbour("192.168.1.35")
+    assert netns.call_in(NODE, forget, None) == ["192.168.1.32"]
+    assert neighbour("192.168.1.32") == "" and "192.168.1.35" in neighbour("192.168.1.35")
 
 
 def test_an_entry_already_resolved_is_made_managed_without_losing_its_address(node):
