@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import signal
 import sys
@@ -196,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     socket_lb = _attach_socket_lb(dp, list(args.socket_lb_cgroup), args.node_ip, log)
     addresses: tuple[str, ...] = ()
     if interfaces is not None:
-        addresses = select([a for t in interfaces.targets() if getattr(t, "role", "pod") == "external"
+        addresses = select([a for t in interfaces.external_targets()
                             for a in interface_addresses(t.netns, t.ifindex)], cidrs)
     log.info("NodePorts served on %s", ", ".join(addresses) or "no address")
     health = Health(args.node)
@@ -255,11 +256,10 @@ def _keep_next_hops(interfaces, stop: threading.Event) -> None:
     neighbours (nexthops.py)."""
     from .nexthops import NextHopNeighbours
 
-    def external(netns: str) -> frozenset[int]:
-        return frozenset(t.ifindex for t in interfaces.targets()
-                         if getattr(t, "role", "pod") == "external" and t.netns == netns)
-    for netns in sorted({t.netns for t in interfaces.targets() if getattr(t, "role", "pod") == "external"}):
-        keeper = NextHopNeighbours(netns or None, lambda ns=netns: external(ns))
+    def external_in(netns: str) -> frozenset[int]:
+        return frozenset(t.ifindex for t in interfaces.external_targets() if t.netns == netns)
+    for netns in sorted({t.netns for t in interfaces.external_targets()}):
+        keeper = NextHopNeighbours(netns or None, functools.partial(external_in, netns))
         threading.Thread(target=keeper.run, args=(stop,), name="nexthops", daemon=True).start()
 
 

@@ -12,7 +12,7 @@ from controlplane.api.validation.lb_annotations import (BACKEND_WEIGHTS, LB_ALGO
                                                        parse_table_size)
 from controlplane.controllers.service_view import Backend as ViewBackend
 from controlplane.controllers.service_view import (SCOPE_CLUSTER_IP, SCOPE_LOAD_BALANCER,
-                                                   ServicePortView, ServiceView)
+                                                   ServicePortView, ServiceView, ipv4_family)
 from controlplane.dataplane.layout import ALGORITHMS
 from controlplane.dataplane.model import Backend, Frontend, ModelError, ServiceState, UncheckedModel, make_backends
 from controlplane.gcpause import paused_gc
@@ -375,7 +375,7 @@ NO_IPV4_CLIENT = "0.0.0.0/32"
 def ipv4_source_ranges(cidrs: Sequence[str]) -> tuple[str, ...]:
     """The IPv4 CIDRs of loadBalancerSourceRanges (the dataplane is IPv4; a dual-stack
     service's IPv6 ranges are not its business); () when there are none at all."""
-    ranges = tuple(c for c in cidrs if ":" not in c)
+    ranges = tuple(filter(ipv4_family, cidrs))
     return ranges or ((NO_IPV4_CLIENT,) if cidrs else ())
 
 

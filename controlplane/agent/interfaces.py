@@ -24,6 +24,12 @@ class AttachTarget(Protocol):
     peer_ifname: str
 
 
+def is_external(t: AttachTarget) -> bool:
+    """The node's external interface (NodePort, LB IPs, externalIPs), not a pod's: the
+    target's role, "pod" when it names none."""
+    return getattr(t, "role", "pod") == "external"
+
+
 @dataclass(frozen=True)
 class _Key:
     netns: str
@@ -40,6 +46,9 @@ class InterfaceManager:
         self._pass_bpf, self._pass_fd = load_floor_program()
         self._attached: set[_Key] = set()
 
+    def external_targets(self) -> list[AttachTarget]:
+        return [t for t in self.targets() if is_external(t)]
+
     def refresh(self) -> int:
         """Attach to targets not yet served; returns how many were attached now."""
         current = {_Key(t.netns, t.ifname, t.ifindex): t for t in self.targets()}
@@ -54,8 +63,7 @@ class InterfaceManager:
                     attach_xdp(self._pass_fd, t.peer_ifname, t.peer_netns, self.mode)
                 # the node's external interface gets the entry point for traffic
                 # from outside (NodePort, LB IPs, externalIPs)
-                external = getattr(t, "role", "pod") == "external"
-                attach_xdp(self.dp.external_prog_fd if external else self.dp.prog_fd,
+                attach_xdp(self.dp.external_prog_fd if is_external(t) else self.dp.prog_fd,
                            t.ifname, t.netns, self.mode)
                 # Native mode only: a generic-mode peer program does not make the
                 # veth take redirected frames.

@@ -31,7 +31,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_NEIGH
+from pyroute2.netlink.rtnl import RTM_DELNEIGH, RTM_DELROUTE, RTM_NEWROUTE, RTMGRP_IPV4_ROUTE, RTMGRP_NEIGH
+from pyroute2.netlink.rtnl.ndmsg import NUD_NOARP, NUD_NONE, NUD_PERMANENT
 
 from controlplane.dataplane.attach import in_netns, open_ipr
 
@@ -42,8 +43,7 @@ NTF_EXT_MANAGED = 1            # NDA_FLAGS_EXT: the kernel keeps the entry resol
 # iproute2's rt_protos): who made an entry survives the agent, so a restarted one, and
 # `svcctl agent --uninstall`, know which are theirs.
 NEIGH_PROTOCOL = 201
-NUD_NONE = 0
-NUD_STATIC = 0x80 | 0x40       # PERMANENT, NOARP: valid for good, not ours to touch
+NUD_STATIC = NUD_PERMANENT | NUD_NOARP   # valid for good, not ours to touch
 MAIN_TABLE = 254
 REFRESH_S = 30.0               # a full pass, whatever the events said
 SETTLE_S = 0.2                 # events closer together than this make one pass
@@ -94,7 +94,6 @@ def _event_socket(netns: str | None) -> socket.socket:
 
 
 _NLMSGHDR = struct.Struct("=IHHII")   # length, type, flags, sequence, port
-RTM_NEWROUTE, RTM_DELROUTE, RTM_DELNEIGH = 24, 25, 29
 
 
 def _matters(data: bytes) -> bool:
@@ -110,6 +109,17 @@ def _matters(data: bytes) -> bool:
             break
         at += (length + 3) & ~3
     return False
+
+
+def _read_matters(events: socket.socket) -> bool:
+    """Read the socket's next messages: whether they matter (_matters). Events that
+    overflowed the socket (ENOBUFS) matter: what changed is unknown."""
+    try:
+        return _matters(events.recv(1 << 16))
+    except OSError as exc:
+        if exc.errno != errno.ENOBUFS:
+            raise
+        return True
 
 
 @dataclass
@@ -161,20 +171,10 @@ class NextHopNeighbours:
                 if time.monotonic() >= due:
                     self._pass()
                     due = time.monotonic() + REFRESH_S
-                try:
-                    ready = select.select([events], [], [], 1.0)[0] and _matters(events.recv(1 << 16))
-                except OSError as exc:
-                    if exc.errno != errno.ENOBUFS:
-                        raise
-                    ready = True         # events overflowed the socket: what changed is unknown
-                if ready:
+                if select.select([events], [], [], 1.0)[0] and _read_matters(events):
                     stop.wait(SETTLE_S)         # the rest of a burst: one pass reads it all
                     while select.select([events], [], [], 0)[0]:
-                        try:
-                            events.recv(1 << 16)
-                        except OSError as exc:
-                            if exc.errno != errno.ENOBUFS:
-                                raise
+                        _read_matters(events)
                     due = 0.0
 
     def _pass(self) -> None:

@@ -407,15 +407,21 @@ def backends_by_port_name(slices: list[EndpointSlice]) -> dict[PortKey, list[Bac
     return merge_backends(slice_backends(es) for es in slices if proxied_slice_owner(es.labels))
 
 
+def ipv4_family(text: str) -> bool:
+    """An address or CIDR of the IPv4 family, the dataplane's (the API has validated its
+    form; an IPv6 one always has a colon)."""
+    return ":" not in text
+
+
 def ipv4_cluster_ip(svc: Service) -> str | None:
     """The address an IPv4 dataplane serves a service's ClusterIP frontend at: its
     ClusterIP, or for a dual-stack service whose first family is IPv6 its IPv4 one
     (spec.clusterIPs); None for an IPv6 single-stack service, which kube-proxy's IPv4
     proxier skips whole."""
     spec = svc.spec
-    if spec.cluster_ip and ":" not in spec.cluster_ip:
+    if spec.cluster_ip and ipv4_family(spec.cluster_ip):
         return spec.cluster_ip
-    return next((ip for ip in spec.cluster_ips or () if ip and ":" not in ip), None)
+    return next((ip for ip in spec.cluster_ips or () if ip and ipv4_family(ip)), None)
 
 
 def view_from_backends(svc: Service, backends: dict[PortKey, list[Backend]]) -> ServiceView:
@@ -432,13 +438,13 @@ def view_from_backends(svc: Service, backends: dict[PortKey, list[Backend]]) -> 
     # The dataplane is IPv4: a dual-stack service's IPv6 addresses are not its business,
     # as kube-proxy's IPv4 proxier leaves them to the IPv6 one (serviceport.go).
     if spec.external_ips:
-        vips.extend((ip, SCOPE_EXTERNAL_IP) for ip in spec.external_ips if ":" not in ip)
+        vips.extend((ip, SCOPE_EXTERNAL_IP) for ip in spec.external_ips if ipv4_family(ip))
     lb = svc.status.load_balancer
     if lb is not None and lb.ingress:
         # (ipMode Proxy: the load balancer proxies to the nodes, it does not send its
         # address here; kube-proxy programs only VIP-mode addresses)
         vips.extend((i.ip, SCOPE_LOAD_BALANCER) for i in lb.ingress
-                    if i.ip and ":" not in i.ip and i.ip_mode in (None, "", IP_MODE_VIP))
+                    if i.ip and ipv4_family(i.ip) and i.ip_mode in (None, "", IP_MODE_VIP))
     namespace, name = svc.namespace, svc.name
     ports = []
     one_vip = vips[0] if len(vips) == 1 else None   # the usual: the ClusterIP alone

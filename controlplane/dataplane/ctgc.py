@@ -22,7 +22,7 @@ import numpy as np
 
 from . import flowsets
 from .affinity_maps import coarse_now_ns
-from .flows import Timeouts, closed, half_closed
+from .flows import Timeouts
 from .layout import const, header_struct
 from .libbpf import BatchCursor, lookup_batches_raw
 from .model import PROTOCOLS
@@ -34,9 +34,6 @@ from .testrun import TestRunner
 TABLES = {"conntrack": const("CT_GC_CONFIRMED")}
 BATCH = const("CT_GC_BATCH")
 GRACE_NS = const("CT_GC_GRACE_S") * 1_000_000_000
-# Timeouts.of() of every flags byte, for TCP, as an index: 0 established, 1 closed,
-# 2 half-closed (bpf/conntrack.h ct_timeout_ns)
-_TCP_KIND = np.array([2 if half_closed(f) else 1 if closed(f) else 0 for f in range(256)])
 OP_DELETE, OP_LOCATE = const("CT_GC_OP_DELETE"), const("CT_GC_OP_LOCATE")
 # struct ct_gc_request (svcxdp.h), read from the header; the keys follow it.
 Request = header_struct("ct_gc_request")
@@ -87,6 +84,8 @@ class ConntrackGC:
         cfg = dp.config
         self.timeouts = Timeouts(cfg.tcp_timeout_s, cfg.tcp_close_timeout_s, cfg.udp_timeout_s,
                                  cfg.tcp_half_close_timeout_s)
+        # a TCP entry's timeout by its flags byte (Timeouts.of: established, half-closed, closed)
+        self._tcp_timeout_s = np.array([self.timeouts.of(TCP, flags) for flags in range(256)])
         self.scan = scan
         self._walks = {name: _Walk(dp.table(name)) for name in TABLES}
         conntrack = self._walks["conntrack"].table
@@ -129,7 +128,7 @@ class ConntrackGC:
         k = np.frombuffer(kraw, dtype=self._kdt, count=n)
         v = np.frombuffer(vraw, dtype=self._vdt, count=n)
         t = self.timeouts
-        timeout_s = np.where(k["proto"] == TCP, np.array([t.tcp, t.tcp_close, t.tcp_half_close])[_TCP_KIND[v["flags"]]], t.udp)
+        timeout_s = np.where(k["proto"] == TCP, self._tcp_timeout_s[v["flags"]], t.udp)
         idle = np.int64(now) - v["last_seen"].view(np.int64)
         return np.flatnonzero(idle > timeout_s.astype(np.int64) * 1_000_000_000 + GRACE_NS)
 

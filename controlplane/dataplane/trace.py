@@ -562,7 +562,7 @@ def _reply(maps, t: Trace, now_ns: int, timeouts: Timeouts) -> None:
                            "passed untouched")
             return
         vip = (be32_ip(rn.vip), be16_port(rn.vport))
-    if (now_ns - entry.last_seen) / NSEC > timeouts.of(p.proto, entry.flags):
+    if not _alive(entry, p.proto, now_ns, timeouts):
         if not (via_reply_entry and _reply_kept(maps, p, client, entry, now_ns, timeouts)):
             t.notes.append("the flow it answers has expired: passed untouched")
             return
