@@ -5,9 +5,11 @@
  * or the node's external interface towards another node), when that device is one the
  * agent made a redirect target (tx_ports, maps.h). Everything else goes to the stack
  * (XDP_PASS), untouched: no route or neighbour yet (the stack does ARP), TTL about to
- * expire or a frame larger than the egress MTU (the stack sends the ICMP error or
- * fragments), VLAN-tagged frames, and devices not in tx_ports. Built with
- * -DSVCXDP_STACK_FORWARD, every translated frame goes to the stack.
+ * expire (the stack sends the ICMP error), a frame larger than the egress MTU without
+ * DF (the stack fragments it), VLAN-tagged frames, and devices not in tx_ports. One
+ * with DF is answered "fragmentation needed" about the frame as it was sent
+ * (reject.h, frag_answerable). Built with -DSVCXDP_STACK_FORWARD, every translated
+ * frame goes to the stack.
  *
  * The lookup is about a third of a pod's new UDP flow in this program (datapath-notes
  * §18), and the answer for a backend rarely changes: the answers are kept in a per-CPU
@@ -19,6 +21,7 @@
 
 #include "flowhash.h"
 #include "maps.h"
+#include "reject.h"
 
 /* Forwarding in XDP makes the program the router: it decrements the TTL itself
  * (also used by nodeport.h). */
@@ -113,7 +116,8 @@ static __always_inline int fib_cache_find(struct xdp_md *ctx, const struct iphdr
 }
 
 /* Remember a successful lookup `p` in the frame's slot (if the cache is on). `src`:
- * the source address the lookup chose (BPF_FIB_LOOKUP_SRC), 0 if not asked. */
+ * the source address the lookup chose (BPF_FIB_LOOKUP_SRC), 0 if not asked. Frames up
+ * to the route's MTU, which a successful lookup names (mtu_result), are sent with it. */
 static __always_inline void fib_cache_fill(const struct fib_slot *s, __be32 dst,
 					   const struct bpf_fib_lookup *p, __be32 src)
 {
@@ -127,14 +131,16 @@ static __always_inline void fib_cache_fill(const struct fib_slot *s, __be32 dst,
 	c->src = src;
 	__builtin_memcpy(c->smac, p->smac, ETH_ALEN);
 	__builtin_memcpy(c->dmac, p->dmac, ETH_ALEN);
-	c->ok_len = s->len;
+	c->ok_len = p->mtu_result;
 	c->stamp = s->stamp;
 }
 
 /* Route a translated frame: the cached next hop if it is fresh, else a FIB lookup
- * (remembered when it succeeds and the cache is on). */
+ * (remembered when it succeeds and the cache is on). `sent`: the frame before its
+ * translation. */
 static __always_inline int forward(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *ip,
-				   int vlan, __u64 now, struct events *ev)
+				   int vlan, __u64 now, const struct sent_tuple *sent,
+				   struct events *ev)
 {
 #ifndef SVCXDP_STACK_FORWARD
 	if (!vlan && ip->ttl > 1) {
@@ -146,9 +152,17 @@ static __always_inline int forward(struct xdp_md *ctx, struct ethhdr *eth, struc
 		}
 		struct bpf_fib_lookup p = {};
 		fib_params_set(&p, ctx, ip, ip->daddr);
-		if (bpf_fib_lookup(ctx, &p, sizeof(p), 0) == BPF_FIB_LKUP_RET_SUCCESS) {
+		int rc = bpf_fib_lookup(ctx, &p, sizeof(p), 0);
+		if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
 			fib_cache_fill(&s, ip->daddr, &p, 0);
 			return fib_redirect(eth, ip, p.ifindex, p.smac, p.dmac, ev);
+		}
+		if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED && frag_answerable(eth, ip, sent)) {
+			if (ev->extra == SVCXDP_CNT_MAX)
+				ev->extra = SVCXDP_CNT_FRAG_NEEDED;
+			else
+				counters_bump(SVCXDP_CNT_FRAG_NEEDED);
+			return frag_needed_reply(ctx, sent, p.mtu_result);
 		}
 	}
 #endif

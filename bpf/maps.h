@@ -152,7 +152,7 @@ BPF_PERCPU_ARRAY(lc_scratch, struct lc_best, 1);
  * In map memory, not on the stack: the verifier tracks values spilled to the stack,
  * and tracking count and algorithm multiplied the paths past its budget. */
 BPF_PERCPU_ARRAY(svc_scratch, struct svc_value, 1);
-/* A new external flow on its way to the tail program (nodeport.h); never pinned. */
+/* An external flow's packet on its way to a tail program (nodeport.h); never pinned. */
 BPF_PERCPU_ARRAY(np_scratch, struct np_pending, 1);
 /* Datapath-wide counters, SVCXDP_CNT_*. */
 SVCXDP_MAP("percpu_array", __u32, __u64, counters, SVCXDP_CNT_MAX);

@@ -32,6 +32,7 @@ struct np_route {
 	__u8 smac[ETH_ALEN];
 	__u8 dmac[ETH_ALEN];
 	__u8 cached;      /* read from the FIB result cache, not looked up */
+	__u16 mtu;        /* the frame is larger than the route's MTU, this; else 0 */
 };
 
 /* The address and port an external flow to another node leaves with. ip 0: none. */
@@ -43,11 +44,15 @@ struct np_snat {
 /* The route to the frame's destination, with the source address the node uses on it:
  * from the FIB result cache (fib.h) when its slot is fresh and was filled by a lookup
  * that asked for the source, else looked up (and remembered on success). `now`: the
- * coarse clock. */
+ * coarse clock. The lookup is made without the frame's size, and the size compared
+ * with the route's MTU here (r->mtu): a lookup that finds the frame too large stops
+ * before naming the device and the source, and whether a new flow needs SNAT does
+ * not depend on its first packet's size. */
 static __always_inline void np_route_lookup(struct xdp_md *ctx, const struct iphdr *ip, __u64 now,
 					    struct np_route *r)
 {
 	struct fib_slot s;
+	r->mtu = 0;
 	if (fib_cache_find(ctx, ip, now, &s) && s.c->src) {
 		r->rc = BPF_FIB_LKUP_RET_SUCCESS;
 		r->ifindex = s.c->ifindex;
@@ -60,12 +65,18 @@ static __always_inline void np_route_lookup(struct xdp_md *ctx, const struct iph
 	r->cached = 0;
 	struct bpf_fib_lookup p = {};
 	fib_params_set(&p, ctx, ip, ip->daddr);
+	p.tot_len = 0;
 	r->rc = bpf_fib_lookup(ctx, &p, sizeof(p), SVCXDP_FIB_LOOKUP_SRC);
 	r->ifindex = p.ifindex;
 	r->src = p.ipv4_src;
 	__builtin_memcpy(r->smac, p.smac, ETH_ALEN);
 	__builtin_memcpy(r->dmac, p.dmac, ETH_ALEN);
-	if (r->rc == BPF_FIB_LKUP_RET_SUCCESS && p.ipv4_src)
+	if (r->rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return;
+	/* On success the lookup names the route's MTU (Linux 5.12). */
+	if (s.len > p.mtu_result)
+		r->mtu = p.mtu_result;
+	else if (p.ipv4_src)
 		fib_cache_fill(&s, ip->daddr, &p, p.ipv4_src);
 }
 
@@ -319,12 +330,25 @@ static __always_inline void np_frag_forget(const struct iphdr *ip, const struct 
 	fragments.delete(&k);
 }
 
+/* The packet handed to the tail as its sender sent it (np_pending.sent). */
+static __always_inline void np_sent_set(const struct sent_tuple *sent)
+{
+	__u32 zero = 0;
+	struct np_pending *pd = np_scratch.lookup(&zero);
+	if (!pd)
+		return;
+	pd->sent = *sent;
+	pd->has_sent = 1;
+}
+
 static __always_inline void np_pending_clear(void)
 {
 	__u32 zero = 0;
 	struct np_pending *pd = np_scratch.lookup(&zero);
-	if (pd)
+	if (pd) {
 		pd->mode = SVCXDP_NP_NONE;
+		pd->has_sent = 0;
+	}
 }
 
 /* The flow's entry, in the table handle_service left it in (np_pending.confirmed): the
@@ -439,7 +463,10 @@ static __always_inline int np_snat(struct xdp_md *ctx, struct iphdr *ip, void *d
 /* Send a translated frame on: back out of the interface it came in on with XDP_TX,
  * to another device that is a redirect target with bpf_redirect_map (fib.h), else to
  * the stack (no neighbour yet, TTL about to expire, VLAN tags, a device that is not a
- * redirect target, or every other device when built with SVCXDP_STACK_FORWARD). The
+ * redirect target, or every other device when built with SVCXDP_STACK_FORWARD). One
+ * larger than its route's MTU goes to the stack to be fragmented, or with DF set is
+ * answered "fragmentation needed" (reject.h; in both builds: this lookup is made
+ * anyway, and a local pod behind an overlay's smaller MTU is the common case). The
  * body of the svcxdp_np_out tail program: the frame is re-parsed, its headers already
  * hold the new addresses.
  * A VLAN-tagged frame of a flow gets the tail's checks and SNAT like any other (once
@@ -458,11 +485,17 @@ static __always_inline int np_forward(struct xdp_md *ctx, struct events *ev)
 	}
 	__u32 zero = 0;
 	struct np_pending *pd = np_scratch.lookup(&zero);
+	/* Like the mode, taken at once (the next packet may set none). */
+	int has_sent = pd && pd->has_sent;
+	if (has_sent)
+		pd->has_sent = 0;
+	int snat_seen = 0;
 	if (pd && pd->mode) {
 		/* Taken at once: left set, it would be read as the next packet's, and a
 		 * backend's answer, which sets none, would be source-NATed as a new flow. */
 		__u8 mode = pd->mode;
 		pd->mode = SVCXDP_NP_NONE;
+		snat_seen = 1;
 		__u32 vlan = pd->vlan & 4;
 		struct iphdr *fip = (void *)(eth + 1) + vlan;   /* the flow's IP header */
 		if ((void *)(fip + 1) > data_end)
@@ -481,7 +514,18 @@ static __always_inline int np_forward(struct xdp_md *ctx, struct events *ev)
 		return XDP_PASS;
 	struct np_route r;
 	np_route_lookup(ctx, ip, bpf_ktime_get_coarse_ns(), &r);
-	if (r.rc != BPF_FIB_LKUP_RET_SUCCESS || ip->ttl <= 1)
+	if (ip->ttl <= 1)
+		return XDP_PASS;
+	if (r.mtu) {
+		/* Answered for a packet np_snat did not see (an established flow's, a reply's);
+		 * a flow's first packets go to the stack: answered too, they made every state
+		 * np_snat leaves walk the answer, which doubled this program's verification. */
+		if (snat_seen || !has_sent || !pd || !frag_answerable(eth, ip, &pd->sent))
+			return XDP_PASS;
+		ev->main = SVCXDP_CNT_FRAG_NEEDED;   /* no other event: np_snat did not run */
+		return frag_needed_reply(ctx, &pd->sent, r.mtu);
+	}
+	if (r.rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return XDP_PASS;
 	if (r.cached) {
 		/* Sent on by a cached answer, counted as the pods' path counts it; in the
@@ -545,6 +589,8 @@ static __always_inline int np_snat_reply(struct xdp_md *ctx, struct ethhdr *eth,
 	}
 	if (ct_changed(v, was))
 		ct_store(copied, &k, v);
+	struct sent_tuple sent = { k.src, k.dst, k.sport, k.dport };
+	np_sent_set(&sent);
 	nat_src(ip, sport, csum, v->nat_ip, v->nat_port);
 	nat_dst(ip, dport, csum, v->peer_ip, v->peer_port);
 	frag_record(ip, k.src, k.dst, v->nat_ip, v->peer_ip, SVCXDP_CT_DIR_REPLY);

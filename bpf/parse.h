@@ -10,6 +10,7 @@
 #define ETH_P_IP_BE 0x0008      /* htons(ETH_P_IP) */
 #define ETH_P_8021Q_BE 0x0081   /* htons(ETH_P_8021Q) */
 #define ETH_P_8021AD_BE 0xA888  /* htons(ETH_P_8021AD) */
+#define IP_DF 0x4000
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1FFF
 

@@ -1,9 +1,12 @@
 /* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
 /*
- * reject.h — answering for a service that has no endpoints, as kube-proxy's REJECT
- * rules do: TCP gets a RST, UDP an ICMP port unreachable, sent straight back out of
- * the interface (XDP_TX) so the client sees "connection refused" at once.
- * Both replies are built from scratch at fixed offsets, so IP or TCP options in the
+ * reject.h — answers the program sends back out of the interface a frame came in on
+ * (XDP_TX): for a service that has no endpoints, as kube-proxy's REJECT rules do, a
+ * TCP RST or an ICMP port unreachable, so the client sees "connection refused" at
+ * once; and for a translated frame too large for its way out with DF set, the ICMP
+ * "fragmentation needed" that the node's stack would send, but quoting the frame as
+ * its sender sent it (frag_needed).
+ * The replies are built from scratch at fixed offsets, so IP or TCP options in the
  * offending packet do not matter.
  */
 #ifndef SVCXDP_REJECT_H
@@ -24,11 +27,12 @@ static __u64 (*xdp_buff_len)(struct xdp_md *ctx) = (void *)188; /* BPF_FUNC_xdp_
  * answer's source MAC would be that group), nor to a source of 0/8, 127/8 or 224/3
  * (multicast, class E, the broadcast address) — spoofed, they would turn a service
  * without endpoints into a reflector. */
-static __always_inline int reject_answerable(const struct ethhdr *eth, const struct iphdr *ip)
+static __always_inline int reject_answerable(const struct ethhdr *eth, __be32 saddr)
 {
-	__u8 first = ((const __u8 *)&ip->saddr)[0];
+	__u8 first = ((const __u8 *)&saddr)[0];
 	return !(eth->h_dest[0] & 1) && first != 0 && first != 127 && first < 224;
 }
+
 
 static __always_inline void swap_macs(struct ethhdr *eth)
 {
@@ -117,10 +121,14 @@ static __always_inline int reject_tcp(struct xdp_md *ctx, __u32 l3_off, struct i
 	return XDP_TX;
 }
 
-/* ICMP destination unreachable / port unreachable quoting the IP header and the
- * first 8 bytes of the datagram (RFC 792). Grows the head by 28 bytes for the new
- * IP and ICMP headers, then trims the tail to the quote. */
-static __always_inline int reject_udp(struct xdp_md *ctx, __u32 l3_off, __u32 ihl_bytes)
+/* ICMP destination unreachable (`code`) quoting the IP header and the first 8 bytes of
+ * the datagram (RFC 792); `mtu`: the next hop's MTU of a "fragmentation needed" (RFC
+ * 1191), else 0. `sent`: the frame was translated, and the quote says what its sender
+ * sent (the quoted transport checksum stays the translated one: receivers match a
+ * quote by addresses and ports, icmp.h); NULL: the frame is as it was sent. Grows the
+ * head by 28 bytes for the new IP and ICMP headers, then trims the tail to the quote. */
+static __always_inline int icmp_unreach_reply(struct xdp_md *ctx, __u32 l3_off, __u32 ihl_bytes,
+					      __u8 code, __u16 mtu, const struct sent_tuple *sent)
 {
 	const int grow = sizeof(struct iphdr) + sizeof(struct icmphdr);
 	if (l3_off > 18 || ihl_bytes > 60)
@@ -154,13 +162,25 @@ static __always_inline int reject_udp(struct xdp_md *ctx, __u32 l3_off, __u32 ih
 	struct iphdr *orig = (void *)(icmp + 1);
 	if ((void *)(eth + 1) > end || (void *)(orig + 1) > end)
 		return XDP_DROP;
+	if (sent) {
+		__be16 *ports = (void *)orig + ihl_bytes;
+		if ((void *)(ports + 2) > end)
+			return XDP_DROP;
+		csum_replace4(&orig->check, orig->saddr, sent->src);
+		csum_replace4(&orig->check, orig->daddr, sent->dst);
+		orig->saddr = sent->src;
+		orig->daddr = sent->dst;
+		ports[0] = sent->sport;
+		ports[1] = sent->dport;
+	}
 
 	swap_macs(eth);
 	fill_reply_ip(nip, IPPROTO_ICMP, grow + quote, orig->daddr, orig->saddr);
 	icmp->type = ICMP_DEST_UNREACH;
-	icmp->code = ICMP_PORT_UNREACH;
+	icmp->code = code;
 	icmp->checksum = 0;
-	icmp->un.gateway = 0;
+	icmp->un.frag.__unused = 0;
+	icmp->un.frag.mtu = bpf_htons(mtu);
 
 	__u32 sum = 0;
 	__u16 *w = (__u16 *)icmp;
@@ -176,6 +196,35 @@ static __always_inline int reject_udp(struct xdp_md *ctx, __u32 l3_off, __u32 ih
 	}
 	icmp->checksum = ~csum_fold32(sum);
 	return XDP_TX;
+}
+
+/* UDP to a service without endpoints: port unreachable. */
+static __always_inline int reject_udp(struct xdp_md *ctx, __u32 l3_off, __u32 ihl_bytes)
+{
+	return icmp_unreach_reply(ctx, l3_off, ihl_bytes, ICMP_PORT_UNREACH, 0, NULL);
+}
+
+/* A translated frame (untagged) that the FIB found larger than the MTU of its way out.
+ * Without DF it goes to the stack, which fragments it. With DF the stack would drop it
+ * and send "fragmentation needed" quoting the translated frame — a backend's address
+ * and port the sender never used, so it could not match the error to its socket and
+ * would resend the same size for ever (a UDP sender; TCP mostly avoids it through the
+ * MSS). kube-proxy's conntrack translates that error back; here the program answers
+ * itself (frag_needed_reply), quoting `sent`: unless the source is one a reject would
+ * not answer, or the frame has IP options (to the stack: a quote of constant length
+ * keeps the answer's checks few, and it is reached from many verifier states). */
+static __always_inline int frag_answerable(const struct ethhdr *eth, const struct iphdr *ip,
+					   const struct sent_tuple *sent)
+{
+	return (ip->frag_off & bpf_htons(IP_DF)) && ip->ihl == 5 && reject_answerable(eth, sent->src);
+}
+
+/* RFC 1191's "fragmentation needed" back to the sender of the frame, `mtu` the next
+ * hop's MTU (the frame's IP header has no options: frag_answerable). */
+static __always_inline int frag_needed_reply(struct xdp_md *ctx, const struct sent_tuple *sent,
+					     __u16 mtu)
+{
+	return icmp_unreach_reply(ctx, ETH_HLEN, sizeof(struct iphdr), ICMP_FRAG_NEEDED, mtu, sent);
 }
 
 #endif /* SVCXDP_REJECT_H */

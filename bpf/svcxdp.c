@@ -152,16 +152,15 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct ethhdr *eth, 
 	}
 	if (ct_changed(v, was))
 		ct_store(m.copied, &m.key, v);
-	__be32 orig_src = ip->saddr;
-	__be32 orig_dst = ip->daddr;
+	struct sent_tuple sent = { ip->saddr, ip->daddr, *l4->sport, *l4->dport };
 	nat_src(ip, l4->sport, &l4->csum, m.vip, m.vport);
 	if (hairpin)
 		nat_dst(ip, NULL, &l4->csum, client, 0);
 	/* Later fragments come addressed as this one came (to the hairpin address too). */
-	frag_record(ip, orig_src, orig_dst, m.vip, hairpin ? client : 0, SVCXDP_CT_DIR_REPLY);
+	frag_record(ip, sent.src, sent.dst, m.vip, hairpin ? client : 0, SVCXDP_CT_DIR_REPLY);
 	svc_account(v->svc_id, frame_bytes(ip, l3_off), 0, 0);
 	ev->main = SVCXDP_CNT_REVNAT;
-	return forward(ctx, eth, ip, vlan, now, ev);
+	return forward(ctx, eth, ip, vlan, now, &sent, ev);
 }
 
 /* Is the conntrack entry's backend still a live member of its service? */
@@ -262,7 +261,7 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 		return XDP_DROP;
 	}
 	if (svc->count == 0) {
-		if (!reject_answerable(eth, ip)) {
+		if (!reject_answerable(eth, ip->saddr)) {
 			ev->main = SVCXDP_CNT_DROP_MALFORMED;
 			return XDP_DROP;
 		}
@@ -319,8 +318,7 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 			       vlan, SVCXDP_NP_NEW);
 
 dnat:;
-	__be32 orig_src = ip->saddr;
-	__be32 orig_dst = ip->daddr;
+	struct sent_tuple sent = { ip->saddr, ip->daddr, *l4->sport, *l4->dport };
 	nat_dst(ip, l4->dport, &l4->csum, nat_ip, nat_port);
 	/* Hairpin: the client is its own backend; it must not see itself as source. */
 	if (nat_ip == ip->saddr) {
@@ -330,11 +328,13 @@ dnat:;
 	if (snat.ip)
 		nat_src(ip, l4->sport, &l4->csum, snat.ip, snat.port);
 	/* Later fragments leave with the source this one leaves with (SNAT, hairpin). */
-	frag_record(ip, orig_src, orig_dst, nat_ip, ip->saddr != orig_src ? ip->saddr : 0,
+	frag_record(ip, sent.src, sent.dst, nat_ip, ip->saddr != sent.src ? ip->saddr : 0,
 		    SVCXDP_CT_DIR_FORWARD);
-	if (external)
+	if (external) {
+		np_sent_set(&sent);
 		return SVCXDP_VERDICT_NP_OUT;
-	return forward(ctx, eth, ip, vlan, now, ev);
+	}
+	return forward(ctx, eth, ip, vlan, now, &sent, ev);
 }
 
 /* `external` and `replies` are constants per program, so each keeps only its own paths:

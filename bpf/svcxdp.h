@@ -149,7 +149,9 @@
 #define SVCXDP_CNT_SNAT_RECLAIMED 30   /* SNAT port taken from an unconfirmed flow (nodeport.h) */
 #define SVCXDP_CNT_REDIRECT_REFUSED 31 /* routed, but the egress device is not in tx_ports: to the stack */
 #define SVCXDP_CNT_FIB_CACHED 32       /* sent on with a cached FIB result (fib.h): no lookup */
-#define SVCXDP_CNT_MAX 33
+#define SVCXDP_CNT_FRAG_NEEDED 33      /* translated, too large for its way out with DF set: ICMP
+					* "fragmentation needed" quoting it as sent (reject.h) */
+#define SVCXDP_CNT_MAX 34
 
 /* ---- hairpin ------------------------------------------------------------------ */
 /* A pod whose Service picks the pod itself would receive its own address as source
@@ -370,6 +372,16 @@ struct frag_value {
 	__u8 reserved[3];
 };
 
+/* A frame's addresses and ports as its sender sent them, before any translation. An
+ * ICMP error the program sends about the frame quotes them (the sender finds its
+ * socket by them) and comes from the address it was sent to (reject.h). */
+struct sent_tuple {
+	__be32 src;
+	__be32 dst;
+	__be16 sport;
+	__be16 dport;
+};
+
 /* An external flow's packet, from svcxdp_external to its tail program (nodeport.h),
  * which decides on SNAT; per CPU, valid only across that one tail call. */
 struct np_pending {
@@ -394,12 +406,15 @@ struct np_pending {
 	__u32 dead_port;  /* a port whose conntrack entry is past its timeout */
 	__u8 pick;        /* how (NP_PICK_*, nodeport.h) */
 	__u8 vlan;        /* 4 when the frame carries a VLAN tag (its IP header is 4 bytes on) */
-	__u8 reserved3[2];
+	__u8 has_sent;    /* `sent` is this packet's: any translated TCP/UDP packet the tail
+			   * sends on, whatever the mode */
+	__u8 reserved3;
+	struct sent_tuple sent;
 };
 #define SVCXDP_NP_NONE 0
 #define SVCXDP_NP_NEW 1    /* a new flow's first packet: SNAT or not */
 #define SVCXDP_NP_CHECK 2  /* a packet of an unconfirmed SNATed flow: does it still hold its
-			    * port (nodeport.h, np_snat_check)? */
+			    * port (nodeport.h, np_snat_kept)? */
 
 /* Key of the `source_ranges` LPM trie: a LoadBalancer frontend's allowed client
  * CIDRs. prefixlen counts the svc_id's 32 bits plus the CIDR's length. */
@@ -491,8 +506,8 @@ struct fib_cache_entry {
 			   * not asked (the pods' path looks up without BPF_FIB_LOOKUP_SRC) */
 	__u8 smac[6];
 	__u8 dmac[6];
-	__u16 ok_len;     /* tot_len of the frame that was looked up: no larger frame is
-			   * sent without a lookup (the egress MTU check) */
+	__u16 ok_len;     /* the route's MTU: no larger frame is sent without a lookup
+			   * (which checks it) */
 	__u16 pad;
 	__u32 stamp;      /* when looked up: the coarse clock in units of 2^20 ns (about
 			   * a millisecond), truncated to 32 bits */

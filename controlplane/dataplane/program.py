@@ -68,6 +68,24 @@ def _fs_type(path: Path) -> int:
     return ct.c_long.from_buffer(buf).value & 0xFFFFFFFF
 
 
+def _replace_stale_counters(config: DataplaneConfig) -> None:
+    """The datapath counters are statistics only: a pinned `counters` map of another
+    size (a build that counts more events) is unpinned so this build makes its own —
+    readers see the counters start again, as after a reboot — where any other map of
+    another layout refuses the build (_check_pinned_layout). A program still attached
+    keeps counting into the old map until it is replaced."""
+    pin = config.pin_dir / "counters"
+    if not pin.exists():
+        return
+    fd = obj_get(str(pin))
+    try:
+        stale = map_info(fd).max_entries != SVCXDP_CNT_MAX
+    finally:
+        os.close(fd)
+    if stale:
+        pin.unlink()
+
+
 def _check_pinned_layout(bpf, config: DataplaneConfig) -> None:
     """A pinned map from an older build with another layout must not be reused."""
     expected_max = {
@@ -152,6 +170,7 @@ class Dataplane:
         if config.pin:
             require_bpffs(config.pin_root)
             os.makedirs(config.pin_dir, exist_ok=True)
+            _replace_stale_counters(config)
         try:
             bpf = BPF(text=program_text().encode(), cflags=config.cflags())
         except Exception as exc:  # bcc raises bare Exception on compile/verify errors

@@ -25,10 +25,12 @@ STAT_FIELDS = ("packets", "bytes", "new_flows", "rejects")
 
 
 def counters(maps) -> dict[str, int]:
-    """Datapath counters by name (SVCXDP_CNT_*), summed over CPUs."""
+    """Datapath counters by name (SVCXDP_CNT_*), summed over CPUs. A counter the pinned
+    map has no entry for (a program built before it was added still runs) reads 0."""
     table = maps.table("counters")
     # bcc's tables give per-CPU integers as ints, pinned.py's as ctypes values
     return {name: sum(int(getattr(v, "value", v)) for v in table[table.Key(idx)])
+            if idx < table.max_entries else 0
             for idx, name in COUNTER_NAMES.items()}
 
 

@@ -105,3 +105,26 @@ def test_a_reader_refuses_an_id_the_maps_cannot_hold(xdp: Harness, pinned: str):
         assert {fe.vip for fe in readout.installed(maps)} == {VIP}
     finally:
         maps.close()
+
+
+def test_counters_of_a_program_built_before_a_counter_was_added_read_as_zero(tmp_path):
+    """A CLI newer than the node's running program (an upgrade under way) reads the
+    pinned counters it finds; one the old program does not count reads 0 (it crashed)."""
+    from bcc import BPF
+
+    from controlplane.dataplane.layout import COUNTER_NAMES
+    old = len(COUNTER_NAMES) - 1
+    bpf = BPF(text=f"BPF_PERCPU_ARRAY(counters, u64, {old});".encode())
+    try:
+        table = bpf[b"counters"]
+        table[table.Key(0)] = table.Leaf(*([2] * len(table[table.Key(0)])))
+
+        class Maps:
+            def table(self, name):
+                return bpf[name.encode()]
+
+        got = readout.counters(Maps())
+        assert got[COUNTER_NAMES[0]] == 2 * len(table[table.Key(0)])
+        assert got[COUNTER_NAMES[old]] == 0 and len(got) == len(COUNTER_NAMES)
+    finally:
+        bpf.cleanup()

@@ -178,3 +178,33 @@ def test_pinned_services_map_of_the_old_layout_is_refused():
             Dataplane.load(cfg)
     finally:
         reset(cfg)
+
+
+def test_pinned_counters_of_another_size_are_replaced():
+    """The counters are statistics only: a build that counts more events replaces a
+    pinned `counters` map of the old size (its readers see the counters start again)
+    instead of refusing to load, as it must for a map that holds state."""
+    from controlplane.dataplane.config import DataplaneConfig
+    from controlplane.dataplane.libbpf import ffi, lib, map_info, obj_get
+    from controlplane.dataplane.program import SVCXDP_CNT_MAX, Dataplane, reset
+    cfg = DataplaneConfig(instance="pytest-old-counters", ct_size=1024, max_services=16, max_backends=64,
+                          max_slots=64, pin=True)
+    reset(cfg)
+    os.makedirs(cfg.pin_dir)
+    try:
+        BPF_MAP_TYPE_PERCPU_ARRAY = 6
+        fd = lib().bpf_map_create(BPF_MAP_TYPE_PERCPU_ARRAY, b"counters", 4, 8, SVCXDP_CNT_MAX - 1, ffi.NULL)
+        assert fd >= 0
+        assert lib().bpf_obj_pin(fd, str(cfg.pin_dir / "counters").encode()) == 0
+        os.close(fd)
+        dp = Dataplane.load(cfg)
+        try:
+            fd = obj_get(str(cfg.pin_dir / "counters"))
+            try:
+                assert map_info(fd).max_entries == SVCXDP_CNT_MAX
+            finally:
+                os.close(fd)
+        finally:
+            dp.close()
+    finally:
+        reset(cfg)

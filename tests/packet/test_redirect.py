@@ -1,12 +1,13 @@
 """The way out after a rewrite (bpf/fib.h), frame by frame through BPF_PROG_TEST_RUN in a
 node namespace whose FIB the program asks (tests/packet/nodenet.py): a frame for a device
 in tx_ports is redirected with its TTL decremented, its checksums valid and the MACs the
-FIB gave; for any other device, with TTL 1 or above the egress MTU it goes to the stack
-untouched."""
+FIB gave; for any other device, with TTL 1 or above the egress MTU without DF it goes to
+the stack untouched; above the egress MTU with DF it is answered "fragmentation needed"
+about the frame as its sender sent it."""
 from __future__ import annotations
 
 import pytest
-from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
 from scapy.layers.l2 import Ether
 
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
@@ -53,9 +54,26 @@ def _valid_checksums(p: Ether) -> bool:
     return again[IP].chksum == p[IP].chksum and l4_out.chksum == l4_in.chksum
 
 
-def _syn(ttl: int = 64, size: int = 0):
-    return (Ether(src=CLIENT_MAC, dst="02:00:00:00:00:02") / IP(src=CLIENT, dst=VIP, ttl=ttl) /
-            TCP(sport=40000, dport=80, flags="S") / (b"x" * size))
+def _syn(ttl: int = 64, size: int = 0, flags: str = "S", df: bool = False):
+    return (Ether(src=CLIENT_MAC, dst="02:00:00:00:00:02") /
+            IP(src=CLIENT, dst=VIP, ttl=ttl, flags="DF" if df else 0) /
+            TCP(sport=40000, dport=80, flags=flags) / (b"x" * size))
+
+
+def _frag_needed(out: Ether, sender: tuple[str, str], quoted: tuple, mtu: int) -> None:
+    """`out` is ICMP "fragmentation needed" to `sender` (address, MAC), from the address it
+    sent to, quoting (src, sport, dst, dport) as it sent them, with valid checksums."""
+    assert (out.dst, out[IP].dst, out[ICMP].type, out[ICMP].code, out[ICMP].nexthopmtu) == \
+        (sender[1], sender[0], 3, 4, mtu), out.show(dump=True)
+    q = out[IPerror]
+    l4 = out[TCPerror] if TCPerror in out else out[UDPerror]
+    assert (q.src, l4.sport, q.dst, l4.dport) == quoted and out[IP].src == quoted[2]
+    assert len(out[ICMP]) == 8 + 20 + 8   # the IP header and 8 bytes, as RFC 792 asks
+    again = Ether(bytes(out))
+    del again[IP].chksum, again[ICMP].chksum, again[IPerror].chksum
+    again = Ether(bytes(again))
+    assert (again[IP].chksum, again[ICMP].chksum, again[IPerror].chksum) == \
+        (out[IP].chksum, out[ICMP].chksum, q.chksum)
 
 
 def test_a_frame_for_a_target_is_redirected_with_ttl_macs_and_checksums(xdp: Harness, node, local_service):
@@ -105,3 +123,43 @@ def test_ttl_1_and_frames_above_the_egress_mtu_are_left_to_the_stack(xdp: Harnes
         assert verdict == "XDP_REDIRECT" and out[IP].ttl == 63
     finally:
         xdp.dp.forbid_redirect(node.pod_ifindex)
+
+
+def test_a_frame_above_the_egress_mtu_with_df_is_answered_fragmentation_needed_as_it_was_sent(
+        xdp: Harness, node, local_service):
+    """The node's stack would answer about the translated frame (the pod's address and
+    port), which the client cannot match to its socket: its path MTU never drops and a
+    DF sender (any Linux UDP socket) resends the same size for ever. The answer quotes
+    the frame as the client sent it, from the service's address; a pod's reply too large
+    for the way to the client is answered to the pod, quoting what the pod sent."""
+    nodenet._ip(node.name, "link", "set", "pod0", "mtu", "1000")
+    before = xdp.counters()
+    verdict, out = _run(xdp, node, _syn(size=1200, df=True), node.ext_ifindex)
+    assert verdict == "XDP_TX"
+    _frag_needed(out, (CLIENT, CLIENT_MAC), (CLIENT, 40000, VIP, 80), 1000)
+    udp = (Ether(src=CLIENT_MAC, dst="02:00:00:00:00:02") / IP(src=CLIENT, dst=VIP, flags="DF") /
+           UDP(sport=40001, dport=53) / (b"q" * 1400))
+    verdict, out = _run(xdp, node, udp, node.ext_ifindex)
+    assert verdict == "XDP_TX"
+    _frag_needed(out, (CLIENT, CLIENT_MAC), (CLIENT, 40001, VIP, 53), 1000)
+    assert xdp.counters()["frag_needed"] == before["frag_needed"] + 2
+    # the answer's way back: a pod's reply too large for ext0
+    nodenet._ip(node.name, "link", "set", "pod0", "mtu", "1500")
+    nodenet._ip(node.name, "link", "set", "ext0", "mtu", "1100")
+    assert _run(xdp, node, _syn(), node.ext_ifindex)[0] == "XDP_PASS"
+    reply = (Ether(src=nodenet.LOCAL_POD_MAC, dst=_pod0_mac(node)) /
+             IP(src=nodenet.LOCAL_POD, dst=CLIENT, flags="DF") / TCP(sport=8080, dport=40000, flags="A") /
+             (b"r" * 1200))
+    verdict, out = _run(xdp, node, reply, node.pod_ifindex)
+    assert verdict == "XDP_TX"
+    _frag_needed(out, (nodenet.LOCAL_POD, nodenet.LOCAL_POD_MAC), (nodenet.LOCAL_POD, 8080, CLIENT, 40000), 1100)
+    # without DF the stack fragments it: passed, translated
+    verdict, out = _run(xdp, node, _without_df(reply), node.pod_ifindex)
+    assert verdict == "XDP_PASS" and (out[IP].src, out[TCP].sport) == (VIP, 80)
+
+
+def _without_df(p: Ether) -> Ether:
+    q = Ether(bytes(p))
+    q[IP].flags = 0
+    del q[IP].chksum
+    return Ether(bytes(q))
