@@ -45,6 +45,8 @@ Address = tuple[str, int]
 
 # A translated frame leaves by the stack, or straight to its egress device when the FIB
 # finds a route and that device is a redirect target (bpf/fib.h): only the program knows.
+# (A frame with DF larger than its route's MTU is answered "fragmentation needed" with
+# XDP_TX instead, bpf/reject.h: a traced packet has no size.)
 FORWARDED = "XDP_PASS|XDP_REDIRECT"
 
 @dataclass(frozen=True)

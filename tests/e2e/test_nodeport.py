@@ -325,6 +325,43 @@ def test_a_remote_backend_is_reached_when_the_next_hop_was_never_resolved(cluste
         cluster.svcctl("delete", "svc", "np-nh", check=False)
 
 
+def test_a_large_datagram_reaches_a_pod_behind_a_smaller_mtu(cluster: Cluster, remote_pod):
+    """A pod behind a smaller MTU than the node's interface (an overlay's 1450; here 1200)
+    and a client sending DF datagrams (any Linux UDP socket) larger than it, to a NodePort.
+    The node must tell the client "fragmentation needed" about the NodePort: the stack's
+    own answer quoted the pod's address, the client could not match it, never lowered its
+    path MTU and resent the same size for ever. With the answer, its next send is
+    fragmented and echoed (the first may fail with EMSGSIZE, as with kube-proxy)."""
+    apply(cluster, service("np-mtu", "np", node_port=30084, udp_node_port=30056))
+    cluster.wait_endpoints("np-mtu", 1)
+    node2, pod_ns = cluster.lab.netns_for("node2"), cluster.lab.netns_for("np-web")
+    route = subprocess.run(["ip", "-n", node2, "-o", "route", "get", remote_pod], check=True,
+                           capture_output=True, text=True).stdout
+    veth = route.split(" dev ")[1].split()[0]
+    links = (["ip", "-n", node2, "link", "set", veth], ["ip", "-n", pod_ns, "link", "set", "eth0"])
+    for link in links:
+        subprocess.run([*link, "mtu", "1200"], check=True)
+    flow = _open_udp_flow(cluster, NODE2, 30056)
+    try:
+        assert wait_for("a small echo", lambda: _echo_on(flow, b"small")) == b"small"
+        payload = bytes(range(256)) * 5 + b"end"            # 1,283 bytes: > 1200 with headers
+        answers = [_echo_on_or_error(flow, payload) for _ in range(3)]
+        assert payload in answers, answers
+    finally:
+        flow.close()
+        for link in links:
+            subprocess.run([*link, "mtu", "1500"], check=True)
+        cluster.svcctl("delete", "svc", "np-mtu", check=False)
+
+
+def _echo_on_or_error(s: socket.socket, payload: bytes) -> bytes | str:
+    try:
+        s.send(payload)
+        return s.recv(4096)
+    except OSError as e:          # EMSGSIZE once the error arrives; a timeout before
+        return type(e).__name__ + ":" + str(e.errno)
+
+
 def _open_udp_flow(cluster: Cluster, address: str, port: int) -> socket.socket:
     """A connected UDP socket in outside's namespace: one flow (fixed source port) that
     lives across service changes."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from scapy.layers.inet import ICMP, IP, IPerror, TCPerror, UDPerror
 from scapy.layers.l2 import Ether
 
 from controlplane.dataplane import readout, udprecent
@@ -32,6 +33,23 @@ class Outcome:
     @property
     def pkt(self) -> Ether:
         return Ether(self.raw)
+
+
+def assert_frag_needed(out: Ether, sender: tuple[str, str], quoted: tuple, mtu: int) -> None:
+    """`out` is ICMP "fragmentation needed" (next hop MTU `mtu`) to `sender` (address,
+    MAC), from the address it sent to, quoting (src, sport, dst, dport) as it sent them
+    — the IP header and 8 bytes — with valid checksums."""
+    assert (out.dst, out[IP].dst, out[ICMP].type, out[ICMP].code, out[ICMP].nexthopmtu) == \
+        (sender[1], sender[0], 3, 4, mtu), out.show(dump=True)
+    q = out[IPerror]
+    l4 = out[TCPerror] if TCPerror in out else out[UDPerror]
+    assert (q.src, l4.sport, q.dst, l4.dport) == quoted and out[IP].src == quoted[2]
+    assert len(out[ICMP]) == 8 + 20 + 8
+    again = Ether(bytes(out))
+    del again[IP].chksum, again[ICMP].chksum, again[IPerror].chksum
+    again = Ether(bytes(again))
+    assert (again[IP].chksum, again[ICMP].chksum, again[IPerror].chksum) == \
+        (out[IP].chksum, out[ICMP].chksum, q.chksum)
 
 
 @dataclass

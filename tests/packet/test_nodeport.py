@@ -19,7 +19,7 @@ from controlplane.dataplane.testrun import TestRunner
 
 from . import nodenet
 from . import harness
-from .harness import Harness, Outcome, delta
+from .harness import Harness, Outcome, assert_frag_needed, delta
 
 pytestmark = pytest.mark.root
 
@@ -637,3 +637,43 @@ def test_a_vlan_tagged_first_packet_meets_the_source_ranges_and_is_snated(ext, x
               IP(src=nodenet.REMOTE_POD, dst=NODE, ttl=63) / TCP(sport=80, dport=pkt[TCP].sport, flags="SA"))
     back = ext.send(answer).pkt
     assert (back[IP].src, back[TCP].sport, back[IP].dst, back[TCP].dport) == (NODE, 30080, CLIENT, 40000)
+
+
+def test_a_flow_s_datagram_too_large_for_its_way_out_with_df_is_answered_as_it_was_sent(ext, xdp):
+    """A local pod behind a smaller MTU (an overlay's): the client's DF datagram to the
+    NodePort is answered "fragmentation needed" about NodePort, not about the pod (which
+    the stack's own answer would quote, and the client could not match). A flow's first
+    packet is still left to the stack (nodeport.h, np_forward). The way back: a remote
+    backend's answer too large for the route to the client is answered to the backend,
+    about what it sent (its address, the node's SNAT port)."""
+    ext.service(NODE, 30053, [nodenet.LOCAL_POD], proto="UDP", backend_port=53)
+    ext.service(NODE, 30054, [nodenet.REMOTE_POD], proto="UDP", backend_port=53)
+
+    def big(dport, sport, size=1400):
+        return (Ether(src=CLIENT_MAC, dst="02:00:00:00:00:ff") / IP(src=CLIENT, dst=NODE, flags="DF") /
+                UDP(sport=sport, dport=dport) / Raw(b"q" * size))
+    nodenet._ip(ext.node.name, "link", "set", "pod0", "mtu", "1000")
+    try:
+        before = xdp.counters()
+        assert ext.send(big(30053, 41000)).verdict == "XDP_PASS"          # a new flow's first
+        out = ext.send(big(30053, 41000))
+        assert out.verdict == "XDP_TX"
+        assert_frag_needed(out.pkt, (CLIENT, CLIENT_MAC), (CLIENT, 41000, NODE, 30053), 1000)
+        assert delta(before, xdp.counters())["frag_needed"] == 1
+        # without DF: to the stack, translated, to be fragmented there
+        nodf = big(30053, 41000)
+        nodf[IP].flags = 0
+        out = ext.send(nodf)
+        assert out.verdict == "XDP_PASS" and (out.pkt[IP].dst, out.pkt[UDP].dport) == (nodenet.LOCAL_POD, 53)
+    finally:
+        nodenet._ip(ext.node.name, "link", "set", "pod0", "mtu", "1500")
+    port = ext.send(big(30054, 42000, size=10)).pkt[UDP].sport
+    nodenet._ip(ext.node.name, "route", "add", f"{CLIENT}/32", "dev", "ext0", "mtu", "lock", "1100")
+    try:
+        reply = (Ether(src=nodenet.NODE2_MAC, dst=ext.node.ext_mac) /
+                 IP(src=nodenet.REMOTE_POD, dst=NODE, flags="DF") / UDP(sport=53, dport=port) / Raw(b"a" * 1200))
+        out = ext.send(reply)
+        assert out.verdict == "XDP_TX"
+        assert_frag_needed(out.pkt, (nodenet.REMOTE_POD, nodenet.NODE2_MAC), (nodenet.REMOTE_POD, 53, NODE, port), 1100)
+    finally:
+        nodenet._ip(ext.node.name, "route", "del", f"{CLIENT}/32", "dev", "ext0")

@@ -7,13 +7,13 @@ about the frame as its sender sent it."""
 from __future__ import annotations
 
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
 
 from . import nodenet
-from .harness import VIP, Harness
+from .harness import VIP, Harness, assert_frag_needed
 
 CLIENT, CLIENT_MAC = next(iter(nodenet.CLIENTS.items()))
 
@@ -58,22 +58,6 @@ def _syn(ttl: int = 64, size: int = 0, flags: str = "S", df: bool = False):
     return (Ether(src=CLIENT_MAC, dst="02:00:00:00:00:02") /
             IP(src=CLIENT, dst=VIP, ttl=ttl, flags="DF" if df else 0) /
             TCP(sport=40000, dport=80, flags=flags) / (b"x" * size))
-
-
-def _frag_needed(out: Ether, sender: tuple[str, str], quoted: tuple, mtu: int) -> None:
-    """`out` is ICMP "fragmentation needed" to `sender` (address, MAC), from the address it
-    sent to, quoting (src, sport, dst, dport) as it sent them, with valid checksums."""
-    assert (out.dst, out[IP].dst, out[ICMP].type, out[ICMP].code, out[ICMP].nexthopmtu) == \
-        (sender[1], sender[0], 3, 4, mtu), out.show(dump=True)
-    q = out[IPerror]
-    l4 = out[TCPerror] if TCPerror in out else out[UDPerror]
-    assert (q.src, l4.sport, q.dst, l4.dport) == quoted and out[IP].src == quoted[2]
-    assert len(out[ICMP]) == 8 + 20 + 8   # the IP header and 8 bytes, as RFC 792 asks
-    again = Ether(bytes(out))
-    del again[IP].chksum, again[ICMP].chksum, again[IPerror].chksum
-    again = Ether(bytes(again))
-    assert (again[IP].chksum, again[ICMP].chksum, again[IPerror].chksum) == \
-        (out[IP].chksum, out[ICMP].chksum, q.chksum)
 
 
 def test_a_frame_for_a_target_is_redirected_with_ttl_macs_and_checksums(xdp: Harness, node, local_service):
@@ -136,12 +120,12 @@ def test_a_frame_above_the_egress_mtu_with_df_is_answered_fragmentation_needed_a
     before = xdp.counters()
     verdict, out = _run(xdp, node, _syn(size=1200, df=True), node.ext_ifindex)
     assert verdict == "XDP_TX"
-    _frag_needed(out, (CLIENT, CLIENT_MAC), (CLIENT, 40000, VIP, 80), 1000)
+    assert_frag_needed(out, (CLIENT, CLIENT_MAC), (CLIENT, 40000, VIP, 80), 1000)
     udp = (Ether(src=CLIENT_MAC, dst="02:00:00:00:00:02") / IP(src=CLIENT, dst=VIP, flags="DF") /
            UDP(sport=40001, dport=53) / (b"q" * 1400))
     verdict, out = _run(xdp, node, udp, node.ext_ifindex)
     assert verdict == "XDP_TX"
-    _frag_needed(out, (CLIENT, CLIENT_MAC), (CLIENT, 40001, VIP, 53), 1000)
+    assert_frag_needed(out, (CLIENT, CLIENT_MAC), (CLIENT, 40001, VIP, 53), 1000)
     assert xdp.counters()["frag_needed"] == before["frag_needed"] + 2
     # the answer's way back: a pod's reply too large for ext0
     nodenet._ip(node.name, "link", "set", "pod0", "mtu", "1500")
@@ -152,7 +136,7 @@ def test_a_frame_above_the_egress_mtu_with_df_is_answered_fragmentation_needed_a
              (b"r" * 1200))
     verdict, out = _run(xdp, node, reply, node.pod_ifindex)
     assert verdict == "XDP_TX"
-    _frag_needed(out, (nodenet.LOCAL_POD, nodenet.LOCAL_POD_MAC), (nodenet.LOCAL_POD, 8080, CLIENT, 40000), 1100)
+    assert_frag_needed(out, (nodenet.LOCAL_POD, nodenet.LOCAL_POD_MAC), (nodenet.LOCAL_POD, 8080, CLIENT, 40000), 1100)
     # without DF the stack fragments it: passed, translated
     verdict, out = _run(xdp, node, _without_df(reply), node.pod_ifindex)
     assert verdict == "XDP_PASS" and (out[IP].src, out[TCP].sport) == (VIP, 80)
