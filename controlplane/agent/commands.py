@@ -42,7 +42,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--uninstall", action="store_true",
                    help="detach this node's pinned program from the interfaces (--interfaces or --discover) "
                         "and remove its pins, then exit")
-    p.add_argument("--xdp-mode", default="native", choices=["native", "generic"])
+    p.add_argument("--xdp-mode", default="native", choices=["native", "generic"],
+                   help="XDP mode of the external interfaces, and of pod interfaces whose veth peer "
+                        "the agent gives a program (--attach-points)")
+    p.add_argument("--pod-xdp-mode", default="auto", choices=["auto", "native", "generic"],
+                   help="XDP mode of pod interfaces whose peer the agent does not run (--interfaces, "
+                        "--discover): auto is generic, as native XDP on a veth drops the RSTs and ICMP "
+                        "answers the program sends to a pod whose end has neither an XDP program nor GRO")
     p.add_argument("--nodeport-addresses", default="", metavar="CIDR,...",
                    help="serve NodePorts only on the node addresses inside these CIDRs "
                         "(default: every address of the external interfaces)")
@@ -168,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
             pod_prefixes=[p for p in args.pod_interface_prefix.split(",") if p])
     if args.uninstall:
         from controlplane.dataplane.program import reset
-        detached = uninstall(config.pin_dir, node_interfaces() if node_interfaces else [], args.xdp_mode)
+        detached = uninstall(config.pin_dir, node_interfaces() if node_interfaces else [])
         detached += _detach_socket_lb(config.pin_dir, args.socket_lb_cgroup)
         log.info("detached from %s; pins removed: %s", ", ".join(detached) or "no interface",
                  reset(config))
@@ -189,9 +195,10 @@ def run(args: argparse.Namespace) -> int:
     log.info("dataplane loaded (%s): prog id %d, maps pinned in %s", how, dp.prog_id, config.pin_dir)
     interfaces = None
     if args.attach_points:
-        interfaces = InterfaceManager(dp, FileAttachPoints(args.attach_points), args.xdp_mode)
+        interfaces = InterfaceManager(dp, FileAttachPoints(args.attach_points), args.xdp_mode,
+                                      args.pod_xdp_mode)
     elif node_interfaces is not None:
-        interfaces = InterfaceManager(dp, node_interfaces, args.xdp_mode)
+        interfaces = InterfaceManager(dp, node_interfaces, args.xdp_mode, args.pod_xdp_mode)
     else:
         log.warning("no --interfaces, --discover or --attach-points: the program is attached nowhere")
     socket_lb = _attach_socket_lb(dp, list(args.socket_lb_cgroup), args.node_ip, log)

@@ -116,15 +116,15 @@ def _pinned_prog_ids(pin_dir: Path) -> set[int]:
     return ids
 
 
-def uninstall(pin_dir: Path, interfaces: list[Target], mode: str = "native") -> list[str]:
-    """Detach the pinned programs from the interfaces that run them; returns their names.
-    Interfaces running another program are left alone."""
+def uninstall(pin_dir: Path, interfaces: list[Target]) -> list[str]:
+    """Detach the pinned programs from the interfaces that run them, in whichever mode;
+    returns their names. Interfaces running another program are left alone."""
     ours = _pinned_prog_ids(pin_dir)
     if not ours:
         return []
     detached = []
     for t in interfaces:
         if attached_prog_id(t.ifname, t.netns or None) in ours:
-            detach_xdp(t.ifname, t.netns or None, mode)
+            detach_xdp(t.ifname, t.netns or None)
             detached.append(t.ifname)
     return detached

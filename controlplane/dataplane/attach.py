@@ -16,6 +16,9 @@ from pyroute2 import config as _pr2config
 from pyroute2.netlink.rtnl.ifinfmsg import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE
 
 MODES = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
+# IFLA_XDP_ATTACHED: how the program on a link runs (XDP_ATTACHED_DRV, XDP_ATTACHED_SKB),
+# as pyroute2 names the values
+_ATTACHED_MODES = {"xdp": "native", "xdpgeneric": "generic"}
 
 # pyroute2 runs namespace work in a helper process and waits 2 s for it by default;
 # on a loaded 2-core machine that fails spuriously. Waiting longer costs nothing.
@@ -76,21 +79,38 @@ def _index(ipr: IPRoute, ifname: str, netns: str | None) -> int:
 
 
 def attach_xdp(prog_fd: int, ifname: str, netns: str | None = None, mode: str = "native") -> int:
-    """Attach (or atomically replace) the XDP program on ifname; returns the ifindex."""
+    """Attach (or atomically replace) the XDP program on ifname; returns the ifindex. A
+    program attached in the other mode is detached first (the kernel runs one mode at a
+    time and refuses the attach otherwise): an agent whose mode for the interface
+    changed takes it over, with a moment of no program between the two."""
     if mode not in MODES:
         raise AttachError(f"XDP mode {mode!r}: expected one of {', '.join(MODES)}")
     with open_ipr(netns) as ipr:
         idx = _index(ipr, ifname, netns)
-        ipr.link("set", index=idx,
-                 xdp={"attrs": [("IFLA_XDP_FD", prog_fd), ("IFLA_XDP_FLAGS", MODES[mode])]})
+        other = _attached_mode(ipr, idx)
+        if other is not None and other != mode:
+            _set_xdp(ipr, idx, -1, other)
+        _set_xdp(ipr, idx, prog_fd, mode)
         return idx
 
 
-def detach_xdp(ifname: str, netns: str | None = None, mode: str = "native") -> None:
+def detach_xdp(ifname: str, netns: str | None = None) -> None:
+    """Detach the XDP program from ifname, in whichever mode it runs."""
     with open_ipr(netns) as ipr:
         idx = _index(ipr, ifname, netns)
-        ipr.link("set", index=idx,
-                 xdp={"attrs": [("IFLA_XDP_FD", -1), ("IFLA_XDP_FLAGS", MODES[mode])]})
+        mode = _attached_mode(ipr, idx)
+        if mode is not None:
+            _set_xdp(ipr, idx, -1, mode)
+
+
+def _set_xdp(ipr: IPRoute, idx: int, prog_fd: int, mode: str) -> None:
+    ipr.link("set", index=idx, xdp={"attrs": [("IFLA_XDP_FD", prog_fd), ("IFLA_XDP_FLAGS", MODES[mode])]})
+
+
+def _attached_mode(ipr: IPRoute, idx: int) -> str | None:
+    """The mode of the program attached to link idx (native, generic), or None."""
+    xdp = ipr.get_links(idx)[0].get_attr("IFLA_XDP")
+    return _ATTACHED_MODES.get(xdp.get_attr("IFLA_XDP_ATTACHED")) if xdp else None
 
 
 def attached_prog_id(ifname: str, netns: str | None = None) -> int | None:

@@ -101,3 +101,52 @@ def test_discovery_attach_follow_and_uninstall(node_ns: str, tmp_path: Path) -> 
     assert done.wait(60) == 0, (tmp_path / "uninstall.log").read_text()
     assert [xdp_prog(node_ns, d) for d in ("eth0", "veth-a", "veth-b")] == [None, None, None]
     assert not (Path("/sys/fs/bpf/svcxdp") / instance).exists()
+
+
+def xdp_mode(netns: str, ifname: str) -> int | None:
+    """IFLA_XDP_ATTACHED of the link: 1 native, 2 generic."""
+    link = json.loads(ip("-n", netns, "-j", "-d", "link", "show", ifname))[0]
+    return (link.get("xdp") or {}).get("mode")
+
+
+def test_a_pod_whose_end_is_not_ours_gets_the_reject_of_a_service_without_endpoints(
+        node_ns: str, tmp_path: Path) -> None:
+    """On a real node the pod's end of its veth belongs to the CNI: no XDP program there,
+    GRO off. Native XDP on the node's end then drops what the program sends back to the
+    pod with XDP_TX — a service without endpoints' RST — and the client waits for its
+    timeout instead of "connection refused". The agent attaches such interfaces in
+    generic mode (--pod-xdp-mode auto); the external one stays native."""
+    pod_ns = f"svcxdp-nodeagent-pod-{os.getpid()}"
+    ip("netns", "add", pod_ns)
+    agent = None
+    try:
+        ip("-n", node_ns, "link", "set", "pod-a", "netns", pod_ns)
+        ip("-n", node_ns, "addr", "add", "10.244.0.1/24", "dev", "veth-a")
+        for cmd in (("link", "set", "lo", "up"), ("link", "set", "pod-a", "up"),
+                    ("addr", "add", "10.244.0.2/24", "dev", "pod-a"),
+                    ("route", "add", "default", "via", "10.244.0.1", "dev", "pod-a")):
+            ip("-n", pod_ns, *cmd)
+        svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "empty", "namespace": "default"},
+               "spec": {"clusterIP": "10.96.77.7", "ports": [{"port": 80, "protocol": "TCP"}]}}
+        subprocess.run([sys.executable, "-m", "controlplane.cli", "apply", "--state-dir", str(tmp_path), "-f", "-"],
+                       input=json.dumps(svc), text=True, cwd=ROOT, check=True, capture_output=True)
+        agent = svcctl_in(node_ns, "agent", "--node", "n1", "--instance", node_ns, "--discover",
+                          "--pod-interface-prefix", "veth", "--state-dir", str(tmp_path), "--healthz-port", "0",
+                          log=tmp_path / "agent.log")
+        wait_for(lambda: xdp_prog(node_ns, "eth0") and xdp_prog(node_ns, "veth-a"), what="attach")
+        assert (xdp_mode(node_ns, "eth0"), xdp_mode(node_ns, "veth-a")) == (1, 2)
+
+        def refused() -> bool:
+            p = subprocess.run(["ip", "netns", "exec", pod_ns, sys.executable, "-c",
+                                "import socket; s = socket.socket(); s.settimeout(2); "
+                                "s.connect(('10.96.77.7', 80))"], capture_output=True, text=True)
+            return "ConnectionRefusedError" in p.stderr
+        wait_for(refused, timeout=30, what="connection refused by the service without endpoints")
+    finally:
+        if agent is not None and agent.poll() is None:
+            os.kill(agent.pid, signal.SIGTERM)
+            agent.wait(30)
+        subprocess.run(["ip", "netns", "del", pod_ns], check=False)
+        done = svcctl_in(node_ns, "agent", "--node", "n1", "--instance", node_ns, "--discover",
+                         "--pod-interface-prefix", "veth", "--uninstall", log=tmp_path / "uninstall.log")
+        done.wait(60)
