@@ -11,6 +11,13 @@
  *   recvmsg4     recvfrom() of a UDP reply: the backend's address is shown as the
  *                service's again.
  *   getpeername4 getpeername() of a connected socket: likewise.
+ *   connect6, recvmsg6, getpeername6
+ *                the same for an AF_INET6 socket naming an IPv4-mapped address
+ *                (::ffff:VIP, what dual-stack Java, Node.js and Go clients use),
+ *                with the same IPv4 code; any other IPv6 address is left alone
+ *                (IPv6 services are not supported). No sendmsg6: the kernel hands
+ *                a mapped destination to udp_sendmsg() before the UDP6_SENDMSG hook
+ *                would run (udpv6_sendmsg, net/ipv6/udp.c), so sendmsg4 sees it.
  *   sock_release a closed socket's translation is forgotten (and, for the
  *                counted algorithms, its backend's connection count given back).
  *
@@ -86,16 +93,31 @@ static __always_inline int sock_service(struct svc_key *sk, struct svc_value *sv
 	return svc_read(sk, svc);
 }
 
-/* Translate ctx's destination if it is a service. `src`, `sport`: the socket's
- * source as far as it is known (0 when unbound). */
-static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx, __be32 src, __be16 sport)
+/* An IPv4 destination or peer as a hook sees it: the address and the port (network
+ * order), read from and written back to the ctx by the callers below, user_ip4 in the
+ * IPv4 hooks, the low word of a ::ffff:0:0/96 user_ip6 in the IPv6 ones (the kernel
+ * lets each attach type touch only its own family's field). */
+struct sock4_addr {
+	__be32 ip;
+	__be16 port;
+};
+
+/* Results of sock4_xlate. */
+#define SOCK_XLATE_NONE 0     /* not a service: left as it is */
+#define SOCK_XLATE_DONE 1     /* a service: `a` is now the chosen backend */
+#define SOCK_XLATE_REFUSED 2  /* a service without endpoints: fail the call */
+
+/* The socket of ctx names `a`: if that is a service, choose its backend and put it in
+ * `a`. `src`, `sport`: the socket's source as far as it is known (0 when unbound). */
+static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx, struct sock4_addr *a,
+				       __be32 src, __be16 sport)
 {
 	__u8 proto = ctx->protocol;
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
-		return SOCK_ALLOW;
+		return SOCK_XLATE_NONE;
 	struct svc_key sk = {};
-	sk.vip = ctx->user_ip4;
-	sk.port = (__be16)ctx->user_port;
+	sk.vip = a->ip;
+	sk.port = a->port;
 	sk.proto = proto;
 	sk.scope = SVCXDP_SCOPE_CLUSTER;
 	/* A copy on the stack, not svc_scratch: XDP may run on this CPU in softirq while
@@ -104,9 +126,9 @@ static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx, __be32 src, __
 	struct svc_value *svc = &copy;
 	int found = sock_service(&sk, svc);
 	if (found == 0)
-		return SOCK_ALLOW;
+		return SOCK_XLATE_NONE;
 	/* What the application named: shown again by recvmsg/getpeername. */
-	__be32 asked = ctx->user_ip4;
+	__be32 asked = a->ip;
 
 	struct events ev = { .main = SVCXDP_CNT_SOCK_XLATE, .extra = SVCXDP_CNT_MAX };
 	struct lb_choice pick = {};
@@ -128,7 +150,7 @@ static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx, __be32 src, __
 		sock_svc_count(svc->svc_id, 0, 1);
 		counters_bump(SVCXDP_CNT_SOCK_REJECT);
 		bpf_set_retval(-ECONNREFUSED);
-		return SOCK_DENY;
+		return SOCK_XLATE_REFUSED;
 	}
 
 	struct sock_revnat_key rk;
@@ -145,29 +167,95 @@ static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx, __be32 src, __
 	}
 	sock_revnat.update(&rk, &rv);
 
-	ctx->user_ip4 = b->ip;
-	ctx->user_port = (__u32)b->port;
+	a->ip = b->ip;
+	a->port = b->port;
 	sock_svc_count(svc->svc_id, 1, 0);
 	lb_count_new(backend_id);
 	counters_bump(ev.main);
 	if (ev.extra < SVCXDP_CNT_MAX)
 		counters_bump(ev.extra);
-	return SOCK_ALLOW;
+	return SOCK_XLATE_DONE;
 }
 
-/* Show the service instead of the backend ctx names, if this socket was
- * translated to it. */
-static __always_inline void sock4_revnat(struct bpf_sock_addr *ctx)
+/* If the socket of ctx was translated to `a`, put the service it asked for in `a`
+ * (1), else leave it (0). */
+static __always_inline int sock4_revnat(struct bpf_sock_addr *ctx, struct sock4_addr *a)
 {
 	struct sock_revnat_key rk;
-	sock_revnat_key_set(&rk, bpf_get_socket_cookie(ctx), ctx->user_ip4, (__be16)ctx->user_port,
-			    ctx->protocol);
+	sock_revnat_key_set(&rk, bpf_get_socket_cookie(ctx), a->ip, a->port, ctx->protocol);
 	struct sock_revnat_value *rv = sock_revnat.lookup(&rk);
 	if (!rv)
-		return;
-	ctx->user_ip4 = rv->vip;
-	ctx->user_port = (__u32)rv->vport;
+		return 0;
+	a->ip = rv->vip;
+	a->port = rv->vport;
 	counters_bump(SVCXDP_CNT_SOCK_REVNAT);
+	return 1;
+}
+
+/* The IPv4 hooks: user_ip4. */
+
+static __always_inline int sock4_xlate_ctx(struct bpf_sock_addr *ctx, __be32 src, __be16 sport)
+{
+	struct sock4_addr a = { .ip = ctx->user_ip4, .port = (__be16)ctx->user_port };
+	int r = sock4_xlate(ctx, &a, src, sport);
+	if (r == SOCK_XLATE_DONE) {
+		ctx->user_ip4 = a.ip;
+		ctx->user_port = (__u32)a.port;
+	}
+	return r == SOCK_XLATE_REFUSED ? SOCK_DENY : SOCK_ALLOW;
+}
+
+static __always_inline void sock4_revnat_ctx(struct bpf_sock_addr *ctx)
+{
+	struct sock4_addr a = { .ip = ctx->user_ip4, .port = (__be16)ctx->user_port };
+	if (sock4_revnat(ctx, &a)) {
+		ctx->user_ip4 = a.ip;
+		ctx->user_port = (__u32)a.port;
+	}
+}
+
+/* The IPv6 hooks: only an IPv4-mapped user_ip6 (::ffff:a.b.c.d), whose low word is
+ * the IPv4 address; the kernel takes such an address the IPv4 way (tcp_v6_connect ->
+ * tcp_v4_connect, __ip6_datagram_connect -> __ip4_datagram_connect) after the hook,
+ * and shows an IPv4 peer in this form (udpv6_recvmsg, inet6_getname). A rewritten
+ * address stays mapped: only the low word and the port change. */
+
+static __always_inline int sock6_is_v4mapped(__u32 w0, __u32 w1, __u32 w2)
+{
+	return w0 == 0 && w1 == 0 && w2 == bpf_htonl(0x0000ffff);
+}
+
+static __always_inline int sock6_mapped(struct bpf_sock_addr *ctx, struct sock4_addr *a)
+{
+	if (!sock6_is_v4mapped(ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2]))
+		return 0;
+	a->ip = ctx->user_ip6[3];
+	a->port = (__be16)ctx->user_port;
+	return 1;
+}
+
+static __always_inline int sock6_xlate_ctx(struct bpf_sock_addr *ctx, __be32 src, __be16 sport)
+{
+	struct sock4_addr a;
+	if (!sock6_mapped(ctx, &a))
+		return SOCK_ALLOW;
+	int r = sock4_xlate(ctx, &a, src, sport);
+	if (r == SOCK_XLATE_DONE) {
+		ctx->user_ip6[3] = a.ip;
+		ctx->user_port = (__u32)a.port;
+	}
+	return r == SOCK_XLATE_REFUSED ? SOCK_DENY : SOCK_ALLOW;
+}
+
+static __always_inline void sock6_revnat_ctx(struct bpf_sock_addr *ctx)
+{
+	struct sock4_addr a;
+	if (!sock6_mapped(ctx, &a))
+		return;
+	if (sock4_revnat(ctx, &a)) {
+		ctx->user_ip6[3] = a.ip;
+		ctx->user_port = (__u32)a.port;
+	}
 }
 
 int svcxdp_connect4(struct bpf_sock_addr *ctx)
@@ -175,7 +263,7 @@ int svcxdp_connect4(struct bpf_sock_addr *ctx)
 	struct bpf_sock *sk = ctx->sk;
 	if (!sk)
 		return SOCK_ALLOW;
-	return sock4_xlate(ctx, sk->src_ip4, bpf_htons((__u16)sk->src_port));
+	return sock4_xlate_ctx(ctx, sk->src_ip4, bpf_htons((__u16)sk->src_port));
 }
 
 int svcxdp_sendmsg4(struct bpf_sock_addr *ctx)
@@ -184,18 +272,45 @@ int svcxdp_sendmsg4(struct bpf_sock_addr *ctx)
 	if (!sk)
 		return SOCK_ALLOW;
 	__be32 src = ctx->msg_src_ip4 ? ctx->msg_src_ip4 : sk->src_ip4;
-	return sock4_xlate(ctx, src, bpf_htons((__u16)sk->src_port));
+	return sock4_xlate_ctx(ctx, src, bpf_htons((__u16)sk->src_port));
 }
 
 int svcxdp_recvmsg4(struct bpf_sock_addr *ctx)
 {
-	sock4_revnat(ctx);
+	sock4_revnat_ctx(ctx);
 	return SOCK_ALLOW;
 }
 
 int svcxdp_getpeer4(struct bpf_sock_addr *ctx)
 {
-	sock4_revnat(ctx);
+	sock4_revnat_ctx(ctx);
+	return SOCK_ALLOW;
+}
+
+/* connect() of an AF_INET6 socket (tcp_v6_pre_connect, udpv6_pre_connect), before
+ * the kernel looks at the address. The source is IPv4 only if the socket was bound
+ * to a mapped address (an unbound one is keyed by the node's address, as in
+ * connect4). */
+int svcxdp_connect6(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk)
+		return SOCK_ALLOW;
+	__be32 src = 0;
+	if (sock6_is_v4mapped(sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2]))
+		src = sk->src_ip6[3];
+	return sock6_xlate_ctx(ctx, src, bpf_htons((__u16)sk->src_port));
+}
+
+int svcxdp_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	sock6_revnat_ctx(ctx);
+	return SOCK_ALLOW;
+}
+
+int svcxdp_getpeer6(struct bpf_sock_addr *ctx)
+{
+	sock6_revnat_ctx(ctx);
 	return SOCK_ALLOW;
 }
 

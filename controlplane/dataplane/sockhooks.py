@@ -39,6 +39,12 @@ HOOKS = (
     Hook("recvmsg4", "svcxdp_recvmsg4", BPFProgType.CGROUP_SOCK_ADDR, BPFAttachType.CGROUP_UDP4_RECVMSG),
     Hook("getpeername4", "svcxdp_getpeer4", BPFProgType.CGROUP_SOCK_ADDR,
          BPFAttachType.CGROUP_INET4_GETPEERNAME),
+    # AF_INET6 sockets naming an IPv4-mapped address (::ffff:VIP); other IPv6 addresses
+    # are left alone. No sendmsg6: the kernel passes a mapped destination to sendmsg4.
+    Hook("connect6", "svcxdp_connect6", BPFProgType.CGROUP_SOCK_ADDR, BPFAttachType.CGROUP_INET6_CONNECT),
+    Hook("recvmsg6", "svcxdp_recvmsg6", BPFProgType.CGROUP_SOCK_ADDR, BPFAttachType.CGROUP_UDP6_RECVMSG),
+    Hook("getpeername6", "svcxdp_getpeer6", BPFProgType.CGROUP_SOCK_ADDR,
+         BPFAttachType.CGROUP_INET6_GETPEERNAME),
     Hook("sock_release", "svcxdp_release", BPFProgType.CGROUP_SOCK, BPFAttachType.CGROUP_INET_SOCK_RELEASE),
 )
 

@@ -154,6 +154,35 @@ def test_hairpin_through_xdp(cluster: Cluster):
     check_hairpin(cluster)
 
 
+MAPPED_PROBE = """import socket, sys
+vip = "::ffff:" + sys.argv[1]
+t = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+t.settimeout(3)
+t.connect((vip, 80))
+peer = t.getpeername()
+t.sendall(b"GET /hostname.html HTTP/1.0\\r\\nHost: hairpin\\r\\n\\r\\n")
+reply = b""
+while chunk := t.recv(4096):
+    reply += chunk
+print(peer[0], peer[1], reply.split(b"\\r\\n\\r\\n", 1)[1].decode().strip())
+u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+u.settimeout(3)
+u.sendto(b"mapped", (vip, 53))
+data, peer = u.recvfrom(100)
+print(peer[0], peer[1], data.decode())
+"""
+
+
+def test_ipv4_mapped_addresses_from_the_node(cluster: Cluster):
+    """Dual-stack clients (Java, Node.js, Go) name a ClusterIP as ::ffff:VIP on an AF_INET6
+    socket: translated as the IPv4 address (the lab's nodes run with IPv6 off, which mapped
+    addresses do not need), and the peer and the UDP reply show the mapped VIP."""
+    vip = cluster.cluster_ip("hairpin")
+    (pod,) = cluster.pods("app=hairpin")
+    out = cluster.exec("node1", sys.executable, "-c", MAPPED_PROBE, vip)
+    assert out.stdout.split() == [f"::ffff:{vip}", "80", pod, f"::ffff:{vip}", "53", "mapped"], out
+
+
 REAP_PROBE = """import os, socket, sys, time
 vip, go = sys.argv[1], sys.argv[2]
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

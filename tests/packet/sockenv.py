@@ -55,27 +55,35 @@ class SockEnv:
     cgroup: Path
     backends: tuple[str, ...]
 
-    def socket(self, kind: int, in_cgroup: bool = True, bind_port: int | None = None) -> socket.socket:
-        """A socket made in the namespace, belonging to the test cgroup (or not)."""
+    def socket(self, kind: int, in_cgroup: bool = True, bind_port: int | None = None,
+               family: int = socket.AF_INET) -> socket.socket:
+        """A socket made in the namespace, belonging to the test cgroup (or not). An
+        AF_INET6 one binds to CLIENT_IP in its IPv4-mapped form."""
         def make() -> socket.socket:
             if not in_cgroup:
-                return socket.socket(socket.AF_INET, kind)
+                return socket.socket(family, kind)
             with cgroups.entered(self.cgroup):
-                return socket.socket(socket.AF_INET, kind)
+                return socket.socket(family, kind)
         s = netns.call_in(self.ns, make)
         s.settimeout(5)
         if bind_port is not None:
             # Ports of earlier tests may sit in TIME_WAIT.
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((CLIENT_IP, bind_port))
+            s.bind((mapped(CLIENT_IP) if family == socket.AF_INET6 else CLIENT_IP, bind_port))
         return s
 
-    def tcp_backend(self, vip: str, port: int, **kw) -> tuple[str, tuple[str, int]]:
+    def tcp_backend(self, vip: str, port: int, **kw) -> tuple[str, tuple]:
         """connect() to vip:port; (the backend that answered, getpeername())."""
-        with self.socket(socket.SOCK_STREAM, **kw) as s:
+        family = socket.AF_INET6 if ":" in vip else socket.AF_INET
+        with self.socket(socket.SOCK_STREAM, family=family, **kw) as s:
             s.connect((vip, port))
             peer = s.getpeername()
             return s.recv(64).decode(), peer
+
+
+def mapped(ip: str) -> str:
+    """An IPv4 address as an AF_INET6 socket names it: ::ffff:a.b.c.d."""
+    return f"::ffff:{ip}"
 
 
 def _addresses(ns: str, addrs: list[str]) -> None:
@@ -93,6 +101,9 @@ def sock_env(backends: tuple[str, ...]) -> Iterator[SockEnv]:
     servers = Servers()
     cg = None
     try:
+        # IPv6 on (lab nodes have it off; real nodes on): AF_INET6 sockets with
+        # IPv4-mapped addresses, and ::1 for an IPv6 destination the hooks leave alone.
+        netns.sysctl(name, {"net.ipv6.conf.all.disable_ipv6": 0, "net.ipv6.conf.default.disable_ipv6": 0})
         _addresses(name, [*backends, CLIENT_IP])
 
         def listen() -> list[socket.socket]:

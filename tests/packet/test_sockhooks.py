@@ -1,7 +1,8 @@
 """The cgroup socket hooks (bpf/sock.h) run for real: sockets made in a test cgroup
 connect to / send to a ClusterIP inside a test namespace, and the kernel's own
 connect(), sendto(), recvfrom() and getpeername() are checked against the maps and
-the control plane's prediction (controlplane.dataplane.predict)."""
+the control plane's prediction (controlplane.dataplane.predict), for AF_INET sockets
+and AF_INET6 ones naming the IPv4-mapped address (::ffff:VIP)."""
 from __future__ import annotations
 
 import errno
@@ -17,7 +18,7 @@ from controlplane.dataplane.predict import predict
 from controlplane.dataplane.sockhooks import HOOKS, attached_ids
 
 from .harness import CLIENT_MAC, NODE_MAC, Harness, delta
-from .sockenv import CLIENT_IP, TCP_PORT, UDP_PORT, SockEnv, sock_env
+from .sockenv import CLIENT_IP, TCP_PORT, UDP_PORT, SockEnv, mapped, sock_env
 
 VIP = "10.96.0.100"
 BACKENDS = ("10.244.2.11", "10.244.2.12", "10.244.2.13")
@@ -218,6 +219,154 @@ def test_external_frontend_from_the_node_itself_and_on_loopback(sk):
     want = predict(twin, CLIENT_IP, 0, CLIENT_IP, 30080, TCP_P).ip
     for addr in (CLIENT_IP, "127.0.0.1"):
         assert env.tcp_backend(addr, 30080) == (want, (addr, 30080))
+
+
+# AF_INET6 sockets naming IPv4-mapped addresses (::ffff:VIP), as dual-stack Java, Node.js
+# and Go clients do: connect6 / recvmsg6 / getpeername6 run the IPv4 code on the mapped
+# address (sendmsg of a mapped destination reaches sendmsg4: the kernel hands it to
+# udp_sendmsg); any other IPv6 address is left alone.
+
+MVIP = mapped(VIP)
+V6 = socket.AF_INET6
+
+
+def test_mapped_tcp_connect_lands_on_the_predicted_backend_and_getpeername_shows_the_mapped_vip(sk):
+    xdp, env = sk
+    s = service(algorithm="maglev")
+    xdp.writer.upsert(s)
+    want = predictor(xdp, s)
+    before = xdp.counters()
+    seen = set()
+    for sport in range(41100, 41120):
+        # Bound to ::ffff:CLIENT_IP: keyed by CLIENT_IP and the port, as an AF_INET socket.
+        got, peer = env.tcp_backend(MVIP, 80, bind_port=sport)
+        assert got == want(CLIENT_IP, sport), f"source port {sport}"
+        assert peer == (MVIP, 80, 0, 0)
+        seen.add(got)
+    got, peer = env.tcp_backend(MVIP, 80)   # unbound: the node's address, port 0
+    assert got == want(CLIENT_IP, 0) and peer == (MVIP, 80, 0, 0)
+    assert len(seen) > 1
+    d = delta(before, xdp.counters())
+    assert d["sock_xlate"] == 21 and d["sock_revnat"] == 21
+    assert len(list(xdp.dp.table("conntrack").keys())) == 0
+    assert xdp.dp.service_stats(xdp.writer.svc_id(s.frontend))["new_flows"] == 21
+
+
+def test_mapped_nodeport_on_loopback(sk):
+    """`::ffff:127.0.0.1:<NodePort>` is the NodePort on the node's address, as 127.0.0.1 is."""
+    import dataclasses
+    xdp, env = sk
+    s = service(algorithm="sh")
+    twin = dataclasses.replace(s, frontend=Frontend(CLIENT_IP, 30080, "TCP", "cluster"))
+    xdp.writer.upsert(twin)
+    want = predict(twin, CLIENT_IP, 0, CLIENT_IP, 30080, TCP_P).ip
+    for addr in (mapped(CLIENT_IP), mapped("127.0.0.1")):
+        assert env.tcp_backend(addr, 30080) == (want, (addr, 30080, 0, 0))
+
+
+def test_mapped_connected_udp_getpeername_and_recvfrom_show_the_mapped_vip(sk):
+    xdp, env = sk
+    s = service("UDP", 53, "sh")
+    xdp.writer.upsert(s)
+    with env.socket(socket.SOCK_DGRAM, bind_port=42100, family=V6) as u:
+        u.connect((MVIP, 53))
+        assert u.getpeername() == (MVIP, 53, 0, 0)
+        u.send(b"hello")
+        data, peer = u.recvfrom(2048)
+        # Sends of a socket connected to a mapped address name it to udp_sendmsg, so
+        # sendmsg4 sees the backend on each: no service, left as it is.
+        u.send(b"again")
+        data2, _ = u.recvfrom(2048)
+    assert peer == (MVIP, 53, 0, 0)
+    backend = predictor(xdp, s)(CLIENT_IP, 42100)
+    assert data.decode().split() == [backend, "hello"]
+    assert data2.decode().split() == [backend, "again"]
+
+
+def test_mapped_unconnected_udp_selects_per_message_and_replies_come_from_the_mapped_vip(sk):
+    xdp, env = sk
+    xdp.writer.upsert(service("UDP", 53, "rr"))
+    before = xdp.counters()
+    with env.socket(socket.SOCK_DGRAM, family=V6) as u:
+        got = []
+        for i in range(6):
+            u.sendto(b"q%d" % i, (MVIP, 53))
+            data, peer = u.recvfrom(2048)
+            assert peer == (MVIP, 53, 0, 0)
+            backend, echoed = data.decode().split()
+            assert echoed == f"q{i}"
+            got.append(backend)
+    assert set(got[:3]) == set(BACKENDS) and got[3:] == got[:3]
+    d = delta(before, xdp.counters())
+    assert d["sock_xlate"] == 6 and d["sock_revnat"] == 6
+
+
+def test_mapped_service_without_endpoints_refuses_at_once(sk):
+    xdp, env = sk
+    xdp.writer.upsert(service(backends=()))
+    xdp.writer.upsert(service("UDP", 53, backends=()))
+    before = xdp.counters()
+    with pytest.raises(ConnectionRefusedError):
+        env.tcp_backend(MVIP, 80)
+    with env.socket(socket.SOCK_DGRAM, family=V6) as u:
+        with pytest.raises(ConnectionRefusedError):
+            u.sendto(b"x", (MVIP, 53))
+        with pytest.raises(ConnectionRefusedError):
+            u.connect((MVIP, 53))
+    assert delta(before, xdp.counters()) == {"sock_reject": 3}
+
+
+def test_mapped_tcp_connection_gives_its_count_back_at_close(sk):
+    """sock_release finds an AF_INET6 socket's translation by its IPv4 destination (the
+    kernel keeps it in skc_daddr for a mapped peer, as for an AF_INET socket)."""
+    xdp, env = sk
+    s = service(algorithm="lc", backends=BACKENDS[:1])
+    xdp.writer.upsert(s)
+    conns = xdp.dp.table("backend_conns")
+    bid = xdp.writer.backend_id(s.frontend, BACKENDS[0], TCP_PORT)
+    start = conns[conns.Key(bid)].value
+    with env.socket(socket.SOCK_STREAM, family=V6) as t:
+        t.connect((MVIP, 80))
+        assert t.recv(64).decode() == BACKENDS[0]
+        assert conns[conns.Key(bid)].value == start + 1
+    assert conns[conns.Key(bid)].value == start
+
+
+def test_ipv6_destinations_other_than_mapped_ones_are_left_alone(sk):
+    """Only ::ffff:0:0/96 is taken as IPv4: an IPv6 address whose low 32 bits are the VIP
+    is not the service, and a native IPv6 peer (::1) is neither translated nor rewritten."""
+    xdp, env = sk
+    xdp.writer.upsert(service())
+    xdp.writer.upsert(service("UDP", 53))
+    before = xdp.counters()
+    for addr in (f"fd00::{VIP}", f"64:ff9b::{VIP}", f"::{VIP}"):
+        with pytest.raises(OSError) as err:
+            env.tcp_backend(addr, 80)
+        assert err.value.errno == errno.ENETUNREACH, addr   # no route to it
+    # (translating the low word alone would leave the prefix, unreachable too: counted)
+    assert delta(before, xdp.counters()) == {}
+    # A mapped address that is no service: reached as it is.
+    assert env.tcp_backend(mapped(BACKENDS[0]), TCP_PORT) == (BACKENDS[0], (mapped(BACKENDS[0]), TCP_PORT, 0, 0))
+    # Native IPv6, TCP and UDP, to servers on ::1.
+    with env.socket(socket.SOCK_STREAM, in_cgroup=False, family=V6) as lsn, \
+            env.socket(socket.SOCK_DGRAM, in_cgroup=False, family=V6) as usrv:
+        lsn.bind(("::1", 0))
+        lsn.listen(4)
+        usrv.bind(("::1", 0))
+        tport, uport = lsn.getsockname()[1], usrv.getsockname()[1]
+        with env.socket(socket.SOCK_STREAM, family=V6) as c:
+            c.connect(("::1", tport))
+            conn, _ = lsn.accept()
+            conn.close()
+            assert c.getpeername() == ("::1", tport, 0, 0)
+        with env.socket(socket.SOCK_DGRAM, family=V6) as u:
+            u.sendto(b"ping", ("::1", uport))
+            data, peer = usrv.recvfrom(64)
+            usrv.sendto(b"pong", peer)
+            assert u.recvfrom(64) == (b"pong", ("::1", uport, 0, 0))
+            u.connect(("::1", uport))
+            assert u.getpeername() == ("::1", uport, 0, 0)
+    assert delta(before, xdp.counters()) == {}
 
 
 def test_pinned_hooks_are_detached_without_loading_anything(loaded_dataplane):
