@@ -805,4 +805,26 @@ static __always_inline int ct_match_reply(__be32 backend, __be16 bport, __be32 c
 	return 1;
 }
 
+/* A reply ct_match_reply matched: 0 when its flow is dead (the reply is left alone),
+ * else the flow learns of it (idle time, the backend's FIN or RST) and 1. A reply
+ * entry past its timeout still serves while its flow's forward entry lives. */
+static __always_inline int ct_reply_track(struct reply_match *m, __u64 now, __u8 proto,
+					  __u8 tcp_flags)
+{
+	struct ct_value *v = m->v;
+	if (!ct_alive(v, now, proto) && !(m->via_reply_entry && ct_reply_kept(&m->key, v, now)))
+		return 0;
+	struct ct_mark was = ct_mark_of(v);
+	if (m->via_reply_entry) {
+		ct_touch(v, &m->key, now, tcp_flags, 0);
+		if (tcp_flags & (TCPF_FIN | TCPF_RST))
+			ct_close_from_reply(&m->key, v, tcp_flags);
+	} else if (ct_touch(v, &m->key, now, tcp_flags, SVCXDP_CT_F_FIN_BACKEND)) {
+		ct_uncount(v);
+	}
+	if (ct_changed(v, was))
+		ct_store(m->copied, &m->key, v);
+	return 1;
+}
+
 #endif /* SVCXDP_CONNTRACK_H */

@@ -44,9 +44,10 @@ static __always_inline int parse_eth(struct cursor *c, struct ethhdr **eth_out)
 	return proto;
 }
 
-/* IPv4 header with options. Checks ihl and that tot_len fits the frame.
- * Returns the L4 protocol, or -1 when malformed. */
-static __always_inline int parse_ipv4(struct cursor *c, struct iphdr **ip_out)
+/* IPv4 header with options: checks ihl and that the header fits. Returns the L4
+ * protocol, or -1 when malformed. (A socket buffer's linear part may end after the
+ * headers: local_reply.h.) */
+static __always_inline int parse_ipv4_header(struct cursor *c, struct iphdr **ip_out)
 {
 	struct iphdr *ip = c->pos;
 	if ((void *)(ip + 1) > c->end)
@@ -57,11 +58,21 @@ static __always_inline int parse_ipv4(struct cursor *c, struct iphdr **ip_out)
 	if (c->pos + hlen > c->end)
 		return -1;
 	unsigned int tot = bpf_ntohs(ip->tot_len);
-	if (tot < hlen || c->pos + tot > c->end)
+	if (tot < hlen)
 		return -1;
 	c->pos += hlen;
 	*ip_out = ip;
 	return ip->protocol;
+}
+
+/* ... and the whole datagram in the frame (tot_len fits): an XDP frame. */
+static __always_inline int parse_ipv4(struct cursor *c, struct iphdr **ip_out)
+{
+	void *start = c->pos;
+	int proto = parse_ipv4_header(c, ip_out);
+	if (proto < 0 || start + bpf_ntohs((*ip_out)->tot_len) > c->end)
+		return -1;
+	return proto;
 }
 
 static __always_inline int ip_is_fragment(struct iphdr *ip)

@@ -89,8 +89,9 @@ static __always_inline void frag_record(struct iphdr *ip, __be32 orig_src, __be3
 	fragments.update(&k, &v);
 }
 
-/* nodeport.h uses the accounting helpers above. */
+/* nodeport.h and local_reply.h use the accounting helpers above. */
 #include "nodeport.h"
+#include "local_reply.h"
 
 static __always_inline int handle_later_fragment(struct xdp_md *ctx, struct ethhdr *eth,
 						 struct iphdr *ip, int external, struct events *ev)
@@ -135,30 +136,18 @@ static __always_inline int handle_reply(struct xdp_md *ctx, struct ethhdr *eth, 
 		ev->main = SVCXDP_CNT_PASS_NON_SERVICE;
 		return XDP_PASS;
 	}
-	struct ct_value *v = m.v;
 	__u64 now = bpf_ktime_get_coarse_ns();
-	if (!ct_alive(v, now, ip->protocol) &&
-	    !(m.via_reply_entry && ct_reply_kept(&m.key, v, now))) {
+	if (!ct_reply_track(&m, now, ip->protocol, l4->tcp_flags)) {
 		ev->main = SVCXDP_CNT_PASS_NON_SERVICE;
 		return XDP_PASS;
 	}
-	struct ct_mark was = ct_mark_of(v);
-	if (m.via_reply_entry) {
-		ct_touch(v, &m.key, now, l4->tcp_flags, 0);
-		if (l4->tcp_flags & (TCPF_FIN | TCPF_RST))
-			ct_close_from_reply(&m.key, v, l4->tcp_flags);
-	} else if (ct_touch(v, &m.key, now, l4->tcp_flags, SVCXDP_CT_F_FIN_BACKEND)) {
-		ct_uncount(v);
-	}
-	if (ct_changed(v, was))
-		ct_store(m.copied, &m.key, v);
 	struct sent_tuple sent = { ip->saddr, ip->daddr, *l4->sport, *l4->dport };
 	nat_src(ip, l4->sport, &l4->csum, m.vip, m.vport);
 	if (hairpin)
 		nat_dst(ip, NULL, &l4->csum, client, 0);
 	/* Later fragments come addressed as this one came (to the hairpin address too). */
 	frag_record(ip, sent.src, sent.dst, m.vip, hairpin ? client : 0, SVCXDP_CT_DIR_REPLY);
-	svc_account(v->svc_id, frame_bytes(ip, l3_off), 0, 0);
+	svc_account(m.v->svc_id, frame_bytes(ip, l3_off), 0, 0);
 	ev->main = SVCXDP_CNT_REVNAT;
 	return forward(ctx, eth, ip, vlan, now, &sent, ev);
 }
@@ -510,4 +499,11 @@ int svcxdp_np_out(struct xdp_md *ctx)
 	if (ev.extra < SVCXDP_CNT_MAX)
 		counters_bump(ev.extra);
 	return verdict;
+}
+
+/* tc egress of the devices the XDP entry points serve: the node's own answers for a
+ * backend at one of its addresses (local_reply.h). */
+int svcxdp_local_reply(struct __sk_buff *skb)
+{
+	return local_reply(skb);
 }

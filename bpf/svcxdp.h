@@ -151,7 +151,10 @@
 #define SVCXDP_CNT_FIB_CACHED 32       /* sent on with a cached FIB result (fib.h): no lookup */
 #define SVCXDP_CNT_FRAG_NEEDED 33      /* translated, too large for its way out with DF set: ICMP
 					* "fragmentation needed" quoting it as sent (reject.h) */
-#define SVCXDP_CNT_MAX 34
+#define SVCXDP_CNT_LOCAL_REVNAT 34     /* an answer of a backend at the node's own address, made
+					* by the node: reverse-NATed on its way out (tc egress,
+					* local_reply.h) */
+#define SVCXDP_CNT_MAX 35
 
 /* ---- hairpin ------------------------------------------------------------------ */
 /* A pod whose Service picks the pod itself would receive its own address as source

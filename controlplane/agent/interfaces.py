@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from controlplane.dataplane.attach import AttachError, attach_xdp
+from controlplane.dataplane.attach import AttachError, attach_tc_egress, attach_xdp
 from controlplane.dataplane.program import Dataplane, load_floor_program
 
 log = logging.getLogger("svcxdp.agent")
@@ -84,6 +84,9 @@ class InterfaceManager:
                 if peer and self.mode == "native" and not self.dp.allow_redirect(t.ifindex, t.netns):
                     log.info("%s (ifindex %d) is beyond the redirect map: its frames go "
                              "through the stack", t.ifname, t.ifindex)
+                # the node's own answers for a backend at its address leave here
+                # (bpf/local_reply.h)
+                attach_tc_egress(self.dp.local_reply_prog_fd, t.ifname, t.netns)
             except (AttachError, OSError) as exc:  # e.g. a pod removed meanwhile
                 log.warning("attach to %s in %s failed: %s", t.ifname, t.netns, exc)
                 continue

@@ -19,7 +19,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_LINK
 
-from controlplane.dataplane.attach import attached_prog_id, detach_xdp
+from controlplane.dataplane.attach import attached_prog_id, detach_tc_egress, detach_xdp
 from controlplane.dataplane.config import PROGRAM_PINS
 
 from .attach_sources import Target
@@ -117,8 +117,9 @@ def _pinned_prog_ids(pin_dir: Path) -> set[int]:
 
 
 def uninstall(pin_dir: Path, interfaces: list[Target]) -> list[str]:
-    """Detach the pinned programs from the interfaces that run them, in whichever mode;
-    returns their names. Interfaces running another program are left alone."""
+    """Detach the pinned programs from the interfaces that run them, in whichever mode,
+    and the tc egress filter of ours; returns their names. Interfaces running another
+    XDP program are left alone."""
     ours = _pinned_prog_ids(pin_dir)
     if not ours:
         return []
@@ -126,5 +127,6 @@ def uninstall(pin_dir: Path, interfaces: list[Target]) -> list[str]:
     for t in interfaces:
         if attached_prog_id(t.ifname, t.netns or None) in ours:
             detach_xdp(t.ifname, t.netns or None)
+            detach_tc_egress(t.ifname, t.netns or None)
             detached.append(t.ifname)
     return detached

@@ -7,12 +7,14 @@ program fd is resolved in this process, so one process can serve many namespaces
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 from contextlib import contextmanager
 from typing import Iterator
 
 from pyroute2 import IPRoute
 from pyroute2 import config as _pr2config
+from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifinfmsg import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE
 
 MODES = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
@@ -111,6 +113,44 @@ def _attached_mode(ipr: IPRoute, idx: int) -> str | None:
     """The mode of the program attached to link idx (native, generic), or None."""
     xdp = ipr.get_links(idx)[0].get_attr("IFLA_XDP")
     return _ATTACHED_MODES.get(xdp.get_attr("IFLA_XDP_ATTACHED")) if xdp else None
+
+
+# The tc egress program (bpf/local_reply.h): a bpf filter of ours on the egress hook of
+# the device's clsact qdisc, known by its priority and handle; direct action, every
+# protocol.
+TC_EGRESS = "ffff:fff3"
+TC_PRIO = 0xC5
+TC_HANDLE = 1
+_ETH_P_ALL = 0x0003
+
+
+def attach_tc_egress(prog_fd: int, ifname: str, netns: str | None = None) -> None:
+    """Attach (or replace in place) our filter on ifname's egress, adding the clsact
+    qdisc if the device has none."""
+    with open_ipr(netns) as ipr:
+        idx = _index(ipr, ifname, netns)
+        try:
+            ipr.tc("add", "clsact", index=idx)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise AttachError(f"clsact on {ifname}: {exc}") from None
+        ipr.tc("replace-filter", "bpf", index=idx, fd=prog_fd, name="svcxdp_local_reply", parent=TC_EGRESS,
+               prio=TC_PRIO, handle=TC_HANDLE, direct_action=True, protocol=_ETH_P_ALL)
+
+
+def detach_tc_egress(ifname: str, netns: str | None = None) -> bool:
+    """Remove our egress filter from ifname (the clsact qdisc stays: other filters may
+    hang on it); False if there was none."""
+    with open_ipr(netns) as ipr:
+        idx = _index(ipr, ifname, netns)
+        try:
+            ipr.tc("del-filter", "bpf", index=idx, parent=TC_EGRESS, prio=TC_PRIO, handle=TC_HANDLE,
+                   protocol=_ETH_P_ALL)
+        except NetlinkError as exc:
+            if exc.code in (errno.ENOENT, errno.EINVAL):
+                return False
+            raise
+        return True
 
 
 def attached_prog_id(ifname: str, netns: str | None = None) -> int | None:

@@ -119,7 +119,8 @@ def _build(config: DataplaneConfig) -> None:
     (pin_dir / STAMP).unlink(missing_ok=True)   # a half-done build is never current
     dp = Dataplane.load(config)
     try:
-        for role, fd in (("pod", dp.prog_fd), ("external", dp.external_prog_fd), ("ct_gc", dp.ct_gc_prog_fd)):
+        for role, fd in (("pod", dp.prog_fd), ("external", dp.external_prog_fd), ("ct_gc", dp.ct_gc_prog_fd),
+                         ("local_reply", dp.local_reply_prog_fd)):
             path = pin_dir / PROGRAM_PINS[role]
             path.unlink(missing_ok=True)
             obj_pin(fd, str(path))

@@ -24,7 +24,8 @@ def remove_pin_root_if_empty() -> None:
 # The XDP entry points' pins inside an instance's pin folder (the agent pins them): pod
 # interfaces run svcxdp_main, the node's external interfaces svcxdp_external; the idle-flow
 # GC (svcxdp_ct_gc, bpf/ctgc.h) is attached nowhere, the agent runs it with test-run.
-PROGRAM_PINS = {"pod": "prog", "external": "prog_external", "ct_gc": "prog_ct_gc"}
+PROGRAM_PINS = {"pod": "prog", "external": "prog_external", "ct_gc": "prog_ct_gc",
+                "local_reply": "prog_local_reply"}
 # The flow tables (bpf/maps.h, conntrack.h): conntrack (confirmed flows), then the
 # unconfirmed ones — flows from outside the cluster, flows from pods.
 FLOW_TABLES = ("conntrack", "ct_unconfirmed", "ct_unconfirmed_pod")

@@ -32,6 +32,7 @@ EXTERNAL_ENTRY = "svcxdp_external"  # the node's external interfaces: NodePort, 
 EXTERNAL_TAILS = {"svcxdp_np_out": 0,      # its way out (XDP_TX / redirect)
                   "svcxdp_ext_reply": 1}   # what is not for a frontend: replies, ICMP errors
 CT_GC_ENTRY = "svcxdp_ct_gc"        # idle-flow GC, run with test-run by the agent (ctgc.py)
+LOCAL_REPLY_ENTRY = "svcxdp_local_reply"  # tc egress: the node's answers for a backend at its address
 SVCXDP_CNT_MAX = const("CNT_MAX")
 TX_PORTS_SIZE = const("TX_PORTS_SIZE")
 MAP_NAMES = ("services", "slots", "backends", "rev_nat", *FLOW_TABLES, flowsets.SEED_MAP, udprecent.MAP,
@@ -127,6 +128,7 @@ class Dataplane:
     prog_fd: int
     external_prog_fd: int
     ct_gc_prog_fd: int
+    local_reply_prog_fd: int
     attached: list[tuple[str, str | None, str]] = field(default_factory=list)
     _sock_hooks: "SockHooks | None" = None
     _pinned: PinnedMaps | None = None
@@ -145,7 +147,7 @@ class Dataplane:
         pinned = PinnedMaps(config.pin_dir, WritableTable)
         fds: list[int] = []
         try:
-            for role in ("pod", "external", "ct_gc"):
+            for role in ("pod", "external", "ct_gc", "local_reply"):
                 fds.append(obj_get(str(config.pin_dir / PROGRAM_PINS[role])))
             for name in MAP_NAMES:
                 pinned.table(name)
@@ -155,6 +157,7 @@ class Dataplane:
             pinned.close()
             raise
         return cls(config=config, bpf=None, prog_fd=fds[0], external_prog_fd=fds[1], ct_gc_prog_fd=fds[2],
+                   local_reply_prog_fd=fds[3],
                    _pinned=pinned, built=built)
 
     @classmethod
@@ -192,12 +195,14 @@ class Dataplane:
                 for name, slot in EXTERNAL_TAILS.items():
                     tails[tails.Key(slot)] = tails.Leaf(bpf.load_func(name.encode(), BPF.XDP).fd)
                 gc = bpf.load_func(CT_GC_ENTRY.encode(), BPF.XDP)
+                local = bpf.load_func(LOCAL_REPLY_ENTRY.encode(), BPF.SCHED_CLS)
             except Exception as exc:
                 raise DataplaneError(f"building the XDP program failed: {exc}") from exc
         except DataplaneError:
             bpf.cleanup()
             raise
-        return cls(config=config, bpf=bpf, prog_fd=fn.fd, external_prog_fd=ext.fd, ct_gc_prog_fd=gc.fd)
+        return cls(config=config, bpf=bpf, prog_fd=fn.fd, external_prog_fd=ext.fd, ct_gc_prog_fd=gc.fd,
+                   local_reply_prog_fd=local.fd)
 
     # ---- maps -------------------------------------------------------------------
     def table(self, name: str):
@@ -304,7 +309,7 @@ class Dataplane:
         self._mapped.clear()
         if self._pinned is not None:
             self._pinned.close()
-            for fd in (self.prog_fd, self.external_prog_fd, self.ct_gc_prog_fd):
+            for fd in (self.prog_fd, self.external_prog_fd, self.ct_gc_prog_fd, self.local_reply_prog_fd):
                 os.close(fd)
             return
         self.bpf.cleanup()

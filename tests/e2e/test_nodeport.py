@@ -354,6 +354,36 @@ def test_a_large_datagram_reaches_a_pod_behind_a_smaller_mtu(cluster: Cluster, r
         cluster.svcctl("delete", "svc", "np-mtu", check=False)
 
 
+def test_a_backend_at_the_node_s_own_address_answers_its_pods_and_outside(cluster: Cluster, remote_pod):
+    """A hostNetwork backend (the `kubernetes` Service's API server on a control-plane
+    node, an ingress controller on the host network): XDP DNATs to the node's own
+    address, and the node answers by itself, out of a device's egress, where no XDP
+    program runs. The answer left with the node's address: a pod on that node and a
+    client through that node's NodePort reset it (TCP) or never matched it (UDP). The
+    tc egress program turns it back into the service's address (bpf/local_reply.h).
+    Through node2 the backend is remote and worked before too."""
+    host = {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "np-host", "namespace": "default", "labels": {"app": "nphost"}},
+            "spec": {"nodeName": "node1", "hostNetwork": True, "containers": [{
+                "name": "c", "image": AGNHOST,
+                "ports": [{"containerPort": 8181}, {"containerPort": 5454, "protocol": "UDP"}]}]}}
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "np-host", "namespace": "default"},
+           "spec": {"type": "NodePort", "selector": {"app": "nphost"}, "ports": [
+               {"name": "http", "port": 80, "targetPort": 8181, "protocol": "TCP", "nodePort": 30085},
+               {"name": "echo", "port": 53, "targetPort": 5454, "protocol": "UDP", "nodePort": 30057}]}}
+    apply(cluster, host, pod("np-client1", "node1", "npclient"), svc)
+    assert cluster.wait_endpoints("np-host", 1) == [NODE1]
+    client = wait_for("np-client1 running", lambda: cluster.pods("app=npclient").get("np-client1"))
+    vip = cluster.cluster_ip("np-host")
+    # a pod on the backend's node, through the ClusterIP (the server sees the pod)
+    assert client_address(cluster.wait_http(f"http://{vip}/clientip", client="np-client1")) == client
+    # from outside through the backend's node and through the other node
+    assert client_address(wait_outside(cluster, f"http://{NODE1}:30085/clientip")) == OUTSIDE
+    assert client_address(wait_outside(cluster, f"http://{NODE2}:30085/clientip")) == NODE2
+    msg = b"to the node itself"
+    assert wait_for("UDP echo via node1", lambda: _udp_echo(cluster, NODE1, 30057, msg)) == msg
+
+
 def _echo_on_or_error(s: socket.socket, payload: bytes) -> bytes | str:
     try:
         s.send(payload)

@@ -1,0 +1,104 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
+/*
+ * local_reply.h — the answers of a backend at one of the node's own addresses (a
+ * hostNetwork pod: the `kubernetes` Service's API server on a control-plane node, an
+ * ingress controller on the host network). XDP DNATs a client's packet to such a
+ * backend and the node's stack delivers it locally; the answer is made by the node and
+ * leaves by a device's egress, where no XDP program runs. Untranslated, it reaches the
+ * client (a pod of this node, or a client from outside through this node's NodePort)
+ * from an address it never talked to, and is dropped or reset. kube-proxy's conntrack
+ * translates it in the node's output path; here a tc egress program on the devices the
+ * XDP entry points serve (svcxdp_local_reply) turns its source back into the service's.
+ *
+ * Only the node's own packets are looked at (skb->ingress_ifindex 0: a received one
+ * was translated by XDP as it came in), and of those only one from a backend of a
+ * tracked flow (ct_match_reply: a hash lookup settles the rest). The rewrite goes
+ * through the kernel's checksum helpers: a packet the node made usually carries a
+ * partial checksum (CHECKSUM_PARTIAL, finished by the device), which nat.h's
+ * incremental update of a complete one would corrupt. Later fragments of a datagram
+ * are translated from its first fragment's record, as on the XDP path.
+ */
+#ifndef SVCXDP_LOCAL_REPLY_H
+#define SVCXDP_LOCAL_REPLY_H
+
+#include "conntrack.h"
+#include "parse.h"
+
+#define TC_ACT_OK 0
+
+/* Replace the 4-byte source address at l3_off (and the transport checksum at csum_off,
+ * when there is one: a later fragment has none) through the helpers. */
+static __always_inline void local_reply_src(struct __sk_buff *skb, __u32 l3_off, __u32 csum_off,
+					    __u64 l4_flags, __be32 from, __be32 to)
+{
+	if (csum_off)
+		bpf_l4_csum_replace(skb, csum_off, from, to, l4_flags | BPF_F_PSEUDO_HDR | sizeof(to));
+	bpf_l3_csum_replace(skb, l3_off + __builtin_offsetof(struct iphdr, check), from, to, sizeof(to));
+	bpf_skb_store_bytes(skb, l3_off + __builtin_offsetof(struct iphdr, saddr), &to, sizeof(to), 0);
+}
+
+static __always_inline int local_reply(struct __sk_buff *skb)
+{
+	if (skb->ingress_ifindex)
+		return TC_ACT_OK;
+	void *data = (void *)(long)skb->data;
+	struct cursor c = { .pos = data, .end = (void *)(long)skb->data_end };
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	if (parse_eth(&c, &eth) != ETH_P_IP_BE)
+		return TC_ACT_OK;
+	__u32 l3_off = c.pos - data;
+	int proto = parse_ipv4_header(&c, &ip);
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return TC_ACT_OK;
+	if (ip_is_later_fragment(ip)) {
+		struct frag_key fk = {};
+		frag_key_set(&fk, ip, ip->saddr, ip->daddr);
+		struct frag_value *f = fragments.lookup(&fk);
+		if (!f || f->dir != SVCXDP_CT_DIR_REPLY || f->peer_ip ||
+		    (__s64)(bpf_ktime_get_coarse_ns() - f->created) >
+		    (__s64)(SVCXDP_FRAG_TIMEOUT_S * SVCXDP_NSEC_PER_SEC))
+			return TC_ACT_OK;
+		local_reply_src(skb, l3_off, 0, 0, ip->saddr, f->nat_ip);
+		counters_bump(SVCXDP_CNT_LOCAL_REVNAT);
+		return TC_ACT_OK;
+	}
+	__u32 l4_off = l3_off + ip->ihl * 4;
+	__be16 *ports = c.pos;
+	__u8 tcp_flags = 0;
+	__u32 csum_off;
+	__u64 l4_flags = 0;
+	if (proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = c.pos;
+		if ((void *)(tcp + 1) > c.end)
+			return TC_ACT_OK;
+		tcp_flags = ((__u8 *)tcp)[13];
+		csum_off = l4_off + __builtin_offsetof(struct tcphdr, check);
+	} else {
+		struct udphdr *udp = c.pos;
+		if ((void *)(udp + 1) > c.end)
+			return TC_ACT_OK;
+		csum_off = l4_off + __builtin_offsetof(struct udphdr, check);
+		l4_flags = BPF_F_MARK_MANGLED_0;   /* a zero UDP checksum stays zero */
+	}
+	struct reply_match m;
+	if (!ct_match_reply(ip->saddr, ports[0], ip->daddr, ports[1], proto, &m))
+		return TC_ACT_OK;
+	if (!ct_reply_track(&m, bpf_ktime_get_coarse_ns(), proto, tcp_flags))
+		return TC_ACT_OK;
+	__be32 src = ip->saddr;
+	__be16 sport = ports[0];
+	/* Later fragments leave as this one does. */
+	frag_record(ip, src, ip->daddr, m.vip, 0, SVCXDP_CT_DIR_REPLY);
+	svc_account(m.v->svc_id, l3_off + bpf_ntohs(ip->tot_len), 0, 0);
+	/* The helpers below may move the packet: nothing is read from it after them. */
+	local_reply_src(skb, l3_off, csum_off, l4_flags, src, m.vip);
+	if (sport != m.vport) {
+		bpf_l4_csum_replace(skb, csum_off, sport, m.vport, l4_flags | sizeof(m.vport));
+		bpf_skb_store_bytes(skb, l4_off, &m.vport, sizeof(m.vport), 0);
+	}
+	counters_bump(SVCXDP_CNT_LOCAL_REVNAT);
+	return TC_ACT_OK;
+}
+
+#endif /* SVCXDP_LOCAL_REPLY_H */

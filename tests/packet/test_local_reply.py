@@ -1,0 +1,83 @@
+"""A backend at the node's own address (a hostNetwork pod): XDP DNATs the client's packet
+and the node answers it itself, out of a device's egress, where only the tc program
+svcxdp_local_reply (bpf/local_reply.h) can turn the answer's source back into the
+service's. Frames run through BPF_PROG_TEST_RUN of both programs; the expected ones
+are built byte for byte."""
+from __future__ import annotations
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from controlplane.dataplane.model import Backend, Frontend, ServiceState
+from controlplane.dataplane.testrun import TestRunner
+
+from .harness import CLIENT, CLIENT_MAC, NODE_MAC, VIP, Harness, delta
+
+pytestmark = pytest.mark.root
+
+NODE_IP = "192.168.1.31"      # the backend: the node's own address, a hostNetwork server
+
+
+@pytest.fixture
+def tc(xdp: Harness) -> TestRunner:
+    return TestRunner(xdp.dp.local_reply_prog_fd)
+
+
+def _answer(proto, sport: int, dport: int, payload: bytes = b"pong", **ip) -> Ether:
+    return (Ether(src=NODE_MAC, dst=CLIENT_MAC) / IP(src=NODE_IP, dst=CLIENT, ttl=64, id=5, **ip) /
+            proto(sport=sport, dport=dport) / Raw(payload))
+
+
+def _expected(pkt: Ether, src: str, sport: int | None) -> bytes:
+    out = pkt.copy()
+    out[IP].src = src
+    del out[IP].chksum
+    l4 = out[IP].payload
+    if sport is not None:
+        l4.sport = sport
+    if hasattr(l4, "chksum") and not (isinstance(l4, UDP) and l4.chksum == 0):
+        del l4.chksum
+    return bytes(Ether(bytes(out)))
+
+
+@pytest.mark.parametrize("proto,port", [(TCP, 80), (UDP, 53)])
+def test_the_nodes_own_answer_leaves_from_the_service(xdp: Harness, tc: TestRunner, proto, port):
+    xdp.writer.upsert(ServiceState(Frontend(VIP, port, proto.__name__), (Backend(NODE_IP, 8181),), "random"))
+    first = (Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=CLIENT, dst=VIP) /
+             proto(sport=40000, dport=port, **({"flags": "S"} if proto is TCP else {})))
+    out = xdp.send(first)
+    assert out.verdict == "XDP_PASS" and (out.pkt[IP].dst, out.pkt[proto].dport) == (NODE_IP, 8181)
+    before = xdp.counters()
+    answer = _answer(proto, 8181, 40000, **({} if proto is UDP else {}))
+    if proto is TCP:
+        answer[TCP].flags = "SA"
+    res = tc.run(bytes(answer))
+    assert res.verdict == 0                                  # TC_ACT_OK: sent on
+    assert res.data == _expected(answer, VIP, port)
+    assert delta(before, xdp.counters())["local_revnat"] == 1
+    # another client port of the same client is no flow: left alone
+    stranger = _answer(proto, 8181, 40001)
+    assert tc.run(bytes(stranger)).data == bytes(stranger)
+
+
+def test_a_zero_udp_checksum_stays_zero_and_later_fragments_follow_the_first(xdp: Harness, tc: TestRunner):
+    xdp.writer.upsert(ServiceState(Frontend(VIP, 53, "UDP"), (Backend(NODE_IP, 8181),), "random"))
+    xdp.send(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=CLIENT, dst=VIP) / UDP(sport=40002, dport=53))
+    zero = _answer(UDP, 8181, 40002)
+    zero[UDP].chksum = 0
+    out = Ether(tc.run(bytes(zero)).data)
+    assert (out[IP].src, out[UDP].sport, out[UDP].chksum) == (VIP, 53, 0)
+    # a large answer the node fragmented: the first fragment is translated and recorded,
+    # the later ones (no UDP header) take the same source
+    whole = bytes(IP(src=NODE_IP, dst=CLIENT, id=77) / UDP(sport=8181, dport=40002) / Raw(b"x" * 1600))[20:]
+    head = Ether(src=NODE_MAC, dst=CLIENT_MAC)
+    f1 = head / IP(src=NODE_IP, dst=CLIENT, id=77, flags="MF", proto=17, frag=0) / Raw(whole[:1024])
+    f2 = head / IP(src=NODE_IP, dst=CLIENT, id=77, proto=17, frag=128) / Raw(whole[1024:])
+    o1, o2 = Ether(tc.run(bytes(f1)).data), Ether(tc.run(bytes(f2)).data)
+    assert (o1[IP].src, bytes(o1[IP].payload)[:2]) == (VIP, (53).to_bytes(2, "big"))
+    assert o2[IP].src == VIP and bytes(o2[IP].payload) == whole[1024:]
+    again = Ether(bytes(o2))
+    del again[IP].chksum
+    assert Ether(bytes(again))[IP].chksum == o2[IP].chksum
