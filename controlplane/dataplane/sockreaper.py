@@ -9,9 +9,18 @@ to sock_revnat by socket cookie and destination) and destroys it (SOCK_DESTROY: 
 kernel's udp_abort): the application's pending and next receive fail with
 ECONNABORTED, the socket is disconnected, and its next connect() is translated anew.
 sock_diag works per network namespace: the reaper serves the one it runs in.
+
+AF_INET6 sockets connected to an IPv4-mapped address (::ffff:VIP, translated by the
+connect6 hook with the IPv4 code) are reaped the same way: sock_diag dumps one family
+per request (udp_dump skips a socket whose sk_family is not the request's), so both are
+dumped; such a socket shows its peer as ::ffff:a.b.c.d (sk_v6_daddr), whose last 4 bytes
+are the IPv4 address sock_revnat is keyed by, and it is destroyed by its AF_INET6
+sockid, which the kernel resolves with the IPv4 lookup when both addresses are mapped
+(udp_diag_destroy, net/ipv4/udp_diag.c). Native IPv6 peers are not services: left alone.
 """
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 from collections.abc import Collection
@@ -27,20 +36,32 @@ NLMSG_ERROR, NLMSG_DONE = 2, 3
 TCP_ESTABLISHED = 1   # a connected UDP socket's state
 _NLMSG = struct.Struct("=IHHII")
 _DIAG_MSG = struct.Struct("=BBBB48sIIIII")   # inet_diag_msg with its inet_diag_sockid
+_V4MAPPED = b"\0" * 10 + b"\xff\xff"       # ::ffff:0:0/96, an IPv4 peer of an AF_INET6 socket
 UNUSED = const("BACKEND_UNUSED")
 
 
 @dataclass(frozen=True)
 class UdpSocket:
+    family: int          # AF_INET, or AF_INET6 for a socket connected to ::ffff:a.b.c.d
     sockid: bytes        # inet_diag_sockid as the kernel gave it (names the socket to destroy)
     cookie: int
-    dst: bytes           # 4 bytes, network order
+    dst: bytes           # IPv4, 4 bytes, network order (an AF_INET6 socket's: the mapped word)
     dport: bytes         # 2 bytes, network order
 
 
-def _request(msg_type: int, flags: int, sockid: bytes = b"\0" * 48) -> bytes:
-    req = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_UDP, 0, 0, 1 << TCP_ESTABLISHED) + sockid
+def _request(msg_type: int, flags: int, family: int, sockid: bytes = b"\0" * 48) -> bytes:
+    req = struct.pack("=BBBBI", family, socket.IPPROTO_UDP, 0, 0, 1 << TCP_ESTABLISHED) + sockid
     return _NLMSG.pack(_NLMSG.size + len(req), msg_type, flags, 1, 0) + req
+
+
+def _ipv4_peer(family: int, sockid: bytes) -> bytes | None:
+    """The IPv4 destination of a dumped socket: idiag_dst[0] of an AF_INET one, the
+    last 4 bytes of an AF_INET6 one's idiag_dst in ::ffff:0:0/96; None for any other
+    (native IPv6) destination."""
+    if family == socket.AF_INET:
+        return sockid[20:24]
+    dst = sockid[20:36]
+    return dst[12:] if dst[:12] == _V4MAPPED else None
 
 
 def _messages(sock: socket.socket):
@@ -56,27 +77,34 @@ def _messages(sock: socket.socket):
 
 
 def connected_udp() -> list[UdpSocket]:
-    """Every connected IPv4 UDP socket of this network namespace."""
+    """Every UDP socket of this network namespace connected to an IPv4 address: AF_INET
+    ones and AF_INET6 ones connected to an IPv4-mapped address."""
     out = []
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as nl:
-        nl.sendall(_request(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP))
-        for mtype, body in _messages(nl):
-            if mtype == NLMSG_ERROR:
-                (err,) = struct.unpack_from("=i", body)
-                raise OSError(-err, "sock_diag dump failed")
-            sockid = _DIAG_MSG.unpack_from(body)[4]
-            lo, hi = struct.unpack_from("=II", sockid, 40)
-            out.append(UdpSocket(sockid, lo | hi << 32, sockid[20:24], sockid[2:4]))
+        for family in (socket.AF_INET, socket.AF_INET6):
+            nl.sendall(_request(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, family))
+            for mtype, body in _messages(nl):
+                if mtype == NLMSG_ERROR:
+                    (err,) = struct.unpack_from("=i", body)
+                    if family == socket.AF_INET6 and -err == errno.ENOENT:
+                        break   # a kernel without IPv6: no AF_INET6 sock_diag handler
+                    raise OSError(-err, "sock_diag dump failed")
+                sockid = _DIAG_MSG.unpack_from(body)[4]
+                dst = _ipv4_peer(family, sockid)
+                if dst is None:
+                    continue
+                lo, hi = struct.unpack_from("=II", sockid, 40)
+                out.append(UdpSocket(family, sockid, lo | hi << 32, dst, sockid[2:4]))
     return out
 
 
 def destroy(s: UdpSocket) -> None:
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG) as nl:
-        nl.sendall(_request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, s.sockid))
+        nl.sendall(_request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, s.family, s.sockid))
         for mtype, body in _messages(nl):
             if mtype == NLMSG_ERROR:
                 (err,) = struct.unpack_from("=i", body)
-                if err and -err != 2:   # ENOENT: it went away by itself
+                if err and -err != errno.ENOENT:   # it went away by itself
                     raise OSError(-err, "SOCK_DESTROY failed")
                 return
 

@@ -72,6 +72,19 @@ class SockEnv:
             s.bind((mapped(CLIENT_IP) if family == socket.AF_INET6 else CLIENT_IP, bind_port))
         return s
 
+    @contextmanager
+    def address(self, ip: str) -> Iterator[None]:
+        """`ip` on the namespace's loopback (a /32 or /128) while the block runs."""
+        prefixlen = 128 if ":" in ip else 32
+        with IPRoute(netns=self.ns, flags=0) as ipr:
+            lo = ipr.link_lookup(ifname="lo")[0]
+            ipr.addr("add", index=lo, address=ip, prefixlen=prefixlen)
+        try:
+            yield
+        finally:
+            with IPRoute(netns=self.ns, flags=0) as ipr:
+                ipr.addr("del", index=lo, address=ip, prefixlen=prefixlen)
+
     def tcp_backend(self, vip: str, port: int, **kw) -> tuple[str, tuple]:
         """connect() to vip:port; (the backend that answered, getpeername())."""
         family = socket.AF_INET6 if ":" in vip else socket.AF_INET

@@ -6,7 +6,9 @@ and AF_INET6 ones naming the IPv4-mapped address (::ffff:VIP)."""
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
+import sys
 
 import pytest
 from scapy.layers.inet import IP, TCP
@@ -23,6 +25,12 @@ from .sockenv import CLIENT_IP, TCP_PORT, UDP_PORT, SockEnv, mapped, sock_env
 VIP = "10.96.0.100"
 BACKENDS = ("10.244.2.11", "10.244.2.12", "10.244.2.13")
 TCP_P, UDP_P = socket.IPPROTO_TCP, socket.IPPROTO_UDP
+SO_COOKIE = 57   # <asm-generic/socket.h>; not in Python's socket module
+
+
+def cookie(s: socket.socket) -> int:
+    """The socket's cookie, as the hooks (bpf_get_socket_cookie) and sock_diag see it."""
+    return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8), sys.byteorder)
 
 
 @pytest.fixture(scope="module")
@@ -281,6 +289,69 @@ def test_mapped_connected_udp_getpeername_and_recvfrom_show_the_mapped_vip(sk):
     backend = predictor(xdp, s)(CLIENT_IP, 42100)
     assert data.decode().split() == [backend, "hello"]
     assert data2.decode().split() == [backend, "again"]
+
+
+def test_mapped_connected_udp_of_a_removed_backend_is_aborted_and_native_ipv6_is_left_alone(sk):
+    """The reaper dumps AF_INET6 sockets too: one connected to ::ffff:VIP (translated by
+    connect6) is found by the IPv4 address in its destination's last 4 bytes and
+    destroyed by its AF_INET6 sockid, as an AF_INET one; a native IPv6 socket whose
+    destination ends in the same 4 bytes and port is not, even with a sock_revnat entry
+    for its cookie and that address (which the hooks never write: the mapped prefix is
+    what tells the two apart)."""
+    from controlplane.dataplane.sockreaper import reap
+    from controlplane.lab import netns
+    xdp, env = sk
+    s = service("UDP", 53, "sh")
+    xdp.writer.upsert(s)
+    first = predictor(xdp, s)(CLIENT_IP, 45100)
+    native_ip = str(ipaddress.IPv6Address(f"fd00::{first}"))   # e.g. fd00::af4:20b (10.244.2.11)
+    revnat = xdp.dp.table("sock_revnat")
+    with env.address(native_ip), \
+            env.socket(socket.SOCK_DGRAM, in_cgroup=False, family=V6) as usrv, \
+            env.socket(socket.SOCK_DGRAM, bind_port=45100, family=V6) as u, \
+            env.socket(socket.SOCK_DGRAM, family=V6) as native:
+        usrv.bind((native_ip, UDP_PORT))
+        native.connect((native_ip, UDP_PORT))
+
+        def native_echoes(data: bytes) -> bool:
+            native.send(data)
+            got, peer = usrv.recvfrom(64)
+            usrv.sendto(got, peer)
+            return native.recv(64) == data
+
+        assert native_echoes(b"n1")
+        u.connect((MVIP, 53))
+        u.send(b"a")
+        assert u.recv(100).decode().split() == [first, "a"]
+        # What connect6 recorded for the mapped socket, given to the native one too.
+        key = revnat.Key(cookie(u), int.from_bytes(socket.inet_aton(first), "little"),
+                         int.from_bytes(UDP_PORT.to_bytes(2, "big"), "little"), UDP_P, 0)
+        rv = revnat[key]
+        forged = revnat.Key(cookie(native), key.ip, key.port, UDP_P, 0)
+        revnat[forged] = rv
+        try:
+            assert netns.call_in(env.ns, reap, xdp.dp) == 0
+            xdp.writer.upsert(service("UDP", 53, "sh", backends=tuple(b for b in BACKENDS if b != first)))
+            others = {(b, UDP_PORT) for b in BACKENDS if b != first} | {(first, UDP_PORT + 1)}
+            assert netns.call_in(env.ns, reap, xdp.dp, others) == 0
+            assert netns.call_in(env.ns, reap, xdp.dp, {(first, UDP_PORT)}) == 1
+            with pytest.raises(ConnectionAbortedError):
+                u.recv(100)
+            assert key not in revnat
+            # A whole sweep: nothing else to abort; the native socket is still connected.
+            assert netns.call_in(env.ns, reap, xdp.dp) == 0
+            assert native_echoes(b"n2")
+            assert native.getpeername() == (native_ip, UDP_PORT, 0, 0)
+            u.connect((MVIP, 53))
+            u.send(b"b")
+            again, echoed = u.recv(100).decode().split()
+            assert again != first and echoed == "b"
+            assert u.getpeername() == (MVIP, 53, 0, 0)
+        finally:
+            try:
+                del revnat[forged]
+            except KeyError:
+                pass
 
 
 def test_mapped_unconnected_udp_selects_per_message_and_replies_come_from_the_mapped_vip(sk):
