@@ -73,7 +73,7 @@ def lab_with_services(request):
     state_dir = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-"))
     lab = Lab(state_dir, prefix=PREFIX)
     try:
-        lab.down(on_down=hooks.on_lab_down)  # a stale run of ours
+        lab.down(on_down=hooks.on_lab_down, force=True)  # a stale run of ours (its state dir is gone)
         lab = Lab(state_dir, prefix=PREFIX)
         store = open_store(state_dir)
         registry = Registry(store)

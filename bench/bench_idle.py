@@ -42,7 +42,7 @@ def idle_lab():
     state_dir = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-"))
     lab = Lab(state_dir, prefix=PREFIX)
     try:
-        lab.down(on_down=hooks.on_lab_down)  # a stale run of ours
+        lab.down(on_down=hooks.on_lab_down, force=True)  # a stale run of ours (its state dir is gone)
         lab = Lab(state_dir, prefix=PREFIX)
         store = open_store(state_dir)
         docs = [Manifest(d) for i in range(3) for d in (deployment(f"web{i}", 2), service(f"web{i}"))]

@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("soak: needs root (network namespaces, BPF)", file=sys.stderr)
         return 2
-    Lab(tempfile.mkdtemp(prefix=f"{PREFIX}-sweep-"), prefix=PREFIX).down(on_down=hooks.on_lab_down)
+    Lab(tempfile.mkdtemp(prefix=f"{PREFIX}-sweep-"), prefix=PREFIX).down(on_down=hooks.on_lab_down, force=True)
     pin_root_existed = PIN_ROOT.is_dir()
     logs_dir = Path(args.out).parent / "soak-agents"
     shutil.rmtree(logs_dir, ignore_errors=True)   # an earlier failure's

@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     from controlplane.dataplane.program import Dataplane, DataplaneError
     from .agent import Agent
     from .desired import NodeConfig
-    from .health import Health, serve
+    from .health import Health, bind, busy_port_message, start
     from .attach_sources import FileAttachPoints
     from .healthcheck import ServiceHealthServers
     from .interfaces import InterfaceManager
@@ -164,6 +164,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         log.error("%s", exc)
         return 2
+    if not 0 <= args.healthz_port <= 65535:
+        log.error("--healthz-port %s: must be a port number (0 disables the health server)", args.healthz_port)
+        return 2
     redirect, why = fib_redirect_choice(args)
     log.info("forwarding: %s (%s)", "FIB lookup + redirect to targets" if redirect else "the node's stack", why)
     config = DataplaneConfig(instance=args.instance or args.node, fib_redirect=redirect, **extra)
@@ -181,6 +184,15 @@ def run(args: argparse.Namespace) -> int:
         from .nexthops import forget
         log.info("managed next-hop neighbours removed: %s", ", ".join(forget(None)) or "none")
         return 0
+    # The health port before anything is built: a busy one (kube-proxy's, 10256) fails the
+    # agent with one line and nothing loaded, attached or pinned.
+    health = Health(args.node)
+    health_server = None
+    if args.healthz_port:
+        try:
+            health_server = bind(health, port=args.healthz_port)
+        except OSError as exc:
+            raise CommandError(busy_port_message(args.healthz_port, exc)) from None
     source, feed = _open_source(args)
     try:
         if args.socket_lb_cgroup:   # the socket hooks are loaded from bcc's program object
@@ -207,9 +219,8 @@ def run(args: argparse.Namespace) -> int:
         addresses = select([a for t in interfaces.external_targets()
                             for a in interface_addresses(t.netns, t.ifindex)], cidrs)
     log.info("NodePorts served on %s", ", ".join(addresses) or "no address")
-    health = Health(args.node)
-    if args.healthz_port:
-        serve(health, port=args.healthz_port)
+    if health_server is not None:
+        start(health_server)
     # healthCheckNodePorts listen where NodePorts are served, as kube-proxy's (all addresses if none known)
     service_health = ServiceHealthServers(args.node, lambda: health.report()[0] == 200, addresses or ("0.0.0.0",))
     if feed is not None and not feed.wait_synced(timeout=30):

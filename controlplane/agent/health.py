@@ -3,13 +3,14 @@ not), GET /livez (200 while the agent's loop goes round, in sync or not: what a 
 probe should ask) and GET /proxyMode, served from a thread of the agent."""
 from __future__ import annotations
 
+import errno
 import json
 import threading
 import time
 from datetime import datetime, timezone
 from http.server import ThreadingHTTPServer
 
-from .http_endpoint import EndpointHandler, start_server
+from .http_endpoint import EndpointHandler, EndpointServer
 
 HEALTHZ_PORT = 10256
 PROXY_MODE = "xdp"
@@ -74,7 +75,12 @@ class Health:
                                          "currentTime": _iso(now), "nodeName": self.node, "alive": alive}
 
 
-def serve(health: Health, host: str = "0.0.0.0", port: int = HEALTHZ_PORT) -> ThreadingHTTPServer:
+def bind(health: Health, host: str = "0.0.0.0", port: int = HEALTHZ_PORT) -> ThreadingHTTPServer:
+    """The health server, its port bound but not listening (start() listens and serves):
+    the agent binds it before it builds anything, so a busy port fails it with nothing
+    half-done; meanwhile a probe is refused at once, as before (a listening socket
+    nobody served would leave it waiting for its timeout). OSError if the port cannot
+    be bound."""
     class Handler(EndpointHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server naming)
             if self.route in ("/healthz", "/livez"):
@@ -85,4 +91,30 @@ def serve(health: Health, host: str = "0.0.0.0", port: int = HEALTHZ_PORT) -> Th
             else:
                 self.send_body(404, b"404 page not found\n", "text/plain")
 
-    return start_server(Handler, host, port, "healthz")
+    server = EndpointServer((host, port), Handler, bind_and_activate=False)
+    try:
+        server.server_bind()
+    except OSError:
+        server.server_close()
+        raise
+    return server
+
+
+def start(server: ThreadingHTTPServer) -> ThreadingHTTPServer:
+    """Listen on a bound server and serve it from a daemon thread."""
+    server.server_activate()
+    threading.Thread(target=server.serve_forever, name="healthz", daemon=True).start()
+    return server
+
+
+def serve(health: Health, host: str = "0.0.0.0", port: int = HEALTHZ_PORT) -> ThreadingHTTPServer:
+    return start(bind(health, host, port))
+
+
+def busy_port_message(port: int, exc: OSError) -> str:
+    """The agent's one line for a health port it cannot bind."""
+    why = exc.strerror or str(exc)
+    hint = (" (kube-proxy serves its health checks on 10256 by default: stop it, or give --healthz-port "
+            "another port; 0 disables the health server)" if exc.errno == errno.EADDRINUSE
+            else " (give --healthz-port another port; 0 disables the health server)")
+    return f"--healthz-port {port}: cannot serve the health checks on port {port}: {why}{hint}"

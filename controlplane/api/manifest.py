@@ -63,8 +63,7 @@ def _check_type_fields(item: dict, source: str) -> None:
     missing = [f"{f} not set" for f in ("apiVersion", "kind") if not item.get(f)]
     if missing:
         raise ManifestError(
-            f'error validating "{source}": error validating data: [{", ".join(missing)}]; '
-            "if you choose to ignore these errors, turn validation off with --validate=false"
+            f'error validating "{source}": error validating data: [{", ".join(missing)}]'
         )
 
 

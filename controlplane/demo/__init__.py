@@ -11,6 +11,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "packets: scapy packets through the XDP program (BPF_PROG_TEST_RUN)")
     p.add_argument("--keep", action="store_true", help="leave the demo lab up to play with")
     p.add_argument("--nodes", type=int, default=2)
+    p.add_argument("--state-dir", default=None,
+                   help="the demo's lab and store go in <dir>/demo, removed when it ends unless --keep "
+                        "(default $SVCXDP_STATE_DIR or /var/lib/svcxdp)")
     p.set_defaults(func=run)
 
 
@@ -18,5 +21,11 @@ def run(args: argparse.Namespace) -> int:
     if args.part == "packets":
         from .packets import run_packet_demo
         return run_packet_demo()
+    from controlplane.errors import CommandError
+    from controlplane.lab.topology import LabError
+
     from .walkthrough import run_walkthrough
-    return run_walkthrough(nodes=args.nodes, keep=args.keep)
+    try:
+        return run_walkthrough(nodes=args.nodes, keep=args.keep, state_dir=args.state_dir)
+    except LabError as exc:   # e.g. another state dir's demo lab is up
+        raise CommandError(f"demo: {exc}") from None

@@ -189,14 +189,16 @@ def _fresh_lab(state_dir: Path) -> Lab:
     lab = Lab(state_dir, prefix=DEMO_PREFIX)
     if lab.status().outside is not None:
         print(f"(removing the previous demo lab in {state_dir})")
-        lab.down(on_down=hooks.on_lab_down)
+    lab.down(on_down=hooks.on_lab_down)   # also what an earlier demo here left unrecorded
     if state_dir.exists():
         shutil.rmtree(state_dir)
     return Lab(state_dir, prefix=DEMO_PREFIX)
 
 
-def run_walkthrough(nodes: int = 2, keep: bool = False) -> int:
-    state_dir = resolve_state_dir(None) / "demo"
+def run_walkthrough(nodes: int = 2, keep: bool = False, state_dir: str | None = None) -> int:
+    """The demo's lab and store live in <state dir>/demo (--state-dir, else $SVCXDP_STATE_DIR
+    or /var/lib/svcxdp), a folder of its own that it removes (unless `keep`)."""
+    state_dir = resolve_state_dir(state_dir) / "demo"
     lab = _fresh_lab(state_dir)
     t = Transcript(state_dir)
     try:

@@ -93,7 +93,7 @@ def read_node(node: str, state_dir: str | None) -> list:
         maps.close()
 
 
-@command
+@command(missing="empty")
 def run_get_affinity(args: argparse.Namespace, session: Session) -> int:
     names = args.args[1:]
     if len(names) > 1:

@@ -114,7 +114,7 @@ def _events(events: list[Event]) -> list[list[str]]:
     return [["  Type", "Reason", "Age", "From", "Message"], ["  ----", "------", "----", "----", "-------"], *rows]
 
 
-@command
+@command(missing="error")
 def run_describe(args: argparse.Namespace, session: Session) -> int:
     first = args.args[0]
     kind, _, inline_name = first.partition("/")

@@ -66,7 +66,7 @@ def _check_address(text: str | None, flag: str, port_allowed: bool) -> None:
         raise CommandError(f"{flag} {text!r}: " + ("port must be 1-65535" if port_allowed else "an address only"))
 
 
-@command
+@command(missing="empty")
 def run_get_flows(args: argparse.Namespace, session: Session) -> int:
     from controlplane.dataplane import flows as dpflows
     from controlplane.dataplane import readout

@@ -95,7 +95,7 @@ def _table(res: Resource, objects: list[ApiObject], args: argparse.Namespace, pr
     return format_table(rows)
 
 
-@command
+@command(missing="error")
 def run_get(args: argparse.Namespace, session: Session) -> int:
     requests, prefix = parse_requests(args.args)
     selector = parse_selector(args.selector)

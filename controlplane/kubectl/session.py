@@ -21,7 +21,7 @@ from controlplane.controllers.batch import BatchError
 from controlplane.controllers.config import ConfigError
 from controlplane.store import StoreUnavailable
 from controlplane.store.interface import Store
-from controlplane.store.paths import open_store_from_args
+from controlplane.store.paths import open_store_from_args, resolve_state_dir, store_is_temporary
 
 from .errors import api_error_message, batch_messages
 from .files import InputError
@@ -66,11 +66,24 @@ def parse_selector(text: str | None) -> Selector | None:
         raise CommandError(f"unable to parse requirement: {exc}") from None
 
 
-def command(fn: Callable[[argparse.Namespace, Session], int]) -> Callable[[argparse.Namespace], int]:
+def command(fn: Callable[[argparse.Namespace, Session], int] | None = None, *,
+            missing: str = "create") -> Callable:
+    """`@command` (a writing command: it makes the store if the state directory has none),
+    `@command(missing="error")` for one that only reads the store: on a state directory
+    without a store it fails (`error: no store in state directory ...`) and creates nothing;
+    `@command(missing="empty")` for one that reads the dataplane and names what it finds
+    from the store (trace, get flows): without a store it names nothing, saying so, and
+    creates nothing (a state directory that does not exist is an error)."""
+    if fn is None:
+        return functools.partial(command, missing=missing)
+
     @functools.wraps(fn)
     def run(args: argparse.Namespace) -> int:
         try:
-            store = open_store_from_args(args)
+            store = open_store_from_args(args, missing=missing)
+            if missing == "empty" and store_is_temporary(store):
+                eprint(f"note: no store in state directory {resolve_state_dir(getattr(args, 'state_dir', None))}: "
+                       "Services and pods are not named")
         except StoreUnavailable as exc:
             raise CommandError(str(exc)) from None
         try:

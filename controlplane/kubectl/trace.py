@@ -218,7 +218,7 @@ def _ifindex(netns: str | None, name: str) -> int:
                            + (f" in network namespace {netns}" if netns else "")) from None
 
 
-@command
+@command(missing="empty")
 def run_trace(args: argparse.Namespace, session: Session) -> int:
     from controlplane.dataplane import trace as dptrace
     from controlplane.dataplane.commands import open_maps

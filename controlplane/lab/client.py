@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from controlplane import cgroups
+from controlplane.errors import CommandError
 from controlplane.lab import netns
 from controlplane.lab.images import parse_image
-from controlplane.lab.topology import Lab
+from controlplane.lab.topology import Lab, LabError
 
 DEFAULT_NODE = "node1"
 
@@ -67,12 +68,20 @@ def run_client_pod(args: Any) -> int:
     either is set) and args.state_dir."""
     name = getattr(args, "name", None) or f"client-{os.getpid()}"
     interactive = bool(getattr(args, "stdin", False) or getattr(args, "tty", False) or getattr(args, "interactive", False))
-    return run_temporary_pod(
-        Lab(getattr(args, "state_dir", None)),
-        name,
-        command=list(getattr(args, "command", None) or []),
-        image=getattr(args, "image", None) or "busybox",
-        node=getattr(args, "node", None) or DEFAULT_NODE,
-        interactive=interactive,
-        remove=getattr(args, "rm", True),
-    )
+    try:
+        return run_temporary_pod(
+            Lab(getattr(args, "state_dir", None)),
+            name,
+            command=list(getattr(args, "command", None) or []),
+            image=getattr(args, "image", None) or "busybox",
+            node=getattr(args, "node", None) or DEFAULT_NODE,
+            interactive=interactive,
+            remove=getattr(args, "rm", True),
+        )
+    except (LabError, netns.NetnsError) as exc:   # no lab here, no such node: one line, not a traceback
+        raise CommandError(f"run --rm: {exc}") from None
+    except PermissionError as exc:
+        if os.geteuid() == 0:
+            raise
+        raise CommandError(f"run --rm must run as root (a client pod is a lab namespace): "
+                           f"{exc.strerror}: {exc.filename}") from None

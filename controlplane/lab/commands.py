@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ from dataclasses import asdict
 from controlplane import cgroups
 from controlplane.lab import hooks, netns
 from controlplane.lab.state import PortSpec
-from controlplane.lab.topology import Lab, LabError, LabStatus
+from controlplane.lab.topology import Lab, LabError, LabStatus, describe_others
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,6 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_up)
 
     p = lsub.add_parser("down", parents=[common], help="remove every namespace, process and file the lab made")
+    p.add_argument("--force", action="store_true",
+                   help="also remove the namespaces, processes and cgroups named like the lab's that this "
+                        "state dir did not make (left by a lab whose state dir was lost); without it they "
+                        "are left alone and named")
     p.set_defaults(func=cmd_down)
 
     p = lsub.add_parser("status", parents=[common], help="what is up")
@@ -71,12 +76,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-i", "--stdin", action="store_true", help="pass stdin to the command")
     p.add_argument("-t", "--tty", action="store_true", help="interactive terminal (ours is inherited)")
     p.add_argument("host", help="pod name, node name (node1) or outside")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+    # controlplane.cli.main splits argv at `--` and puts what follows in args.command, so
+    # flags may come before `--` (`exec node1 --state-dir X -- CMD`), as with `run`.
+    p.add_argument("command", nargs="*", help="-- CMD [ARGS...]")
     p.set_defaults(func=cmd_exec)
 
 
 def _guard(fn):
-    """Lab failures become `error: ...` and exit 1."""
+    """Lab failures become `error: ...` and exit 1; so does not being root."""
 
     def wrapped(args: argparse.Namespace) -> int:
         try:
@@ -84,8 +91,22 @@ def _guard(fn):
         except (LabError, netns.NetnsError, RuntimeError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EACCES):
+                raise
+            print(f"error: {_not_permitted(args, exc)}", file=sys.stderr)
+            return 1
 
     return wrapped
+
+
+def _not_permitted(args: argparse.Namespace, exc: OSError) -> str:
+    what = f"lab {args.lab_command}" if getattr(args, "lab_command", None) else args.subcommand
+    detail = f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc)
+    if os.geteuid() != 0:
+        return (f"svcctl {what} must run as root (the lab is network namespaces and cgroups, its state "
+                f"under the state dir): {detail}")
+    return f"svcctl {what}: {detail}"
 
 
 @_guard
@@ -107,7 +128,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     if not args.no_wait and not args.no_node_processes:
         _wait_ready(lab, args, progress)
     progress.close()
-    _print_status(lab.status())
+    status = lab.status()
+    _print_status(status)
+    if not status.up or status.degraded:
+        print(f"error: the lab came up degraded ({', '.join(status.missing + status.dead) or 'incomplete'}); "
+              f"see the logs in {lab.store.logs}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -134,6 +160,10 @@ def _wait_ready(lab: Lab, args: argparse.Namespace, progress, timeout_s: float =
         if ready == len(pods) and synced == len(agents):
             progress.line(f"lab up: ready in {duration(elapsed)} ({len(pods)} pods, {len(agents)} agents)")
             return
+        dead = [d for d in lab.status().dead if not d.startswith("pod/")]   # nobody restarts those
+        if dead:
+            progress.line(f"lab up: not running: {', '.join(dead)} (after {duration(elapsed)})")
+            return
         if elapsed > timeout_s:
             progress.line(f"lab up: still waiting after {duration(elapsed)} (pods {ready}/{len(pods)} ready, "
                           f"agents {synced}/{len(agents)} synced); see `svcctl lab status` and the logs")
@@ -143,8 +173,18 @@ def _wait_ready(lab: Lab, args: argparse.Namespace, progress, timeout_s: float =
 
 @_guard
 def cmd_down(args: argparse.Namespace) -> int:
-    removed = Lab(args.state_dir).down(on_down=hooks.on_lab_down)
-    print(f"lab down: removed {len(removed)} namespaces" + (f" ({', '.join(removed)})" if removed else ""))
+    lab = Lab(args.state_dir)
+    had_lab = lab.store.exists()
+    removed = lab.down(on_down=hooks.on_lab_down, force=args.force)
+    if had_lab or removed:
+        print(f"lab down: removed {len(removed)} namespaces" + (f" ({', '.join(removed)})" if removed else ""))
+    else:
+        print(f"lab down: no lab in state dir {lab.store.state_dir} (no {lab.store.file})")
+    others = lab.others()
+    if others:   # another state dir's lab, or one whose state is lost: named, not removed
+        print(f"lab down: left alone: {describe_others(others, lab.prefix, str(lab.store.state_dir))}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

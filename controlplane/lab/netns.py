@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute
 from pyroute2 import config as _pr2config
 from pyroute2 import netns as _pr2netns
+from pyroute2.netlink.exceptions import NetlinkError
 
 from controlplane import cgroups
 from controlplane.lab.plan import PREFIX
@@ -70,6 +71,28 @@ def delete(name: str) -> bool:
         return False
     _pr2netns.remove(check_name(name))
     return True
+
+
+# Who made a lab namespace: the alias of its loopback, "svcxdp-lab:<state dir>", set by the
+# lab that made it (`ip -n NAME link show lo` shows it). It lives and dies with the namespace,
+# so a lab can tell its own namespaces from another state dir's with the same names.
+OWNER_ALIAS = "svcxdp-lab:"
+
+
+def set_owner(name: str, owner: str) -> None:
+    with iproute(name) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], ifalias=OWNER_ALIAS + owner)
+
+
+def owner(name: str) -> str | None:
+    """The owner `set_owner` recorded, or None (no mark, or the namespace is gone)."""
+    try:
+        with iproute(name) as ipr:
+            found = ipr.link_lookup(ifname="lo")
+            alias = ipr.get_links(found[0])[0].get_attr("IFLA_IFALIAS") if found else None
+    except (OSError, NetlinkError, IndexError):   # removed meanwhile
+        return None
+    return alias[len(OWNER_ALIAS):] if alias and alias.startswith(OWNER_ALIAS) else None
 
 
 def inode(name: str) -> int | None:

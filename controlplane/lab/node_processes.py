@@ -51,5 +51,5 @@ def node_processes(node, lab) -> list[ProcessSpec]:
 
 
 def on_lab_down(lab) -> None:
-    for node in lab.nodes():
-        reset(DataplaneConfig(instance=instance_name(lab, node.name)))
+    for name in lab.node_names():   # recorded, or (a forced down) found by their namespaces
+        reset(DataplaneConfig(instance=instance_name(lab, name)))

@@ -6,6 +6,11 @@
     lab.exec("web-1", ["busybox", "wget", "-qO-", "http://10.244.2.2/"])
     lab.down()                           # removes exactly what the state records
 
+A lab is owned by its state dir: each namespace it makes carries the state dir's path
+(netns.set_owner, lo's alias). `up` refuses namespaces of its names another state dir made
+(or that no state records); `down` removes its own and leaves the others, naming their
+owner, unless forced (`down(force=True)`, `svcctl lab down --force`: a lost state dir).
+
 Topology (node N, N >= 1):
     svcxdp-outside   bridge svcxdp-br0 192.168.1.100/24, port svcxdp-nN per node;
                      192.168.1.240/28 (the LoadBalancer pool) via every node, ECMP
@@ -16,6 +21,8 @@ Topology (node N, N >= 1):
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -51,6 +58,21 @@ POD_STOP_TIMEOUT = 5.0
 
 class LabError(RuntimeError):
     pass
+
+
+def owner_tag(state_dir: str | os.PathLike) -> str:
+    """What a lab's namespaces record as their owner: the state dir's real path (a hash of
+    it when too long for an interface alias)."""
+    path = os.path.realpath(state_dir)
+    return path if len(path) <= 200 else "sha1:" + hashlib.sha1(path.encode()).hexdigest()
+
+
+def owner_records(owner: str, ns: str) -> bool:
+    """Whether the state dir `owner` (an owner_tag) still records namespace `ns`."""
+    if owner.startswith("sha1:"):
+        return False
+    state = StateStore(owner).load()
+    return state is not None and ns in state.netns_names()
 
 
 @dataclass(frozen=True)
@@ -131,6 +153,7 @@ class Lab:
     def __init__(self, state_dir: str | Path | None = None, prefix: str = plan.PREFIX) -> None:
         self.store = StateStore(state_dir)
         self.prefix = plan.check_prefix(prefix)
+        self._removing: list[str] | None = None   # while down() runs: the namespaces it removes
 
     # -- state ----------------------------------------------------------------------------
     def _load(self) -> LabState:
@@ -162,6 +185,7 @@ class Lab:
         say = progress or (lambda text: None)
         with self.store.locked():
             state = self._load()
+            self._refuse_others(state)
             if store is not None and state.outside is not None and store != state.store:
                 raise LabError(f"the lab is up with the {state.store} store; `svcctl lab down` before "
                                f"bringing it up with {store}")
@@ -192,8 +216,7 @@ class Lab:
             )
             self.store.save(state)  # recorded before it exists
         o = state.outside
-        if netns.create(o.netns):
-            wiring.prepare(o.netns, router=False)
+        self._make_netns(o.netns, router=False)
         wiring.make_bridge(o.netns, o.bridge, o.bridge_mac, o.ip, plan.LAN_PREFIXLEN)
 
     def _up_etcd(self, state: LabState, members: int) -> None:
@@ -212,8 +235,7 @@ class Lab:
             self.store.save(state)   # recorded before anything exists
         recs = sorted(state.etcd.values(), key=lambda m: m.index)
         for rec in recs:
-            if netns.create(rec.netns):
-                wiring.prepare(rec.netns, router=False)
+            self._make_netns(rec.netns, router=False)
             wiring.make_uplink(state.outside.netns, state.outside.bridge, rec.ext_peer_ifname,
                                rec.netns, rec.ext_ifname, rec.ext_mac, rec.ip, plan.LAN_PREFIXLEN)
             current = next((p for p in state.processes if p.node == rec.name and p.name == "etcd"), None)
@@ -265,8 +287,7 @@ class Lab:
             )
             state.nodes[name] = rec
             self.store.save(state)
-        if netns.create(rec.netns):
-            wiring.prepare(rec.netns, router=True)
+        self._make_netns(rec.netns, router=True)
         cgroups.create(plan.node_cgroup(self.prefix, index))
         cgroups.create(plan.pods_cgroup(self.prefix, index))
         assert state.outside is not None
@@ -275,6 +296,54 @@ class Lab:
             rec.netns, rec.ext_ifname, rec.ext_mac, rec.ip, plan.LAN_PREFIXLEN,
         )
         rec.ext_ifindex, rec.ext_peer_ifindex = node_end.ifindex, port_end.ifindex
+
+    # -- ownership ------------------------------------------------------------------------
+    @property
+    def owner(self) -> str:
+        """What this lab's namespaces record as their owner (its state dir)."""
+        return owner_tag(self.store.state_dir)
+
+    def _make_netns(self, ns: str, router: bool) -> None:
+        """Create (if missing) and mark as this state dir's. An existing one is this lab's:
+        `up` refused any other (_refuse_others)."""
+        if netns.create(ns):
+            wiring.prepare(ns, router=router)
+        netns.set_owner(ns, self.owner)
+
+    def others(self, state: LabState | None = None) -> dict[str, str | None]:
+        """Namespaces with this lab's names that are not this state dir's: name -> the
+        state dir (owner_tag) that made them, or None (no mark: a lab of an older svcxdp,
+        or one made and never marked). One this state dir marked is its own, and so is an
+        unmarked one it records."""
+        if state is None:
+            state = self.store.load()
+        recorded = set(state.netns_names()) if state is not None else set()
+        return {ns: owner for ns, owner in self._owners().items()
+                if owner != self.owner and not (owner is None and ns in recorded)}
+
+    def _owners(self) -> dict[str, str | None]:
+        """The namespaces with this lab's names and who made them (None: not marked)."""
+        found = {}
+        for ns in self._own_namespaces():
+            owner = netns.owner(ns)
+            if owner is not None or netns.exists(ns):   # not removed meanwhile
+                found[ns] = owner
+        return found
+
+    def _refuse_others(self, state: LabState) -> None:
+        """Before `up` makes anything: no namespace with the lab's names may be another
+        state dir's, or this one's without its record (its processes may still run: a
+        second agent beside the first fails)."""
+        others = self.others(state)
+        if others:
+            raise LabError(describe_others(others, self.prefix, str(self.store.state_dir)))
+        recorded = set(state.netns_names())
+        unrecorded = sorted(ns for ns, owner in self._owners().items()
+                            if owner == self.owner and ns not in recorded)
+        if unrecorded:
+            raise LabError(f"namespaces {', '.join(unrecorded)} were made by the lab of this state dir "
+                           f"({self.store.state_dir}), whose record of them ({self.store.file}) is lost: "
+                           f"`svcctl lab down --state-dir {self.store.state_dir}` removes them first")
 
     def _mesh(self, state: LabState) -> None:
         """Routes between nodes' pod CIDRs and permanent neighbours across the LAN."""
@@ -325,44 +394,60 @@ class Lab:
             assert state.outside is not None
             return self._start_process(state, "outside", state.outside.netns, name, list(argv))
 
-    def down(self, on_down: Callable[[Lab], None] | None = None) -> list[str]:
-        """Stop every recorded process, remove every recorded namespace (their links go with
-        them) and the lab's state folder. Returns the namespaces removed."""
+    def down(self, on_down: Callable[[Lab], None] | None = None, force: bool = False) -> list[str]:
+        """Stop every recorded process, remove every namespace of this state dir (their
+        links go with them) and the lab's state folder. Returns the namespaces removed.
+
+        Namespaces with the lab's names that another state dir made, or that no state
+        records, are left alone (others() names them) unless `force`: then every namespace,
+        process and cgroup with the lab's names goes, whoever made them (a lab whose state
+        dir was lost)."""
         removed: list[str] = []
         with self.store.locked():
             state = self.store.load()
             if state is not None:
                 self.prefix = state.prefix
-                if on_down is not None:
+            others = {} if force else self.others(state)
+            doomed = [ns for ns in self._own_namespaces() if ns not in others]
+            self._removing = doomed
+            try:
+                if on_down is not None and (state is not None or doomed):
                     on_down(self)
+            finally:
+                self._removing = None
+            if state is not None:
                 # etcd last: the others stop while their store still answers
                 for p in sorted(state.processes, key=lambda p: p.name == "etcd"):
-                    procs.stop(p.pid, p.netns)
+                    if p.netns not in others:
+                        procs.stop(p.pid, p.netns)
                 for pod in list(state.pods.values()):
-                    self._teardown_pod(pod)
-                    if not pod.host_network:
+                    if pod.netns in others:
+                        continue
+                    if self._teardown_pod(pod) and not pod.host_network:
                         removed.append(pod.netns)
                 names = [n.netns for n in state.nodes.values()]
                 names += [m.netns for m in state.etcd.values()]
                 names += [state.outside.netns] if state.outside else []
                 for ns in names:
-                    if self._remove_netns(ns):
+                    if ns not in others and self._remove_netns(ns):
                         removed.append(ns)
                 if state.made_etc_netns:
                     _rmdir_if_empty(ETC_NETNS)
-            # Namespaces (and /etc/netns entries) with this lab's names that an interrupted
-            # run never recorded or never removed.
-            for ns in self._own_namespaces():
+            # Namespaces (and /etc/netns entries) of this state dir that an interrupted run
+            # never recorded or never removed (forced: all with this lab's names).
+            for ns in doomed:
                 if self._remove_netns(ns):
                     removed.append(ns)
             if ETC_NETNS.is_dir():
                 for d in ETC_NETNS.iterdir():
-                    if self._own_name(d.name):
+                    if self._own_name(d.name) and d.name not in others:
                         shutil.rmtree(d, ignore_errors=True)
-            # The nodes' cgroups, by name (their socket hooks go with them).
-            for cg in cgroups.list_names(self.prefix):
-                if self._own_cgroup(cg):
-                    cgroups.remove(cg)
+            # The nodes' cgroups, by name (their socket hooks go with them): shared by every
+            # lab with these names, so only once none of them is left.
+            if not others and (state is not None or doomed or force):
+                for cg in cgroups.list_names(self.prefix):
+                    if self._own_cgroup(cg):
+                        cgroups.remove(cg)
             shutil.rmtree(self.store.root, ignore_errors=True)   # etcd's data with it
             self.store.instances_file.unlink(missing_ok=True)
             if state is not None and state.store == "etcd":
@@ -370,6 +455,16 @@ class Lab:
         if self.store.state_dir.name.startswith(plan.PREFIX):  # ours by name, and only if empty
             _rmdir_if_empty(self.store.state_dir)
         return sorted(set(removed))
+
+    def node_names(self) -> list[str]:
+        """The lab's nodes: those its state records; while `down` runs without a state
+        (forced, or a state dir whose record is lost), those whose namespaces it removes."""
+        state = self.store.load()
+        if state is not None:
+            return sorted(state.nodes, key=lambda n: plan.node_index(n) or 0)
+        prefix = f"{self.prefix}-"
+        names = [ns[len(prefix):] for ns in (self._removing or [])]
+        return sorted((n for n in names if plan.node_index(n) is not None), key=plan.node_index)
 
     def _own_name(self, name: str) -> bool:
         return re.match(rf"^{re.escape(self.prefix)}-(node\d+|etcd\d+|outside|pod-.+)$", name) is not None
@@ -382,6 +477,7 @@ class Lab:
 
     @staticmethod
     def _remove_netns(ns: str) -> bool:
+        """True if the namespace existed (and is now removed)."""
         if not netns.exists(ns):
             return False
         procs.stop_all_in(ns)  # the namespace is ours, so everything in it is too
@@ -405,6 +501,8 @@ class Lab:
         gets no namespace of its own: its server runs in the node's, with the node's
         address, in the node's cgroup."""
         port_specs = _ports(ports)
+        if not self.store.exists():   # no lab here: nothing to lock, nothing to create
+            self._require_up()
         with self.store.locked():
             state = self._require_up()
             existing = state.pods.get(name)
@@ -442,8 +540,10 @@ class Lab:
         if rec.host_network:
             self._start_pod_server(state, rec, spec, timeout, plan.node_cgroup(self.prefix, node.index))
             return
-        netns.create(rec.netns)
-        wiring.prepare(rec.netns, router=False)
+        if netns.exists(rec.netns) and netns.owner(rec.netns) not in (None, self.owner):
+            raise LabError(describe_others({rec.netns: netns.owner(rec.netns)}, self.prefix,
+                                           str(self.store.state_dir)))
+        self._make_netns(rec.netns, router=False)
         host, pod = wiring.make_pod_link(node.netns, rec.netns, rec.host_ifname, rec.pod_ifname, node.gateway, rec.ip)
         rec.host_ifindex, rec.host_mac, rec.pod_ifindex, rec.pod_mac = host.ifindex, host.mac, pod.ifindex, pod.mac
         state.made_etc_netns |= self._write_etc(rec, resolv_conf)
@@ -475,18 +575,21 @@ class Lab:
         rec.etc_dir = str(d)
         return made_root
 
-    def _teardown_pod(self, rec: PodRecord, state: LabState | None = None) -> None:
+    def _teardown_pod(self, rec: PodRecord, state: LabState | None = None) -> bool:
+        """Stop the pod's server, remove its namespace and files; True if its namespace
+        existed (a hostNetwork pod has none of its own: False)."""
         procs.stop(rec.pid, rec.netns, timeout=POD_STOP_TIMEOUT)
         if rec.host_network:   # the namespace is the node's: only the server goes
             shutil.rmtree(self.store.data / rec.name, ignore_errors=True)
-            return
+            return False
         node = state.nodes.get(rec.node) if state else None
         if node is not None and rec.host_ifname:
             wiring.delete_link(node.netns, rec.host_ifname)  # the node side goes at once
-        self._remove_netns(rec.netns)
+        existed = self._remove_netns(rec.netns)
         if rec.etc_dir and Path(rec.etc_dir).parent == ETC_NETNS and Path(rec.etc_dir).name == rec.netns:
             shutil.rmtree(rec.etc_dir, ignore_errors=True)
         shutil.rmtree(self.store.data / rec.name, ignore_errors=True)
+        return existed
 
     def remove_pod(self, name: str) -> bool:
         with self.store.locked():
@@ -606,6 +709,28 @@ class Lab:
         """subprocess.run(argv) inside host's namespace and cgroup (kwargs go to
         subprocess.run)."""
         return netns.run(self.netns_for(host), argv, cgroup=self.cgroup_for(host), **kwargs)
+
+
+def describe_others(others: dict[str, str | None], prefix: str, state_dir: str) -> str:
+    """What `up` refuses and `down` leaves: namespaces with the lab's names (prefix `prefix`)
+    that are not state dir `state_dir`'s, by owner, and how to remove them."""
+    mine = owner_tag(state_dir)
+    groups: dict[str | None, list[str]] = {}
+    for ns, owner in sorted(others.items()):
+        key = owner if owner is not None and owner != mine and owner_records(owner, ns) else None
+        groups.setdefault(key, []).append(ns)
+    lines = []
+    for owner, names in sorted(groups.items(), key=lambda kv: kv[0] is None):
+        listed = ", ".join(names)
+        if owner is not None:
+            lines.append(f"namespaces {listed} belong to the lab of state dir {owner}: use that state dir "
+                         f"(--state-dir or $SVCXDP_STATE_DIR), or remove that lab with "
+                         f"`svcctl lab down --state-dir {owner}`")
+        else:
+            lines.append(f"namespaces {listed} (prefix {prefix}) belong to no lab's state (its state dir was "
+                         f"removed, or they were made by hand or by an older svcxdp): `svcctl lab down "
+                         f"--force` removes every namespace, process and cgroup named {prefix}-*")
+    return "\n".join(lines)
 
 
 def _rmdir_if_empty(d: Path) -> None:

@@ -65,21 +65,30 @@ def chosen_store_url(state_dir: str | os.PathLike | None = None, url: str | None
     return None
 
 
-def open_store_from_args(args: argparse.Namespace) -> Any:
+def open_store_from_args(args: argparse.Namespace, missing: str = "create") -> Any:
     # --store only: open_store reads $SVCXDP_STORE itself, and names it as such in errors
     return open_store(getattr(args, "state_dir", None), getattr(args, "store", None),
-                      {flag: getattr(args, flag, None) or os.environ.get(env) for flag, env in TLS_FLAGS.items()})
+                      {flag: getattr(args, flag, None) or os.environ.get(env) for flag, env in TLS_FLAGS.items()},
+                      missing=missing)
 
 
 def open_store(state_dir: str | os.PathLike | None = None, url: str | None = None,
-               tls: dict[str, str | None] | None = None) -> Any:
+               tls: dict[str, str | None] | None = None, missing: str = "create") -> Any:
     """Open the etcd store at `url` (or $SVCXDP_STORE, or the one the state directory
-    records), else (creating if needed) the SQLite store in the state directory."""
+    records), else the SQLite store in the state directory. A state directory without one:
+    `missing` "create" (writing commands) makes it; "error" (read-only commands) raises
+    StoreUnavailable, creating nothing; "empty" (commands that read the dataplane and only
+    name what they find from the store: trace, get flows) gives an empty store, creating
+    nothing, if the directory exists, else raises."""
     chosen = chosen_store_url(state_dir, url)
     if chosen:
         url, given_by = chosen
         return open_etcd_store(url, tls, given_by)
     directory = resolve_state_dir(state_dir)
+    if missing != "create" and not (directory / DB_NAME).is_file():
+        if missing == "empty" and directory.is_dir():
+            return _empty_store()
+        raise StoreUnavailable(no_store_message(directory))
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -92,6 +101,36 @@ def open_store(state_dir: str | os.PathLike | None = None, url: str | None = Non
             f"state directory {directory} is not writable (choose another with --state-dir or ${ENV_STATE_DIR})"
         )
     return SqliteStore(directory / DB_NAME)
+
+
+def no_store_message(directory: Path) -> str:
+    """What a read-only command says of a state directory that holds no store (as kubectl
+    with no cluster asks whether the server is the right one)."""
+    where = "no such directory" if not directory.exists() else f"no {DB_NAME} there"
+    return (f"no store in state directory {directory} ({where}) - did you specify the right "
+            f"--state-dir or ${ENV_STATE_DIR}? (apply, create or run make a store there)")
+
+
+def _empty_store() -> SqliteStore:
+    """An empty store of no state directory's: a file in a temporary folder, removed on close."""
+    import shutil
+    import tempfile
+    folder = tempfile.mkdtemp(prefix="svcxdp-nostore-")
+    store = SqliteStore(Path(folder) / DB_NAME)
+    close = store.close
+
+    def close_and_remove() -> None:
+        close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+    store.close = close_and_remove   # type: ignore[method-assign]
+    store.temporary = True           # type: ignore[attr-defined]
+    return store
+
+
+def store_is_temporary(store: Any) -> bool:
+    """Whether `store` is the empty one open_store(missing="empty") gave for no store."""
+    return getattr(store, "temporary", False) is True
 
 
 def open_etcd_store(url: str, tls: dict[str, str | None] | None = None, given_by: str = "--store") -> Any:

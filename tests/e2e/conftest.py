@@ -71,7 +71,8 @@ def _sweep_dead_runs() -> None:
         if m and d.is_dir() and _dead_run(int(m.group(2))):
             found[m.group(1)] = d
     for prefix, state_dir in found.items():
-        Lab(state_dir or tempfile.mkdtemp(prefix="svcxdp-sweep-"), prefix=prefix).down()
+        # forced: the dead run's namespaces are its own state dir's, which may be gone
+        Lab(state_dir or tempfile.mkdtemp(prefix="svcxdp-sweep-"), prefix=prefix).down(force=True)
         if state_dir:
             shutil.rmtree(state_dir, ignore_errors=True)
 

@@ -210,3 +210,129 @@ def test_node_processes_and_down_leave_nothing(make_lab):
         assert netns.pid_netns_inode(pid) is None, f"pid {pid} still running"
     assert not lab.status().up
     lab.down()  # idempotent
+
+
+# -- a lab is owned by its state dir ------------------------------------------------------
+
+def _sleeper(node, _lab):
+    return [ProcessSpec("sleeper", [sys.executable, "-c", "import time; time.sleep(600)"])]
+
+
+def _cli(monkeypatch, prefix: str, command, capsys, **flags):
+    """`svcctl lab down|up` in-process, its labs made with `prefix` (the CLI's is `svcxdp`,
+    which a user's lab may use): (exit code, stdout, stderr)."""
+    import argparse
+
+    from controlplane.lab import commands
+    from controlplane.lab.topology import Lab
+    monkeypatch.setattr(commands, "Lab", lambda state_dir: Lab(state_dir, prefix=prefix))
+    args = argparse.Namespace(subcommand="lab", **flags)
+    code = command(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_down_and_up_of_another_state_dir_leave_the_lab_alone(make_lab, tmp_path, monkeypatch, capsys):
+    """QA: `lab down --state-dir <no lab>` removed the lab of another state dir (its processes,
+    namespaces, cgroups); `lab up --state-dir B` adopted A's namespaces and started a second
+    agent beside A's."""
+    from controlplane import cgroups
+    from controlplane.lab import commands
+    from controlplane.lab.topology import Lab, LabError
+    a = make_lab(nodes=1, name="own")
+    a.up(nodes=1, node_processes=_sleeper)
+    a.add_pod("web", "node1", "nginx", [80])
+    before = a.status()
+    names = sorted(a.status().missing + [n.netns for n in before.nodes] + [before.outside.netns, a.netns_for("web")])
+    pids = [p.pid for p in before.processes] + [p.pid for p in before.pods if p.pid]
+
+    b = Lab(tmp_path / "b", prefix=a.prefix)
+    assert b.down() == []
+    assert all(netns.exists(n) for n in names) and a.status().processes == before.processes
+    code, out, err = _cli(monkeypatch, a.prefix, commands.cmd_down, capsys, state_dir=str(tmp_path / "b"),
+                          force=False, lab_command="down")
+    assert code == 1
+    assert out.strip() == f"lab down: no lab in state dir {tmp_path / 'b'} (no {tmp_path / 'b' / 'lab' / 'state.json'})"
+    assert f"belong to the lab of state dir {a.owner}" in err and f"svcctl lab down --state-dir {a.owner}" in err
+    assert all(n in err for n in names)
+    with pytest.raises(LabError, match=f"belong to the lab of state dir {a.owner}"):
+        b.up(nodes=1, node_processes=_sleeper)
+    assert not b.store.exists() or b.status().processes == []
+
+    after = a.status()   # A is whole: nothing stopped, removed or adopted
+    assert after.up and not after.degraded and after.processes == before.processes
+    assert all(netns.exists(n) for n in names)
+    assert all(netns.pid_netns_inode(p) is not None for p in pids)
+    assert f"{a.prefix}-node1" in cgroups.list_names(a.prefix)
+    assert sh(a, "outside", "busybox", "ping", "-c", "1", "-W", "2", "192.168.1.31")
+    assert set(b.others()) == set(names) and set(b.others().values()) == {a.owner}
+
+
+def test_a_lab_whose_state_dir_is_lost_goes_only_when_forced(make_lab, tmp_path, monkeypatch, capsys):
+    """Namespaces no state records (their state dir removed) are named with `--force` as the
+    way to remove them; forced, everything with the lab's names goes."""
+    import shutil
+
+    from controlplane.lab import commands
+    from controlplane.lab.topology import Lab, LabError
+    lost = make_lab(nodes=1, name="lost")
+    lost.up(nodes=1, node_processes=_sleeper)
+    pids = [p.pid for p in lost.status().processes]
+    shutil.rmtree(lost.store.root)   # the state is gone, its namespaces stay
+
+    other = Lab(tmp_path / "other", prefix=lost.prefix)
+    with pytest.raises(LabError, match="belong to no lab's state .*`svcctl lab down --force`"):
+        other.up(nodes=1)
+    code, out, err = _cli(monkeypatch, lost.prefix, commands.cmd_down, capsys, state_dir=str(tmp_path / "other"),
+                          force=False, lab_command="down")
+    assert code == 1 and "no lab in state dir" in out
+    assert "belong to no lab's state" in err and "svcctl lab down --force" in err
+    assert netns.exists(f"{lost.prefix}-node1") and all(netns.pid_netns_inode(p) for p in pids)
+
+    code, out, err = _cli(monkeypatch, lost.prefix, commands.cmd_down, capsys, state_dir=str(tmp_path / "other"),
+                          force=True, lab_command="down")
+    assert code == 0 and err == ""
+    assert out.startswith("lab down: removed 2 namespaces") and f"{lost.prefix}-node1" in out
+    assert netns.list_names(lost.prefix + "-") == []
+    assert all(netns.pid_netns_inode(p) is None for p in pids)
+
+
+def test_a_state_dir_whose_record_is_lost_still_owns_its_namespaces(make_lab):
+    """A state dir whose record is lost (state.json removed) still owns what it made: `up`
+    there refuses to start over beside it, a plain `down` there removes it (as before labs
+    had owners)."""
+    from controlplane.lab.topology import LabError
+    lab = make_lab(nodes=1, name="norec")
+    lab.up(nodes=1, node_processes=_sleeper)
+    pids = [p.pid for p in lab.status().processes]
+    lab.store.file.unlink()
+    with pytest.raises(LabError, match=r"made by the lab of this state dir .* whose record of them .* is lost"):
+        lab.up(nodes=1, node_processes=_sleeper)   # not a second set of processes beside the first
+    assert all(netns.pid_netns_inode(p) is not None for p in pids)
+    assert lab.others() == {}
+    assert set(lab.down()) == {f"{lab.prefix}-node1", f"{lab.prefix}-outside"}
+    assert all(netns.pid_netns_inode(p) is None for p in pids)
+
+
+def test_up_that_ends_degraded_exits_non_zero(make_lab, monkeypatch, capsys):
+    """QA: an agent that died at once (EADDRINUSE) left `lab up` waiting 3 minutes, then
+    printing `lab: degraded ... not running: node1/agent` with exit code 0."""
+    from controlplane.lab import commands
+    lab = make_lab(nodes=1, name="degr")
+    monkeypatch.setattr(commands.hooks, "node_processes",
+                        lambda node, _lab: [ProcessSpec("agent", [sys.executable, "-c", "raise SystemExit(1)"])])
+    monkeypatch.setattr(commands._wait_ready, "__defaults__", (20.0,))
+    code, out, err = _cli(monkeypatch, lab.prefix, commands.cmd_up, capsys, state_dir=str(lab.store.state_dir),
+                          lab_command="up", socket_lb_pods=False, no_node_processes=False, no_dns=True,
+                          nodes=1, store=None, etcd_members=3, no_wait=False)
+    assert code == 1, (out, err)
+    assert "lab: degraded" in out and "not running: node1/agent" in out
+    assert "error: the lab came up degraded (node1/agent)" in err
+
+
+def test_down_names_only_the_pod_namespaces_it_removed(make_lab):
+    """QA nit: `lab down` listed a pod's namespace as removed when it was already gone."""
+    lab = make_lab(nodes=1, name="gone")
+    pod = lab.add_pod("web", "node1", "busybox")
+    netns.delete(pod.netns)
+    assert pod.netns not in lab.down()

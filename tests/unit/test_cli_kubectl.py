@@ -180,7 +180,8 @@ def test_output_formats(capsys) -> None:
     assert out.splitlines()[0].split()[-1] == "SELECTOR" and "app=redis,role=logstor" in out
 
 
-def test_namespaces_selectors_and_empty_results(capsys, tmp_path) -> None:
+def test_namespaces_selectors_and_empty_results(capsys, tmp_path, state_dir) -> None:
+    open_store(state_dir).close()   # an empty store (without one, `get` is an error: test_cli_errors)
     code, _, err = run(capsys, "get", "pods", "-n", "kube-system")
     assert code == 0 and err.strip() == "No resources found in kube-system namespace."
     ns_file = tmp_path / "ns.yaml"

@@ -7,6 +7,13 @@ import json
 import pytest
 
 from controlplane.cli import main
+from controlplane.store.paths import open_store
+
+
+@pytest.fixture(autouse=True)
+def _store(tmp_path):
+    """An empty store in the state folder: read-only commands refuse a folder without one."""
+    open_store(tmp_path).close()
 
 
 @pytest.mark.parametrize("argv, message", [
