@@ -37,6 +37,7 @@ from __future__ import annotations
 import cProfile
 import dataclasses
 import io
+import math
 import os
 import pstats
 import statistics
@@ -132,8 +133,10 @@ def _profile(fn, top: int = 25) -> str:
 
 
 def _pct(xs: list[float], q: float) -> float:
+    """Nearest-rank percentile: the ceil(q n)-th smallest. Of CHANGE_ROUNDS = 30 samples the
+    p99 is the maximum (so report.py labels it "max of 30"): 30 rounds cannot show a p99."""
     s = sorted(xs)
-    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
+    return s[max(0, math.ceil(q * len(s)) - 1)]
 
 
 def _summ(xs: list[float]) -> dict:

@@ -41,7 +41,9 @@ node (it also inserts its SNAT port's reply entry: two inserts per flow, so the 
 counts 2k + 2j + 1 inserts after a handshake's entry, its own reply entry among them).
 
 Prints one line per algorithm and pattern; --json writes them. The lead runs the
-full size; --quick (a few seconds) runs 4 algorithms and one pattern.
+full size; --quick (a few seconds) runs 4 algorithms and one pattern, and never writes the
+full run's bench/results/flood.json (the README quotes it): asked to, it writes
+bench/results/quick/flood.json, as bench/run.py --quick writes under bench/results/quick/.
 """
 from __future__ import annotations
 
@@ -59,6 +61,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+FULL_RUN_JSON = ROOT / "bench" / "results" / "flood.json"   # `make bench-flood`; --quick: quick/flood.json
 
 CT_SIZE = 4096
 ESTABLISHED = 1000
@@ -278,6 +281,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="4 algorithms, idle pattern only")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
+    if args.quick and args.json and args.json.resolve() == FULL_RUN_JSON:
+        # the full run's file (the README quotes it): a smoke run writes beside bench/run.py's
+        args.json = FULL_RUN_JSON.parent / "quick" / FULL_RUN_JSON.name
+        print(f"bench_flood: --quick writes {args.json.relative_to(ROOT)}, not the full run's "
+              f"{FULL_RUN_JSON.relative_to(ROOT)}", flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         print("bench_flood: needs root (BPF)", file=sys.stderr)
         return 2

@@ -6,8 +6,10 @@
 Runs the pytest-benchmark suites one scenario at a time (a progress line each), merges
 their JSON into bench/results/latest.json (machine info: kernel, CPU, bcc, Python; plus
 iptables and trafgen versions), and writes bench/results/report.md, the PNG plots and the
-control-plane profile. --quick (about a minute) writes under bench/results/quick/ instead,
-so a smoke run never overwrites the last full report. Namespaces named svcxdp-bench-*
+control-plane profile. --quick (a smoke run at reduced sizes, not a short one: ~11 min
+on the 2-vCPU development host, most of it compiling a program per configuration) writes
+under bench/results/quick/ instead, so a smoke run never overwrites the last full report;
+its report.md names the scenarios that failed. Namespaces named svcxdp-bench-*
 (only this bench creates them) are swept before and after the run.
 """
 from __future__ import annotations
@@ -100,7 +102,8 @@ def _run_showing_progress(cmd: list[str], env: dict, log, log_path: Path, progre
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke run at reduced sizes (~11 min), written under bench/results/quick/")
     ap.add_argument("--only", default="", help="comma-separated scenario numbers (default: all)")
     ap.add_argument("--no-extra", action="store_true",
                     help="skip the extra suites (store, Maglev, per algorithm, affinity, agent latency)")
@@ -169,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     import report
     md = report.write_all(jpath, out_dir)
     print(f"[bench] wrote {jpath.relative_to(ROOT)}, {md.relative_to(ROOT)} and plots in "
-          f"{time.monotonic() - start:.0f} s", flush=True)
+          f"{time.monotonic() - start:.0f} s"
+          + (f"; FAILED: scenario {', '.join(failed)} (see {log_path.relative_to(ROOT)})" if failed else ""),
+          flush=True)
     return 1 if failed else 0
 
 
