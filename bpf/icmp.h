@@ -79,9 +79,48 @@ static __always_inline int icmp_snat(struct iphdr *ip, struct icmphdr *icmp, str
 	return SVCXDP_VERDICT_NP_OUT;
 }
 
-/* l4_len: the ICMP message's length by the IP header; bytes past it (Ethernet
- * padding) are never read as part of the quote. `external`: the external entry point,
- * where quotes of source-NATed flows are translated too (and sent on by its tail). */
+/* The quote of an ICMP error about TCP or UDP, without IP options: its IP header and
+ * ports (*in, *ports). 0 for any other message, or a quote cut short. l4_len: the ICMP
+ * message's length by the IP header; bytes past it (Ethernet padding) are never read
+ * as part of the quote. */
+static __always_inline int icmp_error_quote(struct icmphdr *icmp, void *end, __u32 l4_len,
+					    struct iphdr **in_out, __be16 **ports_out)
+{
+	if (!icmp_is_error(icmp->type))
+		return 0;
+	struct iphdr *in = (void *)(icmp + 1);
+	if ((void *)(in + 1) > end || in->ihl != 5)
+		return 0;
+	if (in->protocol != IPPROTO_TCP && in->protocol != IPPROTO_UDP)
+		return 0;
+	__be16 *ports = (void *)(in + 1);
+	if ((void *)(ports + 2) > end || l4_len < sizeof(*icmp) + sizeof(*in) + 2 * sizeof(__be16))
+		return 0;
+	*in_out = in;
+	*ports_out = ports;
+	return 1;
+}
+
+/* An error from the backend's side (the backend itself, or a hop on its way) about
+ * client -> backend, the flow it quotes found as its reply would be: the quote becomes
+ * client -> VIP, and an outer source that is the backend the VIP. 1 when translated. */
+static __always_inline int icmp_from_backend(struct iphdr *ip, struct icmphdr *icmp,
+					     struct iphdr *in, __be16 *ports)
+{
+	struct reply_match m;
+	if (!ct_match_reply(in->daddr, ports[1], in->saddr, ports[0], in->protocol, &m))
+		return 0;
+	__be32 backend_ip = in->daddr;
+	icmp_rewrite_quote(icmp, in, &in->daddr, &ports[1], m.vip, m.vport);
+	if (ip->saddr == backend_ip) {
+		ip->saddr = m.vip;
+		csum_replace4(&ip->check, backend_ip, m.vip);
+	}
+	return 1;
+}
+
+/* `external`: the external entry point, where quotes of source-NATed flows are
+ * translated too (and sent on by its tail). */
 static __always_inline int handle_icmp(struct cursor *c, struct iphdr *ip, __u32 l4_len,
 				       int external, struct events *ev)
 {
@@ -90,16 +129,9 @@ static __always_inline int handle_icmp(struct cursor *c, struct iphdr *ip, __u32
 		ev->main = SVCXDP_CNT_DROP_MALFORMED;
 		return XDP_DROP;
 	}
-	if (!icmp_is_error(icmp->type))
-		goto pass;
-	struct iphdr *in = (void *)(icmp + 1);
-	if ((void *)(in + 1) > c->end || in->ihl != 5)
-		goto pass;
-	if (in->protocol != IPPROTO_TCP && in->protocol != IPPROTO_UDP)
-		goto pass;
-	__be16 *ports = (void *)(in + 1);
-	if ((void *)(ports + 2) > c->end ||
-	    l4_len < sizeof(*icmp) + sizeof(*in) + 2 * sizeof(__be16))
+	struct iphdr *in;
+	__be16 *ports;
+	if (!icmp_error_quote(icmp, c->end, l4_len, &in, &ports))
 		goto pass;
 
 	if (external) {
@@ -108,16 +140,7 @@ static __always_inline int handle_icmp(struct cursor *c, struct iphdr *ip, __u32
 			return verdict;
 	}
 
-	/* Error from the backend's side about client -> backend: the flow it quotes
-	 * is found as its reply would be. */
-	struct reply_match m;
-	if (ct_match_reply(in->daddr, ports[1], in->saddr, ports[0], in->protocol, &m)) {
-		__be32 backend_ip = in->daddr;
-		icmp_rewrite_quote(icmp, in, &in->daddr, &ports[1], m.vip, m.vport);
-		if (ip->saddr == backend_ip) {
-			ip->saddr = m.vip;
-			csum_replace4(&ip->check, backend_ip, m.vip);
-		}
+	if (icmp_from_backend(ip, icmp, in, ports)) {
 		ev->main = SVCXDP_CNT_ICMP_NAT;
 		return XDP_PASS;
 	}

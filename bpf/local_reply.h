@@ -17,11 +17,19 @@
  * partial checksum (CHECKSUM_PARTIAL, finished by the device), which nat.h's
  * incremental update of a complete one would corrupt. Later fragments of a datagram
  * are translated from its first fragment's record, as on the XDP path.
+ *
+ * ICMP errors the node's stack sends about a translated flow are translated too (the
+ * XDP path's icmp_from_backend; their checksums are complete, written in place): a
+ * local backend's port unreachable, and the stack's own errors about a frame XDP
+ * translated and passed to it (time exceeded, "fragmentation needed" where the program
+ * does not answer itself, reject.h) — they quoted the backend's tuple, which the client
+ * cannot match.
  */
 #ifndef SVCXDP_LOCAL_REPLY_H
 #define SVCXDP_LOCAL_REPLY_H
 
 #include "conntrack.h"
+#include "icmp.h"
 #include "parse.h"
 
 #define TC_ACT_OK 0
@@ -49,6 +57,16 @@ static __always_inline int local_reply(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	__u32 l3_off = c.pos - data;
 	int proto = parse_ipv4_header(&c, &ip);
+	if (proto == IPPROTO_ICMP && !ip_is_fragment(ip)) {
+		struct icmphdr *icmp = c.pos;
+		struct iphdr *in;
+		__be16 *ports;
+		if ((void *)(icmp + 1) <= c.end &&
+		    icmp_error_quote(icmp, c.end, bpf_ntohs(ip->tot_len) - ip->ihl * 4, &in, &ports) &&
+		    icmp_from_backend(ip, icmp, in, ports))
+			counters_bump(SVCXDP_CNT_ICMP_NAT);
+		return TC_ACT_OK;
+	}
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		return TC_ACT_OK;
 	if (ip_is_later_fragment(ip)) {

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -370,7 +371,8 @@ def test_a_backend_at_the_node_s_own_address_answers_its_pods_and_outside(cluste
     svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "np-host", "namespace": "default"},
            "spec": {"type": "NodePort", "selector": {"app": "nphost"}, "ports": [
                {"name": "http", "port": 80, "targetPort": 8181, "protocol": "TCP", "nodePort": 30085},
-               {"name": "echo", "port": 53, "targetPort": 5454, "protocol": "UDP", "nodePort": 30057}]}}
+               {"name": "echo", "port": 53, "targetPort": 5454, "protocol": "UDP", "nodePort": 30057},
+               {"name": "closed", "port": 54, "targetPort": 5499, "protocol": "UDP"}]}}
     apply(cluster, host, pod("np-client1", "node1", "npclient"), svc)
     assert cluster.wait_endpoints("np-host", 1) == [NODE1]
     client = wait_for("np-client1 running", lambda: cluster.pods("app=npclient").get("np-client1"))
@@ -382,6 +384,15 @@ def test_a_backend_at_the_node_s_own_address_answers_its_pods_and_outside(cluste
     assert client_address(wait_outside(cluster, f"http://{NODE2}:30085/clientip")) == NODE2
     msg = b"to the node itself"
     assert wait_for("UDP echo via node1", lambda: _udp_echo(cluster, NODE1, 30057, msg)) == msg
+    # nothing listens on the closed port: the node's port unreachable reaches the pod
+    # about the service, a refusal at once (it quoted the node's port: a 2 s timeout)
+    probe = ("import socket\n"
+             "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)\n"
+             f"s.connect(('{vip}', 54)); s.send(b'x')\n"
+             "try:\n    s.recv(100); print('answered')\n"
+             "except ConnectionRefusedError:\n    print('refused')\n"
+             "except TimeoutError:\n    print('timeout')\n")
+    assert cluster.exec("np-client1", sys.executable, "-c", probe).stdout.strip() == "refused"
 
 
 def _echo_on_or_error(s: socket.socket, payload: bytes) -> bytes | str:

@@ -1,19 +1,19 @@
 """A backend at the node's own address (a hostNetwork pod): XDP DNATs the client's packet
 and the node answers it itself, out of a device's egress, where only the tc program
 svcxdp_local_reply (bpf/local_reply.h) can turn the answer's source back into the
-service's. Frames run through BPF_PROG_TEST_RUN of both programs; the expected ones
-are built byte for byte."""
+service's; so are ICMP errors the node sends about a translated flow. Frames run through
+BPF_PROG_TEST_RUN of both programs."""
 from __future__ import annotations
 
 import pytest
-from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
 from controlplane.dataplane.testrun import TestRunner
 
-from .harness import CLIENT, CLIENT_MAC, NODE_MAC, VIP, Harness, delta
+from .harness import BACKENDS, CLIENT, CLIENT_MAC, NODE_MAC, VIP, Harness, delta
 
 pytestmark = pytest.mark.root
 
@@ -81,3 +81,39 @@ def test_a_zero_udp_checksum_stays_zero_and_later_fragments_follow_the_first(xdp
     again = Ether(bytes(o2))
     del again[IP].chksum
     assert Ether(bytes(again))[IP].chksum == o2[IP].chksum
+
+
+def _icmp_checksums_valid(out: Ether) -> bool:
+    again = Ether(bytes(out))
+    del again[IP].chksum, again[ICMP].chksum, again[IPerror].chksum
+    again = Ether(bytes(again))
+    return (again[IP].chksum, again[ICMP].chksum, again[IPerror].chksum) == \
+        (out[IP].chksum, out[ICMP].chksum, out[IPerror].chksum)
+
+
+def test_icmp_errors_the_node_sends_about_a_translated_flow_quote_the_service(xdp: Harness, tc: TestRunner):
+    """A local backend's port unreachable (nothing listens on the hostNetwork port), and the
+    stack's own error about a frame XDP translated and passed to it (here "fragmentation
+    needed" towards a pod on another node): they quoted the backend, which the client cannot
+    match to its socket. On their way out they quote the service, and the one the backend
+    itself sent comes from the service's address."""
+    xdp.writer.upsert(ServiceState(Frontend(VIP, 53, "UDP"), (Backend(NODE_IP, 8181),), "random"))
+    xdp.writer.upsert(ServiceState(Frontend(VIP, 80, "TCP"), (Backend(BACKENDS[0], 8080),), "random"))
+    xdp.send(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=CLIENT, dst=VIP) / UDP(sport=40003, dport=53))
+    xdp.send(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=CLIENT, dst=VIP) / TCP(sport=40004, dport=80, flags="S"))
+    before = xdp.counters()
+    unreach = (Ether(src=NODE_MAC, dst=CLIENT_MAC) / IP(src=NODE_IP, dst=CLIENT) / ICMP(type=3, code=3) /
+               IPerror(src=CLIENT, dst=NODE_IP) / UDPerror(sport=40003, dport=8181))
+    out = Ether(tc.run(bytes(unreach)).data)
+    assert (out[IP].src, out[IPerror].dst, out[UDPerror].dport, out[UDPerror].sport) == (VIP, VIP, 53, 40003)
+    assert _icmp_checksums_valid(out)
+    too_big = (Ether(src=NODE_MAC, dst=CLIENT_MAC) / IP(src="10.244.1.1", dst=CLIENT) / ICMP(type=3, code=4, nexthopmtu=1400) /
+               IPerror(src=CLIENT, dst=BACKENDS[0], flags="DF") / TCPerror(sport=40004, dport=8080))
+    out = Ether(tc.run(bytes(too_big)).data)
+    assert (out[IP].src, out[IPerror].dst, out[TCPerror].dport, out[ICMP].nexthopmtu) == ("10.244.1.1", VIP, 80, 1400)
+    assert _icmp_checksums_valid(out)
+    assert delta(before, xdp.counters())["icmp_nat"] == 2
+    # about no flow: left alone
+    stranger = unreach.copy()
+    stranger[UDPerror].sport = 40009
+    assert tc.run(bytes(stranger)).data == bytes(stranger)
