@@ -31,6 +31,11 @@ def xdp_prog(netns: str, ifname: str) -> int | None:
     return prog.get("id")
 
 
+def tc_egress(netns: str, ifname: str) -> str:
+    return subprocess.run(["tc", "-n", netns, "filter", "show", "dev", ifname, "egress"], capture_output=True,
+                          text=True).stdout
+
+
 def bpftool_xlated(prog_id: int) -> str:
     return subprocess.run(["bpftool", "prog", "dump", "xlated", "id", str(prog_id)], check=True,
                           capture_output=True, text=True).stdout
@@ -87,6 +92,8 @@ def test_discovery_attach_follow_and_uninstall(node_ns: str, tmp_path: Path) -> 
         # no device here can be a redirect target (the pods' peers are not ours): the
         # program is built without the FIB lookup it would pay per packet for nothing
         assert "fib_lookup" not in bpftool_xlated(ours)
+        # beside each, the tc egress program for the node's own answers (bpf/local_reply.h)
+        assert all("svcxdp_local_reply" in tc_egress(node_ns, d) for d in ("eth0", "veth-a"))
         assert (Path("/sys/fs/bpf/svcxdp") / instance / "prog").exists()
         assert (Path("/sys/fs/bpf/svcxdp") / instance / "prog_external").exists()
         ip("-n", node_ns, "link", "add", "veth-b", "type", "veth", "peer", "name", "pod-b")   # a new pod
@@ -100,6 +107,7 @@ def test_discovery_attach_follow_and_uninstall(node_ns: str, tmp_path: Path) -> 
     done = svcctl_in(node_ns, "agent", *common, "--uninstall", "--xdp-mode", "generic", log=tmp_path / "uninstall.log")
     assert done.wait(60) == 0, (tmp_path / "uninstall.log").read_text()
     assert [xdp_prog(node_ns, d) for d in ("eth0", "veth-a", "veth-b")] == [None, None, None]
+    assert not any("svcxdp_local_reply" in tc_egress(node_ns, d) for d in ("eth0", "veth-a", "veth-b"))
     assert not (Path("/sys/fs/bpf/svcxdp") / instance).exists()
 
 
