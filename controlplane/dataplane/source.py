@@ -8,9 +8,27 @@ bcc a single translation unit. System includes (`<...>`) are left to bcc.
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+
+def _sources_root() -> Path:
+    """Where bpf/ and csrc/ are: beside the package in a checkout (and an editable
+    install), else where an installation put them (pyproject.toml's data-files:
+    <prefix>/share/svcxdp, the prefix the package was installed under, or the running
+    interpreter's)."""
+    here = Path(__file__).resolve()
+    # <prefix>/lib/pythonX.Y/site-packages/controlplane/dataplane/source.py
+    installed = [here.parents[5] / "share" / "svcxdp"] if len(here.parents) > 5 else []
+    candidates = [here.parents[2], *installed, Path(sys.prefix) / "share" / "svcxdp"]
+    for root in candidates:
+        if (root / "bpf" / "svcxdp.c").is_file():
+            return root
+    raise FileNotFoundError(f"the XDP program's sources (bpf/svcxdp.c) are in none of "
+                            f"{', '.join(map(str, candidates))}: svcxdp is not installed whole")
+
+
+REPO_ROOT = _sources_root()
 BPF_DIR = REPO_ROOT / "bpf"
 CSRC_DIR = REPO_ROOT / "csrc"
 MAIN_SOURCE = BPF_DIR / "svcxdp.c"
