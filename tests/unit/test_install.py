@@ -24,8 +24,10 @@ def test_a_wheel_installed_under_a_prefix_finds_the_program_sources(tmp_path: Pa
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                     "-w", str(wheels), str(src)], check=True, capture_output=True, cwd=tmp_path)
     (wheel,) = wheels.glob("svcxdp-*.whl")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--prefix", str(prefix),
-                    str(wheel)], check=True, capture_output=True, cwd=tmp_path)
+    # --ignore-installed: else pip uninstalls the svcxdp of the environment it runs in (this
+    # venv's editable install, which every other test uses) before installing under --prefix.
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed",
+                    "--prefix", str(prefix), str(wheel)], check=True, capture_output=True, cwd=tmp_path)
     (site,) = prefix.glob("lib/python3*/site-packages")
     # The system interpreter, not this venv: the venv's editable install would serve the
     # checkout's package whatever the path says.
@@ -34,3 +36,5 @@ def test_a_wheel_installed_under_a_prefix_finds_the_program_sources(tmp_path: Pa
     out = subprocess.run(["/usr/bin/python3", "-c", probe], check=True, capture_output=True, text=True,
                          cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}).stdout.split()
     assert out == [str(prefix / "share" / "svcxdp"), "True"]
+    # this environment's own svcxdp is still there
+    assert subprocess.run([sys.executable, "-m", "pip", "show", "-q", "svcxdp"], capture_output=True).returncode == 0
