@@ -157,7 +157,7 @@ static __always_inline int forward(struct xdp_md *ctx, struct ethhdr *eth, struc
 			fib_cache_fill(&s, ip->daddr, &p, 0);
 			return fib_redirect(eth, ip, p.ifindex, p.smac, p.dmac, ev);
 		}
-		if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED && frag_answerable(eth, ip, sent)) {
+		if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED && frag_answerable(ctx, eth, ip, sent)) {
 			if (ev->extra == SVCXDP_CNT_MAX)
 				ev->extra = SVCXDP_CNT_FRAG_NEEDED;
 			else

@@ -15,7 +15,8 @@
  * tracked flow (ct_match_reply: a hash lookup settles the rest). The rewrite goes
  * through the kernel's checksum helpers: a packet the node made usually carries a
  * partial checksum (CHECKSUM_PARTIAL, finished by the device), which nat.h's
- * incremental update of a complete one would corrupt. Later fragments of a datagram
+ * incremental update of a complete one would corrupt. The headers of a packet the node
+ * makes sit in the socket buffer's linear part; one whose do not is left alone. Later fragments of a datagram
  * are translated from its first fragment's record, as on the XDP path.
  *
  * ICMP errors the node's stack sends about a translated flow are translated too (the
@@ -70,12 +71,8 @@ static __always_inline int local_reply(struct __sk_buff *skb)
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		return TC_ACT_OK;
 	if (ip_is_later_fragment(ip)) {
-		struct frag_key fk = {};
-		frag_key_set(&fk, ip, ip->saddr, ip->daddr);
-		struct frag_value *f = fragments.lookup(&fk);
-		if (!f || f->dir != SVCXDP_CT_DIR_REPLY || f->peer_ip ||
-		    (__s64)(bpf_ktime_get_coarse_ns() - f->created) >
-		    (__s64)(SVCXDP_FRAG_TIMEOUT_S * SVCXDP_NSEC_PER_SEC))
+		struct frag_value *f = frag_translation(ip);
+		if (!f || f->dir != SVCXDP_CT_DIR_REPLY || f->peer_ip)
 			return TC_ACT_OK;
 		local_reply_src(skb, l3_off, 0, 0, ip->saddr, f->nat_ip);
 		counters_bump(SVCXDP_CNT_LOCAL_REVNAT);

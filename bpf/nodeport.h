@@ -520,7 +520,7 @@ static __always_inline int np_forward(struct xdp_md *ctx, struct events *ev)
 		/* Answered for a packet np_snat did not see (an established flow's, a reply's);
 		 * a flow's first packets go to the stack: answered too, they made every state
 		 * np_snat leaves walk the answer, which doubled this program's verification. */
-		if (snat_seen || !has_sent || !pd || !frag_answerable(eth, ip, &pd->sent))
+		if (snat_seen || !has_sent || !frag_answerable(ctx, eth, ip, &pd->sent))
 			return XDP_PASS;
 		ev->main = SVCXDP_CNT_FRAG_NEEDED;   /* no other event: np_snat did not run */
 		return frag_needed_reply(ctx, &pd->sent, r.mtu);

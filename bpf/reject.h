@@ -50,7 +50,7 @@ static __always_inline void fill_reply_ip(struct iphdr *ip, __u8 proto, __u16 to
 	ip->tos = 0;
 	ip->tot_len = bpf_htons(tot_len);
 	ip->id = 0;
-	ip->frag_off = bpf_htons(0x4000); /* DF */
+	ip->frag_off = bpf_htons(IP_DF);
 	ip->ttl = REPLY_TTL;
 	ip->protocol = proto;
 	ip->saddr = saddr;
@@ -212,11 +212,16 @@ static __always_inline int reject_udp(struct xdp_md *ctx, __u32 l3_off, __u32 ih
  * MSS). kube-proxy's conntrack translates that error back; here the program answers
  * itself (frag_needed_reply), quoting `sent`: unless the source is one a reject would
  * not answer, or the frame has IP options (to the stack: a quote of constant length
- * keeps the answer's checks few, and it is reached from many verifier states). */
-static __always_inline int frag_answerable(const struct ethhdr *eth, const struct iphdr *ip,
-					   const struct sent_tuple *sent)
+ * keeps the answer's checks few, and it is reached from many verifier states), or the
+ * frame is larger than the device it came in on allows — then it was never a frame on
+ * the wire but an aggregate (generic XDP runs after GRO, and a veth passes a pod's TSO
+ * segments whole: up to 64 KB with DF), which the stack segments on its way out. */
+static __always_inline int frag_answerable(struct xdp_md *ctx, const struct ethhdr *eth,
+					   const struct iphdr *ip, const struct sent_tuple *sent)
 {
-	return (ip->frag_off & bpf_htons(IP_DF)) && ip->ihl == 5 && reject_answerable(eth, sent->src);
+	__u32 wire_mtu = 0;   /* 0: check the frame's own length against the ingress device */
+	return (ip->frag_off & bpf_htons(IP_DF)) && ip->ihl == 5 && reject_answerable(eth, sent->src) &&
+	       bpf_check_mtu(ctx, 0, &wire_mtu, 0, 0) == BPF_MTU_CHK_RET_SUCCESS;
 }
 
 /* RFC 1191's "fragmentation needed" back to the sender of the frame, `mtu` the next

@@ -89,6 +89,21 @@ static __always_inline void frag_record(struct iphdr *ip, __be32 orig_src, __be3
 	fragments.update(&k, &v);
 }
 
+/* The translation a later fragment takes from its datagram's first fragment, or NULL: no
+ * record, or one past the reassembly timeout, which belongs to an older datagram that had
+ * the same IP id. Signed age: another CPU may have recorded the first fragment a moment
+ * after our clock read. */
+static __always_inline struct frag_value *frag_translation(const struct iphdr *ip)
+{
+	struct frag_key k = {};
+	frag_key_set(&k, ip, ip->saddr, ip->daddr);
+	struct frag_value *v = fragments.lookup(&k);
+	if (!v || (__s64)(bpf_ktime_get_coarse_ns() - v->created) >
+		  (__s64)(SVCXDP_FRAG_TIMEOUT_S * SVCXDP_NSEC_PER_SEC))
+		return NULL;
+	return v;
+}
+
 /* nodeport.h and local_reply.h use the accounting helpers above. */
 #include "nodeport.h"
 #include "local_reply.h"
@@ -96,14 +111,8 @@ static __always_inline void frag_record(struct iphdr *ip, __be32 orig_src, __be3
 static __always_inline int handle_later_fragment(struct xdp_md *ctx, struct ethhdr *eth,
 						 struct iphdr *ip, int external, struct events *ev)
 {
-	struct frag_key k = {};
-	frag_key_set(&k, ip, ip->saddr, ip->daddr);
-	struct frag_value *v = fragments.lookup(&k);
-	/* Signed age: another CPU may have recorded the first fragment a moment
-	 * after our clock read. A record past the reassembly timeout belongs to an
-	 * older datagram that had the same IP id: it translates nothing. */
-	if (!v || (__s64)(bpf_ktime_get_coarse_ns() - v->created) >
-		  (__s64)(SVCXDP_FRAG_TIMEOUT_S * SVCXDP_NSEC_PER_SEC)) {
+	struct frag_value *v = frag_translation(ip);
+	if (!v) {
 		ev->main = SVCXDP_CNT_FRAG_UNKNOWN;
 		return XDP_PASS;
 	}

@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     from controlplane.dataplane.program import Dataplane, DataplaneError
     from .agent import Agent
     from .desired import NodeConfig
-    from .health import Health, bind, busy_port_message, start
+    from .health import Health, busy_port_message, serve
     from .attach_sources import FileAttachPoints
     from .healthcheck import ServiceHealthServers
     from .interfaces import InterfaceManager
@@ -184,13 +184,14 @@ def run(args: argparse.Namespace) -> int:
         from .nexthops import forget
         log.info("managed next-hop neighbours removed: %s", ", ".join(forget(None)) or "none")
         return 0
-    # The health port before anything is built: a busy one (kube-proxy's, 10256) fails the
-    # agent with one line and nothing loaded, attached or pinned.
+    # The health server before anything is built: a busy port (kube-proxy's, 10256) fails the
+    # agent with one line and nothing loaded, attached or pinned; once it listens the port
+    # is the agent's (a socket only bound could still be taken: SO_REUSEADDR), and until
+    # the first sync /healthz answers 503, /livez 200.
     health = Health(args.node)
-    health_server = None
     if args.healthz_port:
         try:
-            health_server = bind(health, port=args.healthz_port)
+            serve(health, port=args.healthz_port)
         except OSError as exc:
             raise CommandError(busy_port_message(args.healthz_port, exc)) from None
     source, feed = _open_source(args)
@@ -219,8 +220,6 @@ def run(args: argparse.Namespace) -> int:
         addresses = select([a for t in interfaces.external_targets()
                             for a in interface_addresses(t.netns, t.ifindex)], cidrs)
     log.info("NodePorts served on %s", ", ".join(addresses) or "no address")
-    if health_server is not None:
-        start(health_server)
     # healthCheckNodePorts listen where NodePorts are served, as kube-proxy's (all addresses if none known)
     service_health = ServiceHealthServers(args.node, lambda: health.report()[0] == 200, addresses or ("0.0.0.0",))
     if feed is not None and not feed.wait_synced(timeout=30):

@@ -10,7 +10,7 @@ import time
 from datetime import datetime, timezone
 from http.server import ThreadingHTTPServer
 
-from .http_endpoint import EndpointHandler, EndpointServer
+from .http_endpoint import EndpointHandler, start_server
 
 HEALTHZ_PORT = 10256
 PROXY_MODE = "xdp"
@@ -75,12 +75,9 @@ class Health:
                                          "currentTime": _iso(now), "nodeName": self.node, "alive": alive}
 
 
-def bind(health: Health, host: str = "0.0.0.0", port: int = HEALTHZ_PORT) -> ThreadingHTTPServer:
-    """The health server, its port bound but not listening (start() listens and serves):
-    the agent binds it before it builds anything, so a busy port fails it with nothing
-    half-done; meanwhile a probe is refused at once, as before (a listening socket
-    nobody served would leave it waiting for its timeout). OSError if the port cannot
-    be bound."""
+def serve(health: Health, host: str = "0.0.0.0", port: int = HEALTHZ_PORT) -> ThreadingHTTPServer:
+    """Serve /healthz, /livez and /proxyMode from a daemon thread. OSError if the port
+    cannot be bound (the agent calls it before building anything)."""
     class Handler(EndpointHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server naming)
             if self.route in ("/healthz", "/livez"):
@@ -91,24 +88,7 @@ def bind(health: Health, host: str = "0.0.0.0", port: int = HEALTHZ_PORT) -> Thr
             else:
                 self.send_body(404, b"404 page not found\n", "text/plain")
 
-    server = EndpointServer((host, port), Handler, bind_and_activate=False)
-    try:
-        server.server_bind()
-    except OSError:
-        server.server_close()
-        raise
-    return server
-
-
-def start(server: ThreadingHTTPServer) -> ThreadingHTTPServer:
-    """Listen on a bound server and serve it from a daemon thread."""
-    server.server_activate()
-    threading.Thread(target=server.serve_forever, name="healthz", daemon=True).start()
-    return server
-
-
-def serve(health: Health, host: str = "0.0.0.0", port: int = HEALTHZ_PORT) -> ThreadingHTTPServer:
-    return start(bind(health, host, port))
+    return start_server(Handler, host, port, "healthz")
 
 
 def busy_port_message(port: int, exc: OSError) -> str:

@@ -84,9 +84,6 @@ class InterfaceManager:
                 if peer and self.mode == "native" and not self.dp.allow_redirect(t.ifindex, t.netns):
                     log.info("%s (ifindex %d) is beyond the redirect map: its frames go "
                              "through the stack", t.ifname, t.ifindex)
-                # the node's own answers for a backend at its address leave here
-                # (bpf/local_reply.h)
-                attach_tc_egress(self.dp.local_reply_prog_fd, t.ifname, t.netns)
             except (AttachError, OSError) as exc:  # e.g. a pod removed meanwhile
                 log.warning("attach to %s in %s failed: %s", t.ifname, t.netns, exc)
                 continue
@@ -94,6 +91,13 @@ class InterfaceManager:
             attached += 1
             log.info("XDP attached to %s (%s, ifindex %d, %s mode)", t.ifname, t.netns, t.ifindex,
                      self.mode_for(t))
+            try:
+                # the node's own answers for a backend at its address leave here
+                # (bpf/local_reply.h); without it the XDP program still serves
+                attach_tc_egress(self.dp.local_reply_prog_fd, t.ifname, t.netns)
+            except (AttachError, OSError) as exc:
+                log.warning("tc egress on %s in %s: %s; a hostNetwork backend's answers leave it "
+                            "untranslated", t.ifname, t.netns, exc)
         return attached
 
     @property

@@ -18,9 +18,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifinfmsg import XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE
 
 MODES = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
-# IFLA_XDP_ATTACHED: how the program on a link runs (XDP_ATTACHED_DRV, XDP_ATTACHED_SKB),
-# as pyroute2 names the values
-_ATTACHED_MODES = {"xdp": "native", "xdpgeneric": "generic"}
+# IFLA_XDP_ATTACHED: how the programs on a link run, as pyroute2 names the values
+# (XDP_ATTACHED_DRV, _SKB, _MULTI: one of each at once; offloaded ones are not ours).
+_ATTACHED_MODES = {"xdp": ("native",), "xdpgeneric": ("generic",), "xdpmulti": ("native", "generic")}
 
 # pyroute2 runs namespace work in a helper process and waits 2 s for it by default;
 # on a loaded 2-core machine that fails spuriously. Waiting longer costs nothing.
@@ -89,30 +89,32 @@ def attach_xdp(prog_fd: int, ifname: str, netns: str | None = None, mode: str = 
         raise AttachError(f"XDP mode {mode!r}: expected one of {', '.join(MODES)}")
     with open_ipr(netns) as ipr:
         idx = _index(ipr, ifname, netns)
-        other = _attached_mode(ipr, idx)
-        if other is not None and other != mode:
-            _set_xdp(ipr, idx, -1, other)
+        for other in _attached_modes(ipr, idx):
+            if other != mode:
+                _set_xdp(ipr, idx, -1, other)
         _set_xdp(ipr, idx, prog_fd, mode)
         return idx
 
 
 def detach_xdp(ifname: str, netns: str | None = None) -> None:
-    """Detach the XDP program from ifname, in whichever mode it runs."""
+    """Detach the XDP programs from ifname, in whichever mode they run."""
     with open_ipr(netns) as ipr:
         idx = _index(ipr, ifname, netns)
-        mode = _attached_mode(ipr, idx)
-        if mode is not None:
+        for mode in _attached_modes(ipr, idx):
             _set_xdp(ipr, idx, -1, mode)
 
 
 def _set_xdp(ipr: IPRoute, idx: int, prog_fd: int, mode: str) -> None:
-    ipr.link("set", index=idx, xdp={"attrs": [("IFLA_XDP_FD", prog_fd), ("IFLA_XDP_FLAGS", MODES[mode])]})
+    try:
+        ipr.link("set", index=idx, xdp={"attrs": [("IFLA_XDP_FD", prog_fd), ("IFLA_XDP_FLAGS", MODES[mode])]})
+    except NetlinkError as exc:   # not an OSError in pyroute2: callers catch AttachError
+        raise AttachError(f"XDP on ifindex {idx} ({mode}): {exc}") from None
 
 
-def _attached_mode(ipr: IPRoute, idx: int) -> str | None:
-    """The mode of the program attached to link idx (native, generic), or None."""
+def _attached_modes(ipr: IPRoute, idx: int) -> tuple[str, ...]:
+    """The modes of the programs attached to link idx (native, generic)."""
     xdp = ipr.get_links(idx)[0].get_attr("IFLA_XDP")
-    return _ATTACHED_MODES.get(xdp.get_attr("IFLA_XDP_ATTACHED")) if xdp else None
+    return _ATTACHED_MODES.get(xdp.get_attr("IFLA_XDP_ATTACHED"), ()) if xdp else ()
 
 
 # The tc egress program (bpf/local_reply.h): a bpf filter of ours on the egress hook of
@@ -126,16 +128,25 @@ _ETH_P_ALL = 0x0003
 
 def attach_tc_egress(prog_fd: int, ifname: str, netns: str | None = None) -> None:
     """Attach (or replace in place) our filter on ifname's egress, adding the clsact
-    qdisc if the device has none."""
+    qdisc if the device has none. AttachError when it has an `ingress` qdisc instead,
+    which holds the same handle (ffff:) and has no egress hook: a filter given there
+    would silently land on ingress."""
     with open_ipr(netns) as ipr:
         idx = _index(ipr, ifname, netns)
         try:
             ipr.tc("add", "clsact", index=idx)
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
-                raise AttachError(f"clsact on {ifname}: {exc}") from None
-        ipr.tc("replace-filter", "bpf", index=idx, fd=prog_fd, name="svcxdp_local_reply", parent=TC_EGRESS,
-               prio=TC_PRIO, handle=TC_HANDLE, direct_action=True, protocol=_ETH_P_ALL)
+                raise AttachError(f"clsact qdisc on {ifname}: {exc}") from None
+            kinds = {q.get_attr("TCA_KIND") for q in ipr.get_qdiscs(index=idx) if q["handle"] == 0xFFFF0000}
+            if kinds != {"clsact"}:
+                raise AttachError(f"{ifname} has an {'/'.join(sorted(map(str, kinds)))} qdisc, not clsact: "
+                                  "no egress hook for the node's own answers (bpf/local_reply.h)") from None
+        try:
+            ipr.tc("replace-filter", "bpf", index=idx, fd=prog_fd, name="svcxdp_local_reply", parent=TC_EGRESS,
+                   prio=TC_PRIO, handle=TC_HANDLE, direct_action=True, protocol=_ETH_P_ALL)
+        except NetlinkError as exc:
+            raise AttachError(f"tc egress filter on {ifname}: {exc}") from None
 
 
 def detach_tc_egress(ifname: str, netns: str | None = None) -> bool:

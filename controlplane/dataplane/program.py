@@ -69,22 +69,27 @@ def _fs_type(path: Path) -> int:
     return ct.c_long.from_buffer(buf).value & 0xFFFFFFFF
 
 
-def _replace_stale_counters(config: DataplaneConfig) -> None:
+def _set_aside_stale_counters(config: DataplaneConfig) -> Path | None:
     """The datapath counters are statistics only: a pinned `counters` map of another
-    size (a build that counts more events) is unpinned so this build makes its own —
-    readers see the counters start again, as after a reboot — where any other map of
-    another layout refuses the build (_check_pinned_layout). A program still attached
-    keeps counting into the old map until it is replaced."""
+    size (a build that counts more events) is replaced by this build's own — readers see
+    the counters start again, as after a reboot — where any other map of another layout
+    refuses the build (_check_pinned_layout). Its pin is moved aside (the path returned)
+    before bcc would reuse it; load() removes it once the build is loaded, or puts it back
+    if the build fails. A program still attached counts into it until it is replaced."""
     pin = config.pin_dir / "counters"
     if not pin.exists():
-        return
+        return None
     fd = obj_get(str(pin))
     try:
         stale = map_info(fd).max_entries != SVCXDP_CNT_MAX
     finally:
         os.close(fd)
-    if stale:
-        pin.unlink()
+    if not stale:
+        return None
+    aside = pin.with_name("counters_replaced")   # (bpffs takes no dot in a name)
+    aside.unlink(missing_ok=True)
+    os.rename(pin, aside)
+    return aside
 
 
 def _check_pinned_layout(bpf, config: DataplaneConfig) -> None:
@@ -170,10 +175,25 @@ class Dataplane:
         # the same stamps. The filter starts as "maybe" for all of them (udprecent.py):
         # UDP first packets look in conntrack for two to three epochs after a restart.
         adopts_conntrack = config.pin and (config.pin_dir / "conntrack").exists()
+        aside = None
         if config.pin:
             require_bpffs(config.pin_root)
             os.makedirs(config.pin_dir, exist_ok=True)
-            _replace_stale_counters(config)
+            aside = _set_aside_stale_counters(config)
+        try:
+            dp = cls._compile(config, adopts_conntrack)
+        except BaseException:
+            if aside is not None:   # readers keep the old counters
+                (config.pin_dir / "counters").unlink(missing_ok=True)
+                os.rename(aside, config.pin_dir / "counters")
+            raise
+        if aside is not None:
+            aside.unlink()
+        return dp
+
+    @classmethod
+    def _compile(cls, config: DataplaneConfig, adopts_conntrack: bool) -> "Dataplane":
+        from bcc import BPF
         try:
             bpf = BPF(text=program_text().encode(), cflags=config.cflags())
         except Exception as exc:  # bcc raises bare Exception on compile/verify errors

@@ -127,6 +127,12 @@ def test_a_frame_above_the_egress_mtu_with_df_is_answered_fragmentation_needed_a
     assert verdict == "XDP_TX"
     assert_frag_needed(out, (CLIENT, CLIENT_MAC), (CLIENT, 40001, VIP, 53), 1000)
     assert xdp.counters()["frag_needed"] == before["frag_needed"] + 2
+    # larger than the device it came in on allows: no frame of the wire but an aggregate
+    # (GRO before generic XDP, a pod's TSO segment over its veth), segmented by the stack
+    nodenet._ip(node.name, "link", "set", "ext0", "mtu", "1100")
+    verdict, out = _run(xdp, node, _syn(size=1200, df=True), node.ext_ifindex)
+    assert verdict == "XDP_PASS" and out[IP].dst == nodenet.LOCAL_POD
+    assert xdp.counters()["frag_needed"] == before["frag_needed"] + 2
     # the answer's way back: a pod's reply too large for ext0
     nodenet._ip(node.name, "link", "set", "pod0", "mtu", "1500")
     nodenet._ip(node.name, "link", "set", "ext0", "mtu", "1100")

@@ -1,0 +1,67 @@
+"""Attaching the programs to a device (controlplane/dataplane/attach.py), in a namespace of
+the test's own: XDP in one mode takes over a program attached in the other (the kernel
+refuses two modes at once), detach finds the mode itself; the tc egress filter lands on a
+clsact qdisc's egress, is replaced in place, is refused where an `ingress` qdisc holds the
+handle (a filter given there landed on ingress, silently), and goes alone on detach."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from controlplane.dataplane.attach import AttachError, attach_tc_egress, attach_xdp, detach_tc_egress, detach_xdp
+from controlplane.lab import netns
+
+pytestmark = pytest.mark.root
+
+
+def _ip(ns: str, *args: str) -> str:
+    return subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True, text=True).stdout
+
+
+def _xdp(ns: str) -> dict:
+    return json.loads(_ip(ns, "-j", "-d", "link", "show", "va"))[0].get("xdp") or {}
+
+
+def _tc(ns: str, *args: str) -> str:
+    return subprocess.run(["tc", "-n", ns, *args], check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def ns():
+    name = f"svcxdp-pt-at{os.getpid()}"
+    netns.create(name)
+    try:
+        _ip(name, "link", "add", "va", "type", "veth", "peer", "name", "vb")
+        _ip(name, "link", "set", "va", "up")
+        yield name
+    finally:
+        netns.delete(name)
+
+
+def test_xdp_in_the_other_mode_is_taken_over_and_detached_in_its_own(ns, loaded_dataplane):
+    fd = loaded_dataplane.prog_fd
+    attach_xdp(fd, "va", ns, "native")
+    assert _xdp(ns)["mode"] == 1
+    attach_xdp(fd, "va", ns, "generic")       # the kernel refused this before the takeover
+    assert _xdp(ns)["mode"] == 2 and "prog" in _xdp(ns)
+    detach_xdp("va", ns)
+    assert _xdp(ns) == {}
+
+
+def test_the_tc_egress_filter_goes_on_clsact_egress_and_nowhere_else(ns, loaded_dataplane):
+    fd = loaded_dataplane.local_reply_prog_fd
+    _tc(ns, "qdisc", "add", "dev", "va", "ingress")
+    with pytest.raises(AttachError, match="ingress qdisc, not clsact"):
+        attach_tc_egress(fd, "va", ns)
+    assert "svcxdp_local_reply" not in _tc(ns, "filter", "show", "dev", "va", "ingress")
+    _tc(ns, "qdisc", "del", "dev", "va", "ingress")
+    _tc(ns, "qdisc", "add", "dev", "va", "clsact")   # someone else's clsact: shared
+    attach_tc_egress(fd, "va", ns)
+    attach_tc_egress(fd, "va", ns)                    # replaced in place, not doubled
+    assert _tc(ns, "filter", "show", "dev", "va", "egress").count("svcxdp_local_reply") == 1
+    assert detach_tc_egress("va", ns) and not detach_tc_egress("va", ns)
+    assert "svcxdp_local_reply" not in _tc(ns, "filter", "show", "dev", "va", "egress")
+    assert "clsact" in _tc(ns, "qdisc", "show", "dev", "va")
