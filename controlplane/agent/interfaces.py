@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from controlplane.dataplane.attach import AttachError, attach_tc_egress, attach_xdp
+from controlplane.dataplane.attach import AttachError, attach_tc_egress, attach_xdp, in_netns
 from controlplane.dataplane.program import Dataplane, load_floor_program
 
 log = logging.getLogger("svcxdp.agent")
@@ -32,6 +32,23 @@ def is_external(t: AttachTarget) -> bool:
     """The node's external interface (NodePort, LB IPs, externalIPs), not a pod's: the
     target's role, "pod" when it names none."""
     return getattr(t, "role", "pod") == "external"
+
+
+def accept_local(t: AttachTarget) -> None:
+    """Let the stack take packets with one of the node's own addresses as source from a pod
+    interface: a local backend's answer to a NodePort client, which XDP reverse-NATs to the
+    node's address, enters the stack there wherever it is not redirected (a real node's
+    stack-forwarding build: every one), and the stack dropped it as a martian — a NodePort
+    whose backend was on the node it was reached through never answered. Strict reverse-path
+    filtering drops it all the same: said once, as a warning."""
+    conf = "/proc/sys/net/ipv4/conf"
+    with in_netns(t.netns or None):   # /proc/sys/net is the opening thread's namespace's
+        with open(f"{conf}/{t.ifname}/accept_local", "w") as f:
+            f.write("1")
+        rp_filter = max(int(open(f"{conf}/{name}/rp_filter").read()) for name in ("all", t.ifname))
+    if rp_filter == 1:
+        log.warning("rp_filter is strict on %s (net.ipv4.conf.all/%s.rp_filter): answers of its pods to "
+                    "NodePort clients are dropped; set it to 2 (loose) or 0", t.ifname, t.ifname)
 
 
 @dataclass(frozen=True)
@@ -84,6 +101,8 @@ class InterfaceManager:
                 if peer and self.mode == "native" and not self.dp.allow_redirect(t.ifindex, t.netns):
                     log.info("%s (ifindex %d) is beyond the redirect map: its frames go "
                              "through the stack", t.ifname, t.ifindex)
+                if not is_external(t):
+                    accept_local(t)
             except (AttachError, OSError) as exc:  # e.g. a pod removed meanwhile
                 log.warning("attach to %s in %s failed: %s", t.ifname, t.netns, exc)
                 continue

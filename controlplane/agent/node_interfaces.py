@@ -118,15 +118,17 @@ def _pinned_prog_ids(pin_dir: Path) -> set[int]:
 
 def uninstall(pin_dir: Path, interfaces: list[Target]) -> list[str]:
     """Detach the pinned programs from the interfaces that run them, in whichever mode,
-    and the tc egress filter of ours; returns their names. Interfaces running another
-    XDP program are left alone."""
+    and our tc egress filter wherever it is; returns their names. An interface running
+    another XDP program keeps it."""
     ours = _pinned_prog_ids(pin_dir)
     if not ours:
         return []
     detached = []
     for t in interfaces:
-        if attached_prog_id(t.ifname, t.netns or None) in ours:
+        xdp = attached_prog_id(t.ifname, t.netns or None) in ours
+        if xdp:
             detach_xdp(t.ifname, t.netns or None)
-            detach_tc_egress(t.ifname, t.netns or None)
+        # the filter is ours by its priority and handle, whatever runs in XDP by now
+        if detach_tc_egress(t.ifname, t.netns or None) or xdp:
             detached.append(t.ifname)
     return detached

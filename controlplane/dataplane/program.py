@@ -294,10 +294,6 @@ class Dataplane:
             self.attached.append((ifname, netns, mode))
         return idx
 
-    def detach(self, ifname: str, netns: str | None = None) -> None:
-        _attach.detach_xdp(ifname, netns)
-        self.attached = [a for a in self.attached if a[:2] != (ifname, netns)]
-
     # ---- redirect targets (bpf/fib.h) ---------------------------------------------
     def _tx_ports_fd(self) -> int:
         if self._pinned is not None:

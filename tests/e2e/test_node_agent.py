@@ -158,3 +158,62 @@ def test_a_pod_whose_end_is_not_ours_gets_the_reject_of_a_service_without_endpoi
         done = svcctl_in(node_ns, "agent", "--node", "n1", "--instance", node_ns, "--discover",
                          "--pod-interface-prefix", "veth", "--uninstall", log=tmp_path / "uninstall.log")
         done.wait(60)
+
+
+def test_a_nodeport_whose_backend_is_on_the_node_answers_outside(tmp_path: Path) -> None:
+    """A real node forwards through its stack: XDP reverse-NATs the pod's answer to the
+    NodePort (the node's own address as source) and passes it up from the pod's veth,
+    where the stack dropped it as a martian (accept_local is off on real nodes; the lab
+    sets it, so its tests never saw this). The agent turns accept_local on for the pod
+    interfaces it serves."""
+    pid = os.getpid()
+    node, outside, pod = f"svcxdp-nodeagent-n{pid}", f"svcxdp-nodeagent-o{pid}", f"svcxdp-nodeagent-p{pid}"
+    for ns in (node, outside, pod):
+        ip("netns", "add", ns)
+    agent = server = None
+    try:
+        ip("-n", node, "link", "add", "eth0", "type", "veth", "peer", "name", "up0", "netns", outside)
+        ip("-n", node, "link", "add", "veth-a", "type", "veth", "peer", "name", "eth0", "netns", pod)
+        for ns, dev, addr in ((node, "eth0", "10.250.0.1/24"), (outside, "up0", "10.250.0.2/24"),
+                              (node, "veth-a", "10.244.0.1/24"), (pod, "eth0", "10.244.0.2/24")):
+            ip("-n", ns, "addr", "add", addr, "dev", dev)
+            ip("-n", ns, "link", "set", dev, "up")
+        for ns in (node, outside, pod):
+            ip("-n", ns, "link", "set", "lo", "up")
+        ip("-n", node, "route", "add", "default", "via", "10.250.0.2", "dev", "eth0")
+        ip("-n", pod, "route", "add", "default", "via", "10.244.0.1", "dev", "eth0")
+        subprocess.run(["ip", "netns", "exec", node, "sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
+        server = subprocess.Popen(["ip", "netns", "exec", pod, sys.executable, "-m", "http.server", "8080",
+                                   "--bind", "10.244.0.2"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True)
+        docs = [{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
+                 "spec": {"type": "NodePort", "ports": [{"port": 80, "targetPort": 8080, "nodePort": 30300}]}},
+                {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                 "metadata": {"name": "web-1", "namespace": "default",
+                              "labels": {"kubernetes.io/service-name": "web"}},
+                 "addressType": "IPv4", "ports": [{"port": 8080, "protocol": "TCP"}],
+                 "endpoints": [{"addresses": ["10.244.0.2"], "conditions": {"ready": True}, "nodeName": "n1"}]}]
+        subprocess.run([sys.executable, "-m", "controlplane.cli", "apply", "--state-dir", str(tmp_path), "-f", "-"],
+                       input="\n---\n".join(json.dumps(d) for d in docs), text=True, cwd=ROOT, check=True,
+                       capture_output=True)
+        agent = svcctl_in(node, "agent", "--node", "n1", "--instance", node, "--discover",
+                          "--pod-interface-prefix", "veth", "--state-dir", str(tmp_path), "--healthz-port", "0",
+                          log=tmp_path / "agent.log")
+        wait_for(lambda: xdp_prog(node, "eth0") and xdp_prog(node, "veth-a"), what="attach")
+
+        def answered() -> bool:
+            return subprocess.run(["ip", "netns", "exec", outside, "curl", "-s", "-m", "2", "-o", "/dev/null",
+                                   "-w", "%{http_code}", "http://10.250.0.1:30300/"],
+                                  capture_output=True, text=True).stdout == "200"
+        wait_for(answered, timeout=30, what="the NodePort answered from outside")
+    finally:
+        for p in (agent, server):
+            if p is not None and p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                p.wait(30)
+        if agent is not None:
+            svcctl_in(node, "agent", "--node", "n1", "--instance", node, "--discover", "--pod-interface-prefix",
+                      "veth", "--uninstall", log=tmp_path / "uninstall.log").wait(60)
+        for ns in (node, outside, pod):
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+        shutil.rmtree(Path("/sys/fs/bpf/svcxdp") / node, ignore_errors=True)
