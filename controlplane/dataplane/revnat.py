@@ -164,9 +164,10 @@ class RevNat:
     def attach_many(self, fes: list[Frontend], counts: list[int], ips: list[str], ports: list[int],
                     ip_col: np.ndarray, port_col: np.ndarray, vip_col: np.ndarray | None = None,
                     vport_col: np.ndarray | None = None) -> bool:
-        """attach(fes[i], the next counts[i] addresses, flush=False) for each i in turn,
-        in bulk when none of the addresses has a user yet or is queued (a full sync into
-        empty maps): the entries are queued as rows packed from the columns given
+        """attach(fes[i], the next counts[i] addresses, flush=False) for each i in turn
+        (`fes` distinct, as the writer's batches are: one state per frontend), in bulk
+        when none of the addresses has a user yet or is queued (a full sync into empty
+        maps): the entries are queued as rows packed from the columns given
         (`ip_col`, `port_col`: the ips and ports packed, be32_column and port_be16;
         `vip_col`, `vport_col`: the frontends' vips and ports packed alike, if the caller
         has them), each with the frontend that lists it first. An address listed by
@@ -239,14 +240,16 @@ class RevNat:
         changed = self._sharing_changed
         key: Address | None = None
         users: tuple[Frontend, ...] = ()
+        listed: set[int] = set()   # the address's frontends so far, by index in `fes`
         first = 0
         for pos in order[grouped].tolist():
-            fe = fes[owner[pos]]
-            here = (ips[pos], ports[pos], protocols[owner[pos]])
+            i = owner[pos]
+            here = (ips[pos], ports[pos], protocols[i])
             if here != key:   # the first listing of the next address
-                key, users, first = here, (fe,), pos
-            elif fe not in users:
-                users += (fe,)
+                key, users, listed, first = here, (fes[i],), {i}, pos
+            elif i not in listed:   # (by index: `fes[i] in users` ran Frontend.__eq__ per user)
+                listed.add(i)
+                users += (fes[i],)
                 if len(users) == 2:   # it just became shared
                     shared.append(first)
                     changed[key] = None
