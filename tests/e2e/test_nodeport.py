@@ -333,7 +333,7 @@ def test_a_large_datagram_reaches_a_pod_behind_a_smaller_mtu(cluster: Cluster, r
     own answer quoted the pod's address, the client could not match it, never lowered its
     path MTU and resent the same size for ever. With the answer, its next send is
     fragmented and echoed (the first may fail with EMSGSIZE, as with kube-proxy)."""
-    apply(cluster, service("np-mtu", "np", node_port=30084, udp_node_port=30056))
+    apply(cluster, service("np-mtu", "np", node_port=30086, udp_node_port=30058))
     cluster.wait_endpoints("np-mtu", 1)
     node2, pod_ns = cluster.lab.netns_for("node2"), cluster.lab.netns_for("np-web")
     route = subprocess.run(["ip", "-n", node2, "-o", "route", "get", remote_pod], check=True,
@@ -342,7 +342,7 @@ def test_a_large_datagram_reaches_a_pod_behind_a_smaller_mtu(cluster: Cluster, r
     links = (["ip", "-n", node2, "link", "set", veth], ["ip", "-n", pod_ns, "link", "set", "eth0"])
     for link in links:
         subprocess.run([*link, "mtu", "1200"], check=True)
-    flow = _open_udp_flow(cluster, NODE2, 30056)
+    flow = _open_udp_flow(cluster, NODE2, 30058)
     try:
         assert wait_for("a small echo", lambda: _echo_on(flow, b"small")) == b"small"
         payload = bytes(range(256)) * 5 + b"end"            # 1,283 bytes: > 1200 with headers
@@ -370,8 +370,8 @@ def test_a_backend_at_the_node_s_own_address_answers_its_pods_and_outside(cluste
                 "ports": [{"containerPort": 8181}, {"containerPort": 5454, "protocol": "UDP"}]}]}}
     svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "np-host", "namespace": "default"},
            "spec": {"type": "NodePort", "selector": {"app": "nphost"}, "ports": [
-               {"name": "http", "port": 80, "targetPort": 8181, "protocol": "TCP", "nodePort": 30085},
-               {"name": "echo", "port": 53, "targetPort": 5454, "protocol": "UDP", "nodePort": 30057},
+               {"name": "http", "port": 80, "targetPort": 8181, "protocol": "TCP", "nodePort": 30087},
+               {"name": "echo", "port": 53, "targetPort": 5454, "protocol": "UDP", "nodePort": 30059},
                {"name": "closed", "port": 54, "targetPort": 5499, "protocol": "UDP"}]}}
     apply(cluster, host, pod("np-client1", "node1", "npclient"), svc)
     assert cluster.wait_endpoints("np-host", 1) == [NODE1]
@@ -380,10 +380,10 @@ def test_a_backend_at_the_node_s_own_address_answers_its_pods_and_outside(cluste
     # a pod on the backend's node, through the ClusterIP (the server sees the pod)
     assert client_address(cluster.wait_http(f"http://{vip}/clientip", client="np-client1")) == client
     # from outside through the backend's node and through the other node
-    assert client_address(wait_outside(cluster, f"http://{NODE1}:30085/clientip")) == OUTSIDE
-    assert client_address(wait_outside(cluster, f"http://{NODE2}:30085/clientip")) == NODE2
+    assert client_address(wait_outside(cluster, f"http://{NODE1}:30087/clientip")) == OUTSIDE
+    assert client_address(wait_outside(cluster, f"http://{NODE2}:30087/clientip")) == NODE2
     msg = b"to the node itself"
-    assert wait_for("UDP echo via node1", lambda: _udp_echo(cluster, NODE1, 30057, msg)) == msg
+    assert wait_for("UDP echo via node1", lambda: _udp_echo(cluster, NODE1, 30059, msg)) == msg
     # nothing listens on the closed port: the node's port unreachable reaches the pod
     # about the service, a refusal at once (it quoted the node's port: a 2 s timeout)
     probe = ("import socket\n"
@@ -393,6 +393,8 @@ def test_a_backend_at_the_node_s_own_address_answers_its_pods_and_outside(cluste
              "except ConnectionRefusedError:\n    print('refused')\n"
              "except TimeoutError:\n    print('timeout')\n")
     assert cluster.exec("np-client1", sys.executable, "-c", probe).stdout.strip() == "refused"
+    for kind, name in (("svc", "np-host"), ("pod", "np-host"), ("pod", "np-client1")):
+        cluster.svcctl("delete", kind, name, check=False)
 
 
 def _echo_on_or_error(s: socket.socket, payload: bytes) -> bytes | str:
