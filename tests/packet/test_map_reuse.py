@@ -157,23 +157,32 @@ def test_packets_during_rewrites_reach_only_their_own_service(xdp: Harness):
     assert out["dropped"] <= out["packets"] // 10000
 
 
+def _old_pin_dir(instance: str, name: str, map_type: int, key: int, value: int, entries: int):
+    """A fresh pin folder for `instance` holding one map `name` as an older build pinned it
+    (its type, key and value sizes, entries); reset() removes it."""
+    from controlplane.dataplane.config import DataplaneConfig
+    from controlplane.dataplane.libbpf import ffi, lib
+    from controlplane.dataplane.program import reset
+    cfg = DataplaneConfig(instance=instance, ct_size=1024, max_services=16, max_backends=64, max_slots=64, pin=True)
+    reset(cfg)
+    os.makedirs(cfg.pin_dir)
+    fd = lib().bpf_map_create(map_type, name.encode(), key, value, entries, ffi.NULL)
+    assert fd >= 0
+    try:
+        assert lib().bpf_obj_pin(fd, str(cfg.pin_dir / name).encode()) == 0
+    finally:
+        os.close(fd)
+    return cfg
+
+
 def test_pinned_services_map_of_the_old_layout_is_refused():
     """A dataplane pinned by a build whose service entries carried no key must not
     be adopted: its entries would fail the datapath's check, every new flow with
     them. Loading names the map and says how to remove it; nothing is reused."""
-    from controlplane.dataplane.config import DataplaneConfig
-    from controlplane.dataplane.libbpf import ffi, lib
     from controlplane.dataplane.program import Dataplane, DataplaneError, reset
-    cfg = DataplaneConfig(instance="pytest-old-layout", ct_size=1024, max_services=16, max_backends=64,
-                          max_slots=64, pin=True)
-    reset(cfg)
-    os.makedirs(cfg.pin_dir)
+    BPF_MAP_TYPE_HASH = 1
+    cfg = _old_pin_dir("pytest-old-layout", "services", BPF_MAP_TYPE_HASH, 8, 20, 16)
     try:
-        BPF_MAP_TYPE_HASH = 1
-        fd = lib().bpf_map_create(BPF_MAP_TYPE_HASH, b"services", 8, 20, cfg.max_services, ffi.NULL)
-        assert fd >= 0
-        assert lib().bpf_obj_pin(fd, str(cfg.pin_dir / "services").encode()) == 0
-        os.close(fd)
         with pytest.raises(DataplaneError, match=r"services.*svcctl dataplane reset"):
             Dataplane.load(cfg)
     finally:
@@ -184,19 +193,11 @@ def test_pinned_counters_of_another_size_are_replaced():
     """The counters are statistics only: a build that counts more events replaces a
     pinned `counters` map of the old size (its readers see the counters start again)
     instead of refusing to load, as it must for a map that holds state."""
-    from controlplane.dataplane.config import DataplaneConfig
-    from controlplane.dataplane.libbpf import ffi, lib, map_info, obj_get
+    from controlplane.dataplane.libbpf import map_info, obj_get
     from controlplane.dataplane.program import SVCXDP_CNT_MAX, Dataplane, reset
-    cfg = DataplaneConfig(instance="pytest-old-counters", ct_size=1024, max_services=16, max_backends=64,
-                          max_slots=64, pin=True)
-    reset(cfg)
-    os.makedirs(cfg.pin_dir)
+    BPF_MAP_TYPE_PERCPU_ARRAY = 6
+    cfg = _old_pin_dir("pytest-old-counters", "counters", BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, SVCXDP_CNT_MAX - 1)
     try:
-        BPF_MAP_TYPE_PERCPU_ARRAY = 6
-        fd = lib().bpf_map_create(BPF_MAP_TYPE_PERCPU_ARRAY, b"counters", 4, 8, SVCXDP_CNT_MAX - 1, ffi.NULL)
-        assert fd >= 0
-        assert lib().bpf_obj_pin(fd, str(cfg.pin_dir / "counters").encode()) == 0
-        os.close(fd)
         dp = Dataplane.load(cfg)
         try:
             fd = obj_get(str(cfg.pin_dir / "counters"))

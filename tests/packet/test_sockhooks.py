@@ -23,6 +23,8 @@ from .harness import CLIENT_MAC, NODE_MAC, Harness, delta
 from .sockenv import CLIENT_IP, TCP_PORT, UDP_PORT, SockEnv, mapped, sock_env
 
 VIP = "10.96.0.100"
+MVIP = mapped(VIP)      # ::ffff:VIP, as an AF_INET6 socket names it
+V6 = socket.AF_INET6
 BACKENDS = ("10.244.2.11", "10.244.2.12", "10.244.2.13")
 TCP_P, UDP_P = socket.IPPROTO_TCP, socket.IPPROTO_UDP
 SO_COOKIE = 57   # <asm-generic/socket.h>; not in Python's socket module
@@ -64,6 +66,26 @@ def predictor(xdp: Harness, s: ServiceState):
     return lambda src, sport: predict(s, src, sport, VIP, s.frontend.port, proto, table, ids).ip
 
 
+
+def _translated_per_socket(xdp, before: dict, frontend, n: int) -> None:
+    """`n` connections to `frontend` were translated by the hooks and shown the service
+    again, per socket, not per packet: the datapath's conntrack saw none of them."""
+    d = delta(before, xdp.counters())
+    assert d["sock_xlate"] == n and d["sock_revnat"] == n
+    assert len(list(xdp.dp.table("conntrack").keys())) == 0
+    assert xdp.dp.service_stats(xdp.writer.svc_id(frontend))["new_flows"] == n
+
+
+def _remove_and_reap(xdp, env, first: str) -> None:
+    """`first` leaves the UDP service; the reaper, told which addresses left (as the agent
+    tells it), looks at those only, and aborts the one socket connected to `first`."""
+    from controlplane.dataplane.sockreaper import reap
+    from controlplane.lab import netns
+    xdp.writer.upsert(service("UDP", 53, "sh", backends=tuple(b for b in BACKENDS if b != first)))
+    others = {(b, UDP_PORT) for b in BACKENDS if b != first} | {(first, UDP_PORT + 1)}
+    assert netns.call_in(env.ns, reap, xdp.dp, others) == 0
+    assert netns.call_in(env.ns, reap, xdp.dp, {(first, UDP_PORT)}) == 1
+
 def test_hooks_are_attached_to_the_test_cgroup_only(sk, loaded_dataplane):
     _, env = sk
     ids = attached_ids(env.cgroup)
@@ -97,11 +119,7 @@ def test_connect_lands_on_the_predicted_backend_and_getpeername_shows_the_vip(sk
     assert {ip: counted.get(bid, 0) for ip, bid in ids.items()} == {ip: per_backend.get(ip, 0) for ip in BACKENDS}
     if algorithm == "maglev":
         assert seen == set(BACKENDS)
-    d = delta(before, xdp.counters())
-    assert d["sock_xlate"] == 31 and d["sock_revnat"] == 31
-    # Per socket, not per packet: the datapath's conntrack saw none of it.
-    assert len(list(xdp.dp.table("conntrack").keys())) == 0
-    assert xdp.dp.service_stats(xdp.writer.svc_id(s.frontend))["new_flows"] == 31
+    _translated_per_socket(xdp, before, s.frontend, 31)
 
 
 def test_sockets_outside_the_cgroup_are_left_alone(sk):
@@ -142,18 +160,20 @@ def test_connected_udp_getpeername_and_recvfrom_show_the_vip(sk):
     assert data.decode().split() == [predictor(xdp, s)(CLIENT_IP, 42000), "hello"]
 
 
-def test_service_without_endpoints_refuses_at_once(sk):
+@pytest.mark.parametrize("family,vip", [(socket.AF_INET, VIP), (V6, MVIP)], ids=["ipv4", "mapped"])
+def test_service_without_endpoints_refuses_at_once(sk, family, vip):
+    """AF_INET, and AF_INET6 naming the IPv4-mapped VIP (::ffff:VIP) alike."""
     xdp, env = sk
     xdp.writer.upsert(service(backends=()))
     xdp.writer.upsert(service("UDP", 53, backends=()))
     before = xdp.counters()
     with pytest.raises(ConnectionRefusedError):
-        env.tcp_backend(VIP, 80)
-    with env.socket(socket.SOCK_DGRAM) as u:
+        env.tcp_backend(vip, 80)
+    with env.socket(socket.SOCK_DGRAM, family=family) as u:
         with pytest.raises(ConnectionRefusedError):
-            u.sendto(b"x", (VIP, 53))
+            u.sendto(b"x", (vip, 53))
         with pytest.raises(ConnectionRefusedError):
-            u.connect((VIP, 53))
+            u.connect((vip, 53))
     assert delta(before, xdp.counters()) == {"sock_reject": 3}
 
 
@@ -194,11 +214,7 @@ def test_connected_udp_of_a_removed_backend_is_aborted_and_reconnects_elsewhere(
         first = u.recv(100).decode().split()[0]
         # Nothing to reap while the backend serves.
         assert netns.call_in(env.ns, reap, xdp.dp) == 0
-        xdp.writer.upsert(service("UDP", 53, "sh", backends=tuple(b for b in BACKENDS if b != first)))
-        # Told which addresses left (as the agent tells its reaper), it looks at those only.
-        others = {(b, UDP_PORT) for b in BACKENDS if b != first} | {(first, UDP_PORT + 1)}
-        assert netns.call_in(env.ns, reap, xdp.dp, others) == 0
-        assert netns.call_in(env.ns, reap, xdp.dp, {(first, UDP_PORT)}) == 1
+        _remove_and_reap(xdp, env, first)
         with pytest.raises(ConnectionAbortedError):
             u.recv(100)
         u.connect((VIP, 53))
@@ -232,10 +248,7 @@ def test_external_frontend_from_the_node_itself_and_on_loopback(sk):
 # AF_INET6 sockets naming IPv4-mapped addresses (::ffff:VIP), as dual-stack Java, Node.js
 # and Go clients do: connect6 / recvmsg6 / getpeername6 run the IPv4 code on the mapped
 # address (sendmsg of a mapped destination reaches sendmsg4: the kernel hands it to
-# udp_sendmsg); any other IPv6 address is left alone.
-
-MVIP = mapped(VIP)
-V6 = socket.AF_INET6
+# udp_sendmsg); any other IPv6 address is left alone (MVIP, V6 above).
 
 
 def test_mapped_tcp_connect_lands_on_the_predicted_backend_and_getpeername_shows_the_mapped_vip(sk):
@@ -254,10 +267,7 @@ def test_mapped_tcp_connect_lands_on_the_predicted_backend_and_getpeername_shows
     got, peer = env.tcp_backend(MVIP, 80)   # unbound: the node's address, port 0
     assert got == want(CLIENT_IP, 0) and peer == (MVIP, 80, 0, 0)
     assert len(seen) > 1
-    d = delta(before, xdp.counters())
-    assert d["sock_xlate"] == 21 and d["sock_revnat"] == 21
-    assert len(list(xdp.dp.table("conntrack").keys())) == 0
-    assert xdp.dp.service_stats(xdp.writer.svc_id(s.frontend))["new_flows"] == 21
+    _translated_per_socket(xdp, before, s.frontend, 21)
 
 
 def test_mapped_nodeport_on_loopback(sk):
@@ -331,10 +341,7 @@ def test_mapped_connected_udp_of_a_removed_backend_is_aborted_and_native_ipv6_is
         revnat[forged] = rv
         try:
             assert netns.call_in(env.ns, reap, xdp.dp) == 0
-            xdp.writer.upsert(service("UDP", 53, "sh", backends=tuple(b for b in BACKENDS if b != first)))
-            others = {(b, UDP_PORT) for b in BACKENDS if b != first} | {(first, UDP_PORT + 1)}
-            assert netns.call_in(env.ns, reap, xdp.dp, others) == 0
-            assert netns.call_in(env.ns, reap, xdp.dp, {(first, UDP_PORT)}) == 1
+            _remove_and_reap(xdp, env, first)
             with pytest.raises(ConnectionAbortedError):
                 u.recv(100)
             assert key not in revnat
@@ -370,21 +377,6 @@ def test_mapped_unconnected_udp_selects_per_message_and_replies_come_from_the_ma
     assert set(got[:3]) == set(BACKENDS) and got[3:] == got[:3]
     d = delta(before, xdp.counters())
     assert d["sock_xlate"] == 6 and d["sock_revnat"] == 6
-
-
-def test_mapped_service_without_endpoints_refuses_at_once(sk):
-    xdp, env = sk
-    xdp.writer.upsert(service(backends=()))
-    xdp.writer.upsert(service("UDP", 53, backends=()))
-    before = xdp.counters()
-    with pytest.raises(ConnectionRefusedError):
-        env.tcp_backend(MVIP, 80)
-    with env.socket(socket.SOCK_DGRAM, family=V6) as u:
-        with pytest.raises(ConnectionRefusedError):
-            u.sendto(b"x", (MVIP, 53))
-        with pytest.raises(ConnectionRefusedError):
-            u.connect((MVIP, 53))
-    assert delta(before, xdp.counters()) == {"sock_reject": 3}
 
 
 def test_mapped_tcp_connection_gives_its_count_back_at_close(sk):
