@@ -16,8 +16,9 @@
  * through the kernel's checksum helpers: a packet the node made usually carries a
  * partial checksum (CHECKSUM_PARTIAL, finished by the device), which nat.h's
  * incremental update of a complete one would corrupt. The headers of a packet the node
- * makes sit in the socket buffer's linear part; one whose do not is left alone. Later fragments of a datagram
- * are translated from its first fragment's record, as on the XDP path.
+ * makes sit in the socket buffer's linear part; one whose do not is left alone. Later
+ * fragments of a datagram are translated from its first fragment's record, as on the
+ * XDP path.
  *
  * ICMP errors the node's stack sends about a translated flow are translated too (the
  * XDP path's icmp_from_backend; their checksums are complete, written in place): a

@@ -5,7 +5,7 @@
  * TCP RST or an ICMP port unreachable, so the client sees "connection refused" at
  * once; and for a translated frame too large for its way out with DF set, the ICMP
  * "fragmentation needed" that the node's stack would send, but quoting the frame as
- * its sender sent it (frag_needed).
+ * its sender sent it (frag_answerable, frag_needed_reply).
  * The replies are built from scratch at fixed offsets, so IP or TCP options in the
  * offending packet do not matter.
  */
