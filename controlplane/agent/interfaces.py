@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Protocol
 
 from controlplane.dataplane.attach import AttachError, attach_tc_egress, attach_xdp, in_netns
@@ -40,12 +41,11 @@ def accept_local(t: AttachTarget) -> None:
     node's address, enters the stack there wherever it is not redirected (a real node's
     stack-forwarding build: every one), and the stack dropped it as a martian — a NodePort
     whose backend was on the node it was reached through never answered. Strict reverse-path
-    filtering drops it all the same: said once, as a warning."""
-    conf = "/proc/sys/net/ipv4/conf"
+    filtering drops it all the same: warned about, per interface."""
+    conf = Path("/proc/sys/net/ipv4/conf")
     with in_netns(t.netns or None):   # /proc/sys/net is the opening thread's namespace's
-        with open(f"{conf}/{t.ifname}/accept_local", "w") as f:
-            f.write("1")
-        rp_filter = max(int(open(f"{conf}/{name}/rp_filter").read()) for name in ("all", t.ifname))
+        (conf / t.ifname / "accept_local").write_text("1")
+        rp_filter = max(int((conf / name / "rp_filter").read_text()) for name in ("all", t.ifname))
     if rp_filter == 1:
         log.warning("rp_filter is strict on %s (net.ipv4.conf.all/%s.rp_filter): answers of its pods to "
                     "NodePort clients are dropped; set it to 2 (loose) or 0", t.ifname, t.ifname)
