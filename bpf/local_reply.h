@@ -30,11 +30,11 @@
 #ifndef SVCXDP_LOCAL_REPLY_H
 #define SVCXDP_LOCAL_REPLY_H
 
+#include <uapi/linux/pkt_cls.h>   /* TC_ACT_OK */
+
 #include "conntrack.h"
 #include "icmp.h"
 #include "parse.h"
-
-#define TC_ACT_OK 0
 
 /* Replace the 4-byte source address at l3_off (and the transport checksum at csum_off,
  * when there is one: a later fragment has none) through the helpers. */

@@ -28,9 +28,9 @@ def _sources_root() -> Path:
                             f"{', '.join(map(str, candidates))}: svcxdp is not installed whole")
 
 
-REPO_ROOT = _sources_root()
-BPF_DIR = REPO_ROOT / "bpf"
-CSRC_DIR = REPO_ROOT / "csrc"
+SOURCES_ROOT = _sources_root()   # a checkout, or <prefix>/share/svcxdp
+BPF_DIR = SOURCES_ROOT / "bpf"
+CSRC_DIR = SOURCES_ROOT / "csrc"
 MAIN_SOURCE = BPF_DIR / "svcxdp.c"
 SHARED_HEADER = BPF_DIR / "svcxdp.h"
 

@@ -32,7 +32,7 @@ def test_a_wheel_installed_under_a_prefix_finds_the_program_sources(tmp_path: Pa
     # The system interpreter, not this venv: the venv's editable install would serve the
     # checkout's package whatever the path says.
     probe = ("from controlplane.dataplane import source; "
-             "print(source.REPO_ROOT); print('svcxdp_main' in source.program_text())")
+             "print(source.SOURCES_ROOT); print('svcxdp_main' in source.program_text())")
     out = subprocess.run(["/usr/bin/python3", "-c", probe], check=True, capture_output=True, text=True,
                          cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}).stdout.split()
     assert out == [str(prefix / "share" / "svcxdp"), "True"]
