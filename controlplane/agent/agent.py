@@ -55,6 +55,9 @@ class Agent:
     # Told the UDP backend addresses (ip, port) each sync took out of a frontend, when the
     # socket hooks serve this node: their connected sockets are aborted (agent/sockreap_loop.py).
     udp_backends_left: Callable[[set[tuple[str, int]]], None] | None = None
+    # Called once the first sync has filled a dataplane that replaced one of another layout
+    # (Dataplane.replaced): what else runs over its maps is attached then (the socket hooks).
+    when_filled: Callable[[], None] | None = None
 
     def __init__(self, source: Source, node: NodeConfig, dp: Dataplane,
                  interfaces: InterfaceManager | None = None, health: Health | None = None,
@@ -419,9 +422,14 @@ class Agent:
         retry = Backoff(first_s=min(0.1, self.retry_max_s), max_s=self.retry_max_s)
         resync: str | None = "start"   # a full sync is due (at start, after a failure)
         checks = CheckSchedule(self.check_every_s, self.check_max_share)
+        # A dataplane that replaced one of another layout (Dataplane.load) starts empty: the
+        # interfaces keep the old program, over its own maps, until the first sync has
+        # filled the new ones (else every service would be gone for the sync's duration).
+        filling = bool(self.dp.replaced)
         while not stop.is_set():
             self.health.beat()
-            self._refresh_interfaces()
+            if not filling:
+                self._refresh_interfaces()
             try:
                 if resync is not None:
                     if resync == "retry":   # the maps may be half updated: adopt them afresh
@@ -429,6 +437,11 @@ class Agent:
                     started, cpu = time.monotonic(), time.process_time()
                     self.full_sync(resync)
                     resync = None
+                    if filling:
+                        filling = False
+                        self._refresh_interfaces()
+                        if self.when_filled is not None:   # (raising: logged as a failed sync, not retried)
+                            self.when_filled()
                     ended = time.monotonic()
                     checks.synced(ended, checks.cost(ended - started, time.process_time() - cpu))
                     if self.metrics is not None:

@@ -76,6 +76,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="keep the gateways of routes through the external interfaces as managed "
                         "neighbours (Linux 5.16), which the kernel resolves ahead of need: an XDP_TX to "
                         "another node's backend cannot resolve one (controlplane/agent/nexthops.py)")
+    p.add_argument("--stale-dataplane", default="replace", choices=["replace", "refuse"],
+                   help="pinned maps of another layout (an upgrade that changed a map, a changed size flag): "
+                        "replace them with new ones, forgetting the node's tracked flows (default), or "
+                        "refuse to start")
     p.add_argument("--ct-size", type=int, help="conntrack entries (default 1048576)")
     # The maps a cluster's size fills (bpf/svcxdp.h's defaults): the writer refuses a
     # frontend that does not fit, by name, before writing anything of it (plan.check_capacity).
@@ -169,7 +173,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     redirect, why = fib_redirect_choice(args)
     log.info("forwarding: %s (%s)", "FIB lookup + redirect to targets" if redirect else "the node's stack", why)
-    config = DataplaneConfig(instance=args.instance or args.node, fib_redirect=redirect, **extra)
+    config = DataplaneConfig(instance=args.instance or args.node, fib_redirect=redirect,
+                             replace_stale=args.stale_dataplane == "replace", **extra)
     node_interfaces = None
     if args.interfaces or args.discover:
         node_interfaces = NodeInterfaces(
@@ -214,7 +219,10 @@ def run(args: argparse.Namespace) -> int:
         interfaces = InterfaceManager(dp, node_interfaces, args.xdp_mode, args.pod_xdp_mode)
     else:
         log.warning("no --interfaces, --discover or --attach-points: the program is attached nowhere")
-    socket_lb = _attach_socket_lb(dp, list(args.socket_lb_cgroup), args.node_ip, log)
+    attach_socket_lb = functools.partial(_attach_socket_lb, dp, list(args.socket_lb_cgroup), args.node_ip, log)
+    socket_lb = bool(args.socket_lb_cgroup)
+    if not dp.replaced:   # (a replaced dataplane's hooks wait for its first sync: Agent.when_filled)
+        attach_socket_lb()
     addresses: tuple[str, ...] = ()
     if interfaces is not None:
         addresses = select([a for t in interfaces.external_targets()
@@ -228,6 +236,8 @@ def run(args: argparse.Namespace) -> int:
     agent = Agent(source, NodeConfig(args.node, args.lb_algorithm, addresses), dp, interfaces, health,
                   check_every_s=args.check_interval, service_health=service_health,
                   check_max_share=args.check_max_share)
+    if dp.replaced and socket_lb:
+        agent.when_filled = attach_socket_lb
     ct_gc = None
     if args.ct_gc_interval > 0:
         from controlplane.dataplane.ctgc import ConntrackGC

@@ -29,12 +29,13 @@ import sys
 from pathlib import Path
 
 from .config import PROGRAM_PINS, DataplaneConfig
+from .program import DataplaneError, warn_replaced
 from .source import program_text
 
 STAMP = "build_stamp"
 
 
-class BuildError(RuntimeError):
+class BuildError(DataplaneError):
     pass
 
 
@@ -99,17 +100,22 @@ def is_current(config: DataplaneConfig, map_names: tuple[str, ...]) -> bool:
     return read_stamp(pin_dir) == build_stamp(config) and all((pin_dir / n).exists() for n in names)
 
 
-def ensure_built(config: DataplaneConfig, map_names: tuple[str, ...]) -> bool:
-    """Build in a child process unless the pins are current; True if it built."""
+def ensure_built(config: DataplaneConfig, map_names: tuple[str, ...]) -> tuple[str, ...] | None:
+    """Build in a child process unless the pins are current. None if it did not build;
+    else what it replaced (Dataplane.replaced: empty unless the pins were another
+    layout's)."""
     if not config.pin:
         raise BuildError("a dataplane built in a child process must be pinned (config.pin)")
     if is_current(config, map_names):
-        return False
+        return None
     r = subprocess.run([sys.executable, "-m", "controlplane.dataplane.build", _config_json(config)],
                        capture_output=True, text=True)
     if r.returncode != 0:
         raise BuildError(f"building the XDP program failed: {(r.stderr or r.stdout).strip()[-4000:]}")
-    return True
+    replaced = tuple(json.loads((r.stdout.strip().splitlines() or ["[]"])[-1]))
+    if replaced:   # the child's load() said it to a log no one reads
+        warn_replaced(config.instance, replaced)
+    return replaced
 
 
 def _build(config: DataplaneConfig) -> None:
@@ -125,6 +131,7 @@ def _build(config: DataplaneConfig) -> None:
             path.unlink(missing_ok=True)
             obj_pin(fd, str(path))
         write_stamp(pin_dir, build_stamp(config))
+        print(json.dumps(list(dp.replaced)))   # for ensure_built to say
     finally:
         dp.close()
 

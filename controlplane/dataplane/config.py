@@ -89,6 +89,10 @@ class DataplaneConfig:
     # where the device is a redirect target; False: every one through the node's stack.
     fib_redirect: bool = True
     pin: bool = True
+    # Pinned maps that another build laid out or sized differently (an upgrade that changed
+    # a map, a changed size flag): True replaces the whole dataplane with new maps, its
+    # tracked flows forgotten (program.py, load); False refuses to load.
+    replace_stale: bool = True
     pin_root: Path = PIN_ROOT
 
     def __post_init__(self) -> None:

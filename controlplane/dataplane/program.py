@@ -7,10 +7,11 @@ adopts them as they are, so nothing a running flow depends on is flushed.
 from __future__ import annotations
 
 import ctypes as ct
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from . import attach as _attach
 from . import fibwatch, flowsets, udprecent
@@ -35,6 +36,7 @@ CT_GC_ENTRY = "svcxdp_ct_gc"        # idle-flow GC, run with test-run by the age
 LOCAL_REPLY_ENTRY = "svcxdp_local_reply"  # tc egress: the node's answers for a backend at its address
 SVCXDP_CNT_MAX = const("CNT_MAX")
 TX_PORTS_SIZE = const("TX_PORTS_SIZE")
+log = logging.getLogger("svcxdp.dataplane")
 MAP_NAMES = ("services", "slots", "backends", "rev_nat", *FLOW_TABLES, flowsets.SEED_MAP, udprecent.MAP,
              "fragments", "rr_state", "svc_stats", "backend_stats", "counters", "backend_conns", "maglev",
              "affinity", "sock_revnat", "sock_config", "source_ranges", fibwatch.MAP)
@@ -42,6 +44,25 @@ MAP_NAMES = ("services", "slots", "backends", "rev_nat", *FLOW_TABLES, flowsets.
 
 class DataplaneError(RuntimeError):
     pass
+
+
+class StaleDataplane(DataplaneError):
+    """Pinned maps of another layout than this build's: an older or newer build whose
+    maps differ, or other sizes (--ct-size and the other size flags). `problems`: a line
+    per map."""
+
+    def __init__(self, config: DataplaneConfig, problems: list[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__(
+            f"pinned maps in {config.pin_dir} do not match this build ({'; '.join(problems)}); "
+            f"remove the old dataplane with `svcctl dataplane reset --instance {config.instance}`, "
+            f"or let the agent replace it (--stale-dataplane replace)")
+
+
+# Every map pin of an instance (bcc reuses a pin of the same name): the maps, the tail-call
+# array and the redirect targets. Program pins, the socket hooks' and the build stamp are not
+# maps: the socket hooks' pins name the programs a new build swaps out (sockhooks.py).
+PINNED_MAPS = (*MAP_NAMES, "np_tail", "tx_ports")
 
 
 BPF_FS_MAGIC = 0xCAFE4A11   # statfs(2)'s f_type of a BPF filesystem (linux/magic.h)
@@ -69,31 +90,59 @@ def _fs_type(path: Path) -> int:
     return ct.c_long.from_buffer(buf).value & 0xFFFFFFFF
 
 
-def _set_aside_stale_counters(config: DataplaneConfig) -> Path | None:
+Aside = list[tuple[Path, Path]]   # (pin, where it was moved), in the order moved
+
+
+def _set_aside_stale_counters(config: DataplaneConfig) -> Aside:
     """The datapath counters are statistics only: a pinned `counters` map of another
     size (a build that counts more events) is replaced by this build's own — readers see
-    the counters start again, as after a reboot — where any other map of another layout
-    refuses the build (_check_pinned_layout). Its pin is moved aside (the path returned)
-    before bcc would reuse it; load() removes it once the build is loaded, or puts it back
-    if the build fails. A program still attached counts into it until it is replaced."""
+    the counters start again, as after a reboot — where a map that holds state makes the
+    whole dataplane stale (StaleDataplane). Its pin is moved aside before bcc would reuse
+    it; load() removes it once the build is loaded, or puts it back if the build fails.
+    A program still attached counts into it until it is replaced."""
     pin = config.pin_dir / "counters"
     if not pin.exists():
-        return None
+        return []
     fd = obj_get(str(pin))
     try:
         stale = map_info(fd).max_entries != SVCXDP_CNT_MAX
     finally:
         os.close(fd)
-    if not stale:
-        return None
-    aside = pin.with_name("counters_replaced")   # (bpffs takes no dot in a name)
-    aside.unlink(missing_ok=True)
-    os.rename(pin, aside)
-    return aside
+    return _move_aside([pin], "replaced") if stale else []
 
 
-def _check_pinned_layout(bpf, config: DataplaneConfig) -> None:
-    """A pinned map from an older build with another layout must not be reused."""
+def _move_aside(pins: list[Path], suffix: str) -> Aside:
+    """Rename each pin to <name>_<suffix> (bpffs takes no dot in a name)."""
+    moved: Aside = []
+    try:
+        for pin in pins:
+            aside = pin.with_name(f"{pin.name}_{suffix}")
+            aside.unlink(missing_ok=True)
+            os.rename(pin, aside)
+            moved.append((pin, aside))
+    except BaseException:
+        _put_back(moved)
+        raise
+    return moved
+
+
+def _put_back(moved: Aside) -> None:
+    """Undo _move_aside (last moved first: a pin moved twice gets its first self back)."""
+    for pin, aside in reversed(moved):
+        pin.unlink(missing_ok=True)
+        os.rename(aside, pin)
+
+
+def warn_replaced(instance: str, problems: Sequence[str]) -> None:
+    log.warning("dataplane %s: its pinned maps were made by a build of another layout (%s); replaced "
+                "by new ones: the first sync writes the services again, and the flows the node tracked "
+                "are forgotten (connections it translated are cut)", instance, "; ".join(problems))
+
+
+def _layout_problems(bpf, config: DataplaneConfig) -> list[str]:
+    """What differs between this build's maps and the pinned ones bcc reused: a line per
+    map. A map of another layout must not be reused — the verifier would refuse a program
+    over it with a message that names neither, or worse, take it."""
     expected_max = {
         "services": config.max_services, "slots": config.max_slots,
         "backends": config.max_backends, "rev_nat": config.max_backends, **config.flow_table_sizes(),
@@ -109,6 +158,7 @@ def _check_pinned_layout(bpf, config: DataplaneConfig) -> None:
         "sock_revnat": config.sock_revnat_size, "sock_config": 1, fibwatch.MAP: 1,
         "counters": SVCXDP_CNT_MAX, "np_tail": len(EXTERNAL_TAILS),
     }
+    out = []
     for name in (*MAP_NAMES, "np_tail"):
         table = bpf[name.encode()]
         info = map_info(table.map_fd)
@@ -121,9 +171,8 @@ def _check_pinned_layout(bpf, config: DataplaneConfig) -> None:
         if name in expected_max and info.max_entries != expected_max[name]:
             problems.append(f"max_entries {info.max_entries} != {expected_max[name]}")
         if problems:
-            raise DataplaneError(
-                f"pinned map {config.pin_dir / name} does not match this build ({'; '.join(problems)}); "
-                f"remove the old dataplane with `svcctl dataplane reset --instance {config.instance}`")
+            out.append(f"{name}: {', '.join(problems)}")
+    return out
 
 
 @dataclass
@@ -140,6 +189,8 @@ class Dataplane:
     built: bool = True          # open(): False when the pins were current and nothing was compiled
     _mapped: dict[str, MappedArray | None] = field(default_factory=dict)
     _sets: dict[str, "flowsets.FlowSets"] = field(default_factory=dict)
+    # load(): the pinned maps of another layout it replaced (StaleDataplane.problems)
+    replaced: tuple[str, ...] = ()
 
     @classmethod
     def open(cls, config: DataplaneConfig) -> "Dataplane":
@@ -148,7 +199,7 @@ class Dataplane:
         imports bcc. The socket hooks need bcc's object: use load() for them."""
         from .build import ensure_built
         require_bpffs(config.pin_root)
-        built = ensure_built(config, MAP_NAMES)
+        replaced = ensure_built(config, MAP_NAMES)
         pinned = PinnedMaps(config.pin_dir, WritableTable)
         fds: list[int] = []
         try:
@@ -163,7 +214,7 @@ class Dataplane:
             raise
         return cls(config=config, bpf=None, prog_fd=fds[0], external_prog_fd=fds[1], ct_gc_prog_fd=fds[2],
                    local_reply_prog_fd=fds[3],
-                   _pinned=pinned, built=built)
+                   _pinned=pinned, built=replaced is not None, replaced=replaced or ())
 
     @classmethod
     def load(cls, config: DataplaneConfig | None = None) -> "Dataplane":
@@ -175,20 +226,33 @@ class Dataplane:
         # the same stamps. The filter starts as "maybe" for all of them (udprecent.py):
         # UDP first packets look in conntrack for two to three epochs after a restart.
         adopts_conntrack = config.pin and (config.pin_dir / "conntrack").exists()
-        aside = None
+        aside: Aside = []
         if config.pin:
             require_bpffs(config.pin_root)
             os.makedirs(config.pin_dir, exist_ok=True)
             aside = _set_aside_stale_counters(config)
         try:
-            dp = cls._compile(config, adopts_conntrack)
+            try:
+                dp = cls._compile(config, adopts_conntrack)
+            except StaleDataplane as stale:
+                if not config.replace_stale:
+                    raise
+                # Another build's maps (an upgrade, a changed size flag): a new dataplane
+                # beside them, the way `dataplane reset` would leave it, but without a
+                # moment unserved: a program still attached keeps its own maps (they live
+                # while it does) until the agent's first sync has filled the new ones and
+                # the new program replaces it. Every map goes, not only the stale ones:
+                # the flow tables name service and backend ids the new maps reassign.
+                aside += _move_aside([p for p in map(config.pin_dir.joinpath, PINNED_MAPS) if p.exists()],
+                                     "stale")
+                dp = cls._compile(config, adopts_conntrack=False)
+                dp.replaced = stale.problems
+                warn_replaced(config.instance, stale.problems)
         except BaseException:
-            if aside is not None:   # readers keep the old counters
-                (config.pin_dir / "counters").unlink(missing_ok=True)
-                os.rename(aside, config.pin_dir / "counters")
+            _put_back(aside)   # readers keep the old maps
             raise
-        if aside is not None:
-            aside.unlink()
+        for _, moved in aside:
+            moved.unlink()
         return dp
 
     @classmethod
@@ -201,8 +265,9 @@ class Dataplane:
         try:
             # Before the program is loaded: the verifier would refuse a program over
             # maps of another layout, with a message that names neither.
+            if config.pin and (problems := _layout_problems(bpf, config)):
+                raise StaleDataplane(config, problems)
             if config.pin:
-                _check_pinned_layout(bpf, config)
                 if adopts_conntrack:
                     udprecent.fill_maybe(bpf[udprecent.MAP.encode()], config.udp_timeout_s)
             # A new set table gets its secret seed; an adopted one keeps its own (its

@@ -15,8 +15,11 @@ from pathlib import Path
 import pytest
 
 from controlplane import cgroups
+from controlplane.dataplane.config import PIN_ROOT
+from controlplane.dataplane.libbpf import map_info, obj_get
 from controlplane.dataplane.sockhooks import HOOKS, attached_ids
 from controlplane.lab import hooks, plan
+from controlplane.lab.node_processes import instance_name
 
 from .cluster import Cluster, cluster_for_module, wait_for
 
@@ -109,9 +112,9 @@ def kill_agent(cluster: Cluster, node: str = "node1") -> None:
              or Path(f"/proc/{old}/stat").read_text().split(") ", 1)[1][0] == "Z")
 
 
-def restart_agent(cluster: Cluster, node: str = "node1") -> None:
+def restart_agent(cluster: Cluster, node: str = "node1", timeout: float = 60) -> None:
     cluster.lab.up(nodes=len(cluster.lab.nodes()), node_processes=node_processes)
-    wait_for("the restarted agent healthy", lambda: cluster.healthz(node)[0] == 200, timeout=60)
+    wait_for("the restarted agent healthy", lambda: cluster.healthz(node)[0] == 200, timeout=timeout)
 
 
 def test_agent_down_hooks_stay_attached_and_serve(cluster: Cluster):
@@ -127,6 +130,50 @@ def test_agent_down_hooks_stay_attached_and_serve(cluster: Cluster):
     after = attached_ids(cg)
     assert all(len(after[h.name]) == 1 for h in HOOKS) and after != before
     assert cluster.http(f"http://{vip}/", client="node1").stdout.startswith("Hello MyApp")
+
+
+def test_agent_with_another_ct_size_replaces_its_dataplane(cluster: Cluster):
+    """An agent restarted with another --ct-size (or upgraded to a build whose maps differ)
+    finds pinned maps it must not reuse: it replaces the dataplane rather than refusing to
+    start (a DaemonSet would crash-loop until someone ran `svcctl dataplane reset` on each
+    node). The old programs serve from their own maps until the first sync has filled the
+    new ones: the log shows the sync before any attach; the socket hooks are swapped in
+    place (one program per hook); pods and the node reach the service after it."""
+    vip = cluster.cluster_ip("myapp")
+    conntrack = PIN_ROOT / instance_name(cluster.lab, "node1") / "conntrack"
+    assert max_entries(conntrack) == 65536   # the lab's --ct-size
+    cg = node_cgroup(cluster)
+    before = attached_ids(cg)
+    log = cluster.lab.store.logs / "node1-agent.log"
+    kill_agent(cluster)
+    start = log.stat().st_size
+    try:
+        cluster.lab.up(nodes=len(cluster.lab.nodes()),
+                       node_processes=hooks.with_args("agent", "--socket-reap-interval", "0", "--ct-size", "32768"))
+        wait_for("the agent healthy over a new dataplane", lambda: cluster.healthz("node1")[0] == 200, timeout=120)
+        with open(log, errors="replace") as f:
+            f.seek(start)
+            said = f.read()
+        assert "replaced by new ones" in said and "conntrack: max_entries 65536 != 32768" in said, said
+        assert said.index("sync (start)") < said.index("XDP attached"), said
+        assert max_entries(conntrack) == 32768
+        # (the hooks are swapped right after the first sync, which /healthz already reports)
+        after = wait_for("the socket hooks swapped", lambda: (ids := attached_ids(cg)) != before and ids)
+        assert all(len(after[h.name]) == 1 for h in HOOKS), after
+        assert cluster.wait_http(f"http://{vip}/").startswith("Hello MyApp")
+        assert cluster.http(f"http://{vip}/", client="node1").stdout.startswith("Hello MyApp")
+    finally:   # the module's agent again (its dataplane replaced once more)
+        kill_agent(cluster)
+        restart_agent(cluster, timeout=120)
+    assert max_entries(conntrack) == 65536
+
+
+def max_entries(pin: Path) -> int:
+    fd = obj_get(str(pin))
+    try:
+        return map_info(fd).max_entries
+    finally:
+        os.close(fd)
 
 
 UDP_PROBE = """import socket, sys

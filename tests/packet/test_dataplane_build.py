@@ -95,3 +95,32 @@ def test_a_changed_build_is_rebuilt_over_the_same_maps(store, clean):
         assert agent.full_sync("start").writes == 0
     finally:
         dp.close()
+
+
+def test_a_resized_dataplane_is_replaced_and_written_again(store, clean, caplog):
+    """A changed size flag (--ct-size here) makes the pinned maps another layout's: the
+    child replaces the dataplane, the process that asked says so in its own log, and the
+    first sync writes every service into the new maps."""
+    dp = Dataplane.open(CONFIG)
+    try:
+        add_service(store, "a", A)
+        assert Agent(store, NodeConfig("node1"), dp).full_sync("start").writes > 0
+    finally:
+        dp.close()
+    resized = dataclasses.replace(CONFIG, ct_size=2 * CONFIG.ct_size)
+    dp = Dataplane.open(resized)
+    try:
+        assert dp.built and any(line.startswith(f"conntrack: max_entries {CONFIG.ct_size} != {resized.ct_size}")
+                                for line in dp.replaced), dp.replaced
+        assert f"dataplane {CONFIG.instance}: its pinned maps were made by a build of another layout" in caplog.text
+        agent = Agent(store, NodeConfig("node1"), dp)
+        assert not agent.writer.installed()   # nothing adopted
+        assert agent.full_sync("start").writes > 0
+        assert Client(agent).backends_of("a") == set(A)
+    finally:
+        dp.close()
+    dp = Dataplane.open(resized)   # and then it is this build's own: adopted, nothing replaced
+    try:
+        assert not dp.built and dp.replaced == ()
+    finally:
+        dp.close()

@@ -9,10 +9,13 @@ entry names the packet's service (bpf/svcxdp.c svc_read, handle_service). The se
 the writer rewrites every service, and requires each to reach its own service."""
 from __future__ import annotations
 
+import ctypes as ct
+import dataclasses
 import json
 import os
 import socket
 import struct
+from pathlib import Path
 
 import pytest
 from bcc import BPF
@@ -175,18 +178,97 @@ def _old_pin_dir(instance: str, name: str, map_type: int, key: int, value: int, 
     return cfg
 
 
-def test_pinned_services_map_of_the_old_layout_is_refused():
+def test_pinned_services_map_of_the_old_layout_is_refused_when_asked():
     """A dataplane pinned by a build whose service entries carried no key must not
     be adopted: its entries would fail the datapath's check, every new flow with
-    them. Loading names the map and says how to remove it; nothing is reused."""
+    them. With replace_stale off (`svcctl agent --stale-dataplane refuse`) loading names
+    the map and says how to remove it; nothing is reused, nothing removed."""
+    from controlplane.dataplane.libbpf import map_info, obj_get
     from controlplane.dataplane.program import Dataplane, DataplaneError, reset
     BPF_MAP_TYPE_HASH = 1
     cfg = _old_pin_dir("pytest-old-layout", "services", BPF_MAP_TYPE_HASH, 8, 20, 16)
+    cfg = dataclasses.replace(cfg, replace_stale=False)
     try:
-        with pytest.raises(DataplaneError, match=r"services.*svcctl dataplane reset"):
+        with pytest.raises(DataplaneError, match=r"services: key/value size \(8, 20\).*svcctl dataplane reset"):
             Dataplane.load(cfg)
+        fd = obj_get(str(cfg.pin_dir / "services"))
+        try:
+            assert (map_info(fd).key_size, map_info(fd).value_size) == (8, 20)
+        finally:
+            os.close(fd)
     finally:
         reset(cfg)
+
+
+def test_pinned_dataplane_of_another_layout_is_replaced_whole():
+    """By default (an upgrade whose maps changed, a changed size flag) the dataplane is
+    replaced: every map new — not only the stale one, since the flow tables name ids the
+    new service maps hand out again — and the old pins gone; the Dataplane says what it
+    replaced."""
+    from controlplane.dataplane.libbpf import map_info, obj_get
+    from controlplane.dataplane.program import PINNED_MAPS, Dataplane, reset
+    BPF_MAP_TYPE_HASH = 1
+    cfg = _old_pin_dir("pytest-old-layout", "services", BPF_MAP_TYPE_HASH, 8, 20, 16)
+    try:
+        dp = Dataplane.load(cfg)
+        try:
+            assert len(dp.replaced) == 1 and dp.replaced[0].startswith("services: key/value size (8, 20) != ")
+            fd = obj_get(str(cfg.pin_dir / "services"))
+            try:
+                info = map_info(fd)
+                assert (info.key_size, info.value_size, info.max_entries) == \
+                    (ct.sizeof(dp.table("services").Key), ct.sizeof(dp.table("services").Leaf), cfg.max_services)
+            finally:
+                os.close(fd)
+            pins = sorted(p.name for p in cfg.pin_dir.iterdir())
+            assert pins == sorted(PINNED_MAPS), pins   # nothing set aside is left
+        finally:
+            dp.close()
+    finally:
+        reset(cfg)
+
+
+def test_pins_set_aside_are_put_back_as_they_were():
+    """What load() does to the old pins while it builds, and undoes if the build fails:
+    each moved to <name>_<suffix>, then back, the same maps (ids) under the same names —
+    a pin moved twice (the counters, then the whole dataplane) gets its first self back."""
+    from controlplane.dataplane.libbpf import map_info, obj_get
+    from controlplane.dataplane.program import _move_aside, _put_back, reset
+    BPF_MAP_TYPE_ARRAY = 2
+    cfg = _old_pin_dir("pytest-set-aside", "counters", BPF_MAP_TYPE_ARRAY, 4, 8, 4)
+
+    def ids() -> dict[str, int]:
+        out = {}
+        for pin in cfg.pin_dir.iterdir():
+            fd = obj_get(str(pin))
+            try:
+                out[pin.name] = map_info(fd).id
+            finally:
+                os.close(fd)
+        return out
+    try:
+        first = ids()
+        moved = _move_aside([cfg.pin_dir / "counters"], "replaced")
+        assert set(ids()) == {"counters_replaced"}
+        new = lib_array(cfg.pin_dir / "counters")
+        moved += _move_aside([cfg.pin_dir / "counters"], "stale")
+        assert ids() == {"counters_replaced": first["counters"], "counters_stale": new}
+        _put_back(moved)
+        assert ids() == first
+    finally:
+        reset(cfg)
+
+
+def lib_array(pin: Path) -> int:
+    """A new one-entry array map pinned at `pin`: its id."""
+    from controlplane.dataplane.libbpf import ffi, lib, map_info
+    fd = lib().bpf_map_create(2, b"pytest_aside", 4, 8, 1, ffi.NULL)
+    assert fd >= 0
+    try:
+        assert lib().bpf_obj_pin(fd, str(pin).encode()) == 0
+        return map_info(fd).id
+    finally:
+        os.close(fd)
 
 
 def test_pinned_counters_of_another_size_are_replaced():
