@@ -30,15 +30,27 @@ static __always_inline void csum_replace2(__u16 *csum, __u16 from, __u16 to)
 	*csum = ~csum_fold32(sum);
 }
 
-/* Same for a 32-bit field (an address), as two 16-bit words. */
-static __always_inline void csum_replace4(__u16 *csum, __u32 from, __u32 to)
+/* sum + ~m + m' for a 32-bit field (an address), as two 16-bit words. */
+static __always_inline __u32 csum_diff4(__u32 sum, __u32 from, __u32 to)
 {
-	__u32 sum = (__u16)~*csum;
 	sum += (__u16)~(from & 0xffff);
 	sum += (__u16)~(from >> 16);
 	sum += to & 0xffff;
 	sum += to >> 16;
-	*csum = ~csum_fold32(sum);
+	return sum;
+}
+
+/* Same as csum_replace2 for a 32-bit field. */
+static __always_inline void csum_replace4(__u16 *csum, __u32 from, __u32 to)
+{
+	*csum = ~csum_fold32(csum_diff4((__u16)~*csum, from, to));
+}
+
+/* The same change to a field that holds a pseudo-header's sum, not yet complemented
+ * (what a transport checksum left to the device or to GSO holds): HC' = HC + ~m + m'. */
+static __always_inline void csum_pseudo_replace4(__u16 *csum, __u32 from, __u32 to)
+{
+	*csum = csum_fold32(csum_diff4(*csum, from, to));
 }
 
 /* UDP over IPv4: a zero checksum means "none" and must stay zero; a computed

@@ -32,16 +32,41 @@
 
 #include <uapi/linux/pkt_cls.h>   /* TC_ACT_OK */
 
+#include "csum.h"
 #include "conntrack.h"
 #include "icmp.h"
 #include "parse.h"
 
-/* Replace the 4-byte source address at l3_off (and the transport checksum at csum_off,
- * when there is one: a later fragment has none) through the helpers. */
-static __always_inline void local_reply_src(struct __sk_buff *skb, __u32 l3_off, __u32 csum_off,
-					    __u64 l4_flags, __be32 from, __be32 to)
+/* The transport checksum of a GSO packet (several segments the device, or the software
+ * segmentation before it, cuts out of one socket buffer) holds only the pseudo-header's sum:
+ * each segment's header and payload are summed in as it is cut. The helpers update it so
+ * only when skb->ip_summed says CHECKSUM_PARTIAL; a UDP_SEGMENT send out of a device
+ * without TX checksum offload is left CHECKSUM_NONE by udp_send_skb() (the software
+ * segmentation completes it all the same, __udp_gso_segment), and the helpers then update
+ * it as a complete checksum: an address change applied backwards, a port change (which
+ * the segmentation sums itself) subtracted — every segment arrives with a bad checksum.
+ * ip_summed is not readable from a program: a UDP GSO packet's field is updated here as
+ * the partial sum it always is (what bpf_l4_csum_replace does with CHECKSUM_PARTIAL).
+ * TCP's GSO packets are always CHECKSUM_PARTIAL (and tcp4_gso_segment rewrites the field
+ * of any other), so the helpers serve them. */
+static __always_inline void gso_csum_replace4(struct __sk_buff *skb, __u32 csum_off, __be32 from, __be32 to)
 {
-	if (csum_off)
+	__u16 check;
+	if (bpf_skb_load_bytes(skb, csum_off, &check, sizeof(check)))
+		return;
+	csum_pseudo_replace4(&check, from, to);
+	bpf_skb_store_bytes(skb, csum_off, &check, sizeof(check), 0);
+}
+
+/* Replace the 4-byte source address at l3_off (and the transport checksum at csum_off,
+ * when there is one: a later fragment has none) through the helpers; `gso`: the
+ * checksum is a UDP GSO packet's pseudo-header sum, updated as such (above). */
+static __always_inline void local_reply_src(struct __sk_buff *skb, __u32 l3_off, __u32 csum_off,
+					    __u64 l4_flags, bool gso, __be32 from, __be32 to)
+{
+	if (csum_off && gso)
+		gso_csum_replace4(skb, csum_off, from, to);
+	else if (csum_off)
 		bpf_l4_csum_replace(skb, csum_off, from, to, l4_flags | BPF_F_PSEUDO_HDR | sizeof(to));
 	bpf_l3_csum_replace(skb, l3_off + __builtin_offsetof(struct iphdr, check), from, to, sizeof(to));
 	bpf_skb_store_bytes(skb, l3_off + __builtin_offsetof(struct iphdr, saddr), &to, sizeof(to), 0);
@@ -75,7 +100,7 @@ static __always_inline int local_reply(struct __sk_buff *skb)
 		struct frag_value *f = frag_translation(ip);
 		if (!f || f->dir != SVCXDP_CT_DIR_REPLY || f->peer_ip)
 			return TC_ACT_OK;
-		local_reply_src(skb, l3_off, 0, 0, ip->saddr, f->nat_ip);
+		local_reply_src(skb, l3_off, 0, 0, false, ip->saddr, f->nat_ip);
 		counters_bump(SVCXDP_CNT_LOCAL_REVNAT);
 		return TC_ACT_OK;
 	}
@@ -84,6 +109,7 @@ static __always_inline int local_reply(struct __sk_buff *skb)
 	__u8 tcp_flags = 0;
 	__u32 csum_off;
 	__u64 l4_flags = 0;
+	bool gso = false;
 	if (proto == IPPROTO_TCP) {
 		struct tcphdr *tcp = c.pos;
 		if ((void *)(tcp + 1) > c.end)
@@ -96,6 +122,7 @@ static __always_inline int local_reply(struct __sk_buff *skb)
 			return TC_ACT_OK;
 		csum_off = l4_off + __builtin_offsetof(struct udphdr, check);
 		l4_flags = BPF_F_MARK_MANGLED_0;   /* a zero UDP checksum stays zero */
+		gso = skb->gso_size != 0;          /* UDP_SEGMENT: a pseudo-header sum (above) */
 	}
 	struct reply_match m;
 	if (!ct_match_reply(ip->saddr, ports[0], ip->daddr, ports[1], proto, &m))
@@ -108,9 +135,10 @@ static __always_inline int local_reply(struct __sk_buff *skb)
 	frag_record(ip, src, ip->daddr, m.vip, 0, SVCXDP_CT_DIR_REPLY);
 	svc_account(m.v->svc_id, l3_off + bpf_ntohs(ip->tot_len), 0, 0);
 	/* The helpers below may move the packet: nothing is read from it after them. */
-	local_reply_src(skb, l3_off, csum_off, l4_flags, src, m.vip);
+	local_reply_src(skb, l3_off, csum_off, l4_flags, gso, src, m.vip);
 	if (sport != m.vport) {
-		bpf_l4_csum_replace(skb, csum_off, sport, m.vport, l4_flags | sizeof(m.vport));
+		if (!gso)   /* a GSO packet's port is summed by its segmentation */
+			bpf_l4_csum_replace(skb, csum_off, sport, m.vport, l4_flags | sizeof(m.vport));
 		bpf_skb_store_bytes(skb, l4_off, &m.vport, sizeof(m.vport), 0);
 	}
 	counters_bump(SVCXDP_CNT_LOCAL_REVNAT);

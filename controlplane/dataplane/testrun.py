@@ -40,10 +40,11 @@ class TestRunner:
         self._out_size = max_frame + OUT_ROOM
         self._opts = ffi.new("struct bpf_test_run_opts *")
 
-    def run(self, frame: bytes, repeat: int = 1, ingress_ifindex: int = 0) -> TestRunResult:
+    def run(self, frame: bytes, repeat: int = 1, ingress_ifindex: int = 0, gso_size: int = 0) -> TestRunResult:
         """`ingress_ifindex`: run as if the frame arrived on that device of the calling
         thread's network namespace (the program's FIB lookups see that namespace);
-        0: the namespace's loopback."""
+        0: the namespace's loopback. `gso_size` (a tc program only): run on a GSO socket
+        buffer cutting segments of that size (skb_shinfo's gso_size and gso_segs)."""
         if len(frame) < MIN_FRAME:
             raise ValueError(f"frame of {len(frame)} bytes: XDP test-run needs at least {MIN_FRAME}")
         opts = self._opts
@@ -60,6 +61,13 @@ class TestRunner:
         if ingress_ifindex:
             # struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, ...
             ctx = ffi.new("uint32_t[6]", [0, len(frame), 0, ingress_ifindex, 0, 0])
+        if gso_size:
+            if ingress_ifindex:
+                raise ValueError("gso_size is for a tc program's socket buffer, ingress_ifindex for XDP's")
+            # struct __sk_buff, as a test-run takes it: gso_segs at 164, gso_size at 176
+            ctx = ffi.new("uint32_t[48]")
+            ctx[164 // 4] = max(1, -(-(len(frame) - 42) // gso_size))
+            ctx[176 // 4] = gso_size
         opts.ctx_in = ctx if ctx is not None else ffi.NULL
         opts.ctx_size_in = ffi.sizeof(ctx) if ctx is not None else 0
         while True:

@@ -372,7 +372,8 @@ def test_a_backend_at_the_node_s_own_address_answers_its_pods_and_outside(cluste
            "spec": {"type": "NodePort", "selector": {"app": "nphost"}, "ports": [
                {"name": "http", "port": 80, "targetPort": 8181, "protocol": "TCP", "nodePort": 30087},
                {"name": "echo", "port": 53, "targetPort": 5454, "protocol": "UDP", "nodePort": 30059},
-               {"name": "closed", "port": 54, "targetPort": 5499, "protocol": "UDP"}]}}
+               {"name": "closed", "port": 54, "targetPort": 5499, "protocol": "UDP"},
+               {"name": "gso", "port": 55, "targetPort": 5455, "protocol": "UDP", "nodePort": 30060}]}}
     apply(cluster, host, pod("np-client1", "node1", "npclient"), svc)
     assert cluster.wait_endpoints("np-host", 1) == [NODE1]
     client = wait_for("np-client1 running", lambda: cluster.pods("app=npclient").get("np-client1"))
@@ -393,8 +394,42 @@ def test_a_backend_at_the_node_s_own_address_answers_its_pods_and_outside(cluste
              "except ConnectionRefusedError:\n    print('refused')\n"
              "except TimeoutError:\n    print('timeout')\n")
     assert cluster.exec("np-client1", sys.executable, "-c", probe).stdout.strip() == "refused"
+    # a server on the host network answering with UDP_SEGMENT (GSO, as QUIC servers do) out
+    # of node1's interface, whose TX checksum offload is off: every segment arrives intact
+    # (the helpers' checksum update broke them all: UdpInCsumErrors)
+    assert wait_for("GSO answers via node1", lambda: _gso_answers(cluster, NODE1, 30060)) == [GSO_SEGMENT] * 3
     for kind, name in (("svc", "np-host"), ("pod", "np-host"), ("pod", "np-client1")):
         cluster.svcctl("delete", kind, name, check=False)
+
+
+GSO_SEGMENT = bytes(range(250)) * 4   # 1,000 bytes
+UDP_SEGMENT = 103                      # the socket option (linux/udp.h)
+
+
+def _gso_answers(cluster: Cluster, address: str, node_port: int) -> list[bytes] | None:
+    """What a client outside receives when the hostNetwork backend behind `node_port`
+    (port 5455 of node1's own namespace, np-host's) answers its datagram with three
+    segments sent as one UDP_SEGMENT write; None if its datagram never reached it."""
+    server = netns.call_in(cluster.lab.netns_for("node1"), lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    client = netns.call_in(cluster.lab.netns_for("outside"), lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    with server, client:
+        server.bind(("0.0.0.0", 5455))
+        server.settimeout(2)
+        client.settimeout(1)
+        client.sendto(b"go", (address, node_port))
+        try:
+            _, peer = server.recvfrom(100)
+        except socket.timeout:
+            return None
+        server.setsockopt(socket.SOL_UDP, UDP_SEGMENT, len(GSO_SEGMENT))
+        server.sendto(GSO_SEGMENT * 3, peer)
+        got = []
+        try:
+            while len(got) < 3:
+                got.append(client.recv(2048))
+        except socket.timeout:
+            pass
+        return got
 
 
 def _echo_on_or_error(s: socket.socket, payload: bytes) -> bytes | str:

@@ -86,6 +86,37 @@ def test_a_zero_udp_checksum_stays_zero_and_later_fragments_follow_the_first(xdp
     assert Ether(bytes(again))[IP].chksum == o2[IP].chksum
 
 
+def test_a_udp_gso_answer_keeps_a_pseudo_header_sum(xdp: Harness, tc: TestRunner):
+    """A hostNetwork server sending with UDP_SEGMENT (QUIC) out of a device without TX
+    checksum offload: one socket buffer of several segments, CHECKSUM_NONE (as in a
+    test-run) yet its checksum field the pseudo-header's sum only, which the software
+    segmentation completes for each segment. The address change goes into that sum, the
+    port change not at all (each segment's header is summed as it is cut); the helpers
+    would treat it as a complete checksum and every segment would arrive corrupt."""
+    xdp.writer.upsert(ServiceState(Frontend(VIP, 443, "UDP"), (Backend(NODE_IP, 8443),), "random"))
+    xdp.send(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=CLIENT, dst=VIP) / UDP(sport=40005, dport=443))
+    seg, payload = 1000, bytes(range(256)) * 12                 # 3072 bytes: 4 segments
+
+    def pseudo_sum(src: str) -> int:   # what udp4_hwcsum leaves in the field: ~csum_tcpudp_magic
+        words = bytes(IP(src=src, dst=CLIENT))[12:20] + bytes([0, 17]) + (8 + len(payload)).to_bytes(2, "big")
+        s = sum(int.from_bytes(words[i:i + 2], "big") for i in range(0, len(words), 2))
+        while s >> 16:
+            s = (s & 0xFFFF) + (s >> 16)
+        return s
+
+    answer = _answer(UDP, 8443, 40005, payload)
+    answer[UDP].chksum = pseudo_sum(NODE_IP)
+    out = Ether(tc.run(bytes(answer), gso_size=seg).data)
+    assert (out[IP].src, out[UDP].sport, out[UDP].chksum) == (VIP, 443, pseudo_sum(VIP))
+    assert bytes(out[UDP].payload) == payload
+    again = Ether(bytes(out))
+    del again[IP].chksum
+    assert Ether(bytes(again))[IP].chksum == out[IP].chksum
+    # the same answer as one datagram (no GSO) carries a complete checksum, updated as such
+    plain = _answer(UDP, 8443, 40005, payload[:seg])
+    assert tc.run(bytes(plain)).data == _expected(plain, VIP, 443)
+
+
 def _icmp_checksums_valid(out: Ether) -> bool:
     again = Ether(bytes(out))
     del again[IP].chksum, again[ICMP].chksum, again[IPerror].chksum
