@@ -123,7 +123,18 @@ def _attached_modes(ipr: IPRoute, idx: int) -> tuple[str, ...]:
 TC_EGRESS = "ffff:fff3"
 TC_PRIO = 0xC5
 TC_HANDLE = 1
+TC_NAME = "svcxdp_local_reply"   # the filter's name (TCA_BPF_NAME): ours, not another's at our place
 _ETH_P_ALL = 0x0003
+
+
+def _filter_at_ours(ipr: IPRoute, idx: int) -> str | None:
+    """The name of the bpf filter at our priority and handle on link idx's egress ("" if it
+    has none), or None if there is none."""
+    for f in ipr.get_filters(index=idx, parent=0xFFFFFFF3):   # TC_EGRESS
+        if f["info"] >> 16 == TC_PRIO and f["handle"] == TC_HANDLE:
+            options = f.get_attr("TCA_OPTIONS")
+            return (options.get_attr("TCA_BPF_NAME") if options else None) or ""
+    return None
 
 
 def attach_tc_egress(prog_fd: int, ifname: str, netns: str | None = None) -> None:
@@ -142,8 +153,13 @@ def attach_tc_egress(prog_fd: int, ifname: str, netns: str | None = None) -> Non
             if kinds != {"clsact"}:
                 raise AttachError(f"{ifname} has an {'/'.join(sorted(map(str, kinds)))} qdisc, not clsact: "
                                   "no egress hook for the node's own answers (bpf/local_reply.h)") from None
+        other = _filter_at_ours(ipr, idx)
+        if other not in (None, TC_NAME):
+            raise AttachError(f"{ifname}: a filter of another's ({other or 'unnamed'}) holds tc egress priority "
+                              f"{TC_PRIO:#x} handle {TC_HANDLE}: left in place; no egress hook for the node's "
+                              "own answers (bpf/local_reply.h)")
         try:
-            ipr.tc("replace-filter", "bpf", index=idx, fd=prog_fd, name="svcxdp_local_reply", parent=TC_EGRESS,
+            ipr.tc("replace-filter", "bpf", index=idx, fd=prog_fd, name=TC_NAME, parent=TC_EGRESS,
                    prio=TC_PRIO, handle=TC_HANDLE, direct_action=True, protocol=_ETH_P_ALL)
         except NetlinkError as exc:
             raise AttachError(f"tc egress filter on {ifname}: {exc}") from None
@@ -151,10 +167,12 @@ def attach_tc_egress(prog_fd: int, ifname: str, netns: str | None = None) -> Non
 
 def detach_tc_egress(ifname: str, netns: str | None = None) -> bool:
     """Remove our egress filter from ifname (the clsact qdisc stays: other filters may
-    hang on it); False if there was none."""
+    hang on it); False if there was none (another's at our place is left alone)."""
     with open_ipr(netns) as ipr:
         idx = _index(ipr, ifname, netns)
         try:
+            if _filter_at_ours(ipr, idx) != TC_NAME:
+                return False
             ipr.tc("del-filter", "bpf", index=idx, parent=TC_EGRESS, prio=TC_PRIO, handle=TC_HANDLE,
                    protocol=_ETH_P_ALL)
         except NetlinkError as exc:

@@ -17,6 +17,9 @@ XDP_VERDICTS = {0: "XDP_ABORTED", 1: "XDP_DROP", 2: "XDP_PASS", 3: "XDP_TX", 4: 
 # minus headroom and skb_shared_info; the output gets room for headers we add.
 MIN_FRAME = 14
 OUT_ROOM = 512
+# struct __sk_buff (uapi/linux/bpf.h) as a socket-buffer test-run takes it, the fields set
+# here: the kernel refuses a context with any field it does not take set.
+SKB_SIZE, SKB_INGRESS_IFINDEX, SKB_GSO_SEGS, SKB_GSO_SIZE = 192, 36, 164, 176
 
 
 @dataclass(frozen=True)
@@ -34,17 +37,19 @@ class TestRunner:
     __test__ = False  # not a pytest test class, whatever its name
     """Reusable buffers for running many packets through one program."""
 
-    def __init__(self, prog_fd: int, max_frame: int = 3500) -> None:
+    def __init__(self, prog_fd: int, max_frame: int = 3500, skb: bool = False) -> None:
+        """`skb`: the program takes a socket buffer (a tc program), not an XDP frame."""
         self.prog_fd = prog_fd
+        self.skb = skb
         self._out = ffi.new("uint8_t[]", max_frame + OUT_ROOM)
         self._out_size = max_frame + OUT_ROOM
         self._opts = ffi.new("struct bpf_test_run_opts *")
 
     def run(self, frame: bytes, repeat: int = 1, ingress_ifindex: int = 0, gso_size: int = 0) -> TestRunResult:
-        """`ingress_ifindex`: run as if the frame arrived on that device of the calling
-        thread's network namespace (the program's FIB lookups see that namespace);
-        0: the namespace's loopback. `gso_size` (a tc program only): run on a GSO socket
-        buffer cutting segments of that size (skb_shinfo's gso_size and gso_segs)."""
+        """`ingress_ifindex`: an XDP frame arrives on that device of the calling thread's
+        network namespace (the program's FIB lookups see that namespace; 0: the namespace's
+        loopback); a socket buffer was received on it (forwarded: 0 is one the node sent).
+        `gso_size` (a socket buffer only): a GSO one cutting segments of that size."""
         if len(frame) < MIN_FRAME:
             raise ValueError(f"frame of {len(frame)} bytes: XDP test-run needs at least {MIN_FRAME}")
         opts = self._opts
@@ -58,16 +63,17 @@ class TestRunner:
         opts.retval = 0
         opts.duration = 0
         ctx = None
-        if ingress_ifindex:
+        if self.skb and (ingress_ifindex or gso_size):
+            ctx = ffi.new("uint32_t[]", SKB_SIZE // 4)
+            ctx[SKB_INGRESS_IFINDEX // 4] = ingress_ifindex
+            if gso_size:
+                ctx[SKB_GSO_SEGS // 4] = max(1, -(-(len(frame) - 42) // gso_size))   # (past eth/ip/udp)
+                ctx[SKB_GSO_SIZE // 4] = gso_size
+        elif gso_size:
+            raise ValueError("gso_size: a socket buffer's (TestRunner(skb=True))")
+        elif ingress_ifindex:
             # struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, ...
             ctx = ffi.new("uint32_t[6]", [0, len(frame), 0, ingress_ifindex, 0, 0])
-        if gso_size:
-            if ingress_ifindex:
-                raise ValueError("gso_size is for a tc program's socket buffer, ingress_ifindex for XDP's")
-            # struct __sk_buff, as a test-run takes it: gso_segs at 164, gso_size at 176
-            ctx = ffi.new("uint32_t[48]")
-            ctx[164 // 4] = max(1, -(-(len(frame) - 42) // gso_size))
-            ctx[176 // 4] = gso_size
         opts.ctx_in = ctx if ctx is not None else ffi.NULL
         opts.ctx_size_in = ffi.sizeof(ctx) if ctx is not None else 0
         while True:

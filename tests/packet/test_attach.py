@@ -2,7 +2,8 @@
 the test's own: XDP in one mode takes over a program attached in the other (the kernel
 refuses two modes at once), detach finds the mode itself; the tc egress filter lands on a
 clsact qdisc's egress, is replaced in place, is refused where an `ingress` qdisc holds the
-handle (a filter given there landed on ingress, silently), and goes alone on detach."""
+handle (a filter given there landed on ingress, silently), goes alone on detach, and
+leaves another's filter at its place alone."""
 from __future__ import annotations
 
 import json
@@ -65,3 +66,20 @@ def test_the_tc_egress_filter_goes_on_clsact_egress_and_nowhere_else(ns, loaded_
     assert detach_tc_egress("va", ns) and not detach_tc_egress("va", ns)
     assert "svcxdp_local_reply" not in _tc(ns, "filter", "show", "dev", "va", "egress")
     assert "clsact" in _tc(ns, "qdisc", "show", "dev", "va")
+
+
+def test_another_s_filter_at_our_place_is_neither_replaced_nor_removed(ns, loaded_dataplane):
+    """Our filter is known by its place (priority, handle) and its name: a bpf filter another
+    tool put at that place is not ours to replace or delete."""
+    from controlplane.dataplane.attach import TC_EGRESS, TC_HANDLE, TC_PRIO, open_ipr
+    fd = loaded_dataplane.local_reply_prog_fd
+    with open_ipr(ns) as ipr:
+        idx = ipr.link_lookup(ifname="va")[0]
+        ipr.tc("add", "clsact", index=idx)
+        ipr.tc("add-filter", "bpf", index=idx, fd=fd, name="someone_else", parent=TC_EGRESS, prio=TC_PRIO,
+               handle=TC_HANDLE, direct_action=True, protocol=0x0003)
+    with pytest.raises(AttachError, match="someone_else"):
+        attach_tc_egress(fd, "va", ns)
+    assert not detach_tc_egress("va", ns)
+    shown = _tc(ns, "filter", "show", "dev", "va", "egress")
+    assert "someone_else" in shown and "svcxdp_local_reply" not in shown

@@ -4,8 +4,8 @@ svcxdp_local_reply (bpf/local_reply.h) can turn the answer's source back into th
 service's; so are ICMP errors the node sends about a translated flow. Frames run through
 BPF_PROG_TEST_RUN of both programs. A test-run socket buffer carries complete checksums
 (CHECKSUM_NONE): the partial checksums of what the node really sends are met in the lab
-(tests/e2e/test_nodeport.py, a hostNetwork backend), as is the test for the node's own
-packets (skb->ingress_ifindex 0 here for every frame)."""
+(tests/e2e/test_nodeport.py, a hostNetwork backend); a GSO socket buffer and a forwarded
+one (skb->ingress_ifindex set) are test-run contexts of their own."""
 from __future__ import annotations
 
 import pytest
@@ -25,7 +25,7 @@ NODE_IP = "192.168.1.31"      # the backend: the node's own address, a hostNetwo
 
 @pytest.fixture
 def tc(xdp: Harness) -> TestRunner:
-    return TestRunner(xdp.dp.local_reply_prog_fd)
+    return TestRunner(xdp.dp.local_reply_prog_fd, skb=True)
 
 
 def _answer(proto, sport: int, dport: int, payload: bytes = b"pong", **ip) -> Ether:
@@ -63,6 +63,11 @@ def test_the_nodes_own_answer_leaves_from_the_service(xdp: Harness, tc: TestRunn
     # another client port of the same client is no flow: left alone
     stranger = _answer(proto, 8181, 40001)
     assert tc.run(bytes(stranger)).data == bytes(stranger)
+    # the same answer received on a device (forwarded: the XDP program on that device has
+    # reverse-NATed it already, or it is none of ours) leaves at the first test
+    before = xdp.counters()
+    assert tc.run(bytes(answer), ingress_ifindex=1).data == bytes(answer)
+    assert "local_revnat" not in delta(before, xdp.counters())
 
 
 def test_a_zero_udp_checksum_stays_zero_and_later_fragments_follow_the_first(xdp: Harness, tc: TestRunner):
