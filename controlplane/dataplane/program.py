@@ -91,6 +91,9 @@ def _fs_type(path: Path) -> int:
 
 
 Aside = list[tuple[Path, Path]]   # (pin, where it was moved), in the order moved
+# The suffixes of pins moved aside during a load: a stale counters map, a stale dataplane.
+COUNTERS_ASIDE, STALE_ASIDE = "replaced", "stale"
+ASIDE_SUFFIXES = (COUNTERS_ASIDE, STALE_ASIDE)
 
 
 def _set_aside_stale_counters(config: DataplaneConfig) -> Aside:
@@ -108,7 +111,7 @@ def _set_aside_stale_counters(config: DataplaneConfig) -> Aside:
         stale = map_info(fd).max_entries != SVCXDP_CNT_MAX
     finally:
         os.close(fd)
-    return _move_aside([pin], "replaced") if stale else []
+    return _move_aside([pin], COUNTERS_ASIDE) if stale else []
 
 
 def _move_aside(pins: list[Path], suffix: str) -> Aside:
@@ -124,6 +127,15 @@ def _move_aside(pins: list[Path], suffix: str) -> Aside:
         _put_back(moved)
         raise
     return moved
+
+
+def _remove_set_aside(config: DataplaneConfig) -> None:
+    """Pins a load that never finished left moved aside (killed between its two compiles,
+    say): the maps of a dataplane no longer pinned, which would otherwise hold their memory
+    until `dataplane reset` (a program still attached keeps its own alive regardless)."""
+    for name in PINNED_MAPS:
+        for suffix in ASIDE_SUFFIXES:
+            config.pin_dir.joinpath(f"{name}_{suffix}").unlink(missing_ok=True)
 
 
 def _put_back(moved: Aside) -> None:
@@ -230,6 +242,7 @@ class Dataplane:
         if config.pin:
             require_bpffs(config.pin_root)
             os.makedirs(config.pin_dir, exist_ok=True)
+            _remove_set_aside(config)
             aside = _set_aside_stale_counters(config)
         try:
             try:
@@ -244,7 +257,7 @@ class Dataplane:
                 # the new program replaces it. Every map goes, not only the stale ones:
                 # the flow tables name service and backend ids the new maps reassign.
                 aside += _move_aside([p for p in map(config.pin_dir.joinpath, PINNED_MAPS) if p.exists()],
-                                     "stale")
+                                     STALE_ASIDE)
                 dp = cls._compile(config, adopts_conntrack=False)
                 dp.replaced = stale.problems
                 warn_replaced(config.instance, stale.problems)

@@ -228,6 +228,21 @@ def test_pinned_dataplane_of_another_layout_is_replaced_whole():
         reset(cfg)
 
 
+def test_pins_a_killed_load_set_aside_are_removed_by_the_next():
+    """A load killed between its two compiles leaves the old maps pinned under their aside
+    names, holding their memory (a full conntrack: 112 MiB): the next load removes them."""
+    from controlplane.dataplane.program import Dataplane, reset
+    BPF_MAP_TYPE_ARRAY = 2
+    cfg = _old_pin_dir("pytest-set-aside", "conntrack_stale", BPF_MAP_TYPE_ARRAY, 4, 8, 4)
+    lib_array(cfg.pin_dir / "counters_replaced")
+    try:
+        Dataplane.load(cfg).close()
+        left = sorted(p.name for p in cfg.pin_dir.iterdir() if p.name.endswith(("_stale", "_replaced")))
+        assert left == [], left
+    finally:
+        reset(cfg)
+
+
 def test_pins_set_aside_are_put_back_as_they_were():
     """What load() does to the old pins while it builds, and undoes if the build fails:
     each moved to <name>_<suffix>, then back, the same maps (ids) under the same names —
