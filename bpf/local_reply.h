@@ -122,7 +122,9 @@ static __always_inline int local_reply(struct __sk_buff *skb)
 			return TC_ACT_OK;
 		csum_off = l4_off + __builtin_offsetof(struct udphdr, check);
 		l4_flags = BPF_F_MARK_MANGLED_0;   /* a zero UDP checksum stays zero */
-		gso = skb->gso_size != 0;          /* UDP_SEGMENT: a pseudo-header sum (above) */
+		/* UDP_SEGMENT: a pseudo-header sum (above), never 0 (the kernel refuses GSO without
+		 * a checksum); a zero one, "none", stays zero through the helpers' flag */
+		gso = skb->gso_size != 0 && udp->check != 0;
 	}
 	struct reply_match m;
 	if (!ct_match_reply(ip->saddr, ports[0], ip->daddr, ports[1], proto, &m))

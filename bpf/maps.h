@@ -152,8 +152,13 @@ BPF_PERCPU_ARRAY(lc_scratch, struct lc_best, 1);
  * In map memory, not on the stack: the verifier tracks values spilled to the stack,
  * and tracking count and algorithm multiplied the paths past its budget. */
 BPF_PERCPU_ARRAY(svc_scratch, struct svc_value, 1);
-/* An external flow's packet on its way to a tail program (nodeport.h); never pinned. */
-BPF_PERCPU_ARRAY(np_scratch, struct np_pending, 1);
+/* An external flow's packet on its way to a tail program (nodeport.h). Pinned, though it
+ * holds nothing past a packet: a new build's tail programs go into the pinned np_tail while
+ * the entry point of the build before it still runs on the external interface (until the
+ * agent attaches the new one), and that entry point's packets must reach them through the
+ * same map. (A struct np_pending of another layout is another layout's dataplane: replaced
+ * whole, np_tail with it.) */
+SVCXDP_MAP("percpu_array", __u32, struct np_pending, np_scratch, 1);
 /* Datapath-wide counters, SVCXDP_CNT_*. */
 SVCXDP_MAP("percpu_array", __u32, __u64, counters, SVCXDP_CNT_MAX);
 

@@ -424,12 +424,17 @@ class Agent:
         checks = CheckSchedule(self.check_every_s, self.check_max_share)
         # A dataplane that replaced one of another layout (Dataplane.load) starts empty: the
         # interfaces keep the old program, over its own maps, until the first sync has
-        # filled the new ones (else every service would be gone for the sync's duration).
+        # filled the new ones (else every service would be gone for the sync's duration;
+        # with a store out of reach, until it answers).
         filling = bool(self.dp.replaced)
+        if filling:
+            log.info("the interfaces keep the old dataplane's programs until the first sync has filled "
+                     "the new maps")
         while not stop.is_set():
             self.health.beat()
             if not filling:
                 self._refresh_interfaces()
+            filled = False
             try:
                 if resync is not None:
                     if resync == "retry":   # the maps may be half updated: adopt them afresh
@@ -437,11 +442,7 @@ class Agent:
                     started, cpu = time.monotonic(), time.process_time()
                     self.full_sync(resync)
                     resync = None
-                    if filling:
-                        filling = False
-                        self._refresh_interfaces()
-                        if self.when_filled is not None:   # (raising: logged as a failed sync, not retried)
-                            self.when_filled()
+                    filled, filling = filling, False
                     ended = time.monotonic()
                     checks.synced(ended, checks.cost(ended - started, time.process_time() - cpu))
                     if self.metrics is not None:
@@ -479,9 +480,22 @@ class Agent:
                 resync = "retry"
                 stop.wait(delay)
                 continue
+            if filled:
+                self._take_over()
             if retry.failures:
                 log.info("sync recovered after %d failed attempts", retry.failures)
                 retry.reset()
+
+    def _take_over(self) -> None:
+        """A replaced dataplane's maps are filled: its programs go where the old ones ran
+        (the interfaces, then the socket hooks: when_filled, whose failure ends the agent
+        as the hooks' attach at start does), and the old maps' pins go after them
+        (Dataplane.finish_replacement: the old external program's tail calls lived on them)."""
+        self._refresh_interfaces()
+        if self.when_filled is not None:
+            self.when_filled()
+        self.dp.finish_replacement()
+        log.info("the new dataplane serves every interface; the old one's maps are unpinned")
 
     def _sweep(self) -> None:
         """The collector's sweep of the long-lived heap, when due (gcpause.sweep_if_due;

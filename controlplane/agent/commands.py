@@ -418,7 +418,11 @@ def _attach_socket_lb(dp, paths: list[str], node_ip: str | None, log) -> bool:
     targets = [cgroups.mount() if raw == "root" else Path(raw) for raw in raws]
     # One call for all: a restarted agent's programs replace the pinned ones on every
     # cgroup before the pins move on to them.
-    dp.sock_hooks.attach(*targets, allow_root="root" in raws)
+    from controlplane.dataplane.sockhooks import SockHookError
+    try:
+        dp.sock_hooks.attach(*targets, allow_root="root" in raws)
+    except SockHookError as exc:   # (a bad --socket-lb-cgroup: one line, and the agent stops)
+        raise CommandError(str(exc)) from None
     for path in targets:
         log.info("socket-level load balancing attached to cgroup %s", path)
     return True

@@ -123,7 +123,9 @@ def _attached_modes(ipr: IPRoute, idx: int) -> tuple[str, ...]:
 TC_EGRESS = "ffff:fff3"
 TC_PRIO = 0xC5
 TC_HANDLE = 1
-TC_NAME = "svcxdp_local_reply"   # the filter's name (TCA_BPF_NAME): ours, not another's at our place
+# The filter's name (TCA_BPF_NAME), which tells ours from another's at our place: the
+# program's own (bpf/local_reply.h's entry point).
+TC_NAME = "svcxdp_local_reply"
 _ETH_P_ALL = 0x0003
 
 
@@ -131,7 +133,7 @@ def _filter_at_ours(ipr: IPRoute, idx: int) -> str | None:
     """The name of the bpf filter at our priority and handle on link idx's egress ("" if it
     has none), or None if there is none."""
     for f in ipr.get_filters(index=idx, parent=0xFFFFFFF3):   # TC_EGRESS
-        if f["info"] >> 16 == TC_PRIO and f["handle"] == TC_HANDLE:
+        if f["info"] >> 16 == TC_PRIO and f["handle"] == TC_HANDLE and not f.get_attr("TCA_CHAIN"):
             options = f.get_attr("TCA_OPTIONS")
             return (options.get_attr("TCA_BPF_NAME") if options else None) or ""
     return None

@@ -28,11 +28,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .config import PROGRAM_PINS, DataplaneConfig
-from .program import DataplaneError, warn_replaced
+from .config import PROGRAM_PINS, STAMP_PIN, DataplaneConfig
+from .program import DataplaneError, StaleDataplane, warn_replaced
 from .source import program_text
 
-STAMP = "build_stamp"
+# The child's line that says what its load replaced (Dataplane.replaced), as JSON.
+REPLACED = "svcxdp-replaced: "
+STALE_EXIT = 3   # the child's exit status when it refused maps of another layout
 
 
 class BuildError(DataplaneError):
@@ -53,7 +55,7 @@ def build_stamp(config: DataplaneConfig) -> bytes:
 
 def read_stamp(pin_dir: Path) -> bytes | None:
     from .libbpf import ffi, lib
-    fd = lib().bpf_obj_get(str(pin_dir / STAMP).encode())
+    fd = lib().bpf_obj_get(str(pin_dir / STAMP_PIN).encode())
     if fd < 0:
         return None
     try:
@@ -75,8 +77,8 @@ def write_stamp(pin_dir: Path, digest: bytes) -> None:
     try:
         _check(lib().bpf_map_update_elem(fd, ffi.new("uint32_t *", 0), ffi.from_buffer(digest), 0),
                "writing the build stamp")
-        (pin_dir / STAMP).unlink(missing_ok=True)
-        obj_pin(fd, str(pin_dir / STAMP))
+        (pin_dir / STAMP_PIN).unlink(missing_ok=True)
+        obj_pin(fd, str(pin_dir / STAMP_PIN))
     finally:
         os.close(fd)
 
@@ -110,9 +112,15 @@ def ensure_built(config: DataplaneConfig, map_names: tuple[str, ...]) -> tuple[s
         return None
     r = subprocess.run([sys.executable, "-m", "controlplane.dataplane.build", _config_json(config)],
                        capture_output=True, text=True)
+    if r.returncode == STALE_EXIT:   # --stale-dataplane refuse: the refusal as the child said it
+        raise DataplaneError(r.stderr.strip())
     if r.returncode != 0:
         raise BuildError(f"building the XDP program failed: {(r.stderr or r.stdout).strip()[-4000:]}")
-    replaced = tuple(json.loads((r.stdout.strip().splitlines() or ["[]"])[-1]))
+    said = [line[len(REPLACED):] for line in r.stdout.splitlines() if line.startswith(REPLACED)]
+    try:
+        replaced = tuple(json.loads(said[-1]))
+    except (IndexError, ValueError):
+        raise BuildError(f"the build did not say what it replaced: {r.stdout.strip()[-400:]!r}") from None
     if replaced:   # the child's load() said it to a log no one reads
         warn_replaced(config.instance, replaced)
     return replaced
@@ -122,7 +130,7 @@ def _build(config: DataplaneConfig) -> None:
     from .libbpf import obj_pin
     from .program import Dataplane
     pin_dir = config.pin_dir
-    (pin_dir / STAMP).unlink(missing_ok=True)   # a half-done build is never current
+    (pin_dir / STAMP_PIN).unlink(missing_ok=True)   # a half-done build is never current
     dp = Dataplane.load(config)
     try:
         for role, fd in (("pod", dp.prog_fd), ("external", dp.external_prog_fd), ("ct_gc", dp.ct_gc_prog_fd),
@@ -131,7 +139,7 @@ def _build(config: DataplaneConfig) -> None:
             path.unlink(missing_ok=True)
             obj_pin(fd, str(path))
         write_stamp(pin_dir, build_stamp(config))
-        print(json.dumps(list(dp.replaced)))   # for ensure_built to say
+        print(REPLACED + json.dumps(list(dp.replaced)))   # for ensure_built to say
     finally:
         dp.close()
 
@@ -139,6 +147,9 @@ def _build(config: DataplaneConfig) -> None:
 if __name__ == "__main__":
     try:
         _build(_config_from_json(sys.argv[1]))
-    except Exception as exc:   # the parent reports it
+    except StaleDataplane as exc:   # the parent reports it
+        print(exc, file=sys.stderr)
+        sys.exit(STALE_EXIT)
+    except Exception as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         sys.exit(1)

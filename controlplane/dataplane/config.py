@@ -26,6 +26,8 @@ def remove_pin_root_if_empty() -> None:
 # GC (svcxdp_ct_gc, bpf/ctgc.h) is attached nowhere, the agent runs it with test-run.
 PROGRAM_PINS = {"pod": "prog", "external": "prog_external", "ct_gc": "prog_ct_gc",
                 "local_reply": "prog_local_reply"}
+# The build stamp's pin beside them (build.py): which build the pins hold.
+STAMP_PIN = "build_stamp"
 # The flow tables (bpf/maps.h, conntrack.h): conntrack (confirmed flows), then the
 # unconfirmed ones — flows from outside the cluster, flows from pods.
 FLOW_TABLES = ("conntrack", "ct_unconfirmed", "ct_unconfirmed_pod")
@@ -91,8 +93,8 @@ class DataplaneConfig:
     pin: bool = True
     # Pinned maps that another build laid out or sized differently (an upgrade that changed
     # a map, a changed size flag): True replaces the whole dataplane with new maps, its
-    # tracked flows forgotten (program.py, load); False refuses to load.
-    replace_stale: bool = True
+    # tracked flows forgotten (program.py, load; the agent's default); False refuses to load.
+    replace_stale: bool = False
     pin_root: Path = PIN_ROOT
 
     def __post_init__(self) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from . import attach as _attach
 from . import fibwatch, flowsets, udprecent
-from .config import FLOW_TABLES, PROGRAM_PINS, DataplaneConfig
+from .config import FLOW_TABLES, PROGRAM_PINS, STAMP_PIN, DataplaneConfig
 from .layout import COUNTER_NAMES, const
 from .libbpf import map_info, obj_get, prog_id, u32_delete, u32_update
 from .mapped import MappedArray, open_mapped
@@ -33,13 +33,13 @@ EXTERNAL_ENTRY = "svcxdp_external"  # the node's external interfaces: NodePort, 
 EXTERNAL_TAILS = {"svcxdp_np_out": 0,      # its way out (XDP_TX / redirect)
                   "svcxdp_ext_reply": 1}   # what is not for a frontend: replies, ICMP errors
 CT_GC_ENTRY = "svcxdp_ct_gc"        # idle-flow GC, run with test-run by the agent (ctgc.py)
-LOCAL_REPLY_ENTRY = "svcxdp_local_reply"  # tc egress: the node's answers for a backend at its address
+LOCAL_REPLY_ENTRY = _attach.TC_NAME  # tc egress: the node's answers for a backend at its address
 SVCXDP_CNT_MAX = const("CNT_MAX")
 TX_PORTS_SIZE = const("TX_PORTS_SIZE")
 log = logging.getLogger("svcxdp.dataplane")
 MAP_NAMES = ("services", "slots", "backends", "rev_nat", *FLOW_TABLES, flowsets.SEED_MAP, udprecent.MAP,
              "fragments", "rr_state", "svc_stats", "backend_stats", "counters", "backend_conns", "maglev",
-             "affinity", "sock_revnat", "sock_config", "source_ranges", fibwatch.MAP)
+             "affinity", "sock_revnat", "sock_config", "source_ranges", fibwatch.MAP, "np_scratch")
 
 
 class DataplaneError(RuntimeError):
@@ -54,14 +54,14 @@ class StaleDataplane(DataplaneError):
     def __init__(self, config: DataplaneConfig, problems: list[str]) -> None:
         self.problems = tuple(problems)
         super().__init__(
-            f"pinned maps in {config.pin_dir} do not match this build ({'; '.join(problems)}); "
+            f"refusing the pinned maps in {config.pin_dir}: another build's layout ({'; '.join(problems)}); "
             f"remove the old dataplane with `svcctl dataplane reset --instance {config.instance}`, "
-            f"or let the agent replace it (--stale-dataplane replace)")
+            f"or let the agent replace it (--stale-dataplane replace, its default)")
 
 
-# Every map pin of an instance (bcc reuses a pin of the same name): the maps, the tail-call
-# array and the redirect targets. Program pins, the socket hooks' and the build stamp are not
-# maps: the socket hooks' pins name the programs a new build swaps out (sockhooks.py).
+# Every map pin of the program's own (bcc reuses a pin of the same name): the maps, the
+# tail-call array and the redirect targets. Not the program pins nor the socket hooks' (they
+# name the programs a new build swaps out: sockhooks.py), nor the build stamp (build.py's).
 PINNED_MAPS = (*MAP_NAMES, "np_tail", "tx_ports")
 
 
@@ -129,13 +129,34 @@ def _move_aside(pins: list[Path], suffix: str) -> Aside:
     return moved
 
 
-def _remove_set_aside(config: DataplaneConfig) -> None:
-    """Pins a load that never finished left moved aside (killed between its two compiles,
-    say): the maps of a dataplane no longer pinned, which would otherwise hold their memory
-    until `dataplane reset` (a program still attached keeps its own alive regardless)."""
-    for name in PINNED_MAPS:
-        for suffix in ASIDE_SUFFIXES:
-            config.pin_dir.joinpath(f"{name}_{suffix}").unlink(missing_ok=True)
+def _set_aside_dataplane(config: DataplaneConfig) -> Aside:
+    """Every map pin moved to <name>_stale, where it stays until the new dataplane's
+    programs have replaced the old ones (Dataplane.finish_replacement): a program array
+    is emptied once nothing in user space holds it, and the old external program, still
+    attached meanwhile, tail-calls through its np_tail. A name whose aside pin is there
+    already (a replacement an earlier agent did not finish) keeps it — the older maps are
+    the ones a program may still run over — and the pin of the unfinished one goes."""
+    moved: Aside = []
+    for pin in map(config.pin_dir.joinpath, PINNED_MAPS):
+        if not pin.exists():
+            continue
+        if pin.with_name(f"{pin.name}_{STALE_ASIDE}").exists():
+            pin.unlink()
+        else:
+            moved += _move_aside([pin], STALE_ASIDE)
+    return moved
+
+
+def unfinished_replacement(config: DataplaneConfig) -> bool:
+    """Maps of a replaced dataplane are still pinned aside: the programs over them may
+    still serve some interface (Dataplane.finish_replacement has not run)."""
+    return any(config.pin_dir.joinpath(f"{name}_{STALE_ASIDE}").exists() for name in PINNED_MAPS)
+
+
+# Dataplane.replaced when nothing differs but a replacement is unfinished (an agent that
+# stopped between the new maps and the new programs' attach): the agent holds its
+# interfaces until the first sync all the same.
+UNFINISHED = "an earlier replacement not finished: the old maps are still pinned aside"
 
 
 def _put_back(moved: Aside) -> None:
@@ -146,6 +167,9 @@ def _put_back(moved: Aside) -> None:
 
 
 def warn_replaced(instance: str, problems: Sequence[str]) -> None:
+    if tuple(problems) == (UNFINISHED,):
+        log.warning("dataplane %s: %s", instance, UNFINISHED)
+        return
     log.warning("dataplane %s: its pinned maps were made by a build of another layout (%s); replaced "
                 "by new ones: the first sync writes the services again, and the flows the node tracked "
                 "are forgotten (connections it translated are cut)", instance, "; ".join(problems))
@@ -168,16 +192,18 @@ def _layout_problems(bpf, config: DataplaneConfig) -> list[str]:
         "maglev": config.max_services, "affinity": config.affinity_size,
         "source_ranges": config.source_ranges_size,
         "sock_revnat": config.sock_revnat_size, "sock_config": 1, fibwatch.MAP: 1,
-        "counters": SVCXDP_CNT_MAX, "np_tail": len(EXTERNAL_TAILS),
+        "counters": SVCXDP_CNT_MAX, "np_tail": len(EXTERNAL_TAILS), "np_scratch": 1,
     }
     out = []
     for name in (*MAP_NAMES, "np_tail"):
         table = bpf[name.encode()]
         info = map_info(table.map_fd)
-        want = (ct.sizeof(table.Key), ct.sizeof(table.Leaf) if name not in ("svc_stats", "backend_stats", "counters")
-                else info.value_size)
+        # (a per-CPU map's Leaf is bcc's array of every CPU's value; sLeaf is one value)
+        want = (ct.sizeof(table.Key), ct.sizeof(getattr(table, "sLeaf", table.Leaf)))
         got = (info.key_size, info.value_size)
         problems = []
+        if info.type != table.ttype:   # (bcc's table: the type the source declares)
+            problems.append(f"map type {info.type} != {table.ttype}")
         if got != want:
             problems.append(f"key/value size {got} != {want}")
         if name in expected_max and info.max_entries != expected_max[name]:
@@ -224,9 +250,12 @@ class Dataplane:
                 os.close(fd)
             pinned.close()
             raise
+        built = replaced is not None
+        if not replaced and unfinished_replacement(config):   # (a child's build said so already)
+            replaced = (UNFINISHED,)
+            warn_replaced(config.instance, replaced)
         return cls(config=config, bpf=None, prog_fd=fds[0], external_prog_fd=fds[1], ct_gc_prog_fd=fds[2],
-                   local_reply_prog_fd=fds[3],
-                   _pinned=pinned, built=replaced is not None, replaced=replaced or ())
+                   local_reply_prog_fd=fds[3], _pinned=pinned, built=built, replaced=replaced or ())
 
     @classmethod
     def load(cls, config: DataplaneConfig | None = None) -> "Dataplane":
@@ -238,34 +267,39 @@ class Dataplane:
         # the same stamps. The filter starts as "maybe" for all of them (udprecent.py):
         # UDP first packets look in conntrack for two to three epochs after a restart.
         adopts_conntrack = config.pin and (config.pin_dir / "conntrack").exists()
-        aside: Aside = []
+        counters: Aside = []
+        stale: Aside = []
         if config.pin:
             require_bpffs(config.pin_root)
             os.makedirs(config.pin_dir, exist_ok=True)
-            _remove_set_aside(config)
-            aside = _set_aside_stale_counters(config)
+            config.pin_dir.joinpath(f"counters_{COUNTERS_ASIDE}").unlink(missing_ok=True)   # a killed load's
+            counters = _set_aside_stale_counters(config)
         try:
             try:
                 dp = cls._compile(config, adopts_conntrack)
-            except StaleDataplane as stale:
+            except StaleDataplane as differs:
                 if not config.replace_stale:
                     raise
                 # Another build's maps (an upgrade, a changed size flag): a new dataplane
                 # beside them, the way `dataplane reset` would leave it, but without a
                 # moment unserved: a program still attached keeps its own maps (they live
                 # while it does) until the agent's first sync has filled the new ones and
-                # the new program replaces it. Every map goes, not only the stale ones:
-                # the flow tables name service and backend ids the new maps reassign.
-                aside += _move_aside([p for p in map(config.pin_dir.joinpath, PINNED_MAPS) if p.exists()],
-                                     STALE_ASIDE)
+                # the new programs replace it. Every map goes, not only the ones that
+                # differ: the flow tables name service and backend ids the new maps hand
+                # out again. The build stamp goes too: it named the old build's maps.
+                config.pin_dir.joinpath(STAMP_PIN).unlink(missing_ok=True)
+                stale = _set_aside_dataplane(config)
                 dp = cls._compile(config, adopts_conntrack=False)
-                dp.replaced = stale.problems
-                warn_replaced(config.instance, stale.problems)
+                dp.replaced = differs.problems
+                warn_replaced(config.instance, differs.problems)
         except BaseException:
-            _put_back(aside)   # readers keep the old maps
+            _put_back(counters + stale)   # readers keep the old maps
             raise
-        for _, moved in aside:
+        for _, moved in counters:
             moved.unlink()
+        if config.pin and not dp.replaced and unfinished_replacement(config):
+            dp.replaced = (UNFINISHED,)
+            warn_replaced(config.instance, dp.replaced)
         return dp
 
     @classmethod
@@ -301,6 +335,19 @@ class Dataplane:
             raise
         return cls(config=config, bpf=bpf, prog_fd=fn.fd, external_prog_fd=ext.fd, ct_gc_prog_fd=gc.fd,
                    local_reply_prog_fd=local.fd)
+
+    def finish_replacement(self) -> int:
+        """Unpin the maps a replacement set aside (load), once this dataplane's programs
+        have replaced the old ones wherever those ran: they go with the last program over
+        them. The number of pins removed."""
+        removed = 0
+        for name in PINNED_MAPS:
+            pin = self.config.pin_dir / f"{name}_{STALE_ASIDE}"
+            if pin.exists():
+                pin.unlink()
+                removed += 1
+        self.replaced = ()
+        return removed
 
     # ---- maps -------------------------------------------------------------------
     def table(self, name: str):

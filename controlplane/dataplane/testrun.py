@@ -51,7 +51,7 @@ class TestRunner:
         loopback); a socket buffer was received on it (forwarded: 0 is one the node sent).
         `gso_size` (a socket buffer only): a GSO one cutting segments of that size."""
         if len(frame) < MIN_FRAME:
-            raise ValueError(f"frame of {len(frame)} bytes: XDP test-run needs at least {MIN_FRAME}")
+            raise ValueError(f"frame of {len(frame)} bytes: test-run needs at least {MIN_FRAME}")
         opts = self._opts
         data_in = ffi.from_buffer(frame)
         opts.sz = ffi.sizeof("struct bpf_test_run_opts")

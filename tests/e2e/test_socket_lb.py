@@ -137,8 +137,9 @@ def test_agent_with_another_ct_size_replaces_its_dataplane(cluster: Cluster):
     finds pinned maps it must not reuse: it replaces the dataplane rather than refusing to
     start (a DaemonSet would crash-loop until someone ran `svcctl dataplane reset` on each
     node). The old programs serve from their own maps until the first sync has filled the
-    new ones: the log shows the sync before any attach; the socket hooks are swapped in
-    place (one program per hook); pods and the node reach the service after it."""
+    new ones: the log shows the sync before any attach of XDP or the socket hooks; the old
+    maps' pins go only after that; the socket hooks are swapped in place (one program per
+    hook); pods and the node reach the service after it."""
     vip = cluster.cluster_ip("myapp")
     conntrack = PIN_ROOT / instance_name(cluster.lab, "node1") / "conntrack"
     assert max_entries(conntrack) == 65536   # the lab's --ct-size
@@ -151,11 +152,15 @@ def test_agent_with_another_ct_size_replaces_its_dataplane(cluster: Cluster):
         cluster.lab.up(nodes=len(cluster.lab.nodes()),
                        node_processes=hooks.with_args("agent", "--socket-reap-interval", "0", "--ct-size", "32768"))
         wait_for("the agent healthy over a new dataplane", lambda: cluster.healthz("node1")[0] == 200, timeout=120)
+        # the old maps stay pinned aside until the new programs serve everywhere, then go
+        pins = conntrack.parent
+        wait_for("the old maps unpinned", lambda: not [p for p in pins.iterdir() if p.name.endswith("_stale")])
         with open(log, errors="replace") as f:
             f.seek(start)
             said = f.read()
         assert "replaced by new ones" in said and "conntrack: max_entries 65536 != 32768" in said, said
-        assert said.index("sync (start)") < said.index("XDP attached"), said
+        sync = said.index("sync (start)")
+        assert sync < said.index("XDP attached") and sync < said.index("socket-level load balancing attached"), said
         assert max_entries(conntrack) == 32768
         # (the hooks are swapped right after the first sync, which /healthz already reports)
         after = wait_for("the socket hooks swapped", lambda: (ids := attached_ids(cg)) != before and ids)

@@ -99,15 +99,18 @@ def test_a_changed_build_is_rebuilt_over_the_same_maps(store, clean):
 
 def test_a_resized_dataplane_is_replaced_and_written_again(store, clean, caplog):
     """A changed size flag (--ct-size here) makes the pinned maps another layout's: the
-    child replaces the dataplane, the process that asked says so in its own log, and the
-    first sync writes every service into the new maps."""
+    child replaces the dataplane (the agent's --stale-dataplane replace), the process that
+    asked says so in its own log, and the first sync writes every service into the new
+    maps. Until the agent's takeover (finish_replacement) the old maps stay pinned aside,
+    and an agent restarted before it is told so (it holds its interfaces again)."""
+    from controlplane.dataplane.program import UNFINISHED
     dp = Dataplane.open(CONFIG)
     try:
         add_service(store, "a", A)
         assert Agent(store, NodeConfig("node1"), dp).full_sync("start").writes > 0
     finally:
         dp.close()
-    resized = dataclasses.replace(CONFIG, ct_size=2 * CONFIG.ct_size)
+    resized = dataclasses.replace(CONFIG, ct_size=2 * CONFIG.ct_size, replace_stale=True)
     dp = Dataplane.open(resized)
     try:
         assert dp.built and any(line.startswith(f"conntrack: max_entries {CONFIG.ct_size} != {resized.ct_size}")
@@ -119,8 +122,15 @@ def test_a_resized_dataplane_is_replaced_and_written_again(store, clean, caplog)
         assert Client(agent).backends_of("a") == set(A)
     finally:
         dp.close()
+    dp = Dataplane.open(resized)   # an agent restarted before its takeover: told, nothing built
+    try:
+        assert not dp.built and dp.replaced == (UNFINISHED,)
+        assert dp.finish_replacement() > 0
+    finally:
+        dp.close()
     dp = Dataplane.open(resized)   # and then it is this build's own: adopted, nothing replaced
     try:
         assert not dp.built and dp.replaced == ()
+        assert not [p for p in CONFIG.pin_dir.iterdir() if p.name.endswith("_stale")]
     finally:
         dp.close()

@@ -201,44 +201,87 @@ def test_pinned_services_map_of_the_old_layout_is_refused_when_asked():
 
 
 def test_pinned_dataplane_of_another_layout_is_replaced_whole():
-    """By default (an upgrade whose maps changed, a changed size flag) the dataplane is
-    replaced: every map new — not only the stale one, since the flow tables name ids the
-    new service maps hand out again — and the old pins gone; the Dataplane says what it
-    replaced."""
-    from controlplane.dataplane.libbpf import map_info, obj_get
+    """With replace_stale (the agent's default: an upgrade whose maps changed, a changed
+    size flag) the dataplane is replaced: every map new — not only the one that differs,
+    since the flow tables name ids the new service maps hand out again. The old maps stay
+    pinned aside until the new programs have taken over (finish_replacement): the old
+    external program, still attached meanwhile, tail-calls through its np_tail, which the
+    kernel empties once nothing in user space holds it."""
+    from controlplane.dataplane.config import DataplaneConfig
+    from controlplane.dataplane.libbpf import map_info, obj_get, u32_array_read
     from controlplane.dataplane.program import PINNED_MAPS, Dataplane, reset
-    BPF_MAP_TYPE_HASH = 1
-    cfg = _old_pin_dir("pytest-old-layout", "services", BPF_MAP_TYPE_HASH, 8, 20, 16)
-    try:
-        dp = Dataplane.load(cfg)
+    cfg = DataplaneConfig(instance="pytest-old-layout", ct_size=1024, max_services=16, max_backends=64,
+                          max_slots=64, pin=True, replace_stale=True)
+    reset(cfg)
+
+    def map_id(name: str) -> int:
+        fd = obj_get(str(cfg.pin_dir / name))
         try:
-            assert len(dp.replaced) == 1 and dp.replaced[0].startswith("services: key/value size (8, 20) != ")
-            fd = obj_get(str(cfg.pin_dir / "services"))
-            try:
-                info = map_info(fd)
-                assert (info.key_size, info.value_size, info.max_entries) == \
-                    (ct.sizeof(dp.table("services").Key), ct.sizeof(dp.table("services").Leaf), cfg.max_services)
-            finally:
-                os.close(fd)
-            pins = sorted(p.name for p in cfg.pin_dir.iterdir())
-            assert pins == sorted(PINNED_MAPS), pins   # nothing set aside is left
+            return map_info(fd).id
         finally:
-            dp.close()
+            os.close(fd)
+    try:
+        old = Dataplane.load(cfg)
+        old_external = os.dup(old.external_prog_fd)   # as if attached: the program outlives the load
+        old.close()
+        old_conntrack = map_id("conntrack")
+        (cfg.pin_dir / "services").unlink()     # an older build's services map
+        _pin_map(cfg.pin_dir / "services", 1, 8, 20, 16)
+        try:
+            dp = Dataplane.load(cfg)
+            try:
+                assert len(dp.replaced) == 1 and dp.replaced[0].startswith("services: key/value size (8, 20) != ")
+                info = map_info(dp.table("services").map_fd)
+                assert (info.key_size, info.value_size) == \
+                    (ct.sizeof(dp.table("services").Key), ct.sizeof(dp.table("services").Leaf))
+                assert map_id("conntrack") != old_conntrack and map_id("conntrack_stale") == old_conntrack
+                fd = obj_get(str(cfg.pin_dir / "np_tail_stale"))
+                try:   # the old program's tail calls still have their programs
+                    assert all(u32_array_read(fd, 2))
+                finally:
+                    os.close(fd)
+                assert dp.finish_replacement() == len(PINNED_MAPS)
+                pins = sorted(p.name for p in cfg.pin_dir.iterdir())
+                assert pins == sorted(PINNED_MAPS), pins   # nothing set aside is left
+            finally:
+                dp.close()
+        finally:
+            os.close(old_external)
     finally:
         reset(cfg)
 
 
-def test_pins_a_killed_load_set_aside_are_removed_by_the_next():
-    """A load killed between its two compiles leaves the old maps pinned under their aside
-    names, holding their memory (a full conntrack: 112 MiB): the next load removes them."""
-    from controlplane.dataplane.program import Dataplane, reset
+def _pin_map(pin: Path, map_type: int, key: int, value: int, entries: int) -> int:
+    """A new map pinned at `pin`: its id."""
+    from controlplane.dataplane.libbpf import ffi, lib, map_info
+    fd = lib().bpf_map_create(map_type, b"pytest_old", key, value, entries, ffi.NULL)
+    assert fd >= 0
+    try:
+        assert lib().bpf_obj_pin(fd, str(pin).encode()) == 0
+        return map_info(fd).id
+    finally:
+        os.close(fd)
+
+
+def test_a_replacement_left_unfinished_is_finished_by_the_next_load():
+    """An agent that stopped between the new maps and its programs' takeover leaves the old
+    maps pinned aside (their programs may still serve an interface): the next load says so
+    (replaced: the agent holds its interfaces until its first sync again), and only its
+    finish_replacement removes them. A counters map a killed load moved aside (statistics,
+    held by nothing) goes at once."""
+    from controlplane.dataplane.program import UNFINISHED, Dataplane, reset
     BPF_MAP_TYPE_ARRAY = 2
     cfg = _old_pin_dir("pytest-set-aside", "conntrack_stale", BPF_MAP_TYPE_ARRAY, 4, 8, 4)
-    lib_array(cfg.pin_dir / "counters_replaced")
+    _pin_map(cfg.pin_dir / "counters_replaced", BPF_MAP_TYPE_ARRAY, 4, 8, 1)
     try:
-        Dataplane.load(cfg).close()
-        left = sorted(p.name for p in cfg.pin_dir.iterdir() if p.name.endswith(("_stale", "_replaced")))
-        assert left == [], left
+        dp = Dataplane.load(cfg)
+        try:
+            assert dp.replaced == (UNFINISHED,)
+            assert not (cfg.pin_dir / "counters_replaced").exists() and (cfg.pin_dir / "conntrack_stale").exists()
+            assert dp.finish_replacement() == 1 and dp.replaced == ()
+            assert not (cfg.pin_dir / "conntrack_stale").exists()
+        finally:
+            dp.close()
     finally:
         reset(cfg)
 
@@ -265,25 +308,13 @@ def test_pins_set_aside_are_put_back_as_they_were():
         first = ids()
         moved = _move_aside([cfg.pin_dir / "counters"], "replaced")
         assert set(ids()) == {"counters_replaced"}
-        new = lib_array(cfg.pin_dir / "counters")
+        new = _pin_map(cfg.pin_dir / "counters", BPF_MAP_TYPE_ARRAY, 4, 8, 1)
         moved += _move_aside([cfg.pin_dir / "counters"], "stale")
         assert ids() == {"counters_replaced": first["counters"], "counters_stale": new}
         _put_back(moved)
         assert ids() == first
     finally:
         reset(cfg)
-
-
-def lib_array(pin: Path) -> int:
-    """A new one-entry array map pinned at `pin`: its id."""
-    from controlplane.dataplane.libbpf import ffi, lib, map_info
-    fd = lib().bpf_map_create(2, b"pytest_aside", 4, 8, 1, ffi.NULL)
-    assert fd >= 0
-    try:
-        assert lib().bpf_obj_pin(fd, str(pin).encode()) == 0
-        return map_info(fd).id
-    finally:
-        os.close(fd)
 
 
 def test_pinned_counters_of_another_size_are_replaced():

@@ -677,3 +677,33 @@ def test_a_flow_s_datagram_too_large_for_its_way_out_with_df_is_answered_as_it_w
         assert_frag_needed(out.pkt, (nodenet.REMOTE_POD, nodenet.NODE2_MAC), (nodenet.REMOTE_POD, 53, NODE, port), 1100)
     finally:
         nodenet._ip(ext.node.name, "route", "del", f"{CLIENT}/32", "dev", "ext0")
+
+
+def test_a_new_builds_tails_serve_the_entry_point_still_attached(node):
+    """An agent that loads a new build over the pinned maps (a restart that compiles
+    in-process, as with --socket-lb-cgroup; an upgrade) puts its tail programs into the
+    pinned np_tail while the previous build's entry point still runs on the external
+    interface, until the agent attaches the new one. That entry point's packet must reach
+    the new tail program with what it handed over (np_scratch, pinned): a NodePort SYN to
+    a remote backend still leaves SNATed with XDP_TX, not passed untranslated."""
+    from controlplane.dataplane.config import DataplaneConfig
+    from controlplane.dataplane.program import Dataplane, reset
+    from controlplane.dataplane.writer import MapWriter
+    cfg = DataplaneConfig(instance="pytest-np-tails", ct_size=4096, max_services=64, max_backends=256,
+                          max_slots=1024, pin=True)
+    reset(cfg)
+    old = Dataplane.load(cfg)
+    try:
+        MapWriter(old).upsert(ServiceState(Frontend(NODE, 30080, "TCP", "external"),
+                                           (Backend(nodenet.REMOTE_POD, 80),)))
+        new = Dataplane.load(cfg)   # the same maps; its tail programs in np_tail now
+        try:
+            run = TestRunner(old.external_prog_fd)
+            res = node.call(run.run, bytes(from_client(NODE, 30080, sport=40000, flags="S")), 1, node.ext_ifindex)
+            out = Outcome(res.verdict_name, res.data)
+            assert (out.verdict, out.pkt[IP].dst, out.pkt[IP].src) == ("XDP_TX", nodenet.REMOTE_POD, NODE)
+        finally:
+            new.close()
+    finally:
+        old.close()
+        reset(cfg)
