@@ -144,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
     from .interfaces import InterfaceManager
     from .node_interfaces import NodeInterfaces, pin_programs, uninstall
     from .nodeport_addresses import interface_addresses, parse_cidrs, select
+    from .instance_lock import hold_instance
 
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s agent[{args.node}] %(levelname)s %(message)s",
                         stream=sys.stderr)
@@ -175,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("forwarding: %s (%s)", "FIB lookup + redirect to targets" if redirect else "the node's stack", why)
     config = DataplaneConfig(instance=args.instance or args.node, fib_redirect=redirect,
                              replace_stale=args.stale_dataplane == "replace", **extra)
+    held = hold_instance(config.instance)   # noqa: F841 - held until the agent returns
     node_interfaces = None
     if args.interfaces or args.discover:
         node_interfaces = NodeInterfaces(

@@ -62,6 +62,20 @@ struct bpf_prog_info_head {
     uint32_t id;
     uint8_t tag[8];
 };
+struct bpf_prog_info_named {   /* struct bpf_prog_info up to its name */
+    uint32_t type;
+    uint32_t id;
+    uint8_t tag[8];
+    uint32_t jited_prog_len;
+    uint32_t xlated_prog_len;
+    uint64_t jited_prog_insns;
+    uint64_t xlated_prog_insns;
+    uint64_t load_time;
+    uint32_t created_by_uid;
+    uint32_t nr_map_ids;
+    uint64_t map_ids;
+    char name[16];
+};
 int bpf_obj_get_info_by_fd(int bpf_fd, void *info, uint32_t *info_len);
 int bpf_obj_get(const char *pathname);
 int bpf_obj_pin(int fd, const char *pathname);
@@ -153,6 +167,26 @@ def prog_id(fd: int) -> int:
     if lib().bpf_obj_get_info_by_fd(fd, info, size) != 0:
         raise OSError(ffi.errno, f"bpf_obj_get_info_by_fd({fd}): {os.strerror(ffi.errno)}")
     return info.id
+
+
+def prog_name_by_id(prog_id_: int) -> str | None:
+    """The name of the program `prog_id_` (its function's, 15 characters at most), or
+    None if it is gone."""
+    fd = lib().bpf_prog_get_fd_by_id(prog_id_)
+    if fd < 0:
+        return None
+    try:
+        info = ffi.new("struct bpf_prog_info_named *")
+        size = ffi.new("uint32_t *", ffi.sizeof("struct bpf_prog_info_named"))
+        if lib().bpf_obj_get_info_by_fd(fd, info, size) != 0:
+            return None
+        return ffi.string(info.name).decode(errors="replace")
+    finally:
+        os.close(fd)
+
+
+def prog_fd_by_id(prog_id_: int) -> int:
+    return _check(lib().bpf_prog_get_fd_by_id(prog_id_), f"bpf_prog_get_fd_by_id({prog_id_})")
 
 
 BPF_MAP_TYPE_ARRAY = 2

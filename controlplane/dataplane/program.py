@@ -287,6 +287,8 @@ class Dataplane:
                 # the new programs replace it. Every map goes, not only the ones that
                 # differ: the flow tables name service and backend ids the new maps hand
                 # out again. The build stamp goes too: it named the old build's maps.
+                log.info("dataplane %s: the pinned maps are another build's layout (%s): compiling a new "
+                         "dataplane beside them", config.instance, "; ".join(differs.problems))
                 config.pin_dir.joinpath(STAMP_PIN).unlink(missing_ok=True)
                 stale = _set_aside_dataplane(config)
                 dp = cls._compile(config, adopts_conntrack=False)

@@ -6,7 +6,8 @@ Attached with BPF_F_ALLOW_MULTI so they coexist with other programs on the same
 cgroup (systemd's, on a real node's root). An attachment outlives the process that
 made it, so the hooks keep serving while the agent is down; each hook's program is
 also pinned (<pin dir>/sock_<hook>), and a restarted agent swaps its new program in
-for the pinned one in place (BPF_F_REPLACE): no moment without translation.
+for the pinned one in place (BPF_F_REPLACE): no moment without translation. With no pin
+(a reset), the program attached under the hook's function name is the one replaced.
 """
 from __future__ import annotations
 
@@ -114,7 +115,14 @@ class SockHooks:
                     attached = libbpf.prog_query(cg, hook.attach_type)
                     if _prog_id(fd) in attached:
                         continue
-                    if old is not None and _prog_id(old) in attached:
+                    if old is None or _prog_id(old) not in attached:
+                        # No pin names it (`dataplane reset` removed the pins, a lost bpffs):
+                        # an earlier build's program by its name, which would otherwise go on
+                        # translating first, over maps nothing updates any more.
+                        if old is not None:
+                            os.close(old)
+                        old = _earlier(hook, attached)
+                    if old is not None:
                         libbpf.prog_attach(fd, cg, hook.attach_type, BPF_F_ALLOW_MULTI | BPF_F_REPLACE, old)
                     else:
                         libbpf.prog_attach(fd, cg, hook.attach_type, BPF_F_ALLOW_MULTI)
@@ -161,6 +169,18 @@ class SockHooks:
                     os.close(old)
                 out[hook.name] = bool(ids & set(libbpf.prog_query(cg, hook.attach_type)))
         return out
+
+
+def _earlier(hook: Hook, attached: list[int]) -> int | None:
+    """An fd of a program attached to `hook` that bears its function's name (an earlier
+    build's, whose pin is gone), or None."""
+    for prog in attached:
+        if libbpf.prog_name_by_id(prog) == hook.function:
+            try:
+                return libbpf.prog_fd_by_id(prog)
+            except OSError:   # gone meanwhile
+                continue
+    return None
 
 
 def detach_pinned(pin_dir: Path, cgroup: Path) -> list[str]:

@@ -454,10 +454,14 @@ def test_pinned_hooks_are_detached_without_loading_anything(loaded_dataplane):
         shutil.rmtree(pin_dir, ignore_errors=True)
 
 
-def test_a_restart_replaces_its_programs_in_place_on_every_cgroup(loaded_dataplane):
+@pytest.mark.parametrize("pins", ["kept", "removed"])
+def test_a_restart_replaces_its_programs_in_place_on_every_cgroup(loaded_dataplane, pins):
     """A restarted agent with two cgroups (the lab's node and pods with
     SVCXDP_SOCKET_LB_PODS=1) swaps its new programs in for the pinned ones on both:
-    one program per hook on each, the new one, not the old one beside it."""
+    one program per hook on each, the new one, not the old one beside it. Also when the
+    pins are gone (`svcctl dataplane reset` while the hooks stayed attached): the old
+    programs are found by their names, or they would go on translating first, over maps
+    nothing updates any more."""
     import os
     import shutil
     from pathlib import Path
@@ -485,6 +489,9 @@ def test_a_restart_replaces_its_programs_in_place_on_every_cgroup(loaded_datapla
         first.attach(*cgs)
         old_ids = {h.name: [prog_id(first.fds[h.name])] for h in HOOKS}
         assert all(attached_ids(cg) == old_ids for cg in cgs)
+        if pins == "removed":
+            for pin in pin_dir.iterdir():
+                pin.unlink()
         restarted.attach(*cgs)
         new_ids = {h.name: [prog_id(restarted.fds[h.name])] for h in HOOKS}
         assert new_ids != old_ids
