@@ -40,8 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pod-interface-prefix", default="", metavar="P,P...",
                    help="with --discover: pod interface name prefixes, e.g. veth,cali,lxc")
     p.add_argument("--uninstall", action="store_true",
-                   help="detach this node's pinned program from the interfaces (--interfaces or --discover) "
-                        "and remove its pins, then exit")
+                   help="detach this node's pinned program from the interfaces (--interfaces, --discover or "
+                        "--attach-points) and remove its pins, then exit")
     p.add_argument("--xdp-mode", default="native", choices=["native", "generic"],
                    help="XDP mode of the external interfaces, and of pod interfaces whose veth peer "
                         "the agent gives a program (--attach-points)")
@@ -184,7 +184,9 @@ def run(args: argparse.Namespace) -> int:
             pod_prefixes=[p for p in args.pod_interface_prefix.split(",") if p])
     if args.uninstall:
         from controlplane.dataplane.program import reset
-        detached = uninstall(config.pin_dir, node_interfaces() if node_interfaces else [])
+        targets = node_interfaces() if node_interfaces else \
+            FileAttachPoints(args.attach_points)() if args.attach_points else []
+        detached = uninstall(config.pin_dir, targets)
         detached += _detach_socket_lb(config.pin_dir, args.socket_lb_cgroup)
         log.info("detached from %s; pins removed: %s", ", ".join(detached) or "no interface",
                  reset(config))

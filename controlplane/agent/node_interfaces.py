@@ -19,7 +19,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_LINK
 
-from controlplane.dataplane.attach import attached_prog_id, detach_tc_egress, detach_xdp
+from controlplane.dataplane.attach import AttachError, attached_prog_id, detach_tc_egress, detach_xdp
 from controlplane.dataplane.config import PROGRAM_PINS
 
 from .attach_sources import Target
@@ -125,10 +125,13 @@ def uninstall(pin_dir: Path, interfaces: list[Target]) -> list[str]:
         return []
     detached = []
     for t in interfaces:
-        xdp = attached_prog_id(t.ifname, t.netns or None) in ours
-        if xdp:
-            detach_xdp(t.ifname, t.netns or None)
-        # the filter is ours by its priority and handle, whatever runs in XDP by now
-        if detach_tc_egress(t.ifname, t.netns or None) or xdp:
-            detached.append(t.ifname)
+        try:
+            xdp = attached_prog_id(t.ifname, t.netns or None) in ours
+            if xdp:
+                detach_xdp(t.ifname, t.netns or None)
+            # the filter is ours by its place and name, whatever runs in XDP by now
+            if detach_tc_egress(t.ifname, t.netns or None) or xdp:
+                detached.append(t.ifname)
+        except (AttachError, OSError) as exc:   # gone meanwhile (a pod's interface or namespace)
+            log.warning("uninstall: %s: %s", t.ifname, exc)
     return detached

@@ -217,3 +217,33 @@ def test_a_nodeport_whose_backend_is_on_the_node_answers_outside(tmp_path: Path)
         for ns in (node, outside, pod):
             subprocess.run(["ip", "netns", "del", ns], check=False)
         shutil.rmtree(Path("/sys/fs/bpf/svcxdp") / node, ignore_errors=True)
+
+
+def test_uninstall_by_an_attach_file_detaches_what_it_names(node_ns: str, tmp_path: Path) -> None:
+    """An agent given its interfaces by an attach file (--attach-points, as the lab's) is
+    uninstalled by the same file: every interface it names loses our XDP program and tc
+    filter (the QA pass found them left attached, pins removed, with --attach-points), and
+    an interface the file names that is gone meanwhile is passed over."""
+    instance = node_ns
+    points = tmp_path / "attach.json"
+
+    def target(ifname: str, role: str) -> dict:
+        index = json.loads(ip("-n", node_ns, "-j", "link", "show", ifname))[0]["ifindex"]
+        return {"netns": node_ns, "ifname": ifname, "ifindex": index, "role": role}
+    points.write_text(json.dumps([target("eth0", "external"), target("veth-a", "pod")]))
+    common = ["--node", "n1", "--instance", instance, "--attach-points", str(points)]
+    agent = svcctl_in(node_ns, "agent", *common, "--state-dir", str(tmp_path), "--healthz-port", "0",
+                      "--xdp-mode", "generic", log=tmp_path / "agent.log")
+    try:
+        wait_for(lambda: xdp_prog(node_ns, "eth0") and xdp_prog(node_ns, "veth-a"), what="attach")
+    finally:
+        if agent.poll() is None:
+            os.kill(agent.pid, signal.SIGTERM)
+            agent.wait(30)
+    entries = json.loads(points.read_text())
+    points.write_text(json.dumps(entries + [dict(entries[1], ifname="veth-gone", ifindex=99)]))
+    done = svcctl_in(node_ns, "agent", *common, "--uninstall", "--xdp-mode", "generic", log=tmp_path / "uninstall.log")
+    assert done.wait(60) == 0, (tmp_path / "uninstall.log").read_text()
+    assert [xdp_prog(node_ns, d) for d in ("eth0", "veth-a")] == [None, None]
+    assert not any("svcxdp_local_reply" in tc_egress(node_ns, d) for d in ("eth0", "veth-a"))
+    assert not (Path("/sys/fs/bpf/svcxdp") / instance).exists()
