@@ -93,7 +93,6 @@ def _fs_type(path: Path) -> int:
 Aside = list[tuple[Path, Path]]   # (pin, where it was moved), in the order moved
 # The suffixes of pins moved aside during a load: a stale counters map, a stale dataplane.
 COUNTERS_ASIDE, STALE_ASIDE = "replaced", "stale"
-ASIDE_SUFFIXES = (COUNTERS_ASIDE, STALE_ASIDE)
 
 
 def _set_aside_stale_counters(config: DataplaneConfig) -> Aside:
@@ -227,7 +226,8 @@ class Dataplane:
     built: bool = True          # open(): False when the pins were current and nothing was compiled
     _mapped: dict[str, MappedArray | None] = field(default_factory=dict)
     _sets: dict[str, "flowsets.FlowSets"] = field(default_factory=dict)
-    # load(): the pinned maps of another layout it replaced (StaleDataplane.problems)
+    # What load() replaced (StaleDataplane.problems), or (UNFINISHED,): the maps are new and
+    # the old ones' programs may still serve; () once finish_replacement has run
     replaced: tuple[str, ...] = ()
 
     @classmethod
