@@ -120,7 +120,7 @@ def _attached_modes(ipr: IPRoute, idx: int) -> tuple[str, ...]:
 # The tc egress program (bpf/local_reply.h): a bpf filter of ours on the egress hook of
 # the device's clsact qdisc, known by its priority and handle; direct action, every
 # protocol.
-TC_EGRESS = "ffff:fff3"
+TC_EGRESS = 0xFFFFFFF3   # the clsact qdisc's egress hook, ffff:fff3
 TC_PRIO = 0xC5
 TC_HANDLE = 1
 # The filter's name (TCA_BPF_NAME), which tells ours from another's at our place: the
@@ -132,7 +132,7 @@ _ETH_P_ALL = 0x0003
 def _filter_at_ours(ipr: IPRoute, idx: int) -> str | None:
     """The name of the bpf filter at our priority and handle on link idx's egress ("" if it
     has none), or None if there is none."""
-    for f in ipr.get_filters(index=idx, parent=0xFFFFFFF3):   # TC_EGRESS
+    for f in ipr.get_filters(index=idx, parent=TC_EGRESS):
         if f["info"] >> 16 == TC_PRIO and f["handle"] == TC_HANDLE and not f.get_attr("TCA_CHAIN"):
             options = f.get_attr("TCA_OPTIONS")
             return (options.get_attr("TCA_BPF_NAME") if options else None) or ""

@@ -57,12 +57,7 @@ struct bpf_map_info {
     uint32_t pad;
     uint64_t map_extra;
 };
-struct bpf_prog_info_head {
-    uint32_t type;
-    uint32_t id;
-    uint8_t tag[8];
-};
-struct bpf_prog_info_named {   /* struct bpf_prog_info up to its name */
+struct bpf_prog_info_head {   /* struct bpf_prog_info up to its name */
     uint32_t type;
     uint32_t id;
     uint8_t tag[8];
@@ -169,20 +164,13 @@ def prog_id(fd: int) -> int:
     return info.id
 
 
-def prog_name_by_id(prog_id_: int) -> str | None:
-    """The name of the program `prog_id_` (its function's, 15 characters at most), or
-    None if it is gone."""
-    fd = lib().bpf_prog_get_fd_by_id(prog_id_)
-    if fd < 0:
-        return None
-    try:
-        info = ffi.new("struct bpf_prog_info_named *")
-        size = ffi.new("uint32_t *", ffi.sizeof("struct bpf_prog_info_named"))
-        if lib().bpf_obj_get_info_by_fd(fd, info, size) != 0:
-            return None
-        return ffi.string(info.name).decode(errors="replace")
-    finally:
-        os.close(fd)
+def prog_name(fd: int) -> str:
+    """The program's name (its function's, 15 characters at most)."""
+    info = ffi.new("struct bpf_prog_info_head *")
+    size = ffi.new("uint32_t *", ffi.sizeof("struct bpf_prog_info_head"))
+    if lib().bpf_obj_get_info_by_fd(fd, info, size) != 0:
+        raise OSError(ffi.errno, f"bpf_obj_get_info_by_fd({fd}): {os.strerror(ffi.errno)}")
+    return ffi.string(info.name).decode(errors="replace")
 
 
 def prog_fd_by_id(prog_id_: int) -> int:

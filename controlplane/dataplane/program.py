@@ -146,10 +146,15 @@ def _set_aside_dataplane(config: DataplaneConfig) -> Aside:
     return moved
 
 
+def _stale_pins(config: DataplaneConfig) -> list[Path]:
+    """The pins of a replaced dataplane's maps still set aside (_set_aside_dataplane)."""
+    return [p for name in PINNED_MAPS if (p := config.pin_dir / f"{name}_{STALE_ASIDE}").exists()]
+
+
 def unfinished_replacement(config: DataplaneConfig) -> bool:
     """Maps of a replaced dataplane are still pinned aside: the programs over them may
     still serve some interface (Dataplane.finish_replacement has not run)."""
-    return any(config.pin_dir.joinpath(f"{name}_{STALE_ASIDE}").exists() for name in PINNED_MAPS)
+    return bool(_stale_pins(config))
 
 
 # Dataplane.replaced when nothing differs but a replacement is unfinished (an agent that
@@ -342,14 +347,11 @@ class Dataplane:
         """Unpin the maps a replacement set aside (load), once this dataplane's programs
         have replaced the old ones wherever those ran: they go with the last program over
         them. The number of pins removed."""
-        removed = 0
-        for name in PINNED_MAPS:
-            pin = self.config.pin_dir / f"{name}_{STALE_ASIDE}"
-            if pin.exists():
-                pin.unlink()
-                removed += 1
+        pins = _stale_pins(self.config)
+        for pin in pins:
+            pin.unlink()
         self.replaced = ()
-        return removed
+        return len(pins)
 
     # ---- maps -------------------------------------------------------------------
     def table(self, name: str):

@@ -175,11 +175,13 @@ def _earlier(hook: Hook, attached: list[int]) -> int | None:
     """An fd of a program attached to `hook` that bears its function's name (an earlier
     build's, whose pin is gone), or None."""
     for prog in attached:
-        if libbpf.prog_name_by_id(prog) == hook.function:
-            try:
-                return libbpf.prog_fd_by_id(prog)
-            except OSError:   # gone meanwhile
-                continue
+        try:
+            fd = libbpf.prog_fd_by_id(prog)
+        except OSError:   # gone meanwhile
+            continue
+        if libbpf.prog_name(fd) == hook.function:
+            return fd
+        os.close(fd)
     return None
 
 
