@@ -268,13 +268,13 @@ def test_a_half_closed_connection_gets_its_late_answer(cluster: Cluster, remote_
         node_port = service("np-half", "np")
         node_port["spec"]["type"] = "NodePort"
         node_port["spec"]["ports"] = [{"name": "late", "port": 90, "targetPort": 9000, "protocol": "TCP",
-                                       "nodePort": 30990}]
+                                       "nodePort": 30061}]
         cluster_only = service("np-half-cip", "np")
         cluster_only["spec"]["ports"] = [{"name": "late", "port": 91, "targetPort": 9001, "protocol": "TCP"}]
         apply(cluster, node_port, cluster_only)
         cluster.wait_endpoints("np-half-cip", 1)
         askers = {"pod": ("client", cluster.cluster_ip("np-half-cip"), 91),
-                  "node1": ("outside", NODE1, 30990), "node2": ("outside", NODE2, 30990)}
+                  "node1": ("outside", NODE1, 30061), "node2": ("outside", NODE2, 30061)}
         for name, (host, address, port) in askers.items():
             wait_for(f"{name} answers", lambda a=(host, address, port): ask(*a, b"ping", 2) == b"the answer to ping")
         answers: dict[str, bytes | None] = {}
