@@ -13,7 +13,8 @@ import numpy as np
 
 from .affinity_maps import AffinityGenerations
 from .ids import IdAllocator
-from .installed import F_AFFINITY, F_LOCAL_DROP, F_REPLY_ENTRY, F_SOURCE_RANGES, SVC_FIELDS, Address, Installed, maglev_inputs
+from .installed import (F_AFFINITY, F_LOCAL_DROP, F_REPLY_ENTRY, F_SOURCE_RANGES, SVC_FIELDS, Address, Installed,
+                        backend_ids_of, maglev_inputs)
 from .layout import ALGORITHMS, const
 from .maglev_maps import MaglevMaps
 from .mapped import MappedArray
@@ -100,7 +101,7 @@ def adopt(services, backends, maglev: MaglevMaps, svc_ids: IdAllocator, backend_
         except ValueError:  # a table size this build refuses: rewrite at next sync
             state = ServiceState(fe, tuple(b for _, b in members.values()), algorithm, timeout, **extra)
             table_ok = False
-        ids = {addr: i for addr, (i, _) in members.items()}
+        ids = backend_ids_of(state.backends, {addr: i for addr, (i, _) in members.items()})
         if maglev_inputs(state, ids) is not None and not maglev.has(svc_id):
             table_ok = False  # the last agent stopped between table and entry
         gen = affinity_gen if vflags & F_AFFINITY else 0

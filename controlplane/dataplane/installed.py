@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import warnings
 from array import array
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Mapping
 from operator import attrgetter
 from dataclasses import dataclass
 from typing import Sequence
@@ -40,11 +42,73 @@ SVC_FIELDS = ("svc_id", "count", "algorithm", "flags", "affinity_timeout", "tabl
 BACKEND_FIELDS = ("ip", "port", "state", "proto", "svc_id", "weight", "flags")
 
 
+_address = attrgetter("ip", "port")
+
+
+class BackendIds(Mapping[Address, int]):
+    """A record's backend ids by address, kept as the ids alone, in the order of the
+    state's backends (which are sorted by address and distinct: ServiceState), and
+    looked up by bisection over them. A dict per record kept, at 10,000 x 10, an
+    (ip, port) tuple and an int object per backend besides its own table: ~13 MiB of
+    the agent's resident memory, for lookups only changes and readers make."""
+    __slots__ = ("_backends", "_ids")
+
+    def __init__(self, backends: Sequence[Backend], ids: Iterable[int]) -> None:
+        self._backends = backends
+        self._ids = array("I", ids)   # (map keys are u32)
+        if len(self._ids) != len(backends):
+            raise ValueError(f"BackendIds: {len(self._ids)} ids for {len(backends)} backends")
+
+    def __getitem__(self, address: Address) -> int:
+        backends = self._backends
+        i = bisect_left(backends, address, key=_address)
+        if i < len(backends) and _address(backends[i]) == address:
+            return self._ids[i]
+        raise KeyError(address)
+
+    def __iter__(self) -> Iterator[Address]:
+        return map(_address, self._backends)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def values(self) -> list[int]:   # type: ignore[override]
+        return self._ids.tolist()
+
+    def items(self) -> list[tuple[Address, int]]:   # type: ignore[override]
+        """(address, id) pairs, in the backends' order (not a view: made when asked)."""
+        return list(zip(map(_address, self._backends), self._ids))
+
+
+def ids_over(backends: Sequence[Backend], ids: Mapping[Address, int]) -> BackendIds | None:
+    """`ids` as a BackendIds over `backends`, or None when it does not list exactly
+    their addresses."""
+    if len(ids) != len(backends):
+        return None
+    if isinstance(ids, BackendIds):
+        if ids._backends is backends:
+            return ids
+        if list(map(_address, ids._backends)) == list(map(_address, backends)):   # (in C)
+            return BackendIds(backends, ids._ids)
+    try:
+        return BackendIds(backends, map(ids.__getitem__, map(_address, backends)))
+    except KeyError:
+        return None
+
+
+def backend_ids_of(backends: Sequence[Backend], ids: Mapping[Address, int]) -> Mapping[Address, int]:
+    """`ids` held as a BackendIds over `backends` when it lists exactly their addresses
+    (always, for a record the writer made: its plan's ids are those of its state's
+    backends), else as it is."""
+    over = ids_over(backends, ids)
+    return ids if over is None else over
+
+
 @dataclass
 class Installed:
     svc_id: int
     state: ServiceState
-    backend_ids: dict[Address, int]
+    backend_ids: Mapping[Address, int]   # a BackendIds over state.backends, but for odd adopted records
     slot_count: int          # slots 1..slot_count are written (more if suspect: see verify.py)
     table_ok: bool = True    # False: adopted Maglev service whose table is missing
     affinity_gen: int = 0    # its ClientIP period (affinity_maps.py); 0 with affinity off

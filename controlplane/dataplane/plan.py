@@ -12,8 +12,8 @@ import numpy as np
 
 from .affinity_maps import AffinityGenerations
 from .ids import CapacityError, IdAllocator
-from .installed import (Address, Installed, maglev_inputs, service_columns, service_key_columns, service_key_row,
-                        service_row, slot_ids)
+from .installed import (Address, BackendIds, Installed, backend_ids_of, maglev_inputs, service_columns,
+                        service_key_columns, service_key_row, service_row, slot_ids)
 from .model import BACKEND_STATES, Backend, Frontend, ServiceState
 from .packing import be32_column, port_be16
 
@@ -53,7 +53,8 @@ class Plan:
 
     def installed(self) -> Installed:
         """The record of what the maps hold once the plan is written."""
-        return Installed(self.svc_id, self.state, self.ids, self.slot_count, affinity_gen=self.affinity_gen)
+        return Installed(self.svc_id, self.state, backend_ids_of(self.state.backends, self.ids), self.slot_count,
+                         affinity_gen=self.affinity_gen)
 
 
 class Room(Protocol):
@@ -150,7 +151,7 @@ def _plan_new(state: ServiceState, svc_ids: IdAllocator, backend_ids: IdAllocato
     batch.allocate(svc_ids, backend_ids, affinity)
     (record,) = batch.installed()
     _, slots, bids = batch.slot_columns()
-    plan = Plan(state, None, record.svc_id, record.backend_ids, batch.ids, batch.ids, state.backends)
+    plan = Plan(state, None, record.svc_id, dict(record.backend_ids), batch.ids, batch.ids, state.backends)
     plan.slot_numbers, plan.slot_backend_ids = slots.tolist(), bids.tolist()
     plan.slot_count = record.slot_count
     plan.install_table = maglev_inputs(state, plan.ids) is not None
@@ -190,7 +191,7 @@ class NewPlans:
     """Plans of frontends the maps do not hold (the bulk of a full sync: 10,000
     services, 100,000 backends), kept as columns over all their backends, state by
     state, so the writer packs every map's rows with numpy, not per backend. What is
-    made per backend is only what the records keep: each state's address -> id map.
+    made per backend is only what the records keep: each state's ids (BackendIds).
 
     Made in two steps, because rev_nat is attached between them (writer.py: an
     address is attached before its backend entry is written): `NewPlans.of(states)`
@@ -219,7 +220,7 @@ class NewPlans:
     svc_ids: list[int] = field(default_factory=list)
     ids: list[int] = field(default_factory=list)           # backend id of each backend
     id_col: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))   # `ids` as u32
-    id_maps: list[dict[Address, int]] = field(default_factory=list)
+    id_maps: list[BackendIds] = field(default_factory=list)   # each state's ids by address
     slot_bids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))  # slots 1..n of each state
     affinity_gens: list[int] = field(default_factory=list)
 
@@ -309,10 +310,9 @@ class NewPlans:
         self.ids = ids = backend_ids.allocate_many(len(self.backends))
         self.id_col = np.array(ids, np.uint32)
         self.slot_bids = self.id_col if self.slot_pos is None else self.id_col[self.slot_pos]
-        # each state's address -> id, its slice of the columns (islice of shared
-        # iterators: zip stops at the end of the slice before taking the next id)
-        addrs, id_iter = iter(zip(self.ips, self.ports)), iter(ids)
-        self.id_maps = list(map(dict, map(zip, map(islice, repeat(addrs), self.counts), repeat(id_iter))))
+        # each state's ids, its slice of the column (its backends are its slice of `backends`)
+        id_iter = iter(ids)
+        self.id_maps = list(map(BackendIds, map(_backends, self.states), map(islice, repeat(id_iter), self.counts)))
         timeouts = list(map(_timeout, self.states))
         if any(timeouts):
             self.affinity_gens = [affinity.for_update(t, 0) for t in timeouts]

@@ -41,7 +41,7 @@ from .affinity_maps import AffinityGenerations
 from .beside import BESIDE_MIN, Beside
 from .config import FLOW_TABLES
 from .ids import CapacityError, IdAllocator
-from .installed import (BACKEND_FIELDS, SVC_FIELDS, SVC_KEY_FIELDS, Installed, backend_columns,
+from .installed import (BACKEND_FIELDS, SVC_FIELDS, SVC_KEY_FIELDS, Installed, backend_columns, ids_over,
                         maglev_table, service_key_row)
 from .libbpf import zero_entries
 from .maglev_maps import MaglevMaps
@@ -273,17 +273,14 @@ class MapWriter:
                 if rec is None or not rec.adopted:
                     continue
                 # equal states list equal backends, so these are the record's addresses
-                old = rec.backend_ids
-                try:
-                    ids = {a: old[a] for a in map(_address, state.backends)}
-                except KeyError:   # not equal after all: keep the record as adopted
-                    continue
-                if len(ids) != len(old):
+                backends = state.backends
+                ids = ids_over(backends, rec.backend_ids)
+                if ids is None:   # not equal after all: keep the record as adopted
                     continue
                 swaps[id(rec)] = (fe, Installed(rec.svc_id, state, ids, rec.slot_count, rec.table_ok,
                                                 rec.affinity_gen, rec.suspect))
                 proto = fe.protocol
-                rev_keys += [(ip, port, proto) for ip, port in ids]
+                rev_keys += [(ip, port, proto) for ip, port in map(_address, backends)]
                 counts.append(len(ids))
             if swaps:
                 installed: dict[Frontend, Installed] = {}

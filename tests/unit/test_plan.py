@@ -7,10 +7,10 @@ import pytest
 
 from controlplane.dataplane.affinity_maps import AffinityGenerations
 from controlplane.dataplane.ids import CapacityError, IdAllocator
-from controlplane.dataplane.installed import (F_AFFINITY, F_TERMINATING_ONLY, maglev_table,
-                                              service_key_row, service_row, slot_ids)
+from controlplane.dataplane.installed import (F_AFFINITY, F_TERMINATING_ONLY, BackendIds, backend_ids_of, ids_over,
+                                              maglev_table, service_key_row, service_row, slot_ids)
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
-from controlplane.dataplane.plan import check_capacity, plan_upsert
+from controlplane.dataplane.plan import NewPlans, check_capacity, plan_upsert
 
 FE = Frontend("10.96.0.1", 80)
 
@@ -313,3 +313,47 @@ def test_capacity_from_new_plans_agrees_with_the_walk(kind):
                 outcomes.append(str(exc))
         assert outcomes[0] == outcomes[1]
         assert (outcomes[0] is None) == (svc_limit > services and backend_limit > backends and slot_limit >= slots)
+
+
+def test_backend_ids_are_a_mapping_by_address_in_the_backends_order():
+    """A record's ids (BackendIds): the ids alone, in the order of the state's backends
+    (sorted by address: "10.0.0.10" before "10.0.0.9"), looked up by bisection."""
+    s = st("10.0.0.9", "10.0.0.10", "10.0.0.2")
+    ids = {("10.0.0.9", 8080): 7, ("10.0.0.10", 8080): 3, ("10.0.0.2", 8080): 5}
+    compact = ids_over(s.backends, ids)
+    assert isinstance(compact, BackendIds) and compact == ids and ids == compact
+    assert list(compact) == [b.address for b in s.backends] == [("10.0.0.10", 8080), ("10.0.0.2", 8080),
+                                                                ("10.0.0.9", 8080)]
+    assert compact.items() == [(("10.0.0.10", 8080), 3), (("10.0.0.2", 8080), 5), (("10.0.0.9", 8080), 7)]
+    assert compact.values() == [3, 5, 7] and len(compact) == 3
+    assert compact[("10.0.0.2", 8080)] == 5 and compact.get(("10.0.0.2", 8081)) is None
+    assert ("10.0.0.1", 8080) not in compact and ("10.0.0.9", 8080) in compact
+    with pytest.raises(KeyError):
+        compact[("10.0.0.99", 8080)]
+    # over equal backends (a restart's adopted record and the agent's state): the same ids
+    again = st("10.0.0.2", "10.0.0.10", "10.0.0.9")
+    assert ids_over(again.backends, compact) == ids and ids_over(again.backends, compact)._backends is again.backends
+    # ids of other addresses, or of more or fewer: none
+    assert ids_over(st("10.0.0.9", "10.0.0.10", "10.0.0.3").backends, compact) is None
+    assert ids_over(st("10.0.0.9", "10.0.0.10").backends, ids) is None
+    assert backend_ids_of(st("10.0.0.9").backends, ids) is ids
+    # no backends: an empty one over them (the empty tuple is one object: still a match)
+    assert ids_over((), {}) == {} and ids_over((), ids_over((), {})) is not None
+    with pytest.raises(ValueError):
+        BackendIds(s.backends, [1, 2])
+
+
+def test_a_record_holds_its_ids_over_its_states_backends():
+    """What the writer keeps: plan_upsert's and NewPlans' records hold BackendIds."""
+    ids = Ids()
+    new = ids.plan(st("10.0.0.1", "10.0.0.2"))
+    rec = new.installed()
+    assert isinstance(rec.backend_ids, BackendIds) and rec.backend_ids == new.ids
+    changed = ids.plan(st("10.0.0.2", "10.0.0.3"), rec)
+    assert isinstance(changed.ids, dict)   # a plan's own, which the writer shrinks
+    changed.ids.pop(("10.0.0.1", 8080))
+    after = changed.installed()
+    assert isinstance(after.backend_ids, BackendIds) and dict(after.backend_ids) == changed.ids
+    batch = NewPlans.of([st("10.0.0.4"), st()])
+    batch.allocate(ids.svc, ids.backend, ids.affinity)
+    assert all(isinstance(r.backend_ids, BackendIds) for r in batch.installed())
