@@ -146,6 +146,9 @@ BPF_PERCPU_ARRAY(fib_cache, struct fib_cache_entry, 1 << SVCXDP_FIB_CACHE_BITS);
 SVCXDP_MAP("percpu_array", __u32, struct svc_stats, svc_stats, SVCXDP_SVC_ID_SLOTS);
 /* Per-backend new flows (8 bytes x backends x CPUs). */
 SVCXDP_MAP("percpu_array", __u32, struct backend_stats, backend_stats, SVCXDP_MAX_BACKENDS);
+/* Each CPU's budget of reject answers (reject.h reject_allowed); never pinned: a new
+ * program starting with a full budget answers at most one burst more. */
+BPF_PERCPU_ARRAY(reject_budget, struct reject_budget, 1);
 /* Scratch of the least-connections scan; per CPU, never pinned (no state). */
 BPF_PERCPU_ARRAY(lc_scratch, struct lc_best, 1);
 /* The packet's copy of its service entry (svcxdp.c svc_read); per CPU, never pinned.

@@ -5,7 +5,10 @@
  * TCP RST or an ICMP port unreachable, so the client sees "connection refused" at
  * once; and for a translated frame too large for its way out with DF set, the ICMP
  * "fragmentation needed" that the node's stack would send, but quoting the frame as
- * its sender sent it (frag_answerable, frag_needed_reply).
+ * its sender sent it (frag_answerable, frag_needed_reply). A reject spends from its
+ * CPU's budget (reject_allowed), as the kernel rate-limits its ICMP errors; "fragmentation
+ * needed" does not, as the kernel never limits those (icmpv4_mask_allow: "Don't limit
+ * PMTU discovery"), and it is smaller than the frame it answers.
  * The replies are built from scratch at fixed offsets, so IP or TCP options in the
  * offending packet do not matter.
  */
@@ -16,6 +19,44 @@
 #include "conntrack.h"
 
 #define REPLY_TTL 64
+
+#ifndef SVCXDP_REJECT_RATE
+#define SVCXDP_REJECT_RATE SVCXDP_DEFAULT_REJECT_RATE
+#endif
+#ifndef SVCXDP_REJECT_BURST
+#define SVCXDP_REJECT_BURST SVCXDP_DEFAULT_REJECT_BURST
+#endif
+#define REJECT_TOKEN_NS (SVCXDP_NSEC_PER_SEC / SVCXDP_REJECT_RATE)
+
+/* May this CPU send one more reject now? A token bucket (the kernel's ICMP limit, see
+ * SVCXDP_DEFAULT_REJECT_RATE): a token earned every REJECT_TOKEN_NS, at most
+ * SVCXDP_REJECT_BURST kept, one spent per answer. The time earned up to advances by
+ * whole tokens only, so no fraction of one is lost between answers; a full bucket
+ * earns nothing, so its time is then the present. Per CPU: no other CPU writes it, and
+ * a flood spread over the CPUs shares no cache line (so a node answers up to its CPUs
+ * times the rate, where the kernel's global limit is one per node). */
+static __always_inline int reject_allowed(void)
+{
+	__u32 zero = 0;
+	struct reject_budget *b = reject_budget.lookup(&zero);
+	if (!b)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 earned = (now - b->earned_ns) / REJECT_TOKEN_NS;
+	if (earned) {
+		if (b->tokens + earned >= SVCXDP_REJECT_BURST) {
+			b->tokens = SVCXDP_REJECT_BURST;
+			b->earned_ns = now;
+		} else {
+			b->tokens += earned;
+			b->earned_ns += earned * REJECT_TOKEN_NS;
+		}
+	}
+	if (!b->tokens)
+		return 0;
+	b->tokens--;
+	return 1;
+}
 
 /* The verifier forbids arithmetic on data_end, so the frame length comes from
  * bpf_xdp_get_buff_len() (Linux 5.18), which bcc 0.26 does not declare. */

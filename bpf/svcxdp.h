@@ -154,7 +154,9 @@
 #define SVCXDP_CNT_LOCAL_REVNAT 34     /* an answer of a backend at the node's own address, made
 					* by the node: reverse-NATed on its way out (tc egress,
 					* local_reply.h) */
-#define SVCXDP_CNT_MAX 35
+#define SVCXDP_CNT_REJECT_LIMITED 35   /* a reject over the CPU's answer budget (reject.h):
+					* dropped unanswered */
+#define SVCXDP_CNT_MAX 36
 
 /* ---- hairpin ------------------------------------------------------------------ */
 /* A pod whose Service picks the pod itself would receive its own address as source
@@ -197,6 +199,13 @@
 #define SVCXDP_DEFAULT_TCP_CLOSE_TIMEOUT_S 10 /* closed: both FINs, or a RST */
 #define SVCXDP_DEFAULT_TCP_HALF_CLOSE_TIMEOUT_S 3600 /* one side's FIN: kube-proxy's CLOSE_WAIT */
 #define SVCXDP_DEFAULT_UDP_TIMEOUT_S 60      /* UDP idle */
+/* The rejects the program answers itself (reject.h: RSTs, port unreachables) are
+ * rate-limited with the kernel's defaults for its ICMP errors (net.ipv4.icmp_msgs_per_sec
+ * 1000, icmp_msgs_burst 50), but per CPU (the kernel's bucket is one per node): so a flood
+ * with spoofed sources to a service without endpoints cannot make a node a reflector at
+ * line rate. */
+#define SVCXDP_DEFAULT_REJECT_RATE 1000      /* rejects answered per second, per CPU */
+#define SVCXDP_DEFAULT_REJECT_BURST 50       /* rejects answered in a burst, per CPU */
 /* Devices a translated frame may be redirected to (fib.h), by ifindex: ifindexes at or
  * above this are never redirect targets (their frames go through the stack). */
 #define SVCXDP_TX_PORTS_SIZE 65536
@@ -496,6 +505,13 @@ struct sock_config {
 struct fib_gen {
 	__u32 gen;
 	__u32 reserved;
+};
+
+/* One CPU's budget of reject answers (reject.h reject_allowed): tokens left, and the
+ * time up to which tokens have been earned. */
+struct reject_budget {
+	__u64 earned_ns;
+	__u64 tokens;
 };
 
 /* One slot of the per-CPU FIB result cache (fib.h): the next hop a successful

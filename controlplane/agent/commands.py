@@ -115,6 +115,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="idle timeout of a half-closed TCP flow (one side's FIN: the other may still "
                         "send), seconds (default 3600, kube-proxy's CLOSE_WAIT)")
     p.add_argument("--udp-timeout", type=int, metavar="S", help="idle timeout of a UDP flow, seconds (default 60)")
+    p.add_argument("--reject-rate", type=int, metavar="N",
+                   help="rejects answered (a service without endpoints: TCP RST, ICMP port unreachable) per "
+                        f"second and CPU (default {const('DEFAULT_REJECT_RATE')}, the kernel's for its ICMP "
+                        "errors, which it counts per node); those over it are dropped unanswered")
+    p.add_argument("--reject-burst", type=int, metavar="N",
+                   help=f"... and in a burst, per CPU (default {const('DEFAULT_REJECT_BURST')})")
     p.add_argument("--ct-gc-interval", type=float, default=5.0, metavar="S",
                    help="seconds between sweeps of the idle-flow GC, each reading at most 65,536 entries "
                         "of each conntrack table and removing those past their timeout (0 disables it)")
@@ -295,7 +301,7 @@ def _keep_next_hops(interfaces, stop: threading.Event) -> None:
 
 
 def dataplane_sizes(args: argparse.Namespace) -> dict[str, int]:
-    """The DataplaneConfig fields the map-size, table-size and timeout flags set (those given);
+    """The DataplaneConfig fields the map-size, table-size, timeout and answer flags set (those given);
     ValueError naming the flag of a value that is not a positive integer, or of an
     unconfirmed table's size that is not a power of two of whole sets."""
     flags = {"max_services": ("--max-services", args.max_services),
@@ -309,11 +315,16 @@ def dataplane_sizes(args: argparse.Namespace) -> dict[str, int]:
              "tcp_timeout_s": ("--tcp-timeout", args.tcp_timeout),
              "tcp_close_timeout_s": ("--tcp-close-timeout", args.tcp_close_timeout),
              "tcp_half_close_timeout_s": ("--tcp-half-close-timeout", args.tcp_half_close_timeout),
-             "udp_timeout_s": ("--udp-timeout", args.udp_timeout)}
+             "udp_timeout_s": ("--udp-timeout", args.udp_timeout),
+             "reject_rate": ("--reject-rate", args.reject_rate),
+             "reject_burst": ("--reject-burst", args.reject_burst)}
     for flag, value in flags.values():
         if value is not None and value <= 0:
             raise ValueError(f"{flag} {value}: must be a positive integer")
-    from controlplane.dataplane.config import set_table_size_problem
+    from controlplane.dataplane.config import MAX_REJECT_BURST, MAX_REJECT_RATE, set_table_size_problem
+    for (flag, value), most in ((flags["reject_rate"], MAX_REJECT_RATE), (flags["reject_burst"], MAX_REJECT_BURST)):
+        if value is not None and value > most:
+            raise ValueError(f"{flag} {value}: at most {most:,}")
     for flag, value in (flags["ct_unconfirmed"], flags["ct_unconfirmed_pod"]):
         problem = None if value is None else set_table_size_problem(value)
         if problem:

@@ -65,6 +65,10 @@ def node_instance(lab_prefix: str, node: str) -> str:
     return f"{lab_prefix}-{node}"
 
 
+MAX_REJECT_RATE = 10**9   # a second: a token is then a whole number of nanoseconds (bpf/reject.h)
+MAX_REJECT_BURST = 2**32   # far from the u64 the bucket counts in
+
+
 @dataclass(frozen=True)
 class DataplaneConfig:
     """Compile-time settings of one dataplane instance (one node)."""
@@ -87,6 +91,11 @@ class DataplaneConfig:
     tcp_close_timeout_s: int = const("DEFAULT_TCP_CLOSE_TIMEOUT_S")
     tcp_half_close_timeout_s: int = const("DEFAULT_TCP_HALF_CLOSE_TIMEOUT_S")
     udp_timeout_s: int = const("DEFAULT_UDP_TIMEOUT_S")
+    # The rejects the program answers itself (TCP RST, ICMP port unreachable: bpf/reject.h),
+    # per CPU: a token bucket of this rate a second and this burst (the kernel's defaults
+    # for its ICMP errors, which it counts per node).
+    reject_rate: int = const("DEFAULT_REJECT_RATE")
+    reject_burst: int = const("DEFAULT_REJECT_BURST")
     # Translated frames go to their egress device with a FIB lookup + redirect (fib.h)
     # where the device is a redirect target; False: every one through the node's stack.
     fib_redirect: bool = True
@@ -103,12 +112,15 @@ class DataplaneConfig:
         for name in ("max_services", "max_backends", "max_slots", "ct_size", "ct_unconfirmed",
                      "ct_unconfirmed_pod", "frag_size", "affinity_size", "source_ranges_size",
                      "sock_revnat_size", "tcp_timeout_s", "tcp_close_timeout_s", "tcp_half_close_timeout_s",
-                     "udp_timeout_s"):
+                     "udp_timeout_s", "reject_rate", "reject_burst"):
             value = getattr(self, name)
             if value is None and name in ("ct_unconfirmed", "ct_unconfirmed_pod"):   # (their defaults)
                 continue
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
+        for name, most in (("reject_rate", MAX_REJECT_RATE), ("reject_burst", MAX_REJECT_BURST)):
+            if getattr(self, name) > most:
+                raise ConfigError(f"{name}: at most {most:,}, got {getattr(self, name)}")
         for name in ("ct_unconfirmed", "ct_unconfirmed_pod"):
             value = getattr(self, name)
             problem = None if value is None else set_table_size_problem(value)
@@ -167,6 +179,8 @@ class DataplaneConfig:
             f"-DSVCXDP_TCP_CLOSE_TIMEOUT_S={self.tcp_close_timeout_s}ULL",
             f"-DSVCXDP_TCP_HALF_CLOSE_TIMEOUT_S={self.tcp_half_close_timeout_s}ULL",
             f"-DSVCXDP_UDP_TIMEOUT_S={self.udp_timeout_s}ULL",
+            f"-DSVCXDP_REJECT_RATE={self.reject_rate}ULL",
+            f"-DSVCXDP_REJECT_BURST={self.reject_burst}ULL",
             "-Wno-unused-function",
         ]
         if not self.fib_redirect:

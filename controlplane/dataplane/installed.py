@@ -61,10 +61,24 @@ class BackendIds(Mapping[Address, int]):
 
     def __getitem__(self, address: Address) -> int:
         backends = self._backends
-        i = bisect_left(backends, address, key=_address)
+        try:
+            i = bisect_left(backends, address, key=_address)
+        except TypeError:   # not an (ip, port) of a str and an int: as a dict, no such key
+            raise KeyError(address) from None
         if i < len(backends) and _address(backends[i]) == address:
             return self._ids[i]
         raise KeyError(address)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, BackendIds):   # (without a lookup per address)
+            return self._ids == other._ids and \
+                list(map(_address, self._backends)) == list(map(_address, other._backends))
+        return Mapping.__eq__(self, other)
+
+    __hash__ = None   # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"BackendIds({dict(self.items())!r})"
 
     def __iter__(self) -> Iterator[Address]:
         return map(_address, self._backends)
@@ -108,7 +122,7 @@ def backend_ids_of(backends: Sequence[Backend], ids: Mapping[Address, int]) -> M
 class Installed:
     svc_id: int
     state: ServiceState
-    backend_ids: Mapping[Address, int]   # a BackendIds over state.backends, but for odd adopted records
+    backend_ids: Mapping[Address, int]   # a BackendIds over state.backends (ids_over)
     slot_count: int          # slots 1..slot_count are written (more if suspect: see verify.py)
     table_ok: bool = True    # False: adopted Maglev service whose table is missing
     affinity_gen: int = 0    # its ClientIP period (affinity_maps.py); 0 with affinity off
@@ -203,12 +217,12 @@ def backend_row(fe: Frontend, b: Backend, svc_id: int, shared: bool) -> tuple:
     return tuple(int(col[0]) for col in backend_columns([b], [PROTOCOLS[fe.protocol]], [svc_id], [shared]))
 
 
-def slot_ids(state: ServiceState, ids: dict[Address, int]) -> list[int]:
+def slot_ids(state: ServiceState, ids: Mapping[Address, int]) -> list[int]:
     """Backend ids of slots 1..n."""
     return [ids[(b.ip, b.port)] for b in state.slot_sequence()]
 
 
-def maglev_inputs(state: ServiceState, ids: dict[Address, int]) -> tuple | None:
+def maglev_inputs(state: ServiceState, ids: Mapping[Address, int]) -> tuple | None:
     """Everything a service's Maglev table depends on; None when it has no table."""
     if state.algorithm != "maglev":
         return None
@@ -218,7 +232,7 @@ def maglev_inputs(state: ServiceState, ids: dict[Address, int]) -> tuple | None:
     return (state.maglev_table_size, tuple((b.address, ids[b.address], b.weight) for b in members))
 
 
-def maglev_table(state: ServiceState, ids: dict[Address, int]) -> array | None:
+def maglev_table(state: ServiceState, ids: Mapping[Address, int]) -> array | None:
     """The table the writer installs for `state` (ids: address -> backend id); None
     when the service has no table. Backends are keyed by (ip, port), so every node
     orders and places them alike whatever its local ids."""

@@ -372,7 +372,9 @@ def _service_packet(maps, t: Trace, svc, now_ns: int, timeouts: Timeouts) -> Non
             t.reason = "reject"
             t.verdict = "XDP_TX"
             t.notes.append("no endpoints: answered with " +
-                           ("a TCP RST" if p.protocol == "TCP" else "ICMP port unreachable"))
+                           ("a TCP RST" if p.protocol == "TCP" else "ICMP port unreachable") +
+                           " (within its CPU's reject budget, --reject-rate/--reject-burst: over it, "
+                           "dropped unanswered, reject_limited)")
         return
     backend_id = 0
     if fe.affinity_timeout:

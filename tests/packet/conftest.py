@@ -13,9 +13,12 @@ from .harness import Harness
 
 pytestmark = pytest.mark.root
 
-# Small conntrack keeps loading quick; unpinned so nothing outlives the run.
+# Small conntrack keeps loading quick; unpinned so nothing outlives the run. The answer
+# budget (bpf/reject.h) out of reach: a test's or the fuzz's rejects are all answered
+# (test_reject_limit.py builds its own with a small one).
 TEST_CONFIG = DataplaneConfig(instance="pytest", ct_size=65536, frag_size=1024,
-                              max_services=4096, max_backends=16384, max_slots=16384, pin=False)
+                              max_services=4096, max_backends=16384, max_slots=16384, pin=False,
+                              reject_rate=10**9, reject_burst=10**6)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -330,6 +330,10 @@ def test_backend_ids_are_a_mapping_by_address_in_the_backends_order():
     assert ("10.0.0.1", 8080) not in compact and ("10.0.0.9", 8080) in compact
     with pytest.raises(KeyError):
         compact[("10.0.0.99", 8080)]
+    assert compact.get(("10.0.0.2", "8080")) is None and 7 not in compact   # (as a dict: no such key)
+    assert repr(compact) == ("BackendIds({('10.0.0.10', 8080): 3, ('10.0.0.2', 8080): 5, "
+                             "('10.0.0.9', 8080): 7})")
+    assert compact != ids_over(s.backends, {**ids, ("10.0.0.2", 8080): 6})
     # over equal backends (a restart's adopted record and the agent's state): the same ids
     again = st("10.0.0.2", "10.0.0.10", "10.0.0.9")
     assert ids_over(again.backends, compact) == ids and ids_over(again.backends, compact)._backends is again.backends

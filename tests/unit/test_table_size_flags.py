@@ -85,3 +85,21 @@ def test_the_half_close_timeout_is_a_flag_of_its_own():
     assert given.tcp_half_close_timeout_s == 120 and "-DSVCXDP_TCP_HALF_CLOSE_TIMEOUT_S=120ULL" in given.cflags()
     with pytest.raises(ValueError, match="--tcp-half-close-timeout 0: must be a positive integer"):
         _config("--tcp-half-close-timeout", "0")
+
+
+def test_the_reject_budget_flags_reach_the_build():
+    """--reject-rate / --reject-burst (bpf/reject.h reject_allowed) are compiled in; the
+    defaults are the kernel's ICMP limits (per CPU here)."""
+    default = _config()
+    assert (default.reject_rate, default.reject_burst) == (const("DEFAULT_REJECT_RATE"),
+                                                           const("DEFAULT_REJECT_BURST")) == (1000, 50)
+    given = _config("--reject-rate", "10", "--reject-burst", "3")
+    assert "-DSVCXDP_REJECT_RATE=10ULL" in given.cflags() and "-DSVCXDP_REJECT_BURST=3ULL" in given.cflags()
+    with pytest.raises(ValueError, match="--reject-rate 0: must be a positive integer"):
+        _config("--reject-rate", "0")
+    with pytest.raises(ValueError, match="--reject-rate 2000000000: at most 1,000,000,000"):
+        _config("--reject-rate", "2000000000")
+    with pytest.raises(ValueError, match="--reject-burst 4294967297: at most 4,294,967,296"):
+        _config("--reject-burst", str(2**32 + 1))
+    with pytest.raises(ConfigError, match="reject_rate: at most"):
+        DataplaneConfig(reject_rate=10**9 + 1)
