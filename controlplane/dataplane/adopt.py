@@ -14,7 +14,7 @@ import numpy as np
 from .affinity_maps import AffinityGenerations
 from .ids import IdAllocator
 from .installed import (F_AFFINITY, F_LOCAL_DROP, F_REPLY_ENTRY, F_SOURCE_RANGES, SVC_FIELDS, Address, Installed,
-                        backend_ids_of, maglev_inputs)
+                        BackendIds, backend_ids_of, maglev_inputs)
 from .layout import ALGORITHMS, const
 from .maglev_maps import MaglevMaps
 from .mapped import MappedArray
@@ -95,13 +95,16 @@ def adopt(services, backends, maglev: MaglevMaps, svc_ids: IdAllocator, backend_
         table_ok = True
         extra = dict(source_ranges=ranges.get(svc_id, ()) if vflags & F_SOURCE_RANGES else (),
                      local_drop=bool(vflags & F_LOCAL_DROP))
+        in_id_order = tuple(b for _, b in members.values())
         try:
-            state = ServiceState(fe, tuple(b for _, b in members.values()), algorithm, timeout,
-                                 table_size or None, **extra)
+            state = ServiceState(fe, in_id_order, algorithm, timeout, table_size or None, **extra)
         except ValueError:  # a table size this build refuses: rewrite at next sync
-            state = ServiceState(fe, tuple(b for _, b in members.values()), algorithm, timeout, **extra)
+            state = ServiceState(fe, in_id_order, algorithm, timeout, **extra)
             table_ok = False
-        ids = backend_ids_of(state.backends, {addr: i for addr, (i, _) in members.items()})
+        if state.backends is in_id_order:   # already sorted (ids handed out in address order): as they are
+            ids = BackendIds(in_id_order, [i for i, _ in members.values()])
+        else:
+            ids = backend_ids_of(state.backends, {addr: i for addr, (i, _) in members.items()})
         if maglev_inputs(state, ids) is not None and not maglev.has(svc_id):
             table_ok = False  # the last agent stopped between table and entry
         gen = affinity_gen if vflags & F_AFFINITY else 0

@@ -134,3 +134,20 @@ def test_a_state_that_is_not_the_records_leaves_it_adopted(xdp: Harness):
     rec = w.records()[other.frontend]
     assert rec.adopted and rec.state == written[2]
     assert w.unsettled == 1
+
+
+def test_adopted_records_hold_the_ids_the_maps_give_each_address(xdp: Harness):
+    """Adoption reads each service's backends in id order. Ids handed out in address
+    order (a sync) are kept as read; a backend added later with an address sorting first
+    takes a higher id, and the record then looks every id up by address."""
+    a = ServiceState(Frontend(VIP_A, 80, "TCP"), tuple(Backend(ip, 8080) for ip in PODS_A))
+    xdp.writer.upsert(a)
+    grown = ServiceState(a.frontend, (Backend("10.244.1.5", 8080),) + a.backends)   # sorts first
+    xdp.writer.upsert(grown)
+    made = {fe: dict(rec.backend_ids) for fe, rec in xdp.writer.records().items()}
+    assert made[a.frontend][("10.244.1.5", 8080)] > made[a.frontend][(PODS_A[0], 8080)]
+    adopted = MapWriter(xdp.dp).records()
+    assert {fe: dict(rec.backend_ids) for fe, rec in adopted.items()} == made
+    rec = adopted[a.frontend]
+    assert [rec.backend_ids[b.address] for b in rec.state.backends] == [made[a.frontend][b.address]
+                                                                         for b in grown.backends]
