@@ -220,7 +220,8 @@ def run(args: argparse.Namespace) -> int:
             how = "built and loaded by a child process" if dp.built else "adopted from its pins (unchanged build)"
     except DataplaneError as exc:   # the node's fault (no bpffs, a kernel that refuses it): one line
         raise CommandError(str(exc)) from None
-    log.info("dataplane loaded (%s): prog id %d, maps pinned in %s", how, dp.prog_id, config.pin_dir)
+    log.info("dataplane loaded (%s): prog id %d, maps pinned in %s; rejects answered at most %d a second "
+             "per CPU, in bursts of %d", how, dp.prog_id, config.pin_dir, config.reject_rate, config.reject_burst)
     interfaces = None
     if args.attach_points:
         interfaces = InterfaceManager(dp, FileAttachPoints(args.attach_points), args.xdp_mode,

@@ -11,7 +11,9 @@ from controlplane.dataplane import readout
 from controlplane.dataplane.model import Frontend
 
 DATAPATH = ("svcxdp_datapath_packets", "Packets by datapath outcome (SVCXDP_CNT_*)")
-SERVICE_FAMILIES = tuple((f"svcxdp_service_{f}", f"Service frontend {f.replace('_', ' ')}")
+_SERVICE_HELP = {"rejects": "Service frontend frames refused for want of endpoints (answered or, over the "
+                             "reject budget, dropped: svcxdp_datapath_packets reject / reject_limited)"}
+SERVICE_FAMILIES = tuple((f"svcxdp_service_{f}", _SERVICE_HELP.get(f, f"Service frontend {f.replace('_', ' ')}"))
                          for f in readout.STAT_FIELDS)
 BACKEND_FAMILY = ("svcxdp_backend_new_flows", "New flows sent to a backend (backends that had one)")
 ENTRIES = ("svcxdp_map_entries", "Entries in a map")

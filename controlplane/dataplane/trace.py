@@ -370,11 +370,11 @@ def _service_packet(maps, t: Trace, svc, now_ns: int, timeouts: Timeouts) -> Non
             t.notes.append("no endpoints, and a source no reject may answer (RFC 1122): dropped")
         else:
             t.reason = "reject"
-            t.verdict = "XDP_TX"
+            t.verdict = "XDP_TX|XDP_DROP"   # (which one, the CPU's budget decides: not in the maps)
             t.notes.append("no endpoints: answered with " +
                            ("a TCP RST" if p.protocol == "TCP" else "ICMP port unreachable") +
-                           " (within its CPU's reject budget, --reject-rate/--reject-burst: over it, "
-                           "dropped unanswered, reject_limited)")
+                           " within its CPU's reject budget (--reject-rate, --reject-burst); over it, "
+                           "dropped unanswered (reject_limited)")
         return
     backend_id = 0
     if fe.affinity_timeout:

@@ -184,8 +184,8 @@ def test_trace_of_a_service_without_endpoints_and_of_no_service(xdp: Harness, ma
     xdp.writer.upsert(ServiceState(Frontend(VIP, 81, "UDP"), (), "random"))
     node = maps.pin_dir.name
     doc = json.loads(svcctl(tmp_path, "trace", "--node", node, "10.1.0.5", f"{VIP}:81/udp", "--run", "-o", "json"))
-    assert (doc["verdict"], doc["reason"], doc["run"]["verdict"], doc["run"]["icmp_type"]) == \
-        ("XDP_TX", "reject", "XDP_TX", 3)
+    assert (doc["verdict"], doc["reason"], doc["run"]["verdict"], doc["run"]["icmp_type"], doc["run"]["agrees"]) == \
+        ("XDP_TX|XDP_DROP", "reject", "XDP_TX", 3, True)   # (dropped: over the CPU's reject budget)
     doc = json.loads(svcctl(tmp_path, "trace", "--node", node, "10.1.0.5", "10.9.9.9:80", "--run", "-o", "json"))
     assert (doc["frontend"], doc["verdict"], doc["run"]["verdict"], doc["run"]["agrees"]) == \
         (None, "XDP_PASS", "XDP_PASS", True)
