@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 from controlplane.lab import netns
 
@@ -67,3 +69,13 @@ def create() -> NodeNet:
 
 def delete(n: NodeNet) -> None:
     netns.delete(n.name)
+
+
+@contextmanager
+def created() -> Iterator[NodeNet]:
+    """create(), deleted on the way out (a fixture's body: `with nodenet.created() as n: yield n`)."""
+    n = create()
+    try:
+        yield n
+    finally:
+        delete(n)

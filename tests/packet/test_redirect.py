@@ -20,11 +20,8 @@ CLIENT, CLIENT_MAC = next(iter(nodenet.CLIENTS.items()))
 
 @pytest.fixture
 def node():
-    n = nodenet.create()
-    try:
+    with nodenet.created() as n:
         yield n
-    finally:
-        nodenet.delete(n)
 
 
 @pytest.fixture

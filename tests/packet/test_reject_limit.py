@@ -108,11 +108,8 @@ def test_the_budget_refills_a_token_at_a_time_keeping_fractions(h: Harness):
 
 @pytest.fixture
 def node():
-    n = nodenet.create()
-    try:
+    with nodenet.created() as n:
         yield n
-    finally:
-        nodenet.delete(n)
 
 
 def test_fragmentation_needed_is_not_limited(h: Harness, node):
