@@ -154,7 +154,7 @@
 #define SVCXDP_CNT_LOCAL_REVNAT 34     /* an answer of a backend at the node's own address, made
 					* by the node: reverse-NATed on its way out (tc egress,
 					* local_reply.h) */
-#define SVCXDP_CNT_REJECT_LIMITED 35   /* a reject over the CPU's answer budget (reject.h):
+#define SVCXDP_CNT_REJECT_LIMITED 35   /* a reject over the CPU's reject budget (reject.h):
 					* dropped unanswered */
 #define SVCXDP_CNT_MAX 36
 

@@ -302,9 +302,10 @@ def _keep_next_hops(interfaces, stop: threading.Event) -> None:
 
 
 def dataplane_sizes(args: argparse.Namespace) -> dict[str, int]:
-    """The DataplaneConfig fields the map-size, table-size, timeout and answer flags set (those given);
-    ValueError naming the flag of a value that is not a positive integer, or of an
-    unconfirmed table's size that is not a power of two of whole sets."""
+    """The DataplaneConfig fields the map-size, table-size, timeout and reject-budget flags set (those given);
+    ValueError naming the flag of a value that is not a positive integer, of a reject
+    budget above its bound, or of an unconfirmed table's size that is not a power of two
+    of whole sets."""
     flags = {"max_services": ("--max-services", args.max_services),
              "max_backends": ("--max-backends", args.max_backends),
              "max_slots": ("--max-slots", args.max_slots),
