@@ -106,7 +106,7 @@ def send_new_flows(prog_fd: int, stop_fd: int) -> dict:
     template = bytearray(bytes(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=CLIENT, dst=vip(0)) /
                                TCP(sport=1, dport=80, flags="S")))
     run = TestRunner(prog_fd)
-    out = {"packets": 0, "own": 0, "other": 0, "dropped": 0, "not_forwarded": 0, "wrong": []}
+    out = {"packets": 0, "own": 0, "other": 0, "dropped": 0, "not_forwarded": 0, "wrong": [], "unforwarded": []}
     n = 0
     while n % 256 or not select.select([stop_fd], [], [], 0)[0]:
         i = n % SERVICES
@@ -120,6 +120,7 @@ def send_new_flows(prog_fd: int, stop_fd: int) -> dict:
             out["dropped"] += 1
         elif res.verdict_name != "XDP_PASS" or dst == vip(i):
             out["not_forwarded"] += 1
+            out["unforwarded"] = (out["unforwarded"] + [(vip(i), res.verdict_name, dst)])[:5]
         elif owner_of(dst) == i:
             out["own"] += 1
         else:
@@ -154,9 +155,15 @@ def test_packets_during_rewrites_reach_only_their_own_service(xdp: Harness):
     print(f"{out['packets']} new flows during {ROUNDS} rewrites of {SERVICES} services: {out}")
     assert out["packets"] > ROUNDS
     assert out["other"] == 0, f"sent to another service's backend: {out['wrong']}"
-    # every service always had backends: nothing may be rejected or passed untranslated;
-    # a packet that read its entry while it was replaced is dropped (a SYN is resent)
-    assert out["not_forwarded"] == 0
+    # every service always had backends: nothing may be rejected; a packet that read its
+    # entry while it was replaced is dropped (a SYN is resent). A lookup made while its own
+    # key is replaced can miss it: the kernel links the new element at the bucket's head,
+    # then unlinks the old, so a lookup already past the head and before the old element
+    # finds neither, and the packet passes untranslated (seen 1 in 0.6-10 million new flows
+    # here, at every service rewritten 20-300 times back to back; docs/architecture.md)
+    assert all(verdict == "XDP_PASS" and dst == vip_ for vip_, verdict, dst in out["unforwarded"]), \
+        f"rejected or sent on untranslated otherwise (vip, verdict, dst): {out['unforwarded']}"
+    assert out["not_forwarded"] <= out["packets"] // 100_000, out["unforwarded"]
     assert out["dropped"] <= out["packets"] // 10000
 
 
