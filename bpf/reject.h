@@ -26,6 +26,9 @@
 #ifndef SVCXDP_REJECT_BURST
 #define SVCXDP_REJECT_BURST SVCXDP_DEFAULT_REJECT_BURST
 #endif
+#if SVCXDP_REJECT_RATE > SVCXDP_MAX_REJECT_RATE
+#error "SVCXDP_REJECT_RATE: a token must be a whole number of nanoseconds"
+#endif
 #define REJECT_TOKEN_NS (SVCXDP_NSEC_PER_SEC / SVCXDP_REJECT_RATE)
 
 /* May this CPU send one more reject now? A token bucket (the kernel's ICMP limit, see
@@ -34,14 +37,15 @@
  * whole tokens only, so no fraction of one is lost between answers; a full bucket
  * earns nothing, so its time is then the present. Per CPU: no other CPU writes it, and
  * a flood spread over the CPUs shares no cache line (so a node answers up to its CPUs
- * times the rate, where the kernel's global limit is one per node). */
-static __always_inline int reject_allowed(void)
+ * times the rate, where the kernel's global limit is one per node). `now` is the
+ * packet's coarse clock (jiffies, as the kernel's limiter counts): tokens come a tick's
+ * worth at a time, none lost. */
+static __always_inline int reject_allowed(__u64 now)
 {
 	__u32 zero = 0;
 	struct reject_budget *b = reject_budget.lookup(&zero);
 	if (!b)
 		return 0;
-	__u64 now = bpf_ktime_get_ns();
 	__u64 earned = (now - b->earned_ns) / REJECT_TOKEN_NS;
 	if (earned) {
 		if (b->tokens + earned >= SVCXDP_REJECT_BURST) {

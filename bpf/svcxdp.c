@@ -264,7 +264,7 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 			return XDP_DROP;
 		}
 		svc_account(svc->svc_id, bytes, 0, 1);
-		if (!reject_allowed()) {   /* refused all the same, unanswered (reject.h) */
+		if (!reject_allowed(now)) {   /* refused all the same, unanswered (reject.h) */
 			ev->main = SVCXDP_CNT_REJECT_LIMITED;
 			return XDP_DROP;
 		}

@@ -206,6 +206,8 @@
  * line rate. */
 #define SVCXDP_DEFAULT_REJECT_RATE 1000      /* rejects answered per second, per CPU */
 #define SVCXDP_DEFAULT_REJECT_BURST 50       /* rejects answered in a burst, per CPU */
+#define SVCXDP_MAX_REJECT_RATE 1000000000    /* a token every nanosecond at most */
+#define SVCXDP_MAX_REJECT_BURST 4294967296   /* far from the u64 the bucket counts in */
 /* Devices a translated frame may be redirected to (fib.h), by ifindex: ifindexes at or
  * above this are never redirect targets (their frames go through the stack). */
 #define SVCXDP_TX_PORTS_SIZE 65536

@@ -65,8 +65,8 @@ def node_instance(lab_prefix: str, node: str) -> str:
     return f"{lab_prefix}-{node}"
 
 
-MAX_REJECT_RATE = 10**9   # a second: a token is then a whole number of nanoseconds (bpf/reject.h)
-MAX_REJECT_BURST = 2**32   # far from the u64 the bucket counts in
+MAX_REJECT_RATE = const("MAX_REJECT_RATE")     # a second (bpf/reject.h: a token is whole nanoseconds)
+MAX_REJECT_BURST = const("MAX_REJECT_BURST")
 
 
 @dataclass(frozen=True)

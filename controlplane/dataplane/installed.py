@@ -45,6 +45,11 @@ BACKEND_FIELDS = ("ip", "port", "state", "proto", "svc_id", "weight", "flags")
 _address = attrgetter("ip", "port")
 
 
+def _same_addresses(a: Sequence[Backend], b: Sequence[Backend]) -> bool:
+    """The same addresses in the same order (compared in C)."""
+    return list(map(_address, a)) == list(map(_address, b))
+
+
 class BackendIds(Mapping[Address, int]):
     """A record's backend ids by address, kept as the ids alone, in the order of the
     state's backends (which are sorted by address and distinct: ServiceState), and
@@ -71,8 +76,7 @@ class BackendIds(Mapping[Address, int]):
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, BackendIds):   # (without a lookup per address)
-            return self._ids == other._ids and \
-                list(map(_address, self._backends)) == list(map(_address, other._backends))
+            return self._ids == other._ids and _same_addresses(self._backends, other._backends)
         return Mapping.__eq__(self, other)
 
     __hash__ = None   # type: ignore[assignment]
@@ -102,7 +106,7 @@ def ids_over(backends: Sequence[Backend], ids: Mapping[Address, int]) -> Backend
     if isinstance(ids, BackendIds):
         if ids._backends is backends:
             return ids
-        if list(map(_address, ids._backends)) == list(map(_address, backends)):   # (in C)
+        if _same_addresses(ids._backends, backends):
             return BackendIds(backends, ids._ids)
     try:
         return BackendIds(backends, map(ids.__getitem__, map(_address, backends)))

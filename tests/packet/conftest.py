@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from controlplane.dataplane.config import DataplaneConfig
+from controlplane.dataplane.config import MAX_REJECT_RATE, DataplaneConfig
 from controlplane.store import SqliteStore
 
 from .harness import Harness
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.root
 # (test_reject_limit.py builds its own with a small one).
 TEST_CONFIG = DataplaneConfig(instance="pytest", ct_size=65536, frag_size=1024,
                               max_services=4096, max_backends=16384, max_slots=16384, pin=False,
-                              reject_rate=10**9, reject_burst=10**6)
+                              reject_rate=MAX_REJECT_RATE, reject_burst=10**6)
 
 
 def pytest_collection_modifyitems(config, items):
