@@ -137,6 +137,10 @@ __attribute__((section("maps/devmap:" SVCXDP_PIN_DIR "/tx_ports")))
 __attribute__((section("maps/devmap")))
 #endif
 struct tx_ports_table_t tx_ports = { .max_entries = SVCXDP_TX_PORTS_SIZE };
+/* Nonzero while the writer may be replacing service entries, and until every packet
+ * that looked one up meanwhile has left the program (lb.h svc_read; the writer clears
+ * it a grace period after its last write: replacing.py). One u32, written by the agent. */
+SVCXDP_MAP("array", __u32, __u32, svc_replacing, 1);
 /* The FIB result cache's generation (struct fib_gen), written by the agent. */
 SVCXDP_MAP("array", __u32, struct fib_gen, fib_gen, 1);
 /* The cache itself (fib.h); per CPU, never pinned: it is only a cache, and a slot of

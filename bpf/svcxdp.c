@@ -430,9 +430,9 @@ static __always_inline int process(struct xdp_md *ctx, int external, int replies
 		if (found > 0)
 			return handle_service(ctx, eth, ip, &l4, svc, l3_off, vlan, external, ev);
 		if (found < 0) {
-			/* Its entry was being replaced as we read it: drop, the client
-			 * retransmits (seen about once in a million new flows under
-			 * continuous rewrites). */
+			/* Its entry was being replaced or removed as we read it (and again,
+			 * if read twice: svc_read): drop, the client retransmits (seen about
+			 * once in a million new flows under continuous rewrites). */
 			ev->main = SVCXDP_CNT_SLOT_MISS;
 			return XDP_DROP;
 		}

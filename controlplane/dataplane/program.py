@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from . import attach as _attach
-from . import fibwatch, flowsets, udprecent
+from . import fibwatch, flowsets, replacing, udprecent
 from .config import FLOW_TABLES, PROGRAM_PINS, STAMP_PIN, DataplaneConfig
 from .layout import COUNTER_NAMES, const
 from .libbpf import map_info, obj_get, prog_id, u32_delete, u32_update
@@ -39,7 +39,7 @@ TX_PORTS_SIZE = const("TX_PORTS_SIZE")
 log = logging.getLogger("svcxdp.dataplane")
 MAP_NAMES = ("services", "slots", "backends", "rev_nat", *FLOW_TABLES, flowsets.SEED_MAP, udprecent.MAP,
              "fragments", "rr_state", "svc_stats", "backend_stats", "counters", "backend_conns", "maglev",
-             "affinity", "sock_revnat", "sock_config", "source_ranges", fibwatch.MAP, "np_scratch")
+             "affinity", "sock_revnat", "sock_config", "source_ranges", fibwatch.MAP, "np_scratch", replacing.MAP)
 
 
 class DataplaneError(RuntimeError):
@@ -196,7 +196,7 @@ def _layout_problems(bpf, config: DataplaneConfig) -> list[str]:
         "maglev": config.max_services, "affinity": config.affinity_size,
         "source_ranges": config.source_ranges_size,
         "sock_revnat": config.sock_revnat_size, "sock_config": 1, fibwatch.MAP: 1,
-        "counters": SVCXDP_CNT_MAX, "np_tail": len(EXTERNAL_TAILS), "np_scratch": 1,
+        "counters": SVCXDP_CNT_MAX, "np_tail": len(EXTERNAL_TAILS), "np_scratch": 1, replacing.MAP: 1,
     }
     out = []
     for name in (*MAP_NAMES, "np_tail"):
@@ -231,6 +231,7 @@ class Dataplane:
     built: bool = True          # open(): False when the pins were current and nothing was compiled
     _mapped: dict[str, MappedArray | None] = field(default_factory=dict)
     _sets: dict[str, "flowsets.FlowSets"] = field(default_factory=dict)
+    _replacing: "replacing.ReplacingFlag | None" = None
     # What load() replaced (StaleDataplane.problems), or (UNFINISHED,): the maps are new and
     # the old ones' programs may still serve; () once finish_replacement has run
     replaced: tuple[str, ...] = ()
@@ -379,6 +380,14 @@ class Dataplane:
         return self._mapped[name]
 
     @property
+    def replacing_flag(self) -> "replacing.ReplacingFlag":
+        """The flag the writers set while they replace service entries (replacing.py):
+        one per dataplane, whichever writer of this process writes."""
+        if self._replacing is None:
+            self._replacing = replacing.ReplacingFlag(self.raw_table(replacing.MAP).map_fd)
+        return self._replacing
+
+    @property
     def prog_id(self) -> int:
         return prog_id(self.prog_fd)
 
@@ -448,6 +457,9 @@ class Dataplane:
 
     def close(self) -> None:
         """Release this process's handles. Attached programs and pinned maps stay."""
+        if self._replacing is not None:
+            self._replacing.close()
+            self._replacing = None
         for m in self._mapped.values():
             if m is not None:
                 m.close()

@@ -27,6 +27,7 @@ packets there: tests/packet/test_write_order.py).
 from __future__ import annotations
 
 import ctypes as ct
+from contextlib import nullcontext
 from dataclasses import dataclass
 from itertools import groupby, repeat
 from operator import attrgetter, itemgetter
@@ -104,6 +105,9 @@ class MapWriter:
         self.affinity = AffinityGenerations()
         self.revnat = RevNat(dp.table("rev_nat"))
         self.ranges = SourceRanges(dp.table("source_ranges"))
+        # Raised while entries are replaced (replacing.py); taken now, so a flag an earlier
+        # agent left set is cleared from the start
+        self._replacing = dp.replacing_flag
         # Row packers for the batch writes (layouts from bcc's types, see packing.py).
         self._pk = {
             "id": Packer(self.backends.Key),
@@ -451,8 +455,10 @@ class MapWriter:
                         self.ranges.add(svc_id, set(ranges))
         self.writes += n
         self._phase("slots")
-        # 3. the service entries: from here on packets use the new states
-        self.writes += write_packed(self.services, *self._entry_rows(made, new))
+        # 3. the service entries: from here on packets use the new states. Replacing an
+        #    entry raises the flag that makes a lookup missing it look again (replacing.py)
+        with self._replacing.raised() if made else nullcontext():
+            self.writes += write_packed(self.services, *self._entry_rows(made, new))
         self._phase("entries")
         # 4. shrink: tables no longer used, surplus slots, backends that left
         for p in made:
