@@ -764,7 +764,10 @@ static __always_inline struct revnat_value *ct_backend_of_any(__be32 backend, __
 	rk.ip = backend;
 	rk.port = bport;
 	rk.proto = proto;
-	return rev_nat.lookup(&rk);
+	struct revnat_value *rn = rev_nat.lookup(&rk);
+	if (!rn && writer_replacing())   /* it may have raced its own replacement (maps.h) */
+		rn = rev_nat.lookup(&rk);
+	return rn;
 }
 
 static __always_inline int ct_match_reply(__be32 backend, __be16 bport, __be32 client,

@@ -33,24 +33,12 @@ static __always_inline int svc_read_once(struct svc_key *sk, struct svc_value *o
 }
 
 /* svc_read_once, read a second time when it found nothing usable while the writer was
- * replacing service entries. A hash map replaces an element by linking the new one at
- * its bucket's head, then unlinking the old: a lookup already past the head when the
- * new one came, and not yet at the old one when it went, finds neither (about one in
- * 2,000-15,000 lookups of a 16-entry map whose entries are rewritten back to back,
- * one in millions of new flows at 400 services). Looking again from the head finds
- * the new element. The writer sets svc_replacing before its first replacement and
- * clears it only a grace period after its last, when every lookup that overlapped one
- * has finished, so a lookup that missed this way reads it set (x86 keeps loads in
- * order: the load of svc_replacing follows the load that skipped the old element).
- * Misses pay one array read; hits nothing. */
+ * replacing entries (maps.h writer_replacing: a lookup racing its own key's replacement
+ * can miss it). */
 static __always_inline int svc_read(struct svc_key *sk, struct svc_value *out)
 {
 	int found = svc_read_once(sk, out);
-	if (found > 0)
-		return found;
-	__u32 zero = 0;
-	__u32 *replacing = svc_replacing.lookup(&zero);
-	if (replacing && *replacing)
+	if (found <= 0 && writer_replacing())
 		found = svc_read_once(sk, out);
 	return found;
 }

@@ -1,13 +1,15 @@
-"""The flag that tells the datapath the writer is replacing service entries.
+"""The flag that tells the datapath the writer is replacing entries it looks up.
 
 A BPF hash map replaces an element by linking the new one at its bucket's head and then
 unlinking the old one, so a lookup of that very key that runs meanwhile can find neither:
-the packet would leave the program untranslated, as if its service did not exist. The
-datapath looks a missed service up a second time while the map `svc_replacing` is set
-(bpf/lb.h svc_read); the writer sets it before it replaces entries and clears it once
-no lookup that overlapped a replacement can still be running.
+a packet to a service would leave the program untranslated, as if the service did not
+exist, and a backend's reply would reach its client from the pod's address. The datapath
+looks a missed `services` or `rev_nat` key up a second time while the map `replacing` is
+set (bpf/maps.h writer_replacing); the writer sets it before it replaces entries of
+either (writer.py step 3, revnat.py) and clears it once no lookup that overlapped a
+replacement can still be running.
 
-"Once no lookup can still be running" is an RCU grace period: XDP programs and the
+"Once no lookup can still be running" is an RCU grace period: XDP and tc programs and the
 socket hooks run inside RCU read-side sections, and membarrier(MEMBARRIER_CMD_GLOBAL)
 returns only after one has passed (about 8 ms here). The writer does not wait for it:
 a thread clears the flag after the grace period that follows the last replacement, so
@@ -28,7 +30,7 @@ from typing import Callable, Iterator
 
 from .libbpf import u32_array_read, u32_update
 
-MAP = "svc_replacing"
+MAP = "replacing"
 log = logging.getLogger("svcxdp.dataplane")
 
 _MEMBARRIER_CMD_GLOBAL = 1                               # linux/membarrier.h
@@ -54,9 +56,9 @@ def grace_period() -> None:
 
 
 class ReplacingFlag:
-    """The `svc_replacing` map of one dataplane, for every writer of this process.
+    """The `replacing` map of one dataplane, for every writer of this process.
 
-    `raised()` brackets the writes that replace existing service entries; windows may
+    `raised()` brackets the writes that replace existing entries; windows may
     overlap or follow one another, the flag stays set until a grace period has passed
     with none open. `close()` waits for a pending clear (at most a grace period).
     `grace`: what waits for a grace period (tests end their own)."""

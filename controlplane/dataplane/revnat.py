@@ -8,19 +8,24 @@ first stays the entry's own, so replies of flows made before the sharing still
 resolve. The writer calls `attach` before a backend can be chosen and `detach`
 after it can no longer be. Whether an address is shared is also kept in its backend
 entries (so a new flow needs no rev_nat lookup); `take_sharing_changes` tells the
-writer which to rewrite.
+writer which to rewrite. Rewriting an entry the map holds raises the writer's
+`replacing` flag (replacing.py): a reply looking its address up meanwhile may miss it.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from itertools import chain, repeat
 from operator import attrgetter
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from .layout import const
 from .packing import Packer, be32_column, concat, delete_packed, ips_of_be32, port_be16, ports_of_be16, read_table, write_packed
 from .model import PROTOCOLS, Frontend
+
+if TYPE_CHECKING:
+    from .replacing import ReplacingFlag
 
 F_SHARED = const("REVNAT_F_SHARED")
 Address = tuple[str, int, str]  # (ip, port, protocol)
@@ -65,14 +70,17 @@ def _entries_are_their_frontends(keys: np.ndarray, values: np.ndarray, in_use: l
 
 
 class RevNat:
-    def __init__(self, table) -> None:
+    def __init__(self, table, replacing: "ReplacingFlag | None" = None) -> None:
         self.table = table
+        self.replacing = replacing
         self._keys = Packer(table.Key, ("ip", "port", "proto"))
         self._values = Packer(table.Leaf, ("vip", "vport", "flags"))
         # first = the entry's frontend; tuples (one per backend address: a list costs more)
         self.users: dict[Address, tuple[Frontend, ...]] = {}
         self.writes = 0
-        self._pending: dict[Address, None] = {}  # ordered set of entries to rewrite
+        # entries to rewrite, in order: whether the map may hold one already (else the
+        # write inserts it, and no lookup can miss it for that)
+        self._pending: dict[Address, bool] = {}
         self._sharing_changed: dict[Address, None] = {}  # shared <-> not, since last taken
         self.shared_count = 0   # addresses with several users (0: no backend row needs the flag)
         # entries attach_many queued as packed rows (keys, values); `_flush` writes them
@@ -102,7 +110,7 @@ class RevNat:
 
     def _write(self, addr: Address) -> None:
         """Queue the entry's new value (or its deletion); `_flush` writes them."""
-        self._pending[addr] = None
+        self._pending.setdefault(addr, True)   # (one queued as new is still new)
         self.writes += 1
 
     def flush(self) -> None:
@@ -116,12 +124,13 @@ class RevNat:
             write_packed(self.table, concat([k for k, _ in self._fresh], self._keys.dtype),
                          concat([v for _, v in self._fresh], self._values.dtype))
             self._fresh.clear()
-        self._write_entries(list(self._pending))
+        self._write_entries(self._pending)
         # cleared once written: a failed write leaves them queued for the next flush
         self._pending.clear()
 
-    def _write_entries(self, pending: list[Address]) -> None:
+    def _write_entries(self, queued: dict[Address, bool]) -> None:
         users_of = self.users.get
+        pending = list(queued)
         users = [users_of(addr) for addr in pending]
         if not all(users):   # entries no frontend uses any more: one batch delete
             unused = [addr for addr, u in zip(pending, users) if not u]
@@ -136,7 +145,9 @@ class RevNat:
         keys = self._packed_keys(pending)
         values = self._values.columns(n, (be32_column([fe.vip for fe in firsts]),
                                           port_be16([fe.port for fe in firsts]), flags))
-        write_packed(self.table, keys, values)
+        replaces = self.replacing is not None and any(map(queued.__getitem__, pending))
+        with self.replacing.raised() if replaces else nullcontext():
+            write_packed(self.table, keys, values)
 
     def _packed_keys(self, addrs: list[Address]):
         ips, ports, protos = zip(*addrs)
@@ -150,7 +161,7 @@ class RevNat:
             users = users_of.get(addr)
             if users is None:   # a new entry
                 users_of[addr] = (fe,)
-                pending[addr] = None
+                pending.setdefault(addr, False)   # (queued already: its deletion, of an entry held)
                 self.writes += 1
             elif fe not in users:
                 users_of[addr] = users = users + (fe,)

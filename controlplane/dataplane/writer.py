@@ -103,11 +103,11 @@ class MapWriter:
         self._svc_stats_size = percpu_value_size(ct.sizeof(self.svc_stats.sLeaf))
         self.maglev = MaglevMaps(dp.table("maglev"))
         self.affinity = AffinityGenerations()
-        self.revnat = RevNat(dp.table("rev_nat"))
-        self.ranges = SourceRanges(dp.table("source_ranges"))
-        # Raised while entries are replaced (replacing.py); taken now, so a flag an earlier
-        # agent left set is cleared from the start
+        # Raised while entries of services or rev_nat are replaced (replacing.py); taken
+        # now, so a flag an earlier agent left set is cleared from the start
         self._replacing = dp.replacing_flag
+        self.revnat = RevNat(dp.table("rev_nat"), self._replacing)
+        self.ranges = SourceRanges(dp.table("source_ranges"))
         # Row packers for the batch writes (layouts from bcc's types, see packing.py).
         self._pk = {
             "id": Packer(self.backends.Key),

@@ -163,83 +163,109 @@ def test_packets_during_rewrites_reach_only_their_own_service(xdp: Harness):
     assert out["dropped"] <= out["packets"] // 10000
 
 
-# A services map of 16 entries holding 16 services: its 16 buckets are shared, so a
-# lookup often walks past another entry of its bucket, the case the kernel's replacement
-# race needs (bpf/lb.h svc_read). Each service's one backend is its own address, so the
-# translated packet is the packet sent and a test-run's repeats look the service up again.
-RACE_SERVICES = 16
+# 15 services of one backend each in maps of 16 entries (`services`, `rev_nat`): their 16
+# buckets are shared, so a lookup often walks past another entry of its bucket, the case
+# the kernel's replacement race needs (bpf/maps.h writer_replacing). Each service's backend
+# is its own address, so a translated packet is the packet sent, and a test-run's repeats
+# look it up again.
+RACE_SERVICES = 15
 
 
-def race_states(round_: int) -> list[ServiceState]:
-    alg = ("random", "sh")[round_ % 2]     # every round replaces every entry
-    return [ServiceState(Frontend(f"10.96.9.{1 + i}", 80), (Backend(f"10.96.9.{1 + i}", 80),), alg, 0, None)
+def race_states() -> list[ServiceState]:
+    return [ServiceState(Frontend(f"10.96.9.{1 + i}", 80), (Backend(f"10.96.9.{1 + i}", 80),), "random", 0, None)
             for i in range(RACE_SERVICES)]
 
 
-def rewrite_until(dp, stop_fd: int) -> int:
-    """Replace every entry of `services` with itself, back to back, with the writer's
-    flag raised, until stop_fd is readable; the passes made. (Element by element from
-    Python, each entry about every 30 us: far more often than the writer's batches, so
-    the race is met in seconds.)"""
+def rewrite_until(dp, name: str, stop_fd: int) -> int:
+    """Replace every entry of map `name` with itself, back to back, with the writer's flag
+    raised, until stop_fd is readable; the passes made. (One batch update a pass, 200
+    of them between looks at stop_fd: each entry is replaced every few microseconds, far
+    more often than by the writer, so the race is met in seconds.)"""
     import select
-    services = dp.table("services")
-    items = list(services.items())
+
+    from controlplane.dataplane.libbpf import update_batch
+    table = dp.table(name)
+    items = list(table.items())
+    keys = (table.Key * len(items))(*(k for k, _ in items))
+    values = (table.Leaf * len(items))(*(v for _, v in items))
     passes = 0
     with dp.replacing_flag.raised():
         while not select.select([stop_fd], [], [], 0)[0]:
-            for k, v in items:
-                services[k] = v
-            passes += 1
+            for _ in range(200):
+                update_batch(table.map_fd, keys, values, len(items))
+            passes += 200
+    dp.replacing_flag.close()   # cleared before this process ends
     return passes
 
 
-def test_a_lookup_racing_its_own_entrys_replacement_looks_again():
-    """A child replaces all 16 entries back to back (about one lookup in 2,000-15,000
-    missed its service here before the datapath looked again while the writer's flag
-    was up); every lookup must find its service: none may pass untranslated, nor be
-    dropped as having read another entry."""
+def race_frames(reply: bool) -> list[bytes]:
+    """A flow's first packet to each service, or its backend's answer."""
+    def frame(vip: str) -> bytes:
+        ip = IP(src=vip, dst=CLIENT) if reply else IP(src=CLIENT, dst=vip)
+        l4 = TCP(sport=80, dport=1, flags="SA") if reply else TCP(sport=1, dport=80, flags="S")
+        return bytes(Ether(src=CLIENT_MAC, dst=NODE_MAC) / ip / l4)
+    return [frame(st.frontend.vip) for st in race_states()]
+
+
+@pytest.fixture(scope="module")
+def race_dp():
     from controlplane.dataplane.program import Dataplane
     from controlplane.dataplane.writer import MapWriter
 
     from .conftest import TEST_CONFIG
-    dp = Dataplane.load(dataclasses.replace(TEST_CONFIG, instance="pytest-race", max_services=RACE_SERVICES))
+    dp = Dataplane.load(dataclasses.replace(TEST_CONFIG, instance="pytest-race", max_services=16,
+                                            max_backends=16))
     try:
-        MapWriter(dp).upsert_many(race_states(0))
-        stop_r, stop_w = os.pipe()
-        passes_r, passes_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the rewriter
-            try:
-                os.write(passes_w, str(rewrite_until(dp, stop_r)).encode())
-            finally:
-                os._exit(0)
-        os.close(passes_w)
-        runner = TestRunner(dp.prog_fd)
-        frames = [bytes(Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=CLIENT, dst=st.frontend.vip) /
-                        TCP(sport=1, dport=80, flags="S")) for st in race_states(0)]
-        for frame in frames:                 # each flow made once: the repeats below are hits
-            runner.run(frame)
-        before = dp.counters()
-        lookups, verdicts = 0, set()
-        try:
-            for _ in range(4):
-                for frame in frames:
-                    verdicts.add(runner.run(frame, repeat=20_000).verdict_name)
-                    lookups += 20_000
-        finally:
-            os.write(stop_w, b"x")
-            with os.fdopen(passes_r, "rb") as f:
-                passes = int(f.read() or 0)
-            os.waitpid(pid, 0)
-            for fd in (stop_r, stop_w):
-                os.close(fd)
-        after = dp.counters()
-        missed = {k: after[k] - before[k] for k in ("pass_non_service", "slot_miss")}
-        print(f"{lookups} lookups during {passes} passes over {RACE_SERVICES} entries: {missed}")
-        assert passes > 1000 and verdicts == {"XDP_PASS"}
-        assert after["ct_hit"] - before["ct_hit"] == lookups, missed
+        MapWriter(dp).upsert_many(race_states())
+        yield dp
     finally:
         dp.close()
+
+
+# rev_nat: a reply may still read an element the kernel reused at once for another
+# address (a replaced element is the next replacement's on that CPU), whose frontend has
+# no flow to translate it; unlike a service entry its value names no key to check. Under
+# these batch rewrites about 26 in 1.2 million here, against about 200 without the second
+# look (services: about 500), so the bound still fails without it.
+@pytest.mark.parametrize("rewritten,counter,allowed", [("services", "ct_hit", 0), ("rev_nat", "revnat", 60)])
+def test_a_lookup_racing_its_own_entrys_replacement_looks_again(race_dp, rewritten, counter, allowed):
+    """A child replaces every entry of `rewritten` back to back while flows' packets (to
+    the services) or answers (from their backends) are run: each must be translated
+    (`counter`), none pass untranslated nor be dropped as having read another entry
+    (but `allowed`, above)."""
+    dp = race_dp
+    runner = TestRunner(dp.prog_fd)
+    for frame in race_frames(reply=False):   # each flow made once: its repeats below are hits
+        runner.run(frame)
+    frames = race_frames(reply=rewritten == "rev_nat")
+    stop_r, stop_w = os.pipe()
+    passes_r, passes_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the rewriter
+        try:
+            os.write(passes_w, str(rewrite_until(dp, rewritten, stop_r)).encode())
+        finally:
+            os._exit(0)
+    os.close(passes_w)
+    before = dp.counters()
+    runs, verdicts = 0, set()
+    try:
+        for _ in range(4):
+            for frame in frames:
+                verdicts.add(runner.run(frame, repeat=20_000).verdict_name)
+                runs += 20_000
+    finally:
+        os.write(stop_w, b"x")
+        with os.fdopen(passes_r, "rb") as f:
+            passes = int(f.read() or 0)
+        os.waitpid(pid, 0)
+        for fd in (stop_r, stop_w):
+            os.close(fd)
+    after = dp.counters()
+    missed = {k: after[k] - before[k] for k in ("pass_non_service", "slot_miss")}
+    print(f"{runs} packets during {passes} passes over {rewritten}: {missed}")
+    assert passes > 1000 and verdicts == {"XDP_PASS"}
+    assert runs - (after[counter] - before[counter]) <= allowed, missed
 
 
 def _old_pin_dir(instance: str, name: str, map_type: int, key: int, value: int, entries: int):

@@ -110,7 +110,7 @@ def writer_flag(xdp: Harness):
     flag.close()                     # (a clear pending from an earlier test)
     graces = Graces()
     flag.grace = graces
-    yield graces, xdp.dp.raw_table("svc_replacing").map_fd
+    yield graces, xdp.dp.raw_table("replacing").map_fd
     flag.close()
     flag.grace = grace_period
 
@@ -130,3 +130,16 @@ def test_the_writer_raises_it_only_to_replace_entries(xdp: Harness, writer_flag)
     assert not is_set(fd)
     xdp.writer.delete(state("sh").frontend)       # a deletion replaces nothing
     assert not is_set(fd) and graces.count == 1
+
+
+def test_the_writer_raises_it_to_replace_a_rev_nat_entry(xdp: Harness, writer_flag):
+    graces, fd = writer_flag
+    backend = (Backend("10.100.8.1", 8080),)
+    xdp.writer.upsert_many([ServiceState(Frontend("10.96.8.1", 80), backend, "random", 0, None)])
+    assert not is_set(fd)            # its address's entry inserted
+    # a second service of the same pod: the address's entry is rewritten, marked shared
+    xdp.writer.upsert_many([ServiceState(Frontend("10.96.8.2", 80), backend, "random", 0, None)])
+    assert is_set(fd)
+    graces.end()
+    xdp.dp.replacing_flag.close()
+    assert not is_set(fd)
