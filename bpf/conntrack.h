@@ -756,27 +756,43 @@ struct reply_match {
 	struct ct_value copy;
 };
 
-/* The frontend a backend address answers for, if it is a backend of any service: every
- * reply the datapath translates comes from one (a service's or its SNAT port's). */
-static __always_inline struct revnat_value *ct_backend_of_any(__be32 backend, __be16 bport, __u8 proto)
+/* Copy the rev_nat entry of `rk` into `out` (one 8-byte load): 1 if it names `rk`
+ * (key_check), 0 if there is none or the element read had been reused for another
+ * address (the kernel hands a replaced element to the next replacement at once). */
+static __always_inline int revnat_read(const struct revnat_key *rk, __u8 check, struct revnat_value *out)
+{
+	struct revnat_value *rn = rev_nat.lookup((void *)rk);
+	if (!rn)
+		return 0;
+	*(__u64 *)out = *(volatile __u64 *)rn;
+	return out->key_check == check || out->key_check == 0;
+}
+_Static_assert(sizeof(struct revnat_value) == sizeof(__u64), "rev_nat values are read in one load");
+
+/* The frontend a backend address answers for, copied into `out`: 1 if it is a backend of
+ * any service (every reply the datapath translates comes from one: a service's or its
+ * SNAT port's). Read again when the first read found nothing usable while the writer
+ * was replacing entries (maps.h writer_replacing). */
+static __always_inline int ct_backend_of_any(__be32 backend, __be16 bport, __u8 proto,
+					     struct revnat_value *out)
 {
 	struct revnat_key rk = {};
 	rk.ip = backend;
 	rk.port = bport;
 	rk.proto = proto;
-	struct revnat_value *rn = rev_nat.lookup(&rk);
-	if (!rn && writer_replacing())   /* it may have raced its own replacement (maps.h) */
-		rn = rev_nat.lookup(&rk);
-	return rn;
+	__u8 check = svcxdp_revnat_check(backend, bport, proto);
+	if (revnat_read(&rk, check, out))
+		return 1;
+	return writer_replacing() && revnat_read(&rk, check, out);
 }
 
 static __always_inline int ct_match_reply(__be32 backend, __be16 bport, __be32 client,
 					  __be16 cport, __u8 proto, struct reply_match *m)
 {
-	struct revnat_value *rn = ct_backend_of_any(backend, bport, proto);
-	if (!rn)
+	struct revnat_value rn;
+	if (!ct_backend_of_any(backend, bport, proto, &rn))
 		return 0;  /* not a backend of any service: the common non-service case */
-	if (rn->flags & SVCXDP_REVNAT_F_SHARED) {
+	if (rn.flags & SVCXDP_REVNAT_F_SHARED) {
 		ct_key_set(&m->key, backend, client, bport, cport, proto, SVCXDP_CT_DIR_REPLY);
 		int copied = 0;
 		struct ct_value *v = ct_lookup(&m->key, &m->copy, &copied);
@@ -791,7 +807,7 @@ static __always_inline int ct_match_reply(__be32 backend, __be16 bport, __be32 c
 	}
 	/* The forward entry of client -> VIP:port, if it still points at this backend
 	 * (a stale reply from a backend the flow has left is not translated). */
-	ct_key_set(&m->key, client, rn->vip, cport, rn->vport, proto, SVCXDP_CT_DIR_FORWARD);
+	ct_key_set(&m->key, client, rn.vip, cport, rn.vport, proto, SVCXDP_CT_DIR_FORWARD);
 	int copied = 0;
 	struct ct_value *v = ct_lookup(&m->key, &m->copy, &copied);
 	if (v && (v->nat_ip != backend || v->nat_port != bport))
@@ -802,8 +818,8 @@ static __always_inline int ct_match_reply(__be32 backend, __be16 bport, __be32 c
 	if (!v || v->nat_ip != backend || v->nat_port != bport)
 		return 0;
 	m->v = v;
-	m->vip = rn->vip;
-	m->vport = rn->vport;
+	m->vip = rn.vip;
+	m->vport = rn.vport;
 	m->via_reply_entry = 0;
 	return 1;
 }

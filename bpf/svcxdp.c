@@ -441,7 +441,8 @@ static __always_inline int process(struct xdp_md *ctx, int external, int replies
 			 * ports as SNAT replies) stops here: only a service backend's packet
 			 * can be a reply the tail translates, and the tail's conntrack and set
 			 * lookups would each cost it a cold line. */
-			if (!ct_backend_of_any(ip->saddr, *l4.sport, l4proto)) {
+			struct revnat_value rn;
+			if (!ct_backend_of_any(ip->saddr, *l4.sport, l4proto, &rn)) {
 				ev->main = SVCXDP_CNT_PASS_NON_SERVICE;
 				return XDP_PASS;
 			}

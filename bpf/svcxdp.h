@@ -311,7 +311,7 @@ struct revnat_value {
 	__be32 vip;       /* the frontend the address answers for (the first, if shared) */
 	__be16 vport;
 	__u8 flags;       /* SVCXDP_REVNAT_F_* */
-	__u8 reserved;
+	__u8 key_check;   /* svcxdp_revnat_check (flowhash.h) of the entry's own key; 0: none */
 };
 
 /* Conntrack: the forward entry of a flow (client -> VIP:port, holding the backend);

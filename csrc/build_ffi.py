@@ -43,6 +43,8 @@ ffibuilder.cdef(
     uint32_t svcxdp_ffi_ct_set_hash(uint32_t saddr, uint32_t daddr, uint32_t sport,
                                     uint32_t dport, uint32_t proto, uint32_t dir, uint32_t seed);
     uint32_t svcxdp_ffi_fib_cache_slot(uint32_t daddr, uint32_t ifindex, uint32_t bits);
+    void svcxdp_ffi_revnat_checks(const uint32_t *ip, const uint16_t *port, const uint8_t *proto,
+                                  uint8_t *out, size_t n);
     """
 )
 
@@ -73,6 +75,13 @@ ffibuilder.set_source(
     { return svcxdp_ct_set_hash(saddr, daddr, sport, dport, proto, dir, seed); }
     static uint32_t svcxdp_ffi_fib_cache_slot(uint32_t daddr, uint32_t ifindex, uint32_t bits)
     { return svcxdp_fib_cache_slot(daddr, ifindex, bits); }
+    /* A column at a time: the writer checks 100,000 addresses in one call. */
+    static void svcxdp_ffi_revnat_checks(const uint32_t *ip, const uint16_t *port, const uint8_t *proto,
+                                         uint8_t *out, size_t n)
+    {
+        for (size_t i = 0; i < n; i++)
+            out[i] = (uint8_t)svcxdp_revnat_check(ip[i], port[i], proto[i]);
+    }
     """,
     sources=[os.path.join(SRC, "maglev.c")],
     include_dirs=[SRC],

@@ -141,6 +141,24 @@ svcxdp_ct_set_hash(unsigned int saddr, unsigned int daddr, unsigned int sport,
 	return svcxdp_jhash_3words(saddr, daddr, ports, seed ^ ((proto & 0xffU) | ((dir & 0xffU) << 8)));
 }
 
+/*
+ * One byte of a backend address as rev_nat's key holds it (ip, port, proto), never 0.
+ * The writer puts it in the address's rev_nat value, so a reply that read an element
+ * the kernel had already reused for another address can tell (conntrack.h
+ * ct_backend_of_any); a value holding 0 was written without one and is not checked.
+ * A fold, not a hash: it is paid on every reply, and only tells one address from the
+ * next key written into the same element.
+ */
+static __always_inline unsigned int
+svcxdp_revnat_check(unsigned int ip, unsigned int port, unsigned int proto)
+{
+	unsigned int h = ip ^ ((port & 0xffffU) << 8) ^ (proto & 0xffU);
+
+	h ^= h >> 16;
+	h = (h ^ (h >> 8)) & 0xffU;
+	return h ? h : 1;
+}
+
 /* Maglev slot of a flow hash in a table of m entries (m > 0, prime). */
 static __always_inline unsigned int svcxdp_maglev_slot(unsigned int hash, unsigned int m)
 {

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from controlplane._csrc import ffi, lib
+
 from .layout import const
 from .packing import Packer, be32_column, concat, delete_packed, ips_of_be32, port_be16, ports_of_be16, read_table, write_packed
 from .model import PROTOCOLS, Frontend
@@ -69,12 +71,24 @@ def _entries_are_their_frontends(keys: np.ndarray, values: np.ndarray, in_use: l
                 np.array_equal(want_values[want_order], have_values[have_order]))
 
 
+def key_checks(ip_col: np.ndarray, port_col: np.ndarray, proto: np.ndarray | int) -> np.ndarray:
+    """svcxdp_revnat_check (csrc/flowhash.h, the datapath's own) of each address, packed
+    as its key holds it (be32_column, port_be16, protocol numbers or one for all)."""
+    ips = np.ascontiguousarray(ip_col, np.uint32)
+    ports = np.ascontiguousarray(port_col, np.uint16)
+    protos = np.ascontiguousarray(np.broadcast_to(np.asarray(proto, np.uint8), ips.shape))
+    out = np.empty(len(ips), np.uint8)
+    lib.svcxdp_ffi_revnat_checks(ffi.from_buffer("uint32_t[]", ips), ffi.from_buffer("uint16_t[]", ports),
+                                 ffi.from_buffer("uint8_t[]", protos), ffi.from_buffer("uint8_t[]", out), len(ips))
+    return out
+
+
 class RevNat:
     def __init__(self, table, replacing: "ReplacingFlag | None" = None) -> None:
         self.table = table
         self.replacing = replacing
         self._keys = Packer(table.Key, ("ip", "port", "proto"))
-        self._values = Packer(table.Leaf, ("vip", "vport", "flags"))
+        self._values = Packer(table.Leaf, ("vip", "vport", "flags", "key_check"))
         # first = the entry's frontend; tuples (one per backend address: a list costs more)
         self.users: dict[Address, tuple[Frontend, ...]] = {}
         self.writes = 0
@@ -142,17 +156,21 @@ class RevNat:
         n = len(pending)
         firsts = [u[0] for u in users]
         flags = [F_SHARED if len(u) > 1 else 0 for u in users]
-        keys = self._packed_keys(pending)
+        key_cols = self._key_columns(pending)
+        keys = self._keys.columns(n, key_cols)
         values = self._values.columns(n, (be32_column([fe.vip for fe in firsts]),
-                                          port_be16([fe.port for fe in firsts]), flags))
+                                          port_be16([fe.port for fe in firsts]), flags, key_checks(*key_cols)))
         replaces = self.replacing is not None and any(map(queued.__getitem__, pending))
         with self.replacing.raised() if replaces else nullcontext():
             write_packed(self.table, keys, values)
 
-    def _packed_keys(self, addrs: list[Address]):
+    @staticmethod
+    def _key_columns(addrs: list[Address]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         ips, ports, protos = zip(*addrs)
-        return self._keys.columns(len(addrs), (be32_column(ips), port_be16(ports),
-                                               [PROTOCOLS[p] for p in protos]))
+        return be32_column(ips), port_be16(ports), np.array([PROTOCOLS[p] for p in protos], np.uint8)
+
+    def _packed_keys(self, addrs: list[Address]):
+        return self._keys.columns(len(addrs), self._key_columns(addrs))
 
     def attach(self, fe: Frontend, addresses: list[tuple[str, int]], flush: bool = True) -> None:
         users_of, pending, proto = self.users, self._pending, fe.protocol
@@ -223,10 +241,11 @@ class RevNat:
         vports = port_be16(list(map(_port, fes))) if vport_col is None else vport_col
         rows = len(new)
         proto_rows = proto_packed if one_protocol else proto_packed[firsts]
+        key_cols = (ip_col[firsts], port_col[firsts], proto_rows)
         self._fresh.append((
-            self._keys.columns(rows, (ip_col[firsts], port_col[firsts], proto_rows)),
+            self._keys.columns(rows, key_cols),
             self._values.columns(rows, (np.repeat(vips, counts_col)[firsts], np.repeat(vports, counts_col)[firsts],
-                                        flags))))
+                                        flags, key_checks(*key_cols)))))
         return True
 
     def _shared_in_batch(self, new: dict[Address, tuple[Frontend, ...]], fes: list[Frontend], counts_col: np.ndarray,
