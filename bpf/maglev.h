@@ -33,6 +33,8 @@ static __always_inline __u32 maglev_lookup(const struct svc_value *svc, __u32 ha
 		return SVCXDP_BACKEND_ID_INVALID;
 	__u32 svc_id = svc->svc_id;
 	void *table = maglev.lookup(&svc_id);
+	if (!table && writer_replacing())   /* a table being swapped (maps.h) */
+		table = maglev.lookup(&svc_id);
 	if (!table)
 		return SVCXDP_BACKEND_ID_INVALID;
 	__u32 idx = svcxdp_maglev_slot(hash, m);

@@ -137,22 +137,22 @@ __attribute__((section("maps/devmap:" SVCXDP_PIN_DIR "/tx_ports")))
 __attribute__((section("maps/devmap")))
 #endif
 struct tx_ports_table_t tx_ports = { .max_entries = SVCXDP_TX_PORTS_SIZE };
-/* Nonzero while the writer may be replacing entries of `services` or `rev_nat`, and
- * until every packet that looked one up meanwhile has left the program (the writer
- * clears it a grace period after its last replacement: replacing.py). A lookup in
- * either that misses while it is set looks again (writer_replacing below). */
+/* Nonzero while the writer may be replacing entries of `services`, `rev_nat`, `slots`
+ * or `maglev`, and until every packet that looked one up meanwhile has left the program
+ * (the writer clears it a grace period after its last replacement: replacing.py). A
+ * lookup in one of them that misses while it is set looks again (writer_replacing). */
 SVCXDP_MAP("array", __u32, __u32, replacing, 1);
 
-/* Whether a lookup in `services` or `rev_nat` that missed should look again. A hash map
- * replaces an element by linking the new one at its bucket's head, then unlinking the
- * old: a lookup already past the head when the new one came, and not yet at the old one
- * when it went, finds neither (about one lookup in 2,000-15,000 of a 16-entry map whose
- * entries are rewritten back to back; one new flow in millions at 400 services). Looking
- * again from the head finds the new element. The writer sets the flag before its first
- * replacement and clears it only a grace period after its last, when every lookup that
- * overlapped one has finished, so a lookup that missed this way reads it set (x86 keeps
- * loads in order: this load follows the one that skipped the old element). Misses pay
- * this one array read; hits nothing. */
+/* Whether a lookup in a map the writer replaces entries of, that missed, should look
+ * again. A hash map replaces an element by linking the new one at its bucket's head, then
+ * unlinking the old: a lookup already past the head when the new one came, and not yet at
+ * the old one when it went, finds neither (about one lookup in 2,000-15,000 of a 16-entry
+ * map whose entries are rewritten back to back; one new flow in millions at 400 services).
+ * Looking again from the head finds the new element. The writer sets the flag before its
+ * first replacement and clears it only a grace period after its last, when every lookup
+ * that overlapped one has finished, so a lookup that missed this way reads it set (x86
+ * keeps loads in order: this load follows the one that skipped the old element). Misses
+ * pay this one array read; hits nothing. */
 static __always_inline int writer_replacing(void)
 {
 	__u32 zero = 0;

@@ -38,6 +38,8 @@ static __always_inline __u32 slot_backend(__u32 svc_id, __u32 slot)
 	k.svc_id = svc_id;
 	k.slot = slot;
 	__u32 *id = slots.lookup(&k);
+	if (!id && writer_replacing())   /* it may have raced its own replacement (maps.h) */
+		id = slots.lookup(&k);
 	return id ? *id : SVCXDP_BACKEND_ID_INVALID;
 }
 

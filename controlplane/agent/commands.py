@@ -285,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
     service_health.close()
     if feed is not None:
         feed.close()
-    dp.replacing_flag.close()   # its clear done, not left to the next agent (replacing.py)
+    dp.settle_writes()
     log.info("agent stopping; the dataplane stays attached and pinned")
     return 0
 

@@ -381,11 +381,17 @@ class Dataplane:
 
     @property
     def replacing_flag(self) -> "replacing.ReplacingFlag":
-        """The flag the writers set while they replace service entries (replacing.py):
-        one per dataplane, whichever writer of this process writes."""
+        """The flag the writers set while they replace entries the datapath looks up
+        (replacing.py): one per dataplane, whichever writer of this process writes."""
         if self._replacing is None:
             self._replacing = replacing.ReplacingFlag(self.raw_table(replacing.MAP).map_fd)
         return self._replacing
+
+    def settle_writes(self) -> None:
+        """Wait until the writers' replacement flag is clear (at most a grace period): a
+        stopping agent leaves it so, rather than to the next one."""
+        if self._replacing is not None:
+            self._replacing.wait()
 
     @property
     def prog_id(self) -> int:

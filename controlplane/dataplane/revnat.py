@@ -13,7 +13,6 @@ writer which to rewrite. Rewriting an entry the map holds raises the writer's
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
 from itertools import chain, repeat
 from operator import attrgetter
 from typing import TYPE_CHECKING, Sequence
@@ -50,13 +49,31 @@ def _frontend_keys(vip_col: np.ndarray, vport_col: np.ndarray) -> np.ndarray:
     return vip_col.astype(np.uint64) << np.uint64(16) | vport_col.astype(np.uint64)
 
 
+def key_checks(ip_col: np.ndarray, port_col: np.ndarray, proto: np.ndarray | int) -> np.ndarray:
+    """svcxdp_revnat_check (csrc/flowhash.h, the datapath's own) of each address, packed
+    as its key holds it (be32_column, port_be16, protocol numbers or one for all)."""
+    ips = np.ascontiguousarray(ip_col, np.uint32)
+    ports = np.ascontiguousarray(port_col, np.uint16)
+    protos = np.ascontiguousarray(np.broadcast_to(np.asarray(proto, np.uint8), ips.shape))
+    out = np.empty(len(ips), np.uint8)
+    lib.svcxdp_ffi_revnat_checks(ffi.from_buffer("uint32_t[]", ips), ffi.from_buffer("uint16_t[]", ports),
+                                 ffi.from_buffer("uint8_t[]", protos), ffi.from_buffer("uint8_t[]", out), len(ips))
+    return out
+
+
+def _checked(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Which entries (as read_table gives them) carry their address's key_check (an
+    earlier agent wrote none: 0)."""
+    return values["key_check"] == key_checks(keys["ip"], keys["port"], keys["proto"])
+
+
 def _entries_are_their_frontends(keys: np.ndarray, values: np.ndarray, in_use: list[Address],
                                  order: list[Frontend], counts: list[int]) -> bool:
     """Whether the map (its `keys` and `values` as read_table gives them) holds exactly
     one entry per address in use, naming the one frontend using it, unshared: what a
     clean restart finds, compared as columns (at 100,000 addresses a dict of the entries
-    and a comparison of two dicts took ~0.3 s)."""
-    if len(keys) != len(in_use) or (values["flags"] & F_SHARED).any():
+    and a comparison of two dicts took ~0.3 s). Each must carry its address's check."""
+    if len(keys) != len(in_use) or (values["flags"] & F_SHARED).any() or not _checked(keys, values).all():
         return False
     # (a protocol the model does not know gives a code no frontend's has: unequal)
     fe_protos = np.fromiter((PROTOCOLS[fe.protocol] for fe in order), np.uint64, len(order))
@@ -71,20 +88,8 @@ def _entries_are_their_frontends(keys: np.ndarray, values: np.ndarray, in_use: l
                 np.array_equal(want_values[want_order], have_values[have_order]))
 
 
-def key_checks(ip_col: np.ndarray, port_col: np.ndarray, proto: np.ndarray | int) -> np.ndarray:
-    """svcxdp_revnat_check (csrc/flowhash.h, the datapath's own) of each address, packed
-    as its key holds it (be32_column, port_be16, protocol numbers or one for all)."""
-    ips = np.ascontiguousarray(ip_col, np.uint32)
-    ports = np.ascontiguousarray(port_col, np.uint16)
-    protos = np.ascontiguousarray(np.broadcast_to(np.asarray(proto, np.uint8), ips.shape))
-    out = np.empty(len(ips), np.uint8)
-    lib.svcxdp_ffi_revnat_checks(ffi.from_buffer("uint32_t[]", ips), ffi.from_buffer("uint16_t[]", ports),
-                                 ffi.from_buffer("uint8_t[]", protos), ffi.from_buffer("uint8_t[]", out), len(ips))
-    return out
-
-
 class RevNat:
-    def __init__(self, table, replacing: "ReplacingFlag | None" = None) -> None:
+    def __init__(self, table, replacing: "ReplacingFlag") -> None:
         self.table = table
         self.replacing = replacing
         self._keys = Packer(table.Key, ("ip", "port", "proto"))
@@ -138,8 +143,14 @@ class RevNat:
             write_packed(self.table, concat([k for k, _ in self._fresh], self._keys.dtype),
                          concat([v for _, v in self._fresh], self._values.dtype))
             self._fresh.clear()
-        self._write_entries(self._pending)
-        # cleared once written: a failed write leaves them queued for the next flush
+        try:
+            self._write_entries(self._pending)
+        except BaseException:
+            # left queued for the next flush, which may find some written: a rewrite
+            for addr in self._pending:
+                self._pending[addr] = True
+            raise
+        # cleared once written
         self._pending.clear()
 
     def _write_entries(self, queued: dict[Address, bool]) -> None:
@@ -160,8 +171,7 @@ class RevNat:
         keys = self._keys.columns(n, key_cols)
         values = self._values.columns(n, (be32_column([fe.vip for fe in firsts]),
                                           port_be16([fe.port for fe in firsts]), flags, key_checks(*key_cols)))
-        replaces = self.replacing is not None and any(map(queued.__getitem__, pending))
-        with self.replacing.raised() if replaces else nullcontext():
+        with self.replacing.raised(when=any(map(queued.__getitem__, pending))):
             write_packed(self.table, keys, values)
 
     @staticmethod
@@ -369,16 +379,16 @@ class RevNat:
         names = {v: k for k, v in PROTOCOLS.items()}
         addrs = list(zip(ips_of_be32(keys["ip"]), ports_of_be16(keys["port"]),
                          [names.get(p, "?") for p in keys["proto"].tolist()]))
-        # address -> (its entry's frontend (vip, port), its shared flag)
+        # address -> (its entry's frontend (vip, port), its shared flag, its check right)
         primary = dict(zip(addrs, zip(zip(ips_of_be32(values["vip"]), ports_of_be16(values["vport"])),
-                                      ((values["flags"] & F_SHARED) != 0).tolist())))
+                                      ((values["flags"] & F_SHARED) != 0).tolist(), _checked(keys, values).tolist())))
         self.shared_count = len(shared)
         for addr in shared:   # the entry's own frontend first
             first = primary.get(addr, (None,))[0]
             users_of[addr] = tuple(sorted(users_of[addr], key=lambda fe: (fe.vip, fe.port) != first))
         for addr, users in self.users.items():
             entry = primary.get(addr)
-            if entry is None or entry != ((users[0].vip, users[0].port), len(users) > 1):
-                self._write(addr)   # missing, another frontend's, or a stale shared flag
+            if entry is None or entry != ((users[0].vip, users[0].port), len(users) > 1, True):
+                self._write(addr)   # missing, another frontend's, a stale shared flag, no check
         for addr in primary.keys() - self.users.keys():
             self._write(addr)  # no frontend uses it any more: delete

@@ -27,7 +27,6 @@ packets there: tests/packet/test_write_order.py).
 from __future__ import annotations
 
 import ctypes as ct
-from contextlib import nullcontext
 from dataclasses import dataclass
 from itertools import groupby, repeat
 from operator import attrgetter, itemgetter
@@ -422,8 +421,39 @@ class MapWriter:
                     made.append(plan_upsert(state, old, self._svc_ids, self._backend_ids, self.affinity))
             self._write_backends(made, new)
         self._phase("backends")
+        # 2. slots, Maglev tables and source ranges; 3. the service entries: from here on
+        #    packets use the new states. Of frontends the maps hold, both replace entries
+        #    the datapath looks up: the flag that makes a lookup missing one look again is
+        #    up meanwhile (replacing.py)
+        with self._replacing.raised(when=bool(made)):
+            self._write_selection(made, new)
+            self._phase("slots")
+            self.writes += write_packed(self.services, *self._entry_rows(made, new))
+        self._phase("entries")
+        # 4. shrink: tables no longer used, surplus slots, backends that left
+        for p in made:
+            self._shrink(p)
+            self.ranges.remove(p.svc_id, set(p.old.state.source_ranges) - set(p.state.source_ranges))
+        self.revnat.flush()
+        installed = self._installed
+        for p in made:
+            self._slots_used += p.slot_count - p.old_slot_count
+            installed[p.state.frontend] = p.installed()
+        for batch in new:
+            self._slots_used += sum(batch.slot_counts)
+            installed.update(zip(batch.frontends, batch.installed()))
+        self._phase("shrink")
+        # 5. addresses that became shared (or stopped being): their other entries
+        if attached_changes:
+            self._rewrite_reply_flags(attached_changes, {id(fe) for batch in new for fe in batch.frontends})
+        self._rewrite_reply_flags(self.revnat.take_sharing_changes())
+        self._phase("flags")
+        return [installed[s.frontend].svc_id for s in states]   # (empty: sync's call)
+
+    def _write_selection(self, made: Sequence[Plan], new: Sequence[NewPlans]) -> None:
+        """Step 2: slots, then per-service state of new services, then Maglev tables and
+        the source ranges the entries will point at."""
         pk = self._pk
-        # 2. slots, then per-service state of new services, then Maglev tables
         keys, values = self._slot_rows(made, new)   # each key once: its halves in any order
         half = len(keys) // 2
         with Beside(half >= self.beside_min, write_packed, self.slots, keys[half:], values[half:]):
@@ -454,31 +484,6 @@ class MapWriter:
                     if ranges:
                         self.ranges.add(svc_id, set(ranges))
         self.writes += n
-        self._phase("slots")
-        # 3. the service entries: from here on packets use the new states. Replacing an
-        #    entry raises the flag that makes a lookup missing it look again (replacing.py)
-        with self._replacing.raised() if made else nullcontext():
-            self.writes += write_packed(self.services, *self._entry_rows(made, new))
-        self._phase("entries")
-        # 4. shrink: tables no longer used, surplus slots, backends that left
-        for p in made:
-            self._shrink(p)
-            self.ranges.remove(p.svc_id, set(p.old.state.source_ranges) - set(p.state.source_ranges))
-        self.revnat.flush()
-        installed = self._installed
-        for p in made:
-            self._slots_used += p.slot_count - p.old_slot_count
-            installed[p.state.frontend] = p.installed()
-        for batch in new:
-            self._slots_used += sum(batch.slot_counts)
-            installed.update(zip(batch.frontends, batch.installed()))
-        self._phase("shrink")
-        # 5. addresses that became shared (or stopped being): their other entries
-        if attached_changes:
-            self._rewrite_reply_flags(attached_changes, {id(fe) for batch in new for fe in batch.frontends})
-        self._rewrite_reply_flags(self.revnat.take_sharing_changes())
-        self._phase("flags")
-        return [installed[s.frontend].svc_id for s in states]   # (empty: sync's call)
 
     def _write_backends(self, made: Sequence[Plan], new: Sequence[NewPlans]) -> None:
         """Step 1's backend entries of the plans, and the counters of their fresh ids."""
