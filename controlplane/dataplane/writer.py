@@ -102,7 +102,7 @@ class MapWriter:
         self._svc_stats_size = percpu_value_size(ct.sizeof(self.svc_stats.sLeaf))
         self.maglev = MaglevMaps(dp.table("maglev"))
         self.affinity = AffinityGenerations()
-        # Raised while entries of services or rev_nat are replaced (replacing.py); taken
+        # Raised while entries the datapath looks up are replaced (replacing.py); taken
         # now, so a flag an earlier agent left set is cleared from the start
         self._replacing = dp.replacing_flag
         self.revnat = RevNat(dp.table("rev_nat"), self._replacing)
