@@ -757,15 +757,16 @@ struct reply_match {
 };
 
 /* Copy the rev_nat entry of `rk` into `out` (one 8-byte load): 1 if it names `rk`
- * (key_check), 0 if there is none or the element read had been reused for another
- * address (the kernel hands a replaced element to the next replacement at once). */
-static __always_inline int revnat_read(const struct revnat_key *rk, __u8 check, struct revnat_value *out)
+ * (key_check, computed only for an entry found: most lookups miss), 0 if there is none or
+ * the element read had been reused for another address (the kernel hands a replaced
+ * element to the next replacement at once). */
+static __always_inline int revnat_read(const struct revnat_key *rk, struct revnat_value *out)
 {
 	struct revnat_value *rn = rev_nat.lookup((void *)rk);
 	if (!rn)
 		return 0;
 	*(__u64 *)out = *(volatile __u64 *)rn;
-	return out->key_check == check || out->key_check == 0;
+	return out->key_check == 0 || out->key_check == svcxdp_revnat_check(rk->ip, rk->port, rk->proto);
 }
 _Static_assert(sizeof(struct revnat_value) == sizeof(__u64), "rev_nat values are read in one load");
 
@@ -780,10 +781,9 @@ static __always_inline int ct_backend_of_any(__be32 backend, __be16 bport, __u8 
 	rk.ip = backend;
 	rk.port = bport;
 	rk.proto = proto;
-	__u8 check = svcxdp_revnat_check(backend, bport, proto);
-	if (revnat_read(&rk, check, out))
+	if (revnat_read(&rk, out))
 		return 1;
-	return writer_replacing() && revnat_read(&rk, check, out);
+	return writer_replacing() && revnat_read(&rk, out);
 }
 
 static __always_inline int ct_match_reply(__be32 backend, __be16 bport, __be32 client,

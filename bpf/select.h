@@ -32,15 +32,28 @@ static __always_inline __u32 rr_next(const struct svc_value *svc)
 	return n % svc->count + 1;
 }
 
+/* Whether backend `id` serves service `svc_id` (lb_pick checks it too, in the end). */
+static __always_inline int backend_serves(__u32 id, __u32 svc_id)
+{
+	struct backend *b = backends.lookup(&id);
+	return b && b->svc_id == svc_id;
+}
+
+/* The backend id in slot `slot` of service `svc_id`. Read again while the writer is
+ * replacing entries (maps.h writer_replacing) when the lookup missed or the id read
+ * serves another service: the element may have been reused at once for another key. */
 static __always_inline __u32 slot_backend(__u32 svc_id, __u32 slot)
 {
 	struct slot_key k = {};
 	k.svc_id = svc_id;
 	k.slot = slot;
 	__u32 *id = slots.lookup(&k);
-	if (!id && writer_replacing())   /* it may have raced its own replacement (maps.h) */
+	__u32 bid = id ? *id : SVCXDP_BACKEND_ID_INVALID;
+	if (!backend_serves(bid, svc_id) && writer_replacing()) {
 		id = slots.lookup(&k);
-	return id ? *id : SVCXDP_BACKEND_ID_INVALID;
+		bid = id ? *id : SVCXDP_BACKEND_ID_INVALID;
+	}
+	return bid;
 }
 
 /* Source hash: the client address (with the service's port and protocol, fixed per
