@@ -67,13 +67,14 @@ def _checked(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
     return values["key_check"] == key_checks(keys["ip"], keys["port"], keys["proto"])
 
 
-def _entries_are_their_frontends(keys: np.ndarray, values: np.ndarray, in_use: list[Address],
-                                 order: list[Frontend], counts: list[int]) -> bool:
+def _entries_are_their_frontends(keys: np.ndarray, values: np.ndarray, checked: np.ndarray,
+                                 in_use: list[Address], order: list[Frontend], counts: list[int]) -> bool:
     """Whether the map (its `keys` and `values` as read_table gives them) holds exactly
     one entry per address in use, naming the one frontend using it, unshared: what a
     clean restart finds, compared as columns (at 100,000 addresses a dict of the entries
-    and a comparison of two dicts took ~0.3 s). Each must carry its address's check."""
-    if len(keys) != len(in_use) or (values["flags"] & F_SHARED).any() or not _checked(keys, values).all():
+    and a comparison of two dicts took ~0.3 s). Each must carry its address's check
+    (`checked`: _checked's answer)."""
+    if len(keys) != len(in_use) or (values["flags"] & F_SHARED).any() or not checked.all():
         return False
     # (a protocol the model does not know gives a code no frontend's has: unequal)
     fe_protos = np.fromiter((PROTOCOLS[fe.protocol] for fe in order), np.uint64, len(order))
@@ -348,6 +349,7 @@ class RevNat:
         rev_nat entry of a service the agent is still writing as unused); the owning
         writer's next flush writes them."""
         keys, values = read_table(self.table, Packer.whole(self.table.Key), Packer.whole(self.table.Leaf))
+        checked = _checked(keys, values)
         users_of = self.users
         shared: list[Address] = []
         order = sorted(installed, key=_FE_ORDER)
@@ -361,7 +363,7 @@ class RevNat:
         alone = dict(zip(in_use, chain.from_iterable(repeat((fe,), n) for fe, n in zip(order, counts))))
         if not users_of and len(alone) == len(in_use):
             self.users = users_of = alone
-            if _entries_are_their_frontends(keys, values, in_use, order, counts):
+            if _entries_are_their_frontends(keys, values, checked, in_use, order, counts):
                 self.shared_count = 0   # nothing to repair (a clean restart)
                 return
         else:
@@ -381,7 +383,7 @@ class RevNat:
                          [names.get(p, "?") for p in keys["proto"].tolist()]))
         # address -> (its entry's frontend (vip, port), its shared flag, its check right)
         primary = dict(zip(addrs, zip(zip(ips_of_be32(values["vip"]), ports_of_be16(values["vport"])),
-                                      ((values["flags"] & F_SHARED) != 0).tolist(), _checked(keys, values).tolist())))
+                                      ((values["flags"] & F_SHARED) != 0).tolist(), checked.tolist())))
         self.shared_count = len(shared)
         for addr in shared:   # the entry's own frontend first
             first = primary.get(addr, (None,))[0]
