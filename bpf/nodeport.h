@@ -18,6 +18,7 @@
 #include "nat.h"
 #include "conntrack.h"
 #include "fib.h"
+#include "handoff.h"
 
 /* BPF_FIB_LOOKUP_SRC (kernel >= 6.7): the lookup also returns the source address the
  * node would use on that route, which is the SNAT address. bcc's headers may predate
@@ -524,6 +525,12 @@ static __always_inline int np_forward(struct xdp_md *ctx, struct events *ev)
 			return XDP_PASS;
 		ev->main = SVCXDP_CNT_FRAG_NEEDED;   /* no other event: np_snat did not run */
 		return frag_needed_reply(ctx, &pd->sent, r.mtu);
+	}
+	if (r.rc == BPF_FIB_LKUP_RET_NO_NEIGH && ip->saddr == r.src) {
+		/* Source-NATed to this node's address: the stack would drop it unsent
+		 * (handoff.h). */
+		ip_decrease_ttl(ip);
+		return handoff_pass(ctx, r.ifindex, ev);
 	}
 	if (r.rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return XDP_PASS;

@@ -521,3 +521,10 @@ int svcxdp_local_reply(struct __sk_buff *skb)
 {
 	return local_reply(skb);
 }
+
+/* tc ingress of the node's external interfaces: frames the external entry point
+ * rewrote and could not send for want of a neighbour entry (handoff.h). */
+int svcxdp_handoff(struct __sk_buff *skb)
+{
+	return handoff_take(skb);
+}

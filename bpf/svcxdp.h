@@ -106,6 +106,15 @@
 #define SVCXDP_SNAT_RECLAIM_MS 2000
 #define SVCXDP_SNAT_RECLAIM_AFTER 8  /* probes, after which the oldest unconfirmed holder met is taken */
 #define SVCXDP_DEFAULT_SOURCE_RANGES 16384  /* loadBalancerSourceRanges entries, all services */
+/* A frame source-NATed for another node whose next hop has no neighbour entry yet goes
+ * to the tc ingress program of the same device with this note in front of it, in its XDP
+ * metadata (handoff.h): the magic says it is ours, ifindex is the device the FIB named.
+ * Metadata comes in multiples of 4 bytes. */
+#define SVCXDP_HANDOFF_MAGIC 0x73786e68   /* "sxnh" */
+struct svcxdp_handoff {
+	__u32 magic;
+	__u32 ifindex;
+};
 
 /* ---- global counters (index into the `counters` per-CPU array) ---------------- */
 #define SVCXDP_CNT_PASS_NON_IP 0       /* not IPv4: passed untouched */
@@ -156,7 +165,9 @@
 					* local_reply.h) */
 #define SVCXDP_CNT_REJECT_LIMITED 35   /* a reject over the CPU's reject budget (reject.h):
 					* dropped unanswered */
-#define SVCXDP_CNT_MAX 36
+#define SVCXDP_CNT_NEIGH_HANDOFF 36    /* translated for another node whose next hop has no
+					* neighbour entry yet: handed to tc (handoff.h) */
+#define SVCXDP_CNT_MAX 37
 
 /* ---- hairpin ------------------------------------------------------------------ */
 /* A pod whose Service picks the pod itself would receive its own address as source

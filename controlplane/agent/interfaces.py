@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
-from controlplane.dataplane.attach import AttachError, attach_tc_egress, attach_xdp, in_netns
+from controlplane.dataplane.attach import AttachError, attach_tc_egress, attach_tc_ingress, attach_xdp, in_netns
 from controlplane.dataplane.program import Dataplane, load_floor_program
 
 log = logging.getLogger("svcxdp.agent")
@@ -117,6 +117,15 @@ class InterfaceManager:
             except (AttachError, OSError) as exc:
                 log.warning("tc egress on %s in %s: %s; a hostNetwork backend's answers leave it "
                             "untranslated", t.ifname, t.netns, exc)
+            if is_external(t):
+                try:
+                    # frames to another node whose next hop is not resolved yet go out
+                    # through it (bpf/handoff.h); without it they go to the stack, which
+                    # drops them (they carry the node's own address)
+                    attach_tc_ingress(self.dp.handoff_prog_fd, t.ifname, t.netns)
+                except (AttachError, OSError) as exc:
+                    log.warning("tc ingress on %s in %s: %s; a flow to a backend on another node "
+                                "whose neighbour entry is missing does not start", t.ifname, t.netns, exc)
         return attached
 
     @property

@@ -19,7 +19,8 @@ from pathlib import Path
 from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_LINK
 
-from controlplane.dataplane.attach import AttachError, attached_prog_id, detach_tc_egress, detach_xdp
+from controlplane.dataplane.attach import (AttachError, attached_prog_id, detach_tc_egress, detach_tc_ingress,
+                                           detach_xdp)
 from controlplane.dataplane.config import PROGRAM_PINS
 
 from .attach_sources import Target
@@ -118,7 +119,7 @@ def _pinned_prog_ids(pin_dir: Path) -> set[int]:
 
 def uninstall(pin_dir: Path, interfaces: list[Target]) -> list[str]:
     """Detach the pinned programs from the interfaces that run them, in whichever mode,
-    and our tc egress filter wherever it is; returns their names. An interface running
+    and our tc filters wherever they are; returns their names. An interface running
     another XDP program keeps it."""
     ours = _pinned_prog_ids(pin_dir)
     if not ours:
@@ -129,8 +130,9 @@ def uninstall(pin_dir: Path, interfaces: list[Target]) -> list[str]:
             xdp = attached_prog_id(t.ifname, t.netns or None) in ours
             if xdp:
                 detach_xdp(t.ifname, t.netns or None)
-            # the filter is ours by its place and name, whatever runs in XDP by now
-            if detach_tc_egress(t.ifname, t.netns or None) or xdp:
+            # a filter is ours by its place and name, whatever runs in XDP by now
+            filters = [detach_tc_egress(t.ifname, t.netns or None), detach_tc_ingress(t.ifname, t.netns or None)]
+            if any(filters) or xdp:
                 detached.append(t.ifname)
         except (AttachError, OSError) as exc:   # gone meanwhile (a pod's interface or namespace)
             log.warning("uninstall: %s: %s", t.ifname, exc)

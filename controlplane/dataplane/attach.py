@@ -117,33 +117,39 @@ def _attached_modes(ipr: IPRoute, idx: int) -> tuple[str, ...]:
     return _ATTACHED_MODES.get(xdp.get_attr("IFLA_XDP_ATTACHED"), ()) if xdp else ()
 
 
-# The tc egress program (bpf/local_reply.h): a bpf filter of ours on the egress hook of
-# the device's clsact qdisc, known by its priority and handle; direct action, every
-# protocol.
+# Our tc programs: a bpf filter of ours on a hook of the device's clsact qdisc, known by
+# its priority and handle and told from another's at that place by its name
+# (TCA_BPF_NAME, the program's entry point); direct action, every protocol.
+#   egress (bpf/local_reply.h): the node's own answers for a backend at its address;
+#   ingress (bpf/handoff.h): frames the external entry point could not send itself.
 TC_EGRESS = 0xFFFFFFF3   # the clsact qdisc's egress hook, ffff:fff3
+TC_INGRESS = 0xFFFFFFF2  # its ingress hook, ffff:fff2
 TC_PRIO = 0xC5
 TC_HANDLE = 1
-# The filter's name (TCA_BPF_NAME), which tells ours from another's at our place: the
-# program's own (bpf/local_reply.h's entry point).
-TC_NAME = "svcxdp_local_reply"
+TC_NAME = "svcxdp_local_reply"        # egress
+TC_INGRESS_NAME = "svcxdp_handoff"    # ingress
 _ETH_P_ALL = 0x0003
+_TC_HOOKS = {TC_EGRESS: ("egress", TC_NAME, "no egress hook for the node's own answers (bpf/local_reply.h)"),
+             TC_INGRESS: ("ingress", TC_INGRESS_NAME,
+                          "no ingress hook for frames awaiting a neighbour (bpf/handoff.h)")}
 
 
-def _filter_at_ours(ipr: IPRoute, idx: int) -> str | None:
-    """The name of the bpf filter at our priority and handle on link idx's egress ("" if it
+def _filter_at_ours(ipr: IPRoute, idx: int, hook: int) -> str | None:
+    """The name of the bpf filter at our priority and handle on link idx's `hook` ("" if it
     has none), or None if there is none."""
-    for f in ipr.get_filters(index=idx, parent=TC_EGRESS):
+    for f in ipr.get_filters(index=idx, parent=hook):
         if f["info"] >> 16 == TC_PRIO and f["handle"] == TC_HANDLE and not f.get_attr("TCA_CHAIN"):
             options = f.get_attr("TCA_OPTIONS")
             return (options.get_attr("TCA_BPF_NAME") if options else None) or ""
     return None
 
 
-def attach_tc_egress(prog_fd: int, ifname: str, netns: str | None = None) -> None:
-    """Attach (or replace in place) our filter on ifname's egress, adding the clsact
-    qdisc if the device has none. AttachError when it has an `ingress` qdisc instead,
-    which holds the same handle (ffff:) and has no egress hook: a filter given there
-    would silently land on ingress."""
+def _attach_tc(hook: int, prog_fd: int, ifname: str, netns: str | None) -> None:
+    """Attach (or replace in place) our filter on ifname's `hook`, adding the clsact qdisc
+    if the device has none. AttachError when it has an `ingress` qdisc instead, which
+    holds the same handle (ffff:) and has no egress hook: a filter given there would
+    silently land on ingress."""
+    where, name, without = _TC_HOOKS[hook]
     with open_ipr(netns) as ipr:
         idx = _index(ipr, ifname, netns)
         try:
@@ -154,34 +160,52 @@ def attach_tc_egress(prog_fd: int, ifname: str, netns: str | None = None) -> Non
             kinds = {q.get_attr("TCA_KIND") for q in ipr.get_qdiscs(index=idx) if q["handle"] == 0xFFFF0000}
             if kinds != {"clsact"}:
                 raise AttachError(f"{ifname} has an {'/'.join(sorted(map(str, kinds)))} qdisc, not clsact: "
-                                  "no egress hook for the node's own answers (bpf/local_reply.h)") from None
-        other = _filter_at_ours(ipr, idx)
-        if other not in (None, TC_NAME):
-            raise AttachError(f"{ifname}: a filter of another's ({other or 'unnamed'}) holds tc egress priority "
-                              f"{TC_PRIO:#x} handle {TC_HANDLE}: left in place; no egress hook for the node's "
-                              "own answers (bpf/local_reply.h)")
+                                  f"{without}") from None
+        other = _filter_at_ours(ipr, idx, hook)
+        if other not in (None, name):
+            raise AttachError(f"{ifname}: a filter of another's ({other or 'unnamed'}) holds tc {where} priority "
+                              f"{TC_PRIO:#x} handle {TC_HANDLE}: left in place; {without}")
         try:
-            ipr.tc("replace-filter", "bpf", index=idx, fd=prog_fd, name=TC_NAME, parent=TC_EGRESS,
+            ipr.tc("replace-filter", "bpf", index=idx, fd=prog_fd, name=name, parent=hook,
                    prio=TC_PRIO, handle=TC_HANDLE, direct_action=True, protocol=_ETH_P_ALL)
         except NetlinkError as exc:
-            raise AttachError(f"tc egress filter on {ifname}: {exc}") from None
+            raise AttachError(f"tc {where} filter on {ifname}: {exc}") from None
 
 
-def detach_tc_egress(ifname: str, netns: str | None = None) -> bool:
-    """Remove our egress filter from ifname (the clsact qdisc stays: other filters may
+def _detach_tc(hook: int, ifname: str, netns: str | None) -> bool:
+    """Remove our filter from ifname's `hook` (the clsact qdisc stays: other filters may
     hang on it); False if there was none (another's at our place is left alone)."""
+    name = _TC_HOOKS[hook][1]
     with open_ipr(netns) as ipr:
         idx = _index(ipr, ifname, netns)
         try:
-            if _filter_at_ours(ipr, idx) != TC_NAME:
+            if _filter_at_ours(ipr, idx, hook) != name:
                 return False
-            ipr.tc("del-filter", "bpf", index=idx, parent=TC_EGRESS, prio=TC_PRIO, handle=TC_HANDLE,
+            ipr.tc("del-filter", "bpf", index=idx, parent=hook, prio=TC_PRIO, handle=TC_HANDLE,
                    protocol=_ETH_P_ALL)
         except NetlinkError as exc:
             if exc.code in (errno.ENOENT, errno.EINVAL):
                 return False
             raise
         return True
+
+
+def attach_tc_egress(prog_fd: int, ifname: str, netns: str | None = None) -> None:
+    """The local-reply program (bpf/local_reply.h) on ifname's egress."""
+    _attach_tc(TC_EGRESS, prog_fd, ifname, netns)
+
+
+def detach_tc_egress(ifname: str, netns: str | None = None) -> bool:
+    return _detach_tc(TC_EGRESS, ifname, netns)
+
+
+def attach_tc_ingress(prog_fd: int, ifname: str, netns: str | None = None) -> None:
+    """The handoff program (bpf/handoff.h) on ifname's ingress."""
+    _attach_tc(TC_INGRESS, prog_fd, ifname, netns)
+
+
+def detach_tc_ingress(ifname: str, netns: str | None = None) -> bool:
+    return _detach_tc(TC_INGRESS, ifname, netns)
 
 
 def attached_prog_id(ifname: str, netns: str | None = None) -> int | None:

@@ -134,7 +134,7 @@ def _build(config: DataplaneConfig) -> None:
     dp = Dataplane.load(config)
     try:
         for role, fd in (("pod", dp.prog_fd), ("external", dp.external_prog_fd), ("ct_gc", dp.ct_gc_prog_fd),
-                         ("local_reply", dp.local_reply_prog_fd)):
+                         ("local_reply", dp.local_reply_prog_fd), ("handoff", dp.handoff_prog_fd)):
             path = pin_dir / PROGRAM_PINS[role]
             path.unlink(missing_ok=True)
             obj_pin(fd, str(path))

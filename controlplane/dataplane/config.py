@@ -23,9 +23,11 @@ def remove_pin_root_if_empty() -> None:
 
 # The XDP entry points' pins inside an instance's pin folder (the agent pins them): pod
 # interfaces run svcxdp_main, the node's external interfaces svcxdp_external; the idle-flow
-# GC (svcxdp_ct_gc, bpf/ctgc.h) is attached nowhere, the agent runs it with test-run.
+# GC (svcxdp_ct_gc, bpf/ctgc.h) is attached nowhere, the agent runs it with test-run; the
+# tc programs: svcxdp_local_reply on every served device's egress, svcxdp_handoff on the
+# external interfaces' ingress (attach.py).
 PROGRAM_PINS = {"pod": "prog", "external": "prog_external", "ct_gc": "prog_ct_gc",
-                "local_reply": "prog_local_reply"}
+                "local_reply": "prog_local_reply", "handoff": "prog_handoff"}
 # The build stamp's pin beside them (build.py): which build the pins hold.
 STAMP_PIN = "build_stamp"
 # The flow tables (bpf/maps.h, conntrack.h): conntrack (confirmed flows), then the

@@ -34,6 +34,7 @@ EXTERNAL_TAILS = {"svcxdp_np_out": 0,      # its way out (XDP_TX / redirect)
                   "svcxdp_ext_reply": 1}   # what is not for a frontend: replies, ICMP errors
 CT_GC_ENTRY = "svcxdp_ct_gc"        # idle-flow GC, run with test-run by the agent (ctgc.py)
 LOCAL_REPLY_ENTRY = _attach.TC_NAME  # tc egress: the node's answers for a backend at its address
+HANDOFF_ENTRY = _attach.TC_INGRESS_NAME  # tc ingress of external interfaces: frames awaiting a neighbour
 SVCXDP_CNT_MAX = const("CNT_MAX")
 TX_PORTS_SIZE = const("TX_PORTS_SIZE")
 log = logging.getLogger("svcxdp.dataplane")
@@ -225,6 +226,7 @@ class Dataplane:
     external_prog_fd: int
     ct_gc_prog_fd: int
     local_reply_prog_fd: int
+    handoff_prog_fd: int
     attached: list[tuple[str, str | None, str]] = field(default_factory=list)
     _sock_hooks: "SockHooks | None" = None
     _pinned: PinnedMaps | None = None
@@ -247,7 +249,7 @@ class Dataplane:
         pinned = PinnedMaps(config.pin_dir, WritableTable)
         fds: list[int] = []
         try:
-            for role in ("pod", "external", "ct_gc", "local_reply"):
+            for role in ("pod", "external", "ct_gc", "local_reply", "handoff"):
                 fds.append(obj_get(str(config.pin_dir / PROGRAM_PINS[role])))
             for name in MAP_NAMES:
                 pinned.table(name)
@@ -261,7 +263,7 @@ class Dataplane:
             replaced = (UNFINISHED,)
             warn_replaced(config.instance, replaced)
         return cls(config=config, bpf=None, prog_fd=fds[0], external_prog_fd=fds[1], ct_gc_prog_fd=fds[2],
-                   local_reply_prog_fd=fds[3], _pinned=pinned, built=built, replaced=replaced or ())
+                   local_reply_prog_fd=fds[3], handoff_prog_fd=fds[4], _pinned=pinned, built=built, replaced=replaced or ())
 
     @classmethod
     def load(cls, config: DataplaneConfig | None = None) -> "Dataplane":
@@ -336,13 +338,14 @@ class Dataplane:
                     tails[tails.Key(slot)] = tails.Leaf(bpf.load_func(name.encode(), BPF.XDP).fd)
                 gc = bpf.load_func(CT_GC_ENTRY.encode(), BPF.XDP)
                 local = bpf.load_func(LOCAL_REPLY_ENTRY.encode(), BPF.SCHED_CLS)
+                handoff = bpf.load_func(HANDOFF_ENTRY.encode(), BPF.SCHED_CLS)
             except Exception as exc:
                 raise DataplaneError(f"building the XDP program failed: {exc}") from exc
         except DataplaneError:
             bpf.cleanup()
             raise
         return cls(config=config, bpf=bpf, prog_fd=fn.fd, external_prog_fd=ext.fd, ct_gc_prog_fd=gc.fd,
-                   local_reply_prog_fd=local.fd)
+                   local_reply_prog_fd=local.fd, handoff_prog_fd=handoff.fd)
 
     def finish_replacement(self) -> int:
         """Unpin the maps a replacement set aside (load), once this dataplane's programs
@@ -472,7 +475,8 @@ class Dataplane:
         self._mapped.clear()
         if self._pinned is not None:
             self._pinned.close()
-            for fd in (self.prog_fd, self.external_prog_fd, self.ct_gc_prog_fd, self.local_reply_prog_fd):
+            for fd in (self.prog_fd, self.external_prog_fd, self.ct_gc_prog_fd, self.local_reply_prog_fd,
+                       self.handoff_prog_fd):
                 os.close(fd)
             return
         self.bpf.cleanup()

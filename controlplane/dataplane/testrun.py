@@ -2,7 +2,8 @@
 
 The kernel runs the program on a copy of the bytes and reports the verdict, the
 rewritten frame and the time taken; nothing is transmitted (XDP_TX and
-XDP_REDIRECT are only returned).
+XDP_REDIRECT are only returned). Metadata an XDP program put in front of the frame
+(bpf/handoff.h) comes back apart from it.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class TestRunResult:
     verdict: int
     data: bytes
     duration_ns: int
+    meta: bytes = b""   # the XDP metadata the program left in front of `data`
 
     @property
     def verdict_name(self) -> str:
@@ -71,11 +73,15 @@ class TestRunner:
                 ctx[SKB_GSO_SIZE // 4] = gso_size
         elif gso_size:
             raise ValueError("gso_size: a socket buffer's (TestRunner(skb=True))")
-        elif ingress_ifindex:
+        elif not self.skb:
             # struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, ...
+            # (given back too: its `data` says how much metadata leads the output)
             ctx = ffi.new("uint32_t[6]", [0, len(frame), 0, ingress_ifindex, 0, 0])
         opts.ctx_in = ctx if ctx is not None else ffi.NULL
         opts.ctx_size_in = ffi.sizeof(ctx) if ctx is not None else 0
+        xdp_ctx = ctx if ctx is not None and not self.skb else None
+        opts.ctx_out = xdp_ctx if xdp_ctx is not None else ffi.NULL
+        opts.ctx_size_out = ffi.sizeof(xdp_ctx) if xdp_ctx is not None else 0
         while True:
             rc = lib().bpf_prog_test_run_opts(self.prog_fd, opts)
             if rc == 0:
@@ -85,7 +91,8 @@ class TestRunner:
                 continue
             raise OSError(err, f"BPF_PROG_TEST_RUN: {os.strerror(err)}")
         out = bytes(ffi.buffer(self._out, opts.data_size_out))
-        return TestRunResult(opts.retval, out, opts.duration)
+        meta = xdp_ctx[0] if xdp_ctx is not None else 0
+        return TestRunResult(opts.retval, out[meta:], opts.duration, out[:meta])
 
     def duration_ns(self, frame: bytes) -> int:
         """One run, repeat=1: the kernel's own measurement, no copy of the output."""

@@ -31,9 +31,13 @@ def xdp_prog(netns: str, ifname: str) -> int | None:
     return prog.get("id")
 
 
-def tc_egress(netns: str, ifname: str) -> str:
-    return subprocess.run(["tc", "-n", netns, "filter", "show", "dev", ifname, "egress"], capture_output=True,
+def tc_egress(netns: str, ifname: str, hook: str = "egress") -> str:
+    return subprocess.run(["tc", "-n", netns, "filter", "show", "dev", ifname, hook], capture_output=True,
                           text=True).stdout
+
+
+def tc_ingress(netns: str, ifname: str) -> str:
+    return tc_egress(netns, ifname, "ingress")
 
 
 def bpftool_xlated(prog_id: int) -> str:
@@ -94,6 +98,8 @@ def test_discovery_attach_follow_and_uninstall(node_ns: str, tmp_path: Path) -> 
         assert "fib_lookup" not in bpftool_xlated(ours)
         # beside each, the tc egress program for the node's own answers (bpf/local_reply.h)
         assert all("svcxdp_local_reply" in tc_egress(node_ns, d) for d in ("eth0", "veth-a"))
+        # and on the external one's ingress, the handoff of frames awaiting a neighbour (bpf/handoff.h)
+        assert "svcxdp_handoff" in tc_ingress(node_ns, "eth0") and "svcxdp_handoff" not in tc_ingress(node_ns, "veth-a")
         assert (Path("/sys/fs/bpf/svcxdp") / instance / "prog").exists()
         assert (Path("/sys/fs/bpf/svcxdp") / instance / "prog_external").exists()
         ip("-n", node_ns, "link", "add", "veth-b", "type", "veth", "peer", "name", "pod-b")   # a new pod
@@ -108,6 +114,7 @@ def test_discovery_attach_follow_and_uninstall(node_ns: str, tmp_path: Path) -> 
     assert done.wait(60) == 0, (tmp_path / "uninstall.log").read_text()
     assert [xdp_prog(node_ns, d) for d in ("eth0", "veth-a", "veth-b")] == [None, None, None]
     assert not any("svcxdp_local_reply" in tc_egress(node_ns, d) for d in ("eth0", "veth-a", "veth-b"))
+    assert "svcxdp_handoff" not in tc_ingress(node_ns, "eth0")
     assert not (Path("/sys/fs/bpf/svcxdp") / instance).exists()
 
 
@@ -236,6 +243,7 @@ def test_uninstall_by_an_attach_file_detaches_what_it_names(node_ns: str, tmp_pa
                       "--xdp-mode", "generic", log=tmp_path / "agent.log")
     try:
         wait_for(lambda: xdp_prog(node_ns, "eth0") and xdp_prog(node_ns, "veth-a"), what="attach")
+        wait_for(lambda: "svcxdp_handoff" in tc_ingress(node_ns, "eth0"), what="tc ingress")
     finally:
         if agent.poll() is None:
             os.kill(agent.pid, signal.SIGTERM)
@@ -246,4 +254,5 @@ def test_uninstall_by_an_attach_file_detaches_what_it_names(node_ns: str, tmp_pa
     assert done.wait(60) == 0, (tmp_path / "uninstall.log").read_text()
     assert [xdp_prog(node_ns, d) for d in ("eth0", "veth-a")] == [None, None]
     assert not any("svcxdp_local_reply" in tc_egress(node_ns, d) for d in ("eth0", "veth-a"))
+    assert "svcxdp_handoff" not in tc_ingress(node_ns, "eth0")
     assert not (Path("/sys/fs/bpf/svcxdp") / instance).exists()

@@ -5,6 +5,7 @@ externalTrafficPolicy / internalTrafficPolicy Local and loadBalancerSourceRanges
 the nodes reach the same addresses, as kube-proxy serves them."""
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 import subprocess
@@ -324,6 +325,53 @@ def test_a_remote_backend_is_reached_when_the_next_hop_was_never_resolved(cluste
         subprocess.run(["ip", "-n", node1, "neigh", "replace", NODE2, "lladdr", mac, "dev", "eth0", "nud",
                         "permanent"], check=True)
         cluster.svcctl("delete", "svc", "np-nh", check=False)
+
+
+def _node1_counter(cluster: Cluster, name: str) -> int:
+    out = cluster.svcctl("dataplane", "stats", "--node", "node1").stdout
+    values = [int(parts[1]) for parts in map(str.split, out.splitlines()) if parts and parts[0] == name]
+    assert values, f"no counter {name} in:\n{out}"
+    return values[0]
+
+
+def test_a_backend_reached_on_link_is_resolved_on_the_way_out(cluster: Cluster, remote_pod):
+    """A backend on another node reached on-link, without a gateway (pod addresses in the
+    nodes' own subnet, as with AWS's VPC CNI), is its own next hop: nothing resolved its
+    address before the flow's first frame, and no managed neighbour covers it. XDP cannot
+    resolve it, and the stack drops the frame, source-NATed to node1's address, as a
+    martian. So every attempt failed, retransmissions too. Now the frame is handed to the
+    tc program on node1's ingress (bpf/handoff.h), whose bpf_redirect_neigh makes the
+    kernel resolve the pod's address and send it. Here node1 routes node2's pods on-link,
+    node2 answers ARP for them (proxy_arp), and node1 does not accept its own address as
+    a source, as a real node does not."""
+    node1, node2 = cluster.lab.netns_for("node1"), cluster.lab.netns_for("node2")
+    pods2 = "10.244.2.0/24"
+    assert ipaddress.ip_address(remote_pod) in ipaddress.ip_network(pods2)
+    accept_local = {"net.ipv4.conf.all.accept_local": 0, "net.ipv4.conf.eth0.accept_local": 0}
+    apply(cluster, service("np-onlink", "np", node_port=30992))
+    cluster.wait_endpoints("np-onlink", 1)
+
+    def pod_entry() -> str:
+        return subprocess.run(["ip", "-n", node1, "neigh", "show", remote_pod], capture_output=True,
+                              text=True).stdout
+    netns.sysctl(node1, accept_local)
+    netns.sysctl(node2, {"net.ipv4.conf.eth0.proxy_arp": 1})
+    try:
+        subprocess.run(["ip", "-n", node1, "route", "replace", pods2, "dev", "eth0"], check=True)
+        subprocess.run(["ip", "-n", node1, "neigh", "flush", "to", remote_pod], check=True)
+        assert pod_entry() == ""
+        handed = _node1_counter(cluster, "neigh_handoff")
+        # one attempt: without the handoff no retransmission reaches the pod either
+        answer = outside(cluster, f"http://{NODE1}:30992/clientip", timeout=5)
+        assert answer.returncode == 0 and client_address(answer.stdout) == NODE1, answer
+        assert _node1_counter(cluster, "neigh_handoff") > handed
+        assert "lladdr" in pod_entry()       # resolved by the kernel, on the tc program's send
+    finally:
+        subprocess.run(["ip", "-n", node1, "route", "replace", pods2, "via", NODE2], check=True)
+        subprocess.run(["ip", "-n", node1, "neigh", "flush", "to", remote_pod], check=False)
+        netns.sysctl(node2, {"net.ipv4.conf.eth0.proxy_arp": 0})
+        netns.sysctl(node1, dict.fromkeys(accept_local, 1))
+        cluster.svcctl("delete", "svc", "np-onlink", check=False)
 
 
 def test_a_large_datagram_reaches_a_pod_behind_a_smaller_mtu(cluster: Cluster, remote_pod):

@@ -3,7 +3,8 @@ the test's own: XDP in one mode takes over a program attached in the other (the 
 refuses two modes at once), detach finds the mode itself; the tc egress filter lands on a
 clsact qdisc's egress, is replaced in place, is refused where an `ingress` qdisc holds the
 handle (a filter given there landed on ingress, silently), goes alone on detach, and
-leaves another's filter at its place alone."""
+leaves another's filter at its place alone; the tc ingress filter (the handoff, bpf/handoff.h)
+sits on the same qdisc's ingress beside it, and each hook's detach takes only its own."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,8 @@ import subprocess
 
 import pytest
 
-from controlplane.dataplane.attach import AttachError, attach_tc_egress, attach_xdp, detach_tc_egress, detach_xdp
+from controlplane.dataplane.attach import (AttachError, attach_tc_egress, attach_tc_ingress, attach_xdp, detach_tc_egress,
+                                           detach_tc_ingress, detach_xdp)
 from controlplane.lab import netns
 
 pytestmark = pytest.mark.root
@@ -66,6 +68,21 @@ def test_the_tc_egress_filter_goes_on_clsact_egress_and_nowhere_else(ns, loaded_
     assert detach_tc_egress("va", ns) and not detach_tc_egress("va", ns)
     assert "svcxdp_local_reply" not in _tc(ns, "filter", "show", "dev", "va", "egress")
     assert "clsact" in _tc(ns, "qdisc", "show", "dev", "va")
+
+
+def test_the_tc_ingress_filter_sits_beside_the_egress_one_and_each_detach_takes_its_own(ns, loaded_dataplane):
+    attach_tc_egress(loaded_dataplane.local_reply_prog_fd, "va", ns)
+    attach_tc_ingress(loaded_dataplane.handoff_prog_fd, "va", ns)
+    attach_tc_ingress(loaded_dataplane.handoff_prog_fd, "va", ns)   # replaced in place, not doubled
+    ingress = _tc(ns, "filter", "show", "dev", "va", "ingress")
+    # (a line names it twice: the filter's name and the program's)
+    assert sum("svcxdp_handoff" in line for line in ingress.splitlines()) == 1
+    assert "svcxdp_local_reply" not in ingress
+    assert "svcxdp_handoff" not in _tc(ns, "filter", "show", "dev", "va", "egress")
+    assert detach_tc_ingress("va", ns) and not detach_tc_ingress("va", ns)
+    assert "svcxdp_handoff" not in _tc(ns, "filter", "show", "dev", "va", "ingress")
+    assert "svcxdp_local_reply" in _tc(ns, "filter", "show", "dev", "va", "egress")
+    assert detach_tc_egress("va", ns)
 
 
 def test_another_s_filter_at_our_place_is_neither_replaced_nor_removed(ns, loaded_dataplane):

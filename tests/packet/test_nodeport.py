@@ -193,6 +193,47 @@ def test_nodeport_to_a_remote_backend_is_snated_and_sent_back_out_with_xdp_tx(ex
     assert d["snat_new"] == 1 and d["snat_reply"] == 1 and d["xdp_tx"] == 3
 
 
+def test_a_snated_frame_whose_next_hop_is_unresolved_is_handed_to_tc(ext, xdp):
+    """A backend reached on-link (its own address the next hop) that no neighbour entry
+    names yet: XDP cannot resolve it, and the stack would drop the frame, which carries
+    the node's address. It leaves the program as the frame to send, TTL decremented,
+    behind a note in its XDP metadata (bpf/handoff.h: the magic and the egress device)
+    for the tc program on the same interface. Once the neighbour is known the flow's
+    frames leave with XDP_TX, with no note. A frame for a local pod without a neighbour
+    entry is no martian (it keeps the client's address): the stack gets it as before."""
+    import struct
+    on_link = "10.244.3.7"
+    nodenet._ip(ext.node.name, "route", "replace", "10.244.3.0/24", "dev", "ext0")
+    runner = ext.runner
+    try:
+        ext.service(NODE, 30090, [on_link])
+        before = xdp.counters()
+        pkt = from_client(NODE, 30090, sport=40001, flags="S")
+        res = ext.node.call(runner.run, bytes(pkt), 1, ext.node.ext_ifindex)
+        assert res.verdict_name == "XDP_PASS"
+        assert res.meta == struct.pack("=II", const("HANDOFF_MAGIC"), ext.node.ext_ifindex)
+        snat_port = SNAT_MIN + (40001 & SNAT_MASK)
+        assert res.data == bytes(rebuilt(pkt, ip_ttl=63, ip_src=NODE, ip_dst=on_link, l4_sport=snat_port,
+                                         l4_dport=80))
+        assert delta(before, xdp.counters()).get("neigh_handoff") == 1
+        nodenet._ip(ext.node.name, "neigh", "replace", on_link, "lladdr", "02:00:00:00:03:07", "dev", "ext0",
+                    "nud", "permanent")
+        res = ext.node.call(runner.run, bytes(from_client(NODE, 30090, sport=40001, flags="A")), 1,
+                            ext.node.ext_ifindex)
+        assert res.verdict_name == "XDP_TX" and res.meta == b""
+        assert Ether(res.data)[Ether].dst == "02:00:00:00:03:07"
+        # a local pod without a neighbour entry: to the stack, unnoted, TTL untouched
+        ext.service(NODE, 30091, ["10.244.1.12"])
+        local = from_client(NODE, 30091, sport=40002, flags="S")
+        res = ext.node.call(runner.run, bytes(local), 1, ext.node.ext_ifindex)
+        assert res.verdict_name == "XDP_PASS" and res.meta == b""
+        assert res.data == bytes(rebuilt(local, ip_dst="10.244.1.12", l4_dport=80))
+    finally:
+        nodenet._ip(ext.node.name, "route", "del", "10.244.3.0/24")
+        subprocess_run = __import__("subprocess").run
+        subprocess_run(["ip", "-n", ext.node.name, "neigh", "del", on_link, "dev", "ext0"], capture_output=True)
+
+
 def test_a_remote_backends_reset_closes_the_snated_flow(ext, xdp):
     """The backend's RST, matched on the flow's SNAT entry, closes the flow's forward
     entry too (it stayed established for hours, its tuple the old backend's)."""
