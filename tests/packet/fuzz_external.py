@@ -26,6 +26,9 @@ obeys, whatever the datapath chose:
     frontend's address) to where it was addressed;
 - one sent back out of the interface (XDP_TX) goes to a neighbour's MAC (the other
   node, a client), or to the sender's;
+- one handed to tc (a note in its XDP metadata, bpf/handoff.h) is passed, names one of
+  the node's interfaces, and carries the node's address: only a frame the stack would
+  drop as a martian is handed on;
 - at each round's end, every lc backend's active-connection count equals the flows
   holding one (MapWriter.recount_connections finds none to correct).
 
@@ -66,6 +69,7 @@ from .reference_model import csum
 from .test_differential import checksums_ok
 
 NODE = nodenet.NODE_IP
+HANDOFF_MAGIC = const("HANDOFF_MAGIC")
 LB_IP = "192.168.1.240"
 EXTERNAL_IP = "203.0.113.250"
 CLUSTER_IP = "10.96.0.77"
@@ -89,7 +93,7 @@ EXTERNAL, POD = "external", "pod"   # the entry point a frame comes in through (
 # the MACs an XDP_TX may send to: the other node and the clients with a neighbour entry
 NEIGHBOUR_MACS = {bytes.fromhex(m.replace(":", "")) for m in (nodenet.NODE2_MAC, *nodenet.CLIENTS.values())}
 COUNTED = ("snat_new", "snat_reply", "reject", "icmp_nat", "frag_nat", "drop_source_range",
-           "drop_no_local", "drop_malformed", "ct_new", "ct_hit", "xdp_tx", "revnat", "hairpin")
+           "drop_no_local", "drop_malformed", "ct_new", "ct_hit", "xdp_tx", "revnat", "hairpin", "neigh_handoff")
 
 
 @dataclass
@@ -311,10 +315,16 @@ def _explained_packet(r: Round, i: Parsed, o: Parsed) -> str | None:
     return None
 
 
-def check(r: Round, raw: bytes, verdict: str, out: bytes) -> None:
+def check(r: Round, raw: bytes, verdict: str, out: bytes, meta: bytes = b"",
+          ifindexes: tuple[int, ...] = ()) -> None:
     """Raises AssertionError when the program's answer breaks a rule."""
     if verdict not in ("XDP_PASS", "XDP_DROP", "XDP_TX", "XDP_REDIRECT"):
         raise AssertionError(f"verdict {verdict}")
+    if meta:
+        o = parse(out)
+        if verdict != "XDP_PASS" or meta not in {struct.pack("=II", HANDOFF_MAGIC, i) for i in ifindexes} \
+                or o is None or o.src != NODE:
+            raise AssertionError(f"{verdict} with the note {meta.hex()} of a frame from {o and o.src}")
     if verdict == "XDP_DROP":
         return
     if out == raw:
@@ -364,6 +374,7 @@ def _round(h: Harness, runners: dict[str, tuple[TestRunner, int]], rng: random.R
         h.writer.upsert(s)
     r = Round()
     _installed(r, states)
+    ifindexes = tuple(ifindex for _, ifindex in runners.values())   # the node's interfaces
     gone: list[ServiceState] = []
     seeds: list[tuple[str, bytes]] = []
     last = None
@@ -388,7 +399,7 @@ def _round(h: Harness, runners: dict[str, tuple[TestRunner, int]], rng: random.R
         runner, ifindex = runners[entry]
         res = runner.run(raw, 1, ifindex)
         try:
-            check(r, raw, res.verdict_name, res.data)
+            check(r, raw, res.verdict_name, res.data, res.meta, ifindexes)
         except AssertionError as exc:
             raise Disagreement(f"seed {seed}, round {round_no}, frame {k} (the {entry} entry point): {exc}\n"
                                f"  in  {raw.hex()}\n  out {res.data.hex()}") from None
