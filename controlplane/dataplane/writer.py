@@ -27,6 +27,7 @@ packets there: tests/packet/test_write_order.py).
 from __future__ import annotations
 
 import ctypes as ct
+from contextlib import ExitStack
 from dataclasses import dataclass
 from itertools import groupby, repeat
 from operator import attrgetter, itemgetter
@@ -410,8 +411,11 @@ class MapWriter:
         # so only the other frontends' rows of them are rewritten (step 5).
         attached_changes = revnat.take_sharing_changes()
         # 1. reverse NAT for new addresses, written beside the planning and the backends
-        #    below (no entry points at those yet: only the slots and entries, after)
-        with Beside(revnat.pending >= self.beside_min, revnat.flush):
+        #    below (no entry points at those yet: only the slots and entries, after).
+        #    When every frontend is new (a full sync into empty maps), beside step 2 too:
+        #    only their entries, step 3, lead packets to their backends.
+        with ExitStack() as step1:
+            step1.enter_context(Beside(revnat.pending >= self.beside_min, revnat.flush))
             for (is_new, run), batch in zip(runs, batches):
                 if batch is not None:
                     batch.allocate(self._svc_ids, self._backend_ids, self.affinity)
@@ -420,15 +424,18 @@ class MapWriter:
                 for state, old in run:
                     made.append(plan_upsert(state, old, self._svc_ids, self._backend_ids, self.affinity))
             self._write_backends(made, new)
-        self._phase("backends")
-        # 2. slots, Maglev tables and source ranges; 3. the service entries: from here on
-        #    packets use the new states. Of frontends the maps hold, both replace entries
-        #    the datapath looks up: the flag that makes a lookup missing one look again is
-        #    up meanwhile (replacing.py)
-        with self._replacing.raised(when=bool(made)):
-            self._write_selection(made, new)
-            self._phase("slots")
-            self.writes += write_packed(self.services, *self._entry_rows(made, new))
+            if made:   # slots of frontends packets reach already: only after rev_nat
+                step1.close()
+            self._phase("backends")
+            # 2. slots, Maglev tables and source ranges; 3. the service entries: from here
+            #    on packets use the new states. Of frontends the maps hold, both replace
+            #    entries the datapath looks up: the flag that makes a lookup missing one
+            #    look again is up meanwhile (replacing.py)
+            with self._replacing.raised(when=bool(made)):
+                self._write_selection(made, new)
+                self._phase("slots")
+                step1.close()
+                self.writes += write_packed(self.services, *self._entry_rows(made, new))
         self._phase("entries")
         # 4. shrink: tables no longer used, surplus slots, backends that left
         for p in made:
