@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
 /*
- * handoff.h — a frame the external entry point rewrote for another node and cannot send
- * itself, because its next hop has no neighbour entry yet. XDP cannot resolve a
- * neighbour. The stack could, but it never gets that far: the frame is source-NATed to
- * one of the node's own addresses, and the stack drops such a frame on input as a
- * martian (a real node does not set accept_local, and must not).
+ * handoff.h — a frame the external entry point rewrote and cannot send itself, because
+ * its next hop has no neighbour entry yet. XDP cannot resolve a neighbour. The stack
+ * could, but it never gets that far: the frame carries one of the node's own addresses
+ * as its source (source-NATed for another node, or an answer translated back to a
+ * client), and the stack drops such a frame on input as a martian (a real node does not
+ * set accept_local, and must not).
  *
  * The agent keeps the gateways behind the external interfaces resolved (managed
  * neighbours, agent/nexthops.py). A backend reached on-link has no gateway: its own
@@ -13,34 +14,42 @@
  * entry.
  *
  * So np_forward hands the frame to a tc program on the same device's ingress. The frame
- * carries a note in its XDP metadata, which only a program on this device can write;
- * svcxdp_handoff sends the frame with bpf_redirect_neigh. That takes the kernel's route
- * and neighbour output, which resolves the neighbour and queues the frame meanwhile.
- * Later frames find the entry and leave with XDP_TX as before. A driver without XDP
- * metadata, or a device without the tc program, leaves the frame to the stack, as
- * before this existed.
+ * carries a note in its XDP metadata; svcxdp_handoff takes it off and sends the frame
+ * with bpf_redirect_neigh. That takes the kernel's route and neighbour output, which
+ * resolves the neighbour and queues the frame meanwhile. Later frames find the entry
+ * and leave with XDP_TX as before.
+ *
+ * A driver without XDP metadata in native mode (the in-tree ENA driver among them) fails
+ * the note: the frame goes to the stack untouched, which drops it, and is counted
+ * neigh_no_meta; generic mode carries metadata on every driver. A device without the tc
+ * program drops noted frames the same way. The tc program returns TC_ACT_UNSPEC for
+ * every other frame, so filters after it on the same hook still run; one before it that
+ * ends the chain (or a tcx program that does) keeps it from seeing the note.
  */
 #ifndef SVCXDP_HANDOFF_H
 #define SVCXDP_HANDOFF_H
 
-#include <uapi/linux/pkt_cls.h>   /* TC_ACT_OK */
+#include <uapi/linux/pkt_cls.h>   /* TC_ACT_UNSPEC */
 
 #include "svcxdp.h"
 
-/* XDP side: note the frame for svcxdp_handoff and pass it on. The caller has rewritten
- * the frame and decremented its TTL; the tc program only sends it. Counted
- * neigh_handoff when the note was written. */
+/* XDP side: note the frame for svcxdp_handoff, decrement its TTL (the stack's forwarding
+ * would have) and pass it on. Without room for the note the frame is passed as it is. */
 static __always_inline int handoff_pass(struct xdp_md *ctx, __u32 ifindex, struct events *ev)
 {
-	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct svcxdp_handoff)) < 0)
+	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct svcxdp_handoff)) < 0) {
+		ev->extra = SVCXDP_CNT_NEIGH_NO_META;
 		return XDP_PASS;
+	}
 	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
 	struct svcxdp_handoff *h = (void *)(long)ctx->data_meta;
-	if ((void *)(h + 1) > data)
+	struct iphdr *ip = data + sizeof(struct ethhdr);   /* (np_forward's: untagged) */
+	if ((void *)(h + 1) > data || (void *)(ip + 1) > data_end)
 		return XDP_PASS;
 	h->magic = SVCXDP_HANDOFF_MAGIC;
 	h->ifindex = ifindex;
-	ev->extra = SVCXDP_CNT_NEIGH_HANDOFF;
+	ip_decrease_ttl(ip);
 	return XDP_PASS;
 }
 
@@ -50,15 +59,21 @@ static long (*handoff_redirect_neigh)(__u32 ifindex, struct bpf_redir_neigh *par
 				      __u64 flags) = (void *)BPF_FUNC_redirect_neigh;
 
 /* tc ingress side: a noted frame goes out with the kernel's neighbour resolution (no
- * next hop given: the kernel routes the frame's destination itself); any other frame
- * goes on into the stack untouched. */
+ * next hop given: the kernel routes the frame's destination itself on that device),
+ * counted neigh_handoff; any other frame goes on, to the next filter and the stack.
+ * The note is wiped as it is read: the kernel need not drop the metadata of a frame
+ * sent on (a veth keeps it), and a note met again elsewhere would name a device there
+ * that is another one. */
 static __always_inline int handoff_take(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
 	struct svcxdp_handoff *h = (void *)(long)skb->data_meta;
 	if ((void *)(h + 1) > data || h->magic != SVCXDP_HANDOFF_MAGIC)
-		return TC_ACT_OK;
-	return handoff_redirect_neigh(h->ifindex, NULL, 0, 0);
+		return TC_ACT_UNSPEC;
+	__u32 ifindex = h->ifindex;
+	h->magic = 0;
+	counters_bump(SVCXDP_CNT_NEIGH_HANDOFF);
+	return handoff_redirect_neigh(ifindex, NULL, 0, 0);
 }
 
 #endif /* SVCXDP_HANDOFF_H */

@@ -30,7 +30,7 @@
 #ifndef SVCXDP_LOCAL_REPLY_H
 #define SVCXDP_LOCAL_REPLY_H
 
-#include <uapi/linux/pkt_cls.h>   /* TC_ACT_OK */
+#include <uapi/linux/pkt_cls.h>   /* TC_ACT_UNSPEC */
 
 #include "csum.h"
 #include "conntrack.h"
@@ -75,13 +75,13 @@ static __always_inline void local_reply_src(struct __sk_buff *skb, __u32 l3_off,
 static __always_inline int local_reply(struct __sk_buff *skb)
 {
 	if (skb->ingress_ifindex)
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	void *data = (void *)(long)skb->data;
 	struct cursor c = { .pos = data, .end = (void *)(long)skb->data_end };
 	struct ethhdr *eth;
 	struct iphdr *ip;
 	if (parse_eth(&c, &eth) != ETH_P_IP_BE)
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	__u32 l3_off = c.pos - data;
 	int proto = parse_ipv4_header(&c, &ip);
 	if (proto == IPPROTO_ICMP && !ip_is_fragment(ip)) {
@@ -92,17 +92,17 @@ static __always_inline int local_reply(struct __sk_buff *skb)
 		    icmp_error_quote(icmp, c.end, bpf_ntohs(ip->tot_len) - ip->ihl * 4, &in, &ports) &&
 		    icmp_from_backend(ip, icmp, in, ports))
 			counters_bump(SVCXDP_CNT_ICMP_NAT);
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	}
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	if (ip_is_later_fragment(ip)) {
 		struct frag_value *f = frag_translation(ip);
 		if (!f || f->dir != SVCXDP_CT_DIR_REPLY || f->peer_ip)
-			return TC_ACT_OK;
+			return TC_ACT_UNSPEC;
 		local_reply_src(skb, l3_off, 0, 0, false, ip->saddr, f->nat_ip);
 		counters_bump(SVCXDP_CNT_LOCAL_REVNAT);
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	}
 	__u32 l4_off = l3_off + ip->ihl * 4;
 	__be16 *ports = c.pos;
@@ -113,13 +113,13 @@ static __always_inline int local_reply(struct __sk_buff *skb)
 	if (proto == IPPROTO_TCP) {
 		struct tcphdr *tcp = c.pos;
 		if ((void *)(tcp + 1) > c.end)
-			return TC_ACT_OK;
+			return TC_ACT_UNSPEC;
 		tcp_flags = ((__u8 *)tcp)[13];
 		csum_off = l4_off + __builtin_offsetof(struct tcphdr, check);
 	} else {
 		struct udphdr *udp = c.pos;
 		if ((void *)(udp + 1) > c.end)
-			return TC_ACT_OK;
+			return TC_ACT_UNSPEC;
 		csum_off = l4_off + __builtin_offsetof(struct udphdr, check);
 		l4_flags = BPF_F_MARK_MANGLED_0;   /* a zero UDP checksum stays zero */
 		/* UDP_SEGMENT: a pseudo-header sum (above), never 0 (the kernel refuses GSO without
@@ -128,9 +128,9 @@ static __always_inline int local_reply(struct __sk_buff *skb)
 	}
 	struct reply_match m;
 	if (!ct_match_reply(ip->saddr, ports[0], ip->daddr, ports[1], proto, &m))
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	if (!ct_reply_track(&m, bpf_ktime_get_coarse_ns(), proto, tcp_flags))
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	__be32 src = ip->saddr;
 	__be16 sport = ports[0];
 	/* Later fragments leave as this one does. */
@@ -144,7 +144,7 @@ static __always_inline int local_reply(struct __sk_buff *skb)
 		bpf_skb_store_bytes(skb, l4_off, &m.vport, sizeof(m.vport), 0);
 	}
 	counters_bump(SVCXDP_CNT_LOCAL_REVNAT);
-	return TC_ACT_OK;
+	return TC_ACT_UNSPEC;
 }
 
 #endif /* SVCXDP_LOCAL_REPLY_H */

@@ -165,9 +165,12 @@ struct svcxdp_handoff {
 					* local_reply.h) */
 #define SVCXDP_CNT_REJECT_LIMITED 35   /* a reject over the CPU's reject budget (reject.h):
 					* dropped unanswered */
-#define SVCXDP_CNT_NEIGH_HANDOFF 36    /* translated for another node whose next hop has no
-					* neighbour entry yet: handed to tc (handoff.h) */
-#define SVCXDP_CNT_MAX 37
+#define SVCXDP_CNT_NEIGH_HANDOFF 36    /* translated, carrying the node's address, its next
+					* hop not resolved yet: sent by tc with the kernel's
+					* neighbour resolution (handoff.h) */
+#define SVCXDP_CNT_NEIGH_NO_META 37    /* ... but the driver gives no XDP metadata to hand it
+					* over with: to the stack, which drops it (handoff.h) */
+#define SVCXDP_CNT_MAX 38
 
 /* ---- hairpin ------------------------------------------------------------------ */
 /* A pod whose Service picks the pod itself would receive its own address as source

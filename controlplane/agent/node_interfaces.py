@@ -15,6 +15,7 @@ import logging
 import socket
 import threading
 from pathlib import Path
+from typing import Callable
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_LINK
@@ -126,14 +127,30 @@ def uninstall(pin_dir: Path, interfaces: list[Target]) -> list[str]:
         return []
     detached = []
     for t in interfaces:
-        try:
-            xdp = attached_prog_id(t.ifname, t.netns or None) in ours
-            if xdp:
-                detach_xdp(t.ifname, t.netns or None)
-            # a filter is ours by its place and name, whatever runs in XDP by now
-            filters = [detach_tc_egress(t.ifname, t.netns or None), detach_tc_ingress(t.ifname, t.netns or None)]
-            if any(filters) or xdp:
-                detached.append(t.ifname)
-        except (AttachError, OSError) as exc:   # gone meanwhile (a pod's interface or namespace)
-            log.warning("uninstall: %s: %s", t.ifname, exc)
+        netns = t.netns or None
+        # each apart: one that fails (gone meanwhile: a pod's interface or namespace) does
+        # not keep the others in place; a filter is ours by its place and name, whatever
+        # runs in XDP by now
+        took = [_uninstall_step(_detach_our_xdp, t.ifname, netns, ours),
+                _uninstall_step(detach_tc_egress, t.ifname, netns),
+                _uninstall_step(detach_tc_ingress, t.ifname, netns)]
+        if any(took):
+            detached.append(t.ifname)
     return detached
+
+
+def _detach_our_xdp(ifname: str, netns: str | None, ours: set[int]) -> bool:
+    if attached_prog_id(ifname, netns) not in ours:
+        return False
+    detach_xdp(ifname, netns)
+    return True
+
+
+def _uninstall_step(step: Callable[..., bool], ifname: str, *args: object) -> bool:
+    """step(ifname, *args): whether it removed something of ours; False, logged, if it
+    failed."""
+    try:
+        return step(ifname, *args)
+    except (AttachError, OSError) as exc:
+        log.warning("uninstall: %s: %s", ifname, exc)
+        return False

@@ -146,9 +146,9 @@ def _filter_at_ours(ipr: IPRoute, idx: int, hook: int) -> str | None:
 
 def _attach_tc(hook: int, prog_fd: int, ifname: str, netns: str | None) -> None:
     """Attach (or replace in place) our filter on ifname's `hook`, adding the clsact qdisc
-    if the device has none. AttachError when it has an `ingress` qdisc instead, which
-    holds the same handle (ffff:) and has no egress hook: a filter given there would
-    silently land on ingress."""
+    if the device has none. For egress, AttachError when the device has an `ingress`
+    qdisc instead, which holds the same handle (ffff:) and has no egress hook: a filter
+    given there would silently land on ingress (for ingress, that is where it belongs)."""
     where, name, without = _TC_HOOKS[hook]
     with open_ipr(netns) as ipr:
         idx = _index(ipr, ifname, netns)
@@ -158,7 +158,7 @@ def _attach_tc(hook: int, prog_fd: int, ifname: str, netns: str | None) -> None:
             if exc.code != errno.EEXIST:
                 raise AttachError(f"clsact qdisc on {ifname}: {exc}") from None
             kinds = {q.get_attr("TCA_KIND") for q in ipr.get_qdiscs(index=idx) if q["handle"] == 0xFFFF0000}
-            if kinds != {"clsact"}:
+            if kinds != {"clsact"} and not (hook == TC_INGRESS and kinds == {"ingress"}):
                 raise AttachError(f"{ifname} has an {'/'.join(sorted(map(str, kinds)))} qdisc, not clsact: "
                                   f"{without}") from None
         other = _filter_at_ours(ipr, idx, hook)

@@ -128,16 +128,15 @@ def ensure_built(config: DataplaneConfig, map_names: tuple[str, ...]) -> tuple[s
 
 def _build(config: DataplaneConfig) -> None:
     from .libbpf import obj_pin
-    from .program import Dataplane
+    from .program import PROGRAM_FDS, Dataplane
     pin_dir = config.pin_dir
     (pin_dir / STAMP_PIN).unlink(missing_ok=True)   # a half-done build is never current
     dp = Dataplane.load(config)
     try:
-        for role, fd in (("pod", dp.prog_fd), ("external", dp.external_prog_fd), ("ct_gc", dp.ct_gc_prog_fd),
-                         ("local_reply", dp.local_reply_prog_fd), ("handoff", dp.handoff_prog_fd)):
+        for role, field_name in PROGRAM_FDS.items():
             path = pin_dir / PROGRAM_PINS[role]
             path.unlink(missing_ok=True)
-            obj_pin(fd, str(path))
+            obj_pin(getattr(dp, field_name), str(path))
         write_stamp(pin_dir, build_stamp(config))
         print(REPLACED + json.dumps(list(dp.replaced)))   # for ensure_built to say
     finally:

@@ -35,6 +35,10 @@ EXTERNAL_TAILS = {"svcxdp_np_out": 0,      # its way out (XDP_TX / redirect)
 CT_GC_ENTRY = "svcxdp_ct_gc"        # idle-flow GC, run with test-run by the agent (ctgc.py)
 LOCAL_REPLY_ENTRY = _attach.TC_NAME  # tc egress: the node's answers for a backend at its address
 HANDOFF_ENTRY = _attach.TC_INGRESS_NAME  # tc ingress of external interfaces: frames awaiting a neighbour
+# Each program by its role (config.PROGRAM_PINS: where it is pinned): the Dataplane field
+# that holds its fd.
+PROGRAM_FDS = {"pod": "prog_fd", "external": "external_prog_fd", "ct_gc": "ct_gc_prog_fd",
+               "local_reply": "local_reply_prog_fd", "handoff": "handoff_prog_fd"}
 SVCXDP_CNT_MAX = const("CNT_MAX")
 TX_PORTS_SIZE = const("TX_PORTS_SIZE")
 log = logging.getLogger("svcxdp.dataplane")
@@ -247,14 +251,14 @@ class Dataplane:
         require_bpffs(config.pin_root)
         replaced = ensure_built(config, MAP_NAMES)
         pinned = PinnedMaps(config.pin_dir, WritableTable)
-        fds: list[int] = []
+        fds: dict[str, int] = {}
         try:
-            for role in ("pod", "external", "ct_gc", "local_reply", "handoff"):
-                fds.append(obj_get(str(config.pin_dir / PROGRAM_PINS[role])))
+            for role, field_name in PROGRAM_FDS.items():
+                fds[field_name] = obj_get(str(config.pin_dir / PROGRAM_PINS[role]))
             for name in MAP_NAMES:
                 pinned.table(name)
         except BaseException:
-            for fd in fds:
+            for fd in fds.values():
                 os.close(fd)
             pinned.close()
             raise
@@ -262,8 +266,7 @@ class Dataplane:
         if not replaced and unfinished_replacement(config):   # (a child's build said so already)
             replaced = (UNFINISHED,)
             warn_replaced(config.instance, replaced)
-        return cls(config=config, bpf=None, prog_fd=fds[0], external_prog_fd=fds[1], ct_gc_prog_fd=fds[2],
-                   local_reply_prog_fd=fds[3], handoff_prog_fd=fds[4], _pinned=pinned, built=built, replaced=replaced or ())
+        return cls(config=config, bpf=None, **fds, _pinned=pinned, built=built, replaced=replaced or ())
 
     @classmethod
     def load(cls, config: DataplaneConfig | None = None) -> "Dataplane":
@@ -475,9 +478,8 @@ class Dataplane:
         self._mapped.clear()
         if self._pinned is not None:
             self._pinned.close()
-            for fd in (self.prog_fd, self.external_prog_fd, self.ct_gc_prog_fd, self.local_reply_prog_fd,
-                       self.handoff_prog_fd):
-                os.close(fd)
+            for field_name in PROGRAM_FDS.values():
+                os.close(getattr(self, field_name))
             return
         self.bpf.cleanup()
 

@@ -21,6 +21,7 @@ OUT_ROOM = 512
 # struct __sk_buff (uapi/linux/bpf.h) as a socket-buffer test-run takes it, the fields set
 # here: the kernel refuses a context with any field it does not take set.
 SKB_SIZE, SKB_INGRESS_IFINDEX, SKB_GSO_SEGS, SKB_GSO_SIZE = 192, 36, 164, 176
+XDP_MD_ROOM = 64   # bytes for struct xdp_md (24 today)
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,11 @@ class TestRunner:
             raise ValueError("gso_size: a socket buffer's (TestRunner(skb=True))")
         elif not self.skb:
             # struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, ...
-            # (given back too: its `data` says how much metadata leads the output)
-            ctx = ffi.new("uint32_t[6]", [0, len(frame), 0, ingress_ifindex, 0, 0])
+            # (given back too: its `data` says how much metadata leads the output). Room
+            # for fields a later kernel may add: the kernel takes a longer context whose
+            # tail is zero, and refuses to give one back into a shorter buffer.
+            ctx = ffi.new("uint32_t[]", XDP_MD_ROOM // 4)
+            ctx[1], ctx[3] = len(frame), ingress_ifindex
         opts.ctx_in = ctx if ctx is not None else ffi.NULL
         opts.ctx_size_in = ffi.sizeof(ctx) if ctx is not None else 0
         xdp_ctx = ctx if ctx is not None and not self.skb else None

@@ -167,6 +167,11 @@ def sysctl(name: str, settings: dict[str, str | int]) -> None:
     call_in(name, write)
 
 
+def read_sysctl(name: str, key: str) -> str:
+    """A net.* sysctl's value inside the namespace (a key like 'net.ipv4.ip_forward')."""
+    return call_in(name, lambda: (Path("/proc/sys") / key.replace(".", "/")).read_text().strip())
+
+
 def command(name: str, argv: Sequence[str]) -> list[str]:
     return ["ip", "netns", "exec", check_name(name), *argv]
 

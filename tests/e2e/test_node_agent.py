@@ -31,13 +31,17 @@ def xdp_prog(netns: str, ifname: str) -> int | None:
     return prog.get("id")
 
 
-def tc_egress(netns: str, ifname: str, hook: str = "egress") -> str:
+def tc_filters(netns: str, ifname: str, hook: str) -> str:
     return subprocess.run(["tc", "-n", netns, "filter", "show", "dev", ifname, hook], capture_output=True,
                           text=True).stdout
 
 
+def tc_egress(netns: str, ifname: str) -> str:
+    return tc_filters(netns, ifname, "egress")
+
+
 def tc_ingress(netns: str, ifname: str) -> str:
-    return tc_egress(netns, ifname, "ingress")
+    return tc_filters(netns, ifname, "ingress")
 
 
 def bpftool_xlated(prog_id: int) -> str:

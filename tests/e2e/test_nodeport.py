@@ -78,6 +78,13 @@ def client_address(answer: str) -> str:
     return answer.strip().rsplit(":", 1)[0]
 
 
+def _node1_counter(cluster: Cluster, name: str) -> int:
+    out = cluster.svcctl("dataplane", "stats", "--node", "node1").stdout
+    values = [int(parts[1]) for parts in map(str.split, out.splitlines()) if parts and parts[0] == name]
+    assert values, f"no counter {name} in:\n{out}"
+    return values[0]
+
+
 @pytest.fixture(scope="module")
 def remote_pod(cluster: Cluster) -> str:
     """One backend, on node2: through node1 it is remote, through node2 local."""
@@ -317,21 +324,18 @@ def test_a_remote_backend_is_reached_when_the_next_hop_was_never_resolved(cluste
     netns.sysctl(node1, accept_local)
     try:
         subprocess.run(["ip", "-n", node1, "neigh", "del", NODE2, "dev", "eth0"], check=True)
-        wait_for("node2 a managed neighbour of node1", lambda: "managed" in node2_entry(), timeout=10)
+        wait_for("node2 a managed neighbour of node1, resolved",
+                 lambda: "managed" in node2_entry() and "lladdr" in node2_entry(), timeout=10)
+        handed = _node1_counter(cluster, "neigh_handoff")
         assert client_address(wait_outside(cluster, f"http://{NODE1}:30991/clientip")) == NODE1
+        # by XDP_TX to the entry the agent made, not handed to tc for want of one
+        assert _node1_counter(cluster, "neigh_handoff") == handed
     finally:
         netns.sysctl(node1, dict.fromkeys(accept_local, 1))
         mac = static.split("lladdr ")[1].split()[0]
         subprocess.run(["ip", "-n", node1, "neigh", "replace", NODE2, "lladdr", mac, "dev", "eth0", "nud",
                         "permanent"], check=True)
         cluster.svcctl("delete", "svc", "np-nh", check=False)
-
-
-def _node1_counter(cluster: Cluster, name: str) -> int:
-    out = cluster.svcctl("dataplane", "stats", "--node", "node1").stdout
-    values = [int(parts[1]) for parts in map(str.split, out.splitlines()) if parts and parts[0] == name]
-    assert values, f"no counter {name} in:\n{out}"
-    return values[0]
 
 
 def test_a_backend_reached_on_link_is_resolved_on_the_way_out(cluster: Cluster, remote_pod):
@@ -348,14 +352,19 @@ def test_a_backend_reached_on_link_is_resolved_on_the_way_out(cluster: Cluster, 
     pods2 = "10.244.2.0/24"
     assert ipaddress.ip_address(remote_pod) in ipaddress.ip_network(pods2)
     accept_local = {"net.ipv4.conf.all.accept_local": 0, "net.ipv4.conf.eth0.accept_local": 0}
+    proxy_arp = {"net.ipv4.conf.eth0.proxy_arp": 1}
     apply(cluster, service("np-onlink", "np", node_port=30992))
     cluster.wait_endpoints("np-onlink", 1)
 
     def pod_entry() -> str:
         return subprocess.run(["ip", "-n", node1, "neigh", "show", remote_pod], capture_output=True,
                               text=True).stdout
+    route = subprocess.run(["ip", "-n", node1, "route", "show", pods2], check=True, capture_output=True,
+                           text=True).stdout.split()   # what the lab made, put back after
+    was = {ns: {key: netns.read_sysctl(ns, key) for key in keys}
+           for ns, keys in ((node1, accept_local), (node2, proxy_arp))}
     netns.sysctl(node1, accept_local)
-    netns.sysctl(node2, {"net.ipv4.conf.eth0.proxy_arp": 1})
+    netns.sysctl(node2, proxy_arp)
     try:
         subprocess.run(["ip", "-n", node1, "route", "replace", pods2, "dev", "eth0"], check=True)
         subprocess.run(["ip", "-n", node1, "neigh", "flush", "to", remote_pod], check=True)
@@ -367,10 +376,10 @@ def test_a_backend_reached_on_link_is_resolved_on_the_way_out(cluster: Cluster, 
         assert _node1_counter(cluster, "neigh_handoff") > handed
         assert "lladdr" in pod_entry()       # resolved by the kernel, on the tc program's send
     finally:
-        subprocess.run(["ip", "-n", node1, "route", "replace", pods2, "via", NODE2], check=True)
+        subprocess.run(["ip", "-n", node1, "route", "replace", *route], check=True)
         subprocess.run(["ip", "-n", node1, "neigh", "flush", "to", remote_pod], check=False)
-        netns.sysctl(node2, {"net.ipv4.conf.eth0.proxy_arp": 0})
-        netns.sysctl(node1, dict.fromkeys(accept_local, 1))
+        for ns, values in was.items():
+            netns.sysctl(ns, values)
         cluster.svcctl("delete", "svc", "np-onlink", check=False)
 
 

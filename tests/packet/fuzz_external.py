@@ -49,6 +49,7 @@ read.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import random
 import socket
@@ -57,7 +58,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from controlplane.dataplane.layout import const
+from controlplane.dataplane.layout import const, header_struct
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
 from controlplane.dataplane.testrun import TestRunner
 from controlplane.dataplane.trace import HAIRPIN_IP   # the source of a flow whose client is its backend
@@ -69,7 +70,7 @@ from .reference_model import csum
 from .test_differential import checksums_ok
 
 NODE = nodenet.NODE_IP
-HANDOFF_MAGIC = const("HANDOFF_MAGIC")
+HANDOFF = header_struct("svcxdp_handoff")   # the note in front of a frame handed to tc
 LB_IP = "192.168.1.240"
 EXTERNAL_IP = "203.0.113.250"
 CLUSTER_IP = "10.96.0.77"
@@ -93,7 +94,7 @@ EXTERNAL, POD = "external", "pod"   # the entry point a frame comes in through (
 # the MACs an XDP_TX may send to: the other node and the clients with a neighbour entry
 NEIGHBOUR_MACS = {bytes.fromhex(m.replace(":", "")) for m in (nodenet.NODE2_MAC, *nodenet.CLIENTS.values())}
 COUNTED = ("snat_new", "snat_reply", "reject", "icmp_nat", "frag_nat", "drop_source_range",
-           "drop_no_local", "drop_malformed", "ct_new", "ct_hit", "xdp_tx", "revnat", "hairpin", "neigh_handoff")
+           "drop_no_local", "drop_malformed", "ct_new", "ct_hit", "xdp_tx", "revnat", "hairpin")
 
 
 @dataclass
@@ -322,8 +323,9 @@ def check(r: Round, raw: bytes, verdict: str, out: bytes, meta: bytes = b"",
         raise AssertionError(f"verdict {verdict}")
     if meta:
         o = parse(out)
-        if verdict != "XDP_PASS" or meta not in {struct.pack("=II", HANDOFF_MAGIC, i) for i in ifindexes} \
-                or o is None or o.src != NODE:
+        note = HANDOFF.from_buffer_copy(meta) if len(meta) == ctypes.sizeof(HANDOFF) else None
+        if verdict != "XDP_PASS" or note is None or note.magic != const("HANDOFF_MAGIC") \
+                or note.ifindex not in ifindexes or o is None or o.src != NODE:
             raise AssertionError(f"{verdict} with the note {meta.hex()} of a frame from {o and o.src}")
     if verdict == "XDP_DROP":
         return

@@ -82,7 +82,28 @@ def test_the_tc_ingress_filter_sits_beside_the_egress_one_and_each_detach_takes_
     assert detach_tc_ingress("va", ns) and not detach_tc_ingress("va", ns)
     assert "svcxdp_handoff" not in _tc(ns, "filter", "show", "dev", "va", "ingress")
     assert "svcxdp_local_reply" in _tc(ns, "filter", "show", "dev", "va", "egress")
-    assert detach_tc_egress("va", ns)
+    attach_tc_ingress(loaded_dataplane.handoff_prog_fd, "va", ns)
+    assert detach_tc_egress("va", ns) and not detach_tc_egress("va", ns)   # the other way round
+    assert "svcxdp_handoff" in _tc(ns, "filter", "show", "dev", "va", "ingress")
+    assert detach_tc_ingress("va", ns)
+
+
+def test_the_tc_ingress_filter_takes_an_ingress_qdisc_and_leaves_another_s_filter(ns, loaded_dataplane):
+    """An `ingress` qdisc has the ingress hook (only egress needs clsact); a filter another
+    tool put at our place on it is neither replaced nor removed."""
+    from controlplane.dataplane.attach import TC_HANDLE, TC_INGRESS, TC_PRIO, open_ipr
+    fd = loaded_dataplane.handoff_prog_fd
+    _tc(ns, "qdisc", "add", "dev", "va", "ingress")
+    attach_tc_ingress(fd, "va", ns)
+    assert "svcxdp_handoff" in _tc(ns, "filter", "show", "dev", "va", "ingress")
+    assert detach_tc_ingress("va", ns)
+    with open_ipr(ns) as ipr:
+        ipr.tc("add-filter", "bpf", index=ipr.link_lookup(ifname="va")[0], fd=fd, name="someone_else",
+               parent=TC_INGRESS, prio=TC_PRIO, handle=TC_HANDLE, direct_action=True, protocol=0x0003)
+    with pytest.raises(AttachError, match="someone_else"):
+        attach_tc_ingress(fd, "va", ns)
+    assert not detach_tc_ingress("va", ns)
+    assert "someone_else" in _tc(ns, "filter", "show", "dev", "va", "ingress")
 
 
 def test_another_s_filter_at_our_place_is_neither_replaced_nor_removed(ns, loaded_dataplane):

@@ -5,7 +5,9 @@ as if they arrived on the node's external interface of a namespace with real rou
 (nodenet.py); the expected frames are built byte for byte."""
 from __future__ import annotations
 
+import ctypes
 import socket
+import subprocess
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
@@ -13,7 +15,7 @@ from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
 from controlplane.dataplane import readout
-from controlplane.dataplane.layout import const
+from controlplane.dataplane.layout import const, header_struct
 from controlplane.dataplane.model import Backend, Frontend, ServiceState, ip_to_be32
 from controlplane.dataplane.testrun import TestRunner
 
@@ -31,6 +33,7 @@ EXTERNAL_IP = "203.0.113.250"
 SNAT_MIN = 32768
 SNAT_MASK = 32767
 FORWARD, CLOSING = const("CT_DIR_FORWARD"), const("CT_F_CLOSING")
+HANDOFF = header_struct("svcxdp_handoff")   # the note in front of a frame handed to tc
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +204,6 @@ def test_a_snated_frame_whose_next_hop_is_unresolved_is_handed_to_tc(ext, xdp):
     for the tc program on the same interface. Once the neighbour is known the flow's
     frames leave with XDP_TX, with no note. A frame for a local pod without a neighbour
     entry is no martian (it keeps the client's address): the stack gets it as before."""
-    import struct
     on_link = "10.244.3.7"
     nodenet._ip(ext.node.name, "route", "replace", "10.244.3.0/24", "dev", "ext0")
     runner = ext.runner
@@ -211,11 +213,13 @@ def test_a_snated_frame_whose_next_hop_is_unresolved_is_handed_to_tc(ext, xdp):
         pkt = from_client(NODE, 30090, sport=40001, flags="S")
         res = ext.node.call(runner.run, bytes(pkt), 1, ext.node.ext_ifindex)
         assert res.verdict_name == "XDP_PASS"
-        assert res.meta == struct.pack("=II", const("HANDOFF_MAGIC"), ext.node.ext_ifindex)
+        note = HANDOFF.from_buffer_copy(res.meta)
+        assert (len(res.meta), note.magic, note.ifindex) == (ctypes.sizeof(HANDOFF), const("HANDOFF_MAGIC"),
+                                                             ext.node.ext_ifindex)
         snat_port = SNAT_MIN + (40001 & SNAT_MASK)
         assert res.data == bytes(rebuilt(pkt, ip_ttl=63, ip_src=NODE, ip_dst=on_link, l4_sport=snat_port,
                                          l4_dport=80))
-        assert delta(before, xdp.counters()).get("neigh_handoff") == 1
+        assert "neigh_no_meta" not in delta(before, xdp.counters())   # (tc counts the handoff)
         nodenet._ip(ext.node.name, "neigh", "replace", on_link, "lladdr", "02:00:00:00:03:07", "dev", "ext0",
                     "nud", "permanent")
         res = ext.node.call(runner.run, bytes(from_client(NODE, 30090, sport=40001, flags="A")), 1,
@@ -230,8 +234,20 @@ def test_a_snated_frame_whose_next_hop_is_unresolved_is_handed_to_tc(ext, xdp):
         assert res.data == bytes(rebuilt(local, ip_dst="10.244.1.12", l4_dport=80))
     finally:
         nodenet._ip(ext.node.name, "route", "del", "10.244.3.0/24")
-        subprocess_run = __import__("subprocess").run
-        subprocess_run(["ip", "-n", ext.node.name, "neigh", "del", on_link, "dev", "ext0"], capture_output=True)
+        subprocess.run(["ip", "-n", ext.node.name, "neigh", "del", on_link, "dev", "ext0"], capture_output=True)
+
+
+def test_the_handoff_program_lets_every_frame_without_a_note_go_on(xdp):
+    """svcxdp_handoff (tc ingress of the external interfaces) sends only noted frames;
+    any other goes on unchanged with TC_ACT_UNSPEC, so filters after ours on the hook
+    still see it (TC_ACT_OK would end the chain). A socket-buffer test-run cannot carry
+    metadata in, so the noted case is the e2e test's (tests/e2e/test_nodeport.py)."""
+    runner = TestRunner(xdp.dp.handoff_prog_fd, skb=True)
+    before = xdp.counters()
+    for pkt in (from_client(NODE, 30080, flags="S"), from_client(NODE, 30080, proto=UDP)):
+        res = runner.run(bytes(pkt), 1, 1)
+        assert (res.verdict, res.data) == (0xFFFFFFFF, bytes(pkt))   # -1 as a u32
+    assert "neigh_handoff" not in delta(before, xdp.counters())
 
 
 def test_a_remote_backends_reset_closes_the_snated_flow(ext, xdp):
