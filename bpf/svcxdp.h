@@ -106,10 +106,11 @@
 #define SVCXDP_SNAT_RECLAIM_MS 2000
 #define SVCXDP_SNAT_RECLAIM_AFTER 8  /* probes, after which the oldest unconfirmed holder met is taken */
 #define SVCXDP_DEFAULT_SOURCE_RANGES 16384  /* loadBalancerSourceRanges entries, all services */
-/* A frame source-NATed for another node whose next hop has no neighbour entry yet goes
- * to the tc ingress program of the same device with this note in front of it, in its XDP
- * metadata (handoff.h): the magic says it is ours, ifindex is the device the FIB named.
- * Metadata comes in multiples of 4 bytes. */
+/* A frame the external entry point rewrote to carry the node's address (source-NATed,
+ * or an answer translated back to a client) whose next hop has no neighbour entry yet
+ * goes to the tc ingress program of the same device with this note in front of it, in
+ * its XDP metadata (handoff.h): the magic says it is ours, ifindex is the device the FIB
+ * named. Metadata comes in multiples of 4 bytes. */
 #define SVCXDP_HANDOFF_MAGIC 0x73786e68   /* "sxnh" */
 struct svcxdp_handoff {
 	__u32 magic;
