@@ -14,17 +14,20 @@
  * entry.
  *
  * So np_forward hands the frame to a tc program on the same device's ingress. The frame
- * carries a note in its XDP metadata; svcxdp_handoff takes it off and sends the frame
- * with bpf_redirect_neigh. That takes the kernel's route and neighbour output, which
- * resolves the neighbour and queues the frame meanwhile. Later frames find the entry
- * and leave with XDP_TX as before.
+ * carries a note in its XDP metadata (struct svcxdp_handoff, keyed with the dataplane's
+ * secret seed); svcxdp_handoff finds it and sends the frame with bpf_redirect_neigh.
+ * That takes the kernel's route and neighbour output, which resolves the neighbour and
+ * queues the frame meanwhile. Later frames find the entry and leave with XDP_TX as before.
+ * The tc program only reads the note: a write to the frame would make the verifier
+ * unclone every cloned packet on the hook first (a packet socket open: tcpdump, DHCP).
  *
  * A driver without XDP metadata in native mode (the in-tree ENA driver among them) fails
- * the note: the frame goes to the stack untouched, which drops it, and is counted
- * neigh_no_meta; generic mode carries metadata on every driver. A device without the tc
- * program drops noted frames the same way. The tc program returns TC_ACT_UNSPEC for
- * every other frame, so filters after it on the same hook still run; one before it that
- * ends the chain (or a tcx program that does) keeps it from seeing the note.
+ * the note: the frame goes to the stack untouched, which drops it, counted neigh_no_meta;
+ * generic mode carries metadata on every driver. A device without the tc program drops
+ * noted frames the same way: neigh_noted counts the notes, neigh_handoff the frames tc
+ * sent. The tc program returns TC_ACT_UNSPEC for every other frame, so filters after it
+ * on the same hook still run; one before it that ends the chain (or a tcx program that
+ * does) keeps it from seeing the note.
  */
 #ifndef SVCXDP_HANDOFF_H
 #define SVCXDP_HANDOFF_H
@@ -32,11 +35,24 @@
 #include <uapi/linux/pkt_cls.h>   /* TC_ACT_UNSPEC */
 
 #include "svcxdp.h"
+#include "maps.h"
+#include "fib.h"
+
+/* The notes' key: the dataplane's secret seed (0: none yet, no note). */
+static __always_inline __u32 handoff_key(void)
+{
+	__u32 zero = 0;
+	__u32 *seed = ct_set_seed.lookup(&zero);
+	return seed ? *seed : 0;
+}
 
 /* XDP side: note the frame for svcxdp_handoff, decrement its TTL (the stack's forwarding
  * would have) and pass it on. Without room for the note the frame is passed as it is. */
 static __always_inline int handoff_pass(struct xdp_md *ctx, __u32 ifindex, struct events *ev)
 {
+	__u32 key = handoff_key();
+	if (!key)
+		return XDP_PASS;
 	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct svcxdp_handoff)) < 0) {
 		ev->extra = SVCXDP_CNT_NEIGH_NO_META;
 		return XDP_PASS;
@@ -45,11 +61,15 @@ static __always_inline int handoff_pass(struct xdp_md *ctx, __u32 ifindex, struc
 	void *data_end = (void *)(long)ctx->data_end;
 	struct svcxdp_handoff *h = (void *)(long)ctx->data_meta;
 	struct iphdr *ip = data + sizeof(struct ethhdr);   /* (np_forward's: untagged) */
-	if ((void *)(h + 1) > data || (void *)(ip + 1) > data_end)
+	if ((void *)(h + 1) > data || (void *)(ip + 1) > data_end) {
+		/* (not met: np_forward read this header) the room given back unwritten */
+		bpf_xdp_adjust_meta(ctx, (int)sizeof(struct svcxdp_handoff));
 		return XDP_PASS;
-	h->magic = SVCXDP_HANDOFF_MAGIC;
+	}
+	h->key = key;
 	h->ifindex = ifindex;
 	ip_decrease_ttl(ip);
+	ev->extra = SVCXDP_CNT_NEIGH_NOTED;
 	return XDP_PASS;
 }
 
@@ -60,20 +80,18 @@ static long (*handoff_redirect_neigh)(__u32 ifindex, struct bpf_redir_neigh *par
 
 /* tc ingress side: a noted frame goes out with the kernel's neighbour resolution (no
  * next hop given: the kernel routes the frame's destination itself on that device),
- * counted neigh_handoff; any other frame goes on, to the next filter and the stack.
- * The note is wiped as it is read: the kernel need not drop the metadata of a frame
- * sent on (a veth keeps it), and a note met again elsewhere would name a device there
- * that is another one. */
+ * counted neigh_handoff; any other frame goes on, to the next filter and the stack. */
 static __always_inline int handoff_take(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
 	struct svcxdp_handoff *h = (void *)(long)skb->data_meta;
-	if ((void *)(h + 1) > data || h->magic != SVCXDP_HANDOFF_MAGIC)
+	if ((void *)(h + 1) > data)
 		return TC_ACT_UNSPEC;
-	__u32 ifindex = h->ifindex;
-	h->magic = 0;
+	__u32 key = handoff_key();
+	if (!key || h->key != key)
+		return TC_ACT_UNSPEC;
 	counters_bump(SVCXDP_CNT_NEIGH_HANDOFF);
-	return handoff_redirect_neigh(ifindex, NULL, 0, 0);
+	return handoff_redirect_neigh(h->ifindex, NULL, 0, 0);
 }
 
 #endif /* SVCXDP_HANDOFF_H */

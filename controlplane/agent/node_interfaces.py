@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_LINK
 
 from controlplane.dataplane.attach import (AttachError, attached_prog_id, detach_tc_egress, detach_tc_ingress,
@@ -151,6 +152,6 @@ def _uninstall_step(step: Callable[..., bool], ifname: str, *args: object) -> bo
     failed."""
     try:
         return step(ifname, *args)
-    except (AttachError, OSError) as exc:
+    except (AttachError, OSError, NetlinkError) as exc:   # (pyroute2's is no OSError)
         log.warning("uninstall: %s: %s", ifname, exc)
         return False

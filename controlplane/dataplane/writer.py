@@ -14,7 +14,10 @@ Update order (DESIGN.md) so that no packet ever sees a half-written service
 (delete_many, removing many at once, has its own: entries first, then what they
 pointed at, then backends and rev_nat, then flags):
   1. rev_nat entries of new addresses and the backends a service will use (two
-     threads in a big sync: neither can be reached before the slots),
+     threads in a big sync: neither can be reached before the slots; when every
+     frontend is new, rev_nat's thread runs on through step 2, as nothing reaches a
+     new frontend's backends before its entry, so after_phase's "backends" and
+     "slots" may come before rev_nat is whole),
   2. then its slots, per-service state and Maglev table (swapped whole),
   3. then the service entry (the only thing the datapath finds it by),
   4. and only after the entry's count has shrunk are surplus slots deleted,

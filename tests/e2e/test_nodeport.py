@@ -359,8 +359,10 @@ def test_a_backend_reached_on_link_is_resolved_on_the_way_out(cluster: Cluster, 
     def pod_entry() -> str:
         return subprocess.run(["ip", "-n", node1, "neigh", "show", remote_pod], capture_output=True,
                               text=True).stdout
-    route = subprocess.run(["ip", "-n", node1, "route", "show", pods2], check=True, capture_output=True,
-                           text=True).stdout.split()   # what the lab made, put back after
+    shown = subprocess.run(["ip", "-n", node1, "route", "show", pods2], check=True, capture_output=True,
+                           text=True).stdout.strip()
+    assert shown and "\n" not in shown, shown
+    route = shown.split()   # what the lab made, put back after
     was = {ns: {key: netns.read_sysctl(ns, key) for key in keys}
            for ns, keys in ((node1, accept_local), (node2, proxy_arp))}
     netns.sysctl(node1, accept_local)
@@ -375,12 +377,12 @@ def test_a_backend_reached_on_link_is_resolved_on_the_way_out(cluster: Cluster, 
         assert answer.returncode == 0 and client_address(answer.stdout) == NODE1, answer
         assert _node1_counter(cluster, "neigh_handoff") > handed
         assert "lladdr" in pod_entry()       # resolved by the kernel, on the tc program's send
-    finally:
-        subprocess.run(["ip", "-n", node1, "route", "replace", *route], check=True)
-        subprocess.run(["ip", "-n", node1, "neigh", "flush", "to", remote_pod], check=False)
+    finally:   # each step whatever the others did (the route's last: a failure there fails the test)
         for ns, values in was.items():
             netns.sysctl(ns, values)
         cluster.svcctl("delete", "svc", "np-onlink", check=False)
+        subprocess.run(["ip", "-n", node1, "neigh", "flush", "to", remote_pod], check=False)
+        subprocess.run(["ip", "-n", node1, "route", "replace", *route], check=True)
 
 
 def test_a_large_datagram_reaches_a_pod_behind_a_smaller_mtu(cluster: Cluster, remote_pod):

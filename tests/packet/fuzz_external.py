@@ -94,7 +94,7 @@ EXTERNAL, POD = "external", "pod"   # the entry point a frame comes in through (
 # the MACs an XDP_TX may send to: the other node and the clients with a neighbour entry
 NEIGHBOUR_MACS = {bytes.fromhex(m.replace(":", "")) for m in (nodenet.NODE2_MAC, *nodenet.CLIENTS.values())}
 COUNTED = ("snat_new", "snat_reply", "reject", "icmp_nat", "frag_nat", "drop_source_range",
-           "drop_no_local", "drop_malformed", "ct_new", "ct_hit", "xdp_tx", "revnat", "hairpin")
+           "drop_no_local", "drop_malformed", "ct_new", "ct_hit", "xdp_tx", "revnat", "hairpin", "neigh_noted")
 
 
 @dataclass
@@ -317,15 +317,15 @@ def _explained_packet(r: Round, i: Parsed, o: Parsed) -> str | None:
 
 
 def check(r: Round, raw: bytes, verdict: str, out: bytes, meta: bytes = b"",
-          ifindexes: tuple[int, ...] = ()) -> None:
+          ifindexes: tuple[int, ...] = (), key: int = 0) -> None:
     """Raises AssertionError when the program's answer breaks a rule."""
     if verdict not in ("XDP_PASS", "XDP_DROP", "XDP_TX", "XDP_REDIRECT"):
         raise AssertionError(f"verdict {verdict}")
     if meta:
         o = parse(out)
         note = HANDOFF.from_buffer_copy(meta) if len(meta) == ctypes.sizeof(HANDOFF) else None
-        if verdict != "XDP_PASS" or note is None or note.magic != const("HANDOFF_MAGIC") \
-                or note.ifindex not in ifindexes or o is None or o.src != NODE:
+        if verdict != "XDP_PASS" or note is None or note.key != key or note.ifindex not in ifindexes \
+                or o is None or o.src != NODE:
             raise AssertionError(f"{verdict} with the note {meta.hex()} of a frame from {o and o.src}")
     if verdict == "XDP_DROP":
         return
@@ -377,6 +377,7 @@ def _round(h: Harness, runners: dict[str, tuple[TestRunner, int]], rng: random.R
     r = Round()
     _installed(r, states)
     ifindexes = tuple(ifindex for _, ifindex in runners.values())   # the node's interfaces
+    key = h.dp.table("ct_set_seed")[0].value                          # the notes' (handoff.h)
     gone: list[ServiceState] = []
     seeds: list[tuple[str, bytes]] = []
     last = None
@@ -401,7 +402,7 @@ def _round(h: Harness, runners: dict[str, tuple[TestRunner, int]], rng: random.R
         runner, ifindex = runners[entry]
         res = runner.run(raw, 1, ifindex)
         try:
-            check(r, raw, res.verdict_name, res.data, res.meta, ifindexes)
+            check(r, raw, res.verdict_name, res.data, res.meta, ifindexes, key)
         except AssertionError as exc:
             raise Disagreement(f"seed {seed}, round {round_no}, frame {k} (the {entry} entry point): {exc}\n"
                                f"  in  {raw.hex()}\n  out {res.data.hex()}") from None

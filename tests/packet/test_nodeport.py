@@ -200,7 +200,7 @@ def test_a_snated_frame_whose_next_hop_is_unresolved_is_handed_to_tc(ext, xdp):
     """A backend reached on-link (its own address the next hop) that no neighbour entry
     names yet: XDP cannot resolve it, and the stack would drop the frame, which carries
     the node's address. It leaves the program as the frame to send, TTL decremented,
-    behind a note in its XDP metadata (bpf/handoff.h: the magic and the egress device)
+    behind a note in its XDP metadata (bpf/handoff.h: the dataplane's key and the egress device)
     for the tc program on the same interface. Once the neighbour is known the flow's
     frames leave with XDP_TX, with no note. A frame for a local pod without a neighbour
     entry is no martian (it keeps the client's address): the stack gets it as before."""
@@ -214,12 +214,13 @@ def test_a_snated_frame_whose_next_hop_is_unresolved_is_handed_to_tc(ext, xdp):
         res = ext.node.call(runner.run, bytes(pkt), 1, ext.node.ext_ifindex)
         assert res.verdict_name == "XDP_PASS"
         note = HANDOFF.from_buffer_copy(res.meta)
-        assert (len(res.meta), note.magic, note.ifindex) == (ctypes.sizeof(HANDOFF), const("HANDOFF_MAGIC"),
-                                                             ext.node.ext_ifindex)
+        seed = xdp.dp.table("ct_set_seed")[0].value        # the notes' key: the dataplane's secret
+        assert (len(res.meta), note.key, note.ifindex) == (ctypes.sizeof(HANDOFF), seed, ext.node.ext_ifindex)
         snat_port = SNAT_MIN + (40001 & SNAT_MASK)
         assert res.data == bytes(rebuilt(pkt, ip_ttl=63, ip_src=NODE, ip_dst=on_link, l4_sport=snat_port,
                                          l4_dport=80))
-        assert "neigh_no_meta" not in delta(before, xdp.counters())   # (tc counts the handoff)
+        moved = delta(before, xdp.counters())
+        assert moved.get("neigh_noted") == 1 and "neigh_no_meta" not in moved   # (tc counts the handoff)
         nodenet._ip(ext.node.name, "neigh", "replace", on_link, "lladdr", "02:00:00:00:03:07", "dev", "ext0",
                     "nud", "permanent")
         res = ext.node.call(runner.run, bytes(from_client(NODE, 30090, sport=40001, flags="A")), 1,
@@ -241,7 +242,9 @@ def test_the_handoff_program_lets_every_frame_without_a_note_go_on(xdp):
     """svcxdp_handoff (tc ingress of the external interfaces) sends only noted frames;
     any other goes on unchanged with TC_ACT_UNSPEC, so filters after ours on the hook
     still see it (TC_ACT_OK would end the chain). A socket-buffer test-run cannot carry
-    metadata in, so the noted case is the e2e test's (tests/e2e/test_nodeport.py)."""
+    metadata in, so the noted case is the e2e test's (tests/e2e/test_nodeport.py). The
+    program only reads the frame: a write would have the verifier unclone every cloned
+    packet on the hook (tcpdump open), which its instructions would show."""
     runner = TestRunner(xdp.dp.handoff_prog_fd, skb=True)
     before = xdp.counters()
     for pkt in (from_client(NODE, 30080, flags="S"), from_client(NODE, 30080, proto=UDP)):
