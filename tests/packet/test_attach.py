@@ -13,8 +13,8 @@ import subprocess
 
 import pytest
 
-from controlplane.dataplane.attach import (AttachError, attach_tc_egress, attach_tc_ingress, attach_xdp, detach_tc_egress,
-                                           detach_tc_ingress, detach_xdp)
+from controlplane.dataplane.attach import (AttachError, attach_tc_egress, attach_tc_ingress, attach_xdp,
+                                           detach_tc_egress, detach_tc_ingress, detach_xdp)
 from controlplane.lab import netns
 
 pytestmark = pytest.mark.root

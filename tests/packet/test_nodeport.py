@@ -200,8 +200,8 @@ def test_a_snated_frame_whose_next_hop_is_unresolved_is_handed_to_tc(ext, xdp):
     """A backend reached on-link (its own address the next hop) that no neighbour entry
     names yet: XDP cannot resolve it, and the stack would drop the frame, which carries
     the node's address. It leaves the program as the frame to send, TTL decremented,
-    behind a note in its XDP metadata (bpf/handoff.h: the dataplane's key and the egress device)
-    for the tc program on the same interface. Once the neighbour is known the flow's
+    behind a note in its XDP metadata (bpf/handoff.h: the dataplane's key and the egress
+    device) for the tc program on the same interface. Once the neighbour is known the flow's
     frames leave with XDP_TX, with no note. A frame for a local pod without a neighbour
     entry is no martian (it keeps the client's address): the stack gets it as before."""
     on_link = "10.244.3.7"
