@@ -121,11 +121,10 @@ def _pinned_prog_ids(pin_dir: Path) -> set[int]:
 
 def uninstall(pin_dir: Path, interfaces: list[Target]) -> list[str]:
     """Detach the pinned programs from the interfaces that run them, in whichever mode,
-    and our tc filters wherever they are; returns their names. An interface running
-    another XDP program keeps it."""
+    and our tc filters wherever they are (known by their place and name: also when the
+    pins are gone already); returns their names. An interface running another XDP
+    program keeps it."""
     ours = _pinned_prog_ids(pin_dir)
-    if not ours:
-        return []
     detached = []
     for t in interfaces:
         netns = t.netns or None

@@ -121,3 +121,20 @@ def test_another_s_filter_at_our_place_is_neither_replaced_nor_removed(ns, loade
     assert not detach_tc_egress("va", ns)
     shown = _tc(ns, "filter", "show", "dev", "va", "egress")
     assert "someone_else" in shown and "svcxdp_local_reply" not in shown
+
+
+def test_uninstall_takes_our_tc_filters_off_when_the_pins_are_gone(ns, loaded_dataplane, tmp_path):
+    """`agent --uninstall` after the pins went (a `dataplane reset`, a reboot's empty
+    bpffs): our tc filters are ours by place and name and still come off; an XDP program
+    is left, as nothing says whose it is."""
+    from controlplane.agent.attach_sources import Target
+    from controlplane.agent.node_interfaces import uninstall
+    attach_xdp(loaded_dataplane.prog_fd, "va", ns, "native")
+    attach_tc_egress(loaded_dataplane.local_reply_prog_fd, "va", ns)
+    attach_tc_ingress(loaded_dataplane.handoff_prog_fd, "va", ns)
+    index = json.loads(_ip(ns, "-j", "link", "show", "va"))[0]["ifindex"]
+    assert uninstall(tmp_path / "no-pins", [Target(ns, "va", index)]) == ["va"]
+    assert "svcxdp" not in _tc(ns, "filter", "show", "dev", "va", "ingress")
+    assert "svcxdp" not in _tc(ns, "filter", "show", "dev", "va", "egress")
+    assert "prog" in _xdp(ns)
+    detach_xdp("va", ns)
