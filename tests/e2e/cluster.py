@@ -65,6 +65,13 @@ class Cluster:
         ep = self.get_json("endpoints", service)
         return sorted(a["ip"] for s in ep.get("subsets") or [] for a in s.get("addresses") or [])
 
+    def counter(self, name: str, node: str = "node1") -> int:
+        """A datapath counter of the node's agent (`svcctl dataplane stats`)."""
+        out = self.svcctl("dataplane", "stats", "--node", node).stdout
+        values = [int(parts[1]) for parts in map(str.split, out.splitlines()) if parts and parts[0] == name]
+        assert values, f"no counter {name} in:\n{out}"
+        return values[0]
+
     def pods(self, selector: str) -> dict[str, str]:
         items = self.get_json("pods", "-l", selector)["items"]
         return {p["metadata"]["name"]: p.get("status", {}).get("podIP") for p in items}

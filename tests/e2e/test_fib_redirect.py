@@ -28,15 +28,6 @@ def cluster(_lab_session_guard):
     yield from cluster_for_module("redirect")
 
 
-def _counter(cluster: Cluster, name: str) -> int:
-    out = cluster.svcctl("dataplane", "stats", "--node", "node1").stdout
-    for line in out.splitlines():
-        parts = line.split()
-        if parts and parts[0] == name:
-            return int(parts[1])
-    raise AssertionError(f"no counter {name} in:\n{out}")
-
-
 def _forwarded(cluster: Cluster, node: str = "node1") -> int:
     """Ip: ForwDatagrams of the node's namespace: packets its stack forwarded."""
     lines = [ln.split() for ln in cluster.exec(node, "cat", "/proc/net/snmp").stdout.splitlines()
@@ -96,10 +87,10 @@ def test_pod_traffic_to_a_service_skips_the_node_stack_both_ways(cluster: Cluste
     VIP) and node1's stack forwards none of them."""
     client_ip = cluster.lab.pod(CLIENT).ip
     wait_for("both pods answering", lambda: len(set(cluster.hostnames(echo, 20))) == 2, timeout=30)
-    fwd0, red0, cached0 = _forwarded(cluster), _counter(cluster, "fib_redirect"), _counter(cluster, "fib_cached")
+    fwd0, red0, cached0 = _forwarded(cluster), cluster.counter("fib_redirect"), cluster.counter("fib_cached")
     answers = [cluster.http(f"http://{echo}/clientip").stdout for _ in range(20)]
     echoes = _udp_echoes(cluster, echo, 40)
-    fwd1, red1, cached1 = _forwarded(cluster), _counter(cluster, "fib_redirect"), _counter(cluster, "fib_cached")
+    fwd1, red1, cached1 = _forwarded(cluster), cluster.counter("fib_redirect"), cluster.counter("fib_cached")
     assert all(a.strip().rsplit(":", 1)[0] == client_ip for a in answers), answers
     assert echoes == [f"flow {i}".encode() for i in range(40)]
     # 20 TCP connections (>= 5 packets each way) and 40 datagrams and their echoes, most of
@@ -116,9 +107,9 @@ def test_an_interface_that_is_no_redirect_target_goes_through_the_stack(cluster:
     fd = obj_get(str(PIN_ROOT / instance_name(cluster.lab, "node1") / "tx_ports"))
     try:
         u32_delete(fd, local.host_ifindex)
-        refused0, fwd0 = _counter(cluster, "redirect_refused"), _forwarded(cluster)
+        refused0, fwd0 = cluster.counter("redirect_refused"), _forwarded(cluster)
         wait_for("the local pod answering", lambda: cluster.hostnames(echo, 10).count("echo-local") > 0)
-        assert _counter(cluster, "redirect_refused") > refused0
+        assert cluster.counter("redirect_refused") > refused0
         assert _forwarded(cluster) > fwd0
     finally:
         # a DEVMAP entry names its device by ifindex in the writer's namespace

@@ -78,13 +78,6 @@ def client_address(answer: str) -> str:
     return answer.strip().rsplit(":", 1)[0]
 
 
-def _node1_counter(cluster: Cluster, name: str) -> int:
-    out = cluster.svcctl("dataplane", "stats", "--node", "node1").stdout
-    values = [int(parts[1]) for parts in map(str.split, out.splitlines()) if parts and parts[0] == name]
-    assert values, f"no counter {name} in:\n{out}"
-    return values[0]
-
-
 @pytest.fixture(scope="module")
 def remote_pod(cluster: Cluster) -> str:
     """One backend, on node2: through node1 it is remote, through node2 local."""
@@ -326,10 +319,10 @@ def test_a_remote_backend_is_reached_when_the_next_hop_was_never_resolved(cluste
         subprocess.run(["ip", "-n", node1, "neigh", "del", NODE2, "dev", "eth0"], check=True)
         wait_for("node2 a managed neighbour of node1, resolved",
                  lambda: "managed" in node2_entry() and "lladdr" in node2_entry(), timeout=10)
-        handed = _node1_counter(cluster, "neigh_handoff")
+        handed = cluster.counter("neigh_handoff")
         assert client_address(wait_outside(cluster, f"http://{NODE1}:30991/clientip")) == NODE1
         # by XDP_TX to the entry the agent made, not handed to tc for want of one
-        assert _node1_counter(cluster, "neigh_handoff") == handed
+        assert cluster.counter("neigh_handoff") == handed
     finally:
         netns.sysctl(node1, dict.fromkeys(accept_local, 1))
         mac = static.split("lladdr ")[1].split()[0]
@@ -371,11 +364,11 @@ def test_a_backend_reached_on_link_is_resolved_on_the_way_out(cluster: Cluster, 
         subprocess.run(["ip", "-n", node1, "route", "replace", pods2, "dev", "eth0"], check=True)
         subprocess.run(["ip", "-n", node1, "neigh", "flush", "to", remote_pod], check=True)
         assert pod_entry() == ""
-        handed = _node1_counter(cluster, "neigh_handoff")
+        handed = cluster.counter("neigh_handoff")
         # one attempt: without the handoff no retransmission reaches the pod either
         answer = outside(cluster, f"http://{NODE1}:30992/clientip", timeout=5)
         assert answer.returncode == 0 and client_address(answer.stdout) == NODE1, answer
-        assert _node1_counter(cluster, "neigh_handoff") > handed
+        assert cluster.counter("neigh_handoff") > handed
         assert "lladdr" in pod_entry()       # resolved by the kernel, on the tc program's send
     finally:   # each step whatever the others did (the route's last: a failure there fails the test)
         for ns, values in was.items():

@@ -377,7 +377,7 @@ def _round(h: Harness, runners: dict[str, tuple[TestRunner, int]], rng: random.R
     r = Round()
     _installed(r, states)
     ifindexes = tuple(ifindex for _, ifindex in runners.values())   # the node's interfaces
-    key = h.dp.table("ct_set_seed")[0].value                          # the notes' (handoff.h)
+    key = h.dp.table("ct_unconfirmed").seed                          # the notes' (handoff.h)
     gone: list[ServiceState] = []
     seeds: list[tuple[str, bytes]] = []
     last = None

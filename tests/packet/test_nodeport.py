@@ -214,7 +214,7 @@ def test_a_snated_frame_whose_next_hop_is_unresolved_is_handed_to_tc(ext, xdp):
         res = ext.node.call(runner.run, bytes(pkt), 1, ext.node.ext_ifindex)
         assert res.verdict_name == "XDP_PASS"
         note = HANDOFF.from_buffer_copy(res.meta)
-        seed = xdp.dp.table("ct_set_seed")[0].value        # the notes' key: the dataplane's secret
+        seed = xdp.dp.table("ct_unconfirmed").seed         # the notes' key: the dataplane's secret
         assert (len(res.meta), note.key, note.ifindex) == (ctypes.sizeof(HANDOFF), seed, ext.node.ext_ifindex)
         snat_port = SNAT_MIN + (40001 & SNAT_MASK)
         assert res.data == bytes(rebuilt(pkt, ip_ttl=63, ip_src=NODE, ip_dst=on_link, l4_sport=snat_port,
