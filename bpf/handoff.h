@@ -2,10 +2,14 @@
 /*
  * handoff.h — a frame the external entry point rewrote and cannot send itself, because
  * its next hop has no neighbour entry yet. XDP cannot resolve a neighbour. The stack
- * could, but it never gets that far: the frame carries one of the node's own addresses
- * as its source (source-NATed for another node, or an answer translated back to a
- * client), and the stack drops such a frame on input as a martian (a real node does not
- * set accept_local, and must not).
+ * could, but for most such frames it never gets that far: a frame that carries one of
+ * the node's own addresses as its source (source-NATed for another node, or an answer
+ * translated back to a client from a NodePort, a LoadBalancer IP or an externalIP the
+ * node holds, primary or secondary) is dropped on input as a martian (a real node does
+ * not set accept_local, and must not). One that keeps the client's address would be
+ * forwarded, but through the stack's firewall and routing, which the flow's later frames
+ * (XDP_TX, redirect) bypass: so every frame without a neighbour is handed on, and a
+ * flow's frames take one way out.
  *
  * The agent keeps the gateways behind the external interfaces resolved (managed
  * neighbours, agent/nexthops.py). A backend reached on-link has no gateway: its own
@@ -22,12 +26,13 @@
  * unclone every cloned packet on the hook first (a packet socket open: tcpdump, DHCP).
  *
  * A driver without XDP metadata in native mode (the in-tree ENA driver among them) fails
- * the note: the frame goes to the stack untouched, which drops it, counted neigh_no_meta;
- * generic mode carries metadata on every driver. A device without the tc program drops
- * noted frames the same way: neigh_noted counts the notes, neigh_handoff the frames tc
- * sent. The tc program returns TC_ACT_UNSPEC for every other frame, so filters after it
- * on the same hook still run; one before it that ends the chain (or a tcx program that
- * does) keeps it from seeing the note.
+ * the note: the frame goes to the stack untouched, counted neigh_no_meta, which drops it
+ * if it carries a node's address; generic mode carries metadata on every driver. On a
+ * device without the tc program noted frames meet the stack the same way (their TTL
+ * already one less): neigh_noted counts the notes, neigh_handoff the frames tc sent.
+ * The tc program returns TC_ACT_UNSPEC for every other frame, so filters after it on the
+ * same hook still run; one before it that ends the chain (or a tcx program that does)
+ * keeps it from seeing the note.
  */
 #ifndef SVCXDP_HANDOFF_H
 #define SVCXDP_HANDOFF_H

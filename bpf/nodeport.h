@@ -526,8 +526,9 @@ static __always_inline int np_forward(struct xdp_md *ctx, struct events *ev)
 		ev->main = SVCXDP_CNT_FRAG_NEEDED;   /* no other event: np_snat did not run */
 		return frag_needed_reply(ctx, &pd->sent, r.mtu);
 	}
-	if (r.rc == BPF_FIB_LKUP_RET_NO_NEIGH && ip->saddr == r.src)
-		/* From this node's address: the stack would drop it unsent (handoff.h). */
+	if (r.rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		/* Whatever its source: the stack would drop one from any of the node's
+		 * addresses unsent, and the flow's later frames bypass it anyway (handoff.h). */
 		return handoff_pass(ctx, r.ifindex, ev);
 	if (r.rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return XDP_PASS;

@@ -106,9 +106,9 @@
 #define SVCXDP_SNAT_RECLAIM_MS 2000
 #define SVCXDP_SNAT_RECLAIM_AFTER 8  /* probes, after which the oldest unconfirmed holder met is taken */
 #define SVCXDP_DEFAULT_SOURCE_RANGES 16384  /* loadBalancerSourceRanges entries, all services */
-/* A frame the external entry point rewrote to carry the node's address (source-NATed,
- * or an answer translated back to a client) whose next hop has no neighbour entry yet
- * goes to the tc ingress program of the same device with this note in front of it, in
+/* A frame the external entry point rewrote (source-NATed, translated to a backend, or an
+ * answer translated back to a client) whose next hop has no neighbour entry yet goes to
+ * the tc ingress program of the same device with this note in front of it, in
  * its XDP metadata (handoff.h). `key` is the dataplane's secret seed (ct_set_seed,
  * random per dataplane): a note another node's program wrote, carried along by a veth,
  * is not taken for one of ours. `ifindex` is the device the FIB named. Metadata comes in
@@ -167,12 +167,13 @@ struct svcxdp_handoff {
 					* local_reply.h) */
 #define SVCXDP_CNT_REJECT_LIMITED 35   /* a reject over the CPU's reject budget (reject.h):
 					* dropped unanswered */
-#define SVCXDP_CNT_NEIGH_NOTED 36      /* translated, carrying the node's address, its next
-					* hop not resolved yet: noted for tc (handoff.h) */
+#define SVCXDP_CNT_NEIGH_NOTED 36      /* translated, its next hop not resolved yet: noted
+					* for tc (handoff.h) */
 #define SVCXDP_CNT_NEIGH_HANDOFF 37    /* ... and sent by tc with the kernel's neighbour
 					* resolution (fewer than noted: notes lost on the way) */
 #define SVCXDP_CNT_NEIGH_NO_META 38    /* ... but the driver gives no XDP metadata to note it
-					* in: to the stack, which drops it (handoff.h) */
+					* in: to the stack, which drops it if it carries one of
+					* the node's addresses (handoff.h) */
 #define SVCXDP_CNT_MAX 39
 
 /* ---- hairpin ------------------------------------------------------------------ */

@@ -119,13 +119,14 @@ class InterfaceManager:
                             "untranslated", t.ifname, t.netns, exc)
             if is_external(t):
                 try:
-                    # frames to another node whose next hop is not resolved yet go out
-                    # through it (bpf/handoff.h); without it they go to the stack, which
-                    # drops them (they carry the node's own address)
+                    # translated frames whose next hop is not resolved yet go out through
+                    # it (bpf/handoff.h); without it they go to the stack, which drops the
+                    # ones that carry one of the node's own addresses
                     attach_tc_ingress(self.dp.handoff_prog_fd, t.ifname, t.netns)
                 except (AttachError, OSError) as exc:
-                    log.warning("tc ingress on %s in %s: %s; a flow to a backend on another node "
-                                "whose neighbour entry is missing does not start", t.ifname, t.netns, exc)
+                    log.warning("tc ingress on %s in %s: %s; a flow to a backend on another node, "
+                                "or an answer to a client, whose neighbour entry is missing is dropped",
+                                t.ifname, t.netns, exc)
         return attached
 
     @property

@@ -495,8 +495,9 @@ def _rewrite(maps, t: Trace, backend: Address | None, snat: Address | None, new:
     t.rewrite = Rewrite(src, dst)
     if t.entry == "external":
         # (a source-NATed frame goes to the stack instead when its TTL is 1 or it is
-        # VLAN-tagged, and to the tc ingress program when the FIB has no neighbour entry
-        # for the next hop, passed with a note: bpf/nodeport.h np_forward, bpf/handoff.h)
+        # VLAN-tagged; any translated frame goes to the tc ingress program when the FIB has
+        # no neighbour entry for the next hop, passed with a note: bpf/nodeport.h
+        # np_forward, bpf/handoff.h)
         t.verdict = "XDP_TX|XDP_PASS" if snat is not None else FORWARDED
         if new:
             t.verdict = "XDP_PASS|XDP_TX|XDP_REDIRECT"

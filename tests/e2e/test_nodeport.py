@@ -378,6 +378,38 @@ def test_a_backend_reached_on_link_is_resolved_on_the_way_out(cluster: Cluster, 
         subprocess.run(["ip", "-n", node1, "route", "replace", *route], check=True)
 
 
+
+def test_a_local_backend_s_unresolved_address_is_handed_on_with_the_client_s(cluster: Cluster, remote_pod):
+    """Through node2 the backend is local and sees the client's own address. With no
+    neighbour entry for the pod yet, the external entry point hands its frames to tc
+    too (bpf/handoff.h), whose bpf_redirect_neigh must then route a frame whose source
+    is none of the node's addresses: the pod is reached, the answer goes back, node2 has
+    resolved the pod, and the handoff was counted."""
+    node2 = cluster.lab.netns_for("node2")
+    apply(cluster, service("np-local-neigh", "np", node_port=30993))
+    cluster.wait_endpoints("np-local-neigh", 1)
+    dev = subprocess.run(["ip", "-n", node2, "-o", "route", "get", remote_pod], check=True,
+                         capture_output=True, text=True).stdout.split(" dev ")[1].split()[0]
+
+    def pod_entry() -> str:
+        return subprocess.run(["ip", "-n", node2, "neigh", "show", remote_pod, "dev", dev], capture_output=True,
+                              text=True).stdout
+    static = pod_entry()   # the lab wires its pods with permanent entries
+    assert "PERMANENT" in static, static
+    try:
+        subprocess.run(["ip", "-n", node2, "neigh", "del", remote_pod, "dev", dev], check=True)
+        assert pod_entry() == ""
+        handed = cluster.counter("neigh_handoff", "node2")
+        answer = outside(cluster, f"http://{NODE2}:30993/clientip", timeout=5)
+        assert answer.returncode == 0 and client_address(answer.stdout) == OUTSIDE, answer
+        assert cluster.counter("neigh_handoff", "node2") > handed
+        assert "lladdr" in pod_entry()       # resolved by the kernel, on the tc program's send
+    finally:
+        cluster.svcctl("delete", "svc", "np-local-neigh", check=False)
+        mac = static.split("lladdr ")[1].split()[0]
+        subprocess.run(["ip", "-n", node2, "neigh", "replace", remote_pod, "lladdr", mac, "dev", dev, "nud",
+                        "permanent"], check=True)
+
 def test_a_large_datagram_reaches_a_pod_behind_a_smaller_mtu(cluster: Cluster, remote_pod):
     """A pod behind a smaller MTU than the node's interface (an overlay's 1450; here 1200)
     and a client sending DF datagrams (any Linux UDP socket) larger than it, to a NodePort.

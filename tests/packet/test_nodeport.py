@@ -203,7 +203,8 @@ def test_a_snated_frame_whose_next_hop_is_unresolved_is_handed_to_tc(ext, xdp):
     behind a note in its XDP metadata (bpf/handoff.h: the dataplane's key and the egress
     device) for the tc program on the same interface. Once the neighbour is known the flow's
     frames leave with XDP_TX, with no note. A frame for a local pod without a neighbour
-    entry is no martian (it keeps the client's address): the stack gets it as before."""
+    entry keeps the client's address, which the stack would forward; it is handed on all
+    the same, naming the pod's device, so that all of a flow's frames bypass the stack."""
     on_link = "10.244.3.7"
     nodenet._ip(ext.node.name, "route", "replace", "10.244.3.0/24", "dev", "ext0")
     runner = ext.runner
@@ -227,16 +228,43 @@ def test_a_snated_frame_whose_next_hop_is_unresolved_is_handed_to_tc(ext, xdp):
                             ext.node.ext_ifindex)
         assert res.verdict_name == "XDP_TX" and res.meta == b""
         assert Ether(res.data)[Ether].dst == "02:00:00:00:03:07"
-        # a local pod without a neighbour entry: to the stack, unnoted, TTL untouched
+        # a local pod without a neighbour entry: noted too, for the pod's device
         ext.service(NODE, 30091, ["10.244.1.12"])
         local = from_client(NODE, 30091, sport=40002, flags="S")
         res = ext.node.call(runner.run, bytes(local), 1, ext.node.ext_ifindex)
-        assert res.verdict_name == "XDP_PASS" and res.meta == b""
-        assert res.data == bytes(rebuilt(local, ip_dst="10.244.1.12", l4_dport=80))
+        note = HANDOFF.from_buffer_copy(res.meta)
+        assert (res.verdict_name, note.key, note.ifindex) == ("XDP_PASS", seed, ext.node.pod_ifindex)
+        assert res.data == bytes(rebuilt(local, ip_ttl=63, ip_dst="10.244.1.12", l4_dport=80))
     finally:
         nodenet._ip(ext.node.name, "route", "del", "10.244.3.0/24")
         subprocess.run(["ip", "-n", ext.node.name, "neigh", "del", on_link, "dev", "ext0"], capture_output=True)
 
+
+
+def test_an_answer_from_a_secondary_address_to_an_unresolved_client_is_handed_to_tc(ext, xdp):
+    """A LoadBalancer IP the node holds (kube-vip, keepalived) is another of its own
+    addresses, but not the one routes to the clients prefer. A remote backend's answer,
+    translated back to an on-link client whose neighbour entry is gone (the neighbour GC
+    removes idle ones past 128 entries), carries it as source: the stack drops that as a
+    martian too, so the answer is handed to tc like a source-NATed frame (bpf/handoff.h),
+    naming the external interface."""
+    client = "192.168.1.102"   # on ext0's subnet, no neighbour entry
+    ext.service(LB_IP, 80, [nodenet.REMOTE_POD])
+    syn = (Ether(src="02:00:00:00:01:66", dst=ext.node.ext_mac) /
+           IP(src=client, dst=LB_IP, ttl=64, id=7) / TCP(sport=40003, dport=80, flags="S"))
+    assert ext.send(syn).verdict == "XDP_TX"   # source-NATed to node2, whose entry is there
+    snat_port = SNAT_MIN + (40003 & SNAT_MASK)
+    answer = (Ether(src=nodenet.NODE2_MAC, dst=ext.node.ext_mac) /
+              IP(src=nodenet.REMOTE_POD, dst=NODE, ttl=63, id=11) / TCP(sport=80, dport=snat_port, flags="SA"))
+    before = xdp.counters()
+    res = ext.node.call(ext.runner.run, bytes(answer), 1, ext.node.ext_ifindex)
+    note = HANDOFF.from_buffer_copy(res.meta)
+    seed = xdp.dp.table("ct_unconfirmed").seed
+    assert (res.verdict_name, note.key, note.ifindex) == ("XDP_PASS", seed, ext.node.ext_ifindex)
+    assert res.data == bytes(rebuilt(answer, ip_ttl=62, ip_src=LB_IP, ip_dst=client, l4_sport=80,
+                                     l4_dport=40003))
+    moved = delta(before, xdp.counters())
+    assert moved.get("snat_reply") == 1 and moved.get("neigh_noted") == 1
 
 def test_the_handoff_program_lets_every_frame_without_a_note_go_on(xdp):
     """svcxdp_handoff (tc ingress of the external interfaces) sends only noted frames;
