@@ -11,7 +11,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from . import attach as _attach
 from . import fibwatch, flowsets, replacing, udprecent
@@ -252,20 +252,19 @@ class Dataplane:
         replaced = ensure_built(config, MAP_NAMES)
         pinned = PinnedMaps(config.pin_dir, WritableTable)
         fds: dict[str, int] = {}
+        built = replaced is not None
         try:
             for role, field_name in PROGRAM_FDS.items():
                 fds[field_name] = obj_get(str(config.pin_dir / PROGRAM_PINS[role]))
             for name in MAP_NAMES:
                 pinned.table(name)
+            if not replaced and unfinished_replacement(config):   # (a child's build said so already)
+                replaced = (UNFINISHED,)
+                warn_replaced(config.instance, replaced)
         except BaseException:
-            for fd in fds.values():
-                os.close(fd)
+            _close_all(fds.values())
             pinned.close()
             raise
-        built = replaced is not None
-        if not replaced and unfinished_replacement(config):   # (a child's build said so already)
-            replaced = (UNFINISHED,)
-            warn_replaced(config.instance, replaced)
         return cls(config=config, bpf=None, **fds, _pinned=pinned, built=built, replaced=replaced or ())
 
     @classmethod
@@ -478,10 +477,21 @@ class Dataplane:
         self._mapped.clear()
         if self._pinned is not None:
             self._pinned.close()
-            for field_name in PROGRAM_FDS.values():
-                os.close(getattr(self, field_name))
+            _close_all(getattr(self, field_name) for field_name in PROGRAM_FDS.values())
             return
         self.bpf.cleanup()
+
+
+def _close_all(fds: Iterable[int]) -> None:
+    """Close every fd, also after one fails; the first failure is raised at the end."""
+    failed: OSError | None = None
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError as exc:
+            failed = failed or exc
+    if failed is not None:
+        raise failed
 
 
 def reset(config: DataplaneConfig) -> bool:
