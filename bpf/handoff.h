@@ -2,14 +2,19 @@
 /*
  * handoff.h — a frame the external entry point rewrote and cannot send itself, because
  * its next hop has no neighbour entry yet. XDP cannot resolve a neighbour. The stack
- * could, but for most such frames it never gets that far: a frame that carries one of
- * the node's own addresses as its source (source-NATed for another node, or an answer
+ * could, but for these frames it never gets that far: a frame that carries one of the
+ * node's own addresses as its source (source-NATed for another node, or an answer
  * translated back to a client from a NodePort, a LoadBalancer IP or an externalIP the
  * node holds, primary or secondary) is dropped on input as a martian (a real node does
- * not set accept_local, and must not). One that keeps the client's address would be
- * forwarded, but through the stack's firewall and routing, which the flow's later frames
- * (XDP_TX, redirect) bypass: so every frame without a neighbour is handed on, and a
- * flow's frames take one way out.
+ * not set accept_local, and must not).
+ *
+ * Handed on: a frame from the route's own source address, and any frame leaving by the
+ * interface it came in on (an answer from a secondary address or an LB IP leaves that
+ * way; the flow's later frames leave there with XDP_TX, so all of them skip the stack).
+ * A frame to another device, which keeps the client's address, still goes to the stack
+ * as before: there the flow's later frames go too when that device is no redirect
+ * target (always, in the stack-forwarding build), and the stack fragments or answers
+ * a frame too large for that device, which this path does not check.
  *
  * The agent keeps the gateways behind the external interfaces resolved (managed
  * neighbours, agent/nexthops.py). A backend reached on-link has no gateway: its own

@@ -463,8 +463,10 @@ static __always_inline int np_snat(struct xdp_md *ctx, struct iphdr *ip, void *d
 
 /* Send a translated frame on: back out of the interface it came in on with XDP_TX,
  * to another device that is a redirect target with bpf_redirect_map (fib.h), else to
- * the stack (no neighbour yet, TTL about to expire, VLAN tags, a device that is not a
- * redirect target, or every other device when built with SVCXDP_STACK_FORWARD). One
+ * the stack (TTL about to expire, VLAN tags, a device that is not a redirect target, or
+ * every other device when built with SVCXDP_STACK_FORWARD). Without a neighbour entry
+ * yet, to the tc program when it leaves the way it came or carries the node's address
+ * (handoff.h), else to the stack. One
  * larger than its route's MTU goes to the stack to be fragmented, or with DF set is
  * answered "fragmentation needed" (reject.h; in both builds: this lookup is made
  * anyway, and a local pod behind an overlay's smaller MTU is the common case). The
@@ -526,9 +528,11 @@ static __always_inline int np_forward(struct xdp_md *ctx, struct events *ev)
 		ev->main = SVCXDP_CNT_FRAG_NEEDED;   /* no other event: np_snat did not run */
 		return frag_needed_reply(ctx, &pd->sent, r.mtu);
 	}
-	if (r.rc == BPF_FIB_LKUP_RET_NO_NEIGH)
-		/* Whatever its source: the stack would drop one from any of the node's
-		 * addresses unsent, and the flow's later frames bypass it anyway (handoff.h). */
+	if (r.rc == BPF_FIB_LKUP_RET_NO_NEIGH &&
+	    (ip->saddr == r.src || r.ifindex == ctx->ingress_ifindex))
+		/* From one of the node's addresses (the route's own, or another the frame
+		 * was sent to), which the stack would drop unsent; or on its way back out,
+		 * where the flow's later frames leave with XDP_TX (handoff.h). */
 		return handoff_pass(ctx, r.ifindex, ev);
 	if (r.rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return XDP_PASS;

@@ -107,6 +107,7 @@ static __always_inline struct frag_value *frag_translation(const struct iphdr *i
 /* nodeport.h and local_reply.h use the accounting helpers above. */
 #include "nodeport.h"
 #include "local_reply.h"
+#include "otherhost.h"
 
 static __always_inline int handle_later_fragment(struct xdp_md *ctx, struct ethhdr *eth,
 						 struct iphdr *ip, int external, struct events *ev)
@@ -490,6 +491,10 @@ int svcxdp_main(struct xdp_md *ctx)
 /* The node's external interfaces: traffic from outside the cluster (nodeport.h). */
 int svcxdp_external(struct xdp_md *ctx)
 {
+	if (for_another_host(ctx)) {
+		counters_bump(SVCXDP_CNT_PASS_OTHER_HOST);
+		return XDP_PASS;
+	}
 	return run(ctx, 1, 0);
 }
 

@@ -106,8 +106,8 @@
 #define SVCXDP_SNAT_RECLAIM_MS 2000
 #define SVCXDP_SNAT_RECLAIM_AFTER 8  /* probes, after which the oldest unconfirmed holder met is taken */
 #define SVCXDP_DEFAULT_SOURCE_RANGES 16384  /* loadBalancerSourceRanges entries, all services */
-/* A frame the external entry point rewrote (source-NATed, translated to a backend, or an
- * answer translated back to a client) whose next hop has no neighbour entry yet goes to
+/* A frame the external entry point rewrote (source-NATed, or an answer translated back
+ * to a client: handoff.h says which) whose next hop has no neighbour entry yet goes to
  * the tc ingress program of the same device with this note in front of it, in
  * its XDP metadata (handoff.h). `key` is the dataplane's secret seed (ct_set_seed,
  * random per dataplane): a note another node's program wrote, carried along by a veth,
@@ -174,7 +174,10 @@ struct svcxdp_handoff {
 #define SVCXDP_CNT_NEIGH_NO_META 38    /* ... but the driver gives no XDP metadata to note it
 					* in: to the stack, which drops it if it carries one of
 					* the node's addresses (handoff.h) */
-#define SVCXDP_CNT_MAX 39
+#define SVCXDP_CNT_PASS_OTHER_HOST 39  /* external: a frame for another host's MAC address
+					* (unicast a switch or bridge flooded): the stack's,
+					* which drops it (otherhost.h) */
+#define SVCXDP_CNT_MAX 40
 
 /* ---- hairpin ------------------------------------------------------------------ */
 /* A pod whose Service picks the pod itself would receive its own address as source

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
-from controlplane.dataplane.attach import AttachError, attach_tc_egress, attach_tc_ingress, attach_xdp, in_netns
+from controlplane.dataplane.attach import (AttachError, attach_tc_egress, attach_tc_ingress, attach_xdp, in_netns,
+                                          interface_mac)
 from controlplane.dataplane.program import Dataplane, load_floor_program
 
 log = logging.getLogger("svcxdp.agent")
@@ -71,6 +72,7 @@ class InterfaceManager:
         self.pod_mode = pod_mode
         self._pass_bpf, self._pass_fd = load_floor_program()
         self._attached: set[_Key] = set()
+        self._macs: dict[_Key, bytes] = {}   # what the dataplane was told (own_mac)
 
     def mode_for(self, t: AttachTarget) -> str:
         if is_external(t) or (t.peer_netns and t.peer_ifname):
@@ -84,8 +86,11 @@ class InterfaceManager:
         """Attach to targets not yet served; returns how many were attached now."""
         current = {_Key(t.netns, t.ifname, t.ifindex): t for t in self.targets()}
         self._attached &= set(current)  # gone interfaces need no detach
+        self._macs = {key: mac for key, mac in self._macs.items() if key in current}
         attached = 0
         for key, t in current.items():
+            if is_external(t):   # before the attach: no moment of answering others' frames
+                self._note_mac(key, t)
             if key in self._attached:
                 continue
             peer = bool(t.peer_netns and t.peer_ifname)
@@ -128,6 +133,22 @@ class InterfaceManager:
                                 "or an answer to a client, whose neighbour entry is missing is dropped",
                                 t.ifname, t.netns, exc)
         return attached
+
+    def _note_mac(self, key: _Key, t: AttachTarget) -> None:
+        """Tell the external entry point the interface's own MAC address, so that it leaves
+        frames for other hosts' to the stack (bpf/otherhost.h); read at every refresh and
+        written when it changed (a bond's address moves with fail_over_mac)."""
+        try:
+            mac = interface_mac(t.ifname, t.netns or None)
+        except AttachError as exc:   # gone meanwhile: the attach below says so too
+            log.warning("%s", exc)
+            return
+        if self._macs.get(key) == mac:
+            return
+        if not self.dp.own_mac(t.ifindex, mac):
+            log.info("%s (ifindex %d) is beyond the MAC map: frames for other hosts flooded to it are "
+                     "served as if they were the node's", t.ifname, t.ifindex)
+        self._macs[key] = mac
 
     @property
     def attached(self) -> int:

@@ -5,9 +5,12 @@ with XDP_TX, to the next hop whose link-layer address bpf_fib_lookup() gives
 (bpf/nodeport.h). An XDP program cannot resolve a neighbour: without an entry — a node
 that has not talked to that next hop yet, or one the kernel's neighbour GC removed, as it
 does to unused entries once a table holds more than gc_thresh1 (128) — the lookup answers
-NO_NEIGH, and the frame, already source-NATed to the node's own address, goes to the
+NO_NEIGH, and the frame, already source-NATed to the node's own address, would go to the
 stack, which drops it as a martian (unless accept_local is set) without ever sending the
-ARP request: every retransmission meets the same.
+ARP request: every retransmission met the same. Such frames now go out through the tc
+handoff (bpf/handoff.h), which resolves the address on the way; managed entries keep
+the gateways' frames on XDP_TX from the first one, and cover drivers without XDP
+metadata, where the handoff cannot work.
 
 Managed entries (NTF_EXT_MANAGED, Linux 5.16, made for this case) are resolved by the
 kernel ahead of need and kept reachable, never collected. The agent marks the gateway of

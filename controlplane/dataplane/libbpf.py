@@ -218,6 +218,12 @@ def u32_update(fd: int, key: int, value: int) -> None:
            f"bpf_map_update_elem(key {key})")
 
 
+def u64_update(fd: int, key: int, value: int) -> None:
+    """One u32 -> u64 entry."""
+    _check(lib().bpf_map_update_elem(fd, ffi.new("uint32_t *", key), ffi.new("uint64_t *", value), 0),
+           f"bpf_map_update_elem(key {key})")
+
+
 def u32_delete(fd: int, key: int) -> bool:
     """Remove a u32-keyed entry; False if it was not there."""
     rc = lib().bpf_map_delete_elem(fd, ffi.new("uint32_t *", key))

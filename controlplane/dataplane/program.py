@@ -17,7 +17,7 @@ from . import attach as _attach
 from . import fibwatch, flowsets, replacing, udprecent
 from .config import FLOW_TABLES, PROGRAM_PINS, STAMP_PIN, DataplaneConfig
 from .layout import COUNTER_NAMES, const
-from .libbpf import map_info, obj_get, prog_id, u32_delete, u32_update
+from .libbpf import map_info, obj_get, prog_id, u32_delete, u32_update, u64_update
 from .mapped import MappedArray, open_mapped
 from .pinned import PinnedMaps, WritableTable
 
@@ -44,7 +44,8 @@ TX_PORTS_SIZE = const("TX_PORTS_SIZE")
 log = logging.getLogger("svcxdp.dataplane")
 MAP_NAMES = ("services", "slots", "backends", "rev_nat", *FLOW_TABLES, flowsets.SEED_MAP, udprecent.MAP,
              "fragments", "rr_state", "svc_stats", "backend_stats", "counters", "backend_conns", "maglev",
-             "affinity", "sock_revnat", "sock_config", "source_ranges", fibwatch.MAP, "np_scratch", replacing.MAP)
+             "affinity", "sock_revnat", "sock_config", "source_ranges", fibwatch.MAP, "np_scratch", replacing.MAP,
+             "ext_macs")
 
 
 class DataplaneError(RuntimeError):
@@ -202,6 +203,7 @@ def _layout_problems(bpf, config: DataplaneConfig) -> list[str]:
         "source_ranges": config.source_ranges_size,
         "sock_revnat": config.sock_revnat_size, "sock_config": 1, fibwatch.MAP: 1,
         "counters": SVCXDP_CNT_MAX, "np_tail": len(EXTERNAL_TAILS), "np_scratch": 1, replacing.MAP: 1,
+        "ext_macs": TX_PORTS_SIZE,
     }
     out = []
     for name in (*MAP_NAMES, "np_tail"):
@@ -262,7 +264,7 @@ class Dataplane:
                 replaced = (UNFINISHED,)
                 warn_replaced(config.instance, replaced)
         except BaseException:
-            _close_all(fds.values())
+            _close_quietly(fds.values())
             pinned.close()
             raise
         return cls(config=config, bpf=None, **fds, _pinned=pinned, built=built, replaced=replaced or ())
@@ -460,6 +462,19 @@ class Dataplane:
             u32_update(self._tx_ports_fd(), ifindex, ifindex)
         return True
 
+    def own_mac(self, ifindex: int, mac: bytes) -> bool:
+        """Tell the external entry point the MAC address of the external interface
+        `ifindex` (bpf/otherhost.h): a unicast frame it receives for any other address is
+        another host's, flooded by a switch or bridge, and goes to the stack. False if the
+        ifindex is beyond the map (TX_PORTS_SIZE): its frames are not checked."""
+        if len(mac) != 6:
+            raise ValueError(f"a MAC address of {len(mac)} bytes (ifindex {ifindex})")
+        if not 0 < ifindex < TX_PORTS_SIZE:
+            return False
+        table = self.raw_table("ext_macs")
+        u64_update(table.map_fd, ifindex, int.from_bytes(mac + bytes(2), "little"))
+        return True
+
     def forbid_redirect(self, ifindex: int) -> None:
         """Frames for `ifindex` go through the stack again (a removed device leaves
         the map by itself)."""
@@ -476,22 +491,27 @@ class Dataplane:
                 m.close()
         self._mapped.clear()
         if self._pinned is not None:
-            self._pinned.close()
-            _close_all(getattr(self, field_name) for field_name in PROGRAM_FDS.values())
+            pinned, self._pinned = self._pinned, None
+            try:
+                pinned.close()
+            finally:   # the programs' fds whatever the maps' did, and once only
+                _close_quietly(getattr(self, field_name) for field_name in PROGRAM_FDS.values())
+                for field_name in PROGRAM_FDS.values():
+                    setattr(self, field_name, -1)
             return
-        self.bpf.cleanup()
+        if self.bpf is not None:
+            self.bpf.cleanup()
 
 
-def _close_all(fds: Iterable[int]) -> None:
-    """Close every fd, also after one fails; the first failure is raised at the end."""
-    failed: OSError | None = None
+def _close_quietly(fds: Iterable[int]) -> None:
+    """Close every fd (a negative one is none), also after one fails: on the way out of a
+    failure or a close, another error would only hide the first."""
     for fd in fds:
-        try:
-            os.close(fd)
-        except OSError as exc:
-            failed = failed or exc
-    if failed is not None:
-        raise failed
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError as exc:
+                log.debug("closing fd %d: %s", fd, exc)
 
 
 def reset(config: DataplaneConfig) -> bool:

@@ -31,8 +31,9 @@ ROUTER_SYSCTLS = {
     "net.ipv4.ip_forward": 1,
     "net.ipv4.conf.all.send_redirects": 0,
     "net.ipv4.conf.default.send_redirects": 0,
-    # A NodePort flow source-NATed in XDP before the node has the next hop's neighbour
-    # entry goes to the stack with the node's own address as source (bpf/nodeport.h).
+    # A frame XDP rewrote to carry the node's own address as source that reaches the
+    # stack is dropped as a martian without this (the tests that check the way real
+    # nodes run turn it off: test_nodeport's handoff tests).
     "net.ipv4.conf.all.accept_local": 1,
     "net.ipv4.conf.default.accept_local": 1,
 }

@@ -26,9 +26,10 @@ obeys, whatever the datapath chose:
     frontend's address) to where it was addressed;
 - one sent back out of the interface (XDP_TX) goes to a neighbour's MAC (the other
   node, a client), or to the sender's;
-- one handed to tc (a note in its XDP metadata, bpf/handoff.h) is passed with our key
-  and names one of the node's interfaces; it is a translated frame like any other (the
-  rules above);
+- one handed to tc (a note in its XDP metadata, bpf/handoff.h) is passed with our key,
+  names one of the node's interfaces, and either carries the node's address or leaves
+  by the interface it came in on (a frame to another device keeping the client's
+  address goes to the stack);
 - at each round's end, every lc backend's active-connection count equals the flows
   holding one (MapWriter.recount_connections finds none to correct).
 
@@ -317,7 +318,7 @@ def _explained_packet(r: Round, i: Parsed, o: Parsed) -> str | None:
 
 
 def check(r: Round, raw: bytes, verdict: str, out: bytes, meta: bytes = b"",
-          ifindexes: tuple[int, ...] = (), key: int = 0) -> None:
+          ifindexes: tuple[int, ...] = (), key: int = 0, ingress: int = 0) -> None:
     """Raises AssertionError when the program's answer breaks a rule."""
     if verdict not in ("XDP_PASS", "XDP_DROP", "XDP_TX", "XDP_REDIRECT"):
         raise AssertionError(f"verdict {verdict}")
@@ -325,7 +326,7 @@ def check(r: Round, raw: bytes, verdict: str, out: bytes, meta: bytes = b"",
         o = parse(out)
         note = HANDOFF.from_buffer_copy(meta) if len(meta) == ctypes.sizeof(HANDOFF) else None
         if verdict != "XDP_PASS" or note is None or note.key != key or note.ifindex not in ifindexes \
-                or o is None:
+                or o is None or (o.src != NODE and note.ifindex != ingress):
             raise AssertionError(f"{verdict} with the note {meta.hex()} of a frame from {o and o.src}")
     if verdict == "XDP_DROP":
         return
@@ -402,7 +403,7 @@ def _round(h: Harness, runners: dict[str, tuple[TestRunner, int]], rng: random.R
         runner, ifindex = runners[entry]
         res = runner.run(raw, 1, ifindex)
         try:
-            check(r, raw, res.verdict_name, res.data, res.meta, ifindexes, key)
+            check(r, raw, res.verdict_name, res.data, res.meta, ifindexes, key, ifindex)
         except AssertionError as exc:
             raise Disagreement(f"seed {seed}, round {round_no}, frame {k} (the {entry} entry point): {exc}\n"
                                f"  in  {raw.hex()}\n  out {res.data.hex()}") from None

@@ -76,7 +76,6 @@ def test_built_once_then_adopted_from_the_pins_without_bcc(store, clean):
     assert json.loads(out.stdout) == [False, frontends, True, False]
 
 
-
 def test_an_open_that_fails_late_leaves_no_descriptor_open(clean, monkeypatch):
     """Dataplane.open holds the programs' and maps' fds before it asks whether an earlier
     replacement is unfinished; when that check fails (the pin directory unreadable),
@@ -93,6 +92,7 @@ def test_an_open_that_fails_late_leaves_no_descriptor_open(clean, monkeypatch):
     with pytest.raises(PermissionError):
         Dataplane.open(CONFIG)
     assert set(os.listdir("/proc/self/fd")) - fds == set()
+
 
 def test_a_changed_build_is_rebuilt_over_the_same_maps(store, clean):
     dp = Dataplane.open(CONFIG)

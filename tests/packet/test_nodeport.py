@@ -203,8 +203,8 @@ def test_a_snated_frame_whose_next_hop_is_unresolved_is_handed_to_tc(ext, xdp):
     behind a note in its XDP metadata (bpf/handoff.h: the dataplane's key and the egress
     device) for the tc program on the same interface. Once the neighbour is known the flow's
     frames leave with XDP_TX, with no note. A frame for a local pod without a neighbour
-    entry keeps the client's address, which the stack would forward; it is handed on all
-    the same, naming the pod's device, so that all of a flow's frames bypass the stack."""
+    entry keeps the client's address and goes to another device: the stack gets it as
+    before (it forwards it, and checks it against the pod device's MTU)."""
     on_link = "10.244.3.7"
     nodenet._ip(ext.node.name, "route", "replace", "10.244.3.0/24", "dev", "ext0")
     runner = ext.runner
@@ -228,26 +228,25 @@ def test_a_snated_frame_whose_next_hop_is_unresolved_is_handed_to_tc(ext, xdp):
                             ext.node.ext_ifindex)
         assert res.verdict_name == "XDP_TX" and res.meta == b""
         assert Ether(res.data)[Ether].dst == "02:00:00:00:03:07"
-        # a local pod without a neighbour entry: noted too, for the pod's device
+        # a local pod without a neighbour entry: to the stack, unnoted, TTL untouched
         ext.service(NODE, 30091, ["10.244.1.12"])
         local = from_client(NODE, 30091, sport=40002, flags="S")
         res = ext.node.call(runner.run, bytes(local), 1, ext.node.ext_ifindex)
-        note = HANDOFF.from_buffer_copy(res.meta)
-        assert (res.verdict_name, note.key, note.ifindex) == ("XDP_PASS", seed, ext.node.pod_ifindex)
-        assert res.data == bytes(rebuilt(local, ip_ttl=63, ip_dst="10.244.1.12", l4_dport=80))
+        assert res.verdict_name == "XDP_PASS" and res.meta == b""
+        assert res.data == bytes(rebuilt(local, ip_dst="10.244.1.12", l4_dport=80))
     finally:
         nodenet._ip(ext.node.name, "route", "del", "10.244.3.0/24")
         subprocess.run(["ip", "-n", ext.node.name, "neigh", "del", on_link, "dev", "ext0"], capture_output=True)
-
 
 
 def test_an_answer_from_a_secondary_address_to_an_unresolved_client_is_handed_to_tc(ext, xdp):
     """A LoadBalancer IP the node holds (kube-vip, keepalived) is another of its own
     addresses, but not the one routes to the clients prefer. A remote backend's answer,
     translated back to an on-link client whose neighbour entry is gone (the neighbour GC
-    removes idle ones past 128 entries), carries it as source: the stack drops that as a
-    martian too, so the answer is handed to tc like a source-NATed frame (bpf/handoff.h),
-    naming the external interface."""
+    removes idle ones past 128 entries), carries it as source: on a node that holds it the
+    stack drops that as a martian too. The answer leaves by the interface it came in on,
+    so it is handed to tc like a source-NATed frame (bpf/handoff.h), naming that interface
+    (the program cannot tell whether the node holds the address, and need not)."""
     client = "192.168.1.102"   # on ext0's subnet, no neighbour entry
     ext.service(LB_IP, 80, [nodenet.REMOTE_POD])
     syn = (Ether(src="02:00:00:00:01:66", dst=ext.node.ext_mac) /
@@ -265,6 +264,33 @@ def test_an_answer_from_a_secondary_address_to_an_unresolved_client_is_handed_to
                                      l4_dport=40003))
     moved = delta(before, xdp.counters())
     assert moved.get("snat_reply") == 1 and moved.get("neigh_noted") == 1
+
+
+
+def test_a_frame_for_another_hosts_mac_address_is_left_to_the_stack(ext, xdp):
+    """A switch or bridge floods a unicast frame to every port until it learns where its
+    destination lives, so every node saw a client's SYN to a LoadBalancer IP, which every
+    node serves, and every node answered it (the client reset the connection). Once the
+    agent has told the program the interface's own MAC address (bpf/otherhost.h), a
+    unicast frame for another address goes to the stack untouched (which drops it as
+    PACKET_OTHERHOST), counted pass_other_host; one for the interface's own address, or
+    a broadcast one, is served."""
+    ext.service(LB_IP, 80, [nodenet.LOCAL_POD])
+    own = bytes.fromhex(ext.node.ext_mac.replace(":", ""))
+    assert xdp.dp.own_mac(ext.node.ext_ifindex, own)
+    try:
+        flooded = from_client(LB_IP, 80, sport=40010, flags="S")   # for 02:00:00:00:00:ff
+        before = xdp.counters()
+        out = ext.send(flooded)
+        assert (out.verdict, out.raw) == ("XDP_PASS", bytes(flooded))
+        moved = delta(before, xdp.counters())
+        assert moved == {"pass_other_host": 1}, moved
+        for dst in (ext.node.ext_mac, "ff:ff:ff:ff:ff:ff"):
+            mine = from_client(LB_IP, 80, sport=40011, flags="S")
+            mine[Ether].dst = dst
+            assert ext.send(mine).pkt[IP].dst == nodenet.LOCAL_POD, dst
+    finally:
+        xdp.dp.own_mac(ext.node.ext_ifindex, bytes(6))   # unknown again: not checked
 
 def test_the_handoff_program_lets_every_frame_without_a_note_go_on(xdp):
     """svcxdp_handoff (tc ingress of the external interfaces) sends only noted frames;
