@@ -11,10 +11,13 @@
  * Handed on: a frame from the route's own source address, and any frame leaving by the
  * interface it came in on (an answer from a secondary address or an LB IP leaves that
  * way; the flow's later frames leave there with XDP_TX, so all of them skip the stack).
- * A frame to another device, which keeps the client's address, still goes to the stack
- * as before: there the flow's later frames go too when that device is no redirect
- * target (always, in the stack-forwarding build), and the stack fragments or answers
- * a frame too large for that device, which this path does not check.
+ * A frame to another device still goes to the stack as before: there the flow's later
+ * frames go too when that device is no redirect target (always, in the stack-forwarding
+ * build), and the stack fragments or answers a frame too large for that device, which
+ * this path does not check. Most keep the client's address; an answer whose route to
+ * the client leaves by another interface than the backend's answer came in on (a node
+ * with separate cluster and client networks) carries a node address, and the stack
+ * drops it, with or without a neighbour entry: not served (docs/architecture.md).
  *
  * The agent keeps the gateways behind the external interfaces resolved (managed
  * neighbours, agent/nexthops.py). A backend reached on-link has no gateway: its own

@@ -137,9 +137,9 @@ __attribute__((section("maps/devmap:" SVCXDP_PIN_DIR "/tx_ports")))
 __attribute__((section("maps/devmap")))
 #endif
 struct tx_ports_table_t tx_ports = { .max_entries = SVCXDP_TX_PORTS_SIZE };
-/* ifindex -> the MAC address of the external interface (its six bytes in the low end of
- * the u64, as they lie in the frame; 0: not known, no check), written by the agent before
- * it attaches there (otherhost.h). Same bound as tx_ports. */
+/* ifindex -> the MAC address of the external interface (as otherhost.h reads it from a
+ * frame: three u16s; 0: not known, no check), written by the agent before it attaches
+ * there. Same bound as tx_ports. */
 SVCXDP_MAP("array", __u32, __u64, ext_macs, SVCXDP_TX_PORTS_SIZE);
 /* Nonzero while the writer may be replacing entries of `services`, `rev_nat`, `slots`
  * or `maglev`, and until every packet that looked one up meanwhile has left the program

@@ -25,7 +25,7 @@
 
 /* Is this a unicast frame for a MAC address other than the receiving interface's?
  * Written so that every way out leaves the stack as every other does (the key first,
- * the frame's address read into a register, not a stack slot): ways out that differ in
+ * the frame's address read into registers, not a stack slot): ways out that differ in
  * it reach the entry point's body as states the verifier walks apart (~100,000
  * instructions more for svcxdp_external). */
 static __always_inline int for_another_host(struct xdp_md *ctx)
@@ -37,7 +37,10 @@ static __always_inline int for_another_host(struct xdp_md *ctx)
 	struct ethhdr *eth = data;
 	if (!own || !*own || (void *)(eth + 1) > data_end || (eth->h_dest[0] & 1))
 		return 0;
-	__u64 dest = (__u64)*(__u32 *)eth->h_dest | (__u64)*(__u16 *)(eth->h_dest + 4) << 32;
+	/* three u16 loads: the header is only 2-byte aligned (the agent's mac_key() mirrors
+	 * this in the host's byte order) */
+	__u16 *d = (__u16 *)eth->h_dest;
+	__u64 dest = (__u64)d[0] | (__u64)d[1] << 16 | (__u64)d[2] << 32;
 	return dest != *own;
 }
 

@@ -11,15 +11,19 @@ generic mode 5 of 5)."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
-from controlplane.dataplane.attach import (AttachError, attach_tc_egress, attach_tc_ingress, attach_xdp, in_netns,
-                                          interface_mac)
+from pyroute2.netlink.exceptions import NetlinkError
+
+from controlplane.dataplane.attach import (AttachError, attach_tc_egress, attach_tc_ingress, attach_xdp,
+                                          foreign_addresses_on, in_netns, interface_mac)
 from controlplane.dataplane.program import Dataplane, load_floor_program
 
 log = logging.getLogger("svcxdp.agent")
+MAC_RECHECK_S = 60.0   # how often an external interface's other addresses are looked for
 
 
 class AttachTarget(Protocol):
@@ -72,7 +76,8 @@ class InterfaceManager:
         self.pod_mode = pod_mode
         self._pass_bpf, self._pass_fd = load_floor_program()
         self._attached: set[_Key] = set()
-        self._macs: dict[_Key, bytes] = {}   # what the dataplane was told (own_mac)
+        # what the dataplane was told (own_mac): the address, when, and why not checked
+        self._macs: dict[_Key, tuple[bytes, float, tuple[str, ...]]] = {}
 
     def mode_for(self, t: AttachTarget) -> str:
         if is_external(t) or (t.peer_netns and t.peer_ifname):
@@ -86,11 +91,16 @@ class InterfaceManager:
         """Attach to targets not yet served; returns how many were attached now."""
         current = {_Key(t.netns, t.ifname, t.ifindex): t for t in self.targets()}
         self._attached &= set(current)  # gone interfaces need no detach
-        self._macs = {key: mac for key, mac in self._macs.items() if key in current}
+        self._forget_macs(current)
+        # an ifindex names a device per namespace; the map is keyed by ifindex alone
+        spaces: dict[int, set[str]] = {}
+        for key, t in current.items():
+            if is_external(t):
+                spaces.setdefault(t.ifindex, set()).add(t.netns)
         attached = 0
         for key, t in current.items():
             if is_external(t):   # before the attach: no moment of answering others' frames
-                self._note_mac(key, t)
+                self._note_mac(key, t, shared=len(spaces[t.ifindex]) > 1)
             if key in self._attached:
                 continue
             peer = bool(t.peer_netns and t.peer_ifname)
@@ -134,21 +144,43 @@ class InterfaceManager:
                                 t.ifname, t.netns, exc)
         return attached
 
-    def _note_mac(self, key: _Key, t: AttachTarget) -> None:
+    def _note_mac(self, key: _Key, t: AttachTarget, shared: bool) -> None:
         """Tell the external entry point the interface's own MAC address, so that it leaves
-        frames for other hosts' to the stack (bpf/otherhost.h); read at every refresh and
-        written when it changed (a bond's address moves with fail_over_mac)."""
+        frames for other hosts' to the stack (bpf/otherhost.h): read at every refresh and
+        written when it changed (a bond's address moves with fail_over_mac), looked at
+        again every MAC_RECHECK_S for what else may be addressed to it. Not checked (0):
+        an interface whose frames may be the node's under other addresses (a bridge or
+        bond port, a macvlan stacked on it), or whose ifindex another namespace's external
+        interface shares."""
         try:
             mac = interface_mac(t.ifname, t.netns or None)
-        except AttachError as exc:   # gone meanwhile: the attach below says so too
-            log.warning("%s", exc)
+            noted = self._macs.get(key)
+            if noted is not None and noted[0] == mac and time.monotonic() - noted[1] < MAC_RECHECK_S:
+                return
+            why = tuple([f"ifindex {t.ifindex} is an external interface's in another namespace too"] if shared
+                        else foreign_addresses_on(t.ifindex, t.netns or None))
+            if why and (noted is None or noted[2] != why):
+                log.warning("%s in %s: frames for other hosts' MAC addresses are served as the node's (%s)",
+                            t.ifname, t.netns or "the root namespace", "; ".join(why))
+            if not self.dp.own_mac(t.ifindex, bytes(6) if why else mac):
+                log.info("%s (ifindex %d) is beyond the MAC map: frames for other hosts flooded to it are "
+                         "served as if they were the node's", t.ifname, t.ifindex)
+        except (AttachError, OSError, NetlinkError) as exc:   # gone meanwhile: the attach says so too
+            log.warning("the MAC address of %s in %s: %s", t.ifname, t.netns, exc)
             return
-        if self._macs.get(key) == mac:
-            return
-        if not self.dp.own_mac(t.ifindex, mac):
-            log.info("%s (ifindex %d) is beyond the MAC map: frames for other hosts flooded to it are "
-                     "served as if they were the node's", t.ifname, t.ifindex)
-        self._macs[key] = mac
+        self._macs[key] = (mac, time.monotonic(), why)
+
+    def _forget_macs(self, current: dict[_Key, AttachTarget]) -> None:
+        """An external interface gone from the targets: its entry no longer names it (0:
+        not checked), unless a current one's has the same ifindex."""
+        kept = {t.ifindex for t in current.values() if is_external(t)}
+        for key in [key for key in self._macs if key not in current]:
+            del self._macs[key]
+            if key.ifindex not in kept:
+                try:
+                    self.dp.own_mac(key.ifindex, bytes(6))
+                except OSError as exc:
+                    log.warning("forgetting the MAC address of ifindex %d: %s", key.ifindex, exc)
 
     @property
     def attached(self) -> int:

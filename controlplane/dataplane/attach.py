@@ -84,6 +84,35 @@ def interface_mac(ifname: str, netns: str | None = None) -> bytes:
     return answer[18:24]
 
 
+def foreign_addresses_on(ifindex: int, netns: str | None = None) -> list[str]:
+    """Why frames for other MAC addresses than ifindex's own may be meant for this node
+    all the same: it is a port of a bridge or bond (its master's address, or the
+    frames of the master's other ports, pass through it), or a device stacked on it has
+    an address of its own (a macvlan: keepalived's VRRP virtual MAC); one line each,
+    none when it has only its own."""
+    with open_ipr(netns) as ipr:
+        links = ipr.get_links()
+    own = next((link for link in links if link["index"] == ifindex), None)
+    if own is None:
+        return []
+    why = []
+    if own.get_attr("IFLA_MASTER"):
+        why.append(f"it is a port of ifindex {own.get_attr('IFLA_MASTER')}")
+    address = own.get_attr("IFLA_ADDRESS")
+    why += [f"{link.get_attr('IFLA_IFNAME')} is stacked on it with the address {link.get_attr('IFLA_ADDRESS')}"
+            for link in links if link.get_attr("IFLA_LINK") == ifindex and _kind(link) in _STACKED
+            and link.get_attr("IFLA_ADDRESS") not in (None, address)]
+    return why
+
+
+_STACKED = ("macvlan", "macvtap", "vlan")   # (a veth's IFLA_LINK names its peer: not stacked)
+
+
+def _kind(link) -> str | None:
+    info = link.get_attr("IFLA_LINKINFO")
+    return info.get_attr("IFLA_INFO_KIND") if info else None
+
+
 def open_ipr(netns: str | None) -> IPRoute:
     """A netlink route socket opened inside the named namespace (None: the caller's);
     a context manager that closes it."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import sys
 from dataclasses import dataclass
 
 ETH_P_IP = 0x0800
@@ -23,9 +24,20 @@ def csum(data: bytes) -> int:
     return ~s & 0xFFFF
 
 
+def mac_key(mac: bytes) -> int:
+    """A MAC address as bpf/otherhost.h reads one from a frame (the ext_macs map's
+    values): three u16 loads in the host's byte order, the first lowest."""
+    return sum(int.from_bytes(mac[i:i + 2], sys.byteorder) << (8 * i) for i in (0, 2, 4))
+
+
+def mac_of_key(key: int) -> bytes:
+    """The MAC address of a mac_key()."""
+    return b"".join(((key >> (8 * i)) & 0xFFFF).to_bytes(2, sys.byteorder) for i in (0, 2, 4))
+
+
 def build(src: str, sport: int, dst: str, dport: int, proto: int, tcp_flags: int = 0x02,
-          payload: bytes = b"svcxdp trace") -> bytes:
-    """One frame from CLIENT_MAC to NODE_MAC with the tuple, TCP flags and payload."""
+          payload: bytes = b"svcxdp trace", dst_mac: bytes = NODE_MAC) -> bytes:
+    """One frame from CLIENT_MAC to `dst_mac` with the tuple, TCP flags and payload."""
     s, d = socket.inet_aton(src), socket.inet_aton(dst)
     if proto == TCP:
         l4 = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, tcp_flags, 65535, 0, 0) + payload
@@ -39,7 +51,7 @@ def build(src: str, sport: int, dst: str, dport: int, proto: int, tcp_flags: int
     l4 = l4[:off] + struct.pack("!H", check) + l4[off + 2:]
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, 0, 64, proto, 0, s, d)
     ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
-    return NODE_MAC + CLIENT_MAC + struct.pack("!H", ETH_P_IP) + ip + l4
+    return dst_mac + CLIENT_MAC + struct.pack("!H", ETH_P_IP) + ip + l4
 
 
 @dataclass(frozen=True)

@@ -224,6 +224,16 @@ def u64_update(fd: int, key: int, value: int) -> None:
            f"bpf_map_update_elem(key {key})")
 
 
+def u64_lookup(fd: int, key: int) -> int | None:
+    """The u64 at a u32 key, or None if there is none."""
+    value = ffi.new("uint64_t *")
+    rc = lib().bpf_map_lookup_elem(fd, ffi.new("uint32_t *", key), value)
+    if rc == -errno.ENOENT:
+        return None
+    _check(rc, f"bpf_map_lookup_elem(key {key})")
+    return int(value[0])
+
+
 def u32_delete(fd: int, key: int) -> bool:
     """Remove a u32-keyed entry; False if it was not there."""
     rc = lib().bpf_map_delete_elem(fd, ffi.new("uint32_t *", key))

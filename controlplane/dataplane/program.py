@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 from . import attach as _attach
-from . import fibwatch, flowsets, replacing, udprecent
+from . import fibwatch, flowsets, frames, replacing, udprecent
 from .config import FLOW_TABLES, PROGRAM_PINS, STAMP_PIN, DataplaneConfig
 from .layout import COUNTER_NAMES, const
 from .libbpf import map_info, obj_get, prog_id, u32_delete, u32_update, u64_update
@@ -471,8 +471,7 @@ class Dataplane:
             raise ValueError(f"a MAC address of {len(mac)} bytes (ifindex {ifindex})")
         if not 0 < ifindex < TX_PORTS_SIZE:
             return False
-        table = self.raw_table("ext_macs")
-        u64_update(table.map_fd, ifindex, int.from_bytes(mac + bytes(2), "little"))
+        u64_update(self.raw_table("ext_macs").map_fd, ifindex, frames.mac_key(mac))
         return True
 
     def forbid_redirect(self, ifindex: int) -> None:

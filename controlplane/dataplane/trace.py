@@ -601,6 +601,16 @@ class RunResult:
     duration_ns: int
 
 
+def _own_mac(maps, ifindex: int) -> bytes | None:
+    """The MAC address the external entry point knows for `ifindex` (ext_macs), or None
+    (not known, or a dataplane built before the map)."""
+    from .libbpf import u64_lookup
+    if not ifindex or not maps.has("ext_macs"):
+        return None
+    value = u64_lookup(maps.fd("ext_macs"), ifindex)
+    return frames.mac_of_key(value) if value else None
+
+
 def run(maps, t: Trace, ingress_ifindex: int = 0) -> RunResult:
     """Send the traced packet through the program of `t.entry`, opened by its pin (the
     agent pins both entry points next to the maps). Like the packet itself would, it
@@ -613,7 +623,11 @@ def run(maps, t: Trace, ingress_ifindex: int = 0) -> RunResult:
     if not maps.has(name):
         raise FileNotFoundError(f"no program pinned at {maps.pin_dir / name}")
     p = t.packet
-    frame = frames.build(p.src, p.sport, p.dst, p.dport, p.proto, t.tcp_flags)
+    # addressed to the device's own MAC address where the agent told the program it
+    # (bpf/otherhost.h: a frame for another's goes to the stack untouched)
+    own = _own_mac(maps, ingress_ifindex) if t.entry == "external" else None
+    frame = frames.build(p.src, p.sport, p.dst, p.dport, p.proto, t.tcp_flags,
+                         **({"dst_mac": own} if own else {}))
     res = TestRunner(maps.fd(name)).run(frame, 1, ingress_ifindex)
     out = frames.parse(res.data)
     if out is None:

@@ -388,20 +388,23 @@ def test_an_answer_from_an_address_the_node_holds_reaches_a_client_it_had_no_ent
     martian, from one of node1's own addresses though not the one its route to the client
     prefers: the flow never started. Handed to tc (bpf/handoff.h), it reaches the client,
     and node1 has resolved the client's address. (The client is a second address of the
-    outside host: its first is node1's gateway, which the agent keeps resolved.)"""
+    outside host: its first is node1's gateway, whose entry the lab makes permanent and
+    the agent would keep resolved.)"""
     node1, beyond = cluster.lab.netns_for("node1"), cluster.lab.netns_for("outside")
     held, client = "203.0.113.251", "192.168.1.102"
     accept_local = {"net.ipv4.conf.all.accept_local": 0, "net.ipv4.conf.eth0.accept_local": 0}
     lan = netns.run(beyond, ["ip", "-o", "addr", "show", "to", OUTSIDE], check=True, capture_output=True,
                     text=True).stdout.split()[1]
-    apply(cluster, service("np-held", "np", externalIPs=[held]))
 
     def client_entry() -> str:
         return subprocess.run(["ip", "-n", node1, "neigh", "show", client, "dev", "eth0"], capture_output=True,
                               text=True).stdout
     was = {key: netns.read_sysctl(node1, key) for key in accept_local}
     try:
+        apply(cluster, service("np-held", "np", externalIPs=[held]))
         cluster.wait_endpoints("np-held", 1)
+        wait_for("node1's maps hold the externalIP", lambda: f"{held}:80" in cluster.svcctl(
+            "dataplane", "services", "--node", "node1").stdout)
         netns.run(beyond, ["ip", "addr", "add", f"{client}/32", "dev", lan], check=True)
         netns.run(beyond, ["ip", "route", "replace", f"{held}/32", "via", NODE1], check=True)
         subprocess.run(["ip", "-n", node1, "addr", "add", f"{held}/32", "dev", "eth0"], check=True)
@@ -433,12 +436,12 @@ def test_a_flooded_frame_is_served_by_the_node_it_was_sent_to_only(cluster: Clus
     drops it, and every request is served through node1 alone."""
     beyond = cluster.lab.netns_for("outside")
     address = "203.0.113.252"
-    apply(cluster, service("np-flood", "np", externalIPs=[address]))
     lan = netns.run(beyond, ["ip", "-o", "addr", "show", "to", OUTSIDE], check=True, capture_output=True,
                     text=True).stdout.split()[1]
     ageing = netns.run(beyond, ["ip", "-d", "-o", "link", "show", lan], check=True, capture_output=True,
                        text=True).stdout.split(" ageing_time ")[1].split()[0]
     try:
+        apply(cluster, service("np-flood", "np", externalIPs=[address]))
         cluster.wait_endpoints("np-flood", 1)
         netns.run(beyond, ["ip", "route", "replace", f"{address}/32", "via", NODE1], check=True)
         assert client_address(wait_outside(cluster, f"http://{address}/clientip")) == NODE1

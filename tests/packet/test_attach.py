@@ -14,7 +14,8 @@ import subprocess
 import pytest
 
 from controlplane.dataplane.attach import (AttachError, attach_tc_egress, attach_tc_ingress, attach_xdp,
-                                           detach_tc_egress, detach_tc_ingress, detach_xdp)
+                                           detach_tc_egress, detach_tc_ingress, detach_xdp, foreign_addresses_on,
+                                           interface_mac)
 from controlplane.lab import netns
 
 pytestmark = pytest.mark.root
@@ -138,3 +139,23 @@ def test_uninstall_takes_our_tc_filters_off_when_the_pins_are_gone(ns, loaded_da
     assert "svcxdp" not in _tc(ns, "filter", "show", "dev", "va", "egress")
     assert "prog" in _xdp(ns)
     detach_xdp("va", ns)
+
+
+def test_an_interface_s_own_mac_address_and_what_else_may_be_addressed_to_it(ns):
+    """What the agent tells the external entry point (bpf/otherhost.h): the device's own
+    address, read inside its namespace; and why frames for other addresses may be the
+    node's all the same — a macvlan stacked on it (keepalived's VRRP virtual MAC), or the
+    device being a bridge's port — in which case the agent turns the check off."""
+    _ip(ns, "link", "set", "va", "address", "02:00:00:aa:bb:01")
+    assert interface_mac("va", ns) == bytes.fromhex("020000aabb01")
+    with pytest.raises(AttachError):
+        interface_mac("nothere", ns)
+    index = int(_ip(ns, "-o", "link", "show", "va").split(":")[0])
+    assert foreign_addresses_on(index, ns) == []
+    _ip(ns, "link", "add", "vrrp0", "link", "va", "type", "macvlan", "mode", "bridge")
+    _ip(ns, "link", "set", "vrrp0", "address", "00:00:5e:00:01:07")
+    assert [why for why in foreign_addresses_on(index, ns) if "vrrp0" in why and "00:00:5e:00:01:07" in why]
+    _ip(ns, "link", "del", "vrrp0")
+    _ip(ns, "link", "add", "br0", "type", "bridge")
+    _ip(ns, "link", "set", "va", "master", "br0")
+    assert [why for why in foreign_addresses_on(index, ns) if "port" in why]
