@@ -122,7 +122,7 @@ def test_scrape_cost(benchmark, dataplane, services, backend_traffic):
     collector = DataplaneCollector(dataplane, lambda: naming)
 
     def scrape() -> bytes:   # what the agent's /metrics answers (agent/metrics.py serve)
-        return generate_latest(registry) + collector.text().encode()
+        return generate_latest(registry) + collector.text()
 
     before = CollectorRegistry()
     before.register(BeforeCollector(dataplane))

@@ -1,4 +1,5 @@
-"""cffi (API mode) build of controlplane._csrc: maglev.c plus the hashes of flowhash.h.
+"""cffi (API mode) build of controlplane._csrc: maglev.c, samples.c and the hashes of
+flowhash.h.
 
 Used by setup.py (`cffi_modules`), or run directly: `python csrc/build_ffi.py`.
 """
@@ -15,12 +16,13 @@ SRC = os.path.relpath(HERE)
 ffibuilder = FFI()
 
 def header_declarations(path: str) -> str:
-    """maglev.h as cffi's cdef wants it: the same declarations, so nothing is written
-    twice. Preprocessor lines go, except #defines, whose values cffi reads itself."""
+    """A header (maglev.h, samples.h) as cffi's cdef wants it: the same declarations, so
+    nothing is written twice. Preprocessor lines go, except #defines, whose values cffi
+    reads itself (not the include guard's)."""
     out = []
     for line in open(path).read().splitlines():
         stripped = line.strip()
-        if stripped.startswith("#define SVCXDP_") and not stripped.startswith("#define SVCXDP_MAGLEV_H"):
+        if stripped.startswith("#define SVCXDP_") and not stripped.endswith("_H"):
             out.append(f"#define {stripped.split()[1]} ...")
         elif not stripped.startswith("#"):
             out.append(line)
@@ -29,6 +31,7 @@ def header_declarations(path: str) -> str:
 
 ffibuilder.cdef(
     header_declarations(os.path.join(HERE, "maglev.h"))
+    + header_declarations(os.path.join(HERE, "samples.h"))
     + """
     #define SVCXDP_FLOW_HASH_SEED_DEFAULT ...
     /* Out-of-line copies of flowhash.h's inline functions (see set_source). */
@@ -53,6 +56,7 @@ ffibuilder.set_source(
     """
     #include "flowhash.h"
     #include "maglev.h"
+    #include "samples.h"
 
     /* Out-of-line copies of the BPF-side inline functions: the very same
        source, compiled for user space. */
@@ -83,9 +87,9 @@ ffibuilder.set_source(
             out[i] = (uint8_t)svcxdp_revnat_check(ip[i], port[i], proto[i]);
     }
     """,
-    sources=[os.path.join(SRC, "maglev.c")],
+    sources=[os.path.join(SRC, name) for name in ("maglev.c", "samples.c")],
     include_dirs=[SRC],
-    depends=[os.path.join(SRC, name) for name in ("flowhash.h", "maglev.h")],
+    depends=[os.path.join(SRC, name) for name in ("flowhash.h", "maglev.h", "samples.h")],
     extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra"],
 )
 

@@ -1,14 +1,19 @@
 """What the ids in the dataplane's maps stand for, as metric labels: each service id's
 frontend and service, each backend id's address, with their exposition text made once per
-change, not per scrape (agent/metrics.py writes the samples). The metric family names live
-here too, so the templates and the collector agree on them."""
+change, not per scrape (agent/metrics.py writes the samples, samples.py fills in their
+values). The metric family names live here too, so the lines and the collector agree on
+them."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
+
 from controlplane.dataplane import readout
 from controlplane.dataplane.model import Frontend
+
+from .samples import SampleLines
 
 DATAPATH = ("svcxdp_datapath_packets", "Packets by datapath outcome (SVCXDP_CNT_*)")
 _SERVICE_HELP = {"rejects": "Service frontend frames refused for want of endpoints (answered or, over the "
@@ -44,20 +49,30 @@ class Naming:
     once (not per scrape)."""
     services: dict[int, tuple[tuple[str, ...], str]] = field(default_factory=dict)   # svc id -> (values, text)
     backends: dict[int, tuple[tuple[str, ...], str]] = field(default_factory=dict)   # backend id -> (values, text)
-    # backend id -> its sample's line with `%d` for the value, made with the name (once per
-    # change, not per scrape: 100,000 backends' lines are then joined and filled in C)
-    backend_lines: dict[int, str] = field(default_factory=dict)
     _ordered: tuple[list, list, int, int] | None = field(default=None, repr=False, compare=False)
-    _templates: tuple[str, ...] | None = field(default=None, repr=False, compare=False)
+    _service_lines: tuple[np.ndarray, tuple[SampleLines, ...]] | None = field(default=None, repr=False,
+                                                                              compare=False)
+    _backend_lines: tuple[SampleLines, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
-    def templates(self) -> tuple[str, ...]:
-        """Per service family, its samples' text in id order with `%d` for the values."""
-        if self._templates is None:
+    def service_lines(self) -> tuple[np.ndarray, tuple[SampleLines, ...]]:
+        """(the named service ids in id order, and per service family its lines in that
+        order), made once per change."""
+        if self._service_lines is None:
             services = self.ordered()[0]
-            self._templates = tuple("".join(f"{name}_total{text.replace('%', '%%')} %d\n"
-                                            for _, (_, text) in services)
-                                    for name, _ in SERVICE_FAMILIES)
-        return self._templates
+            ids = np.fromiter((svc_id for svc_id, _ in services), np.int64, len(services))
+            self._service_lines = (ids, tuple(SampleLines.of(f"{name}_total{text} " for _, (_, text) in services)
+                                              for name, _ in SERVICE_FAMILIES))
+        return self._service_lines
+
+    def backend_lines(self) -> tuple[SampleLines, np.ndarray]:
+        """(the named backends' lines in id order, and per backend id up to the highest
+        named its line's number, -1 where none), made once per change."""
+        if self._backend_lines is None:
+            backends, top = self.ordered()[1], self.ordered()[3]
+            line_of = np.full(top + 1, -1, np.int64)
+            line_of[np.fromiter((bid for bid, _ in backends), np.int64, len(backends))] = np.arange(len(backends))
+            self._backend_lines = (SampleLines.of(f"{BACKEND_SAMPLE}{text} " for _, (_, text) in backends), line_of)
+        return self._backend_lines
 
     def ordered(self) -> tuple[list, list, int, int]:
         """(services by id, backends by id, highest service id, highest backend id), kept
@@ -67,19 +82,20 @@ class Naming:
                              max(self.services, default=0), max(self.backends, default=0))
         return self._ordered
 
+    def _changed(self) -> None:
+        self._ordered = self._service_lines = self._backend_lines = None
+
     def add(self, fe: Frontend, inst, owner: str) -> None:
-        self._ordered = self._templates = None
+        self._changed()
         values = (f"{fe.vip}:{fe.port}", fe.protocol, fe.scope, owner)
         self.services[inst.svc_id] = (values, label_text(SERVICE_LABELS, values))
         for (ip, port), bid in inst.backend_ids.items():
             bvalues = (owner, *values[:3], f"{ip}:{port}")
-            btext = label_text(BACKEND_LABELS, bvalues)
-            self.backends[bid] = (bvalues, btext)
-            self.backend_lines[bid] = f"{BACKEND_SAMPLE}{btext.replace('%', '%%')} %d\n"
+            self.backends[bid] = (bvalues, label_text(BACKEND_LABELS, bvalues))
 
     def remove(self, fe: Frontend, inst) -> None:
         """Forget a record's ids, unless they already name another frontend's."""
-        self._ordered = self._templates = None
+        self._changed()
         frontend = f"{fe.vip}:{fe.port}"
         named = self.services.get(inst.svc_id)
         if named is not None and named[0][0] == frontend and named[0][1:3] == (fe.protocol, fe.scope):
@@ -88,7 +104,6 @@ class Naming:
             bnamed = self.backends.get(bid)
             if bnamed is not None and bnamed[0][1:] == (frontend, fe.protocol, fe.scope, f"{ip}:{port}"):
                 del self.backends[bid]
-                del self.backend_lines[bid]
 
 
 def _same_ids(a, b) -> bool:

@@ -12,9 +12,9 @@ import time
 from bisect import bisect_left
 from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
-from operator import itemgetter
 from typing import Callable, Iterator
 
+import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
@@ -143,7 +143,8 @@ class Reading:
     counters: dict[str, int]
     naming: Naming
     service_sums: list[list[int]]      # [field][svc id] (svc_stats is an array: ids index it)
-    backend_new: dict[int, int]        # backend id -> new flows (ids with none left out)
+    backend_ids: np.ndarray            # backends with new flows, in id order (ids with none left out)
+    backend_new: np.ndarray            # ... and their new flows
     entries: list[tuple[str, int, int]]   # (map, entries, capacity)
     affinity_evictions: int
 
@@ -154,9 +155,10 @@ class DataplaneCollector:
     the ids stand for (the agent's AgentNaming); without it they are read from the maps.
 
     `collect()` yields prometheus_client metric families (for a registry); `text()` writes
-    the same samples straight in the text exposition format, which the agent's /metrics
-    serves: at 10,000 services prometheus_client's per-sample formatting alone took
-    hundreds of milliseconds, while the labels here are formatted once per id (Naming)."""
+    the same samples straight in the text exposition format (bytes), which the agent's
+    /metrics serves: at 10,000 services prometheus_client's per-sample formatting alone
+    took hundreds of milliseconds, while the labels here are formatted once per id
+    (Naming) and the values written in by C (samples.py)."""
 
     def __init__(self, maps, naming: Callable[[], Naming] | None = None,
                  entry_counts: Callable[[], dict[str, int]] | None = None) -> None:
@@ -175,7 +177,7 @@ class DataplaneCollector:
         # ids are handed out low first: read the arrays only up to the highest id named
         _, _, top_service, top_backend = naming.ordered()
         _, sums = readout.percpu_sums(self.maps.table("svc_stats"), len(readout.STAT_FIELDS), limit=top_service + 1)
-        new = readout.percpu_nonzero(self.maps.table("backend_stats"), limit=top_backend + 1)
+        new_ids, new = readout.percpu_nonzero_arrays(self.maps.table("backend_stats"), limit=top_backend + 1)
         entries = []
         counted = self.entry_counts()
         for name in FILL_MAPS:
@@ -184,7 +186,7 @@ class DataplaneCollector:
             entries.append((name, readout.count_entries(table) if n is None else n, table.max_entries))
         aff = readout.affinity(self.maps, counters["affinity_new"],
                                entries=next(n for name, n, _ in entries if name == "affinity"))
-        return Reading(counters, naming, sums, new, entries, aff.evicted)
+        return Reading(counters, naming, sums, new_ids, new, entries, aff.evicted)
 
     def collect(self) -> Iterator:
         r = self.read()
@@ -198,7 +200,7 @@ class DataplaneCollector:
                 family.add_metric(list(values), r.service_sums[i][svc_id])
             yield family
         per_backend = CounterMetricFamily(*BACKEND_FAMILY, labels=list(BACKEND_LABELS))
-        for bid, new in sorted(r.backend_new.items()):
+        for bid, new in zip(r.backend_ids.tolist(), r.backend_new.tolist()):
             if bid in r.naming.backends:
                 per_backend.add_metric(list(r.naming.backends[bid][0]), new)
         yield per_backend
@@ -211,43 +213,37 @@ class DataplaneCollector:
         yield capacity
         yield CounterMetricFamily(*EVICTIONS, value=r.affinity_evictions)
 
-    def text(self) -> str:
+    def text(self) -> bytes:
         r = self.read()
-        out: list[str] = []
+        out: list[bytes] = []
 
         def head(name: str, help_text: str, kind: str) -> None:
-            out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
+            out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n".encode())
 
         head(DATAPATH[0] + "_total", DATAPATH[1], "counter")
-        out.append("".join(f'{DATAPATH[0]}_total{{reason="{k}"}} {v}\n' for k, v in r.counters.items()))
-        services = r.naming.ordered()[0]
-        if services:
-            # one %-format per family over a template made once per change (Naming.templates):
-            # the per-sample work is C's, not a Python loop's
-            ids = itemgetter(*[svc_id for svc_id, _ in services])
-            for (name, help_text), template, column in zip(SERVICE_FAMILIES, r.naming.templates(),
-                                                           r.service_sums):
-                head(name + "_total", help_text, "counter")
-                values = ids(column)
-                out.append(template % (values if len(services) > 1 else (values,)))
-        else:
-            for name, help_text in SERVICE_FAMILIES:
-                head(name + "_total", help_text, "counter")
+        out.append("".join(f'{DATAPATH[0]}_total{{reason="{k}"}} {v}\n' for k, v in r.counters.items()).encode())
+        # the lines' names and labels made once per change (Naming), the values written in
+        # by C (samples.py): the per-sample work is no Python step
+        svc_ids, families = r.naming.service_lines()
+        every = np.arange(len(svc_ids), dtype=np.uint32)
+        for (name, help_text), lines, column in zip(SERVICE_FAMILIES, families, r.service_sums):
+            head(name + "_total", help_text, "counter")
+            out.append(lines.fill(every, np.asarray(column, np.uint64)[svc_ids]))
         head(BACKEND_FAMILY[0] + "_total", BACKEND_FAMILY[1], "counter")
-        # only the ids with new flows (readout.percpu_nonzero, in id order), and of those
-        # only the named ones: their lines joined (C) into one template, filled by one %
-        new, lines = r.backend_new, r.naming.backend_lines
-        ids = [bid for bid in new if bid in lines]
-        if ids:
-            out.append("".join(itemgetter(*ids)(lines)) % tuple(itemgetter(*ids)(new)) if len(ids) > 1
-                       else lines[ids[0]] % new[ids[0]])
+        # only the ids with new flows (in id order), and of those only the named ones
+        lines, line_of = r.naming.backend_lines()
+        ids = r.backend_ids
+        known = ids < len(line_of)
+        line = line_of[ids[known]]
+        named = line >= 0
+        out.append(lines.fill(line[named], r.backend_new[known][named]))
         head(ENTRIES[0], ENTRIES[1], "gauge")
-        out.append("".join(f'{ENTRIES[0]}{{map="{m}"}} {n}\n' for m, n, _ in r.entries))
+        out.append("".join(f'{ENTRIES[0]}{{map="{m}"}} {n}\n' for m, n, _ in r.entries).encode())
         head(CAPACITY[0], CAPACITY[1], "gauge")
-        out.append("".join(f'{CAPACITY[0]}{{map="{m}"}} {c}\n' for m, _, c in r.entries))
+        out.append("".join(f'{CAPACITY[0]}{{map="{m}"}} {c}\n' for m, _, c in r.entries).encode())
         head(EVICTIONS[0] + "_total", EVICTIONS[1], "counter")
-        out.append(f"{EVICTIONS[0]}_total {r.affinity_evictions}\n")
-        return "".join(out)
+        out.append(f"{EVICTIONS[0]}_total {r.affinity_evictions}\n".encode())
+        return b"".join(out)
 
 
 def serve(registry: CollectorRegistry, host: str = "0.0.0.0", port: int = METRICS_PORT,
@@ -264,7 +260,7 @@ def serve(registry: CollectorRegistry, host: str = "0.0.0.0", port: int = METRIC
                 try:
                     body = generate_latest(registry)
                     if dataplane is not None:
-                        body += dataplane.text().encode()
+                        body += dataplane.text()
                 except Exception as exc:   # a map that cannot be read: say so, keep serving
                     self.send_error(500, f"reading the metrics failed: {exc}")
                     return

@@ -122,17 +122,25 @@ def backend_new_flows(maps) -> dict[int, int]:
 
 def percpu_nonzero(table, limit: int | None = None) -> dict[int, int]:
     """id -> value summed over CPUs, in id order, for the ids of a per-CPU array of one u64
-    whose value is not 0 (the first `limit` ids): summed and filtered by numpy over each
-    raw batch, so 100,000 backends cost the copy, not a Python step per slot."""
+    whose value is not 0 (the first `limit` ids)."""
+    ids, sums = percpu_nonzero_arrays(table, limit)
+    return dict(zip(ids.tolist(), sums.tolist()))
+
+
+def percpu_nonzero_arrays(table, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """percpu_nonzero as two arrays, (ids, sums) in id order: summed and filtered by numpy
+    over each raw batch, so 100,000 backends cost the copy, not a Python step per slot."""
     cpus = possible_cpus()
     per_key = percpu_value_size(8)
-    ids: list[int] = []
-    sums: list[int] = []
+    ids: list[np.ndarray] = []
+    sums: list[np.ndarray] = []
     base = 0
     for _keys, values, n in lookup_batches_raw(table.map_fd, 4, per_key, limit=limit):
         total = np.frombuffer(values, dtype=np.uint64, count=n * cpus).reshape(n, cpus).sum(axis=1, dtype=np.uint64)
         hit = np.flatnonzero(total)
-        ids += (hit + base).tolist()
-        sums += total[hit].tolist()
+        ids.append(hit + base)
+        sums.append(total[hit])
         base += n
-    return dict(zip(ids, sums))
+    if not ids:
+        return np.zeros(0, np.int64), np.zeros(0, np.uint64)
+    return np.concatenate(ids), np.concatenate(sums)

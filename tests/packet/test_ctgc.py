@@ -284,7 +284,7 @@ def test_a_whole_walk_counts_each_table_for_the_metrics(xdp: Harness):
         assert gc.entry_counts().get(name) == held and 0.9 * set_sizes[name] <= held <= set_sizes[name]
 
     def gauge(collector: DataplaneCollector, name: str = "conntrack") -> int:
-        line = next(x for x in collector.text().splitlines() if x.startswith(f'svcxdp_map_entries{{map="{name}"}}'))
+        line = next(x for x in collector.text().decode().splitlines() if x.startswith(f'svcxdp_map_entries{{map="{name}"}}'))
         return int(line.split()[-1])
 
     with_counts = DataplaneCollector(xdp.dp, entry_counts=gc.entry_counts)
