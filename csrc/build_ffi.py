@@ -22,7 +22,7 @@ def header_declarations(path: str) -> str:
     out = []
     for line in open(path).read().splitlines():
         stripped = line.strip()
-        if stripped.startswith("#define SVCXDP_") and not stripped.endswith("_H"):
+        if stripped.startswith("#define SVCXDP_") and not stripped.split()[1].endswith("_H"):
             out.append(f"#define {stripped.split()[1]} ...")
         elif not stripped.startswith("#"):
             out.append(line)

@@ -24,6 +24,7 @@ from controlplane.dataplane.program import Dataplane, load_floor_program
 
 log = logging.getLogger("svcxdp.agent")
 MAC_RECHECK_S = 60.0   # how often an external interface's other addresses are looked for
+FAILED = "its address could not be read"
 
 
 class AttachTarget(Protocol):
@@ -152,9 +153,9 @@ class InterfaceManager:
         an interface whose frames may be the node's under other addresses (a bridge or
         bond port, a macvlan stacked on it), or whose ifindex another namespace's external
         interface shares."""
+        noted = self._macs.get(key)
         try:
             mac = interface_mac(t.ifname, t.netns or None)
-            noted = self._macs.get(key)
             if noted is not None and noted[0] == mac and time.monotonic() - noted[1] < MAC_RECHECK_S:
                 return
             why = tuple([f"ifindex {t.ifindex} is an external interface's in another namespace too"] if shared
@@ -162,11 +163,17 @@ class InterfaceManager:
             if why and (noted is None or noted[2] != why):
                 log.warning("%s in %s: frames for other hosts' MAC addresses are served as the node's (%s)",
                             t.ifname, t.netns or "the root namespace", "; ".join(why))
-            if not self.dp.own_mac(t.ifindex, bytes(6) if why else mac):
+            if not self.dp.own_mac(t.ifindex, bytes(6) if why else mac) and noted is None:
                 log.info("%s (ifindex %d) is beyond the MAC map: frames for other hosts flooded to it are "
                          "served as if they were the node's", t.ifname, t.ifindex)
         except (AttachError, OSError, NetlinkError) as exc:   # gone meanwhile: the attach says so too
-            log.warning("the MAC address of %s in %s: %s", t.ifname, t.netns, exc)
+            if noted is None or noted[2] != (FAILED,):
+                log.warning("the MAC address of %s in %s: %s; not checked", t.ifname, t.netns, exc)
+            try:   # not another device's address, from an ifindex used again
+                self.dp.own_mac(t.ifindex, bytes(6))
+            except OSError:
+                pass
+            self._macs[key] = (b"", time.monotonic(), (FAILED,))
             return
         self._macs[key] = (mac, time.monotonic(), why)
 

@@ -46,52 +46,63 @@ BACKEND_SAMPLE = BACKEND_FAMILY[0] + "_total"
 @dataclass
 class Naming:
     """What the ids in the maps stand for: label values, and their exposition text made
-    once (not per scrape)."""
+    once (not per scrape). Not thread-safe: its reader (DataplaneCollector) holds a lock."""
     services: dict[int, tuple[tuple[str, ...], str]] = field(default_factory=dict)   # svc id -> (values, text)
     backends: dict[int, tuple[tuple[str, ...], str]] = field(default_factory=dict)   # backend id -> (values, text)
-    _ordered: tuple[list, list, int, int] | None = field(default=None, repr=False, compare=False)
+    # backend id -> its sample's line up to the value, encoded once with the name: after
+    # a change the family's lines are only put in order and joined, not made again
+    backend_heads: dict[int, bytes] = field(default_factory=dict, repr=False, compare=False)
+    service_heads: dict[int, bytes] = field(default_factory=dict, repr=False, compare=False)   # ... labels only
+    _tops: tuple[int, int] | None = field(default=None, repr=False, compare=False)
     _service_lines: tuple[np.ndarray, tuple[SampleLines, ...]] | None = field(default=None, repr=False,
                                                                               compare=False)
     _backend_lines: tuple[SampleLines, np.ndarray] | None = field(default=None, repr=False, compare=False)
+
+    def tops(self) -> tuple[int, int]:
+        """(highest service id, highest backend id) named, kept until the next change."""
+        if self._tops is None:
+            self._tops = (max(self.services, default=0), max(self.backends, default=0))
+        return self._tops
 
     def service_lines(self) -> tuple[np.ndarray, tuple[SampleLines, ...]]:
         """(the named service ids in id order, and per service family its lines in that
         order), made once per change."""
         if self._service_lines is None:
-            services = self.ordered()[0]
-            ids = np.fromiter((svc_id for svc_id, _ in services), np.int64, len(services))
-            self._service_lines = (ids, tuple(SampleLines.of(f"{name}_total{text} " for _, (_, text) in services)
-                                              for name, _ in SERVICE_FAMILIES))
+            heads = self.service_heads
+            ids = sorted(heads)
+            labels = [heads[svc_id] for svc_id in ids]
+            self._service_lines = (np.array(ids, np.int64),
+                                   tuple(SampleLines.of([f"{name}_total".encode() + text for text in labels])
+                                         for name, _ in SERVICE_FAMILIES))
         return self._service_lines
 
     def backend_lines(self) -> tuple[SampleLines, np.ndarray]:
         """(the named backends' lines in id order, and per backend id up to the highest
-        named its line's number, -1 where none), made once per change."""
+        named its line's number, -1 where none), made once per change from the heads."""
         if self._backend_lines is None:
-            backends, top = self.ordered()[1], self.ordered()[3]
-            line_of = np.full(top + 1, -1, np.int64)
-            line_of[np.fromiter((bid for bid, _ in backends), np.int64, len(backends))] = np.arange(len(backends))
-            self._backend_lines = (SampleLines.of(f"{BACKEND_SAMPLE}{text} " for _, (_, text) in backends), line_of)
+            heads = self.backend_heads
+            ids = np.array(list(heads), np.int64)
+            order = np.argsort(ids, kind="stable")
+            line_of = np.full(self.tops()[1] + 1, -1, np.int64)
+            line_of[ids[order]] = np.arange(len(ids))
+            encoded = list(heads.values())
+            self._backend_lines = (SampleLines.of([encoded[i] for i in order.tolist()]), line_of)
         return self._backend_lines
 
-    def ordered(self) -> tuple[list, list, int, int]:
-        """(services by id, backends by id, highest service id, highest backend id), kept
-        until the next change."""
-        if self._ordered is None:
-            self._ordered = (sorted(self.services.items()), sorted(self.backends.items()),
-                             max(self.services, default=0), max(self.backends, default=0))
-        return self._ordered
-
     def _changed(self) -> None:
-        self._ordered = self._service_lines = self._backend_lines = None
+        self._tops = self._service_lines = self._backend_lines = None
 
     def add(self, fe: Frontend, inst, owner: str) -> None:
         self._changed()
         values = (f"{fe.vip}:{fe.port}", fe.protocol, fe.scope, owner)
-        self.services[inst.svc_id] = (values, label_text(SERVICE_LABELS, values))
+        text = label_text(SERVICE_LABELS, values)
+        self.services[inst.svc_id] = (values, text)
+        self.service_heads[inst.svc_id] = f"{text} ".encode()
         for (ip, port), bid in inst.backend_ids.items():
             bvalues = (owner, *values[:3], f"{ip}:{port}")
-            self.backends[bid] = (bvalues, label_text(BACKEND_LABELS, bvalues))
+            text = label_text(BACKEND_LABELS, bvalues)
+            self.backends[bid] = (bvalues, text)
+            self.backend_heads[bid] = f"{BACKEND_SAMPLE}{text} ".encode()
 
     def remove(self, fe: Frontend, inst) -> None:
         """Forget a record's ids, unless they already name another frontend's."""
@@ -100,10 +111,12 @@ class Naming:
         named = self.services.get(inst.svc_id)
         if named is not None and named[0][0] == frontend and named[0][1:3] == (fe.protocol, fe.scope):
             del self.services[inst.svc_id]
+            del self.service_heads[inst.svc_id]
         for (ip, port), bid in inst.backend_ids.items():
             bnamed = self.backends.get(bid)
             if bnamed is not None and bnamed[0][1:] == (frontend, fe.protocol, fe.scope, f"{ip}:{port}"):
                 del self.backends[bid]
+                del self.backend_heads[bid]
 
 
 def _same_ids(a, b) -> bool:

@@ -8,6 +8,7 @@ copied in between, so a scrape shows the maps as they are."""
 from __future__ import annotations
 
 import gc
+import threading
 import time
 from bisect import bisect_left
 from dataclasses import dataclass
@@ -167,6 +168,9 @@ class DataplaneCollector:
         # maps whose entries something else counts as it walks them (the agent's
         # conntrack GC: ConntrackGC.entry_counts); the others are read at each scrape
         self.entry_counts = entry_counts or dict
+        # one scrape at a time: the naming is updated and its lines cached as it is read
+        # (ThreadingHTTPServer answers scrapes in threads of their own)
+        self._lock = threading.Lock()
 
     def describe(self) -> list:
         return []   # read at scrape time only: no collect() at registration
@@ -175,7 +179,7 @@ class DataplaneCollector:
         counters = readout.counters(self.maps)
         naming = self.naming()
         # ids are handed out low first: read the arrays only up to the highest id named
-        _, _, top_service, top_backend = naming.ordered()
+        top_service, top_backend = naming.tops()
         _, sums = readout.percpu_sums(self.maps.table("svc_stats"), len(readout.STAT_FIELDS), limit=top_service + 1)
         new_ids, new = readout.percpu_nonzero_arrays(self.maps.table("backend_stats"), limit=top_backend + 1)
         entries = []
@@ -189,6 +193,11 @@ class DataplaneCollector:
         return Reading(counters, naming, sums, new_ids, new, entries, aff.evicted)
 
     def collect(self) -> Iterator:
+        with self._lock:
+            families = list(self._families())
+        yield from families
+
+    def _families(self) -> Iterator:
         r = self.read()
         datapath = CounterMetricFamily(*DATAPATH, labels=["reason"])
         for name, value in r.counters.items():
@@ -214,6 +223,10 @@ class DataplaneCollector:
         yield CounterMetricFamily(*EVICTIONS, value=r.affinity_evictions)
 
     def text(self) -> bytes:
+        with self._lock:
+            return self._text()
+
+    def _text(self) -> bytes:
         r = self.read()
         out: list[bytes] = []
 

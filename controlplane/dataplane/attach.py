@@ -86,22 +86,30 @@ def interface_mac(ifname: str, netns: str | None = None) -> bytes:
 
 def foreign_addresses_on(ifindex: int, netns: str | None = None) -> list[str]:
     """Why frames for other MAC addresses than ifindex's own may be meant for this node
-    all the same: it is a port of a bridge or bond (its master's address, or the
-    frames of the master's other ports, pass through it), or a device stacked on it has
-    an address of its own (a macvlan: keepalived's VRRP virtual MAC); one line each,
-    none when it has only its own."""
-    with open_ipr(netns) as ipr:
+    all the same: it is enslaved (a bridge's or bond's port: its master's address, or
+    frames the master's other ports take in, pass through it; or a VRF's), it is a
+    master whose ports have addresses of their own (a bond in balance-alb mode, a
+    bridge), or a device stacked on it has an address of its own (a macvlan:
+    keepalived's VRRP virtual MAC); one line each, none when it has only its own. One
+    link dump, made inside the namespace (no helper process)."""
+    with in_netns(netns), IPRoute() as ipr:
         links = ipr.get_links()
     own = next((link for link in links if link["index"] == ifindex), None)
     if own is None:
         return []
     why = []
     if own.get_attr("IFLA_MASTER"):
-        why.append(f"it is a port of ifindex {own.get_attr('IFLA_MASTER')}")
+        why.append(f"it is enslaved to ifindex {own.get_attr('IFLA_MASTER')}")
     address = own.get_attr("IFLA_ADDRESS")
-    why += [f"{link.get_attr('IFLA_IFNAME')} is stacked on it with the address {link.get_attr('IFLA_ADDRESS')}"
-            for link in links if link.get_attr("IFLA_LINK") == ifindex and _kind(link) in _STACKED
-            and link.get_attr("IFLA_ADDRESS") not in (None, address)]
+    for link in links:
+        other = link.get_attr("IFLA_ADDRESS")
+        if link["index"] == ifindex or other in (None, address):
+            continue
+        if link.get_attr("IFLA_MASTER") == ifindex:
+            why.append(f"its port {link.get_attr('IFLA_IFNAME')} has the address {other}")
+        elif (link.get_attr("IFLA_LINK") == ifindex and link.get_attr("IFLA_LINK_NETNSID") is None
+              and _kind(link) in _STACKED):
+            why.append(f"{link.get_attr('IFLA_IFNAME')} is stacked on it with the address {other}")
     return why
 
 

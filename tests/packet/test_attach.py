@@ -144,8 +144,9 @@ def test_uninstall_takes_our_tc_filters_off_when_the_pins_are_gone(ns, loaded_da
 def test_an_interface_s_own_mac_address_and_what_else_may_be_addressed_to_it(ns):
     """What the agent tells the external entry point (bpf/otherhost.h): the device's own
     address, read inside its namespace; and why frames for other addresses may be the
-    node's all the same — a macvlan stacked on it (keepalived's VRRP virtual MAC), or the
-    device being a bridge's port — in which case the agent turns the check off."""
+    node's all the same — a macvlan stacked on it (keepalived's VRRP virtual MAC), the
+    device being a bridge's port, or a bridge whose port has another address — in which
+    case the agent turns the check off."""
     _ip(ns, "link", "set", "va", "address", "02:00:00:aa:bb:01")
     assert interface_mac("va", ns) == bytes.fromhex("020000aabb01")
     with pytest.raises(AttachError):
@@ -157,5 +158,8 @@ def test_an_interface_s_own_mac_address_and_what_else_may_be_addressed_to_it(ns)
     assert [why for why in foreign_addresses_on(index, ns) if "vrrp0" in why and "00:00:5e:00:01:07" in why]
     _ip(ns, "link", "del", "vrrp0")
     _ip(ns, "link", "add", "br0", "type", "bridge")
+    _ip(ns, "link", "set", "br0", "address", "02:00:00:aa:bb:02")
     _ip(ns, "link", "set", "va", "master", "br0")
-    assert [why for why in foreign_addresses_on(index, ns) if "port" in why]
+    assert [why for why in foreign_addresses_on(index, ns) if "enslaved" in why]
+    bridge = int(_ip(ns, "-o", "link", "show", "br0").split(":")[0])   # its port's address is another
+    assert [why for why in foreign_addresses_on(bridge, ns) if "va" in why and "02:00:00:aa:bb:01" in why]
