@@ -48,9 +48,11 @@ class Naming:
     """What the ids in the maps stand for: label values, and their exposition text made
     once (not per scrape). Not thread-safe: its reader (DataplaneCollector) holds a lock."""
     services: dict[int, tuple[tuple[str, ...], str]] = field(default_factory=dict)   # svc id -> (values, text)
-    backends: dict[int, tuple[tuple[str, ...], str]] = field(default_factory=dict)   # backend id -> (values, text)
+    backends: dict[int, tuple[str, ...]] = field(default_factory=dict)   # backend id -> label values
     # backend id -> its sample's line up to the value, encoded once with the name: after
-    # a change the family's lines are only put in order and joined, not made again
+    # a change the family's lines are only put in order and joined, not made again (the
+    # only copy of its text kept: with the family's lines, as much as the templates'
+    # strings held before)
     backend_heads: dict[int, bytes] = field(default_factory=dict, repr=False, compare=False)
     service_heads: dict[int, bytes] = field(default_factory=dict, repr=False, compare=False)   # ... labels only
     _tops: tuple[int, int] | None = field(default=None, repr=False, compare=False)
@@ -100,9 +102,8 @@ class Naming:
         self.service_heads[inst.svc_id] = f"{text} ".encode()
         for (ip, port), bid in inst.backend_ids.items():
             bvalues = (owner, *values[:3], f"{ip}:{port}")
-            text = label_text(BACKEND_LABELS, bvalues)
-            self.backends[bid] = (bvalues, text)
-            self.backend_heads[bid] = f"{BACKEND_SAMPLE}{text} ".encode()
+            self.backends[bid] = bvalues
+            self.backend_heads[bid] = f"{BACKEND_SAMPLE}{label_text(BACKEND_LABELS, bvalues)} ".encode()
 
     def remove(self, fe: Frontend, inst) -> None:
         """Forget a record's ids, unless they already name another frontend's."""
@@ -114,7 +115,7 @@ class Naming:
             del self.service_heads[inst.svc_id]
         for (ip, port), bid in inst.backend_ids.items():
             bnamed = self.backends.get(bid)
-            if bnamed is not None and bnamed[0][1:] == (frontend, fe.protocol, fe.scope, f"{ip}:{port}"):
+            if bnamed is not None and bnamed[1:] == (frontend, fe.protocol, fe.scope, f"{ip}:{port}"):
                 del self.backends[bid]
                 del self.backend_heads[bid]
 

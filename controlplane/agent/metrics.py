@@ -211,7 +211,7 @@ class DataplaneCollector:
         per_backend = CounterMetricFamily(*BACKEND_FAMILY, labels=list(BACKEND_LABELS))
         for bid, new in zip(r.backend_ids.tolist(), r.backend_new.tolist()):
             if bid in r.naming.backends:
-                per_backend.add_metric(list(r.naming.backends[bid][0]), new)
+                per_backend.add_metric(list(r.naming.backends[bid]), new)
         yield per_backend
         entries = GaugeMetricFamily(*ENTRIES, labels=["map"])
         capacity = GaugeMetricFamily(*CAPACITY, labels=["map"])
