@@ -312,7 +312,7 @@ def test_metric_names_scraped_before_a_restarts_first_sync_get_their_services_af
     owners = {agent.owner_of(fe) for fe in agent.writer.records()}
     assert "" not in owners
     assert {values[3] for values, _ in names.services.values()} == owners
-    backend_owners = {values[0] for values, _ in names.backends.values()}
+    backend_owners = {values[0] for values in names.backends.values()}
     assert backend_owners and backend_owners <= owners   # (a service with no endpoints has none)
     assert all(naming._seen[fe][0] is rec for fe, rec in agent.writer.records().items())
 

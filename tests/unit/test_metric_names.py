@@ -16,7 +16,6 @@ def test_every_backend_series_of_one_address_is_its_own():
                  Frontend("192.168.1.31", 30080, "UDP", "external")]
     for i, fe in enumerate(frontends):
         naming.add(fe, SimpleNamespace(svc_id=i + 1, backend_ids={("10.244.2.7", 8080): 10 + i}), "default/web:http")
-    texts = [text for _, text in naming.backends.values()]
-    assert len(set(texts)) == 3
+    assert len(set(naming.backends.values())) == 3 and len(set(naming.backend_heads.values())) == 3
     naming.remove(frontends[1], SimpleNamespace(svc_id=2, backend_ids={("10.244.2.7", 8080): 11}))
-    assert set(naming.backends) == {10, 12}
+    assert set(naming.backends) == set(naming.backend_heads) == {10, 12}
