@@ -47,7 +47,7 @@ BACKEND_SAMPLE = BACKEND_FAMILY[0] + "_total"
 class Naming:
     """What the ids in the maps stand for: label values, and their exposition text made
     once (not per scrape). Not thread-safe: its reader (DataplaneCollector) holds a lock."""
-    services: dict[int, tuple[tuple[str, ...], str]] = field(default_factory=dict)   # svc id -> (values, text)
+    services: dict[int, tuple[str, ...]] = field(default_factory=dict)   # svc id -> label values
     backends: dict[int, tuple[str, ...]] = field(default_factory=dict)   # backend id -> label values
     # backend id -> its sample's line up to the value, encoded once with the name: after
     # a change the family's lines are only put in order and joined, not made again (the
@@ -97,9 +97,8 @@ class Naming:
     def add(self, fe: Frontend, inst, owner: str) -> None:
         self._changed()
         values = (f"{fe.vip}:{fe.port}", fe.protocol, fe.scope, owner)
-        text = label_text(SERVICE_LABELS, values)
-        self.services[inst.svc_id] = (values, text)
-        self.service_heads[inst.svc_id] = f"{text} ".encode()
+        self.services[inst.svc_id] = values
+        self.service_heads[inst.svc_id] = f"{label_text(SERVICE_LABELS, values)} ".encode()
         for (ip, port), bid in inst.backend_ids.items():
             bvalues = (owner, *values[:3], f"{ip}:{port}")
             self.backends[bid] = bvalues
@@ -110,7 +109,7 @@ class Naming:
         self._changed()
         frontend = f"{fe.vip}:{fe.port}"
         named = self.services.get(inst.svc_id)
-        if named is not None and named[0][0] == frontend and named[0][1:3] == (fe.protocol, fe.scope):
+        if named is not None and named[0] == frontend and named[1:3] == (fe.protocol, fe.scope):
             del self.services[inst.svc_id]
             del self.service_heads[inst.svc_id]
         for (ip, port), bid in inst.backend_ids.items():

@@ -205,7 +205,7 @@ class DataplaneCollector:
         yield datapath
         for i, (name, help_text) in enumerate(SERVICE_FAMILIES):
             family = CounterMetricFamily(name, help_text, labels=list(SERVICE_LABELS))
-            for svc_id, (values, _) in sorted(r.naming.services.items()):
+            for svc_id, values in sorted(r.naming.services.items()):
                 family.add_metric(list(values), r.service_sums[i][svc_id])
             yield family
         per_backend = CounterMetricFamily(*BACKEND_FAMILY, labels=list(BACKEND_LABELS))

@@ -495,9 +495,9 @@ def _rewrite(maps, t: Trace, backend: Address | None, snat: Address | None, new:
     t.rewrite = Rewrite(src, dst)
     if t.entry == "external":
         # (a source-NATed frame goes to the stack instead when its TTL is 1 or it is
-        # VLAN-tagged; any translated frame goes to the tc ingress program when the FIB has
-        # no neighbour entry for the next hop, passed with a note: bpf/nodeport.h
-        # np_forward, bpf/handoff.h)
+        # VLAN-tagged; one leaving the way it came, or carrying the route's own source,
+        # goes to the tc ingress program when the FIB has no neighbour entry for the next
+        # hop, passed with a note: bpf/nodeport.h np_forward, bpf/handoff.h)
         t.verdict = "XDP_TX|XDP_PASS" if snat is not None else FORWARDED
         if new:
             t.verdict = "XDP_PASS|XDP_TX|XDP_REDIRECT"
@@ -607,7 +607,7 @@ def _own_mac(maps, ifindex: int) -> bytes | None:
     from .libbpf import u64_lookup
     if not ifindex or not maps.has("ext_macs"):
         return None
-    value = u64_lookup(maps.fd("ext_macs"), ifindex)
+    value = u64_lookup(maps.raw_table("ext_macs").map_fd, ifindex)
     return frames.mac_of_key(value) if value else None
 
 
@@ -626,8 +626,7 @@ def run(maps, t: Trace, ingress_ifindex: int = 0) -> RunResult:
     # addressed to the device's own MAC address where the agent told the program it
     # (bpf/otherhost.h: a frame for another's goes to the stack untouched)
     own = _own_mac(maps, ingress_ifindex) if t.entry == "external" else None
-    frame = frames.build(p.src, p.sport, p.dst, p.dport, p.proto, t.tcp_flags,
-                         **({"dst_mac": own} if own else {}))
+    frame = frames.build(p.src, p.sport, p.dst, p.dport, p.proto, t.tcp_flags, dst_mac=own or frames.NODE_MAC)
     res = TestRunner(maps.fd(name)).run(frame, 1, ingress_ifindex)
     out = frames.parse(res.data)
     if out is None:

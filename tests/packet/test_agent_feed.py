@@ -306,12 +306,12 @@ def test_metric_names_scraped_before_a_restarts_first_sync_get_their_services_af
     agent = Agent(store, NodeConfig("node1"), dataplane)
     naming = AgentNaming(agent)
     early = naming()
-    assert early.services and {values[3] for values, _ in early.services.values()} == {""}
+    assert early.services and {values[3] for values in early.services.values()} == {""}
     assert agent.full_sync("start").writes == 0
     names = naming()
     owners = {agent.owner_of(fe) for fe in agent.writer.records()}
     assert "" not in owners
-    assert {values[3] for values, _ in names.services.values()} == owners
+    assert {values[3] for values in names.services.values()} == owners
     backend_owners = {values[0] for values in names.backends.values()}
     assert backend_owners and backend_owners <= owners   # (a service with no endpoints has none)
     assert all(naming._seen[fe][0] is rec for fe, rec in agent.writer.records().items())
@@ -336,7 +336,7 @@ def test_metric_names_scraped_before_a_restarts_first_sync_get_their_services_af
     store.update(svc)
     store.update(es)
     assert agent.incremental_sync().writes == 0
-    assert "default/a:web" in {values[3] for values, _ in naming().services.values()}
+    assert "default/a:web" in {values[3] for values in naming().services.values()}
 
 
 def test_a_store_locked_at_start_is_retried_while_the_dataplane_serves(store, dataplane, caplog):

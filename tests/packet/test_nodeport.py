@@ -266,7 +266,6 @@ def test_an_answer_from_a_secondary_address_to_an_unresolved_client_is_handed_to
     assert moved.get("snat_reply") == 1 and moved.get("neigh_noted") == 1
 
 
-
 def test_a_frame_for_another_hosts_mac_address_is_left_to_the_stack(ext, xdp):
     """A switch or bridge floods a unicast frame to every port until it learns where its
     destination lives, so every node saw a client's SYN to a LoadBalancer IP, which every
