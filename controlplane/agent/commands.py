@@ -282,6 +282,8 @@ def run(args: argparse.Namespace) -> int:
     agent.run(stop)
     if fib_watch is not None:
         fib_watch.stop()   # nobody watches the routing any more: the cache goes off
+    if interfaces is not None:
+        interfaces.close()
     service_health.close()
     if feed is not None:
         feed.close()

@@ -11,19 +11,24 @@ generic mode 5 of 5)."""
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTMGRP_LINK
 
 from controlplane.dataplane.attach import (AttachError, attach_tc_egress, attach_tc_ingress, attach_xdp,
-                                          foreign_addresses_on, in_netns, interface_mac)
+                                          drain_events, event_socket, foreign_addresses_on, in_netns,
+                                          interface_mac)
 from controlplane.dataplane.program import Dataplane, load_floor_program
 
 log = logging.getLogger("svcxdp.agent")
-MAC_RECHECK_S = 60.0   # how often an external interface's other addresses are looked for
+# How often an external interface's other addresses are looked for where no link event
+# said so sooner (the namespace's event socket could not be opened, or an event was lost).
+MAC_RECHECK_S = 60.0
 FAILED = "its address could not be read"
 
 
@@ -79,6 +84,8 @@ class InterfaceManager:
         self._attached: set[_Key] = set()
         # what the dataplane was told (own_mac): the address, when, and why not checked
         self._macs: dict[_Key, tuple[bytes, float, tuple[str, ...]]] = {}
+        # each namespace of external interfaces: its link events (None: could not be opened)
+        self._link_events: dict[str, socket.socket | None] = {}
 
     def mode_for(self, t: AttachTarget) -> str:
         if is_external(t) or (t.peer_netns and t.peer_ifname):
@@ -98,10 +105,11 @@ class InterfaceManager:
         for key, t in current.items():
             if is_external(t):
                 spaces.setdefault(t.ifindex, set()).add(t.netns)
+        relinked = self._links_changed({t.netns for t in current.values() if is_external(t)})
         attached = 0
         for key, t in current.items():
             if is_external(t):   # before the attach: no moment of answering others' frames
-                self._note_mac(key, t, shared=len(spaces[t.ifindex]) > 1)
+                self._note_mac(key, t, shared=len(spaces[t.ifindex]) > 1, relinked=t.netns in relinked)
             if key in self._attached:
                 continue
             peer = bool(t.peer_netns and t.peer_ifname)
@@ -145,18 +153,19 @@ class InterfaceManager:
                                 t.ifname, t.netns, exc)
         return attached
 
-    def _note_mac(self, key: _Key, t: AttachTarget, shared: bool) -> None:
+    def _note_mac(self, key: _Key, t: AttachTarget, shared: bool, relinked: bool) -> None:
         """Tell the external entry point the interface's own MAC address, so that it leaves
         frames for other hosts' to the stack (bpf/otherhost.h): read at every refresh and
-        written when it changed (a bond's address moves with fail_over_mac), looked at
-        again every MAC_RECHECK_S for what else may be addressed to it. Not checked (0):
-        an interface whose frames may be the node's under other addresses (a bridge or
-        bond port, a macvlan stacked on it), or whose ifindex another namespace's external
-        interface shares."""
+        written when it changed (a bond's address moves with fail_over_mac); what else may
+        be addressed to it is looked for again when a link of its namespace changed
+        (`relinked`), and every MAC_RECHECK_S. Not checked (0): an interface whose frames
+        may be the node's under other addresses (a bridge or bond port, a macvlan stacked
+        on it), or whose ifindex another namespace's external interface shares."""
         noted = self._macs.get(key)
         try:
             mac = interface_mac(t.ifname, t.netns or None)
-            if noted is not None and noted[0] == mac and time.monotonic() - noted[1] < MAC_RECHECK_S:
+            if (noted is not None and noted[0] == mac and not relinked
+                    and time.monotonic() - noted[1] < MAC_RECHECK_S):
                 return
             why = tuple([f"ifindex {t.ifindex} is an external interface's in another namespace too"] if shared
                         else foreign_addresses_on(t.ifindex, t.netns or None))
@@ -176,6 +185,45 @@ class InterfaceManager:
             self._macs[key] = (b"", time.monotonic(), (FAILED,))
             return
         self._macs[key] = (mac, time.monotonic(), why)
+
+    def _links_changed(self, namespaces: set[str]) -> set[str]:
+        """Which of the external interfaces' namespaces had a link added, removed or changed
+        (a macvlan stacked on an interface, one enslaved to a bridge) since the last
+        refresh: their interfaces are looked at again now, not a minute later. A namespace
+        seen for the first time counts (its socket is opened before that first look, so no
+        change falls between); one no longer served has its socket closed (it would keep
+        the namespace alive)."""
+        for netns in [n for n in self._link_events if n not in namespaces]:
+            events = self._link_events.pop(netns)
+            if events is not None:
+                events.close()
+        changed = set()
+        for netns in namespaces:
+            if netns not in self._link_events:
+                try:
+                    self._link_events[netns] = event_socket(netns or None, RTMGRP_LINK)
+                except (AttachError, OSError) as exc:
+                    log.warning("link events of %s: %s; an interface's other addresses are looked for "
+                                "every %.0f s", netns or "the root namespace", exc, MAC_RECHECK_S)
+                    self._link_events[netns] = None
+                changed.add(netns)
+                continue
+            events = self._link_events[netns]
+            try:
+                if events is not None and drain_events(events):
+                    changed.add(netns)
+            except OSError as exc:   # reopened at the next refresh, and looked at then
+                log.warning("link events of %s: %s; reopening", netns or "the root namespace", exc)
+                events.close()
+                del self._link_events[netns]
+        return changed
+
+    def close(self) -> None:
+        """Close the link event sockets (the programs stay attached)."""
+        for events in self._link_events.values():
+            if events is not None:
+                events.close()
+        self._link_events.clear()
 
     def _forget_macs(self, current: dict[_Key, AttachTarget]) -> None:
         """An external interface gone from the targets: its entry no longer names it (0:

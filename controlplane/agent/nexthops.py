@@ -37,7 +37,7 @@ from typing import Callable, Iterable
 from pyroute2.netlink.rtnl import RTM_DELNEIGH, RTM_DELROUTE, RTM_NEWROUTE, RTMGRP_IPV4_ROUTE, RTMGRP_NEIGH
 from pyroute2.netlink.rtnl.ndmsg import NUD_NOARP, NUD_NONE, NUD_PERMANENT
 
-from controlplane.dataplane.attach import in_netns, open_ipr
+from controlplane.dataplane.attach import event_socket, open_ipr
 
 log = logging.getLogger("svcxdp.nexthops")
 
@@ -83,17 +83,6 @@ def forget(netns: str | None) -> list[str]:
         for n in made:
             ipr.neigh("del", dst=n.get_attr("NDA_DST"), ifindex=n["ifindex"])
     return [n.get_attr("NDA_DST") for n in made]
-
-
-def _event_socket(netns: str | None) -> socket.socket:
-    """A netlink socket of `netns` subscribed to its IPv4 route and neighbour changes.
-    (Raw: only the messages' types are read, and pyroute2's own buffering hides
-    messages from select().)"""
-    with in_netns(netns):
-        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)   # bursts of neighbour events
-    s.bind((0, RTMGRP_IPV4_ROUTE | RTMGRP_NEIGH))
-    return s
 
 
 _NLMSGHDR = struct.Struct("=IHHII")   # length, type, flags, sequence, port
@@ -168,7 +157,7 @@ class NextHopNeighbours:
                 stop.wait(REFRESH_S)
 
     def _follow(self, stop: threading.Event) -> None:
-        with _event_socket(self.netns) as events:
+        with event_socket(self.netns, RTMGRP_IPV4_ROUTE | RTMGRP_NEIGH) as events:
             due = 0.0
             while not stop.is_set():
                 if time.monotonic() >= due:

@@ -69,6 +69,37 @@ def in_netns(netns: str | None) -> Iterator[None]:
         os.close(own)
 
 
+def event_socket(netns: str | None, groups: int) -> socket.socket:
+    """A netlink route socket of the named namespace (None: the caller's) subscribed to
+    the multicast `groups` (RTMGRP_* bits). Raw: its readers look at the messages' types
+    or only at their arrival, and pyroute2's own buffering hides messages from select().
+    It keeps the namespace alive until closed."""
+    with in_netns(netns):
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)   # bursts of events
+        s.bind((0, groups))
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+def drain_events(events: socket.socket) -> bool:
+    """Read every message waiting on an event socket, without blocking: whether there
+    was any. Events that overflowed the socket (ENOBUFS) count: what changed is unknown."""
+    seen = False
+    while True:
+        try:
+            events.recv(1 << 16, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return seen
+        except OSError as exc:
+            if exc.errno != errno.ENOBUFS:
+                raise
+        seen = True
+
+
 _SIOCGIFHWADDR = 0x8927
 
 

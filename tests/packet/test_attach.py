@@ -163,3 +163,45 @@ def test_an_interface_s_own_mac_address_and_what_else_may_be_addressed_to_it(ns)
     assert [why for why in foreign_addresses_on(index, ns) if "enslaved" in why]
     bridge = int(_ip(ns, "-o", "link", "show", "br0").split(":")[0])   # its port's address is another
     assert [why for why in foreign_addresses_on(bridge, ns) if "va" in why and "02:00:00:aa:bb:01" in why]
+
+
+def test_the_agent_looks_again_at_an_external_interface_once_a_link_beside_it_changed(ns, loaded_dataplane,
+                                                                                     monkeypatch):
+    """The agent tells the external entry point the interface's MAC address at its first
+    refresh; a macvlan stacked on it later (keepalived's VRRP virtual MAC) turns the check
+    off at the next refresh — the namespace's link events say so — not a minute later, and
+    its removal turns it on again. A refresh with no link change looks for nothing."""
+    from controlplane.agent import interfaces
+    from controlplane.agent.attach_sources import Target
+    from controlplane.dataplane import frames
+    from controlplane.dataplane.libbpf import u64_lookup
+    looks = []
+
+    def counted(ifindex, netns=None):
+        looks.append(ifindex)
+        return foreign_addresses_on(ifindex, netns)
+    monkeypatch.setattr(interfaces, "foreign_addresses_on", counted)
+    _ip(ns, "link", "set", "va", "address", "02:00:00:aa:bb:01")
+    index = json.loads(_ip(ns, "-j", "link", "show", "va"))[0]["ifindex"]
+
+    def noted() -> bytes | None:
+        value = u64_lookup(loaded_dataplane.raw_table("ext_macs").map_fd, index)
+        return frames.mac_of_key(value) if value else None
+    manager = interfaces.InterfaceManager(loaded_dataplane, lambda: [Target(ns, "va", index, role="external")])
+    try:
+        assert manager.refresh() == 1
+        assert noted() == bytes.fromhex("020000aabb01") and len(looks) == 1
+        manager.refresh()                         # (the attach itself was a link change)
+        before = len(looks)
+        manager.refresh()
+        assert len(looks) == before               # nothing changed since: no link dump
+        _ip(ns, "link", "add", "vrrp0", "link", "va", "type", "macvlan", "mode", "bridge")
+        _ip(ns, "link", "set", "vrrp0", "address", "00:00:5e:00:01:07")
+        manager.refresh()
+        assert noted() is None                    # not checked: vrrp0's frames are the node's
+        _ip(ns, "link", "del", "vrrp0")
+        manager.refresh()
+        assert noted() == bytes.fromhex("020000aabb01")
+    finally:
+        manager.close()
+        loaded_dataplane.own_mac(index, bytes(6))
