@@ -82,10 +82,16 @@ static __always_inline void lb_remember(const struct svc_value *svc, const struc
 		affinity_put(svc, k->src, c->id, now);
 }
 
-/* A new flow went to backend `id` (both paths count it once the flow is theirs). */
+/* A new flow went to backend `id` (both paths count it once the flow is theirs), in
+ * this CPU's row of backend_stats: no other CPU writes it (a per-CPU array's own rule). */
 static __always_inline void lb_count_new(__u32 id)
 {
-	struct backend_stats *s = backend_stats.lookup(&id);
+	__u32 at = bpf_get_smp_processor_id() * SVCXDP_MAX_BACKENDS + id;
+	struct backend_stats *s;
+
+	if (id >= SVCXDP_MAX_BACKENDS)   /* not another CPU's row */
+		return;
+	s = backend_stats.lookup(&at);
 	if (s)
 		s->new_flows += 1;
 }

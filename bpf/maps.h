@@ -19,6 +19,10 @@
 #ifndef SVCXDP_MAX_BACKENDS
 #define SVCXDP_MAX_BACKENDS SVCXDP_DEFAULT_MAX_BACKENDS
 #endif
+/* The kernel's possible CPUs (backend_stats has a row per CPU); the loader gives it. */
+#ifndef SVCXDP_NR_CPUS
+#error "SVCXDP_NR_CPUS: the number of possible CPUs, given by the loader (config.py cflags)"
+#endif
 #ifndef SVCXDP_MAX_SLOTS
 #define SVCXDP_MAX_SLOTS SVCXDP_DEFAULT_MAX_SLOTS
 #endif
@@ -170,8 +174,13 @@ SVCXDP_MAP("array", __u32, struct fib_gen, fib_gen, 1);
 BPF_PERCPU_ARRAY(fib_cache, struct fib_cache_entry, 1 << SVCXDP_FIB_CACHE_BITS);
 /* Per-service packets, bytes, new flows, rejects. */
 SVCXDP_MAP("percpu_array", __u32, struct svc_stats, svc_stats, SVCXDP_SVC_ID_SLOTS);
-/* Per-backend new flows (8 bytes x backends x CPUs). */
-SVCXDP_MAP("percpu_array", __u32, struct backend_stats, backend_stats, SVCXDP_MAX_BACKENDS);
+/* Per-backend new flows: a row of SVCXDP_MAX_BACKENDS counters per CPU (8 bytes x
+ * backends x CPUs), each CPU adding to its own row only (lb.h lb_count_new). Not a
+ * per-CPU array, whose values a reader can only copy out through the kernel (~50 ms for
+ * 110,000 ids on two CPUs): this one is mapped into user space (mapped.py CpuRows),
+ * where a scrape sums the rows in about a millisecond. */
+SVCXDP_F_MAP("array", __u32, struct backend_stats, backend_stats, SVCXDP_MAX_BACKENDS * SVCXDP_NR_CPUS,
+	     BPF_F_MMAPABLE);
 /* Each CPU's budget of reject answers (reject.h reject_allowed); never pinned: a new
  * program starting with a full budget answers at most one burst more. */
 BPF_PERCPU_ARRAY(reject_budget, struct reject_budget, 1);

@@ -6,7 +6,7 @@ from __future__ import annotations
 import socketserver
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterable
+from typing import Iterable, Sequence
 
 
 class EndpointHandler(BaseHTTPRequestHandler):
@@ -17,16 +17,19 @@ class EndpointHandler(BaseHTTPRequestHandler):
         """The request's path without its query."""
         return self.path.split("?")[0]
 
-    def send_body(self, code: int, payload: bytes, content_type: str,
+    def send_body(self, code: int, payload: bytes | Sequence[bytes], content_type: str,
                   headers: Iterable[tuple[str, str]] = ()) -> None:
-        """The whole answer: status, Content-Type, `headers`, Content-Length, then `payload`."""
+        """The whole answer: status, Content-Type, `headers`, Content-Length, then `payload`
+        (bytes, or pieces written one after the other: a large body is not joined first)."""
+        pieces = (payload,) if isinstance(payload, bytes) else payload
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         for name, value in headers:
             self.send_header(name, value)
-        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Content-Length", str(sum(map(len, pieces))))
         self.end_headers()
-        self.wfile.write(payload)
+        for piece in pieces:
+            self.wfile.write(piece)
 
     def log_message(self, fmt: str, *args) -> None:
         pass   # the agent logs what it does, not every scrape or probe

@@ -151,13 +151,14 @@ class Reading:
 
 
 class DataplaneCollector:
-    """svcxdp_* read from the maps at each scrape. `maps` is anything with `table(name)`:
-    the agent's loaded Dataplane, or PinnedMaps of a pinned instance. `naming` says what
-    the ids stand for (the agent's AgentNaming); without it they are read from the maps.
+    """svcxdp_* read from the maps at each scrape. `maps` is anything with `table(name)`
+    and `mapped(name)`: the agent's loaded Dataplane, or PinnedMaps of a pinned instance.
+    `naming` says what the ids stand for (the agent's AgentNaming); without it they are
+    read from the maps.
 
     `collect()` yields prometheus_client metric families (for a registry); `text()` writes
-    the same samples straight in the text exposition format (bytes), which the agent's
-    /metrics serves: at 10,000 services prometheus_client's per-sample formatting alone
+    the same samples straight in the text exposition format (bytes; `pieces()` unjoined),
+    which the agent's /metrics serves: at 10,000 services prometheus_client's per-sample formatting alone
     took hundreds of milliseconds, while the labels here are formatted once per id
     (Naming) and the values written in by C (samples.py)."""
 
@@ -181,7 +182,7 @@ class DataplaneCollector:
         # ids are handed out low first: read the arrays only up to the highest id named
         top_service, top_backend = naming.tops()
         _, sums = readout.percpu_sums(self.maps.table("svc_stats"), len(readout.STAT_FIELDS), limit=top_service + 1)
-        new_ids, new = readout.percpu_nonzero_arrays(self.maps.table("backend_stats"), limit=top_backend + 1)
+        new_ids, new = readout.backend_new_flow_arrays(self.maps, limit=top_backend + 1)
         entries = []
         counted = self.entry_counts()
         for name in FILL_MAPS:
@@ -223,10 +224,15 @@ class DataplaneCollector:
         yield CounterMetricFamily(*EVICTIONS, value=r.affinity_evictions)
 
     def text(self) -> bytes:
-        with self._lock:
-            return self._text()
+        return b"".join(self.pieces())
 
-    def _text(self) -> bytes:
+    def pieces(self) -> list[bytes]:
+        """text() in the pieces it is made of, not joined (the agent's /metrics writes
+        them one after the other)."""
+        with self._lock:
+            return self._pieces()
+
+    def _pieces(self) -> list[bytes]:
         r = self.read()
         out: list[bytes] = []
 
@@ -256,7 +262,7 @@ class DataplaneCollector:
         out.append("".join(f'{CAPACITY[0]}{{map="{m}"}} {c}\n' for m, _, c in r.entries).encode())
         head(EVICTIONS[0] + "_total", EVICTIONS[1], "counter")
         out.append(f"{EVICTIONS[0]}_total {r.affinity_evictions}\n".encode())
-        return b"".join(out)
+        return out
 
 
 def serve(registry: CollectorRegistry, host: str = "0.0.0.0", port: int = METRICS_PORT,
@@ -271,9 +277,9 @@ def serve(registry: CollectorRegistry, host: str = "0.0.0.0", port: int = METRIC
                 self.send_body(200, PROXY_MODE.encode(), "text/plain")
             elif self.route == "/metrics":
                 try:
-                    body = generate_latest(registry)
-                    if dataplane is not None:
-                        body += dataplane.text()
+                    # in pieces: 20 MB of samples joined, and then joined again to the
+                    # registry's, cost a scrape two copies and their page faults
+                    body = [generate_latest(registry), *(dataplane.pieces() if dataplane is not None else ())]
                 except Exception as exc:   # a map that cannot be read: say so, keep serving
                     self.send_error(500, f"reading the metrics failed: {exc}")
                     return

@@ -166,7 +166,9 @@ class DataplaneConfig:
         return self.pin_root / self.instance
 
     def cflags(self) -> list[str]:
+        from .pinned import possible_cpus   # (sysfs; pinned.py's libbpf is not needed here)
         flags = [
+            f"-DSVCXDP_NR_CPUS={possible_cpus()}",
             f"-DSVCXDP_MAX_SERVICES={self.max_services}",
             f"-DSVCXDP_MAX_BACKENDS={self.max_backends}",
             f"-DSVCXDP_MAX_SLOTS={self.max_slots}",

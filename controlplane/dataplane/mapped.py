@@ -26,6 +26,7 @@ class MappedArray:
     """The values of one array map, as raw rows of bytes (`stride` each)."""
 
     def __init__(self, fd: int, max_entries: int, value_size: int) -> None:
+        self.max_entries = max_entries
         self.value_size = value_size
         self.stride = (value_size + 7) & ~7
         length = -(-self.stride * max_entries // mmap.PAGESIZE) * mmap.PAGESIZE
@@ -52,6 +53,11 @@ class MappedArray:
         rows = self._live()[:, :self.value_size].copy()   # a copy: never a view into the mapping
         return rows.view(dtype).reshape(len(rows))
 
+    def u64s(self) -> np.ndarray:
+        """The values themselves as u64 words (a row per index): a view into the
+        mapping, for a caller that uses it at once and keeps nothing of it."""
+        return self._live().view(np.uint64)
+
     def _live(self) -> np.ndarray:
         if self._rows is None:
             raise ValueError("mapping closed")
@@ -75,3 +81,30 @@ def open_mapped(fd: int) -> MappedArray | None:
         return MappedArray(fd, info.max_entries, info.value_size)
     except OSError:
         return None
+
+
+class CpuRows:
+    """An array map of one u64 counter per (CPU, id), a row of `per_cpu` ids per CPU, each
+    CPU adding to its own row only (bpf/maps.h backend_stats): what a per-CPU array holds,
+    laid out where user space can map it. A reader sums the rows itself, without the
+    kernel copying every CPU's value out."""
+
+    def __init__(self, mapped: MappedArray, cpus: int) -> None:
+        if mapped.value_size != 8 or mapped.max_entries % cpus:
+            raise ValueError(f"an array of {mapped.max_entries} values of {mapped.value_size} bytes "
+                             f"is no row of u64 counters per CPU for {cpus} CPUs")
+        self.mapped = mapped
+        self.cpus = cpus
+        self.per_cpu = mapped.max_entries // cpus
+
+    def grid(self) -> np.ndarray:
+        """The counters as [cpu, id]: a view into the mapping, to use at once."""
+        return self.mapped.u64s().reshape(self.cpus, self.per_cpu)
+
+    def sums(self, limit: int | None = None) -> np.ndarray:
+        """Each id's counter summed over CPUs, for the ids below `limit` (all: None)."""
+        return self.grid()[:, :limit].sum(axis=0, dtype=np.uint64)
+
+    def zero(self, ids: np.ndarray) -> None:
+        """Every CPU's counter of each of `ids` set to 0 (an id handed to a new owner)."""
+        self.grid()[:, ids] = 0

@@ -19,6 +19,7 @@ from typing import Iterator
 
 from . import flowsets
 from .libbpf import ffi, lib, lookup_batches
+from .mapped import MappedArray, open_mapped
 
 _BTF_MAGIC = 0xEB9F
 _NONZERO = re.compile(rb"[^\x00]")
@@ -291,6 +292,7 @@ class PinnedMaps:
         self._tables: dict[str, PinnedTable] = {}
         self._fds: dict[str, int] = {}
         self._sets: dict[str, flowsets.FlowSets] = {}
+        self._mapped: dict[str, MappedArray | None] = {}
 
     def table(self, name: str):
         """The map `name` as a table; the unconfirmed flows as mappings over their sets
@@ -318,7 +320,18 @@ class PinnedMaps:
     def has(self, name: str) -> bool:
         return (self.pin_dir / name).exists()
 
+    def mapped(self, name: str) -> MappedArray | None:
+        """The array map `name` mapped into this process (mapped.py), or None if it was
+        not made mmapable; one per map, unmapped by close()."""
+        if name not in self._mapped:
+            self._mapped[name] = open_mapped(self.raw_table(name).map_fd)
+        return self._mapped[name]
+
     def close(self) -> None:
+        for m in self._mapped.values():
+            if m is not None:
+                m.close()
+        self._mapped.clear()
         for t in self._tables.values():
             t.close()
         self._tables.clear()

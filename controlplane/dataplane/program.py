@@ -17,9 +17,10 @@ from . import attach as _attach
 from . import fibwatch, flowsets, frames, replacing, udprecent
 from .config import FLOW_TABLES, PROGRAM_PINS, STAMP_PIN, DataplaneConfig
 from .layout import COUNTER_NAMES, const
-from .libbpf import map_info, obj_get, prog_id, u32_delete, u32_update, u64_update
+from .libbpf import (BPF_F_MMAPABLE, BPF_MAP_TYPE_ARRAY, map_info, obj_get, prog_id, u32_delete, u32_update,
+                     u64_update)
 from .mapped import MappedArray, open_mapped
-from .pinned import PinnedMaps, WritableTable
+from .pinned import PinnedMaps, WritableTable, possible_cpus
 
 if TYPE_CHECKING:   # bcc is imported only where a program is compiled (load)
     from bcc import BPF
@@ -97,26 +98,42 @@ def _fs_type(path: Path) -> int:
 
 
 Aside = list[tuple[Path, Path]]   # (pin, where it was moved), in the order moved
-# The suffixes of pins moved aside during a load: a stale counters map, a stale dataplane.
-COUNTERS_ASIDE, STALE_ASIDE = "replaced", "stale"
+# The suffixes of pins moved aside during a load: a stale statistics map, a stale dataplane.
+STATISTICS_ASIDE, STALE_ASIDE = "replaced", "stale"
+# Maps of statistics only, which no packet's handling reads.
+STATISTICS = ("counters", "backend_stats")
 
 
-def _set_aside_stale_counters(config: DataplaneConfig) -> Aside:
-    """The datapath counters are statistics only: a pinned `counters` map of another
-    size (a build that counts more events) is replaced by this build's own — readers see
-    the counters start again, as after a reboot — where a map that holds state makes the
-    whole dataplane stale (StaleDataplane). Its pin is moved aside before bcc would reuse
-    it; load() removes it once the build is loaded, or puts it back if the build fails.
-    A program still attached counts into it until it is replaced."""
-    pin = config.pin_dir / "counters"
-    if not pin.exists():
-        return []
-    fd = obj_get(str(pin))
-    try:
-        stale = map_info(fd).max_entries != SVCXDP_CNT_MAX
-    finally:
-        os.close(fd)
-    return _move_aside([pin], COUNTERS_ASIDE) if stale else []
+def _statistics_layout(config: DataplaneConfig, name: str, info) -> bool:
+    """Whether a pinned statistics map is this build's layout: the datapath counters
+    as many as it counts; the backends' new flows a mapped array of a row per CPU (a
+    build before it had a per-CPU array)."""
+    if name == "counters":
+        return info.max_entries == SVCXDP_CNT_MAX
+    return (info.type == BPF_MAP_TYPE_ARRAY and bool(info.flags & BPF_F_MMAPABLE)
+            and info.max_entries == config.max_backends * possible_cpus())
+
+
+def _set_aside_stale_statistics(config: DataplaneConfig) -> Aside:
+    """Statistics are not state: a pinned `counters` or `backend_stats` map of another
+    layout (a build that counts more events, or lays the counts out otherwise) is
+    replaced by this build's own — readers see those counts start again, as after a
+    reboot — where a map that holds state makes the whole dataplane stale
+    (StaleDataplane). Its pin is moved aside before bcc would reuse it; load() removes
+    it once the build is loaded, or puts it back if the build fails. A program still
+    attached counts into it until it is replaced."""
+    stale = []
+    for name in STATISTICS:
+        pin = config.pin_dir / name
+        if not pin.exists():
+            continue
+        fd = obj_get(str(pin))
+        try:
+            if not _statistics_layout(config, name, map_info(fd)):
+                stale.append(pin)
+        finally:
+            os.close(fd)
+    return _move_aside(stale, STATISTICS_ASIDE)
 
 
 def _move_aside(pins: list[Path], suffix: str) -> Aside:
@@ -197,7 +214,7 @@ def _layout_problems(bpf, config: DataplaneConfig) -> list[str]:
         "ct_unconfirmed_pod": config.ct_unconfirmed_pod_size // flowsets.WAYS,
         udprecent.MAP: 1, flowsets.SEED_MAP: 1,
         "fragments": config.frag_size, "rr_state": config.svc_id_slots,
-        "svc_stats": config.svc_id_slots, "backend_stats": config.max_backends,
+        "svc_stats": config.svc_id_slots, "backend_stats": config.max_backends * possible_cpus(),
         "backend_conns": config.max_backends,
         "maglev": config.max_services, "affinity": config.affinity_size,
         "source_ranges": config.source_ranges_size,
@@ -279,13 +296,14 @@ class Dataplane:
         # the same stamps. The filter starts as "maybe" for all of them (udprecent.py):
         # UDP first packets look in conntrack for two to three epochs after a restart.
         adopts_conntrack = config.pin and (config.pin_dir / "conntrack").exists()
-        counters: Aside = []
+        statistics: Aside = []
         stale: Aside = []
         if config.pin:
             require_bpffs(config.pin_root)
             os.makedirs(config.pin_dir, exist_ok=True)
-            config.pin_dir.joinpath(f"counters_{COUNTERS_ASIDE}").unlink(missing_ok=True)   # a killed load's
-            counters = _set_aside_stale_counters(config)
+            for name in STATISTICS:   # a killed load's
+                config.pin_dir.joinpath(f"{name}_{STATISTICS_ASIDE}").unlink(missing_ok=True)
+            statistics = _set_aside_stale_statistics(config)
         try:
             try:
                 dp = cls._compile(config, adopts_conntrack)
@@ -307,9 +325,9 @@ class Dataplane:
                 dp.replaced = differs.problems
                 warn_replaced(config.instance, differs.problems)
         except BaseException:
-            _put_back(counters + stale)   # readers keep the old maps
+            _put_back(statistics + stale)   # readers keep the old maps
             raise
-        for _, moved in counters:
+        for _, moved in statistics:
             moved.unlink()
         if config.pin and not dp.replaced and unfinished_replacement(config):
             dp.replaced = (UNFINISHED,)

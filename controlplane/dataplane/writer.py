@@ -52,6 +52,7 @@ from .maglev_maps import MaglevMaps
 from .model import PROTOCOLS, SCOPES, Backend, Frontend, ServiceState, ip_to_be32, port_to_be16
 from .packing import Packer, batch_write, concat, delete_packed, write_packed
 from .pinned import percpu_value_size
+from .readout import backend_rows
 from .plan import NewPlans, Plan, check_capacity, plan_upsert
 from .program import Dataplane
 from .reply_flags import flag_drift, flag_rows
@@ -101,8 +102,9 @@ class MapWriter:
         # where the maps have them (mapped.py; None: batch updates)
         self._backends_mapped = dp.mapped("backends")
         self._conns_mapped = dp.mapped("backend_conns")
-        self.backend_stats_fd = dp.table("backend_stats").map_fd
-        self._backend_stats_size = percpu_value_size(8)   # one u64 per CPU
+        self._backend_stats = backend_rows(dp)
+        if self._backend_stats is None:   # (load() replaces a backend_stats of another layout)
+            raise ValueError("backend_stats is not mapped into this process")
         self._svc_stats_size = percpu_value_size(ct.sizeof(self.svc_stats.sLeaf))
         self.maglev = MaglevMaps(dp.table("maglev"))
         self.affinity = AffinityGenerations()
@@ -500,13 +502,12 @@ class MapWriter:
         pk = self._pk
         # a fresh id starts with no connections (a reused one may hold a stale count) ...
         fresh = _id_column([i for p in made for i in p.fresh], [batch.id_col for batch in new])
-        # ... and no new flows of its own yet (bpf lb_count_new counts them): zeroed
-        # beside the rest of step 1 (no order between them, only before the slots)
-        with Beside(len(fresh) >= self.beside_min, zero_entries, self.backend_stats_fd, fresh,
-                    self._backend_stats_size):
-            n = write_packed(self.conns, pk["id"].columns(len(fresh), [fresh]),
-                             pk["conns"].columns(len(fresh), [0]), self._conns_mapped)
-            n += write_packed(self.backends, *self._backend_rows(made, new), self._backends_mapped)
+        # ... and no new flows of its own yet (bpf lb_count_new counts them): stores into
+        # the mapped rows, before the slots that name the id
+        self._backend_stats.zero(fresh)
+        n = write_packed(self.conns, pk["id"].columns(len(fresh), [fresh]),
+                         pk["conns"].columns(len(fresh), [0]), self._conns_mapped)
+        n += write_packed(self.backends, *self._backend_rows(made, new), self._backends_mapped)
         self.writes += n
 
     def _entry_rows(self, made: Sequence[Plan], new: Sequence[NewPlans]) -> tuple[np.ndarray, np.ndarray]:

@@ -9,9 +9,7 @@ from scapy.layers.l2 import Ether
 
 from controlplane.dataplane import readout, udprecent
 from controlplane.dataplane.config import UNCONFIRMED_TABLES
-from controlplane.dataplane.libbpf import zero_entries
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
-from controlplane.dataplane.pinned import possible_cpus
 from controlplane.dataplane.program import Dataplane
 from controlplane.dataplane.testrun import TestRunner
 from controlplane.dataplane.writer import MapWriter
@@ -82,10 +80,7 @@ class Harness:
         """Between tests: no services, no flows, no affinity entries, no per-backend counts (a new writer
         zeroes only the ids it hands out again)."""
         self.writer.sync([])
-        stats = self.dp.table("backend_stats")
-        counted = readout.backend_new_flows(self.dp)
-        if counted:
-            zero_entries(stats.map_fd, list(counted), possible_cpus() * 8)
+        readout.backend_rows(self.dp).grid()[:] = 0
         for name in UNCONFIRMED_TABLES:
             self.dp.table(name).clear()   # (their sets' rings too)
         for name in ("conntrack", "fragments", "affinity"):

@@ -4,7 +4,6 @@ program counted for known traffic, and served over HTTP with /proxyMode beside t
 from __future__ import annotations
 
 import urllib.request
-from array import array
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -15,8 +14,6 @@ from controlplane.agent.agent import SyncReport
 from controlplane.agent.metrics import AgentNaming, DataplaneCollector, SyncMetrics, naming_of, serve
 from controlplane.dataplane import readout
 from controlplane.dataplane.config import FLOW_TABLES
-from controlplane.dataplane.libbpf import ffi, lib
-from controlplane.dataplane.pinned import possible_cpus
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
 
 from .harness import BACKENDS, CLIENT, CLIENT_MAC, NODE_MAC, VIP, Harness
@@ -79,22 +76,13 @@ def test_new_flows_per_backend_show_the_spread(xdp: Harness):
     # removed backends are not exported; an id handed to a new backend starts from zero
     # (every id not in use is given stale counts first, so whichever id it gets had some)
     in_use = set(by_id)
-    stale_ids = array("I", [i for i in range(xdp.dp.config.max_backends) if i not in in_use])
-    _fill(xdp.dp.table("backend_stats").map_fd, stale_ids, possible_cpus() * 8)
+    stale_ids = [i for i in range(xdp.dp.config.max_backends) if i not in in_use]
+    readout.backend_rows(xdp.dp).grid()[:, stale_ids] = 5   # every CPU's
     xdp.writer.upsert(ServiceState(fe, (Backend("10.244.2.99", 8080),), "rr"))
     new_id = xdp.writer.backend_id(fe, "10.244.2.99", 8080)
     assert new_id in stale_ids and new_id not in readout.backend_new_flows(xdp.dp)
     got = samples(registry)
     assert not [k for k in got if k[0] == "svcxdp_backend_new_flows_total"]
-
-
-def _fill(fd: int, ids: array, value_size: int) -> None:
-    """Non-zero per-CPU counters for `ids` (one batch update)."""
-    count = ffi.new("uint32_t *", len(ids))
-    opts = ffi.new("struct bpf_map_batch_opts *")
-    opts.sz = ffi.sizeof("struct bpf_map_batch_opts")
-    values = ffi.from_buffer("uint8_t[]", bytearray(b"\x05" * (len(ids) * value_size)))
-    assert lib().bpf_map_update_batch(fd, ffi.from_buffer("uint32_t[]", ids), values, count, opts) == 0
 
 
 def test_served_text_is_the_collectors_samples_and_naming_follows_changes(xdp: Harness):

@@ -9,6 +9,7 @@ from array import array
 
 import pytest
 
+from controlplane.dataplane import readout
 from controlplane.dataplane.libbpf import delete_batch, u32_array_map_create
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
 from controlplane.dataplane.packing import Packer, read_table
@@ -202,13 +203,12 @@ def test_interrupted_delete_then_kept_is_rewritten_whole(xdp: Harness, monkeypat
     w.sync([])
 
 
-@pytest.mark.parametrize("beside", [False, True], ids=["inline", "beside"])
-def test_reused_ids_start_with_zero_counts(xdp: Harness, beside: bool):
+def test_reused_ids_start_with_zero_counts(xdp: Harness):
     """A service or backend id handed out again starts with zeroed per-CPU counters
-    and connection count (the bulk path zeroes them in batches): counts are left in
-    the maps as if the last user of the ids had traffic, then a writer adopting the
-    emptied maps hands the same ids to other services. `beside`: the counters are
-    zeroed on the writer's second thread (as from BESIDE_MIN fresh ids on)."""
+    and connection count (the bulk path zeroes them in batches, the backends' mapped
+    rows in stores): counts are left in the maps as if the last user of the ids had
+    traffic, then a writer adopting the emptied maps hands the same ids to other
+    services."""
     w = xdp.writer
     w.sync([])
     first = states()[:40]
@@ -216,26 +216,23 @@ def test_reused_ids_start_with_zero_counts(xdp: Harness, beside: bool):
     svc_ids = [w.svc_id(s.frontend) for s in first]
     bids = [b for s in first for b in w.records()[s.frontend].backend_ids.values()]
     dp = xdp.dp
-    stats, bstats, conns = dp.table("svc_stats"), dp.table("backend_stats"), dp.table("backend_conns")
+    stats, conns = dp.table("svc_stats"), dp.table("backend_conns")
+    bstats = readout.backend_rows(dp).grid()
     for i in svc_ids:
         leaf = stats.Leaf()
         for v in leaf:
             v.packets, v.bytes, v.new_flows, v.rejects = 7, 700, 3, 1
         stats[stats.Key(i)] = leaf
+    bstats[:, bids] = 5   # every CPU's row
     for i in bids:
-        leaf = bstats.Leaf()
-        for v in leaf:
-            v.new_flows = 5
-        bstats[bstats.Key(i)] = leaf
         conns[conns.Key(i)] = conns.Leaf(9)
     w.sync([])
     again = MapWriter(dp)
-    again.beside_min = 1 if beside else 10 ** 9
     others = [ServiceState(Frontend(f"10.96.90.{i + 1}", 443), s.backends) for i, s in enumerate(first)]
     again.sync(others)
     assert sorted(again.svc_id(s.frontend) for s in others) == sorted(svc_ids)
     assert sorted(b for r in again.records().values() for b in r.backend_ids.values()) == sorted(bids)
     assert all(dp.service_stats(i) == dict(packets=0, bytes=0, new_flows=0, rejects=0) for i in svc_ids)
-    assert all(sum(v.new_flows for v in bstats[bstats.Key(i)]) == 0 for i in bids)
+    assert not bstats[:, bids].any()
     assert all(conns[conns.Key(i)].value == 0 for i in bids)
     again.sync([])

@@ -490,22 +490,34 @@ def test_pins_set_aside_are_put_back_as_they_were():
         reset(cfg)
 
 
-def test_pinned_counters_of_another_size_are_replaced():
-    """The counters are statistics only: a build that counts more events replaces a
-    pinned `counters` map of the old size (its readers see the counters start again)
-    instead of refusing to load, as it must for a map that holds state."""
-    from controlplane.dataplane.libbpf import map_info, obj_get
+def test_pinned_statistics_of_another_layout_are_replaced_alone():
+    """Statistics are not state: a build that counts more events replaces a pinned
+    `counters` map of the old size, and one that lays the backends' counts out as mapped
+    rows a CPU each replaces the per-CPU `backend_stats` of the build before — each alone
+    (its readers see those counts start again) instead of the whole dataplane, as a map
+    that holds state would make it."""
+    from controlplane.dataplane.libbpf import BPF_F_MMAPABLE, map_info, obj_get
+    from controlplane.dataplane.pinned import possible_cpus
     from controlplane.dataplane.program import SVCXDP_CNT_MAX, Dataplane, reset
     BPF_MAP_TYPE_PERCPU_ARRAY = 6
     cfg = _old_pin_dir("pytest-old-counters", "counters", BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, SVCXDP_CNT_MAX - 1)
+    _pin_map(cfg.pin_dir / "backend_stats", BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, cfg.max_backends)
+
+    def info(name: str):
+        fd = obj_get(str(cfg.pin_dir / name))
+        try:
+            return map_info(fd)
+        finally:
+            os.close(fd)
     try:
         dp = Dataplane.load(cfg)
         try:
-            fd = obj_get(str(cfg.pin_dir / "counters"))
-            try:
-                assert map_info(fd).max_entries == SVCXDP_CNT_MAX
-            finally:
-                os.close(fd)
+            assert dp.replaced == ()
+            assert info("counters").max_entries == SVCXDP_CNT_MAX
+            stats = info("backend_stats")
+            assert stats.type == 2 and stats.flags & BPF_F_MMAPABLE
+            assert stats.max_entries == cfg.max_backends * possible_cpus()
+            assert sorted(p.name for p in cfg.pin_dir.iterdir() if p.name.endswith("_replaced")) == []
         finally:
             dp.close()
     finally:

@@ -75,6 +75,12 @@ def test_what_the_writer_stores_is_what_the_kernel_and_the_datapath_read(xdp: Ha
         assert (out.pkt[IP].dst, out.pkt[TCP].dport) in {(b.ip, b.port) for b in s.backends}
 
 
+def _unmapped(mapped):
+    """Dataplane.mapped as over pins from before BPF_F_MMAPABLE: the state maps have no
+    mapping (backend_stats, statistics, is always made anew in its mapped layout)."""
+    return lambda self, name: mapped(self, name) if name == "backend_stats" else None
+
+
 def test_maps_without_mappings_get_the_same_contents_by_batch_updates(xdp: Harness, monkeypatch):
     dp = xdp.dp
     some = states()[:120]
@@ -89,7 +95,7 @@ def test_maps_without_mappings_get_the_same_contents_by_batch_updates(xdp: Harne
         return got
 
     mapped = written()
-    monkeypatch.setattr(Dataplane, "mapped", lambda self, name: None)
+    monkeypatch.setattr(Dataplane, "mapped", _unmapped(Dataplane.mapped))
     assert written() == mapped
 
 
@@ -97,7 +103,7 @@ def test_adoption_through_the_mapping_finds_what_batch_lookups_find(xdp: Harness
     dp, w = xdp.dp, xdp.writer
     w.sync(states()[:150])
     through_mapping = MapWriter(dp)
-    monkeypatch.setattr(Dataplane, "mapped", lambda self, name: None)
+    monkeypatch.setattr(Dataplane, "mapped", _unmapped(Dataplane.mapped))
     by_lookups = MapWriter(dp)
     assert through_mapping.adoption_drift == 0 == by_lookups.adoption_drift
     assert through_mapping.installed() == by_lookups.installed() == w.installed()
