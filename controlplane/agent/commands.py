@@ -140,7 +140,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from controlplane.dataplane.config import DataplaneConfig
+    from controlplane.dataplane.config import ConfigError, DataplaneConfig
     from controlplane.dataplane.program import Dataplane, DataplaneError
     from .agent import Agent
     from .desired import NodeConfig
@@ -180,8 +180,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     redirect, why = fib_redirect_choice(args)
     log.info("forwarding: %s (%s)", "FIB lookup + redirect to targets" if redirect else "the node's stack", why)
-    config = DataplaneConfig(instance=args.instance or args.node, fib_redirect=redirect,
-                             replace_stale=args.stale_dataplane == "replace", **extra)
+    try:
+        config = DataplaneConfig(instance=args.instance or args.node, fib_redirect=redirect,
+                                 replace_stale=args.stale_dataplane == "replace", **extra)
+    except ConfigError as exc:   # (e.g. --max-backends too large for this machine's CPUs)
+        log.error("%s", exc)
+        return 2
     held = hold_instance(config.instance)   # noqa: F841 - held until the agent returns
     node_interfaces = None
     if args.interfaces or args.discover:

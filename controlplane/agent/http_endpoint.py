@@ -17,16 +17,16 @@ class EndpointHandler(BaseHTTPRequestHandler):
         """The request's path without its query."""
         return self.path.split("?")[0]
 
-    def send_body(self, code: int, payload: bytes | Sequence[bytes], content_type: str,
+    def send_body(self, code: int, payload: bytes | Sequence[bytes | memoryview], content_type: str,
                   headers: Iterable[tuple[str, str]] = ()) -> None:
         """The whole answer: status, Content-Type, `headers`, Content-Length, then `payload`
         (bytes, or pieces written one after the other: a large body is not joined first)."""
-        pieces = (payload,) if isinstance(payload, bytes) else payload
+        pieces = (payload,) if isinstance(payload, (bytes, bytearray, memoryview)) else payload
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         for name, value in headers:
             self.send_header(name, value)
-        self.send_header("Content-Length", str(sum(map(len, pieces))))
+        self.send_header("Content-Length", str(sum(memoryview(piece).nbytes for piece in pieces)))
         self.end_headers()
         for piece in pieces:
             self.wfile.write(piece)

@@ -22,7 +22,7 @@ from pyroute2.netlink.rtnl import RTMGRP_LINK
 
 from controlplane.dataplane.attach import (AttachError, attach_tc_egress, attach_tc_ingress, attach_xdp,
                                           drain_events, event_socket, foreign_addresses_on, in_netns,
-                                          interface_mac)
+                                          interface_mac, links_touch)
 from controlplane.dataplane.program import Dataplane, load_floor_program
 
 log = logging.getLogger("svcxdp.agent")
@@ -84,8 +84,11 @@ class InterfaceManager:
         self._attached: set[_Key] = set()
         # what the dataplane was told (own_mac): the address, when, and why not checked
         self._macs: dict[_Key, tuple[bytes, float, tuple[str, ...]]] = {}
-        # each namespace of external interfaces: its link events (None: could not be opened)
-        self._link_events: dict[str, socket.socket | None] = {}
+        # each namespace of external interfaces: its link events, or when they could not
+        # be opened (tried again after MAC_RECHECK_S)
+        self._link_events: dict[str, socket.socket | float] = {}
+        # namespaces whose links changed, until their interfaces were looked at again
+        self._relinked: set[str] = set()
 
     def mode_for(self, t: AttachTarget) -> str:
         if is_external(t) or (t.peer_netns and t.peer_ifname):
@@ -105,11 +108,11 @@ class InterfaceManager:
         for key, t in current.items():
             if is_external(t):
                 spaces.setdefault(t.ifindex, set()).add(t.netns)
-        relinked = self._links_changed({t.netns for t in current.values() if is_external(t)})
+        self._relinked |= self._links_changed(current)
         attached = 0
         for key, t in current.items():
             if is_external(t):   # before the attach: no moment of answering others' frames
-                self._note_mac(key, t, shared=len(spaces[t.ifindex]) > 1, relinked=t.netns in relinked)
+                self._note_mac(key, t, shared=len(spaces[t.ifindex]) > 1, relinked=t.netns in self._relinked)
             if key in self._attached:
                 continue
             peer = bool(t.peer_netns and t.peer_ifname)
@@ -151,6 +154,7 @@ class InterfaceManager:
                     log.warning("tc ingress on %s in %s: %s; a flow to a backend on another node, "
                                 "or an answer to a client, whose neighbour entry is missing is dropped",
                                 t.ifname, t.netns, exc)
+        self._relinked.clear()   # (kept if the loop raised: looked at by the next refresh)
         return attached
 
     def _note_mac(self, key: _Key, t: AttachTarget, shared: bool, relinked: bool) -> None:
@@ -186,31 +190,41 @@ class InterfaceManager:
             return
         self._macs[key] = (mac, time.monotonic(), why)
 
-    def _links_changed(self, namespaces: set[str]) -> set[str]:
-        """Which of the external interfaces' namespaces had a link added, removed or changed
-        (a macvlan stacked on an interface, one enslaved to a bridge) since the last
-        refresh: their interfaces are looked at again now, not a minute later. A namespace
-        seen for the first time counts (its socket is opened before that first look, so no
-        change falls between); one no longer served has its socket closed (it would keep
-        the namespace alive)."""
-        for netns in [n for n in self._link_events if n not in namespaces]:
+    def _links_changed(self, current: dict[_Key, AttachTarget]) -> set[str]:
+        """Which of the external interfaces' namespaces had a link change that concerns
+        one of them (attach.links_touch: a macvlan stacked on it, it or a port enslaved)
+        since the last refresh: their interfaces are looked at again now, not a minute
+        later. A namespace whose socket is opened now counts (it is opened before that
+        look, so no change falls between). One no longer served has its socket closed
+        (it would keep the namespace alive); one whose socket could not be opened is
+        tried again after MAC_RECHECK_S, on the minute's look meanwhile."""
+        external: dict[str, set[int]] = {}
+        for t in current.values():
+            if is_external(t):
+                external.setdefault(t.netns, set()).add(t.ifindex)
+        for netns in [n for n in self._link_events if n not in external]:
             events = self._link_events.pop(netns)
-            if events is not None:
+            if isinstance(events, socket.socket):
                 events.close()
         changed = set()
-        for netns in namespaces:
-            if netns not in self._link_events:
+        for netns, ifindexes in external.items():
+            events = self._link_events.get(netns)
+            if events is None or (not isinstance(events, socket.socket)
+                                  and time.monotonic() - events >= MAC_RECHECK_S):
                 try:
                     self._link_events[netns] = event_socket(netns or None, RTMGRP_LINK)
+                    changed.add(netns)
                 except (AttachError, OSError) as exc:
-                    log.warning("link events of %s: %s; an interface's other addresses are looked for "
-                                "every %.0f s", netns or "the root namespace", exc, MAC_RECHECK_S)
-                    self._link_events[netns] = None
-                changed.add(netns)
+                    if events is None:
+                        log.warning("link events of %s: %s; an interface's other addresses are looked "
+                                    "for every %.0f s", netns or "the root namespace", exc, MAC_RECHECK_S)
+                    self._link_events[netns] = time.monotonic()
                 continue
-            events = self._link_events[netns]
+            if not isinstance(events, socket.socket):
+                continue
+            touch = frozenset(ifindexes)
             try:
-                if events is not None and drain_events(events):
+                if drain_events(events, lambda data: links_touch(data, touch)):
                     changed.add(netns)
             except OSError as exc:   # reopened at the next refresh, and looked at then
                 log.warning("link events of %s: %s; reopening", netns or "the root namespace", exc)
@@ -221,7 +235,7 @@ class InterfaceManager:
     def close(self) -> None:
         """Close the link event sockets (the programs stay attached)."""
         for events in self._link_events.values():
-            if events is not None:
+            if isinstance(events, socket.socket):
                 events.close()
         self._link_events.clear()
 

@@ -226,15 +226,15 @@ class DataplaneCollector:
     def text(self) -> bytes:
         return b"".join(self.pieces())
 
-    def pieces(self) -> list[bytes]:
+    def pieces(self) -> list[bytes | memoryview]:
         """text() in the pieces it is made of, not joined (the agent's /metrics writes
         them one after the other)."""
         with self._lock:
             return self._pieces()
 
-    def _pieces(self) -> list[bytes]:
+    def _pieces(self) -> list[bytes | memoryview]:
         r = self.read()
-        out: list[bytes] = []
+        out: list[bytes | memoryview] = []
 
         def head(name: str, help_text: str, kind: str) -> None:
             out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n".encode())

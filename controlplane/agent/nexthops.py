@@ -28,7 +28,6 @@ import errno
 import logging
 import select
 import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from typing import Callable, Iterable
 from pyroute2.netlink.rtnl import RTM_DELNEIGH, RTM_DELROUTE, RTM_NEWROUTE, RTMGRP_IPV4_ROUTE, RTMGRP_NEIGH
 from pyroute2.netlink.rtnl.ndmsg import NUD_NOARP, NUD_NONE, NUD_PERMANENT
 
-from controlplane.dataplane.attach import event_socket, open_ipr
+from controlplane.dataplane.attach import NLMSGHDR, event_socket, open_ipr
 
 log = logging.getLogger("svcxdp.nexthops")
 
@@ -85,19 +84,16 @@ def forget(netns: str | None) -> list[str]:
     return [n.get_attr("NDA_DST") for n in made]
 
 
-_NLMSGHDR = struct.Struct("=IHHII")   # length, type, flags, sequence, port
-
-
 def _matters(data: bytes) -> bool:
     """A route came or went, or a neighbour entry was deleted, among the messages of one
     read. (Neighbours change state all the time — a managed one too, as the kernel probes
     it — which changes nothing.)"""
     at = 0
-    while at + _NLMSGHDR.size <= len(data):
-        length, kind = _NLMSGHDR.unpack_from(data, at)[:2]
+    while at + NLMSGHDR.size <= len(data):
+        length, kind = NLMSGHDR.unpack_from(data, at)[:2]
         if kind in (RTM_NEWROUTE, RTM_DELROUTE, RTM_DELNEIGH):
             return True
-        if length < _NLMSGHDR.size:
+        if length < NLMSGHDR.size:
             break
         at += (length + 3) & ~3
     return False

@@ -13,7 +13,7 @@ import os
 import socket
 import struct
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 from pyroute2 import IPRoute
 from pyroute2 import config as _pr2config
@@ -85,19 +85,58 @@ def event_socket(netns: str | None, groups: int) -> socket.socket:
     return s
 
 
-def drain_events(events: socket.socket) -> bool:
-    """Read every message waiting on an event socket, without blocking: whether there
-    was any. Events that overflowed the socket (ENOBUFS) count: what changed is unknown."""
+def drain_events(events: socket.socket, matters: Callable[[bytes], bool]) -> bool:
+    """Read every message waiting on an event socket, without blocking: whether any read
+    `matters`. Events that overflowed the socket (ENOBUFS) matter: what changed is unknown."""
     seen = False
     while True:
         try:
-            events.recv(1 << 16, socket.MSG_DONTWAIT)
+            data = events.recv(1 << 16, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return seen
         except OSError as exc:
             if exc.errno != errno.ENOBUFS:
                 raise
-        seen = True
+            seen = True
+            continue
+        seen = seen or matters(data)
+
+
+NLMSGHDR = struct.Struct("=IHHII")      # length, type, flags, sequence, port
+_IFINFOMSG = struct.Struct("=BxHiII")    # family, type, index, flags, change
+_RTATTR = struct.Struct("=HH")           # length, type
+_RTM_NEWLINK, _RTM_DELLINK = 16, 17
+_IFLA_LINK, _IFLA_MASTER, _IFLA_LINK_NETNSID = 5, 10, 37
+
+
+def links_touch(data: bytes, ifindexes: frozenset[int]) -> bool:
+    """Whether the link messages of one read concern one of `ifindexes`: the device
+    itself (its address, its master), a device enslaved to it, or one stacked on it (a
+    macvlan or VLAN, whose IFLA_LINK names it; a veth's names its peer, in another
+    namespace when IFLA_LINK_NETNSID is there). A pod's veth coming and going does not."""
+    at = 0
+    while at + NLMSGHDR.size + _IFINFOMSG.size <= len(data):
+        length, kind = NLMSGHDR.unpack_from(data, at)[:2]
+        if length < NLMSGHDR.size:
+            break
+        if kind in (_RTM_NEWLINK, _RTM_DELLINK):
+            if _IFINFOMSG.unpack_from(data, at + NLMSGHDR.size)[2] in ifindexes:
+                return True
+            attrs: dict[int, int] = {}
+            pos, end = at + NLMSGHDR.size + _IFINFOMSG.size, min(at + length, len(data))
+            while pos + _RTATTR.size <= end:
+                size, kind_ = _RTATTR.unpack_from(data, pos)
+                if size < _RTATTR.size:
+                    break
+                if kind_ in (_IFLA_LINK, _IFLA_MASTER, _IFLA_LINK_NETNSID) and size >= _RTATTR.size + 4:
+                    attrs[kind_] = struct.unpack_from("=i", data, pos + _RTATTR.size)[0]
+                pos += (size + 3) & ~3
+            if attrs.get(_IFLA_MASTER) in ifindexes:
+                return True
+            if _IFLA_LINK_NETNSID not in attrs and attrs.get(_IFLA_LINK) in ifindexes:
+                return True
+        at += (length + 3) & ~3
+    return False
 
 
 _SIOCGIFHWADDR = 0x8927

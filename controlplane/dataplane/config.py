@@ -128,6 +128,10 @@ class DataplaneConfig:
             problem = None if value is None else set_table_size_problem(value)
             if problem:
                 raise ConfigError(f"{name}: {problem}, got {value}")
+        from .pinned import cpu_id_limit
+        if self.max_backends * cpu_id_limit() >= 1 << 31:   # backend_stats: a row per CPU (bpf/maps.h)
+            raise ConfigError(f"max_backends: with {cpu_id_limit()} possible CPUs, the per-backend counters "
+                              f"(a row of max_backends per CPU) would pass 2^31 entries; got {self.max_backends}")
 
     @property
     def svc_id_slots(self) -> int:
@@ -166,9 +170,9 @@ class DataplaneConfig:
         return self.pin_root / self.instance
 
     def cflags(self) -> list[str]:
-        from .pinned import possible_cpus   # (sysfs; pinned.py's libbpf is not needed here)
+        from .pinned import cpu_id_limit   # (sysfs; pinned.py's libbpf is not needed here)
         flags = [
-            f"-DSVCXDP_NR_CPUS={possible_cpus()}",
+            f"-DSVCXDP_NR_CPUS={cpu_id_limit()}",
             f"-DSVCXDP_MAX_SERVICES={self.max_services}",
             f"-DSVCXDP_MAX_BACKENDS={self.max_backends}",
             f"-DSVCXDP_MAX_SLOTS={self.max_slots}",

@@ -178,6 +178,7 @@ def prog_fd_by_id(prog_id_: int) -> int:
 
 
 BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
 BPF_F_MMAPABLE = 1 << 10   # an array map whose values user space can mmap (mapped.py)
 
 

@@ -11,7 +11,9 @@ writer's order still holds: the syscall that follows (the slots or the service
 entry) is made after the stores, by the same thread.
 
 A map pinned by a build before the flag cannot be mapped: `open_mapped` then gives
-None and the writer keeps using batch updates (packing.write_packed).
+None and the writer keeps using batch updates (packing.write_packed) for `backends`
+and `backend_conns`; `backend_stats` (statistics, CpuRows) is replaced by a new map at
+load instead (program.py _set_aside_stale_statistics), so it is always mapped.
 """
 from __future__ import annotations
 

@@ -168,13 +168,25 @@ def struct_format(ctype: type) -> tuple[str, tuple[str, ...]]:
 _PERCPU_TYPES = {5, 6, 10}   # BPF_MAP_TYPE_PERCPU_HASH, _PERCPU_ARRAY, _LRU_PERCPU_HASH
 
 
-def possible_cpus() -> int:
-    """How many values a per-CPU map holds per key (the kernel's possible CPUs)."""
-    count = 0
+def _possible_ranges() -> list[tuple[int, int]]:
+    """The kernel's possible CPU ids, as (first, last) ranges."""
+    out = []
     for part in Path("/sys/devices/system/cpu/possible").read_text().strip().split(","):
         lo, _, hi = part.partition("-")
-        count += int(hi or lo) - int(lo) + 1
-    return count
+        out.append((int(lo), int(hi or lo)))
+    return out
+
+
+def possible_cpus() -> int:
+    """How many values a per-CPU map holds per key (the kernel's possible CPUs)."""
+    return sum(hi - lo + 1 for lo, hi in _possible_ranges())
+
+
+def cpu_id_limit() -> int:
+    """One more than the highest possible CPU id (the kernel's nr_cpu_ids): the rows an
+    array indexed by bpf_get_smp_processor_id() needs (bpf/maps.h backend_stats), which
+    is possible_cpus() wherever the ids have no gap."""
+    return max(hi for _, hi in _possible_ranges()) + 1
 
 
 def percpu_slot(size: int) -> int:

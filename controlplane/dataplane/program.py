@@ -20,7 +20,7 @@ from .layout import COUNTER_NAMES, const
 from .libbpf import (BPF_F_MMAPABLE, BPF_MAP_TYPE_ARRAY, map_info, obj_get, prog_id, u32_delete, u32_update,
                      u64_update)
 from .mapped import MappedArray, open_mapped
-from .pinned import PinnedMaps, WritableTable, possible_cpus
+from .pinned import PinnedMaps, WritableTable, cpu_id_limit
 
 if TYPE_CHECKING:   # bcc is imported only where a program is compiled (load)
     from bcc import BPF
@@ -111,7 +111,7 @@ def _statistics_layout(config: DataplaneConfig, name: str, info) -> bool:
     if name == "counters":
         return info.max_entries == SVCXDP_CNT_MAX
     return (info.type == BPF_MAP_TYPE_ARRAY and bool(info.flags & BPF_F_MMAPABLE)
-            and info.max_entries == config.max_backends * possible_cpus())
+            and info.max_entries == config.max_backends * cpu_id_limit())
 
 
 def _set_aside_stale_statistics(config: DataplaneConfig) -> Aside:
@@ -214,7 +214,7 @@ def _layout_problems(bpf, config: DataplaneConfig) -> list[str]:
         "ct_unconfirmed_pod": config.ct_unconfirmed_pod_size // flowsets.WAYS,
         udprecent.MAP: 1, flowsets.SEED_MAP: 1,
         "fragments": config.frag_size, "rr_state": config.svc_id_slots,
-        "svc_stats": config.svc_id_slots, "backend_stats": config.max_backends * possible_cpus(),
+        "svc_stats": config.svc_id_slots, "backend_stats": config.max_backends * cpu_id_limit(),
         "backend_conns": config.max_backends,
         "maglev": config.max_services, "affinity": config.affinity_size,
         "source_ranges": config.source_ranges_size,

@@ -17,9 +17,9 @@ from .affinity_maps import AffinityGenerations, AffinityStats, count_entries  # 
 from .config import svc_id_slots
 from .ids import IdAllocator
 from .layout import COUNTER_NAMES
-from .libbpf import lookup_batches_raw
+from .libbpf import BPF_MAP_TYPE_PERCPU_ARRAY, lookup_batches_raw, map_info
 from .mapped import CpuRows
-from .pinned import percpu_value_size, possible_cpus
+from .pinned import cpu_id_limit, percpu_value_size, possible_cpus
 from .model import Frontend, ServiceState
 
 STAT_FIELDS = ("packets", "bytes", "new_flows", "rejects")
@@ -118,9 +118,15 @@ def all_service_stats(maps) -> dict[int, tuple[int, int, int, int]]:
 def backend_rows(maps) -> CpuRows | None:
     """backend_stats mapped into this process, a row of counters per CPU (bpf/maps.h);
     None where a build before that layout pinned it (a per-CPU array: a reader newer
-    than the running agent)."""
+    than the running agent). An array of this layout that cannot be mapped is an error:
+    read as a per-CPU array, its neighbouring ids' counts would be summed together."""
     mapped = maps.mapped("backend_stats")
-    return CpuRows(mapped, possible_cpus()) if mapped is not None else None
+    if mapped is not None:
+        return CpuRows(mapped, cpu_id_limit())
+    fd = maps.raw_table("backend_stats").map_fd
+    if map_info(fd).type != BPF_MAP_TYPE_PERCPU_ARRAY:
+        raise OSError(f"backend_stats (map fd {fd}) could not be mapped into this process")
+    return None
 
 
 def backend_new_flows(maps) -> dict[int, int]:

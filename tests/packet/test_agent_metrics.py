@@ -53,7 +53,7 @@ def test_datapath_and_service_metrics_are_the_maps_contents(xdp: Harness):
 
 
 def test_new_flows_per_backend_show_the_spread(xdp: Harness):
-    """rr over 3 backends, 7 new flows: 3, 2, 2 — from the per-CPU backend_stats map the
+    """rr over 3 backends, 7 new flows: 3, 2, 2 — from the backend_stats rows (a row per CPU) the
     datapath counts (bpf lb_count_new), labelled with the agent's names for the ids."""
     fe = Frontend(VIP, 80, "TCP")
     xdp.writer.upsert(ServiceState(fe, tuple(Backend(ip, 8080) for ip in BACKENDS), "rr"))

@@ -170,7 +170,8 @@ def test_the_agent_looks_again_at_an_external_interface_once_a_link_beside_it_ch
     """The agent tells the external entry point the interface's MAC address at its first
     refresh; a macvlan stacked on it later (keepalived's VRRP virtual MAC) turns the check
     off at the next refresh — the namespace's link events say so — not a minute later, and
-    its removal turns it on again. A refresh with no link change looks for nothing."""
+    its removal turns it on again. A refresh after no change, or after one that concerns
+    no external interface (a veth pair made beside it), looks for nothing."""
     from controlplane.agent import interfaces
     from controlplane.agent.attach_sources import Target
     from controlplane.dataplane import frames
@@ -195,6 +196,9 @@ def test_the_agent_looks_again_at_an_external_interface_once_a_link_beside_it_ch
         before = len(looks)
         manager.refresh()
         assert len(looks) == before               # nothing changed since: no link dump
+        _ip(ns, "link", "add", "vx", "type", "veth", "peer", "name", "vy")
+        manager.refresh()
+        assert len(looks) == before               # a pod's veth concerns no external interface
         _ip(ns, "link", "add", "vrrp0", "link", "va", "type", "macvlan", "mode", "bridge")
         _ip(ns, "link", "set", "vrrp0", "address", "00:00:5e:00:01:07")
         manager.refresh()

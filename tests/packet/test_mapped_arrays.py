@@ -112,7 +112,7 @@ def test_adoption_through_the_mapping_finds_what_batch_lookups_find(xdp: Harness
 
 
 def test_writes_made_beside_leave_the_maps_as_inline_ones(xdp: Harness):
-    """From BESIDE_MIN entries on the writer zeroes counters and writes half the slots
+    """From BESIDE_MIN entries on the writer flushes rev_nat and writes half the slots
     on a second thread (dataplane/beside.py); here every write that can is made so, and the
     maps and the writer's own records must come out as when all is made in turn."""
     from .test_bulk_delete import snapshot

@@ -103,3 +103,14 @@ def test_the_reject_budget_flags_reach_the_build():
         _config("--reject-burst", str(2**32 + 1))
     with pytest.raises(ConfigError, match="reject_rate: at most"):
         DataplaneConfig(reject_rate=10**9 + 1)
+
+
+def test_max_backends_is_refused_where_its_counters_row_per_cpu_would_pass_2_to_the_31(monkeypatch):
+    """backend_stats holds a row of max_backends counters per possible CPU (bpf/maps.h),
+    indexed by a u32 and sized by a C int: a size that passes 2^31 entries is refused,
+    naming the field, before any build."""
+    from controlplane.dataplane import pinned
+    monkeypatch.setattr(pinned, "cpu_id_limit", lambda: 4096)
+    assert "-DSVCXDP_NR_CPUS=4096" in _config("--max-backends", str((1 << 31) // 4096 - 1)).cflags()
+    with pytest.raises(ConfigError, match="max_backends.*4096 possible CPUs"):
+        _config("--max-backends", str((1 << 31) // 4096))
