@@ -19,9 +19,10 @@
 #ifndef SVCXDP_MAX_BACKENDS
 #define SVCXDP_MAX_BACKENDS SVCXDP_DEFAULT_MAX_BACKENDS
 #endif
-/* The kernel's possible CPUs (backend_stats has a row per CPU); the loader gives it. */
+/* One more than the highest possible CPU id (backend_stats has a row per CPU id); the
+ * loader gives it (pinned.py cpu_id_limit). */
 #ifndef SVCXDP_NR_CPUS
-#error "SVCXDP_NR_CPUS: the number of possible CPUs, given by the loader (config.py cflags)"
+#error "SVCXDP_NR_CPUS: one more than the highest possible CPU id, given by the loader (config.py cflags)"
 #endif
 #ifndef SVCXDP_MAX_SLOTS
 #define SVCXDP_MAX_SLOTS SVCXDP_DEFAULT_MAX_SLOTS

@@ -158,9 +158,9 @@ class DataplaneCollector:
 
     `collect()` yields prometheus_client metric families (for a registry); `text()` writes
     the same samples straight in the text exposition format (bytes; `pieces()` unjoined),
-    which the agent's /metrics serves: at 10,000 services prometheus_client's per-sample formatting alone
-    took hundreds of milliseconds, while the labels here are formatted once per id
-    (Naming) and the values written in by C (samples.py)."""
+    which the agent's /metrics serves: at 10,000 services prometheus_client's per-sample
+    formatting alone took hundreds of milliseconds, while the labels here are formatted
+    once per id (Naming) and the values written in by C (samples.py)."""
 
     def __init__(self, maps, naming: Callable[[], Naming] | None = None,
                  entry_counts: Callable[[], dict[str, int]] | None = None) -> None:

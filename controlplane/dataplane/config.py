@@ -129,8 +129,9 @@ class DataplaneConfig:
             if problem:
                 raise ConfigError(f"{name}: {problem}, got {value}")
         from .pinned import cpu_id_limit
-        if self.max_backends * cpu_id_limit() >= 1 << 31:   # backend_stats: a row per CPU (bpf/maps.h)
-            raise ConfigError(f"max_backends: with {cpu_id_limit()} possible CPUs, the per-backend counters "
+        cpus = cpu_id_limit()
+        if self.max_backends * cpus >= 1 << 31:   # backend_stats: a row per CPU (bpf/maps.h)
+            raise ConfigError(f"max_backends: with {cpus} possible CPUs, the per-backend counters "
                               f"(a row of max_backends per CPU) would pass 2^31 entries; got {self.max_backends}")
 
     @property

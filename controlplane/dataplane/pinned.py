@@ -14,6 +14,7 @@ import ctypes as ct
 import os
 import re
 import struct
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
@@ -168,13 +169,15 @@ def struct_format(ctype: type) -> tuple[str, tuple[str, ...]]:
 _PERCPU_TYPES = {5, 6, 10}   # BPF_MAP_TYPE_PERCPU_HASH, _PERCPU_ARRAY, _LRU_PERCPU_HASH
 
 
-def _possible_ranges() -> list[tuple[int, int]]:
-    """The kernel's possible CPU ids, as (first, last) ranges."""
+@lru_cache(maxsize=1)
+def _possible_ranges() -> tuple[tuple[int, int], ...]:
+    """The kernel's possible CPU ids, as (first, last) ranges: fixed for the boot, read
+    once (the scrape and the writer's per-CPU sizes ask again and again)."""
     out = []
     for part in Path("/sys/devices/system/cpu/possible").read_text().strip().split(","):
         lo, _, hi = part.partition("-")
         out.append((int(lo), int(hi or lo)))
-    return out
+    return tuple(out)
 
 
 def possible_cpus() -> int:
