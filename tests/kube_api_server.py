@@ -21,6 +21,8 @@ unchanged:
   timeoutSeconds.
 - one revision counter for both kinds (as etcd's), a bearer token checked on every
   request (401 otherwise).
+- a Node by name (`/api/v1/nodes/NAME`, what an agent reads of its own node): the object
+  given to `put_node`, with kind and apiVersion, or 404 with a Status (reason NotFound).
 
 Faults the tests trigger: `compact_after_page = True` (a paged list's snapshot expires
 between its pages), `bookmark()` (BOOKMARK events at the current revision to the
@@ -51,11 +53,14 @@ from urllib.parse import parse_qs, urlsplit
 
 SERVICES = "services"
 ENDPOINTSLICES = "endpointslices"
+NODES = "nodes"   # read by name only
 KINDS = {SERVICES: ("Service", "v1"), ENDPOINTSLICES: ("EndpointSlice", "discovery.k8s.io/v1")}
+API_GROUPS = {SERVICES: "", ENDPOINTSLICES: "discovery.k8s.io", NODES: ""}
 _PATHS = [
     (re.compile(r"^/api/v1(?:/namespaces/(?P<ns>[^/]+))?/services$"), SERVICES),
     (re.compile(r"^/apis/discovery\.k8s\.io/v1(?:/namespaces/(?P<ns>[^/]+))?/endpointslices$"), ENDPOINTSLICES),
 ]
+_NODE_PATH = re.compile(r"^/api/v1/nodes/(?P<name>[^/]+)$")
 TOKEN = "svcxdp-test-token"
 
 
@@ -65,6 +70,12 @@ class Request:
     namespace: str | None
     watch: bool
     query: dict[str, str]
+    name: str | None = None   # a read of one object by name
+
+    @property
+    def verb(self) -> str:
+        """The RBAC verb the request needs."""
+        return "get" if self.name is not None else "watch" if self.watch else "list"
 
 
 @dataclass(eq=False)   # each watcher is itself (removed by identity)
@@ -99,6 +110,7 @@ class KubeApiServer:
         self.compacted = 0            # a watch from a revision below this one has expired
         self.objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {SERVICES: {}, ENDPOINTSLICES: {}}
         self.history: list[tuple[int, str, str, dict[str, Any]]] = []   # (rev, resource, type, object)
+        self.nodes: dict[str, dict[str, Any]] = {}   # by name
         self.requests: list[Request] = []
         self._cond = threading.Condition()
         self._watchers: list[_Watcher] = []
@@ -164,6 +176,14 @@ class KubeApiServer:
             obj["metadata"]["resourceVersion"] = str(self.revision)
             self._record(resource, "DELETED", obj)
             return self.revision
+
+    def put_node(self, node: dict[str, Any]) -> None:
+        """Create or replace a Node (served by name; not listed or watched here)."""
+        node = copy.deepcopy(node)
+        with self._cond:
+            self.revision += 1
+            node.setdefault("metadata", {})["resourceVersion"] = str(self.revision)
+            self.nodes[node["metadata"]["name"]] = node
 
     def touch_other(self) -> int:
         """A change to a kind nobody watches here (a Pod, a ConfigMap): only the revision moves."""
@@ -331,15 +351,20 @@ def _handler(server: KubeApiServer) -> type[BaseHTTPRequestHandler]:
             server._reachable.wait()
             url = urlsplit(self.path)
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            node = _NODE_PATH.match(url.path)
             for pattern, resource in _PATHS:
                 m = pattern.match(url.path)
-                if m:
+                if m or node:
                     break
             else:
                 self._json(404, status(404, "NotFound", f"the server could not find the requested resource ({url.path})"))
                 return
             if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                 self._json(401, status(401, "Unauthorized", "Unauthorized"))
+                return
+            if node:
+                server.requests.append(Request(NODES, None, False, query, node.group("name")))
+                self._node(node.group("name"))
                 return
             watch = query.get("watch") in ("true", "1")
             server.requests.append(Request(resource, m.group("ns"), watch, query))
@@ -353,6 +378,14 @@ def _handler(server: KubeApiServer) -> type[BaseHTTPRequestHandler]:
                 self._json(*server._list(resource, m.group("ns"), limit, query.get("continue")))
                 return
             self._watch(resource, m.group("ns"), query)
+
+        def _node(self, name: str) -> None:
+            with server._cond:
+                obj = copy.deepcopy(server.nodes.get(name))
+            if obj is None:
+                self._json(404, status(404, "NotFound", f'nodes "{name}" not found'))
+                return
+            self._json(200, {"kind": "Node", "apiVersion": "v1", **obj})
 
         def _client_gone(self) -> bool:
             """The client closed the connection (a watch client sends nothing after its request)."""

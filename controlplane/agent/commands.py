@@ -49,6 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="XDP mode of pod interfaces whose peer the agent does not run (--interfaces, "
                         "--discover): auto is generic, as native XDP on a veth drops the RSTs and ICMP "
                         "answers the program sends to a pod whose end has neither an XDP program nor GRO")
+    p.add_argument("--node-zone", metavar="ZONE", type=_label_value,
+                   help="the node's zone, for the endpoints' topology hints (trafficDistribution "
+                        "PreferClose / PreferSameZone): Cluster-policy traffic goes to the endpoints hinted "
+                        "for this zone when every ready endpoint has a zone hint and one names it. Default: "
+                        "with --source kubernetes, the Node's topology.kubernetes.io/zone label, read at "
+                        "start; else none (zone hints ignored; node hints still apply)")
     p.add_argument("--nodeport-addresses", default="", metavar="CIDR,...",
                    help="serve NodePorts only on the node addresses inside these CIDRs "
                         "(default: every address of the external interfaces)")
@@ -213,7 +219,8 @@ def run(args: argparse.Namespace) -> int:
             serve(health, port=args.healthz_port)
         except OSError as exc:
             raise CommandError(busy_port_message(args.healthz_port, exc)) from None
-    source, feed = _open_source(args)
+    source, feed, api = _open_source(args)
+    zone = _node_zone(args, api, log)
     try:
         if args.socket_lb_cgroup:   # the socket hooks are loaded from bcc's program object
             dp = Dataplane.load(config)
@@ -248,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
     if feed is not None and not feed.wait_synced(timeout=30):
         log.warning("the Kubernetes API has not answered the first list yet; the dataplane keeps its state "
                     "(/healthz 503) until it does")
-    agent = Agent(source, NodeConfig(args.node, args.lb_algorithm, addresses), dp, interfaces, health,
+    agent = Agent(source, NodeConfig(args.node, args.lb_algorithm, addresses, zone), dp, interfaces, health,
                   check_every_s=args.check_interval, service_health=service_health,
                   check_max_share=args.check_max_share)
     if dp.replaced and socket_lb:
@@ -357,10 +364,11 @@ def fib_redirect_choice(args: argparse.Namespace) -> tuple[bool, str]:
 
 
 def _open_source(args: argparse.Namespace):
-    """(the agent's Source, the KubeFeed when it is the Kubernetes API, else None)."""
+    """(the agent's Source, then the KubeFeed and its ApiClient when it is the Kubernetes
+    API, else None and None)."""
     if (args.source or ("kubernetes" if args.kubeconfig else "store")) == "store":
         from controlplane.store.paths import open_store_from_args
-        return open_store_from_args(args), None
+        return open_store_from_args(args), None, None
     if args.store:
         raise CommandError("--store and --source kubernetes: the agent reads one source; choose one")
     from controlplane.kubeapi.connect import KubeConfigError, api_client
@@ -370,7 +378,33 @@ def _open_source(args: argparse.Namespace):
     except KubeConfigError as exc:
         raise CommandError(str(exc)) from None
     feed = KubeFeed(api).start()
-    return feed, feed
+    return feed, feed, api
+
+
+def _node_zone(args: argparse.Namespace, api, log: logging.Logger) -> str:
+    """--node-zone, else the Node's zone label from the Kubernetes API (api: None for the
+    store), else none. A Node that cannot be read leaves the agent without a zone, as a
+    node without the label does (zone hints ignored), with a warning."""
+    if args.node_zone is not None or api is None:
+        zone = args.node_zone or ""
+    else:
+        from controlplane.kubeapi.node import NodeReadError, node_zone
+        try:
+            zone = node_zone(api, args.node)
+        except NodeReadError as exc:
+            log.warning("%s; zone topology hints are ignored (--node-zone sets the zone)", exc)
+            return ""
+    log.info("node zone: %s", zone or "none (zone topology hints ignored)")
+    return zone
+
+
+def _label_value(text: str) -> str:
+    """--node-zone: a label value, as the Node's label would be."""
+    from controlplane.api.validation.names import label_value
+    problems = label_value(text)
+    if problems:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a label value: {'; '.join(problems)}")
+    return text
 
 
 def _share(text: str) -> float:

@@ -18,6 +18,8 @@ from controlplane.dataplane.model import Backend, Frontend, ModelError, ServiceS
 from controlplane.gcpause import paused_gc
 from controlplane.maglev.primes import DEFAULT_TABLE_SIZE, size_warning
 
+from . import topology
+
 # Backend selection per service (validated at apply time by api.validation.lb_annotations):
 #   svcxdp.io/lb-algorithm: maglev        (else the node's --lb-algorithm)
 #   svcxdp.io/backend-weights: web-0=3,10.244.2.7=1   (pod name or IP; unlisted: 1)
@@ -34,6 +36,9 @@ class NodeConfig:
     default_algorithm: str = "random"
     # the node addresses NodePorts answer on (--nodeport-addresses applied already)
     nodeport_addresses: tuple[str, ...] = ()
+    # the node's zone (its topology.kubernetes.io/zone label; "" if none), for the
+    # endpoints' topology hints (topology.py)
+    zone: str = ""
 
 
 class Problem(str):
@@ -116,8 +121,8 @@ def backend_state(ready: bool, serving: bool, terminating: bool) -> str | None:
 
 # Where Backend's fields sit in the view's endpoint tuples (by name: the tuple is the
 # read model's to lay out).
-_IP, _PORT, _READY, _NODE, _POD = (ViewBackend._fields.index(f)
-                                   for f in ("ip", "port", "ready", "node_name", "pod_name"))
+_IP, _PORT, _READY, _NODE, _POD, _HINTS = (ViewBackend._fields.index(f)
+                                           for f in ("ip", "port", "ready", "node_name", "pod_name", "hints"))
 _ACTIVE, _TERMINATING = "active", "terminating"
 
 
@@ -136,28 +141,38 @@ class _Checked:
 _Maker = _Checked | UncheckedModel
 
 
-def _backends(rows: Sequence[ViewBackend], weights: dict[str, int],
-              make: _Maker) -> tuple[Sequence[Backend] | Sequence[int], Sequence[str | None]]:
-    """A port's backends (from UncheckedModel: their indices), with the node of each.
-    Weights are looked up by pod name, then by IP; unlisted endpoints weigh 1. A full
-    sync makes 100,000 backends: the endpoints are taken apart into columns (zip, in C)
-    and the backends made a column at a time."""
+_Made = Sequence[Backend] | Sequence[int]
+
+
+def _backends(rows: Sequence[ViewBackend], weights: dict[str, int], make: _Maker,
+              node: NodeConfig) -> tuple[_Made, Sequence[str | None], _Made]:
+    """A port's backends (from UncheckedModel: their indices), with the node of each, and
+    those of them this node's Cluster-policy traffic may use (the same, unless topology
+    hints apply: topology.py). Weights are looked up by pod name, then by IP; unlisted
+    endpoints weigh 1. A full sync makes 100,000 backends: the endpoints are taken apart
+    into columns (zip, in C) and the backends made a column at a time."""
     if not rows:
-        return (), ()
+        return (), (), ()
     cols = tuple(zip(*rows))
     ips, ports, ready = cols[_IP], cols[_PORT], cols[_READY]
     states: tuple[str, ...] | str = _ACTIVE   # the usual case: every endpoint ready
     if not all(ready):   # backend_state(), a column at a time
         rows = [b for b in rows if backend_state(b.ready, b.serving, b.terminating)]
         if not rows:
-            return (), ()
+            return (), (), ()
         cols = tuple(zip(*rows))
         ips, ports = cols[_IP], cols[_PORT]
         states = tuple([_ACTIVE if r else _TERMINATING for r in cols[_READY]])
     if weights:
         ws = tuple([weights.get(pod or "", weights.get(ip, 1)) for ip, pod in zip(ips, cols[_POD])])
-        return make.backends(ips, ports, states, ws), cols[_NODE]
-    return make.backends(ips, ports, states, 1), cols[_NODE]
+        made = make.backends(ips, ports, states, ws)
+    else:
+        made = make.backends(ips, ports, states, 1)
+    hints = cols[_HINTS]
+    if not any(hints):   # the usual case: no endpoint of the port has hints
+        return made, cols[_NODE], made
+    usable = topology.available(cols[_READY], hints, node.name, node.zone)
+    return made, cols[_NODE], made if usable is None else tuple(compress(made, usable))
 
 
 def desired_state(views: Iterable[ServiceView], node: NodeConfig) -> Desired:
@@ -317,15 +332,17 @@ def _views_into(views: Sequence[ServiceView], node: NodeConfig, make: _Maker,
                 problems.append(Problem(f"service {name} port {port.port}/{protocol}: "
                                         f"not served by the XDP dataplane (TCP and UDP only)", "NotServed"))
                 continue
-            backends, nodes = _backends(port.backends, weights, make)
+            backends, nodes, cluster = _backends(port.backends, weights, make, node)
             if algorithm == "maglev":
                 warn = size_warning(table_size or DEFAULT_TABLE_SIZE, len(backends))
                 if warn:
                     problems.append(Problem(f"service {name} port {port.port}: {warn}", "MaglevTableSize"))
             owner = f"{name}:{port.name or port.port}"
-            # Local policies: this node's endpoints only; with endpoints elsewhere only,
-            # the traffic is dropped (no endpoints at all: rejected, as kube-proxy does).
-            internal = external = backends
+            # Cluster policies: the endpoints the topology hints leave this node (all,
+            # without hints). Local policies: this node's endpoints only, hints or not;
+            # with endpoints elsewhere only, the traffic is dropped (no endpoints at all:
+            # rejected, as kube-proxy does).
+            internal = external = cluster
             internal_drop = external_drop = False
             if internal_local or external_local:
                 mine = tuple(compress(backends, map(eq, nodes, repeat(node_name))))
@@ -349,11 +366,12 @@ def _views_into(views: Sequence[ServiceView], node: NodeConfig, make: _Maker,
                     contests.append((fe, view, False, owner, made))
                 # Pods and the node reach the same address too (kube-proxy matches it for
                 # them as well): its cluster-scope twin, the entry their lookups find, with
-                # every endpoint — kube-proxy short-circuits traffic from inside to all of
-                # them, subject to neither traffic policy. Claimed after the group's own
+                # the Cluster-policy endpoints — kube-proxy short-circuits traffic from
+                # inside to its cluster chain, subject to neither traffic policy (to the
+                # topology hints, as that chain is). Claimed after the group's own
                 # frontends (a ClusterIP comes first in any case: claim_rank).
                 twins.append((frontend(fe.vip, fe.port, protocol, "cluster"), view, owner,
-                              backends, algorithm, affinity, table_size, ranges))
+                              cluster, algorithm, affinity, table_size, ranges))
     for twin, view, owner, backends, algorithm, affinity, table_size, ranges in twins:
         made = state(twin, backends, algorithm, affinity, table_size, ranges, False)
         if _claimed(twin, owner, owners):

@@ -5,7 +5,8 @@ For the agent: an EndpointSlice belongs to the Service named by its
 out (`proxied_slice_owner`); each `Endpoint` has `addresses` (one IP), `conditions`
 (ready / serving / terminating; None means "true" for ready and serving, "false" for
 terminating, as kube-proxy reads them), `node_name`,
-`target_ref` (the pod) and the slice's `ports` give the port number for each service-port
+`target_ref` (the pod), `hints` (the zones and nodes whose proxies should prefer it:
+topology-aware routing) and the slice's `ports` give the port number for each service-port
 name (named target ports resolve per pod, so different slices may carry different numbers).
 """
 from __future__ import annotations
@@ -107,6 +108,29 @@ class EndpointConditions:
 
 
 @dataclass
+class ForZone:
+    name: str | None = None
+    extra: dict[str, Any] = extra_field()
+
+
+@dataclass
+class ForNode:
+    name: str | None = None
+    extra: dict[str, Any] = extra_field()
+
+
+@dataclass
+class EndpointHints:
+    """Where an endpoint should be used from (written by the EndpointSlice controller for
+    `trafficDistribution` PreferClose / PreferSameZone / PreferSameNode and the
+    `service.kubernetes.io/topology-mode: Auto` annotation): proxies in these zones, on
+    these nodes. The proxies' rule is agent/topology.py's."""
+    for_zones: list[ForZone] | None = None
+    for_nodes: list[ForNode] | None = None
+    extra: dict[str, Any] = extra_field()
+
+
+@dataclass
 class Endpoint:
     addresses: list[str] | None = None
     conditions: EndpointConditions = field(default_factory=EndpointConditions)
@@ -114,6 +138,7 @@ class Endpoint:
     target_ref: ObjectReference | None = None
     node_name: str | None = None
     zone: str | None = None
+    hints: EndpointHints | None = None
     extra: dict[str, Any] = extra_field()
 
     # The conditions as kube-proxy reads them (pkg/proxy/endpointslicecache.go): ready and

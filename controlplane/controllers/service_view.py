@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Iterator, Literal, NamedTuple
 import msgspec
 
 from controlplane.api.codec_typed import typed_decoder
-from controlplane.api.endpoints import (LABEL_SERVICE_NAME, LAST_CHANGE_TRIGGER_TIME, EndpointSlice,
+from controlplane.api.endpoints import (LABEL_SERVICE_NAME, LAST_CHANGE_TRIGGER_TIME, EndpointHints, EndpointSlice,
                                         proxied_slice_owner)
 from controlplane.api.meta import parse_timestamp
 from controlplane.api.service import (IP_MODE_VIP, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, POLICY_LOCAL,
@@ -37,6 +37,13 @@ from controlplane.store.interface import StoreReader
 SCOPE_CLUSTER_IP = "clusterIP"
 SCOPE_EXTERNAL_IP = "externalIP"
 SCOPE_LOAD_BALANCER = "loadBalancer"
+
+
+class Hints(NamedTuple):
+    """An endpoint's topology hints (EndpointHints): the zones and the nodes whose proxies
+    should prefer it. Either may be empty; an endpoint with neither has none (None)."""
+    zones: frozenset[str]
+    nodes: frozenset[str]
 
 
 class Backend(NamedTuple):
@@ -50,6 +57,7 @@ class Backend(NamedTuple):
     terminating: bool
     node_name: str | None
     pod_name: str | None
+    hints: Hints | None = None   # (made by _tuple_new, every reader passes it: the default is for tests)
 
 
 @dataclass(frozen=True)
@@ -125,7 +133,7 @@ def slice_backends(es: EndpointSlice) -> SliceBackends:
     """The backends an EndpointSlice object contributes (IPv4 slices only)."""
     if es.address_type not in (None, "IPv4") or all(p.port is None for p in es.ports or ()):
         return {}   # (before reading the endpoints: one with null conditions has no .ready)
-    eps = [(ep.addresses, ep.ready, ep.serving, ep.terminating, ep.node_name, ep.pod_name)
+    eps = [(ep.addresses, ep.ready, ep.serving, ep.terminating, ep.node_name, ep.pod_name, _object_hints(ep.hints))
            for ep in es.endpoints or () if ep.addresses]
     return _cross((((p.name or "", p.protocol or DEFAULT_PROTOCOL), p.port) for p in es.ports), eps)
 
@@ -153,14 +161,14 @@ def slice_document_backends(doc: dict[str, Any]) -> SliceBackends:
         node = e.get("nodeName")
         if node:   # one string per node (see _NodeNames; a document may hold any JSON type here)
             node = intern(node)
-        eps.append((addresses, ready, serving, bool(c.get("terminating")), node, pod))
+        eps.append((addresses, ready, serving, bool(c.get("terminating")), node, pod, _document_hints(e.get("hints"))))
     return _cross((((p.get("name") or "", p.get("protocol") or DEFAULT_PROTOCOL), p.get("port")) for p in ports),
                   eps)
 
 
 def _cross(ports: Iterable[tuple[PortKey, int | None]], eps: list[tuple]) -> SliceBackends:
     """A slice's backends by port key: each port with a number, crossed with each endpoint
-    (addresses, ready, serving, terminating, node, pod), in that order. An endpoint is its
+    (addresses, ready, serving, terminating, node, pod, hints), in that order. An endpoint is its
     first address: the API allows up to 100 but defines no meaning for the ones after the
     first, and kube-proxy does not look at them (nor does the EndpointSlice controller
     write more than one). Every reader (object, stored document, stored text) ends here, or, for the usual slice, in
@@ -175,9 +183,51 @@ def _cross(ports: Iterable[tuple[PortKey, int | None]], eps: list[tuple]) -> Sli
         if backends is None:
             backends = out[key] = []
         append = backends.append
-        for addresses, ready, serving, terminating, node, pod in eps:
-            append(_tuple_new(Backend, (addresses[0], port, ready, serving, terminating, node, pod)))
+        for addresses, ready, serving, terminating, node, pod, hints in eps:
+            append(_tuple_new(Backend, (addresses[0], port, ready, serving, terminating, node, pod, hints)))
     return out
+
+
+class _HintsMade(dict):
+    """One Hints object per distinct (zones, nodes): every endpoint of a zone names the
+    same few zones, and the Backends share the object. Bounded, as _NodeNames is."""
+
+    MAX = 65536
+
+    def __missing__(self, key: tuple[tuple[str, ...], tuple[str, ...]]) -> Hints | None:
+        if len(self) > self.MAX:
+            self.clear()
+        zones, nodes = key
+        value = self[key] = Hints(frozenset(zones), frozenset(nodes)) if zones or nodes else None
+        return value
+
+
+_HINTS = _HintsMade()
+
+
+def _hints_of(zones: Iterable[Any] | None, nodes: Iterable[Any] | None) -> Hints | None:
+    """The Hints of these zone and node entries (objects with a `name`; one without a name
+    is no zone or node)."""
+    return _HINTS[(tuple(z.name for z in zones or () if z.name), tuple(n.name for n in nodes or () if n.name))]
+
+
+def _object_hints(hints: EndpointHints | None) -> Hints | None:
+    """An Endpoint object's hints."""
+    return None if hints is None else _hints_of(hints.for_zones, hints.for_nodes)
+
+
+def _document_hints(hints: Any) -> Hints | None:
+    """A stored document's hints, read as _object_hints reads the object's; a document may
+    hold any JSON type here, and what is not a list of {"name": string} names nothing."""
+    if not isinstance(hints, dict):
+        return None
+
+    def names(key: str) -> tuple[str, ...]:
+        entries = hints.get(key)
+        if not isinstance(entries, list):
+            return ()
+        return tuple(e["name"] for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str) and e["name"])
+    return _HINTS[(names("forZones"), names("forNodes"))]
 
 
 class _NodeNames(dict):
@@ -201,7 +251,7 @@ _NODE_NAMES = _NodeNames()
 # The typed decoder for a stored EndpointSlice's text (SqliteStore.iter_json): only the
 # fields slice_document_backends reads (and the labels, for the service name and the two
 # labels kube-proxy's selector leaves out); msgspec skips the rest of the document without
-# building it (uid, timestamps, annotations, hints, zones), and the few it keeps become
+# building it (uid, timestamps, annotations, zones), and the few it keeps become
 # slot objects instead of dicts. At 10,000 slices x 10 endpoints it
 # reads them in a third of json.loads' time. Defaults are those of an absent field in
 # the document path; a document with a field of another type (one the codec would not have
@@ -217,11 +267,26 @@ class _Conditions(msgspec.Struct, frozen=True, gc=False):   # frozen: hashable, 
     terminating: bool | None = None
 
 
+class _Named(msgspec.Struct, gc=False):
+    name: str | None = None
+
+
+class _Hints(msgspec.Struct, gc=False):
+    forZones: list[_Named] | None = None   # noqa: N815
+    forNodes: list[_Named] | None = None   # noqa: N815
+
+
 class _Endpoint(msgspec.Struct, gc=False):
     addresses: list[str] | None = None
     conditions: _Conditions | None = None
     nodeName: str | None = None   # noqa: N815 (the JSON field's name)
     targetRef: _Ref | None = None   # noqa: N815
+    hints: _Hints | None = None   # (absent in the usual slice: nothing is built for it)
+
+
+def _decoded_hints(hints: _Hints) -> Hints | None:
+    """_object_hints of the typed decoder's hints."""
+    return _hints_of(hints.forZones, hints.forNodes)
 
 
 class _Port(msgspec.Struct, gc=False):
@@ -344,9 +409,10 @@ def _decoded_slice_read(es: _Slice) -> SliceRead:
         addresses = e.addresses
         if not addresses:
             continue
-        ref = e.targetRef
+        ref, hints = e.targetRef, e.hints
         eps.append((addresses, *_FLAGS[e.conditions], _NODE_NAMES[e.nodeName],
-                    ref.name if ref is not None and ref.kind == "Pod" else None))
+                    ref.name if ref is not None and ref.kind == "Pod" else None,
+                    None if hints is None else _decoded_hints(hints)))
     keyed_ports = (((p.name or "", p.protocol or DEFAULT_PROTOCOL), p.port) for p in ports)
     return _tuple_new(SliceRead, (namespace, name, owner, _cross(keyed_ports, eps)))
 
@@ -361,9 +427,10 @@ def _one_port_backends(port: int, endpoints: list[_Endpoint]) -> list[Backend]:
     for e in endpoints:
         ip = e.addresses[0]   # type: ignore[index] (None: TypeError; []: IndexError)
         ready, serving, terminating = flags[e.conditions]
-        ref = e.targetRef
+        ref, hints = e.targetRef, e.hints
         append(new(Backend, (ip, port, ready, serving, terminating, nodes[e.nodeName],
-                             None if ref is None else ref.name if ref.kind == "Pod" else None)))
+                             None if ref is None else ref.name if ref.kind == "Pod" else None,
+                             None if hints is None else _decoded_hints(hints))))
     return out
 
 

@@ -7,7 +7,9 @@ Services and EndpointSlices listed, then watched, land in the maps (every Servic
 traffic policies by nodeName; terminating-but-serving endpoints); a bookmark moves the
 resume point; 410 Gone (as an ERROR event or an HTTP status) means a relist that leaves no
 stale frontend; a connection cut mid-chunk resumes from the last resourceVersion without
-losing an event and without a relist; deleting a Service removes its frontends.
+losing an event and without a relist; deleting a Service removes its frontends. Topology
+hints (as the EndpointSlice controller writes them for trafficDistribution) keep Cluster-
+policy traffic in the node's zone, read from its Node, or on the node itself.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from controlplane.dataplane.program import Dataplane
 from controlplane.dataplane.writer import MapWriter
 from controlplane.kubeapi.connect import api_client
 from controlplane.kubeapi.feed import KubeFeed
+from controlplane.kubeapi.node import NodeReadError, node_zone
 from tests.kube_api_server import ENDPOINTSLICES, SERVICES, KubeApiServer
 
 from .agent_kit import AgentLoop, Client, fresh_agent, small_dataplane, wait_until
@@ -120,15 +123,18 @@ def start_agent(api, dataplane, tmp_path):
     --source kubernetes --kubeconfig FILE` does."""
     running: list[Running] = []
 
-    def start() -> Running:
+    def start(zone_from_node: bool = False) -> Running:
         kubeconfig = tmp_path / "kubeconfig"
         kubeconfig.write_text(api.kubeconfig())
-        feed = KubeFeed(api_client(str(kubeconfig)), watch_timeout_s=60).start()
+        client = api_client(str(kubeconfig))
+        zone = node_zone(client, NODE) if zone_from_node else ""   # as `svcctl agent` reads it
+        feed = KubeFeed(client, watch_timeout_s=60).start()
         for r in feed.reflectors.values():
             r.backoff_first_s = 0.05
         assert feed.wait_synced(10)
         assert wait_until(lambda: api.watchers() == 2)   # both resources are being watched
-        agent = fresh_agent(feed, dataplane, NodeConfig(NODE, nodeport_addresses=(NODE_IP,)), check_every_s=3600)
+        agent = fresh_agent(feed, dataplane, NodeConfig(NODE, nodeport_addresses=(NODE_IP,), zone=zone),
+                            check_every_s=3600)
         running.append(Running(api, feed, AgentLoop(agent, poll_s=0.05).start()))
         return running[-1]
 
@@ -263,3 +269,71 @@ def test_a_dropped_connection_resumes_without_losing_an_event(api, start_agent):
         assert api.watches(r)[1].query["resourceVersion"] == before[r]
     assert api.lists(SERVICES) == 1 and api.lists(ENDPOINTSLICES) == 1
 
+
+
+def hinted_slice(service_name: str, endpoints: list[tuple[str, str, list[str] | None, list[str] | None]]) -> dict:
+    """endpoints: (ip, nodeName, zones hinted, nodes hinted), all ready; None: no such hint."""
+    es = endpoint_slice(service_name, [(ip, node, READY) for ip, node, _, _ in endpoints])
+    for ep, (_, _, zones, nodes) in zip(es["endpoints"], endpoints):
+        hints = {}
+        if zones is not None:
+            hints["forZones"] = [{"name": z} for z in zones]
+        if nodes is not None:
+            hints["forNodes"] = [{"name": n} for n in nodes]
+        if hints:
+            ep["hints"] = hints
+    return es
+
+
+def test_topology_hints_keep_cluster_traffic_in_the_nodes_zone(api, start_agent):
+    """kube-proxy's rule (pkg/proxy/topology.go): with every ready endpoint hinted for a
+    zone and one for the node's (read from its Node, as kube-proxy reads it), Cluster-
+    policy traffic, the twins' included, goes to the endpoints of that zone; Local policy
+    ignores hints; a ready endpoint without hints, or node hints for every endpoint, change
+    the choice."""
+    api.put_node({"metadata": {"name": NODE, "labels": {"topology.kubernetes.io/zone": "zone-a"}}})
+    zoned = {A[0]: (NODE, ["zone-a"]), A[1]: ("node2", ["zone-b"]), C[0]: ("node2", ["zone-a"])}
+    api.put(SERVICES, service("z", "10.96.0.20", type_="NodePort", node_port=30090))
+    api.put(ENDPOINTSLICES, hinted_slice("z", [(ip, node, zones, None) for ip, (node, zones) in zoned.items()]))
+    # Local internal policy: this node's endpoints whatever their hints
+    api.put(SERVICES, service("zl", "10.96.0.21", internalTrafficPolicy="Local"))
+    api.put(ENDPOINTSLICES, hinted_slice("zl", [(A2[0], NODE, ["zone-b"], None), (B[0], "node2", ["zone-a"], None)]))
+    run = start_agent(zone_from_node=True)
+    in_zone = dict.fromkeys([A[0], C[0]], "active")
+    want = {("10.96.0.20", 80, "cluster"): in_zone, (NODE_IP, 30090, "external"): in_zone,
+            (NODE_IP, 30090, "cluster"): in_zone, ("10.96.0.21", 80, "cluster"): {A2[0]: "active"}}
+    assert run.converges_to(want) == want
+    client = Client(run.agent, {"z": "10.96.0.20", "zl": "10.96.0.21"})
+    assert client.backends_of("z") == {A[0], C[0]}
+    assert client.backends_of("zl") == {A2[0]}
+
+    # a ready endpoint without hints: the hints are ignored, every endpoint serves
+    api.put(ENDPOINTSLICES, hinted_slice("z", [(ip, node, zones, None) for ip, (node, zones) in zoned.items()]
+                                         + [(B[0], "node3", None, None)]))
+    every = dict.fromkeys([A[0], A[1], C[0], B[0]], "active")
+    want.update({fe: every for fe in [("10.96.0.20", 80, "cluster"), (NODE_IP, 30090, "external"),
+                                      (NODE_IP, 30090, "cluster")]})
+    assert run.converges_to(want) == want
+    assert client.backends_of("z", tries=48) == set(every)
+
+    # node hints on every endpoint, one for this node (PreferSameNode): that one only
+    api.put(ENDPOINTSLICES, hinted_slice("z", [(A[0], NODE, ["zone-a"], [NODE]), (A[1], "node2", ["zone-b"], ["node2"]),
+                                               (C[0], "node2", ["zone-a"], ["node2"])]))
+    mine = {A[0]: "active"}
+    want.update({fe: mine for fe in [("10.96.0.20", 80, "cluster"), (NODE_IP, 30090, "external"),
+                                     (NODE_IP, 30090, "cluster")]})
+    assert run.converges_to(want) == want
+    assert client.backends_of("z") == {A[0]}
+
+
+def test_the_node_zone_is_read_from_the_node(api, tmp_path):
+    """node_zone: the label, "" without it, and a missing Node as an error naming it."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(api.kubeconfig())
+    client = api_client(str(kubeconfig))
+    api.put_node({"metadata": {"name": NODE, "labels": {"topology.kubernetes.io/zone": "eu-west-1b"}}})
+    api.put_node({"metadata": {"name": "node2", "labels": {"kubernetes.io/hostname": "node2"}}})
+    assert node_zone(client, NODE) == "eu-west-1b"
+    assert node_zone(client, "node2") == ""
+    with pytest.raises(NodeReadError, match="node node9: the API answered 404"):
+        node_zone(client, "node9")

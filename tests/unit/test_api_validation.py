@@ -313,3 +313,22 @@ def test_endpoints_reject_loopback() -> None:
            "subsets": [{"addresses": [{"ip": "127.0.0.1"}], "ports": [{"port": 80}]}]}
     assert errors_of(doc) == [
         'subsets[0].addresses[0].ip: Invalid value: "127.0.0.1": may not be in the loopback range (127.0.0.0/8, ::1/128)']
+
+
+def test_endpointslice_hints_follow_the_apiservers_rules() -> None:
+    """At most 8 zones (label values) and 8 nodes (node names) per endpoint, none twice."""
+    def with_hints(hints: dict) -> list[str]:
+        doc = slice_doc(["10.244.1.5"])
+        doc["endpoints"][0]["hints"] = hints
+        return errors_of(doc)
+    assert with_hints({"forZones": [{"name": "eu-west-1a"}], "forNodes": [{"name": "node-1.example"}]}) == []
+    assert with_hints({"forZones": [{"name": f"z{i}"} for i in range(9)]}) == [
+        "endpoints[0].hints.forZones: Too many: 9: must have at most 8 items"]
+    assert with_hints({"forNodes": [{"name": f"n{i}"} for i in range(9)]}) == [
+        "endpoints[0].hints.forNodes: Too many: 9: must have at most 8 items"]
+    errs = with_hints({"forZones": [{"name": "a"}, {"name": "a"}, {"name": "bad zone"}],
+                       "forNodes": [{"name": "Node_1"}]})
+    assert errs[0] == 'endpoints[0].hints.forZones[1].name: Duplicate value: "a"'
+    assert errs[1].startswith('endpoints[0].hints.forZones[2].name: Invalid value: "bad zone": a valid label')
+    assert errs[2].startswith('endpoints[0].hints.forNodes[0].name: Invalid value: "Node_1": a lowercase RFC 1123')
+    assert len(errs) == 3

@@ -5,6 +5,7 @@ feed's history gets Gone; a bad kubeconfig or conflicting flags fail the command
 anything is loaded."""
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import time
@@ -142,16 +143,19 @@ def test_close_ends_the_watch_threads(api, feed_of):
     assert wait_until(lambda: api.watchers() == 0)
 
 
-def test_the_daemonset_grants_exactly_what_the_agent_asks_the_api(api, feed_of):
-    """deploy/svcxdp-agent-kube-proxy.yaml's ClusterRole covers every request the feed made
-    (and no more), and its DaemonSet runs the agent on the Kubernetes source."""
+def test_the_daemonset_grants_exactly_what_the_agent_asks_the_api(api, feed_of, tmp_path):
+    """deploy/svcxdp-agent-kube-proxy.yaml's ClusterRole covers every request the agent
+    makes (the feed's, and the read of its Node's zone), and no more; its DaemonSet runs
+    the agent on the Kubernetes source."""
     import yaml
 
-    from tests.kube_api_server import KINDS
+    from controlplane.kubeapi.node import node_zone
+    from tests.kube_api_server import API_GROUPS
     feed = feed_of().start()
     assert feed.wait_synced(10) and wait_until(lambda: api.watchers() == 2)
-    asked = {(KINDS[r.resource][1].rpartition("/")[0], r.resource, "watch" if r.watch else "list")
-             for r in api.requests}
+    api.put_node({"metadata": {"name": "node1"}})
+    assert node_zone(api_client(str(tmp_path / "kubeconfig")), "node1") == ""
+    asked = {(API_GROUPS[r.resource], r.resource, r.verb) for r in api.requests}
     docs = list(yaml.safe_load_all((Path(__file__).parents[2] / "deploy/svcxdp-agent-kube-proxy.yaml").read_text()))
     (role,) = [d for d in docs if d["kind"] == "ClusterRole"]
     granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
@@ -173,13 +177,20 @@ def test_the_agent_command_opens_a_kube_feed(api, tmp_path, source):
     path = tmp_path / "kubeconfig"
     path.write_text(api.kubeconfig())
     api.put(SERVICES, svc("a", "10.96.0.10"))
-    src, feed = _open_source(argparse.Namespace(source=source, kubeconfig=str(path), store=None))
+    src, feed, client = _open_source(argparse.Namespace(source=source, kubeconfig=str(path), store=None))
     try:
         assert src is feed and isinstance(feed, KubeFeed)
         assert feed.wait_synced(10)
         assert [s.name for s in src.list(Service)] == ["a"]
     finally:
         feed.close()
+    # the node's zone: --node-zone, else its Node's label, else none (with a warning)
+    from controlplane.agent.commands import _node_zone
+    log = logging.getLogger("test")
+    api.put_node({"metadata": {"name": "node1", "labels": {"topology.kubernetes.io/zone": "zone-a"}}})
+    assert _node_zone(argparse.Namespace(node="node1", node_zone=None), client, log) == "zone-a"
+    assert _node_zone(argparse.Namespace(node="node1", node_zone="zone-b"), client, log) == "zone-b"
+    assert _node_zone(argparse.Namespace(node="node9", node_zone=None), client, log) == ""
 
 
 def test_a_server_that_expires_every_watch_is_not_hammered(api, feed_of):

@@ -7,7 +7,7 @@ import copy
 from controlplane.agent.cache import ServiceCache
 from controlplane.api.endpoints import EndpointSlice
 from controlplane.api.service import Service
-from controlplane.controllers.service_view import (build_service_view, load_service_views, slice_backends,
+from controlplane.controllers.service_view import (Hints, build_service_view, load_service_views, slice_backends,
                                                    slice_document_backends)
 from controlplane.store import SqliteStore
 from tests.unit.store_kit import DocumentsOnly
@@ -18,7 +18,8 @@ SLICES = [
      "ports": [{"name": "http", "port": 8080}, {"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "x"}],
      "endpoints": [
          {"addresses": ["10.0.0.2"], "conditions": {"ready": True}, "nodeName": "n1",
-          "targetRef": {"kind": "Pod", "name": "web-0"}},
+          "targetRef": {"kind": "Pod", "name": "web-0"},
+          "hints": {"forZones": [{"name": "z1"}, {"name": "z2"}], "forNodes": [{"name": "n1"}]}},
          {"addresses": ["10.0.0.1", "10.0.0.9"], "conditions": {"ready": False, "serving": True, "terminating": True}},
          {"addresses": ["10.0.0.3"], "conditions": {"serving": False}, "targetRef": {"kind": "Node", "name": "n"}},
          {"addresses": ["10.0.0.4"], "conditions": {"ready": None, "terminating": False}, "targetRef": {}},
@@ -29,7 +30,7 @@ SLICES = [
     {"metadata": {"name": "web-b", "namespace": "ns", "labels": {"kubernetes.io/service-name": "web"}},
      "addressType": "IPv4", "ports": [{"port": 9090}, {"name": "http", "port": 8080}],
      "endpoints": [{"addresses": ["10.0.0.2"], "conditions": {"ready": False}},
-                   {"addresses": ["10.0.0.7"], "nodeName": "n2"}]},
+                   {"addresses": ["10.0.0.7"], "nodeName": "n2", "hints": {"forZones": [{"name": "z2"}]}}]},
     {"metadata": {"name": "web-v6", "namespace": "ns", "labels": {"kubernetes.io/service-name": "web"}},
      "addressType": "IPv6", "ports": [{"name": "http", "port": 8080}],
      "endpoints": [{"addresses": ["fd00::1"]}]},
@@ -188,6 +189,10 @@ def test_text_path_matches_document_path_on_random_slices() -> None:
         "targetRef": st.fixed_dictionaries({}, optional={
             "kind": st.sampled_from(["Pod", "Node", None]), "name": st.sampled_from(["p0", "p1", None])}),
         "zone": st.just("z"),
+        "hints": st.fixed_dictionaries({}, optional={
+            "forZones": st.lists(st.fixed_dictionaries({}, optional={"name": st.sampled_from(["z1", "z2", ""])}),
+                                 max_size=2),
+            "forNodes": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["n1", "n2"])}), max_size=2)}),
     })
     port = st.fixed_dictionaries({"port": st.integers(1, 65535)},
                                  optional={"name": st.sampled_from([None, "", "http", "dns"]),
@@ -268,7 +273,8 @@ ONE_PORT_SLICES = [
          _ep("10.1.0.10", conditions={"ready": True}, zone="z", hostname="h")]},
     {"metadata": {"name": "api-b", "namespace": "ns", "labels": {"kubernetes.io/service-name": "api"}},
      "addressType": "IPv4", "ports": [{"name": "grpc", "port": 9000}],
-     "endpoints": [_ep("10.1.0.2", conditions={"ready": True}), _ep("10.1.0.11", nodeName="n1")]},
+     "endpoints": [_ep("10.1.0.2", conditions={"ready": True}, hints={"forZones": [{"name": "z1"}]}),
+                   _ep("10.1.0.11", nodeName="n1", hints={"forNodes": [{"name": "n1"}], "forZones": []})]},
     {"metadata": {"name": "api-c", "namespace": "ns", "labels": {"kubernetes.io/service-name": "api"}},
      "addressType": "IPv4", "ports": [{"name": "grpc", "port": 9001}],   # the name's other number
      "endpoints": [_ep("10.1.0.2"), _ep("10.1.0.12", conditions={"terminating": True})]},
@@ -412,3 +418,18 @@ def test_an_endpoint_is_its_first_address_on_every_read_path() -> None:
             {(p["name"], "TCP"): ["10.0.0.1", "10.0.0.4"] for p in ports}
         assert slice_document_backends(copy.deepcopy(doc)) == by_object
         assert _text_path(doc)[3] == by_object
+
+
+def test_hints_read_alike_on_every_path() -> None:
+    """An endpoint's hints, as each reader gives them: named zones and nodes as sets, an
+    entry without a name dropped, no hint at all (or only empty lists) as None."""
+    doc = {"metadata": {"name": "h", "namespace": "ns", "labels": {"kubernetes.io/service-name": "h"}},
+           "addressType": "IPv4", "ports": [{"port": 80}],
+           "endpoints": [_ep("10.5.0.1", hints={"forZones": [{"name": "z1"}, {"name": "z1"}, {}],
+                                                "forNodes": [{"name": "n1"}]}),
+                         _ep("10.5.0.2", hints={"forZones": []}),
+                         _ep("10.5.0.3")]}
+    want = [Hints(frozenset({"z1"}), frozenset({"n1"})), None, None]
+    for backends in (_text_path(doc)[3], slice_document_backends(copy.deepcopy(doc)),
+                     slice_backends(EndpointSlice.from_dict(copy.deepcopy(doc)))):
+        assert [b.hints for b in backends[("", "TCP")]] == want

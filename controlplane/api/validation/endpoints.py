@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from ..endpoints import ADDRESS_TYPES, EndpointPort, Endpoints, EndpointSlice
-from ..field_errors import ErrorType, FieldError, invalid, not_supported, required
+from ..endpoints import ADDRESS_TYPES, EndpointHints, EndpointPort, Endpoints, EndpointSlice
+from ..field_errors import ErrorType, FieldError, duplicate, invalid, not_supported, required
 from ..service import PROTOCOLS
 from . import names
 
@@ -15,6 +15,9 @@ MAX_SLICE_PORTS = 100
 # An endpoint may list up to 100 addresses (the API's limit); no meaning is defined for
 # the ones after the first, which is all kube-proxy (and controllers/service_view.py) reads.
 MAX_ENDPOINT_ADDRESSES = 100
+# topology hints: at most this many zones, and nodes, per endpoint (the apiserver's limits)
+MAX_ZONE_HINTS = 8
+MAX_NODE_HINTS = 8
 
 
 def _validate_ip(ip: str | None, path: str) -> list[FieldError]:
@@ -93,6 +96,27 @@ def _validate_slice_address(address_type: str, addr: str, path: str) -> list[Fie
     return [invalid(path, addr, special)] if special else []
 
 
+def _validate_hints(hints: EndpointHints, path: str) -> list[FieldError]:
+    """The apiserver's checks of an endpoint's hints: at most 8 zones (label values) and
+    8 nodes (node names), none twice; a list over its limit is the one error said of it."""
+    errs: list[FieldError] = []
+    for field, entries, limit, check in (("forZones", hints.for_zones, MAX_ZONE_HINTS, names.label_value),
+                                         ("forNodes", hints.for_nodes, MAX_NODE_HINTS, names.dns1123_subdomain)):
+        entries = entries or []
+        if len(entries) > limit:
+            errs.append(FieldError(ErrorType.TOO_MANY, f"{path}.{field}", len(entries),
+                                   f"must have at most {limit} items"))
+            continue
+        seen: set[str] = set()
+        for j, entry in enumerate(entries):
+            name, npath = entry.name or "", f"{path}.{field}[{j}].name"
+            if name in seen:
+                errs.append(duplicate(npath, name))
+            seen.add(name)
+            errs.extend(invalid(npath, name, m) for m in check(name))
+    return errs
+
+
 def validate_endpointslice(es: EndpointSlice) -> list[FieldError]:
     errs = validate_object_meta(es.metadata, True, names.dns1123_subdomain)
     at = es.address_type or ""
@@ -107,6 +131,8 @@ def validate_endpointslice(es: EndpointSlice) -> list[FieldError]:
         if ep.hostname is not None:
             # DNS publishes it as <hostname>.<service>.<ns>.svc: one label, or the name breaks.
             errs.extend(invalid(f"endpoints[{i}].hostname", ep.hostname, m) for m in names.dns1123_label(ep.hostname))
+        if ep.hints is not None:
+            errs.extend(_validate_hints(ep.hints, f"endpoints[{i}].hints"))
         addrs = ep.addresses or []
         if at == "IPv4" and len(addrs) == 1 and _plain_ipv4(addrs[0]):
             continue  # the common case, checked without building field paths
