@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from itertools import compress, repeat
-from operator import attrgetter, eq
+from operator import and_, attrgetter, eq
 from typing import Callable, Iterable, Sequence
 
 from controlplane.api.validation.lb_annotations import (BACKEND_WEIGHTS, LB_ALGORITHM,
@@ -147,10 +147,14 @@ _Made = Sequence[Backend] | Sequence[int]
 def _backends(rows: Sequence[ViewBackend], weights: dict[str, int], make: _Maker,
               node: NodeConfig) -> tuple[_Made, Sequence[str | None], _Made]:
     """A port's backends (from UncheckedModel: their indices), with the node of each, and
-    those of them this node's Cluster-policy traffic may use (the same, unless topology
-    hints apply: topology.py). Weights are looked up by pod name, then by IP; unlisted
-    endpoints weigh 1. A full sync makes 100,000 backends: the endpoints are taken apart
-    into columns (zip, in C) and the backends made a column at a time."""
+    the backends of this node's Cluster-policy frontends: the same, unless topology hints
+    apply (topology.py), when the ready endpoints they leave out are made terminating
+    ones. So those drain: their flows keep them, as kube-proxy's conntrack keeps its
+    flows when the hints change (topology-mode Auto adds and removes hints as a
+    deployment scales), while new flows go to the ready endpoints the hints leave in, of
+    which there is one whenever hints apply. Weights are looked up by pod name, then by
+    IP; unlisted endpoints weigh 1. A full sync makes 100,000 backends: the endpoints
+    are taken apart into columns (zip, in C) and the backends made a column at a time."""
     if not rows:
         return (), (), ()
     cols = tuple(zip(*rows))
@@ -163,16 +167,18 @@ def _backends(rows: Sequence[ViewBackend], weights: dict[str, int], make: _Maker
         cols = tuple(zip(*rows))
         ips, ports = cols[_IP], cols[_PORT]
         states = tuple([_ACTIVE if r else _TERMINATING for r in cols[_READY]])
+    ws: tuple[int, ...] | int = 1
     if weights:
         ws = tuple([weights.get(pod or "", weights.get(ip, 1)) for ip, pod in zip(ips, cols[_POD])])
-        made = make.backends(ips, ports, states, ws)
-    else:
-        made = make.backends(ips, ports, states, 1)
+    made = make.backends(ips, ports, states, ws)
     hints = cols[_HINTS]
     if not any(hints):   # the usual case: no endpoint of the port has hints
         return made, cols[_NODE], made
     usable = topology.available(cols[_READY], hints, node.name, node.zone)
-    return made, cols[_NODE], made if usable is None else tuple(compress(made, usable))
+    if usable is None:
+        return made, cols[_NODE], made
+    narrowed = tuple([_ACTIVE if ok else _TERMINATING for ok in map(and_, cols[_READY], usable)])
+    return made, cols[_NODE], make.backends(ips, ports, narrowed, ws)
 
 
 def desired_state(views: Iterable[ServiceView], node: NodeConfig) -> Desired:

@@ -8,14 +8,15 @@ Decided over the *ready* endpoints, per service port and per node:
   hinted for this node (PreferSameNode);
 - else every ready endpoint is hinted for some zone, and one for this node's zone: only the
   endpoints hinted for this zone;
-- else every endpoint: a ready endpoint without hints, none hinted for this node or zone,
-  or a node that knows no zone means the hints are ignored, never that the node is left
-  without endpoints. (With no ready endpoint there is nothing to prefer either: the
-  serving-and-terminating fallback takes them all, as kube-proxy's does.)
+- else every endpoint: a ready endpoint without hints, or none hinted for this node or
+  zone, means the hints are ignored, never that the node is left without endpoints. (With
+  no ready endpoint there is nothing to prefer either: the serving-and-terminating
+  fallback takes them all, as kube-proxy's does.)
 
 Local traffic policies are not subject to hints: they use this node's own endpoints
-whatever the hints say (kube-proxy's localEndpoints). A hint entry without a name is no
-zone or node (controllers/service_view.py drops it).
+whatever the hints say (kube-proxy's localEndpoints). Names are compared as kube-proxy
+compares them: a hint entry without a name names "" (Go's zero value), which a node
+without a zone label has.
 """
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ from controlplane.controllers.service_view import Hints
 
 
 def available(ready: Sequence[bool], hints: Sequence[Hints | None], node: str, zone: str) -> list[bool] | None:
-    """Per endpoint (the two columns in endpoint order), whether this node's Cluster-policy
-    traffic may use it; None when the hints do not apply and every endpoint may be used."""
+    """Per endpoint (the two columns in endpoint order), whether the hints leave it to this
+    node's Cluster-policy traffic (a not-ready one too: the caller decides what that
+    means); None when the hints do not apply and every endpoint may be used."""
     every_node = every_zone = True   # every ready endpoint hinted for some node / zone
     for_node = for_zone = False      # some ready endpoint hinted for this node / zone
     seen_ready = False
@@ -41,7 +43,7 @@ def available(ready: Sequence[bool], hints: Sequence[Hints | None], node: str, z
         else:
             every_node = False
         if h.zones:
-            for_zone = for_zone or (bool(zone) and zone in h.zones)
+            for_zone = for_zone or zone in h.zones
         else:
             every_zone = False
     if not seen_ready:

@@ -26,6 +26,9 @@ MAX_AFFINITY_TIMEOUT = 86400
 
 POLICY_CLUSTER = "Cluster"
 POLICY_LOCAL = "Local"
+# spec.trafficDistribution: the EndpointSlice controller's cue to write topology hints,
+# which the proxies follow (agent/topology.py)
+TRAFFIC_DISTRIBUTIONS = ("PreferClose", "PreferSameZone", "PreferSameNode")
 
 HEADLESS = "None"
 # status.loadBalancer.ingress[].ipMode: VIP, traffic arrives addressed to the IP (the node
@@ -84,6 +87,7 @@ class ServiceSpec:
     allocate_load_balancer_node_ports: bool | None = None
     load_balancer_class: str | None = None
     internal_traffic_policy: str | None = None
+    traffic_distribution: str | None = None
     extra: dict[str, Any] = extra_field()
 
 

@@ -206,9 +206,10 @@ _HINTS = _HintsMade()
 
 
 def _hints_of(zones: Iterable[Any] | None, nodes: Iterable[Any] | None) -> Hints | None:
-    """The Hints of these zone and node entries (objects with a `name`; one without a name
-    is no zone or node)."""
-    return _HINTS[(tuple(z.name for z in zones or () if z.name), tuple(n.name for n in nodes or () if n.name))]
+    """The Hints of these zone and node entries (objects with a `name`), as kube-proxy
+    reads them: an entry without a name, or a null one, names "" (Go's zero value)."""
+    return _HINTS[(tuple((z.name if z is not None else None) or "" for z in zones or ()),
+                   tuple((n.name if n is not None else None) or "" for n in nodes or ()))]
 
 
 def _object_hints(hints: EndpointHints | None) -> Hints | None:
@@ -217,8 +218,10 @@ def _object_hints(hints: EndpointHints | None) -> Hints | None:
 
 
 def _document_hints(hints: Any) -> Hints | None:
-    """A stored document's hints, read as _object_hints reads the object's; a document may
-    hold any JSON type here, and what is not a list of {"name": string} names nothing."""
+    """A stored document's hints, read as _object_hints reads the object's. A document may
+    hold any JSON type here (the codec refuses such a document on the other paths): what
+    is not a list names nothing, an entry neither an object nor null is passed over, and
+    a name that is not a string is ""."""
     if not isinstance(hints, dict):
         return None
 
@@ -226,7 +229,8 @@ def _document_hints(hints: Any) -> Hints | None:
         entries = hints.get(key)
         if not isinstance(entries, list):
             return ()
-        return tuple(e["name"] for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str) and e["name"])
+        return tuple((name if isinstance(name := (e or {}).get("name"), str) else "")
+                     for e in entries if e is None or isinstance(e, dict))
     return _HINTS[(names("forZones"), names("forNodes"))]
 
 

@@ -80,6 +80,8 @@ def describe_service(svc: Service, endpoints: Endpoints | None, events: list[Eve
         lines.append(["HealthCheck NodePort:", str(spec.health_check_node_port)])
     if spec.load_balancer_source_ranges:
         lines.append(["LoadBalancer Source Ranges:", ",".join(spec.load_balancer_source_ranges)])
+    if spec.traffic_distribution:
+        lines.append(["Traffic Distribution:", spec.traffic_distribution])
     events = _events(events or [])
     if not events:
         lines.append(["Events:", NONE])

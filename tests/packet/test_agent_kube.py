@@ -17,6 +17,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
 from controlplane.agent.agent import Agent
 from controlplane.agent.desired import NodeConfig
 from controlplane.dataplane.program import Dataplane
@@ -27,6 +30,7 @@ from controlplane.kubeapi.node import NodeReadError, node_zone
 from tests.kube_api_server import ENDPOINTSLICES, SERVICES, KubeApiServer
 
 from .agent_kit import AgentLoop, Client, fresh_agent, small_dataplane, wait_until
+from .harness import CLIENT, CLIENT_MAC, NODE_MAC
 
 pytestmark = pytest.mark.root
 
@@ -287,10 +291,10 @@ def hinted_slice(service_name: str, endpoints: list[tuple[str, str, list[str] | 
 
 def test_topology_hints_keep_cluster_traffic_in_the_nodes_zone(api, start_agent):
     """kube-proxy's rule (pkg/proxy/topology.go): with every ready endpoint hinted for a
-    zone and one for the node's (read from its Node, as kube-proxy reads it), Cluster-
-    policy traffic, the twins' included, goes to the endpoints of that zone; Local policy
-    ignores hints; a ready endpoint without hints, or node hints for every endpoint, change
-    the choice."""
+    zone and one for the node's (read from its Node, as kube-proxy reads it), new flows of
+    Cluster-policy traffic, the twins' included, go to the endpoints of that zone (the
+    others drain: terminating, their flows kept); Local policy ignores hints; a ready
+    endpoint without hints, or node hints for every endpoint, change the choice."""
     api.put_node({"metadata": {"name": NODE, "labels": {"topology.kubernetes.io/zone": "zone-a"}}})
     zoned = {A[0]: (NODE, ["zone-a"]), A[1]: ("node2", ["zone-b"]), C[0]: ("node2", ["zone-a"])}
     api.put(SERVICES, service("z", "10.96.0.20", type_="NodePort", node_port=30090))
@@ -299,7 +303,7 @@ def test_topology_hints_keep_cluster_traffic_in_the_nodes_zone(api, start_agent)
     api.put(SERVICES, service("zl", "10.96.0.21", internalTrafficPolicy="Local"))
     api.put(ENDPOINTSLICES, hinted_slice("zl", [(A2[0], NODE, ["zone-b"], None), (B[0], "node2", ["zone-a"], None)]))
     run = start_agent(zone_from_node=True)
-    in_zone = dict.fromkeys([A[0], C[0]], "active")
+    in_zone = {A[0]: "active", A[1]: "terminating", C[0]: "active"}
     want = {("10.96.0.20", 80, "cluster"): in_zone, (NODE_IP, 30090, "external"): in_zone,
             (NODE_IP, 30090, "cluster"): in_zone, ("10.96.0.21", 80, "cluster"): {A2[0]: "active"}}
     assert run.converges_to(want) == want
@@ -315,15 +319,28 @@ def test_topology_hints_keep_cluster_traffic_in_the_nodes_zone(api, start_agent)
                                       (NODE_IP, 30090, "cluster")]})
     assert run.converges_to(want) == want
     assert client.backends_of("z", tries=48) == set(every)
+    # a connection to an endpoint of another zone, established while the hints are ignored
+    sport = next(p for p in range(40000, 40200) if _first_hop(client, "10.96.0.20", p, "S") == A[1])
+    assert _first_hop(client, "10.96.0.20", sport, "A") == A[1]   # confirmed
 
     # node hints on every endpoint, one for this node (PreferSameNode): that one only
     api.put(ENDPOINTSLICES, hinted_slice("z", [(A[0], NODE, ["zone-a"], [NODE]), (A[1], "node2", ["zone-b"], ["node2"]),
                                                (C[0], "node2", ["zone-a"], ["node2"])]))
-    mine = {A[0]: "active"}
+    mine = {A[0]: "active", A[1]: "terminating", C[0]: "terminating"}
     want.update({fe: mine for fe in [("10.96.0.20", 80, "cluster"), (NODE_IP, 30090, "external"),
                                      (NODE_IP, 30090, "cluster")]})
     assert run.converges_to(want) == want
     assert client.backends_of("z") == {A[0]}
+    # the endpoint left out drains: the established connection keeps it
+    assert _first_hop(client, "10.96.0.20", sport, "A") == A[1]
+
+
+def _first_hop(client: Client, vip: str, sport: int, flags: str) -> str:
+    """Where the program sends a TCP segment from the client's `sport` to vip:80."""
+    pkt = Ether(src=CLIENT_MAC, dst=NODE_MAC) / IP(src=CLIENT, dst=vip) / TCP(sport=sport, dport=80, flags=flags)
+    out = client.runner.run(bytes(pkt))
+    assert out.verdict_name == "XDP_PASS"
+    return Ether(out.data)[IP].dst
 
 
 def test_the_node_zone_is_read_from_the_node(api, tmp_path):

@@ -332,3 +332,25 @@ def test_endpointslice_hints_follow_the_apiservers_rules() -> None:
     assert errs[1].startswith('endpoints[0].hints.forZones[2].name: Invalid value: "bad zone": a valid label')
     assert errs[2].startswith('endpoints[0].hints.forNodes[0].name: Invalid value: "Node_1": a lowercase RFC 1123')
     assert len(errs) == 3
+
+
+@pytest.mark.parametrize("value", ["PreferClose", "PreferSameZone", "PreferSameNode"])
+def test_traffic_distribution_takes_the_apis_values(value: str) -> None:
+    assert errors_of(service(trafficDistribution=value)) == []
+
+
+def test_traffic_distribution_refuses_another_value() -> None:
+    assert errors_of(service(trafficDistribution="preferclose")) == [
+        'spec.trafficDistribution: Unsupported value: "preferclose": supported values: '
+        '"PreferClose", "PreferSameNode", "PreferSameZone"']
+
+
+def test_describe_shows_the_traffic_distribution() -> None:
+    import re
+
+    from controlplane.api.service import Service
+    from controlplane.kubectl.describe import describe_service
+    svc = object_from_dict(service(trafficDistribution="PreferClose"))
+    assert isinstance(svc, Service)
+    assert re.search(r"^Traffic Distribution:\s+PreferClose$", describe_service(svc, None), re.M)
+    assert "Traffic Distribution" not in describe_service(object_from_dict(service()), None)

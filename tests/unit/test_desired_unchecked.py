@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from controlplane.agent.desired import NodeConfig, _Checked, _desired_state, desired_each, desired_state
 from controlplane.api import Service
 from controlplane.controllers.service_view import Backend as ViewBackend
+from controlplane.controllers.service_view import Hints
 from controlplane.controllers.service_view import ServicePortView, ServiceView
 from controlplane.dataplane import model
 from controlplane.dataplane.model import ModelError, UncheckedModel, _all_valid_ipv4_joined, _valid_ipv4
@@ -26,7 +27,8 @@ ANNOTATIONS = [{}, {"svcxdp.io/lb-algorithm": "maglev"}, {"svcxdp.io/lb-algorith
                {"svcxdp.io/backend-weights": "p0=3,10.0.1.2=0,p2=7"}, {"svcxdp.io/backend-weights": "p0=x"},
                {"service.beta.kubernetes.io/load-balancer-source-ranges": "10.0.0.0/8, 192.168.1.1/24"},
                {"service.beta.kubernetes.io/load-balancer-source-ranges": "10.0.0.0/33"}]
-NODES = [NodeConfig("node1"), NodeConfig("node2", "maglev", ("192.168.0.1", "192.168.0.2")),
+NODES = [NodeConfig("node1"), NodeConfig("node2", "maglev", ("192.168.0.1", "192.168.0.2"), "zone-a"),
+         NodeConfig("node1", zone="zone-b"),
          NodeConfig("node1", "wrr", ("192.168.0.1",)), NodeConfig("node1", "bogus"),
          NodeConfig("node1", "random", ("300.1.1.1",))]
 
@@ -37,9 +39,13 @@ def _value(good, bad):
                      st.sampled_from(good), st.sampled_from(good), st.sampled_from(good), st.sampled_from(bad))
 
 
+# topology hints on some rows (they apply to the ports whose ready rows all have them)
+HINTS = st.one_of(st.none(), st.none(), st.builds(
+    Hints, st.frozensets(st.sampled_from(["zone-a", "zone-b"]), max_size=2),
+    st.frozensets(st.sampled_from(["node1", "node2"]), max_size=2)))
 ROW = st.builds(ViewBackend, _value(GOOD_IPS, BAD_IPS), _value(GOOD_PORTS, BAD_PORTS), st.booleans(),
                 st.booleans(), st.booleans(), st.sampled_from(["node1", "node2", None]),
-                st.sampled_from(["p0", "p2", None, ""]))
+                st.sampled_from(["p0", "p2", None, ""]), HINTS)
 
 
 @st.composite

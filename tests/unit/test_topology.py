@@ -24,6 +24,8 @@ CASES = [
     ("a not-ready endpoint without hints does not count", [True, False], [h("a"), None], "n1", "a", [True, False]),
     ("none hinted for this zone: ignored", [True, True], [h("b"), h("c")], "n1", "a", None),
     ("a node without a zone: ignored", [True, True], [h("a"), h("b")], "n1", "", None),
+    ("a hint naming \"\" and a node without a zone, as kube-proxy compares them", [True, True],
+     [h("a"), Hints(frozenset({""}), frozenset())], "n1", "", [False, True]),
     ("only a not-ready endpoint is hinted here: ignored", [False, True], [h("a"), h("b")], "n1", "a", None),
     ("no ready endpoint: ignored", [False, False], [h("a"), h("b")], "n1", "a", None),
     ("a terminating endpoint of this zone stays", [True, False], [h("a"), h("a")], "n1", "a", [True, True]),
@@ -55,8 +57,9 @@ def hinted_slice(*endpoints: tuple[str, str, dict, list[str]]) -> EndpointSlice:
 
 
 def backends_by_frontend(svc: Service, es: EndpointSlice, node: NodeConfig) -> dict:
+    """(vip, port, scope) -> ({backend ip: state}, local_drop)"""
     d = desired_state([build_service_view(svc, [es])], node)
-    return {(s.frontend.vip, s.frontend.port, s.frontend.scope): ([b.ip for b in s.backends], s.local_drop)
+    return {(s.frontend.vip, s.frontend.port, s.frontend.scope): ({b.ip: b.state for b in s.backends}, s.local_drop)
             for s in d.states}
 
 
@@ -66,20 +69,28 @@ def web(**spec) -> Service:
                                        "ports": [{"name": "http", "port": 80, "nodePort": 30080}], **spec}})
 
 
+# (the controller writes no hints for a terminating endpoint)
 SLICE = hinted_slice(("10.244.1.2", "node1", READY, ["a"]), ("10.244.2.2", "node2", READY, ["b"]),
-                     ("10.244.3.2", "node3", READY, ["a"]), ("10.244.3.3", "node3", DRAINING, ["b"]))
+                     ("10.244.3.2", "node3", READY, ["a"]), ("10.244.3.3", "node1", DRAINING, []))
 ZONE_A = NodeConfig("node1", nodeport_addresses=("192.168.1.31",), zone="a")
 
 
 @pytest.mark.parametrize("unchecked", [True, False])
 def test_cluster_policy_frontends_take_this_zones_endpoints(monkeypatch, unchecked) -> None:
     """ClusterIP, NodePort and its twin alike (kube-proxy's cluster chain), made by the
-    bulk path and by the checked constructors (the model's fallback) alike."""
-    if not unchecked:
-        from controlplane.agent import desired
+    bulk path and by the checked constructors (the model's fallback) alike: the endpoints
+    of other zones drain (terminating: their flows kept, no new ones), as does the one
+    terminating anyway."""
+    from controlplane.agent import desired
+    made_by = []
+    if unchecked:
+        monkeypatch.setattr(desired, "_Checked", lambda: made_by.append("checked"))   # used: an error
+    else:
         monkeypatch.setattr(desired, "UncheckedModel", lambda: None)   # its failure: the checked pass
     got = backends_by_frontend(web(), SLICE, ZONE_A)
-    in_zone = (["10.244.1.2", "10.244.3.2"], False)
+    assert made_by == []
+    in_zone = ({"10.244.1.2": "active", "10.244.2.2": "terminating", "10.244.3.2": "active",
+                "10.244.3.3": "terminating"}, False)
     assert got == {("10.96.0.50", 80, "cluster"): in_zone, ("192.168.1.31", 30080, "external"): in_zone,
                    ("192.168.1.31", 30080, "cluster"): in_zone}
 
@@ -87,16 +98,19 @@ def test_cluster_policy_frontends_take_this_zones_endpoints(monkeypatch, uncheck
 def test_local_policies_take_this_nodes_endpoints_whatever_their_hints() -> None:
     node_b = NodeConfig("node1", nodeport_addresses=("192.168.1.31",), zone="b")
     got = backends_by_frontend(web(externalTrafficPolicy="Local", internalTrafficPolicy="Local"), SLICE, node_b)
-    assert got[("10.96.0.50", 80, "cluster")] == (["10.244.1.2"], False)           # hinted for zone a
-    assert got[("192.168.1.31", 30080, "external")] == (["10.244.1.2"], False)
-    # the twin is the cluster chain: zone b's endpoints (the terminating one stays, unused
-    # while a ready one is there)
-    assert got[("192.168.1.31", 30080, "cluster")] == (["10.244.2.2", "10.244.3.3"], False)
+    mine = ({"10.244.1.2": "active", "10.244.3.3": "terminating"}, False)   # 10.244.1.2 hinted for zone a
+    assert got[("10.96.0.50", 80, "cluster")] == mine
+    assert got[("192.168.1.31", 30080, "external")] == mine
+    # the twin is the cluster chain: zone b's endpoint takes the new flows
+    assert got[("192.168.1.31", 30080, "cluster")] == ({"10.244.1.2": "terminating", "10.244.2.2": "active",
+                                                        "10.244.3.2": "terminating", "10.244.3.3": "terminating"},
+                                                       False)
 
 
 def test_without_a_zone_or_with_an_unhinted_ready_endpoint_every_endpoint_serves() -> None:
-    every = ["10.244.1.2", "10.244.2.2", "10.244.3.2", "10.244.3.3"]
-    assert backends_by_frontend(web(), SLICE, NodeConfig("node1"))[("10.96.0.50", 80, "cluster")] == (every, False)
+    every = ({"10.244.1.2": "active", "10.244.2.2": "active", "10.244.3.2": "active",
+              "10.244.3.3": "terminating"}, False)
+    assert backends_by_frontend(web(), SLICE, NodeConfig("node1"))[("10.96.0.50", 80, "cluster")] == every
     es = hinted_slice(("10.244.1.2", "node1", READY, ["a"]), ("10.244.2.2", "node2", READY, []))
     assert backends_by_frontend(web(), es, ZONE_A)[("10.96.0.50", 80, "cluster")] == \
-        (["10.244.1.2", "10.244.2.2"], False)
+        ({"10.244.1.2": "active", "10.244.2.2": "active"}, False)

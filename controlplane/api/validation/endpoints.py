@@ -109,7 +109,7 @@ def _validate_hints(hints: EndpointHints, path: str) -> list[FieldError]:
             continue
         seen: set[str] = set()
         for j, entry in enumerate(entries):
-            name, npath = entry.name or "", f"{path}.{field}[{j}].name"
+            name, npath = (entry.name if entry is not None else None) or "", f"{path}.{field}[{j}].name"
             if name in seen:
                 errs.append(duplicate(npath, name))
             seen.add(name)

@@ -11,7 +11,7 @@ from ..field_errors import (FieldError, GoValue, duplicate, forbidden, invalid, 
                             required)
 from ..service import (AFFINITY_CLIENT_IP, ANNOTATION_LB_SOURCE_RANGES, AFFINITY_NONE, CLUSTER_IP, EXTERNAL_NAME,
                        LOAD_BALANCER, MAX_AFFINITY_TIMEOUT, NODE_PORT, POLICY_CLUSTER,
-                       POLICY_LOCAL, PROTOCOLS, SERVICE_TYPES, HEADLESS, Service, ServicePort)
+                       POLICY_LOCAL, PROTOCOLS, SERVICE_TYPES, HEADLESS, TRAFFIC_DISTRIBUTIONS, Service, ServicePort)
 from ..service_update import needs_health_check_node_port
 from . import names
 from .meta import validate_labels, validate_object_meta, validate_port_entry_name
@@ -248,6 +248,9 @@ def _validate_traffic_policies(svc: Service) -> list[FieldError]:
             errs.append(required("spec.internalTrafficPolicy"))
         elif itp not in policies:
             errs.append(not_supported("spec.internalTrafficPolicy", itp, policies))
+    td = spec.traffic_distribution
+    if td is not None and td not in TRAFFIC_DISTRIBUTIONS:
+        errs.append(not_supported("spec.trafficDistribution", td, TRAFFIC_DISTRIBUTIONS))
     return errs
 
 
