@@ -177,8 +177,15 @@ def prog_fd_by_id(prog_id_: int) -> int:
     return _check(lib().bpf_prog_get_fd_by_id(prog_id_), f"bpf_prog_get_fd_by_id({prog_id_})")
 
 
+# map types (linux/bpf.h enum bpf_map_type) the project names
 BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_PERCPU_HASH = 5
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
+BPF_MAP_TYPE_ARRAY_OF_MAPS = 12
+BPF_MAP_TYPE_HASH_OF_MAPS = 13
+PERCPU_MAP_TYPES = frozenset({BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_PERCPU_HASH})
+MAP_IN_MAP_TYPES = frozenset({BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_MAP_TYPE_HASH_OF_MAPS})
 BPF_F_MMAPABLE = 1 << 10   # an array map whose values user space can mmap (mapped.py)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from . import flowsets
-from .libbpf import ffi, lib, lookup_batches
+from .libbpf import MAP_IN_MAP_TYPES, PERCPU_MAP_TYPES, ffi, lib, lookup_batches
 from .mapped import MappedArray, open_mapped
 
 _BTF_MAGIC = 0xEB9F
@@ -166,9 +166,6 @@ def struct_format(ctype: type) -> tuple[str, tuple[str, ...]]:
     return "".join(fmt), tuple(names)
 
 
-_PERCPU_TYPES = {5, 6, 10}   # BPF_MAP_TYPE_PERCPU_HASH, _PERCPU_ARRAY, _LRU_PERCPU_HASH
-
-
 @lru_cache(maxsize=1)
 def _possible_ranges() -> tuple[tuple[int, int], ...]:
     """The kernel's possible CPU ids, as (first, last) ranges: fixed for the boot, read
@@ -223,7 +220,7 @@ class PinnedTable:
                 raise ValueError(f"map {path}: BTF types do not match its key/value sizes")
             self.max_entries = info.max_entries
             # Per-CPU values come as one array, each slot rounded up to 8 bytes.
-            self.cpus = possible_cpus() if info.type in _PERCPU_TYPES else 0
+            self.cpus = possible_cpus() if info.type in PERCPU_MAP_TYPES else 0
         except BaseException:
             os.close(self.map_fd)
             raise
@@ -356,9 +353,6 @@ class PinnedMaps:
         self._fds.clear()
 
 
-_MAP_IN_MAP_TYPES = {12, 13}   # BPF_MAP_TYPE_ARRAY_OF_MAPS, _HASH_OF_MAPS
-
-
 class WritableTable(PinnedTable):
     """A pinned map with the part of bcc's Table interface the map writer and the
     agent use (`table[key] = leaf`, `del table[key]`, `sum`), so an agent can own a
@@ -371,7 +365,7 @@ class WritableTable(PinnedTable):
             super().__init__(path)
         except ValueError:
             info = _map_info_of(path)
-            if info.type not in _MAP_IN_MAP_TYPES:
+            if info.type not in MAP_IN_MAP_TYPES:
                 raise
             self.name, self.Key, self.Leaf = path.name, ct.c_uint, ct.c_uint
             self.max_entries, self.cpus = info.max_entries, 0

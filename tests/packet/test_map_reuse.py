@@ -496,10 +496,10 @@ def test_pinned_statistics_of_another_layout_are_replaced_alone():
     rows a CPU each replaces the per-CPU `backend_stats` of the build before — each alone
     (its readers see those counts start again) instead of the whole dataplane, as a map
     that holds state would make it."""
-    from controlplane.dataplane.libbpf import BPF_F_MMAPABLE, map_info, obj_get
+    from controlplane.dataplane.libbpf import (BPF_F_MMAPABLE, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY,
+                                              map_info, obj_get)
     from controlplane.dataplane.pinned import possible_cpus
     from controlplane.dataplane.program import SVCXDP_CNT_MAX, Dataplane, reset
-    BPF_MAP_TYPE_PERCPU_ARRAY = 6
     cfg = _old_pin_dir("pytest-old-counters", "counters", BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, SVCXDP_CNT_MAX - 1)
     _pin_map(cfg.pin_dir / "backend_stats", BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, cfg.max_backends)
 
@@ -515,7 +515,7 @@ def test_pinned_statistics_of_another_layout_are_replaced_alone():
             assert dp.replaced == ()
             assert info("counters").max_entries == SVCXDP_CNT_MAX
             stats = info("backend_stats")
-            assert stats.type == 2 and stats.flags & BPF_F_MMAPABLE
+            assert stats.type == BPF_MAP_TYPE_ARRAY and stats.flags & BPF_F_MMAPABLE
             assert stats.max_entries == cfg.max_backends * possible_cpus()
             assert sorted(p.name for p in cfg.pin_dir.iterdir() if p.name.endswith("_replaced")) == []
         finally:

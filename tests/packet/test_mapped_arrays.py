@@ -150,3 +150,41 @@ def test_a_read_is_a_copy_and_the_mapping_closes_under_it(xdp: Harness):
     assert got[5].tobytes() == row.tobytes() and not m.read(dtype)[5].tobytes().strip(b"\0")
     m.close()
     assert got[5].tobytes() == row.tobytes()
+
+
+def test_a_newer_reader_sums_an_old_per_cpu_backend_stats():
+    """A reader (svcctl dataplane stats, /metrics of a newer build) of a dataplane pinned
+    by a build from before backend_stats became mapped rows: a per-CPU array, with BTF as
+    bcc pins it. readout reads it the per-CPU way, each id summed over the CPUs."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    import ctypes as ct
+
+    from bcc import BPF
+
+    from controlplane.dataplane import readout
+    from controlplane.dataplane.config import DataplaneConfig
+    from controlplane.dataplane.libbpf import lib
+    from controlplane.dataplane.pinned import PinnedMaps, possible_cpus
+    from controlplane.dataplane.program import reset
+    cfg = DataplaneConfig(instance="pytest-old-stats", pin=True)
+    reset(cfg)
+    os.makedirs(cfg.pin_dir)
+    cpus = possible_cpus()
+    try:
+        old = BPF(text=b"BPF_PERCPU_ARRAY(backend_stats, u64, 64);\nint nothing(void *ctx) { return 0; }\n")
+        try:
+            table = old[b"backend_stats"]
+            table[ct.c_uint(3)] = table.Leaf(*[ct.c_ulonglong(5 + c) for c in range(cpus)])
+            table[ct.c_uint(9)] = table.Leaf(*[ct.c_ulonglong(1)] * cpus)
+            assert lib().bpf_obj_pin(table.map_fd, str(cfg.pin_dir / "backend_stats").encode()) == 0
+        finally:
+            old.cleanup()
+        maps = PinnedMaps(cfg.pin_dir)
+        try:
+            assert readout.backend_rows(maps) is None    # not the mapped layout
+            assert readout.backend_new_flows(maps) == {3: sum(5 + c for c in range(cpus)), 9: cpus}
+        finally:
+            maps.close()
+    finally:
+        reset(cfg)
