@@ -2,7 +2,8 @@
 10,000 services (10 endpoints each, every backend with new flows counted, so every
 per-backend series is there: the worst case). A scrape = the registry's exposition text
 (`generate_latest`: kube-proxy's sync metrics and the svcxdp_* Collector reading the
-maps), timed in-process. Reference measured beside it: the collector as it was before
+maps), timed in-process, with the flow tables' fill as the agent gives it (the idle-flow
+GC's counts from its last whole walk: one walk is made before). Reference measured beside it: the collector as it was before
 (frontends read from the services map, one per-CPU lookup per service). Not asserted;
 medians and p99 in extra_info (target: milliseconds at 10,000 services).
 
@@ -22,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily
 from controlplane.agent.metrics import DataplaneCollector, SyncMetrics, naming_of
 from controlplane.dataplane import readout
 from controlplane.dataplane.config import DataplaneConfig
+from controlplane.dataplane.ctgc import ConntrackGC
 from controlplane.dataplane.libbpf import ffi, lib
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
 from controlplane.dataplane.pinned import possible_cpus
@@ -120,7 +122,9 @@ def test_scrape_cost(benchmark, dataplane, services, backend_traffic):
     naming = naming_of(records, owner)
     registry = CollectorRegistry()
     SyncMetrics(registry)
-    collector = DataplaneCollector(dataplane, lambda: naming)
+    gc = ConntrackGC(dataplane)   # as the agent runs it (--ct-gc-interval, on by default)
+    gc.sweep_all()
+    collector = DataplaneCollector(dataplane, lambda: naming, gc.entry_counts)
 
     def scrape() -> list[bytes]:   # what the agent's /metrics writes (agent/metrics.py serve)
         return [generate_latest(registry), *collector.pieces()]
@@ -161,7 +165,6 @@ def test_scrape_with_a_full_conntrack(benchmark):
     import numpy as np
 
     from controlplane.dataplane.affinity_maps import coarse_now_ns
-    from controlplane.dataplane.ctgc import ConntrackGC
     from controlplane.dataplane.libbpf import update_batch
     from controlplane.dataplane.packing import Packer
     if os.geteuid() != 0:
