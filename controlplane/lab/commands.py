@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import io
 import json
 import os
 import subprocess
@@ -40,6 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="pods' processes go under the socket hooks too (their agent is given the pods' "
                         "cgroup as a second --socket-lb-cgroup); default: pods take the XDP path. "
                         "Same as SVCXDP_SOCKET_LB_PODS=1")
+    p.add_argument("--agent-arg", action="append", default=[], metavar="ARG",
+                   help="one more argument for every agent this `lab up` starts (repeat it), e.g. "
+                        "--agent-arg=--lb-algorithm=maglev; checked with the agent's own parser first, and "
+                        "the flags the lab gives its agents are refused. Agents already running keep theirs")
     p.add_argument("--no-wait", action="store_true",
                    help="return once the lab exists, without waiting for its pods and agents")
     p.set_defaults(func=cmd_up)
@@ -109,13 +115,51 @@ def _not_permitted(args: argparse.Namespace, exc: OSError) -> str:
     return f"svcctl {what}: {detail}"
 
 
+# What the lab gives each agent itself (node_processes), by the agent parser's names:
+# `lab up --agent-arg` may not set them again (abbreviated or not).
+LAB_AGENT_SETTINGS = ("node", "attach_points", "store", "state_dir", "instance", "node_ip", "socket_lb_cgroup",
+                      "source", "kubeconfig", "interfaces", "discover", "uninstall")
+
+
+def agent_args_problem(extra: list[str]) -> str | None:
+    """Why `lab up --agent-arg` cannot give these to the lab's agents: what the agent's own
+    parser says of them, or a setting the lab gives them itself; None when they would do."""
+    if not extra:
+        return None
+    from controlplane.cli import build_parser
+    parser = build_parser("agent")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            given = parser.parse_args(["agent", "--node", "node1", *extra])
+        except SystemExit:
+            return f"--agent-arg {' '.join(extra)}: {err.getvalue().strip().splitlines()[-1]}"
+    plain = parser.parse_args(["agent", "--node", "node1"])
+    for name in LAB_AGENT_SETTINGS:
+        if getattr(given, name) != getattr(plain, name):
+            return f"--agent-arg {' '.join(extra)}: the lab gives its agents --{name.replace('_', '-')} itself"
+    return None
+
+
+def node_process_provider(args: argparse.Namespace) -> hooks.NodeProcessProvider | None:
+    """What `lab up` starts on each node: the registered node processes, the agents with
+    `--agent-arg`s appended; None with --no-node-processes."""
+    if args.no_node_processes:
+        return None
+    return hooks.with_args("agent", *args.agent_arg) if args.agent_arg else hooks.node_processes
+
+
 @_guard
 def cmd_up(args: argparse.Namespace) -> int:
     if args.socket_lb_pods:
         os.environ["SVCXDP_SOCKET_LB_PODS"] = "1"   # read where the agents' command lines are made
+    problem = agent_args_problem(args.agent_arg)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     from controlplane.progress import Progress
     progress = Progress()
-    provider = None if args.no_node_processes else hooks.node_processes
+    provider = node_process_provider(args)
     lab = Lab(args.state_dir)
     lab.up(nodes=args.nodes, node_processes=provider, store=args.store, etcd_members=args.etcd_members,
            progress=progress.update)
