@@ -324,7 +324,7 @@ def test_up_that_ends_degraded_exits_non_zero(make_lab, monkeypatch, capsys):
     monkeypatch.setattr(commands._wait_ready, "__defaults__", (20.0,))
     code, out, err = _cli(monkeypatch, lab.prefix, commands.cmd_up, capsys, state_dir=str(lab.store.state_dir),
                           lab_command="up", socket_lb_pods=False, no_node_processes=False, no_dns=True,
-                          nodes=1, store=None, etcd_members=3, no_wait=False)
+                          nodes=1, store=None, etcd_members=3, no_wait=False, agent_arg=[])
     assert code == 1, (out, err)
     assert "lab: degraded" in out and "not running: node1/agent" in out
     assert "error: the lab came up degraded (node1/agent)" in err
