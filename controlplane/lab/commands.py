@@ -126,8 +126,9 @@ def agent_args_problem(extra: list[str]) -> str | None:
     parser says of them, or a setting the lab gives them itself; None when they would do."""
     if not extra:
         return None
-    from controlplane.cli import build_parser
-    parser = build_parser("agent")
+    from controlplane.agent.commands import register as register_agent
+    parser = argparse.ArgumentParser(prog="svcctl")   # `svcctl agent`'s parser, as the CLI builds it
+    register_agent(parser.add_subparsers(dest="subcommand"))
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         try:

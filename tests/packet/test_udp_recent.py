@@ -31,10 +31,11 @@ pytestmark = pytest.mark.root
 SEC = 10**9
 BACKEND_PORT = 5353
 SURE = udprecent.SURE_AGE   # epochs (3): a slot this old says "certainly not in conntrack"
-UDP_TIMEOUT_S = 60   # the pinned dataplane below (the others use the shared test dataplane's)
-# its next agent's: epochs half as long (34 s against 69 s), and still long enough for the
-# flow to outlive a build (~10 s here; 10 s was too short once the build took longer)
-SHORTER_TIMEOUT_S = 30
+UDP_TIMEOUT_S = 240   # the pinned dataplane below (the others use the shared test dataplane's)
+# its next agent's: epochs half as long (137 s against 275 s), and still long enough for the
+# flow to outlive a build (~20 s here, over 30 s in a loaded CI run: 30 s, as this was, was
+# too short then, as 10 s had been before it)
+SHORTER_TIMEOUT_S = 120
 SMALL = dict(ct_size=1024, max_services=8, max_backends=16, max_slots=64, frag_size=64, affinity_size=64,
              sock_revnat_size=64, udp_timeout_s=UDP_TIMEOUT_S)
 
