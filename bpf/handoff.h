@@ -25,22 +25,28 @@
  * AWS's VPC CNI). Such a flow never started: every retransmission met the same missing
  * entry.
  *
- * So np_forward hands the frame to a tc program on the same device's ingress. The frame
- * carries a note in its XDP metadata (struct svcxdp_handoff, keyed with the dataplane's
- * secret seed); svcxdp_handoff finds it and sends the frame with bpf_redirect_neigh.
- * That takes the kernel's route and neighbour output, which resolves the neighbour and
- * queues the frame meanwhile. Later frames find the entry and leave with XDP_TX as before.
- * The tc program only reads the note: a write to the frame would make the verifier
- * unclone every cloned packet on the hook first (a packet socket open: tcpdump, DHCP).
+ * So np_forward hands the frame to a tc program on the same device's ingress. It notes
+ * the frame in `handoff_notes` (struct svcxdp_handoff, keyed by the frame's IPv4 header as
+ * it leaves XDP) and passes it on; svcxdp_handoff finds the note and sends the frame with
+ * bpf_redirect_neigh. That takes the kernel's route and neighbour output, which resolves
+ * the neighbour and queues the frame meanwhile. Later frames find the entry and leave
+ * with XDP_TX as before. The tc program only reads the frame: a write would make the
+ * verifier unclone every cloned packet on the hook first (a packet socket open: tcpdump,
+ * DHCP).
  *
- * A driver without XDP metadata in native mode (the in-tree ENA driver among them) fails
- * the note: the frame goes to the stack untouched, counted neigh_no_meta, which drops it
- * if it carries a node's address; generic mode carries metadata on every driver. On a
- * device without the tc program noted frames meet the stack the same way (their TTL
- * already one less): neigh_noted counts the notes, neigh_handoff the frames tc sent.
- * The tc program returns TC_ACT_UNSPEC for every other frame, so filters after it on the
- * same hook still run; one before it that ends the chain (or a tcx program that does)
- * keeps it from seeing the note.
+ * Departure: the note used to travel in the frame's XDP metadata. Kernels since
+ * (6.18.44-fc-v1300 here) refuse bpf_xdp_adjust_meta to XDP programs, and several native
+ * drivers (the in-tree ENA driver among them) never carried metadata; a map works on
+ * every kernel and driver, and with RPS, which may run tc on another CPU than XDP. The
+ * cost falls on the tc side: every frame there reads `handoff_last`, and only frames
+ * within a second of a note pay a hash lookup.
+ *
+ * On a device without the tc program noted frames meet the stack as before (their TTL
+ * already one less): neigh_noted counts the notes, neigh_handoff the frames tc sent,
+ * neigh_note_failed the notes that could not be written. The tc program returns
+ * TC_ACT_UNSPEC for every other frame, so filters after it on the same hook still run;
+ * one before it that ends the chain (or a tcx program that does) keeps it from seeing
+ * the frame.
  */
 #ifndef SVCXDP_HANDOFF_H
 #define SVCXDP_HANDOFF_H
@@ -51,37 +57,38 @@
 #include "maps.h"
 #include "fib.h"
 
-/* The notes' key: the dataplane's secret seed (0: none yet, no note). */
-static __always_inline __u32 handoff_key(void)
+/* A note's key: the header fields of the frame as XDP left it and tc sees it. */
+static __always_inline void handoff_key_of(const struct iphdr *ip, struct svcxdp_handoff_key *k)
 {
-	__u32 zero = 0;
-	__u32 *seed = ct_set_seed.lookup(&zero);
-	return seed ? *seed : 0;
+	k->saddr = ip->saddr;
+	k->daddr = ip->daddr;
+	k->id = ip->id;
+	k->check = ip->check;
 }
 
-/* XDP side: note the frame for svcxdp_handoff, decrement its TTL (the stack's forwarding
- * would have) and pass it on. Without room for the note the frame is passed as it is. */
+/* XDP side: decrement the frame's TTL (the stack's forwarding would have), note it for
+ * svcxdp_handoff and pass it on. A frame whose note cannot be written goes on as well,
+ * counted. */
 static __always_inline int handoff_pass(struct xdp_md *ctx, __u32 ifindex, struct events *ev)
 {
-	__u32 key = handoff_key();
-	if (!key)
-		return XDP_PASS;
-	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct svcxdp_handoff)) < 0) {
-		ev->extra = SVCXDP_CNT_NEIGH_NO_META;
-		return XDP_PASS;
-	}
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	struct svcxdp_handoff *h = (void *)(long)ctx->data_meta;
 	struct iphdr *ip = data + sizeof(struct ethhdr);   /* (np_forward's: untagged) */
-	if ((void *)(h + 1) > data || (void *)(ip + 1) > data_end) {
-		/* (not met: np_forward read this header) the room given back unwritten */
-		bpf_xdp_adjust_meta(ctx, (int)sizeof(struct svcxdp_handoff));
+	if ((void *)(ip + 1) > data_end)
+		return XDP_PASS;   /* (not met: np_forward read this header) */
+	ip_decrease_ttl(ip);
+	struct svcxdp_handoff_key k = {};
+	handoff_key_of(ip, &k);
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct svcxdp_handoff note = { .at = now, .ifindex = ifindex };
+	__u32 zero = 0;
+	__u64 *last = handoff_last.lookup(&zero);
+	if (!last || handoff_notes.update(&k, &note) < 0) {
+		ev->extra = SVCXDP_CNT_NEIGH_NOTE_FAILED;
 		return XDP_PASS;
 	}
-	h->key = key;
-	h->ifindex = ifindex;
-	ip_decrease_ttl(ip);
+	if (*last != now)
+		*last = now;
 	ev->extra = SVCXDP_CNT_NEIGH_NOTED;
 	return XDP_PASS;
 }
@@ -96,15 +103,31 @@ static long (*handoff_redirect_neigh)(__u32 ifindex, struct bpf_redir_neigh *par
  * counted neigh_handoff; any other frame goes on, to the next filter and the stack. */
 static __always_inline int handoff_take(struct __sk_buff *skb)
 {
-	void *data = (void *)(long)skb->data;
-	struct svcxdp_handoff *h = (void *)(long)skb->data_meta;
-	if ((void *)(h + 1) > data)
+	__u32 zero = 0;
+	__u64 *last = handoff_last.lookup(&zero);
+	if (!last || !*last)
 		return TC_ACT_UNSPEC;
-	__u32 key = handoff_key();
-	if (!key || h->key != key)
+	__u64 now = bpf_ktime_get_coarse_ns();
+	if ((__s64)(now - *last) > (__s64)SVCXDP_HANDOFF_WINDOW_NS)
+		return TC_ACT_UNSPEC;
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = data + sizeof(*eth);
+	if ((void *)(ip + 1) > data_end || eth->h_proto != ETH_P_IP_BE)
+		return TC_ACT_UNSPEC;
+	struct svcxdp_handoff_key k = {};
+	handoff_key_of(ip, &k);
+	struct svcxdp_handoff *note = handoff_notes.lookup(&k);
+	if (!note)
+		return TC_ACT_UNSPEC;
+	__u32 ifindex = note->ifindex;
+	__s64 age = (__s64)(now - note->at);
+	handoff_notes.delete(&k);
+	if (age > (__s64)SVCXDP_HANDOFF_WINDOW_NS)
 		return TC_ACT_UNSPEC;
 	counters_bump(SVCXDP_CNT_NEIGH_HANDOFF);
-	return handoff_redirect_neigh(h->ifindex, NULL, 0, 0);
+	return handoff_redirect_neigh(ifindex, NULL, 0, 0);
 }
 
 #endif /* SVCXDP_HANDOFF_H */

@@ -108,15 +108,25 @@
 #define SVCXDP_DEFAULT_SOURCE_RANGES 16384  /* loadBalancerSourceRanges entries, all services */
 /* A frame the external entry point rewrote (source-NATed, or an answer translated back
  * to a client: handoff.h says which) whose next hop has no neighbour entry yet goes to
- * the tc ingress program of the same device with this note in front of it, in
- * its XDP metadata (handoff.h). `key` is the dataplane's secret seed (ct_set_seed,
- * random per dataplane): a note another node's program wrote, carried along by a veth,
- * is not taken for one of ours. `ifindex` is the device the FIB named. Metadata comes in
- * multiples of 4 bytes. */
-struct svcxdp_handoff {
-	__u32 key;
-	__u32 ifindex;
+ * the tc ingress program of the same device with a note in `handoff_notes`, keyed by the
+ * frame's IPv4 header as the program leaves it: its addresses, its id and its checksum,
+ * which covers the rest (TTL, length, protocol). Only the XDP program writes notes, so a
+ * frame from outside cannot bring one. */
+struct svcxdp_handoff_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 id;
+	__be16 check;
 };
+struct svcxdp_handoff {
+	__u64 at;        /* bpf_ktime_get_coarse_ns() when noted */
+	__u32 ifindex;   /* the device the FIB named */
+	__u32 pad;
+};
+/* A note older than this is stale (its frame reached tc within microseconds, or never
+ * will); tc looks notes up only this long after the last one was written. */
+#define SVCXDP_HANDOFF_WINDOW_NS 1000000000ULL
+#define SVCXDP_HANDOFF_NOTES 4096
 
 /* ---- global counters (index into the `counters` per-CPU array) ---------------- */
 #define SVCXDP_CNT_PASS_NON_IP 0       /* not IPv4: passed untouched */
@@ -171,9 +181,9 @@ struct svcxdp_handoff {
 					* for tc (handoff.h) */
 #define SVCXDP_CNT_NEIGH_HANDOFF 37    /* ... and sent by tc with the kernel's neighbour
 					* resolution (fewer than noted: notes lost on the way) */
-#define SVCXDP_CNT_NEIGH_NO_META 38    /* ... but the driver gives no XDP metadata to note it
-					* in: to the stack, which drops it if it carries one of
-					* the node's addresses (handoff.h) */
+#define SVCXDP_CNT_NEIGH_NOTE_FAILED 38 /* ... but its note could not be written: to the
+					* stack, which drops it if it carries one of the node's
+					* addresses (handoff.h) */
 #define SVCXDP_CNT_PASS_OTHER_HOST 39  /* external: a frame for another host's MAC address
 					* (unicast a switch or bridge flooded): the stack's,
 					* which drops it (otherhost.h) */

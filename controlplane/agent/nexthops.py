@@ -9,8 +9,7 @@ NO_NEIGH, and the frame, already source-NATed to the node's own address, would g
 stack, which drops it as a martian (unless accept_local is set) without ever sending the
 ARP request: every retransmission met the same. Such frames now go out through the tc
 handoff (bpf/handoff.h), which resolves the address on the way; managed entries keep
-the gateways' frames on XDP_TX from the first one, and cover drivers without XDP
-metadata, where the handoff cannot work.
+the gateways' frames on XDP_TX from the first one.
 
 Managed entries (NTF_EXT_MANAGED, Linux 5.16, made for this case) are resolved by the
 kernel ahead of need and kept reachable, never collected. The agent marks the gateway of

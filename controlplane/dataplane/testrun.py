@@ -2,8 +2,7 @@
 
 The kernel runs the program on a copy of the bytes and reports the verdict, the
 rewritten frame and the time taken; nothing is transmitted (XDP_TX and
-XDP_REDIRECT are only returned). Metadata an XDP program put in front of the frame
-(bpf/handoff.h) comes back apart from it.
+XDP_REDIRECT are only returned).
 """
 from __future__ import annotations
 
@@ -29,7 +28,6 @@ class TestRunResult:
     verdict: int
     data: bytes
     duration_ns: int
-    meta: bytes = b""   # the XDP metadata the program left in front of `data`
 
     @property
     def verdict_name(self) -> str:
@@ -76,16 +74,12 @@ class TestRunner:
             raise ValueError("gso_size: a socket buffer's (TestRunner(skb=True))")
         elif not self.skb:
             # struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, ...
-            # (given back too: its `data` says how much metadata leads the output). Room
-            # for fields a later kernel may add: the kernel takes a longer context whose
-            # tail is zero, and refuses to give one back into a shorter buffer.
+            # Room for fields a later kernel may add: the kernel takes a longer context
+            # whose tail is zero.
             ctx = ffi.new("uint32_t[]", XDP_MD_ROOM // 4)
             ctx[1], ctx[3] = len(frame), ingress_ifindex
         opts.ctx_in = ctx if ctx is not None else ffi.NULL
         opts.ctx_size_in = ffi.sizeof(ctx) if ctx is not None else 0
-        xdp_ctx = ctx if ctx is not None and not self.skb else None
-        opts.ctx_out = xdp_ctx if xdp_ctx is not None else ffi.NULL
-        opts.ctx_size_out = ffi.sizeof(xdp_ctx) if xdp_ctx is not None else 0
         while True:
             rc = lib().bpf_prog_test_run_opts(self.prog_fd, opts)
             if rc == 0:
@@ -95,8 +89,7 @@ class TestRunner:
                 continue
             raise OSError(err, f"BPF_PROG_TEST_RUN: {os.strerror(err)}")
         out = bytes(ffi.buffer(self._out, opts.data_size_out))
-        meta = xdp_ctx[0] if xdp_ctx is not None else 0
-        return TestRunResult(opts.retval, out[meta:], opts.duration, out[:meta])
+        return TestRunResult(opts.retval, out, opts.duration)
 
     def duration_ns(self, frame: bytes) -> int:
         """One run, repeat=1: the kernel's own measurement, no copy of the output."""

@@ -26,8 +26,8 @@ obeys, whatever the datapath chose:
     frontend's address) to where it was addressed;
 - one sent back out of the interface (XDP_TX) goes to a neighbour's MAC (the other
   node, a client), or to the sender's;
-- one handed to tc (a note in its XDP metadata, bpf/handoff.h) is passed with our key,
-  names one of the node's interfaces, and either carries the node's address or leaves
+- one handed to tc (noted in handoff_notes, bpf/handoff.h) is passed, noted under its
+  own header, names one of the node's interfaces, and either carries the node's address or leaves
   by the interface it came in on (a frame to another device keeping the client's
   address goes to the stack);
 - at each round's end, every lc backend's active-connection count equals the flows
@@ -50,7 +50,6 @@ read.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import random
 import socket
@@ -59,19 +58,18 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from controlplane.dataplane.layout import const, header_struct
+from controlplane.dataplane.layout import const
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
 from controlplane.dataplane.testrun import TestRunner
 from controlplane.dataplane.trace import HAIRPIN_IP   # the source of a flow whose client is its backend
 
 from . import nodenet
 from .fuzz import Disagreement, Stats, l2_frame, churn, ipv4, mutate, random_frame, tcp_seg, udp_dgram
-from .harness import Harness
+from .harness import Harness, handoff_key
 from .reference_model import csum
 from .test_differential import checksums_ok
 
 NODE = nodenet.NODE_IP
-HANDOFF = header_struct("svcxdp_handoff")   # the note in front of a frame handed to tc
 LB_IP = "192.168.1.240"
 EXTERNAL_IP = "203.0.113.250"
 CLUSTER_IP = "10.96.0.77"
@@ -317,17 +315,17 @@ def _explained_packet(r: Round, i: Parsed, o: Parsed) -> str | None:
     return None
 
 
-def check(r: Round, raw: bytes, verdict: str, out: bytes, meta: bytes = b"",
-          ifindexes: tuple[int, ...] = (), key: int = 0, ingress: int = 0) -> None:
-    """Raises AssertionError when the program's answer breaks a rule."""
+def check(r: Round, raw: bytes, verdict: str, out: bytes, notes: dict[bytes, int] | None = None,
+          ifindexes: tuple[int, ...] = (), ingress: int = 0) -> None:
+    """Raises AssertionError when the program's answer breaks a rule. `notes`: the handoff
+    notes the frame left (Harness.handoff_notes)."""
     if verdict not in ("XDP_PASS", "XDP_DROP", "XDP_TX", "XDP_REDIRECT"):
         raise AssertionError(f"verdict {verdict}")
-    if meta:
+    if notes:
         o = parse(out)
-        note = HANDOFF.from_buffer_copy(meta) if len(meta) == ctypes.sizeof(HANDOFF) else None
-        if verdict != "XDP_PASS" or note is None or note.key != key or note.ifindex not in ifindexes \
-                or o is None or (o.src != NODE and note.ifindex != ingress):
-            raise AssertionError(f"{verdict} with the note {meta.hex()} of a frame from {o and o.src}")
+        ifindex = notes.get(handoff_key(out)) if len(notes) == 1 else None
+        if verdict != "XDP_PASS" or ifindex not in ifindexes or o is None or (o.src != NODE and ifindex != ingress):
+            raise AssertionError(f"{verdict} with the notes {notes} of a frame from {o and o.src}")
     if verdict == "XDP_DROP":
         return
     if out == raw:
@@ -378,7 +376,7 @@ def _round(h: Harness, runners: dict[str, tuple[TestRunner, int]], rng: random.R
     r = Round()
     _installed(r, states)
     ifindexes = tuple(ifindex for _, ifindex in runners.values())   # the node's interfaces
-    key = h.dp.table("ct_unconfirmed").seed                          # the notes' (handoff.h)
+    notes = h.dp.table("handoff_notes")
     gone: list[ServiceState] = []
     seeds: list[tuple[str, bytes]] = []
     last = None
@@ -402,8 +400,11 @@ def _round(h: Harness, runners: dict[str, tuple[TestRunner, int]], rng: random.R
         _note_talker(r, raw)
         runner, ifindex = runners[entry]
         res = runner.run(raw, 1, ifindex)
+        noted = h.handoff_notes()
+        if noted:
+            notes.clear()
         try:
-            check(r, raw, res.verdict_name, res.data, res.meta, ifindexes, key, ifindex)
+            check(r, raw, res.verdict_name, res.data, noted, ifindexes, ifindex)
         except AssertionError as exc:
             raise Disagreement(f"seed {seed}, round {round_no}, frame {k} (the {entry} entry point): {exc}\n"
                                f"  in  {raw.hex()}\n  out {res.data.hex()}") from None

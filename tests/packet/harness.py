@@ -76,6 +76,11 @@ class Harness:
     def counters(self) -> dict[str, int]:
         return self.dp.counters()
 
+    def handoff_notes(self) -> dict[bytes, int]:
+        """The notes of frames handed to tc (bpf/handoff.h): key bytes -> the device tc is
+        to send the frame to."""
+        return {bytes(k): v.ifindex for k, v in self.dp.table("handoff_notes").items()}
+
     def reset(self) -> None:
         """Between tests: no services, no flows, no affinity entries, no per-backend counts (a new writer
         zeroes only the ids it hands out again)."""
@@ -83,7 +88,7 @@ class Harness:
         readout.backend_rows(self.dp).grid()[:] = 0
         for name in UNCONFIRMED_TABLES:
             self.dp.table(name).clear()   # (their sets' rings too)
-        for name in ("conntrack", "fragments", "affinity"):
+        for name in ("conntrack", "fragments", "affinity", "handoff_notes"):
             table = self.dp.table(name)
             keys = [k for k in table.keys()]
             for k in keys:
@@ -93,6 +98,13 @@ class Harness:
                     pass
         recent = self.dp.table(udprecent.MAP)   # no flows: no UDP flow stamped either
         recent[recent.Key(0)] = recent.Leaf()
+
+
+def handoff_key(frame: bytes) -> bytes:
+    """An untagged IPv4 frame's handoff note key (struct svcxdp_handoff_key): its
+    addresses, its id and its header checksum."""
+    ip = frame[14:34]
+    return ip[12:20] + ip[4:6] + ip[10:12]
 
 
 def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:

@@ -5,9 +5,9 @@ as if they arrived on the node's external interface of a namespace with real rou
 (nodenet.py); the expected frames are built byte for byte."""
 from __future__ import annotations
 
-import ctypes
 import socket
 import subprocess
+import time
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
@@ -15,13 +15,13 @@ from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
 from controlplane.dataplane import readout
-from controlplane.dataplane.layout import const, header_struct
+from controlplane.dataplane.layout import const
 from controlplane.dataplane.model import Backend, Frontend, ServiceState, ip_to_be32
 from controlplane.dataplane.testrun import TestRunner
 
 from . import nodenet
 from . import harness
-from .harness import Harness, Outcome, assert_frag_needed, delta
+from .harness import Harness, Outcome, assert_frag_needed, delta, handoff_key
 
 pytestmark = pytest.mark.root
 
@@ -33,7 +33,7 @@ EXTERNAL_IP = "203.0.113.250"
 SNAT_MIN = 32768
 SNAT_MASK = 32767
 FORWARD, CLOSING = const("CT_DIR_FORWARD"), const("CT_F_CLOSING")
-HANDOFF = header_struct("svcxdp_handoff")   # the note in front of a frame handed to tc
+TC_ACT_UNSPEC, TC_ACT_REDIRECT = 0xFFFFFFFF, 7   # (-1 as a u32)
 
 
 @pytest.fixture(scope="module")
@@ -200,11 +200,12 @@ def test_a_snated_frame_whose_next_hop_is_unresolved_is_handed_to_tc(ext, xdp):
     """A backend reached on-link (its own address the next hop) that no neighbour entry
     names yet: XDP cannot resolve it, and the stack would drop the frame, which carries
     the node's address. It leaves the program as the frame to send, TTL decremented,
-    behind a note in its XDP metadata (bpf/handoff.h: the dataplane's key and the egress
-    device) for the tc program on the same interface. Once the neighbour is known the flow's
-    frames leave with XDP_TX, with no note. A frame for a local pod without a neighbour
-    entry keeps the client's address and goes to another device: the stack gets it as
-    before (it forwards it, and checks it against the pod device's MTU)."""
+    noted (bpf/handoff.h: its header -> the egress device) for the tc program on the same
+    interface, which sends it with bpf_redirect_neigh and takes the note, and lets the
+    frame go on if it comes again. Once the neighbour is known the flow's frames leave
+    with XDP_TX, with no note. A frame for a local pod without a neighbour entry keeps
+    the client's address and goes to another device: the stack gets it as before (it
+    forwards it, and checks it against the pod device's MTU)."""
     on_link = "10.244.3.7"
     nodenet._ip(ext.node.name, "route", "replace", "10.244.3.0/24", "dev", "ext0")
     runner = ext.runner
@@ -214,27 +215,32 @@ def test_a_snated_frame_whose_next_hop_is_unresolved_is_handed_to_tc(ext, xdp):
         pkt = from_client(NODE, 30090, sport=40001, flags="S")
         res = ext.node.call(runner.run, bytes(pkt), 1, ext.node.ext_ifindex)
         assert res.verdict_name == "XDP_PASS"
-        note = HANDOFF.from_buffer_copy(res.meta)
-        seed = xdp.dp.table("ct_unconfirmed").seed         # the notes' key: the dataplane's secret
-        assert (len(res.meta), note.key, note.ifindex) == (ctypes.sizeof(HANDOFF), seed, ext.node.ext_ifindex)
         snat_port = SNAT_MIN + (40001 & SNAT_MASK)
         assert res.data == bytes(rebuilt(pkt, ip_ttl=63, ip_src=NODE, ip_dst=on_link, l4_sport=snat_port,
                                          l4_dport=80))
+        assert xdp.handoff_notes() == {handoff_key(res.data): ext.node.ext_ifindex}
         moved = delta(before, xdp.counters())
-        assert moved.get("neigh_noted") == 1 and "neigh_no_meta" not in moved   # (tc counts the handoff)
+        assert moved.get("neigh_noted") == 1 and "neigh_note_failed" not in moved
+        # tc ingress: the noted frame is sent (its neighbour resolved by the kernel), once
+        tc = TestRunner(xdp.dp.handoff_prog_fd, skb=True)
+        before = xdp.counters()
+        assert tc.run(res.data, 1, ext.node.ext_ifindex).verdict == TC_ACT_REDIRECT
+        assert delta(before, xdp.counters()) == {"neigh_handoff": 1} and xdp.handoff_notes() == {}
+        assert tc.run(res.data, 1, ext.node.ext_ifindex).verdict == TC_ACT_UNSPEC
         nodenet._ip(ext.node.name, "neigh", "replace", on_link, "lladdr", "02:00:00:00:03:07", "dev", "ext0",
                     "nud", "permanent")
         res = ext.node.call(runner.run, bytes(from_client(NODE, 30090, sport=40001, flags="A")), 1,
                             ext.node.ext_ifindex)
-        assert res.verdict_name == "XDP_TX" and res.meta == b""
+        assert res.verdict_name == "XDP_TX" and xdp.handoff_notes() == {}
         assert Ether(res.data)[Ether].dst == "02:00:00:00:03:07"
         # a local pod without a neighbour entry: to the stack, unnoted, TTL untouched
         ext.service(NODE, 30091, ["10.244.1.12"])
         local = from_client(NODE, 30091, sport=40002, flags="S")
         res = ext.node.call(runner.run, bytes(local), 1, ext.node.ext_ifindex)
-        assert res.verdict_name == "XDP_PASS" and res.meta == b""
+        assert res.verdict_name == "XDP_PASS" and xdp.handoff_notes() == {}
         assert res.data == bytes(rebuilt(local, ip_dst="10.244.1.12", l4_dport=80))
     finally:
+        xdp.dp.table("handoff_notes").clear()
         nodenet._ip(ext.node.name, "route", "del", "10.244.3.0/24")
         subprocess.run(["ip", "-n", ext.node.name, "neigh", "del", on_link, "dev", "ext0"], capture_output=True)
 
@@ -257,11 +263,13 @@ def test_an_answer_from_a_secondary_address_to_an_unresolved_client_is_handed_to
               IP(src=nodenet.REMOTE_POD, dst=NODE, ttl=63, id=11) / TCP(sport=80, dport=snat_port, flags="SA"))
     before = xdp.counters()
     res = ext.node.call(ext.runner.run, bytes(answer), 1, ext.node.ext_ifindex)
-    note = HANDOFF.from_buffer_copy(res.meta)
-    seed = xdp.dp.table("ct_unconfirmed").seed
-    assert (res.verdict_name, note.key, note.ifindex) == ("XDP_PASS", seed, ext.node.ext_ifindex)
+    assert res.verdict_name == "XDP_PASS"
     assert res.data == bytes(rebuilt(answer, ip_ttl=62, ip_src=LB_IP, ip_dst=client, l4_sport=80,
                                      l4_dport=40003))
+    try:
+        assert xdp.handoff_notes() == {handoff_key(res.data): ext.node.ext_ifindex}
+    finally:
+        xdp.dp.table("handoff_notes").clear()
     moved = delta(before, xdp.counters())
     assert moved.get("snat_reply") == 1 and moved.get("neigh_noted") == 1
 
@@ -294,15 +302,19 @@ def test_a_frame_for_another_hosts_mac_address_is_left_to_the_stack(ext, xdp):
 def test_the_handoff_program_lets_every_frame_without_a_note_go_on(xdp):
     """svcxdp_handoff (tc ingress of the external interfaces) sends only noted frames;
     any other goes on unchanged with TC_ACT_UNSPEC, so filters after ours on the hook
-    still see it (TC_ACT_OK would end the chain). A socket-buffer test-run cannot carry
-    metadata in, so the noted case is the e2e test's (tests/e2e/test_nodeport.py). The
-    program only reads the frame: a write would have the verifier unclone every cloned
-    packet on the hook (tcpdump open), which its instructions would show."""
+    still see it (TC_ACT_OK would end the chain), whether a note was written lately (a
+    lookup) or not (none). The noted case is test_a_snated_frame_whose_next_hop_is_
+    unresolved_is_handed_to_tc's. The program only reads the frame: a write would have
+    the verifier unclone every cloned packet on the hook (tcpdump open), which its
+    instructions would show."""
     runner = TestRunner(xdp.dp.handoff_prog_fd, skb=True)
+    last = xdp.dp.table("handoff_last")
     before = xdp.counters()
-    for pkt in (from_client(NODE, 30080, flags="S"), from_client(NODE, 30080, proto=UDP)):
-        res = runner.run(bytes(pkt), 1, 1)
-        assert (res.verdict, res.data) == (0xFFFFFFFF, bytes(pkt))   # -1 as a u32
+    for noted_lately in (False, True):
+        last[last.Key(0)] = last.Leaf(time.clock_gettime_ns(time.CLOCK_MONOTONIC) if noted_lately else 0)
+        for pkt in (from_client(NODE, 30080, flags="S"), from_client(NODE, 30080, proto=UDP)):
+            res = runner.run(bytes(pkt), 1, 1)
+            assert (res.verdict, res.data) == (TC_ACT_UNSPEC, bytes(pkt))
     assert "neigh_handoff" not in delta(before, xdp.counters())
 
 
