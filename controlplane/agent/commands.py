@@ -220,7 +220,6 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise CommandError(busy_port_message(args.healthz_port, exc)) from None
     source, feed, api = _open_source(args)
-    zone = _node_zone(args, api, log)
     try:
         if args.socket_lb_cgroup:   # the socket hooks are loaded from bcc's program object
             dp = Dataplane.load(config)
@@ -255,6 +254,7 @@ def run(args: argparse.Namespace) -> int:
     if feed is not None and not feed.wait_synced(timeout=30):
         log.warning("the Kubernetes API has not answered the first list yet; the dataplane keeps its state "
                     "(/healthz 503) until it does")
+    zone = _node_zone(args, api, log)   # after the load: an API that does not answer delays no attach
     agent = Agent(source, NodeConfig(args.node, args.lb_algorithm, addresses, zone), dp, interfaces, health,
                   check_every_s=args.check_interval, service_health=service_health,
                   check_max_share=args.check_max_share)

@@ -159,7 +159,7 @@ def slice_document_backends(doc: dict[str, Any]) -> SliceBackends:
         ref = e.get("targetRef")
         pod = ref.get("name") if ref and ref.get("kind") == "Pod" else None
         node = e.get("nodeName")
-        if node:   # one string per node (see _NodeNames; a document may hold any JSON type here)
+        if node:   # one string per node (see _NODE_NAMES; a document may hold any JSON type here)
             node = intern(node)
         eps.append((addresses, ready, serving, bool(c.get("terminating")), node, pod, _document_hints(e.get("hints"))))
     return _cross((((p.get("name") or "", p.get("protocol") or DEFAULT_PROTOCOL), p.get("port")) for p in ports),
@@ -188,21 +188,27 @@ def _cross(ports: Iterable[tuple[PortKey, int | None]], eps: list[tuple]) -> Sli
     return out
 
 
-class _HintsMade(dict):
-    """One Hints object per distinct (zones, nodes): every endpoint of a zone names the
-    same few zones, and the Backends share the object. Bounded, as _NodeNames is."""
+class _Interned(dict):
+    """One value per distinct key, made once by `make` and shared by every Backend that
+    holds it; a lookup of a known key is one subscript. Bounded (cleared past MAX), as
+    the keys come and go."""
 
     MAX = 65536
 
-    def __missing__(self, key: tuple[tuple[str, ...], tuple[str, ...]]) -> Hints | None:
+    def __init__(self, make: Callable[[Any], Any]) -> None:
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, key: Any) -> Any:
         if len(self) > self.MAX:
             self.clear()
-        zones, nodes = key
-        value = self[key] = Hints(frozenset(zones), frozenset(nodes)) if zones or nodes else None
+        value = self[key] = self.make(key)
         return value
 
 
-_HINTS = _HintsMade()
+# One Hints object per distinct (zones, nodes): every endpoint of a zone names the same
+# few zones. None when neither names anything (the usual slice).
+_HINTS = _Interned(lambda key: Hints(frozenset(key[0]), frozenset(key[1])) if key[0] or key[1] else None)
 
 
 def _hints_of(zones: Iterable[Any] | None, nodes: Iterable[Any] | None) -> Hints | None:
@@ -234,22 +240,9 @@ def _document_hints(hints: Any) -> Hints | None:
     return _HINTS[(names("forZones"), names("forNodes"))]
 
 
-class _NodeNames(dict):
-    """A node's name, once: a few nodes are named by every endpoint, and the Backends hold
-    one string per node (sys.intern's), not one per endpoint. A dict, so a lookup of a
-    known name is one subscript; None and "" stand for themselves. Bounded, as node names
-    come and go."""
-
-    MAX = 65536
-
-    def __missing__(self, name: str | None) -> str | None:
-        if len(self) > self.MAX:
-            self.clear()
-        value = self[name] = intern(name) if name else name
-        return value
-
-
-_NODE_NAMES = _NodeNames()
+# A node's name, once: a few nodes are named by every endpoint, and the Backends hold one
+# string per node (sys.intern's), not one per endpoint. None and "" stand for themselves.
+_NODE_NAMES = _Interned(lambda name: intern(name) if name else name)
 
 
 # The typed decoder for a stored EndpointSlice's text (SqliteStore.iter_json): only the

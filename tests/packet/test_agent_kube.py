@@ -26,7 +26,7 @@ from controlplane.dataplane.program import Dataplane
 from controlplane.dataplane.writer import MapWriter
 from controlplane.kubeapi.connect import api_client
 from controlplane.kubeapi.feed import KubeFeed
-from controlplane.kubeapi.node import NodeReadError, node_zone
+from controlplane.kubeapi.node import node_zone
 from tests.kube_api_server import ENDPOINTSLICES, SERVICES, KubeApiServer
 
 from .agent_kit import AgentLoop, Client, fresh_agent, small_dataplane, wait_until
@@ -341,16 +341,3 @@ def _first_hop(client: Client, vip: str, sport: int, flags: str) -> str:
     out = client.runner.run(bytes(pkt))
     assert out.verdict_name == "XDP_PASS"
     return Ether(out.data)[IP].dst
-
-
-def test_the_node_zone_is_read_from_the_node(api, tmp_path):
-    """node_zone: the label, "" without it, and a missing Node as an error naming it."""
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(api.kubeconfig())
-    client = api_client(str(kubeconfig))
-    api.put_node({"metadata": {"name": NODE, "labels": {"topology.kubernetes.io/zone": "eu-west-1b"}}})
-    api.put_node({"metadata": {"name": "node2", "labels": {"kubernetes.io/hostname": "node2"}}})
-    assert node_zone(client, NODE) == "eu-west-1b"
-    assert node_zone(client, "node2") == ""
-    with pytest.raises(NodeReadError, match="node node9: the API answered 404"):
-        node_zone(client, "node9")

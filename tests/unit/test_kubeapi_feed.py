@@ -193,6 +193,20 @@ def test_the_agent_command_opens_a_kube_feed(api, tmp_path, source):
     assert _node_zone(argparse.Namespace(node="node9", node_zone=None), client, log) == ""
 
 
+def test_the_node_zone_is_read_from_the_node(api, tmp_path):
+    """node_zone: the label, "" without it, and a missing Node as an error naming it."""
+    from controlplane.kubeapi.node import NodeReadError, node_zone
+    path = tmp_path / "kubeconfig"
+    path.write_text(api.kubeconfig())
+    client = api_client(str(path))
+    api.put_node({"metadata": {"name": "node1", "labels": {"topology.kubernetes.io/zone": "eu-west-1b"}}})
+    api.put_node({"metadata": {"name": "node2", "labels": {"kubernetes.io/hostname": "node2"}}})
+    assert node_zone(client, "node1") == "eu-west-1b"
+    assert node_zone(client, "node2") == ""
+    with pytest.raises(NodeReadError, match="node node9: the API answered 404"):
+        node_zone(client, "node9")
+
+
 def test_a_server_that_expires_every_watch_is_not_hammered(api, feed_of):
     """Each watch refused with 410 right after a list: the reflector lists again, but
     after the second time in a row it backs off (0.2, 0.4, 0.8 s...) instead of spinning."""
