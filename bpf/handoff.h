@@ -26,27 +26,31 @@
  * entry.
  *
  * So np_forward hands the frame to a tc program on the same device's ingress. It notes
- * the frame in `handoff_notes` (struct svcxdp_handoff, keyed by the frame's IPv4 header as
- * it leaves XDP) and passes it on; svcxdp_handoff finds the note and sends the frame with
- * bpf_redirect_neigh. That takes the kernel's route and neighbour output, which resolves
- * the neighbour and queues the frame meanwhile. Later frames find the entry and leave
- * with XDP_TX as before. The tc program only reads the frame: a write would make the
- * verifier unclone every cloned packet on the hook first (a packet socket open: tcpdump,
- * DHCP).
+ * the frame in `handoff_notes` (struct svcxdp_handoff, keyed by what of the frame GRO
+ * leaves as it was) and passes it on; svcxdp_handoff finds the note and sends the frame
+ * with bpf_redirect_neigh. That takes the kernel's route and neighbour output, which
+ * resolves the neighbour and queues the frame meanwhile. Later frames find the entry and
+ * leave with XDP_TX as before. The tc program only reads the frame: a write would make
+ * the verifier unclone every cloned packet on the hook first (a packet socket open:
+ * tcpdump, DHCP).
  *
- * Departure: the note used to travel in the frame's XDP metadata. Kernels since
- * (6.18.44-fc-v1300 here) refuse bpf_xdp_adjust_meta to XDP programs, and several native
- * drivers (the in-tree ENA driver among them) never carried metadata; a map works on
- * every kernel and driver, and with RPS, which may run tc on another CPU than XDP. The
- * cost falls on the tc side: every frame there reads `handoff_last`, and only frames
- * within a second of a note pay a hash lookup.
+ * Departure: the note used to ride in the frame's XDP metadata. The kernel build of
+ * this project's machines (6.18.44-fc-v1300) refuses bpf_xdp_adjust_meta to XDP
+ * programs, so the program did not load at all, and several native drivers (the
+ * in-tree ENA driver among them) never gave metadata, so there no frame was handed on.
+ * A map works on every kernel and driver. The cost falls on the tc side: every frame
+ * there reads `handoff_last`, and only frames within a second of a note pay a hash
+ * lookup. Frames of one key in flight together (a burst of one flow's datagrams that
+ * all carry IPv4 id 0) share a note that counts them; tc takes one per frame. A merged
+ * GRO frame matches its first segment's note; its other segments' notes go unused, and
+ * age out (one second) or are reused.
  *
  * On a device without the tc program noted frames meet the stack as before (their TTL
  * already one less): neigh_noted counts the notes, neigh_handoff the frames tc sent,
- * neigh_note_failed the notes that could not be written. The tc program returns
- * TC_ACT_UNSPEC for every other frame, so filters after it on the same hook still run;
- * one before it that ends the chain (or a tcx program that does) keeps it from seeing
- * the frame.
+ * neigh_note_failed the frames whose note could not be written (left untouched). The
+ * tc program returns TC_ACT_UNSPEC for every other frame, so filters after it on the
+ * same hook still run; one before it that ends the chain (or a tcx program that does)
+ * keeps it from seeing the frame.
  */
 #ifndef SVCXDP_HANDOFF_H
 #define SVCXDP_HANDOFF_H
@@ -57,38 +61,54 @@
 #include "maps.h"
 #include "fib.h"
 
-/* A note's key: the header fields of the frame as XDP left it and tc sees it. */
-static __always_inline void handoff_key_of(const struct iphdr *ip, struct svcxdp_handoff_key *k)
+/* A note's key (struct svcxdp_handoff_key), as XDP left the frame and tc sees it. Both
+ * read the same bytes, so both agree whatever they hold: the L4 fields only after a
+ * header without options, the sequence number only for TCP. */
+static __always_inline void handoff_key_of(const struct iphdr *ip, const void *data_end,
+					   struct svcxdp_handoff_key *k)
 {
 	k->saddr = ip->saddr;
 	k->daddr = ip->daddr;
 	k->id = ip->id;
-	k->check = ip->check;
+	k->protocol = ip->protocol;
+	const __be32 *l4 = (const void *)(ip + 1);
+	if (ip->ihl != 5 || (const void *)(l4 + 2) > data_end)
+		return;
+	k->ports = l4[0];
+	if (ip->protocol == IPPROTO_TCP)
+		k->seq = l4[1];
 }
 
-/* XDP side: decrement the frame's TTL (the stack's forwarding would have), note it for
- * svcxdp_handoff and pass it on. A frame whose note cannot be written goes on as well,
- * counted. */
+/* XDP side: note the frame for svcxdp_handoff (one more frame of its key on its way),
+ * decrement its TTL (the stack's forwarding would have) and pass it on. A frame whose
+ * note cannot be written is passed as it is. */
 static __always_inline int handoff_pass(struct xdp_md *ctx, __u32 ifindex, struct events *ev)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct iphdr *ip = data + sizeof(struct ethhdr);   /* (np_forward's: untagged) */
-	if ((void *)(ip + 1) > data_end)
-		return XDP_PASS;   /* (not met: np_forward read this header) */
-	ip_decrease_ttl(ip);
-	struct svcxdp_handoff_key k = {};
-	handoff_key_of(ip, &k);
-	__u64 now = bpf_ktime_get_coarse_ns();
-	struct svcxdp_handoff note = { .at = now, .ifindex = ifindex };
 	__u32 zero = 0;
 	__u64 *last = handoff_last.lookup(&zero);
-	if (!last || handoff_notes.update(&k, &note) < 0) {
-		ev->extra = SVCXDP_CNT_NEIGH_NOTE_FAILED;
-		return XDP_PASS;
+	if (!last || (void *)(ip + 1) > data_end)
+		return XDP_PASS;   /* (not met: an array's one entry; np_forward read this header) */
+	struct svcxdp_handoff_key k = {};
+	handoff_key_of(ip, data_end, &k);
+	__u64 now = bpf_ktime_get_coarse_ns();
+	struct svcxdp_handoff *n = handoff_notes.lookup(&k);
+	if (n && n->ifindex == ifindex && (__s32)n->count > 0 &&
+	    (__s64)(now - n->at) <= (__s64)SVCXDP_HANDOFF_WINDOW_NS) {
+		__sync_fetch_and_add(&n->count, 1);
+		n->at = now;
+	} else {
+		struct svcxdp_handoff note = { .at = now, .ifindex = ifindex, .count = 1 };
+		if (handoff_notes.update(&k, &note) < 0) {
+			ev->extra = SVCXDP_CNT_NEIGH_NOTE_FAILED;
+			return XDP_PASS;
+		}
 	}
 	if (*last != now)
 		*last = now;
+	ip_decrease_ttl(ip);
 	ev->extra = SVCXDP_CNT_NEIGH_NOTED;
 	return XDP_PASS;
 }
@@ -117,17 +137,15 @@ static __always_inline int handoff_take(struct __sk_buff *skb)
 	if ((void *)(ip + 1) > data_end || eth->h_proto != ETH_P_IP_BE)
 		return TC_ACT_UNSPEC;
 	struct svcxdp_handoff_key k = {};
-	handoff_key_of(ip, &k);
-	struct svcxdp_handoff *note = handoff_notes.lookup(&k);
-	if (!note)
+	handoff_key_of(ip, data_end, &k);
+	struct svcxdp_handoff *n = handoff_notes.lookup(&k);
+	if (!n || (__s32)n->count <= 0 || (__s64)(now - n->at) > (__s64)SVCXDP_HANDOFF_WINDOW_NS)
 		return TC_ACT_UNSPEC;
-	__u32 ifindex = note->ifindex;
-	__s64 age = (__s64)(now - note->at);
-	handoff_notes.delete(&k);
-	if (age > (__s64)SVCXDP_HANDOFF_WINDOW_NS)
-		return TC_ACT_UNSPEC;
+	/* (a flow's frames meet tc on one CPU, as RPS steers by flow: no two take the
+	 * same note's last frame at once) */
+	__sync_fetch_and_add(&n->count, -1);
 	counters_bump(SVCXDP_CNT_NEIGH_HANDOFF);
-	return handoff_redirect_neigh(ifindex, NULL, 0, 0);
+	return handoff_redirect_neigh(n->ifindex, NULL, 0, 0);
 }
 
 #endif /* SVCXDP_HANDOFF_H */

@@ -168,15 +168,16 @@ static __always_inline int writer_replacing(void)
 	__u32 *flag = replacing.lookup(&zero);
 	return flag && *flag;
 }
-/* Frames handed from the external entry point to tc ingress (handoff.h): the frame's
- * header -> where tc sends it. LRU: a note tc never takes (its frame lost on the way)
- * ages out. Pinned with the rest, so a note written by the previous build's entry point,
- * still attached while the agent replaces it, is found by the new tc program. */
-SVCXDP_MAP("lru_hash", struct svcxdp_handoff_key, struct svcxdp_handoff, handoff_notes, SVCXDP_HANDOFF_NOTES);
+/* Frames handed from the external entry point to tc ingress (handoff.h): what the frame
+ * keeps through GRO -> where tc sends it, and how many such frames are on their way.
+ * Never pinned: a note lives microseconds, and both programs that use it belong to
+ * one build (the entry point reaches handoff_pass through np_tail, which a new build
+ * fills at load). LRU: notes tc took (count 0) or never saw make room for new ones. */
+BPF_TABLE("lru_hash", struct svcxdp_handoff_key, struct svcxdp_handoff, handoff_notes, SVCXDP_HANDOFF_NOTES);
 /* When the last note was written (bpf_ktime_get_coarse_ns; 0: never): tc looks a frame
  * up in handoff_notes only within SVCXDP_HANDOFF_WINDOW_NS of it, so the frames of a node
  * whose neighbours are resolved (all of them, nearly always) pay one array read. */
-SVCXDP_MAP("array", __u32, __u64, handoff_last, 1);
+BPF_ARRAY(handoff_last, __u64, 1);
 /* The FIB result cache's generation (struct fib_gen), written by the agent. */
 SVCXDP_MAP("array", __u32, struct fib_gen, fib_gen, 1);
 /* The cache itself (fib.h); per CPU, never pinned: it is only a cache, and a slot of

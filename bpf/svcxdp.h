@@ -108,20 +108,24 @@
 #define SVCXDP_DEFAULT_SOURCE_RANGES 16384  /* loadBalancerSourceRanges entries, all services */
 /* A frame the external entry point rewrote (source-NATed, or an answer translated back
  * to a client: handoff.h says which) whose next hop has no neighbour entry yet goes to
- * the tc ingress program of the same device with a note in `handoff_notes`, keyed by the
- * frame's IPv4 header as the program leaves it: its addresses, its id and its checksum,
- * which covers the rest (TTL, length, protocol). Only the XDP program writes notes, so a
- * frame from outside cannot bring one. */
+ * the tc ingress program of the same device with a note in `handoff_notes`, keyed by
+ * what of the frame GRO leaves as it was on the way there (GRO merges a flow's segments
+ * into the first one's headers, rewriting the IPv4 length and checksum): its addresses,
+ * IPv4 id and protocol, the four bytes after a 20-byte header (the ports of TCP and
+ * UDP) and TCP's sequence number. Only the XDP program writes notes. */
 struct svcxdp_handoff_key {
 	__be32 saddr;
 	__be32 daddr;
 	__be16 id;
-	__be16 check;
+	__u8 protocol;
+	__u8 pad;
+	__be32 ports;   /* 0 when the header has options or the frame ends first */
+	__be32 seq;     /* TCP's; 0 for any other protocol */
 };
 struct svcxdp_handoff {
-	__u64 at;        /* bpf_ktime_get_coarse_ns() when noted */
+	__u64 at;        /* bpf_ktime_get_coarse_ns() of the last frame noted */
 	__u32 ifindex;   /* the device the FIB named */
-	__u32 pad;
+	__u32 count;     /* frames noted and not yet taken (signed: <= 0 none) */
 };
 /* A note older than this is stale (its frame reached tc within microseconds, or never
  * will); tc looks notes up only this long after the last one was written. */
@@ -181,13 +185,15 @@ struct svcxdp_handoff {
 					* for tc (handoff.h) */
 #define SVCXDP_CNT_NEIGH_HANDOFF 37    /* ... and sent by tc with the kernel's neighbour
 					* resolution (fewer than noted: notes lost on the way) */
-#define SVCXDP_CNT_NEIGH_NOTE_FAILED 38 /* ... but its note could not be written: to the
-					* stack, which drops it if it carries one of the node's
-					* addresses (handoff.h) */
+/* 38: retired (neigh_no_meta, when notes rode in XDP metadata) */
 #define SVCXDP_CNT_PASS_OTHER_HOST 39  /* external: a frame for another host's MAC address
 					* (unicast a switch or bridge flooded): the stack's,
 					* which drops it (otherhost.h) */
-#define SVCXDP_CNT_MAX 40
+#define SVCXDP_CNT_NEIGH_NOTE_FAILED 40 /* translated, its next hop not resolved yet, but
+					* its note could not be written: to the stack untouched,
+					* which drops it if it carries one of the node's
+					* addresses (handoff.h) */
+#define SVCXDP_CNT_MAX 41
 
 /* ---- hairpin ------------------------------------------------------------------ */
 /* A pod whose Service picks the pod itself would receive its own address as source

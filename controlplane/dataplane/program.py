@@ -42,12 +42,11 @@ PROGRAM_FDS = {"pod": "prog_fd", "external": "external_prog_fd", "ct_gc": "ct_gc
                "local_reply": "local_reply_prog_fd", "handoff": "handoff_prog_fd"}
 SVCXDP_CNT_MAX = const("CNT_MAX")
 TX_PORTS_SIZE = const("TX_PORTS_SIZE")
-HANDOFF_NOTES = const("HANDOFF_NOTES")
 log = logging.getLogger("svcxdp.dataplane")
 MAP_NAMES = ("services", "slots", "backends", "rev_nat", *FLOW_TABLES, flowsets.SEED_MAP, udprecent.MAP,
              "fragments", "rr_state", "svc_stats", "backend_stats", "counters", "backend_conns", "maglev",
              "affinity", "sock_revnat", "sock_config", "source_ranges", fibwatch.MAP, "np_scratch", replacing.MAP,
-             "ext_macs", "handoff_notes", "handoff_last")
+             "ext_macs")
 
 
 class DataplaneError(RuntimeError):
@@ -221,7 +220,7 @@ def _layout_problems(bpf, config: DataplaneConfig) -> list[str]:
         "source_ranges": config.source_ranges_size,
         "sock_revnat": config.sock_revnat_size, "sock_config": 1, fibwatch.MAP: 1,
         "counters": SVCXDP_CNT_MAX, "np_tail": len(EXTERNAL_TAILS), "np_scratch": 1, replacing.MAP: 1,
-        "ext_macs": TX_PORTS_SIZE, "handoff_notes": HANDOFF_NOTES, "handoff_last": 1,
+        "ext_macs": TX_PORTS_SIZE,
     }
     out = []
     for name in (*MAP_NAMES, "np_tail"):

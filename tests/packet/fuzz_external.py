@@ -315,7 +315,7 @@ def _explained_packet(r: Round, i: Parsed, o: Parsed) -> str | None:
     return None
 
 
-def check(r: Round, raw: bytes, verdict: str, out: bytes, notes: dict[bytes, int] | None = None,
+def check(r: Round, raw: bytes, verdict: str, out: bytes, notes: dict[bytes, tuple[int, int]] | None = None,
           ifindexes: tuple[int, ...] = (), ingress: int = 0) -> None:
     """Raises AssertionError when the program's answer breaks a rule. `notes`: the handoff
     notes the frame left (Harness.handoff_notes)."""
@@ -323,7 +323,7 @@ def check(r: Round, raw: bytes, verdict: str, out: bytes, notes: dict[bytes, int
         raise AssertionError(f"verdict {verdict}")
     if notes:
         o = parse(out)
-        ifindex = notes.get(handoff_key(out)) if len(notes) == 1 else None
+        ifindex, _ = notes.get(handoff_key(out), (None, 0)) if len(notes) == 1 else (None, 0)
         if verdict != "XDP_PASS" or ifindex not in ifindexes or o is None or (o.src != NODE and ifindex != ingress):
             raise AssertionError(f"{verdict} with the notes {notes} of a frame from {o and o.src}")
     if verdict == "XDP_DROP":

@@ -76,10 +76,11 @@ class Harness:
     def counters(self) -> dict[str, int]:
         return self.dp.counters()
 
-    def handoff_notes(self) -> dict[bytes, int]:
-        """The notes of frames handed to tc (bpf/handoff.h): key bytes -> the device tc is
-        to send the frame to."""
-        return {bytes(k): v.ifindex for k, v in self.dp.table("handoff_notes").items()}
+    def handoff_notes(self) -> dict[bytes, tuple[int, int]]:
+        """The notes of frames handed to tc and not yet taken (bpf/handoff.h): key bytes ->
+        (the device tc is to send them to, how many)."""
+        return {bytes(k): (v.ifindex, v.count) for k, v in self.dp.table("handoff_notes").items()
+                if 0 < v.count < 2**31}
 
     def reset(self) -> None:
         """Between tests: no services, no flows, no affinity entries, no per-backend counts (a new writer
@@ -102,9 +103,11 @@ class Harness:
 
 def handoff_key(frame: bytes) -> bytes:
     """An untagged IPv4 frame's handoff note key (struct svcxdp_handoff_key): its
-    addresses, its id and its header checksum."""
+    addresses, id and protocol, then (after a header without options) its first four L4
+    bytes and, for TCP, the four after them."""
     ip = frame[14:34]
-    return ip[12:20] + ip[4:6] + ip[10:12]
+    l4 = frame[34:42] if ip[0] == 0x45 and len(frame) >= 42 else bytes(8)
+    return ip[12:20] + ip[4:6] + ip[9:10] + b"\0" + l4[:4] + (l4[4:8] if ip[9] == 6 else bytes(4))
 
 
 def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:

@@ -200,9 +200,9 @@ def test_a_snated_frame_whose_next_hop_is_unresolved_is_handed_to_tc(ext, xdp):
     """A backend reached on-link (its own address the next hop) that no neighbour entry
     names yet: XDP cannot resolve it, and the stack would drop the frame, which carries
     the node's address. It leaves the program as the frame to send, TTL decremented,
-    noted (bpf/handoff.h: its header -> the egress device) for the tc program on the same
-    interface, which sends it with bpf_redirect_neigh and takes the note, and lets the
-    frame go on if it comes again. Once the neighbour is known the flow's frames leave
+    noted (bpf/handoff.h: its addresses, ports and sequence -> the egress device, and how
+    many such frames) for the tc program on the same interface, which sends each with
+    bpf_redirect_neigh, and lets the frame go on once none is left. Once the neighbour is known the flow's frames leave
     with XDP_TX, with no note. A frame for a local pod without a neighbour entry keeps
     the client's address and goes to another device: the stack gets it as before (it
     forwards it, and checks it against the pod device's MTU)."""
@@ -218,14 +218,19 @@ def test_a_snated_frame_whose_next_hop_is_unresolved_is_handed_to_tc(ext, xdp):
         snat_port = SNAT_MIN + (40001 & SNAT_MASK)
         assert res.data == bytes(rebuilt(pkt, ip_ttl=63, ip_src=NODE, ip_dst=on_link, l4_sport=snat_port,
                                          l4_dport=80))
-        assert xdp.handoff_notes() == {handoff_key(res.data): ext.node.ext_ifindex}
+        assert xdp.handoff_notes() == {handoff_key(res.data): (ext.node.ext_ifindex, 1)}
         moved = delta(before, xdp.counters())
         assert moved.get("neigh_noted") == 1 and "neigh_note_failed" not in moved
-        # tc ingress: the noted frame is sent (its neighbour resolved by the kernel), once
+        # the same frame again before tc saw the first (one batch): the note counts both
+        again = ext.node.call(runner.run, bytes(pkt), 1, ext.node.ext_ifindex)
+        assert again.data == res.data
+        assert xdp.handoff_notes() == {handoff_key(res.data): (ext.node.ext_ifindex, 2)}
+        # tc ingress: each noted frame is sent (its neighbour resolved by the kernel), once
         tc = TestRunner(xdp.dp.handoff_prog_fd, skb=True)
         before = xdp.counters()
-        assert tc.run(res.data, 1, ext.node.ext_ifindex).verdict == TC_ACT_REDIRECT
-        assert delta(before, xdp.counters()) == {"neigh_handoff": 1} and xdp.handoff_notes() == {}
+        for _ in range(2):
+            assert tc.run(res.data, 1, ext.node.ext_ifindex).verdict == TC_ACT_REDIRECT
+        assert delta(before, xdp.counters()) == {"neigh_handoff": 2} and xdp.handoff_notes() == {}
         assert tc.run(res.data, 1, ext.node.ext_ifindex).verdict == TC_ACT_UNSPEC
         nodenet._ip(ext.node.name, "neigh", "replace", on_link, "lladdr", "02:00:00:00:03:07", "dev", "ext0",
                     "nud", "permanent")
@@ -267,7 +272,7 @@ def test_an_answer_from_a_secondary_address_to_an_unresolved_client_is_handed_to
     assert res.data == bytes(rebuilt(answer, ip_ttl=62, ip_src=LB_IP, ip_dst=client, l4_sport=80,
                                      l4_dport=40003))
     try:
-        assert xdp.handoff_notes() == {handoff_key(res.data): ext.node.ext_ifindex}
+        assert xdp.handoff_notes() == {handoff_key(res.data): (ext.node.ext_ifindex, 1)}
     finally:
         xdp.dp.table("handoff_notes").clear()
     moved = delta(before, xdp.counters())
