@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from controlplane.api.errors import Gone
 from controlplane.backoff import Backoff
@@ -65,6 +65,7 @@ class Agent:
                  retry_max_s: float = 5.0, check_max_share: float = 0.005) -> None:
         self.source = source   # svcxdp's store, or the Kubernetes API (agent/source.py)
         self.node = node
+        self._zone = node.zone   # the zone set_zone was told last (run() applies it)
         self.dp = dp
         self.writer = MapWriter(dp)
         self.interfaces = interfaces
@@ -88,6 +89,12 @@ class Agent:
         # same problems are in the agent's log
         self.events = EventRecorder(source, "svcxdp-agent", node.name) if source_takes_events(source) \
             else NoEvents()
+
+    def set_zone(self, zone: str) -> None:
+        """The node's zone is now `zone` (its Node got the label after the agent started:
+        kubeapi/node.py follow_node_zone). Any thread may call it; run() makes every
+        service's endpoints again with it, in a full sync."""
+        self._zone = zone
 
     def owner_of(self, frontend: Frontend) -> str:
         """`namespace/name:port` of the service a frontend serves ("" if unknown)."""
@@ -432,6 +439,11 @@ class Agent:
                      "the new maps")
         while not stop.is_set():
             self.health.beat()
+            if self._zone != self.node.zone:   # (topology hints are followed by the new zone)
+                log.info("node %s is in zone %r now (was %r): every service's endpoints are chosen again",
+                         self.node.name, self._zone, self.node.zone)
+                self.node = replace(self.node, zone=self._zone)
+                resync = resync or "zone"
             if not filling:
                 self._refresh_interfaces()
             filled = False

@@ -53,8 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the node's zone, for the endpoints' topology hints (trafficDistribution "
                         "PreferClose / PreferSameZone): Cluster-policy traffic goes to the endpoints hinted "
                         "for this zone when every ready endpoint has a zone hint and one names it. Default: "
-                        "with --source kubernetes, the Node's topology.kubernetes.io/zone label, read at "
-                        "start; else none (zone hints ignored; node hints still apply)")
+                        "with --source kubernetes, the Node's topology.kubernetes.io/zone label (a Node "
+                        "without it is read again until it has one); else none (zone hints ignored; node "
+                        "hints still apply)")
     p.add_argument("--nodeport-addresses", default="", metavar="CIDR,...",
                    help="serve NodePorts only on the node addresses inside these CIDRs "
                         "(default: every address of the external interfaces)")
@@ -269,6 +270,10 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if api is not None and args.node_zone is None and not zone:
+        # labelled by a cloud controller after the kubelet registered it, maybe after we started
+        from controlplane.kubeapi.node import follow_node_zone
+        follow_node_zone(api, args.node, agent.set_zone, stop, log=log)
     if socket_lb:
         from .sockreap_loop import SocketReaper
         reaper = SocketReaper(dp, log, args.socket_reap_interval or None)
@@ -384,17 +389,21 @@ def _open_source(args: argparse.Namespace):
 def _node_zone(args: argparse.Namespace, api, log: logging.Logger) -> str:
     """--node-zone, else the Node's zone label from the Kubernetes API (api: None for the
     store), else none. A Node that cannot be read leaves the agent without a zone, as a
-    node without the label does (zone hints ignored), with a warning."""
+    node without the label does (zone hints ignored), with a warning; on the API the
+    Node is read again until it has one (follow_node_zone, started by cmd_agent)."""
     if args.node_zone is not None or api is None:
         zone = args.node_zone or ""
+        later = ""
     else:
         from controlplane.kubeapi.node import NodeReadError, node_zone
+        later = "; the Node is read again until it has one"
         try:
             zone = node_zone(api, args.node)
         except NodeReadError as exc:
-            log.warning("%s; zone topology hints are ignored (--node-zone sets the zone)", exc)
+            log.warning("%s; zone topology hints are ignored until it has a zone (--node-zone sets the zone)%s",
+                        exc, later)
             return ""
-    log.info("node zone: %s", zone or "none (zone topology hints ignored)")
+    log.info("node zone: %s", zone or f"none (zone topology hints ignored){later}")
     return zone
 
 

@@ -1,6 +1,10 @@
-"""The agent's own Node, read once from the Kubernetes API: its zone label, which
-kube-proxy reads to follow the endpoints' topology hints (agent/topology.py)."""
+"""The agent's own Node, read from the Kubernetes API: its zone label, which kube-proxy
+reads to follow the endpoints' topology hints (agent/topology.py)."""
 from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -22,3 +26,34 @@ def node_zone(api: client.ApiClient, name: str, timeout_s: float = 10.0) -> str:
     except (HTTPError, OSError) as exc:
         raise NodeReadError(f"node {name}: {exc}") from None
     return (node.metadata.labels or {}).get(ZONE_LABEL, "") if node.metadata else ""
+
+
+def follow_node_zone(api: client.ApiClient, name: str, on_zone: Callable[[str], None], stop: threading.Event,
+                     first_s: float = 10.0, max_s: float = 600.0,
+                     log: logging.Logger | None = None) -> threading.Thread:
+    """Read Node `name` again until it has a zone, then call on_zone(zone) once and end.
+
+    With an external cloud provider the kubelet registers its Node without the label and
+    the cloud controller adds it after, which can be after the agent started with none.
+    The label is not meant to change once set, so a Node that has one is not read again
+    (an agent restarted after a relabel reads the new one). The reads come after
+    first_s, then twice as far apart each time up to max_s: a node of a cluster without
+    zones costs its API server a read every ten minutes. A read that fails is tried again
+    at the next turn."""
+    log = log or logging.getLogger(__name__)
+
+    def follow() -> None:
+        wait = first_s
+        while not stop.wait(wait):
+            wait = min(wait * 2, max_s)
+            try:
+                zone = node_zone(api, name)
+            except NodeReadError as exc:
+                log.debug("%s; read again in %.0f s", exc, wait)
+                continue
+            if zone:
+                on_zone(zone)
+                return
+    thread = threading.Thread(target=follow, name="node-zone", daemon=True)
+    thread.start()
+    return thread

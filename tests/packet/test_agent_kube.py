@@ -13,6 +13,7 @@ policy traffic in the node's zone, read from its Node, or on the node itself.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import pytest
@@ -26,7 +27,7 @@ from controlplane.dataplane.program import Dataplane
 from controlplane.dataplane.writer import MapWriter
 from controlplane.kubeapi.connect import api_client
 from controlplane.kubeapi.feed import KubeFeed
-from controlplane.kubeapi.node import node_zone
+from controlplane.kubeapi.node import follow_node_zone, node_zone
 from tests.kube_api_server import ENDPOINTSLICES, SERVICES, KubeApiServer
 
 from .agent_kit import AgentLoop, Client, fresh_agent, small_dataplane, wait_until
@@ -126,6 +127,7 @@ def start_agent(api, dataplane, tmp_path):
     """Start the agent (its own thread) on a KubeFeed of `api`, as `svcctl agent
     --source kubernetes --kubeconfig FILE` does."""
     running: list[Running] = []
+    stopped = threading.Event()
 
     def start(zone_from_node: bool = False) -> Running:
         kubeconfig = tmp_path / "kubeconfig"
@@ -140,9 +142,12 @@ def start_agent(api, dataplane, tmp_path):
         agent = fresh_agent(feed, dataplane, NodeConfig(NODE, nodeport_addresses=(NODE_IP,), zone=zone),
                             check_every_s=3600)
         running.append(Running(api, feed, AgentLoop(agent, poll_s=0.05).start()))
+        if zone_from_node and not zone:   # followed until it has one, as `svcctl agent` does
+            follow_node_zone(client, NODE, agent.set_zone, stopped, first_s=0.05, max_s=0.2)
         return running[-1]
 
     yield start
+    stopped.set()
     for r in running:
         r.loop.stop()
         r.feed.close()
@@ -333,6 +338,23 @@ def test_topology_hints_keep_cluster_traffic_in_the_nodes_zone(api, start_agent)
     assert client.backends_of("z") == {A[0]}
     # the endpoint left out drains: the established connection keeps it
     assert _first_hop(client, "10.96.0.20", sport, "A") == A[1]
+
+
+def test_a_zone_labelled_after_the_agent_started_is_followed(api, start_agent):
+    """A cloud controller labels a new Node's zone after the kubelet registered it, maybe
+    after the agent started: without a zone the agent ignores zone hints (every endpoint
+    serves); it reads its Node again until it has one, and then follows them."""
+    api.put_node({"metadata": {"name": NODE}})
+    zoned = {A[0]: (NODE, ["zone-a"]), A[1]: ("node2", ["zone-b"]), C[0]: ("node2", ["zone-a"])}
+    api.put(SERVICES, service("z", "10.96.0.20"))
+    api.put(ENDPOINTSLICES, hinted_slice("z", [(ip, node, zones, None) for ip, (node, zones) in zoned.items()]))
+    run = start_agent(zone_from_node=True)
+    every = {("10.96.0.20", 80, "cluster"): dict.fromkeys(zoned, "active")}
+    assert run.converges_to(every) == every
+    api.put_node({"metadata": {"name": NODE, "labels": {"topology.kubernetes.io/zone": "zone-a"}}})
+    in_zone = {("10.96.0.20", 80, "cluster"): {A[0]: "active", A[1]: "terminating", C[0]: "active"}}
+    assert run.converges_to(in_zone) == in_zone
+    assert run.agent.node.zone == "zone-a"
 
 
 def _first_hop(client: Client, vip: str, sport: int, flags: str) -> str:

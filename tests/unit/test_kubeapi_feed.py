@@ -207,6 +207,30 @@ def test_the_node_zone_is_read_from_the_node(api, tmp_path):
         node_zone(client, "node9")
 
 
+def test_a_node_is_read_again_until_it_has_a_zone(api, tmp_path):
+    """follow_node_zone: a Node not there yet, then without the label, is read again (at
+    growing intervals) until it has one; then the zone is told once and reading ends."""
+    import threading
+
+    from controlplane.kubeapi.node import follow_node_zone
+    path = tmp_path / "kubeconfig"
+    path.write_text(api.kubeconfig())
+    told: list[str] = []
+    stop = threading.Event()
+    thread = follow_node_zone(api_client(str(path)), "node1", told.append, stop, first_s=0.02, max_s=0.05)
+    try:
+        assert wait_until(lambda: api.lists("nodes") >= 2)   # 404s
+        api.put_node({"metadata": {"name": "node1"}})
+        reads = api.lists("nodes")
+        assert wait_until(lambda: api.lists("nodes") >= reads + 2)
+        assert told == []
+        api.put_node({"metadata": {"name": "node1", "labels": {"topology.kubernetes.io/zone": "zone-c"}}})
+        thread.join(5)
+        assert told == ["zone-c"] and not thread.is_alive()
+    finally:
+        stop.set()
+
+
 def test_a_server_that_expires_every_watch_is_not_hammered(api, feed_of):
     """Each watch refused with 410 right after a list: the reflector lists again, but
     after the second time in a row it backs off (0.2, 0.4, 0.8 s...) instead of spinning."""
