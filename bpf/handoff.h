@@ -79,6 +79,12 @@ static __always_inline void handoff_key_of(const struct iphdr *ip, const void *d
 		k->seq = l4[1];
 }
 
+/* Whether a note written at `at` still stands at `now` (the coarse clock of both sides). */
+static __always_inline int handoff_fresh(__u64 now, __u64 at)
+{
+	return (__s64)(now - at) <= (__s64)SVCXDP_HANDOFF_WINDOW_NS;
+}
+
 /* XDP side: note the frame for svcxdp_handoff (one more frame of its key on its way),
  * decrement its TTL (the stack's forwarding would have) and pass it on. A frame whose
  * note cannot be written is passed as it is. */
@@ -95,10 +101,15 @@ static __always_inline int handoff_pass(struct xdp_md *ctx, __u32 ifindex, struc
 	handoff_key_of(ip, data_end, &k);
 	__u64 now = bpf_ktime_get_coarse_ns();
 	struct svcxdp_handoff *n = handoff_notes.lookup(&k);
-	if (n && n->ifindex == ifindex && (__s32)n->count > 0 &&
-	    (__s64)(now - n->at) <= (__s64)SVCXDP_HANDOFF_WINDOW_NS) {
-		__sync_fetch_and_add(&n->count, 1);
+	if (n && n->ifindex == ifindex) {
+		/* Counted in place: replacing the element would free it at once (LRU), and a
+		 * tc program on another CPU may still hold it. The time first, so tc never
+		 * meets a count over a stale time. */
+		int spent = (__s32)n->count <= 0 || !handoff_fresh(now, n->at);
 		n->at = now;
+		if (spent)
+			n->count = 0;
+		__sync_fetch_and_add(&n->count, 1);
 	} else {
 		struct svcxdp_handoff note = { .at = now, .ifindex = ifindex, .count = 1 };
 		if (handoff_notes.update(&k, &note) < 0) {
@@ -128,7 +139,7 @@ static __always_inline int handoff_take(struct __sk_buff *skb)
 	if (!last || !*last)
 		return TC_ACT_UNSPEC;
 	__u64 now = bpf_ktime_get_coarse_ns();
-	if ((__s64)(now - *last) > (__s64)SVCXDP_HANDOFF_WINDOW_NS)
+	if (!handoff_fresh(now, *last))
 		return TC_ACT_UNSPEC;
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -139,7 +150,7 @@ static __always_inline int handoff_take(struct __sk_buff *skb)
 	struct svcxdp_handoff_key k = {};
 	handoff_key_of(ip, data_end, &k);
 	struct svcxdp_handoff *n = handoff_notes.lookup(&k);
-	if (!n || (__s32)n->count <= 0 || (__s64)(now - n->at) > (__s64)SVCXDP_HANDOFF_WINDOW_NS)
+	if (!n || (__s32)n->count <= 0 || !handoff_fresh(now, n->at))
 		return TC_ACT_UNSPEC;
 	/* (a flow's frames meet tc on one CPU, as RPS steers by flow: no two take the
 	 * same note's last frame at once) */

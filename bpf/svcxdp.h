@@ -184,7 +184,8 @@ struct svcxdp_handoff {
 #define SVCXDP_CNT_NEIGH_NOTED 36      /* translated, its next hop not resolved yet: noted
 					* for tc (handoff.h) */
 #define SVCXDP_CNT_NEIGH_HANDOFF 37    /* ... and sent by tc with the kernel's neighbour
-					* resolution (fewer than noted: notes lost on the way) */
+					* resolution (fewer than noted: frames lost on the way,
+					* or merged by GRO, one handoff per merged frame) */
 /* 38: retired (neigh_no_meta, when notes rode in XDP metadata) */
 #define SVCXDP_CNT_PASS_OTHER_HOST 39  /* external: a frame for another host's MAC address
 					* (unicast a switch or bridge flooded): the stack's,

@@ -7,11 +7,15 @@ import logging
 import signal
 import sys
 import threading
+from typing import TYPE_CHECKING
 
 from controlplane.dataplane.layout import ALGORITHMS, const
 from controlplane.errors import CommandError
 from controlplane.gcpause import hold_long_lived
 from controlplane.store.paths import add_store_flags
+
+if TYPE_CHECKING:
+    from .agent import Agent
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -221,6 +225,8 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise CommandError(busy_port_message(args.healthz_port, exc)) from None
     source, feed, api = _open_source(args)
+    stop = threading.Event()
+    zone = _node_zone(args, api, stop, log)   # (on the API: read beside the load and the first list)
     try:
         if args.socket_lb_cgroup:   # the socket hooks are loaded from bcc's program object
             dp = Dataplane.load(config)
@@ -255,8 +261,7 @@ def run(args: argparse.Namespace) -> int:
     if feed is not None and not feed.wait_synced(timeout=30):
         log.warning("the Kubernetes API has not answered the first list yet; the dataplane keeps its state "
                     "(/healthz 503) until it does")
-    zone = _node_zone(args, api, log)   # after the load: an API that does not answer delays no attach
-    agent = Agent(source, NodeConfig(args.node, args.lb_algorithm, addresses, zone), dp, interfaces, health,
+    agent = Agent(source, NodeConfig(args.node, args.lb_algorithm, addresses, zone.zone), dp, interfaces, health,
                   check_every_s=args.check_interval, service_health=service_health,
                   check_max_share=args.check_max_share)
     if dp.replaced and socket_lb:
@@ -267,13 +272,9 @@ def run(args: argparse.Namespace) -> int:
         ct_gc = ConntrackGC(dp)
     agent.metrics = _serve_metrics(args.metrics_bind_address, dp, agent, log,
                                    ct_gc.entry_counts if ct_gc is not None else None)
-    stop = threading.Event()
+    zone.tell(agent)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    if api is not None and args.node_zone is None and not zone:
-        # labelled by a cloud controller after the kubelet registered it, maybe after we started
-        from controlplane.kubeapi.node import follow_node_zone
-        follow_node_zone(api, args.node, agent.set_zone, stop, log=log)
     if socket_lb:
         from .sockreap_loop import SocketReaper
         reaper = SocketReaper(dp, log, args.socket_reap_interval or None)
@@ -386,24 +387,42 @@ def _open_source(args: argparse.Namespace):
     return feed, feed, api
 
 
-def _node_zone(args: argparse.Namespace, api, log: logging.Logger) -> str:
-    """--node-zone, else the Node's zone label from the Kubernetes API (api: None for the
-    store), else none. A Node that cannot be read leaves the agent without a zone, as a
-    node without the label does (zone hints ignored), with a warning; on the API the
-    Node is read again until it has one (follow_node_zone, started by cmd_agent)."""
+class NodeZone:
+    """The node's zone as found so far, handed to the agent once it exists: the Node is
+    read beside the dataplane's load and the first list (an API server that does not
+    answer delays nothing), and its zone may come before the agent is made or after."""
+
+    def __init__(self, zone: str, log: logging.Logger) -> None:
+        self.zone = zone
+        self._log = log
+        self._agent: Agent | None = None
+        self._lock = threading.Lock()
+
+    def found(self, zone: str) -> None:
+        """The Node's zone label (follow_node_zone)."""
+        self._log.info("node zone: %s (its Node's label)", zone)
+        with self._lock:
+            self.zone = zone
+            if self._agent is not None:
+                self._agent.set_zone(zone)
+
+    def tell(self, agent: Agent) -> None:
+        """From now on `agent` follows the zone found (one found meanwhile included)."""
+        with self._lock:
+            self._agent = agent
+            agent.set_zone(self.zone)
+
+
+def _node_zone(args: argparse.Namespace, api, stop: threading.Event, log: logging.Logger) -> NodeZone:
+    """--node-zone; else, on the Kubernetes source (api: None for the store), its Node's
+    zone label, read now and again until the Node has one (follow_node_zone, until
+    `stop`); else none (zone hints ignored)."""
     if args.node_zone is not None or api is None:
-        zone = args.node_zone or ""
-        later = ""
-    else:
-        from controlplane.kubeapi.node import NodeReadError, node_zone
-        later = "; the Node is read again until it has one"
-        try:
-            zone = node_zone(api, args.node)
-        except NodeReadError as exc:
-            log.warning("%s; zone topology hints are ignored until it has a zone (--node-zone sets the zone)%s",
-                        exc, later)
-            return ""
-    log.info("node zone: %s", zone or f"none (zone topology hints ignored){later}")
+        log.info("node zone: %s", args.node_zone or "none (zone topology hints ignored)")
+        return NodeZone(args.node_zone or "", log)
+    from controlplane.kubeapi.node import follow_node_zone
+    zone = NodeZone("", log)
+    follow_node_zone(api, args.node, zone.found, stop, log=log)
     return zone
 
 

@@ -615,7 +615,8 @@ def run(maps, t: Trace, ingress_ifindex: int = 0) -> RunResult:
     """Send the traced packet through the program of `t.entry`, opened by its pin (the
     agent pins both entry points next to the maps). Like the packet itself would, it
     changes the dataplane's state: a new flow is recorded, a round-robin cursor moves,
-    counters count, a frame handed to tc is noted (bpf/handoff.h; the note goes unused). `ingress_ifindex`: the device it arrives on, in the calling thread's
+    counters count, a frame handed to tc is noted (bpf/handoff.h; the note goes
+    unused). `ingress_ifindex`: the device it arrives on, in the calling thread's
     network namespace (the external path looks up routes there)."""
     from .config import PROGRAM_PINS
     from .testrun import TestRunner

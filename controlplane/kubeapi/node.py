@@ -29,31 +29,42 @@ def node_zone(api: client.ApiClient, name: str, timeout_s: float = 10.0) -> str:
 
 
 def follow_node_zone(api: client.ApiClient, name: str, on_zone: Callable[[str], None], stop: threading.Event,
-                     first_s: float = 10.0, max_s: float = 600.0,
+                     again_s: float = 10.0, max_s: float = 600.0,
                      log: logging.Logger | None = None) -> threading.Thread:
-    """Read Node `name` again until it has a zone, then call on_zone(zone) once and end.
+    """Read Node `name` now and again until it has a zone, then call on_zone(zone) once
+    and end (a thread; `stop` ends it sooner).
 
     With an external cloud provider the kubelet registers its Node without the label and
-    the cloud controller adds it after, which can be after the agent started with none.
-    The label is not meant to change once set, so a Node that has one is not read again
-    (an agent restarted after a relabel reads the new one). The reads come after
-    first_s, then twice as far apart each time up to max_s: a node of a cluster without
-    zones costs its API server a read every ten minutes. A read that fails is tried again
-    at the next turn."""
+    the cloud controller adds it after, which can be after the agent started. The label
+    is not meant to change once set, so a Node that has one is not read again (an agent
+    restarted after a relabel reads the new one). The reads come again_s apart, then
+    twice as far each time up to max_s: a node of a cluster without zones costs its API
+    server a read every ten minutes. A read that fails (no such Node yet, no answer,
+    anything the client raises) is tried again at the next turn; the first is logged as
+    a warning, the rest at debug level."""
     log = log or logging.getLogger(__name__)
 
     def follow() -> None:
-        wait = first_s
-        while not stop.wait(wait):
-            wait = min(wait * 2, max_s)
+        wait, said = again_s, False
+        while True:
             try:
                 zone = node_zone(api, name)
-            except NodeReadError as exc:
-                log.debug("%s; read again in %.0f s", exc, wait)
-                continue
-            if zone:
-                on_zone(zone)
+            except Exception as exc:   # (NodeReadError, or a client fault: never the end of the thread)
+                why = str(exc) if isinstance(exc, NodeReadError) else f"node {name}: {exc!r}"
+                (log.debug if said else log.warning)(
+                    "%s; zone topology hints are ignored until it can be read (read again in %.0f s)", why, wait)
+                said = True
+            else:
+                if zone:
+                    on_zone(zone)
+                    return
+                if not said:
+                    log.info("node %s has no %s label yet: zone topology hints are ignored until it has one "
+                             "(read again in %.0f s, then less often)", name, ZONE_LABEL, wait)
+                    said = True
+            if stop.wait(wait):
                 return
+            wait = min(wait * 2, max_s)
     thread = threading.Thread(target=follow, name="node-zone", daemon=True)
     thread.start()
     return thread

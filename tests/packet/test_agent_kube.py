@@ -13,6 +13,8 @@ policy traffic in the node's zone, read from its Node, or on the node itself.
 """
 from __future__ import annotations
 
+import argparse
+import logging
 import threading
 from dataclasses import dataclass
 
@@ -22,12 +24,12 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from controlplane.agent.agent import Agent
+from controlplane.agent.commands import _node_zone
 from controlplane.agent.desired import NodeConfig
 from controlplane.dataplane.program import Dataplane
 from controlplane.dataplane.writer import MapWriter
 from controlplane.kubeapi.connect import api_client
 from controlplane.kubeapi.feed import KubeFeed
-from controlplane.kubeapi.node import follow_node_zone, node_zone
 from tests.kube_api_server import ENDPOINTSLICES, SERVICES, KubeApiServer
 
 from .agent_kit import AgentLoop, Client, fresh_agent, small_dataplane, wait_until
@@ -133,17 +135,20 @@ def start_agent(api, dataplane, tmp_path):
         kubeconfig = tmp_path / "kubeconfig"
         kubeconfig.write_text(api.kubeconfig())
         client = api_client(str(kubeconfig))
-        zone = node_zone(client, NODE) if zone_from_node else ""   # as `svcctl agent` reads it
+        # as `svcctl agent` follows it (read beside the start, and again until it has one)
+        zone = _node_zone(argparse.Namespace(node=NODE, node_zone=None if zone_from_node else ""), client,
+                          stopped, logging.getLogger("test"))
+        if zone_from_node:
+            wait_until(lambda: zone.zone != "", 2)   # (usually found before the agent is made)
         feed = KubeFeed(client, watch_timeout_s=60).start()
         for r in feed.reflectors.values():
             r.backoff_first_s = 0.05
         assert feed.wait_synced(10)
         assert wait_until(lambda: api.watchers() == 2)   # both resources are being watched
-        agent = fresh_agent(feed, dataplane, NodeConfig(NODE, nodeport_addresses=(NODE_IP,), zone=zone),
+        agent = fresh_agent(feed, dataplane, NodeConfig(NODE, nodeport_addresses=(NODE_IP,), zone=zone.zone),
                             check_every_s=3600)
+        zone.tell(agent)
         running.append(Running(api, feed, AgentLoop(agent, poll_s=0.05).start()))
-        if zone_from_node and not zone:   # followed until it has one, as `svcctl agent` does
-            follow_node_zone(client, NODE, agent.set_zone, stopped, first_s=0.05, max_s=0.2)
         return running[-1]
 
     yield start
@@ -353,7 +358,7 @@ def test_a_zone_labelled_after_the_agent_started_is_followed(api, start_agent):
     assert run.converges_to(every) == every
     api.put_node({"metadata": {"name": NODE, "labels": {"topology.kubernetes.io/zone": "zone-a"}}})
     in_zone = {("10.96.0.20", 80, "cluster"): {A[0]: "active", A[1]: "terminating", C[0]: "active"}}
-    assert run.converges_to(in_zone) == in_zone
+    assert run.converges_to(in_zone, timeout_s=45) == in_zone   # (read again 10 s after the first)
     assert run.agent.node.zone == "zone-a"
 
 

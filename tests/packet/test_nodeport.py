@@ -232,6 +232,11 @@ def test_a_snated_frame_whose_next_hop_is_unresolved_is_handed_to_tc(ext, xdp):
             assert tc.run(res.data, 1, ext.node.ext_ifindex).verdict == TC_ACT_REDIRECT
         assert delta(before, xdp.counters()) == {"neigh_handoff": 2} and xdp.handoff_notes() == {}
         assert tc.run(res.data, 1, ext.node.ext_ifindex).verdict == TC_ACT_UNSPEC
+        # noted again once every frame was taken (a retransmission): counted from one again
+        ext.node.call(runner.run, bytes(pkt), 1, ext.node.ext_ifindex)
+        assert xdp.handoff_notes() == {handoff_key(res.data): (ext.node.ext_ifindex, 1)}
+        assert tc.run(res.data, 1, ext.node.ext_ifindex).verdict == TC_ACT_REDIRECT
+        assert tc.run(res.data, 1, ext.node.ext_ifindex).verdict == TC_ACT_UNSPEC
         nodenet._ip(ext.node.name, "neigh", "replace", on_link, "lladdr", "02:00:00:00:03:07", "dev", "ext0",
                     "nud", "permanent")
         res = ext.node.call(runner.run, bytes(from_client(NODE, 30090, sport=40001, flags="A")), 1,

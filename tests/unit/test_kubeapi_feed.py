@@ -33,13 +33,19 @@ def api():
 
 
 @pytest.fixture
-def feed_of(api, tmp_path):
+def kubeconfig(api, tmp_path) -> str:
+    """A kubeconfig file for `api`, as `svcctl agent --kubeconfig` takes."""
+    path = tmp_path / "kubeconfig"
+    path.write_text(api.kubeconfig())
+    return str(path)
+
+
+@pytest.fixture
+def feed_of(kubeconfig):
     feeds: list[KubeFeed] = []
 
     def make(**kw) -> KubeFeed:
-        path = tmp_path / "kubeconfig"
-        path.write_text(api.kubeconfig())
-        feeds.append(KubeFeed(api_client(str(path)), **kw))
+        feeds.append(KubeFeed(api_client(kubeconfig), **kw))
         return feeds[-1]
 
     yield make
@@ -143,7 +149,7 @@ def test_close_ends_the_watch_threads(api, feed_of):
     assert wait_until(lambda: api.watchers() == 0)
 
 
-def test_the_daemonset_grants_exactly_what_the_agent_asks_the_api(api, feed_of, tmp_path):
+def test_the_daemonset_grants_exactly_what_the_agent_asks_the_api(api, feed_of, kubeconfig):
     """deploy/svcxdp-agent-kube-proxy.yaml's ClusterRole covers every request the agent
     makes (the feed's, and the read of its Node's zone), and no more; its DaemonSet runs
     the agent on the Kubernetes source."""
@@ -154,7 +160,7 @@ def test_the_daemonset_grants_exactly_what_the_agent_asks_the_api(api, feed_of, 
     feed = feed_of().start()
     assert feed.wait_synced(10) and wait_until(lambda: api.watchers() == 2)
     api.put_node({"metadata": {"name": "node1"}})
-    assert node_zone(api_client(str(tmp_path / "kubeconfig")), "node1") == ""
+    assert node_zone(api_client(kubeconfig), "node1") == ""
     asked = {(API_GROUPS[r.resource], r.resource, r.verb) for r in api.requests}
     docs = list(yaml.safe_load_all((Path(__file__).parents[2] / "deploy/svcxdp-agent-kube-proxy.yaml").read_text()))
     (role,) = [d for d in docs if d["kind"] == "ClusterRole"]
@@ -170,35 +176,56 @@ def test_the_daemonset_grants_exactly_what_the_agent_asks_the_api(api, feed_of, 
 
 
 @pytest.mark.parametrize("source", ["kubernetes", None])   # None: implied by --kubeconfig
-def test_the_agent_command_opens_a_kube_feed(api, tmp_path, source):
+def test_the_agent_command_opens_a_kube_feed(api, kubeconfig, source):
     import argparse
 
     from controlplane.agent.commands import _open_source
-    path = tmp_path / "kubeconfig"
-    path.write_text(api.kubeconfig())
     api.put(SERVICES, svc("a", "10.96.0.10"))
-    src, feed, client = _open_source(argparse.Namespace(source=source, kubeconfig=str(path), store=None))
+    src, feed, client = _open_source(argparse.Namespace(source=source, kubeconfig=kubeconfig, store=None))
     try:
         assert src is feed and isinstance(feed, KubeFeed)
         assert feed.wait_synced(10)
         assert [s.name for s in src.list(Service)] == ["a"]
     finally:
         feed.close()
-    # the node's zone: --node-zone, else its Node's label, else none (with a warning)
-    from controlplane.agent.commands import _node_zone
-    log = logging.getLogger("test")
-    api.put_node({"metadata": {"name": "node1", "labels": {"topology.kubernetes.io/zone": "zone-a"}}})
-    assert _node_zone(argparse.Namespace(node="node1", node_zone=None), client, log) == "zone-a"
-    assert _node_zone(argparse.Namespace(node="node1", node_zone="zone-b"), client, log) == "zone-b"
-    assert _node_zone(argparse.Namespace(node="node9", node_zone=None), client, log) == ""
 
 
-def test_the_node_zone_is_read_from_the_node(api, tmp_path):
+def test_the_agent_command_takes_the_zone_from_the_flag_or_the_node(api, kubeconfig):
+    """--node-zone, else its Node's label, found beside the start (before the agent is
+    made or after: NodeZone hands it on either way); none on the store."""
+    import argparse
+    import threading
+
+    from controlplane.agent.commands import NodeZone, _node_zone
+    log, stop = logging.getLogger("test"), threading.Event()
+    client = api_client(kubeconfig)
+
+    class Told:   # what Agent.set_zone was told
+        def __init__(self) -> None:
+            self.zones: list[str] = []
+
+        def set_zone(self, zone: str) -> None:
+            self.zones.append(zone)
+    try:
+        assert _node_zone(argparse.Namespace(node="node1", node_zone="zone-b"), client, stop, log).zone == "zone-b"
+        assert _node_zone(argparse.Namespace(node="node1", node_zone=None), None, stop, log).zone == ""
+        api.put_node({"metadata": {"name": "node1", "labels": {"topology.kubernetes.io/zone": "zone-a"}}})
+        early = _node_zone(argparse.Namespace(node="node1", node_zone=None), client, stop, log)
+        assert wait_until(lambda: early.zone == "zone-a")   # before the agent is made
+        early.tell(agent := Told())
+        assert agent.zones == ["zone-a"]
+        late = NodeZone("", log)   # after
+        late.tell(agent := Told())
+        late.found("zone-c")
+        assert agent.zones == ["", "zone-c"]
+    finally:
+        stop.set()
+
+
+def test_the_node_zone_is_read_from_the_node(api, kubeconfig):
     """node_zone: the label, "" without it, and a missing Node as an error naming it."""
     from controlplane.kubeapi.node import NodeReadError, node_zone
-    path = tmp_path / "kubeconfig"
-    path.write_text(api.kubeconfig())
-    client = api_client(str(path))
+    client = api_client(kubeconfig)
     api.put_node({"metadata": {"name": "node1", "labels": {"topology.kubernetes.io/zone": "eu-west-1b"}}})
     api.put_node({"metadata": {"name": "node2", "labels": {"kubernetes.io/hostname": "node2"}}})
     assert node_zone(client, "node1") == "eu-west-1b"
@@ -207,17 +234,15 @@ def test_the_node_zone_is_read_from_the_node(api, tmp_path):
         node_zone(client, "node9")
 
 
-def test_a_node_is_read_again_until_it_has_a_zone(api, tmp_path):
+def test_a_node_is_read_again_until_it_has_a_zone(api, kubeconfig):
     """follow_node_zone: a Node not there yet, then without the label, is read again (at
     growing intervals) until it has one; then the zone is told once and reading ends."""
     import threading
 
     from controlplane.kubeapi.node import follow_node_zone
-    path = tmp_path / "kubeconfig"
-    path.write_text(api.kubeconfig())
     told: list[str] = []
     stop = threading.Event()
-    thread = follow_node_zone(api_client(str(path)), "node1", told.append, stop, first_s=0.02, max_s=0.05)
+    thread = follow_node_zone(api_client(kubeconfig), "node1", told.append, stop, again_s=0.02, max_s=0.05)
     try:
         assert wait_until(lambda: api.lists("nodes") >= 2)   # 404s
         api.put_node({"metadata": {"name": "node1"}})
