@@ -2,6 +2,7 @@
 one call to run a scapy packet through the real program, counter deltas."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 from scapy.layers.inet import ICMP, IP, IPerror, TCPerror, UDPerror
@@ -9,6 +10,7 @@ from scapy.layers.l2 import Ether
 
 from controlplane.dataplane import readout, udprecent
 from controlplane.dataplane.config import UNCONFIRMED_TABLES
+from controlplane.dataplane.layout import header_struct
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
 from controlplane.dataplane.program import Dataplane
 from controlplane.dataplane.testrun import TestRunner
@@ -101,13 +103,21 @@ class Harness:
         recent[recent.Key(0)] = recent.Leaf()
 
 
+# The note key's layout, from the shared header (bpf/svcxdp.h), as the datapath's own.
+HANDOFF_KEY = header_struct("svcxdp_handoff_key")
+
+
 def handoff_key(frame: bytes) -> bytes:
-    """An untagged IPv4 frame's handoff note key (struct svcxdp_handoff_key): its
-    addresses, id and protocol, then (after a header without options) its first four L4
-    bytes and, for TCP, the four after them."""
+    """An untagged IPv4 frame's handoff note key, read as bpf/handoff.h handoff_key_of
+    reads it: its addresses, id and protocol, then (after a header without options) its
+    first four L4 bytes and, for TCP, the four after them."""
     ip = frame[14:34]
     l4 = frame[34:42] if ip[0] == 0x45 and len(frame) >= 42 else bytes(8)
-    return ip[12:20] + ip[4:6] + ip[9:10] + b"\0" + l4[:4] + (l4[4:8] if ip[9] == 6 else bytes(4))
+
+    def be(field: bytes) -> int:   # (a __be field holds the frame's bytes as they are)
+        return int.from_bytes(field, sys.byteorder)
+    return bytes(HANDOFF_KEY(saddr=be(ip[12:16]), daddr=be(ip[16:20]), id=be(ip[4:6]), protocol=ip[9],
+                             ports=be(l4[:4]), seq=be(l4[4:8]) if ip[9] == 6 else 0))
 
 
 def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:

@@ -221,6 +221,14 @@ def test_a_snated_frame_whose_next_hop_is_unresolved_is_handed_to_tc(ext, xdp):
         assert xdp.handoff_notes() == {handoff_key(res.data): (ext.node.ext_ifindex, 1)}
         moved = delta(before, xdp.counters())
         assert moved.get("neigh_noted") == 1 and "neigh_note_failed" not in moved
+        # a note gone stale (its frame lost on the way) counts from one when noted again
+        notes = xdp.dp.table("handoff_notes")
+        key = notes.Key.from_buffer_copy(handoff_key(res.data))
+        stale = notes[key]
+        stale.at = 0
+        notes[key] = stale
+        ext.node.call(runner.run, bytes(pkt), 1, ext.node.ext_ifindex)
+        assert xdp.handoff_notes() == {handoff_key(res.data): (ext.node.ext_ifindex, 1)}
         # the same frame again before tc saw the first (one batch): the note counts both
         again = ext.node.call(runner.run, bytes(pkt), 1, ext.node.ext_ifindex)
         assert again.data == res.data
