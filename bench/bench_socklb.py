@@ -97,7 +97,7 @@ def stack(tmp_path_factory):
             s.conn_servers[t.tag] = p.pid
         cg = cgroups.create(CGROUP)
         s.dp.sock_hooks.attach(cg)
-        s.dp.set_sock_client_ip(netlab.CLIENT_IP)
+        s.dp.set_sock_config(netlab.CLIENT_IP, 0)   # (0: every socket is the node's)
         s.sock_cgroup = cg
         yield s
     finally:

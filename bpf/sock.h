@@ -27,6 +27,9 @@
  * the call with ECONNREFUSED at once, as kube-proxy's REJECT rule would.
  * What a socket was translated to is kept in sock_revnat, keyed by the socket's
  * cookie and the backend, so replies are matched to the service per socket.
+ * A LoadBalancer IP with loadBalancerSourceRanges admits the node's own sockets only
+ * from a source in the ranges, as kube-proxy's firewall chain filters the node's
+ * packets (sock_source_ranges).
  */
 #ifndef SVCXDP_SOCK_H
 #define SVCXDP_SOCK_H
@@ -36,6 +39,7 @@
 #include "maps.h"
 #include "conntrack.h"
 #include "lb.h"
+#include "ranges.h"
 
 /* Verdicts of cgroup programs: 1 lets the call go on, 0 fails it (with the error
  * given to bpf_set_retval(), else EPERM). */
@@ -94,6 +98,34 @@ static __always_inline int sock_service(struct svc_key *sk, struct svc_value *sv
 	return svc_read(sk, svc);
 }
 
+/* Results of sock_source_ranges. */
+#define SOCK_RANGE_ALLOWED 0
+#define SOCK_RANGE_REFUSED 1
+#define SOCK_RANGE_PACKETS 2  /* not the node's socket: left to its packets */
+
+/* May the socket of ctx, whose source is `src` (0: not bound yet), reach the
+ * LoadBalancer IP `vip` of a frontend with source ranges (svc_id's)? Only a socket of
+ * the node's network namespace is judged here: its packets would carry its bound
+ * address or else the node's, so kube-proxy's rules decide as they would on them —
+ * the source in the ranges, or the LB IP itself as source while the node's address
+ * is (allowFromNode: a VIP the node holds loops back with itself as source). A pod's
+ * socket (under the hooks with `lab up --socket-lb-pods`) is left untranslated: its
+ * source, the pod's address, is not known before routing, and its packets meet the
+ * ranges on the pods' XDP entry point with their real source. */
+static __always_inline int sock_source_ranges(struct bpf_sock_addr *ctx, __u32 svc_id,
+					      __be32 src, __be32 vip)
+{
+	__u32 zero = 0;
+	struct sock_config *cfg = sock_config.lookup(&zero);
+	__be32 node = cfg ? cfg->client_ip : 0;
+	if (cfg && cfg->netns_cookie && bpf_get_netns_cookie(ctx) != cfg->netns_cookie)
+		return SOCK_RANGE_PACKETS;
+	if (source_allowed(svc_id, src ? src : node) ||
+	    (src == vip && source_allowed(svc_id, node)))
+		return SOCK_RANGE_ALLOWED;
+	return SOCK_RANGE_REFUSED;
+}
+
 /* An IPv4 destination or peer as a hook sees it: the address and the port (network
  * order), read from and written back to the ctx by the callers below, user_ip4 in the
  * IPv4 hooks, the low word of a ::ffff:0:0/96 user_ip6 in the IPv6 ones (the kernel
@@ -106,7 +138,8 @@ struct sock4_addr {
 /* Results of sock4_xlate. */
 #define SOCK_XLATE_NONE 0     /* not a service: left as it is */
 #define SOCK_XLATE_DONE 1     /* a service: `a` is now the chosen backend */
-#define SOCK_XLATE_REFUSED 2  /* a service without endpoints: fail the call */
+#define SOCK_XLATE_REFUSED 2  /* fail the call: a service without endpoints, a source
+				* outside a LoadBalancer IP's ranges */
 
 /* The socket of ctx names `a`: if that is a service, choose its backend and put it in
  * `a`. `src`, `sport`: the socket's source as far as it is known (0 when unbound). */
@@ -130,6 +163,18 @@ static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx, struct sock4_a
 		return SOCK_XLATE_NONE;
 	/* What the application named: shown again by recvmsg/getpeername. */
 	__be32 asked = a->ip;
+	if (found > 0 && (svc->flags & SVCXDP_SVC_F_SOURCE_RANGES)) {
+		int range = sock_source_ranges(ctx, svc->svc_id, src, sk.vip);
+		if (range == SOCK_RANGE_PACKETS)
+			return SOCK_XLATE_NONE;
+		if (range == SOCK_RANGE_REFUSED) {
+			/* kube-proxy drops such a packet in OUTPUT; the call fails at once,
+			 * as a firewall's drop there fails a local send */
+			counters_bump(SVCXDP_CNT_DROP_SOURCE_RANGE);
+			bpf_set_retval(-EPERM);
+			return SOCK_XLATE_REFUSED;
+		}
+	}
 
 	struct events ev = { .main = SVCXDP_CNT_SOCK_XLATE, .extra = SVCXDP_CNT_MAX };
 	struct lb_choice pick = {};

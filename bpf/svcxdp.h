@@ -168,7 +168,8 @@ struct svcxdp_handoff {
 #define SVCXDP_CNT_SNAT_NEW 24         /* new external flow source-NATed to a node address */
 #define SVCXDP_CNT_SNAT_REPLY 25       /* reply to a source-NATed flow, both translations reversed */
 #define SVCXDP_CNT_SNAT_EXHAUSTED 26   /* no free SNAT port after SNAT_TRIES probes: dropped */
-#define SVCXDP_CNT_DROP_SOURCE_RANGE 27 /* client outside loadBalancerSourceRanges: dropped */
+#define SVCXDP_CNT_DROP_SOURCE_RANGE 27 /* client outside loadBalancerSourceRanges: dropped
+					 (a node's socket: its connect()/sendmsg() fails, EPERM) */
 #define SVCXDP_CNT_DROP_NO_LOCAL 28    /* Local traffic policy, no local endpoint: dropped */
 #define SVCXDP_CNT_XDP_TX 29           /* sent back out of the interface it came in on */
 #define SVCXDP_CNT_SNAT_RECLAIMED 30   /* SNAT port taken from an unconfirmed flow (nodeport.h) */
@@ -537,6 +538,11 @@ struct sock_config {
 			    * is not bound to one: the node's address, as its packets
 			    * would carry on the XDP path */
 	__u32 reserved;
+	__u64 netns_cookie; /* the node's network namespace (the agent's): its sockets are
+			     * the node's own, whose source client_ip stands for; a socket
+			     * of another (a pod's) is not, and a LoadBalancer IP with
+			     * source ranges is left to its packets (sock.h). 0: unknown,
+			     * every socket taken as the node's */
 };
 
 /* The FIB result cache's switch and generation, one entry written by the agent (fib.h,

@@ -499,7 +499,9 @@ def _attach_socket_lb(dp, paths: list[str], node_ip: str | None, log) -> bool:
     if not paths:
         return False
     if node_ip:
-        dp.set_sock_client_ip(node_ip)
+        from controlplane.dataplane.sockhooks import own_netns_cookie
+        # the agent runs in the node's network namespace: sockets there are the node's
+        dp.set_sock_config(node_ip, own_netns_cookie())
     raws = list(dict.fromkeys(paths))
     targets = [cgroups.mount() if raw == "root" else Path(raw) for raw in raws]
     # One call for all: a restarted agent's programs replace the pinned ones on every

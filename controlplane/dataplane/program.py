@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 from . import attach as _attach
 from . import fibwatch, flowsets, frames, replacing, udprecent
 from .config import FLOW_TABLES, PROGRAM_PINS, STAMP_PIN, DataplaneConfig
-from .layout import COUNTER_NAMES, const
+from .layout import COUNTER_NAMES, const, header_struct
 from .libbpf import (BPF_F_MMAPABLE, BPF_MAP_TYPE_ARRAY, map_info, obj_get, prog_id, u32_delete, u32_update,
                      u64_update)
 from .mapped import MappedArray, open_mapped
@@ -100,16 +100,21 @@ def _fs_type(path: Path) -> int:
 Aside = list[tuple[Path, Path]]   # (pin, where it was moved), in the order moved
 # The suffixes of pins moved aside during a load: a stale statistics map, a stale dataplane.
 STATISTICS_ASIDE, STALE_ASIDE = "replaced", "stale"
-# Maps of statistics only, which no packet's handling reads.
-STATISTICS = ("counters", "backend_stats")
+# Maps that hold no state a packet's handling depends on over time: statistics, which
+# no packet reads, and the socket hooks' settings, which the agent writes at each start
+# before it attaches the hooks.
+STATISTICS = ("counters", "backend_stats", "sock_config")
 
 
 def _statistics_layout(config: DataplaneConfig, name: str, info) -> bool:
     """Whether a pinned statistics map is this build's layout: the datapath counters
     as many as it counts; the backends' new flows a mapped array of a row per CPU (a
-    build before it had a per-CPU array)."""
+    build before it had a per-CPU array); the hooks' settings of this build's size (a
+    build before had no network namespace in them)."""
     if name == "counters":
         return info.max_entries == SVCXDP_CNT_MAX
+    if name == "sock_config":
+        return info.value_size == ct.sizeof(header_struct("sock_config"))
     return (info.type == BPF_MAP_TYPE_ARRAY and bool(info.flags & BPF_F_MMAPABLE)
             and info.max_entries == config.max_backends * cpu_id_limit())
 
@@ -119,9 +124,11 @@ def _set_aside_stale_statistics(config: DataplaneConfig) -> Aside:
     layout (a build that counts more events, or lays the counts out otherwise) is
     replaced by this build's own — readers see those counts start again, as after a
     reboot — where a map that holds state makes the whole dataplane stale
-    (StaleDataplane). Its pin is moved aside before bcc would reuse it; load() removes
-    it once the build is loaded, or puts it back if the build fails. A program still
-    attached counts into it until it is replaced."""
+    (StaleDataplane). So is `sock_config`, which the agent writes again before its hooks
+    replace the old ones (those read the old map until then). Its pin is moved aside
+    before bcc would reuse it; load() removes it once the build is loaded, or puts it
+    back if the build fails. A program still attached counts into it until it is
+    replaced."""
     stale = []
     for name in STATISTICS:
         pin = config.pin_dir / name
@@ -448,9 +455,11 @@ class Dataplane:
             self._sock_hooks = SockHooks(self.bpf, self.config.pin_dir if self.config.pin else None)
         return self._sock_hooks
 
-    def set_sock_client_ip(self, ip: str) -> None:
-        from .sockhooks import set_client_ip
-        set_client_ip(self.table("sock_config"), ip)
+    def set_sock_config(self, client_ip: str, netns_cookie: int) -> None:
+        """The socket hooks' settings (sockhooks.set_config): the node's address and the
+        cookie of its network namespace."""
+        from .sockhooks import set_config
+        set_config(self.table("sock_config"), client_ip, netns_cookie)
 
     # ---- interfaces ---------------------------------------------------------------
     def attach(self, ifname: str, netns: str | None = None, mode: str = "native",

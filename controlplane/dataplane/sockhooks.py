@@ -12,6 +12,8 @@ for the pinned one in place (BPF_F_REPLACE): no moment without translation. With
 from __future__ import annotations
 
 import os
+import socket
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,11 +206,29 @@ def detach_pinned(pin_dir: Path, cgroup: Path) -> list[str]:
     return detached
 
 
-def set_client_ip(table, ip: str) -> None:
-    """sock_config.client_ip: the address local sockets are keyed by for affinity."""
+def set_config(table, client_ip: str, netns_cookie: int) -> None:
+    """sock_config: the address the node's unbound sockets are keyed by (affinity, the
+    flow hash, loadBalancerSourceRanges), and the cookie of the node's network namespace
+    (own_netns_cookie() in the agent; 0: every socket is taken as the node's)."""
     cfg = table.Leaf()
-    cfg.client_ip = ip_to_be32(ip)
+    cfg.client_ip = ip_to_be32(client_ip)
+    cfg.netns_cookie = netns_cookie
     table[table.Key(0)] = cfg
+
+
+SO_NETNS_COOKIE = 71   # <asm-generic/socket.h> (Linux 5.14); not in Python's socket module
+
+
+def own_netns_cookie() -> int:
+    """The cookie of the calling thread's network namespace, as bpf_get_netns_cookie()
+    gives it for a socket there; 0 on a kernel without SO_NETNS_COOKIE (the hooks then
+    take every socket as the node's)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            raw = s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8)
+        except OSError:
+            return 0
+    return int.from_bytes(raw, sys.byteorder)
 
 
 def attached_ids(cgroup: Path) -> dict[str, list[int]]:

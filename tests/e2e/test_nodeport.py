@@ -206,9 +206,14 @@ def test_load_balancer_ip_and_its_source_ranges(cluster: Cluster, remote_pod):
     for _ in range(4):   # whichever node the outside host's ECMP route picks
         assert outside(cluster, url, timeout=2).returncode == 28
     assert cluster.http(url).returncode == 0            # pods are inside 10.0.0.0/8
+    # node1's own address is not: as kube-proxy drops the node's packets, its socket
+    # hooks fail the connect() at once (EPERM: curl's 7, couldn't connect)
+    wait_for("node1 refused", lambda: cluster.exec("node1", "curl", "-s", "-m", "3", url,
+                                                  timeout=15).returncode == 7)
     svc["spec"]["loadBalancerSourceRanges"] = ["192.168.1.0/24"]
     apply(cluster, svc)
     assert client_address(wait_outside(cluster, url)) in (NODE1, OUTSIDE)
+    assert client_address(wait_for("node1 let in", lambda: from_node1(cluster, url))) == NODE1
     # the ranges filter pods too, as kube-proxy's firewall chain does
     wait_for("a pod blocked", lambda: cluster.http(url).returncode == 28)
 

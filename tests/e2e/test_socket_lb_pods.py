@@ -4,6 +4,7 @@ reaching itself through its Service (hairpin) works without any packet NAT, and 
 hooks keep translating pods' connections while the agent is down."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -13,7 +14,7 @@ from controlplane import cgroups
 from controlplane.dataplane.sockhooks import HOOKS, attached_ids
 from controlplane.lab import plan
 
-from .cluster import Cluster, cluster_for_module
+from .cluster import Cluster, cluster_for_module, wait_for
 from .test_socket_lb import OWN, check_hairpin, kill_agent, restart_agent
 
 pytestmark = pytest.mark.root
@@ -69,3 +70,26 @@ def test_agent_down_pod_hooks_stay_attached_and_serve(cluster: Cluster):
     after = attached_ids(cg)
     assert all(len(after[h.name]) == 1 for h in HOOKS) and after != before, (before, after)
     assert cluster.exec(pod, sys.executable, "-c", PEER_PROBE, vip, "80").stdout.split() == [pod_ip, vip]
+
+
+def test_a_pod_under_the_hooks_meets_load_balancer_source_ranges_with_its_own_address(cluster: Cluster):
+    """The hooks judge only the node's own sockets by a LoadBalancer IP's source ranges: a
+    pod's source is not known before routing, so its connect() is left to its packets,
+    which the pods' XDP entry point checks with the pod's own address. Ranges that hold the
+    pods and not the node: a pod gets in, a process on node1 is refused (curl's 7)."""
+    cluster.svcctl("apply", "-f", str(OWN / "hairpin.yaml"))
+    cluster.wait_endpoints("hairpin", 1)
+    (backend,) = cluster.pods("app=hairpin")
+    lb = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "hairpin-lb", "namespace": "default"},
+          "spec": {"type": "LoadBalancer", "selector": {"app": "hairpin"},
+                   "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+                   "loadBalancerSourceRanges": ["10.244.0.0/16"]}}
+    cluster.svcctl("apply", "-f", "-", input=json.dumps(lb))
+    cluster.wait_endpoints("hairpin-lb", 1)
+
+    def ingress_ip():
+        ing = (cluster.get_json("svc", "hairpin-lb").get("status", {}).get("loadBalancer") or {}).get("ingress")
+        return ing[0].get("ip") if ing else None
+    url = f"http://{wait_for('an ingress IP for hairpin-lb', ingress_ip)}/hostname.html"
+    assert cluster.wait_http(url).strip() == backend
+    assert cluster.exec("node1", "curl", "-s", "-m", "3", url, timeout=15).returncode == 7

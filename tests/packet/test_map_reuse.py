@@ -495,13 +495,15 @@ def test_pinned_statistics_of_another_layout_are_replaced_alone():
     `counters` map of the old size, and one that lays the backends' counts out as mapped
     rows a CPU each replaces the per-CPU `backend_stats` of the build before — each alone
     (its readers see those counts start again) instead of the whole dataplane, as a map
-    that holds state would make it."""
+    that holds state would make it. So is the socket hooks' `sock_config` of the build
+    before the node's network namespace was in it (8 bytes): the agent writes it anew."""
     from controlplane.dataplane.libbpf import (BPF_F_MMAPABLE, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY,
                                               map_info, obj_get)
     from controlplane.dataplane.pinned import possible_cpus
     from controlplane.dataplane.program import SVCXDP_CNT_MAX, Dataplane, reset
     cfg = _old_pin_dir("pytest-old-counters", "counters", BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, SVCXDP_CNT_MAX - 1)
     _pin_map(cfg.pin_dir / "backend_stats", BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, cfg.max_backends)
+    _pin_map(cfg.pin_dir / "sock_config", BPF_MAP_TYPE_ARRAY, 4, 8, 1)
 
     def info(name: str):
         fd = obj_get(str(cfg.pin_dir / name))
@@ -517,6 +519,7 @@ def test_pinned_statistics_of_another_layout_are_replaced_alone():
             stats = info("backend_stats")
             assert stats.type == BPF_MAP_TYPE_ARRAY and stats.flags & BPF_F_MMAPABLE
             assert stats.max_entries == cfg.max_backends * possible_cpus()
+            assert info("sock_config").value_size == 16
             assert sorted(p.name for p in cfg.pin_dir.iterdir() if p.name.endswith("_replaced")) == []
         finally:
             dp.close()

@@ -17,7 +17,8 @@ from scapy.layers.l2 import Ether
 from controlplane.dataplane import readout
 from controlplane.dataplane.model import Backend, Frontend, ServiceState
 from controlplane.dataplane.predict import predict
-from controlplane.dataplane.sockhooks import HOOKS, attached_ids
+from controlplane.dataplane.sockhooks import HOOKS, attached_ids, own_netns_cookie
+from controlplane.lab import netns
 
 from .harness import CLIENT_MAC, NODE_MAC, Harness, delta
 from .sockenv import CLIENT_IP, TCP_PORT, UDP_PORT, SockEnv, mapped, sock_env
@@ -40,7 +41,8 @@ def env(loaded_dataplane):
     hooks = loaded_dataplane.sock_hooks
     with sock_env(BACKENDS) as e:
         hooks.attach(e.cgroup)
-        loaded_dataplane.set_sock_client_ip(CLIENT_IP)
+        # the test namespace stands for the node's (the agent's, where it runs)
+        loaded_dataplane.set_sock_config(CLIENT_IP, netns.call_in(e.ns, own_netns_cookie))
         yield e
 
 
@@ -80,7 +82,6 @@ def _remove_and_reap(xdp, env, first: str) -> None:
     """`first` leaves the UDP service; the reaper, told which addresses left (as the agent
     tells it), looks at those only, and aborts the one socket connected to `first`."""
     from controlplane.dataplane.sockreaper import reap
-    from controlplane.lab import netns
     xdp.writer.upsert(service("UDP", 53, "sh", backends=tuple(b for b in BACKENDS if b != first)))
     others = {(b, UDP_PORT) for b in BACKENDS if b != first} | {(first, UDP_PORT + 1)}
     assert netns.call_in(env.ns, reap, xdp.dp, others) == 0
@@ -204,7 +205,6 @@ def test_removed_backend_is_reselected_by_the_next_connect(sk):
 
 def test_connected_udp_of_a_removed_backend_is_aborted_and_reconnects_elsewhere(sk):
     from controlplane.dataplane.sockreaper import reap
-    from controlplane.lab import netns
     xdp, env = sk
     s = service("UDP", 53, "sh")
     xdp.writer.upsert(s)
@@ -243,6 +243,81 @@ def test_external_frontend_from_the_node_itself_and_on_loopback(sk):
     want = predict(twin, CLIENT_IP, 0, CLIENT_IP, 30080, TCP_P).ip
     for addr in (CLIENT_IP, "127.0.0.1"):
         assert env.tcp_backend(addr, 30080) == (want, (addr, 30080))
+
+
+def _lb_twin(source_ranges: tuple[str, ...], protocol: str = "TCP", port: int = 80) -> ServiceState:
+    """VIP as a LoadBalancer IP's cluster-scope twin (the entry the hooks find) with
+    loadBalancerSourceRanges."""
+    import dataclasses
+    return dataclasses.replace(service(protocol, port), source_ranges=source_ranges)
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, V6], ids=["ipv4", "mapped"])
+def test_the_node_s_sockets_meet_a_load_balancer_ip_s_source_ranges(sk, family):
+    """kube-proxy filters the node's own packets to a LoadBalancer IP by its ranges: an
+    unbound socket stands for the node's address (sock_config), a bound one for its
+    own; outside the ranges connect() and sendto() fail at once (EPERM), counted as
+    drop_source_range, with nothing chosen."""
+    xdp, env = sk
+    vip = VIP if family == socket.AF_INET else MVIP
+    xdp.writer.upsert(_lb_twin(("10.244.9.0/24",)))                       # the node's address inside
+    assert env.tcp_backend(vip, 80)[0] in BACKENDS
+    xdp.writer.upsert(_lb_twin(("192.168.0.0/16",)))                      # outside
+    xdp.writer.upsert(_lb_twin(("192.168.0.0/16",), "UDP", 53))
+    svc_id = xdp.writer.svc_id(Frontend(VIP, 80, "TCP"))
+    flows, before = xdp.dp.service_stats(svc_id)["new_flows"], xdp.counters()
+    with pytest.raises(PermissionError):
+        env.tcp_backend(vip, 80)
+    with env.socket(socket.SOCK_DGRAM, family=family) as u:
+        with pytest.raises(PermissionError):
+            u.sendto(b"x", (vip, 53))
+    assert delta(before, xdp.counters()) == {"drop_source_range": 2}
+    assert xdp.dp.service_stats(svc_id)["new_flows"] == flows
+    # a socket bound to an address inside the ranges gets in, though the node's is outside
+    with env.address("192.168.7.7"):
+        with env.socket(socket.SOCK_STREAM) as s:
+            s.bind(("192.168.7.7", 0))
+            s.connect((VIP, 80))
+            assert s.recv(64).decode() in BACKENDS
+
+
+def test_a_socket_from_the_load_balancer_ip_itself_gets_in_while_the_node_does(sk):
+    """kube-proxy's allowFromNode: a node that holds the LB IP sends to it from that very
+    address, let in when the node's address is inside the ranges (not the LB IP's)."""
+    xdp, env = sk
+    with env.address(VIP):
+        xdp.writer.upsert(_lb_twin(("10.244.9.1/32",)))
+        with env.socket(socket.SOCK_STREAM) as s:
+            s.bind((VIP, 0))
+            s.connect((VIP, 80))
+            assert s.recv(64).decode() in BACKENDS
+        xdp.writer.upsert(_lb_twin(("10.244.8.0/24",)))
+        with env.socket(socket.SOCK_STREAM) as s:
+            s.bind((VIP, 0))
+            with pytest.raises(PermissionError):
+                s.connect((VIP, 80))
+
+
+def test_a_socket_of_another_network_namespace_is_left_to_its_packets(sk, loaded_dataplane):
+    """A pod's socket under the hooks (`lab up --socket-lb-pods`) is not the node's: its
+    source is the pod's address, unknown before routing, so a LoadBalancer IP with source
+    ranges is not translated for it, neither let in nor refused; its packets meet the
+    ranges on the pods' entry point. Here the test namespace is made another's by naming
+    the test process's own as the node's: the connect() goes on untranslated, to an
+    address this namespace has no route to."""
+    xdp, env = sk
+    xdp.writer.upsert(_lb_twin(("192.168.0.0/16",)))
+    loaded_dataplane.set_sock_config(CLIENT_IP, own_netns_cookie())
+    try:
+        before = xdp.counters()
+        with pytest.raises(OSError) as err:
+            env.tcp_backend(VIP, 80)
+        assert err.value.errno == errno.ENETUNREACH
+        assert delta(before, xdp.counters()) == {}
+        xdp.writer.upsert(service())   # a service without ranges: translated as ever
+        assert env.tcp_backend(VIP, 80)[0] in BACKENDS
+    finally:
+        loaded_dataplane.set_sock_config(CLIENT_IP, netns.call_in(env.ns, own_netns_cookie))
 
 
 # AF_INET6 sockets naming IPv4-mapped addresses (::ffff:VIP), as dual-stack Java, Node.js
@@ -309,7 +384,6 @@ def test_mapped_connected_udp_of_a_removed_backend_is_aborted_and_native_ipv6_is
     for its cookie and that address (which the hooks never write: the mapped prefix is
     what tells the two apart)."""
     from controlplane.dataplane.sockreaper import reap
-    from controlplane.lab import netns
     xdp, env = sk
     s = service("UDP", 53, "sh")
     xdp.writer.upsert(s)
