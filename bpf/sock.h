@@ -108,10 +108,12 @@ static __always_inline int sock_service(struct svc_key *sk, struct svc_value *sv
  * the node's network namespace is judged here: its packets would carry its bound
  * address or else the node's, so kube-proxy's rules decide as they would on them —
  * the source in the ranges, or the LB IP itself as source while the node's address
- * is (allowFromNode: a VIP the node holds loops back with itself as source). A pod's
- * socket (under the hooks with `lab up --socket-lb-pods`) is left untranslated: its
- * source, the pod's address, is not known before routing, and its packets meet the
- * ranges on the pods' XDP entry point with their real source. */
+ * is (allowFromNode: a VIP the node holds loops back with itself as source). A socket
+ * whose source is not known is left untranslated, its packets judged with their real
+ * source where they meet a svcxdp program: a pod's (under the hooks with `lab up
+ * --socket-lb-pods`), whose address only routing gives it, on the pods' XDP entry
+ * point; an unbound one of the node's when the agent was not told the node's address,
+ * on the node the LB IP leads to. */
 static __always_inline int sock_source_ranges(struct bpf_sock_addr *ctx, __u32 svc_id,
 					      __be32 src, __be32 vip)
 {
@@ -119,6 +121,8 @@ static __always_inline int sock_source_ranges(struct bpf_sock_addr *ctx, __u32 s
 	struct sock_config *cfg = sock_config.lookup(&zero);
 	__be32 node = cfg ? cfg->client_ip : 0;
 	if (cfg && cfg->netns_cookie && bpf_get_netns_cookie(ctx) != cfg->netns_cookie)
+		return SOCK_RANGE_PACKETS;
+	if (!src && !node)   /* the node's address not told (no --node-ip): not judged */
 		return SOCK_RANGE_PACKETS;
 	if (source_allowed(svc_id, src ? src : node) ||
 	    (src == vip && source_allowed(svc_id, node)))

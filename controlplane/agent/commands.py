@@ -140,7 +140,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "getpeername hooks) to this cgroup v2 directory; 'root' = the cgroup2 root "
                         "(a real node: every process on it). Repeatable (the lab passes its node's "
                         "cgroup, and its pods' with SVCXDP_SOCKET_LB_PODS=1)")
-    p.add_argument("--node-ip", help="the node's address: ClientIP affinity key of its unbound sockets")
+    p.add_argument("--node-ip", help="the node's address, which its unbound sockets' packets carry: their "
+                   "ClientIP affinity key and the source a LoadBalancer IP's source ranges judge")
     p.add_argument("--socket-reap-interval", type=float, default=30.0, metavar="S",
                    help="with --socket-lb-cgroup: seconds between whole sweeps for connected UDP sockets "
                         "of removed backends (those a sync removes are aborted right after it anyway; "
@@ -498,10 +499,11 @@ def _attach_socket_lb(dp, paths: list[str], node_ip: str | None, log) -> bool:
 
     if not paths:
         return False
-    if node_ip:
-        from controlplane.dataplane.sockhooks import own_netns_cookie
-        # the agent runs in the node's network namespace: sockets there are the node's
-        dp.set_sock_config(node_ip, own_netns_cookie())
+    from controlplane.dataplane.sockhooks import own_netns_cookie
+    # The agent runs in the node's network namespace: sockets there are the node's. Without
+    # --node-ip their unbound source is unknown (affinity keys them by 0.0.0.0; a
+    # LoadBalancer IP with source ranges is left to their packets).
+    dp.set_sock_config(node_ip, own_netns_cookie())
     raws = list(dict.fromkeys(paths))
     targets = [cgroups.mount() if raw == "root" else Path(raw) for raw in raws]
     # One call for all: a restarted agent's programs replace the pinned ones on every

@@ -455,7 +455,7 @@ class Dataplane:
             self._sock_hooks = SockHooks(self.bpf, self.config.pin_dir if self.config.pin else None)
         return self._sock_hooks
 
-    def set_sock_config(self, client_ip: str, netns_cookie: int) -> None:
+    def set_sock_config(self, client_ip: str | None, netns_cookie: int) -> None:
         """The socket hooks' settings (sockhooks.set_config): the node's address and the
         cookie of its network namespace."""
         from .sockhooks import set_config

@@ -206,12 +206,13 @@ def detach_pinned(pin_dir: Path, cgroup: Path) -> list[str]:
     return detached
 
 
-def set_config(table, client_ip: str, netns_cookie: int) -> None:
+def set_config(table, client_ip: str | None, netns_cookie: int) -> None:
     """sock_config: the address the node's unbound sockets are keyed by (affinity, the
-    flow hash, loadBalancerSourceRanges), and the cookie of the node's network namespace
-    (own_netns_cookie() in the agent; 0: every socket is taken as the node's)."""
+    flow hash, loadBalancerSourceRanges; None: not known), and the cookie of the node's
+    network namespace (own_netns_cookie() in the agent; 0: every socket is taken as the
+    node's)."""
     cfg = table.Leaf()
-    cfg.client_ip = ip_to_be32(client_ip)
+    cfg.client_ip = ip_to_be32(client_ip) if client_ip else 0
     cfg.netns_cookie = netns_cookie
     table[table.Key(0)] = cfg
 
@@ -221,8 +222,8 @@ SO_NETNS_COOKIE = 71   # <asm-generic/socket.h> (Linux 5.14); not in Python's so
 
 def own_netns_cookie() -> int:
     """The cookie of the calling thread's network namespace, as bpf_get_netns_cookie()
-    gives it for a socket there; 0 on a kernel without SO_NETNS_COOKIE (the hooks then
-    take every socket as the node's)."""
+    gives it for a socket there; 0 where the option is refused (the hooks then take every
+    socket as the node's; every kernel with the hooks' bpf_set_retval, 5.18, has it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
             raw = s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8)

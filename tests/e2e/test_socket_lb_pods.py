@@ -14,7 +14,8 @@ from controlplane import cgroups
 from controlplane.dataplane.sockhooks import HOOKS, attached_ids
 from controlplane.lab import plan
 
-from .cluster import Cluster, cluster_for_module, wait_for
+from .cluster import CLIENT, Cluster, cluster_for_module, wait_for
+from .test_nodeport import connect_error_from_node1
 from .test_socket_lb import OWN, check_hairpin, kill_agent, restart_agent
 
 pytestmark = pytest.mark.root
@@ -90,6 +91,8 @@ def test_a_pod_under_the_hooks_meets_load_balancer_source_ranges_with_its_own_ad
     def ingress_ip():
         ing = (cluster.get_json("svc", "hairpin-lb").get("status", {}).get("loadBalancer") or {}).get("ingress")
         return ing[0].get("ip") if ing else None
-    url = f"http://{wait_for('an ingress IP for hairpin-lb', ingress_ip)}/hostname.html"
-    assert cluster.wait_http(url).strip() == backend
-    assert cluster.exec("node1", "curl", "-s", "-m", "3", url, timeout=15).returncode == 7
+    lb_ip = wait_for("an ingress IP for hairpin-lb", ingress_ip)
+    assert cluster.wait_http(f"http://{lb_ip}/hostname.html").strip() == backend
+    # not translated by the hooks: the kernel's peer is the LB IP (its packets are NATed)
+    assert cluster.exec(CLIENT, sys.executable, "-c", PEER_PROBE, lb_ip, "80").stdout.split() == [lb_ip, lb_ip]
+    assert connect_error_from_node1(cluster, lb_ip) == "EPERM"

@@ -298,16 +298,22 @@ def test_a_socket_from_the_load_balancer_ip_itself_gets_in_while_the_node_does(s
                 s.connect((VIP, 80))
 
 
-def test_a_socket_of_another_network_namespace_is_left_to_its_packets(sk, loaded_dataplane):
+@pytest.mark.parametrize("unknown", ["another namespace", "no node address"])
+def test_a_socket_whose_source_is_not_known_is_left_to_its_packets(sk, loaded_dataplane, unknown):
     """A pod's socket under the hooks (`lab up --socket-lb-pods`) is not the node's: its
-    source is the pod's address, unknown before routing, so a LoadBalancer IP with source
-    ranges is not translated for it, neither let in nor refused; its packets meet the
-    ranges on the pods' entry point. Here the test namespace is made another's by naming
-    the test process's own as the node's: the connect() goes on untranslated, to an
-    address this namespace has no route to."""
+    source is the pod's address, unknown before routing; nor is an unbound socket's of
+    the node when the agent was not told the node's address (no --node-ip). A
+    LoadBalancer IP with source ranges is then not translated, neither let in nor
+    refused: its packets meet the ranges where they reach a svcxdp program. Here the test
+    namespace is made another's by naming the test process's own as the node's, or the
+    node's address is left out: the connect() goes on untranslated, to an address this
+    namespace has no route to."""
     xdp, env = sk
     xdp.writer.upsert(_lb_twin(("192.168.0.0/16",)))
-    loaded_dataplane.set_sock_config(CLIENT_IP, own_netns_cookie())
+    if unknown == "another namespace":
+        loaded_dataplane.set_sock_config(CLIENT_IP, own_netns_cookie())
+    else:
+        loaded_dataplane.set_sock_config(None, netns.call_in(env.ns, own_netns_cookie))
     try:
         before = xdp.counters()
         with pytest.raises(OSError) as err:
