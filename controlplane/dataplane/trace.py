@@ -9,6 +9,12 @@ arithmetic), and the rewrite. A packet that is no frontend's may be a backend's
 reply, turned back into its frontend (bpf/conntrack.h ct_match_reply,
 bpf/nodeport.h np_snat_reply).
 
+The third entry, "socket", is not a packet's: it is what the node's socket hooks
+(bpf/sock.h sock4_xlate) do when a socket of the node connects or sends to DST:PORT —
+the service entry in the cluster scope (a NodePort on loopback read as the one on the
+node's address), a LoadBalancer IP's source ranges, the choice; the socket is then
+connected to the backend, and no packet is translated.
+
 What cannot be known from the maps is said so: `random` (and lc over more than
 SVCXDP_LC_MAX_SCAN slots, which samples a random window) has a set of possible
 backends; a new external flow's source NAT depends on the route to its backend,
@@ -26,7 +32,7 @@ from .layout import ALGORITHMS, const
 from .libbpf import ffi, lib, map_fd_by_id
 from .model import PROTOCOLS, Frontend
 
-ENTRIES = ("pod", "external")
+ENTRIES = ("pod", "external", "socket")
 SCOPE_CLUSTER, SCOPE_EXTERNAL = const("SCOPE_CLUSTER"), const("SCOPE_EXTERNAL")
 DIR_FORWARD, DIR_REPLY, DIR_SNAT = const("CT_DIR_FORWARD"), const("CT_DIR_REPLY"), const("CT_DIR_SNAT")
 F_AFFINITY = const("SVC_F_AFFINITY")
@@ -126,14 +132,15 @@ class Rewrite:
 @dataclass
 class Trace:
     packet: Packet
-    entry: str                            # "pod" | "external"
+    entry: str                            # "pod" | "external" | "socket"
     frontend: ServiceEntry | None = None
     conntrack: CtEntry | None = None
     affinity: StickyEntry | None = None
     choice: Choice | None = None
     verdict: str = "XDP_PASS"             # predicted; "XDP_PASS|XDP_REDIRECT": decided by a route
-                                          # (and whether its device is a redirect target, fib.h)
-    reason: str = "pass_non_service"      # the datapath counter it bumps
+                                          # (and whether its device is a redirect target, fib.h);
+                                          # a socket's: SOCK_ALLOW, or the error the call fails with
+    reason: str = "pass_non_service"      # the datapath counter it bumps ("" none)
     rewrite: Rewrite | None = None
     reply_of: Address | None = None       # a reply: the frontend it is turned back into
     tcp_flags: int = 0                    # the flags traced (TCP): given, or SYN / ACK
@@ -214,14 +221,27 @@ def _single_host(ip: str) -> bool:
     return first not in (0, 127) and first < 224
 
 
+def _in_ranges(maps, svc_id: int, client: str) -> bool:
+    """bpf/ranges.h source_allowed(): a longest-prefix lookup of the client."""
+    return _lookup(maps, "source_ranges", prefixlen=64, svc_id=svc_id, addr=ip_be32(client)) is not None
+
+
+def _sock_node_ip(maps) -> str | None:
+    """sock_config.client_ip: the node's address the hooks stand an unbound socket's
+    source for (None: not told, or a dataplane without the hooks' settings)."""
+    if not maps.has("sock_config"):
+        return None
+    table = maps.table("sock_config")
+    ip = table[table.Key(0)].client_ip
+    return be32_ip(ip) if ip else None
+
+
 def _refused_by_ranges(maps, t: Trace) -> bool:
-    """A new flow of a frontend with loadBalancerSourceRanges from a client outside them
-    (bpf/ranges.h source_allowed(), a longest-prefix lookup): the trace says it is
-    dropped, before a backend is chosen (bpf/svcxdp.c handle_service), at either entry
-    point."""
+    """A new flow of a frontend with loadBalancerSourceRanges from a client outside them:
+    the trace says it is dropped, before a backend is chosen (bpf/svcxdp.c
+    handle_service), at either entry point."""
     fe = t.frontend
-    if fe is None or not fe.source_ranges or \
-            _lookup(maps, "source_ranges", prefixlen=64, svc_id=fe.svc_id, addr=ip_be32(t.packet.src)) is not None:
+    if fe is None or not fe.source_ranges or _in_ranges(maps, fe.svc_id, t.packet.src):
         return False
     t.verdict, t.reason = "XDP_DROP", "drop_source_range"
     t.notes.append("the client is outside loadBalancerSourceRanges: dropped")
@@ -276,6 +296,9 @@ def trace(maps, packet: Packet, entry: str | None = None, timeouts: Timeouts = T
     if entry not in ENTRIES:
         raise ValueError(f"entry {entry!r}: expected one of {', '.join(ENTRIES)}")
     t = Trace(packet, entry)
+    if entry == "socket":
+        _socket(maps, t, now_ns)
+        return t
     svc = None
     if entry == "external":
         svc = _service(maps, packet.dst, packet.dport, proto, SCOPE_EXTERNAL)
@@ -286,14 +309,65 @@ def trace(maps, packet: Packet, entry: str | None = None, timeouts: Timeouts = T
             t.tcp_flags = TCP_ACK if packet.tcp_flags is None else packet.tcp_flags
         _reply(maps, t, now_ns, timeouts)
         return t
-    t.frontend = ServiceEntry(
-        Frontend(packet.dst, packet.dport, packet.protocol,
-                 "external" if svc.key_scope == SCOPE_EXTERNAL else "cluster"),
+    t.frontend = _entry_of(svc, packet.dst, packet.dport, packet.protocol)
+    _service_packet(maps, t, svc, now_ns, timeouts)
+    return t
+
+
+def _entry_of(svc, vip: str, port: int, protocol: str) -> ServiceEntry:
+    return ServiceEntry(
+        Frontend(vip, port, protocol, "external" if svc.key_scope == SCOPE_EXTERNAL else "cluster"),
         svc.svc_id, ALG_NAMES.get(svc.algorithm, str(svc.algorithm)), svc.count,
         svc.affinity_timeout if svc.flags & F_AFFINITY else 0, svc.table_size,
         bool(svc.flags & F_TERMINATING_ONLY), bool(svc.flags & F_SOURCE_RANGES), bool(svc.flags & F_LOCAL_DROP))
-    _service_packet(maps, t, svc, now_ns, timeouts)
-    return t
+
+
+def _socket(maps, t: Trace, now_ns: int) -> None:
+    """bpf/sock.h sock4_xlate() for a socket of the node (its network namespace; a pod's
+    socket under the hooks is left to its packets where source ranges apply) whose
+    source is the packet's: its bound address, or the node's for an unbound one (port 0)."""
+    p = t.packet
+    t.verdict, t.reason = "SOCK_ALLOW", ""
+    node = _sock_node_ip(maps)
+    vip = p.dst
+    svc = _service(maps, vip, p.dport, p.proto, SCOPE_CLUSTER)
+    if svc is None and vip.startswith("127.") and node:
+        vip = node
+        svc = _service(maps, vip, p.dport, p.proto, SCOPE_CLUSTER)
+        if svc is not None:
+            t.notes.append(f"a NodePort on loopback is the one on the node's address {node}")
+    if svc is None:
+        t.notes.append("no service in the cluster scope: the call goes on to DST as named, untranslated")
+        return
+    fe = t.frontend = _entry_of(svc, vip, p.dport, p.protocol)
+    if fe.source_ranges and not (_in_ranges(maps, fe.svc_id, p.src) or
+                                 (p.src == vip and node is not None and _in_ranges(maps, fe.svc_id, node))):
+        t.verdict, t.reason = "EPERM", "drop_source_range"
+        t.notes.append("the source is outside loadBalancerSourceRanges (and is not the LB IP itself with the "
+                       "node's address inside): the call fails at once")
+        return
+    refused = "no endpoints: the call fails at once, as kube-proxy's REJECT rule would"
+    if svc.count == 0:
+        t.verdict, t.reason = "ECONNREFUSED", "sock_reject"
+        t.notes.append(refused)
+        return
+    backend_id = _affinity(maps, t, svc, now_ns) if fe.affinity_timeout else 0
+    if backend_id:
+        t.choice = Choice("affinity", _addr(_backend(maps, backend_id)), backend_id,
+                          detail="the client's affinity entry")
+    else:   # hashed over the address the socket named (a loopback NodePort: the node's)
+        t.choice = _select(maps, svc, fe, Packet(p.src, p.sport, vip, p.dport, p.protocol))
+    c = t.choice
+    if c.exact:
+        b = _backend(maps, c.backend_id)
+        if b is None or b.svc_id != svc.svc_id:
+            t.verdict, t.reason = "ECONNREFUSED", "sock_reject"
+            t.notes.append(f"backend id {c.backend_id} is not a backend of this service: the call fails")
+            return
+    t.reason = "sock_xlate"
+    t.rewrite = Rewrite((p.src, p.sport), c.backend)
+    t.notes.append(f"the socket goes to the backend itself (no packet is translated, no conntrack entry); "
+                   f"getpeername() and recvmsg() show {p.dst}:{p.dport}")
 
 
 def _udp_absent(maps, key: dict, now_ns: int, timeouts: Timeouts) -> bool:
@@ -620,6 +694,8 @@ def run(maps, t: Trace, ingress_ifindex: int = 0) -> RunResult:
     network namespace (the external path looks up routes there)."""
     from .config import PROGRAM_PINS
     from .testrun import TestRunner
+    if t.entry not in PROGRAM_PINS:
+        raise ValueError(f"the {t.entry} entry is no packet's: a cgroup hook cannot be test-run")
     name = PROGRAM_PINS[t.entry]
     if not maps.has(name):
         raise FileNotFoundError(f"no program pinned at {maps.pin_dir / name}")

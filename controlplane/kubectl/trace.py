@@ -6,8 +6,10 @@ rewrite and the verdict — read from the node's pinned maps without building th
 program (controlplane.dataplane.trace). Where the packet arrives (a pod interface or
 the node's external one) is --entry, else what its source is when the store knows it
 (a pod of this node or of another, another node: source_entry), else what its
-destination is. `--run` then sends that packet through the pinned program with
-BPF_PROG_TEST_RUN and shows what it did beside the prediction;
+destination is. `--entry socket` traces instead what the node's socket hooks do when a
+socket of the node (SRC: its bound address, or the node's; PORT default 0, unbound)
+connects or sends to DST:PORT. `--run` then sends that packet through the pinned
+program with BPF_PROG_TEST_RUN and shows what it did beside the prediction;
 like the real packet, it leaves its mark (a new flow is recorded, counters count).
 """
 from __future__ import annotations
@@ -39,11 +41,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("destination", metavar="DST:PORT[/PROTO]", help="where the packet goes (protocol default TCP)")
     p.add_argument("--node", required=True, help="the node whose dataplane to read (a lab node, or an agent's --node)")
     p.add_argument("--instance", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--entry", choices=("pod", "external"), default=None,
+    p.add_argument("--entry", choices=("pod", "external", "socket"), default=None,
                    help="where the packet arrives: a pod interface or the node's external interface "
                         "(default, from the store's pods: pod when SRC is a pod on --node, external when "
                         "it is a pod on another node or another node's address; else external when "
-                        "DST:PORT is a NodePort/LB IP/externalIP frontend)")
+                        "DST:PORT is a NodePort/LB IP/externalIP frontend); socket: a socket of the node "
+                        "itself connecting to DST:PORT, through the socket hooks (SRC its bound address "
+                        "or the node's, PORT default 0: unbound)")
     p.add_argument("--tcp-flags", default=None, metavar="FLAGS",
                    help="TCP flags of the packet, letters of FSRPA (default: S for a new flow, A for a known one)")
     p.add_argument("--run", action="store_true",
@@ -224,7 +228,12 @@ def run_trace(args: argparse.Namespace, session: Session) -> int:
     from controlplane.dataplane.commands import open_maps
     src, sport, _ = parse_endpoint(args.source, "SRC", port_required=False, protocol_allowed=False)
     dst, dport, proto = parse_endpoint(args.destination, "DST", port_required=True)
-    packet = dptrace.Packet(src, sport or DEFAULT_SPORT, dst, dport, proto or "TCP", parse_flags(args.tcp_flags))
+    if args.entry == "socket" and args.run:
+        raise CommandError("--run: the socket hooks run at connect()/sendmsg(), not on a packet; "
+                           "BPF_PROG_TEST_RUN cannot run them (--entry socket traces them from the maps)")
+    default_sport = 0 if args.entry == "socket" else DEFAULT_SPORT   # an unbound socket's: 0
+    packet = dptrace.Packet(src, default_sport if sport is None else sport, dst, dport, proto or "TCP",
+                            parse_flags(args.tcp_flags))
     owners = Owners(load_service_views(session.store, None))
     entry, from_source = args.entry, ""
     if entry is None:
@@ -267,10 +276,14 @@ def human(t, owners: Owners, result, node: str, why: str = "") -> str:
     p = t.packet
     lines = []
     flags = f" [{flag_names(t.tcp_flags)}]" if p.protocol == "TCP" else ""
-    where = "the node's external interface (svcxdp_external)" if t.entry == "external" else \
-        "a pod interface (svcxdp_main)"
-    lines.append(("Packet", f"{p.protocol} {p.src}:{p.sport} -> {p.dst}:{p.dport}{flags}, on {node}, "
-                            f"arriving on {where}"))
+    if t.entry == "socket":
+        lines.append(("Socket", f"{p.protocol} {p.src}:{p.sport} -> {p.dst}:{p.dport}, a socket of {node} "
+                                f"connecting or sending (the socket hooks)"))
+    else:
+        where = "the node's external interface (svcxdp_external)" if t.entry == "external" else \
+            "a pod interface (svcxdp_main)"
+        lines.append(("Packet", f"{p.protocol} {p.src}:{p.sport} -> {p.dst}:{p.dport}{flags}, on {node}, "
+                                f"arriving on {where}"))
     if why:
         lines.append(("Entry", why))
     if t.frontend is None:
@@ -295,7 +308,9 @@ def human(t, owners: Owners, result, node: str, why: str = "") -> str:
             extra.append("Local policy, no local endpoint")
         lines.append(("Algorithm", f"{alg}, {', '.join(extra)}"))
         ct = t.conntrack
-        if ct is None:
+        if t.entry == "socket":
+            pass   # the hooks keep no conntrack entry
+        elif ct is None:
             lines.append(("Conntrack", "no entry (a new flow)"))
         else:
             table = "confirmed (conntrack)" if ct.table == "conntrack" else f"unconfirmed ({ct.table})"
@@ -321,11 +336,12 @@ def human(t, owners: Owners, result, node: str, why: str = "") -> str:
                                      f"by {c.by}: {c.detail}"))
     if t.rewrite is not None:
         r = t.rewrite
-        lines.append(("Rewrite", f"{p.src}:{p.sport} -> {p.dst}:{p.dport}  becomes  {_a(r.src)} -> "
-                                 f"{_a(r.dst) if r.dst else 'the chosen backend'}"))
+        lines.append(("Connects to" if t.entry == "socket" else "Rewrite",
+                      f"{p.src}:{p.sport} -> {p.dst}:{p.dport}  becomes  {_a(r.src)} -> "
+                      f"{_a(r.dst) if r.dst else 'the chosen backend'}"))
         if r.snat:
             lines.append(("", f"source NAT: {r.snat}"))
-    lines.append(("Verdict", f"{t.verdict} ({t.reason})"))
+    lines.append(("Verdict", f"{t.verdict} ({t.reason})" if t.reason else t.verdict))
     for note in t.notes:
         lines.append(("Why", note))
     if result is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import socket
 import sys
 
@@ -324,6 +325,69 @@ def test_a_socket_whose_source_is_not_known_is_left_to_its_packets(sk, loaded_da
         assert env.tcp_backend(VIP, 80)[0] in BACKENDS
     finally:
         loaded_dataplane.set_sock_config(CLIENT_IP, netns.call_in(env.ns, own_netns_cookie))
+
+
+@pytest.fixture
+def pinned(xdp: Harness):
+    """The test dataplane's maps, pinned and opened as `svcctl trace` opens a node's."""
+    from controlplane.dataplane.pinned import PinnedMaps
+
+    from .test_trace import pin_dataplane, unpin
+    pins = pin_dataplane(xdp, f"pytest-socktrace-{os.getpid()}")
+    maps = PinnedMaps(pins)
+    try:
+        yield maps
+    finally:
+        maps.close()
+        unpin(pins)
+
+
+@pytest.mark.parametrize("algorithm", ["maglev", "dh", "rr"])
+def test_trace_of_a_node_socket_predicts_what_the_hooks_do(sk, pinned, algorithm):
+    """`svcctl trace --entry socket` against the hooks themselves: the backend a socket of
+    the node is connected to (bound ports, and an unbound socket: the node's address,
+    port 0), a NodePort on loopback, a service without endpoints, a LoadBalancer IP whose
+    ranges shut the node out, and no service at all."""
+    import dataclasses
+
+    from controlplane.dataplane.trace import Packet, trace
+    xdp, env = sk
+    xdp.writer.upsert(service(algorithm=algorithm))
+    for sport in (*range(46000, 46008), None):
+        t = trace(pinned, Packet(CLIENT_IP, sport or 0, VIP, 80), "socket")
+        got = env.tcp_backend(VIP, 80, **({"bind_port": sport} if sport else {}))[0]
+        assert (t.verdict, t.reason, t.rewrite.dst) == ("SOCK_ALLOW", "sock_xlate", (got, TCP_PORT)), sport
+    twin = dataclasses.replace(service(algorithm=algorithm), frontend=Frontend(CLIENT_IP, 30080, "TCP", "cluster"))
+    xdp.writer.upsert(twin)
+    for sport in range(46010, 46020):   # dh: hashed over the node's address, not 127.0.0.1
+        t = trace(pinned, Packet(CLIENT_IP, sport, "127.0.0.1", 30080), "socket")
+        assert t.frontend.frontend == twin.frontend
+        assert t.rewrite.dst == (env.tcp_backend("127.0.0.1", 30080, bind_port=sport)[0], TCP_PORT), sport
+    xdp.writer.upsert(service(backends=()))
+    assert trace(pinned, Packet(CLIENT_IP, 0, VIP, 80), "socket").verdict == "ECONNREFUSED"
+    with pytest.raises(ConnectionRefusedError):
+        env.tcp_backend(VIP, 80)
+    xdp.writer.upsert(_lb_twin(("192.168.0.0/16",)))
+    t = trace(pinned, Packet(CLIENT_IP, 0, VIP, 80), "socket")
+    assert (t.verdict, t.reason) == ("EPERM", "drop_source_range")
+    with pytest.raises(PermissionError):
+        env.tcp_backend(VIP, 80)
+    t = trace(pinned, Packet(CLIENT_IP, 0, "10.96.0.99", 80), "socket")
+    assert (t.frontend, t.verdict, t.rewrite) == (None, "SOCK_ALLOW", None)
+
+
+def test_svcctl_trace_entry_socket(sk, pinned, tmp_path):
+    """The command: an unbound socket by default (port 0), what it connects to, and
+    --run refused with the reason (a cgroup hook is no packet's program)."""
+    from .test_trace import svcctl
+    xdp, env = sk
+    xdp.writer.upsert(service(algorithm="dh"))
+    args = ("trace", "--node", pinned.pin_dir.name, CLIENT_IP, f"{VIP}:80", "--entry", "socket")
+    out = svcctl(tmp_path, *args)
+    backend = env.tcp_backend(VIP, 80)[0]
+    assert f"TCP {CLIENT_IP}:0 -> {VIP}:80, a socket of" in out, out
+    assert f"becomes  {CLIENT_IP}:0 -> {backend}:{TCP_PORT}" in out and "SOCK_ALLOW (sock_xlate)" in out, out
+    assert "BPF_PROG_TEST_RUN cannot run them" in svcctl(tmp_path, *args, "--run", rc=1)
 
 
 # AF_INET6 sockets naming IPv4-mapped addresses (::ffff:VIP), as dual-stack Java, Node.js

@@ -23,7 +23,7 @@ from .harness import Harness
 
 PIN_ROOT = Path("/sys/fs/bpf/svcxdp")
 MAPS = ("services", "slots", "backends", "rev_nat", *FLOW_TABLES, flowsets.SEED_MAP, udprecent.MAP, "rr_state",
-        "backend_conns", "maglev", "affinity", "source_ranges")
+        "backend_conns", "maglev", "affinity", "source_ranges", "sock_config")
 ALGORITHMS = ("random", "rr", "wrr", "sh", "dh", "maglev", "lc", "wlc", "sed", "nq")
 VIP = "10.96.7.1"
 BACKENDS = tuple(f"10.244.3.{10 + i}" for i in range(5))
@@ -138,13 +138,14 @@ NO_BCC = ("import sys; from controlplane.cli import main; rc = main(sys.argv[1:]
           "sys.exit(3 if 'bcc' in sys.modules else rc)")
 
 
-def svcctl(tmp_path: Path, *args: str) -> str:
+def svcctl(tmp_path: Path, *args: str, rc: int = 0) -> str:
+    """svcctl's output (its error with rc != 0), which must exit with `rc`."""
     import subprocess
     import sys
     proc = subprocess.run([sys.executable, "-c", NO_BCC, *args, "--state-dir", str(tmp_path)], cwd=ROOT,
                           text=True, capture_output=True)
-    assert proc.returncode == 0, (proc.returncode, proc.stderr)
-    return proc.stdout
+    assert proc.returncode == rc, (proc.returncode, proc.stderr)
+    return proc.stdout if rc == 0 else proc.stderr
 
 
 def test_trace_of_an_existing_flow_shows_its_conntrack_entry(xdp: Harness, maps: PinnedMaps, tmp_path: Path):
