@@ -351,21 +351,13 @@ def _socket(maps, t: Trace, now_ns: int) -> None:
         t.verdict, t.reason = "ECONNREFUSED", "sock_reject"
         t.notes.append(refused)
         return
-    backend_id = _affinity(maps, t, svc, now_ns) if fe.affinity_timeout else 0
-    if backend_id:
-        t.choice = Choice("affinity", _addr(_backend(maps, backend_id)), backend_id,
-                          detail="the client's affinity entry")
-    else:   # hashed over the address the socket named (a loopback NodePort: the node's)
-        t.choice = _select(maps, svc, fe, Packet(p.src, p.sport, vip, p.dport, p.protocol))
-    c = t.choice
-    if c.exact:
-        b = _backend(maps, c.backend_id)
-        if b is None or b.svc_id != svc.svc_id:
-            t.verdict, t.reason = "ECONNREFUSED", "sock_reject"
-            t.notes.append(f"backend id {c.backend_id} is not a backend of this service: the call fails")
-            return
+    # hashed over the address the hook looks up (a loopback NodePort's: the node's)
+    if not _choose(maps, t, svc, Packet(p.src, p.sport, vip, p.dport, p.protocol), now_ns):
+        t.verdict, t.reason = "ECONNREFUSED", "sock_reject"
+        t.notes.append(f"backend id {t.choice.backend_id} is not a backend of this service: the call fails")
+        return
     t.reason = "sock_xlate"
-    t.rewrite = Rewrite((p.src, p.sport), c.backend)
+    t.rewrite = Rewrite((p.src, p.sport), t.choice.backend)
     t.notes.append(f"the socket goes to the backend itself (no packet is translated, no conntrack entry); "
                    f"getpeername() and recvmsg() show {p.dst}:{p.dport}")
 
@@ -450,26 +442,32 @@ def _service_packet(maps, t: Trace, svc, now_ns: int, timeouts: Timeouts) -> Non
                            " within its CPU's reject budget (--reject-rate, --reject-burst); over it, "
                            "dropped unanswered (reject_limited)")
         return
-    backend_id = 0
-    if fe.affinity_timeout:
-        backend_id = _affinity(maps, t, svc, now_ns)
+    if not _choose(maps, t, svc, p, now_ns):
+        t.verdict, t.reason = "XDP_DROP", "slot_miss"
+        t.notes.append(f"backend id {t.choice.backend_id} is not a backend of this service: dropped")
+        return
+    t.reason = "ct_new"
+    t.notes.append(f"a new flow: recorded in {own} until its second packet")
+    _rewrite(maps, t, t.choice.backend, None, new=True)
+
+
+def _choose(maps, t: Trace, svc, p: Packet, now_ns: int) -> bool:
+    """bpf/lb.h lb_pick() for a new flow of `p`: the client's live affinity entry, else
+    the algorithm's choice (t.choice); False when the chosen id is no backend of the
+    service (a slot or table entry read while the writer replaced it)."""
+    fe = t.frontend
+    backend_id = _affinity(maps, t, svc, now_ns) if fe.affinity_timeout else 0
     if backend_id:
-        b = _backend(maps, backend_id)
-        t.choice = Choice("affinity", _addr(b), backend_id, detail="the client's affinity entry")
+        t.choice = Choice("affinity", _addr(_backend(maps, backend_id)), backend_id,
+                          detail="the client's affinity entry")
     else:
         t.choice = _select(maps, svc, fe, p)
         if fe.affinity_timeout and t.choice.exact:
             t.notes.append("the choice becomes the client's affinity entry")
-    c = t.choice
-    if c.exact:
-        b = _backend(maps, c.backend_id)
-        if b is None or b.svc_id != svc.svc_id:
-            t.verdict, t.reason = "XDP_DROP", "slot_miss"
-            t.notes.append(f"backend id {c.backend_id} is not a backend of this service: dropped")
-            return
-    t.reason = "ct_new"
-    t.notes.append(f"a new flow: recorded in {own} until its second packet")
-    _rewrite(maps, t, c.backend, None, new=True)
+    if not t.choice.exact:
+        return True
+    b = _backend(maps, t.choice.backend_id)
+    return b is not None and b.svc_id == svc.svc_id
 
 
 def _affinity(maps, t: Trace, svc, now_ns: int) -> int:

@@ -23,6 +23,7 @@ from controlplane.lab import netns
 
 from .harness import CLIENT_MAC, NODE_MAC, Harness, delta
 from .sockenv import CLIENT_IP, TCP_PORT, UDP_PORT, SockEnv, mapped, sock_env
+from .test_trace import maps  # noqa: F401 (the fixture: the maps pinned, as svcctl trace opens them)
 
 VIP = "10.96.0.100"
 MVIP = mapped(VIP)      # ::ffff:VIP, as an AF_INET6 socket names it
@@ -327,23 +328,8 @@ def test_a_socket_whose_source_is_not_known_is_left_to_its_packets(sk, loaded_da
         loaded_dataplane.set_sock_config(CLIENT_IP, netns.call_in(env.ns, own_netns_cookie))
 
 
-@pytest.fixture
-def pinned(xdp: Harness):
-    """The test dataplane's maps, pinned and opened as `svcctl trace` opens a node's."""
-    from controlplane.dataplane.pinned import PinnedMaps
-
-    from .test_trace import pin_dataplane, unpin
-    pins = pin_dataplane(xdp, f"pytest-socktrace-{os.getpid()}")
-    maps = PinnedMaps(pins)
-    try:
-        yield maps
-    finally:
-        maps.close()
-        unpin(pins)
-
-
 @pytest.mark.parametrize("algorithm", ["maglev", "dh", "rr"])
-def test_trace_of_a_node_socket_predicts_what_the_hooks_do(sk, pinned, algorithm):
+def test_trace_of_a_node_socket_predicts_what_the_hooks_do(sk, maps, algorithm):
     """`svcctl trace --entry socket` against the hooks themselves: the backend a socket of
     the node is connected to (bound ports, and an unbound socket: the node's address,
     port 0), a NodePort on loopback, a service without endpoints, a LoadBalancer IP whose
@@ -354,35 +340,35 @@ def test_trace_of_a_node_socket_predicts_what_the_hooks_do(sk, pinned, algorithm
     xdp, env = sk
     xdp.writer.upsert(service(algorithm=algorithm))
     for sport in (*range(46000, 46008), None):
-        t = trace(pinned, Packet(CLIENT_IP, sport or 0, VIP, 80), "socket")
+        t = trace(maps, Packet(CLIENT_IP, sport or 0, VIP, 80), "socket")
         got = env.tcp_backend(VIP, 80, **({"bind_port": sport} if sport else {}))[0]
         assert (t.verdict, t.reason, t.rewrite.dst) == ("SOCK_ALLOW", "sock_xlate", (got, TCP_PORT)), sport
     twin = dataclasses.replace(service(algorithm=algorithm), frontend=Frontend(CLIENT_IP, 30080, "TCP", "cluster"))
     xdp.writer.upsert(twin)
     for sport in range(46010, 46020):   # dh: hashed over the node's address, not 127.0.0.1
-        t = trace(pinned, Packet(CLIENT_IP, sport, "127.0.0.1", 30080), "socket")
+        t = trace(maps, Packet(CLIENT_IP, sport, "127.0.0.1", 30080), "socket")
         assert t.frontend.frontend == twin.frontend
         assert t.rewrite.dst == (env.tcp_backend("127.0.0.1", 30080, bind_port=sport)[0], TCP_PORT), sport
     xdp.writer.upsert(service(backends=()))
-    assert trace(pinned, Packet(CLIENT_IP, 0, VIP, 80), "socket").verdict == "ECONNREFUSED"
+    assert trace(maps, Packet(CLIENT_IP, 0, VIP, 80), "socket").verdict == "ECONNREFUSED"
     with pytest.raises(ConnectionRefusedError):
         env.tcp_backend(VIP, 80)
     xdp.writer.upsert(_lb_twin(("192.168.0.0/16",)))
-    t = trace(pinned, Packet(CLIENT_IP, 0, VIP, 80), "socket")
+    t = trace(maps, Packet(CLIENT_IP, 0, VIP, 80), "socket")
     assert (t.verdict, t.reason) == ("EPERM", "drop_source_range")
     with pytest.raises(PermissionError):
         env.tcp_backend(VIP, 80)
-    t = trace(pinned, Packet(CLIENT_IP, 0, "10.96.0.99", 80), "socket")
+    t = trace(maps, Packet(CLIENT_IP, 0, "10.96.0.99", 80), "socket")
     assert (t.frontend, t.verdict, t.rewrite) == (None, "SOCK_ALLOW", None)
 
 
-def test_svcctl_trace_entry_socket(sk, pinned, tmp_path):
+def test_svcctl_trace_entry_socket(sk, maps, tmp_path):
     """The command: an unbound socket by default (port 0), what it connects to, and
     --run refused with the reason (a cgroup hook is no packet's program)."""
     from .test_trace import svcctl
     xdp, env = sk
     xdp.writer.upsert(service(algorithm="dh"))
-    args = ("trace", "--node", pinned.pin_dir.name, CLIENT_IP, f"{VIP}:80", "--entry", "socket")
+    args = ("trace", "--node", maps.pin_dir.name, CLIENT_IP, f"{VIP}:80", "--entry", "socket")
     out = svcctl(tmp_path, *args)
     backend = env.tcp_backend(VIP, 80)[0]
     assert f"TCP {CLIENT_IP}:0 -> {VIP}:80, a socket of" in out, out
