@@ -35,10 +35,11 @@ static __always_inline int svc_read_once(struct svc_key *sk, struct svc_value *o
 /* svc_read_once, read again when it found nothing usable while the writer was
  * replacing entries (maps.h writer_replacing: a lookup racing its own key's replacement
  * can miss it), twice more at most: a second look can meet the next replacement of the
- * same key. Measured under a test child that rewrites one 16-entry map back to back
- * (tests/packet/test_map_reuse.py, a CPU hog beside it): 1 miss in 180 million lookups
- * with one more look, none with two (one run each: too few to rank them further); two
- * more looks cost ~200 verified instructions of the XDP entry. */
+ * same key. Kept as a cheap guard, not on proof: under a test child that rewrites one
+ * 16-entry map back to back (tests/packet/test_map_reuse.py, a CPU hog beside it), one
+ * batch of 150 runs per variant, 180 million lookups each, missed 1 with one more look
+ * and none with two, no measurable difference; the second extra look costs ~200
+ * verified instructions of the XDP entry. */
 static __always_inline int svc_read(struct svc_key *sk, struct svc_value *out)
 {
 	int found = svc_read_once(sk, out);

@@ -83,7 +83,8 @@ static __always_inline void sock_revnat_key_set(struct sock_revnat_key *rk, __u6
  * (NodePort on a node address, LoadBalancer IP, externalIP), with every endpoint
  * (traffic from inside is subject to neither traffic policy); a NodePort on a
  * loopback address (`curl 127.0.0.1:30080`) is the one on the node's address. One
- * lookup for a connection to no service (two while the writer replaces entries: lb.h).
+ * lookup for a connection to no service (up to three while the writer replaces entries:
+ * lb.h svc_read; twice that on loopback).
  * 1 found, 0 none, -1 an entry being replaced. */
 static __always_inline int sock_service(struct svc_key *sk, struct svc_value *svc)
 {

@@ -325,10 +325,19 @@ def _entry_of(svc, vip: str, port: int, protocol: str) -> ServiceEntry:
 def _socket(maps, t: Trace, now_ns: int) -> None:
     """bpf/sock.h sock4_xlate() for a socket of the node (its network namespace; a pod's
     socket under the hooks is left to its packets where source ranges apply) whose
-    source is the packet's: its bound address, or the node's for an unbound one (port 0)."""
+    source is the packet's: its bound address, or for an unbound one (SRC 0.0.0.0) the
+    node's (sock_config)."""
     p = t.packet
     t.verdict, t.reason = "SOCK_ALLOW", ""
     node = _sock_node_ip(maps)
+    # sock_client_ip(): a bound socket's own address, an unbound one's (SRC 0.0.0.0) the node's
+    src = None if p.src == "0.0.0.0" else p.src
+    client = src or node
+    t.notes.append("assumed: a socket of the node's own network namespace, in a cgroup under the hooks; "
+                   f"an unbound one stands for the node's address, {node or 'not told (no --node-ip): 0.0.0.0'}")
+    if not maps.has("sock_connect4"):
+        t.notes.append("no socket hooks are pinned beside these maps: an agent without --socket-lb-cgroup "
+                       "translates no socket (this is what the hooks would do)")
     vip = p.dst
     svc = _service(maps, vip, p.dport, p.proto, SCOPE_CLUSTER)
     if svc is None and vip.startswith("127.") and node:
@@ -340,8 +349,12 @@ def _socket(maps, t: Trace, now_ns: int) -> None:
         t.notes.append("no service in the cluster scope: the call goes on to DST as named, untranslated")
         return
     fe = t.frontend = _entry_of(svc, vip, p.dport, p.protocol)
-    if fe.source_ranges and not (_in_ranges(maps, fe.svc_id, p.src) or
-                                 (p.src == vip and node is not None and _in_ranges(maps, fe.svc_id, node))):
+    if fe.source_ranges and client is None:
+        t.notes.append("loadBalancerSourceRanges, and the source is not known (unbound, no node address): "
+                       "not translated, its packets are judged where they meet a svcxdp program")
+        return
+    if fe.source_ranges and not (_in_ranges(maps, fe.svc_id, client) or
+                                 (src == vip and node is not None and _in_ranges(maps, fe.svc_id, node))):
         t.verdict, t.reason = "EPERM", "drop_source_range"
         t.notes.append("the source is outside loadBalancerSourceRanges (and is not the LB IP itself with the "
                        "node's address inside): the call fails at once")
@@ -352,7 +365,7 @@ def _socket(maps, t: Trace, now_ns: int) -> None:
         t.notes.append(refused)
         return
     # hashed over the address the hook looks up (a loopback NodePort's: the node's)
-    if not _choose(maps, t, svc, Packet(p.src, p.sport, vip, p.dport, p.protocol), now_ns):
+    if not _choose(maps, t, svc, Packet(client or "0.0.0.0", p.sport, vip, p.dport, p.protocol), now_ns):
         t.verdict, t.reason = "ECONNREFUSED", "sock_reject"
         t.notes.append(f"backend id {t.choice.backend_id} is not a backend of this service: the call fails")
         return
@@ -456,23 +469,24 @@ def _choose(maps, t: Trace, svc, p: Packet, now_ns: int) -> bool:
     the algorithm's choice (t.choice); False when the chosen id is no backend of the
     service (a slot or table entry read while the writer replaced it)."""
     fe = t.frontend
-    backend_id = _affinity(maps, t, svc, now_ns) if fe.affinity_timeout else 0
-    if backend_id:
-        t.choice = Choice("affinity", _addr(_backend(maps, backend_id)), backend_id,
-                          detail="the client's affinity entry")
-    else:
-        t.choice = _select(maps, svc, fe, p)
-        if fe.affinity_timeout and t.choice.exact:
-            t.notes.append("the choice becomes the client's affinity entry")
+    backend_id = _affinity(maps, t, svc, now_ns, p.src) if fe.affinity_timeout else 0
+    if backend_id:   # (a hit: the entry's backend is a live one of the service)
+        t.choice = Choice("affinity", t.affinity.backend, backend_id, detail="the client's affinity entry")
+        return True
+    t.choice = _select(maps, svc, fe, p)
     if not t.choice.exact:
         return True
     b = _backend(maps, t.choice.backend_id)
-    return b is not None and b.svc_id == svc.svc_id
+    if b is None or b.svc_id != svc.svc_id:
+        return False
+    if fe.affinity_timeout:
+        t.notes.append("the choice becomes the client's affinity entry")
+    return True
 
 
-def _affinity(maps, t: Trace, svc, now_ns: int) -> int:
-    """bpf/affinity.h affinity_get(): the backend id to use, 0 for none."""
-    v = _lookup(maps, "affinity", svc_id=svc.svc_id, client=ip_be32(t.packet.src))
+def _affinity(maps, t: Trace, svc, now_ns: int, client: str) -> int:
+    """bpf/affinity.h affinity_get() for `client`: the backend id to use, 0 for none."""
+    v = _lookup(maps, "affinity", svc_id=svc.svc_id, client=ip_be32(client))
     if v is None:
         t.notes.append("no affinity entry for this client")
         return 0

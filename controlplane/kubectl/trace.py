@@ -6,11 +6,12 @@ rewrite and the verdict — read from the node's pinned maps without building th
 program (controlplane.dataplane.trace). Where the packet arrives (a pod interface or
 the node's external one) is --entry, else what its source is when the store knows it
 (a pod of this node or of another, another node: source_entry), else what its
-destination is. `--entry socket` traces instead what the node's socket hooks do when a
-socket of the node (SRC: its bound address, or the node's; PORT default 0, unbound)
-connects or sends to DST:PORT. `--run` then sends that packet through the pinned
-program with BPF_PROG_TEST_RUN and shows what it did beside the prediction;
-like the real packet, it leaves its mark (a new flow is recorded, counters count).
+destination is. `--run` then sends that packet through the pinned program with
+BPF_PROG_TEST_RUN and shows what it did beside the prediction; like the real packet, it
+leaves its mark (a new flow is recorded, counters count). `--entry socket` traces
+instead what the node's socket hooks do when a socket of the node (SRC: its bound
+address, 0.0.0.0 unbound; PORT default 0) connects or sends to DST:PORT; a cgroup hook
+cannot be test-run, so not with --run.
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("trace", parents=[common_parent()],
                        help="what a node's dataplane does with a packet, and why (from its maps)")
     p.add_argument("source", metavar="SRC[:PORT]",
-                   help=f"the client (port default {DEFAULT_SPORT}; no protocol: it goes on DST)")
+                   help=f"the client (port default {DEFAULT_SPORT}, --entry socket 0; no protocol: it goes "
+                        "on DST); --entry socket: the socket's bound address, 0.0.0.0 for an unbound one")
     p.add_argument("destination", metavar="DST:PORT[/PROTO]", help="where the packet goes (protocol default TCP)")
     p.add_argument("--node", required=True, help="the node whose dataplane to read (a lab node, or an agent's --node)")
     p.add_argument("--instance", default=None, help=argparse.SUPPRESS)
@@ -46,8 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default, from the store's pods: pod when SRC is a pod on --node, external when "
                         "it is a pod on another node or another node's address; else external when "
                         "DST:PORT is a NodePort/LB IP/externalIP frontend); socket: a socket of the node "
-                        "itself connecting to DST:PORT, through the socket hooks (SRC its bound address "
-                        "or the node's, PORT default 0: unbound)")
+                        "itself connecting to DST:PORT, through the socket hooks")
     p.add_argument("--tcp-flags", default=None, metavar="FLAGS",
                    help="TCP flags of the packet, letters of FSRPA (default: S for a new flow, A for a known one)")
     p.add_argument("--run", action="store_true",
@@ -231,6 +232,8 @@ def run_trace(args: argparse.Namespace, session: Session) -> int:
     if args.entry == "socket" and args.run:
         raise CommandError("--run: the socket hooks run at connect()/sendmsg(), not on a packet; "
                            "BPF_PROG_TEST_RUN cannot run them (--entry socket traces them from the maps)")
+    if args.entry == "socket" and args.tcp_flags is not None:
+        raise CommandError("--tcp-flags: a socket's connect()/sendmsg() carries no TCP flags (--entry socket)")
     default_sport = 0 if args.entry == "socket" else DEFAULT_SPORT   # an unbound socket's: 0
     packet = dptrace.Packet(src, default_sport if sport is None else sport, dst, dport, proto or "TCP",
                             parse_flags(args.tcp_flags))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import os
 import socket
 import sys
 
@@ -301,7 +300,7 @@ def test_a_socket_from_the_load_balancer_ip_itself_gets_in_while_the_node_does(s
 
 
 @pytest.mark.parametrize("unknown", ["another namespace", "no node address"])
-def test_a_socket_whose_source_is_not_known_is_left_to_its_packets(sk, loaded_dataplane, unknown):
+def test_a_socket_whose_source_is_not_known_is_left_to_its_packets(sk, loaded_dataplane, maps, unknown):
     """A pod's socket under the hooks (`lab up --socket-lb-pods`) is not the node's: its
     source is the pod's address, unknown before routing; nor is an unbound socket's of
     the node when the agent was not told the node's address (no --node-ip). A
@@ -322,6 +321,10 @@ def test_a_socket_whose_source_is_not_known_is_left_to_its_packets(sk, loaded_da
             env.tcp_backend(VIP, 80)
         assert err.value.errno == errno.ENETUNREACH
         assert delta(before, xdp.counters()) == {}
+        if unknown == "no node address":   # (the trace assumes the node's namespace)
+            from controlplane.dataplane.trace import Packet, trace
+            t = trace(maps, Packet("0.0.0.0", 0, VIP, 80), "socket")
+            assert (t.verdict, t.rewrite) == ("SOCK_ALLOW", None), t
         xdp.writer.upsert(service())   # a service without ranges: translated as ever
         assert env.tcp_backend(VIP, 80)[0] in BACKENDS
     finally:
@@ -331,18 +334,24 @@ def test_a_socket_whose_source_is_not_known_is_left_to_its_packets(sk, loaded_da
 @pytest.mark.parametrize("algorithm", ["maglev", "dh", "rr"])
 def test_trace_of_a_node_socket_predicts_what_the_hooks_do(sk, maps, algorithm):
     """`svcctl trace --entry socket` against the hooks themselves: the backend a socket of
-    the node is connected to (bound ports, and an unbound socket: the node's address,
-    port 0), a NodePort on loopback, a service without endpoints, a LoadBalancer IP whose
-    ranges shut the node out, and no service at all."""
+    the node is connected to (bound ports, and an unbound socket, SRC 0.0.0.0: the node's
+    address, port 0), ClientIP affinity, a NodePort on loopback, a service without
+    endpoints, a LoadBalancer IP whose ranges shut the node out but let a bound address in,
+    and no service at all."""
     import dataclasses
 
     from controlplane.dataplane.trace import Packet, trace
     xdp, env = sk
     xdp.writer.upsert(service(algorithm=algorithm))
     for sport in (*range(46000, 46008), None):
-        t = trace(maps, Packet(CLIENT_IP, sport or 0, VIP, 80), "socket")
+        t = trace(maps, Packet(CLIENT_IP if sport else "0.0.0.0", sport or 0, VIP, 80), "socket")
         got = env.tcp_backend(VIP, 80, **({"bind_port": sport} if sport else {}))[0]
         assert (t.verdict, t.reason, t.rewrite.dst) == ("SOCK_ALLOW", "sock_xlate", (got, TCP_PORT)), sport
+    xdp.writer.upsert(service(algorithm=algorithm, affinity_timeout=600))
+    first = env.tcp_backend(VIP, 80)[0]
+    t = trace(maps, Packet("0.0.0.0", 46100, VIP, 80), "socket")
+    assert (t.affinity.verdict, t.choice.by, t.rewrite.dst) == ("hit", "affinity", (first, TCP_PORT))
+    assert env.tcp_backend(VIP, 80, bind_port=46100)[0] == first
     twin = dataclasses.replace(service(algorithm=algorithm), frontend=Frontend(CLIENT_IP, 30080, "TCP", "cluster"))
     xdp.writer.upsert(twin)
     for sport in range(46010, 46020):   # dh: hashed over the node's address, not 127.0.0.1
@@ -353,11 +362,17 @@ def test_trace_of_a_node_socket_predicts_what_the_hooks_do(sk, maps, algorithm):
     assert trace(maps, Packet(CLIENT_IP, 0, VIP, 80), "socket").verdict == "ECONNREFUSED"
     with pytest.raises(ConnectionRefusedError):
         env.tcp_backend(VIP, 80)
-    xdp.writer.upsert(_lb_twin(("192.168.0.0/16",)))
-    t = trace(maps, Packet(CLIENT_IP, 0, VIP, 80), "socket")
+    xdp.writer.upsert(dataclasses.replace(service(algorithm=algorithm), source_ranges=("192.168.0.0/16",)))
+    t = trace(maps, Packet("0.0.0.0", 0, VIP, 80), "socket")
     assert (t.verdict, t.reason) == ("EPERM", "drop_source_range")
     with pytest.raises(PermissionError):
         env.tcp_backend(VIP, 80)
+    t = trace(maps, Packet("192.168.7.7", 46200, VIP, 80), "socket")
+    assert (t.verdict, t.reason) == ("SOCK_ALLOW", "sock_xlate")
+    with env.address("192.168.7.7"), env.socket(socket.SOCK_STREAM) as s:
+        s.bind(("192.168.7.7", 46200))
+        s.connect((VIP, 80))
+        assert (s.recv(64).decode(), TCP_PORT) == t.rewrite.dst
     t = trace(maps, Packet(CLIENT_IP, 0, "10.96.0.99", 80), "socket")
     assert (t.frontend, t.verdict, t.rewrite) == (None, "SOCK_ALLOW", None)
 
@@ -373,7 +388,9 @@ def test_svcctl_trace_entry_socket(sk, maps, tmp_path):
     backend = env.tcp_backend(VIP, 80)[0]
     assert f"TCP {CLIENT_IP}:0 -> {VIP}:80, a socket of" in out, out
     assert f"becomes  {CLIENT_IP}:0 -> {backend}:{TCP_PORT}" in out and "SOCK_ALLOW (sock_xlate)" in out, out
+    assert f"an unbound one stands for the node's address, {CLIENT_IP}" in out, out
     assert "BPF_PROG_TEST_RUN cannot run them" in svcctl(tmp_path, *args, "--run", rc=1)
+    assert "carries no TCP flags" in svcctl(tmp_path, *args, "--tcp-flags", "S", rc=1)
 
 
 # AF_INET6 sockets naming IPv4-mapped addresses (::ffff:VIP), as dual-stack Java, Node.js
