@@ -359,10 +359,9 @@ def _socket(maps, t: Trace, now_ns: int) -> None:
         t.notes.append("the source is outside loadBalancerSourceRanges (and is not the LB IP itself with the "
                        "node's address inside): the call fails at once")
         return
-    refused = "no endpoints: the call fails at once, as kube-proxy's REJECT rule would"
     if svc.count == 0:
         t.verdict, t.reason = "ECONNREFUSED", "sock_reject"
-        t.notes.append(refused)
+        t.notes.append("no endpoints: the call fails at once, as kube-proxy's REJECT rule would")
         return
     # hashed over the address the hook looks up (a loopback NodePort's: the node's)
     if not _choose(maps, t, svc, Packet(client or "0.0.0.0", p.sport, vip, p.dport, p.protocol), now_ns):

@@ -61,6 +61,13 @@ class Cluster:
     def cluster_ip(self, service: str) -> str:
         return self.get_json("svc", service)["spec"]["clusterIP"]
 
+    def ingress_ip(self, service: str) -> str:
+        """The first LoadBalancer ingress IP of the Service, once it has one."""
+        def check() -> str | None:
+            lb = self.get_json("svc", service).get("status", {}).get("loadBalancer") or {}
+            return lb["ingress"][0].get("ip") if lb.get("ingress") else None
+        return wait_for(f"an ingress IP for {service}", check)
+
     def endpoint_ips(self, service: str) -> list[str]:
         ep = self.get_json("endpoints", service)
         return sorted(a["ip"] for s in ep.get("subsets") or [] for a in s.get("addresses") or [])

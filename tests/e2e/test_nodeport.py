@@ -207,10 +207,7 @@ def test_load_balancer_ip_and_its_source_ranges(cluster: Cluster, remote_pod):
     apply(cluster, svc)
     cluster.wait_endpoints("np-lb", 1)
 
-    def ingress_ip():
-        ing = (cluster.get_json("svc", "np-lb").get("status", {}).get("loadBalancer") or {}).get("ingress")
-        return ing[0].get("ip") if ing else None
-    lb_ip = wait_for("an ingress IP for np-lb", ingress_ip)
+    lb_ip = cluster.ingress_ip("np-lb")
     url = f"http://{lb_ip}/clientip"
     assert client_address(wait_outside(cluster, url)) in (NODE1, OUTSIDE)
     # from node1 itself the socket hooks send it straight to the pod, from node1's address
@@ -638,10 +635,7 @@ def test_type_change_adds_and_removes_exactly_its_frontends_and_stops_their_flow
 
         put({"type": "LoadBalancer", "selector": {"app": "np"}, "ports": ports})
 
-        def ingress_ip():
-            ing = (cluster.get_json("svc", "np-type").get("status", {}).get("loadBalancer") or {}).get("ingress")
-            return ing[0].get("ip") if ing else None
-        lb_ip = wait_for("an ingress IP for np-type", ingress_ip)
+        lb_ip = cluster.ingress_ip("np-type")
         lb = f"http://{lb_ip}/clientip"
         wait_outside(cluster, lb)
         wait_outside(cluster, node_port)

@@ -14,7 +14,7 @@ from controlplane import cgroups
 from controlplane.dataplane.sockhooks import HOOKS, attached_ids
 from controlplane.lab import plan
 
-from .cluster import CLIENT, Cluster, cluster_for_module, wait_for
+from .cluster import CLIENT, Cluster, cluster_for_module
 from .test_nodeport import connect_error_from_node1
 from .test_socket_lb import OWN, check_hairpin, kill_agent, restart_agent
 
@@ -77,7 +77,7 @@ def test_a_pod_under_the_hooks_meets_load_balancer_source_ranges_with_its_own_ad
     """The hooks judge only the node's own sockets by a LoadBalancer IP's source ranges: a
     pod's source is not known before routing, so its connect() is left to its packets,
     which the pods' XDP entry point checks with the pod's own address. Ranges that hold the
-    pods and not the node: a pod gets in, a process on node1 is refused (curl's 7)."""
+    pods and not the node: a pod gets in, a process on node1 is refused (EPERM)."""
     cluster.svcctl("apply", "-f", str(OWN / "hairpin.yaml"))
     cluster.wait_endpoints("hairpin", 1)
     (backend,) = cluster.pods("app=hairpin")
@@ -88,10 +88,7 @@ def test_a_pod_under_the_hooks_meets_load_balancer_source_ranges_with_its_own_ad
     cluster.svcctl("apply", "-f", "-", input=json.dumps(lb))
     cluster.wait_endpoints("hairpin-lb", 1)
 
-    def ingress_ip():
-        ing = (cluster.get_json("svc", "hairpin-lb").get("status", {}).get("loadBalancer") or {}).get("ingress")
-        return ing[0].get("ip") if ing else None
-    lb_ip = wait_for("an ingress IP for hairpin-lb", ingress_ip)
+    lb_ip = cluster.ingress_ip("hairpin-lb")
     assert cluster.wait_http(f"http://{lb_ip}/hostname.html").strip() == backend
     # not translated by the hooks: the kernel's peer is the LB IP (its packets are NATed)
     assert cluster.exec(CLIENT, sys.executable, "-c", PEER_PROBE, lb_ip, "80").stdout.split() == [lb_ip, lb_ip]
