@@ -6,6 +6,11 @@ UDP (TCP when the answer is truncated) within one overall deadline; none configu
 answering gives SERVFAIL, never a hang. Answers are cached per (name, type) for the
 smallest TTL in them (negative answers: the SOA minimum), capped like CoreDNS's cache
 (success 3600 s, denial 1800 s), and served with their TTLs counted down.
+
+A client's DNSSEC wishes go upstream with its question, as CoreDNS's `forward` relays the
+query: DO (the signatures wanted) and CD (checking disabled) are asked for, and an answer
+keeps its RRSIGs, its additional section and the AD bit the upstream set; answers are
+cached apart per (DO, CD).
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import asyncio
 import ipaddress
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dns.asyncquery
@@ -69,6 +74,8 @@ class Cached:
     rcode: int
     answer: list[dns.rrset.RRset]
     authority: list[dns.rrset.RRset]
+    additional: list[dns.rrset.RRset] = field(default_factory=list)
+    authenticated: bool = False   # the upstream's AD bit
 
 
 def _ttl(resp: dns.message.Message) -> int:
@@ -95,24 +102,28 @@ class Forwarder:
         self.upstreams = upstreams
         self.timeout = timeout
         self.entries = entries
-        self.cache: dict[tuple[str, int], Cached] = {}
+        self.cache: dict[tuple[str, int, bool, bool], Cached] = {}
         self.hits = self.misses = self.failures = 0
 
-    async def resolve(self, name: dns.name.Name, rdtype: int) -> Cached | None:
-        """The upstream answer (from cache when fresh), or None: answer SERVFAIL."""
-        key = (name.to_text().lower(), rdtype)
+    async def resolve(self, name: dns.name.Name, rdtype: int, dnssec: bool = False,
+                      checking_disabled: bool = False) -> Cached | None:
+        """The upstream answer (from cache when fresh), or None: answer SERVFAIL. `dnssec`,
+        `checking_disabled`: the client's DO and CD bits, asked upstream with the question."""
+        key = (name.to_text().lower(), rdtype, dnssec, checking_disabled)
         now = time.monotonic()
         hit = self.cache.get(key)
         if hit is not None and hit.expires > now:
             self.hits += 1
             age = int(now - hit.stored)
-            return Cached(hit.expires, hit.stored, hit.rcode, _aged(hit.answer, age), _aged(hit.authority, age))
+            return Cached(hit.expires, hit.stored, hit.rcode, _aged(hit.answer, age), _aged(hit.authority, age),
+                          _aged(hit.additional, age), hit.authenticated)
         self.misses += 1
-        resp = await self._ask(name, rdtype)
+        resp = await self._ask(name, rdtype, dnssec, checking_disabled)
         if resp is None:
             self.failures += 1
             return None
-        got = Cached(now, now, resp.rcode(), list(resp.answer), list(resp.authority))
+        got = Cached(now, now, resp.rcode(), list(resp.answer), list(resp.authority), list(resp.additional),
+                     bool(resp.flags & dns.flags.AD))
         ttl = _ttl(resp)
         if ttl > 0 and resp.rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
             if len(self.cache) >= self.entries:
@@ -121,10 +132,13 @@ class Forwarder:
             self.cache[key] = got
         return got
 
-    async def _ask(self, name: dns.name.Name, rdtype: int) -> dns.message.Message | None:
+    async def _ask(self, name: dns.name.Name, rdtype: int, dnssec: bool,
+                   checking_disabled: bool) -> dns.message.Message | None:
         if not self.upstreams:
             return None
-        query = dns.message.make_query(name, rdtype, use_edns=0, payload=1232)
+        query = dns.message.make_query(name, rdtype, use_edns=0, payload=1232, want_dnssec=dnssec)
+        if checking_disabled:
+            query.flags |= dns.flags.CD
         deadline = time.monotonic() + self.timeout
         for ip, port in self.upstreams:
             left = deadline - time.monotonic()

@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
+import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
@@ -20,7 +21,7 @@ import dns.rdatatype
 
 from .forward import Forwarder
 from .wire import BadQuery, authoritative_response, check_query, header_error, make_response, parse_query, \
-    to_wire, udp_limit
+    to_wire, udp_limit, wants_dnssec
 from .zone import Zones
 
 log = logging.getLogger("svcxdp.dns")
@@ -114,13 +115,14 @@ class Handler:
         if ans is None:
             return self._forward(query, qname, qtype, limit)
         resp = authoritative_response(query, ans, self.zones.ttl)
+        chased = ans.chase is not None and qtype not in NOT_CHASED and self.forwarder is not None
+        if chased and self.pending < MAX_PENDING_FORWARDS:
+            return self._chase(query, resp, dns.name.from_text(ans.chase), qtype, limit)
         # (with MAX_PENDING_FORWARDS in flight, the CNAME alone: a valid answer the client
-        # follows itself, as a forward would be refused)
-        if ans.chase is not None and qtype not in NOT_CHASED and self.forwarder is not None \
-                and self.pending < MAX_PENDING_FORWARDS:
-            return self._chase(resp, dns.name.from_text(ans.chase), qtype, limit)
+        # follows itself, as a forward would be refused; not kept, or it would be served
+        # until the zone next changes, long after the forwards drained)
         wire = to_wire(resp, limit)
-        if udp:
+        if udp and not chased:
             if len(self.udp_cache) >= UDP_CACHE_ENTRIES:
                 self.udp_cache.clear()
             self.udp_cache[data[2:]] = wire[2:]
@@ -139,29 +141,34 @@ class Handler:
         self.counters.forwarded += 1
         self.pending += 1
         try:
-            got = await self.forwarder.resolve(qname, qtype)
+            got = await self.forwarder.resolve(qname, qtype, wants_dnssec(query), bool(query.flags & dns.flags.CD))
         finally:
             self.pending -= 1
         if got is None:
             self.counters.servfail += 1
             return to_wire(make_response(query, dns.rcode.SERVFAIL), limit)
         resp = make_response(query, got.rcode)
-        resp.answer, resp.authority = got.answer, got.authority
+        resp.answer, resp.authority, resp.additional = got.answer, got.authority, got.additional
+        # AD as the upstream set it, to a client that said it understands it (RFC 6840 §5.8)
+        if got.authenticated and (query.flags & dns.flags.AD or wants_dnssec(query)):
+            resp.flags |= dns.flags.AD
         return to_wire(resp, limit)
 
-    async def _chase(self, resp: dns.message.Message, target: dns.name.Name, qtype: int, limit: int) -> bytes:
+    async def _chase(self, query: dns.message.Message, resp: dns.message.Message, target: dns.name.Name,
+                     qtype: int, limit: int) -> bytes:
         """An ExternalName's CNAME with the target's records of the asked type appended (what
         CoreDNS's kubernetes plugin does through its upstream for A, AAAA and TXT; here for
-        every type but NOT_CHASED), so stub resolvers, which do not chase, get a usable answer."""
+        every type but NOT_CHASED), so stub resolvers, which do not chase, get a usable answer.
+        A target that has no such records brings the upstream's SOA along, so the negative
+        answer can be cached (RFC 2308 §5)."""
         assert self.forwarder is not None
         self.pending += 1
         try:
-            got = await self.forwarder.resolve(target, qtype)
+            got = await self.forwarder.resolve(target, qtype, wants_dnssec(query), bool(query.flags & dns.flags.CD))
         finally:
             self.pending -= 1
         if got is not None:
             resp.answer += [r for r in got.answer if r.name != resp.answer[0].name]
             resp.set_rcode(got.rcode)
-            if got.answer:
-                resp.authority = []
+            resp.authority = [] if got.answer else got.authority
         return to_wire(resp, limit)

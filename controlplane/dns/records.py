@@ -5,18 +5,25 @@ docs/specification.md, schema 1.1.0) the way CoreDNS's `kubernetes` plugin answe
 
     <svc>.<ns>.svc.<zone>            A      ClusterIP; headless: every ready endpoint (none
                                             ready: no records, NXDOMAIN, spec 2.4.1)
-    <ep>.<svc>.<ns>.svc.<zone>       A      headless endpoint; <ep> = its hostname, else the
+    <ep>.<svc>.<ns>.svc.<zone>       A      a ready endpoint (of any service but an
+                                            ExternalName, as CoreDNS; the spec asks it of
+                                            headless ones); <ep> = its hostname, else the
                                             dashed address (10-244-1-5)
     _<port>._<proto>.<svc>.<ns>.svc  SRV    named ports: ClusterIP -> one record, target the
                                             service; headless -> one per endpoint, target <ep>
-    <d>.<c>.<b>.<a>.in-addr.arpa     PTR    ClusterIPs and headless endpoints
+    <svc>.<ns>.svc.<zone>            SRV    every port, named or not (CoreDNS: a query without
+                                            _port._proto matches them all), targets as above
+    <ep>.<svc>.<ns>.svc.<zone>       SRV    the endpoint's ports, target <ep>
+    <d>.<c>.<b>.<a>.in-addr.arpa     PTR    ClusterIPs and endpoints (CoreDNS's reverse
+                                            lookup falls back to every service's endpoints)
     <svc>.<ns>.svc.<zone>            CNAME  ExternalName -> spec.externalName
     <a>-<b>-<c>-<d>.<ns>.pod.<zone>  A      a pod's address (pods "verified")
     dns-version.<zone>               TXT    the schema version
     <ns>.svc.<zone>, <ns>.pod.<zone> -      exist (NODATA) while the namespace does
 
-Names are lowercase and absolute (trailing dot). "Ready" for a headless endpoint is its
-`ready` condition, or any endpoint when the Service has `publishNotReadyAddresses`.
+Names are lowercase and absolute (trailing dot). "Ready" for an endpoint is its `ready`
+condition, or any endpoint when the Service has `publishNotReadyAddresses`. SRV weights
+split 100 over the records of one owner name, as CoreDNS does (at least 1 each).
 """
 from __future__ import annotations
 
@@ -79,14 +86,14 @@ def _cluster_ips(svc: Service) -> list[str]:
 
 @dataclass(frozen=True)
 class EndpointAddress:
-    """One address of a headless service as DNS sees it."""
+    """One endpoint address of a service as DNS sees it."""
     ip: str
     label: str                                     # hostname, or the dashed address
     ports: tuple[tuple[str, str, int], ...]        # (port name, protocol, number)
 
 
-def headless_endpoints(svc: Service, slices: Iterable[EndpointSlice]) -> list[EndpointAddress]:
-    """The addresses DNS publishes for a headless service, in slice order, one per
+def published_endpoints(svc: Service, slices: Iterable[EndpointSlice]) -> list[EndpointAddress]:
+    """The endpoint addresses DNS publishes for a service, in slice order, one per
     (label, ip); ports merged over the slices that list the same address."""
     publish_all = bool(svc.spec.publish_not_ready_addresses)
     seen: dict[tuple[str, str], dict[tuple[str, str, int], None]] = {}
@@ -108,45 +115,63 @@ def headless_endpoints(svc: Service, slices: Iterable[EndpointSlice]) -> list[En
 
 
 def service_records(svc: Service, slices: Iterable[EndpointSlice], zone: str) -> list[Record]:
-    """Every record one Service contributes (its slices only matter when headless)."""
+    """Every record one Service contributes."""
     name = absolute(service_name(svc, zone))
     if svc.type == EXTERNAL_NAME:
         target = (svc.spec.external_name or "").strip()
         return [Record(name, CNAME, absolute(target))] if target else []
+    endpoints = published_endpoints(svc, slices)
     if svc.is_headless:
-        return _headless_records(svc, name, headless_endpoints(svc, slices))
+        return _headless_records(name, endpoints)
     out: list[Record] = []
     ips = _cluster_ips(svc)
     if not ips:
-        return out  # no address yet: the name does not exist
+        return out  # no address yet: the name and its endpoints' names do not exist
     for ip in ips:
         out.append(Record(name, A, ip))
         out.append(Record(reverse_name(ip), PTR, name))
-    for sp in svc.ports:
-        if sp.name:
-            proto = (sp.protocol or "TCP").lower()
-            out.append(Record(f"_{sp.name.lower()}._{proto}.{name}", SRV, (0, 100, sp.port, name)))
-    return out
+    ports = [((sp.name or "").lower(), (sp.protocol or "TCP").lower(), sp.port) for sp in svc.ports]
+    for port_name, proto, number in ports:
+        if port_name:
+            out.append(Record(f"_{port_name}._{proto}.{name}", SRV, (0, 100, number, name)))
+    out += _srv(name, [(number, name) for _, _, number in ports])
+    return out + _endpoint_records(name, endpoints)
 
 
-def _headless_records(svc: Service, name: str, endpoints: list[EndpointAddress]) -> list[Record]:
+def _headless_records(name: str, endpoints: list[EndpointAddress]) -> list[Record]:
     # No ready endpoint, no records: the name, its SRV and endpoint names are NXDOMAIN
     # (spec 2.4.1 "If there are no ready endpoints ... the answer should be NXDOMAIN").
-    out: list[Record] = []
-    srv: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    out: list[Record] = [Record(name, A, ep.ip) for ep in endpoints]
+    named: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    every: list[tuple[int, str]] = []
     for ep in endpoints:
         host = f"{ep.label}.{name}"
-        out.append(Record(name, A, ep.ip))
+        for port_name, proto, number in ep.ports:
+            every.append((number, host))
+            if port_name:
+                named.setdefault((port_name.lower(), proto), []).append((number, host))
+    for (port_name, proto), targets in named.items():
+        out += _srv(f"_{port_name}._{proto}.{name}", targets)
+    out += _srv(name, every)
+    return out + _endpoint_records(name, endpoints)
+
+
+def _endpoint_records(name: str, endpoints: list[EndpointAddress]) -> list[Record]:
+    """Each endpoint's own name under the service's: its address, its PTR, its ports."""
+    out: list[Record] = []
+    for ep in endpoints:
+        host = f"{ep.label}.{name}"
         out.append(Record(host, A, ep.ip))
         out.append(Record(reverse_name(ep.ip), PTR, host))
-        for port_name, proto, number in ep.ports:
-            if port_name:
-                srv.setdefault((port_name.lower(), proto), []).append((number, host))
-    for (port_name, proto), targets in srv.items():
-        weight = max(1, 100 // len(targets))   # CoreDNS spreads 100 over the records
-        owner = f"_{port_name}._{proto}.{name}"
-        out.extend(Record(owner, SRV, (0, weight, number, host)) for number, host in targets)
+        out += _srv(host, [(number, host) for _, _, number in ep.ports])
     return out
+
+
+def _srv(owner: str, targets: list[tuple[int, str]]) -> list[Record]:
+    """SRV records of one owner name, (port, target) each; CoreDNS spreads a weight of 100
+    over the records it returns for a name, at least 1 each."""
+    weight = max(1, 100 // len(targets)) if targets else 0
+    return [Record(owner, SRV, (0, weight, number, target)) for number, target in targets]
 
 
 def pod_records(pod: Pod, zone: str) -> list[Record]:

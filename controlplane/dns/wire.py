@@ -99,9 +99,19 @@ def check_query(msg: dns.message.Message) -> tuple[dns.name.Name, int]:
 
 
 def make_response(query: dns.message.Message, rcode: int = 0, recursion: bool = True) -> dns.message.Message:
+    """The response's header and question; EDNS when the query had it, with its DO bit
+    copied (RFC 3225 §3: a server MUST copy DO into the response)."""
     resp = dns.message.make_response(query, recursion_available=recursion, our_payload=EDNS_PAYLOAD)
     resp.set_rcode(rcode)
+    if wants_dnssec(query):
+        resp.ednsflags |= dns.flags.DO
     return resp
+
+
+def wants_dnssec(query: dns.message.Message) -> bool:
+    """The query's DO bit: DNSSEC records wanted (only ever from upstream: our zones are
+    not signed)."""
+    return query.edns >= 0 and bool(query.ednsflags & dns.flags.DO)
 
 
 def _rdata(r: Record) -> dns.rdata.Rdata:

@@ -176,15 +176,16 @@ def test_no_upstream_or_a_dead_one_is_servfail_not_a_hang(env):
     assert env.short("myapp" + ZONE, port=5302)
 
 
-def apply_headless(env, name: str, addresses: list[str]) -> None:
-    """A headless service with one named port and one slice of ready `addresses`."""
+def apply_headless(env, name: str, addresses: list[str], headless: bool = True) -> None:
+    """A headless service (or, with `headless` False, one with a ClusterIP) with one named
+    port and one slice of ready `addresses`."""
     endpoints = "".join(f"- addresses: [{a}]\n" for a in addresses)
     env.svcctl("apply", "-f", "-", input=textwrap.dedent(f"""
         apiVersion: v1
         kind: Service
         metadata: {{name: {name}}}
         spec:
-          clusterIP: None
+          {"clusterIP: None" if headless else "type: ClusterIP"}
           ports: [{{name: http, port: 80}}]
         ---
         apiVersion: discovery.k8s.io/v1
@@ -214,6 +215,22 @@ def test_srv_glue_that_does_not_fit_is_left_out_without_tc(env):
     out = env.dig("+bufsize=1232", "+ignore", "_http._tcp.mid" + ZONE, "SRV")
     flags = out.split("flags:", 1)[1].split(";", 1)[0]
     assert "ANSWER: 16," in out and " tc" not in flags, out
+
+
+def test_endpoint_names_ptr_srv_of_a_clusterip_service_and_the_do_bit(env):
+    """As CoreDNS answers them: a ClusterIP service's endpoints by name and by address
+    (`dig -x` of a pod IP), SRV at the service's own name, and the DO bit of a query copied
+    into the answer (dig +dnssec)."""
+    apply_headless(env, "cip", ["10.244.5.7", "10.244.5.8"], headless=False)
+    ip = json.loads(env.svcctl("get", "svc", "cip", "-o", "json"))["spec"]["clusterIP"]
+    wait_for("cip's endpoint names", lambda: env.short("10-244-5-7.cip" + ZONE) == ["10.244.5.7"], timeout=10)
+    assert env.short("cip" + ZONE) == [ip]
+    assert env.short("-x", "10.244.5.8") == [f"10-244-5-8.cip{ZONE}."]
+    assert env.short("cip" + ZONE, "SRV") == [f"0 100 80 cip{ZONE}."]
+    assert env.short("10-244-5-7.cip" + ZONE, "SRV") == [f"0 100 80 10-244-5-7.cip{ZONE}."]
+    assert "flags: do;" in env.dig("+dnssec", "cip" + ZONE)
+    assert "flags: do;" in env.dig("+dnssec", "www.example.com")      # forwarded, too
+    assert "flags:;" in env.dig("cip" + ZONE).split("EDNS:", 1)[1]
 
 
 def test_garbage_does_not_kill_the_server(env):

@@ -223,7 +223,7 @@ class FakeUpstream(Forwarder):
         super().__init__([("192.0.2.1", 53)])
         self.fail, self.asked = fail, []
 
-    async def resolve(self, name, rdtype):
+    async def resolve(self, name, rdtype, dnssec=False, checking_disabled=False):
         self.asked.append((name.to_text(), dns.rdatatype.to_text(rdtype)))
         if self.fail:
             raise RuntimeError("a bug in the forwarder")
@@ -279,3 +279,98 @@ def test_a_failing_forward_is_servfail_not_an_exception(caplog):
             r = dns.message.from_wire(_settle(h.handle(dns.message.make_query(qname, "A").to_wire(), False)))
             assert r.rcode() == dns.rcode.SERVFAIL and r.question[0].name.to_text() == qname + "."
     assert len([rec for rec in caplog.records if rec.levelno >= logging.WARNING]) == 1
+
+
+def test_a_chase_skipped_under_load_is_not_kept_in_the_answer_cache():
+    """The CNAME alone, answered while MAX_PENDING_FORWARDS were in flight, was kept in the
+    UDP answer cache and served until the zone next changed: once the forwards drain, the
+    same query is chased again."""
+    from controlplane.dns.handler import MAX_PENDING_FORWARDS
+    up = FakeUpstream()
+    h = handler(external(), forwarder=up)
+    query = dns.message.make_query("ext.default.svc.cluster.local", "A").to_wire()
+    h.pending = MAX_PENDING_FORWARDS
+    assert isinstance(h.handle(query, True), bytes) and up.asked == []
+    assert query[2:] not in h.udp_cache   # what the server answers from before asking the handler
+    h.pending = 0
+    r = dns.message.from_wire(_settle(h.handle(query, True)))
+    assert [rr.rdtype for rr in r.answer] == [dns.rdatatype.CNAME, dns.rdatatype.A]
+    assert up.asked == [("www.example.com.", "A")]
+
+
+def test_the_do_bit_is_copied_into_our_answers():
+    """RFC 3225 §3: the DO bit of a query is copied into the response (dig +dnssec)."""
+    h = handler()
+    signed = ask(h, dns.message.make_query(NAME, "A", want_dnssec=True))
+    assert signed.ednsflags & dns.flags.DO and signed.answer
+    plain = ask(h, dns.message.make_query(NAME, "A", use_edns=0))
+    assert plain.edns == 0 and not plain.ednsflags & dns.flags.DO
+
+
+class LoopbackUpstream(asyncio.DatagramProtocol):
+    """A real upstream on 127.0.0.1 (a random port): answers each query with one A record,
+    an additional A record and the AD bit; a name starting with "nx" with NXDOMAIN and an
+    SOA. Keeps the (name, DO, CD) of every query it gets."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, bool, bool]] = []
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        q = dns.message.from_wire(data)
+        name = q.question[0].name
+        self.seen.append((name.to_text(), bool(q.ednsflags & dns.flags.DO), bool(q.flags & dns.flags.CD)))
+        r = dns.message.make_response(q)
+        r.flags |= dns.flags.AD
+        if name.labels[0].startswith(b"nx"):
+            r.set_rcode(dns.rcode.NXDOMAIN)
+            r.authority.append(dns.rrset.from_text("example.org.", 60, "IN", "SOA",
+                                                   "ns.example.org. host.example.org. 1 2 3 4 60"))
+        else:
+            r.answer.append(dns.rrset.from_text(name, 60, "IN", "A", "192.0.2.10"))
+            r.additional.append(dns.rrset.from_text("extra.example.org.", 60, "IN", "A", "192.0.2.11"))
+        self.transport.sendto(r.to_wire(), addr)
+
+
+def _through_loopback_upstream(objs, queries):
+    """The answers of a Handler whose Forwarder asks a LoopbackUpstream, and what it saw."""
+    async def run():
+        loop = asyncio.get_running_loop()
+        transport, upstream = await loop.create_datagram_endpoint(LoopbackUpstream, local_addr=("127.0.0.1", 0))
+        try:
+            h = handler(*objs, forwarder=Forwarder([transport.get_extra_info("sockname")[:2]], timeout=5))
+            out = []
+            for q in queries:
+                got = h.handle(q.to_wire(), True)
+                out.append(dns.message.from_wire(got if isinstance(got, bytes) else await got))
+            return out, upstream.seen
+        finally:
+            transport.close()
+    return asyncio.run(run())
+
+
+def test_dnssec_wishes_go_upstream_and_its_answer_comes_back_whole():
+    """As CoreDNS's forward relays a query: DO and CD are asked upstream, the answer keeps
+    its additional section, and the upstream's AD reaches a client that set DO or AD; the
+    answers are cached apart per (DO, CD)."""
+    signed = dns.message.make_query("www.example.org", "A", want_dnssec=True)
+    signed.flags |= dns.flags.CD
+    plain = dns.message.make_query("www.example.org", "A", use_edns=0)
+    (r1, r2, r3), seen = _through_loopback_upstream((), [signed, plain, signed])
+    assert seen == [("www.example.org.", True, True), ("www.example.org.", False, False)]  # the third: cached
+    for r in (r1, r3):
+        assert r.flags & dns.flags.AD and r.ednsflags & dns.flags.DO
+        assert [rr.name.to_text() for rr in r.additional] == ["extra.example.org."]
+    assert not r2.flags & dns.flags.AD and r2.answer
+
+
+def test_an_externalname_whose_target_does_not_exist_keeps_the_upstream_soa():
+    """NXDOMAIN for the CNAME's target carries the upstream's SOA, so the negative answer
+    can be cached (RFC 2308 §5); it was dropped."""
+    (r,), _ = _through_loopback_upstream((external(target="nx.example.org"),),
+                                         [dns.message.make_query("ext.default.svc.cluster.local", "A")])
+    assert r.rcode() == dns.rcode.NXDOMAIN
+    assert [rr.rdtype for rr in r.answer] == [dns.rdatatype.CNAME]
+    assert [(rr.name.to_text(), rr.rdtype) for rr in r.authority] == [("example.org.", dns.rdatatype.SOA)]

@@ -79,8 +79,33 @@ def test_clusterip_a_srv_ptr():
     assert [(r.name, r.value) for r in srv.additional] == [(name, "10.96.0.50")]
     # PTR for the ClusterIP.
     assert values(zones, "50.0.96.10.in-addr.arpa.", PTR) == [name]
-    # Unnamed ports have no SRV: the name does not exist.
+    # Unnamed ports have no _port._proto SRV: the name does not exist.
     assert zones.lookup("_9000._tcp." + name, SRV).rcode == NXDOMAIN
+    # The service's own name has an SRV per port, named or not, 100 spread over them
+    # (CoreDNS: a query without _port._proto matches every port).
+    assert values(zones, name, SRV) == [(0, 33, 53, name), (0, 33, 80, name), (0, 33, 9000, name)]
+
+
+def test_clusterip_endpoints_have_names_ptrs_and_srv():
+    """CoreDNS answers a ClusterIP service's ready endpoints by name and by address as it
+    does a headless one's (the spec asks it of headless services only); the service's own
+    name stays its ClusterIP."""
+    zones, objects = cluster(service(), eps("web", [("10.244.1.5", True), ("10.244.2.7", True, "web-0"),
+                                                    ("10.244.1.9", False)]))
+    name = "web.default.svc.cluster.local."
+    assert values(zones, name, A) == ["10.96.0.50"]
+    assert values(zones, "10-244-1-5." + name, A) == ["10.244.1.5"]
+    assert values(zones, "web-0." + name, A) == ["10.244.2.7"]
+    assert zones.lookup("10-244-1-9." + name, A).rcode == NXDOMAIN        # not ready
+    assert values(zones, "5.1.244.10.in-addr.arpa.", PTR) == ["10-244-1-5." + name]
+    assert values(zones, "7.2.244.10.in-addr.arpa.", PTR) == ["web-0." + name]
+    assert zones.lookup("9.1.244.10.in-addr.arpa.", PTR).rcode == NXDOMAIN
+    assert values(zones, "web-0." + name, SRV) == [(0, 100, 8080, "web-0." + name)]
+    # the endpoint leaves: its names and its PTR go with it
+    objects.apply([WatchEvent(MODIFIED, eps("web", [("10.244.2.7", True, "web-0")]), 10)])
+    assert zones.lookup("10-244-1-5." + name, A).rcode == NXDOMAIN
+    assert zones.lookup("5.1.244.10.in-addr.arpa.", PTR).rcode == NXDOMAIN
+    assert values(zones, "web-0." + name, A) == ["10.244.2.7"]
 
 
 def test_service_without_address_does_not_exist():
@@ -104,6 +129,10 @@ def test_headless_ready_endpoints_hostnames_srv_ptr():
                                                         (0, 50, 8080, "web-0." + name)]
     # PTR of an endpoint names the endpoint.
     assert values(zones, "5.1.244.10.in-addr.arpa.", PTR) == ["web-0." + name]
+    # SRV at the service's name: every ready endpoint's every port; at an endpoint's name,
+    # its own ports.
+    assert values(zones, name, SRV) == [(0, 50, 8080, "10-244-2-7." + name), (0, 50, 8080, "web-0." + name)]
+    assert values(zones, "web-0." + name, SRV) == [(0, 100, 8080, "web-0." + name)]
     assert zones.lookup("9.1.244.10.in-addr.arpa.", PTR).rcode == NXDOMAIN
 
 
