@@ -141,12 +141,29 @@ static __always_inline struct ct_value *np_holder(const struct ct_key *rk, const
 	return f;
 }
 
+/* Is node_ip:port a frontend (a NodePort, an externalIP or LoadBalancer IP the node
+ * holds)? Then it is not a SNAT port to give: svcxdp.c looks frontends up before SNAT
+ * replies, so a backend's answers to it would be taken for new flows to that frontend
+ * (a NodePort range reaching past 32767, a high port on an address the node holds). The
+ * external-scope entry is enough: every way in from outside has one (its cluster-scope
+ * twin shares its address and port). */
+static __always_inline int np_port_is_frontend(__be32 node_ip, __u16 port, __u8 proto)
+{
+	struct svc_key sk = {};
+	sk.vip = node_ip;
+	sk.port = bpf_htons(port);
+	sk.proto = proto;
+	sk.scope = SVCXDP_SCOPE_EXTERNAL;
+	return services.lookup(&sk) != NULL;
+}
+
 /* Choose the SNAT port of flow fk and record its reply entry: in ct_unconfirmed while
  * the flow is unconfirmed (a flood of one-packet flows then only evicts its own kind
  * there), in conntrack once it is. The first try is the client's own port folded into
  * the range (kept when free, as netfilter does), the next ones random ports
  * (--random-fully), so two clients using the same port towards the same backend
- * collide and the second takes another. A port is taken over when its entry is this
+ * collide and the second takes another; a port that is a frontend on the node's
+ * address is skipped (np_port_is_frontend). A port is taken over when its entry is this
  * flow's own (a reopened flow), or dead (its flow's forward entry dead too: a one-way
  * flow's replies never refresh it), or held by an unconfirmed flow for longer than
  * SVCXDP_SNAT_RECLAIM_MS; when SVCXDP_SNAT_RECLAIM_AFTER probes are busy and met an
@@ -180,6 +197,8 @@ static __always_inline int np_snat_alloc(const struct ct_key *fwd, __be32 backen
 		if (i == SVCXDP_SNAT_RECLAIM_AFTER && pd->oldest_port)
 			break;
 		__u16 port = SVCXDP_SNAT_PORT_MIN + (want & (SVCXDP_SNAT_PORT_COUNT - 1));
+		if (np_port_is_frontend(node_ip, port, fwd->proto))
+			continue;
 		rk.dport = bpf_htons(port);
 		struct ct_value *h = conntrack.lookup(&rk);
 		if (h) {
@@ -256,25 +275,36 @@ static __always_inline int np_snat_alloc(const struct ct_key *fwd, __be32 backen
 	return pick == NP_PICK_RECLAIM;
 }
 
-/* A packet of an unconfirmed source-NATed flow (already translated: node:port ->
- * backend): does the flow still hold its port? Its reply entry may have been evicted
- * from ct_unconfirmed by a flood, or the port taken by another flow (np_snat_alloc).
+/* A packet of a source-NATed flow (already translated: node:port -> backend), each one
+ * while the flow is unconfirmed, else when its forward entry was refreshed or closed:
+ * does the flow still hold its port? Its reply entry may have been evicted (from
+ * ct_unconfirmed by a flood; from conntrack by the LRU, when the flow is one-way and
+ * nothing else reads it), or the port taken by another flow (np_snat_alloc).
  * Kept: the entry is refreshed (a retransmitted SYN keeps its port), moved to conntrack
- * when this packet confirmed the flow, or written back when it was evicted; returns 1.
+ * when this packet confirmed the flow, or written back when it was evicted; a FIN or RST
+ * from the client closes it (it stays while the flow's forward entry lives: ctgc.h,
+ * np_snat_alloc; left open, a connection the client reset and the backend then left
+ * unanswered held its port for the whole TCP timeout); returns 1.
  * Taken by another flow: 0 (the caller chooses a new port). */
 static __always_inline int np_snat_kept(const struct ct_key *fk, struct iphdr *ip, __be16 *ports,
 					__u32 svc_id, __u64 now, __u8 tcp_flags, int confirmed)
 {
 	struct ct_key rk;
 	ct_key_set(&rk, ip->daddr, ip->saddr, ports[1], ports[0], ip->protocol, SVCXDP_CT_DIR_SNAT);
+	__u8 closing = tcp_flags & (TCPF_FIN | TCPF_RST) ? SVCXDP_CT_F_CLOSING : 0;
 	struct ct_value *h = conntrack.lookup(&rk);
-	if (h && ct_alive(h, now, rk.proto))
-		return np_owns(h, fk);
+	if (h && ct_alive(h, now, rk.proto)) {
+		if (!np_owns(h, fk))
+			return 0;
+		h->flags |= closing;
+		return 1;
+	}
 	struct ct_value u;
 	if (ctu_lookup(1, &rk, &u)) {
 		if (!np_owns(&u, fk))
 			return 0;
 		u.last_seen = now;
+		u.flags |= closing;
 		if (!confirmed) {
 			ctu_store(1, &rk, &u);
 			return 1;

@@ -211,6 +211,7 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 			struct ct_mark was = ct_mark_of(v);
 			if (ct_touch(v, &k, now, l4->tcp_flags, SVCXDP_CT_F_FIN_CLIENT))
 				ct_uncount(v);
+			int touched = ct_changed(v, was);
 			nat_ip = v->nat_ip;
 			nat_port = v->nat_port;
 			/* Read before a confirmation moves the entry (v is gone after it). */
@@ -222,11 +223,16 @@ static __always_inline int handle_service(struct xdp_md *ctx, struct ethhdr *eth
 					    ct_confirms(k.proto, l4->tcp_flags);
 			if (confirmed_now)
 				ct_confirm(external, &k, v, now);
-			else if (where == CT_IN_UNCONFIRMED && ct_changed(v, was))
+			else if (where == CT_IN_UNCONFIRMED && touched)
 				ctu_store(external, &k, v);
-			/* An unconfirmed SNATed flow may have lost its port (nodeport.h). */
-			if (external && where == CT_IN_UNCONFIRMED && snat.ip)
-				np_pending_set(&k, svc->svc_id, 0, confirmed_now, vlan, SVCXDP_NP_CHECK);
+			/* An unconfirmed SNATed flow may have lost its port (nodeport.h); a
+			 * confirmed one has its port's entry looked at when it refreshes its own
+			 * (once a second) or closes: kept warm in the LRU, written back if it was
+			 * evicted all the same, closed with the client's FIN or RST. */
+			if (external && snat.ip && (where == CT_IN_UNCONFIRMED || touched))
+				np_pending_set(&k, svc->svc_id, 0,
+					       where == CT_IN_UNCONFIRMED ? confirmed_now : 1, vlan,
+					       SVCXDP_NP_CHECK);
 			ev->main = SVCXDP_CNT_CT_HIT;
 			svc_account(svc->svc_id, bytes, 0, 0);
 			goto dnat;

@@ -448,8 +448,8 @@ struct np_pending {
 	__u8 reply_entry; /* SVCXDP_NP_NEW: its backend needs a reply entry (conntrack.h), which
 			   * the tail writes unless it source-NATs the flow */
 	__u8 confirmed;   /* the flow's entry is in conntrack (SVCXDP_NP_NEW: written over the
-			   * tuple's dead one; SVCXDP_NP_CHECK: confirmed by this packet), else
-			   * in ct_unconfirmed */
+			   * tuple's dead one; SVCXDP_NP_CHECK: confirmed before or by this
+			   * packet), else in ct_unconfirmed */
 	/* The SNAT port search's findings (np_snat_alloc): kept in map memory, untracked
 	 * by the verifier, so every path through one probe reaches the next, and the code
 	 * after the search, in the same state (as lc_best). */
@@ -466,8 +466,9 @@ struct np_pending {
 };
 #define SVCXDP_NP_NONE 0
 #define SVCXDP_NP_NEW 1    /* a new flow's first packet: SNAT or not */
-#define SVCXDP_NP_CHECK 2  /* a packet of an unconfirmed SNATed flow: does it still hold its
-			    * port (nodeport.h, np_snat_kept)? */
+#define SVCXDP_NP_CHECK 2  /* a packet of a SNATed flow (each while unconfirmed, else on a
+			    * refresh or close): does it still hold its port (nodeport.h,
+			    * np_snat_kept)? */
 
 /* Key of the `source_ranges` LPM trie: a LoadBalancer frontend's allowed client
  * CIDRs. prefixlen counts the svc_id's 32 bits plus the CIDR's length. */

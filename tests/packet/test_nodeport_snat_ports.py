@@ -304,3 +304,74 @@ def test_a_reused_tuple_s_retransmitted_syn_keeps_its_snat_entry_unconfirmed(ext
         assert port in snat_entries(ext, "ct_unconfirmed") and port not in snat_entries(ext, "conntrack")
     assert ext.send(ack).pkt[TCP].sport == port
     assert port in snat_entries(ext, "conntrack") and port not in snat_entries(ext, "ct_unconfirmed")
+
+
+def age_all(ext: Ext, by_ns: int) -> None:
+    """Every conntrack entry last seen `by_ns` earlier than it was."""
+    t = ext.xdp.dp.table("conntrack")
+    for k, v in list(t.items()):
+        v.last_seen -= by_ns
+        t[k] = v
+
+
+@pytest.mark.parametrize("closer", ["client", "backend"])
+@pytest.mark.parametrize("flag", ["R", "F"])
+def test_a_connection_closed_from_either_side_gives_its_port_back(ext, xdp, closer, flag):
+    """A connection its client reset (or half-closed), whose backend then said nothing,
+    held its SNAT port for the whole TCP timeout (6 h): only the backend's own FIN or RST
+    closed the port's entry. The client's closes it too, so once the flow's forward
+    entry is past its timeout (the close timeout after a RST, the half-close one after a
+    lone FIN) the GC sweeps both and the port is free for a new flow."""
+    from scapy.layers.inet import TCP
+
+    from controlplane.dataplane.ctgc import GRACE_NS, ConntrackGC
+    ext.service(NODE, 30080, [nodenet.REMOTE_POD])
+    port = folded(40000)
+    for f in ("S", "A"):
+        assert ext.send(from_client(NODE, 30080, sport=40000, flags=f)).pkt[TCP].sport == port
+    reply = (Ether(src=nodenet.NODE2_MAC, dst=ext.node.ext_mac) / IP(src=nodenet.REMOTE_POD, dst=NODE) /
+             TCP(sport=80, dport=port, flags="A"))
+    assert ext.send(reply).pkt[IP].dst == CLIENT
+    if closer == "client":
+        assert ext.send(from_client(NODE, 30080, sport=40000, flags=flag + "A")).pkt[TCP].sport == port
+    else:
+        reply[TCP].flags = flag + "A"
+        assert ext.send(reply).pkt[IP].dst == CLIENT
+    config = ext.xdp.dp.config
+    timeout_s = config.tcp_close_timeout_s if flag == "R" else config.tcp_half_close_timeout_s
+    age_all(ext, timeout_s * SEC + GRACE_NS + SEC)
+    ConntrackGC(ext.xdp.dp).sweep_all()
+    assert port not in snat_entries(ext, "conntrack")
+    new = from_client(NODE, 30080, src=CLIENT2, sport=40000, flags="S")
+    assert ext.send(new).pkt[TCP].sport == port
+
+
+def test_a_confirmed_one_way_flows_evicted_port_entry_is_written_back(dns):
+    """A one-way flow's port entry is read by nothing, so the LRU may evict it while the
+    flow's forward entry, touched by every packet, stays; the port then looked free and a
+    new flow took it, the backend's answers to either going to the other's client. The
+    flow's entry refreshes once a second and then looks at its port's entry (keeping it
+    warm in the LRU), writing it back when it is gone."""
+    port = folded(40000)
+    for _ in range(2):                                   # the second datagram confirms it
+        assert_snated(dns, query(CLIENT, 40000), port)
+    t = dns.xdp.dp.table("conntrack")
+    for k in [k for k in t.keys() if k.dir == DIR_SNAT]:
+        del t[k]                                         # as the LRU would evict it
+    age_all(dns, 2 * SEC)                                # its forward entry refreshes next
+    assert_snated(dns, query(CLIENT, 40000), port)
+    assert port in snat_entries(dns, "conntrack")
+    assert dns.send(query(CLIENT2, 7232)).pkt[UDP].sport != port   # folded(7232) == port
+    assert_answer_reaches(dns, port, CLIENT, 40000)
+
+
+def test_a_port_that_is_a_frontend_on_the_node_address_is_never_a_snat_port(dns, xdp):
+    """A frontend on the node's address at a port in the SNAT range (a NodePort range
+    reaching past 32767, a high port of an externalIP the node holds): frontends are
+    looked up before SNAT replies, so the backend's answers to a SNAT flow on that port
+    were taken for new flows to the other service (over UDP, sent to its backend)."""
+    taken = folded(40000)
+    dns.service(NODE, taken, [nodenet.LOCAL_POD], proto="UDP", backend_port=53)
+    port = dns.send(query(CLIENT, 40000)).pkt[UDP].sport
+    assert port != taken and SNAT_MIN <= port <= 65535
+    assert_answer_reaches(dns, port, CLIENT, 40000)
