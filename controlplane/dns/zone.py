@@ -78,8 +78,7 @@ class Zones:
         self.ttl = ttl
         self.pods_mode = pods  # verified | insecure | disabled
         self.apexes = [self.domain] + [z for c in reverse_cidrs for z in reverse_zones(c)]
-        # Longest first, so a name is filed under its most specific zone.
-        self.apexes.sort(key=len, reverse=True)
+        self.apex_set = frozenset(self.apexes)
         self.nameserver = f"ns.dns.{self.domain}"
         self.data: dict[str, dict[int, dict[Value, int]]] = {}
         self.below: dict[str, int] = {}        # empty non-terminals: owners beneath them
@@ -139,9 +138,12 @@ class Zones:
 
     # -- queries ----------------------------------------------------------------------------
     def apex_for(self, name: str) -> str | None:
-        for apex in self.apexes:
-            if name == apex or name.endswith("." + apex):
-                return apex
+        """The most specific of our zones that holds `name`: its longest suffix that is an
+        apex (a label at a time: a /12's sixteen zones and a /16's 256 are no slower)."""
+        while name:
+            if name in self.apex_set:
+                return name
+            name = name.partition(".")[2]
         return None
 
     def soa(self, apex: str) -> Record:

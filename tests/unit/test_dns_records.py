@@ -86,7 +86,7 @@ def test_clusterip_a_srv_ptr():
     assert values(zones, name, SRV) == [(0, 33, 53, name), (0, 33, 80, name), (0, 33, 9000, name)]
 
 
-def test_clusterip_endpoints_have_names_ptrs_and_srv():
+def test_clusterip_endpoints_have_names_and_ptrs():
     """CoreDNS answers a ClusterIP service's ready endpoints by name and by address as it
     does a headless one's (the spec asks it of headless services only); the service's own
     name stays its ClusterIP."""
@@ -100,7 +100,6 @@ def test_clusterip_endpoints_have_names_ptrs_and_srv():
     assert values(zones, "5.1.244.10.in-addr.arpa.", PTR) == ["10-244-1-5." + name]
     assert values(zones, "7.2.244.10.in-addr.arpa.", PTR) == ["web-0." + name]
     assert zones.lookup("9.1.244.10.in-addr.arpa.", PTR).rcode == NXDOMAIN
-    assert values(zones, "web-0." + name, SRV) == [(0, 100, 8080, "web-0." + name)]
     # the endpoint leaves: its names and its PTR go with it
     objects.apply([WatchEvent(MODIFIED, eps("web", [("10.244.2.7", True, "web-0")]), 10)])
     assert zones.lookup("10-244-1-5." + name, A).rcode == NXDOMAIN
@@ -129,10 +128,8 @@ def test_headless_ready_endpoints_hostnames_srv_ptr():
                                                         (0, 50, 8080, "web-0." + name)]
     # PTR of an endpoint names the endpoint.
     assert values(zones, "5.1.244.10.in-addr.arpa.", PTR) == ["web-0." + name]
-    # SRV at the service's name: every ready endpoint's every port; at an endpoint's name,
-    # its own ports.
+    # SRV at the service's name: every ready endpoint's every port.
     assert values(zones, name, SRV) == [(0, 50, 8080, "10-244-2-7." + name), (0, 50, 8080, "web-0." + name)]
-    assert values(zones, "web-0." + name, SRV) == [(0, 100, 8080, "web-0." + name)]
     assert zones.lookup("9.1.244.10.in-addr.arpa.", PTR).rcode == NXDOMAIN
 
 
