@@ -21,7 +21,7 @@ from controlplane.gcpause import paused_gc, sweep_if_due
 from controlplane.memtrim import release_free_memory
 
 from .cache import TEXT_KINDS, WATCHED_KINDS, ServiceCache, ServiceKey
-from .desired import Claim, Desired, NodeConfig, claim_rank, conflict, desired_each, desired_state, settle
+from .desired import Claim, Desired, NodeConfig, claim_rank, conflict, desired_each, desired_served, settle
 from .health import Health
 from .healthcheck import ServiceHealthServers
 from .interfaces import InterfaceManager
@@ -105,9 +105,6 @@ class Agent:
         return self.cache.resource_version
 
     # ---- computing ------------------------------------------------------------------
-    def desired(self) -> Desired:
-        return desired_state(self.cache.views(), self.node)
-
     def _desired_for(self, keys: Iterable[ServiceKey]) -> dict[ServiceKey, Desired]:
         """Each service's desired state, apart (made in one pass: desired_each), in the
         order of `keys`: the writer hands out ids in it."""
@@ -155,7 +152,7 @@ class Agent:
             new = {s.frontend: s for s in want.states}
             for fe, state in new.items():
                 old = self.writer.installed_state(fe)
-                if old != state:
+                if not self.writer.holds(state):
                     pending.append((state, old, f"{want.owners.get(fe)} {fe}", key))
                 elif held is not None:
                     held.append(state)
@@ -269,6 +266,13 @@ class Agent:
         for state in states:   # a frontend listed twice: the later state wins
             try:
                 self.writer.upsert(state)
+            except CapacityError as exc:
+                failed[state.frontend] = exc
+        # Once more for those: a later one that shrank may have made their room.
+        for state in [s for s in states if s.frontend in failed]:
+            try:
+                self.writer.upsert(state)
+                del failed[state.frontend]
             except CapacityError as exc:
                 failed[state.frontend] = exc
         return failed
@@ -405,7 +409,7 @@ class Agent:
             log.info("recounted the connections of %d backends (lc family)", recounted)
         installed = writer.installed()
         want: dict[Frontend, ServiceState] = {}
-        for s in desired_state(fresh.views(), self.node).states:
+        for s in desired_served(fresh.views(), self.node).states:
             if s.frontend not in self._unprogrammed:
                 want[s.frontend] = s
             elif s.frontend in installed:   # its update did not fit: the old state stays

@@ -122,10 +122,18 @@ class ServiceCache:
             touched.add(key)
 
     def view(self, key: ServiceKey) -> ServiceView | None:
+        """The service's view, its slices merged in name order, as a full load reads them
+        (the first slice listing an address wins it: in the order slices changed, an
+        endpoint two slices list, ready in one and terminating in the other while the
+        EndpointSlice controller moves it, took the state of whichever changed last)."""
         svc = self.services.get(key)
         if svc is None:
             return None
-        return view_from_backends(svc, merge_backends(self.slices.get(key, {}).values()))
+        slices = self.slices.get(key)
+        if not slices:
+            return view_from_backends(svc, merge_backends(()))
+        merged = merge_backends(slices.values() if len(slices) == 1 else [slices[n] for n in sorted(slices)])
+        return view_from_backends(svc, merged)
 
     def views(self) -> list[ServiceView]:
         with paused_gc():

@@ -194,6 +194,24 @@ def desired_state(views: Iterable[ServiceView], node: NodeConfig) -> Desired:
     return _desired_groups([views], node, alone=False)[0]
 
 
+def desired_served(views: Sequence[ServiceView], node: NodeConfig) -> Desired:
+    """desired_state of the views less those the model refuses (ModelError), which the
+    syncs leave unserved (desired_each): what the maps should hold. (desired_state itself
+    raises for one refused view: the consistency check then failed every time.)"""
+    try:
+        return desired_state(views, node)
+    except ModelError:
+        return desired_state([v for v in views if not _refused(v, node)], node)
+
+
+def _refused(view: ServiceView, node: NodeConfig) -> bool:
+    try:
+        _desired_state([[view]], node, _Checked())
+    except ModelError:
+        return True
+    return False
+
+
 def desired_each(views: Sequence[ServiceView | None], node: NodeConfig) -> list[Desired]:
     """desired_state([view]) of each view (an empty Desired for None), in one pass: the
     agent keeps each service's desired state apart (its frontends, its problems), and

@@ -92,7 +92,10 @@ def check_capacity(plans: Sequence[tuple[ServiceState, Installed | None]], svc_i
         if backends > backend_ids.available:
             raise CapacityError(f"cannot add {backends} backends (up to {state.frontend}): "
                                 f"{backend_ids.what} has {backend_ids.available} left")
-        slots += len(state.slot_sequence()) - (old.slot_count if old else 0)
+        # Growth only: every frontend's new slots are written (step 2) before any
+        # frontend's surplus ones go (step 4), so one shrinking makes no room for another
+        # growing in the same batch (netted, a map exactly full failed mid-write, E2BIG).
+        slots += max(0, len(state.slot_sequence()) - (old.slot_count if old else 0))
         if slots > max_slots:
             raise CapacityError(f"cannot program {state.frontend}: slots map "
                                 f"(max_slots={max_slots}) would need {slots} entries")

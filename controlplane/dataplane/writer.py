@@ -30,6 +30,7 @@ packets there: tests/packet/test_write_order.py).
 from __future__ import annotations
 
 import ctypes as ct
+import logging
 from contextlib import ExitStack
 from dataclasses import dataclass
 from itertools import groupby, repeat
@@ -61,6 +62,8 @@ from .source_ranges import SourceRanges
 from .verify import Drift, find_drift, read_connections, recount_connections
 
 __all__ = ["CapacityError", "MapWriter", "SyncResult", "maglev_table"]
+
+log = logging.getLogger("svcxdp.dataplane")
 
 
 @dataclass(frozen=True)
@@ -219,7 +222,17 @@ class MapWriter:
             inst.suspect = True
             inst.slot_count = max(inst.slot_count, drift.surplus_slots.get(fe, 0))
             suspects.append(inst.state)
-        self.upsert_many(suspects)
+        try:
+            self.upsert_many(suspects)
+        except CapacityError:
+            # One by one: a suspect that does not fit as it was adopted (it may hold
+            # more backends than slots) stays suspect, for the sync to write as it
+            # wants it (holds() is False for it), rather than failing every sync.
+            for state in suspects:
+                try:
+                    self.upsert(state)
+                except CapacityError as exc:
+                    log.warning("adopted %s could not be repaired as it was: %s", state.frontend, exc)
         return n
 
     def recount_connections(self) -> int:
@@ -242,6 +255,11 @@ class MapWriter:
         """Every installed frontend's record (ids included), not to be changed: for
         readers such as the agent's metrics."""
         return self._installed
+
+    def holds(self, state: ServiceState) -> bool:
+        """The maps hold exactly `state` (not a suspect record of it: repair_adopted
+        leaves one it could not write)."""
+        return _holds(self._installed.get(state.frontend), state)
 
     def installed_state(self, frontend: Frontend) -> ServiceState | None:
         """One frontend's state, without copying the whole table (the agent asks per

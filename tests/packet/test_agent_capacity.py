@@ -127,3 +127,78 @@ def test_source_ranges_that_do_not_fit_are_refused_before_anything_is_written(ag
     writer.delete_many([s.frontend for s in first])
     writer.upsert_many([lb("192.168.1.241", "external"), lb("192.168.1.241", "cluster")])
     assert len(list(agent.dp.table("source_ranges").keys())) == 6
+
+
+def _slices_of(store, name: str, count: int, third: int) -> None:
+    """Service `name`'s one slice, `count` ready endpoints in 10.244.<third>.0/24."""
+    doc = endpoint_slice(0)
+    doc["metadata"] = {"name": f"{name}-abcde", "labels": {"kubernetes.io/service-name": name}}
+    doc["endpoints"] = [{"addresses": [f"10.244.{third}.{j + 1}"], "conditions": {"ready": True}} for j in range(count)]
+    Registry(store).apply([Manifest(doc, "test")], "default")
+
+
+@pytest.fixture
+def full_slots(tmp_path):
+    """A store of a (5 endpoints) and b (3), and a dataplane of exactly 8 slots: full."""
+    store = SqliteStore(tmp_path / "store.db")
+    docs = [Manifest(service(i), "test") for i in range(2)]
+    Registry(store).apply(docs, "default", MODE_CREATE)
+    reconcile(store)
+    _slices_of(store, "svc-0", 5, 0)
+    _slices_of(store, "svc-1", 3, 1)
+    store.delete(Service, "default", "kubernetes")
+    dp = Dataplane.load(DataplaneConfig(instance="pytest-agent-slots", pin=False, ct_size=1024,
+                                        max_services=16, max_backends=32, max_slots=8, source_ranges_size=8))
+    try:
+        yield store, dp
+    finally:
+        dp.close()
+
+
+def _holds_the_store(agent: Agent) -> bool:
+    """The maps hold what a fresh read of the store wants."""
+    from controlplane.agent.cache import ServiceCache
+    from controlplane.agent.desired import desired_served
+    want = desired_served(ServiceCache.load(agent.source).views(), agent.node).states
+    return agent.writer.installed() == {s.frontend: s for s in want}
+
+
+def test_one_service_shrinking_and_another_growing_in_a_full_slots_map(full_slots):
+    """8 of 8 slots held; one sync takes a from 5 endpoints to 3 and b from 3 to 5. Every
+    frontend's new slots are written before any frontend's surplus ones go, so the
+    capacity check netted b's growth against a's shrinking, passed, and the write failed
+    half-way (E2BIG); the half-written maps then failed every later sync (wedged: 503
+    until flushed by hand). Now the batch is refused before anything is written, and the
+    services are written one by one: a shrinks, then b grows into the room."""
+    store, dp = full_slots
+    agent = Agent(store, NodeConfig("node1"), dp)
+    agent.full_sync("start")
+    assert _holds_the_store(agent)
+    _slices_of(store, "svc-0", 3, 0)
+    _slices_of(store, "svc-1", 5, 1)
+    report = agent.incremental_sync()
+    assert report.failed == [] and _holds_the_store(agent)
+    assert agent.health.report()[0] == 200 and agent.check_consistency() is False
+
+
+def test_maps_left_half_written_by_a_failed_write_are_repaired_by_the_next_agent(full_slots, monkeypatch):
+    """A write that fails half-way (here: the capacity check skipped, so the kernel refuses
+    the slots map's ninth entry) leaves a service whose adopted state does not fit as
+    adoption reads it. Repairing it raised CapacityError at the start of every full sync,
+    before anything else was written: no retry, nor deleting a service, got the agent out.
+    Now the repair leaves it to the sync, which writes it as the store wants."""
+    from controlplane.dataplane import writer as writer_module
+    store, dp = full_slots
+    Agent(store, NodeConfig("node1"), dp).full_sync("start")
+    _slices_of(store, "svc-0", 3, 0)
+    _slices_of(store, "svc-1", 5, 1)
+    broken = Agent(store, NodeConfig("node1"), dp)
+    monkeypatch.setattr(writer_module, "check_capacity", lambda *a, **k: None)
+    with pytest.raises(OSError):
+        broken.full_sync("start")
+    monkeypatch.undo()
+    agent = Agent(store, NodeConfig("node1"), dp)     # a restart: adopts what the maps hold
+    assert agent.writer.adoption_drift
+    report = agent.full_sync("retry")
+    assert report.failed == [] and _holds_the_store(agent)
+    assert not Agent(store, NodeConfig("node1"), dp).writer.adoption_drift

@@ -272,6 +272,10 @@ def test_a_service_the_dataplane_cannot_hold_leaves_the_others_served(store, dat
     add_service(store, "b", B)                    # and changes after it are followed
     agent.incremental_sync()
     assert Client(agent).backends_of("b") == set(B)
+    # the consistency check agrees: the maps hold what the store wants (it raised the
+    # model's error on every check, counted as a failed sync: /healthz 503, a resync)
+    assert agent.check_consistency() is False
+    assert agent.health.report()[0] == 200
 
 
 def test_a_restarted_agent_settles_its_adopted_records_and_follows_changes(store, dataplane):

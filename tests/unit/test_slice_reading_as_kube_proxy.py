@@ -301,3 +301,30 @@ def test_the_condition_readers_agree_with_kube_proxy_for_every_combination() -> 
                 (b,) = slice_document_backends(doc)[("", "TCP")]
                 assert (b.ready, b.serving, b.terminating) == want
     assert service_view._FLAGS[None] == (True, True, False)   # no conditions at all
+
+
+@pytest.mark.parametrize("as_text", [False, True])
+def test_an_endpoint_two_slices_list_keeps_the_state_a_full_load_gives_after_changes(tmp_path, as_text) -> None:
+    """While the EndpointSlice controller moves an endpoint between slices, two slices may
+    list it, ready in one and terminating in the other. The first slice by name wins it,
+    as a full load reads them; the cache merged its slices in the order they last changed,
+    so an update of web-a turned the endpoint terminating until the next full sync (which
+    the consistency check then took for drift), and the next update of web-a back."""
+    store = SqliteStore(tmp_path / "store.db")
+    port = [{"name": "http", "port": 8080, "protocol": "TCP"}]
+    store.create(Service.from_dict(service("web", [{"name": "http", "port": 80}])))
+    store.create(EndpointSlice.from_dict(endpoint_slice("web-a", "web", port, [ep("10.244.0.1", ready=True)])))
+    store.create(EndpointSlice.from_dict(endpoint_slice(
+        "web-b", "web", port, [ep("10.244.0.1", ready=False, serving=True, terminating=True)])))
+    cache = ServiceCache.load(store)
+
+    def states(view: ServiceView) -> list[tuple]:
+        return [(b.ip, b.ready, b.terminating) for p in view.ports for b in p.backends]
+    assert states(cache.view((NS, "web"))) == [("10.244.0.1", True, False)]
+    es = store.get(EndpointSlice, NS, "web-a")
+    es.endpoints.append(Endpoint(addresses=["10.244.0.2"], conditions=EndpointConditions(ready=True)))
+    store.update(es)
+    cache.apply(store.changes_since(cache.resource_version, WATCHED_KINDS, as_text=TEXT_KINDS if as_text else ()))
+    assert states(cache.view((NS, "web"))) == states(ServiceCache.load(store).view((NS, "web"))) == [
+        ("10.244.0.1", True, False), ("10.244.0.2", True, False)]
+    store.close()
