@@ -80,7 +80,8 @@ static __always_inline int icmp_snat(struct iphdr *ip, struct icmphdr *icmp, str
 }
 
 /* The quote of an ICMP error about TCP or UDP, without IP options: its IP header and
- * ports (*in, *ports). 0 for any other message, or a quote cut short. l4_len: the ICMP
+ * ports (*in, *ports). 0 for any other message, a quote cut short, or one of a later
+ * fragment (what follows its header is payload, not ports). l4_len: the ICMP
  * message's length by the IP header; bytes past it (Ethernet padding) are never read
  * as part of the quote. */
 static __always_inline int icmp_error_quote(struct icmphdr *icmp, void *end, __u32 l4_len,
@@ -91,7 +92,7 @@ static __always_inline int icmp_error_quote(struct icmphdr *icmp, void *end, __u
 	struct iphdr *in = (void *)(icmp + 1);
 	if ((void *)(in + 1) > end || in->ihl != 5)
 		return 0;
-	if (in->protocol != IPPROTO_TCP && in->protocol != IPPROTO_UDP)
+	if ((in->protocol != IPPROTO_TCP && in->protocol != IPPROTO_UDP) || ip_is_later_fragment(in))
 		return 0;
 	__be16 *ports = (void *)(in + 1);
 	if ((void *)(ports + 2) > end || l4_len < sizeof(*icmp) + sizeof(*in) + 2 * sizeof(__be16))

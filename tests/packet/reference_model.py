@@ -531,7 +531,8 @@ class ReferenceDatapath:
         if pkt[l4] not in ICMP_ERRORS:
             return done("XDP_PASS", "ICMP, not an error", "pass_non_service")
         q = l4 + 8  # the quoted IP header (options in the quote: left alone)
-        if q + 20 > n or pkt[q] & 0xF != 5 or pkt[q + 9] not in (TCP, UDP) or q + 24 > n:
+        if q + 20 > n or pkt[q] & 0xF != 5 or pkt[q + 9] not in (TCP, UDP) or q + 24 > n or \
+                struct.unpack_from("!H", pkt, q + 6)[0] & 0x1FFF:   # a later fragment's: no ports
             return done("XDP_PASS", "ICMP error, no usable quote", "pass_non_service")
         qsrc, qdst = ip4(pkt[q + 12:q + 16]), ip4(pkt[q + 16:q + 20])
         qsport, qdport = struct.unpack_from("!HH", pkt, q + 20)

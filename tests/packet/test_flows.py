@@ -184,6 +184,20 @@ def test_icmp_error_from_backend_is_translated_for_the_client(xdp: Harness):
     assert delta(before, xdp.counters()) == {"icmp_nat": 1}
 
 
+def test_an_icmp_error_quoting_a_later_fragment_is_not_taken_for_a_flow(xdp: Harness):
+    """What follows a later fragment's quoted header is payload, not ports: bytes that
+    happen to read as a tracked flow's ports were translated as an error about it."""
+    xdp.service(port=53, protocol="UDP", backend_port=5353, backends=(BACKENDS[0],))
+    fwd = xdp.send(udp(sport=50000))
+    quote = bytearray(bytes(fwd.pkt[IP])[:28])
+    quote[6:8] = (0x0004).to_bytes(2, "big")          # fragment offset 4 (its checksum left: not checked)
+    err = Ether(src=NODE_MAC, dst=CLIENT_MAC) / IP(src=fwd.pkt[IP].dst, dst=CLIENT) / ICMP(type=3, code=3) / bytes(quote)
+    before = xdp.counters()
+    out = xdp.send(err)
+    assert (out.verdict, out.raw) == ("XDP_PASS", bytes(err))
+    assert delta(before, xdp.counters()) == {"pass_non_service": 1}
+
+
 def test_icmp_error_from_client_about_a_reply_reaches_the_backend(xdp: Harness):
     xdp.service(port=53, protocol="UDP", backend_port=5353, backends=(BACKENDS[0],))
     xdp.send(udp(sport=50001))
