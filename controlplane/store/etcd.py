@@ -359,24 +359,42 @@ class EtcdStore:
 
     def _commit_split(self, txn: _Txn) -> dict[str, int]:
         """Commit writes too big for one etcd txn in chunks; roll back on a failed chunk.
-        Returns the revision each key was written at (its chunk's)."""
-        keys = list(txn.writes)
-        guarded_only = [k for k in txn.compares if k not in txn.writes]  # read but not written
+        Returns the revision each key was written at (its chunk's).
+
+        etcd takes at most CHUNK_OPS compares and CHUNK_OPS ops per txn, the fence's compare
+        among them. A chunk compares its own keys; the keys only read are compared in the
+        chunks' room left over and, what does not fit there, in compare-only txns before
+        the first chunk writes: every key read is checked (the first chunk alone took as
+        many as fitted, and the rest went unchecked), and a fenced store's chunk no longer
+        asks one compare too many."""
+        fence = self._fence_compares()
+        room = CHUNK_OPS - len(fence)               # compares a txn has for our keys
+        per_chunk = min(CHUNK_OPS - 1, room)        # written keys per chunk (+ the marker op)
+
+        def compare(k: str) -> dict[str, Any]:
+            return {"key": b64(k), "target": "MOD", "result": "EQUAL", "mod_revision": txn.compares[k]}
         chunks: list[list[str]] = []
         size = 0
-        for key in keys:
+        for key in txn.writes:
             value = txn.writes[key][0] or ""
-            if not chunks or len(chunks[-1]) >= CHUNK_OPS - 1 or size + len(key) + len(value) > CHUNK_BYTES:
+            if not chunks or len(chunks[-1]) >= per_chunk or size + len(key) + len(value) > CHUNK_BYTES:
                 chunks.append([])
                 size = 0
             chunks[-1].append(key)
             size += len(key) + len(value) + 64
+        read_only = [k for k in txn.compares if k not in txn.writes]
+        guards = []
+        for chunk in chunks:
+            guards.append([k for k in chunk if k in txn.compares] + read_only[:room - len(chunk)])
+            read_only = read_only[room - len(chunk):]
+        for i in range(0, len(read_only), room):    # what the chunks had no room for
+            if not self.client.txn([compare(k) for k in read_only[i:i + room]] + fence, []).get("succeeded"):
+                self._check_fence()
+                raise self._conflict(txn)
         done: list[tuple[list[str], int]] = []
-        for i, chunk in enumerate(chunks):
-            guard = chunk + (guarded_only[:CHUNK_OPS - len(chunk)] if i == 0 else [])
-            compares = [{"key": b64(k), "target": "MOD", "result": "EQUAL", "mod_revision": txn.compares[k]}
-                        for k in guard if k in txn.compares] + self._fence_compares()
-            resp = self.client.txn(compares, [_op(k, txn.writes[k][0]) for k in chunk] + self._marker(txn))
+        for chunk, guard in zip(chunks, guards):
+            resp = self.client.txn([compare(k) for k in guard] + fence,
+                                   [_op(k, txn.writes[k][0]) for k in chunk] + self._marker(txn))
             if not resp.get("succeeded"):
                 self._rollback(txn, done)
                 self._check_fence()
