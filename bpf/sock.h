@@ -375,8 +375,14 @@ int svcxdp_release(struct bpf_sock *ctx)
 	struct sock_revnat_value *rv = sock_revnat.lookup(&rk);
 	if (!rv)
 		return SOCK_ALLOW;
-	if (rv->flags & SVCXDP_SOCK_F_COUNTED)
-		conns_add(rv->backend_id, -1);
+	if (rv->flags & SVCXDP_SOCK_F_COUNTED) {
+		/* Given back only to the backend it was taken from: the writer hands a removed
+		 * backend's id to another, whose count is not ours to lower (as ct_uncount). */
+		__u32 id = rv->backend_id;
+		struct backend *b = backends.lookup(&id);
+		if (b && b->svc_id == rv->svc_id && b->ip == rk.ip && b->port == rk.port)
+			conns_add(id, -1);
+	}
 	sock_revnat.delete(&rk);
 	return SOCK_ALLOW;
 }

@@ -19,6 +19,7 @@ from conntrack.
 from __future__ import annotations
 
 import ctypes as ct
+from socket import IPPROTO_TCP
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +33,7 @@ from .packing import Packer, read_table
 
 CT_FORWARD = const("CT_DIR_FORWARD")
 CT_COUNTED = const("CT_F_COUNTED")
+SOCK_COUNTED = const("SOCK_F_COUNTED")
 COUNTED_ALGORITHMS = {ALGORITHMS[a] for a in ("lc", "wlc", "sed", "nq")}
 
 
@@ -113,7 +115,8 @@ def find_drift(installed: dict[Frontend, Installed], entries: dict[Frontend, tup
     return drift
 
 
-def recount_connections(flow_tables, backends, installed: dict[Frontend, Installed]) -> dict[int, int]:
+def recount_connections(flow_tables, backends, installed: dict[Frontend, Installed],
+                        sock_table=None) -> dict[int, int]:
     """backend id -> flows holding one of its counts, for the backends of counted
     (lc-family) services: forward conntrack entries with SVCXDP_CT_F_COUNTED whose
     backend entry still is that backend (as ct_backend_valid). Exactly what the
@@ -121,7 +124,10 @@ def recount_connections(flow_tables, backends, installed: dict[Frontend, Install
     expire or lose its backend (then it clears the flag and gives the count back),
     or until the LRU evicts it (then nothing gives it back: the drift this
     corrects). An idle flow still present keeps its count until then. `flow_tables`:
-    conntrack and the unconfirmed tables (a flow is counted from its first packet on)."""
+    conntrack and the unconfirmed tables (a flow is counted from its first packet on).
+    `sock_table`: sock_revnat, whose SVCXDP_SOCK_F_COUNTED entries are the connections
+    the socket hooks counted (given back at the socket's release; left out, every
+    recount zeroed them and each close then drove the count below zero)."""
     ids = {bid for inst in installed.values() if ALGORITHMS[inst.state.algorithm] in COUNTED_ALGORITHMS
            for bid in inst.backend_ids.values()}
     if not ids:
@@ -133,7 +139,22 @@ def recount_connections(flow_tables, backends, installed: dict[Frontend, Install
     counts = dict.fromkeys(ids, 0)
     for table in flow_tables:
         _count_table(table, owner, counts)
+    if sock_table is not None:
+        _count_sockets(sock_table, owner, counts)
     return counts
+
+
+def _count_sockets(table, owner: dict[int, tuple], counts: dict[int, int]) -> None:
+    """The counted connections of sock_revnat (keyed by the backend's address), whose
+    backend entry still is that backend (as svcxdp_release gives the count back)."""
+    key_s = Packer(table.Key, ("ip", "port", "proto")).struct
+    val_s = Packer(table.Leaf, ("flags", "svc_id", "backend_id")).struct
+    for keys, values, n in lookup_batches(table):
+        kb = bytes(keys)[:n * key_s.size]
+        vb = bytes(values)[:n * val_s.size]
+        for (ip, port, proto), (flags, svc_id, bid) in zip(key_s.iter_unpack(kb), val_s.iter_unpack(vb)):
+            if flags & SOCK_COUNTED and proto == IPPROTO_TCP and bid in counts and owner[bid] == (svc_id, ip, port):
+                counts[bid] += 1
 
 
 def _count_table(table, owner: dict[int, tuple], counts: dict[int, int]) -> None:

@@ -236,12 +236,12 @@ class MapWriter:
         return n
 
     def recount_connections(self) -> int:
-        """Set the lc family's connection counts to a recount from conntrack
-        (verify.py); returns how many counts were wrong. The datapath keeps counting
+        """Set the lc family's connection counts to a recount from conntrack and the
+        socket hooks' sock_revnat (verify.py); returns how many counts were wrong. The datapath keeps counting
         meanwhile, so a flow opened or closed during the scan may leave its count
         off by one until the next recount."""
         flows = [self.dp.table(name) for name in FLOW_TABLES]
-        counts = recount_connections(flows, self.backends, self._installed)
+        counts = recount_connections(flows, self.backends, self._installed, self.dp.table("sock_revnat"))
         have = read_connections(self.conns, counts)
         wrong = [(bid,) for bid, n in counts.items() if have[bid] != n]
         self.writes += batch_write(self.conns, self._pk["id"], self._pk["conns"], wrong,

@@ -547,6 +547,61 @@ def test_mapped_tcp_connection_gives_its_count_back_at_close(sk):
     assert conns[conns.Key(bid)].value == start
 
 
+def _conns(xdp, bid: int) -> int:
+    """A backend's connection count as stored (signed: below zero shows)."""
+    import ctypes
+    conns = xdp.dp.table("backend_conns")
+    return ctypes.c_int32(conns[conns.Key(bid)].value).value
+
+
+def test_a_recount_keeps_the_connections_the_hooks_counted(sk):
+    """The agent's consistency check recounts the lc family's counts (verify.py); it read
+    conntrack only, so every connection the hooks had counted was zeroed while open, and
+    each close then took its backend's count below zero."""
+    xdp, env = sk
+    s = service(algorithm="lc", backends=BACKENDS[:2])
+    xdp.writer.upsert(s)
+    ids = [xdp.writer.backend_id(s.frontend, b, TCP_PORT) for b in BACKENDS[:2]]
+    open_ = []
+    try:
+        for _ in range(4):
+            t = env.socket(socket.SOCK_STREAM)
+            open_.append(t)
+            t.connect((VIP, 80))
+        assert [_conns(xdp, bid) for bid in ids] == [2, 2]
+        assert xdp.writer.recount_connections() == 0
+        assert [_conns(xdp, bid) for bid in ids] == [2, 2]
+    finally:
+        for t in open_:
+            t.close()
+    assert [_conns(xdp, bid) for bid in ids] == [0, 0]
+
+
+def test_a_closed_socket_gives_its_count_back_only_to_the_backend_it_took_it_from(sk):
+    """The writer hands a removed backend's id to another backend; a socket still open to
+    the old one gave its count back to the new one at close (ct_uncount checks this for
+    flows). Here the id's backend entry is rewritten as the writer would for another
+    service's backend, holding one connection of its own."""
+    xdp, env = sk
+    s = service(algorithm="lc", backends=BACKENDS[:1])
+    xdp.writer.upsert(s)
+    bid = xdp.writer.backend_id(s.frontend, BACKENDS[0], TCP_PORT)
+    backends, conns = xdp.dp.table("backends"), xdp.dp.table("backend_conns")
+    mine = backends[backends.Key(bid)]
+    other = type(mine).from_buffer_copy(mine)
+    other.svc_id += 1000                              # another service's backend now
+    try:
+        with env.socket(socket.SOCK_STREAM) as t:
+            t.connect((VIP, 80))
+            assert _conns(xdp, bid) == 1
+            backends[backends.Key(bid)] = other
+            conns[conns.Key(bid)] = conns.Leaf(1)     # with a connection of its own
+        assert _conns(xdp, bid) == 1
+    finally:
+        backends[backends.Key(bid)] = mine
+        conns[conns.Key(bid)] = conns.Leaf(0)
+
+
 def test_ipv6_destinations_other_than_mapped_ones_are_left_alone(sk):
     """Only ::ffff:0:0/96 is taken as IPv4: an IPv6 address whose low 32 bits are the VIP
     is not the service, and a native IPv6 peer (::1) is neither translated nor rewritten."""
