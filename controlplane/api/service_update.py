@@ -79,8 +79,9 @@ def drop_type_dependent_fields(new: Service, old: Service) -> None:
             new.spec.ip_family_policy = None
         new.spec.internal_traffic_policy = None if new.spec.internal_traffic_policy == old.spec.internal_traffic_policy else new.spec.internal_traffic_policy
     if needs_node_ports(old) and not needs_node_ports(new):
-        old_ports = [p.node_port for p in old.ports]
-        if [p.node_port for p in new.ports][: len(old_ports)] == old_ports[: len(new.ports)]:
+        # as the apiserver's sameNodePorts: ports may be added, removed, reordered or
+        # changed, as long as no nodePort is new
+        if {p.node_port for p in new.ports if p.node_port} <= {p.node_port for p in old.ports if p.node_port}:
             for port in new.ports:
                 port.node_port = None
     if needs_health_check_node_port(old) and not needs_health_check_node_port(new):

@@ -85,6 +85,8 @@ def test_valid_service_has_no_errors() -> None:
      "spec.healthCheckNodePort: Invalid value: 70000: must be between 1 and 65535, inclusive"),
     ({"externalTrafficPolicy": "Local"},
      'spec.externalTrafficPolicy: Invalid value: "Local": may only be set for externally-accessible services'),
+    ({"type": "LoadBalancer", "ports": [{"port": 80}, {"name": "k", "port": 10250}]},
+     "spec.ports[1]: Invalid value: 10250: may not expose port 10250 externally since it is used by kubelet"),
     ({"externalIPs": ["0.0.0.0"]}, 'spec.externalIPs[0]: Invalid value: "0.0.0.0": may not be unspecified (0.0.0.0)'),
     ({"externalIPs": ["192.0.2.1", "127.0.0.1"]},
      'spec.externalIPs[1]: Invalid value: "127.0.0.1": may not be in the loopback range (127.0.0.0/8, ::1/128)'),

@@ -101,6 +101,17 @@ def test_dropping_a_port_keeps_the_other_ports_node_port(registry: Registry) -> 
     assert [(p.name, p.port, p.node_port) for p in after.ports] == [(None, 443, before.ports[1].node_port)]
 
 
+@pytest.mark.parametrize("ports", [[{"name": "b", "port": 81}], [{"name": "b", "port": 81}, {"name": "a", "port": 80}],
+                                   [{"name": "b", "port": 81}, {"name": "c", "port": 82}]])
+def test_node_port_to_cluster_ip_with_ports_dropped_or_reordered(registry: Registry, ports: list) -> None:
+    """As the apiserver's sameNodePorts: leaving NodePort clears the nodePorts whenever no
+    nodePort is new, whatever became of the ports (they were cleared only when the lists
+    matched position by position: dropping or reordering a port refused the change)."""
+    apply(registry, service_doc("np", type="NodePort", ports=[{"name": "a", "port": 80}, {"name": "b", "port": 81}]))
+    (after,) = apply(registry, service_doc("np", type="ClusterIP", ports=ports))
+    assert after.type == "ClusterIP" and [p.node_port for p in after.ports] == [None] * len(ports)
+
+
 def test_apply_over_create_keeps_ports_it_never_named(registry: Registry) -> None:
     """No last-applied configuration (made by `create -f`): kubectl deletes nothing."""
     (before,) = apply(registry, service_doc("pr", type="NodePort", ports=[{"name": "http", "port": 80},

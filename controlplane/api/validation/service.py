@@ -16,6 +16,8 @@ from ..service_update import needs_health_check_node_port
 from . import names
 from .meta import validate_labels, validate_object_meta, validate_port_entry_name
 
+KUBELET_PORT = 10250
+
 
 def _go_service_port(protocol: str, port: int = 0, node_port: int = 0) -> GoValue:
     return GoValue(
@@ -146,6 +148,10 @@ def validate_service(svc: Service) -> list[FieldError]:
 
     if stype in (NODE_PORT, LOAD_BALANCER) and svc.is_headless:
         errs.append(invalid("spec.clusterIPs[0]", HEADLESS, f"may not be set to 'None' for {stype} services"))
+
+    if stype == LOAD_BALANCER:   # as the apiserver: a cloud's firewall may open the port
+        errs.extend(invalid(f"spec.ports[{i}]", sp.port, f"may not expose port {KUBELET_PORT} externally "
+                            "since it is used by kubelet") for i, sp in enumerate(ports) if sp.port == KUBELET_PORT)
 
     if stype == CLUSTER_IP:
         for i, sp in enumerate(ports):
