@@ -267,3 +267,15 @@ def test_nulls_read_as_kubernetes_reads_them(registry: Registry) -> None:
     with pytest.raises(BatchError) as exc:
         apply(registry, service_doc("z6", ports=[None]))
     assert str(exc.value) == 'Service "z6" is invalid: spec.ports[0].port: Invalid value: 0: must be between 1 and 65535, inclusive'
+
+
+def test_an_endpointslices_address_type_is_immutable(registry: Registry) -> None:
+    """As the apiserver's ValidateEndpointSliceUpdate: a slice's addressType cannot change
+    (IPv4 -> FQDN was applied as `configured`)."""
+    from controlplane.controllers.batch import BatchError
+    doc = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": {"name": "s"},
+           "addressType": "IPv4", "ports": [{"port": 80}], "endpoints": [{"addresses": ["10.244.1.5"]}]}
+    apply(registry, doc)
+    fqdn = {**doc, "addressType": "FQDN", "endpoints": [{"addresses": ["db.example.com"]}]}
+    with pytest.raises(BatchError, match='addressType: Invalid value: "FQDN": field is immutable'):
+        apply(registry, fqdn)

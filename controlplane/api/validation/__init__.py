@@ -6,7 +6,7 @@ from ..deployment import Deployment
 from ..endpoints import Endpoints, EndpointSlice
 from ..errors import Invalid
 from ..event import Event
-from ..field_errors import FieldError
+from ..field_errors import FieldError, invalid
 from ..meta import ApiObject
 from ..namespace import Namespace
 from ..pod import Pod
@@ -29,7 +29,10 @@ def validate(obj: ApiObject, old: ApiObject | None = None) -> list[FieldError]:
     if isinstance(obj, Endpoints):
         return validate_endpoints(obj)
     if isinstance(obj, EndpointSlice):
-        return validate_endpointslice(obj)
+        errs = validate_endpointslice(obj)
+        if isinstance(old, EndpointSlice) and obj.address_type != old.address_type:   # as the apiserver
+            errs.append(invalid("addressType", obj.address_type, "field is immutable"))
+        return errs
     if isinstance(obj, Namespace):
         return validate_object_meta(obj.metadata, False, names.dns1123_label)
     if isinstance(obj, Event):
