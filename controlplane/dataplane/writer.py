@@ -237,9 +237,9 @@ class MapWriter:
 
     def recount_connections(self) -> int:
         """Set the lc family's connection counts to a recount from conntrack and the
-        socket hooks' sock_revnat (verify.py); returns how many counts were wrong. The datapath keeps counting
-        meanwhile, so a flow opened or closed during the scan may leave its count
-        off by one until the next recount."""
+        socket hooks' sock_revnat (verify.py); returns how many counts were wrong. The
+        datapath keeps counting meanwhile, so a flow opened or closed during the scan
+        may leave its count off by one until the next recount."""
         flows = [self.dp.table(name) for name in FLOW_TABLES]
         counts = recount_connections(flows, self.backends, self._installed, self.dp.table("sock_revnat"))
         have = read_connections(self.conns, counts)
