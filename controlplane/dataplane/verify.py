@@ -144,29 +144,28 @@ def recount_connections(flow_tables, backends, installed: dict[Frontend, Install
     return counts
 
 
+def _rows(table, key_fields: tuple[str, ...], value_fields: tuple[str, ...]):
+    """(key fields, value fields) of every entry of a map, read in batches."""
+    key_s, val_s = Packer(table.Key, key_fields).struct, Packer(table.Leaf, value_fields).struct
+    for keys, values, n in lookup_batches(table):
+        yield from zip(key_s.iter_unpack(bytes(keys)[:n * key_s.size]),
+                       val_s.iter_unpack(bytes(values)[:n * val_s.size]))
+
+
 def _count_sockets(table, owner: dict[int, tuple], counts: dict[int, int]) -> None:
     """The counted connections of sock_revnat (keyed by the backend's address), whose
     backend entry still is that backend (as svcxdp_release gives the count back)."""
-    key_s = Packer(table.Key, ("ip", "port", "proto")).struct
-    val_s = Packer(table.Leaf, ("flags", "svc_id", "backend_id")).struct
-    for keys, values, n in lookup_batches(table):
-        kb = bytes(keys)[:n * key_s.size]
-        vb = bytes(values)[:n * val_s.size]
-        for (ip, port, proto), (flags, svc_id, bid) in zip(key_s.iter_unpack(kb), val_s.iter_unpack(vb)):
-            if flags & SOCK_COUNTED and proto == IPPROTO_TCP and bid in counts and owner[bid] == (svc_id, ip, port):
-                counts[bid] += 1
+    for (ip, port, proto), (flags, svc_id, bid) in _rows(table, ("ip", "port", "proto"),
+                                                         ("flags", "svc_id", "backend_id")):
+        if flags & SOCK_COUNTED and proto == IPPROTO_TCP and bid in counts and owner[bid] == (svc_id, ip, port):
+            counts[bid] += 1
 
 
 def _count_table(table, owner: dict[int, tuple], counts: dict[int, int]) -> None:
-    key_s = Packer(table.Key, ("dir",)).struct
-    val_s = Packer(table.Leaf, ("nat_ip", "nat_port", "flags", "backend_id", "svc_id")).struct
-    for keys, values, n in lookup_batches(table):
-        kb = bytes(keys)[:n * key_s.size]
-        vb = bytes(values)[:n * val_s.size]
-        for (direction,), (ip, port, flags, bid, svc_id) in zip(key_s.iter_unpack(kb), val_s.iter_unpack(vb)):
-            if (direction == CT_FORWARD and flags & CT_COUNTED and bid in counts and
-                    owner[bid] == (svc_id, ip, port)):
-                counts[bid] += 1
+    for (direction,), (ip, port, flags, bid, svc_id) in _rows(table, ("dir",), ("nat_ip", "nat_port", "flags",
+                                                                               "backend_id", "svc_id")):
+        if direction == CT_FORWARD and flags & CT_COUNTED and bid in counts and owner[bid] == (svc_id, ip, port):
+            counts[bid] += 1
 
 
 def read_connections(conns_table, ids) -> dict[int, int]:

@@ -21,7 +21,7 @@ import dns.rdatatype
 
 from .forward import Forwarder
 from .wire import BadQuery, authoritative_response, check_query, header_error, make_response, parse_query, \
-    to_wire, udp_limit, wants_dnssec
+    dnssec_wishes, to_wire, udp_limit, wants_dnssec
 from .zone import Zones
 
 log = logging.getLogger("svcxdp.dns")
@@ -141,7 +141,7 @@ class Handler:
         self.counters.forwarded += 1
         self.pending += 1
         try:
-            got = await self.forwarder.resolve(qname, qtype, wants_dnssec(query), bool(query.flags & dns.flags.CD))
+            got = await self.forwarder.resolve(qname, qtype, *dnssec_wishes(query))
         finally:
             self.pending -= 1
         if got is None:
@@ -164,7 +164,7 @@ class Handler:
         assert self.forwarder is not None
         self.pending += 1
         try:
-            got = await self.forwarder.resolve(target, qtype, wants_dnssec(query), bool(query.flags & dns.flags.CD))
+            got = await self.forwarder.resolve(target, qtype, *dnssec_wishes(query))
         finally:
             self.pending -= 1
         if got is not None:

@@ -26,8 +26,8 @@ split 100 over the records of one owner name, as CoreDNS does (at least 1 each).
 """
 from __future__ import annotations
 
-from socket import inet_aton, inet_ntoa
 from dataclasses import dataclass
+from socket import inet_aton, inet_ntoa
 from typing import Iterable, Union
 
 from controlplane.api.endpoints import EndpointSlice
@@ -175,7 +175,7 @@ def _endpoint_records(name: str, endpoints: list[EndpointAddress]) -> list[Recor
 def _srv(owner: str, targets: list[tuple[int, str]]) -> list[Record]:
     """SRV records of one owner name, (port, target) each; CoreDNS spreads a weight of 100
     over the records it returns for a name, at least 1 each."""
-    weight = max(1, 100 // len(targets)) if targets else 0
+    weight = max(1, 100 // max(1, len(targets)))
     return [Record(owner, SRV, (0, weight, number, target)) for number, target in targets]
 
 

@@ -114,6 +114,11 @@ def wants_dnssec(query: dns.message.Message) -> bool:
     return query.edns >= 0 and bool(query.ednsflags & dns.flags.DO)
 
 
+def dnssec_wishes(query: dns.message.Message) -> tuple[bool, bool]:
+    """(DO, CD) of a query: what a forward asks upstream with the question."""
+    return wants_dnssec(query), bool(query.flags & dns.flags.CD)
+
+
 def _rdata(r: Record) -> dns.rdata.Rdata:
     v = r.value
     if r.rdtype == A:
